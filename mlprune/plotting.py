@@ -1,0 +1,658 @@
+"""Matplotlib figures for pruning experiments, plus a hand-built SVG of the DAG.
+
+Every ``plot_*`` function builds and returns its own ``matplotlib.figure.Figure``
+(Agg canvas attached, constrained layout); nothing goes through ``pyplot``, so no
+global figure state leaks between calls and nothing needs closing. Callers log a
+figure with ``mlflow.log_figure(fig, "name.png")`` or ``fig.savefig(path)``.
+
+Conventions: weights and masks are tensors (or arrays) of one parameter,
+``True`` in a mask = kept. Pruned weights are drawn in grey (``PRUNED_COLOR``),
+which a diverging colormap (white at 0) never produces, so a pruned weight is
+never confused with a kept weight that is zero. Accuracies and remaining
+fractions come in as fractions (0..1) and are shown in percent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from xml.sax.saxutils import escape, quoteattr
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
+from matplotlib.path import Path
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from mlprune.errors import SpecError
+
+__all__ = [
+    "plot_conv_filters",
+    "plot_fc_weights",
+    "plot_biases",
+    "plot_weight_evolution",
+    "plot_jaccard_heatmap",
+    "plot_accuracy_vs_remaining",
+    "plot_structure",
+    "plot_dag",
+    "dag_layout",
+    "dag_svg",
+]
+
+PRUNED_COLOR = "#9e9e9e"
+KIND_COLORS = {
+    "init": "#cfd8dc",
+    "train": "#c8e6c9",
+    "prune": "#ffe0b2",
+    "reinit": "#e1bee7",
+}
+OTHER_KIND_COLOR = "#eeeeee"
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained", dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def _weight_cmap():
+    return matplotlib.colormaps["RdBu_r"].with_extremes(bad=PRUNED_COLOR)
+
+
+def _symmetric_limit(values: np.ndarray) -> float:
+    finite = np.abs(values[np.isfinite(values)]) if values.size else values
+    v = float(finite.max()) if finite.size else 0.0
+    return v if v > 0 else 1.0
+
+
+def _short(name: str) -> str:
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+# ------------------------------------------------------------------------ weights
+
+
+def plot_conv_filters(weight, mask=None, title: str | None = None, *, channel: str = "first",
+                      max_filters: int = 64) -> Figure:
+    """Grid of the filters of a conv weight ``(out, in, kh, kw)``, pruned weights grey.
+
+    ``channel="first"`` shows input channel 0 of each filter; ``"mean"`` the mean
+    over input channels of the effective weights (a pixel is grey only if it is
+    pruned in every input channel). At most ``max_filters`` filters are shown (the
+    title says how many there are). A shared colorbar gives the weight value,
+    symmetric around 0 (white).
+    """
+    w = _np(weight).astype(np.float64)
+    if w.ndim != 4:
+        raise SpecError(f"plot_conv_filters needs a 4-d conv weight (out, in, kh, kw); got shape {w.shape}")
+    m = np.ones(w.shape, dtype=bool) if mask is None else _np(mask).astype(bool)
+    if m.shape != w.shape:
+        raise SpecError(f"mask shape {m.shape} does not match weight shape {w.shape}")
+    if channel not in ("first", "mean"):
+        raise SpecError(f"unknown channel {channel!r}; allowed: first, mean")
+    out_ch, in_ch, kh, kw = w.shape
+    if channel == "first":
+        imgs = np.ma.masked_array(w[:, 0], mask=~m[:, 0])
+        how = "input channel 0" if in_ch > 1 else "single input channel"
+    else:
+        eff = (w * m).mean(axis=1)
+        imgs = np.ma.masked_array(eff, mask=~m.any(axis=1))
+        how = f"mean over {in_ch} input channels"
+    shown = min(out_ch, max_filters)
+    ncols = max(1, math.ceil(math.sqrt(shown)))
+    nrows = math.ceil(shown / ncols)
+    cell = 1.15 if max(kh, kw) <= 7 else 1.6
+    fig = _figure(ncols * cell + 1.6, nrows * cell + 1.1)
+    vmax = _symmetric_limit(np.ma.filled(imgs, np.nan))
+    cmap = _weight_cmap()
+    axes = []
+    im = None
+    filter_pruned = ~m.reshape(out_ch, -1).any(axis=1)
+    for i in range(shown):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        im = ax.imshow(imgs[i], cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{i}" + (" (pruned)" if filter_pruned[i] else ""), fontsize=7, pad=2,
+                     color="#b71c1c" if filter_pruned[i] else "black")
+        axes.append(ax)
+    fig.colorbar(im, ax=axes, label="weight value", shrink=0.8)
+    n_pruned = int(filter_pruned.sum())
+    head = title or "Conv filters"
+    more = f", first {shown} of {out_ch}" if shown < out_ch else ""
+    fig.suptitle(f"{head}\n{out_ch} filters {kh}×{kw}, {how}{more}; "
+                 f"{n_pruned} {'filter' if n_pruned == 1 else 'filters'} entirely pruned", fontsize=10)
+    if mask is not None:
+        fig.legend(handles=[Patch(facecolor=PRUNED_COLOR, label="pruned weight")], loc="outside lower left",
+                   fontsize=8, frameon=False)
+    return fig
+
+
+def plot_fc_weights(weight, mask=None, title: str | None = None) -> Figure:
+    """Heatmap of a linear weight ``(out, in)`` (higher dims are flattened), pruned entries grey."""
+    w = _np(weight).astype(np.float64)
+    if w.ndim < 2:
+        raise SpecError(f"plot_fc_weights needs a weight with >= 2 dims; got shape {w.shape}")
+    m = np.ones(w.shape, dtype=bool) if mask is None else _np(mask).astype(bool)
+    if m.shape != w.shape:
+        raise SpecError(f"mask shape {m.shape} does not match weight shape {w.shape}")
+    flat = w.ndim > 2
+    w2 = w.reshape(w.shape[0], -1)
+    m2 = m.reshape(m.shape[0], -1)
+    data = np.ma.masked_array(w2, mask=~m2)
+    vmax = _symmetric_limit(np.ma.filled(data, np.nan))
+    out_n, in_n = w2.shape
+    width = min(14.0, max(6.0, 4.0 + in_n / 60))
+    height = min(10.0, max(3.5, 2.0 + out_n / 40))
+    fig = _figure(width, height)
+    ax = fig.add_subplot()
+    im = ax.imshow(data, cmap=_weight_cmap(), vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="weight value")
+    ax.set_xlabel("input feature" + (" (flattened)" if flat else ""))
+    ax.set_ylabel("output neuron")
+    kept = int(m2.sum())
+    ax.set_title(f"{title or 'Weights'}: {out_n}×{in_n}, "
+                 f"{kept}/{m2.size} kept ({100 * kept / max(1, m2.size):.1f}%)")
+    if mask is not None:
+        fig.legend(handles=[Patch(facecolor=PRUNED_COLOR, label="pruned")], loc="outside lower right",
+                   fontsize=8, frameon=False)
+    return fig
+
+
+def plot_biases(bias, title: str | None = None) -> Figure:
+    """Bar chart of a bias vector (one bar per output unit)."""
+    b = _np(bias).astype(np.float64).reshape(-1)
+    fig = _figure(min(14.0, max(5.0, 2.0 + b.size / 12)), 3.5)
+    ax = fig.add_subplot()
+    colors = np.where(b >= 0, "#c62828", "#1565c0")
+    ax.bar(np.arange(b.size), b, color=colors, width=0.85)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("output unit")
+    ax.set_ylabel("bias value")
+    ax.set_title(f"{title or 'Biases'} ({b.size} units)")
+    if b.size <= 30:
+        ax.set_xticks(np.arange(b.size))
+    ax.set_xlim(-0.7, b.size - 0.3)
+    return fig
+
+
+def plot_weight_evolution(trajectories, rounds_labels: Sequence | None = None,
+                          title: str | None = None) -> Figure:
+    """Value of each sampled weight across rounds; a line ends where its weight was pruned.
+
+    ``trajectories`` is ``(n_weights, n_rounds)`` with NaN where a weight is pruned
+    (``analysis.weight_trajectories``). Weights kept to the last round are blue,
+    weights pruned on the way orange with an × on their last kept value.
+    """
+    tr = np.atleast_2d(_np(trajectories).astype(np.float64))
+    n, T = tr.shape
+    labels = [str(r) for r in (rounds_labels if rounds_labels is not None else range(T))]
+    if len(labels) != T:
+        raise SpecError(f"{len(labels)} rounds_labels for {T} rounds")
+    fig = _figure(min(14.0, max(6.0, 3.0 + 0.6 * T)), 4.5)
+    ax = fig.add_subplot()
+    x = np.arange(T)
+    kept_color, pruned_color = "#1f77b4", "#ff7f0e"
+    n_kept = n_pruned = 0
+    for row in tr:
+        finite = np.isfinite(row)
+        if not finite.any():
+            continue
+        last = int(np.nonzero(finite)[0].max())
+        survived = last == T - 1
+        color = kept_color if survived else pruned_color
+        n_kept += survived
+        n_pruned += not survived
+        ax.plot(x, row, color=color, alpha=0.75, linewidth=1.2, marker="." if T <= 30 else None,
+                markersize=4)
+        if not survived:
+            ax.plot([x[last]], [row[last]], marker="x", color=color, markersize=7, mew=1.8)
+    ax.axhline(0.0, color="black", linewidth=0.6, alpha=0.6)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=30 if max((len(s) for s in labels), default=0) > 4 else 0,
+                       ha="right" if max((len(s) for s in labels), default=0) > 4 else "center")
+    ax.set_xlim(-0.3, T - 0.7)
+    ax.set_xlabel("round")
+    ax.set_ylabel("weight value")
+    ax.set_title(title or f"Evolution of {n} sampled weights")
+    ax.legend(handles=[
+        Line2D([], [], color=kept_color, label=f"kept to the last round ({n_kept})"),
+        Line2D([], [], color=pruned_color, marker="x", mew=1.8,
+               label=f"pruned on the way ({n_pruned});\n× = last round kept"),
+    ], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+# ---------------------------------------------------------------------- analyses
+
+
+def plot_jaccard_heatmap(matrix, labels: Sequence[str], title: str | None = None) -> Figure:
+    """Annotated heatmap of a Jaccard matrix (color scale fixed to 0..1)."""
+    mat = _np(matrix).astype(np.float64)
+    n = mat.shape[0]
+    if mat.shape != (n, n) or len(labels) != n:
+        raise SpecError(f"plot_jaccard_heatmap needs an n×n matrix and n labels; got {mat.shape}, {len(labels)}")
+    size = min(16.0, max(4.5, 1.5 + 0.55 * n))
+    fig = _figure(size + 1.2, size)
+    ax = fig.add_subplot()
+    im = ax.imshow(mat, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="Jaccard similarity of kept weights", shrink=0.85)
+    ax.set_xticks(np.arange(n))
+    ax.set_yticks(np.arange(n))
+    ax.set_xticklabels([str(lab) for lab in labels], rotation=45, ha="right")
+    ax.set_yticklabels([str(lab) for lab in labels])
+    if n <= 25:
+        fs = 9 if n <= 10 else 7
+        for i in range(n):
+            for j in range(n):
+                v = mat[i, j]
+                ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center",
+                        fontsize=fs, color="black" if np.isfinite(v) and v > 0.55 else "white")
+    ax.set_xlabel("state")
+    ax.set_ylabel("state")
+    ax.set_title(title or "Mask similarity (Jaccard of kept weights)")
+    return fig
+
+
+_NICE_PERCENTS = [100, 70, 50, 30, 20, 10, 7, 5, 3, 2, 1, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01]
+
+
+def _pct(v: float, _pos=None) -> str:
+    return f"{v:g}"
+
+
+def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None = None) -> Figure:
+    """Test accuracy vs remaining weights, one line per recipe, mean ± std over seeds.
+
+    ``aggregated`` is ``analysis.accuracy_vs_remaining(rows)``. The x axis is the
+    percentage of prunable weights remaining on a log scale, reversed like the
+    lottery-ticket papers (100% on the left). The legend gives n (seeds).
+    """
+    fig = _figure(7.5, 4.8)
+    ax = fig.add_subplot()
+    recipes: dict = {}
+    for a in aggregated:
+        recipes.setdefault(a["recipe"], []).append(a)
+    xs_all = []
+    for recipe, pts in recipes.items():
+        pts = sorted(pts, key=lambda a: -a["remaining"])
+        x = np.array([100.0 * a["remaining"] for a in pts])
+        y = np.array([100.0 * a["mean"] for a in pts])
+        e = np.array([100.0 * a["std"] for a in pts])
+        ok = x > 0  # 0% remaining cannot sit on a log axis
+        ns = sorted({int(a["n"]) for a in pts})
+        n_txt = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+        ax.errorbar(x[ok], y[ok], yerr=e[ok], marker="o", markersize=4, capsize=3, linewidth=1.4,
+                    label=f"{recipe} ({n_txt})")
+        xs_all.extend(x[ok].tolist())
+    ax.set_xscale("log")
+    if xs_all:
+        hi, lo = max(xs_all), min(xs_all)
+        ax.set_xlim(hi * 1.25, lo / 1.25)  # reversed: 100% on the left
+        ticks = [t for t in _NICE_PERCENTS if lo / 1.25 <= t <= hi * 1.25]
+        if len(ticks) < 2:
+            ticks = sorted({hi, lo}, reverse=True)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(_pct))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.legend(fontsize=8, loc="best", title="recipe (seeds)", title_fontsize=8)
+    ax.set_xlabel("remaining weights (%, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "Test accuracy vs remaining weights (mean ± std over seeds)")
+    ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def plot_structure(emergent: Mapping[str, Mapping], title: str | None = None) -> Figure:
+    """Observed vs expected-random fraction of entirely pruned units per layer (grouped bars).
+
+    ``emergent`` is ``analysis.emergent_structure(masks, kinds)``. Left panel:
+    output units (dim 0: filters / neurons); right panel: input units (dim 1:
+    input channels / features). The number above a pair is observed / expected.
+    """
+    fig = _figure(min(16.0, max(8.0, 3.0 + 1.3 * len(emergent))), 4.6)
+    axes = fig.subplots(1, 2, sharey=True)
+    panels = [("dim0", "output units (filters / neurons)"), ("dim1", "input units (channels / features)")]
+    for ax, (dim, what) in zip(axes, panels):
+        names = [n for n, e in emergent.items() if dim in e]
+        x = np.arange(len(names))
+        obs = np.array([emergent[n][dim]["observed"] for n in names], dtype=float)
+        exp = np.array([emergent[n][dim]["expected"] for n in names], dtype=float)
+        bw = 0.38
+        ax.bar(x - bw / 2, 100 * obs, bw, label="observed", color="#d84315")
+        ax.bar(x + bw / 2, 100 * exp, bw, label="expected (random, same sparsity)", color="#90a4ae",
+               hatch="//", edgecolor="white")
+        for i, n in enumerate(names):
+            r = emergent[n][dim]["ratio"]
+            if r is None or (isinstance(r, float) and math.isnan(r)):
+                continue
+            txt = "∞×" if math.isinf(r) else f"{r:.2g}×"
+            ax.annotate(txt, (x[i], 100 * max(obs[i], exp[i])), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x)
+        ax.set_xticklabels([_short(n) for n in names], rotation=30, ha="right")
+        ax.set_xlabel("layer")
+        ax.set_title(what, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    top = max([100 * max(e[d]["observed"], e[d]["expected"]) for e in emergent.values()
+               for d in ("dim0", "dim1") if d in e] + [0.0])
+    axes[0].set_ylim(0, min(108.0, max(5.0, 1.2 * top + 2.0)))
+    axes[0].set_ylabel("units entirely pruned (%)")
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title or "Emergent structure: entirely pruned units vs random unstructured pruning",
+                 fontsize=11)
+    return fig
+
+
+# ---------------------------------------------------------------------------- DAG
+
+
+def _dag_check(nodes: Sequence[Mapping], edges: Sequence[Sequence]) -> tuple[list, list]:
+    ids = [n["id"] for n in nodes]
+    if len(set(ids)) != len(ids):
+        dup = sorted({str(i) for i in ids if ids.count(i) > 1})
+        raise SpecError(f"DAG nodes have duplicate ids: {', '.join(dup)}")
+    known = set(ids)
+    norm = []
+    for e in edges:
+        if len(e) not in (2, 3):
+            raise SpecError(f"DAG edge {e!r} is not (parent_id, child_id, role)")
+        parent, child = e[0], e[1]
+        role = e[2] if len(e) == 3 else "primary"
+        for end in (parent, child):
+            if end not in known:
+                raise SpecError(f"DAG edge {tuple(e)!r} names unknown node {end!r}")
+        norm.append((parent, child, str(role)))
+    return ids, norm
+
+
+def dag_layout(nodes: Sequence[Mapping], edges: Sequence[Sequence]) -> dict:
+    """Layered tree layout: ``{node id: (x, depth)}``, x in column units (>= 0).
+
+    Depth is the number of primary edges from a root (a node without a primary
+    parent). The first primary parent of a node is its tree parent; leaves take
+    consecutive columns (in node order) and a parent sits centred over its
+    children, so nodes of one depth are at least one column apart and primary
+    edges do not cross. Non-primary edges (weights / mask sources) do not move
+    nodes. A cycle of primary edges is a ``SpecError``.
+    """
+    ids, norm = _dag_check(nodes, edges)
+    order = {i: k for k, i in enumerate(ids)}
+    parent: dict = {}
+    for p, c, role in norm:
+        if role == "primary" and c not in parent:
+            parent[c] = p
+    children: dict = {i: [] for i in ids}
+    for c in ids:  # node order, so children come in node order
+        if c in parent:
+            children[parent[c]].append(c)
+    # depth, with cycle detection
+    depth: dict = {}
+    for start in ids:
+        path = []
+        seen = set()
+        cur = start
+        while cur not in depth and cur in parent:
+            if cur in seen:
+                raise SpecError(f"DAG has a cycle of primary edges through {cur!r}")
+            seen.add(cur)
+            path.append(cur)
+            cur = parent[cur]
+        base = depth.get(cur, 0)
+        if cur not in depth:
+            depth[cur] = 0
+        for k, node in enumerate(reversed(path), start=1):
+            depth[node] = base + k
+    # x: leaves in DFS order, parents centred over children (iterative post-order)
+    x: dict = {}
+    next_col = 0
+    roots = [i for i in ids if i not in parent]
+    for root in roots:
+        stack = [(root, False)]
+        while stack:
+            node, done = stack.pop()
+            kids = children[node]
+            if not kids:
+                x[node] = float(next_col)
+                next_col += 1
+            elif done:
+                x[node] = (x[kids[0]] + x[kids[-1]]) / 2.0
+            else:
+                stack.append((node, True))
+                for kid in sorted(kids, key=order.get, reverse=True):
+                    stack.append((kid, False))
+    return {i: (x[i], depth[i]) for i in ids}
+
+
+def _node_lines(node: Mapping, max_chars: int = 22) -> list[str]:
+    label = str(node.get("label", node["id"]))
+    if len(label) > max_chars:
+        label = label[: max_chars - 1] + "…"
+    lines = [label]
+    stats = []
+    acc = node.get("accuracy")
+    if acc is not None and not (isinstance(acc, float) and math.isnan(acc)):
+        stats.append(f"acc {100 * float(acc):.1f}%")
+    sp = node.get("sparsity")
+    if sp is not None and not (isinstance(sp, float) and math.isnan(sp)):
+        stats.append(f"sparsity {100 * float(sp):.1f}%")
+    lines.extend(stats)
+    return lines
+
+
+def _kind_key(node: Mapping) -> str | None:
+    """The KIND_COLORS key of a node: its label, or the first step of a step list "a+b"."""
+    label = str(node.get("label", ""))
+    if label in KIND_COLORS:
+        return label
+    first = label.split("+")[0].strip()
+    return first if first in KIND_COLORS else None
+
+
+def _kind_color(node: Mapping) -> str:
+    key = _kind_key(node)
+    return KIND_COLORS[key] if key else OTHER_KIND_COLOR
+
+
+# Shared DAG geometry, in layout units: one column = 1, one depth row = 1.
+_BOX_W, _BOX_H = 0.82, 0.56
+_PX_COL, _PX_ROW = 184, 92  # SVG pixels per unit
+_MARGIN = 24  # SVG pixels
+
+
+def _edge_curve(p: tuple, c: tuple, primary: bool) -> tuple[list, tuple]:
+    """Cubic Bezier (4 points) from parent box to child box, and a label position.
+
+    Primary edges leave the bottom of the parent and enter the top of the child
+    (an S curve). Other edges leave and enter on the side facing the child (right
+    when the child is not left of the parent), bulging outwards more the longer
+    they are, so edges to one source fan out instead of overlapping; the label
+    sits at the curve's midpoint, its outermost point.
+    """
+    (x0, y0), (x1, y1) = p, c
+    if primary:
+        sy, ey = y0 + _BOX_H / 2, y1 - _BOX_H / 2
+        my = (sy + ey) / 2
+        pts = [(x0, sy), (x0, my), (x1, my), (x1, ey)]
+        return pts, (x1, my)
+    if y0 == y1:  # same depth: arc over the top, through the gap between rows
+        top = y0 - _BOX_H / 2
+        cy = top - 0.32
+        pts = [(x0, top), (x0, cy), (x1, cy), (x1, top)]
+        return pts, ((x0 + x1) / 2, 0.25 * top + 0.75 * cy)
+    side = -1.0 if x1 < x0 else 1.0
+    sx, ex = x0 + side * _BOX_W / 2, x1 + side * _BOX_W / 2
+    bulge = 0.12 + 0.07 * abs(y1 - y0) + 0.03 * abs(x1 - x0)
+    cx = (max(sx, ex) if side > 0 else min(sx, ex)) + side * bulge
+    pts = [(sx, y0), (cx, y0), (cx, y1), (ex, y1)]
+    lx = 0.125 * sx + 0.75 * cx + 0.125 * ex
+    return pts, (lx, (y0 + y1) / 2)
+
+
+def _dag_geometry(nodes, edges):
+    """Layout, edges with their curves, and the bounding box (layout units) of it all."""
+    layout = dag_layout(nodes, edges)
+    _, norm = _dag_check(nodes, edges)
+    curves = [(p, c, role, *_edge_curve(layout[p], layout[c], role == "primary")) for p, c, role in norm]
+    xs = [x for x, _ in layout.values()] or [0.0]
+    ys = [y for _, y in layout.values()] or [0]
+    x_lo, x_hi = min(xs) - _BOX_W / 2, max(xs) + _BOX_W / 2
+    y_lo = min(ys) - _BOX_H / 2
+    for *_, pts, (lx, _ly) in curves:
+        # a cubic lies in the hull of its control points; its midpoint is 3/4 of the way out
+        x_lo = min(x_lo, lx - 0.3)
+        x_hi = max(x_hi, lx + 0.3)
+        y_lo = min(y_lo, _ly - 0.1)
+    bbox = (x_lo, x_hi, y_lo, max(ys) + _BOX_H / 2)
+    return layout, curves, bbox
+
+
+def plot_dag(nodes: Sequence[Mapping], edges: Sequence[Sequence], title: str | None = None) -> Figure:
+    """The experiment DAG as a figure: layered top-down layout (root at the top).
+
+    ``nodes``: dicts ``{"id", "label" (kind), "accuracy", "sparsity"}`` (accuracy
+    and sparsity are fractions, may be None); ``edges``: ``(parent_id, child_id,
+    role)``. Primary edges are solid arrows; other roles (``weights``, ``mask``...)
+    dashed, curved, labelled with the role. Same layout as :func:`dag_svg`.
+    """
+    layout, curves, (x_lo, x_hi, y_lo, y_hi) = _dag_geometry(nodes, edges)
+    span_x, span_y = x_hi - x_lo, y_hi - y_lo
+    want_w = 1.8 * (span_x + 0.3) + 0.4
+    width = min(60.0, max(6.0, want_w))
+    height = min(60.0, max(3.0, 0.95 * (span_y + 0.6) + 1.2))
+    fontsize = 7.5 * min(1.0, width / want_w)
+    fig = _figure(width, height)
+    ax = fig.add_subplot()
+    edge_color, other_color = "#455a64", "#8e24aa"
+    for p, c, role, pts, (lx, ly) in curves:
+        primary = role == "primary"
+        path = Path(pts, [Path.MOVETO, Path.CURVE4, Path.CURVE4, Path.CURVE4])
+        ax.add_patch(FancyArrowPatch(
+            path=path, arrowstyle="-|>", mutation_scale=9,
+            color=edge_color if primary else other_color,
+            linestyle="-" if primary else (0, (4, 3)), linewidth=1.2 if primary else 0.9,
+            alpha=1.0 if primary else 0.6, zorder=1,
+        ))
+        if not primary:
+            ax.text(lx, ly, role, fontsize=fontsize - 1, color=other_color, ha="center", va="center",
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85), zorder=2)
+    for node in nodes:
+        x, y = layout[node["id"]]
+        ax.add_patch(FancyBboxPatch((x - _BOX_W / 2, y - _BOX_H / 2), _BOX_W, _BOX_H,
+                                    boxstyle="round,pad=0,rounding_size=0.06", fc=_kind_color(node),
+                                    ec="#37474f", lw=0.8, zorder=3))
+        lines = _node_lines(node)
+        ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=fontsize, zorder=4,
+                linespacing=1.25)
+    ax.set_xlim(x_lo - 0.15, x_hi + 0.15)
+    ax.set_ylim(y_hi + 0.15, y_lo - 0.15)  # depth grows downwards
+    ax.axis("off")
+    kinds_present = []
+    for node in nodes:
+        key = _kind_key(node)
+        if key and key not in kinds_present:
+            kinds_present.append(key)
+    handles = [Patch(facecolor=KIND_COLORS[k], edgecolor="#37474f", label=k) for k in kinds_present]
+    handles.append(Line2D([], [], color=edge_color, label="primary parent"))
+    if any(cv[2] != "primary" for cv in curves):
+        handles.append(Line2D([], [], color=other_color, linestyle=(0, (4, 3)),
+                              label="other parent (labelled with its role)"))
+    fig.legend(handles=handles, fontsize=7.5, loc="outside lower center", ncols=min(len(handles), 7),
+               frameon=False)
+    ax.set_title(title or f"Experiment DAG ({len(nodes)} states)")
+    return fig
+
+
+def dag_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence],
+            link: Callable[[str], str] | None = None, title: str | None = None) -> str:
+    """Standalone SVG (a string) of the experiment DAG, each node a link.
+
+    Same layout as :func:`plot_dag` (root on top, one column per leaf, so width
+    grows with the breadth of the tree). Each node is ``<a href=link(id)>`` around
+    a rounded box with its kind, accuracy and sparsity (the full id and label in a
+    ``<title>`` tooltip); without ``link`` nodes are not wrapped in ``<a>``. Each
+    edge is one ``<path class="edge edge-<role>">``; primary edges solid, other
+    roles dashed, curved outwards on the side facing the child and labelled
+    with the role.
+    """
+    layout, curves, (x_lo, x_hi, y_lo, y_hi) = _dag_geometry(nodes, edges)
+    top = _MARGIN + (28 if title else 0)
+    width = int(round(2 * _MARGIN + (x_hi - x_lo) * _PX_COL))
+    height = int(round(top + _MARGIN + (y_hi - y_lo) * _PX_ROW))
+    box_w, box_h = _BOX_W * _PX_COL, _BOX_H * _PX_ROW
+
+    def px(pt):
+        return _MARGIN + (pt[0] - x_lo) * _PX_COL, top + (pt[1] - y_lo) * _PX_ROW
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif">',
+        "<style>"
+        ".edge{fill:none;stroke-width:1.4}"
+        ".edge-primary{stroke:#455a64}"
+        ".edge-other{stroke:#8e24aa;stroke-dasharray:6 4;stroke-opacity:0.6;stroke-width:1.1}"
+        ".edge-label{font-size:10px;fill:#8e24aa;paint-order:stroke;stroke:#fff;stroke-width:3px}"
+        ".node rect{stroke:#37474f;stroke-width:1}"
+        ".node text{font-size:11px;fill:#212121}"
+        ".node .kind{font-weight:bold}"
+        "a:hover rect{stroke-width:2.5;stroke:#0d47a1}"
+        "</style>",
+        "<defs>"
+        '<marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#455a64"/></marker>'
+        '<marker id="arrow-other" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#8e24aa"/></marker>'
+        "</defs>",
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    if title:
+        out.append(f'<text x="{_MARGIN}" y="{_MARGIN + 8}" font-size="15" font-weight="bold">{escape(title)}</text>')
+    # edges first, nodes on top
+    labels = []
+    for p, c, role, pts, lab in curves:
+        primary = role == "primary"
+        cls = "edge-primary" if primary else "edge-other"
+        role_cls = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in role)
+        (ax_, ay), (bx, by), (cx_, cy_), (dx, dy) = (px(q) for q in pts)
+        d = f"M{ax_:.1f},{ay:.1f} C{bx:.1f},{by:.1f} {cx_:.1f},{cy_:.1f} {dx:.1f},{dy:.1f}"
+        dash = "" if primary else ' stroke-dasharray="6 4"'
+        marker = "arrow" if primary else "arrow-other"
+        out.append(f'<path class="edge {cls} edge-{role_cls}" d="{d}"{dash} marker-end="url(#{marker})">'
+                   f"<title>{escape(f'{role}: {p} -> {c}')}</title></path>")
+        if not primary:
+            lx, ly = px(lab)
+            labels.append(f'<text class="edge-label" x="{lx:.1f}" y="{ly + 3.5:.1f}" '
+                          f'text-anchor="middle">{escape(role)}</text>')
+    out.extend(labels)
+    for node in nodes:
+        cx, cy = px(layout[node["id"]])
+        lines = _node_lines(node)
+        tip = f"{node.get('label', '')} — {node['id']}"
+        g = [f'<g class="node" data-id={quoteattr(str(node["id"]))}>',
+             f"<title>{escape(tip)}</title>",
+             f'<rect x="{cx - box_w / 2:.1f}" y="{cy - box_h / 2:.1f}" width="{box_w:.1f}" height="{box_h:.1f}" '
+             f'rx="7" fill="{_kind_color(node)}"/>']
+        y = cy - (len(lines) - 1) * 7 + 4
+        for k, line in enumerate(lines):
+            cls = ' class="kind"' if k == 0 else ""
+            g.append(f'<text{cls} x="{cx:.1f}" y="{y + 14 * k:.1f}" text-anchor="middle">{escape(line)}</text>')
+        g.append("</g>")
+        if link is not None:
+            out.append(f'<a href={quoteattr(str(link(node["id"])))} target="_top">' + "".join(g) + "</a>")
+        else:
+            out.append("".join(g))
+    out.append("</svg>")
+    return "\n".join(out)
