@@ -461,6 +461,8 @@ class _Pipeline:
     def __init__(self, scale: float, c_in: int, c_out: int, size_in: tuple[int, int],
                  size_out: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]):
         self.scale = float(scale)
+        self.mean_values = tuple(float(v) for v in mean)
+        self.std_values = tuple(float(v) for v in std)
         self.c_in, self.c_out = c_in, c_out
         self.size_in, self.size_out = size_in, size_out
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -625,8 +627,8 @@ class Data:
         self.augment = augment
         self.fast = fast
         self._pipeline = pipeline
-        self.mean = tuple(float(v) for v in pipeline.mean.view(-1))
-        self.std = tuple(float(v) for v in pipeline.std.view(-1))
+        self.mean = pipeline.mean_values
+        self.std = pipeline.std_values
         self.spec = spec
         crop, flip = _AUGMENTS.get(augment, (False, False))
         self._crop, self._flip = crop, flip
