@@ -39,7 +39,7 @@ name               channels  min size   architecture
                                         ``get_model(name, weights=None, num_classes=n)``.
 =================  ========  =========  ==================================================
 
-(*) ``tv:inception_v3`` needs 75 px and the ViT models exactly their image size (224);
+(*) ``tv:alexnet`` needs 63 px, ``tv:inception_v3`` 75 px and the ViT models exactly their image size (224);
 every ``tv:`` model is checked with one forward pass on a zero input of the requested
 shape at build time, so a size it cannot take is a one-line SpecError, not a traceback
 later. ``googlenet`` / ``inception_v3`` are built without auxiliary classifiers (the
@@ -327,7 +327,7 @@ def _tv_names() -> tuple[str, ...]:
 
 
 # Known minimum / required sizes of torchvision models beyond the default of 32 px.
-_TV_MIN_SIZE = {"inception_v3": 75, "vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224,
+_TV_MIN_SIZE = {"alexnet": 63, "inception_v3": 75, "vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224,
                 "vit_l_32": 224, "vit_h_14": 224, "maxvit_t": 224}
 _TV_DEFAULT_MIN = 32
 
