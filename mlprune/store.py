@@ -320,16 +320,19 @@ class WorkflowRun:
         if self.owned:
             self.run_id = self.client.create_run(store.experiment_id, run_name=f"{recipe} (workflow)",
                                                  tags={"mlprune.recipe": recipe, TAG_VERSION: __version__}).info.run_id
-        else:
+            from mlflow.entities import Param
+
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        else:  # `mlflow run` logged the entry point's own parameters ('' = recipe default) already
             self.client.set_tag(self.run_id, "mlprune.recipe", recipe)
-        from mlflow.entities import Param
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        self.params = params
 
     def record(self, states: dict[str, str], files: dict[str, bytes | str] | None = None) -> None:
         """Store {plan node: state run id} as states.json, plus any other files (figures)."""
         with tempfile.TemporaryDirectory(prefix="mlprune-") as tmp:
             tmp = Path(tmp)
             (tmp / "states.json").write_text(json.dumps(states, indent=1))
+            (tmp / "params.json").write_text(json.dumps(self.params, indent=1, sort_keys=True))
             for name, content in (files or {}).items():
                 target = tmp / name
                 if isinstance(content, str):

@@ -1,0 +1,122 @@
+"""The CLI and the MLproject entry point, run for real against a temp store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from mlprune.cli import main
+from mlprune.mlproject import render
+
+REPO = Path(__file__).resolve().parents[1]
+LT = str(REPO / "recipes" / "lt_structuredL1.yaml")
+
+
+def state_runs(tracking_uri: str, status: str | None = "FINISHED"):
+    client = MlflowClient(tracking_uri=tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string="tags.`mlprune.key` != ''", max_results=10000)
+    return [r for r in runs if status is None or r.info.status == status]
+
+
+def test_mlproject_is_generated_from_the_recipes():
+    assert (REPO / "MLproject").read_text() == render(REPO / "recipes"), \
+        "MLproject is stale: run `python -m mlprune.mlproject > MLproject`"
+
+
+@pytest.mark.slow
+def test_mlflow_run_entry_point_builds_the_chain_and_reruns_from_cache(tracking, tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "lt_structuredL1", "--env-manager", "local",
+               "--experiment-name", "lt-test", "-P", "rounds=2", "-P", "epochs=1"]
+    first = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = state_runs(tracking)
+    assert len(runs) == 2 * 2 + 2
+    client = MlflowClient(tracking_uri=tracking)
+    experiment = client.get_experiment_by_name("lt-test")
+    assert {r.info.experiment_id for r in runs} == {experiment.experiment_id}
+    by_id = {r.info.run_id: r for r in runs}
+    roots = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(roots) == 1
+    for run in runs:  # every state chains to the one root by parentRunId
+        seen = run
+        while "mlflow.parentRunId" in seen.data.tags:
+            seen = by_id[seen.data.tags["mlflow.parentRunId"]]
+        assert seen.info.run_id == roots[0].info.run_id
+        names = {f.path for f in client.list_artifacts(run.info.run_id)}
+        assert {"masks.safetensors", "state.json"} <= names
+        assert {"test_accuracy", "sparsity", "duration_s"} <= set(run.data.metrics)
+    second = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert len(state_runs(tracking, status=None)) == 2 * 2 + 2
+
+
+def test_cli_run_tree_show_export(tracking, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", LT, "-P", "rounds=1", "-P", "epochs=1", "-e", "cli"])
+    assert result.exit_code == 0, result.output
+    runs = state_runs(tracking)
+    assert len(runs) == 4
+    tree = runner.invoke(main, ["tree", "-e", "cli"])
+    assert tree.exit_code == 0
+    for run in runs:
+        assert run.info.run_id[:8] in tree.output
+    pruned = next(r for r in runs if r.data.tags["mlprune.kind"] == "prune")
+    shown = runner.invoke(main, ["show", pruned.info.run_id])
+    assert shown.exit_code == 0 and "ln_structured" in shown.output
+    out = tmp_path / "export"
+    exported = runner.invoke(main, ["export", pruned.info.run_id, str(out)])
+    assert exported.exit_code == 0, exported.output
+    weights = load_file(out / "weights.safetensors")
+    masks = load_file(out / "masks.safetensors")
+    assert (out / "state.json").exists()
+    for name, mask in masks.items():  # weights resolved from the parent, masked
+        assert (weights[name][~mask] == 0).all()
+    # a workflow run records which state each plan node reached
+    workflow = [r for r in MlflowClient(tracking_uri=tracking).search_runs(
+        [runs[0].info.experiment_id]) if r.data.tags.get("mlprune.recipe") == "lt_structuredL1"]
+    assert len(workflow) == 1 and workflow[0].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["-P", "rounds=-1"], "rounds"),
+    (["-P", "amount=1.5"], "1.5"),
+    (["-P", "model=resnet9000"], "resnet9000"),
+    (["-P", "dataset=nope"], "nope"),
+    (["-P", "epochs=-3"], "-3"),
+    (["-P", "wings=3"], "wings"),
+    (["-P", "rounds"], "rounds"),
+])
+def test_bad_parameters_exit_2_with_one_line_and_run_nothing(tracking, args, fragment):
+    result = CliRunner().invoke(main, ["run", LT, *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], result.output
+    assert state_runs(tracking, status=None) == []
+
+
+def test_bad_recipe_file_names_file_and_key(tmp_path, tracking):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(Path(LT).read_text().replace("reinit:", "reinitt:"))
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert result.exit_code == 2
+    assert "bad.yaml" in result.output and "reinitt" in result.output
+    recipe.write_text(Path(LT).read_text().replace("method: ln_structured", "method: ln_structurd"))
+    result = CliRunner().invoke(main, ["run", str(recipe)])
+    assert result.exit_code == 2 and "ln_structurd" in result.output and "prune" in result.output
+    assert state_runs(tracking, status=None) == []
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    for command in main.commands:
+        result = runner.invoke(main, [command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, command

@@ -1,0 +1,215 @@
+"""The state DAG on a real MLflow store: round trips, lineage, caching, failure, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mlprune import Experiment, Recipe, SpecError
+from mlprune.store import Store
+
+LT_ROUND = Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=1)
+STRUCTURED = Recipe.prune(method="ln_structured", amount=0.2, n=1, dim=1)
+
+
+def weights_hash(weights: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def all_runs(tracking_uri: str):
+    client = MlflowClient(tracking_uri=tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, max_results=10000)
+
+
+def small_tree(exp: Experiment, seed: int = 0):
+    root = exp.init(model="lenet", dataset="digits", seed=seed)
+    trained = root.apply(Recipe.train(epochs=1))
+    pruned = trained.apply(STRUCTURED)
+    ticket = pruned.apply(LT_ROUND)
+    return root, trained, pruned, ticket
+
+
+def test_state_round_trips_bitwise_through_the_store(experiment, tracking):
+    root, trained, pruned, ticket = small_tree(experiment)
+    fresh = Experiment(experiment_id=experiment.store.experiment_id)  # new store object: no in-memory cache
+    for state in (root, trained, pruned, ticket):
+        again = fresh.state(state.run_id)
+        assert again.key == state.key
+        assert set(again.weights) == set(state.weights)
+        for name in state.weights:
+            assert torch.equal(again.weights[name], state.weights[name]), name
+        for name in state.masks:
+            assert again.masks[name].dtype == torch.bool
+            assert torch.equal(again.masks[name], state.masks[name]), name
+    # the loaded model carries exactly the stored weights, and loads into the unpruned architecture
+    model = fresh.state(ticket.run_id).model()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, ticket.weights[name])
+
+
+def test_lineage_tags_and_parents(experiment, tracking):
+    root, trained, pruned, ticket = small_tree(experiment)
+    client = MlflowClient(tracking_uri=tracking)
+    tags = {s.run_id: client.get_run(s.run_id).data.tags for s in (root, trained, pruned, ticket)}
+    assert "mlflow.parentRunId" not in tags[root.run_id]
+    assert tags[trained.run_id]["mlflow.parentRunId"] == root.run_id
+    assert tags[pruned.run_id]["mlflow.parentRunId"] == trained.run_id
+    assert tags[ticket.run_id]["mlflow.parentRunId"] == pruned.run_id
+    assert tags[ticket.run_id]["mlprune.parent.weights"] == root.run_id  # the rewind's weights source
+    for state in (root, trained, pruned, ticket):
+        t = tags[state.run_id]
+        assert t["mlprune.key"] == state.key
+        assert t["mlprune.version"]
+        assert t.get("mlprune.root", root.run_id) == root.run_id
+        assert state.lineage()[-1].run_id == root.run_id
+        assert state.root.run_id == root.run_id
+    assert [tags[s.run_id]["mlprune.kind"] for s in (root, trained, pruned, ticket)] == [
+        "init", "train", "prune", "reinit+train"]
+    assert ticket.parents()["weights"].run_id == root.run_id
+    # each run's description links its parents in the MLflow UI
+    note = tags[ticket.run_id]["mlflow.note.content"]
+    assert pruned.run_id in note and root.run_id in note
+
+
+def test_artifacts_and_metrics(experiment, tracking):
+    root, trained, pruned, ticket = small_tree(experiment)
+    client = MlflowClient(tracking_uri=tracking)
+    for state in (root, trained, ticket):
+        names = {f.path for f in client.list_artifacts(state.run_id)}
+        assert {"weights.safetensors", "masks.safetensors", "state.json"} <= names
+    # the prune-only state references its parent's weights instead of copying them
+    assert {f.path for f in client.list_artifacts(pruned.run_id)} == {"masks.safetensors", "state.json"}
+    assert pruned.spec["weights_from"] == trained.run_id
+    metrics = client.get_run(ticket.run_id).data.metrics
+    for name in ("test_accuracy", "test_loss", "sparsity", "train_loss", "duration_s"):
+        assert name in metrics, name
+    assert any(name.startswith("sparsity.") for name in metrics)
+    history = client.get_metric_history(trained.run_id, "train_loss")
+    assert [m.step for m in history] == [1]
+
+
+def test_cache_hit_returns_the_same_run_and_creates_nothing(experiment, tracking):
+    states = small_tree(experiment)
+    before = len(all_runs(tracking))
+    again = small_tree(Experiment("test"))
+    assert [s.run_id for s in again] == [s.run_id for s in states]
+    assert len(all_runs(tracking)) == before
+
+
+def test_spelling_a_default_out_does_not_change_the_key(experiment):
+    root = experiment.init(model="lenet", dataset="digits", seed=0)
+    assert experiment.root_key(seed=0)[0] == experiment.root_key(model="lenet", dataset="digits", seed=0,
+                                                                  init="default")[0]
+    short, _, _ = experiment.child_key(root, Recipe.train(epochs=1))
+    spelled, _, _ = experiment.child_key(root, Recipe.train(epochs=1, lr=0.01, optimizer="sgd", batch_size=32))
+    assert short == spelled
+    other, _, _ = experiment.child_key(root, Recipe.train(epochs=1, lr=0.02))
+    assert other != short
+
+
+def test_a_failing_step_leaves_no_finished_run_and_rerun_completes(experiment, tracking, monkeypatch):
+    root = experiment.init(model="lenet", dataset="digits", seed=0)
+    import mlprune.training as training
+
+    real_train = training.train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(training, "train", broken)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        root.apply(Recipe.train(epochs=1))
+    runs = [r for r in all_runs(tracking) if r.data.tags.get("mlprune.kind") == "train"]
+    assert [r.info.status for r in runs] == ["FAILED"]
+    key = runs[0].data.tags["mlprune.key"]
+    assert experiment.store.find(key) is None
+
+    monkeypatch.setattr(training, "train", real_train)
+    trained = root.apply(Recipe.train(epochs=1))
+    assert trained.key == key
+    statuses = sorted(r.info.status for r in all_runs(tracking) if r.data.tags.get("mlprune.key") == key)
+    assert statuses == ["FAILED", "FINISHED"]
+
+
+def test_same_seed_in_two_fresh_stores_gives_identical_weights(tmp_path, monkeypatch, _empty_store_db):
+    import shutil
+
+    hashes = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(_empty_store_db, folder / "mlflow.db")
+        monkeypatch.chdir(folder)
+        exp = Experiment("det", tracking_uri=f"sqlite:///{folder}/mlflow.db")
+        states = small_tree(exp, seed=3)
+        hashes.append([(s.key, weights_hash(s.weights)) for s in states])
+    assert hashes[0] == hashes[1]
+    other = Experiment("det2", tracking_uri=f"sqlite:///{tmp_path}/b/mlflow.db").init(seed=4)
+    assert weights_hash(other.weights) != hashes[0][0][1]
+
+
+def test_pruned_weights_stay_exactly_zero_and_sparsity_matches_masks(experiment, tracking):
+    root = experiment.init(model="lenet", dataset="digits", seed=0)
+    trained = root.apply(Recipe.train(epochs=1))
+    pruned = trained.apply(Recipe.prune(method="l1_unstructured", amount=0.5))
+    momentum = pruned.apply(Recipe.train(epochs=2, momentum=0.9, weight_decay=1e-3))
+    for state in (pruned, momentum):
+        kept = total = 0
+        metrics = state.metrics
+        for name, mask in state.masks.items():
+            weight = state.weights[name]
+            assert torch.all(weight[~mask] == 0), name
+            kept += int(mask.sum())
+            total += mask.numel()
+            assert metrics[f"sparsity.{name}"] == pytest.approx(1 - mask.float().mean().item())
+        assert metrics["sparsity"] == pytest.approx(1 - kept / total)
+    assert momentum.metrics["sparsity"] == pytest.approx(0.5, abs=0.01)
+    # training really changed the kept weights
+    changed = any(not torch.equal(momentum.weights[n], pruned.weights[n]) for n in pruned.masks)
+    assert changed
+
+
+def test_bad_input_is_one_line_and_records_nothing_finished(experiment, tracking):
+    root = experiment.init(model="lenet", dataset="digits", seed=0)
+    bad = [
+        (lambda: experiment.init(model="resnet9000"), "resnet9000"),
+        (lambda: experiment.init(dataset="imagenet-xl"), "imagenet-xl"),
+        (lambda: experiment.init(seed=-1), "-1"),
+        (lambda: root.apply(Recipe.prune(method="magic", amount=0.2)), "magic"),
+        (lambda: root.apply(Recipe.prune(method="l1_unstructured", amount=1.5)), "1.5"),
+        (lambda: root.apply(Recipe.train(epochs=-2)), "-2"),
+        (lambda: experiment.state("0123456789abcdef"), "0123456789abcdef"),
+    ]
+    finished_before = len(experiment.store.states())
+    for call, value in bad:
+        with pytest.raises(SpecError) as raised:
+            call()
+        message = str(raised.value)
+        assert "\n" not in message and value in message, message
+    assert len(experiment.store.states()) == finished_before
+
+
+def test_a_parent_that_is_not_an_mlprune_state_is_refused(experiment, tracking):
+    client = MlflowClient(tracking_uri=tracking)
+    other = client.create_run(experiment.store.experiment_id).info.run_id
+    client.set_terminated(other, "FINISHED")
+    with pytest.raises(SpecError, match="not an mlprune state"):
+        experiment.state(other)
+
+
+def test_experiment_from_mlflow_environment(tracking, monkeypatch):
+    client = MlflowClient(tracking_uri=tracking)
+    exp_id = client.create_experiment("chosen-by-mlflow-run")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp_id)
+    assert Store().experiment_id == exp_id
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "by-name")
+    assert Store().experiment_name == "by-name"
