@@ -71,7 +71,8 @@ def resolve_experiment_name(name: str | None = None) -> str | None:
     """
     if name:
         return name
-    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+    # `mlflow run` without --experiment-name sets id 0 (MLflow's "Default"): that is no choice
+    if os.environ.get("MLFLOW_EXPERIMENT_ID") not in (None, "", "0"):
         return None
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 

@@ -210,6 +210,8 @@ def test_experiment_from_mlflow_environment(tracking, monkeypatch):
     exp_id = client.create_experiment("chosen-by-mlflow-run")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp_id)
     assert Store().experiment_id == exp_id
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")  # `mlflow run` without a name: MLflow's Default
+    assert Store().experiment_name == "mlprune"
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "by-name")
     assert Store().experiment_name == "by-name"
