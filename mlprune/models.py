@@ -20,9 +20,10 @@ name               channels  min size   architecture
                                         (8x8 digits are resized to 28x28); the flatten size
                                         follows the input (4x4x16 at 28 px).
 ``lenet_300_100``  any       any        Frankle & Carbin's MLP: flatten, 300, 100, classes.
-``conv2/4/6``      any       2 / 4 / 8  Frankle & Carbin 2019: pairs of 3x3 convs (padding
+``conv2/4/6``      any       any (*)    Frankle & Carbin 2019: pairs of 3x3 convs (padding
                                         1) of 64, 128, 256 channels, maxpool 2 after each
-                                        pair, then fc 256 - 256 - classes.
+                                        pair, then fc 256 - 256 - classes (flatten size
+                                        follows the input).
 ``alexnet``        3         32         torchvision's AlexNet adapted to small images
                                         (below): conv1 stride 1 / padding 5 instead of
                                         4 / 2; same parameter names as torchvision.
@@ -35,12 +36,15 @@ name               channels  min size   architecture
                                         stride-2 subsampling plus zero channel padding where
                                         the shape changes), as in the paper's CIFAR runs: no
                                         shortcut parameters, so every conv is prunable.
-``tv:<name>``      3         32 (*)     any torchvision classification model,
+``tv:<name>``      3         32 (**)    any torchvision classification model,
                                         ``get_model(name, weights=None, num_classes=n)``.
 =================  ========  =========  ==================================================
 
-(*) ``tv:alexnet`` needs 63 px, ``tv:inception_v3`` 75 px and the ViT models exactly their image size (224);
-every ``tv:`` model is checked with one forward pass on a zero input of the requested
+(*) ``conv2`` / ``conv4`` / ``conv6`` build from 2 / 4 / 8 px (one halving per max
+pool); ``model_input`` says None because every built-in dataset is at least 8 px.
+
+(**) ``tv:alexnet`` needs 63 px, ``tv:inception_v3`` 75 px and the ViT models exactly
+their image size (224). Every ``tv:`` model is checked with one forward pass on a zero input of the requested
 shape at build time, so a size it cannot take is a one-line SpecError, not a traceback
 later. ``googlenet`` / ``inception_v3`` are built without auxiliary classifiers (the
 training loop expects one output tensor).
@@ -49,8 +53,8 @@ Small-input adaptation of ``alexnet`` / ``vgg11`` (both need 3 channels: load gr
 data with ``channels=3``): torchvision's AdaptiveAvgPool2d would blow a small feature map
 (1x1 for VGG at 32 px) up to 7x7 (6x6) and feed 49 (36) identical copies of each value
 to a 25088 (9216)-wide first fc layer. We pool to ``min(7, feature size)`` instead and
-size the first fc layer to match: the function computed is unchanged in kind but has no
-replicated inputs (VGG-11 at 32 px: 28.5 M parameters instead of 128.8 M). At 224 px
+size the first fc layer to match: the same kind of function, without replicated
+inputs (VGG-11 at 32 px: 28.5 M parameters instead of 128.8 M). At 224 px
 both are exactly torchvision's architectures except alexnet's conv1 stride / padding.
 
 Inits (``INITS``; applied to every Conv2d and Linear weight, biases set to zero; BatchNorm
@@ -61,6 +65,10 @@ keeps weight 1 / bias 0):
 - ``kaiming_normal``, ``kaiming_uniform``: He et al., fan_in, ReLU gain;
 - ``xavier_normal``, ``xavier_uniform``: Glorot & Bengio, gain 1;
 - ``glorot``: alias of ``xavier_normal`` (Frankle & Carbin's "Gaussian Glorot").
+
+Train / eval mode: ``alexnet`` and ``vgg11`` have Dropout, ``resnet20`` and many ``tv:``
+models BatchNorm; ``build_model`` returns the model in training mode and the training
+loop (training.py) owns the mode: it must call ``model.eval()`` before evaluating.
 
 Determinism: ``build_model`` forks the CPU RNG and seeds the fork with ``seed``, so the
 same (name, num_classes, input_shape, init, seed) gives bitwise the same weights in any
@@ -362,13 +370,20 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 _INPUT: dict[str, tuple[int | None, int | None]] = {
     "lenet": (None, 28),
     "lenet_300_100": (None, None),
-    "conv2": (None, 2),
-    "conv4": (None, 4),
-    "conv6": (None, 8),
+    "conv2": (None, None),
+    "conv4": (None, None),
+    "conv6": (None, None),
     "alexnet": (3, 32),
     "vgg11": (3, 32),
     "resnet20": (None, None),
 }
+
+
+# Sizes below which a model cannot run at all, where model_input says None: each of the
+# F&C convnets' max pools halves the image. model_input returns None for them because
+# every built-in dataset is at least 8 px, and a caller that resizes *to* the returned
+# size must never shrink CIFAR to 2x2 for conv2. build_model still rejects smaller inputs.
+_HARD_MIN = {"conv2": 2, "conv4": 4, "conv6": 8}
 
 
 def _conv_linear_modules(model: nn.Module):
@@ -455,6 +470,8 @@ def build_model(name: str, *, num_classes: int, input_shape, init: str = "defaul
     model is float32 on the CPU, in training mode (as nn.Module leaves it).
     """
     kind, builder, need = _resolve(name)
+    if need[1] is None and name in _HARD_MIN:
+        need = (need[0], _HARD_MIN[name])
     if init not in INITS:
         raise choice_error("init", init, INITS)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:

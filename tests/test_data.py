@@ -333,6 +333,19 @@ def test_cifar_read_in_official_format(files):
         assert raw.y_test.tolist() == entry["fine_labels" if hundred else "labels"]
 
 
+def test_cifar_tarball_in_data_dir_is_extracted(tmp_path):
+    import tarfile
+
+    src = tmp_path / "src"
+    make_cifar(src, hundred=True)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    with tarfile.open(dst / "cifar-100-python.tar.gz", "w:gz") as tf:
+        tf.add(src / "cifar-100-python", arcname="cifar-100-python")
+    assert load_data("cifar100", data_dir=dst).len_train == 40
+    assert (dst / "cifar-100-python" / "train").is_file()
+
+
 def test_cifar_md5_is_checked_by_default(files, monkeypatch):
     monkeypatch.delenv("MLPRUNE_VERIFY_MD5")
     with pytest.raises(SpecError) as e:
