@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -37,6 +38,18 @@ experiment_option = click.option(
          "MLFLOW_EXPERIMENT_NAME, else 'mlprune'.")
 
 
+def _workflow_files(store, plan, reached, *, figures):
+    """Lineage and figures for the workflow run; a failure here never hides the run's own outcome."""
+    try:
+        from .report import workflow_artifacts
+
+        return workflow_artifacts(store, plan, reached, figures=figures,
+                                  warn=lambda message: click.echo(f"warning: {message}", err=True))
+    except Exception as error:  # noqa: BLE001 - figures are a by-product
+        click.echo(f"warning: no lineage/figures on the workflow run ({type(error).__name__}: {error})", err=True)
+        return {}
+
+
 def _experiment(name):
     from .dag import Experiment
 
@@ -58,14 +71,22 @@ def main():
 @click.option("-P", "--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Override a recipe parameter (repeatable), e.g. -P rounds=3 -P protocol=paper.")
 @experiment_option
-def run(recipe, params, experiment_name):
+@click.option("--figures/--no-figures", default=True, show_default=True,
+              help="Log the recipe's figures (accuracy vs remaining, Jaccard, structure, stability, "
+                   "weight evolution) on the workflow run. lineage.svg/.html are always logged.")
+@click.option("--state-figures", is_flag=True,
+              help="Also log weight figures (conv filters, fc matrices, biases) on each state computed now.")
+def run(recipe, params, experiment_name, figures, state_figures):
     """Run a recipe file: reach every state it describes, reusing finished ones.
+
+    The workflow run gets states.json, plan.json, lineage.svg, lineage.html and figures/.
 
     \b
     Examples:
       mlprune run recipes/lt_structuredL1.yaml
       mlprune run recipes/lt_structuredL1.yaml -P rounds=3 -P amount=0.3
       mlprune run recipes/lt_structuredL1.yaml -P protocol=paper -e my-study
+      mlprune run recipes/lt_structuredL1.yaml --state-figures
     """
     from .recipes import compile_recipe, parse_assignments, run_plan
     from .store import WorkflowRun
@@ -82,17 +103,69 @@ def run(recipe, params, experiment_name):
             printer(f"[{len(reached)}/{len(plan.nodes)}] {node.label}: {state.run_id[:8]}")
 
     ok = False
+    started_ms = int(time.time() * 1000)
     try:
         states = run_plan(plan, experiment, on_state=on_state)
         ok = True
     finally:
-        workflow.record(reached)
-        workflow.end(ok)
+        try:
+            workflow.record(reached, _workflow_files(experiment.store, plan, reached, figures=figures and ok))
+        finally:
+            workflow.end(ok)
+    if state_figures:
+        from .report import log_state_figures
+
+        log_state_figures(experiment.store, list(reached.values()), since_ms=started_ms)
     last = states[plan.nodes[-1].name]
     click.echo(f"{plan.recipe}: {len(states)} states in experiment {experiment.store.experiment_name!r} "
                f"(id {experiment.store.experiment_id}); last state {last.run_id} "
                f"test_accuracy={last.metrics.get('test_accuracy', float('nan')):.4f} "
                f"sparsity={last.metrics.get('sparsity', float('nan')):.4f}")
+
+
+STEP_KINDS = ("init", "train", "prune", "reinit")
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(STEP_KINDS))
+@click.option("--parent", default="", help="Run id of the parent state (not for init).")
+@click.option("-o", "--option", "options", multiple=True, metavar="NAME=VALUE",
+              help="A step option (repeatable); an empty value means the default. "
+                   "Lists in YAML flow syntax, e.g. -o include=[@conv].")
+@experiment_option
+def step(kind, parent, options, experiment_name):
+    """Create one child state of PARENT by one step, and print its run id.
+
+    The child goes into the parent's experiment. A reinit's `to` is root, parent
+    or a run id; a prune with method=from_state takes `from` (a run id).
+
+    \b
+    Examples:
+      mlprune step init -o model=lenet -o dataset=digits -o seed=0
+      mlprune step train --parent 3f2a9c... -o epochs=5 -o lr=0.01
+      mlprune step prune --parent 8b1d4e... -o method=l1_unstructured -o amount=0.2
+      mlprune step reinit --parent 5c7f0a... -o strategy=rewind -o to=root
+    """
+    from .dag import Experiment, Recipe
+    from .recipes import parse_options
+
+    values = parse_options(options)
+    if kind == "init":
+        if parent:
+            raise SpecError("step init takes no --parent: it creates a root state")
+        state = _experiment(experiment_name).init(**values)
+    else:
+        if not parent:
+            raise SpecError(f"step {kind} needs --parent RUN_ID (the state to start from)")
+        from .store import Store
+
+        parent_experiment = Store().state_run(parent).info.experiment_id
+        experiment = Experiment(experiment_id=parent_experiment, progress=_progress_printer())
+        state = experiment.state(parent).apply(Recipe(({kind: values},)))
+    metrics = state.metrics
+    click.echo(f"{kind} state {state.run_id}: test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
+               f"sparsity={metrics.get('sparsity', float('nan')):.4f}", err=True)
+    click.echo(state.run_id)
 
 
 @main.command()
@@ -171,6 +244,56 @@ def show(run_id):
     for name, value in sorted(run.data.metrics.items()):
         click.echo(f"  {name} = {value:.6g}")
     click.echo(json.dumps({"root": spec["root"], "steps": spec["steps"]}, indent=1))
+
+
+@main.command()
+@click.argument("experiment")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--ui-url", default=None, metavar="URL",
+              help="MLflow UI the lineage links point to. Default: the tracking server, or "
+                   "http://127.0.0.1:5000 (`mlflow ui`) for a local store.")
+def report(experiment, out_dir, ui_url):
+    """Write a self-contained HTML report of EXPERIMENT (name or id) into OUT_DIR.
+
+    OUT_DIR/report.html embeds every figure (it works offline): the lineage DAG,
+    accuracy and early-stopping epoch vs remaining weights (mean ± std over seeds),
+    Jaccard heatmaps, emergent structure, weight stability and evolution, and the
+    weights of the dense and final states. Also figures/*.png and numbers.json.
+    Runs that are not mlprune states, or states with missing artifacts, are
+    skipped with a warning.
+
+    \b
+    Examples:
+      mlprune report mlprune ./report
+      mlprune report my-study out/ --ui-url http://mlflow.example:5000
+    """
+    from .report import write_report
+
+    result = write_report(experiment, out_dir, ui_url=ui_url,
+                          warn=lambda message: click.echo(f"warning: {message}", err=True))
+    click.echo(f"wrote {result.path} ({result.n_states} states, {len(result.figures)} figures)")
+
+
+@main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+def compare(run_a, run_b):
+    """Mask similarity of two states: Jaccard of the kept weights, overall and per layer.
+
+    \b
+    Example:
+      mlprune compare 3f2a9c... 8b1d4e...
+    """
+    from .dag import Experiment
+    from .report import mask_similarity
+
+    experiment = Experiment()
+    a, b = experiment.state(run_a), experiment.state(run_b)
+    result = mask_similarity(a, b)
+    click.echo(f"Jaccard of kept weights, {run_a[:8]} ({a.kind}) vs {run_b[:8]} ({b.kind}): "
+               f"overall {result['overall']:.4f}")
+    for name, value in result["per_layer"].items():
+        click.echo(f"  {name:<32} {value:.4f}")
 
 
 @main.command()

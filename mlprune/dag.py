@@ -21,6 +21,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -30,14 +32,15 @@ import torch
 from . import __version__, analysis, models, pruning, reinit, training
 from .data import load_data
 from .errors import SpecError, choice_error
-from .store import Store
+from .store import ClaimLost, Store
 
 # Bump when the maths of a step changes: old keys then no longer hit.
 SEMANTICS_VERSION = 1
 
 STEP_KINDS = ("prune", "reinit", "train")
 ROOT_DEFAULTS = {"model": "lenet", "dataset": "digits", "init": "default", "seed": 0}
-DATA_DEFAULTS = {"val_size": 0, "augment": None, "image_size": None, "channels": None}
+DATA_DEFAULTS = {"val_size": 0, "augment": None, "image_size": None, "channels": None,
+                 "train_size": None, "test_size": None}
 _ROLE_OF_STEP = {"prune": "mask", "reinit": "weights"}
 _NEEDS_SOURCE = {"rewind", "sign", "zhou", "shuffle"}  # reinit strategies that read a weights source
 
@@ -48,6 +51,59 @@ def canonical_json(obj) -> str:
 
 def content_key(material: dict) -> str:
     return hashlib.sha256(canonical_json(material).encode()).hexdigest()[:32]
+
+
+def state_key(parent_key: str, steps: list, input_keys: dict[str, str]) -> str:
+    """A child state's key from its parent's key, its resolved steps and its other inputs' keys.
+
+    Pure: no store needed, so a whole plan's keys can be computed before anything runs.
+    """
+    return content_key({
+        "semantics": SEMANTICS_VERSION,
+        "parent": parent_key,
+        "steps": steps,
+        "inputs": dict(sorted(input_keys.items())),
+    })
+
+
+def resolve_steps(steps) -> tuple[list[dict], dict]:
+    """(resolved steps, {role: source as given}) of a recipe's steps. Pure: needs no store.
+
+    A step that reads another state (a reinit's weights source ``to``, a
+    ``from_state`` prune's ``from``) has it replaced by ``input:<role>`` in its
+    resolved options; the source itself ('root', 'parent', a run id or a state)
+    comes back by role, for the caller to resolve to a state and its key.
+    """
+    if not steps:
+        raise SpecError("a recipe needs at least one step (prune, reinit or train)")
+    resolved, sources = [], {}
+    for step in steps:
+        kind, options = resolve_step(_without_states(step))
+        raw = next(iter(step.values())) or {}
+        source = None
+        if kind == "reinit" and options["strategy"] in _NEEDS_SOURCE:
+            source = raw.get("to", "root")
+        elif kind == "prune" and options["method"] == "from_state":
+            source = raw.get("from")
+            if source is None:
+                raise SpecError("prune method 'from_state' needs 'from': the state whose mask to take")
+        if source is not None:
+            role = _ROLE_OF_STEP[kind]
+            if role in sources:
+                raise SpecError(f"a recipe can take its {role} source from one state only")
+            sources[role] = source
+            if kind == "reinit":
+                options = {**options, "to": f"input:{role}"}
+                options.pop("epoch", None)
+            else:
+                options = {**options, "from": f"input:{role}"}
+        resolved.append({kind: options})
+    return resolved, sources
+
+
+def root_state_key(resolved_root: dict) -> str:
+    """A root state's key from its resolved spec (`resolve_root`). Pure."""
+    return content_key({"semantics": SEMANTICS_VERSION, "root": resolved_root})
 
 
 def derived_seed(key: str, index: int) -> int:
@@ -62,7 +118,8 @@ def resolve_root(spec: dict) -> dict:
     if unknown:
         raise SpecError(f"unknown root option {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(allowed | {'data_dir'}))}")
     resolved = {k: spec.get(k, v) for k, v in ROOT_DEFAULTS.items()}
-    resolved["data"] = {k: spec.get(k, v) for k, v in DATA_DEFAULTS.items()}
+    # data options at their default are left out: a new no-op option cannot change old keys
+    resolved["data"] = {k: spec[k] for k, v in DATA_DEFAULTS.items() if k in spec and spec[k] != v}
     if resolved["model"] not in models.MODELS and not str(resolved["model"]).startswith("tv:"):
         raise choice_error("model", resolved["model"], list(models.MODELS) + ["tv:<torchvision name>"])
     from .data import DATASETS  # late: keeps the import graph one-way
@@ -93,8 +150,33 @@ def resolve_step(step) -> tuple[str, dict]:
     if kind == "reinit":
         return kind, reinit.resolve_reinit_step({k: v for k, v in options.items() if not isinstance(v, ExperimentState)})
     if kind == "train":
+        options.pop("checkpoints", None)  # where to emit intermediate states: not part of the state
         return kind, training.resolve_train_step(options)
     raise choice_error("step", kind, STEP_KINDS)
+
+
+def train_checkpoints(steps) -> list[int]:
+    """Epochs at which the recipe's final train step emits intermediate states.
+
+    Training is prefix-consistent (constant learning rate, data order seeded by
+    (seed, epoch), a new optimizer per step), so the state after epoch k of an
+    E-epoch training is bitwise the state of the same recipe with epochs=k, and
+    gets that recipe's key: a checkpoint is an ordinary, cached state.
+    """
+    found = []
+    for index, step in enumerate(steps):
+        (kind, options), = step.items()
+        if kind != "train" or not (options or {}).get("checkpoints"):
+            continue
+        if index != len(steps) - 1:
+            raise SpecError("train 'checkpoints' are allowed on the last step of a recipe only")
+        epochs = training.resolve_train_step({k: v for k, v in options.items() if k != "checkpoints"})["epochs"]
+        points = options["checkpoints"]
+        if not isinstance(points, (list, tuple)) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and 1 <= k < epochs for k in points):
+            raise SpecError(f"train checkpoints must be a list of epochs in 1..{epochs - 1}, got {points!r}")
+        found = sorted(set(points))
+    return found
 
 
 @dataclass(frozen=True)
@@ -220,9 +302,9 @@ class Experiment:
     # ---- building blocks ---------------------------------------------------------
     def data(self, root_spec: dict):
         model_channels, model_size = models.model_input(root_spec["model"])
-        options = dict(root_spec["data"])
+        options = {**DATA_DEFAULTS, **root_spec["data"]}
         options["channels"] = options["channels"] or model_channels
-        options["image_size"] = options["image_size"] or model_size
+        options["min_image_size"] = model_size  # upsample small images only
         cache_key = canonical_json([root_spec["dataset"], options, self.data_dir])
         if cache_key not in self._data_cache:
             self._data_cache[cache_key] = load_data(root_spec["dataset"], data_dir=self.data_dir, **options)
@@ -244,16 +326,14 @@ class Experiment:
     # ---- roots -------------------------------------------------------------------
     def root_key(self, **spec) -> tuple[str, dict]:
         resolved = resolve_root(spec)
-        return content_key({"semantics": SEMANTICS_VERSION, "root": resolved}), resolved
+        return root_state_key(resolved), resolved
 
     def init(self, **spec) -> ExperimentState:
         """The root state: a freshly initialized network (model, dataset, init, seed)."""
         key, resolved = self.root_key(**spec)
         if spec.get("data_dir"):
             self.data_dir = spec["data_dir"]
-        hit = self.store.find(key)
-        if hit:
-            return self.state(hit)
+        # no find() here: _compute's claim looks the key up first (one store search for a hit)
 
         def compute(run_id):
             model = self.build_model(resolved)
@@ -270,36 +350,9 @@ class Experiment:
     def child_key(self, parent: ExperimentState, recipe: Recipe | Iterable[dict]) -> tuple[str, list, dict]:
         """(key, resolved steps, input states by role) of applying `recipe` to `parent`."""
         steps = recipe.steps if isinstance(recipe, Recipe) else tuple(recipe)
-        if not steps:
-            raise SpecError("a recipe needs at least one step (prune, reinit or train)")
-        resolved, inputs = [], {}
-        for step in steps:
-            kind, options = resolve_step(_without_states(step))
-            raw = next(iter(step.values())) or {}
-            source = None
-            if kind == "reinit" and options["strategy"] in _NEEDS_SOURCE:
-                source = raw.get("to", "root")
-            elif kind == "prune" and options["method"] == "from_state":
-                source = raw.get("from")
-                if source is None:
-                    raise SpecError("prune method 'from_state' needs 'from': the state whose mask to take")
-            if source is not None:
-                role = _ROLE_OF_STEP[kind]
-                if role in inputs:
-                    raise SpecError(f"a recipe can take its {role} source from one state only")
-                inputs[role] = self._resolve_source(parent, source, role)
-                if kind == "reinit":
-                    options = {**options, "to": f"input:{role}"}
-                    options.pop("epoch", None)
-                else:
-                    options = {**options, "from": f"input:{role}"}
-            resolved.append({kind: options})
-        key = content_key({
-            "semantics": SEMANTICS_VERSION,
-            "parent": parent.key,
-            "steps": resolved,
-            "inputs": {role: state.key for role, state in sorted(inputs.items())},
-        })
+        resolved, sources = resolve_steps(steps)
+        inputs = {role: self._resolve_source(parent, source, role) for role, source in sources.items()}
+        key = state_key(parent.key, resolved, {role: state.key for role, state in inputs.items()})
         return key, resolved, inputs
 
     def _resolve_source(self, parent: ExperimentState, source, role: str) -> ExperimentState:
@@ -323,13 +376,12 @@ class Experiment:
     def apply(self, parent: ExperimentState, recipe: Recipe | Iterable[dict], name: str | None = None) -> ExperimentState:
         """The child state of `parent` under `recipe`: found by key, or computed and stored."""
         key, steps, inputs = self.child_key(parent, recipe)
-        hit = self.store.find(key)
-        if hit:
-            return self.state(hit)
+        # no find() here: _compute's claim looks the key up first (one store search for a hit)
         root_spec = parent.spec["root"]
+        checkpoints = train_checkpoints(recipe.steps if isinstance(recipe, Recipe) else tuple(recipe))
 
         def compute(run_id):
-            return self._run_steps(parent, steps, inputs, key, run_id)
+            return self._run_steps(parent, steps, inputs, key, run_id, checkpoints)
 
         kind = "+".join(next(iter(s)) for s in steps)
         state_spec = {"kind": kind, "root": root_spec, "steps": steps,
@@ -337,7 +389,8 @@ class Experiment:
         return self._compute(key, state_spec, compute, parent=parent, inputs=inputs,
                              name=name or (recipe.name if isinstance(recipe, Recipe) else None) or kind)
 
-    def _run_steps(self, parent: ExperimentState, steps: list, inputs: dict, key: str, run_id: str):
+    def _run_steps(self, parent: ExperimentState, steps: list, inputs: dict, key: str, run_id: str,
+                   checkpoints: list[int] = ()):
         root_spec = parent.spec["root"]
         data = self.data(root_spec)
         model = self.build_model(root_spec)
@@ -369,11 +422,14 @@ class Experiment:
                 train_seed = root_spec["seed"] if options["seed"] is None else options["seed"]
                 store = self.store
 
-                def heartbeat(epoch, _model):
+                def on_epoch(epoch, trained_model, history_so_far, _index=index, _masks=masks):
                     store.heartbeat(run_id)
+                    if epoch in checkpoints:
+                        so_far = {name: history.get(name, []) + list(values) for name, values in history_so_far.items()}
+                        self._emit_checkpoint(parent, steps, inputs, _index, epoch, trained_model, _masks, so_far)
 
                 result = training.train(model, masks, data, options, seed=train_seed,
-                                        progress=self._epoch_progress(), on_epoch=heartbeat)
+                                        progress=self._epoch_progress(), on_epoch=on_epoch)
                 for name, values in result.items():
                     history.setdefault(name, []).extend(values)
                 weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -381,18 +437,47 @@ class Experiment:
         prune_only = all(next(iter(s)) == "prune" for s in steps)
         return model, masks, history, parent.run_id if prune_only else None
 
+    def _emit_checkpoint(self, parent, steps, inputs, index, epoch, model, masks, history):
+        """Store the state after `epoch` epochs of the final train step (see train_checkpoints)."""
+        (_, options), = steps[index].items()
+        truncated = steps[:index] + [{"train": {**options, "epochs": epoch}}]
+        key = state_key(parent.key, truncated, {role: s.key for role, s in inputs.items()})
+        if self.store.find(key):
+            return
+        snapshot = copy.deepcopy(model)
+        kind = "+".join(next(iter(s)) for s in truncated)
+        state_spec = {"kind": kind, "root": parent.spec["root"], "steps": truncated,
+                      "inputs": {role: {"key": s.key, "run_id": s.run_id} for role, s in inputs.items()}}
+        self._compute(key, state_spec, lambda run_id: (snapshot, masks, history, None), parent=parent, inputs=inputs,
+                      name=f"{kind} @epoch {epoch}")
+
     def _epoch_progress(self):
         if self.progress is None:
             return None
         return lambda epoch, total, loss: self.progress(f"epoch {epoch}/{total} train_loss {loss:.4f}")
 
     def _compute(self, key: str, state_spec: dict, compute, *, parent, inputs, name: str) -> ExperimentState:
-        """Claim the key, compute the state, store it, and mark it FINISHED (or FAILED)."""
+        """Claim the key, compute the state, store it, and mark it FINISHED (or FAILED).
+
+        Another process needing the same key meanwhile waits for our claim and reuses
+        our state (`Store.claim`); if another process holds the claim, we wait and
+        return its state. A heartbeat thread keeps our claim alive while we compute.
+        """
         root_run = parent.spec.get("root_run") or parent.run_id if parent else None
         note = _description(self.store, state_spec, parent, inputs)
-        run_id = self.store.create(key=key, kind=state_spec["kind"], name=name,
-                                   parent_run_id=parent.run_id if parent else None, root_run_id=root_run,
-                                   extra_parents={role: s.run_id for role, s in inputs.items()}, note=note)
+
+        def create():
+            return self.store.create(key=key, kind=state_spec["kind"], name=name,
+                                     parent_run_id=parent.run_id if parent else None, root_run_id=root_run,
+                                     extra_parents={role: s.run_id for role, s in inputs.items()}, note=note)
+
+        compute_threads()  # a bad MLPRUNE_THREADS fails before anything is claimed
+        run_id, ours = self.store.claim(key, create, progress=self.progress)
+        if not ours:  # another process computed it
+            return self.state(run_id)
+        alive = self.store.keep_alive(run_id, key)
+        threads = _pin_threads()
+        final = None
         try:
             if self.progress:
                 self.progress(f"computing {name} ({state_spec['kind']})")
@@ -406,6 +491,9 @@ class Experiment:
             if history.get("val_loss"):
                 best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
                 metrics["early_stop_epoch"] = best + 1
+                batch_size = next(next(iter(st.values()))["batch_size"] for st in reversed(state_spec["steps"])
+                                  if "train" in st)
+                metrics["early_stop_iteration"] = (best + 1) * -(-data.len_train // batch_size)
             metrics["duration_s"] = time.perf_counter() - started
             spec = {
                 **copy.deepcopy(state_spec),
@@ -419,11 +507,55 @@ class Experiment:
             if weights_from:
                 spec["weights_from"] = weights_from
             weights = None if weights_from else model.state_dict()
-            self.store.finish(run_id, spec=spec, masks=masks, weights=weights, metrics=metrics, history=history)
+            final = self.store.finish(run_id, spec=spec, masks=masks, weights=weights, metrics=metrics,
+                                      history=history)
+        except ClaimLost as lost:  # taken over, or an older claim exists: wait for its state
+            self.store.release(run_id, str(lost))
         except BaseException as error:
             self.store.fail(run_id, f"{type(error).__name__}: {error}")
             raise
-        return self.state(run_id)
+        finally:
+            alive.stop()
+            _unpin_threads(threads)
+        if final is None:
+            return self._compute(key, state_spec, compute, parent=parent, inputs=inputs, name=name)
+        return self.state(final)
+
+
+THREADS_ENV = "MLPRUNE_THREADS"
+_threads_lock = threading.Lock()
+_threads_users = [0, None]  # states being computed in this process, torch's thread count before
+
+
+def compute_threads() -> int:
+    """Torch threads a state is computed with: MLPRUNE_THREADS, default 1.
+
+    Float sums (matmul, convolutions) are split differently with another thread
+    count, so bitwise-reproducible weights need a fixed one: then a state does
+    not depend on the machine's cores or on the scheduler that ran it.
+    Parallelism comes from computing independent states at once.
+    """
+    text = os.environ.get(THREADS_ENV, "").strip() or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise SpecError(f"{THREADS_ENV} must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _pin_threads() -> int:
+    threads = compute_threads()
+    with _threads_lock:
+        if _threads_users[0] == 0:
+            _threads_users[1] = torch.get_num_threads()
+        _threads_users[0] += 1
+        torch.set_num_threads(threads)
+    return threads
+
+
+def _unpin_threads(_threads: int) -> None:
+    with _threads_lock:
+        _threads_users[0] -= 1
+        if _threads_users[0] == 0 and _threads_users[1] is not None:
+            torch.set_num_threads(_threads_users[1])
 
 
 def _description(store: Store, state_spec: dict, parent, inputs: dict) -> str:

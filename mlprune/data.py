@@ -715,9 +715,16 @@ def _val_count(val_size, n_train: int) -> int:
 
 def load_data(name: str = "digits", *, image_size: int | None = None, channels: int | None = None,
               val_size: int | float = 0, split_seed: int = 0, augment: bool | str | None = None,
-              data_dir: str | os.PathLike | None = None, fast: bool | None = None) -> Data:
+              data_dir: str | os.PathLike | None = None, fast: bool | None = None,
+              min_image_size: int | None = None, train_size: int | None = None,
+              test_size: int | None = None) -> Data:
     """Load dataset `name`, adapted to `image_size` (square, bilinear) and `channels`
     (1 or 3), with `val_size` held out of the train split (seeded by `split_seed`).
+
+    `min_image_size`: upsample only images smaller than this (what a model needs);
+    larger ones keep their size. `train_size` / `test_size`: use only that many
+    samples (train: a seeded subset of what remains after the validation split,
+    test: the first ones), for quick runs of large models.
 
     `augment`: None = dataset default, True = dataset standard, False / "none", or
     "crop", "flip", "crop+flip". `fast`: None = in-memory path when it fits.
@@ -743,6 +750,8 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
     size_in = (int(raw.x_train.shape[2]), int(raw.x_train.shape[3]))
     c_out = channels or c_in
     size_out = (image_size, image_size) if image_size is not None else size_in
+    if image_size is None and min_image_size is not None and min(size_in) < min_image_size:
+        size_out = (min_image_size, min_image_size)
     mean, std = info.mean, info.std
     if c_in == 1 and c_out == 3:
         mean, std = mean * 3, std * 3
@@ -783,8 +792,19 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
     else:
         train = _Split(x_train, y_train, use_fast, pipeline)
     test = _Split(x_test, y_test, use_fast, pipeline)
+    for what, size, available in (("train_size", train_size, train.x.shape[0]),
+                                  ("test_size", test_size, test.x.shape[0])):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= available):
+            raise SpecError(f"{what} {size!r} is not valid; allowed: null (all) or an int in [1, {available}]")
+    if train_size is not None and train_size < train.x.shape[0]:
+        perm = torch.randperm(train.x.shape[0], generator=torch.Generator().manual_seed((split_seed + 1) & _MASK63))
+        keep, _ = torch.sort(perm[:train_size])
+        train = _Split(train.x.index_select(0, keep), train.y.index_select(0, keep), use_fast, pipeline)
+    if test_size is not None and test_size < test.x.shape[0]:
+        test = _Split(test.x[:test_size], test.y[:test_size], use_fast, pipeline)
 
     spec = {"name": name, "image_size": size_out[0] if size_out[0] == size_out[1] else list(size_out),
-            "channels": c_out, "val_size": k, "split_seed": split_seed if k else 0, "augment": aug}
+            "channels": c_out, "val_size": k, "split_seed": split_seed if k else 0, "augment": aug,
+            "train_size": train_size, "test_size": test_size}
     return Data(name=name, num_classes=info.num_classes, input_shape=(c_out, *size_out), train=train,
                 val=val, test=test, augment=aug, fast=use_fast, pipeline=pipeline, spec=spec)

@@ -21,6 +21,15 @@ HEADER = """\
 """
 
 
+# The options of the step entry points (init, train, prune, reinit); '' = the step's default.
+STEP_OPTIONS = {
+    "init": ("model", "dataset", "seed", "init", "val_size", "train_size", "test_size", "data_dir"),
+    "train": ("epochs", "lr", "optimizer", "momentum", "weight_decay", "batch_size", "seed"),
+    "prune": ("method", "amount", "scope", "n", "dim", "include", "exclude", "from", "seed"),
+    "reinit": ("strategy", "to", "seed"),
+}
+
+
 def render(recipes_dir: Path) -> str:
     entry_points = {}
     for path in sorted(recipes_dir.glob("*.yaml")):
@@ -33,6 +42,14 @@ def render(recipes_dir: Path) -> str:
         entry_points[path.stem] = {
             "parameters": parameters,
             "command": f"python -m mlprune run recipes/{path.name} {args}".strip(),
+        }
+    for kind, options in STEP_OPTIONS.items():
+        params = ([] if kind == "init" else ["parent"]) + list(options)
+        args = " ".join(f"-o {name}={{{name}}}" for name in options)
+        parent = "" if kind == "init" else " --parent {parent}"
+        entry_points[kind] = {
+            "parameters": {name: {"type": "string", "default": ""} for name in params},
+            "command": f"python -m mlprune step {kind}{parent} {args}",
         }
     body = {"name": "mlprune", "conda_env": "conda.yaml", "entry_points": entry_points}
     return HEADER + yaml.safe_dump(body, sort_keys=False, width=1000)

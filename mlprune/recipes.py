@@ -42,6 +42,7 @@ TOP_LEVEL_KEYS = {
     "schedule": "per-round overrides of the prune step: a list of {rounds: 'A-B', prune: {...}}",
     "reinit": "the reinit step of every round (null: none, the pruned weights are retrained)",
     "retrain": "train step options for the rounds (defaults to train)",
+    "mask_epoch": "prune from the state after this many epochs of each training (an early mask; the full training is a side branch)",
     "controls": "sibling branches off every pruned state: a list of {name, reinit, retrain?}",
 }
 COMMON_PARAMS = ("dataset", "model", "rounds", "epochs", "amount", "seed", "lr", "batch_size", "data_dir")
@@ -92,6 +93,22 @@ def parse_assignments(pairs) -> dict:
             raise SpecError(f"parameter {pair!r} must look like name=value")
         params[name.strip()] = parse_value(text)
     return params
+
+
+def parse_options(pairs) -> dict:
+    """Step options ['amount=0.2', 'include=[@conv]'] -> typed dict; empty values are dropped (= default)."""
+    options = {}
+    for pair in pairs or ():
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise SpecError(f"option {pair!r} must look like name=value")
+        if text.strip() == "":
+            continue
+        try:
+            options[name.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise SpecError(f"cannot parse option value {text!r} of {name.strip()!r}") from None
+    return options
 
 
 def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
@@ -176,8 +193,14 @@ def _check(condition: bool, message: str):
 def _round_ranges(text, rounds: int, where: str) -> range:
     if isinstance(text, int) and not isinstance(text, bool):
         return range(text, text + 1)
+    half = (rounds + 1) // 2  # the first half gets the odd round
+    if text == "first_half":
+        return range(1, half + 1)
+    if text == "second_half":
+        return range(half + 1, rounds + 1)
     match = re.match(r"^\s*(\d+)\s*-\s*(\d+|end)\s*$", str(text))
-    _check(match is not None, f"{where}: rounds must look like 3 or '1-10' or '11-end', got {text!r}")
+    _check(match is not None,
+           f"{where}: rounds must be 3, '1-10', '11-end', first_half or second_half; got {text!r}")
     start = int(match.group(1))
     stop = rounds if match.group(2) == "end" else int(match.group(2))
     return range(start, stop + 1)
@@ -235,6 +258,23 @@ def compile_recipe(path: str | Path, overrides: dict | None = None) -> Plan:
     for r, prune in prune_of_round.items():
         checked(resolve_step, {"prune": prune}, f"prune (round {r})")
 
+    mask_epoch = spec.get("mask_epoch")
+    if mask_epoch is not None:
+        for key, step in (("train", train), ("retrain", retrain)):
+            epochs = step["train"].get("epochs", 1)
+            _check(isinstance(mask_epoch, int) and not isinstance(mask_epoch, bool) and 1 <= mask_epoch <= epochs,
+                   f"{where}: mask_epoch: must be an int in 1..{key} epochs ({epochs}), got {mask_epoch!r}")
+
+    def early(step):
+        """The train step, emitting the early-mask state as a checkpoint (see dag.train_checkpoints)."""
+        if mask_epoch is None or mask_epoch == step["train"].get("epochs", 1):
+            return step
+        return {"train": {**step["train"], "checkpoints": [mask_epoch]}}
+
+    def at_mask_epoch(steps):
+        *head, last = steps
+        return head + [{"train": {**last["train"], "epochs": mask_epoch}}]
+
     controls = spec.get("controls") or []
     _check(isinstance(controls, list), f"{where}: controls: must be a list of {{name, reinit, retrain?}}")
     for i, control in enumerate(controls):
@@ -245,14 +285,18 @@ def compile_recipe(path: str | Path, overrides: dict | None = None) -> Plan:
 
     name = raw["name"]
     nodes = [PlanNode("root", None, root=root, label=f"{name}: init"),
-             PlanNode("train", "root", [train], label=f"{name}: train")]
+             PlanNode("train", "root", [early(train)], label=f"{name}: train")]
     previous = "train"
+    if mask_epoch is not None:
+        nodes.append(PlanNode(f"train@{mask_epoch}", "root", at_mask_epoch([train]),
+                              label=f"{name}: train, epoch {mask_epoch} (mask)"))
+        previous = f"train@{mask_epoch}"
     for r in range(1, rounds + 1):
         pruned = f"prune{r}"
         nodes.append(PlanNode(pruned, previous, [{"prune": prune_of_round[r]}],
                               label=f"{name}: round {r} prune", round=r))
         retrained = f"round{r}"
-        nodes.append(PlanNode(retrained, pruned, reinit_step + [retrain],
+        nodes.append(PlanNode(retrained, pruned, reinit_step + [early(retrain)],
                               label=f"{name}: round {r} {'reinit+' if reinit_step else ''}train", round=r))
         for control in controls:
             control_retrain = {"train": control.get("retrain") or retrain["train"]}
@@ -261,6 +305,10 @@ def compile_recipe(path: str | Path, overrides: dict | None = None) -> Plan:
                                   label=f"{name}: round {r} control {control['name']}", round=r,
                                   branch=control["name"]))
         previous = retrained
+        if mask_epoch is not None:
+            previous = f"{retrained}@{mask_epoch}"
+            nodes.append(PlanNode(previous, pruned, at_mask_epoch(reinit_step + [retrain]),
+                                  label=f"{name}: round {r} train, epoch {mask_epoch} (mask)", round=r))
     return Plan(name, params, nodes, data_dir=data_dir)
 
 

@@ -90,7 +90,7 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, step: dict, *,
           progress=None, on_epoch=None) -> dict[str, list[float]]:
     """Train in place for step['epochs'] epochs; returns per-epoch histories.
 
-    `on_epoch(epoch, model)` is called after each epoch (checkpoints, heartbeats).
+    `on_epoch(epoch, model, history)` is called after each epoch (checkpoints, heartbeats).
     """
     # Denormal floats make plain SGD on the CPU ~2.5x slower; flushing them is deterministic
     # and numerically negligible. (torch cannot report the previous setting, so it stays on.)
@@ -130,7 +130,7 @@ def _train(model, masks, data, step, *, seed, progress, on_epoch):
         if progress is not None:
             progress(epoch + 1, step["epochs"], history["train_loss"][-1])
         if on_epoch is not None:
-            on_epoch(epoch + 1, model)
+            on_epoch(epoch + 1, model, history)
     return history
 
 

@@ -215,3 +215,56 @@ def test_experiment_from_mlflow_environment(tracking, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "by-name")
     assert Store().experiment_name == "by-name"
+
+
+# Pinned keys: a change here means every user's cache silently stops hitting. If the maths of a
+# step really changed, bump dag.SEMANTICS_VERSION and update these values in the same commit.
+PINNED = {
+    "root": "c1877e2c347084bd8f7c55270a0abc3f",
+    "train": "929e847e9eb4a375e3b4c7f95dda49f7",
+    "prune": "a3eb362c8ad7fa4a06fa178a9bb43d29",
+    "rewind+train": "b7e74e88c01ebc702bf33d6fd386ca43",
+    "root s1 mnist": "580c3bed859021910928b5edef4845a1",
+}
+
+
+def test_pinned_keys(experiment):
+    root = experiment.init(model="lenet", dataset="digits", seed=0)
+    assert root.key == PINNED["root"]
+    assert experiment.child_key(root, Recipe.train(epochs=1))[0] == PINNED["train"]
+    assert experiment.child_key(root, STRUCTURED)[0] == PINNED["prune"]
+    assert experiment.child_key(root, LT_ROUND)[0] == PINNED["rewind+train"]
+    assert experiment.root_key(model="lenet_300_100", dataset="mnist", seed=1, init="glorot",
+                               val_size=5000)[0] == PINNED["root s1 mnist"]
+
+
+def test_a_train_checkpoint_is_bitwise_the_shorter_training(tmp_path, monkeypatch, _empty_store_db):
+    """Training is prefix-consistent: epoch k of an E-epoch training is the state 'train k epochs'."""
+    import shutil
+
+    stores = []
+    for name in ("long", "short"):
+        (tmp_path / name).mkdir()
+        shutil.copy(_empty_store_db, tmp_path / name / "mlflow.db")
+        monkeypatch.chdir(tmp_path / name)
+        stores.append(Experiment("ckpt", tracking_uri=f"sqlite:///{tmp_path / name}/mlflow.db"))
+    long_exp, short_exp = stores
+    root = long_exp.init(seed=5, train_size=256)
+    pruned = root.apply(Recipe.prune(method="l1_unstructured", amount=0.3))
+    full = pruned.apply(Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=3, checkpoints=[1, 2]))
+    runs_before = len(long_exp.store.states())
+    early = pruned.apply(Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=2))
+    assert len(long_exp.store.states()) == runs_before  # emitted during the long training: a cache hit
+    assert early.spec["steps"][-1]["train"]["epochs"] == 2
+    assert early.parent.run_id == pruned.run_id and early.parents()["weights"].run_id == root.run_id
+    assert len(long_exp.store.client.get_metric_history(early.run_id, "train_loss")) == 2
+
+    monkeypatch.chdir(tmp_path / "short")
+    direct = (short_exp.init(seed=5, train_size=256)
+              .apply(Recipe.prune(method="l1_unstructured", amount=0.3))
+              .apply(Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=2)))
+    assert direct.key == early.key
+    assert weights_hash(direct.weights) == weights_hash(early.weights)
+    assert weights_hash(full.weights) != weights_hash(early.weights)
+    with pytest.raises(SpecError, match="checkpoints"):
+        root.apply(Recipe.train(epochs=2, checkpoints=[2]))
