@@ -93,6 +93,8 @@ def resolve_steps(steps) -> tuple[list[dict], dict]:
                 raise SpecError(f"a recipe can take its {role} source from one state only")
             sources[role] = source
             if kind == "reinit":
+                if options.get("epoch") is not None:  # late rewinding: epoch k of the first training
+                    sources[role] = {"epoch": options["epoch"], "of": source}
                 options = {**options, "to": f"input:{role}"}
                 options.pop("epoch", None)
             else:
@@ -148,7 +150,12 @@ def resolve_step(step) -> tuple[str, dict]:
         options.pop("from", None)
         return kind, pruning.resolve_prune_step(options)
     if kind == "reinit":
-        return kind, reinit.resolve_reinit_step({k: v for k, v in options.items() if not isinstance(v, ExperimentState)})
+        resolved = reinit.resolve_reinit_step({k: v for k, v in options.items() if not isinstance(v, ExperimentState)})
+        if resolved.get("reset_optimizer") is False:
+            # states store weights and masks, not optimizer moments: every train step starts a new optimizer
+            raise SpecError("reset_optimizer: false is not supported: each train step starts a fresh optimizer "
+                            "(states do not store optimizer moments)")
+        return kind, resolved
     if kind == "train":
         options.pop("checkpoints", None)  # where to emit intermediate states: not part of the state
         return kind, training.resolve_train_step(options)
@@ -356,6 +363,8 @@ class Experiment:
         return key, resolved, inputs
 
     def _resolve_source(self, parent: ExperimentState, source, role: str) -> ExperimentState:
+        if isinstance(source, dict):
+            return self._epoch_of_first_training(parent, source["epoch"], source["of"])
         if isinstance(source, ExperimentState):
             state = source
         elif source == "root":
@@ -372,6 +381,27 @@ class Experiment:
         if role == "weights" and state.key not in {s.key for s in parent.lineage()}:
             raise SpecError(f"rewind target {state.run_id} is not an ancestor of {parent.run_id}")
         return state
+
+    def _epoch_of_first_training(self, parent: ExperimentState, epoch: int, of) -> ExperimentState:
+        """The state after `epoch` epochs of the first training of parent's lineage (late rewinding).
+
+        Training is prefix-consistent, so this is the root trained for `epoch` epochs with
+        the first training's options: a checkpoint that training emitted, or computed now.
+        """
+        if of not in ("root", None):
+            raise SpecError(f"rewind 'epoch' counts epochs of the first training from the root; 'to' must be root, not {of!r}")
+        lineage = parent.lineage()
+        root = lineage[-1]
+        if epoch == 0:
+            return root
+        first = lineage[-2] if len(lineage) >= 2 else None
+        if first is None or len(first.spec["steps"]) != 1 or "train" not in first.spec["steps"][0]:
+            raise SpecError(f"rewind to epoch {epoch} needs a lineage whose first step after the root is one "
+                            f"train step; {parent.run_id}'s is {first.kind if first else 'missing'!r}")
+        options = first.spec["steps"][0]["train"]
+        if not 0 < epoch <= options["epochs"]:
+            raise SpecError(f"rewind epoch {epoch} is outside the first training (1..{options['epochs']})")
+        return self.apply(root, Recipe.train(**{**options, "epochs": epoch}), name=f"train @epoch {epoch}")
 
     def apply(self, parent: ExperimentState, recipe: Recipe | Iterable[dict], name: str | None = None) -> ExperimentState:
         """The child state of `parent` under `recipe`: found by key, or computed and stored."""
@@ -487,6 +517,7 @@ class Experiment:
             test_loss, test_accuracy = training.evaluate(model, data.test_batches(256))
             metrics = {"test_loss": test_loss, "test_accuracy": test_accuracy}
             metrics.update(analysis.sparsity(masks))
+            metrics["compression_ratio"] = analysis.compression_ratio(masks)
             metrics.update(analysis.flops(model, tuple(data.input_shape), masks))
             if history.get("val_loss"):
                 best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)

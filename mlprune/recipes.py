@@ -309,7 +309,35 @@ def compile_recipe(path: str | Path, overrides: dict | None = None) -> Plan:
             previous = f"{retrained}@{mask_epoch}"
             nodes.append(PlanNode(previous, pruned, at_mask_epoch(reinit_step + [retrain]),
                                   label=f"{name}: round {r} train, epoch {mask_epoch} (mask)", round=r))
+    earlier: list[str] = []
+    for node in nodes:  # 'state:<ref>' names an earlier node of this plan, or a run id
+        for step in node.steps:
+            (kind, options), = step.items()
+            for key in ("to", "from"):
+                ref = node_reference((options or {}).get(key))
+                if ref is not None and not re.fullmatch(r"[0-9a-f]{32}", ref) and ref not in earlier:
+                    raise SpecError(f"{where}: {node.name}: {kind}.{key}: 'state:{ref}' is neither a run id nor an "
+                                    f"earlier state of this recipe ({', '.join(earlier)})")
+        earlier.append(node.name)
     return Plan(name, params, nodes, data_dir=data_dir)
+
+
+def node_reference(value) -> str | None:
+    """'state:<plan node>' -> the node name; None for anything else."""
+    if isinstance(value, str) and value.startswith("state:"):
+        return value[len("state:"):]
+    return None
+
+
+def bind_node_references(step: dict, states: dict) -> dict:
+    """Replace 'state:<plan node>' in a step's `to` / `from` by that node's reached state."""
+    (kind, options), = step.items()
+    bound = dict(options or {})
+    for key in ("to", "from"):
+        name = node_reference(bound.get(key))
+        if name is not None and name in states:
+            bound[key] = states[name]
+    return {kind: bound}
 
 
 def run_plan(plan: Plan, experiment, *, on_state=None) -> dict:
@@ -321,7 +349,8 @@ def run_plan(plan: Plan, experiment, *, on_state=None) -> dict:
         if node.root is not None:
             state = experiment.init(**node.root, **({"data_dir": plan.data_dir} if plan.data_dir else {}))
         else:
-            state = experiment.apply(states[node.parent], Recipe(node.steps, name=node.label))
+            steps = [bind_node_references(step, states) for step in node.steps]
+            state = experiment.apply(states[node.parent], Recipe(steps, name=node.label))
         states[node.name] = state
         if on_state is not None:
             on_state(node, state)
