@@ -106,8 +106,12 @@ def parse_options(pairs) -> dict:
             continue
         try:
             options[name.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise SpecError(f"cannot parse option value {text!r} of {name.strip()!r}") from None
+        except yaml.YAMLError:  # e.g. '@conv' or '[@conv, fc1.weight]': YAML reserves '@'
+            stripped = text.strip()
+            if stripped.startswith("[") and stripped.endswith("]"):
+                options[name.strip()] = [item.strip() for item in stripped[1:-1].split(",") if item.strip()]
+            else:
+                options[name.strip()] = stripped
     return options
 
 
