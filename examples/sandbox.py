@@ -11,9 +11,9 @@ from mlprune import Experiment, Recipe
 
 exp = Experiment("sandbox")
 root = exp.init(model="lenet", dataset="digits", seed=0)
-trained = root.apply(Recipe.train(epochs=3, lr=0.01))
+trained = root.apply(Recipe.train(epochs=5, lr=0.01, momentum=0.9))
 
-retrain = Recipe.train(epochs=3, lr=0.01)
+retrain = Recipe.train(epochs=5, lr=0.01, momentum=0.9)
 for method, options in [("l1_unstructured", {}), ("ln_structured", {"n": 1, "dim": 1})]:
     pruned = trained.apply(Recipe.prune(method=method, amount=0.5, **options))
     ticket = pruned.apply(Recipe.reinit(strategy="rewind", to="root") + retrain)

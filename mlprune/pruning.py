@@ -85,7 +85,8 @@ Prune step spec (recipe files; ``resolve_prune_step`` makes it canonical)
      "bias": False,                    # True -> SpecError (bias pruning not supported yet)
      "layers": {<selector>: {"method": ..., "amount": ..., "n": ..., "dim": ...,
                              "skip": bool}},
-     "seed": 0}                        # kept only when a random method is used
+     "seed": <int>}                    # kept only when given and a random method is used;
+                                       # absent: derived from the state's key by the DAG
     {"method": "from_state", "state": "<ref>"}   # the DAG resolves <ref>
 
 Selectors are ``fnmatch`` globs on parameter names (``"fc3.weight"``,
@@ -550,10 +551,11 @@ def resolve_prune_step(step: dict) -> dict:
            "include": _selector_list(step.get("include", ["*"]), "include"),
            "exclude": _selector_list(step.get("exclude", []), "exclude"),
            "bias": False, "layers": overrides}
-    if methods_used & set(RANDOM_METHODS):
-        out["seed"] = _check_seed(step.get("seed", 0))
-    elif "seed" in step:
-        _check_seed(step["seed"])
+    # No default seed: absent, the DAG derives one from the child's key (each branch its own draw).
+    if step.get("seed") is not None:
+        seed = _check_seed(step["seed"])
+        if methods_used & set(RANDOM_METHODS):
+            out["seed"] = seed
     return out
 
 

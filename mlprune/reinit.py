@@ -41,7 +41,8 @@ Reinit step spec (``resolve_reinit_step`` makes it canonical)::
     {"strategy": "rewind",            # required: rewind, random, sign, zhou, shuffle, keep
      "to": "root",                    # rewind/sign/zhou/shuffle: "root" | "parent" | "state:<ref>"
      "epoch": None,                   # rewind/sign/zhou/shuffle: None or an int >= 0
-     "seed": 0,                       # random/shuffle only (silently dropped otherwise)
+     "seed": <int>,                   # random/shuffle only, kept only when given (silently
+                                      # dropped otherwise); absent: derived from the state's key
      "reset_optimizer": True}         # every strategy
 
 ``to``/``epoch`` given for a strategy that does not use them is a ``SpecError``; the
@@ -234,10 +235,12 @@ def resolve_reinit_step(step: dict) -> dict:
             if key in step:
                 raise SpecError(f"option {key!r} ({step[key]!r}) does not apply to reinit "
                                 f"{strategy!r}; allowed for: {', '.join(_SOURCE_STRATEGIES)}")
-    seed = step.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    # No default seed: left out, the DAG derives one from the child's key, so each branch
+    # draws its own numbers (a default of 0 would make `random` re-create a seed-0 root's init).
+    seed = step.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise SpecError(f"invalid seed {seed!r}; allowed: an int >= 0")
-    if strategy in _SEED_STRATEGIES:
+    if strategy in _SEED_STRATEGIES and seed is not None:
         out["seed"] = int(seed)
     reset = step.get("reset_optimizer", True)
     if not isinstance(reset, bool):

@@ -563,7 +563,8 @@ def test_resolve_fills_defaults_canonically():
     assert s["n"] == 1 and s["dim"] == 1 and "seed" not in s
     assert P.resolve_prune_step({"method": "ln_structured", "amount": 0.2, "n": 1, "dim": 1}) == s
     rs = P.resolve_prune_step({"method": "random_structured", "amount": 0.2})
-    assert rs["dim"] == 1 and "n" not in rs and rs["seed"] == 0
+    assert rs["dim"] == 1 and "n" not in rs and "seed" not in rs  # no default: the DAG derives one
+    assert P.resolve_prune_step({"method": "random_structured", "amount": 0.2, "seed": 4})["seed"] == 4
     for spelling in (INF, "inf", "INF", "+inf"):
         assert P.resolve_prune_step({"method": "ln_structured", "amount": 0.2, "n": spelling})["n"] == "inf"
     for spelling in (-INF, "-inf"):
@@ -585,7 +586,7 @@ def test_resolve_is_idempotent_json_safe_and_keeps_override_order():
         {"select": "fc1.weight", "skip": True},
         {"select": "@output", "method": "random_unstructured", "amount": 0.2},
     ]
-    assert r["seed"] == 0  # a random override uses the seed
+    assert "seed" not in r  # a random override without a seed: derived per state by the DAG
     assert P.resolve_prune_step(r) == r
     assert P.resolve_prune_step(json.loads(json.dumps(r, sort_keys=True))) == r
     swapped = dict(step, layers=dict(reversed(list(step["layers"].items()))))

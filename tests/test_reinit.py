@@ -197,8 +197,10 @@ def test_resolve_defaults_and_canonical_form():
     assert r == {"strategy": "rewind", "to": "root", "epoch": None, "reset_optimizer": True}
     assert R.resolve_reinit_step({"strategy": "rewind", "to": "root", "epoch": None, "seed": 5,
                                   "reset_optimizer": True}) == r  # seed does not apply: dropped
-    assert R.resolve_reinit_step({"strategy": "random"}) == {"strategy": "random", "seed": 0,
-                                                             "reset_optimizer": True}
+    # no default seed: left out, the DAG derives one from the state's key
+    assert R.resolve_reinit_step({"strategy": "random"}) == {"strategy": "random", "reset_optimizer": True}
+    assert R.resolve_reinit_step({"strategy": "random", "seed": 3}) == {"strategy": "random", "seed": 3,
+                                                                        "reset_optimizer": True}
     assert R.resolve_reinit_step({"strategy": "shuffle", "to": "parent", "seed": 3}) == {
         "strategy": "shuffle", "to": "parent", "epoch": None, "seed": 3, "reset_optimizer": True}
     assert R.resolve_reinit_step({"strategy": "keep", "reset_optimizer": False}) == {

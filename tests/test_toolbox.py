@@ -116,3 +116,22 @@ def test_toolbox_bad_input_records_nothing(experiment, tracking, trained):
             call()
         assert fragment in str(raised.value) and "\n" not in str(raised.value), str(raised.value)
     assert len(experiment.store.states()) == finished + 1  # only the other tree's root
+
+
+def test_random_controls_really_draw_new_numbers(experiment, trained):
+    """Regression: a default seed of 0 made `random` re-create a seed-0 root's init (= a rewind)."""
+    root, network = trained
+    assert root.spec["root"]["seed"] == 0
+    pruned = network.apply(Recipe.prune(method="l1_unstructured", amount=0.5))
+    rewound = pruned.apply(Recipe.reinit(strategy="rewind", to="root"))
+    fresh = pruned.apply(Recipe.reinit(strategy="random"))
+    for param, mask in pruned.masks.items():
+        assert torch.equal(fresh.masks[param], mask)
+        assert not torch.equal(fresh.weights[param][mask], rewound.weights[param][mask]), param
+        assert not torch.equal(fresh.weights[param][mask], root.weights[param][mask]), param
+    # random pruning of two different states draws two different masks; an explicit seed is honoured
+    a = network.apply(Recipe.prune(method="random_unstructured", amount=0.5))
+    b = rewound.apply(Recipe.prune(method="random_unstructured", amount=0.5))
+    assert any(not torch.equal(a.masks[p], b.masks[p]) for p in a.masks)
+    seeded = [s.apply(Recipe.prune(method="random_unstructured", amount=0.5, seed=7)) for s in (network, rewound)]
+    assert all(torch.equal(seeded[0].masks[p], seeded[1].masks[p]) for p in a.masks)
