@@ -38,13 +38,20 @@ experiment_option = click.option(
          "MLFLOW_EXPERIMENT_NAME, else 'mlprune'.")
 
 
-def _workflow_files(store, plan, reached, *, figures):
-    """Lineage and figures for the workflow run; a failure here never hides the run's own outcome."""
-    try:
-        from .report import workflow_artifacts
+def _workflow_files(store, plan, reached, *, overrides=None, figures=True, plans=None):
+    """Plan, lineage and figures for a workflow run (`plans`: a sweep's, lineage only).
 
-        return workflow_artifacts(store, plan, reached, figures=figures,
-                                  warn=lambda message: click.echo(f"warning: {message}", err=True))
+    A failure here is a warning: it never hides the run's own outcome.
+    """
+    try:
+        from . import report
+
+        if plans is not None:
+            return report.lineage_files(store, reached.values(), title=f"Lineage: {plans} (experiment "
+                                        f"{store.experiment_name})", subtitle="the states the sweep reached "
+                                        "and all their parents")
+        return report.workflow_artifacts(store, plan, reached, overrides=overrides, figures=figures,
+                                         warn=lambda message: click.echo(f"warning: {message}", err=True))
     except Exception as error:  # noqa: BLE001 - figures are a by-product
         click.echo(f"warning: no lineage/figures on the workflow run ({type(error).__name__}: {error})", err=True)
         return {}
@@ -91,7 +98,8 @@ def run(recipe, params, experiment_name, figures, state_figures):
     from .recipes import compile_recipe, parse_assignments, run_plan
     from .store import WorkflowRun
 
-    plan = compile_recipe(recipe, parse_assignments(params))
+    overrides = parse_assignments(params)
+    plan = compile_recipe(recipe, overrides)
     experiment = _experiment(experiment_name)
     workflow = WorkflowRun(experiment.store, recipe=plan.recipe, params=plan.params)
     printer = _progress_printer()
@@ -109,7 +117,8 @@ def run(recipe, params, experiment_name, figures, state_figures):
         ok = True
     finally:
         try:
-            workflow.record(reached, _workflow_files(experiment.store, plan, reached, figures=figures and ok))
+            workflow.record(reached, _workflow_files(experiment.store, plan, reached, overrides=overrides,
+                                                     figures=figures and ok))
         finally:
             workflow.end(ok)
     if state_figures:

@@ -37,6 +37,8 @@ __all__ = [
     "plot_jaccard_heatmap",
     "plot_accuracy_vs_remaining",
     "plot_structure",
+    "plot_early_stop_vs_remaining",
+    "plot_stability",
     "plot_dag",
     "dag_layout",
     "dag_svg",
@@ -339,7 +341,7 @@ def plot_structure(emergent: Mapping[str, Mapping], title: str | None = None) ->
             r = emergent[n][dim]["ratio"]
             if r is None or (isinstance(r, float) and math.isnan(r)):
                 continue
-            txt = "∞×" if math.isinf(r) else f"{r:.2g}×"
+            txt = "∞×" if math.isinf(r) else (f"{r:.2g}×" if r < 1000 else ">1000×")
             ax.annotate(txt, (x[i], 100 * max(obs[i], exp[i])), xytext=(0, 2), textcoords="offset points",
                         ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x)
@@ -354,6 +356,107 @@ def plot_structure(emergent: Mapping[str, Mapping], title: str | None = None) ->
     axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(title or "Emergent structure: entirely pruned units vs random unstructured pruning",
                  fontsize=11)
+    return fig
+
+
+def plot_early_stop_vs_remaining(aggregated: Sequence[Mapping], title: str | None = None) -> Figure:
+    """Early-stopping epoch (lowest validation loss) vs remaining weights, mean ± std over seeds.
+
+    ``aggregated`` is ``analysis.accuracy_vs_remaining(rows)`` with rows that carry
+    ``early_stop_iteration``; groups without it are left out. Same x axis as
+    :func:`plot_accuracy_vs_remaining` (remaining %, log scale, 100% on the left).
+    """
+    fig = _figure(7.5, 4.8)
+    ax = fig.add_subplot()
+    recipes: dict = {}
+    for a in aggregated:
+        if "early_stop_iteration" in a:
+            recipes.setdefault(a["recipe"], []).append(a)
+    xs_all = []
+    for recipe, pts in recipes.items():
+        pts = sorted(pts, key=lambda a: -a["remaining"])
+        x = np.array([100.0 * a["remaining"] for a in pts])
+        y = np.array([a["early_stop_iteration"] for a in pts], dtype=float)
+        e = np.array([a.get("early_stop_iteration_std", 0.0) for a in pts], dtype=float)
+        ok = x > 0
+        ns = sorted({int(a.get("early_stop_n", a["n"])) for a in pts})
+        n_txt = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+        ax.errorbar(x[ok], y[ok], yerr=e[ok], marker="o", markersize=4, capsize=3, linewidth=1.4,
+                    label=f"{recipe} ({n_txt})")
+        xs_all.extend(x[ok].tolist())
+    ax.set_xscale("log")
+    if xs_all:
+        hi, lo = max(xs_all), min(xs_all)
+        ax.set_xlim(hi * 1.25, lo / 1.25)
+        ticks = [t for t in _NICE_PERCENTS if lo / 1.25 <= t <= hi * 1.25]
+        if len(ticks) < 2:
+            ticks = sorted({hi, lo}, reverse=True)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(_pct))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.legend(fontsize=8, loc="best", title="recipe (seeds)", title_fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no state has an early-stopping epoch\n(it needs a validation split: val_size > 0)",
+                transform=ax.transAxes, ha="center", va="center", fontsize=10, color="#555555")
+    ax.set_xlabel("remaining weights (%, log scale)")
+    ax.set_ylabel("early-stopping epoch (lowest val loss)")
+    ax.set_title(title or "Early-stopping epoch vs remaining weights (mean ± std over seeds)")
+    ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def plot_stability(stability: Mapping, rounds_labels: Sequence | None = None,
+                   title: str | None = None) -> Figure:
+    """Weight stability across rounds: three panels over the transitions t -> t+1.
+
+    ``stability`` is ``analysis.weight_stability(weights, masks)``. Panels: Jaccard
+    of consecutive masks (kept weights), cosine similarity and relative L2 change
+    of the weights kept in both. One thin line per layer, the overall value thick
+    and black. ``rounds_labels`` name the states (one more than the transitions).
+    """
+    transitions = list(stability["transitions"])
+    T = len(transitions)
+    if rounds_labels is not None:
+        labels = [str(r) for r in rounds_labels]
+        if len(labels) != T + 1:
+            raise SpecError(f"{len(labels)} rounds_labels for {T} transitions (need {T + 1})")
+        xt = [f"{labels[t]}→{labels[t + 1]}" for t in range(T)]
+    else:
+        xt = [t.replace("->", "→") for t in transitions]
+    fig = _figure(min(16.0, max(10.0, 4.0 + 0.9 * T * 3)), 4.4)
+    axes = fig.subplots(1, 3)
+    panels = [("jaccard", "mask overlap (Jaccard)", (0.0, 1.05)),
+              ("cosine", "cosine similarity\nof weights kept in both", (None, None)),
+              ("relative_l2", "relative change ‖w′−w‖ / ‖w‖\nof weights kept in both", (0.0, None))]
+    x = np.arange(T)
+    cmap = matplotlib.colormaps["tab10"]
+    handles = []
+    for ax, (key, what, (lo, hi)) in zip(axes, panels):
+        for i, (name, values) in enumerate(stability[key]["per_layer"].items()):
+            line, = ax.plot(x, np.asarray(values, dtype=float), marker=".", linewidth=1.0, alpha=0.8,
+                            color=cmap(i % 10), label=_short(name))
+            if key == "jaccard":
+                handles.append(line)
+        line, = ax.plot(x, np.asarray(stability[key]["overall"], dtype=float), marker="o", linewidth=2.4,
+                        color="black", label="overall")
+        if key == "jaccard":
+            handles.append(line)
+        ax.set_xticks(x)
+        ax.set_xticklabels(xt, rotation=30 if T > 4 else 0, ha="right" if T > 4 else "center", fontsize=8)
+        ax.set_xlim(-0.3, max(T - 0.7, 0.3))
+        if key == "cosine":  # values crowd just below 1: zoom in, keeping 1 in view
+            vals = np.asarray([v for vs in stability[key]["per_layer"].values() for v in vs]
+                              + list(stability[key]["overall"]), dtype=float)
+            vals = vals[np.isfinite(vals)]
+            low = float(vals.min()) if vals.size else 0.0
+            lo = max(-1.0, low - 0.1 * (1.0 - low) - 0.002)
+            hi = 1.0 + 0.04 * (1.0 - lo)
+        ax.set_ylim(bottom=lo, top=hi)
+        ax.set_title(what, fontsize=9.5)
+        ax.set_xlabel("rounds")
+        ax.grid(True, alpha=0.3)
+    fig.legend(handles=handles, fontsize=8, loc="outside right center", title="layer", title_fontsize=8)
+    fig.suptitle(title or "Weight stability across rounds", fontsize=11)
     return fig
 
 

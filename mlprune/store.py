@@ -162,6 +162,20 @@ class Store:
             order_by=["attributes.start_time ASC"],
         )
 
+    def runs(self) -> list:
+        """Every active run of the experiment, states or not (reports say what they skip)."""
+        return self.client.search_runs([self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
+                                       max_results=50000, order_by=["attributes.start_time ASC"])
+
+    def read_artifact(self, run_id: str, name: str) -> bytes:
+        """One artifact file of any run of the store; a one-line SpecError if it has none."""
+        return self._artifact_bytes(self.run(run_id), name)
+
+    def log_figures(self, run_id: str, figures: dict) -> None:
+        """Log matplotlib figures on a run ({artifact path: Figure}) with MLflow's log_figure."""
+        for name, figure in figures.items():
+            self.client.log_figure(run_id, figure, name)
+
     def run(self, run_id: str):
         try:
             return self.client.get_run(run_id)
@@ -249,6 +263,8 @@ class Store:
         local = _local_path(run.info.artifact_uri)
         if local is not None and (local / name).exists():
             return (local / name).read_bytes()
+        if local is not None:  # a local artifact store without the file: nothing to download
+            raise SpecError(f"run {run.info.run_id} has no artifact {name!r}")
         with tempfile.TemporaryDirectory(prefix="mlprune-") as tmp:
             try:
                 path = self.client.download_artifacts(run.info.run_id, name, tmp)
@@ -302,6 +318,22 @@ class Store:
         return f"#/experiments/{self.experiment_id}/runs/{run_id}"
 
 
+def open_experiment(ref: str, *, tracking_uri: str | None = None) -> Store:
+    """The Store of an existing experiment, by name or id; a one-line SpecError if there is none."""
+    store = Store(tracking_uri=tracking_uri)
+    found = store.client.get_experiment_by_name(str(ref))
+    if found is None and str(ref).isdigit():
+        try:
+            found = store.client.get_experiment(str(ref))
+        except mlflow.exceptions.MlflowException:
+            found = None
+    if found is None or found.lifecycle_stage != "active":
+        names = [e.name for e in store.client.search_experiments(max_results=50)]
+        raise SpecError(f"no experiment {ref!r} in the tracking store {store.tracking_uri}; "
+                        f"experiments: {', '.join(names) or 'none'}")
+    return Store(found.name, tracking_uri=store.tracking_uri, experiment_id=found.experiment_id)
+
+
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
 
@@ -336,6 +368,7 @@ class WorkflowRun:
             (tmp / "params.json").write_text(json.dumps(self.params, indent=1, sort_keys=True))
             for name, content in (files or {}).items():
                 target = tmp / name
+                target.parent.mkdir(parents=True, exist_ok=True)  # e.g. figures/x.png
                 if isinstance(content, str):
                     target.write_text(content)
                 else:
