@@ -33,6 +33,7 @@ __all__ = [
     "plot_conv_filters",
     "plot_fc_weights",
     "plot_biases",
+    "plot_bias_panels",
     "plot_weight_evolution",
     "plot_jaccard_heatmap",
     "plot_accuracy_vs_remaining",
@@ -190,6 +191,26 @@ def plot_biases(bias, title: str | None = None) -> Figure:
     return fig
 
 
+def plot_bias_panels(biases: Mapping, title: str | None = None) -> Figure:
+    """All bias vectors of a network in one figure: one bar chart per layer, stacked."""
+    items = [(name, _np(b).astype(np.float64).reshape(-1)) for name, b in biases.items()]
+    if not items:
+        raise SpecError("plot_bias_panels needs at least one bias vector")
+    widest = max(b.size for _, b in items)
+    fig = _figure(min(14.0, max(6.0, 2.5 + widest / 12)), 0.4 + 1.75 * len(items))
+    axes = fig.subplots(len(items), 1, squeeze=False)[:, 0]
+    for ax, (name, b) in zip(axes, items):
+        ax.bar(np.arange(b.size), b, color=np.where(b >= 0, "#c62828", "#1565c0"), width=0.85)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xlim(-0.7, b.size - 0.3)
+        ax.set_ylabel("bias", fontsize=8)
+        ax.set_title(f"{name} ({b.size} units)", fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+    axes[-1].set_xlabel("output unit")
+    fig.suptitle(title or "Biases", fontsize=10)
+    return fig
+
+
 def plot_weight_evolution(trajectories, rounds_labels: Sequence | None = None,
                           title: str | None = None) -> Figure:
     """Value of each sampled weight across rounds; a line ends where its weight was pruned.
@@ -276,6 +297,47 @@ def _pct(v: float, _pos=None) -> str:
     return f"{v:g}"
 
 
+_FINE_PERCENTS = [100, 90, 80, 70, 60, 50, 40, 30, 20, 15, 10, 7, 5, 3, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
+_MARKERS = "osD^v<>ph*"
+
+
+def _series_style(i: int, n: int) -> dict:
+    """Distinct color / marker / line style for series i of n (tab10, then tab20 and dashes)."""
+    if n <= 10:
+        return {"color": matplotlib.colormaps["tab10"](i % 10), "marker": "o"}
+    return {"color": matplotlib.colormaps["tab20"](i % 20), "marker": _MARKERS[i % len(_MARKERS)],
+            "linestyle": ("-", "--", ":")[(i // 20) % 3]}
+
+
+def _series_figure(n: int) -> tuple:
+    """Figure and axes for n series: the legend goes to the right of the axes when there are many."""
+    many = n > 6
+    fig = _figure(7.5 + (4.0 if many else 0.0), max(4.8, 1.2 + 0.19 * n) if many else 4.8)
+    return fig, fig.add_subplot(), many
+
+
+def _series_legend(fig, ax, many: bool) -> None:
+    if many:
+        fig.legend(*ax.get_legend_handles_labels(), fontsize=7.5, loc="outside right upper",
+                   title="recipe (seeds)", title_fontsize=8)
+    else:
+        ax.legend(fontsize=8, loc="best", title="recipe (seeds)", title_fontsize=8)
+
+
+def _remaining_axis(ax, xs: list) -> None:
+    """Log x axis of remaining %, reversed (100% on the left), with readable ticks."""
+    hi, lo = max(xs), min(xs)
+    ax.set_xlim(hi * 1.25, lo / 1.25)
+    ticks = [t for t in _NICE_PERCENTS if lo / 1.25 <= t <= hi * 1.25]
+    if len(ticks) < 4:
+        ticks = [t for t in _FINE_PERCENTS if lo / 1.25 <= t <= hi * 1.25]
+    if len(ticks) < 2:
+        ticks = sorted({hi, lo}, reverse=True)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(_pct))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
 def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None = None) -> Figure:
     """Test accuracy vs remaining weights, one line per recipe, mean ± std over seeds.
 
@@ -283,13 +345,12 @@ def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None 
     percentage of prunable weights remaining on a log scale, reversed like the
     lottery-ticket papers (100% on the left). The legend gives n (seeds).
     """
-    fig = _figure(7.5, 4.8)
-    ax = fig.add_subplot()
     recipes: dict = {}
     for a in aggregated:
         recipes.setdefault(a["recipe"], []).append(a)
+    fig, ax, many = _series_figure(len(recipes))
     xs_all = []
-    for recipe, pts in recipes.items():
+    for i, (recipe, pts) in enumerate(recipes.items()):
         pts = sorted(pts, key=lambda a: -a["remaining"])
         x = np.array([100.0 * a["remaining"] for a in pts])
         y = np.array([100.0 * a["mean"] for a in pts])
@@ -297,20 +358,13 @@ def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None 
         ok = x > 0  # 0% remaining cannot sit on a log axis
         ns = sorted({int(a["n"]) for a in pts})
         n_txt = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-        ax.errorbar(x[ok], y[ok], yerr=e[ok], marker="o", markersize=4, capsize=3, linewidth=1.4,
-                    label=f"{recipe} ({n_txt})")
+        ax.errorbar(x[ok], y[ok], yerr=e[ok], markersize=4, capsize=3, linewidth=1.4,
+                    label=f"{recipe} ({n_txt})", **_series_style(i, len(recipes)))
         xs_all.extend(x[ok].tolist())
     ax.set_xscale("log")
     if xs_all:
-        hi, lo = max(xs_all), min(xs_all)
-        ax.set_xlim(hi * 1.25, lo / 1.25)  # reversed: 100% on the left
-        ticks = [t for t in _NICE_PERCENTS if lo / 1.25 <= t <= hi * 1.25]
-        if len(ticks) < 2:
-            ticks = sorted({hi, lo}, reverse=True)
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(FuncFormatter(_pct))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.legend(fontsize=8, loc="best", title="recipe (seeds)", title_fontsize=8)
+        _remaining_axis(ax, xs_all)  # reversed: 100% on the left
+        _series_legend(fig, ax, many)
     ax.set_xlabel("remaining weights (%, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "Test accuracy vs remaining weights (mean ± std over seeds)")
@@ -366,14 +420,13 @@ def plot_early_stop_vs_remaining(aggregated: Sequence[Mapping], title: str | Non
     ``early_stop_iteration``; groups without it are left out. Same x axis as
     :func:`plot_accuracy_vs_remaining` (remaining %, log scale, 100% on the left).
     """
-    fig = _figure(7.5, 4.8)
-    ax = fig.add_subplot()
     recipes: dict = {}
     for a in aggregated:
         if "early_stop_iteration" in a:
             recipes.setdefault(a["recipe"], []).append(a)
+    fig, ax, many = _series_figure(len(recipes))
     xs_all = []
-    for recipe, pts in recipes.items():
+    for i, (recipe, pts) in enumerate(recipes.items()):
         pts = sorted(pts, key=lambda a: -a["remaining"])
         x = np.array([100.0 * a["remaining"] for a in pts])
         y = np.array([a["early_stop_iteration"] for a in pts], dtype=float)
@@ -381,20 +434,13 @@ def plot_early_stop_vs_remaining(aggregated: Sequence[Mapping], title: str | Non
         ok = x > 0
         ns = sorted({int(a.get("early_stop_n", a["n"])) for a in pts})
         n_txt = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-        ax.errorbar(x[ok], y[ok], yerr=e[ok], marker="o", markersize=4, capsize=3, linewidth=1.4,
-                    label=f"{recipe} ({n_txt})")
+        ax.errorbar(x[ok], y[ok], yerr=e[ok], markersize=4, capsize=3, linewidth=1.4,
+                    label=f"{recipe} ({n_txt})", **_series_style(i, len(recipes)))
         xs_all.extend(x[ok].tolist())
     ax.set_xscale("log")
     if xs_all:
-        hi, lo = max(xs_all), min(xs_all)
-        ax.set_xlim(hi * 1.25, lo / 1.25)
-        ticks = [t for t in _NICE_PERCENTS if lo / 1.25 <= t <= hi * 1.25]
-        if len(ticks) < 2:
-            ticks = sorted({hi, lo}, reverse=True)
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(FuncFormatter(_pct))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.legend(fontsize=8, loc="best", title="recipe (seeds)", title_fontsize=8)
+        _remaining_axis(ax, xs_all)
+        _series_legend(fig, ax, many)
     else:
         ax.text(0.5, 0.5, "no state has an early-stopping epoch\n(it needs a validation split: val_size > 0)",
                 transform=ax.transAxes, ha="center", va="center", fontsize=10, color="#555555")

@@ -530,8 +530,11 @@ def _similarity_section(b: _Builder, collection: Collection, load, note) -> None
             finals = {}
             for label, state, series in entries_g:
                 finals[series.label] = (label, state)  # the last round of each series (rounds ascend)
-            pairs = list(itertools.combinations(finals.values(), 2))[:15]
-            if pairs:
+            pairs = list(itertools.combinations(finals.values(), 2))
+            if len(finals) > 6:
+                html.append(f"<p>Per-layer Jaccard of the last rounds: {len(pairs)} pairs of series, too many "
+                            "for a table; see <code>mlprune compare RUN_A RUN_B</code>.</p>")
+            elif pairs:
                 layers = list(layer_kinds(pairs[0][0][1].masks, model))
                 rows = []
                 for (la, sa), (lb, sb) in pairs:
@@ -698,11 +701,21 @@ def _weight_figures(b: _Builder, state, heading: str) -> str:
         else:
             html.append(b.figure(plotting.plot_fc_weights(w, m, title=f"{heading}\n{param}"),
                                  f"weights_{heading}_{param}", f"{heading}: {param}", "weights_fc"))
-        bias_name = param[: -len("weight")] + "bias" if param.endswith("weight") else None
-        if bias_name and bias_name in state.weights:
-            html.append(b.figure(plotting.plot_biases(state.weights[bias_name], title=f"{heading}\n{bias_name}"),
-                                 f"bias_{heading}_{bias_name}", f"{heading}: {bias_name}", "biases"))
+    biases = _biases(state, kinds)
+    if biases:
+        html.append(b.figure(plotting.plot_bias_panels(biases, title=f"{heading}: biases"),
+                             f"biases_{heading}", f"{heading}: biases of every layer", "biases"))
     return "".join(html)
+
+
+def _biases(state, kinds) -> dict:
+    """{bias name: tensor} of the masked layers, in layer order."""
+    out = {}
+    for param in kinds:
+        bias = param[: -len("weight")] + "bias" if param.endswith("weight") else None
+        if bias and bias in state.weights:
+            out[bias] = state.weights[bias]
+    return out
 
 
 def _weights_section(b: _Builder, collection: Collection, load) -> None:
@@ -961,9 +974,9 @@ def state_figures(state) -> dict:
         else:
             out[f"figures/weights/{_slug(param)}.png"] = plotting.plot_fc_weights(w, state.masks[param],
                                                                                   title=param)
-        bias = param[: -len("weight")] + "bias" if param.endswith("weight") else None
-        if bias and bias in state.weights:
-            out[f"figures/weights/{_slug(bias)}.png"] = plotting.plot_biases(state.weights[bias], title=bias)
+    biases = _biases(state, layer_kinds(state.masks, _model(state)))
+    if biases:
+        out["figures/weights/biases.png"] = plotting.plot_bias_panels(biases)
     return out
 
 

@@ -153,7 +153,7 @@ def test_workflow_run_gets_lineage_and_figures(tracking, tmp_path):
     # --state-figures: weight figures on each state computed now
     state_art = Path(states[-1].info.artifact_uri)
     assert (state_art / "figures" / "weights" / "features.0.weight.png").is_file()
-    assert (state_art / "figures" / "weights" / "classifier.4.bias.png").is_file()
+    assert (state_art / "figures" / "weights" / "biases.png").is_file()
     # a rerun computes nothing, still gets its lineage; --no-figures leaves the figures out
     again = CliRunner().invoke(main, ["run", str(recipe), "-e", "wf", "-P", "rounds=2", "--no-figures"])
     assert again.exit_code == 0, again.output

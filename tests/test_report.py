@@ -347,3 +347,14 @@ def test_plot_stability_and_early_stop(tmp_path):
     empty = plotting.plot_early_stop_vs_remaining(analysis.accuracy_vs_remaining(
         [{k: v for k, v in row.items() if k != "early_stop_iteration"} for row in rows]))
     assert "validation split" in empty.axes[0].texts[0].get_text()
+
+
+def test_plot_bias_panels(tmp_path):
+    from mlprune import plotting
+
+    fig = plotting.plot_bias_panels({"fc1.bias": torch.randn(120), "fc2.bias": torch.randn(10)}, title="b")
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["fc1.bias (120 units)", "fc2.bias (10 units)"]
+    assert fig.axes[-1].get_xlabel() == "output unit" and len(fig.axes[0].patches) == 120
+    fig.savefig(tmp_path / "b.png")
+    with pytest.raises(SpecError):
+        plotting.plot_bias_panels({})
