@@ -37,6 +37,39 @@ experiment_option = click.option(
     help="MLflow experiment (one study) for the states. Default: MLFLOW_EXPERIMENT_ID / "
          "MLFLOW_EXPERIMENT_NAME, else 'mlprune'.")
 
+scheduler_option = click.option(
+    "--scheduler", default="sync", show_default=True, metavar="sync|processes|tcp://HOST:PORT",
+    help="Where states are computed: in this process one after another (sync), on a local dask cluster "
+         "(processes), or on a running dask scheduler (tcp://HOST:8786, with an `mlflow server` as "
+         "MLFLOW_TRACKING_URI). Independent states run in parallel; the results are the same.")
+workers_option = click.option(
+    "--workers", type=click.IntRange(min=1), default=None,
+    help="Worker processes of --scheduler processes (default: one per core).")
+
+
+def _checked_scheduler(scheduler, workers):
+    """The scheduler name, checked before anything is recorded (one-line errors)."""
+    from .parallel import check_tracking, parse_scheduler
+
+    scheduler = parse_scheduler(scheduler)
+    if workers is not None and scheduler != "processes":
+        raise SpecError("--workers applies to --scheduler processes only; start cluster workers with `dask worker`")
+    import mlflow
+
+    check_tracking(mlflow.get_tracking_uri())
+    return scheduler
+
+
+def _run_plan_parallel(plan, experiment, scheduler, workers, on_state):
+    """run_plan on a dask scheduler: {node name: ExperimentState}, on_state(node, state) as they come."""
+    from .parallel import run_plans
+
+    store = experiment.store
+    spec = {"tracking_uri": store.tracking_uri, "experiment_id": store.experiment_id}
+    result = run_plans([plan], spec, scheduler, workers=workers,
+                       on_state=lambda _index, name, run_id: on_state(plan.node(name), experiment.state(run_id)))
+    return {name: experiment.state(run_id) for name, run_id in result.states[0].items()}
+
 
 def _workflow_files(store, plan, reached, *, overrides=None, figures=True, plans=None):
     """Plan, lineage and figures for a workflow run (`plans`: a sweep's, lineage only).
@@ -83,7 +116,9 @@ def main():
                    "weight evolution) on the workflow run. lineage.svg/.html are always logged.")
 @click.option("--state-figures", is_flag=True,
               help="Also log weight figures (conv filters, fc matrices, biases) on each state computed now.")
-def run(recipe, params, experiment_name, figures, state_figures):
+@scheduler_option
+@workers_option
+def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers):
     """Run a recipe file: reach every state it describes, reusing finished ones.
 
     The workflow run gets states.json, plan.json, lineage.svg, lineage.html and figures/.
@@ -94,12 +129,15 @@ def run(recipe, params, experiment_name, figures, state_figures):
       mlprune run recipes/lt_structuredL1.yaml -P rounds=3 -P amount=0.3
       mlprune run recipes/lt_structuredL1.yaml -P protocol=paper -e my-study
       mlprune run recipes/lt_structuredL1.yaml --state-figures
+      mlprune run recipes/lt_structuredL1.yaml --scheduler processes --workers 2
+      MLFLOW_TRACKING_URI=http://mlflow:5000 mlprune run recipes/lt_structuredL1.yaml --scheduler tcp://sched:8786
     """
     from .recipes import compile_recipe, parse_assignments, run_plan
     from .store import WorkflowRun
 
     overrides = parse_assignments(params)
     plan = compile_recipe(recipe, overrides)
+    scheduler = _checked_scheduler(scheduler, workers)
     experiment = _experiment(experiment_name)
     workflow = WorkflowRun(experiment.store, recipe=plan.recipe, params=plan.params)
     printer = _progress_printer()
@@ -113,7 +151,10 @@ def run(recipe, params, experiment_name, figures, state_figures):
     ok = False
     started_ms = int(time.time() * 1000)
     try:
-        states = run_plan(plan, experiment, on_state=on_state)
+        if scheduler == "sync":
+            states = run_plan(plan, experiment, on_state=on_state)
+        else:
+            states = _run_plan_parallel(plan, experiment, scheduler, workers, on_state)
         ok = True
     finally:
         try:
@@ -130,6 +171,72 @@ def run(recipe, params, experiment_name, figures, state_figures):
                f"(id {experiment.store.experiment_id}); last state {last.run_id} "
                f"test_accuracy={last.metrics.get('test_accuracy', float('nan')):.4f} "
                f"sparsity={last.metrics.get('sparsity', float('nan')):.4f}")
+
+
+@main.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--seeds", default=None, metavar="SEEDS",
+              help="Seeds (the recipe parameter `seed`): 0-9, 0,3,7 or 1-3,8. Default: the recipe's.")
+@click.option("-P", "--param", "params", multiple=True, metavar="NAME=V1,V2,...",
+              help="A recipe parameter and its values (repeatable); commas give several values, and "
+                   "several -P give their cartesian product.")
+@scheduler_option
+@workers_option
+@experiment_option
+def sweep(recipes, seeds, params, scheduler, workers, experiment_name):
+    """Run recipes over seeds and parameter grids as one graph of states.
+
+    Every recipe x seed x grid point is a plan; the plans are merged by state key,
+    so shared prefixes (roots, first trainings) are computed once, and independent
+    branches run in parallel on a dask scheduler. States already in the experiment
+    are reused.
+
+    \b
+    Examples:
+      mlprune sweep recipes/lt_structuredL1.yaml --seeds 0-9
+      mlprune sweep recipes/lt_structuredL1.yaml recipes/lt_unstructuredL1.yaml --seeds 0-4 \\
+          -P amount=0.1,0.2,0.3 --scheduler processes --workers 2
+      MLFLOW_TRACKING_URI=http://mlflow:5000 mlprune sweep recipes/lt_structuredL1.yaml \\
+          --seeds 0-9 --scheduler tcp://scheduler:8786 -e lt-seeds
+    """
+    from .parallel import parse_grid, parse_seeds, run_plans, sweep_plans
+    from .store import Store, WorkflowRun
+
+    plans = sweep_plans(recipes, parse_seeds(seeds), parse_grid(params))
+    scheduler = _checked_scheduler(scheduler, workers)
+    store = Store(experiment_name)
+    workflow = WorkflowRun(store, recipe="sweep " + " ".join(Path(r).stem for r in recipes),
+                           params={"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
+                                   "scheduler": scheduler, "plans": len(plans)})
+    printer = _progress_printer()
+    reached: dict[str, str] = {}
+
+    def on_state(index, name, run_id):
+        reached[f"{plans[index][0]}/{name}"] = run_id
+        if printer:
+            printer(f"[{len(reached)}] {plans[index][0]} {name}: {run_id[:8]}")
+
+    ok = False
+    started = time.perf_counter()
+    try:
+        result = run_plans([plan for _, plan in plans],
+                           {"tracking_uri": store.tracking_uri, "experiment_id": store.experiment_id},
+                           scheduler, workers=workers, on_state=on_state)
+        ok = True
+    finally:
+        try:
+            workflow.record(reached, _workflow_files(store, None, reached, plans=" ".join(
+                Path(r).stem for r in recipes)))
+        finally:
+            workflow.end(ok)
+    for (label, plan), states in zip(plans, result.states):
+        last = store.run(states[plan.nodes[-1].name])
+        click.echo(f"{label}: last state {last.info.run_id} "
+                   f"test_accuracy={last.data.metrics.get('test_accuracy', float('nan')):.4f} "
+                   f"sparsity={last.data.metrics.get('sparsity', float('nan')):.4f}")
+    click.echo(f"{len(plans)} plans, {result.computed + result.reused} distinct states "
+               f"({result.computed} to compute, {result.reused} reused) in experiment {store.experiment_name!r} "
+               f"(id {store.experiment_id}), scheduler {scheduler}, {time.perf_counter() - started:.1f} s")
 
 
 STEP_KINDS = ("init", "train", "prune", "reinit")
@@ -284,25 +391,47 @@ def report(experiment, out_dir, ui_url):
 
 
 @main.command()
-@click.argument("run_a")
-@click.argument("run_b")
-def compare(run_a, run_b):
-    """Mask similarity of two states: Jaccard of the kept weights, overall and per layer.
+@click.argument("runs", nargs=-1, metavar="[RUN_A RUN_B]")
+@experiment_option
+def compare(runs, experiment_name):
+    """Compare recipes (accuracy vs remaining weights), or the masks of two states.
+
+    With no run ids: a table of every recipe round in the experiment, test
+    accuracy against the fraction of weights remaining, mean ± std over seeds.
+    With two run ids: Jaccard similarity of their kept weights, overall and per layer.
 
     \b
-    Example:
+    Examples:
+      mlprune compare -e my-study
       mlprune compare 3f2a9c... 8b1d4e...
     """
-    from .dag import Experiment
-    from .report import mask_similarity
+    if len(runs) == 2:
+        from .dag import Experiment
+        from .report import mask_similarity
 
-    experiment = Experiment()
-    a, b = experiment.state(run_a), experiment.state(run_b)
-    result = mask_similarity(a, b)
-    click.echo(f"Jaccard of kept weights, {run_a[:8]} ({a.kind}) vs {run_b[:8]} ({b.kind}): "
-               f"overall {result['overall']:.4f}")
-    for name, value in result["per_layer"].items():
-        click.echo(f"  {name:<32} {value:.4f}")
+        experiment = Experiment()
+        a, b = experiment.state(runs[0]), experiment.state(runs[1])
+        result = mask_similarity(a, b)
+        click.echo(f"Jaccard of kept weights, {runs[0][:8]} ({a.kind}) vs {runs[1][:8]} ({b.kind}): "
+                   f"overall {result['overall']:.4f}")
+        for name, value in result["per_layer"].items():
+            click.echo(f"  {name:<32} {value:.4f}")
+        return
+    if runs:
+        raise SpecError(f"compare takes no run id (a table of recipes) or two (their masks), got {len(runs)}")
+    from . import analysis
+    from .report import _rows, collect
+    from .store import Store
+
+    store = Store(experiment_name)
+    rows = _rows(collect(store, warn=lambda message: click.echo(f"warning: {message}", err=True)))
+    if not rows:
+        click.echo(f"experiment {store.experiment_name!r} holds no recipe rounds (run a recipe first)")
+        return
+    click.echo(f"{'recipe':<44} {'round':>5} {'remaining':>10} {'test accuracy':>18} {'n':>3}")
+    for row in analysis.accuracy_vs_remaining(rows):
+        click.echo(f"{row['recipe']:<44} {row['round']:>5} {100 * row['remaining']:>9.2f}% "
+                   f"{100 * row['mean']:>9.2f}% ± {100 * row['std']:<5.2f} {row['n']:>3}")
 
 
 @main.command()
