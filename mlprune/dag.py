@@ -305,6 +305,7 @@ class Experiment:
         self.progress = progress
         self.data_dir = data_dir
         self._data_cache: dict[str, object] = {}
+        self._templates: dict[str, torch.nn.Module] = {}  # see _blank_model
 
     # ---- building blocks ---------------------------------------------------------
     def data(self, root_spec: dict):
@@ -419,11 +420,28 @@ class Experiment:
         return self._compute(key, state_spec, compute, parent=parent, inputs=inputs,
                              name=name or (recipe.name if isinstance(recipe, Recipe) else None) or kind)
 
+    def _blank_model(self, root_spec: dict) -> torch.nn.Module:
+        """A module of the root's architecture whose weights are about to be overwritten.
+
+        A copy of a cached one: deepcopy is ~10x cheaper than a fresh seeded random
+        initialization (3 ms per state for lenet_300_100). Models over 64 MB are built anew
+        rather than kept twice in memory.
+        """
+        cache_key = canonical_json(root_spec)
+        template = self._templates.get(cache_key)
+        if template is None:
+            model = self.build_model(root_spec)
+            size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            if size > 64 * 1024 ** 2:
+                return model
+            self._templates[cache_key] = template = model
+        return copy.deepcopy(template)
+
     def _run_steps(self, parent: ExperimentState, steps: list, inputs: dict, key: str, run_id: str,
                    checkpoints: list[int] = ()):
         root_spec = parent.spec["root"]
         data = self.data(root_spec)
-        model = self.build_model(root_spec)
+        model = self._blank_model(root_spec)  # every weight is loaded from the parent's below
         kinds = models.prunable(model)
         weights = {k: v.clone() for k, v in parent.weights.items()}
         masks = {k: v.clone() for k, v in parent.masks.items()}
@@ -502,7 +520,8 @@ class Experiment:
                                      extra_parents={role: s.run_id for role, s in inputs.items()}, note=note)
 
         compute_threads()  # a bad MLPRUNE_THREADS fails before anything is claimed
-        run_id, ours = self.store.claim(key, create, progress=self.progress)
+        run_id, ours = self.store.claim(key, create, progress=self.progress,
+                                        parent_run_id=parent.run_id if parent else None)
         if not ours:  # another process computed it
             return self.state(run_id)
         alive = self.store.keep_alive(run_id, key)

@@ -5,6 +5,13 @@ are zeroed before the step (so momentum and Adam moments of pruned entries
 stay zero) and the pruned weights are set to exactly 0.0 after it (so weight
 decay, decoupled or not, cannot move them). The optimizer is created fresh for
 every train step: optimizer state is reset at every reinit by construction.
+
+Pruned weights are set to +0.0 once at the start of a train step; in the loop,
+gradients and weights are multiplied by a 0/1 float mask, which is ~15x faster
+on the CPU than ``masked_fill_`` with a bool mask (benchmarks/RESULTS.md). Zero
+gradients and zero optimizer state leave a +0.0 weight at +0.0 under SGD, Adam
+and AdamW, so the product is +0.0 too; unpruned entries are multiplied by 1.0,
+which changes no bit.
 """
 
 from __future__ import annotations
@@ -101,6 +108,7 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, step: dict, *,
 def _train(model, masks, data, step, *, seed, progress, on_epoch):
     pairs = masked_parameters(model, masks)
     apply_masks(pairs)
+    keeps = [(param, (~pruned).to(param)) for param, pruned in pairs]  # 1.0 = kept, 0.0 = pruned
     optimizer = _optimizer(model.parameters(), step)
     loss_fn = nn.CrossEntropyLoss()
     history: dict[str, list[float]] = {"train_loss": []}
@@ -111,15 +119,16 @@ def _train(model, masks, data, step, *, seed, progress, on_epoch):
         model.train()
         total, count = 0.0, 0
         for x, y in data.train_batches(step["batch_size"], seed=seed, epoch=epoch):
-            optimizer.zero_grad(set_to_none=False)
+            optimizer.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
             with torch.no_grad():
-                for param, pruned in pairs:
+                for param, keep in keeps:
                     if param.grad is not None:
-                        param.grad.masked_fill_(pruned, 0.0)
-            optimizer.step()
-            apply_masks(pairs)
+                        param.grad.mul_(keep)
+                optimizer.step()
+                for param, keep in keeps:
+                    param.mul_(keep)
             total += loss.item() * len(y)
             count += len(y)
         history["train_loss"].append(total / max(count, 1))
