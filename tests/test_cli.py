@@ -80,6 +80,10 @@ def test_cli_run_tree_show_export(tracking, tmp_path):
     assert (out / "state.json").exists()
     for name, mask in masks.items():  # weights resolved from the parent, masked
         assert (weights[name][~mask] == 0).all()
+    table = runner.invoke(main, ["compare", "-e", "cli"])
+    assert table.exit_code == 0, table.output
+    rows = [line for line in table.output.splitlines() if line.startswith("lt_structuredL1")]
+    assert len(rows) == 2 and "100.00%" in rows[0]  # round 0 (dense) and round 1
     # a workflow run records which state each plan node reached
     workflow = [r for r in MlflowClient(tracking_uri=tracking).search_runs(
         [runs[0].info.experiment_id]) if r.data.tags.get("mlprune.recipe") == "lt_structuredL1"]
