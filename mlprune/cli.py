@@ -121,7 +121,9 @@ def main():
 def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers):
     """Run a recipe file: reach every state it describes, reusing finished ones.
 
-    The workflow run gets states.json, plan.json, lineage.svg, lineage.html and figures/.
+    The workflow run gets states.json, plan.json, lineage.svg, lineage.html and figures/
+    (figures only when something was computed: a run of cached states only logs the lineage,
+    its figures are on the workflow run that computed them).
 
     \b
     Examples:
@@ -158,8 +160,10 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
         ok = True
     finally:
         try:
+            # every state was already there: its figures are on the workflow run that computed them
+            all_cached = scheduler == "sync" and not experiment.computed
             workflow.record(reached, _workflow_files(experiment.store, plan, reached, overrides=overrides,
-                                                     figures=figures and ok))
+                                                     figures=figures and ok and not all_cached))
         finally:
             workflow.end(ok)
     if state_figures:

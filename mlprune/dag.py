@@ -305,6 +305,7 @@ class Experiment:
         self.progress = progress
         self.data_dir = data_dir
         self._data_cache: dict[str, object] = {}
+        self.computed: list[str] = []  # run ids of the states this object computed (not cache hits)
         self._templates: dict[str, torch.nn.Module] = {}  # see _blank_model
 
     # ---- building blocks ---------------------------------------------------------
@@ -524,6 +525,7 @@ class Experiment:
                                         parent_run_id=parent.run_id if parent else None)
         if not ours:  # another process computed it
             return self.state(run_id)
+        self.computed.append(run_id)
         alive = self.store.keep_alive(run_id, key)
         threads = _pin_threads()
         final = None
