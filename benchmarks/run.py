@@ -1,0 +1,196 @@
+"""mlprune's benchmark suite: what tracking, storage and caching cost over a bare PyTorch loop.
+
+    python benchmarks/run.py                 # full sizes (several minutes on 2 cores)
+    python benchmarks/run.py --quick         # small sizes, about a minute
+    python benchmarks/run.py --tiny          # smoke test (the test suite runs this)
+    python benchmarks/run.py --json out.json # also write the figures as JSON
+
+Figures (each a ratio or a distribution measured side by side in one process; A and B
+alternate over repetitions and medians are taken):
+
+- ``pipeline_vs_bare``       lottery ticket through mlprune (fresh sqlite store, full
+                             tracking) / the same maths as a bare loop      goal <= 1.10
+- ``per_state_overhead_ms``  median time per state outside the training,
+                             evaluation, mask and reinit maths              goal <= 50
+- ``storage_ratio``          artifact bytes of a 20-round tree beyond 1 byte per
+                             weight per mask / raw float32 bytes of its
+                             weight-changing states                         goal <= 1.10
+- ``cache_ratio``            re-running the finished 20-round recipe / its
+                             first run (nothing recomputed)                 goal <= 0.05
+- ``fastpath_vs_dataloader`` samples/s of the data path (one epoch of shuffled
+                             batches), in-memory fast path / a default
+                             DataLoader over the same tensors, same batch
+                             size (``datapath_only_ratio``); in training the
+                             model's maths dilutes it (reported beside)     goal >= 3
+
+Details of each are in ``bench_pipeline.py``, ``bench_store.py`` and
+``bench_datapath.py``; ``--json`` writes the five figures at the top level, plus
+``details``, ``goals`` and ``environment``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))
+
+import _common  # noqa: E402
+
+# figure: (goal, "<=" or ">=", what)
+GOALS = {
+    "pipeline_vs_bare": (1.10, "<=", "mlprune / bare loop wall time"),
+    "per_state_overhead_ms": (50.0, "<=", "median ms per state outside the maths"),
+    "storage_ratio": (1.10, "<=", "artifact bytes beyond masks / (weight states x param bytes)"),
+    "cache_ratio": (0.05, "<=", "re-run / first run of a finished 20-round recipe"),
+    "fastpath_vs_dataloader": (3.0, ">=", "data path samples/s: fast path / DataLoader"),
+}
+
+
+def _met(name: str, value: float) -> bool:
+    goal, op, _ = GOALS[name]
+    return value <= goal if op == "<=" else value >= goal
+
+
+def environment() -> dict:
+    import mlflow
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "torch_threads_default": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "mlflow": mlflow.__version__,
+        "platform": platform.platform(),
+        "git_commit": commit,
+    }
+
+
+def _datapath(quick: bool, tiny: bool) -> dict:
+    """bench_datapath at the torch thread count mlprune trains with (MLPRUNE_THREADS, default 1)."""
+    import bench_datapath
+    import torch
+    from bench_pipeline import mlprune_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(mlprune_threads())
+    try:
+        return bench_datapath.measure(quick, tiny=tiny)
+    finally:
+        torch.set_num_threads(before)
+
+
+def run(size: str) -> dict:
+    import bench_pipeline
+    import bench_store
+
+    quick, tiny = size == "quick", size == "tiny"
+    details, seconds = {}, {}
+    load_before = _common.load_average()
+    for name, fn in (("pipeline", lambda: bench_pipeline.measure(quick=quick, tiny=tiny)),
+                     ("store", lambda: bench_store.measure(quick=quick, tiny=tiny)),
+                     ("datapath", lambda: _datapath(quick, tiny))):
+        started = time.perf_counter()
+        details[name] = fn()
+        seconds[name] = time.perf_counter() - started
+    figures = {
+        "pipeline_vs_bare": details["pipeline"]["pipeline_vs_bare"],
+        "per_state_overhead_ms": details["pipeline"]["per_state_overhead_ms"],
+        "storage_ratio": details["store"]["storage_ratio"],
+        "cache_ratio": details["store"]["cache_ratio"],
+        # the data path: batches of one epoch, fast path vs DataLoader(TensorDataset) over the same
+        # tensors and batch size; the training figure (the same model maths on both sides) is beside it
+        "fastpath_vs_dataloader": details["datapath"]["datapath_only_ratio"],
+    }
+    env = environment()
+    env.update(size=size, load_average_before=load_before, load_average_after=_common.load_average(),
+               seconds=seconds)
+    return {**figures,
+            "goals": {k: {"goal": g, "op": op, "met": _met(k, figures[k])} for k, (g, op, _) in GOALS.items()},
+            "details": details, "environment": env}
+
+
+def table(result: dict) -> str:
+    lines = ["| figure | value | goal | met | what |", "|---|---:|---|---|---|"]
+    for name, (goal, op, what) in GOALS.items():
+        value = result[name]
+        shown = f"{value:.1f}" if name == "per_state_overhead_ms" else f"{value:.3f}"
+        lines.append(f"| `{name}` | {shown} | {op} {goal:g} | {'yes' if _met(name, value) else '**no**'} | {what} |")
+    d = result["details"]
+    p, s, dp = d["pipeline"], d["store"], d["datapath"]
+    lines += [
+        "",
+        f"- pipeline: mlprune {p['pipeline_s']:.2f} s vs bare {p['bare_s']:.2f} s (medians of "
+        f"{p['workload']['repetitions']}; paired median x{p['pipeline_vs_bare_paired_median']:.3f}, fastest runs "
+        f"x{p['pipeline_vs_bare_of_minima']:.3f}), {p['states']} states, equal results: {p['bitwise_equal']}; "
+        f"overhead p90 {p['per_state_overhead_ms_p90']:.1f} ms, from walls {p['per_state_overhead_ms_from_walls']:.1f} ms; "
+        f"store calls per state {p['store_calls_per_state']}; torch threads {p['torch_threads']}"
+        + (f"; bare at torch's default threads / pinned: {p['bare_default_threads_vs_pinned']:.2f}"
+           if p.get("bare_default_threads_vs_pinned") else ""),
+        f"- storage: {s['artifact_bytes'] / 1e6:.2f} MB for {s['states']} states "
+        f"({s['weight_changing_states']} weight-changing x {s['param_bytes'] / 1e6:.3f} MB params, masks "
+        f"{s['artifact_bytes_by_file'].get('masks.safetensors', 0) / 1e6:.2f} MB), {s['bytes_per_state'] / 1e3:.0f} kB/state",
+        f"- cache: first run {s['first_run_s']:.2f} s, re-run {s['rerun_s']:.3f} s "
+        f"({s['rerun_ms_per_state']:.1f} ms/state), recomputed {s['recomputed']}"
+        + (f"; importing torch + mlflow in a fresh interpreter: {s['import_s']:.1f} s" if s.get("import_s") else ""),
+        f"- data path alone: fast {dp['datapath_only_fastpath_samples_per_s']:.0f} vs DataLoader "
+        f"{dp['datapath_only_dataloader_samples_per_s']:.0f} samples/s; training lenet_300_100 on them: "
+        f"{dp['fastpath_samples_per_s']:.0f} vs {dp['dataloader_samples_per_s']:.0f} samples/s "
+        f"(x{dp['fastpath_vs_dataloader']:.2f})"
+        + (f", vs PyTorch's default DataLoader (batch 1) x{dp['fastpath_vs_default_dataloader']:.1f}"
+           if dp.get("fastpath_vs_default_dataloader") else ""),
+    ]
+    env = result["environment"]
+    lines += ["", f"{env['date']}, {env['cores']} cores, python {env['python']}, torch {env['torch']}, "
+                  f"mlflow {env['mlflow']}, size {env['size']}, load average {env['load_average_before']} -> "
+                  f"{env['load_average_after']}, commit {env['git_commit']}"]
+    return "\n".join(lines)
+
+
+def _finite(obj):
+    """JSON-safe: NaN / inf become None (json.dump would write invalid JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    group.add_argument("--tiny", action="store_true", help="smoke test sizes (seconds)")
+    ap.add_argument("--json", metavar="PATH", help="write the figures and details as JSON")
+    args = ap.parse_args(argv)
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    result = run("tiny" if args.tiny else "quick" if args.quick else "full")
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(_finite(result), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The benchmark suite runs and writes its figures (tiny sizes: a smoke test, nothing is timed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("pipeline_vs_bare", "per_state_overhead_ms", "storage_ratio", "cache_ratio", "fastpath_vs_dataloader")
+
+
+def test_benchmark_suite_runs_tiny_and_writes_the_figures(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k != "PYTEST_CURRENT_TEST" and not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN"))}
+    out = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--tiny", "--json", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    for name in FIGURES:
+        value = result[name]
+        assert isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), (name, value)
+        assert value > 0, (name, value)
+        assert f"`{name}`" in proc.stdout  # the printed table
+    details = result["details"]
+    # same maths: the bare loop reproduces mlprune's states bitwise (weights, masks, accuracies)
+    assert details["pipeline"]["bitwise_equal"] is True
+    # a re-run of a finished recipe computes nothing
+    assert details["store"]["recomputed"] == 0
+    # prune-only states reference their parent's weights; masks take a byte per weight
+    assert details["store"]["storage_ratio"] < 1.1
+    assert not list(tmp_path.glob("mlruns")) and not list(tmp_path.glob("mlflow.db"))  # nothing left in cwd
