@@ -159,6 +159,30 @@ _INFO: dict[str, _Info] = {
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Reads pickled *data* only: CIFAR's batches are dicts of bytes, str, lists and numpy arrays.
+
+    Unpickling can call any importable function; this one resolves nothing but what
+    rebuilds a numpy array, so a crafted file cannot run code (`find_class` refuses).
+    """
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("_codecs", "encode")}  # protocol-2 pickles rebuild bytes with it: str -> bytes, no effects
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a data file holds only plain data "
+                                     f"and numpy arrays")
+
+
+def load_data_pickle(fh):
+    """A pickled dataset batch (e.g. CIFAR's), read without running code from it."""
+    return _PlainDataUnpickler(fh, encoding="latin1").load()
+
+
 def default_data_dir() -> Path:
     """``$MLPRUNE_DATA_DIR``, else ``~/.cache/mlprune/data``."""
     return Path(os.environ.get("MLPRUNE_DATA_DIR") or "~/.cache/mlprune/data").expanduser()
@@ -414,7 +438,7 @@ def _cifar_reader(name: str, cls_name: str, num_classes: int) -> Callable[..., R
                 path = folder / f
                 try:
                     with open(path, "rb") as fh:
-                        entry = pickle.load(fh, encoding="latin1")
+                        entry = load_data_pickle(fh)
                     data = np.asarray(entry["data"], dtype=np.uint8)
                     labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
                     labels = np.asarray(labels, dtype=np.int64)
@@ -432,7 +456,7 @@ def _cifar_reader(name: str, cls_name: str, num_classes: int) -> Callable[..., R
 
         try:
             with open(folder / meta[0], "rb") as fh:
-                pickle.load(fh, encoding="latin1")[cls.meta["key"]]
+                load_data_pickle(fh)[cls.meta["key"]]
         except Exception as exc:  # noqa: BLE001
             raise SpecError(f"{name}: corrupt or truncated file {folder / meta[0]}: {_first_line(exc)}") from None
         raw = Raw(*load(train_list), *load(test_list), 255.0, key)

@@ -464,3 +464,27 @@ def test_every_model_runs_on_every_dataset(files, model, name):
     with torch.no_grad():
         out = net(x)
     assert out.shape == (4, data.num_classes) and torch.isfinite(out).all()
+
+
+def test_pickled_data_files_cannot_run_code(tmp_path):
+    """CIFAR's official format is pickled; our reader resolves numpy arrays only, never a callable."""
+    import io
+    import os
+    import pickle
+
+    import numpy as np
+
+    from mlprune.data import load_data_pickle
+
+    plain = {"data": np.arange(12, dtype=np.uint8).reshape(1, 12), "labels": [3], "batch_label": b"x"}
+    assert load_data_pickle(io.BytesIO(pickle.dumps(plain)))["labels"] == [3]
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        load_data_pickle(io.BytesIO(pickle.dumps({"data": Evil()})))
+    assert not marker.exists()
