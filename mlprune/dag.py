@@ -32,7 +32,7 @@ import torch
 from . import __version__, analysis, models, pruning, reinit, training
 from .data import load_data
 from .errors import SpecError, choice_error
-from .store import ClaimLost, Store
+from .store import TAG_ROOT, ClaimLost, Store
 
 # Bump when the maths of a step changes: old keys then no longer hit.
 SEMANTICS_VERSION = 1
@@ -526,6 +526,8 @@ class Experiment:
         if not ours:  # another process computed it
             return self.state(run_id)
         self.computed.append(run_id)
+        if parent is None:  # a root is its own root: every state carries mlprune.root (design §3)
+            self.store.set_tags(run_id, {TAG_ROOT: run_id})
         alive = self.store.keep_alive(run_id, key)
         threads = _pin_threads()
         final = None

@@ -86,32 +86,32 @@ def parse_value(text: str):
 
 def parse_assignments(pairs) -> dict:
     """['rounds=3', 'amount=0.1'] -> {'rounds': 3, 'amount': 0.1}."""
-    params = {}
+    return {name: parse_value(text) for name, text in _name_value_pairs(pairs, "parameter")}
+
+
+def _name_value_pairs(pairs, what: str):
+    """('name', 'text') of each 'name=text'; a one-line SpecError for anything else."""
     for pair in pairs or ():
         name, sep, text = pair.partition("=")
         if not sep or not name.strip():
-            raise SpecError(f"parameter {pair!r} must look like name=value")
-        params[name.strip()] = parse_value(text)
-    return params
+            raise SpecError(f"{what} {pair!r} must look like name=value")
+        yield name.strip(), text
 
 
 def parse_options(pairs) -> dict:
     """Step options ['amount=0.2', 'include=[@conv]'] -> typed dict; empty values are dropped (= default)."""
     options = {}
-    for pair in pairs or ():
-        name, sep, text = pair.partition("=")
-        if not sep or not name.strip():
-            raise SpecError(f"option {pair!r} must look like name=value")
+    for name, text in _name_value_pairs(pairs, "option"):
         if text.strip() == "":
             continue
         try:
-            options[name.strip()] = yaml.safe_load(text)
+            options[name] = yaml.safe_load(text)
         except yaml.YAMLError:  # e.g. '@conv' or '[@conv, fc1.weight]': YAML reserves '@'
             stripped = text.strip()
             if stripped.startswith("[") and stripped.endswith("]"):
-                options[name.strip()] = [item.strip() for item in stripped[1:-1].split(",") if item.strip()]
+                options[name] = [item.strip() for item in stripped[1:-1].split(",") if item.strip()]
             else:
-                options[name.strip()] = stripped
+                options[name] = stripped
     return options
 
 

@@ -68,7 +68,7 @@ def test_lineage_tags_and_parents(experiment, tracking):
         t = tags[state.run_id]
         assert t["mlprune.key"] == state.key
         assert t["mlprune.version"]
-        assert t.get("mlprune.root", root.run_id) == root.run_id
+        assert t["mlprune.root"] == root.run_id
         assert state.lineage()[-1].run_id == root.run_id
         assert state.root.run_id == root.run_id
     assert [tags[s.run_id]["mlprune.kind"] for s in (root, trained, pruned, ticket)] == [
