@@ -5,11 +5,11 @@
     trained = root.apply(Recipe.train(epochs=5))
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
-    "Experiment": "dag", "ExperimentState": "dag", "Recipe": "dag",
-    "SpecError": "errors", "compile_recipe": "recipes", "run_plan": "recipes",
+    "Experiment": "api", "ExperimentState": "api", "Recipe": "api",
+    "SpecError": "errors", "compile_recipe": "recipes", "run_plan": "execute", "Execution": "execute",
 }
 __all__ = ["__version__", *_LAZY]
 

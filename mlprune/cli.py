@@ -1,12 +1,13 @@
 """The `mlprune` command line (click). The only module that knows click.
 
-Errors in what the user gave (a recipe, a parameter, a run id) print one line
-and exit with status 2; nothing is recorded as FINISHED.
+Errors in what the user gave (a recipe, a parameter, a run id, a store) print one
+line and exit with status 2; nothing is recorded as FINISHED. An interrupt
+(Ctrl-C) exits with status 130 and one line.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ class _Group(click.Group):
         except SpecError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: states being computed are marked FAILED; finished ones are kept", err=True)
+            sys.exit(130)
 
 
 def _progress_printer():
@@ -32,11 +36,14 @@ def _progress_printer():
     return lambda message: click.echo(f"  {message}", err=True)
 
 
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 experiment_option = click.option(
     "--experiment-name", "-e", default=None,
     help="MLflow experiment (one study) for the states. Default: MLFLOW_EXPERIMENT_ID / "
          "MLFLOW_EXPERIMENT_NAME, else 'mlprune'.")
-
 scheduler_option = click.option(
     "--scheduler", default="sync", show_default=True, metavar="sync|processes|tcp://HOST:PORT",
     help="Where states are computed: in this process one after another (sync), on a local dask cluster "
@@ -45,55 +52,40 @@ scheduler_option = click.option(
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
     help="Worker processes of --scheduler processes (default: one per core).")
+device_option = click.option(
+    "--device", default=None, metavar="auto|cpu|cuda|cuda:N|mps",
+    help="Where states are computed (not part of any key). Default: MLPRUNE_DEVICE, else auto "
+         "(CUDA if available, else MPS, else the CPU).")
 
 
-def _checked_scheduler(scheduler, workers):
-    """The scheduler name, checked before anything is recorded (one-line errors)."""
-    from .parallel import check_tracking, parse_scheduler
+def _store(experiment_name=None, *, create=True, experiment_id=None):
+    from .store import Store
 
-    scheduler = parse_scheduler(scheduler)
-    if workers is not None and scheduler != "processes":
-        raise SpecError("--workers applies to --scheduler processes only; start cluster workers with `dask worker`")
-    import mlflow
-
-    check_tracking(mlflow.get_tracking_uri())
-    return scheduler
+    return Store(experiment_name, create=create, experiment_id=experiment_id)
 
 
-def _run_plan_parallel(plan, experiment, scheduler, workers, on_state):
-    """run_plan on a dask scheduler: {node name: ExperimentState}, on_state(node, state) as they come."""
-    from .parallel import run_plans
+class _LazyStore:
+    """The store, opened on first use: a recipe that names an existing state needs it to plan."""
 
-    store = experiment.store
-    spec = {"tracking_uri": store.tracking_uri, "experiment_id": store.experiment_id}
-    result = run_plans([plan], spec, scheduler, workers=workers,
-                       on_state=lambda _index, name, run_id: on_state(plan.node(name), experiment.state(run_id)))
-    return {name: experiment.state(run_id) for name, run_id in result.states[0].items()}
+    def __init__(self, experiment_name):
+        self.experiment_name, self.store = experiment_name, None
 
+    def get(self):
+        if self.store is None:
+            self.store = _store(self.experiment_name)
+        return self.store
 
-def _workflow_files(store, plan, reached, *, overrides=None, figures=True, plans=None):
-    """Plan, lineage and figures for a workflow run (`plans`: a sweep's, lineage only).
+    def load_state(self, run_id):
+        from .plan import StateInfo
 
-    A failure here is a warning: it never hides the run's own outcome.
-    """
-    try:
-        from . import report
-
-        if plans is not None:
-            return report.lineage_files(store, reached.values(), title=f"Lineage: {plans} (experiment "
-                                        f"{store.experiment_name})", subtitle="the states the sweep reached "
-                                        "and all their parents")
-        return report.workflow_artifacts(store, plan, reached, overrides=overrides, figures=figures,
-                                         warn=lambda message: click.echo(f"warning: {message}", err=True))
-    except Exception as error:  # noqa: BLE001 - figures are a by-product
-        click.echo(f"warning: no lineage/figures on the workflow run ({type(error).__name__}: {error})", err=True)
-        return {}
+        store = self.get()
+        run_id = store.resolve_run_id(run_id)
+        spec = store.spec(run_id)
+        return StateInfo(run_id, spec["key"], spec)
 
 
-def _experiment(name):
-    from .dag import Experiment
-
-    return Experiment(name, progress=_progress_printer())
+def _summary(result) -> str:
+    return f"{result.computed + result.reused} states: {result.computed} computed, {result.reused} reused"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,6 +96,50 @@ def main():
     The tracking store is MLflow's: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     in the working directory.
     """
+
+
+def _execute(plans, store, scheduler, workers, device, recipe_label, params, *, figures, plan_for_figures=None):
+    """Run plans under a workflow run; returns (result, reached {label/node: run id})."""
+    from .execute import Execution, RunOptions
+    from .store import WorkflowRun
+
+    printer = _progress_printer()
+    execution = Execution([p for _, p in plans], store, scheduler=scheduler, workers=workers,
+                          options=RunOptions(device=device), progress=printer)
+    for run_id, reason in execution.invalid:
+        _warn(f"state {run_id[:8]} is not used and will be recomputed: {reason}")
+    execution.check()
+    workflow = WorkflowRun(store, recipe=recipe_label, params=params)
+    reached: dict[str, str] = {}
+    per_plan: list[dict[str, str]] = [{} for _ in plans]
+    total = len({n.key for _, p in plans for n in p.nodes})
+    single = len(plans) == 1
+
+    def on_state(index, name, run_id):
+        per_plan[index][name] = run_id
+        reached[name if single else f"{plans[index][0]}/{name}"] = run_id
+        if printer:
+            printer(f"[{len(set(reached.values()))}/{total}] {plans[index][1].node(name).label}: {run_id[:8]}")
+
+    ok = False
+    result = None
+    try:
+        result = execution.run(on_state, workflow=workflow.run_id)
+        ok = True
+    finally:
+        files = {}
+        try:
+            from . import report
+
+            files = report.workflow_files(store, [p for _, p in plans], per_plan, figures=figures and ok
+                                          and bool(result and result.computed), warn=_warn)
+        except Exception as error:  # noqa: BLE001 - figures are a by-product: never hide the run's outcome
+            _warn(f"no lineage/figures on the workflow run ({type(error).__name__}: {error})")
+        try:
+            workflow.record(reached, files)
+        finally:
+            workflow.end(ok)
+    return result, reached, workflow
 
 
 @main.command()
@@ -118,63 +154,41 @@ def main():
               help="Also log weight figures (conv filters, fc matrices, biases) on each state computed now.")
 @scheduler_option
 @workers_option
-def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers):
+@device_option
+def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers, device):
     """Run a recipe file: reach every state it describes, reusing finished ones.
 
-    The workflow run gets states.json, plan.json, lineage.svg, lineage.html and figures/
-    (figures only when something was computed: a run of cached states only logs the lineage,
-    its figures are on the workflow run that computed them).
+    Ends with a summary: `N states: C computed, R reused`. The workflow run (named after
+    the recipe, in the states' experiment) gets plan.json, states.json, lineage.svg,
+    lineage.html and figures/ (figures only when something was computed).
 
     \b
     Examples:
       mlprune run recipes/lt_structuredL1.yaml
       mlprune run recipes/lt_structuredL1.yaml -P rounds=3 -P amount=0.3
       mlprune run recipes/lt_structuredL1.yaml -P protocol=paper -e my-study
-      mlprune run recipes/lt_structuredL1.yaml --state-figures
       mlprune run recipes/lt_structuredL1.yaml --scheduler processes --workers 2
       MLFLOW_TRACKING_URI=http://mlflow:5000 mlprune run recipes/lt_structuredL1.yaml --scheduler tcp://sched:8786
     """
-    from .recipes import compile_recipe, parse_assignments, run_plan
-    from .store import WorkflowRun
+    from .recipes import compile_recipe, parse_assignments
 
     overrides = parse_assignments(params)
-    plan = compile_recipe(recipe, overrides)
-    scheduler = _checked_scheduler(scheduler, workers)
-    experiment = _experiment(experiment_name)
-    workflow = WorkflowRun(experiment.store, recipe=plan.recipe, params=plan.params)
-    printer = _progress_printer()
-    reached = {}
-
-    def on_state(node, state):
-        reached[node.name] = state.run_id
-        if printer:
-            printer(f"[{len(reached)}/{len(plan.nodes)}] {node.label}: {state.run_id[:8]}")
-
-    ok = False
+    lazy = _LazyStore(experiment_name)
+    plan = compile_recipe(recipe, overrides, load_state=lazy.load_state)
+    store = lazy.get()
     started_ms = int(time.time() * 1000)
-    try:
-        if scheduler == "sync":
-            states = run_plan(plan, experiment, on_state=on_state)
-        else:
-            states = _run_plan_parallel(plan, experiment, scheduler, workers, on_state)
-        ok = True
-    finally:
-        try:
-            # every state was already there: its figures are on the workflow run that computed them
-            all_cached = scheduler == "sync" and not experiment.computed
-            workflow.record(reached, _workflow_files(experiment.store, plan, reached, overrides=overrides,
-                                                     figures=figures and ok and not all_cached))
-        finally:
-            workflow.end(ok)
+    result, reached, _ = _execute([(plan.recipe, plan)], store, scheduler, workers, device, plan.recipe,
+                                  plan.params, figures=figures)
     if state_figures:
         from .report import log_state_figures
 
-        log_state_figures(experiment.store, list(reached.values()), since_ms=started_ms)
-    last = states[plan.nodes[-1].name]
-    click.echo(f"{plan.recipe}: {len(states)} states in experiment {experiment.store.experiment_name!r} "
-               f"(id {experiment.store.experiment_id}); last state {last.run_id} "
-               f"test_accuracy={last.metrics.get('test_accuracy', float('nan')):.4f} "
-               f"sparsity={last.metrics.get('sparsity', float('nan')):.4f}")
+        log_state_figures(store, list(reached.values()), since_ms=started_ms)
+    last = store.run(result.states[0][plan.nodes[-1].name])
+    metrics = last.data.metrics
+    click.echo(f"{plan.recipe}: experiment {store.experiment_name!r} (id {store.experiment_id}); last state "
+               f"{last.info.run_id[:8]} test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
+               f"sparsity={metrics.get('sparsity', float('nan')):.4f}")
+    click.echo(_summary(result))
 
 
 @main.command()
@@ -186,14 +200,10 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
                    "several -P give their cartesian product.")
 @scheduler_option
 @workers_option
+@device_option
 @experiment_option
-def sweep(recipes, seeds, params, scheduler, workers, experiment_name):
-    """Run recipes over seeds and parameter grids as one graph of states.
-
-    Every recipe x seed x grid point is a plan; the plans are merged by state key,
-    so shared prefixes (roots, first trainings) are computed once, and independent
-    branches run in parallel on a dask scheduler. States already in the experiment
-    are reused.
+def sweep(recipes, seeds, params, scheduler, workers, device, experiment_name):
+    """Run recipes over seeds and parameter values as one graph (shared states computed once).
 
     \b
     Examples:
@@ -203,57 +213,36 @@ def sweep(recipes, seeds, params, scheduler, workers, experiment_name):
       MLFLOW_TRACKING_URI=http://mlflow:5000 mlprune sweep recipes/lt_structuredL1.yaml \\
           --seeds 0-9 --scheduler tcp://scheduler:8786 -e lt-seeds
     """
-    from .parallel import parse_grid, parse_seeds, run_plans, sweep_plans
-    from .store import Store, WorkflowRun
+    from .recipes import parse_grid, parse_seeds, sweep_plans
 
-    plans = sweep_plans(recipes, parse_seeds(seeds), parse_grid(params))
-    scheduler = _checked_scheduler(scheduler, workers)
-    store = Store(experiment_name)
-    workflow = WorkflowRun(store, recipe="sweep " + " ".join(Path(r).stem for r in recipes),
-                           params={"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
-                                   "scheduler": scheduler, "plans": len(plans)})
-    printer = _progress_printer()
-    reached: dict[str, str] = {}
-
-    def on_state(index, name, run_id):
-        reached[f"{plans[index][0]}/{name}"] = run_id
-        if printer:
-            printer(f"[{len(reached)}] {plans[index][0]} {name}: {run_id[:8]}")
-
-    ok = False
+    lazy = _LazyStore(experiment_name)
+    plans = sweep_plans(recipes, parse_seeds(seeds), parse_grid(params), load_state=lazy.load_state)
+    store = lazy.get()
     started = time.perf_counter()
-    try:
-        result = run_plans([plan for _, plan in plans],
-                           {"tracking_uri": store.tracking_uri, "experiment_id": store.experiment_id},
-                           scheduler, workers=workers, on_state=on_state)
-        ok = True
-    finally:
-        try:
-            workflow.record(reached, _workflow_files(store, None, reached, plans=" ".join(
-                Path(r).stem for r in recipes)))
-        finally:
-            workflow.end(ok)
-    for (label, plan), states in zip(plans, result.states):
+    label = "sweep " + " ".join(Path(r).stem for r in recipes)
+    result, _, _ = _execute(plans, store, scheduler, workers, device, label,
+                            {"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
+                             "scheduler": scheduler, "plans": len(plans)}, figures=False)
+    for (plan_label, plan), states in zip(plans, result.states):
         last = store.run(states[plan.nodes[-1].name])
-        click.echo(f"{label}: last state {last.info.run_id} "
+        click.echo(f"{plan_label}: last state {last.info.run_id[:8]} "
                    f"test_accuracy={last.data.metrics.get('test_accuracy', float('nan')):.4f} "
                    f"sparsity={last.data.metrics.get('sparsity', float('nan')):.4f}")
-    click.echo(f"{len(plans)} plans, {result.computed + result.reused} distinct states "
-               f"({result.computed} to compute, {result.reused} reused) in experiment {store.experiment_name!r} "
-               f"(id {store.experiment_id}), scheduler {scheduler}, {time.perf_counter() - started:.1f} s")
-
-
-STEP_KINDS = ("init", "train", "prune", "reinit")
+    click.echo(f"{len(plans)} plans in experiment {store.experiment_name!r} (id {store.experiment_id}), "
+               f"scheduler {scheduler}, {time.perf_counter() - started:.1f} s")
+    click.echo(_summary(result))
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(STEP_KINDS))
-@click.option("--parent", default="", help="Run id of the parent state (not for init).")
+@click.argument("kind", type=click.Choice(["init", "train", "prune", "reinit"]))
+@click.option("--parent", default="", help="Run id (or an 8-character prefix) of the parent state (not for init).")
 @click.option("-o", "--option", "options", multiple=True, metavar="NAME=VALUE",
-              help="A step option (repeatable); an empty value means the default. "
-                   "Lists in YAML flow syntax, e.g. -o include=[@conv].")
+              help="A step option (repeatable); an empty value means the default. Lists in YAML flow "
+                   "syntax, e.g. -o include=[@conv]. Also data_dir (where the data is; default: the "
+                   "root's).")
 @experiment_option
-def step(kind, parent, options, experiment_name):
+@device_option
+def step(kind, parent, options, experiment_name, device):
     """Create one child state of PARENT by one step, and print its run id.
 
     The child goes into the parent's experiment. A reinit's `to` is root, parent
@@ -262,25 +251,28 @@ def step(kind, parent, options, experiment_name):
     \b
     Examples:
       mlprune step init -o model=lenet -o dataset=digits -o seed=0
-      mlprune step train --parent 3f2a9c... -o epochs=5 -o lr=0.01
-      mlprune step prune --parent 8b1d4e... -o method=l1_unstructured -o amount=0.2
-      mlprune step reinit --parent 5c7f0a... -o strategy=rewind -o to=root
+      mlprune step train --parent 3f2a9c1d -o epochs=5 -o lr=0.01 -o momentum=0.9
+      mlprune step prune --parent 8b1d4e2a -o method=l1_unstructured -o amount=0.2
+      mlprune step reinit --parent 5c7f0a9b -o strategy=rewind -o to=root
     """
-    from .dag import Experiment, Recipe
+    from .api import Experiment, Recipe
     from .recipes import parse_options
 
     values = parse_options(options)
+    data_dir = values.pop("data_dir", None)
     if kind == "init":
         if parent:
             raise SpecError("step init takes no --parent: it creates a root state")
-        state = _experiment(experiment_name).init(**values)
+        experiment = Experiment(experiment_name, progress=_progress_printer(), device=device)
+        state = experiment.init(**values, **({"data_dir": data_dir} if data_dir else {}))
     else:
         if not parent:
             raise SpecError(f"step {kind} needs --parent RUN_ID (the state to start from)")
-        from .store import Store
-
-        parent_experiment = Store().state_run(parent).info.experiment_id
-        experiment = Experiment(experiment_id=parent_experiment, progress=_progress_printer())
+        probe = _store(create=False)
+        parent = probe.resolve_run_id(parent)
+        parent_experiment = probe.state_run(parent).info.experiment_id
+        experiment = Experiment(experiment_id=parent_experiment, progress=_progress_printer(), data_dir=data_dir,
+                                device=device)
         state = experiment.state(parent).apply(Recipe(({kind: values},)))
     metrics = state.metrics
     click.echo(f"{kind} state {state.run_id}: test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
@@ -292,7 +284,7 @@ def step(kind, parent, options, experiment_name):
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-P", "--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a parameter.")
 def validate(recipe, params):
-    """Check a recipe file and print the states it would reach; runs nothing.
+    """Check a recipe file and print the states it would reach, with their keys; runs nothing.
 
     \b
     Example:
@@ -303,7 +295,7 @@ def validate(recipe, params):
     plan = compile_recipe(recipe, parse_assignments(params))
     click.echo(f"{recipe}: valid; {len(plan.nodes)} states")
     for node in plan.nodes:
-        click.echo(f"  {node.name:<16} <- {node.parent or '-':<12} {node.label}")
+        click.echo(f"  {node.name:<18} <- {node.parent or '-':<12} {node.key[:12]}  {node.label}")
 
 
 @main.command()
@@ -315,24 +307,26 @@ def tree(experiment_name):
     Example:
       mlprune tree -e mlprune
     """
-    from .store import TAG_PARENT_PREFIX, TAG_PARENT_RUN, Store
+    from .names import TAG_KIND, TAG_PARENT_PREFIX, TAG_PARENT_RUN
 
-    store = Store(experiment_name)
+    store = _store(experiment_name, create=False)
     runs = store.states()
-    children: dict[str | None, list] = {}
-    for run in runs:
-        children.setdefault(run.data.tags.get(TAG_PARENT_RUN), []).append(run)
     if not runs:
         click.echo(f"experiment {store.experiment_name!r} holds no finished states")
         return
+    known = {run.info.run_id for run in runs}
+    children: dict[str | None, list] = {}
+    for run in runs:
+        parent = run.data.tags.get(TAG_PARENT_RUN)
+        children.setdefault(parent if parent in known else None, []).append(run)
 
     def show(run, depth):
         tags, metrics = run.data.tags, run.data.metrics
         extra = ", ".join(f"{k.removeprefix(TAG_PARENT_PREFIX)}<-{v[:8]}"
                           for k, v in tags.items() if k.startswith(TAG_PARENT_PREFIX))
-        click.echo(f"{'  ' * depth}{run.info.run_id[:8]} {tags.get('mlprune.kind', '?'):<14} "
+        click.echo(f"{'  ' * depth}{run.info.run_id[:8]} {tags.get(TAG_KIND, '?'):<14} "
                    f"acc={metrics.get('test_accuracy', float('nan')):.4f} "
-                   f"sparsity={metrics.get('sparsity', float('nan')):.3f}"
+                   f"sparsity={metrics.get('sparsity', float('nan')):.3f}  {run.info.run_name or ''}"
                    f"{'  [' + extra + ']' if extra else ''}")
         for child in children.get(run.info.run_id, []):
             show(child, depth + 1)
@@ -344,23 +338,22 @@ def tree(experiment_name):
 @main.command()
 @click.argument("run_id")
 def show(run_id):
-    """Show one state: kind, parents, metrics and its resolved spec.
+    """Show one state: kind, parents, params, metrics and its resolved spec.
 
     \b
     Example:
-      mlprune show 3f2a9c...
+      mlprune show 3f2a9c1d
     """
-    import json
-
-    from .store import Store
-
-    store = Store()
+    store = _store(create=False)
+    run_id = store.resolve_run_id(run_id)
     run = store.state_run(run_id)
     spec = store.spec(run_id)
-    click.echo(f"state {run_id} kind={spec['kind']} key={spec['key']}")
+    click.echo(f"state {run_id} {run.info.run_name or ''} kind={spec['kind']} key={spec['key']}")
     click.echo(f"  parent: {spec.get('parent_run') or '-'}  root: {spec.get('root_run') or run_id}")
     for role, source in spec.get("inputs", {}).items():
         click.echo(f"  {role} from: {source['run_id']}")
+    for name, value in sorted(run.data.params.items()):
+        click.echo(f"  param {name} = {value}")
     for name, value in sorted(run.data.metrics.items()):
         click.echo(f"  {name} = {value:.6g}")
     click.echo(json.dumps({"root": spec["root"], "steps": spec["steps"]}, indent=1))
@@ -376,11 +369,12 @@ def report(experiment, out_dir, ui_url):
     """Write a self-contained HTML report of EXPERIMENT (name or id) into OUT_DIR.
 
     OUT_DIR/report.html embeds every figure (it works offline): the lineage DAG,
-    accuracy and early-stopping epoch vs remaining weights (mean ± std over seeds),
+    accuracy and early-stopping iteration vs remaining weights (mean ± std over seeds),
     Jaccard heatmaps, emergent structure, weight stability and evolution, and the
-    weights of the dense and final states. Also figures/*.png and numbers.json.
-    Runs that are not mlprune states, or states with missing artifacts, are
-    skipped with a warning.
+    weights of the dense and final states. Also figures/*.png, report.json (per
+    series and round: remaining fraction, test accuracy and loss, run id) and
+    numbers.json. Runs that are not mlprune states, or states with missing
+    artifacts, are skipped with a warning.
 
     \b
     Examples:
@@ -389,8 +383,7 @@ def report(experiment, out_dir, ui_url):
     """
     from .report import write_report
 
-    result = write_report(experiment, out_dir, ui_url=ui_url,
-                          warn=lambda message: click.echo(f"warning: {message}", err=True))
+    result = write_report(experiment, out_dir, ui_url=ui_url, warn=_warn)
     click.echo(f"wrote {result.path} ({result.n_states} states, {len(result.figures)} figures)")
 
 
@@ -402,40 +395,40 @@ def compare(runs, experiment_name):
 
     With no run ids: a table of every recipe round in the experiment, test
     accuracy against the fraction of weights remaining, mean ± std over seeds.
-    With two run ids: Jaccard similarity of their kept weights, overall and per layer.
+    With two run ids (or 8-character prefixes): Jaccard similarity of their kept
+    weights, overall and per layer.
 
     \b
     Examples:
       mlprune compare -e my-study
-      mlprune compare 3f2a9c... 8b1d4e...
+      mlprune compare 3f2a9c1d 8b1d4e2a
     """
     if len(runs) == 2:
-        from .dag import Experiment
+        from .api import Experiment
         from .report import mask_similarity
 
-        experiment = Experiment()
+        experiment = Experiment(store=_store(create=False))
         a, b = experiment.state(runs[0]), experiment.state(runs[1])
         result = mask_similarity(a, b)
-        click.echo(f"Jaccard of kept weights, {runs[0][:8]} ({a.kind}) vs {runs[1][:8]} ({b.kind}): "
+        click.echo(f"Jaccard of kept weights, {a.run_id[:8]} ({a.kind}) vs {b.run_id[:8]} ({b.kind}): "
                    f"overall {result['overall']:.4f}")
         for name, value in result["per_layer"].items():
             click.echo(f"  {name:<32} {value:.4f}")
         return
     if runs:
         raise SpecError(f"compare takes no run id (a table of recipes) or two (their masks), got {len(runs)}")
-    from . import analysis
-    from .report import _rows, collect
-    from .store import Store
+    from .report import accuracy_table, collect
 
-    store = Store(experiment_name)
-    rows = _rows(collect(store, warn=lambda message: click.echo(f"warning: {message}", err=True)))
+    store = _store(experiment_name, create=False)
+    rows = accuracy_table(collect(store, warn=_warn))
     if not rows:
         click.echo(f"experiment {store.experiment_name!r} holds no recipe rounds (run a recipe first)")
         return
     click.echo(f"{'recipe':<44} {'round':>5} {'remaining':>10} {'test accuracy':>18} {'n':>3}")
-    for row in analysis.accuracy_vs_remaining(rows):
+    for row in rows:
+        spread = f"± {100 * row['std']:<5.2f}" if row["n"] > 1 else " " * 7
         click.echo(f"{row['recipe']:<44} {row['round']:>5} {100 * row['remaining']:>9.2f}% "
-                   f"{100 * row['mean']:>9.2f}% ± {100 * row['std']:<5.2f} {row['n']:>3}")
+                   f"{100 * row['mean']:>9.2f}% {spread} {row['n']:>3}")
 
 
 @main.command()
@@ -444,15 +437,15 @@ def compare(runs, experiment_name):
 def export(run_id, directory):
     """Write a state's weights.safetensors, masks.safetensors and state.json to DIRECTORY.
 
-    Weights are resolved even when the state references its parent's.
+    Weights are resolved even when the state references its parent's; every file is
+    checked against the SHA-256 recorded when the state was finished.
 
     \b
     Example:
-      mlprune export 3f2a9c... ./ticket
+      mlprune export 3f2a9c1d ./ticket
     """
-    from .store import Store
-
-    files = Store().artifact_files(run_id)
+    store = _store(create=False)
+    files = store.artifact_files(store.resolve_run_id(run_id))
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():

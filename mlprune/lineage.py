@@ -10,8 +10,9 @@ among the runs (deleted, or in another experiment) is still drawn, as a
 
 The functions here work on MLflow ``Run`` objects however they were obtained
 (``store.Store`` on the client side, the tracking server's own store in
-``mlflow_plugin``): this module imports neither mlflow nor torch, so the
-tracking server can serve lineage pages without loading PyTorch.
+``mlflow_plugin``): this module imports neither mlflow, nor torch, nor
+matplotlib, so the tracking server serves lineage pages without loading them.
+The DAG layout is here too (the report's matplotlib drawing uses it).
 
 Links go to the MLflow UI: ``<ui base>#/experiments/<experiment id>/runs/<run id>``.
 """
@@ -21,19 +22,25 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
+from xml.sax.saxutils import quoteattr
 
-# The stable tag names (design.md §3); tests check they match store.py's constants.
-TAG_KEY = "mlprune.key"
-TAG_KIND = "mlprune.kind"
-TAG_PARENT_PREFIX = "mlprune.parent."
-TAG_PARENT_RUN = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
+from .errors import SpecError
+from .names import M_SPARSITY, M_TEST_ACCURACY, TAG_KEY, TAG_KIND, TAG_PARENT_PREFIX, TAG_PARENT_RUN, TAG_RUN_NAME
 
 MISSING = "missing"
+KIND_COLORS = {
+    "init": "#cfd8dc",
+    "train": "#c8e6c9",
+    "prune": "#ffe0b2",
+    "reinit": "#e1bee7",
+    "analysis": "#b3e5fc",
+}
+OTHER_KIND_COLOR = "#eeeeee"
 
-__all__ = ["lineage_graph", "ancestors", "run_link", "lineage_svg", "lineage_html", "is_state"]
+__all__ = ["lineage_graph", "ancestors", "run_link", "lineage_svg", "lineage_html", "is_state", "dag_layout",
+           "dag_svg"]
 
 
 def is_state(run) -> bool:
@@ -84,8 +91,8 @@ def lineage_graph(runs: Iterable) -> tuple[list[dict], list[tuple[str, str, str]
         node = {
             "id": run.info.run_id,
             "label": run.data.tags.get(TAG_KIND, "?"),
-            "accuracy": _finite(run.data.metrics.get("test_accuracy")),
-            "sparsity": _finite(run.data.metrics.get("sparsity")),
+            "accuracy": _finite(run.data.metrics.get(M_TEST_ACCURACY)),
+            "sparsity": _finite(run.data.metrics.get(M_SPARSITY)),
             "name": run.data.tags.get(TAG_RUN_NAME) or getattr(run.info, "run_name", "") or "",
             "experiment_id": run.info.experiment_id,
             "status": run.info.status,
@@ -137,11 +144,254 @@ def run_link(experiment_id, run_id: str, base: str = "/") -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+# ---------------------------------------------------------------------------- layout and SVG
+
+
+def _dag_check(nodes: Sequence[Mapping], edges: Sequence[Sequence]) -> tuple[list, list]:
+    ids = [n["id"] for n in nodes]
+    if len(set(ids)) != len(ids):
+        dup = sorted({str(i) for i in ids if ids.count(i) > 1})
+        raise SpecError(f"DAG nodes have duplicate ids: {', '.join(dup)}")
+    known = set(ids)
+    norm = []
+    for e in edges:
+        if len(e) not in (2, 3):
+            raise SpecError(f"DAG edge {e!r} is not (parent_id, child_id, role)")
+        parent, child = e[0], e[1]
+        role = e[2] if len(e) == 3 else "primary"
+        for end in (parent, child):
+            if end not in known:
+                raise SpecError(f"DAG edge {tuple(e)!r} names unknown node {end!r}")
+        norm.append((parent, child, str(role)))
+    return ids, norm
+
+
+def dag_layout(nodes: Sequence[Mapping], edges: Sequence[Sequence]) -> dict:
+    """Layered tree layout: ``{node id: (x, depth)}``, x in column units (>= 0).
+
+    Depth is the number of primary edges from a root (a node without a primary
+    parent). The first primary parent of a node is its tree parent; leaves take
+    consecutive columns (in node order) and a parent sits centred over its
+    children, so nodes of one depth are at least one column apart and primary
+    edges do not cross. Non-primary edges (weights / mask sources) do not move
+    nodes. A cycle of primary edges is a ``SpecError``.
+    """
+    ids, norm = _dag_check(nodes, edges)
+    order = {i: k for k, i in enumerate(ids)}
+    parent: dict = {}
+    for p, c, role in norm:
+        if role == "primary" and c not in parent:
+            parent[c] = p
+    children: dict = {i: [] for i in ids}
+    for c in ids:  # node order, so children come in node order
+        if c in parent:
+            children[parent[c]].append(c)
+    # depth, with cycle detection
+    depth: dict = {}
+    for start in ids:
+        path = []
+        seen = set()
+        cur = start
+        while cur not in depth and cur in parent:
+            if cur in seen:
+                raise SpecError(f"DAG has a cycle of primary edges through {cur!r}")
+            seen.add(cur)
+            path.append(cur)
+            cur = parent[cur]
+        base = depth.get(cur, 0)
+        if cur not in depth:
+            depth[cur] = 0
+        for k, node in enumerate(reversed(path), start=1):
+            depth[node] = base + k
+    # x: leaves in DFS order, parents centred over children (iterative post-order)
+    x: dict = {}
+    next_col = 0
+    roots = [i for i in ids if i not in parent]
+    for root in roots:
+        stack = [(root, False)]
+        while stack:
+            node, done = stack.pop()
+            kids = children[node]
+            if not kids:
+                x[node] = float(next_col)
+                next_col += 1
+            elif done:
+                x[node] = (x[kids[0]] + x[kids[-1]]) / 2.0
+            else:
+                stack.append((node, True))
+                for kid in sorted(kids, key=order.get, reverse=True):
+                    stack.append((kid, False))
+    return {i: (x[i], depth[i]) for i in ids}
+
+
+def node_lines(node: Mapping, max_chars: int = 22) -> list[str]:
+    label = str(node.get("label", node["id"]))
+    if len(label) > max_chars:
+        label = label[: max_chars - 1] + "…"
+    lines = [label]
+    stats = []
+    acc = node.get("accuracy")
+    if acc is not None and not (isinstance(acc, float) and math.isnan(acc)):
+        stats.append(f"acc {100 * float(acc):.1f}%")
+    sp = node.get("sparsity")
+    if sp is not None and not (isinstance(sp, float) and math.isnan(sp)):
+        stats.append(f"sparsity {100 * float(sp):.1f}%")
+    lines.extend(stats)
+    return lines
+
+
+def kind_key(node: Mapping) -> str | None:
+    """The KIND_COLORS key of a node: its label, or the first step of a step list "a+b"."""
+    label = str(node.get("label", ""))
+    if label in KIND_COLORS:
+        return label
+    first = label.split("+")[0].strip()
+    return first if first in KIND_COLORS else None
+
+
+def _kind_color(node: Mapping) -> str:
+    key = kind_key(node)
+    return KIND_COLORS[key] if key else OTHER_KIND_COLOR
+
+
+# Shared DAG geometry, in layout units: one column = 1, one depth row = 1.
+BOX_W, BOX_H = 0.82, 0.56
+_PX_COL, _PX_ROW = 184, 92  # SVG pixels per unit
+_MARGIN = 24  # SVG pixels
+
+
+def _edge_curve(p: tuple, c: tuple, primary: bool) -> tuple[list, tuple]:
+    """Cubic Bezier (4 points) from parent box to child box, and a label position.
+
+    Primary edges leave the bottom of the parent and enter the top of the child
+    (an S curve). Other edges leave and enter on the side facing the child (right
+    when the child is not left of the parent), bulging outwards more the longer
+    they are, so edges to one source fan out instead of overlapping; the label
+    sits at the curve's midpoint, its outermost point.
+    """
+    (x0, y0), (x1, y1) = p, c
+    if primary:
+        sy, ey = y0 + BOX_H / 2, y1 - BOX_H / 2
+        my = (sy + ey) / 2
+        pts = [(x0, sy), (x0, my), (x1, my), (x1, ey)]
+        return pts, (x1, my)
+    if y0 == y1:  # same depth: arc over the top, through the gap between rows
+        top = y0 - BOX_H / 2
+        cy = top - 0.32
+        pts = [(x0, top), (x0, cy), (x1, cy), (x1, top)]
+        return pts, ((x0 + x1) / 2, 0.25 * top + 0.75 * cy)
+    side = -1.0 if x1 < x0 else 1.0
+    sx, ex = x0 + side * BOX_W / 2, x1 + side * BOX_W / 2
+    bulge = 0.12 + 0.07 * abs(y1 - y0) + 0.03 * abs(x1 - x0)
+    cx = (max(sx, ex) if side > 0 else min(sx, ex)) + side * bulge
+    pts = [(sx, y0), (cx, y0), (cx, y1), (ex, y1)]
+    lx = 0.125 * sx + 0.75 * cx + 0.125 * ex
+    return pts, (lx, (y0 + y1) / 2)
+
+
+def dag_geometry(nodes, edges):
+    """Layout, edges with their curves, and the bounding box (layout units) of it all."""
+    layout = dag_layout(nodes, edges)
+    _, norm = _dag_check(nodes, edges)
+    curves = [(p, c, role, *_edge_curve(layout[p], layout[c], role == "primary")) for p, c, role in norm]
+    xs = [x for x, _ in layout.values()] or [0.0]
+    ys = [y for _, y in layout.values()] or [0]
+    x_lo, x_hi = min(xs) - BOX_W / 2, max(xs) + BOX_W / 2
+    y_lo = min(ys) - BOX_H / 2
+    for *_, pts, (lx, _ly) in curves:
+        # a cubic lies in the hull of its control points; its midpoint is 3/4 of the way out
+        x_lo = min(x_lo, lx - 0.3)
+        x_hi = max(x_hi, lx + 0.3)
+        y_lo = min(y_lo, _ly - 0.1)
+    bbox = (x_lo, x_hi, y_lo, max(ys) + BOX_H / 2)
+    return layout, curves, bbox
+
+
+def dag_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence],
+            link: Callable[[str], str] | None = None, title: str | None = None) -> str:
+    """Standalone SVG (a string) of the experiment DAG, each node a link.
+
+    Same layout as :func:`plot_dag` (root on top, one column per leaf, so width
+    grows with the breadth of the tree). Each node is ``<a href=link(id)>`` around
+    a rounded box with its kind, accuracy and sparsity (the full id and label in a
+    ``<title>`` tooltip); without ``link`` nodes are not wrapped in ``<a>``. Each
+    edge is one ``<path class="edge edge-<role>">``; primary edges solid, other
+    roles dashed, curved outwards on the side facing the child and labelled
+    with the role.
+    """
+    layout, curves, (x_lo, x_hi, y_lo, y_hi) = dag_geometry(nodes, edges)
+    top = _MARGIN + (28 if title else 0)
+    width = int(round(2 * _MARGIN + (x_hi - x_lo) * _PX_COL))
+    height = int(round(top + _MARGIN + (y_hi - y_lo) * _PX_ROW))
+    box_w, box_h = BOX_W * _PX_COL, BOX_H * _PX_ROW
+
+    def px(pt):
+        return _MARGIN + (pt[0] - x_lo) * _PX_COL, top + (pt[1] - y_lo) * _PX_ROW
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif">',
+        "<style>"
+        ".edge{fill:none;stroke-width:1.4}"
+        ".edge-primary{stroke:#455a64}"
+        ".edge-other{stroke:#8e24aa;stroke-dasharray:6 4;stroke-opacity:0.6;stroke-width:1.1}"
+        ".edge-label{font-size:10px;fill:#8e24aa;paint-order:stroke;stroke:#fff;stroke-width:3px}"
+        ".node rect{stroke:#37474f;stroke-width:1}"
+        ".node text{font-size:11px;fill:#212121}"
+        ".node .kind{font-weight:bold}"
+        "a:hover rect{stroke-width:2.5;stroke:#0d47a1}"
+        "</style>",
+        "<defs>"
+        '<marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#455a64"/></marker>'
+        '<marker id="arrow-other" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#8e24aa"/></marker>'
+        "</defs>",
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    if title:
+        out.append(f'<text x="{_MARGIN}" y="{_MARGIN + 8}" font-size="15" font-weight="bold">{escape(title)}</text>')
+    # edges first, nodes on top
+    labels = []
+    for p, c, role, pts, lab in curves:
+        primary = role == "primary"
+        cls = "edge-primary" if primary else "edge-other"
+        role_cls = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in role)
+        (ax_, ay), (bx, by), (cx_, cy_), (dx, dy) = (px(q) for q in pts)
+        d = f"M{ax_:.1f},{ay:.1f} C{bx:.1f},{by:.1f} {cx_:.1f},{cy_:.1f} {dx:.1f},{dy:.1f}"
+        dash = "" if primary else ' stroke-dasharray="6 4"'
+        marker = "arrow" if primary else "arrow-other"
+        out.append(f'<path class="edge {cls} edge-{role_cls}" d="{d}"{dash} marker-end="url(#{marker})">'
+                   f"<title>{escape(f'{role}: {p} -> {c}')}</title></path>")
+        if not primary:
+            lx, ly = px(lab)
+            labels.append(f'<text class="edge-label" x="{lx:.1f}" y="{ly + 3.5:.1f}" '
+                          f'text-anchor="middle">{escape(role)}</text>')
+    out.extend(labels)
+    for node in nodes:
+        cx, cy = px(layout[node["id"]])
+        lines = node_lines(node)
+        tip = f"{node.get('label', '')} — {node['id']}"
+        g = [f'<g class="node" data-id={quoteattr(str(node["id"]))}>',
+             f"<title>{escape(tip)}</title>",
+             f'<rect x="{cx - box_w / 2:.1f}" y="{cy - box_h / 2:.1f}" width="{box_w:.1f}" height="{box_h:.1f}" '
+             f'rx="7" fill="{_kind_color(node)}"/>']
+        y = cy - (len(lines) - 1) * 7 + 4
+        for k, line in enumerate(lines):
+            cls = ' class="kind"' if k == 0 else ""
+            g.append(f'<text{cls} x="{cx:.1f}" y="{y + 14 * k:.1f}" text-anchor="middle">{escape(line)}</text>')
+        g.append("</g>")
+        if link is not None:
+            out.append(f'<a href={quoteattr(str(link(node["id"])))} target="_top">' + "".join(g) + "</a>")
+        else:
+            out.append("".join(g))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 def lineage_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, base: str | None = "/",
                 title: str | None = None) -> str:
     """Standalone SVG of the DAG; with ``base`` each node links to its run in the UI at ``base``."""
-    from .plotting import dag_svg
-
     link = None
     if base is not None:
         exp_of = {n["id"]: n.get("experiment_id") for n in nodes}
@@ -216,8 +466,6 @@ def lineage_html(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, title: 
     artifact viewer (where links cannot leave the sandboxed frame: a click shows
     the run's URL to open instead).
     """
-    from .plotting import KIND_COLORS
-
     prefix = base.rstrip("/")
     # every link also carries its UI path (data-ui-path), so the script can re-base it
     svg = re.sub(r'<a href="([^"]*)"',

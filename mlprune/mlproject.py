@@ -21,13 +21,17 @@ HEADER = """\
 """
 
 
-# The options of the step entry points (init, train, prune, reinit); '' = the step's default.
-STEP_OPTIONS = {
-    "init": ("model", "dataset", "seed", "init", "val_size", "train_size", "test_size", "data_dir"),
-    "train": ("epochs", "lr", "optimizer", "momentum", "weight_decay", "batch_size", "seed"),
-    "prune": ("method", "amount", "scope", "n", "dim", "include", "exclude", "from", "seed"),
-    "reinit": ("strategy", "to", "seed"),
-}
+STEP_ENTRY_POINTS = ("init", "train", "prune", "reinit")
+RUN_PARAMS = ("device",)  # run options every entry point takes ('' = MLPRUNE_DEVICE, else auto)
+
+
+def step_options(kind: str) -> list[str]:
+    """The options of a step entry point: its schema's CLI options (the step kind's one declaration)."""
+    from .spec.steps import schema_of
+
+    schema = schema_of(kind)
+    names = [o.name for o in schema if o.cli] + [a for o in schema if o.cli for a in o.aliases]
+    return names + ([] if "data_dir" in names else ["data_dir"])
 
 
 def render(recipes_dir: Path) -> str:
@@ -37,19 +41,20 @@ def render(recipes_dir: Path) -> str:
         params = dict(recipe.get("params") or {})
         if recipe.get("protocols"):
             params["protocol"] = "default"
-        parameters = {name: {"type": "string", "default": ""} for name in params}
+        parameters = {name: {"type": "string", "default": ""} for name in [*params, *RUN_PARAMS]}
         args = " ".join(f"-P {name}={{{name}}}" for name in params)
         entry_points[path.stem] = {
             "parameters": parameters,
-            "command": f"python -m mlprune run recipes/{path.name} {args}".strip(),
+            "command": f"python -m mlprune run recipes/{path.name} {args} --device={{device}}".strip(),
         }
-    for kind, options in STEP_OPTIONS.items():
-        params = ([] if kind == "init" else ["parent"]) + list(options)
+    for kind in STEP_ENTRY_POINTS:
+        options = step_options(kind)
+        params = ([] if kind == "init" else ["parent"]) + options + list(RUN_PARAMS)
         args = " ".join(f"-o {name}={{{name}}}" for name in options)
         parent = "" if kind == "init" else " --parent {parent}"
         entry_points[kind] = {
             "parameters": {name: {"type": "string", "default": ""} for name in params},
-            "command": f"python -m mlprune step {kind}{parent} {args}",
+            "command": f"python -m mlprune step {kind}{parent} {args} --device={{device}}",
         }
     body = {"name": "mlprune", "conda_env": "conda.yaml", "entry_points": entry_points}
     return HEADER + yaml.safe_dump(body, sort_keys=False, width=1000)

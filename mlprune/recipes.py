@@ -1,6 +1,6 @@
 """Recipe files: schema, validation with file/key errors, parameters, and the plan they compile to.
 
-A recipe file is YAML data, read with `yaml.safe_load`: nothing in it runs.
+A recipe file is YAML data, read with a safe YAML loader: nothing in it runs.
 A value that is exactly ``$name`` is replaced by the parameter ``name`` (typed:
 an int stays an int); no other substitution exists.
 
@@ -15,19 +15,25 @@ an int stays an int); no other substitution exists.
     prune: {method: ln_structured, n: 1, dim: 1, amount: $amount}
     reinit: {strategy: rewind, to: root}
 
-compiles to the plan root -> train -> (prune -> reinit+train) x rounds.
+compiles to the plan root -> train -> (prune -> reinit+train) x rounds
+(`compile_recipe`, a `plan.Plan` of keyed nodes built with `plan.PlanBuilder`).
+
+Reading is bounded: a file over 1 MiB, more than 100 YAML aliases, nesting deeper
+than 40 levels or bytes that are not UTF-8 are one-line errors, before anything
+is built (a "billion laughs" alias bomb cannot eat the machine).
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .errors import SpecError
+from .plan import Plan, PlanBuilder, StateInfo
+from .spec.times import parse_time
 
 TOP_LEVEL_KEYS = {
     "name": "the recipe's name (defaults to the file name)",
@@ -49,39 +55,70 @@ COMMON_PARAMS = ("dataset", "model", "rounds", "epochs", "amount", "seed", "lr",
 _PARAM_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 
 
-@dataclass
-class PlanNode:
-    """One state to reach: a root spec, or a parent node plus recipe steps."""
-
-    name: str
-    parent: str | None
-    steps: list = field(default_factory=list)
-    root: dict | None = None
-    label: str = ""
-    round: int = 0
-    branch: str = "main"
+MAX_RECIPE_BYTES = 1 << 20
+MAX_ALIASES = 100
+MAX_DEPTH = 40
 
 
-@dataclass
-class Plan:
-    recipe: str
-    params: dict
-    nodes: list[PlanNode]
-    data_dir: str | None = None
-
-    def node(self, name: str) -> PlanNode:
-        return next(n for n in self.nodes if n.name == name)
+def _number(text: str):
+    """'1e-3' -> 0.001: YAML 1.1 reads a float without a dot as a string; users write numbers so."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity") else None
 
 
 def parse_value(text: str):
-    """A -P value: YAML scalar syntax (3 -> int, 0.2 -> float, true, null, text)."""
+    """A -P value: YAML scalar syntax (3 -> int, 0.2 and 1e-3 -> float, true, null, text)."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = _safe_load(text, "parameter value")
+    except SpecError:
         raise SpecError(f"cannot parse parameter value {text!r}") from None
+    if isinstance(value, str):
+        number = _number(value.strip())
+        if number is not None:
+            return number
     if isinstance(value, (dict, list)):
         raise SpecError(f"parameter value {text!r} must be a scalar, not a {type(value).__name__}")
     return value
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses alias bombs and deep nesting while composing."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise SpecError(f"more than {MAX_ALIASES} YAML aliases (*name): refused")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise SpecError(f"nesting deeper than {MAX_DEPTH} levels: refused")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _safe_load(text: str, where: str):
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{where}:{line} is not valid YAML ({getattr(error, 'problem', None) or error})") from None
+    except RecursionError:
+        raise SpecError(f"{where}: nesting too deep: refused") from None
 
 
 def parse_assignments(pairs) -> dict:
@@ -105,13 +142,16 @@ def parse_options(pairs) -> dict:
         if text.strip() == "":
             continue
         try:
-            options[name] = yaml.safe_load(text)
-        except yaml.YAMLError:  # e.g. '@conv' or '[@conv, fc1.weight]': YAML reserves '@'
+            value = _safe_load(text, f"option {name}")
+        except SpecError:  # e.g. '@conv' or '[@conv, fc1.weight]': YAML reserves '@'
             stripped = text.strip()
             if stripped.startswith("[") and stripped.endswith("]"):
-                options[name] = [item.strip() for item in stripped[1:-1].split(",") if item.strip()]
+                value = [item.strip() for item in stripped[1:-1].split(",") if item.strip()]
             else:
-                options[name] = stripped
+                value = stripped
+        if isinstance(value, str) and _number(value.strip()) is not None:
+            value = _number(value.strip())
+        options[name] = value
     return options
 
 
@@ -120,12 +160,18 @@ def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"recipe file {str(path)!r} not found")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise SpecError(f"{path}: {size} bytes; a recipe file is at most {MAX_RECIPE_BYTES} bytes")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}:{where} is not valid YAML ({getattr(error, 'problem', error)})") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{path}: not UTF-8 text (byte {error.start}): a recipe is a YAML text file") from None
+    try:
+        raw = _safe_load(text, str(path))
+    except SpecError as error:
+        message = str(error)
+        raise SpecError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a recipe is a mapping of keys ({', '.join(TOP_LEVEL_KEYS)})")
     unknown = set(raw) - set(TOP_LEVEL_KEYS)
@@ -210,48 +256,54 @@ def _round_ranges(text, rounds: int, where: str) -> range:
     return range(start, stop + 1)
 
 
-def compile_recipe(path: str | Path, overrides: dict | None = None) -> Plan:
-    """Validate a recipe file with parameters and compile it to a plan.
 
-    Every step is resolved here (so a bad value fails before anything runs),
-    with the file and key in the message.
+
+def _int_param(value, where: str, minimum: int = 0) -> int:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+           f"{where}: must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def compile_recipe(path: str | Path, overrides: dict | None = None, *,
+                   load_state=None) -> Plan:
+    """Validate a recipe file with parameters and compile it to a plan of keyed nodes.
+
+    Every step is resolved here (so a bad value fails before anything runs), with the
+    file and key in the message. ``load_state(run_id) -> plan.StateInfo`` resolves
+    ``state:<run id>`` references (the store's); without it only plan nodes can be named.
+
+    Node names: ``root``, ``train``, ``prune<r>``, ``round<r>`` (the round's retrained
+    state), ``round<r>.<control>``, ``<node>@<time>`` (checkpoints: ``mask_epoch`` masks,
+    rewind points). Nodes carry their round, branch and role (``trained``, ``pruned``,
+    ``control``, ``checkpoint``), which the report reads.
     """
-    from .dag import resolve_root, resolve_step  # late import: dag imports torch and mlflow
-
     raw = read_recipe(path)
     where = str(path)
-    params = resolve_params(raw, overrides or {}, where)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None and v != ""}
+    params = resolve_params(raw, overrides, where)
     spec = _substitute({k: v for k, v in raw.items() if k not in ("params", "protocols")}, params, where)
+    name = raw["name"]
+    builder = PlanBuilder(name, load_state=load_state, params=params, overrides=overrides)
 
-    def checked(fn, value, key):
+    def checked(key, fn, *args, **kwargs):
         try:
-            return fn(value)
+            return fn(*args, **kwargs)
         except SpecError as error:
             raise SpecError(f"{where}: {key}: {error}") from None
 
     _check(isinstance(spec.get("root"), dict), f"{where}: root: required mapping (model, dataset, seed, ...)")
-    root = dict(spec["root"])
-    data_dir = root.pop("data_dir", None) or params.get("data_dir")
-    checked(lambda r: resolve_root(r), root, "root")
-    rounds = spec.get("rounds", 0)
-    _check(isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 0,
-           f"{where}: rounds: must be an integer >= 0, got {rounds!r}")
+    root_spec = dict(spec["root"])
+    data_dir = root_spec.pop("data_dir", None) or params.get("data_dir")
+    rounds = _int_param(spec.get("rounds", 0), f"{where}: rounds")
     _check(isinstance(spec.get("train"), dict), f"{where}: train: required mapping of train options")
-    train = {"train": spec["train"]}
-    checked(resolve_step, train, "train")
-    retrain = {"train": spec.get("retrain") or spec["train"]}
-    checked(resolve_step, retrain, "retrain")
+    train = dict(spec["train"])
+    retrain = dict(spec.get("retrain") or train)
     reinit = spec.get("reinit")
-    reinit_step = [{"reinit": reinit}] if reinit else []
-    if reinit_step:
-        checked(resolve_step, reinit_step[0], "reinit")
+    _check(reinit is None or isinstance(reinit, dict), f"{where}: reinit: must be a mapping or null")
     if rounds:
-        _check(isinstance(spec.get("prune"), dict) or spec.get("schedule"),
-               f"{where}: prune: required when rounds > 0")
+        _check(isinstance(spec.get("prune"), dict) or spec.get("schedule"), f"{where}: prune: required when rounds > 0")
 
-    prune_of_round = {}
-    for r in range(1, rounds + 1):
-        prune_of_round[r] = copy.deepcopy(spec.get("prune") or {})
+    prune_of_round = {r: copy.deepcopy(spec.get("prune") or {}) for r in range(1, rounds + 1)}
     for i, entry in enumerate(spec.get("schedule") or []):
         key = f"schedule[{i}]"
         _check(isinstance(entry, dict) and set(entry) <= {"rounds", "prune"} and "prune" in entry,
@@ -259,25 +311,29 @@ def compile_recipe(path: str | Path, overrides: dict | None = None) -> Plan:
         for r in _round_ranges(entry.get("rounds", f"1-{rounds}"), rounds, f"{where}: {key}.rounds"):
             if r in prune_of_round:
                 prune_of_round[r] = {**prune_of_round[r], **entry["prune"]}
-    for r, prune in prune_of_round.items():
-        checked(resolve_step, {"prune": prune}, f"prune (round {r})")
 
     mask_epoch = spec.get("mask_epoch")
+    mask_at = None
     if mask_epoch is not None:
-        for key, step in (("train", train), ("retrain", retrain)):
-            epochs = step["train"].get("epochs", 1)
-            _check(isinstance(mask_epoch, int) and not isinstance(mask_epoch, bool) and 1 <= mask_epoch <= epochs,
+        for key, options in (("train", train), ("retrain", retrain)):
+            epochs = options.get("epochs", options.get("steps", 1))
+            _check(isinstance(mask_epoch, int) and not isinstance(mask_epoch, bool) and isinstance(epochs, int)
+                   and 1 <= mask_epoch <= epochs,
                    f"{where}: mask_epoch: must be an int in 1..{key} epochs ({epochs}), got {mask_epoch!r}")
+        mask_at = str(parse_time(mask_epoch))
 
-    def early(step):
-        """The train step, emitting the early-mask state as a checkpoint (see dag.train_checkpoints)."""
-        if mask_epoch is None or mask_epoch == step["train"].get("epochs", 1):
-            return step
-        return {"train": {**step["train"], "checkpoints": [mask_epoch]}}
+    def with_mask_checkpoint(options):
+        """The train step, emitting the early-mask state (mask_epoch) as a checkpoint."""
+        epochs = options.get("epochs", options.get("steps", 1))
+        if mask_epoch is None or mask_epoch == epochs:
+            return {"train": options}
+        return {"train": {**options, "checkpoints": [mask_epoch]}}
 
-    def at_mask_epoch(steps):
-        *head, last = steps
-        return head + [{"train": {**last["train"], "epochs": mask_epoch}}]
+    def mask_source(node):
+        """Where the next round's mask comes from: the trained node, or its mask_epoch checkpoint."""
+        if mask_at is None or mask_at not in (n.at for n in builder.plan.nodes if n.emitted_by == node.name):
+            return node
+        return next(n for n in builder.plan.nodes if n.emitted_by == node.name and n.at == mask_at)
 
     controls = spec.get("controls") or []
     _check(isinstance(controls, list), f"{where}: controls: must be a list of {{name, reinit, retrain?}}")
@@ -285,77 +341,77 @@ def compile_recipe(path: str | Path, overrides: dict | None = None) -> Plan:
         _check(isinstance(control, dict) and "name" in control and "reinit" in control
                and set(control) <= {"name", "reinit", "retrain"},
                f"{where}: controls[{i}]: must be a mapping with name, reinit and optionally retrain")
-        checked(resolve_step, {"reinit": control["reinit"]}, f"controls[{i}].reinit")
 
-    name = raw["name"]
-    nodes = [PlanNode("root", None, root=root, label=f"{name}: init"),
-             PlanNode("train", "root", [early(train)], label=f"{name}: train")]
-    previous = "train"
-    if mask_epoch is not None:
-        nodes.append(PlanNode(f"train@{mask_epoch}", "root", at_mask_epoch([train]),
-                              label=f"{name}: train, epoch {mask_epoch} (mask)"))
-        previous = f"train@{mask_epoch}"
+    root = checked("root", builder.root, "root", root_spec, data_dir=data_dir, role="root")
+    trained = checked("train", builder.child, "train", root, [with_mask_checkpoint(train)], round=0,
+                      role="trained", label="train")
+    previous = mask_source(trained)
+    reinit_steps = [{"reinit": reinit}] if reinit else []
     for r in range(1, rounds + 1):
-        pruned = f"prune{r}"
-        nodes.append(PlanNode(pruned, previous, [{"prune": prune_of_round[r]}],
-                              label=f"{name}: round {r} prune", round=r))
-        retrained = f"round{r}"
-        nodes.append(PlanNode(retrained, pruned, reinit_step + [early(retrain)],
-                              label=f"{name}: round {r} {'reinit+' if reinit_step else ''}train", round=r))
-        for control in controls:
-            control_retrain = {"train": control.get("retrain") or retrain["train"]}
-            nodes.append(PlanNode(f"{retrained}.{control['name']}", pruned,
-                                  [{"reinit": control["reinit"]}, control_retrain],
-                                  label=f"{name}: round {r} control {control['name']}", round=r,
-                                  branch=control["name"]))
-        previous = retrained
-        if mask_epoch is not None:
-            previous = f"{retrained}@{mask_epoch}"
-            nodes.append(PlanNode(previous, pruned, at_mask_epoch(reinit_step + [retrain]),
-                                  label=f"{name}: round {r} train, epoch {mask_epoch} (mask)", round=r))
-    earlier: list[str] = []
-    for node in nodes:  # 'state:<ref>' names an earlier node of this plan, or a run id
-        for step in node.steps:
-            (kind, options), = step.items()
-            for key in ("to", "from"):
-                ref = node_reference((options or {}).get(key))
-                if ref is not None and not re.fullmatch(r"[0-9a-f]{32}", ref) and ref not in earlier:
-                    raise SpecError(f"{where}: {node.name}: {kind}.{key}: 'state:{ref}' is neither a run id nor an "
-                                    f"earlier state of this recipe ({', '.join(earlier)})")
-        earlier.append(node.name)
-    return Plan(name, params, nodes, data_dir=data_dir)
+        pruned = checked(f"prune (round {r})", builder.child, f"prune{r}", previous,
+                         [{"prune": prune_of_round[r]}], round=r, role="pruned")
+        retrained = checked("reinit / retrain" if reinit_steps else "retrain", builder.child, f"round{r}", pruned,
+                            reinit_steps + [with_mask_checkpoint(retrain)], round=r, role="trained")
+        for i, control in enumerate(controls):
+            control_train = dict(control.get("retrain") or retrain)
+            checked(f"controls[{i}]", builder.child, f"round{r}.{control['name']}", pruned,
+                    [{"reinit": control["reinit"]}, {"train": control_train}], round=r,
+                    branch=str(control["name"]), role="trained")
+        previous = mask_source(retrained)
+    return builder.build()
 
 
-def node_reference(value) -> str | None:
-    """'state:<plan node>' -> the node name; None for anything else."""
-    if isinstance(value, str) and value.startswith("state:"):
-        return value[len("state:"):]
-    return None
+# ---- sweeps --------------------------------------------------------------------------
+def parse_seeds(text: str | None) -> list[int]:
+    """'0-9' -> [0..9]; '0,3,7' -> [0, 3, 7]; '1-3,8' -> [1, 2, 3, 8]."""
+    import re
+
+    if text is None:
+        return []
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+            raise SpecError(f"--seeds must look like 0-9, 0,3,7 or 1-3,8 (integers >= 0, ranges low-high); "
+                            f"got {text!r}")
+        low = int(match.group(1))
+        high = int(match.group(2)) if match.group(2) is not None else low
+        seeds += [seed for seed in range(low, high + 1) if seed not in seeds]
+    return seeds
 
 
-def bind_node_references(step: dict, states: dict) -> dict:
-    """Replace 'state:<plan node>' in a step's `to` / `from` by that node's reached state."""
-    (kind, options), = step.items()
-    bound = dict(options or {})
-    for key in ("to", "from"):
-        name = node_reference(bound.get(key))
-        if name is not None and name in states:
-            bound[key] = states[name]
-    return {kind: bound}
+def parse_grid(pairs) -> list[dict]:
+    """['amount=0.1,0.2', 'epochs=5'] -> the cartesian product [{amount: 0.1, epochs: 5}, {amount: 0.2, ...}]."""
+    import itertools
+
+    axes: dict[str, list] = {}
+    for pair in pairs or ():
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise SpecError(f"sweep parameter {pair!r} must look like name=value or name=v1,v2,...")
+        values = []
+        for item in text.split(","):
+            if not item.strip():
+                raise SpecError(f"sweep parameter {pair!r} has an empty value; write name=v1,v2,...")
+            try:
+                values.append(parse_value(item.strip()))
+            except SpecError as error:
+                raise SpecError(f"sweep parameter {name!r}: {error}") from None
+        if name in axes:
+            raise SpecError(f"sweep parameter {name!r} is given twice; list its values once: {name}=v1,v2")
+        axes[name] = values
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
-def run_plan(plan: Plan, experiment, *, on_state=None) -> dict:
-    """Reach every node of the plan in order; returns {node name: ExperimentState}."""
-    from .dag import Recipe
-
-    states = {}
-    for node in plan.nodes:
-        if node.root is not None:
-            state = experiment.init(**node.root, **({"data_dir": plan.data_dir} if plan.data_dir else {}))
-        else:
-            steps = [bind_node_references(step, states) for step in node.steps]
-            state = experiment.apply(states[node.parent], Recipe(steps, name=node.label))
-        states[node.name] = state
-        if on_state is not None:
-            on_state(node, state)
-    return states
+def sweep_plans(recipes, seeds: list[int], grid: list[dict], *, load_state=None) -> list[tuple[str, Plan]]:
+    """[(label, plan)] for every recipe x seed x grid point; every one validated before anything runs."""
+    plans = []
+    for recipe in recipes:
+        for seed in seeds or [None]:
+            for point in grid or [{}]:
+                overrides = {**point, **({"seed": seed} if seed is not None else {})}
+                plan = compile_recipe(recipe, overrides, load_state=load_state)
+                label = " ".join([plan.recipe] + [f"{k}={v}" for k, v in overrides.items()])
+                plans.append((label, plan))
+    return plans

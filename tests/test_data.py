@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mlprune import data as D
+from mlprune.data import pipeline as DP, readers as DR
 from mlprune.data import DATASETS, load_data
 from mlprune.errors import SpecError
 from mlprune.models import build_model, model_input
@@ -241,14 +242,14 @@ def test_fast_and_generic_paths_give_identical_batches(files, name, kw):
 
 def test_generic_path_uses_dataloader_with_seeded_random_sampler():
     data = load_data("digits", fast=False)
-    ds = D._SampleDataset(data._train.x, data._train.y, data._pipeline)
-    g = torch.Generator().manual_seed(D._shuffle_seed(4, 1))
+    ds = DP._SampleDataset(data._train.x, data._train.y, data._pipeline)
+    g = torch.Generator().manual_seed(DP._shuffle_seed(4, 1))
     loader = torch.utils.data.DataLoader(ds, batch_size=50, sampler=torch.utils.data.RandomSampler(ds, generator=g))
     assert batches_equal(loader, data.train_batches(50, seed=4, epoch=1))
 
 
 def test_auto_path_falls_back_to_generic_when_too_big(monkeypatch):
-    monkeypatch.setattr(D, "FAST_LIMIT_BYTES", 1000)
+    monkeypatch.setattr(DP, "FAST_LIMIT_BYTES", 1000)
     assert not load_data("digits").fast
     assert load_data("digits", fast=True).fast
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mlprune import models as M
+from mlprune.models import nets
 from mlprune.errors import SpecError
 from mlprune.models import INITS, MODELS, build_model, model_input, prunable
 
@@ -147,7 +148,7 @@ def test_alexnet_vgg11_match_torchvision_names():
         assert diff == ["classifier.1.weight" if ours == "alexnet" else "classifier.0.weight"]
         assert net.state_dict()[diff[0]].shape[1] == (256 * 3 * 3 if ours == "alexnet" else 512)
     with torch.device("meta"):
-        big = M.VGG11(10, (3, 224, 224))                 # what build_model builds at 224 px
+        big = nets.VGG11(10, (3, 224, 224))                 # what build_model builds at 224 px
         ref = torchvision.models.vgg11(num_classes=10)
     assert {k: v.shape for k, v in big.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
 

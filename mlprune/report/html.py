@@ -1,24 +1,16 @@
-"""Science outputs of an experiment, and the self-contained HTML report (`mlprune report`).
+"""The HTML report of one experiment: sections of figures and tables, one self-contained page.
 
-Python API on states (``ExperimentState`` objects, or anything with ``run_id``,
-``masks``, ``weights`` and ``spec``):
-
-- :func:`mask_similarity` -- Jaccard of the kept weights of two states, per layer and overall;
-- :func:`jaccard_table` -- the Jaccard matrix of several states (methods x rounds, seeds);
-- :func:`structure` -- entirely pruned units per layer vs random pruning at the same sparsity;
-- :func:`stability` / :func:`trajectories` -- how masks and weights move across rounds.
-
-The report (:func:`write_report`) reads every state of one experiment through
-``store.Store``, groups the states that recipes reached (each workflow run records
-``plan.json`` / ``states.json``: recipe, round, branch) into *series* (one recipe,
-branch and parameter set; one line per series, seeds aggregated), and writes
+`write_report` reads every state of one experiment through ``store.Store``,
+groups the states recipes reached into series (`series.collect`), and writes
 ``report.html`` (figures embedded as base64 PNG, the DAG as inline SVG: it works
-offline), ``figures/*.png`` and ``numbers.json`` (the numbers behind the figures).
+offline), ``figures/*.png``, ``report.json`` (per series and round: remaining
+fraction, test accuracy and loss, state run id) and ``numbers.json`` (the
+numbers behind every figure).
 
 Bad input never ends in a traceback: runs that are not mlprune states, states
 that are not FINISHED and states with missing artifacts are skipped with a
-warning; states of different architectures are never compared (the report draws
-one matrix per architecture; the Python API raises a one-line ``SpecError``).
+warning; states of different architectures are never compared (one matrix per
+architecture).
 """
 
 from __future__ import annotations
@@ -31,305 +23,21 @@ import math
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, analysis, lineage
-from .errors import SpecError
-
-__all__ = [
-    "mask_similarity", "jaccard_table", "structure", "stability", "trajectories", "layer_kinds",
-    "Series", "collect", "write_report", "workflow_artifacts", "state_figures", "log_state_figures", "ReportWarning",
-]
+from .. import __version__, analysis, lineage
+from ..errors import SpecError
+from . import figures as plotting
+from .series import Collection, Series, accuracy_table, collect, rounds_table
+from .states import _model, layer_kinds, stability, structure
 
 
 class ReportWarning(UserWarning):
     """Something in the store was skipped; the rest of the report went on."""
-
-
-# ------------------------------------------------------------------ Python API on states
-
-
-def _name(state) -> str:
-    return str(getattr(state, "run_id", state))[:8]
-
-
-def _model(state) -> str:
-    spec = getattr(state, "spec", None) or {}
-    return str(spec.get("root", {}).get("model", "?"))
-
-
-def mask_similarity(a, b) -> dict:
-    """Jaccard of the kept weights of two states: ``{"overall": J, "per_layer": {param: J}}``.
-
-    States of different architectures raise a one-line ``SpecError`` naming both.
-    """
-    try:
-        return analysis.jaccard(a.masks, b.masks)
-    except SpecError as error:
-        raise SpecError(f"cannot compare state {_name(a)} ({_model(a)}) with state {_name(b)} "
-                        f"({_model(b)}): {error}") from None
-
-
-def jaccard_table(states, labels=None, layer: str | None = None) -> tuple[np.ndarray, list[str]]:
-    """Pairwise Jaccard matrix of several states (``layer``: one parameter, default overall)."""
-    states = list(states)
-    _check_compatible(states)
-    labels = [_name(s) for s in states] if labels is None else list(labels)
-    return analysis.jaccard_matrix([s.masks for s in states], labels, layer=layer)
-
-
-def _check_compatible(states) -> None:
-    for other in states[1:]:
-        a, b = states[0].masks, other.masks
-        if set(a) != set(b) or any(tuple(a[n].shape) != tuple(b[n].shape) for n in a):
-            mask_similarity(states[0], other)  # raises the one-line architecture message
-
-
-_KINDS_CACHE: dict[str, dict[str, str]] = {}
-
-
-def layer_kinds(masks, model: str | None = None) -> dict[str, str]:
-    """Ordered ``{param: "conv" | "linear"}`` of the masked parameters, in the model's layer order.
-
-    Taken from ``models.prunable`` of the named architecture when it can be built,
-    else inferred from the mask shapes (>= 3 dims: conv) in name order.
-    """
-    order: dict[str, str] = {}
-    if model:
-        if model not in _KINDS_CACHE:
-            try:
-                from . import models
-
-                channels, size = models.model_input(model)
-                side = max(size or 32, 32)
-                built = models.build_model(model, num_classes=10, input_shape=(channels or 3, side, side))
-                _KINDS_CACHE[model] = models.prunable(built)
-            except Exception:  # unknown or unbuildable here: fall back to the shapes
-                _KINDS_CACHE[model] = {}
-        order = _KINDS_CACHE[model]
-    kinds = {n: k for n, k in order.items() if n in masks}
-    for name in sorted(masks):
-        if name not in kinds:
-            kinds[name] = "conv" if masks[name].dim() >= 3 else "linear"
-    return kinds
-
-
-def structure(state) -> dict:
-    """``analysis.emergent_structure`` of a state's masks, layers in the model's order."""
-    return analysis.emergent_structure(state.masks, layer_kinds(state.masks, _model(state)))
-
-
-def stability(states) -> dict:
-    """``analysis.weight_stability`` across states (rounds), e.g. ``[trained, round 1, round 2]``."""
-    states = list(states)
-    _check_compatible(states)
-    return analysis.weight_stability([s.weights for s in states], [s.masks for s in states])
-
-
-def trajectories(states, param: str, k: int = 20):
-    """``analysis.weight_trajectories``: k sampled weights of ``param`` across the states, NaN once pruned."""
-    states = list(states)
-    _check_compatible(states)
-    return analysis.weight_trajectories([s.weights for s in states], [s.masks for s in states], param, k=k)
-
-
-# ------------------------------------------------------------------- series from a store
-
-WORKFLOW_TAG = "mlprune.recipe"
-_NODE = re.compile(r"^(?:(?P<train>train)|prune(?P<prune>\d+)|round(?P<round>\d+)(?:\.(?P<branch>[^@]+))?)$")
-_SIGNATURE_SKIP = {"seed", "rounds", "data_dir"}
-
-
-@dataclass
-class Series:
-    """One recipe branch with one parameter set and one seed: its states by round.
-
-    ``trained[r]`` is the run id of the trained state of round r (0 = the first
-    training, dense), ``pruned[r]`` the prune state of round r.
-    """
-
-    label: str
-    recipe: str
-    branch: str
-    seed: object
-    params: dict
-    trained: dict = field(default_factory=dict)
-    pruned: dict = field(default_factory=dict)
-
-    @property
-    def rounds(self) -> list[int]:
-        return sorted(self.trained)
-
-
-def _parse_override(text: str):
-    try:
-        import yaml
-
-        return yaml.safe_load(text)
-    except Exception:  # noqa: BLE001 - keep the text
-        return text
-
-
-def _workflow_records(store, workflow_run, warn) -> list[tuple[str, dict, list[dict]]] | None:
-    """[(recipe, overrides, [{name, run_id}])] of one workflow run, or None (warned).
-
-    A ``mlprune run`` workflow records ``plan.json`` (recipe, the -P overrides, plan
-    nodes); a ``mlprune sweep`` workflow records ``states.json`` keyed
-    ``"<recipe> k=v ... /<node>"``, one plan per label.
-    """
-    run_id = workflow_run.info.run_id
-    recipe = workflow_run.data.tags.get(WORKFLOW_TAG, "?")
-    try:
-        reached = json.loads(store.read_artifact(run_id, "states.json"))
-    except (SpecError, ValueError) as error:
-        warn(f"workflow run {run_id[:8]} ({recipe}, {workflow_run.info.status}) has no readable states.json "
-             f"({error}); its states are in the lineage but not in the per-recipe figures")
-        return None
-    try:
-        plan = json.loads(store.read_artifact(run_id, "plan.json"))
-    except (SpecError, ValueError):
-        plan = None
-    if plan is not None and isinstance(plan.get("nodes"), list):
-        nodes = [{"name": n["name"], "run_id": reached[n["name"]]} for n in plan["nodes"]
-                 if n.get("name") in reached]
-        return [(plan.get("recipe", recipe), dict(plan.get("overrides") or {}), nodes)]
-    records: dict[str, tuple[str, dict, list]] = {}
-    for key, state_id in reached.items():
-        label, _, name = key.rpartition("/")
-        if label not in records:
-            words = label.split() if label else [recipe]
-            overrides = {}
-            for word in words[1:]:
-                k, eq, v = word.partition("=")
-                if eq:
-                    overrides[k] = _parse_override(v)
-            records[label] = (words[0], overrides, [])
-        records[label][2].append({"name": name, "run_id": state_id})
-    return list(records.values())
-
-
-def _series_from_nodes(recipe: str, nodes: list[dict], params: dict, seed) -> dict[str, Series]:
-    # nodes: [{"name": plan node name, "run_id": ...}]; names say the round and branch
-    """{branch: Series} of one workflow's plan nodes (label set later)."""
-    out: dict[str, Series] = {}
-    by_name = {n["name"]: n for n in nodes}
-    for node in nodes:
-        name = node["name"]
-        if "@" in name:  # early-mask checkpoints (mask_epoch) are side states
-            continue
-        match = _NODE.match(name)
-        if not match:
-            continue
-        branch = match.group("branch") or node.get("branch") or "main"
-        series = out.setdefault(branch, Series("", recipe, branch, seed, params))
-        if match.group("train"):
-            series.trained[0] = node["run_id"]
-        elif match.group("prune"):
-            series.pruned[int(match.group("prune"))] = node["run_id"]
-        else:
-            series.trained[int(match.group("round"))] = node["run_id"]
-    if "train" in by_name:
-        for branch, series in out.items():
-            series.trained.setdefault(0, by_name["train"]["run_id"])
-            if branch != "main" and "main" in out:
-                series.pruned = dict(out["main"].pruned)
-    return out
-
-
-@dataclass
-class Collection:
-    """What the report draws: the experiment's states, series and the warnings on the way."""
-
-    store: object
-    runs: dict                      # run id -> FINISHED state run
-    series: list[Series]
-    orphans: list[str]              # state run ids no workflow reached
-    warnings: list[str]
-    skipped: dict                   # reason -> [run ids]
-
-
-def collect(store, warn=None) -> Collection:
-    """Read an experiment's runs and group its states into series (see module docs)."""
-    messages: list[str] = []
-
-    def note(message):
-        messages.append(message)
-        if warn is not None:
-            warn(message)
-
-    all_runs = store.runs()
-    states, workflows, other, unfinished = {}, [], [], []
-    for run in all_runs:
-        if lineage.is_state(run):
-            if run.info.status == "FINISHED":
-                states[run.info.run_id] = run
-            else:
-                unfinished.append(run)
-        elif WORKFLOW_TAG in run.data.tags:
-            workflows.append(run)
-        else:
-            other.append(run)
-    if other:
-        names = ", ".join(f"{r.info.run_name or '?'} ({r.info.run_id[:8]})" for r in other[:5])
-        more = f" and {len(other) - 5} more" if len(other) > 5 else ""
-        note(f"skipped {len(other)} run(s) that are not mlprune states (no mlprune.key tag): {names}{more}")
-    if unfinished:
-        names = ", ".join(f"{r.info.run_id[:8]} {r.info.status}" for r in unfinished[:5])
-        note(f"skipped {len(unfinished)} state run(s) that are not FINISHED: {names}")
-
-    groups: dict[tuple, Series] = {}
-    signatures: dict[str, set] = {}
-    covered: set[str] = set()
-    for workflow in workflows:
-        records = _workflow_records(store, workflow, note)
-        for recipe, overrides, nodes in records or []:
-            nodes = [n for n in nodes if n["run_id"] in states]
-            if not nodes:
-                continue
-            covered.update(n["run_id"] for n in nodes)
-            root = next((n["run_id"] for n in nodes if n["name"] == "root"), None)
-            seed = overrides.get("seed")
-            if root is not None:
-                try:
-                    seed = store.spec(root)["root"].get("seed", seed)
-                except SpecError as error:
-                    note(f"state {root[:8]}: {error}")
-            # series = recipe + the parameters it was run with, but seeds aggregate and more
-            # rounds extend the same series (rounds 1-3 of rounds=5 are those of rounds=3)
-            signature = tuple(sorted((k, str(v)) for k, v in overrides.items()
-                                     if k not in _SIGNATURE_SKIP and v not in (None, "")))
-            signatures.setdefault(recipe, set()).add(signature)
-            for branch, series in _series_from_nodes(recipe, nodes, overrides, seed).items():
-                key = (recipe, branch, signature, str(seed))
-                if key in groups:
-                    for attr in ("trained", "pruned"):
-                        merged = getattr(groups[key], attr)
-                        for r, run_id in getattr(series, attr).items():
-                            merged.setdefault(r, run_id)
-                else:
-                    groups[key] = series
-    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "main", kv[0][1], kv[0][2],
-                                                     kv[0][3]))
-    for (recipe, branch, signature, _seed), series in ordered:
-        label = recipe
-        if len(signatures[recipe]) > 1:  # the same recipe with several parameter sets
-            common = set.intersection(*[set(sig) for sig in signatures[recipe]])
-            label += " (" + (", ".join(f"{k}={v}" for k, v in signature if (k, v) not in common)
-                             or "defaults") + ")"
-        if branch != "main":
-            label += f" / {branch}"
-        series.label = label
-    orphans = [run_id for run_id in states if run_id not in covered]
-    skipped = {"not mlprune states": [r.info.run_id for r in other],
-               "not FINISHED": [r.info.run_id for r in unfinished]}
-    return Collection(store, states, [s for _, s in ordered], orphans, messages, skipped)
-
-
-# ------------------------------------------------------------------------ rendering
 
 
 def _png(fig) -> bytes:
@@ -428,28 +136,8 @@ def _metric(run, name):
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _rows(collection: Collection) -> list[dict]:
-    rows = []
-    for series in collection.series:
-        for rnd, run_id in sorted(series.trained.items()):
-            run = collection.runs.get(run_id)
-            acc, sp = _metric(run, "test_accuracy"), _metric(run, "sparsity")
-            if acc is None or sp is None:
-                continue
-            row = {"recipe": series.label, "round": rnd, "remaining": 1.0 - sp, "test_accuracy": acc,
-                   "seed": series.seed, "run_id": run_id}
-            es = _metric(run, "early_stop_epoch")
-            if es is not None:
-                row["early_stop_iteration"] = es
-            rows.append(row)
-    return rows
-
-
 def _accuracy_section(b: _Builder, collection: Collection, what: str = "recipes") -> list[dict]:
-    from . import plotting
-
-    rows = _rows(collection)
-    agg = analysis.accuracy_vs_remaining(rows) if rows else []
+    agg = accuracy_table(collection)
     b.numbers["accuracy_vs_remaining"] = agg
     if not agg:
         b.section("accuracy", "Accuracy vs remaining weights",
@@ -466,17 +154,18 @@ def _accuracy_section(b: _Builder, collection: Collection, what: str = "recipes"
     b.section("accuracy", "Accuracy vs remaining weights", html + table)
     if any("early_stop_iteration" in a for a in agg):
         html = b.figure(plotting.plot_early_stop_vs_remaining(agg), "early_stop_vs_remaining",
-                        "Early-stopping epoch (lowest validation loss) vs remaining weights, mean ± std",
+                        "Early-stopping iteration (lowest validation loss) vs remaining weights, mean ± std",
                         "early_stop")
-        table = _table(["series", "round", "remaining", "early-stopping epoch (mean ± std)", "n"],
+        table = _table(["series", "round", "remaining", "early-stopping iteration (mean ± std)", "n"],
                        [[escape(a["recipe"]), str(a["round"]), _fmt(a["remaining"], True),
-                         f"{a['early_stop_iteration']:.2f} ± {a['early_stop_iteration_std']:.2f}",
+                         f"{a['early_stop_iteration']:.0f} ± {a['early_stop_iteration_std']:.0f}",
                          str(a["early_stop_n"])] for a in agg if "early_stop_iteration" in a])
         b.section("early-stop", "Early stopping vs remaining weights", html + table)
     else:
         b.section("early-stop", "Early stopping vs remaining weights",
-                  "<p>No state has an early-stopping epoch: it is the epoch of the lowest validation loss, "
-                  "logged as <code>early_stop_epoch</code> when the root has a validation split "
+                  "<p>No state has an early-stopping iteration: it is the iteration of the lowest validation loss "
+                  "(measured at epoch ends), logged as <code>early_stop_iteration</code> when the root has a "
+                  "validation split "
                   "(<code>val_size</code> &gt; 0).</p>")
     return agg
 
@@ -495,8 +184,6 @@ def _remaining_label(rnd: int, state) -> str:
 
 
 def _similarity_section(b: _Builder, collection: Collection, load, note) -> None:
-    from . import plotting
-
     html = []
     numbers = []
     # methods x rounds: every series' pruned rounds, per seed and architecture
@@ -602,8 +289,6 @@ def _first_seed(collection: Collection) -> list[Series]:
 
 
 def _structure_section(b: _Builder, collection: Collection, load) -> None:
-    from . import plotting
-
     html, numbers = [], {}
     targets = [(s.label, s.seed, _load_series(s, load)) for s in _first_seed(collection)]
     targets = [(label, seed, loaded[-1]) for label, seed, loaded in targets if loaded and loaded[-1][0] > 0]
@@ -639,8 +324,6 @@ def _structure_section(b: _Builder, collection: Collection, load) -> None:
 
 
 def _stability_section(b: _Builder, collection: Collection, load) -> None:
-    from . import plotting
-
     stab_html, evo_html, numbers = [], [], {}
     for series in _first_seed(collection):
         loaded = _load_series(series, load)
@@ -682,8 +365,6 @@ def _stability_section(b: _Builder, collection: Collection, load) -> None:
 
 
 def _weight_figures(b: _Builder, state, heading: str) -> str:
-    from . import plotting
-
     html = [f"<h3>{escape(heading)}</h3>"]
     kinds = layer_kinds(state.masks, _model(state))
     for param, kind in kinds.items():
@@ -785,14 +466,14 @@ def _default_ui(tracking_uri: str) -> str:
 
 def write_report(experiment: str, out_dir, *, tracking_uri: str | None = None, ui_url: str | None = None,
                  warn=None) -> ReportResult:
-    """Write ``report.html``, ``figures/*.png`` and ``numbers.json`` for one experiment into ``out_dir``.
+    """Write ``report.html``, ``figures/*.png``, ``report.json`` and ``numbers.json`` into ``out_dir``.
 
     ``experiment`` is a name or an id. Warnings (skipped runs / states) go to
     ``warn(message)`` (default: ``warnings.warn``) and into the report. Links go
     to the MLflow UI at ``ui_url`` (default: the tracking server, or ``mlflow
     ui``'s http://127.0.0.1:5000 for a local store).
     """
-    from .store import open_experiment
+    from ..store import open_experiment
 
     store = open_experiment(experiment, tracking_uri=tracking_uri)
     if warn is None:
@@ -845,8 +526,30 @@ def write_report(experiment: str, out_dir, *, tracking_uri: str | None = None, u
     b.numbers["warnings"] = collection.warnings
     b.numbers["seconds"] = time.perf_counter() - started
     (out / "numbers.json").write_text(json.dumps(_jsonable(b.numbers), indent=1, allow_nan=False))
+    (out / "report.json").write_text(json.dumps(_jsonable(report_json(store, collection)), indent=1, allow_nan=False))
     return ReportResult(path, [{k: v for k, v in f.items() if k != "png"} for f in b.figures],
                         collection.warnings, b.numbers, len(collection.runs))
+
+
+def report_json(store, collection: Collection) -> dict:
+    """The numbers people plot themselves: per series (recipe, branch, seed), per round: remaining
+    fraction, test accuracy, test loss and the state's run id."""
+    series = []
+    for s in collection.series:
+        rounds = []
+        for rnd in s.rounds:
+            run = collection.runs.get(s.trained[rnd])
+            if run is None:
+                continue
+            metrics = run.data.metrics
+            sparsity = metrics.get("sparsity")
+            rounds.append({"round": rnd, "remaining": None if sparsity is None else 1.0 - sparsity,
+                           "test_accuracy": metrics.get("test_accuracy"), "test_loss": metrics.get("test_loss"),
+                           "run_id": s.trained[rnd], "pruned_run_id": s.pruned.get(rnd)})
+        series.append({"label": s.label, "recipe": s.recipe, "branch": s.branch, "seed": s.seed,
+                       "params": s.params, "rounds": rounds})
+    return {"experiment": store.experiment_name, "experiment_id": store.experiment_id,
+            "tracking_uri": store.tracking_uri, "mlprune_version": __version__, "series": series}
 
 
 def _note_into(collection: Collection, warn):
@@ -857,140 +560,3 @@ def _note_into(collection: Collection, warn):
     return note
 
 
-# ------------------------------------------------------------ workflow runs and states
-
-
-def lineage_files(store, run_ids, *, title: str, subtitle: str = "", ui_url: str | None = None) -> dict:
-    """``lineage.svg`` and ``lineage.html`` of the given states and all their parents.
-
-    Nodes link to their runs at ``/#/experiments/<id>/runs/<run>`` (the tracking
-    server that shows the artifact); opened as a file, ``lineage.html`` links to
-    ``ui_url`` (default: the tracking server, else ``mlflow ui``'s address).
-    Returns ``{}`` when there is no state.
-    """
-    run_ids = [r for r in run_ids if r]
-    if not run_ids:
-        return {}
-    known = {r.info.run_id: r for r in store.states()}
-
-    def fetch(run_id):
-        try:
-            return store.run(run_id)
-        except SpecError:
-            return None
-
-    runs = lineage.ancestors(run_ids, known, fetch)
-    nodes, edges = lineage.lineage_graph(runs.values())
-    return {
-        "lineage.svg": lineage.lineage_svg(nodes, edges, base="/", title=title),
-        "lineage.html": lineage.lineage_html(nodes, edges, title=title, base="/",
-                                             file_base=(ui_url or _default_ui(store.tracking_uri)),
-                                             subtitle=subtitle),
-    }
-
-
-def workflow_artifacts(store, plan, reached: dict[str, str], *, overrides: dict | None = None,
-                       figures: bool = True, ui_url: str | None = None, warn=None) -> dict[str, bytes | str]:
-    """Files for a workflow run (the run `mlprune run` works in): plan, lineage and figures.
-
-    - ``plan.json``: recipe, the -P overrides, plan nodes (name, parent, round, branch,
-      label) with the state run id each reached (``mlprune report`` groups by it);
-    - ``lineage.svg`` / ``lineage.html``: the DAG of the states reached and all their
-      parents (:func:`lineage_files`);
-    - with ``figures``: ``figures/accuracy_vs_remaining.png``, ``figures/jaccard_rounds.png``,
-      ``figures/structure.png`` (last round), ``figures/stability.png`` and
-      ``figures/weight_evolution/<param>.png`` for this recipe's rounds.
-    """
-    warn = warn or (lambda message: warnings.warn(message, ReportWarning, stacklevel=2))
-    files: dict[str, bytes | str] = {}
-    plan_nodes = [{"name": n.name, "parent": n.parent, "round": n.round, "branch": n.branch, "label": n.label,
-                   "run_id": reached.get(n.name)} for n in plan.nodes]
-    overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, "")}
-    files["plan.json"] = json.dumps({"recipe": plan.recipe, "overrides": overrides, "nodes": plan_nodes},
-                                    indent=1, default=str)
-    if not reached:
-        return files
-    files.update(lineage_files(store, reached.values(), ui_url=ui_url,
-                               title=f"Lineage: {plan.recipe} (experiment {store.experiment_name})",
-                               subtitle=f"the states recipe {plan.recipe} reached and all their parents"))
-    if not figures:
-        return files
-    from . import plotting
-
-    runs = {r.info.run_id: r for r in store.states() if r.info.run_id in set(reached.values())}
-
-    nodes_by_name = [{"name": n["name"], "round": n["round"], "branch": n["branch"], "run_id": n["run_id"]}
-                     for n in plan_nodes if n["run_id"]]
-    all_series = _series_from_nodes(plan.recipe, nodes_by_name, plan.params, plan.params.get("seed"))
-    for s in all_series.values():
-        s.label = plan.recipe if s.branch == "main" else f"{plan.recipe} / {s.branch}"
-    collection = Collection(store, runs, list(all_series.values()), [], [], {})
-    loaded = _Loader(store, runs, warn)
-
-    rows = _rows(collection)
-    if rows:
-        agg = analysis.accuracy_vs_remaining(rows)
-        files["figures/accuracy_vs_remaining.png"] = _png(plotting.plot_accuracy_vs_remaining(
-            agg, title=f"{plan.recipe}: test accuracy vs remaining weights"))
-    main = all_series.get("main")
-    states = _load_series(main, loaded) if main else []
-    pruned = [(r, s) for r, s in states if r > 0]
-    if len(pruned) >= 2:
-        matrix, labels = analysis.jaccard_matrix([s.masks for _, s in pruned], [_remaining_label(r, s)
-                                                                                 for r, s in pruned])
-        files["figures/jaccard_rounds.png"] = _png(plotting.plot_jaccard_heatmap(
-            matrix, labels, title=f"{plan.recipe}: mask similarity between rounds"))
-    if pruned:
-        rnd, last = pruned[-1]
-        files["figures/structure.png"] = _png(plotting.plot_structure(
-            structure(last), title=f"{plan.recipe}: emergent structure, round {rnd}"))
-    if len(states) >= 2 and len({_arch(s) for _, s in states}) == 1:
-        labels = [_remaining_label(r, s) for r, s in states]
-        only = [s for _, s in states]
-        files["figures/stability.png"] = _png(plotting.plot_stability(
-            stability(only), labels, title=f"{plan.recipe}: weight stability across rounds"))
-        for param in layer_kinds(only[0].masks, _model(only[0])):
-            traj = analysis.weight_trajectories([s.weights for s in only], [s.masks for s in only], param, k=20)
-            files[f"figures/weight_evolution/{_slug(param)}.png"] = _png(plotting.plot_weight_evolution(
-                traj, labels, title=f"{plan.recipe}: {param}, 20 sampled weights"))
-    return files
-
-
-def state_figures(state) -> dict:
-    """``{artifact path: Figure}`` of one state's weights: conv filters, fc weight matrices, biases."""
-    from . import plotting
-
-    out = {}
-    for param, kind in layer_kinds(state.masks, _model(state)).items():
-        w = state.weights.get(param)
-        if w is None:
-            continue
-        if kind == "conv" and w.dim() == 4:
-            out[f"figures/weights/{_slug(param)}.png"] = plotting.plot_conv_filters(w, state.masks[param],
-                                                                                    title=param)
-            if w.shape[1] > 1:
-                out[f"figures/weights/{_slug(param)}_matrix.png"] = plotting.plot_fc_weights(
-                    w, state.masks[param], title=f"{param} (filters × in-channel·kh·kw)")
-        else:
-            out[f"figures/weights/{_slug(param)}.png"] = plotting.plot_fc_weights(w, state.masks[param],
-                                                                                  title=param)
-    biases = _biases(state, layer_kinds(state.masks, _model(state)))
-    if biases:
-        out["figures/weights/biases.png"] = plotting.plot_bias_panels(biases)
-    return out
-
-
-def log_state_figures(store, run_ids, *, since_ms: int = 0) -> int:
-    """Log :func:`state_figures` on each state run started at or after ``since_ms`` (computed now).
-
-    Returns how many states got figures. Opt-in (``mlprune run --state-figures``):
-    matplotlib costs ~0.1-0.3 s a figure, far above the per-state budget.
-    """
-    count = 0
-    for run_id in dict.fromkeys(run_ids):
-        run = store.run(run_id)
-        if (run.info.start_time or 0) < since_ms:
-            continue
-        store.log_figures(run_id, state_figures(store.load(run_id)))
-        count += 1
-    return count

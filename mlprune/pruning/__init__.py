@@ -1,4 +1,4 @@
-"""Mask computation: pure functions (effective weights, amount, previous mask) -> new mask.
+"""Pruning: the method catalog and the prune step spec (pure Python; the tensor maths are in `masks`).
 
 Conventions (see docs/architecture.md):
 
@@ -13,12 +13,19 @@ Conventions (see docs/architecture.md):
   that actually prune something this round (as torch does).
 * Nothing here mutates its inputs; new masks never revive a pruned weight.
 
-Methods (``METHODS``): ``l1_unstructured``, ``random_unstructured``,
-``ln_structured`` (options ``n`` in 1, 2, inf, -inf -- ``"inf"``/``"-inf"`` strings
-or float infinities -- and ``dim``), ``random_structured`` (``dim``). Each is
-``fn(weight, amount, mask, *, generator=None, **options) -> new bool mask``.
-``from_state`` takes the mask of another state: the caller loads it and calls
-``transplant_mask`` (or passes ``source_masks=`` to ``prune_masks``).
+This package's ``__init__`` is the catalog and the spec rules; it imports no torch, so
+recipes are planned and validated without it. The tensor maths are in
+``pruning.masks`` (``compute_mask``, ``prune_masks``, ``transplant_mask``, also
+reachable here).
+
+Methods: one ``Method`` entry each in ``METHODS`` (``l1_unstructured``,
+``random_unstructured``, ``ln_structured`` (options ``n`` in 1, 2, inf, -inf --
+``"inf"``/``"-inf"`` strings or float infinities -- and ``dim``),
+``random_structured`` (``dim``), ``from_state``). An entry says whether the method
+removes single weights or whole slices, whether it draws random numbers, which
+options it takes and where its implementation is. ``from_state`` takes the mask of
+another state: the caller loads it and calls ``transplant_mask`` (or passes
+``source_masks=`` to ``prune_masks``).
 
 Amount
 ------
@@ -120,33 +127,21 @@ import fnmatch
 import math
 import numbers
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-import torch
-
-from mlprune.errors import SpecError, choice_error
+from ..errors import SpecError, choice_error
+from ..registry import Registry
 
 __all__ = [
-    "METHODS",
-    "RANDOM_METHODS",
-    "STRUCTURED_METHODS",
-    "SELECTOR_TOKENS",
-    "compute_mask",
-    "n_to_prune",
-    "transplant_mask",
-    "resolve_prune_step",
-    "layer_plan",
-    "prune_masks",
+    "METHODS", "Method", "SELECTOR_TOKENS", "resolve_prune_step", "layer_plan", "n_to_prune",
+    "compute_mask", "prune_masks", "transplant_mask",
 ]
 
-UNSTRUCTURED_METHODS = ("l1_unstructured", "random_unstructured")
-STRUCTURED_METHODS = ("ln_structured", "random_structured")
-RANDOM_METHODS = ("random_unstructured", "random_structured")
 SELECTOR_TOKENS = ("@conv", "@linear", "@output")
 _AMOUNT_ALLOWED = "a float in (0, 1) (fraction of what remains) or an int >= 1 (count to remove)"
-_N_ALLOWED = (1, 2, "inf", "-inf")
 
 
-# --------------------------------------------------------------------------- amounts
+# --------------------------------------------------------------------------- amounts and options
 def _check_amount(amount, what="pruning amount"):
     """Validate an amount (type and range); returns it unchanged."""
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
@@ -191,32 +186,7 @@ def n_to_prune(amount, remaining: int) -> int:
     return _count(amount, int(remaining))[0]
 
 
-# --------------------------------------------------------------------------- helpers
-def _prep(weight, mask):
-    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
-        raise SpecError(f"weight must be a floating-point tensor, got {type(weight).__name__}")
-    if mask is None:
-        mask = torch.ones_like(weight, dtype=torch.bool)
-    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(weight.shape):
-        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise SpecError(f"mask shape {shape} does not match weight shape {tuple(weight.shape)}")
-    mask = mask.detach().to(torch.bool)
-    w = weight.detach().masked_fill(~mask, 0.0)  # effective weights, whatever came in
-    return w, mask
-
-
-def _need_generator(method, generator):
-    if not isinstance(generator, torch.Generator):
-        raise SpecError(f"method {method!r} needs a torch.Generator, got {generator!r}")
-
-
-def _no_options(method, options):
-    if options:
-        key = sorted(options)[0]
-        raise SpecError(f"unknown option {key!r} for {method}; allowed: none")
-
-
-def _canonical_n(n):
+def _canonical_n(n, _name="n"):
     """1, 2, 'inf' or '-inf' (the canonical spellings) from any accepted spelling."""
     if isinstance(n, str):
         s = n.strip().lower()
@@ -258,148 +228,92 @@ def _check_dim(dim, weight=None):
     return dim
 
 
-def _other_dims(t, dim):
-    return [d for d in range(t.dim()) if d != dim]
+def _check_dim_option(dim, _name="dim"):
+    return _check_dim(dim)
 
 
-def _slices_alive(mask, dim):
-    """Bool vector along `dim`: slice still has a kept entry (torch: mask.sum(...) != 0)."""
-    return mask.any(dim=tuple(_other_dims(mask, dim))) if mask.dim() > 1 else mask.clone()
+# --------------------------------------------------------------------------- the catalog
+@dataclass(frozen=True)
+class MethodOption:
+    """An option a method takes beyond method/amount/scope: its default and check."""
+
+    name: str
+    default: object
+    check: object  # (value, name) -> canonical value
+    help: str = ""
 
 
-def _apply_slice_keep(mask, dim, keep_slices):
-    shape = [1] * mask.dim()
-    shape[dim] = -1
-    return mask & keep_slices.view(shape)
+@dataclass(frozen=True)
+class Method:
+    """One pruning method.
+
+    granularity: "weight" (single weights), "slice" (whole output / input slices along
+    ``dim``) or "transplant" (the mask of another state). ``impl``: for "weight" methods
+    a function ``(candidate values, k, generator) -> (indices to prune, keep score)``;
+    for "slice" methods ``(remaining slices, k, generator, options) -> indices to keep``
+    (see ``pruning.masks``).
+    """
+
+    name: str
+    granularity: str
+    impl: str = ""
+    random: bool = False                          # draws from a seeded generator
+    options: tuple[MethodOption, ...] = ()
+    help: str = ""
+
+    @property
+    def structured(self) -> bool:
+        return self.granularity == "slice"
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.options)
+
+    def load(self):
+        from ..registry import load_impl
+
+        return load_impl(self.impl)
 
 
-# --------------------------------------------------------------------------- methods
-def _unstructured_choice(method, values, k, generator):
-    """(indices into `values` to prune, keep-score: higher = more worth keeping)."""
-    if method == "l1_unstructured":
-        score = values.abs()
-        return torch.topk(score, k, largest=False).indices, score
-    prob = torch.rand(values.shape, generator=generator, dtype=values.dtype)
-    return torch.topk(prob, k).indices, -prob
+_DIM = MethodOption("dim", 1, _check_dim_option,
+                    "0 = output channels / neurons, 1 = input channels / features")
+_N = MethodOption("n", 1, _canonical_n, "the norm: 1, 2, inf, -inf")
+
+METHODS: Registry[Method] = Registry("pruning method")
+METHODS.add(Method("l1_unstructured", "weight", "mlprune.pruning.masks:choose_smallest_magnitude",
+                   help="the smallest |w| among the remaining weights"))
+METHODS.add(Method("random_unstructured", "weight", "mlprune.pruning.masks:choose_at_random", random=True,
+                   help="uniformly among the remaining weights"))
+METHODS.add(Method("ln_structured", "slice", "mlprune.pruning.masks:keep_largest_norm", options=(_N, _DIM),
+                   help="whole slices by their Ln norm"))
+METHODS.add(Method("random_structured", "slice", "mlprune.pruning.masks:keep_at_random", random=True,
+                   options=(_DIM,), help="whole slices at random"))
+METHODS.add(Method("from_state", "transplant", help="the mask of another state (`from`: a state)"))
 
 
-def _unstructured(method, weight, amount, mask, generator, options, note_out=None):
-    _no_options(method, options)
-    _check_amount(amount)
-    if method in RANDOM_METHODS:
-        _need_generator(method, generator)
-    w, mask = _prep(weight, mask)
-    flat = mask.reshape(-1)
-    cand = flat.nonzero().squeeze(1)  # == torch's t[mask == 1] order
-    k, note = _count(amount, cand.numel(), "weights")
-    if note_out is not None:
-        note_out.update(unit="weights", remaining=int(cand.numel()), pruned=k, note=note)
-    new = mask.clone()
-    if k > 0:
-        idx, _ = _unstructured_choice(method, w.reshape(-1)[cand], k, generator)
-        new.view(-1)[cand[idx]] = False
-    return new
+def _with_option(option: str) -> list[str]:
+    return [m.name for m in METHODS.values() if option in m.option_names]
 
 
-def l1_unstructured(weight, amount, mask=None, *, generator=None, **options):
-    """Prune the `amount` smallest-|w| still-unpruned weights (torch L1Unstructured)."""
-    return _unstructured("l1_unstructured", weight, amount, mask, generator, options)
-
-
-def random_unstructured(weight, amount, mask=None, *, generator=None, **options):
-    """Prune `amount` still-unpruned weights uniformly at random (torch RandomUnstructured)."""
-    return _unstructured("random_unstructured", weight, amount, mask, generator, options)
-
-
-def _structured(method, weight, amount, mask, generator, n, dim, note_out=None):
-    _check_amount(amount)
-    dim = _check_dim(dim, weight)
-    p = _ord(n) if method == "ln_structured" else None
-    if method in RANDOM_METHODS:
-        _need_generator(method, generator)
-    w, mask = _prep(weight, mask)
-    alive = _slices_alive(mask, dim)
-    idx_alive = alive.nonzero().squeeze(1)
-    rc = int(idx_alive.numel())
-    k, note = _count(amount, rc, f"slices along dim {dim}")
-    if note_out is not None:
-        note_out.update(unit=f"slices along dim {dim}", remaining=rc, pruned=k, note=note)
-    if k == 0:
-        return mask.clone()
-    keep = torch.zeros(w.shape[dim], dtype=torch.bool)
-    if method == "ln_structured":
-        sub = w.index_select(dim, idx_alive)
-        norm = torch.linalg.vector_norm(sub, ord=p, dim=_other_dims(sub, dim))
-        keep[idx_alive[torch.topk(norm, rc - k, largest=True).indices]] = True
-    else:
-        prob = torch.rand(rc, generator=generator)
-        gone = torch.topk(prob, k, largest=False).indices
-        keep_alive = torch.ones(rc, dtype=torch.bool)
-        keep_alive[gone] = False
-        keep[idx_alive[keep_alive]] = True
-    return _apply_slice_keep(mask, dim, keep)
-
-
-def ln_structured(weight, amount, mask=None, *, generator=None, n=1, dim=1, **options):
-    """Remove the `amount` remaining slices along `dim` with the smallest L_n norm."""
-    _no_options("ln_structured", options)
-    return _structured("ln_structured", weight, amount, mask, generator, n, dim)
-
-
-def random_structured(weight, amount, mask=None, *, generator=None, dim=1, **options):
-    """Remove `amount` remaining slices along `dim` chosen uniformly at random."""
-    _no_options("random_structured", options)
-    return _structured("random_structured", weight, amount, mask, generator, None, dim)
-
-
-METHODS = {
-    "l1_unstructured": l1_unstructured,
-    "random_unstructured": random_unstructured,
-    "ln_structured": ln_structured,
-    "random_structured": random_structured,
-}
-_ALL_METHODS = (*METHODS, "from_state")
-
-
-def compute_mask(method, weight, amount, mask, *, generator=None, **options):
-    """New bool mask of `weight` after pruning `amount` more with `method`."""
-    if method == "from_state":
-        raise SpecError("method 'from_state' takes its masks from another state; use transplant_mask")
-    if method not in METHODS:
-        raise choice_error("pruning method", method, _ALL_METHODS)
-    return METHODS[method](weight, amount, mask, generator=generator, **options)
-
-
-def transplant_mask(masks, source_masks):
-    """`masks & source_masks` per layer (never revives); names and shapes must match."""
-    _same_names(masks, source_masks, "source masks")
-    out = {}
-    for name, m in masks.items():
-        s = source_masks[name]
-        if tuple(s.shape) != tuple(m.shape):
-            raise SpecError(
-                f"source mask {name!r} has shape {tuple(s.shape)}, expected {tuple(m.shape)}"
-            )
-        out[name] = m.detach().to(torch.bool) & s.detach().to(torch.bool)
-    return out
-
-
-def _same_names(expected, got, what):
-    missing = [k for k in expected if k not in got]
-    extra = [k for k in got if k not in expected]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(map(repr, missing))}")
-        if extra:
-            parts.append(f"unexpected {', '.join(map(repr, extra))}")
-        raise SpecError(f"{what} do not match the prunable parameters: {'; '.join(parts)}")
+def _method_options() -> dict[str, MethodOption]:
+    found = {}
+    for method in METHODS.values():
+        for option in method.options:
+            found.setdefault(option.name, option)
+    return found
 
 
 # --------------------------------------------------------------------------- specs
-_STEP_KEYS = ("method", "amount", "scope", "n", "dim", "include", "exclude", "bias", "layers", "seed")
+_COMMON_KEYS = ("method", "amount", "scope", "include", "exclude", "bias", "layers", "seed")
 _FROM_STATE_KEYS = ("method", "state", "seed")
-_OVERRIDE_KEYS = ("method", "amount", "n", "dim", "skip")
+
+
+def _step_keys() -> tuple[str, ...]:
+    return (*_COMMON_KEYS[:3], *_method_options(), *_COMMON_KEYS[3:])
+
+
+def _override_keys() -> tuple[str, ...]:
+    return ("method", "amount", *_method_options(), "skip")
 
 
 def _check_keys(d, allowed, what):
@@ -427,30 +341,35 @@ def _selector_list(value, what):
     return sorted({_check_selector(s, what) for s in value})
 
 
-def _check_method(method, allowed=_ALL_METHODS):
-    if not isinstance(method, str) or method not in allowed:
+def _check_method(method, layerwise=False):
+    if not isinstance(method, str) or method not in METHODS or (
+            layerwise and METHODS[method].granularity == "transplant"):
+        allowed = [m for m in METHODS if not (layerwise and METHODS[m].granularity == "transplant")]
         raise choice_error("pruning method", method, allowed)
     return method
 
 
 def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise SpecError(f"invalid seed {seed!r}; allowed: an int >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 63:
+        raise SpecError(f"invalid seed {seed!r}; allowed: an int in [0, 2^63)")
     return int(seed)
 
 
-def _method_config(method, amount, n, dim, *, n_given, dim_given, where):
-    """Canonical {"method", "amount", ["n"], ["dim"]} for one (effective) method."""
-    if n_given and method != "ln_structured":
-        raise SpecError(f"option 'n' ({n!r}) in {where} applies only to ln_structured, not {method}")
-    if dim_given and method not in STRUCTURED_METHODS:
-        raise SpecError(f"option 'dim' ({dim!r}) in {where} applies only to structured methods, "
-                        f"not {method}")
+def _not_applicable(option, value, where, method):
+    users = _with_option(option)
+    what = users[0] if len(users) == 1 else ("structured methods" if option == "dim" else ", ".join(users))
+    return SpecError(f"option {option!r} ({value!r}) in {where} applies only to {what}, not {method}")
+
+
+def _method_config(method, amount, given: dict, where):
+    """Canonical {"method", "amount", <the method's options>} for one (effective) method."""
+    entry = METHODS[method]
+    for option, value in given.items():
+        if option not in entry.option_names:
+            raise _not_applicable(option, value, where, method)
     cfg = {"method": method, "amount": _check_amount(amount, f"amount in {where}")}
-    if method == "ln_structured":
-        cfg["n"] = _canonical_n(n)
-    if method in STRUCTURED_METHODS:
-        cfg["dim"] = _check_dim(dim)
+    for option in entry.options:
+        cfg[option.name] = option.check(given.get(option.name, option.default), option.name)
     return cfg
 
 
@@ -480,42 +399,42 @@ def resolve_prune_step(step: dict) -> dict:
     if not isinstance(step, Mapping):
         raise SpecError(f"prune step must be a mapping, got {step!r}")
     if "method" not in step:
-        raise SpecError("prune step has no 'method'; allowed: " + ", ".join(_ALL_METHODS))
+        raise SpecError("prune step has no 'method'; allowed: " + ", ".join(METHODS))
     method = _check_method(step["method"])
+    entry = METHODS[method]
 
-    if method == "from_state":
-        _check_keys(step, _FROM_STATE_KEYS, "prune step (from_state)")
+    if entry.granularity == "transplant":
+        _check_keys(step, _FROM_STATE_KEYS, f"prune step ({method})")
         ref = step.get("state")
         if not isinstance(ref, str) or not ref:
-            raise SpecError(f"from_state needs 'state': a state reference string, got {ref!r}")
-        return {"method": "from_state", "state": ref}
+            raise SpecError(f"{method} needs 'state': a state reference string, got {ref!r}")
+        return {"method": method, "state": ref}
 
-    _check_keys(step, _STEP_KEYS, "prune step")
+    _check_keys(step, _step_keys(), "prune step")
     if "amount" not in step:
         raise SpecError(f"prune step has no 'amount'; allowed: {_AMOUNT_ALLOWED}")
     scope = step.get("scope", "layer")
     if scope not in ("layer", "global"):
         raise choice_error("scope", scope, ("layer", "global"))
-    if scope == "global" and method not in UNSTRUCTURED_METHODS:
+    if scope == "global" and entry.granularity != "weight":
         raise SpecError(f"scope 'global' needs an unstructured method, got {method!r}; "
-                        f"allowed: {', '.join(UNSTRUCTURED_METHODS)}")
+                        f"allowed: {', '.join(METHODS.where(granularity='weight'))}")
     bias = step.get("bias", False)
     if bias is not False:
         raise SpecError(f"bias pruning not supported yet (bias={bias!r}); allowed: false")
 
-    n_given, dim_given = "n" in step, "dim" in step
-    n, dim = step.get("n", 1), step.get("dim", 1)
-    if n_given:
-        _canonical_n(n)
-    if dim_given:
-        _check_dim(dim)
+    # method options given at the top level apply to the step's method and are inherited by
+    # overrides; each is checked where it is given, and must apply to some method used
+    top_options = {name: step[name] for name in _method_options() if name in step}
+    for name, value in top_options.items():
+        _method_options()[name].check(value, name)
 
     # overrides: each becomes its full effective config
     overrides, methods_used = [], {method}
     for sel, ov in _raw_layers(step.get("layers", {})):
         sel = _check_selector(sel, "layers")
         where = f"layers[{sel!r}]"
-        _check_keys(ov, _OVERRIDE_KEYS, where)
+        _check_keys(ov, _override_keys(), where)
         skip = ov.get("skip", False)
         if not isinstance(skip, bool):
             raise SpecError(f"invalid skip {skip!r} in {where}; allowed: true or false")
@@ -527,34 +446,33 @@ def resolve_prune_step(step: dict) -> dict:
                                 f"allowed with skip: nothing else")
             overrides.append({"select": sel, "skip": True})
             continue
-        ov_method = _check_method(ov.get("method", method), tuple(METHODS))
-        if "n" in ov and ov_method != "ln_structured":
-            raise SpecError(f"option 'n' ({ov['n']!r}) in {where} applies only to ln_structured, "
-                            f"not {ov_method}")
-        if "dim" in ov and ov_method not in STRUCTURED_METHODS:
-            raise SpecError(f"option 'dim' ({ov['dim']!r}) in {where} applies only to structured "
-                            f"methods, not {ov_method}")
-        cfg = _method_config(ov_method, ov.get("amount", step["amount"]),
-                             ov.get("n", n), ov.get("dim", dim),
-                             n_given=False, dim_given=False, where=where)
+        ov_method = _check_method(ov.get("method", method), layerwise=True)
+        own = {name: ov[name] for name in _method_options() if name in ov}
+        for name, value in own.items():
+            if name not in METHODS[ov_method].option_names:
+                raise _not_applicable(name, value, where, ov_method)
+        inherited = {name: value for name, value in top_options.items()
+                     if name in METHODS[ov_method].option_names}
+        cfg = _method_config(ov_method, ov.get("amount", step["amount"]), {**inherited, **own}, where)
         overrides.append({"select": sel, **cfg})
         methods_used.add(ov_method)
 
-    if n_given and "ln_structured" not in methods_used:
-        raise SpecError(f"option 'n' ({n!r}) applies only to ln_structured, not {method}")
-    if dim_given and not methods_used & set(STRUCTURED_METHODS):
-        raise SpecError(f"option 'dim' ({dim!r}) applies only to structured methods, not {method}")
+    for name, value in top_options.items():
+        if not any(name in METHODS[m].option_names for m in methods_used):
+            users = _with_option(name)
+            what = users[0] if len(users) == 1 else ("structured methods" if name == "dim" else ", ".join(users))
+            raise SpecError(f"option {name!r} ({value!r}) applies only to {what}, not {method}")
 
-    top = _method_config(method, step["amount"], n, dim, n_given=False, dim_given=False,
-                         where="prune step")
+    top = _method_config(method, step["amount"],
+                         {k: v for k, v in top_options.items() if k in entry.option_names}, "prune step")
     out = {**top, "scope": scope,
            "include": _selector_list(step.get("include", ["*"]), "include"),
            "exclude": _selector_list(step.get("exclude", []), "exclude"),
            "bias": False, "layers": overrides}
-    # No default seed: absent, the DAG derives one from the child's key (each branch its own draw).
+    # No default seed: absent, the executor derives one from the child's key (each branch its own draw).
     if step.get("seed") is not None:
         seed = _check_seed(step["seed"])
-        if methods_used & set(RANDOM_METHODS):
+        if any(METHODS[m].random for m in methods_used):
             out["seed"] = seed
     return out
 
@@ -572,16 +490,16 @@ def _matches(sel, name, kinds, output):
 def layer_plan(kinds, step) -> dict:
     """{name: config} for every layer in `kinds`: what this step does to it.
 
-    Pruned layers: ``{"method", "amount", "scope", ["n"], ["dim"]}`` (scope "global"
-    = part of the global pool); others ``{"skip": True}``. from_state steps give
+    Pruned layers: ``{"method", "amount", "scope", <method options>}`` (scope "global"
+    = part of the global pool); others ``{"skip": True}``. Transplant steps give
     ``{"method": "from_state", "state": ref}`` for every layer.
     """
     step = resolve_prune_step(step)
     if not kinds:
         return {}
     names = list(kinds)
-    if step["method"] == "from_state":
-        return {name: {"method": "from_state", "state": step["state"]} for name in names}
+    if METHODS[step["method"]].granularity == "transplant":
+        return {name: {"method": step["method"], "state": step["state"]} for name in names}
     output = names[-1]
     sels = [("include", s) for s in step["include"]] + [("exclude", s) for s in step["exclude"]]
     sels += [("layers", o["select"]) for o in step["layers"]]
@@ -590,7 +508,7 @@ def layer_plan(kinds, step) -> dict:
                 fnmatch.fnmatchcase(name, sel) for name in names):
             raise SpecError(f"selector {sel!r} in {what} matches no prunable parameter; "
                             f"allowed: globs over {', '.join(names)} or {', '.join(SELECTOR_TOKENS)}")
-    top = {k: step[k] for k in ("method", "amount", "n", "dim") if k in step}
+    top = {k: step[k] for k in ("method", "amount", *METHODS[step["method"]].option_names)}
     plan = {}
     for name in names:
         selected = any(_matches(s, name, kinds, output) for s in step["include"]) and not any(
@@ -611,93 +529,14 @@ def layer_plan(kinds, step) -> dict:
     return plan
 
 
-def prune_masks(weights, masks, kinds, step, *, generator, source_masks=None, report=None):
-    """Apply one prune step to all selected layers; returns a full new masks dict.
-
-    weights: effective weights (at least every name in `masks`); masks: current masks,
-    one per prunable parameter (keys == kinds); step: a prune step spec (resolved or
-    not). For ``from_state`` steps pass the other state's masks as `source_masks`.
-    If `report` is a dict it is filled with ``{name: {...}}`` per layer: method,
-    amount, scope, unit, remaining (before), pruned, and a note when rounding gave 0
-    or keep-at-least-one capped the count; skipped layers get ``{"skip": True, "pruned": 0}``.
-    """
-    step = resolve_prune_step(step)
-    _same_names(kinds, masks, "masks")
-    if step["method"] == "from_state":
-        if source_masks is None:
-            raise SpecError(f"from_state step (state {step['state']!r}) needs the source state's masks")
-        return transplant_mask(masks, source_masks)
-    for name in masks:
-        if name not in weights:
-            raise SpecError(f"weights have no tensor for prunable parameter {name!r}")
-        if tuple(weights[name].shape) != tuple(masks[name].shape):
-            raise SpecError(f"weights[{name!r}] has shape {tuple(weights[name].shape)}, "
-                            f"mask has {tuple(masks[name].shape)}")
-    plan = layer_plan(kinds, step)
-    random_used = [p["method"] for p in plan.values() if p.get("method") in RANDOM_METHODS]
-    if random_used:
-        _need_generator(random_used[0], generator)
-    new = {name: m.detach().to(torch.bool).clone() for name, m in masks.items()}
-    rep = {}
-
-    pool = [name for name in kinds if plan[name].get("scope") == "global"]
-    if pool:
-        _prune_pool(step["method"], step["amount"], pool, weights, masks, new, generator, rep)
-
-    for name in kinds:
-        cfg = plan[name]
-        if cfg.get("skip"):
-            rep[name] = {"skip": True, "pruned": 0}
-            continue
-        if cfg["scope"] == "global":
-            continue
-        info = {}
-        try:
-            if cfg["method"] in STRUCTURED_METHODS:
-                new[name] = _structured(cfg["method"], weights[name], cfg["amount"], masks[name],
-                                        generator, cfg.get("n"), cfg["dim"], info)
-            else:
-                new[name] = _unstructured(cfg["method"], weights[name], cfg["amount"], masks[name],
-                                          generator, {}, info)
-        except SpecError as e:
-            raise SpecError(f"layer {name!r}: {e}") from None
-        rep[name] = {**{k: v for k, v in cfg.items()}, **info}
-    if report is not None:
-        for name in kinds:
-            report[name] = {k: v for k, v in rep[name].items() if v is not None}
-    return new
+_TENSOR_API = ("compute_mask", "prune_masks", "transplant_mask", "l1_unstructured", "random_unstructured",
+               "ln_structured", "random_structured")
 
 
-def _prune_pool(method, amount, pool, weights, masks, new, generator, rep):
-    """Global scope: one threshold over the concatenated remaining weights of `pool`."""
-    w_parts, cand_parts, sizes = [], [], []
-    for name in pool:
-        w, m = _prep(weights[name], masks[name])
-        cand = m.reshape(-1).nonzero().squeeze(1)
-        cand_parts.append(cand)
-        w_parts.append(w.reshape(-1)[cand])
-        sizes.append(int(cand.numel()))
-    values = torch.cat(w_parts)
-    total = int(values.numel())
-    try:
-        k, note = _count(amount, total, "weights in the global pool")
-    except SpecError as e:
-        raise SpecError(f"global scope over {', '.join(pool)}: {e}") from None
-    gone = torch.zeros(total, dtype=torch.bool)
-    if k > 0:
-        idx, score = _unstructured_choice(method, values, k, generator)
-        gone[idx] = True
-    start = 0
-    for name, cand, size in zip(pool, cand_parts, sizes):
-        seg = slice(start, start + size)
-        layer_note = note
-        if size > 0 and bool(gone[seg].all()):
-            best = start + int(torch.argmax(score[seg]))
-            gone[best] = False
-            layer_note = "keep-at-least-one: spared the layer's last weight"
-        pruned = int(gone[seg].sum())
-        if pruned:
-            new[name].view(-1)[cand[gone[seg]]] = False
-        rep[name] = {"method": method, "amount": amount, "scope": "global", "unit": "weights",
-                     "remaining": size, "pruned": pruned, "note": layer_note}
-        start += size
+def __getattr__(name):
+    # the tensor functions live in pruning.masks (torch); reachable here without importing torch early
+    if name in _TENSOR_API:
+        from . import masks
+
+        return getattr(masks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

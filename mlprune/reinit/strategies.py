@@ -36,35 +36,22 @@ for random, ``generator`` None for shuffle) is a ``SpecError``; so is a ``source
 ``fresh`` whose names or shapes differ from ``current`` (one line, e.g.
 ``rewind target has another architecture: 'fc3.weight' has shape (5, 84), expected (10, 84)``).
 
-Reinit step spec (``resolve_reinit_step`` makes it canonical)::
-
-    {"strategy": "rewind",            # required: rewind, random, sign, zhou, shuffle, keep
-     "to": "root",                    # rewind/sign/zhou/shuffle: "root" | "parent" | "state:<ref>"
-     "epoch": None,                   # rewind/sign/zhou/shuffle: None or an int >= 0
-     "seed": <int>,                   # random/shuffle only, kept only when given (silently
-                                      # dropped otherwise); absent: derived from the state's key
-     "reset_optimizer": True}         # every strategy
-
-``to``/``epoch`` given for a strategy that does not use them is a ``SpecError``; the
-resolved dict holds exactly the keys that apply, defaults filled. The optimizer state
-is reset at every reinit by default (``reset_optimizer: True``); the training step owns
-the optimizer, this module only records the choice in the spec.
+The step spec and the catalog of strategies are in ``mlprune.reinit``.
 """
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 
 import torch
 
-from mlprune.errors import SpecError, choice_error
+from ..errors import SpecError
 
-__all__ = ["STRATEGIES", "reinit_weights", "resolve_reinit_step"]
+from . import STRATEGIES
 
-_SOURCE_STRATEGIES = ("rewind", "sign", "zhou", "shuffle")
-_SEED_STRATEGIES = ("random", "shuffle")
-_STEP_KEYS = ("strategy", "to", "epoch", "seed", "reset_optimizer")
+__all__ = ["reinit_weights"]
+
+_OPTION_KEYS = ("to", "at", "seed", "reset_optimizer")  # the resolved step's: the caller's business
 
 
 # --------------------------------------------------------------------------- helpers
@@ -117,22 +104,22 @@ def _apply_masks(weights, masks):
 
 # --------------------------------------------------------------------------- strategies
 # Each: (current, source, fresh, masks, generator, order) -> (weights, masks); inputs checked.
-def _rewind(current, source, fresh, masks, generator, order):
+def rewind(current, source, fresh, masks, generator, order):
     return _copy(source), masks
 
 
-def _random(current, source, fresh, masks, generator, order):
+def fresh(current, source, fresh, masks, generator, order):
     return _copy(fresh), masks
 
 
-def _sign(current, source, fresh, masks, generator, order):
+def sign(current, source, fresh, masks, generator, order):
     weights = _copy(source)
     for name in masks:
         weights[name] = _signs(source[name].detach())
     return weights, masks
 
 
-def _zhou(current, source, fresh, masks, generator, order):
+def zhou(current, source, fresh, masks, generator, order):
     weights = _copy(source)
     for name in masks:
         src = source[name].detach()
@@ -141,7 +128,7 @@ def _zhou(current, source, fresh, masks, generator, order):
     return weights, masks
 
 
-def _shuffle(current, source, fresh, masks, generator, order):
+def shuffle(current, source, fresh, masks, generator, order):
     shuffled = dict(masks)
     for name in order:
         m = masks[name]
@@ -150,100 +137,38 @@ def _shuffle(current, source, fresh, masks, generator, order):
     return _copy(source), shuffled
 
 
-def _keep(current, source, fresh, masks, generator, order):
+def keep(current, source, fresh, masks, generator, order):
     return _copy(current), masks
 
 
-STRATEGIES = {
-    "rewind": _rewind,
-    "random": _random,
-    "sign": _sign,
-    "zhou": _zhou,
-    "shuffle": _shuffle,
-    "keep": _keep,
-}
 
 
 def reinit_weights(strategy, *, current, source=None, fresh=None, masks, kinds=None,
                    generator=None, **options):
     """Apply a reinit strategy; returns new ``(weights, masks)``, masked entries exactly 0.
 
-    `options` may carry the resolved step's keys (to, epoch, seed, reset_optimizer): they
+    `options` may carry the resolved step's keys (to, at, seed, reset_optimizer): they
     are the caller's business (choosing `source`, seeding `generator`, the optimizer)
     and are ignored here; any other option is a SpecError.
     """
-    if strategy not in STRATEGIES:
-        raise choice_error("reinit strategy", strategy, STRATEGIES)
+    entry = STRATEGIES[strategy]
     for key in options:
-        if key not in _STEP_KEYS[1:]:
-            raise SpecError(f"unknown option {key!r} for reinit {strategy!r}; "
-                            f"allowed: {', '.join(_STEP_KEYS[1:])}")
+        if key not in _OPTION_KEYS:
+            raise SpecError(f"unknown option {key!r} for reinit {strategy!r}; allowed: {', '.join(_OPTION_KEYS)}")
     if not isinstance(current, Mapping):
         raise SpecError(f"reinit {strategy!r} needs the current weights, got {current!r}")
     _check_masks(current, masks, kinds)
-    if strategy in _SOURCE_STRATEGIES:
+    if entry.reads_source:
         if source is None:
             raise SpecError(f"reinit {strategy!r} needs a weights source (source=None)")
-        _check_arch(current, source, "rewind target" if strategy == "rewind"
-                    else f"{strategy} source")
-    if strategy == "random":
+        _check_arch(current, source, "rewind target" if strategy == "rewind" else f"{strategy} source")
+    if entry.fresh_init:
         if fresh is None:
-            raise SpecError("reinit 'random' needs a fresh initialization (fresh=None)")
+            raise SpecError(f"reinit {strategy!r} needs a fresh initialization (fresh=None)")
         _check_arch(current, fresh, "fresh initialization")
-    if strategy == "shuffle" and not isinstance(generator, torch.Generator):
-        raise SpecError(f"reinit 'shuffle' needs a torch.Generator, got {generator!r}")
+    if entry.random and not entry.fresh_init and not isinstance(generator, torch.Generator):
+        raise SpecError(f"reinit {strategy!r} needs a torch.Generator, got {generator!r}")
     masks_in = {name: m.detach().to(torch.bool).clone() for name, m in masks.items()}
     order = [k for k in (kinds if kinds is not None else masks_in)]
-    weights, new_masks = STRATEGIES[strategy](current, source, fresh, masks_in, generator, order)
+    weights, new_masks = entry.load()(current, source, fresh, masks_in, generator, order)
     return _apply_masks(weights, new_masks), new_masks
-
-
-# --------------------------------------------------------------------------- spec
-def _check_to(to):
-    if to in ("root", "parent"):
-        return to
-    if isinstance(to, str) and to.startswith("state:") and len(to) > len("state:"):
-        return to
-    raise SpecError(f"invalid rewind target 'to' {to!r}; allowed: 'root', 'parent', 'state:<ref>'")
-
-
-def resolve_reinit_step(step: dict) -> dict:
-    """Validated, canonical reinit step (defaults filled, inapplicable options removed).
-
-    Idempotent: resolving a resolved step returns an equal dict.
-    """
-    if not isinstance(step, Mapping):
-        raise SpecError(f"reinit step must be a mapping, got {step!r}")
-    for key in step:
-        if key not in _STEP_KEYS:
-            raise SpecError(f"unknown key {key!r} in reinit step; allowed: {', '.join(_STEP_KEYS)}")
-    if "strategy" not in step:
-        raise SpecError("reinit step has no 'strategy'; allowed: " + ", ".join(STRATEGIES))
-    strategy = step["strategy"]
-    if not isinstance(strategy, str) or strategy not in STRATEGIES:
-        raise choice_error("reinit strategy", strategy, STRATEGIES)
-    out = {"strategy": strategy}
-    if strategy in _SOURCE_STRATEGIES:
-        out["to"] = _check_to(step.get("to", "root"))
-        epoch = step.get("epoch")
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral)
-                                  or epoch < 0):
-            raise SpecError(f"invalid epoch {epoch!r}; allowed: null or an int >= 0")
-        out["epoch"] = None if epoch is None else int(epoch)
-    else:
-        for key in ("to", "epoch"):
-            if key in step:
-                raise SpecError(f"option {key!r} ({step[key]!r}) does not apply to reinit "
-                                f"{strategy!r}; allowed for: {', '.join(_SOURCE_STRATEGIES)}")
-    # No default seed: left out, the DAG derives one from the child's key, so each branch
-    # draws its own numbers (a default of 0 would make `random` re-create a seed-0 root's init).
-    seed = step.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
-        raise SpecError(f"invalid seed {seed!r}; allowed: an int >= 0")
-    if strategy in _SEED_STRATEGIES and seed is not None:
-        out["seed"] = int(seed)
-    reset = step.get("reset_optimizer", True)
-    if not isinstance(reset, bool):
-        raise SpecError(f"invalid reset_optimizer {reset!r}; allowed: true or false")
-    out["reset_optimizer"] = reset
-    return out

@@ -1,78 +1,6 @@
-"""Model registry: the seed's networks, the Frankle & Carbin networks, and torchvision.
+"""The architectures (torch): builders of the model catalog's entries, inits, `build_model`, `prunable`.
 
-Contract (docs/architecture.md):
-
-    MODELS: dict[str, Callable[..., nn.Module]]   # name -> builder(num_classes, input_shape)
-    INITS:  dict[str, Callable[[nn.Module], None]]
-    model_input(name) -> (channels, min_image_size)   # None = any
-    build_model(name, *, num_classes, input_shape, init="default", seed=0) -> nn.Module
-    prunable(model) -> dict[str, str]                 # ordered {param name: "conv" | "linear"}
-
-Models (``model_input`` gives what each needs; ``build_model`` rejects anything else
-with a one-line :class:`SpecError`):
-
-=================  ========  =========  ==================================================
-name               channels  min size   architecture
-=================  ========  =========  ==================================================
-``lenet``          any       28         the seed's conv LeNet: conv 6 (5x5) - maxpool -
-                                        conv 16 (5x5) - maxpool - fc 120 - fc 84 - fc
-                                        classes, ReLU. 28 is the seed's MNIST geometry
-                                        (8x8 digits are resized to 28x28); the flatten size
-                                        follows the input (4x4x16 at 28 px).
-``lenet_300_100``  any       any        Frankle & Carbin's MLP: flatten, 300, 100, classes.
-``conv2/4/6``      any       any (*)    Frankle & Carbin 2019: pairs of 3x3 convs (padding
-                                        1) of 64, 128, 256 channels, maxpool 2 after each
-                                        pair, then fc 256 - 256 - classes (flatten size
-                                        follows the input).
-``alexnet``        3         32         torchvision's AlexNet adapted to small images
-                                        (below): conv1 stride 1 / padding 5 instead of
-                                        4 / 2; same parameter names as torchvision.
-``vgg11``          3         32         torchvision's VGG-11 (configuration A, no BN,
-                                        torchvision's init), classifier head sized to
-                                        num_classes.
-``resnet20``       any       any        He et al. 2016's CIFAR ResNet: 3x3 conv 16, 3 stages
-                                        of 3 basic blocks (16, 32, 64 channels), global
-                                        average pool, fc. Shortcut **option A** (identity;
-                                        stride-2 subsampling plus zero channel padding where
-                                        the shape changes), as in the paper's CIFAR runs: no
-                                        shortcut parameters, so every conv is prunable.
-``tv:<name>``      3         32 (**)    any torchvision classification model,
-                                        ``get_model(name, weights=None, num_classes=n)``.
-=================  ========  =========  ==================================================
-
-(*) ``conv2`` / ``conv4`` / ``conv6`` build from 2 / 4 / 8 px (one halving per max
-pool); ``model_input`` says None because every built-in dataset is at least 8 px.
-
-(**) ``tv:alexnet`` needs 63 px, ``tv:inception_v3`` 75 px and the ViT models exactly
-their image size (224). Every ``tv:`` model is checked with one forward pass on a zero input of the requested
-shape at build time, so a size it cannot take is a one-line SpecError, not a traceback
-later. ``googlenet`` / ``inception_v3`` are built without auxiliary classifiers (the
-training loop expects one output tensor).
-
-Small-input adaptation of ``alexnet`` / ``vgg11`` (both need 3 channels: load grayscale
-data with ``channels=3``): torchvision's AdaptiveAvgPool2d would blow a small feature map
-(1x1 for VGG at 32 px) up to 7x7 (6x6) and feed 49 (36) identical copies of each value
-to a 25088 (9216)-wide first fc layer. We pool to ``min(7, feature size)`` instead and
-size the first fc layer to match: the same kind of function, without replicated
-inputs (VGG-11 at 32 px: 28.5 M parameters instead of 128.8 M). At 224 px
-both are exactly torchvision's architectures except alexnet's conv1 stride / padding.
-
-Inits (``INITS``; applied to every Conv2d and Linear weight, biases set to zero; BatchNorm
-keeps weight 1 / bias 0):
-
-- ``default``: whatever the model's constructor does (PyTorch's default layer init, or
-  torchvision's own init for VGG / torchvision models);
-- ``kaiming_normal``, ``kaiming_uniform``: He et al., fan_in, ReLU gain;
-- ``xavier_normal``, ``xavier_uniform``: Glorot & Bengio, gain 1;
-- ``glorot``: alias of ``xavier_normal`` (Frankle & Carbin's "Gaussian Glorot").
-
-Train / eval mode: ``alexnet`` and ``vgg11`` have Dropout, ``resnet20`` and many ``tv:``
-models BatchNorm; ``build_model`` returns the model in training mode and the training
-loop (training.py) owns the mode: it must call ``model.eval()`` before evaluating.
-
-Determinism: ``build_model`` forks the CPU RNG and seeds the fork with ``seed``, so the
-same (name, num_classes, input_shape, init, seed) gives bitwise the same weights in any
-process, and the caller's global RNG state is left exactly as it was.
+The catalog, the table of models and the contracts are in the package docstring (`mlprune.models`).
 """
 
 from __future__ import annotations
@@ -83,9 +11,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import SpecError, choice_error
+from ..errors import SpecError, choice_error
+from . import INIT_NAMES, MODELS, model_entry
 
-__all__ = ["MODELS", "INITS", "model_input", "build_model", "prunable"]
+__all__ = ["INITS", "build_model", "prunable"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -328,19 +257,13 @@ class ResNet20(nn.Module):
 # ----------------------------------------------------------------------------- torchvision
 
 @functools.lru_cache(maxsize=1)
-def _tv_names() -> tuple[str, ...]:
+def torchvision_names() -> tuple[str, ...]:
     import torchvision
 
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
-# Known minimum / required sizes of torchvision models beyond the default of 32 px.
-_TV_MIN_SIZE = {"alexnet": 63, "inception_v3": 75, "vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224,
-                "vit_l_32": 224, "vit_h_14": 224, "maxvit_t": 224}
-_TV_DEFAULT_MIN = 32
-
-
-def _tv_builder(name: str) -> Callable[..., nn.Module]:
+def torchvision_builder(name: str) -> Callable[..., nn.Module]:
     def build(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
         import torchvision
 
@@ -355,35 +278,12 @@ def _tv_builder(name: str) -> Callable[..., nn.Module]:
 
 # ----------------------------------------------------------------------------- registries
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "lenet": LeNet,
-    "lenet_300_100": LeNet300100,
-    "conv2": functools.partial(ConvNet, pairs=1),
-    "conv4": functools.partial(ConvNet, pairs=2),
-    "conv6": functools.partial(ConvNet, pairs=3),
-    "alexnet": AlexNet,
-    "vgg11": VGG11,
-    "resnet20": ResNet20,
-}
-
-# (channels, min image size); None = any
-_INPUT: dict[str, tuple[int | None, int | None]] = {
-    "lenet": (None, 28),
-    "lenet_300_100": (None, None),
-    "conv2": (None, None),
-    "conv4": (None, None),
-    "conv6": (None, None),
-    "alexnet": (3, 32),
-    "vgg11": (3, 32),
-    "resnet20": (None, None),
-}
+# The builders of the catalog's entries (mlprune.models.MODELS[name].impl).
+conv2 = functools.partial(ConvNet, pairs=1)
+conv4 = functools.partial(ConvNet, pairs=2)
+conv6 = functools.partial(ConvNet, pairs=3)
 
 
-# Sizes below which a model cannot run at all, where model_input says None: each of the
-# F&C convnets' max pools halves the image. model_input returns None for them because
-# every built-in dataset is at least 8 px, and a caller that resizes *to* the returned
-# size must never shrink CIFAR to 2x2 for conv2. build_model still rejects smaller inputs.
-_HARD_MIN = {"conv2": 2, "conv4": 4, "conv6": 8}
 
 
 def _conv_linear_modules(model: nn.Module):
@@ -415,31 +315,7 @@ INITS: dict[str, Callable[[nn.Module], None]] = {
     "xavier_uniform": _init_fn(nn.init.xavier_uniform_),
 }
 INITS["glorot"] = INITS["xavier_normal"]
-
-
-def _model_names() -> list[str]:
-    return [*MODELS, "tv:<torchvision name>"]
-
-
-def _resolve(name) -> tuple[str, Callable[..., nn.Module], tuple[int | None, int | None]]:
-    """-> (kind, builder, (channels, min size)); kind is 'own' or 'tv'."""
-    if not isinstance(name, str):
-        raise choice_error("model", name, _model_names())
-    if name.startswith("tv:"):
-        tv = name[3:]
-        if tv not in _tv_names():
-            raise SpecError(
-                f"unknown torchvision model {tv!r} in {name!r}; allowed: tv:<name> for a name in "
-                f"torchvision.models.list_models() (e.g. tv:resnet18, tv:mobilenet_v2)")
-        return "tv", _tv_builder(tv), (3, _TV_MIN_SIZE.get(tv, _TV_DEFAULT_MIN))
-    if name not in MODELS:
-        raise choice_error("model", name, _model_names())
-    return "own", MODELS[name], _INPUT.get(name, (None, None))
-
-
-def model_input(name: str) -> tuple[int | None, int | None]:
-    """(channels, minimum image size) the model needs; None = any."""
-    return _resolve(name)[2]
+assert set(INITS) == set(INIT_NAMES)
 
 
 def _check_shape(name: str, input_shape, need: tuple[int | None, int | None]) -> tuple[int, int, int]:
@@ -469,9 +345,9 @@ def build_model(name: str, *, num_classes: int, input_shape, init: str = "defaul
     Deterministic in `seed`; the global RNG is not touched (the CPU RNG is forked). The
     model is float32 on the CPU, in training mode (as nn.Module leaves it).
     """
-    kind, builder, need = _resolve(name)
-    if need[1] is None and name in _HARD_MIN:
-        need = (need[0], _HARD_MIN[name])
+    entry = model_entry(name)
+    builder = torchvision_builder(name[3:]) if entry.torchvision else entry.load()
+    need = (entry.channels, entry.min_size if entry.min_size is not None else entry.hard_min)
     if init not in INITS:
         raise choice_error("init", init, INITS)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -486,7 +362,7 @@ def build_model(name: str, *, num_classes: int, input_shape, init: str = "defaul
         model = builder(num_classes, shape)
         INITS[init](model)
         model = model.float().cpu()
-        if kind == "tv":
+        if entry.torchvision:
             _probe(name, model, shape, num_classes)
     return model
 

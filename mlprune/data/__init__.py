@@ -1,0 +1,167 @@
+"""Datasets: registry, deterministic loaders, in-memory fast path.
+
+Contract (docs/architecture.md)::
+
+    DATASETS: Registry[Dataset]                  # name -> entry; entry(root) reads it -> Raw (uint8 tensors)
+    load_data(name, *, image_size=None, channels=None, val_size=0, split_seed=0,
+              augment=None, data_dir=None, fast=None) -> Data
+    class Data:
+        num_classes, input_shape (C, H, W after adaptation), len_train, len_val, len_test
+        train_batches(batch_size, *, seed, epoch)  # seeded shuffle + augmentation
+        test_batches(batch_size)                   # sequential
+        val_batches(batch_size)                    # sequential; None without a val split
+
+Datasets
+--------
+``digits`` (default; embedded in scikit-learn, no files): 1797 8x8 grayscale images with
+values 0..16, scaled to [0, 1]. Train/test split: stratified 80/20 (per class,
+``round(0.2 * n_class)`` test images chosen by a permutation from
+``numpy.random.default_rng(DIGITS_SPLIT_SEED)``), FIXED: it does not depend on the
+experiment seed or on ``split_seed`` (which only selects the validation hold-out). The
+CSV that ``sklearn.datasets.load_digits`` reads is read directly: importing
+``sklearn.datasets`` costs ~2 s (scipy) and this path is used by every end-to-end test.
+
+``mnist``, ``fashion_mnist``: torchvision's ``MNIST`` / ``FashionMNIST`` classes over
+``<data_dir>/MNIST/raw/`` (``FashionMNIST/raw/``) holding ``train-images-idx3-ubyte``,
+``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``;
+``.gz`` versions are decompressed there with torchvision's ``extract_archive``.
+
+``cifar10``, ``cifar100``: ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1..5``,
+``test_batch``, ``batches.meta``) and ``<data_dir>/cifar-100-python/`` (``train``,
+``test``, ``meta``), the official pickled dicts (a ``<name>-python.tar.gz`` in
+``data_dir`` is extracted first). torchvision's ``CIFAR10`` class md5-checks every file
+at construction with no way to skip it, so these are read by our own reader: the same
+file list and md5 sums (taken from torchvision's class), the same
+``pickle.load(f, encoding="latin1")`` of ``data`` / ``labels`` (``fine_labels``), and
+torchvision's ``check_integrity`` for the md5 check, which is ON unless
+``MLPRUNE_VERIFY_MD5=0`` (for hand-made or subset files, e.g. in tests).
+
+``data_dir`` defaults to ``$MLPRUNE_DATA_DIR``, else ``~/.cache/mlprune/data``. Nothing is
+downloaded unless ``MLPRUNE_DOWNLOAD=1`` (then torchvision's own download is used).
+Missing files and unreadable / truncated files are one-line :class:`SpecError` s that
+name the file(s) and where they go.
+
+Preprocessing (the same function for every sample, on both paths)
+-----------------------------------------------------------------
+uint8 -> float32 / scale (255; 16 for digits) -> channel conversion (grayscale -> RGB
+repeats the channel; RGB -> grayscale is ``0.299 R + 0.587 G + 0.114 B``) -> bilinear
+resize to ``image_size`` (``align_corners=False``, antialias when shrinking) ->
+per-channel normalization ``(x - mean) / std`` with the dataset's training-set
+statistics (``STATS``). Grayscale -> RGB normalizes every one of the three channels
+with the grayscale statistics (the seed used a 1-channel Normalize on 3-channel MNIST);
+RGB -> grayscale uses the luminance of the RGB means and a std measured on the
+converted training images.
+
+Splits, order, augmentation
+---------------------------
+- ``val_size``: an int (count) or a float in [0, 1) (fraction of the train split) held
+  out of the train split by ``torch.randperm(n_train, generator=seeded(split_seed))``;
+  both parts keep the original order.
+- ``train_batches(batch_size, seed=s, epoch=e)``: the order is
+  ``torch.randperm(len_train, generator)`` with the generator seeded
+  ``(s * 1_000_003 + e) mod 2**63`` (exactly what ``RandomSampler(generator=...)``
+  draws); the last batch may be smaller (no drop_last). Augmentation uses a second
+  generator seeded ``(that seed * 6364136223846793005 + 1442695040888963407) mod 2**63``
+  and is applied per batch, on tensors, in the same way on both paths, so the same
+  (seed, epoch) gives bitwise the same batches and augmentations on every run, on both
+  paths, regardless of the global RNG (which is never touched).
+- Augmentation ``"crop"``: random crop of the image zero-padded (black, i.e. the
+  normalized value of 0) by ``pad = max(1, round(H / 8))`` px (4 at 28-32 px);
+  ``"flip"``: horizontal flip with probability 1/2; ``True`` = the dataset's standard
+  (cifar10/100, fashion_mnist: ``"crop+flip"``; mnist, digits: ``"crop"``); ``None`` =
+  default (on for cifar10/100, off for digits / mnist / fashion_mnist).
+- ``test_batches`` / ``val_batches``: sequential, unaugmented.
+
+Fast path vs generic path
+-------------------------
+``fast=None`` (auto) holds the preprocessed float32 tensors in memory when they take
+at most ``FAST_LIMIT_BYTES`` (all built-in datasets at their native size); batches are
+``index_select`` s of a seeded permutation, no per-sample Python work. ``fast=False``
+(or data too big, e.g. CIFAR resized to 224 px) keeps the raw uint8 images and runs
+the per-sample preprocessing in a ``torch.utils.data.DataLoader`` (seeded
+``RandomSampler``, ``num_workers=0``). Both give bitwise the same batches (tested).
+
+Preprocessed digits / file contents are cached in-process (keyed by path, size and
+mtime of the files read).
+
+Layout: this module (no torch) is the catalog: one ``Dataset`` entry per dataset
+(reader, classes, channels, normalization statistics, standard augmentation).
+``data.readers`` reads files into uint8 tensors; ``data.pipeline`` preprocesses,
+splits, shuffles and augments them (``load_data``, ``Data``). Adding a dataset is one
+``DATASETS.add(Dataset(...))`` entry and its reader.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..names import ENV_DATA_DIR
+from ..registry import Registry, load_impl
+
+__all__ = ["DATASETS", "Dataset", "STATS", "default_data_dir", "load_data", "Data", "Raw"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset: its reader ``impl(root) -> Raw`` and what preprocessing needs to know."""
+
+    name: str
+    impl: str
+    num_classes: int
+    channels: int
+    mean: tuple[float, ...]        # per-channel training-set statistics of x / scale
+    std: tuple[float, ...]
+    augment: str                   # what augment=True means
+    default_augment: bool          # augment=None
+    needs_files: bool = True       # read from data_dir (False: embedded)
+    help: str = ""
+
+    def load(self):
+        return load_impl(self.impl)
+
+    def __call__(self, root):
+        """Read the dataset from `root` (a data_dir): a ``readers.Raw`` of uint8 tensors."""
+        return self.load()(root)
+
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+DATASETS.add(Dataset("digits", "mlprune.data.readers:read_digits", 10, 1, (0.3054,), (0.3761,), "crop", False,
+                     needs_files=False, help="scikit-learn's 8x8 digits (embedded)"))
+DATASETS.add(Dataset("mnist", "mlprune.data.readers:read_mnist", 10, 1, (0.1307,), (0.3081,), "crop", False,
+                     help="MNIST (IDX files under <data_dir>/MNIST/raw)"))
+DATASETS.add(Dataset("fashion_mnist", "mlprune.data.readers:read_fashion_mnist", 10, 1, (0.2860,), (0.3530,),
+                     "crop+flip", False, help="Fashion-MNIST (IDX files under <data_dir>/FashionMNIST/raw)"))
+DATASETS.add(Dataset("cifar10", "mlprune.data.readers:read_cifar10", 10, 3, (0.4914, 0.4822, 0.4465),
+                     (0.2470, 0.2435, 0.2616), "crop+flip", True,
+                     help="CIFAR-10 (<data_dir>/cifar-10-batches-py)"))
+DATASETS.add(Dataset("cifar100", "mlprune.data.readers:read_cifar100", 100, 3, (0.5071, 0.4865, 0.4409),
+                     (0.2673, 0.2564, 0.2762), "crop+flip", True,
+                     help="CIFAR-100 (<data_dir>/cifar-100-python)"))
+
+# Per-channel training-set statistics of x / scale.
+STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    name: (entry.mean, entry.std) for name, entry in DATASETS.items()}
+
+
+def default_data_dir() -> Path:
+    """``$MLPRUNE_DATA_DIR``, else ``~/.cache/mlprune/data``."""
+    return Path(os.environ.get(ENV_DATA_DIR) or "~/.cache/mlprune/data").expanduser()
+
+
+_READERS = ("Raw", "clear_cache", "load_data_pickle", "read_digits", "DIGITS_SPLIT_SEED")
+_PIPELINE = ("Data", "load_data", "FAST_LIMIT_BYTES")
+
+
+def __getattr__(name):
+    # the readers and the pipeline need torch: loaded on first use
+    if name in _READERS:
+        from . import readers
+
+        return getattr(readers, name)
+    if name in _PIPELINE:
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,408 @@
+"""Preprocessing, splits, seeded shuffling and augmentation: `load_data` -> `Data`.
+
+See the package docstring (`mlprune.data`) for what each option means and the
+guarantees (the same (seed, epoch) gives bitwise the same batches on both paths).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SpecError
+from . import DATASETS, default_data_dir
+from .readers import _PREP_CACHE, Raw
+
+__all__ = ["Data", "load_data", "FAST_LIMIT_BYTES"]
+
+FAST_LIMIT_BYTES = 2 * 1024 ** 3
+_SHUFFLE_MULT = 1_000_003
+_MASK63 = (1 << 63) - 1
+
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+# ----------------------------------------------------------------------------- preprocessing
+
+class _Pipeline:
+    """uint8 (N, C, H, W) -> normalized float32 (N, C', S, S); elementwise per sample, so a
+    batch and its samples one by one give bitwise the same values."""
+
+    def __init__(self, scale: float, c_in: int, c_out: int, size_in: tuple[int, int],
+                 size_out: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]):
+        self.scale = float(scale)
+        self.mean_values = tuple(float(v) for v in mean)
+        self.std_values = tuple(float(v) for v in std)
+        self.c_in, self.c_out = c_in, c_out
+        self.size_in, self.size_out = size_in, size_out
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> [0, 1] float, channels converted, resized (not normalized)."""
+        x = x.to(torch.float32) / self.scale
+        if self.c_in == 1 and self.c_out == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif self.c_in == 3 and self.c_out == 1:
+            w0, w1, w2 = _GRAY_WEIGHTS
+            x = x[:, 0:1] * w0 + x[:, 1:2] * w1 + x[:, 2:3] * w2
+        if self.size_out != self.size_in:
+            shrink = self.size_out[0] < self.size_in[0] or self.size_out[1] < self.size_in[1]
+            x = F.interpolate(x, size=self.size_out, mode="bilinear", align_corners=False, antialias=shrink)
+        return x
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return ((self.to_unit(x) - self.mean) / self.std).contiguous()
+
+    def fill(self) -> torch.Tensor:
+        """The normalized value of a black (0) pixel, per channel."""
+        return (-self.mean / self.std).view(-1)
+
+    def apply_chunked(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        c, (h, w) = self.c_out, self.size_out
+        out = torch.empty((x.shape[0], c, h, w), dtype=torch.float32)
+        for i in range(0, x.shape[0], chunk):
+            out[i:i + chunk] = self(x[i:i + chunk])
+        return out
+
+
+def _gray_stats_of_rgb(raw: Raw, mean_rgb) -> tuple[tuple[float], tuple[float]]:
+    w = torch.tensor(_GRAY_WEIGHTS, dtype=torch.float64)
+    mean = float((w * torch.tensor(mean_rgb, dtype=torch.float64)).sum())
+    total, total_sq, n = 0.0, 0.0, 0
+    for i in range(0, raw.x_train.shape[0], 4096):
+        x = raw.x_train[i:i + 4096].to(torch.float64) / raw.scale
+        g = x[:, 0] * w[0] + x[:, 1] * w[1] + x[:, 2] * w[2]
+        total += float(g.sum())
+        total_sq += float((g * g).sum())
+        n += g.numel()
+    var = max(total_sq / max(n, 1) - (total / max(n, 1)) ** 2, 1e-12)
+    return (mean,), (math.sqrt(var),)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+_AUGMENTS = {"crop": (True, False), "flip": (False, True), "crop+flip": (True, True)}
+
+
+def _crop_pad(size: int) -> int:
+    return max(1, int(size / 8 + 0.5))
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, crop: bool, flip: bool, pad: int,
+             fill: torch.Tensor) -> torch.Tensor:
+    """Random crop (zero-padded by `pad`, padding = `fill`) then horizontal flip, batched.
+
+    Draws: crop offsets (B, 2) in [0, 2 pad], then flip coins (B,), from `gen`.
+    """
+    b, c, h, w = x.shape
+    if not (crop or flip) or b == 0:
+        return x
+    if crop:
+        xp = fill.view(1, c, 1, 1).expand(b, c, h + 2 * pad, w + 2 * pad).clone()
+        xp[:, :, pad:pad + h, pad:pad + w] = x
+        off = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
+    else:
+        xp = x
+        off = torch.zeros((b, 2), dtype=torch.long)
+    ar_h = torch.arange(h)
+    ar_w = torch.arange(w)
+    rows = off[:, 0:1] + ar_h                                   # (B, H)
+    cols = off[:, 1:2] + ar_w                                   # (B, W)
+    if flip:
+        flips = torch.rand(b, generator=gen) < 0.5
+        cols = torch.where(flips[:, None], off[:, 1:2] + (w - 1 - ar_w), cols)
+    bi = torch.arange(b).view(b, 1, 1, 1)
+    ci = torch.arange(c).view(1, c, 1, 1)
+    return xp[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)].contiguous()
+
+
+def _augment_draws(b: int, gen: torch.Generator, crop: bool, flip: bool, pad: int) -> None:
+    """Draw from `gen` exactly what `_augment` draws for a batch of `b` (a skipped batch)."""
+    if b == 0 or not (crop or flip):
+        return
+    if crop:
+        torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
+    if flip:
+        torch.rand(b, generator=gen)
+
+
+def _shuffle_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * _SHUFFLE_MULT + int(epoch)) & _MASK63
+
+
+def _aug_seed(seed: int, epoch: int) -> int:
+    return (_shuffle_seed(seed, epoch) * 6364136223846793005 + 1442695040888963407) & _MASK63
+
+
+# ----------------------------------------------------------------------------- Data
+
+class _SampleDataset(torch.utils.data.Dataset):
+    """Generic path: raw uint8 images, preprocessed one sample at a time."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, pipeline: _Pipeline):
+        self.x, self.y, self.pipeline = x, y, pipeline
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def __getitem__(self, i):
+        return self.pipeline(self.x[i:i + 1])[0], self.y[i]
+
+
+class _Split:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, fast: bool, pipeline: _Pipeline):
+        # fast: x is the preprocessed float32 tensor; generic: x is raw uint8
+        self.x, self.y, self.fast, self.pipeline = x, y, fast, pipeline
+
+    def __len__(self):
+        return int(self.y.shape[0])
+
+    def sequential(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.fast:
+            for i in range(0, len(self), batch_size):
+                yield self.x[i:i + batch_size].clone(), self.y[i:i + batch_size].clone()
+        else:
+            loader = torch.utils.data.DataLoader(
+                _SampleDataset(self.x, self.y, self.pipeline), batch_size=batch_size, shuffle=False,
+                num_workers=0, generator=torch.Generator().manual_seed(0))
+            yield from loader
+
+    def shuffled(self, batch_size: int, gen: torch.Generator, skip: int = 0):
+        """Batches of a seeded permutation; the first `skip` batches come as empty stand-ins of their
+        size on the fast path (nothing is gathered for them)."""
+        if self.fast:
+            perm = torch.randperm(len(self), generator=gen)
+            for i in range(0, len(self), batch_size):
+                idx = perm[i:i + batch_size]
+                if i < skip * batch_size:
+                    yield torch.empty((idx.numel(), 0)), None
+                    continue
+                yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+        else:
+            ds = _SampleDataset(self.x, self.y, self.pipeline)
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=batch_size, sampler=torch.utils.data.RandomSampler(ds, generator=gen),
+                num_workers=0, generator=torch.Generator().manual_seed(0))
+            yield from loader
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SpecError(f"batch_size {batch_size!r} is not a positive int")
+    return batch_size
+
+
+class Data:
+    """A loaded dataset, adapted (channels, size, normalization) and split.
+
+    Attributes: ``name``, ``num_classes``, ``input_shape`` (C, H, W), ``len_train``,
+    ``len_val``, ``len_test``, ``augment`` (``"crop"``, ``"flip"``, ``"crop+flip"`` or
+    None), ``fast`` (in-memory path?), ``mean`` / ``std`` (normalization), ``spec`` (the
+    resolved options, a JSON-able dict).
+    """
+
+    def __init__(self, *, name: str, num_classes: int, input_shape: tuple[int, int, int],
+                 train: _Split, val: _Split | None, test: _Split, augment: str | None, fast: bool,
+                 pipeline: _Pipeline, spec: dict):
+        self.name = name
+        self.num_classes = num_classes
+        self.input_shape = input_shape
+        self._train, self._val, self._test = train, val, test
+        self.augment = augment
+        self.fast = fast
+        self._pipeline = pipeline
+        self.mean = pipeline.mean_values
+        self.std = pipeline.std_values
+        self.spec = spec
+        crop, flip = _AUGMENTS.get(augment, (False, False))
+        self._crop, self._flip = crop, flip
+        self._pad = _crop_pad(min(input_shape[1], input_shape[2]))
+        self._fill = pipeline.fill()
+
+    @property
+    def len_train(self) -> int:
+        return len(self._train)
+
+    @property
+    def len_val(self) -> int:
+        return len(self._val) if self._val is not None else 0
+
+    @property
+    def len_test(self) -> int:
+        return len(self._test)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """Optimizer steps in one epoch (the last batch may be smaller)."""
+        return -(-self.len_train // _check_batch_size(batch_size))
+
+    def train_batches(self, batch_size: int, *, seed: int, epoch: int,
+                      skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled, augmented training batches; the same (seed, epoch) gives the same
+        batches bitwise. The last batch may be smaller. ``skip``: start at that batch of
+        the epoch, with exactly the batches (and augmentations) it would have had."""
+        _check_batch_size(batch_size)
+        for what, v in (("seed", seed), ("epoch", epoch), ("skip", skip)):
+            if isinstance(v, bool) or not isinstance(v, int) or (what == "skip" and v < 0):
+                raise SpecError(f"{what} {v!r} is not an int{' >= 0' if what == 'skip' else ''}")
+        gen = torch.Generator().manual_seed(_shuffle_seed(seed, epoch))
+        aug = torch.Generator().manual_seed(_aug_seed(seed, epoch))
+        return self._train_iter(batch_size, gen, aug, skip)
+
+    def _train_iter(self, batch_size, gen, aug, skip=0):
+        for index, (x, y) in enumerate(self._train.shuffled(batch_size, gen, skip)):
+            if self._crop or self._flip:
+                if index < skip:  # draw what its augmentation would have drawn, so later batches match
+                    _augment_draws(x.shape[0], aug, self._crop, self._flip, self._pad)
+                    continue
+                x = _augment(x, aug, self._crop, self._flip, self._pad, self._fill)
+            elif index < skip:
+                continue
+            yield x, y
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Sequential, unaugmented test batches."""
+        _check_batch_size(batch_size)
+        return self._test.sequential(batch_size)
+
+    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Sequential, unaugmented validation batches; None without a validation split."""
+        _check_batch_size(batch_size)
+        if self._val is None:
+            return None
+        return self._val.sequential(batch_size)
+
+    def __repr__(self) -> str:
+        return (f"Data({self.name!r}, input_shape={self.input_shape}, num_classes={self.num_classes}, "
+                f"train={self.len_train}, val={self.len_val}, test={self.len_test}, "
+                f"augment={self.augment!r}, fast={self.fast})")
+
+
+# ----------------------------------------------------------------------------- load_data
+
+def _resolve_augment(name: str, augment) -> str | None:
+    info = DATASETS[name]
+    if augment is None:
+        augment = info.default_augment
+    if augment is True:
+        return info.augment
+    if augment is False or augment == "none":
+        return None
+    if isinstance(augment, str) and augment in _AUGMENTS:
+        return augment
+    raise SpecError(f"augment {augment!r} is not valid; allowed: None (dataset default), true, false, "
+                    f"'none', {', '.join(repr(a) for a in _AUGMENTS)}")
+
+
+def _val_count(val_size, n_train: int) -> int:
+    if isinstance(val_size, bool):
+        raise SpecError(f"val_size {val_size!r} is not valid; allowed: an int in [0, {n_train}) or a float in [0, 1)")
+    if isinstance(val_size, int):
+        k = val_size
+    elif isinstance(val_size, float) and 0.0 <= val_size < 1.0:
+        k = int(round(val_size * n_train))
+    else:
+        k = -1
+    if not 0 <= k < n_train:
+        raise SpecError(f"val_size {val_size!r} is not valid; allowed: an int in [0, {n_train}) "
+                        f"or a float in [0, 1)")
+    return k
+
+
+def load_data(name: str = "digits", *, image_size: int | None = None, channels: int | None = None,
+              val_size: int | float = 0, split_seed: int = 0, augment: bool | str | None = None,
+              data_dir: str | os.PathLike | None = None, fast: bool | None = None,
+              min_image_size: int | None = None, train_size: int | None = None,
+              test_size: int | None = None) -> Data:
+    """Load dataset `name`, adapted to `image_size` (square, bilinear) and `channels`
+    (1 or 3), with `val_size` held out of the train split (seeded by `split_seed`).
+
+    `min_image_size`: upsample only images smaller than this (what a model needs);
+    larger ones keep their size. `train_size` / `test_size`: use only that many
+    samples (train: a seeded subset of what remains after the validation split,
+    test: the first ones), for quick runs of large models.
+
+    `augment`: None = dataset default, True = dataset standard, False / "none", or
+    "crop", "flip", "crop+flip". `fast`: None = in-memory path when it fits.
+    """
+    info = DATASETS[name]
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or image_size < 1):
+        raise SpecError(f"image_size {image_size!r} is not valid; allowed: None (native) or a positive int")
+    if channels not in (None, 1, 3) or isinstance(channels, bool):
+        raise SpecError(f"channels {channels!r} is not valid; allowed: None (native), 1, 3")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int):
+        raise SpecError(f"split_seed {split_seed!r} is not an int")
+    if fast not in (None, True, False):
+        raise SpecError(f"fast {fast!r} is not valid; allowed: None (auto), true, false")
+    aug = _resolve_augment(name, augment)
+
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    raw = DATASETS[name](root)
+
+    c_in = raw.x_train.shape[1]
+    size_in = (int(raw.x_train.shape[2]), int(raw.x_train.shape[3]))
+    c_out = channels or c_in
+    size_out = (image_size, image_size) if image_size is not None else size_in
+    if image_size is None and min_image_size is not None and min(size_in) < min_image_size:
+        size_out = (min_image_size, min_image_size)
+    mean, std = info.mean, info.std
+    if c_in == 1 and c_out == 3:
+        mean, std = mean * 3, std * 3
+    elif c_in == 3 and c_out == 1:
+        key = ("graystats", raw.source)
+        hit = _PREP_CACHE.get(key)
+        if hit is None:
+            stats = _gray_stats_of_rgb(raw, mean)
+            hit = (torch.tensor(stats[0]), torch.tensor(stats[1]))
+            _PREP_CACHE.put(key, hit)
+        mean, std = (float(hit[0][0]),), (float(hit[1][0]),)
+    pipeline = _Pipeline(raw.scale, c_in, c_out, size_in, size_out, mean, std)
+
+    n_all = raw.x_train.shape[0] + raw.x_test.shape[0]
+    nbytes = n_all * c_out * size_out[0] * size_out[1] * 4
+    use_fast = fast if fast is not None else nbytes <= FAST_LIMIT_BYTES
+
+    if use_fast:
+        key = ("prep", raw.source, c_out, size_out)
+        hit = _PREP_CACHE.get(key)
+        if hit is None:
+            hit = (pipeline.apply_chunked(raw.x_train), pipeline.apply_chunked(raw.x_test))
+            _PREP_CACHE.put(key, hit)
+        x_train, x_test = hit
+    else:
+        x_train, x_test = raw.x_train, raw.x_test
+    y_train, y_test = raw.y_train, raw.y_test
+
+    n_train = raw.x_train.shape[0]
+    k = _val_count(val_size, n_train)
+    val = None
+    if k:
+        perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(split_seed & _MASK63))
+        val_idx, _ = torch.sort(perm[:k])
+        tr_idx, _ = torch.sort(perm[k:])
+        val = _Split(x_train.index_select(0, val_idx), y_train.index_select(0, val_idx), use_fast, pipeline)
+        train = _Split(x_train.index_select(0, tr_idx), y_train.index_select(0, tr_idx), use_fast, pipeline)
+    else:
+        train = _Split(x_train, y_train, use_fast, pipeline)
+    test = _Split(x_test, y_test, use_fast, pipeline)
+    for what, size, available in (("train_size", train_size, train.x.shape[0]),
+                                  ("test_size", test_size, test.x.shape[0])):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= available):
+            raise SpecError(f"{what} {size!r} is not valid; allowed: null (all) or an int in [1, {available}]")
+    if train_size is not None and train_size < train.x.shape[0]:
+        perm = torch.randperm(train.x.shape[0], generator=torch.Generator().manual_seed((split_seed + 1) & _MASK63))
+        keep, _ = torch.sort(perm[:train_size])
+        train = _Split(train.x.index_select(0, keep), train.y.index_select(0, keep), use_fast, pipeline)
+    if test_size is not None and test_size < test.x.shape[0]:
+        test = _Split(test.x[:test_size], test.y[:test_size], use_fast, pipeline)
+
+    spec = {"name": name, "image_size": size_out[0] if size_out[0] == size_out[1] else list(size_out),
+            "channels": c_out, "val_size": k, "split_seed": split_seed if k else 0, "augment": aug,
+            "train_size": train_size, "test_size": test_size}
+    return Data(name=name, num_classes=info.num_classes, input_shape=(c_out, *size_out), train=train,
+                val=val, test=test, augment=aug, fast=use_fast, pipeline=pipeline, spec=spec)

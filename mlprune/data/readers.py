@@ -1,0 +1,355 @@
+"""Dataset readers: files (or scikit-learn's embedded digits) -> uint8 tensors (`Raw`).
+
+One reader per entry of `mlprune.data.DATASETS`; see the package docstring for the
+file layouts, md5 checks and errors. Nothing is unpickled except through
+`load_data_pickle`, which resolves numpy arrays only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+import tarfile
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+
+from ..errors import SpecError
+
+__all__ = ["Raw", "read_digits", "read_mnist", "read_fashion_mnist", "read_cifar10", "read_cifar100",
+           "load_data_pickle", "clear_cache"]
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_FRACTION = 0.2
+_CACHE_LIMIT_BYTES = 1536 * 1024 ** 2
+
+
+class Raw(NamedTuple):
+    """A dataset as read from disk: uint8 images (N, C, H, W) and int64 labels."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    scale: float          # x / scale is in [0, 1]
+    source: tuple = ()    # identifies the content read (name, files' path / size / mtime)
+
+
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Reads pickled *data* only: CIFAR's batches are dicts of bytes, str, lists and numpy arrays.
+
+    Unpickling can call any importable function; this one resolves nothing but what
+    rebuilds a numpy array, so a crafted file cannot run code (`find_class` refuses).
+    """
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("_codecs", "encode")}  # protocol-2 pickles rebuild bytes with it: str -> bytes, no effects
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a data file holds only plain data "
+                                     f"and numpy arrays")
+
+
+def load_data_pickle(fh):
+    """A pickled dataset batch (e.g. CIFAR's), read without running code from it."""
+    return _PlainDataUnpickler(fh, encoding="latin1").load()
+
+
+
+def _download_allowed() -> bool:
+    return os.environ.get("MLPRUNE_DOWNLOAD", "") == "1"
+
+
+def _verify_md5() -> bool:
+    return os.environ.get("MLPRUNE_VERIFY_MD5", "1") != "0"
+
+
+def _stamp(paths) -> tuple:
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append((str(p), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------- in-process cache
+
+class _ByteLRU:
+    """A small LRU cache bounded by the bytes of the tensors it holds."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _size(value) -> int:
+        return sum(t.numel() * t.element_size() for t in value if isinstance(t, torch.Tensor))
+
+    def get(self, key):
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        return None
+
+    def put(self, key, value):
+        size = self._size(value)
+        if size > self.limit:
+            return
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while sum(self._size(v) for v in self._d.values()) > self.limit:
+                self._d.popitem(last=False)
+
+    def clear(self):
+        with self._lock:
+            self._d.clear()
+
+
+_RAW_CACHE = _ByteLRU(_CACHE_LIMIT_BYTES)
+_PREP_CACHE = _ByteLRU(_CACHE_LIMIT_BYTES)
+
+
+def clear_cache() -> None:
+    """Forget the cached raw and preprocessed tensors."""
+    _RAW_CACHE.clear()
+    _PREP_CACHE.clear()
+
+
+# ----------------------------------------------------------------------------- digits
+
+def _digits_csv() -> Path:
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise SpecError("dataset 'digits' needs scikit-learn (pip install scikit-learn)")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+
+
+def _digits_split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed stratified 80/20 split: (train indices, test indices), each sorted."""
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+    test = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = int(round(DIGITS_TEST_FRACTION * len(idx)))
+        test.append(rng.permutation(idx)[:k])
+    test_idx = np.sort(np.concatenate(test))
+    train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
+    return train_idx, test_idx
+
+
+def read_digits(root=None) -> Raw:
+    """scikit-learn's digits (the file ``load_digits`` reads), fixed stratified split."""
+    path = _digits_csv()
+    key = ("digits",)
+    hit = _RAW_CACHE.get(key)
+    if hit is not None:
+        return hit
+    try:
+        with gzip.open(path, "rb") as f:
+            rows = [line.split(b",") for line in f.read().splitlines() if line.strip()]
+        arr = np.array(rows, dtype=np.uint8)
+    except (OSError, ValueError, EOFError) as exc:
+        raise SpecError(f"digits: cannot read {path}: {exc}") from None
+    if arr.ndim != 2 or arr.shape[1] != 65:
+        raise SpecError(f"digits: {path} is not the 65-column digits CSV")
+    x = torch.from_numpy(arr[:, :64].reshape(-1, 1, 8, 8).copy())
+    y = torch.from_numpy(arr[:, 64].astype(np.int64))
+    tr, te = _digits_split(arr[:, 64])
+    tr, te = torch.from_numpy(tr), torch.from_numpy(te)
+    raw = Raw(x[tr].contiguous(), y[tr].contiguous(), x[te].contiguous(), y[te].contiguous(), 16.0, key)
+    _RAW_CACHE.put(key, raw)
+    return raw
+
+
+# ----------------------------------------------------------------------------- MNIST-like
+
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _decompress_gz(gz: Path, dest: Path) -> None:
+    """Decompress `gz` to `dest` with torchvision's utility, atomically."""
+    from torchvision.datasets.utils import extract_archive
+
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        try:
+            extract_archive(str(gz), tmp)
+        except (OSError, EOFError, gzip.BadGzipFile, RuntimeError, ValueError) as exc:
+            raise SpecError(f"cannot decompress {gz}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            ) from None
+        os.replace(Path(tmp) / dest.name, dest)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _mnist_reader(name: str, cls_name: str) -> Callable[..., Raw]:
+    def read(root) -> Raw:
+        import torchvision
+        from torchvision.datasets.mnist import read_image_file, read_label_file
+
+        cls = getattr(torchvision.datasets, cls_name)
+        root = Path(root)
+        raw_dir = root / cls_name / "raw"
+        for f in _IDX_FILES:
+            if not (raw_dir / f).is_file() and (raw_dir / (f + ".gz")).is_file():
+                _decompress_gz(raw_dir / (f + ".gz"), raw_dir / f)
+        missing = [f for f in _IDX_FILES if not (raw_dir / f).is_file()]
+        if missing and _download_allowed():
+            try:
+                cls(str(root), train=True, download=True)
+            except Exception as exc:  # noqa: BLE001
+                raise SpecError(f"{name}: download to {raw_dir} failed: {_first_line(exc)}") from None
+            missing = [f for f in _IDX_FILES if not (raw_dir / f).is_file()]
+        if missing:
+            raise SpecError(
+                f"{name}: files not found under {raw_dir} (need {', '.join(_IDX_FILES)}; missing "
+                f"{', '.join(missing)}; .gz versions are fine); place them there or set MLPRUNE_DATA_DIR")
+        paths = [raw_dir / f for f in _IDX_FILES]
+        key = (name, _stamp(paths))
+        hit = _RAW_CACHE.get(key)
+        if hit is not None:
+            return hit
+
+        def load(train: bool):
+            try:
+                ds = cls(str(root), train=train, download=False)
+                return ds.data, ds.targets
+            except Exception:  # noqa: BLE001 -- find the file to blame, in one line
+                pass
+            for fname, reader in ((_IDX_FILES[0 if train else 2], read_image_file),
+                                  (_IDX_FILES[1 if train else 3], read_label_file)):
+                try:
+                    reader(str(raw_dir / fname))
+                except Exception as exc:  # noqa: BLE001
+                    raise SpecError(f"{name}: corrupt or truncated file {raw_dir / fname}: "
+                                    f"{_first_line(exc)}") from None
+            raise SpecError(f"{name}: cannot load {raw_dir} with torchvision.datasets.{cls_name}")
+
+        parts = []
+        for train in (True, False):
+            x, y = load(train)
+            img, lab = (raw_dir / _IDX_FILES[0 if train else 2], raw_dir / _IDX_FILES[1 if train else 3])
+            if x.dtype != torch.uint8 or x.ndim != 3:
+                raise SpecError(f"{name}: {img} does not hold uint8 images (N, H, W)")
+            if len(x) != len(y):
+                raise SpecError(f"{name}: {img} has {len(x)} images but {lab} has {len(y)} labels")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= 10):
+                raise SpecError(f"{name}: {lab} has labels outside 0..9")
+            parts += [x.unsqueeze(1).contiguous(), y.long().contiguous()]
+        raw = Raw(*parts, 255.0, key)
+        _RAW_CACHE.put(key, raw)
+        return raw
+
+    read.__name__ = f"read_{name}"
+    return read
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+def _cifar_reader(name: str, cls_name: str, num_classes: int) -> Callable[..., Raw]:
+    def read(root) -> Raw:
+        import torchvision
+        from torchvision.datasets.utils import check_integrity
+
+        cls = getattr(torchvision.datasets, cls_name)
+        root = Path(root)
+        folder = root / cls.base_folder
+        train_list = [tuple(e) for e in cls.train_list]
+        test_list = [tuple(e) for e in cls.test_list]
+        meta = (cls.meta["filename"], cls.meta["md5"])
+        entries = train_list + test_list + [meta]
+        names = [f for f, _ in entries]
+
+        def missing_files():
+            return [f for f in names if not (folder / f).is_file()]
+
+        missing = missing_files()
+        if missing and (root / cls.filename).is_file():
+            try:
+                with tarfile.open(root / cls.filename, "r:gz") as tf:
+                    tf.extractall(root, filter="data")
+            except (OSError, EOFError, tarfile.TarError) as exc:
+                raise SpecError(f"{name}: cannot extract {root / cls.filename}: {_first_line(exc)}") from None
+            missing = missing_files()
+        if missing and _download_allowed():
+            try:
+                cls(str(root), train=True, download=True)
+            except Exception as exc:  # noqa: BLE001
+                raise SpecError(f"{name}: download to {root} failed: {_first_line(exc)}") from None
+            missing = missing_files()
+        if missing:
+            raise SpecError(
+                f"{name}: files not found under {folder} (need {', '.join(names)}; missing "
+                f"{', '.join(missing)}); place them there (or {cls.filename} in {root}) or set "
+                f"MLPRUNE_DATA_DIR")
+        paths = [folder / f for f in names]
+        key = (name, _stamp(paths), _verify_md5())
+        hit = _RAW_CACHE.get(key)
+        if hit is not None:
+            return hit
+        if _verify_md5():
+            for f, md5 in entries:
+                if not check_integrity(str(folder / f), md5):
+                    raise SpecError(f"{name}: {folder / f} fails its md5 check (corrupt, truncated or not "
+                                    f"the official file); replace it, or set MLPRUNE_VERIFY_MD5=0 for "
+                                    f"hand-made files")
+
+        def load(files):
+            xs, ys = [], []
+            for f, _ in files:
+                path = folder / f
+                try:
+                    with open(path, "rb") as fh:
+                        entry = load_data_pickle(fh)
+                    data = np.asarray(entry["data"], dtype=np.uint8)
+                    labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
+                    labels = np.asarray(labels, dtype=np.int64)
+                    if data.size % 3072 or data.shape[0] != labels.shape[0] or labels.ndim != 1:
+                        raise ValueError(f"data {data.shape} / labels {labels.shape} do not form "
+                                         f"(N, 3072) images with N labels")
+                except Exception as exc:  # noqa: BLE001 -- one line naming the file
+                    raise SpecError(f"{name}: corrupt or truncated file {path}: {_first_line(exc)}") from None
+                if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+                    raise SpecError(f"{name}: {path} has labels outside 0..{num_classes - 1}")
+                xs.append(data.reshape(-1, 3, 32, 32))
+                ys.append(labels)
+            return (torch.from_numpy(np.concatenate(xs)).contiguous(),
+                    torch.from_numpy(np.concatenate(ys)).contiguous())
+
+        try:
+            with open(folder / meta[0], "rb") as fh:
+                load_data_pickle(fh)[cls.meta["key"]]
+        except Exception as exc:  # noqa: BLE001
+            raise SpecError(f"{name}: corrupt or truncated file {folder / meta[0]}: {_first_line(exc)}") from None
+        raw = Raw(*load(train_list), *load(test_list), 255.0, key)
+        _RAW_CACHE.put(key, raw)
+        return raw
+
+    read.__name__ = f"read_{name}"
+    return read
+
+
+
+read_mnist = _mnist_reader("mnist", "MNIST")
+read_fashion_mnist = _mnist_reader("fashion_mnist", "FashionMNIST")
+read_cifar10 = _cifar_reader("cifar10", "CIFAR10", 10)
+read_cifar100 = _cifar_reader("cifar100", "CIFAR100", 100)

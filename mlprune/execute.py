@@ -1,0 +1,640 @@
+"""The one executor: plans -> a task graph of missing states -> a scheduler -> the store.
+
+    execution = Execution(plans, store, scheduler="sync")   # merges the plans by key, finds what exists
+    execution.check()                                       # everything checkable before a run is created
+    result = execution.run(on_state=...)                    # computes what is missing
+
+Every node of every plan has a key before anything runs (`plan`), so plans are
+merged by key: a root or a trained network that several plans share is one
+task, computed once. Each missing state is one task of a dask graph that
+depends on its parents' tasks; independent branches run in parallel. The graph
+is the same for every scheduler: ``sync`` runs it in this process with dask's
+synchronous scheduler, ``processes`` on a local dask cluster, ``tcp://HOST:PORT``
+on a running dask scheduler. A task is plain data (JSON: the node, the tracking
+URI, the experiment id, run options), never an object of the caller's.
+
+Correctness does not rest on dask: two workers (or two users) that need the same
+state meet in the store, where one claims it and the other waits for it
+(`store.claims`); a worker that dies leaves a claim that is taken over. States
+are computed with a fixed torch thread count, so the weights do not depend on
+the scheduler. Reused states are checked first (`Store.verify`): one whose files
+or key do not match what was recorded is marked invalid and computed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlparse
+
+from . import names
+from .errors import SpecError
+from .plan import Node, Plan
+
+SCHEDULERS = ("sync", "processes", "tcp://HOST:PORT")
+CONNECT_TIMEOUT_S = 5
+
+
+@dataclass
+class RunOptions:
+    """How states are computed; none of it is part of a key (recorded as tags / params)."""
+
+    device: str | None = None       # auto, cpu, cuda, cuda:N, mps (None: MLPRUNE_DEVICE, else auto)
+    threads: int | None = None      # torch threads per state (None: MLPRUNE_THREADS, else 1)
+    data_dir: str | None = None     # where datasets are read (None: the root's recorded data_dir, else the default)
+
+    def resolved(self) -> "RunOptions":
+        from .training.devices import check_device_name
+
+        return RunOptions(check_device_name(self.device), self.threads or compute_threads(),
+                          str(self.data_dir) if self.data_dir else None)
+
+
+@dataclass
+class Result:
+    """What an execution reached: per plan {node name: run id}, and what it cost."""
+
+    states: list[dict[str, str]]
+    keys: list[dict[str, str]]
+    experiment_id: str
+    tracking_uri: str
+    computed: int = 0    # distinct states that had no usable FINISHED run when we started
+    reused: int = 0      # distinct states that had one
+    invalid: list = field(default_factory=list)  # (run id, reason) of states found broken and recomputed
+
+
+def parse_scheduler(scheduler: str | None) -> str:
+    scheduler = (scheduler or "sync").strip()
+    if scheduler in ("sync", "processes") or "://" in scheduler:
+        return scheduler
+    raise SpecError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+
+
+def _loopback(address: str) -> bool:
+    host = urlparse(address).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+# ---- threads --------------------------------------------------------------------------------------
+_threads_lock = threading.Lock()
+_threads_users = [0, None]  # states being computed in this process, torch's thread count before
+
+
+def compute_threads() -> int:
+    """Torch threads a state is computed with: MLPRUNE_THREADS, default 1.
+
+    Float sums (matmul, convolutions) are split differently with another thread
+    count, so bitwise-reproducible weights need a fixed one: then a state does
+    not depend on the machine's cores or on the scheduler that ran it.
+    Parallelism comes from computing independent states at once.
+    """
+    text = os.environ.get(names.ENV_THREADS, "").strip() or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise SpecError(f"{names.ENV_THREADS} must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+class _PinnedThreads:
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self):
+        import torch
+
+        with _threads_lock:
+            if _threads_users[0] == 0:
+                _threads_users[1] = torch.get_num_threads()
+            _threads_users[0] += 1
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc):
+        import torch
+
+        with _threads_lock:
+            _threads_users[0] -= 1
+            if _threads_users[0] == 0 and _threads_users[1] is not None:
+                torch.set_num_threads(_threads_users[1])
+
+
+# ---- the per-process side: stores, workspaces -----------------------------------------------------
+_PROCESS: dict = {}          # (tracking uri, experiment id) -> Store; ("ws", device) -> Workspace
+_PROCESS_LOCK = threading.Lock()
+_progress = threading.local()  # sync scheduler: the caller's progress printer
+
+
+def _store(tracking_uri: str, experiment_id: str):
+    from .store import Store
+
+    with _PROCESS_LOCK:
+        key = (tracking_uri, experiment_id)
+        if key not in _PROCESS:
+            _PROCESS[key] = Store(tracking_uri=tracking_uri, experiment_id=experiment_id)
+        return _PROCESS[key]
+
+
+def register_store(store) -> None:
+    """Share `store` (and its memory of states just computed) with the tasks this process runs."""
+    with _PROCESS_LOCK:
+        _PROCESS[(store.tracking_uri, store.experiment_id)] = store
+
+
+def _workspace(device_name: str):
+    from .compute import Workspace
+    from .training.devices import resolve_device
+
+    with _PROCESS_LOCK:
+        key = ("ws", device_name)
+        if key not in _PROCESS:
+            _PROCESS[key] = Workspace(resolve_device(device_name))
+        return _PROCESS[key]
+
+
+def _tune_allocator() -> None:
+    """In a dask worker started with MALLOC_TRIM_THRESHOLD_ (see WORKER_CONFIG), let glibc keep
+    tensors on the heap again: mmap threshold 32 MiB, trim threshold 64 MiB (mallopt)."""
+    if _PROCESS.get("allocator") or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    _PROCESS["allocator"] = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to undo
+        pass
+
+
+# ---- the task -------------------------------------------------------------------------------------
+
+def describe(store, node: dict, run_id: str, parent_run: str | None, inputs: dict[str, str], root_run: str | None,
+             workflow: str | None) -> str:
+    """Markdown for the run's description in the MLflow UI: what the state is, links to its parents,
+    its workflow run and its lineage page (`mlflow server --app-name mlprune`)."""
+    lines = [f"**mlprune state** `{node['label']}` · kind `{node['kind']}`"]
+    if parent_run:
+        lines.append(f"- parent: [{parent_run[:8]}]({store.ui_link(parent_run)})")
+    for role, run_id in inputs.items():
+        lines.append(f"- {role} from: [{run_id[:8]}]({store.ui_link(run_id)})")
+    if root_run and root_run != parent_run:
+        lines.append(f"- root: [{root_run[:8]}]({store.ui_link(root_run)})")
+    if workflow:
+        lines.append(f"- workflow run: [{workflow[:8]}]({store.ui_link(workflow)})")
+    lines.append(f"- lineage: [the DAG around this state]({names.LINEAGE_ROUTE}{run_id}) "
+                 f"(served by `mlflow server --app-name mlprune`)")
+    for step in node["steps"]:
+        lines.append(f"- step `{json.dumps(step, sort_keys=True)}`")
+    return "\n".join(lines)
+
+
+def reach(task_text: str, context_text: str, *dependency_runs: str) -> str:
+    """Reach one state (find it, wait for it, or compute it) and return its run id.
+
+    Runs in a dask worker or, for ``sync``, in the caller. `dependency_runs` are the run ids the
+    task's dependencies reached, in the order of ``task["deps"]``.
+    """
+    task, context = json.loads(task_text), json.loads(context_text)
+    _tune_allocator()
+    for name, value in context.get("env", {}).items():
+        os.environ[name] = value
+    runs = {**task["known"], **dict(zip(task["deps"], dependency_runs))}
+    node = task["node"]
+    store = _store(context["tracking_uri"], context["experiment_id"])
+    parent_run = runs.get(task["parent"]) if task["parent"] else None
+    inputs = {role: runs[key] for role, key in task["inputs"].items()}
+    return _claim_and_compute(store, node, parent_run, inputs, task, context)
+
+
+def _claim_and_compute(store, node: dict, parent_run: str | None, inputs: dict[str, str], task: dict,
+                       context: dict) -> str:
+    from .store import ClaimLost
+
+    parent_state = store.load(parent_run) if parent_run else None
+    root_run = (parent_state.spec.get("root_run") or parent_run) if parent_state is not None else None
+    progress = getattr(_progress, "printer", None)
+
+    def create():
+        tags = {}
+        data_dir = task.get("data_dir")
+        if node["root"] is not None and data_dir:
+            tags[names.TAG_DATA_DIR] = str(data_dir)
+        return store.create(key=node["key"], kind=node["kind"], name=node["label"], parent_run_id=parent_run,
+                            root_run_id=root_run, extra_parents=inputs, workflow=context.get("workflow"), tags=tags)
+
+    while True:
+        run_id, ours = store.claims.claim(node["key"], create, progress=progress, parent_run_id=parent_run)
+        if not ours:
+            return run_id
+        try:
+            final = _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, task, context)
+        except ClaimLost as lost:  # taken over, or an older claim exists: wait for its state
+            store.claims.release(run_id, str(lost))
+            continue
+        if final is not None:
+            return final
+
+
+def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, task, context) -> str | None:
+    from .compute import compute_node
+
+    options = RunOptions(**context["options"])
+    workspace = _workspace(options.device)
+    progress = getattr(_progress, "printer", None)
+    alive = store.claims.keep_alive(run_id, node["key"])
+    try:
+        with _PinnedThreads(options.threads):
+            if progress:
+                progress(f"computing {node['label']} ({node['kind']})")
+            if node["root"] is None:
+                loaded_inputs = {role: store.load(r) for role, r in inputs.items()}
+            else:
+                loaded_inputs = {}
+                store.set_tags(run_id, {names.TAG_ROOT: run_id})  # a root is its own root (design §3)
+            data_dir = (task.get("data_dir") or options.data_dir
+                        or (parent_state.spec.get("data_dir") if parent_state else None))
+            emit = {at: _emitter(store, checkpoint, parent_run, root_run, inputs, data_dir, workspace, options,
+                                 context.get("workflow")) for at, checkpoint in task["emits"]}
+            tensors, metrics, history, weights_from, _data = compute_node(
+                node, parent_state, loaded_inputs, workspace, data_dir=data_dir,
+                heartbeat=lambda: store.claims.heartbeat(run_id), emit=emit, progress=progress)
+            return _finish(store, run_id, node, tensors, metrics, history, weights_from, parent_state, parent_run,
+                           root_run, inputs, data_dir, workspace, options, context.get("workflow"))
+    except BaseException as error:
+        from .store import ClaimLost
+
+        if not isinstance(error, ClaimLost):
+            store.fail(run_id, f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        alive.stop()
+
+
+def _finish(store, run_id, node, tensors, metrics, history, weights_from, parent_state, parent_run, root_run,
+            inputs, data_dir, workspace, options, workflow) -> str:
+    from .training.devices import device_label
+
+    spec = {
+        "kind": node["kind"],
+        "root": node["root"] if node["root"] is not None else parent_state.spec["root"],
+        "steps": node["steps"],
+        "inputs": {role: {"key": store.spec(r)["key"], "run_id": r} for role, r in inputs.items()},
+        "key": node["key"],
+        "semantics": _semantics(),
+        "mlprune_version": _version(),
+        "parent_key": parent_state.spec["key"] if parent_state is not None else None,
+        "parent_run": parent_run,
+        "root_run": root_run if root_run else run_id,
+        "data_dir": str(data_dir) if data_dir else None,
+    }
+    if weights_from:
+        spec["weights_from"] = weights_from
+    params = dict(node["params"])
+    if node.get("round") is not None:
+        params[names.PARAM_ROUND] = node["round"]
+    if node.get("branch") not in (None, "main"):
+        params[names.PARAM_BRANCH] = node["branch"]
+    params[names.PARAM_THREADS] = options.threads
+    store.set_tags(run_id, {names.TAG_DEVICE: device_label(workspace.device),
+                            names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow)})
+    history = {k: v for k, v in history.items() if isinstance(v, list)}
+    return store.finish(run_id, spec=spec, masks=tensors.masks, weights=None if weights_from else tensors.weights,
+                        metrics=metrics, history=history, params=params)
+
+
+def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, workspace, options, workflow):
+    """fn(model, history, masks) storing `checkpoint` (the node's state at that point of its training)."""
+    from .compute import Tensors, evaluate_state
+    from .store import ClaimLost
+
+    def emit(model, history, masks):
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        parent_state = store.load(parent_run)
+        root = parent_state.spec["root"]
+        data = workspace.data(root, data_dir)
+        tensors = Tensors(weights, dict(masks))
+
+        def create():
+            return store.create(key=checkpoint["key"], kind=checkpoint["kind"], name=checkpoint["label"],
+                                parent_run_id=parent_run, root_run_id=root_run, extra_parents=inputs, workflow=workflow)
+
+        run_id, ours = store.claims.claim(checkpoint["key"], create, parent_run_id=parent_run)
+        if not ours:
+            return
+        try:
+            metrics = evaluate_state(workspace, root, data, tensors, history)
+            _finish(store, run_id, checkpoint, tensors, metrics, history, None, parent_state, parent_run, root_run,
+                    inputs, data_dir, workspace, options, workflow)
+        except ClaimLost as lost:
+            store.claims.release(run_id, str(lost))
+        except BaseException as error:
+            store.fail(run_id, f"{type(error).__name__}: {error}")
+            raise
+
+    return emit
+
+
+def _semantics() -> int:
+    from .spec.keys import SEMANTICS_VERSION
+
+    return SEMANTICS_VERSION
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ---- the driver -----------------------------------------------------------------------------------
+
+class Execution:
+    """Plans merged by key, checked against the store, ready to run on a scheduler."""
+
+    def __init__(self, plans: list[Plan], store, *, scheduler: str = "sync", workers: int | None = None,
+                 options: RunOptions | None = None, progress=None):
+        self.plans = list(plans)
+        self.store = store
+        self.scheduler = parse_scheduler(scheduler)
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise SpecError(f"workers must be an integer >= 1, got {workers!r}")
+        if workers is not None and self.scheduler != "processes":
+            raise SpecError("--workers applies to --scheduler processes only; start cluster workers with "
+                            "`dask worker`")
+        from .store import is_server
+
+        if "://" in self.scheduler and not is_server(store.tracking_uri) and not _loopback(self.scheduler):
+            raise SpecError(f"workers of {self.scheduler} cannot share the local tracking store "
+                            f"{store.tracking_uri}: set MLFLOW_TRACKING_URI=http://HOST:5000 (an `mlflow server`)")
+        self.workers = workers
+        self.options = (options or RunOptions()).resolved()
+        self.progress = progress
+        self.nodes: dict[str, Node] = {}     # key -> node (first plan's spelling)
+        self.names: dict[str, str] = {}      # key -> "plan index/node name" for messages
+        for index, plan in enumerate(self.plans):
+            for node in plan.nodes:
+                if node.key not in self.nodes or (self.nodes[node.key].external and not node.external):
+                    self.nodes.setdefault(node.key, node)
+                self.names.setdefault(node.key, f"{plan.recipe}/{node.name}")
+        self.existing, self.invalid = self._lookup()
+        self.missing = [key for key in self._order() if key not in self.existing]
+
+    def _lookup(self) -> tuple[dict[str, str], list]:
+        """{key: run id} of the usable FINISHED states among the plans' nodes; broken ones invalidated."""
+        from .store import IntegrityError
+
+        existing = {node.key: node.run_id for node in self.nodes.values() if node.external}
+        found = self.store.find_many(k for k in self.nodes if k not in existing)
+        invalid = []
+        for key, run_id in found.items():
+            try:
+                self.store.verify(run_id)
+            except IntegrityError as error:
+                self.store.invalidate(run_id, str(error))
+                invalid.append((run_id, str(error)))
+                continue
+            existing[key] = run_id
+        return existing, invalid
+
+    def _order(self) -> list[str]:
+        """Keys in an order where every dependency comes first (plans list parents first)."""
+        seen, out = set(), []
+        for plan in self.plans:
+            for node in plan.nodes:
+                if node.key not in seen:
+                    seen.add(node.key)
+                    out.append(node.key)
+        return out
+
+    def _node_of(self, plan_index: int, name: str) -> Node:
+        return self.plans[plan_index].node(name)
+
+    def _deps(self, key: str) -> tuple[str | None, dict[str, str], list[str]]:
+        """(parent key, {role: input key}, keys it must wait for) of a node."""
+        node = self.nodes[key]
+        plan = next(p for p in self.plans if any(n.key == key and n.name == node.name for n in p.nodes))
+        by_name = {n.name: n for n in plan.nodes}
+        parent = by_name[node.parent].key if node.parent else None
+        inputs = {role: by_name[name].key for role, name in node.inputs.items()}
+        after = [by_name[node.emitted_by].key] if node.emitted_by else []
+        return parent, inputs, after
+
+    def check(self) -> None:
+        """What can be checked before any run is created: the device, the models, data and amounts."""
+        if not self.missing:
+            return
+        if self.scheduler == "sync" or self.scheduler == "processes":
+            from .training.devices import resolve_device
+
+            resolve_device(self.options.device)
+        from .validate import check_nodes
+
+        check_nodes([self.nodes[k] for k in self.missing], self.plans,
+                    _workspace(self.options.device) if self.scheduler == "sync" else None,
+                    data_dir=self.options.data_dir, load_spec=self.store.spec)
+
+    def _tasks(self) -> dict[str, dict]:
+        tasks = {}
+        for key in self.missing:
+            node = self.nodes[key]
+            parent, inputs, after = self._deps(key)
+            deps = [k for k in dict.fromkeys([parent, *inputs.values(), *after]) if k and k in self.missing]
+            known = {k: self.existing[k] for k in [parent, *inputs.values()] if k and k in self.existing}
+            plan = next(p for p in self.plans if any(n.key == key for n in p.nodes))
+            by_name = {n.name: n for n in plan.nodes}
+            emits = [(by_name[name].at, asdict(by_name[name])) for name in node.emits
+                     if by_name[name].key in self.missing]
+            root = self._root(plan, node)
+            tasks[key] = {"node": asdict(node), "parent": parent, "inputs": inputs, "deps": deps, "known": known,
+                          "emits": emits, "data_dir": root.data_dir if root is not None else None}
+        return tasks
+
+    @staticmethod
+    def _root(plan: Plan, node: Node) -> Node | None:
+        by_name = {n.name: n for n in plan.nodes}
+        while node.parent is not None:
+            node = by_name[node.parent]
+        return None if node.external else node
+
+    def _context(self, workflow: str | None) -> dict:
+        from .store import claim_timeout
+
+        return {
+            "tracking_uri": self.store.tracking_uri,
+            "experiment_id": self.store.experiment_id,
+            "options": asdict(self.options),
+            "workflow": workflow,
+            # every participant judges claims by the same timeout
+            "env": {names.ENV_CLAIM_TIMEOUT: repr(claim_timeout()), "MLFLOW_DISABLE_TELEMETRY": "true"},
+        }
+
+    def run(self, on_state=None, *, workflow: str | None = None) -> Result:
+        """Reach every node of every plan. on_state(plan index, node name, run id) as states are reached;
+        `workflow`: the run id of the workflow run the states are computed for (tagged, linked)."""
+        reached = dict(self.existing)
+        keys = [{n.name: n.key for n in plan.nodes} for plan in self.plans]
+
+        def report(key: str):
+            if on_state is None:
+                return
+            for index, plan_keys in enumerate(keys):
+                for name, node_key in plan_keys.items():
+                    if node_key == key:
+                        on_state(index, name, reached[key])
+
+        for key in self._order():
+            if key in reached:
+                report(key)
+        if self.missing:
+            graph = {}
+            context = json.dumps(self._context(workflow or os.environ.get("MLFLOW_RUN_ID")))
+            for key, task in self._tasks().items():
+                graph[key] = (reach, json.dumps(task), context, *task["deps"])
+            if self.scheduler == "sync":
+                self._run_sync(graph, reached, report)
+            else:
+                self._run_dask(graph, reached, report)
+        elif self.scheduler not in ("sync", "processes"):  # nothing to compute, but a bad address is an error
+            _connect(self.scheduler, self.workers)[0].close()
+        return Result([{name: reached[key] for name, key in plan_keys.items()} for plan_keys in keys], keys,
+                      self.store.experiment_id, self.store.tracking_uri,
+                      computed=len(self.missing), reused=len(self.existing), invalid=self.invalid)
+
+    def _run_sync(self, graph, reached, report) -> None:
+        import dask.local
+        from dask.callbacks import Callback
+
+        register_store(self.store)
+
+        class _Report(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                reached[key] = result
+                report(key)
+
+        _progress.printer = self.progress
+        try:
+            with _Report():
+                dask.local.get_sync(graph, list(graph))
+        finally:
+            _progress.printer = None
+
+    def _run_dask(self, graph, reached, report) -> None:
+        from distributed import as_completed
+
+        client, cluster = _connect(self.scheduler, self.workers)
+        try:
+            _check_workers(client, self.scheduler)
+            token = uuid.uuid4().hex[:8]
+            renamed = {f"{self.names[k].replace('/', ':')}-{k[:12]}-{token}": k for k in graph}
+            back = {v: k for k, v in renamed.items()}
+            dsk = {new: (task[0], *[back.get(a, a) if isinstance(a, str) and a in graph else a for a in task[1:]])
+                   for new, task in ((back[k], t) for k, t in graph.items())}
+            futures = client.get(dsk, list(dsk), sync=False)
+            errors = []
+            for future in as_completed(futures):
+                key = renamed[future.key]
+                if future.status == "finished":
+                    reached[key] = future.result()
+                    report(key)
+                else:
+                    errors.append((key, future.exception()))
+            if errors:
+                raise self._task_error(errors)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    def _task_error(self, errors) -> BaseException:
+        """The first task error; a missing package on a worker becomes a one-line SpecError."""
+        key, error = errors[0]
+        if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == "mlprune":
+            return SpecError(f"a dask worker of {self.scheduler} cannot import mlprune: install it there")
+        if hasattr(error, "add_note"):
+            error.add_note(f"mlprune: {len(errors)} state(s) failed; the first: {self.names[key]}")
+        return error
+
+
+def run_plans(plans, store, scheduler: str = "sync", *, workers: int | None = None, on_state=None,
+              options: RunOptions | None = None, progress=None) -> Result:
+    """Check and run plans in one go (`Execution`): per plan {node name: run id} in a Result."""
+    execution = Execution(plans, store, scheduler=scheduler, workers=workers, options=options, progress=progress)
+    execution.check()
+    return execution.run(on_state)
+
+
+def run_plan(plan: Plan, experiment, *, scheduler: str = "sync", workers: int | None = None, on_state=None) -> dict:
+    """Reach every node of one plan with an `api.Experiment`; returns {node name: ExperimentState}.
+
+    on_state(node, state) is called as states are reached.
+    """
+    callback = None
+    if on_state is not None:
+        callback = lambda _index, name, run_id: on_state(plan.node(name), experiment.state(run_id))  # noqa: E731
+    result = run_plans([plan], experiment.store, scheduler, workers=workers, on_state=callback,
+                       options=RunOptions(device=experiment.device, data_dir=experiment.data_dir),
+                       progress=experiment.progress)
+    return {name: experiment.state(run_id) for name, run_id in result.states[0].items()}
+
+
+# dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap
+# threshold: every tensor above 128 KiB is then mmap'ed and unmapped again, and training runs
+# 2-3x slower in a worker than in a plain process. Our local clusters drop the setting; in
+# workers started otherwise (`dask worker`), reach raises both thresholds (_tune_allocator).
+WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
+def local_cluster(n_workers: int):
+    """A distributed.LocalCluster of `n_workers` single-threaded worker processes, set up for training."""
+    import logging
+
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set(WORKER_CONFIG):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.ERROR)
+
+
+def _connect(scheduler: str, workers: int | None):
+    """(client, cluster or None) for 'processes' or a scheduler address; one-line errors."""
+    from distributed import Client
+
+    if scheduler == "processes":
+        cluster = local_cluster(workers or os.cpu_count() or 1)
+        return Client(cluster), cluster
+    started = time.monotonic()
+    try:
+        client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+    except (OSError, TimeoutError, ValueError) as error:
+        raise SpecError(f"cannot reach the dask scheduler {scheduler} within "
+                        f"{time.monotonic() - started:.0f} s: {' '.join(str(error).split())[:200]}") from None
+    return client, None
+
+
+def _check_workers(client, scheduler: str) -> None:
+    """A one-line SpecError if a worker cannot import mlprune (or runs another version)."""
+    import importlib.metadata
+    import importlib.util
+
+    from . import __version__
+
+    deadline = time.monotonic() + 60
+    while not client.scheduler_info().get("workers"):
+        if time.monotonic() > deadline:
+            raise SpecError(f"the dask scheduler {scheduler} has no workers (start them with "
+                            f"`dask worker {scheduler}`)")
+        time.sleep(0.2)
+    found = client.run(importlib.util.find_spec, "mlprune", on_error="return")
+    missing = sorted(worker for worker, spec in found.items() if spec is None or isinstance(spec, BaseException))
+    if missing:
+        raise SpecError(f"dask worker {missing[0]} ({len(missing)} of {len(found)}) cannot import mlprune: "
+                        f"install it there (pip install mlprune) in the Python that runs `dask worker`")
+    versions = client.run(importlib.metadata.version, "mlprune", on_error="return")
+    other = sorted((w, v) for w, v in versions.items() if isinstance(v, str) and v != __version__)
+    if other:
+        raise SpecError(f"dask worker {other[0][0]} runs mlprune {other[0][1]}, this process {__version__}: "
+                        f"install the same version everywhere")

@@ -1,0 +1,75 @@
+"""Every name mlprune writes into MLflow, spelled once: tags, params, metrics, artifacts.
+
+Users, docs, the MLflow UI's filters and other tools rely on these (design.md §3);
+every module that reads or writes one imports it from here. Imports nothing.
+"""
+
+# ---- tags of a state run ------------------------------------------------------------
+TAG_KEY = "mlprune.key"                  # the state's content key (spec.keys)
+TAG_KIND = "mlprune.kind"                # init, train, prune, reinit, "reinit+train", analysis, ...
+TAG_ROOT = "mlprune.root"                # run id of the lineage's root state (a root: its own)
+TAG_PARENT_PREFIX = "mlprune.parent."    # + role: run id of each parent beyond the primary one
+TAG_VERSION = "mlprune.version"          # the mlprune version that wrote the run
+TAG_DEVICE = "mlprune.device"            # where the state was computed (e.g. "cpu", "NVIDIA H200")
+TAG_INVALID = "mlprune.invalid"          # why a state failed its integrity check (it is then never used)
+TAG_ERROR = "mlprune.error"              # why a state run is FAILED or KILLED
+TAG_WORKFLOW = "mlprune.workflow"        # run id of the workflow run that computed the state
+TAG_DATA_DIR = "mlprune.data_dir"        # where a root's data was read (not in the key; children reuse it)
+TAG_HEARTBEAT = "mlprune.heartbeat"      # a RUNNING claim's last sign of life (unix time)
+TAG_CLAIM_HOST = "mlprune.claim.host"    # host/pid namespace of the process holding a claim
+TAG_CLAIM_PID = "mlprune.claim.pid"
+TAG_HASH_PREFIX = "mlprune.sha256."      # + artifact file name: its SHA-256 (also in state.json)
+
+# ---- tags of a workflow run (the run a recipe or sweep works in) ---------------------
+TAG_RECIPE = "mlprune.recipe"            # the recipe (or "sweep a b") a workflow run ran
+TAG_STATES = "mlprune.states"            # how many states it reached
+
+# ---- MLflow's own tags --------------------------------------------------------------
+TAG_PARENT_RUN = "mlflow.parentRunId"    # the primary parent: the UI nests children under it
+TAG_RUN_NAME = "mlflow.runName"
+TAG_NOTE = "mlflow.note.content"         # the run's description (markdown) in the UI
+
+# ---- params of a state run -----------------------------------------------------------
+PARAM_ROUND = "round"                    # recipe round (0 = the dense training)
+PARAM_BRANCH = "branch"                  # recipe branch (main, or a control's name)
+PARAM_THREADS = "run.threads"            # torch threads the state was computed with (bytes depend on it)
+# every resolved step option is a param "<step kind>.<option>" (e.g. prune.method, train.lr)
+
+# ---- metrics of a state run ----------------------------------------------------------
+M_TEST_ACCURACY = "test_accuracy"
+M_TEST_LOSS = "test_loss"
+M_VAL_ACCURACY = "val_accuracy"
+M_VAL_LOSS = "val_loss"
+M_TRAIN_LOSS = "train_loss"              # per epoch (step = epoch)
+M_LR = "lr"                              # per epoch: the learning rate at the epoch's last iteration
+M_SPARSITY = "sparsity"                  # fraction of prunable weights masked
+M_SPARSITY_PREFIX = "sparsity."          # + param name
+M_COMPRESSION = "compression_ratio"
+M_FLOPS_DENSE = "flops_dense"
+M_FLOPS_MASKED = "flops_masked"
+M_THEORETICAL_SPEEDUP = "theoretical_speedup"
+M_DURATION = "duration_s"
+M_ITERATIONS = "iterations"              # optimizer steps a state's training ran
+M_EARLY_STOP_EPOCH = "early_stop_epoch"
+M_EARLY_STOP_ITERATION = "early_stop_iteration"
+
+# ---- artifacts of a state run ----------------------------------------------------------
+WEIGHTS_FILE = "weights.safetensors"
+MASKS_FILE = "masks.safetensors"
+STATE_FILE = "state.json"
+
+# ---- artifacts of a workflow run -------------------------------------------------------
+PLAN_FILE = "plan.json"                  # the plans it ran: nodes with keys, rounds, branches, run ids
+STATES_FILE = "states.json"              # {plan node: state run id}
+PARAMS_FILE = "params.json"
+LINEAGE_SVG = "lineage.svg"
+LINEAGE_HTML = "lineage.html"
+
+# ---- environment ---------------------------------------------------------------------
+ENV_THREADS = "MLPRUNE_THREADS"
+ENV_CLAIM_TIMEOUT = "MLPRUNE_CLAIM_TIMEOUT"
+ENV_DEVICE = "MLPRUNE_DEVICE"
+ENV_DATA_DIR = "MLPRUNE_DATA_DIR"
+
+DEFAULT_EXPERIMENT = "mlprune"
+LINEAGE_ROUTE = "/mlprune/lineage/"      # the lineage pages of `mlflow server --app-name mlprune`

@@ -1,0 +1,375 @@
+"""Plans: the states to reach, each a keyed node, before anything runs.
+
+A `Plan` is a list of `Node`s, parents first. A node is a root (an init spec) or
+a parent node plus resolved steps, and the other nodes it reads by role (a
+rewind's weights, a transplant's mask). Every node's key is computed here, once,
+with `spec.keys` and nothing else: recipes (`recipes.compile_recipe`), sweeps,
+the Python API (`api.Experiment.apply`) and the executor all get their keys from
+a `PlanBuilder`, so a key planned without a store is the key the executor stores.
+
+Sources resolve here too:
+- ``root``: the root of the parent's lineage; ``parent``: the parent;
+- ``state:<node>``: an earlier node of the plan, ``state:<run id>`` or a run id:
+  an existing state (an *external* node, read from the store through `load_state`);
+- a rewind point (``at: "500it"``, ``epoch: 2``): the lineage's first training
+  stopped there, a node of its own (``train@500it``). When the first training is
+  computed in the same plan, it emits that state on the way (``emitted_by``), so
+  nothing is trained twice; otherwise the node trains from the root to that point.
+A train step's ``checkpoints`` become such nodes as well.
+
+Plans are plain data (`Plan.to_json`): they travel to dask workers and are
+recorded on workflow runs, where the report reads rounds and branches from them.
+Pure Python: no torch, no mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from .errors import SpecError
+from .names import PARAM_BRANCH, PARAM_ROUND
+from .spec.keys import canonical_json, root_key, state_key
+from .spec.steps import STEP_KINDS, Source, resolve_root, resolve_steps, schema_of, train_length, truncated_train
+from .spec.times import parse_time
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class Node:
+    name: str                          # unique within the plan
+    key: str
+    kind: str                          # "init", or the step kinds joined by "+" ("reinit+train")
+    parent: str | None = None          # node name of the primary parent (None: a root)
+    steps: list = field(default_factory=list)     # resolved steps, key form ([] for a root)
+    root: dict | None = None           # resolved root spec (roots only)
+    inputs: dict = field(default_factory=dict)    # role -> node name
+    label: str = ""                    # the run name: short, readable when truncated
+    round: int | None = None           # recipe round (0 = the first training)
+    branch: str = "main"               # recipe branch (main, or a control's name)
+    role: str = "state"                # in a recipe: "trained" (a round's result), "pruned", "checkpoint", ...
+    params: dict = field(default_factory=dict)    # MLflow params: resolved options by dotted name
+    data_dir: str | None = None        # roots: where the data is read (not in the key)
+    run_id: str | None = None          # an existing state (external node): nothing to compute
+    emitted_by: str | None = None      # computed on the way by that node's training (a checkpoint of it)
+    at: str | None = None              # ... at this time of its last train step
+    emits: list = field(default_factory=list)     # names of the nodes this node's training emits
+    spec: dict | None = None           # external nodes: the stored spec (state.json)
+
+    @property
+    def external(self) -> bool:
+        return self.run_id is not None
+
+
+@dataclass
+class Plan:
+    recipe: str
+    nodes: list[Node] = field(default_factory=list)
+    params: dict = field(default_factory=dict)     # the recipe's parameters (after -P and protocol)
+    overrides: dict = field(default_factory=dict)  # what -P changed
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {n.name: n.key for n in self.nodes}
+
+    def to_json(self) -> dict:
+        return {"recipe": self.recipe, "params": self.params, "overrides": self.overrides,
+                "nodes": [asdict(n) for n in self.nodes]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Plan":
+        return cls(data["recipe"], [Node(**n) for n in data["nodes"]], dict(data.get("params") or {}),
+                   dict(data.get("overrides") or {}))
+
+
+# ---- names and params -----------------------------------------------------------------------
+
+_NORM = {1: "l1", 2: "l2", "inf": "linf", "-inf": "l-inf"}
+
+
+def _percent(amount) -> str:
+    if isinstance(amount, int):
+        return f"n={amount}"
+    return f"{100 * amount:.3g}%"
+
+
+def describe_step(step: dict, sources: dict | None = None) -> str:
+    """A few words for one resolved step: 'prune l1-struct 20%', 'rewind@500it', 'train 30ep'."""
+    (kind, options), = step.items()
+    if kind == "prune":
+        method = options["method"]
+        if method == "from_state":
+            return "prune transplant"
+        short = {"l1_unstructured": "l1", "random_unstructured": "random",
+                 "random_structured": "random-struct"}.get(method)
+        if method == "ln_structured":
+            short = f"{_NORM.get(options['n'], options['n'])}-struct"
+        short = short or method
+        extra = "*" if options.get("layers") or options.get("include") != ["*"] or options.get("exclude") else ""
+        scope = " global" if options.get("scope") == "global" else ""
+        return f"prune {short}{scope} {_percent(options['amount'])}{extra}"
+    if kind == "reinit":
+        source = (sources or {}).get("weights")
+        at = f"@{source.at}" if source is not None and source.at else ""
+        return f"{options['strategy']}{at}"
+    if kind == "train":
+        length = train_length(options)
+        start = options.get("schedule_from")
+        return f"train {start + '-' if start else ''}{length}"
+    return kind
+
+
+def _param_value(value) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        return canonical_json(value)
+    return str(value)
+
+
+def node_params(steps: list, sources: dict, root: dict | None = None) -> dict:
+    """MLflow params of a state: every resolved option as ``<kind>.<option>`` (public names)."""
+    params = {}
+    if root is not None:
+        for name in ("model", "dataset", "init", "seed"):
+            params[f"init.{name}"] = _param_value(root[name])
+        for name, value in root["data"].items():
+            params[f"init.{name}"] = _param_value(value)
+        return params
+    for step in steps:
+        (kind, options), = step.items()
+        schema = schema_of(kind)
+        names = schema.public(options) if schema is not None else options
+        for name, value in names.items():
+            if isinstance(value, str) and value.startswith("input:"):
+                source = sources.get(value[len("input:"):])
+                value = "?" if source is None else source.describe()
+            params[f"{kind}.{name}"] = _param_value(value)
+    return params
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    """What the planner needs of an existing state: its run id, key and stored spec."""
+
+    run_id: str
+    key: str
+    spec: dict
+
+
+@dataclass(frozen=True)
+class _ResolvedSource:
+    node: Node
+    ref: object
+    at: str | None
+
+    def describe(self) -> str:
+        ref = self.ref if isinstance(self.ref, str) else self.node.run_id or self.node.name
+        return f"{ref}@{self.at}" if self.at else str(ref)
+
+
+class PlanBuilder:
+    """Builds a `Plan` node by node; the only code that turns sources into states and keys.
+
+    ``load_state(run_id) -> StateInfo`` reads an existing state (the store's); without it,
+    a plan may only refer to its own nodes.
+    """
+
+    def __init__(self, recipe: str = "", *, load_state: Callable[[str], StateInfo] | None = None,
+                 params: dict | None = None, overrides: dict | None = None):
+        self.plan = Plan(recipe, [], dict(params or {}), dict(overrides or {}))
+        self._by_name: dict[str, Node] = {}
+        self._by_key: dict[str, Node] = {}
+        self._load_state = load_state
+
+    # ---- adding nodes ------------------------------------------------------------------------
+    def _add(self, node: Node) -> Node:
+        if node.name in self._by_name:
+            raise SpecError(f"plan {self.plan.recipe!r}: two states are named {node.name!r}")
+        self.plan.nodes.append(node)
+        self._by_name[node.name] = node
+        self._by_key.setdefault(node.key, node)
+        return node
+
+    def node(self, name: str) -> Node:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise SpecError(f"plan {self.plan.recipe!r} has no state {name!r}; "
+                            f"it has: {', '.join(self._by_name) or 'none'}") from None
+
+    def root(self, name: str, spec: dict, *, label: str | None = None, data_dir: str | None = None,
+             round: int | None = None, branch: str = "main", role: str = "root") -> Node:
+        resolved = resolve_root(spec)
+        key = root_key(resolved)
+        if key in self._by_key and self._by_key[key].root is not None:
+            return self._by_key[key]
+        data_dir = data_dir or spec.get("data_dir")
+        return self._add(Node(name, key, "init", root=resolved, data_dir=data_dir,
+                              label=label or f"init {resolved['model']} s{resolved['seed']}",
+                              round=round, branch=branch, role=role, params=node_params([], {}, resolved)))
+
+    def external(self, state) -> Node:
+        """The node of an existing state (a state object with run_id/key/spec, a StateInfo or a run id)."""
+        if isinstance(state, str):
+            if self._load_state is None:
+                raise SpecError(f"state {state!r} is not a state of this plan (and no store to look it up)")
+            state = self._load_state(state)
+        for node in self.plan.nodes:
+            if node.run_id == state.run_id:
+                return node
+        spec = state.spec
+        kind = spec.get("kind", "?")
+        node = Node(f"run:{state.run_id}", state.key, kind, root=spec.get("root") if kind == "init" else None,
+                    steps=list(spec.get("steps") or []), label=f"{kind} {state.run_id[:8]}", run_id=state.run_id,
+                    spec=spec, role="external")
+        self.plan.nodes.append(node)
+        self._by_name[node.name] = node
+        self._by_key.setdefault(node.key, node)
+        return node
+
+    def child(self, name: str, parent: str | Node, steps, *, label: str | None = None, round: int | None = None,
+              branch: str = "main", role: str = "state") -> Node:
+        """The node of `parent` under `steps` (raw recipe steps); its checkpoints become nodes too."""
+        parent = parent if isinstance(parent, Node) else self.node(parent)
+        resolved, sources, extras = resolve_steps(list(steps))
+        inputs = {role_: self._source(parent, source, role_) for role_, source in sources.items()}
+        key = state_key(parent.key, resolved, {r: s.node.key for r, s in inputs.items()})
+        kind = "+".join(next(iter(step)) for step in resolved)
+        node = self._by_key.get(key)
+        if node is None or node.external:
+            node = self._add(Node(
+                name, key, kind, parent=parent.name, steps=resolved,
+                inputs={r: s.node.name for r, s in inputs.items()},
+                label=label or self._label(round, branch, role, resolved, sources), round=round, branch=branch,
+                role=role, params=node_params(resolved, inputs)))
+        for index, extra in enumerate(extras):
+            for at in extra.get("checkpoints", ()):
+                if index != len(resolved) - 1:
+                    raise SpecError("train 'checkpoints' are allowed on the last step of a recipe only")
+                self._checkpoint(node, parent, at)
+        return node
+
+    # ---- sources ----------------------------------------------------------------------------
+    def _lineage(self, node: Node) -> list[Node]:
+        """`node` and its primary ancestors, root last (external ancestors read from the store)."""
+        chain = [node]
+        while True:
+            current = chain[-1]
+            if current.external:
+                parent_run = (current.spec or {}).get("parent_run")
+                if not parent_run:
+                    return chain
+                chain.append(self.external(parent_run))
+            elif current.parent is None:
+                return chain
+            else:
+                chain.append(self._by_name[current.parent])
+
+    def _root_of(self, node: Node) -> Node:
+        """The root node of `node`'s lineage (an external state's from its spec, without the chain)."""
+        while not node.external and node.parent is not None:
+            node = self._by_name[node.parent]
+        if node.external and (node.spec or {}).get("root_run") and node.spec["root_run"] != node.run_id:
+            return self.external(node.spec["root_run"])
+        return node
+
+    def _model(self, node: Node) -> str:
+        root_spec = node.root or (node.spec or {}).get("root") or self._root_of(node).root or {}
+        return root_spec.get("model", "?")
+
+    def _source(self, parent: Node, source: Source, role: str) -> _ResolvedSource:
+        ref = source.ref
+        if source.at is not None:
+            return _ResolvedSource(self._rewind_point(parent, source.at), "root", source.at)
+        if hasattr(ref, "run_id") and hasattr(ref, "key"):     # a state object (Python API)
+            node = self.external(StateInfo(ref.run_id, ref.key, ref.spec))
+        elif ref == "root":
+            node = self._root_of(parent)
+        elif ref == "parent":
+            node = parent
+        elif isinstance(ref, str):
+            target = ref[len("state:"):] if ref.startswith("state:") else ref
+            if target in self._by_name:
+                node = self._by_name[target]
+            elif RUN_ID.match(target):
+                node = self.external(target)
+            else:
+                earlier = [n.name for n in self.plan.nodes if not n.external]
+                raise SpecError(f"{role} source {ref!r} is neither a run id nor an earlier state of this "
+                                f"recipe ({', '.join(earlier)})")
+        else:
+            raise SpecError(f"{role} source must be 'root', 'parent', 'state:<node>', a run id or a state; "
+                            f"got {ref!r}")
+        if self._model(node) != self._model(parent):
+            raise SpecError(f"{role} source {node.run_id or node.name} has another architecture "
+                            f"({self._model(node)!r}, not {self._model(parent)!r})")
+        if role == "weights" and node.key not in {n.key for n in self._lineage(parent)}:
+            raise SpecError(f"rewind target {node.run_id or node.name} is not an ancestor of "
+                            f"{parent.run_id or parent.name}")
+        return _ResolvedSource(node, ref, None)
+
+    def _rewind_point(self, parent: Node, at: str) -> Node:
+        """The state after time `at` of the first training of parent's lineage (late rewinding)."""
+        lineage = self._lineage(parent)
+        root = lineage[-1]
+        if parse_time(at).is_zero:
+            return root
+        first = lineage[-2] if len(lineage) >= 2 else None
+        if first is None or len(first.steps) != 1 or "train" not in first.steps[0]:
+            raise SpecError(f"rewinding to {at} needs a lineage whose first step after the root is one train "
+                            f"step; {parent.run_id or parent.name}'s is {first.kind if first else 'missing'!r}")
+        return self._checkpoint(first, root, at)
+
+    def _checkpoint(self, node: Node, parent: Node, at) -> Node:
+        """The state `node` passes through at time `at` of its last (train) step: a node emitted by it."""
+        at = str(parse_time(at))
+        *head, last = node.steps
+        if "train" not in last:
+            raise SpecError(f"a checkpoint needs a state whose last step is a train step, not {node.kind!r}")
+        options = last["train"]
+        end = train_length(options)
+        point = parse_time(at)
+        if point.unit == end.unit and not 0 < point.amount < end.amount:
+            raise SpecError(f"checkpoint / rewind point {at} is outside the training (0..{end})")
+        steps = head + [{"train": truncated_train(options, at)}]
+        key = state_key(parent.key, steps, {r: self._by_name[n].key for r, n in node.inputs.items()})
+        existing = self._by_key.get(key)
+        if existing is not None:
+            return existing
+        emitted = self._add(Node(
+            f"{node.name}@{at}", key, node.kind, parent=parent.name, steps=steps, inputs=dict(node.inputs),
+            label=f"{node.label} @{at}", round=node.round, branch=node.branch, role="checkpoint",
+            params={**node.params, **node_params([steps[-1]], {})},
+            emitted_by=None if node.external else node.name, at=at))
+        if not node.external:
+            node.emits.append(emitted.name)
+        return emitted
+
+    # ---- labels -------------------------------------------------------------------------------
+    @staticmethod
+    def _label(round, branch, role, resolved, sources) -> str:
+        prefix = f"r{round} " if round else ""
+        if branch != "main" and role != "pruned":
+            return f"{prefix}ctrl:{branch}"
+        kinds = [next(iter(s)) for s in resolved]
+        if kinds == ["prune"]:
+            return prefix + describe_step(resolved[0])
+        if "reinit" in kinds and "train" in kinds:
+            reinit = resolved[kinds.index("reinit")]
+            return f"{prefix}{describe_step(reinit, sources)}+train"
+        return prefix + " + ".join(describe_step(s, sources) for s in resolved)
+
+    def build(self) -> Plan:
+        return self.plan
+
+
+def plan_from_json(text: str) -> Plan:
+    return Plan.from_json(json.loads(text))

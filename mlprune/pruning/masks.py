@@ -1,0 +1,278 @@
+"""Mask computation: pure tensor functions (effective weights, amount, previous mask) -> new mask.
+
+The rules (amounts, rounding, small layers, tie-breaking, step specs) are documented in
+the package docstring (`mlprune.pruning`); the methods' entries are `pruning.METHODS`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import SpecError, choice_error
+from . import METHODS, _check_amount, _check_dim, _count, _ord, layer_plan, resolve_prune_step
+
+
+def _prep(weight, mask):
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise SpecError(f"weight must be a floating-point tensor, got {type(weight).__name__}")
+    if mask is None:
+        mask = torch.ones_like(weight, dtype=torch.bool)
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(weight.shape):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise SpecError(f"mask shape {shape} does not match weight shape {tuple(weight.shape)}")
+    mask = mask.detach().to(torch.bool)
+    w = weight.detach().masked_fill(~mask, 0.0)  # effective weights, whatever came in
+    return w, mask
+
+
+def _need_generator(method, generator):
+    if not isinstance(generator, torch.Generator):
+        raise SpecError(f"method {method!r} needs a torch.Generator, got {generator!r}")
+
+
+def _no_options(method, options):
+    if options:
+        key = sorted(options)[0]
+        raise SpecError(f"unknown option {key!r} for {method}; allowed: none")
+
+
+def _other_dims(t, dim):
+    return [d for d in range(t.dim()) if d != dim]
+
+
+def _slices_alive(mask, dim):
+    """Bool vector along `dim`: slice still has a kept entry (torch: mask.sum(...) != 0)."""
+    return mask.any(dim=tuple(_other_dims(mask, dim))) if mask.dim() > 1 else mask.clone()
+
+
+def _apply_slice_keep(mask, dim, keep_slices):
+    shape = [1] * mask.dim()
+    shape[dim] = -1
+    return mask & keep_slices.view(shape)
+
+
+# --------------------------------------------------------------------------- method implementations
+# Single-weight methods: (candidate values, k, generator) -> (indices to prune, keep score: higher = keep).
+def choose_smallest_magnitude(values, k, generator):
+    score = values.abs()
+    return torch.topk(score, k, largest=False).indices, score
+
+
+def choose_at_random(values, k, generator):
+    prob = torch.rand(values.shape, generator=generator, dtype=values.dtype)
+    return torch.topk(prob, k).indices, -prob
+
+
+# Slice methods: (remaining slices along dim, k, generator, options) -> indices (into them) to keep.
+def keep_largest_norm(slices, dim, k, generator, options):
+    norm = torch.linalg.vector_norm(slices, ord=_ord(options["n"]), dim=_other_dims(slices, dim))
+    return torch.topk(norm, slices.shape[dim] - k, largest=True).indices
+
+
+def keep_at_random(slices, dim, k, generator, options):
+    count = slices.shape[dim]
+    gone = torch.topk(torch.rand(count, generator=generator), k, largest=False).indices
+    keep = torch.ones(count, dtype=torch.bool)
+    keep[gone] = False
+    return keep.nonzero().squeeze(1)
+
+
+def _entry(method, granularity):
+    entry = METHODS[method]
+    if entry.granularity != granularity:
+        raise SpecError(f"method {method!r} does not prune {'single weights' if granularity == 'weight' else 'slices'}")
+    return entry
+
+
+def _unstructured(method, weight, amount, mask, generator, options, note_out=None):
+    entry = _entry(method, "weight")
+    _no_options(method, options)
+    _check_amount(amount)
+    if entry.random:
+        _need_generator(method, generator)
+    w, mask = _prep(weight, mask)
+    flat = mask.reshape(-1)
+    cand = flat.nonzero().squeeze(1)  # == torch's t[mask == 1] order
+    k, note = _count(amount, cand.numel(), "weights")
+    if note_out is not None:
+        note_out.update(unit="weights", remaining=int(cand.numel()), pruned=k, note=note)
+    new = mask.clone()
+    if k > 0:
+        idx, _ = entry.load()(w.reshape(-1)[cand], k, generator)
+        new.view(-1)[cand[idx]] = False
+    return new
+
+
+def _structured(method, weight, amount, mask, generator, options, note_out=None):
+    entry = _entry(method, "slice")
+    unknown = sorted(set(options) - set(entry.option_names))
+    if unknown:
+        raise SpecError(f"unknown option {unknown[0]!r} for {method}; allowed: {', '.join(entry.option_names)}")
+    options = {o.name: o.check(options.get(o.name, o.default), o.name) for o in entry.options}
+    _check_amount(amount)
+    dim = _check_dim(options["dim"], weight)
+    if entry.random:
+        _need_generator(method, generator)
+    w, mask = _prep(weight, mask)
+    alive = _slices_alive(mask, dim)
+    idx_alive = alive.nonzero().squeeze(1)
+    rc = int(idx_alive.numel())
+    k, note = _count(amount, rc, f"slices along dim {dim}")
+    if note_out is not None:
+        note_out.update(unit=f"slices along dim {dim}", remaining=rc, pruned=k, note=note)
+    if k == 0:
+        return mask.clone()
+    keep = torch.zeros(w.shape[dim], dtype=torch.bool)
+    keep[idx_alive[entry.load()(w.index_select(dim, idx_alive), dim, k, generator, options)]] = True
+    return _apply_slice_keep(mask, dim, keep)
+
+
+def compute_mask(method, weight, amount, mask, *, generator=None, **options):
+    """New bool mask of `weight` after pruning `amount` more with `method` (one layer)."""
+    entry = METHODS[method]
+    if entry.granularity == "transplant":
+        raise SpecError(f"method {method!r} takes its masks from another state; use transplant_mask")
+    if entry.granularity == "weight":
+        return _unstructured(method, weight, amount, mask, generator, options)
+    return _structured(method, weight, amount, mask, generator, options)
+
+
+def l1_unstructured(weight, amount, mask=None, *, generator=None, **options):
+    """Prune the `amount` smallest-|w| still-unpruned weights (torch L1Unstructured)."""
+    return compute_mask("l1_unstructured", weight, amount, mask, generator=generator, **options)
+
+
+def random_unstructured(weight, amount, mask=None, *, generator=None, **options):
+    """Prune `amount` still-unpruned weights uniformly at random (torch RandomUnstructured)."""
+    return compute_mask("random_unstructured", weight, amount, mask, generator=generator, **options)
+
+
+def ln_structured(weight, amount, mask=None, *, generator=None, **options):
+    """Remove the `amount` remaining slices along `dim` with the smallest L_n norm."""
+    return compute_mask("ln_structured", weight, amount, mask, generator=generator, **options)
+
+
+def random_structured(weight, amount, mask=None, *, generator=None, **options):
+    """Remove `amount` remaining slices along `dim` chosen uniformly at random."""
+    return compute_mask("random_structured", weight, amount, mask, generator=generator, **options)
+
+
+def transplant_mask(masks, source_masks):
+    """`masks & source_masks` per layer (never revives); names and shapes must match."""
+    _same_names(masks, source_masks, "source masks")
+    out = {}
+    for name, m in masks.items():
+        s = source_masks[name]
+        if tuple(s.shape) != tuple(m.shape):
+            raise SpecError(
+                f"source mask {name!r} has shape {tuple(s.shape)}, expected {tuple(m.shape)}"
+            )
+        out[name] = m.detach().to(torch.bool) & s.detach().to(torch.bool)
+    return out
+
+
+def _same_names(expected, got, what):
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(map(repr, missing))}")
+        if extra:
+            parts.append(f"unexpected {', '.join(map(repr, extra))}")
+        raise SpecError(f"{what} do not match the prunable parameters: {'; '.join(parts)}")
+
+
+# --------------------------------------------------------------------------- a whole step
+def prune_masks(weights, masks, kinds, step, *, generator, source_masks=None, report=None):
+    """Apply one prune step to all selected layers; returns a full new masks dict.
+
+    weights: effective weights (at least every name in `masks`); masks: current masks,
+    one per prunable parameter (keys == kinds); step: a prune step spec (resolved or
+    not). For ``from_state`` steps pass the other state's masks as `source_masks`.
+    If `report` is a dict it is filled with ``{name: {...}}`` per layer: method,
+    amount, scope, unit, remaining (before), pruned, and a note when rounding gave 0
+    or keep-at-least-one capped the count; skipped layers get ``{"skip": True, "pruned": 0}``.
+    """
+    step = resolve_prune_step(step)
+    _same_names(kinds, masks, "masks")
+    if METHODS[step["method"]].granularity == "transplant":
+        if source_masks is None:
+            raise SpecError(f"{step['method']} step (state {step['state']!r}) needs the source state's masks")
+        return transplant_mask(masks, source_masks)
+    for name in masks:
+        if name not in weights:
+            raise SpecError(f"weights have no tensor for prunable parameter {name!r}")
+        if tuple(weights[name].shape) != tuple(masks[name].shape):
+            raise SpecError(f"weights[{name!r}] has shape {tuple(weights[name].shape)}, "
+                            f"mask has {tuple(masks[name].shape)}")
+    plan = layer_plan(kinds, step)
+    random_used = [p["method"] for p in plan.values() if "method" in p and METHODS[p["method"]].random]
+    if random_used:
+        _need_generator(random_used[0], generator)
+    new = {name: m.detach().to(torch.bool).clone() for name, m in masks.items()}
+    rep = {}
+
+    pool = [name for name in kinds if plan[name].get("scope") == "global"]
+    if pool:
+        _prune_pool(step["method"], step["amount"], pool, weights, masks, new, generator, rep)
+
+    for name in kinds:
+        cfg = plan[name]
+        if cfg.get("skip"):
+            rep[name] = {"skip": True, "pruned": 0}
+            continue
+        if cfg["scope"] == "global":
+            continue
+        info = {}
+        try:
+            if METHODS[cfg["method"]].structured:
+                options = {k: cfg[k] for k in METHODS[cfg["method"]].option_names}
+                new[name] = _structured(cfg["method"], weights[name], cfg["amount"], masks[name],
+                                        generator, options, info)
+            else:
+                new[name] = _unstructured(cfg["method"], weights[name], cfg["amount"], masks[name],
+                                          generator, {}, info)
+        except SpecError as e:
+            raise SpecError(f"layer {name!r}: {e}") from None
+        rep[name] = {**{k: v for k, v in cfg.items()}, **info}
+    if report is not None:
+        for name in kinds:
+            report[name] = {k: v for k, v in rep[name].items() if v is not None}
+    return new
+
+
+def _prune_pool(method, amount, pool, weights, masks, new, generator, rep):
+    """Global scope: one threshold over the concatenated remaining weights of `pool`."""
+    w_parts, cand_parts, sizes = [], [], []
+    for name in pool:
+        w, m = _prep(weights[name], masks[name])
+        cand = m.reshape(-1).nonzero().squeeze(1)
+        cand_parts.append(cand)
+        w_parts.append(w.reshape(-1)[cand])
+        sizes.append(int(cand.numel()))
+    values = torch.cat(w_parts)
+    total = int(values.numel())
+    try:
+        k, note = _count(amount, total, "weights in the global pool")
+    except SpecError as e:
+        raise SpecError(f"global scope over {', '.join(pool)}: {e}") from None
+    gone = torch.zeros(total, dtype=torch.bool)
+    if k > 0:
+        idx, score = METHODS[method].load()(values, k, generator)
+        gone[idx] = True
+    start = 0
+    for name, cand, size in zip(pool, cand_parts, sizes):
+        seg = slice(start, start + size)
+        layer_note = note
+        if size > 0 and bool(gone[seg].all()):
+            best = start + int(torch.argmax(score[seg]))
+            gone[best] = False
+            layer_note = "keep-at-least-one: spared the layer's last weight"
+        pruned = int(gone[seg].sum())
+        if pruned:
+            new[name].view(-1)[cand[gone[seg]]] = False
+        rep[name] = {"method": method, "amount": amount, "scope": "global", "unit": "weights",
+                     "remaining": size, "pruned": pruned, "note": layer_note}
+        start += size
+

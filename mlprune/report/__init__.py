@@ -1,0 +1,31 @@
+"""Science outputs of an experiment: the Python API on states, series, figures and the HTML report.
+
+- ``states``: compare states' masks and weights (`mask_similarity`, `jaccard_table`,
+  `structure`, `stability`, `trajectories`, `layer_kinds`);
+- ``series``: a store's states grouped by recipe, branch, round and seed (`collect`,
+  `rounds_table`, `accuracy_table`);
+- ``figures``: the matplotlib figures;
+- ``html``: the sections and the self-contained page (`write_report`);
+- ``workflow``: what a workflow run carries (`workflow_files`) and per-state figures.
+
+Importing this package loads nothing heavy; each name loads its module on first use.
+"""
+
+_NAMES = {
+    "mask_similarity": "states", "jaccard_table": "states", "structure": "states", "stability": "states",
+    "trajectories": "states", "layer_kinds": "states",
+    "Series": "series", "Collection": "series", "collect": "series", "rounds_table": "series",
+    "accuracy_table": "series",
+    "write_report": "html", "ReportWarning": "html", "ReportResult": "html",
+    "workflow_files": "workflow", "lineage_files": "workflow", "state_figures": "workflow",
+    "log_state_figures": "workflow", "recipe_figures": "workflow",
+}
+__all__ = list(_NAMES)
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

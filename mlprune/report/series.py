@@ -1,0 +1,194 @@
+"""From a store to series: which states a recipe reached, by round, branch and seed.
+
+Every workflow run (a recipe's or a sweep's) records ``plan.json``: its plans,
+each node with its key, round, branch and role (``trained``, ``pruned``, ...) and
+the run id it reached. A *series* is one recipe branch with one parameter set and
+one seed; series that differ only in their seed share a label and aggregate
+(mean ± std over seeds). Nothing is parsed out of node names or labels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from .. import analysis, lineage
+from ..errors import SpecError
+from ..names import (M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION, M_SPARSITY, M_TEST_ACCURACY, M_TEST_LOSS,
+                     PLAN_FILE, TAG_RECIPE)
+
+# parameters that do not make another series: seeds aggregate; more rounds extend a series
+_SIGNATURE_SKIP = {"seed", "rounds", "data_dir"}
+
+
+@dataclass
+class Series:
+    """One recipe branch with one parameter set and one seed: its states by round.
+
+    ``trained[r]`` is the run id of the trained state of round r (0 = the first
+    training, dense), ``pruned[r]`` the prune state of round r.
+    """
+
+    label: str
+    recipe: str
+    branch: str
+    seed: object
+    params: dict
+    trained: dict = field(default_factory=dict)
+    pruned: dict = field(default_factory=dict)
+    nodes: dict = field(default_factory=dict)     # run id -> plan node (dict), for what the sections need
+
+    @property
+    def rounds(self) -> list[int]:
+        return sorted(self.trained)
+
+
+@dataclass
+class Collection:
+    """What the report draws: the experiment's states, series and the warnings on the way."""
+
+    store: object
+    runs: dict                      # run id -> FINISHED state run
+    series: list[Series]
+    orphans: list[str]              # state run ids no workflow reached
+    warnings: list[str]
+    skipped: dict                   # reason -> [run ids]
+
+
+def recorded_plans(store, workflow_run, warn) -> list[dict]:
+    """The plans a workflow run recorded (each with ``reached``: node -> run id); [] (warned) if none."""
+    run_id = workflow_run.info.run_id
+    recipe = workflow_run.data.tags.get(TAG_RECIPE, "?")
+    try:
+        recorded = json.loads(store.read_artifact(run_id, PLAN_FILE))
+    except (SpecError, ValueError) as error:
+        warn(f"workflow run {run_id[:8]} ({recipe}, {workflow_run.info.status}) has no readable {PLAN_FILE} "
+             f"({error}); its states are in the lineage but not in the per-recipe figures")
+        return []
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("plans"), list):
+        warn(f"workflow run {run_id[:8]} ({recipe}) was recorded by an older mlprune; run its recipe again "
+             f"(nothing is recomputed) to have it in the per-recipe figures")
+        return []
+    return recorded["plans"]
+
+
+def series_of_plan(plan: dict, states: dict) -> dict[str, Series]:
+    """{branch: Series} of one recorded plan (label set by the caller)."""
+    reached = plan.get("reached") or {}
+    nodes = [dict(n, run_id=reached.get(n["name"])) for n in plan["nodes"]]
+    nodes = [n for n in nodes if n["run_id"] in states]
+    seed = next((n["root"]["seed"] for n in nodes if n.get("root")), plan.get("params", {}).get("seed"))
+    out: dict[str, Series] = {}
+
+    def series(branch):
+        return out.setdefault(branch, Series("", plan["recipe"], branch, seed, plan.get("overrides") or {}))
+
+    for node in nodes:
+        if node.get("role") not in ("trained", "pruned") or node.get("round") is None:
+            continue
+        target = series(node.get("branch") or "main")
+        target.nodes[node["run_id"]] = node
+        (target.trained if node["role"] == "trained" else target.pruned)[node["round"]] = node["run_id"]
+    main = out.get("main")
+    for branch, other in out.items():
+        if branch == "main" or main is None:
+            continue
+        if 0 in main.trained:
+            other.trained.setdefault(0, main.trained[0])
+        other.pruned = {**main.pruned, **other.pruned}
+    return out
+
+
+def collect(store, warn=None) -> Collection:
+    """Read an experiment's runs and group its states into series (see module docs)."""
+    messages: list[str] = []
+
+    def note(message):
+        messages.append(message)
+        if warn is not None:
+            warn(message)
+
+    states, workflows, other, unfinished = {}, [], [], []
+    for run in store.runs():
+        if lineage.is_state(run):
+            if run.info.status == "FINISHED" and not run.data.tags.get("mlprune.invalid"):
+                states[run.info.run_id] = run
+            else:
+                unfinished.append(run)
+        elif TAG_RECIPE in run.data.tags:
+            workflows.append(run)
+        else:
+            other.append(run)
+    if other:
+        names = ", ".join(f"{r.info.run_name or '?'} ({r.info.run_id[:8]})" for r in other[:5])
+        more = f" and {len(other) - 5} more" if len(other) > 5 else ""
+        note(f"skipped {len(other)} run(s) that are not mlprune states (no mlprune.key tag): {names}{more}")
+    if unfinished:
+        names = ", ".join(f"{r.info.run_id[:8]} {r.info.status}" for r in unfinished[:5])
+        note(f"skipped {len(unfinished)} state run(s) that are not FINISHED: {names}")
+
+    groups: dict[tuple, Series] = {}
+    signatures: dict[str, set] = {}
+    covered: set[str] = set()
+    for workflow in workflows:
+        for plan in recorded_plans(store, workflow, note):
+            overrides = plan.get("overrides") or {}
+            signature = tuple(sorted((k, str(v)) for k, v in overrides.items()
+                                     if k not in _SIGNATURE_SKIP and v not in (None, "")))
+            for branch, series in series_of_plan(plan, states).items():
+                covered.update(series.trained.values())
+                covered.update(series.pruned.values())
+                signatures.setdefault(series.recipe, set()).add(signature)
+                key = (series.recipe, branch, signature, str(series.seed))
+                if key in groups:  # the same series again (a re-run, more rounds): merge
+                    for attr in ("trained", "pruned", "nodes"):
+                        merged = getattr(groups[key], attr)
+                        for r, run_id in getattr(series, attr).items():
+                            merged.setdefault(r, run_id)
+                else:
+                    groups[key] = series
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "main", kv[0][1], kv[0][2], kv[0][3]))
+    for (recipe, branch, signature, _seed), series in ordered:
+        label = recipe
+        if len(signatures[recipe]) > 1:  # the same recipe with several parameter sets
+            common = set.intersection(*[set(sig) for sig in signatures[recipe]])
+            label += " (" + (", ".join(f"{k}={v}" for k, v in signature if (k, v) not in common) or "defaults") + ")"
+        if branch != "main":
+            label += f" / {branch}"
+        series.label = label
+    orphans = [run_id for run_id in states if run_id not in covered]
+    skipped = {"not mlprune states": [r.info.run_id for r in other],
+               "not FINISHED": [r.info.run_id for r in unfinished]}
+    return Collection(store, states, [s for _, s in ordered], orphans, messages, skipped)
+
+
+def _metric(run, name):
+    value = run.data.metrics.get(name) if run is not None else None
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def rounds_table(collection: Collection) -> list[dict]:
+    """One row per series and round: remaining fraction, test accuracy and loss, seed, run id."""
+    rows = []
+    for series in collection.series:
+        for rnd, run_id in sorted(series.trained.items()):
+            run = collection.runs.get(run_id)
+            acc, sp = _metric(run, M_TEST_ACCURACY), _metric(run, M_SPARSITY)
+            if acc is None or sp is None:
+                continue
+            row = {"recipe": series.label, "series": series.label, "round": rnd, "remaining": 1.0 - sp,
+                   "test_accuracy": acc, "test_loss": _metric(run, M_TEST_LOSS), "seed": series.seed,
+                   "run_id": run_id}
+            stop = _metric(run, M_EARLY_STOP_ITERATION)
+            if stop is not None:
+                row["early_stop_iteration"] = stop
+                row["early_stop_epoch"] = _metric(run, M_EARLY_STOP_EPOCH)
+            rows.append(row)
+    return rows
+
+
+def accuracy_table(collection: Collection) -> list[dict]:
+    """Accuracy vs remaining weights per series label and round, mean ± std over seeds (n)."""
+    rows = rounds_table(collection)
+    return analysis.accuracy_vs_remaining(rows) if rows else []

@@ -1,0 +1,102 @@
+"""The report's Python API on states: masks and weights compared across states.
+
+Works on ``ExperimentState`` objects, or anything with ``run_id``, ``masks``,
+``weights`` and ``spec``:
+
+- :func:`mask_similarity` -- Jaccard of the kept weights of two states, per layer and overall;
+- :func:`jaccard_table` -- the Jaccard matrix of several states (methods x rounds, seeds);
+- :func:`structure` -- entirely pruned units per layer vs random pruning at the same sparsity;
+- :func:`stability` / :func:`trajectories` -- how masks and weights move across rounds.
+
+States of different architectures raise a one-line ``SpecError`` naming both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import analysis
+from ..errors import SpecError
+
+def _name(state) -> str:
+    return str(getattr(state, "run_id", state))[:8]
+
+
+def _model(state) -> str:
+    spec = getattr(state, "spec", None) or {}
+    return str(spec.get("root", {}).get("model", "?"))
+
+
+def mask_similarity(a, b) -> dict:
+    """Jaccard of the kept weights of two states: ``{"overall": J, "per_layer": {param: J}}``.
+
+    States of different architectures raise a one-line ``SpecError`` naming both.
+    """
+    try:
+        return analysis.jaccard(a.masks, b.masks)
+    except SpecError as error:
+        raise SpecError(f"cannot compare state {_name(a)} ({_model(a)}) with state {_name(b)} "
+                        f"({_model(b)}): {error}") from None
+
+
+def jaccard_table(states, labels=None, layer: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """Pairwise Jaccard matrix of several states (``layer``: one parameter, default overall)."""
+    states = list(states)
+    _check_compatible(states)
+    labels = [_name(s) for s in states] if labels is None else list(labels)
+    return analysis.jaccard_matrix([s.masks for s in states], labels, layer=layer)
+
+
+def _check_compatible(states) -> None:
+    for other in states[1:]:
+        a, b = states[0].masks, other.masks
+        if set(a) != set(b) or any(tuple(a[n].shape) != tuple(b[n].shape) for n in a):
+            mask_similarity(states[0], other)  # raises the one-line architecture message
+
+
+_KINDS_CACHE: dict[str, dict[str, str]] = {}
+
+
+def layer_kinds(masks, model: str | None = None) -> dict[str, str]:
+    """Ordered ``{param: "conv" | "linear"}`` of the masked parameters, in the model's layer order.
+
+    Taken from ``models.prunable`` of the named architecture when it can be built,
+    else inferred from the mask shapes (>= 3 dims: conv) in name order.
+    """
+    order: dict[str, str] = {}
+    if model:
+        if model not in _KINDS_CACHE:
+            try:
+                from .. import models
+
+                channels, size = models.model_input(model)
+                side = max(size or 32, 32)
+                built = models.build_model(model, num_classes=10, input_shape=(channels or 3, side, side))
+                _KINDS_CACHE[model] = models.prunable(built)
+            except Exception:  # unknown or unbuildable here: fall back to the shapes
+                _KINDS_CACHE[model] = {}
+        order = _KINDS_CACHE[model]
+    kinds = {n: k for n, k in order.items() if n in masks}
+    for name in sorted(masks):
+        if name not in kinds:
+            kinds[name] = "conv" if masks[name].dim() >= 3 else "linear"
+    return kinds
+
+
+def structure(state) -> dict:
+    """``analysis.emergent_structure`` of a state's masks, layers in the model's order."""
+    return analysis.emergent_structure(state.masks, layer_kinds(state.masks, _model(state)))
+
+
+def stability(states) -> dict:
+    """``analysis.weight_stability`` across states (rounds), e.g. ``[trained, round 1, round 2]``."""
+    states = list(states)
+    _check_compatible(states)
+    return analysis.weight_stability([s.weights for s in states], [s.masks for s in states])
+
+
+def trajectories(states, param: str, k: int = 20):
+    """``analysis.weight_trajectories``: k sampled weights of ``param`` across the states, NaN once pruned."""
+    states = list(states)
+    _check_compatible(states)
+    return analysis.weight_trajectories([s.weights for s in states], [s.masks for s in states], param, k=k)

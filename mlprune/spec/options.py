@@ -1,0 +1,203 @@
+"""Option declarations: one `Option` per step option, one `Schema` per step kind.
+
+An `Option` says everything callers need about one option: its default, how a
+value is checked and made canonical, whether it is part of the state's key, its
+help text. From a `Schema` (the options of one step kind) come the validation
+and its one-line errors, the canonical dict that keys hash, the MLproject
+parameters, the CLI's ``-o`` options and the recipe reference in the docs.
+
+Keys and defaults (design.md §4): an option that existed in the first version
+is always in the key (``key="always"``), so old keys stay; an option added later
+is in the key only when it differs from its default (``key="unless_default"``),
+so a new option whose default changes nothing changes no old key; a run option
+(device, checkpoints) is never in the key (``key="never"``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import SpecError, choice_error
+from .times import ALLOWED as TIME_ALLOWED
+from .times import time_text
+
+REQUIRED = object()  # an Option default meaning "must be given"
+
+
+# ---- value checks: (value, option name) -> canonical value, or a one-line SpecError ------------
+def any_value(value, name):
+    return value
+
+
+def integer(minimum: int | None = None, maximum: int | None = None, *, nullable: bool = False):
+    def check(value, name):
+        if value is None and nullable:
+            return None
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if ok and minimum is not None and value < minimum:
+            ok = False
+        if ok and maximum is not None and value >= maximum:
+            ok = False
+        if not ok:
+            bounds = (f" >= {minimum}" if minimum is not None else "") + (
+                f" and < {maximum}" if maximum is not None else "")
+            raise SpecError(f"{name} must be an integer{bounds}{' or null' if nullable else ''}, got {value!r}")
+        return int(value)
+    check.doc = f"int{f' >= {minimum}' if minimum is not None else ''}" + (" or null" if nullable else "")
+    return check
+
+
+def number(minimum: float | None = None, *, positive: bool = False, below: float | None = None):
+    """A finite number (kept as float): >= minimum, > 0 with positive, < below."""
+    def check(value, name):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and minimum is not None and value < minimum:
+            ok = False
+        if ok and positive and value <= 0:
+            ok = False
+        if ok and below is not None and value >= below:
+            ok = False
+        if not ok:
+            need = " > 0" if positive else (f" >= {minimum:g}" if minimum is not None else "")
+            need += f" and < {below:g}" if below is not None else ""
+            raise SpecError(f"{name} must be a finite number{need}, got {value!r}")
+        return float(value)
+    check.doc = "number" + (" > 0" if positive else (f" >= {minimum:g}" if minimum is not None else ""))
+    return check
+
+
+def boolean(value, name):
+    if not isinstance(value, bool):
+        raise SpecError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+boolean.doc = "true | false"
+
+
+def choice(*allowed):
+    def check(value, name):
+        if value not in allowed:
+            raise choice_error(name, value, allowed)
+        return value
+    check.doc = " | ".join(map(str, allowed))
+    return check
+
+
+def time_value(value, name):
+    return time_text(value, name)
+
+
+time_value.doc = TIME_ALLOWED
+
+
+def seed_value(value, name):
+    """A seed the RNGs take: an int in [0, 2^63)."""
+    return integer(0, 2 ** 63)(value, name)
+
+
+seed_value.doc = "int in [0, 2^63)"
+
+
+def optional(check):
+    def inner(value, name):
+        return None if value is None else check(value, name)
+    inner.doc = f"{getattr(check, 'doc', 'value')} or null"
+    return inner
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any = REQUIRED
+    check: Callable[[Any, str], Any] = any_value
+    help: str = ""
+    key: str = "always"               # "always" | "unless_default" | "never" (see module docs)
+    aliases: tuple[str, ...] = ()     # other spellings accepted in recipes and -o
+    key_name: str | None = None       # its name in the key material, when it differs (first-version names)
+    cli: bool = True                  # offered as an MLproject parameter / -o option
+
+    @property
+    def stored_as(self) -> str:
+        return self.key_name or self.name
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def doc(self) -> str:
+        return getattr(self.check, "doc", "")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The options of one step kind, in declaration order."""
+
+    what: str                       # e.g. "train option": used in error messages
+    options: tuple[Option, ...]
+    by_name: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        names = {}
+        for option in self.options:
+            for spelling in (option.name, *option.aliases):
+                names[spelling] = option
+        object.__setattr__(self, "by_name", names)
+
+    def __iter__(self):
+        return iter(self.options)
+
+    def __getitem__(self, name: str) -> Option:
+        return self.by_name[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self.by_name
+
+    @property
+    def names(self) -> list[str]:
+        return [o.name for o in self.options]
+
+    def canonical_names(self, raw: dict) -> dict:
+        """`raw` with aliases replaced by option names; unknown options are a one-line SpecError."""
+        if not isinstance(raw, dict):
+            raise SpecError(f"{self.what}s must be a mapping, got {raw!r}")
+        out = {}
+        for given, value in raw.items():
+            option = self.by_name.get(given)
+            if option is None:
+                raise SpecError(f"unknown {self.what} {given!r}; allowed: {', '.join(self.names)}")
+            if option.name in out:
+                raise SpecError(f"{self.what} {option.name!r} is given twice (as {given!r} too)")
+            out[option.name] = value
+        return out
+
+    def resolve(self, raw: dict, *, keep: tuple[str, ...] = ()) -> dict:
+        """Checked, canonical options in key form: defaults filled, keys named as stored.
+
+        An ``unless_default`` option at its default and every ``never`` option are left
+        out (unless named in `keep`).
+        """
+        given = self.canonical_names(raw)
+        out = {}
+        for option in self.options:
+            if option.name in given:
+                value = option.check(given[option.name], option.name)
+            elif option.required:
+                raise SpecError(f"{self.what} {option.name!r} is required")
+            else:
+                value = option.default
+            if option.name not in keep:
+                if option.key == "never":
+                    continue
+                if option.key == "unless_default" and value == option.default:
+                    continue
+            out[option.stored_as] = value
+        return out
+
+    def public(self, stored: dict) -> dict:
+        """Key-form options with their public names (for params and display)."""
+        by_stored = {o.stored_as: o.name for o in self.options}
+        return {by_stored.get(k, k): v for k, v in stored.items()}

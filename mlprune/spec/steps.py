@@ -1,0 +1,402 @@
+"""One declaration per step kind: its options, how they resolve, what other states it reads.
+
+A recipe step is a one-key mapping ``{kind: options}`` (``{"train": {...}}``).
+`resolve_step` turns it into a `ResolvedStep`: the canonical options that keys
+hash (defaults filled, sources replaced by ``input:<role>``) and the *sources*
+it reads beyond its parent (a rewind's weights, a transplant's mask), by role.
+The planner turns sources into states and their keys (`plan.PlanBuilder`).
+
+`STEP_KINDS` is the registry: validation and errors, the options' defaults, the
+MLproject parameters, the CLI's ``-o`` options and docs/recipes.md all come from
+these entries. Adding a step kind is one `StepKind` entry (and its runner).
+Pure Python: nothing here imports torch or mlflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import SpecError, choice_error
+from ..registry import Registry, load_impl
+from .options import (REQUIRED, Option, Schema, any_value, boolean, choice, integer, number, optional,
+                      seed_value, time_value)
+from .times import parse_time
+
+# ---- sources ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """Another state a step reads: ``ref`` is "root", "parent", "state:<plan node or run id>",
+    a run id, or a state object (Python API); ``at`` a time of the lineage's first training
+    (rewinding to a point of training: the state after ``at`` of it)."""
+
+    ref: object
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedStep:
+    kind: str
+    options: dict                                   # key form: exactly what the key hashes
+    sources: dict = field(default_factory=dict)     # role -> Source
+
+    def as_dict(self) -> dict:
+        return {self.kind: self.options}
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One step kind.
+
+    schema: its options (docs, CLI, MLproject); resolve: raw options -> ResolvedStep
+    (validation, canonical key form, sources); runner: ``"module:function"`` that
+    computes it (``compute``); produces: "network" (weights and masks) or "analysis".
+    """
+
+    name: str
+    schema: Schema
+    resolve: Callable[[dict], ResolvedStep]
+    runner: str = ""
+    produces: str = "network"
+    help: str = ""
+
+    def load(self):
+        return load_impl(self.runner)
+
+
+def _is_state_object(value) -> bool:
+    return hasattr(value, "run_id") and hasattr(value, "key")
+
+
+# ---- init (the root) ------------------------------------------------------------------------
+
+def _model_check(value, name):
+    from ..models import model_entry
+
+    model_entry(value, check_torchvision=False)
+    return value
+
+
+def _dataset_check(value, name):
+    from ..data import DATASETS
+
+    DATASETS[value]
+    return value
+
+
+def _init_check(value, name):
+    from ..models import INIT_NAMES
+
+    if value not in INIT_NAMES:
+        raise choice_error("init", value, INIT_NAMES)
+    return value
+
+
+def _val_size(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
+            isinstance(value, float) and value >= 1):
+        raise SpecError(f"{name} must be an int >= 0 (a count) or a float in [0, 1) (a fraction), got {value!r}")
+    return value
+
+
+INIT_SCHEMA = Schema("root option", (
+    Option("model", "lenet", _model_check, "architecture (models.MODELS, or tv:<torchvision name>)"),
+    Option("dataset", "digits", _dataset_check, "dataset (data.DATASETS)"),
+    Option("init", "default", _init_check, "weight initialization"),
+    Option("seed", 0, seed_value, "seeds the initialization and, by default, every training's data order"),
+    # data options: in the key only when they differ from their default (under "data")
+    Option("val_size", 0, _val_size, "validation split held out of the training data (count or fraction)",
+           key="unless_default"),
+    Option("augment", None, any_value, "augmentation: null (dataset default), true, false, crop, flip, crop+flip",
+           key="unless_default"),
+    Option("image_size", None, optional(integer(1)), "resize images to this side (px)", key="unless_default"),
+    Option("channels", None, optional(choice(1, 3)), "convert images to 1 or 3 channels", key="unless_default"),
+    Option("train_size", None, optional(integer(1)), "use this many training examples (a seeded subset)",
+           key="unless_default"),
+    Option("test_size", None, optional(integer(1)), "use the first this many test examples", key="unless_default"),
+    Option("data_dir", None, any_value, "where the dataset's files are (not part of the key)", key="never"),
+))
+_DATA_OPTIONS = ("val_size", "augment", "image_size", "channels", "train_size", "test_size")
+
+
+def resolve_root(spec: dict) -> dict:
+    """Validate a root (init) spec; its canonical form ``{model, dataset, init, seed, data: {...}}``.
+
+    Data options left at their default are not part of it: a new no-op option cannot change old keys.
+    """
+    resolved = INIT_SCHEMA.resolve(spec)
+    out = {k: resolved[k] for k in ("model", "dataset", "init", "seed")}
+    out["data"] = {k: resolved[k] for k in _DATA_OPTIONS if k in resolved}
+    return out
+
+
+def _resolve_init(raw: dict) -> ResolvedStep:
+    return ResolvedStep("init", resolve_root(raw))
+
+
+# ---- train ------------------------------------------------------------------------------------
+
+def _optimizer_check(value, name):
+    from ..training import OPTIMIZERS
+
+    OPTIMIZERS[value]
+    return value
+
+
+def _lr_schedule_check(value, name):
+    """"constant" | "<kind>" | {kind: ..., <options>}: canonical "constant" or a dict with times as text."""
+    from ..training import SCHEDULES
+
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict) or "kind" not in value:
+        raise SpecError(f"{name} must be a kind ({', '.join(SCHEDULES)}) or a mapping with 'kind', got {value!r}")
+    entry = SCHEDULES[value["kind"]]
+    unknown = sorted(set(value) - {"kind", *entry.options})
+    if unknown:
+        raise SpecError(f"unknown {name} option {unknown[0]!r} for kind {entry.name!r}; "
+                        f"allowed: {', '.join(entry.options) or 'none'}")
+    if entry.name == "constant":
+        return "constant"
+    out = {"kind": entry.name}
+    for option, default in entry.options.items():
+        given = value.get(option, default)
+        if given is None:
+            raise SpecError(f"{name} kind {entry.name!r} needs {option!r}")
+        if option == "milestones":
+            if not isinstance(given, (list, tuple)) or not given:
+                raise SpecError(f"{name} milestones must be a non-empty list of times, got {given!r}")
+            given = [str(parse_time(m, "milestone")) for m in given]
+        elif option == "gamma":
+            given = number(positive=True)(given, "gamma")
+        out[option] = given
+    return out
+
+
+_lr_schedule_check.doc = "constant | multistep (milestones, gamma) | cosine | linear"
+
+
+def _checkpoints_check(value, name):
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(f"train {name} must be a list of times, got {value!r}")
+    return sorted({parse_time(v, "checkpoint") for v in value})
+
+
+TRAIN_SCHEMA = Schema("train option", (
+    Option("steps", 1, time_value, "training length: epochs (int), '<N>ep' or '<N>it'", aliases=("epochs",)),
+    Option("lr", 0.01, number(positive=True), "base learning rate"),
+    Option("optimizer", "sgd", _optimizer_check, "sgd | adam | adamw"),
+    Option("momentum", 0.0, number(0.0), "SGD momentum (sgd only)"),
+    Option("weight_decay", 0.0, number(0.0), "weight decay (L2 for sgd/adam, decoupled for adamw)"),
+    Option("batch_size", 32, integer(1), "examples per optimizer step"),
+    # named "seed" in keys (the first version's name): null = the root's seed
+    Option("data_order_seed", None, optional(seed_value), "seeds the data order and augmentation "
+           "(null: the root's seed); two trainings that differ only in it differ only in SGD noise",
+           aliases=("seed",), key_name="seed"),
+    Option("nesterov", False, boolean, "Nesterov momentum (sgd with momentum > 0)", key="unless_default"),
+    Option("lr_schedule", "constant", _lr_schedule_check, "learning-rate schedule", key="unless_default"),
+    Option("warmup", "0it", time_value, "linear warmup of the LR from 0 over this time", key="unless_default"),
+    Option("label_smoothing", 0.0, number(0.0, below=1.0), "label smoothing of the cross-entropy loss",
+           key="unless_default"),
+    Option("precision", "fp32", choice("fp32", "bf16", "fp16"),
+           "fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler)", key="unless_default"),
+    Option("schedule_from", "0it", time_value, "start at this time of the schedule (LR, warmup, data order) "
+           "and train to the end (`steps`)", key="unless_default"),
+    Option("stop_at", None, optional(time_value), "stop at this time of the schedule (a checkpoint of a longer "
+           "training)", key="unless_default"),
+    Option("checkpoints", (), _checkpoints_check, "also store the state at these times of this training "
+           "(each is the training stopped there)", key="never", cli=False),
+))
+
+
+def resolve_train(raw: dict) -> ResolvedStep:
+    """Canonical train options (see `TRAIN_SCHEMA`), in key form.
+
+    The length is ``epochs: N`` when given in epochs (the first version's form, so old keys
+    stay) and ``steps: "<N>it"`` when given in iterations. Options of another optimizer are
+    dropped when at their default, refused otherwise. A stop that cuts a training whose
+    schedule does not depend on its length is that shorter training (same key), so a
+    checkpoint and the shorter training are one state.
+    """
+    from ..training import OPTIMIZERS, SCHEDULES
+
+    given = TRAIN_SCHEMA.canonical_names(raw)
+    resolved = TRAIN_SCHEMA.resolve(given)
+    length = parse_time(resolved.pop("steps"), "train steps")
+    optimizer = OPTIMIZERS[resolved["optimizer"]]
+    for other in OPTIMIZERS.values():
+        for option in other.takes:
+            if option in optimizer.takes:
+                continue
+            if given.get(option):
+                raise SpecError(f"train option {option!r} applies to optimizer {other.name} only, "
+                                f"not {optimizer.name!r}")
+            resolved.pop(option, None)
+    if resolved.get("nesterov") and resolved.get("momentum", 0.0) <= 0:
+        raise SpecError("train option 'nesterov' needs momentum > 0")
+    start = parse_time(resolved.get("schedule_from", "0it"))
+    schedule = resolved.get("lr_schedule", "constant")
+    length_dependent = schedule != "constant" and SCHEDULES[schedule["kind"]].length_dependent
+    if "stop_at" in resolved:
+        stop = parse_time(resolved["stop_at"])
+        if stop.unit == length.unit:  # other units compare only when the iterations per epoch are known
+            if stop.amount > length.amount:
+                raise SpecError(f"train stop_at {stop} is after the end of the training ({length})")
+            if stop.amount == length.amount or not length_dependent:
+                length = stop  # stopped at its end, or cut where nothing depends on the length: a shorter training
+                del resolved["stop_at"]
+    end = parse_time(resolved.get("stop_at", str(length)))
+    if start.unit == end.unit and start.amount > end.amount:
+        raise SpecError(f"train schedule_from {start} is after the end of the training ({end})")
+    if length.unit == "ep":
+        resolved["epochs"] = length.amount
+    else:
+        resolved["steps"] = str(length)
+    return ResolvedStep("train", resolved)
+
+
+def train_length(options: dict):
+    """The `Time` a resolved train step runs to (its end, or its stop_at)."""
+    if options.get("stop_at"):
+        return parse_time(options["stop_at"])
+    return parse_time(options["epochs"]) if "epochs" in options else parse_time(options["steps"])
+
+
+def truncated_train(options: dict, at) -> dict:
+    """The resolved train step `options` stopped at time `at`: the state after `at` of that training."""
+    raw = {k: v for k, v in options.items() if k not in ("epochs", "steps", "stop_at")}
+    full = options["steps"] if "steps" in options else options["epochs"]
+    return resolve_train({**raw, "steps": full, "stop_at": str(parse_time(at))}).options
+
+
+# ---- prune ------------------------------------------------------------------------------------
+
+def _prune_option_doc():
+    from ..pruning import METHODS, _method_options
+
+    options = [
+        Option("method", REQUIRED, any_value, "pruning method: " + ", ".join(METHODS)),
+        Option("amount", REQUIRED, any_value, "a fraction in (0, 1) of what remains, or an int count"),
+        Option("scope", "layer", choice("layer", "global"), "layer (each layer alone) or global (one threshold)"),
+    ]
+    for name, option in _method_options().items():
+        users = [m for m, e in METHODS.items() if name in e.option_names]
+        options.append(Option(name, option.default, any_value, f"{option.help} ({', '.join(users)})"))
+    options += [
+        Option("include", ["*"], any_value, "layers to prune: globs over parameter names or @conv, @linear, @output"),
+        Option("exclude", [], any_value, "layers to leave alone (same selectors)"),
+        Option("layers", {}, any_value, "per-layer overrides {selector: {method, amount, ..., skip}}", cli=False),
+        Option("seed", None, optional(seed_value), "seed of random methods (default: derived from the state's key)"),
+        Option("from", None, any_value, "from_state: the state whose mask to take (a run id or state:<node>)"),
+        Option("bias", False, any_value, "bias pruning (not supported)", cli=False),
+    ]
+    return Schema("prune option", tuple(options))
+
+
+def resolve_prune(raw: dict) -> ResolvedStep:
+    from ..pruning import METHODS, resolve_prune_step
+
+    raw = dict(raw or {})
+    method = raw.get("method")
+    if method in METHODS and METHODS[method].granularity == "transplant":
+        unknown = sorted(set(raw) - {"method", "from"})
+        if unknown:
+            raise SpecError(f"unknown {method} option {unknown[0]!r}; allowed: method, from")
+        source = raw.get("from")
+        if source is None:
+            raise SpecError(f"prune method {method!r} needs 'from': the state whose mask to take")
+        return ResolvedStep("prune", {"method": method, "from": "input:mask"}, {"mask": Source(source)})
+    raw.pop("from", None)
+    return ResolvedStep("prune", resolve_prune_step(raw))
+
+
+# ---- reinit -----------------------------------------------------------------------------------
+
+REINIT_SCHEMA = Schema("reinit option", (
+    Option("strategy", REQUIRED, any_value, "rewind | random | sign | zhou | shuffle | keep"),
+    Option("to", "root", any_value, "the weights source: root, parent, state:<node> or a run id"),
+    Option("at", None, optional(time_value), "rewind to this time of the first training (to: root)"),
+    Option("epoch", None, any_value, "the same as at: <epoch> (first version)", cli=False),
+    Option("seed", None, optional(seed_value), "seed of random strategies (default: derived from the state's key)"),
+    Option("reset_optimizer", True, any_value, "every train step starts a fresh optimizer (false is refused)",
+           cli=False),
+))
+
+
+def resolve_reinit(raw: dict) -> ResolvedStep:
+    from ..reinit import STRATEGIES, resolve_reinit_step
+
+    raw = dict(raw or {})
+    objects = {k: v for k, v in raw.items() if _is_state_object(v)}  # Python API: to=<state>
+    options = resolve_reinit_step({k: ("state:object" if k in objects else v) for k, v in raw.items()})
+    if not STRATEGIES[options["strategy"]].reads_source:
+        return ResolvedStep("reinit", options)
+    source = Source(objects.get("to", options["to"]), options["at"])
+    if source.at is not None and source.ref != "root":
+        raise SpecError(f"a rewind point 'at' counts time of the first training from the root; "
+                        f"'to' must be root, not {source.ref!r}")
+    keyed = {k: v for k, v in options.items() if k != "at"}
+    keyed["to"] = "input:weights"
+    return ResolvedStep("reinit", keyed, {"weights": source})
+
+
+# ---- the registry -----------------------------------------------------------------------------
+
+STEP_KINDS: Registry[StepKind] = Registry("step")
+STEP_KINDS.add(StepKind("init", INIT_SCHEMA, _resolve_init, "mlprune.compute:run_init",
+                        help="the root: a freshly initialized network"))
+STEP_KINDS.add(StepKind("train", TRAIN_SCHEMA, resolve_train, "mlprune.compute:run_train",
+                        help="train with a fresh optimizer; masks enforced at every step"))
+STEP_KINDS.add(StepKind("prune", None, resolve_prune, "mlprune.compute:run_prune",
+                        help="compute new masks from the current effective weights"))
+STEP_KINDS.add(StepKind("reinit", REINIT_SCHEMA, resolve_reinit, "mlprune.compute:run_reinit",
+                        help="set the weights before retraining (rewind, random, sign, zhou, shuffle, keep)"))
+CHILD_KINDS = ("prune", "reinit", "train")  # what a recipe's steps may be (init makes roots only)
+
+
+def schema_of(kind: str) -> Schema:
+    """The option schema of a step kind (prune's is built from the method catalog)."""
+    entry = STEP_KINDS[kind]
+    return entry.schema if entry.schema is not None else _prune_option_doc()
+
+
+def resolve_step(step) -> ResolvedStep:
+    """One recipe step ``{kind: options}`` -> its `ResolvedStep`; a one-line SpecError if invalid."""
+    if not isinstance(step, dict) or len(step) != 1:
+        raise SpecError(f"a step is a mapping with one key out of {', '.join(CHILD_KINDS)}; got {step!r}")
+    (kind, options), = step.items()
+    if kind not in CHILD_KINDS and not (kind in STEP_KINDS and STEP_KINDS[kind].produces == "analysis"):
+        raise choice_error("step", kind, [k for k in STEP_KINDS if k != "init"])
+    if options is not None and not isinstance(options, dict):
+        raise SpecError(f"{kind} options must be a mapping, got {options!r}")
+    return STEP_KINDS[kind].resolve(dict(options or {}))
+
+
+def resolve_steps(steps) -> tuple[list[dict], dict[str, Source], list]:
+    """(resolved steps in key form, {role: Source}, run-only extras per step) of a recipe's steps.
+
+    Run-only extras: a train step's ``checkpoints`` (times at which its state is also stored).
+    """
+    if not steps:
+        raise SpecError("a recipe needs at least one step (prune, reinit or train)")
+    resolved, sources, extras = [], {}, []
+    rewound_to = None  # a rewind to a point of training: the retrain continues the schedule from there
+    for step in steps:
+        if rewound_to is not None and isinstance(step, dict) and "train" in step and isinstance(step["train"], dict) \
+                and "schedule_from" not in step["train"]:
+            step = {"train": {**step["train"], "schedule_from": rewound_to}}
+        result = resolve_step(step)
+        source = result.sources.get("weights")
+        rewound_to = source.at if source is not None and source.at and result.kind == "reinit" else rewound_to
+        for role, source in result.sources.items():
+            if role in sources:
+                raise SpecError(f"a recipe can take its {role} source from one state only")
+            sources[role] = source
+        resolved.append(result.as_dict())
+        (kind, options), = step.items()
+        extras.append({"checkpoints": TRAIN_SCHEMA["checkpoints"].check((options or {}).get("checkpoints", ()),
+                                                                        "checkpoints")}
+                      if kind == "train" else {})
+    return resolved, sources, extras

@@ -1,0 +1,81 @@
+"""A state's files: safetensors tensors and a JSON spec, their hashes, and where they are.
+
+Nothing is pickled: safetensors holds tensors only, state.json is JSON, so
+loading a state cannot run code. Every file's SHA-256 is recorded when the state
+is finished (the tensor files' in state.json, all three in tags) and checked on
+every read (`verify_files`): a flipped byte, a truncated or swapped file is an
+`IntegrityError`, never a silently different state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from ..errors import SpecError
+from ..names import MASKS_FILE, STATE_FILE, TAG_HASH_PREFIX, WEIGHTS_FILE
+
+
+class IntegrityError(SpecError):
+    """A stored state does not match its recorded hashes or key: it must not be used."""
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def tensors_bytes(tensors: dict) -> bytes:
+    """Safetensors bytes of CPU, contiguous copies of the tensors (a GPU state saves like any other)."""
+    from safetensors.torch import save
+
+    return save({name: t.detach().cpu().contiguous() for name, t in tensors.items()})
+
+
+def tensors_from(content: bytes, *, run_id: str, name: str) -> dict:
+    from safetensors.torch import load
+
+    try:
+        return load(content)
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file: one line
+        raise IntegrityError(f"state {run_id}: {name} is not a readable safetensors file "
+                             f"({' '.join(str(error).split())[:120]})") from None
+
+
+def state_files(spec: dict, masks: dict, weights: dict | None) -> dict[str, bytes]:
+    """The files of a state: masks, weights (unless it references its parent's), state.json.
+
+    state.json records the tensor files' SHA-256 under ``files``.
+    """
+    files = {MASKS_FILE: tensors_bytes(masks)}
+    if weights is not None:
+        files[WEIGHTS_FILE] = tensors_bytes(weights)
+    spec = {**spec, "files": {name: sha256(content) for name, content in files.items()}}
+    files[STATE_FILE] = json.dumps(spec, indent=1, sort_keys=True).encode()
+    return files
+
+
+def hash_tags(files: dict[str, bytes]) -> dict[str, str]:
+    return {TAG_HASH_PREFIX + name: sha256(content) for name, content in files.items()}
+
+
+def verify_file(run_id: str, name: str, content: bytes, tags: dict, spec: dict | None = None) -> None:
+    """An IntegrityError unless `content` has the SHA-256 recorded for it (tag, and state.json's)."""
+    digest = sha256(content)
+    recorded = tags.get(TAG_HASH_PREFIX + name)
+    in_spec = (spec or {}).get("files", {}).get(name)
+    for where, expected in (("tag", recorded), ("state.json", in_spec)):
+        if expected is not None and expected != digest:
+            raise IntegrityError(f"state {run_id}: {name} does not match its recorded SHA-256 ({where}): "
+                                 f"the file was changed or damaged")
+
+
+def local_path(uri: str) -> Path | None:
+    """The local directory behind an artifact URI, or None if it is remote."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and uri:
+        return Path(uri)
+    return None

@@ -1,0 +1,441 @@
+"""`Store`: one MLflow experiment seen as a content-addressed store of states.
+
+A state is one MLflow run: created RUNNING with its key tagged (its claim, see
+`claims`), given its artifacts, params and metrics, and only then set FINISHED.
+A state that fails is set FAILED; only FINISHED runs without an
+``mlprune.invalid`` tag are states. Every read is checked (`artifacts`): a state
+whose files or key do not match what was recorded is an `IntegrityError`, and
+`invalidate` marks it so that the next run recomputes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..errors import SpecError
+from ..names import (MASKS_FILE, STATE_FILE, TAG_ERROR, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_NOTE, TAG_PARENT_PREFIX,
+                     TAG_PARENT_RUN, TAG_ROOT, TAG_VERSION, TAG_WORKFLOW, WEIGHTS_FILE)
+from . import artifacts
+from .artifacts import IntegrityError
+from .claims import Claims, claim_tags
+from .experiments import experiment_id as resolve_experiment_id
+from .experiments import one_line, open_client
+from .experiments import tracking_uri as default_tracking_uri
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# against a tracking server MLflow prints a progress bar per artifact read and a URL per run ended:
+# noise in the output of every state (and of every dask worker)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """What a state run holds, read back from the store (integrity checked)."""
+
+    run_id: str
+    weights: dict
+    masks: dict
+    spec: dict
+    tags: dict
+
+
+def recomputed_key(spec: dict) -> str | None:
+    """The key a state's spec (state.json) determines, or None for a spec without one."""
+    from ..spec.keys import root_key, state_key
+
+    if spec.get("kind") == "init" or not spec.get("parent_key"):
+        return root_key(spec["root"]) if "root" in spec and not spec.get("steps") else None
+    return state_key(spec["parent_key"], spec["steps"], {r: s["key"] for r, s in (spec.get("inputs") or {}).items()})
+
+
+class Store:
+    """One MLflow experiment of one tracking store, as a store of states.
+
+    ``create=False``: read-only use; a missing experiment is a one-line error, never created.
+    """
+
+    def __init__(self, experiment: str | None = None, *, tracking_uri: str | None = None,
+                 experiment_id: str | None = None, cache_size: int = 16, create: bool = True):
+        self.tracking_uri = default_tracking_uri(tracking_uri)
+        self.client = open_client(self.tracking_uri)
+        self._experiment = experiment
+        self._experiment_id = experiment_id
+        self._create = create
+        self.claims = Claims(self)
+        self._cache: OrderedDict[str, StoredState] = OrderedDict()
+        self._cache_size = cache_size
+        self._specs: dict[str, dict] = {}     # verified specs of FINISHED states: they never change
+        self._runs: dict[str, object] = {}    # FINISHED runs seen by a look-up: their info never changes
+        self._created: dict[str, tuple[str, dict]] = {}  # run id -> (artifact URI, tags) of runs we created
+        self._lock = threading.Lock()
+
+    # ---- experiments -----------------------------------------------------------------------
+    @property
+    def experiment_id(self) -> str:
+        """Resolved (and created if missing, unless read-only) on first use."""
+        if self._experiment_id is None:
+            try:
+                self._experiment_id = resolve_experiment_id(self.client, self.tracking_uri, self._experiment,
+                                                            create=self._create)
+            except SpecError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any store failure is one line for the user
+                raise SpecError(f"tracking store {self.tracking_uri}: {one_line(error)}") from None
+        return self._experiment_id
+
+    @property
+    def experiment_name(self) -> str:
+        return self.client.get_experiment(self.experiment_id).name
+
+    # ---- runs -------------------------------------------------------------------------------
+    def _search(self, filter_string: str = "", max_results: int = 50000, experiment_ids=None) -> list:
+        from mlflow.entities import ViewType
+
+        out, token = [], None
+        ids = experiment_ids or [self.experiment_id]
+        while True:
+            page = self.client.search_runs(ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
+                                           max_results=min(max_results, 50000), order_by=["attributes.start_time ASC"],
+                                           page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token or len(out) >= max_results:
+                return out
+
+    def valid_finished(self, runs) -> list:
+        """The runs among `runs` that are usable states: FINISHED, not marked invalid."""
+        good = [r for r in runs if r.info.status == "FINISHED" and not r.data.tags.get(TAG_INVALID)]
+        with self._lock:
+            for run in good:
+                self._runs[run.info.run_id] = run
+        return good
+
+    def find(self, key: str) -> str | None:
+        """Run id of the FINISHED state with this key, or None."""
+        runs = self.valid_finished(self._search(f"tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'"))
+        return runs[0].info.run_id if runs else None
+
+    def find_many(self, keys) -> dict[str, str]:
+        """{key: run id of its FINISHED state} for the keys that have one (one search)."""
+        keys = set(keys)
+        if not keys:
+            return {}
+        found = {}
+        for run in self.states():
+            key = run.data.tags.get(TAG_KEY)
+            if key in keys and key not in found:
+                found[key] = run.info.run_id
+        return found
+
+    def states(self, finished_only: bool = True) -> list:
+        """All state runs of the experiment (mlflow Run objects), oldest first."""
+        status = " and attributes.status = 'FINISHED'" if finished_only else ""
+        runs = self._search(f"tags.`{TAG_KEY}` != ''{status}")
+        return self.valid_finished(runs) if finished_only else runs
+
+    def runs(self) -> list:
+        """Every active run of the experiment, states or not (reports say what they skip)."""
+        return self._search()
+
+    def run(self, run_id: str):
+        import mlflow
+
+        try:
+            return self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as error:
+            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(error, "error_code", "")) or "not found" in str(error).lower():
+                raise SpecError(f"run {run_id!r} not found in the tracking store {self.tracking_uri}") from None
+            raise SpecError(f"tracking store {self.tracking_uri}: {one_line(error)}") from None
+
+    def resolve_run_id(self, ref: str) -> str:
+        """A full run id from a run id or an unambiguous prefix (8 characters, as `mlprune tree` prints)."""
+        ref = str(ref).strip()
+        if len(ref) == 32:
+            return ref
+        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+            raise SpecError(f"run id {ref!r} is not a run id or a prefix of one (hex, at least 4 characters)")
+        ids = [e.experiment_id for e in self.client.search_experiments(max_results=50000)]
+        matches = sorted({r.info.run_id for r in self._search(f"tags.`{TAG_KEY}` != ''", experiment_ids=ids)
+                          if r.info.run_id.startswith(ref)})
+        if not matches:
+            raise SpecError(f"no state run id starts with {ref!r} in the tracking store {self.tracking_uri}")
+        if len(matches) > 1:
+            raise SpecError(f"run id prefix {ref!r} is ambiguous: {', '.join(m[:12] for m in matches[:5])}"
+                            f"{' ...' if len(matches) > 5 else ''}; give more characters")
+        return matches[0]
+
+    def state_run(self, run_id: str):
+        """The run of a usable mlprune state, or a one-line SpecError."""
+        run = self._runs.get(run_id) or self.run(run_id)
+        if TAG_KEY not in run.data.tags:
+            raise SpecError(f"run {run_id!r} is not an mlprune state (it has no {TAG_KEY} tag)")
+        if run.data.tags.get(TAG_INVALID):
+            raise IntegrityError(f"state {run_id} is marked invalid: {run.data.tags[TAG_INVALID]}")
+        if run.info.status != "FINISHED":
+            raise SpecError(f"run {run_id!r} is an mlprune state but {run.info.status}, not FINISHED")
+        return run
+
+    # ---- writing ----------------------------------------------------------------------------
+    def create(self, *, key: str, kind: str, name: str, parent_run_id: str | None, root_run_id: str | None,
+               extra_parents: dict[str, str], workflow: str | None = None, note: str = "",
+               tags: dict | None = None) -> str:
+        """Create the RUNNING run that will hold a state (its claim)."""
+        all_tags = {TAG_KEY: key, TAG_KIND: kind, TAG_VERSION: __version__, **claim_tags(), **(tags or {})}
+        if parent_run_id:
+            all_tags[TAG_PARENT_RUN] = parent_run_id
+        if root_run_id:
+            all_tags[TAG_ROOT] = root_run_id
+        for role, run_id in extra_parents.items():
+            all_tags[TAG_PARENT_PREFIX + role] = run_id
+        if workflow:
+            all_tags[TAG_WORKFLOW] = workflow
+        if note:
+            all_tags[TAG_NOTE] = note
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        with self._lock:
+            self._created[run.info.run_id] = (run.info.artifact_uri, all_tags)
+        return run.info.run_id
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def _artifact_repo(self, run_id: str):
+        """The run's artifact repository, without MlflowClient.log_artifacts' get_run per run."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+        created = self._created.get(run_id)
+        uri = created[0] if created else self.run(run_id).info.artifact_uri
+        return get_artifact_repository(add_databricks_profile_info_to_artifact_uri(uri, self.tracking_uri),
+                                       tracking_uri=self.tracking_uri)
+
+    def write_files(self, run_id: str, files: dict[str, bytes | str]) -> None:
+        """Write artifact files (``{relative path: content}``) of a run."""
+        created = self._created.get(run_id)
+        local = artifacts.local_path(created[0]) if created else None
+        if local is not None:  # a local artifact store: write in place (the run is not FINISHED yet)
+            for name, content in files.items():
+                target = local / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content.encode() if isinstance(content, str) else content)
+            return
+        with tempfile.TemporaryDirectory(prefix="mlprune-") as tmp:
+            for name, content in files.items():
+                target = Path(tmp) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content.encode() if isinstance(content, str) else content)
+            if created:
+                self._artifact_repo(run_id).log_artifacts(tmp)
+            else:
+                self.client.log_artifacts(run_id, tmp)
+
+    def finish(self, run_id: str, *, spec: dict, masks: dict, weights: dict | None, metrics: dict[str, float],
+               history: dict[str, list] | None = None, params: dict | None = None,
+               extra_files: dict[str, bytes] | None = None) -> str:
+        """Write a state's artifacts, params and metrics, then mark its run FINISHED; returns the run id
+        of the key's FINISHED state: ours, or another run's that finished first (ours is then KILLED;
+        ClaimLost if our claim was taken over).
+
+        `weights=None` stores a prune-only state that references its parent's weights (state.json's
+        `weights_from`); loading resolves them. `history`: per-epoch metrics {name: [(step, value)]}.
+        """
+        from mlflow.entities import Metric, Param, RunStatus
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        for name, values in (history or {}).items():
+            batch += [Metric(name, float(v), now, int(step)) for step, v in values]
+        for start in range(0, len(batch), 1000):  # MLflow's log_batch limit
+            self.client.log_batch(run_id, metrics=batch[start:start + 1000])
+        if params:
+            items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+            for start in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[start:start + 100])
+        files = artifacts.state_files(spec, masks, weights)
+        self.write_files(run_id, {**files, **(extra_files or {})})
+        self.set_tags(run_id, artifacts.hash_tags(files))
+        key = spec.get("key")
+        winner = self.claims.settle(run_id, key, before=True)  # never two FINISHED runs for one key
+        if winner == run_id:
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+            winner = self.claims.settle(run_id, key, before=False)
+        if winner == run_id:
+            self._remember(run_id, json.loads(files[STATE_FILE]), masks, weights)
+        return winner
+
+    def _remember(self, run_id: str, spec: dict, masks: dict, weights: dict | None) -> None:
+        """Keep what finish() just wrote: the state's next load() (its children's) reads no store."""
+        import torch
+
+        created = self._created.pop(run_id, None)
+        self.claims.beats.pop(run_id, None)
+        with self._lock:
+            self._specs[run_id] = spec
+            self.claims.computed.add(run_id)
+            source = self._cache.get(spec.get("weights_from")) if weights is None else None
+        if weights is None and source is None:
+            return  # a prune-only state whose parent is not in memory: resolved on load
+        masks = {name: t.detach().to(torch.bool).cpu().clone() for name, t in masks.items()}
+        if weights is None:
+            weights = {name: (t * masks[name] if name in masks else t) for name, t in source.weights.items()}
+        else:
+            weights = {name: t.detach().cpu().clone().contiguous() for name, t in weights.items()}
+        tags = dict(created[1]) if created else {}
+        self._keep(StoredState(run_id, weights, masks, spec, tags))
+
+    def _keep(self, state: StoredState) -> None:
+        with self._lock:
+            self._cache[state.run_id] = state
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    def fail(self, run_id: str, reason: str = "") -> None:
+        """Mark a state run FAILED so that it is never taken for a finished state."""
+        from mlflow.entities import RunStatus
+
+        self._created.pop(run_id, None)
+        self.claims.beats.pop(run_id, None)
+        try:
+            if reason:
+                self.client.set_tag(run_id, TAG_ERROR, reason[:4000])
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        except Exception:  # the store itself may be what failed; the run stays non-FINISHED
+            pass
+
+    def invalidate(self, run_id: str, reason: str) -> None:
+        """Mark a FINISHED state that failed its integrity check: never used again (FAILED + mlprune.invalid)."""
+        from mlflow.entities import RunStatus
+
+        with self._lock:
+            self._cache.pop(run_id, None)
+            self._specs.pop(run_id, None)
+            self._runs.pop(run_id, None)
+        self.set_tags(run_id, {TAG_INVALID: reason[:4000]})
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+    # ---- reading ----------------------------------------------------------------------------
+    def _artifact_bytes(self, run, name: str) -> bytes:
+        local = artifacts.local_path(run.info.artifact_uri)
+        if local is not None:  # a local artifact store: read in place, nothing to download
+            try:
+                return (local / name).read_bytes()
+            except FileNotFoundError:
+                raise SpecError(f"run {run.info.run_id} has no artifact {name!r}") from None
+            except OSError as error:
+                raise SpecError(f"run {run.info.run_id}: cannot read {name}: {one_line(error)}") from None
+        with tempfile.TemporaryDirectory(prefix="mlprune-") as tmp:
+            try:
+                path = self.client.download_artifacts(run.info.run_id, name, tmp)
+            except Exception as error:  # noqa: BLE001
+                raise SpecError(f"state {run.info.run_id} has no artifact {name!r} ({one_line(error)})") from None
+            return Path(path).read_bytes()
+
+    def read_artifact(self, run_id: str, name: str) -> bytes:
+        """One artifact file of any run of the store; a one-line SpecError if it has none."""
+        return self._artifact_bytes(self.run(run_id), name)
+
+    def _state_file(self, run, name: str, spec: dict | None = None) -> bytes:
+        """A state's file, checked against its recorded hash; a missing file is an IntegrityError too."""
+        try:
+            content = self._artifact_bytes(run, name)
+        except SpecError as error:
+            raise IntegrityError(f"state {run.info.run_id}: {name} is missing ({error})") from None
+        artifacts.verify_file(run.info.run_id, name, content, run.data.tags, spec)
+        return content
+
+    def spec(self, run_id: str) -> dict:
+        """A FINISHED state's resolved spec (state.json), checked against its hash and key."""
+        with self._lock:
+            if run_id in self._specs:
+                return self._specs[run_id]
+        run = self.state_run(run_id)
+        content = self._state_file(run, STATE_FILE)
+        try:
+            spec = json.loads(content)
+        except ValueError:
+            raise IntegrityError(f"state {run_id}: state.json is not valid JSON") from None
+        key = run.data.tags.get(TAG_KEY)
+        recomputed = recomputed_key(spec)
+        if spec.get("key") != key or (recomputed is not None and recomputed != key):
+            raise IntegrityError(f"state {run_id}: its key tag {key} does not match the key its state.json "
+                                 f"determines ({recomputed or spec.get('key')})")
+        with self._lock:
+            self._specs[run_id] = spec
+        return spec
+
+    def load(self, run_id: str) -> StoredState:
+        """A FINISHED state's weights (resolved), masks, spec and tags, integrity checked."""
+        with self._lock:
+            if run_id in self._cache:
+                self._cache.move_to_end(run_id)
+                return self._cache[run_id]
+        run = self.state_run(run_id)
+        spec = self.spec(run_id)
+        masks = artifacts.tensors_from(self._state_file(run, MASKS_FILE, spec), run_id=run_id, name=MASKS_FILE)
+        if spec.get("weights_from"):
+            source = self.load(spec["weights_from"]).weights
+            weights = {name: (t * masks[name] if name in masks else t) for name, t in source.items()}
+        else:
+            weights = artifacts.tensors_from(self._state_file(run, WEIGHTS_FILE, spec), run_id=run_id,
+                                             name=WEIGHTS_FILE)
+        for name, mask in masks.items():
+            if name not in weights or tuple(weights[name].shape) != tuple(mask.shape):
+                raise IntegrityError(f"state {run_id}: mask {name!r} does not fit its weights")
+        state = StoredState(run_id, weights, masks, spec, dict(run.data.tags))
+        self._keep(state)
+        return state
+
+    def verify(self, run_id: str) -> None:
+        """An IntegrityError unless the state's files and key are as recorded (reads every file)."""
+        with self._lock:
+            self._cache.pop(run_id, None)
+            self._specs.pop(run_id, None)
+        self.load(run_id)
+
+    def artifact_files(self, run_id: str) -> dict[str, bytes]:
+        """The three artifact files of a state, weights resolved (for `mlprune export`), verified."""
+        state = self.load(run_id)
+        return {
+            WEIGHTS_FILE: artifacts.tensors_bytes(state.weights),
+            MASKS_FILE: artifacts.tensors_bytes(state.masks),
+            STATE_FILE: self._state_file(self.state_run(run_id), STATE_FILE),
+        }
+
+    def log_figures(self, run_id: str, figures: dict) -> None:
+        """Log matplotlib figures on a run ({artifact path: Figure}) with MLflow's log_figure."""
+        for name, figure in figures.items():
+            self.client.log_figure(run_id, figure, name)
+
+    def ui_link(self, run_id: str, experiment_id: str | None = None) -> str:
+        """Relative link to a run in the MLflow UI (used in run descriptions)."""
+        return f"#/experiments/{experiment_id or self.experiment_id}/runs/{run_id}"
+
+
+def open_experiment(ref: str, *, tracking_uri: str | None = None) -> Store:
+    """The Store of an existing experiment, by name or id; a one-line SpecError if there is none."""
+    import mlflow
+
+    probe = Store(tracking_uri=tracking_uri, create=False)
+    client = probe.client
+    found = client.get_experiment_by_name(str(ref))
+    if found is None and str(ref).isdigit():
+        try:
+            found = client.get_experiment(str(ref))
+        except mlflow.exceptions.MlflowException:
+            found = None
+    if found is None or found.lifecycle_stage != "active":
+        names = [e.name for e in client.search_experiments(max_results=50)]
+        raise SpecError(f"no experiment {ref!r} in the tracking store {probe.tracking_uri}; "
+                        f"experiments: {', '.join(names) or 'none'}")
+    return Store(found.name, tracking_uri=probe.tracking_uri, experiment_id=found.experiment_id, create=False)

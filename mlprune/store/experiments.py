@@ -1,0 +1,236 @@
+"""Tracking stores and experiments: which store, which experiment, created safely.
+
+- The tracking URI is MLflow's own choice (``MLFLOW_TRACKING_URI``, else
+  ``sqlite:///mlflow.db`` in the working directory), made absolute so dask workers
+  elsewhere open the same store.
+- A server (``http(s)://``) is checked first with a short timeout: an unreachable
+  one, or one that does not answer as MLflow, is one line, never a hang.
+- A fresh sqlite store is created under a file lock next to the database, so
+  processes started together do not race MLflow's schema migration; experiments
+  are created under the same lock (another process may have created it meanwhile).
+- Experiment names: the argument, else ``MLFLOW_EXPERIMENT_ID`` /
+  ``MLFLOW_EXPERIMENT_NAME`` (as ``mlflow run`` sets them), else ``mlprune``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import SpecError
+from ..names import DEFAULT_EXPERIMENT
+
+CONNECT_TIMEOUT_S = 5.0
+MAX_EXPERIMENT_NAME = 500
+SQLITE_WAL_ENV = "MLPRUNE_SQLITE_WAL"
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use: `uri`, else MLflow's default; a relative sqlite path made absolute."""
+    if uri is None:
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+    return absolute_uri(str(uri))
+
+
+def absolute_uri(uri: str) -> str:
+    """sqlite:///relative.db -> sqlite:////abs/relative.db, a bare path -> an absolute path."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    parsed = urlparse(uri)
+    if parsed.scheme == "" and uri:
+        return os.path.abspath(uri)
+    return uri
+
+
+def is_server(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https", "databricks") or "postgres" in uri or "mysql" in uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def check_tracking(uri: str) -> None:
+    """A one-line SpecError unless an http(s) tracking server answers as MLflow within a few seconds."""
+    import urllib.error
+    import urllib.request
+
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S) as response:
+            body = response.read(64)
+    except urllib.error.HTTPError as error:
+        raise SpecError(f"the server at {uri} does not answer as an MLflow tracking server "
+                        f"(HTTP {error.code} on /health)") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise SpecError(f"cannot reach the tracking server at {uri}: {reason}") from None
+    if body.strip() != b"OK":
+        raise SpecError(f"the server at {uri} does not answer as an MLflow tracking server "
+                        f"(/health said {body[:20]!r})")
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """An exclusive lock across processes for creating a sqlite store and its experiments."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = Path(str(path) + ".lock")
+    try:
+        handle = open(lock, "a")
+    except OSError as error:
+        raise SpecError(f"cannot open the tracking store {path}: {one_line(error)}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_sqlite_file(path: Path) -> None:
+    if path.exists():
+        if path.is_dir():
+            raise SpecError(f"the tracking store {path} is a directory, not a sqlite database")
+        size = path.stat().st_size
+        if size == 0:
+            raise SpecError(f"the tracking store {path} is an empty file (0 bytes): not a database; "
+                            f"move it away to start a new store")
+        with open(path, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                raise SpecError(f"the tracking store {path} is not a sqlite database (damaged or another file)")
+    elif not os.access(path.parent, os.W_OK):
+        raise SpecError(f"cannot create the tracking store {path}: {path.parent} is not writable")
+
+
+def open_client(uri: str):
+    """An MlflowClient on `uri` whose store exists (created and migrated under the store lock)."""
+    from mlflow.tracking import MlflowClient
+
+    check_tracking(uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        _check_sqlite_file(path)
+    client = MlflowClient(tracking_uri=uri)
+    if path is None:
+        return client
+    with store_lock(uri):
+        for attempt in range(5):
+            try:
+                store = client._tracking_client.store  # creates and migrates the schema on first use
+                break
+            except Exception as error:  # noqa: BLE001
+                if "locked" in str(error).lower() and attempt < 4:
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                raise SpecError(f"cannot open the tracking store {path}: {one_line(error)}") from None
+        _tune_sqlite(store)
+    return client
+
+
+_TUNED: set = set()
+
+
+def _tune_sqlite(store) -> None:
+    """Open a sqlite tracking store in WAL mode with synchronous=NORMAL.
+
+    MLflow's default (rollback journal, synchronous=FULL) fsyncs on every commit, 1-5 ms
+    each and several per state; in WAL mode a commit costs no fsync, readers never block
+    the writer, and the store survives process crashes (a power cut may lose the last
+    commits, never corrupts it). WAL is a property of the database file; every sqlite
+    client, MLflow's UI included, reads it as before. MLPRUNE_SQLITE_WAL=0 leaves the
+    store as MLflow opens it.
+    """
+    if os.environ.get(SQLITE_WAL_ENV, "1").strip() == "0":
+        return
+    engine = getattr(store, "engine", None)
+    if engine is None or engine.dialect.name != "sqlite" or id(engine) in _TUNED:
+        return
+    from sqlalchemy import event
+
+    def pragmas(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except Exception:  # e.g. locked by another process right now: this connection stays as it is
+            pass
+        try:
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    event.listen(engine, "connect", pragmas)
+    engine.dispose()  # connections pooled before the listener reopen with it
+    _TUNED.add(id(engine))
+
+
+def resolve_experiment_name(name: str | None = None) -> str | None:
+    """The experiment the states go into: argument, then MLflow's env vars, then 'mlprune'.
+
+    Returns None when MLFLOW_EXPERIMENT_ID names the experiment by id.
+    """
+    if name:
+        return name
+    # `mlflow run` without --experiment-name sets id 0 (MLflow's "Default"): that is no choice
+    if os.environ.get("MLFLOW_EXPERIMENT_ID") not in (None, "", "0"):
+        return None
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def _check_name(name: str) -> str:
+    if not name.strip() or len(name) > MAX_EXPERIMENT_NAME or any(ord(c) < 32 for c in name):
+        raise SpecError(f"experiment name {name[:60]!r}{'...' if len(name) > 60 else ''} is not valid; "
+                        f"allowed: 1 to {MAX_EXPERIMENT_NAME} printable characters")
+    return name
+
+
+def experiment_id(client, uri: str, name: str | None, *, create: bool = True) -> str:
+    """The id of the experiment `name` (see resolve_experiment_name), created if missing and `create`."""
+    import mlflow
+
+    resolved = resolve_experiment_name(name)
+    if resolved is None:
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    _check_name(resolved)
+    found = client.get_experiment_by_name(resolved)
+    if found is not None:
+        if found.lifecycle_stage != "active":
+            raise SpecError(f"experiment {resolved!r} is deleted in the tracking store {uri}; restore it "
+                            f"(mlflow experiments restore) or choose another name")
+        return found.experiment_id
+    if not create:
+        names = [e.name for e in client.search_experiments(max_results=50)]
+        raise SpecError(f"no experiment {resolved!r} in the tracking store {uri}; "
+                        f"experiments: {', '.join(names) or 'none'}")
+    with store_lock(uri):
+        found = client.get_experiment_by_name(resolved)  # another process may have made it meanwhile
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(resolved)
+        except mlflow.exceptions.MlflowException:
+            found = client.get_experiment_by_name(resolved)
+            if found is None:
+                raise
+            return found.experiment_id

@@ -1,0 +1,76 @@
+"""The workflow run: the run a recipe or a sweep works in, beside the states it reaches.
+
+It is not a state. It is named after the recipe, carries the recipe's parameters,
+and records ``plan.json`` (every plan node with its key, round, branch and the run
+id it reached), ``states.json``, the lineage files and the recipe's figures. It
+lives in the states' experiment, so ``mlprune report <experiment>`` finds it.
+Under ``mlflow run``, MLflow has already opened a run (in the experiment
+``--experiment-name`` names, else MLflow's Default): when that is the states'
+experiment it is the workflow run; otherwise a workflow run is opened beside the
+states and the two are linked both ways (tags and descriptions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .. import __version__
+from ..names import (PARAMS_FILE, STATES_FILE, TAG_NOTE, TAG_RECIPE, TAG_RUN_NAME, TAG_STATES, TAG_VERSION,
+                     TAG_WORKFLOW)
+
+TAG_LAUNCHER = "mlprune.launcher"   # on a workflow run: the `mlflow run` run that started it
+
+
+class WorkflowRun:
+    def __init__(self, store, *, recipe: str, params: dict):
+        from mlflow.entities import Param
+
+        self.store = store
+        self.client = store.client
+        self.params = params
+        launcher = os.environ.get("MLFLOW_RUN_ID")
+        launcher_run = None
+        if launcher:
+            try:
+                launcher_run = self.client.get_run(launcher)
+            except Exception:  # noqa: BLE001 - not in this store: nothing to link
+                launcher_run = None
+        if launcher_run is not None and launcher_run.info.experiment_id == store.experiment_id:
+            self.run_id, self.owned = launcher, False
+            # `mlflow run` logged the entry point's own parameters ('' = recipe default) already
+            self.client.log_batch(self.run_id, tags=_tags({TAG_RECIPE: recipe, TAG_RUN_NAME: recipe}))
+            return
+        tags = {TAG_RECIPE: recipe, TAG_VERSION: __version__}
+        if launcher_run is not None:
+            tags[TAG_LAUNCHER] = launcher
+            tags[TAG_NOTE] = (f"**mlprune workflow run** of `{recipe}`, started by `mlflow run` "
+                              f"([its run]({store.ui_link(launcher, launcher_run.info.experiment_id)})).")
+        self.run_id = self.client.create_run(store.experiment_id, run_name=recipe, tags=tags).info.run_id
+        self.owned = True
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        if launcher_run is not None:  # the link back, on the run MLflow opened
+            note = (f"**mlprune**: recipe `{recipe}`; its states and workflow run are in experiment "
+                    f"`{store.experiment_name}`: [workflow run]({store.ui_link(self.run_id)}).")
+            self.client.log_batch(launcher, tags=_tags({TAG_RECIPE: recipe, TAG_RUN_NAME: recipe,
+                                                        TAG_WORKFLOW: self.run_id, TAG_NOTE: note}))
+
+    def record(self, states: dict[str, str], files: dict[str, bytes | str] | None = None) -> None:
+        """Store {plan node: state run id} as states.json, the parameters, and any other files."""
+        payload = {STATES_FILE: json.dumps(states, indent=1),
+                   PARAMS_FILE: json.dumps(self.params, indent=1, sort_keys=True, default=str)}
+        payload.update(files or {})
+        self.store.write_files(self.run_id, payload)
+        self.client.set_tag(self.run_id, TAG_STATES, str(len(set(states.values()))))
+
+    def end(self, ok: bool) -> None:
+        from mlflow.entities import RunStatus
+
+        if self.owned:
+            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+def _tags(values: dict):
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in values.items()]

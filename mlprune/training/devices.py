@@ -1,0 +1,73 @@
+"""Where states are computed: device names, checks and labels.
+
+``device`` is a run option, never part of a key: ``auto`` (CUDA if available,
+else MPS, else the CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``; from
+``mlprune run --device``, the entry points' ``device`` parameter or
+``MLPRUNE_DEVICE``. Asking for one that is not there is a one-line error naming
+it and what is available. Weights and masks are always saved from the CPU, so a
+state computed anywhere loads anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ..errors import SpecError
+from ..names import ENV_DEVICE
+
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N, mps"
+_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(?::\d+)?)$")
+
+
+def check_device_name(name: str | None) -> str:
+    """The device option's text (``MLPRUNE_DEVICE`` when not given), syntax checked without torch."""
+    name = (name or os.environ.get(ENV_DEVICE, "") or "auto").strip()
+    if not _PATTERN.match(name):
+        raise SpecError(f"unknown device {name!r}; allowed: {DEVICE_NAMES}")
+    return name
+
+
+def available() -> list[str]:
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def resolve_device(name: str | None = None):
+    """A torch.device for the device option; a one-line SpecError if it is not there."""
+    import torch
+
+    name = check_device_name(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = device.index if device.index is not None else 0
+        if index >= count:
+            raise SpecError(f"device {name!r} is not available here (CUDA devices: {count}); "
+                            f"available: {', '.join(available())}")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise SpecError(f"device 'mps' is not available here; available: {', '.join(available())}")
+    return device
+
+
+def device_label(device) -> str:
+    """What the state records in ``mlprune.device``: 'cpu', the GPU's model name, 'mps'."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type

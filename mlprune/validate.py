@@ -1,0 +1,97 @@
+"""Checks that need the model and the data, done before any run is created.
+
+A plan is checked without torch when it is built (options, sources, keys). What
+needs the architecture's shapes or the dataset's size is checked here, for the
+states about to be computed, before the executor creates a single run: a model
+that cannot take the data, a layer selector that names no layer, an int amount
+larger than a layer, a training time beyond the training, a train_size beyond
+the data. Each is the one-line error the computation would have hit later,
+after the root and the first training were spent.
+"""
+
+from __future__ import annotations
+
+from .errors import SpecError
+from .spec.times import parse_time
+
+
+def _root_spec(node, plans) -> dict:
+    for plan in plans:
+        by_name = {n.name: n for n in plan.nodes}
+        if node.name in by_name and by_name[node.name].key == node.key:
+            current = node
+            while current.parent is not None and not current.external:
+                current = by_name[current.parent]
+            return current.root or (current.spec or {}).get("root")
+    return node.root
+
+
+def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) -> None:
+    """A one-line SpecError for the first node that cannot be computed."""
+    from .compute import Workspace
+    from .models import build_model, prunable
+    from .pruning import METHODS, layer_plan
+    from .training.loop import timeline
+
+    workspace = workspace or Workspace()
+    shapes: dict[str, tuple] = {}
+    for node in nodes:
+        root = _root_spec(node, plans)
+        if root is None:
+            continue
+        data_dir = next((n.data_dir for p in plans for n in p.nodes if n.root is not None and n.root == root
+                         and n.data_dir), None) or data_dir or _recorded_data_dir(node, plans, load_spec)
+        cache = repr(sorted(root.items()))
+        if cache not in shapes:
+            try:
+                data = workspace.data(root, data_dir)
+                model = build_model(root["model"], num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+                                    init=root["init"], seed=root["seed"])
+            except SpecError as error:
+                raise SpecError(f"{node.label or node.name}: {error}") from None
+            params = dict(model.named_parameters())
+            shapes[cache] = (data, {name: (kind, tuple(params[name].shape)) for name, kind in prunable(model).items()})
+        data, layers = shapes[cache]
+        kinds = {name: kind for name, (kind, _) in layers.items()}
+        for step in node.steps:
+            (kind, options), = step.items()
+            where = f"{node.label or node.name}: {kind}"
+            try:
+                if kind == "prune" and METHODS[options["method"]].granularity != "transplant":
+                    for name, config in layer_plan(kinds, options).items():
+                        amount = config.get("amount")
+                        if config.get("skip") or not isinstance(amount, int):
+                            continue
+                        shape = layers[name][1]
+                        units = (shape[config["dim"]] if METHODS[config["method"]].structured
+                                 else _numel(shape))
+                        if amount > units:
+                            raise SpecError(f"pruning amount {amount} is larger than layer {name!r} "
+                                            f"({units} {'slices' if METHODS[config['method']].structured else 'weights'})")
+                if kind == "train":
+                    line = timeline(options, data.batches_per_epoch(options["batch_size"]))
+                    if node.at is not None and step is node.steps[-1]:
+                        at = parse_time(node.at).iterations(line.per_epoch)
+                        if not 0 < at <= line.total:
+                            raise SpecError(f"checkpoint {node.at} is outside the training ({line.total} iterations)")
+            except SpecError as error:
+                raise SpecError(f"{where}: {error}") from None
+
+
+def _recorded_data_dir(node, plans, load_spec):
+    """The data_dir recorded on the external state a node's lineage starts from (children reuse it)."""
+    for plan in plans:
+        by_name = {n.name: n for n in plan.nodes}
+        current = by_name.get(node.name)
+        while current is not None and not current.external and current.parent is not None:
+            current = by_name[current.parent]
+        if current is not None and current.external:
+            return (current.spec or {}).get("data_dir")
+    return None
+
+
+def _numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
