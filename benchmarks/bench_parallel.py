@@ -105,14 +105,16 @@ def _warm_up() -> None:
     """One short training outside any store: the first training of a process pays torch's start-up."""
     import torch
 
-    from mlprune import models, training
+    from mlprune import models
     from mlprune.data import load_data
+    from mlprune.spec.steps import resolve_train
+    from mlprune.training.loop import train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     data = load_data("digits", image_size=28)
     model = models.build_model("lenet", num_classes=10, input_shape=tuple(data.input_shape), seed=99)
-    training.train(model, {}, data, training.resolve_train_step({"epochs": 1}), seed=99)
+    train(model, {}, data, resolve_train({"epochs": 1}).options, seed=99)
     torch.set_num_threads(threads)
 
 
@@ -158,8 +160,9 @@ def _speedup(folder: Path, uri: str, quick: bool) -> dict:
     import cloudpickle
     from distributed import Client
 
-    from mlprune.parallel import local_cluster, run_plans
+    from mlprune.execute import local_cluster, run_plans
     from mlprune.recipes import compile_recipe
+    from mlprune.store import Store
 
     recipe = folder / "branches.yaml"
     recipe.write_text(RECIPE)
@@ -169,7 +172,7 @@ def _speedup(folder: Path, uri: str, quick: bool) -> dict:
     _warm_up()
     started = time.perf_counter()
     with _CpuShare() as sync_cpu:
-        sync = run_plans(plans, {"tracking_uri": uri, "experiment_name": "bench-sync"}, "sync")
+        sync = run_plans(plans, Store("bench-sync", tracking_uri=uri), "sync")
     sync_s = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -183,8 +186,7 @@ def _speedup(folder: Path, uri: str, quick: bool) -> dict:
     try:
         started = time.perf_counter()
         with _CpuShare() as parallel_cpu:
-            parallel = run_plans(plans, {"tracking_uri": uri, "experiment_name": "bench-parallel"},
-                                 cluster.scheduler_address)
+            parallel = run_plans(plans, Store("bench-parallel", tracking_uri=uri), cluster.scheduler_address)
         parallel_s = time.perf_counter() - started
     finally:
         client.close()

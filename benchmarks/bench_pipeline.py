@@ -79,8 +79,8 @@ def write_recipe(folder: Path, rounds: int, epochs: int) -> Path:
 class MathsClock:
     """Wraps the maths functions mlprune's DAG calls and accumulates their time."""
 
-    TARGETS = (("training", "train"), ("training", "evaluate"), ("pruning", "prune_masks"),
-               ("reinit", "reinit_weights"))
+    TARGETS = (("training.loop", "train"), ("training.loop", "evaluate"), ("pruning.masks", "prune_masks"),
+               ("reinit.strategies", "reinit_weights"))
 
     def __init__(self):
         self.total = 0.0
@@ -195,7 +195,7 @@ def load_tensors(data_dir: Path):
 def mlprune_threads() -> int:
     """The torch thread count mlprune computes states with (MLPRUNE_THREADS, for bitwise reproducibility)."""
     try:
-        from mlprune.dag import compute_threads
+        from mlprune.execute import compute_threads
     except ImportError:  # a version without thread pinning computes with torch's default
         return torch.get_num_threads()
     return compute_threads()

@@ -23,8 +23,8 @@ from __future__ import annotations
 from html import escape
 
 from . import __version__
+from .names import LINEAGE_ROUTE, TAG_VERSION
 
-LINEAGE_ROUTE = "/mlprune/lineage/"
 _PAGE = 1000
 
 
@@ -41,7 +41,7 @@ def _context_class():
             return True
 
         def tags(self):
-            return {"mlprune.version": __version__}
+            return {TAG_VERSION: __version__}
 
     MlpruneRunContext.__module__ = __name__
     return MlpruneRunContext

@@ -93,9 +93,6 @@ class Plan:
 
 # ---- names and params -----------------------------------------------------------------------
 
-_NORM = {1: "l1", 2: "l2", "inf": "linf", "-inf": "l-inf"}
-
-
 def _percent(amount) -> str:
     if isinstance(amount, int):
         return f"n={amount}"
@@ -106,14 +103,12 @@ def describe_step(step: dict, sources: dict | None = None) -> str:
     """A few words for one resolved step: 'prune l1-struct 20%', 'rewind@500it', 'train 30ep'."""
     (kind, options), = step.items()
     if kind == "prune":
-        method = options["method"]
-        if method == "from_state":
-            return "prune transplant"
-        short = {"l1_unstructured": "l1", "random_unstructured": "random",
-                 "random_structured": "random-struct"}.get(method)
-        if method == "ln_structured":
-            short = f"{_NORM.get(options['n'], options['n'])}-struct"
-        short = short or method
+        from .pruning import METHODS
+
+        method = METHODS[options["method"]]
+        short = method.describe(options)
+        if method.granularity == "transplant":
+            return f"prune {short}"
         extra = "*" if options.get("layers") or options.get("include") != ["*"] or options.get("exclude") else ""
         scope = " global" if options.get("scope") == "global" else ""
         return f"prune {short}{scope} {_percent(options['amount'])}{extra}"

@@ -191,10 +191,14 @@ def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
 
 
 def _merge(base: dict, override: dict) -> dict:
+    """`extends`: the child's keys replace the base's; params merge, and each protocol merges."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key in ("params", "protocols"):
+        if key == "params" and isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = {**out[key], **value}
+        elif key == "protocols" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {name: {**out[key].get(name, {}), **(protocol or {})} for name, protocol in
+                        {**out[key], **value}.items()}
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -117,7 +117,7 @@ def test_spelling_a_default_out_does_not_change_the_key(experiment):
 
 def test_a_failing_step_leaves_no_finished_run_and_rerun_completes(experiment, tracking, monkeypatch):
     root = experiment.init(model="lenet", dataset="digits", seed=0)
-    import mlprune.training as training
+    import mlprune.training.loop as training
 
     real_train = training.train
 
@@ -266,5 +266,5 @@ def test_a_train_checkpoint_is_bitwise_the_shorter_training(tmp_path, monkeypatc
     assert direct.key == early.key
     assert weights_hash(direct.weights) == weights_hash(early.weights)
     assert weights_hash(full.weights) != weights_hash(early.weights)
-    with pytest.raises(SpecError, match="checkpoints"):
+    with pytest.raises(SpecError, match="checkpoint"):
         root.apply(Recipe.train(epochs=2, checkpoints=[2]))

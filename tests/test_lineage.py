@@ -42,13 +42,6 @@ def runs_of(tree):
     return MlflowClient(tracking_uri=tree["uri"]).search_runs([tree["experiment_id"]])
 
 
-def test_tag_names_are_the_stores():
-    assert lineage.TAG_KEY == store.TAG_KEY
-    assert lineage.TAG_KIND == store.TAG_KIND
-    assert lineage.TAG_PARENT_PREFIX == store.TAG_PARENT_PREFIX
-    assert lineage.TAG_PARENT_RUN == store.TAG_PARENT_RUN
-
-
 def test_graph_has_every_state_and_every_parent(tree):
     s = {k: v.run_id for k, v in tree["states"].items()}
     nodes, edges = lineage.lineage_graph(runs_of(tree))
@@ -147,9 +140,16 @@ def test_workflow_run_gets_lineage_and_figures(tracking, tmp_path):
     html = (art / "lineage.html").read_text()
     assert set(_links(html)) == {r.info.run_id for r in states}
     assert (art / "lineage.svg").read_text().count('class="node"') == 6
-    plan = json.loads((art / "plan.json").read_text())
+    recorded = json.loads((art / "plan.json").read_text())["plans"]
+    assert len(recorded) == 1
+    plan = recorded[0]
     assert plan["recipe"] == "tiny_lt" and plan["overrides"] == {"rounds": 2}
     assert {n["name"] for n in plan["nodes"]} == {"root", "train", "prune1", "round1", "prune2", "round2"}
+    # every node carries its key and the run it reached: the report groups by them, parses nothing
+    assert {n["key"] for n in plan["nodes"]} == {r.data.tags["mlprune.key"] for r in states}
+    assert set(plan["reached"].values()) == {r.info.run_id for r in states}
+    assert {(n["name"], n["round"], n["role"]) for n in plan["nodes"] if n["round"]} == {
+        ("prune1", 1, "pruned"), ("round1", 1, "trained"), ("prune2", 2, "pruned"), ("round2", 2, "trained")}
     # --state-figures: weight figures on each state computed now
     state_art = Path(states[-1].info.artifact_uri)
     assert (state_art / "figures" / "weights" / "features.0.weight.png").is_file()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -27,9 +28,40 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlprune import Experiment, Recipe, SpecError
-from mlprune.parallel import build_tasks, parse_grid, parse_seeds, plan_keys, run_plans
-from mlprune.recipes import compile_recipe, run_plan
-from mlprune.store import TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_HEARTBEAT, _process_host
+from mlprune.execute import Execution, run_plan, run_plans
+from mlprune.names import TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_HEARTBEAT
+from mlprune.recipes import compile_recipe, parse_grid, parse_seeds
+from mlprune.store import Store
+from mlprune.store.claims import process_host
+
+# Installed in a process that computes states: the first training (of all processes) to end epoch
+# $MLPRUNE_TEST_PAUSE_EPOCH creates the file $MLPRUNE_TEST_PAUSED ("<run id> <pid>") and blocks there,
+# so a test kills it at a point it controls (no race with a fast machine finishing first).
+PAUSE_HOOK = """
+import os, time
+from mlprune.store.claims import Claims
+_beat = Claims.heartbeat
+_epochs = {}
+def heartbeat(self, run_id, force=False):
+    if not force:
+        _epochs[run_id] = _epochs.get(run_id, 0) + 1
+        if _epochs[run_id] == int(os.environ.get("MLPRUNE_TEST_PAUSE_EPOCH", "3")):
+            try:
+                fd = os.open(os.environ["MLPRUNE_TEST_PAUSED"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return _beat(self, run_id, force)
+            os.write(fd, f"{run_id} {os.getpid()}".encode())
+            os.close(fd)
+            time.sleep(3600)
+    return _beat(self, run_id, force)
+Claims.heartbeat = heartbeat
+"""
+
+
+def paused_at(path: Path):
+    """(run id, pid) written by PAUSE_HOOK, or None while nothing paused."""
+    text = path.read_text().strip() if path.exists() else ""
+    return tuple(text.split()) if len(text.split()) == 2 else None
 
 TINY = """\
 params: {seed: 0, amount: 0.2, epochs: 1, rounds: 1, lr: 0.05}
@@ -226,24 +258,28 @@ def test_plan_keys_are_the_keys_of_the_states_reached(experiment, tmp_path):
         "reinit: {strategy: rewind, to: root}",
         "reinit: {strategy: rewind, to: root}\ncontrols: [{name: random, reinit: {strategy: random}}]"))
     plan = compile_recipe(recipe, {"epochs": 0})
-    keys = plan_keys(plan)
+    keys = plan.keys  # planned without a store
     states = run_plan(plan, experiment)
     assert keys == {name: state.key for name, state in states.items()}
     assert len(set(keys.values())) == len(plan.nodes)
-    # the same pure function is what Experiment.child_key uses
-    assert experiment.child_key(states["prune1"], Recipe(plan.node("round1").steps))[0] == keys["round1"]
+    # the same planner is what Experiment.child_key uses
+    round1 = Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=0, lr=0.05)
+    assert experiment.child_key(states["prune1"], round1)[0] == keys["round1"]
 
 
-def test_plans_merge_by_key_into_one_graph(tmp_path):
+def test_plans_merge_by_key_into_one_graph(tracking, tmp_path):
     recipe = write_recipe(tmp_path)
     plans = [compile_recipe(recipe, {"amount": amount, "seed": seed}) for seed in (0, 1) for amount in (0.1, 0.2)]
-    tasks, per_plan = build_tasks(plans)
+    execution = Execution(plans, Store("merge"))
     # per seed: one root and one first training shared by both amounts, then prune + retrain per amount
-    assert len(tasks) == 2 * (2 + 2 * 2)
-    assert per_plan[0]["train"] == per_plan[1]["train"] != per_plan[2]["train"]
-    for task in tasks.values():  # parents come first, and tasks are plain data
-        assert task["parent"] is None or list(tasks).index(task["parent"]) < list(tasks).index(task["key"])
-        assert set(task) == {"key", "parent", "root", "steps", "label", "node", "data_dir"}
+    assert len(execution.missing) == 2 * (2 + 2 * 2)
+    assert plans[0].keys["train"] == plans[1].keys["train"] != plans[2].keys["train"]
+    tasks = execution._tasks()
+    order = list(execution.missing)
+    for key, task in tasks.items():  # dependencies come first, and tasks are plain data (JSON)
+        assert all(order.index(dep) < order.index(key) for dep in task["deps"])
+        json.dumps(task)
+    assert {len(t["deps"]) for t in tasks.values()} == {0, 1, 2}  # roots; trains and prunes; rewinds (+ root)
 
 
 def test_sweep_values_parse_or_fail_in_one_line():
@@ -280,7 +316,7 @@ def test_a_live_claim_makes_the_other_wait_and_reuse(tracking):
     first.start()
     key = Experiment("claims").child_key(root, SLOW_TRAIN)[0]
     store = Experiment("claims").store
-    wait_for(lambda: store.find_claims(key), 60, "the first claim")
+    wait_for(lambda: store.claims.find_claims(key), 60, "the first claim")
     second = threading.Thread(target=reach, args=("second",))
     second.start()
     first.join(120)
@@ -295,7 +331,7 @@ def _foreign_claim(store, key, *, heartbeat: float, pid: int) -> str:
     """A RUNNING run holding a claim on `key`, as another process would have left it."""
     run = store.client.create_run(store.experiment_id, tags={
         "mlprune.key": key, "mlprune.kind": "train", TAG_HEARTBEAT: str(heartbeat),
-        TAG_CLAIM_HOST: _process_host(), TAG_CLAIM_PID: str(pid)})
+        TAG_CLAIM_HOST: process_host(), TAG_CLAIM_PID: str(pid)})
     return run.info.run_id
 
 
@@ -334,16 +370,16 @@ def test_never_two_finished_runs_for_one_key(tracking, monkeypatch):
     key = first.key
     # a racer that missed both the cache lookup and the claim (as if both happened at the same instant)
     racer = Experiment("claims")
-    monkeypatch.setattr(racer.store, "find", lambda _key: None)
-    monkeypatch.setattr(racer.store, "claim", lambda _key, create, **_: (create(), True))
+    monkeypatch.setattr(racer.store, "find_many", lambda _keys: {})
+    monkeypatch.setattr(racer.store.claims, "claim", lambda _key, create, **_: (create(), True))
     # (a) the check right before set_terminated sees the FINISHED state: ours becomes KILLED
     again = racer.apply(racer.state(root.run_id), recipe)
     assert again.run_id == first.run_id
     assert finished_by_key(tracking)[key] == [first.run_id]
     # (b) both pass that check at once: the check right after it keeps the first to finish
-    real_settle = type(racer.store)._settle
-    monkeypatch.setattr(racer.store, "_settle", lambda run_id, key, before: run_id if before
-                        else real_settle(racer.store, run_id, key, before))
+    real_settle = type(racer.store.claims).settle
+    monkeypatch.setattr(racer.store.claims, "settle", lambda run_id, key, before: run_id if before
+                        else real_settle(racer.store.claims, run_id, key, before))
     again = racer.apply(racer.state(root.run_id), recipe)
     assert again.run_id == first.run_id
     assert finished_by_key(tracking)[key] == [first.run_id]
@@ -376,26 +412,26 @@ def test_two_concurrent_runs_compute_each_state_once(tracking, tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_training_then_rerun_completes_bitwise(tracking, tmp_path):
     recipe = write_recipe(tmp_path, TINY.replace("rounds: $rounds", "rounds: 0"))
-    args = ["run", recipe, "-P", "epochs=30", "-e", "killed"]
-    # a short claim timeout makes the victim heartbeat every second: we see its training advance
-    victim = subprocess.Popen(mlprune_cmd(*args), env=cli_env(tracking, MLPRUNE_CLAIM_TIMEOUT="4"),
+    args = ["run", recipe, "-P", "epochs=6", "-e", "killed"]
+    paused = tmp_path / "paused"
+    # the victim pauses (blocks) at the end of its training's 3rd epoch: we kill it exactly there
+    victim = subprocess.Popen([sys.executable, "-c", PAUSE_HOOK + "\nfrom mlprune.cli import main\nmain()", *args],
+                              env=cli_env(tracking, MLPRUNE_TEST_PAUSED=str(paused), MLPRUNE_TEST_PAUSE_EPOCH="3"),
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(tracking_uri=tracking)
 
-    def training_underway():
-        for run in key_runs(tracking):
-            if run.data.tags.get("mlprune.kind") == "train" and run.info.status == "RUNNING":
-                beat = float(run.data.tags[TAG_HEARTBEAT])
-                if beat - run.info.start_time / 1000 > 1.5:
-                    return run
+    def is_paused():
         assert victim.poll() is None, victim.stderr.read()[-3000:]
-        return None
+        return paused_at(paused)
 
-    claim = wait_for(training_underway, 180, "the victim's training", interval=0.1)
+    claimed, pid = wait_for(is_paused, 300, "the victim's training to reach epoch 3", interval=0.1)
+    assert int(pid) == victim.pid
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(30)
+    client = MlflowClient(tracking_uri=tracking)
+    claim = client.get_run(claimed)
     key = claim.data.tags["mlprune.key"]
-    assert client.get_run(claim.info.run_id).info.status == "RUNNING"  # dead, but nothing FINISHED
+    assert claim.data.tags["mlprune.kind"] == "train"
+    assert claim.info.status == "RUNNING"  # dead, but nothing FINISHED
     assert key not in finished_by_key(tracking)
 
     started = time.monotonic()
@@ -409,7 +445,7 @@ def test_sigkill_mid_training_then_rerun_completes_bitwise(tracking, tmp_path):
 
     # bitwise what an uninterrupted run gives, in a separate store
     reference = Experiment("reference", tracking_uri=f"sqlite:///{tmp_path}/reference.db")
-    expected = run_plan(compile_recipe(recipe, {"epochs": 30}), reference)["train"]
+    expected = run_plan(compile_recipe(recipe, {"epochs": 6}), reference)["train"]
     resumed = Experiment("killed").state(finished[key][0])
     assert resumed.key == expected.key
     assert weights_hash(resumed) == weights_hash(expected)
@@ -423,9 +459,9 @@ def test_sweep_on_a_local_cluster_and_an_mlflow_server_equals_sync(mlflow_server
     env = cli_env(uri)
     parallel = run_cli(sweep + ["--scheduler", "processes", "--workers", "2", "-e", "parallel"], env=env, cwd=tmp_path)
     assert parallel.returncode == 0, parallel.stderr[-3000:]
-    assert "6 distinct states (6 to compute, 0 reused)" in parallel.stdout, parallel.stdout
+    assert "6 states: 6 computed, 0 reused" in parallel.stdout, parallel.stdout
     plans = [compile_recipe(recipe, {"seed": 0, "amount": amount, "epochs": 3}) for amount in (0.1, 0.2)]
-    run_plans(plans, {"tracking_uri": uri, "experiment_name": "sequential"}, "sync")
+    run_plans(plans, Store("sequential", tracking_uri=uri), "sync")
 
     client = MlflowClient(tracking_uri=uri)
     hashes = {}
@@ -443,42 +479,41 @@ def test_sweep_on_a_local_cluster_and_an_mlflow_server_equals_sync(mlflow_server
         hashes[name] = {r.data.tags["mlprune.key"]: weights_hash(exp.state(r.info.run_id)) for r in runs}
     assert hashes["parallel"] == hashes["sequential"]  # same keys, bitwise the same weights
     # and again: everything is reused, nothing new is created (and no cluster is started)
-    again = run_plans(plans, {"tracking_uri": uri, "experiment_name": "parallel"}, "processes")
+    again = run_plans(plans, Store("parallel", tracking_uri=uri), "processes")
     assert (again.computed, again.reused) == (0, 6)
     assert len(key_runs(uri, client.get_experiment_by_name("parallel").experiment_id)) == 6
 
 
 @pytest.mark.slow
-def test_a_dask_worker_killed_mid_state_is_replaced_and_the_state_completes(mlflow_server, tmp_path):
+def test_a_dask_worker_killed_mid_state_is_replaced_and_the_state_completes(mlflow_server, tmp_path, monkeypatch):
     from distributed import Client
 
-    from mlprune.parallel import local_cluster
+    from mlprune.execute import local_cluster
 
     uri, _ = mlflow_server
     recipe = write_recipe(tmp_path, TINY.replace("rounds: $rounds", "rounds: 0"))
+    paused = tmp_path / "paused"
+    monkeypatch.setenv("MLPRUNE_TEST_PAUSED", str(paused))
+    monkeypatch.setenv("MLPRUNE_TEST_PAUSE_EPOCH", "3")
     cluster = local_cluster(2)  # a real LocalCluster of 2 worker processes, as --scheduler processes starts
     client = Client(cluster)
     try:
+        # the first worker to reach epoch 3 of a training blocks there: we kill it exactly then
+        client.run(exec, PAUSE_HOOK)
         sweep = subprocess.Popen(
-            mlprune_cmd("sweep", recipe, "--seeds", "0-1", "-P", "epochs=25", "--scheduler",
+            mlprune_cmd("sweep", recipe, "--seeds", "0-1", "-P", "epochs=6", "--scheduler",
                         cluster.scheduler_address, "-e", "worker-killed"),
             env=cli_env(uri, MLPRUNE_CLAIM_TIMEOUT="4"), cwd=tmp_path, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
 
-        def training_worker():
-            for worker, keys in client.processing().items():
-                if any(str(k).startswith("train-") for k in keys):
-                    for run in key_runs(uri):
-                        beat = float(run.data.tags[TAG_HEARTBEAT])
-                        if run.data.tags.get("mlprune.kind") == "train" and run.info.status == "RUNNING" \
-                                and beat - run.info.start_time / 1000 > 1.5:
-                            return worker
+        def paused_worker():
             assert sweep.poll() is None, sweep.communicate()[1][-3000:]
-            return None
+            return paused_at(paused)
 
-        worker = wait_for(training_worker, 240, "a worker training", interval=0.2)
-        pid = client.run(os.getpid, workers=[worker])[worker]
-        os.kill(pid, signal.SIGKILL)
+        claimed, pid = wait_for(paused_worker, 240, "a worker to pause in training", interval=0.2)
+        assert int(pid) in client.run(os.getpid).values()
+        assert MlflowClient(tracking_uri=uri).get_run(claimed).info.status == "RUNNING"
+        os.kill(int(pid), signal.SIGKILL)
         out, err = sweep.communicate(timeout=600)
         assert sweep.returncode == 0, err[-3000:]
     finally:
@@ -494,7 +529,7 @@ def test_a_dask_worker_killed_mid_state_is_replaced_and_the_state_completes(mlfl
     exp = Experiment(tracking_uri=uri, experiment_id=finished[0].info.experiment_id)
     by_key = {r.data.tags["mlprune.key"]: r.info.run_id for r in finished}
     for seed in (0, 1):
-        expected = run_plan(compile_recipe(recipe, {"epochs": 25, "seed": seed}), reference)["train"]
+        expected = run_plan(compile_recipe(recipe, {"epochs": 6, "seed": seed}), reference)["train"]
         assert weights_hash(exp.state(by_key[expected.key])) == weights_hash(expected)
 
 
@@ -505,7 +540,7 @@ def test_unreachable_scheduler_or_server_are_one_line_exit_2_within_seconds(trac
         (["sweep", recipe, "--scheduler", f"tcp://127.0.0.1:{free_port()}"], tracking,
          "cannot reach the dask scheduler"),
         (["run", recipe, "--scheduler", f"tcp://127.0.0.1:{free_port()}"], tracking, "cannot reach the dask scheduler"),
-        (["sweep", recipe], f"http://127.0.0.1:{free_port()}", "cannot reach the MLflow tracking server"),
+        (["sweep", recipe], f"http://127.0.0.1:{free_port()}", "cannot reach the tracking server"),
     ]
     for args, uri, fragment in cases:
         started = time.monotonic()
@@ -580,6 +615,6 @@ def test_run_plans_passes_the_experiment_by_id(tracking, tmp_path):
     recipe = write_recipe(tmp_path)
     client = MlflowClient(tracking_uri=tracking)
     chosen = client.create_experiment("chosen")
-    result = run_plans([compile_recipe(recipe, {"epochs": 0})], {"tracking_uri": tracking, "experiment_id": chosen})
+    result = run_plans([compile_recipe(recipe, {"epochs": 0})], Store(tracking_uri=tracking, experiment_id=chosen))
     assert result.experiment_id == chosen
     assert {r.info.experiment_id for r in key_runs(tracking)} == {chosen}

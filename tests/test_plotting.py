@@ -9,7 +9,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mlprune import analysis, plotting
+from mlprune import analysis, lineage
+from mlprune.report import figures as plotting
 from mlprune.errors import SpecError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -143,7 +144,7 @@ def study_dag(n_recipes=4, rounds=4):
 
 def test_dag_layout_layers_and_no_overlap():
     nodes, edges = study_dag(4, 4)  # 35 nodes
-    layout = plotting.dag_layout(nodes, edges)
+    layout = lineage.dag_layout(nodes, edges)
     assert layout["root"] == (layout["t0"][0], 0) and layout["t0"][1] == 1
     assert layout["r2t3"][1] == 2 + 2 * 4 - 1
     by_depth = {}
@@ -153,9 +154,9 @@ def test_dag_layout_layers_and_no_overlap():
         xs.sort()
         assert all(b - a >= 1 for a, b in zip(xs, xs[1:]))
     with pytest.raises(SpecError, match="cycle"):
-        plotting.dag_layout([{"id": "a"}, {"id": "b"}], [("a", "b", "primary"), ("b", "a", "primary")])
+        lineage.dag_layout([{"id": "a"}, {"id": "b"}], [("a", "b", "primary"), ("b", "a", "primary")])
     with pytest.raises(SpecError, match="unknown node"):
-        plotting.dag_layout([{"id": "a"}], [("a", "zz", "primary")])
+        lineage.dag_layout([{"id": "a"}], [("a", "zz", "primary")])
 
 
 def test_plot_dag(tmp_path):
@@ -170,7 +171,7 @@ def test_plot_dag(tmp_path):
 
 def test_dag_svg_links_and_edges(tmp_path):
     nodes, edges = study_dag(4, 4)
-    svg = plotting.dag_svg(nodes, edges, link=lambda i: f"#/runs/{i}?x=1&y=2", title="Study <lineage>")
+    svg = lineage.dag_svg(nodes, edges, link=lambda i: f"#/runs/{i}?x=1&y=2", title="Study <lineage>")
     (tmp_path / "lineage.svg").write_text(svg)
     root = ET.fromstring(svg)
     assert root.tag == f"{SVG}svg"
@@ -188,16 +189,16 @@ def test_dag_svg_links_and_edges(tmp_path):
     texts = "".join(t.text or "" for t in root.iter(f"{SVG}text"))
     assert "acc 97.0%" in texts and "sparsity 20.0%" in texts and "Study <lineage>" in texts
     # width grows with breadth
-    small = ET.fromstring(plotting.dag_svg(*study_dag(1, 4)))
+    small = ET.fromstring(lineage.dag_svg(*study_dag(1, 4)))
     assert int(root.get("width")) > int(small.get("width"))
     # no link: no <a>
-    assert ET.fromstring(plotting.dag_svg(nodes, edges)).find(f".//{SVG}a") is None
+    assert ET.fromstring(lineage.dag_svg(nodes, edges)).find(f".//{SVG}a") is None
 
 
 def test_no_pyplot_state():
     code = (
         "import sys, numpy as np\n"
-        "from mlprune import plotting\n"
+        "from mlprune.report import figures as plotting\n"
         "plotting.plot_biases(np.arange(3.0)); plotting.plot_dag([{'id': 'a', 'label': 'init'}], [])\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )

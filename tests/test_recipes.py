@@ -93,8 +93,12 @@ def test_every_recipe_entry_point_runs_end_to_end(name, shared_store, monkeypatc
     for node in plan.nodes:
         run = client.get_run(reached[node.name])
         assert run.info.status == "FINISHED"
+        # the key planned without a store is the key the executor stored
+        assert run.data.tags["mlprune.key"] == node.key, node.name
         if node.parent:
             assert run.data.tags["mlflow.parentRunId"] == reached[node.parent]
+        for role, source in node.inputs.items():
+            assert run.data.tags[f"mlprune.parent.{role}"] == reached[source]
     shared_store["train_states"][name] = (reached["root"], reached["train"])
 
 
@@ -112,8 +116,10 @@ def test_extends_overrides_parts_of_a_recipe():
     child = compile_recipe(REPO / "recipes" / "finetuning_structuredL1.yaml")
     assert [n.name for n in base.nodes] == [n.name for n in child.nodes]
     assert base.node("prune1").steps == child.node("prune1").steps
-    assert child.node("round1").steps[0] == {"reinit": {"strategy": "keep"}}
-    assert base.node("round1").steps[0] == {"reinit": {"strategy": "rewind", "to": "root"}}
+    assert child.node("round1").steps[0] == {"reinit": {"strategy": "keep", "reset_optimizer": True}}
+    assert base.node("round1").steps[0] == {"reinit": {"strategy": "rewind", "to": "input:weights",
+                                                       "reset_optimizer": True}}
+    assert base.node("round1").inputs == {"weights": "root"} and child.node("round1").inputs == {}
 
 
 def test_half_and_half_schedule_switches_method():
@@ -124,10 +130,12 @@ def test_half_and_half_schedule_switches_method():
 
 def test_early_mask_protocol_prunes_the_epoch_checkpoint():
     plan = compile_recipe(REPO / "recipes" / "lt_unstructuredL1.yaml", {"rounds": 2})
-    assert plan.node("prune1").parent == "train@1"
-    assert plan.node("prune2").parent == "round1@1"
-    assert plan.node("train").steps[0]["train"]["checkpoints"] == [1]
-    assert plan.node("train@1").steps[0]["train"]["epochs"] == 1
+    assert plan.node("prune1").parent == "train@1ep"
+    assert plan.node("prune2").parent == "round1@1ep"
+    # the full training emits its epoch-1 state on the way: one training, two states
+    assert plan.node("train").emits == ["train@1ep"] and plan.node("train@1ep").emitted_by == "train"
+    assert plan.node("train@1ep").steps[0]["train"]["epochs"] == 1
+    assert plan.node("train@1ep").parent == "root" and plan.node("round1@1ep").parent == "prune1"
 
 
 @pytest.mark.parametrize("text, fragments", [

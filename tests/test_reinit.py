@@ -174,7 +174,7 @@ def test_missing_inputs_and_architecture_mismatch():
     _one_line_error(lambda: _call("random", fresh=None), "fresh")
     _one_line_error(lambda: _call("shuffle"), "Generator")
     bad = dict(source, **{"out.weight": torch.zeros(5, 3)})
-    _one_line_error(lambda: _call("rewind", source=bad), "rewind target has another architecture",
+    _one_line_error(lambda: _call("rewind", source=bad), "rewind source has another architecture",
                     "'out.weight'", "(5, 3)", "(1, 3)")
     less = {k: v for k, v in source.items() if k != "fc.bias"}
     _one_line_error(lambda: _call("rewind", source=less), "another architecture", "'fc.bias'")
@@ -187,26 +187,29 @@ def test_missing_inputs_and_architecture_mismatch():
     _one_line_error(lambda: _call("rewind", masks=dict(masks, **{"fc.weight": torch.ones(3, dtype=torch.bool)})),
                     "(3,)")
     # the resolved step's own keys are accepted as options (the caller's business)
-    w, _ = _call("rewind", to="root", epoch=None, reset_optimizer=True)
+    w, _ = _call("rewind", to="root", at=None, reset_optimizer=True)
     assert w["fc.weight"][0, 0] == 0.5
 
 
 # ------------------------------------------------------------------ resolve_reinit_step
 def test_resolve_defaults_and_canonical_form():
     r = R.resolve_reinit_step({"strategy": "rewind"})
-    assert r == {"strategy": "rewind", "to": "root", "epoch": None, "reset_optimizer": True}
+    assert r == {"strategy": "rewind", "to": "root", "at": None, "reset_optimizer": True}
     assert R.resolve_reinit_step({"strategy": "rewind", "to": "root", "epoch": None, "seed": 5,
                                   "reset_optimizer": True}) == r  # seed does not apply: dropped
+    # a rewind point: `epoch: k` is `at: "<k>ep"`; iterations too
+    assert R.resolve_reinit_step({"strategy": "rewind", "epoch": 2})["at"] == "2ep"
+    assert R.resolve_reinit_step({"strategy": "rewind", "at": 2})["at"] == "2ep"
+    assert R.resolve_reinit_step({"strategy": "rewind", "at": "500it"})["at"] == "500it"
     # no default seed: left out, the DAG derives one from the state's key
     assert R.resolve_reinit_step({"strategy": "random"}) == {"strategy": "random", "reset_optimizer": True}
     assert R.resolve_reinit_step({"strategy": "random", "seed": 3}) == {"strategy": "random", "seed": 3,
                                                                         "reset_optimizer": True}
     assert R.resolve_reinit_step({"strategy": "shuffle", "to": "parent", "seed": 3}) == {
-        "strategy": "shuffle", "to": "parent", "epoch": None, "seed": 3, "reset_optimizer": True}
-    assert R.resolve_reinit_step({"strategy": "keep", "reset_optimizer": False}) == {
-        "strategy": "keep", "reset_optimizer": False}
+        "strategy": "shuffle", "to": "parent", "at": None, "seed": 3, "reset_optimizer": True}
+    assert R.resolve_reinit_step({"strategy": "keep"}) == {"strategy": "keep", "reset_optimizer": True}
     z = R.resolve_reinit_step({"strategy": "zhou", "to": "state:abc123", "epoch": 2})
-    assert z["to"] == "state:abc123" and z["epoch"] == 2
+    assert z["to"] == "state:abc123" and z["at"] == "2ep"
     for s in R.STRATEGIES:
         r = R.resolve_reinit_step({"strategy": s})
         assert R.resolve_reinit_step(r) == r
@@ -229,3 +232,9 @@ def test_resolve_bad_specs_name_the_value():
     _one_line_error(lambda: R.resolve_reinit_step({"strategy": "random", "seed": "x"}), "'x'")
     _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "reset_optimizer": "yes"}),
                     "'yes'")
+    # states store no optimizer moments: every train step starts a fresh optimizer
+    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "keep", "reset_optimizer": False}),
+                    "reset_optimizer", "fresh optimizer")
+    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "at": "5ep", "epoch": 5}), "once")
+    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "at": "5 epochs"}), "'5 epochs'", "it")
+    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "random", "seed": 2 ** 64}), str(2 ** 64))

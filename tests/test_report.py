@@ -321,7 +321,7 @@ def test_compare_and_report_errors_are_one_line(messy, tmp_path):
 def test_plot_stability_and_early_stop(tmp_path):
     from matplotlib.figure import Figure
 
-    from mlprune import plotting
+    from mlprune.report import figures as plotting
 
     ws = [{"a": torch.randn(4, 5, generator=torch.Generator().manual_seed(t))} for t in range(3)]
     ms = [{"a": torch.arange(20).reshape(4, 5) >= 5 * t} for t in range(3)]
@@ -341,7 +341,7 @@ def test_plot_stability_and_early_stop(tmp_path):
     agg = analysis.accuracy_vs_remaining(rows)
     fig = plotting.plot_early_stop_vs_remaining(agg)
     ax = fig.axes[0]
-    assert ax.get_ylabel().startswith("early-stopping epoch") and ax.get_xscale() == "log"
+    assert ax.get_ylabel().startswith("early-stopping iteration") and ax.get_xscale() == "log"
     assert ax.get_legend().get_texts()[0].get_text() == "r (n=2)"
     fig.savefig(tmp_path / "es.png")
     empty = plotting.plot_early_stop_vs_remaining(analysis.accuracy_vs_remaining(
@@ -350,7 +350,7 @@ def test_plot_stability_and_early_stop(tmp_path):
 
 
 def test_plot_bias_panels(tmp_path):
-    from mlprune import plotting
+    from mlprune.report import figures as plotting
 
     fig = plotting.plot_bias_panels({"fc1.bias": torch.randn(120), "fc2.bias": torch.randn(10)}, title="b")
     assert [ax.get_title(loc="left") for ax in fig.axes] == ["fc1.bias (120 units)", "fc2.bias (10 units)"]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlprune import training
+from mlprune.spec.steps import resolve_train
+from mlprune.training import loop as training
 from mlprune.data import load_data
 from mlprune.models import build_model, prunable
 
 
 @pytest.mark.parametrize("optimizer,extra", [("sgd", {"momentum": 0.9, "weight_decay": 0.01}),
+                                             ("sgd", {"momentum": 0.9, "nesterov": True, "precision": "bf16",
+                                                      "lr_schedule": {"kind": "multistep", "milestones": ["20it"]},
+                                                      "warmup": "5it", "label_smoothing": 0.1}),
                                              ("adam", {"weight_decay": 0.01}),
                                              ("adamw", {"weight_decay": 0.1})])
 def test_pruned_weights_stay_positive_zero_and_kept_ones_move(optimizer, extra):
@@ -23,7 +27,7 @@ def test_pruned_weights_stay_positive_zero_and_kept_ones_move(optimizer, extra):
         for name in masks:
             params[name].add_(0.1 * torch.sign(torch.randn(params[name].shape, generator=gen)))
     before = {name: params[name].detach().clone() for name in masks}
-    step = training.resolve_train_step({"epochs": 1, "optimizer": optimizer, "lr": 0.01, **extra})
+    step = resolve_train({"epochs": 1, "optimizer": optimizer, "lr": 0.01, **extra}).options
     seen = []
     training.train(model, masks, data, step, seed=0,
                    on_epoch=lambda epoch, m, history: seen.append(epoch))

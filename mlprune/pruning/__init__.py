@@ -259,6 +259,7 @@ class Method:
     impl: str = ""
     random: bool = False                          # draws from a seeded generator
     options: tuple[MethodOption, ...] = ()
+    short: str = ""                               # a few characters for run names; {option} is filled in
     help: str = ""
 
     @property
@@ -274,21 +275,26 @@ class Method:
 
         return load_impl(self.impl)
 
+    def describe(self, options: dict) -> str:
+        """The method's short name with its options filled in ('l1-struct', 'l-inf-struct')."""
+        return (self.short or self.name).format(**options)
+
 
 _DIM = MethodOption("dim", 1, _check_dim_option,
                     "0 = output channels / neurons, 1 = input channels / features")
 _N = MethodOption("n", 1, _canonical_n, "the norm: 1, 2, inf, -inf")
 
 METHODS: Registry[Method] = Registry("pruning method")
-METHODS.add(Method("l1_unstructured", "weight", "mlprune.pruning.masks:choose_smallest_magnitude",
+METHODS.add(Method("l1_unstructured", "weight", "mlprune.pruning.masks:choose_smallest_magnitude", short="l1",
                    help="the smallest |w| among the remaining weights"))
 METHODS.add(Method("random_unstructured", "weight", "mlprune.pruning.masks:choose_at_random", random=True,
-                   help="uniformly among the remaining weights"))
+                   short="random", help="uniformly among the remaining weights"))
 METHODS.add(Method("ln_structured", "slice", "mlprune.pruning.masks:keep_largest_norm", options=(_N, _DIM),
-                   help="whole slices by their Ln norm"))
+                   short="l{n}-struct", help="whole slices by their Ln norm"))
 METHODS.add(Method("random_structured", "slice", "mlprune.pruning.masks:keep_at_random", random=True,
-                   options=(_DIM,), help="whole slices at random"))
-METHODS.add(Method("from_state", "transplant", help="the mask of another state (`from`: a state)"))
+                   options=(_DIM,), short="random-struct", help="whole slices at random"))
+METHODS.add(Method("from_state", "transplant", short="transplant",
+                   help="the mask of another state (`from`: a state)"))
 
 
 def _with_option(option: str) -> list[str]:

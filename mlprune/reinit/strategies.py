@@ -161,7 +161,7 @@ def reinit_weights(strategy, *, current, source=None, fresh=None, masks, kinds=N
     if entry.reads_source:
         if source is None:
             raise SpecError(f"reinit {strategy!r} needs a weights source (source=None)")
-        _check_arch(current, source, "rewind target" if strategy == "rewind" else f"{strategy} source")
+        _check_arch(current, source, f"{strategy} source")
     if entry.fresh_init:
         if fresh is None:
             raise SpecError(f"reinit {strategy!r} needs a fresh initialization (fresh=None)")

@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import __version__, analysis, lineage
 from ..errors import SpecError
+from ..names import TAG_KIND
 from . import figures as plotting
 from .series import Collection, Series, accuracy_table, collect, rounds_table
 from .states import _model, layer_kinds, stability, structure
@@ -265,7 +266,7 @@ def _similarity_section(b: _Builder, collection: Collection, load, note) -> None
     for states in groups.values():
         if len(states) < 2:
             continue
-        labels = [f"{collection.runs[s.run_id].data.tags.get('mlprune.kind', '?')} {s.run_id[:6]}"
+        labels = [f"{collection.runs[s.run_id].data.tags.get(TAG_KIND, '?')} {s.run_id[:6]}"
                   for s in states]
         matrix, labels = analysis.jaccard_matrix([s.masks for s in states], labels)
         numbers.append({"what": "other states", "labels": labels, "matrix": matrix,
@@ -295,7 +296,7 @@ def _structure_section(b: _Builder, collection: Collection, load) -> None:
     for run_id in collection.orphans:
         state = load(run_id)
         if state is not None and analysis.remaining_fraction(state.masks) < 1.0 and len(targets) < 40:
-            kind = collection.runs[run_id].data.tags.get("mlprune.kind", "?")
+            kind = collection.runs[run_id].data.tags.get(TAG_KIND, "?")
             targets.append((f"{kind} {run_id[:8]}", None, (None, state)))
     for label, seed, (rnd, state) in targets:
         emergent = structure(state)
@@ -429,7 +430,7 @@ def _states_section(b: _Builder, collection: Collection) -> None:
             in_series.setdefault(run_id, f"{series.label} prune r{rnd}")
     for run_id, run in collection.runs.items():
         rows.append([f"<code>{run_id[:12]}</code>", escape(run.info.run_name or ""),
-                     escape(run.data.tags.get("mlprune.kind", "?")), escape(in_series.get(run_id, "–")),
+                     escape(run.data.tags.get(TAG_KIND, "?")), escape(in_series.get(run_id, "–")),
                      _fmt(_metric(run, "test_accuracy"), True), _fmt(_metric(run, "sparsity"), True)])
     b.section("states", "States", _table(["run", "name", "kind", "series / round", "test accuracy", "sparsity"],
                                          rows))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .. import analysis, lineage
 from ..errors import SpecError
 from ..names import (M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION, M_SPARSITY, M_TEST_ACCURACY, M_TEST_LOSS,
-                     PLAN_FILE, TAG_RECIPE)
+                     PLAN_FILE, TAG_INVALID, TAG_RECIPE)
 
 # parameters that do not make another series: seeds aggregate; more rounds extend a series
 _SIGNATURE_SKIP = {"seed", "rounds", "data_dir"}
@@ -112,7 +112,7 @@ def collect(store, warn=None) -> Collection:
     states, workflows, other, unfinished = {}, [], [], []
     for run in store.runs():
         if lineage.is_state(run):
-            if run.info.status == "FINISHED" and not run.data.tags.get("mlprune.invalid"):
+            if run.info.status == "FINISHED" and not run.data.tags.get(TAG_INVALID):
                 states[run.info.run_id] = run
             else:
                 unfinished.append(run)

@@ -17,7 +17,7 @@ from .. import analysis, lineage
 from ..errors import SpecError
 from ..names import LINEAGE_HTML, LINEAGE_SVG, PLAN_FILE
 from . import figures as plotting
-from .html import ReportWarning, _arch, _default_ui, _Loader, _load_series, _png, _remaining_label, _slug
+from .html import ReportWarning, _arch, _biases, _default_ui, _Loader, _load_series, _png, _remaining_label, _slug
 from .series import Collection, accuracy_table, series_of_plan
 from .states import _model, layer_kinds, stability, structure
 

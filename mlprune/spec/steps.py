@@ -158,8 +158,8 @@ def _lr_schedule_check(value, name):
     if unknown:
         raise SpecError(f"unknown {name} option {unknown[0]!r} for kind {entry.name!r}; "
                         f"allowed: {', '.join(entry.options) or 'none'}")
-    if entry.name == "constant":
-        return "constant"
+    if not entry.options:
+        return entry.name  # a kind without options is written as its name (the default: "constant")
     out = {"kind": entry.name}
     for option, default in entry.options.items():
         given = value.get(option, default)
@@ -220,7 +220,7 @@ def resolve_train(raw: dict) -> ResolvedStep:
     schedule does not depend on its length is that shorter training (same key), so a
     checkpoint and the shorter training are one state.
     """
-    from ..training import OPTIMIZERS, SCHEDULES
+    from ..training import OPTIMIZERS, SCHEDULES, schedule_of
 
     given = TRAIN_SCHEMA.canonical_names(raw)
     resolved = TRAIN_SCHEMA.resolve(given)
@@ -237,8 +237,8 @@ def resolve_train(raw: dict) -> ResolvedStep:
     if resolved.get("nesterov") and resolved.get("momentum", 0.0) <= 0:
         raise SpecError("train option 'nesterov' needs momentum > 0")
     start = parse_time(resolved.get("schedule_from", "0it"))
-    schedule = resolved.get("lr_schedule", "constant")
-    length_dependent = schedule != "constant" and SCHEDULES[schedule["kind"]].length_dependent
+    schedule = schedule_of(resolved.get("lr_schedule", TRAIN_SCHEMA["lr_schedule"].default))
+    length_dependent = SCHEDULES[schedule["kind"]].length_dependent
     if "stop_at" in resolved:
         stop = parse_time(resolved["stop_at"])
         if stop.unit == length.unit:  # other units compare only when the iterations per epoch are known

@@ -65,7 +65,7 @@ def verify_file(run_id: str, name: str, content: bytes, tags: dict, spec: dict |
     digest = sha256(content)
     recorded = tags.get(TAG_HASH_PREFIX + name)
     in_spec = (spec or {}).get("files", {}).get(name)
-    for where, expected in (("tag", recorded), ("state.json", in_spec)):
+    for where, expected in (("tag", recorded), (STATE_FILE, in_spec)):
         if expected is not None and expected != digest:
             raise IntegrityError(f"state {run_id}: {name} does not match its recorded SHA-256 ({where}): "
                                  f"the file was changed or damaged")

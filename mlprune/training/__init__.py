@@ -70,3 +70,8 @@ SCHEDULES.add(Schedule("linear", "mlprune.training.schedules:linear", {}, length
                        help="linear decay to 0 over the training"))
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def schedule_of(value) -> dict:
+    """A resolved ``lr_schedule`` (a kind's name, or a mapping with 'kind') as a mapping."""
+    return {"kind": value} if isinstance(value, str) else dict(value)

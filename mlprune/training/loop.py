@@ -30,7 +30,8 @@ from torch import nn
 
 from ..errors import SpecError
 from ..spec.times import parse_time
-from . import OPTIMIZERS, SCHEDULES
+from ..spec.steps import TRAIN_SCHEMA
+from . import OPTIMIZERS, SCHEDULES, schedule_of
 from .schedules import lr_factor
 
 
@@ -64,8 +65,7 @@ def timeline(options: dict, per_epoch: int) -> Timeline:
         raise SpecError(f"train step runs from {options.get('schedule_from', '0it')} ({start} it) to "
                         f"{options.get('stop_at') or length} ({stop} it) of a {length} ({total} it) training: "
                         f"times must be in order and inside the training")
-    schedule = options.get("lr_schedule", "constant")
-    schedule = {"kind": "constant"} if schedule == "constant" else dict(schedule)
+    schedule = schedule_of(options.get("lr_schedule", TRAIN_SCHEMA["lr_schedule"].default))
     if "milestones" in schedule:
         schedule["milestones"] = [parse_time(m).iterations(per_epoch) for m in schedule["milestones"]]
     warmup = parse_time(options.get("warmup", "0it")).iterations(per_epoch)
