@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from . import analysis, names
+from .registry import Registry
 from .spec.keys import canonical_json, derived_seed
 from .spec.steps import STEP_KINDS
 
@@ -60,7 +61,8 @@ class Workspace:
         from .models import build_model
 
         return build_model(root["model"], num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                           init=root["init"], seed=root["seed"] if seed is None else seed)
+                           init=root["init"], seed=root["seed"] if seed is None else seed,
+                           options=root.get("model_options"))
 
     def blank(self, root: dict, data) -> torch.nn.Module:
         """A module of the root's architecture whose weights are about to be overwritten.
@@ -193,44 +195,102 @@ def run_steps(ctx_base: dict, tensors: Tensors, steps: list) -> Tensors:
     return tensors
 
 
-def evaluate_state(workspace: Workspace, root: dict, data, tensors: Tensors, history: dict) -> dict:
-    """The metrics every network state gets: test loss/accuracy, sparsity, compression, FLOPs, early stop."""
+@dataclass
+class Evaluated:
+    """A network state about to be stored, for the evaluations: the model (eval mode, on the device)."""
+
+    model: torch.nn.Module
+    tensors: Tensors
+    data: object
+    root: dict
+    history: dict
+    steps: list
+    workspace: Workspace
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One thing measured on every network state: ``impl(evaluated) -> (metrics, files)``.
+
+    ``files``: extra artifacts of the state ({name: bytes}), hashed and checked like its tensors.
+    """
+
+    name: str
+    impl: str
+    help: str = ""
+
+    def load(self):
+        from .registry import load_impl
+
+        return load_impl(self.impl)
+
+
+EVALUATIONS: Registry[Evaluation] = Registry("state evaluation")
+
+
+def evaluate_test(ev: Evaluated):
     from .training.loop import evaluate
 
-    model = workspace.blank(root, data)
-    model.load_state_dict(tensors.weights)
-    model.to(workspace.device)
-    test_loss, test_accuracy = evaluate(model, data.test_batches(256), device=workspace.device)
-    model.to("cpu")
-    metrics = {names.M_TEST_LOSS: test_loss, names.M_TEST_ACCURACY: test_accuracy}
-    metrics.update(analysis.sparsity(tensors.masks))
-    metrics[names.M_COMPRESSION] = analysis.compression_ratio(tensors.masks)
-    metrics.update(analysis.flops(model, tuple(data.input_shape), tensors.masks))
-    val = history.get(names.M_VAL_LOSS)
+    loss, accuracy = evaluate(ev.model, ev.data.test_batches(256), device=ev.workspace.device)
+    return {names.M_TEST_LOSS: loss, names.M_TEST_ACCURACY: accuracy}, {}
+
+
+def evaluate_sparsity(ev: Evaluated):
+    metrics = dict(analysis.sparsity(ev.tensors.masks))
+    metrics[names.M_COMPRESSION] = analysis.compression_ratio(ev.tensors.masks)
+    return metrics, {}
+
+
+def evaluate_flops(ev: Evaluated):
+    model = ev.workspace.blank(ev.root, ev.data)  # counted on the CPU: the hooks see shapes, not values
+    model.load_state_dict(ev.tensors.weights)
+    return analysis.flops(model, tuple(ev.data.input_shape), ev.tensors.masks), {}
+
+
+def evaluate_training(ev: Evaluated):
+    """Early stopping (the epoch and iteration of the lowest validation loss) and iterations trained."""
+    metrics = {}
+    val = ev.history.get(names.M_VAL_LOSS)
     if val:
         best_epoch, _ = min(val, key=lambda point: point[1])
         metrics[names.M_EARLY_STOP_EPOCH] = best_epoch
-    if names.M_ITERATIONS in history:
-        metrics[names.M_ITERATIONS] = history[names.M_ITERATIONS]
-    return metrics
+        batch_size = next((next(iter(s.values()))["batch_size"] for s in reversed(ev.steps) if "train" in s), None)
+        if batch_size is not None:
+            metrics[names.M_EARLY_STOP_ITERATION] = best_epoch * ev.data.batches_per_epoch(batch_size)
+    if names.M_ITERATIONS in ev.history:
+        metrics[names.M_ITERATIONS] = ev.history[names.M_ITERATIONS]
+    return metrics, {}
 
 
-def early_stop_iteration(history: dict, data, steps: list) -> int | None:
-    """The iteration of the lowest validation loss (epochs end on whole batches per epoch)."""
-    val = history.get(names.M_VAL_LOSS)
-    if not val:
-        return None
-    batch_size = next(next(iter(s.values()))["batch_size"] for s in reversed(steps) if "train" in s)
-    best_epoch, _ = min(val, key=lambda point: point[1])
-    return best_epoch * data.batches_per_epoch(batch_size)
+EVALUATIONS.add(Evaluation("test", "mlprune.compute:evaluate_test", "test loss and accuracy"))
+EVALUATIONS.add(Evaluation("sparsity", "mlprune.compute:evaluate_sparsity", "sparsity per layer, compression"))
+EVALUATIONS.add(Evaluation("flops", "mlprune.compute:evaluate_flops", "multiply-adds, dense and masked"))
+EVALUATIONS.add(Evaluation("training", "mlprune.compute:evaluate_training", "early stopping, iterations"))
+
+
+def evaluate_state(workspace: Workspace, root: dict, data, tensors: Tensors, history: dict,
+                   steps: list = ()) -> tuple[dict, dict]:
+    """(metrics, extra files) every network state gets: one entry of EVALUATIONS after another."""
+    model = workspace.blank(root, data)
+    model.load_state_dict(tensors.weights)
+    model.to(workspace.device)
+    model.eval()
+    evaluated = Evaluated(model, tensors, data, root, history, list(steps), workspace)
+    metrics, files = {}, {}
+    for entry in EVALUATIONS.values():
+        more_metrics, more_files = entry.load()(evaluated)
+        metrics.update(more_metrics)
+        files.update(more_files)
+    return metrics, files
 
 
 def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data_dir: str | None,
-                 heartbeat=lambda: None, emit: dict | None = None, progress=None):
-    """(tensors, metrics, history, weights_from) of a plan node, from its loaded parent and inputs.
+                 heartbeat=lambda: None, emit: dict | None = None, progress=None) -> "Computed":
+    """What to store for a plan node, computed from its loaded parent and inputs.
 
     `parent`: the parent's StoredState (None for a root); `emit`: {time: fn(model, history, masks)}
-    checkpoints of the node's last train step.
+    checkpoints of the node's last train step. A node whose step kind produces an analysis (of
+    its parent and its inputs) stores metrics and files, no network.
     """
     started = time.perf_counter()
     root = node["root"] if node["root"] is not None else parent.spec["root"]
@@ -238,18 +298,48 @@ def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data
     history: dict = {}
     ctx_base = dict(key=node["key"], root=root, data=data, workspace=workspace, inputs=inputs, history=history,
                     heartbeat=heartbeat, emit=emit or {}, progress=progress)
+    steps = node["steps"]
+    if steps and STEP_KINDS[next(iter(steps[0]))].produces == "analysis":
+        (kind, options), = steps[0].items()
+        metrics, files = STEP_KINDS[kind].load()(StepContext(index=0, last=True, **ctx_base), parent, options)
+        metrics[names.M_DURATION] = time.perf_counter() - started
+        return Computed(None, metrics, history, None, files)
     if node["root"] is not None:
         tensors = run_init(StepContext(index=0, **ctx_base), None, node["root"])
-        steps = []
     else:
         tensors = Tensors({k: v.clone() for k, v in parent.weights.items()},
                           {k: v.clone() for k, v in parent.masks.items()})
-        steps = node["steps"]
         tensors = run_steps(ctx_base, tensors, steps)
-    metrics = evaluate_state(workspace, root, data, tensors, history)
-    stop = early_stop_iteration(history, data, steps)
-    if stop is not None:
-        metrics[names.M_EARLY_STOP_ITERATION] = stop
+    metrics, files = evaluate_state(workspace, root, data, tensors, history, steps)
     metrics[names.M_DURATION] = time.perf_counter() - started
     prune_only = bool(steps) and all(next(iter(s)) == "prune" for s in steps)
-    return tensors, metrics, history, (parent.run_id if prune_only else None), data
+    return Computed(tensors, metrics, history, parent.run_id if prune_only else None, files)
+
+
+@dataclass
+class Computed:
+    """What the executor stores for a node: tensors (None for an analysis), metrics, per-epoch
+    history, the run whose weights it shares (prune-only states), extra files."""
+
+    tensors: Tensors | None
+    metrics: dict
+    history: dict
+    weights_from: str | None
+    files: dict
+
+
+# ---- analyses: (ctx, parent state, options) -> (metrics, files) ------------------------------------
+
+def run_compare(ctx: StepContext, parent, options: dict):
+    """Masks and weights of the parent (a) and the input b: Jaccard of the kept weights, overall and
+    per layer, and the cosine similarity of the weights both keep."""
+    other = ctx.inputs["b"]
+    jaccard = analysis.jaccard(parent.masks, other.masks)
+    metrics = {"jaccard": jaccard["overall"]}
+    metrics.update({f"jaccard.{name}": value for name, value in jaccard["per_layer"].items()})
+    both = [(parent.weights[n] * (parent.masks[n] & other.masks[n])).flatten() for n in parent.masks]
+    others = [(other.weights[n] * (parent.masks[n] & other.masks[n])).flatten() for n in parent.masks]
+    a, b = torch.cat(both).double(), torch.cat(others).double()
+    denominator = float(a.norm() * b.norm())
+    metrics["cosine"] = float(a @ b) / denominator if denominator else float("nan")
+    return metrics, {}

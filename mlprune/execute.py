@@ -258,11 +258,10 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
                         or (parent_state.spec.get("data_dir") if parent_state else None))
             emit = {at: _emitter(store, checkpoint, parent_run, root_run, inputs, data_dir, workspace, options,
                                  context.get("workflow")) for at, checkpoint in task["emits"]}
-            tensors, metrics, history, weights_from, _data = compute_node(
-                node, parent_state, loaded_inputs, workspace, data_dir=data_dir,
-                heartbeat=lambda: store.claims.heartbeat(run_id), emit=emit, progress=progress)
-            return _finish(store, run_id, node, tensors, metrics, history, weights_from, parent_state, parent_run,
-                           root_run, inputs, data_dir, workspace, options, context.get("workflow"))
+            computed = compute_node(node, parent_state, loaded_inputs, workspace, data_dir=data_dir,
+                                    heartbeat=lambda: store.claims.heartbeat(run_id), emit=emit, progress=progress)
+            return _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir,
+                           workspace, options, context.get("workflow"))
     except BaseException as error:
         from .store import ClaimLost
 
@@ -273,8 +272,8 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
         alive.stop()
 
 
-def _finish(store, run_id, node, tensors, metrics, history, weights_from, parent_state, parent_run, root_run,
-            inputs, data_dir, workspace, options, workflow) -> str:
+def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,
+            workflow) -> str:
     from .training.devices import device_label
 
     spec = {
@@ -290,8 +289,10 @@ def _finish(store, run_id, node, tensors, metrics, history, weights_from, parent
         "root_run": root_run if root_run else run_id,
         "data_dir": str(data_dir) if data_dir else None,
     }
-    if weights_from:
-        spec["weights_from"] = weights_from
+    if computed.weights_from:
+        spec["weights_from"] = computed.weights_from
+    if computed.tensors is None:
+        spec["analysis"] = True
     params = dict(node["params"])
     if node.get("round") is not None:
         params[names.PARAM_ROUND] = node["round"]
@@ -300,14 +301,16 @@ def _finish(store, run_id, node, tensors, metrics, history, weights_from, parent
     params[names.PARAM_THREADS] = options.threads
     store.set_tags(run_id, {names.TAG_DEVICE: device_label(workspace.device),
                             names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow)})
-    history = {k: v for k, v in history.items() if isinstance(v, list)}
-    return store.finish(run_id, spec=spec, masks=tensors.masks, weights=None if weights_from else tensors.weights,
-                        metrics=metrics, history=history, params=params)
+    history = {k: v for k, v in computed.history.items() if isinstance(v, list)}
+    tensors = computed.tensors
+    return store.finish(run_id, spec=spec, masks=tensors.masks if tensors is not None else None,
+                        weights=None if tensors is None or computed.weights_from else tensors.weights,
+                        metrics=computed.metrics, history=history, params=params, extra_files=computed.files)
 
 
 def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, workspace, options, workflow):
     """fn(model, history, masks) storing `checkpoint` (the node's state at that point of its training)."""
-    from .compute import Tensors, evaluate_state
+    from .compute import Computed, Tensors, evaluate_state
     from .store import ClaimLost
 
     def emit(model, history, masks):
@@ -325,9 +328,9 @@ def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, wo
         if not ours:
             return
         try:
-            metrics = evaluate_state(workspace, root, data, tensors, history)
-            _finish(store, run_id, checkpoint, tensors, metrics, history, None, parent_state, parent_run, root_run,
-                    inputs, data_dir, workspace, options, workflow)
+            metrics, files = evaluate_state(workspace, root, data, tensors, history, checkpoint["steps"])
+            _finish(store, run_id, checkpoint, Computed(tensors, metrics, history, None, files), parent_state,
+                    parent_run, root_run, inputs, data_dir, workspace, options, workflow)
         except ClaimLost as lost:
             store.claims.release(run_id, str(lost))
         except BaseException as error:

@@ -42,7 +42,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 class Node:
     name: str                          # unique within the plan
     key: str
-    kind: str                          # "init", or the step kinds joined by "+" ("reinit+train")
+    kind: str                          # "init", the step kinds joined by "+" ("reinit+train"), or "analysis"
     parent: str | None = None          # node name of the primary parent (None: a root)
     steps: list = field(default_factory=list)     # resolved steps, key form ([] for a root)
     root: dict | None = None           # resolved root spec (roots only)
@@ -237,7 +237,8 @@ class PlanBuilder:
         resolved, sources, extras = resolve_steps(list(steps))
         inputs = {role_: self._source(parent, source, role_) for role_, source in sources.items()}
         key = state_key(parent.key, resolved, {r: s.node.key for r, s in inputs.items()})
-        kind = "+".join(next(iter(step)) for step in resolved)
+        kinds = [next(iter(step)) for step in resolved]
+        kind = "analysis" if STEP_KINDS[kinds[0]].produces == "analysis" else "+".join(kinds)
         node = self._by_key.get(key)
         if node is None or node.external:
             node = self._add(Node(

@@ -27,30 +27,76 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .errors import SpecError
-from .plan import Plan, PlanBuilder, StateInfo
+from .plan import Node, Plan, PlanBuilder, StateInfo
+from .registry import Registry
 from .spec.times import parse_time
 
-TOP_LEVEL_KEYS = {
-    "name": "the recipe's name (defaults to the file name)",
-    "description": "what the experiment is, for people",
-    "extends": "another recipe file (relative path) whose keys this one overrides",
-    "params": "parameters and their defaults; override with -P name=value",
-    "protocols": "named parameter sets, chosen with -P protocol=<name>",
-    "root": "the initialized network: model, dataset, init, seed, data options",
-    "train": "the first training (train step options)",
-    "rounds": "how many prune -> reinit -> retrain rounds",
-    "prune": "the prune step of every round",
-    "schedule": "per-round overrides of the prune step: a list of {rounds: 'A-B', prune: {...}}",
-    "reinit": "the reinit step of every round (null: none, the pruned weights are retrained)",
-    "retrain": "train step options for the rounds (defaults to train)",
-    "mask_epoch": "prune from the state after this many epochs of each training (an early mask; the full training is a side branch)",
-    "controls": "sibling branches off every pruned state: a list of {name, reinit, retrain?}",
-}
+@dataclass(frozen=True)
+class Section:
+    """One top-level key of a recipe file.
+
+    ``impl`` (``"module:function"``), for keys that add states to the plan on their own:
+    ``fn(value, recipe: RecipeContext)`` is called after the rounds are planned, in the order
+    of the entries. Keys without one are read by `compile_recipe` itself.
+    """
+
+    name: str
+    help: str
+    impl: str = ""
+
+    def load(self):
+        from .registry import load_impl
+
+        return load_impl(self.impl)
+
+
+@dataclass
+class RecipeContext:
+    """What a recipe section sees: the plan so far and the recipe's resolved values."""
+
+    where: str                  # the file, for messages
+    spec: dict                  # the recipe's keys, parameters substituted
+    params: dict
+    builder: PlanBuilder
+    root: Node
+    trained: dict               # round -> the round's trained node (0: the first training)
+    pruned: dict                # round -> the round's prune node
+    retrain: dict               # the rounds' train options
+
+    def checked(self, key: str, fn, *args, **kwargs):
+        """fn(*args, **kwargs), its SpecError prefixed with the file and `key`."""
+        try:
+            return fn(*args, **kwargs)
+        except SpecError as error:
+            raise SpecError(f"{self.where}: {key}: {error}") from None
+
+
+SECTIONS: Registry[Section] = Registry("recipe key")
+for _name, _help in (
+    ("name", "the recipe's name (defaults to the file name)"),
+    ("description", "what the experiment is, for people"),
+    ("extends", "another recipe file (relative path) whose keys this one overrides"),
+    ("params", "parameters and their defaults; override with -P name=value"),
+    ("protocols", "named parameter sets, chosen with -P protocol=<name>"),
+    ("root", "the initialized network: model, dataset, init, seed, data options"),
+    ("train", "the first training (train step options)"),
+    ("rounds", "how many prune -> reinit -> retrain rounds"),
+    ("prune", "the prune step of every round"),
+    ("schedule", "per-round overrides of the prune step: a list of {rounds: 'A-B', prune: {...}}"),
+    ("reinit", "the reinit step of every round (null: none, the pruned weights are retrained)"),
+    ("retrain", "train step options for the rounds (defaults to train)"),
+    ("mask_epoch", "prune from the state after this many epochs of each training (an early mask; the full "
+                   "training is a side branch)"),
+    ("controls", "sibling branches off every pruned state: a list of {name, reinit, retrain?}"),
+):
+    SECTIONS.add(Section(_name, _help))
+
 COMMON_PARAMS = ("dataset", "model", "rounds", "epochs", "amount", "seed", "lr", "batch_size", "data_dir")
 _PARAM_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 
@@ -173,10 +219,10 @@ def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
         message = str(error)
         raise SpecError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: a recipe is a mapping of keys ({', '.join(TOP_LEVEL_KEYS)})")
-    unknown = set(raw) - set(TOP_LEVEL_KEYS)
+        raise SpecError(f"{path}: a recipe is a mapping of keys ({', '.join(SECTIONS)})")
+    unknown = set(raw) - set(SECTIONS)
     if unknown:
-        raise SpecError(f"{path}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(TOP_LEVEL_KEYS)}")
+        raise SpecError(f"{path}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(SECTIONS)}")
     raw.setdefault("name", path.stem)
     if "extends" in raw:
         base_path = (path.parent / raw["extends"]).resolve()
@@ -349,6 +395,7 @@ def compile_recipe(path: str | Path, overrides: dict | None = None, *,
     root = checked("root", builder.root, "root", root_spec, data_dir=data_dir, role="root")
     trained = checked("train", builder.child, "train", root, [with_mask_checkpoint(train)], round=0,
                       role="trained", label="train")
+    trained_by_round, pruned_by_round = {0: trained}, {}
     previous = mask_source(trained)
     reinit_steps = [{"reinit": reinit}] if reinit else []
     for r in range(1, rounds + 1):
@@ -356,12 +403,17 @@ def compile_recipe(path: str | Path, overrides: dict | None = None, *,
                          [{"prune": prune_of_round[r]}], round=r, role="pruned")
         retrained = checked("reinit / retrain" if reinit_steps else "retrain", builder.child, f"round{r}", pruned,
                             reinit_steps + [with_mask_checkpoint(retrain)], round=r, role="trained")
+        trained_by_round[r], pruned_by_round[r] = retrained, pruned
         for i, control in enumerate(controls):
             control_train = dict(control.get("retrain") or retrain)
             checked(f"controls[{i}]", builder.child, f"round{r}.{control['name']}", pruned,
                     [{"reinit": control["reinit"]}, {"train": control_train}], round=r,
                     branch=str(control["name"]), role="trained")
         previous = mask_source(retrained)
+    context = RecipeContext(where, spec, params, builder, root, trained_by_round, pruned_by_round, retrain)
+    for section in SECTIONS.values():
+        if section.impl and spec.get(section.name) is not None:
+            section.load()(spec[section.name], context)
     return builder.build()
 
 

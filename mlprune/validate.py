@@ -46,7 +46,7 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
             try:
                 data = workspace.data(root, data_dir)
                 model = build_model(root["model"], num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                                    init=root["init"], seed=root["seed"])
+                                    init=root["init"], seed=root["seed"], options=root.get("model_options"))
             except SpecError as error:
                 raise SpecError(f"{node.label or node.name}: {error}") from None
             params = dict(model.named_parameters())

@@ -31,6 +31,17 @@ def test_mlproject_is_generated_from_the_recipes():
         "MLproject is stale: run `python -m mlprune.mlproject > MLproject`"
 
 
+def test_recipe_reference_is_rendered_from_the_declarations():
+    from mlprune.reference import render as reference
+
+    assert (REPO / "docs" / "recipes.md").read_text() == reference(), \
+        "docs/recipes.md is stale: python -m mlprune.reference > docs/recipes.md"
+    text = reference()
+    for fragment in ("`schedule_from`", "`lr_schedule`", "`ln_structured`", "`rewind`", "`resnet20`", "`cifar10`",
+                     "`compare` (an analysis)"):
+        assert fragment in text
+
+
 @pytest.mark.slow
 def test_mlflow_run_entry_point_builds_the_chain_and_reruns_from_cache(tracking, tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

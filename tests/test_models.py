@@ -13,7 +13,7 @@ from mlprune.models import nets
 from mlprune.errors import SpecError
 from mlprune.models import INITS, MODELS, build_model, model_input, prunable
 
-OWN = ["lenet", "lenet_300_100", "conv2", "conv4", "conv6", "alexnet", "vgg11", "resnet20"]
+OWN = ["lenet", "lenet_300_100", "conv2", "conv4", "conv6", "alexnet", "vgg11", "resnet20", "vgg16"]
 SMALL = ["lenet", "lenet_300_100", "conv2", "conv4", "conv6", "resnet20"]
 
 

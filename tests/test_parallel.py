@@ -63,6 +63,8 @@ def paused_at(path: Path):
     text = path.read_text().strip() if path.exists() else ""
     return tuple(text.split()) if len(text.split()) == 2 else None
 
+REPO = Path(__file__).resolve().parents[1]
+
 TINY = """\
 params: {seed: 0, amount: 0.2, epochs: 1, rounds: 1, lr: 0.05}
 root: {model: lenet_300_100, dataset: digits, seed: $seed}
@@ -499,7 +501,7 @@ def test_a_dask_worker_killed_mid_state_is_replaced_and_the_state_completes(mlfl
     client = Client(cluster)
     try:
         # the first worker to reach epoch 3 of a training blocks there: we kill it exactly then
-        client.run(exec, PAUSE_HOOK)
+        client.run(exec, PAUSE_HOOK, {})
         sweep = subprocess.Popen(
             mlprune_cmd("sweep", recipe, "--seeds", "0-1", "-P", "epochs=6", "--scheduler",
                         cluster.scheduler_address, "-e", "worker-killed"),
@@ -618,3 +620,52 @@ def test_run_plans_passes_the_experiment_by_id(tracking, tmp_path):
     result = run_plans([compile_recipe(recipe, {"epochs": 0})], Store(tracking_uri=tracking, experiment_id=chosen))
     assert result.experiment_id == chosen
     assert {r.info.experiment_id for r in key_runs(tracking)} == {chosen}
+
+
+# ---- one key derivation, whatever runs it --------------------------------------------------------
+LATE = """\
+name: late
+extends: {base}
+reinit: {{strategy: rewind, to: root, epoch: 1}}
+"""
+STATE_SOURCE = """\
+name: from_state
+extends: {base}
+reinit: {{strategy: rewind, to: "state:train"}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text", [LATE, STATE_SOURCE], ids=["late-rewind", "state-source"])
+def test_late_rewind_and_state_sources_sweep_on_every_scheduler_then_run_reuses_all(tracking, tmp_path, text):
+    """Sweeps plan with the same PlanBuilder as runs: no second key derivation to disagree."""
+    base = REPO / "recipes" / "lt_structuredL1.yaml"
+    recipe = write_recipe(tmp_path, text.format(base=base), name="variant.yaml")
+    common = ["--seeds", "0-1", "-P", "rounds=1", "-P", "epochs=2"]
+    env = cli_env(tracking)
+    sync = run_cli(["sweep", recipe, *common, "--scheduler", "sync", "-e", "v-sync"], env=env, cwd=tmp_path)
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    parallel = run_cli(["sweep", recipe, *common, "--scheduler", "processes", "--workers", "2", "-e", "v-proc"],
+                       env=env, cwd=tmp_path)
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    plans = [compile_recipe(recipe, {"seed": seed, "rounds": 1, "epochs": 2}) for seed in (0, 1)]
+    planned = {node.key for plan in plans for node in plan.nodes}
+    client = MlflowClient(tracking_uri=tracking)
+    hashes = {}
+    for name in ("v-sync", "v-proc"):
+        experiment_id = client.get_experiment_by_name(name).experiment_id
+        finished = finished_by_key(tracking, experiment_id)
+        assert set(finished) == planned and all(len(ids) == 1 for ids in finished.values()), name
+        exp = Experiment(tracking_uri=tracking, experiment_id=experiment_id)
+        hashes[name] = {key: weights_hash(exp.state(ids[0])) for key, ids in finished.items()}
+    assert hashes["v-sync"] == hashes["v-proc"]
+    rewinds = [n for plan in plans for n in plan.nodes if n.name == "round1"]
+    if text is LATE:  # the weights source is the first training stopped after epoch 1, emitted on the way
+        assert all(plan.node(plan.node("round1").inputs["weights"]).at == "1ep" for plan in plans)
+    else:
+        assert all(plan.node("round1").inputs["weights"] == "train" for plan in plans)
+    assert len(rewinds) == 2
+    again = run_cli(["run", recipe, "-P", "rounds=1", "-P", "epochs=2", "-P", "seed=1", "-e", "v-sync"], env=env,
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(plans[1].nodes)} states: 0 computed, {len(plans[1].nodes)} reused" in again.stdout, again.stdout

@@ -202,8 +202,14 @@ def test_report_has_every_figure_and_right_numbers(in_store, tmp_path):
                         ("lenet_unstructured", 1)}
     un = agg[("lenet_unstructured", 1)]
     assert un["n"] == 2 and sorted(un["seeds"]) == [0, 1]
-    accs = [r.data.metrics["test_accuracy"] for r in states if r.data.tags["mlprune.kind"] == "reinit+train"
-            and r.data.tags.get("mlflow.runName", "").startswith("lenet_unstructured")]
+    # report.json: per series and round, the state each number comes from
+    reported = json.loads((out / "report.json").read_text())["series"]
+    unstructured = [s for s in reported if s["label"] == "lenet_unstructured"]
+    assert sorted(s["seed"] for s in unstructured) == [0, 1]
+    round1 = [next(r for r in s["rounds"] if r["round"] == 1) for s in unstructured]
+    accs = [by_id[r["run_id"]].data.metrics["test_accuracy"] for r in round1]
+    assert [r["test_accuracy"] for r in round1] == accs
+    assert all(by_id[r["run_id"]].data.tags["mlprune.kind"] == "reinit+train" for r in round1)
     assert len(accs) == 2
     assert un["mean"] == pytest.approx(np.mean(accs)) and un["std"] == pytest.approx(np.std(accs, ddof=1))
     assert un["remaining"] == pytest.approx(0.5, abs=0.01)
@@ -217,8 +223,8 @@ def test_report_has_every_figure_and_right_numbers(in_store, tmp_path):
     grid = next(j for j in numbers["jaccard"] if j["what"] == "series x rounds" and j["seed"] == "0")
     assert grid["labels"] == ["lenet_structured r1", "lenet_structured r2", "lenet_structured / random_reinit r1",
                               "lenet_structured / random_reinit r2", "lenet_unstructured r1"]
-    by_name = {r.data.tags.get("mlflow.runName"): r.info.run_id for r in states}
-    ids = {f"lenet_structured r{rnd}": by_name[f"lenet_structured: round {rnd} reinit+train"] for rnd in (1, 2)}
+    structured = next(s for s in reported if s["label"] == "lenet_structured" and s["seed"] == 0)
+    ids = {f"lenet_structured r{r['round']}": r["run_id"] for r in structured["rounds"] if r["round"]}
     masks = [store.load(ids[k]).masks for k in ("lenet_structured r1", "lenet_structured r2")]
     expected = analysis.jaccard(masks[0], masks[1])["overall"]
     assert grid["matrix"][0][1] == pytest.approx(expected) and grid["matrix"][1][0] == pytest.approx(expected)
@@ -233,7 +239,7 @@ def test_report_has_every_figure_and_right_numbers(in_store, tmp_path):
         assert got["dim1"]["expected"] == pytest.approx(entry["dim1"]["expected"])
     stab = numbers["stability"]["lenet_structured"]
     assert stab["rounds"] == [0, 1, 2]
-    train_id = next(r.info.run_id for r in states if r.data.tags.get("mlflow.runName") == "lenet_structured: train")
+    train_id = next(r["run_id"] for r in structured["rounds"] if r["round"] == 0)
     series = [store.load(i) for i in (train_id, ids["lenet_structured r1"], ids["lenet_structured r2"])]
     ref = analysis.weight_stability([s.weights for s in series], [s.masks for s in series])
     assert stab["jaccard"]["overall"] == pytest.approx(ref["jaccard"]["overall"])

@@ -87,7 +87,7 @@ from dataclasses import dataclass
 from ..errors import SpecError
 from ..registry import Registry, load_impl
 
-__all__ = ["MODELS", "Model", "INIT_NAMES", "model_entry", "model_input", "build_model", "prunable", "INITS"]
+__all__ = ["MODELS", "Model", "ModelOption", "INIT_NAMES", "model_entry", "model_input", "build_model", "prunable", "INITS"]
 
 
 @dataclass(frozen=True)
@@ -100,10 +100,32 @@ class Model:
     min_size: int | None = None      # the smallest image side it needs (data is upsampled to it); None = any
     hard_min: int | None = None      # below this it cannot run at all (build_model refuses)
     torchvision: bool = False        # a torchvision model: probed with one forward pass at build time
+    options: tuple = ()              # ModelOption: the root's model_options it takes
     help: str = ""
 
     def load(self):
         return load_impl(self.impl)
+
+    def check_options(self, given: dict | None) -> dict:
+        """The model's options (`model_options` of the root), checked; defaults left out."""
+        given = dict(given or {})
+        known = {o.name: o for o in self.options}
+        for name, value in given.items():
+            if name not in known:
+                raise SpecError(f"model {self.name!r} takes no option {name!r}; allowed: "
+                                f"{', '.join(known) or 'none'}")
+            if value not in known[name].allowed:
+                raise SpecError(f"model {self.name!r} option {name} must be one of "
+                                f"{', '.join(map(str, known[name].allowed))}, got {value!r}")
+        return {name: value for name, value in given.items() if value != known[name].default}
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    name: str
+    default: object
+    allowed: tuple
+    help: str = ""
 
 
 MODELS: Registry[Model] = Registry("model", extra_names=("tv:<torchvision name>",))
@@ -117,7 +139,12 @@ MODELS.add(Model("conv6", "mlprune.models.nets:conv6", hard_min=8, help="Frankle
 MODELS.add(Model("alexnet", "mlprune.models.nets:AlexNet", channels=3, min_size=32,
                  help="torchvision's AlexNet adapted to small images"))
 MODELS.add(Model("vgg11", "mlprune.models.nets:VGG11", channels=3, min_size=32, help="VGG-11 (no BN)"))
-MODELS.add(Model("resnet20", "mlprune.models.nets:ResNet20", help="He et al.'s CIFAR ResNet-20, option-A shortcuts"))
+MODELS.add(Model("resnet20", "mlprune.models.nets:ResNet20", options=(
+    ModelOption("width", 16, (8, 16, 32, 64, 128), "filters of the first stage (then 2W, 4W)"),
+    ModelOption("shortcut", "A", ("A", "B"), "A: parameter-free (He et al.), B: 1x1 conv + BN (OpenLTH)")),
+    help="He et al.'s CIFAR ResNet-20 (model_options: width, shortcut)"))
+MODELS.add(Model("vgg16", "mlprune.models.nets:VGG16", channels=3, min_size=32,
+                 help="the CIFAR VGG-16 with BatchNorm of Frankle et al. / OpenLTH"))
 
 INIT_NAMES = ("default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "glorot")
 

@@ -200,9 +200,11 @@ class VGG11(nn.Module):
 # ----------------------------------------------------------------------------- ResNet-20
 
 class _BasicBlockA(nn.Module):
-    """CIFAR ResNet basic block with an option-A (parameter-free) shortcut."""
+    """CIFAR ResNet basic block. Shortcut option A (He et al.'s CIFAR runs): parameter-free, stride-2
+    subsampling plus zero channel padding where the shape changes; option B (OpenLTH): a 1x1 conv and
+    BatchNorm there (``shortcut.0`` / ``shortcut.1``), identity elsewhere."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int):
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str = "A"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -210,8 +212,13 @@ class _BasicBlockA(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.stride = stride
         self.pad = planes - in_planes
+        if shortcut == "B" and (stride != 1 or in_planes != planes):
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(planes))
 
     def _shortcut(self, x):
+        if hasattr(self, "shortcut"):
+            return self.shortcut(x)
         if self.stride != 1:
             x = x[:, :, :: self.stride, :: self.stride]
         if self.pad:
@@ -225,25 +232,27 @@ class _BasicBlockA(nn.Module):
 
 
 class ResNet20(nn.Module):
-    """He et al. 2016 CIFAR ResNet-20 (n = 3), option-A shortcuts."""
+    """He et al. 2016 CIFAR ResNet-20 (n = 3): stages of width W, 2W, 4W (W = 16), option-A shortcuts
+    by default (``shortcut="B"``: 1x1 conv shortcuts, as OpenLTH's cifar_resnet_20_W)."""
 
-    def __init__(self, num_classes: int, input_shape: tuple[int, int, int], n: int = 3):
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int], n: int = 3, width: int = 16,
+                 shortcut: str = "A"):
         super().__init__()
         c = input_shape[0]
-        self.conv1 = nn.Conv2d(c, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        self.conv1 = nn.Conv2d(c, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         layers = []
-        in_planes = 16
-        for i, planes in enumerate((16, 32, 64)):
+        in_planes = width
+        for i, planes in enumerate((width, 2 * width, 4 * width)):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(_BasicBlockA(in_planes, planes, stride))
+                blocks.append(_BasicBlockA(in_planes, planes, stride, shortcut))
                 in_planes = planes
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(4 * width, num_classes)
         for m in self.modules():  # the paper's init (He et al. 2015)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -277,6 +286,32 @@ def torchvision_builder(name: str) -> Callable[..., nn.Module]:
 
 
 # ----------------------------------------------------------------------------- registries
+
+class VGG16(nn.Module):
+    """The CIFAR VGG-16 of Frankle et al. (OpenLTH's cifar_vgg_16): 13 3x3 convs (64, 64, M, 128, 128, M,
+    256 x3, M, 512 x3, M, 512 x3) each with BatchNorm and ReLU, a 2x2 average pool, one fc layer."""
+
+    PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int]):
+        super().__init__()
+        c, h, w = input_shape
+        layers: list[nn.Module] = []
+        for v in self.PLAN:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                h, w = h // 2, w // 2
+            else:
+                layers += [nn.Conv2d(c, v, kernel_size=3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AvgPool2d(2) if min(h, w) >= 2 else nn.Identity()
+        ph, pw = (h // 2, w // 2) if min(h, w) >= 2 else (h, w)
+        self.fc = nn.Linear(512 * ph * pw, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
 
 # The builders of the catalog's entries (mlprune.models.MODELS[name].impl).
 conv2 = functools.partial(ConvNet, pairs=1)
@@ -339,7 +374,8 @@ def _check_shape(name: str, input_shape, need: tuple[int | None, int | None]) ->
     return shape
 
 
-def build_model(name: str, *, num_classes: int, input_shape, init: str = "default", seed: int = 0) -> nn.Module:
+def build_model(name: str, *, num_classes: int, input_shape, init: str = "default", seed: int = 0,
+                options: dict | None = None) -> nn.Module:
     """Build model `name` for `num_classes` classes and (C, H, W) inputs.
 
     Deterministic in `seed`; the global RNG is not touched (the CPU RNG is forked). The
@@ -359,7 +395,7 @@ def build_model(name: str, *, num_classes: int, input_shape, init: str = "defaul
     with torch.random.fork_rng(devices=[]):
         # Seed only the (forked) CPU generator: torch.manual_seed would also reseed CUDA.
         torch.default_generator.manual_seed(seed % (2 ** 64))
-        model = builder(num_classes, shape)
+        model = builder(num_classes, shape, **entry.check_options(options))
         INITS[init](model)
         model = model.float().cpu()
         if entry.torchvision:

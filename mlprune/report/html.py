@@ -32,6 +32,7 @@ import numpy as np
 from .. import __version__, analysis, lineage
 from ..errors import SpecError
 from ..names import TAG_KIND
+from ..registry import Registry, load_impl
 from . import figures as plotting
 from .series import Collection, Series, accuracy_table, collect, rounds_table
 from .states import _model, layer_kinds, stability, structure
@@ -39,6 +40,23 @@ from .states import _model, layer_kinds, stability, structure
 
 class ReportWarning(UserWarning):
     """Something in the store was skipped; the rest of the report went on."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the report, in page order: ``impl(builder, collection, load, note)`` adds
+    figures and HTML with ``builder.section``; ``load(run_id)`` gives a state's tensors (None if
+    broken, warned once), ``note(message)`` a warning for the page."""
+
+    name: str
+    impl: str
+    help: str = ""
+
+    def load(self):
+        return load_impl(self.impl)
+
+
+SECTIONS: Registry[Section] = Registry("report section")
 
 
 def _png(fig) -> bytes:
@@ -137,7 +155,7 @@ def _metric(run, name):
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _accuracy_section(b: _Builder, collection: Collection, what: str = "recipes") -> list[dict]:
+def accuracy_section(b: _Builder, collection: Collection, load=None, note=None, what: str = "recipes") -> list[dict]:
     agg = accuracy_table(collection)
     b.numbers["accuracy_vs_remaining"] = agg
     if not agg:
@@ -184,7 +202,7 @@ def _remaining_label(rnd: int, state) -> str:
     return f"r{rnd} ({100 * analysis.remaining_fraction(state.masks):.3g}%)"
 
 
-def _similarity_section(b: _Builder, collection: Collection, load, note) -> None:
+def similarity_section(b: _Builder, collection: Collection, load, note) -> None:
     html = []
     numbers = []
     # methods x rounds: every series' pruned rounds, per seed and architecture
@@ -289,7 +307,7 @@ def _first_seed(collection: Collection) -> list[Series]:
     return out
 
 
-def _structure_section(b: _Builder, collection: Collection, load) -> None:
+def structure_section(b: _Builder, collection: Collection, load, note=None) -> None:
     html, numbers = [], {}
     targets = [(s.label, s.seed, _load_series(s, load)) for s in _first_seed(collection)]
     targets = [(label, seed, loaded[-1]) for label, seed, loaded in targets if loaded and loaded[-1][0] > 0]
@@ -324,7 +342,7 @@ def _structure_section(b: _Builder, collection: Collection, load) -> None:
               "</p>" + ("".join(html) or "<p>No pruned state.</p>"))
 
 
-def _stability_section(b: _Builder, collection: Collection, load) -> None:
+def stability_section(b: _Builder, collection: Collection, load, note=None) -> None:
     stab_html, evo_html, numbers = [], [], {}
     for series in _first_seed(collection):
         loaded = _load_series(series, load)
@@ -400,7 +418,7 @@ def _biases(state, kinds) -> dict:
     return out
 
 
-def _weights_section(b: _Builder, collection: Collection, load) -> None:
+def weights_section(b: _Builder, collection: Collection, load, note=None) -> None:
     html = []
     done = set()
     for series in _first_seed(collection):
@@ -420,7 +438,7 @@ def _weights_section(b: _Builder, collection: Collection, load) -> None:
               + ("".join(html) or "<p>No recipe states.</p>"))
 
 
-def _states_section(b: _Builder, collection: Collection) -> None:
+def states_section(b: _Builder, collection: Collection, load=None, note=None) -> None:
     rows = []
     in_series = {}
     for series in collection.series:
@@ -499,12 +517,8 @@ def write_report(experiment: str, out_dir, *, tracking_uri: str | None = None, u
               f"mask sources. Nodes link to their runs in the MLflow UI at {escape(ui)}.</p>"
               f'<div class="dag" data-kind="dag">{svg}</div>')
     b.numbers["lineage"] = {"nodes": nodes, "edges": edges}
-    _accuracy_section(b, collection)
-    _similarity_section(b, collection, loaded, note)
-    _structure_section(b, collection, loaded)
-    _stability_section(b, collection, loaded)
-    _weights_section(b, collection, loaded)
-    _states_section(b, collection)
+    for entry in SECTIONS.values():
+        entry.load()(b, collection, loaded, note)
 
     warn_html = ""
     if collection.warnings:
@@ -561,3 +575,11 @@ def _note_into(collection: Collection, warn):
     return note
 
 
+
+
+SECTIONS.add(Section("accuracy", "mlprune.report.html:accuracy_section", "accuracy and early stopping vs remaining"))
+SECTIONS.add(Section("similarity", "mlprune.report.html:similarity_section", "mask Jaccard: rounds, seeds, states"))
+SECTIONS.add(Section("structure", "mlprune.report.html:structure_section", "emergent structure vs random"))
+SECTIONS.add(Section("stability", "mlprune.report.html:stability_section", "weight stability and evolution"))
+SECTIONS.add(Section("weights", "mlprune.report.html:weights_section", "weights of the dense and final states"))
+SECTIONS.add(Section("states", "mlprune.report.html:states_section", "every state in a table"))

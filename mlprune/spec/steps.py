@@ -79,6 +79,15 @@ def _model_check(value, name):
     return value
 
 
+def _model_options_check(value, name):
+    if not isinstance(value, dict):
+        raise SpecError(f"{name} must be a mapping of the model's options, got {value!r}")
+    return dict(sorted(value.items()))
+
+
+_model_options_check.doc = "mapping"
+
+
 def _dataset_check(value, name):
     from ..data import DATASETS
 
@@ -106,6 +115,8 @@ INIT_SCHEMA = Schema("root option", (
     Option("dataset", "digits", _dataset_check, "dataset (data.DATASETS)"),
     Option("init", "default", _init_check, "weight initialization"),
     Option("seed", 0, seed_value, "seeds the initialization and, by default, every training's data order"),
+    Option("model_options", {}, _model_options_check, "the model's own options (e.g. resnet20: width, shortcut)",
+           key="unless_default"),
     # data options: in the key only when they differ from their default (under "data")
     Option("val_size", 0, _val_size, "validation split held out of the training data (count or fraction)",
            key="unless_default"),
@@ -126,8 +137,14 @@ def resolve_root(spec: dict) -> dict:
 
     Data options left at their default are not part of it: a new no-op option cannot change old keys.
     """
+    from ..models import model_entry
+
     resolved = INIT_SCHEMA.resolve(spec)
     out = {k: resolved[k] for k in ("model", "dataset", "init", "seed")}
+    model_options = model_entry(resolved["model"], check_torchvision=False).check_options(
+        resolved.get("model_options"))
+    if model_options:  # at their defaults, model options leave the key as it was
+        out["model_options"] = model_options
     out["data"] = {k: resolved[k] for k in _DATA_OPTIONS if k in resolved}
     return out
 
@@ -342,6 +359,22 @@ def resolve_reinit(raw: dict) -> ResolvedStep:
     return ResolvedStep("reinit", keyed, {"weights": source})
 
 
+# ---- analyses: states that measure their parent (a) against other states ---------------------------
+
+COMPARE_SCHEMA = Schema("compare option", (
+    Option("b", REQUIRED, any_value, "the state to compare with: a run id, state:<node>, root or parent",
+           aliases=("with",)),
+))
+
+
+def resolve_compare(raw: dict) -> ResolvedStep:
+    given = COMPARE_SCHEMA.canonical_names(dict(raw or {}))
+    if "b" not in given:
+        raise SpecError("compare needs 'b': the state to compare the parent with")
+    return ResolvedStep("compare", {"a": "input:a", "b": "input:b"},
+                        {"a": Source("parent"), "b": Source(given["b"])})
+
+
 # ---- the registry -----------------------------------------------------------------------------
 
 STEP_KINDS: Registry[StepKind] = Registry("step")
@@ -353,6 +386,8 @@ STEP_KINDS.add(StepKind("prune", None, resolve_prune, "mlprune.compute:run_prune
                         help="compute new masks from the current effective weights"))
 STEP_KINDS.add(StepKind("reinit", REINIT_SCHEMA, resolve_reinit, "mlprune.compute:run_reinit",
                         help="set the weights before retraining (rewind, random, sign, zhou, shuffle, keep)"))
+STEP_KINDS.add(StepKind("compare", COMPARE_SCHEMA, resolve_compare, "mlprune.compute:run_compare", produces="analysis",
+                        help="an analysis: the kept weights of the parent (a) vs another state (b): Jaccard, cosine"))
 CHILD_KINDS = ("prune", "reinit", "train")  # what a recipe's steps may be (init makes roots only)
 
 
@@ -382,6 +417,10 @@ def resolve_steps(steps) -> tuple[list[dict], dict[str, Source], list]:
     if not steps:
         raise SpecError("a recipe needs at least one step (prune, reinit or train)")
     resolved, sources, extras = [], {}, []
+    kinds = [next(iter(step)) if isinstance(step, dict) and len(step) == 1 else None for step in steps]
+    if any(k in STEP_KINDS and STEP_KINDS[k].produces == "analysis" for k in kinds) and len(steps) > 1:
+        raise SpecError(f"an analysis ({', '.join(k for k in kinds if k)}) is a step of its own, not part of a "
+                        f"list of steps")
     rewound_to = None  # a rewind to a point of training: the retrain continues the schedule from there
     for step in steps:
         if rewound_to is not None and isinstance(step, dict) and "train" in step and isinstance(step["train"], dict) \

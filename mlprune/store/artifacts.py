@@ -43,14 +43,17 @@ def tensors_from(content: bytes, *, run_id: str, name: str) -> dict:
                              f"({' '.join(str(error).split())[:120]})") from None
 
 
-def state_files(spec: dict, masks: dict, weights: dict | None) -> dict[str, bytes]:
-    """The files of a state: masks, weights (unless it references its parent's), state.json.
+def state_files(spec: dict, masks: dict | None, weights: dict | None,
+                extra: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """The files of a state: masks, weights (unless it references its parent's, or it is an analysis),
+    extra files (an analysis's results, predictions...), state.json.
 
-    state.json records the tensor files' SHA-256 under ``files``.
+    state.json records every other file's SHA-256 under ``files``.
     """
-    files = {MASKS_FILE: tensors_bytes(masks)}
+    files = {MASKS_FILE: tensors_bytes(masks)} if masks is not None else {}
     if weights is not None:
         files[WEIGHTS_FILE] = tensors_bytes(weights)
+    files.update(extra or {})
     spec = {**spec, "files": {name: sha256(content) for name, content in files.items()}}
     files[STATE_FILE] = json.dumps(spec, indent=1, sort_keys=True).encode()
     return files

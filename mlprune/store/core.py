@@ -262,16 +262,21 @@ class Store:
             items = [Param(k, str(v)[:6000]) for k, v in params.items()]
             for start in range(0, len(items), 100):
                 self.client.log_batch(run_id, params=items[start:start + 100])
-        files = artifacts.state_files(spec, masks, weights)
-        self.write_files(run_id, {**files, **(extra_files or {})})
+        files = artifacts.state_files(spec, masks, weights, extra_files)
+        self.write_files(run_id, files)
         self.set_tags(run_id, artifacts.hash_tags(files))
         key = spec.get("key")
         winner = self.claims.settle(run_id, key, before=True)  # never two FINISHED runs for one key
         if winner == run_id:
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
             winner = self.claims.settle(run_id, key, before=False)
-        if winner == run_id:
+        if winner == run_id and masks is not None:
             self._remember(run_id, json.loads(files[STATE_FILE]), masks, weights)
+        elif winner == run_id:
+            with self._lock:
+                self._specs[run_id] = json.loads(files[STATE_FILE])
+                self.claims.computed.add(run_id)
+            self._created.pop(run_id, None)
         return winner
 
     def _remember(self, run_id: str, spec: dict, masks: dict, weights: dict | None) -> None:
@@ -345,6 +350,11 @@ class Store:
         """One artifact file of any run of the store; a one-line SpecError if it has none."""
         return self._artifact_bytes(self.run(run_id), name)
 
+    def state_file(self, run_id: str, name: str) -> bytes:
+        """One file of a state (an analysis's results, predictions...), checked against its recorded hash."""
+        run = self.state_run(run_id)
+        return self._state_file(run, name, self.spec(run_id))
+
     def _state_file(self, run, name: str, spec: dict | None = None) -> bytes:
         """A state's file, checked against its recorded hash; a missing file is an IntegrityError too."""
         try:
@@ -382,6 +392,8 @@ class Store:
                 return self._cache[run_id]
         run = self.state_run(run_id)
         spec = self.spec(run_id)
+        if spec.get("analysis"):
+            raise SpecError(f"state {run_id} is an analysis ({spec['kind']}): it holds results, not a network")
         masks = artifacts.tensors_from(self._state_file(run, MASKS_FILE, spec), run_id=run_id, name=MASKS_FILE)
         if spec.get("weights_from"):
             source = self.load(spec["weights_from"]).weights
@@ -401,6 +413,12 @@ class Store:
         with self._lock:
             self._cache.pop(run_id, None)
             self._specs.pop(run_id, None)
+        spec = self.spec(run_id)
+        if spec.get("analysis"):
+            run = self.state_run(run_id)
+            for name in spec.get("files", {}):
+                self._state_file(run, name, spec)
+            return
         self.load(run_id)
 
     def artifact_files(self, run_id: str) -> dict[str, bytes]:
