@@ -141,8 +141,10 @@ def run_reinit(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
         seed = options.get("seed")
         fresh = ctx.workspace.build(ctx.root, ctx.data, seed=derived_seed(ctx.key, ctx.index) if seed is None
                                     else seed).state_dict()
+    own = {name: options[name] for name in entry.options if name in options}
     weights, masks = reinit_weights(options["strategy"], current=tensors.weights, source=source, fresh=fresh,
-                                    masks=tensors.masks, kinds=_kinds(ctx), generator=ctx.generator(options.get("seed")))
+                                    masks=tensors.masks, kinds=_kinds(ctx), generator=ctx.generator(options.get("seed")),
+                                    **own)
     return Tensors(weights, masks)
 
 

@@ -308,7 +308,7 @@ def dag_geometry(nodes, edges):
 
 
 def dag_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence],
-            link: Callable[[str], str] | None = None, title: str | None = None) -> str:
+            link: Callable[[str], str] | None = None, title: str | None = None, highlight: str | None = None) -> str:
     """Standalone SVG (a string) of the experiment DAG, each node a link.
 
     Same layout as :func:`plot_dag` (root on top, one column per leaf, so width
@@ -340,6 +340,7 @@ def dag_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence],
         ".node text{font-size:11px;fill:#212121}"
         ".node .kind{font-weight:bold}"
         "a:hover rect{stroke-width:2.5;stroke:#0d47a1}"
+        ".node.current rect{stroke-width:4;stroke:#d50000}"
         "</style>",
         "<defs>"
         '<marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
@@ -372,7 +373,8 @@ def dag_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence],
         cx, cy = px(layout[node["id"]])
         lines = node_lines(node)
         tip = f"{node.get('label', '')} — {node['id']}"
-        g = [f'<g class="node" data-id={quoteattr(str(node["id"]))}>',
+        current = ' current' if node["id"] == highlight else ""
+        g = [f'<g class="node{current}" data-id={quoteattr(str(node["id"]))}>',
              f"<title>{escape(tip)}</title>",
              f'<rect x="{cx - box_w / 2:.1f}" y="{cy - box_h / 2:.1f}" width="{box_w:.1f}" height="{box_h:.1f}" '
              f'rx="7" fill="{_kind_color(node)}"/>']
@@ -390,7 +392,7 @@ def dag_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence],
 
 
 def lineage_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, base: str | None = "/",
-                title: str | None = None) -> str:
+                title: str | None = None, highlight: str | None = None) -> str:
     """Standalone SVG of the DAG; with ``base`` each node links to its run in the UI at ``base``."""
     link = None
     if base is not None:
@@ -399,7 +401,7 @@ def lineage_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, base: st
         def link(run_id):
             return run_link(exp_of.get(run_id), run_id, base)
 
-    return dag_svg(nodes, edges, link=link, title=title)
+    return dag_svg(nodes, edges, link=link, title=title, highlight=highlight)
 
 
 _CSS = """
@@ -456,7 +458,7 @@ def _pct(value) -> str:
 
 def lineage_html(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, title: str,
                  base: str = "/", file_base: str | None = None, subtitle: str = "",
-                 extra_html: str = "") -> str:
+                 extra_html: str = "", highlight: str | None = None) -> str:
     """A self-contained HTML page: the DAG (inline SVG, nodes link to their runs) and a table of states.
 
     ``base`` is where the MLflow UI is (``/`` when the page is served by the
@@ -470,7 +472,7 @@ def lineage_html(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, title: 
     # every link also carries its UI path (data-ui-path), so the script can re-base it
     svg = re.sub(r'<a href="([^"]*)"',
                  lambda m: f'<a data-ui-path="{m.group(1)[len(prefix):]}" href="{m.group(1)}"',
-                 lineage_svg(nodes, edges, base=base))
+                 lineage_svg(nodes, edges, base=base, highlight=highlight))
     parents: dict[str, list[str]] = {}
     for p, c, role in ((e[0], e[1], e[2] if len(e) > 2 else "primary") for e in edges):
         parents.setdefault(c, []).append(f"{'parent' if role == 'primary' else role}: {p[:8]}")

@@ -80,13 +80,21 @@ def _ui_base() -> str:
 
 
 def lineage_page(experiment_id: str):
-    """The lineage page of one experiment: the DAG of its FINISHED states, nodes linking to their runs."""
+    """The lineage page of one experiment (`<experiment id>`) or of one state (`<run id>`: its
+    experiment's DAG with that state marked): every FINISHED state, each node a link to its run."""
     from flask import Response
     from mlflow.exceptions import MlflowException
 
     from . import lineage
 
     store = _store()
+    current = None
+    if len(experiment_id) == 32 and all(c in "0123456789abcdef" for c in experiment_id):
+        try:
+            current = store.get_run(experiment_id)
+        except MlflowException:
+            return Response(f"no run with id {escape(experiment_id)}", status=404, mimetype="text/plain")
+        experiment_id = current.info.experiment_id
     try:
         experiment = store.get_experiment(experiment_id)
     except MlflowException:
@@ -110,9 +118,12 @@ def lineage_page(experiment_id: str):
     back = (f'<p class="meta"><a href="{escape(base)}#/experiments/{escape(experiment_id)}" target="_top">'
             f'experiment "{escape(experiment.name)}" in the MLflow UI</a> · '
             f'<a href="{escape(base.rstrip("/") + LINEAGE_ROUTE)}">all experiments</a></p>')
-    html = lineage.lineage_html(nodes, edges, title=f"Lineage: {experiment.name}", base=base,
-                                subtitle=f"experiment id {experiment_id} · mlprune {__version__}",
-                                extra_html=back)
+    subtitle = f"experiment id {experiment_id} · mlprune {__version__}"
+    if current is not None:
+        subtitle = (f"state {current.info.run_id[:8]} ({current.info.run_name or '?'}), marked in the DAG · "
+                    + subtitle)
+    html = lineage.lineage_html(nodes, edges, title=f"Lineage: {experiment.name}", base=base, subtitle=subtitle,
+                                extra_html=back, highlight=current.info.run_id if current is not None else None)
     return Response(html, mimetype="text/html")
 
 

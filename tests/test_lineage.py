@@ -87,7 +87,7 @@ def test_non_state_runs_are_not_nodes(tree):
 def _links(html: str) -> dict[str, str]:
     """{run id: href} of the DAG's node links (an <a> around each <g class="node" data-id=...>)."""
     return dict((m.group(2), m.group(1)) for m in re.finditer(
-        r'<a data-ui-path="[^"]*" href="([^"]*)" target="_top"><g class="node" data-id="([^"]*)"', html))
+        r'<a data-ui-path="[^"]*" href="([^"]*)" target="_top"><g class="node(?: current)?" data-id="([^"]*)"', html))
 
 
 def test_lineage_html_links_every_node_to_its_run(tree):
@@ -206,6 +206,12 @@ def test_plugin_pages_with_flask_test_client(tree, monkeypatch):
     index = client.get("/mlprune/lineage/").get_data(as_text=True)
     assert f'href="/mlprune/lineage/{exp}">tree</a>' in index
     assert client.get("/mlprune/lineage/987654").status_code == 404
+    # a state's own page (its description links here): its experiment's DAG, that state marked
+    state = next(iter(tree["states"].values()))
+    own = client.get(f"/mlprune/lineage/{state.run_id}").get_data(as_text=True)
+    assert set(_links(own)) == set(_links(html))
+    assert own.count('class="node current"') == 1 and f'class="node current" data-id="{state.run_id}"' in own
+    assert client.get(f"/mlprune/lineage/{'0' * 32}").status_code == 404
 
 
 def test_create_app_wraps_flask_in_mlflows_fastapi(monkeypatch):

@@ -90,6 +90,20 @@ def test_zhou_is_layer_std_times_sign():
     _assert_masked_zero(w, m)
 
 
+def test_sign_and_zhou_with_biases_treat_the_biases_like_the_seed():
+    """The seed's reinit_schema_sign/zhou_lenet.py set every pruned layer's bias the same way."""
+    _, source, _, _ = _example()
+    w, _ = _call("sign", biases=True)
+    assert w["fc.bias"].tolist() == [-1.0, 1.0]  # signs of the source bias [-0.3, 0.3]
+    w, _ = _call("zhou", biases=True)
+    s_bias = float(source["fc.bias"].std())
+    torch.testing.assert_close(w["fc.bias"], torch.tensor([-s_bias, s_bias]))
+    with pytest.raises(SpecError, match="biases"):
+        R.resolve_reinit_step({"strategy": "rewind", "biases": True})
+    assert R.resolve_reinit_step({"strategy": "sign", "biases": True})["biases"] is True
+    assert "biases" not in R.resolve_reinit_step({"strategy": "sign", "biases": False})  # default: key unchanged
+
+
 def test_keep_leaves_weights_and_zeroes_masked():
     w, m = _call("keep", source=None, fresh=None)
     assert w["fc.weight"].tolist() == [[1.0, 0.0], [3.0, -4.0]]

@@ -43,6 +43,7 @@ class Strategy:
     reads_source: bool = False   # reads a weights source (`to`, `at`): a second parent, role "weights"
     random: bool = False         # draws from a seeded generator
     fresh_init: bool = False     # needs a new initialization of the architecture
+    options: tuple[str, ...] = ()  # boolean options it takes (False by default, in the key only when true)
     help: str = ""
 
     def load(self):
@@ -54,15 +55,17 @@ STRATEGIES.add(Strategy("rewind", "mlprune.reinit.strategies:rewind", reads_sour
                         help="the source's weights, masked (lottery-ticket rewinding)"))
 STRATEGIES.add(Strategy("random", "mlprune.reinit.strategies:fresh", random=True, fresh_init=True,
                         help="a fresh initialization (the step's or a derived seed), same mask"))
-STRATEGIES.add(Strategy("sign", "mlprune.reinit.strategies:sign", reads_source=True,
-                        help="±1 with the sign of the source's weight (unscaled, as the seed)"))
-STRATEGIES.add(Strategy("zhou", "mlprune.reinit.strategies:zhou", reads_source=True,
-                        help="std(source layer) × sign(source weight) (Zhou et al. 2019)"))
+STRATEGIES.add(Strategy("sign", "mlprune.reinit.strategies:sign", reads_source=True, options=("biases",),
+                        help="±1 with the sign of the source's weight (unscaled, as the seed); biases: true "
+                             "does the same to the pruned layers' biases (as the seed did)"))
+STRATEGIES.add(Strategy("zhou", "mlprune.reinit.strategies:zhou", reads_source=True, options=("biases",),
+                        help="std(source layer) × sign(source weight) (Zhou et al. 2019); biases: true "
+                             "does the same to the pruned layers' biases (as the seed did)"))
 STRATEGIES.add(Strategy("shuffle", "mlprune.reinit.strategies:shuffle", reads_source=True, random=True,
                         help="the source's weights, each layer's mask permuted at random (same sparsity)"))
 STRATEGIES.add(Strategy("keep", "mlprune.reinit.strategies:keep", help="unchanged (fine-tuning)"))
 
-_STEP_KEYS = ("strategy", "to", "at", "epoch", "seed", "reset_optimizer")
+_STEP_KEYS = ("strategy", "to", "at", "epoch", "seed", "reset_optimizer", "biases")
 
 
 def _check_to(to):
@@ -113,6 +116,15 @@ def resolve_reinit_step(step: dict) -> dict:
         raise SpecError(f"invalid seed {seed!r}; allowed: an int in [0, 2^63)")
     if entry.random and seed is not None:
         out["seed"] = int(seed)
+    for option in ("biases",):
+        if option in step and option not in entry.options:
+            raise SpecError(f"option {option!r} ({step[option]!r}) does not apply to reinit {strategy!r}; "
+                            f"allowed for: {', '.join(n for n, e in STRATEGIES.items() if option in e.options)}")
+        value = step.get(option, False)
+        if not isinstance(value, bool):
+            raise SpecError(f"invalid {option} {value!r}; allowed: true or false")
+        if value:  # in the key only when set: old keys stay
+            out[option] = True
     reset = step.get("reset_optimizer", True)
     if not isinstance(reset, bool):
         raise SpecError(f"invalid reset_optimizer {reset!r}; allowed: true or false")

@@ -51,7 +51,7 @@ from . import STRATEGIES
 
 __all__ = ["reinit_weights"]
 
-_OPTION_KEYS = ("to", "at", "seed", "reset_optimizer")  # the resolved step's: the caller's business
+_OPTION_KEYS = ("to", "at", "seed", "reset_optimizer", "biases")  # the resolved step's
 
 
 # --------------------------------------------------------------------------- helpers
@@ -112,16 +112,25 @@ def fresh(current, source, fresh, masks, generator, order):
     return _copy(fresh), masks
 
 
-def sign(current, source, fresh, masks, generator, order):
+def _with_biases(masks, source, biases: bool) -> list[str]:
+    """The tensors a sign-type strategy sets: the pruned weights, and (biases) their layers' biases."""
+    names = list(masks)
+    if biases:
+        names += [n[: -len("weight")] + "bias" for n in masks
+                  if n.endswith("weight") and n[: -len("weight")] + "bias" in source]
+    return names
+
+
+def sign(current, source, fresh, masks, generator, order, biases=False):
     weights = _copy(source)
-    for name in masks:
+    for name in _with_biases(masks, source, biases):
         weights[name] = _signs(source[name].detach())
     return weights, masks
 
 
-def zhou(current, source, fresh, masks, generator, order):
+def zhou(current, source, fresh, masks, generator, order, biases=False):
     weights = _copy(source)
-    for name in masks:
+    for name in _with_biases(masks, source, biases):
         src = source[name].detach()
         std = src.std() if src.numel() > 1 else src.abs().reshape(()).clone()
         weights[name] = std * _signs(src)
@@ -170,5 +179,6 @@ def reinit_weights(strategy, *, current, source=None, fresh=None, masks, kinds=N
         raise SpecError(f"reinit {strategy!r} needs a torch.Generator, got {generator!r}")
     masks_in = {name: m.detach().to(torch.bool).clone() for name, m in masks.items()}
     order = [k for k in (kinds if kinds is not None else masks_in)]
-    weights, new_masks = entry.load()(current, source, fresh, masks_in, generator, order)
+    own = {name: options[name] for name in entry.options if name in options}
+    weights, new_masks = entry.load()(current, source, fresh, masks_in, generator, order, **own)
     return _apply_masks(weights, new_masks), new_masks

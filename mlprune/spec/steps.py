@@ -337,6 +337,7 @@ REINIT_SCHEMA = Schema("reinit option", (
     Option("at", None, optional(time_value), "rewind to this time of the first training (to: root)"),
     Option("epoch", None, any_value, "the same as at: <epoch> (first version)", cli=False),
     Option("seed", None, optional(seed_value), "seed of random strategies (default: derived from the state's key)"),
+    Option("biases", False, boolean, "sign, zhou: set the pruned layers' biases the same way (as the seed did)"),
     Option("reset_optimizer", True, any_value, "every train step starts a fresh optimizer (false is refused)",
            cli=False),
 ))
