@@ -27,6 +27,12 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: states being computed are marked FAILED; finished ones are kept", err=True)
             sys.exit(130)
+        except Exception as error:  # noqa: BLE001 - a tracking store's failure is one line, not a traceback
+            if not type(error).__module__.startswith(("mlflow", "sqlalchemy", "sqlite3", "psycopg2")):
+                raise
+            text = " ".join(str(error).split())
+            click.echo(f"error: tracking store: {type(error).__name__}: {text[:300]}", err=True)
+            sys.exit(2)
 
 
 def _progress_printer():
@@ -429,6 +435,36 @@ def compare(runs, experiment_name):
         spread = f"± {100 * row['std']:<5.2f}" if row["n"] > 1 else " " * 7
         click.echo(f"{row['recipe']:<44} {row['round']:>5} {100 * row['remaining']:>9.2f}% "
                    f"{100 * row['mean']:>9.2f}% {spread} {row['n']:>3}")
+
+
+@main.command()
+@click.argument("experiment", required=False)
+@click.option("--repair", is_flag=True,
+              help="Mark every broken state invalid (FAILED, tag mlprune.invalid): the next run that needs it "
+                   "computes it again into a new run.")
+def verify(experiment, repair):
+    """Check every finished state of EXPERIMENT (name or id; default: mlprune) against what was recorded.
+
+    Every artifact must match the SHA-256 recorded when the state was finished, and the key tag the
+    key its state.json determines; a state with a missing, changed or truncated file is broken.
+    Exit status 1 when something is broken and not repaired.
+
+    \b
+    Examples:
+      mlprune verify
+      mlprune verify my-study --repair
+    """
+    from .names import DEFAULT_EXPERIMENT
+    from .store import open_experiment
+
+    store = open_experiment(experiment or DEFAULT_EXPERIMENT)
+    checked, broken = store.check_all(repair=repair, progress=_progress_printer())
+    for run_id, reason in broken:
+        click.echo(f"{'repaired' if repair else 'broken'}: {run_id[:8]} {reason}")
+    click.echo(f"{checked} states checked in experiment {store.experiment_name!r}: {len(broken)} broken"
+               + (", marked invalid (the next run recomputes them)" if repair and broken else ""))
+    if broken and not repair:
+        sys.exit(1)
 
 
 @main.command()

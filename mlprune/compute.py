@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from . import analysis, names
+from .errors import SpecError
 from .registry import Registry
 from .spec.keys import canonical_json, derived_seed
 from .spec.steps import STEP_KINDS
@@ -122,6 +123,9 @@ def _kinds(ctx: StepContext) -> dict:
 def run_prune(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     from .pruning import METHODS, prune_masks, transplant_mask
 
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.weights.values() if t.is_floating_point()):
+        raise SpecError("cannot prune a state whose weights are not finite (its training diverged): masks "
+                        "computed from NaN or inf weights mean nothing")
     if METHODS[options["method"]].granularity == "transplant":
         masks = transplant_mask(tensors.masks, ctx.inputs["mask"].masks)
     else:
@@ -180,6 +184,8 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
                     on_epoch=on_epoch, checkpoints=checkpoints)
     ctx.history.setdefault(names.M_ITERATIONS, 0)
     ctx.history[names.M_ITERATIONS] += history.pop("iterations")
+    if "diverged" in history:
+        ctx.history["diverged"] = history.pop("diverged")
     for name, values in history.items():
         ctx.history.setdefault(name, []).extend(values)
     weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -261,6 +267,9 @@ def evaluate_training(ev: Evaluated):
             metrics[names.M_EARLY_STOP_ITERATION] = best_epoch * ev.data.batches_per_epoch(batch_size)
     if names.M_ITERATIONS in ev.history:
         metrics[names.M_ITERATIONS] = ev.history[names.M_ITERATIONS]
+    if "diverged" in ev.history:
+        metrics[names.M_DIVERGED] = 1.0
+        metrics[names.M_DIVERGED_EPOCH] = ev.history["diverged"][0]
     return metrics, {}
 
 

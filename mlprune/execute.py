@@ -299,8 +299,11 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
     if node.get("branch") not in (None, "main"):
         params[names.PARAM_BRANCH] = node["branch"]
     params[names.PARAM_THREADS] = options.threads
-    store.set_tags(run_id, {names.TAG_DEVICE: device_label(workspace.device),
-                            names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow)})
+    tags = {names.TAG_DEVICE: device_label(workspace.device),
+            names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow)}
+    if "diverged" in computed.history:
+        tags[names.TAG_DIVERGED] = f"epoch {computed.history['diverged'][0]}: {computed.history['diverged'][1]}"
+    store.set_tags(run_id, tags)
     history = {k: v for k, v in computed.history.items() if isinstance(v, list)}
     tensors = computed.tensors
     return store.finish(run_id, spec=spec, masks=tensors.masks if tensors is not None else None,
@@ -392,14 +395,16 @@ class Execution:
         existing = {node.key: node.run_id for node in self.nodes.values() if node.external}
         found = self.store.find_many(k for k in self.nodes if k not in existing)
         invalid = []
-        for key, run_id in found.items():
-            try:
-                self.store.verify(run_id)
-            except IntegrityError as error:
-                self.store.invalidate(run_id, str(error))
-                invalid.append((run_id, str(error)))
-                continue
-            existing[key] = run_id
+        for key, run_ids in found.items():
+            for run_id in run_ids:  # the oldest state of the key that is what it says it is
+                try:
+                    self.store.verify(run_id)
+                except IntegrityError as error:
+                    self.store.invalidate(run_id, str(error))
+                    invalid.append((run_id, str(error)))
+                    continue
+                existing[key] = run_id
+                break
         return existing, invalid
 
     def _order(self) -> list[str]:
@@ -426,7 +431,10 @@ class Execution:
         return parent, inputs, after
 
     def check(self) -> None:
-        """What can be checked before any run is created: the device, the models, data and amounts."""
+        """What can be checked before any run is created: the scheduler, the device, the models, data
+        and amounts."""
+        if "://" in self.scheduler:  # an unreachable scheduler is an error even when nothing is missing
+            self._client = _connect(self.scheduler, self.workers)
         if not self.missing:
             return
         if self.scheduler == "sync" or self.scheduler == "processes":
@@ -501,7 +509,7 @@ class Execution:
             else:
                 self._run_dask(graph, reached, report)
         elif self.scheduler not in ("sync", "processes"):  # nothing to compute, but a bad address is an error
-            _connect(self.scheduler, self.workers)[0].close()
+            self._take_client()[0].close()
         return Result([{name: reached[key] for name, key in plan_keys.items()} for plan_keys in keys], keys,
                       self.store.experiment_id, self.store.tracking_uri,
                       computed=len(self.missing), reused=len(self.existing), invalid=self.invalid)
@@ -527,7 +535,7 @@ class Execution:
     def _run_dask(self, graph, reached, report) -> None:
         from distributed import as_completed
 
-        client, cluster = _connect(self.scheduler, self.workers)
+        client, cluster = self._take_client()
         try:
             _check_workers(client, self.scheduler)
             token = uuid.uuid4().hex[:8]
@@ -550,6 +558,12 @@ class Execution:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+    def _take_client(self):
+        """The client `check` connected (or a new one): (client, cluster or None)."""
+        connected = getattr(self, "_client", None)
+        self._client = None
+        return connected or _connect(self.scheduler, self.workers)
 
     def _task_error(self, errors) -> BaseException:
         """The first task error; a missing package on a worker becomes a one-line SpecError."""

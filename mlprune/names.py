@@ -13,6 +13,7 @@ TAG_VERSION = "mlprune.version"          # the mlprune version that wrote the ru
 TAG_DEVICE = "mlprune.device"            # where the state was computed (e.g. "cpu", "NVIDIA H200")
 TAG_INVALID = "mlprune.invalid"          # why a state failed its integrity check (it is then never used)
 TAG_ERROR = "mlprune.error"              # why a state run is FAILED or KILLED
+TAG_DIVERGED = "mlprune.diverged"        # on a state whose training diverged and was recorded (why)
 TAG_WORKFLOW = "mlprune.workflow"        # run id of the workflow run that computed the state
 TAG_DATA_DIR = "mlprune.data_dir"        # where a root's data was read (not in the key; children reuse it)
 TAG_HEARTBEAT = "mlprune.heartbeat"      # a RUNNING claim's last sign of life (unix time)
@@ -52,6 +53,8 @@ M_DURATION = "duration_s"
 M_ITERATIONS = "iterations"              # optimizer steps a state's training ran
 M_EARLY_STOP_EPOCH = "early_stop_epoch"
 M_EARLY_STOP_ITERATION = "early_stop_iteration"
+M_DIVERGED = "diverged"                  # 1 on a state whose training diverged (train on_divergence: record)
+M_DIVERGED_EPOCH = "diverged_epoch"      # the epoch in which it did
 
 # ---- artifacts of a state run ----------------------------------------------------------
 WEIGHTS_FILE = "weights.safetensors"

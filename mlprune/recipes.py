@@ -104,6 +104,7 @@ _PARAM_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 MAX_RECIPE_BYTES = 1 << 20
 MAX_ALIASES = 100
 MAX_DEPTH = 40
+MAX_NODES = 100_000  # after expanding aliases: a few aliases of aliases are a "billion laughs"
 
 
 def _number(text: str):
@@ -156,15 +157,38 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def _expanded_size(node, memo: dict) -> int:
+    """How many nodes `node` stands for once every alias is expanded (shared nodes counted each time)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a node that contains itself counts once (recursive aliases)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size
+    return size
+
+
 def _safe_load(text: str, where: str):
+    loader = _BoundedLoader(text)
     try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is not None:
+            size = _expanded_size(node, {})
+            if size > MAX_NODES:
+                raise SpecError(f"expands to {size} YAML nodes through its aliases (at most {MAX_NODES}): refused")
+        return loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise SpecError(f"{where}:{line} is not valid YAML ({getattr(error, 'problem', None) or error})") from None
     except RecursionError:
         raise SpecError(f"{where}: nesting too deep: refused") from None
+    finally:
+        loader.dispose()
 
 
 def parse_assignments(pairs) -> dict:

@@ -217,6 +217,9 @@ TRAIN_SCHEMA = Schema("train option", (
     Option("warmup", "0it", time_value, "linear warmup of the LR from 0 over this time", key="unless_default"),
     Option("label_smoothing", 0.0, number(0.0, below=1.0), "label smoothing of the cross-entropy loss",
            key="unless_default"),
+    Option("on_divergence", "fail", choice("fail", "record"), "a non-finite loss or weight: fail the state "
+           "(one line, nothing stored), or record it: training stops there, the state is stored with metric "
+           "diverged = 1 and its non-finite weights, and nothing can be pruned from it", key="unless_default"),
     Option("precision", "fp32", choice("fp32", "bf16", "fp16"),
            "fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler)", key="unless_default"),
     Option("schedule_from", "0it", time_value, "start at this time of the schedule (LR, warmup, data order) "

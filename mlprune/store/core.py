@@ -124,16 +124,16 @@ class Store:
         runs = self.valid_finished(self._search(f"tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'"))
         return runs[0].info.run_id if runs else None
 
-    def find_many(self, keys) -> dict[str, str]:
-        """{key: run id of its FINISHED state} for the keys that have one (one search)."""
+    def find_many(self, keys) -> dict[str, list[str]]:
+        """{key: run ids of its FINISHED states, oldest first} for the keys that have one (one search)."""
         keys = set(keys)
         if not keys:
             return {}
-        found = {}
+        found: dict[str, list[str]] = {}
         for run in self.states():
             key = run.data.tags.get(TAG_KEY)
-            if key in keys and key not in found:
-                found[key] = run.info.run_id
+            if key in keys:
+                found.setdefault(key, []).append(run.info.run_id)
         return found
 
     def states(self, finished_only: bool = True) -> list:
@@ -221,7 +221,15 @@ class Store:
                                        tracking_uri=self.tracking_uri)
 
     def write_files(self, run_id: str, files: dict[str, bytes | str]) -> None:
-        """Write artifact files (``{relative path: content}``) of a run."""
+        """Write artifact files (``{relative path: content}``) of a run; a one-line SpecError if it cannot."""
+        try:
+            self._write_files(run_id, files)
+        except OSError as error:
+            where = getattr(error, "filename", None) or self._created.get(run_id, ("?",))[0]
+            raise SpecError(f"cannot write the artifacts of run {run_id} to {where}: "
+                            f"{error.strerror or one_line(error)}") from None
+
+    def _write_files(self, run_id: str, files: dict[str, bytes | str]) -> None:
         created = self._created.get(run_id)
         local = artifacts.local_path(created[0]) if created else None
         if local is not None:  # a local artifact store: write in place (the run is not FINISHED yet)
@@ -420,6 +428,22 @@ class Store:
                 self._state_file(run, name, spec)
             return
         self.load(run_id)
+
+    def check_all(self, *, repair: bool = False, progress=None) -> tuple[int, list[tuple[str, str]]]:
+        """(states checked, [(run id, why it is broken)]) over the experiment's FINISHED states;
+        with `repair` each broken one is marked invalid (the next run that needs it recomputes it)."""
+        broken = []
+        runs = self.states()
+        for index, run in enumerate(runs, start=1):
+            try:
+                self.verify(run.info.run_id)
+            except SpecError as error:
+                broken.append((run.info.run_id, str(error)))
+                if repair:
+                    self.invalidate(run.info.run_id, str(error))
+            if progress is not None:
+                progress(f"[{index}/{len(runs)}] {run.info.run_id[:8]}")
+        return len(runs), broken
 
     def artifact_files(self, run_id: str) -> dict[str, bytes]:
         """The three artifact files of a state, weights resolved (for `mlprune export`), verified."""

@@ -129,15 +129,16 @@ def open_client(uri: str):
 
     check_tracking(uri)
     path = sqlite_path(uri)
-    if path is not None:
-        _check_sqlite_file(path)
-    client = MlflowClient(tracking_uri=uri)
     if path is None:
-        return client
+        return MlflowClient(tracking_uri=uri)
+    _check_sqlite_file(path)
+    # MLflow creates and migrates a sqlite schema when a client first touches the store: one process at a
+    # time, or concurrent migrations corrupt a fresh store
     with store_lock(uri):
         for attempt in range(5):
             try:
-                store = client._tracking_client.store  # creates and migrates the schema on first use
+                client = MlflowClient(tracking_uri=uri)
+                store = client._tracking_client.store
                 break
             except Exception as error:  # noqa: BLE001
                 if "locked" in str(error).lower() and attempt < 4:

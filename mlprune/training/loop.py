@@ -39,6 +39,10 @@ class Diverged(SpecError):
     """Training produced a non-finite loss or weight."""
 
 
+def _non_finite_parameter(model) -> str | None:
+    return next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+
+
 @dataclass
 class Timeline:
     """Where a train step runs on its schedule, in iterations."""
@@ -132,12 +136,20 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=rng_steps):
         i = _run(model, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps, history,
                  checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch)
-    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
-    if bad:
-        raise Diverged(f"training diverged: parameter {bad[0]!r} has non-finite values after "
-                       f"{i} iterations")
+    bad = _non_finite_parameter(model)
+    if bad and "diverged" not in history:
+        _diverged(history, options, f"parameter {bad!r} has non-finite values after {i} iterations",
+                  -(-i // line.per_epoch))
     history["iterations"] = i - line.start
     return history
+
+
+def _diverged(history: dict, options: dict, what: str, epoch: int) -> None:
+    """Fail the training (the default), or record where it diverged (on_divergence: record)."""
+    if options.get("on_divergence", "fail") != "record":
+        raise Diverged(f"training diverged in epoch {epoch}: {what} (lower the learning rate, or set "
+                       f"on_divergence: record to keep diverged states as results)")
+    history["diverged"] = (epoch, what)
 
 
 def _step_seed(seed: int, i: int) -> int:
@@ -192,8 +204,10 @@ def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, o
                 break
         mean = float(total) / max(count, 1)
         done_epoch = -(-i // line.per_epoch)  # the epoch this piece ended in, counted from 1
-        if not math.isfinite(mean) and scaler is None:
-            raise Diverged(f"training diverged in epoch {done_epoch}: the mean train loss is {mean}")
+        if (not math.isfinite(mean) and scaler is None) or (options.get("on_divergence") == "record"
+                                                            and _non_finite_parameter(model)):
+            _diverged(history, options, f"the mean train loss of epoch {done_epoch} is {mean}", done_epoch)
+            return i
         history["train_loss"].append((done_epoch, mean))
         history["lr"].append((done_epoch, lr))
         if has_val:
