@@ -290,6 +290,30 @@ def prob_unit_pruned(n: int, k: int, s: int) -> float:
     return math.exp(logp)
 
 
+def _alive_along(m: torch.Tensor, dim: int) -> torch.Tensor:
+    return m.transpose(0, dim).reshape(m.shape[dim], -1).any(dim=1)
+
+
+def _slice_structure(m: torch.Tensor) -> tuple:
+    """The dims along which a mask is made of whole slices: (), (0,), (1,) or (0, 1)."""
+    if m.dim() < 2 or bool(m.all()):
+        return ()
+    shape = [1] * m.dim()
+    along = []
+    keep = {}
+    for dim in (0, 1):
+        view = list(shape)
+        view[dim] = -1
+        keep[dim] = _alive_along(m, dim).view(view)
+        if torch.equal(m, keep[dim].expand_as(m)):
+            along.append(dim)
+    if along:
+        return tuple(along)
+    if torch.equal(m, (keep[0] & keep[1]).expand_as(m)):
+        return (0, 1)
+    return ()
+
+
 _UNITS = {
     ("conv", 0): "output channels (filters)",
     ("conv", 1): "input channels",
@@ -315,9 +339,21 @@ def emergent_structure(
                          "expected": C(N-s, K)/C(N, K), "ratio": observed/expected},
                 "dim1": {...}}}
 
-    ``expected`` is the exact probability that a given unit is entirely pruned
-    when K of the layer's N weights are kept uniformly at random (the same
-    per-layer sparsity), i.e. the expected fraction of entirely pruned units.
+    The baseline is random pruning *of the same structure* at the same per-layer
+    sparsity (``entry["baseline"]``):
+
+    - an unstructured mask: random unstructured pruning; ``expected`` is the exact
+      probability that a given unit is entirely pruned when K of the layer's N
+      weights are kept uniformly at random, i.e. the expected fraction of entirely
+      pruned units;
+    - a mask made of whole slices along dim d (structured pruning): random
+      structured pruning removing as many slices along d; units along d are pruned
+      by construction (expected = observed: ratio 1), units along the other dim
+      only if every slice goes. Comparing such a mask with unstructured random
+      pruning would report astronomical ratios that say nothing (granularity, not
+      emergence);
+    - whole slices along both dims: random structured pruning along both.
+
     ``ratio`` is ``observed / expected``; when ``expected`` is 0 it is ``inf`` if
     some unit is pruned and ``nan`` (undefined) otherwise. Parameters with fewer
     than 2 dimensions only get ``dim0``. ``kinds`` (``models.prunable``) names
@@ -339,6 +375,9 @@ def emergent_structure(
             "n_kept": n_k,
             "sparsity": (n_w - n_k) / n_w if n_w else 0.0,
         }
+        structure = _slice_structure(m)
+        entry["baseline"] = {(): "random unstructured", (0,): "random structured (dim 0)",
+                             (1,): "random structured (dim 1)", (0, 1): "random structured (dims 0 and 1)"}[structure]
         for dim in (0, 1):
             if dim >= m.dim() or m.shape[dim] == 0:
                 continue
@@ -347,7 +386,12 @@ def emergent_structure(
             alive = m.transpose(0, dim).reshape(units, -1).any(dim=1)
             pruned = int((~alive).sum())
             observed = pruned / units
-            expected = prob_unit_pruned(n_w, n_k, size)
+            if not structure:
+                expected = prob_unit_pruned(n_w, n_k, size)
+            elif dim in structure:
+                expected = observed  # the same number of slices removed at random: pruned by construction
+            else:  # a unit across the removed slices is entirely pruned only when every slice is
+                expected = float(all(_alive_along(m, d).sum() == 0 for d in structure))
             if expected > 0:
                 ratio = observed / expected
             else:

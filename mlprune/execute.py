@@ -178,8 +178,8 @@ def describe(store, node: dict, run_id: str, parent_run: str | None, inputs: dic
     lines = [f"**mlprune state** `{node['label']}` · kind `{node['kind']}`"]
     if parent_run:
         lines.append(f"- parent: [{parent_run[:8]}]({store.ui_link(parent_run)})")
-    for role, run_id in inputs.items():
-        lines.append(f"- {role} from: [{run_id[:8]}]({store.ui_link(run_id)})")
+    for role, source in inputs.items():
+        lines.append(f"- {role} from: [{source[:8]}]({store.ui_link(source)})")
     if root_run and root_run != parent_run:
         lines.append(f"- root: [{root_run[:8]}]({store.ui_link(root_run)})")
     if workflow:

@@ -189,3 +189,46 @@ def test_every_command_has_help():
     for command in main.commands:
         result = runner.invoke(main, [command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, command
+
+
+def _write_mnist(folder: Path, n_train: int = 96, n_test: int = 32) -> None:
+    """Tiny MNIST in the real IDX format (what torchvision's MNIST class reads)."""
+    import numpy as np
+
+    raw = folder / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def idx(name, array, magic):
+        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+        (raw / name).write_bytes(header + array.astype(np.uint8).tobytes())
+
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        idx(f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
+        idx(f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), 2049)
+
+
+def test_a_roots_data_location_is_used_by_every_step_below_it(tracking, tmp_path):
+    data = tmp_path / "elsewhere"
+    _write_mnist(data)
+    runner = CliRunner()
+    root = runner.invoke(main, ["step", "init", "-o", "model=lenet_300_100", "-o", "dataset=mnist",
+                                "-o", f"data_dir={data}"])
+    assert root.exit_code == 0, root.output
+    root_id = root.stdout.strip().splitlines()[-1]
+    assert MlflowClient(tracking_uri=tracking).get_run(root_id).data.tags["mlprune.data_dir"] == str(data)
+    # no data_dir given: the root's is used (it is not part of any key)
+    pruned = runner.invoke(main, ["step", "prune", "--parent", root_id[:8], "-o", "method=l1_unstructured",
+                                  "-o", "amount=0.5"])
+    assert pruned.exit_code == 0, pruned.output
+    trained = runner.invoke(main, ["step", "train", "--parent", pruned.stdout.strip().splitlines()[-1],
+                                   "-o", "epochs=1"])
+    assert trained.exit_code == 0, trained.output
+    # the paper protocol without the files: where to get them, in one line, and nothing created
+    before = len(state_runs(tracking, status=None))
+    missing = runner.invoke(main, ["run", str(REPO / "recipes" / "lt_structuredL1.yaml"), "-P", "protocol=paper",
+                                   "-P", f"data_dir={tmp_path / 'nothing'}"])
+    assert missing.exit_code == 2
+    line = missing.stderr.strip()
+    assert "\n" not in line and "files not found" in line and "MLPRUNE_DOWNLOAD=1" in line
+    assert len(state_runs(tracking, status=None)) == before

@@ -16,6 +16,7 @@ Skips, with the reason, only where no Chromium is installed and none can be
 from __future__ import annotations
 
 import asyncio
+import json
 import base64
 import os
 import shutil
@@ -315,3 +316,64 @@ def test_lineage_artifacts_in_mlflows_artifact_viewer(served):
     local = Path(next((served["folder"] / "mlruns").rglob("lineage.html")))
     b.goto(local.as_uri(), "document.querySelectorAll('svg g.node').length > 0")
     assert {n["href"] for n in b.eval(NODES_JS)} == {f"{base}/#/experiments/{exp}/runs/{i}" for i in ids}
+
+
+TWENTY_ROUNDS = """\
+params: {seed: 0, rounds: 20}
+root: {model: lenet_300_100, dataset: digits, seed: $seed, train_size: 64, test_size: 64}
+train: {epochs: 1, lr: 0.05, momentum: 0.9, batch_size: 64}
+rounds: $rounds
+prune: {method: l1_unstructured, amount: 0.2}
+reinit: {strategy: rewind, to: root}
+controls: [{name: random, reinit: {strategy: random}}]
+"""
+
+
+def test_the_report_stays_navigable_at_20_rounds_and_3_seeds(chromium, tmp_path, _empty_store_db):
+    """A 20-round, 3-seed sweep with a control branch: the report has a table of contents whose links all
+    land, collapsible sections and groups, every figure loaded and inside the page's width."""
+    from click.testing import CliRunner
+
+    from mlprune.cli import main
+
+    shutil.copy(_empty_store_db, tmp_path / "mlflow.db")
+    recipe = tmp_path / "twenty.yaml"
+    recipe.write_text(TWENTY_ROUNDS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+        for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+            mp.delenv(name, raising=False)
+        swept = CliRunner().invoke(main, ["sweep", str(recipe), "--seeds", "0-2", "-e", "twenty"])
+        assert swept.exit_code == 0, swept.output
+        written = CliRunner().invoke(main, ["report", "twenty", str(tmp_path / "report")])
+        assert written.exit_code == 0, written.output
+    series = json.loads((tmp_path / "report" / "report.json").read_text())["series"]
+    assert {(s["branch"], s["seed"]) for s in series} == {(b, s) for b in ("main", "random") for s in (0, 1, 2)}
+    assert all([r["round"] for r in s["rounds"]] == list(range(21)) for s in series)
+    browser = Browser(chromium, width=1400, height=1000)
+    try:
+        browser.goto((tmp_path / "report" / "report.html").as_uri())
+        toc = browser.eval("[...document.querySelectorAll('nav a')].map(a => a.getAttribute('href'))")
+        assert len(toc) >= 8
+        assert browser.eval("[...document.querySelectorAll('nav a')].every(a => "
+                            "document.getElementById(a.getAttribute('href').slice(1)) !== null)")
+        assert browser.eval("document.querySelectorAll('section > details').length") == \
+            browser.eval("document.querySelectorAll('section').length") >= 8
+        closed = browser.eval("document.querySelectorAll('details.group:not([open])').length")
+        assert closed >= 3  # groups beyond the first few start closed: the page stays short
+        browser.screenshot(ARTIFACTS / "report_20_rounds_top.png")
+        # open everything: every figure is a loaded PNG that fits the page's width
+        browser.eval("document.querySelectorAll('details').forEach(d => d.open = true); true")
+        browser.wait("[...document.images].every(i => i.complete)")
+        assert browser.eval("[...document.images].every(i => i.naturalWidth > 0)")
+        width = browser.eval("document.documentElement.clientWidth")
+        widest = browser.eval("Math.max(...[...document.querySelectorAll('figure img')].map(i => "
+                              "i.getBoundingClientRect().right))")
+        assert widest <= width
+        browser.eval("document.getElementById('stability').scrollIntoView(); true")
+        browser.screenshot(ARTIFACTS / "report_20_rounds_stability.png")
+        browser.eval("document.getElementById('accuracy').scrollIntoView(); true")
+        browser.screenshot(ARTIFACTS / "report_20_rounds_accuracy.png")
+    finally:
+        browser.close()

@@ -222,7 +222,9 @@ def _mnist_reader(name: str, cls_name: str) -> Callable[..., Raw]:
         if missing:
             raise SpecError(
                 f"{name}: files not found under {raw_dir} (need {', '.join(_IDX_FILES)}; missing "
-                f"{', '.join(missing)}; .gz versions are fine); place them there or set MLPRUNE_DATA_DIR")
+                f"{', '.join(missing)}; .gz versions are fine): put them there (the files torchvision's "
+                f"{cls_name} downloads), give data_dir / MLPRUNE_DATA_DIR, or set MLPRUNE_DOWNLOAD=1 to let "
+                f"torchvision download them")
         paths = [raw_dir / f for f in _IDX_FILES]
         key = (name, _stamp(paths))
         hit = _RAW_CACHE.get(key)
@@ -299,8 +301,8 @@ def _cifar_reader(name: str, cls_name: str, num_classes: int) -> Callable[..., R
         if missing:
             raise SpecError(
                 f"{name}: files not found under {folder} (need {', '.join(names)}; missing "
-                f"{', '.join(missing)}); place them there (or {cls.filename} in {root}) or set "
-                f"MLPRUNE_DATA_DIR")
+                f"{', '.join(missing)}): put them there (or {cls.filename} from {cls.url} in {root}), give "
+                f"data_dir / MLPRUNE_DATA_DIR, or set MLPRUNE_DOWNLOAD=1 to let torchvision download it")
         paths = [folder / f for f in names]
         key = (name, _stamp(paths), _verify_md5())
         hit = _RAW_CACHE.get(key)

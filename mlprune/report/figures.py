@@ -99,9 +99,12 @@ def plot_conv_filters(weight, mask=None, title: str | None = None, *, channel: s
     if channel not in ("first", "mean"):
         raise SpecError(f"unknown channel {channel!r}; allowed: first, mean")
     out_ch, in_ch, kh, kw = w.shape
-    if channel == "first":
-        imgs = np.ma.masked_array(w[:, 0], mask=~m[:, 0])
-        how = "input channel 0" if in_ch > 1 else "single input channel"
+    if channel == "first":  # the first input channel that is not entirely pruned: something to see
+        alive = m.transpose(1, 0, 2, 3).reshape(in_ch, -1).any(axis=1)
+        first = int(np.argmax(alive)) if alive.any() else 0
+        imgs = np.ma.masked_array(w[:, first], mask=~m[:, first])
+        how = (f"input channel {first}" + (f" (0-{first - 1} entirely pruned)" if first else "")
+               if in_ch > 1 else "single input channel")
     else:
         eff = (w * m).mean(axis=1)
         imgs = np.ma.masked_array(eff, mask=~m.any(axis=1))
@@ -110,7 +113,7 @@ def plot_conv_filters(weight, mask=None, title: str | None = None, *, channel: s
     ncols = max(1, math.ceil(math.sqrt(shown)))
     nrows = math.ceil(shown / ncols)
     cell = 1.15 if max(kh, kw) <= 7 else 1.6
-    fig = _figure(ncols * cell + 1.6, nrows * cell + 1.1)
+    fig = _figure(max(6.5, ncols * cell + 1.6), nrows * cell + 1.3)
     vmax = _symmetric_limit(np.ma.filled(imgs, np.nan))
     cmap = _weight_cmap()
     axes = []
@@ -129,7 +132,7 @@ def plot_conv_filters(weight, mask=None, title: str | None = None, *, channel: s
     head = title or "Conv filters"
     more = f", first {shown} of {out_ch}" if shown < out_ch else ""
     fig.suptitle(f"{head}\n{out_ch} filters {kh}×{kw}, {how}{more}; "
-                 f"{n_pruned} {'filter' if n_pruned == 1 else 'filters'} entirely pruned", fontsize=10)
+                 f"{n_pruned} {'filter' if n_pruned == 1 else 'filters'} entirely pruned", fontsize=10, wrap=True)
     if mask is not None:
         fig.legend(handles=[Patch(facecolor=PRUNED_COLOR, label="pruned weight")], loc="outside lower left",
                    fontsize=8, frameon=False)
@@ -261,15 +264,16 @@ def plot_jaccard_heatmap(matrix, labels: Sequence[str], title: str | None = None
     n = mat.shape[0]
     if mat.shape != (n, n) or len(labels) != n:
         raise SpecError(f"plot_jaccard_heatmap needs an n×n matrix and n labels; got {mat.shape}, {len(labels)}")
-    size = min(16.0, max(4.5, 1.5 + 0.55 * n))
+    size = min(11.0, max(4.5, 1.5 + 0.55 * n))
     fig = _figure(size + 1.2, size)
     ax = fig.add_subplot()
     im = ax.imshow(mat, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, label="Jaccard similarity of kept weights", shrink=0.85)
     ax.set_xticks(np.arange(n))
     ax.set_yticks(np.arange(n))
-    ax.set_xticklabels([str(lab) for lab in labels], rotation=45, ha="right")
-    ax.set_yticklabels([str(lab) for lab in labels])
+    fs_labels = max(4.5, min(9.0, 320.0 / max(n, 1)))  # 60 states still fit their labels
+    ax.set_xticklabels([str(lab) for lab in labels], rotation=45, ha="right", fontsize=fs_labels)
+    ax.set_yticklabels([str(lab) for lab in labels], fontsize=fs_labels)
     if n <= 25:
         fs = 9 if n <= 10 else 7
         for i in range(n):
@@ -336,24 +340,35 @@ def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None 
 
     ``aggregated`` is ``analysis.accuracy_vs_remaining(rows)``. The x axis is the
     percentage of prunable weights remaining on a log scale, reversed like the
-    lottery-ticket papers (100% on the left). The legend gives n (seeds).
+    lottery-ticket papers (100% on the left). The legend gives n (seeds); error
+    bars only where there are at least 2 seeds. A dashed line of each recipe's
+    color marks its dense accuracy (round 0), the reference every round is read
+    against.
     """
     recipes: dict = {}
     for a in aggregated:
         recipes.setdefault(a["recipe"], []).append(a)
     fig, ax, many = _series_figure(len(recipes))
     xs_all = []
+    dense_drawn = set()
     for i, (recipe, pts) in enumerate(recipes.items()):
         pts = sorted(pts, key=lambda a: -a["remaining"])
         x = np.array([100.0 * a["remaining"] for a in pts])
         y = np.array([100.0 * a["mean"] for a in pts])
-        e = np.array([100.0 * a["std"] for a in pts])
+        e = np.array([100.0 * a["std"] if a["n"] >= 2 else np.nan for a in pts])  # no spread from one seed
         ok = x > 0  # 0% remaining cannot sit on a log axis
         ns = sorted({int(a["n"]) for a in pts})
         n_txt = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-        ax.errorbar(x[ok], y[ok], yerr=e[ok], markersize=4, capsize=3, linewidth=1.4,
-                    label=f"{recipe} ({n_txt})", **_series_style(i, len(recipes)))
+        style = _series_style(i, len(recipes))
+        ax.errorbar(x[ok], y[ok], yerr=None if np.isnan(e).all() else np.nan_to_num(e[ok]), markersize=4,
+                    capsize=3, linewidth=1.4, label=f"{recipe} ({n_txt})", **style)
+        dense = [a for a in pts if a.get("round") == 0]
+        if dense and round(dense[0]["mean"], 6) not in dense_drawn:  # recipes sharing a dense state: one line
+            dense_drawn.add(round(dense[0]["mean"], 6))
+            ax.axhline(100.0 * dense[0]["mean"], color=style["color"], linestyle="--", linewidth=0.9, alpha=0.7)
         xs_all.extend(x[ok].tolist())
+    if dense_drawn:
+        ax.plot([], [], color="#616161", linestyle="--", linewidth=0.9, label="dense (round 0) accuracy")
     ax.set_xscale("log")
     if xs_all:
         _remaining_axis(ax, xs_all)  # reversed: 100% on the left
@@ -382,8 +397,8 @@ def plot_structure(emergent: Mapping[str, Mapping], title: str | None = None) ->
         exp = np.array([emergent[n][dim]["expected"] for n in names], dtype=float)
         bw = 0.38
         ax.bar(x - bw / 2, 100 * obs, bw, label="observed", color="#d84315")
-        ax.bar(x + bw / 2, 100 * exp, bw, label="expected (random, same sparsity)", color="#90a4ae",
-               hatch="//", edgecolor="white")
+        ax.bar(x + bw / 2, 100 * exp, bw, label="expected (random, same structure and sparsity)",
+               color="#90a4ae", hatch="//", edgecolor="white")
         for i, n in enumerate(names):
             r = emergent[n][dim]["ratio"]
             if r is None or (isinstance(r, float) and math.isnan(r)):
@@ -392,8 +407,9 @@ def plot_structure(emergent: Mapping[str, Mapping], title: str | None = None) ->
             ax.annotate(txt, (x[i], 100 * max(obs[i], exp[i])), xytext=(0, 2), textcoords="offset points",
                         ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x)
-        ax.set_xticklabels([_short(n) for n in names], rotation=30, ha="right")
-        ax.set_xlabel("layer")
+        ax.set_xticklabels([_short(n) + ("*" if emergent[n].get("baseline", "").startswith("random structured")
+                                         else "") for n in names], rotation=30, ha="right")
+        ax.set_xlabel("layer (* structured: compared with random structured pruning)")
         ax.set_title(what, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
     top = max([100 * max(e[d]["observed"], e[d]["expected"]) for e in emergent.values()
@@ -401,7 +417,7 @@ def plot_structure(emergent: Mapping[str, Mapping], title: str | None = None) ->
     axes[0].set_ylim(0, min(108.0, max(5.0, 1.2 * top + 2.0)))
     axes[0].set_ylabel("units entirely pruned (%)")
     axes[0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(title or "Emergent structure: entirely pruned units vs random unstructured pruning",
+    fig.suptitle(title or "Emergent structure: entirely pruned units vs random pruning of the same structure",
                  fontsize=11)
     return fig
 
@@ -456,12 +472,14 @@ def plot_stability(stability: Mapping, rounds_labels: Sequence | None = None,
     transitions = list(stability["transitions"])
     T = len(transitions)
     if rounds_labels is not None:
-        labels = [str(r) for r in rounds_labels]
+        labels = [str(r).split(" (")[0] for r in rounds_labels]  # "r3 (51.2%)" -> "r3": short ticks
         if len(labels) != T + 1:
             raise SpecError(f"{len(labels)} rounds_labels for {T} transitions (need {T + 1})")
-        xt = [f"{labels[t]}→{labels[t + 1]}" for t in range(T)]
+        xt = [f"{labels[t]}→{labels[t + 1].lstrip('r')}" for t in range(T)]
     else:
         xt = [t.replace("->", "→") for t in transitions]
+    every = max(1, math.ceil(T / 8))  # at most ~8 tick labels a panel: they never overlap
+    xt = [label if t % every == 0 or t == T - 1 else "" for t, label in enumerate(xt)]
     fig = _figure(min(16.0, max(10.0, 4.0 + 0.9 * T * 3)), 4.4)
     axes = fig.subplots(1, 3)
     panels = [("jaccard", "mask overlap (Jaccard)", (0.0, 1.05)),
@@ -482,6 +500,7 @@ def plot_stability(stability: Mapping, rounds_labels: Sequence | None = None,
             handles.append(line)
         ax.set_xticks(x)
         ax.set_xticklabels(xt, rotation=30 if T > 4 else 0, ha="right" if T > 4 else "center", fontsize=8)
+        ax.tick_params(axis="x", length=3)
         ax.set_xlim(-0.3, max(T - 0.7, 0.3))
         if key == "cosine":  # values crowd just below 1: zoom in, keeping 1 in view
             vals = np.asarray([v for vs in stability[key]["per_layer"].values() for v in vs]

@@ -124,9 +124,10 @@ class _Builder:
 
     def __init__(self, out_dir: Path | None):
         self.out_dir = out_dir
-        self.sections: list[tuple[str, str, str]] = []  # (anchor, heading, html)
+        self.sections: list[tuple[str, str, str, list]] = []  # (anchor, heading, html, [(group anchor, title)])
         self.figures: list[dict] = []
         self.numbers: dict = {}
+        self._groups: list[tuple[str, str]] = []  # groups made since the last section: its table of contents
 
     def figure(self, fig, name: str, caption: str, kind: str) -> str:
         data = _png(fig)
@@ -141,13 +142,28 @@ class _Builder:
                 "</figure>")
 
     def section(self, anchor: str, heading: str, html: str) -> None:
-        self.sections.append((anchor, heading, html))
+        """A section of the page (collapsible); the groups made since the last one are its contents."""
+        self.sections.append((anchor, heading, html, self._groups))
+        self._groups = []
+
+    def group(self, title: str, html: str, *, open: bool | None = None, anchor: str | None = None) -> str:
+        """A collapsible group (one recipe's figures, one layer's) inside the next section, listed in the
+        table of contents. Closed by default once a section has more than four."""
+        anchor = anchor or f"g{len(self.figures)}-{_slug(title)}"
+        self._groups.append((anchor, title))
+        opened = open if open is not None else len(self._groups) <= 4
+        return (f'<details class="group" id="{escape(anchor)}"{" open" if opened else ""}>'
+                f"<summary>{escape(title)}</summary>{html}</details>")
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; one of more than 12 rows is folded (a click opens it) so figures stay in view."""
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    if len(rows) > 12:
+        return f'<details class="table"><summary>table: {len(rows)} rows</summary>{table}</details>'
+    return table
 
 
 def _metric(run, name):
@@ -168,7 +184,7 @@ def accuracy_section(b: _Builder, collection: Collection, load=None, note=None, 
                     "accuracy_vs_remaining")
     table = _table(["series", "round", "remaining", "test accuracy (mean ± std)", "n", "seeds"],
                    [[escape(a["recipe"]), str(a["round"]), _fmt(a["remaining"], True),
-                     f"{100 * a['mean']:.2f}% ± {100 * a['std']:.2f}", str(a["n"]),
+                     f"{100 * a['mean']:.2f}%" + (f" ± {100 * a['std']:.2f}" if a["n"] >= 2 else ""), str(a["n"]),
                      escape(", ".join(map(str, a["seeds"])))] for a in agg])
     b.section("accuracy", "Accuracy vs remaining weights", html + table)
     if any("early_stop_iteration" in a for a in agg):
@@ -177,7 +193,8 @@ def accuracy_section(b: _Builder, collection: Collection, load=None, note=None, 
                         "early_stop")
         table = _table(["series", "round", "remaining", "early-stopping iteration (mean ± std)", "n"],
                        [[escape(a["recipe"]), str(a["round"]), _fmt(a["remaining"], True),
-                         f"{a['early_stop_iteration']:.0f} ± {a['early_stop_iteration_std']:.0f}",
+                         f"{a['early_stop_iteration']:.0f}"
+                         + (f" ± {a['early_stop_iteration_std']:.0f}" if a["early_stop_n"] >= 2 else ""),
                          str(a["early_stop_n"])] for a in agg if "early_stop_iteration" in a])
         b.section("early-stop", "Early stopping vs remaining weights", html + table)
     else:
@@ -227,19 +244,19 @@ def similarity_section(b: _Builder, collection: Collection, load, note) -> None:
             matrix, labels = analysis.jaccard_matrix([e[1].masks for e in entries_g], labels)
             numbers.append({"what": "series x rounds", "seed": seed, "model": model, "labels": labels,
                             "matrix": matrix})
-            html.append(b.figure(
+            chunk = [b.figure(
                 plotting.plot_jaccard_heatmap(matrix, labels,
                                               title=f"Mask similarity, recipes × rounds ({model}, seed {seed})"),
                 f"jaccard_rounds_{model}_seed{seed}",
                 f"Jaccard of kept weights between the rounds of every recipe ({model}, seed {seed})",
-                "jaccard"))
+                "jaccard")]
             finals = {}
             for label, state, series in entries_g:
                 finals[series.label] = (label, state)  # the last round of each series (rounds ascend)
             pairs = list(itertools.combinations(finals.values(), 2))
             if len(finals) > 6:
-                html.append(f"<p>Per-layer Jaccard of the last rounds: {len(pairs)} pairs of series, too many "
-                            "for a table; see <code>mlprune compare RUN_A RUN_B</code>.</p>")
+                chunk.append(f"<p>Per-layer Jaccard of the last rounds: {len(pairs)} pairs of series, too many "
+                             "for a table; see <code>mlprune compare RUN_A RUN_B</code>.</p>")
             elif pairs:
                 layers = list(layer_kinds(pairs[0][0][1].masks, model))
                 rows = []
@@ -248,8 +265,9 @@ def similarity_section(b: _Builder, collection: Collection, load, note) -> None:
                     rows.append([escape(la), escape(lb), _fmt(jac["overall"])]
                                 + [_fmt(jac["per_layer"][n]) for n in layers])
                     numbers.append({"what": "final rounds pair", "a": la, "b": lb, **jac})
-                html.append("<p>Jaccard per layer between the last rounds of each pair of series:</p>"
-                            + _table(["state A", "state B", "overall", *layers], rows))
+                chunk.append("<p>Jaccard per layer between the last rounds of each pair of series:</p>"
+                             + _table(["state A", "state B", "overall", *layers], rows))
+            html.append(b.group(f"recipes × rounds ({model}, seed {seed})", "".join(chunk), open=not html))
     # seeds: the last round of each series across seeds
     by_label: dict[str, list] = {}
     for series in collection.series:
@@ -267,10 +285,10 @@ def similarity_section(b: _Builder, collection: Collection, load, note) -> None:
                 continue
             matrix, labels = analysis.jaccard_matrix([e[1].masks for e in entries_g], [e[0] for e in entries_g])
             numbers.append({"what": "seeds", "series": label, "labels": labels, "matrix": matrix})
-            html.append(b.figure(plotting.plot_jaccard_heatmap(matrix, labels,
-                                                               title=f"Mask similarity across seeds: {label}"),
-                                 f"jaccard_seeds_{label}", f"Jaccard of the last round's masks across seeds: {label}",
-                                 "jaccard"))
+            html.append(b.group(f"across seeds: {label}", b.figure(
+                plotting.plot_jaccard_heatmap(matrix, labels, title=f"Mask similarity across seeds: {label}"),
+                f"jaccard_seeds_{label}", f"Jaccard of the last round's masks across seeds: {label}", "jaccard"),
+                open=False))
     # states no recipe reached (e.g. built with the Python API): all masked ones
     orphans = [s for s in (load(r) for r in collection.orphans) if s is not None
                and analysis.remaining_fraction(s.masks) < 1.0]
@@ -289,10 +307,10 @@ def similarity_section(b: _Builder, collection: Collection, load, note) -> None:
         matrix, labels = analysis.jaccard_matrix([s.masks for s in states], labels)
         numbers.append({"what": "other states", "labels": labels, "matrix": matrix,
                         "run_ids": [s.run_id for s in states]})
-        html.append(b.figure(plotting.plot_jaccard_heatmap(matrix, labels,
-                                                           title=f"Mask similarity, pruned states ({_model(states[0])})"),
-                             f"jaccard_states_{_model(states[0])}",
-                             "Jaccard of kept weights between pruned states made outside recipes", "jaccard"))
+        html.append(b.group(f"states made outside recipes ({_model(states[0])})", b.figure(
+            plotting.plot_jaccard_heatmap(matrix, labels, title=f"Mask similarity, pruned states ({_model(states[0])})"),
+            f"jaccard_states_{_model(states[0])}", "Jaccard of kept weights between pruned states made outside recipes",
+            "jaccard"), open=not html))
     b.numbers["jaccard"] = numbers
     b.section("similarity", "Mask similarity (Jaccard)",
               "".join(html) or "<p>Fewer than two pruned states of one architecture: nothing to compare.</p>")
@@ -320,26 +338,29 @@ def structure_section(b: _Builder, collection: Collection, load, note=None) -> N
         emergent = structure(state)
         numbers[label] = {"run_id": state.run_id, "round": rnd, "seed": seed, "layers": emergent}
         where = f"round {rnd}, seed {seed}" if rnd is not None else state.run_id[:8]
-        html.append(f"<h3>{escape(label)} ({escape(where)})</h3>")
-        html.append(b.figure(plotting.plot_structure(emergent, title=f"Emergent structure: {label} ({where})"),
-                             f"structure_{label}", f"Entirely pruned units vs random pruning: {label} ({where})",
-                             "structure"))
+        figure = b.figure(plotting.plot_structure(emergent, title=f"Emergent structure: {label} ({where})"),
+                          f"structure_{label}", f"Entirely pruned units vs random pruning of the same structure: "
+                          f"{label} ({where})", "structure")
         rows = []
         for name, e in emergent.items():
             for dim in ("dim0", "dim1"):
                 if dim in e:
                     d = e[dim]
                     rows.append([escape(name), escape(d["unit"]), _fmt(e["sparsity"], True),
-                                 f"{d['pruned_units']}/{d['units']}", _fmt(d["observed"], True),
-                                 _fmt(d["expected"], True), _fmt(d["ratio"])])
-        html.append(_table(["layer", "unit", "sparsity", "pruned units", "observed", "expected (random)",
-                            "observed / expected"], rows))
+                                 escape(e.get("baseline", "")), f"{d['pruned_units']}/{d['units']}",
+                                 _fmt(d["observed"], True), _fmt(d["expected"], True), _fmt(d["ratio"])])
+        html.append(b.group(f"{label} ({where})", figure + _table(
+            ["layer", "unit", "sparsity", "baseline", "pruned units", "observed", "expected", "observed / expected"],
+            rows)))
     b.numbers["structure"] = numbers
     b.section("structure", "Emergent structure",
               "<p>A unit (filter, input channel, neuron, input feature) is <em>entirely pruned</em> when all its "
-              "weights are masked. <em>Expected</em> is the exact probability of that under random unstructured "
-              "pruning at the same per-layer sparsity (hypergeometric), i.e. the expected fraction of such units."
-              "</p>" + ("".join(html) or "<p>No pruned state.</p>"))
+              "weights are masked. <em>Expected</em> is the fraction of such units that random pruning of the "
+              "same structure would give at the same per-layer sparsity: for unstructured masks the exact "
+              "probability under random unstructured pruning (hypergeometric); for masks of whole slices, random "
+              "structured pruning of as many slices (units along the pruned dim are pruned by construction: "
+              "ratio 1; the ratio says how much structure emerged beyond the method's own granularity).</p>"
+              + ("".join(html) or "<p>No pruned state.</p>"))
 
 
 def stability_section(b: _Builder, collection: Collection, load, note=None) -> None:
@@ -356,35 +377,36 @@ def stability_section(b: _Builder, collection: Collection, load, note=None) -> N
         labels = [_remaining_label(r, s) for r, s in loaded]
         result = stability(states)
         numbers[series.label] = {"seed": series.seed, "rounds": [r for r, _ in loaded], **result}
-        stab_html.append(b.figure(
-            plotting.plot_stability(result, labels, title=f"Weight stability across rounds: {series.label} "
-                                                          f"(seed {series.seed})"),
-            f"stability_{series.label}", f"Weight stability across rounds: {series.label} (seed {series.seed})",
-            "stability"))
+        title = f"{series.label} (seed {series.seed})"
+        figure = b.figure(plotting.plot_stability(result, labels, title=f"Weight stability across rounds: {title}"),
+                          f"stability_{series.label}", f"Weight stability across rounds: {title}", "stability")
         rows = [[escape(f"{labels[t]} → {labels[t + 1]}"), _fmt(result["jaccard"]["overall"][t]),
                  _fmt(result["cosine"]["overall"][t]), _fmt(result["relative_l2"]["overall"][t]),
                  str(result["n_common"]["overall"][t])] for t in range(len(result["transitions"]))]
-        stab_html.append(_table(["rounds", "mask Jaccard", "cosine (common weights)", "relative L2 change",
-                                 "common weights"], rows))
+        stab_html.append((title, figure + _table(["rounds", "mask Jaccard", "cosine (common weights)",
+                                                  "relative L2 change", "common weights"], rows)))
         kinds = layer_kinds(states[0].masks, _model(states[0]))
-        evo_html.append(f"<h3>{escape(series.label)} (seed {escape(str(series.seed))})</h3>")
+        figures = []
         for param in kinds:
             traj = analysis.weight_trajectories([s.weights for s in states], [s.masks for s in states], param, k=20)
-            evo_html.append(b.figure(
+            figures.append(b.figure(
                 plotting.plot_weight_evolution(traj, labels, title=f"{series.label}: {param}, 20 sampled weights "
                                                                    "(a line ends where its weight is pruned)"),
                 f"evolution_{series.label}_{param}", f"Weight evolution across rounds: {series.label}, {param}",
                 "evolution"))
+        evo_html.append((title, "".join(figures)))
     b.numbers["stability"] = numbers
+    stab = "".join(b.group(title, html) for title, html in stab_html)
     b.section("stability", "Weight stability",
               "<p>Between consecutive rounds: the Jaccard of the masks, and on the weights kept in both the "
               "cosine similarity and the relative L2 change of the trained weights.</p>"
-              + ("".join(stab_html) or "<p>No recipe with two or more rounds.</p>"))
-    b.section("evolution", "Weight evolution", "".join(evo_html) or "<p>No recipe with two or more rounds.</p>")
+              + (stab or "<p>No recipe with two or more rounds.</p>"))
+    evo = "".join(b.group(title, html, open=False) for title, html in evo_html)
+    b.section("evolution", "Weight evolution", evo or "<p>No recipe with two or more rounds.</p>")
 
 
 def _weight_figures(b: _Builder, state, heading: str) -> str:
-    html = [f"<h3>{escape(heading)}</h3>"]
+    html = []
     kinds = layer_kinds(state.masks, _model(state))
     for param, kind in kinds.items():
         w, m = state.weights.get(param), state.masks[param]
@@ -428,11 +450,13 @@ def weights_section(b: _Builder, collection: Collection, load, note=None) -> Non
         first_round, first = loaded[0]
         if first_round == 0 and first.run_id not in done:
             done.add(first.run_id)
-            html.append(_weight_figures(b, first, f"trained, dense (seed {series.seed}, {first.run_id[:8]})"))
+            heading = f"trained, dense (seed {series.seed}, {first.run_id[:8]})"
+            html.append(b.group(heading, _weight_figures(b, first, heading), open=False))
         last_round, last = loaded[-1]
         if last_round > 0 and last.run_id not in done:
             done.add(last.run_id)
-            html.append(_weight_figures(b, last, f"{series.label} round {last_round} (seed {series.seed})"))
+            heading = f"{series.label} round {last_round} (seed {series.seed})"
+            html.append(b.group(heading, _weight_figures(b, last, heading), open=False))
     b.section("weights", "Weights of the dense and the final states",
               "<p>Pruned weights are grey; kept weights on a diverging scale, white at 0.</p>"
               + ("".join(html) or "<p>No recipe states.</p>"))
@@ -459,14 +483,21 @@ body{font-family:Helvetica,Arial,sans-serif;margin:20px 32px;color:#212121;max-w
 h1{font-size:24px;margin-bottom:4px} h2{margin-top:36px;border-bottom:2px solid #e0e0e0;padding-bottom:4px}
 h3{margin:22px 0 6px;font-size:15px}
 .meta{color:#555;font-size:13px}
-nav a{margin-right:14px;font-size:14px}
+nav{font-size:13.5px;columns:3 260px;background:#fafafa;border:1px solid #eee;border-radius:6px;
+ padding:8px 14px} nav ol{margin:0;padding-left:18px} nav ul{margin:0 0 4px;padding-left:16px;font-size:12.5px}
+nav li{break-inside:avoid}
+section > details > summary{cursor:pointer;list-style:none} section > details > summary h2{display:inline}
+section > details > summary::before{content:"▸ ";color:#9e9e9e} section > details[open] > summary::before{content:"▾ "}
+details.group{margin:6px 0 6px 6px;border-left:3px solid #e0e0e0;padding-left:10px}
+details.group > summary{cursor:pointer;font-weight:bold;font-size:15px;margin:8px 0}
+details.table > summary{cursor:pointer;font-size:13px;color:#1565c0;margin:4px 0}
 figure{margin:10px 0 18px} figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:12px;color:#555}
 table{border-collapse:collapse;font-size:12.5px;margin:8px 0 16px}
 th,td{border-bottom:1px solid #e0e0e0;padding:3px 9px;text-align:left}
 th{background:#f5f5f5}
 .warnings{background:#fff8e1;border:1px solid #ffcc80;border-radius:6px;padding:8px 14px;font-size:13px}
-.dag{overflow:auto;border:1px solid #ddd;border-radius:6px}
+.dag{overflow:auto;border:1px solid #ddd;border-radius:6px;max-height:720px}
 """
 
 
@@ -524,8 +555,13 @@ def write_report(experiment: str, out_dir, *, tracking_uri: str | None = None, u
     if collection.warnings:
         warn_html = ('<div class="warnings"><b>Skipped</b><ul>'
                      + "".join(f"<li>{escape(w)}</li>" for w in collection.warnings) + "</ul></div>")
-    nav = "".join(f'<a href="#{a}">{escape(h)}</a>' for a, h, _ in b.sections)
-    body = "".join(f'<section id="{a}"><h2>{escape(h)}</h2>{html}</section>' for a, h, html in b.sections)
+    nav = "<nav><b>Contents</b><ol>" + "".join(
+        f'<li><a href="#{a}">{escape(h)}</a>'
+        + (("<ul>" + "".join(f'<li><a href="#{escape(ga)}">{escape(gt)}</a></li>' for ga, gt in groups[:40])
+            + (f"<li>… {len(groups) - 40} more</li>" if len(groups) > 40 else "") + "</ul>") if groups else "")
+        + "</li>" for a, h, _, groups in b.sections) + "</ol></nav>"
+    body = "".join(f'<section id="{a}"><details open><summary><h2>{escape(h)}</h2></summary>{html}</details>'
+                   f"</section>" for a, h, html, _ in b.sections)
     n_series = len({s.label for s in collection.series})
     title = f"mlprune report: {store.experiment_name}"
     page = (

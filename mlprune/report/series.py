@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .. import analysis, lineage
 from ..errors import SpecError
 from ..names import (M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION, M_SPARSITY, M_TEST_ACCURACY, M_TEST_LOSS,
-                     PLAN_FILE, TAG_INVALID, TAG_RECIPE)
+                     PLAN_FILE, TAG_INVALID, TAG_KEY, TAG_RECIPE)
 
 # parameters that do not make another series: seeds aggregate; more rounds extend a series
 _SIGNATURE_SKIP = {"seed", "rounds", "data_dir"}
@@ -124,9 +124,14 @@ def collect(store, warn=None) -> Collection:
         names = ", ".join(f"{r.info.run_name or '?'} ({r.info.run_id[:8]})" for r in other[:5])
         more = f" and {len(other) - 5} more" if len(other) > 5 else ""
         note(f"skipped {len(other)} run(s) that are not mlprune states (no mlprune.key tag): {names}{more}")
+    # a failed or lost attempt whose key has since been finished is history, not a problem to report
+    done = {r.data.tags.get(TAG_KEY) for r in states.values()}
+    superseded = [r for r in unfinished if r.data.tags.get(TAG_KEY) in done]
+    unfinished = [r for r in unfinished if r.data.tags.get(TAG_KEY) not in done]
     if unfinished:
         names = ", ".join(f"{r.info.run_id[:8]} {r.info.status}" for r in unfinished[:5])
-        note(f"skipped {len(unfinished)} state run(s) that are not FINISHED: {names}")
+        note(f"skipped {len(unfinished)} state run(s) that are not FINISHED and whose state never finished "
+             f"since: {names}")
 
     groups: dict[tuple, Series] = {}
     signatures: dict[str, set] = {}
@@ -159,7 +164,8 @@ def collect(store, warn=None) -> Collection:
         series.label = label
     orphans = [run_id for run_id in states if run_id not in covered]
     skipped = {"not mlprune states": [r.info.run_id for r in other],
-               "not FINISHED": [r.info.run_id for r in unfinished]}
+               "not FINISHED": [r.info.run_id for r in unfinished],
+               "superseded": [r.info.run_id for r in superseded]}
     return Collection(store, states, [s for _, s in ordered], orphans, messages, skipped)
 
 
