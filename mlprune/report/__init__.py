@@ -6,7 +6,8 @@
   `rounds_table`, `accuracy_table`);
 - ``figures``: the matplotlib figures;
 - ``html``: the sections and the self-contained page (`write_report`);
-- ``workflow``: what a workflow run carries (`workflow_files`) and per-state figures.
+- ``workflow``: what a workflow run carries (`workflow_files`: plan and lineage; light);
+- ``run_figures``: a recipe's figures on its workflow run, per-state weight figures.
 
 Importing this package loads nothing heavy; each name loads its module on first use.
 """
@@ -16,9 +17,9 @@ _NAMES = {
     "trajectories": "states", "layer_kinds": "states",
     "Series": "series", "Collection": "series", "collect": "series", "rounds_table": "series",
     "accuracy_table": "series",
-    "write_report": "html", "ReportWarning": "html", "ReportResult": "html",
-    "workflow_files": "workflow", "lineage_files": "workflow", "state_figures": "workflow",
-    "log_state_figures": "workflow", "recipe_figures": "workflow",
+    "write_report": "html", "ReportResult": "html", "ReportWarning": "workflow",
+    "workflow_files": "workflow", "lineage_files": "workflow", "state_figures": "run_figures",
+    "log_state_figures": "run_figures", "recipe_figures": "run_figures",
 }
 __all__ = list(_NAMES)
 

@@ -35,11 +35,8 @@ from ..names import TAG_KIND
 from ..registry import Registry, load_impl
 from . import figures as plotting
 from .series import Collection, Series, accuracy_table, collect, rounds_table
+from .workflow import ReportWarning, _default_ui
 from .states import _model, layer_kinds, stability, structure
-
-
-class ReportWarning(UserWarning):
-    """Something in the store was skipped; the rest of the report went on."""
 
 
 @dataclass(frozen=True)
@@ -508,10 +505,6 @@ class ReportResult:
     warnings: list[str]
     numbers: dict
     n_states: int
-
-
-def _default_ui(tracking_uri: str) -> str:
-    return tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
 
 
 def write_report(experiment: str, out_dir, *, tracking_uri: str | None = None, ui_url: str | None = None,
