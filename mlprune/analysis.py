@@ -519,7 +519,7 @@ def accuracy_vs_remaining(rows: Sequence[Mapping]) -> list[dict]:
 
         {"recipe", "round", "n", "seeds": [...], "remaining", "remaining_std",
          "mean", "std", ["early_stop_iteration", "early_stop_iteration_std",
-         "early_stop_n"]}
+         "early_stop_n"], ["early_stop_test_accuracy", "early_stop_test_accuracy_std"]}
 
     ``std`` is the sample standard deviation (ddof=1) over seeds, 0.0 when n == 1
     (look at ``n``). ``remaining`` is the mean over seeds. Two rows with the same
@@ -561,5 +561,9 @@ def accuracy_vs_remaining(rows: Sequence[Mapping]) -> list[dict]:
         if es:
             agg["early_stop_iteration"], agg["early_stop_iteration_std"] = _mean_std(es)
             agg["early_stop_n"] = len(es)
+        at_stop = [float(r["early_stop_test_accuracy"]) for r in grp
+                   if not _is_missing(r.get("early_stop_test_accuracy"))]
+        if at_stop:
+            agg["early_stop_test_accuracy"], agg["early_stop_test_accuracy_std"] = _mean_std(at_stop)
         out.append(agg)
     return out

@@ -400,7 +400,7 @@ def run_cka(ctx: StepContext, parent, options: dict):
     layers = {param: param[: -len(".weight")] for param in prunable(networks[0])}  # param -> its module
     hooked = [{param: dict(net.named_modules())[module] for param, module in layers.items()} for net in networks]
     probe = inside.probe_indices(options["probe_size"], ctx.data.len_test, options["seed"])
-    images = _test_examples(ctx.data, probe)
+    images = test_images(ctx.data, probe)
     estimator = inside.MinibatchCKA()
     for start, stop in inside.probe_batches(len(probe), options["batch_size"]):
         x = images[start:stop].to(device)
@@ -416,8 +416,9 @@ def run_cka(ctx: StepContext, parent, options: dict):
     return metrics, {names.CKA_FILE: json.dumps(record, indent=1, allow_nan=True).encode()}
 
 
-def _test_examples(data, indices: torch.Tensor) -> torch.Tensor:
-    """The preprocessed test images at `indices` (in that order), gathered from the test batches."""
+def test_images(data, indices: torch.Tensor) -> torch.Tensor:
+    """The preprocessed test images at `indices` (in that order), gathered from the test batches
+    (the order every evaluation sees; one pass, nothing else is kept)."""
     wanted = {int(i): position for position, i in enumerate(indices)}
     out = None
     seen = 0

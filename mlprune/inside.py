@@ -16,6 +16,7 @@ state). Nothing here reads a store, draws from a global RNG or touches mlflow.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,7 +58,8 @@ def class_impact(dense_recall, dense_accuracy, pruned_recall, pruned_accuracy) -
 
     Significance: Welch's t-test (unequal variances) between the normalized recalls of the pruned
     and the dense population, per class; ``t`` has the sign of the impact; ``p`` and ``t`` are NaN
-    when either population has fewer than two networks (one seed: no test).
+    when either population has fewer than two networks (one seed: no test) or when neither population
+    varies at all for that class (the test is undefined; scipy would call it infinitely significant).
     """
     from scipy.stats import ttest_ind
 
@@ -76,10 +78,13 @@ def class_impact(dense_recall, dense_accuracy, pruned_recall, pruned_accuracy) -
     t = np.full(classes, np.nan)
     p = np.full(classes, np.nan)
     if dense_recall.shape[0] >= 2 and pruned_recall.shape[0] >= 2:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            for c in range(classes):
+        for c in range(classes):
+            if np.ptp(pruned_norm[:, c]) == 0 and np.ptp(dense_norm[:, c]) == 0:
+                continue  # no spread in either population (e.g. a class always missed): the test is undefined
+            with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)  # near-identical samples: scipy's precision note
                 result = ttest_ind(pruned_norm[:, c], dense_norm[:, c], equal_var=False)
-                t[c], p[c] = float(result.statistic), float(result.pvalue)
+            t[c], p[c] = float(result.statistic), float(result.pvalue)
     return {
         "dense_recall": dense_recall.mean(axis=0), "pruned_recall": pruned_recall.mean(axis=0),
         "recall_change": pruned_recall.mean(axis=0) - dense_recall.mean(axis=0),

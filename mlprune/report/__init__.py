@@ -6,7 +6,9 @@
   `rounds_table`, `accuracy_table`);
 - ``figures``: the matplotlib figures;
 - ``html``: the sections and the self-contained page (`write_report`);
-- ``workflow``: what a workflow run carries (`workflow_files`) and per-state figures.
+- ``workflow``: what a workflow run carries (`workflow_files`) and per-state figures;
+- ``inside``: predictions, per-class impact, PIEs, churn and CKA of recipes (`predictions`,
+  `class_impact`, `pies`, `churn`, `cka_record`) and their report section.
 
 Importing this package loads nothing heavy; each name loads its module on first use.
 """
@@ -19,6 +21,7 @@ _NAMES = {
     "write_report": "html", "ReportWarning": "html", "ReportResult": "html",
     "workflow_files": "workflow", "lineage_files": "workflow", "state_figures": "workflow",
     "log_state_figures": "workflow", "recipe_figures": "workflow",
+    "predictions": "inside", "class_impact": "inside", "pies": "inside", "churn": "inside", "cka_record": "inside",
 }
 __all__ = list(_NAMES)
 
