@@ -255,6 +255,17 @@ def test_cka_analysis_state_self_one_pruned_below_one_and_cached(experiment):
     assert again.run_id == versus.run_id and len(experiment.computed) == computed   # keyed and cached
     other = pruned.apply([{"cka": {"b": trained.run_id, "probe_size": 200, "batch_size": 64, "seed": 1}}])
     assert other.key != versus.key
+    # the Python API on the same states reads their predictions and metrics
+    a, b = report.predictions(trained)["predicted"], report.predictions(pruned)["predicted"]
+    assert report.churn(trained, pruned) == pytest.approx(float((a != b).mean()), abs=0)
+    assert report.pies([trained], [pruned])["indices"].tolist() == np.nonzero(a != b)[0].tolist()
+    impact = report.class_impact([trained], [pruned])
+    k = impact["classes"][0]
+    assert impact["impact"][0] == pytest.approx(
+        (pruned.metrics[f"test_accuracy.class.{k}"] - pruned.metrics["test_accuracy"])
+        - (trained.metrics[f"test_accuracy.class.{k}"] - trained.metrics["test_accuracy"]), abs=1e-12)
+    with pytest.raises(SpecError, match="predictions.safetensors is missing"):
+        report.predictions(versus)   # an analysis holds results, not a network's predictions
 
 
 def test_cka_recipe_key_plans_one_analysis_per_round_and_refuses_bad_values(tmp_path):
