@@ -174,6 +174,8 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def gram(x: torch.Tensor) -> torch.Tensor:
     """The linear kernel X Xᵀ (float64) of n examples' features (any shape after the first dim)."""
+    if x.device.type == "mps":  # no float64 there: the n × n product is small, do it on the CPU
+        x = x.cpu()
     x = x.reshape(x.shape[0], -1).double()
     return x @ x.T
 

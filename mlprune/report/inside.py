@@ -141,21 +141,27 @@ def _round_label(rnd, remaining) -> str:
 
 
 class _Predictions:
-    """Predictions of the report's states, read once each; a state without them is noted once."""
+    """Predictions of the report's states, read once each; the states without them are noted together."""
 
-    def __init__(self, store, note):
-        self.store, self.note = store, note
+    def __init__(self, store):
+        self.store = store
         self.cache: dict[str, dict | None] = {}
+        self.missing: list[str] = []
 
     def __call__(self, run_id):
         if run_id not in self.cache:
             try:
                 self.cache[run_id] = predictions(run_id, self.store)
-            except SpecError as error:
+            except SpecError:
                 self.cache[run_id] = None
-                self.note(f"state {run_id[:8]} has no usable {PREDICTIONS_FILE} (computed by an older mlprune?): "
-                          f"left out of PIEs and churn ({error})")
+                self.missing.append(run_id)
         return self.cache[run_id]
+
+    def report_missing(self, note) -> None:
+        if self.missing:
+            shown = ", ".join(r[:8] for r in self.missing[:8]) + (" ..." if len(self.missing) > 8 else "")
+            note(f"{len(self.missing)} state(s) have no readable {PREDICTIONS_FILE} (computed by an older mlprune, "
+                 f"or damaged): left out of PIEs and churn: {shown}")
 
 
 def _cka_index(collection) -> dict[tuple[str, str], object]:
@@ -208,7 +214,7 @@ def inside_section(b, collection, load, note) -> None:
     from .states import _model, layer_kinds
 
     store = collection.store
-    read = _Predictions(store, note)
+    read = _Predictions(store)
     cka_runs = _cka_index(collection)
     groups: dict[str, list] = {}
     for series in collection.series:
@@ -247,8 +253,8 @@ def inside_section(b, collection, load, note) -> None:
                 result = _impact([collection.runs[x].data.metrics for x in dense_ids],
                                  [collection.runs[x].data.metrics for x in pruned])
             except (SpecError, KeyError) as error:
-                note(f"{label} round {r}: no per-class impact ({error})")
-                continue
+                note(f"{label}: no per-class impact ({error})")
+                break
             impacts[_round_label(r, remaining[r])] = result
             per_round[r]["class_impact"] = {
                 "classes": result["classes"], "impact": result["impact"], "recall_change": result["recall_change"],
@@ -367,6 +373,7 @@ def inside_section(b, collection, load, note) -> None:
                   "the learning curves; each class's recall change minus the accuracy change (Hooker et al. "
                   "2019); the test examples whose modal label changes (PIEs); how often two rounds disagree "
                   "(churn); how similar each layer's outputs stay (linear CKA).</p>" + "".join(html))
+    read.report_missing(note)
     b.numbers["inside"] = numbers
     b.report["inside"] = numbers
 
