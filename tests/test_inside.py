@@ -349,3 +349,20 @@ def test_lt_unstructured_three_seeds_inside_the_network(tracking, tmp_path):
     assert all(0.0 <= v < 1.0 for v in cka[3].values())
     churn = numbers["churn"]
     assert churn["n"] == 3 and np.allclose(np.diag(churn["matrix"]), 0.0)
+
+    # a state whose predictions file is gone (an older mlprune, a damaged store): noted once, the rest goes on
+    from mlprune.report.html import _Builder, _Loader
+    from mlprune.report.inside import inside_section
+    from mlprune.report.series import collect
+    from mlprune.store import open_experiment
+
+    gone = pie["pruned_runs"][0]
+    Path(client.get_run(gone).info.artifact_uri.replace("file://", ""), "predictions.safetensors").unlink()
+    store = open_experiment("inside")
+    notes = []
+    collection = collect(store)
+    builder = _Builder(tmp_path / "again")
+    inside_section(builder, collection, _Loader(store, collection.runs, notes.append), notes.append)
+    assert [n for n in notes if "predictions.safetensors" in n and gone[:8] in n and "1 state(s)" in n]
+    again = builder.report["inside"]["lt_inside"]["rounds"][3]["pies"]
+    assert again["n_pruned"] == 2 and again["n_dense"] == 3
