@@ -31,7 +31,7 @@ Definitions used throughout (they are part of the contract, tests pin them):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -323,9 +323,9 @@ _UNITS = {
 
 
 def emergent_structure(
-    masks: Mapping[str, torch.Tensor], kinds: Mapping[str, str] | None = None
+    masks: Mapping[str, torch.Tensor], kinds: Mapping[str, str] | None = None, *, structured: Iterable[str] = ()
 ) -> dict[str, dict]:
-    """Entirely-pruned units per layer vs what random unstructured pruning would give.
+    """Entirely-pruned units per layer vs what random pruning of the same granularity would give.
 
     For each masked parameter (in ``kinds`` order, then any others), for dim 0
     (output channels / neurons) and dim 1 (input channels / features): a unit is
@@ -340,9 +340,14 @@ def emergent_structure(
                 "dim1": {...}}}
 
     The baseline is random pruning *of the same structure* at the same per-layer
-    sparsity (``entry["baseline"]``):
+    sparsity (``entry["baseline"]``). ``structured`` names the parameters that were
+    pruned by removing whole slices (structured methods only: the caller knows from
+    the lineage, `report.structure` reads it); their masks' slice dims are read from
+    the masks. Any other parameter is compared with random unstructured pruning:
+    inferring structure from the mask alone would mistake a very sparse unstructured
+    mask (a single kept weight is a "product of slices") for a structured one.
 
-    - an unstructured mask: random unstructured pruning; ``expected`` is the exact
+    - weight-by-weight (unstructured) pruning: random unstructured pruning; ``expected`` is the exact
       probability that a given unit is entirely pruned when K of the layer's N
       weights are kept uniformly at random, i.e. the expected fraction of entirely
       pruned units;
@@ -360,6 +365,7 @@ def emergent_structure(
     the layer kind; without an entry the kind is inferred ("conv" for >= 3 dims).
     """
     kinds = dict(kinds or {})
+    structured = set(structured)
     last = next(reversed(kinds)) if kinds else None
     order = [n for n in kinds if n in masks] + [n for n in masks if n not in kinds]
     out: dict[str, dict] = {}
@@ -375,7 +381,7 @@ def emergent_structure(
             "n_kept": n_k,
             "sparsity": (n_w - n_k) / n_w if n_w else 0.0,
         }
-        structure = _slice_structure(m)
+        structure = _slice_structure(m) if name in structured else ()
         entry["baseline"] = {(): "random unstructured", (0,): "random structured (dim 0)",
                              (1,): "random structured (dim 1)", (0, 1): "random structured (dims 0 and 1)"}[structure]
         for dim in (0, 1):
@@ -563,7 +569,7 @@ def accuracy_vs_remaining(rows: Sequence[Mapping]) -> list[dict]:
 
         {"recipe", "round", "n", "seeds": [...], "remaining", "remaining_std",
          "mean", "std", ["early_stop_iteration", "early_stop_iteration_std",
-         "early_stop_n"]}
+         "early_stop_n"], ["early_stop_test_accuracy", "early_stop_test_accuracy_std"]}
 
     ``std`` is the sample standard deviation (ddof=1) over seeds, 0.0 when n == 1
     (look at ``n``). ``remaining`` is the mean over seeds. Two rows with the same
@@ -605,5 +611,9 @@ def accuracy_vs_remaining(rows: Sequence[Mapping]) -> list[dict]:
         if es:
             agg["early_stop_iteration"], agg["early_stop_iteration_std"] = _mean_std(es)
             agg["early_stop_n"] = len(es)
+        at_stop = [float(r["early_stop_test_accuracy"]) for r in grp
+                   if not _is_missing(r.get("early_stop_test_accuracy"))]
+        if at_stop:
+            agg["early_stop_test_accuracy"], agg["early_stop_test_accuracy_std"] = _mean_std(at_stop)
         out.append(agg)
     return out

@@ -148,6 +148,11 @@ def _execute(plans, store, scheduler, workers, device, recipe_label, params, *, 
     return result, reached, workflow
 
 
+def _last_network(plan):
+    """The plan's last node that is a network (analyses, e.g. a recipe's `cka`, come after the rounds)."""
+    return next((n for n in reversed(plan.nodes) if n.kind != "analysis"), plan.nodes[-1])
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-P", "--param", "params", multiple=True, metavar="NAME=VALUE",
@@ -189,7 +194,7 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
         from .report import log_state_figures
 
         log_state_figures(store, list(reached.values()), since_ms=started_ms)
-    last = store.run(result.states[0][plan.nodes[-1].name])
+    last = store.run(result.states[0][_last_network(plan).name])
     metrics = last.data.metrics
     click.echo(f"{plan.recipe}: experiment {store.experiment_name!r} (id {store.experiment_id}); last state "
                f"{last.info.run_id[:8]} test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
@@ -230,7 +235,7 @@ def sweep(recipes, seeds, params, scheduler, workers, device, experiment_name):
                             {"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
                              "scheduler": scheduler, "plans": len(plans)}, figures=False)
     for (plan_label, plan), states in zip(plans, result.states):
-        last = store.run(states[plan.nodes[-1].name])
+        last = store.run(states[_last_network(plan).name])
         click.echo(f"{plan_label}: last state {last.info.run_id[:8]} "
                    f"test_accuracy={last.data.metrics.get('test_accuracy', float('nan')):.4f} "
                    f"sparsity={last.data.metrics.get('sparsity', float('nan')):.4f}")

@@ -214,6 +214,16 @@ class Evaluated:
     history: dict
     steps: list
     workspace: Workspace
+    _test: object = None
+
+    def test_predictions(self):
+        """The model's `training.loop.Predictions` on the test set (fixed order): one pass, shared by
+        every evaluation that needs the test outputs (loss and accuracy, predictions, per class)."""
+        if self._test is None:
+            from .training.loop import predict
+
+            self._test = predict(self.model, self.data.test_batches(256), device=self.workspace.device)
+        return self._test
 
 
 @dataclass(frozen=True)
@@ -237,10 +247,31 @@ EVALUATIONS: Registry[Evaluation] = Registry("state evaluation")
 
 
 def evaluate_test(ev: Evaluated):
-    from .training.loop import evaluate
+    result = ev.test_predictions()
+    return {names.M_TEST_LOSS: result.loss, names.M_TEST_ACCURACY: result.accuracy}, {}
 
-    loss, accuracy = evaluate(ev.model, ev.data.test_batches(256), device=ev.workspace.device)
-    return {names.M_TEST_LOSS: loss, names.M_TEST_ACCURACY: accuracy}, {}
+
+def evaluate_predictions(ev: Evaluated):
+    """The test pass kept: predictions.safetensors (per example, test order: predicted class, true
+    class, probability of the true class), confusion.json and each class's accuracy (its recall)."""
+    import json
+
+    import numpy as np
+
+    from . import inside
+    from .store.artifacts import tensors_bytes
+
+    result = ev.test_predictions()
+    small = torch.int16 if ev.data.num_classes <= torch.iinfo(torch.int16).max else torch.int32
+    files = {names.PREDICTIONS_FILE: tensors_bytes({
+        names.PRED_PREDICTED: result.predicted.to(small), names.PRED_LABEL: result.labels.to(small),
+        names.PRED_TRUE_PROBABILITY: result.true_probability.float()})}
+    confusion = inside.confusion_matrix(result.labels.numpy(), result.predicted.numpy(), ev.data.num_classes)
+    files[names.CONFUSION_FILE] = json.dumps({"classes": ev.data.num_classes, "rows": "true class",
+                                              "columns": "predicted class", "matrix": confusion.tolist()}).encode()
+    recall = inside.class_recall(confusion)
+    metrics = {f"{names.M_CLASS_ACCURACY_PREFIX}{k}": float(v) for k, v in enumerate(recall) if np.isfinite(v)}
+    return metrics, files
 
 
 def evaluate_sparsity(ev: Evaluated):
@@ -256,12 +287,16 @@ def evaluate_flops(ev: Evaluated):
 
 
 def evaluate_training(ev: Evaluated):
-    """Early stopping (the epoch and iteration of the lowest validation loss) and iterations trained."""
+    """Early stopping (the epoch and iteration of the lowest validation loss, the test accuracy then)
+    and iterations trained."""
     metrics = {}
     val = ev.history.get(names.M_VAL_LOSS)
     if val:
-        best_epoch, _ = min(val, key=lambda point: point[1])
+        best_epoch, _ = min(val, key=lambda point: point[1])  # the first epoch of the lowest validation loss
         metrics[names.M_EARLY_STOP_EPOCH] = best_epoch
+        at_best = [value for epoch, value in ev.history.get(names.M_EPOCH_TEST_ACCURACY, []) if epoch == best_epoch]
+        if at_best:
+            metrics[names.M_EARLY_STOP_TEST_ACCURACY] = at_best[-1]
         batch_size = next((next(iter(s.values()))["batch_size"] for s in reversed(ev.steps) if "train" in s), None)
         if batch_size is not None:
             metrics[names.M_EARLY_STOP_ITERATION] = best_epoch * ev.data.batches_per_epoch(batch_size)
@@ -274,6 +309,8 @@ def evaluate_training(ev: Evaluated):
 
 
 EVALUATIONS.add(Evaluation("test", "mlprune.compute:evaluate_test", "test loss and accuracy"))
+EVALUATIONS.add(Evaluation("predictions", "mlprune.compute:evaluate_predictions",
+                           "test predictions, confusion matrix, accuracy per class (the test pass, reused)"))
 EVALUATIONS.add(Evaluation("sparsity", "mlprune.compute:evaluate_sparsity", "sparsity per layer, compression"))
 EVALUATIONS.add(Evaluation("flops", "mlprune.compute:evaluate_flops", "multiply-adds, dense and masked"))
 EVALUATIONS.add(Evaluation("training", "mlprune.compute:evaluate_training", "early stopping, iterations"))
@@ -354,3 +391,54 @@ def run_compare(ctx: StepContext, parent, options: dict):
     denominator = float(a.norm() * b.norm())
     metrics["cosine"] = float(a @ b) / denominator if denominator else float("nan")
     return metrics, {}
+
+
+def run_cka(ctx: StepContext, parent, options: dict):
+    """Linear CKA between the outputs of each prunable layer of the parent (a) and the input b, on a
+    seeded probe set of test examples, minibatch estimator (`inside.MinibatchCKA`)."""
+    import json
+
+    from . import inside
+    from .models import prunable
+
+    other = ctx.inputs["b"]
+    device = ctx.workspace.device
+    networks = []
+    for state in (parent, other):
+        model = ctx.workspace.blank(ctx.root, ctx.data)
+        model.load_state_dict(state.weights)
+        networks.append(model.to(device).eval())
+    layers = {param: param[: -len(".weight")] for param in prunable(networks[0])}  # param -> its module
+    hooked = [{param: dict(net.named_modules())[module] for param, module in layers.items()} for net in networks]
+    probe = inside.probe_indices(options["probe_size"], ctx.data.len_test, options["seed"])
+    images = test_images(ctx.data, probe)
+    estimator = inside.MinibatchCKA()
+    for start, stop in inside.probe_batches(len(probe), options["batch_size"]):
+        x = images[start:stop].to(device)
+        outputs = [inside.layer_outputs(net, modules, x) for net, modules in zip(networks, hooked)]
+        estimator.update(outputs[0], outputs[1])
+        ctx.heartbeat()
+    values = estimator.result()
+    metrics = {f"{names.M_CKA_PREFIX}{param}": v for param, v in values.items() if v == v}  # NaN: a dead layer
+    record = {"layers": values, "probe_size": len(probe), "batches": estimator.batches,
+              "batch_size": options["batch_size"], "seed": options["seed"],
+              "estimator": "linear CKA, minibatch, unbiased HSIC (Nguyen, Raghu & Kornblith 2021)",
+              "activations": "each prunable layer's output (Conv2d / Linear), flattened per example"}
+    return metrics, {names.CKA_FILE: json.dumps(record, indent=1, allow_nan=True).encode()}
+
+
+def test_images(data, indices: torch.Tensor) -> torch.Tensor:
+    """The preprocessed test images at `indices` (in that order), gathered from the test batches
+    (the order every evaluation sees; one pass, nothing else is kept)."""
+    wanted = {int(i): position for position, i in enumerate(indices)}
+    out = None
+    seen = 0
+    for x, _y in data.test_batches(256):
+        for offset in range(x.shape[0]):
+            position = wanted.get(seen + offset)
+            if position is not None:
+                if out is None:
+                    out = torch.empty((len(indices), *x.shape[1:]), dtype=x.dtype)
+                out[position] = x[offset]
+        seen += x.shape[0]
+    return out

@@ -55,11 +55,24 @@ M_EARLY_STOP_EPOCH = "early_stop_epoch"
 M_EARLY_STOP_ITERATION = "early_stop_iteration"
 M_DIVERGED = "diverged"                  # 1 on a state whose training diverged (train on_divergence: record)
 M_DIVERGED_EPOCH = "diverged_epoch"      # the epoch in which it did
+M_EARLY_STOP_TEST_ACCURACY = "early_stop_test_accuracy"  # test accuracy at the early-stopping epoch
+M_TRAIN_ACCURACY = "train_accuracy"      # per epoch: accuracy on the epoch's training batches, as trained
+M_EPOCH_TEST_LOSS = "epoch_test_loss"    # per epoch (step = epoch): the test set at each epoch's end
+M_EPOCH_TEST_ACCURACY = "epoch_test_accuracy"
+M_CLASS_ACCURACY_PREFIX = "test_accuracy.class."  # + class index: the class's recall on the test set
+M_CKA_PREFIX = "cka."                    # + param name: linear CKA of a layer's outputs (a cka analysis)
 
 # ---- artifacts of a state run ----------------------------------------------------------
 WEIGHTS_FILE = "weights.safetensors"
 MASKS_FILE = "masks.safetensors"
 STATE_FILE = "state.json"
+PREDICTIONS_FILE = "predictions.safetensors"   # per test example, in test-set order: the tensors below
+CONFUSION_FILE = "confusion.json"        # {"classes", "matrix": rows = true class, columns = predicted}
+CKA_FILE = "cka.json"                    # a cka analysis: per-layer CKA, the probe set and the estimator
+# tensors of predictions.safetensors
+PRED_PREDICTED = "predicted"             # int16: the predicted class
+PRED_LABEL = "label"                     # int16: the true class
+PRED_TRUE_PROBABILITY = "true_class_probability"   # float32: softmax probability of the true class
 
 # ---- artifacts of a workflow run -------------------------------------------------------
 PLAN_FILE = "plan.json"                  # the plans it ran: nodes with keys, rounds, branches, run ids
@@ -67,6 +80,9 @@ STATES_FILE = "states.json"              # {plan node: state run id}
 PARAMS_FILE = "params.json"
 LINEAGE_SVG = "lineage.svg"
 LINEAGE_HTML = "lineage.html"
+
+# ---- files of a report (mlprune report OUT_DIR) -----------------------------------------
+PIES_DIR = "pies"                        # one JSON per recipe series and round: its PIEs vs round 0
 
 # ---- environment ---------------------------------------------------------------------
 ENV_THREADS = "MLPRUNE_THREADS"

@@ -96,6 +96,26 @@ for _name, _help in (
     ("controls", "sibling branches off every pruned state: a list of {name, reinit, retrain?}"),
 ):
     SECTIONS.add(Section(_name, _help))
+SECTIONS.add(Section("cka", "linear CKA of every round's trained network vs the dense one (round 0), layer by layer: "
+                            "true, or cka options {probe_size, batch_size, seed}", "mlprune.recipes:plan_cka"))
+
+
+def plan_cka(value, recipe: RecipeContext) -> None:
+    """`cka:` one analysis state per round: the round's trained state (a) vs the first training (b).
+
+    Round 0 is the dense network against itself (CKA 1 by definition, a check of the estimator).
+    """
+    if value is False:
+        return
+    options = {} if value is True else value
+    if not isinstance(options, dict) or "b" in options or "with" in options:
+        raise SpecError(f"{recipe.where}: cka: must be true or a mapping of cka options (probe_size, batch_size, "
+                        f"seed); the reference is always round 0, got {value!r}")
+    dense = recipe.trained[0]
+    for rnd, trained in sorted(recipe.trained.items()):
+        recipe.checked("cka", recipe.builder.child, f"cka{rnd}", trained,
+                       [{"cka": {**options, "b": f"state:{dense.name}"}}], round=rnd, role="cka",
+                       label=f"r{rnd} cka vs dense" if rnd else "cka dense vs itself")
 
 COMMON_PARAMS = ("dataset", "model", "rounds", "epochs", "amount", "seed", "lr", "batch_size", "data_dir")
 _PARAM_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")

@@ -191,6 +191,31 @@ def test_emergent_structure_hand_computed():
     assert conv["dim1"]["ratio"] == pytest.approx((1 / 3) / (2 / 5))
 
 
+def test_emergent_structure_compares_structured_masks_with_random_structured_pruning():
+    # 4 output neurons x 3 inputs, neurons 1 and 3 removed: 6 of 12 weights kept
+    mask = B([1, 1, 1], [0, 0, 0], [1, 1, 1], [0, 0, 0])
+    structured = analysis.emergent_structure({"w": mask}, structured={"w"})["w"]
+    assert structured["baseline"] == "random structured (dim 0)"
+    # removing 2 of 4 rows at random prunes 2 rows: observed = expected, ratio 1
+    assert structured["dim0"]["observed"] == structured["dim0"]["expected"] == 0.5
+    assert structured["dim0"]["ratio"] == 1.0
+    # a column goes only when every row does: expected 0, none pruned: ratio undefined
+    assert structured["dim1"]["expected"] == 0.0 and math.isnan(structured["dim1"]["ratio"])
+    # the same mask from unstructured pruning: a row of 3 all pruned with 6 of 12 kept is C(9,6)/C(12,6)
+    plain = analysis.emergent_structure({"w": mask})["w"]
+    assert plain["baseline"] == "random unstructured"
+    assert plain["dim0"]["expected"] == pytest.approx(math.comb(9, 6) / math.comb(12, 6))
+    assert plain["dim0"]["ratio"] == pytest.approx(0.5 / (84 / 924))
+
+
+def test_a_very_sparse_unstructured_mask_is_not_taken_for_a_structured_one():
+    # one kept weight is a "product of slices" (row 0 x column 0), yet it came from unstructured pruning
+    mask = B([1, 0, 0], [0, 0, 0], [0, 0, 0])
+    entry = analysis.emergent_structure({"w": mask})["w"]
+    assert entry["baseline"] == "random unstructured"
+    assert entry["dim0"]["expected"] == pytest.approx(math.comb(6, 1) / math.comb(9, 1))
+
+
 def test_emergent_structure_dense_ratio_undefined():
     res = analysis.emergent_structure({"w": torch.ones(3, 4, dtype=torch.bool)}, None)
     assert res["w"]["kind"] == "linear"

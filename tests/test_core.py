@@ -85,8 +85,10 @@ def test_artifacts_and_metrics(experiment, tracking):
     for state in (root, trained, ticket):
         names = {f.path for f in client.list_artifacts(state.run_id)}
         assert {"weights.safetensors", "masks.safetensors", "state.json"} <= names
-    # the prune-only state references its parent's weights instead of copying them
-    assert {f.path for f in client.list_artifacts(pruned.run_id)} == {"masks.safetensors", "state.json"}
+    # the prune-only state references its parent's weights instead of copying them (its own evaluation's
+    # predictions are its own: pruning changed them)
+    assert {f.path for f in client.list_artifacts(pruned.run_id)} == {"masks.safetensors", "state.json",
+                                                                      "predictions.safetensors", "confusion.json"}
     assert pruned.spec["weights_from"] == trained.run_id
     metrics = client.get_run(ticket.run_id).data.metrics
     for name in ("test_accuracy", "test_loss", "sparsity", "train_loss", "duration_s"):

@@ -137,6 +137,8 @@ def test_workflow_run_gets_lineage_and_figures(tracking, tmp_path):
             "figures/accuracy_vs_remaining.png", "figures/jaccard_rounds.png", "figures/structure.png",
             "figures/stability.png"} <= names
     assert sum(n.startswith("figures/weight_evolution/") for n in names) == 5  # one per LeNet layer
+    inside = [n for n in names if n.startswith("figures/inside/")]  # learning curves, class impact, PIEs, churn
+    assert any("curves" in n for n in inside) and any("churn" in n for n in inside), inside
     html = (art / "lineage.html").read_text()
     assert set(_links(html)) == {r.info.run_id for r in states}
     assert (art / "lineage.svg").read_text().count('class="node"') == 6

@@ -62,6 +62,27 @@ def test_different_architectures_are_a_clear_message():
         report.stability([a, b])
 
 
+def test_the_structure_baseline_follows_the_lineage_not_the_mask():
+    # a chain of state.json files: root -> prune l1 unstructured (fc1 only) -> train -> prune ln_structured
+    # (conv1 and fc1) -> transplant of the first pruned state's mask
+    kinds = {"conv1.weight": "conv", "fc1.weight": "linear", "fc2.weight": "linear"}
+    specs = {
+        "root": {"parent_run": None, "steps": []},
+        "p1": {"parent_run": "root", "steps": [{"prune": {"method": "l1_unstructured", "amount": 0.5,
+                                                          "include": ["fc1.weight"]}}]},
+        "t": {"parent_run": "p1", "steps": [{"train": {"epochs": 1}}]},
+        "p2": {"parent_run": "t", "steps": [{"prune": {"method": "ln_structured", "n": 1, "dim": 0,
+                                                       "amount": 0.5, "include": ["conv1.weight", "fc1.weight"]}}]},
+        "moved": {"parent_run": "root", "steps": [{"prune": {"method": "from_state", "state": "p2"}}],
+                  "inputs": {"mask": {"key": "k", "run_id": "p2"}}},
+    }
+    of = specs.__getitem__
+    assert report.pruned_structurally(specs["root"], of, kinds) == {}
+    assert report.pruned_structurally(specs["t"], of, kinds) == {"fc1.weight": False}
+    assert report.pruned_structurally(specs["p2"], of, kinds) == {"fc1.weight": False, "conv1.weight": True}
+    assert report.pruned_structurally(specs["moved"], of, kinds) == {"fc1.weight": False, "conv1.weight": True}
+
+
 def test_structure_by_hand():
     # a linear layer 2x4 (N=8), K=4 kept: row 1 entirely pruned, columns 2 and 3 entirely pruned
     s = state("s", {"fc.weight": [[1, 1, 0, 0], [0, 0, 0, 0]]}, model="no-such-model")
@@ -232,11 +253,20 @@ def test_report_has_every_figure_and_right_numbers(in_store, tmp_path):
     assert grid["matrix"][0][2] == pytest.approx(1.0) and grid["matrix"][1][3] == pytest.approx(1.0)
     structure = numbers["structure"]["lenet_structured"]
     assert structure["run_id"] == ids["lenet_structured r2"] and structure["round"] == 2
+    # ln_structured along dim 1 prunes every layer but the output layer by input slices: each is compared
+    # with random pruning of as many input slices (expected = observed), the output layer was never pruned
     ref = analysis.emergent_structure(masks[1])
     for name, entry in ref.items():
         got = structure["layers"][name]
         assert got["dim1"]["pruned_units"] == entry["dim1"]["pruned_units"]
-        assert got["dim1"]["expected"] == pytest.approx(entry["dim1"]["expected"])
+        assert got["dim0"]["pruned_units"] == entry["dim0"]["pruned_units"]
+        if entry["sparsity"] > 0:
+            assert got["baseline"] == "random structured (dim 1)", name
+            assert got["dim1"]["expected"] == got["dim1"]["observed"] > 0 and got["dim1"]["ratio"] == 1.0
+        else:
+            assert got["baseline"] == "random unstructured"
+    unstructured_layers = numbers["structure"]["lenet_unstructured"]["layers"]
+    assert {e["baseline"] for e in unstructured_layers.values()} == {"random unstructured"}
     stab = numbers["stability"]["lenet_structured"]
     assert stab["rounds"] == [0, 1, 2]
     train_id = next(r["run_id"] for r in structured["rounds"] if r["round"] == 0)
@@ -336,7 +366,7 @@ def test_plot_stability_and_early_stop(tmp_path):
     assert isinstance(fig, Figure) and fig._suptitle.get_text() == "stab"
     titles = [ax.get_title() for ax in fig.axes[:3]]
     assert titles[0] == "mask overlap (Jaccard)" and "cosine" in titles[1] and "relative change" in titles[2]
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["r0→r1", "r1→r2"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["r0→1", "r1→2"]
     lo, hi = fig.axes[1].get_ylim()
     assert hi > 1.0 and lo >= -1.0  # cosine axis keeps 1 in view
     fig.savefig(tmp_path / "stab.png")

@@ -125,6 +125,7 @@ class _Builder:
         self.figures: list[dict] = []
         self.numbers: dict = {}
         self._groups: list[tuple[str, str]] = []  # groups made since the last section: its table of contents
+        self.report: dict = {}      # what sections add to report.json beside the series
 
     def figure(self, fig, name: str, caption: str, kind: str) -> str:
         data = _png(fig)
@@ -186,12 +187,16 @@ def accuracy_section(b: _Builder, collection: Collection, load=None, note=None, 
     b.section("accuracy", "Accuracy vs remaining weights", html + table)
     if any("early_stop_iteration" in a for a in agg):
         html = b.figure(plotting.plot_early_stop_vs_remaining(agg), "early_stop_vs_remaining",
-                        "Early-stopping iteration (lowest validation loss) vs remaining weights, mean ± std",
-                        "early_stop")
-        table = _table(["series", "round", "remaining", "early-stopping iteration (mean ± std)", "n"],
+                        "Learning speed: early-stopping iteration (lowest validation loss) and the test accuracy "
+                        "then vs remaining weights, mean ± std", "early_stop")
+        table = _table(["series", "round", "remaining", "early-stopping iteration (mean ± std)",
+                        "test accuracy then (mean ± std)", "n"],
                        [[escape(a["recipe"]), str(a["round"]), _fmt(a["remaining"], True),
                          f"{a['early_stop_iteration']:.0f}"
                          + (f" ± {a['early_stop_iteration_std']:.0f}" if a["early_stop_n"] >= 2 else ""),
+                         (f"{100 * a['early_stop_test_accuracy']:.2f}%"
+                          + (f" ± {100 * a['early_stop_test_accuracy_std']:.2f}" if a["early_stop_n"] >= 2 else "")
+                          if "early_stop_test_accuracy" in a else "–"),
                          str(a["early_stop_n"])] for a in agg if "early_stop_iteration" in a])
         b.section("early-stop", "Early stopping vs remaining weights", html + table)
     else:
@@ -332,7 +337,7 @@ def structure_section(b: _Builder, collection: Collection, load, note=None) -> N
             kind = collection.runs[run_id].data.tags.get(TAG_KIND, "?")
             targets.append((f"{kind} {run_id[:8]}", None, (None, state)))
     for label, seed, (rnd, state) in targets:
-        emergent = structure(state)
+        emergent = structure(state, load.store)
         numbers[label] = {"run_id": state.run_id, "round": rnd, "seed": seed, "layers": emergent}
         where = f"round {rnd}, seed {seed}" if rnd is not None else state.run_id[:8]
         figure = b.figure(plotting.plot_structure(emergent, title=f"Emergent structure: {label} ({where})"),
@@ -570,7 +575,8 @@ def write_report(experiment: str, out_dir, *, tracking_uri: str | None = None, u
     b.numbers["warnings"] = collection.warnings
     b.numbers["seconds"] = time.perf_counter() - started
     (out / "numbers.json").write_text(json.dumps(_jsonable(b.numbers), indent=1, allow_nan=False))
-    (out / "report.json").write_text(json.dumps(_jsonable(report_json(store, collection)), indent=1, allow_nan=False))
+    (out / "report.json").write_text(json.dumps(_jsonable({**report_json(store, collection), **b.report}), indent=1,
+                                                allow_nan=False))
     return ReportResult(path, [{k: v for k, v in f.items() if k != "png"} for f in b.figures],
                         collection.warnings, b.numbers, len(collection.runs))
 
@@ -608,6 +614,8 @@ def _note_into(collection: Collection, warn):
 
 SECTIONS.add(Section("accuracy", "mlprune.report.html:accuracy_section", "accuracy and early stopping vs remaining"))
 SECTIONS.add(Section("similarity", "mlprune.report.html:similarity_section", "mask Jaccard: rounds, seeds, states"))
+SECTIONS.add(Section("inside", "mlprune.report.inside:inside_section",
+                     "per recipe: learning curves, per-class impact, PIEs, prediction churn, CKA to the dense network"))
 SECTIONS.add(Section("structure", "mlprune.report.html:structure_section", "emergent structure vs random"))
 SECTIONS.add(Section("stability", "mlprune.report.html:stability_section", "weight stability and evolution"))
 SECTIONS.add(Section("weights", "mlprune.report.html:weights_section", "weights of the dense and final states"))

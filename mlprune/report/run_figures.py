@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from .. import analysis
 from . import figures as plotting
-from .html import _arch, _biases, _Loader, _load_series, _png, _remaining_label, _slug
+from .html import _arch, _biases, _Builder, _Loader, _load_series, _png, _remaining_label, _slug
+from .inside import inside_section
 from .series import Collection, accuracy_table, series_of_plan
 from .states import _model, layer_kinds, stability, structure
 
 
 def recipe_figures(store, recorded: dict, warn) -> dict[str, bytes]:
     """The figures of one recipe run: accuracy vs remaining, Jaccard between rounds, structure,
-    stability and weight evolution (``figures/...``)."""
+    stability and weight evolution (``figures/...``), and inside the network: learning curves,
+    per-class impact, PIEs, churn and CKA (``figures/inside/...``)."""
     files = {}
     recipe = recorded["recipe"]
     runs = {r.info.run_id: r for r in store.states() if r.info.run_id in set(recorded["reached"].values())}
@@ -40,7 +42,7 @@ def recipe_figures(store, recorded: dict, warn) -> dict[str, bytes]:
     if pruned:
         rnd, last = pruned[-1]
         files["figures/structure.png"] = _png(plotting.plot_structure(
-            structure(last), title=f"{recipe}: emergent structure, round {rnd}"))
+            structure(last, store), title=f"{recipe}: emergent structure, round {rnd}"))
     if len(states) >= 2 and len({_arch(s) for _, s in states}) == 1:
         labels = [_remaining_label(r, s) for r, s in states]
         only = [s for _, s in states]
@@ -50,6 +52,10 @@ def recipe_figures(store, recorded: dict, warn) -> dict[str, bytes]:
             traj = analysis.weight_trajectories([s.weights for s in only], [s.masks for s in only], param, k=20)
             files[f"figures/weight_evolution/{_slug(param)}.png"] = _png(plotting.plot_weight_evolution(
                 traj, labels, title=f"{recipe}: {param}, 20 sampled weights"))
+    inside = _Builder(None)  # the report's inside section on this run's states: curves, churn, CKA, ...
+    inside_section(inside, collection, loaded, warn)
+    for figure in inside.figures:
+        files[f"figures/inside/{figure['file']}"] = figure["png"]
     return files
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from .. import analysis, lineage
 from ..errors import SpecError
-from ..names import (M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION, M_SPARSITY, M_TEST_ACCURACY, M_TEST_LOSS,
-                     PLAN_FILE, TAG_INVALID, TAG_KEY, TAG_RECIPE)
+from ..names import (M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION, M_EARLY_STOP_TEST_ACCURACY, M_SPARSITY,
+                     M_TEST_ACCURACY, M_TEST_LOSS, PLAN_FILE, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_RECIPE)
 
 # parameters that do not make another series: seeds aggregate; more rounds extend a series
 _SIGNATURE_SKIP = {"seed", "rounds", "data_dir"}
@@ -162,7 +162,9 @@ def collect(store, warn=None) -> Collection:
         if branch != "main":
             label += f" / {branch}"
         series.label = label
-    orphans = [run_id for run_id in states if run_id not in covered]
+    # analyses (compare, cka) hold results, not networks: the sections that read them find them by their parents
+    orphans = [run_id for run_id in states if run_id not in covered
+               and states[run_id].data.tags.get(TAG_KIND) != "analysis"]
     skipped = {"not mlprune states": [r.info.run_id for r in other],
                "not FINISHED": [r.info.run_id for r in unfinished],
                "superseded": [r.info.run_id for r in superseded]}
@@ -190,6 +192,9 @@ def rounds_table(collection: Collection) -> list[dict]:
             if stop is not None:
                 row["early_stop_iteration"] = stop
                 row["early_stop_epoch"] = _metric(run, M_EARLY_STOP_EPOCH)
+                at_stop = _metric(run, M_EARLY_STOP_TEST_ACCURACY)
+                if at_stop is not None:
+                    row["early_stop_test_accuracy"] = at_stop
             rows.append(row)
     return rows
 

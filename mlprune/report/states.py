@@ -83,9 +83,50 @@ def layer_kinds(masks, model: str | None = None) -> dict[str, str]:
     return kinds
 
 
-def structure(state) -> dict:
-    """``analysis.emergent_structure`` of a state's masks, layers in the model's order."""
-    return analysis.emergent_structure(state.masks, layer_kinds(state.masks, _model(state)))
+def structure(state, store=None) -> dict:
+    """``analysis.emergent_structure`` of a state's masks, layers in the model's order.
+
+    Each layer is compared with random pruning of the granularity that pruned it, read from
+    the state's lineage (``store``, default the state's experiment's): a layer only ever
+    pruned by structured (slice) methods against random structured pruning, any other
+    against random unstructured pruning. Without a store to read the lineage from, every
+    layer is compared with random unstructured pruning (the paper's baseline).
+    """
+    kinds = layer_kinds(state.masks, _model(state))
+    store = store if store is not None else getattr(getattr(state, "experiment", None), "store", None)
+    structured = pruned_structurally(state.spec, store.spec, kinds) if store is not None and state.spec else {}
+    return analysis.emergent_structure(state.masks, kinds, structured={p for p, s in structured.items() if s})
+
+
+def pruned_structurally(spec: dict, spec_of, kinds: dict[str, str]) -> dict[str, bool]:
+    """``{param: True}`` for the layers every prune step in a state's lineage removed whole slices of.
+
+    ``spec`` is the state's state.json, ``spec_of(run_id)`` reads another's (``Store.spec``).
+    A layer some step pruned weight by weight is False; a layer never pruned is absent. A
+    transplanted mask carries the lineage of the state it came from.
+    """
+    from ..pruning import METHODS, layer_plan
+
+    chain = []
+    while spec is not None:
+        chain.append(spec)
+        spec = spec_of(spec["parent_run"]) if spec.get("parent_run") else None
+    out: dict[str, bool] = {}
+    for spec in reversed(chain):  # from the root down: the steps in the order they ran
+        for step in spec.get("steps") or []:
+            (kind, options), = step.items()
+            if kind != "prune":
+                continue
+            if METHODS[options["method"]].granularity == "transplant":
+                source = (spec.get("inputs") or {}).get("mask")
+                for param, flag in (pruned_structurally(spec_of(source["run_id"]), spec_of, kinds)
+                                    if source else {}).items():
+                    out[param] = out.get(param, True) and flag
+                continue
+            for param, config in layer_plan(kinds, options).items():
+                if not config.get("skip"):
+                    out[param] = out.get(param, True) and METHODS[config["method"]].structured
+    return out
 
 
 def stability(states) -> dict:

@@ -379,6 +379,24 @@ def resolve_compare(raw: dict) -> ResolvedStep:
                         {"a": Source("parent"), "b": Source(given["b"])})
 
 
+CKA_SCHEMA = Schema("cka option", (
+    Option("b", REQUIRED, any_value, "the state to compare with: a run id, state:<node>, root or parent",
+           aliases=("with",)),
+    Option("probe_size", 1024, integer(4), "test examples in the probe set (a seeded draw; at most the test set)"),
+    Option("batch_size", 256, integer(4), "examples per minibatch of the CKA estimator (it changes the estimate "
+                                          "slightly, so it is part of the key)"),
+    Option("seed", 0, seed_value, "seeds the draw of the probe set"),
+))
+
+
+def resolve_cka(raw: dict) -> ResolvedStep:
+    given = CKA_SCHEMA.canonical_names(dict(raw or {}))
+    if "b" not in given:
+        raise SpecError("cka needs 'b': the state whose representations to compare the parent's with")
+    options = CKA_SCHEMA.resolve({**given, "b": "input:b"})
+    return ResolvedStep("cka", {"a": "input:a", **options}, {"a": Source("parent"), "b": Source(given["b"])})
+
+
 # ---- the registry -----------------------------------------------------------------------------
 
 STEP_KINDS: Registry[StepKind] = Registry("step")
@@ -392,6 +410,9 @@ STEP_KINDS.add(StepKind("reinit", REINIT_SCHEMA, resolve_reinit, "mlprune.comput
                         help="set the weights before retraining (rewind, random, sign, zhou, shuffle, keep)"))
 STEP_KINDS.add(StepKind("compare", COMPARE_SCHEMA, resolve_compare, "mlprune.compute:run_compare", produces="analysis",
                         help="an analysis: the kept weights of the parent (a) vs another state (b): Jaccard, cosine"))
+STEP_KINDS.add(StepKind("cka", CKA_SCHEMA, resolve_cka, "mlprune.compute:run_cka", produces="analysis",
+                        help="an analysis: linear CKA between the outputs of each prunable layer of the parent (a) "
+                             "and another state (b), minibatch estimator on a seeded probe set of test examples"))
 CHILD_KINDS = ("prune", "reinit", "train")  # what a recipe's steps may be (init makes roots only)
 
 

@@ -464,6 +464,11 @@ class Store:
             STATE_FILE: self._state_file(self.state_run(run_id), STATE_FILE),
         }
 
+    def metric_history(self, run_id: str, name: str) -> list[tuple[int, float]]:
+        """[(step, value)] of one metric of a run, by step (per-epoch curves: step = epoch)."""
+        points = self.client.get_metric_history(run_id, name)
+        return sorted((int(m.step), float(m.value)) for m in points)
+
     def log_figures(self, run_id: str, figures: dict) -> None:
         """Log matplotlib figures on a run ({artifact path: Figure}) with MLflow's log_figure."""
         for name, figure in figures.items():

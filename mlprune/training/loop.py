@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
+from ..names import (M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS, M_LR, M_TRAIN_ACCURACY, M_TRAIN_LOSS, M_VAL_ACCURACY,
+                     M_VAL_LOSS)
 from ..spec.times import parse_time
 from ..spec.steps import TRAIN_SCHEMA
 from . import OPTIMIZERS, SCHEDULES, schedule_of
@@ -122,10 +124,11 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     precision = options.get("precision", "fp32")
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=options.get("label_smoothing", 0.0))
-    history: dict[str, list] = {"train_loss": [], "lr": []}
+    history: dict[str, list] = {M_TRAIN_LOSS: [], M_TRAIN_ACCURACY: [], M_LR: [], M_EPOCH_TEST_LOSS: [],
+                                M_EPOCH_TEST_ACCURACY: []}
     has_val = data.val_batches(batch_size) is not None
     if has_val:
-        history.update(val_loss=[], val_accuracy=[])
+        history.update({M_VAL_LOSS: [], M_VAL_ACCURACY: []})
     checkpoints = dict(checkpoints or {})
     base_lr = options["lr"]
     i = line.start
@@ -165,6 +168,7 @@ def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, o
         due = []
         model.train()
         total = torch.zeros((), dtype=torch.float64, device=device)
+        hits = torch.zeros((), dtype=torch.int64, device=device)  # train accuracy: the batches as trained on
         count = 0
         lr = base_lr
         for x, y in data.train_batches(batch_size, seed=seed, epoch=epoch, skip=first):
@@ -176,7 +180,8 @@ def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, o
             x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, precision):
-                loss = loss_fn(model(x), y)
+                logits = model(x)
+                loss = loss_fn(logits, y)
             if scaler is not None:
                 scaler.scale(loss).backward()
             else:
@@ -193,6 +198,7 @@ def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, o
                 for param, keep in keeps:
                     param.mul_(keep)
                 total += loss.detach().double() * len(y)
+                hits += (logits.detach().argmax(dim=1) == y).sum()
             count += len(y)
             i += 1
             if i in checkpoints:
@@ -208,12 +214,18 @@ def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, o
                                                             and _non_finite_parameter(model)):
             _diverged(history, options, f"the mean train loss of epoch {done_epoch} is {mean}", done_epoch)
             return i
-        history["train_loss"].append((done_epoch, mean))
-        history["lr"].append((done_epoch, lr))
+        history[M_TRAIN_LOSS].append((done_epoch, mean))
+        history[M_TRAIN_ACCURACY].append((done_epoch, int(hits) / max(count, 1)))
+        history[M_LR].append((done_epoch, lr))
         if has_val:
             val_loss, val_accuracy = evaluate(model, data.val_batches(256), device=device)
-            history["val_loss"].append((done_epoch, val_loss))
-            history["val_accuracy"].append((done_epoch, val_accuracy))
+            history[M_VAL_LOSS].append((done_epoch, val_loss))
+            history[M_VAL_ACCURACY].append((done_epoch, val_accuracy))
+        # the learning curve on the test set: one forward pass over it per epoch (OpenLTH does the same);
+        # eval mode draws no random numbers and updates no statistics, so training is unchanged
+        test_loss, test_accuracy = evaluate(model, data.test_batches(256), device=device)
+        history[M_EPOCH_TEST_LOSS].append((done_epoch, test_loss))
+        history[M_EPOCH_TEST_ACCURACY].append((done_epoch, test_accuracy))
         if progress is not None:
             progress(done_epoch, -(-line.stop // line.per_epoch), mean)
         for point in due:
@@ -223,22 +235,52 @@ def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, o
     return i
 
 
-@torch.no_grad()
+@dataclass
+class Predictions:
+    """A network's outputs on a set of examples, in their order: the mean loss, the accuracy, and per
+    example the true class, the predicted class and the softmax probability of the true class."""
+
+    loss: float
+    accuracy: float
+    labels: torch.Tensor          # int64, CPU
+    predicted: torch.Tensor       # int64, CPU
+    true_probability: torch.Tensor   # float32, CPU
+
+
 def evaluate(model: nn.Module, batches, *, device: torch.device | None = None) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) in eval mode (dropout off, batch norm frozen)."""
+    result = _evaluate(model, batches, device, keep=False)
+    return result.loss, result.accuracy
+
+
+def predict(model: nn.Module, batches, *, device: torch.device | None = None) -> Predictions:
+    """`evaluate`'s loss and accuracy (the same pass, the same numbers) and every example's prediction."""
+    return _evaluate(model, batches, device, keep=True)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, batches, device, keep: bool) -> Predictions:
     device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
+    labels, predicted, probability = [], [], []
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         logits = model(x)
         total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == y).sum()
+        guess = logits.argmax(dim=1)
+        correct += (guess == y).sum()
         count += len(y)
+        if keep:
+            labels.append(y)
+            predicted.append(guess)
+            probability.append(torch.softmax(logits.float(), dim=1).gather(1, y.view(-1, 1)).view(-1))
     model.train(was_training)
+    empty = torch.zeros(0, dtype=torch.int64)
+    outputs = [torch.cat(parts).cpu() if parts else empty for parts in (labels, predicted, probability)]
     if count == 0:
-        return float("nan"), float("nan")
-    return float(total_loss) / count, int(correct) / count
+        return Predictions(float("nan"), float("nan"), *outputs)
+    return Predictions(float(total_loss) / count, int(correct) / count, *outputs)
