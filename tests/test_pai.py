@@ -1,0 +1,293 @@
+"""Pruning at initialization: SNIP, GraSP and SynFlow scores against their papers' formulas, exact counts,
+layer collapse, and the sanity-check controls.
+
+The oracles here are written from the papers, not from mlprune.pruning.scores: finite differences for
+gradients and Hessian-gradient products, SynFlow's closed-form path sums for a two-layer network, and
+Tanaka et al.'s Algorithm 1 for the iterative schedule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from mlprune import SpecError
+from mlprune.pruning import METHODS, n_to_prune, resolve_prune_step
+from mlprune.pruning.masks import prune_masks, schedule_counts
+from mlprune.pruning.scores import ScoringData, network_scores
+
+NAMES = ("0.weight", "2.weight")
+KINDS = {"0.weight": "linear", "2.weight": "linear"}
+
+
+def tiny_mlp(seed: int = 0, dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)).to(dtype)
+
+
+def tiny_batches(seed: int = 1, count: int = 2, size: int = 6, dtype=torch.float64) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 5, generator=gen, dtype=dtype), torch.randint(0, 3, (size,), generator=gen))
+            for _ in range(count)]
+
+
+def data_of(batches) -> ScoringData:
+    return ScoringData((5,), lambda count, size: batches[:count])
+
+
+def some_masks(model, seed: int = 3, keep: float = 0.7) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    return {name: torch.rand(params[name].shape, generator=gen) < keep for name in NAMES}
+
+
+def effective(model, masks) -> nn.Module:
+    """The masked network the papers score: pruned weights are exactly zero."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in masks:
+                p.mul_(masks[name].to(p.dtype))
+    return model
+
+
+def total_loss(model, batches, temperature=1.0) -> torch.Tensor:
+    return sum(nn.functional.cross_entropy(model(x) / temperature, y) for x, y in batches)
+
+
+def fd_gradient(model, batches, name, eps=1e-6) -> torch.Tensor:
+    """Central finite differences of the summed batch losses with respect to each entry of one weight."""
+    param = dict(model.named_parameters())[name]
+    out = torch.zeros_like(param)
+    with torch.no_grad():
+        for index in range(param.numel()):
+            flat = param.view(-1)
+            original = flat[index].item()
+            flat[index] = original + eps
+            up = float(total_loss(model, batches))
+            flat[index] = original - eps
+            down = float(total_loss(model, batches))
+            flat[index] = original
+            out.view(-1)[index] = (up - down) / (2 * eps)
+    return out
+
+
+# ---- SNIP -------------------------------------------------------------------------------------
+
+def test_snip_score_is_abs_gradient_times_weight_by_finite_differences():
+    model = tiny_mlp()
+    masks = some_masks(model)
+    batches = tiny_batches()
+    options = resolve_prune_step({"method": "snip", "amount": 0.5, "batches": 2})
+    got = network_scores("snip", model, data_of(batches), options)(masks)
+    reference = effective(tiny_mlp(), masks)
+    params = dict(reference.named_parameters())
+    for name in NAMES:
+        expected = (fd_gradient(reference, batches, name) * params[name]).abs()
+        kept = masks[name]
+        assert torch.allclose(got[name][kept], expected[kept], rtol=1e-6, atol=1e-9), name
+    # scoring left the model as it was (it works on a copy)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny_mlp().state_dict().values()))
+
+
+def test_snip_uses_only_the_requested_batches():
+    model = tiny_mlp()
+    masks = some_masks(model)
+    batches = tiny_batches(count=3)
+    one = network_scores("snip", model, data_of(batches), {"batches": 1, "batch_size": 6})(masks)
+    reference = effective(tiny_mlp(), masks)
+    w = dict(reference.named_parameters())["0.weight"]
+    expected = (fd_gradient(reference, batches[:1], "0.weight") * w).abs()
+    assert torch.allclose(one["0.weight"], expected, rtol=1e-6, atol=1e-9)
+
+
+# ---- GraSP ------------------------------------------------------------------------------------
+
+def test_grasp_keep_score_is_hessian_gradient_product_times_weight_by_finite_differences():
+    temperature = 2.0
+    model = tiny_mlp()
+    masks = some_masks(model)
+    batches = tiny_batches()
+    options = resolve_prune_step({"method": "grasp", "amount": 0.5, "batches": 2, "temperature": temperature})
+    got = network_scores("grasp", model, data_of(batches), options)(masks)
+
+    # the oracle: L = sum of the batch losses of the masked network at temperature T;
+    # g = ∇L over the remaining weights, H g = (∇L(w + εg) - ∇L(w - εg)) / 2ε
+    reference = effective(tiny_mlp(), masks)
+    params = dict(reference.named_parameters())
+    weights = [params[n] for n in NAMES]
+    keep = [masks[n].double() for n in NAMES]
+
+    def grad_at(shift):
+        with torch.no_grad():
+            for w, s in zip(weights, shift):
+                w.add_(s)
+        grads = torch.autograd.grad(total_loss(reference, batches, temperature), weights)
+        with torch.no_grad():
+            for w, s in zip(weights, shift):
+                w.sub_(s)
+        return [g * m for g, m in zip(grads, keep)]
+
+    g = grad_at([torch.zeros_like(w) for w in weights])
+    eps = 1e-5
+    up = grad_at([eps * d for d in g])
+    down = grad_at([-eps * d for d in g])
+    for name, w, a, b, m in zip(NAMES, weights, up, down, keep):
+        hg = (a - b) / (2 * eps)
+        paper_score = -(hg * w.detach())               # Wang et al.'s S = -(H g) ⊙ w
+        kept = masks[name]
+        assert torch.allclose(got[name][kept], -paper_score[kept], rtol=1e-5, atol=1e-10), name
+
+
+def test_grasp_removes_the_weights_with_the_largest_paper_score():
+    model = tiny_mlp(seed=4)
+    batches = tiny_batches(seed=5)
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in NAMES}
+    step = {"method": "grasp", "amount": 7, "batches": 2, "temperature": 1.0}
+    scores = network_scores("grasp", model, data_of(batches), resolve_prune_step(step))
+    keep_scores = scores(masks)
+    paper = torch.cat([-keep_scores[n].reshape(-1) for n in NAMES])
+    new = prune_masks(dict(model.named_parameters()), masks, KINDS, step, generator=None, scores=scores)
+    removed = ~torch.cat([new[n].reshape(-1) for n in NAMES])
+    assert int(removed.sum()) == 7
+    assert torch.equal(torch.sort(paper[removed]).values, torch.sort(torch.topk(paper, 7).values).values)
+    assert float(paper[removed].min()) >= float(paper[~removed].max())
+
+
+# ---- SynFlow ----------------------------------------------------------------------------------
+
+def synflow_closed_form(model, masks) -> dict:
+    """R = 1ᵀ(|W2| (|W1| 1 + |b1|) + |b2|) for the all-ones input (everything positive: ReLU passes it);
+    the score of a weight is |∂R/∂w ⊙ w| (Tanaka et al. 2020, with the biases Synaptic-Flow's code keeps)."""
+    p = dict(model.named_parameters())
+    w1 = (p["0.weight"] * masks["0.weight"]).abs().detach()
+    w2 = (p["2.weight"] * masks["2.weight"]).abs().detach()
+    b1 = p["0.bias"].abs().detach()
+    hidden = w1 @ torch.ones(w1.shape[1], dtype=w1.dtype) + b1          # |W1| 1 + |b1|
+    upstream = w2.T @ torch.ones(w2.shape[0], dtype=w2.dtype)           # 1ᵀ |W2|
+    return {"0.weight": w1 * upstream[:, None], "2.weight": w2 * hidden[None, :]}
+
+
+def test_synflow_score_matches_the_closed_form_path_sums():
+    model = tiny_mlp(dtype=torch.float32)
+    masks = some_masks(model)
+    got = network_scores("synflow", model, data_of([]), {"iterations": 1})(masks)
+    expected = synflow_closed_form(tiny_mlp(dtype=torch.float64), masks)
+    for name in NAMES:
+        assert got[name].dtype == torch.float64  # scored in double precision
+        assert torch.allclose(got[name], expected[name], rtol=1e-6), name
+
+
+def test_synflow_iterations_follow_tanaka_algorithm_1():
+    """n iterations: score under the current mask, prune to (final/start)^(j/n) of the start, exactly."""
+    iterations, amount = 4, 0.8
+    model = tiny_mlp(seed=7, dtype=torch.float32)
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in NAMES}
+    step = {"method": "synflow", "amount": amount, "iterations": iterations}
+    got = prune_masks(dict(model.named_parameters()), masks, KINDS, step, generator=None,
+                      scores=network_scores("synflow", model, data_of([]), resolve_prune_step(step)))
+
+    oracle = {n: m.clone() for n, m in masks.items()}
+    start = sum(int(m.sum()) for m in masks.values())
+    final = start - round(amount * start)
+    for j in range(1, iterations + 1):
+        target = final if j == iterations else round(start * (final / start) ** (j / iterations))
+        scores = synflow_closed_form(tiny_mlp(seed=7, dtype=torch.float64), oracle)
+        flat_scores = torch.cat([scores[n].reshape(-1) for n in NAMES])
+        flat_mask = torch.cat([oracle[n].reshape(-1) for n in NAMES])
+        alive = flat_mask.nonzero().squeeze(1)
+        k = int(flat_mask.sum()) - target
+        gone = alive[torch.argsort(flat_scores[alive])[:k]]
+        flat_mask[gone] = False
+        sizes = [oracle[n].numel() for n in NAMES]
+        for n, part in zip(NAMES, flat_mask.split(sizes)):
+            oracle[n] = part.reshape(oracle[n].shape)
+    for name in NAMES:
+        assert torch.equal(got[name], oracle[name]), name
+    assert sum(int(m.sum()) for m in got.values()) == final
+
+
+def test_schedule_counts_are_exponential_and_end_exactly():
+    counts = schedule_counts(50200, 50, 100)
+    assert len(counts) == 100 and counts[-1] == 50
+    assert all(a >= b for a, b in zip([50200] + counts, counts))
+    for j in (1, 25, 50, 99):
+        assert counts[j - 1] == round(50200 * (50 / 50200) ** (j / 100))
+
+
+# ---- invert, exact counts, pruned weights stay pruned -----------------------------------------
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
+def test_invert_keeps_the_lowest_scores(method):
+    model = tiny_mlp(seed=2, dtype=torch.float32)
+    batches = tiny_batches(dtype=torch.float32)
+    masks = some_masks(model, keep=0.8)
+    base = {"method": method, "amount": 0.5}
+    if "iterations" in METHODS[method].option_names:
+        base["iterations"] = 1
+    plain = prune_masks(dict(model.named_parameters()), masks, KINDS, base, generator=None,
+                        scores=network_scores(method, model, data_of(batches), resolve_prune_step(base)))
+    inverted_step = {**base, "invert": True}
+    scores = network_scores(method, model, data_of(batches), resolve_prune_step(inverted_step))
+    inverted = prune_masks(dict(model.named_parameters()), masks, KINDS, inverted_step, generator=None, scores=scores)
+    keep_scores = scores(masks)
+    flat = torch.cat([keep_scores[n].reshape(-1) for n in NAMES])
+    alive = torch.cat([masks[n].reshape(-1) for n in NAMES]).nonzero().squeeze(1)
+    kept = torch.cat([inverted[n].reshape(-1) for n in NAMES]).nonzero().squeeze(1)
+    lowest = torch.sort(flat[alive]).values[:len(kept)]
+    assert torch.equal(torch.sort(flat[kept]).values, lowest)  # as scores: equal scores may trade places
+    assert sum(int(m.sum()) for m in plain.values()) == sum(int(m.sum()) for m in inverted.values())
+
+
+@settings(max_examples=40, deadline=None)
+@given(method=st.sampled_from(["snip", "grasp", "synflow"]), scope=st.sampled_from(["global", "layer"]),
+       fraction=st.floats(0.01, 0.99), count=st.integers(1, 20), as_count=st.booleans(),
+       keep=st.floats(0.3, 1.0), seed=st.integers(0, 1000), invert=st.booleans())
+def test_property_requested_sparsity_is_met_exactly_in_count(method, scope, fraction, count, as_count, keep, seed,
+                                                              invert):
+    model = tiny_mlp(seed=seed, dtype=torch.float32)
+    masks = some_masks(model, seed=seed, keep=keep)
+    masks = {n: m if m.any() else torch.ones_like(m) for n, m in masks.items()}
+    remaining = {n: int(m.sum()) for n, m in masks.items()}
+    smallest = min(remaining.values()) if scope == "layer" else sum(remaining.values())
+    amount = min(count, smallest) if as_count else fraction
+    step = {"method": method, "amount": amount, "scope": scope, "invert": invert}
+    if "iterations" in METHODS[method].option_names:
+        step["iterations"] = 3
+    scores = network_scores(method, model, data_of(tiny_batches(dtype=torch.float32)), resolve_prune_step(step))
+    new = prune_masks(dict(model.named_parameters()), masks, KINDS, step, generator=None, scores=scores)
+    for name in NAMES:
+        assert not bool((new[name] & ~masks[name]).any())  # a pruned weight never comes back
+    if scope == "global":
+        total = sum(remaining.values())
+        assert sum(int(m.sum()) for m in new.values()) == total - n_to_prune(amount, total)
+    else:
+        for name in NAMES:
+            assert int(new[name].sum()) == remaining[name] - n_to_prune(amount, remaining[name]), name
+
+
+def test_score_methods_default_to_global_scope_and_refuse_score_overrides():
+    assert resolve_prune_step({"method": "snip", "amount": 0.5})["scope"] == "global"
+    assert resolve_prune_step({"method": "l1_unstructured", "amount": 0.5})["scope"] == "layer"
+    resolved = resolve_prune_step({"method": "synflow", "amount": 0.5})
+    assert resolved["iterations"] == 100 and resolved["invert"] is False
+    with pytest.raises(SpecError, match="override may skip a layer or use another method"):
+        resolve_prune_step({"method": "snip", "amount": 0.5, "layers": {"@output": {"amount": 0.1}}})
+    with pytest.raises(SpecError, match="invert"):
+        resolve_prune_step({"method": "l1_unstructured", "amount": 0.5, "invert": True})
+    with pytest.raises(SpecError, match="iterations"):
+        resolve_prune_step({"method": "synflow", "amount": 0.5, "iterations": 0})
+    # an output layer left alone or pruned by magnitude beside a score method is fine
+    step = resolve_prune_step({"method": "snip", "amount": 0.5, "layers": {"@output": {"method": "l1_unstructured",
+                                                                                         "amount": 0.1}}})
+    model = tiny_mlp(dtype=torch.float32)
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in NAMES}
+    scores = network_scores("snip", model, data_of(tiny_batches(dtype=torch.float32)), step)
+    new = prune_masks(dict(model.named_parameters()), masks, KINDS, step, generator=None, scores=scores)
+    assert int((~new["2.weight"]).sum()) == 1 and int((~new["0.weight"]).sum()) == 10
+    with pytest.raises(SpecError, match="scores="):
+        prune_masks(dict(model.named_parameters()), masks, KINDS, step, generator=None)
