@@ -181,12 +181,11 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     model.to(device)
     masks = {n: m.to(device) for n, m in tensors.masks.items()}
     per_epoch = ctx.data.batches_per_epoch(options["batch_size"])
-    cpu_masks = {n: m.to("cpu") for n, m in tensors.masks.items()}
 
     def checkpoint(fn):
         def store_it(model_now, partial):
             so_far = {k: ctx.history.get(k, []) + list(v) for k, v in partial.items() if isinstance(v, list)}
-            fn(model_now, so_far, cpu_masks)
+            fn(model_now, so_far, {n: m.to("cpu") for n, m in masks.items()})  # gradual pruning changes them
         return store_it
 
     checkpoints = ({parse_time(at).iterations(per_epoch): checkpoint(fn) for at, fn in ctx.emit.items()}

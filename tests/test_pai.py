@@ -291,3 +291,243 @@ def test_score_methods_default_to_global_scope_and_refuse_score_overrides():
     assert int((~new["2.weight"]).sum()) == 1 and int((~new["0.weight"]).sum()) == 10
     with pytest.raises(SpecError, match="scores="):
         prune_masks(dict(model.named_parameters()), masks, KINDS, step, generator=None)
+
+
+# ---- on real states: lenet_300_100 on digits ------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+PRESET = REPO / "recipes" / "pai_sanity_lenet_300_100.yaml"
+GLOROT_ROOT = dict(model="lenet_300_100", dataset="digits", seed=0, init="glorot", train_size=128, test_size=64)
+
+
+def kept_per_layer(masks) -> dict:
+    return {name: int(m.sum()) for name, m in masks.items()}
+
+
+def test_synflow_at_99_9_keeps_every_layer_where_magnitude_collapses(experiment):
+    """PyTorch's default init draws from U(±1/sqrt(fan_in)): the 64-input first layer holds all of the 50
+    largest weights, so global magnitude pruning at initialization empties the other two layers."""
+    from mlprune import Recipe
+    from mlprune.models import prunable
+
+    root = experiment.init(**{**GLOROT_ROOT, "init": "default"})
+    synflow = root.apply(Recipe.prune(method="synflow", amount=0.999))
+    magnitude = root.apply(Recipe.prune(method="l1_unstructured", amount=0.999, scope="global"))
+    total = sum(m.numel() for m in root.masks.values())
+    kept = kept_per_layer(synflow.masks)
+    assert sum(kept.values()) == total - round(0.999 * total)          # exactly 50 of 50,200
+    assert all(count >= 1 for count in kept.values()), kept              # no layer collapse
+    # the state records per-layer sparsity, so a user sees it in the MLflow UI
+    for name, mask in synflow.masks.items():
+        assert synflow.metrics[f"sparsity.{name}"] == pytest.approx(1 - kept[name] / mask.numel())
+    assert synflow.metrics["sparsity"] == pytest.approx(0.999, abs=1e-3)
+    # magnitude at initialization empties layers: only mlprune's keep-at-least-one rule leaves one weight in them
+    kept_magnitude = kept_per_layer(magnitude.masks)
+    collapsed = [name for name, count in kept_magnitude.items() if count == 1]
+    assert collapsed, kept_magnitude
+    report = {}
+    prune_masks(root.weights, root.masks, prunable(root.model()),
+                {"method": "l1_unstructured", "amount": 0.999, "scope": "global"}, generator=None, report=report)
+    assert all(report[name]["note"] == "keep-at-least-one: spared the layer's last weight" for name in collapsed)
+    print(f"\nkept per layer at 99.9 %: synflow {kept}, magnitude {kept_magnitude}")
+
+
+MUST_SHOW = """\
+name: pai_must_show
+root: {model: lenet_300_100, dataset: digits, seed: 0, init: glorot, train_size: 128, test_size: 64}
+train: {epochs: 1, lr: 0.0012, batch_size: 60, optimizer: adam}
+one_shot:
+  from: root
+  sparsities: [0.9]
+  methods: {synflow: {method: synflow}, snip: {method: snip}, grasp: {method: grasp}}
+"""
+
+
+def test_must_show_prune_the_root_with_synflow_snip_grasp_to_90_percent_and_train(tracking, tmp_path):
+    from click.testing import CliRunner
+
+    from mlprune import Experiment
+    from mlprune.cli import main
+    from mlprune.recipes import compile_recipe
+
+    recipe = tmp_path / "pai_must_show.yaml"
+    recipe.write_text(MUST_SHOW)
+    result = CliRunner().invoke(main, ["run", str(recipe), "-e", "pai"])
+    assert result.exit_code == 0, result.output
+    plan = compile_recipe(recipe)
+    states = {state.key: state for state in Experiment("pai").states()}
+    layers = None
+    seen = []
+    for node in plan.nodes:
+        if node.branch == "main":
+            continue
+        state = states[node.key]                      # the planned key is the stored key
+        layers = layers or sorted(state.masks)
+        assert len(layers) == 3
+        sparsity = state.metrics["sparsity"]
+        assert abs(sparsity - 0.9) <= 1e-3, (node.name, sparsity)
+        assert all(f"sparsity.{name}" in state.metrics for name in layers), node.name
+        if node.role == "trained":  # training keeps the mask: the pruned weights are still exactly zero
+            pruned = states[plan.node(node.parent).key]
+            assert all(torch.equal(state.masks[n], pruned.masks[n]) for n in layers)
+            assert all(bool((state.weights[n][~state.masks[n]] == 0).all()) for n in layers)
+        seen.append((node.name, round(sparsity, 4), {n: round(state.metrics[f"sparsity.{n}"], 3) for n in layers},
+                     round(state.metrics["test_accuracy"], 3)))
+    assert {name for name, *_ in seen} == {f"{p}{m}.90" for m in ("synflow", "snip", "grasp") for p in ("", "prune.")}
+    print("\n" + "\n".join(map(str, seen)))
+
+
+# ---- sanity-check controls -------------------------------------------------------------------------
+
+def test_preset_plans_every_method_and_control_off_the_same_pruned_state():
+    from mlprune.recipes import compile_recipe
+
+    plan = compile_recipe(PRESET, {"sparsities": "0.9,0.99"})
+    nodes = {n.name: n for n in plan.nodes}
+    scored, others = ("snip", "grasp", "synflow"), ("magnitude", "random")
+    expected = {"main"} | {*scored, *others} | {f"{m}/{c}" for m in (*scored, *others)
+                                               for c in ("layer_shuffle", "reinit")} | {f"{m}/invert" for m in scored}
+    assert {n.branch for n in plan.nodes} == expected
+    for method in (*scored, *others):
+        for rnd, pct in ((1, "90"), (2, "99")):
+            pruned = nodes[f"prune.{method}.{pct}"]
+            assert pruned.parent == "root" and pruned.round == rnd and pruned.role == "pruned"
+            (prune,) = [s["prune"] for s in pruned.steps]
+            assert prune["amount"] == float(f"0.{pct}")
+            assert nodes[f"{method}.{pct}"].parent == pruned.name and nodes[f"{method}.{pct}"].steps == [
+                {"train": plan.node("train").steps[0]["train"]}]      # trained like the dense network
+            shuffle = nodes[f"{method}.{pct}.layer_shuffle"]
+            assert shuffle.parent == pruned.name and shuffle.inputs == {"weights": "root"}
+            assert shuffle.steps[0]["reinit"]["strategy"] == "shuffle"
+            fresh = nodes[f"{method}.{pct}.reinit"]
+            assert fresh.parent == pruned.name and fresh.steps[0]["reinit"]["strategy"] == "random"
+            if method in scored:
+                inverted = nodes[f"prune.{method}.{pct}.invert"]
+                assert inverted.parent == "root" and inverted.branch == f"{method}/invert"
+                assert inverted.steps[0]["prune"] == {**prune, "invert": True}
+                assert nodes[f"{method}.{pct}.invert"].parent == inverted.name
+            else:
+                assert f"prune.{method}.{pct}.invert" not in nodes
+    # the dense baseline is lth_lenet_300_100's first training: one root, one training for both presets
+    lth = compile_recipe(REPO / "recipes" / "lth_lenet_300_100.yaml")
+    assert plan.keys["root"] == lth.keys["root"] and plan.keys["train"] == lth.keys["train"]
+
+
+def _recipe(tmp_path, text: str):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+ROUNDS = """\
+name: r
+root: {model: lenet_300_100, dataset: digits}
+train: {epochs: 1}
+rounds: 2
+prune: {method: %s, amount: 0.5}
+reinit: {strategy: rewind, to: root, at: 1it}
+controls: %s
+"""
+
+
+def test_named_controls_in_rounds_follow_the_rounds_reinit(tmp_path):
+    from mlprune.recipes import compile_recipe
+
+    plan = compile_recipe(_recipe(tmp_path, ROUNDS % ("snip", "[layer_shuffle, reinit, invert]")))
+    nodes = {n.name: n for n in plan.nodes}
+    for r in (1, 2):
+        shuffle = nodes[f"round{r}.layer_shuffle"]
+        # the round rewinds to 1 iteration of the first training: the shuffled control starts there too
+        assert shuffle.parent == f"prune{r}" and shuffle.inputs == {"weights": "train@1it"}
+        assert nodes[f"round{r}.reinit"].steps[0]["reinit"]["strategy"] == "random"
+        inverted = nodes[f"prune.round{r}.invert"]
+        assert inverted.parent == nodes[f"prune{r}"].parent and inverted.steps[0]["prune"]["invert"] is True
+        assert nodes[f"round{r}.invert"].steps[0]["reinit"] == nodes[f"round{r}"].steps[0]["reinit"]
+    # the old form keeps its keys: {name, reinit} is the same state as before
+    old = compile_recipe(_recipe(tmp_path, ROUNDS % ("l1_unstructured", "[{name: random, reinit: {strategy: random}}]")))
+    named = compile_recipe(_recipe(tmp_path, ROUNDS % ("l1_unstructured", "[reinit]")))
+    assert old.keys["round1.random"] == named.keys["round1.reinit"]
+
+
+@pytest.mark.parametrize("controls, fragment", [
+    ("[invert]", "control 'invert' needs a score method (snip, grasp, synflow); the branch prunes with "
+                 "'l1_unstructured'"),
+    ("[shuffle]", "unknown control 'shuffle'; allowed: layer_shuffle, reinit, invert"),
+    ("[{name: x}]", "controls[0]: must be a control name"),
+    ("[{name: a/b, reinit: {strategy: random}}]", "without '/'"),
+])
+def test_bad_controls_are_one_line_errors(tmp_path, controls, fragment):
+    from mlprune.recipes import compile_recipe
+
+    with pytest.raises(SpecError) as error:
+        compile_recipe(_recipe(tmp_path, ROUNDS % ("l1_unstructured", controls)))
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("section, fragment", [
+    ("{sparsities: [0.9, 1.5], methods: {a: {method: snip}}}", "sparsity 1.5 is not a fraction in (0, 1)"),
+    ("{sparsities: '0.9,0.9', methods: {a: {method: snip}}}", "repeat a value"),
+    ("{sparsities: [0.9], methods: {a: {method: snip, amount: 0.2}}}", "the amount comes from sparsities"),
+    ("{sparsities: [0.9], methods: {main: {method: snip}}}", "the branch name 'main' is taken"),
+    ("{sparsities: [0.9], methods: {a: {method: snipp}}}", "unknown pruning method 'snipp'"),
+    ("{sparsities: [0.9], methods: {a: {method: snip}}, from: nowhere}", "has no state 'nowhere'"),
+    ("{sparsities: [0.9], methods: {a: {method: snip}}, colour: red}", "unknown key 'colour'"),
+])
+def test_bad_one_shot_sections_are_one_line_errors(tmp_path, section, fragment):
+    from mlprune.recipes import compile_recipe
+
+    text = "name: r\nroot: {model: lenet_300_100}\ntrain: {epochs: 1}\none_shot: %s\n" % section
+    with pytest.raises(SpecError) as error:
+        compile_recipe(_recipe(tmp_path, text))
+    assert fragment in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.slow
+def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_control(tracking, tmp_path):
+    """The preset at one sparsity on 64 digits: 28 states; controls keep what they promise; the report's
+    accuracy-vs-remaining figure has one series per method and control, each starting at the dense network."""
+    from click.testing import CliRunner
+
+    from mlprune import Experiment, analysis
+    from mlprune.cli import main
+    from mlprune.recipes import compile_recipe
+    from mlprune.report.html import _Builder, accuracy_section
+    from mlprune.report.series import collect
+
+    params = ["-P", "sparsities=0.9", "-P", "epochs=1", "-P", "train_size=64", "-P", "test_size=64"]
+    result = CliRunner().invoke(main, ["run", str(PRESET), "-e", "sanity", "--no-figures", *params])
+    assert result.exit_code == 0, result.output
+    plan = compile_recipe(PRESET, {"sparsities": 0.9, "epochs": 1, "train_size": 64, "test_size": 64})
+    states = {s.key: s for s in Experiment("sanity").states()}
+    state = {n.name: states[n.key] for n in plan.nodes}
+    for method in ("snip", "grasp", "synflow", "magnitude", "random"):
+        pruned, shuffled, fresh = (state[f"prune.{method}.90"], state[f"{method}.90.layer_shuffle"],
+                                   state[f"{method}.90.reinit"])
+        assert kept_per_layer(shuffled.masks) == kept_per_layer(pruned.masks)       # same per-layer sparsity
+        assert analysis.jaccard(shuffled.masks, pruned.masks)["overall"] < 0.5    # other positions
+        assert all(torch.equal(fresh.masks[n], pruned.masks[n]) for n in pruned.masks)   # same mask
+    for method in ("snip", "grasp", "synflow"):
+        pruned, inverted = state[f"prune.{method}.90"], state[f"prune.{method}.90.invert"]
+        assert sum(kept_per_layer(inverted.masks).values()) == sum(kept_per_layer(pruned.masks).values())
+        overlap = analysis.jaccard(inverted.masks, pruned.masks)["overall"]
+        # one shot: the two ends of one ranking share nothing; SynFlow re-scores between its 100 steps, so its
+        # inverted run follows another path (6 % overlap here), still far from the 0.05 of two random 10 % masks
+        assert overlap == 0.0 if method != "synflow" else overlap < 0.1, (method, overlap)
+
+    # the report's accuracy section on this experiment's series (the whole report also draws weights and
+    # stability figures for every one of the 19 series: minutes of matplotlib, not what this test is about)
+    builder = _Builder(tmp_path / "report")
+    rows = accuracy_section(builder, collect(Experiment("sanity").store))
+    labels = {row["recipe"] for row in rows}
+    name = "pai_sanity_lenet_300_100"
+    expected = {name} | {f"{name} / {m}" for m in ("snip", "grasp", "synflow", "magnitude", "random")} | {
+        f"{name} / {m}/{c}" for m in ("snip", "grasp", "synflow", "magnitude", "random")
+        for c in ("layer_shuffle", "reinit")} | {f"{name} / {m}/invert" for m in ("snip", "grasp", "synflow")}
+    assert labels == expected and len(labels) == 19
+    dense = next(r for r in rows if r["recipe"] == name)
+    for label in expected - {name}:
+        points = sorted((r["round"], r["remaining"]) for r in rows if r["recipe"] == label)
+        assert [p[0] for p in points] == [0, 1]                           # the dense network, then 90 %
+        assert points[0][1] == dense["remaining"] == 1.0 and points[1][1] == pytest.approx(0.1, abs=1e-3)
+    (figure,) = [f for f in builder.figures if f["kind"] == "accuracy_vs_remaining"]
+    assert figure["png"].startswith(b"\x89PNG") and (tmp_path / "report" / "figures" / figure["file"]).exists()
