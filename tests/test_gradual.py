@@ -124,3 +124,60 @@ def test_gradual_pruning_is_prefix_consistent(scope, optimizer):
         assert torch.equal(resumed_weights[name], full_weights[name]), name
     for name in full_masks:
         assert torch.equal(resumed_masks[name], full_masks[name]), name
+
+
+# ---- learning-rate rewinding (Renda et al. 2020) --------------------------------------------------------
+
+LR_REWIND = REPO / "recipes" / "lr_rewind_resnet20_cifar10.yaml"
+
+
+def test_lr_rewind_preset_shares_openlth_resnet20_root_and_first_training():
+    """The paper protocol's root and first training are OpenLTH's cifar_resnet_20, spelled out here: the lottery
+    ticket preset with these options (lth_resnet20_cifar10) shares them, so the two compare on one trained network."""
+    from mlprune.plan import PlanBuilder
+
+    builder = PlanBuilder("openlth")
+    root = builder.root("root", {"model": "resnet20", "model_options": {"shortcut": "B"}, "dataset": "cifar10",
+                                 "init": "kaiming_normal", "seed": 0})
+    trained = builder.child("train", root, [{"train": {
+        "epochs": 160, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128,
+        "lr_schedule": {"kind": "multistep", "milestones": ["80ep", "120ep"], "gamma": 0.1}}}])
+    paper = compile_recipe(LR_REWIND, {"protocol": "paper"})
+    assert paper.keys["root"] == root.key and paper.keys["train"] == trained.key
+    prune = paper.node("prune1").steps[0]["prune"]
+    assert (prune["method"], prune["amount"], prune["scope"], prune["exclude"]) == (
+        "l1_unstructured", 0.2, "global", ["@output"])
+    # LR rewinding: keep the pruned weights, replay the whole schedule (Renda et al.'s recommendation) ...
+    reinit, retrain = paper.node("round1").steps
+    assert reinit == {"reinit": {"strategy": "keep", "reset_optimizer": True}}
+    assert retrain == paper.node("train").steps[0]
+    # ... or from a point of it: only the schedule moves, not the weights
+    late = compile_recipe(LR_REWIND, {"protocol": "paper", "rewind_lr_to": "120ep"})
+    assert late.node("round1").steps[1]["train"]["schedule_from"] == "120ep"
+    assert late.node("round1").inputs == {} and late.keys["prune1"] == paper.keys["prune1"]
+    lth = REPO / "recipes" / "lth_resnet20_cifar10.yaml"
+    if lth.exists():  # issue 15's lottery-ticket preset, when it is there
+        for protocol in ({}, {"protocol": "paper"}):
+            other = compile_recipe(lth, protocol)
+            mine = compile_recipe(LR_REWIND, protocol)
+            assert (other.keys["root"], other.keys["train"]) == (mine.keys["root"], mine.keys["train"])
+
+
+def test_lr_rewinding_replays_the_schedule_from_its_point_on_the_pruned_weights(experiment):
+    schedule = {"kind": "multistep", "milestones": ["2ep", "3ep"], "gamma": 0.1}
+    train = dict(epochs=4, lr=0.05, optimizer="sgd", momentum=0.9, batch_size=32, lr_schedule=schedule)
+    root = experiment.init(model="lenet_300_100", dataset="digits", seed=0, train_size=128, test_size=64)
+    pruned = root.apply(Recipe.train(**train)).apply(Recipe.prune(method="l1_unstructured", amount=0.5,
+                                                                  scope="global"))
+    rewound = pruned.apply(Recipe.reinit(strategy="keep") + Recipe.train(**train, schedule_from="2ep"))
+    client = experiment.store.client
+    lr = sorted((m.step, m.value) for m in client.get_metric_history(rewound.run_id, "lr"))
+    assert lr == [(3, pytest.approx(0.005)), (4, pytest.approx(0.0005))]     # epochs 3 and 4 of the schedule
+    assert rewound.metrics["iterations"] == 2 * 4                            # 128 examples / 32 = 4 an epoch
+    assert all(torch.equal(rewound.masks[n], pruned.masks[n]) for n in pruned.masks)
+    # it trained from the pruned network's final weights: the same retraining from a fresh init differs
+    fresh = pruned.apply(Recipe.reinit(strategy="random", seed=1) + Recipe.train(**train, schedule_from="2ep"))
+    assert rewound.parent.run_id == fresh.parent.run_id == pruned.run_id
+    assert not torch.equal(rewound.weights["classifier.0.weight"], fresh.weights["classifier.0.weight"])
+    with_keep = pruned.apply(Recipe.train(**train, schedule_from="2ep"))    # keep is a no-op on the weights
+    assert all(torch.equal(with_keep.weights[n], rewound.weights[n]) for n in rewound.weights)

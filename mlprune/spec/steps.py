@@ -341,7 +341,8 @@ def _prune_option_doc():
     options = [
         Option("method", REQUIRED, any_value, "pruning method: " + ", ".join(METHODS)),
         Option("amount", REQUIRED, any_value, "a fraction in (0, 1) of what remains, or an int count"),
-        Option("scope", "layer", choice("layer", "global"), "layer (each layer alone) or global (one threshold)"),
+        Option("scope", "layer", choice("layer", "global"), "layer (each layer alone) or global (one threshold); "
+               "score methods (snip, grasp, synflow) default to global"),
     ]
     for name, option in _method_options().items():
         users = [m for m, e in METHODS.items() if name in e.option_names]
