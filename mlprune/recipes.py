@@ -190,15 +190,16 @@ def resolve_control(control, prune: dict, reinit: dict | None, pruned_from: str,
 def add_control(builder: PlanBuilder, control: dict, *, pruned: Node, pruned_from: Node, prune: dict,
                 reinit: dict | None, train: dict, name: str, round: int, branch: str, checked,
                 label: str | None = None) -> Node:
-    """The control's trained state (and its own pruned state when it changes the prune step)."""
+    """The control's trained state (and its own pruned state when it changes the prune step); its nodes
+    name the branch they check (``control_of``: the pruned state's branch)."""
     base = pruned
     if control.get("prune"):
         base = checked("prune", builder.child, f"prune.{name}", pruned_from, [{"prune": {**prune, **control["prune"]}}],
-                       round=round, branch=branch, role="pruned")
+                       round=round, branch=branch, role="pruned", control_of=pruned.branch)
     own_reinit = control["reinit"] if "reinit" in control else reinit
     steps = ([{"reinit": own_reinit}] if own_reinit else []) + [{"train": dict(control.get("retrain") or train)}]
     return checked("reinit / retrain", builder.child, name, base, steps, round=round, branch=branch, role="trained",
-                   label=label)
+                   label=label, control_of=pruned.branch)
 
 COMMON_PARAMS = ("dataset", "model", "rounds", "epochs", "amount", "seed", "lr", "batch_size", "data_dir")
 _PARAM_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")

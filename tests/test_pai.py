@@ -401,6 +401,7 @@ def test_preset_plans_every_method_and_control_off_the_same_pruned_state():
             assert shuffle.steps[0]["reinit"]["strategy"] == "shuffle"
             fresh = nodes[f"{method}.{pct}.reinit"]
             assert fresh.parent == pruned.name and fresh.steps[0]["reinit"]["strategy"] == "random"
+            assert pruned.control_of is None and shuffle.control_of == fresh.control_of == method
             if method in scored:
                 inverted = nodes[f"prune.{method}.{pct}.invert"]
                 assert inverted.parent == "root" and inverted.branch == f"{method}/invert"
@@ -443,6 +444,7 @@ def test_named_controls_in_rounds_follow_the_rounds_reinit(tmp_path):
         inverted = nodes[f"prune.round{r}.invert"]
         assert inverted.parent == nodes[f"prune{r}"].parent and inverted.steps[0]["prune"]["invert"] is True
         assert nodes[f"round{r}.invert"].steps[0]["reinit"] == nodes[f"round{r}"].steps[0]["reinit"]
+        assert {nodes[f"round{r}.{c}"].control_of for c in ("layer_shuffle", "reinit", "invert")} == {"main"}
     # the old form keeps its keys: {name, reinit} is the same state as before
     old = compile_recipe(_recipe(tmp_path, ROUNDS % ("l1_unstructured", "[{name: random, reinit: {strategy: random}}]")))
     named = compile_recipe(_recipe(tmp_path, ROUNDS % ("l1_unstructured", "[reinit]")))
@@ -492,6 +494,7 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
     from mlprune.cli import main
     from mlprune.recipes import compile_recipe
     from mlprune.report.html import _Builder, accuracy_section
+    from mlprune.report.sanity import sanity_section
     from mlprune.report.series import collect
 
     params = ["-P", "sparsities=0.9", "-P", "epochs=1", "-P", "train_size=64", "-P", "test_size=64"]
@@ -531,3 +534,10 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
         assert points[0][1] == dense["remaining"] == 1.0 and points[1][1] == pytest.approx(0.1, abs=1e-3)
     (figure,) = [f for f in builder.figures if f["kind"] == "accuracy_vs_remaining"]
     assert figure["png"].startswith(b"\x89PNG") and (tmp_path / "report" / "figures" / figure["file"]).exists()
+    # and the sanity-check section: one panel per method, its controls beside it
+    sanity_section(builder, collect(Experiment("sanity").store))
+    panels = builder.numbers["sanity_checks"]
+    assert set(panels) == {f"{name} / {m}" for m in ("snip", "grasp", "synflow", "magnitude", "random")}
+    for panel, members in panels.items():
+        assert members[0] == panel and set(members[1:]) == {l for l in expected if l.startswith(panel + "/")}
+    assert [f["kind"] for f in builder.figures].count("sanity_checks") == 1

@@ -578,6 +578,7 @@ def _note_into(collection: Collection, warn):
 
 
 SECTIONS.add(Section("accuracy", "mlprune.report.html:accuracy_section", "accuracy and early stopping vs remaining"))
+SECTIONS.add(Section("sanity", "mlprune.report.sanity:sanity_section", "each pruned branch beside its controls"))
 SECTIONS.add(Section("similarity", "mlprune.report.html:similarity_section", "mask Jaccard: rounds, seeds, states"))
 SECTIONS.add(Section("structure", "mlprune.report.html:structure_section", "emergent structure vs random"))
 SECTIONS.add(Section("stability", "mlprune.report.html:stability_section", "weight stability and evolution"))
