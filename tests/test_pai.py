@@ -498,8 +498,12 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
     from mlprune.report.series import collect
 
     params = ["-P", "sparsities=0.9", "-P", "epochs=1", "-P", "train_size=64", "-P", "test_size=64"]
-    result = CliRunner().invoke(main, ["run", str(PRESET), "-e", "sanity", "--no-figures", *params])
+    result = CliRunner().invoke(main, ["run", str(PRESET), "-e", "sanity", *params])
     assert result.exit_code == 0, result.output
+    store = Experiment("sanity").store
+    (workflow,) = store.client.search_runs([store.experiment_id], "tags.`mlprune.recipe` = 'pai_sanity_lenet_300_100'")
+    logged = {f.path for f in store.client.list_artifacts(workflow.info.run_id, "figures")}
+    assert {"figures/accuracy_vs_remaining.png", "figures/sanity_checks.png"} <= logged  # where people look
     plan = compile_recipe(PRESET, {"sparsities": 0.9, "epochs": 1, "train_size": 64, "test_size": 64})
     states = {s.key: s for s in Experiment("sanity").states()}
     state = {n.name: states[n.key] for n in plan.nodes}
