@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlprune import Experiment, Recipe, SpecError
+from mlprune import Recipe, SpecError
 from mlprune.data import load_data
 from mlprune.models import build_model, prunable
 from mlprune.recipes import compile_recipe
@@ -181,3 +181,22 @@ def test_lr_rewinding_replays_the_schedule_from_its_point_on_the_pruned_weights(
     assert not torch.equal(rewound.weights["classifier.0.weight"], fresh.weights["classifier.0.weight"])
     with_keep = pruned.apply(Recipe.train(**train, schedule_from="2ep"))    # keep is a no-op on the weights
     assert all(torch.equal(with_keep.weights[n], rewound.weights[n]) for n in rewound.weights)
+
+
+def test_the_docs_recipes_fragments_are_valid():
+    """docs/pruning.md's gradual-pruning call is the one the tests run; its LR-rewinding lines are the preset's."""
+    import re
+
+    text = (REPO / "docs" / "pruning.md").read_text()
+    assert '"kind": "agp", "final": 0.8, "start": "1ep", "end": "4ep", "every": "3it"' in text
+    assert all(f'"{k}": {v!r}'.replace("'", '"') in text for k, v in SCHEDULE.items())
+    preset = LR_REWIND.read_text()
+    for line in re.findall(r"```yaml\n(reinit: \{strategy: keep\}\nretrain: .*?)\n```", text, re.S)[0].splitlines():
+        assert line in preset
+    recipe = "train: {epochs: 10, lr: 0.1, sparsity_schedule: {kind: agp, final: 0.9, start: 1ep, end: 8ep, every: 100it}}"
+    assert "sparsity_schedule: {kind: agp, final: 0.9, start: 1ep, end: 8ep, every: 100it}" in text
+    import yaml
+
+    options = resolve_train(yaml.safe_load(recipe)["train"]).options
+    assert options["sparsity_schedule"] == {"kind": "agp", "initial": 0.0, "final": 0.9, "start": "1ep",
+                                            "end": "8ep", "every": "100it", "scope": "layer"}

@@ -8,7 +8,7 @@ Tanaka et al.'s Algorithm 1 for the iterative schedule.
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +21,7 @@ from mlprune.pruning import METHODS, n_to_prune, resolve_prune_step
 from mlprune.pruning.masks import prune_masks, schedule_counts
 from mlprune.pruning.scores import ScoringData, network_scores
 
+REPO = Path(__file__).resolve().parents[1]
 NAMES = ("0.weight", "2.weight")
 KINDS = {"0.weight": "linear", "2.weight": "linear"}
 
@@ -295,24 +296,30 @@ def test_score_methods_default_to_global_scope_and_refuse_score_overrides():
 
 # ---- on real states: lenet_300_100 on digits ------------------------------------------------------
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 PRESET = REPO / "recipes" / "pai_sanity_lenet_300_100.yaml"
-GLOROT_ROOT = dict(model="lenet_300_100", dataset="digits", seed=0, init="glorot", train_size=128, test_size=64)
 
 
 def kept_per_layer(masks) -> dict:
     return {name: int(m.sum()) for name, m in masks.items()}
 
 
-def test_synflow_at_99_9_keeps_every_layer_where_magnitude_collapses(experiment):
+def docs_block(language: str, containing: str) -> str:
+    """The code block of docs/pruning.md in `language` that contains `containing` (the docs run as written)."""
+    import re
+
+    text = (REPO / "docs" / "pruning.md").read_text()
+    (block,) = [b for b in re.findall(rf"```{language}\n(.*?)```", text, re.S) if containing in b]
+    return block
+
+
+def test_synflow_at_99_9_keeps_every_layer_where_magnitude_collapses(tracking):
     """PyTorch's default init draws from U(±1/sqrt(fan_in)): the 64-input first layer holds all of the 50
     largest weights, so global magnitude pruning at initialization empties the other two layers."""
-    from mlprune import Recipe
     from mlprune.models import prunable
 
-    root = experiment.init(**{**GLOROT_ROOT, "init": "default"})
-    synflow = root.apply(Recipe.prune(method="synflow", amount=0.999))
-    magnitude = root.apply(Recipe.prune(method="l1_unstructured", amount=0.999, scope="global"))
+    namespace: dict = {}
+    exec(docs_block("python", "synflow = root.apply"), namespace)  # noqa: S102 - the user docs' example, as written
+    root, synflow, magnitude = namespace["root"], namespace["synflow"], namespace["magnitude"]
     total = sum(m.numel() for m in root.masks.values())
     kept = kept_per_layer(synflow.masks)
     assert sum(kept.values()) == total - round(0.999 * total)          # exactly 50 of 50,200
@@ -332,15 +339,7 @@ def test_synflow_at_99_9_keeps_every_layer_where_magnitude_collapses(experiment)
     print(f"\nkept per layer at 99.9 %: synflow {kept}, magnitude {kept_magnitude}")
 
 
-MUST_SHOW = """\
-name: pai_must_show
-root: {model: lenet_300_100, dataset: digits, seed: 0, init: glorot, train_size: 128, test_size: 64}
-train: {epochs: 1, lr: 0.0012, batch_size: 60, optimizer: adam}
-one_shot:
-  from: root
-  sparsities: [0.9]
-  methods: {synflow: {method: synflow}, snip: {method: snip}, grasp: {method: grasp}}
-"""
+MUST_SHOW = docs_block("yaml", "name: pai_must_show")
 
 
 def test_must_show_prune_the_root_with_synflow_snip_grasp_to_90_percent_and_train(tracking, tmp_path):
