@@ -21,11 +21,21 @@ reachable here).
 Methods: one ``Method`` entry each in ``METHODS`` (``l1_unstructured``,
 ``random_unstructured``, ``ln_structured`` (options ``n`` in 1, 2, inf, -inf --
 ``"inf"``/``"-inf"`` strings or float infinities -- and ``dim``),
-``random_structured`` (``dim``), ``from_state``). An entry says whether the method
-removes single weights or whole slices, whether it draws random numbers, which
-options it takes and where its implementation is. ``from_state`` takes the mask of
-another state: the caller loads it and calls ``transplant_mask`` (or passes
-``source_masks=`` to ``prune_masks``).
+``random_structured`` (``dim``), ``from_state``, and the score methods ``snip``,
+``grasp``, ``synflow``). An entry says whether the method removes single weights or
+whole slices, whether it draws random numbers, which options it takes and where its
+implementation is. ``from_state`` takes the mask of another state: the caller loads it
+and calls ``transplant_mask`` (or passes ``source_masks=`` to ``prune_masks``).
+
+Score methods (``Method.scorer``; ``pruning.scores``): their keep scores come from the
+network (SNIP's gradients, GraSP's Hessian-gradient product, SynFlow's data-free flow),
+so the caller passes ``scores=`` to ``prune_masks``. Their scope defaults to
+``global``; the selection is exact (``round(amount * remaining)`` of the pool, the
+lowest scores, or the highest with ``invert``), done in ``iterations`` rounds on an
+exponential schedule for SynFlow, and spares no layer (layer collapse shows as a
+layer with sparsity 1; with ``scope: layer`` each layer keeps at least one weight).
+Overrides in ``layers`` may skip a layer or use a non-score method; a score method
+prunes all its layers together.
 
 Amount
 ------
