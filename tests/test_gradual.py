@@ -200,3 +200,21 @@ def test_the_docs_recipes_fragments_are_valid():
     options = resolve_train(yaml.safe_load(recipe)["train"]).options
     assert options["sparsity_schedule"] == {"kind": "agp", "initial": 0.0, "final": 0.9, "start": "1ep",
                                             "end": "8ep", "every": "100it", "scope": "layer"}
+
+
+def test_a_window_beyond_the_training_fails_before_any_run(tracking, tmp_path):
+    """In iterations against a training in epochs: known once the data is; still refused before a run exists."""
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from mlprune.cli import main
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: bad\nroot: {model: lenet_300_100, train_size: 64}\n"
+                      "train: {epochs: 1, batch_size: 32, sparsity_schedule: {final: 0.5, end: 10it}}\n")
+    result = CliRunner().invoke(main, ["run", str(recipe), "-e", "bad"])
+    assert result.exit_code == 2, result.output
+    assert "the window must be inside the training" in result.output and "Traceback" not in result.output
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("bad")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])

@@ -336,7 +336,14 @@ def test_synflow_at_99_9_keeps_every_layer_where_magnitude_collapses(tracking):
     prune_masks(root.weights, root.masks, prunable(root.model()),
                 {"method": "l1_unstructured", "amount": 0.999, "scope": "global"}, generator=None, report=report)
     assert all(report[name]["note"] == "keep-at-least-one: spared the layer's last weight" for name in collapsed)
-    print(f"\nkept per layer at 99.9 %: synflow {kept}, magnitude {kept_magnitude}")
+    # on the presets' Glorot root too, SynFlow leaves no layer empty
+    from mlprune import Recipe
+
+    glorot = namespace["experiment"].init(model="lenet_300_100", dataset="digits", seed=0, init="glorot",
+                                          train_size=128, test_size=64)
+    kept_glorot = kept_per_layer(glorot.apply(Recipe.prune(method="synflow", amount=0.999)).masks)
+    assert sum(kept_glorot.values()) == 50 and min(kept_glorot.values()) >= 1, kept_glorot
+    print(f"\nkept per layer at 99.9 %: synflow {kept}, magnitude {kept_magnitude}, synflow (glorot) {kept_glorot}")
 
 
 MUST_SHOW = docs_block("yaml", "name: pai_must_show")
