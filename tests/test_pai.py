@@ -349,6 +349,7 @@ def test_synflow_at_99_9_keeps_every_layer_where_magnitude_collapses(tracking):
 MUST_SHOW = docs_block("yaml", "name: pai_must_show")
 
 
+@pytest.mark.slow
 def test_must_show_prune_the_root_with_synflow_snip_grasp_to_90_percent_and_train(tracking, tmp_path):
     from click.testing import CliRunner
 
