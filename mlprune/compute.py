@@ -126,13 +126,38 @@ def run_prune(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     if not all(bool(torch.isfinite(t).all()) for t in tensors.weights.values() if t.is_floating_point()):
         raise SpecError("cannot prune a state whose weights are not finite (its training diverged): masks "
                         "computed from NaN or inf weights mean nothing")
-    if METHODS[options["method"]].granularity == "transplant":
+    entry = METHODS[options["method"]]
+    if entry.granularity == "transplant":
         masks = transplant_mask(tensors.masks, ctx.inputs["mask"].masks)
     else:
         effective = {n: tensors.weights[n] * tensors.masks[n] for n in tensors.masks}
-        masks = prune_masks(effective, tensors.masks, _kinds(ctx), options, generator=ctx.generator(options.get("seed")))
+        scores = _network_scores(ctx, effective, tensors.weights, options) if entry.scores_network else None
+        masks = prune_masks(effective, tensors.masks, _kinds(ctx), options, generator=ctx.generator(options.get("seed")),
+                            scores=scores)
     weights = {n: (t * masks[n] if n in masks else t) for n, t in tensors.weights.items()}
     return Tensors(weights, masks)
+
+
+def _network_scores(ctx: StepContext, effective: dict, weights: dict, options: dict):
+    """A score method's ``scores(masks)`` on this state's network. Its data: the first training
+    batches of epoch 0 of the root's data order (the same for every state of a lineage, so an
+    inverted or shuffled sibling is scored on the very batches its original was)."""
+    from .pruning.scores import ScoringData, network_scores
+
+    model = ctx.workspace.blank(ctx.root, ctx.data)
+    model.load_state_dict({**weights, **effective})
+    model.to(ctx.workspace.device)
+
+    def batches(count: int, batch_size: int) -> list:
+        taken = []
+        for batch in ctx.data.train_batches(batch_size, seed=ctx.root["seed"], epoch=0):
+            if len(taken) == count:
+                break
+            taken.append(batch)
+        return taken
+
+    data = ScoringData(tuple(ctx.data.input_shape), batches, ctx.workspace.device)
+    return network_scores(options["method"], model, data, options)
 
 
 def run_reinit(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
@@ -162,12 +187,11 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     model.to(device)
     masks = {n: m.to(device) for n, m in tensors.masks.items()}
     per_epoch = ctx.data.batches_per_epoch(options["batch_size"])
-    cpu_masks = {n: m.to("cpu") for n, m in tensors.masks.items()}
 
     def checkpoint(fn):
         def store_it(model_now, partial):
             so_far = {k: ctx.history.get(k, []) + list(v) for k, v in partial.items() if isinstance(v, list)}
-            fn(model_now, so_far, cpu_masks)
+            fn(model_now, so_far, {n: m.to("cpu") for n, m in masks.items()})  # gradual pruning changes them
         return store_it
 
     checkpoints = ({parse_time(at).iterations(per_epoch): checkpoint(fn) for at, fn in ctx.emit.items()}

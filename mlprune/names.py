@@ -43,6 +43,7 @@ M_VAL_ACCURACY = "val_accuracy"
 M_VAL_LOSS = "val_loss"
 M_TRAIN_LOSS = "train_loss"              # per epoch (step = epoch)
 M_LR = "lr"                              # per epoch: the learning rate at the epoch's last iteration
+M_TRAIN_SPARSITY = "train_sparsity"      # per epoch of a gradually pruned training: sparsity at the epoch's end
 M_SPARSITY = "sparsity"                  # fraction of prunable weights masked
 M_SPARSITY_PREFIX = "sparsity."          # + param name
 M_COMPRESSION = "compression_ratio"

@@ -51,6 +51,7 @@ class Node:
     round: int | None = None           # recipe round (0 = the first training)
     branch: str = "main"               # recipe branch (main, or a control's name)
     role: str = "state"                # in a recipe: "trained" (a round's result), "pruned", "checkpoint", ...
+    control_of: str | None = None      # a control branch: the branch it checks (the report draws them together)
     params: dict = field(default_factory=dict)    # MLflow params: resolved options by dotted name
     data_dir: str | None = None        # roots: where the data is read (not in the key)
     run_id: str | None = None          # an existing state (external node): nothing to compute
@@ -231,7 +232,7 @@ class PlanBuilder:
         return node
 
     def child(self, name: str, parent: str | Node, steps, *, label: str | None = None, round: int | None = None,
-              branch: str = "main", role: str = "state") -> Node:
+              branch: str = "main", role: str = "state", control_of: str | None = None) -> Node:
         """The node of `parent` under `steps` (raw recipe steps); its checkpoints become nodes too."""
         parent = parent if isinstance(parent, Node) else self.node(parent)
         resolved, sources, extras = resolve_steps(list(steps))
@@ -245,7 +246,7 @@ class PlanBuilder:
                 name, key, kind, parent=parent.name, steps=resolved,
                 inputs={r: s.node.name for r, s in inputs.items()},
                 label=label or self._label(round, branch, role, resolved, sources), round=round, branch=branch,
-                role=role, params=node_params(resolved, inputs)))
+                role=role, params=node_params(resolved, inputs), control_of=control_of))
         for index, extra in enumerate(extras):
             for at in extra.get("checkpoints", ()):
                 if index != len(resolved) - 1:

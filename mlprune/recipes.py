@@ -93,7 +93,8 @@ for _name, _help in (
     ("retrain", "train step options for the rounds (defaults to train)"),
     ("mask_epoch", "prune from the state after this many epochs of each training (an early mask; the full "
                    "training is a side branch)"),
-    ("controls", "sibling branches off every pruned state: a list of {name, reinit, retrain?}"),
+    ("controls", "sibling branches off every pruned state: a list of sanity checks by name (layer_shuffle, "
+                 "reinit, invert) or of {name, reinit?, prune?, retrain?}"),
 ):
     SECTIONS.add(Section(_name, _help))
 SECTIONS.add(Section("cka", "linear CKA of every round's trained network vs the dense one (round 0), layer by layer: "
@@ -116,6 +117,111 @@ def plan_cka(value, recipe: RecipeContext) -> None:
         recipe.checked("cka", recipe.builder.child, f"cka{rnd}", trained,
                        [{"cka": {**options, "b": f"state:{dense.name}"}}], round=rnd, role="cka",
                        label=f"r{rnd} cka vs dense" if rnd else "cka dense vs itself")
+
+
+SECTIONS.add(Section("one_shot", "prune one state (root: pruning at initialization) once per method and sparsity "
+                                 "and train each: {from?, sparsities, methods, controls?, reinit?, train?}",
+                     impl="mlprune.recipes:one_shot_section"))
+
+
+# ---- controls: sibling branches off a pruned state ----------------------------------------------
+
+@dataclass(frozen=True)
+class Control:
+    """A named sanity check (``controls: [layer_shuffle]``): ``impl(prune, reinit, pruned_from)`` returns
+    the control's ``{reinit?, prune?}`` for a branch whose own prune step is `prune`, whose reinit is
+    `reinit` (None: it trains the pruned weights) and whose pruned state was pruned from the plan node
+    named `pruned_from`. ``prune`` in the result is merged over the branch's prune step (a sibling
+    pruned state from the same parent); ``reinit`` replaces the branch's."""
+
+    name: str
+    impl: str
+    help: str = ""
+
+    def load(self):
+        from .registry import load_impl
+
+        return load_impl(self.impl)
+
+
+CONTROLS: Registry[Control] = Registry("control")
+CONTROLS.add(Control("layer_shuffle", "mlprune.recipes:layer_shuffle_control",
+                     "each layer's mask permuted at random: the same per-layer sparsity, no position; the weights "
+                     "the branch would start from (Frankle et al. 2021, Su et al. 2020)"))
+CONTROLS.add(Control("reinit", "mlprune.recipes:reinit_control",
+                     "the same mask, a fresh initialization (the random-reinit control)"))
+CONTROLS.add(Control("invert", "mlprune.recipes:invert_control",
+                     "score methods: the mask of the inverted scores (keep the lowest), pruned from the same parent"))
+
+
+def _weights_source(reinit: dict | None, pruned_from: str) -> dict:
+    """Where the branch's weights come from: its reinit's source, else the state that was pruned."""
+    from .reinit import STRATEGIES
+
+    if reinit and reinit.get("strategy") in STRATEGIES and STRATEGIES[reinit["strategy"]].reads_source:
+        return {k: reinit[k] for k in ("to", "at", "epoch") if reinit.get(k) is not None}
+    return {"to": "root" if pruned_from == "root" else f"state:{pruned_from}"}
+
+
+def layer_shuffle_control(prune: dict, reinit: dict | None, pruned_from: str) -> dict:
+    # the pruned state's own weights are zero where the new mask may keep: shuffle from the dense source
+    return {"reinit": {"strategy": "shuffle", **_weights_source(reinit, pruned_from)}}
+
+
+def reinit_control(prune: dict, reinit: dict | None, pruned_from: str) -> dict:
+    return {"reinit": {"strategy": "random"}}
+
+
+def invert_control(prune: dict, reinit: dict | None, pruned_from: str) -> dict:
+    from .pruning import METHODS
+
+    method = prune.get("method")
+    if method not in METHODS or "invert" not in METHODS[method].option_names:
+        users = [m for m, e in METHODS.items() if "invert" in e.option_names]
+        raise SpecError(f"control 'invert' needs a score method ({', '.join(users)}); the branch prunes with "
+                        f"{method!r}")
+    return {"prune": {"invert": not prune.get("invert", False)}}
+
+
+_CONTROL_KEYS = ("name", "reinit", "prune", "retrain")
+
+
+def resolve_control(control, prune: dict, reinit: dict | None, pruned_from: str, where: str) -> dict:
+    """A control as ``{name, reinit?, prune?, retrain?}``: a named one expanded, a mapping checked."""
+    if isinstance(control, str):
+        if control not in CONTROLS:
+            raise SpecError(f"{where}: unknown control {control!r}; allowed: {', '.join(CONTROLS)} or a mapping "
+                            f"{{name, reinit?, prune?, retrain?}}")
+        try:
+            return {"name": control, **CONTROLS[control].load()(prune, reinit, pruned_from)}
+        except SpecError as error:
+            raise SpecError(f"{where}: {error}") from None
+    _check(isinstance(control, dict) and "name" in control and set(control) <= set(_CONTROL_KEYS)
+           and ("reinit" in control or "prune" in control),
+           f"{where}: must be a control name ({', '.join(CONTROLS)}) or a mapping with name and reinit and/or "
+           f"prune (optionally retrain)")
+    _check(isinstance(control["name"], str) and bool(control["name"]) and "/" not in control["name"],
+           f"{where}: name must be a non-empty string without '/', got {control['name']!r}")
+    _check(control.get("reinit") is None or isinstance(control["reinit"], dict),
+           f"{where}: reinit must be a mapping or null")
+    _check(control.get("prune") is None or isinstance(control["prune"], dict),
+           f"{where}: prune must be a mapping of prune options merged over the branch's")
+    return dict(control)
+
+
+def add_control(builder: PlanBuilder, control: dict, *, pruned: Node, pruned_from: Node, prune: dict,
+                reinit: dict | None, train: dict, name: str, round: int, branch: str, checked,
+                label: str | None = None) -> Node:
+    """The control's trained state (and its own pruned state when it changes the prune step); its nodes
+    name the branch they check (``control_of``: the pruned state's branch)."""
+    base = pruned
+    if control.get("prune"):
+        base = checked("prune", builder.child, f"prune.{name}", pruned_from, [{"prune": {**prune, **control["prune"]}}],
+                       round=round, branch=branch, role="pruned", control_of=pruned.branch)
+    own_reinit = control["reinit"] if "reinit" in control else reinit
+    steps = ([{"reinit": own_reinit}] if own_reinit else []) + [{"train": dict(control.get("retrain") or train)}]
+    return checked("reinit / retrain", builder.child, name, base, steps, round=round, branch=branch, role="trained",
+                   label=label, control_of=pruned.branch)
 
 COMMON_PARAMS = ("dataset", "model", "rounds", "epochs", "amount", "seed", "lr", "batch_size", "data_dir")
 _PARAM_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
@@ -430,11 +536,8 @@ def compile_recipe(path: str | Path, overrides: dict | None = None, *,
         return next(n for n in builder.plan.nodes if n.emitted_by == node.name and n.at == mask_at)
 
     controls = spec.get("controls") or []
-    _check(isinstance(controls, list), f"{where}: controls: must be a list of {{name, reinit, retrain?}}")
-    for i, control in enumerate(controls):
-        _check(isinstance(control, dict) and "name" in control and "reinit" in control
-               and set(control) <= {"name", "reinit", "retrain"},
-               f"{where}: controls[{i}]: must be a mapping with name, reinit and optionally retrain")
+    _check(isinstance(controls, list), f"{where}: controls: must be a list of control names or "
+                                       f"{{name, reinit?, prune?, retrain?}}")
 
     root = checked("root", builder.root, "root", root_spec, data_dir=data_dir, role="root")
     trained = checked("train", builder.child, "train", root, [with_mask_checkpoint(train)], round=0,
@@ -448,17 +551,116 @@ def compile_recipe(path: str | Path, overrides: dict | None = None, *,
         retrained = checked("reinit / retrain" if reinit_steps else "retrain", builder.child, f"round{r}", pruned,
                             reinit_steps + [with_mask_checkpoint(retrain)], round=r, role="trained")
         trained_by_round[r], pruned_by_round[r] = retrained, pruned
-        for i, control in enumerate(controls):
-            control_train = dict(control.get("retrain") or retrain)
-            checked(f"controls[{i}]", builder.child, f"round{r}.{control['name']}", pruned,
-                    [{"reinit": control["reinit"]}, {"train": control_train}], round=r,
-                    branch=str(control["name"]), role="trained")
+        for i, entry in enumerate(controls):
+            control = resolve_control(entry, prune_of_round[r], reinit, previous.name, f"{where}: controls[{i}]")
+            add_control(builder, control, pruned=pruned, pruned_from=previous, prune=prune_of_round[r], reinit=reinit,
+                        train=retrain, name=f"round{r}.{control['name']}", round=r, branch=control["name"],
+                        checked=lambda key, fn, *a, _i=i, **k: checked(f"controls[{_i}]: {key}", fn, *a, **k))
         previous = mask_source(retrained)
     context = RecipeContext(where, spec, params, builder, root, trained_by_round, pruned_by_round, retrain)
     for section in SECTIONS.values():
         if section.impl and spec.get(section.name) is not None:
             section.load()(spec[section.name], context)
     return builder.build()
+
+
+# ---- one_shot: one prune per method and sparsity ---------------------------------------------
+
+_ONE_SHOT_KEYS = ("from", "sparsities", "methods", "controls", "reinit", "train")
+
+
+def _sparsities(value, where: str) -> list[float]:
+    """[0.5, 0.9] or "0.5,0.9" (so that -P sparsities=0.5,0.9 works) -> sorted fractions in (0, 1)."""
+    if isinstance(value, str):
+        value = [_number(part.strip()) if _number(part.strip()) is not None else part.strip()
+                 for part in value.split(",")]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    _check(isinstance(value, list) and bool(value),
+           f"{where}: sparsities must be a list of fractions in (0, 1) or a text like '0.5,0.9', got {value!r}")
+    for item in value:
+        _check(isinstance(item, (int, float)) and not isinstance(item, bool) and 0 < item < 1,
+               f"{where}: sparsity {item!r} is not a fraction in (0, 1) (the share of the weights pruned)")
+    _check(len(set(value)) == len(value), f"{where}: sparsities {value!r} repeat a value")
+    return sorted(float(v) for v in value)
+
+
+def _percent_name(sparsity: float) -> str:
+    return f"{100 * sparsity:.10g}"
+
+
+def one_shot_section(value, recipe: RecipeContext) -> None:
+    """``one_shot``: every method prunes the same state once at every sparsity, and each is trained.
+
+    ::
+
+        one_shot:
+          from: root                 # root (pruning at initialization), train (the first trained state)
+                                     #   or any earlier node of the plan
+          sparsities: [0.5, 0.9]     # also "0.5,0.9"; the prune amount: the share of the remaining weights
+          methods:                   # branch name -> prune step (its amount is the sparsity)
+            snip: {method: snip}
+            magnitude: {prune: {method: l1_unstructured, scope: global}, controls: [layer_shuffle]}
+          controls: [layer_shuffle, reinit, invert]   # for every method without its own list
+          reinit: null               # before each training (default: none, the pruned weights train)
+          train: {...}               # default: the recipe's retrain (or train)
+
+    Each method is a branch (``<method>``), each control one more (``<method>/<control>``); the rounds
+    of a branch are its sparsities in increasing order (round 0 is the recipe's first training), so the
+    report draws one accuracy-vs-remaining curve per method and control.
+    """
+    where = f"{recipe.where}: one_shot"
+    _check(isinstance(value, dict), f"{where}: must be a mapping with sparsities and methods")
+    unknown = sorted(set(value) - set(_ONE_SHOT_KEYS))
+    _check(not unknown, f"{where}: unknown key {unknown[0] if unknown else ''!r}; allowed: {', '.join(_ONE_SHOT_KEYS)}")
+    sparsities = _sparsities(value.get("sparsities"), where)
+    source = value.get("from", "root")
+    if source == "root":
+        pruned_from = recipe.root
+    elif source == "train":
+        pruned_from = recipe.trained[0]
+    else:
+        pruned_from = recipe.checked("one_shot.from", recipe.builder.node, str(source))
+    methods = value.get("methods")
+    _check(isinstance(methods, dict) and bool(methods),
+           f"{where}: methods must be a mapping {{branch name: prune step}}, got {methods!r}")
+    default_controls = value.get("controls") or []
+    _check(isinstance(default_controls, list), f"{where}: controls must be a list")
+    reinit = value.get("reinit")
+    _check(reinit is None or isinstance(reinit, dict), f"{where}: reinit must be a mapping or null")
+    train = dict(value.get("train") or recipe.retrain)
+    taken = {node.branch for node in recipe.builder.plan.nodes}
+    for name, entry in methods.items():
+        at = f"{where}: methods.{name}"
+        _check(isinstance(name, str) and bool(name) and "/" not in name and "." not in name,
+               f"{at}: a branch name is a non-empty string without '/' or '.'")
+        _check(name not in taken, f"{at}: the branch name {name!r} is taken by another part of the recipe")
+        _check(isinstance(entry, dict), f"{at}: must be a prune step or {{prune, controls?}}")
+        if "prune" in entry:
+            _check(set(entry) <= {"prune", "controls"} and isinstance(entry["prune"], dict),
+                   f"{at}: with 'prune', only 'controls' may be given besides")
+            prune, controls = dict(entry["prune"]), entry.get("controls", default_controls)
+        else:
+            prune, controls = dict(entry), default_controls
+        _check("amount" not in prune, f"{at}: the amount comes from sparsities; leave it out")
+        _check(isinstance(controls, list), f"{at}: controls must be a list")
+        for index, sparsity in enumerate(sparsities, start=1):
+            step = {**prune, "amount": sparsity}
+            node = f"{name}.{_percent_name(sparsity)}"
+            percent = f"{_percent_name(sparsity)}%"
+            pruned = recipe.checked(f"one_shot.methods.{name}", recipe.builder.child, f"prune.{node}", pruned_from,
+                                    [{"prune": step}], round=index, branch=name, role="pruned",
+                                    label=f"{name} {percent}")
+            steps = ([{"reinit": reinit}] if reinit else []) + [{"train": train}]
+            recipe.checked(f"one_shot.methods.{name}", recipe.builder.child, node, pruned, steps, round=index,
+                           branch=name, role="trained", label=f"{name} {percent} +train")
+            for i, entry_control in enumerate(controls):
+                control = resolve_control(entry_control, step, reinit, pruned_from.name, f"{at}: controls[{i}]")
+                add_control(recipe.builder, control, pruned=pruned, pruned_from=pruned_from, prune=step, reinit=reinit,
+                            train=train, name=f"{node}.{control['name']}", round=index,
+                            branch=f"{name}/{control['name']}", label=f"{name} {percent} ctrl:{control['name']}",
+                            checked=lambda key, fn, *a, _at=at, _i=i, **k: recipe.checked(
+                                f"one_shot.methods.{name}.controls[{_i}]: {key}", fn, *a, **k))
 
 
 # ---- sweeps --------------------------------------------------------------------------

@@ -36,10 +36,10 @@ def render() -> str:
     from .data import DATASETS
     from .models import INIT_NAMES, MODELS
     from .pruning import METHODS
-    from .recipes import SECTIONS
+    from .recipes import CONTROLS, SECTIONS
     from .reinit import STRATEGIES
     from .spec.steps import STEP_KINDS, schema_of
-    from .training import OPTIMIZERS, SCHEDULES
+    from .training import OPTIMIZERS, SCHEDULES, SPARSITY_SCHEDULES
 
     out = [HEADER, "## Recipe keys\n", "| key | what it is |", "| --- | --- |"]
     out += [f"| `{s.name}` | {_cell(s.help)} |" for s in SECTIONS.values()]
@@ -57,6 +57,7 @@ def render() -> str:
     catalogs = (
         ("Pruning methods (`prune.method`)", METHODS,
          lambda e: f"{e.granularity}{', random' if e.random else ''}"
+                   f"{', scores the network (default scope global)' if e.scores_network else ''}"
                    f"{'; options ' + ', '.join(e.option_names) if e.option_names else ''}"),
         ("Reinit strategies (`reinit.strategy`)", STRATEGIES,
          lambda e: ", ".join(f for f, on in (("reads a weights source", e.reads_source), ("random", e.random),
@@ -68,6 +69,8 @@ def render() -> str:
         ("LR schedules (`train.lr_schedule`)", SCHEDULES,
          lambda e: (", ".join(e.options) or "–") + ("; depends on the training's length" if e.length_dependent
                                                    else "")),
+        ("Gradual pruning shapes (`train.sparsity_schedule.kind`)", SPARSITY_SCHEDULES, lambda e: "–"),
+        ("Sanity-check controls (`controls`, `one_shot.controls`, by name)", CONTROLS, lambda e: "–"),
     )
     for title, registry, details in catalogs:
         out += [f"## {title}\n", "| name | details | what it is |", "| --- | --- | --- |"]

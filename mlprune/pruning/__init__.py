@@ -21,11 +21,21 @@ reachable here).
 Methods: one ``Method`` entry each in ``METHODS`` (``l1_unstructured``,
 ``random_unstructured``, ``ln_structured`` (options ``n`` in 1, 2, inf, -inf --
 ``"inf"``/``"-inf"`` strings or float infinities -- and ``dim``),
-``random_structured`` (``dim``), ``from_state``). An entry says whether the method
-removes single weights or whole slices, whether it draws random numbers, which
-options it takes and where its implementation is. ``from_state`` takes the mask of
-another state: the caller loads it and calls ``transplant_mask`` (or passes
-``source_masks=`` to ``prune_masks``).
+``random_structured`` (``dim``), ``from_state``, and the score methods ``snip``,
+``grasp``, ``synflow``). An entry says whether the method removes single weights or
+whole slices, whether it draws random numbers, which options it takes and where its
+implementation is. ``from_state`` takes the mask of another state: the caller loads it
+and calls ``transplant_mask`` (or passes ``source_masks=`` to ``prune_masks``).
+
+Score methods (``Method.scorer``; ``pruning.scores``): their keep scores come from the
+network (SNIP's gradients, GraSP's Hessian-gradient product, SynFlow's data-free flow),
+so the caller passes ``scores=`` to ``prune_masks``. Their scope defaults to
+``global``; the selection is exact (``round(amount * remaining)`` of the pool, the
+lowest scores, or the highest with ``invert``), done in ``iterations`` rounds on an
+exponential schedule for SynFlow, and spares no layer (layer collapse shows as a
+layer with sparsity 1; with ``scope: layer`` each layer keeps at least one weight).
+Overrides in ``layers`` may skip a layer or use a non-score method; a score method
+prunes all its layers together.
 
 Amount
 ------
@@ -252,6 +262,12 @@ class Method:
     a function ``(candidate values, k, generator) -> (indices to prune, keep score)``;
     for "slice" methods ``(remaining slices, k, generator, options) -> indices to keep``
     (see ``pruning.masks``).
+
+    ``scorer``: methods that score the *network* (its gradients on data, or a data-free
+    flow) rather than each weight's value: ``"module:function"`` of a function
+    ``(model, masks, data, options) -> {param: keep scores}`` (``pruning.scores``). The
+    caller hands ``prune_masks`` a ``scores(masks)`` callable built from it; the selection
+    is then one exact choice over the layers' remaining weights (``pruning.masks``).
     """
 
     name: str
@@ -261,10 +277,21 @@ class Method:
     options: tuple[MethodOption, ...] = ()
     short: str = ""                               # a few characters for run names; {option} is filled in
     help: str = ""
+    scorer: str = ""                              # scores the network (needs the model and data)
+    default_scope: str = "layer"                  # the scope when a step does not give one
 
     @property
     def structured(self) -> bool:
         return self.granularity == "slice"
+
+    @property
+    def scores_network(self) -> bool:
+        return bool(self.scorer)
+
+    def load_scorer(self):
+        from ..registry import load_impl
+
+        return load_impl(self.scorer)
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -276,13 +303,41 @@ class Method:
         return load_impl(self.impl)
 
     def describe(self, options: dict) -> str:
-        """The method's short name with its options filled in ('l1-struct', 'l-inf-struct')."""
-        return (self.short or self.name).format(**options)
+        """The method's short name with its options filled in ('l1-struct', 'l-inf-struct', 'snip inverted')."""
+        return (self.short or self.name).format(**options) + (" inverted" if options.get("invert") else "")
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise SpecError(f"invalid {name} {value!r}; allowed: an int >= 1")
+    return int(value)
+
+
+def _flag(value, name):
+    if not isinstance(value, bool):
+        raise SpecError(f"invalid {name} {value!r}; allowed: true or false")
+    return value
+
+
+def _positive_number(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise SpecError(f"invalid {name} {value!r}; allowed: a finite number > 0")
+    return float(value)
 
 
 _DIM = MethodOption("dim", 1, _check_dim_option,
                     "0 = output channels / neurons, 1 = input channels / features")
 _N = MethodOption("n", 1, _canonical_n, "the norm: 1, 2, inf, -inf")
+# score methods (pruning.scores): the data they look at, their iterations, the sanity check
+_BATCHES = MethodOption("batches", 1, _positive_int,
+                        "training batches the scores are computed on (the first ones of the root's data order)")
+_BATCH_SIZE = MethodOption("batch_size", 128, _positive_int, "examples per scoring batch")
+_ITERATIONS = MethodOption("iterations", 100, _positive_int,
+                           "score-and-prune iterations on an exponential schedule of the remaining weights")
+_TEMPERATURE = MethodOption("temperature", 200.0, _positive_number,
+                            "softmax temperature of the loss whose Hessian-gradient product is taken "
+                            "(the GraSP authors' code: 200)")
+_INVERT = MethodOption("invert", False, _flag, "keep the lowest scores instead of the highest (a sanity check)")
 
 METHODS: Registry[Method] = Registry("pruning method")
 METHODS.add(Method("l1_unstructured", "weight", "mlprune.pruning.masks:choose_smallest_magnitude", short="l1",
@@ -295,6 +350,17 @@ METHODS.add(Method("random_structured", "slice", "mlprune.pruning.masks:keep_at_
                    options=(_DIM,), short="random-struct", help="whole slices at random"))
 METHODS.add(Method("from_state", "transplant", short="transplant",
                    help="the mask of another state (`from`: a state)"))
+# Score methods: pruning at initialization (or at any state); their scores use the masks already there.
+METHODS.add(Method("snip", "weight", scorer="mlprune.pruning.scores:snip", default_scope="global",
+                   options=(_BATCHES, _BATCH_SIZE, _INVERT), short="snip",
+                   help="|g ⊙ w|: the loss gradient times the weight on data batches (Lee et al. 2019)"))
+METHODS.add(Method("grasp", "weight", scorer="mlprune.pruning.scores:grasp", default_scope="global",
+                   options=(_BATCHES, _BATCH_SIZE, _TEMPERATURE, _INVERT), short="grasp",
+                   help="GraSP's S = -(H g) ⊙ w; the weights with the largest S go (Wang et al. 2020)"))
+METHODS.add(Method("synflow", "weight", scorer="mlprune.pruning.scores:synflow", default_scope="global",
+                   options=(_ITERATIONS, _INVERT), short="synflow",
+                   help="iterative synaptic flow |∂R/∂w ⊙ w| of the all-ones input through |weights|, "
+                        "data-free (Tanaka et al. 2020)"))
 
 
 def _with_option(option: str) -> list[str]:
@@ -419,7 +485,7 @@ def resolve_prune_step(step: dict) -> dict:
     _check_keys(step, _step_keys(), "prune step")
     if "amount" not in step:
         raise SpecError(f"prune step has no 'amount'; allowed: {_AMOUNT_ALLOWED}")
-    scope = step.get("scope", "layer")
+    scope = step.get("scope", entry.default_scope)
     if scope not in ("layer", "global"):
         raise choice_error("scope", scope, ("layer", "global"))
     if scope == "global" and entry.granularity != "weight":
@@ -453,6 +519,12 @@ def resolve_prune_step(step: dict) -> dict:
             overrides.append({"select": sel, "skip": True})
             continue
         ov_method = _check_method(ov.get("method", method), layerwise=True)
+        if METHODS[ov_method].scores_network:
+            # one score method prunes its layers together (one pass through the network per iteration)
+            others = [m for m, e in METHODS.items() if e.granularity != "transplant" and not e.scores_network]
+            raise SpecError(f"{where} uses score method {ov_method!r}; a score method prunes all its layers "
+                            f"together (the step's scope says how), so an override may skip a layer or use "
+                            f"another method: {', '.join(others)}")
         own = {name: ov[name] for name in _method_options() if name in ov}
         for name, value in own.items():
             if name not in METHODS[ov_method].option_names:

@@ -132,6 +132,8 @@ def compute_mask(method, weight, amount, mask, *, generator=None, **options):
     entry = METHODS[method]
     if entry.granularity == "transplant":
         raise SpecError(f"method {method!r} takes its masks from another state; use transplant_mask")
+    if entry.scores_network:
+        raise SpecError(f"method {method!r} scores the whole network; use prune_masks(..., scores=...)")
     if entry.granularity == "weight":
         return _unstructured(method, weight, amount, mask, generator, options)
     return _structured(method, weight, amount, mask, generator, options)
@@ -184,12 +186,14 @@ def _same_names(expected, got, what):
 
 
 # --------------------------------------------------------------------------- a whole step
-def prune_masks(weights, masks, kinds, step, *, generator, source_masks=None, report=None):
+def prune_masks(weights, masks, kinds, step, *, generator, source_masks=None, report=None, scores=None):
     """Apply one prune step to all selected layers; returns a full new masks dict.
 
     weights: effective weights (at least every name in `masks`); masks: current masks,
     one per prunable parameter (keys == kinds); step: a prune step spec (resolved or
-    not). For ``from_state`` steps pass the other state's masks as `source_masks`.
+    not). For ``from_state`` steps pass the other state's masks as `source_masks`; for
+    score methods (``METHODS[m].scores_network``) pass ``scores(masks) -> {name: keep
+    scores}``, the network's scores under the given masks (``pruning.scores.network_scores``).
     If `report` is a dict it is filled with ``{name: {...}}`` per layer: method,
     amount, scope, unit, remaining (before), pruned, and a note when rounding gave 0
     or keep-at-least-one capped the count; skipped layers get ``{"skip": True, "pruned": 0}``.
@@ -210,10 +214,13 @@ def prune_masks(weights, masks, kinds, step, *, generator, source_masks=None, re
     random_used = [p["method"] for p in plan.values() if "method" in p and METHODS[p["method"]].random]
     if random_used:
         _need_generator(random_used[0], generator)
+    scored = [name for name in kinds if "method" in plan[name] and METHODS[plan[name]["method"]].scores_network]
+    if scored and scores is None:
+        raise SpecError(f"method {step['method']!r} scores the network: prune_masks needs scores=")
     new = {name: m.detach().to(torch.bool).clone() for name, m in masks.items()}
     rep = {}
 
-    pool = [name for name in kinds if plan[name].get("scope") == "global"]
+    pool = [name for name in kinds if plan[name].get("scope") == "global" and name not in scored]
     if pool:
         _prune_pool(step["method"], step["amount"], pool, weights, masks, new, generator, rep)
 
@@ -222,7 +229,7 @@ def prune_masks(weights, masks, kinds, step, *, generator, source_masks=None, re
         if cfg.get("skip"):
             rep[name] = {"skip": True, "pruned": 0}
             continue
-        if cfg["scope"] == "global":
+        if cfg["scope"] == "global" or name in scored:
             continue
         info = {}
         try:
@@ -236,6 +243,8 @@ def prune_masks(weights, masks, kinds, step, *, generator, source_masks=None, re
         except SpecError as e:
             raise SpecError(f"layer {name!r}: {e}") from None
         rep[name] = {**{k: v for k, v in cfg.items()}, **info}
+    if scored:  # after the other layers: the network is scored as it will be
+        _prune_by_scores(step, plan, scored, new, scores, rep)
     if report is not None:
         for name in kinds:
             report[name] = {k: v for k, v in rep[name].items() if v is not None}
@@ -276,3 +285,77 @@ def _prune_pool(method, amount, pool, weights, masks, new, generator, rep):
                      "remaining": size, "pruned": pruned, "note": layer_note}
         start += size
 
+
+
+# --------------------------------------------------------------------------- score methods
+def schedule_counts(start: int, final: int, iterations: int) -> list[int]:
+    """Weights remaining after each of `iterations` score-and-prune iterations: ``start`` shrinks
+    to ``final`` on an exponential schedule (SynFlow's: after iteration j of n the remaining
+    fraction is ``(final / start) ** (j / n)``), rounded, the last one exactly ``final``."""
+    if iterations < 1 or not 0 <= final <= start:
+        raise SpecError(f"cannot go from {start} to {final} weights in {iterations} iterations")
+    if start == 0:
+        return [0] * iterations
+    ratio = final / start
+    counts = [int(round(start * ratio ** (j / iterations))) for j in range(1, iterations)] + [final]
+    return [max(final, min(start, c)) for c in counts]
+
+
+def _select_by_score(score_parts, mask_parts, k, invert):
+    """Indices (into the concatenated candidates) of the `k` remaining weights to prune: the lowest
+    keep scores (the highest with `invert`). Candidates in flattened order, layer after layer."""
+    values = torch.cat([s.reshape(-1)[m.reshape(-1)] for s, m in zip(score_parts, mask_parts)])
+    if not bool(torch.isfinite(values).all()):
+        raise SpecError("pruning scores are not finite (NaN or overflow); the network cannot be scored "
+                        "as it is")
+    return torch.topk(values, k, largest=invert).indices
+
+
+def _prune_by_scores(step, plan, scored, new, scores, rep):
+    """Score methods: iterations of (score the network under the current masks, prune to the
+    schedule's count). Scope global: the scored layers are one pool (one exact threshold, no
+    layer is spared: layer collapse shows as a layer with sparsity 1); scope layer: each layer
+    is brought to its own count (keep-at-least-one, as the other methods)."""
+    method = METHODS[step["method"]]
+    iterations = step.get("iterations", 1)
+    invert = bool(step.get("invert", False))
+    scope = plan[scored[0]]["scope"]
+    groups = [scored] if scope == "global" else [[name] for name in scored]
+    targets, notes = [], []
+    for group in groups:
+        remaining = sum(int(new[name].sum()) for name in group)
+        unit = "weights in the global pool" if scope == "global" else "weights"
+        try:
+            k, note = _count(step["amount"], remaining, unit)
+        except SpecError as e:
+            raise SpecError(f"{'global scope over ' + ', '.join(group) if scope == 'global' else 'layer ' + repr(group[0])}"
+                            f": {e}") from None
+        targets.append(schedule_counts(remaining, remaining - k, iterations))
+        notes.append(note)
+    before = {name: int(new[name].sum()) for name in scored}
+    for j in range(iterations):
+        current = scores(new)
+        for group, counts in zip(groups, targets):
+            k = sum(int(new[name].sum()) for name in group) - counts[j]
+            if k <= 0:
+                continue
+            masks = [new[name] for name in group]
+            gone = _select_by_score([current[name].detach().to("cpu", torch.float64) for name in group], masks,
+                                    k, invert)
+            start = 0
+            for name, mask in zip(group, masks):
+                cand = mask.reshape(-1).nonzero().squeeze(1)
+                mine = gone[(gone >= start) & (gone < start + cand.numel())] - start
+                updated = mask.clone()
+                updated.view(-1)[cand[mine]] = False
+                new[name] = updated
+                start += cand.numel()
+    for group, note in zip(groups, notes):
+        for name in group:
+            kept = int(new[name].sum())
+            layer_note = note if note is not None else None
+            if kept == 0 and before[name] > 0:
+                layer_note = "layer collapse: every weight of the layer was pruned"
+            rep[name] = {"method": method.name, "amount": step["amount"], "scope": scope, "unit": "weights",
+                         "remaining": before[name], "pruned": before[name] - kept, "note": layer_note,
+                         "iterations": iterations}

@@ -11,6 +11,7 @@ from .. import analysis
 from . import figures as plotting
 from .html import _arch, _biases, _Builder, _Loader, _load_series, _png, _remaining_label, _slug
 from .inside import inside_section
+from .sanity import plot_sanity_panels, sanity_groups
 from .series import Collection, accuracy_table, series_of_plan
 from .states import _model, layer_kinds, stability, structure
 
@@ -25,12 +26,17 @@ def recipe_figures(store, recorded: dict, warn) -> dict[str, bytes]:
     all_series = series_of_plan(recorded, runs)
     for s in all_series.values():
         s.label = recipe if s.branch == "main" else f"{recipe} / {s.branch}"
+        s.base_label = recipe
     collection = Collection(store, runs, list(all_series.values()), [], [], {})
     loaded = _Loader(store, runs, warn)
     agg = accuracy_table(collection)
     if agg:
         files["figures/accuracy_vs_remaining.png"] = _png(plotting.plot_accuracy_vs_remaining(
             agg, title=f"{recipe}: test accuracy vs remaining weights"))
+        groups = sanity_groups(collection)
+        if groups:
+            files["figures/sanity_checks.png"] = _png(plot_sanity_panels(
+                groups, agg, {s.label: s.branch for s in all_series.values()}))
     main = all_series.get("main")
     states = _load_series(main, loaded) if main else []
     pruned = [(r, s) for r, s in states if r > 0]

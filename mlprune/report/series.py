@@ -38,6 +38,8 @@ class Series:
     trained: dict = field(default_factory=dict)
     pruned: dict = field(default_factory=dict)
     nodes: dict = field(default_factory=dict)     # run id -> plan node (dict), for what the sections need
+    control_of: str | None = None                 # a control: the branch it checks
+    base_label: str = ""                          # the label of the recipe's main branch (same parameters)
 
     @property
     def rounds(self) -> list[int]:
@@ -89,6 +91,7 @@ def series_of_plan(plan: dict, states: dict) -> dict[str, Series]:
             continue
         target = series(node.get("branch") or "main")
         target.nodes[node["run_id"]] = node
+        target.control_of = target.control_of or node.get("control_of")
         (target.trained if node["role"] == "trained" else target.pruned)[node["round"]] = node["run_id"]
     main = out.get("main")
     for branch, other in out.items():
@@ -151,6 +154,7 @@ def collect(store, warn=None) -> Collection:
                         merged = getattr(groups[key], attr)
                         for r, run_id in getattr(series, attr).items():
                             merged.setdefault(r, run_id)
+                    groups[key].control_of = groups[key].control_of or series.control_of
                 else:
                     groups[key] = series
     ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "main", kv[0][1], kv[0][2], kv[0][3]))
@@ -159,6 +163,7 @@ def collect(store, warn=None) -> Collection:
         if len(signatures[recipe]) > 1:  # the same recipe with several parameter sets
             common = set.intersection(*[set(sig) for sig in signatures[recipe]])
             label += " (" + (", ".join(f"{k}={v}" for k, v in signature if (k, v) not in common) or "defaults") + ")"
+        series.base_label = label
         if branch != "main":
             label += f" / {branch}"
         series.label = label

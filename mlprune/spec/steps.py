@@ -195,6 +195,45 @@ def _lr_schedule_check(value, name):
 _lr_schedule_check.doc = "constant | multistep (milestones, gamma) | cosine | linear"
 
 
+_SPARSITY_KEYS = ("kind", "final", "start", "end", "every", "initial", "scope")
+
+
+def _sparsity_schedule_check(value, name):
+    """Gradual magnitude pruning inside the training: canonical {kind, initial, final, start, end, every,
+    scope} (times as text), or None (no gradual pruning, the default)."""
+    from ..training import SPARSITY_SCHEDULES
+
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise SpecError(f"{name} must be a mapping {{kind, final, start, end, every, initial?, scope?}}, got {value!r}")
+    unknown = sorted(set(value) - set(_SPARSITY_KEYS))
+    if unknown:
+        raise SpecError(f"unknown {name} option {unknown[0]!r}; allowed: {', '.join(_SPARSITY_KEYS)}")
+    kind = value.get("kind", "agp")
+    SPARSITY_SCHEDULES[kind]
+    for required in ("final", "end"):
+        if required not in value:
+            raise SpecError(f"{name} needs {required!r}")
+    final = number(0.0, below=1.0)(value["final"], f"{name} final")
+    initial = number(0.0, below=1.0)(value.get("initial", 0.0), f"{name} initial")
+    if not 0.0 < final < 1.0 or initial > final:
+        raise SpecError(f"{name} final must be a fraction in (0, 1) and at least initial ({initial}), got {final}")
+    start = parse_time(value.get("start", "0it"), f"{name} start")
+    end = parse_time(value["end"], f"{name} end")
+    every = parse_time(value.get("every", "1ep"), f"{name} every")
+    if every.is_zero:
+        raise SpecError(f"{name} every must be more than 0, got {every}")
+    if start.unit == end.unit and start.amount >= end.amount:
+        raise SpecError(f"{name} start ({start}) must be before end ({end})")
+    scope = choice("layer", "global")(value.get("scope", "layer"), f"{name} scope")
+    return {"kind": kind, "initial": initial, "final": final, "start": str(start), "end": str(end),
+            "every": str(every), "scope": scope}
+
+
+_sparsity_schedule_check.doc = "null | {kind: agp or linear, final, start, end, every, initial, scope}"
+
+
 def _checkpoints_check(value, name):
     if not isinstance(value, (list, tuple)):
         raise SpecError(f"train {name} must be a list of times, got {value!r}")
@@ -226,6 +265,9 @@ TRAIN_SCHEMA = Schema("train option", (
            "and train to the end (`steps`)", key="unless_default"),
     Option("stop_at", None, optional(time_value), "stop at this time of the schedule (a checkpoint of a longer "
            "training)", key="unless_default"),
+    Option("sparsity_schedule", None, _sparsity_schedule_check, "gradual magnitude pruning during the training: "
+           "{kind: agp | linear, final, start, end, every, initial: 0, scope: layer | global}; the sparsity "
+           "rises from initial to final between start and end, pruning every `every`", key="unless_default"),
     Option("checkpoints", (), _checkpoints_check, "also store the state at these times of this training "
            "(each is the training stopped there)", key="never", cli=False),
 ))
@@ -270,6 +312,9 @@ def resolve_train(raw: dict) -> ResolvedStep:
     end = parse_time(resolved.get("stop_at", str(length)))
     if start.unit == end.unit and start.amount > end.amount:
         raise SpecError(f"train schedule_from {start} is after the end of the training ({end})")
+    gradual = resolved.get("sparsity_schedule")
+    if gradual and parse_time(gradual["end"]).unit == length.unit and parse_time(gradual["end"]).amount > length.amount:
+        raise SpecError(f"train sparsity_schedule end {gradual['end']} is after the end of the training ({length})")
     if length.unit == "ep":
         resolved["epochs"] = length.amount
     else:
@@ -299,7 +344,8 @@ def _prune_option_doc():
     options = [
         Option("method", REQUIRED, any_value, "pruning method: " + ", ".join(METHODS)),
         Option("amount", REQUIRED, any_value, "a fraction in (0, 1) of what remains, or an int count"),
-        Option("scope", "layer", choice("layer", "global"), "layer (each layer alone) or global (one threshold)"),
+        Option("scope", "layer", choice("layer", "global"), "layer (each layer alone) or global (one threshold); "
+               "score methods (snip, grasp, synflow) default to global"),
     ]
     for name, option in _method_options().items():
         users = [m for m, e in METHODS.items() if name in e.option_names]

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from ..registry import Registry, load_impl
 
-__all__ = ["OPTIMIZERS", "Optimizer", "SCHEDULES", "Schedule", "PRECISIONS"]
+__all__ = ["OPTIMIZERS", "Optimizer", "SCHEDULES", "Schedule", "PRECISIONS", "SPARSITY_SCHEDULES",
+           "SparsitySchedule"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,27 @@ SCHEDULES.add(Schedule("linear", "mlprune.training.schedules:linear", {}, length
                        help="linear decay to 0 over the training"))
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class SparsitySchedule:
+    """One shape of gradual pruning (train option ``sparsity_schedule``): ``impl(progress) -> share of the
+    way from the initial to the final sparsity`` at ``progress`` in [0, 1] of the pruning window (pure Python,
+    ``training.schedules``)."""
+
+    name: str
+    impl: str
+    help: str = ""
+
+    def load(self):
+        return load_impl(self.impl)
+
+
+SPARSITY_SCHEDULES: Registry[SparsitySchedule] = Registry("sparsity_schedule kind")
+SPARSITY_SCHEDULES.add(SparsitySchedule("agp", "mlprune.training.schedules:agp_shape",
+                                        help="Zhu & Gupta 2017's cubic schedule: fast at first, then slower"))
+SPARSITY_SCHEDULES.add(SparsitySchedule("linear", "mlprune.training.schedules:linear_shape",
+                                        help="the sparsity rises linearly over the window"))
 
 
 def schedule_of(value) -> dict:

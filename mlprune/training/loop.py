@@ -18,6 +18,16 @@ uses the LR ``lr * lr_factor(i)`` and the batch ``i mod per_epoch`` of epoch
 ``i // per_epoch`` (data order seeded by (seed, epoch)). A training runs from
 ``schedule_from`` to ``stop_at`` (default: its end), so a stopped training is a
 prefix of the full one and a resumed one its continuation, bit for bit on the CPU.
+
+Gradual magnitude pruning (train option ``sparsity_schedule``, Zhu & Gupta 2017):
+at the pruning steps t0, t0 + Δt, ..., end of the window (`schedule.pruning_steps`),
+right after optimizer step t (so the state "after t iterations", a checkpoint or a
+training stopped there, includes the pruning at t), the smallest-magnitude remaining
+weights go until the sparsity is ``s_t`` (per layer, or over all layers with scope
+global); the masks are enforced in between as always and never revive a weight. The
+targets are absolute, so repeating the pruning at the first step of a resumed training
+changes nothing: a resumed training is still the continuation of the full one. The
+masks dict passed in is updated in place: the final state carries the last mask.
 """
 
 from __future__ import annotations
@@ -28,13 +38,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import names
 from ..errors import SpecError
 from ..names import (M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS, M_LR, M_TRAIN_ACCURACY, M_TRAIN_LOSS, M_VAL_ACCURACY,
                      M_VAL_LOSS)
 from ..spec.times import parse_time
 from ..spec.steps import TRAIN_SCHEMA
-from . import OPTIMIZERS, SCHEDULES, schedule_of
-from .schedules import lr_factor
+from . import OPTIMIZERS, SCHEDULES, SPARSITY_SCHEDULES, schedule_of
+from .schedules import lr_factor, pruning_steps, target_sparsity
 
 
 class Diverged(SpecError):
@@ -55,10 +66,17 @@ class Timeline:
     stop: int               # one past the last step run (stop_at, else total)
     warmup: int
     schedule: dict = field(default_factory=dict)   # {"kind", options in iterations}
+    gradual: dict | None = None    # sparsity_schedule with start / end / every in iterations, and its steps
 
     def lr(self, base: float, i: int) -> float:
         entry = SCHEDULES[self.schedule["kind"]]
         return base * lr_factor(i, self.total, entry.load(), self.schedule, self.warmup)
+
+    def sparsity(self, i: int) -> float:
+        """The sparsity gradual pruning brings the network to at its pruning step `i`."""
+        g = self.gradual
+        shape = SPARSITY_SCHEDULES[g["kind"]].load()
+        return target_sparsity(i, g["start"], g["end"], g["initial"], g["final"], shape)
 
 
 def timeline(options: dict, per_epoch: int) -> Timeline:
@@ -75,7 +93,68 @@ def timeline(options: dict, per_epoch: int) -> Timeline:
     if "milestones" in schedule:
         schedule["milestones"] = [parse_time(m).iterations(per_epoch) for m in schedule["milestones"]]
     warmup = parse_time(options.get("warmup", "0it")).iterations(per_epoch)
-    return Timeline(per_epoch, total, start, stop, warmup, schedule)
+    gradual = options.get("sparsity_schedule")
+    if gradual:
+        gradual = dict(gradual)
+        for key in ("start", "end", "every"):
+            gradual[key] = parse_time(gradual[key]).iterations(per_epoch)
+        if not 0 <= gradual["start"] < gradual["end"] <= total or gradual["every"] < 1:
+            raise SpecError(f"train sparsity_schedule prunes from {options['sparsity_schedule']['start']} "
+                            f"({gradual['start']} it) to {options['sparsity_schedule']['end']} ({gradual['end']} it) "
+                            f"every {gradual['every']} it of a {length} ({total} it) training: the window must be "
+                            f"inside the training")
+        gradual["steps"] = pruning_steps(gradual["start"], gradual["end"], gradual["every"])
+    return Timeline(per_epoch, total, start, stop, warmup, schedule, gradual)
+
+
+# magnitude is what Zhu & Gupta's gradual pruning ranks by
+GRADUAL_METHOD = "l1_unstructured"
+
+
+class GradualPruning:
+    """Brings `masks` (updated in place) to the timeline's sparsity at its pruning steps."""
+
+    def __init__(self, model: nn.Module, masks: dict, line: Timeline, optimizer):
+        from ..models import prunable
+
+        self.model, self.masks, self.line, self.optimizer = model, masks, line, optimizer
+        self.kinds = {name: kind for name, kind in prunable(model).items() if name in masks}
+        self.steps = set(line.gradual["steps"])
+
+    def prune(self, i: int, keeps: list) -> None:
+        from ..pruning.masks import compute_mask, prune_masks
+
+        target = self.line.sparsity(i)
+        params = dict(self.model.named_parameters())
+        weights = {name: params[name].detach().to("cpu") for name in self.masks}
+        current = {name: m.to("cpu") for name, m in self.masks.items()}
+        new = dict(current)
+        if self.line.gradual["scope"] == "global":
+            total = sum(m.numel() for m in current.values())
+            k = sum(int(m.sum()) for m in current.values()) - (total - round(target * total))
+            if k > 0:
+                new = prune_masks(weights, current, self.kinds, {"method": GRADUAL_METHOD, "amount": k,
+                                                                 "scope": "global"}, generator=None)
+        else:
+            for name, mask in current.items():
+                k = int(mask.sum()) - (mask.numel() - round(target * mask.numel()))
+                if k > 0:
+                    new[name] = compute_mask(GRADUAL_METHOD, weights[name], k, mask)
+        for name, mask in new.items():
+            self.masks[name] = mask.to(params[name].device)
+        pairs = masked_parameters(self.model, self.masks)
+        apply_masks(pairs)
+        # a newly pruned weight forgets its momentum / Adam moments: it stays exactly +0.0 from here on
+        with torch.no_grad():
+            for param, pruned in pairs:
+                for value in self.optimizer.state.get(param, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                        value.masked_fill_(pruned, 0.0)
+        keeps[:] = [(param, (~pruned).to(param.dtype)) for param, pruned in pairs]
+
+    def sparsity(self) -> float:
+        total = sum(m.numel() for m in self.masks.values())
+        return (total - sum(int(m.sum()) for m in self.masks.values())) / total if total else 0.0
 
 
 def masked_parameters(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -130,6 +209,11 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     if has_val:
         history.update({M_VAL_LOSS: [], M_VAL_ACCURACY: []})
     checkpoints = dict(checkpoints or {})
+    gradual = GradualPruning(model, masks, line, optimizer) if line.gradual else None
+    if gradual is not None:
+        history[names.M_TRAIN_SPARSITY] = []
+        if line.start in gradual.steps:  # a resumed training repeats it: the target is absolute, nothing changes
+            gradual.prune(line.start, keeps)
     base_lr = options["lr"]
     i = line.start
     non_blocking = device.type == "cuda"
@@ -138,7 +222,7 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     rng_steps = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=rng_steps):
         i = _run(model, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps, history,
-                 checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch)
+                 checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, gradual)
     bad = _non_finite_parameter(model)
     if bad and "diverged" not in history:
         _diverged(history, options, f"parameter {bad!r} has non-finite values after {i} iterations",
@@ -160,7 +244,7 @@ def _step_seed(seed: int, i: int) -> int:
 
 
 def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps, history,
-         checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch) -> int:
+         checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, gradual=None) -> int:
     batch_size = options["batch_size"]
     i = line.start
     while i < line.stop:
@@ -201,6 +285,8 @@ def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, o
                 hits += (logits.detach().argmax(dim=1) == y).sum()
             count += len(y)
             i += 1
+            if gradual is not None and i in gradual.steps:
+                gradual.prune(i, keeps)
             if i in checkpoints:
                 if i % line.per_epoch == 0 or i == line.stop:
                     due.append(i)  # at an epoch's end: after its history is recorded
@@ -217,6 +303,8 @@ def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, o
         history[M_TRAIN_LOSS].append((done_epoch, mean))
         history[M_TRAIN_ACCURACY].append((done_epoch, int(hits) / max(count, 1)))
         history[M_LR].append((done_epoch, lr))
+        if gradual is not None:
+            history[names.M_TRAIN_SPARSITY].append((done_epoch, gradual.sparsity()))
         if has_val:
             val_loss, val_accuracy = evaluate(model, data.val_batches(256), device=device)
             history[M_VAL_LOSS].append((done_epoch, val_loss))

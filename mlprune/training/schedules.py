@@ -34,3 +34,27 @@ def lr_factor(i: int, total: int, schedule_fn, options: dict, warmup: int = 0) -
     if warmup > 0:
         factor *= min(1.0, i / warmup)
     return factor
+
+
+# ---- gradual pruning: the sparsity a training prunes to, at each pruning step ------------------------
+
+def agp_shape(progress: float) -> float:
+    """Zhu & Gupta's s_t = s_f + (s_i - s_f)(1 - progress)^3, as the share of the way from s_i to s_f."""
+    return 1.0 - (1.0 - progress) ** 3
+
+
+def linear_shape(progress: float) -> float:
+    return progress
+
+
+def pruning_steps(start: int, end: int, every: int) -> list[int]:
+    """The iterations at which gradual pruning prunes: start, start + every, ..., and always end
+    (Zhu & Gupta's t0, t0 + Δt, ..., t0 + nΔt; a window that is not a multiple of Δt ends at `end`)."""
+    steps = list(range(start, end, every))
+    return steps + [end]
+
+
+def target_sparsity(i: int, start: int, end: int, initial: float, final: float, shape) -> float:
+    """The sparsity due at pruning step `i` (an iteration in [start, end]) of a window start..end."""
+    progress = 1.0 if end == start else min(max((i - start) / (end - start), 0.0), 1.0)
+    return initial + (final - initial) * shape(progress)
