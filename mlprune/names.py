@@ -52,11 +52,19 @@ M_DURATION = "duration_s"
 M_ITERATIONS = "iterations"              # optimizer steps a state's training ran
 M_EARLY_STOP_EPOCH = "early_stop_epoch"
 M_EARLY_STOP_ITERATION = "early_stop_iteration"
+# analysis states of linear interpolation (step `interpolate`; Frankle et al. 2020)
+M_INSTABILITY = "instability"            # max test error along the path minus the endpoints' mean test error
+M_BARRIER_LOSS = "barrier_loss"          # the same for the test loss
+M_TRAIN_INSTABILITY = "train_instability"      # ... on the training set (option train_set)
+M_TRAIN_BARRIER_LOSS = "train_barrier_loss"
+M_SPAWN_ITERATION = "spawn_iteration"    # two spawned copies: the iteration of the schedule they started from
 
 # ---- artifacts of a state run ----------------------------------------------------------
 WEIGHTS_FILE = "weights.safetensors"
 MASKS_FILE = "masks.safetensors"
 STATE_FILE = "state.json"
+INTERPOLATION_FILE = "interpolation.json"      # per alpha: test (and train) error and loss
+INTERPOLATION_FIGURE_FILE = "interpolation.png"  # error and loss vs alpha
 
 # ---- artifacts of a workflow run -------------------------------------------------------
 PLAN_FILE = "plan.json"                  # the plans it ran: nodes with keys, rounds, branches, run ids

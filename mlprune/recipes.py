@@ -96,6 +96,9 @@ for _name, _help in (
     ("controls", "sibling branches off every pruned state: a list of {name, reinit, retrain?}"),
 ):
     SECTIONS.add(Section(_name, _help))
+SECTIONS.add(Section("spawn", "instability analysis: copies of spawn points that differ only in data_order_seed, "
+                              "and the interpolation between every pair: {copies, at, levels, seeds, train, "
+                              "interpolate}", impl="mlprune.spawn:spawn_section"))
 
 COMMON_PARAMS = ("dataset", "model", "rounds", "epochs", "amount", "seed", "lr", "batch_size", "data_dir")
 _PARAM_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")

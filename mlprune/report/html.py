@@ -578,6 +578,8 @@ def _note_into(collection: Collection, warn):
 
 
 SECTIONS.add(Section("accuracy", "mlprune.report.html:accuracy_section", "accuracy and early stopping vs remaining"))
+SECTIONS.add(Section("instability", "mlprune.report.instability:instability_section",
+                     "instability vs spawn point per sparsity level (interpolations of spawned copies)"))
 SECTIONS.add(Section("similarity", "mlprune.report.html:similarity_section", "mask Jaccard: rounds, seeds, states"))
 SECTIONS.add(Section("structure", "mlprune.report.html:structure_section", "emergent structure vs random"))
 SECTIONS.add(Section("stability", "mlprune.report.html:stability_section", "weight stability and evolution"))

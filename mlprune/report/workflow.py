@@ -76,8 +76,8 @@ def workflow_files(store, plans, reached: list[dict[str, str]], *, figures: bool
 
 
 def recipe_figures(store, recorded: dict, warn) -> dict[str, bytes]:
-    """The figures of one recipe run: accuracy vs remaining, Jaccard between rounds, structure,
-    stability and weight evolution (``figures/...``)."""
+    """The figures of one recipe run: accuracy vs remaining, instability vs spawn point, Jaccard between
+    rounds, structure, stability and weight evolution (``figures/...``)."""
     files = {}
     recipe = recorded["recipe"]
     runs = {r.info.run_id: r for r in store.states() if r.info.run_id in set(recorded["reached"].values())}
@@ -90,6 +90,10 @@ def recipe_figures(store, recorded: dict, warn) -> dict[str, bytes]:
     if agg:
         files["figures/accuracy_vs_remaining.png"] = _png(plotting.plot_accuracy_vs_remaining(
             agg, title=f"{recipe}: test accuracy vs remaining weights"))
+    from .instability import instability_figures, instability_rows, instability_table
+
+    for fig in instability_figures(instability_table(instability_rows(collection))).values():
+        files["figures/instability_vs_spawn.png"] = _png(fig)
     main = all_series.get("main")
     states = _load_series(main, loaded) if main else []
     pruned = [(r, s) for r, s in states if r > 0]
