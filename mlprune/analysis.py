@@ -583,7 +583,8 @@ def interpolation_alphas(points: int) -> list[float]:
 
 def interpolate_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], alpha: float,
                         masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The network ``(1 - α)·a + α·b``, masks applied (pruned entries exactly 0).
+    """The network ``(1 - α)·a + α·b``, masks applied (pruned entries exactly 0 in between; the ends are
+    a and b as they are, whose pruned entries are 0 already).
 
     Every floating-point tensor is interpolated (BatchNorm running statistics too: see
     ``training.loop.recompute_batchnorm`` for why they are then recomputed); other tensors
@@ -603,14 +604,14 @@ def interpolate_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Ten
         if tuple(ta.shape) != tuple(tb.shape):
             raise SpecError(f"cannot interpolate {name!r}: shapes {tuple(ta.shape)} and {tuple(tb.shape)} differ")
         if alpha == 0.0 or not ta.is_floating_point():
-            value = ta.clone()
+            out[name] = ta.clone()
         elif alpha == 1.0:
-            value = tb.clone()
+            out[name] = tb.clone()
         else:
             value = torch.lerp(ta, tb.to(ta.dtype), alpha)
-        if masks is not None and name in masks:
-            value = value.masked_fill(~masks[name].to(torch.bool), 0.0)
-        out[name] = value
+            if masks is not None and name in masks:
+                value = value.masked_fill(~masks[name].to(torch.bool), 0.0)
+            out[name] = value
     return out
 
 

@@ -366,8 +366,9 @@ def _same_network_kind(a, b) -> None:
 
 
 def spawn_point(a, b, data) -> dict | None:
-    """Where two sibling copies were spawned: their common parent and the time of the schedule both
-    trained from, when their (one) train steps differ only in the data order; None otherwise."""
+    """Where two sibling copies were spawned: their common parent's key and the time (and iteration) of
+    the schedule both trained from, when their (one) train steps differ only in the data order; None
+    otherwise."""
     from .spec.steps import TRAIN_SCHEMA
     from .spec.times import parse_time
 
@@ -382,7 +383,7 @@ def spawn_point(a, b, data) -> dict | None:
         return None
     start = options_a.get("schedule_from", TRAIN_SCHEMA["schedule_from"].default)
     iteration = parse_time(start).iterations(data.batches_per_epoch(options_a["batch_size"]))
-    return {"run_id": parent, "time": start, "iteration": iteration}
+    return {"key": a.spec.get("parent_key"), "time": start, "iteration": iteration}
 
 
 def _finite_or_null(value):
@@ -451,8 +452,7 @@ def run_interpolate(ctx: StepContext, parent, options: dict):
     if spawn is not None:
         metrics[names.M_SPAWN_ITERATION] = spawn["iteration"]
     result = {"alphas": alphas, **curves, "metrics": metrics, "bn_reset": reset,
-              "bn_reset_batches": bn_batches, "a": {"run_id": a.run_id, "key": a.spec["key"]},
-              "b": {"run_id": b.run_id, "key": b.spec["key"]}, "spawn": spawn}
+              "bn_reset_batches": bn_batches, "a": a.spec["key"], "b": b.spec["key"], "spawn": spawn}
     title = (f"{ctx.root['model']}: a {a.run_id[:8]} → b {b.run_id[:8]}"
              + (f", copies spawned at {spawn['time']}" if spawn else "")
              + f"; instability {100 * metrics[names.M_INSTABILITY]:.2f}%")
