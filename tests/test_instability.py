@@ -97,6 +97,23 @@ def test_recomputed_batchnorm_statistics_are_the_training_batches_statistics():
     assert torch.equal(again, model[1].running_mean)
 
 
+def test_the_instability_figure_marks_stable_points_filled_and_unstable_hollow():
+    from mlprune.report.figures import plot_instability_vs_spawn
+
+    points = [{"iteration": 0, "mean": 0.05, "std": 0.01, "n": 2}, {"iteration": 500, "mean": 0.005, "std": 0.0,
+                                                                     "n": 2}]
+    fig = plot_instability_vs_spawn({"dense (100%)": points})
+    ax = fig.axes[0]
+    markers = [line for line in ax.get_lines() if line.get_linestyle() == "None" and line.get_marker() == "o"
+               and len(line.get_xdata())]
+    hollow = [line for line in markers if line.get_markerfacecolor() == "white"]
+    filled = [line for line in markers if line.get_markerfacecolor() != "white"]
+    assert [list(line.get_xdata()) for line in hollow] == [[0.0]]       # 5 % instability: unstable
+    assert [list(line.get_xdata()) for line in filled] == [[500.0]]     # 0.5 %: stable
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["0", "500"]
+    assert "n=2" in ax.get_legend().get_texts()[0].get_text()
+
+
 # ---- planning ----------------------------------------------------------------------------------
 
 def test_the_lenet_preset_plans_sibling_copies_and_their_interpolations():

@@ -605,8 +605,12 @@ def plot_instability_vs_spawn(levels: Mapping[str, Sequence[Mapping]], title: st
     """
     fig, ax, _ = _series_figure(len(levels))
     top = 100.0 * STABLE_BELOW
+    spawn_points = set()
     for i, (label, points) in enumerate(levels.items()):
         points = sorted(points, key=lambda p: p["iteration"])
+        spawn_points.update(p["iteration"] for p in points)
+        ns = sorted({int(p["n"]) for p in points})
+        label = f"{label} (n={ns[0]})" if len(ns) == 1 else f"{label} (n={ns[0]}–{ns[-1]})"
         x = np.asarray([p["iteration"] for p in points], dtype=float)
         y = 100.0 * np.asarray([p["mean"] for p in points], dtype=float)
         e = 100.0 * np.asarray([p["std"] for p in points], dtype=float)
@@ -624,11 +628,15 @@ def plot_instability_vs_spawn(levels: Mapping[str, Sequence[Mapping]], title: st
     ax.annotate("stable below 2 %", (0.01, 100.0 * STABLE_BELOW), xycoords=("axes fraction", "data"),
                 xytext=(0, 3), textcoords="offset points", fontsize=8, color="#616161")
     ax.set_xscale("symlog", linthresh=10)
+    if spawn_points:  # a tick at every spawn point, in plain iterations
+        ax.xaxis.set_major_locator(FixedLocator(sorted(spawn_points)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0f}"))
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]), top=top * 1.15 + 0.5)
     ax.set_xlabel("spawn point k (iterations; symmetric log scale)")
     ax.set_ylabel("instability (%): max test error on the path − mean of the ends")
     ax.set_title(title or "Instability vs spawn point (filled: stable, < 2 %)")
     ax.grid(True, which="major", alpha=0.3)
     if levels:
-        ax.legend(fontsize=8, loc="best", title="sparsity level (seeds × pairs)", title_fontsize=8)
+        ax.legend(fontsize=8, loc="best", title="sparsity level (n = seeds × pairs)", title_fontsize=8)
     return fig
