@@ -125,6 +125,16 @@ class ExperimentState:
     def apply(self, recipe: "Recipe | Iterable[dict]", name: str | None = None) -> "ExperimentState":
         return self.experiment.apply(self, recipe, name=name)
 
+    def file(self, name: str) -> bytes:
+        """One of the state's files (e.g. an interpolation's ``interpolation.json``), checked against its hash."""
+        return self.experiment.store.state_file(self.run_id, name)
+
+    def spawn(self, train: "Recipe | dict", *, copies: int = 2, seeds=None) -> list["ExperimentState"]:
+        return self.experiment.spawn(self, train, copies=copies, seeds=seeds)
+
+    def interpolate(self, other: "ExperimentState", **options) -> "ExperimentState":
+        return self.experiment.interpolate(self, other, **options)
+
 
 class Experiment:
     """One study: an MLflow experiment holding a DAG of states.
@@ -195,6 +205,34 @@ class Experiment:
         builder = PlanBuilder("")
         builder.root("root", {k: v for k, v in spec.items() if k != "data_dir"}, data_dir=data_dir)
         return self.state(self._run(builder.build())["root"])
+
+    def spawn(self, point: ExperimentState, train: "Recipe | dict", *, copies: int = 2, seeds=None
+              ) -> list[ExperimentState]:
+        """`copies` children of `point` trained with `train` (train options, or a `Recipe.train`) except for
+        their ``data_order_seed``: siblings that differ only in SGD noise (`spawn.spawn_copies`).
+
+        ``seeds``: their data_order_seeds (default: the root's seed + 1, + 2, ...). To continue a schedule
+        from the time `point` is at, give the train option ``schedule_from``.
+        """
+        from .spawn import check_copies, default_seeds, spawn_copies
+
+        if isinstance(train, Recipe):
+            if [next(iter(s)) for s in train.steps] != ["train"]:
+                raise SpecError(f"spawn trains its copies with one train step, not {train.kind!r}")
+            train = train.steps[0]["train"]
+        copies, seeds = check_copies(copies, seeds)
+        seeds = list(seeds or default_seeds(point.spec["root"]["seed"], copies))
+        builder = PlanBuilder("", load_state=self._info)
+        node = builder.external(StateInfo(point.run_id, point.key, point.spec))
+        nodes = spawn_copies(builder, node, dict(train), seeds, name="spawn", label="spawn")
+        reached = self._run(builder.build())
+        return [self.state(reached[n.name]) for n in nodes]
+
+    def interpolate(self, a: ExperimentState, b: ExperimentState, **options) -> ExperimentState:
+        """The analysis state of the linear path from `a` to `b` (step ``interpolate``: options ``alphas``,
+        ``bn_reset``, ``train_set``): metrics ``instability``, ``barrier_loss``; files
+        ``interpolation.json`` and ``interpolation.png`` (`ExperimentState.file`)."""
+        return self.apply(a, Recipe(({"interpolate": {**options, "b": b}},)))
 
     def apply(self, parent: ExperimentState, recipe: "Recipe | Iterable[dict]", name: str | None = None
               ) -> ExperimentState:

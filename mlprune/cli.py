@@ -245,7 +245,7 @@ def sweep(recipes, seeds, params, scheduler, workers, device, experiment_name):
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(["init", "train", "prune", "reinit"]))
+@click.argument("kind", type=click.Choice(["init", "train", "prune", "reinit", "compare", "interpolate"]))
 @click.option("--parent", default="", help="Run id (or an 8-character prefix) of the parent state (not for init).")
 @click.option("-o", "--option", "options", multiple=True, metavar="NAME=VALUE",
               help="A step option (repeatable); an empty value means the default. Lists in YAML flow "
@@ -257,7 +257,8 @@ def step(kind, parent, options, experiment_name, device):
     """Create one child state of PARENT by one step, and print its run id.
 
     The child goes into the parent's experiment. A reinit's `to` is root, parent
-    or a run id; a prune with method=from_state takes `from` (a run id).
+    or a run id; a prune with method=from_state takes `from` (a run id); an analysis
+    (compare, interpolate) takes `b`, the other state (a run id or a prefix).
 
     \b
     Examples:
@@ -265,6 +266,7 @@ def step(kind, parent, options, experiment_name, device):
       mlprune step train --parent 3f2a9c1d -o epochs=5 -o lr=0.01 -o momentum=0.9
       mlprune step prune --parent 8b1d4e2a -o method=l1_unstructured -o amount=0.2
       mlprune step reinit --parent 5c7f0a9b -o strategy=rewind -o to=root
+      mlprune step interpolate --parent 1a2b3c4d -o b=9e8f7a6b -o alphas=30
     """
     from .api import Experiment, Recipe
     from .recipes import parse_options
@@ -284,10 +286,22 @@ def step(kind, parent, options, experiment_name, device):
         parent_experiment = probe.state_run(parent).info.experiment_id
         experiment = Experiment(experiment_id=parent_experiment, progress=_progress_printer(), data_dir=data_dir,
                                 device=device)
+        for other in ("b", "with"):  # an analysis's other state: a run id or a prefix of one
+            ref = values.get(other)
+            if isinstance(ref, (str, int)) and str(ref) not in ("root", "parent") and \
+                    not str(ref).startswith("state:"):
+                values[other] = probe.resolve_run_id(str(ref))
         state = experiment.state(parent).apply(Recipe(({kind: values},)))
     metrics = state.metrics
-    click.echo(f"{kind} state {state.run_id}: test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
-               f"sparsity={metrics.get('sparsity', float('nan')):.4f}", err=True)
+    if state.spec.get("analysis"):
+        from .names import M_DURATION
+
+        shown = " ".join(f"{name}={value:.4f}" for name, value in sorted(metrics.items())
+                         if "." not in name and name != M_DURATION)
+        click.echo(f"{kind} state {state.run_id}: {shown}", err=True)
+    else:
+        click.echo(f"{kind} state {state.run_id}: test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
+                   f"sparsity={metrics.get('sparsity', float('nan')):.4f}", err=True)
     click.echo(state.run_id)
 
 

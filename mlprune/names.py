@@ -62,6 +62,12 @@ M_EPOCH_TEST_LOSS = "epoch_test_loss"    # per epoch (step = epoch): the test se
 M_EPOCH_TEST_ACCURACY = "epoch_test_accuracy"
 M_CLASS_ACCURACY_PREFIX = "test_accuracy.class."  # + class index: the class's recall on the test set
 M_CKA_PREFIX = "cka."                    # + param name: linear CKA of a layer's outputs (a cka analysis)
+# analysis states of linear interpolation (step `interpolate`; Frankle et al. 2020)
+M_INSTABILITY = "instability"            # max test error along the path minus the endpoints' mean test error
+M_BARRIER_LOSS = "barrier_loss"          # the same for the test loss
+M_TRAIN_INSTABILITY = "train_instability"      # ... on the training set (option train_set)
+M_TRAIN_BARRIER_LOSS = "train_barrier_loss"
+M_SPAWN_ITERATION = "spawn_iteration"    # two spawned copies: the iteration of the schedule they started from
 
 # ---- artifacts of a state run ----------------------------------------------------------
 WEIGHTS_FILE = "weights.safetensors"
@@ -74,6 +80,8 @@ CKA_FILE = "cka.json"                    # a cka analysis: per-layer CKA, the pr
 PRED_PREDICTED = "predicted"             # int16: the predicted class
 PRED_LABEL = "label"                     # int16: the true class
 PRED_TRUE_PROBABILITY = "true_class_probability"   # float32: softmax probability of the true class
+INTERPOLATION_FILE = "interpolation.json"      # per alpha: test (and train) error and loss
+INTERPOLATION_FIGURE_FILE = "interpolation.png"  # error and loss vs alpha
 
 # ---- artifacts of a workflow run -------------------------------------------------------
 PLAN_FILE = "plan.json"                  # the plans it ran: nodes with keys, rounds, branches, run ids

@@ -313,6 +313,11 @@ class PlanBuilder:
                             f"{parent.run_id or parent.name}")
         return _ResolvedSource(node, ref, None)
 
+    def training_point(self, node: str | Node, at) -> Node:
+        """The state after time `at` of the first training of `node`'s lineage (the root at time 0): the
+        node a rewind to `at` reads, emitted on the way by that training (spawn points too)."""
+        return self._rewind_point(node if isinstance(node, Node) else self.node(node), str(parse_time(at)))
+
     def _rewind_point(self, parent: Node, at: str) -> Node:
         """The state after time `at` of the first training of parent's lineage (late rewinding)."""
         lineage = self._lineage(parent)

@@ -223,6 +223,11 @@ def add_control(builder: PlanBuilder, control: dict, *, pruned: Node, pruned_fro
     return checked("reinit / retrain", builder.child, name, base, steps, round=round, branch=branch, role="trained",
                    label=label, control_of=pruned.branch)
 
+
+SECTIONS.add(Section("spawn", "instability analysis: copies of spawn points that differ only in data_order_seed, "
+                              "and the interpolation between every pair: {copies, at, levels, seeds, train, "
+                              "interpolate}", impl="mlprune.spawn:spawn_section"))
+
 COMMON_PARAMS = ("dataset", "model", "rounds", "epochs", "amount", "seed", "lr", "batch_size", "data_dir")
 _PARAM_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 

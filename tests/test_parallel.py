@@ -669,3 +669,38 @@ def test_late_rewind_and_state_sources_sweep_on_every_scheduler_then_run_reuses_
                     cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{len(plans[1].nodes)} states: 0 computed, {len(plans[1].nodes)} reused" in again.stdout, again.stdout
+
+
+def test_two_trainings_that_store_one_checkpoint_share_it_without_a_killed_run(tmp_path):
+    # lt_unstructuredL1 prunes after epoch 1 of its full training, which stores that state on the way;
+    # with a constant learning rate, 2- and 3-epoch trainings store the same state (one key): the second
+    # finds the first's instead of racing it (it once made and killed a run of its own each time)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    params = {"train_size": 128, "test_size": 64, "rounds": 1}
+    plans = [compile_recipe(REPO / "recipes" / "lt_unstructuredL1.yaml", {**params, "epochs": epochs})
+             for epochs in (2, 3)]
+    checkpoints = [{n.key for n in plan.nodes if n.emitted_by} for plan in plans]
+    assert checkpoints[0] & checkpoints[1], "the two trainings should share a checkpoint"
+    result = run_plans(plans, Store("shared-checkpoint", tracking_uri=uri), "sync")
+    runs = key_runs(uri)
+    assert sorted({r.info.status for r in runs}) == ["FINISHED"], [(r.info.run_name, r.info.status) for r in runs]
+    assert len(runs) == len({r.data.tags["mlprune.key"] for r in runs}) == result.computed
+
+
+@pytest.mark.slow
+def test_a_store_this_process_uses_survives_worker_processes_writing_to_it(tmp_path):
+    # this process holds sqlite connections to the store (a sync run); worker processes then write to it.
+    # Opening the store must never open()/close() the database file itself: closing any descriptor of it
+    # drops the locks those connections hold, a worker deletes the WAL under them, and the store ends up
+    # "database disk image is malformed" (it did)
+    import sqlite3
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    plan = compile_recipe(write_recipe(tmp_path), {"epochs": 1, "rounds": 1})
+    first = run_plans([plan], Store("in-process", tracking_uri=uri), "sync")
+    second = run_plans([plan], Store("workers", tracking_uri=uri), "processes", workers=2)
+    assert first.computed == second.computed == len(plan.nodes)
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    runs = key_runs(uri)
+    assert len(runs) == 2 * len(plan.nodes) and {r.info.status for r in runs} == {"FINISHED"}

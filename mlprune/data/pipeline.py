@@ -264,6 +264,11 @@ class Data:
                 continue
             yield x, y
 
+    def train_eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The training examples as evaluated, not as trained on: sequential, unaugmented batches."""
+        _check_batch_size(batch_size)
+        return self._train.sequential(batch_size)
+
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Sequential, unaugmented test batches."""
         _check_batch_size(batch_size)

@@ -614,6 +614,8 @@ def _note_into(collection: Collection, warn):
 
 SECTIONS.add(Section("accuracy", "mlprune.report.html:accuracy_section", "accuracy and early stopping vs remaining"))
 SECTIONS.add(Section("sanity", "mlprune.report.sanity:sanity_section", "each pruned branch beside its controls"))
+SECTIONS.add(Section("instability", "mlprune.report.instability:instability_section",
+                     "instability vs spawn point per sparsity level (interpolations of spawned copies)"))
 SECTIONS.add(Section("similarity", "mlprune.report.html:similarity_section", "mask Jaccard: rounds, seeds, states"))
 SECTIONS.add(Section("inside", "mlprune.report.inside:inside_section",
                      "per recipe: learning curves, per-class impact, PIEs, prediction churn, CKA to the dense network"))

@@ -17,9 +17,10 @@ from .states import _model, layer_kinds, stability, structure
 
 
 def recipe_figures(store, recorded: dict, warn) -> dict[str, bytes]:
-    """The figures of one recipe run: accuracy vs remaining, Jaccard between rounds, structure,
-    stability and weight evolution (``figures/...``), and inside the network: learning curves,
-    per-class impact, PIEs, churn and CKA (``figures/inside/...``)."""
+    """The figures of one recipe run: accuracy vs remaining, sanity checks, instability vs spawn
+    point, Jaccard between rounds, structure, stability and weight evolution (``figures/...``),
+    and inside the network: learning curves, per-class impact, PIEs, churn and CKA
+    (``figures/inside/...``)."""
     files = {}
     recipe = recorded["recipe"]
     runs = {r.info.run_id: r for r in store.states() if r.info.run_id in set(recorded["reached"].values())}
@@ -37,6 +38,10 @@ def recipe_figures(store, recorded: dict, warn) -> dict[str, bytes]:
         if groups:
             files["figures/sanity_checks.png"] = _png(plot_sanity_panels(
                 groups, agg, {s.label: s.branch for s in all_series.values()}))
+    from .instability import instability_figures, instability_rows, instability_table
+
+    for fig in instability_figures(instability_table(instability_rows(collection))).values():
+        files["figures/instability_vs_spawn.png"] = _png(fig)
     main = all_series.get("main")
     states = _load_series(main, loaded) if main else []
     pruned = [(r, s) for r, s in states if r > 0]

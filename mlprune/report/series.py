@@ -40,6 +40,7 @@ class Series:
     nodes: dict = field(default_factory=dict)     # run id -> plan node (dict), for what the sections need
     control_of: str | None = None                 # a control: the branch it checks
     base_label: str = ""                          # the label of the recipe's main branch (same parameters)
+    analyses: dict = field(default_factory=dict)  # run id -> plan node of the branch's analysis states
 
     @property
     def rounds(self) -> list[int]:
@@ -87,6 +88,9 @@ def series_of_plan(plan: dict, states: dict) -> dict[str, Series]:
         return out.setdefault(branch, Series("", plan["recipe"], branch, seed, plan.get("overrides") or {}))
 
     for node in nodes:
+        if node.get("kind") == "analysis":  # interpolations, comparisons: for the sections that read them
+            series(node.get("branch") or "main").analyses[node["run_id"]] = node
+            continue
         if node.get("role") not in ("trained", "pruned") or node.get("round") is None:
             continue
         target = series(node.get("branch") or "main")
@@ -150,7 +154,7 @@ def collect(store, warn=None) -> Collection:
                 signatures.setdefault(series.recipe, set()).add(signature)
                 key = (series.recipe, branch, signature, str(series.seed))
                 if key in groups:  # the same series again (a re-run, more rounds): merge
-                    for attr in ("trained", "pruned", "nodes"):
+                    for attr in ("trained", "pruned", "nodes", "analyses"):
                         merged = getattr(groups[key], attr)
                         for r, run_id in getattr(series, attr).items():
                             merged.setdefault(r, run_id)

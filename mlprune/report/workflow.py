@@ -75,9 +75,13 @@ def workflow_files(store, plans, reached: list[dict[str, str]], *, figures: bool
                                title=f"Lineage: {names} (experiment {store.experiment_name})",
                                subtitle=f"the states {names} reached and all their parents"))
     if figures and len(plans) == 1:
-        from .run_figures import recipe_figures  # matplotlib and torch: only when there are figures to draw
+        try:
+            from .run_figures import recipe_figures  # matplotlib and torch: only when there are figures to draw
 
-        files.update(recipe_figures(store, recorded[0], warn))
+            files.update(recipe_figures(store, recorded[0], warn))
+        except Exception as error:  # noqa: BLE001 - figures are a by-product: the plan and lineage still matter
+            warn(f"no figures on the workflow run ({type(error).__name__}: {error}); its plan and lineage are "
+                 f"logged, `mlprune report` draws the figures from the store")
     return files
 
 

@@ -443,6 +443,27 @@ def resolve_cka(raw: dict) -> ResolvedStep:
     return ResolvedStep("cka", {"a": "input:a", **options}, {"a": Source("parent"), "b": Source(given["b"])})
 
 
+INTERPOLATE_SCHEMA = Schema("interpolate option", (
+    Option("b", REQUIRED, any_value, "the other end of the path (a = the parent): a run id, state:<node>, root or "
+           "parent", aliases=("with",)),
+    Option("alphas", 30, integer(2, 1001), "points on the path (1 - α)·a + α·b, evenly spaced, both endpoints "
+           "included"),
+    Option("bn_reset", None, optional(boolean), "recompute BatchNorm running statistics on training batches at "
+           "every α (null: when the network has BatchNorm); interpolated statistics are meaningless"),
+    Option("train_set", False, boolean, "also measure error and loss on the training set (unaugmented)"),
+))
+
+
+def resolve_interpolate(raw: dict) -> ResolvedStep:
+    """Linear interpolation between the parent (a) and b: options in key form, sources a and b."""
+    given = INTERPOLATE_SCHEMA.canonical_names(dict(raw or {}))
+    if "b" not in given:
+        raise SpecError("interpolate needs 'b': the state at the other end of the path (a is the parent)")
+    options = INTERPOLATE_SCHEMA.resolve({k: v for k, v in given.items() if k != "b"} | {"b": "input:b"})
+    return ResolvedStep("interpolate", {"a": "input:a", **options},
+                        {"a": Source("parent"), "b": Source(given["b"])})
+
+
 # ---- the registry -----------------------------------------------------------------------------
 
 STEP_KINDS: Registry[StepKind] = Registry("step")
@@ -459,6 +480,10 @@ STEP_KINDS.add(StepKind("compare", COMPARE_SCHEMA, resolve_compare, "mlprune.com
 STEP_KINDS.add(StepKind("cka", CKA_SCHEMA, resolve_cka, "mlprune.compute:run_cka", produces="analysis",
                         help="an analysis: linear CKA between the outputs of each prunable layer of the parent (a) "
                              "and another state (b), minibatch estimator on a seeded probe set of test examples"))
+STEP_KINDS.add(StepKind("interpolate", INTERPOLATE_SCHEMA, resolve_interpolate, "mlprune.compute:run_interpolate",
+                        produces="analysis",
+                        help="an analysis: error and loss along the linear path from the parent (a) to b, "
+                             "instability and loss barrier (Frankle et al. 2020); a and b need the same mask"))
 CHILD_KINDS = ("prune", "reinit", "train")  # what a recipe's steps may be (init makes roots only)
 
 

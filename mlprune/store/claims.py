@@ -148,6 +148,7 @@ class Claims:
         self.lost: dict[str, str] = {}      # run id -> why our claim on it was lost (see KeepAlive)
         self.beats: dict[str, float] = {}   # run id -> time of the last heartbeat written
         self.computed: set[str] = set()     # states this process computed and finished
+        self.claimed: set[str] = set()      # keys this process has claimed (it may hold their state)
 
     # ---- searching ---------------------------------------------------------------------------
     def _search(self, filter_string: str, max_results: int = 1000):
@@ -191,12 +192,16 @@ class Claims:
         run made by `create()`; (run id, False) for the FINISHED state another process computed.
 
         `parent_run_id`: a state this process has just computed is almost never another's parent
-        yet, so its child is claimed at once, without the look-up before `create()`; the look-up
-        after it still finds a finished state or an older claim (ours is then KILLED).
+        yet, so its child is claimed at once, without the look-up before `create()` (unless this
+        process claimed the key before); the look-up after it still finds a finished state or an
+        older claim (ours is then KILLED).
         """
         timeout = claim_timeout() if timeout is None else timeout
         delay, told = 0.1, None
-        fresh_parent = parent_run_id is not None and parent_run_id in self.computed
+        # the shortcut holds only for a key this process has not met before: two trainings in one
+        # process that store the same checkpoint (a sweep over epochs) would otherwise race themselves
+        fresh_parent = parent_run_id is not None and parent_run_id in self.computed and key not in self.claimed
+        self.claimed.add(key)
         while True:
             found, live = (None, []) if fresh_parent else self.lookup(key, timeout)
             fresh_parent = False

@@ -116,9 +116,23 @@ def _check_sqlite_file(path: Path) -> None:
         if size == 0:
             raise SpecError(f"the tracking store {path} is an empty file (0 bytes): not a database; "
                             f"move it away to start a new store")
-        with open(path, "rb") as handle:
-            if handle.read(16) != b"SQLite format 3\x00":
-                raise SpecError(f"the tracking store {path} is not a sqlite database (damaged or another file)")
+        # asked through sqlite, never with open()/close() on the file: closing any descriptor of a file
+        # drops every POSIX lock this process holds on it, and a sqlite connection of this process in WAL
+        # mode holds one for its lifetime; without it another process may checkpoint and delete the WAL
+        # under that connection, and the database is corrupted ("database disk image is malformed")
+        import sqlite3
+
+        try:
+            probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                probe.execute("PRAGMA schema_version").fetchone()
+            finally:
+                probe.close()
+        except sqlite3.DatabaseError as error:
+            if "not a database" in str(error) or "malformed" in str(error):
+                raise SpecError(f"the tracking store {path} is not a sqlite database (damaged or another "
+                                f"file)") from None
+            # anything else (busy, locked) is for MLflow's own connection to meet and report
     elif not os.access(path.parent, os.W_OK):
         raise SpecError(f"cannot create the tracking store {path}: {path.parent} is not writable")
 

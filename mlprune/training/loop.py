@@ -372,3 +372,41 @@ def _evaluate(model: nn.Module, batches, device, keep: bool) -> Predictions:
     if count == 0:
         return Predictions(float("nan"), float("nan"), *outputs)
     return Predictions(float(total_loss) / count, int(correct) / count, *outputs)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether the model keeps BatchNorm running statistics."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, batches, *, device: torch.device | None = None) -> int:
+    """Replace every BatchNorm layer's running statistics by the ones of `batches`; returns the batches seen.
+
+    A network whose weights were interpolated (or otherwise changed) has running means and
+    variances that belong to other weights: the interpolation of two networks' statistics is
+    not the statistics of the interpolated network. Here they are reset and recomputed as the
+    plain average over the batches of each batch's statistics (momentum None: a cumulative
+    average), in train mode for BatchNorm only: dropout stays off, so nothing random runs and
+    the result is deterministic. The model is left in eval mode, momenta as they were.
+    """
+    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    seen = 0
+    try:
+        for x, _ in batches:
+            model(x.to(device))
+            seen += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+    return seen
