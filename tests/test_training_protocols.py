@@ -1,0 +1,190 @@
+"""Training like the papers (issue 15): precision, schedules, iteration-exact training and rewinding, devices.
+
+Every test trains for real on `digits` into a real MLflow store. Expected learning rates and the
+"first training stopped at k iterations" are computed here, independently of mlprune's loop: from
+the schedule's formula and with a hand-written SGD loop over the documented data order.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mlprune import Experiment, Recipe
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_SIZE = 256
+BATCH = 32
+PER_EPOCH = TRAIN_SIZE // BATCH   # 8 iterations per epoch
+
+
+def history(tracking: str, run_id: str, metric: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in sorted(MlflowClient(tracking_uri=tracking).get_metric_history(run_id, metric),
+                                              key=lambda m: m.step)]
+
+
+def expected_multistep_lr(base: float, i: int, milestones_it: list[int], gamma: float, warmup_it: int) -> float:
+    """The LR of optimizer step i (0-based): linear warmup from 0 over `warmup_it` steps, times gamma per
+    milestone passed (OpenLTH: a step at or after a milestone uses the decayed LR)."""
+    warm = min(1.0, i / warmup_it) if warmup_it else 1.0
+    drops = len([m for m in milestones_it if i >= m])
+    return base * warm * gamma ** drops
+
+
+def test_bf16_nesterov_multistep_warmup_logs_the_schedule_and_the_device(experiment, tracking):
+    root = experiment.init(model="lenet_300_100", dataset="digits", seed=0, train_size=TRAIN_SIZE)
+    trained = root.apply(Recipe.train(
+        steps=4, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=BATCH, precision="bf16",
+        lr_schedule={"kind": "multistep", "milestones": [2, 3], "gamma": 0.1}, warmup="10it"))
+    lrs = history(tracking, trained.run_id, "lr")
+    # one value per epoch: the LR of the epoch's last iteration
+    expected = [(epoch, expected_multistep_lr(0.1, epoch * PER_EPOCH - 1, [2 * PER_EPOCH, 3 * PER_EPOCH], 0.1, 10))
+                for epoch in (1, 2, 3, 4)]
+    assert [e for e, _ in lrs] == [1, 2, 3, 4]
+    for (_, got), (_, want) in zip(lrs, expected):
+        assert got == pytest.approx(want, rel=1e-12)
+    assert [round(v, 6) for _, v in lrs] == [0.07, 0.1, 0.01, 0.001]   # 7/10 of warmup, full, one drop, two
+    run = MlflowClient(tracking_uri=tracking).get_run(trained.run_id)
+    assert run.data.tags["mlprune.device"] == "cpu"
+    assert run.data.params["train.precision"] == "bf16" and run.data.params["train.nesterov"] == "True"
+    assert run.data.metrics["iterations"] == 4 * PER_EPOCH
+    assert 0.0 < run.data.metrics["test_accuracy"] <= 1.0 and all(v == v for v in run.data.metrics.values())
+    # bf16 autocast really ran: the same spec in fp32 gives other weights (a different key, too)
+    fp32 = root.apply(Recipe.train(
+        steps=4, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=BATCH,
+        lr_schedule={"kind": "multistep", "milestones": [2, 3], "gamma": 0.1}, warmup="10it"))
+    assert fp32.key != trained.key
+    assert any(not torch.equal(fp32.weights[n], trained.weights[n]) for n in trained.weights)
+
+
+def test_steps_in_iterations_train_exactly_that_many(experiment, tracking):
+    root = experiment.init(model="lenet_300_100", dataset="digits", seed=0, train_size=TRAIN_SIZE)
+    trained = root.apply(Recipe.train(steps="200it", lr=0.05, batch_size=BATCH))
+    metrics = MlflowClient(tracking_uri=tracking).get_run(trained.run_id).data.metrics
+    assert metrics["iterations"] == 200
+    # 200 iterations of 8 per epoch: 25 whole epochs, the last one logged as epoch 25
+    assert history(tracking, trained.run_id, "train_loss")[-1][0] == 25
+    odd = root.apply(Recipe.train(steps="13it", lr=0.05, batch_size=BATCH))   # 1 epoch + 5 iterations
+    assert MlflowClient(tracking_uri=tracking).get_run(odd.run_id).data.metrics["iterations"] == 13
+    assert [e for e, _ in history(tracking, odd.run_id, "train_loss")] == [1, 2]
+
+
+def _hand_trained(root_weights: dict, iterations: int, *, lr: float, momentum: float, warmup: int, seed: int):
+    """The first training stopped after `iterations` steps, written from the documented protocol:
+    SGD with momentum, LR = lr * min(1, i / warmup) at step i, the batches of `Data.train_batches`
+    (epoch i // per_epoch, batch i mod per_epoch), the mean cross-entropy of each batch."""
+    from mlprune.data import load_data
+    from mlprune.models import build_model
+
+    data = load_data("digits", train_size=TRAIN_SIZE)
+    model = build_model("lenet_300_100", num_classes=10, input_shape=data.input_shape)
+    model.load_state_dict(root_weights)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # states are computed with one torch thread (MLPRUNE_THREADS): the same float sums
+    try:
+        return _sgd_steps(model, optimizer, data, iterations, lr, warmup, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sgd_steps(model, optimizer, data, iterations, lr, warmup, seed):
+    i = 0
+    for epoch in range(10 ** 6):
+        for x, y in data.train_batches(BATCH, seed=seed, epoch=epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, i / warmup)
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            i += 1
+            if i == iterations:
+                return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+LATE_RECIPE = """
+name: late
+root: {model: lenet_300_100, dataset: digits, seed: 0, train_size: 256}
+train: {steps: 3, lr: 0.05, momentum: 0.9, batch_size: 32, warmup: 10it}
+rounds: 1
+prune: {method: l1_unstructured, amount: 0.5, scope: global}
+reinit: {strategy: rewind, to: root, at: $at}
+params: {at: 20it}
+"""
+
+
+def test_rewind_at_iterations_is_the_first_training_stopped_there(experiment, tracking, tmp_path, monkeypatch):
+    from mlprune.execute import run_plans
+    from mlprune.recipes import compile_recipe
+    from mlprune.training import loop
+
+    recipe = tmp_path / "late.yaml"
+    recipe.write_text(LATE_RECIPE)
+    plan = compile_recipe(recipe)
+    assert plan.keys["round1"] != compile_recipe(recipe, {"at": "0it"}).keys["round1"]
+    # at 0it is the root itself: the keys of a plain rewind to the root
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(LATE_RECIPE.replace(", at: $at", ""))
+    assert compile_recipe(recipe, {"at": "0it"}).keys == compile_recipe(plain).keys
+    point = plan.node("train@20it")
+    assert point.emitted_by == "train" and plan.node("round1").inputs == {"weights": "train@20it"}
+
+    trainings = []
+    real_train = loop.train
+    monkeypatch.setattr(loop, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
+    states = run_plans([plan], experiment.store).states[0]
+    # nothing is trained twice: the state at 20it was stored while the first training ran
+    assert len(trainings) == 2
+    root, source, late = (experiment.state(states[n]) for n in ("root", "train@20it", "round1"))
+    assert late.parents()["weights"].run_id == source.run_id and source.spec["parent_run"] == root.run_id
+    assert source.spec["steps"][0]["train"]["stop_at"] == "20it"
+
+    # 1. bitwise the first training stopped after 20 iterations, computed independently here
+    oracle = _hand_trained(root.weights, 20, lr=0.05, momentum=0.9, warmup=10, seed=0)
+    for name, tensor in oracle.items():
+        assert torch.equal(source.weights[name], tensor), (name, float((source.weights[name] - tensor).abs().max()))
+    assert any(not torch.equal(source.weights[n], root.weights[n]) for n in oracle)   # 20 steps did move them
+    # 2. the retrain continues the schedule (LR, warmup, data order) from 20it: 3 epochs of 8 minus 20
+    late_metrics = MlflowClient(tracking_uri=tracking).get_run(late.run_id).data.metrics
+    assert late_metrics["iterations"] == 3 * PER_EPOCH - 20
+    assert late.spec["steps"][1]["train"]["schedule_from"] == "20it"
+    assert [e for e, _ in history(tracking, late.run_id, "lr")] == [3]   # it ran in epoch 3 only
+    # 3. a training stopped at 20it computed on its own, in another experiment, is bitwise the same state
+    monkeypatch.setattr(loop, "train", real_train)
+    alone = Experiment("other").init(model="lenet_300_100", dataset="digits", seed=0, train_size=TRAIN_SIZE).apply(
+        Recipe.train(steps=3, lr=0.05, momentum=0.9, batch_size=BATCH, warmup="10it", stop_at="20it"))
+    assert alone.key == source.key and alone.run_id != source.run_id
+    for name in oracle:
+        assert torch.equal(alone.weights[name], source.weights[name]), name
+
+
+def _cli(args, env_extra, cwd):
+    env = {**os.environ, **env_extra, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "mlprune", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _all_runs(tracking: str):
+    client = MlflowClient(tracking_uri=tracking)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_asking_for_cuda_without_cuda_is_one_line_and_creates_no_run(tracking, tmp_path, how):
+    args = ["run", str(REPO / "recipes" / "lt_structuredL1.yaml"), "-P", "rounds=1", "-P", "epochs=1"]
+    if how == "env":
+        result = _cli(args, {"MLPRUNE_DEVICE": "cuda"}, tmp_path)
+    else:
+        result = _cli(args + ["--device", "cuda:1"], {}, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cuda" in lines[0] and "not available" in lines[0] and "available: cpu" in lines[0]
+    assert _all_runs(tracking) == []
