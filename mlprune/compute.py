@@ -62,7 +62,7 @@ class Workspace:
 
         return build_model(root["model"], num_classes=data.num_classes, input_shape=tuple(data.input_shape),
                            init=root["init"], seed=root["seed"] if seed is None else seed,
-                           options=root.get("model_options"))
+                           options=root.get("model_options"), bn_init=root.get("bn_init", "default"))
 
     def blank(self, root: dict, data) -> torch.nn.Module:
         """A module of the root's architecture whose weights are about to be overwritten.

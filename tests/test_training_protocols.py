@@ -188,3 +188,58 @@ def test_asking_for_cuda_without_cuda_is_one_line_and_creates_no_run(tracking, t
     assert len(lines) == 1, result.stderr
     assert "cuda" in lines[0] and "not available" in lines[0] and "available: cpu" in lines[0]
     assert _all_runs(tracking) == []
+
+
+# ---- the presets ----------------------------------------------------------------------------------
+
+PRESETS = {"lth_resnet20_cifar10": ("resnet20", {"shortcut": "B"}, "500it"),
+           "lth_vgg16_cifar10": ("vgg16", None, "1000it")}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("protocol", ["default", "paper", "late"])
+def test_mlprune_validate_passes_on_the_presets(name, protocol):
+    from click.testing import CliRunner
+
+    from mlprune.cli import main
+
+    result = CliRunner().invoke(main, ["validate", str(REPO / "recipes" / f"{name}.yaml"), "-P",
+                                       f"protocol={protocol}"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{REPO / 'recipes' / name}.yaml: valid; ")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_paper_protocol_of_the_presets_is_openlths_defaults(name):
+    """ResNet-20 / VGG-16 on CIFAR-10 as OpenLTH's default_hparams say (read from its models/cifar_*.py)."""
+    from mlprune.recipes import compile_recipe
+
+    model, model_options, late_at = PRESETS[name]
+    for protocol in ("paper", "late"):
+        plan = compile_recipe(REPO / "recipes" / f"{name}.yaml", {"protocol": protocol})
+        root = plan.node("root").root
+        assert (root["model"], root["dataset"], root["init"], root["bn_init"]) == (
+            model, "cifar10", "kaiming_normal", "uniform")
+        assert root.get("model_options") == model_options      # resnet20: width 16 (the default), 1x1 shortcuts
+        assert root["data"] == {}                               # all of CIFAR-10, native size, standard augmentation
+        train = plan.node("train").steps[0]["train"]
+        assert train == {"epochs": 160, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4,
+                         "batch_size": 128, "seed": None,
+                         "lr_schedule": {"kind": "multistep", "milestones": ["80ep", "120ep"], "gamma": 0.1}}
+        levels = [n for n in plan.nodes if n.role == "pruned"]
+        assert len(levels) == 20
+        for node in levels:
+            prune = node.steps[0]["prune"]
+            assert (prune["method"], prune["scope"], prune["amount"], prune["exclude"]) == (
+                "l1_unstructured", "global", 0.2, ["@output"])
+        rewound = plan.node("round1")
+        assert rewound.steps[0]["reinit"]["strategy"] == "rewind"
+        controls = {n.branch for n in plan.nodes if n.round == 1 and n.branch != "main"}
+        assert controls == {"random", "shuffle"}
+        if protocol == "paper":   # rewinding to iteration 0: the root itself, the full schedule again
+            assert rewound.inputs == {"weights": "root"} and rewound.steps[1]["train"] == train
+        else:                     # late rewinding: the first training at that iteration, the schedule continued
+            assert rewound.inputs == {"weights": f"train@{late_at}"}
+            assert plan.node(f"train@{late_at}").emitted_by == "train"
+            assert rewound.steps[1]["train"] == {**train, "schedule_from": late_at}
+            assert plan.node("round1.shuffle").inputs == {"weights": f"train@{late_at}"}
