@@ -35,10 +35,12 @@ class Tensors:
 
 
 class Workspace:
-    """What one process keeps between the states it computes: data, model templates, the device."""
+    """What one process keeps between the states it computes: data, model templates, the device and
+    how training runs there (``channels_last``, ``compile``: run options, not part of any key)."""
 
-    def __init__(self, device=None):
+    def __init__(self, device=None, *, channels_last: bool = False, compile: bool = False):
         self.device = device if device is not None else torch.device("cpu")
+        self.channels_last, self.compile = channels_last, compile
         self._data: dict[str, object] = {}
         self._templates: dict[str, torch.nn.Module] = {}
 
@@ -175,12 +177,14 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
         progress = lambda epoch, total, loss: ctx.progress(f"epoch {epoch}/{total} train_loss {loss:.4f}")  # noqa: E731
     seed = ctx.root["seed"] if options["seed"] is None else options["seed"]
     history = train(model, masks, ctx.data, options, seed=seed, device=device, progress=progress,
-                    on_epoch=on_epoch, checkpoints=checkpoints)
+                    on_epoch=on_epoch, checkpoints=checkpoints, channels_last=ctx.workspace.channels_last,
+                    compile=ctx.workspace.compile)
     ctx.history.setdefault(names.M_ITERATIONS, 0)
     ctx.history[names.M_ITERATIONS] += history.pop("iterations")
     for name, values in history.items():
         ctx.history.setdefault(name, []).extend(values)
-    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    # contiguous: a channels_last model's conv weights are stored in the plain layout like any other
+    weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     return Tensors(weights, {n: m.to("cpu") for n, m in masks.items()})
 
 

@@ -243,3 +243,120 @@ def test_the_paper_protocol_of_the_presets_is_openlths_defaults(name):
             assert plan.node(f"train@{late_at}").emitted_by == "train"
             assert rewound.steps[1]["train"] == {**train, "schedule_from": late_at}
             assert plan.node("round1.shuffle").inputs == {"weights": f"train@{late_at}"}
+
+
+# ---- BatchNorm ------------------------------------------------------------------------------------
+
+def _bn_entries(state) -> list[str]:
+    """The state_dict names of every BatchNorm layer of the state's model (affine parameters and buffers)."""
+    return [f"{module}.{entry}" for module, layer in state.model().named_modules()
+            if isinstance(layer, torch.nn.BatchNorm2d) for entry in layer.state_dict()]
+
+
+def test_batchnorm_of_a_pruned_resnet20_is_saved_restored_and_rewound_exactly(experiment, tracking):
+    from mlprune.data import load_data
+    from mlprune.training.loop import evaluate
+
+    root = experiment.init(model="resnet20", model_options={"shortcut": "B"}, dataset="digits", seed=0,
+                           init="kaiming_normal", bn_init="uniform", channels=3, train_size=TRAIN_SIZE,
+                           test_size=128)
+    first = dict(steps=2, lr=0.05, momentum=0.9, batch_size=BATCH)
+    trained = root.apply(Recipe.train(**first))
+    pruned = trained.apply(Recipe.prune(method="l1_unstructured", amount=0.5, scope="global", exclude=["@output"]))
+    bn = _bn_entries(root)
+    # 3 BN layers per stage-changing block, 2 per other block, 1 stem: 2*9 + 2 + 1 = 21 layers x 5 entries
+    assert len(bn) == 21 * 5 and "layer2.0.shortcut.1.running_var" in bn
+    assert not set(bn) & set(pruned.masks)                       # BN parameters are never pruned
+    # the uniform BN init: weights in [0, 1), not all equal; biases 0; running stats untouched
+    for name in (n for n in bn if n.endswith(".weight")):
+        gamma = root.weights[name]
+        assert 0.0 <= float(gamma.min()) and float(gamma.max()) < 1.0 and gamma.unique().numel() == gamma.numel()
+    assert float(root.weights["bn1.bias"].abs().max()) == 0.0 and torch.equal(
+        root.weights["bn1.running_var"], torch.ones(16))
+    # training moved every BN entry (statistics, affine parameters, the batch counter) ...
+    for name in bn:
+        assert not torch.equal(trained.weights[name], root.weights[name]), name
+    assert int(trained.weights["bn1.num_batches_tracked"]) == 2 * PER_EPOCH
+    # ... pruning left them as trained, and a fresh store object reads them back bitwise
+    fresh = Experiment(experiment_id=experiment.store.experiment_id)
+    again = fresh.state(pruned.run_id).weights
+    for name in bn:
+        assert torch.equal(pruned.weights[name], trained.weights[name]), name
+        assert torch.equal(again[name], trained.weights[name]) and again[name].dtype == trained.weights[name].dtype
+    # the restored model (eval mode: the running statistics) gives the recorded test accuracy exactly
+    model = fresh.state(pruned.run_id).model()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, again[name]), name
+    data = load_data("digits", channels=3, train_size=TRAIN_SIZE, test_size=128)
+    loss, accuracy = evaluate(model, data.test_batches(256))
+    recorded = MlflowClient(tracking_uri=tracking).get_run(pruned.run_id).data.metrics
+    assert (loss, accuracy) == (recorded["test_loss"], recorded["test_accuracy"])
+    # rewinding restores BN parameters and buffers too: to the root (iteration 0) and to 5 iterations in
+    for at, source in (("0it", root), ("5it", None)):
+        rewound = pruned.apply(Recipe.reinit(strategy="rewind", to="root", at=at))
+        source = source or rewound.parents()["weights"]
+        if at == "5it":
+            assert int(source.weights["bn1.num_batches_tracked"]) == 5
+        for name in bn:
+            assert torch.equal(rewound.weights[name], source.weights[name]), (at, name)
+            assert not torch.equal(rewound.weights[name], trained.weights[name]), (at, name)
+
+
+# ---- run options: recorded, never keyed -----------------------------------------------------------
+
+def _params(tracking, run_id):
+    return MlflowClient(tracking_uri=tracking).get_run(run_id).data.params
+
+
+def test_run_options_from_the_command_line_are_recorded_and_change_no_key(tracking):
+    from click.testing import CliRunner
+
+    from mlprune.cli import main
+
+    args = ["run", str(REPO / "recipes" / "lt_structuredL1.yaml"), "-P", "rounds=0", "-P", "epochs=1",
+            "-P", "train_size=128", "--no-figures"]
+    plain = CliRunner().invoke(main, args + ["-e", "plain"], catch_exceptions=False)
+    flagged = CliRunner().invoke(main, args + ["-e", "flagged", "--deterministic", "--channels-last",
+                                               "--compile=false", "--device=cpu"], catch_exceptions=False)
+    assert plain.exit_code == 0 and flagged.exit_code == 0, plain.output + flagged.output
+    bad = CliRunner().invoke(main, args + ["--deterministic=maybe"])
+    assert bad.exit_code == 2 and "--deterministic must be true or false, got 'maybe'" in bad.output
+    client = MlflowClient(tracking_uri=tracking)
+    runs = {}
+    for name in ("plain", "flagged"):
+        experiment = client.get_experiment_by_name(name)
+        found = client.search_runs([experiment.experiment_id], filter_string="tags.`mlprune.kind` = 'train'")
+        assert len(found) == 1
+        runs[name] = found[0]
+    assert runs["plain"].data.tags["mlprune.key"] == runs["flagged"].data.tags["mlprune.key"]
+    assert {k: runs["flagged"].data.params[k] for k in ("run.deterministic", "run.channels_last", "run.compile")} == {
+        "run.deterministic": "True", "run.channels_last": "True", "run.compile": "False"}
+    assert runs["plain"].data.params["run.deterministic"] == "False"
+
+
+def test_deterministic_changes_no_bit_on_the_cpu_and_channels_last_only_noise(tracking):
+    spec = dict(model="lenet", dataset="digits", seed=0, train_size=TRAIN_SIZE)
+    train = Recipe.train(steps=2, lr=0.05, momentum=0.9, batch_size=BATCH)
+    plain = Experiment("plain").init(**spec).apply(train)
+    det = Experiment("det", deterministic=True).init(**spec).apply(train)
+    last = Experiment("last", channels_last=True).init(**spec).apply(train)
+    assert plain.key == det.key == last.key
+    assert not torch.are_deterministic_algorithms_enabled()          # restored after the state
+    for name, tensor in plain.weights.items():
+        assert torch.equal(det.weights[name], tensor), name
+        assert last.weights[name].is_contiguous()                      # stored in the plain layout
+        assert torch.allclose(last.weights[name], tensor, rtol=1e-4, atol=1e-5), name
+    assert _params(tracking, det.run_id)["run.deterministic"] == "True"
+    assert _params(tracking, last.run_id)["run.channels_last"] == "True"
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_network_up_to_noise(tracking):
+    spec = dict(model="lenet_300_100", dataset="digits", seed=0, train_size=TRAIN_SIZE)
+    train = Recipe.train(steps="16it", lr=0.05, momentum=0.9, batch_size=BATCH)
+    plain = Experiment("plain").init(**spec).apply(train)
+    compiled = Experiment("compiled", compile=True).init(**spec).apply(train)
+    assert compiled.key == plain.key and _params(tracking, compiled.run_id)["run.compile"] == "True"
+    assert set(compiled.weights) == set(plain.weights)                 # the model's own names, no _orig_mod.
+    for name, tensor in plain.weights.items():
+        assert torch.allclose(compiled.weights[name], tensor, rtol=1e-4, atol=1e-5), name

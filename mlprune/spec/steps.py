@@ -198,8 +198,11 @@ def _lr_schedule_check(value, name):
         if given is None:
             raise SpecError(f"{name} kind {entry.name!r} needs {option!r}")
         if option == "milestones":
+            if isinstance(given, str):  # OpenLTH's notation, also what a -P parameter can carry: "80ep,120ep"
+                given = [part.strip() for part in given.split(",") if part.strip()]
             if not isinstance(given, (list, tuple)) or not given:
-                raise SpecError(f"{name} milestones must be a non-empty list of times, got {given!r}")
+                raise SpecError(f"{name} milestones must be a non-empty list of times (or '80ep,120ep'), "
+                                f"got {given!r}")
             given = [str(parse_time(m, "milestone")) for m in given]
         elif option == "gamma":
             given = number(positive=True)(given, "gamma")
