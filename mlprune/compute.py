@@ -54,8 +54,8 @@ class Workspace:
         options["channels"] = options["channels"] or channels
         options["min_image_size"] = min_size  # upsample small images only
         cache_key = canonical_json([root["dataset"], options, data_dir])
-        if cache_key not in self._data:
-            self._data[cache_key] = load_data(root["dataset"], data_dir=data_dir, **options)
+        if cache_key not in self._data:  # batches delivered on the device (resident there when they fit)
+            self._data[cache_key] = load_data(root["dataset"], data_dir=data_dir, device=self.device, **options)
         return self._data[cache_key]
 
     def build(self, root: dict, data, seed: int | None = None) -> torch.nn.Module:

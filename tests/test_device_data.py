@@ -90,6 +90,40 @@ def test_cpu_states_are_bitwise_what_they_were(experiment):
     assert state_digests(experiment) == pinned
 
 
+def test_placement_keeps_what_fits_on_the_accelerator_and_pins_the_rest():
+    from mlprune.data.pipeline import placement
+
+    cifar10 = 60000 * 3 * 32 * 32 * 4 + 60000 * 8           # preprocessed float32 images and int64 labels
+    assert placement("cpu", True, cifar10, None) == "host"
+    assert placement("cuda", True, cifar10, 140 * 1024 ** 3) == "device"     # an H200: resident
+    assert placement("cuda", True, cifar10, 1024 ** 3) == "pinned"           # over half of what is free
+    assert placement("cuda", False, 10, 140 * 1024 ** 3) == "pinned"         # the per-sample path never moves
+    assert placement("mps", True, cifar10, None) == "device" and placement("mps", False, 10, None) == "host"
+
+
+def test_data_on_the_cpu_is_the_data_itself():
+    from mlprune.data import load_data
+
+    data = load_data("digits", train_size=64)
+    assert data.on(torch.device("cpu")) is data and data.device is None and data.placement == "host"
+    assert load_data("digits", train_size=64, device=torch.device("cpu")).placement == "host"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fast", [True, False])
+def test_cuda_batches_are_bitwise_the_cpu_batches(fast):
+    from mlprune.data import load_data
+
+    cpu = load_data("digits", image_size=28, augment="crop+flip", train_size=200, fast=fast)
+    gpu = cpu.on(torch.device("cuda"))
+    assert gpu.placement == ("device" if fast else "pinned")
+    for (xc, yc), (xg, yg) in zip(cpu.train_batches(32, seed=3, epoch=1, skip=1),
+                                  gpu.train_batches(32, seed=3, epoch=1, skip=1)):
+        assert xg.device.type == "cuda" and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+    for (xc, yc), (xg, yg) in zip(cpu.test_batches(64), gpu.test_batches(64)):
+        assert torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+
+
 if __name__ == "__main__":  # regenerate the pins (see the module docstring)
     import os
     import tempfile
