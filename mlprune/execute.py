@@ -575,7 +575,7 @@ class Execution:
             else:
                 self._run_dask(graph, reached, report)
         elif self.scheduler not in ("sync", "processes"):  # nothing to compute, but a bad address is an error
-            _connect(self.scheduler, self.workers)[0].close()
+            _connect(self.scheduler, self.workers, self.options.device)[0].close()
         return Result([{name: reached[key] for name, key in plan_keys.items()} for plan_keys in keys], keys,
                       self.store.experiment_id, self.store.tracking_uri,
                       computed=len(self.missing), reused=len(self.existing), invalid=self.invalid)
@@ -601,15 +601,18 @@ class Execution:
     def _run_dask(self, graph, reached, report) -> None:
         from distributed import as_completed
 
-        client, cluster = _connect(self.scheduler, self.workers)
+        client, cluster = _connect(self.scheduler, self.workers, self.options.device)
         try:
             _check_workers(client, self.scheduler)
+            # one training per GPU: on CUDA, every task takes a worker's GPU resource (where workers have one)
+            resources = task_resources(self.options.device, [w.get("resources") or {} for w in
+                                                             client.scheduler_info()["workers"].values()])
             token = uuid.uuid4().hex[:8]
             renamed = {f"{self.names[k].replace('/', ':')}-{k[:12]}-{token}": k for k in graph}
             back = {v: k for k, v in renamed.items()}
             dsk = {new: (task[0], *[back.get(a, a) if isinstance(a, str) and a in graph else a for a in task[1:]])
                    for new, task in ((back[k], t) for k, t in graph.items())}
-            futures = client.get(dsk, list(dsk), sync=False)
+            futures = client.get(dsk, list(dsk), sync=False, resources=resources)
             errors = []
             for future in as_completed(futures):
                 key = renamed[future.key]
@@ -664,24 +667,65 @@ def run_plan(plan: Plan, experiment, *, scheduler: str = "sync", workers: int | 
 WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
-def local_cluster(n_workers: int):
-    """A distributed.LocalCluster of `n_workers` single-threaded worker processes, set up for training."""
+GPU_RESOURCE = "GPU"
+
+
+def task_resources(device_name: str, worker_resources: list[dict]) -> dict | None:
+    """What each task asks of a dask worker: one GPU when states are computed on CUDA (``cuda``,
+    ``cuda:N``, or ``auto`` on workers that have one) and some worker advertises the ``GPU``
+    resource; else nothing (a task that asked for a resource no worker has would wait forever)."""
+    if not (device_name == "auto" or device_name.startswith("cuda")):
+        return None
+    if not any(resources.get(GPU_RESOURCE, 0) >= 1 for resources in worker_resources):
+        return None
+    return {GPU_RESOURCE: 1}
+
+
+def gpu_workers(n_workers: int, gpus: int) -> list[dict]:
+    """Per-worker options of a local cluster on `gpus` GPUs: worker i sees GPU i mod gpus only (its
+    ``cuda`` is that GPU) and offers one ``GPU`` resource, so each GPU trains one state at a time."""
+    return [{"env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}, "resources": {GPU_RESOURCE: 1}}
+            for i in range(n_workers)]
+
+
+def _local_gpus(device_name: str) -> int:
+    """GPUs a local cluster spreads its workers over: all of them for ``auto`` / ``cuda``, none for a
+    chosen ``cuda:N`` (every worker uses that one) or another device."""
+    if device_name not in ("auto", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def local_cluster(n_workers: int | None, gpus: int = 0):
+    """A dask cluster of single-threaded worker processes on this machine, set up for training.
+
+    With `gpus`, one worker per GPU by default, each pinned to its GPU and offering the ``GPU``
+    resource (`gpu_workers`); `n_workers` defaults to the cores without GPUs.
+    """
     import logging
 
     import dask
-    from distributed import LocalCluster
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
     with dask.config.set(WORKER_CONFIG):
-        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                            silence_logs=logging.ERROR)
+        if not gpus:
+            return LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                                dashboard_address=None, silence_logs=logging.ERROR)
+        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+        workers = {f"gpu-worker-{i}": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1",
+                                                                  "silence_logs": logging.ERROR, **extra}}
+                   for i, extra in enumerate(gpu_workers(n_workers or gpus, gpus))}
+        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
 
-def _connect(scheduler: str, workers: int | None):
+def _connect(scheduler: str, workers: int | None, device_name: str = "cpu"):
     """(client, cluster or None) for 'processes' or a scheduler address; one-line errors."""
     from distributed import Client
 
     if scheduler == "processes":
-        cluster = local_cluster(workers or os.cpu_count() or 1)
+        cluster = local_cluster(workers, _local_gpus(device_name))
         return Client(cluster), cluster
     started = time.monotonic()
     try:
