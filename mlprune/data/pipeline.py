@@ -419,6 +419,15 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
     aug = _resolve_augment(name, augment)
 
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if not info.in_memory:  # image folders (ImageNet): decoded per sample
+        from .folders import load_folder_data
+
+        if fast:
+            raise SpecError(f"fast True is not possible for {name}: an image-folder dataset is decoded per sample")
+        data = load_folder_data(name, DATASETS[name](root), image_size=image_size, channels=channels,
+                                val_size=val_size, split_seed=split_seed, aug=aug, train_size=train_size,
+                                test_size=test_size, min_image_size=min_image_size)
+        return data if device is None else data.on(device)
     raw = DATASETS[name](root)
 
     c_in = raw.x_train.shape[1]
