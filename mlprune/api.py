@@ -146,13 +146,17 @@ class Experiment:
 
     def __init__(self, name: str | None = None, *, tracking_uri: str | None = None,
                  experiment_id: str | None = None, store=None, progress: Callable[[str], None] | None = None,
-                 data_dir: str | None = None, device: str | None = None):
+                 data_dir: str | None = None, device: str | None = None, deterministic: bool = False,
+                 channels_last: bool = False, compile: bool = False):
+        """`device`, `deterministic`, `channels_last`, `compile`: run options of the states this object
+        computes (`execute.RunOptions`; never part of a key)."""
         from .store import Store
 
         self.store = store or Store(name, tracking_uri=tracking_uri, experiment_id=experiment_id)
         self.progress = progress
         self.data_dir = data_dir
         self.device = device
+        self.deterministic, self.channels_last, self.compile = deterministic, channels_last, compile
         self.computed: list[str] = []  # run ids of the states this object computed (not cache hits)
 
     def state(self, run_id: str) -> ExperimentState:
@@ -186,11 +190,16 @@ class Experiment:
         return builder, builder.child("state", parent_node, steps, label=label)
 
     # ---- computing -----------------------------------------------------------------------------
-    def _run(self, plan) -> dict[str, str]:
-        from .execute import Execution, RunOptions
+    def run_options(self):
+        from .execute import RunOptions
 
-        execution = Execution([plan], self.store, options=RunOptions(device=self.device, data_dir=self.data_dir),
-                              progress=self.progress)
+        return RunOptions(device=self.device, data_dir=self.data_dir, deterministic=self.deterministic,
+                          channels_last=self.channels_last, compile=self.compile)
+
+    def _run(self, plan) -> dict[str, str]:
+        from .execute import Execution
+
+        execution = Execution([plan], self.store, options=self.run_options(), progress=self.progress)
         execution.check()
         result = execution.run()
         missing = set(execution.missing)

@@ -63,6 +63,34 @@ device_option = click.option(
     help="Where states are computed (not part of any key). Default: MLPRUNE_DEVICE, else auto "
          "(CUDA if available, else MPS, else the CPU).")
 
+deterministic_option = click.option(
+    "--deterministic", is_flag=False, flag_value="true", default=None, metavar="[true|false]",
+    help="torch's deterministic algorithms and the cuBLAS workspace config, so a GPU run repeats bitwise "
+         "(slower; recorded as the param run.deterministic). CPU runs are bitwise reproducible anyway.")
+channels_last_option = click.option(
+    "--channels-last", "channels_last", is_flag=False, flag_value="true", default=None, metavar="[true|false]",
+    help="Train in the channels_last memory format (faster convolutions on GPUs; floating-point noise; "
+         "recorded as run.channels_last, not part of any key).")
+compile_option = click.option(
+    "--compile", "compile_", is_flag=False, flag_value="true", default=None, metavar="[true|false]",
+    help="Train through torch.compile (a one-off compile time per process, then faster steps; floating-point "
+         "noise; recorded as run.compile, not part of any key).")
+
+
+def _run_options(device, deterministic, channels_last, compile_):
+    from .execute import RunOptions, parse_switch
+
+    return RunOptions(device=device, deterministic=bool(parse_switch(deterministic, "--deterministic")),
+                      channels_last=bool(parse_switch(channels_last, "--channels-last")),
+                      compile=bool(parse_switch(compile_, "--compile")))
+
+
+def run_options(function):
+    """The run options every command that computes states takes: device, deterministic, channels_last, compile."""
+    for option in (compile_option, channels_last_option, deterministic_option, device_option):
+        function = option(function)
+    return function
+
 
 def _store(experiment_name=None, *, create=True, experiment_id=None):
     from .store import Store
@@ -104,14 +132,14 @@ def main():
     """
 
 
-def _execute(plans, store, scheduler, workers, device, recipe_label, params, *, figures, plan_for_figures=None):
-    """Run plans under a workflow run; returns (result, reached {label/node: run id})."""
-    from .execute import Execution, RunOptions
+def _execute(plans, store, scheduler, workers, options, recipe_label, params, *, figures, plan_for_figures=None):
+    """Run plans under a workflow run (`options`: execute.RunOptions); returns (result, reached {label/node: run id})."""
+    from .execute import Execution
     from .store import WorkflowRun
 
     printer = _progress_printer()
     execution = Execution([p for _, p in plans], store, scheduler=scheduler, workers=workers,
-                          options=RunOptions(device=device), progress=printer)
+                          options=options, progress=printer)
     for run_id, reason in execution.invalid:
         _warn(f"state {run_id[:8]} is not used and will be recomputed: {reason}")
     execution.check()
@@ -165,8 +193,9 @@ def _last_network(plan):
               help="Also log weight figures (conv filters, fc matrices, biases) on each state computed now.")
 @scheduler_option
 @workers_option
-@device_option
-def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers, device):
+@run_options
+def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers, device, deterministic,
+        channels_last, compile_):
     """Run a recipe file: reach every state it describes, reusing finished ones.
 
     Ends with a summary: `N states: C computed, R reused`. The workflow run (named after
@@ -188,7 +217,8 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
     plan = compile_recipe(recipe, overrides, load_state=lazy.load_state)
     store = lazy.get()
     started_ms = int(time.time() * 1000)
-    result, reached, _ = _execute([(plan.recipe, plan)], store, scheduler, workers, device, plan.recipe,
+    options = _run_options(device, deterministic, channels_last, compile_)
+    result, reached, _ = _execute([(plan.recipe, plan)], store, scheduler, workers, options, plan.recipe,
                                   plan.params, figures=figures)
     if state_figures:
         from .report import log_state_figures
@@ -211,9 +241,10 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
                    "several -P give their cartesian product.")
 @scheduler_option
 @workers_option
-@device_option
+@run_options
 @experiment_option
-def sweep(recipes, seeds, params, scheduler, workers, device, experiment_name):
+def sweep(recipes, seeds, params, scheduler, workers, device, deterministic, channels_last, compile_,
+          experiment_name):
     """Run recipes over seeds and parameter values as one graph (shared states computed once).
 
     \b
@@ -231,7 +262,8 @@ def sweep(recipes, seeds, params, scheduler, workers, device, experiment_name):
     store = lazy.get()
     started = time.perf_counter()
     label = "sweep " + " ".join(Path(r).stem for r in recipes)
-    result, _, _ = _execute(plans, store, scheduler, workers, device, label,
+    options = _run_options(device, deterministic, channels_last, compile_)
+    result, _, _ = _execute(plans, store, scheduler, workers, options, label,
                             {"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
                              "scheduler": scheduler, "plans": len(plans)}, figures=False)
     for (plan_label, plan), states in zip(plans, result.states):
@@ -252,8 +284,8 @@ def sweep(recipes, seeds, params, scheduler, workers, device, experiment_name):
                    "syntax, e.g. -o include=[@conv]. Also data_dir (where the data is; default: the "
                    "root's).")
 @experiment_option
-@device_option
-def step(kind, parent, options, experiment_name, device):
+@run_options
+def step(kind, parent, options, experiment_name, device, deterministic, channels_last, compile_):
     """Create one child state of PARENT by one step, and print its run id.
 
     The child goes into the parent's experiment. A reinit's `to` is root, parent
@@ -273,10 +305,13 @@ def step(kind, parent, options, experiment_name, device):
 
     values = parse_options(options)
     data_dir = values.pop("data_dir", None)
+    run = _run_options(device, deterministic, channels_last, compile_)
+    switches = dict(device=device, deterministic=run.deterministic, channels_last=run.channels_last,
+                    compile=run.compile)
     if kind == "init":
         if parent:
             raise SpecError("step init takes no --parent: it creates a root state")
-        experiment = Experiment(experiment_name, progress=_progress_printer(), device=device)
+        experiment = Experiment(experiment_name, progress=_progress_printer(), **switches)
         state = experiment.init(**values, **({"data_dir": data_dir} if data_dir else {}))
     else:
         if not parent:
@@ -285,7 +320,7 @@ def step(kind, parent, options, experiment_name, device):
         parent = probe.resolve_run_id(parent)
         parent_experiment = probe.state_run(parent).info.experiment_id
         experiment = Experiment(experiment_id=parent_experiment, progress=_progress_printer(), data_dir=data_dir,
-                                device=device)
+                                **switches)
         for other in ("b", "with"):  # an analysis's other state: a run id or a prefix of one
             ref = values.get(other)
             if isinstance(ref, (str, int)) and str(ref) not in ("root", "parent") and \

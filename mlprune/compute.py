@@ -36,10 +36,12 @@ class Tensors:
 
 
 class Workspace:
-    """What one process keeps between the states it computes: data, model templates, the device."""
+    """What one process keeps between the states it computes: data, model templates, the device and
+    how training runs there (``channels_last``, ``compile``: run options, not part of any key)."""
 
-    def __init__(self, device=None):
+    def __init__(self, device=None, *, channels_last: bool = False, compile: bool = False):
         self.device = device if device is not None else torch.device("cpu")
+        self.channels_last, self.compile = channels_last, compile
         self._data: dict[str, object] = {}
         self._templates: dict[str, torch.nn.Module] = {}
 
@@ -53,8 +55,8 @@ class Workspace:
         options["channels"] = options["channels"] or channels
         options["min_image_size"] = min_size  # upsample small images only
         cache_key = canonical_json([root["dataset"], options, data_dir])
-        if cache_key not in self._data:
-            self._data[cache_key] = load_data(root["dataset"], data_dir=data_dir, **options)
+        if cache_key not in self._data:  # batches delivered on the device (resident there when they fit)
+            self._data[cache_key] = load_data(root["dataset"], data_dir=data_dir, device=self.device, **options)
         return self._data[cache_key]
 
     def build(self, root: dict, data, seed: int | None = None) -> torch.nn.Module:
@@ -63,7 +65,7 @@ class Workspace:
 
         return build_model(root["model"], num_classes=data.num_classes, input_shape=tuple(data.input_shape),
                            init=root["init"], seed=root["seed"] if seed is None else seed,
-                           options=root.get("model_options"))
+                           options=root.get("model_options"), bn_init=root.get("bn_init", "default"))
 
     def blank(self, root: dict, data) -> torch.nn.Module:
         """A module of the root's architecture whose weights are about to be overwritten.
@@ -205,14 +207,16 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
         progress = lambda epoch, total, loss: ctx.progress(f"epoch {epoch}/{total} train_loss {loss:.4f}")  # noqa: E731
     seed = ctx.root["seed"] if options["seed"] is None else options["seed"]
     history = train(model, masks, ctx.data, options, seed=seed, device=device, progress=progress,
-                    on_epoch=on_epoch, checkpoints=checkpoints)
+                    on_epoch=on_epoch, checkpoints=checkpoints, channels_last=ctx.workspace.channels_last,
+                    compile=ctx.workspace.compile)
     ctx.history.setdefault(names.M_ITERATIONS, 0)
     ctx.history[names.M_ITERATIONS] += history.pop("iterations")
     if "diverged" in history:
         ctx.history["diverged"] = history.pop("diverged")
     for name, values in history.items():
         ctx.history.setdefault(name, []).extend(values)
-    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    # contiguous: a channels_last model's conv weights are stored in the plain layout like any other
+    weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     return Tensors(weights, {n: m.to("cpu") for n, m in masks.items()})
 
 

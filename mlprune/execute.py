@@ -41,17 +41,45 @@ CONNECT_TIMEOUT_S = 5
 
 @dataclass
 class RunOptions:
-    """How states are computed; none of it is part of a key (recorded as tags / params)."""
+    """How states are computed; none of it is part of a key (recorded as tags / params).
+
+    ``deterministic``, ``channels_last`` and ``compile`` change results by floating-point noise at
+    most (on the CPU every state is bitwise reproducible without them): torch's deterministic
+    algorithms and the cuBLAS workspace config (GPU runs repeat bitwise), the channels_last memory
+    format and torch.compile for training (speed on GPUs).
+    """
 
     device: str | None = None       # auto, cpu, cuda, cuda:N, mps (None: MLPRUNE_DEVICE, else auto)
     threads: int | None = None      # torch threads per state (None: MLPRUNE_THREADS, else 1)
     data_dir: str | None = None     # where datasets are read (None: the root's recorded data_dir, else the default)
+    deterministic: bool = False     # torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG
+    channels_last: bool = False     # train in the channels_last memory format
+    compile: bool = False           # train through torch.compile
 
     def resolved(self) -> "RunOptions":
         from .training.devices import check_device_name
 
+        for name in ("deterministic", "channels_last", "compile"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise SpecError(f"run option {name} must be true or false, got {value!r}")
         return RunOptions(check_device_name(self.device), self.threads or compute_threads(),
-                          str(self.data_dir) if self.data_dir else None)
+                          str(self.data_dir) if self.data_dir else None, self.deterministic, self.channels_last,
+                          self.compile)
+
+
+def parse_switch(text, name: str) -> bool | None:
+    """A run option's switch from the command line or an MLproject parameter: '' / None = not given."""
+    if text is None or isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value == "":
+        return None
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise SpecError(f"{name} must be true or false, got {text!r}")
 
 
 @dataclass
@@ -142,15 +170,53 @@ def register_store(store) -> None:
         _PROCESS[(store.tracking_uri, store.experiment_id)] = store
 
 
-def _workspace(device_name: str):
+def _workspace(device_name: str, channels_last: bool = False, compile: bool = False):
     from .compute import Workspace
     from .training.devices import resolve_device
 
     with _PROCESS_LOCK:
-        key = ("ws", device_name)
+        key = ("ws", device_name, channels_last, compile)
         if key not in _PROCESS:
-            _PROCESS[key] = Workspace(resolve_device(device_name))
+            _PROCESS[key] = Workspace(resolve_device(device_name), channels_last=channels_last, compile=compile)
         return _PROCESS[key]
+
+
+CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+class _Determinism:
+    """torch's deterministic algorithms while a state is computed (``deterministic``), restored after.
+
+    cuBLAS picks its workspace when a process first uses it, so CUBLAS_WORKSPACE_CONFIG is set
+    here and in every task's environment (`Execution._context`) before CUDA work starts; a
+    process that used cuBLAS before without it gets torch's own error on the first matmul.
+    """
+
+    def __init__(self, on: bool):
+        self.on = on
+        self.before = None
+
+    def __enter__(self):
+        if not self.on:
+            return
+        import torch
+
+        os.environ.setdefault(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)
+        with _threads_lock:
+            self.before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                           torch.backends.cudnn.benchmark)
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+
+    def __exit__(self, *exc):
+        if not self.on or self.before is None:
+            return
+        import torch
+
+        with _threads_lock:
+            torch.use_deterministic_algorithms(self.before[0])
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self.before[1:]
 
 
 def _tune_allocator() -> None:
@@ -242,11 +308,13 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
     from .compute import compute_node
 
     options = RunOptions(**context["options"])
-    workspace = _workspace(options.device)
+    if options.deterministic:  # before this process's first CUDA work, where possible
+        os.environ.setdefault(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)
+    workspace = _workspace(options.device, options.channels_last, options.compile)
     progress = getattr(_progress, "printer", None)
     alive = store.claims.keep_alive(run_id, node["key"])
     try:
-        with _PinnedThreads(options.threads):
+        with _PinnedThreads(options.threads), _Determinism(options.deterministic):
             if progress:
                 progress(f"computing {node['label']} ({node['kind']})")
             if node["root"] is None:
@@ -299,6 +367,9 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
     if node.get("branch") not in (None, "main"):
         params[names.PARAM_BRANCH] = node["branch"]
     params[names.PARAM_THREADS] = options.threads
+    params[names.PARAM_DETERMINISTIC] = options.deterministic
+    params[names.PARAM_CHANNELS_LAST] = options.channels_last
+    params[names.PARAM_COMPILE] = options.compile
     tags = {names.TAG_DEVICE: device_label(workspace.device),
             names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow)}
     if "diverged" in computed.history:
@@ -317,7 +388,7 @@ def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, wo
     from .store import ClaimLost
 
     def emit(model, history, masks):
-        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
         parent_state = store.load(parent_run)
         root = parent_state.spec["root"]
         data = workspace.data(root, data_dir)
@@ -444,7 +515,8 @@ class Execution:
         from .validate import check_nodes
 
         check_nodes([self.nodes[k] for k in self.missing], self.plans,
-                    _workspace(self.options.device) if self.scheduler == "sync" else None,
+                    _workspace(self.options.device, self.options.channels_last, self.options.compile)
+                    if self.scheduler == "sync" else None,
                     data_dir=self.options.data_dir, load_spec=self.store.spec)
 
     def _tasks(self) -> dict[str, dict]:
@@ -479,7 +551,9 @@ class Execution:
             "options": asdict(self.options),
             "workflow": workflow,
             # every participant judges claims by the same timeout
-            "env": {names.ENV_CLAIM_TIMEOUT: repr(claim_timeout()), "MLFLOW_DISABLE_TELEMETRY": "true"},
+            "env": {names.ENV_CLAIM_TIMEOUT: repr(claim_timeout()), "MLFLOW_DISABLE_TELEMETRY": "true",
+                    **({names.ENV_CUBLAS_WORKSPACE: os.environ.get(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)}
+                       if self.options.deterministic else {})},
         }
 
     def run(self, on_state=None, *, workflow: str | None = None) -> Result:
@@ -538,12 +612,15 @@ class Execution:
         client, cluster = self._take_client()
         try:
             _check_workers(client, self.scheduler)
+            # one training per GPU: on CUDA, every task takes a worker's GPU resource (where workers have one)
+            resources = task_resources(self.options.device, [w.get("resources") or {} for w in
+                                                             client.scheduler_info()["workers"].values()])
             token = uuid.uuid4().hex[:8]
             renamed = {f"{self.names[k].replace('/', ':')}-{k[:12]}-{token}": k for k in graph}
             back = {v: k for k, v in renamed.items()}
             dsk = {new: (task[0], *[back.get(a, a) if isinstance(a, str) and a in graph else a for a in task[1:]])
                    for new, task in ((back[k], t) for k, t in graph.items())}
-            futures = client.get(dsk, list(dsk), sync=False)
+            futures = client.get(dsk, list(dsk), sync=False, resources=resources)
             errors = []
             for future in as_completed(futures):
                 key = renamed[future.key]
@@ -563,7 +640,7 @@ class Execution:
         """The client `check` connected (or a new one): (client, cluster or None)."""
         connected = getattr(self, "_client", None)
         self._client = None
-        return connected or _connect(self.scheduler, self.workers)
+        return connected or _connect(self.scheduler, self.workers, self.options.device)
 
     def _task_error(self, errors) -> BaseException:
         """The first task error; a missing package on a worker becomes a one-line SpecError."""
@@ -592,7 +669,7 @@ def run_plan(plan: Plan, experiment, *, scheduler: str = "sync", workers: int | 
     if on_state is not None:
         callback = lambda _index, name, run_id: on_state(plan.node(name), experiment.state(run_id))  # noqa: E731
     result = run_plans([plan], experiment.store, scheduler, workers=workers, on_state=callback,
-                       options=RunOptions(device=experiment.device, data_dir=experiment.data_dir),
+                       options=experiment.run_options(),
                        progress=experiment.progress)
     return {name: experiment.state(run_id) for name, run_id in result.states[0].items()}
 
@@ -604,24 +681,65 @@ def run_plan(plan: Plan, experiment, *, scheduler: str = "sync", workers: int | 
 WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
-def local_cluster(n_workers: int):
-    """A distributed.LocalCluster of `n_workers` single-threaded worker processes, set up for training."""
+GPU_RESOURCE = "GPU"
+
+
+def task_resources(device_name: str, worker_resources: list[dict]) -> dict | None:
+    """What each task asks of a dask worker: one GPU when states are computed on CUDA (``cuda``,
+    ``cuda:N``, or ``auto`` on workers that have one) and some worker advertises the ``GPU``
+    resource; else nothing (a task that asked for a resource no worker has would wait forever)."""
+    if not (device_name == "auto" or device_name.startswith("cuda")):
+        return None
+    if not any(resources.get(GPU_RESOURCE, 0) >= 1 for resources in worker_resources):
+        return None
+    return {GPU_RESOURCE: 1}
+
+
+def gpu_workers(n_workers: int, gpus: int) -> list[dict]:
+    """Per-worker options of a local cluster on `gpus` GPUs: worker i sees GPU i mod gpus only (its
+    ``cuda`` is that GPU) and offers one ``GPU`` resource, so each GPU trains one state at a time."""
+    return [{"env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}, "resources": {GPU_RESOURCE: 1}}
+            for i in range(n_workers)]
+
+
+def _local_gpus(device_name: str) -> int:
+    """GPUs a local cluster spreads its workers over: all of them for ``auto`` / ``cuda``, none for a
+    chosen ``cuda:N`` (every worker uses that one) or another device."""
+    if device_name not in ("auto", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def local_cluster(n_workers: int | None, gpus: int = 0):
+    """A dask cluster of single-threaded worker processes on this machine, set up for training.
+
+    With `gpus`, one worker per GPU by default, each pinned to its GPU and offering the ``GPU``
+    resource (`gpu_workers`); `n_workers` defaults to the cores without GPUs.
+    """
     import logging
 
     import dask
-    from distributed import LocalCluster
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
     with dask.config.set(WORKER_CONFIG):
-        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                            silence_logs=logging.ERROR)
+        if not gpus:
+            return LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                                dashboard_address=None, silence_logs=logging.ERROR)
+        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+        workers = {f"gpu-worker-{i}": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1",
+                                                                  "silence_logs": logging.ERROR, **extra}}
+                   for i, extra in enumerate(gpu_workers(n_workers or gpus, gpus))}
+        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
 
-def _connect(scheduler: str, workers: int | None):
+def _connect(scheduler: str, workers: int | None, device_name: str = "cpu"):
     """(client, cluster or None) for 'processes' or a scheduler address; one-line errors."""
     from distributed import Client
 
     if scheduler == "processes":
-        cluster = local_cluster(workers or os.cpu_count() or 1)
+        cluster = local_cluster(workers, _local_gpus(device_name))
         return Client(cluster), cluster
     started = time.monotonic()
     try:

@@ -22,7 +22,12 @@ HEADER = """\
 
 
 STEP_ENTRY_POINTS = ("init", "train", "prune", "reinit")
-RUN_PARAMS = ("device",)  # run options every entry point takes ('' = MLPRUNE_DEVICE, else auto)
+# run options every entry point takes, as --<name>=<value> ('' = the default: MLPRUNE_DEVICE, else auto; off)
+RUN_PARAMS = ("device", "deterministic", "channels_last", "compile")
+
+
+def _run_args() -> str:
+    return " ".join(f"--{name.replace('_', '-')}={{{name}}}" for name in RUN_PARAMS)
 
 
 def step_options(kind: str) -> list[str]:
@@ -45,7 +50,7 @@ def render(recipes_dir: Path) -> str:
         args = " ".join(f"-P {name}={{{name}}}" for name in params)
         entry_points[path.stem] = {
             "parameters": parameters,
-            "command": f"python -m mlprune run recipes/{path.name} {args} --device={{device}}".strip(),
+            "command": f"python -m mlprune run recipes/{path.name} {args} {_run_args()}".replace("  ", " "),
         }
     for kind in STEP_ENTRY_POINTS:
         options = step_options(kind)
@@ -54,7 +59,7 @@ def render(recipes_dir: Path) -> str:
         parent = "" if kind == "init" else " --parent {parent}"
         entry_points[kind] = {
             "parameters": {name: {"type": "string", "default": ""} for name in params},
-            "command": f"python -m mlprune step {kind}{parent} {args} --device={{device}}",
+            "command": f"python -m mlprune step {kind}{parent} {args} {_run_args()}",
         }
     body = {"name": "mlprune", "conda_env": "conda.yaml", "entry_points": entry_points}
     return HEADER + yaml.safe_dump(body, sort_keys=False, width=1000)

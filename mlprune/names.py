@@ -34,6 +34,9 @@ TAG_NOTE = "mlflow.note.content"         # the run's description (markdown) in t
 PARAM_ROUND = "round"                    # recipe round (0 = the dense training)
 PARAM_BRANCH = "branch"                  # recipe branch (main, or a control's name)
 PARAM_THREADS = "run.threads"            # torch threads the state was computed with (bytes depend on it)
+PARAM_DETERMINISTIC = "run.deterministic"  # torch's deterministic algorithms (+ cuBLAS workspace config) were on
+PARAM_CHANNELS_LAST = "run.channels_last"  # trained in channels_last memory format
+PARAM_COMPILE = "run.compile"            # trained through torch.compile
 # every resolved step option is a param "<step kind>.<option>" (e.g. prune.method, train.lr)
 
 # ---- metrics of a state run ----------------------------------------------------------
@@ -98,6 +101,8 @@ ENV_THREADS = "MLPRUNE_THREADS"
 ENV_CLAIM_TIMEOUT = "MLPRUNE_CLAIM_TIMEOUT"
 ENV_DEVICE = "MLPRUNE_DEVICE"
 ENV_DATA_DIR = "MLPRUNE_DATA_DIR"
+ENV_DATA_WORKERS = "MLPRUNE_DATA_WORKERS"          # loader processes of image-folder datasets (ImageNet)
+ENV_CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"   # cuBLAS reads it; deterministic runs set it (":4096:8")
 
 DEFAULT_EXPERIMENT = "mlprune"
 LINEAGE_ROUTE = "/mlprune/lineage/"      # the lineage pages of `mlflow server --app-name mlprune`

@@ -134,8 +134,9 @@ def node_params(steps: list, sources: dict, root: dict | None = None) -> dict:
     """MLflow params of a state: every resolved option as ``<kind>.<option>`` (public names)."""
     params = {}
     if root is not None:
-        for name in ("model", "dataset", "init", "seed"):
-            params[f"init.{name}"] = _param_value(root[name])
+        for name in ("model", "dataset", "init", "seed", "bn_init"):
+            if name in root:
+                params[f"init.{name}"] = _param_value(root[name])
         for name, value in root["data"].items():
             params[f"init.{name}"] = _param_value(value)
         return params

@@ -29,7 +29,7 @@ def _root_spec(node, plans) -> dict:
 def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) -> None:
     """A one-line SpecError for the first node that cannot be computed."""
     from .compute import Workspace
-    from .models import build_model, prunable
+    from .models import prunable
     from .pruning import METHODS, layer_plan
     from .training.loop import timeline
 
@@ -45,8 +45,7 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
         if cache not in shapes:
             try:
                 data = workspace.data(root, data_dir)
-                model = build_model(root["model"], num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                                    init=root["init"], seed=root["seed"], options=root.get("model_options"))
+                model = workspace.build(root, data)
             except SpecError as error:
                 raise SpecError(f"{node.label or node.name}: {error}") from None
             params = dict(model.named_parameters())

@@ -138,7 +138,7 @@ def test_lr_rewind_preset_shares_openlth_resnet20_root_and_first_training():
 
     builder = PlanBuilder("openlth")
     root = builder.root("root", {"model": "resnet20", "model_options": {"shortcut": "B"}, "dataset": "cifar10",
-                                 "init": "kaiming_normal", "seed": 0})
+                                 "init": "kaiming_normal", "bn_init": "uniform", "seed": 0})
     trained = builder.child("train", root, [{"train": {
         "epochs": 160, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128,
         "lr_schedule": {"kind": "multistep", "milestones": ["80ep", "120ep"], "gamma": 0.1}}}])
@@ -161,6 +161,8 @@ def test_lr_rewind_preset_shares_openlth_resnet20_root_and_first_training():
             other = compile_recipe(lth, protocol)
             mine = compile_recipe(LR_REWIND, protocol)
             assert (other.keys["root"], other.keys["train"]) == (mine.keys["root"], mine.keys["train"])
+        lmc = compile_recipe(REPO / "recipes" / "lmc_resnet20_cifar10.yaml", {"protocol": "paper"})
+        assert lmc.keys["root"] == compile_recipe(lth, {"protocol": "paper"}).keys["root"]
 
 
 def test_lr_rewinding_replays_the_schedule_from_its_point_on_the_pruned_weights(experiment):

@@ -84,6 +84,25 @@ the per-sample preprocessing in a ``torch.utils.data.DataLoader`` (seeded
 Preprocessed digits / file contents are cached in-process (keyed by path, size and
 mtime of the files read).
 
+Image folders (too big for memory)
+----------------------------------
+``tiny_imagenet``: ``<data_dir>/tiny-imagenet-200/`` as distributed: ``train/<wnid>/images/*.JPEG``
+and ``val/images/*.JPEG`` with ``val/val_annotations.txt`` (file, wnid, box), or ``val/<wnid>/``
+folders (the common reorganized layout). Test split = ``val`` (the official test images have
+no labels). 200 classes, 64 px; standard augmentation a random 64 px crop of the image padded
+by 4 px, and a horizontal flip.
+
+``imagenet``: ``<data_dir>/imagenet/train/<wnid>/*.JPEG`` and ``<data_dir>/imagenet/val/<wnid>/*.JPEG``,
+the layout torchvision's ``ImageNet`` class prepares from the official archives (and the usual
+``valprep.sh`` one). Test split = ``val``. 1000 classes, 224 px; train: random-resized crop and
+flip; evaluation: resize 256, center crop 224.
+
+Both are read with torchvision's ``ImageFolder`` (classes = the sorted ``train`` class folders;
+``val`` uses the same class indices), decoded per sample in a ``DataLoader``
+(``MLPRUNE_DATA_WORKERS`` processes) with seeded per-sample transforms: ``data.folders``.
+``val_size``, ``train_size``, ``test_size``, ``split_seed``, ``augment`` and ``image_size`` mean
+what they mean for the other datasets; ``channels`` is 3.
+
 Layout: this module (no torch) is the catalog: one ``Dataset`` entry per dataset
 (reader, classes, channels, normalization statistics, standard augmentation).
 ``data.readers`` reads files into uint8 tensors; ``data.pipeline`` preprocesses,
@@ -117,6 +136,10 @@ class Dataset:
     default_augment: bool          # augment=None
     needs_files: bool = True       # read from data_dir (False: embedded)
     help: str = ""
+    # image-folder datasets (too big for memory: decoded per sample, `data.folders`)
+    in_memory: bool = True         # False: the reader returns `readers.Folders`, not uint8 tensors
+    image_size: int | None = None  # the side it is prepared at by default (image folders)
+    folder_style: str = ""         # its transforms: "resized_crop" (ImageNet) or "padded_crop" (Tiny ImageNet)
 
     def load(self):
         return load_impl(self.impl)
@@ -139,6 +162,14 @@ DATASETS.add(Dataset("cifar10", "mlprune.data.readers:read_cifar10", 10, 3, (0.4
 DATASETS.add(Dataset("cifar100", "mlprune.data.readers:read_cifar100", 100, 3, (0.5071, 0.4865, 0.4409),
                      (0.2673, 0.2564, 0.2762), "crop+flip", True,
                      help="CIFAR-100 (<data_dir>/cifar-100-python)"))
+DATASETS.add(Dataset("tiny_imagenet", "mlprune.data.readers:read_tiny_imagenet", 200, 3, (0.480, 0.448, 0.397),
+                     (0.276, 0.269, 0.282), "crop+flip", True, in_memory=False, image_size=64,
+                     folder_style="padded_crop",
+                     help="Tiny ImageNet, 64 px (<data_dir>/tiny-imagenet-200: train/<wnid>/images, val)"))
+DATASETS.add(Dataset("imagenet", "mlprune.data.readers:read_imagenet", 1000, 3, (0.485, 0.456, 0.406),
+                     (0.229, 0.224, 0.225), "crop+flip", True, in_memory=False, image_size=224,
+                     folder_style="resized_crop",
+                     help="ImageNet (ILSVRC 2012), 224 px (<data_dir>/imagenet/{train,val}/<wnid>/*.JPEG)"))
 
 # Per-channel training-set statistics of x / scale.
 STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {

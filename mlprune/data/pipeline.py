@@ -18,9 +18,10 @@ from ..errors import SpecError
 from . import DATASETS, default_data_dir
 from .readers import _PREP_CACHE, Raw
 
-__all__ = ["Data", "load_data", "FAST_LIMIT_BYTES"]
+__all__ = ["Data", "load_data", "FAST_LIMIT_BYTES", "DEVICE_SHARE", "placement"]
 
 FAST_LIMIT_BYTES = 2 * 1024 ** 3
+DEVICE_SHARE = 0.5   # an in-memory dataset moves onto an accelerator when it takes at most this share of its free memory
 _SHUFFLE_MULT = 1_000_003
 _MASK63 = (1 << 63) - 1
 
@@ -95,29 +96,34 @@ def _crop_pad(size: int) -> int:
 
 def _augment(x: torch.Tensor, gen: torch.Generator, crop: bool, flip: bool, pad: int,
              fill: torch.Tensor) -> torch.Tensor:
-    """Random crop (zero-padded by `pad`, padding = `fill`) then horizontal flip, batched.
+    """Random crop (zero-padded by `pad`, padding = `fill`) then horizontal flip, batched, on x's device.
 
-    Draws: crop offsets (B, 2) in [0, 2 pad], then flip coins (B,), from `gen`.
+    Draws: crop offsets (B, 2) in [0, 2 pad], then flip coins (B,), from `gen` (a CPU generator: a few
+    numbers per batch, the same on every device); the padding and the gather run where `x` is. Pure
+    indexing, no arithmetic: a batch gets bitwise the same pixels on every device.
     """
     b, c, h, w = x.shape
     if not (crop or flip) or b == 0:
         return x
+    device = x.device
     if crop:
-        xp = fill.view(1, c, 1, 1).expand(b, c, h + 2 * pad, w + 2 * pad).clone()
+        xp = fill.to(device).view(1, c, 1, 1).expand(b, c, h + 2 * pad, w + 2 * pad).clone()
         xp[:, :, pad:pad + h, pad:pad + w] = x
         off = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
     else:
         xp = x
         off = torch.zeros((b, 2), dtype=torch.long)
-    ar_h = torch.arange(h)
-    ar_w = torch.arange(w)
+    flips = torch.rand(b, generator=gen) < 0.5 if flip else None
+    off = off.to(device, non_blocking=True)
+    ar_h = torch.arange(h, device=device)
+    ar_w = torch.arange(w, device=device)
     rows = off[:, 0:1] + ar_h                                   # (B, H)
     cols = off[:, 1:2] + ar_w                                   # (B, W)
     if flip:
-        flips = torch.rand(b, generator=gen) < 0.5
+        flips = flips.to(device, non_blocking=True)
         cols = torch.where(flips[:, None], off[:, 1:2] + (w - 1 - ar_w), cols)
-    bi = torch.arange(b).view(b, 1, 1, 1)
-    ci = torch.arange(c).view(1, c, 1, 1)
+    bi = torch.arange(b, device=device).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=device).view(1, c, 1, 1)
     return xp[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)].contiguous()
 
 
@@ -155,26 +161,49 @@ class _SampleDataset(torch.utils.data.Dataset):
 
 
 class _Split:
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, fast: bool, pipeline: _Pipeline):
-        # fast: x is the preprocessed float32 tensor; generic: x is raw uint8
+    """One split's examples and how its batches reach the training device.
+
+    ``fast``: x is the preprocessed float32 tensor (else raw uint8, preprocessed per sample in a
+    DataLoader). ``device``: where batches go (None: the CPU, where they are made). x and y are
+    *resident* there when they fit (``placement`` "device"); otherwise batches are gathered on the
+    host and copied through pinned memory, asynchronously (``pin``).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, fast: bool, pipeline: _Pipeline,
+                 device: torch.device | None = None, pin: bool = False):
         self.x, self.y, self.fast, self.pipeline = x, y, fast, pipeline
+        self.device, self.pin = device, pin
 
     def __len__(self):
         return int(self.y.shape[0])
 
+    def deliver(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A host batch onto the training device (pinned, non-blocking); resident batches are there already."""
+        if self.pin:
+            if not x.is_pinned():
+                x, y = x.pin_memory(), y.pin_memory()
+            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return x, y
+
+    def _indices(self, idx: torch.Tensor) -> torch.Tensor:
+        return idx if self.x.device == idx.device else idx.to(self.x.device, non_blocking=True)
+
     def sequential(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.fast:
             for i in range(0, len(self), batch_size):
-                yield self.x[i:i + batch_size].clone(), self.y[i:i + batch_size].clone()
+                x, y = self.x[i:i + batch_size], self.y[i:i + batch_size]
+                yield self.deliver(x, y) if self.pin else (x.clone(), y.clone())
         else:
             loader = torch.utils.data.DataLoader(
                 _SampleDataset(self.x, self.y, self.pipeline), batch_size=batch_size, shuffle=False,
-                num_workers=0, generator=torch.Generator().manual_seed(0))
-            yield from loader
+                num_workers=0, generator=torch.Generator().manual_seed(0), pin_memory=self.pin)
+            for x, y in loader:
+                yield self.deliver(x, y)
 
     def shuffled(self, batch_size: int, gen: torch.Generator, skip: int = 0):
-        """Batches of a seeded permutation; the first `skip` batches come as empty stand-ins of their
-        size on the fast path (nothing is gathered for them)."""
+        """Batches of a seeded permutation (drawn on the CPU: the same order on every device), as
+        gathered (on the host, or where the split is resident; `deliver` moves host batches); the
+        first `skip` batches come as empty stand-ins of their size on the fast path (nothing is gathered)."""
         if self.fast:
             perm = torch.randperm(len(self), generator=gen)
             for i in range(0, len(self), batch_size):
@@ -182,13 +211,41 @@ class _Split:
                 if i < skip * batch_size:
                     yield torch.empty((idx.numel(), 0)), None
                     continue
+                idx = self._indices(idx)
                 yield self.x.index_select(0, idx), self.y.index_select(0, idx)
         else:
             ds = _SampleDataset(self.x, self.y, self.pipeline)
             loader = torch.utils.data.DataLoader(
                 ds, batch_size=batch_size, sampler=torch.utils.data.RandomSampler(ds, generator=gen),
-                num_workers=0, generator=torch.Generator().manual_seed(0))
+                num_workers=0, generator=torch.Generator().manual_seed(0), pin_memory=self.pin)
             yield from loader
+
+    def placed(self, device: torch.device, resident: bool) -> "_Split":
+        """This split for training on `device`: moved there (resident) or delivered through pinned memory."""
+        if resident:
+            return _Split(self.x.to(device), self.y.to(device), self.fast, self.pipeline, device)
+        return _Split(self.x, self.y, self.fast, self.pipeline, device, pin=device.type == "cuda")
+
+
+def placement(device_type: str, fast: bool, nbytes: int, free_bytes: int | None) -> str:
+    """Where an in-memory dataset lives for training on a device of `device_type`.
+
+    "host": on the CPU (CPU training, or a device without pinned memory); "device": the whole
+    preprocessed dataset on the accelerator (in-memory path and at most DEVICE_SHARE of its free
+    memory: CIFAR-10 takes 0.7 GB as float32), batches gathered and augmented there;
+    "pinned": host batches copied through pinned memory (data that does not fit, the per-sample path).
+    """
+    if device_type == "cpu":
+        return "host"
+    if fast and (free_bytes is None or nbytes <= DEVICE_SHARE * free_bytes):
+        return "device"
+    return "pinned" if device_type == "cuda" else "host"
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None  # mps: unified memory; the in-memory limit (FAST_LIMIT_BYTES) already applies
 
 
 def _check_batch_size(batch_size) -> int:
@@ -203,12 +260,13 @@ class Data:
     Attributes: ``name``, ``num_classes``, ``input_shape`` (C, H, W), ``len_train``,
     ``len_val``, ``len_test``, ``augment`` (``"crop"``, ``"flip"``, ``"crop+flip"`` or
     None), ``fast`` (in-memory path?), ``mean`` / ``std`` (normalization), ``spec`` (the
-    resolved options, a JSON-able dict).
+    resolved options, a JSON-able dict), ``device`` (where batches are delivered; None: the
+    CPU) and ``placement`` ("host", "device": resident there, "pinned": copied per batch).
     """
 
     def __init__(self, *, name: str, num_classes: int, input_shape: tuple[int, int, int],
                  train: _Split, val: _Split | None, test: _Split, augment: str | None, fast: bool,
-                 pipeline: _Pipeline, spec: dict):
+                 pipeline: _Pipeline, spec: dict, device: torch.device | None = None, placement: str = "host"):
         self.name = name
         self.num_classes = num_classes
         self.input_shape = input_shape
@@ -222,7 +280,8 @@ class Data:
         crop, flip = _AUGMENTS.get(augment, (False, False))
         self._crop, self._flip = crop, flip
         self._pad = _crop_pad(min(input_shape[1], input_shape[2]))
-        self._fill = pipeline.fill()
+        self.device, self.placement = device, placement
+        self._fill = pipeline.fill() if device is None else pipeline.fill().to(device)
 
     @property
     def len_train(self) -> int:
@@ -255,13 +314,13 @@ class Data:
 
     def _train_iter(self, batch_size, gen, aug, skip=0):
         for index, (x, y) in enumerate(self._train.shuffled(batch_size, gen, skip)):
-            if self._crop or self._flip:
-                if index < skip:  # draw what its augmentation would have drawn, so later batches match
+            if index < skip:
+                if self._crop or self._flip:  # draw what its augmentation would have drawn, so later batches match
                     _augment_draws(x.shape[0], aug, self._crop, self._flip, self._pad)
-                    continue
-                x = _augment(x, aug, self._crop, self._flip, self._pad, self._fill)
-            elif index < skip:
                 continue
+            x, y = self._train.deliver(x, y)   # augmented where it trains
+            if self._crop or self._flip:
+                x = _augment(x, aug, self._crop, self._flip, self._pad, self._fill)
             yield x, y
 
     def train_eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -282,9 +341,26 @@ class Data:
         return self._val.sequential(batch_size)
 
     def __repr__(self) -> str:
+        where = "" if self.device is None else f", device={str(self.device)!r}, placement={self.placement!r}"
         return (f"Data({self.name!r}, input_shape={self.input_shape}, num_classes={self.num_classes}, "
                 f"train={self.len_train}, val={self.len_val}, test={self.len_test}, "
-                f"augment={self.augment!r}, fast={self.fast})")
+                f"augment={self.augment!r}, fast={self.fast}{where})")
+
+    def on(self, device) -> "Data":
+        """This dataset delivering its batches on `device` (a torch.device): resident there when it fits
+        (`placement`), else through pinned host memory. Same batches, bitwise, on every device."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self
+        splits = [s for s in (self._train, self._val, self._test) if s is not None]
+        nbytes = sum(s.x.numel() * s.x.element_size() + s.y.numel() * s.y.element_size() for s in splits)
+        where = placement(device.type, self.fast, nbytes, _free_bytes(device) if self.fast else None)
+        resident = where == "device"
+        train, test = self._train.placed(device, resident), self._test.placed(device, resident)
+        val = self._val.placed(device, resident) if self._val is not None else None
+        return Data(name=self.name, num_classes=self.num_classes, input_shape=self.input_shape, train=train,
+                    val=val, test=test, augment=self.augment, fast=self.fast, pipeline=self._pipeline,
+                    spec=self.spec, device=device, placement=where)
 
 
 # ----------------------------------------------------------------------------- load_data
@@ -322,7 +398,7 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
               val_size: int | float = 0, split_seed: int = 0, augment: bool | str | None = None,
               data_dir: str | os.PathLike | None = None, fast: bool | None = None,
               min_image_size: int | None = None, train_size: int | None = None,
-              test_size: int | None = None) -> Data:
+              test_size: int | None = None, device=None) -> Data:
     """Load dataset `name`, adapted to `image_size` (square, bilinear) and `channels`
     (1 or 3), with `val_size` held out of the train split (seeded by `split_seed`).
 
@@ -333,6 +409,7 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
 
     `augment`: None = dataset default, True = dataset standard, False / "none", or
     "crop", "flip", "crop+flip". `fast`: None = in-memory path when it fits.
+    `device`: deliver batches there (`Data.on`); None = the CPU.
     """
     info = DATASETS[name]
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
@@ -347,6 +424,15 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
     aug = _resolve_augment(name, augment)
 
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if not info.in_memory:  # image folders (ImageNet): decoded per sample
+        from .folders import load_folder_data
+
+        if fast:
+            raise SpecError(f"fast True is not possible for {name}: an image-folder dataset is decoded per sample")
+        data = load_folder_data(name, DATASETS[name](root), image_size=image_size, channels=channels,
+                                val_size=val_size, split_seed=split_seed, aug=aug, train_size=train_size,
+                                test_size=test_size, min_image_size=min_image_size)
+        return data if device is None else data.on(device)
     raw = DATASETS[name](root)
 
     c_in = raw.x_train.shape[1]
@@ -409,5 +495,6 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
     spec = {"name": name, "image_size": size_out[0] if size_out[0] == size_out[1] else list(size_out),
             "channels": c_out, "val_size": k, "split_seed": split_seed if k else 0, "augment": aug,
             "train_size": train_size, "test_size": test_size}
-    return Data(name=name, num_classes=info.num_classes, input_shape=(c_out, *size_out), train=train,
+    data = Data(name=name, num_classes=info.num_classes, input_shape=(c_out, *size_out), train=train,
                 val=val, test=test, augment=aug, fast=use_fast, pipeline=pipeline, spec=spec)
+    return data if device is None else data.on(device)

@@ -23,8 +23,8 @@ import torch
 
 from ..errors import SpecError
 
-__all__ = ["Raw", "read_digits", "read_mnist", "read_fashion_mnist", "read_cifar10", "read_cifar100",
-           "load_data_pickle", "clear_cache"]
+__all__ = ["Raw", "Folders", "read_digits", "read_mnist", "read_fashion_mnist", "read_cifar10", "read_cifar100",
+           "read_tiny_imagenet", "read_imagenet", "load_data_pickle", "clear_cache"]
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -42,6 +42,16 @@ class Raw(NamedTuple):
     source: tuple = ()    # identifies the content read (name, files' path / size / mtime)
 
 
+
+
+class Folders(NamedTuple):
+    """An image-folder dataset as found on disk: torchvision ``ImageFolder`` s (``samples``: (path,
+    class index) pairs, ``loader``, ``classes``) of the train and test splits; decoded per sample
+    (`data.folders`)."""
+
+    train: object
+    test: object
+    source: tuple = ()
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -125,10 +135,14 @@ _RAW_CACHE = _ByteLRU(_CACHE_LIMIT_BYTES)
 _PREP_CACHE = _ByteLRU(_CACHE_LIMIT_BYTES)
 
 
+_FOLDER_CACHE: dict = {}   # (dataset, root, stamps) -> Folders: listing ImageNet's 1.3 M files takes seconds
+
+
 def clear_cache() -> None:
-    """Forget the cached raw and preprocessed tensors."""
+    """Forget the cached raw and preprocessed tensors and the image-folder listings."""
     _RAW_CACHE.clear()
     _PREP_CACHE.clear()
+    _FOLDER_CACHE.clear()
 
 
 # ----------------------------------------------------------------------------- digits
@@ -355,3 +369,101 @@ read_mnist = _mnist_reader("mnist", "MNIST")
 read_fashion_mnist = _mnist_reader("fashion_mnist", "FashionMNIST")
 read_cifar10 = _cifar_reader("cifar10", "CIFAR10", 10)
 read_cifar100 = _cifar_reader("cifar100", "CIFAR100", 100)
+
+
+# ----------------------------------------------------------------------------- image folders (ImageNet-like)
+
+def _image_folder(directory: Path, classes: list[str] | None = None, allow_empty: bool = False):
+    """torchvision's ImageFolder over `directory` (its class folders searched recursively); with `classes`,
+    the class indices of another split (a class folder it lacks is allowed, one it adds is an error)."""
+    from torchvision.datasets import ImageFolder
+
+    if classes is None:
+        return ImageFolder(str(directory), allow_empty=allow_empty)
+    known = {c: i for i, c in enumerate(classes)}
+    extra = sorted(e.name for e in os.scandir(directory) if e.is_dir() and e.name not in known)
+    if extra:
+        raise SpecError(f"{directory}: class folder {extra[0]!r} is not a class of the train split")
+
+    class _SameClasses(ImageFolder):
+        def find_classes(self, _directory):
+            present = sorted(c for c in classes if (directory / c).is_dir())
+            return present, {c: known[c] for c in present}
+
+    return _SameClasses(str(directory), allow_empty=True)
+
+
+class _AnnotatedFolder:
+    """Tiny ImageNet's official val split: flat images/ and val_annotations.txt (file, wnid, box);
+    ImageFolder's attributes, torchvision's default image loader."""
+
+    def __init__(self, folder: Path, classes: list[str]):
+        from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+
+        known = {c: i for i, c in enumerate(classes)}
+        self.classes, self.class_to_idx, self.loader = list(classes), known, default_loader
+        self.samples = []
+        annotations = folder / "val_annotations.txt"
+        for number, line in enumerate(annotations.read_text().splitlines(), 1):
+            parts = line.split("\t")
+            if not line.strip():
+                continue
+            if len(parts) < 2 or parts[1] not in known:
+                raise SpecError(f"{annotations} line {number}: expected '<file>\\t<wnid of the train split>...', "
+                                f"got {line[:80]!r}")
+            path = folder / "images" / parts[0]
+            if path.suffix.lower() not in IMG_EXTENSIONS or not path.is_file():
+                raise SpecError(f"{annotations} line {number}: image {path} not found")
+            self.samples.append((str(path), known[parts[1]]))
+        self.samples.sort()
+        self.targets = [t for _, t in self.samples]
+
+
+def _folder_stamp(paths) -> tuple:
+    return tuple((str(p), os.stat(p).st_mtime_ns) for p in paths if p.exists())
+
+
+def _folders(name: str, train_dir: Path, test_dir: Path, layout: str, num_classes: int, make_test) -> Folders:
+    missing = [str(d) for d in (train_dir, test_dir) if not d.is_dir()]
+    if missing:
+        raise SpecError(f"{name}: folder {missing[0]} not found; expected {layout} (set data_dir or MLPRUNE_DATA_DIR)")
+    key = (name, str(train_dir), _folder_stamp([train_dir, test_dir, *sorted(train_dir.iterdir())[:1]]))
+    hit = _FOLDER_CACHE.get(key)
+    if hit is not None:
+        return hit
+    try:
+        train = _image_folder(train_dir)
+    except (FileNotFoundError, OSError) as exc:
+        raise SpecError(f"{name}: {train_dir}: {_first_line(exc)}; expected {layout}") from None
+    if len(train.classes) > num_classes:
+        raise SpecError(f"{name}: {train_dir} has {len(train.classes)} class folders; {name} has {num_classes}")
+    test = make_test(train.classes)
+    if not test.samples:
+        raise SpecError(f"{name}: no images in {test_dir}; expected {layout}")
+    found = Folders(train, test, key)
+    _FOLDER_CACHE[key] = found
+    return found
+
+
+def read_tiny_imagenet(root) -> Folders:
+    """Tiny ImageNet (tiny-imagenet-200): train/<wnid>/images/*.JPEG; val as distributed (images/ and
+    val_annotations.txt) or reorganized into val/<wnid>/ folders."""
+    folder = Path(root) / "tiny-imagenet-200"
+    layout = (f"{folder}/train/<wnid>/images/*.JPEG and {folder}/val/images/*.JPEG with "
+              f"{folder}/val/val_annotations.txt (or {folder}/val/<wnid>/*.JPEG)")
+    val_dir = folder / "val"
+
+    def make_test(classes):
+        if (val_dir / "val_annotations.txt").is_file() and (val_dir / "images").is_dir():
+            return _AnnotatedFolder(val_dir, classes)
+        return _image_folder(val_dir, classes)
+
+    return _folders("tiny_imagenet", folder / "train", val_dir, layout, 200, make_test)
+
+
+def read_imagenet(root) -> Folders:
+    """ImageNet (ILSVRC 2012): imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG."""
+    folder = Path(root) / "imagenet"
+    layout = f"{folder}/train/<wnid>/*.JPEG and {folder}/val/<wnid>/*.JPEG"
+    return _folders("imagenet", folder / "train", folder / "val", layout, 1000,
+                    lambda classes: _image_folder(folder / "val", classes))

@@ -71,6 +71,13 @@ keeps weight 1 / bias 0):
 - ``xavier_normal``, ``xavier_uniform``: Glorot & Bengio, gain 1;
 - ``glorot``: alias of ``xavier_normal`` (Frankle & Carbin's "Gaussian Glorot").
 
+BatchNorm inits (``BN_INITS``, the root option ``bn_init``; applied after the weight init to
+every BatchNorm layer, drawing from the same seeded generator):
+
+- ``default``: PyTorch's (weight 1, bias 0);
+- ``uniform``: weight ~ U[0, 1), bias 0 (OpenLTH's ``batchnorm_init='uniform'``, the default
+  of its CIFAR ResNets and VGGs).
+
 Train / eval mode: ``alexnet`` and ``vgg11`` have Dropout, ``resnet20`` and many ``tv:``
 models BatchNorm; ``build_model`` returns the model in training mode and the training
 loop (training.py) owns the mode: it must call ``model.eval()`` before evaluating.
@@ -87,7 +94,8 @@ from dataclasses import dataclass
 from ..errors import SpecError
 from ..registry import Registry, load_impl
 
-__all__ = ["MODELS", "Model", "ModelOption", "INIT_NAMES", "model_entry", "model_input", "build_model", "prunable", "INITS"]
+__all__ = ["MODELS", "Model", "ModelOption", "INIT_NAMES", "BN_INIT_NAMES", "model_entry", "model_input", "build_model",
+           "prunable", "INITS", "BN_INITS"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,9 @@ MODELS.add(Model("vgg16", "mlprune.models.nets:VGG16", channels=3, min_size=32,
                  help="the CIFAR VGG-16 with BatchNorm of Frankle et al. / OpenLTH"))
 
 INIT_NAMES = ("default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "glorot")
+# BatchNorm inits (functions: models.nets.BN_INITS): "default" keeps PyTorch's (weight 1, bias 0); "uniform" is
+# OpenLTH's default for its CIFAR ResNets and VGGs (weight ~ U[0, 1), bias 0).
+BN_INIT_NAMES = ("default", "uniform")
 
 # Known minimum / required sizes of torchvision models beyond the default of 32 px.
 _TV_MIN_SIZE = {"alexnet": 63, "inception_v3": 75, "vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224,
@@ -181,7 +192,7 @@ def model_input(name: str) -> tuple[int | None, int | None]:
 
 def __getattr__(name):
     # build_model, prunable and the init functions need torch: models.nets, on first use
-    if name in ("build_model", "prunable", "INITS"):
+    if name in ("build_model", "prunable", "INITS", "BN_INITS"):
         from . import nets
 
         return getattr(nets, name)

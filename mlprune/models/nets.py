@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from ..errors import SpecError, choice_error
-from . import INIT_NAMES, MODELS, model_entry
+from . import BN_INIT_NAMES, INIT_NAMES, MODELS, model_entry
 
-__all__ = ["INITS", "build_model", "prunable"]
+__all__ = ["INITS", "BN_INITS", "build_model", "prunable"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -353,6 +353,19 @@ INITS["glorot"] = INITS["xavier_normal"]
 assert set(INITS) == set(INIT_NAMES)
 
 
+def _bn_uniform(model: nn.Module) -> None:
+    """OpenLTH's ``uniform`` BatchNorm init: weight ~ U[0, 1), bias 0 (running statistics untouched)."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.affine:
+                mod.weight.copy_(torch.rand(mod.weight.shape))
+                mod.bias.zero_()
+
+
+BN_INITS: dict[str, Callable[[nn.Module], None]] = {"default": _default_init, "uniform": _bn_uniform}
+assert set(BN_INITS) == set(BN_INIT_NAMES)
+
+
 def _check_shape(name: str, input_shape, need: tuple[int | None, int | None]) -> tuple[int, int, int]:
     try:
         shape = tuple(int(s) for s in input_shape)
@@ -375,8 +388,10 @@ def _check_shape(name: str, input_shape, need: tuple[int | None, int | None]) ->
 
 
 def build_model(name: str, *, num_classes: int, input_shape, init: str = "default", seed: int = 0,
-                options: dict | None = None) -> nn.Module:
+                options: dict | None = None, bn_init: str = "default") -> nn.Module:
     """Build model `name` for `num_classes` classes and (C, H, W) inputs.
+
+    `init` initializes the Conv2d / Linear weights, then `bn_init` the BatchNorm layers (`BN_INITS`).
 
     Deterministic in `seed`; the global RNG is not touched (the CPU RNG is forked). The
     model is float32 on the CPU, in training mode (as nn.Module leaves it).
@@ -386,6 +401,8 @@ def build_model(name: str, *, num_classes: int, input_shape, init: str = "defaul
     need = (entry.channels, entry.min_size if entry.min_size is not None else entry.hard_min)
     if init not in INITS:
         raise choice_error("init", init, INITS)
+    if bn_init not in BN_INITS:
+        raise choice_error("bn_init", bn_init, BN_INITS)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise SpecError(f"model {name!r}: num_classes {num_classes!r} is not a positive int")
     shape = _check_shape(name, input_shape, need)
@@ -397,6 +414,7 @@ def build_model(name: str, *, num_classes: int, input_shape, init: str = "defaul
         torch.default_generator.manual_seed(seed % (2 ** 64))
         model = builder(num_classes, shape, **entry.check_options(options))
         INITS[init](model)
+        BN_INITS[bn_init](model)
         model = model.float().cpu()
         if entry.torchvision:
             _probe(name, model, shape, num_classes)

@@ -103,6 +103,17 @@ def _init_check(value, name):
     return value
 
 
+def _bn_init_check(value, name):
+    from ..models import BN_INIT_NAMES
+
+    if value not in BN_INIT_NAMES:
+        raise choice_error("bn_init", value, BN_INIT_NAMES)
+    return value
+
+
+_bn_init_check.doc = "default (weight 1, bias 0) | uniform (weight ~ U[0, 1), OpenLTH)"
+
+
 def _val_size(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
             isinstance(value, float) and value >= 1):
@@ -115,6 +126,8 @@ INIT_SCHEMA = Schema("root option", (
     Option("dataset", "digits", _dataset_check, "dataset (data.DATASETS)"),
     Option("init", "default", _init_check, "weight initialization"),
     Option("seed", 0, seed_value, "seeds the initialization and, by default, every training's data order"),
+    Option("bn_init", "default", _bn_init_check, "BatchNorm init: default (weight 1, bias 0) or uniform "
+           "(weight ~ U[0, 1), bias 0: OpenLTH)", key="unless_default"),
     Option("model_options", {}, _model_options_check, "the model's own options (e.g. resnet20: width, shortcut)",
            key="unless_default"),
     # data options: in the key only when they differ from their default (under "data")
@@ -141,6 +154,8 @@ def resolve_root(spec: dict) -> dict:
 
     resolved = INIT_SCHEMA.resolve(spec)
     out = {k: resolved[k] for k in ("model", "dataset", "init", "seed")}
+    if "bn_init" in resolved:  # at its default, the key stays as it was
+        out["bn_init"] = resolved["bn_init"]
     model_options = model_entry(resolved["model"], check_torchvision=False).check_options(
         resolved.get("model_options"))
     if model_options:  # at their defaults, model options leave the key as it was
@@ -183,8 +198,11 @@ def _lr_schedule_check(value, name):
         if given is None:
             raise SpecError(f"{name} kind {entry.name!r} needs {option!r}")
         if option == "milestones":
+            if isinstance(given, str):  # OpenLTH's notation, also what a -P parameter can carry: "80ep,120ep"
+                given = [part.strip() for part in given.split(",") if part.strip()]
             if not isinstance(given, (list, tuple)) or not given:
-                raise SpecError(f"{name} milestones must be a non-empty list of times, got {given!r}")
+                raise SpecError(f"{name} milestones must be a non-empty list of times (or '80ep,120ep'), "
+                                f"got {given!r}")
             given = [str(parse_time(m, "milestone")) for m in given]
         elif option == "gamma":
             given = number(positive=True)(given, "gamma")

@@ -181,8 +181,12 @@ def _autocast(device: torch.device, precision: str):
 
 
 def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict, *, seed: int,
-          device: torch.device | None = None, progress=None, on_epoch=None, checkpoints=None) -> dict:
+          device: torch.device | None = None, progress=None, on_epoch=None, checkpoints=None,
+          channels_last: bool = False, compile: bool = False) -> dict:
     """Train `model` in place as the resolved train step `options` says; returns per-epoch histories.
+
+    ``channels_last`` / ``compile`` (run options): train in the channels_last memory format / through
+    ``torch.compile``; the model's own parameters are trained either way (its state_dict keeps its names).
 
     ``seed``: the data-order seed. ``on_epoch(epoch, model, history)`` is called at each epoch end
     (heartbeats); ``checkpoints``: {iteration: fn(model, history so far)} called right after that many
@@ -200,6 +204,9 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     apply_masks(pairs)
     keeps = [(param, (~pruned).to(param.dtype)) for param, pruned in pairs]  # 1.0 = kept, 0.0 = pruned
     optimizer = OPTIMIZERS[options["optimizer"]].load()(model.parameters(), options)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile else model
     precision = options.get("precision", "fp32")
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=options.get("label_smoothing", 0.0))
@@ -221,8 +228,9 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     # what ran before it in the process, and a resumed one draws what the full one drew.
     rng_steps = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=rng_steps):
-        i = _run(model, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps, history,
-                 checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, gradual)
+        i = _run(model, forward, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps,
+                 history, checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, channels_last,
+                 gradual)
     bad = _non_finite_parameter(model)
     if bad and "diverged" not in history:
         _diverged(history, options, f"parameter {bad!r} has non-finite values after {i} iterations",
@@ -243,8 +251,9 @@ def _step_seed(seed: int, i: int) -> int:
     return (seed * 2654435761 + i * 40503 + 12345) & ((1 << 63) - 1)
 
 
-def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps, history,
-         checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, gradual=None) -> int:
+def _run(model, forward, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps, history,
+         checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, channels_last,
+         gradual=None) -> int:
     batch_size = options["batch_size"]
     i = line.start
     while i < line.stop:
@@ -262,9 +271,11 @@ def _run(model, data, options, line, seed, device, precision, scaler, loss_fn, o
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, precision):
-                logits = model(x)
+                logits = forward(x)
                 loss = loss_fn(logits, y)
             if scaler is not None:
                 scaler.scale(loss).backward()
