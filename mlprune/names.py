@@ -52,11 +52,25 @@ M_DURATION = "duration_s"
 M_ITERATIONS = "iterations"              # optimizer steps a state's training ran
 M_EARLY_STOP_EPOCH = "early_stop_epoch"
 M_EARLY_STOP_ITERATION = "early_stop_iteration"
+# structured states (channels removed: mlprune.compact): the compact network's cost, measured
+M_PARAMS_COMPACT = "params_compact"      # parameters of the compact network
+M_FLOPS_COMPACT = "flops_compact"        # its multiply-adds (analysis.flops, batch 1)
+M_LATENCY = "latency_ms"                 # median ms of one batch-64 forward pass of the compact network
+M_LATENCY_BATCH1 = "latency_ms.batch1"   # the same at batch 1
+M_LATENCY_DENSE = "latency_ms.dense"     # the dense (masked) network, batch 64, timed alongside
+M_LATENCY_DENSE_BATCH1 = "latency_ms.dense.batch1"
+M_SPEEDUP = "speedup"                    # latency_ms.dense / latency_ms (batch 64)
+M_SPEEDUP_BATCH1 = "speedup.batch1"
+M_COMPACT_DIFF = "compact_max_abs_diff"  # max |compact - masked| of the outputs on a test batch
 
 # ---- artifacts of a state run ----------------------------------------------------------
 WEIGHTS_FILE = "weights.safetensors"
 MASKS_FILE = "masks.safetensors"
 STATE_FILE = "state.json"
+
+# ---- files of a compact export (mlprune export RUN_ID DIR --compact) --------------------
+COMPACT_WEIGHTS_FILE = "compact.safetensors"
+COMPACT_ARCH_FILE = "compact.json"
 
 # ---- artifacts of a workflow run -------------------------------------------------------
 PLAN_FILE = "plan.json"                  # the plans it ran: nodes with keys, rounds, branches, run ids

@@ -77,6 +77,21 @@ def keep_at_random(slices, dim, k, generator, options):
     return keep.nonzero().squeeze(1)
 
 
+# Coupled pruning (pruning.structure): (one vector of effective weights per channel unit, k, generator,
+# options) -> indices of the units to keep. A unit's slices may differ in size, so they come as a list.
+def keep_largest_unit_norm(vectors, k, generator, options):
+    norm = torch.stack([torch.linalg.vector_norm(v, ord=_ord(options["n"])) for v in vectors])
+    return torch.topk(norm, len(vectors) - k, largest=True).indices
+
+
+def keep_units_at_random(vectors, k, generator, options):
+    count = len(vectors)
+    gone = torch.topk(torch.rand(count, generator=generator), k, largest=False).indices
+    keep = torch.ones(count, dtype=torch.bool)
+    keep[gone] = False
+    return keep.nonzero().squeeze(1)
+
+
 def _entry(method, granularity):
     entry = METHODS[method]
     if entry.granularity != granularity:
