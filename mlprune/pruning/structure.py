@@ -46,7 +46,7 @@ from torch import nn
 from ..errors import SpecError
 
 __all__ = ["Member", "ChannelGroup", "channel_groups", "removed_units", "unread_units", "extra_masks",
-           "has_removable", "prune_coupled"]
+           "has_removable", "has_unread", "apply_extra_masks", "prune_coupled"]
 
 
 @dataclass
@@ -312,6 +312,15 @@ def has_removable(masks: dict) -> bool:
     output slice (a unit's filters are all masked)."""
     for mask in masks.values():
         if mask.dim() >= 2 and not bool(mask.reshape(mask.shape[0], -1).any(dim=1).all()):
+            return True
+    return False
+
+
+def has_unread(masks: dict) -> bool:
+    """Cheap check before tracing: can any unit be unread? Only if some weight has a fully masked
+    input slice."""
+    for mask in masks.values():
+        if mask.dim() >= 2 and not bool(mask.transpose(0, 1).reshape(mask.shape[1], -1).any(dim=1).all()):
             return True
     return False
 
