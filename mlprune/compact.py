@@ -195,7 +195,13 @@ def load(directory) -> nn.Module:
         arch = json.loads(arch_file.read_text())
     except json.JSONDecodeError as error:
         raise SpecError(f"{arch_file} is not JSON: {error}") from None
-    return rebuild(arch, load_file(str(weights_file)))
+    model = rebuild(arch)
+    try:
+        weights = load_file(str(weights_file))
+    except Exception as error:  # noqa: BLE001 -- safetensors' own errors: a broken file, in one line
+        raise SpecError(f"{weights_file} is not a safetensors file: {str(error).splitlines()[0]}") from None
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
 
 
 # --------------------------------------------------------------------------- measuring

@@ -453,8 +453,16 @@ def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data
         tensors = run_steps(ctx_base, tensors, steps)
     metrics, files = evaluate_state(workspace, root, data, tensors, history, steps)
     metrics[names.M_DURATION] = time.perf_counter() - started
-    prune_only = bool(steps) and all(next(iter(s)) == "prune" for s in steps)
+    prune_only = bool(steps) and all(next(iter(s)) == "prune" for s in steps) and _only_masked(tensors, parent)
     return Computed(tensors, metrics, history, parent.run_id if prune_only else None, files)
+
+
+def _only_masked(tensors: Tensors, parent) -> bool:
+    """Are the weights the parent's with the new masks applied (what loading a state that shares its
+    parent's weights gives)? Not when a prune removed channels: their biases and BatchNorm entries are
+    zero too, so the state keeps its own weights."""
+    return all(torch.equal(t, parent.weights[n] * tensors.masks[n] if n in tensors.masks else parent.weights[n])
+               for n, t in tensors.weights.items())
 
 
 @dataclass
