@@ -364,3 +364,117 @@ def test_structured_states_log_their_compact_cost_and_unstructured_ones_no_speed
     assert not any(k.startswith(("latency_ms", "speedup", "params_compact", "flops_compact")) for k in u)
     assert u["flops_masked"] < u["flops_dense"] and "theoretical_speedup" in u
     assert not any(k.startswith(("latency_ms", "speedup")) for k in trained.metrics)
+
+
+# ---------------------------------------------------------------------------------- the issue's must-shows, end to end
+
+def _oracle_count(weights, masks):
+    """Unmasked weights, plus each bias / BatchNorm (weight, bias) entry whose channel still has a kept
+    filter: by the layer names (convK -> bnK, shortcut.0 -> shortcut.1), independently of the tracer."""
+    alive = {name[:-len(".weight")]: mask.reshape(mask.shape[0], -1).any(dim=1) for name, mask in masks.items()}
+    count = sum(int(m.sum()) for m in masks.values())
+    for name in weights:
+        module, _, tensor = name.rpartition(".")
+        if name in masks or tensor in ("running_mean", "running_var", "num_batches_tracked"):
+            continue
+        if module in alive:  # a conv / linear bias
+            count += int(alive[module].sum())
+            continue
+        writer = re.sub(r"bn(\d)$", r"conv\1", module) if re.search(r"bn\d$", module) else \
+            re.sub(r"shortcut\.1$", "shortcut.0", module)
+        count += int(alive[writer].sum())
+    return count
+
+
+def _test_batch(state):
+    from mlprune.compute import Workspace
+
+    workspace = Workspace()
+    data = workspace.data(state.spec["root"], None)
+    return next(iter(data.test_batches(64)))[0]
+
+
+def _run(runner, *args):
+    from mlprune.cli import main
+
+    result = runner.invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.slow
+def test_lt_structured_l1_on_lenet_exports_a_compact_network_with_the_masked_outputs(tracking, tmp_path):
+    """The seed's lt_structuredL1 (keys unchanged: dim 1, not coupled) and its coupled variant: the compact
+    export gives the masked model's outputs; coupled, it holds exactly the unmasked weights and the
+    surviving biases; uncoupled it holds fewer (filters whose outputs nothing reads go too)."""
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    for recipe in ("lt_structuredL1", "lt_structuredL1_coupled"):
+        _run(runner, "run", str(REPO / "recipes" / f"{recipe}.yaml"), "-P", "rounds=1", "-P", "epochs=1",
+             "-P", "train_size=128", "-e", "lenet-structured")
+    exp = Experiment("lenet-structured")
+    rounds = {s.spec["kind"]: s for s in exp.states()}
+    ticket = {}
+    for state in exp.states():
+        steps = [next(iter(step)) for step in state.spec.get("steps", [])]
+        prune = next((s for s in exp.states() if s.run_id == state.spec.get("parent_run")), None)
+        if steps == ["reinit", "train"] and prune is not None:
+            ticket[bool(prune.spec["steps"][0]["prune"].get("coupled"))] = state
+    assert set(ticket) == {False, True} and rounds
+    for coupled_, state in ticket.items():
+        out = tmp_path / f"compact-{coupled_}"
+        printed = _run(runner, "export", state.run_id[:8], str(out), "--compact")
+        assert "compact.safetensors, compact.json" in printed and "max |compact - masked|" in printed
+        small = C.load(out)
+        masked = state.model().eval()
+        x = _test_batch(state)
+        assert C.max_abs_diff(masked, small, x) <= 1e-5
+        count = C.parameter_count(small)
+        oracle = _oracle_count(state.weights, state.masks)
+        assert count == oracle if coupled_ else count < oracle
+        assert count == state.metrics["params_compact"]
+
+
+@pytest.mark.slow
+def test_resnet20_half_of_every_residual_group_is_faster_and_in_the_report(tracking, tmp_path):
+    """compact_resnet20: 50% of the output channels of every channel group (residual groups together),
+    then fine-tuning. Measured speedup > 1 on this machine's CPU, the compact export gives the masked
+    outputs with exactly the surviving parameters, and the report draws accuracy vs measured speedup
+    (an unstructured recipe beside it is said to have none)."""
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    _run(runner, "run", str(REPO / "recipes" / "compact_resnet20.yaml"), "-P", "train_size=256", "-P", "epochs=1",
+         "-e", "compact")
+    _run(runner, "run", str(REPO / "recipes" / "lt_unstructuredrandom.yaml"), "-P", "rounds=1", "-P", "epochs=1",
+         "-P", "train_size=64", "-e", "compact")
+    exp = Experiment("compact")
+    tuned = next(s for s in exp.states() if s.spec["root"]["model"] == "resnet20"
+                 and [next(iter(x)) for x in s.spec.get("steps", [])] == ["reinit", "train"])
+    groups = channel_groups(build_model("resnet20", num_classes=10, input_shape=(1, 8, 8)), (1, 8, 8))
+    for group in groups:
+        if not group.fixed:
+            assert len(removed_units(group, tuned.masks)) == round(0.5 * group.units), group.name
+    metrics = tuned.metrics
+    assert metrics["speedup"] > 1, metrics
+    assert metrics["flops_compact"] < metrics["flops_dense"]
+    out = tmp_path / "small"
+    _run(runner, "export", tuned.run_id[:8], str(out), "--compact")
+    small = C.load(out)
+    assert C.max_abs_diff(tuned.model().eval(), small, _test_batch(tuned)) <= 1e-5
+    assert C.parameter_count(small) == _oracle_count(tuned.weights, tuned.masks) == metrics["params_compact"]
+
+    _run(runner, "report", "compact", str(tmp_path / "report"))
+    numbers = json.loads((tmp_path / "report" / "numbers.json").read_text())
+    rows = numbers["accuracy_vs_speedup"]
+    assert [r["round"] for r in rows if r["recipe"].startswith("compact_resnet20")] == [0, 1]
+    assert next(r for r in rows if r["round"] == 1)["speedup"] == pytest.approx(metrics["speedup"])
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert 'data-kind="accuracy_vs_speedup"' in page and 'data-kind="accuracy_vs_remaining"' in page
+    assert page.index('data-kind="accuracy_vs_remaining"') < page.index('data-kind="accuracy_vs_speedup"')
+    assert "No measured speedup for lt_unstructuredrandom" in page
+    # an unstructured state exports its network as it is, and says so
+    unstructured = next(s for s in exp.states() if s.spec["root"]["model"] == "lenet" and s.kind == "prune")
+    printed = _run(runner, "export", unstructured.run_id[:8], str(tmp_path / "u"), "--compact")
+    assert "no channel is removed" in printed and "no dense speedup" in printed
