@@ -89,14 +89,22 @@ class Workspace:
 
         cache_key = canonical_json([root["model"], root.get("model_options"), data.num_classes,
                                     list(data.input_shape)])
-        if cache_key not in self._groups:
-            self._groups[cache_key] = channel_groups(self.blank(root, data), tuple(data.input_shape))
-        return self._groups[cache_key]
+        from .errors import SpecError
 
-    def removed_extras(self, root: dict, data, weights: dict, masks: dict, *, required: bool = False) -> dict:
+        if cache_key not in self._groups:
+            try:
+                self._groups[cache_key] = channel_groups(self.blank(root, data), tuple(data.input_shape))
+            except SpecError as error:  # remembered: an architecture that cannot be traced is not traced again
+                self._groups[cache_key] = error
+        found = self._groups[cache_key]
+        if isinstance(found, SpecError):
+            raise SpecError(str(found))
+        return found
+
+    def removed_extras(self, root: dict, data, weights: dict, masks: dict) -> dict:
         """{tensor: bool mask} of the biases and BatchNorm entries of removed channels (every weight of
         the channel masked: `pruning.structure`); {} when no channel is removed. A model whose channels
-        cannot be traced has none, unless `required` (a coupled prune step), where it is a SpecError."""
+        cannot be traced has none (a coupled prune step on it has already failed with a SpecError)."""
         from .errors import SpecError
         from .pruning.structure import extra_masks, has_removable
 
@@ -105,8 +113,6 @@ class Workspace:
         try:
             groups = self.channel_groups(root, data)
         except SpecError:
-            if required:
-                raise
             return {}
         return extra_masks(groups, masks, {name: t.shape for name, t in weights.items()})
 

@@ -223,7 +223,7 @@ def test_random_coupled_pruning_is_seeded():
 
 CASES = [("lenet", (1, 28, 28), None), ("conv2", (3, 8, 8), None), ("conv4", (3, 8, 8), None),
          ("resnet20", (3, 8, 8), None), ("resnet20", (3, 8, 8), {"shortcut": "B"}),
-         pytest.param("conv6", (3, 8, 8), None, marks=pytest.mark.slow),
+         ("conv6", (3, 8, 8), None),
          pytest.param("vgg11", (3, 32, 32), None, marks=pytest.mark.slow),
          pytest.param("vgg16", (3, 32, 32), None, marks=pytest.mark.slow),
          pytest.param("tv:resnet18", (3, 32, 32), None, marks=pytest.mark.slow)]
