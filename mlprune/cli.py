@@ -524,19 +524,40 @@ def verify(experiment, repair):
 @main.command()
 @click.argument("run_id")
 @click.argument("directory", type=click.Path(file_okay=False))
-def export(run_id, directory):
+@click.option("--compact", is_flag=True, help="Write the physically smaller network instead: "
+              "compact.safetensors and compact.json (load it with mlprune.compact.load(DIRECTORY)).")
+def export(run_id, directory, compact):
     """Write a state's weights.safetensors, masks.safetensors and state.json to DIRECTORY.
 
     Weights are resolved even when the state references its parent's; every file is
     checked against the SHA-256 recorded when the state was finished.
 
+    With --compact: the network with its removed channels physically gone (weights as
+    safetensors, architecture as JSON), checked to give the masked network's outputs.
+
     \b
-    Example:
+    Examples:
       mlprune export 3f2a9c1d ./ticket
+      mlprune export 3f2a9c1d ./small --compact
     """
     store = _store(create=False)
-    files = store.artifact_files(store.resolve_run_id(run_id))
+    resolved = store.resolve_run_id(run_id)
     out = Path(directory)
+    if compact:
+        from .compute import export_compact
+        from .names import COMPACT_ARCH_FILE, COMPACT_WEIGHTS_FILE
+
+        arch = export_compact(store.load(resolved), out)
+        kept = sum(g["kept"] for g in arch["groups"])
+        total = sum(g["units"] for g in arch["groups"])
+        click.echo(f"wrote {COMPACT_WEIGHTS_FILE}, {COMPACT_ARCH_FILE} to {out}: {arch['params']} parameters, "
+                   f"{arch['flops']} FLOPs, {kept} of {total} channels kept, max |compact - masked| = "
+                   f"{arch['check']['max_abs_diff']:.2g} on {arch['check']['test_examples']} test examples")
+        if kept == total:
+            click.echo("no channel is removed: the compact network is the dense one (unstructured sparsity "
+                       "runs as dense tensors and gives no dense speedup)")
+        return
+    files = store.artifact_files(resolved)
     out.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         (out / name).write_bytes(content)

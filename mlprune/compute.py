@@ -44,6 +44,7 @@ class Workspace:
         self.channels_last, self.compile = channels_last, compile
         self._data: dict[str, object] = {}
         self._templates: dict[str, torch.nn.Module] = {}
+        self._groups: dict[str, list] = {}
 
     def data(self, root: dict, data_dir: str | None):
         from .data import load_data
@@ -83,6 +84,48 @@ class Workspace:
                 return model
             self._templates[cache_key] = template = model
         return copy.deepcopy(template)
+
+
+    def channel_groups(self, root: dict, data) -> list:
+        """The architecture's channel groups (`pruning.structure.channel_groups`), traced once per root."""
+        from .pruning.structure import channel_groups
+
+        cache_key = canonical_json([root["model"], root.get("model_options"), data.num_classes,
+                                    list(data.input_shape)])
+        from .errors import SpecError
+
+        if cache_key not in self._groups:
+            try:
+                self._groups[cache_key] = channel_groups(self.blank(root, data), tuple(data.input_shape))
+            except SpecError as error:  # remembered: an architecture that cannot be traced is not traced again
+                self._groups[cache_key] = error
+        found = self._groups[cache_key]
+        if isinstance(found, SpecError):
+            raise SpecError(str(found))
+        return found
+
+    def removed_extras(self, root: dict, data, weights: dict, masks: dict) -> dict:
+        """{tensor: bool mask} of the biases and BatchNorm entries of removed channels (every weight of
+        the channel masked: `pruning.structure`); {} when no channel is removed. A model whose channels
+        cannot be traced has none (a coupled prune step on it has already failed with a SpecError)."""
+        from .errors import SpecError
+        from .pruning.structure import extra_masks, has_removable
+
+        if not has_removable(masks):
+            return {}
+        try:
+            groups = self.channel_groups(root, data)
+        except SpecError:
+            return {}
+        return extra_masks(groups, masks, {name: t.shape for name, t in weights.items()})
+
+
+def with_removed_extras(ctx: "StepContext", weights: dict, masks: dict) -> dict:
+    """`weights` with the biases and BatchNorm entries of removed channels at exactly 0.0."""
+    from .pruning.structure import apply_extra_masks
+
+    extras = ctx.workspace.removed_extras(ctx.root, ctx.data, weights, masks)
+    return apply_extra_masks(weights, extras) if extras else weights
 
 
 @dataclass
@@ -131,13 +174,19 @@ def run_prune(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     entry = METHODS[options["method"]]
     if entry.granularity == "transplant":
         masks = transplant_mask(tensors.masks, ctx.inputs["mask"].masks)
+    elif options.get("coupled"):
+        from .pruning.structure import prune_coupled
+
+        effective = {n: tensors.weights[n] * tensors.masks[n] for n in tensors.masks}
+        masks = prune_coupled(effective, tensors.masks, _kinds(ctx), options,
+                              ctx.workspace.channel_groups(ctx.root, ctx.data), generator=ctx.generator(options.get("seed")))
     else:
         effective = {n: tensors.weights[n] * tensors.masks[n] for n in tensors.masks}
         scores = _network_scores(ctx, effective, tensors.weights, options) if entry.scores_network else None
         masks = prune_masks(effective, tensors.masks, _kinds(ctx), options, generator=ctx.generator(options.get("seed")),
                             scores=scores)
     weights = {n: (t * masks[n] if n in masks else t) for n, t in tensors.weights.items()}
-    return Tensors(weights, masks)
+    return Tensors(with_removed_extras(ctx, weights, masks), masks)
 
 
 def _network_scores(ctx: StepContext, effective: dict, weights: dict, options: dict):
@@ -176,7 +225,7 @@ def run_reinit(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     weights, masks = reinit_weights(options["strategy"], current=tensors.weights, source=source, fresh=fresh,
                                     masks=tensors.masks, kinds=_kinds(ctx), generator=ctx.generator(options.get("seed")),
                                     **own)
-    return Tensors(weights, masks)
+    return Tensors(with_removed_extras(ctx, weights, masks), masks)
 
 
 def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
@@ -185,9 +234,17 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
 
     device = ctx.workspace.device
     model = ctx.workspace.blank(ctx.root, ctx.data)
+    # removed channels' biases and BatchNorm entries: zero, and masked during training like weights
+    extras = ctx.workspace.removed_extras(ctx.root, ctx.data, tensors.weights, tensors.masks)
+    if extras:
+        from .pruning.structure import apply_extra_masks
+
+        tensors = Tensors(apply_extra_masks(tensors.weights, extras), tensors.masks)
     model.load_state_dict(tensors.weights)
     model.to(device)
     masks = {n: m.to(device) for n, m in tensors.masks.items()}
+    parameters = dict(model.named_parameters())
+    train_masks = {**masks, **{n: m.to(device) for n, m in extras.items() if n in parameters}}
     per_epoch = ctx.data.batches_per_epoch(options["batch_size"])
 
     def checkpoint(fn):
@@ -206,7 +263,7 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     if ctx.progress is not None:
         progress = lambda epoch, total, loss: ctx.progress(f"epoch {epoch}/{total} train_loss {loss:.4f}")  # noqa: E731
     seed = ctx.root["seed"] if options["seed"] is None else options["seed"]
-    history = train(model, masks, ctx.data, options, seed=seed, device=device, progress=progress,
+    history = train(model, train_masks, ctx.data, options, seed=seed, device=device, progress=progress,
                     on_epoch=on_epoch, checkpoints=checkpoints, channels_last=ctx.workspace.channels_last,
                     compile=ctx.workspace.compile)
     ctx.history.setdefault(names.M_ITERATIONS, 0)
@@ -336,12 +393,102 @@ def evaluate_training(ev: Evaluated):
     return metrics, {}
 
 
+def compact_network(workspace: Workspace, root: dict, data, weights: dict, masks: dict):
+    """The state's compact network (`mlprune.compact.Compact`): its unread channels physically removed."""
+    from .compact import compact_state
+
+    return compact_state(workspace.blank(root, data), weights, masks, workspace.channel_groups(root, data),
+                         model_name=root["model"], model_options=root.get("model_options"),
+                         num_classes=data.num_classes, input_shape=tuple(data.input_shape))
+
+
+def check_compact(compact, dense: torch.nn.Module, data, device) -> tuple[torch.nn.Module, dict]:
+    """(the rebuilt compact network on `device`, its metrics): parameters, FLOPs and the largest output
+    difference to the dense (masked) network on the first test batch (64 examples)."""
+    from .compact import max_abs_diff, parameter_count, rebuild
+
+    model = rebuild(compact.arch, compact.weights)
+    flops = analysis.flops(model, tuple(data.input_shape))[names.M_FLOPS_DENSE]
+    model.to(device)
+    x, _ = next(iter(data.test_batches(64)))
+    metrics = {names.M_PARAMS_COMPACT: parameter_count(model), names.M_FLOPS_COMPACT: flops,
+               names.M_COMPACT_DIFF: max_abs_diff(dense, model, x.to(device))}
+    compact.arch["params"], compact.arch["flops"] = metrics[names.M_PARAMS_COMPACT], flops
+    compact.arch["check"] = {"max_abs_diff": metrics[names.M_COMPACT_DIFF], "test_examples": int(len(x))}
+    return model, metrics
+
+
+def measure_compact(compact, dense: torch.nn.Module, data, device) -> tuple[torch.nn.Module, dict]:
+    """`check_compact`'s network and metrics, and the latencies of both networks on `device`."""
+    from .compact import latency_ms
+
+    model, metrics = check_compact(compact, dense, data, device)
+    times = latency_ms({"dense": dense, "compact": model}, tuple(data.input_shape), device, batch_sizes=(1, 64))
+    metrics.update({names.M_LATENCY: times["compact"][64], names.M_LATENCY_BATCH1: times["compact"][1],
+                    names.M_LATENCY_DENSE: times["dense"][64], names.M_LATENCY_DENSE_BATCH1: times["dense"][1],
+                    names.M_SPEEDUP: times["dense"][64] / times["compact"][64],
+                    names.M_SPEEDUP_BATCH1: times["dense"][1] / times["compact"][1]})
+    return model, metrics
+
+
+COMPACT_TOLERANCE = 1e-4  # fp32: a compact network further than this from the masked one is not written
+
+
+def export_compact(state, directory, *, data_dir: str | None = None) -> dict:
+    """Write a stored state's compact network (compact.safetensors, compact.json) to `directory`.
+
+    `state`: a loaded state (weights, masks, spec, run_id). The compact network is checked against
+    the masked one on a test batch first; one that differs by more than COMPACT_TOLERANCE is refused
+    (SpecError). Returns compact.json's content.
+    """
+    from .compact import write
+    from .errors import SpecError
+
+    workspace = Workspace()
+    root = state.spec["root"]
+    data = workspace.data(root, data_dir or state.spec.get("data_dir"))
+    compact = compact_network(workspace, root, data, state.weights, state.masks)
+    dense = workspace.blank(root, data)
+    dense.load_state_dict(state.weights)
+    dense.eval()
+    _, metrics = check_compact(compact, dense, data, workspace.device)
+    if not metrics[names.M_COMPACT_DIFF] <= COMPACT_TOLERANCE:
+        raise SpecError(f"the compact network of {state.run_id[:8]} differs from the masked one by "
+                        f"{metrics[names.M_COMPACT_DIFF]:.3g} on a test batch; allowed: <= {COMPACT_TOLERANCE:g} "
+                        f"(an architecture whose channels were not traced right)")
+    compact.arch["source"] = {"run_id": state.run_id, "key": state.spec.get("key")}
+    compact.arch["removed"] = dict(compact.removed)
+    write(directory, compact)
+    return compact.arch
+
+
+def evaluate_compact(ev: Evaluated):
+    """Structured states (some channel no weight reads): the compact network's parameters, FLOPs and
+    measured latency vs the dense network. Nothing for other states: unstructured sparsity runs as
+    dense tensors, so it has no measured speedup (its `flops_masked` is a theoretical count)."""
+    from .errors import SpecError
+    from .pruning.structure import has_unread
+
+    if not has_unread(ev.tensors.masks):
+        return {}, {}
+    try:
+        compact = compact_network(ev.workspace, ev.root, ev.data, ev.tensors.weights, ev.tensors.masks)
+    except SpecError:  # channels that cannot be traced: no compact network, no numbers
+        return {}, {}
+    if not compact.shrunk:
+        return {}, {}
+    _, metrics = measure_compact(compact, ev.model, ev.data, ev.workspace.device)
+    return metrics, {}
+
+
 EVALUATIONS.add(Evaluation("test", "mlprune.compute:evaluate_test", "test loss and accuracy"))
 EVALUATIONS.add(Evaluation("predictions", "mlprune.compute:evaluate_predictions",
                            "test predictions, confusion matrix, accuracy per class (the test pass, reused)"))
 EVALUATIONS.add(Evaluation("sparsity", "mlprune.compute:evaluate_sparsity", "sparsity per layer, compression"))
 EVALUATIONS.add(Evaluation("flops", "mlprune.compute:evaluate_flops", "multiply-adds, dense and masked"))
 EVALUATIONS.add(Evaluation("training", "mlprune.compute:evaluate_training", "early stopping, iterations"))
+EVALUATIONS.add(Evaluation("compact", "mlprune.compute:evaluate_compact",
+                           "structured states: the compact network's parameters, FLOPs, latency and speedup"))
 
 
 def evaluate_state(workspace: Workspace, root: dict, data, tensors: Tensors, history: dict,
@@ -388,8 +535,16 @@ def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data
         tensors = run_steps(ctx_base, tensors, steps)
     metrics, files = evaluate_state(workspace, root, data, tensors, history, steps)
     metrics[names.M_DURATION] = time.perf_counter() - started
-    prune_only = bool(steps) and all(next(iter(s)) == "prune" for s in steps)
+    prune_only = bool(steps) and all(next(iter(s)) == "prune" for s in steps) and _only_masked(tensors, parent)
     return Computed(tensors, metrics, history, parent.run_id if prune_only else None, files)
+
+
+def _only_masked(tensors: Tensors, parent) -> bool:
+    """Are the weights the parent's with the new masks applied (what loading a state that shares its
+    parent's weights gives)? Not when a prune removed channels: their biases and BatchNorm entries are
+    zero too, so the state keeps its own weights."""
+    return all(torch.equal(t, parent.weights[n] * tensors.masks[n] if n in tensors.masks else parent.weights[n])
+               for n, t in tensors.weights.items())
 
 
 @dataclass

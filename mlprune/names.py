@@ -71,6 +71,16 @@ M_BARRIER_LOSS = "barrier_loss"          # the same for the test loss
 M_TRAIN_INSTABILITY = "train_instability"      # ... on the training set (option train_set)
 M_TRAIN_BARRIER_LOSS = "train_barrier_loss"
 M_SPAWN_ITERATION = "spawn_iteration"    # two spawned copies: the iteration of the schedule they started from
+# structured states (channels removed: mlprune.compact): the compact network's cost, measured
+M_PARAMS_COMPACT = "params_compact"      # parameters of the compact network
+M_FLOPS_COMPACT = "flops_compact"        # its multiply-adds (analysis.flops, batch 1)
+M_LATENCY = "latency_ms"                 # median ms of one batch-64 forward pass of the compact network
+M_LATENCY_BATCH1 = "latency_ms.batch1"   # the same at batch 1
+M_LATENCY_DENSE = "latency_ms.dense"     # the dense (masked) network, batch 64, timed alongside
+M_LATENCY_DENSE_BATCH1 = "latency_ms.dense.batch1"
+M_SPEEDUP = "speedup"                    # latency_ms.dense / latency_ms (batch 64)
+M_SPEEDUP_BATCH1 = "speedup.batch1"
+M_COMPACT_DIFF = "compact_max_abs_diff"  # max |compact - masked| of the outputs on a test batch
 
 # ---- artifacts of a state run ----------------------------------------------------------
 WEIGHTS_FILE = "weights.safetensors"
@@ -85,6 +95,10 @@ PRED_LABEL = "label"                     # int16: the true class
 PRED_TRUE_PROBABILITY = "true_class_probability"   # float32: softmax probability of the true class
 INTERPOLATION_FILE = "interpolation.json"      # per alpha: test (and train) error and loss
 INTERPOLATION_FIGURE_FILE = "interpolation.png"  # error and loss vs alpha
+
+# ---- files of a compact export (mlprune export RUN_ID DIR --compact) --------------------
+COMPACT_WEIGHTS_FILE = "compact.safetensors"
+COMPACT_ARCH_FILE = "compact.json"
 
 # ---- artifacts of a workflow run -------------------------------------------------------
 PLAN_FILE = "plan.json"                  # the plans it ran: nodes with keys, rounds, branches, run ids

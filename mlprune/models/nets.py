@@ -199,10 +199,53 @@ class VGG11(nn.Module):
 
 # ----------------------------------------------------------------------------- ResNet-20
 
+class ZeroPadShortcut(nn.Module):
+    """Option-A shortcut (parameter-free): stride subsampling, then output channel ``o`` is input
+    channel ``index[o]``, or zeros where ``index[o] == -1``.
+
+    Built as He et al.'s zero padding (``pad`` channels split before / after the input's); a
+    compacted network (`mlprune.compact`) keeps only some channels on either side, which ``index``
+    says. A module of its own (not a function in the block) so that the channel dependency
+    tracer (`mlprune.pruning.structure`) can see which input channel each output channel carries.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.in_channels = in_channels
+        pad = out_channels - in_channels
+        self.index = [-1] * (pad // 2) + list(range(in_channels)) + [-1] * (pad - pad // 2)
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.index)
+
+    def _padding(self):
+        """(before, after) when ``index`` is a plain zero padding of all the inputs, else None."""
+        first = next((o for o, i in enumerate(self.index) if i >= 0), len(self.index))
+        middle = self.index[first:first + self.in_channels]
+        if middle != list(range(self.in_channels)) or any(i >= 0 for i in self.index[first + self.in_channels:]):
+            return None
+        return first, len(self.index) - first - self.in_channels
+
+    def forward(self, x):
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        padding = self._padding()
+        if padding is not None:
+            return nn.functional.pad(x, (0, 0, 0, 0, *padding)) if any(padding) else x
+        zero = x.new_zeros((x.shape[0], 1, *x.shape[2:]))
+        index = torch.tensor([i if i >= 0 else self.in_channels for i in self.index], device=x.device)
+        return torch.cat([x, zero], dim=1).index_select(1, index)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, stride={self.stride}"
+
+
 class _BasicBlockA(nn.Module):
     """CIFAR ResNet basic block. Shortcut option A (He et al.'s CIFAR runs): parameter-free, stride-2
-    subsampling plus zero channel padding where the shape changes; option B (OpenLTH): a 1x1 conv and
-    BatchNorm there (``shortcut.0`` / ``shortcut.1``), identity elsewhere."""
+    subsampling plus zero channel padding where the shape changes (`ZeroPadShortcut`); option B
+    (OpenLTH): a 1x1 conv and BatchNorm there (``shortcut.0`` / ``shortcut.1``), identity elsewhere."""
 
     def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str = "A"):
         super().__init__()
@@ -210,19 +253,16 @@ class _BasicBlockA(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.stride = stride
-        self.pad = planes - in_planes
-        if shortcut == "B" and (stride != 1 or in_planes != planes):
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+        if stride != 1 or in_planes != planes:
+            if shortcut == "B":
+                self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                              nn.BatchNorm2d(planes))
+            else:  # no parameters: the state_dict is the same as without the module
+                self.shortcut = ZeroPadShortcut(in_planes, planes, stride)
 
     def _shortcut(self, x):
         if hasattr(self, "shortcut"):
             return self.shortcut(x)
-        if self.stride != 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        if self.pad:
-            x = nn.functional.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
         return x
 
     def forward(self, x):

@@ -100,6 +100,9 @@ Prune step spec (recipe files; ``resolve_prune_step`` makes it canonical)
      "n": 1, "dim": 1,                 # ln_structured: n and dim; random_structured: dim
      "include": ["*"], "exclude": [],  # selectors of the layers this step prunes
      "bias": False,                    # True -> SpecError (bias pruning not supported yet)
+     "coupled": False,                 # structured methods: remove whole channels with everything
+                                       #   they feed or belong to (pruning.structure); in the key
+                                       #   only when true
      "layers": {<selector>: {"method": ..., "amount": ..., "n": ..., "dim": ...,
                              "skip": bool}},
      "seed": <int>}                    # kept only when given and a random method is used;
@@ -279,6 +282,8 @@ class Method:
     help: str = ""
     scorer: str = ""                              # scores the network (needs the model and data)
     default_scope: str = "layer"                  # the scope when a step does not give one
+    unit_impl: str = ""                           # slice methods, coupled pruning: (one vector per channel
+                                                  #   unit, k, generator, options) -> indices to keep
 
     @property
     def structured(self) -> bool:
@@ -301,6 +306,11 @@ class Method:
         from ..registry import load_impl
 
         return load_impl(self.impl)
+
+    def load_units(self):
+        from ..registry import load_impl
+
+        return load_impl(self.unit_impl)
 
     def describe(self, options: dict) -> str:
         """The method's short name with its options filled in ('l1-struct', 'l-inf-struct', 'snip inverted')."""
@@ -345,9 +355,11 @@ METHODS.add(Method("l1_unstructured", "weight", "mlprune.pruning.masks:choose_sm
 METHODS.add(Method("random_unstructured", "weight", "mlprune.pruning.masks:choose_at_random", random=True,
                    short="random", help="uniformly among the remaining weights"))
 METHODS.add(Method("ln_structured", "slice", "mlprune.pruning.masks:keep_largest_norm", options=(_N, _DIM),
-                   short="l{n}-struct", help="whole slices by their Ln norm"))
+                   short="l{n}-struct", help="whole slices by their Ln norm",
+                   unit_impl="mlprune.pruning.masks:keep_largest_unit_norm"))
 METHODS.add(Method("random_structured", "slice", "mlprune.pruning.masks:keep_at_random", random=True,
-                   options=(_DIM,), short="random-struct", help="whole slices at random"))
+                   options=(_DIM,), short="random-struct", help="whole slices at random",
+                   unit_impl="mlprune.pruning.masks:keep_units_at_random"))
 METHODS.add(Method("from_state", "transplant", short="transplant",
                    help="the mask of another state (`from`: a state)"))
 # Score methods: pruning at initialization (or at any state); their scores use the masks already there.
@@ -376,7 +388,7 @@ def _method_options() -> dict[str, MethodOption]:
 
 
 # --------------------------------------------------------------------------- specs
-_COMMON_KEYS = ("method", "amount", "scope", "include", "exclude", "bias", "layers", "seed")
+_COMMON_KEYS = ("method", "amount", "scope", "include", "exclude", "bias", "coupled", "layers", "seed")
 _FROM_STATE_KEYS = ("method", "state", "seed")
 
 
@@ -494,6 +506,9 @@ def resolve_prune_step(step: dict) -> dict:
     bias = step.get("bias", False)
     if bias is not False:
         raise SpecError(f"bias pruning not supported yet (bias={bias!r}); allowed: false")
+    coupled = step.get("coupled", False)
+    if not isinstance(coupled, bool):
+        raise SpecError(f"invalid coupled {coupled!r}; allowed: true or false")
 
     # method options given at the top level apply to the step's method and are inherited by
     # overrides; each is checked where it is given, and must apply to some method used
@@ -547,6 +562,12 @@ def resolve_prune_step(step: dict) -> dict:
            "include": _selector_list(step.get("include", ["*"]), "include"),
            "exclude": _selector_list(step.get("exclude", []), "exclude"),
            "bias": False, "layers": overrides}
+    if coupled:  # in the key only when true: every existing prune step keeps its key
+        unstructured = sorted(m for m in methods_used if not METHODS[m].structured)
+        if unstructured:
+            raise SpecError(f"coupled pruning removes whole channels; method {unstructured[0]!r} prunes single "
+                            f"weights (allowed with coupled: {', '.join(METHODS.where(granularity='slice'))})")
+        out["coupled"] = True
     # No default seed: absent, the executor derives one from the child's key (each branch its own draw).
     if step.get("seed") is not None:
         seed = _check_seed(step["seed"])

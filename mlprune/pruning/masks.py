@@ -6,6 +6,8 @@ the package docstring (`mlprune.pruning`); the methods' entries are `pruning.MET
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import SpecError, choice_error
@@ -71,6 +73,36 @@ def keep_largest_norm(slices, dim, k, generator, options):
 
 def keep_at_random(slices, dim, k, generator, options):
     count = slices.shape[dim]
+    gone = torch.topk(torch.rand(count, generator=generator), k, largest=False).indices
+    keep = torch.ones(count, dtype=torch.bool)
+    keep[gone] = False
+    return keep.nonzero().squeeze(1)
+
+
+# Coupled pruning (pruning.structure): (one vector of effective weights per channel unit, k, generator,
+# options) -> indices of the units to keep. A unit's slices may differ in size, so they come as a list.
+def unit_norm(vector, n):
+    """The Ln norm of a unit's weights per entry: ``||v||_n / ||1||_n`` (n=1: mean |w|, n=2: root mean
+    square, inf: max |w|, -inf: min |w|). Units of one group can differ in size (a ResNet channel that
+    runs through three stages has more filters than one that starts in the last); per entry, size
+    alone does not decide. Units of equal size rank exactly as by their Ln norm."""
+    order = _ord(n)
+    norm = torch.linalg.vector_norm(vector, ord=order)
+    if order in (math.inf, -math.inf):
+        return norm
+    return norm / float(vector.numel()) ** (1.0 / order)
+
+
+def keep_largest_unit_norm(vectors, k, generator, options):
+    norms = [unit_norm(v, options["n"]) for v in vectors]
+    sizes = {v.numel() for v in vectors}
+    if len(sizes) == 1:  # equal sizes: the plain Ln norm, exactly as layer-wise slice pruning ranks
+        norms = [torch.linalg.vector_norm(v, ord=_ord(options["n"])) for v in vectors]
+    return torch.topk(torch.stack(norms), len(vectors) - k, largest=True).indices
+
+
+def keep_units_at_random(vectors, k, generator, options):
+    count = len(vectors)
     gone = torch.topk(torch.rand(count, generator=generator), k, largest=False).indices
     keep = torch.ones(count, dtype=torch.bool)
     keep[gone] = False

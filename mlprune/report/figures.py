@@ -387,6 +387,37 @@ def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None 
     return fig
 
 
+def plot_accuracy_vs_speedup(rows: Sequence[Mapping], title: str | None = None) -> Figure:
+    """Test accuracy vs measured speedup (dense / compact latency, batch 64), one line per structured
+    recipe, mean ± std over seeds; each point is labelled with its round (r0: dense, speedup 1).
+
+    ``rows`` is ``report.series.speedup_table(collection)[0]``.
+    """
+    recipes: dict = {}
+    for row in rows:
+        recipes.setdefault(row["recipe"], []).append(row)
+    fig, ax, many = _series_figure(len(recipes))
+    for i, (recipe, pts) in enumerate(recipes.items()):
+        pts = sorted(pts, key=lambda r: r["round"])
+        x = np.array([r["speedup"] for r in pts])
+        y = np.array([100.0 * r["mean"] for r in pts])
+        ns = sorted({int(r["n"]) for r in pts})
+        n_txt = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+        ax.errorbar(x, y, xerr=[r["speedup_std"] for r in pts], yerr=[100.0 * r["std"] for r in pts],
+                    markersize=4, capsize=3, linewidth=1.4, label=f"{recipe} ({n_txt})",
+                    **_series_style(i, len(recipes)))
+        for r, xi, yi in zip(pts, x, y):
+            ax.annotate(f"r{r['round']}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axvline(1.0, color="#999", linewidth=0.8, linestyle=":")
+    if recipes:
+        _series_legend(fig, ax, many)
+    ax.set_xlabel("measured speedup (dense / compact latency, batch 64)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "Test accuracy vs measured speedup, structured recipes (mean ± std over seeds)")
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
 def plot_structure(emergent: Mapping[str, Mapping], title: str | None = None) -> Figure:
     """Observed vs expected-random fraction of entirely pruned units per layer (grouped bars).
 

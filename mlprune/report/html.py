@@ -34,7 +34,7 @@ from ..errors import SpecError
 from ..names import TAG_KIND
 from ..registry import Registry, load_impl
 from . import figures as plotting
-from .series import Collection, Series, accuracy_table, collect, rounds_table
+from .series import Collection, Series, accuracy_table, collect, rounds_table, speedup_table
 from .workflow import ReportWarning, _default_ui
 from .states import _model, layer_kinds, stability, structure
 
@@ -206,6 +206,35 @@ def accuracy_section(b: _Builder, collection: Collection, load=None, note=None, 
                   "validation split "
                   "(<code>val_size</code> &gt; 0).</p>")
     return agg
+
+
+def speedup_section(b: _Builder, collection: Collection, load=None, note=None) -> list[dict]:
+    """Accuracy vs measured speedup of the structured recipes; unstructured ones said plainly to have none."""
+    rows, unstructured = speedup_table(collection)
+    b.numbers["accuracy_vs_speedup"] = rows
+    plain = ""
+    if unstructured:
+        plain = (f"<p>No measured speedup for {escape(', '.join(unstructured))}: no channel is removed, and sparse "
+                 "weights run as dense tensors, so these networks are as slow as the dense one. Their "
+                 "<code>flops_masked</code> is a theoretical count (multiply-adds a sparse kernel could skip).</p>")
+    if not rows:
+        b.section("speedup", "Accuracy vs measured speedup",
+                  "<p>No structured recipe here: a state gets a measured speedup when whole channels are removed "
+                  "(structured pruning; <code>coupled: true</code> removes them with everything they feed).</p>" + plain)
+        return rows
+    html = b.figure(plotting.plot_accuracy_vs_speedup(rows), "accuracy_vs_speedup",
+                    "Test accuracy vs measured speedup of the compact network (dense / compact latency at batch 64, "
+                    "on the device each state ran on), structured recipes, mean ± std over seeds", "accuracy_vs_speedup")
+    table = _table(["series", "round", "remaining", "parameters (compact)", "FLOPs (compact)",
+                    "latency ms, dense → compact", "speedup", "test accuracy (mean ± std)", "n"],
+                   [[escape(r["recipe"]), str(r["round"]), _fmt(r["remaining"], True),
+                     _fmt(r["params_compact"]), _fmt(r["flops_compact"]),
+                     (f"{r['latency_ms_dense']:.3g} → {r['latency_ms']:.3g}"
+                      if r["latency_ms"] is not None and r["latency_ms_dense"] is not None else "–"),
+                     f"{r['speedup']:.2f}×", f"{100 * r['mean']:.2f}% ± {100 * r['std']:.2f}", str(r["n"])]
+                    for r in rows])
+    b.section("speedup", "Accuracy vs measured speedup", html + table + plain)
+    return rows
 
 
 def _load_series(series: Series, load) -> list[tuple[int, object]]:
@@ -613,6 +642,7 @@ def _note_into(collection: Collection, warn):
 
 
 SECTIONS.add(Section("accuracy", "mlprune.report.html:accuracy_section", "accuracy and early stopping vs remaining"))
+SECTIONS.add(Section("speedup", "mlprune.report.html:speedup_section", "accuracy vs measured speedup (structured)"))
 SECTIONS.add(Section("sanity", "mlprune.report.sanity:sanity_section", "each pruned branch beside its controls"))
 SECTIONS.add(Section("instability", "mlprune.report.instability:instability_section",
                      "instability vs spawn point per sparsity level (interpolations of spawned copies)"))

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from .. import analysis, lineage
 from ..errors import SpecError
-from ..names import (M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION, M_EARLY_STOP_TEST_ACCURACY, M_SPARSITY,
+from ..names import (M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION, M_EARLY_STOP_TEST_ACCURACY, M_FLOPS_COMPACT,
+                     M_FLOPS_MASKED, M_LATENCY, M_LATENCY_DENSE, M_PARAMS_COMPACT, M_SPARSITY, M_SPEEDUP,
                      M_TEST_ACCURACY, M_TEST_LOSS, PLAN_FILE, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_RECIPE)
 
 # parameters that do not make another series: seeds aggregate; more rounds extend a series
@@ -212,3 +213,55 @@ def accuracy_table(collection: Collection) -> list[dict]:
     """Accuracy vs remaining weights per series label and round, mean ± std over seeds (n)."""
     rows = rounds_table(collection)
     return analysis.accuracy_vs_remaining(rows) if rows else []
+
+
+def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
+    """(rows, unstructured labels): accuracy vs measured speedup per series label and round.
+
+    A series is structured when one of its trained states has a measured ``speedup`` (its compact
+    network is smaller: `compute.evaluate_compact`); round 0 (dense) is speedup 1 by definition.
+    Rows aggregate over seeds: ``{"recipe", "round", "n", "remaining", "speedup", "speedup_std",
+    "mean", "std", "params_compact", "flops_compact", "latency_ms", "latency_ms_dense"}``. The
+    other pruned series are listed by label: their sparsity gives no dense speedup.
+    """
+    groups: dict[tuple, list] = {}
+    order: dict[str, int] = {}
+    unstructured: list[str] = []
+    for series in collection.series:
+        runs = {rnd: collection.runs.get(run_id) for rnd, run_id in sorted(series.trained.items())}
+        if not any(_metric(run, M_SPEEDUP) is not None for run in runs.values()):
+            if any(rnd > 0 for rnd in runs) and series.label not in unstructured:
+                unstructured.append(series.label)
+            continue
+        order.setdefault(series.label, len(order))
+        for rnd, run in runs.items():
+            acc, sp = _metric(run, M_TEST_ACCURACY), _metric(run, M_SPARSITY)
+            speedup = 1.0 if rnd == 0 else _metric(run, M_SPEEDUP)
+            if acc is None or sp is None or speedup is None:
+                continue
+            groups.setdefault((series.label, rnd), []).append({
+                "accuracy": acc, "remaining": 1.0 - sp, "speedup": speedup,
+                "params_compact": _metric(run, M_PARAMS_COMPACT), "flops_compact": _metric(run, M_FLOPS_COMPACT),
+                "flops_masked": _metric(run, M_FLOPS_MASKED), "latency_ms": _metric(run, M_LATENCY),
+                "latency_ms_dense": _metric(run, M_LATENCY_DENSE)})
+    rows = []
+    for (label, rnd) in sorted(groups, key=lambda g: (order[g[0]], g[1])):
+        points = groups[(label, rnd)]
+
+        def mean(key, points=points):
+            values = [p[key] for p in points if p[key] is not None]
+            return sum(values) / len(values) if values else None
+
+        def std(key, points=points):
+            values = [p[key] for p in points if p[key] is not None]
+            if len(values) < 2:
+                return 0.0
+            m = sum(values) / len(values)
+            return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+        rows.append({"recipe": label, "round": rnd, "n": len(points), "remaining": mean("remaining"),
+                     "speedup": mean("speedup"), "speedup_std": std("speedup"), "mean": mean("accuracy"),
+                     "std": std("accuracy"), "params_compact": mean("params_compact"),
+                     "flops_compact": mean("flops_compact"), "latency_ms": mean("latency_ms"),
+                     "latency_ms_dense": mean("latency_ms_dense")})
+    return rows, unstructured

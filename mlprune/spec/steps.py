@@ -375,6 +375,9 @@ def _prune_option_doc():
         Option("seed", None, optional(seed_value), "seed of random methods (default: derived from the state's key)"),
         Option("from", None, any_value, "from_state: the state whose mask to take (a run id or state:<node>)"),
         Option("bias", False, any_value, "bias pruning (not supported)", cli=False),
+        Option("coupled", False, boolean, "structured methods: remove whole channels with their biases, "
+               "BatchNorm entries and the next layers' inputs; residual groups together (docs/structured.md)",
+               key="unless_default"),
     ]
     return Schema("prune option", tuple(options))
 
