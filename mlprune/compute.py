@@ -250,7 +250,7 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     def checkpoint(fn):
         def store_it(model_now, partial):
             so_far = {k: ctx.history.get(k, []) + list(v) for k, v in partial.items() if isinstance(v, list)}
-            fn(model_now, so_far, {n: m.to("cpu") for n, m in masks.items()})  # gradual pruning changes them
+            fn(model_now, so_far, {n: train_masks[n].to("cpu") for n in masks})  # gradual pruning changes them
         return store_it
 
     checkpoints = ({parse_time(at).iterations(per_epoch): checkpoint(fn) for at, fn in ctx.emit.items()}
@@ -274,7 +274,8 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
         ctx.history.setdefault(name, []).extend(values)
     # contiguous: a channels_last model's conv weights are stored in the plain layout like any other
     weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    return Tensors(weights, {n: m.to("cpu") for n, m in masks.items()})
+    # gradual pruning replaced the masks it tightened in train_masks
+    return Tensors(weights, {n: train_masks[n].to("cpu") for n in masks})
 
 
 # ---- a whole node -----------------------------------------------------------------------------------

@@ -126,8 +126,9 @@ class GradualPruning:
 
         target = self.line.sparsity(i)
         params = dict(self.model.named_parameters())
-        weights = {name: params[name].detach().to("cpu") for name in self.masks}
-        current = {name: m.to("cpu") for name, m in self.masks.items()}
+        # only prunable weights: masks of removed channels' biases / BatchNorm entries ride along unchanged
+        weights = {name: params[name].detach().to("cpu") for name in self.kinds}
+        current = {name: self.masks[name].to("cpu") for name in self.kinds}
         new = dict(current)
         if self.line.gradual["scope"] == "global":
             total = sum(m.numel() for m in current.values())
@@ -153,8 +154,8 @@ class GradualPruning:
         keeps[:] = [(param, (~pruned).to(param.dtype)) for param, pruned in pairs]
 
     def sparsity(self) -> float:
-        total = sum(m.numel() for m in self.masks.values())
-        return (total - sum(int(m.sum()) for m in self.masks.values())) / total if total else 0.0
+        total = sum(self.masks[name].numel() for name in self.kinds)
+        return (total - sum(int(self.masks[name].sum()) for name in self.kinds)) / total if total else 0.0
 
 
 def masked_parameters(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
