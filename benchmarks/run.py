@@ -190,7 +190,8 @@ def table(result: dict) -> str:
         "- processes (medians of {}, s): {}; cached re-run {:.2f} s; first store a machine ever creates "
         "(MLflow's migrations): {}; torch threads {}; same final accuracy: {}".format(
             pr["workload"]["repetitions"], ", ".join(f"{k} {v:.2f}" for k, v in pr["medians_s"].items()),
-            pr["cached_rerun_s"], "skipped" if pr["first_store_ever_s"] is None else f"{pr['first_store_ever_s']:.2f} s",
+            pr["cached_rerun_s"],
+            "skipped" if pr["first_store_ever_s"] is None else f"{pr['first_store_ever_s']:.2f} s",
             pr["torch_threads"], pr["same_final_accuracy"]),
     ]
     env = result["environment"]
