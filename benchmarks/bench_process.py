@@ -14,7 +14,9 @@ as a YAML file). ``--tiny`` shrinks it to a smoke test.
 Processes (each a fresh ``python``; ``mlprune`` is ``python -m mlprune``, the console script's code):
 
 - ``bare``: a PyTorch script doing the same maths by hand (``bench_pipeline.bare_lottery``:
-  reads the IDX files, no tracking, no files), at torch's default thread count.
+  reads the IDX files, no tracking, no files), at torch's default thread count, with
+  ``OMP_WAIT_POLICY=PASSIVE`` as mlprune sets it (on a busy machine spinning OpenMP threads
+  make a training many times slower: see docs/performance.md).
 - ``run``: ``mlprune run recipe.yaml`` on an existing store (migrated, experiment made),
   at mlprune's default thread count (torch's, like the bare script), figures on (the default).
 - ``run_fresh_store``: the same, where the run creates the sqlite store. mlprune copies a
@@ -92,7 +94,9 @@ class Processes:
         self.cache = tmp / "cache"
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN", "MLPRUNE_", "PYTEST_"))}
-        env.update(MLFLOW_DISABLE_TELEMETRY="true", MLPRUNE_CACHE_DIR=str(self.cache),
+        # OMP_WAIT_POLICY: what importing mlprune sets (passive OpenMP waits, see mlprune/__init__.py),
+        # given to the bare script too: the same threads, waiting the same way, on both sides
+        env.update(MLFLOW_DISABLE_TELEMETRY="true", MLPRUNE_CACHE_DIR=str(self.cache), OMP_WAIT_POLICY="PASSIVE",
                    PYTHONPATH=os.pathsep.join([str(mlprune_from), *filter(None, [os.environ.get("PYTHONPATH")])]))
         self.env = env
         self.stores = 0
