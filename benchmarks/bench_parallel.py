@@ -39,6 +39,9 @@ import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# sync and the workers must compute bitwise the same weights: one thread count on both sides
+# (mlprune's default gives sync all cores and each of 2 workers half of them)
+os.environ.setdefault("MLPRUNE_THREADS", "1")
 
 RECIPE = """\
 params: {seed: 0, epochs: 8}

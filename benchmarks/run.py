@@ -23,9 +23,25 @@ alternate over repetitions and medians are taken):
                              size (``datapath_only_ratio``); in training the
                              model's maths dilutes it (reported beside)     goal >= 3
 
-Details of each are in ``bench_pipeline.py``, ``bench_store.py`` and
-``bench_datapath.py``; ``--json`` writes the five figures at the top level, plus
-``details``, ``goals`` and ``environment``.
+Whole processes (``bench_process.py``: each a fresh ``python``, as a user runs them; the
+workload is lenet_300_100, 3 rounds x 5 epochs on 5 000 MNIST-format images for every
+size but ``--tiny``):
+
+- ``end_to_end_vs_bare``     ``mlprune run`` on an existing store / a bare
+                             PyTorch script doing the same maths, same
+                             thread count (torch's default on both)         goal <= 1.25
+- ``end_to_end_fresh_store_vs_bare``  the same where the run creates the
+                             sqlite store                                   goal <= 1.6
+- ``cached_rerun_s``         a re-run where every state exists (seconds)    (reported)
+- ``cached_rerun_vs_import_mlflow``  that / ``python -c "import mlflow"``    goal <= 1.5
+- ``threads_speedup``        a run at ``MLPRUNE_THREADS=1`` / at mlprune's
+                             default (all cores)                            goal >= 1.3
+
+Details of each are in ``bench_pipeline.py``, ``bench_store.py``, ``bench_datapath.py`` and
+``bench_process.py``; ``--json`` writes the figures at the top level, plus ``details``,
+``goals`` and ``environment``. The in-process figures are measured at one torch thread
+(``MLPRUNE_THREADS=1`` unless set: comparable with earlier results); the process figures
+at mlprune's default, except where a figure says otherwise.
 """
 
 from __future__ import annotations
@@ -54,7 +70,12 @@ GOALS = {
     "storage_ratio": (1.10, "<=", "artifact bytes beyond masks / (weight states x param bytes)"),
     "cache_ratio": (0.05, "<=", "re-run / first run of a finished 20-round recipe"),
     "fastpath_vs_dataloader": (3.0, ">=", "data path samples/s: fast path / DataLoader"),
+    "end_to_end_vs_bare": (1.25, "<=", "`mlprune run` process, existing store / bare script process"),
+    "end_to_end_fresh_store_vs_bare": (1.6, "<=", "`mlprune run` process creating its store / bare script"),
+    "cached_rerun_vs_import_mlflow": (1.5, "<=", "fully cached re-run process / `import mlflow` process"),
+    "threads_speedup": (1.3, ">=", "run process at 1 thread / at the default (all cores)"),
 }
+REPORTED = {"cached_rerun_s": "seconds of a fully cached re-run process"}  # top-level, no goal of their own
 
 
 def _met(name: str, value: float) -> bool:
@@ -99,14 +120,19 @@ def _datapath(quick: bool, tiny: bool) -> dict:
 
 def run(size: str) -> dict:
     import bench_pipeline
+    import bench_process
     import bench_store
 
+    # the in-process figures at one thread, as they always were (comparable over time); the
+    # process benchmark sets each process's threads itself
+    os.environ.setdefault("MLPRUNE_THREADS", "1")
     quick, tiny = size == "quick", size == "tiny"
     details, seconds = {}, {}
     load_before = _common.load_average()
     for name, fn in (("pipeline", lambda: bench_pipeline.measure(quick=quick, tiny=tiny)),
                      ("store", lambda: bench_store.measure(quick=quick, tiny=tiny)),
-                     ("datapath", lambda: _datapath(quick, tiny))):
+                     ("datapath", lambda: _datapath(quick, tiny)),
+                     ("process", lambda: bench_process.measure(quick=quick, tiny=tiny))):
         started = time.perf_counter()
         details[name] = fn()
         seconds[name] = time.perf_counter() - started
@@ -118,6 +144,9 @@ def run(size: str) -> dict:
         # the data path: batches of one epoch, fast path vs DataLoader(TensorDataset) over the same
         # tensors and batch size; the training figure (the same model maths on both sides) is beside it
         "fastpath_vs_dataloader": details["datapath"]["datapath_only_ratio"],
+        **{name: details["process"][name] for name in ("end_to_end_vs_bare", "end_to_end_fresh_store_vs_bare",
+                                                       "cached_rerun_s", "cached_rerun_vs_import_mlflow",
+                                                       "threads_speedup")},
     }
     env = environment()
     env.update(size=size, load_average_before=load_before, load_average_after=_common.load_average(),
@@ -133,8 +162,10 @@ def table(result: dict) -> str:
         value = result[name]
         shown = f"{value:.1f}" if name == "per_state_overhead_ms" else f"{value:.3f}"
         lines.append(f"| `{name}` | {shown} | {op} {goal:g} | {'yes' if _met(name, value) else '**no**'} | {what} |")
+    for name, what in REPORTED.items():
+        lines.append(f"| `{name}` | {result[name]:.2f} | | | {what} |")
     d = result["details"]
-    p, s, dp = d["pipeline"], d["store"], d["datapath"]
+    p, s, dp, pr = d["pipeline"], d["store"], d["datapath"], d["process"]
     lines += [
         "",
         f"- pipeline: mlprune {p['pipeline_s']:.2f} s vs bare {p['bare_s']:.2f} s (medians of "
@@ -156,6 +187,12 @@ def table(result: dict) -> str:
         f"(x{dp['fastpath_vs_dataloader']:.2f})"
         + (f", vs PyTorch's default DataLoader (batch 1) x{dp['fastpath_vs_default_dataloader']:.1f}"
            if dp.get("fastpath_vs_default_dataloader") else ""),
+        "- processes (medians of {}, s): {}; cached re-run {:.2f} s; first store a machine ever creates "
+        "(MLflow's migrations): {}; torch threads {}; same final accuracy: {}".format(
+            pr["workload"]["repetitions"], ", ".join(f"{k} {v:.2f}" for k, v in pr["medians_s"].items()),
+            pr["cached_rerun_s"],
+            "skipped" if pr["first_store_ever_s"] is None else f"{pr['first_store_ever_s']:.2f} s",
+            pr["torch_threads"], pr["same_final_accuracy"]),
     ]
     env = result["environment"]
     lines += ["", f"{env['date']}, {env['cores']} cores, python {env['python']}, torch {env['torch']}, "

@@ -50,7 +50,7 @@ class RunOptions:
     """
 
     device: str | None = None       # auto, cpu, cuda, cuda:N, mps (None: MLPRUNE_DEVICE, else auto)
-    threads: int | None = None      # torch threads per state (None: MLPRUNE_THREADS, else 1)
+    threads: int | None = None      # torch threads per state (None: MLPRUNE_THREADS, else compute_threads)
     data_dir: str | None = None     # where datasets are read (None: the root's recorded data_dir, else the default)
     deterministic: bool = False     # torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG
     channels_last: bool = False     # train in the channels_last memory format
@@ -63,7 +63,12 @@ class RunOptions:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise SpecError(f"run option {name} must be true or false, got {value!r}")
-        return RunOptions(check_device_name(self.device), self.threads or compute_threads(),
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise SpecError(f"run option threads must be an integer >= 1, got {self.threads!r}")
+        # threads left None are resolved when something is computed (Execution.run): counting the
+        # cores imports torch, which a fully cached run never needs
+        return RunOptions(check_device_name(self.device), self.threads or pinned_threads(),
                           str(self.data_dir) if self.data_dir else None, self.deterministic, self.channels_last,
                           self.compile)
 
@@ -112,18 +117,51 @@ _threads_lock = threading.Lock()
 _threads_users = [0, None]  # states being computed in this process, torch's thread count before
 
 
-def compute_threads() -> int:
-    """Torch threads a state is computed with: MLPRUNE_THREADS, default 1.
+def compute_threads(workers: int = 1) -> int:
+    """Torch threads each state is computed with: MLPRUNE_THREADS, else the cores split between the
+    `workers` processes that compute at once (at least 1 each).
 
-    Float sums (matmul, convolutions) are split differently with another thread
-    count, so bitwise-reproducible weights need a fixed one: then a state does
-    not depend on the machine's cores or on the scheduler that ran it.
-    Parallelism comes from computing independent states at once.
+    The cores are torch's own default thread count (what PyTorch sets at import: the physical cores
+    or OMP_NUM_THREADS), so a single run uses the machine and a local cluster of N workers does not
+    oversubscribe it. Float sums (matmul, convolutions) are split differently with another thread
+    count: a state is bitwise reproducible for a given count, and states computed with different
+    counts agree up to floating-point summation order (the count is recorded as the param
+    ``run.threads``, never keyed). Pin MLPRUNE_THREADS for bytes that do not depend on the machine.
     """
-    text = os.environ.get(names.ENV_THREADS, "").strip() or "1"
+    return pinned_threads() or max(1, torch_default_threads() // max(1, workers))
+
+
+def pinned_threads() -> int | None:
+    """MLPRUNE_THREADS, checked (None when not set); needs no torch."""
+    text = os.environ.get(names.ENV_THREADS, "").strip()
+    if not text:
+        return None
     if not text.isdigit() or int(text) < 1:
         raise SpecError(f"{names.ENV_THREADS} must be an integer >= 1, got {text!r}")
     return int(text)
+
+
+def cluster_threads(client) -> int:
+    """Torch threads per state on a dask cluster: each host's cores (torch's default there) split
+    between the worker threads it runs; the smallest share, so that no host is oversubscribed."""
+    cores = client.run(torch_default_threads, on_error="return")   # {worker address: cores}
+    per_host: dict[str, list[int]] = {}                             # host -> [worker threads, cores]
+    for address, info in client.scheduler_info()["workers"].items():
+        found = cores.get(address)
+        host = per_host.setdefault(info.get("host") or urlparse(address).hostname or address, [0, 0])
+        host[0] += int(info.get("nthreads") or 1)
+        host[1] = max(host[1], found if isinstance(found, int) else 1)
+    return max(1, min((c // n for n, c in per_host.values()), default=1))
+
+
+def torch_default_threads() -> int:
+    """torch's thread count as it set it at import, even while a state is being computed (pinned)."""
+    import torch
+
+    with _threads_lock:
+        if _threads_users[0] > 0 and _threads_users[1] is not None:
+            return _threads_users[1]
+        return torch.get_num_threads()
 
 
 class _PinnedThreads:
@@ -574,19 +612,23 @@ class Execution:
             if key in reached:
                 report(key)
         if self.missing:
-            graph = {}
-            context = json.dumps(self._context(workflow or os.environ.get("MLFLOW_RUN_ID")))
-            for key, task in self._tasks().items():
-                graph[key] = (reach, json.dumps(task), context, *task["deps"])
+            workflow = workflow or os.environ.get("MLFLOW_RUN_ID")
             if self.scheduler == "sync":
-                self._run_sync(graph, reached, report)
+                if self.options.threads is None:
+                    self.options.threads = compute_threads(1)
+                self._run_sync(self._graph(workflow), reached, report)
             else:
-                self._run_dask(graph, reached, report)
+                self._run_dask(workflow, reached, report)
         elif self.scheduler not in ("sync", "processes"):  # nothing to compute, but a bad address is an error
             self._take_client()[0].close()
         return Result([{name: reached[key] for name, key in plan_keys.items()} for plan_keys in keys], keys,
                       self.store.experiment_id, self.store.tracking_uri,
                       computed=len(self.missing), reused=len(self.existing), invalid=self.invalid)
+
+    def _graph(self, workflow: str | None) -> dict:
+        """The dask graph of the missing states (run options resolved: the task context is final)."""
+        context = json.dumps(self._context(workflow))
+        return {key: (reach, json.dumps(task), context, *task["deps"]) for key, task in self._tasks().items()}
 
     def _run_sync(self, graph, reached, report) -> None:
         import dask.local
@@ -606,12 +648,15 @@ class Execution:
         finally:
             _progress.printer = None
 
-    def _run_dask(self, graph, reached, report) -> None:
+    def _run_dask(self, workflow, reached, report) -> None:
         from distributed import as_completed
 
         client, cluster = self._take_client()
         try:
             _check_workers(client, self.scheduler)
+            if self.options.threads is None:  # the cores of each host split between its workers
+                self.options.threads = cluster_threads(client)
+            graph = self._graph(workflow)
             # one training per GPU: on CUDA, every task takes a worker's GPU resource (where workers have one)
             resources = task_resources(self.options.device, [w.get("resources") or {} for w in
                                                              client.scheduler_info()["workers"].values()])

@@ -115,6 +115,7 @@ ENV_THREADS = "MLPRUNE_THREADS"
 ENV_CLAIM_TIMEOUT = "MLPRUNE_CLAIM_TIMEOUT"
 ENV_DEVICE = "MLPRUNE_DEVICE"
 ENV_DATA_DIR = "MLPRUNE_DATA_DIR"
+ENV_CACHE_DIR = "MLPRUNE_CACHE_DIR"                # migrated empty sqlite stores (default ~/.cache/mlprune)
 ENV_DATA_WORKERS = "MLPRUNE_DATA_WORKERS"          # loader processes of image-folder datasets (ImageNet)
 ENV_CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"   # cuBLAS reads it; deterministic runs set it (":4096:8")
 

@@ -15,6 +15,30 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread(monkeypatch):
+    """States computed with one torch thread (MLPRUNE_THREADS=1) in every test.
+
+    mlprune's default splits the cores between the processes that compute (execute.compute_threads),
+    and float sums depend on the thread count: tests that compare states across schedulers, against
+    worker processes or against a loop computed by hand need one count on every side. Tests of the
+    default remove the variable (tests/test_threads.py).
+    """
+    monkeypatch.setenv("MLPRUNE_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("mlprune-cache")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, _session_cache):
+    """mlprune's user cache (the migrated template of new sqlite stores) in a temp dir of the session,
+    never the user's ~/.cache: a test run leaves nothing behind and starts from nothing."""
+    monkeypatch.setenv("MLPRUNE_CACHE_DIR", str(_session_cache))
+
+
 @pytest.fixture(scope="session")
 def _empty_store_db(tmp_path_factory):
     from mlflow.tracking import MlflowClient

@@ -8,6 +8,9 @@
 - A fresh sqlite store is created under a file lock next to the database, so
   processes started together do not race MLflow's schema migration; experiments
   are created under the same lock (another process may have created it meanwhile).
+  MLflow's migrations take seconds; they run once per MLflow version into an empty
+  template database in the user's cache (``MLPRUNE_CACHE_DIR``, else
+  ``~/.cache/mlprune``), and a new store starts as a copy of it (`new_sqlite_store`).
 - Experiment names: the argument, else ``MLFLOW_EXPERIMENT_ID`` /
   ``MLFLOW_EXPERIMENT_NAME`` (as ``mlflow run`` sets them), else ``mlprune``.
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import SpecError
-from ..names import DEFAULT_EXPERIMENT
+from ..names import DEFAULT_EXPERIMENT, ENV_CACHE_DIR
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_EXPERIMENT_NAME = 500
@@ -149,6 +152,8 @@ def open_client(uri: str):
     # MLflow creates and migrates a sqlite schema when a client first touches the store: one process at a
     # time, or concurrent migrations corrupt a fresh store
     with store_lock(uri):
+        if not path.exists():
+            new_sqlite_store(path)
         for attempt in range(5):
             try:
                 client = MlflowClient(tracking_uri=uri)
@@ -161,6 +166,78 @@ def open_client(uri: str):
                 raise SpecError(f"cannot open the tracking store {path}: {one_line(error)}") from None
         _tune_sqlite(store)
     return client
+
+
+def cache_dir() -> Path:
+    """mlprune's per-user cache: MLPRUNE_CACHE_DIR, else $XDG_CACHE_HOME/mlprune, else ~/.cache/mlprune."""
+    chosen = os.environ.get(ENV_CACHE_DIR, "").strip()
+    if chosen:
+        return Path(chosen).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlprune"
+
+
+def new_sqlite_store(path: Path) -> bool:
+    """Create the sqlite store `path` as a copy of a migrated empty store; False (and nothing written)
+    where no template can be had, and MLflow then migrates `path` itself.
+
+    MLflow runs its migrations (alembic, ~3 s) on a database without its tables; on one that has
+    them it only checks the schema revision. The template is an empty store migrated by this MLflow
+    version without the Default experiment (MLflow creates that on first open, with this store's
+    artifact root), so a copy is exactly what MLflow would have made. Call under `store_lock`.
+    """
+    import shutil
+
+    template = _sqlite_template()
+    if template is None:
+        return False
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        shutil.copyfile(template, partial)
+        os.replace(partial, path)  # whole or not at all: an interrupted copy is never a store
+    except OSError:
+        partial.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _sqlite_template() -> Path | None:
+    """The migrated empty store of this MLflow version in the cache, made once (under a lock)."""
+    import fcntl
+    import sqlite3
+
+    import mlflow
+
+    folder = cache_dir() / "sqlite-stores"
+    template = folder / f"empty-mlflow-{mlflow.__version__}.db"
+    if template.exists():
+        return template
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if template.exists():  # another process made it meanwhile
+                return template
+            building = folder / f".building-{os.getpid()}.db"
+            building.unlink(missing_ok=True)
+            try:
+                from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+                store = SqlAlchemyStore(f"sqlite:///{building}", (folder / "unused-artifacts").as_uri())
+                store.engine.dispose()
+                connection = sqlite3.connect(building)
+                try:
+                    with connection:  # the Default experiment is the store's own (its artifact root)
+                        connection.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+                        connection.execute("DELETE FROM experiments WHERE experiment_id = 0")
+                    connection.execute("VACUUM")
+                finally:
+                    connection.close()
+                os.replace(building, template)
+            finally:
+                building.unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 - no cache (read-only home, another MLflow): MLflow migrates the store
+        return None
+    return template
 
 
 _TUNED: set = set()
