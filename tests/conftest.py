@@ -13,6 +13,9 @@ import shutil
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# one torch thread from the start, so that module- and session-scoped fixtures compute their states
+# with the count every test pins (see _one_torch_thread)
+os.environ["MLPRUNE_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)
