@@ -77,11 +77,7 @@ def test_the_python_block_learns_and_prints_what_it_says(tracking, capsys):
     assert ticket.metrics["test_accuracy"] > 0.9          # the lottery ticket learns (SGD with momentum)
     weights = dict(namespace["model"].named_parameters())
     for name, mask in namespace["masks"].items():
-        assert torch_all_zero(weights[name].detach()[~mask])
-
-
-def torch_all_zero(values) -> bool:
-    return bool((values == 0).all())
+        assert bool((weights[name].detach()[~mask] == 0).all()), name
 
 
 def _shell(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
