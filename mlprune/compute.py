@@ -344,7 +344,6 @@ def evaluate_predictions(ev: Evaluated):
 
     import numpy as np
 
-    from . import inside
     from .store.artifacts import tensors_bytes
 
     result = ev.test_predictions()
@@ -352,10 +351,10 @@ def evaluate_predictions(ev: Evaluated):
     files = {names.PREDICTIONS_FILE: tensors_bytes({
         names.PRED_PREDICTED: result.predicted.to(small), names.PRED_LABEL: result.labels.to(small),
         names.PRED_TRUE_PROBABILITY: result.true_probability.float()})}
-    confusion = inside.confusion_matrix(result.labels.numpy(), result.predicted.numpy(), ev.data.num_classes)
+    confusion = analysis.confusion_matrix(result.labels.numpy(), result.predicted.numpy(), ev.data.num_classes)
     files[names.CONFUSION_FILE] = json.dumps({"classes": ev.data.num_classes, "rows": "true class",
                                               "columns": "predicted class", "matrix": confusion.tolist()}).encode()
-    recall = inside.class_recall(confusion)
+    recall = analysis.class_recall(confusion)
     metrics = {f"{names.M_CLASS_ACCURACY_PREFIX}{k}": float(v) for k, v in enumerate(recall) if np.isfinite(v)}
     return metrics, files
 
@@ -579,10 +578,9 @@ def run_compare(ctx: StepContext, parent, options: dict):
 
 def run_cka(ctx: StepContext, parent, options: dict):
     """Linear CKA between the outputs of each prunable layer of the parent (a) and the input b, on a
-    seeded probe set of test examples, minibatch estimator (`inside.MinibatchCKA`)."""
+    seeded probe set of test examples, minibatch estimator (`analysis.MinibatchCKA`)."""
     import json
 
-    from . import inside
     from .models import prunable
 
     other = ctx.inputs["b"]
@@ -594,12 +592,12 @@ def run_cka(ctx: StepContext, parent, options: dict):
         networks.append(model.to(device).eval())
     layers = {param: param[: -len(".weight")] for param in prunable(networks[0])}  # param -> its module
     hooked = [{param: dict(net.named_modules())[module] for param, module in layers.items()} for net in networks]
-    probe = inside.probe_indices(options["probe_size"], ctx.data.len_test, options["seed"])
+    probe = analysis.probe_indices(options["probe_size"], ctx.data.len_test, options["seed"])
     images = test_images(ctx.data, probe)
-    estimator = inside.MinibatchCKA()
-    for start, stop in inside.probe_batches(len(probe), options["batch_size"]):
+    estimator = analysis.MinibatchCKA()
+    for start, stop in analysis.probe_batches(len(probe), options["batch_size"]):
         x = images[start:stop].to(device)
-        outputs = [inside.layer_outputs(net, modules, x) for net, modules in zip(networks, hooked)]
+        outputs = [analysis.layer_outputs(net, modules, x) for net, modules in zip(networks, hooked)]
         estimator.update(outputs[0], outputs[1])
         ctx.heartbeat()
     values = estimator.result()

@@ -27,7 +27,7 @@ from html import escape
 
 import numpy as np
 
-from .. import inside
+from .. import analysis
 from ..errors import SpecError
 from ..names import (CKA_FILE, M_CKA_PREFIX, M_CLASS_ACCURACY_PREFIX, M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS,
                      M_SPARSITY, M_TEST_ACCURACY, M_TRAIN_ACCURACY, M_TRAIN_LOSS, PIES_DIR, PRED_LABEL,
@@ -71,7 +71,7 @@ def _class_accuracies(metrics: dict) -> dict[int, float]:
 
 
 def class_impact(dense, pruned, store=None) -> dict:
-    """`inside.class_impact` of a pruned population vs a dense one (lists of states), from each state's
+    """`analysis.class_impact` of a pruned population vs a dense one (lists of states), from each state's
     ``test_accuracy`` and ``test_accuracy.class.<k>`` metrics; adds ``classes`` (the class indices)."""
     store, dense_ids = _store_and_ids(dense, store)
     _, pruned_ids = _store_and_ids(pruned, store)
@@ -85,14 +85,14 @@ def _impact(dense_metrics: list[dict], pruned_metrics: list[dict]) -> dict:
         raise SpecError("the states have no test_accuracy.class.<k> metrics in common (computed by an older mlprune?)")
     def recall(metrics_list):
         return np.array([[_class_accuracies(m)[c] for c in classes] for m in metrics_list])
-    result = inside.class_impact(recall(dense_metrics), [m[M_TEST_ACCURACY] for m in dense_metrics],
+    result = analysis.class_impact(recall(dense_metrics), [m[M_TEST_ACCURACY] for m in dense_metrics],
                                  recall(pruned_metrics), [m[M_TEST_ACCURACY] for m in pruned_metrics])
     result["classes"] = classes
     return result
 
 
 def pies(dense, pruned, store=None) -> dict:
-    """`inside.pies` of a pruned population vs a dense one (lists of states), from their predictions."""
+    """`analysis.pies` of a pruned population vs a dense one (lists of states), from their predictions."""
     store, dense_ids = _store_and_ids(dense, store)
     _, pruned_ids = _store_and_ids(pruned, store)
     loaded = {r: predictions(r, store) for r in dict.fromkeys(dense_ids + pruned_ids)}
@@ -105,14 +105,14 @@ def _pies(loaded: dict, dense_ids: list[str], pruned_ids: list[str]) -> dict:
         if not np.array_equal(loaded[run_id][PRED_LABEL], labels):
             raise SpecError(f"state {run_id[:8]} was evaluated on another test set than {dense_ids[0][:8]}: "
                             f"PIEs compare predictions on the same examples")
-    return inside.pies(np.stack([loaded[r][PRED_PREDICTED] for r in dense_ids]),
+    return analysis.pies(np.stack([loaded[r][PRED_PREDICTED] for r in dense_ids]),
                        np.stack([loaded[r][PRED_PREDICTED] for r in pruned_ids]), labels)
 
 
 def churn(a, b, store=None) -> float:
     """Prediction churn between two states: the fraction of test examples on which they disagree."""
     store, (run_a, run_b) = _store_and_ids([a, b], store)
-    return inside.churn(predictions(run_a, store)[PRED_PREDICTED], predictions(run_b, store)[PRED_PREDICTED])
+    return analysis.churn(predictions(run_a, store)[PRED_PREDICTED], predictions(run_b, store)[PRED_PREDICTED])
 
 
 def pie_records(result: dict) -> list[dict]:
@@ -268,7 +268,7 @@ def inside_section(b, collection, load, note) -> None:
                                  "class_impact"))
             last_label, last = list(impacts.items())[-1]
             rows = [[str(c), f"{100 * d:.1f}%", f"{100 * p:.1f}%", f"{100 * i:+.1f}",
-                     "–" if not math.isfinite(pv) else f"{pv:.3g}" + (" *" if pv < inside.SIGNIFICANCE else "")]
+                     "–" if not math.isfinite(pv) else f"{pv:.3g}" + (" *" if pv < analysis.SIGNIFICANCE else "")]
                     for c, d, p, i, pv in zip(last["classes"], last["dense_recall"], last["pruned_recall"],
                                               last["impact"], last["p"])]
             html.append(f"<p>Round {escape(last_label)} vs round 0 (accuracy change "
@@ -323,7 +323,7 @@ def inside_section(b, collection, load, note) -> None:
         # churn between the rounds' trained networks, mean over the seeds that reached every round
         complete = [s for s in group if all(r in s.trained and read(s.trained[r]) is not None for r in rounds)]
         if complete and len(rounds) >= 2:
-            matrices = [inside.churn_matrix([read(s.trained[r])[PRED_PREDICTED] for r in rounds]) for s in complete]
+            matrices = [analysis.churn_matrix([read(s.trained[r])[PRED_PREDICTED] for r in rounds]) for s in complete]
             matrix = np.mean(matrices, axis=0)
             labels = [_round_label(r, remaining[r]) for r in rounds]
             info["churn"] = {"rounds": rounds, "labels": labels, "matrix": matrix, "n": len(complete)}
