@@ -47,7 +47,7 @@ class Workspace:
         self._groups: dict[str, list] = {}
 
     def data(self, root: dict, data_dir: str | None):
-        from .data import load_data
+        from .data.loading import load_data
         from .models import model_input
 
         channels, min_size = model_input(root["model"])

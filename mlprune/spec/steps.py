@@ -357,7 +357,7 @@ def truncated_train(options: dict, at) -> dict:
 # ---- prune ------------------------------------------------------------------------------------
 
 def _prune_option_doc():
-    from ..pruning import METHODS, _method_options
+    from ..pruning import METHODS, method_options
 
     options = [
         Option("method", REQUIRED, any_value, "pruning method: " + ", ".join(METHODS)),
@@ -365,7 +365,7 @@ def _prune_option_doc():
         Option("scope", "layer", choice("layer", "global"), "layer (each layer alone) or global (one threshold); "
                "score methods (snip, grasp, synflow) default to global"),
     ]
-    for name, option in _method_options().items():
+    for name, option in method_options().items():
         users = [m for m, e in METHODS.items() if name in e.option_names]
         options.append(Option(name, option.default, any_value, f"{option.help} ({', '.join(users)})"))
     options += [
