@@ -176,7 +176,7 @@ def _states(experiment, test_size=None):
 
 
 def test_predictions_are_the_test_pass_and_per_class_metrics_follow(experiment):
-    from mlprune.compute import Workspace
+    from mlprune.workspace import Workspace
     from mlprune.training.loop import evaluate
 
     root, trained = _states(experiment)
@@ -351,8 +351,9 @@ def test_lt_unstructured_three_seeds_inside_the_network(tracking, tmp_path):
     assert churn["n"] == 3 and np.allclose(np.diag(churn["matrix"]), 0.0)
 
     # a state whose predictions file is gone (an older mlprune, a damaged store): noted once, the rest goes on
-    from mlprune.report.html import _Builder, _Loader
+    from mlprune.report.common import Page, StateLoader
     from mlprune.report.inside import inside_section
+    from mlprune.report.sections import SectionContext
     from mlprune.report.series import collect
     from mlprune.store import open_experiment
 
@@ -361,8 +362,8 @@ def test_lt_unstructured_three_seeds_inside_the_network(tracking, tmp_path):
     store = open_experiment("inside")
     notes = []
     collection = collect(store)
-    builder = _Builder(tmp_path / "again")
-    inside_section(builder, collection, _Loader(store, collection.runs, notes.append), notes.append)
+    builder = Page(tmp_path / "again")
+    inside_section(builder, SectionContext(collection, StateLoader(store, collection.runs, notes.append), notes.append))
     assert [n for n in notes if "predictions.safetensors" in n and gone[:8] in n and "1 state(s)" in n]
     again = builder.report["inside"]["lt_inside"]["rounds"][3]["pies"]
     assert again["n_pruned"] == 2 and again["n_dense"] == 3

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mlprune import Experiment, Recipe, SpecError
-from mlprune import compact as C
+from mlprune.pruning import compact as C
 from mlprune.models import build_model, prunable
 from mlprune.pruning import resolve_prune_step
 from mlprune.pruning.structure import (apply_extra_masks, channel_groups, extra_masks, prune_coupled,
@@ -387,7 +387,7 @@ def _oracle_count(weights, masks):
 
 
 def _test_batch(state):
-    from mlprune.compute import Workspace
+    from mlprune.workspace import Workspace
 
     workspace = Workspace()
     data = workspace.data(state.spec["root"], None)

@@ -416,3 +416,20 @@ def load_in_memory(name: str, root: Path, *, image_size: int | None, channels: i
     data = Data(name=name, num_classes=info.num_classes, input_shape=(c_out, *size_out), train=train,
                 val=val, test=test, augment=aug, fast=use_fast, pipeline=pipeline, spec=spec)
     return data if device is None else data.on(device)
+
+
+def test_images(data, indices: torch.Tensor) -> torch.Tensor:
+    """The preprocessed test images at `indices` (in that order), gathered from the test batches
+    (the order every evaluation sees; one pass, nothing else is kept)."""
+    wanted = {int(i): position for position, i in enumerate(indices)}
+    out = None
+    seen = 0
+    for x, _y in data.test_batches(256):
+        for offset in range(x.shape[0]):
+            position = wanted.get(seen + offset)
+            if position is not None:
+                if out is None:
+                    out = torch.empty((len(indices), *x.shape[1:]), dtype=x.dtype)
+                out[position] = x[offset]
+        seen += x.shape[0]
+    return out

@@ -32,7 +32,9 @@ from ..errors import SpecError
 from ..names import (CKA_FILE, M_CKA_PREFIX, M_CLASS_ACCURACY_PREFIX, M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS,
                      M_SPARSITY, M_TEST_ACCURACY, M_TRAIN_ACCURACY, M_TRAIN_LOSS, PIES_DIR, PRED_LABEL,
                      PRED_PREDICTED, PRED_TRUE_PROBABILITY, PREDICTIONS_FILE, TAG_PARENT_PREFIX, TAG_PARENT_RUN)
-from . import figures as plotting
+from .. import plots as plotting
+from .common import Page, html_table, model_name, slug
+from .sections import SectionContext
 
 GALLERY = 16          # PIEs shown as images (the first ones, by test index)
 MAX_CURVES = 8        # rounds drawn in the learning-curve figure (first, last and evenly between)
@@ -192,7 +194,8 @@ def _gallery_images(load, run_id, indices, note):
     """The test images at `indices` in [0, 1] (normalization undone), or None (noted) if the data is gone."""
     import torch
 
-    from ..compute import Workspace, test_images
+    from ..data.pipeline import test_images
+    from ..workspace import Workspace
 
     state = load(run_id)
     if state is None:
@@ -208,11 +211,11 @@ def _gallery_images(load, run_id, indices, note):
     return (images * std + mean).clamp(0.0, 1.0)
 
 
-def inside_section(b, collection, load, note) -> None:
+def inside_section(page: Page, ctx: SectionContext) -> None:
     """One section per recipe series (seeds together): learning curves, per-class impact, PIEs, churn, CKA."""
-    from .html import _slug, _table
-    from .states import _model, layer_kinds
+    from .states import layer_kinds
 
+    collection, load, note = ctx.collection, ctx.load, ctx.note
     store = collection.store
     read = _Predictions(store)
     cka_runs = _cka_index(collection)
@@ -240,7 +243,7 @@ def inside_section(b, collection, load, note) -> None:
         shown = _spread(sorted(first.trained), MAX_CURVES)
         curves = {_round_label(r, remaining.get(r)): _curves(store, first.trained[r]) for r in shown}
         if any(c["test_accuracy"] or c["train_loss"] for c in curves.values()):
-            html.append(b.figure(plotting.plot_learning_curves(curves, title=f"Learning curves: {label} "
+            html.append(page.figure(plotting.plot_learning_curves(curves, title=f"Learning curves: {label} "
                                                                               f"(seed {first.seed})"),
                                  f"curves_{label}", f"Per-epoch test and train accuracy and loss of each round's "
                                                     f"training: {label}, seed {first.seed}", "learning_curves"))
@@ -262,7 +265,7 @@ def inside_section(b, collection, load, note) -> None:
                 "n_dense": result["n_dense"], "n_pruned": result["n_pruned"]}
         if impacts:
             classes = next(iter(impacts.values()))["classes"]
-            html.append(b.figure(plotting.plot_class_impact(impacts, classes, title=f"Per-class impact: {label}"),
+            html.append(page.figure(plotting.plot_class_impact(impacts, classes, title=f"Per-class impact: {label}"),
                                  f"class_impact_{label}", f"Change of each class's recall minus the change of "
                                                           f"accuracy, every round vs round 0: {label}",
                                  "class_impact"))
@@ -273,7 +276,7 @@ def inside_section(b, collection, load, note) -> None:
                                               last["impact"], last["p"])]
             html.append(f"<p>Round {escape(last_label)} vs round 0 (accuracy change "
                         f"{100 * last['accuracy_change']:+.1f} points):</p>"
-                        + _table(["class", "recall, dense", "recall, pruned", "impact (points)",
+                        + html_table(["class", "recall, dense", "recall, pruned", "impact (points)",
                                   "p (Welch)"], rows))
 
         # PIEs: every pruned round vs round 0, over the seeds
@@ -292,17 +295,17 @@ def inside_section(b, collection, load, note) -> None:
                       "pruned_runs": pruned, "examples": result["examples"], "count": int(result["indices"].size),
                       "fraction": result["fraction"], "tie_rule": "a tie of modal labels goes to the smallest label",
                       "pies": pie_records(result)}
-            file = f"{PIES_DIR}/{_slug(label)}_round{r}.json"
-            if b.out_dir is not None:
-                (b.out_dir / PIES_DIR).mkdir(parents=True, exist_ok=True)
-                (b.out_dir / file).write_text(json.dumps(record, indent=1))
+            file = f"{PIES_DIR}/{slug(label)}_round{r}.json"
+            if page.out_dir is not None:
+                (page.out_dir / PIES_DIR).mkdir(parents=True, exist_ok=True)
+                (page.out_dir / file).write_text(json.dumps(record, indent=1))
             per_round[r]["pies"] = {"count": record["count"], "fraction": record["fraction"], "file": file,
                                     "n_dense": result["n_dense"], "n_pruned": result["n_pruned"]}
             if remaining[r] is not None:
                 pie_points.append((remaining[r], result["fraction"], result["n_pruned"]))
             last_pies = (r, record, pruned)
         if pie_points:
-            html.append(b.figure(plotting.plot_pie_fraction({label: pie_points}, title=f"PIEs vs remaining weights: "
+            html.append(page.figure(plotting.plot_pie_fraction({label: pie_points}, title=f"PIEs vs remaining weights: "
                                                                                      f"{label}"),
                                  f"pie_fraction_{label}", f"Fraction of test examples that are PIEs at each round: "
                                                           f"{label}", "pie_fraction"))
@@ -311,7 +314,7 @@ def inside_section(b, collection, load, note) -> None:
             entries = record["pies"][:GALLERY]
             images = _gallery_images(load, dense_ready[0], [e["index"] for e in entries], note)
             if images is not None:
-                html.append(b.figure(plotting.plot_pie_gallery(images, entries, title=(
+                html.append(page.figure(plotting.plot_pie_gallery(images, entries, title=(
                     f"PIEs of {label}, round {r} vs round 0: the first {len(entries)} of {record['count']} "
                     f"({100 * record['fraction']:.1f}% of {record['examples']}); modal labels (agreement)")),
                     f"pie_gallery_{label}", f"The first PIEs of round {r}: {label}", "pie_gallery"))
@@ -329,7 +332,7 @@ def inside_section(b, collection, load, note) -> None:
             info["churn"] = {"rounds": rounds, "labels": labels, "matrix": matrix, "n": len(complete)}
             for i, r in enumerate(rounds):
                 per_round[r]["churn_vs_dense"] = float(matrix[i, 0])
-            html.append(b.figure(plotting.plot_value_heatmap(
+            html.append(page.figure(plotting.plot_value_heatmap(
                 matrix, labels, labels, what="prediction churn (fraction of test examples)", vmin=0.0,
                 title=f"Prediction churn between rounds: {label} (mean over {len(complete)} seed(s))",
                 cmap="magma"), f"churn_{label}", f"Fraction of test examples on which two rounds disagree: "
@@ -344,7 +347,7 @@ def inside_section(b, collection, load, note) -> None:
                     found.setdefault(r, []).append(run)
         if found:
             model_state = load(dense_ids[0])
-            order = list(layer_kinds(model_state.masks, _model(model_state))) if model_state is not None else []
+            order = list(layer_kinds(model_state.masks, model_name(model_state))) if model_state is not None else []
             names = {m[len(M_CKA_PREFIX):] for runs in found.values() for run in runs for m in run.data.metrics
                      if m.startswith(M_CKA_PREFIX)}
             layers = [n for n in order if n in names] + sorted(names - set(order))
@@ -356,7 +359,7 @@ def inside_section(b, collection, load, note) -> None:
                            "n": n, "runs": {r: [run.info.run_id for run in found[r]] for r in cka_rounds}}
             for j, r in enumerate(cka_rounds):
                 per_round[r]["cka"] = {layer: matrix[i, j] for i, layer in enumerate(layers)}
-            html.append(b.figure(plotting.plot_value_heatmap(
+            html.append(page.figure(plotting.plot_value_heatmap(
                 matrix, [_short(x) for x in layers], [_round_label(r, remaining.get(r)) for r in cka_rounds],
                 what="linear CKA to the dense network", vmin=0.0, vmax=1.0, xlabel="round (remaining weights)",
                 ylabel="layer (output)", title=f"Representation similarity to the dense network: {label} "
@@ -368,14 +371,14 @@ def inside_section(b, collection, load, note) -> None:
                         "recomputed.</p>")
         info["rounds"] = [per_round[r] for r in rounds]
         numbers[label] = info
-        b.section(f"inside-{_slug(label)}", f"Inside: {label}",
+        page.section(f"inside-{slug(label)}", f"Inside: {label}",
                   "<p>What the pruned networks compute, against the dense training (round 0) of the same seeds: "
                   "the learning curves; each class's recall change minus the accuracy change (Hooker et al. "
                   "2019); the test examples whose modal label changes (PIEs); how often two rounds disagree "
                   "(churn); how similar each layer's outputs stay (linear CKA).</p>" + "".join(html))
     read.report_missing(note)
-    b.numbers["inside"] = numbers
-    b.report["inside"] = numbers
+    page.numbers["inside"] = numbers
+    page.report["inside"] = numbers
 
 
 def _short(name: str) -> str:

@@ -488,20 +488,20 @@ def resolve_interpolate(raw: dict) -> ResolvedStep:
 # ---- the registry -----------------------------------------------------------------------------
 
 STEP_KINDS: Registry[StepKind] = Registry("step")
-STEP_KINDS.add(StepKind("init", INIT_SCHEMA, _resolve_init, "mlprune.compute:run_init",
+STEP_KINDS.add(StepKind("init", INIT_SCHEMA, _resolve_init, "mlprune.runners.network:run_init",
                         help="the root: a freshly initialized network"))
-STEP_KINDS.add(StepKind("train", TRAIN_SCHEMA, resolve_train, "mlprune.compute:run_train",
+STEP_KINDS.add(StepKind("train", TRAIN_SCHEMA, resolve_train, "mlprune.runners.network:run_train",
                         help="train with a fresh optimizer; masks enforced at every step"))
-STEP_KINDS.add(StepKind("prune", None, resolve_prune, "mlprune.compute:run_prune",
+STEP_KINDS.add(StepKind("prune", None, resolve_prune, "mlprune.runners.network:run_prune",
                         help="compute new masks from the current effective weights"))
-STEP_KINDS.add(StepKind("reinit", REINIT_SCHEMA, resolve_reinit, "mlprune.compute:run_reinit",
+STEP_KINDS.add(StepKind("reinit", REINIT_SCHEMA, resolve_reinit, "mlprune.runners.network:run_reinit",
                         help="set the weights before retraining (rewind, random, sign, zhou, shuffle, keep)"))
-STEP_KINDS.add(StepKind("compare", COMPARE_SCHEMA, resolve_compare, "mlprune.compute:run_compare", produces="analysis",
+STEP_KINDS.add(StepKind("compare", COMPARE_SCHEMA, resolve_compare, "mlprune.runners.analyses:run_compare", produces="analysis",
                         help="an analysis: the kept weights of the parent (a) vs another state (b): Jaccard, cosine"))
-STEP_KINDS.add(StepKind("cka", CKA_SCHEMA, resolve_cka, "mlprune.compute:run_cka", produces="analysis",
+STEP_KINDS.add(StepKind("cka", CKA_SCHEMA, resolve_cka, "mlprune.runners.analyses:run_cka", produces="analysis",
                         help="an analysis: linear CKA between the outputs of each prunable layer of the parent (a) "
                              "and another state (b), minibatch estimator on a seeded probe set of test examples"))
-STEP_KINDS.add(StepKind("interpolate", INTERPOLATE_SCHEMA, resolve_interpolate, "mlprune.compute:run_interpolate",
+STEP_KINDS.add(StepKind("interpolate", INTERPOLATE_SCHEMA, resolve_interpolate, "mlprune.runners.analyses:run_interpolate",
                         produces="analysis",
                         help="an analysis: error and loss along the linear path from the parent (a) to b, "
                              "instability and loss barrier (Frankle et al. 2020); a and b need the same mask"))
