@@ -7,7 +7,7 @@
 
 import os as _os
 
-__version__ = "0.2.0"
+from .version import __version__
 
 # States are computed with several torch threads by default (executor.compute_threads). OpenMP's
 # threads spin while they wait for work (GNU OpenMP's default policy): on a machine whose cores

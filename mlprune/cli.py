@@ -3,6 +3,9 @@
 Errors in what the user gave (a recipe, a parameter, a run id, a store) print one
 line and exit with status 2; nothing is recorded as FINISHED. An interrupt
 (Ctrl-C) exits with status 130 and one line.
+
+Why one file: only this module may import click (tests/test_architecture.py), and each command is
+a short function over the same few helpers (run options, stores, summaries, output directories).
 """
 
 from __future__ import annotations

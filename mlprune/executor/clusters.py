@@ -99,7 +99,7 @@ def check_workers(client, scheduler: str) -> None:
     import importlib.metadata
     import importlib.util
 
-    from .. import __version__
+    from ..version import __version__
 
     deadline = time.monotonic() + 60
     while not client.scheduler_info().get("workers"):

@@ -233,6 +233,6 @@ def _semantics() -> int:
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__

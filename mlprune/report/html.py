@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import SpecError
 from .common import Page, ReportWarning, StateLoader, default_ui, jsonable
 from .sections import SectionContext, render

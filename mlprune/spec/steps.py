@@ -10,6 +10,9 @@ The planner turns sources into states and their keys (`plan.PlanBuilder`).
 MLproject parameters, the CLI's ``-o`` options and docs/recipes.md all come from
 these entries. Adding a step kind is one `StepKind` entry (and its runner).
 Pure Python: nothing here imports torch or mlflow.
+
+Why one file: it is the one declaration of every step kind; the schemas, their resolution and the
+registry lines are read together when a step kind changes.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def _is_state_object(value) -> bool:
 # ---- init (the root) ------------------------------------------------------------------------
 
 def _model_check(value, name):
-    from ..models import model_entry
+    from ..models.catalog import model_entry
 
     model_entry(value, check_torchvision=False)
     return value
@@ -89,14 +92,14 @@ _model_options_check.doc = "mapping"
 
 
 def _dataset_check(value, name):
-    from ..data import DATASETS
+    from ..data.catalog import DATASETS
 
     DATASETS[value]
     return value
 
 
 def _init_check(value, name):
-    from ..models import INIT_NAMES
+    from ..models.catalog import INIT_NAMES
 
     if value not in INIT_NAMES:
         raise choice_error("init", value, INIT_NAMES)
@@ -104,7 +107,7 @@ def _init_check(value, name):
 
 
 def _bn_init_check(value, name):
-    from ..models import BN_INIT_NAMES
+    from ..models.catalog import BN_INIT_NAMES
 
     if value not in BN_INIT_NAMES:
         raise choice_error("bn_init", value, BN_INIT_NAMES)
@@ -150,7 +153,7 @@ def resolve_root(spec: dict) -> dict:
 
     Data options left at their default are not part of it: a new no-op option cannot change old keys.
     """
-    from ..models import model_entry
+    from ..models.catalog import model_entry
 
     resolved = INIT_SCHEMA.resolve(spec)
     out = {k: resolved[k] for k in ("model", "dataset", "init", "seed")}
@@ -357,7 +360,7 @@ def truncated_train(options: dict, at) -> dict:
 # ---- prune ------------------------------------------------------------------------------------
 
 def _prune_option_doc():
-    from ..pruning import METHODS, method_options
+    from ..pruning.catalog import METHODS, method_options
 
     options = [
         Option("method", REQUIRED, any_value, "pruning method: " + ", ".join(METHODS)),
@@ -383,7 +386,7 @@ def _prune_option_doc():
 
 
 def resolve_prune(raw: dict) -> ResolvedStep:
-    from ..pruning import METHODS, resolve_prune_step
+    from ..pruning.catalog import METHODS, resolve_prune_step
 
     raw = dict(raw or {})
     method = raw.get("method")
@@ -414,7 +417,7 @@ REINIT_SCHEMA = Schema("reinit option", (
 
 
 def resolve_reinit(raw: dict) -> ResolvedStep:
-    from ..reinit import STRATEGIES, resolve_reinit_step
+    from ..reinit.catalog import STRATEGIES, resolve_reinit_step
 
     raw = dict(raw or {})
     objects = {k: v for k, v in raw.items() if _is_state_object(v)}  # Python API: to=<state>
