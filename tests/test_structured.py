@@ -468,12 +468,12 @@ def test_resnet20_half_of_every_residual_group_is_faster_and_in_the_report(track
     # the report's own sections, less the per-layer weight and similarity figures: for ResNet-20's 21 convs
     # they take minutes here and show nothing about speed
     from mlprune.registry import Registry
-    from mlprune.report import html
+    from mlprune.report import sections as report_sections
 
     sections = Registry("report section")
     for name in ("accuracy", "speedup", "states"):
-        sections.add(html.SECTIONS[name])
-    monkeypatch.setattr(html, "SECTIONS", sections)
+        sections.add(report_sections.SECTIONS[name])
+    monkeypatch.setattr(report_sections, "SECTIONS", sections)
     _run(runner, "report", "compact", str(tmp_path / "report"))
     numbers = json.loads((tmp_path / "report" / "numbers.json").read_text())
     rows = numbers["accuracy_vs_speedup"]
