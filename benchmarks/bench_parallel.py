@@ -163,7 +163,7 @@ def _speedup(folder: Path, uri: str, quick: bool) -> dict:
     import cloudpickle
     from distributed import Client
 
-    from mlprune.execute import local_cluster, run_plans
+    from mlprune.executor import local_cluster, run_plans
     from mlprune.recipes import compile_recipe
     from mlprune.store import Store
 

@@ -195,7 +195,7 @@ def load_tensors(data_dir: Path):
 def mlprune_threads() -> int:
     """The torch thread count mlprune computes states with (MLPRUNE_THREADS, for bitwise reproducibility)."""
     try:
-        from mlprune.execute import compute_threads
+        from mlprune.executor import compute_threads
     except ImportError:  # a version without thread pinning computes with torch's default
         return torch.get_num_threads()
     return compute_threads()

@@ -88,7 +88,7 @@ def storage(store_dir: Path, uri: str, exp_id: str, states: dict, data_dir: Path
 
 def import_seconds() -> float:
     """How long a fresh interpreter takes to import mlprune's DAG (torch, mlflow): context."""
-    code = "import time; t = time.perf_counter(); import mlprune.api, mlprune.execute, mlprune.compute, mlprune.store, mlprune.recipes; print(time.perf_counter() - t)"
+    code = "import time; t = time.perf_counter(); import mlprune.api, mlprune.executor, mlprune.runners, mlprune.store, mlprune.recipes; print(time.perf_counter() - t)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], check=True)
     return float(out.stdout.strip().splitlines()[-1])

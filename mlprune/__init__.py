@@ -7,9 +7,9 @@
 
 import os as _os
 
-__version__ = "0.2.0"
+from .version import __version__
 
-# States are computed with several torch threads by default (execute.compute_threads). OpenMP's
+# States are computed with several torch threads by default (executor.compute_threads). OpenMP's
 # threads spin while they wait for work (GNU OpenMP's default policy): on a machine whose cores
 # other processes also use, one descheduled thread then stalls every parallel region, and a
 # LeNet-300-100 training took 68 s at 2 threads vs 8 s at 1 on a busy 2-core machine; waiting
@@ -19,7 +19,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _LAZY = {
     "Experiment": "api", "ExperimentState": "api", "Recipe": "api",
-    "SpecError": "errors", "compile_recipe": "recipes", "run_plan": "execute", "Execution": "execute",
+    "SpecError": "errors", "compile_recipe": "recipes", "run_plan": "executor", "Execution": "executor",
 }
 __all__ = ["__version__", *_LAZY]
 

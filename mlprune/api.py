@@ -90,7 +90,7 @@ class ExperimentState:
 
     def model(self):
         """A fresh module of the state's architecture holding the state's weights (on the CPU)."""
-        from .compute import Workspace
+        from .workspace import Workspace
 
         workspace = Workspace()
         root = self.spec["root"]
@@ -191,13 +191,13 @@ class Experiment:
 
     # ---- computing -----------------------------------------------------------------------------
     def run_options(self):
-        from .execute import RunOptions
+        from .executor import RunOptions
 
         return RunOptions(device=self.device, data_dir=self.data_dir, deterministic=self.deterministic,
                           channels_last=self.channels_last, compile=self.compile)
 
     def _run(self, plan) -> dict[str, str]:
-        from .execute import Execution
+        from .executor import Execution
 
         execution = Execution([plan], self.store, options=self.run_options(), progress=self.progress)
         execution.check()

@@ -3,6 +3,9 @@
 Errors in what the user gave (a recipe, a parameter, a run id, a store) print one
 line and exit with status 2; nothing is recorded as FINISHED. An interrupt
 (Ctrl-C) exits with status 130 and one line.
+
+Why one file: only this module may import click (tests/test_architecture.py), and each command is
+a short function over the same few helpers (run options, stores, summaries, output directories).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ compile_option = click.option(
 
 
 def _run_options(device, deterministic, channels_last, compile_):
-    from .execute import RunOptions, parse_switch
+    from .executor import RunOptions, parse_switch
 
     return RunOptions(device=device, deterministic=bool(parse_switch(deterministic, "--deterministic")),
                       channels_last=bool(parse_switch(channels_last, "--channels-last")),
@@ -134,7 +137,7 @@ def main():
 
 def _execute(plans, store, scheduler, workers, options, recipe_label, params, *, figures, plan_for_figures=None):
     """Run plans under a workflow run (`options`: execute.RunOptions); returns (result, reached {label/node: run id})."""
-    from .execute import Execution
+    from .executor import Execution
     from .store import WorkflowRun
 
     printer = _progress_printer()
@@ -544,7 +547,7 @@ def export(run_id, directory, compact):
     resolved = store.resolve_run_id(run_id)
     out = Path(directory)
     if compact:
-        from .compute import export_compact
+        from .runners.compact import export_compact
         from .names import COMPACT_ARCH_FILE, COMPACT_WEIGHTS_FILE
 
         arch = export_compact(store.load(resolved), out)

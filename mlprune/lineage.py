@@ -15,6 +15,9 @@ matplotlib, so the tracking server serves lineage pages without loading them.
 The DAG layout is here too (the report's matplotlib drawing uses it).
 
 Links go to the MLflow UI: ``<ui base>#/experiments/<experiment id>/runs/<run id>``.
+
+Why one file: the tracking server imports it to serve lineage pages, and everything it needs (graph,
+layout, SVG, HTML) is here with nothing heavier than the standard library.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from html import escape
 
-from . import __version__
+from .version import __version__
 from .names import LINEAGE_ROUTE, TAG_VERSION
 
 _PAGE = 1000

@@ -28,7 +28,7 @@ def _root_spec(node, plans) -> dict:
 
 def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) -> None:
     """A one-line SpecError for the first node that cannot be computed."""
-    from .compute import Workspace
+    from .workspace import Workspace
     from .models import prunable
     from .pruning import METHODS, layer_plan
     from .training.loop import timeline

@@ -22,7 +22,7 @@ os.environ["MLPRUNE_THREADS"] = "1"
 def _one_torch_thread(monkeypatch):
     """States computed with one torch thread (MLPRUNE_THREADS=1) in every test.
 
-    mlprune's default splits the cores between the processes that compute (execute.compute_threads),
+    mlprune's default splits the cores between the processes that compute (executor.compute_threads),
     and float sums depend on the thread count: tests that compare states across schedulers, against
     worker processes or against a loop computed by hand need one count on every side. Tests of the
     default remove the variable (tests/test_threads.py).

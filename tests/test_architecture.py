@@ -113,3 +113,184 @@ def test_the_lineage_page_imports_neither_matplotlib_nor_torch():
     out = _fresh("import sys\nimport mlprune.lineage, mlprune.mlflow_plugin\n"
                  "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n")
     assert out.strip() == "[]"
+
+
+# ---- the import graph: no cycle, no import back up, no private name across modules -------------------
+
+# The floors of the package, bottom up: a module imports only from its own floor or below. A package's
+# `__init__` that re-exports its children sits on their floor; code below it imports the catalog module
+# (`pruning.catalog`, ...) directly. Patterns are module names relative to the package.
+FLOORS = [
+    ("base", ["names", "errors", "registry", "version"]),
+    ("spec basics", ["spec.times", "spec.options", "spec.keys", "spec.limits"]),
+    ("catalogs", ["pruning.catalog", "models.catalog", "reinit.catalog", "data.catalog", "data.sampling", "training",
+                  "training.schedules", "training.optimizers", "training.devices"]),
+    ("step declarations", ["spec.steps"]),
+    ("maths", ["analysis", "analysis.*", "pruning", "pruning.*", "models", "models.*", "reinit", "reinit.*", "data",
+               "data.*", "lineage", "plots", "plots.*", "compact"]),
+    ("training loop", ["training.loop", "training.*"]),
+    ("planning", ["plan", "recipes", "recipes.*", "spawn", "reference", "mlproject"]),
+    ("store", ["store", "store.*"]),
+    ("workspace", ["workspace", "validate"]),
+    ("runners", ["runners", "runners.*"]),
+    ("executor", ["executor", "executor.*"]),
+    ("report", ["report", "report.*"]),
+    ("interfaces", ["api", "cli", "mlflow_plugin", "__main__", ""]),
+]
+
+
+def floor_of(module: str) -> int | None:
+    """The first floor whose patterns match `module` (more specific floors are listed first)."""
+    import fnmatch
+
+    for index, (_, patterns) in enumerate(FLOORS):
+        if any(fnmatch.fnmatchcase(module, pattern) for pattern in patterns):
+            return index
+    return None
+
+
+def import_graph(package: Path) -> tuple[dict[str, Path], list[tuple[str, str, str]]]:
+    """(module -> file, [(importer, imported module, name)]) of every `from ... import` and `import` of
+    the package's own modules, also inside functions. Modules are named relative to the package ("" is
+    its `__init__`); `from .pkg import name` is an edge to the submodule `pkg.name` when it exists."""
+    modules = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = list(path.relative_to(package).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    root = package.name
+    edges = []
+    for module, path in modules.items():
+        here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        if module == "":
+            here = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here[: len(here) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                elif node.module == root or (node.module or "").startswith(root + "."):
+                    target = node.module[len(root) + 1:]
+                else:
+                    continue
+                for alias in node.names:
+                    full = f"{target}.{alias.name}" if target else alias.name
+                    edges.append((module, full if full in modules else target, alias.name))
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name == root or alias.name.startswith(root + "."):
+                        edges.append((module, alias.name[len(root) + 1:], ""))
+    return modules, edges
+
+
+def import_cycles(package: Path) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    modules, edges = import_graph(package)
+    successors: dict[str, set] = {m: set() for m in modules}
+    for source, target, _ in edges:
+        if target in modules and target != source:
+            successors[source].add(target)
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(successors[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(modules):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def private_imports(package: Path) -> list[str]:
+    """`from other_module import _name` (dunders like __version__ excepted)."""
+    modules, edges = import_graph(package)
+    return [f"{source} imports {name} from {target or package.name}" for source, target, name in edges
+            if name.startswith("_") and not (name.startswith("__") and name.endswith("__")) and target != source
+            and f"{target}.{name}".lstrip(".") not in modules]
+
+
+def upward_imports(package: Path, floors=None) -> list[str]:
+    modules, edges = import_graph(package)
+    found = []
+    for source, target, _ in edges:
+        if target not in modules:
+            continue
+        here, there = floor_of(source), floor_of(target)
+        if here is None or there is None:
+            found.append(f"{source or '__init__'} or {target or '__init__'} is on no floor: add it to FLOORS")
+        elif there > here:
+            found.append(f"{source} ({FLOORS[here][0]}) imports {target} ({FLOORS[there][0]}): an import back up")
+    return sorted(set(found))
+
+
+def test_no_import_cycle_no_import_back_up_no_private_name_across_modules():
+    assert import_cycles(PACKAGE) == []
+    assert private_imports(PACKAGE) == []
+    assert upward_imports(PACKAGE) == []
+
+
+def test_the_checks_catch_a_cycle_a_private_import_and_an_import_back_up(tmp_path):
+    """The checker on a package written here: each kind of breach it must report, and a clean one."""
+    package = tmp_path / "mlprune"
+    (package / "pruning").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "names.py").write_text("TAG = 'x'\n")
+    (package / "pruning" / "__init__.py").write_text("from .catalog import METHODS\n")
+    (package / "pruning" / "catalog.py").write_text("from ..names import TAG\nMETHODS = {}\n")
+    (package / "pruning" / "masks.py").write_text("from .catalog import METHODS\n\ndef _helper():\n    pass\n")
+    assert (import_cycles(package), private_imports(package), upward_imports(package)) == ([], [], [])
+
+    # a package __init__ re-exporting a child that imports back from it: a cycle
+    (package / "pruning" / "__init__.py").write_text("from .catalog import METHODS\n\n"
+                                                     "def __getattr__(name):\n    from . import masks\n")
+    (package / "pruning" / "masks.py").write_text("from . import METHODS\n\ndef _helper():\n    pass\n")
+    assert import_cycles(package) == [["pruning", "pruning.masks"]]
+    (package / "pruning" / "masks.py").write_text("from .catalog import METHODS\n\ndef _helper():\n    pass\n")
+    assert import_cycles(package) == []
+
+    # a private name borrowed from another module, also inside a function
+    (package / "pruning" / "structure.py").write_text("def f():\n    from .masks import _helper\n")
+    assert private_imports(package) == ["pruning.structure imports _helper from pruning.masks"]
+    (package / "pruning" / "structure.py").unlink()
+
+    # the names floor importing the pruning maths: an import back up
+    (package / "names.py").write_text("def f():\n    from .pruning.masks import METHODS\n")
+    assert upward_imports(package) == ["names (base) imports pruning.masks (maths): an import back up"]
+    # ... which is also a cycle once the maths import the names
+    (package / "pruning" / "masks.py").write_text("from ..names import f\n")
+    assert ["names", "pruning.masks"] in import_cycles(package)
+
+
+LONG_FILE_LINES = 500
+WHY_ONE_FILE = "Why one file:"
+
+
+def test_no_file_over_500_lines_without_a_reason_at_its_top():
+    """A module past ~500 lines is split along its seams, or says at its top why it is one file."""
+    long = {}
+    for path in SOURCES:
+        lines = path.read_text().count("\n")
+        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if lines > LONG_FILE_LINES and WHY_ONE_FILE not in docstring:
+            long[_rel(path)] = lines
+    assert not long, long

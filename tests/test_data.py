@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mlprune import data as D
-from mlprune.data import pipeline as DP, readers as DR
+from mlprune.data import pipeline as DP, readers as DR, sampling as DS
 from mlprune.data import DATASETS, load_data
 from mlprune.errors import SpecError
 from mlprune.models import build_model, model_input
@@ -243,7 +243,7 @@ def test_fast_and_generic_paths_give_identical_batches(files, name, kw):
 def test_generic_path_uses_dataloader_with_seeded_random_sampler():
     data = load_data("digits", fast=False)
     ds = DP._SampleDataset(data._train.x, data._train.y, data._pipeline)
-    g = torch.Generator().manual_seed(DP._shuffle_seed(4, 1))
+    g = torch.Generator().manual_seed(DS.shuffle_seed(4, 1))
     loader = torch.utils.data.DataLoader(ds, batch_size=50, sampler=torch.utils.data.RandomSampler(ds, generator=g))
     assert batches_equal(loader, data.train_batches(50, seed=4, epoch=1))
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mlprune.execute import gpu_workers, task_resources
+from mlprune.executor import gpu_workers, task_resources
 
 
 def test_tasks_ask_for_a_gpu_only_on_cuda_and_only_where_workers_have_one():
@@ -44,7 +44,7 @@ def _where_and_when(seconds):
 def test_a_local_cluster_on_two_gpus_runs_one_task_per_gpu_at_a_time():
     from distributed import Client
 
-    from mlprune.execute import local_cluster
+    from mlprune.executor import local_cluster
 
     cluster = local_cluster(None, gpus=2)       # what --scheduler processes starts on a 2-GPU machine
     client = Client(cluster)

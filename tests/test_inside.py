@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
-from mlprune import Recipe, inside, names, report
+from mlprune import Recipe, analysis, names, report
 from mlprune.errors import SpecError
 from mlprune.recipes import compile_recipe
 
@@ -58,31 +58,31 @@ def test_linear_cka_is_the_closed_form_and_has_its_invariances():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 7))
     y = x @ rng.normal(size=(7, 5)) + 0.5 * rng.normal(size=(40, 5))
-    got = inside.linear_cka(torch.tensor(x), torch.tensor(y))
+    got = analysis.linear_cka(torch.tensor(x), torch.tensor(y))
     assert got == pytest.approx(cka_oracle(x, y), abs=1e-12)
     assert 0.0 < got < 1.0
     q, _ = np.linalg.qr(rng.normal(size=(7, 7)))  # an orthogonal transform and an isotropic scaling change nothing
-    assert inside.linear_cka(torch.tensor(3.0 * x @ q), torch.tensor(y)) == pytest.approx(got, abs=1e-12)
-    assert inside.linear_cka(torch.tensor(x), torch.tensor(x)) == pytest.approx(1.0, abs=1e-12)
+    assert analysis.linear_cka(torch.tensor(3.0 * x @ q), torch.tensor(y)) == pytest.approx(got, abs=1e-12)
+    assert analysis.linear_cka(torch.tensor(x), torch.tensor(x)) == pytest.approx(1.0, abs=1e-12)
     # conv-shaped activations are flattened per example
-    assert inside.linear_cka(torch.tensor(x).view(40, 7, 1, 1), torch.tensor(y)) == pytest.approx(got, abs=1e-12)
+    assert analysis.linear_cka(torch.tensor(x).view(40, 7, 1, 1), torch.tensor(y)) == pytest.approx(got, abs=1e-12)
 
 
 def test_unbiased_hsic_is_the_u_statistic_of_song_et_al():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(7, 3)), rng.normal(size=(7, 4))
     k, l = x @ x.T, y @ y.T
-    got = float(inside.hsic_unbiased(torch.tensor(k), torch.tensor(l)))
+    got = float(analysis.hsic_unbiased(torch.tensor(k), torch.tensor(l)))
     assert got == pytest.approx(hsic_unbiased_oracle(k, l), rel=1e-10)
     with pytest.raises(SpecError, match="at least 4 examples"):
-        inside.hsic_unbiased(torch.tensor(k[:3, :3]), torch.tensor(l[:3, :3]))
+        analysis.hsic_unbiased(torch.tensor(k[:3, :3]), torch.tensor(l[:3, :3]))
 
 
 def test_minibatch_cka_averages_the_batches_hsic_and_converges_to_the_full_cka():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(18, 5))
     y = np.tanh(x @ rng.normal(size=(5, 6))) + 0.3 * rng.normal(size=(18, 6))
-    estimator = inside.MinibatchCKA()
+    estimator = analysis.MinibatchCKA()
     sums = np.zeros(3)
     for start in (0, 6, 12):
         xb, yb = x[start:start + 6], y[start:start + 6]
@@ -90,27 +90,27 @@ def test_minibatch_cka_averages_the_batches_hsic_and_converges_to_the_full_cka()
         k, l = xb @ xb.T, yb @ yb.T
         sums += [hsic_unbiased_oracle(k, l), hsic_unbiased_oracle(k, k), hsic_unbiased_oracle(l, l)]
     assert estimator.result()["layer"] == pytest.approx(sums[0] / math.sqrt(sums[1] * sums[2]), rel=1e-9)
-    same = inside.MinibatchCKA()
+    same = analysis.MinibatchCKA()
     same.update({"layer": torch.tensor(x[:9])}, {"layer": torch.tensor(x[:9])})
     assert same.result()["layer"] == pytest.approx(1.0, abs=1e-12)
     # many batches of a large sample: the unbiased minibatch estimate approaches the full-sample CKA
     # (linear_cka, checked against the kernel definition above; n x n kernels of 4000 would take minutes)
     big_x = rng.normal(size=(4000, 10))
     big_y = big_x @ rng.normal(size=(10, 8)) + 2.0 * rng.normal(size=(4000, 8))
-    many = inside.MinibatchCKA()
-    for start, stop in inside.probe_batches(4000, 200):
+    many = analysis.MinibatchCKA()
+    for start, stop in analysis.probe_batches(4000, 200):
         many.update({"l": torch.tensor(big_x[start:stop])}, {"l": torch.tensor(big_y[start:stop])})
     assert many.batches == 20
-    assert many.result()["l"] == pytest.approx(inside.linear_cka(torch.tensor(big_x), torch.tensor(big_y)), abs=0.02)
+    assert many.result()["l"] == pytest.approx(analysis.linear_cka(torch.tensor(big_x), torch.tensor(big_y)), abs=0.02)
 
 
 def test_probe_batches_never_leave_a_batch_too_small():
-    assert inside.probe_batches(359, 256) == [(0, 359)]
-    assert inside.probe_batches(1000, 256) == [(0, 333), (333, 667), (667, 1000)]
-    assert all(b - a >= 4 for a, b in inside.probe_batches(9, 4))
-    picked = inside.probe_indices(100, 359, seed=3)
-    assert torch.equal(picked, inside.probe_indices(100, 359, seed=3)) and len(set(picked.tolist())) == 100
-    assert not torch.equal(picked, inside.probe_indices(100, 359, seed=4))
+    assert analysis.probe_batches(359, 256) == [(0, 359)]
+    assert analysis.probe_batches(1000, 256) == [(0, 333), (333, 667), (667, 1000)]
+    assert all(b - a >= 4 for a, b in analysis.probe_batches(9, 4))
+    picked = analysis.probe_indices(100, 359, seed=3)
+    assert torch.equal(picked, analysis.probe_indices(100, 359, seed=3)) and len(set(picked.tolist())) == 100
+    assert not torch.equal(picked, analysis.probe_indices(100, 359, seed=4))
 
 
 # ---- classes, examples ------------------------------------------------------------------------------
@@ -118,9 +118,9 @@ def test_probe_batches_never_leave_a_batch_too_small():
 def test_confusion_and_recall_by_hand():
     labels = [0, 0, 1, 1, 1, 2]
     predicted = [0, 1, 1, 1, 0, 2]
-    confusion = inside.confusion_matrix(labels, predicted, 4)
+    confusion = analysis.confusion_matrix(labels, predicted, 4)
     assert confusion.tolist() == [[1, 1, 0, 0], [1, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
-    recall = inside.class_recall(confusion)
+    recall = analysis.class_recall(confusion)
     assert recall[:3].tolist() == [0.5, 2 / 3, 1.0] and math.isnan(recall[3])
 
 
@@ -129,7 +129,7 @@ def test_class_impact_is_hookers_normalized_recall_difference_with_welchs_test()
     dense_acc = np.array([0.80, 0.81, 0.79])
     pruned_recall = np.array([[0.89, 0.60, 0.70], [0.91, 0.55, 0.71], [0.90, 0.58, 0.66], [0.86, 0.62, 0.70]])
     pruned_acc = np.array([0.74, 0.72, 0.73, 0.74])
-    got = inside.class_impact(dense_recall, dense_acc, pruned_recall, pruned_acc)
+    got = analysis.class_impact(dense_recall, dense_acc, pruned_recall, pruned_acc)
     for c in range(3):
         a = pruned_recall[:, c] - pruned_acc.mean()   # normalized recall of each network (Hooker et al.)
         d = dense_recall[:, c] - dense_acc.mean()
@@ -144,27 +144,27 @@ def test_class_impact_is_hookers_normalized_recall_difference_with_welchs_test()
         assert got["p"][c] == pytest.approx(2 * student.sf(abs(t), df), rel=1e-9)
     # class 1 lost far more than the accuracy did: negative and significant; class 0 gained relatively
     assert got["impact"][1] < -0.1 and got["significant"][1] and got["impact"][0] > 0
-    one = inside.class_impact(dense_recall[:1], dense_acc[:1], pruned_recall[:1], pruned_acc[:1])
+    one = analysis.class_impact(dense_recall[:1], dense_acc[:1], pruned_recall[:1], pruned_acc[:1])
     assert np.isnan(one["p"]).all() and not one["significant"].any()   # one seed: no test
-    flat = inside.class_impact(np.zeros((2, 1)), [0.5, 0.5], np.zeros((2, 1)), [0.4, 0.4])
+    flat = analysis.class_impact(np.zeros((2, 1)), [0.5, 0.5], np.zeros((2, 1)), [0.4, 0.4])
     assert np.isnan(flat["p"][0]) and flat["impact"][0] == pytest.approx(0.1)  # no spread: no test
 
 
 def test_pies_and_modal_labels_by_hand():
     dense = np.array([[0, 1, 2, 3, 4], [0, 1, 2, 3, 5], [0, 1, 9, 3, 5]])
     pruned = np.array([[0, 7, 2, 3, 4], [0, 7, 2, 8, 4], [1, 1, 2, 8, 5]])
-    modes, agreement = inside.modal_labels(dense)
+    modes, agreement = analysis.modal_labels(dense)
     assert modes.tolist() == [0, 1, 2, 3, 5] and agreement.tolist() == pytest.approx([1, 1, 2 / 3, 1, 2 / 3])
-    assert inside.modal_labels([[3, 1], [1, 3]])[0].tolist() == [1, 1]  # a tie goes to the smallest label
-    result = inside.pies(dense, pruned, labels=[0, 1, 2, 3, 4])
+    assert analysis.modal_labels([[3, 1], [1, 3]])[0].tolist() == [1, 1]  # a tie goes to the smallest label
+    result = analysis.pies(dense, pruned, labels=[0, 1, 2, 3, 4])
     assert result["indices"].tolist() == [1, 3, 4] and result["fraction"] == pytest.approx(3 / 5)
     assert result["dense_label"].tolist() == [1, 3, 5] and result["pruned_label"].tolist() == [7, 8, 4]
     assert result["pruned_agreement"].tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3])
-    assert inside.churn(dense[0], pruned[0]) == pytest.approx(1 / 5)
-    assert np.allclose(inside.churn_matrix([dense[0], dense[1], pruned[2]]),
+    assert analysis.churn(dense[0], pruned[0]) == pytest.approx(1 / 5)
+    assert np.allclose(analysis.churn_matrix([dense[0], dense[1], pruned[2]]),
                        [[0, 0.2, 0.6], [0.2, 0, 0.4], [0.6, 0.4, 0]])
     with pytest.raises(SpecError, match="same test set"):
-        inside.pies(dense, pruned[:, :4], labels=[0, 1, 2, 3, 4])
+        analysis.pies(dense, pruned[:, :4], labels=[0, 1, 2, 3, 4])
 
 
 # ---- states: predictions, curves, cka analyses ---------------------------------------------------------
@@ -176,7 +176,7 @@ def _states(experiment, test_size=None):
 
 
 def test_predictions_are_the_test_pass_and_per_class_metrics_follow(experiment):
-    from mlprune.compute import Workspace
+    from mlprune.workspace import Workspace
     from mlprune.training.loop import evaluate
 
     root, trained = _states(experiment)
@@ -190,7 +190,7 @@ def test_predictions_are_the_test_pass_and_per_class_metrics_follow(experiment):
         assert metrics[f"test_accuracy.class.{k}"] == pytest.approx((saved["predicted"][of_class] == k).mean(), abs=0)
     confusion = json.loads(store.state_file(trained.run_id, "confusion.json"))
     assert np.array_equal(np.array(confusion["matrix"]),
-                          inside.confusion_matrix(saved["label"], saved["predicted"], 10))
+                          analysis.confusion_matrix(saved["label"], saved["predicted"], 10))
     # the same network, evaluated afresh: the labels are the test set's, in order; loss and accuracy bit for bit
     model = trained.model().eval()
     data = Workspace().data(trained.spec["root"], None)
@@ -351,8 +351,9 @@ def test_lt_unstructured_three_seeds_inside_the_network(tracking, tmp_path):
     assert churn["n"] == 3 and np.allclose(np.diag(churn["matrix"]), 0.0)
 
     # a state whose predictions file is gone (an older mlprune, a damaged store): noted once, the rest goes on
-    from mlprune.report.html import _Builder, _Loader
+    from mlprune.report.common import Page, StateLoader
     from mlprune.report.inside import inside_section
+    from mlprune.report.sections import SectionContext
     from mlprune.report.series import collect
     from mlprune.store import open_experiment
 
@@ -361,8 +362,8 @@ def test_lt_unstructured_three_seeds_inside_the_network(tracking, tmp_path):
     store = open_experiment("inside")
     notes = []
     collection = collect(store)
-    builder = _Builder(tmp_path / "again")
-    inside_section(builder, collection, _Loader(store, collection.runs, notes.append), notes.append)
+    builder = Page(tmp_path / "again")
+    inside_section(builder, SectionContext(collection, StateLoader(store, collection.runs, notes.append), notes.append))
     assert [n for n in notes if "predictions.safetensors" in n and gone[:8] in n and "1 state(s)" in n]
     again = builder.report["inside"]["lt_inside"]["rounds"][3]["pies"]
     assert again["n_pruned"] == 2 and again["n_dense"] == 3

@@ -98,7 +98,7 @@ def test_recomputed_batchnorm_statistics_are_the_training_batches_statistics():
 
 
 def test_the_instability_figure_marks_stable_points_filled_and_unstable_hollow():
-    from mlprune.report.figures import plot_instability_vs_spawn
+    from mlprune.plots import plot_instability_vs_spawn
 
     points = [{"iteration": 0, "mean": 0.05, "std": 0.01, "n": 2}, {"iteration": 500, "mean": 0.005, "std": 0.0,
                                                                      "n": 2}]
@@ -195,7 +195,7 @@ def test_bad_spawn_values_are_one_line_errors_before_anything_runs(tracking, tmp
 def test_copies_and_interpolations_are_independent_tasks(experiment):
     """What lets dask run them in parallel: a copy waits for its spawn point only, an interpolation
     for its two copies only."""
-    from mlprune.execute import Execution
+    from mlprune.executor import Execution
 
     plan = compile_recipe(LENET_PRESET, {"rounds": 1})
     tasks = Execution([plan], experiment.store, scheduler="processes")._tasks()
@@ -280,7 +280,7 @@ def test_interpolation_endpoints_are_the_states_own_test_error(lineage):
 
 def test_interpolation_matches_an_independent_evaluation_of_the_formula(lineage):
     """The oracle: (1 - α)·w_a + α·w_b in float64, masked, evaluated on the test set by a loop written here."""
-    from mlprune.compute import Workspace
+    from mlprune.workspace import Workspace
 
     a, b = lineage["sparse"]
     result = curve(lineage["sparse_lmc"])
@@ -444,7 +444,7 @@ def test_lenet_preset_must_show(tracking, tmp_path):
                     if r.data.tags.get("mlprune.recipe") == "lmc_lenet_300_100")
     assert "figures/instability_vs_spawn.png" in {f.path for f in client.list_artifacts(workflow.info.run_id,
                                                                                           "figures")}
-    from mlprune.execute import Execution
+    from mlprune.executor import Execution
 
     assert Execution([plan], store).missing == []
 

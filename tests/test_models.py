@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mlprune import models as M
-from mlprune.models import nets
+from mlprune.models import catalog, nets
 from mlprune.errors import SpecError
 from mlprune.models import INITS, MODELS, build_model, model_input, prunable
 
@@ -173,7 +173,7 @@ def test_tv_models():
 
 
 def test_tv_probe_turns_a_forward_failure_into_a_spec_error(monkeypatch):
-    monkeypatch.delitem(M._TV_MIN_SIZE, "alexnet")        # torchvision's AlexNet needs 63 px
+    monkeypatch.delitem(catalog._TV_MIN_SIZE, "alexnet")        # torchvision's AlexNet needs 63 px
     with pytest.raises(SpecError) as e:
         build_model("tv:alexnet", num_classes=10, input_shape=(3, 32, 32))
     assert "tv:alexnet" in one_line(e) and "(3, 32, 32)" in str(e.value)

@@ -500,7 +500,9 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
     from mlprune import Experiment, analysis
     from mlprune.cli import main
     from mlprune.recipes import compile_recipe
-    from mlprune.report.html import _Builder, accuracy_section
+    from mlprune.report.accuracy import accuracy_section
+    from mlprune.report.common import Page, StateLoader
+    from mlprune.report.sections import SectionContext
     from mlprune.report.sanity import sanity_section
     from mlprune.report.series import collect
 
@@ -530,8 +532,10 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
 
     # the report's accuracy section on this experiment's series (the whole report also draws weights and
     # stability figures for every one of the 19 series: minutes of matplotlib, not what this test is about)
-    builder = _Builder(tmp_path / "report")
-    rows = accuracy_section(builder, collect(Experiment("sanity").store))
+    builder = Page(tmp_path / "report")
+    collection = collect(Experiment("sanity").store)
+    context = SectionContext(collection, StateLoader(collection.store, collection.runs, print), print)
+    rows = accuracy_section(builder, context)
     labels = {row["recipe"] for row in rows}
     name = "pai_sanity_lenet_300_100"
     expected = {name} | {f"{name} / {m}" for m in ("snip", "grasp", "synflow", "magnitude", "random")} | {
@@ -546,7 +550,7 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
     (figure,) = [f for f in builder.figures if f["kind"] == "accuracy_vs_remaining"]
     assert figure["png"].startswith(b"\x89PNG") and (tmp_path / "report" / "figures" / figure["file"]).exists()
     # and the sanity-check section: one panel per method, its controls beside it
-    sanity_section(builder, collect(Experiment("sanity").store))
+    sanity_section(builder, context)
     panels = builder.numbers["sanity_checks"]
     assert set(panels) == {f"{name} / {m}" for m in ("snip", "grasp", "synflow", "magnitude", "random")}
     for panel, members in panels.items():

@@ -28,7 +28,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlprune import Experiment, Recipe, SpecError
-from mlprune.execute import Execution, run_plan, run_plans
+from mlprune.executor import Execution, run_plan, run_plans
 from mlprune.names import TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_HEARTBEAT
 from mlprune.recipes import compile_recipe, parse_grid, parse_seeds
 from mlprune.store import Store
@@ -490,7 +490,7 @@ def test_sweep_on_a_local_cluster_and_an_mlflow_server_equals_sync(mlflow_server
 def test_a_dask_worker_killed_mid_state_is_replaced_and_the_state_completes(mlflow_server, tmp_path, monkeypatch):
     from distributed import Client
 
-    from mlprune.execute import local_cluster
+    from mlprune.executor import local_cluster
 
     uri, _ = mlflow_server
     recipe = write_recipe(tmp_path, TINY.replace("rounds: $rounds", "rounds: 0"))

@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from mlprune import analysis, lineage
-from mlprune.report import figures as plotting
+from mlprune import plots as plotting
 from mlprune.errors import SpecError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -198,7 +198,7 @@ def test_dag_svg_links_and_edges(tmp_path):
 def test_no_pyplot_state():
     code = (
         "import sys, numpy as np\n"
-        "from mlprune.report import figures as plotting\n"
+        "from mlprune import plots as plotting\n"
         "plotting.plot_biases(np.arange(3.0)); plotting.plot_dag([{'id': 'a', 'label': 'init'}], [])\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )

@@ -357,7 +357,7 @@ def test_compare_and_report_errors_are_one_line(messy, tmp_path):
 def test_plot_stability_and_early_stop(tmp_path):
     from matplotlib.figure import Figure
 
-    from mlprune.report import figures as plotting
+    from mlprune import plots as plotting
 
     ws = [{"a": torch.randn(4, 5, generator=torch.Generator().manual_seed(t))} for t in range(3)]
     ms = [{"a": torch.arange(20).reshape(4, 5) >= 5 * t} for t in range(3)]
@@ -386,7 +386,7 @@ def test_plot_stability_and_early_stop(tmp_path):
 
 
 def test_plot_bias_panels(tmp_path):
-    from mlprune.report import figures as plotting
+    from mlprune import plots as plotting
 
     fig = plotting.plot_bias_panels({"fc1.bias": torch.randn(120), "fc2.bias": torch.randn(10)}, title="b")
     assert [ax.get_title(loc="left") for ax in fig.axes] == ["fc1.bias (120 units)", "fc2.bias (10 units)"]

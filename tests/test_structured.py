@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mlprune import Experiment, Recipe, SpecError
-from mlprune import compact as C
+from mlprune.pruning import compact as C
 from mlprune.models import build_model, prunable
 from mlprune.pruning import resolve_prune_step
 from mlprune.pruning.structure import (apply_extra_masks, channel_groups, extra_masks, prune_coupled,
@@ -387,7 +387,7 @@ def _oracle_count(weights, masks):
 
 
 def _test_batch(state):
-    from mlprune.compute import Workspace
+    from mlprune.workspace import Workspace
 
     workspace = Workspace()
     data = workspace.data(state.spec["root"], None)
@@ -468,12 +468,12 @@ def test_resnet20_half_of_every_residual_group_is_faster_and_in_the_report(track
     # the report's own sections, less the per-layer weight and similarity figures: for ResNet-20's 21 convs
     # they take minutes here and show nothing about speed
     from mlprune.registry import Registry
-    from mlprune.report import html
+    from mlprune.report import sections as report_sections
 
     sections = Registry("report section")
     for name in ("accuracy", "speedup", "states"):
-        sections.add(html.SECTIONS[name])
-    monkeypatch.setattr(html, "SECTIONS", sections)
+        sections.add(report_sections.SECTIONS[name])
+    monkeypatch.setattr(report_sections, "SECTIONS", sections)
     _run(runner, "report", "compact", str(tmp_path / "report"))
     numbers = json.loads((tmp_path / "report" / "numbers.json").read_text())
     rows = numbers["accuracy_vs_speedup"]

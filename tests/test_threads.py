@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from mlprune import Experiment, Recipe
 from mlprune.errors import SpecError
-from mlprune.execute import cluster_threads, compute_threads
+from mlprune.executor import cluster_threads, compute_threads
 from mlprune.names import PARAM_THREADS
 
 

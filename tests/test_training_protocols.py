@@ -120,7 +120,7 @@ params: {at: 20it}
 
 
 def test_rewind_at_iterations_is_the_first_training_stopped_there(experiment, tracking, tmp_path, monkeypatch):
-    from mlprune.execute import run_plans
+    from mlprune.executor import run_plans
     from mlprune.recipes import compile_recipe
     from mlprune.training import loop
 

@@ -30,11 +30,12 @@ import torch
 from ..errors import SpecError
 from ..names import ENV_DATA_WORKERS
 from .readers import Folders
-from .pipeline import _AUGMENTS, Data, _aug_seed, _check_batch_size, _shuffle_seed, _val_count
+from .catalog import DATASETS
+from .pipeline import Data
+from .sampling import AUGMENTS, MASK63, aug_seed, check_batch_size, shuffle_seed, val_count
 
 __all__ = ["Folders", "FolderData", "FolderTransform", "resized_crop_box", "load_folder_data"]
 
-_MASK63 = (1 << 63) - 1
 
 
 def resized_crop_box(height: int, width: int, gen: torch.Generator, scale=(0.08, 1.0),
@@ -166,7 +167,7 @@ class _FolderSplit:
         start = skip * batch_size
         transform = self.train_transform or self.eval_transform
         randomized = self.train_transform is not None
-        items = [(perm[p], ((aug_seed * 1_000_003 + p) & _MASK63) if randomized else None)
+        items = [(perm[p], ((aug_seed * 1_000_003 + p) & MASK63) if randomized else None)
                  for p in range(start, len(perm))]
         return self._batches(items, transform, batch_size)
 
@@ -183,11 +184,11 @@ class FolderData(Data):
         self.placement = "pinned" if device is not None and device.type == "cuda" else "host"
 
     def train_batches(self, batch_size: int, *, seed: int, epoch: int, skip: int = 0):
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         for what, v in (("seed", seed), ("epoch", epoch), ("skip", skip)):
             if isinstance(v, bool) or not isinstance(v, int) or (what == "skip" and v < 0):
                 raise SpecError(f"{what} {v!r} is not an int{' >= 0' if what == 'skip' else ''}")
-        return self._train.shuffled(batch_size, _shuffle_seed(seed, epoch), _aug_seed(seed, epoch), skip)
+        return self._train.shuffled(batch_size, shuffle_seed(seed, epoch), aug_seed(seed, epoch), skip)
 
     def on(self, device) -> "FolderData":
         device = torch.device(device)
@@ -203,8 +204,6 @@ class FolderData(Data):
 def load_folder_data(name: str, folders: Folders, *, image_size, channels, val_size, split_seed, aug, train_size,
                      test_size, min_image_size) -> FolderData:
     """`data.pipeline.load_data` for an image-folder dataset (see the module docstring)."""
-    from . import DATASETS
-
     info = DATASETS[name]
     if channels not in (None, 3):
         raise SpecError(f"{name}: channels {channels!r} is not available for an image-folder dataset; allowed: "
@@ -212,16 +211,16 @@ def load_folder_data(name: str, folders: Folders, *, image_size, channels, val_s
     size = image_size or info.image_size
     if min_image_size is not None and size < min_image_size:
         size = min_image_size
-    crop, flip = _AUGMENTS.get(aug, (False, False))
+    crop, flip = AUGMENTS.get(aug, (False, False))
     style = info.folder_style
     train_transform = FolderTransform(style, size, info.mean, info.std, crop, flip) if aug else None
     eval_transform = FolderTransform(style, size, info.mean, info.std, False, False)
     n_train = len(folders.train.samples)
-    k = _val_count(val_size, n_train)
+    k = val_count(val_size, n_train)
     train_idx = list(range(n_train))
     val = None
     if k:
-        perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(split_seed & _MASK63))
+        perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(split_seed & MASK63))
         val_idx = sorted(perm[:k].tolist())
         train_idx = sorted(perm[k:].tolist())
         val = _FolderSplit(folders.train, val_idx, None, eval_transform)
@@ -232,7 +231,7 @@ def load_folder_data(name: str, folders: Folders, *, image_size, channels, val_s
                                    or not 1 <= wanted <= available):
             raise SpecError(f"{what} {wanted!r} is not valid; allowed: null (all) or an int in [1, {available}]")
     if train_size is not None and train_size < len(train_idx):
-        perm = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed((split_seed + 1) & _MASK63))
+        perm = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed((split_seed + 1) & MASK63))
         train_idx = [train_idx[i] for i in sorted(perm[:train_size].tolist())]
     if test_size is not None:
         test_idx = test_idx[:test_size]

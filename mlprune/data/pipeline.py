@@ -1,4 +1,4 @@
-"""Preprocessing, splits, seeded shuffling and augmentation: `load_data` -> `Data`.
+"""Preprocessing, splits, seeded shuffling and augmentation of in-memory datasets: `load_in_memory` -> `Data`.
 
 See the package docstring (`mlprune.data`) for what each option means and the
 guarantees (the same (seed, epoch) gives bitwise the same batches on both paths).
@@ -7,7 +7,6 @@ guarantees (the same (seed, epoch) gives bitwise the same batches on both paths)
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -15,15 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SpecError
-from . import DATASETS, default_data_dir
-from .readers import _PREP_CACHE, Raw
+from .catalog import DATASETS
+from .readers import PREP_CACHE, Raw
+from .sampling import AUGMENTS, MASK63, aug_seed, check_batch_size, shuffle_seed, val_count
 
-__all__ = ["Data", "load_data", "FAST_LIMIT_BYTES", "DEVICE_SHARE", "placement"]
+__all__ = ["Data", "load_in_memory", "FAST_LIMIT_BYTES", "DEVICE_SHARE", "placement"]
 
 FAST_LIMIT_BYTES = 2 * 1024 ** 3
 DEVICE_SHARE = 0.5   # an in-memory dataset moves onto an accelerator when it takes at most this share of its free memory
-_SHUFFLE_MULT = 1_000_003
-_MASK63 = (1 << 63) - 1
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -87,9 +85,6 @@ def _gray_stats_of_rgb(raw: Raw, mean_rgb) -> tuple[tuple[float], tuple[float]]:
 
 # ----------------------------------------------------------------------------- augmentation
 
-_AUGMENTS = {"crop": (True, False), "flip": (False, True), "crop+flip": (True, True)}
-
-
 def _crop_pad(size: int) -> int:
     return max(1, int(size / 8 + 0.5))
 
@@ -135,14 +130,6 @@ def _augment_draws(b: int, gen: torch.Generator, crop: bool, flip: bool, pad: in
         torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
     if flip:
         torch.rand(b, generator=gen)
-
-
-def _shuffle_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * _SHUFFLE_MULT + int(epoch)) & _MASK63
-
-
-def _aug_seed(seed: int, epoch: int) -> int:
-    return (_shuffle_seed(seed, epoch) * 6364136223846793005 + 1442695040888963407) & _MASK63
 
 
 # ----------------------------------------------------------------------------- Data
@@ -248,12 +235,6 @@ def _free_bytes(device: torch.device) -> int | None:
     return None  # mps: unified memory; the in-memory limit (FAST_LIMIT_BYTES) already applies
 
 
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SpecError(f"batch_size {batch_size!r} is not a positive int")
-    return batch_size
-
-
 class Data:
     """A loaded dataset, adapted (channels, size, normalization) and split.
 
@@ -277,7 +258,7 @@ class Data:
         self.mean = pipeline.mean_values
         self.std = pipeline.std_values
         self.spec = spec
-        crop, flip = _AUGMENTS.get(augment, (False, False))
+        crop, flip = AUGMENTS.get(augment, (False, False))
         self._crop, self._flip = crop, flip
         self._pad = _crop_pad(min(input_shape[1], input_shape[2]))
         self.device, self.placement = device, placement
@@ -297,19 +278,19 @@ class Data:
 
     def batches_per_epoch(self, batch_size: int) -> int:
         """Optimizer steps in one epoch (the last batch may be smaller)."""
-        return -(-self.len_train // _check_batch_size(batch_size))
+        return -(-self.len_train // check_batch_size(batch_size))
 
     def train_batches(self, batch_size: int, *, seed: int, epoch: int,
                       skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled, augmented training batches; the same (seed, epoch) gives the same
         batches bitwise. The last batch may be smaller. ``skip``: start at that batch of
         the epoch, with exactly the batches (and augmentations) it would have had."""
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         for what, v in (("seed", seed), ("epoch", epoch), ("skip", skip)):
             if isinstance(v, bool) or not isinstance(v, int) or (what == "skip" and v < 0):
                 raise SpecError(f"{what} {v!r} is not an int{' >= 0' if what == 'skip' else ''}")
-        gen = torch.Generator().manual_seed(_shuffle_seed(seed, epoch))
-        aug = torch.Generator().manual_seed(_aug_seed(seed, epoch))
+        gen = torch.Generator().manual_seed(shuffle_seed(seed, epoch))
+        aug = torch.Generator().manual_seed(aug_seed(seed, epoch))
         return self._train_iter(batch_size, gen, aug, skip)
 
     def _train_iter(self, batch_size, gen, aug, skip=0):
@@ -325,17 +306,17 @@ class Data:
 
     def train_eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The training examples as evaluated, not as trained on: sequential, unaugmented batches."""
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         return self._train.sequential(batch_size)
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Sequential, unaugmented test batches."""
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         return self._test.sequential(batch_size)
 
     def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]] | None:
         """Sequential, unaugmented validation batches; None without a validation split."""
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         if self._val is None:
             return None
         return self._val.sequential(batch_size)
@@ -365,74 +346,11 @@ class Data:
 
 # ----------------------------------------------------------------------------- load_data
 
-def _resolve_augment(name: str, augment) -> str | None:
+def load_in_memory(name: str, root: Path, *, image_size: int | None, channels: int | None, val_size, split_seed: int,
+                   aug: str | None, fast: bool | None, min_image_size: int | None, train_size: int | None,
+                   test_size: int | None, device=None) -> Data:
+    """`data.loading.load_data` for a dataset read into memory as uint8 tensors (arguments checked there)."""
     info = DATASETS[name]
-    if augment is None:
-        augment = info.default_augment
-    if augment is True:
-        return info.augment
-    if augment is False or augment == "none":
-        return None
-    if isinstance(augment, str) and augment in _AUGMENTS:
-        return augment
-    raise SpecError(f"augment {augment!r} is not valid; allowed: None (dataset default), true, false, "
-                    f"'none', {', '.join(repr(a) for a in _AUGMENTS)}")
-
-
-def _val_count(val_size, n_train: int) -> int:
-    if isinstance(val_size, bool):
-        raise SpecError(f"val_size {val_size!r} is not valid; allowed: an int in [0, {n_train}) or a float in [0, 1)")
-    if isinstance(val_size, int):
-        k = val_size
-    elif isinstance(val_size, float) and 0.0 <= val_size < 1.0:
-        k = int(round(val_size * n_train))
-    else:
-        k = -1
-    if not 0 <= k < n_train:
-        raise SpecError(f"val_size {val_size!r} is not valid; allowed: an int in [0, {n_train}) "
-                        f"or a float in [0, 1)")
-    return k
-
-
-def load_data(name: str = "digits", *, image_size: int | None = None, channels: int | None = None,
-              val_size: int | float = 0, split_seed: int = 0, augment: bool | str | None = None,
-              data_dir: str | os.PathLike | None = None, fast: bool | None = None,
-              min_image_size: int | None = None, train_size: int | None = None,
-              test_size: int | None = None, device=None) -> Data:
-    """Load dataset `name`, adapted to `image_size` (square, bilinear) and `channels`
-    (1 or 3), with `val_size` held out of the train split (seeded by `split_seed`).
-
-    `min_image_size`: upsample only images smaller than this (what a model needs);
-    larger ones keep their size. `train_size` / `test_size`: use only that many
-    samples (train: a seeded subset of what remains after the validation split,
-    test: the first ones), for quick runs of large models.
-
-    `augment`: None = dataset default, True = dataset standard, False / "none", or
-    "crop", "flip", "crop+flip". `fast`: None = in-memory path when it fits.
-    `device`: deliver batches there (`Data.on`); None = the CPU.
-    """
-    info = DATASETS[name]
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
-        raise SpecError(f"image_size {image_size!r} is not valid; allowed: None (native) or a positive int")
-    if channels not in (None, 1, 3) or isinstance(channels, bool):
-        raise SpecError(f"channels {channels!r} is not valid; allowed: None (native), 1, 3")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int):
-        raise SpecError(f"split_seed {split_seed!r} is not an int")
-    if fast not in (None, True, False):
-        raise SpecError(f"fast {fast!r} is not valid; allowed: None (auto), true, false")
-    aug = _resolve_augment(name, augment)
-
-    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    if not info.in_memory:  # image folders (ImageNet): decoded per sample
-        from .folders import load_folder_data
-
-        if fast:
-            raise SpecError(f"fast True is not possible for {name}: an image-folder dataset is decoded per sample")
-        data = load_folder_data(name, DATASETS[name](root), image_size=image_size, channels=channels,
-                                val_size=val_size, split_seed=split_seed, aug=aug, train_size=train_size,
-                                test_size=test_size, min_image_size=min_image_size)
-        return data if device is None else data.on(device)
     raw = DATASETS[name](root)
 
     c_in = raw.x_train.shape[1]
@@ -446,11 +364,11 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
         mean, std = mean * 3, std * 3
     elif c_in == 3 and c_out == 1:
         key = ("graystats", raw.source)
-        hit = _PREP_CACHE.get(key)
+        hit = PREP_CACHE.get(key)
         if hit is None:
             stats = _gray_stats_of_rgb(raw, mean)
             hit = (torch.tensor(stats[0]), torch.tensor(stats[1]))
-            _PREP_CACHE.put(key, hit)
+            PREP_CACHE.put(key, hit)
         mean, std = (float(hit[0][0]),), (float(hit[1][0]),)
     pipeline = _Pipeline(raw.scale, c_in, c_out, size_in, size_out, mean, std)
 
@@ -460,20 +378,20 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
 
     if use_fast:
         key = ("prep", raw.source, c_out, size_out)
-        hit = _PREP_CACHE.get(key)
+        hit = PREP_CACHE.get(key)
         if hit is None:
             hit = (pipeline.apply_chunked(raw.x_train), pipeline.apply_chunked(raw.x_test))
-            _PREP_CACHE.put(key, hit)
+            PREP_CACHE.put(key, hit)
         x_train, x_test = hit
     else:
         x_train, x_test = raw.x_train, raw.x_test
     y_train, y_test = raw.y_train, raw.y_test
 
     n_train = raw.x_train.shape[0]
-    k = _val_count(val_size, n_train)
+    k = val_count(val_size, n_train)
     val = None
     if k:
-        perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(split_seed & _MASK63))
+        perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(split_seed & MASK63))
         val_idx, _ = torch.sort(perm[:k])
         tr_idx, _ = torch.sort(perm[k:])
         val = _Split(x_train.index_select(0, val_idx), y_train.index_select(0, val_idx), use_fast, pipeline)
@@ -486,7 +404,7 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= available):
             raise SpecError(f"{what} {size!r} is not valid; allowed: null (all) or an int in [1, {available}]")
     if train_size is not None and train_size < train.x.shape[0]:
-        perm = torch.randperm(train.x.shape[0], generator=torch.Generator().manual_seed((split_seed + 1) & _MASK63))
+        perm = torch.randperm(train.x.shape[0], generator=torch.Generator().manual_seed((split_seed + 1) & MASK63))
         keep, _ = torch.sort(perm[:train_size])
         train = _Split(train.x.index_select(0, keep), train.y.index_select(0, keep), use_fast, pipeline)
     if test_size is not None and test_size < test.x.shape[0]:
@@ -498,3 +416,20 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
     data = Data(name=name, num_classes=info.num_classes, input_shape=(c_out, *size_out), train=train,
                 val=val, test=test, augment=aug, fast=use_fast, pipeline=pipeline, spec=spec)
     return data if device is None else data.on(device)
+
+
+def test_images(data, indices: torch.Tensor) -> torch.Tensor:
+    """The preprocessed test images at `indices` (in that order), gathered from the test batches
+    (the order every evaluation sees; one pass, nothing else is kept)."""
+    wanted = {int(i): position for position, i in enumerate(indices)}
+    out = None
+    seen = 0
+    for x, _y in data.test_batches(256):
+        for offset in range(x.shape[0]):
+            position = wanted.get(seen + offset)
+            if position is not None:
+                if out is None:
+                    out = torch.empty((len(indices), *x.shape[1:]), dtype=x.dtype)
+                out[position] = x[offset]
+        seen += x.shape[0]
+    return out

@@ -132,7 +132,7 @@ class _ByteLRU:
 
 
 _RAW_CACHE = _ByteLRU(_CACHE_LIMIT_BYTES)
-_PREP_CACHE = _ByteLRU(_CACHE_LIMIT_BYTES)
+PREP_CACHE = _ByteLRU(_CACHE_LIMIT_BYTES)
 
 
 _FOLDER_CACHE: dict = {}   # (dataset, root, stamps) -> Folders: listing ImageNet's 1.3 M files takes seconds
@@ -141,7 +141,7 @@ _FOLDER_CACHE: dict = {}   # (dataset, root, stamps) -> Folders: listing ImageNe
 def clear_cache() -> None:
     """Forget the cached raw and preprocessed tensors and the image-folder listings."""
     _RAW_CACHE.clear()
-    _PREP_CACHE.clear()
+    PREP_CACHE.clear()
     _FOLDER_CACHE.clear()
 
 

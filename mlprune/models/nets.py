@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError, choice_error
-from . import BN_INIT_NAMES, INIT_NAMES, MODELS, model_entry
+from .catalog import BN_INIT_NAMES, INIT_NAMES, MODELS, model_entry
 
 __all__ = ["INITS", "BN_INITS", "build_model", "prunable"]
 
@@ -306,12 +306,6 @@ class ResNet20(nn.Module):
 # ----------------------------------------------------------------------------- torchvision
 
 @functools.lru_cache(maxsize=1)
-def torchvision_names() -> tuple[str, ...]:
-    import torchvision
-
-    return tuple(torchvision.models.list_models(module=torchvision.models))
-
-
 def torchvision_builder(name: str) -> Callable[..., nn.Module]:
     def build(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
         import torchvision

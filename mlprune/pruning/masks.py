@@ -11,10 +11,10 @@ import math
 import torch
 
 from ..errors import SpecError, choice_error
-from . import METHODS, _check_amount, _check_dim, _count, _ord, layer_plan, resolve_prune_step
+from .catalog import METHODS, check_amount, check_dim, layer_plan, norm_order, prune_count, resolve_prune_step
 
 
-def _prep(weight, mask):
+def checked_weight_and_mask(weight, mask):
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
         raise SpecError(f"weight must be a floating-point tensor, got {type(weight).__name__}")
     if mask is None:
@@ -27,7 +27,7 @@ def _prep(weight, mask):
     return w, mask
 
 
-def _need_generator(method, generator):
+def require_generator(method, generator):
     if not isinstance(generator, torch.Generator):
         raise SpecError(f"method {method!r} needs a torch.Generator, got {generator!r}")
 
@@ -67,7 +67,7 @@ def choose_at_random(values, k, generator):
 
 # Slice methods: (remaining slices along dim, k, generator, options) -> indices (into them) to keep.
 def keep_largest_norm(slices, dim, k, generator, options):
-    norm = torch.linalg.vector_norm(slices, ord=_ord(options["n"]), dim=_other_dims(slices, dim))
+    norm = torch.linalg.vector_norm(slices, ord=norm_order(options["n"]), dim=_other_dims(slices, dim))
     return torch.topk(norm, slices.shape[dim] - k, largest=True).indices
 
 
@@ -86,7 +86,7 @@ def unit_norm(vector, n):
     square, inf: max |w|, -inf: min |w|). Units of one group can differ in size (a ResNet channel that
     runs through three stages has more filters than one that starts in the last); per entry, size
     alone does not decide. Units of equal size rank exactly as by their Ln norm."""
-    order = _ord(n)
+    order = norm_order(n)
     norm = torch.linalg.vector_norm(vector, ord=order)
     if order in (math.inf, -math.inf):
         return norm
@@ -97,7 +97,7 @@ def keep_largest_unit_norm(vectors, k, generator, options):
     norms = [unit_norm(v, options["n"]) for v in vectors]
     sizes = {v.numel() for v in vectors}
     if len(sizes) == 1:  # equal sizes: the plain Ln norm, exactly as layer-wise slice pruning ranks
-        norms = [torch.linalg.vector_norm(v, ord=_ord(options["n"])) for v in vectors]
+        norms = [torch.linalg.vector_norm(v, ord=norm_order(options["n"])) for v in vectors]
     return torch.topk(torch.stack(norms), len(vectors) - k, largest=True).indices
 
 
@@ -119,13 +119,13 @@ def _entry(method, granularity):
 def _unstructured(method, weight, amount, mask, generator, options, note_out=None):
     entry = _entry(method, "weight")
     _no_options(method, options)
-    _check_amount(amount)
+    check_amount(amount)
     if entry.random:
-        _need_generator(method, generator)
-    w, mask = _prep(weight, mask)
+        require_generator(method, generator)
+    w, mask = checked_weight_and_mask(weight, mask)
     flat = mask.reshape(-1)
     cand = flat.nonzero().squeeze(1)  # == torch's t[mask == 1] order
-    k, note = _count(amount, cand.numel(), "weights")
+    k, note = prune_count(amount, cand.numel(), "weights")
     if note_out is not None:
         note_out.update(unit="weights", remaining=int(cand.numel()), pruned=k, note=note)
     new = mask.clone()
@@ -141,15 +141,15 @@ def _structured(method, weight, amount, mask, generator, options, note_out=None)
     if unknown:
         raise SpecError(f"unknown option {unknown[0]!r} for {method}; allowed: {', '.join(entry.option_names)}")
     options = {o.name: o.check(options.get(o.name, o.default), o.name) for o in entry.options}
-    _check_amount(amount)
-    dim = _check_dim(options["dim"], weight)
+    check_amount(amount)
+    dim = check_dim(options["dim"], weight)
     if entry.random:
-        _need_generator(method, generator)
-    w, mask = _prep(weight, mask)
+        require_generator(method, generator)
+    w, mask = checked_weight_and_mask(weight, mask)
     alive = _slices_alive(mask, dim)
     idx_alive = alive.nonzero().squeeze(1)
     rc = int(idx_alive.numel())
-    k, note = _count(amount, rc, f"slices along dim {dim}")
+    k, note = prune_count(amount, rc, f"slices along dim {dim}")
     if note_out is not None:
         note_out.update(unit=f"slices along dim {dim}", remaining=rc, pruned=k, note=note)
     if k == 0:
@@ -245,7 +245,7 @@ def prune_masks(weights, masks, kinds, step, *, generator, source_masks=None, re
     plan = layer_plan(kinds, step)
     random_used = [p["method"] for p in plan.values() if "method" in p and METHODS[p["method"]].random]
     if random_used:
-        _need_generator(random_used[0], generator)
+        require_generator(random_used[0], generator)
     scored = [name for name in kinds if "method" in plan[name] and METHODS[plan[name]["method"]].scores_network]
     if scored and scores is None:
         raise SpecError(f"method {step['method']!r} scores the network: prune_masks needs scores=")
@@ -287,7 +287,7 @@ def _prune_pool(method, amount, pool, weights, masks, new, generator, rep):
     """Global scope: one threshold over the concatenated remaining weights of `pool`."""
     w_parts, cand_parts, sizes = [], [], []
     for name in pool:
-        w, m = _prep(weights[name], masks[name])
+        w, m = checked_weight_and_mask(weights[name], masks[name])
         cand = m.reshape(-1).nonzero().squeeze(1)
         cand_parts.append(cand)
         w_parts.append(w.reshape(-1)[cand])
@@ -295,7 +295,7 @@ def _prune_pool(method, amount, pool, weights, masks, new, generator, rep):
     values = torch.cat(w_parts)
     total = int(values.numel())
     try:
-        k, note = _count(amount, total, "weights in the global pool")
+        k, note = prune_count(amount, total, "weights in the global pool")
     except SpecError as e:
         raise SpecError(f"global scope over {', '.join(pool)}: {e}") from None
     gone = torch.zeros(total, dtype=torch.bool)
@@ -358,7 +358,7 @@ def _prune_by_scores(step, plan, scored, new, scores, rep):
         remaining = sum(int(new[name].sum()) for name in group)
         unit = "weights in the global pool" if scope == "global" else "weights"
         try:
-            k, note = _count(step["amount"], remaining, unit)
+            k, note = prune_count(step["amount"], remaining, unit)
         except SpecError as e:
             raise SpecError(f"{'global scope over ' + ', '.join(group) if scope == 'global' else 'layer ' + repr(group[0])}"
                             f": {e}") from None

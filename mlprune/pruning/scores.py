@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
-from . import METHODS
+from .catalog import METHODS
 
 
 @dataclass

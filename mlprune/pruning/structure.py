@@ -354,7 +354,7 @@ def apply_extra_masks(weights: dict, extras: dict) -> dict:
 
 def _group_hits(groups, plan, masks):
     """{group index: [(layer, config, member)]}: the selected layers' slices along their dim in each group."""
-    from . import METHODS
+    from .catalog import METHODS
 
     hits: dict[int, list] = {}
     for layer, cfg in plan.items():
@@ -386,8 +386,8 @@ def prune_coupled(weights, masks, kinds, step, groups, *, generator, report=None
     per unit). Keep-at-least-one and the rounding are those of layer-wise pruning (`mlprune.pruning`).
     Groups are pruned in module order; the generator is consumed only by groups that prune.
     """
-    from . import METHODS, _count, layer_plan, resolve_prune_step
-    from .masks import _need_generator, _prep
+    from .catalog import METHODS, layer_plan, prune_count, resolve_prune_step
+    from .masks import require_generator, checked_weight_and_mask
 
     step = resolve_prune_step(step)
     plan = layer_plan(kinds, step)
@@ -408,15 +408,15 @@ def prune_coupled(weights, masks, kinds, step, groups, *, generator, report=None
             continue
         gone = set(removed_units(group, masks))
         candidates = [u for u in range(group.units) if u not in gone and any(slot.positions[u] for _, _, slot in hits)]
-        k, note = _count(cfg["amount"], len(candidates), f"channels of group {group.name}")
+        k, note = prune_count(cfg["amount"], len(candidates), f"channels of group {group.name}")
         for name, _, _ in hits:
             rep[name].update(remaining=len(candidates), pruned=k, note=note, group=group.name)
         if k == 0:
             continue
         entry = METHODS[cfg["method"]]
         if entry.random:
-            _need_generator(cfg["method"], generator)
-        effective = {name: _prep(weights[name], masks[name])[0] for name, _, _ in hits}
+            require_generator(cfg["method"], generator)
+        effective = {name: checked_weight_and_mask(weights[name], masks[name])[0] for name, _, _ in hits}
         vectors = []
         for u in candidates:
             parts = [effective[name].index_select(slot.dim, torch.tensor(slot.positions[u])).reshape(-1)

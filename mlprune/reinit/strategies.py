@@ -47,7 +47,7 @@ import torch
 
 from ..errors import SpecError
 
-from . import STRATEGIES
+from .catalog import STRATEGIES
 
 __all__ = ["reinit_weights"]
 

@@ -4,10 +4,13 @@
   `structure`, `stability`, `trajectories`, `layer_kinds`);
 - ``series``: a store's states grouped by recipe, branch, round and seed (`collect`,
   `rounds_table`, `accuracy_table`);
-- ``figures``: the matplotlib figures;
-- ``html``: the sections and the self-contained page (`write_report`);
-- ``workflow``: what a workflow run carries (`workflow_files`: plan and lineage; light);
-- ``run_figures``: a recipe's figures on its workflow run, per-state weight figures;
+- ``sections``: the one interface of a report section and their registry in page order; one module per
+  group of sections (``overview``, ``accuracy``, ``sanity``, ``instability``, ``masks``, ``inside``,
+  ``weights``), helpers they share in ``common``; the figures are drawn by `mlprune.plots`;
+- ``html``: the self-contained page (`write_report`: report.html, report.json, numbers.json);
+- ``workflow``: what a workflow run carries (`workflow_files`: plan and lineage, light; `recipe_figures`:
+  the sections on one recipe's states);
+- ``weights``: also the opt-in per-state weight figures (`state_figures`, `log_state_figures`);
 - ``inside``: predictions, per-class impact, PIEs, churn and CKA of recipes (`predictions`,
   `class_impact`, `pies`, `churn`, `cka_record`) and their report section.
 
@@ -20,9 +23,10 @@ _NAMES = {
     "trajectories": "states", "layer_kinds": "states",
     "Series": "series", "Collection": "series", "collect": "series", "rounds_table": "series",
     "accuracy_table": "series",
-    "write_report": "html", "ReportResult": "html", "ReportWarning": "workflow",
-    "workflow_files": "workflow", "lineage_files": "workflow", "state_figures": "run_figures",
-    "log_state_figures": "run_figures", "recipe_figures": "run_figures",
+    "write_report": "html", "ReportResult": "html", "ReportWarning": "common", "SECTIONS": "sections",
+    "Section": "sections",
+    "workflow_files": "workflow", "lineage_files": "workflow", "state_figures": "weights",
+    "log_state_figures": "weights", "recipe_figures": "workflow",
     "predictions": "inside", "class_impact": "inside", "pies": "inside", "churn": "inside", "cka_record": "inside",
 }
 __all__ = list(_NAMES)

@@ -27,12 +27,14 @@ from html import escape
 
 import numpy as np
 
-from .. import inside
+from .. import analysis
 from ..errors import SpecError
 from ..names import (CKA_FILE, M_CKA_PREFIX, M_CLASS_ACCURACY_PREFIX, M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS,
                      M_SPARSITY, M_TEST_ACCURACY, M_TRAIN_ACCURACY, M_TRAIN_LOSS, PIES_DIR, PRED_LABEL,
                      PRED_PREDICTED, PRED_TRUE_PROBABILITY, PREDICTIONS_FILE, TAG_PARENT_PREFIX, TAG_PARENT_RUN)
-from . import figures as plotting
+from .. import plots as plotting
+from .common import Page, html_table, model_name, slug
+from .sections import SectionContext
 
 GALLERY = 16          # PIEs shown as images (the first ones, by test index)
 MAX_CURVES = 8        # rounds drawn in the learning-curve figure (first, last and evenly between)
@@ -71,7 +73,7 @@ def _class_accuracies(metrics: dict) -> dict[int, float]:
 
 
 def class_impact(dense, pruned, store=None) -> dict:
-    """`inside.class_impact` of a pruned population vs a dense one (lists of states), from each state's
+    """`analysis.class_impact` of a pruned population vs a dense one (lists of states), from each state's
     ``test_accuracy`` and ``test_accuracy.class.<k>`` metrics; adds ``classes`` (the class indices)."""
     store, dense_ids = _store_and_ids(dense, store)
     _, pruned_ids = _store_and_ids(pruned, store)
@@ -85,14 +87,14 @@ def _impact(dense_metrics: list[dict], pruned_metrics: list[dict]) -> dict:
         raise SpecError("the states have no test_accuracy.class.<k> metrics in common (computed by an older mlprune?)")
     def recall(metrics_list):
         return np.array([[_class_accuracies(m)[c] for c in classes] for m in metrics_list])
-    result = inside.class_impact(recall(dense_metrics), [m[M_TEST_ACCURACY] for m in dense_metrics],
+    result = analysis.class_impact(recall(dense_metrics), [m[M_TEST_ACCURACY] for m in dense_metrics],
                                  recall(pruned_metrics), [m[M_TEST_ACCURACY] for m in pruned_metrics])
     result["classes"] = classes
     return result
 
 
 def pies(dense, pruned, store=None) -> dict:
-    """`inside.pies` of a pruned population vs a dense one (lists of states), from their predictions."""
+    """`analysis.pies` of a pruned population vs a dense one (lists of states), from their predictions."""
     store, dense_ids = _store_and_ids(dense, store)
     _, pruned_ids = _store_and_ids(pruned, store)
     loaded = {r: predictions(r, store) for r in dict.fromkeys(dense_ids + pruned_ids)}
@@ -105,14 +107,14 @@ def _pies(loaded: dict, dense_ids: list[str], pruned_ids: list[str]) -> dict:
         if not np.array_equal(loaded[run_id][PRED_LABEL], labels):
             raise SpecError(f"state {run_id[:8]} was evaluated on another test set than {dense_ids[0][:8]}: "
                             f"PIEs compare predictions on the same examples")
-    return inside.pies(np.stack([loaded[r][PRED_PREDICTED] for r in dense_ids]),
+    return analysis.pies(np.stack([loaded[r][PRED_PREDICTED] for r in dense_ids]),
                        np.stack([loaded[r][PRED_PREDICTED] for r in pruned_ids]), labels)
 
 
 def churn(a, b, store=None) -> float:
     """Prediction churn between two states: the fraction of test examples on which they disagree."""
     store, (run_a, run_b) = _store_and_ids([a, b], store)
-    return inside.churn(predictions(run_a, store)[PRED_PREDICTED], predictions(run_b, store)[PRED_PREDICTED])
+    return analysis.churn(predictions(run_a, store)[PRED_PREDICTED], predictions(run_b, store)[PRED_PREDICTED])
 
 
 def pie_records(result: dict) -> list[dict]:
@@ -192,7 +194,8 @@ def _gallery_images(load, run_id, indices, note):
     """The test images at `indices` in [0, 1] (normalization undone), or None (noted) if the data is gone."""
     import torch
 
-    from ..compute import Workspace, test_images
+    from ..data.pipeline import test_images
+    from ..workspace import Workspace
 
     state = load(run_id)
     if state is None:
@@ -208,11 +211,11 @@ def _gallery_images(load, run_id, indices, note):
     return (images * std + mean).clamp(0.0, 1.0)
 
 
-def inside_section(b, collection, load, note) -> None:
+def inside_section(page: Page, ctx: SectionContext) -> None:
     """One section per recipe series (seeds together): learning curves, per-class impact, PIEs, churn, CKA."""
-    from .html import _slug, _table
-    from .states import _model, layer_kinds
+    from .states import layer_kinds
 
+    collection, load, note = ctx.collection, ctx.load, ctx.note
     store = collection.store
     read = _Predictions(store)
     cka_runs = _cka_index(collection)
@@ -240,7 +243,7 @@ def inside_section(b, collection, load, note) -> None:
         shown = _spread(sorted(first.trained), MAX_CURVES)
         curves = {_round_label(r, remaining.get(r)): _curves(store, first.trained[r]) for r in shown}
         if any(c["test_accuracy"] or c["train_loss"] for c in curves.values()):
-            html.append(b.figure(plotting.plot_learning_curves(curves, title=f"Learning curves: {label} "
+            html.append(page.figure(plotting.plot_learning_curves(curves, title=f"Learning curves: {label} "
                                                                               f"(seed {first.seed})"),
                                  f"curves_{label}", f"Per-epoch test and train accuracy and loss of each round's "
                                                     f"training: {label}, seed {first.seed}", "learning_curves"))
@@ -262,18 +265,18 @@ def inside_section(b, collection, load, note) -> None:
                 "n_dense": result["n_dense"], "n_pruned": result["n_pruned"]}
         if impacts:
             classes = next(iter(impacts.values()))["classes"]
-            html.append(b.figure(plotting.plot_class_impact(impacts, classes, title=f"Per-class impact: {label}"),
+            html.append(page.figure(plotting.plot_class_impact(impacts, classes, title=f"Per-class impact: {label}"),
                                  f"class_impact_{label}", f"Change of each class's recall minus the change of "
                                                           f"accuracy, every round vs round 0: {label}",
                                  "class_impact"))
             last_label, last = list(impacts.items())[-1]
             rows = [[str(c), f"{100 * d:.1f}%", f"{100 * p:.1f}%", f"{100 * i:+.1f}",
-                     "–" if not math.isfinite(pv) else f"{pv:.3g}" + (" *" if pv < inside.SIGNIFICANCE else "")]
+                     "–" if not math.isfinite(pv) else f"{pv:.3g}" + (" *" if pv < analysis.SIGNIFICANCE else "")]
                     for c, d, p, i, pv in zip(last["classes"], last["dense_recall"], last["pruned_recall"],
                                               last["impact"], last["p"])]
             html.append(f"<p>Round {escape(last_label)} vs round 0 (accuracy change "
                         f"{100 * last['accuracy_change']:+.1f} points):</p>"
-                        + _table(["class", "recall, dense", "recall, pruned", "impact (points)",
+                        + html_table(["class", "recall, dense", "recall, pruned", "impact (points)",
                                   "p (Welch)"], rows))
 
         # PIEs: every pruned round vs round 0, over the seeds
@@ -292,17 +295,17 @@ def inside_section(b, collection, load, note) -> None:
                       "pruned_runs": pruned, "examples": result["examples"], "count": int(result["indices"].size),
                       "fraction": result["fraction"], "tie_rule": "a tie of modal labels goes to the smallest label",
                       "pies": pie_records(result)}
-            file = f"{PIES_DIR}/{_slug(label)}_round{r}.json"
-            if b.out_dir is not None:
-                (b.out_dir / PIES_DIR).mkdir(parents=True, exist_ok=True)
-                (b.out_dir / file).write_text(json.dumps(record, indent=1))
+            file = f"{PIES_DIR}/{slug(label)}_round{r}.json"
+            if page.out_dir is not None:
+                (page.out_dir / PIES_DIR).mkdir(parents=True, exist_ok=True)
+                (page.out_dir / file).write_text(json.dumps(record, indent=1))
             per_round[r]["pies"] = {"count": record["count"], "fraction": record["fraction"], "file": file,
                                     "n_dense": result["n_dense"], "n_pruned": result["n_pruned"]}
             if remaining[r] is not None:
                 pie_points.append((remaining[r], result["fraction"], result["n_pruned"]))
             last_pies = (r, record, pruned)
         if pie_points:
-            html.append(b.figure(plotting.plot_pie_fraction({label: pie_points}, title=f"PIEs vs remaining weights: "
+            html.append(page.figure(plotting.plot_pie_fraction({label: pie_points}, title=f"PIEs vs remaining weights: "
                                                                                      f"{label}"),
                                  f"pie_fraction_{label}", f"Fraction of test examples that are PIEs at each round: "
                                                           f"{label}", "pie_fraction"))
@@ -311,7 +314,7 @@ def inside_section(b, collection, load, note) -> None:
             entries = record["pies"][:GALLERY]
             images = _gallery_images(load, dense_ready[0], [e["index"] for e in entries], note)
             if images is not None:
-                html.append(b.figure(plotting.plot_pie_gallery(images, entries, title=(
+                html.append(page.figure(plotting.plot_pie_gallery(images, entries, title=(
                     f"PIEs of {label}, round {r} vs round 0: the first {len(entries)} of {record['count']} "
                     f"({100 * record['fraction']:.1f}% of {record['examples']}); modal labels (agreement)")),
                     f"pie_gallery_{label}", f"The first PIEs of round {r}: {label}", "pie_gallery"))
@@ -323,13 +326,13 @@ def inside_section(b, collection, load, note) -> None:
         # churn between the rounds' trained networks, mean over the seeds that reached every round
         complete = [s for s in group if all(r in s.trained and read(s.trained[r]) is not None for r in rounds)]
         if complete and len(rounds) >= 2:
-            matrices = [inside.churn_matrix([read(s.trained[r])[PRED_PREDICTED] for r in rounds]) for s in complete]
+            matrices = [analysis.churn_matrix([read(s.trained[r])[PRED_PREDICTED] for r in rounds]) for s in complete]
             matrix = np.mean(matrices, axis=0)
             labels = [_round_label(r, remaining[r]) for r in rounds]
             info["churn"] = {"rounds": rounds, "labels": labels, "matrix": matrix, "n": len(complete)}
             for i, r in enumerate(rounds):
                 per_round[r]["churn_vs_dense"] = float(matrix[i, 0])
-            html.append(b.figure(plotting.plot_value_heatmap(
+            html.append(page.figure(plotting.plot_value_heatmap(
                 matrix, labels, labels, what="prediction churn (fraction of test examples)", vmin=0.0,
                 title=f"Prediction churn between rounds: {label} (mean over {len(complete)} seed(s))",
                 cmap="magma"), f"churn_{label}", f"Fraction of test examples on which two rounds disagree: "
@@ -344,7 +347,7 @@ def inside_section(b, collection, load, note) -> None:
                     found.setdefault(r, []).append(run)
         if found:
             model_state = load(dense_ids[0])
-            order = list(layer_kinds(model_state.masks, _model(model_state))) if model_state is not None else []
+            order = list(layer_kinds(model_state.masks, model_name(model_state))) if model_state is not None else []
             names = {m[len(M_CKA_PREFIX):] for runs in found.values() for run in runs for m in run.data.metrics
                      if m.startswith(M_CKA_PREFIX)}
             layers = [n for n in order if n in names] + sorted(names - set(order))
@@ -356,7 +359,7 @@ def inside_section(b, collection, load, note) -> None:
                            "n": n, "runs": {r: [run.info.run_id for run in found[r]] for r in cka_rounds}}
             for j, r in enumerate(cka_rounds):
                 per_round[r]["cka"] = {layer: matrix[i, j] for i, layer in enumerate(layers)}
-            html.append(b.figure(plotting.plot_value_heatmap(
+            html.append(page.figure(plotting.plot_value_heatmap(
                 matrix, [_short(x) for x in layers], [_round_label(r, remaining.get(r)) for r in cka_rounds],
                 what="linear CKA to the dense network", vmin=0.0, vmax=1.0, xlabel="round (remaining weights)",
                 ylabel="layer (output)", title=f"Representation similarity to the dense network: {label} "
@@ -368,14 +371,14 @@ def inside_section(b, collection, load, note) -> None:
                         "recomputed.</p>")
         info["rounds"] = [per_round[r] for r in rounds]
         numbers[label] = info
-        b.section(f"inside-{_slug(label)}", f"Inside: {label}",
+        page.section(f"inside-{slug(label)}", f"Inside: {label}",
                   "<p>What the pruned networks compute, against the dense training (round 0) of the same seeds: "
                   "the learning curves; each class's recall change minus the accuracy change (Hooker et al. "
                   "2019); the test examples whose modal label changes (PIEs); how often two rounds disagree "
                   "(churn); how similar each layer's outputs stay (linear CKA).</p>" + "".join(html))
     read.report_missing(note)
-    b.numbers["inside"] = numbers
-    b.report["inside"] = numbers
+    page.numbers["inside"] = numbers
+    page.report["inside"] = numbers
 
 
 def _short(name: str) -> str:

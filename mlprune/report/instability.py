@@ -16,9 +16,10 @@ from html import escape
 import numpy as np
 
 from ..names import M_INSTABILITY, M_SPARSITY, M_SPAWN_ITERATION, TAG_PARENT_RUN
-from . import figures as plotting
-from .html import _table
+from .. import plots as plotting
 from .series import Collection
+from .common import Page, html_table
+from .sections import SectionContext
 
 OUTSIDE = "outside recipes"
 
@@ -87,10 +88,10 @@ def instability_figures(table: list[dict]) -> dict[str, object]:
     return out
 
 
-def instability_section(b, collection: Collection, load=None, note=None) -> None:
+def instability_section(page: Page, ctx: SectionContext) -> None:
     """The report section: the figure per recipe series and the table behind it."""
-    table = instability_table(instability_rows(collection))
-    b.numbers["instability_vs_spawn"] = table
+    table = instability_table(instability_rows(ctx.collection))
+    page.numbers["instability_vs_spawn"] = table
     if not table:
         return  # no instability analysis in this experiment: no section
     html = ["<p>Copies of each spawn point (the first training stopped at iteration k, with the level's "
@@ -98,12 +99,12 @@ def instability_section(b, collection: Collection, load=None, note=None) -> None
             "error on the straight line between two trained copies minus the mean of their own errors "
             "(Frankle et al. 2020). Stable (filled markers): instability &lt; 2 %.</p>"]
     for series, fig in instability_figures(table).items():
-        html.append(b.figure(fig, f"instability_{series}", f"{series}: instability vs spawn point k per sparsity "
+        html.append(page.figure(fig, f"instability_{series}", f"{series}: instability vs spawn point k per sparsity "
                                                           f"level, mean ± std over seeds and pairs of copies",
-                             "instability_vs_spawn"))
+                             "instability_vs_spawn", run_file=None if len(html) > 1 else "instability_vs_spawn.png"))
     rows = [[escape(r["series"]), escape(level_label(r["remaining"])), str(r["iteration"]),
              f"{100 * r['mean']:.2f}% ± {100 * r['std']:.2f}", str(r["n"]), "stable" if r["stable"] else "unstable"]
             for r in table]
-    html.append(_table(["series", "level", "spawn point k (it)", "instability (mean ± std)", "n (seeds × pairs)",
+    html.append(html_table(["series", "level", "spawn point k (it)", "instability (mean ± std)", "n (seeds × pairs)",
                         "stable (< 2 %)"], rows))
-    b.section("instability", "Instability vs spawn point (linear mode connectivity)", "".join(html))
+    page.section("instability", "Instability vs spawn point (linear mode connectivity)", "".join(html))

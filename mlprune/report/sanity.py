@@ -10,13 +10,12 @@ controls on one panel (mean ± std over seeds).
 
 from __future__ import annotations
 
-import math
 from html import escape
 
-import numpy as np
-
-from .figures import _figure, _remaining_axis
+from ..plots import plot_sanity_panels
 from .series import accuracy_table
+from .common import Page
+from .sections import SectionContext
 
 
 def sanity_groups(collection) -> dict[str, list[str]]:
@@ -35,57 +34,20 @@ def sanity_groups(collection) -> dict[str, list[str]]:
     return groups
 
 
-def plot_sanity_panels(groups: dict[str, list[str]], rows: list[dict], names: dict[str, str] | None = None):
-    """One panel per checked branch: its accuracy-vs-remaining curve (solid) and its controls' (dashed);
-    `names`: the legend's name of a series label (its branch)."""
-    names = names or {}
-    by_label: dict[str, list[dict]] = {}
-    for row in rows:
-        by_label.setdefault(row["recipe"], []).append(row)
-    n = len(groups)
-    columns = min(3, n)
-    lines = math.ceil(n / columns)
-    fig = _figure(4.6 * columns, 3.6 * lines + 0.4)
-    axes = fig.subplots(lines, columns, squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    for ax, (checked, members) in zip(axes.flat, groups.items()):
-        xs_all = []
-        for i, label in enumerate(members):
-            points = sorted(by_label.get(label, []), key=lambda a: -a["remaining"])
-            x = np.array([100.0 * a["remaining"] for a in points])
-            y = np.array([100.0 * a["mean"] for a in points])
-            e = np.array([100.0 * a["std"] for a in points])
-            ok = x > 0
-            name = names.get(label, label)
-            ax.errorbar(x[ok], y[ok], yerr=e[ok], marker="o", markersize=3.5, capsize=2,
-                        linewidth=2.0 if i == 0 else 1.2, linestyle="-" if i == 0 else "--",
-                        color="black" if i == 0 else f"C{(i - 1) % 10}", label=name)
-            xs_all.extend(x[ok].tolist())
-        ax.set_xscale("log")
-        if xs_all:
-            _remaining_axis(ax, xs_all)
-        ax.set_title(checked, fontsize=9)
-        ax.set_xlabel("remaining weights (%, log scale)", fontsize=8)
-        ax.set_ylabel("test accuracy (%)", fontsize=8)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Sanity checks: each pruned branch (solid) and its controls (dashed)")
-    return fig
-
-
-def sanity_section(b, collection, load=None, note=None) -> None:
+def sanity_section(page: Page, ctx: SectionContext) -> None:
+    collection = ctx.collection
     groups = sanity_groups(collection)
-    b.numbers["sanity_checks"] = groups
+    page.numbers["sanity_checks"] = groups
     if not groups:
         return
     rows = accuracy_table(collection)
     names = {series.label: series.branch for series in collection.series}
-    html = b.figure(plot_sanity_panels(groups, rows, names), "sanity_checks",
+    html = page.figure(plot_sanity_panels(groups, rows, names), "sanity_checks",
                     "Test accuracy vs remaining weights: each branch with controls beside them (layer_shuffle, "
-                    "reinit, invert, ...), mean ± std over seeds", "sanity_checks")
+                    "reinit, invert, ...), mean ± std over seeds", "sanity_checks",
+                       run_file="sanity_checks.png")
     items = "".join(f"<li><b>{escape(checked)}</b>: {escape(', '.join(members[1:]))}</li>"
                     for checked, members in groups.items())
-    b.section("sanity", "Sanity checks", "<p>A control whose curve matches its branch's shows the mask means no more "
+    page.section("sanity", "Sanity checks", "<p>A control whose curve matches its branch's shows the mask means no more "
               "than what the control keeps (per-layer sparsity for layer_shuffle, the mask without its "
               f"initialization for reinit).</p><ul>{items}</ul>" + html)

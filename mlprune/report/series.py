@@ -219,7 +219,7 @@ def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
     """(rows, unstructured labels): accuracy vs measured speedup per series label and round.
 
     A series is structured when one of its trained states has a measured ``speedup`` (its compact
-    network is smaller: `compute.evaluate_compact`); round 0 (dense) is speedup 1 by definition.
+    network is smaller: `runners.evaluations.evaluate_compact`); round 0 (dense) is speedup 1 by definition.
     Rows aggregate over seeds: ``{"recipe", "round", "n", "remaining", "speedup", "speedup_std",
     "mean", "std", "params_compact", "flops_compact", "latency_ms", "latency_ms_dense"}``. The
     other pruned series are listed by label: their sparsity gives no dense speedup.

@@ -4,7 +4,7 @@
 ``plan.json`` (the plans, each node with its key, round, branch, role and the run
 id it reached: what `mlprune report` groups by), ``lineage.svg`` / ``lineage.html``
 (the DAG of the states reached and all their parents) and, when asked, the
-recipe's figures (`run_figures`). Imports neither torch nor matplotlib: a run that
+recipe's figures (the report's sections on the recipe's states, `recipe_figures`). Imports neither torch nor matplotlib: a run that
 computed nothing logs its plan and lineage without loading them.
 """
 
@@ -15,15 +15,8 @@ import warnings
 
 from .. import lineage
 from ..errors import SpecError
-from ..names import LINEAGE_HTML, LINEAGE_SVG, PLAN_FILE
-
-
-class ReportWarning(UserWarning):
-    """Something in the store was skipped; the rest of the report went on."""
-
-
-def _default_ui(tracking_uri: str) -> str:
-    return tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+from ..names import PLAN_FILE
+from .common import ReportWarning, default_ui
 
 
 def lineage_files(store, run_ids, *, title: str, subtitle: str = "", ui_url: str | None = None) -> dict:
@@ -50,7 +43,7 @@ def lineage_files(store, run_ids, *, title: str, subtitle: str = "", ui_url: str
     return {
         "lineage.svg": lineage.lineage_svg(nodes, edges, base="/", title=title),
         "lineage.html": lineage.lineage_html(nodes, edges, title=title, base="/",
-                                             file_base=(ui_url or _default_ui(store.tracking_uri)),
+                                             file_base=(ui_url or default_ui(store.tracking_uri)),
                                              subtitle=subtitle),
     }
 
@@ -76,8 +69,6 @@ def workflow_files(store, plans, reached: list[dict[str, str]], *, figures: bool
                                subtitle=f"the states {names} reached and all their parents"))
     if figures and len(plans) == 1:
         try:
-            from .run_figures import recipe_figures  # matplotlib and torch: only when there are figures to draw
-
             files.update(recipe_figures(store, recorded[0], warn))
         except Exception as error:  # noqa: BLE001 - figures are a by-product: the plan and lineage still matter
             warn(f"no figures on the workflow run ({type(error).__name__}: {error}); its plan and lineage are "
@@ -85,3 +76,25 @@ def workflow_files(store, plans, reached: list[dict[str, str]], *, figures: bool
     return files
 
 
+def recipe_figures(store, recorded: dict, warn) -> dict[str, bytes]:
+    """``{"figures/<run_file>": png}``: the report's sections (those drawn on workflow runs) on the states
+    one recipe run reached: accuracy vs remaining, sanity checks, instability vs spawn point, mask
+    similarity, inside the network (``figures/inside/...``), structure, stability and weight evolution."""
+    from .common import Page, StateLoader
+    from .sections import SectionContext, render
+    from .series import Collection, series_of_plan
+
+    recipe = recorded["recipe"]
+    reached = set(recorded["reached"].values())
+    runs = {r.info.run_id: r for r in store.states() if r.info.run_id in reached}
+    all_series = series_of_plan(recorded, runs)
+    for s in all_series.values():
+        s.label = recipe if s.branch == "main" else f"{recipe} / {s.branch}"
+        s.base_label = recipe
+    collection = Collection(store, runs, list(all_series.values()), [], [], {})
+    page = Page(None)
+    render(page, SectionContext(collection, StateLoader(store, runs, warn), warn, recipe=recipe), workflow_run=True)
+    files = {}
+    for figure in page.figures:
+        files.setdefault(f"figures/{figure['run_file']}", figure["png"])
+    return files

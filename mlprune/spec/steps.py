@@ -10,6 +10,9 @@ The planner turns sources into states and their keys (`plan.PlanBuilder`).
 MLproject parameters, the CLI's ``-o`` options and docs/recipes.md all come from
 these entries. Adding a step kind is one `StepKind` entry (and its runner).
 Pure Python: nothing here imports torch or mlflow.
+
+Why one file: it is the one declaration of every step kind; the schemas, their resolution and the
+registry lines are read together when a step kind changes.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def _is_state_object(value) -> bool:
 # ---- init (the root) ------------------------------------------------------------------------
 
 def _model_check(value, name):
-    from ..models import model_entry
+    from ..models.catalog import model_entry
 
     model_entry(value, check_torchvision=False)
     return value
@@ -89,14 +92,14 @@ _model_options_check.doc = "mapping"
 
 
 def _dataset_check(value, name):
-    from ..data import DATASETS
+    from ..data.catalog import DATASETS
 
     DATASETS[value]
     return value
 
 
 def _init_check(value, name):
-    from ..models import INIT_NAMES
+    from ..models.catalog import INIT_NAMES
 
     if value not in INIT_NAMES:
         raise choice_error("init", value, INIT_NAMES)
@@ -104,7 +107,7 @@ def _init_check(value, name):
 
 
 def _bn_init_check(value, name):
-    from ..models import BN_INIT_NAMES
+    from ..models.catalog import BN_INIT_NAMES
 
     if value not in BN_INIT_NAMES:
         raise choice_error("bn_init", value, BN_INIT_NAMES)
@@ -150,7 +153,7 @@ def resolve_root(spec: dict) -> dict:
 
     Data options left at their default are not part of it: a new no-op option cannot change old keys.
     """
-    from ..models import model_entry
+    from ..models.catalog import model_entry
 
     resolved = INIT_SCHEMA.resolve(spec)
     out = {k: resolved[k] for k in ("model", "dataset", "init", "seed")}
@@ -357,7 +360,7 @@ def truncated_train(options: dict, at) -> dict:
 # ---- prune ------------------------------------------------------------------------------------
 
 def _prune_option_doc():
-    from ..pruning import METHODS, _method_options
+    from ..pruning.catalog import METHODS, method_options
 
     options = [
         Option("method", REQUIRED, any_value, "pruning method: " + ", ".join(METHODS)),
@@ -365,7 +368,7 @@ def _prune_option_doc():
         Option("scope", "layer", choice("layer", "global"), "layer (each layer alone) or global (one threshold); "
                "score methods (snip, grasp, synflow) default to global"),
     ]
-    for name, option in _method_options().items():
+    for name, option in method_options().items():
         users = [m for m, e in METHODS.items() if name in e.option_names]
         options.append(Option(name, option.default, any_value, f"{option.help} ({', '.join(users)})"))
     options += [
@@ -383,7 +386,7 @@ def _prune_option_doc():
 
 
 def resolve_prune(raw: dict) -> ResolvedStep:
-    from ..pruning import METHODS, resolve_prune_step
+    from ..pruning.catalog import METHODS, resolve_prune_step
 
     raw = dict(raw or {})
     method = raw.get("method")
@@ -414,7 +417,7 @@ REINIT_SCHEMA = Schema("reinit option", (
 
 
 def resolve_reinit(raw: dict) -> ResolvedStep:
-    from ..reinit import STRATEGIES, resolve_reinit_step
+    from ..reinit.catalog import STRATEGIES, resolve_reinit_step
 
     raw = dict(raw or {})
     objects = {k: v for k, v in raw.items() if _is_state_object(v)}  # Python API: to=<state>
@@ -488,20 +491,20 @@ def resolve_interpolate(raw: dict) -> ResolvedStep:
 # ---- the registry -----------------------------------------------------------------------------
 
 STEP_KINDS: Registry[StepKind] = Registry("step")
-STEP_KINDS.add(StepKind("init", INIT_SCHEMA, _resolve_init, "mlprune.compute:run_init",
+STEP_KINDS.add(StepKind("init", INIT_SCHEMA, _resolve_init, "mlprune.runners.network:run_init",
                         help="the root: a freshly initialized network"))
-STEP_KINDS.add(StepKind("train", TRAIN_SCHEMA, resolve_train, "mlprune.compute:run_train",
+STEP_KINDS.add(StepKind("train", TRAIN_SCHEMA, resolve_train, "mlprune.runners.network:run_train",
                         help="train with a fresh optimizer; masks enforced at every step"))
-STEP_KINDS.add(StepKind("prune", None, resolve_prune, "mlprune.compute:run_prune",
+STEP_KINDS.add(StepKind("prune", None, resolve_prune, "mlprune.runners.network:run_prune",
                         help="compute new masks from the current effective weights"))
-STEP_KINDS.add(StepKind("reinit", REINIT_SCHEMA, resolve_reinit, "mlprune.compute:run_reinit",
+STEP_KINDS.add(StepKind("reinit", REINIT_SCHEMA, resolve_reinit, "mlprune.runners.network:run_reinit",
                         help="set the weights before retraining (rewind, random, sign, zhou, shuffle, keep)"))
-STEP_KINDS.add(StepKind("compare", COMPARE_SCHEMA, resolve_compare, "mlprune.compute:run_compare", produces="analysis",
+STEP_KINDS.add(StepKind("compare", COMPARE_SCHEMA, resolve_compare, "mlprune.runners.analyses:run_compare", produces="analysis",
                         help="an analysis: the kept weights of the parent (a) vs another state (b): Jaccard, cosine"))
-STEP_KINDS.add(StepKind("cka", CKA_SCHEMA, resolve_cka, "mlprune.compute:run_cka", produces="analysis",
+STEP_KINDS.add(StepKind("cka", CKA_SCHEMA, resolve_cka, "mlprune.runners.analyses:run_cka", produces="analysis",
                         help="an analysis: linear CKA between the outputs of each prunable layer of the parent (a) "
                              "and another state (b), minibatch estimator on a seeded probe set of test examples"))
-STEP_KINDS.add(StepKind("interpolate", INTERPOLATE_SCHEMA, resolve_interpolate, "mlprune.compute:run_interpolate",
+STEP_KINDS.add(StepKind("interpolate", INTERPOLATE_SCHEMA, resolve_interpolate, "mlprune.runners.analyses:run_interpolate",
                         produces="analysis",
                         help="an analysis: error and loss along the linear path from the parent (a) to b, "
                              "instability and loss barrier (Frankle et al. 2020); a and b need the same mask"))

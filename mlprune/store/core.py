@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import SpecError
 from ..names import (MASKS_FILE, STATE_FILE, TAG_ERROR, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_NOTE, TAG_PARENT_PREFIX,
                      TAG_PARENT_RUN, TAG_ROOT, TAG_VERSION, TAG_WORKFLOW, WEIGHTS_FILE)

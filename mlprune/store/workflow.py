@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 
-from .. import __version__
+from ..version import __version__
 from ..names import (PARAMS_FILE, STATES_FILE, TAG_NOTE, TAG_RECIPE, TAG_RUN_NAME, TAG_STATES, TAG_VERSION,
                      TAG_WORKFLOW)
 

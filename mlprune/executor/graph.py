@@ -1,0 +1,313 @@
+"""The one executor: plans -> a task graph of missing states -> a scheduler -> the store.
+
+    execution = Execution(plans, store, scheduler="sync")   # merges the plans by key, finds what exists
+    execution.check()                                       # everything checkable before a run is created
+    result = execution.run(on_state=...)                    # computes what is missing
+
+Every node of every plan has a key before anything runs (`plan`), so plans are
+merged by key: a root or a trained network that several plans share is one
+task, computed once. Each missing state is one task of a dask graph that
+depends on its parents' tasks; independent branches run in parallel. The graph
+is the same for every scheduler: ``sync`` runs it in this process with dask's
+synchronous scheduler, ``processes`` on a local dask cluster, ``tcp://HOST:PORT``
+on a running dask scheduler. A task is plain data (JSON: the node, the tracking
+URI, the experiment id, run options), never an object of the caller's.
+
+Correctness does not rest on dask: two workers (or two users) that need the same
+state meet in the store, where one claims it and the other waits for it
+(`store.claims`); a worker that dies leaves a claim that is taken over. States
+are computed with a fixed torch thread count, so the weights do not depend on
+the scheduler. Reused states are checked first (`Store.verify`): one whose files
+or key do not match what was recorded is marked invalid and computed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from .. import names
+from ..errors import SpecError
+from ..plan import Node, Plan
+from .clusters import check_workers, connect, is_loopback, task_resources
+from .options import RunOptions
+from .task import PROGRESS, process_workspace, reach, register_store
+from .threads import CUBLAS_DETERMINISTIC, cluster_threads, compute_threads
+
+
+SCHEDULERS = ("sync", "processes", "tcp://HOST:PORT")
+
+
+@dataclass
+class Result:
+    """What an execution reached: per plan {node name: run id}, and what it cost."""
+
+    states: list[dict[str, str]]
+    keys: list[dict[str, str]]
+    experiment_id: str
+    tracking_uri: str
+    computed: int = 0    # distinct states that had no usable FINISHED run when we started
+    reused: int = 0      # distinct states that had one
+    invalid: list = field(default_factory=list)  # (run id, reason) of states found broken and recomputed
+
+
+def parse_scheduler(scheduler: str | None) -> str:
+    scheduler = (scheduler or "sync").strip()
+    if scheduler in ("sync", "processes") or "://" in scheduler:
+        return scheduler
+    raise SpecError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+
+
+class Execution:
+    """Plans merged by key, checked against the store, ready to run on a scheduler."""
+
+    def __init__(self, plans: list[Plan], store, *, scheduler: str = "sync", workers: int | None = None,
+                 options: RunOptions | None = None, progress=None):
+        self.plans = list(plans)
+        self.store = store
+        self.scheduler = parse_scheduler(scheduler)
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise SpecError(f"workers must be an integer >= 1, got {workers!r}")
+        if workers is not None and self.scheduler != "processes":
+            raise SpecError("--workers applies to --scheduler processes only; start cluster workers with "
+                            "`dask worker`")
+        from ..store import is_server
+
+        if "://" in self.scheduler and not is_server(store.tracking_uri) and not is_loopback(self.scheduler):
+            raise SpecError(f"workers of {self.scheduler} cannot share the local tracking store "
+                            f"{store.tracking_uri}: set MLFLOW_TRACKING_URI=http://HOST:5000 (an `mlflow server`)")
+        self.workers = workers
+        self.options = (options or RunOptions()).resolved()
+        self.progress = progress
+        self.nodes: dict[str, Node] = {}     # key -> node (first plan's spelling)
+        self.names: dict[str, str] = {}      # key -> "plan index/node name" for messages
+        for index, plan in enumerate(self.plans):
+            for node in plan.nodes:
+                if node.key not in self.nodes or (self.nodes[node.key].external and not node.external):
+                    self.nodes.setdefault(node.key, node)
+                self.names.setdefault(node.key, f"{plan.recipe}/{node.name}")
+        self.existing, self.invalid = self._lookup()
+        self.missing = [key for key in self._order() if key not in self.existing]
+
+    def _lookup(self) -> tuple[dict[str, str], list]:
+        """{key: run id} of the usable FINISHED states among the plans' nodes; broken ones invalidated."""
+        from ..store import IntegrityError
+
+        existing = {node.key: node.run_id for node in self.nodes.values() if node.external}
+        found = self.store.find_many(k for k in self.nodes if k not in existing)
+        invalid = []
+        for key, run_ids in found.items():
+            for run_id in run_ids:  # the oldest state of the key that is what it says it is
+                try:
+                    self.store.verify(run_id)
+                except IntegrityError as error:
+                    self.store.invalidate(run_id, str(error))
+                    invalid.append((run_id, str(error)))
+                    continue
+                existing[key] = run_id
+                break
+        return existing, invalid
+
+    def _order(self) -> list[str]:
+        """Keys in an order where every dependency comes first (plans list parents first)."""
+        seen, out = set(), []
+        for plan in self.plans:
+            for node in plan.nodes:
+                if node.key not in seen:
+                    seen.add(node.key)
+                    out.append(node.key)
+        return out
+
+    def _node_of(self, plan_index: int, name: str) -> Node:
+        return self.plans[plan_index].node(name)
+
+    def _deps(self, key: str) -> tuple[str | None, dict[str, str], list[str]]:
+        """(parent key, {role: input key}, keys it must wait for) of a node."""
+        node = self.nodes[key]
+        plan = next(p for p in self.plans if any(n.key == key and n.name == node.name for n in p.nodes))
+        by_name = {n.name: n for n in plan.nodes}
+        parent = by_name[node.parent].key if node.parent else None
+        inputs = {role: by_name[name].key for role, name in node.inputs.items()}
+        after = [by_name[node.emitted_by].key] if node.emitted_by else []
+        return parent, inputs, after
+
+    def check(self) -> None:
+        """What can be checked before any run is created: the scheduler, the device, the models, data
+        and amounts."""
+        if "://" in self.scheduler:  # an unreachable scheduler is an error even when nothing is missing
+            self._client = connect(self.scheduler, self.workers)
+        if not self.missing:
+            return
+        if self.scheduler == "sync" or self.scheduler == "processes":
+            from ..training.devices import resolve_device
+
+            resolve_device(self.options.device)
+        from ..validate import check_nodes
+
+        check_nodes([self.nodes[k] for k in self.missing], self.plans,
+                    process_workspace(self.options.device, self.options.channels_last, self.options.compile)
+                    if self.scheduler == "sync" else None,
+                    data_dir=self.options.data_dir, load_spec=self.store.spec)
+
+    def _tasks(self) -> dict[str, dict]:
+        tasks = {}
+        for key in self.missing:
+            node = self.nodes[key]
+            parent, inputs, after = self._deps(key)
+            deps = [k for k in dict.fromkeys([parent, *inputs.values(), *after]) if k and k in self.missing]
+            known = {k: self.existing[k] for k in [parent, *inputs.values()] if k and k in self.existing}
+            plan = next(p for p in self.plans if any(n.key == key for n in p.nodes))
+            by_name = {n.name: n for n in plan.nodes}
+            emits = [(by_name[name].at, asdict(by_name[name])) for name in node.emits
+                     if by_name[name].key in self.missing]
+            root = self._root(plan, node)
+            tasks[key] = {"node": asdict(node), "parent": parent, "inputs": inputs, "deps": deps, "known": known,
+                          "emits": emits, "data_dir": root.data_dir if root is not None else None}
+        return tasks
+
+    @staticmethod
+    def _root(plan: Plan, node: Node) -> Node | None:
+        by_name = {n.name: n for n in plan.nodes}
+        while node.parent is not None:
+            node = by_name[node.parent]
+        return None if node.external else node
+
+    def _context(self, workflow: str | None) -> dict:
+        from ..store import claim_timeout
+
+        return {
+            "tracking_uri": self.store.tracking_uri,
+            "experiment_id": self.store.experiment_id,
+            "options": asdict(self.options),
+            "workflow": workflow,
+            # every participant judges claims by the same timeout
+            "env": {names.ENV_CLAIM_TIMEOUT: repr(claim_timeout()), "MLFLOW_DISABLE_TELEMETRY": "true",
+                    **({names.ENV_CUBLAS_WORKSPACE: os.environ.get(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)}
+                       if self.options.deterministic else {})},
+        }
+
+    def run(self, on_state=None, *, workflow: str | None = None) -> Result:
+        """Reach every node of every plan. on_state(plan index, node name, run id) as states are reached;
+        `workflow`: the run id of the workflow run the states are computed for (tagged, linked)."""
+        reached = dict(self.existing)
+        keys = [{n.name: n.key for n in plan.nodes} for plan in self.plans]
+
+        def report(key: str):
+            if on_state is None:
+                return
+            for index, plan_keys in enumerate(keys):
+                for name, node_key in plan_keys.items():
+                    if node_key == key:
+                        on_state(index, name, reached[key])
+
+        for key in self._order():
+            if key in reached:
+                report(key)
+        if self.missing:
+            workflow = workflow or os.environ.get("MLFLOW_RUN_ID")
+            if self.scheduler == "sync":
+                if self.options.threads is None:
+                    self.options.threads = compute_threads(1)
+                self._run_sync(self._graph(workflow), reached, report)
+            else:
+                self._run_dask(workflow, reached, report)
+        elif self.scheduler not in ("sync", "processes"):  # nothing to compute, but a bad address is an error
+            self._take_client()[0].close()
+        return Result([{name: reached[key] for name, key in plan_keys.items()} for plan_keys in keys], keys,
+                      self.store.experiment_id, self.store.tracking_uri,
+                      computed=len(self.missing), reused=len(self.existing), invalid=self.invalid)
+
+    def _graph(self, workflow: str | None) -> dict:
+        """The dask graph of the missing states (run options resolved: the task context is final)."""
+        context = json.dumps(self._context(workflow))
+        return {key: (reach, json.dumps(task), context, *task["deps"]) for key, task in self._tasks().items()}
+
+    def _run_sync(self, graph, reached, report) -> None:
+        import dask.local
+        from dask.callbacks import Callback
+
+        register_store(self.store)
+
+        class _Report(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                reached[key] = result
+                report(key)
+
+        PROGRESS.printer = self.progress
+        try:
+            with _Report():
+                dask.local.get_sync(graph, list(graph))
+        finally:
+            PROGRESS.printer = None
+
+    def _run_dask(self, workflow, reached, report) -> None:
+        from distributed import as_completed
+
+        client, cluster = self._take_client()
+        try:
+            check_workers(client, self.scheduler)
+            if self.options.threads is None:  # the cores of each host split between its workers
+                self.options.threads = cluster_threads(client)
+            graph = self._graph(workflow)
+            # one training per GPU: on CUDA, every task takes a worker's GPU resource (where workers have one)
+            resources = task_resources(self.options.device, [w.get("resources") or {} for w in
+                                                             client.scheduler_info()["workers"].values()])
+            token = uuid.uuid4().hex[:8]
+            renamed = {f"{self.names[k].replace('/', ':')}-{k[:12]}-{token}": k for k in graph}
+            back = {v: k for k, v in renamed.items()}
+            dsk = {new: (task[0], *[back.get(a, a) if isinstance(a, str) and a in graph else a for a in task[1:]])
+                   for new, task in ((back[k], t) for k, t in graph.items())}
+            futures = client.get(dsk, list(dsk), sync=False, resources=resources)
+            errors = []
+            for future in as_completed(futures):
+                key = renamed[future.key]
+                if future.status == "finished":
+                    reached[key] = future.result()
+                    report(key)
+                else:
+                    errors.append((key, future.exception()))
+            if errors:
+                raise self._task_error(errors)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    def _take_client(self):
+        """The client `check` connected (or a new one): (client, cluster or None)."""
+        connected = getattr(self, "_client", None)
+        self._client = None
+        return connected or connect(self.scheduler, self.workers, self.options.device)
+
+    def _task_error(self, errors) -> BaseException:
+        """The first task error; a missing package on a worker becomes a one-line SpecError."""
+        key, error = errors[0]
+        if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == "mlprune":
+            return SpecError(f"a dask worker of {self.scheduler} cannot import mlprune: install it there")
+        if hasattr(error, "add_note"):
+            error.add_note(f"mlprune: {len(errors)} state(s) failed; the first: {self.names[key]}")
+        return error
+
+
+def run_plans(plans, store, scheduler: str = "sync", *, workers: int | None = None, on_state=None,
+              options: RunOptions | None = None, progress=None) -> Result:
+    """Check and run plans in one go (`Execution`): per plan {node name: run id} in a Result."""
+    execution = Execution(plans, store, scheduler=scheduler, workers=workers, options=options, progress=progress)
+    execution.check()
+    return execution.run(on_state)
+
+
+def run_plan(plan: Plan, experiment, *, scheduler: str = "sync", workers: int | None = None, on_state=None) -> dict:
+    """Reach every node of one plan with an `api.Experiment`; returns {node name: ExperimentState}.
+
+    on_state(node, state) is called as states are reached.
+    """
+    callback = None
+    if on_state is not None:
+        callback = lambda _index, name, run_id: on_state(plan.node(name), experiment.state(run_id))  # noqa: E731
+    result = run_plans([plan], experiment.store, scheduler, workers=workers, on_state=callback,
+                       options=experiment.run_options(),
+                       progress=experiment.progress)
+    return {name: experiment.state(run_id) for name, run_id in result.states[0].items()}

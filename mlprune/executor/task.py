@@ -1,0 +1,238 @@
+"""One task of the graph: reach one state (find it, wait for another process's claim, or compute it
+under our claim and store it), in a dask worker or, for ``sync``, in the caller. A task is plain
+JSON (the node, its parents' keys, the tracking URI, the experiment id, run options)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+from .. import names
+from .options import RunOptions
+from .threads import CUBLAS_DETERMINISTIC, Determinism, PinnedThreads, tune_allocator
+
+
+_PROCESS: dict = {}          # (tracking uri, experiment id) -> Store; ("ws", device) -> Workspace
+
+
+_PROCESS_LOCK = threading.Lock()
+
+
+PROGRESS = threading.local()  # sync scheduler: the caller's progress printer
+
+
+def process_store(tracking_uri: str, experiment_id: str):
+    from ..store import Store
+
+    with _PROCESS_LOCK:
+        key = (tracking_uri, experiment_id)
+        if key not in _PROCESS:
+            _PROCESS[key] = Store(tracking_uri=tracking_uri, experiment_id=experiment_id)
+        return _PROCESS[key]
+
+
+def register_store(store) -> None:
+    """Share `store` (and its memory of states just computed) with the tasks this process runs."""
+    with _PROCESS_LOCK:
+        _PROCESS[(store.tracking_uri, store.experiment_id)] = store
+
+
+def process_workspace(device_name: str, channels_last: bool = False, compile: bool = False):
+    from ..workspace import Workspace
+    from ..training.devices import resolve_device
+
+    with _PROCESS_LOCK:
+        key = ("ws", device_name, channels_last, compile)
+        if key not in _PROCESS:
+            _PROCESS[key] = Workspace(resolve_device(device_name), channels_last=channels_last, compile=compile)
+        return _PROCESS[key]
+
+
+def describe(store, node: dict, run_id: str, parent_run: str | None, inputs: dict[str, str], root_run: str | None,
+             workflow: str | None) -> str:
+    """Markdown for the run's description in the MLflow UI: what the state is, links to its parents,
+    its workflow run and its lineage page (`mlflow server --app-name mlprune`)."""
+    lines = [f"**mlprune state** `{node['label']}` · kind `{node['kind']}`"]
+    if parent_run:
+        lines.append(f"- parent: [{parent_run[:8]}]({store.ui_link(parent_run)})")
+    for role, source in inputs.items():
+        lines.append(f"- {role} from: [{source[:8]}]({store.ui_link(source)})")
+    if root_run and root_run != parent_run:
+        lines.append(f"- root: [{root_run[:8]}]({store.ui_link(root_run)})")
+    if workflow:
+        lines.append(f"- workflow run: [{workflow[:8]}]({store.ui_link(workflow)})")
+    lines.append(f"- lineage: [the DAG around this state]({names.LINEAGE_ROUTE}{run_id}) "
+                 f"(served by `mlflow server --app-name mlprune`)")
+    for step in node["steps"]:
+        lines.append(f"- step `{json.dumps(step, sort_keys=True)}`")
+    return "\n".join(lines)
+
+
+def reach(task_text: str, context_text: str, *dependency_runs: str) -> str:
+    """Reach one state (find it, wait for it, or compute it) and return its run id.
+
+    Runs in a dask worker or, for ``sync``, in the caller. `dependency_runs` are the run ids the
+    task's dependencies reached, in the order of ``task["deps"]``.
+    """
+    task, context = json.loads(task_text), json.loads(context_text)
+    tune_allocator()
+    for name, value in context.get("env", {}).items():
+        os.environ[name] = value
+    runs = {**task["known"], **dict(zip(task["deps"], dependency_runs))}
+    node = task["node"]
+    store = process_store(context["tracking_uri"], context["experiment_id"])
+    parent_run = runs.get(task["parent"]) if task["parent"] else None
+    inputs = {role: runs[key] for role, key in task["inputs"].items()}
+    return _claim_and_compute(store, node, parent_run, inputs, task, context)
+
+
+def _claim_and_compute(store, node: dict, parent_run: str | None, inputs: dict[str, str], task: dict,
+                       context: dict) -> str:
+    from ..store import ClaimLost
+
+    parent_state = store.load(parent_run) if parent_run else None
+    root_run = (parent_state.spec.get("root_run") or parent_run) if parent_state is not None else None
+    progress = getattr(PROGRESS, "printer", None)
+
+    def create():
+        tags = {}
+        data_dir = task.get("data_dir")
+        if node["root"] is not None and data_dir:
+            tags[names.TAG_DATA_DIR] = str(data_dir)
+        return store.create(key=node["key"], kind=node["kind"], name=node["label"], parent_run_id=parent_run,
+                            root_run_id=root_run, extra_parents=inputs, workflow=context.get("workflow"), tags=tags)
+
+    while True:
+        run_id, ours = store.claims.claim(node["key"], create, progress=progress, parent_run_id=parent_run)
+        if not ours:
+            return run_id
+        try:
+            final = _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, task, context)
+        except ClaimLost as lost:  # taken over, or an older claim exists: wait for its state
+            store.claims.release(run_id, str(lost))
+            continue
+        if final is not None:
+            return final
+
+
+def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, task, context) -> str | None:
+    from ..runners import compute_node
+
+    options = RunOptions(**context["options"])
+    if options.deterministic:  # before this process's first CUDA work, where possible
+        os.environ.setdefault(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)
+    workspace = process_workspace(options.device, options.channels_last, options.compile)
+    progress = getattr(PROGRESS, "printer", None)
+    alive = store.claims.keep_alive(run_id, node["key"])
+    try:
+        with PinnedThreads(options.threads), Determinism(options.deterministic):
+            if progress:
+                progress(f"computing {node['label']} ({node['kind']})")
+            if node["root"] is None:
+                loaded_inputs = {role: store.load(r) for role, r in inputs.items()}
+            else:
+                loaded_inputs = {}
+                store.set_tags(run_id, {names.TAG_ROOT: run_id})  # a root is its own root (design §3)
+            data_dir = (task.get("data_dir") or options.data_dir
+                        or (parent_state.spec.get("data_dir") if parent_state else None))
+            emit = {at: _emitter(store, checkpoint, parent_run, root_run, inputs, data_dir, workspace, options,
+                                 context.get("workflow")) for at, checkpoint in task["emits"]}
+            computed = compute_node(node, parent_state, loaded_inputs, workspace, data_dir=data_dir,
+                                    heartbeat=lambda: store.claims.heartbeat(run_id), emit=emit, progress=progress)
+            return _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir,
+                           workspace, options, context.get("workflow"))
+    except BaseException as error:
+        from ..store import ClaimLost
+
+        if not isinstance(error, ClaimLost):
+            store.fail(run_id, f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        alive.stop()
+
+
+def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,
+            workflow) -> str:
+    from ..training.devices import device_label
+
+    spec = {
+        "kind": node["kind"],
+        "root": node["root"] if node["root"] is not None else parent_state.spec["root"],
+        "steps": node["steps"],
+        "inputs": {role: {"key": store.spec(r)["key"], "run_id": r} for role, r in inputs.items()},
+        "key": node["key"],
+        "semantics": _semantics(),
+        "mlprune_version": _version(),
+        "parent_key": parent_state.spec["key"] if parent_state is not None else None,
+        "parent_run": parent_run,
+        "root_run": root_run if root_run else run_id,
+        "data_dir": str(data_dir) if data_dir else None,
+    }
+    if computed.weights_from:
+        spec["weights_from"] = computed.weights_from
+    if computed.tensors is None:
+        spec["analysis"] = True
+    params = dict(node["params"])
+    if node.get("round") is not None:
+        params[names.PARAM_ROUND] = node["round"]
+    if node.get("branch") not in (None, "main"):
+        params[names.PARAM_BRANCH] = node["branch"]
+    params[names.PARAM_THREADS] = options.threads
+    params[names.PARAM_DETERMINISTIC] = options.deterministic
+    params[names.PARAM_CHANNELS_LAST] = options.channels_last
+    params[names.PARAM_COMPILE] = options.compile
+    tags = {names.TAG_DEVICE: device_label(workspace.device),
+            names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow)}
+    if "diverged" in computed.history:
+        tags[names.TAG_DIVERGED] = f"epoch {computed.history['diverged'][0]}: {computed.history['diverged'][1]}"
+    store.set_tags(run_id, tags)
+    history = {k: v for k, v in computed.history.items() if isinstance(v, list)}
+    tensors = computed.tensors
+    return store.finish(run_id, spec=spec, masks=tensors.masks if tensors is not None else None,
+                        weights=None if tensors is None or computed.weights_from else tensors.weights,
+                        metrics=computed.metrics, history=history, params=params, extra_files=computed.files)
+
+
+def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, workspace, options, workflow):
+    """fn(model, history, masks) storing `checkpoint` (the node's state at that point of its training)."""
+    from ..runners import Computed, Tensors, evaluate_state
+    from ..store import ClaimLost
+
+    def emit(model, history, masks):
+        weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+        parent_state = store.load(parent_run)
+        root = parent_state.spec["root"]
+        data = workspace.data(root, data_dir)
+        tensors = Tensors(weights, dict(masks))
+
+        def create():
+            return store.create(key=checkpoint["key"], kind=checkpoint["kind"], name=checkpoint["label"],
+                                parent_run_id=parent_run, root_run_id=root_run, extra_parents=inputs, workflow=workflow)
+
+        run_id, ours = store.claims.claim(checkpoint["key"], create, parent_run_id=parent_run)
+        if not ours:
+            return
+        try:
+            metrics, files = evaluate_state(workspace, root, data, tensors, history, checkpoint["steps"])
+            _finish(store, run_id, checkpoint, Computed(tensors, metrics, history, None, files), parent_state,
+                    parent_run, root_run, inputs, data_dir, workspace, options, workflow)
+        except ClaimLost as lost:
+            store.claims.release(run_id, str(lost))
+        except BaseException as error:
+            store.fail(run_id, f"{type(error).__name__}: {error}")
+            raise
+
+    return emit
+
+
+def _semantics() -> int:
+    from ..spec.keys import SEMANTICS_VERSION
+
+    return SEMANTICS_VERSION
+
+
+def _version() -> str:
+    from ..version import __version__
+
+    return __version__

@@ -1,0 +1,226 @@
+"""The network step runners (init, prune, reinit, train) and `compute_node`: one state from its parents.
+
+The executor (`execute`) hands a node and its loaded parents to `compute_node`,
+which runs the node's steps one after another through their runners (one per
+step kind, ``STEP_KINDS[kind].runner``), evaluates the result and returns what
+the store saves. Runners are thin: the maths are the pure functions of
+``pruning``, ``reinit`` and ``training``.
+
+Randomness: the root's ``seed`` seeds the initialization and, by default, the
+data order of every training (retrained networks see the same batches: one
+nuisance variable less). Steps that need their own randomness (random pruning,
+random reinitialization, mask shuffling) take the step's ``seed`` when given,
+else one derived from the state's key: reproducible, and different across branches.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .. import names
+from ..errors import SpecError
+from ..spec.keys import derived_seed
+from ..spec.steps import STEP_KINDS
+from ..workspace import Workspace
+from .context import StepContext, Tensors
+from .evaluations import evaluate_state
+
+
+def with_removed_extras(ctx: "StepContext", weights: dict, masks: dict) -> dict:
+    """`weights` with the biases and BatchNorm entries of removed channels at exactly 0.0."""
+    from ..pruning.structure import apply_extra_masks
+
+    extras = ctx.workspace.removed_extras(ctx.root, ctx.data, weights, masks)
+    return apply_extra_masks(weights, extras) if extras else weights
+
+
+def run_init(ctx: StepContext, tensors, options) -> Tensors:
+    from ..models import prunable
+
+    model = ctx.workspace.build(ctx.root, ctx.data)
+    kinds = prunable(model)
+    masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in model.named_parameters() if name in kinds}
+    return Tensors(model.state_dict(), masks)
+
+
+def _kinds(ctx: StepContext) -> dict:
+    from ..models import prunable
+
+    return prunable(ctx.workspace.blank(ctx.root, ctx.data))
+
+
+def run_prune(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
+    from ..pruning import METHODS, prune_masks, transplant_mask
+
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.weights.values() if t.is_floating_point()):
+        raise SpecError("cannot prune a state whose weights are not finite (its training diverged): masks "
+                        "computed from NaN or inf weights mean nothing")
+    entry = METHODS[options["method"]]
+    if entry.granularity == "transplant":
+        masks = transplant_mask(tensors.masks, ctx.inputs["mask"].masks)
+    elif options.get("coupled"):
+        from ..pruning.structure import prune_coupled
+
+        effective = {n: tensors.weights[n] * tensors.masks[n] for n in tensors.masks}
+        masks = prune_coupled(effective, tensors.masks, _kinds(ctx), options,
+                              ctx.workspace.channel_groups(ctx.root, ctx.data), generator=ctx.generator(options.get("seed")))
+    else:
+        effective = {n: tensors.weights[n] * tensors.masks[n] for n in tensors.masks}
+        scores = _network_scores(ctx, effective, tensors.weights, options) if entry.scores_network else None
+        masks = prune_masks(effective, tensors.masks, _kinds(ctx), options, generator=ctx.generator(options.get("seed")),
+                            scores=scores)
+    weights = {n: (t * masks[n] if n in masks else t) for n, t in tensors.weights.items()}
+    return Tensors(with_removed_extras(ctx, weights, masks), masks)
+
+
+def _network_scores(ctx: StepContext, effective: dict, weights: dict, options: dict):
+    """A score method's ``scores(masks)`` on this state's network. Its data: the first training
+    batches of epoch 0 of the root's data order (the same for every state of a lineage, so an
+    inverted or shuffled sibling is scored on the very batches its original was)."""
+    from ..pruning.scores import ScoringData, network_scores
+
+    model = ctx.workspace.blank(ctx.root, ctx.data)
+    model.load_state_dict({**weights, **effective})
+    model.to(ctx.workspace.device)
+
+    def batches(count: int, batch_size: int) -> list:
+        taken = []
+        for batch in ctx.data.train_batches(batch_size, seed=ctx.root["seed"], epoch=0):
+            if len(taken) == count:
+                break
+            taken.append(batch)
+        return taken
+
+    data = ScoringData(tuple(ctx.data.input_shape), batches, ctx.workspace.device)
+    return network_scores(options["method"], model, data, options)
+
+
+def run_reinit(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
+    from ..reinit import STRATEGIES, reinit_weights
+
+    entry = STRATEGIES[options["strategy"]]
+    source = ctx.inputs["weights"].weights if "weights" in ctx.inputs else None
+    fresh = None
+    if entry.fresh_init:
+        seed = options.get("seed")
+        fresh = ctx.workspace.build(ctx.root, ctx.data, seed=derived_seed(ctx.key, ctx.index) if seed is None
+                                    else seed).state_dict()
+    own = {name: options[name] for name in entry.options if name in options}
+    weights, masks = reinit_weights(options["strategy"], current=tensors.weights, source=source, fresh=fresh,
+                                    masks=tensors.masks, kinds=_kinds(ctx), generator=ctx.generator(options.get("seed")),
+                                    **own)
+    return Tensors(with_removed_extras(ctx, weights, masks), masks)
+
+
+def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
+    from ..spec.times import parse_time
+    from ..training.loop import train
+
+    device = ctx.workspace.device
+    model = ctx.workspace.blank(ctx.root, ctx.data)
+    # removed channels' biases and BatchNorm entries: zero, and masked during training like weights
+    extras = ctx.workspace.removed_extras(ctx.root, ctx.data, tensors.weights, tensors.masks)
+    if extras:
+        from ..pruning.structure import apply_extra_masks
+
+        tensors = Tensors(apply_extra_masks(tensors.weights, extras), tensors.masks)
+    model.load_state_dict(tensors.weights)
+    model.to(device)
+    masks = {n: m.to(device) for n, m in tensors.masks.items()}
+    parameters = dict(model.named_parameters())
+    train_masks = {**masks, **{n: m.to(device) for n, m in extras.items() if n in parameters}}
+    per_epoch = ctx.data.batches_per_epoch(options["batch_size"])
+
+    def checkpoint(fn):
+        def store_it(model_now, partial):
+            so_far = {k: ctx.history.get(k, []) + list(v) for k, v in partial.items() if isinstance(v, list)}
+            fn(model_now, so_far, {n: train_masks[n].to("cpu") for n in masks})  # gradual pruning changes them
+        return store_it
+
+    checkpoints = ({parse_time(at).iterations(per_epoch): checkpoint(fn) for at, fn in ctx.emit.items()}
+                   if ctx.last else {})
+
+    def on_epoch(epoch, _model, _history):
+        ctx.heartbeat()
+
+    progress = None
+    if ctx.progress is not None:
+        progress = lambda epoch, total, loss: ctx.progress(f"epoch {epoch}/{total} train_loss {loss:.4f}")  # noqa: E731
+    seed = ctx.root["seed"] if options["seed"] is None else options["seed"]
+    history = train(model, train_masks, ctx.data, options, seed=seed, device=device, progress=progress,
+                    on_epoch=on_epoch, checkpoints=checkpoints, channels_last=ctx.workspace.channels_last,
+                    compile=ctx.workspace.compile)
+    ctx.history.setdefault(names.M_ITERATIONS, 0)
+    ctx.history[names.M_ITERATIONS] += history.pop("iterations")
+    if "diverged" in history:
+        ctx.history["diverged"] = history.pop("diverged")
+    for name, values in history.items():
+        ctx.history.setdefault(name, []).extend(values)
+    # contiguous: a channels_last model's conv weights are stored in the plain layout like any other
+    weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    # gradual pruning replaced the masks it tightened in train_masks
+    return Tensors(weights, {n: train_masks[n].to("cpu") for n in masks})
+
+
+def run_steps(ctx_base: dict, tensors: Tensors, steps: list) -> Tensors:
+    """Run resolved steps in order (each through its kind's runner)."""
+    for index, step in enumerate(steps):
+        (kind, options), = step.items()
+        ctx = StepContext(index=index, last=index == len(steps) - 1, **ctx_base)
+        tensors = STEP_KINDS[kind].load()(ctx, tensors, options)
+    return tensors
+
+
+def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data_dir: str | None,
+                 heartbeat=lambda: None, emit: dict | None = None, progress=None) -> "Computed":
+    """What to store for a plan node, computed from its loaded parent and inputs.
+
+    `parent`: the parent's StoredState (None for a root); `emit`: {time: fn(model, history, masks)}
+    checkpoints of the node's last train step. A node whose step kind produces an analysis (of
+    its parent and its inputs) stores metrics and files, no network.
+    """
+    started = time.perf_counter()
+    root = node["root"] if node["root"] is not None else parent.spec["root"]
+    data = workspace.data(root, data_dir)
+    history: dict = {}
+    ctx_base = dict(key=node["key"], root=root, data=data, workspace=workspace, inputs=inputs, history=history,
+                    heartbeat=heartbeat, emit=emit or {}, progress=progress)
+    steps = node["steps"]
+    if steps and STEP_KINDS[next(iter(steps[0]))].produces == "analysis":
+        (kind, options), = steps[0].items()
+        metrics, files = STEP_KINDS[kind].load()(StepContext(index=0, last=True, **ctx_base), parent, options)
+        metrics[names.M_DURATION] = time.perf_counter() - started
+        return Computed(None, metrics, history, None, files)
+    if node["root"] is not None:
+        tensors = run_init(StepContext(index=0, **ctx_base), None, node["root"])
+    else:
+        tensors = Tensors({k: v.clone() for k, v in parent.weights.items()},
+                          {k: v.clone() for k, v in parent.masks.items()})
+        tensors = run_steps(ctx_base, tensors, steps)
+    metrics, files = evaluate_state(workspace, root, data, tensors, history, steps)
+    metrics[names.M_DURATION] = time.perf_counter() - started
+    prune_only = bool(steps) and all(next(iter(s)) == "prune" for s in steps) and _only_masked(tensors, parent)
+    return Computed(tensors, metrics, history, parent.run_id if prune_only else None, files)
+
+
+def _only_masked(tensors: Tensors, parent) -> bool:
+    """Are the weights the parent's with the new masks applied (what loading a state that shares its
+    parent's weights gives)? Not when a prune removed channels: their biases and BatchNorm entries are
+    zero too, so the state keeps its own weights."""
+    return all(torch.equal(t, parent.weights[n] * tensors.masks[n] if n in tensors.masks else parent.weights[n])
+               for n, t in tensors.weights.items())
+
+
+@dataclass
+class Computed:
+    """What the executor stores for a node: tensors (None for an analysis), metrics, per-epoch
+    history, the run whose weights it shares (prune-only states), extra files."""
+
+    tensors: Tensors | None
+    metrics: dict
+    history: dict
+    weights_from: str | None
+    files: dict
