@@ -12,3 +12,9 @@ class SpecError(ValueError):
 def choice_error(what: str, value, allowed) -> SpecError:
     """SpecError for a name that is not one of `allowed`."""
     return SpecError(f"unknown {what} {value!r}; allowed: {', '.join(sorted(map(str, allowed)))}")
+
+
+def require(condition: bool, message: str) -> None:
+    """SpecError(message) unless `condition`: a check that reads as the rule it enforces."""
+    if not condition:
+        raise SpecError(message)

@@ -32,16 +32,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from .errors import SpecError
-from .plan import Node, PlanBuilder
-from .spec.options import integer, seed_value
-from .spec.steps import INTERPOLATE_SCHEMA, TRAIN_SCHEMA, resolve_interpolate
-from .spec.times import parse_time
-
-if TYPE_CHECKING:
-    from .recipes import RecipeContext
+from ..errors import SpecError
+from ..plan import Node, PlanBuilder
+from ..spec.options import integer, seed_value
+from ..spec.steps import INTERPOLATE_SCHEMA, TRAIN_SCHEMA, resolve_interpolate
+from ..spec.times import parse_time
+from .sections import RecipeContext
 
 SPAWN_OPTIONS = ("copies", "at", "levels", "seeds", "train", "interpolate")
 LAST = "last"  # in `levels`: the recipe's last round
@@ -180,7 +177,7 @@ def interpolate_pairs(builder: PlanBuilder, copies: list[Node], options: dict, *
             for (i, a), (j, b) in itertools.combinations(enumerate(copies, 1), 2)]
 
 
-def spawn_section(value, recipe: "RecipeContext") -> None:
+def spawn_section(value, recipe: RecipeContext) -> None:
     """The recipe key ``spawn`` (see the module docs): spawn points, copies and interpolations."""
     rounds = max(recipe.trained)
     spawn = recipe.checked("spawn", parse_spawn, value, rounds)
