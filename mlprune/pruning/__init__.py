@@ -142,8 +142,9 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..errors import SpecError, choice_error
+from ..errors import SpecError, choice_error, shown
 from ..registry import Registry
+from ..spec.limits import MAX_BATCH_SIZE, MAX_PRUNE_ITERATIONS, MAX_SCORE_BATCHES
 
 __all__ = [
     "METHODS", "Method", "SELECTOR_TOKENS", "resolve_prune_step", "layer_plan", "n_to_prune",
@@ -317,10 +318,14 @@ class Method:
         return (self.short or self.name).format(**options) + (" inverted" if options.get("invert") else "")
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise SpecError(f"invalid {name} {value!r}; allowed: an int >= 1")
-    return int(value)
+def _bounded_count(maximum: int):
+    """An int in 1..maximum (the bound: far beyond any real use, spec.limits)."""
+    def check(value, name):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= maximum:
+            raise SpecError(f"invalid {name} {shown(value)}; allowed: an int in 1..{maximum}")
+        return int(value)
+    check.doc = f"int in 1..{maximum}"
+    return check
 
 
 def _flag(value, name):
@@ -339,10 +344,10 @@ _DIM = MethodOption("dim", 1, _check_dim_option,
                     "0 = output channels / neurons, 1 = input channels / features")
 _N = MethodOption("n", 1, _canonical_n, "the norm: 1, 2, inf, -inf")
 # score methods (pruning.scores): the data they look at, their iterations, the sanity check
-_BATCHES = MethodOption("batches", 1, _positive_int,
+_BATCHES = MethodOption("batches", 1, _bounded_count(MAX_SCORE_BATCHES),
                         "training batches the scores are computed on (the first ones of the root's data order)")
-_BATCH_SIZE = MethodOption("batch_size", 128, _positive_int, "examples per scoring batch")
-_ITERATIONS = MethodOption("iterations", 100, _positive_int,
+_BATCH_SIZE = MethodOption("batch_size", 128, _bounded_count(MAX_BATCH_SIZE), "examples per scoring batch")
+_ITERATIONS = MethodOption("iterations", 100, _bounded_count(MAX_PRUNE_ITERATIONS),
                            "score-and-prune iterations on an exponential schedule of the remaining weights")
 _TEMPERATURE = MethodOption("temperature", 200.0, _positive_number,
                             "softmax temperature of the loss whose Hessian-gradient product is taken "
@@ -562,6 +567,9 @@ def resolve_prune_step(step: dict) -> dict:
            "include": _selector_list(step.get("include", ["*"]), "include"),
            "exclude": _selector_list(step.get("exclude", []), "exclude"),
            "bias": False, "layers": overrides}
+    if "*" in out["exclude"] or not out["include"]:
+        raise SpecError(f"prune step excludes every layer (include {out['include']}, exclude {out['exclude']}): "
+                        f"it would prune nothing; allowed: exclude selectors that leave a layer to prune")
     if coupled:  # in the key only when true: every existing prune step keeps its key
         unstructured = sorted(m for m in methods_used if not METHODS[m].structured)
         if unstructured:
@@ -625,6 +633,10 @@ def layer_plan(kinds, step) -> dict:
             plan[name] = {"skip": True}
         else:
             plan[name] = {**{k: v for k, v in chosen.items() if k != "select"}, "scope": "layer"}
+    if all(config.get("skip") for config in plan.values()):
+        raise SpecError(f"prune step selects no layer to prune (include {step['include']}, exclude "
+                        f"{step['exclude']}{', layer overrides that skip' if step['layers'] else ''}): it would "
+                        f"prune nothing; layers: {', '.join(names)}")
     return plan
 
 

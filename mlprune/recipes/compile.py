@@ -23,8 +23,9 @@ import copy
 import re
 from pathlib import Path
 
-from ..errors import SpecError, require
+from ..errors import SpecError, require, shown
 from ..plan import Plan, PlanBuilder
+from ..spec.limits import MAX_ROUNDS
 from ..spec.times import parse_time
 from .controls import add_control, resolve_control
 from .files import read_recipe, resolve_params, substitute
@@ -65,9 +66,11 @@ def _round_ranges(text, rounds: int, where: str) -> range:
     return range(start, stop + 1)
 
 
-def _int_param(value, where: str, minimum: int = 0) -> int:
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-            f"{where}: must be an integer >= {minimum}, got {value!r}")
+def _int_param(value, where: str, minimum: int = 0, maximum: int | None = None) -> int:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            and (maximum is None or value <= maximum),
+            f"{where}: must be an integer >= {minimum}{f' and <= {maximum}' if maximum is not None else ''}, "
+            f"got {shown(value)}")
     return value
 
 
@@ -101,7 +104,7 @@ def compile_recipe(path: str | Path, overrides: dict | None = None, *,
     require(isinstance(spec.get("root"), dict), f"{where}: root: required mapping (model, dataset, seed, ...)")
     root_spec = dict(spec["root"])
     data_dir = root_spec.pop("data_dir", None) or params.get("data_dir")
-    rounds = _int_param(spec.get("rounds", 0), f"{where}: rounds")
+    rounds = _int_param(spec.get("rounds", 0), f"{where}: rounds", maximum=MAX_ROUNDS)
     require(isinstance(spec.get("train"), dict), f"{where}: train: required mapping of train options")
     train = dict(spec["train"])
     retrain = dict(spec.get("retrain") or train)
@@ -139,9 +142,8 @@ def compile_recipe(path: str | Path, overrides: dict | None = None, *,
 
     def mask_source(node):
         """Where the next round's mask comes from: the trained node, or its mask_epoch checkpoint."""
-        if mask_at is None or mask_at not in (n.at for n in builder.plan.nodes if n.emitted_by == node.name):
-            return node
-        return next(n for n in builder.plan.nodes if n.emitted_by == node.name and n.at == mask_at)
+        emitted = [builder.node(name) for name in node.emits] if mask_at is not None else []
+        return next((n for n in emitted if n.at == mask_at), node)
 
     controls = spec.get("controls") or []
     require(isinstance(controls, list), f"{where}: controls: must be a list of control names or "

@@ -12,12 +12,14 @@ Reading is bounded: a file over 1 MiB, more than 100 YAML aliases, nesting deepe
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 
 import yaml
 
-from ..errors import SpecError
+from ..errors import SpecError, shown
+from ..spec.limits import MAX_VALUE_CHARS
 from .sections import SECTIONS
 
 COMMON_PARAMS = ("dataset", "model", "rounds", "epochs", "amount", "seed", "lr", "batch_size", "data_dir")
@@ -31,7 +33,7 @@ MAX_NODES = 100_000  # after expanding aliases: a few aliases of aliases are a "
 
 
 def parse_number(text: str):
-    """'1e-3' -> 0.001: YAML 1.1 reads a float without a dot as a string; users write numbers so."""
+    """'1e-3' -> 0.001, '3' -> 3; None for anything that is not a finite number."""
     try:
         return int(text)
     except ValueError:
@@ -40,44 +42,82 @@ def parse_number(text: str):
         value = float(text)
     except ValueError:
         return None
-    return value if text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity") else None
+    return value if math.isfinite(value) else None
 
 
 def parse_value(text: str):
     """A -P value: YAML scalar syntax (3 -> int, 0.2 and 1e-3 -> float, true, null, text)."""
+    if len(text) > MAX_VALUE_CHARS:
+        raise SpecError(f"parameter value {text[:20]!r}... is {len(text)} characters long; at most "
+                        f"{MAX_VALUE_CHARS}")
     try:
         value = safe_load(text, "parameter value")
     except SpecError:
-        raise SpecError(f"cannot parse parameter value {text!r}") from None
+        raise SpecError(f"cannot parse parameter value {shown(text)}") from None
     if isinstance(value, str):
         number = parse_number(value.strip())
         if number is not None:
             return number
     if isinstance(value, (dict, list)):
-        raise SpecError(f"parameter value {text!r} must be a scalar, not a {type(value).__name__}")
+        raise SpecError(f"parameter value {shown(text)} must be a scalar, not a {type(value).__name__}")
     return value
 
 
+# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: 1e-3, 1E5 and 2.5e3 would be
+# strings, and `lr: 1e-3` a rejected "lr '1e-3'". Plain scalars written like that are numbers here, as in
+# YAML 1.2 and as `-P lr=1e-3` already reads them; a quoted '1e-3' stays a string.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _BoundedLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses alias bombs and deep nesting while composing."""
+    """yaml.SafeLoader that refuses alias bombs, recursive aliases, deep nesting and duplicate keys."""
 
     def __init__(self, stream):
         super().__init__(stream)
         self._aliases = 0
         self._depth = 0
+        self._open: set[str] = set()   # anchors of the collections being composed (an alias to one recurses)
 
     def compose_node(self, parent, index):
+        anchor = self.peek_event().anchor
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
                 raise SpecError(f"more than {MAX_ALIASES} YAML aliases (*name): refused")
+            if anchor in self._open:
+                raise SpecError(f"line {self.peek_event().start_mark.line + 1}: the alias *{anchor} is inside "
+                                f"&{anchor} itself (a structure that contains itself): refused; an alias must "
+                                f"name a value that is complete")
+            anchor = None
         self._depth += 1
+        if anchor is not None:
+            self._open.add(anchor)
         try:
             if self._depth > MAX_DEPTH:
                 raise SpecError(f"nesting deeper than {MAX_DEPTH} levels: refused")
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+            self._open.discard(anchor)
+
+    def construct_mapping(self, node, deep=False):
+        """A mapping whose keys are all different: with a repeated key the last one would win silently."""
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # merged keys (<<: *base) may be overridden: that is what merging is for
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise SpecError(f"line {key_node.start_mark.line + 1}: duplicate key {shown(key)} (first on line "
+                                    f"{seen[key] + 1}): a key is given once")
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_BoundedLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
 
 
 def _expanded_size(node, memo: dict) -> int:
@@ -97,27 +137,44 @@ def _expanded_size(node, memo: dict) -> int:
 
 def safe_load(text: str, where: str):
     """`text` as YAML data through the bounded safe loader; a one-line SpecError naming `where` otherwise."""
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader refuses control characters (NUL) right here
         node = loader.get_single_node()
         if node is not None:
             size = _expanded_size(node, {})
             if size > MAX_NODES:
                 raise SpecError(f"expands to {size} YAML nodes through its aliases (at most {MAX_NODES}): refused")
         return loader.construct_document(node) if node is not None else None
+    except yaml.reader.ReaderError as error:
+        code = error.character if isinstance(error.character, int) else ord(error.character)
+        raise SpecError(f"{where}: character U+{code:04X} (position {error.position}) is not allowed in YAML "
+                        f"text: control characters such as NUL are refused") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{where}:{line} is not valid YAML ({getattr(error, 'problem', None) or error})") from None
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
+        raise SpecError(f"{where}:{line} is not valid YAML ({problem})") from None
+    except SpecError:
+        raise
+    except ValueError as error:  # e.g. an int of more than 4300 digits, which Python refuses to read
+        raise SpecError(f"{where}: a value cannot be read ({' '.join(str(error).split(';')[0].split())})") from None
     except RecursionError:
         raise SpecError(f"{where}: nesting too deep: refused") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def parse_assignments(pairs) -> dict:
     """['rounds=3', 'amount=0.1'] -> {'rounds': 3, 'amount': 0.1}."""
-    return {name: parse_value(text) for name, text in _name_value_pairs(pairs, "parameter")}
+    values = {}
+    for name, text in _name_value_pairs(pairs, "parameter"):
+        try:
+            values[name] = parse_value(text)
+        except SpecError as error:
+            raise SpecError(f"-P {name}: {error}") from None
+    return values
 
 
 def _name_value_pairs(pairs, what: str):
@@ -135,6 +192,9 @@ def parse_options(pairs) -> dict:
     for name, text in _name_value_pairs(pairs, "option"):
         if text.strip() == "":
             continue
+        if len(text) > MAX_VALUE_CHARS:
+            raise SpecError(f"option {name}: value {text[:20]!r}... is {len(text)} characters long; "
+                            f"at most {MAX_VALUE_CHARS}")
         try:
             value = safe_load(text, f"option {name}")
         except SpecError:  # e.g. '@conv' or '[@conv, fc1.weight]': YAML reserves '@'

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from ..errors import SpecError
 from ..plan import Node, PlanBuilder
+from ..spec.limits import MAX_COPIES
 from ..spec.options import integer, seed_value
 from ..spec.steps import INTERPOLATE_SCHEMA, TRAIN_SCHEMA, resolve_interpolate
 from ..spec.times import parse_time
@@ -100,7 +101,7 @@ def _levels(value, rounds: int) -> tuple:
 
 def check_copies(copies, seeds=None) -> tuple[int, tuple | None]:
     """(copies, seeds) checked: copies an int >= 1; seeds None or one distinct data_order_seed per copy."""
-    copies = integer(1)(copies, "copies")
+    copies = integer(1, MAX_COPIES)(copies, "copies")
     if seeds is not None:
         if not isinstance(seeds, (list, tuple)) or len(seeds) != copies:
             raise SpecError(f"seeds must be a list of {copies} data_order_seeds (one per copy), got {seeds!r}")
