@@ -74,14 +74,10 @@ class Plan:
     overrides: dict = field(default_factory=dict)  # what -P changed
 
     def node(self, name: str) -> Node:
-        index = self.__dict__.get("_index")
-        if index is None or len(index) != len(self.nodes) or name not in index:
-            # rebuilt when nodes were added: a plan of thousands of states is looked up by name per state
-            index = self.__dict__["_index"] = {node.name: node for node in self.nodes}
-        try:
-            return index[name]
-        except KeyError:
-            raise KeyError(name) from None
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
 
     @property
     def keys(self) -> dict[str, str]:

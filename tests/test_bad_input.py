@@ -17,7 +17,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -348,7 +347,7 @@ def test_a_killed_process_runs_are_marked_failed_by_the_next_run(tmp_path, _empt
                                       f"WHERE run_uuid IN ('{claim}', '{workflow}')"))
     assert statuses == {claim: "FAILED", workflow: "FAILED"}
     assert f"its process {process.pid} on this host is gone" in errors[workflow]
-    assert "abandoned workflow run" in errors[workflow] and "abandoned state claim" in errors[claim]
+    assert "abandoned workflow run" in errors[workflow] and "stale claim taken over" in errors[claim]
     # and the recipe the dead process ran completes: its state is computed anew
     done = subprocess.run([sys.executable, "-m", "mlprune", "run", "tiny.yaml", "-P", "epochs=2"], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -51,19 +51,20 @@ def plan_cka(value, recipe: RecipeContext) -> None:
 
 
 def _round_ranges(text, rounds: int, where: str) -> range:
+    """The rounds of a schedule entry, cut to the recipe's 1..rounds (rounds beyond it do not exist)."""
     if isinstance(text, int) and not isinstance(text, bool):
-        return range(text, text + 1)
+        return range(max(text, 1), min(text, rounds) + 1)
     half = (rounds + 1) // 2  # the first half gets the odd round
     if text == "first_half":
         return range(1, half + 1)
     if text == "second_half":
         return range(half + 1, rounds + 1)
-    match = re.match(r"^\s*(\d+)\s*-\s*(\d+|end)\s*$", str(text))
+    match = re.match(r"^\s*([0-9]{1,18})\s*-\s*([0-9]{1,18}|end)\s*$", str(text))
     require(match is not None,
-            f"{where}: rounds must be 3, '1-10', '11-end', first_half or second_half; got {text!r}")
+            f"{where}: rounds must be 3, '1-10', '11-end', first_half or second_half; got {shown(text)}")
     start = int(match.group(1))
     stop = rounds if match.group(2) == "end" else int(match.group(2))
-    return range(start, stop + 1)
+    return range(max(start, 1), min(stop, rounds) + 1)
 
 
 def _int_param(value, where: str, minimum: int = 0, maximum: int | None = None) -> int:

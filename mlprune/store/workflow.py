@@ -88,10 +88,12 @@ def fail_abandoned_runs(store) -> list[str]:
     marked = []
     for run in runs:
         reason = process_gone(run.data.tags)
-        if reason is not None:
-            what = "state claim" if TAG_KEY in run.data.tags else "workflow run"
-            store.fail(run.info.run_id, f"abandoned {what}: {reason}")
-            marked.append(run.info.run_id)
+        if reason is None:
+            continue
+        # a state claim gets the words the claim protocol writes when it takes a dead one over
+        what = "stale claim taken over" if TAG_KEY in run.data.tags else "abandoned workflow run"
+        store.fail(run.info.run_id, f"{what}: {reason}")
+        marked.append(run.info.run_id)
     return marked
 
 
