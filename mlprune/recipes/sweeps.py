@@ -24,9 +24,10 @@ def parse_seeds(text: str | None) -> list[int]:
     seeds: dict[int, None] = {}  # ordered, and a membership test that does not grow with the count
     for part in str(text).split(","):
         match = re.fullmatch(r"\s*([0-9]{1,19})\s*(?:-\s*([0-9]{1,19})\s*)?", part)
-        low = int(match.group(1)) if match else -1
-        high = int(match.group(2)) if match and match.group(2) is not None else low
-        if match is None or high < low or high > MAX_SEED:
+        if match is None:
+            raise SpecError(f"{allowed}; got {shown(text)}")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if high < low or high > MAX_SEED:
             raise SpecError(f"{allowed}; got {shown(text)}")
         too_many = SpecError(f"--seeds {shown(text)} gives more than {MAX_SEEDS} seeds; at most {MAX_SEEDS}")
         if high - low >= MAX_SEEDS:  # refused before the range is spelled out
