@@ -223,7 +223,7 @@ class Experiment:
         ``seeds``: their data_order_seeds (default: the root's seed + 1, + 2, ...). To continue a schedule
         from the time `point` is at, give the train option ``schedule_from``.
         """
-        from .spawn import check_copies, default_seeds, spawn_copies
+        from .recipes.spawn import check_copies, default_seeds, spawn_copies
 
         if isinstance(train, Recipe):
             if [next(iter(s)) for s in train.steps] != ["train"]:

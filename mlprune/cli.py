@@ -10,8 +10,10 @@ a short function over the same few helpers (run options, stores, summaries, outp
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,11 +83,12 @@ compile_option = click.option(
 
 
 def _run_options(device, deterministic, channels_last, compile_):
+    """The run options, checked (MLPRUNE_THREADS too): called before the store is opened."""
     from .executor import RunOptions, parse_switch
 
     return RunOptions(device=device, deterministic=bool(parse_switch(deterministic, "--deterministic")),
                       channels_last=bool(parse_switch(channels_last, "--channels-last")),
-                      compile=bool(parse_switch(compile_, "--compile")))
+                      compile=bool(parse_switch(compile_, "--compile"))).resolved()
 
 
 def run_options(function):
@@ -119,6 +122,26 @@ class _LazyStore:
         run_id = store.resolve_run_id(run_id)
         spec = store.spec(run_id)
         return StateInfo(run_id, spec["key"], spec)
+
+
+def _writable_directory(directory: str) -> Path:
+    """DIRECTORY, checked before anything is computed or loaded: it is a directory (or can be made
+    one) where a file can be written; a one-line SpecError naming it otherwise. Nothing is created."""
+    out = Path(directory)
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(existing))
+        with tempfile.TemporaryFile(dir=existing):  # write access as the file system sees it (root, ro mounts)
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        place = f": {reason}" if existing == out else f" ({existing}: {reason})"
+        raise SpecError(f"cannot write into the directory {directory!r}{place}; allowed: a writable directory, "
+                        f"or a new one under one") from None
+    return out
 
 
 def _summary(result) -> str:
@@ -215,12 +238,12 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
     """
     from .recipes import compile_recipe, parse_assignments
 
+    options = _run_options(device, deterministic, channels_last, compile_)
     overrides = parse_assignments(params)
     lazy = _LazyStore(experiment_name)
     plan = compile_recipe(recipe, overrides, load_state=lazy.load_state)
     store = lazy.get()
     started_ms = int(time.time() * 1000)
-    options = _run_options(device, deterministic, channels_last, compile_)
     result, reached, _ = _execute([(plan.recipe, plan)], store, scheduler, workers, options, plan.recipe,
                                   plan.params, figures=figures)
     if state_figures:
@@ -260,12 +283,12 @@ def sweep(recipes, seeds, params, scheduler, workers, device, deterministic, cha
     """
     from .recipes import parse_grid, parse_seeds, sweep_plans
 
+    options = _run_options(device, deterministic, channels_last, compile_)
     lazy = _LazyStore(experiment_name)
     plans = sweep_plans(recipes, parse_seeds(seeds), parse_grid(params), load_state=lazy.load_state)
     store = lazy.get()
     started = time.perf_counter()
     label = "sweep " + " ".join(Path(r).stem for r in recipes)
-    options = _run_options(device, deterministic, channels_last, compile_)
     result, _, _ = _execute(plans, store, scheduler, workers, options, label,
                             {"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
                              "scheduler": scheduler, "plans": len(plans)}, figures=False)
@@ -444,6 +467,7 @@ def report(experiment, out_dir, ui_url):
       mlprune report mlprune ./report
       mlprune report my-study out/ --ui-url http://mlflow.example:5000
     """
+    _writable_directory(out_dir)  # before the report's imports and the store: seconds
     from .report import write_report
 
     result = write_report(experiment, out_dir, ui_url=ui_url, warn=_warn)
@@ -543,9 +567,9 @@ def export(run_id, directory, compact):
       mlprune export 3f2a9c1d ./ticket
       mlprune export 3f2a9c1d ./small --compact
     """
+    out = _writable_directory(directory)
     store = _store(create=False)
     resolved = store.resolve_run_id(run_id)
-    out = Path(directory)
     if compact:
         from .runners.compact import export_compact
         from .names import COMPACT_ARCH_FILE, COMPACT_WEIGHTS_FILE
@@ -561,9 +585,12 @@ def export(run_id, directory, compact):
                        "runs as dense tensors and gives no dense speedup)")
         return
     files = store.artifact_files(resolved)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        (out / name).write_bytes(content)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            (out / name).write_bytes(content)
+    except OSError as error:  # e.g. the disk filled up while writing
+        raise SpecError(f"cannot write the state's files into {directory!r}: {error.strerror or error}") from None
     click.echo(f"wrote {', '.join(files)} to {out}")
 
 

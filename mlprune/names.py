@@ -17,7 +17,7 @@ TAG_DIVERGED = "mlprune.diverged"        # on a state whose training diverged an
 TAG_WORKFLOW = "mlprune.workflow"        # run id of the workflow run that computed the state
 TAG_DATA_DIR = "mlprune.data_dir"        # where a root's data was read (not in the key; children reuse it)
 TAG_HEARTBEAT = "mlprune.heartbeat"      # a RUNNING claim's last sign of life (unix time)
-TAG_CLAIM_HOST = "mlprune.claim.host"    # host/pid namespace of the process holding a claim
+TAG_CLAIM_HOST = "mlprune.claim.host"    # host/pid namespace of the process holding a claim (or a workflow run)
 TAG_CLAIM_PID = "mlprune.claim.pid"
 TAG_HASH_PREFIX = "mlprune.sha256."      # + artifact file name: its SHA-256 (also in state.json)
 

@@ -32,6 +32,7 @@ from typing import Callable
 from .errors import SpecError
 from .names import PARAM_BRANCH, PARAM_ROUND
 from .spec.keys import canonical_json, root_key, state_key
+from .spec.limits import MAX_STATES
 from .spec.steps import STEP_KINDS, Source, resolve_root, resolve_steps, schema_of, train_length, truncated_train
 from .spec.times import parse_time
 
@@ -184,12 +185,22 @@ class PlanBuilder:
         self.plan = Plan(recipe, [], dict(params or {}), dict(overrides or {}))
         self._by_name: dict[str, Node] = {}
         self._by_key: dict[str, Node] = {}
+        self._by_run_id: dict[str, Node] = {}
+        # planning stays linear in the number of states: a node's root and first training are
+        # remembered (not walked up to on every rewind), and so is which nodes descend from a target
+        self._top_memo: dict[str, Node] = {}       # node -> its root, or its first external ancestor
+        self._root_memo: dict[str, Node] = {}
+        self._first_memo: dict[str, Node | None] = {}
+        self._descendants: dict[str, set[str]] = {}
         self._load_state = load_state
 
     # ---- adding nodes ------------------------------------------------------------------------
     def _add(self, node: Node) -> Node:
         if node.name in self._by_name:
             raise SpecError(f"plan {self.plan.recipe!r}: two states are named {node.name!r}")
+        if len(self.plan.nodes) >= MAX_STATES:
+            raise SpecError(f"plan {self.plan.recipe!r} has more than {MAX_STATES} states (at {node.name!r}); "
+                            f"a plan is at most {MAX_STATES} states: fewer rounds, points, copies or methods")
         self.plan.nodes.append(node)
         self._by_name[node.name] = node
         self._by_key.setdefault(node.key, node)
@@ -219,9 +230,8 @@ class PlanBuilder:
             if self._load_state is None:
                 raise SpecError(f"state {state!r} is not a state of this plan (and no store to look it up)")
             state = self._load_state(state)
-        for node in self.plan.nodes:
-            if node.run_id == state.run_id:
-                return node
+        if state.run_id in self._by_run_id:
+            return self._by_run_id[state.run_id]
         spec = state.spec
         kind = spec.get("kind", "?")
         node = Node(f"run:{state.run_id}", state.key, kind, root=spec.get("root") if kind == "init" else None,
@@ -230,6 +240,7 @@ class PlanBuilder:
         self.plan.nodes.append(node)
         self._by_name[node.name] = node
         self._by_key.setdefault(node.key, node)
+        self._by_run_id[state.run_id] = node
         return node
 
     def child(self, name: str, parent: str | Node, steps, *, label: str | None = None, round: int | None = None,
@@ -256,28 +267,55 @@ class PlanBuilder:
         return node
 
     # ---- sources ----------------------------------------------------------------------------
-    def _lineage(self, node: Node) -> list[Node]:
-        """`node` and its primary ancestors, root last (external ancestors read from the store)."""
-        chain = [node]
-        while True:
-            current = chain[-1]
-            if current.external:
-                parent_run = (current.spec or {}).get("parent_run")
-                if not parent_run:
-                    return chain
-                chain.append(self.external(parent_run))
-            elif current.parent is None:
-                return chain
-            else:
-                chain.append(self._by_name[current.parent])
+    def _parent_of(self, node: Node) -> Node | None:
+        """The primary parent of `node` (an external state's read from the store), None for a root."""
+        if node.external:
+            parent_run = (node.spec or {}).get("parent_run")
+            return self.external(parent_run) if parent_run else None
+        return self._by_name[node.parent] if node.parent is not None else None
+
+    def _root_and_first(self, node: Node) -> tuple[Node, Node | None]:
+        """(the root of `node`'s lineage, the lineage's first state after the root or None), remembered
+        per node: every round of a recipe asks, and walking up each time is quadratic."""
+        path, current = [], node
+        while current.name not in self._root_memo:
+            parent = self._parent_of(current)
+            if parent is None:
+                self._root_memo[current.name], self._first_memo[current.name] = current, None
+                break
+            path.append(current)
+            current = parent
+        for child in reversed(path):  # from the remembered ancestor down to `node`
+            parent = self._parent_of(child)
+            root = self._root_memo[parent.name]
+            self._root_memo[child.name] = root
+            self._first_memo[child.name] = child if parent is root else self._first_memo[parent.name]
+        return self._root_memo[node.name], self._first_memo[node.name]
+
+    def _descends_from(self, node: Node, target: Node) -> bool:
+        """Is `target` (by key) `node` or one of its primary ancestors? Nodes found to descend from a
+        target are remembered, so a recipe that rewinds every round to one state walks each node once."""
+        known = self._descendants.setdefault(target.key, set())
+        path, current = [], node
+        while current is not None:
+            if current.key == target.key or current.name in known:
+                known.update(path)
+                return True
+            path.append(current.name)
+            current = self._parent_of(current)
+        return False
 
     def _root_of(self, node: Node) -> Node:
         """The root node of `node`'s lineage (an external state's from its spec, without the chain)."""
-        while not node.external and node.parent is not None:
-            node = self._by_name[node.parent]
-        if node.external and (node.spec or {}).get("root_run") and node.spec["root_run"] != node.run_id:
-            return self.external(node.spec["root_run"])
-        return node
+        path, current = [], node
+        while current.name not in self._top_memo and not current.external and current.parent is not None:
+            path.append(current.name)
+            current = self._by_name[current.parent]
+        top = self._top_memo.get(current.name, current)  # a root, or the first external ancestor
+        self._top_memo.update(dict.fromkeys(path, top))
+        if top.external and (top.spec or {}).get("root_run") and top.spec["root_run"] != top.run_id:
+            return self.external(top.spec["root_run"])
+        return top
 
     def _model(self, node: Node) -> str:
         root_spec = node.root or (node.spec or {}).get("root") or self._root_of(node).root or {}
@@ -309,7 +347,7 @@ class PlanBuilder:
         if self._model(node) != self._model(parent):
             raise SpecError(f"{role} source {node.run_id or node.name} has another architecture "
                             f"({self._model(node)!r}, not {self._model(parent)!r})")
-        if role == "weights" and node.key not in {n.key for n in self._lineage(parent)}:
+        if role == "weights" and not self._descends_from(parent, node):
             raise SpecError(f"rewind target {node.run_id or node.name} is not an ancestor of "
                             f"{parent.run_id or parent.name}")
         return _ResolvedSource(node, ref, None)
@@ -321,11 +359,9 @@ class PlanBuilder:
 
     def _rewind_point(self, parent: Node, at: str) -> Node:
         """The state after time `at` of the first training of parent's lineage (late rewinding)."""
-        lineage = self._lineage(parent)
-        root = lineage[-1]
+        root, first = self._root_and_first(parent)
         if parse_time(at).is_zero:
             return root
-        first = lineage[-2] if len(lineage) >= 2 else None
         if first is None or len(first.steps) != 1 or "train" not in first.steps[0]:
             raise SpecError(f"rewinding to {at} needs a lineage whose first step after the root is one train "
                             f"step; {parent.run_id or parent.name}'s is {first.kind if first else 'missing'!r}")

@@ -20,6 +20,37 @@ the first version: at their default they leave a state's key as it was.
 """
 
 
+LIMITS_HEADER = """\
+## Limits
+
+Counts and lengths far beyond any real study, so that a typo fails in one line before anything
+runs instead of planning for minutes or training until killed (`spec/limits.py`). Planning takes
+time linear in the number of states (a 1,000-round recipe validates in well under a second).
+"""
+
+REFUSED = """\
+## What a recipe file may not say
+
+Each of these is a one-line error naming the value (exit status 2), before anything runs:
+
+- bytes that are not UTF-8 text, control characters (NUL), a file over {max_bytes} bytes, nesting deeper
+  than {max_depth} levels, more than {max_aliases} aliases, aliases that expand to more than {max_nodes}
+  nodes, and an alias inside the value it names (`params: &p {{self: *p}}`);
+- a key given twice in one mapping (`{{amount: 0.2, amount: 0.9}}`, two `rounds:` lines): the line
+  of both is named; `<<: *base` merge keys may be overridden as YAML intends;
+- a training of length 0 (`epochs: 0`, `'0it'`): a "trained" state that never trained;
+- a prune step that selects no layer (`exclude: ['*']`, or overrides that skip every layer).
+
+Numbers are read as people write them: `1e-3`, `1E5`, `2.5e3`, `.5` are numbers in a recipe file as
+in `-P` (YAML 1.1 would read the first three as text); a quoted `'1e-3'` stays text.
+
+When a process dies (killed, crashed), its workflow run and the state it was computing are marked
+FAILED, the reason in `mlprune.error`, by the next `mlprune run` or `mlprune sweep` on the same host,
+or from another host by the run that takes over one of its state claims (no heartbeat for
+`MLPRUNE_CLAIM_TIMEOUT` s); the state is computed again when next needed.
+"""
+
+
 def _cell(text) -> str:
     return str(text).replace("|", "\\|")
 
@@ -36,8 +67,9 @@ def render() -> str:
     from .data import DATASETS
     from .models import INIT_NAMES, MODELS
     from .pruning import METHODS
-    from .recipes import CONTROLS, SECTIONS
+    from .recipes import CONTROLS, MAX_ALIASES, MAX_DEPTH, MAX_NODES, MAX_RECIPE_BYTES, SECTIONS
     from .reinit import STRATEGIES
+    from .spec.limits import LIMITS
     from .spec.steps import STEP_KINDS, schema_of
     from .training import OPTIMIZERS, SCHEDULES, SPARSITY_SCHEDULES
 
@@ -77,6 +109,10 @@ def render() -> str:
         out += [f"| `{name}` | {_cell(details(entry))} | {_cell(entry.help)} |" for name, entry in registry.items()]
         out.append("")
     out += ["## Inits (`root.init`)\n", ", ".join(f"`{n}`" for n in INIT_NAMES), ""]
+    out += [LIMITS_HEADER, "| what | at most |", "| --- | --- |"]
+    out += [f"| {what} | {_cell(bound)} |" for what, bound in LIMITS]
+    out += ["", REFUSED.format(max_bytes=MAX_RECIPE_BYTES, max_depth=MAX_DEPTH, max_aliases=MAX_ALIASES,
+                               max_nodes=MAX_NODES)]
     return "\n".join(out)
 
 

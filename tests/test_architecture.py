@@ -123,7 +123,7 @@ def test_the_lineage_page_imports_neither_matplotlib_nor_torch():
 FLOORS = [
     ("base", ["names", "errors", "registry", "version"]),
     ("spec basics", ["spec.times", "spec.options", "spec.keys", "spec.limits"]),
-    ("catalogs", ["pruning.catalog", "models.catalog", "reinit.catalog", "data.catalog", "data.sampling", "training",
+    ("catalogs", ["pruning.catalog", "pruning.prune_step", "models.catalog", "reinit.catalog", "data.catalog", "data.sampling", "training",
                   "training.schedules", "training.optimizers", "training.devices"]),
     ("step declarations", ["spec.steps"]),
     ("maths", ["analysis", "analysis.*", "pruning", "pruning.*", "models", "models.*", "reinit", "reinit.*", "data",

@@ -259,13 +259,13 @@ def test_plan_keys_are_the_keys_of_the_states_reached(experiment, tmp_path):
     recipe = write_recipe(tmp_path, TINY.replace("rounds: $rounds", "rounds: 2").replace(
         "reinit: {strategy: rewind, to: root}",
         "reinit: {strategy: rewind, to: root}\ncontrols: [{name: random, reinit: {strategy: random}}]"))
-    plan = compile_recipe(recipe, {"epochs": 0})
+    plan = compile_recipe(recipe, {"epochs": "1it"})
     keys = plan.keys  # planned without a store
     states = run_plan(plan, experiment)
     assert keys == {name: state.key for name, state in states.items()}
     assert len(set(keys.values())) == len(plan.nodes)
     # the same planner is what Experiment.child_key uses
-    round1 = Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=0, lr=0.05)
+    round1 = Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs="1it", lr=0.05)
     assert experiment.child_key(states["prune1"], round1)[0] == keys["round1"]
 
 
@@ -617,7 +617,7 @@ def test_run_plans_passes_the_experiment_by_id(tracking, tmp_path):
     recipe = write_recipe(tmp_path)
     client = MlflowClient(tracking_uri=tracking)
     chosen = client.create_experiment("chosen")
-    result = run_plans([compile_recipe(recipe, {"epochs": 0})], Store(tracking_uri=tracking, experiment_id=chosen))
+    result = run_plans([compile_recipe(recipe, {"epochs": "1it"})], Store(tracking_uri=tracking, experiment_id=chosen))
     assert result.experiment_id == chosen
     assert {r.info.experiment_id for r in key_runs(tracking)} == {chosen}
 

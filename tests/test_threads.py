@@ -34,9 +34,9 @@ def test_default_is_torch_count_split_between_workers(monkeypatch, torch_threads
 def test_mlprune_threads_pins_and_bad_values_are_one_line(monkeypatch, torch_threads):
     monkeypatch.setenv("MLPRUNE_THREADS", "3")
     assert compute_threads() == 3 and compute_threads(2) == 3
-    for bad in ("0", "two", "-1"):
+    for bad in ("0", "two", "-1", "4097", "99999999999999999999", "²"):
         monkeypatch.setenv("MLPRUNE_THREADS", bad)
-        with pytest.raises(SpecError, match=f"MLPRUNE_THREADS must be an integer >= 1, got '{bad}'"):
+        with pytest.raises(SpecError, match=f"MLPRUNE_THREADS must be an integer >= 1 and <= 4096, got '{bad}'"):
             compute_threads()
 
 

@@ -128,8 +128,8 @@ def data_workers() -> int:
     text = os.environ.get(ENV_DATA_WORKERS, "").strip()
     if not text:
         return min(4, os.cpu_count() or 1)
-    if not text.isdigit():
-        raise SpecError(f"{ENV_DATA_WORKERS} must be an integer >= 0, got {text!r}")
+    if not (text.isascii() and text.isdigit()) or len(text) > 4:
+        raise SpecError(f"{ENV_DATA_WORKERS} must be an integer in 0..9999, got {text[:40]!r}")
     return int(text)
 
 

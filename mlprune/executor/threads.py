@@ -8,7 +8,8 @@ import threading
 from urllib.parse import urlparse
 
 from .. import names
-from ..errors import SpecError
+from ..errors import SpecError, shown
+from ..spec.limits import MAX_THREADS
 
 
 _threads_lock = threading.Lock()
@@ -36,8 +37,8 @@ def pinned_threads() -> int | None:
     text = os.environ.get(names.ENV_THREADS, "").strip()
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise SpecError(f"{names.ENV_THREADS} must be an integer >= 1, got {text!r}")
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or not 1 <= int(text) <= MAX_THREADS:
+        raise SpecError(f"{names.ENV_THREADS} must be an integer >= 1 and <= {MAX_THREADS}, got {shown(text)}")
     return int(text)
 
 

@@ -136,8 +136,8 @@ in the pool); layers with a (non-skip) override are pruned on their own, layer-w
 
 from __future__ import annotations
 
-from .catalog import (METHODS, SELECTOR_TOKENS, Method, MethodOption, layer_plan, method_options, n_to_prune,
-                      resolve_prune_step)
+from .catalog import METHODS, SELECTOR_TOKENS, Method, MethodOption, method_options, n_to_prune
+from .prune_step import layer_plan, resolve_prune_step
 
 __all__ = ["METHODS", "Method", "MethodOption", "SELECTOR_TOKENS", "resolve_prune_step", "layer_plan", "n_to_prune",
            "method_options", "compute_mask", "prune_masks", "transplant_mask"]

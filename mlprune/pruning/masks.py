@@ -11,7 +11,8 @@ import math
 import torch
 
 from ..errors import SpecError, choice_error
-from .catalog import METHODS, check_amount, check_dim, layer_plan, norm_order, prune_count, resolve_prune_step
+from .catalog import METHODS, check_amount, check_dim, norm_order, prune_count
+from .prune_step import layer_plan, resolve_prune_step
 
 
 def checked_weight_and_mask(weight, mask):

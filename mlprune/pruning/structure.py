@@ -386,7 +386,8 @@ def prune_coupled(weights, masks, kinds, step, groups, *, generator, report=None
     per unit). Keep-at-least-one and the rounding are those of layer-wise pruning (`mlprune.pruning`).
     Groups are pruned in module order; the generator is consumed only by groups that prune.
     """
-    from .catalog import METHODS, layer_plan, prune_count, resolve_prune_step
+    from .catalog import METHODS, prune_count
+    from .prune_step import layer_plan, resolve_prune_step
     from .masks import require_generator, checked_weight_and_mask
 
     step = resolve_prune_step(step)

@@ -20,7 +20,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import SpecError, choice_error
+from ..errors import SpecError, choice_error, shown
 from .times import ALLOWED as TIME_ALLOWED
 from .times import time_text
 
@@ -33,20 +33,25 @@ def any_value(value, name):
 
 
 def integer(minimum: int | None = None, maximum: int | None = None, *, nullable: bool = False):
+    """An int (not a bool) in minimum..maximum, both included (None: unbounded)."""
     def check(value, name):
         if value is None and nullable:
             return None
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         if ok and minimum is not None and value < minimum:
             ok = False
-        if ok and maximum is not None and value >= maximum:
+        if ok and maximum is not None and value > maximum:
             ok = False
         if not ok:
             bounds = (f" >= {minimum}" if minimum is not None else "") + (
-                f" and < {maximum}" if maximum is not None else "")
-            raise SpecError(f"{name} must be an integer{bounds}{' or null' if nullable else ''}, got {value!r}")
+                f" and <= {maximum}" if maximum is not None else "")
+            raise SpecError(f"{name} must be an integer{bounds}{' or null' if nullable else ''}, got {shown(value)}")
         return int(value)
-    check.doc = f"int{f' >= {minimum}' if minimum is not None else ''}" + (" or null" if nullable else "")
+    if minimum is not None and maximum is not None:
+        check.doc = f"int in {minimum}..{maximum}"
+    else:
+        check.doc = f"int{f' >= {minimum}' if minimum is not None else ''}"
+    check.doc += " or null" if nullable else ""
     return check
 
 
@@ -63,7 +68,7 @@ def number(minimum: float | None = None, *, positive: bool = False, below: float
         if not ok:
             need = " > 0" if positive else (f" >= {minimum:g}" if minimum is not None else "")
             need += f" and < {below:g}" if below is not None else ""
-            raise SpecError(f"{name} must be a finite number{need}, got {value!r}")
+            raise SpecError(f"{name} must be a finite number{need}, got {shown(value)}")
         return float(value)
     check.doc = "number" + (" > 0" if positive else (f" >= {minimum:g}" if minimum is not None else ""))
     return check
@@ -96,7 +101,7 @@ time_value.doc = TIME_ALLOWED
 
 def seed_value(value, name):
     """A seed the RNGs take: an int in [0, 2^63)."""
-    return integer(0, 2 ** 63)(value, name)
+    return integer(0, 2 ** 63 - 1)(value, name)
 
 
 seed_value.doc = "int in [0, 2^63)"

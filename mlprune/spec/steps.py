@@ -20,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import SpecError, choice_error
+from ..errors import SpecError, choice_error, shown
 from ..registry import Registry, load_impl
+from .limits import MAX_BATCH_SIZE, MAX_EXAMPLES, MAX_IMAGE_SIZE
 from .options import (REQUIRED, Option, Schema, any_value, boolean, choice, integer, number, optional,
                       seed_value, time_value)
 from .times import parse_time
@@ -119,9 +120,13 @@ _bn_init_check.doc = "default (weight 1, bias 0) | uniform (weight ~ U[0, 1), Op
 
 def _val_size(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
-            isinstance(value, float) and value >= 1):
-        raise SpecError(f"{name} must be an int >= 0 (a count) or a float in [0, 1) (a fraction), got {value!r}")
+            isinstance(value, float) and value >= 1) or value > MAX_EXAMPLES:
+        raise SpecError(f"{name} must be an int in 0..{MAX_EXAMPLES} (a count) or a float in [0, 1) (a fraction), "
+                        f"got {shown(value)}")
     return value
+
+
+_val_size.doc = f"int in 0..{MAX_EXAMPLES} (a count) or float in [0, 1) (a fraction)"
 
 
 INIT_SCHEMA = Schema("root option", (
@@ -138,11 +143,13 @@ INIT_SCHEMA = Schema("root option", (
            key="unless_default"),
     Option("augment", None, any_value, "augmentation: null (dataset default), true, false, crop, flip, crop+flip",
            key="unless_default"),
-    Option("image_size", None, optional(integer(1)), "resize images to this side (px)", key="unless_default"),
-    Option("channels", None, optional(choice(1, 3)), "convert images to 1 or 3 channels", key="unless_default"),
-    Option("train_size", None, optional(integer(1)), "use this many training examples (a seeded subset)",
+    Option("image_size", None, optional(integer(1, MAX_IMAGE_SIZE)), "resize images to this side (px)",
            key="unless_default"),
-    Option("test_size", None, optional(integer(1)), "use the first this many test examples", key="unless_default"),
+    Option("channels", None, optional(choice(1, 3)), "convert images to 1 or 3 channels", key="unless_default"),
+    Option("train_size", None, optional(integer(1, MAX_EXAMPLES)), "use this many training examples (a seeded subset)",
+           key="unless_default"),
+    Option("test_size", None, optional(integer(1, MAX_EXAMPLES)), "use the first this many test examples",
+           key="unless_default"),
     Option("data_dir", None, any_value, "where the dataset's files are (not part of the key)", key="never"),
 ))
 _DATA_OPTIONS = ("val_size", "augment", "image_size", "channels", "train_size", "test_size")
@@ -267,7 +274,7 @@ TRAIN_SCHEMA = Schema("train option", (
     Option("optimizer", "sgd", _optimizer_check, "sgd | adam | adamw"),
     Option("momentum", 0.0, number(0.0), "SGD momentum (sgd only)"),
     Option("weight_decay", 0.0, number(0.0), "weight decay (L2 for sgd/adam, decoupled for adamw)"),
-    Option("batch_size", 32, integer(1), "examples per optimizer step"),
+    Option("batch_size", 32, integer(1, MAX_BATCH_SIZE), "examples per optimizer step"),
     # named "seed" in keys (the first version's name): null = the root's seed
     Option("data_order_seed", None, optional(seed_value), "seeds the data order and augmentation "
            "(null: the root's seed); two trainings that differ only in it differ only in SGD noise",
@@ -308,6 +315,9 @@ def resolve_train(raw: dict) -> ResolvedStep:
     given = TRAIN_SCHEMA.canonical_names(raw)
     resolved = TRAIN_SCHEMA.resolve(given)
     length = parse_time(resolved.pop("steps"), "train steps")
+    if length.is_zero:  # a "trained" state that never trained would pass for one
+        raise SpecError(f"train length (epochs / steps) must be more than 0, got {given.get('steps')!r}: a state "
+                        f"that is not trained needs no train step")
     optimizer = OPTIMIZERS[resolved["optimizer"]]
     for other in OPTIMIZERS.values():
         for option in other.takes:
@@ -324,6 +334,8 @@ def resolve_train(raw: dict) -> ResolvedStep:
     length_dependent = SCHEDULES[schedule["kind"]].length_dependent
     if "stop_at" in resolved:
         stop = parse_time(resolved["stop_at"])
+        if stop.is_zero:
+            raise SpecError("train stop_at must be after the start of the training, got 0")
         if stop.unit == length.unit:  # other units compare only when the iterations per epoch are known
             if stop.amount > length.amount:
                 raise SpecError(f"train stop_at {stop} is after the end of the training ({length})")
@@ -370,7 +382,7 @@ def _prune_option_doc():
     ]
     for name, option in method_options().items():
         users = [m for m, e in METHODS.items() if name in e.option_names]
-        options.append(Option(name, option.default, any_value, f"{option.help} ({', '.join(users)})"))
+        options.append(Option(name, option.default, option.check, f"{option.help} ({', '.join(users)})"))
     options += [
         Option("include", ["*"], any_value, "layers to prune: globs over parameter names or @conv, @linear, @output"),
         Option("exclude", [], any_value, "layers to leave alone (same selectors)"),
@@ -386,7 +398,8 @@ def _prune_option_doc():
 
 
 def resolve_prune(raw: dict) -> ResolvedStep:
-    from ..pruning.catalog import METHODS, resolve_prune_step
+    from ..pruning.catalog import METHODS
+    from ..pruning.prune_step import resolve_prune_step
 
     raw = dict(raw or {})
     method = raw.get("method")
@@ -452,9 +465,10 @@ def resolve_compare(raw: dict) -> ResolvedStep:
 CKA_SCHEMA = Schema("cka option", (
     Option("b", REQUIRED, any_value, "the state to compare with: a run id, state:<node>, root or parent",
            aliases=("with",)),
-    Option("probe_size", 1024, integer(4), "test examples in the probe set (a seeded draw; at most the test set)"),
-    Option("batch_size", 256, integer(4), "examples per minibatch of the CKA estimator (it changes the estimate "
-                                          "slightly, so it is part of the key)"),
+    Option("probe_size", 1024, integer(4, MAX_EXAMPLES),
+           "test examples in the probe set (a seeded draw; at most the test set)"),
+    Option("batch_size", 256, integer(4, MAX_BATCH_SIZE),
+           "examples per minibatch of the CKA estimator (it changes the estimate slightly, so it is part of the key)"),
     Option("seed", 0, seed_value, "seeds the draw of the probe set"),
 ))
 
@@ -470,7 +484,7 @@ def resolve_cka(raw: dict) -> ResolvedStep:
 INTERPOLATE_SCHEMA = Schema("interpolate option", (
     Option("b", REQUIRED, any_value, "the other end of the path (a = the parent): a run id, state:<node>, root or "
            "parent", aliases=("with",)),
-    Option("alphas", 30, integer(2, 1001), "points on the path (1 - α)·a + α·b, evenly spaced, both endpoints "
+    Option("alphas", 30, integer(2, 1000), "points on the path (1 - α)·a + α·b, evenly spaced, both endpoints "
            "included"),
     Option("bn_reset", None, optional(boolean), "recompute BatchNorm running statistics on training batches at "
            "every α (null: when the network has BatchNorm); interpolated statistics are meaningless"),
@@ -511,10 +525,22 @@ STEP_KINDS.add(StepKind("interpolate", INTERPOLATE_SCHEMA, resolve_interpolate, 
 CHILD_KINDS = ("prune", "reinit", "train")  # what a recipe's steps may be (init makes roots only)
 
 
+_PRUNE_SCHEMAS: dict[tuple, Schema] = {}
+
+
 def schema_of(kind: str) -> Schema:
-    """The option schema of a step kind (prune's is built from the method catalog)."""
+    """The option schema of a step kind (prune's is built from the method catalog, once per catalog:
+    every planned prune state asks for it)."""
+    from ..pruning.catalog import METHODS
+
     entry = STEP_KINDS[kind]
-    return entry.schema if entry.schema is not None else _prune_option_doc()
+    if entry.schema is not None:
+        return entry.schema
+    methods = tuple(METHODS)
+    if methods not in _PRUNE_SCHEMAS:
+        _PRUNE_SCHEMAS.clear()
+        _PRUNE_SCHEMAS[methods] = _prune_option_doc()
+    return _PRUNE_SCHEMAS[methods]
 
 
 def resolve_step(step) -> ResolvedStep:

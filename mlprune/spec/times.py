@@ -12,10 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import SpecError
+from ..errors import SpecError, shown
+from .limits import MAX_EPOCHS, MAX_ITERATIONS
 
-_TEXT = re.compile(r"^\s*(\d+)\s*(ep|it)\s*$")
-ALLOWED = "an int (epochs) or a string '<N>ep' / '<N>it' (e.g. '160ep', '30000it')"
+_TEXT = re.compile(r"^\s*([0-9]+)\s*(ep|it)\s*$")
+MAX_AMOUNT = {"ep": MAX_EPOCHS, "it": MAX_ITERATIONS}
+ALLOWED = (f"an int (epochs) or a string '<N>ep' / '<N>it' (e.g. '160ep', '30000it'), at most {MAX_EPOCHS}ep "
+           f"or {MAX_ITERATIONS}it")
 
 
 @dataclass(frozen=True, order=True)
@@ -36,18 +39,30 @@ class Time:
 
 
 def parse_time(value, what: str = "time") -> Time:
-    """A `Time` from an int (epochs), ``"<N>ep"``, ``"<N>it"`` or a `Time`; one-line SpecError else."""
+    """A `Time` from an int (epochs), ``"<N>ep"``, ``"<N>it"`` or a `Time`; one-line SpecError else.
+
+    Times beyond `MAX_EPOCHS` / `MAX_ITERATIONS` are refused: no study trains that long, and a typo
+    that does would train until killed."""
     if isinstance(value, Time):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
-            raise SpecError(f"{what} {value!r} is negative; allowed: {ALLOWED}")
-        return Time(value, "ep")
+            raise SpecError(f"{what} {shown(value)} is negative; allowed: {ALLOWED}")
+        return _bounded(value, "ep", value, what)
     if isinstance(value, str):
         match = _TEXT.match(value)
         if match:
-            return Time(int(match.group(1)), match.group(2))
-    raise SpecError(f"invalid {what} {value!r}; allowed: {ALLOWED}")
+            digits, unit = match.groups()
+            # int() of thousands of digits is refused by Python itself: the length says it is too long
+            amount = int(digits) if len(digits.lstrip("0")) <= 20 else MAX_AMOUNT[unit] + 1
+            return _bounded(amount, unit, value, what)
+    raise SpecError(f"invalid {what} {shown(value)}; allowed: {ALLOWED}")
+
+
+def _bounded(amount: int, unit: str, given, what: str) -> Time:
+    if amount > MAX_AMOUNT[unit]:
+        raise SpecError(f"{what} {shown(given)} is longer than any study trains: at most {MAX_AMOUNT[unit]}{unit}")
+    return Time(amount, unit)
 
 
 def time_text(value, what: str = "time") -> str:

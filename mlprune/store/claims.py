@@ -24,7 +24,8 @@ import threading
 import time
 
 from ..errors import SpecError
-from ..names import ENV_CLAIM_TIMEOUT, TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_ERROR, TAG_HEARTBEAT, TAG_KEY
+from ..names import (ENV_CLAIM_TIMEOUT, TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_ERROR, TAG_HEARTBEAT, TAG_KEY,
+                     TAG_WORKFLOW)
 
 DEFAULT_CLAIM_TIMEOUT_S = 60.0
 
@@ -90,6 +91,12 @@ def stale_reason(run, timeout: float, now: float) -> str | None:
         beat = (run.info.start_time or 0) / 1000
     if now - beat > timeout:
         return f"no heartbeat for {now - beat:.0f} s (timeout {timeout:g} s)"
+    return process_gone(tags)
+
+
+def process_gone(tags: dict) -> str | None:
+    """Why the process a run's host/pid tags name is known to be dead (it ran on this host and its pid
+    is gone), else None: a process elsewhere, or alive, or a run without those tags."""
     pid = tags.get(TAG_CLAIM_PID, "")
     if tags.get(TAG_CLAIM_HOST) == process_host() and pid.isdigit() and int(pid) != os.getpid() \
             and not _pid_alive(int(pid)):
@@ -183,7 +190,19 @@ class Claims:
                 live.append(run)
             else:
                 self.store.fail(run.info.run_id, f"stale claim taken over: {reason}")
+                workflow = run.data.tags.get(TAG_WORKFLOW)
+                if workflow:  # the process that ran it is gone: its workflow run would stay RUNNING forever
+                    self.fail_running(workflow, f"its state run {run.info.run_id} was taken over: {reason}")
         return sorted(live, key=_claim_order)
+
+    def fail_running(self, run_id: str, reason: str) -> None:
+        """Mark a run FAILED with `reason` if it is still RUNNING (a workflow run whose process died)."""
+        try:
+            if self.store.client.get_run(run_id).info.status != "RUNNING":
+                return
+        except Exception:  # noqa: BLE001 - gone, or in another store: nothing to mark
+            return
+        self.store.fail(run_id, reason)
 
     # ---- claiming ------------------------------------------------------------------------------
     def claim(self, key: str, create, *, timeout: float | None = None, progress=None,

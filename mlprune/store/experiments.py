@@ -34,6 +34,8 @@ SQLITE_WAL_ENV = "MLPRUNE_SQLITE_WAL"
 def tracking_uri(uri: str | None = None) -> str:
     """The tracking URI to use: `uri`, else MLflow's default; a relative sqlite path made absolute."""
     if uri is None:
+        if os.environ.get("MLFLOW_TRACKING_URI"):  # a URI that does not parse fails before mlflow loads
+            absolute_uri(os.environ["MLFLOW_TRACKING_URI"])
         import mlflow
 
         uri = mlflow.get_tracking_uri()
@@ -41,10 +43,16 @@ def tracking_uri(uri: str | None = None) -> str:
 
 
 def absolute_uri(uri: str) -> str:
-    """sqlite:///relative.db -> sqlite:////abs/relative.db, a bare path -> an absolute path."""
+    """sqlite:///relative.db -> sqlite:////abs/relative.db, a bare path -> an absolute path; a one-line
+    SpecError for a URI that does not parse (``http://[::1``)."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+        parsed.port  # noqa: B018 - a port that is not a number in 0..65535 raises only when read
+    except ValueError as error:
+        raise SpecError(f"tracking URI {uri[:200]!r} is not a valid URI ({error}); allowed: a path, sqlite:///<path>, "
+                        f"http(s)://<host>[:<port>], postgresql://... (MLFLOW_TRACKING_URI)") from None
     if parsed.scheme == "" and uri:
         return os.path.abspath(uri)
     return uri

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 
+from ..names import (PARAMS_FILE, STATES_FILE, TAG_HEARTBEAT, TAG_KEY, TAG_NOTE, TAG_RECIPE, TAG_RUN_NAME, TAG_STATES,
+                     TAG_VERSION, TAG_WORKFLOW)
 from ..version import __version__
-from ..names import (PARAMS_FILE, STATES_FILE, TAG_NOTE, TAG_RECIPE, TAG_RUN_NAME, TAG_STATES, TAG_VERSION,
-                     TAG_WORKFLOW)
+from .claims import claim_tags, process_gone
 
 TAG_LAUNCHER = "mlprune.launcher"   # on a workflow run: the `mlflow run` run that started it
 
@@ -41,7 +42,10 @@ class WorkflowRun:
             # `mlflow run` logged the entry point's own parameters ('' = recipe default) already
             self.client.log_batch(self.run_id, tags=_tags({TAG_RECIPE: recipe, TAG_RUN_NAME: recipe}))
             return
-        tags = {TAG_RECIPE: recipe, TAG_VERSION: __version__}
+        fail_abandoned_runs(store)
+        # the host and pid of this process: a later run that finds it gone marks this run FAILED
+        tags = {TAG_RECIPE: recipe, TAG_VERSION: __version__, **{k: v for k, v in claim_tags().items()
+                                                                   if k != TAG_HEARTBEAT}}
         if launcher_run is not None:
             tags[TAG_LAUNCHER] = launcher
             tags[TAG_NOTE] = (f"**mlprune workflow run** of `{recipe}`, started by `mlflow run` "
@@ -68,6 +72,29 @@ class WorkflowRun:
 
         if self.owned:
             self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+def fail_abandoned_runs(store) -> list[str]:
+    """Mark FAILED (the reason in ``mlprune.error``) every RUNNING run of the store's experiment whose
+    process on this host is gone (killed, crashed): workflow runs and state claims, which would
+    otherwise stay RUNNING forever (a claim is also taken over when its key is next needed).
+
+    Runs of processes on other hosts are marked when a state claim of theirs is taken over
+    (`claims.Claims.live_claims`). Returns the run ids marked."""
+    from mlflow.entities import ViewType
+
+    runs = store.client.search_runs([store.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                    run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+    marked = []
+    for run in runs:
+        reason = process_gone(run.data.tags)
+        if reason is None:
+            continue
+        # a state claim gets the words the claim protocol writes when it takes a dead one over
+        what = "stale claim taken over" if TAG_KEY in run.data.tags else "abandoned workflow run"
+        store.fail(run.info.run_id, f"{what}: {reason}")
+        marked.append(run.info.run_id)
+    return marked
 
 
 def _tags(values: dict):

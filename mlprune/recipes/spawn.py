@@ -32,16 +32,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from .errors import SpecError
-from .plan import Node, PlanBuilder
-from .spec.options import integer, seed_value
-from .spec.steps import INTERPOLATE_SCHEMA, TRAIN_SCHEMA, resolve_interpolate
-from .spec.times import parse_time
-
-if TYPE_CHECKING:
-    from .recipes import RecipeContext
+from ..errors import SpecError
+from ..plan import Node, PlanBuilder
+from ..spec.limits import MAX_COPIES
+from ..spec.options import integer, seed_value
+from ..spec.steps import INTERPOLATE_SCHEMA, TRAIN_SCHEMA, resolve_interpolate
+from ..spec.times import parse_time
+from .sections import RecipeContext
 
 SPAWN_OPTIONS = ("copies", "at", "levels", "seeds", "train", "interpolate")
 LAST = "last"  # in `levels`: the recipe's last round
@@ -103,7 +101,7 @@ def _levels(value, rounds: int) -> tuple:
 
 def check_copies(copies, seeds=None) -> tuple[int, tuple | None]:
     """(copies, seeds) checked: copies an int >= 1; seeds None or one distinct data_order_seed per copy."""
-    copies = integer(1)(copies, "copies")
+    copies = integer(1, MAX_COPIES)(copies, "copies")
     if seeds is not None:
         if not isinstance(seeds, (list, tuple)) or len(seeds) != copies:
             raise SpecError(f"seeds must be a list of {copies} data_order_seeds (one per copy), got {seeds!r}")
@@ -180,7 +178,7 @@ def interpolate_pairs(builder: PlanBuilder, copies: list[Node], options: dict, *
             for (i, a), (j, b) in itertools.combinations(enumerate(copies, 1), 2)]
 
 
-def spawn_section(value, recipe: "RecipeContext") -> None:
+def spawn_section(value, recipe: RecipeContext) -> None:
     """The recipe key ``spawn`` (see the module docs): spawn points, copies and interpolations."""
     rounds = max(recipe.trained)
     spawn = recipe.checked("spawn", parse_spawn, value, rounds)
