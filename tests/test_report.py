@@ -7,6 +7,7 @@ import json
 import math
 import re
 import shutil
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -287,6 +288,41 @@ def test_report_python_api_and_ui_url(in_store, tmp_path):
     html = result.path.read_text()
     assert 'href="http://mlflow.example:8080/#/experiments/' in html
     assert {f["kind"] for f in result.figures} >= FIGURE_KINDS
+
+
+def test_the_documented_example_section_is_one_module_and_one_registry_line(in_store, tmp_path, monkeypatch):
+    """docs/architecture.md's example report section, as written there, renders into a real report
+    (appended to the registry like its one line does) and its numbers are the states' own."""
+    import sys
+    import types
+
+    from mlprune.registry import Registry
+    from mlprune.report import sections
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    part = doc[doc.index("- **A report section**"):]
+    module_code, registry_line = (textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", part, re.S)[:2])
+    module_code = (module_code.replace("from .. import plots", "from mlprune import plots")
+                   .replace("from .common import", "from mlprune.report.common import")
+                   .replace("from .sections import", "from mlprune.report.sections import"))
+    module = types.ModuleType("mlprune_doc_example_section")
+    exec(compile(module_code, "docs/architecture.md", "exec"), module.__dict__)  # noqa: S102 - the doc's own code
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    registry_line = registry_line.split("\n", 1)[1].replace("mlprune.report.sparsity_per_layer", module.__name__)
+    extended = Registry("report section")
+    for entry in sections.SECTIONS.values():
+        if entry.name in ("accuracy", "states"):     # two cheap sections around it: the page still assembles
+            extended.add(entry)
+    exec(registry_line, {"SECTIONS": extended, "Section": sections.Section})  # noqa: S102
+    monkeypatch.setattr(sections, "SECTIONS", extended)
+
+    result = report.write_report("lenet", tmp_path / "r", warn=lambda message: None)
+    html = result.path.read_text()
+    assert '<section id="sparsity-per-layer">' in html and "Sparsity per layer" in html
+    run = MlflowClient(tracking_uri=in_store["uri"]).search_runs(
+        [Experiment("lenet").store.experiment_id], "tags.`mlprune.kind` = 'reinit+train'")[0]
+    layer, value = next((n[len("sparsity."):], v) for n, v in run.data.metrics.items() if n.startswith("sparsity."))
+    assert f"<td>{layer}</td><td>{value:.3f}</td>" in html
 
 
 # ------------------------------------------------------------------------- bad input

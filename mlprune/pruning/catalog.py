@@ -1,4 +1,4 @@
-"""The pruning method catalog and the prune step spec: pure Python, no torch (see `mlprune.pruning`)."""
+"""The pruning method catalog: `Method` entries, their options, amounts and counts; pure Python, no torch (see `mlprune.pruning`)."""
 
 from __future__ import annotations
 
