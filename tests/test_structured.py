@@ -325,6 +325,24 @@ def test_latency_is_the_median_of_interleaved_timed_passes():
     assert batch1 == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]  # 5 rounds, order alternating
 
 
+def test_latency_of_a_slow_network_stops_at_its_time_budget():
+    """A network whose pass eats the budget is warmed up once and timed the minimum number of rounds."""
+    import time as clock
+
+    calls = []
+
+    class Slow(nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            clock.sleep(0.03)
+            return x
+
+    times = C.latency_ms({"a": Slow(), "b": Slow()}, (1, 2, 2), "cpu", batch_sizes=(1,), warmup=3, repeats=15,
+                         budget_s=0.05, min_repeats=3)
+    assert times["a"][1] >= 30.0
+    assert len(calls) == 2 * (1 + 3)   # one warm-up round (its first pass took over budget / 4), then 3 timed
+
+
 # ---------------------------------------------------------------------------------- states in the store
 
 def test_removed_channels_stay_exactly_zero_through_training_and_rewinding(experiment):

@@ -225,11 +225,15 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def latency_ms(models: dict, input_shape, device, *, batch_sizes=(1, 64), warmup: int = 3,
-               repeats: int = 15) -> dict:
+               repeats: int = 15, budget_s: float = 2.0, min_repeats: int = 3) -> dict:
     """{label: {batch size: median milliseconds of one forward pass}} of each network (eval mode).
 
-    The networks are timed in turn, `repeats` rounds (after `warmup` untimed ones), alternating
-    their order each round, so a change of load on the machine affects them alike.
+    The networks are timed in turn, up to `repeats` rounds (after `warmup` untimed ones), alternating
+    their order each round, so a change of load on the machine affects them alike. A batch size stops
+    after `min_repeats` timed rounds once `budget_s` seconds went into it, and a network whose first
+    pass takes over a quarter of the budget is warmed up once: a large network on a CPU (AlexNet's
+    27 M parameters: ~1 s a pass at batch 64) costs seconds per state, not a minute. Latency is a
+    measurement, never part of a key; fewer rounds only widen its noise.
     """
     device = torch.device(device)
     result = {label: {} for label in models}
@@ -239,14 +243,25 @@ def latency_ms(models: dict, input_shape, device, *, batch_sizes=(1, 64), warmup
         x = torch.randn((batch, *tuple(input_shape)), generator=torch.Generator().manual_seed(0)).to(device)
         times = {label: [] for label in models}
         order = list(models)
-        for round_ in range(warmup + repeats):
+        spent, warm, timed = 0.0, warmup, 0
+        round_ = 0
+        while round_ < warm + repeats:
             for label in (order if round_ % 2 == 0 else order[::-1]):
                 _sync(device)
                 started = time.perf_counter()
                 models[label](x)
                 _sync(device)
-                if round_ >= warmup:
-                    times[label].append(1000.0 * (time.perf_counter() - started))
+                elapsed = time.perf_counter() - started
+                spent += elapsed
+                if round_ >= warm:
+                    times[label].append(1000.0 * elapsed)
+            if round_ >= warm:
+                timed += 1
+            elif round_ == 0 and spent > budget_s / 4:
+                warm = 1
+            round_ += 1
+            if timed >= min_repeats and spent > budget_s:
+                break
         for label in models:
             result[label][batch] = statistics.median(times[label])
     return result
