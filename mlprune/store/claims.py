@@ -26,6 +26,7 @@ import time
 from ..errors import SpecError
 from ..names import (ENV_CLAIM_TIMEOUT, TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_ERROR, TAG_HEARTBEAT, TAG_KEY,
                      TAG_WORKFLOW)
+from ..training.interrupt import interrupted, stop_requested
 
 DEFAULT_CLAIM_TIMEOUT_S = 60.0
 
@@ -244,6 +245,8 @@ class Claims:
             if progress is not None and told != holder:
                 progress(f"waiting for run {holder}: another process holds the claim on this state")
                 told = holder
+            if stop_requested():  # a process asked to stop does not wait for other processes' states
+                raise interrupted()
             time.sleep(delay)
             delay = min(delay * 1.5, 5.0, timeout / 4)
 

@@ -146,6 +146,10 @@ class Store:
         """Every active run of the experiment, states or not (reports say what they skip)."""
         return self._search()
 
+    def key_runs(self, key: str) -> list:
+        """Every active run carrying `key`, whatever its status (the state, claims, failed tries), oldest first."""
+        return self._search(f"tags.`{TAG_KEY}` = '{key}'")
+
     def run(self, run_id: str):
         import mlflow
 
@@ -247,6 +251,11 @@ class Store:
                 self._artifact_repo(run_id).log_artifacts(tmp)
             else:
                 self.client.log_artifacts(run_id, tmp)
+
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Delete a run's artifact file or folder (recursively). Artifact stores that cannot delete
+        (MLflow's default for some remote ones) keep it."""
+        self._artifact_repo(run_id).delete_artifacts(path)
 
     def finish(self, run_id: str, *, spec: dict, masks: dict, weights: dict | None, metrics: dict[str, float],
                history: dict[str, list] | None = None, params: dict | None = None,
