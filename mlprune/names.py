@@ -20,7 +20,7 @@ TAG_HEARTBEAT = "mlprune.heartbeat"      # a RUNNING claim's last sign of life (
 TAG_CLAIM_HOST = "mlprune.claim.host"    # host/pid namespace of the process holding a claim (or a workflow run)
 TAG_CLAIM_PID = "mlprune.claim.pid"
 TAG_HASH_PREFIX = "mlprune.sha256."      # + artifact file name: its SHA-256 (also in state.json)
-TAG_CHECKPOINT_PREFIX = "mlprune.checkpoint."  # + label, on a claim run: a resumable checkpoint's commit record
+TAG_CHECKPOINTS = "mlprune.checkpoints"  # on a claim run: the commit records of its resumable checkpoints (JSON)
 
 # ---- tags of a workflow run (the run a recipe or sweep works in) ---------------------
 TAG_RECIPE = "mlprune.recipe"            # the recipe (or "sweep a b") a workflow run ran
@@ -127,6 +127,7 @@ ENV_DEVICE = "MLPRUNE_DEVICE"
 ENV_DATA_DIR = "MLPRUNE_DATA_DIR"
 ENV_CACHE_DIR = "MLPRUNE_CACHE_DIR"                # migrated empty sqlite stores (default ~/.cache/mlprune)
 ENV_DATA_WORKERS = "MLPRUNE_DATA_WORKERS"          # loader processes of image-folder datasets (ImageNet)
+ENV_CHECKPOINT_BUDGET = "MLPRUNE_CHECKPOINT_BUDGET"  # share of training time checkpoints may cost (0.05; inf)
 ENV_CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"   # cuBLAS reads it; deterministic runs set it (":4096:8")
 
 DEFAULT_EXPERIMENT = "mlprune"

@@ -17,8 +17,29 @@ deleted before it is set FINISHED; the older runs' once it is.
 from __future__ import annotations
 
 import logging
+import os
+
+from .. import names
+from ..errors import SpecError
 
 log = logging.getLogger("mlprune.checkpoint")
+DEFAULT_BUDGET = 0.05  # checkpoints cost at most 5% of a training's time by default
+
+
+def checkpoint_budget() -> float:
+    """MLPRUNE_CHECKPOINT_BUDGET: the share of a training's time its checkpoints may cost (default 0.05;
+    ``inf``: every due checkpoint is written, whatever it costs)."""
+    text = os.environ.get(names.ENV_CHECKPOINT_BUDGET, "").strip()
+    if not text:
+        return DEFAULT_BUDGET
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise SpecError(f"{names.ENV_CHECKPOINT_BUDGET} must be a number > 0 (a share of training time, e.g. "
+                        f"0.05) or inf, got {text!r}")
+    return value
 
 
 def warn(message: str) -> None:
@@ -50,7 +71,7 @@ def open_checkpointing(store, node: dict, run_id: str, options, *, progress=None
     writer = RunCheckpoints(store, run_id)
     info = {"mlprune_version": __version__, "threads": options.threads, "device": options.device}
     checkpointing = Checkpointing(key, options.checkpoint_every, commit=writer.commit, resume=resume, info=info,
-                                  warn=warn)
+                                  warn=warn, budget=checkpoint_budget())
     checkpointing.others = found is not None or bool(skipped)
     return checkpointing
 

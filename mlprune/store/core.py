@@ -269,6 +269,7 @@ class Store:
         """
         from mlflow.entities import Metric, Param, RunStatus
 
+        self.claims.others.pop(run_id, None)
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
         for name, values in (history or {}).items():

@@ -30,13 +30,23 @@ histories, and for people: mlprune version, device, threads). Nothing is pickled
 milliseconds); serializing, hashing and committing them (``commit``, the store's) run in a
 background thread, one checkpoint at a time. On a stop request (`training.interrupt`) the
 checkpoint is committed before `Interrupted` is raised.
+
+The cadence names the points where a checkpoint is due; one is written there unless that
+would make checkpoints cost more than their *budget*, a share of the training's time
+(``MLPRUNE_CHECKPOINT_BUDGET``, default 0.05: `resume.checkpoint_budget`): a due checkpoint is skipped while the previous
+one is still being written, or when less than cost / budget seconds passed since the previous
+one (cost: what the previous one took, capture and write). Epochs of seconds or more are
+checkpointed every time; epochs of milliseconds (digits) every few. ``inf`` writes every due
+checkpoint (waiting for the previous one). A stop request always writes one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -50,6 +60,7 @@ from .interrupt import interrupted, stop_requested
 
 FORMAT = 1
 log = logging.getLogger("mlprune.checkpoint")
+_LAST_COST = [0.0]  # seconds the last checkpoint of this process cost: a new training's first estimate
 
 _MODEL, _MASK, _OPTIMIZER, _SUMS = "model/", "mask/", "optimizer/", "sums/"
 
@@ -206,12 +217,13 @@ class Checkpointing:
     ``every``: the cadence (``"1ep"``, ``"500it"``, ``"off"``); ``commit(label, step, iteration, files)``
     stores a checkpoint atomically (the store's; None: nothing is written, stop requests still
     stop); ``resume``: the newest valid checkpoint of the key, if any; ``info``: recorded with every
-    checkpoint (mlprune version, device, threads).
+    checkpoint (mlprune version, device, threads); ``budget``: the share of training time
+    checkpoints may cost (the executor's: `resume.checkpoint_budget`; ``inf``: every due one is written).
     """
 
     def __init__(self, key: str, every: str | None = None, *, commit: Callable | None = None,
                  resume: TrainingCheckpoint | None = None, info: dict | None = None,
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None, budget: float = math.inf):
         self.key = key
         self.every = checkpoint_cadence(every)
         self.cadence = None if self.every == CHECKPOINTS_OFF else parse_time(self.every)
@@ -219,6 +231,9 @@ class Checkpointing:
         self.resume = resume
         self.info = dict(info or {})
         self.warn = warn or log.warning
+        self.budget = budget
+        self.cost = _LAST_COST[0]       # seconds the previous checkpoint took (capture and write)
+        self.last = time.monotonic()    # when the previous checkpoint was taken (or the training began)
         self.trained = False           # a training of the node ran (its state records resumed_from_iteration)
         self.attempted = False         # a checkpoint was handed to `commit` (files may exist on the run)
         self.others = False            # set by the executor: other runs of the key hold checkpoints
@@ -248,7 +263,17 @@ class Checkpointing:
         return TrainingHooks(self, index, node_history, resume)
 
     # ---- writing -----------------------------------------------------------------------------
-    def submit(self, checkpoint: TrainingCheckpoint, *, wait: bool) -> bool:
+    def affordable(self) -> bool:
+        """May a due checkpoint be written now without going over the budget?"""
+        if self.commit is None:
+            return False
+        if math.isinf(self.budget):
+            return True
+        if self._pending is not None and not self._pending.done():
+            return False  # the previous one is still being written
+        return time.monotonic() - self.last >= self.cost / self.budget
+
+    def submit(self, checkpoint: TrainingCheckpoint, *, wait: bool, capture_s: float = 0.0) -> bool:
         """Write and commit `checkpoint` in the background (one at a time: the previous one is waited
         for first); with `wait`, before returning. False if it could not be committed (warned)."""
         if self.commit is None:
@@ -258,13 +283,16 @@ class Checkpointing:
             self.flush()
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mlprune-checkpoint-{self.key[:8]}")
-            self._pending = self._pool.submit(self._write, checkpoint)
+            self.last = time.monotonic()
+            self._pending = self._pool.submit(self._write, checkpoint, capture_s)
             return self.flush() if wait else True
 
-    def _write(self, checkpoint: TrainingCheckpoint) -> None:
+    def _write(self, checkpoint: TrainingCheckpoint, capture_s: float) -> None:
+        started = time.perf_counter()
         label = f"{checkpoint.step}-{checkpoint.iteration}"
         self.commit(label, checkpoint.step, checkpoint.iteration, checkpoint.files())
         self.committed.append(checkpoint.iteration)
+        self.cost = _LAST_COST[0] = capture_s + time.perf_counter() - started
 
     def flush(self) -> bool:
         """Wait for the checkpoint being written; False if it failed (warned once per node)."""
@@ -304,6 +332,7 @@ class TrainingHooks:
         cadence = self.session.cadence
         self.every = cadence.iterations(per_epoch) if cadence is not None else 0
         self._parts = parts
+        self.session.last = time.monotonic()
 
     def due(self, i: int) -> bool:
         """Store a checkpoint after iteration `i`? (polled every iteration: cheap)"""
@@ -313,9 +342,12 @@ class TrainingHooks:
         """Checkpoint the training after iteration `i` (`sums`: the epoch in progress, None at an epoch's
         end); on a stop request, once it is committed, raise `Interrupted`."""
         session = self.session
+        stop = stop_requested() is not None
+        if not stop and not session.affordable():
+            return
+        started = time.perf_counter()
         checkpoint = capture(key=session.key, step=self.step, iteration=i, sums=sums, node_history=self.node_history,
                              info=session.info, **self._parts)
-        stop = stop_requested() is not None
-        committed = session.submit(checkpoint, wait=stop)
+        committed = session.submit(checkpoint, wait=stop, capture_s=time.perf_counter() - started)
         if stop:
             raise interrupted(i if committed else None)
