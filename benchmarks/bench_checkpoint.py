@@ -87,7 +87,8 @@ class CheckpointClock:
         from mlprune.store.checkpoints import RunCheckpoints
         from mlprune.training.checkpoint import TrainingHooks
 
-        self._originals = [(TrainingHooks, "save", TrainingHooks.save), (RunCheckpoints, "commit", RunCheckpoints.commit)]
+        self._originals = [(TrainingHooks, "save", TrainingHooks.save),
+                           (RunCheckpoints, "commit", RunCheckpoints.commit)]
         clock = self
 
         def save(hooks, i, sums):

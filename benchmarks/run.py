@@ -210,8 +210,8 @@ def table(result: dict) -> str:
         lines.append(
             f"- checkpoints, {c['workload']['recipe']} (medians of {c['workload']['repetitions']}, s): "
             + ", ".join(f"{mode} {value:.2f}" for mode, value in c["medians_s"].items())
-            + f"; written per run: {c['1ep_checkpoints_per_run']:.1f} by default, {c['strict_checkpoints_per_run']:.1f} "
-            f"strict (every due one: x{c['strict_ratio']:.3f}, {c['strict_bytes_per_checkpoint'] / 1e6:.2f} MB, "
+            + f"; written per run: {c['1ep_checkpoints_per_run']:.1f} by default, "
+            f"{c['strict_checkpoints_per_run']:.1f} strict (every due one: x{c['strict_ratio']:.3f}, {c['strict_bytes_per_checkpoint'] / 1e6:.2f} MB, "
             f"{c['strict_training_thread_ms_per_checkpoint']:.1f} ms in the training thread, "
             f"{c['strict_writer_thread_ms_per_checkpoint']:.1f} ms in the writer); equal results: {c['equal_results']}")
     env = result["environment"]

@@ -157,7 +157,7 @@ class Claims:
         self.beats: dict[str, float] = {}   # run id -> time of the last heartbeat written
         self.computed: set[str] = set()     # states this process computed and finished
         self.claimed: set[str] = set()      # keys this process has claimed (it may hold their state)
-        self.others: dict[str, list] = {}   # our new claim's run id -> the key's unfinished runs seen then
+        self.others: dict[str, list] = {}   # our newest claim's run id -> the key's unfinished runs seen then
 
     # ---- searching ---------------------------------------------------------------------------
     def _search(self, filter_string: str, max_results: int = 1000):
@@ -178,8 +178,9 @@ class Claims:
         """
         where = f"tags.`{TAG_KEY}` = '{key}'" + (f" and attributes.run_id != '{exclude}'" if exclude else "")
         runs = self._search(where)
-        if exclude:  # what our new claim may resume from (`store.checkpoints`), with no search of its own
-            self.others[exclude] = [r for r in runs if r.info.status != "FINISHED"]
+        if exclude:  # what our new claim may resume from (`store.checkpoints`), with no search of its own;
+            # one entry: the claim being computed next (another thread's overwrite costs a search, no more)
+            self.others = {exclude: [r for r in runs if r.info.status != "FINISHED"]}
         finished = self.store.valid_finished([r for r in runs if r.info.status == "FINISHED"])
         if finished:
             return finished[0].info.run_id, []
@@ -274,7 +275,6 @@ class Claims:
 
         self.lost.pop(run_id, None)
         self.beats.pop(run_id, None)
-        self.others.pop(run_id, None)
         try:
             run = self.store.client.get_run(run_id)
             self.store.client.set_tag(run_id, TAG_ERROR, reason[:4000])

@@ -6,6 +6,10 @@ A state that fails is set FAILED; only FINISHED runs without an
 ``mlprune.invalid`` tag are states. Every read is checked (`artifacts`): a state
 whose files or key do not match what was recorded is an `IntegrityError`, and
 `invalidate` marks it so that the next run recomputes it.
+
+Why one file: `Store` is one class over one experiment whose reads and writes share its caches
+(verified specs, finished runs, loaded states) and their lock; what is not the store's own state
+lives beside it (claims, artifacts, experiments, checkpoints, workflow runs).
 """
 
 from __future__ import annotations
@@ -253,8 +257,7 @@ class Store:
                 self.client.log_artifacts(run_id, tmp)
 
     def delete_artifacts(self, run_id: str, path: str) -> None:
-        """Delete a run's artifact file or folder (recursively). Artifact stores that cannot delete
-        (MLflow's default for some remote ones) keep it."""
+        """Delete a run's artifact file or folder (recursively); stores that cannot delete keep it."""
         self._artifact_repo(run_id).delete_artifacts(path)
 
     def finish(self, run_id: str, *, spec: dict, masks: dict, weights: dict | None, metrics: dict[str, float],
@@ -269,7 +272,6 @@ class Store:
         """
         from mlflow.entities import Metric, Param, RunStatus
 
-        self.claims.others.pop(run_id, None)
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
         for name, values in (history or {}).items():

@@ -33,11 +33,12 @@ checkpoint is committed before `Interrupted` is raised.
 
 The cadence names the points where a checkpoint is due; one is written there unless that
 would make checkpoints cost more than their *budget*, a share of the training's time
-(``MLPRUNE_CHECKPOINT_BUDGET``, default 0.05: `resume.checkpoint_budget`): a due checkpoint is skipped while the previous
-one is still being written, or when less than cost / budget seconds passed since the previous
-one (cost: what the previous one took, capture and write). Epochs of seconds or more are
-checkpointed every time; epochs of milliseconds (digits) every few. ``inf`` writes every due
-checkpoint (waiting for the previous one). A stop request always writes one.
+(``MLPRUNE_CHECKPOINT_BUDGET``, default 0.05: `executor.resume.checkpoint_budget`): a due
+checkpoint is skipped while the previous one is still being written, or when less than
+cost / budget seconds passed since the previous one (cost: what the previous one took, capture
+and write). Epochs of seconds or more are checkpointed every time; epochs of milliseconds
+(digits) every few. ``inf`` writes every due checkpoint (waiting for the previous one). A stop
+request always writes one.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ class Checkpointing:
     stores a checkpoint atomically (the store's; None: nothing is written, stop requests still
     stop); ``resume``: the newest valid checkpoint of the key, if any; ``info``: recorded with every
     checkpoint (mlprune version, device, threads); ``budget``: the share of training time
-    checkpoints may cost (the executor's: `resume.checkpoint_budget`; ``inf``: every due one is written).
+    checkpoints may cost (the executor's: `executor.resume.checkpoint_budget`; ``inf``: every due one is written).
     """
 
     def __init__(self, key: str, every: str | None = None, *, commit: Callable | None = None,
