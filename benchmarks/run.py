@@ -37,8 +37,15 @@ size but ``--tiny``):
 - ``threads_speedup``        a run at ``MLPRUNE_THREADS=1`` / at mlprune's
                              default (all cores)                            goal >= 1.3
 
-Details of each are in ``bench_pipeline.py``, ``bench_store.py``, ``bench_datapath.py`` and
-``bench_process.py``; ``--json`` writes the figures at the top level, plus ``details``,
+Resumable checkpoints (``bench_checkpoint.py``: the presets ``lth_lenet_300_100`` and
+``lth_resnet20_cifar10`` at their default protocol, in this process):
+
+- ``checkpoint_cost_lenet_300_100``, ``checkpoint_cost_resnet20``  a recipe run with a
+                             checkpoint due every epoch (the default) / with
+                             none                                           goal <= 1.05
+
+Details of each are in ``bench_pipeline.py``, ``bench_store.py``, ``bench_datapath.py``,
+``bench_process.py`` and ``bench_checkpoint.py``; ``--json`` writes the figures at the top level, plus ``details``,
 ``goals`` and ``environment``. The in-process figures are measured at one torch thread
 (``MLPRUNE_THREADS=1`` unless set: comparable with earlier results); the process figures
 at mlprune's default, except where a figure says otherwise.
@@ -74,6 +81,8 @@ GOALS = {
     "end_to_end_fresh_store_vs_bare": (1.6, "<=", "`mlprune run` process creating its store / bare script"),
     "cached_rerun_vs_import_mlflow": (1.5, "<=", "fully cached re-run process / `import mlflow` process"),
     "threads_speedup": (1.3, ">=", "run process at 1 thread / at the default (all cores)"),
+    "checkpoint_cost_lenet_300_100": (1.05, "<=", "lth_lenet_300_100, a checkpoint due every epoch / none"),
+    "checkpoint_cost_resnet20": (1.05, "<=", "lth_resnet20_cifar10, a checkpoint due every epoch / none"),
 }
 REPORTED = {"cached_rerun_s": "seconds of a fully cached re-run process"}  # top-level, no goal of their own
 
@@ -119,6 +128,7 @@ def _datapath(quick: bool, tiny: bool) -> dict:
 
 
 def run(size: str) -> dict:
+    import bench_checkpoint
     import bench_pipeline
     import bench_process
     import bench_store
@@ -132,7 +142,8 @@ def run(size: str) -> dict:
     for name, fn in (("pipeline", lambda: bench_pipeline.measure(quick=quick, tiny=tiny)),
                      ("store", lambda: bench_store.measure(quick=quick, tiny=tiny)),
                      ("datapath", lambda: _datapath(quick, tiny)),
-                     ("process", lambda: bench_process.measure(quick=quick, tiny=tiny))):
+                     ("process", lambda: bench_process.measure(quick=quick, tiny=tiny)),
+                     ("checkpoint", lambda: bench_checkpoint.measure(quick=quick, tiny=tiny))):
         started = time.perf_counter()
         details[name] = fn()
         seconds[name] = time.perf_counter() - started
@@ -147,6 +158,7 @@ def run(size: str) -> dict:
         **{name: details["process"][name] for name in ("end_to_end_vs_bare", "end_to_end_fresh_store_vs_bare",
                                                        "cached_rerun_s", "cached_rerun_vs_import_mlflow",
                                                        "threads_speedup")},
+        **{name: details["checkpoint"][name] for name in ("checkpoint_cost_lenet_300_100", "checkpoint_cost_resnet20")},
     }
     env = environment()
     env.update(size=size, load_average_before=load_before, load_average_after=_common.load_average(),
@@ -194,6 +206,14 @@ def table(result: dict) -> str:
             "skipped" if pr["first_store_ever_s"] is None else f"{pr['first_store_ever_s']:.2f} s",
             pr["torch_threads"], pr["same_final_accuracy"]),
     ]
+    for name, c in d["checkpoint"]["details"].items():
+        lines.append(
+            f"- checkpoints, {c['workload']['recipe']} (medians of {c['workload']['repetitions']}, s): "
+            + ", ".join(f"{mode} {value:.2f}" for mode, value in c["medians_s"].items())
+            + f"; written per run: {c['1ep_checkpoints_per_run']:.1f} by default, "
+            f"{c['strict_checkpoints_per_run']:.1f} strict (every due one: x{c['strict_ratio']:.3f}, {c['strict_bytes_per_checkpoint'] / 1e6:.2f} MB, "
+            f"{c['strict_training_thread_ms_per_checkpoint']:.1f} ms in the training thread, "
+            f"{c['strict_writer_thread_ms_per_checkpoint']:.1f} ms in the writer); equal results: {c['equal_results']}")
     env = result["environment"]
     lines += ["", f"{env['date']}, {env['cores']} cores, python {env['python']}, torch {env['torch']}, "
                   f"mlflow {env['mlflow']}, size {env['size']}, load average {env['load_average_before']} -> "

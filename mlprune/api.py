@@ -147,9 +147,10 @@ class Experiment:
     def __init__(self, name: str | None = None, *, tracking_uri: str | None = None,
                  experiment_id: str | None = None, store=None, progress: Callable[[str], None] | None = None,
                  data_dir: str | None = None, device: str | None = None, deterministic: bool = False,
-                 channels_last: bool = False, compile: bool = False):
-        """`device`, `deterministic`, `channels_last`, `compile`: run options of the states this object
-        computes (`execute.RunOptions`; never part of a key)."""
+                 channels_last: bool = False, compile: bool = False, checkpoint_every: str | int | None = None):
+        """`device`, `deterministic`, `channels_last`, `compile`, `checkpoint_every` (resumable checkpoints of
+        trainings: ``"1ep"`` by default, ``"<N>ep"``, ``"<N>it"`` or ``"off"``): run options of the states
+        this object computes (`executor.RunOptions`; never part of a key)."""
         from .store import Store
 
         self.store = store or Store(name, tracking_uri=tracking_uri, experiment_id=experiment_id)
@@ -157,6 +158,7 @@ class Experiment:
         self.data_dir = data_dir
         self.device = device
         self.deterministic, self.channels_last, self.compile = deterministic, channels_last, compile
+        self.checkpoint_every = checkpoint_every
         self.computed: list[str] = []  # run ids of the states this object computed (not cache hits)
 
     def state(self, run_id: str) -> ExperimentState:
@@ -194,7 +196,8 @@ class Experiment:
         from .executor import RunOptions
 
         return RunOptions(device=self.device, data_dir=self.data_dir, deterministic=self.deterministic,
-                          channels_last=self.channels_last, compile=self.compile)
+                          channels_last=self.channels_last, compile=self.compile,
+                          checkpoint_every=self.checkpoint_every)
 
     def _run(self, plan) -> dict[str, str]:
         from .executor import Execution

@@ -2,7 +2,9 @@
 
 Errors in what the user gave (a recipe, a parameter, a run id, a store) print one
 line and exit with status 2; nothing is recorded as FINISHED. An interrupt
-(Ctrl-C) exits with status 130 and one line.
+(Ctrl-C) exits with status 130 and one line. A stop request (SIGTERM, SIGUSR1; commands
+that compute in this process) checkpoints the training in progress, leaves its state
+unfinished for the next run to resume, and exits with 128 + the signal's number in one line.
 
 Why one file: only this module may import click (tests/test_architecture.py), and each command is
 a short function over the same few helpers (run options, stores, summaries, output directories).
@@ -20,6 +22,7 @@ from pathlib import Path
 import click
 
 from .errors import SpecError
+from .training.interrupt import Interrupted
 
 
 class _Group(click.Group):
@@ -29,6 +32,10 @@ class _Group(click.Group):
         except SpecError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except Interrupted as stopped:
+            click.echo(f"interrupted: {stopped}: the state being computed is left unfinished and resumes from "
+                       f"its checkpoint when run again; finished ones are kept", err=True)
+            sys.exit(stopped.exit_status)
         except KeyboardInterrupt:
             click.echo("interrupted: states being computed are marked FAILED; finished ones are kept", err=True)
             sys.exit(130)
@@ -80,22 +87,39 @@ compile_option = click.option(
     "--compile", "compile_", is_flag=False, flag_value="true", default=None, metavar="[true|false]",
     help="Train through torch.compile (a one-off compile time per process, then faster steps; floating-point "
          "noise; recorded as run.compile, not part of any key).")
+checkpoint_every_option = click.option(
+    "--checkpoint-every", "checkpoint_every", default=None, metavar="<N>ep|<N>it|off",
+    help="How often a training stores a resumable checkpoint on its running run (default 1ep; off or 0: "
+         "only when asked to stop by SIGTERM/SIGUSR1). A killed run resumes from it when run again. "
+         "Recorded as run.checkpoint_every, not part of any key.")
 
 
-def _run_options(device, deterministic, channels_last, compile_):
+def _run_options(device, deterministic, channels_last, compile_, checkpoint_every=None):
     """The run options, checked (MLPRUNE_THREADS too): called before the store is opened."""
     from .executor import RunOptions, parse_switch
 
     return RunOptions(device=device, deterministic=bool(parse_switch(deterministic, "--deterministic")),
                       channels_last=bool(parse_switch(channels_last, "--channels-last")),
-                      compile=bool(parse_switch(compile_, "--compile"))).resolved()
+                      compile=bool(parse_switch(compile_, "--compile")),
+                      checkpoint_every=checkpoint_every).resolved()
 
 
 def run_options(function):
-    """The run options every command that computes states takes: device, deterministic, channels_last, compile."""
-    for option in (compile_option, channels_last_option, deterministic_option, device_option):
+    """The run options every command that computes states takes: device, deterministic, channels_last, compile,
+    checkpoint_every."""
+    for option in (checkpoint_every_option, compile_option, channels_last_option, deterministic_option,
+                   device_option):
         function = option(function)
     return function
+
+
+def _stop_on_signals(scheduler: str) -> None:
+    """SIGTERM / SIGUSR1 checkpoint and stop the training this process runs (`training.interrupt`). Only
+    where trainings run in this process: a dask scheduler's workers get their signals themselves."""
+    if scheduler in (None, "sync"):
+        from .training.interrupt import install_signal_handlers
+
+        install_signal_handlers()
 
 
 def _store(experiment_name=None, *, create=True, experiment_id=None):
@@ -221,7 +245,7 @@ def _last_network(plan):
 @workers_option
 @run_options
 def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers, device, deterministic,
-        channels_last, compile_):
+        channels_last, compile_, checkpoint_every):
     """Run a recipe file: reach every state it describes, reusing finished ones.
 
     Ends with a summary: `N states: C computed, R reused`. The workflow run (named after
@@ -238,7 +262,8 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
     """
     from .recipes import compile_recipe, parse_assignments
 
-    options = _run_options(device, deterministic, channels_last, compile_)
+    options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every)
+    _stop_on_signals(scheduler)
     overrides = parse_assignments(params)
     lazy = _LazyStore(experiment_name)
     plan = compile_recipe(recipe, overrides, load_state=lazy.load_state)
@@ -270,7 +295,7 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
 @run_options
 @experiment_option
 def sweep(recipes, seeds, params, scheduler, workers, device, deterministic, channels_last, compile_,
-          experiment_name):
+          checkpoint_every, experiment_name):
     """Run recipes over seeds and parameter values as one graph (shared states computed once).
 
     \b
@@ -283,7 +308,8 @@ def sweep(recipes, seeds, params, scheduler, workers, device, deterministic, cha
     """
     from .recipes import parse_grid, parse_seeds, sweep_plans
 
-    options = _run_options(device, deterministic, channels_last, compile_)
+    options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every)
+    _stop_on_signals(scheduler)
     lazy = _LazyStore(experiment_name)
     plans = sweep_plans(recipes, parse_seeds(seeds), parse_grid(params), load_state=lazy.load_state)
     store = lazy.get()
@@ -311,7 +337,7 @@ def sweep(recipes, seeds, params, scheduler, workers, device, deterministic, cha
                    "root's).")
 @experiment_option
 @run_options
-def step(kind, parent, options, experiment_name, device, deterministic, channels_last, compile_):
+def step(kind, parent, options, experiment_name, device, deterministic, channels_last, compile_, checkpoint_every):
     """Create one child state of PARENT by one step, and print its run id.
 
     The child goes into the parent's experiment. A reinit's `to` is root, parent
@@ -331,9 +357,10 @@ def step(kind, parent, options, experiment_name, device, deterministic, channels
 
     values = parse_options(options)
     data_dir = values.pop("data_dir", None)
-    run = _run_options(device, deterministic, channels_last, compile_)
+    run = _run_options(device, deterministic, channels_last, compile_, checkpoint_every)
     switches = dict(device=device, deterministic=run.deterministic, channels_last=run.channels_last,
-                    compile=run.compile)
+                    compile=run.compile, checkpoint_every=run.checkpoint_every)
+    _stop_on_signals("sync")
     if kind == "init":
         if parent:
             raise SpecError("step init takes no --parent: it creates a root state")

@@ -22,8 +22,9 @@ HEADER = """\
 
 
 STEP_ENTRY_POINTS = ("init", "train", "prune", "reinit")
-# run options every entry point takes, as --<name>=<value> ('' = the default: MLPRUNE_DEVICE, else auto; off)
-RUN_PARAMS = ("device", "deterministic", "channels_last", "compile")
+# run options every entry point takes, as --<name>=<value> ('' = the default: MLPRUNE_DEVICE, else auto; off;
+# a checkpoint every epoch)
+RUN_PARAMS = ("device", "deterministic", "channels_last", "compile", "checkpoint_every")
 
 
 def _run_args() -> str:

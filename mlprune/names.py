@@ -20,6 +20,7 @@ TAG_HEARTBEAT = "mlprune.heartbeat"      # a RUNNING claim's last sign of life (
 TAG_CLAIM_HOST = "mlprune.claim.host"    # host/pid namespace of the process holding a claim (or a workflow run)
 TAG_CLAIM_PID = "mlprune.claim.pid"
 TAG_HASH_PREFIX = "mlprune.sha256."      # + artifact file name: its SHA-256 (also in state.json)
+TAG_CHECKPOINTS = "mlprune.checkpoints"  # on a claim run: the commit records of its resumable checkpoints (JSON)
 
 # ---- tags of a workflow run (the run a recipe or sweep works in) ---------------------
 TAG_RECIPE = "mlprune.recipe"            # the recipe (or "sweep a b") a workflow run ran
@@ -37,6 +38,7 @@ PARAM_THREADS = "run.threads"            # torch threads the state was computed 
 PARAM_DETERMINISTIC = "run.deterministic"  # torch's deterministic algorithms (+ cuBLAS workspace config) were on
 PARAM_CHANNELS_LAST = "run.channels_last"  # trained in channels_last memory format
 PARAM_COMPILE = "run.compile"            # trained through torch.compile
+PARAM_CHECKPOINT_EVERY = "run.checkpoint_every"  # cadence of resumable checkpoints ("1ep", "500it", "off")
 # every resolved step option is a param "<step kind>.<option>" (e.g. prune.method, train.lr)
 
 # ---- metrics of a state run ----------------------------------------------------------
@@ -81,6 +83,9 @@ M_LATENCY_DENSE_BATCH1 = "latency_ms.dense.batch1"
 M_SPEEDUP = "speedup"                    # latency_ms.dense / latency_ms (batch 64)
 M_SPEEDUP_BATCH1 = "speedup.batch1"
 M_COMPACT_DIFF = "compact_max_abs_diff"  # max |compact - masked| of the outputs on a test batch
+# resumable trainings (mlprune.training.checkpoint)
+M_CHECKPOINT_ITERATION = "checkpoint_iteration"    # on a claim run, step = value: a checkpoint committed there
+M_RESUMED_FROM_ITERATION = "resumed_from_iteration"  # a trained state: the checkpoint it resumed from (0: none)
 
 # ---- artifacts of a state run ----------------------------------------------------------
 WEIGHTS_FILE = "weights.safetensors"
@@ -95,6 +100,11 @@ PRED_LABEL = "label"                     # int16: the true class
 PRED_TRUE_PROBABILITY = "true_class_probability"   # float32: softmax probability of the true class
 INTERPOLATION_FILE = "interpolation.json"      # per alpha: test (and train) error and loss
 INTERPOLATION_FIGURE_FILE = "interpolation.png"  # error and loss vs alpha
+
+# ---- files of a resumable checkpoint, under checkpoints/<label>/ of a claim run ------------
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_TENSORS_FILE = "checkpoint.safetensors"  # weights, buffers, masks, optimizer and scaler tensors, sums
+CHECKPOINT_META_FILE = "checkpoint.json"            # iteration, step, histories, what is not a tensor
 
 # ---- files of a compact export (mlprune export RUN_ID DIR --compact) --------------------
 COMPACT_WEIGHTS_FILE = "compact.safetensors"
@@ -117,6 +127,7 @@ ENV_DEVICE = "MLPRUNE_DEVICE"
 ENV_DATA_DIR = "MLPRUNE_DATA_DIR"
 ENV_CACHE_DIR = "MLPRUNE_CACHE_DIR"                # migrated empty sqlite stores (default ~/.cache/mlprune)
 ENV_DATA_WORKERS = "MLPRUNE_DATA_WORKERS"          # loader processes of image-folder datasets (ImageNet)
+ENV_CHECKPOINT_BUDGET = "MLPRUNE_CHECKPOINT_BUDGET"  # share of training time checkpoints may cost (0.05; inf)
 ENV_CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"   # cuBLAS reads it; deterministic runs set it (":4096:8")
 
 DEFAULT_EXPERIMENT = "mlprune"

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("pipeline_vs_bare", "per_state_overhead_ms", "storage_ratio", "cache_ratio", "fastpath_vs_dataloader",
            "end_to_end_vs_bare", "end_to_end_fresh_store_vs_bare", "cached_rerun_s", "cached_rerun_vs_import_mlflow",
-           "threads_speedup")
+           "threads_speedup", "checkpoint_cost_lenet_300_100", "checkpoint_cost_resnet20")
 
 
 def test_benchmark_suite_runs_tiny_and_writes_the_figures(tmp_path):
@@ -35,6 +35,9 @@ def test_benchmark_suite_runs_tiny_and_writes_the_figures(tmp_path):
     assert details["store"]["recomputed"] == 0
     # prune-only states reference their parent's weights; masks take a byte per weight
     assert details["store"]["storage_ratio"] < 1.1
+    # checkpoints change nothing stored: the same keys and weights with and without them
+    assert all(c["equal_results"] for c in details["checkpoint"]["details"].values())
+    assert all(c["strict_checkpoints_per_run"] > 0 for c in details["checkpoint"]["details"].values())
     # whole processes: mlprune and the bare script reach the same accuracy (same maths, same threads)
     assert details["process"]["same_final_accuracy"] is True, details["process"]["final_test_accuracy"]
     assert not list(tmp_path.glob("mlruns")) and not list(tmp_path.glob("mlflow.db"))  # nothing left in cwd

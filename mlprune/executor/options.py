@@ -1,5 +1,5 @@
-"""Run options: how states are computed (device, threads, determinism, memory format, compile), none
-of it part of a key (recorded as params and tags)."""
+"""Run options: how states are computed (device, threads, determinism, memory format, compile, checkpoint
+cadence), none of it part of a key (recorded as params and tags)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,12 @@ class RunOptions:
     deterministic: bool = False     # torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG
     channels_last: bool = False     # train in the channels_last memory format
     compile: bool = False           # train through torch.compile
+    checkpoint_every: str | None = None  # resumable checkpoints: "<N>ep" / "<N>it" / "off" (None: "1ep")
 
     def resolved(self) -> "RunOptions":
+        from ..spec.times import checkpoint_cadence
         from ..training.devices import check_device_name
+        from .resume import checkpoint_budget
 
         for name in ("deterministic", "channels_last", "compile"):
             value = getattr(self, name)
@@ -36,11 +39,12 @@ class RunOptions:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise SpecError(f"run option threads must be an integer >= 1, got {self.threads!r}")
+        checkpoint_budget()  # the environment's, checked before any run is created
         # threads left None are resolved when something is computed (Execution.run): counting the
         # cores imports torch, which a fully cached run never needs
         return RunOptions(check_device_name(self.device), self.threads or pinned_threads(),
                           str(self.data_dir) if self.data_dir else None, self.deterministic, self.channels_last,
-                          self.compile)
+                          self.compile, checkpoint_cadence(self.checkpoint_every))
 
 
 def parse_switch(text, name: str) -> bool | None:

@@ -75,6 +75,10 @@ def reach(task_text: str, context_text: str, *dependency_runs: str) -> str:
     Runs in a dask worker or, for ``sync``, in the caller. `dependency_runs` are the run ids the
     task's dependencies reached, in the order of ``task["deps"]``.
     """
+    from ..training.interrupt import interrupted, stop_requested
+
+    if stop_requested():  # a stopping process starts no other state
+        raise interrupted()
     task, context = json.loads(task_text), json.loads(context_text)
     tune_allocator()
     for name, value in context.get("env", {}).items():
@@ -118,6 +122,7 @@ def _claim_and_compute(store, node: dict, parent_run: str | None, inputs: dict[s
 
 def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, task, context) -> str | None:
     from ..runners import compute_node
+    from .resume import close_checkpointing, forget_checkpoints, open_checkpointing
 
     options = RunOptions(**context["options"])
     if options.deterministic:  # before this process's first CUDA work, where possible
@@ -125,6 +130,7 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
     workspace = process_workspace(options.device, options.channels_last, options.compile)
     progress = getattr(PROGRESS, "printer", None)
     alive = store.claims.keep_alive(run_id, node["key"])
+    checkpointing = None
     try:
         with PinnedThreads(options.threads), Determinism(options.deterministic):
             if progress:
@@ -136,16 +142,28 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
                 store.set_tags(run_id, {names.TAG_ROOT: run_id})  # a root is its own root (design §3)
             data_dir = (task.get("data_dir") or options.data_dir
                         or (parent_state.spec.get("data_dir") if parent_state else None))
+            # ---- resumable trainings (executor.resume): from the key's newest valid checkpoint, if any
+            checkpointing = open_checkpointing(store, node, run_id, options, progress=progress)
             emit = {at: _emitter(store, checkpoint, parent_run, root_run, inputs, data_dir, workspace, options,
-                                 context.get("workflow")) for at, checkpoint in task["emits"]}
+                                 context.get("workflow"), checkpointing) for at, checkpoint in task["emits"]}
             computed = compute_node(node, parent_state, loaded_inputs, workspace, data_dir=data_dir,
-                                    heartbeat=lambda: store.claims.heartbeat(run_id), emit=emit, progress=progress)
-            return _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir,
-                           workspace, options, context.get("workflow"))
+                                    heartbeat=lambda: store.claims.heartbeat(run_id), emit=emit, progress=progress,
+                                    checkpointing=checkpointing)
+            close_checkpointing(store, checkpointing, run_id)  # a finished state keeps no checkpoint
+            final = _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir,
+                            workspace, options, context.get("workflow"))
+            if final == run_id:
+                forget_checkpoints(store, node["key"], run_id, checkpointing)
+            return final
     except BaseException as error:
         from ..store import ClaimLost
+        from ..training.interrupt import Interrupted
 
-        if not isinstance(error, ClaimLost):
+        if checkpointing is not None:
+            close_checkpointing(store, checkpointing, run_id, discard=False)
+        if isinstance(error, Interrupted):  # checkpointed: KILLED, not FINISHED; the next owner resumes it
+            store.claims.release(run_id, f"{type(error).__name__}: {error}")
+        elif not isinstance(error, ClaimLost):
             store.fail(run_id, f"{type(error).__name__}: {error}")
         raise
     finally:
@@ -182,6 +200,7 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
     params[names.PARAM_DETERMINISTIC] = options.deterministic
     params[names.PARAM_CHANNELS_LAST] = options.channels_last
     params[names.PARAM_COMPILE] = options.compile
+    params[names.PARAM_CHECKPOINT_EVERY] = options.checkpoint_every
     tags = {names.TAG_DEVICE: device_label(workspace.device),
             names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow)}
     if "diverged" in computed.history:
@@ -194,7 +213,8 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
                         metrics=computed.metrics, history=history, params=params, extra_files=computed.files)
 
 
-def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, workspace, options, workflow):
+def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, workspace, options, workflow,
+             checkpointing=None):
     """fn(model, history, masks) storing `checkpoint` (the node's state at that point of its training)."""
     from ..runners import Computed, Tensors, evaluate_state
     from ..store import ClaimLost
@@ -215,6 +235,8 @@ def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, wo
             return
         try:
             metrics, files = evaluate_state(workspace, root, data, tensors, history, checkpoint["steps"])
+            if checkpointing is not None:
+                metrics[names.M_RESUMED_FROM_ITERATION] = checkpointing.resumed_from
             _finish(store, run_id, checkpoint, Computed(tensors, metrics, history, None, files), parent_state,
                     parent_run, root_run, inputs, data_dir, workspace, options, workflow)
         except ClaimLost as lost:

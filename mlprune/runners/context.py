@@ -34,6 +34,7 @@ class StepContext:
     emit: dict = field(default_factory=dict)    # time text -> fn(model, history, masks): checkpoints of the last train step
     progress: Callable[[str], None] | None = None
     last: bool = False             # the node's last step
+    checkpointing: object = None   # training.checkpoint.Checkpointing: resumable checkpoints of the node
 
     def generator(self, seed: int | None = None) -> torch.Generator:
         return torch.Generator().manual_seed(derived_seed(self.key, self.index) if seed is None else seed)

@@ -150,9 +150,11 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     if ctx.progress is not None:
         progress = lambda epoch, total, loss: ctx.progress(f"epoch {epoch}/{total} train_loss {loss:.4f}")  # noqa: E731
     seed = ctx.root["seed"] if options["seed"] is None else options["seed"]
+    # resumable checkpoints (and the one this training resumes from); ctx.history is the node's so far
+    resumable = ctx.checkpointing.training(ctx.index, ctx.history) if ctx.checkpointing is not None else None
     history = train(model, train_masks, ctx.data, options, seed=seed, device=device, progress=progress,
                     on_epoch=on_epoch, checkpoints=checkpoints, channels_last=ctx.workspace.channels_last,
-                    compile=ctx.workspace.compile)
+                    compile=ctx.workspace.compile, resumable=resumable)
     ctx.history.setdefault(names.M_ITERATIONS, 0)
     ctx.history[names.M_ITERATIONS] += history.pop("iterations")
     if "diverged" in history:
@@ -168,6 +170,8 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
 def run_steps(ctx_base: dict, tensors: Tensors, steps: list) -> Tensors:
     """Run resolved steps in order (each through its kind's runner)."""
     for index, step in enumerate(steps):
+        if ctx_base.get("checkpointing") is not None and ctx_base["checkpointing"].skips(index):
+            continue  # done before the checkpoint the node resumes from (a later step's)
         (kind, options), = step.items()
         ctx = StepContext(index=index, last=index == len(steps) - 1, **ctx_base)
         tensors = STEP_KINDS[kind].load()(ctx, tensors, options)
@@ -175,19 +179,21 @@ def run_steps(ctx_base: dict, tensors: Tensors, steps: list) -> Tensors:
 
 
 def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data_dir: str | None,
-                 heartbeat=lambda: None, emit: dict | None = None, progress=None) -> "Computed":
+                 heartbeat=lambda: None, emit: dict | None = None, progress=None, checkpointing=None) -> "Computed":
     """What to store for a plan node, computed from its loaded parent and inputs.
 
     `parent`: the parent's StoredState (None for a root); `emit`: {time: fn(model, history, masks)}
     checkpoints of the node's last train step. A node whose step kind produces an analysis (of
-    its parent and its inputs) stores metrics and files, no network.
+    its parent and its inputs) stores metrics and files, no network. `checkpointing`
+    (`training.checkpoint.Checkpointing`): resumable checkpoints of its trainings, and the one it
+    resumes from (its steps before that one's are skipped).
     """
     started = time.perf_counter()
     root = node["root"] if node["root"] is not None else parent.spec["root"]
     data = workspace.data(root, data_dir)
     history: dict = {}
     ctx_base = dict(key=node["key"], root=root, data=data, workspace=workspace, inputs=inputs, history=history,
-                    heartbeat=heartbeat, emit=emit or {}, progress=progress)
+                    heartbeat=heartbeat, emit=emit or {}, progress=progress, checkpointing=checkpointing)
     steps = node["steps"]
     if steps and STEP_KINDS[next(iter(steps[0]))].produces == "analysis":
         (kind, options), = steps[0].items()
@@ -202,6 +208,8 @@ def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data
         tensors = run_steps(ctx_base, tensors, steps)
     metrics, files = evaluate_state(workspace, root, data, tensors, history, steps)
     metrics[names.M_DURATION] = time.perf_counter() - started
+    if checkpointing is not None and checkpointing.trained:
+        metrics[names.M_RESUMED_FROM_ITERATION] = checkpointing.resumed_from
     prune_only = bool(steps) and all(next(iter(s)) == "prune" for s in steps) and _only_masked(tensors, parent)
     return Computed(tensors, metrics, history, parent.run_id if prune_only else None, files)
 

@@ -68,3 +68,26 @@ def _bounded(amount: int, unit: str, given, what: str) -> Time:
 def time_text(value, what: str = "time") -> str:
     """The canonical text of a time (``"500it"``, ``"2ep"``)."""
     return str(parse_time(value, what))
+
+
+CHECKPOINTS_OFF = "off"
+DEFAULT_CHECKPOINT_EVERY = "1ep"
+_OFF = ("off", "0", "none", "false", "no")
+
+
+def checkpoint_cadence(value) -> str:
+    """The canonical text of a run's checkpoint cadence (run option ``checkpoint_every``): ``"<N>ep"`` or
+    ``"<N>it"`` with N >= 1 (an int means epochs), or ``"off"`` (also 0, ``"0ep"``, ``"none"``); None or
+    ``""`` is the default, every epoch."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_CHECKPOINT_EVERY
+    if value is False or (isinstance(value, str) and value.strip().lower() in _OFF):
+        return CHECKPOINTS_OFF
+    allowed = "'<N>ep' or '<N>it' (N >= 1, an int means epochs) or 'off' (0)"
+    if isinstance(value, bool):
+        raise SpecError(f"checkpoint_every {value!r} is not a cadence; allowed: {allowed}")
+    try:
+        cadence = parse_time(value.strip() if isinstance(value, str) else value, "checkpoint_every")
+    except SpecError:
+        raise SpecError(f"checkpoint_every {value!r} is not a cadence; allowed: {allowed}") from None
+    return CHECKPOINTS_OFF if cadence.is_zero else str(cadence)

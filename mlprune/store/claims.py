@@ -26,6 +26,7 @@ import time
 from ..errors import SpecError
 from ..names import (ENV_CLAIM_TIMEOUT, TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_ERROR, TAG_HEARTBEAT, TAG_KEY,
                      TAG_WORKFLOW)
+from ..training.interrupt import interrupted, stop_requested
 
 DEFAULT_CLAIM_TIMEOUT_S = 60.0
 
@@ -156,6 +157,7 @@ class Claims:
         self.beats: dict[str, float] = {}   # run id -> time of the last heartbeat written
         self.computed: set[str] = set()     # states this process computed and finished
         self.claimed: set[str] = set()      # keys this process has claimed (it may hold their state)
+        self.others: dict[str, list] = {}   # our newest claim's run id -> the key's unfinished runs seen then
 
     # ---- searching ---------------------------------------------------------------------------
     def _search(self, filter_string: str, max_results: int = 1000):
@@ -176,6 +178,9 @@ class Claims:
         """
         where = f"tags.`{TAG_KEY}` = '{key}'" + (f" and attributes.run_id != '{exclude}'" if exclude else "")
         runs = self._search(where)
+        if exclude:  # what our new claim may resume from (`store.checkpoints`), with no search of its own;
+            # one entry: the claim being computed next (another thread's overwrite costs a search, no more)
+            self.others = {exclude: [r for r in runs if r.info.status != "FINISHED"]}
         finished = self.store.valid_finished([r for r in runs if r.info.status == "FINISHED"])
         if finished:
             return finished[0].info.run_id, []
@@ -244,6 +249,8 @@ class Claims:
             if progress is not None and told != holder:
                 progress(f"waiting for run {holder}: another process holds the claim on this state")
                 told = holder
+            if stop_requested():  # a process asked to stop does not wait for other processes' states
+                raise interrupted()
             time.sleep(delay)
             delay = min(delay * 1.5, 5.0, timeout / 4)
 

@@ -6,6 +6,10 @@ A state that fails is set FAILED; only FINISHED runs without an
 ``mlprune.invalid`` tag are states. Every read is checked (`artifacts`): a state
 whose files or key do not match what was recorded is an `IntegrityError`, and
 `invalidate` marks it so that the next run recomputes it.
+
+Why one file: `Store` is one class over one experiment whose reads and writes share its caches
+(verified specs, finished runs, loaded states) and their lock; what is not the store's own state
+lives beside it (claims, artifacts, experiments, checkpoints, workflow runs).
 """
 
 from __future__ import annotations
@@ -146,6 +150,10 @@ class Store:
         """Every active run of the experiment, states or not (reports say what they skip)."""
         return self._search()
 
+    def key_runs(self, key: str) -> list:
+        """Every active run carrying `key`, whatever its status (the state, claims, failed tries), oldest first."""
+        return self._search(f"tags.`{TAG_KEY}` = '{key}'")
+
     def run(self, run_id: str):
         import mlflow
 
@@ -247,6 +255,10 @@ class Store:
                 self._artifact_repo(run_id).log_artifacts(tmp)
             else:
                 self.client.log_artifacts(run_id, tmp)
+
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Delete a run's artifact file or folder (recursively); stores that cannot delete keep it."""
+        self._artifact_repo(run_id).delete_artifacts(path)
 
     def finish(self, run_id: str, *, spec: dict, masks: dict, weights: dict | None, metrics: dict[str, float],
                history: dict[str, list] | None = None, params: dict | None = None,

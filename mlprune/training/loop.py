@@ -183,7 +183,7 @@ def _autocast(device: torch.device, precision: str):
 
 def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict, *, seed: int,
           device: torch.device | None = None, progress=None, on_epoch=None, checkpoints=None,
-          channels_last: bool = False, compile: bool = False) -> dict:
+          channels_last: bool = False, compile: bool = False, resumable=None) -> dict:
     """Train `model` in place as the resolved train step `options` says; returns per-epoch histories.
 
     ``channels_last`` / ``compile`` (run options): train in the channels_last memory format / through
@@ -194,6 +194,10 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     steps of the schedule (at an epoch's end, after its history is recorded). Histories are
     ``{name: [(epoch, value)]}`` with epochs counted on the whole schedule (a resumed training
     continues the numbering), plus ``iterations``: steps run.
+
+    ``resumable`` (`training.checkpoint.TrainingHooks`): the training starts from its checkpoint when
+    it has one, stores resumable checkpoints at its cadence, and on a stop request
+    (`training.interrupt`) checkpoints and raises `Interrupted`; polled once per iteration.
     """
     # Denormal floats make plain SGD on the CPU ~2.5x slower; flushing them is deterministic
     # and numerically negligible. (torch cannot report the previous setting, so it stays on.)
@@ -201,6 +205,11 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     device = device or torch.device("cpu")
     batch_size = options["batch_size"]
     line = timeline(options, data.batches_per_epoch(batch_size))
+    resume = resumable.resume if resumable is not None else None
+    if resume is not None:  # weights, buffers and masks as they were after iteration resume.iteration
+        from .checkpoint import restore_network
+
+        restore_network(resume, model, masks)
     pairs = masked_parameters(model, masks)
     apply_masks(pairs)
     keeps = [(param, (~pruned).to(param.dtype)) for param, pruned in pairs]  # 1.0 = kept, 0.0 = pruned
@@ -220,8 +229,15 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     gradual = GradualPruning(model, masks, line, optimizer) if line.gradual else None
     if gradual is not None:
         history[names.M_TRAIN_SPARSITY] = []
-        if line.start in gradual.steps:  # a resumed training repeats it: the target is absolute, nothing changes
-            gradual.prune(line.start, keeps)
+        if line.start in gradual.steps and resume is None:  # a training that continues a schedule repeats it:
+            gradual.prune(line.start, keeps)                  # the target is absolute, nothing changes
+    if resume is not None:  # optimizer and scaler state, and the history so far
+        from .checkpoint import restore_optimizer
+
+        restore_optimizer(resume, optimizer, scaler)
+        history = {name: list(values) for name, values in resume.history.items()}
+    if resumable is not None:
+        resumable.begin(line.per_epoch, model=model, masks=masks, optimizer=optimizer, scaler=scaler, history=history)
     base_lr = options["lr"]
     i = line.start
     non_blocking = device.type == "cuda"
@@ -231,7 +247,7 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=rng_steps):
         i = _run(model, forward, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps,
                  history, checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, channels_last,
-                 gradual)
+                 gradual, resumable)
     bad = _non_finite_parameter(model)
     if bad and "diverged" not in history:
         _diverged(history, options, f"parameter {bad!r} has non-finite values after {i} iterations",
@@ -254,9 +270,14 @@ def _step_seed(seed: int, i: int) -> int:
 
 def _run(model, forward, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps, history,
          checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, channels_last,
-         gradual=None) -> int:
+         gradual=None, resumable=None) -> int:
     batch_size = options["batch_size"]
     i = line.start
+    sums = None  # a resumed training's epoch in progress: (loss sum, hits, count, lr)
+    if resumable is not None and resumable.resume is not None:
+        from .checkpoint import restored_sums
+
+        i, sums = resumable.resume.iteration, restored_sums(resumable.resume, device)
     while i < line.stop:
         epoch, first = divmod(i, line.per_epoch)
         due = []
@@ -265,6 +286,8 @@ def _run(model, forward, data, options, line, seed, device, precision, scaler, l
         hits = torch.zeros((), dtype=torch.int64, device=device)  # train accuracy: the batches as trained on
         count = 0
         lr = base_lr
+        if sums is not None:
+            (total, hits, count, lr), sums = sums, None
         for x, y in data.train_batches(batch_size, seed=seed, epoch=epoch, skip=first):
             lr = line.lr(base_lr, i)
             if rng_steps:
@@ -304,6 +327,10 @@ def _run(model, forward, data, options, line, seed, device, precision, scaler, l
                     due.append(i)  # at an epoch's end: after its history is recorded
                 else:
                     checkpoints[i](model, history)
+            # a resumable checkpoint inside an epoch (at its end: below, once its history is recorded);
+            # states emitted at i are stored above, before it
+            if resumable is not None and i % line.per_epoch and i < line.stop and resumable.due(i):
+                resumable.save(i, (total, hits, count, lr))
             if i >= line.stop:
                 break
         mean = float(total) / max(count, 1)
@@ -330,6 +357,8 @@ def _run(model, forward, data, options, line, seed, device, precision, scaler, l
             progress(done_epoch, -(-line.stop // line.per_epoch), mean)
         for point in due:
             checkpoints[point](model, history)
+        if resumable is not None and i < line.stop and resumable.due(i):
+            resumable.save(i, None)
         if on_epoch is not None:
             on_epoch(done_epoch, model, history)
     return i
