@@ -18,6 +18,24 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ["MLPRUNE_THREADS"] = "1"
 
 
+# Modules whose tests take the longest, scheduled first so that the workers finish together (xdist
+# hands modules out in collection order); the others keep their order after them.
+LONGEST_FIRST = ("test_recipes.py", "test_readme.py", "test_parallel.py", "test_resume.py", "test_benchmarks.py",
+                 "test_cli.py", "test_faults.py", "test_lineage_browser.py", "test_instability.py", "test_pai.py",
+                 "test_report.py", "test_bad_input.py", "test_structured.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: each module keeps its order
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per core, at most 4 (tests compute at one torch thread; some start process
+    pools of their own, which more workers would only crowd)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread(monkeypatch):
     """States computed with one torch thread (MLPRUNE_THREADS=1) in every test.
