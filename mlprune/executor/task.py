@@ -155,6 +155,7 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
 def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,
             workflow) -> str:
     from ..training.devices import device_label
+    from .slurm import job_tags
 
     spec = {
         "kind": node["kind"],
@@ -183,7 +184,7 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
     params[names.PARAM_CHANNELS_LAST] = options.channels_last
     params[names.PARAM_COMPILE] = options.compile
     tags = {names.TAG_DEVICE: device_label(workspace.device),
-            names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow)}
+            names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow), **job_tags()}
     if "diverged" in computed.history:
         tags[names.TAG_DIVERGED] = f"epoch {computed.history['diverged'][0]}: {computed.history['diverged'][1]}"
     store.set_tags(run_id, tags)
