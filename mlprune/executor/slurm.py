@@ -41,7 +41,7 @@ DEFAULT_MAX_JOBS = 16          # jobs started when --workers is not given: the g
 DEFAULT_SIGNAL_S = 120         # the warning before the time limit (SLURM may send it up to 60 s early)
 MAX_SIGNAL_S = 65535           # SLURM's limit for --signal's time
 DEFAULT_LOG_DIR = "slurm-logs"
-WATCH_INTERVAL_S = 2.0         # how often the jobs are checked (squeue) and lost ones replaced
+WATCH_INTERVAL_S = 5.0         # how often the jobs are checked (squeue) and lost ones replaced
 FAILED_STARTS_PER_JOB = 3      # jobs that end before their worker connects, per job asked for, before giving up
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -399,33 +399,48 @@ def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
         def watch(self) -> None:
             from tornado.ioloop import PeriodicCallback
 
+            self.sync(self._note_connections)
             self.scale(jobs=self.wanted)
             self._watcher = PeriodicCallback(self._keep, WATCH_INTERVAL_S * 1000)
             self.loop.add_callback(self._watcher.start)
+
+        async def _note_connections(self) -> None:
+            """Remember which jobs' workers connected (when they do: a job may end before the next _keep)."""
+            from distributed.diagnostics.plugin import SchedulerPlugin
+
+            cluster = self
+
+            class Connections(SchedulerPlugin):
+                def add_worker(self, scheduler, worker):
+                    job = cluster.workers.get(scheduler.workers[worker].name)
+                    if job is not None and job.job_id:
+                        cluster.connected_jobs.add(job.job_id)
+
+            self.scheduler.add_plugin(Connections(), name="mlprune-slurm-connections")
 
         async def _keep(self) -> None:
             """On the cluster's loop: note connected jobs, replace ended ones, give up on jobs that never start."""
             if self.failure is not None or self.status.name not in ("running", "created"):
                 return
-            connected = {info.get("name") for info in self.scheduler_info.get("workers", {}).values()}
             jobs = {name: job.job_id for name, job in list(self.workers.items()) if job.job_id}
-            self.connected_jobs.update(job for name, job in jobs.items() if name in connected)
-            if not jobs:
-                return
-            try:
-                queued = set((await self.job_cls._call(["squeue", "--noheader", "--format=%i"])).split())
-            except (RuntimeError, OSError):  # squeue failed for a moment: look again next time
-                return
-            for name, job_id in jobs.items():
-                if job_id in queued or name in connected or job_id in self.connected_jobs:
-                    continue  # queued, working, or lost after it worked (SpecCluster drops it, then we replace it)
-                self.failed_starts.append(job_id)
-                del self.workers[name]
-            if self.failed_starts and (not self.connected_jobs and len(self.failed_starts) >= self.wanted
-                                       or len(self.failed_starts) >= FAILED_STARTS_PER_JOB * self.wanted):
-                self.failure = SpecError(self.start_failure(self.failed_starts[-1]))
-                return
-            if set(self.worker_spec) - set(self.workers):
+            if jobs:
+                try:  # this user's jobs in the queue (pending, running or completing)
+                    queued = set((await self.job_cls._call(["squeue", "--noheader", "--format=%i",
+                                                            f"--user={os.getuid()}"])).split())
+                except (RuntimeError, OSError):  # squeue failed for a moment: look again next time
+                    return
+                connected = {info.get("name") for info in self.scheduler_info.get("workers", {}).values()}
+                for name, job_id in jobs.items():
+                    if job_id in queued or name in connected or job_id in self.connected_jobs:
+                        continue  # queued, working, or lost after it worked (SpecCluster drops it after
+                        # distributed.deploy.lost-worker-timeout, then it is replaced below)
+                    self.failed_starts.append(job_id)
+                    del self.workers[name]
+                if self.failed_starts and (not self.connected_jobs and len(self.failed_starts) >= self.wanted
+                                           or len(self.failed_starts) >= FAILED_STARTS_PER_JOB * self.wanted):
+                    self.failure = SpecError(self.start_failure(self.failed_starts[-1]))
+                    return
+            if set(self.worker_spec) - set(self.workers):  # a job ended: submit its replacement
                 self.scale(jobs=self.wanted)
 
         def start_failure(self, job_id: str) -> str:
@@ -477,7 +492,7 @@ def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
         job_script_prologue=list(config.prologue), job_extra_directives=directives(config),
         job_directives_skip=[] if config.mem else ["--mem"],
         interface=config.interface, death_timeout=60,
-        scheduler_options={"dashboard_address": None}, silence_logs=logging.ERROR,
+        scheduler_options={"dashboard_address": ":0"}, silence_logs=logging.ERROR,
         shebang="#!/usr/bin/env bash",
     )
     cluster.watch()
