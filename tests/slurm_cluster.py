@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
-CLIENTS = ("sbatch", "squeue", "sinfo", "scancel", "scontrol", "srun")
+CLIENTS = ("sbatch", "squeue", "sinfo", "scancel", "scontrol", "srun", "runuser")
 START_TIMEOUT_S = 60
 # a partition whose one node is another host (never up): what a multi-node cluster looks like to sinfo
 OTHER_PARTITION = "elsewhere"

@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient
 import slurm_cluster
 from mlprune import Experiment, SpecError
 from mlprune.names import TAG_SLURM_JOB_ID
-from mlprune.executor.slurm import (OPTIONS, SlurmConfig, directives, graph_width, jobs_for, slurm_config, start_client,
-                           time_seconds)
+from mlprune.executor.slurm import (OPTIONS, SlurmConfig, cluster_parameters, directives, graph_width, jobs_for,
+                                    slurm_config, start_client, time_seconds)
 from test_parallel import (PAUSE_HOOK, cli_env, finished_by_key, key_runs, one_line_error, paused_at, run_cli,
                            wait_for, weights_hash)
 
@@ -74,6 +74,39 @@ def test_options_map_to_sbatch_and_dask_jobqueue(tmp_path):
     for option in OPTIONS.values():  # every option says where it goes
         assert option.help and (option.sbatch or option.jobqueue or option.name in
                                 ("signal", "log-dir", "python", "prologue", "extra", "interface")), option
+
+
+def test_the_job_script_execs_the_worker_with_the_options():
+    from dask_jobqueue import SLURMCluster
+
+    config = slurm_config(["partition=gpu", "time=04:00:00", "gpus=a100:1", "mem=8G", "cpus-per-task=4",
+                           "account=lab", "prologue=module load cuda", "python=/shared/venv/bin/python"])
+    cluster = SLURMCluster(**cluster_parameters(config, "GPU"))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    lines = script.splitlines()
+    for directive in ("-p gpu", "-A lab", "-t 04:00:00", "--cpus-per-task=4", "--mem=8G", "--gpus=a100:1",
+                      f"--signal=B:USR1@{SlurmConfig().signal}", "--no-requeue", "-n 1"):
+        assert f"#SBATCH {directive}" in lines, (directive, script)
+    assert lines.index("module load cuda") < len(lines) - 1
+    # the worker replaces the batch shell (so B:USR1 reaches it), offers the job's GPU as one dask resource
+    assert lines[-1].startswith("exec /shared/venv/bin/python -m mlprune.executor.slurm_worker tcp://")
+    assert "--nthreads 1" in lines[-1] and "--resources GPU=1" in lines[-1]
+    cpu = SLURMCluster(**cluster_parameters(SlurmConfig(), "GPU"))
+    try:
+        script = cpu.job_script()
+    finally:
+        cpu.close()
+    assert "#SBATCH --mem" not in script and "--gpus" not in script and "--resources" not in script  # the partition's
+    assert f"exec {sys.executable} -m mlprune.executor.slurm_worker" in script  # default: this Python
+
+
+def test_docs_explain_every_option():
+    text = (REPO / "docs" / "cluster.md").read_text()
+    for name in OPTIONS:
+        assert f"`{name}`" in text, name
 
 
 @pytest.mark.parametrize("pairs, fragment", [

@@ -379,10 +379,28 @@ def job_tags() -> dict[str, str]:
 
 
 # ---- the cluster ------------------------------------------------------------------------------
-def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
-    """A started `SlurmJobs` cluster of `jobs` worker jobs (the first may still be queued)."""
+def cluster_parameters(config: SlurmConfig, gpu_resource: str) -> dict:
+    """dask-jobqueue SLURMCluster's parameters for worker jobs of `config`."""
     import logging
 
+    return dict(
+        # one worker thread per job: one state at a time; its memory limit only informs dask's dashboard
+        # (executor.slurm_worker turns dask's memory thresholds off: the job's --mem is the limit)
+        cores=1, processes=1, memory=str(memory_bytes(config.mem or "1G")),
+        **jobqueue_parameters(config), log_directory=str(Path(config.log_dir).resolve()),
+        python=f"exec {shlex.quote(config.python)}",  # the worker replaces the batch shell: B:USR1 reaches it
+        worker_command="mlprune.executor.slurm_worker",
+        worker_extra_args=["--resources", f"{gpu_resource}=1"] if config.gpus else [],
+        job_script_prologue=list(config.prologue), job_extra_directives=directives(config),
+        job_directives_skip=[] if config.mem else ["--mem"],
+        interface=config.interface, death_timeout=60,
+        scheduler_options={"dashboard_address": ":0"}, silence_logs=logging.ERROR,
+        shebang="#!/usr/bin/env bash",
+    )
+
+
+def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
+    """A started `SlurmJobs` cluster of `jobs` worker jobs (the first may still be queued)."""
     from dask_jobqueue import SLURMCluster
 
     class SlurmJobs(SLURMCluster):
@@ -479,22 +497,7 @@ def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
                 self.loop.add_callback(self._watcher.stop)
             return super().close(*args, **kwargs)
 
-    log_dir = str(Path(config.log_dir).resolve())
-    cluster = SlurmJobs(
-        jobs, log_dir,
-        # one worker thread per job: one state at a time; its memory limit only informs dask's dashboard
-        # (executor.slurm_worker turns dask's memory thresholds off: the job's --mem is the limit)
-        cores=1, processes=1, memory=str(memory_bytes(config.mem or "1G")),
-        **jobqueue_parameters(config), log_directory=log_dir,
-        python=f"exec {shlex.quote(config.python)}",  # the worker replaces the batch shell: B:USR1 reaches it
-        worker_command="mlprune.executor.slurm_worker",
-        worker_extra_args=["--resources", f"{gpu_resource}=1"] if config.gpus else [],
-        job_script_prologue=list(config.prologue), job_extra_directives=directives(config),
-        job_directives_skip=[] if config.mem else ["--mem"],
-        interface=config.interface, death_timeout=60,
-        scheduler_options={"dashboard_address": ":0"}, silence_logs=logging.ERROR,
-        shebang="#!/usr/bin/env bash",
-    )
+    cluster = SlurmJobs(jobs, str(Path(config.log_dir).resolve()), **cluster_parameters(config, gpu_resource))
     cluster.watch()
     return cluster
 
