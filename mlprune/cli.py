@@ -177,7 +177,7 @@ def _slurm(pairs, config_file):
     """The checked SLURM options, or None when none were given."""
     if not pairs and not config_file:
         return None
-    from .executor.slurm import slurm_config
+    from .executor.slurm_options import slurm_config
 
     return slurm_config(pairs, config_file)
 

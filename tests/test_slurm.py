@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,8 @@ from mlflow.tracking import MlflowClient
 import slurm_cluster
 from mlprune import Experiment, SpecError
 from mlprune.names import TAG_SLURM_JOB_ID
-from mlprune.executor.slurm import (OPTIONS, SlurmConfig, cluster_parameters, directives, graph_width, jobs_for,
-                                    slurm_config, start_client, time_seconds)
+from mlprune.executor.slurm import cluster_parameters, graph_width, jobs_for, start_client
+from mlprune.executor.slurm_options import OPTIONS, SlurmConfig, directives, slurm_config, time_seconds
 from test_parallel import (PAUSE_HOOK, cli_env, finished_by_key, key_runs, one_line_error, paused_at, run_cli,
                            wait_for, weights_hash)
 

@@ -76,7 +76,7 @@ class Execution:
                             "`dask worker`")
         if slurm is not None and self.scheduler != "slurm":
             raise SpecError("SLURM options (--slurm-opt, --slurm-config) apply to --scheduler slurm only")
-        from .slurm import config_from
+        from .slurm_options import config_from
 
         self.slurm = config_from(slurm) if self.scheduler == "slurm" else None
         from ..store import is_server
