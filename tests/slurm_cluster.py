@@ -30,6 +30,9 @@ START_TIMEOUT_S = 60
 # a partition whose one node is another host (never up): what a multi-node cluster looks like to sinfo
 OTHER_PARTITION = "elsewhere"
 OTHER_NODE = "mlprune-elsewhere"
+# GPUs the node offers as a generic resource (--gpus=1 works, each job gets its CUDA_VISIBLE_DEVICES),
+# backed by device files that are no GPU: what a GPU node looks like to SLURM, on a machine without one
+FAKE_GPU_FILES = ("/dev/null", "/dev/zero")
 
 
 class Unavailable(RuntimeError):
@@ -39,6 +42,7 @@ class Unavailable(RuntimeError):
 @dataclass
 class SlurmCluster:
     folder: Path | None           # None: a SLURM that was running already (not ours to stop)
+    fake_gpus: int = 0            # GPUs of the node that are device files, not GPUs (FAKE_GPU_FILES)
     env: dict = field(default_factory=dict)   # what clients need to find it (SLURM_CONF)
     pids: dict = field(default_factory=dict)  # daemon -> pid file we started
 
@@ -93,6 +97,7 @@ def _memory_mb() -> int:
 
 
 def _conf(folder: Path, host: str) -> str:
+    cpus, memory = os.cpu_count() or 1, max(256, _memory_mb() - 512)
     # CR_CPU: every CPU is schedulable on its own, memory is not a consumable (a job without
     # --mem would otherwise hold the whole node); KillWait 5 s: scancel's SIGTERM -> SIGKILL
     return f"""\
@@ -123,7 +128,8 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 KillWait=5
 MinJobAge=300
-NodeName={host} CPUs={os.cpu_count() or 1} RealMemory={max(256, _memory_mb() - 512)} State=UNKNOWN
+GresTypes=gpu
+NodeName={host} CPUs={cpus} RealMemory={memory} Gres=gpu:{len(FAKE_GPU_FILES)} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 NodeName={OTHER_NODE} NodeAddr=192.0.2.254 CPUs=1 State=DOWN Reason=not-a-real-node
 PartitionName={OTHER_PARTITION} Nodes={OTHER_NODE} Default=NO MaxTime=INFINITE State=UP
@@ -148,7 +154,7 @@ def start(folder: str | os.PathLike | None = None) -> SlurmCluster:
         raise Unavailable("no user 'munge' (Debian's munge package creates it)") from None
     folder = Path(folder or tempfile.mkdtemp(prefix="mlprune-slurm-"))
     host = socket.gethostname().split(".")[0]
-    cluster = SlurmCluster(folder, env={"SLURM_CONF": str(folder / "slurm.conf")})
+    cluster = SlurmCluster(folder, fake_gpus=len(FAKE_GPU_FILES), env={"SLURM_CONF": str(folder / "slurm.conf")})
     try:
         _start_in(cluster, host)
     except BaseException:
@@ -177,6 +183,8 @@ def _start_in(cluster: SlurmCluster, host: str) -> None:
                      f"--seed-file={munge}/munged.seed"])
     cluster.pids["munged"] = munge / "munged.pid"
     (folder / "slurm.conf").write_text(_conf(folder, host))
+    (folder / "gres.conf").write_text("AutoDetect=off\n" + "".join(f"NodeName={host} Name=gpu File={path}\n"
+                                                                   for path in FAKE_GPU_FILES))
     conf = str(folder / "slurm.conf")
     _run([_which("slurmctld"), "-f", conf], cluster.env)
     cluster.pids["slurmctld"] = folder / "slurmctld.pid"

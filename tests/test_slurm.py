@@ -275,6 +275,30 @@ def test_scancel_of_a_job_mid_training_the_sweep_completes_without_duplicates(sl
 
 
 @pytest.mark.slow
+def test_gpu_jobs_hold_one_gpu_each_and_take_one_task_per_gpu(slurm, tracking, tmp_path, sync_reference):
+    """--slurm-opt gpus=1 on the test SLURM's fake GPUs: each job gets its own (CUDA_VISIBLE_DEVICES),
+    its worker offers one GPU resource and every task asks for it (device auto; here it computes on
+    the CPU, which has no CUDA: the same states as sync)."""
+    import torch
+
+    if slurm.fake_gpus < 2:
+        pytest.skip("a SLURM that was running already: its GPUs are not known to the test")
+    if torch.cuda.is_available():
+        pytest.skip("the test SLURM's fake GPUs would stand for this machine's real ones")
+    result = run_cli([*SWEEP, "--scheduler", "slurm", "--workers", "2", "--slurm-opt", "gpus=1",
+                      "--slurm-opt", "prologue=echo gpu=$CUDA_VISIBLE_DEVICES >&2"],
+                     env=cli_env(tracking, MLPRUNE_THREADS="1"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = [p.read_text() for p in (tmp_path / "slurm-logs").glob("mlprune-*.err")]
+    assert sorted(line for text in logs for line in text.splitlines() if line.startswith("gpu=")) == \
+        ["gpu=0", "gpu=1"]
+    assert hashes_by_key(tracking) == sync_reference
+    # --device cuda without a GPU per job is refused before anything runs
+    refused = run_cli([*SWEEP, "--scheduler", "slurm", "--device", "cuda"], env=cli_env(tracking), cwd=tmp_path)
+    assert refused.returncode == 2 and "--slurm-opt gpus=1" in one_line_error(refused)
+
+
+@pytest.mark.slow
 def test_a_lost_job_is_replaced(slurm, tmp_path, monkeypatch):
     """The cluster keeps its jobs: scancel the only worker job, a new one is submitted and connects."""
     monkeypatch.chdir(tmp_path)
