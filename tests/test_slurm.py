@@ -23,12 +23,43 @@ from mlprune import Experiment, SpecError
 from mlprune.names import TAG_SLURM_JOB_ID
 from mlprune.executor.slurm import cluster_parameters, graph_width, jobs_for, start_client
 from mlprune.executor.slurm_options import OPTIONS, SlurmConfig, directives, slurm_config, time_seconds
-from test_parallel import (PAUSE_HOOK, cli_env, finished_by_key, key_runs, one_line_error, paused_at, run_cli,
-                           wait_for, weights_hash)
+from test_parallel import (cli_env, finished_by_key, key_runs, one_line_error, paused_at, run_cli, wait_for,
+                           weights_hash)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = str(REPO / "recipes" / "lt_structuredL1.yaml")
 SWEEP = ["sweep", RECIPE, "--seeds", "0-1", "-P", "rounds=1", "-P", "epochs=1"]
+SWEEP_2_EPOCHS = ["sweep", RECIPE, "--seeds", "0-1", "-P", "rounds=1", "-P", "epochs=2"]
+
+# Installed in every worker job (a sitecustomize.py on PYTHONPATH, which sbatch passes on): the first
+# training (of all jobs) to end epoch $MLPRUNE_TEST_PAUSE_EPOCH writes "<run id> <pid>" to
+# $MLPRUNE_TEST_PAUSED and blocks there until its process is asked to stop (SLURM's SIGTERM, through
+# mlprune.executor.slurm_worker), then goes on: its next iteration sees the stop request. So the test
+# scancels that job at a point it controls, not in a race with a fast machine.
+PAUSE_UNTIL_STOPPED = """
+import os, time
+from mlprune.store.claims import Claims
+try:
+    from mlprune.training.interrupt import stop_requested
+except ImportError:  # no stop requests: the job's SIGKILL ends the wait
+    stop_requested = lambda: None
+_beat = Claims.heartbeat
+_epochs = {}
+def heartbeat(self, run_id, force=False):
+    if not force:
+        _epochs[run_id] = _epochs.get(run_id, 0) + 1
+        if _epochs[run_id] == int(os.environ.get("MLPRUNE_TEST_PAUSE_EPOCH", "1")):
+            try:
+                fd = os.open(os.environ["MLPRUNE_TEST_PAUSED"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return _beat(self, run_id, force)
+            os.write(fd, f"{run_id} {os.getpid()}".encode())
+            os.close(fd)
+            while not stop_requested():
+                time.sleep(0.05)
+    return _beat(self, run_id, force)
+Claims.heartbeat = heartbeat
+"""
 
 
 @pytest.fixture(scope="session")
@@ -188,14 +219,27 @@ def test_a_local_store_is_refused_when_jobs_run_on_other_nodes(slurm, tracking, 
 
 
 @pytest.fixture(scope="module")
-def sync_reference(tmp_path_factory, _empty_store_db):
-    """The sweep computed in one process (--scheduler sync) in a store of its own: {key: weights hash}."""
-    folder = tmp_path_factory.mktemp("sync-reference")
-    shutil.copy(_empty_store_db, folder / "mlflow.db")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    result = run_cli([*SWEEP, "--scheduler", "sync"], env=cli_env(uri, MLPRUNE_THREADS="1"), cwd=folder)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return hashes_by_key(uri)
+def sync_hashes(tmp_path_factory, _empty_store_db):
+    """fn(sweep arguments) -> {key: weights hash} of the sweep computed in one process (--scheduler sync)
+    in a store of its own (computed once per module)."""
+    found = {}
+
+    def hashes(sweep: list[str]) -> dict[str, str]:
+        if tuple(sweep) not in found:
+            folder = tmp_path_factory.mktemp("sync-reference")
+            shutil.copy(_empty_store_db, folder / "mlflow.db")
+            uri = f"sqlite:///{folder}/mlflow.db"
+            result = run_cli([*sweep, "--scheduler", "sync"], env=cli_env(uri, MLPRUNE_THREADS="1"), cwd=folder)
+            assert result.returncode == 0, result.stderr[-3000:]
+            found[tuple(sweep)] = hashes_by_key(uri)
+        return found[tuple(sweep)]
+
+    return hashes
+
+
+@pytest.fixture(scope="module")
+def sync_reference(sync_hashes):
+    return sync_hashes(SWEEP)
 
 
 def hashes_by_key(uri: str) -> dict[str, str]:
@@ -233,17 +277,21 @@ def job_of(pid: int) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scancel", [["scancel"], ["scancel", "--batch", "--signal=USR1"]],
+                         ids=["cancelled", "time-limit-warning"])
 def test_scancel_of_a_job_mid_training_the_sweep_completes_without_duplicates(slurm, tracking, tmp_path,
-                                                                             sync_reference):
-    # every job's worker runs PAUSE_HOOK (a sitecustomize on PYTHONPATH, which sbatch passes on): the first
-    # training to end its first epoch blocks there, so we scancel its job exactly then
+                                                                             sync_hashes, scancel):
+    """`scancel JOB` (SIGTERM, then SIGKILL after KillWait: what preemption does too) or the warning
+    before a time limit (`--signal=B:USR1@N`: SLURM signals the batch shell, which is the worker)."""
+    # the first training to end its first epoch (of two) waits there (PAUSE_UNTIL_STOPPED): we scancel its job
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(PAUSE_HOOK)
+    (hooks / "sitecustomize.py").write_text(PAUSE_UNTIL_STOPPED)
     paused = tmp_path / "paused"
     env = cli_env(tracking, MLPRUNE_THREADS="1", MLPRUNE_TEST_PAUSED=str(paused), MLPRUNE_TEST_PAUSE_EPOCH="1",
                   PYTHONPATH=os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]))
-    sweep = subprocess.Popen([sys.executable, "-m", "mlprune", *SWEEP, "--scheduler", "slurm", "--workers", "2"],
+    sweep = subprocess.Popen([sys.executable, "-m", "mlprune", *SWEEP_2_EPOCHS, "--scheduler", "slurm",
+                              "--workers", "2"],
                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def training_paused():
@@ -254,7 +302,7 @@ def test_scancel_of_a_job_mid_training_the_sweep_completes_without_duplicates(sl
         assert MlflowClient(tracking_uri=tracking).get_run(claimed).info.status == "RUNNING"
         victim = job_of(int(pid))
         assert victim in slurm.jobs()
-        subprocess.run(["scancel", victim], check=True, env=slurm.client_env())
+        subprocess.run([*scancel, victim], check=True, env=slurm.client_env())
         out, err = sweep.communicate(timeout=600)
     finally:
         if sweep.poll() is None:
@@ -265,13 +313,14 @@ def test_scancel_of_a_job_mid_training_the_sweep_completes_without_duplicates(sl
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert len(finished) == 8 == len({r.data.tags["mlprune.key"] for r in finished})  # no duplicate FINISHED key
     interrupted = MlflowClient(tracking_uri=tracking).get_run(claimed)
-    assert interrupted.info.status != "FINISHED"
+    assert interrupted.info.status != "FINISHED" and interrupted.data.tags[TAG_SLURM_JOB_ID] == victim
+    assert victim not in slurm.jobs() or wait_for(lambda: victim not in slurm.jobs(), 60, "the job to end")
     redone = next(r for r in finished if r.data.tags["mlprune.key"] == interrupted.data.tags["mlprune.key"])
     assert redone.data.tags[TAG_SLURM_JOB_ID] != victim  # computed again in another job
     resumed = redone.data.metrics.get("resumed_from_iteration", 0)
     assert resumed > 0 or redone.info.run_id != claimed  # resumed from a checkpoint, or recomputed
     assert all(r.data.tags.get(TAG_SLURM_JOB_ID) for r in finished)
-    assert hashes_by_key(tracking) == sync_reference  # and bitwise what an uninterrupted sweep computes
+    assert hashes_by_key(tracking) == sync_hashes(SWEEP_2_EPOCHS)  # bitwise what an uninterrupted sweep computes
 
 
 @pytest.mark.slow

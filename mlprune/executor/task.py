@@ -90,13 +90,14 @@ def reach(task_text: str, context_text: str, *dependency_runs: str) -> str:
 def _claim_and_compute(store, node: dict, parent_run: str | None, inputs: dict[str, str], task: dict,
                        context: dict) -> str:
     from ..store import ClaimLost
+    from .slurm import job_tags
 
     parent_state = store.load(parent_run) if parent_run else None
     root_run = (parent_state.spec.get("root_run") or parent_run) if parent_state is not None else None
     progress = getattr(PROGRESS, "printer", None)
 
     def create():
-        tags = {}
+        tags = job_tags()  # a claim that ends KILLED or FAILED names its SLURM job too
         data_dir = task.get("data_dir")
         if node["root"] is not None and data_dir:
             tags[names.TAG_DATA_DIR] = str(data_dir)
