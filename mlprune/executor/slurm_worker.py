@@ -76,10 +76,20 @@ def leave_on_signals(worker) -> None:
         reason = f"SLURM job {os.environ.get(ENV_JOB_ID, '?')} got {signal.Signals(number).name}"
         log.warning("%s: leaving", reason)
         if not leaving:
-            leaving.append(asyncio.ensure_future(worker.close_gracefully(reason=reason)))
+            leaving.append(asyncio.ensure_future(leave(worker, reason)))
 
     for number in STOP_SIGNALS:
         loop.add_signal_handler(number, on_signal, number)
+
+
+async def leave(worker, reason: str) -> None:
+    """Retire through the scheduler (it hands the task over at once), else (the scheduler is gone: its
+    `mlprune` process ended) just close, once the task's thread is done."""
+    try:
+        await worker.close_gracefully(reason=reason)
+    except (OSError, asyncio.TimeoutError) as error:
+        log.warning("the dask scheduler did not answer (%s): closing", error)
+        await worker.close(reason=reason)
 
 
 def main(argv=None) -> int:
