@@ -63,13 +63,23 @@ experiment_option = click.option(
     help="MLflow experiment (one study) for the states. Default: MLFLOW_EXPERIMENT_ID / "
          "MLFLOW_EXPERIMENT_NAME, else 'mlprune'.")
 scheduler_option = click.option(
-    "--scheduler", default="sync", show_default=True, metavar="sync|processes|tcp://HOST:PORT",
+    "--scheduler", default="sync", show_default=True, metavar="sync|processes|slurm|tcp://HOST:PORT",
     help="Where states are computed: in this process one after another (sync), on a local dask cluster "
-         "(processes), or on a running dask scheduler (tcp://HOST:8786, with an `mlflow server` as "
-         "MLFLOW_TRACKING_URI). Independent states run in parallel; the results are the same.")
+         "(processes), on workers started as SLURM jobs (slurm: docs/cluster.md), or on a running dask "
+         "scheduler (tcp://HOST:8786, with an `mlflow server` as MLFLOW_TRACKING_URI). Independent states run "
+         "in parallel; the results are the same.")
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
-    help="Worker processes of --scheduler processes (default: one per core).")
+    help="Worker processes of --scheduler processes (default: one per core); worker jobs of --scheduler slurm "
+         "(default: as many as the graph can run at once, at most 16).")
+slurm_opt_option = click.option(
+    "--slurm-opt", "slurm_opts", multiple=True, metavar="KEY=VALUE",
+    help="A SLURM option of the worker jobs of --scheduler slurm (repeatable), e.g. partition=gpu, "
+         "time=04:00:00, gpus=1, mem=8G, cpus-per-task=4, account=..., signal=120; every key: docs/cluster.md.")
+slurm_config_option = click.option(
+    "--slurm-config", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+    help="SLURM options of --scheduler slurm from a YAML or JSON file (the --slurm-opt keys); --slurm-opt "
+         "overrides them.")
 device_option = click.option(
     "--device", default=None, metavar="auto|cpu|cuda|cuda:N|mps",
     help="Where states are computed (not part of any key). Default: MLPRUNE_DEVICE, else auto "
@@ -182,14 +192,29 @@ def main():
     """
 
 
-def _execute(plans, store, scheduler, workers, options, recipe_label, params, *, figures, plan_for_figures=None):
+def slurm_options(function):
+    """--slurm-opt and --slurm-config (commands that take --scheduler)."""
+    return slurm_opt_option(slurm_config_option(function))
+
+
+def _slurm(pairs, config_file):
+    """The checked SLURM options, or None when none were given."""
+    if not pairs and not config_file:
+        return None
+    from .executor.slurm_options import slurm_config
+
+    return slurm_config(pairs, config_file)
+
+
+def _execute(plans, store, scheduler, workers, options, recipe_label, params, *, figures, plan_for_figures=None,
+             slurm=None):
     """Run plans under a workflow run (`options`: execute.RunOptions); returns (result, reached {label/node: run id})."""
     from .executor import Execution
     from .store import WorkflowRun
 
     printer = _progress_printer()
     execution = Execution([p for _, p in plans], store, scheduler=scheduler, workers=workers,
-                          options=options, progress=printer)
+                          options=options, progress=printer, slurm=slurm)
     for run_id, reason in execution.invalid:
         _warn(f"state {run_id[:8]} is not used and will be recomputed: {reason}")
     execution.check()
@@ -243,9 +268,10 @@ def _last_network(plan):
               help="Also log weight figures (conv filters, fc matrices, biases) on each state computed now.")
 @scheduler_option
 @workers_option
+@slurm_options
 @run_options
-def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers, device, deterministic,
-        channels_last, compile_, checkpoint_every):
+def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers, slurm_opts, slurm_config,
+        device, deterministic, channels_last, compile_, checkpoint_every):
     """Run a recipe file: reach every state it describes, reusing finished ones.
 
     Ends with a summary: `N states: C computed, R reused`. The workflow run (named after
@@ -259,18 +285,20 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
       mlprune run recipes/lt_structuredL1.yaml -P protocol=paper -e my-study
       mlprune run recipes/lt_structuredL1.yaml --scheduler processes --workers 2
       MLFLOW_TRACKING_URI=http://mlflow:5000 mlprune run recipes/lt_structuredL1.yaml --scheduler tcp://sched:8786
+      mlprune run recipes/lt_structuredL1.yaml --scheduler slurm --slurm-opt partition=gpu --slurm-opt gpus=1
     """
     from .recipes import compile_recipe, parse_assignments
 
     options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every)
     _stop_on_signals(scheduler)
+    slurm = _slurm(slurm_opts, slurm_config)
     overrides = parse_assignments(params)
     lazy = _LazyStore(experiment_name)
     plan = compile_recipe(recipe, overrides, load_state=lazy.load_state)
     store = lazy.get()
     started_ms = int(time.time() * 1000)
     result, reached, _ = _execute([(plan.recipe, plan)], store, scheduler, workers, options, plan.recipe,
-                                  plan.params, figures=figures)
+                                  plan.params, figures=figures, slurm=slurm)
     if state_figures:
         from .report import log_state_figures
 
@@ -292,10 +320,11 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
                    "several -P give their cartesian product.")
 @scheduler_option
 @workers_option
+@slurm_options
 @run_options
 @experiment_option
-def sweep(recipes, seeds, params, scheduler, workers, device, deterministic, channels_last, compile_,
-          checkpoint_every, experiment_name):
+def sweep(recipes, seeds, params, scheduler, workers, slurm_opts, slurm_config, device, deterministic,
+          channels_last, compile_, checkpoint_every, experiment_name):
     """Run recipes over seeds and parameter values as one graph (shared states computed once).
 
     \b
@@ -305,11 +334,14 @@ def sweep(recipes, seeds, params, scheduler, workers, device, deterministic, cha
           -P amount=0.1,0.2,0.3 --scheduler processes --workers 2
       MLFLOW_TRACKING_URI=http://mlflow:5000 mlprune sweep recipes/lt_structuredL1.yaml \\
           --seeds 0-9 --scheduler tcp://scheduler:8786 -e lt-seeds
+      MLFLOW_TRACKING_URI=http://mlflow:5000 mlprune sweep recipes/lt_structuredL1.yaml --seeds 0-9 \\
+          --scheduler slurm --workers 10 --slurm-opt partition=gpu --slurm-opt gpus=1 --slurm-opt time=04:00:00
     """
     from .recipes import parse_grid, parse_seeds, sweep_plans
 
     options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every)
     _stop_on_signals(scheduler)
+    slurm = _slurm(slurm_opts, slurm_config)
     lazy = _LazyStore(experiment_name)
     plans = sweep_plans(recipes, parse_seeds(seeds), parse_grid(params), load_state=lazy.load_state)
     store = lazy.get()
@@ -317,7 +349,7 @@ def sweep(recipes, seeds, params, scheduler, workers, device, deterministic, cha
     label = "sweep " + " ".join(Path(r).stem for r in recipes)
     result, _, _ = _execute(plans, store, scheduler, workers, options, label,
                             {"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
-                             "scheduler": scheduler, "plans": len(plans)}, figures=False)
+                             "scheduler": scheduler, "plans": len(plans)}, figures=False, slurm=slurm)
     for (plan_label, plan), states in zip(plans, result.states):
         last = store.run(states[_last_network(plan).name])
         click.echo(f"{plan_label}: last state {last.info.run_id[:8]} "

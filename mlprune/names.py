@@ -16,6 +16,7 @@ TAG_ERROR = "mlprune.error"              # why a state run is FAILED or KILLED
 TAG_DIVERGED = "mlprune.diverged"        # on a state whose training diverged and was recorded (why)
 TAG_WORKFLOW = "mlprune.workflow"        # run id of the workflow run that computed the state
 TAG_DATA_DIR = "mlprune.data_dir"        # where a root's data was read (not in the key; children reuse it)
+TAG_SLURM_JOB_ID = "mlprune.slurm.job_id"  # the SLURM job (SLURM_JOB_ID) whose process computed the state
 TAG_HEARTBEAT = "mlprune.heartbeat"      # a RUNNING claim's last sign of life (unix time)
 TAG_CLAIM_HOST = "mlprune.claim.host"    # host/pid namespace of the process holding a claim (or a workflow run)
 TAG_CLAIM_PID = "mlprune.claim.pid"

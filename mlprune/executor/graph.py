@@ -9,7 +9,8 @@ merged by key: a root or a trained network that several plans share is one
 task, computed once. Each missing state is one task of a dask graph that
 depends on its parents' tasks; independent branches run in parallel. The graph
 is the same for every scheduler: ``sync`` runs it in this process with dask's
-synchronous scheduler, ``processes`` on a local dask cluster, ``tcp://HOST:PORT``
+synchronous scheduler, ``processes`` on a local dask cluster, ``slurm`` on workers started as SLURM
+jobs (`executor.slurm`), ``tcp://HOST:PORT``
 on a running dask scheduler. A task is plain data (JSON: the node, the tracking
 URI, the experiment id, run options), never an object of the caller's.
 
@@ -31,13 +32,13 @@ from dataclasses import asdict, dataclass, field
 from .. import names
 from ..errors import SpecError
 from ..plan import Node, Plan
-from .clusters import check_workers, connect, is_loopback, task_resources
+from .clusters import GPU_RESOURCE, check_workers, connect, is_loopback, task_resources
 from .options import RunOptions
 from .task import PROGRESS, process_workspace, reach, register_store
 from .threads import CUBLAS_DETERMINISTIC, cluster_threads, compute_threads
 
 
-SCHEDULERS = ("sync", "processes", "tcp://HOST:PORT")
+SCHEDULERS = ("sync", "processes", "slurm", "tcp://HOST:PORT")
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Result:
 
 def parse_scheduler(scheduler: str | None) -> str:
     scheduler = (scheduler or "sync").strip()
-    if scheduler in ("sync", "processes") or "://" in scheduler:
+    if scheduler in ("sync", "processes", "slurm") or "://" in scheduler:
         return scheduler
     raise SpecError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
 
@@ -64,15 +65,20 @@ class Execution:
     """Plans merged by key, checked against the store, ready to run on a scheduler."""
 
     def __init__(self, plans: list[Plan], store, *, scheduler: str = "sync", workers: int | None = None,
-                 options: RunOptions | None = None, progress=None):
+                 options: RunOptions | None = None, progress=None, slurm=None):
         self.plans = list(plans)
         self.store = store
         self.scheduler = parse_scheduler(scheduler)
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise SpecError(f"workers must be an integer >= 1, got {workers!r}")
-        if workers is not None and self.scheduler != "processes":
-            raise SpecError("--workers applies to --scheduler processes only; start cluster workers with "
+        if workers is not None and self.scheduler not in ("processes", "slurm"):
+            raise SpecError("--workers applies to --scheduler processes and slurm only; start cluster workers with "
                             "`dask worker`")
+        if slurm is not None and self.scheduler != "slurm":
+            raise SpecError("SLURM options (--slurm-opt, --slurm-config) apply to --scheduler slurm only")
+        from .slurm_options import config_from
+
+        self.slurm = config_from(slurm) if self.scheduler == "slurm" else None
         from ..store import is_server
 
         if "://" in self.scheduler and not is_server(store.tracking_uri) and not is_loopback(self.scheduler):
@@ -138,6 +144,14 @@ class Execution:
         and amounts."""
         if "://" in self.scheduler:  # an unreachable scheduler is an error even when nothing is missing
             self._client = connect(self.scheduler, self.workers)
+        if self.scheduler == "slurm":  # no sbatch, or a store the jobs cannot share: an error in any case
+            from ..store import is_server
+            from .slurm import check_submit
+
+            check_submit(self.slurm, self.store.tracking_uri, is_server(self.store.tracking_uri))
+            if self.options.device.startswith("cuda") and not self.slurm.gpus:
+                raise SpecError(f"--device {self.options.device} on SLURM needs a GPU in each job: "
+                                f"--slurm-opt gpus=1")
         if not self.missing:
             return
         if self.scheduler == "sync" or self.scheduler == "processes":
@@ -213,7 +227,7 @@ class Execution:
                 self._run_sync(self._graph(workflow), reached, report)
             else:
                 self._run_dask(workflow, reached, report)
-        elif self.scheduler not in ("sync", "processes"):  # nothing to compute, but a bad address is an error
+        elif "://" in self.scheduler:  # nothing to compute, but a bad address is an error
             self._take_client()[0].close()
         return Result([{name: reached[key] for name, key in plan_keys.items()} for plan_keys in keys], keys,
                       self.store.experiment_id, self.store.tracking_uri,
@@ -248,8 +262,8 @@ class Execution:
         client, cluster = self._take_client()
         try:
             check_workers(client, self.scheduler)
-            if self.options.threads is None:  # the cores of each host split between its workers
-                self.options.threads = cluster_threads(client)
+            if self.options.threads is None:  # the cores of each host split between its workers; a job's CPUs
+                self.options.threads = self.slurm.cpus_per_task if self.slurm else cluster_threads(client)
             graph = self._graph(workflow)
             # one training per GPU: on CUDA, every task takes a worker's GPU resource (where workers have one)
             resources = task_resources(self.options.device, [w.get("resources") or {} for w in
@@ -261,7 +275,8 @@ class Execution:
                    for new, task in ((back[k], t) for k, t in graph.items())}
             futures = client.get(dsk, list(dsk), sync=False, resources=resources)
             errors = []
-            for future in as_completed(futures):
+            # SLURM jobs: also raise when they cannot start at all (slurm.SlurmJobs.completed)
+            for future in getattr(cluster, "completed", as_completed)(futures):
                 key = renamed[future.key]
                 if future.status == "finished":
                     reached[key] = future.result()
@@ -279,7 +294,14 @@ class Execution:
         """The client `check` connected (or a new one): (client, cluster or None)."""
         connected = getattr(self, "_client", None)
         self._client = None
-        return connected or connect(self.scheduler, self.workers, self.options.device)
+        if connected:
+            return connected
+        if self.scheduler == "slurm":
+            from .slurm import graph_width, jobs_for, start_client
+
+            width = graph_width({key: task["deps"] for key, task in self._tasks().items()})
+            return start_client(self.slurm, jobs_for(width, self.workers), GPU_RESOURCE)
+        return connect(self.scheduler, self.workers, self.options.device)
 
     def _task_error(self, errors) -> BaseException:
         """The first task error; a missing package on a worker becomes a one-line SpecError."""
@@ -292,14 +314,17 @@ class Execution:
 
 
 def run_plans(plans, store, scheduler: str = "sync", *, workers: int | None = None, on_state=None,
-              options: RunOptions | None = None, progress=None) -> Result:
-    """Check and run plans in one go (`Execution`): per plan {node name: run id} in a Result."""
-    execution = Execution(plans, store, scheduler=scheduler, workers=workers, options=options, progress=progress)
+              options: RunOptions | None = None, progress=None, slurm=None) -> Result:
+    """Check and run plans in one go (`Execution`): per plan {node name: run id} in a Result.
+    `slurm`: the options of --scheduler slurm (a {name: value} mapping of slurm.OPTIONS or a SlurmConfig)."""
+    execution = Execution(plans, store, scheduler=scheduler, workers=workers, options=options, progress=progress,
+                          slurm=slurm)
     execution.check()
     return execution.run(on_state)
 
 
-def run_plan(plan: Plan, experiment, *, scheduler: str = "sync", workers: int | None = None, on_state=None) -> dict:
+def run_plan(plan: Plan, experiment, *, scheduler: str = "sync", workers: int | None = None, on_state=None,
+             slurm=None) -> dict:
     """Reach every node of one plan with an `api.Experiment`; returns {node name: ExperimentState}.
 
     on_state(node, state) is called as states are reached.
@@ -309,5 +334,5 @@ def run_plan(plan: Plan, experiment, *, scheduler: str = "sync", workers: int | 
         callback = lambda _index, name, run_id: on_state(plan.node(name), experiment.state(run_id))  # noqa: E731
     result = run_plans([plan], experiment.store, scheduler, workers=workers, on_state=callback,
                        options=experiment.run_options(),
-                       progress=experiment.progress)
+                       progress=experiment.progress, slurm=slurm)
     return {name: experiment.state(run_id) for name, run_id in result.states[0].items()}

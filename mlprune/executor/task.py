@@ -94,13 +94,14 @@ def reach(task_text: str, context_text: str, *dependency_runs: str) -> str:
 def _claim_and_compute(store, node: dict, parent_run: str | None, inputs: dict[str, str], task: dict,
                        context: dict) -> str:
     from ..store import ClaimLost
+    from .slurm import job_tags
 
     parent_state = store.load(parent_run) if parent_run else None
     root_run = (parent_state.spec.get("root_run") or parent_run) if parent_state is not None else None
     progress = getattr(PROGRESS, "printer", None)
 
     def create():
-        tags = {}
+        tags = job_tags()  # a claim that ends KILLED or FAILED names its SLURM job too
         data_dir = task.get("data_dir")
         if node["root"] is not None and data_dir:
             tags[names.TAG_DATA_DIR] = str(data_dir)
@@ -173,6 +174,7 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
 def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,
             workflow) -> str:
     from ..training.devices import device_label
+    from .slurm import job_tags
 
     spec = {
         "kind": node["kind"],
@@ -202,7 +204,7 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
     params[names.PARAM_COMPILE] = options.compile
     params[names.PARAM_CHECKPOINT_EVERY] = options.checkpoint_every
     tags = {names.TAG_DEVICE: device_label(workspace.device),
-            names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow)}
+            names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow), **job_tags()}
     if "diverged" in computed.history:
         tags[names.TAG_DIVERGED] = f"epoch {computed.history['diverged'][0]}: {computed.history['diverged'][1]}"
     store.set_tags(run_id, tags)

@@ -1,0 +1,277 @@
+"""The options of --scheduler slurm: `OPTIONS` (what each key checks and becomes in a job script),
+`SlurmConfig` (the checked values), read from ``--slurm-opt KEY=VALUE`` and ``--slurm-config FILE``
+(YAML or JSON data, never code). docs/cluster.md explains every key (tested). Imports neither dask
+nor torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import SpecError
+from ..registry import Registry
+
+DEFAULT_SIGNAL_S = 120         # the warning before the time limit (SLURM may send it up to 60 s early)
+MAX_SIGNAL_S = 65535           # SLURM's limit for --signal's time
+DEFAULT_LOG_DIR = "slurm-logs"
+MAX_CONFIG_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """What every worker job asks of SLURM and how it starts (`OPTIONS` fill it)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    cpus_per_task: int = 1
+    mem: str | None = None
+    gpus: str | None = None              # None, or one GPU: "1" or "TYPE:1"
+    constraint: str | None = None
+    reservation: str | None = None
+    exclude: str | None = None
+    signal: int = DEFAULT_SIGNAL_S
+    job_name: str = "mlprune"
+    log_dir: str = DEFAULT_LOG_DIR
+    python: str = field(default_factory=lambda: sys.executable)
+    prologue: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    interface: str | None = None
+
+
+@dataclass(frozen=True)
+class SlurmOption:
+    """One key of --slurm-opt / --slurm-config: its check and the sbatch option it becomes."""
+
+    name: str                  # as users spell it (sbatch's spelling where there is one)
+    help: str
+    parse: object              # (option name, raw value) -> checked value
+    sbatch: str | None = None    # the #SBATCH directive it becomes, "{}" = the value
+    jobqueue: str | None = None  # or the SLURMCluster parameter that writes it (neither: mlprune uses it)
+    repeatable: bool = False     # given several times (or a list in a file): every value, in order
+
+    @property
+    def attribute(self) -> str:
+        return self.name.replace("-", "_")
+
+
+# ---- checks of one value -------------------------------------------------------------------
+_TOKEN = re.compile(r"^[^\s'\"\\`$;]+$")   # one shell-safe word: it lands in a job script
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?$")
+_MEM = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
+_GPUS = re.compile(r"^(?:([A-Za-z0-9_.-]+):)?(\d+)$")
+
+
+def _word(name: str, value) -> str:
+    text = str(value).strip()
+    if not _TOKEN.match(text):
+        raise SpecError(f"SLURM option {name} must be one word without spaces or quotes, got {value!r}")
+    return text
+
+
+def _line(name: str, value) -> str:
+    text = str(value)
+    if not text.strip() or any(c in text for c in "\r\n\0"):
+        raise SpecError(f"SLURM option {name} must be one non-empty line, got {value!r}")
+    return text.strip()
+
+
+def _positive_int(name: str, value) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise SpecError(f"SLURM option {name} must be an integer >= 1, got {value!r}")
+    return int(text)
+
+
+def time_seconds(text: str) -> int:
+    """Seconds of a SLURM time (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)."""
+    days, first, second, third = _TIME.match(text).groups()
+    parts = [int(p) for p in (first, second, third) if p is not None]
+    if days is not None:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if len(parts) == 1:
+        return parts[0] * 60
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    return (parts[0] * 60 + parts[1]) * 60 + parts[2]
+
+
+def _time(name: str, value) -> str:
+    text = str(value).strip()
+    if not _TIME.match(text) or time_seconds(text) <= 0:
+        raise SpecError(f"SLURM option {name} must be a time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+                        f"D-HH:MM:SS (e.g. 04:00:00), got {value!r}")
+    return text
+
+
+def _mem(name: str, value) -> str:
+    match = _MEM.match(str(value).strip())
+    if not match or int(match.group(1)) < 1:
+        raise SpecError(f"SLURM option {name} must be a size like 8G, 500M or 16000 (megabytes), got {value!r}")
+    return f"{match.group(1)}{match.group(2).upper()}"
+
+
+def _gpus(name: str, value) -> str | None:
+    match = _GPUS.match(str(value).strip())
+    if not match:
+        raise SpecError(f"SLURM option {name} must be 1 or TYPE:1 (e.g. a100:1), got {value!r}")
+    count = int(match.group(2))
+    if count == 0:
+        return None
+    if count != 1:
+        raise SpecError(f"SLURM option {name} must be 1 or TYPE:1, got {value!r}: a job trains one state at a "
+                        f"time on one GPU; ask for more jobs (--workers) to use more GPUs")
+    return str(value).strip()
+
+
+def _signal(name: str, value) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) > MAX_SIGNAL_S:
+        raise SpecError(f"SLURM option {name} must be the seconds before the time limit at which a worker is "
+                        f"told to checkpoint and leave (0 to {MAX_SIGNAL_S}; 0 = no warning), got {value!r}")
+    return int(text)
+
+
+def _sbatch_option(name: str, value) -> str:
+    text = _line(name, value)
+    if not text.startswith("-"):
+        raise SpecError(f"SLURM option {name} must be an sbatch option starting with '-' (e.g. --exclusive), "
+                        f"got {value!r}")
+    return text
+
+
+def _path(name: str, value) -> str:
+    return str(Path(_line(name, value)).expanduser())
+
+
+OPTIONS: Registry[SlurmOption] = Registry("SLURM option")
+for _entry in (
+    SlurmOption("partition", "the partition (queue) of the worker jobs", _word, jobqueue="queue"),
+    SlurmOption("account", "the account the jobs are charged to", _word, jobqueue="account"),
+    SlurmOption("qos", "the quality of service", _word, "--qos={}"),
+    SlurmOption("time", "each job's time limit (HH:MM:SS, D-HH:MM:SS, minutes)", _time, jobqueue="walltime"),
+    SlurmOption("cpus-per-task", "CPUs of each job: the torch threads of the state it computes (default 1)",
+                _positive_int, jobqueue="job_cpu"),
+    SlurmOption("mem", "memory of each job (8G, 500M; default: the partition's)", _mem, jobqueue="job_mem"),
+    SlurmOption("gpus", "1 (or TYPE:1): each job has one GPU and trains one state at a time on it", _gpus,
+                "--gpus={}"),
+    SlurmOption("constraint", "node features the jobs need", _word, "--constraint={}"),
+    SlurmOption("reservation", "a reservation to run in", _word, "--reservation={}"),
+    SlurmOption("exclude", "nodes not to run on", _word, "--exclude={}"),
+    SlurmOption("signal", f"seconds before the time limit at which a worker checkpoints and leaves "
+                          f"(--signal=B:USR1@N; default {DEFAULT_SIGNAL_S}, 0 = none)", _signal),
+    SlurmOption("job-name", "the jobs' name in squeue (default mlprune)", _word, jobqueue="job_name"),
+    SlurmOption("log-dir", f"where each job's output goes (default ./{DEFAULT_LOG_DIR})", _path),
+    SlurmOption("python", "the Python that runs the workers (default: this one; the same environment on a "
+                          "shared filesystem)", _path),
+    SlurmOption("prologue", "a shell line run before the worker starts (repeatable), e.g. 'module load cuda'",
+                _line, repeatable=True),
+    SlurmOption("extra", "any other sbatch option (repeatable), e.g. --exclusive", _sbatch_option,
+                repeatable=True),
+    SlurmOption("interface", "the network interface the dask scheduler and workers talk on (e.g. ib0)", _word),
+):
+    OPTIONS.add(_entry)
+
+
+def _option(name) -> SlurmOption:
+    key = str(name).strip().replace("_", "-")
+    return OPTIONS[key]
+
+
+def _set(values: dict, name, raw, where: str) -> None:
+    option = _option(name)
+    items = raw if isinstance(raw, (list, tuple)) and option.repeatable else [raw]
+    for item in items:
+        if isinstance(item, (dict, list, tuple)) or item is None:
+            raise SpecError(f"SLURM option {option.name}{where} must be a single value, got {item!r}")
+        value = option.parse(option.name, item)
+        if option.repeatable:
+            values[option.attribute] = (*values.get(option.attribute, ()), value)
+        else:
+            values[option.attribute] = value
+
+
+def read_config_file(path) -> dict:
+    """The mapping of a --slurm-config file (YAML or JSON data: keys of `OPTIONS`)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise SpecError(f"--slurm-config {path} is larger than {MAX_CONFIG_BYTES} bytes")
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"--slurm-config {path}: cannot read it ({type(error).__name__}: {error})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise SpecError(f"--slurm-config {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                        f"{' '.join(str(error).split())[:200]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"--slurm-config {path} must be a mapping of SLURM options, got {type(data).__name__}")
+    return data
+
+
+def slurm_config(pairs=(), config_file=None, base: SlurmConfig | None = None) -> SlurmConfig:
+    """The checked options: `base` (defaults), then the file's, then each KEY=VALUE of `pairs`."""
+    values: dict = {}
+    if config_file:
+        for name, raw in read_config_file(config_file).items():
+            _set(values, name, raw, f" in {config_file}")
+    from_pairs: dict = {}
+    for pair in pairs:
+        name, sep, raw = str(pair).partition("=")
+        if not sep or not name.strip():
+            raise SpecError(f"--slurm-opt {pair!r} must be KEY=VALUE (e.g. partition=gpu)")
+        _set(from_pairs, name, raw, "")
+    for attribute, value in from_pairs.items():  # repeatable ones given on the command line add to the file's
+        values[attribute] = (*values.get(attribute, ()), *value) if isinstance(value, tuple) else value
+    config = replace(base or SlurmConfig(), **values)
+    if config.time is not None and config.signal and config.signal >= time_seconds(config.time):
+        raise SpecError(f"SLURM option signal ({config.signal} s) must be shorter than the time limit "
+                        f"{config.time} ({time_seconds(config.time)} s)")
+    return config
+
+
+def config_from(options) -> SlurmConfig:
+    """A SlurmConfig from a SlurmConfig, a {name: value} mapping (Python API) or None."""
+    if options is None or isinstance(options, SlurmConfig):
+        return options or SlurmConfig()
+    if not isinstance(options, dict):
+        raise SpecError(f"SLURM options must be a mapping of {', '.join(OPTIONS)}, got {type(options).__name__}")
+    return slurm_config([f"{k}={v}" for k, v in options.items() if not isinstance(v, (list, tuple))]
+                        + [f"{k}={item}" for k, v in options.items() if isinstance(v, (list, tuple)) for item in v])
+
+
+def jobqueue_parameters(config: SlurmConfig) -> dict:
+    """SLURMCluster's parameters for the options it writes into the job script itself."""
+    return {o.jobqueue: getattr(config, o.attribute) for o in OPTIONS.values() if o.jobqueue}
+
+
+def memory_bytes(mem: str) -> int:
+    """Bytes of a SLURM size (a bare number is megabytes)."""
+    number, unit = _MEM.match(mem).groups()
+    return int(number) << {"K": 10, "": 20, "M": 20, "G": 30, "T": 40}[unit.upper()]
+
+
+def directives(config: SlurmConfig) -> list[str]:
+    """The #SBATCH options of a worker job beyond those SLURMCluster writes (-n 1, --cpus-per-task, --mem,
+    -p, -A, -t, -J, -e/-o)."""
+    lines = []
+    for option in OPTIONS.values():
+        value = getattr(config, option.attribute)
+        if option.sbatch is not None and value is not None:
+            lines.append(option.sbatch.format(value))
+    if config.signal:
+        lines.append(f"--signal=B:USR1@{config.signal}")  # B: the batch shell, which the worker replaces (exec)
+    lines.append("--no-requeue")  # a job SLURM ends is replaced by SlurmJobs, never run twice
+    lines.extend(config.extra)
+    return lines
