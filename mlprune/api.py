@@ -147,9 +147,10 @@ class Experiment:
     def __init__(self, name: str | None = None, *, tracking_uri: str | None = None,
                  experiment_id: str | None = None, store=None, progress: Callable[[str], None] | None = None,
                  data_dir: str | None = None, device: str | None = None, deterministic: bool = False,
-                 channels_last: bool = False, compile: bool = False):
-        """`device`, `deterministic`, `channels_last`, `compile`: run options of the states this object
-        computes (`execute.RunOptions`; never part of a key)."""
+                 channels_last: bool = False, compile: bool = False, batch: int = 1):
+        """`device`, `deterministic`, `channels_last`, `compile`, `batch`: run options of the states this
+        object computes (`executor.RunOptions`; never part of a key). ``batch``: train up to that many sibling
+        states of one call (spawned copies) together as one batch (`executor.batching`)."""
         from .store import Store
 
         self.store = store or Store(name, tracking_uri=tracking_uri, experiment_id=experiment_id)
@@ -157,6 +158,7 @@ class Experiment:
         self.data_dir = data_dir
         self.device = device
         self.deterministic, self.channels_last, self.compile = deterministic, channels_last, compile
+        self.batch = batch
         self.computed: list[str] = []  # run ids of the states this object computed (not cache hits)
 
     def state(self, run_id: str) -> ExperimentState:
@@ -194,7 +196,7 @@ class Experiment:
         from .executor import RunOptions
 
         return RunOptions(device=self.device, data_dir=self.data_dir, deterministic=self.deterministic,
-                          channels_last=self.channels_last, compile=self.compile)
+                          channels_last=self.channels_last, compile=self.compile, batch=self.batch)
 
     def _run(self, plan) -> dict[str, str]:
         from .executor import Execution

@@ -37,6 +37,7 @@ PARAM_THREADS = "run.threads"            # torch threads the state was computed 
 PARAM_DETERMINISTIC = "run.deterministic"  # torch's deterministic algorithms (+ cuBLAS workspace config) were on
 PARAM_CHANNELS_LAST = "run.channels_last"  # trained in channels_last memory format
 PARAM_COMPILE = "run.compile"            # trained through torch.compile
+PARAM_BATCH = "run.batch"                # sibling trainings its training ran batched with (1: alone; issue 28)
 # every resolved step option is a param "<step kind>.<option>" (e.g. prune.method, train.lr)
 
 # ---- metrics of a state run ----------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Run options: how states are computed (device, threads, determinism, memory format, compile), none
-of it part of a key (recorded as params and tags)."""
+"""Run options: how states are computed (device, threads, determinism, memory format, compile, sibling
+batches), none of it part of a key (recorded as params and tags)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class RunOptions:
     deterministic: bool = False     # torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG
     channels_last: bool = False     # train in the channels_last memory format
     compile: bool = False           # train through torch.compile
+    batch: int = 1                  # sibling trainings trained together as one batch, at most (`batching`)
 
     def resolved(self) -> "RunOptions":
         from ..training.devices import check_device_name
@@ -36,11 +37,13 @@ class RunOptions:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise SpecError(f"run option threads must be an integer >= 1, got {self.threads!r}")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise SpecError(f"run option batch must be an integer >= 1, got {self.batch!r}")
         # threads left None are resolved when something is computed (Execution.run): counting the
         # cores imports torch, which a fully cached run never needs
         return RunOptions(check_device_name(self.device), self.threads or pinned_threads(),
                           str(self.data_dir) if self.data_dir else None, self.deterministic, self.channels_last,
-                          self.compile)
+                          self.compile, self.batch)
 
 
 def parse_switch(text, name: str) -> bool | None:

@@ -52,13 +52,10 @@ from .. import names
 from ..errors import SpecError
 from ..names import (M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS, M_LR, M_TRAIN_ACCURACY, M_TRAIN_LOSS, M_VAL_ACCURACY,
                      M_VAL_LOSS)
-from . import OPTIMIZERS
+from . import OPTIMIZERS, UNBATCHABLE_PRECISIONS
 from .loop import Diverged, autocast_for, gradual_masks, handle_divergence, step_seed, timeline
 
-__all__ = ["NotBatchable", "BatchedNetwork", "train_batched", "UNBATCHABLE_PRECISIONS"]
-
-# one GradScaler for all siblings would skip every sibling's step when one of them overflows
-UNBATCHABLE_PRECISIONS = ("fp16",)
+__all__ = ["NotBatchable", "BatchedNetwork", "train_batched", "evaluate_batched"]
 
 
 class NotBatchable(SpecError):
