@@ -34,6 +34,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import mlprune  # noqa: E402,F401 -- before torch: passive OpenMP waits, as in `mlprune run`
+
 N_SIBLINGS = 8
 
 

@@ -26,6 +26,7 @@ import torch
 from mlprune.data import load_data
 from mlprune.models import MODELS, build_model, model_entry, model_input, prunable
 from mlprune.spec.steps import resolve_train
+from mlprune.training import OPTIMIZERS
 from mlprune.training.batched import BatchedNetwork, NotBatchable, train_batched
 from mlprune.training.loop import Diverged, train
 
@@ -135,7 +136,8 @@ def assert_same_training(separate, batched, data, *, tolerance=WEIGHT_TOLERANCE,
             assert [e for e, _ in values] == [e for e, _ in others], metric
             for (_, a), (_, b) in zip(values, others):
                 if "accuracy" in metric:
-                    examples = data.len_test if "test" in metric else data.len_val if "val" in metric else data.len_train
+                    examples = (data.len_test if "test" in metric else data.len_val if "val" in metric
+                                else data.len_train)
                     assert abs(a - b) * examples <= 1 + 1e-9, (k, metric, a, b)  # within one example
                 elif metric.endswith("loss"):
                     assert abs(a - b) <= loss_tolerance * max(1.0, abs(a)), (k, metric, a, b)
@@ -175,7 +177,8 @@ def test_resnet20_siblings_are_the_same_computation_with_their_own_batchnorm_sta
     """ResNet-20 on digits amplifies any summation-order change (another thread count, channels_last, or
     batching) to 1e-2..1e-1 in 20 iterations at fp32 (docs/performance.md): in float64 the batched and
     separate trainings agree to 1e-11, BatchNorm running statistics included."""
-    options = {"steps": "20it", "lr": 0.05, "momentum": 0.9, "lr_schedule": {"kind": "multistep", "milestones": ["10it"]},
+    options = {"steps": "20it", "lr": 0.05, "momentum": 0.9,
+               "lr_schedule": {"kind": "multistep", "milestones": ["10it"]},
                "warmup": "5it"}
     separate, batched, data = siblings("resnet20", 3, options, dtype=torch.float64)
     assert_same_training(separate, batched, data, tolerance=1e-9, loss_tolerance=FLOAT32_EVALUATION)
@@ -312,6 +315,29 @@ def test_a_diverging_sibling_stops_alone(on_divergence):
     if on_divergence == "record":  # the diverged sibling's non-finite weights are not compared numerically
         keep = [0, 2]
     assert_same_training(sub(separate), sub(batched), data)
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_one_optimizer_over_stacked_tensors_is_each_siblings_own(optimizer):
+    """The batched loop gives one torch.optim optimizer the stacked [N, ...] tensors: every catalog optimizer
+    must update elementwise, so that each slice moves exactly as its own optimizer moves it alone."""
+    own = {"momentum": 0.9, "nesterov": True} if "momentum" in OPTIMIZERS[optimizer].takes else {}
+    options = resolve_train({"lr": 0.01, "optimizer": optimizer, "weight_decay": 0.01, **own}).options
+    factory = OPTIMIZERS[optimizer].load()
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 5, 4, generator=generator)
+    grads = [torch.randn(3, 5, 4, generator=generator) for _ in range(4)]
+    stacked = start.clone().requires_grad_()
+    alone = [start[k].clone().requires_grad_() for k in range(3)]
+    together, apart = factory([stacked], options), [factory([p], options) for p in alone]
+    for grad in grads:
+        stacked.grad = grad.clone()
+        together.step()
+        for k, (p, opt) in enumerate(zip(alone, apart)):
+            p.grad = grad[k].clone()
+            opt.step()
+    for k, p in enumerate(alone):
+        assert torch.allclose(stacked[k], p, rtol=0, atol=1e-7), optimizer
 
 
 # ---- what is batched -------------------------------------------------------------------------------
