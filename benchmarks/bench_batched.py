@@ -9,8 +9,10 @@ layer, data orders 100..107) from the same starting tensors on the same data, as
 executor would: separately, ``training.loop.train`` 8 times in a row; batched, one
 ``training.batched.train_batched``. Both sides run in this process at the same torch thread count
 (torch's default: all cores, as ``mlprune run`` computes), every training includes its epoch-end
-test pass; the two sides alternate over repetitions and the medians are compared. The batched
-side's weights are checked against the separate side's (``max_weight_difference``).
+test pass; the two sides alternate over repetitions and the medians are compared (wall time; the
+process's CPU time is reported beside it, ``cpu_speedup``: on a machine other processes share it
+varies less). The batched side's weights are checked against the separate side's
+(``max_weight_difference``).
 
 - ``batched_speedup``               lenet on digits (28 px), 1 epoch, SGD momentum, batch 32  goal >= 3
 - ``batched_speedup_lenet_300_100`` lenet_300_100 on digits, 1 epoch, Adam, batch 60 (the LTH
@@ -82,20 +84,20 @@ def speedup(model: str, data, train_options: dict, *, device=None, repetitions: 
     def separate():
         trained, own = fresh()
         _sync(device)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for m, mask, seed in zip(trained, own, seeds):
             train(m, mask, data, options, seed=seed, device=device)
         _sync(device)
-        return time.perf_counter() - started, trained
+        return time.perf_counter() - started, time.process_time() - cpu, trained
 
     def batched():
         trained, own = fresh()
         _sync(device)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         outcomes = train_batched(trained, own, data, options, seeds=seeds, device=device)
         _sync(device)
         assert all(isinstance(o, dict) for o in outcomes), outcomes
-        return time.perf_counter() - started, trained
+        return time.perf_counter() - started, time.process_time() - cpu, trained
 
     # warm-up (kernel choices, allocator, first-call costs) on both sides, not timed
     warm = dict(train_options, steps="2it")
@@ -105,18 +107,22 @@ def speedup(model: str, data, train_options: dict, *, device=None, repetitions: 
     train(w_models[0], w_masks[0], data, warm_options, seed=0, device=device)
     train_batched(w_models, w_masks, data, warm_options, seeds=seeds, device=device)
     times = {"separate": [], "batched": []}
+    cpu_times = {"separate": [], "batched": []}
     last = {}
     for _ in range(repetitions):
         for side, fn in (("separate", separate), ("batched", batched)):
-            seconds, trained = fn()
+            seconds, cpu, trained = fn()
             times[side].append(seconds)
+            cpu_times[side].append(cpu)
             last[side] = trained
     difference = max(float((a.state_dict()[k].double() - b.state_dict()[k].double()).abs().max())
                      for a, b in zip(last["separate"], last["batched"]) for k in a.state_dict()
                      if a.state_dict()[k].is_floating_point())
     separate_s, batched_s = statistics.median(times["separate"]), statistics.median(times["batched"])
+    # CPU seconds of the process: what the work costs, less sensitive to other processes than wall time
+    cpu_speedup = statistics.median(cpu_times["separate"]) / statistics.median(cpu_times["batched"])
     return {"speedup": separate_s / batched_s, "separate_s": separate_s, "batched_s": batched_s,
-            "times": times, "siblings": n, "model": model, "options": train_options,
+            "times": times, "cpu_times": cpu_times, "cpu_speedup": cpu_speedup, "siblings": n, "model": model, "options": train_options,
             "max_weight_difference": difference, "torch_threads": torch.get_num_threads(), "device": str(device)}
 
 
@@ -173,7 +179,8 @@ def main(argv=None) -> int:
     else:
         for name, figure in result["details"].items():
             print(f"{name}: {figure['separate_s']:.2f} s separately / {figure['batched_s']:.2f} s batched = "
-                  f"x{figure['speedup']:.2f} ({figure['siblings']} siblings, {figure['torch_threads']} threads, "
+                  f"x{figure['speedup']:.2f}, CPU time x{figure['cpu_speedup']:.2f} ({figure['siblings']} siblings, "
+                  f"{figure['torch_threads']} threads, "
                   f"max |Δw| {figure['max_weight_difference']:.1e}; times {figure['times']})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
