@@ -134,7 +134,7 @@ def _batched(quick: bool, tiny: bool) -> dict:
     import bench_batched
     import torch
 
-    from mlprune.execute import torch_default_threads
+    from mlprune.executor import torch_default_threads
 
     before = torch.get_num_threads()
     torch.set_num_threads(torch_default_threads())

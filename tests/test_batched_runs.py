@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from mlprune import Experiment, Recipe
-from mlprune.batching import sibling_groups
+from mlprune.executor.batching import sibling_groups
 from mlprune.cli import main
-from mlprune.execute import Execution, RunOptions, run_plans
+from mlprune.executor import Execution, RunOptions, run_plans
 from mlprune.recipes import parse_seeds, sweep_plans
 from mlprune.store import Store
 
