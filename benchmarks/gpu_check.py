@@ -22,7 +22,11 @@ What it does, in a temp dir (nothing is downloaded; the store is a real sqlite M
    enforced each step, seeded batched augmentation on the device) in bf16 and fp32, against a bare
    PyTorch loop (index_select batches of the resident tensor, forward, backward, SGD step) with AMP
    (bf16 autocast) on and off. CUDA is synchronized around every timed part; warm-up steps are not
-   timed.
+   timed;
+5. sibling trainings batched (issue 28, ``bench_batched.speedup``): 8 ResNet-20 siblings (different
+   inits, masks and data orders) trained one after the other / as one batch on the device, fp32 and
+   bf16 (``batched_speedup_resnet20``, goal >= 5 on a GPU; ``batched_speedup_resnet20_bf16``), with
+   the largest weight difference between the two sides.
 
 Exit status 0 when every check passed (the figures are printed as a Markdown table either way).
 """
@@ -43,6 +47,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "benchmarks"))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
@@ -162,6 +167,19 @@ def bare_throughput(resident, input_shape, device, amp: bool, iterations: int, b
     return iterations * batch / (time.perf_counter() - start)
 
 
+def batched_figures(data, device, args) -> dict:
+    """8 ResNet-20 siblings separately / batched on the device (`bench_batched.speedup`), fp32 and bf16."""
+    import bench_batched
+
+    out = {}
+    for precision, name in (("fp32", "batched_speedup_resnet20"), ("bf16", "batched_speedup_resnet20_bf16")):
+        options = {"steps": f"{args.batched_iterations}it", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+                   "batch_size": args.batch, "precision": precision}
+        out[name] = bench_batched.speedup("resnet20", data, options, device=device,
+                                          repetitions=1 if args.tiny else 3, model_options={"shortcut": "B"})
+    return out
+
+
 # ---- the end-to-end check ----------------------------------------------------------------------------
 
 def end_to_end(device_name: str, data_dir: Path, work: Path, args) -> dict:
@@ -254,13 +272,17 @@ def main(argv=None) -> int:
     parser.add_argument("--timed", type=int, default=None, help="timed iterations of each throughput figure")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--rewind", type=int, default=None, help="rewind point (iterations)")
+    parser.add_argument("--batched-iterations", type=int, default=None,
+                        help="iterations of each of the 8 sibling trainings of the batched figure")
     parser.add_argument("--accuracy-tolerance", type=float, default=0.02,
                         help="device vs CPU test accuracy of the same weights (bf16 / kernels differ)")
     args = parser.parse_args(argv)
-    tiny = {"train_size": 40, "iterations": 4, "timed": 2, "batch": 8, "rewind": 2, "test": 16}
-    full = {"train_size": 50000, "iterations": 400, "timed": 200, "batch": 128, "rewind": 100, "test": 10000}
+    tiny = {"train_size": 40, "iterations": 4, "timed": 2, "batch": 8, "rewind": 2, "test": 16,
+            "batched_iterations": 2}
+    full = {"train_size": 50000, "iterations": 400, "timed": 200, "batch": 128, "rewind": 100, "test": 10000,
+            "batched_iterations": 50}
     sizes = tiny if args.tiny else full
-    for name in ("train_size", "iterations", "timed", "batch", "rewind"):
+    for name in ("train_size", "iterations", "timed", "batch", "rewind", "batched_iterations"):
         if getattr(args, name.replace("-", "_")) is None:
             setattr(args, name, sizes[name])
 
@@ -298,6 +320,10 @@ def main(argv=None) -> int:
                 resident, data.input_shape, device, amp, args.timed, args.batch, warmup)
         figures["mlprune_vs_bare_bf16"] = figures["mlprune_bf16_img_s"] / figures["bare_amp_bf16_img_s"]
         figures["mlprune_vs_bare_fp32"] = figures["mlprune_fp32_img_s"] / figures["bare_fp32_img_s"]
+        result["batched"] = batched_figures(data, device, args)
+        figures.update({name: value["speedup"] for name, value in result["batched"].items()})
+        result["notes"].update({f"{name}_max_weight_difference": value["max_weight_difference"]
+                                for name, value in result["batched"].items()})
         result["figures"] = figures
     ok = all(result["checks"].values())
     result["ok"] = ok

@@ -44,8 +44,16 @@ Resumable checkpoints (``bench_checkpoint.py``: the presets ``lth_lenet_300_100`
                              checkpoint due every epoch (the default) / with
                              none                                           goal <= 1.05
 
+Sibling trainings batched (``bench_batched.py``, issue 28: 8 siblings of one architecture and
+train step, different inits, masks and data orders; torch's default thread count):
+
+- ``batched_speedup``        lenet on digits: 8 trainings one after the other /
+                             the same 8 as one batch                        goal >= 3
+- ``batched_speedup_lenet_300_100``, ``batched_speedup_resnet20``: the same for
+                             those models (reported; ResNet-20 on a GPU: ``gpu_check.py``)
+
 Details of each are in ``bench_pipeline.py``, ``bench_store.py``, ``bench_datapath.py``,
-``bench_process.py`` and ``bench_checkpoint.py``; ``--json`` writes the figures at the top level, plus ``details``,
+``bench_process.py``, ``bench_checkpoint.py`` and ``bench_batched.py``; ``--json`` writes the figures at the top level, plus ``details``,
 ``goals`` and ``environment``. The in-process figures are measured at one torch thread
 (``MLPRUNE_THREADS=1`` unless set: comparable with earlier results); the process figures
 at mlprune's default, except where a figure says otherwise.
@@ -83,8 +91,11 @@ GOALS = {
     "threads_speedup": (1.3, ">=", "run process at 1 thread / at the default (all cores)"),
     "checkpoint_cost_lenet_300_100": (1.05, "<=", "lth_lenet_300_100, a checkpoint due every epoch / none"),
     "checkpoint_cost_resnet20": (1.05, "<=", "lth_resnet20_cifar10, a checkpoint due every epoch / none"),
+    "batched_speedup": (3.0, ">=", "8 lenet trainings one after the other / as one batch"),
 }
-REPORTED = {"cached_rerun_s": "seconds of a fully cached re-run process"}  # top-level, no goal of their own
+REPORTED = {"cached_rerun_s": "seconds of a fully cached re-run process",  # top-level, no goal of their own
+            "batched_speedup_lenet_300_100": "8 lenet_300_100 trainings separately / batched",
+            "batched_speedup_resnet20": "8 resnet20 trainings separately / batched (CPU)"}
 
 
 def _met(name: str, value: float) -> bool:
@@ -127,6 +138,21 @@ def _datapath(quick: bool, tiny: bool) -> dict:
         torch.set_num_threads(before)
 
 
+def _batched(quick: bool, tiny: bool) -> dict:
+    """bench_batched at torch's default thread count (all cores, as `mlprune run` computes states)."""
+    import bench_batched
+    import torch
+
+    from mlprune.executor import torch_default_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_default_threads())
+    try:
+        return bench_batched.measure(quick, tiny)
+    finally:
+        torch.set_num_threads(before)
+
+
 def run(size: str) -> dict:
     import bench_checkpoint
     import bench_pipeline
@@ -143,7 +169,8 @@ def run(size: str) -> dict:
                      ("store", lambda: bench_store.measure(quick=quick, tiny=tiny)),
                      ("datapath", lambda: _datapath(quick, tiny)),
                      ("process", lambda: bench_process.measure(quick=quick, tiny=tiny)),
-                     ("checkpoint", lambda: bench_checkpoint.measure(quick=quick, tiny=tiny))):
+                     ("checkpoint", lambda: bench_checkpoint.measure(quick=quick, tiny=tiny)),
+                     ("batched", lambda: _batched(quick, tiny))):
         started = time.perf_counter()
         details[name] = fn()
         seconds[name] = time.perf_counter() - started
@@ -159,6 +186,8 @@ def run(size: str) -> dict:
                                                        "cached_rerun_s", "cached_rerun_vs_import_mlflow",
                                                        "threads_speedup")},
         **{name: details["checkpoint"][name] for name in ("checkpoint_cost_lenet_300_100", "checkpoint_cost_resnet20")},
+        **{name: details["batched"][name] for name in ("batched_speedup", "batched_speedup_lenet_300_100",
+                                                       "batched_speedup_resnet20")},
     }
     env = environment()
     env.update(size=size, load_average_before=load_before, load_average_after=_common.load_average(),
@@ -178,6 +207,8 @@ def table(result: dict) -> str:
         lines.append(f"| `{name}` | {result[name]:.2f} | | | {what} |")
     d = result["details"]
     p, s, dp, pr = d["pipeline"], d["store"], d["datapath"], d["process"]
+    batched = [f"{name} {b['separate_s']:.2f} s / {b['batched_s']:.2f} s = x{b['speedup']:.2f} (max |Δw| "
+               f"{b['max_weight_difference']:.1e})" for name, b in d["batched"]["details"].items()]
     lines += [
         "",
         f"- pipeline: mlprune {p['pipeline_s']:.2f} s vs bare {p['bare_s']:.2f} s (medians of "
@@ -205,6 +236,9 @@ def table(result: dict) -> str:
             pr["cached_rerun_s"],
             "skipped" if pr["first_store_ever_s"] is None else f"{pr['first_store_ever_s']:.2f} s",
             pr["torch_threads"], pr["same_final_accuracy"]),
+        f"- batched siblings ({next(iter(d['batched']['details'].values()))['siblings']} trainings, "
+        f"{next(iter(d['batched']['details'].values()))['torch_threads']} threads, separately / batched): "
+        + "; ".join(batched),
     ]
     for name, c in d["checkpoint"]["details"].items():
         lines.append(

@@ -147,10 +147,12 @@ class Experiment:
     def __init__(self, name: str | None = None, *, tracking_uri: str | None = None,
                  experiment_id: str | None = None, store=None, progress: Callable[[str], None] | None = None,
                  data_dir: str | None = None, device: str | None = None, deterministic: bool = False,
-                 channels_last: bool = False, compile: bool = False, checkpoint_every: str | int | None = None):
+                 channels_last: bool = False, compile: bool = False, checkpoint_every: str | int | None = None,
+                 batch: int = 1):
         """`device`, `deterministic`, `channels_last`, `compile`, `checkpoint_every` (resumable checkpoints of
-        trainings: ``"1ep"`` by default, ``"<N>ep"``, ``"<N>it"`` or ``"off"``): run options of the states
-        this object computes (`executor.RunOptions`; never part of a key)."""
+        trainings: ``"1ep"`` by default, ``"<N>ep"``, ``"<N>it"`` or ``"off"``), `batch`: run options of the
+        states this object computes (`executor.RunOptions`; never part of a key). ``batch``: train up to that
+        many sibling states of one call (spawned copies) together as one batch (`executor.batching`)."""
         from .store import Store
 
         self.store = store or Store(name, tracking_uri=tracking_uri, experiment_id=experiment_id)
@@ -159,6 +161,7 @@ class Experiment:
         self.device = device
         self.deterministic, self.channels_last, self.compile = deterministic, channels_last, compile
         self.checkpoint_every = checkpoint_every
+        self.batch = batch
         self.computed: list[str] = []  # run ids of the states this object computed (not cache hits)
 
     def state(self, run_id: str) -> ExperimentState:
@@ -197,7 +200,7 @@ class Experiment:
 
         return RunOptions(device=self.device, data_dir=self.data_dir, deterministic=self.deterministic,
                           channels_last=self.channels_last, compile=self.compile,
-                          checkpoint_every=self.checkpoint_every)
+                          checkpoint_every=self.checkpoint_every, batch=self.batch)
 
     def _run(self, plan) -> dict[str, str]:
         from .executor import Execution

@@ -104,14 +104,31 @@ checkpoint_every_option = click.option(
          "Recorded as run.checkpoint_every, not part of any key.")
 
 
-def _run_options(device, deterministic, channels_last, compile_, checkpoint_every=None):
+batch_option = click.option(
+    "--batch", default=None, metavar="N",
+    help="Train up to N sibling states (seeds, controls, spawned copies that share one architecture and one "
+         "train step but for the data order) together as one batched computation: the same keys and results "
+         "up to floating-point summation order (docs/performance.md); recorded as run.batch. Default 1.")
+
+
+def _batch(text) -> int:
+    """--batch from the command line or an MLproject parameter ('' / None: 1)."""
+    if text is None or str(text).strip() == "":
+        return 1
+    value = str(text).strip()
+    if not value.isdigit() or int(value) < 1:
+        raise SpecError(f"--batch must be an integer >= 1, got {text!r}")
+    return int(value)
+
+
+def _run_options(device, deterministic, channels_last, compile_, checkpoint_every=None, batch=None):
     """The run options, checked (MLPRUNE_THREADS too): called before the store is opened."""
     from .executor import RunOptions, parse_switch
 
     return RunOptions(device=device, deterministic=bool(parse_switch(deterministic, "--deterministic")),
                       channels_last=bool(parse_switch(channels_last, "--channels-last")),
                       compile=bool(parse_switch(compile_, "--compile")),
-                      checkpoint_every=checkpoint_every).resolved()
+                      checkpoint_every=checkpoint_every, batch=_batch(batch)).resolved()
 
 
 def run_options(function):
@@ -270,8 +287,9 @@ def _last_network(plan):
 @workers_option
 @slurm_options
 @run_options
+@batch_option
 def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers, slurm_opts, slurm_config,
-        device, deterministic, channels_last, compile_, checkpoint_every):
+        device, deterministic, channels_last, compile_, checkpoint_every, batch):
     """Run a recipe file: reach every state it describes, reusing finished ones.
 
     Ends with a summary: `N states: C computed, R reused`. The workflow run (named after
@@ -284,12 +302,13 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
       mlprune run recipes/lt_structuredL1.yaml -P rounds=3 -P amount=0.3
       mlprune run recipes/lt_structuredL1.yaml -P protocol=paper -e my-study
       mlprune run recipes/lt_structuredL1.yaml --scheduler processes --workers 2
+      mlprune run recipes/lth_lenet_300_100.yaml --batch 3
       MLFLOW_TRACKING_URI=http://mlflow:5000 mlprune run recipes/lt_structuredL1.yaml --scheduler tcp://sched:8786
       mlprune run recipes/lt_structuredL1.yaml --scheduler slurm --slurm-opt partition=gpu --slurm-opt gpus=1
     """
     from .recipes import compile_recipe, parse_assignments
 
-    options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every)
+    options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every, batch)
     _stop_on_signals(scheduler)
     slurm = _slurm(slurm_opts, slurm_config)
     overrides = parse_assignments(params)
@@ -322,14 +341,16 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
 @workers_option
 @slurm_options
 @run_options
+@batch_option
 @experiment_option
 def sweep(recipes, seeds, params, scheduler, workers, slurm_opts, slurm_config, device, deterministic,
-          channels_last, compile_, checkpoint_every, experiment_name):
+          channels_last, compile_, checkpoint_every, batch, experiment_name):
     """Run recipes over seeds and parameter values as one graph (shared states computed once).
 
     \b
     Examples:
       mlprune sweep recipes/lt_structuredL1.yaml --seeds 0-9
+      mlprune sweep recipes/lth_lenet_300_100.yaml --seeds 0-7 --batch 8
       mlprune sweep recipes/lt_structuredL1.yaml recipes/lt_unstructuredL1.yaml --seeds 0-4 \\
           -P amount=0.1,0.2,0.3 --scheduler processes --workers 2
       MLFLOW_TRACKING_URI=http://mlflow:5000 mlprune sweep recipes/lt_structuredL1.yaml \\
@@ -339,7 +360,7 @@ def sweep(recipes, seeds, params, scheduler, workers, slurm_opts, slurm_config, 
     """
     from .recipes import parse_grid, parse_seeds, sweep_plans
 
-    options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every)
+    options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every, batch)
     _stop_on_signals(scheduler)
     slurm = _slurm(slurm_opts, slurm_config)
     lazy = _LazyStore(experiment_name)

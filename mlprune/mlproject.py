@@ -25,10 +25,11 @@ STEP_ENTRY_POINTS = ("init", "train", "prune", "reinit")
 # run options every entry point takes, as --<name>=<value> ('' = the default: MLPRUNE_DEVICE, else auto; off;
 # a checkpoint every epoch)
 RUN_PARAMS = ("device", "deterministic", "channels_last", "compile", "checkpoint_every")
+RECIPE_RUN_PARAMS = RUN_PARAMS + ("batch",)   # `mlprune run --batch`: sibling trainings batched (issue 28)
 
 
-def _run_args() -> str:
-    return " ".join(f"--{name.replace('_', '-')}={{{name}}}" for name in RUN_PARAMS)
+def _run_args(params=RUN_PARAMS) -> str:
+    return " ".join(f"--{name.replace('_', '-')}={{{name}}}" for name in params)
 
 
 def step_options(kind: str) -> list[str]:
@@ -47,11 +48,12 @@ def render(recipes_dir: Path) -> str:
         params = dict(recipe.get("params") or {})
         if recipe.get("protocols"):
             params["protocol"] = "default"
-        parameters = {name: {"type": "string", "default": ""} for name in [*params, *RUN_PARAMS]}
+        parameters = {name: {"type": "string", "default": ""} for name in [*params, *RECIPE_RUN_PARAMS]}
         args = " ".join(f"-P {name}={{{name}}}" for name in params)
         entry_points[path.stem] = {
             "parameters": parameters,
-            "command": f"python -m mlprune run recipes/{path.name} {args} {_run_args()}".replace("  ", " "),
+            "command": f"python -m mlprune run recipes/{path.name} {args} {_run_args(RECIPE_RUN_PARAMS)}".replace(
+                "  ", " "),
         }
     for kind in STEP_ENTRY_POINTS:
         options = step_options(kind)

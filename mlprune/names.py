@@ -40,6 +40,7 @@ PARAM_DETERMINISTIC = "run.deterministic"  # torch's deterministic algorithms (+
 PARAM_CHANNELS_LAST = "run.channels_last"  # trained in channels_last memory format
 PARAM_COMPILE = "run.compile"            # trained through torch.compile
 PARAM_CHECKPOINT_EVERY = "run.checkpoint_every"  # cadence of resumable checkpoints ("1ep", "500it", "off")
+PARAM_BATCH = "run.batch"                # sibling trainings its training ran batched with (1: alone; issue 28)
 # every resolved step option is a param "<step kind>.<option>" (e.g. prune.method, train.lr)
 
 # ---- metrics of a state run ----------------------------------------------------------

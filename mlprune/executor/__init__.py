@@ -5,7 +5,9 @@
 - `task`: one task of the graph (`reach`): claim, compute (through `mlprune.runners`), store;
 - `options`: `RunOptions`, how states are computed (never in a key);
 - `threads`: torch threads per state, determinism, worker allocator settings;
-- `clusters`: local dask clusters (CPU, one worker per GPU), remote schedulers, worker checks.
+- `clusters`: local dask clusters (CPU, one worker per GPU), remote schedulers, worker checks;
+- `batching`: which missing states train together as one batch (run option ``batch``), the group tasks;
+- `siblings`: a group's claims, heartbeats and stored states (computed through `mlprune.runners.siblings`).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from ..errors import SpecError
 from ..plan import Node, Plan
 from .clusters import GPU_RESOURCE, check_workers, connect, is_loopback, task_resources
 from .options import RunOptions
-from .task import PROGRESS, process_workspace, reach, register_store
+from .task import PROGRESS, batch_member, process_workspace, reach, reach_batch, register_store
 from .threads import CUBLAS_DETERMINISTIC, cluster_threads, compute_threads
 
 
@@ -236,18 +236,45 @@ class Execution:
     def _graph(self, workflow: str | None) -> dict:
         """The dask graph of the missing states (run options resolved: the task context is final)."""
         context = json.dumps(self._context(workflow))
-        return {key: (reach, json.dumps(task), context, *task["deps"]) for key, task in self._tasks().items()}
+        tasks = self._tasks()
+        graph = {key: (reach, json.dumps(task), context, *task["deps"]) for key, task in tasks.items()}
+        groups = self.batch_groups(tasks)
+        if groups:  # issue 28: sibling trainings as one batch
+            from .batching import batched_graph
+
+            graph = batched_graph(graph, tasks, groups, context, reach_batch, batch_member)
+        return graph
+
+    def batch_groups(self, tasks: dict | None = None) -> list[list[str]]:
+        """The keys of missing states trained together (run option ``batch``; `batching.sibling_groups`)."""
+        if self.options.batch < 2 or self.options.compile:  # torch.compile'd trainings are not batched
+            return []
+        from .batching import sibling_groups, sibling_signature
+
+        tasks = self._tasks() if tasks is None else tasks
+        signatures = {}
+        for key, task in tasks.items():
+            plan = next(p for p in self.plans if any(n.key == key for n in p.nodes))
+            by_name = {n.name: n for n in plan.nodes}
+            top = next(n for n in plan.nodes if n.key == key)
+            while top.parent is not None:
+                top = by_name[top.parent]
+            root = (top.spec or {}).get("root") if top.external else top.root
+            signatures[key] = sibling_signature(task["node"], root, task["data_dir"] or self.options.data_dir)
+        return sibling_groups(tasks, signatures, self.options.batch)
 
     def _run_sync(self, graph, reached, report) -> None:
         import dask.local
         from dask.callbacks import Callback
 
         register_store(self.store)
+        states = set(self.nodes)
 
         class _Report(Callback):
             def _posttask(self, key, result, dsk, state, worker_id):
-                reached[key] = result
-                report(key)
+                if key in states:  # not a group task (`batching`)
+                    reached[key] = result
+                    report(key)
 
         PROGRESS.printer = self.progress
         try:
@@ -269,7 +296,7 @@ class Execution:
             resources = task_resources(self.options.device, [w.get("resources") or {} for w in
                                                              client.scheduler_info()["workers"].values()])
             token = uuid.uuid4().hex[:8]
-            renamed = {f"{self.names[k].replace('/', ':')}-{k[:12]}-{token}": k for k in graph}
+            renamed = {f"{self.names.get(k, k).replace('/', ':')}-{k[:12]}-{token}": k for k in graph}
             back = {v: k for k, v in renamed.items()}
             dsk = {new: (task[0], *[back.get(a, a) if isinstance(a, str) and a in graph else a for a in task[1:]])
                    for new, task in ((back[k], t) for k, t in graph.items())}
@@ -278,6 +305,8 @@ class Execution:
             # SLURM jobs: also raise when they cannot start at all (slurm.SlurmJobs.completed)
             for future in getattr(cluster, "completed", as_completed)(futures):
                 key = renamed[future.key]
+                if key not in self.nodes:  # a group task (`batching`): its states are reported by their own tasks
+                    continue
                 if future.status == "finished":
                     reached[key] = future.result()
                     report(key)

@@ -1,5 +1,5 @@
 """Run options: how states are computed (device, threads, determinism, memory format, compile, checkpoint
-cadence), none of it part of a key (recorded as params and tags)."""
+cadence, sibling batches), none of it part of a key (recorded as params and tags)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class RunOptions:
     channels_last: bool = False     # train in the channels_last memory format
     compile: bool = False           # train through torch.compile
     checkpoint_every: str | None = None  # resumable checkpoints: "<N>ep" / "<N>it" / "off" (None: "1ep")
+    batch: int = 1                  # sibling trainings trained together as one batch, at most (`batching`)
 
     def resolved(self) -> "RunOptions":
         from ..spec.times import checkpoint_cadence
@@ -40,11 +41,13 @@ class RunOptions:
                                          or self.threads < 1):
             raise SpecError(f"run option threads must be an integer >= 1, got {self.threads!r}")
         checkpoint_budget()  # the environment's, checked before any run is created
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise SpecError(f"run option batch must be an integer >= 1, got {self.batch!r}")
         # threads left None are resolved when something is computed (Execution.run): counting the
         # cores imports torch, which a fully cached run never needs
         return RunOptions(check_device_name(self.device), self.threads or pinned_threads(),
                           str(self.data_dir) if self.data_dir else None, self.deterministic, self.channels_last,
-                          self.compile, checkpoint_cadence(self.checkpoint_every))
+                          self.compile, checkpoint_cadence(self.checkpoint_every), self.batch)
 
 
 def parse_switch(text, name: str) -> bool | None:

@@ -172,7 +172,7 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
 
 
 def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,
-            workflow) -> str:
+            workflow, batched: int = 1) -> str:
     from ..training.devices import device_label
     from .slurm import job_tags
 
@@ -203,6 +203,7 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
     params[names.PARAM_CHANNELS_LAST] = options.channels_last
     params[names.PARAM_COMPILE] = options.compile
     params[names.PARAM_CHECKPOINT_EVERY] = options.checkpoint_every
+    params[names.PARAM_BATCH] = batched
     tags = {names.TAG_DEVICE: device_label(workspace.device),
             names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow), **job_tags()}
     if "diverged" in computed.history:
@@ -216,7 +217,7 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
 
 
 def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, workspace, options, workflow,
-             checkpointing=None):
+             checkpointing=None, batched: int = 1):
     """fn(model, history, masks) storing `checkpoint` (the node's state at that point of its training)."""
     from ..runners import Computed, Tensors, evaluate_state
     from ..store import ClaimLost
@@ -240,7 +241,7 @@ def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, wo
             if checkpointing is not None:
                 metrics[names.M_RESUMED_FROM_ITERATION] = checkpointing.resumed_from
             _finish(store, run_id, checkpoint, Computed(tensors, metrics, history, None, files), parent_state,
-                    parent_run, root_run, inputs, data_dir, workspace, options, workflow)
+                    parent_run, root_run, inputs, data_dir, workspace, options, workflow, batched)
         except ClaimLost as lost:
             store.claims.release(run_id, str(lost))
         except BaseException as error:
@@ -248,6 +249,67 @@ def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, wo
             raise
 
     return emit
+
+
+# ---- sibling trainings as one batch (issue 28: `batching` groups, `siblings` reaches them) ---------------
+
+def reach_batch(group_text: str, context_text: str, *dependency_runs: str) -> list:
+    """Reach a group of sibling states (`batching.batched_graph`) with one batched training: per state its
+    run id, or the exception that failed it (raised by that state's `batch_member` task)."""
+    from .siblings import Sibling, StoreHooks, reach_siblings
+    from .slurm import job_tags
+
+    group, context = json.loads(group_text), json.loads(context_text)
+    tune_allocator()
+    for name, value in context.get("env", {}).items():
+        os.environ[name] = value
+    runs = {**{k: v for task in group["tasks"] for k, v in task["known"].items()},
+            **dict(zip(group["deps"], dependency_runs))}
+    store = process_store(context["tracking_uri"], context["experiment_id"])
+    options = RunOptions(**context["options"])
+    if options.deterministic:
+        os.environ.setdefault(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)
+    workspace = process_workspace(options.device, options.channels_last, options.compile)
+    workflow = context.get("workflow")
+    hooks = StoreHooks(
+        create=lambda s: store.create(key=s.node["key"], kind=s.node["kind"], name=s.node["label"],
+                                      parent_run_id=s.parent_run, root_run_id=s.root_run, extra_parents=s.inputs,
+                                      workflow=workflow, tags=job_tags()),
+        finish=lambda s, computed, batched: _finish(store, s.run_id, s.node, computed, s.parent, s.parent_run,
+                                                    s.root_run, s.inputs, s.data_dir, workspace, options, workflow,
+                                                    batched),
+        emitter=lambda s, checkpoint, batched: _emitter(store, checkpoint, s.parent_run, s.root_run, s.inputs,
+                                                        s.data_dir, workspace, options, workflow, batched),
+        alone=lambda s: _claim_and_compute(store, s.node, s.parent_run, s.inputs, s.task, context),
+        resume=lambda s: _compute_claimed(store, s, context))
+    siblings = [Sibling(task, runs[task["parent"]], {role: runs[key] for role, key in task["inputs"].items()})
+                for task in group["tasks"]]
+    with PinnedThreads(options.threads), Determinism(options.deterministic):
+        return reach_siblings(siblings, store, workspace, hooks, data_dir=options.data_dir,
+                              progress=getattr(PROGRESS, "printer", None))
+
+
+def _compute_claimed(store, sibling, context: dict) -> str:
+    """A sibling we hold the claim of, computed alone (it resumes from a checkpoint); if the claim is
+    lost meanwhile, reached as any state is."""
+    from ..store import ClaimLost
+
+    try:
+        final = _compute(store, sibling.node, sibling.run_id, sibling.parent, sibling.parent_run, sibling.root_run,
+                         sibling.inputs, sibling.task, context)
+    except ClaimLost as lost:
+        store.claims.release(sibling.run_id, str(lost))
+        final = None
+    return final or _claim_and_compute(store, sibling.node, sibling.parent_run, sibling.inputs, sibling.task,
+                                       context)
+
+
+def batch_member(results: list, index: int) -> str:
+    """One state's run id out of its group's results (its error is raised here, by its own task)."""
+    result = results[index]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _semantics() -> int:

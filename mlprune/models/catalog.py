@@ -19,6 +19,10 @@ class Model:
     hard_min: int | None = None      # below this it cannot run at all (build_model refuses)
     torchvision: bool = False        # a torchvision model: probed with one forward pass at build time
     options: tuple = ()              # ModelOption: the root's model_options it takes
+    # siblings of it train as one batched computation (`training.batched`, run option batch): its forward
+    # uses only what the batched interpreter implements, and tests/test_batched.py checks it against
+    # training alone
+    batchable: bool = False
     help: str = ""
 
     def load(self):
@@ -47,21 +51,24 @@ class ModelOption:
 
 
 MODELS: Registry[Model] = Registry("model", extra_names=("tv:<torchvision name>",))
-MODELS.add(Model("lenet", "mlprune.models.nets:LeNet", min_size=28, help="the seed's conv LeNet"))
-MODELS.add(Model("lenet_300_100", "mlprune.models.nets:LeNet300100", help="Frankle & Carbin's MLP"))
+MODELS.add(Model("lenet", "mlprune.models.nets:LeNet", min_size=28, batchable=True, help="the seed's conv LeNet"))
+MODELS.add(Model("lenet_300_100", "mlprune.models.nets:LeNet300100", batchable=True, help="Frankle & Carbin's MLP"))
 # each max pool of the F&C convnets halves the image: below 2/4/8 px they cannot run (min_size stays
 # None: a caller that resizes *to* it must never shrink CIFAR to 2x2 for conv2)
-MODELS.add(Model("conv2", "mlprune.models.nets:conv2", hard_min=2, help="Frankle & Carbin 2019's Conv-2"))
-MODELS.add(Model("conv4", "mlprune.models.nets:conv4", hard_min=4, help="Frankle & Carbin 2019's Conv-4"))
-MODELS.add(Model("conv6", "mlprune.models.nets:conv6", hard_min=8, help="Frankle & Carbin 2019's Conv-6"))
-MODELS.add(Model("alexnet", "mlprune.models.nets:AlexNet", channels=3, min_size=32,
+MODELS.add(Model("conv2", "mlprune.models.nets:conv2", hard_min=2, batchable=True,
+                 help="Frankle & Carbin 2019's Conv-2"))
+MODELS.add(Model("conv4", "mlprune.models.nets:conv4", hard_min=4, batchable=True,
+                 help="Frankle & Carbin 2019's Conv-4"))
+MODELS.add(Model("conv6", "mlprune.models.nets:conv6", hard_min=8, batchable=True,
+                 help="Frankle & Carbin 2019's Conv-6"))
+MODELS.add(Model("alexnet", "mlprune.models.nets:AlexNet", channels=3, min_size=32, batchable=True,
                  help="torchvision's AlexNet adapted to small images"))
-MODELS.add(Model("vgg11", "mlprune.models.nets:VGG11", channels=3, min_size=32, help="VGG-11 (no BN)"))
+MODELS.add(Model("vgg11", "mlprune.models.nets:VGG11", channels=3, min_size=32, batchable=True, help="VGG-11 (no BN)"))
 MODELS.add(Model("resnet20", "mlprune.models.nets:ResNet20", options=(
     ModelOption("width", 16, (8, 16, 32, 64, 128), "filters of the first stage (then 2W, 4W)"),
     ModelOption("shortcut", "A", ("A", "B"), "A: parameter-free (He et al.), B: 1x1 conv + BN (OpenLTH)")),
-    help="He et al.'s CIFAR ResNet-20 (model_options: width, shortcut)"))
-MODELS.add(Model("vgg16", "mlprune.models.nets:VGG16", channels=3, min_size=32,
+    batchable=True, help="He et al.'s CIFAR ResNet-20 (model_options: width, shortcut)"))
+MODELS.add(Model("vgg16", "mlprune.models.nets:VGG16", channels=3, min_size=32, batchable=True,
                  help="the CIFAR VGG-16 with BatchNorm of Frankle et al. / OpenLTH"))
 
 INIT_NAMES = ("default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "glorot")

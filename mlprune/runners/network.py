@@ -115,9 +115,22 @@ def run_reinit(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     return Tensors(with_removed_extras(ctx, weights, masks), masks)
 
 
-def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
+@dataclass
+class TrainJob:
+    """A train step ready to run (`prepare_train`): the module, its masks and the loop's callbacks. The
+    batched runner (`runners.siblings`) prepares one per sibling and trains them together."""
+
+    model: torch.nn.Module
+    masks: dict            # the masks training enforces: the state's, plus removed channels' extras
+    kept: list             # the state's own mask names (what the state stores)
+    seed: int              # data order
+    checkpoints: dict      # iteration -> fn(model, history so far)
+    on_epoch: object       # fn(epoch, model, history): the claim's heartbeat
+    progress: object       # fn(epoch, epochs, mean train loss) or None
+
+
+def prepare_train(ctx: StepContext, tensors: Tensors, options: dict) -> TrainJob:
     from ..spec.times import parse_time
-    from ..training.loop import train
 
     device = ctx.workspace.device
     model = ctx.workspace.blank(ctx.root, ctx.data)
@@ -150,11 +163,11 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     if ctx.progress is not None:
         progress = lambda epoch, total, loss: ctx.progress(f"epoch {epoch}/{total} train_loss {loss:.4f}")  # noqa: E731
     seed = ctx.root["seed"] if options["seed"] is None else options["seed"]
-    # resumable checkpoints (and the one this training resumes from); ctx.history is the node's so far
-    resumable = ctx.checkpointing.training(ctx.index, ctx.history) if ctx.checkpointing is not None else None
-    history = train(model, train_masks, ctx.data, options, seed=seed, device=device, progress=progress,
-                    on_epoch=on_epoch, checkpoints=checkpoints, channels_last=ctx.workspace.channels_last,
-                    compile=ctx.workspace.compile, resumable=resumable)
+    return TrainJob(model, train_masks, list(masks), seed, checkpoints, on_epoch, progress)
+
+
+def finish_train(ctx: StepContext, job: TrainJob, history: dict) -> Tensors:
+    """The state after a train step: its history merged into the node's, its weights and masks on the CPU."""
     ctx.history.setdefault(names.M_ITERATIONS, 0)
     ctx.history[names.M_ITERATIONS] += history.pop("iterations")
     if "diverged" in history:
@@ -162,9 +175,21 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     for name, values in history.items():
         ctx.history.setdefault(name, []).extend(values)
     # contiguous: a channels_last model's conv weights are stored in the plain layout like any other
-    weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    # gradual pruning replaced the masks it tightened in train_masks
-    return Tensors(weights, {n: train_masks[n].to("cpu") for n in masks})
+    weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in job.model.state_dict().items()}
+    # gradual pruning replaced the masks it tightened in job.masks
+    return Tensors(weights, {n: job.masks[n].to("cpu") for n in job.kept})
+
+
+def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
+    from ..training.loop import train
+
+    job = prepare_train(ctx, tensors, options)
+    # resumable checkpoints (and the one this training resumes from); ctx.history is the node's so far
+    resumable = ctx.checkpointing.training(ctx.index, ctx.history) if ctx.checkpointing is not None else None
+    history = train(job.model, job.masks, ctx.data, options, seed=job.seed, device=ctx.workspace.device,
+                    progress=job.progress, on_epoch=job.on_epoch, checkpoints=job.checkpoints,
+                    channels_last=ctx.workspace.channels_last, compile=ctx.workspace.compile, resumable=resumable)
+    return finish_train(ctx, job, history)
 
 
 def run_steps(ctx_base: dict, tensors: Tensors, steps: list) -> Tensors:

@@ -103,6 +103,16 @@ def _unfinished_runs(store, key: str, exclude: str | None) -> list:
     return [r for r in runs if r.info.status != "FINISHED" and r.info.run_id != exclude]
 
 
+def resumable(store, key: str, run_id: str) -> bool:
+    """Has `key` an unfinished run with committed checkpoints besides our claim `run_id`? (From the claim's
+    look-up when it kept one, else one search.) A batched training resumes nothing: such a key is trained
+    alone, from its checkpoint."""
+    seen = store.claims.others.get(run_id)
+    runs = seen if seen is not None else store.key_runs(key)
+    return any(r.info.status != "FINISHED" and r.info.run_id != run_id and TAG_CHECKPOINTS in r.data.tags
+               for r in runs)
+
+
 def discard_others(store, key: str, keep_run: str) -> int:
     """Delete the checkpoints of the key's unfinished runs other than `keep_run` (its state is finished:
     nothing resumes from them any more); returns how many runs had some."""

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from ..registry import Registry, load_impl
 
-__all__ = ["OPTIMIZERS", "Optimizer", "SCHEDULES", "Schedule", "PRECISIONS", "SPARSITY_SCHEDULES",
-           "SparsitySchedule"]
+__all__ = ["OPTIMIZERS", "Optimizer", "SCHEDULES", "Schedule", "PRECISIONS", "UNBATCHABLE_PRECISIONS",
+           "SPARSITY_SCHEDULES", "SparsitySchedule"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,8 @@ SCHEDULES.add(Schedule("linear", "mlprune.training.schedules:linear", {}, length
                        help="linear decay to 0 over the training"))
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# not trained batched (`training.batched`): one gradient scaler would skip every sibling's step when one overflows
+UNBATCHABLE_PRECISIONS = ("fp16",)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class Diverged(SpecError):
     """Training produced a non-finite loss or weight."""
 
 
-def _non_finite_parameter(model) -> str | None:
+def non_finite_parameter(model) -> str | None:
     return next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
 
 
@@ -111,6 +111,26 @@ def timeline(options: dict, per_epoch: int) -> Timeline:
 GRADUAL_METHOD = "l1_unstructured"
 
 
+def gradual_masks(weights: dict, current: dict, kinds: dict, target: float, scope: str) -> dict:
+    """The masks (CPU) of gradual pruning's step to sparsity `target`: the smallest-magnitude remaining
+    weights go, per layer or over all layers (`scope` global); `weights` and `current` on the CPU."""
+    from ..pruning.masks import compute_mask, prune_masks
+
+    new = dict(current)
+    if scope == "global":
+        total = sum(m.numel() for m in current.values())
+        k = sum(int(m.sum()) for m in current.values()) - (total - round(target * total))
+        if k > 0:
+            new = prune_masks(weights, current, kinds, {"method": GRADUAL_METHOD, "amount": k, "scope": "global"},
+                              generator=None)
+    else:
+        for name, mask in current.items():
+            k = int(mask.sum()) - (mask.numel() - round(target * mask.numel()))
+            if k > 0:
+                new[name] = compute_mask(GRADUAL_METHOD, weights[name], k, mask)
+    return new
+
+
 class GradualPruning:
     """Brings `masks` (updated in place) to the timeline's sparsity at its pruning steps."""
 
@@ -122,25 +142,11 @@ class GradualPruning:
         self.steps = set(line.gradual["steps"])
 
     def prune(self, i: int, keeps: list) -> None:
-        from ..pruning.masks import compute_mask, prune_masks
-
-        target = self.line.sparsity(i)
         params = dict(self.model.named_parameters())
         # only prunable weights: masks of removed channels' biases / BatchNorm entries ride along unchanged
         weights = {name: params[name].detach().to("cpu") for name in self.kinds}
         current = {name: self.masks[name].to("cpu") for name in self.kinds}
-        new = dict(current)
-        if self.line.gradual["scope"] == "global":
-            total = sum(m.numel() for m in current.values())
-            k = sum(int(m.sum()) for m in current.values()) - (total - round(target * total))
-            if k > 0:
-                new = prune_masks(weights, current, self.kinds, {"method": GRADUAL_METHOD, "amount": k,
-                                                                 "scope": "global"}, generator=None)
-        else:
-            for name, mask in current.items():
-                k = int(mask.sum()) - (mask.numel() - round(target * mask.numel()))
-                if k > 0:
-                    new[name] = compute_mask(GRADUAL_METHOD, weights[name], k, mask)
+        new = gradual_masks(weights, current, self.kinds, self.line.sparsity(i), self.line.gradual["scope"])
         for name, mask in new.items():
             self.masks[name] = mask.to(params[name].device)
         pairs = masked_parameters(self.model, self.masks)
@@ -174,7 +180,7 @@ def apply_masks(pairs) -> None:
         param.masked_fill_(pruned, 0.0)
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast_for(device: torch.device, precision: str):
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -248,15 +254,15 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
         i = _run(model, forward, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps,
                  history, checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, channels_last,
                  gradual, resumable)
-    bad = _non_finite_parameter(model)
+    bad = non_finite_parameter(model)
     if bad and "diverged" not in history:
-        _diverged(history, options, f"parameter {bad!r} has non-finite values after {i} iterations",
+        handle_divergence(history, options, f"parameter {bad!r} has non-finite values after {i} iterations",
                   -(-i // line.per_epoch))
     history["iterations"] = i - line.start
     return history
 
 
-def _diverged(history: dict, options: dict, what: str, epoch: int) -> None:
+def handle_divergence(history: dict, options: dict, what: str, epoch: int) -> None:
     """Fail the training (the default), or record where it diverged (on_divergence: record)."""
     if options.get("on_divergence", "fail") != "record":
         raise Diverged(f"training diverged in epoch {epoch}: {what} (lower the learning rate, or set "
@@ -264,7 +270,7 @@ def _diverged(history: dict, options: dict, what: str, epoch: int) -> None:
     history["diverged"] = (epoch, what)
 
 
-def _step_seed(seed: int, i: int) -> int:
+def step_seed(seed: int, i: int) -> int:
     return (seed * 2654435761 + i * 40503 + 12345) & ((1 << 63) - 1)
 
 
@@ -291,14 +297,14 @@ def _run(model, forward, data, options, line, seed, device, precision, scaler, l
         for x, y in data.train_batches(batch_size, seed=seed, epoch=epoch, skip=first):
             lr = line.lr(base_lr, i)
             if rng_steps:
-                torch.manual_seed(_step_seed(seed, i))
+                torch.manual_seed(step_seed(seed, i))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, precision):
+            with autocast_for(device, precision):
                 logits = forward(x)
                 loss = loss_fn(logits, y)
             if scaler is not None:
@@ -336,8 +342,8 @@ def _run(model, forward, data, options, line, seed, device, precision, scaler, l
         mean = float(total) / max(count, 1)
         done_epoch = -(-i // line.per_epoch)  # the epoch this piece ended in, counted from 1
         if (not math.isfinite(mean) and scaler is None) or (options.get("on_divergence") == "record"
-                                                            and _non_finite_parameter(model)):
-            _diverged(history, options, f"the mean train loss of epoch {done_epoch} is {mean}", done_epoch)
+                                                            and non_finite_parameter(model)):
+            handle_divergence(history, options, f"the mean train loss of epoch {done_epoch} is {mean}", done_epoch)
             return i
         history[M_TRAIN_LOSS].append((done_epoch, mean))
         history[M_TRAIN_ACCURACY].append((done_epoch, int(hits) / max(count, 1)))
