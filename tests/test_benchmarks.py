@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("pipeline_vs_bare", "per_state_overhead_ms", "storage_ratio", "cache_ratio", "fastpath_vs_dataloader",
            "end_to_end_vs_bare", "end_to_end_fresh_store_vs_bare", "cached_rerun_s", "cached_rerun_vs_import_mlflow",
-           "threads_speedup")
+           "mlflow_run_cached_vs_import_mlflow", "mlflow_run_cached_s", "threads_speedup", "store_scaling", "tree_10k_s",
+           "report_10k_s")
 
 
 def test_benchmark_suite_runs_tiny_and_writes_the_figures(tmp_path):
@@ -37,4 +38,7 @@ def test_benchmark_suite_runs_tiny_and_writes_the_figures(tmp_path):
     assert details["store"]["storage_ratio"] < 1.1
     # whole processes: mlprune and the bare script reach the same accuracy (same maths, same threads)
     assert details["process"]["same_final_accuracy"] is True, details["process"]["final_test_accuracy"]
+    # the benchmark's scale stores are real: verify passes, and a cached re-run computes nothing
+    checks = details["scale"]["checks"]
+    assert checks["verify_passed"] and checks["cached_rerun_computed_nothing"], checks
     assert not list(tmp_path.glob("mlruns")) and not list(tmp_path.glob("mlflow.db"))  # nothing left in cwd
