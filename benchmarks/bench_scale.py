@@ -205,7 +205,7 @@ def probe(uri: str, recipes: list[Path], seed: int) -> dict:
     """The probe workload (both recipes, one new seed) into the store at `uri`: per-state overheads."""
     from bench_pipeline import MathsClock
 
-    from mlprune.execute import run_plans
+    from mlprune.executor import run_plans
     from mlprune.recipes import compile_recipe
     from mlprune.store import Store
 

@@ -82,7 +82,7 @@ def log_path() -> Path:
 
 def start(task: str, payload: dict, tracking_uri: str) -> None:
     """Do `task` with `payload` after this process returns (or now, in the foreground: MLPRUNE_BACKGROUND=0)."""
-    entry = TASKS[task]
+    TASKS[task]  # noqa: B018 - an unknown task is an error here, not in a detached process
     if foreground():
         _run(task, payload)
         return
