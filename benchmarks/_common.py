@@ -92,8 +92,10 @@ def migration_s() -> float:
     return float(_TEMPLATE["migration_s"])
 
 
-def fresh_store(folder: str | os.PathLike, experiment: str = "bench") -> tuple[str, str]:
-    """(tracking URI, experiment id) of a new empty sqlite store in ``folder``."""
+def fresh_store(folder: str | os.PathLike, experiment: str = "bench",
+                artifacts: str | os.PathLike | None = None) -> tuple[str, str]:
+    """(tracking URI, experiment id) of a new empty sqlite store in ``folder`` (the experiment's
+    artifacts in ``artifacts``, default ``folder/mlruns``)."""
     from mlflow.tracking import MlflowClient
 
     folder = Path(folder)
@@ -101,7 +103,7 @@ def fresh_store(folder: str | os.PathLike, experiment: str = "bench") -> tuple[s
     shutil.copy(_template_db(), folder / "mlflow.db")
     uri = f"sqlite:///{folder}/mlflow.db"
     exp_id = MlflowClient(tracking_uri=uri).create_experiment(
-        experiment, artifact_location=(folder / "mlruns").resolve().as_uri())
+        experiment, artifact_location=Path(artifacts or folder / "mlruns").resolve().as_uri())
     return uri, exp_id
 
 

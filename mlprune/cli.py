@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 import tempfile
 import time
@@ -223,11 +224,13 @@ def _slurm(pairs, config_file):
     return slurm_config(pairs, config_file)
 
 
-def _execute(plans, store, scheduler, workers, options, recipe_label, params, *, figures, plan_for_figures=None,
-             slurm=None):
-    """Run plans under a workflow run (`options`: execute.RunOptions); returns (result, reached {label/node: run id})."""
+def _execute(plans, store, scheduler, workers, options, recipe_label, params, *, figures, slurm=None):
+    """Run plans under a workflow run (`options`: executor.RunOptions); returns (result, reached {label/node:
+    run id}, background work [(task, payload)] to start once the summary is printed: `_finish_later`)."""
+    from . import report
     from .executor import Execution
     from .store import WorkflowRun
+    from .store.workflow import record_digest
 
     printer = _progress_printer()
     execution = Execution([p for _, p in plans], store, scheduler=scheduler, workers=workers,
@@ -235,7 +238,6 @@ def _execute(plans, store, scheduler, workers, options, recipe_label, params, *,
     for run_id, reason in execution.invalid:
         _warn(f"state {run_id[:8]} is not used and will be recomputed: {reason}")
     execution.check()
-    workflow = WorkflowRun(store, recipe=recipe_label, params=params)
     reached: dict[str, str] = {}
     per_plan: list[dict[str, str]] = [{} for _ in plans]
     total = len({n.key for _, p in plans for n in p.nodes})
@@ -247,6 +249,21 @@ def _execute(plans, store, scheduler, workers, options, recipe_label, params, *,
         if printer:
             printer(f"[{len(set(reached.values()))}/{total}] {plans[index][1].node(name).label}: {run_id[:8]}")
 
+    launcher = os.environ.get("MLFLOW_RUN_ID") or None
+    if not execution.missing:
+        # every state exists: nothing to write but the workflow record, and nothing at all when a
+        # workflow run already records these states reached with these parameters (and no
+        # `mlflow run` run waits for a link); writing it means opening MLflow, so it is done after
+        # the summary, in the background
+        result = execution.run(on_state)
+        digest = record_digest(report.plan_json([p for _, p in plans], per_plan), params)
+        if launcher is None and WorkflowRun.find_record(store, recipe_label, digest) is not None:
+            return result, reached, []
+        payload = {"tracking_uri": store.tracking_uri, "experiment_id": store.experiment_id, "recipe": recipe_label,
+                   "params": params, "plans": [p.to_json() for _, p in plans], "reached": per_plan,
+                   "states": reached, "launcher": launcher}
+        return result, reached, [("workflow-record", payload)]
+    workflow = WorkflowRun(store, recipe=recipe_label, params=params, launcher=launcher)
     ok = False
     result = None
     try:
@@ -255,17 +272,29 @@ def _execute(plans, store, scheduler, workers, options, recipe_label, params, *,
     finally:
         files = {}
         try:
-            from . import report
-
-            files = report.workflow_files(store, [p for _, p in plans], per_plan, figures=figures and ok
-                                          and bool(result and result.computed), warn=_warn)
-        except Exception as error:  # noqa: BLE001 - figures are a by-product: never hide the run's outcome
-            _warn(f"no lineage/figures on the workflow run ({type(error).__name__}: {error})")
+            files = report.workflow_files(store, [p for _, p in plans], per_plan, figures=False, warn=_warn)
+        except Exception as error:  # noqa: BLE001 - the lineage is a by-product: never hide the run's outcome
+            _warn(f"no lineage on the workflow run ({type(error).__name__}: {error})")
         try:
             workflow.record(reached, files)
         finally:
             workflow.end(ok)
-    return result, reached, workflow
+    later = []
+    if figures and len(plans) == 1 and result.computed:
+        later.append(("workflow-figures", {"tracking_uri": store.tracking_uri, "experiment_id": store.experiment_id,
+                                           "workflow_run_id": workflow.run_id}))
+    return result, reached, later
+
+
+def _finish_later(store, later) -> None:
+    """Start the background work `_execute` left (figures, a cached run's record): `mlprune.background`."""
+    from .background import start
+
+    for task, payload in later:
+        try:
+            start(task, payload, store.tracking_uri)
+        except Exception as error:  # noqa: BLE001 - by-products: the states are stored and the summary printed
+            _warn(f"{task} not done ({type(error).__name__}: {error})")
 
 
 def _last_network(plan):
@@ -316,8 +345,8 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
     plan = compile_recipe(recipe, overrides, load_state=lazy.load_state)
     store = lazy.get()
     started_ms = int(time.time() * 1000)
-    result, reached, _ = _execute([(plan.recipe, plan)], store, scheduler, workers, options, plan.recipe,
-                                  plan.params, figures=figures, slurm=slurm)
+    result, reached, later = _execute([(plan.recipe, plan)], store, scheduler, workers, options, plan.recipe,
+                                      plan.params, figures=figures, slurm=slurm)
     if state_figures:
         from .report import log_state_figures
 
@@ -328,6 +357,7 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
                f"{last.info.run_id[:8]} test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
                f"sparsity={metrics.get('sparsity', float('nan')):.4f}")
     click.echo(_summary(result))
+    _finish_later(store, later)
 
 
 @main.command()
@@ -368,9 +398,9 @@ def sweep(recipes, seeds, params, scheduler, workers, slurm_opts, slurm_config, 
     store = lazy.get()
     started = time.perf_counter()
     label = "sweep " + " ".join(Path(r).stem for r in recipes)
-    result, _, _ = _execute(plans, store, scheduler, workers, options, label,
-                            {"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
-                             "scheduler": scheduler, "plans": len(plans)}, figures=False, slurm=slurm)
+    result, _, later = _execute(plans, store, scheduler, workers, options, label,
+                                {"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
+                                 "scheduler": scheduler, "plans": len(plans)}, figures=False, slurm=slurm)
     for (plan_label, plan), states in zip(plans, result.states):
         last = store.run(states[_last_network(plan).name])
         click.echo(f"{plan_label}: last state {last.info.run_id[:8]} "
@@ -379,6 +409,7 @@ def sweep(recipes, seeds, params, scheduler, workers, slurm_opts, slurm_config, 
     click.echo(f"{len(plans)} plans in experiment {store.experiment_name!r} (id {store.experiment_id}), "
                f"scheduler {scheduler}, {time.perf_counter() - started:.1f} s")
     click.echo(_summary(result))
+    _finish_later(store, later)
 
 
 @main.command()

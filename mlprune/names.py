@@ -26,6 +26,9 @@ TAG_CHECKPOINTS = "mlprune.checkpoints"  # on a claim run: the commit records of
 # ---- tags of a workflow run (the run a recipe or sweep works in) ---------------------
 TAG_RECIPE = "mlprune.recipe"            # the recipe (or "sweep a b") a workflow run ran
 TAG_STATES = "mlprune.states"            # how many states it reached
+TAG_FIGURES = "mlprune.figures"          # its figures: how many were drawn (after the run, in the background), or why not
+TAG_RECORD = "mlprune.record"            # SHA-256 of its plan.json and params.json: a re-run reaching the
+                                         # same states with the same parameters adds no second record
 
 # ---- MLflow's own tags --------------------------------------------------------------
 TAG_PARENT_RUN = "mlflow.parentRunId"    # the primary parent: the UI nests children under it
@@ -97,8 +100,8 @@ PREDICTIONS_FILE = "predictions.safetensors"   # per test example, in test-set o
 CONFUSION_FILE = "confusion.json"        # {"classes", "matrix": rows = true class, columns = predicted}
 CKA_FILE = "cka.json"                    # a cka analysis: per-layer CKA, the probe set and the estimator
 # tensors of predictions.safetensors
-PRED_PREDICTED = "predicted"             # int16: the predicted class
-PRED_LABEL = "label"                     # int16: the true class
+PRED_PREDICTED = "predicted"             # the predicted class: uint8 up to 256 classes, int16, int32
+PRED_LABEL = "label"                     # the true class (same type)
 PRED_TRUE_PROBABILITY = "true_class_probability"   # float32: softmax probability of the true class
 INTERPOLATION_FILE = "interpolation.json"      # per alpha: test (and train) error and loss
 INTERPOLATION_FIGURE_FILE = "interpolation.png"  # error and loss vs alpha
@@ -128,6 +131,8 @@ ENV_CLAIM_TIMEOUT = "MLPRUNE_CLAIM_TIMEOUT"
 ENV_DEVICE = "MLPRUNE_DEVICE"
 ENV_DATA_DIR = "MLPRUNE_DATA_DIR"
 ENV_CACHE_DIR = "MLPRUNE_CACHE_DIR"                # migrated empty sqlite stores (default ~/.cache/mlprune)
+ENV_SQLITE_READS = "MLPRUNE_SQLITE_READS"          # 0: read sqlite stores through MLflow only (store.sqlview)
+ENV_BACKGROUND = "MLPRUNE_BACKGROUND"              # 0: a run's figures and cached records before it returns
 ENV_DATA_WORKERS = "MLPRUNE_DATA_WORKERS"          # loader processes of image-folder datasets (ImageNet)
 ENV_CHECKPOINT_BUDGET = "MLPRUNE_CHECKPOINT_BUDGET"  # share of training time checkpoints may cost (0.05; inf)
 ENV_CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"   # cuBLAS reads it; deterministic runs set it (":4096:8")

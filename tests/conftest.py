@@ -16,6 +16,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # one torch thread from the start, so that module- and session-scoped fixtures compute their states
 # with the count every test pins (see _one_torch_thread)
 os.environ["MLPRUNE_THREADS"] = "1"
+# a run's figures and a cached run's record are written before the command returns: no test depends on
+# when a detached process finishes (tests/test_background.py checks the detached path itself)
+os.environ["MLPRUNE_BACKGROUND"] = "0"
 
 
 # Modules whose tests take the longest, scheduled first so that the workers finish together (xdist

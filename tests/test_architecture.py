@@ -133,7 +133,7 @@ FLOORS = [
     ("store", ["store", "store.*"]),
     ("workspace", ["workspace", "validate"]),
     ("runners", ["runners", "runners.*"]),
-    ("executor", ["executor", "executor.*"]),
+    ("executor", ["executor", "executor.*", "background"]),
     ("report", ["report", "report.*"]),
     ("interfaces", ["api", "cli", "mlflow_plugin", "__main__", ""]),
 ]

@@ -12,8 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("pipeline_vs_bare", "per_state_overhead_ms", "storage_ratio", "cache_ratio", "fastpath_vs_dataloader",
            "end_to_end_vs_bare", "end_to_end_fresh_store_vs_bare", "cached_rerun_s", "cached_rerun_vs_import_mlflow",
-           "threads_speedup", "checkpoint_cost_lenet_300_100", "checkpoint_cost_resnet20", "batched_speedup",
-           "batched_speedup_lenet_300_100", "batched_speedup_resnet20")
+           "mlflow_run_cached_vs_import_mlflow", "mlflow_run_cached_s", "threads_speedup", "checkpoint_cost_lenet_300_100",
+           "checkpoint_cost_resnet20", "batched_speedup", "batched_speedup_lenet_300_100", "batched_speedup_resnet20",
+           "store_scaling", "tree_10k_s", "report_10k_s")
 
 
 def test_benchmark_suite_runs_tiny_and_writes_the_figures(tmp_path):
@@ -43,4 +44,7 @@ def test_benchmark_suite_runs_tiny_and_writes_the_figures(tmp_path):
     assert details["process"]["same_final_accuracy"] is True, details["process"]["final_test_accuracy"]
     # batched sibling trainings end where each trained alone does (tests/test_batched.py's tolerance)
     assert details["batched"]["details"]["lenet"]["max_weight_difference"] <= 5e-4
+    # the benchmark's scale stores are real: verify passes, and a cached re-run computes nothing
+    checks = details["scale"]["checks"]
+    assert checks["verify_passed"] and checks["cached_rerun_computed_nothing"], checks
     assert not list(tmp_path.glob("mlruns")) and not list(tmp_path.glob("mlflow.db"))  # nothing left in cwd

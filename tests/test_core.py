@@ -98,6 +98,29 @@ def test_artifacts_and_metrics(experiment, tracking):
     assert [m.step for m in history] == [1]
 
 
+def test_a_prune_that_removes_channels_shares_its_parents_weights_file(experiment, tracking):
+    """Its removed channels' biases are zero; state.json lists them (`zeroed`) instead of a new weights
+    file, and loading from the store gives the prune step's weights bit for bit."""
+    from mlprune.models import build_model
+    from mlprune.pruning.structure import apply_extra_masks, channel_groups, extra_masks
+
+    root = experiment.init(model="lenet", dataset="digits", seed=0, train_size=64)
+    trained = root.apply(Recipe.train(epochs=1))
+    pruned = trained.apply(Recipe.prune(method="ln_structured", amount=0.5, n=1, dim=0, coupled=True))
+    names = {f.path for f in MlflowClient(tracking_uri=tracking).list_artifacts(pruned.run_id)}
+    assert "weights.safetensors" not in names and pruned.spec["weights_from"] == trained.run_id
+    assert set(pruned.spec["zeroed"]) >= {"features.0.bias"}
+    fresh = Experiment("test").state(pruned.run_id)  # a new store: read from the files
+    masks, parent = fresh.masks, trained.weights
+    groups = channel_groups(build_model("lenet", num_classes=10, input_shape=(1, 28, 28)), (1, 28, 28))
+    extras = extra_masks(groups, masks, {n: t.shape for n, t in parent.items()})
+    assert "features.0.bias" in extras
+    expected = apply_extra_masks({n: t * masks[n] if n in masks else t for n, t in parent.items()}, extras)
+    for name, tensor in fresh.weights.items():  # bit for bit, the sign of every zero too
+        assert torch.equal(tensor.view(torch.int32), expected[name].view(torch.int32)), name
+    assert torch.all(fresh.weights["features.0.bias"][~extras["features.0.bias"]] == 0)
+
+
 def test_cache_hit_returns_the_same_run_and_creates_nothing(experiment, tracking):
     states = small_tree(experiment)
     before = len(all_runs(tracking))

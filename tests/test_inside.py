@@ -203,7 +203,7 @@ def test_predictions_are_the_test_pass_and_per_class_metrics_follow(experiment):
     assert np.allclose(saved["true_class_probability"], probability.numpy(), atol=1e-6)
     assert np.array_equal(saved["predicted"], model(x).argmax(1).numpy())
     raw = load_safetensors(store.state_file(trained.run_id, "predictions.safetensors"))
-    assert raw["predicted"].dtype == torch.int16 and raw["true_class_probability"].dtype == torch.float32
+    assert raw["predicted"].dtype == torch.uint8 and raw["true_class_probability"].dtype == torch.float32
     # every network state has them, the untrained root too
     assert report.predictions(root)["predicted"].shape == (359,)
     # learning curves: one point per epoch; the last test point is the state's test accuracy

@@ -156,15 +156,23 @@ def test_workflow_run_gets_lineage_and_figures(tracking, tmp_path):
     state_art = Path(states[-1].info.artifact_uri)
     assert (state_art / "figures" / "weights" / "features.0.weight.png").is_file()
     assert (state_art / "figures" / "weights" / "biases.png").is_file()
-    # a rerun computes nothing, still gets its lineage; its figures stay on the run that computed
-    # the states (rendering them again would cost most of a cached run's time)
+    # a rerun computes nothing and, reaching the same states with the same parameters, records
+    # nothing new: the first workflow run already says it all
     again = CliRunner().invoke(main, ["run", str(recipe), "-e", "wf", "-P", "rounds=2"])
     assert again.exit_code == 0, again.output
+    workflows = [r for r in client.search_runs([exp]) if r.data.tags.get("mlprune.recipe") == "tiny_lt"]
+    assert [r.info.run_id for r in workflows] == [workflow.info.run_id]
+    # a rerun with other parameters whose states all exist computes nothing, still gets its lineage;
+    # its figures stay on the run that computed the states (rendering them again would cost most of
+    # a cached run's time)
+    fewer = CliRunner().invoke(main, ["run", str(recipe), "-e", "wf", "-P", "rounds=1"])
+    assert fewer.exit_code == 0 and fewer.output.strip().splitlines()[-1] == "4 states: 0 computed, 4 reused"
     runs = client.search_runs([exp], order_by=["attributes.start_time DESC"])
     second = next(r for r in runs if r.data.tags.get("mlprune.recipe") == "tiny_lt")
     assert second.info.run_id != workflow.info.run_id
     art2 = Path(second.info.artifact_uri)
     assert (art2 / "lineage.html").is_file() and not (art2 / "figures").exists()
+    assert json.loads((art2 / "plan.json").read_text())["plans"][0]["overrides"] == {"rounds": 1}
 
 
 def test_run_context_provider_tags_runs(tracking):

@@ -123,7 +123,9 @@ def test_without_a_usable_cache_mlflow_migrates_the_store_itself(tmp_path, monke
     assert client.get_experiment("0").name == "Default"
 
 
-def test_a_fully_cached_rerun_imports_neither_torch_nor_matplotlib(tracking, tmp_path):
+def test_a_fully_cached_rerun_imports_neither_torch_nor_matplotlib_nor_mlflow(tracking, tmp_path):
+    """Its look-ups read the sqlite store (store.sqlview) and its workflow run already records them:
+    nothing to compute, nothing to write."""
     import os
     import subprocess
     import sys
@@ -140,7 +142,7 @@ def test_a_fully_cached_rerun_imports_neither_torch_nor_matplotlib(tracking, tmp
     assert first.exit_code == 0, first.output
     code = ("import sys\nfrom mlprune.cli import main\n"
             f"try:\n    main(['run', {str(recipe)!r}])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n")
+            "print(sorted(m for m in ('torch', 'matplotlib', 'mlflow', 'sqlalchemy') if m in sys.modules))\n")
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,

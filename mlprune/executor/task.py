@@ -191,6 +191,8 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
     }
     if computed.weights_from:
         spec["weights_from"] = computed.weights_from
+        if computed.zeroed:
+            spec["zeroed"] = computed.zeroed
     if computed.tensors is None:
         spec["analysis"] = True
     params = dict(node["params"])
@@ -208,12 +210,12 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
             names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow), **job_tags()}
     if "diverged" in computed.history:
         tags[names.TAG_DIVERGED] = f"epoch {computed.history['diverged'][0]}: {computed.history['diverged'][1]}"
-    store.set_tags(run_id, tags)
     history = {k: v for k, v in computed.history.items() if isinstance(v, list)}
     tensors = computed.tensors
     return store.finish(run_id, spec=spec, masks=tensors.masks if tensors is not None else None,
                         weights=None if tensors is None or computed.weights_from else tensors.weights,
-                        metrics=computed.metrics, history=history, params=params, extra_files=computed.files)
+                        metrics=computed.metrics, history=history, params=params, extra_files=computed.files,
+                        tags=tags)
 
 
 def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, workspace, options, workflow,

@@ -25,7 +25,7 @@ _NAMES = {
     "accuracy_table": "series",
     "write_report": "html", "ReportResult": "html", "ReportWarning": "common", "SECTIONS": "sections",
     "Section": "sections",
-    "workflow_files": "workflow", "lineage_files": "workflow", "state_figures": "weights",
+    "workflow_files": "workflow", "lineage_files": "workflow", "plan_json": "workflow", "state_figures": "weights",
     "log_state_figures": "weights", "recipe_figures": "workflow",
     "predictions": "inside", "class_impact": "inside", "pies": "inside", "churn": "inside", "cka_record": "inside",
 }

@@ -109,7 +109,12 @@ def series_of_plan(plan: dict, states: dict) -> dict[str, Series]:
 
 
 def collect(store, warn=None) -> Collection:
-    """Read an experiment's runs and group its states into series (see module docs)."""
+    """Read an experiment's runs and group its states into series (see module docs).
+
+    Waits first for the workflow records and figures still being written in the background
+    (`mlprune.background`): a report right after a run sees its workflow run."""
+    from ..background import wait_pending
+
     messages: list[str] = []
 
     def note(message):
@@ -117,6 +122,9 @@ def collect(store, warn=None) -> Collection:
         if warn is not None:
             warn(message)
 
+    if not wait_pending(store.tracking_uri):
+        note("workflow records or figures still being written in the background after "
+             "15 minutes: the report shows what is stored now")
     states, workflows, other, unfinished = {}, [], [], []
     for run in store.runs():
         if lineage.is_state(run):

@@ -73,7 +73,9 @@ def evaluate_predictions(ev: Evaluated):
     from ..store.artifacts import tensors_bytes
 
     result = ev.test_predictions()
-    small = torch.int16 if ev.data.num_classes <= torch.iinfo(torch.int16).max else torch.int32
+    # the smallest integer type that holds every class index (uint8 up to 256 classes): lossless
+    small = next(t for t in (torch.uint8, torch.int16, torch.int32)
+                 if ev.data.num_classes - 1 <= torch.iinfo(t).max)
     files = {names.PREDICTIONS_FILE: tensors_bytes({
         names.PRED_PREDICTED: result.predicted.to(small), names.PRED_LABEL: result.labels.to(small),
         names.PRED_TRUE_PROBABILITY: result.true_probability.float()})}

@@ -235,16 +235,42 @@ def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data
     metrics[names.M_DURATION] = time.perf_counter() - started
     if checkpointing is not None and checkpointing.trained:
         metrics[names.M_RESUMED_FROM_ITERATION] = checkpointing.resumed_from
-    prune_only = bool(steps) and all(next(iter(s)) == "prune" for s in steps) and _only_masked(tensors, parent)
-    return Computed(tensors, metrics, history, parent.run_id if prune_only else None, files)
+    zeroed = shared_with_parent(tensors, parent) if steps and all(next(iter(s)) == "prune" for s in steps) else None
+    return Computed(tensors, metrics, history, parent.run_id if zeroed is not None else None, files,
+                    zeroed=zeroed or None)
 
 
-def _only_masked(tensors: Tensors, parent) -> bool:
-    """Are the weights the parent's with the new masks applied (what loading a state that shares its
-    parent's weights gives)? Not when a prune removed channels: their biases and BatchNorm entries are
-    zero too, so the state keeps its own weights."""
-    return all(torch.equal(t, parent.weights[n] * tensors.masks[n] if n in tensors.masks else parent.weights[n])
-               for n, t in tensors.weights.items())
+def shared_with_parent(tensors: Tensors, parent) -> dict | None:
+    """How a prune-only state's weights follow from its parent's: {tensor: flat indices set to 0.0} (the
+    biases and BatchNorm entries of the channels it removed; {} when none) if the parent's weights times
+    the new masks with those entries zeroed give the state's weights bit for bit (what loading a state
+    that shares its parent's weights gives: `store.artifacts.shared_weights`); None otherwise (the
+    state keeps its own weights file)."""
+    from ..store.artifacts import shared_weights
+
+    if set(tensors.weights) != set(parent.weights):
+        return None
+    derived = shared_weights(parent.weights, tensors.masks)
+    zeroed = {}
+    for name, tensor in tensors.weights.items():
+        expected = derived[name]
+        if tensor.shape != expected.shape or tensor.dtype != expected.dtype:
+            return None
+        differ = _bits(tensor) != _bits(expected)
+        if bool(differ.any()):
+            zeroed[name] = differ.reshape(-1).nonzero().squeeze(1).tolist()
+    if not zeroed:
+        return {}
+    rebuilt = shared_weights(parent.weights, tensors.masks, zeroed)
+    return zeroed if all(torch.equal(_bits(rebuilt[n]), _bits(t)) for n, t in tensors.weights.items()) else None
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bits as integers (floats: -0.0 and +0.0 differ, NaNs compare by payload)."""
+    widths = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
+    if tensor.is_floating_point():
+        return tensor.contiguous().view(widths[tensor.element_size()])
+    return tensor
 
 
 @dataclass
@@ -257,3 +283,4 @@ class Computed:
     history: dict
     weights_from: str | None
     files: dict
+    zeroed: dict | None = None   # a state sharing its parent's weights: entries the prune set to 0.0

@@ -82,3 +82,23 @@ def local_path(uri: str) -> Path | None:
     if parsed.scheme == "" and uri:
         return Path(uri)
     return None
+
+
+def shared_weights(source: dict, masks: dict, zeroed: dict | None = None) -> dict:
+    """The weights of a prune-only state that shares its parent's file (state.json's ``weights_from``):
+    the parent's weights (`source`) times the state's masks, and the entries state.json lists under
+    ``zeroed`` ({tensor: flat indices}: the biases and BatchNorm entries of channels the prune removed)
+    set to 0.0. Exactly the tensors the prune step computed (compute checks it bit for bit before it
+    stores a state this way)."""
+    import torch
+
+    out = {}
+    for name, tensor in source.items():
+        tensor = tensor * masks[name] if name in masks else tensor
+        positions = (zeroed or {}).get(name)
+        if positions:
+            flat = tensor.reshape(-1).clone()
+            flat[torch.tensor(positions, dtype=torch.long)] = 0.0
+            tensor = flat.reshape(tensor.shape)
+        out[name] = tensor
+    return out

@@ -24,8 +24,7 @@ import threading
 import time
 
 from ..errors import SpecError
-from ..names import (ENV_CLAIM_TIMEOUT, TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_ERROR, TAG_HEARTBEAT, TAG_KEY,
-                     TAG_WORKFLOW)
+from ..names import ENV_CLAIM_TIMEOUT, TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_ERROR, TAG_HEARTBEAT, TAG_WORKFLOW
 from ..training.interrupt import interrupted, stop_requested
 
 DEFAULT_CLAIM_TIMEOUT_S = 60.0
@@ -124,7 +123,7 @@ class KeepAlive:
         store = self.claims.store
         while not self._stop.wait(self.interval):
             try:
-                run = store.client.get_run(self.run_id)
+                run = store.run(self.run_id)
                 if run.info.status != "RUNNING":
                     self.claims.lost[self.run_id] = f"claim taken over while computing (run is {run.info.status})"
                     return
@@ -160,24 +159,16 @@ class Claims:
         self.others: dict[str, list] = {}   # our newest claim's run id -> the key's unfinished runs seen then
 
     # ---- searching ---------------------------------------------------------------------------
-    def _search(self, filter_string: str, max_results: int = 1000):
-        from mlflow.entities import ViewType
-
-        return self.store.client.search_runs([self.store.experiment_id], filter_string=filter_string,
-                                             run_view_type=ViewType.ACTIVE_ONLY, max_results=max_results,
-                                             order_by=["attributes.start_time ASC"])
-
     def find_claims(self, key: str) -> list:
         """RUNNING runs holding a claim on this key, oldest first."""
-        return self._search(f"tags.`{TAG_KEY}` = '{key}' and attributes.status = 'RUNNING'", 50)
+        return self.store.search_key(key, status="RUNNING", max_results=50)
 
     def lookup(self, key: str, timeout: float, exclude: str | None = None) -> tuple[str | None, list]:
         """(the key's valid FINISHED state or None, its live claims oldest first): one search, one snapshot.
 
         `exclude`: a run id to leave out (our own claim: a search that matches no run is cheapest).
         """
-        where = f"tags.`{TAG_KEY}` = '{key}'" + (f" and attributes.run_id != '{exclude}'" if exclude else "")
-        runs = self._search(where)
+        runs = self.store.search_key(key, exclude=exclude)
         if exclude:  # what our new claim may resume from (`store.checkpoints`), with no search of its own;
             # one entry: the claim being computed next (another thread's overwrite costs a search, no more)
             self.others = {exclude: [r for r in runs if r.info.status != "FINISHED"]}
@@ -203,7 +194,7 @@ class Claims:
     def fail_running(self, run_id: str, reason: str) -> None:
         """Mark a run FAILED with `reason` if it is still RUNNING (a workflow run whose process died)."""
         try:
-            if self.store.client.get_run(run_id).info.status != "RUNNING":
+            if self.store.run(run_id).info.status != "RUNNING":
                 return
         except Exception:  # noqa: BLE001 - gone, or in another store: nothing to mark
             return
@@ -303,10 +294,9 @@ class Claims:
             # our claim over, nor finished the key (it would have waited for us); the check after
             # FINISHED below still settles any race
             return run_id
-        if not before and not self._search(f"tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED' "
-                                           f"and attributes.run_id != '{run_id}'", 1):
+        if not before and not self.store.search_key(key, status="FINISHED", exclude=run_id, max_results=1):
             return run_id  # the usual case, in a search that matches no run: nobody else finished it
-        runs = self._search(f"tags.`{TAG_KEY}` = '{key}'")
+        runs = self.store.search_key(key)
         if before and any(r.info.run_id == run_id and r.info.status != "RUNNING" for r in runs):
             raise ClaimLost("claim taken over while computing (our run is no longer RUNNING)")
         finished = [r for r in runs if r.info.status == "FINISHED"]

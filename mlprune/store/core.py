@@ -30,9 +30,11 @@ from ..names import (MASKS_FILE, STATE_FILE, TAG_ERROR, TAG_INVALID, TAG_KEY, TA
 from . import artifacts
 from .artifacts import IntegrityError
 from .claims import Claims, claim_tags
+from .experiments import check_sqlite_file, one_line, open_client, sqlite_path
+from .lookups import Lookups
 from .experiments import experiment_id as resolve_experiment_id
-from .experiments import one_line, open_client
 from .experiments import tracking_uri as default_tracking_uri
+from .sqlview import SqliteView
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # against a tracking server MLflow prints a progress bar per artifact read and a URL per run ended:
@@ -61,7 +63,7 @@ def recomputed_key(spec: dict) -> str | None:
     return state_key(spec["parent_key"], spec["steps"], {r: s["key"] for r, s in (spec.get("inputs") or {}).items()})
 
 
-class Store:
+class Store(Lookups):
     """One MLflow experiment of one tracking store, as a store of states.
 
     ``create=False``: read-only use; a missing experiment is a one-line error, never created.
@@ -70,7 +72,16 @@ class Store:
     def __init__(self, experiment: str | None = None, *, tracking_uri: str | None = None,
                  experiment_id: str | None = None, cache_size: int = 16, create: bool = True):
         self.tracking_uri = default_tracking_uri(tracking_uri)
-        self.client = open_client(self.tracking_uri)
+        self._client = None
+        self._client_lock = threading.Lock()
+        self._view: SqliteView | None = None
+        self._view_final = False  # whether `_view` is the answer for good
+        path = sqlite_path(self.tracking_uri)
+        if path is not None and path.exists():
+            # an existing sqlite store: its look-ups read the file (`view`); MLflow is opened on first write
+            check_sqlite_file(path)
+        else:
+            self._client = open_client(self.tracking_uri)  # a server (checked now), or a store to create
         self._experiment = experiment
         self._experiment_id = experiment_id
         self._create = create
@@ -82,11 +93,35 @@ class Store:
         self._created: dict[str, tuple[str, dict]] = {}  # run id -> (artifact URI, tags) of runs we created
         self._lock = threading.Lock()
 
+    # ---- MLflow and the sqlite view ------------------------------------------------------------
+    @property
+    def client(self):
+        """MLflow's client on the store, opened on first use (a cached run may never need it)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = open_client(self.tracking_uri)
+        return self._client
+
+    @property
+    def view(self) -> SqliteView | None:
+        """Reads of a local sqlite store without MLflow (`sqlview`), or None (servers, other schemas)."""
+        if not self._view_final:
+            self._view = SqliteView.open(self.tracking_uri)
+            # no view yet of a store MLflow has not created (or migrated) yet: asked again later
+            self._view_final = self._view is not None or self._client is not None \
+                or sqlite_path(self.tracking_uri) is None
+        return self._view
+
     # ---- experiments -----------------------------------------------------------------------
     @property
     def experiment_id(self) -> str:
         """Resolved (and created if missing, unless read-only) on first use."""
         if self._experiment_id is None:
+            found = self._experiment_from_view()
+            if found is not None:
+                self._experiment_id = found
+                return found
             try:
                 self._experiment_id = resolve_experiment_id(self.client, self.tracking_uri, self._experiment,
                                                             create=self._create)
@@ -96,101 +131,25 @@ class Store:
                 raise SpecError(f"tracking store {self.tracking_uri}: {one_line(error)}") from None
         return self._experiment_id
 
+    def _experiment_from_view(self) -> str | None:
+        """The id of the named experiment when the view finds it active (else MLflow decides: creates
+        it, or says why not)."""
+        from .experiments import resolve_experiment_name
+
+        view = self.view
+        if view is None:
+            return None
+        name = resolve_experiment_name(self._experiment)
+        if name is None:  # MLFLOW_EXPERIMENT_ID
+            return None
+        found = view.experiment(name=name)
+        return found.experiment_id if found is not None and found.lifecycle_stage == "active" else None
+
     @property
     def experiment_name(self) -> str:
-        return self.client.get_experiment(self.experiment_id).name
-
-    # ---- runs -------------------------------------------------------------------------------
-    def _search(self, filter_string: str = "", max_results: int = 50000, experiment_ids=None) -> list:
-        from mlflow.entities import ViewType
-
-        out, token = [], None
-        ids = experiment_ids or [self.experiment_id]
-        while True:
-            page = self.client.search_runs(ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
-                                           max_results=min(max_results, 50000), order_by=["attributes.start_time ASC"],
-                                           page_token=token)
-            out.extend(page)
-            token = page.token
-            if not token or len(out) >= max_results:
-                return out
-
-    def valid_finished(self, runs) -> list:
-        """The runs among `runs` that are usable states: FINISHED, not marked invalid."""
-        good = [r for r in runs if r.info.status == "FINISHED" and not r.data.tags.get(TAG_INVALID)]
-        with self._lock:
-            for run in good:
-                self._runs[run.info.run_id] = run
-        return good
-
-    def find(self, key: str) -> str | None:
-        """Run id of the FINISHED state with this key, or None."""
-        runs = self.valid_finished(self._search(f"tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'"))
-        return runs[0].info.run_id if runs else None
-
-    def find_many(self, keys) -> dict[str, list[str]]:
-        """{key: run ids of its FINISHED states, oldest first} for the keys that have one (one search)."""
-        keys = set(keys)
-        if not keys:
-            return {}
-        found: dict[str, list[str]] = {}
-        for run in self.states():
-            key = run.data.tags.get(TAG_KEY)
-            if key in keys:
-                found.setdefault(key, []).append(run.info.run_id)
-        return found
-
-    def states(self, finished_only: bool = True) -> list:
-        """All state runs of the experiment (mlflow Run objects), oldest first."""
-        status = " and attributes.status = 'FINISHED'" if finished_only else ""
-        runs = self._search(f"tags.`{TAG_KEY}` != ''{status}")
-        return self.valid_finished(runs) if finished_only else runs
-
-    def runs(self) -> list:
-        """Every active run of the experiment, states or not (reports say what they skip)."""
-        return self._search()
-
-    def key_runs(self, key: str) -> list:
-        """Every active run carrying `key`, whatever its status (the state, claims, failed tries), oldest first."""
-        return self._search(f"tags.`{TAG_KEY}` = '{key}'")
-
-    def run(self, run_id: str):
-        import mlflow
-
-        try:
-            return self.client.get_run(run_id)
-        except mlflow.exceptions.MlflowException as error:
-            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(error, "error_code", "")) or "not found" in str(error).lower():
-                raise SpecError(f"run {run_id!r} not found in the tracking store {self.tracking_uri}") from None
-            raise SpecError(f"tracking store {self.tracking_uri}: {one_line(error)}") from None
-
-    def resolve_run_id(self, ref: str) -> str:
-        """A full run id from a run id or an unambiguous prefix (8 characters, as `mlprune tree` prints)."""
-        ref = str(ref).strip()
-        if len(ref) == 32:
-            return ref
-        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
-            raise SpecError(f"run id {ref!r} is not a run id or a prefix of one (hex, at least 4 characters)")
-        ids = [e.experiment_id for e in self.client.search_experiments(max_results=50000)]
-        matches = sorted({r.info.run_id for r in self._search(f"tags.`{TAG_KEY}` != ''", experiment_ids=ids)
-                          if r.info.run_id.startswith(ref)})
-        if not matches:
-            raise SpecError(f"no state run id starts with {ref!r} in the tracking store {self.tracking_uri}")
-        if len(matches) > 1:
-            raise SpecError(f"run id prefix {ref!r} is ambiguous: {', '.join(m[:12] for m in matches[:5])}"
-                            f"{' ...' if len(matches) > 5 else ''}; give more characters")
-        return matches[0]
-
-    def state_run(self, run_id: str):
-        """The run of a usable mlprune state, or a one-line SpecError."""
-        run = self._runs.get(run_id) or self.run(run_id)
-        if TAG_KEY not in run.data.tags:
-            raise SpecError(f"run {run_id!r} is not an mlprune state (it has no {TAG_KEY} tag)")
-        if run.data.tags.get(TAG_INVALID):
-            raise IntegrityError(f"state {run_id} is marked invalid: {run.data.tags[TAG_INVALID]}")
-        if run.info.status != "FINISHED":
-            raise SpecError(f"run {run_id!r} is an mlprune state but {run.info.status}, not FINISHED")
-        return run
+        view = self.view
+        found = view.experiment(experiment_id=self.experiment_id) if view is not None else None
+        return found.name if found is not None else self.client.get_experiment(self.experiment_id).name
 
     # ---- writing ----------------------------------------------------------------------------
     def create(self, *, key: str, kind: str, name: str, parent_run_id: str | None, root_run_id: str | None,
@@ -217,6 +176,19 @@ class Store:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_batch(self, run_id: str, metrics: list, params: list, tags: list) -> None:
+        """MLflow entities in as few log_batch calls as its limits allow (one per state, usually:
+        1000 entities, of which 1000 metrics, 100 params, 100 tags)."""
+        metrics, params, tags = list(metrics), list(params), list(tags)
+        while metrics or params or tags:
+            room = 1000
+            batch_params, params = params[:100], params[100:]
+            room -= len(batch_params)
+            batch_tags, tags = tags[:min(100, room)], tags[min(100, room):]
+            room -= len(batch_tags)
+            batch_metrics, metrics = metrics[:room], metrics[room:]
+            self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
 
     def _artifact_repo(self, run_id: str):
         """The run's artifact repository, without MlflowClient.log_artifacts' get_run per run."""
@@ -262,29 +234,25 @@ class Store:
 
     def finish(self, run_id: str, *, spec: dict, masks: dict, weights: dict | None, metrics: dict[str, float],
                history: dict[str, list] | None = None, params: dict | None = None,
-               extra_files: dict[str, bytes] | None = None) -> str:
-        """Write a state's artifacts, params and metrics, then mark its run FINISHED; returns the run id
-        of the key's FINISHED state: ours, or another run's that finished first (ours is then KILLED;
-        ClaimLost if our claim was taken over).
+               extra_files: dict[str, bytes] | None = None, tags: dict | None = None) -> str:
+        """Write a state's artifacts, then its params, metrics and tags, then mark its run FINISHED;
+        returns the run id of the key's FINISHED state: ours, or another run's that finished first
+        (ours is then KILLED; ClaimLost if our claim was taken over).
 
         `weights=None` stores a prune-only state that references its parent's weights (state.json's
         `weights_from`); loading resolves them. `history`: per-epoch metrics {name: [(step, value)]}.
         """
-        from mlflow.entities import Metric, Param, RunStatus
+        from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        for name, values in (history or {}).items():
-            batch += [Metric(name, float(v), now, int(step)) for step, v in values]
-        for start in range(0, len(batch), 1000):  # MLflow's log_batch limit
-            self.client.log_batch(run_id, metrics=batch[start:start + 1000])
-        if params:
-            items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-            for start in range(0, len(items), 100):
-                self.client.log_batch(run_id, params=items[start:start + 100])
         files = artifacts.state_files(spec, masks, weights, extra_files)
         self.write_files(run_id, files)
-        self.set_tags(run_id, artifacts.hash_tags(files))
+        now = int(time.time() * 1000)
+        metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        for name, values in (history or {}).items():
+            metric_list += [Metric(name, float(v), now, int(step)) for step, v in values]
+        param_list = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        tag_list = [RunTag(k, str(v)) for k, v in {**(tags or {}), **artifacts.hash_tags(files)}.items()]
+        self.log_batch(run_id, metric_list, param_list, tag_list)
         key = spec.get("key")
         winner = self.claims.settle(run_id, key, before=True)  # never two FINISHED runs for one key
         if winner == run_id:
@@ -313,7 +281,7 @@ class Store:
             return  # a prune-only state whose parent is not in memory: resolved on load
         masks = {name: t.detach().to(torch.bool).cpu().clone() for name, t in masks.items()}
         if weights is None:
-            weights = {name: (t * masks[name] if name in masks else t) for name, t in source.weights.items()}
+            weights = artifacts.shared_weights(source.weights, masks, spec.get("zeroed"))
         else:
             weights = {name: t.detach().cpu().clone().contiguous() for name, t in weights.items()}
         tags = dict(created[1]) if created else {}
@@ -416,8 +384,7 @@ class Store:
             raise SpecError(f"state {run_id} is an analysis ({spec['kind']}): it holds results, not a network")
         masks = artifacts.tensors_from(self._state_file(run, MASKS_FILE, spec), run_id=run_id, name=MASKS_FILE)
         if spec.get("weights_from"):
-            source = self.load(spec["weights_from"]).weights
-            weights = {name: (t * masks[name] if name in masks else t) for name, t in source.items()}
+            weights = artifacts.shared_weights(self.load(spec["weights_from"]).weights, masks, spec.get("zeroed"))
         else:
             weights = artifacts.tensors_from(self._state_file(run, WEIGHTS_FILE, spec), run_id=run_id,
                                              name=WEIGHTS_FILE)
@@ -428,9 +395,13 @@ class Store:
         self._keep(state)
         return state
 
-    def verify(self, run_id: str) -> None:
+    def verify(self, run_id: str, verified: set | None = None) -> None:
         """An IntegrityError unless the state's files and key are as recorded: every file is read and
-        hashed (no tensor is parsed: a cached run verifies its states without loading torch)."""
+        hashed (no tensor is parsed: a cached run verifies its states without loading torch).
+
+        `verified`: run ids already verified in this pass (not read again; `run_id` is added)."""
+        if verified is not None and run_id in verified:
+            return
         with self._lock:
             self._cache.pop(run_id, None)
             self._specs.pop(run_id, None)
@@ -446,19 +417,21 @@ class Store:
             self._state_file(run, name, spec)
         if spec.get("weights_from"):  # a prune-only state's weights are another state's file
             try:
-                self.verify(spec["weights_from"])
+                self.verify(spec["weights_from"], verified)
             except SpecError as error:
                 raise IntegrityError(f"state {run_id}: the state whose weights it shares is broken ({error})") \
                     from None
+        if verified is not None:
+            verified.add(run_id)
 
     def check_all(self, *, repair: bool = False, progress=None) -> tuple[int, list[tuple[str, str]]]:
         """(states checked, [(run id, why it is broken)]) over the experiment's FINISHED states;
         with `repair` each broken one is marked invalid (the next run that needs it recomputes it)."""
-        broken = []
+        broken, verified = [], set()
         runs = self.states()
         for index, run in enumerate(runs, start=1):
             try:
-                self.verify(run.info.run_id)
+                self.verify(run.info.run_id, verified)
             except SpecError as error:
                 broken.append((run.info.run_id, str(error)))
                 if repair:
@@ -476,11 +449,6 @@ class Store:
             STATE_FILE: self._state_file(self.state_run(run_id), STATE_FILE),
         }
 
-    def metric_history(self, run_id: str, name: str) -> list[tuple[int, float]]:
-        """[(step, value)] of one metric of a run, by step (per-epoch curves: step = epoch)."""
-        points = self.client.get_metric_history(run_id, name)
-        return sorted((int(m.step), float(m.value)) for m in points)
-
     def log_figures(self, run_id: str, figures: dict) -> None:
         """Log matplotlib figures on a run ({artifact path: Figure}) with MLflow's log_figure."""
         for name, figure in figures.items():
@@ -493,9 +461,18 @@ class Store:
 
 def open_experiment(ref: str, *, tracking_uri: str | None = None) -> Store:
     """The Store of an existing experiment, by name or id; a one-line SpecError if there is none."""
+    probe = Store(tracking_uri=tracking_uri, create=False)
+    view = probe.view
+    if view is not None:
+        found = view.experiment(name=str(ref)) or (view.experiment(experiment_id=str(ref))
+                                                   if str(ref).isdigit() else None)
+        if found is not None and found.lifecycle_stage == "active":
+            return Store(found.name, tracking_uri=probe.tracking_uri, experiment_id=found.experiment_id, create=False)
+        names = [e.name for e in view.experiments()][:50]
+        raise SpecError(f"no experiment {ref!r} in the tracking store {probe.tracking_uri}; "
+                        f"experiments: {', '.join(names) or 'none'}")
     import mlflow
 
-    probe = Store(tracking_uri=tracking_uri, create=False)
     client = probe.client
     found = client.get_experiment_by_name(str(ref))
     if found is None and str(ref).isdigit():

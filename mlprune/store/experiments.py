@@ -34,12 +34,34 @@ SQLITE_WAL_ENV = "MLPRUNE_SQLITE_WAL"
 def tracking_uri(uri: str | None = None) -> str:
     """The tracking URI to use: `uri`, else MLflow's default; a relative sqlite path made absolute."""
     if uri is None:
-        if os.environ.get("MLFLOW_TRACKING_URI"):  # a URI that does not parse fails before mlflow loads
-            absolute_uri(os.environ["MLFLOW_TRACKING_URI"])
+        uri = default_tracking_uri()
+    return absolute_uri(str(uri))
+
+
+def default_tracking_uri() -> str:
+    """MLflow's choice of tracking URI (``mlflow.get_tracking_uri()``), without importing mlflow when
+    it is not loaded yet: ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (MLflow 3's default),
+    unless ``./mlruns`` holds a file store's experiments (MLflow keeps that default then: asked)."""
+    import sys
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:  # a URI that does not parse fails before mlflow loads
+        absolute_uri(env)
+    if "mlflow" in sys.modules or (not env and _mlruns_file_store()):  # set_tracking_uri may have chosen
         import mlflow
 
-        uri = mlflow.get_tracking_uri()
-    return absolute_uri(str(uri))
+        return mlflow.get_tracking_uri()
+    return env or "sqlite:///mlflow.db"
+
+
+def _mlruns_file_store() -> bool:
+    """Does ./mlruns hold a file store's experiments (a digit folder with meta.yaml), as MLflow checks?"""
+    try:
+        with os.scandir("mlruns") as entries:
+            return any(entry.is_dir() and entry.name.isdigit() and os.path.lexists(os.path.join(entry.path, "meta.yaml"))
+                       for entry in entries)
+    except OSError:
+        return False
 
 
 def absolute_uri(uri: str) -> str:
@@ -119,7 +141,9 @@ def store_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _check_sqlite_file(path: Path) -> None:
+def check_sqlite_file(path: Path) -> None:
+    """A one-line SpecError for a sqlite store path that is a directory, an empty or damaged file, or
+    cannot be created; nothing for a sound (or creatable) one."""
     if path.exists():
         if path.is_dir():
             raise SpecError(f"the tracking store {path} is a directory, not a sqlite database")
@@ -156,7 +180,7 @@ def open_client(uri: str):
     path = sqlite_path(uri)
     if path is None:
         return MlflowClient(tracking_uri=uri)
-    _check_sqlite_file(path)
+    check_sqlite_file(path)
     # MLflow creates and migrates a sqlite schema when a client first touches the store: one process at a
     # time, or concurrent migrations corrupt a fresh store
     with store_lock(uri):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import os
 
-from ..names import (PARAMS_FILE, STATES_FILE, TAG_HEARTBEAT, TAG_KEY, TAG_NOTE, TAG_RECIPE, TAG_RUN_NAME, TAG_STATES,
-                     TAG_VERSION, TAG_WORKFLOW)
+from ..names import (PARAMS_FILE, PLAN_FILE, STATES_FILE, TAG_HEARTBEAT, TAG_KEY, TAG_NOTE, TAG_RECIPE, TAG_RECORD,
+                     TAG_RUN_NAME, TAG_STATES, TAG_VERSION, TAG_WORKFLOW)
 from ..version import __version__
 from .claims import claim_tags, process_gone
 
@@ -24,19 +24,16 @@ TAG_LAUNCHER = "mlprune.launcher"   # on a workflow run: the `mlflow run` run th
 
 
 class WorkflowRun:
-    def __init__(self, store, *, recipe: str, params: dict):
+    """`launcher`: the run of `mlflow run` that started this process (default: MLFLOW_RUN_ID)."""
+
+    def __init__(self, store, *, recipe: str, params: dict, launcher: str | None = None):
         from mlflow.entities import Param
 
         self.store = store
         self.client = store.client
         self.params = params
-        launcher = os.environ.get("MLFLOW_RUN_ID")
-        launcher_run = None
-        if launcher:
-            try:
-                launcher_run = self.client.get_run(launcher)
-            except Exception:  # noqa: BLE001 - not in this store: nothing to link
-                launcher_run = None
+        launcher = launcher if launcher is not None else os.environ.get("MLFLOW_RUN_ID")
+        launcher_run = _launcher_run(store, launcher)
         if launcher_run is not None and launcher_run.info.experiment_id == store.experiment_id:
             self.run_id, self.owned = launcher, False
             # `mlflow run` logged the entry point's own parameters ('' = recipe default) already
@@ -54,18 +51,32 @@ class WorkflowRun:
         self.owned = True
         self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         if launcher_run is not None:  # the link back, on the run MLflow opened
-            note = (f"**mlprune**: recipe `{recipe}`; its states and workflow run are in experiment "
-                    f"`{store.experiment_name}`: [workflow run]({store.ui_link(self.run_id)}).")
-            self.client.log_batch(launcher, tags=_tags({TAG_RECIPE: recipe, TAG_RUN_NAME: recipe,
-                                                        TAG_WORKFLOW: self.run_id, TAG_NOTE: note}))
+            link_launcher(store, launcher, self.run_id, recipe)
 
     def record(self, states: dict[str, str], files: dict[str, bytes | str] | None = None) -> None:
         """Store {plan node: state run id} as states.json, the parameters, and any other files."""
-        payload = {STATES_FILE: json.dumps(states, indent=1),
-                   PARAMS_FILE: json.dumps(self.params, indent=1, sort_keys=True, default=str)}
+        payload = {STATES_FILE: json.dumps(states, indent=1), PARAMS_FILE: params_json(self.params)}
         payload.update(files or {})
         self.store.write_files(self.run_id, payload)
-        self.client.set_tag(self.run_id, TAG_STATES, str(len(set(states.values()))))
+        tags = {TAG_STATES: str(len(set(states.values())))}
+        if PLAN_FILE in payload:
+            tags[TAG_RECORD] = record_digest(payload[PLAN_FILE], self.params)
+        self.client.log_batch(self.run_id, tags=_tags(tags))
+
+    @staticmethod
+    def find_record(store, recipe: str, digest: str) -> str | None:
+        """The FINISHED workflow run of `recipe` whose plan.json and params.json have this digest, or None."""
+        tags = {TAG_RECORD: digest, TAG_RECIPE: recipe}
+        view = store.view
+        if view is not None:
+            runs = view.search([store.experiment_id], tags=tags, status="FINISHED", data=False, limit=1)
+        else:
+            from mlflow.entities import ViewType
+
+            where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+            runs = store.client.search_runs([store.experiment_id], f"{where} and attributes.status = 'FINISHED'",
+                                            ViewType.ACTIVE_ONLY, max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def end(self, ok: bool) -> None:
         from mlflow.entities import RunStatus
@@ -81,10 +92,7 @@ def fail_abandoned_runs(store) -> list[str]:
 
     Runs of processes on other hosts are marked when a state claim of theirs is taken over
     (`claims.Claims.live_claims`). Returns the run ids marked."""
-    from mlflow.entities import ViewType
-
-    runs = store.client.search_runs([store.experiment_id], filter_string="attributes.status = 'RUNNING'",
-                                    run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+    runs = store.running()
     marked = []
     for run in runs:
         reason = process_gone(run.data.tags)
@@ -95,6 +103,42 @@ def fail_abandoned_runs(store) -> list[str]:
         store.fail(run.info.run_id, f"{what}: {reason}")
         marked.append(run.info.run_id)
     return marked
+
+
+def _launcher_run(store, launcher: str | None):
+    if not launcher:
+        return None
+    try:
+        return store.run(launcher)
+    except Exception:  # noqa: BLE001 - not in this store: nothing to link
+        return None
+
+
+def launcher_elsewhere(store, launcher: str | None) -> bool:
+    """Is `launcher` a run of this store outside the states' experiment (`mlflow run` without
+    --experiment-name puts it in MLflow's Default)? Then it is linked to the workflow run, not one."""
+    run = _launcher_run(store, launcher)
+    return run is not None and run.info.experiment_id != store.experiment_id
+
+
+def link_launcher(store, launcher: str, workflow_run_id: str, recipe: str) -> None:
+    """On the run `mlflow run` opened (in another experiment): the recipe and a link to the workflow run."""
+    note = (f"**mlprune**: recipe `{recipe}`; its states and workflow run are in experiment "
+            f"`{store.experiment_name}`: [workflow run]({store.ui_link(workflow_run_id)}).")
+    store.client.log_batch(launcher, tags=_tags({TAG_RECIPE: recipe, TAG_RUN_NAME: recipe,
+                                                 TAG_WORKFLOW: workflow_run_id, TAG_NOTE: note}))
+
+
+def params_json(params: dict) -> str:
+    return json.dumps(params, indent=1, sort_keys=True, default=str)
+
+
+def record_digest(plan_json: str | bytes, params: dict) -> str:
+    """What identifies a workflow run's record: the states each plan node reached (plan.json), the parameters."""
+    import hashlib
+
+    plan = plan_json.encode() if isinstance(plan_json, str) else plan_json
+    return hashlib.sha256(plan + b"\0" + params_json(params).encode()).hexdigest()
 
 
 def _tags(values: dict):
