@@ -240,8 +240,8 @@ def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, wo
             return
         try:
             metrics, files = evaluate_state(workspace, root, data, tensors, history, checkpoint["steps"])
-            if checkpointing is not None:
-                metrics[names.M_RESUMED_FROM_ITERATION] = checkpointing.resumed_from
+            # as the training's own state records it (a batch resumes nothing: 0)
+            metrics[names.M_RESUMED_FROM_ITERATION] = checkpointing.resumed_from if checkpointing is not None else 0
             _finish(store, run_id, checkpoint, Computed(tensors, metrics, history, None, files), parent_state,
                     parent_run, root_run, inputs, data_dir, workspace, options, workflow, batched)
         except ClaimLost as lost:
@@ -281,7 +281,7 @@ def reach_batch(group_text: str, context_text: str, *dependency_runs: str) -> li
                                                     s.root_run, s.inputs, s.data_dir, workspace, options, workflow,
                                                     batched),
         emitter=lambda s, checkpoint, batched: _emitter(store, checkpoint, s.parent_run, s.root_run, s.inputs,
-                                                        s.data_dir, workspace, options, workflow, batched),
+                                                        s.data_dir, workspace, options, workflow, batched=batched),
         alone=lambda s: _claim_and_compute(store, s.node, s.parent_run, s.inputs, s.task, context),
         resume=lambda s: _compute_claimed(store, s, context))
     siblings = [Sibling(task, runs[task["parent"]], {role: runs[key] for role, key in task["inputs"].items()})

@@ -137,4 +137,5 @@ def _evaluated(item: _Prepared, history: dict, share: float):
     except Exception as error:  # noqa: BLE001 -- that sibling's state fails, the others go on
         return error
     metrics[names.M_DURATION] = item.seconds + share + time.perf_counter() - started
+    metrics[names.M_RESUMED_FROM_ITERATION] = 0  # a batch starts from the parent, never from a checkpoint
     return Computed(tensors, metrics, ctx.history, None, files)
