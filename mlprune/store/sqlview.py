@@ -28,6 +28,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import SpecError
 from ..names import ENV_SQLITE_READS, TAG_INVALID, TAG_KEY
 from .experiments import sqlite_path
 
@@ -41,6 +42,7 @@ _COLUMNS = {
     "latest_metrics": {"key", "value", "step", "timestamp", "is_nan", "run_uuid"},
     "metrics": {"key", "value", "step", "is_nan", "run_uuid"},
 }
+BUSY_TIMEOUT_S = 30.0  # how long a read waits for another connection's write lock (MLflow's writes take ms)
 _CHUNK = 500  # host parameters per IN list (sqlite's limit is 999 in old builds)
 
 
@@ -109,6 +111,11 @@ class SqliteView:
         try:
             if not view._schema_known():
                 return None
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error).lower():  # held for the whole busy timeout: MLflow would wait as long again
+                raise SpecError(f"the tracking store {path} is locked by another process (waited "
+                                f"{BUSY_TIMEOUT_S:.0f} s): {error}") from None
+            return None
         except sqlite3.Error:
             return None
         return view
@@ -118,7 +125,7 @@ class SqliteView:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             # autocommit: every statement is its own read transaction (it sees every earlier commit)
-            connection = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
+            connection = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                          check_same_thread=False)
             connection.execute("PRAGMA query_only = 1")
             self._local.connection = connection
