@@ -505,3 +505,17 @@ def test_resnet20_half_of_every_residual_group_is_faster_and_in_the_report(track
     unstructured = next(s for s in exp.states() if s.spec["root"]["model"] == "lenet" and s.kind == "prune")
     printed = _run(runner, "export", unstructured.run_id[:8], str(tmp_path / "u"), "--compact")
     assert "no channel is removed" in printed and "no dense speedup" in printed
+
+
+@pytest.mark.parametrize("text, expected", [("", 2.0), ("0", 0.0), ("0.5", 0.5), ("abc", None), ("-1", None),
+                                            ("inf", None), ("nan", None)])
+def test_the_latency_budget_comes_from_the_environment_or_is_one_line(monkeypatch, text, expected):
+    from mlprune.errors import SpecError
+    from mlprune.spec.limits import latency_budget
+
+    monkeypatch.setenv("MLPRUNE_LATENCY_BUDGET", text)
+    if expected is None:
+        with pytest.raises(SpecError, match="MLPRUNE_LATENCY_BUDGET must be seconds between 0 and 3600, got"):
+            latency_budget()
+    else:
+        assert latency_budget() == expected

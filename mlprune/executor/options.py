@@ -31,6 +31,7 @@ class RunOptions:
     def resolved(self) -> "RunOptions":
         from ..spec.times import checkpoint_cadence
         from ..training.devices import check_device_name
+        from ..spec.limits import latency_budget
         from .resume import checkpoint_budget
 
         for name in ("deterministic", "channels_last", "compile"):
@@ -41,6 +42,7 @@ class RunOptions:
                                          or self.threads < 1):
             raise SpecError(f"run option threads must be an integer >= 1, got {self.threads!r}")
         checkpoint_budget()  # the environment's, checked before any run is created
+        latency_budget()
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
             raise SpecError(f"run option batch must be an integer >= 1, got {self.batch!r}")
         # threads left None are resolved when something is computed (Execution.run): counting the

@@ -38,9 +38,12 @@ def check_compact(compact, dense: torch.nn.Module, data, device) -> tuple[torch.
 def measure_compact(compact, dense: torch.nn.Module, data, device) -> tuple[torch.nn.Module, dict]:
     """`check_compact`'s network and metrics, and the latencies of both networks on `device`."""
     from ..pruning.compact import latency_ms
+    from ..spec.limits import latency_budget
 
+    budget = latency_budget()
     model, metrics = check_compact(compact, dense, data, device)
-    times = latency_ms({"dense": dense, "compact": model}, tuple(data.input_shape), device, batch_sizes=(1, 64))
+    times = latency_ms({"dense": dense, "compact": model}, tuple(data.input_shape), device, batch_sizes=(1, 64),
+                       budget_s=budget, warmup=3 if budget > 0 else 1)
     metrics.update({names.M_LATENCY: times["compact"][64], names.M_LATENCY_BATCH1: times["compact"][1],
                     names.M_LATENCY_DENSE: times["dense"][64], names.M_LATENCY_DENSE_BATCH1: times["dense"][1],
                     names.M_SPEEDUP: times["dense"][64] / times["compact"][64],

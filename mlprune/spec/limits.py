@@ -21,6 +21,7 @@ MAX_PRUNE_ITERATIONS = 10_000        # SynFlow's score-and-prune iterations (the
 MAX_COPIES = 100                     # spawned copies per spawn point (instability: 2-4)
 MAX_SEEDS = 1000                     # seeds of a sweep
 MAX_THREADS = 4096                   # MLPRUNE_THREADS
+MAX_LATENCY_BUDGET_S = 3600         # MLPRUNE_LATENCY_BUDGET, seconds of latency timing per batch size
 MAX_VALUE_CHARS = 4096               # one -P / -o value (a path is at most 4096 bytes on Linux)
 
 LIMITS = (
@@ -38,3 +39,27 @@ LIMITS = (
     ("`MLPRUNE_THREADS`", str(MAX_THREADS)),
     ("characters of a `-P` or `-o` value", str(MAX_VALUE_CHARS)),
 )
+
+
+DEFAULT_LATENCY_BUDGET_S = 2.0
+
+
+def latency_budget() -> float:
+    """Seconds of timing per batch size (`MLPRUNE_LATENCY_BUDGET`, default 2): past it a batch size stops
+    after its minimum rounds. 0: the minimum (one warm-up pass, 3 timed rounds), e.g. on a laptop or in tests."""
+    import math
+    import os
+
+    from ..errors import SpecError
+    from ..names import ENV_LATENCY_BUDGET
+
+    text = os.environ.get(ENV_LATENCY_BUDGET, "").strip()
+    if not text:
+        return DEFAULT_LATENCY_BUDGET_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and 0 <= value <= MAX_LATENCY_BUDGET_S):
+        raise SpecError(f"{ENV_LATENCY_BUDGET} must be seconds between 0 and {MAX_LATENCY_BUDGET_S:g}, got {text!r}")
+    return value
