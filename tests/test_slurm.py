@@ -317,8 +317,9 @@ def test_scancel_of_a_job_mid_training_the_sweep_completes_without_duplicates(sl
     assert victim not in slurm.jobs() or wait_for(lambda: victim not in slurm.jobs(), 60, "the job to end")
     redone = next(r for r in finished if r.data.tags["mlprune.key"] == interrupted.data.tags["mlprune.key"])
     assert redone.data.tags[TAG_SLURM_JOB_ID] != victim  # computed again in another job
-    resumed = redone.data.metrics.get("resumed_from_iteration", 0)
-    assert resumed > 0 or redone.info.run_id != claimed  # resumed from a checkpoint, or recomputed
+    # the signalled worker handed its task over, then its training stored a checkpoint and stopped: the
+    # other job resumed from it (the epoch before the pause is not trained again)
+    assert redone.data.metrics.get("resumed_from_iteration", 0) > 0, redone.data.metrics
     assert all(r.data.tags.get(TAG_SLURM_JOB_ID) for r in finished)
     assert hashes_by_key(tracking) == sync_hashes(SWEEP_2_EPOCHS)  # bitwise what an uninterrupted sweep computes
 
