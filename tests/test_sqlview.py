@@ -129,3 +129,28 @@ def test_the_default_tracking_uri_is_mlflows_without_importing_it(tmp_path, file
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", str(file_store)]
+
+
+def test_a_keys_runs_are_found_through_the_key_index(tracking):
+    """Opening a store adds the partial index of state keys; the view's key search reads it (no scan of every
+    state's key tag), and a store without it (dropped) gives the same answers, the slow way."""
+    import sqlite3
+
+    from mlprune.store.experiments import KEY_INDEX
+
+    store = Store("keys", tracking_uri=tracking)
+    run_id = store.create(key="k" * 64, kind="init", name="root", parent_run_id=None, root_run_id=None,
+                          extra_parents={})
+    path = tracking[len("sqlite:///"):]
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                                  (KEY_INDEX,)).fetchone()
+    view = SqliteView.open(tracking)
+    [found] = view.search([store.experiment_id], key="k" * 64)
+    assert found.info.run_id == run_id
+    sql = "SELECT run_uuid FROM tags WHERE key = 'mlprune.key' AND value = ?"
+    plan = " ".join(str(row) for row in view._query(f"EXPLAIN QUERY PLAN {sql}", ["k" * 64]))
+    assert KEY_INDEX in plan, plan
+    with sqlite3.connect(path) as connection:
+        connection.execute(f"DROP INDEX {KEY_INDEX}")
+    assert [r.info.run_id for r in SqliteView.open(tracking).search([store.experiment_id], key="k" * 64)] == [run_id]

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import SpecError
-from ..names import DEFAULT_EXPERIMENT, ENV_CACHE_DIR
+from ..names import DEFAULT_EXPERIMENT, ENV_CACHE_DIR, TAG_KEY
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_EXPERIMENT_NAME = 500
@@ -197,6 +197,7 @@ def open_client(uri: str):
                     continue
                 raise SpecError(f"cannot open the tracking store {path}: {one_line(error)}") from None
         _tune_sqlite(store)
+        ensure_key_index(path)
     return client
 
 
@@ -273,6 +274,30 @@ def _sqlite_template() -> Path | None:
 
 
 _TUNED: set = set()
+
+
+KEY_INDEX = "mlprune_state_keys"
+# a partial index of the state-key tags, by value: a key's runs in a few page reads, however many
+# runs the experiment holds (MLflow's tags table is keyed by (key, run_uuid): a value is found by
+# reading every state's key tag). The condition is a literal, as sqlite needs to use the index.
+KEY_INDEX_SQL = f"CREATE INDEX IF NOT EXISTS {KEY_INDEX} ON tags (value) WHERE key = '{TAG_KEY}'"
+
+
+def ensure_key_index(path: Path) -> None:
+    """Add `KEY_INDEX` to a sqlite store that lacks it. sqlite keeps it up to date on MLflow's own writes;
+    it holds nothing of its own (dropping it loses nothing), and a store without it (made by another
+    tool, MLflow's migrations rebuilding the table) is read the slow way until the next write opens it."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(str(path), timeout=30)) as connection:
+            known = connection.execute("SELECT name FROM sqlite_master WHERE name IN ('tags', ?)",
+                                       (KEY_INDEX,)).fetchall()
+            if {row[0] for row in known} == {"tags"}:
+                connection.execute(KEY_INDEX_SQL)
+                connection.commit()
+    except sqlite3.Error:  # locked right now, read-only: an optimisation, never a failure
+        pass
 
 
 def _tune_sqlite(store) -> None:

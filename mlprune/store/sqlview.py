@@ -43,6 +43,7 @@ _COLUMNS = {
     "metrics": {"key", "value", "step", "is_nan", "run_uuid"},
 }
 BUSY_TIMEOUT_S = 30.0  # how long a read waits for another connection's write lock (MLflow's writes take ms)
+assert TAG_KEY.replace(".", "").isalnum()  # written into SQL as a literal (see search)
 _CHUNK = 500  # host parameters per IN list (sqlite's limit is 999 in old builds)
 
 
@@ -186,9 +187,9 @@ class SqliteView:
             ids = [int(e) for e in experiment_ids]
             where.append(f"r.experiment_id IN ({', '.join('?' * len(ids))})")
             args += ids
-        if key is not None:
-            where.append("r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)")
-            args += [TAG_KEY, key]
+        if key is not None:  # the key tag as a literal: sqlite then reads store.experiments.KEY_INDEX
+            where.append(f"r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = '{TAG_KEY}' AND value = ?)")
+            args.append(key)
         elif states_only:
             where.append("r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value != '')")
             args.append(TAG_KEY)
@@ -210,9 +211,9 @@ class SqliteView:
             for start in range(0, len(values), _CHUNK):
                 chunk = values[start:start + _CHUNK]
                 holes = ", ".join("?" * len(chunk))
-                extra = (f"r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value IN ({holes}))"
+                extra = (f"r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = '{TAG_KEY}' AND value IN ({holes}))"
                          if keys is not None else f"r.run_uuid IN ({holes})")
-                extra_args = ([TAG_KEY] if keys is not None else []) + chunk
+                extra_args = chunk
                 out += self._runs(" AND ".join([*where, extra]), [*args, *extra_args], None, data)
             out.sort(key=lambda run: (run.info.start_time is not None, run.info.start_time or 0, run.info.run_id))
             return out[:limit] if limit is not None else out
