@@ -14,6 +14,9 @@ from .sections import SectionContext
 from .states import layer_kinds, structure
 
 
+MAX_SEEDS_DRAWN = 3  # seeds whose recipes x rounds heatmap is drawn (a study of many seeds: the first ones)
+
+
 def similarity_section(page: Page, ctx: SectionContext) -> None:
     collection, load, note = ctx.collection, ctx.load, ctx.note
     html = []
@@ -25,6 +28,7 @@ def similarity_section(page: Page, ctx: SectionContext) -> None:
             if rnd == 0:
                 continue
             by_seed.setdefault(str(series.seed), []).append((f"{series.label} r{rnd}", state, series))
+    drawn_seeds = list(by_seed)[:MAX_SEEDS_DRAWN]
     for seed, entries in by_seed.items():
         groups: dict[tuple, list] = {}
         for entry in entries:
@@ -40,6 +44,8 @@ def similarity_section(page: Page, ctx: SectionContext) -> None:
             matrix, labels = analysis.jaccard_matrix([e[1].masks for e in entries_g], labels)
             numbers.append({"what": "series x rounds", "seed": seed, "model": model, "labels": labels,
                             "matrix": matrix})
+            if seed not in drawn_seeds:  # its matrix is in report.json; a heatmap per seed of 200 helps nobody
+                continue
             chunk = [page.figure(
                 plotting.plot_jaccard_heatmap(matrix, labels,
                                               title=f"Mask similarity, recipes × rounds ({model}, seed {seed})"),
@@ -64,6 +70,10 @@ def similarity_section(page: Page, ctx: SectionContext) -> None:
                 chunk.append("<p>Jaccard per layer between the last rounds of each pair of series:</p>"
                              + html_table(["state A", "state B", "overall", *layers], rows))
             html.append(page.group(f"recipes × rounds ({model}, seed {seed})", "".join(chunk), open=not html))
+    if len(by_seed) > MAX_SEEDS_DRAWN:
+        html.append(f"<p>Recipes × rounds heatmaps are drawn for the first {MAX_SEEDS_DRAWN} of {len(by_seed)} "
+                    f"seeds ({', '.join(escape(s) for s in drawn_seeds)}); report.json holds every seed's "
+                    "matrix.</p>")
     # seeds: the last round of each series across seeds
     by_label: dict[str, list] = {}
     for series in collection.series:
