@@ -307,9 +307,10 @@ def _last_network(plan):
 @click.option("-P", "--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Override a recipe parameter (repeatable), e.g. -P rounds=3 -P protocol=paper.")
 @experiment_option
-@click.option("--figures/--no-figures", default=True, show_default=True,
+@click.option("--figures/--no-figures", default=None,
               help="Log the recipe's figures (accuracy vs remaining, Jaccard, structure, stability, "
-                   "weight evolution) on the workflow run. lineage.svg/.html are always logged.")
+                   "weight evolution) on the workflow run (default: on; MLPRUNE_FIGURES=0 makes it off). "
+                   "lineage.svg/.html are always logged.")
 @click.option("--state-figures", is_flag=True,
               help="Also log weight figures (conv filters, fc matrices, biases) on each state computed now.")
 @scheduler_option
@@ -340,6 +341,10 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
     options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every, batch)
     _stop_on_signals(scheduler)
     slurm = _slurm(slurm_opts, slurm_config)
+    if figures is None:  # a few seconds of matplotlib per run computed: off where nobody looks (MLPRUNE_FIGURES=0)
+        from .names import ENV_FIGURES
+
+        figures = os.environ.get(ENV_FIGURES, "1").strip() != "0"
     overrides = parse_assignments(params)
     lazy = _LazyStore(experiment_name)
     plan = compile_recipe(recipe, overrides, load_state=lazy.load_state)

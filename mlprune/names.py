@@ -132,6 +132,7 @@ ENV_DEVICE = "MLPRUNE_DEVICE"
 ENV_DATA_DIR = "MLPRUNE_DATA_DIR"
 ENV_CACHE_DIR = "MLPRUNE_CACHE_DIR"                # migrated empty sqlite stores (default ~/.cache/mlprune)
 ENV_SQLITE_READS = "MLPRUNE_SQLITE_READS"          # 0: read sqlite stores through MLflow only (store.sqlview)
+ENV_FIGURES = "MLPRUNE_FIGURES"                    # 0: `mlprune run` logs no recipe figures unless --figures
 ENV_BACKGROUND = "MLPRUNE_BACKGROUND"              # 0: a run's figures and cached records before it returns
 ENV_DATA_WORKERS = "MLPRUNE_DATA_WORKERS"          # loader processes of image-folder datasets (ImageNet)
 ENV_LATENCY_BUDGET = "MLPRUNE_LATENCY_BUDGET"  # seconds of timing per batch size for a compact network's latency (2)

@@ -232,3 +232,27 @@ def test_a_roots_data_location_is_used_by_every_step_below_it(tracking, tmp_path
     line = missing.stderr.strip()
     assert "\n" not in line and "files not found" in line and "MLPRUNE_DOWNLOAD=1" in line
     assert len(state_runs(tracking, status=None)) == before
+
+
+def test_mlprune_figures_0_turns_the_workflow_figures_off_unless_asked(tmp_path, monkeypatch):
+    """MLPRUNE_FIGURES=0: no figures on the workflow run; --figures draws them anyway."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLPRUNE_FIGURES", "0")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("name: tiny\nparams: {seed: 0}\nroot: {model: lenet_300_100, dataset: digits, seed: $seed, "
+                      "train_size: 64, "
+                      "test_size: 32}\ntrain: {epochs: 1}\nrounds: 1\nprune: {method: l1_unstructured, amount: 0.2}\n"
+                      "reinit: {strategy: rewind, to: root}\n")
+    client = MlflowClient(tracking_uri=uri)
+
+    def figures_of_last_workflow(*args):
+        result = CliRunner().invoke(main, ["run", str(recipe), *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        [experiment] = [e for e in client.search_experiments() if e.name == "mlprune"]
+        workflow = client.search_runs([experiment.experiment_id], filter_string="tags.`mlprune.recipe` = 'tiny'",
+                                      order_by=["attributes.start_time DESC"])[0]
+        return [f.path for f in client.list_artifacts(workflow.info.run_id, "figures")]
+
+    assert figures_of_last_workflow() == []
+    assert "figures/accuracy_vs_remaining.png" in figures_of_last_workflow("-P", "seed=1", "--figures")
