@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import _common  # noqa: E402
+import mlprune  # noqa: E402,F401 -- before torch, as `mlprune run`: passive OpenMP waits (docs/performance.md)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"lenet_300_100": "lth_lenet_300_100", "resnet20": "lth_resnet20_cifar10"}

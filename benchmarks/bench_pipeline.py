@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import _common  # noqa: E402
+import mlprune  # noqa: E402,F401 -- before torch, as `mlprune run`: passive OpenMP waits (docs/performance.md)
 
 import torch  # noqa: E402
 

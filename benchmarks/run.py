@@ -90,6 +90,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
 import _common  # noqa: E402
+import mlprune  # noqa: E402,F401 -- before torch, as `mlprune run`: passive OpenMP waits (docs/performance.md)
 
 # figure: (goal, "<=" or ">=", what)
 GOALS = {

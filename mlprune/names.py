@@ -136,6 +136,7 @@ ENV_FIGURES = "MLPRUNE_FIGURES"                    # 0: `mlprune run` logs no re
 ENV_BACKGROUND = "MLPRUNE_BACKGROUND"              # 0: a run's figures and cached records before it returns
 ENV_DATA_WORKERS = "MLPRUNE_DATA_WORKERS"          # loader processes of image-folder datasets (ImageNet)
 ENV_LATENCY_BUDGET = "MLPRUNE_LATENCY_BUDGET"  # seconds of timing per batch size for a compact network's latency (2)
+ENV_SQLITE_TIMEOUT = "MLPRUNE_SQLITE_TIMEOUT"    # seconds a read waits for a locked sqlite store (30)
 ENV_CHECKPOINT_BUDGET = "MLPRUNE_CHECKPOINT_BUDGET"  # share of training time checkpoints may cost (0.05; inf)
 ENV_CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"   # cuBLAS reads it; deterministic runs set it (":4096:8")
 

@@ -55,6 +55,19 @@ def _one_torch_thread(monkeypatch):
     monkeypatch.setenv("MLPRUNE_THREADS", "1")
 
 
+# Modules that never look at a workflow run's figures (recipe figures are tested in test_lineage,
+# test_cli, test_report, test_readme...): their `mlprune run` processes skip drawing them (MLPRUNE_FIGURES=0,
+# a few CPU seconds per run that computes states)
+FIGURES_UNCHECKED = {"test_parallel", "test_slurm", "test_resume", "test_faults", "test_bad_input", "test_batched_runs",
+                     "test_threads", "test_sqlview"}
+
+
+@pytest.fixture(autouse=True)
+def _no_figures_where_unchecked(request, monkeypatch):
+    if request.module.__name__.rsplit(".", 1)[-1] in FIGURES_UNCHECKED:
+        monkeypatch.setenv("MLPRUNE_FIGURES", "0")
+
+
 @pytest.fixture(scope="session")
 def _session_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("mlprune-cache")

@@ -298,12 +298,16 @@ def test_a_locked_store_is_one_line(tracking, tmp_path):
     lock.execute("PRAGMA journal_mode=DELETE")
     lock.execute("BEGIN EXCLUSIVE")
     try:
-        result = cli(["tree"], env=env_for(tracking), cwd=tmp_path, timeout=300)
+        # MLPRUNE_SQLITE_TIMEOUT: how long a read waits for the lock (default 30 s; 2 s here)
+        result = cli(["tree"], env={**env_for(tracking), "MLPRUNE_SQLITE_TIMEOUT": "2"}, cwd=tmp_path, timeout=300)
+        bad = cli(["tree"], env={**env_for(tracking), "MLPRUNE_SQLITE_TIMEOUT": "soon"}, cwd=tmp_path, timeout=300)
     finally:
         lock.rollback()
         lock.close()
     line = one_line(result.stderr)
-    assert result.returncode == 2 and "locked" in line and path in line
+    assert result.returncode == 2 and "locked" in line and path in line and "waited 2 s" in line
+    line = one_line(bad.stderr)
+    assert bad.returncode == 2 and "MLPRUNE_SQLITE_TIMEOUT" in line and "'soon'" in line
 
 
 def test_artifacts_that_cannot_be_written_are_one_line(tracking, tmp_path):

@@ -456,7 +456,7 @@ def test_processes_scheduler_computes_the_same_copies_and_instabilities(tracking
     # real `mlprune run` processes: (in one process, a sync run_plans before a processes one leaves the latter's
     # states in the former's experiment: a separate executor issue, see the report of issue 18)
     params = ["-P", "rounds=0", "-P", "epochs=2", "-P", "train_size=128", "-P", "spawn_at=0it,1ep"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLPRUNE_FIGURES": "0"}  # figures: tested elsewhere
     for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         env.pop(name, None)
     for name, scheduler in (("sync", ["--scheduler", "sync"]), ("dask", ["--scheduler", "processes", "--workers",

@@ -641,14 +641,16 @@ def test_late_rewind_and_state_sources_sweep_on_every_scheduler_then_run_reuses_
     """Sweeps plan with the same PlanBuilder as runs: no second key derivation to disagree."""
     base = REPO / "recipes" / "lt_structuredL1.yaml"
     recipe = write_recipe(tmp_path, text.format(base=base), name="variant.yaml")
-    common = ["--seeds", "0-1", "-P", "rounds=1", "-P", "epochs=2"]
+    small = ["-P", "train_size=400", "-P", "test_size=100"]  # the keys' agreement needs no full digits
+    common = ["--seeds", "0-1", "-P", "rounds=1", "-P", "epochs=2", *small]
     env = cli_env(tracking)
     sync = run_cli(["sweep", recipe, *common, "--scheduler", "sync", "-e", "v-sync"], env=env, cwd=tmp_path)
     assert sync.returncode == 0, sync.stderr[-3000:]
     parallel = run_cli(["sweep", recipe, *common, "--scheduler", "processes", "--workers", "2", "-e", "v-proc"],
                        env=env, cwd=tmp_path)
     assert parallel.returncode == 0, parallel.stderr[-3000:]
-    plans = [compile_recipe(recipe, {"seed": seed, "rounds": 1, "epochs": 2}) for seed in (0, 1)]
+    plans = [compile_recipe(recipe, {"seed": seed, "rounds": 1, "epochs": 2, "train_size": 400, "test_size": 100})
+             for seed in (0, 1)]
     planned = {node.key for plan in plans for node in plan.nodes}
     client = MlflowClient(tracking_uri=tracking)
     hashes = {}
@@ -665,7 +667,7 @@ def test_late_rewind_and_state_sources_sweep_on_every_scheduler_then_run_reuses_
     else:
         assert all(plan.node("round1").inputs["weights"] == "train" for plan in plans)
     assert len(rewinds) == 2
-    again = run_cli(["run", recipe, "-P", "rounds=1", "-P", "epochs=2", "-P", "seed=1", "-e", "v-sync"], env=env,
+    again = run_cli(["run", recipe, "-P", "rounds=1", "-P", "epochs=2", "-P", "seed=1", *small, "-e", "v-sync"], env=env,
                     cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{len(plans[1].nodes)} states: 0 computed, {len(plans[1].nodes)} reused" in again.stdout, again.stdout

@@ -22,13 +22,15 @@ A cached re-run, `mlprune tree` and the look-ups of the claim protocol only *rea
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SpecError
+from .. import names
+from ..errors import SpecError, shown
 from ..names import ENV_SQLITE_READS, TAG_INVALID, TAG_KEY
 from .experiments import sqlite_path
 
@@ -43,6 +45,22 @@ _COLUMNS = {
     "metrics": {"key", "value", "step", "is_nan", "run_uuid"},
 }
 BUSY_TIMEOUT_S = 30.0  # how long a read waits for another connection's write lock (MLflow's writes take ms)
+MAX_BUSY_TIMEOUT_S = 3600.0
+
+
+def busy_timeout() -> float:
+    """Seconds a read waits for a locked store: MLPRUNE_SQLITE_TIMEOUT (checked), else BUSY_TIMEOUT_S."""
+    text = os.environ.get(names.ENV_SQLITE_TIMEOUT, "").strip()
+    if not text:
+        return BUSY_TIMEOUT_S
+    try:
+        value = float(text) if len(text) <= 20 else math.nan
+    except ValueError:
+        value = math.nan
+    if not (0 < value <= MAX_BUSY_TIMEOUT_S):
+        raise SpecError(f"{names.ENV_SQLITE_TIMEOUT} must be a number of seconds > 0 and <= "
+                        f"{MAX_BUSY_TIMEOUT_S:.0f}, got {shown(text)}")
+    return value
 assert TAG_KEY.replace(".", "").isalnum()  # written into SQL as a literal (see search)
 _CHUNK = 500  # host parameters per IN list (sqlite's limit is 999 in old builds)
 
@@ -115,7 +133,7 @@ class SqliteView:
         except sqlite3.OperationalError as error:
             if "locked" in str(error).lower():  # held for the whole busy timeout: MLflow would wait as long again
                 raise SpecError(f"the tracking store {path} is locked by another process (waited "
-                                f"{BUSY_TIMEOUT_S:.0f} s): {error}") from None
+                                f"{busy_timeout():g} s): {error}") from None
             return None
         except sqlite3.Error:
             return None
@@ -126,7 +144,7 @@ class SqliteView:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             # autocommit: every statement is its own read transaction (it sees every earlier commit)
-            connection = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            connection = sqlite3.connect(str(self.path), timeout=busy_timeout(), isolation_level=None,
                                          check_same_thread=False)
             connection.execute("PRAGMA query_only = 1")
             self._local.connection = connection
