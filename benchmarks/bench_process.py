@@ -114,6 +114,8 @@ class Processes:
                    PYTHONPATH=os.pathsep.join([str(mlprune_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
                    # `mlflow run` starts `python -m mlprune ...` through the shell: this interpreter's
                    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+        if tiny:  # the smoke test waits for no background figures it does not time (12 s of matplotlib)
+            env["MLPRUNE_FIGURES"] = "0"
         self.env = env
         self.stores = 0
         self.finished_store: str | None = None   # a store holding every state (for cached re-runs)
