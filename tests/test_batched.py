@@ -372,3 +372,24 @@ def test_every_model_flagged_batchable_runs_batched_as_alone(name):
 def test_only_known_models_are_flagged_batchable():
     assert sorted(MODELS.where(batchable=True)) == sorted(
         ["lenet", "lenet_300_100", "conv2", "conv4", "conv6", "alexnet", "vgg11", "vgg16", "resnet20"])
+
+
+def test_a_relu_feeding_a_max_pooling_runs_after_it_with_the_same_values_and_gradients():
+    """The batched forward pools before the ReLU (a quarter of the elements); both orders give bitwise the same
+    values and gradients, ties and all-negative windows included (the training equivalence is tested above)."""
+    from mlprune.training.stacked import trace
+
+    model = build_model("lenet", num_classes=10, input_shape=(1, 28, 28), seed=0)
+    order = [node.target for node, _ in trace(model) if node.op == "call_module"]
+    assert order[:6] == ["features.0", "features.2", "features.1", "features.3", "features.5", "features.4"]
+    x = torch.randn(4, 6, 12, 12, dtype=torch.float64)
+    x[0, 0, :2, :2] = 0.5    # a tie of positive values
+    x[1, 1, :2, :2] = -1.0   # a window with nothing above zero
+    pool = torch.nn.MaxPool2d(2)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    relu_first, pool_first = pool(torch.relu(a)), torch.relu(pool(b))
+    assert torch.equal(relu_first, pool_first)
+    weights = torch.randn_like(relu_first)
+    (relu_first * weights).sum().backward()
+    (pool_first * weights).sum().backward()
+    assert torch.equal(a.grad, b.grad)

@@ -29,9 +29,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import names
 from ..errors import SpecError, shown
-from ..names import ENV_SQLITE_READS, TAG_INVALID, TAG_KEY
+from ..names import ENV_SQLITE_READS, ENV_SQLITE_TIMEOUT, TAG_INVALID, TAG_KEY
 from .experiments import sqlite_path
 
 # the columns read, per table: a database that lacks one is read through MLflow
@@ -46,11 +45,13 @@ _COLUMNS = {
 }
 BUSY_TIMEOUT_S = 30.0  # how long a read waits for another connection's write lock (MLflow's writes take ms)
 MAX_BUSY_TIMEOUT_S = 3600.0
+assert TAG_KEY.replace(".", "").isalnum()  # written into SQL as a literal (see search)
+_CHUNK = 500  # host parameters per IN list (sqlite's limit is 999 in old builds)
 
 
 def busy_timeout() -> float:
     """Seconds a read waits for a locked store: MLPRUNE_SQLITE_TIMEOUT (checked), else BUSY_TIMEOUT_S."""
-    text = os.environ.get(names.ENV_SQLITE_TIMEOUT, "").strip()
+    text = os.environ.get(ENV_SQLITE_TIMEOUT, "").strip()
     if not text:
         return BUSY_TIMEOUT_S
     try:
@@ -58,11 +59,9 @@ def busy_timeout() -> float:
     except ValueError:
         value = math.nan
     if not (0 < value <= MAX_BUSY_TIMEOUT_S):
-        raise SpecError(f"{names.ENV_SQLITE_TIMEOUT} must be a number of seconds > 0 and <= "
+        raise SpecError(f"{ENV_SQLITE_TIMEOUT} must be a number of seconds > 0 and <= "
                         f"{MAX_BUSY_TIMEOUT_S:.0f}, got {shown(text)}")
     return value
-assert TAG_KEY.replace(".", "").isalnum()  # written into SQL as a literal (see search)
-_CHUNK = 500  # host parameters per IN list (sqlite's limit is 999 in old builds)
 
 
 @dataclass(frozen=True)

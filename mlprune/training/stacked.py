@@ -229,7 +229,7 @@ def _pool_before_relu(graph, modules: dict) -> None:
             continue
         source = relu.args[0]
         pool.args = (source,)
-        pool.replace_all_uses_with(relu, delete_user_cb=lambda user: user is not relu)
+        pool.replace_all_uses_with(relu)   # the pooling's users now read the ReLU
         relu.args = (pool, *relu.args[1:])
         pool.append(relu)   # the ReLU now runs after the pooling
 
