@@ -238,6 +238,10 @@ def _execute(plans, store, scheduler, workers, options, recipe_label, params, *,
     for run_id, reason in execution.invalid:
         _warn(f"state {run_id[:8]} is not used and will be recomputed: {reason}")
     execution.check()
+    if execution.slurm is not None and execution.missing:
+        from .executor.slurm_options import time_limit_note
+
+        click.echo(time_limit_note(execution.slurm), err=True)
     reached: dict[str, str] = {}
     per_plan: list[dict[str, str]] = [{} for _ in plans]
     total = len({n.key for _, p in plans for n in p.nodes})

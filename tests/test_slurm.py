@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,10 @@ from mlflow.tracking import MlflowClient
 import slurm_cluster
 from mlprune import Experiment, SpecError
 from mlprune.names import TAG_SLURM_JOB_ID
-from mlprune.executor.slurm import cluster_parameters, graph_width, jobs_for, start_client
-from mlprune.executor.slurm_options import OPTIONS, SlurmConfig, directives, slurm_config, time_seconds
+from mlprune.executor.slurm import cluster_parameters, graph_width, job_class, job_script, jobs_for, start_client
+from mlprune.executor.slurm_options import (DEFAULT_TIME, OPTIONS, SlurmConfig, directives, slurm_config,
+                                            time_seconds)
+from mlprune.spec.options import Option
 from test_parallel import (cli_env, finished_by_key, key_runs, one_line_error, paused_at, run_cli, wait_for,
                            weights_hash)
 
@@ -101,7 +104,8 @@ def test_options_map_to_sbatch_and_dask_jobqueue(tmp_path):
     assert "--signal=B:USR1@0" not in " ".join(directives(slurm_config(["signal=0"])))
     assert [time_seconds(t) for t in ("90", "10:30", "04:00:00", "2-12", "1-00:01", "1-00:00:05")] == \
         [5400, 630, 14400, 216000, 86460, 86405]
-    for option in OPTIONS.values():  # every option says where it goes
+    for option in OPTIONS:  # every option says where it goes (a spec.options.Option, never keyed)
+        assert isinstance(option, Option) and option.key == "never"
         assert option.help and (option.sbatch or option.jobqueue or option.name in
                                 ("signal", "log-dir", "python", "prologue", "extra", "interface")), option
 
@@ -135,8 +139,9 @@ def test_the_job_script_execs_the_worker_with_the_options():
 
 def test_docs_explain_every_option():
     text = (REPO / "docs" / "cluster.md").read_text()
-    for name in OPTIONS:
+    for name in OPTIONS.names:
         assert f"`{name}`" in text, name
+    assert f"`{DEFAULT_TIME}`" in text  # the time limit jobs get when none is given
 
 
 @pytest.mark.parametrize("pairs, fragment", [
@@ -144,13 +149,33 @@ def test_docs_explain_every_option():
     (["time=4h"], "time must be a time limit"),
     (["gpus=2"], "one GPU"),
     (["mem=lots"], "mem must be a size"),
-    (["cpus-per-task=0"], "cpus-per-task must be an integer >= 1"),
-    (["partition=gpu; rm -rf /"], "one word"),
+    (["cpus-per-task=0"], "cpus-per-task must be an integer in 1..4096"),
+    (["partition=gpu; rm -rf /"], "partition must be a SLURM name"),
     (["prologue=a\nb"], "one non-empty line"),
-    (["extra=exclusive"], "starting with '-'"),
+    (["extra=exclusive"], "must be one sbatch option"),
     (["signal=-5"], "signal must be the seconds"),
     (["time=10", "signal=900"], "shorter than the time limit"),
     (["partition"], "must be KEY=VALUE"),
+    # hostile values: each would land in the job script
+    (["interface=lo&touch>pwned"], "interface must be a network interface of this host"),
+    (["interface=ib9"], "interface must be a network interface of this host, got 'ib9'; allowed: "),
+    (["account=proj;touch pwned"], "account must be a SLURM name"),
+    (["partition=$(touch pwned)"], "partition must be a SLURM name"),
+    (["job-name=a`touch pwned`"], "job-name must be a SLURM name"),
+    (["qos=a\x00b"], "qos must be a SLURM name"),
+    (["time=99999999999999999999"], "time must be a time limit of at most 366 days"),
+    (["time=1:75:00"], "time must be a time limit"),
+    (["time=2-25"], "time must be a time limit"),
+    (["time=367-00:00:00"], "time must be a time limit"),
+    (["mem=99999999999999999999G"], "mem must be a size"),
+    (["cpus-per-task=\u0661\u0662"], "cpus-per-task must be an integer"),
+    (["log-dir=/tmp/a b"], "log-dir must be a path of letters"),
+    (["log-dir=/tmp/$(touch pwned)"], "log-dir must be a path of letters"),
+    (["python=/usr/bin/python3;touch pwned"], "python must be a path of letters"),
+    (["extra=--comment=x y"], "extra must be one sbatch option"),
+    (["extra=--comment=$(touch pwned)"], "extra must be one sbatch option"),
+    (["constraint=a100 && touch pwned"], "constraint must be node features"),
+    (["exclude=node1;x"], "exclude must be a SLURM host list"),
 ])
 def test_bad_options_are_one_line_errors(pairs, fragment):
     with pytest.raises(SpecError) as error:
@@ -167,8 +192,84 @@ def test_a_config_file_is_data_never_code(tmp_path):
     path.write_text("- partition\n")
     with pytest.raises(SpecError, match="must be a mapping"):
         slurm_config([], path)
-    with pytest.raises(SpecError, match="cannot read it"):
+    with pytest.raises(SpecError, match="not found"):
         slurm_config([], tmp_path / "missing.yaml")
+    # a size-limited regular file: never a device that never ends, a FIFO that blocks, a directory
+    os.mkfifo(tmp_path / "fifo.yaml")
+    (tmp_path / "big.yaml").write_text("#" * (2 << 20))
+    for path, fragment in (("/dev/zero", "is a character device, not a regular file"),
+                           (tmp_path / "fifo.yaml", "is a named pipe (FIFO), not a regular file"),
+                           (tmp_path, "is a directory, not a regular file"),
+                           (tmp_path / "big.yaml", "bytes; at most 1048576 bytes")):
+        with pytest.raises(SpecError, match=re.escape(fragment)) as error:
+            slurm_config([], path)
+        assert "\n" not in str(error.value)
+
+
+STUB = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "{folder}/$(basename "$0").argv"
+{then}
+"""
+
+
+def test_the_job_script_is_shell_safe_and_runs_with_stub_commands(tmp_path, monkeypatch):
+    """Every accepted value rendered into a real job script: `bash -n` parses it, and submitted through
+    dask-jobqueue's own submission to a stub sbatch (which runs it as SLURM would), the worker's Python
+    (a stub) gets exactly the arguments meant, the prologue's srun (a stub) its own, and nothing else runs."""
+    import asyncio
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, then in (("sbatch", 'bash "$1" > "{folder}/job.out" 2>&1 || exit 1\necho "Submitted batch job 42"'),
+                       ("srun", ""), ("python", "")):
+        (bin_dir / name).write_text(STUB.format(folder=tmp_path, then=then.format(folder=tmp_path)))
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    config = slurm_config([
+        "account=proj--mem", "partition=p-J", "job-name=w-A", "qos=normal", "time=2-00:00:00",
+        "constraint=a100&(ib|eth)*2", "exclude=node[01-04],gpu7", "extra=--comment=a|b&c>d",
+        f"log-dir={tmp_path}/logs", f"python={bin_dir}/python", "interface=lo",
+        "prologue=srun --label 'it''s' \"$HOME\" a;b"])
+    script = job_script(config, "GPU", "tcp://127.0.0.1:8786")
+    lines = script.splitlines()
+    # whole directives only: no --mem given drops #SBATCH --mem, not the account, partition or name holding it
+    for directive in ("-A proj--mem", "-p p-J", "-J w-A", "-t 2-00:00:00", "--constraint=a100&(ib|eth)*2",
+                      "--exclude=node[01-04],gpu7", "--comment=a|b&c>d", f"-e {tmp_path}/logs/w-A-%J.err"):
+        assert f"#SBATCH {directive}" in lines, (directive, script)
+    assert not any(line.startswith("#SBATCH --mem") for line in lines)
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    job = job_class()(scheduler="tcp://127.0.0.1:8786", name="w-0",
+                      **{k: v for k, v in cluster_parameters(config, "GPU").items()
+                         if k not in ("job_cls", "scheduler_options", "silence_logs")})
+    with job.job_file() as path:
+        out = asyncio.run(job._submit_job(path))
+    assert job._job_id_from_submit_output(out) == "42"
+    assert (tmp_path / "sbatch.argv").read_text().splitlines()[0].endswith(".sh")
+    assert (tmp_path / "srun.argv").read_text().splitlines() == ["--label", "its", os.environ["HOME"], "a"]
+    argv = (tmp_path / "python.argv").read_text().splitlines()
+    assert argv == ["-m", "mlprune.executor.slurm_worker", "tcp://127.0.0.1:8786", "--name", "w-0", "--nthreads",
+                    "1", "--memory-limit", "1.00GiB", "--death-timeout", "60", "--interface", "lo"], argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "job.out", "logs", "python.argv", "sbatch.argv",
+                                                         "srun.argv"], (tmp_path / "job.out").read_text()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--slurm-opt", "interface=ib9"], "interface must be a network interface of this host"),
+    (["--slurm-opt", "time=99999999999999999999"], "time must be a time limit"),
+    (["--slurm-opt", "log-dir=a b"], "log-dir must be a path"),
+    (["--slurm-config", "/dev/zero"], "--slurm-config '/dev/zero' is a character device"),
+])
+def test_bad_slurm_start_up_is_one_line_exit_2_in_process(tracking, args, fragment):
+    from click.testing import CliRunner
+
+    from mlprune.cli import main
+
+    result = CliRunner().invoke(main, [*SWEEP, "--scheduler", "slurm", *args])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in result.output, result.output
+    assert not all_runs(tracking)
 
 
 def test_jobs_follow_the_graph_width():

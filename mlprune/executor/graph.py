@@ -146,9 +146,10 @@ class Execution:
             self._client = connect(self.scheduler, self.workers)
         if self.scheduler == "slurm":  # no sbatch, or a store the jobs cannot share: an error in any case
             from ..store import is_server
-            from .slurm import check_submit
+            from .slurm import check_job_script, check_submit
 
             check_submit(self.slurm, self.store.tracking_uri, is_server(self.store.tracking_uri))
+            check_job_script(self.slurm, GPU_RESOURCE)
             if self.options.device.startswith("cuda") and not self.slurm.gpus:
                 raise SpecError(f"--device {self.options.device} on SLURM needs a GPU in each job: "
                                 f"--slurm-opt gpus=1")

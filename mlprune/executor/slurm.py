@@ -110,10 +110,35 @@ def job_tags() -> dict[str, str]:
 
 
 # ---- the cluster ------------------------------------------------------------------------------
+def job_class():
+    """dask-jobqueue's SLURMJob whose ``job_directives_skip`` drops whole directives (``--mem`` drops
+    ``#SBATCH --mem=...``, never ``#SBATCH -A proj--mem``): dask-jobqueue matches them as substrings."""
+    from dask_jobqueue.slurm import SLURMJob
+
+    class Job(SLURMJob):
+        def __init__(self, *args, job_directives_skip=(), **kwargs):
+            super().__init__(*args, job_directives_skip=(), **kwargs)
+            skip = set(job_directives_skip)
+            self.job_header = "\n".join(line for line in self.job_header.splitlines()
+                                         if directive_name(line) not in skip)
+
+    return Job
+
+
+def directive_name(line: str) -> str | None:
+    """The option an ``#SBATCH`` line gives (``--mem`` of ``#SBATCH --mem=8G``, ``-A`` of ``#SBATCH -A x``)."""
+    parts = line.split()
+    if len(parts) < 2 or parts[0] != "#SBATCH":
+        return None
+    return parts[1].split("=", 1)[0]
+
+
 def cluster_parameters(config: SlurmConfig, gpu_resource: str) -> dict:
-    """dask-jobqueue SLURMCluster's parameters for worker jobs of `config`."""
+    """dask-jobqueue SLURMCluster's parameters for worker jobs of `config` (every value checked by
+    `slurm_options`; what reaches a shell line of the job script is quoted here)."""
     import logging
 
+    interface = {"interface": config.interface} if config.interface else {}
     return dict(
         # one worker thread per job: one state at a time; its memory limit only informs dask's dashboard
         # (executor.slurm_worker turns dask's memory thresholds off: the job's --mem is the limit)
@@ -121,13 +146,36 @@ def cluster_parameters(config: SlurmConfig, gpu_resource: str) -> dict:
         **jobqueue_parameters(config), log_directory=str(Path(config.log_dir).resolve()),
         python=f"exec {shlex.quote(config.python)}",  # the worker replaces the batch shell: B:USR1 reaches it
         worker_command="mlprune.executor.slurm_worker",
-        worker_extra_args=["--resources", f"{gpu_resource}=1"] if config.gpus else [],
+        worker_extra_args=[*(["--resources", f"{gpu_resource}=1"] if config.gpus else []),
+                           *(["--interface", shlex.quote(config.interface)] if config.interface else [])],
         job_script_prologue=list(config.prologue), job_extra_directives=directives(config),
-        job_directives_skip=[] if config.mem else ["--mem"],
-        interface=config.interface, death_timeout=60,
-        scheduler_options={"dashboard_address": ":0"}, silence_logs=logging.ERROR,
-        shebang="#!/usr/bin/env bash",
+        job_cls=job_class(), job_directives_skip=[] if config.mem else ["--mem"],
+        death_timeout=60, scheduler_options={"dashboard_address": ":0", **interface},
+        silence_logs=logging.ERROR, shebang="#!/usr/bin/env bash",
     )
+
+
+CLUSTER_ONLY = ("job_cls", "scheduler_options", "silence_logs")
+
+
+def job_script(config: SlurmConfig, gpu_resource: str, scheduler: str = "tcp://127.0.0.1:8786") -> str:
+    """The job script a worker job of `config` runs, rendered without starting a scheduler (checks before any
+    run is created; tests)."""
+    parameters = cluster_parameters(config, gpu_resource)
+    job = parameters["job_cls"](scheduler=scheduler, name="mlprune-worker",
+                                **{k: v for k, v in parameters.items() if k not in CLUSTER_ONLY})
+    return job.job_script()
+
+
+def check_job_script(config: SlurmConfig, gpu_resource: str) -> None:
+    """The job script renders (a one-line SpecError otherwise)."""
+    try:
+        job_script(config, gpu_resource)
+    except SpecError:
+        raise
+    except Exception as error:  # noqa: BLE001 - dask-jobqueue's own checks: one line, before any run
+        raise SpecError(f"the SLURM job script cannot be written: {type(error).__name__}: "
+                        f"{' '.join(str(error).split())[:300]}") from None
 
 
 def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
@@ -228,7 +276,11 @@ def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
                 self.loop.add_callback(self._watcher.stop)
             return super().close(*args, **kwargs)
 
-    cluster = SlurmJobs(jobs, str(Path(config.log_dir).resolve()), **cluster_parameters(config, gpu_resource))
+    try:
+        cluster = SlurmJobs(jobs, str(Path(config.log_dir).resolve()), **cluster_parameters(config, gpu_resource))
+    except Exception as error:  # noqa: BLE001 - a scheduler that cannot start (its interface, its port): one line
+        raise SpecError(f"the dask scheduler of the SLURM jobs did not start: {type(error).__name__}: "
+                        f"{' '.join(str(error).split())[:300]}") from None
     cluster.watch()
     return cluster
 

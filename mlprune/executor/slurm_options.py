@@ -13,11 +13,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import SpecError
-from ..registry import Registry
+from ..reading import read_small_file
+from ..spec.options import Option, Schema
 
 DEFAULT_SIGNAL_S = 120         # the warning before the time limit (SLURM may send it up to 60 s early)
 MAX_SIGNAL_S = 65535           # SLURM's limit for --signal's time
 DEFAULT_LOG_DIR = "slurm-logs"
+DEFAULT_TIME = "00:30:00"      # dask-jobqueue's own default, written out (docs/cluster.md)
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -28,7 +30,7 @@ class SlurmConfig:
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    time: str | None = None
+    time: str = DEFAULT_TIME
     cpus_per_task: int = 1
     mem: str | None = None
     gpus: str | None = None              # None, or one GPU: "1" or "TYPE:1"
@@ -45,12 +47,10 @@ class SlurmConfig:
 
 
 @dataclass(frozen=True)
-class SlurmOption:
-    """One key of --slurm-opt / --slurm-config: its check and the sbatch option it becomes."""
+class SlurmOption(Option):
+    """One key of --slurm-opt / --slurm-config (a `spec.options.Option`, never keyed): its check and the
+    sbatch option it becomes."""
 
-    name: str                  # as users spell it (sbatch's spelling where there is one)
-    help: str
-    parse: object              # (option name, raw value) -> checked value
     sbatch: str | None = None    # the #SBATCH directive it becomes, "{}" = the value
     jobqueue: str | None = None  # or the SLURMCluster parameter that writes it (neither: mlprune uses it)
     repeatable: bool = False     # given several times (or a list in a file): every value, in order
@@ -60,31 +60,48 @@ class SlurmOption:
         return self.name.replace("-", "_")
 
 
-# ---- checks of one value -------------------------------------------------------------------
-_TOKEN = re.compile(r"^[^\s'\"\\`$;]+$")   # one shell-safe word: it lands in a job script
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?$")
-_MEM = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
-_GPUS = re.compile(r"^(?:([A-Za-z0-9_.-]+):)?(\d+)$")
+# ---- checks of one value: (value, option name) -> checked value, or a one-line SpecError ---------------
+# Every value lands in a job script: directive values are SLURM's own formats (no blanks, quotes or shell
+# characters), the shell lines are quoted where mlprune writes them (the Python, the interface).
+_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")             # partition, account, qos, reservation, job name
+_FEATURES = re.compile(r"^[A-Za-z0-9_.:,&|*!\[\]()-]{1,512}$")  # a constraint: features with & | [ ] ( ) * !
+_HOSTLIST = re.compile(r"^[A-Za-z0-9_.,\[\]-]{1,1024}$")     # node[01-04],gpu7
+_TIME = re.compile(r"^(?:(\d{1,4})-)?(\d{1,7})(?::(\d{1,2}))?(?::(\d{1,2}))?$")
+_MEM = re.compile(r"^(\d{1,12})([KMGT]?)B?$", re.IGNORECASE)
+_GPUS = re.compile(r"^(?:([A-Za-z0-9_.-]{1,64}):)?(\d{1,4})$")
+_DIRECTIVE = re.compile(r"^(--?[A-Za-z][A-Za-z0-9-]*)(?:=([^\s'\"\\`$;#]+))?$")
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+~@%,:=-]{1,1024}$")
+MAX_TIME_S = 366 * 24 * 3600   # a year: beyond any partition's MaxTime
+MAX_CPUS = 4096
+MAX_MEM_BYTES = 1 << 50
 
 
-def _word(name: str, value) -> str:
-    text = str(value).strip()
-    if not _TOKEN.match(text):
-        raise SpecError(f"SLURM option {name} must be one word without spaces or quotes, got {value!r}")
-    return text
+def _named(what: str, pattern: re.Pattern):
+    def check(value, name: str) -> str:
+        text = str(value).strip()
+        if isinstance(value, bool) or not pattern.match(text):
+            raise SpecError(f"SLURM option {name} must be {what}, got {value!r}")
+        return text
+    check.doc = what
+    return check
 
 
-def _line(name: str, value) -> str:
+_word = _named("a SLURM name (letters, digits, _ . + -)", _NAME)
+_features = _named("node features (letters, digits, _ . : , and & | * ! [ ] ( ))", _FEATURES)
+_hostlist = _named("a SLURM host list (e.g. node[01-04],gpu7)", _HOSTLIST)
+
+
+def _line(value, name: str) -> str:
     text = str(value)
     if not text.strip() or any(c in text for c in "\r\n\0"):
         raise SpecError(f"SLURM option {name} must be one non-empty line, got {value!r}")
     return text.strip()
 
 
-def _positive_int(name: str, value) -> int:
+def _positive_int(value, name: str) -> int:
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
-        raise SpecError(f"SLURM option {name} must be an integer >= 1, got {value!r}")
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_CPUS:
+        raise SpecError(f"SLURM option {name} must be an integer in 1..{MAX_CPUS}, got {value!r}")
     return int(text)
 
 
@@ -102,24 +119,35 @@ def time_seconds(text: str) -> int:
     return (parts[0] * 60 + parts[1]) * 60 + parts[2]
 
 
-def _time(name: str, value) -> str:
+def _time_fields_ok(text: str) -> bool:
+    """SLURM's ranges: minutes and seconds after the first field < 60, hours after a day < 24."""
+    days, first, second, third = _TIME.match(text).groups()
+    later = [int(p) for p in (second, third) if p is not None]
+    if days is not None:
+        return int(first) < 24 and all(p < 60 for p in later)
+    return all(p < 60 for p in later)
+
+
+def _time(value, name: str) -> str:
     text = str(value).strip()
-    if not _TIME.match(text) or time_seconds(text) <= 0:
-        raise SpecError(f"SLURM option {name} must be a time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
-                        f"D-HH:MM:SS (e.g. 04:00:00), got {value!r}")
+    if (isinstance(value, bool) or not _TIME.match(text) or not _time_fields_ok(text)
+            or not 0 < time_seconds(text) <= MAX_TIME_S):
+        raise SpecError(f"SLURM option {name} must be a time limit of at most 366 days: minutes, MM:SS, HH:MM:SS, "
+                        f"D-HH, D-HH:MM or D-HH:MM:SS (e.g. 04:00:00), got {value!r}")
     return text
 
 
-def _mem(name: str, value) -> str:
+def _mem(value, name: str) -> str:
     match = _MEM.match(str(value).strip())
-    if not match or int(match.group(1)) < 1:
-        raise SpecError(f"SLURM option {name} must be a size like 8G, 500M or 16000 (megabytes), got {value!r}")
+    if isinstance(value, bool) or not match or not 1 <= memory_bytes(str(value).strip()) <= MAX_MEM_BYTES:
+        raise SpecError(f"SLURM option {name} must be a size like 8G, 500M or 16000 (megabytes), at most 1024T, "
+                        f"got {value!r}")
     return f"{match.group(1)}{match.group(2).upper()}"
 
 
-def _gpus(name: str, value) -> str | None:
+def _gpus(value, name: str) -> str | None:
     match = _GPUS.match(str(value).strip())
-    if not match:
+    if isinstance(value, bool) or not match:
         raise SpecError(f"SLURM option {name} must be 1 or TYPE:1 (e.g. a100:1), got {value!r}")
     count = int(match.group(2))
     if count == 0:
@@ -130,57 +158,74 @@ def _gpus(name: str, value) -> str | None:
     return str(value).strip()
 
 
-def _signal(name: str, value) -> int:
+def _signal(value, name: str) -> int:
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or int(text) > MAX_SIGNAL_S:
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or int(text) > MAX_SIGNAL_S:
         raise SpecError(f"SLURM option {name} must be the seconds before the time limit at which a worker is "
                         f"told to checkpoint and leave (0 to {MAX_SIGNAL_S}; 0 = no warning), got {value!r}")
     return int(text)
 
 
-def _sbatch_option(name: str, value) -> str:
-    text = _line(name, value)
-    if not text.startswith("-"):
-        raise SpecError(f"SLURM option {name} must be an sbatch option starting with '-' (e.g. --exclusive), "
-                        f"got {value!r}")
+def _sbatch_option(value, name: str) -> str:
+    text = _line(value, name)
+    if not _DIRECTIVE.match(text):
+        raise SpecError(f"SLURM option {name} must be one sbatch option, --NAME or --NAME=VALUE without blanks, "
+                        f"quotes or shell characters (e.g. --exclusive), got {value!r}")
     return text
 
 
-def _path(name: str, value) -> str:
-    return str(Path(_line(name, value)).expanduser())
+def _path(value, name: str) -> str:
+    text = str(Path(_line(value, name)).expanduser())
+    if not _SAFE_PATH.match(text):
+        raise SpecError(f"SLURM option {name} must be a path of letters, digits and _ . / + ~ @ % , : = - "
+                        f"(no blanks, quotes or shell characters: it is written into the job script), got {value!r}")
+    return text
 
 
-OPTIONS: Registry[SlurmOption] = Registry("SLURM option")
-for _entry in (
-    SlurmOption("partition", "the partition (queue) of the worker jobs", _word, jobqueue="queue"),
-    SlurmOption("account", "the account the jobs are charged to", _word, jobqueue="account"),
-    SlurmOption("qos", "the quality of service", _word, "--qos={}"),
-    SlurmOption("time", "each job's time limit (HH:MM:SS, D-HH:MM:SS, minutes)", _time, jobqueue="walltime"),
-    SlurmOption("cpus-per-task", "CPUs of each job: the torch threads of the state it computes (default 1)",
-                _positive_int, jobqueue="job_cpu"),
-    SlurmOption("mem", "memory of each job (8G, 500M; default: the partition's)", _mem, jobqueue="job_mem"),
-    SlurmOption("gpus", "1 (or TYPE:1): each job has one GPU and trains one state at a time on it", _gpus,
-                "--gpus={}"),
-    SlurmOption("constraint", "node features the jobs need", _word, "--constraint={}"),
-    SlurmOption("reservation", "a reservation to run in", _word, "--reservation={}"),
-    SlurmOption("exclude", "nodes not to run on", _word, "--exclude={}"),
-    SlurmOption("signal", f"seconds before the time limit at which a worker checkpoints and leaves "
-                          f"(--signal=B:USR1@N; default {DEFAULT_SIGNAL_S}, 0 = none)", _signal),
-    SlurmOption("job-name", "the jobs' name in squeue (default mlprune)", _word, jobqueue="job_name"),
-    SlurmOption("log-dir", f"where each job's output goes (default ./{DEFAULT_LOG_DIR})", _path),
-    SlurmOption("python", "the Python that runs the workers (default: this one; the same environment on a "
-                          "shared filesystem)", _path),
-    SlurmOption("prologue", "a shell line run before the worker starts (repeatable), e.g. 'module load cuda'",
-                _line, repeatable=True),
-    SlurmOption("extra", "any other sbatch option (repeatable), e.g. --exclusive", _sbatch_option,
-                repeatable=True),
-    SlurmOption("interface", "the network interface the dask scheduler and workers talk on (e.g. ib0)", _word),
-):
-    OPTIONS.add(_entry)
+def _interface(value, name: str) -> str:
+    import socket
+
+    text = str(value).strip()
+    here = sorted(n for _, n in socket.if_nameindex())
+    if text not in here:
+        raise SpecError(f"SLURM option {name} must be a network interface of this host, got {value!r}; "
+                        f"allowed: {', '.join(here)}")
+    return text
+
+
+OPTIONS = Schema("SLURM option", tuple(SlurmOption(name, default=None, check=check, help=help, key="never",
+                                                   aliases=(name.replace("-", "_"),) if "-" in name else (),
+                                                   **where) for name, help, check, where in (
+    ("partition", "the partition (queue) of the worker jobs", _word, dict(jobqueue="queue")),
+    ("account", "the account the jobs are charged to", _word, dict(jobqueue="account")),
+    ("qos", "the quality of service", _word, dict(sbatch="--qos={}")),
+    ("time", f"each job's time limit (HH:MM:SS, D-HH:MM:SS, minutes; default {DEFAULT_TIME})", _time,
+     dict(jobqueue="walltime")),
+    ("cpus-per-task", "CPUs of each job: the torch threads of the state it computes (default 1)",
+     _positive_int, dict(jobqueue="job_cpu")),
+    ("mem", "memory of each job (8G, 500M; default: the partition's)", _mem, dict(jobqueue="job_mem")),
+    ("gpus", "1 (or TYPE:1): each job has one GPU and trains one state at a time on it", _gpus,
+     dict(sbatch="--gpus={}")),
+    ("constraint", "node features the jobs need", _features, dict(sbatch="--constraint={}")),
+    ("reservation", "a reservation to run in", _word, dict(sbatch="--reservation={}")),
+    ("exclude", "nodes not to run on", _hostlist, dict(sbatch="--exclude={}")),
+    ("signal", f"seconds before the time limit at which a worker checkpoints and leaves "
+               f"(--signal=B:USR1@N; default {DEFAULT_SIGNAL_S}, 0 = none)", _signal, {}),
+    ("job-name", "the jobs' name in squeue (default mlprune)", _word, dict(jobqueue="job_name")),
+    ("log-dir", f"where each job's output goes (default ./{DEFAULT_LOG_DIR})", _path, {}),
+    ("python", "the Python that runs the workers (default: this one; the same environment on a "
+               "shared filesystem)", _path, {}),
+    ("prologue", "a shell line run before the worker starts (repeatable), e.g. 'module load cuda'",
+     _line, dict(repeatable=True)),
+    ("extra", "any other sbatch option (repeatable), e.g. --exclusive", _sbatch_option, dict(repeatable=True)),
+    ("interface", "the network interface the dask scheduler and workers talk on (e.g. ib0)", _interface, {}),
+)))
 
 
 def _option(name) -> SlurmOption:
-    key = str(name).strip().replace("_", "-")
+    key = str(name).strip()
+    if key not in OPTIONS:
+        raise SpecError(f"unknown SLURM option {key!r}; allowed: {', '.join(sorted(OPTIONS.names))}")
     return OPTIONS[key]
 
 
@@ -190,7 +235,7 @@ def _set(values: dict, name, raw, where: str) -> None:
     for item in items:
         if isinstance(item, (dict, list, tuple)) or item is None:
             raise SpecError(f"SLURM option {option.name}{where} must be a single value, got {item!r}")
-        value = option.parse(option.name, item)
+        value = option.check(item, option.name)
         if option.repeatable:
             values[option.attribute] = (*values.get(option.attribute, ()), value)
         else:
@@ -202,12 +247,11 @@ def read_config_file(path) -> dict:
     import yaml
 
     path = Path(path)
+    raw = read_small_file(path, MAX_CONFIG_BYTES, "--slurm-config")
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise SpecError(f"--slurm-config {path} is larger than {MAX_CONFIG_BYTES} bytes")
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"--slurm-config {path}: cannot read it ({type(error).__name__}: {error})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(f"--slurm-config {path}: not UTF-8 text (byte {error.start})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
@@ -246,14 +290,14 @@ def config_from(options) -> SlurmConfig:
     if options is None or isinstance(options, SlurmConfig):
         return options or SlurmConfig()
     if not isinstance(options, dict):
-        raise SpecError(f"SLURM options must be a mapping of {', '.join(OPTIONS)}, got {type(options).__name__}")
+        raise SpecError(f"SLURM options must be a mapping of {', '.join(OPTIONS.names)}, got {type(options).__name__}")
     return slurm_config([f"{k}={v}" for k, v in options.items() if not isinstance(v, (list, tuple))]
                         + [f"{k}={item}" for k, v in options.items() if isinstance(v, (list, tuple)) for item in v])
 
 
 def jobqueue_parameters(config: SlurmConfig) -> dict:
     """SLURMCluster's parameters for the options it writes into the job script itself."""
-    return {o.jobqueue: getattr(config, o.attribute) for o in OPTIONS.values() if o.jobqueue}
+    return {o.jobqueue: getattr(config, o.attribute) for o in OPTIONS if o.jobqueue}
 
 
 def memory_bytes(mem: str) -> int:
@@ -266,7 +310,7 @@ def directives(config: SlurmConfig) -> list[str]:
     """The #SBATCH options of a worker job beyond those SLURMCluster writes (-n 1, --cpus-per-task, --mem,
     -p, -A, -t, -J, -e/-o)."""
     lines = []
-    for option in OPTIONS.values():
+    for option in OPTIONS:
         value = getattr(config, option.attribute)
         if option.sbatch is not None and value is not None:
             lines.append(option.sbatch.format(value))
@@ -275,3 +319,11 @@ def directives(config: SlurmConfig) -> list[str]:
     lines.append("--no-requeue")  # a job SLURM ends is replaced by SlurmJobs, never run twice
     lines.extend(config.extra)
     return lines
+
+
+def time_limit_note(config: SlurmConfig) -> str:
+    """The line printed before jobs are submitted: their time limit, and how to change the default."""
+    if config.time == DEFAULT_TIME:
+        return (f"SLURM jobs: time limit {config.time} each (the default; --slurm-opt time=HH:MM:SS sets it), "
+                f"a job that reaches it is replaced")
+    return f"SLURM jobs: time limit {config.time} each"
