@@ -147,9 +147,10 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
             checkpointing = open_checkpointing(store, node, run_id, options, progress=progress)
             emit = {at: _emitter(store, checkpoint, parent_run, root_run, inputs, data_dir, workspace, options,
                                  context.get("workflow"), checkpointing) for at, checkpoint in task["emits"]}
-            computed = compute_node(node, parent_state, loaded_inputs, workspace, data_dir=data_dir,
-                                    heartbeat=lambda: store.claims.heartbeat(run_id), emit=emit, progress=progress,
-                                    checkpointing=checkpointing)
+            computed = _compute_resumed(lambda: compute_node(
+                node, parent_state, loaded_inputs, workspace, data_dir=data_dir,
+                heartbeat=lambda: store.claims.heartbeat(run_id), emit=emit, progress=progress,
+                checkpointing=checkpointing), checkpointing, node)
             close_checkpointing(store, checkpointing, run_id)  # a finished state keeps no checkpoint
             final = _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir,
                             workspace, options, context.get("workflow"))
@@ -169,6 +170,24 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
         raise
     finally:
         alive.stop()
+
+
+def _compute_resumed(compute, checkpointing, node: dict):
+    """compute(): from the checkpoint `checkpointing` resumes (if any); a checkpoint that does not fit the node's
+    training (its iteration, its tensors, its step) is not used: warned about, the node computed from its parent."""
+    from ..training.checkpoint import CheckpointError
+    from .resume import warn
+
+    try:
+        computed = compute()
+        checkpointing.check_resumed()
+        return computed
+    except CheckpointError as error:
+        if checkpointing.resume is None:
+            raise
+        warn(f"{error}: not used; computing {node['label']} from its parent")
+        checkpointing.resume, checkpointing.resumed = None, False
+        return compute()
 
 
 def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,

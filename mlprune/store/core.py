@@ -91,6 +91,7 @@ class Store(Lookups):
         self._specs: dict[str, dict] = {}     # verified specs of FINISHED states: they never change
         self._runs: dict[str, object] = {}    # FINISHED runs seen by a look-up: their info never changes
         self._created: dict[str, tuple[str, dict]] = {}  # run id -> (artifact URI, tags) of runs we created
+        self._layouts: dict[str, tuple | None] = {}  # root run id -> its (weights, masks) layout, None if broken
         self._lock = threading.Lock()
 
     # ---- MLflow and the sqlite view ------------------------------------------------------------
@@ -382,12 +383,15 @@ class Store(Lookups):
         spec = self.spec(run_id)
         if spec.get("analysis"):
             raise SpecError(f"state {run_id} is an analysis ({spec['kind']}): it holds results, not a network")
-        masks = artifacts.tensors_from(self._state_file(run, MASKS_FILE, spec), run_id=run_id, name=MASKS_FILE)
+        contents = {MASKS_FILE: self._state_file(run, MASKS_FILE, spec)}
+        if not spec.get("weights_from"):
+            contents[WEIGHTS_FILE] = self._state_file(run, WEIGHTS_FILE, spec)
+        self._check_tensors(run_id, spec, contents)
+        masks = artifacts.tensors_from(contents[MASKS_FILE], run_id=run_id, name=MASKS_FILE)
         if spec.get("weights_from"):
             weights = artifacts.shared_weights(self.load(spec["weights_from"]).weights, masks, spec.get("zeroed"))
         else:
-            weights = artifacts.tensors_from(self._state_file(run, WEIGHTS_FILE, spec), run_id=run_id,
-                                             name=WEIGHTS_FILE)
+            weights = artifacts.tensors_from(contents[WEIGHTS_FILE], run_id=run_id, name=WEIGHTS_FILE)
         for name, mask in masks.items():
             if name not in weights or tuple(weights[name].shape) != tuple(mask.shape):
                 raise IntegrityError(f"state {run_id}: mask {name!r} does not fit its weights")
@@ -413,8 +417,13 @@ class Store(Lookups):
             missing = expected - set(recorded)
             if missing:
                 raise IntegrityError(f"state {run_id}: state.json records no SHA-256 for {sorted(missing)[0]}")
+        contents = {}
         for name in recorded:
-            self._state_file(run, name, spec)
+            content = self._state_file(run, name, spec)
+            if name in (MASKS_FILE, WEIGHTS_FILE):
+                contents[name] = content
+        if not spec.get("analysis"):
+            self._check_tensors(run_id, spec, contents)
         if spec.get("weights_from"):  # a prune-only state's weights are another state's file
             try:
                 self.verify(spec["weights_from"], verified)
@@ -423,6 +432,47 @@ class Store(Lookups):
                     from None
         if verified is not None:
             verified.add(run_id)
+
+    def _check_tensors(self, run_id: str, spec: dict, contents: dict[str, bytes]) -> None:
+        """The contents of a state's tensor files (`artifacts.check_masks`, `check_layout`): an IntegrityError
+        naming the run and tensor unless its masks are bool masks and its tensors are its root's."""
+        masks = artifacts.tensor_layout(contents[MASKS_FILE], run_id=run_id, name=MASKS_FILE)[0]
+        weights = (artifacts.tensor_layout(contents[WEIGHTS_FILE], run_id=run_id, name=WEIGHTS_FILE)[0]
+                   if WEIGHTS_FILE in contents else None)
+        is_root = not spec.get("parent_key")
+        artifacts.check_masks(run_id, contents[MASKS_FILE], masks, all_kept=is_root)
+        if is_root:
+            artifacts.check_root_layout(run_id, weights or {}, masks)
+            with self._lock:
+                self._layouts[run_id] = (weights or {}, masks)
+            return
+        root_run = spec.get("root_run")
+        reference = self._root_layout(root_run)
+        if reference is None:  # the root is gone or broken: its own check says so
+            return
+        artifacts.check_layout(run_id, MASKS_FILE, masks, reference[1], root_run)
+        if weights is not None:
+            artifacts.check_layout(run_id, WEIGHTS_FILE, weights, reference[0], root_run)
+
+    def _root_layout(self, root_run: str | None) -> tuple | None:
+        """(weights, masks) layout of a root state, checked as a root; None when it cannot be read or is broken."""
+        if not root_run:
+            return None
+        with self._lock:
+            if root_run in self._layouts:
+                return self._layouts[root_run]
+        try:
+            spec = self.spec(root_run)
+            run = self.state_run(root_run)
+            if spec.get("parent_key"):
+                raise SpecError("not a root")
+            self._check_tensors(root_run, spec, {name: self._state_file(run, name, spec)
+                                                 for name in (MASKS_FILE, WEIGHTS_FILE)})
+        except SpecError:
+            with self._lock:
+                self._layouts[root_run] = None
+        with self._lock:
+            return self._layouts.get(root_run)
 
     def check_all(self, *, repair: bool = False, progress=None) -> tuple[int, list[tuple[str, str]]]:
         """(states checked, [(run id, why it is broken)]) over the experiment's FINISHED states;

@@ -104,7 +104,9 @@ class TrainingCheckpoint:
                 "optimizer_values": values, "optimizer_indices": sorted(int(i) for i in self.optimizer),
                 "scaler": self.scaler, "sums": {"count": self.sums["count"], "lr": self.sums["lr"]},
                 "history": self.history, "node_history": self.node_history, "info": self.info}
-        return {names.CHECKPOINT_TENSORS_FILE: save({n: t.contiguous() for n, t in tensors.items()}),
+        # the key in the tensors' own metadata too: tensors of another state's checkpoint are never taken for this one's
+        return {names.CHECKPOINT_TENSORS_FILE: save({n: t.contiguous() for n, t in tensors.items()},
+                                                    metadata={"key": self.key, "iteration": str(self.iteration)}),
                 names.CHECKPOINT_META_FILE: json.dumps(meta, sort_keys=True).encode()}
 
     @classmethod
@@ -126,6 +128,17 @@ class TrainingCheckpoint:
         except Exception as error:  # noqa: BLE001 - a truncated or foreign file: one line
             raise CheckpointError(f"{names.CHECKPOINT_TENSORS_FILE} is not readable safetensors "
                                   f"({' '.join(str(error).split())[:100]})") from None
+        owner = _tensors_metadata(files[names.CHECKPOINT_TENSORS_FILE])
+        if owner.get("key") != key or owner.get("iteration") != str(meta.get("iteration")):
+            raise CheckpointError(f"its tensors are of state {owner.get('key')} at iteration {owner.get('iteration')}, "
+                                  f"not of {key} at iteration {meta.get('iteration')}")
+        if not (isinstance(meta.get("iteration"), int) and meta["iteration"] >= 0
+                and isinstance(meta.get("step"), int) and meta["step"] >= 0):
+            raise CheckpointError(f"its step {meta.get('step')!r} and iteration {meta.get('iteration')!r} are not "
+                                  f"counts >= 0")
+        for name, tensor in tensors.items():
+            if name.startswith(_MASK) and tensor.dtype != torch.bool:
+                raise CheckpointError(f"its mask {name[len(_MASK):]!r} is {tensor.dtype}, not bool")
         try:
             optimizer = {int(i): {} for i in meta["optimizer_indices"]}
             for index, state in meta["optimizer_values"].items():
@@ -136,7 +149,7 @@ class TrainingCheckpoint:
                     optimizer[int(index)][state_name] = tensor
             return cls(key=key, step=int(meta["step"]), iteration=int(meta["iteration"]),
                        model={n[len(_MODEL):]: t for n, t in tensors.items() if n.startswith(_MODEL)},
-                       masks={n[len(_MASK):]: t.to(torch.bool) for n, t in tensors.items() if n.startswith(_MASK)},
+                       masks={n[len(_MASK):]: t for n, t in tensors.items() if n.startswith(_MASK)},
                        optimizer=optimizer, scaler=meta["scaler"],
                        sums={"loss": tensors[_SUMS + "loss"], "hits": tensors[_SUMS + "hits"],
                              "count": int(meta["sums"]["count"]), "lr": float(meta["sums"]["lr"])},
@@ -145,6 +158,16 @@ class TrainingCheckpoint:
         except (KeyError, ValueError, TypeError, AttributeError) as error:
             raise CheckpointError(f"the checkpoint's files do not fit together ({type(error).__name__}: "
                                   f"{' '.join(str(error).split())[:100]})") from None
+
+
+def _tensors_metadata(content: bytes) -> dict:
+    """The metadata a safetensors file carries in its header ({} without)."""
+    try:
+        size = int.from_bytes(content[:8], "little")
+        metadata = json.loads(content[8:8 + size]).get("__metadata__") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def _histories(saved: dict) -> dict:
@@ -188,9 +211,20 @@ def capture(*, key: str, step: int, iteration: int, model: torch.nn.Module, mask
 def restore_network(checkpoint: TrainingCheckpoint, model: torch.nn.Module, masks: dict) -> None:
     """Put the checkpoint's weights and buffers into `model` and its masks into `masks` (in place, on
     the devices the model and the masks are on)."""
+    where = f"checkpoint of state {checkpoint.key} at iteration {checkpoint.iteration}"
     if set(checkpoint.model) != set(model.state_dict()):
-        raise CheckpointError(f"checkpoint of state {checkpoint.key} at iteration {checkpoint.iteration} does not "
-                              f"fit the network: its tensors are not the module's")
+        raise CheckpointError(f"{where} does not fit the network: its tensors are not the module's")
+    for name, tensor in model.state_dict().items():
+        saved = checkpoint.model[name]
+        if saved.dtype != tensor.dtype or saved.shape != tensor.shape:
+            raise CheckpointError(f"{where}: tensor {name!r} is {saved.dtype} {list(saved.shape)}, the network's is "
+                                  f"{tensor.dtype} {list(tensor.shape)}")
+    for name, mask in masks.items():
+        saved = checkpoint.masks.get(name)
+        if saved is None or saved.shape != mask.shape:
+            raise CheckpointError(f"{where}: its mask {name!r} is missing or of another shape")
+    if set(checkpoint.masks) != set(masks):
+        raise CheckpointError(f"{where}: its masks are not the network's")
     model.load_state_dict(checkpoint.model)
     device = next((m.device for m in masks.values()), torch.device("cpu"))
     masks.clear()
@@ -236,6 +270,7 @@ class Checkpointing:
         self.cost = _LAST_COST[0]       # seconds the previous checkpoint took (capture and write)
         self.last = time.monotonic()    # when the previous checkpoint was taken (or the training began)
         self.trained = False           # a training of the node ran (its state records resumed_from_iteration)
+        self.resumed = False           # a training of the node started from `resume`
         self.attempted = False         # a checkpoint was handed to `commit` (files may exist on the run)
         self.others = False            # set by the executor: other runs of the key hold checkpoints
         self.committed: list[int] = []  # iterations of the checkpoints committed, in order
@@ -243,6 +278,13 @@ class Checkpointing:
         self._pending: Future | None = None
         self._failed = False
         self._lock = threading.Lock()
+
+    def check_resumed(self) -> None:
+        """A CheckpointError unless the checkpoint the node resumed from (if any) was a training of it: one whose
+        step is not a training would skip steps and train nothing."""
+        if self.resume is not None and not self.resumed:
+            raise CheckpointError(f"checkpoint of state {self.key} at iteration {self.resume.iteration} names step "
+                                  f"{self.resume.step}, which is not a training of this state")
 
     @property
     def resumed_from(self) -> int:
@@ -259,6 +301,7 @@ class Checkpointing:
         self.trained = True
         resume = self.resume if self.resume is not None and self.resume.step == index else None
         if resume is not None:
+            self.resumed = True
             node_history.clear()
             node_history.update(_copied_history(resume.node_history))
         return TrainingHooks(self, index, node_history, resume)

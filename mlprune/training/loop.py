@@ -213,8 +213,11 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     line = timeline(options, data.batches_per_epoch(batch_size))
     resume = resumable.resume if resumable is not None else None
     if resume is not None:  # weights, buffers and masks as they were after iteration resume.iteration
-        from .checkpoint import restore_network
+        from .checkpoint import CheckpointError, restore_network
 
+        if not line.start <= resume.iteration <= line.stop:
+            raise CheckpointError(f"checkpoint of state {resume.key} at iteration {resume.iteration} is outside its "
+                                  f"training (iterations {line.start} to {line.stop})")
         restore_network(resume, model, masks)
     pairs = masked_parameters(model, masks)
     apply_masks(pairs)

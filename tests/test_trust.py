@@ -1,0 +1,211 @@
+"""Trust nothing that is read: tampered tensors with consistent hash records, checkpoints of another state
+or beyond their training, hostile input (one line, exit 2), lineage cycles, data fingerprints, read-only stores.
+
+Every tampering here rewrites its file AND the hash record the way the store writes it (state.json's
+``files``, the ``mlprune.sha256.*`` tags), so only the content checks can catch it. The states come
+from one small store built once for the module; each test works on a copy of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file, save
+
+from mlprune import names
+from test_faults import TINY, invoke, invoke_error, state_runs, write
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, _empty_store_db, _session_cache):
+    """A store of the tiny recipe's four states (init, train, prune sharing its weights, reinit+train)."""
+    folder = tmp_path_factory.mktemp("pristine")
+    shutil.copy(_empty_store_db, folder / "mlflow.db")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
+        patch.setenv("MLPRUNE_CACHE_DIR", str(_session_cache))
+        patch.setenv("MLPRUNE_FIGURES", "0")
+        for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+            patch.delenv(name, raising=False)
+        result = invoke("run", write(folder))
+        assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.fixture
+def store(pristine, tmp_path, monkeypatch):
+    """A copy of the pristine store (artifact locations moved with it): its tracking URI; cwd = its folder."""
+    folder = tmp_path / "store"
+    shutil.copytree(pristine, folder)
+    with sqlite3.connect(folder / "mlflow.db") as db:
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (str(pristine), str(folder)))
+        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+                   (str(pristine), str(folder)))
+    uri = f"sqlite:///{folder}/mlflow.db"
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLPRUNE_FIGURES", "0")
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return uri
+
+
+def runs_by_kind(uri: str) -> dict:
+    return {r.data.tags[names.TAG_KIND]: r for r in state_runs(uri)}
+
+
+def sha(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def rewrite(uri: str, run, file: str, content: bytes) -> None:
+    """Replace a state's file and record its hash as the store does: state.json's ``files`` and the tags."""
+    folder = Path(run.info.artifact_uri)
+    (folder / file).write_bytes(content)
+    spec = json.loads((folder / names.STATE_FILE).read_text())
+    spec["files"][file] = sha(content)
+    state = json.dumps(spec, indent=1, sort_keys=True).encode()
+    (folder / names.STATE_FILE).write_bytes(state)
+    client = MlflowClient(tracking_uri=uri)
+    client.set_tag(run.info.run_id, names.TAG_HASH_PREFIX + file, sha(content))
+    client.set_tag(run.info.run_id, names.TAG_HASH_PREFIX + names.STATE_FILE, sha(state))
+
+
+def tensors(run, file: str) -> dict:
+    return {k: v.clone() for k, v in load_file(str(Path(run.info.artifact_uri) / file)).items()}
+
+
+def bool_byte_7(masks: dict) -> bytes:
+    """A masks file whose header says bool but whose first mask holds the byte 7."""
+    content = bytearray(save(masks))
+    size = int.from_bytes(content[:8], "little")
+    first = min(json.loads(content[8:8 + size]).items(), key=lambda e: e[1]["data_offsets"][0]
+                if e[0] != "__metadata__" else 1 << 62)
+    content[8 + size + first[1]["data_offsets"][0]] = 7
+    return bytes(content)
+
+
+def first_bias(weights: dict) -> str:
+    return next(k for k in weights if k.endswith(".bias"))
+
+
+# (state kind, file, change of its tensors -> bytes, fragment of the one-line error)
+TAMPERING = {
+    "masks uint8 with a 7": ("prune", names.MASKS_FILE,
+                             lambda t: save({k: v.to(torch.uint8) * 7 for k, v in t.items()}), "is U8, not bool"),
+    "masks bool holding a 7": ("prune", names.MASKS_FILE, bool_byte_7, "holds values other than true"),
+    "masks float32": ("prune", names.MASKS_FILE, lambda t: save({k: v.float() for k, v in t.items()}),
+                      "is F32, not bool"),
+    "masks all false": ("prune", names.MASKS_FILE, lambda t: save({k: torch.zeros_like(v) for k, v in t.items()}),
+                        "every mask is all false"),
+    "root mask not all true": ("init", names.MASKS_FILE,
+                               lambda t: save({k: v.clone().index_fill_(0, torch.tensor([0]), False) for k, v in
+                                               t.items()}), "of a root state is not all true"),
+    "weights float64": ("train", names.WEIGHTS_FILE, lambda t: save({k: v.double() for k, v in t.items()}),
+                        "is F64"),
+    "weights float16": ("train", names.WEIGHTS_FILE, lambda t: save({k: v.half() for k, v in t.items()}), "is F16"),
+    "root weights float64": ("init", names.WEIGHTS_FILE, lambda t: save({k: v.double() for k, v in t.items()}),
+                             "is F64, not float32"),
+    "an extra tensor": ("train", names.WEIGHTS_FILE, lambda t: save({**t, "extra": torch.zeros(3)}),
+                        "holds 'extra', which the architecture does not have"),
+    "a missing bias": ("train", names.WEIGHTS_FILE,
+                       lambda t: save({k: v for k, v in t.items() if k != first_bias(t)}), "lacks '"),
+    "a wrong-shape bias": ("train", names.WEIGHTS_FILE,
+                           lambda t: save({k: torch.zeros(len(v) + 1) if k == first_bias(t) else v
+                                           for k, v in t.items()}), "the architecture's is F32"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERING))
+def test_tensors_with_a_consistent_hash_record_are_checked_by_content(case, store, tmp_path):
+    kind, file, change, fragment = TAMPERING[case]
+    run = runs_by_kind(store)[kind]
+    rewrite(store, run, file, change(tensors(run, file)))
+    checked = invoke("verify")
+    assert checked.exit_code == 1, checked.output
+    [line] = [l for l in checked.output.splitlines() if l.startswith(f"broken: {run.info.run_id[:8]}")]
+    assert fragment in line and run.info.run_id in line, line
+    line = invoke_error("export", run.info.run_id, str(tmp_path / "out"))
+    assert fragment in line and run.info.run_id in line, line
+    assert not (tmp_path / "out" / names.WEIGHTS_FILE).exists()
+
+
+def test_a_child_is_never_finished_from_tampered_masks(store):
+    runs = runs_by_kind(store)
+    rewrite(store, runs["prune"], names.MASKS_FILE,
+            save({k: v.to(torch.uint8) * 7 for k, v in tensors(runs["prune"], names.MASKS_FILE).items()}))
+    MlflowClient(tracking_uri=store).delete_run(runs["reinit+train"].info.run_id)  # its child is to be computed
+    rerun = invoke("run", "tiny.yaml")
+    assert rerun.exit_code == 0, rerun.output
+    assert "is U8, not bool" in rerun.output and runs["prune"].info.run_id[:8] in rerun.output
+    assert rerun.output.strip().splitlines()[-1] == "4 states: 2 computed, 2 reused"
+    bad = MlflowClient(tracking_uri=store).get_run(runs["prune"].info.run_id)
+    assert bad.info.status == "FAILED" and "is U8, not bool" in bad.data.tags[names.TAG_INVALID]
+    for run in state_runs(store):
+        assert 0.0 <= run.data.metrics["sparsity"] <= 1.0, run.data.metrics
+    assert invoke("verify").exit_code == 0
+
+
+# ---- checkpoints: their tensors carry their key; iteration, dtypes and shapes checked before resuming -------
+from test_resume import ROOT, SGD, _every_due_checkpoint, _rewrite_record, _stopped_with_checkpoints, stop_at  # noqa
+
+
+def _tamper_checkpoint(folder: Path, change) -> dict:
+    """change(meta, tensors, metadata) on a checkpoint's files, written back; their new SHA-256."""
+    meta = json.loads((folder / names.CHECKPOINT_META_FILE).read_text())
+    content = (folder / names.CHECKPOINT_TENSORS_FILE).read_bytes()
+    size = int.from_bytes(content[:8], "little")
+    metadata = json.loads(content[8:8 + size]).get("__metadata__", {})
+    loaded = {k: v.clone() for k, v in load_file(str(folder / names.CHECKPOINT_TENSORS_FILE)).items()}
+    change(meta, loaded, metadata)
+    files = {names.CHECKPOINT_META_FILE: json.dumps(meta, sort_keys=True).encode(),
+             names.CHECKPOINT_TENSORS_FILE: save(loaded, metadata=metadata)}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: sha(data) for name, data in files.items()}
+
+
+def _beyond(meta, loaded, metadata):
+    meta["iteration"], metadata["iteration"] = 1_000_000, "1000000"  # consistent: only the range check sees it
+
+
+def _foreign(meta, loaded, metadata):
+    metadata["key"] = "0" * 32  # the tensors of another state's checkpoint (another seed's, say)
+
+
+def _uint8_masks(meta, loaded, metadata):
+    for name in [n for n in loaded if n.startswith("mask/")]:
+        loaded[name] = loaded[name].to(torch.uint8) * 7
+
+
+@pytest.mark.parametrize("change, fragment", [(_beyond, "is outside its training (iterations 0 to 24)"),
+                                              (_foreign, "its tensors are of state 00000000"),
+                                              (_uint8_masks, "is torch.uint8, not bool")])
+def test_a_checkpoint_that_does_not_belong_is_never_resumed(change, fragment, tracking, stop_at, caplog, _empty_store_db,
+                                                            tmp_path):
+    import logging
+
+    from mlprune import Experiment, Recipe
+
+    shutil.copy(_empty_store_db, tmp_path / "other.db")
+    plain = Experiment("plain", tracking_uri=f"sqlite:///{tmp_path}/other.db").init(**ROOT).apply(Recipe.train(**SGD))
+    experiment = Experiment("tampered", checkpoint_every="4it")
+    root, killed = _stopped_with_checkpoints(experiment, stop_at, 18)
+    folder = Path(killed.info.artifact_uri) / names.CHECKPOINTS_DIR
+    digests = {label: _tamper_checkpoint(folder / label, change) for label in ("0-16", "0-18")}
+    _rewrite_record(experiment, killed, lambda r: r["files"].update(digests[f"{r['step']}-{r['iteration']}"]))
+    with caplog.at_level(logging.WARNING, logger="mlprune.checkpoint"):
+        resumed = root.apply(Recipe.train(**SGD))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and all("\n" not in line for line in lines) and any(fragment in line for line in lines), lines
+    assert resumed.metrics[names.M_RESUMED_FROM_ITERATION] == 0
+    assert resumed.metrics[names.M_TEST_LOSS] == plain.metrics[names.M_TEST_LOSS]
+    assert all(torch.equal(resumed.weights[k], plain.weights[k]) for k in plain.weights)
