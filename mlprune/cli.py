@@ -513,7 +513,8 @@ def tree(experiment_name):
     Example:
       mlprune tree -e mlprune
     """
-    from .names import TAG_KIND, TAG_PARENT_PREFIX, TAG_PARENT_RUN
+    from . import lineage
+    from .names import TAG_KIND, TAG_PARENT_PREFIX
 
     store = _store(experiment_name, create=False)
     runs = store.states()
@@ -521,9 +522,13 @@ def tree(experiment_name):
         click.echo(f"experiment {store.experiment_name!r} holds no finished states")
         return
     known = {run.info.run_id for run in runs}
+    _, edges = lineage.lineage_graph(runs)  # every state once: a parent tag that closes a cycle is not followed
+    for line in lineage.cycle_warnings(edges):
+        _warn(line)
+    parents = lineage.primary_parents(edges)
     children: dict[str | None, list] = {}
     for run in runs:
-        parent = run.data.tags.get(TAG_PARENT_RUN)
+        parent = parents.get(run.info.run_id)
         children.setdefault(parent if parent in known else None, []).append(run)
 
     def show(run, depth):
@@ -662,10 +667,20 @@ def verify(experiment, repair):
     checked, broken = store.check_all(repair=repair, progress=_progress_printer())
     for run_id, reason in broken:
         click.echo(f"{'repaired' if repair else 'broken'}: {run_id[:8]} {reason}")
+    cycles = _lineage_cycles(store)
+    for line in cycles:
+        click.echo(f"broken lineage: {line} (set the tag back to the parent its state.json names)")
     click.echo(f"{checked} states checked in experiment {store.experiment_name!r}: {len(broken)} broken"
                + (", marked invalid (the next run recomputes them)" if repair and broken else ""))
-    if broken and not repair:
+    if (broken and not repair) or cycles:
         sys.exit(1)
+
+
+def _lineage_cycles(store) -> list[str]:
+    """The cycles the parent tags of the experiment's states make (`lineage.cycle_warnings`)."""
+    from . import lineage
+
+    return lineage.cycle_warnings(lineage.lineage_graph(store.states())[1])
 
 
 @main.command()

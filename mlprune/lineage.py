@@ -8,6 +8,11 @@ rewind's weights source, ``mask`` for a transplanted mask). A parent that is not
 among the runs (deleted, or in another experiment) is still drawn, as a
 ``missing`` node, so every parent of every state shows.
 
+Tags are anyone's to edit in the MLflow UI, so the graph is built for what it is, not what it should
+be: a ``mlflow.parentRunId`` that closes a cycle (a state its own parent, or an ancestor's child)
+keeps its edge, with the role ``cycle`` instead of ``primary``, so nothing follows it and every
+state is still drawn; `cycle_warnings` names the runs of each such edge.
+
 The functions here work on MLflow ``Run`` objects however they were obtained
 (``store.Store`` on the client side, the tracking server's own store in
 ``mlflow_plugin``): this module imports neither mlflow, nor torch, nor
@@ -33,6 +38,7 @@ from .errors import SpecError
 from .names import M_SPARSITY, M_TEST_ACCURACY, TAG_KEY, TAG_KIND, TAG_PARENT_PREFIX, TAG_PARENT_RUN, TAG_RUN_NAME
 
 MISSING = "missing"
+CYCLE = "cycle"   # the role of a primary edge that closes a cycle: drawn, never followed
 KIND_COLORS = {
     "init": "#cfd8dc",
     "train": "#c8e6c9",
@@ -42,8 +48,8 @@ KIND_COLORS = {
 }
 OTHER_KIND_COLOR = "#eeeeee"
 
-__all__ = ["lineage_graph", "ancestors", "run_link", "lineage_svg", "lineage_html", "is_state", "dag_layout",
-           "dag_svg"]
+__all__ = ["lineage_graph", "cycle_warnings", "primary_parents", "ancestors", "run_link", "lineage_svg",
+           "lineage_html", "is_state", "dag_layout", "dag_svg"]
 
 
 def is_state(run) -> bool:
@@ -116,7 +122,50 @@ def lineage_graph(runs: Iterable) -> tuple[list[dict], list[tuple[str, str, str]
             edge = (parent, run.info.run_id, role)
             if edge not in edges:
                 edges.append(edge)
-    return missing + nodes, edges
+    return missing + nodes, _cut_cycles([n["id"] for n in missing + nodes], edges)
+
+
+def _cut_cycles(order: list[str], edges: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """`edges` with each primary edge that closes a cycle given the role CYCLE: in each cycle, the edge
+    into its first node in `order` (the oldest state: the one that was there first)."""
+    parent: dict[str, str] = {}
+    for p, c, role in edges:
+        if role == "primary":
+            parent.setdefault(c, p)
+    rank = {node: k for k, node in enumerate(order)}
+    cut: set[str] = set()
+    done: set[str] = set()
+    for start in order:
+        path, on_path, cur = [], set(), start
+        while cur is not None and cur not in done and cur not in on_path:
+            on_path.add(cur)
+            path.append(cur)
+            cur = parent.get(cur) if cur not in cut else None
+        if cur is not None and cur in on_path:  # the walk came back to itself: a cycle
+            cycle = path[path.index(cur):]
+            cut.add(min(cycle, key=lambda node: rank.get(node, len(rank))))
+        done.update(path)
+    if not cut:
+        return edges
+    return [(p, c, CYCLE) if role == "primary" and c in cut and parent.get(c) == p else (p, c, role)
+            for p, c, role in edges]
+
+
+def cycle_warnings(edges: Iterable[Sequence]) -> list[str]:
+    """One line per edge `lineage_graph` cut out of a cycle, naming both runs."""
+    return [(f"state {c[:8]} is its own parent (its {TAG_PARENT_RUN} tag names itself)" if p == c else
+             f"the parent {p[:8]} of state {c[:8]} ({TAG_PARENT_RUN}) descends from it: a cycle")
+            + f"; that edge is marked '{CYCLE}' and not followed"
+            for p, c, role in edges if role == CYCLE]
+
+
+def primary_parents(edges: Iterable[Sequence]) -> dict[str, str]:
+    """{child: parent} of the followed primary edges (cut cycles are not among them)."""
+    out: dict[str, str] = {}
+    for p, c, role in edges:
+        if role == "primary":
+            out.setdefault(c, p)
+    return out
 
 
 def ancestors(run_ids: Iterable[str], runs_by_id: Mapping[str, object], fetch=None) -> dict[str, object]:

@@ -73,6 +73,29 @@ def _all_runs(store, experiment_id: str, filter_string: str = "") -> list:
             return runs
 
 
+def _state_counts(store) -> dict[str, int] | None:
+    """{experiment id: active state runs} in one SQL count over the run tags (a SQL store: nothing fetched
+    run by run); None for other stores."""
+    session_maker = getattr(store, "ManagedSessionMaker", None)
+    if session_maker is None:
+        return None
+    from sqlalchemy import func
+
+    from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+
+    from .names import TAG_KEY
+
+    try:
+        with session_maker() as session:
+            rows = (session.query(SqlRun.experiment_id, func.count(SqlRun.run_uuid))
+                    .join(SqlTag, SqlTag.run_uuid == SqlRun.run_uuid)
+                    .filter(SqlTag.key == TAG_KEY, SqlTag.value != "", SqlRun.lifecycle_stage == "active")
+                    .group_by(SqlRun.experiment_id).all())
+    except Exception:  # noqa: BLE001 - a schema this does not know: count run by run
+        return None
+    return {str(experiment): int(count) for experiment, count in rows}
+
+
 def _ui_base() -> str:
     from mlflow.server.handlers import _add_static_prefix
 
@@ -118,6 +141,11 @@ def lineage_page(experiment_id: str):
     back = (f'<p class="meta"><a href="{escape(base)}#/experiments/{escape(experiment_id)}" target="_top">'
             f'experiment "{escape(experiment.name)}" in the MLflow UI</a> · '
             f'<a href="{escape(base.rstrip("/") + LINEAGE_ROUTE)}">all experiments</a></p>')
+    broken = lineage.cycle_warnings(edges)  # tags edited into a cycle: drawn and marked, never a 500
+    if broken:
+        back += ('<div class="warnings" style="background:#fff8e1;border:1px solid #ffcc80;padding:4px 14px">'
+                 '<b>Broken lineage</b><ul>'
+                 + "".join(f"<li>{escape(line)}</li>" for line in broken) + "</ul></div>")
     subtitle = f"experiment id {experiment_id} · mlprune {__version__}"
     if current is not None:
         subtitle = (f"state {current.info.run_id[:8]} ({current.info.run_name or '?'}), marked in the DAG · "
@@ -145,8 +173,11 @@ def lineage_index():
     base = _ui_base()
     index = base.rstrip("/") + LINEAGE_ROUTE
     rows = []
+    counts = _state_counts(store)
     for exp in experiments:
-        n = len(_all_runs(store, exp.experiment_id, f"tags.`{lineage.TAG_KEY}` != ''"))
+        n = counts.get(exp.experiment_id) if counts is not None else \
+            len(_all_runs(store, exp.experiment_id, f"tags.`{lineage.TAG_KEY}` != ''"))
+        n = n or 0
         rows.append(f'<tr><td><a class="lineage-link" href="{escape(index + exp.experiment_id)}">{escape(exp.name)}</a></td>'
                     f"<td>{escape(exp.experiment_id)}</td><td>{n}</td></tr>")
     html = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>mlprune lineage</title>"

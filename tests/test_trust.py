@@ -209,3 +209,91 @@ def test_a_checkpoint_that_does_not_belong_is_never_resumed(change, fragment, tr
     assert resumed.metrics[names.M_RESUMED_FROM_ITERATION] == 0
     assert resumed.metrics[names.M_TEST_LOSS] == plain.metrics[names.M_TEST_LOSS]
     assert all(torch.equal(resumed.weights[k], plain.weights[k]) for k in plain.weights)
+
+
+# ---- a DAG that is not a DAG: parent tags edited into cycles -------------------------------------------------
+def _serve(folder: Path, uri: str):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(folder / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--app-name", "mlprune", "--backend-store-uri", uri,
+         "--default-artifact-root", str(folder / "mlruns"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _get(url: str, server) -> tuple[int, str]:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def test_parent_tags_that_make_cycles_are_drawn_marked_and_warned_about(store, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    client = MlflowClient(tracking_uri=store)
+    runs = {kind: run.info.run_id for kind, run in runs_by_kind(store).items()}
+    client.set_tag(runs["init"], names.TAG_PARENT_RUN, runs["train"])   # init <- train <- init
+    client.set_tag(runs["reinit+train"], names.TAG_PARENT_RUN, runs["reinit+train"])  # a state its own parent
+    # an innocent experiment whose state's weights source is in the broken one
+    innocent = client.create_experiment("innocent")
+    other = client.create_run(innocent, tags={names.TAG_KEY: "f" * 32, names.TAG_KIND: "train",
+                                              names.TAG_PARENT_PREFIX + "weights": runs["prune"]})
+    client.set_terminated(other.info.run_id, "FINISHED")
+    experiment = client.get_run(runs["init"]).info.experiment_id
+    # the CLI: every state once, each broken edge named
+    shown = invoke("tree")
+    assert shown.exit_code == 0, shown.output
+    assert all(sum(line.split()[0] == run[:8] for line in shown.stdout.splitlines()) == 1 for run in runs.values())
+    warned = [line for line in shown.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 2 and all("'cycle'" in line for line in warned), shown.stderr
+    assert any(f"state {runs['reinit+train'][:8]} is its own parent" in line for line in warned)
+    assert any(f"the parent {runs['train'][:8]} of state {runs['init'][:8]}" in line for line in warned)
+    checked = invoke("verify")
+    assert checked.exit_code == 1 and checked.output.count("broken lineage: ") == 2, checked.output
+    # the report's sections that draw the lineage and list every state (the others follow no parent tag
+    # beyond one level, and draw figures for seconds: test_report renders them)
+    from mlprune.report.sections import SECTIONS
+
+    monkeypatch.setattr(SECTIONS, "values", lambda: [SECTIONS["lineage"], SECTIONS["states"]])
+    report = invoke("report", "mlprune", str(tmp_path / "report"))
+    assert report.exit_code == 0, report.output
+    assert "own parent" in (tmp_path / "report" / "report.html").read_text()
+    # the real server: every page answers, draws every state and names the broken edges
+    server, base = _serve(tmp_path, store)
+    try:
+        for page in (f"/mlprune/lineage/{experiment}", f"/mlprune/lineage/{runs['train']}",
+                     f"/mlprune/lineage/{innocent}", "/mlprune/lineage/"):
+            status, html = _get(base + page, server)
+            assert status == 200, (page, html[-2000:])
+            if page != "/mlprune/lineage/" and page != f"/mlprune/lineage/{innocent}":
+                assert "Broken lineage" in html and all(f'data-id="{run}"' in html for run in runs.values()), page
+        status, index = _get(base + "/mlprune/lineage/", server)
+        assert f"<td>{experiment}</td><td>4</td>" in index and f"<td>{innocent}</td><td>1</td>" in index
+        client.delete_experiment(experiment)  # its runs are still the innocent one's weights source
+        status, html = _get(f"{base}/mlprune/lineage/{innocent}", server)
+        assert status == 200 and "Broken lineage" in html, html[-2000:]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -14,6 +14,8 @@ def lineage_section(page: Page, ctx: SectionContext) -> None:
     """The DAG of every state (inline SVG): solid arrows primary parents, dashed other sources."""
     ui = ctx.ui_url.rstrip("/")
     nodes, edges = lineage.lineage_graph(ctx.collection.runs.values())
+    for line in lineage.cycle_warnings(edges):  # drawn, marked, never followed
+        ctx.note(line)
     svg = lineage.lineage_svg(nodes, edges, base=ui)
     page.section("lineage", "Lineage",
                  f'<p class="meta">Every state of the experiment; solid arrows: primary parent, dashed: weights / '
