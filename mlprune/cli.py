@@ -602,17 +602,27 @@ def report(experiment, out_dir, ui_url):
 @main.command()
 @click.argument("runs", nargs=-1, metavar="[RUN_A RUN_B]")
 @experiment_option
-def compare(runs, experiment_name):
-    """Compare recipes (accuracy vs remaining weights), or the masks of two states.
+@click.option("--against", metavar="NAME", default=None,
+              help="Compare branches with the branch NAME (a control such as random, shuffle, reinit, or a one-shot "
+                   "method) round by round: paired differences over seeds, their 95% CI, paired t-test and "
+                   "Wilcoxon p-values, Holm-adjusted across rounds, a verdict.")
+@click.option("--ci", "ci", type=click.Choice(["t", "bootstrap"]), default="t", show_default=True,
+              help="95% confidence intervals: Student-t, or a seeded percentile bootstrap "
+                   "(10000 resamples, seed 0).")
+def compare(runs, experiment_name, against, ci):
+    """Compare recipes (accuracy vs remaining weights), branches (--against), or the masks of two states.
 
     With no run ids: a table of every recipe round in the experiment, test
-    accuracy against the fraction of weights remaining, mean ± std over seeds.
-    With two run ids (or 8-character prefixes): Jaccard similarity of their kept
-    weights, overall and per layer.
+    accuracy against the fraction of weights remaining, mean ± std over seeds
+    with a 95% confidence interval of the mean. With --against NAME: each branch
+    against the branch NAME, paired per seed where both hang off the same dense
+    network. With two run ids (or 8-character prefixes): Jaccard similarity of
+    their kept weights, overall and per layer.
 
     \b
     Examples:
       mlprune compare -e my-study
+      mlprune compare -e my-study --against random
       mlprune compare 3f2a9c1d 8b1d4e2a
     """
     if len(runs) == 2:
@@ -629,18 +639,50 @@ def compare(runs, experiment_name):
         return
     if runs:
         raise SpecError(f"compare takes no run id (a table of recipes) or two (their masks), got {len(runs)}")
+    from .report import claims as claim_module
     from .report import accuracy_table, collect
 
     store = _store(experiment_name, create=False)
-    rows = accuracy_table(collect(store, warn=_warn))
+    collection = collect(store, warn=_warn)
+    rows = accuracy_table(collection, ci)
     if not rows:
         click.echo(f"experiment {store.experiment_name!r} holds no recipe rounds (run a recipe first)")
         return
-    click.echo(f"{'recipe':<44} {'round':>5} {'remaining':>10} {'test accuracy':>18} {'n':>3}")
+    for line in claim_module.environment_warnings(collection):
+        _warn(line)
+    if against is not None:
+        _print_claims(claim_module, collection, against, ci)
+    else:
+        click.echo(f"{'recipe':<44} {'round':>5} {'remaining':>10} {'test accuracy':>18} {'95% CI':>17} {'n':>3}")
+        for row in rows:
+            spread = f"± {100 * row['std']:<5.2f}" if row["n"] > 1 else " " * 7
+            interval = (f"[{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}]" if row["ci_low"] is not None
+                        else "1 seed: no interval")
+            click.echo(f"{row['recipe']:<44} {row['round']:>5} {100 * row['remaining']:>9.2f}% "
+                       f"{100 * row['mean']:>9.2f}% {spread} {interval:>17} {row['n']:>3}")
+        if ci == "bootstrap":
+            click.echo(f"95% CI: {next((r['ci'] for r in rows if r['n'] > 1), 'bootstrap')}")
+    if claim_module.one_seed(collection):
+        click.echo(claim_module.ONE_SEED_LINE)
+
+
+def _print_claims(claim_module, collection, against: str, ci: str) -> None:
+    rows = claim_module.claims(collection, against, ci)
+    branches = sorted({s.branch for s in collection.series})
+    if not rows:
+        raise SpecError(f"no branch to compare with {against!r}; branches here: {', '.join(branches)}")
+    click.echo(f"test accuracy difference (points) vs {against}, per round; 95% CI "
+               f"({rows[0]['ci'] if rows[0]['paired'] else 'welch'}); p-values Holm-adjusted across rounds")
+    click.echo(f"{'series':<40} {'round':>5} {'remaining':>9} {'n':>3} {'pairing':<8} {'difference':>10} "
+               f"{'95% CI':>18} {'p (t)':>9} {'p (W)':>9} {'Holm (t)':>9} {'Holm (W)':>9}  verdict")
     for row in rows:
-        spread = f"± {100 * row['std']:<5.2f}" if row["n"] > 1 else " " * 7
-        click.echo(f"{row['recipe']:<44} {row['round']:>5} {100 * row['remaining']:>9.2f}% "
-                   f"{100 * row['mean']:>9.2f}% {spread} {row['n']:>3}")
+        holm_t = row.get("p_t_holm", row.get("p_welch_holm"))
+        remaining = "–" if row["remaining"] is None else f"{100 * row['remaining']:.2f}%"
+        click.echo(f"{row['series']:<40} {row['round']:>5} {remaining:>9} "
+                   f"{row['n']:>3} {'paired' if row['paired'] else 'unpaired':<8} {claim_module.difference(row):>10} "
+                   f"{claim_module.interval(row):>18} {claim_module.p(row.get('p_t', row.get('p_welch'))):>9} "
+                   f"{claim_module.p(row.get('p_wilcoxon')):>9} {claim_module.p(holm_t):>9} "
+                   f"{claim_module.p(row.get('p_wilcoxon_holm')):>9}  {row['verdict']}")
 
 
 @main.command()

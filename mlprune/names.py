@@ -22,6 +22,14 @@ TAG_CLAIM_HOST = "mlprune.claim.host"    # host/pid namespace of the process hol
 TAG_CLAIM_PID = "mlprune.claim.pid"
 TAG_HASH_PREFIX = "mlprune.sha256."      # + artifact file name: its SHA-256 (also in state.json)
 TAG_CHECKPOINTS = "mlprune.checkpoints"  # on a claim run: the commit records of its resumable checkpoints (JSON)
+# the software and hardware a state was computed with (never keyed; a series mixing them is warned about)
+TAG_ENV_TORCH = "mlprune.env.torch"              # torch.__version__
+TAG_ENV_TORCHVISION = "mlprune.env.torchvision"  # torchvision.__version__ ("none" when not installed)
+TAG_ENV_PYTHON = "mlprune.env.python"            # platform.python_version()
+TAG_ENV_CUDA = "mlprune.env.cuda"                # torch.version.cuda ("none": a CPU build)
+TAG_ENV_CUDNN = "mlprune.env.cudnn"              # torch.backends.cudnn.version() ("none" without cuDNN)
+TAG_ENV_DEVICE_NAME = "mlprune.env.device_name"  # the GPU's name, or the CPU's model name
+ENV_TAGS = (TAG_ENV_TORCH, TAG_ENV_TORCHVISION, TAG_ENV_PYTHON, TAG_ENV_CUDA, TAG_ENV_CUDNN, TAG_ENV_DEVICE_NAME)
 
 # ---- tags of a workflow run (the run a recipe or sweep works in) ---------------------
 TAG_RECIPE = "mlprune.recipe"            # the recipe (or "sweep a b") a workflow run ran
@@ -56,10 +64,12 @@ M_LR = "lr"                              # per epoch: the learning rate at the e
 M_TRAIN_SPARSITY = "train_sparsity"      # per epoch of a gradually pruned training: sparsity at the epoch's end
 M_SPARSITY = "sparsity"                  # fraction of prunable weights masked
 M_SPARSITY_PREFIX = "sparsity."          # + param name
-M_COMPRESSION = "compression_ratio"
+M_COMPRESSION = "compression_ratio"      # prunable weights / kept prunable weights
+M_COMPRESSION_ALL = "compression_ratio_all"  # ShrinkBench's: all parameters / nonzero parameters
 M_FLOPS_DENSE = "flops_dense"
 M_FLOPS_MASKED = "flops_masked"
-M_THEORETICAL_SPEEDUP = "theoretical_speedup"
+M_THEORETICAL_SPEEDUP = "theoretical_speedup"  # flops_dense / flops_masked (ShrinkBench's convention)
+M_TEST_ACCURACY_TOP5 = "test_accuracy_top5"    # datasets of more than 10 classes: true class among the top 5
 M_DURATION = "duration_s"
 M_ITERATIONS = "iterations"              # optimizer steps a state's training ran
 M_EARLY_STOP_EPOCH = "early_stop_epoch"

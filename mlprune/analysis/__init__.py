@@ -4,7 +4,7 @@ One module per question, re-exported here (``from mlprune import analysis; analy
 ``sparsity`` (sparsity, compression, FLOPs), ``similarity`` (Jaccard), ``structure`` (emergent
 structure), ``stability`` (across rounds), ``accuracy`` (accuracy vs remaining over seeds),
 ``interpolation`` (linear paths, barriers), ``predictions`` (per-class impact, PIEs, churn),
-``cka`` (linear CKA of layer outputs). The report draws these, the step runners store them;
+``cka`` (linear CKA of layer outputs), ``statistics`` (intervals and tests over seeds). The report draws these, the step runners store them;
 nothing here reads a store or imports mlflow.
 
 Conventions (see docs/architecture.md):
@@ -41,7 +41,8 @@ from .sparsity import sparsity, remaining_fraction, compression_ratio, compressi
 from .similarity import check_same_architecture, jaccard, jaccard_matrix
 from .structure import prob_unit_pruned, emergent_structure
 from .stability import weight_stability, weight_trajectories
-from .accuracy import accuracy_vs_remaining
+from .accuracy import accuracy_vs_remaining, pareto_front
+from . import statistics
 from .interpolation import interpolation_alphas, interpolate_weights, barrier_height
 from .predictions import SIGNIFICANCE, confusion_matrix, class_recall, class_impact, modal_labels, pies, churn, churn_matrix
 from .cka import linear_cka, gram, hsic_unbiased, MinibatchCKA, layer_outputs, probe_indices, probe_batches
@@ -60,6 +61,8 @@ __all__ = [
     "weight_stability",
     "weight_trajectories",
     "accuracy_vs_remaining",
+    "pareto_front",
+    "statistics",
     "interpolation_alphas",
     "interpolate_weights",
     "barrier_height",

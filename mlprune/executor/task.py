@@ -192,7 +192,7 @@ def _compute_resumed(compute, checkpointing, node: dict):
 
 def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,
             workflow, batched: int = 1) -> str:
-    from ..training.devices import device_label
+    from ..training.devices import device_label, environment_tags
     from .slurm import job_tags
 
     spec = {
@@ -225,7 +225,7 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
     params[names.PARAM_COMPILE] = options.compile
     params[names.PARAM_CHECKPOINT_EVERY] = options.checkpoint_every
     params[names.PARAM_BATCH] = batched
-    tags = {names.TAG_DEVICE: device_label(workspace.device),
+    tags = {names.TAG_DEVICE: device_label(workspace.device), **environment_tags(workspace.device),
             names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow), **job_tags()}
     if "diverged" in computed.history:
         tags[names.TAG_DIVERGED] = f"epoch {computed.history['diverged'][0]}: {computed.history['diverged'][1]}"

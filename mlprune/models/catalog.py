@@ -68,6 +68,10 @@ MODELS.add(Model("resnet20", "mlprune.models.nets:ResNet20", options=(
     ModelOption("width", 16, (8, 16, 32, 64, 128), "filters of the first stage (then 2W, 4W)"),
     ModelOption("shortcut", "A", ("A", "B"), "A: parameter-free (He et al.), B: 1x1 conv + BN (OpenLTH)")),
     batchable=True, help="He et al.'s CIFAR ResNet-20 (model_options: width, shortcut)"))
+MODELS.add(Model("resnet56", "mlprune.models.nets:resnet56", options=(
+    ModelOption("width", 16, (8, 16, 32, 64, 128), "filters of the first stage (then 2W, 4W)"),
+    ModelOption("shortcut", "A", ("A", "B"), "A: parameter-free (He et al.), B: 1x1 conv + BN (OpenLTH)")),
+    batchable=True, help="He et al.'s CIFAR ResNet-56 (ShrinkBench's CIFAR-10 network; model_options: width, shortcut)"))
 MODELS.add(Model("vgg16", "mlprune.models.nets:VGG16", channels=3, min_size=32, batchable=True,
                  help="the CIFAR VGG-16 with BatchNorm of Frankle et al. / OpenLTH"))
 

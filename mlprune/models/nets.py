@@ -303,6 +303,11 @@ class ResNet20(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+def resnet56(num_classes: int, input_shape: tuple[int, int, int], width: int = 16, shortcut: str = "A") -> ResNet20:
+    """He et al. 2016 CIFAR ResNet-56: the ResNet-20 family with n = 9 blocks per stage."""
+    return ResNet20(num_classes, input_shape, n=9, width=width, shortcut=shortcut)
+
+
 # ----------------------------------------------------------------------------- torchvision
 
 @functools.lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .style import PRUNED_COLOR
 from .weights import plot_conv_filters, plot_fc_weights, plot_biases, plot_bias_panels, plot_weight_evolution, plot_stability
-from .accuracy import plot_jaccard_heatmap, plot_accuracy_vs_remaining, plot_accuracy_vs_speedup, plot_structure, plot_early_stop_vs_remaining, plot_sanity_panels
+from .accuracy import plot_jaccard_heatmap, plot_accuracy_vs_remaining, plot_accuracy_vs_speedup, plot_accuracy_vs_cost, plot_structure, plot_early_stop_vs_remaining, plot_sanity_panels
 from .dag import plot_dag
 from .inside import plot_class_impact, plot_pie_fraction, plot_pie_gallery, plot_value_heatmap, plot_learning_curves
 from .instability import STABLE_BELOW, plot_interpolation, plot_instability_vs_spawn
@@ -32,6 +32,7 @@ __all__ = ["PRUNED_COLOR", "STABLE_BELOW",
            "plot_jaccard_heatmap",
            "plot_accuracy_vs_remaining",
            "plot_accuracy_vs_speedup",
+           "plot_accuracy_vs_cost",
            "plot_structure",
            "plot_early_stop_vs_remaining",
            "plot_sanity_panels",

@@ -43,15 +43,52 @@ def plot_jaccard_heatmap(matrix, labels: Sequence[str], title: str | None = None
     return fig
 
 
-def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None = None) -> Figure:
-    """Test accuracy vs remaining weights, one line per recipe, mean ± std over seeds.
+CI_BAND = "ci-band"   # the gid of every confidence band (a PolyCollection) the figures draw
 
-    ``aggregated`` is ``analysis.accuracy_vs_remaining(rows)``. The x axis is the
-    percentage of prunable weights remaining on a log scale, reversed like the
-    lottery-ticket papers (100% on the left). The legend gives n (seeds); error
-    bars only where there are at least 2 seeds. A dashed line of each recipe's
-    color marks its dense accuracy (round 0), the reference every round is read
-    against.
+
+def n_text(points: Sequence[Mapping], key: str = "n") -> str:
+    """The legend's seeds: "n=5", "n=2–5", or "n=1, 1 seed: no interval"."""
+    ns = sorted({int(p.get(key, p["n"])) for p in points})
+    if ns == [1]:
+        return "n=1, 1 seed: no interval"
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+
+
+def ci_errors(points: Sequence[Mapping], mean: str = "mean", low: str = "ci_low", high: str = "ci_high",
+              scale: float = 100.0) -> np.ndarray | None:
+    """Asymmetric error bars (2 x n) from each point's confidence interval; 0 where a point has none (one
+    seed: no bar drawn, never a fake one); None when no point has an interval."""
+    if all(p.get(low) is None for p in points):
+        return None
+    return np.array([[scale * (p[mean] - p[low]) if p.get(low) is not None else 0.0 for p in points],
+                     [scale * (p[high] - p[mean]) if p.get(high) is not None else 0.0 for p in points]])
+
+
+def ci_band(ax, x, points: Sequence[Mapping], color, scale: float = 100.0) -> None:
+    """The 95% interval of consecutive points as a shaded band (gid `CI_BAND`); points without one (a single
+    seed) break the band: no zero-width band is drawn."""
+    run: list[int] = []
+    for index in [*range(len(points)), None]:
+        if index is not None and points[index].get("ci_low") is not None and x[index] > 0:
+            run.append(index)
+            continue
+        if len(run) >= 1:
+            xs = np.array([x[i] for i in run])
+            band = ax.fill_between(xs, [scale * points[i]["ci_low"] for i in run],
+                                   [scale * points[i]["ci_high"] for i in run], color=color, alpha=0.18, linewidth=0)
+            band.set_gid(CI_BAND)
+        run = []
+
+
+def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None = None) -> Figure:
+    """Test accuracy vs remaining weights, one line per recipe, the mean over seeds with its 95% confidence
+    interval as a band.
+
+    ``aggregated`` is ``analysis.accuracy_vs_remaining(rows)`` (``ci_low``, ``ci_high``: Student-t or
+    bootstrap). The x axis is the percentage of prunable weights remaining on a log scale, reversed like
+    the lottery-ticket papers (100% on the left). The legend gives n (seeds); one seed draws no band
+    ("1 seed: no interval"). A dashed line of each recipe's color marks its dense accuracy (round 0),
+    the reference every round is read against.
     """
     recipes: dict = {}
     for a in aggregated:
@@ -63,13 +100,10 @@ def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None 
         pts = sorted(pts, key=lambda a: -a["remaining"])
         x = np.array([100.0 * a["remaining"] for a in pts])
         y = np.array([100.0 * a["mean"] for a in pts])
-        e = np.array([100.0 * a["std"] if a["n"] >= 2 else np.nan for a in pts])  # no spread from one seed
         ok = x > 0  # 0% remaining cannot sit on a log axis
-        ns = sorted({int(a["n"]) for a in pts})
-        n_txt = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
         style = series_style(i, len(recipes))
-        ax.errorbar(x[ok], y[ok], yerr=None if np.isnan(e).all() else np.nan_to_num(e[ok]), markersize=4,
-                    capsize=3, linewidth=1.4, label=f"{recipe} ({n_txt})", **style)
+        ax.plot(x[ok], y[ok], markersize=4, linewidth=1.4, label=f"{recipe} ({n_text(pts)})", **style)
+        ci_band(ax, x, pts, style["color"])
         dense = [a for a in pts if a.get("round") == 0]
         if dense and round(dense[0]["mean"], 6) not in dense_drawn:  # recipes sharing a dense state: one line
             dense_drawn.add(round(dense[0]["mean"], 6))
@@ -83,7 +117,56 @@ def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None 
         series_legend(fig, ax, many)
     ax.set_xlabel("remaining weights (%, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "Test accuracy vs remaining weights (mean ± std over seeds)")
+    ax.set_title(title or "Test accuracy vs remaining weights (mean, 95% CI over seeds)")
+    ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def plot_accuracy_vs_cost(rows: Sequence[Mapping], x: str, xlabel: str, front: Sequence[Mapping] = (),
+                          title: str | None = None) -> Figure:
+    """Test accuracy vs a cost ratio (``x``: compression or theoretical speedup), every series of an
+    experiment on one plot (Blalock et al. 2020's figures): x on a log2 axis with ticks 1, 2, 4, 8, 16, 32...,
+    the mean over seeds with 95% CI bars (none from one seed), each series' dense accuracy (round 0) as a
+    dashed line, and the Pareto front across series (``front``: the points nothing beats on both) as a
+    black line through hollow squares. A series with only its dense state (round 0) is the dashed line.
+
+    ``rows``: ``report.series.cost_table(collection)`` (``recipe``, ``round``, ``n``, ``mean``,
+    ``ci_low``, ``ci_high`` and ``x``).
+    """
+    recipes: dict = {}
+    for row in rows:
+        if row.get(x) is not None and math.isfinite(row[x]) and row[x] > 0:
+            recipes.setdefault(row["recipe"], []).append(row)
+    recipes = {label: pts for label, pts in recipes.items() if any(r["round"] > 0 for r in pts)}
+    fig, ax, many = series_figure(len(recipes))
+    dense_drawn = set()
+    top = 1.0
+    for i, (recipe, pts) in enumerate(recipes.items()):
+        pts = sorted(pts, key=lambda r: r[x])
+        style = series_style(i, len(recipes))
+        e = ci_errors(pts)
+        ax.errorbar([r[x] for r in pts], [100.0 * r["mean"] for r in pts], yerr=e, markersize=4, capsize=3,
+                    linewidth=1.4, label=f"{recipe} ({n_text(pts)})", **style)
+        dense = [r for r in pts if r["round"] == 0]
+        if dense and round(dense[0]["mean"], 6) not in dense_drawn:
+            dense_drawn.add(round(dense[0]["mean"], 6))
+            ax.axhline(100.0 * dense[0]["mean"], color="#616161", linestyle="--", linewidth=0.9)
+        top = max(top, *(r[x] for r in pts))
+    if dense_drawn:
+        ax.plot([], [], color="#616161", linestyle="--", linewidth=0.9, label="dense accuracy")
+    usable = [r for r in front if r.get(x) is not None and math.isfinite(r[x]) and r[x] > 0]
+    if usable:
+        ax.plot([r[x] for r in usable], [100.0 * r["mean"] for r in usable], color="black", linewidth=1.0,
+                marker="s", markersize=7, fillstyle="none", alpha=0.8, label="Pareto front", zorder=1)
+    ax.set_xscale("log", base=2)
+    ticks = [2.0 ** k for k in range(0, max(1, math.ceil(math.log2(top))) + 1)]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    if recipes:
+        series_legend(fig, ax, many)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or f"Test accuracy vs {xlabel.split(' (')[0]} (mean, 95% CI over seeds)")
     ax.grid(True, which="major", alpha=0.3)
     return fig
 
@@ -188,11 +271,10 @@ def plot_early_stop_vs_remaining(aggregated: Sequence[Mapping], title: str | Non
                 continue
             x = np.array([100.0 * a["remaining"] for a in pts])
             y = scale * np.array([a[key] for a in pts], dtype=float)
-            e = scale * np.array([a.get(f"{key}_std", 0.0) for a in pts], dtype=float)
+            e = ci_errors(pts, key, f"{key}_ci_low", f"{key}_ci_high", scale)
             ok = x > 0
-            ns = sorted({int(a.get("early_stop_n", a["n"])) for a in pts})
-            n_txt = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-            ax.errorbar(x[ok], y[ok], yerr=e[ok], markersize=4, capsize=3, linewidth=1.4,
+            n_txt = n_text(pts, "early_stop_n")
+            ax.errorbar(x[ok], y[ok], yerr=None if e is None else e[:, ok], markersize=4, capsize=3, linewidth=1.4,
                         label=f"{recipe} ({n_txt})", **series_style(i, len(recipes)))
             xs_all.extend(x[ok].tolist())
         ax.set_xscale("log")
@@ -211,7 +293,7 @@ def plot_early_stop_vs_remaining(aggregated: Sequence[Mapping], title: str | Non
         axes[0].text(0.5, 0.5, "no state has an early-stopping iteration\n(it needs a validation split: "
                                "val_size > 0)", transform=axes[0].transAxes, ha="center", va="center", fontsize=10,
                      color="#555555")
-    fig.suptitle(title or "Learning speed: early stopping vs remaining weights (mean ± std over seeds)",
+    fig.suptitle(title or "Learning speed: early stopping vs remaining weights (mean, 95% CI over seeds)",
                  fontsize=11)
     return fig
 
@@ -236,10 +318,10 @@ def plot_sanity_panels(groups: dict[str, list[str]], rows: list[dict], names: di
             points = sorted(by_label.get(label, []), key=lambda a: -a["remaining"])
             x = np.array([100.0 * a["remaining"] for a in points])
             y = np.array([100.0 * a["mean"] for a in points])
-            e = np.array([100.0 * a["std"] for a in points])
+            e = ci_errors(points)
             ok = x > 0
-            name = names.get(label, label)
-            ax.errorbar(x[ok], y[ok], yerr=e[ok], marker="o", markersize=3.5, capsize=2,
+            name = f"{names.get(label, label)} ({n_text(points)})" if points else names.get(label, label)
+            ax.errorbar(x[ok], y[ok], yerr=None if e is None else e[:, ok], marker="o", markersize=3.5, capsize=2,
                         linewidth=2.0 if i == 0 else 1.2, linestyle="-" if i == 0 else "--",
                         color="black" if i == 0 else f"C{(i - 1) % 10}", label=name)
             xs_all.extend(x[ok].tolist())
@@ -251,5 +333,5 @@ def plot_sanity_panels(groups: dict[str, list[str]], rows: list[dict], names: di
         ax.set_ylabel("test accuracy (%)", fontsize=8)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Sanity checks: each pruned branch (solid) and its controls (dashed)")
+    fig.suptitle("Sanity checks: each pruned branch (solid) and its controls (dashed), mean and 95% CI over seeds")
     return fig

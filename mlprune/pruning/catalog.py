@@ -230,6 +230,10 @@ METHODS.add(Method("from_state", "transplant", short="transplant",
 METHODS.add(Method("snip", "weight", scorer="mlprune.pruning.scores:snip", default_scope="global",
                    options=(_BATCHES, _BATCH_SIZE, _INVERT), short="snip",
                    help="|g ⊙ w|: the loss gradient times the weight on data batches (Lee et al. 2019)"))
+METHODS.add(Method("mag_grad", "weight", scorer="mlprune.pruning.scores:mag_grad", default_scope="global",
+                   options=(_BATCHES, _BATCH_SIZE, _INVERT), short="mag-grad",
+                   help="|w ⊙ ∂L/∂w| of a trained network, the gradient summed over a few batches "
+                        "(ShrinkBench's GlobalMagGrad / LayerMagGrad)"))
 METHODS.add(Method("grasp", "weight", scorer="mlprune.pruning.scores:grasp", default_scope="global",
                    options=(_BATCHES, _BATCH_SIZE, _TEMPERATURE, _INVERT), short="grasp",
                    help="GraSP's S = -(H g) ⊙ w; the weights with the largest S go (Wang et al. 2020)"))

@@ -11,6 +11,10 @@ iterations) is ``pruning.masks.prune_masks`` with ``scores=network_scores(...)``
 * ``snip`` (Lee et al. 2019): ``|g ⊙ w|`` with ``g`` the gradient of the loss, summed over
   the scoring batches, with respect to the effective weights: the connection sensitivity
   ``|∂L/∂c|`` of a mask variable ``c`` at ``c = 1``.
+* ``mag_grad`` (Blalock et al. 2020, ShrinkBench's GlobalMagGrad and LayerMagGrad): ``|w ⊙ g|``
+  with ``g`` the loss gradient summed over the scoring batches, taken at a trained state; the
+  score is SNIP's, kept as its own method because the baselines name it (and pruning at
+  initialization is another question).
 * ``grasp`` (Wang et al. 2020): the paper's score is ``S = -(H g) ⊙ w`` (``H`` the Hessian
   of the loss, ``g`` its gradient, both over the prunable weights that remain, the logits
   divided by ``temperature`` as in the authors' code), and GraSP removes the weights with
@@ -91,6 +95,11 @@ def snip(model: nn.Module, masks: dict, data: ScoringData, options: dict) -> dic
         for total, g in zip(grads, torch.autograd.grad(loss, weights)):
             total += g
     return {name: (g * w).abs().detach().cpu() for name, g, w in zip(masks, grads, weights)}
+
+
+def mag_grad(model: nn.Module, masks: dict, data: ScoringData, options: dict) -> dict:
+    """|w ⊙ ∂L/∂w|, the gradient summed over the scoring batches: the score of `snip`."""
+    return snip(model, masks, data, options)
 
 
 def grasp(model: nn.Module, masks: dict, data: ScoringData, options: dict) -> dict:

@@ -3,9 +3,11 @@
 - ``states``: compare states' masks and weights (`mask_similarity`, `jaccard_table`,
   `structure`, `stability`, `trajectories`, `layer_kinds`);
 - ``series``: a store's states grouped by recipe, branch, round and seed (`collect`,
-  `rounds_table`, `accuracy_table`);
+  `rounds_table`, `accuracy_table`, `cost_table`);
+- ``claims``: branches against their controls (or `--against NAME`): paired statistics over seeds,
+  mixed-environment warnings, the one-seed line;
 - ``sections``: the one interface of a report section and their registry in page order; one module per
-  group of sections (``overview``, ``accuracy``, ``sanity``, ``instability``, ``masks``, ``inside``,
+  group of sections (``overview``, ``accuracy``, ``compression``, ``claims``, ``sanity``, ``instability``, ``masks``, ``inside``,
   ``weights``), helpers they share in ``common``; the figures are drawn by `mlprune.plots`;
 - ``html``: the self-contained page (`write_report`: report.html, report.json, numbers.json);
 - ``workflow``: what a workflow run carries (`workflow_files`: plan and lineage, light; `recipe_figures`:
@@ -22,7 +24,7 @@ _NAMES = {
     "stability": "states",
     "trajectories": "states", "layer_kinds": "states",
     "Series": "series", "Collection": "series", "collect": "series", "rounds_table": "series",
-    "accuracy_table": "series",
+    "accuracy_table": "series", "cost_table": "series",
     "write_report": "html", "ReportResult": "html", "ReportWarning": "common", "SECTIONS": "sections",
     "Section": "sections",
     "workflow_files": "workflow", "lineage_files": "workflow", "plan_json": "workflow", "state_figures": "weights",

@@ -66,6 +66,11 @@ SECTIONS.add(Section("lineage", "mlprune.report.overview:lineage_section", "the 
 SECTIONS.add(Section("accuracy", "mlprune.report.accuracy:accuracy_section",
                      "accuracy and early stopping vs remaining weights"))
 SECTIONS.add(Section("speedup", "mlprune.report.accuracy:speedup_section", "accuracy vs measured speedup (structured)"))
+SECTIONS.add(Section("compression", "mlprune.report.compression:compression_section",
+                     "accuracy vs compression ratio and theoretical speedup, Pareto front (ShrinkBench)"))
+SECTIONS.add(Section("claims", "mlprune.report.claims:claims_section",
+                     "each branch against its controls: paired differences, intervals, tests, verdicts",
+                     on_workflow_run=False))
 SECTIONS.add(Section("sanity", "mlprune.report.sanity:sanity_section", "each pruned branch beside its controls"))
 SECTIONS.add(Section("instability", "mlprune.report.instability:instability_section",
                      "instability vs spawn point per sparsity level (interpolations of spawned copies)"))

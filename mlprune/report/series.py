@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .. import analysis, lineage
 from ..errors import SpecError
-from ..names import (M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION, M_EARLY_STOP_TEST_ACCURACY, M_FLOPS_COMPACT,
+from ..names import (M_COMPRESSION, M_COMPRESSION_ALL, M_THEORETICAL_SPEEDUP, M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION, M_EARLY_STOP_TEST_ACCURACY, M_FLOPS_COMPACT,
                      M_FLOPS_MASKED, M_LATENCY, M_LATENCY_DENSE, M_PARAMS_COMPACT, M_SPARSITY, M_SPEEDUP,
                      M_TEST_ACCURACY, M_TEST_LOSS, PLAN_FILE, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_RECIPE)
 
@@ -217,10 +217,10 @@ def rounds_table(collection: Collection) -> list[dict]:
     return rows
 
 
-def accuracy_table(collection: Collection) -> list[dict]:
-    """Accuracy vs remaining weights per series label and round, mean ± std over seeds (n)."""
+def accuracy_table(collection: Collection, ci: str = "t") -> list[dict]:
+    """Accuracy vs remaining weights per series label and round, mean ± std and a 95% CI over seeds (n)."""
     rows = rounds_table(collection)
-    return analysis.accuracy_vs_remaining(rows) if rows else []
+    return analysis.accuracy_vs_remaining(rows, ci) if rows else []
 
 
 def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
@@ -273,3 +273,37 @@ def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
                      "flops_compact": mean("flops_compact"), "latency_ms": mean("latency_ms"),
                      "latency_ms_dense": mean("latency_ms_dense")})
     return rows, unstructured
+
+
+def cost_table(collection: Collection, ci: str = "t") -> list[dict]:
+    """Accuracy vs ShrinkBench's costs per series label and round, over seeds: ``{"recipe", "round", "n",
+    "seeds", "remaining", "compression_ratio_all", "compression_ratio", "theoretical_speedup" (means over
+    seeds), "mean", "std", "se", "ci_low", "ci_high", "ci"}`` (`analysis.statistics.summarize` of the
+    test accuracy). States without the cost metrics (computed by an older mlprune) are left out."""
+    groups: dict[tuple, list] = {}
+    order: dict[str, int] = {}
+    for series in collection.series:
+        for rnd, run_id in sorted(series.trained.items()):
+            run = collection.runs.get(run_id)
+            point = {key: _metric(run, name) for key, name in (
+                ("accuracy", M_TEST_ACCURACY), ("sparsity", M_SPARSITY), ("compression_ratio_all", M_COMPRESSION_ALL),
+                ("compression_ratio", M_COMPRESSION), ("theoretical_speedup", M_THEORETICAL_SPEEDUP))}
+            if point["accuracy"] is None or point["compression_ratio_all"] is None:
+                continue
+            order.setdefault(series.label, len(order))
+            groups.setdefault((series.label, rnd), []).append(dict(point, seed=series.seed))
+    rows = []
+    for (label, rnd) in sorted(groups, key=lambda g: (order[g[0]], g[1])):
+        points = groups[(label, rnd)]
+
+        def mean(key, points=points):
+            values = [p[key] for p in points if p[key] is not None]
+            return sum(values) / len(values) if values else None
+
+        summary = analysis.statistics.summarize([p["accuracy"] for p in points], ci)
+        rows.append({"recipe": label, "round": rnd, "n": len(points), "seeds": [p["seed"] for p in points],
+                     "remaining": None if mean("sparsity") is None else 1.0 - mean("sparsity"),
+                     "compression_ratio_all": mean("compression_ratio_all"),
+                     "compression_ratio": mean("compression_ratio"),
+                     "theoretical_speedup": mean("theoretical_speedup"), **summary})
+    return rows

@@ -58,9 +58,15 @@ class Evaluation:
 EVALUATIONS: Registry[Evaluation] = Registry("state evaluation")
 
 
+TOP5_ABOVE_CLASSES = 10   # top-5 accuracy is logged for datasets of more classes than this
+
+
 def evaluate_test(ev: Evaluated):
     result = ev.test_predictions()
-    return {names.M_TEST_LOSS: result.loss, names.M_TEST_ACCURACY: result.accuracy}, {}
+    metrics = {names.M_TEST_LOSS: result.loss, names.M_TEST_ACCURACY: result.accuracy}
+    if ev.data.num_classes > TOP5_ABOVE_CLASSES:
+        metrics[names.M_TEST_ACCURACY_TOP5] = result.top5_accuracy
+    return metrics, {}
 
 
 def evaluate_predictions(ev: Evaluated):
@@ -90,6 +96,7 @@ def evaluate_predictions(ev: Evaluated):
 def evaluate_sparsity(ev: Evaluated):
     metrics = dict(analysis.sparsity(ev.tensors.masks))
     metrics[names.M_COMPRESSION] = analysis.compression_ratio(ev.tensors.masks)
+    metrics[names.M_COMPRESSION_ALL] = analysis.compression_ratio_all(ev.tensors.masks, ev.model)
     return metrics, {}
 
 
@@ -140,14 +147,15 @@ def evaluate_compact(ev: Evaluated):
     return metrics, {}
 
 
-EVALUATIONS.add(Evaluation("test", "mlprune.runners.evaluations:evaluate_test", "test loss and accuracy"))
+EVALUATIONS.add(Evaluation("test", "mlprune.runners.evaluations:evaluate_test",
+                           "test loss and accuracy (and top-5 accuracy above 10 classes)"))
 
 
 EVALUATIONS.add(Evaluation("predictions", "mlprune.runners.evaluations:evaluate_predictions",
                            "test predictions, confusion matrix, accuracy per class (the test pass, reused)"))
 
 
-EVALUATIONS.add(Evaluation("sparsity", "mlprune.runners.evaluations:evaluate_sparsity", "sparsity per layer, compression"))
+EVALUATIONS.add(Evaluation("sparsity", "mlprune.runners.evaluations:evaluate_sparsity", "sparsity per layer, compression (prunable and all parameters)"))
 
 
 EVALUATIONS.add(Evaluation("flops", "mlprune.runners.evaluations:evaluate_flops", "multiply-adds, dense and masked"))

@@ -10,10 +10,12 @@ state computed anywhere loads anywhere.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
 from ..errors import SpecError
+from .. import names
 from ..names import ENV_DEVICE
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N, mps"
@@ -71,3 +73,39 @@ def device_label(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's "model name" on Linux), else platform's processor or machine."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.lower().startswith(("model name", "hardware")) and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def environment_tags(device) -> dict[str, str]:
+    """The ``mlprune.env.*`` tags of a state computed on ``device``: torch, torchvision, Python, CUDA and
+    cuDNN versions, the device's name (GPU name or CPU model). Never keyed: a cache hit across versions
+    is allowed, and a series that mixes them is warned about by `mlprune compare` and the report."""
+    import platform
+
+    import torch
+
+    try:
+        import torchvision
+        vision = torchvision.__version__
+    except ImportError:
+        vision = "none"
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        "Apple MPS" if device.type == "mps" else cpu_model())
+    return {names.TAG_ENV_TORCH: torch.__version__, names.TAG_ENV_TORCHVISION: vision,
+            names.TAG_ENV_PYTHON: platform.python_version(), names.TAG_ENV_CUDA: torch.version.cuda or "none",
+            names.TAG_ENV_CUDNN: str(cudnn) if cudnn else "none", names.TAG_ENV_DEVICE_NAME: name}

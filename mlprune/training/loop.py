@@ -383,6 +383,7 @@ class Predictions:
     labels: torch.Tensor          # int64, CPU
     predicted: torch.Tensor       # int64, CPU
     true_probability: torch.Tensor   # float32, CPU
+    top5_accuracy: float = float("nan")   # the true class among the 5 largest logits (all of them below 5 classes)
 
 
 def evaluate(model: nn.Module, batches, *, device: torch.device | None = None) -> tuple[float, float]:
@@ -403,6 +404,7 @@ def _evaluate(model: nn.Module, batches, device, keep: bool) -> Predictions:
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     labels, predicted, probability = [], [], []
     for x, y in batches:
@@ -413,6 +415,7 @@ def _evaluate(model: nn.Module, batches, device, keep: bool) -> Predictions:
         correct += (guess == y).sum()
         count += len(y)
         if keep:
+            top5 += (logits.topk(min(5, logits.shape[1]), dim=1).indices == y.view(-1, 1)).any(dim=1).sum()
             labels.append(y)
             predicted.append(guess)
             probability.append(torch.softmax(logits.float(), dim=1).gather(1, y.view(-1, 1)).view(-1))
@@ -421,7 +424,7 @@ def _evaluate(model: nn.Module, batches, device, keep: bool) -> Predictions:
     outputs = [torch.cat(parts).cpu() if parts else empty for parts in (labels, predicted, probability)]
     if count == 0:
         return Predictions(float("nan"), float("nan"), *outputs)
-    return Predictions(float(total_loss) / count, int(correct) / count, *outputs)
+    return Predictions(float(total_loss) / count, int(correct) / count, *outputs, int(top5) / count)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
