@@ -13,7 +13,7 @@ from mlprune.models import catalog, nets
 from mlprune.errors import SpecError
 from mlprune.models import INITS, MODELS, build_model, model_input, prunable
 
-OWN = ["lenet", "lenet_300_100", "conv2", "conv4", "conv6", "alexnet", "vgg11", "resnet20", "vgg16"]
+OWN = ["lenet", "lenet_300_100", "conv2", "conv4", "conv6", "alexnet", "vgg11", "resnet20", "resnet56", "vgg16"]
 SMALL = ["lenet", "lenet_300_100", "conv2", "conv4", "conv6", "resnet20"]
 
 
@@ -122,6 +122,14 @@ def test_lenet_300_100_and_convnets():
         assert [c.shape[0] for c in convs] == widths and all(c.shape[2:] == (3, 3) for c in convs)
         side = 32 // 2 ** (k // 2)
         assert [tuple(f.shape) for f in fcs] == [(256, widths[-1] * side * side), (256, 256), (10, 256)]
+
+
+def test_resnet56_is_he_et_al_s_cifar_network():
+    """He et al. 2016, CIFAR ResNet-56: 6n + 2 = 56 layers with n = 9 (55 convolutions + fc), 0.85M parameters."""
+    net = build_model("resnet56", num_classes=10, input_shape=(3, 32, 32))
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 55 and sum(p.numel() for p in net.parameters()) == 853_018
+    assert type(net).__name__ == "ResNet20" and len(net.layer1) == len(net.layer2) == len(net.layer3) == 9
 
 
 def test_resnet20_option_a():

@@ -106,6 +106,21 @@ def test_snip_uses_only_the_requested_batches():
     assert torch.allclose(one["0.weight"], expected, rtol=1e-6, atol=1e-9)
 
 
+def test_mag_grad_is_weight_times_the_gradient_summed_over_its_batches_by_finite_differences():
+    """ShrinkBench's gradient-magnitude baseline: |w · ∂L/∂w|, L the summed losses of the scoring batches."""
+    model = tiny_mlp(seed=4)
+    masks = some_masks(model, seed=5)
+    batches = tiny_batches(count=3)
+    options = resolve_prune_step({"method": "mag_grad", "amount": 0.5, "batches": 3})
+    assert options["scope"] == "global"
+    got = network_scores("mag_grad", model, data_of(batches), options)(masks)
+    reference = effective(tiny_mlp(seed=4), masks)
+    params = dict(reference.named_parameters())
+    for name in NAMES:
+        expected = (fd_gradient(reference, batches, name) * params[name]).abs()
+        assert torch.allclose(got[name][masks[name]], expected[masks[name]], rtol=1e-6, atol=1e-9), name
+
+
 # ---- GraSP ------------------------------------------------------------------------------------
 
 def test_grasp_keep_score_is_hessian_gradient_product_times_weight_by_finite_differences():
@@ -459,7 +474,7 @@ def test_named_controls_in_rounds_follow_the_rounds_reinit(tmp_path):
 
 
 @pytest.mark.parametrize("controls, fragment", [
-    ("[invert]", "control 'invert' needs a score method (snip, grasp, synflow); the branch prunes with "
+    ("[invert]", "control 'invert' needs a score method (snip, mag_grad, grasp, synflow); the branch prunes with "
                  "'l1_unstructured'"),
     ("[shuffle]", "unknown control 'shuffle'; allowed: layer_shuffle, reinit, invert"),
     ("[{name: x}]", "controls[0]: must be a control name"),
