@@ -580,8 +580,9 @@ def report(experiment, out_dir, ui_url):
     """Write a self-contained HTML report of EXPERIMENT (name or id) into OUT_DIR.
 
     OUT_DIR/report.html embeds every figure (it works offline): the lineage DAG,
-    accuracy and early-stopping iteration vs remaining weights (mean ± std over seeds),
-    Jaccard heatmaps, emergent structure, weight stability and evolution, and the
+    accuracy and early-stopping iteration vs remaining weights (mean and 95% CI over
+    seeds), accuracy vs compression and theoretical speedup, Claims (each branch
+    against its controls, paired over seeds), Jaccard heatmaps, emergent structure, weight stability and evolution, and the
     weights of the dense and final states. Also figures/*.png, report.json (per
     series and round: remaining fraction, test accuracy and loss, run id) and
     numbers.json. Runs that are not mlprune states, or states with missing

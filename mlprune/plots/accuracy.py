@@ -173,7 +173,7 @@ def plot_accuracy_vs_cost(rows: Sequence[Mapping], x: str, xlabel: str, front: S
 
 def plot_accuracy_vs_speedup(rows: Sequence[Mapping], title: str | None = None) -> Figure:
     """Test accuracy vs measured speedup (dense / compact latency, batch 64), one line per structured
-    recipe, mean ± std over seeds; each point is labelled with its round (r0: dense, speedup 1).
+    recipe, the mean and 95% CI of the accuracy over seeds; each point is labelled with its round (r0: dense, speedup 1).
 
     ``rows`` is ``report.series.speedup_table(collection)[0]``.
     """
@@ -185,10 +185,8 @@ def plot_accuracy_vs_speedup(rows: Sequence[Mapping], title: str | None = None) 
         pts = sorted(pts, key=lambda r: r["round"])
         x = np.array([r["speedup"] for r in pts])
         y = np.array([100.0 * r["mean"] for r in pts])
-        ns = sorted({int(r["n"]) for r in pts})
-        n_txt = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-        ax.errorbar(x, y, xerr=[r["speedup_std"] for r in pts], yerr=[100.0 * r["std"] for r in pts],
-                    markersize=4, capsize=3, linewidth=1.4, label=f"{recipe} ({n_txt})",
+        ax.errorbar(x, y, yerr=ci_errors(pts), markersize=4, capsize=3, linewidth=1.4,
+                    label=f"{recipe} ({n_text(pts)})",
                     **series_style(i, len(recipes)))
         for r, xi, yi in zip(pts, x, y):
             ax.annotate(f"r{r['round']}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -197,7 +195,7 @@ def plot_accuracy_vs_speedup(rows: Sequence[Mapping], title: str | None = None) 
         series_legend(fig, ax, many)
     ax.set_xlabel("measured speedup (dense / compact latency, batch 64)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "Test accuracy vs measured speedup, structured recipes (mean ± std over seeds)")
+    ax.set_title(title or "Test accuracy vs measured speedup, structured recipes (mean, 95% CI over seeds)")
     ax.grid(True, alpha=0.3)
     return fig
 

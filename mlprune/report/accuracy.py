@@ -12,7 +12,7 @@ from .series import accuracy_table, speedup_table
 
 
 def accuracy_section(page: Page, ctx: SectionContext) -> list[dict]:
-    """Test accuracy (and early stopping) vs remaining weights of every series, mean ± std over seeds."""
+    """Test accuracy (and early stopping) vs remaining weights of every series, mean ± std and 95% CI over seeds."""
     collection = ctx.collection
     what = f"{ctx.recipe}" if ctx.recipe else "recipes"
     agg = accuracy_table(collection)
@@ -24,17 +24,20 @@ def accuracy_section(page: Page, ctx: SectionContext) -> list[dict]:
         return agg
     title = f"{ctx.recipe}: test accuracy vs remaining weights" if ctx.recipe else None
     html = page.figure(plotting.plot_accuracy_vs_remaining(agg, title=title), "accuracy_vs_remaining",
-                       f"Test accuracy vs remaining weights, {what}, mean ± std over seeds (n = seeds)",
+                       f"Test accuracy vs remaining weights, {what}, mean and 95% CI over seeds (band; n = seeds in the legend; "
+                       "one seed: no interval)",
                        "accuracy_vs_remaining", run_file="accuracy_vs_remaining.png")
-    table = html_table(["series", "round", "remaining", "test accuracy (mean ± std)", "n", "seeds"],
+    table = html_table(["series", "round", "remaining", "test accuracy (mean ± std)", "95% CI", "n", "seeds"],
                    [[escape(a["recipe"]), str(a["round"]), fmt(a["remaining"], True),
-                     f"{100 * a['mean']:.2f}%" + (f" ± {100 * a['std']:.2f}" if a["n"] >= 2 else ""), str(a["n"]),
+                     f"{100 * a['mean']:.2f}%" + (f" ± {100 * a['std']:.2f}" if a["n"] >= 2 else ""),
+                     (f"[{100 * a['ci_low']:.2f}, {100 * a['ci_high']:.2f}]" if a["ci_low"] is not None
+                      else "1 seed: no interval"), str(a["n"]),
                      escape(", ".join(map(str, a["seeds"])))] for a in agg])
     page.section("accuracy", "Accuracy vs remaining weights", html + table)
     if any("early_stop_iteration" in a for a in agg):
         html = page.figure(plotting.plot_early_stop_vs_remaining(agg), "early_stop_vs_remaining",
                         "Learning speed: early-stopping iteration (lowest validation loss) and the test accuracy "
-                        "then vs remaining weights, mean ± std", "early_stop",
+                        "then vs remaining weights, mean and 95% CI over seeds", "early_stop",
                            run_file="early_stop_vs_remaining.png")
         table = html_table(["series", "round", "remaining", "early-stopping iteration (mean ± std)",
                         "test accuracy then (mean ± std)", "n"],
@@ -72,7 +75,7 @@ def speedup_section(page: Page, ctx: SectionContext) -> list[dict]:
         return rows
     html = page.figure(plotting.plot_accuracy_vs_speedup(rows), "accuracy_vs_speedup",
                     "Test accuracy vs measured speedup of the compact network (dense / compact latency at batch 64, "
-                    "on the device each state ran on), structured recipes, mean ± std over seeds", "accuracy_vs_speedup",
+                    "on the device each state ran on), structured recipes, mean and 95% CI of the accuracy over seeds", "accuracy_vs_speedup",
                        run_file="accuracy_vs_speedup.png")
     table = html_table(["series", "round", "remaining", "parameters (compact)", "FLOPs (compact)",
                     "latency ms, dense → compact", "speedup", "test accuracy (mean ± std)", "n"],

@@ -5,7 +5,7 @@ mask means more than its per-layer sparsity: if the curve of a layer-shuffled, r
 inverted mask matches the method's own, it does not. The plan records which branch a control
 checks (``control_of``), so this section draws, for every branch that has controls (a recipe's
 rounds, every ``one_shot`` method), test accuracy vs remaining weights of the branch and its
-controls on one panel (mean ± std over seeds).
+controls on one panel (the mean and its 95% confidence interval over seeds).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def sanity_section(page: Page, ctx: SectionContext) -> None:
     names = {series.label: series.branch for series in collection.series}
     html = page.figure(plot_sanity_panels(groups, rows, names), "sanity_checks",
                     "Test accuracy vs remaining weights: each branch with controls beside them (layer_shuffle, "
-                    "reinit, invert, ...), mean ± std over seeds", "sanity_checks",
+                    "reinit, invert, ...), mean and 95% CI over seeds (n in the legend)", "sanity_checks",
                        run_file="sanity_checks.png")
     items = "".join(f"<li><b>{escape(checked)}</b>: {escape(', '.join(members[1:]))}</li>"
                     for checked, members in groups.items())

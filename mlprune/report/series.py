@@ -229,7 +229,7 @@ def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
     A series is structured when one of its trained states has a measured ``speedup`` (its compact
     network is smaller: `runners.evaluations.evaluate_compact`); round 0 (dense) is speedup 1 by definition.
     Rows aggregate over seeds: ``{"recipe", "round", "n", "remaining", "speedup", "speedup_std",
-    "mean", "std", "params_compact", "flops_compact", "latency_ms", "latency_ms_dense"}``. The
+    "mean", "std", "ci_low", "ci_high" (95% t interval of the accuracy), "params_compact", "flops_compact", "latency_ms", "latency_ms_dense"}``. The
     other pruned series are listed by label: their sparsity gives no dense speedup.
     """
     groups: dict[tuple, list] = {}
@@ -267,9 +267,11 @@ def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
             m = sum(values) / len(values)
             return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
+        accuracy = analysis.statistics.summarize([p["accuracy"] for p in points])
         rows.append({"recipe": label, "round": rnd, "n": len(points), "remaining": mean("remaining"),
                      "speedup": mean("speedup"), "speedup_std": std("speedup"), "mean": mean("accuracy"),
-                     "std": std("accuracy"), "params_compact": mean("params_compact"),
+                     "std": std("accuracy"), "ci_low": accuracy["ci_low"], "ci_high": accuracy["ci_high"],
+                     "params_compact": mean("params_compact"),
                      "flops_compact": mean("flops_compact"), "latency_ms": mean("latency_ms"),
                      "latency_ms_dense": mean("latency_ms_dense")})
     return rows, unstructured
