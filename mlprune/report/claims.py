@@ -79,7 +79,8 @@ def compare_series(collection, label: str, reference: str, ci: str = "t") -> lis
     rounds = sorted(set().union(*(s.trained for s in labels[label])) & set().union(*(s.trained for s in labels[reference])))
     for rnd in rounds:
         a, b = _per_seed(collection, labels[label], rnd), _per_seed(collection, labels[reference], rnd)
-        if not a or not b or all(a[s][1] == b[s][1] for s in a if s in b) and set(a) == set(b):
+        shared = set(a) == set(b) and all(a[s][1] == b[s][1] for s in a)   # the same states: round 0
+        if not a or not b or shared:
             continue
         seeds = sorted(set(a) & set(b), key=lambda s: (len(s), s))
         is_paired = bool(seeds) and set(a) == set(b) and all(a[s][2] is not None and a[s][2] == b[s][2] for s in seeds)
