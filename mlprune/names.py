@@ -30,6 +30,7 @@ TAG_ENV_CUDA = "mlprune.env.cuda"                # torch.version.cuda ("none": a
 TAG_ENV_CUDNN = "mlprune.env.cudnn"              # torch.backends.cudnn.version() ("none" without cuDNN)
 TAG_ENV_DEVICE_NAME = "mlprune.env.device_name"  # the GPU's name, or the CPU's model name
 ENV_TAGS = (TAG_ENV_TORCH, TAG_ENV_TORCHVISION, TAG_ENV_PYTHON, TAG_ENV_CUDA, TAG_ENV_CUDNN, TAG_ENV_DEVICE_NAME)
+TAG_PLUGIN_PREFIX = "mlprune.plugin."   # + entry name: {distribution, version, digest} of a plugin the state depends on
 
 # ---- tags of a workflow run (the run a recipe or sweep works in) ---------------------
 TAG_RECIPE = "mlprune.recipe"            # the recipe (or "sweep a b") a workflow run ran
@@ -140,6 +141,7 @@ ENV_THREADS = "MLPRUNE_THREADS"
 ENV_CLAIM_TIMEOUT = "MLPRUNE_CLAIM_TIMEOUT"
 ENV_DEVICE = "MLPRUNE_DEVICE"
 ENV_DATA_DIR = "MLPRUNE_DATA_DIR"
+ENV_PLUGIN_MODULES = "MLPRUNE_PLUGIN_MODULES"      # modules workers import for plugins registered in-process
 ENV_CACHE_DIR = "MLPRUNE_CACHE_DIR"                # migrated empty sqlite stores (default ~/.cache/mlprune)
 ENV_SQLITE_READS = "MLPRUNE_SQLITE_READS"          # 0: read sqlite stores through MLflow only (store.sqlview)
 ENV_FIGURES = "MLPRUNE_FIGURES"                    # 0: `mlprune run` logs no recipe figures unless --figures

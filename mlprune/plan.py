@@ -31,6 +31,7 @@ from typing import Callable
 
 from .errors import SpecError
 from .names import PARAM_BRANCH, PARAM_ROUND
+from .registry import PLUGINS_KEY
 from .spec.keys import canonical_json, root_key, state_key
 from .spec.limits import MAX_STATES
 from .spec.steps import STEP_KINDS, Source, resolve_root, resolve_steps, schema_of, train_length, truncated_train
@@ -146,6 +147,8 @@ def node_params(steps: list, sources: dict, root: dict | None = None) -> dict:
         schema = schema_of(kind)
         names = schema.public(options) if schema is not None else options
         for name, value in names.items():
+            if name == PLUGINS_KEY:  # the plugins' identities are tags (mlprune.plugin.<name>), not params
+                continue
             if isinstance(value, str) and value.startswith("input:"):
                 source = sources.get(value[len("input:"):])
                 value = "?" if source is None else source.describe()

@@ -37,7 +37,7 @@ class Dataset:
         return self.load()(root)
 
 
-DATASETS: Registry[Dataset] = Registry("dataset")
+DATASETS: Registry[Dataset] = Registry("dataset", group="mlprune.datasets")
 DATASETS.add(Dataset("digits", "mlprune.data.readers:read_digits", 10, 1, (0.3054,), (0.3761,), "crop", False,
                      needs_files=False, help="scikit-learn's 8x8 digits (embedded)"))
 DATASETS.add(Dataset("mnist", "mlprune.data.readers:read_mnist", 10, 1, (0.1307,), (0.3081,), "crop", False,
@@ -61,7 +61,7 @@ DATASETS.add(Dataset("imagenet", "mlprune.data.readers:read_imagenet", 1000, 3, 
 
 # Per-channel training-set statistics of x / scale.
 STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    name: (entry.mean, entry.std) for name, entry in DATASETS.items()}
+    name: (entry.mean, entry.std) for name, entry in DATASETS.builtins().items()}
 
 
 def default_data_dir() -> Path:

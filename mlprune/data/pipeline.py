@@ -346,12 +346,38 @@ class Data:
 
 # ----------------------------------------------------------------------------- load_data
 
+def as_raw(name: str, read) -> Raw:
+    """A reader's result as a `Raw`: built-in readers return one; a dataset plugin's may return the tensors
+    ``(x_train, y_train, x_test, y_test)``: images (N, C, H, W), uint8 or floats in [0, 1], labels int64."""
+    if isinstance(read, Raw):
+        return read
+    if not isinstance(read, (tuple, list)) or len(read) != 4 or not all(isinstance(t, torch.Tensor) for t in read):
+        raise SpecError(f"dataset {name!r}: its reader returned {type(read).__name__}; allowed: a Raw or four "
+                        f"tensors (x_train, y_train, x_test, y_test)")
+    x_train, y_train, x_test, y_test = read
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise SpecError(f"dataset {name!r}: {split} images {tuple(x.shape)} and labels {tuple(y.shape)}; allowed: "
+                            f"(N, C, H, W) images and N labels, N > 0")
+        if x.dtype != torch.uint8 and not (x.is_floating_point() and bool(((x >= 0) & (x <= 1)).all())):
+            raise SpecError(f"dataset {name!r}: {split} images are {x.dtype}; allowed: uint8 or floats in [0, 1]")
+        if y.dtype not in (torch.int64, torch.int32, torch.uint8):
+            raise SpecError(f"dataset {name!r}: {split} labels are {y.dtype}; allowed: integers")
+    if x_train.dtype != x_test.dtype or x_train.shape[1:] != x_test.shape[1:]:
+        raise SpecError(f"dataset {name!r}: train images {x_train.dtype} {tuple(x_train.shape[1:])} and test images "
+                        f"{x_test.dtype} {tuple(x_test.shape[1:])} differ")
+    scale = 255.0 if x_train.dtype == torch.uint8 else 1.0
+    found = DATASETS.plugin(name)
+    source = ("plugin", name, found.digest() if found is not None else "")
+    return Raw(x_train.contiguous(), y_train.long(), x_test.contiguous(), y_test.long(), scale, source)
+
+
 def load_in_memory(name: str, root: Path, *, image_size: int | None, channels: int | None, val_size, split_seed: int,
                    aug: str | None, fast: bool | None, min_image_size: int | None, train_size: int | None,
                    test_size: int | None, device=None) -> Data:
     """`data.loading.load_data` for a dataset read into memory as uint8 tensors (arguments checked there)."""
     info = DATASETS[name]
-    raw = DATASETS[name](root)
+    raw = as_raw(name, DATASETS[name](root))
 
     c_in = raw.x_train.shape[1]
     size_in = (int(raw.x_train.shape[2]), int(raw.x_train.shape[3]))

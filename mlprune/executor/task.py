@@ -192,6 +192,7 @@ def _compute_resumed(compute, checkpointing, node: dict):
 
 def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,
             workflow, batched: int = 1) -> str:
+    from ..registry import lineage_plugins, plugin_tags
     from ..training.devices import device_label, environment_tags
     from .slurm import job_tags
 
@@ -227,6 +228,11 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
     params[names.PARAM_BATCH] = batched
     tags = {names.TAG_DEVICE: device_label(workspace.device), **environment_tags(workspace.device),
             names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow), **job_tags()}
+    plugins = lineage_plugins(spec["root"], spec["steps"], [parent_state.spec if parent_state is not None else {},
+                                                            *(store.spec(r) for r in inputs.values())])
+    if plugins:  # every plugin the state depends on (through its root, its parents, its own steps)
+        spec["plugins"] = plugins
+        tags.update(plugin_tags(plugins))
     if "diverged" in computed.history:
         tags[names.TAG_DIVERGED] = f"epoch {computed.history['diverged'][0]}: {computed.history['diverged'][1]}"
     history = {k: v for k, v in computed.history.items() if isinstance(v, list)}

@@ -50,7 +50,7 @@ class ModelOption:
     help: str = ""
 
 
-MODELS: Registry[Model] = Registry("model", extra_names=("tv:<torchvision name>",))
+MODELS: Registry[Model] = Registry("model", extra_names=("tv:<torchvision name>",), group="mlprune.models")
 MODELS.add(Model("lenet", "mlprune.models.nets:LeNet", min_size=28, batchable=True, help="the seed's conv LeNet"))
 MODELS.add(Model("lenet_300_100", "mlprune.models.nets:LeNet300100", batchable=True, help="Frankle & Carbin's MLP"))
 # each max pool of the F&C convnets halves the image: below 2/4/8 px they cannot run (min_size stays

@@ -213,7 +213,7 @@ _TEMPERATURE = MethodOption("temperature", 200.0, _positive_number,
                             "(the GraSP authors' code: 200)")
 _INVERT = MethodOption("invert", False, _flag, "keep the lowest scores instead of the highest (a sanity check)")
 
-METHODS: Registry[Method] = Registry("pruning method")
+METHODS: Registry[Method] = Registry("pruning method", group="mlprune.methods")
 METHODS.add(Method("l1_unstructured", "weight", "mlprune.pruning.masks:choose_smallest_magnitude", short="l1",
                    help="the smallest |w| among the remaining weights"))
 METHODS.add(Method("random_unstructured", "weight", "mlprune.pruning.masks:choose_at_random", random=True,

@@ -8,6 +8,7 @@ import numbers
 from collections.abc import Mapping
 
 from ..errors import SpecError, choice_error
+from ..registry import PLUGINS_KEY, code_identities
 from .catalog import AMOUNT_ALLOWED, METHODS, SELECTOR_TOKENS, check_amount, method_options, methods_with_option
 
 _COMMON_KEYS = ("method", "amount", "scope", "include", "exclude", "bias", "coupled", "layers", "seed")
@@ -104,6 +105,8 @@ def resolve_prune_step(step: dict) -> dict:
     """
     if not isinstance(step, Mapping):
         raise SpecError(f"prune step must be a mapping, got {step!r}")
+    # a resolved step's plugin identities are derived again from the methods (never taken as given)
+    step = {k: v for k, v in step.items() if k != PLUGINS_KEY}
     if "method" not in step:
         raise SpecError("prune step has no 'method'; allowed: " + ", ".join(METHODS))
     method = _check_method(step["method"])
@@ -198,6 +201,9 @@ def resolve_prune_step(step: dict) -> dict:
         seed = _check_seed(step["seed"])
         if any(METHODS[m].random for m in methods_used):
             out["seed"] = seed
+    plugins = code_identities((METHODS, m) for m in sorted(methods_used))
+    if plugins:  # only for plugin methods: built-in keys stay as they were
+        out[PLUGINS_KEY] = plugins
     return out
 
 

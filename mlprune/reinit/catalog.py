@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import SpecError, choice_error
-from ..registry import Registry, load_impl
+from ..registry import PLUGINS_KEY, Registry, code_identities, load_impl
 from ..spec.times import parse_time
 
 
@@ -27,7 +27,7 @@ class Strategy:
         return load_impl(self.impl)
 
 
-STRATEGIES: Registry[Strategy] = Registry("reinit strategy")
+STRATEGIES: Registry[Strategy] = Registry("reinit strategy", group="mlprune.reinit")
 STRATEGIES.add(Strategy("rewind", "mlprune.reinit.strategies:rewind", reads_source=True,
                         help="the source's weights, masked (lottery-ticket rewinding)"))
 STRATEGIES.add(Strategy("random", "mlprune.reinit.strategies:fresh", random=True, fresh_init=True,
@@ -60,6 +60,7 @@ def resolve_reinit_step(step: dict) -> dict:
     """
     if not isinstance(step, Mapping):
         raise SpecError(f"reinit step must be a mapping, got {step!r}")
+    step = {k: v for k, v in step.items() if k != PLUGINS_KEY}  # derived again, never taken as given
     for key in step:
         if key not in _STEP_KEYS:
             raise SpecError(f"unknown key {key!r} in reinit step; allowed: {', '.join(_STEP_KEYS)}")
@@ -110,4 +111,7 @@ def resolve_reinit_step(step: dict) -> dict:
         raise SpecError("reset_optimizer: false is not supported: each train step starts a fresh optimizer "
                         "(states do not store optimizer moments)")
     out["reset_optimizer"] = reset
+    plugins = code_identities([(STRATEGIES, strategy)])
+    if plugins:  # only for a plugin strategy: built-in keys stay as they were
+        out[PLUGINS_KEY] = plugins
     return out

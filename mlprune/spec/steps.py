@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import SpecError, choice_error, shown
-from ..registry import Registry, load_impl
+from ..registry import PLUGINS_KEY, Registry, code_identities, load_impl
 from .limits import MAX_BATCH_SIZE, MAX_EXAMPLES, MAX_IMAGE_SIZE
 from .options import (REQUIRED, Option, Schema, any_value, boolean, choice, integer, number, optional,
                       seed_value, time_value)
@@ -160,9 +160,10 @@ def resolve_root(spec: dict) -> dict:
 
     Data options left at their default are not part of it: a new no-op option cannot change old keys.
     """
-    from ..models.catalog import model_entry
+    from ..data.catalog import DATASETS
+    from ..models.catalog import MODELS, model_entry
 
-    resolved = INIT_SCHEMA.resolve(spec)
+    resolved = INIT_SCHEMA.resolve({k: v for k, v in spec.items() if k != PLUGINS_KEY})
     out = {k: resolved[k] for k in ("model", "dataset", "init", "seed")}
     if "bn_init" in resolved:  # at its default, the key stays as it was
         out["bn_init"] = resolved["bn_init"]
@@ -171,6 +172,9 @@ def resolve_root(spec: dict) -> dict:
     if model_options:  # at their defaults, model options leave the key as it was
         out["model_options"] = model_options
     out["data"] = {k: resolved[k] for k in _DATA_OPTIONS if k in resolved}
+    plugins = code_identities([(MODELS, resolved["model"]), (DATASETS, resolved["dataset"])])
+    if plugins:  # only for a plugin model or dataset: built-in keys stay as they were
+        out[PLUGINS_KEY] = plugins
     return out
 
 

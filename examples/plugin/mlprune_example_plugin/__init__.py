@@ -1,0 +1,1 @@
+"""An example mlprune plugin (entries in `entries`, code in `nets`, `criteria`, `blobs`)."""
