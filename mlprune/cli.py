@@ -489,19 +489,42 @@ def step(kind, parent, options, experiment_name, device, deterministic, channels
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-P", "--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a parameter.")
-def validate(recipe, params):
+@experiment_option
+def validate(recipe, params, experiment_name):
     """Check a recipe file and print the states it would reach, with their keys; runs nothing.
+
+    A recipe that uses plugins also says which stored states of the experiment were computed with
+    other code of them (another version or digest) and are not reached by this plan.
 
     \b
     Example:
       mlprune validate recipes/lt_structuredL1.yaml -P rounds=5
     """
     from .recipes import compile_recipe, parse_assignments
+    from .registry import plan_plugins, stale_plugin_states
 
     plan = compile_recipe(recipe, parse_assignments(params))
     click.echo(f"{recipe}: valid; {len(plan.nodes)} states")
     for node in plan.nodes:
         click.echo(f"  {node.name:<18} <- {node.parent or '-':<12} {node.key[:12]}  {node.label}")
+    used = plan_plugins(plan.nodes)
+    if used:
+        for line in stale_plugin_states(used, _stored_tags(experiment_name), {n.key for n in plan.nodes}):
+            click.echo(line)
+
+
+def _stored_tags(experiment_name) -> list[dict]:
+    """The tags of the experiment's finished states; [] when there is no such store or experiment yet."""
+    from .errors import SpecError
+    from .store.experiments import default_tracking_uri, sqlite_path
+
+    try:
+        path = sqlite_path(default_tracking_uri())
+        if path is not None and not path.exists():
+            return []
+        return [run.data.tags for run in _store(experiment_name, create=False).states()]
+    except SpecError:
+        return []
 
 
 @main.command()

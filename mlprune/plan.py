@@ -34,7 +34,7 @@ from .names import PARAM_BRANCH, PARAM_ROUND
 from .registry import PLUGINS_KEY
 from .spec.keys import canonical_json, root_key, state_key
 from .spec.limits import MAX_STATES
-from .spec.steps import STEP_KINDS, Source, resolve_root, resolve_steps, schema_of, train_length, truncated_train
+from .spec.steps import INIT_SCHEMA, STEP_KINDS, Source, resolve_root, resolve_steps, schema_of, train_length, truncated_train
 from .spec.times import parse_time
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -56,6 +56,7 @@ class Node:
     control_of: str | None = None      # a control branch: the branch it checks (the report draws them together)
     params: dict = field(default_factory=dict)    # MLflow params: resolved options by dotted name
     data_dir: str | None = None        # roots: where the data is read (not in the key)
+    weights_file: str | None = None    # pretrained roots: the file read (its SHA-256 is in the key, not its path)
     run_id: str | None = None          # an existing state (external node): nothing to compute
     emitted_by: str | None = None      # computed on the way by that node's training (a checkpoint of it)
     at: str | None = None              # ... at this time of its last train step
@@ -136,7 +137,7 @@ def node_params(steps: list, sources: dict, root: dict | None = None) -> dict:
     """MLflow params of a state: every resolved option as ``<kind>.<option>`` (public names)."""
     params = {}
     if root is not None:
-        for name in ("model", "dataset", "init", "seed", "bn_init"):
+        for name in ("model", "dataset", "init", "seed", "bn_init", "weights"):
             if name in root:
                 params[f"init.{name}"] = _param_value(root[name])
         for name, value in root["data"].items():
@@ -223,7 +224,8 @@ class PlanBuilder:
         if key in self._by_key and self._by_key[key].root is not None:
             return self._by_key[key]
         data_dir = data_dir or spec.get("data_dir")
-        return self._add(Node(name, key, "init", root=resolved, data_dir=data_dir,
+        weights_file = INIT_SCHEMA["weights"].check(spec["weights"], "weights") if spec.get("weights") else None
+        return self._add(Node(name, key, "init", root=resolved, data_dir=data_dir, weights_file=weights_file,
                               label=label or f"init {resolved['model']} s{resolved['seed']}",
                               round=round, branch=branch, role=role, params=node_params([], {}, resolved)))
 

@@ -383,8 +383,7 @@ def _import_remembered_modules() -> None:
 
 def registry_of(entry) -> Registry:
     """The registry that takes entries of `entry`'s kind (Model, Dataset, Method, Strategy)."""
-    for group, path in GROUPS.items():
-        registry = load_impl(path)
+    for registry in _registries():
         kind = type(next(iter(registry.builtins().values())))
         if isinstance(entry, kind):
             return registry
@@ -424,7 +423,7 @@ def code_identities(uses) -> dict:
 
 
 def _record(name: str, identity: dict) -> dict:
-    found = next((r.plugin(name) for r in _BY_GROUP.values() if r.plugin(name) is not None), None)
+    found = _find(name)
     return {"distribution": found.distribution if found is not None else "", "version": identity["version"],
             "digest": identity.get("digest") or (found.digest() if found is not None else "")}
 
@@ -449,7 +448,75 @@ def plugin_tags(records: dict) -> dict[str, str]:
     return {TAG_PLUGIN_PREFIX + name: json.dumps(record, sort_keys=True) for name, record in records.items()}
 
 
-def registered_in_main() -> list[str]:
-    """Plugins whose registration workers cannot repeat (registered in ``__main__``)."""
-    return [f"{registry.what} {name!r}" for registry in _BY_GROUP.values()
-            for name, found in registry._plugins.items() if found.origin == "registered in __main__"]
+def plan_plugins(nodes) -> dict:
+    """{name: identity} of the plugins the roots and steps of plan nodes use."""
+    used = {}
+    for node in nodes:
+        used.update((node.root or {}).get(PLUGINS_KEY) or {})
+        for step in node.steps:
+            for options in step.values():
+                used.update((options.get(PLUGINS_KEY) or {}) if isinstance(options, dict) else {})
+    return used
+
+
+def stale_plugin_states(used: dict, stored_tags: list[dict], reached_keys) -> list[str]:
+    """Lines on the stored states computed with other code of a plugin the plan uses and that it does not reach
+    (`stored_tags`: each finished state's tags)."""
+    from .names import TAG_KEY
+
+    counts: dict[tuple, int] = {}
+    for tags in stored_tags:
+        if tags.get(TAG_KEY) in reached_keys:
+            continue
+        for name, identity in used.items():
+            value = tags.get(TAG_PLUGIN_PREFIX + name)
+            if value is None:
+                continue
+            try:
+                record = json.loads(value)
+            except ValueError:
+                continue
+            if record.get("version") != identity["version"] or (
+                    "digest" in identity and record.get("digest") != identity["digest"]):
+                counts[(name, record.get("version"), record.get("digest"))] = counts.get(
+                    (name, record.get("version"), record.get("digest")), 0) + 1
+    lines = []
+    for (name, version, digest), count in sorted(counts.items()):
+        now = used[name]
+        lines.append(f"{count} state{'s were' if count > 1 else ' was'} computed with {name} {version} digest "
+                     f"{str(digest)[:8]}…; this plan reaches none of them ({name} is now {now['version']}"
+                     f"{' digest ' + now['digest'][:8] + '…' if 'digest' in now else ''})")
+    return lines
+
+
+def _registries() -> list["Registry"]:
+    """The four catalogs plugins extend (imported here: a worker may not have needed one yet)."""
+    return [load_impl(path) for path in GROUPS.values()]
+
+
+def _find(name: str) -> Plugin | None:
+    return next((r.plugin(name) for r in _registries() if r.plugin(name) is not None), None)
+
+
+def check_portable(used: dict, scheduler: str) -> None:
+    """A one-line SpecError when a plugin the plan uses was registered in ``__main__``: workers of `scheduler`
+    (other processes) cannot register it again."""
+    for name in used:
+        found = _find(name)
+        if found is not None and found.origin == "registered in __main__":
+            what = next(r.what for r in _registries() if r.plugin(name) is found)
+            raise SpecError(f"{what} {name!r} is registered in __main__: workers of --scheduler {scheduler} cannot "
+                            f"see it; call mlprune.register in a module importable on the workers (or use the sync "
+                            f"scheduler)")
+
+
+def identities_here(names) -> dict:
+    """{name: identity or an error line} of plugins in this process (what a worker reports)."""
+    out = {}
+    for name in names:
+        try:
+            found = _find(name)
+            out[name] = found.identity() if found is not None else f"no plugin {name!r} here"
+        except SpecError as error:
+            out[name] = str(error)
+    return out

@@ -51,6 +51,13 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
             params = dict(model.named_parameters())
             shapes[cache] = (data, {name: (kind, tuple(params[name].shape)) for name, kind in prunable(model).items()})
         data, layers = shapes[cache]
+        if node.root is not None and getattr(node, "weights_file", None):  # a pretrained root: its file fits
+            from .models.pretrained import check_fits
+
+            try:
+                check_fits(node.weights_file, workspace.blank(root, data))
+            except SpecError as error:
+                raise SpecError(f"{node.label or node.name}: {error}") from None
         kinds = {name: kind for name, (kind, _) in layers.items()}
         for step in node.steps:
             (kind, options), = step.items()

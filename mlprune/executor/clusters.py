@@ -94,6 +94,26 @@ def connect(scheduler: str, workers: int | None, device_name: str = "cpu"):
     return client, None
 
 
+def check_worker_plugins(client, used: dict) -> None:
+    """A one-line SpecError if a worker cannot find a plugin the plan uses, or has other code of it."""
+    from ..registry import identities_here
+
+    if not used:
+        return
+    found = client.run(identities_here, sorted(used), on_error="return")
+    for worker, identities in sorted(found.items()):
+        if isinstance(identities, BaseException):
+            raise SpecError(f"dask worker {worker} cannot look up plugins: {type(identities).__name__}: "
+                            f"{identities}")
+        for name, identity in identities.items():
+            if isinstance(identity, str):
+                raise SpecError(f"dask worker {worker}: {identity} (install the plugin there, or make the module "
+                                f"that registers it importable there)")
+            if identity != used[name]:
+                raise SpecError(f"dask worker {worker} has plugin {name} {identity}, this process {used[name]}: "
+                                f"install the same code everywhere")
+
+
 def check_workers(client, scheduler: str) -> None:
     """A one-line SpecError if a worker cannot import mlprune (or runs another version)."""
     import importlib.metadata

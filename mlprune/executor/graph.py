@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from .. import names
 from ..errors import SpecError
 from ..plan import Node, Plan
-from .clusters import GPU_RESOURCE, check_workers, connect, is_loopback, task_resources
+from ..registry import check_portable, plan_plugins
+from .clusters import GPU_RESOURCE, check_worker_plugins, check_workers, connect, is_loopback, task_resources
 from .options import RunOptions
 from .task import PROGRESS, batch_member, process_workspace, reach, reach_batch, register_store
 from .threads import CUBLAS_DETERMINISTIC, cluster_threads, compute_threads
@@ -155,6 +156,8 @@ class Execution:
                                 f"--slurm-opt gpus=1")
         if not self.missing:
             return
+        if self.scheduler != "sync":
+            check_portable(plan_plugins([self.nodes[k] for k in self.missing]), self.scheduler)
         if self.scheduler == "sync" or self.scheduler == "processes":
             from ..training.devices import resolve_device
 
@@ -290,6 +293,7 @@ class Execution:
         client, cluster = self._take_client()
         try:
             check_workers(client, self.scheduler)
+            check_worker_plugins(client, plan_plugins([self.nodes[k] for k in self.missing]))
             if self.options.threads is None:  # the cores of each host split between its workers; a job's CPUs
                 self.options.threads = self.slurm.cpus_per_task if self.slurm else cluster_threads(client)
             graph = self._graph(workflow)

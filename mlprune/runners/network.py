@@ -46,6 +46,20 @@ def run_init(ctx: StepContext, tensors, options) -> Tensors:
     return Tensors(model.state_dict(), masks)
 
 
+def pretrained(node: dict, tensors: Tensors, workspace, data) -> Tensors:
+    """A pretrained root's tensors: the file's weights (its SHA-256 checked against the key's), all kept."""
+    from ..models.pretrained import load_into
+    from ..spec.steps import file_sha256
+
+    path = node.get("weights_file")
+    if not path:
+        raise SpecError(f"root {node['name']!r} names pretrained weights {node['root']['weights']} but no file")
+    if "sha256:" + file_sha256(path) != node["root"]["weights"]:
+        raise SpecError(f"pretrained weights {path!r} changed since the plan was made (SHA-256 differs)")
+    model = workspace.build(node["root"], data)
+    return Tensors(load_into(path, model).state_dict(), tensors.masks)
+
+
 def _kinds(ctx: StepContext) -> dict:
     from ..models import prunable
 
@@ -227,6 +241,8 @@ def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data
         return Computed(None, metrics, history, None, files)
     if node["root"] is not None:
         tensors = run_init(StepContext(index=0, **ctx_base), None, node["root"])
+        if node["root"].get("weights"):
+            tensors = pretrained(node, tensors, ctx_base["workspace"], data)
     else:
         tensors = Tensors({k: v.clone() for k, v in parent.weights.items()},
                           {k: v.clone() for k, v in parent.masks.items()})

@@ -129,6 +129,46 @@ def _val_size(value, name):
 _val_size.doc = f"int in 0..{MAX_EXAMPLES} (a count) or float in [0, 1) (a fraction)"
 
 
+_FILE_HASHES: dict[str, tuple[tuple, str]] = {}
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file (cached while its size and modification time stay)."""
+    import hashlib
+    import os
+
+    path = os.path.abspath(os.fspath(path))
+    stat = os.stat(path)
+    cached = _FILE_HASHES.get(path)
+    if cached is None or cached[0] != (stat.st_mtime_ns, stat.st_size):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        cached = _FILE_HASHES[path] = ((stat.st_mtime_ns, stat.st_size), digest.hexdigest())
+    return cached[1]
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def _weights_check(value, name):
+    import os
+
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise SpecError(f"root {name} must be a path to a .safetensors or .pth file, got {shown(value)}")
+    if not str(value).endswith(_WEIGHT_SUFFIXES):
+        raise SpecError(f"root {name} {str(value)!r} is not a .safetensors, .pth or .pt file")
+    if not os.path.isfile(value):
+        raise SpecError(f"root {name} {str(value)!r}: no such file")
+    return os.path.abspath(os.fspath(value))
+
+
+_weights_check.doc = "null or a path (.safetensors, .pth, .pt)"
+
+
 INIT_SCHEMA = Schema("root option", (
     Option("model", "lenet", _model_check, "architecture (models.MODELS, or tv:<torchvision name>)"),
     Option("dataset", "digits", _dataset_check, "dataset (data.DATASETS)"),
@@ -151,6 +191,9 @@ INIT_SCHEMA = Schema("root option", (
     Option("test_size", None, optional(integer(1, MAX_EXAMPLES)), "use the first this many test examples",
            key="unless_default"),
     Option("data_dir", None, any_value, "where the dataset's files are (not part of the key)", key="never"),
+    Option("weights", None, _weights_check, "a pretrained network to start from: a .safetensors file or a "
+           "PyTorch .pth / .pt state dict (read with weights_only); its SHA-256 is part of the key, not its path",
+           key="unless_default"),
 ))
 _DATA_OPTIONS = ("val_size", "augment", "image_size", "channels", "train_size", "test_size")
 
@@ -172,6 +215,8 @@ def resolve_root(spec: dict) -> dict:
     if model_options:  # at their defaults, model options leave the key as it was
         out["model_options"] = model_options
     out["data"] = {k: resolved[k] for k in _DATA_OPTIONS if k in resolved}
+    if resolved.get("weights") is not None:  # a pretrained root: the file's content, never its path
+        out["weights"] = "sha256:" + file_sha256(resolved["weights"])
     plugins = code_identities([(MODELS, resolved["model"]), (DATASETS, resolved["dataset"])])
     if plugins:  # only for a plugin model or dataset: built-in keys stay as they were
         out[PLUGINS_KEY] = plugins
