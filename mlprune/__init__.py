@@ -20,6 +20,10 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _LAZY = {
     "Experiment": "api", "ExperimentState": "api", "Recipe": "api",
     "SpecError": "errors", "compile_recipe": "recipes", "run_plan": "executor", "Execution": "executor",
+    # plugins (docs/plugins.md): mlprune.register(Model(...)) in a user's module; the entry kinds
+    "register": "plugins", "plugin": "plugins",
+    "Model": "models.catalog", "Dataset": "data.catalog", "Method": "pruning.catalog", "MethodOption": "pruning.catalog",
+    "Strategy": "reinit.catalog",
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -501,7 +501,7 @@ def validate(recipe, params, experiment_name):
       mlprune validate recipes/lt_structuredL1.yaml -P rounds=5
     """
     from .recipes import compile_recipe, parse_assignments
-    from .registry import plan_plugins, stale_plugin_states
+    from .plugins import plan_plugins, stale_plugin_states
 
     plan = compile_recipe(recipe, parse_assignments(params))
     click.echo(f"{recipe}: valid; {len(plan.nodes)} states")

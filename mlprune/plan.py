@@ -31,7 +31,7 @@ from typing import Callable
 
 from .errors import SpecError
 from .names import PARAM_BRANCH, PARAM_ROUND
-from .registry import PLUGINS_KEY
+from .plugins import PLUGINS_KEY
 from .spec.keys import canonical_json, root_key, state_key
 from .spec.limits import MAX_STATES
 from .spec.steps import INIT_SCHEMA, STEP_KINDS, Source, resolve_root, resolve_steps, schema_of, train_length, truncated_train

@@ -96,7 +96,7 @@ def connect(scheduler: str, workers: int | None, device_name: str = "cpu"):
 
 def check_worker_plugins(client, used: dict) -> None:
     """A one-line SpecError if a worker cannot find a plugin the plan uses, or has other code of it."""
-    from ..registry import identities_here
+    from ..plugins import identities_here
 
     if not used:
         return

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from .. import names
 from ..errors import SpecError
 from ..plan import Node, Plan
-from ..registry import check_portable, plan_plugins
+from ..plugins import check_portable, plan_plugins
 from .clusters import GPU_RESOURCE, check_worker_plugins, check_workers, connect, is_loopback, task_resources
 from .options import RunOptions
 from .task import PROGRESS, batch_member, process_workspace, reach, reach_batch, register_store

@@ -192,7 +192,7 @@ def _compute_resumed(compute, checkpointing, node: dict):
 
 def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,
             workflow, batched: int = 1) -> str:
-    from ..registry import lineage_plugins, plugin_tags
+    from ..plugins import lineage_plugins, plugin_tags
     from ..training.devices import device_label, environment_tags
     from .slurm import job_tags
 

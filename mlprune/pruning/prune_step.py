@@ -8,7 +8,7 @@ import numbers
 from collections.abc import Mapping
 
 from ..errors import SpecError, choice_error
-from ..registry import PLUGINS_KEY, code_identities
+from ..plugins import PLUGINS_KEY, code_identities
 from .catalog import AMOUNT_ALLOWED, METHODS, SELECTOR_TOKENS, check_amount, method_options, methods_with_option
 
 _COMMON_KEYS = ("method", "amount", "scope", "include", "exclude", "bias", "coupled", "layers", "seed")

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import SpecError, choice_error
-from ..registry import PLUGINS_KEY, Registry, code_identities, load_impl
+from ..plugins import PLUGINS_KEY, code_identities
+from ..registry import Registry, load_impl
 from ..spec.times import parse_time
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import SpecError, choice_error, shown
-from ..registry import PLUGINS_KEY, Registry, code_identities, load_impl
+from ..plugins import PLUGINS_KEY, code_identities
+from ..registry import Registry, load_impl
 from .limits import MAX_BATCH_SIZE, MAX_EXAMPLES, MAX_IMAGE_SIZE
 from .options import (REQUIRED, Option, Schema, any_value, boolean, choice, integer, number, optional,
                       seed_value, time_value)
