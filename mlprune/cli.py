@@ -528,6 +528,28 @@ def _stored_tags(experiment_name) -> list[dict]:
 
 
 @main.command()
+def plugins():
+    """List the installed plugins (entry points mlprune.models, mlprune.datasets, mlprune.methods,
+    mlprune.reinit): group, name, distribution, version, digest and help.
+
+    \b
+    Example:
+      mlprune plugins
+    """
+    from .plugins import installed_plugins
+
+    rows = installed_plugins()
+    if not rows:
+        click.echo("no plugins installed (docs/plugins.md: how to write one)")
+    for what, name, found in rows:
+        if isinstance(found, str):  # a plugin that cannot be imported: its one-line error
+            click.echo(f"{what:<16} {name:<20} {found}")
+            continue
+        click.echo(f"{what:<16} {name:<20} {found.distribution or '-'} {found.version} digest {found.digest()}"
+                   f"{' (keyed by version)' if found.keyed_by == 'version' else ''}  {found.entry.help}")
+
+
+@main.command()
 @experiment_option
 def tree(experiment_name):
     """Print the lineage DAG of an experiment: kind, accuracy, sparsity, extra parents.

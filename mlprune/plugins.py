@@ -344,6 +344,20 @@ def find_plugin(name: str) -> Plugin | None:
     return next((r.plugin(name) for r in registries() if r.plugin(name) is not None), None)
 
 
+def installed_plugins() -> list[tuple]:
+    """(catalog, name, Plugin or its one-line error) of every plugin this process sees."""
+    rows = []
+    for registry in registries():
+        for name in registry:
+            if name in registry.builtins():
+                continue
+            try:
+                rows.append((registry.what, name, registry.plugin(name)))
+            except SpecError as error:
+                rows.append((registry.what, name, str(error)))
+    return rows
+
+
 def check_portable(used: dict, scheduler: str) -> None:
     """A one-line SpecError when a plugin the plan uses was registered in ``__main__``: workers of `scheduler`
     (other processes) cannot register it again."""

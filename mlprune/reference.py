@@ -63,6 +63,12 @@ def _value(value) -> str:
     return f"`{value!r}`" if not isinstance(value, str) else f"`{value}`"
 
 
+def _plugin_note(registry, name) -> str:
+    """Where a plugin's entry comes from (its distribution and version); nothing for a built-in."""
+    found = registry.plugin(name) if hasattr(registry, "plugin") else None
+    return "" if found is None else _cell(f"; plugin {found.distribution or found.origin} {found.version}")
+
+
 def render() -> str:
     from .data import DATASETS
     from .models import INIT_NAMES, MODELS
@@ -106,7 +112,8 @@ def render() -> str:
     )
     for title, registry, details in catalogs:
         out += [f"## {title}\n", "| name | details | what it is |", "| --- | --- | --- |"]
-        out += [f"| `{name}` | {_cell(details(entry))} | {_cell(entry.help)} |" for name, entry in registry.items()]
+        out += [f"| `{name}` | {_cell(details(entry))}{_plugin_note(registry, name)} | {_cell(entry.help)} |"
+                for name, entry in registry.items()]
         out.append("")
     out += ["## Inits (`root.init`)\n", ", ".join(f"`{n}`" for n in INIT_NAMES), ""]
     out += [LIMITS_HEADER, "| what | at most |", "| --- | --- |"]

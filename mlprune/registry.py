@@ -18,6 +18,7 @@ built-ins) and a plugin's module is imported when its name is first used.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from typing import Generic, Iterator, TypeVar
 
