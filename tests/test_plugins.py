@@ -80,15 +80,16 @@ def finished(db: Path) -> int:
         return conn.execute("SELECT count(*) FROM runs WHERE status = 'FINISHED'").fetchone()[0]
 
 
-def plugin_tags(db: Path) -> dict[str, dict[str, dict]]:
-    """{run name: {plugin: tag value}} of the store's state runs."""
+def plugin_tags(db: Path) -> list[tuple[str, dict[str, dict]]]:
+    """(run name, {plugin: tag value}) of the store's finished state runs."""
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT runs.name, tags.key, tags.value FROM runs JOIN tags ON tags.run_uuid = "
-                            "runs.run_uuid WHERE tags.key LIKE 'mlprune.plugin.%' AND runs.status = 'FINISHED'")
+        rows = conn.execute("SELECT runs.run_uuid, runs.name, tags.key, tags.value FROM runs JOIN tags ON "
+                            "tags.run_uuid = runs.run_uuid WHERE tags.key LIKE 'mlprune.plugin.%' AND "
+                            "runs.status = 'FINISHED'")
         found: dict = {}
-        for name, key, value in rows:
-            found.setdefault(name, {})[key[len("mlprune.plugin."):]] = json.loads(value)
-    return found
+        for run, name, key, value in rows:
+            found.setdefault(run, (name, {}))[1][key[len("mlprune.plugin."):]] = json.loads(value)
+    return list(found.values())
 
 
 # ---- catalogs -----------------------------------------------------------------------------------
@@ -360,19 +361,19 @@ def test_the_readme_commands_install_run_and_sweep_the_plugin_and_keys_follow_it
     # run: the plugin's study; sweep: the same again (reused) beside l1_unstructured from the same trained root
     assert summaries == ["6 states: 6 computed, 0 reused", "10 states: 4 computed, 6 reused"], result.stdout
     db = work / "mlflow.db"
-    tags = plugin_tags(db)
-    [pruned] = [name for name in tags if name.startswith("r1 prune taylor")]
-    assert set(tags[pruned]) == {"example_mlp", "example_blobs", "example_taylor"}
-    assert {t["distribution"] for t in tags[pruned].values()} == {DIST}
-    assert {t["version"] for t in tags[pruned].values()} == {"0.1.0"}
-    old = tags[pruned]["example_taylor"]["digest"]
+    [pruned] = [tags for name, tags in plugin_tags(db) if name.startswith("r1 prune taylor")]
+    assert set(pruned) == {"example_mlp", "example_blobs", "example_taylor"}
+    assert {t["distribution"] for t in pruned.values()} == {DIST} and {t["version"] for t in pruned.values()} == {"0.1.0"}
+    [root] = [tags for name, tags in plugin_tags(db) if name.startswith("init")]
+    assert set(root) == {"example_mlp", "example_blobs"}  # the root does not depend on the criterion
+    old = pruned["example_taylor"]["digest"]
 
     criteria = work / "examples" / "plugin" / "mlprune_example_plugin" / "criteria.py"
     criteria.write_text(criteria.read_text().replace("(w * g).abs()", "(w * g).abs().sqrt()"))
     validated = shell("mlprune validate examples/plugin/lottery.yaml", work, env).stdout
     assert f"4 states were computed with example_taylor 0.1.0 digest {old[:8]}…; this plan reaches none" in validated
-    again = shell("mlprune run examples/plugin/lottery.yaml", work, env).stdout
+    again = shell("mlprune run examples/plugin/lottery.yaml -P rounds=1", work, env).stdout
     # only the states that depend on the criterion: the root and its training are reused
-    assert again.strip().splitlines()[-1] == "6 states: 4 computed, 2 reused"
-    digests = {t["example_taylor"]["digest"] for t in plugin_tags(db).values() if "example_taylor" in t}
-    assert len(digests) == 2 and old in digests
+    assert again.strip().splitlines()[-1] == "4 states: 2 computed, 2 reused"
+    digests = [tags["example_taylor"]["digest"] for name, tags in plugin_tags(db) if name.startswith("r1 prune taylor")]
+    assert len(digests) == 2 and old in digests and len(set(digests)) == 2
