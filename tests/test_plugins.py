@@ -132,6 +132,43 @@ def test_the_dataset_plugin_joins_the_deterministic_pipeline(example):
     assert float(x.min()) >= -2.0 - 1e-6 and float(x.max()) <= 2.0 + 1e-6
 
 
+def test_a_map_style_dataset_plugin_is_read_per_sample_in_the_seeded_order(tmp_path, monkeypatch):
+    """Data that does not fit in memory: the reader returns (train, test) map-style Datasets, decoded per sample
+    in the seeded order of every dataset read so (`skip` included), normalized with the entry's statistics."""
+    import mlprune
+    from mlprune.data import load_data
+    from mlprune.data.sampling import shuffle_seed
+    from mlprune.names import ENV_PLUGIN_MODULES
+
+    monkeypatch.setenv(ENV_PLUGIN_MODULES, "")
+    monkeypatch.setenv("MLPRUNE_DATA_WORKERS", "0")
+    (tmp_path / "my_stream.py").write_text(
+        "import torch\n\n\nclass Squares(torch.utils.data.Dataset):\n"
+        "    def __init__(self, n, offset):\n        self.n, self.offset = n, offset\n"
+        "    def __len__(self):\n        return self.n\n"
+        "    def __getitem__(self, i):\n"
+        "        return torch.full((1, 4, 4), ((i + self.offset) % 256) / 255.0), (i + self.offset) % 3\n\n\n"
+        "def read(root):\n    return Squares(40, 0), Squares(10, 100)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    forget("my_stream")
+    try:
+        import my_stream
+
+        mlprune.register(mlprune.Dataset("my_stream", my_stream.read, num_classes=3, channels=1, mean=(0.5,),
+                                         std=(0.5,), augment="flip", default_augment=False, needs_files=False,
+                                         in_memory=False, image_size=4))
+        data = load_data("my_stream")
+        assert (data.num_classes, tuple(data.input_shape), data.len_train, data.len_test) == (3, (1, 4, 4), 40, 10)
+        batches = list(data.train_batches(8, seed=2, epoch=1))
+        order = torch.randperm(40, generator=torch.Generator().manual_seed(shuffle_seed(2, 1)))
+        x = torch.cat([b[0] for b in batches])
+        assert torch.equal(torch.cat([b[1] for b in batches]), order % 3)
+        assert torch.allclose(x[:, 0, 0, 0], (order.float() / 255.0 - 0.5) / 0.5)
+        assert torch.equal(list(data.train_batches(8, seed=2, epoch=1, skip=3))[0][0], batches[3][0])
+    finally:
+        forget("my_stream")
+
+
 # ---- the criterion against its formula -------------------------------------------------------------
 
 def test_the_plugin_criterion_is_first_order_taylor_with_global_scope_an_override_and_invert(example, experiment):

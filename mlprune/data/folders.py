@@ -87,6 +87,8 @@ class FolderTransform:
     def __call__(self, image, gen: torch.Generator | None) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F
 
+        if isinstance(image, torch.Tensor):  # a dataset plugin's map-style Dataset: (C, H, W) uint8 or [0, 1]
+            return self._tensor(image, gen)
         image = image.convert("RGB")
         if gen is not None and self.crop and self.style == "resized_crop":
             top, left, h, w = resized_crop_box(image.height, image.width, gen)
@@ -104,6 +106,26 @@ class FolderTransform:
         return ((x.to(torch.float32) / 255.0 - self.mean) / self.std).contiguous()
 
 
+    def _tensor(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        x = x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = torch.nn.functional.interpolate(x[None], size=(self.size, self.size), mode="bilinear",
+                                                align_corners=False, antialias=True)[0]
+        if gen is not None and self.crop:
+            pad = max(1, int(self.size / 8 + 0.5))                   # 4 px at 32 px, as the in-memory pipeline
+            offsets = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
+            x = torch.nn.functional.pad(x, (pad, pad, pad, pad))     # black
+            x = x[:, offsets[0]:offsets[0] + self.size, offsets[1]:offsets[1] + self.size]
+        if gen is not None and self.flip and bool(torch.rand(1, generator=gen) < 0.5):
+            x = x.flip(-1)
+        return ((x - self.mean) / self.std).contiguous()
+
+
+def _count(split) -> int:
+    """The samples of an image folder, or of a plugin's map-style Dataset."""
+    return len(split.samples) if hasattr(split, "samples") else len(split)
+
+
 class _FolderSamples(torch.utils.data.Dataset):
     """Items are (index, sample seed or None): the image at `index`, transformed with that seed."""
 
@@ -115,12 +137,15 @@ class _FolderSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         position, seed = item
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        if not hasattr(self.folder, "samples"):  # a plugin's map-style Dataset of (image tensor, label)
+            image, label = self.folder[self.indices[position]]
+            return self.transform(image, gen), int(label)
         path, label = self.folder.samples[self.indices[position]]
         try:
             image = self.folder.loader(path)
         except Exception as exc:  # noqa: BLE001 - one line naming the file
             raise SpecError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         return self.transform(image, gen), int(label)
 
 
@@ -205,9 +230,10 @@ def load_folder_data(name: str, folders: Folders, *, image_size, channels, val_s
                      test_size, min_image_size) -> FolderData:
     """`data.pipeline.load_data` for an image-folder dataset (see the module docstring)."""
     info = DATASETS[name]
-    if channels not in (None, 3):
-        raise SpecError(f"{name}: channels {channels!r} is not available for an image-folder dataset; allowed: "
-                        f"null or 3 (RGB)")
+    native = 3 if hasattr(folders.train, "samples") else info.channels  # image files are read as RGB
+    if channels not in (None, native):
+        raise SpecError(f"{name}: channels {channels!r} is not available for this dataset (decoded per sample); "
+                        f"allowed: null or {native}")
     size = image_size or info.image_size
     if min_image_size is not None and size < min_image_size:
         size = min_image_size
@@ -215,7 +241,7 @@ def load_folder_data(name: str, folders: Folders, *, image_size, channels, val_s
     style = info.folder_style
     train_transform = FolderTransform(style, size, info.mean, info.std, crop, flip) if aug else None
     eval_transform = FolderTransform(style, size, info.mean, info.std, False, False)
-    n_train = len(folders.train.samples)
+    n_train = _count(folders.train)
     k = val_count(val_size, n_train)
     train_idx = list(range(n_train))
     val = None
@@ -224,7 +250,7 @@ def load_folder_data(name: str, folders: Folders, *, image_size, channels, val_s
         val_idx = sorted(perm[:k].tolist())
         train_idx = sorted(perm[k:].tolist())
         val = _FolderSplit(folders.train, val_idx, None, eval_transform)
-    test_idx = list(range(len(folders.test.samples)))
+    test_idx = list(range(_count(folders.test)))
     for what, wanted, available in (("train_size", train_size, len(train_idx)),
                                     ("test_size", test_size, len(test_idx))):
         if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int)
@@ -235,9 +261,9 @@ def load_folder_data(name: str, folders: Folders, *, image_size, channels, val_s
         train_idx = [train_idx[i] for i in sorted(perm[:train_size].tolist())]
     if test_size is not None:
         test_idx = test_idx[:test_size]
-    spec = {"name": name, "image_size": size, "channels": 3, "val_size": k, "split_seed": split_seed if k else 0,
+    spec = {"name": name, "image_size": size, "channels": native, "val_size": k, "split_seed": split_seed if k else 0,
             "augment": aug, "train_size": train_size, "test_size": test_size}
-    return FolderData(name=name, num_classes=info.num_classes, input_shape=(3, size, size),
+    return FolderData(name=name, num_classes=info.num_classes, input_shape=(native, size, size),
                       train=_FolderSplit(folders.train, train_idx, train_transform, eval_transform), val=val,
                       test=_FolderSplit(folders.test, test_idx, None, eval_transform), augment=aug, mean=info.mean,
                       std=info.std, spec=spec)

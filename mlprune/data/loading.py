@@ -9,8 +9,23 @@ from pathlib import Path
 from ..errors import SpecError
 from .catalog import DATASETS, default_data_dir
 from .folders import load_folder_data
+from .readers import Folders
 from .pipeline import Data, load_in_memory
 from .sampling import resolve_augment
+
+
+def as_folders(name: str, read) -> Folders:
+    """A per-sample reader's result as `Folders`: built-in readers return them; a dataset plugin's may return
+    ``(train, test)`` map-style ``torch.utils.data.Dataset`` s of (image tensor (C, H, W), label)."""
+    import torch
+
+    if isinstance(read, Folders):
+        return read
+    if not (isinstance(read, (tuple, list)) and len(read) == 2
+            and all(isinstance(d, torch.utils.data.Dataset) and hasattr(d, "__len__") for d in read)):
+        raise SpecError(f"dataset {name!r}: its reader returned {type(read).__name__}; allowed for a dataset that is "
+                        f"not in memory: (train, test) map-style torch Datasets of (image tensor, label)")
+    return Folders(read[0], read[1], ("plugin", name))
 
 
 def load_data(name: str = "digits", *, image_size: int | None = None, channels: int | None = None,
@@ -46,7 +61,7 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
     if not info.in_memory:  # image folders (ImageNet): decoded per sample
         if fast:
             raise SpecError(f"fast True is not possible for {name}: an image-folder dataset is decoded per sample")
-        data = load_folder_data(name, DATASETS[name](root), image_size=image_size, channels=channels,
+        data = load_folder_data(name, as_folders(name, DATASETS[name](root)), image_size=image_size, channels=channels,
                                 val_size=val_size, split_seed=split_seed, aug=aug, train_size=train_size,
                                 test_size=test_size, min_image_size=min_image_size)
         return data if device is None else data.on(device)

@@ -37,5 +37,5 @@ TAYLOR = Method(
     short="taylor", help="first-order Taylor |w · dL/dw| on training batches (an example plugin criterion)")
 
 BLOBS = Dataset("example_blobs", "mlprune_example_plugin.blobs:read_blobs", num_classes=4, channels=1,
-                mean=(0.5,), std=(0.25,), augment="none", default_augment=False, needs_files=False,
+                mean=(0.5,), std=(0.25,), augment="crop+flip", default_augment=False, needs_files=False,
                 help="an example plugin dataset: four Gaussian blobs drawn as 8x8 images (seeded, in memory)")
