@@ -35,6 +35,7 @@ KEYED_BY = ("digest", "version")
 DIGEST_CHARS = 16
 PLUGINS_KEY = "plugins"  # in a resolved root or step: {entry name: identity} of the plugins it uses
 
+
 def load_impl(path: str):
     """The object at ``"package.module:attribute"`` (``attribute`` may be dotted: ``Class.method``)."""
     module, _, attribute = path.partition(":")
@@ -123,8 +124,8 @@ def code_files(modules) -> dict[str, str]:
 class Plugin:
     """A catalog entry from outside mlprune and the identity of its code.
 
-    ``keyed_by="digest"`` (default): keys hold its name, version and the digest of its package's
-    sources, so editing its code makes new states. ``"version"``: name and version only (edit
+    ``keyed_by="digest"`` (default): keys hold its name, version and the digest of its code
+    (`digest`), so editing its code makes new states. ``"version"``: name and version only (edit
     freely; bump the version when results change). ``version``: None takes the distribution's.
     """
 
@@ -132,8 +133,8 @@ class Plugin:
     version: str | None = None
     keyed_by: str = "digest"
     distribution: str = ""
-    modules: tuple[str, ...] = ()      # modules whose top-level packages are hashed
-    origin: str = ""                   # where it came from: "entry point dist: module:attr" or "register() in m"
+    modules: tuple[str, ...] = ()      # the modules its code fields name (hashed with what they import)
+    origin: str = ""                   # where it came from: "dist version: module:attr" or "registered in m"
 
     @property
     def name(self) -> str:
@@ -151,12 +152,6 @@ class Plugin:
         if self.keyed_by == "digest":
             out["digest"] = self.digest()
         return out
-
-    def tag(self, identity: dict | None = None) -> str:
-        """The value of its ``mlprune.plugin.<name>`` tag: distribution, version, digest (JSON)."""
-        identity = identity or self.identity()
-        return json.dumps({"distribution": self.distribution, "version": identity["version"],
-                           "digest": identity.get("digest") or self.digest()}, sort_keys=True)
 
 
 def plugin(entry, *, version: str | None = None, keyed_by: str = "digest") -> Plugin:
@@ -201,6 +196,17 @@ def distribution_of(module: str) -> tuple[str, str | None]:
 
 # ---- registries ---------------------------------------------------------------------------------
 
+_POINTS: list = []  # every installed entry point, read once per process (one pass over the distributions)
+
+
+def entry_points_of(group: str) -> list:
+    if not _POINTS:
+        import importlib.metadata
+
+        _POINTS.append(importlib.metadata.entry_points())
+    return list(_POINTS[0].select(group=group))
+
+
 def dist_name(point) -> str:
     return point.dist.name if getattr(point, "dist", None) is not None else ""
 
@@ -224,10 +230,14 @@ def import_remembered_modules() -> None:
             continue
         try:
             importlib.import_module(module)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - whatever its import raises is one line
             raise SpecError(f"plugin module {module!r} (from ${ENV_PLUGIN_MODULES}) cannot be imported here: "
-                            f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-                            ) from None
+                            f"{first_line(error)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 def registry_of(entry):
@@ -253,6 +263,7 @@ def register(entry, *, version: str | None = None, keyed_by: str = "digest", cal
 
 def forget_plugins() -> None:
     """List the entry points again on next use, and drop every plugin (tests; a changed environment)."""
+    _POINTS.clear()
     for registry in registries():
         registry.forget()
     _SOURCES.clear()

@@ -24,9 +24,12 @@ from typing import Generic, Iterator, TypeVar
 
 from .errors import SpecError, choice_error
 from .plugins import (KEYED_BY, Plugin, code_paths, described, dist_name, distribution_of,
-                      import_remembered_modules, load_impl, remember_module)
+                      entry_points_of, first_line, import_remembered_modules, load_impl, remember_module)
+
+__all__ = ["Registry", "load_impl"]  # load_impl: where code is found (plugins), imported from here
 
 E = TypeVar("E")
+
 
 class Registry(Mapping, Generic[E]):
     """Entries by name; an unknown name is a one-line SpecError listing the known ones.
@@ -53,10 +56,8 @@ class Registry(Mapping, Generic[E]):
     # ---- plugins ----
     def _entry_points(self) -> dict:
         if self._points is None and self.group:
-            import importlib.metadata
-
             points: dict = {}
-            for point in importlib.metadata.entry_points(group=self.group):
+            for point in entry_points_of(self.group):
                 other = points.get(point.name)
                 if other is not None and dist_name(other) != dist_name(point):
                     raise SpecError(f"two plugins define {self.what} {point.name!r}: {described(other)} and "
@@ -73,10 +74,9 @@ class Registry(Mapping, Generic[E]):
         point = self._entry_points()[name]
         try:
             found = point.load()
-        except Exception as error:  # its module fails to import: one line, not a traceback
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        except Exception as error:  # noqa: BLE001 - its module fails to import: one line, not a traceback
             raise SpecError(f"{self.what} plugin {name!r} ({described(point)}) cannot be imported: "
-                            f"{type(error).__name__}: {message}") from None
+                            f"{first_line(error)}") from None
         given = found if isinstance(found, Plugin) else Plugin(found)
         if getattr(given.entry, "name", None) != name:
             raise SpecError(f"{self.what} plugin {name!r} ({described(point)}) gives an entry named "
@@ -110,6 +110,10 @@ class Registry(Mapping, Generic[E]):
                             f"rename it")
         if not modules:
             raise SpecError(f"{self.what} {name!r} names no code (impl) to run")
+        earlier = self._plugins.get(name)
+        if earlier is not None and earlier.origin != f"registered in {caller}":  # the same call again: replaced
+            raise SpecError(f"{self.what} {name!r} is registered twice: {earlier.origin} and in {caller}; "
+                            f"rename one")
         dist, dist_version = distribution_of(modules[0])
         version = given.version or dist_version or getattr(sys.modules.get(modules[0]), "__version__", None) or "0"
         if caller != "__main__":

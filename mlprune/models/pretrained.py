@@ -22,7 +22,7 @@ def _shapes_in(path: Path) -> dict[str, tuple]:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - safe_open
     return {name: tuple(t.shape) for name, t in read_weights(path).items()}
 
 
@@ -36,9 +36,9 @@ def read_weights(path) -> dict[str, torch.Tensor]:
             found = load_file(str(path), device="cpu")
         else:
             found = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged file or one holding other objects: one line
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise SpecError(f"pretrained weights {str(path)!r} cannot be read: {type(error).__name__}: {message[:200]}"
+    except Exception as error:  # noqa: BLE001 - a damaged file or one holding other objects: one line
+        message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise SpecError(f"pretrained weights {str(path)!r} cannot be read: {type(error).__name__}: {message}"
                         ) from None
     if not isinstance(found, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in found.items()):
