@@ -708,8 +708,9 @@ def compare(runs, experiment_name, against, ci):
                        f"{100 * row['mean']:>9.2f}% {spread} {interval:>17} {row['n']:>3}")
         if ci == "bootstrap":
             click.echo(f"95% CI: {next((r['ci'] for r in rows if r['n'] > 1), 'bootstrap')}")
-    if claim_module.one_seed(collection):
-        click.echo(claim_module.ONE_SEED_LINE)
+    line = claim_module.one_seed_line(collection)
+    if line:
+        click.echo(line)
 
 
 def _print_claims(claim_module, collection, against: str, ci: str) -> None:

@@ -190,11 +190,15 @@ def test_every_state_carries_the_environment_and_a_series_mixing_torch_versions_
             mp.chdir(study["folder"])
             mp.setenv("MLFLOW_TRACKING_URI", study["uri"])
             result = CliRunner().invoke(main, ["compare", "-e", "lth", "--against", "random"])
+            only_sections(mp, "claims")
+            reported = CliRunner().invoke(main, ["report", "lth", str(study["folder"] / "mixed")])
     finally:
         client.set_tag(run_id, names.TAG_ENV_TORCH, torch.__version__)
     assert result.exit_code == 0, result.output
     warned = [line for line in result.output.splitlines() if "mixes environments" in line]
     assert len(warned) == 1 and "lth_lenet_300_100 / random" in warned[0] and "1.13.0 (1 states)" in warned[0]
+    warnings = json.loads((study["folder"] / "mixed" / "numbers.json").read_text())["warnings"]
+    assert reported.exit_code == 0 and [w for w in warnings if "mixes environments" in w] == [warned[0].split(": ", 1)[1]]
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +220,7 @@ def grid(tmp_path_factory, _empty_store_db):
         reported = CliRunner().invoke(main, ["report", "grid", str(folder / "report")])
         assert reported.exit_code == 0, reported.output
     return {"folder": folder, "uri": uri, "compare": compared.output, "against": against.output,
+            "html": (folder / "report" / "report.html").read_text(),
             "report": json.loads((folder / "report" / "report.json").read_text()),
             "numbers": json.loads((folder / "report" / "numbers.json").read_text())}
 
@@ -271,9 +276,17 @@ def test_one_seed_study_says_so_and_draws_no_band(grid):
     from mlprune import plots
 
     line = "claims need several seeds"
-    assert line in grid["compare"] and "--seeds 0-4 --batch 5" in grid["compare"]
+    assert line in grid["compare"] and "mlprune sweep recipes/shrinkbench_grid.yaml --seeds 0-4 --batch 5" in grid["compare"]
     assert "1 seed: no interval" in grid["compare"]
     assert line in grid["against"] and "too few seeds (n < 3)" in grid["against"]
+    assert line in grid["html"]   # the report's Claims section says it too
+    # the report compares every method with the random-pruning one: the same rows as compare --against random
+    rows = grid["report"]["claims"]
+    assert {r["against"] for r in rows} == {"shrinkbench_grid / random"} and len(rows) == 3 * 5
+    assert all(r["verdict"] == "too few seeds (n < 3)" and r["paired"] for r in rows)
+    for row in rows:
+        assert any(line.startswith(row["series"] + " ") and f" {row['round']} " in line and
+                   f"{100 * row['mean_difference']:+.2f}" in line for line in grid["against"].splitlines())
     agg = grid["numbers"]["accuracy_vs_remaining"]
     assert all(r["ci_low"] is None and r["n"] == 1 for r in agg)
     fig = plots.plot_accuracy_vs_remaining(agg)

@@ -9,7 +9,8 @@ Welch's (``unpaired``). The statistics are `analysis.statistics`.
 
 `compare --against NAME` compares, in every recipe with a branch NAME, the branch NAME checks (a
 control) or every other method branch (a one-shot method) against it; the report's Claims section
-compares every control with the branch it checks. Both warn when a series mixes environments
+compares every control with the branch it checks, and every one-shot method with its recipe's
+random-pruning method (the method catalog's ``random``: ShrinkBench's baseline). Both warn when a series mixes environments
 (`names.ENV_TAGS`: torch, CUDA, the device, ...) and say when every series has a single seed.
 """
 
@@ -23,7 +24,7 @@ from .common import Page, html_table, metric
 from .sections import SectionContext
 
 ONE_SEED_LINE = ("1 seed: claims need several seeds (an interval, a test); run them with "
-                 "`mlprune sweep RECIPE --seeds 0-4 --batch 5` (the seed already computed is reused)")
+                 "`mlprune sweep {recipes} --seeds 0-4 --batch 5` (the seed already computed is reused)")
 
 
 def _by_label(collection) -> dict[str, list]:
@@ -35,7 +36,8 @@ def _by_label(collection) -> dict[str, list]:
 
 def comparison_pairs(collection, against: str | None = None) -> list[tuple[str, str]]:
     """(compared label, reference label) pairs: with ``against``, every recipe's branch of that name as the
-    reference (see the module docs); without, every control against the branch it checks."""
+    reference (see the module docs); without, every control against the branch it checks and every
+    one-shot method against a method branch of its recipe that prunes at random."""
     labels = _by_label(collection)
     pairs = []
     for label, group in labels.items():
@@ -45,6 +47,8 @@ def comparison_pairs(collection, against: str | None = None) -> list[tuple[str, 
                 checked = series.base_label if series.control_of == "main" else f"{series.base_label} / {series.control_of}"
                 if checked in labels:
                     pairs.append((checked, label))
+            elif _prunes_at_random(collection, series):
+                pairs += [(other, label) for other in _methods_beside(labels, label)]
             continue
         if series.branch != against:
             continue
@@ -52,11 +56,28 @@ def comparison_pairs(collection, against: str | None = None) -> list[tuple[str, 
             checked = series.base_label if series.control_of == "main" else f"{series.base_label} / {series.control_of}"
             candidates = [checked] if checked in labels else []
         else:
-            candidates = [other for other, members in labels.items() if other != label
-                          and members[0].base_label == series.base_label and not members[0].control_of
-                          and members[0].branch != "main"]
+            candidates = _methods_beside(labels, label)
         pairs += [(candidate, label) for candidate in candidates]
     return pairs
+
+
+def _methods_beside(labels: dict, label: str) -> list[str]:
+    """The other method branches (not main, not a control) of the recipe of ``label``."""
+    base = labels[label][0].base_label
+    return [other for other, members in labels.items() if other != label and members[0].base_label == base
+            and not members[0].control_of and members[0].branch != "main"]
+
+
+def _prunes_at_random(collection, series) -> bool:
+    """A one-shot method branch whose pruning is random (the method catalog's ``random``): the baseline
+    the report compares the recipe's other methods with."""
+    from ..pruning.catalog import METHODS
+
+    if series.control_of or series.branch == "main" or not series.pruned:
+        return False
+    run = collection.runs.get(next(iter(series.pruned.values())))
+    method = run.data.params.get("prune.method") if run is not None else None
+    return method in METHODS and METHODS[method].random
 
 
 def _per_seed(collection, group, rnd) -> dict[str, tuple[float, str, str | None]]:
@@ -139,10 +160,14 @@ def environment_warnings(collection) -> list[str]:
     return lines
 
 
-def one_seed(collection) -> bool:
-    """Whether no series label has more than one seed (and there is at least one series)."""
+def one_seed_line(collection) -> str | None:
+    """The line saying claims need several seeds, naming the recipes to sweep, when no series label has
+    more than one seed (None otherwise, or with no series)."""
     groups = _by_label(collection)
-    return bool(groups) and all(len({str(s.seed) for s in group}) <= 1 for group in groups.values())
+    if not groups or any(len({str(s.seed) for s in group}) > 1 for group in groups.values()):
+        return None
+    recipes = list(dict.fromkeys(s.recipe for s in collection.series))
+    return ONE_SEED_LINE.format(recipes=" ".join(f"recipes/{r}.yaml" for r in recipes))
 
 
 def p(value) -> str:
@@ -168,10 +193,12 @@ def claims_section(page: Page, ctx: SectionContext) -> None:
     notes = environment_warnings(collection)
     for line in notes:
         ctx.note(line)
-    lead = f"<p><b>{escape(ONE_SEED_LINE)}</b></p>" if one_seed(collection) else ""
+    line = one_seed_line(collection)
+    lead = f"<p><b>{escape(line)}</b></p>" if line else ""
     if not rows:
-        page.section("claims", "Claims", lead + "<p>No branch here has a control to compare it with (recipe "
-                     "<code>controls</code>, or <code>mlprune compare --against NAME</code> between methods).</p>")
+        page.section("claims", "Claims", lead + "<p>No branch here has a control or a random-pruning method to "
+                     "compare it with (recipe <code>controls</code>, a one-shot method that prunes at random, or "
+                     "<code>mlprune compare --against NAME</code> between branches).</p>")
         return
     table = html_table(
         ["series", "against", "round", "remaining", "n", "paired", "difference (points)", "95% CI",
@@ -182,7 +209,7 @@ def claims_section(page: Page, ctx: SectionContext) -> None:
           p(r.get("p_wilcoxon")), p(r.get("p_welch")), p(r.get("p_t_holm")), p(r.get("p_wilcoxon_holm")),
           p(r.get("p_welch_holm")), escape(r["verdict"])] for r in rows])
     page.section("claims", "Claims", lead + (
-        "<p>Test accuracy of each branch minus its control's, per round. Paired: the same seeds, each pair "
+        "<p>Test accuracy of each branch minus its control's (or a method's minus random pruning's), per round. Paired: the same seeds, each pair "
         "off the same dense network; the mean paired difference with its 95% Student-t interval, the "
         "paired t-test and the Wilcoxon signed-rank test, p-values Holm-Bonferroni adjusted across the "
         "rounds of one comparison. Unpaired: Welch's test. Verdict at adjusted p &lt; 0.05 (paired t or "
