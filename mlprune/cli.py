@@ -685,8 +685,8 @@ def compare(runs, experiment_name, against, ci):
         return
     if runs:
         raise SpecError(f"compare takes no run id (a table of recipes) or two (their masks), got {len(runs)}")
-    from .report import claims as claim_module
     from .report import accuracy_table, collect
+    from .report import claims as claim_module
 
     store = _store(experiment_name, create=False)
     collection = collect(store, warn=_warn)

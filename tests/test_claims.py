@@ -137,9 +137,10 @@ def test_accuracy_table_intervals_and_figure_bands_equal_the_cis(study):
     from matplotlib.collections import PolyCollection
 
     from mlprune import plots
-    from mlprune.plots.accuracy import CI_BAND
+    from mlprune.plots.style import CI_BAND
 
     report, agg = study["report"], study["numbers"]["accuracy_vs_remaining"]
+    assert report["accuracy_vs_remaining"] == agg
     for row in agg:
         values = per_seed(report, "main" if " / " not in row["recipe"] else row["recipe"].split(" / ")[1], row["round"])
         arr = np.array([values[s] for s in sorted(values)])
@@ -315,3 +316,18 @@ def test_top5_accuracy_is_the_true_class_among_the_five_largest_logits_above_ten
         metrics, _ = evaluate_test(ev)
         assert (names.M_TEST_ACCURACY_TOP5 in metrics) == logged
         assert not logged or metrics[names.M_TEST_ACCURACY_TOP5] == result.top5_accuracy
+
+
+def test_instability_interval_is_over_seeds_of_each_seeds_mean_over_its_pairs():
+    from mlprune.report.instability import instability_table
+
+    values = {0: [0.010, 0.014, 0.012], 1: [0.020, 0.018, 0.025], 2: [0.011, 0.009, 0.016]}
+    rows = [{"series": "lmc", "remaining": 1.0, "iteration": 0, "instability": v, "seed": seed, "run_id": f"{seed}{i}"}
+            for seed, vs in values.items() for i, v in enumerate(vs)]
+    [row] = instability_table(rows)
+    means = np.array([np.mean(vs) for vs in values.values()])
+    low, high = scipy_stats.t.interval(0.95, 2, loc=means.mean(), scale=scipy_stats.sem(means))
+    assert row["n"] == 9 and row["seeds"] == 3
+    assert row["ci_low"] == pytest.approx(low, abs=1e-12) and row["ci_high"] == pytest.approx(high, abs=1e-12)
+    [alone] = instability_table([r for r in rows if r["seed"] == 0])
+    assert alone["seeds"] == 1 and alone["ci_low"] is None

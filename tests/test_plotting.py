@@ -107,7 +107,7 @@ def test_plot_accuracy_vs_remaining(tmp_path):
     lo, hi = ax.get_xlim()
     assert lo > hi  # reversed: 100% on the left
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lt (n=3)", "random (n=3)", "dense (round 0) accuracy"]
-    assert len([c for c in ax.collections if c.get_gid() == plotting.accuracy.CI_BAND]) == 2   # one 95% CI band each
+    assert len([c for c in ax.collections if c.get_gid() == plotting.style.CI_BAND]) == 2   # one 95% CI band each
     save_png(fig, tmp_path, "accuracy")
 
 

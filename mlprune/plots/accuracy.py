@@ -11,7 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import SpecError
-from .style import as_numpy, new_figure, remaining_axis, series_figure, series_legend, series_style, short_name
+from .style import (as_numpy, ci_band, ci_errors, n_text, new_figure, remaining_axis, series_figure,
+                    series_legend, series_style, short_name)
 
 
 def plot_jaccard_heatmap(matrix, labels: Sequence[str], title: str | None = None) -> Figure:
@@ -41,43 +42,6 @@ def plot_jaccard_heatmap(matrix, labels: Sequence[str], title: str | None = None
     ax.set_ylabel("state")
     ax.set_title(title or "Mask similarity (Jaccard of kept weights)")
     return fig
-
-
-CI_BAND = "ci-band"   # the gid of every confidence band (a PolyCollection) the figures draw
-
-
-def n_text(points: Sequence[Mapping], key: str = "n") -> str:
-    """The legend's seeds: "n=5", "n=2–5", or "n=1, 1 seed: no interval"."""
-    ns = sorted({int(p.get(key, p["n"])) for p in points})
-    if ns == [1]:
-        return "n=1, 1 seed: no interval"
-    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-
-
-def ci_errors(points: Sequence[Mapping], mean: str = "mean", low: str = "ci_low", high: str = "ci_high",
-              scale: float = 100.0) -> np.ndarray | None:
-    """Asymmetric error bars (2 x n) from each point's confidence interval; 0 where a point has none (one
-    seed: no bar drawn, never a fake one); None when no point has an interval."""
-    if all(p.get(low) is None for p in points):
-        return None
-    return np.array([[scale * (p[mean] - p[low]) if p.get(low) is not None else 0.0 for p in points],
-                     [scale * (p[high] - p[mean]) if p.get(high) is not None else 0.0 for p in points]])
-
-
-def ci_band(ax, x, points: Sequence[Mapping], color, scale: float = 100.0) -> None:
-    """The 95% interval of consecutive points as a shaded band (gid `CI_BAND`); points without one (a single
-    seed) break the band: no zero-width band is drawn."""
-    run: list[int] = []
-    for index in [*range(len(points)), None]:
-        if index is not None and points[index].get("ci_low") is not None and x[index] > 0:
-            run.append(index)
-            continue
-        if len(run) >= 1:
-            xs = np.array([x[i] for i in run])
-            band = ax.fill_between(xs, [scale * points[i]["ci_low"] for i in run],
-                                   [scale * points[i]["ci_high"] for i in run], color=color, alpha=0.18, linewidth=0)
-            band.set_gid(CI_BAND)
-        run = []
 
 
 def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None = None) -> Figure:
@@ -159,7 +123,7 @@ def plot_accuracy_vs_cost(rows: Sequence[Mapping], x: str, xlabel: str, front: S
         ax.plot([r[x] for r in usable], [100.0 * r["mean"] for r in usable], color="black", linewidth=1.0,
                 marker="s", markersize=7, fillstyle="none", alpha=0.8, label="Pareto front", zorder=1)
     ax.set_xscale("log", base=2)
-    ticks = [2.0 ** k for k in range(0, max(1, math.ceil(math.log2(top))) + 1)]
+    ticks = [2.0 ** k for k in range(max(1, math.ceil(math.log2(top))) + 1)]
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
     if recipes:

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from .style import new_figure, series_figure, series_style
+from .style import ci_errors, new_figure, series_figure, series_style
 
 
 STABLE_BELOW = 0.02  # Frankle et al. 2020: a network is stable to SGD noise when its instability is < 2 %
@@ -49,8 +49,8 @@ def plot_interpolation(alphas: Sequence[float], curves: Mapping[str, Mapping[str
 def plot_instability_vs_spawn(levels: Mapping[str, Sequence[Mapping]], title: str | None = None) -> Figure:
     """Instability (%) vs the spawn point k (iterations, symmetric log axis), one line per sparsity level.
 
-    ``levels``: ``{level label: [{"iteration", "mean", "std", "n"}]}`` with instabilities as
-    fractions. The dashed line is the 2 % threshold; a filled marker is a stable point
+    ``levels``: ``{level label: [{"iteration", "mean", "n", "seeds", "ci_low", "ci_high"}]}`` with
+    instabilities as fractions; the bars are the 95% intervals over seeds (none from one seed). The dashed line is the 2 % threshold; a filled marker is a stable point
     (mean < 2 %), a hollow one an unstable point (the figure of Frankle et al. 2020).
     """
     fig, ax, _ = series_figure(len(levels))
@@ -61,19 +61,22 @@ def plot_instability_vs_spawn(levels: Mapping[str, Sequence[Mapping]], title: st
         spawn_points.update(p["iteration"] for p in points)
         ns = sorted({int(p["n"]) for p in points})
         label = f"{label} (n={ns[0]})" if len(ns) == 1 else f"{label} (n={ns[0]}–{ns[-1]})"
+        if all(p.get("seeds") == 1 for p in points):
+            label += ", 1 seed: no interval"
         x = np.asarray([p["iteration"] for p in points], dtype=float)
         y = 100.0 * np.asarray([p["mean"] for p in points], dtype=float)
-        e = 100.0 * np.asarray([p["std"] for p in points], dtype=float)
+        errors = ci_errors(points)
+        e = np.zeros((2, len(points))) if errors is None else errors
         style = series_style(i, len(levels))
         color = style["color"]
-        ax.errorbar(x, y, yerr=e, capsize=3, linewidth=1.4, color=color, linestyle=style.get("linestyle", "-"),
+        ax.errorbar(x, y, yerr=errors, capsize=3, linewidth=1.4, color=color, linestyle=style.get("linestyle", "-"),
                     label=label)
         stable = y < top
         ax.plot(x[stable], y[stable], linestyle="none", marker="o", markersize=7, color=color)
         ax.plot(x[~stable], y[~stable], linestyle="none", marker="o", markersize=7, markerfacecolor="white",
                 color=color)
         if np.isfinite(y).any():
-            top = max(top, float(np.nanmax(y + e)))
+            top = max(top, float(np.nanmax(y + e[1])))
     ax.axhline(100.0 * STABLE_BELOW, linestyle="--", color="#616161", linewidth=1)
     ax.annotate("stable below 2 %", (0.01, 100.0 * STABLE_BELOW), xycoords=("axes fraction", "data"),
                 xytext=(0, 3), textcoords="offset points", fontsize=8, color="#616161")
@@ -88,5 +91,5 @@ def plot_instability_vs_spawn(levels: Mapping[str, Sequence[Mapping]], title: st
     ax.set_title(title or "Instability vs spawn point (filled: stable, < 2 %)")
     ax.grid(True, which="major", alpha=0.3)
     if levels:
-        ax.legend(fontsize=8, loc="best", title="sparsity level (n = seeds × pairs)", title_fontsize=8)
+        ax.legend(fontsize=8, loc="best", title="sparsity level (n = seeds × pairs; bars: 95% CI over seeds)", title_fontsize=8)
     return fig

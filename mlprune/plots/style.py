@@ -1,8 +1,10 @@
 """What every figure shares: a fresh Agg figure (no pyplot), the pruned-weight grey, the diverging
-weight colormap, percent axes of remaining weights (log scale), series styles and legends.
+weight colormap, percent axes of remaining weights (log scale), series styles and legends, 95% CI bands and bars.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -91,3 +93,40 @@ def remaining_axis(ax, xs: list) -> None:
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(percent_label))
     ax.xaxis.set_minor_locator(NullLocator())
+
+
+CI_BAND = "ci-band"   # the gid of every confidence band (a PolyCollection) the figures draw
+
+
+def n_text(points: Sequence[Mapping], key: str = "n") -> str:
+    """The legend's seeds: "n=5", "n=2–5", or "n=1, 1 seed: no interval"."""
+    ns = sorted({int(p.get(key, p["n"])) for p in points})
+    if ns == [1]:
+        return "n=1, 1 seed: no interval"
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+
+
+def ci_errors(points: Sequence[Mapping], mean: str = "mean", low: str = "ci_low", high: str = "ci_high",
+              scale: float = 100.0) -> np.ndarray | None:
+    """Asymmetric error bars (2 x n) from each point's confidence interval; 0 where a point has none (one
+    seed: no bar drawn, never a fake one); None when no point has an interval."""
+    if all(p.get(low) is None for p in points):
+        return None
+    return np.array([[scale * (p[mean] - p[low]) if p.get(low) is not None else 0.0 for p in points],
+                     [scale * (p[high] - p[mean]) if p.get(high) is not None else 0.0 for p in points]])
+
+
+def ci_band(ax, x, points: Sequence[Mapping], color, scale: float = 100.0) -> None:
+    """The 95% interval of consecutive points as a shaded band (gid `CI_BAND`); points without one (a single
+    seed) break the band: no zero-width band is drawn."""
+    run: list[int] = []
+    for index in [*range(len(points)), None]:
+        if index is not None and points[index].get("ci_low") is not None and x[index] > 0:
+            run.append(index)
+            continue
+        if len(run) >= 1:
+            xs = np.array([x[i] for i in run])
+            band = ax.fill_between(xs, [scale * points[i]["ci_low"] for i in run],
+                                   [scale * points[i]["ci_high"] for i in run], color=color, alpha=0.18, linewidth=0)
+            band.set_gid(CI_BAND)
+        run = []

@@ -17,6 +17,7 @@ def accuracy_section(page: Page, ctx: SectionContext) -> list[dict]:
     what = f"{ctx.recipe}" if ctx.recipe else "recipes"
     agg = accuracy_table(collection)
     page.numbers["accuracy_vs_remaining"] = agg
+    page.report["accuracy_vs_remaining"] = agg   # over seeds: n, mean, std, se, the 95% CI, per-seed values
     if not agg:
         page.section("accuracy", "Accuracy vs remaining weights",
                   "<p>No recipe rounds here (states made outside recipes are in the lineage and the "

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..names import M_INSTABILITY, M_SPARSITY, M_SPAWN_ITERATION, TAG_PARENT_RUN
 from .. import plots as plotting
+from ..analysis import statistics
 from .series import Collection
 from .common import Page, html_table
 from .sections import SectionContext
@@ -57,7 +58,9 @@ def instability_rows(collection: Collection) -> list[dict]:
 
 def instability_table(rows: list[dict]) -> list[dict]:
     """Mean ± std (ddof 1, 0 for one value) of the instability per (series, remaining level, k), with n
-    (seeds × pairs) and ``stable``: mean < 2 %."""
+    (seeds × pairs) and ``stable``: mean < 2 %; ``seeds`` and the 95% interval (``ci_low``, ``ci_high``) of
+    the mean over seeds of each seed's mean over its pairs (pairs of one seed share their copies: not
+    independent), None from one seed."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["series"], round(row["remaining"], 6), row["iteration"]), []).append(row)
@@ -65,8 +68,13 @@ def instability_table(rows: list[dict]) -> list[dict]:
     for (series, remaining, k), group in sorted(groups.items(), key=lambda g: (g[0][0], -g[0][1], g[0][2])):
         values = np.asarray([r["instability"] for r in group], dtype=np.float64)
         mean = float(values.mean())
+        by_seed: dict[str, list[float]] = {}
+        for r in group:
+            by_seed.setdefault(str(r["seed"]), []).append(r["instability"])
+        over_seeds = statistics.summarize([sum(v) / len(v) for v in by_seed.values()])
         out.append({"series": series, "remaining": remaining, "iteration": k, "mean": mean,
                     "std": float(values.std(ddof=1)) if values.size > 1 else 0.0, "n": int(values.size),
+                    "seeds": len(by_seed), "ci_low": over_seeds["ci_low"], "ci_high": over_seeds["ci_high"],
                     "stable": mean < plotting.STABLE_BELOW, "run_ids": [r["run_id"] for r in group]})
     return out
 
@@ -100,11 +108,12 @@ def instability_section(page: Page, ctx: SectionContext) -> None:
             "(Frankle et al. 2020). Stable (filled markers): instability &lt; 2 %.</p>"]
     for series, fig in instability_figures(table).items():
         html.append(page.figure(fig, f"instability_{series}", f"{series}: instability vs spawn point k per sparsity "
-                                                          f"level, mean ± std over seeds and pairs of copies",
+                                                          f"level, mean and 95% CI over seeds (each seed's mean over its pairs of copies)",
                              "instability_vs_spawn", run_file=None if len(html) > 1 else "instability_vs_spawn.png"))
     rows = [[escape(r["series"]), escape(level_label(r["remaining"])), str(r["iteration"]),
-             f"{100 * r['mean']:.2f}% ± {100 * r['std']:.2f}", str(r["n"]), "stable" if r["stable"] else "unstable"]
-            for r in table]
-    html.append(html_table(["series", "level", "spawn point k (it)", "instability (mean ± std)", "n (seeds × pairs)",
-                        "stable (< 2 %)"], rows))
+             f"{100 * r['mean']:.2f}% ± {100 * r['std']:.2f}",
+             (f"[{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]" if r["ci_low"] is not None else "1 seed: no interval"),
+             str(r["n"]), str(r["seeds"]), "stable" if r["stable"] else "unstable"] for r in table]
+    html.append(html_table(["series", "level", "spawn point k (it)", "instability (mean ± std)", "95% CI over seeds",
+                            "n (seeds × pairs)", "seeds", "stable (< 2 %)"], rows))
     page.section("instability", "Instability vs spawn point (linear mode connectivity)", "".join(html))

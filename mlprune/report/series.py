@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 from .. import analysis, lineage
 from ..errors import SpecError
-from ..names import (M_COMPRESSION, M_COMPRESSION_ALL, M_THEORETICAL_SPEEDUP, M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION, M_EARLY_STOP_TEST_ACCURACY, M_FLOPS_COMPACT,
-                     M_FLOPS_MASKED, M_LATENCY, M_LATENCY_DENSE, M_PARAMS_COMPACT, M_SPARSITY, M_SPEEDUP,
-                     M_TEST_ACCURACY, M_TEST_LOSS, PLAN_FILE, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_RECIPE)
+from ..names import (M_COMPRESSION, M_COMPRESSION_ALL, M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION,
+                     M_EARLY_STOP_TEST_ACCURACY, M_FLOPS_COMPACT, M_FLOPS_MASKED, M_LATENCY, M_LATENCY_DENSE,
+                     M_PARAMS_COMPACT, M_SPARSITY, M_SPEEDUP, M_TEST_ACCURACY, M_TEST_LOSS, M_THEORETICAL_SPEEDUP,
+                     PLAN_FILE, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_RECIPE)
 
 # parameters that do not make another series: seeds aggregate; more rounds extend a series
 _SIGNATURE_SKIP = {"seed", "rounds", "data_dir"}

@@ -14,8 +14,8 @@ import functools
 import os
 import re
 
-from ..errors import SpecError
 from .. import names
+from ..errors import SpecError
 from ..names import ENV_DEVICE
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N, mps"
