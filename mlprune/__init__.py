@@ -22,8 +22,9 @@ _LAZY = {
     "SpecError": "errors", "compile_recipe": "recipes", "run_plan": "executor", "Execution": "executor",
     # plugins (docs/plugins.md): mlprune.register(Model(...)) in a user's module; the entry kinds
     "register": "plugins", "plugin": "plugins",
-    "Model": "models.catalog", "Dataset": "data.catalog", "Method": "pruning.catalog", "MethodOption": "pruning.catalog",
-    "Strategy": "reinit.catalog",
+    "Model": "models.catalog", "Dataset": "data.catalog", "Method": "pruning.catalog", "Strategy": "reinit.catalog",
+    # their options: one vocabulary (spec.options)
+    "Option": "spec.options", "Schema": "spec.options",
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -141,6 +141,12 @@ def run_options(function):
     return function
 
 
+def _step_kinds():
+    from .spec.steps import STEP_KINDS
+
+    return STEP_KINDS
+
+
 def _stop_on_signals(scheduler: str) -> None:
     """SIGTERM / SIGUSR1 checkpoint and stop the training this process runs (`training.interrupt`). Only
     where trainings run in this process: a dask scheduler's workers get their signals themselves."""
@@ -422,7 +428,7 @@ def sweep(recipes, seeds, params, scheduler, workers, slurm_opts, slurm_config, 
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(["init", "train", "prune", "reinit", "compare", "interpolate"]))
+@click.argument("kind", type=click.Choice(list(_step_kinds())))
 @click.option("--parent", default="", help="Run id (or an 8-character prefix) of the parent state (not for init).")
 @click.option("-o", "--option", "options", multiple=True, metavar="NAME=VALUE",
               help="A step option (repeatable); an empty value means the default. Lists in YAML flow "
@@ -454,7 +460,7 @@ def step(kind, parent, options, experiment_name, device, deterministic, channels
     switches = dict(device=device, deterministic=run.deterministic, channels_last=run.channels_last,
                     compile=run.compile, checkpoint_every=run.checkpoint_every)
     _stop_on_signals("sync")
-    if kind == "init":
+    if _step_kinds()[kind].root:
         if parent:
             raise SpecError("step init takes no --parent: it creates a root state")
         experiment = Experiment(experiment_name, progress=_progress_printer(), **switches)

@@ -23,7 +23,6 @@ HEADER = """\
 """
 
 
-STEP_ENTRY_POINTS = ("init", "train", "prune", "reinit")
 # run options every entry point takes, as --<name>=<value> ('' = the default: MLPRUNE_DEVICE, else auto; off;
 # a checkpoint every epoch)
 RUN_PARAMS = ("device", "deterministic", "channels_last", "compile", "checkpoint_every")
@@ -36,9 +35,9 @@ def _run_args(params=RUN_PARAMS) -> str:
 
 def step_options(kind: str) -> list[str]:
     """The options of a step entry point: its schema's CLI options (the step kind's one declaration)."""
-    from .spec.steps import schema_of
+    from .spec.steps import STEP_KINDS
 
-    schema = schema_of(kind)
+    schema = STEP_KINDS[kind].schema
     names = [o.name for o in schema if o.cli] + [a for o in schema if o.cli for a in o.aliases]
     return names + ([] if "data_dir" in names else ["data_dir"])
 
@@ -73,11 +72,14 @@ def render(recipes_dir: Path) -> str:
             "command": f"python -m mlprune run recipes/{path.name} {args} {_run_args(RECIPE_RUN_PARAMS)}".replace(
                 "  ", " "),
         }
-    for kind in STEP_ENTRY_POINTS:
+    from .spec.steps import STEP_KINDS
+
+    for kind in STEP_KINDS.where(entry_point=True):
         options = step_options(kind)
-        params = ([] if kind == "init" else ["parent"]) + options + list(RUN_PARAMS)
+        root = STEP_KINDS[kind].root
+        params = ([] if root else ["parent"]) + options + list(RUN_PARAMS)
         args = " ".join(f"-o {name}={{{name}}}" for name in options)
-        parent = "" if kind == "init" else " --parent {parent}"
+        parent = "" if root else " --parent {parent}"
         entry_points[kind] = {
             "parameters": parameters(params),
             "command": f"python -m mlprune step {kind}{parent} {args} {_run_args()}",

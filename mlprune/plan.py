@@ -34,7 +34,8 @@ from .names import PARAM_BRANCH, PARAM_ROUND
 from .plugins import PLUGINS_KEY
 from .spec.keys import canonical_json, root_key, state_key
 from .spec.limits import MAX_STATES
-from .spec.steps import INIT_SCHEMA, STEP_KINDS, Source, resolve_root, resolve_steps, schema_of, train_length, truncated_train
+from .spec.steps import (INIT_SCHEMA, STEP_KINDS, Source, describe_step, kind_of, resolve_root, resolve_steps,
+                         train_length, truncated_train)
 from .spec.times import parse_time
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -97,36 +98,6 @@ class Plan:
 
 # ---- names and params -----------------------------------------------------------------------
 
-def _percent(amount) -> str:
-    if isinstance(amount, int):
-        return f"n={amount}"
-    return f"{100 * amount:.3g}%"
-
-
-def describe_step(step: dict, sources: dict | None = None) -> str:
-    """A few words for one resolved step: 'prune l1-struct 20%', 'rewind@500it', 'train 30ep'."""
-    (kind, options), = step.items()
-    if kind == "prune":
-        from .pruning import METHODS
-
-        method = METHODS[options["method"]]
-        short = method.describe(options)
-        if method.granularity == "transplant":
-            return f"prune {short}"
-        extra = "*" if options.get("layers") or options.get("include") != ["*"] or options.get("exclude") else ""
-        scope = " global" if options.get("scope") == "global" else ""
-        return f"prune {short}{scope} {_percent(options['amount'])}{extra}"
-    if kind == "reinit":
-        source = (sources or {}).get("weights")
-        at = f"@{source.at}" if source is not None and source.at else ""
-        return f"{options['strategy']}{at}"
-    if kind == "train":
-        length = train_length(options)
-        start = options.get("schedule_from")
-        return f"train {start + '-' if start else ''}{length}"
-    return kind
-
-
 def _param_value(value) -> str:
     if isinstance(value, (dict, list, tuple)):
         return canonical_json(value)
@@ -143,11 +114,9 @@ def node_params(steps: list, sources: dict, root: dict | None = None) -> dict:
         for name, value in root["data"].items():
             params[f"init.{name}"] = _param_value(value)
         return params
-    for step in steps:
+    for step in steps:  # as recorded (`StepKind.recorded_as`): the params of a step keep their names
         (kind, options), = step.items()
-        schema = schema_of(kind)
-        names = schema.public(options) if schema is not None else options
-        for name, value in names.items():
+        for name, value in STEP_KINDS[kind].schema.public(options).items():
             if name == PLUGINS_KEY:  # the plugins' identities are tags (mlprune.plugin.<name>), not params
                 continue
             if isinstance(value, str) and value.startswith("input:"):
@@ -367,7 +336,7 @@ class PlanBuilder:
         root, first = self._root_and_first(parent)
         if parse_time(at).is_zero:
             return root
-        if first is None or len(first.steps) != 1 or "train" not in first.steps[0]:
+        if first is None or len(first.steps) != 1 or not kind_of(first.steps[0])[0].trains:
             raise SpecError(f"rewinding to {at} needs a lineage whose first step after the root is one train "
                             f"step; {parent.run_id or parent.name}'s is {first.kind if first else 'missing'!r}")
         return self._checkpoint(first, root, at)
@@ -376,14 +345,14 @@ class PlanBuilder:
         """The state `node` passes through at time `at` of its last (train) step: a node emitted by it."""
         at = str(parse_time(at))
         *head, last = node.steps
-        if "train" not in last:
+        kind, options = kind_of(last)
+        if not kind.trains:
             raise SpecError(f"a checkpoint needs a state whose last step is a train step, not {node.kind!r}")
-        options = last["train"]
         end = train_length(options)
         point = parse_time(at)
         if point.unit == end.unit and not 0 < point.amount < end.amount:
             raise SpecError(f"checkpoint / rewind point {at} is outside the training (0..{end})")
-        steps = head + [{"train": truncated_train(options, at)}]
+        steps = head + [kind.record(truncated_train(options, at))]
         key = state_key(parent.key, steps, {r: self._by_name[n].key for r, n in node.inputs.items()})
         existing = self._by_key.get(key)
         if existing is not None:
@@ -403,12 +372,10 @@ class PlanBuilder:
         prefix = f"r{round} " if round else ""
         if branch != "main" and role != "pruned":
             return f"{prefix}ctrl:{branch}"
-        kinds = [next(iter(s)) for s in resolved]
-        if kinds == ["prune"]:
-            return prefix + describe_step(resolved[0])
-        if "reinit" in kinds and "train" in kinds:
-            reinit = resolved[kinds.index("reinit")]
-            return f"{prefix}{describe_step(reinit, sources)}+train"
+        kinds = [kind_of(s)[0] for s in resolved]
+        named = next((s for s, k in zip(resolved, kinds) if k.retrain_label), None)
+        if named is not None and any(k.trains for k in kinds):   # 'rewind@500it+train'
+            return f"{prefix}{describe_step(named, sources)}+train"
         return prefix + " + ".join(describe_step(s, sources) for s in resolved)
 
     def build(self) -> Plan:

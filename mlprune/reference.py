@@ -76,7 +76,7 @@ def render() -> str:
     from .recipes import CONTROLS, MAX_ALIASES, MAX_DEPTH, MAX_NODES, MAX_RECIPE_BYTES, SECTIONS
     from .reinit import STRATEGIES
     from .spec.limits import LIMITS
-    from .spec.steps import STEP_KINDS, schema_of
+    from .spec.steps import STEP_KINDS
     from .training import OPTIMIZERS, SCHEDULES, SPARSITY_SCHEDULES
 
     out = [HEADER, "## Recipe keys\n", "| key | what it is |", "| --- | --- |"]
@@ -86,7 +86,7 @@ def render() -> str:
         out.append(f"### `{kind.name}`{' (an analysis)' if kind.produces == 'analysis' else ''}\n")
         out.append(f"{kind.help}\n")
         out += ["| option | default | takes | what it does |", "| --- | --- | --- | --- |"]
-        for option in schema_of(kind.name):
+        for option in kind.schema:
             note = {"unless_default": " *(in key only when set)*", "never": " *(not in the key)*"}.get(option.key, "")
             also = f" (also `{'`, `'.join(option.aliases)}`)" if option.aliases else ""
             out.append(f"| `{option.name}`{also} | {_cell(_value(option.default))} | {_cell(option.doc() or '–')} | "
@@ -96,7 +96,7 @@ def render() -> str:
         ("Pruning methods (`prune.method`)", METHODS,
          lambda e: f"{e.granularity}{', random' if e.random else ''}"
                    f"{', scores the network (default scope global)' if e.scores_network else ''}"
-                   f"{'; options ' + ', '.join(e.option_names) if e.option_names else ''}"),
+                   f"{'; options ' + ', '.join(e.options.names) if e.options.names else ''}"),
         ("Reinit strategies (`reinit.strategy`)", STRATEGIES,
          lambda e: ", ".join(f for f, on in (("reads a weights source", e.reads_source), ("random", e.random),
                                              ("fresh init", e.fresh_init)) if on) or "–"),

@@ -11,8 +11,50 @@ after the root and the first training were spent.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .errors import SpecError
+from .spec.steps import kind_of
 from .spec.times import parse_time
+
+
+@dataclass(frozen=True)
+class Parent:
+    """What a step is checked against (`StepKind.check`): its architecture's prunable layers
+    ``{name: (kind, shape)}``, its data, and the checkpoint time when the state is one (``at``) and
+    the step is the state's last."""
+
+    layers: dict
+    data: object
+    at: str | None = None
+
+
+def check_prune(options: dict, parent: Parent) -> None:
+    """Selectors name layers, and an int amount is no larger than the layer it prunes."""
+    from .pruning import METHODS, layer_plan
+
+    kinds = {name: kind for name, (kind, _) in parent.layers.items()}
+    for name, config in layer_plan(kinds, options).items():
+        amount = config.get("amount")
+        if config.get("skip") or not isinstance(amount, int):
+            continue
+        shape = parent.layers[name][1]
+        structured = METHODS[config["method"]].structured
+        units = shape[config["dim"]] if structured else _numel(shape)
+        if amount > units:
+            raise SpecError(f"pruning amount {amount} is larger than layer {name!r} "
+                            f"({units} {'slices' if structured else 'weights'})")
+
+
+def check_train(options: dict, parent: Parent) -> None:
+    """A checkpoint of the training lies inside it (its length in iterations depends on the data)."""
+    from .training.loop import timeline
+
+    line = timeline(options, parent.data.batches_per_epoch(options["batch_size"]))
+    if parent.at is not None:
+        at = parse_time(parent.at).iterations(line.per_epoch)
+        if not 0 < at <= line.total:
+            raise SpecError(f"checkpoint {parent.at} is outside the training ({line.total} iterations)")
 
 
 def _root_spec(node, plans) -> dict:
@@ -27,11 +69,9 @@ def _root_spec(node, plans) -> dict:
 
 
 def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) -> None:
-    """A one-line SpecError for the first node that cannot be computed."""
+    """A one-line SpecError for the first node that cannot be computed (each step's `StepKind.check`)."""
     from .workspace import Workspace
     from .models import prunable
-    from .pruning import METHODS, layer_plan
-    from .training.loop import timeline
 
     workspace = workspace or Workspace()
     shapes: dict[str, tuple] = {}
@@ -58,30 +98,15 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
                 check_fits(node.weights_file, workspace.blank(root, data))
             except SpecError as error:
                 raise SpecError(f"{node.label or node.name}: {error}") from None
-        kinds = {name: kind for name, (kind, _) in layers.items()}
-        for step in node.steps:
-            (kind, options), = step.items()
-            where = f"{node.label or node.name}: {kind}"
+        for index, step in enumerate(node.steps):
+            kind, options = kind_of(step)
+            check = kind.load_check()
+            if check is None:
+                continue
             try:
-                if kind == "prune" and METHODS[options["method"]].granularity != "transplant":
-                    for name, config in layer_plan(kinds, options).items():
-                        amount = config.get("amount")
-                        if config.get("skip") or not isinstance(amount, int):
-                            continue
-                        shape = layers[name][1]
-                        units = (shape[config["dim"]] if METHODS[config["method"]].structured
-                                 else _numel(shape))
-                        if amount > units:
-                            raise SpecError(f"pruning amount {amount} is larger than layer {name!r} "
-                                            f"({units} {'slices' if METHODS[config['method']].structured else 'weights'})")
-                if kind == "train":
-                    line = timeline(options, data.batches_per_epoch(options["batch_size"]))
-                    if node.at is not None and step is node.steps[-1]:
-                        at = parse_time(node.at).iterations(line.per_epoch)
-                        if not 0 < at <= line.total:
-                            raise SpecError(f"checkpoint {node.at} is outside the training ({line.total} iterations)")
+                check(options, Parent(layers, data, node.at if index == len(node.steps) - 1 else None))
             except SpecError as error:
-                raise SpecError(f"{where}: {error}") from None
+                raise SpecError(f"{node.label or node.name}: {next(iter(step))}: {error}") from None
 
 
 def _recorded_data_dir(node, plans, load_spec):

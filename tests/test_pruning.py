@@ -536,18 +536,19 @@ def test_from_state_transplant():
     src = {"a.weight": torch.tensor([True, False, True, True])}
     out = P.transplant_mask(masks, src)
     assert out["a.weight"].tolist() == [True, False, False, True]  # intersection, never revives
-    via = P.prune_masks({"a.weight": torch.ones(4)}, masks, {"a.weight": "linear"},
-                        {"method": "from_state", "state": "lt_round3"}, generator=None,
-                        source_masks=src)
-    assert torch.equal(via["a.weight"], out["a.weight"])
+    # a transplant is its own step kind; the prune spelling (either source key) maps to it
+    from mlprune.spec.steps import resolve_step
+
+    for spelling in ({"prune": {"method": "from_state", "state": "lt_round3"}},
+                     {"prune": {"method": "from_state", "from": "lt_round3"}}, {"transplant": {"from": "lt_round3"}}):
+        step = resolve_step(spelling)
+        assert (step.kind, step.sources["mask"].ref) == ("transplant", "lt_round3")
+        assert step.as_dict() == {"prune": {"method": "from_state", "from": "input:mask"}}  # keyed as before
     with pytest.raises(SpecError, match="b.weight"):
         P.transplant_mask(masks, {"b.weight": torch.ones(4, dtype=torch.bool)})
     with pytest.raises(SpecError, match=r"\(5,\)"):
         P.transplant_mask(masks, {"a.weight": torch.ones(5, dtype=torch.bool)})
-    with pytest.raises(SpecError, match="source"):
-        P.prune_masks({"a.weight": torch.ones(4)}, masks, {"a.weight": "linear"},
-                      {"method": "from_state", "state": "x"}, generator=None)
-    with pytest.raises(SpecError, match="transplant_mask"):
+    with pytest.raises(SpecError, match="'from_state'"):  # not a method of the mask maths: a step kind
         P.compute_mask("from_state", torch.ones(4), 0.5, None)
 
 
@@ -597,8 +598,10 @@ def test_resolve_is_idempotent_json_safe_and_keeps_override_order():
                                                  "layers": {"fc3.weight": s}}), sort_keys=True)
                 for s in skip_spellings}
     assert len(resolved) == 1
-    fs = P.resolve_prune_step({"method": "from_state", "state": "abc"})
-    assert fs == {"method": "from_state", "state": "abc"} and P.resolve_prune_step(fs) == fs
+    from mlprune.spec.steps import resolve_step
+
+    fs = resolve_step({"prune": {"method": "from_state", "state": "abc"}}).as_dict()
+    assert fs == {"prune": {"method": "from_state", "from": "input:mask"}} and resolve_step(fs).as_dict() == fs
 
 
 def _one_line_error(fn, *needles):
@@ -626,7 +629,7 @@ def test_bad_specs_name_the_value():
     base = {"method": "l1_unstructured", "amount": 0.2}
     _one_line_error(lambda: P.resolve_prune_step({**base, "methd": 1}), "'methd'", "allowed", "amount")
     _one_line_error(lambda: P.resolve_prune_step({"method": "l2_magic", "amount": 0.2}),
-                    "'l2_magic'", "l1_unstructured", "from_state")
+                    "'l2_magic'", "l1_unstructured", "synflow")
     _one_line_error(lambda: P.resolve_prune_step({"amount": 0.2}), "method")
     _one_line_error(lambda: P.resolve_prune_step({"method": "l1_unstructured"}), "amount")
     _one_line_error(lambda: P.resolve_prune_step({**base, "scope": "net"}), "'net'", "global")
@@ -653,9 +656,12 @@ def test_bad_specs_name_the_value():
     _one_line_error(lambda: P.resolve_prune_step({**base, "layers": {"fc3.weight": {"skip": True,
                                                                                    "amount": 0.1}}}),
                     "skip")
-    _one_line_error(lambda: P.resolve_prune_step({"method": "from_state"}), "state")
-    _one_line_error(lambda: P.resolve_prune_step({"method": "from_state", "state": "x", "amount": 0.2}),
-                    "'amount'")
+    from mlprune.spec.steps import resolve_step
+
+    _one_line_error(lambda: resolve_step({"prune": {"method": "from_state"}}), "from_state", "'from'")
+    _one_line_error(lambda: resolve_step({"prune": {"method": "from_state", "state": "x", "amount": 0.2}}),
+                    "'amount'", "method, from")
+    _one_line_error(lambda: resolve_step({"transplant": {"from": "x", "amount": 0.2}}), "'amount'", "from")
     _one_line_error(lambda: P.layer_plan(KINDS, {**base, "layers": {"fc4.weight": {"amount": 0.1}}}),
                     "'fc4.weight'", "fc3.weight")
     _one_line_error(lambda: P.compute_mask("ln_structured", torch.ones(4, 4), 0.5, None, dim=2),

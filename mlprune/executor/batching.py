@@ -31,7 +31,7 @@ import hashlib
 import json
 
 from ..spec.keys import canonical_json
-from ..spec.steps import TRAIN_SCHEMA
+from ..spec.steps import TRAIN_SCHEMA, kind_of
 
 __all__ = ["sibling_signature", "sibling_groups", "batched_graph", "GROUP_PREFIX"]
 
@@ -48,10 +48,10 @@ def sibling_signature(node: dict, root: dict | None, data_dir: str | None) -> st
     steps = node.get("steps") or []
     if root is None or node.get("root") is not None or node.get("emitted_by") or not steps:
         return None
-    kinds = [next(iter(step)) for step in steps]
-    if kinds[-1] != "train" or "train" in kinds[:-1]:
+    kinds = [kind_of(step) for step in steps]
+    if not kinds[-1][0].trains or any(kind.trains for kind, _ in kinds[:-1]):
         return None
-    train = dict(steps[-1]["train"])
+    train = dict(kinds[-1][1])
     if train.get("precision", TRAIN_SCHEMA["precision"].default) in UNBATCHABLE_PRECISIONS:
         return None
     if not model_entry(root["model"], check_torchvision=False).batchable:

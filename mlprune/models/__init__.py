@@ -89,7 +89,7 @@ process, and the caller's global RNG state is left exactly as it was.
 
 from __future__ import annotations
 
-from .catalog import BN_INIT_NAMES, INIT_NAMES, MODELS, Model, ModelOption, model_entry, model_input
+from .catalog import BN_INIT_NAMES, INIT_NAMES, MODELS, Model, model_entry, model_input
 
 def __getattr__(name):
     # build_model, prunable and the init functions need torch: models.nets, on first use

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import SpecError
 from ..registry import Registry, load_impl
+from ..spec.options import Option, Schema, choice
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class Model:
     min_size: int | None = None      # the smallest image side it needs (data is upsampled to it); None = any
     hard_min: int | None = None      # below this it cannot run at all (build_model refuses)
     torchvision: bool = False        # a torchvision model: probed with one forward pass at build time
-    options: tuple = ()              # ModelOption: the root's model_options it takes
+    options: Schema = Schema("model option", ())   # the root's model_options it takes
     # siblings of it train as one batched computation (`training.batched`, run option batch): its forward
     # uses only what the batched interpreter implements, and tests/test_batched.py checks it against
     # training alone
@@ -31,23 +32,12 @@ class Model:
     def check_options(self, given: dict | None) -> dict:
         """The model's options (`model_options` of the root), checked; defaults left out."""
         given = dict(given or {})
-        known = {o.name: o for o in self.options}
         for name, value in given.items():
-            if name not in known:
+            if name not in self.options:
                 raise SpecError(f"model {self.name!r} takes no option {name!r}; allowed: "
-                                f"{', '.join(known) or 'none'}")
-            if value not in known[name].allowed:
-                raise SpecError(f"model {self.name!r} option {name} must be one of "
-                                f"{', '.join(map(str, known[name].allowed))}, got {value!r}")
-        return {name: value for name, value in given.items() if value != known[name].default}
-
-
-@dataclass(frozen=True)
-class ModelOption:
-    name: str
-    default: object
-    allowed: tuple
-    help: str = ""
+                                f"{', '.join(self.options.names) or 'none'}")
+            self.options[name].check(value, f"model {self.name!r} option {name}")
+        return self.options.resolve(given)
 
 
 MODELS: Registry[Model] = Registry("model", extra_names=("tv:<torchvision name>",), group="mlprune.models")
@@ -64,14 +54,16 @@ MODELS.add(Model("conv6", "mlprune.models.nets:conv6", hard_min=8, batchable=Tru
 MODELS.add(Model("alexnet", "mlprune.models.nets:AlexNet", channels=3, min_size=32, batchable=True,
                  help="torchvision's AlexNet adapted to small images"))
 MODELS.add(Model("vgg11", "mlprune.models.nets:VGG11", channels=3, min_size=32, batchable=True, help="VGG-11 (no BN)"))
-MODELS.add(Model("resnet20", "mlprune.models.nets:ResNet20", options=(
-    ModelOption("width", 16, (8, 16, 32, 64, 128), "filters of the first stage (then 2W, 4W)"),
-    ModelOption("shortcut", "A", ("A", "B"), "A: parameter-free (He et al.), B: 1x1 conv + BN (OpenLTH)")),
-    batchable=True, help="He et al.'s CIFAR ResNet-20 (model_options: width, shortcut)"))
-MODELS.add(Model("resnet56", "mlprune.models.nets:resnet56", options=(
-    ModelOption("width", 16, (8, 16, 32, 64, 128), "filters of the first stage (then 2W, 4W)"),
-    ModelOption("shortcut", "A", ("A", "B"), "A: parameter-free (He et al.), B: 1x1 conv + BN (OpenLTH)")),
-    batchable=True, help="He et al.'s CIFAR ResNet-56 (ShrinkBench's CIFAR-10 network; model_options: width, shortcut)"))
+# the CIFAR ResNets' options (the root's model_options); at their defaults they leave keys as they were
+_RESNET = Schema("resnet option", (
+    Option("width", 16, choice(8, 16, 32, 64, 128), "filters of the first stage (then 2W, 4W)", key="unless_default"),
+    Option("shortcut", "A", choice("A", "B"), "A: parameter-free (He et al.), B: 1x1 conv + BN (OpenLTH)",
+           key="unless_default"),
+))
+MODELS.add(Model("resnet20", "mlprune.models.nets:ResNet20", options=_RESNET, batchable=True,
+                 help="He et al.'s CIFAR ResNet-20 (model_options: width, shortcut)"))
+MODELS.add(Model("resnet56", "mlprune.models.nets:resnet56", options=_RESNET, batchable=True,
+                 help="He et al.'s CIFAR ResNet-56 (ShrinkBench's CIFAR-10 network; model_options: width, shortcut)"))
 MODELS.add(Model("vgg16", "mlprune.models.nets:VGG16", channels=3, min_size=32, batchable=True,
                  help="the CIFAR VGG-16 with BatchNorm of Frankle et al. / OpenLTH"))
 

@@ -21,11 +21,12 @@ reachable here).
 Methods: one ``Method`` entry each in ``METHODS`` (``l1_unstructured``,
 ``random_unstructured``, ``ln_structured`` (options ``n`` in 1, 2, inf, -inf --
 ``"inf"``/``"-inf"`` strings or float infinities -- and ``dim``),
-``random_structured`` (``dim``), ``from_state``, and the score methods ``snip``,
-``grasp``, ``synflow``). An entry says whether the method removes single weights or
-whole slices, whether it draws random numbers, which options it takes and where its
-implementation is. ``from_state`` takes the mask of another state: the caller loads it
-and calls ``transplant_mask`` (or passes ``source_masks=`` to ``prune_masks``).
+``random_structured`` (``dim``), and the score methods ``snip``, ``grasp``,
+``synflow``). An entry says whether the method removes single weights or whole slices,
+whether it draws random numbers, which options it takes (a ``spec.options.Schema``) and
+where its implementation is. Taking the mask of another state is the step kind
+``transplant`` (a recipe's ``prune: {method: from_state, from: ...}`` is one): the caller
+loads that state's masks and calls ``transplant_mask``.
 
 Score methods (``Method.scorer``; ``pruning.scores``): their keep scores come from the
 network (SNIP's gradients, GraSP's Hessian-gradient product, SynFlow's data-free flow),
@@ -94,8 +95,8 @@ Prune step spec (recipe files; ``resolve_prune_step`` makes it canonical)
 ::
 
     {"method": "l1_unstructured",      # required; or random_unstructured, ln_structured,
-                                       #   random_structured, from_state
-     "amount": 0.2,                    # required (not for from_state)
+                                       #   random_structured, snip, grasp, synflow
+     "amount": 0.2,                    # required
      "scope": "layer",                 # or "global" (unstructured methods only)
      "n": 1, "dim": 1,                 # ln_structured: n and dim; random_structured: dim
      "include": ["*"], "exclude": [],  # selectors of the layers this step prunes
@@ -107,7 +108,6 @@ Prune step spec (recipe files; ``resolve_prune_step`` makes it canonical)
                              "skip": bool}},
      "seed": <int>}                    # kept only when given and a random method is used;
                                        # absent: derived from the state's key by the DAG
-    {"method": "from_state", "state": "<ref>"}   # the DAG resolves <ref>
 
 Selectors are ``fnmatch`` globs on parameter names (``"fc3.weight"``,
 ``"features.*"``) or the tokens ``@conv``, ``@linear``, ``@output`` (the last
@@ -136,10 +136,10 @@ in the pool); layers with a (non-skip) override are pruned on their own, layer-w
 
 from __future__ import annotations
 
-from .catalog import METHODS, SELECTOR_TOKENS, Method, MethodOption, method_options, n_to_prune
-from .prune_step import layer_plan, resolve_prune_step
+from .catalog import METHODS, SELECTOR_TOKENS, Method, method_options, n_to_prune
+from .prune_step import layer_plan, prune_schema, resolve_prune_step
 
-__all__ = ["METHODS", "Method", "MethodOption", "SELECTOR_TOKENS", "resolve_prune_step", "layer_plan", "n_to_prune",
+__all__ = ["METHODS", "Method", "prune_schema", "SELECTOR_TOKENS", "resolve_prune_step", "layer_plan", "n_to_prune",
            "method_options", "compute_mask", "prune_masks", "transplant_mask"]
 
 _TENSOR_API = ("compute_mask", "prune_masks", "transplant_mask", "l1_unstructured", "random_unstructured",

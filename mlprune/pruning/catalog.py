@@ -6,8 +6,9 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from ..errors import SpecError, shown
+from ..errors import SpecError
 from ..registry import Registry
+from ..spec.options import Option, Schema, boolean, integer, number, with_doc
 from ..spec.limits import MAX_BATCH_SIZE, MAX_PRUNE_ITERATIONS, MAX_SCORE_BATCHES
 
 SELECTOR_TOKENS = ("@conv", "@linear", "@output")
@@ -107,24 +108,14 @@ def _check_dim_option(dim, _name="dim"):
 
 # --------------------------------------------------------------------------- the catalog
 @dataclass(frozen=True)
-class MethodOption:
-    """An option a method takes beyond method/amount/scope: its default and check."""
-
-    name: str
-    default: object
-    check: object  # (value, name) -> canonical value
-    help: str = ""
-
-
-@dataclass(frozen=True)
 class Method:
     """One pruning method.
 
-    granularity: "weight" (single weights), "slice" (whole output / input slices along
-    ``dim``) or "transplant" (the mask of another state). ``impl``: for "weight" methods
-    a function ``(candidate values, k, generator) -> (indices to prune, keep score)``;
-    for "slice" methods ``(remaining slices, k, generator, options) -> indices to keep``
-    (see ``pruning.masks``).
+    granularity: "weight" (single weights) or "slice" (whole output / input slices along
+    ``dim``). ``impl``: for "weight" methods a function ``(candidate values, k, generator) ->
+    (indices to prune, keep score)``; for "slice" methods ``(remaining slices, k, generator,
+    options) -> indices to keep`` (see ``pruning.masks``). ``options``: the `Schema` of what it
+    takes beyond method / amount / scope (declared once; the prune step's schema is their union).
 
     ``scorer``: methods that score the *network* (its gradients on data, or a data-free
     flow) rather than each weight's value: ``"module:function"`` of a function
@@ -137,7 +128,7 @@ class Method:
     granularity: str
     impl: str = ""
     random: bool = False                          # draws from a seeded generator
-    options: tuple[MethodOption, ...] = ()
+    options: Schema = Schema("method option", ())
     short: str = ""                               # a few characters for run names; {option} is filled in
     help: str = ""
     scorer: str = ""                              # scores the network (needs the model and data)
@@ -160,7 +151,7 @@ class Method:
 
     @property
     def option_names(self) -> tuple[str, ...]:
-        return tuple(o.name for o in self.options)
+        return tuple(self.options.names)
 
     def load(self):
         from ..registry import load_impl
@@ -177,68 +168,49 @@ class Method:
         return (self.short or self.name).format(**options) + (" inverted" if options.get("invert") else "")
 
 
-def _bounded_count(maximum: int):
-    """An int in 1..maximum (the bound: far beyond any real use, spec.limits)."""
-    def check(value, name):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= maximum:
-            raise SpecError(f"invalid {name} {shown(value)}; allowed: an int in 1..{maximum}")
-        return int(value)
-    check.doc = f"int in 1..{maximum}"
-    return check
-
-
-def _flag(value, name):
-    if not isinstance(value, bool):
-        raise SpecError(f"invalid {name} {value!r}; allowed: true or false")
-    return value
-
-
-def _positive_number(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise SpecError(f"invalid {name} {value!r}; allowed: a finite number > 0")
-    return float(value)
-
-
-_DIM = MethodOption("dim", 1, _check_dim_option,
-                    "0 = output channels / neurons, 1 = input channels / features")
-_N = MethodOption("n", 1, _canonical_n, "the norm: 1, 2, inf, -inf")
+_DIM = Option("dim", 1, with_doc(_check_dim_option, "0 | 1"),
+              "0 = output channels / neurons, 1 = input channels / features")
+_N = Option("n", 1, with_doc(_canonical_n, "1 | 2 | inf | -inf"), "the norm: 1, 2, inf, -inf")
 # score methods (pruning.scores): the data they look at, their iterations, the sanity check
-_BATCHES = MethodOption("batches", 1, _bounded_count(MAX_SCORE_BATCHES),
-                        "training batches the scores are computed on (the first ones of the root's data order)")
-_BATCH_SIZE = MethodOption("batch_size", 128, _bounded_count(MAX_BATCH_SIZE), "examples per scoring batch")
-_ITERATIONS = MethodOption("iterations", 100, _bounded_count(MAX_PRUNE_ITERATIONS),
-                           "score-and-prune iterations on an exponential schedule of the remaining weights")
-_TEMPERATURE = MethodOption("temperature", 200.0, _positive_number,
-                            "softmax temperature of the loss whose Hessian-gradient product is taken "
-                            "(the GraSP authors' code: 200)")
-_INVERT = MethodOption("invert", False, _flag, "keep the lowest scores instead of the highest (a sanity check)")
+_BATCHES = Option("batches", 1, integer(1, MAX_SCORE_BATCHES),
+                  "training batches the scores are computed on (the first ones of the root's data order)")
+_BATCH_SIZE = Option("batch_size", 128, integer(1, MAX_BATCH_SIZE), "examples per scoring batch")
+_ITERATIONS = Option("iterations", 100, integer(1, MAX_PRUNE_ITERATIONS),
+                     "score-and-prune iterations on an exponential schedule of the remaining weights")
+_TEMPERATURE = Option("temperature", 200.0, number(positive=True),
+                      "softmax temperature of the loss whose Hessian-gradient product is taken "
+                      "(the GraSP authors' code: 200)")
+_INVERT = Option("invert", False, boolean, "keep the lowest scores instead of the highest (a sanity check)")
+
+
+def _options(*options: Option) -> Schema:
+    return Schema("method option", options)
+
 
 METHODS: Registry[Method] = Registry("pruning method", group="mlprune.methods")
 METHODS.add(Method("l1_unstructured", "weight", "mlprune.pruning.masks:choose_smallest_magnitude", short="l1",
                    help="the smallest |w| among the remaining weights"))
 METHODS.add(Method("random_unstructured", "weight", "mlprune.pruning.masks:choose_at_random", random=True,
                    short="random", help="uniformly among the remaining weights"))
-METHODS.add(Method("ln_structured", "slice", "mlprune.pruning.masks:keep_largest_norm", options=(_N, _DIM),
+METHODS.add(Method("ln_structured", "slice", "mlprune.pruning.masks:keep_largest_norm", options=_options(_N, _DIM),
                    short="l{n}-struct", help="whole slices by their Ln norm",
                    unit_impl="mlprune.pruning.masks:keep_largest_unit_norm"))
 METHODS.add(Method("random_structured", "slice", "mlprune.pruning.masks:keep_at_random", random=True,
-                   options=(_DIM,), short="random-struct", help="whole slices at random",
+                   options=_options(_DIM), short="random-struct", help="whole slices at random",
                    unit_impl="mlprune.pruning.masks:keep_units_at_random"))
-METHODS.add(Method("from_state", "transplant", short="transplant",
-                   help="the mask of another state (`from`: a state)"))
 # Score methods: pruning at initialization (or at any state); their scores use the masks already there.
 METHODS.add(Method("snip", "weight", scorer="mlprune.pruning.scores:snip", default_scope="global",
-                   options=(_BATCHES, _BATCH_SIZE, _INVERT), short="snip",
+                   options=_options(_BATCHES, _BATCH_SIZE, _INVERT), short="snip",
                    help="|g ⊙ w|: the loss gradient times the weight on data batches (Lee et al. 2019)"))
 METHODS.add(Method("mag_grad", "weight", scorer="mlprune.pruning.scores:mag_grad", default_scope="global",
-                   options=(_BATCHES, _BATCH_SIZE, _INVERT), short="mag-grad",
+                   options=_options(_BATCHES, _BATCH_SIZE, _INVERT), short="mag-grad",
                    help="|w ⊙ ∂L/∂w| of a trained network, the gradient summed over a few batches "
                         "(ShrinkBench's GlobalMagGrad / LayerMagGrad)"))
 METHODS.add(Method("grasp", "weight", scorer="mlprune.pruning.scores:grasp", default_scope="global",
-                   options=(_BATCHES, _BATCH_SIZE, _TEMPERATURE, _INVERT), short="grasp",
+                   options=_options(_BATCHES, _BATCH_SIZE, _TEMPERATURE, _INVERT), short="grasp",
                    help="GraSP's S = -(H g) ⊙ w; the weights with the largest S go (Wang et al. 2020)"))
 METHODS.add(Method("synflow", "weight", scorer="mlprune.pruning.scores:synflow", default_scope="global",
-                   options=(_ITERATIONS, _INVERT), short="synflow",
+                   options=_options(_ITERATIONS, _INVERT), short="synflow",
                    help="iterative synaptic flow |∂R/∂w ⊙ w| of the all-ones input through |weights|, "
                         "data-free (Tanaka et al. 2020)"))
 
@@ -247,9 +219,6 @@ def methods_with_option(option: str) -> list[str]:
     return [m.name for m in METHODS.values() if option in m.option_names]
 
 
-def method_options() -> dict[str, MethodOption]:
-    found = {}
-    for method in METHODS.values():
-        for option in method.options:
-            found.setdefault(option.name, option)
-    return found
+def method_options() -> Schema:
+    """Every method's options, each once (the first method that declares it gives its default and check)."""
+    return Schema.union("method option", (m.options for m in METHODS.values()))

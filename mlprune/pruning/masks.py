@@ -163,8 +163,6 @@ def _structured(method, weight, amount, mask, generator, options, note_out=None)
 def compute_mask(method, weight, amount, mask, *, generator=None, **options):
     """New bool mask of `weight` after pruning `amount` more with `method` (one layer)."""
     entry = METHODS[method]
-    if entry.granularity == "transplant":
-        raise SpecError(f"method {method!r} takes its masks from another state; use transplant_mask")
     if entry.scores_network:
         raise SpecError(f"method {method!r} scores the whole network; use prune_masks(..., scores=...)")
     if entry.granularity == "weight":
@@ -219,13 +217,12 @@ def _same_names(expected, got, what):
 
 
 # --------------------------------------------------------------------------- a whole step
-def prune_masks(weights, masks, kinds, step, *, generator, source_masks=None, report=None, scores=None):
+def prune_masks(weights, masks, kinds, step, *, generator, report=None, scores=None):
     """Apply one prune step to all selected layers; returns a full new masks dict.
 
     weights: effective weights (at least every name in `masks`); masks: current masks,
     one per prunable parameter (keys == kinds); step: a prune step spec (resolved or
-    not). For ``from_state`` steps pass the other state's masks as `source_masks`; for
-    score methods (``METHODS[m].scores_network``) pass ``scores(masks) -> {name: keep
+    not). For score methods (``METHODS[m].scores_network``) pass ``scores(masks) -> {name: keep
     scores}``, the network's scores under the given masks (``pruning.scores.network_scores``).
     If `report` is a dict it is filled with ``{name: {...}}`` per layer: method,
     amount, scope, unit, remaining (before), pruned, and a note when rounding gave 0
@@ -233,10 +230,6 @@ def prune_masks(weights, masks, kinds, step, *, generator, source_masks=None, re
     """
     step = resolve_prune_step(step)
     _same_names(kinds, masks, "masks")
-    if METHODS[step["method"]].granularity == "transplant":
-        if source_masks is None:
-            raise SpecError(f"{step['method']} step (state {step['state']!r}) needs the source state's masks")
-        return transplant_mask(masks, source_masks)
     for name in masks:
         if name not in weights:
             raise SpecError(f"weights have no tensor for prunable parameter {name!r}")

@@ -7,28 +7,12 @@ import fnmatch
 import numbers
 from collections.abc import Mapping
 
+from typing import NamedTuple
+
 from ..errors import SpecError, choice_error
 from ..plugins import PLUGINS_KEY, code_identities
-from .catalog import AMOUNT_ALLOWED, METHODS, SELECTOR_TOKENS, check_amount, method_options, methods_with_option
-
-_COMMON_KEYS = ("method", "amount", "scope", "include", "exclude", "bias", "coupled", "layers", "seed")
-_FROM_STATE_KEYS = ("method", "state", "seed")
-
-
-def _step_keys() -> tuple[str, ...]:
-    return (*_COMMON_KEYS[:3], *method_options(), *_COMMON_KEYS[3:])
-
-
-def _override_keys() -> tuple[str, ...]:
-    return ("method", "amount", *method_options(), "skip")
-
-
-def _check_keys(d, allowed, what):
-    if not isinstance(d, Mapping):
-        raise SpecError(f"{what} must be a mapping, got {d!r}")
-    for key in d:
-        if key not in allowed:
-            raise SpecError(f"unknown key {key!r} in {what}; allowed: {', '.join(allowed)}")
+from ..spec.options import REQUIRED, Option, Schema, any_value, boolean, choice, optional, seed_value, with_doc
+from .catalog import AMOUNT_ALLOWED, METHODS, SELECTOR_TOKENS, check_amount, methods_with_option
 
 
 def _check_selector(sel, what):
@@ -48,18 +32,90 @@ def _selector_list(value, what):
     return sorted({_check_selector(s, what) for s in value})
 
 
-def _check_method(method, layerwise=False):
-    if not isinstance(method, str) or method not in METHODS or (
-            layerwise and METHODS[method].granularity == "transplant"):
-        allowed = [m for m in METHODS if not (layerwise and METHODS[m].granularity == "transplant")]
-        raise choice_error("pruning method", method, allowed)
+def _check_method(method, name="pruning method"):
+    if not isinstance(method, str) or method not in METHODS:
+        raise choice_error("pruning method", method, list(METHODS))
     return method
 
 
-def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 63:
-        raise SpecError(f"invalid seed {seed!r}; allowed: an int in [0, 2^63)")
-    return int(seed)
+def _no_bias(bias, name):
+    if bias is not False:
+        raise SpecError(f"bias pruning not supported yet (bias={bias!r}); allowed: false")
+    return bias
+
+
+def _flag(what):
+    """true | false, refused in the prune step's own words ("invalid coupled 'yes'; allowed: true or false")."""
+    def check(value, name):
+        if not isinstance(value, bool):
+            raise SpecError(f"invalid {name} {value!r}{what}; allowed: true or false")
+        return value
+    return with_doc(check, "true | false")
+
+
+def _seed(seed, name):
+    try:
+        return seed_value(seed, name)
+    except SpecError:
+        raise SpecError(f"invalid seed {seed!r}; allowed: an int in [0, 2^63)") from None
+
+
+def _method_option_docs(methods) -> tuple[Option, ...]:
+    """Every method's options, each once, its help naming the methods that take it."""
+    union = Schema.union("method option", (m.options for m in methods))
+    return tuple(Option(o.name, o.default, o.check, f"{o.help} ({', '.join(m.name for m in methods if o.name in m.options)})")
+                 for o in union)
+
+
+class PruneSchemas(NamedTuple):
+    """The prune step's options for one set of registered methods."""
+
+    step: Schema                      # method, amount, scope, the methods' options, selection, seed, coupled
+    method_options: tuple[str, ...]   # the names of the methods' options (the union)
+    override: Schema                  # what an entry of `layers` may set
+
+
+def _build(methods) -> PruneSchemas:
+    options = _method_option_docs(methods)
+    step = Schema("prune option", (
+        Option("method", REQUIRED, _check_method, "pruning method: " + ", ".join(m.name for m in methods)),
+        Option("amount", REQUIRED, check_amount, "a fraction in (0, 1) of what remains, or an int count"),
+        Option("scope", "layer", choice("layer", "global"), "layer (each layer alone) or global (one "
+               "threshold); score methods (snip, grasp, synflow) default to global"),
+        *options,
+        Option("include", ["*"], any_value, "layers to prune: globs over parameter names or @conv, @linear, @output"),
+        Option("exclude", [], any_value, "layers to leave alone (same selectors)"),
+        Option("layers", {}, any_value, "per-layer overrides {selector: {method, amount, ..., skip}}", cli=False),
+        Option("seed", None, optional(with_doc(_seed, seed_value.doc)), "seed of random methods (default: derived "
+               "from the state's key)"),
+        Option("bias", False, _no_bias, "bias pruning (not supported)", cli=False),
+        Option("coupled", False, _flag(""), "structured methods: remove whole channels with their biases, "
+               "BatchNorm entries and the next layers' inputs; residual groups together (docs/structured.md)",
+               key="unless_default"),
+    ))
+    override = Schema("layers override option", (step["method"], step["amount"], *options,
+                                                 Option("skip", False, any_value, "leave the layer alone this round")))
+    return PruneSchemas(step, tuple(o.name for o in options), override)
+
+
+_BUILT: dict = {}
+
+
+def prune_schemas() -> PruneSchemas:
+    """The prune step's schemas for the methods registered now (built-ins and plugins), built once per set
+    of methods (every planned prune state asks)."""
+    methods = tuple(METHODS.values())
+    marker = tuple(map(id, methods))
+    if marker not in _BUILT:
+        _BUILT.clear()
+        _BUILT[marker] = (methods, _build(methods))   # the methods kept: their ids stay theirs
+    return _BUILT[marker][1]
+
+
+def prune_schema() -> Schema:
+    """The prune step's options: method, amount, scope, the union of the methods' options, the layer
+    selection, overrides, seed, coupled (`prune_schemas`)."""
+    return prune_schemas().step
 
 
 def _not_applicable(option, value, where, method):
@@ -72,12 +128,10 @@ def _method_config(method, amount, given: dict, where):
     """Canonical {"method", "amount", <the method's options>} for one (effective) method."""
     entry = METHODS[method]
     for option, value in given.items():
-        if option not in entry.option_names:
+        if option not in entry.options:
             raise _not_applicable(option, value, where, method)
-    cfg = {"method": method, "amount": check_amount(amount, f"amount in {where}")}
-    for option in entry.options:
-        cfg[option.name] = option.check(given.get(option.name, option.default), option.name)
-    return cfg
+    return {"method": method, "amount": check_amount(amount, f"amount in {where}"),
+            **entry.options.checked({k: v for k, v in given.items()})}
 
 
 def _raw_layers(layers):
@@ -98,10 +152,40 @@ def _is_zero_amount(a):
     return isinstance(a, numbers.Real) and not isinstance(a, bool) and a == 0
 
 
-def resolve_prune_step(step: dict) -> dict:
-    """Validated, canonical prune step: defaults filled, inapplicable options removed.
+def _override(sel, ov, step, top_options, schemas: PruneSchemas) -> dict:
+    """One entry of ``layers`` as its full effective config (a skip: ``{"select", "skip": True}``)."""
+    sel = _check_selector(sel, "layers")
+    where = f"layers[{sel!r}]"
+    if not isinstance(ov, Mapping):
+        raise SpecError(f"{where} must be a mapping, got {ov!r}")
+    for key in ov:
+        if key not in schemas.override:
+            raise SpecError(f"unknown key {key!r} in {where}; allowed: {', '.join(schemas.override.names)}")
+    skip = _flag(f" in {where}")(ov.get("skip", False), "skip")
+    if skip or _is_zero_amount(ov.get("amount")):
+        extra = [k for k in ov if k not in ("skip", "amount")] + (
+            ["amount"] if "amount" in ov and not _is_zero_amount(ov["amount"]) else [])
+        if extra:
+            raise SpecError(f"{where} skips the layer but also sets {extra[0]!r}; allowed with skip: nothing else")
+        return {"select": sel, "skip": True}
+    method = _check_method(ov.get("method", step["method"]))
+    if METHODS[method].scores_network:
+        # one score method prunes its layers together (one pass through the network per iteration)
+        others = [m for m, e in METHODS.items() if not e.scores_network]
+        raise SpecError(f"{where} uses score method {method!r}; a score method prunes all its layers "
+                        f"together (the step's scope says how), so an override may skip a layer or use "
+                        f"another method: {', '.join(others)}")
+    own = {name: ov[name] for name in schemas.method_options if name in ov}
+    inherited = {name: value for name, value in top_options.items() if name in METHODS[method].options}
+    return {"select": sel, **_method_config(method, ov.get("amount", step["amount"]), {**inherited, **own}, where)}
 
-    Idempotent: ``resolve_prune_step(resolve_prune_step(s)) == resolve_prune_step(s)``.
+
+def resolve_prune_step(step: dict) -> dict:
+    """Validated, canonical prune step (`prune_schema`): defaults filled, inapplicable options removed.
+
+    Idempotent: ``resolve_prune_step(resolve_prune_step(s)) == resolve_prune_step(s)``. What is
+    prune's own beyond the schema: the scope a method allows, overrides (each its full effective
+    config), method options that must apply to a method used, and a seed kept only for random methods.
     """
     if not isinstance(step, Mapping):
         raise SpecError(f"prune step must be a mapping, got {step!r}")
@@ -109,98 +193,41 @@ def resolve_prune_step(step: dict) -> dict:
     step = {k: v for k, v in step.items() if k != PLUGINS_KEY}
     if "method" not in step:
         raise SpecError("prune step has no 'method'; allowed: " + ", ".join(METHODS))
-    method = _check_method(step["method"])
-    entry = METHODS[method]
-
-    if entry.granularity == "transplant":
-        _check_keys(step, _FROM_STATE_KEYS, f"prune step ({method})")
-        ref = step.get("state")
-        if not isinstance(ref, str) or not ref:
-            raise SpecError(f"{method} needs 'state': a state reference string, got {ref!r}")
-        return {"method": method, "state": ref}
-
-    _check_keys(step, _step_keys(), "prune step")
-    if "amount" not in step:
+    entry = METHODS[_check_method(step["method"])]
+    schemas = prune_schemas()
+    given = schemas.step.canonical_names(step)
+    if "amount" not in given:
         raise SpecError(f"prune step has no 'amount'; allowed: {AMOUNT_ALLOWED}")
-    scope = step.get("scope", entry.default_scope)
-    if scope not in ("layer", "global"):
-        raise choice_error("scope", scope, ("layer", "global"))
-    if scope == "global" and entry.granularity != "weight":
-        raise SpecError(f"scope 'global' needs an unstructured method, got {method!r}; "
+    top_options = {name: schemas.step[name].check(given[name], name) for name in schemas.method_options
+                   if name in given}
+    values = schemas.step.checked({k: v for k, v in given.items() if k not in schemas.method_options})
+    scope = values["scope"] if "scope" in given else entry.default_scope
+    if scope == "global" and entry.structured:
+        raise SpecError(f"scope 'global' needs an unstructured method, got {entry.name!r}; "
                         f"allowed: {', '.join(METHODS.where(granularity='weight'))}")
-    bias = step.get("bias", False)
-    if bias is not False:
-        raise SpecError(f"bias pruning not supported yet (bias={bias!r}); allowed: false")
-    coupled = step.get("coupled", False)
-    if not isinstance(coupled, bool):
-        raise SpecError(f"invalid coupled {coupled!r}; allowed: true or false")
-
-    # method options given at the top level apply to the step's method and are inherited by
-    # overrides; each is checked where it is given, and must apply to some method used
-    top_options = {name: step[name] for name in method_options() if name in step}
+    overrides = [_override(sel, ov, given, top_options, schemas) for sel, ov in _raw_layers(values["layers"])]
+    methods_used = {entry.name} | {o["method"] for o in overrides if "method" in o}
     for name, value in top_options.items():
-        method_options()[name].check(value, name)
-
-    # overrides: each becomes its full effective config
-    overrides, methods_used = [], {method}
-    for sel, ov in _raw_layers(step.get("layers", {})):
-        sel = _check_selector(sel, "layers")
-        where = f"layers[{sel!r}]"
-        _check_keys(ov, _override_keys(), where)
-        skip = ov.get("skip", False)
-        if not isinstance(skip, bool):
-            raise SpecError(f"invalid skip {skip!r} in {where}; allowed: true or false")
-        if skip or _is_zero_amount(ov.get("amount")):
-            extra = [k for k in ov if k not in ("skip", "amount")] + (
-                ["amount"] if "amount" in ov and not _is_zero_amount(ov["amount"]) else [])
-            if extra:
-                raise SpecError(f"{where} skips the layer but also sets {extra[0]!r}; "
-                                f"allowed with skip: nothing else")
-            overrides.append({"select": sel, "skip": True})
-            continue
-        ov_method = _check_method(ov.get("method", method), layerwise=True)
-        if METHODS[ov_method].scores_network:
-            # one score method prunes its layers together (one pass through the network per iteration)
-            others = [m for m, e in METHODS.items() if e.granularity != "transplant" and not e.scores_network]
-            raise SpecError(f"{where} uses score method {ov_method!r}; a score method prunes all its layers "
-                            f"together (the step's scope says how), so an override may skip a layer or use "
-                            f"another method: {', '.join(others)}")
-        own = {name: ov[name] for name in method_options() if name in ov}
-        for name, value in own.items():
-            if name not in METHODS[ov_method].option_names:
-                raise _not_applicable(name, value, where, ov_method)
-        inherited = {name: value for name, value in top_options.items()
-                     if name in METHODS[ov_method].option_names}
-        cfg = _method_config(ov_method, ov.get("amount", step["amount"]), {**inherited, **own}, where)
-        overrides.append({"select": sel, **cfg})
-        methods_used.add(ov_method)
-
-    for name, value in top_options.items():
-        if not any(name in METHODS[m].option_names for m in methods_used):
+        if not any(name in METHODS[m].options for m in methods_used):
             users = methods_with_option(name)
             what = users[0] if len(users) == 1 else ("structured methods" if name == "dim" else ", ".join(users))
-            raise SpecError(f"option {name!r} ({value!r}) applies only to {what}, not {method}")
-
-    top = _method_config(method, step["amount"],
-                         {k: v for k, v in top_options.items() if k in entry.option_names}, "prune step")
-    out = {**top, "scope": scope,
-           "include": _selector_list(step.get("include", ["*"]), "include"),
-           "exclude": _selector_list(step.get("exclude", []), "exclude"),
-           "bias": False, "layers": overrides}
+            raise SpecError(f"option {name!r} ({value!r}) applies only to {what}, not {entry.name}")
+    top = _method_config(entry.name, given["amount"], {k: v for k, v in top_options.items() if k in entry.options},
+                         "prune step")
+    out = {**top, "scope": scope, "include": _selector_list(values["include"], "include"),
+           "exclude": _selector_list(values["exclude"], "exclude"), "bias": False, "layers": overrides}
     if "*" in out["exclude"] or not out["include"]:
         raise SpecError(f"prune step excludes every layer (include {out['include']}, exclude {out['exclude']}): "
                         f"it would prune nothing; allowed: exclude selectors that leave a layer to prune")
-    if coupled:  # in the key only when true: every existing prune step keeps its key
+    if values["coupled"]:  # in the key only when true: every existing prune step keeps its key
         unstructured = sorted(m for m in methods_used if not METHODS[m].structured)
         if unstructured:
             raise SpecError(f"coupled pruning removes whole channels; method {unstructured[0]!r} prunes single "
                             f"weights (allowed with coupled: {', '.join(METHODS.where(granularity='slice'))})")
         out["coupled"] = True
     # No default seed: absent, the executor derives one from the child's key (each branch its own draw).
-    if step.get("seed") is not None:
-        seed = _check_seed(step["seed"])
-        if any(METHODS[m].random for m in methods_used):
-            out["seed"] = seed
+    if values["seed"] is not None and any(METHODS[m].random for m in methods_used):
+        out["seed"] = values["seed"]
     plugins = code_identities((METHODS, m) for m in sorted(methods_used))
     if plugins:  # only for plugin methods: built-in keys stay as they were
         out[PLUGINS_KEY] = plugins
@@ -221,15 +248,12 @@ def layer_plan(kinds, step) -> dict:
     """{name: config} for every layer in `kinds`: what this step does to it.
 
     Pruned layers: ``{"method", "amount", "scope", <method options>}`` (scope "global"
-    = part of the global pool); others ``{"skip": True}``. Transplant steps give
-    ``{"method": "from_state", "state": ref}`` for every layer.
+    = part of the global pool); others ``{"skip": True}``.
     """
     step = resolve_prune_step(step)
     if not kinds:
         return {}
     names = list(kinds)
-    if METHODS[step["method"]].granularity == "transplant":
-        return {name: {"method": step["method"], "state": step["state"]} for name in names}
     output = names[-1]
     sels = [("include", s) for s in step["include"]] + [("exclude", s) for s in step["exclude"]]
     sels += [("layers", o["select"]) for o in step["layers"]]

@@ -179,6 +179,6 @@ def reinit_weights(strategy, *, current, source=None, fresh=None, masks, kinds=N
         raise SpecError(f"reinit {strategy!r} needs a torch.Generator, got {generator!r}")
     masks_in = {name: m.detach().to(torch.bool).clone() for name, m in masks.items()}
     order = [k for k in (kinds if kinds is not None else masks_in)]
-    own = {name: options[name] for name in entry.options if name in options}
+    own = {name: options[name] for name in entry.options.names if name in options}
     weights, new_masks = entry.load()(current, source, fresh, masks_in, generator, order, **own)
     return _apply_masks(weights, new_masks), new_masks

@@ -106,6 +106,7 @@ def pruned_structurally(spec: dict, spec_of, kinds: dict[str, str]) -> dict[str,
     transplanted mask carries the lineage of the state it came from.
     """
     from ..pruning import METHODS, layer_plan
+    from ..spec.steps import kind_of
 
     chain = []
     while spec is not None:
@@ -114,14 +115,13 @@ def pruned_structurally(spec: dict, spec_of, kinds: dict[str, str]) -> dict[str,
     out: dict[str, bool] = {}
     for spec in reversed(chain):  # from the root down: the steps in the order they ran
         for step in spec.get("steps") or []:
-            (kind, options), = step.items()
-            if kind != "prune":
-                continue
-            if METHODS[options["method"]].granularity == "transplant":
-                source = (spec.get("inputs") or {}).get("mask")
+            kind, options = kind_of(step)
+            if kind.mask_source is not None:   # a transplanted mask: the structure of the state it came from
+                source = (spec.get("inputs") or {}).get(kind.mask_source)
                 for param, flag in (pruned_structurally(spec_of(source["run_id"]), spec_of, kinds)
                                     if source else {}).items():
                     out[param] = out.get(param, True) and flag
+            if not kind.new_masks:
                 continue
             for param, config in layer_plan(kinds, options).items():
                 if not config.get("skip"):

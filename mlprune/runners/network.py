@@ -23,7 +23,7 @@ import torch
 from .. import names
 from ..errors import SpecError
 from ..spec.keys import derived_seed
-from ..spec.steps import STEP_KINDS
+from ..spec.steps import kind_of
 from ..workspace import Workspace
 from .context import StepContext, Tensors
 from .evaluations import evaluate_state
@@ -66,16 +66,31 @@ def _kinds(ctx: StepContext) -> dict:
     return prunable(ctx.workspace.blank(ctx.root, ctx.data))
 
 
-def run_prune(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
-    from ..pruning import METHODS, prune_masks, transplant_mask
-
+def _finite(tensors: Tensors) -> None:
     if not all(bool(torch.isfinite(t).all()) for t in tensors.weights.values() if t.is_floating_point()):
         raise SpecError("cannot prune a state whose weights are not finite (its training diverged): masks "
                         "computed from NaN or inf weights mean nothing")
+
+
+def _masked(ctx: StepContext, tensors: Tensors, masks: dict) -> Tensors:
+    weights = {n: (t * masks[n] if n in masks else t) for n, t in tensors.weights.items()}
+    return Tensors(with_removed_extras(ctx, weights, masks), masks)
+
+
+def run_transplant(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
+    """The parent's masks intersected with those of the state `from` (input role ``mask``)."""
+    from ..pruning import transplant_mask
+
+    _finite(tensors)
+    return _masked(ctx, tensors, transplant_mask(tensors.masks, ctx.inputs["mask"].masks))
+
+
+def run_prune(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
+    from ..pruning import METHODS, prune_masks
+
+    _finite(tensors)
     entry = METHODS[options["method"]]
-    if entry.granularity == "transplant":
-        masks = transplant_mask(tensors.masks, ctx.inputs["mask"].masks)
-    elif options.get("coupled"):
+    if options.get("coupled"):
         from ..pruning.structure import prune_coupled
 
         effective = {n: tensors.weights[n] * tensors.masks[n] for n in tensors.masks}
@@ -86,8 +101,7 @@ def run_prune(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
         scores = _network_scores(ctx, effective, tensors.weights, options) if entry.scores_network else None
         masks = prune_masks(effective, tensors.masks, _kinds(ctx), options, generator=ctx.generator(options.get("seed")),
                             scores=scores)
-    weights = {n: (t * masks[n] if n in masks else t) for n, t in tensors.weights.items()}
-    return Tensors(with_removed_extras(ctx, weights, masks), masks)
+    return _masked(ctx, tensors, masks)
 
 
 def _network_scores(ctx: StepContext, effective: dict, weights: dict, options: dict):
@@ -122,7 +136,7 @@ def run_reinit(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
         seed = options.get("seed")
         fresh = ctx.workspace.build(ctx.root, ctx.data, seed=derived_seed(ctx.key, ctx.index) if seed is None
                                     else seed).state_dict()
-    own = {name: options[name] for name in entry.options if name in options}
+    own = {name: options[name] for name in entry.options.names if name in options}
     weights, masks = reinit_weights(options["strategy"], current=tensors.weights, source=source, fresh=fresh,
                                     masks=tensors.masks, kinds=_kinds(ctx), generator=ctx.generator(options.get("seed")),
                                     **own)
@@ -211,9 +225,9 @@ def run_steps(ctx_base: dict, tensors: Tensors, steps: list) -> Tensors:
     for index, step in enumerate(steps):
         if ctx_base.get("checkpointing") is not None and ctx_base["checkpointing"].skips(index):
             continue  # done before the checkpoint the node resumes from (a later step's)
-        (kind, options), = step.items()
+        kind, options = kind_of(step)
         ctx = StepContext(index=index, last=index == len(steps) - 1, **ctx_base)
-        tensors = STEP_KINDS[kind].load()(ctx, tensors, options)
+        tensors = kind.load()(ctx, tensors, options)
     return tensors
 
 
@@ -234,9 +248,9 @@ def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data
     ctx_base = dict(key=node["key"], root=root, data=data, workspace=workspace, inputs=inputs, history=history,
                     heartbeat=heartbeat, emit=emit or {}, progress=progress, checkpointing=checkpointing)
     steps = node["steps"]
-    if steps and STEP_KINDS[next(iter(steps[0]))].produces == "analysis":
-        (kind, options), = steps[0].items()
-        metrics, files = STEP_KINDS[kind].load()(StepContext(index=0, last=True, **ctx_base), parent, options)
+    if steps and kind_of(steps[0])[0].produces == "analysis":
+        kind, options = kind_of(steps[0])
+        metrics, files = kind.load()(StepContext(index=0, last=True, **ctx_base), parent, options)
         metrics[names.M_DURATION] = time.perf_counter() - started
         return Computed(None, metrics, history, None, files)
     if node["root"] is not None:
@@ -251,7 +265,8 @@ def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data
     metrics[names.M_DURATION] = time.perf_counter() - started
     if checkpointing is not None and checkpointing.trained:
         metrics[names.M_RESUMED_FROM_ITERATION] = checkpointing.resumed_from
-    zeroed = shared_with_parent(tensors, parent) if steps and all(next(iter(s)) == "prune" for s in steps) else None
+    masks_only = steps and all(kind_of(s)[0].masks_only for s in steps)   # the parent's weights, masked
+    zeroed = shared_with_parent(tensors, parent) if masks_only else None
     return Computed(tensors, metrics, history, parent.run_id if zeroed is not None else None, files,
                     zeroed=zeroed or None)
 

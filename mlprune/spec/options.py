@@ -1,10 +1,13 @@
-"""Option declarations: one `Option` per step option, one `Schema` per step kind.
+"""Option declarations: the one way to declare an option anywhere in the package.
 
 An `Option` says everything callers need about one option: its default, how a
-value is checked and made canonical, whether it is part of the state's key, its
-help text. From a `Schema` (the options of one step kind) come the validation
-and its one-line errors, the canonical dict that keys hash, the MLproject
-parameters, the CLI's ``-o`` options and the recipe reference in the docs.
+value is checked and made canonical (`check`, ``(value, name) -> value`` or a
+one-line SpecError), whether it is part of the state's key, its help text, and
+how it is spelled where users give it as text (a command-line flag, an MLproject
+parameter). A `Schema` is the options of one thing: a step kind, a pruning method,
+a model, a reinit strategy, the run options, SLURM's options. From it come the
+validation and its one-line errors, the canonical dict that keys hash, the
+MLproject parameters, the CLI's options and the reference tables in the docs.
 
 Keys and defaults (design.md §4): an option that existed in the first version
 is always in the key (``key="always"``), so old keys stay; an option added later
@@ -107,6 +110,24 @@ def seed_value(value, name):
 seed_value.doc = "int in [0, 2^63)"
 
 
+def text(validate=None, doc: str = "text"):
+    """A string (anything given is read as its text, stripped); `validate(text, name)` may refuse or
+    rewrite it (a one-line SpecError). For free-form values: SLURM words, paths, device names."""
+    def check(value, name):
+        if value is None or isinstance(value, (dict, list, tuple, set)):
+            raise SpecError(f"{name} must be {doc}, got {shown(value)}")
+        value = str(value).strip()
+        return validate(value, name) if validate is not None else value
+    check.doc = doc
+    return check
+
+
+def with_doc(check, doc: str):
+    """`check` (a function of (value, name)) with the text the docs show for its allowed values."""
+    check.doc = doc
+    return check
+
+
 def optional(check):
     def inner(value, name):
         return None if value is None else check(value, name)
@@ -123,7 +144,14 @@ class Option:
     key: str = "always"               # "always" | "unless_default" | "never" (see module docs)
     aliases: tuple[str, ...] = ()     # other spellings accepted in recipes and -o
     key_name: str | None = None       # its name in the key material, when it differs (first-version names)
-    cli: bool = True                  # offered as an MLproject parameter / -o option
+    cli: bool = True                  # offered as an MLproject parameter / a command-line option
+    # spelled as text (command-line flags, MLproject parameters): see `parse_text`
+    parse: Callable[[str, str], Any] | None = None   # (text, flag) -> value; None: the text itself
+    metavar: str = ""                 # what --help shows for the value
+    flag_value: str | None = None     # the value of the bare flag (``--deterministic`` = "true")
+    steps: bool = True                # run options: also offered by ``mlprune step`` and the step entry points
+    api: bool = True                  # run options: a keyword argument of `api.Experiment`
+    param: bool = True                # run options: recorded on every state as the param ``run.<name>``
 
     @property
     def stored_as(self) -> str:
@@ -135,6 +163,19 @@ class Option:
 
     def doc(self) -> str:
         return getattr(self.check, "doc", "")
+
+    @property
+    def flag(self) -> str:
+        """Its command-line spelling: ``--checkpoint-every``."""
+        return "--" + self.name.replace("_", "-")
+
+    def parse_text(self, given, where: str | None = None):
+        """The value given as text (a flag, an MLproject parameter; '' or None: not given, the default),
+        checked. Errors name `where` (the flag) when given."""
+        if given is None or (isinstance(given, str) and given.strip() == ""):
+            return self.default
+        value = self.parse(given, where or self.name) if self.parse is not None and isinstance(given, str) else given
+        return self.check(value, where or self.name)
 
 
 @dataclass(frozen=True)
@@ -185,21 +226,48 @@ class Schema:
         An ``unless_default`` option at its default and every ``never`` option are left
         out (unless named in `keep`).
         """
-        given = self.canonical_names(raw)
+        values = self.checked(raw)
         out = {}
         for option in self.options:
-            if option.name in given:
-                value = option.check(given[option.name], option.name)
-            elif option.required:
-                raise SpecError(f"{self.what} {option.name!r} is required")
-            else:
-                value = option.default
+            value = values[option.name]
             if option.name not in keep:
                 if option.key == "never":
                     continue
                 if option.key == "unless_default" and value == option.default:
                     continue
             out[option.stored_as] = value
+        return out
+
+    def with_options(self, *options: Option, after: str | None = None, what: str | None = None) -> "Schema":
+        """This schema with `options`: one of an existing name replaces it where it is, a new one goes after
+        the option named `after` (default: at the end)."""
+        by_name = {o.name: o for o in options}
+        out = [by_name.pop(o.name, o) for o in self.options]
+        at = out.index(self[after]) + 1 if after is not None else len(out)
+        return Schema(what or self.what, tuple(out[:at]) + tuple(by_name.values()) + tuple(out[at:]))
+
+    @classmethod
+    def union(cls, what: str, schemas, *, first: tuple = (), last: tuple = ()) -> "Schema":
+        """One schema of the options of `schemas` (each name once: the first declaration wins),
+        `first` before them and `last` after."""
+        seen, out = set(), []
+        for option in (*first, *(o for schema in schemas for o in schema), *last):
+            if option.name not in seen:
+                seen.add(option.name)
+                out.append(option)
+        return cls(what, tuple(out))
+
+    def checked(self, given: dict) -> dict:
+        """Every option of this schema, checked, defaults filled, by name (no key policy applied)."""
+        given = self.canonical_names(given)
+        out = {}
+        for option in self.options:
+            if option.name in given:
+                out[option.name] = option.check(given[option.name], option.name)
+            elif option.required:
+                raise SpecError(f"{self.what} {option.name!r} is required")
+            else:
+                out[option.name] = option.default
         return out
 
     def public(self, stored: dict) -> dict:

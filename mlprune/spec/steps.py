@@ -23,6 +23,7 @@ from typing import Callable
 from ..errors import SpecError, choice_error, shown
 from ..plugins import PLUGINS_KEY, code_identities
 from ..registry import Registry, load_impl
+from ..reinit.catalog import STRATEGIES, reinit_schema, resolve_reinit_step
 from .limits import MAX_BATCH_SIZE, MAX_EXAMPLES, MAX_IMAGE_SIZE
 from .options import (REQUIRED, Option, Schema, any_value, boolean, choice, integer, number, optional,
                       seed_value, time_value)
@@ -48,27 +49,56 @@ class ResolvedStep:
     sources: dict = field(default_factory=dict)     # role -> Source
 
     def as_dict(self) -> dict:
-        return {self.kind: self.options}
+        """The step as keys hash it and states record it (``{kind: options}``, or the kind's `recorded_as`)."""
+        return STEP_KINDS[self.kind].record(self.options)
 
 
 @dataclass(frozen=True)
 class StepKind:
-    """One step kind.
+    """One step kind, and everything code would otherwise switch on by its name.
 
-    schema: its options (docs, CLI, MLproject); resolve: raw options -> ResolvedStep
-    (validation, canonical key form, sources); runner: ``"module:function"`` that
-    computes it (``compute``); produces: "network" (weights and masks) or "analysis".
+    declared / schema: its options (validation, docs, CLI, MLproject); resolve: raw options -> ResolvedStep
+    (canonical key form, sources); runner: ``"module:function"`` that computes it; produces:
+    "network" (weights and masks) or "analysis" (metrics and files of its parent and inputs).
     """
 
     name: str
-    schema: Schema
+    declared: Schema | Callable[[], Schema]   # its options, or how to build them from a registry it reads
     resolve: Callable[[dict], ResolvedStep]
     runner: str = ""
     produces: str = "network"
     help: str = ""
+    root: bool = False                # makes a root (init): no parent, never a step of a recipe
+    entry_point: bool = False         # an MLproject step entry point of its own
+    describe: Callable[[dict, dict], str] | None = None   # (options, sources) -> a few words for run names
+    retrain_label: bool = False       # followed by a training, a run name reads '<its words>+train'
+    check: str = ""                   # "module:function" (options, parent: validate.Parent): checks against
+                                      #   the parent's layers and data, before any run is created
+    trains: bool = False              # its runner trains: sibling trainings batch on it (`executor.batching`)
+    masks_only: bool = False          # its runner changes the masks only: the weights are the parent's,
+                                      #   masked, so a state of such steps may share its parent's weights file
+    new_masks: bool = False           # computes masks over the layers from its options (`pruning.layer_plan`)
+    mask_source: str | None = None    # the input role whose mask it takes (and that state's structure)
+    recorded_as: tuple | None = None  # (kind, fixed options): how its steps are keyed and recorded, when a
+                                      #   spelling of another kind came first (keys and params stay)
+
+    @property
+    def schema(self) -> Schema:
+        """Its options (prune's: those of the methods registered now, plugins' too)."""
+        return self.declared() if callable(self.declared) else self.declared
 
     def load(self):
         return load_impl(self.runner)
+
+    def load_check(self):
+        return load_impl(self.check) if self.check else None
+
+    def record(self, options: dict) -> dict:
+        """One step of this kind as keys hash it and states record it."""
+        if self.recorded_as is None:
+            return {self.name: options}
+        kind, fixed = self.recorded_as
+        return {kind: {**fixed, **options}}
 
 
 def _is_state_object(value) -> bool:
@@ -419,69 +449,96 @@ def truncated_train(options: dict, at) -> dict:
     return resolve_train({**raw, "steps": full, "stop_at": str(parse_time(at))}).options
 
 
-# ---- prune ------------------------------------------------------------------------------------
+# ---- prune and transplant ------------------------------------------------------------------------
 
-def _prune_option_doc():
-    from ..pruning.catalog import METHODS, method_options
+def _percent(amount) -> str:
+    if isinstance(amount, int):
+        return f"n={amount}"
+    return f"{100 * amount:.3g}%"
 
-    options = [
-        Option("method", REQUIRED, any_value, "pruning method: " + ", ".join(METHODS)),
-        Option("amount", REQUIRED, any_value, "a fraction in (0, 1) of what remains, or an int count"),
-        Option("scope", "layer", choice("layer", "global"), "layer (each layer alone) or global (one threshold); "
-               "score methods (snip, grasp, synflow) default to global"),
-    ]
-    for name, option in method_options().items():
-        users = [m for m, e in METHODS.items() if name in e.option_names]
-        options.append(Option(name, option.default, option.check, f"{option.help} ({', '.join(users)})"))
-    options += [
-        Option("include", ["*"], any_value, "layers to prune: globs over parameter names or @conv, @linear, @output"),
-        Option("exclude", [], any_value, "layers to leave alone (same selectors)"),
-        Option("layers", {}, any_value, "per-layer overrides {selector: {method, amount, ..., skip}}", cli=False),
-        Option("seed", None, optional(seed_value), "seed of random methods (default: derived from the state's key)"),
-        Option("from", None, any_value, "from_state: the state whose mask to take (a run id or state:<node>)"),
-        Option("bias", False, any_value, "bias pruning (not supported)", cli=False),
-        Option("coupled", False, boolean, "structured methods: remove whole channels with their biases, "
-               "BatchNorm entries and the next layers' inputs; residual groups together (docs/structured.md)",
-               key="unless_default"),
-    ]
-    return Schema("prune option", tuple(options))
+
+def _describe_prune(options: dict, sources: dict) -> str:
+    from ..pruning.catalog import METHODS
+
+    extra = "*" if options.get("layers") or options.get("include") != ["*"] or options.get("exclude") else ""
+    scope = " global" if options.get("scope") == "global" else ""
+    return f"prune {METHODS[options['method']].describe(options)}{scope} {_percent(options['amount'])}{extra}"
+
+
+# A recipe's `prune: {method: from_state, from: <state>}` (the first spelling of a transplant): the
+# step kind `transplant`, keyed and recorded as that prune step, so its states keep their keys.
+TRANSPLANT_METHOD = "from_state"
+TRANSPLANT_SCHEMA = Schema("transplant option", (
+    Option("from", REQUIRED, any_value, "the state whose mask to take: a run id, state:<node>, root or parent",
+           aliases=("state",)),
+))
+
+
+_PRUNE_STEP: dict = {}
+
+
+def _prune_step_schema() -> Schema:
+    """The prune step's options (`pruning.prune_schema`) and the source of its from_state spelling."""
+    from ..pruning.prune_step import prune_schema
+
+    base = prune_schema()
+    if _PRUNE_STEP.get("base") is not base:   # built once per set of registered methods
+        _PRUNE_STEP.update(base=base, schema=_with_from(base))
+    return _PRUNE_STEP["schema"]
+
+
+def _with_from(base: Schema) -> Schema:
+    method = base["method"]
+    return base.with_options(
+        Option("method", REQUIRED, method.check, f"{method.help}, {TRANSPLANT_METHOD} (a transplant: `from`)"),
+        Option("from", None, any_value, f"{TRANSPLANT_METHOD}: the state whose mask to take (a run id or "
+               f"state:<node>)"), after="seed")
 
 
 def resolve_prune(raw: dict) -> ResolvedStep:
-    from ..pruning.catalog import METHODS
     from ..pruning.prune_step import resolve_prune_step
 
     raw = dict(raw or {})
-    method = raw.get("method")
-    if method in METHODS and METHODS[method].granularity == "transplant":
-        unknown = sorted(set(raw) - {"method", "from"})
-        if unknown:
-            raise SpecError(f"unknown {method} option {unknown[0]!r}; allowed: method, from")
-        source = raw.get("from")
-        if source is None:
-            raise SpecError(f"prune method {method!r} needs 'from': the state whose mask to take")
-        return ResolvedStep("prune", {"method": method, "from": "input:mask"}, {"mask": Source(source)})
+    if raw.get("method") == TRANSPLANT_METHOD:
+        return _transplant({k: v for k, v in raw.items() if k != "method"}, TRANSPLANT_METHOD, "method, from",
+                           f"prune method {TRANSPLANT_METHOD!r}")
     raw.pop("from", None)
     return ResolvedStep("prune", resolve_prune_step(raw))
 
 
+def resolve_transplant(raw: dict) -> ResolvedStep:
+    """The mask of another state (`from`), intersected with the parent's."""
+    return _transplant(dict(raw or {}), "transplant", ", ".join(TRANSPLANT_SCHEMA.names), "transplant")
+
+
+def _transplant(raw: dict, what: str, allowed: str, subject: str) -> ResolvedStep:
+    unknown = sorted(set(raw) - set(TRANSPLANT_SCHEMA.by_name))
+    if unknown:
+        raise SpecError(f"unknown {what} option {unknown[0]!r}; allowed: {allowed}")
+    given = TRANSPLANT_SCHEMA.canonical_names(raw)
+    if given.get("from") is None:
+        raise SpecError(f"{subject} needs 'from': the state whose mask to take")
+    return ResolvedStep("transplant", {"from": "input:mask"}, {"mask": Source(given["from"])})
+
+
+def _describe_transplant(options: dict, sources: dict) -> str:
+    return "prune transplant"
+
+
+def _describe_reinit(options: dict, sources: dict) -> str:
+    source = (sources or {}).get("weights")
+    at = f"@{source.at}" if source is not None and source.at else ""
+    return f"{options['strategy']}{at}"
+
+
+def _describe_train(options: dict, sources: dict) -> str:
+    start = options.get("schedule_from")
+    return f"train {start + '-' if start else ''}{train_length(options)}"
+
+
 # ---- reinit -----------------------------------------------------------------------------------
 
-REINIT_SCHEMA = Schema("reinit option", (
-    Option("strategy", REQUIRED, any_value, "rewind | random | sign | zhou | shuffle | keep"),
-    Option("to", "root", any_value, "the weights source: root, parent, state:<node> or a run id"),
-    Option("at", None, optional(time_value), "rewind to this time of the first training (to: root)"),
-    Option("epoch", None, any_value, "the same as at: <epoch> (first version)", cli=False),
-    Option("seed", None, optional(seed_value), "seed of random strategies (default: derived from the state's key)"),
-    Option("biases", False, boolean, "sign, zhou: set the pruned layers' biases the same way (as the seed did)"),
-    Option("reset_optimizer", True, any_value, "every train step starts a fresh optimizer (false is refused)",
-           cli=False),
-))
-
-
 def resolve_reinit(raw: dict) -> ResolvedStep:
-    from ..reinit.catalog import STRATEGIES, resolve_reinit_step
-
     raw = dict(raw or {})
     objects = {k: v for k, v in raw.items() if _is_state_object(v)}  # Python API: to=<state>
     options = resolve_reinit_step({k: ("state:object" if k in objects else v) for k, v in raw.items()})
@@ -555,51 +612,64 @@ def resolve_interpolate(raw: dict) -> ResolvedStep:
 # ---- the registry -----------------------------------------------------------------------------
 
 STEP_KINDS: Registry[StepKind] = Registry("step")
-STEP_KINDS.add(StepKind("init", INIT_SCHEMA, _resolve_init, "mlprune.runners.network:run_init",
-                        help="the root: a freshly initialized network"))
-STEP_KINDS.add(StepKind("train", TRAIN_SCHEMA, resolve_train, "mlprune.runners.network:run_train",
+STEP_KINDS.add(StepKind("init", INIT_SCHEMA, _resolve_init, "mlprune.runners.network:run_init", root=True,
+                        entry_point=True, help="the root: a freshly initialized network"))
+STEP_KINDS.add(StepKind("train", TRAIN_SCHEMA, resolve_train, "mlprune.runners.network:run_train", entry_point=True,
+                        describe=_describe_train, check="mlprune.validate:check_train", trains=True,
                         help="train with a fresh optimizer; masks enforced at every step"))
-STEP_KINDS.add(StepKind("prune", None, resolve_prune, "mlprune.runners.network:run_prune",
+STEP_KINDS.add(StepKind("prune", _prune_step_schema, resolve_prune, "mlprune.runners.network:run_prune",
+                        entry_point=True, describe=_describe_prune, check="mlprune.validate:check_prune",
+                        masks_only=True, new_masks=True,
                         help="compute new masks from the current effective weights"))
-STEP_KINDS.add(StepKind("reinit", REINIT_SCHEMA, resolve_reinit, "mlprune.runners.network:run_reinit",
+STEP_KINDS.add(StepKind("transplant", TRANSPLANT_SCHEMA, resolve_transplant, "mlprune.runners.network:run_transplant",
+                        describe=_describe_transplant, masks_only=True, mask_source="mask",
+                        recorded_as=("prune", {"method": TRANSPLANT_METHOD}),
+                        help="take the mask of another state (`from`; never revives a weight the parent pruned); "
+                             "also spelled prune: {method: from_state, from: ...}"))
+STEP_KINDS.add(StepKind("reinit", reinit_schema, resolve_reinit, "mlprune.runners.network:run_reinit",
+                        entry_point=True, describe=_describe_reinit, retrain_label=True,
                         help="set the weights before retraining (rewind, random, sign, zhou, shuffle, keep)"))
-STEP_KINDS.add(StepKind("compare", COMPARE_SCHEMA, resolve_compare, "mlprune.runners.analyses:run_compare", produces="analysis",
+STEP_KINDS.add(StepKind("compare", COMPARE_SCHEMA, resolve_compare, "mlprune.runners.analyses:run_compare",
+                        produces="analysis",
                         help="an analysis: the kept weights of the parent (a) vs another state (b): Jaccard, cosine"))
 STEP_KINDS.add(StepKind("cka", CKA_SCHEMA, resolve_cka, "mlprune.runners.analyses:run_cka", produces="analysis",
                         help="an analysis: linear CKA between the outputs of each prunable layer of the parent (a) "
                              "and another state (b), minibatch estimator on a seeded probe set of test examples"))
-STEP_KINDS.add(StepKind("interpolate", INTERPOLATE_SCHEMA, resolve_interpolate, "mlprune.runners.analyses:run_interpolate",
-                        produces="analysis",
+STEP_KINDS.add(StepKind("interpolate", INTERPOLATE_SCHEMA, resolve_interpolate,
+                        "mlprune.runners.analyses:run_interpolate", produces="analysis",
                         help="an analysis: error and loss along the linear path from the parent (a) to b, "
                              "instability and loss barrier (Frankle et al. 2020); a and b need the same mask"))
-CHILD_KINDS = ("prune", "reinit", "train")  # what a recipe's steps may be (init makes roots only)
 
 
-_PRUNE_SCHEMAS: dict[tuple, Schema] = {}
+def child_kinds() -> tuple[str, ...]:
+    """The step kinds a recipe's list of steps may hold (init makes roots; an analysis is a step alone)."""
+    return STEP_KINDS.where(root=False, produces="network")
 
 
-def schema_of(kind: str) -> Schema:
-    """The option schema of a step kind (prune's is built from the method catalog, once per catalog:
-    every planned prune state asks for it)."""
-    from ..pruning.catalog import METHODS
+def kind_of(step: dict) -> tuple[StepKind, dict]:
+    """(its step kind, its options) of a resolved or recorded step ``{kind: options}``: a step recorded
+    as another kind's spelling (`StepKind.recorded_as`) is read back as its own kind."""
+    (name, options), = step.items()
+    for entry in STEP_KINDS.values():
+        if entry.recorded_as is not None and entry.recorded_as[0] == name and isinstance(options, dict) and \
+                entry.recorded_as[1].items() <= options.items():
+            return entry, {k: v for k, v in options.items() if k not in entry.recorded_as[1]}
+    return STEP_KINDS[name], options
 
-    entry = STEP_KINDS[kind]
-    if entry.schema is not None:
-        return entry.schema
-    methods = tuple(METHODS)
-    if methods not in _PRUNE_SCHEMAS:
-        _PRUNE_SCHEMAS.clear()
-        _PRUNE_SCHEMAS[methods] = _prune_option_doc()
-    return _PRUNE_SCHEMAS[methods]
+
+def describe_step(step: dict, sources: dict | None = None) -> str:
+    """A few words for one resolved step: 'prune l1-struct 20%', 'rewind@500it', 'train 30ep'."""
+    entry, options = kind_of(step)
+    return entry.describe(options, sources or {}) if entry.describe is not None else entry.name
 
 
 def resolve_step(step) -> ResolvedStep:
     """One recipe step ``{kind: options}`` -> its `ResolvedStep`; a one-line SpecError if invalid."""
     if not isinstance(step, dict) or len(step) != 1:
-        raise SpecError(f"a step is a mapping with one key out of {', '.join(CHILD_KINDS)}; got {step!r}")
+        raise SpecError(f"a step is a mapping with one key out of {', '.join(child_kinds())}; got {step!r}")
     (kind, options), = step.items()
-    if kind not in CHILD_KINDS and not (kind in STEP_KINDS and STEP_KINDS[kind].produces == "analysis"):
-        raise choice_error("step", kind, [k for k in STEP_KINDS if k != "init"])
+    if kind not in STEP_KINDS or STEP_KINDS[kind].root:
+        raise choice_error("step", kind, STEP_KINDS.where(root=False))
     if options is not None and not isinstance(options, dict):
         raise SpecError(f"{kind} options must be a mapping, got {options!r}")
     return STEP_KINDS[kind].resolve(dict(options or {}))
@@ -611,27 +681,26 @@ def resolve_steps(steps) -> tuple[list[dict], dict[str, Source], list]:
     Run-only extras: a train step's ``checkpoints`` (times at which its state is also stored).
     """
     if not steps:
-        raise SpecError("a recipe needs at least one step (prune, reinit or train)")
+        raise SpecError(f"a recipe needs at least one step ({', '.join(sorted(child_kinds()))})")
     resolved, sources, extras = [], {}, []
     kinds = [next(iter(step)) if isinstance(step, dict) and len(step) == 1 else None for step in steps]
     if any(k in STEP_KINDS and STEP_KINDS[k].produces == "analysis" for k in kinds) and len(steps) > 1:
         raise SpecError(f"an analysis ({', '.join(k for k in kinds if k)}) is a step of its own, not part of a "
                         f"list of steps")
     rewound_to = None  # a rewind to a point of training: the retrain continues the schedule from there
-    for step in steps:
-        if rewound_to is not None and isinstance(step, dict) and "train" in step and isinstance(step["train"], dict) \
-                and "schedule_from" not in step["train"]:
-            step = {"train": {**step["train"], "schedule_from": rewound_to}}
+    for step, kind in zip(steps, kinds):
+        options = step.get(kind) if kind is not None else None
+        trains = kind in STEP_KINDS and STEP_KINDS[kind].trains and isinstance(options, dict)
+        if rewound_to is not None and trains and "schedule_from" not in options:
+            step = {kind: {**options, "schedule_from": rewound_to}}
         result = resolve_step(step)
         source = result.sources.get("weights")
-        rewound_to = source.at if source is not None and source.at and result.kind == "reinit" else rewound_to
+        rewound_to = source.at if source is not None and source.at else rewound_to
         for role, source in result.sources.items():
             if role in sources:
                 raise SpecError(f"a recipe can take its {role} source from one state only")
             sources[role] = source
         resolved.append(result.as_dict())
-        (kind, options), = step.items()
-        extras.append({"checkpoints": TRAIN_SCHEMA["checkpoints"].check((options or {}).get("checkpoints", ()),
-                                                                        "checkpoints")}
-                      if kind == "train" else {})
+        run_only = [o for o in STEP_KINDS[kind].schema if o.key == "never" and not o.cli]
+        extras.append({o.name: o.check((options or {}).get(o.name, o.default), o.name) for o in run_only})
     return resolved, sources, extras

@@ -7,23 +7,8 @@ and a digest of the modules its code fields name (and the modules of this packag
 
 from mlprune.data.catalog import Dataset
 from mlprune.models.catalog import Model
-from mlprune.pruning.catalog import Method, MethodOption
-
-
-def _count(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
-        from mlprune.errors import SpecError
-
-        raise SpecError(f"invalid {name} {value!r}; allowed: an int in 1..10000")
-    return value
-
-
-def _flag(value, name):
-    if not isinstance(value, bool):
-        from mlprune.errors import SpecError
-
-        raise SpecError(f"invalid {name} {value!r}; allowed: true or false")
-    return value
+from mlprune.pruning.catalog import Method
+from mlprune.spec.options import Option, Schema, boolean, integer
 
 
 MODEL = Model("example_mlp", "mlprune_example_plugin.nets:ExampleMLP",
@@ -31,9 +16,10 @@ MODEL = Model("example_mlp", "mlprune_example_plugin.nets:ExampleMLP",
 
 TAYLOR = Method(
     "example_taylor", "weight", scorer="mlprune_example_plugin.criteria:taylor_scores", default_scope="global",
-    options=(MethodOption("batches", 1, _count, "training batches the scores are summed over"),
-             MethodOption("batch_size", 128, _count, "examples per scoring batch"),
-             MethodOption("invert", False, _flag, "keep the lowest scores instead of the highest (a sanity check)")),
+    options=Schema("example_taylor option", (
+        Option("batches", 1, integer(1, 10_000), "training batches the scores are summed over"),
+        Option("batch_size", 128, integer(1, 10_000), "examples per scoring batch"),
+        Option("invert", False, boolean, "keep the lowest scores instead of the highest (a sanity check)"))),
     short="taylor", help="first-order Taylor |w · dL/dw| on training batches (an example plugin criterion)")
 
 BLOBS = Dataset("example_blobs", "mlprune_example_plugin.blobs:read_blobs", num_classes=4, channels=1,
