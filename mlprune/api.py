@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 from .errors import SpecError
 from .plan import PlanBuilder, StateInfo
-from .spec.steps import resolve_step, resolve_root
+from .spec.steps import kind_of, resolve_root, resolve_step
 from .spec.keys import root_key
 
 
@@ -146,22 +146,25 @@ class Experiment:
 
     def __init__(self, name: str | None = None, *, tracking_uri: str | None = None,
                  experiment_id: str | None = None, store=None, progress: Callable[[str], None] | None = None,
-                 data_dir: str | None = None, device: str | None = None, deterministic: bool = False,
-                 channels_last: bool = False, compile: bool = False, checkpoint_every: str | int | None = None,
-                 batch: int = 1):
-        """`device`, `deterministic`, `channels_last`, `compile`, `checkpoint_every` (resumable checkpoints of
-        trainings: ``"1ep"`` by default, ``"<N>ep"``, ``"<N>it"`` or ``"off"``), `batch`: run options of the
-        states this object computes (`executor.RunOptions`; never part of a key). ``batch``: train up to that
-        many sibling states of one call (spawned copies) together as one batch (`executor.batching`)."""
+                 **run_options):
+        """`run_options`: the run options of the states this object computes, by name (every one that
+        `executor.options.RUN_OPTIONS` offers to Python: ``device``, ``data_dir``, ``deterministic``,
+        ``channels_last``, ``compile``, ``checkpoint_every`` (resumable checkpoints of trainings: ``"1ep"``
+        by default, ``"<N>ep"``, ``"<N>it"`` or ``"off"``), ``batch`` (train up to that many sibling states
+        of one call, e.g. spawned copies, together as one batch); never part of a key)."""
+        from .executor.options import api_options
         from .store import Store
 
+        offered = {option.name: option.default for option in api_options()}
+        unknown = sorted(set(run_options) - set(offered))
+        if unknown:
+            raise TypeError(f"Experiment() got an unexpected keyword argument {unknown[0]!r}; run options: "
+                            f"{', '.join(offered)}")
         self.store = store or Store(name, tracking_uri=tracking_uri, experiment_id=experiment_id)
         self.progress = progress
-        self.data_dir = data_dir
-        self.device = device
-        self.deterministic, self.channels_last, self.compile = deterministic, channels_last, compile
-        self.checkpoint_every = checkpoint_every
-        self.batch = batch
+        for option, value in {**offered, **run_options}.items():
+            setattr(self, option, value)
+        self._run_option_names = tuple(offered)
         self.computed: list[str] = []  # run ids of the states this object computed (not cache hits)
 
     def state(self, run_id: str) -> ExperimentState:
@@ -196,11 +199,9 @@ class Experiment:
 
     # ---- computing -----------------------------------------------------------------------------
     def run_options(self):
-        from .executor import RunOptions
+        from .executor.options import RunOptions
 
-        return RunOptions(device=self.device, data_dir=self.data_dir, deterministic=self.deterministic,
-                          channels_last=self.channels_last, compile=self.compile,
-                          checkpoint_every=self.checkpoint_every, batch=self.batch)
+        return RunOptions(**{name: getattr(self, name) for name in self._run_option_names})
 
     def _run(self, plan) -> dict[str, str]:
         from .executor import Execution
@@ -232,9 +233,10 @@ class Experiment:
         from .recipes.spawn import check_copies, default_seeds, spawn_copies
 
         if isinstance(train, Recipe):
-            if [next(iter(s)) for s in train.steps] != ["train"]:
+            kinds = [kind_of(step) for step in train.steps]
+            if len(kinds) != 1 or not kinds[0][0].trains:
                 raise SpecError(f"spawn trains its copies with one train step, not {train.kind!r}")
-            train = train.steps[0]["train"]
+            train = kinds[0][1]
         copies, seeds = check_copies(copies, seeds)
         seeds = list(seeds or default_seeds(point.spec["root"]["seed"], copies))
         builder = PlanBuilder("", load_state=self._info)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
@@ -81,64 +82,30 @@ slurm_config_option = click.option(
     "--slurm-config", type=click.Path(dir_okay=False), default=None, metavar="FILE",
     help="SLURM options of --scheduler slurm from a YAML or JSON file (the --slurm-opt keys); --slurm-opt "
          "overrides them.")
-device_option = click.option(
-    "--device", default=None, metavar="auto|cpu|cuda|cuda:N|mps",
-    help="Where states are computed (not part of any key). Default: MLPRUNE_DEVICE, else auto "
-         "(CUDA if available, else MPS, else the CPU).")
-
-deterministic_option = click.option(
-    "--deterministic", is_flag=False, flag_value="true", default=None, metavar="[true|false]",
-    help="torch's deterministic algorithms and the cuBLAS workspace config, so a GPU run repeats bitwise "
-         "(slower; recorded as the param run.deterministic). CPU runs are bitwise reproducible anyway.")
-channels_last_option = click.option(
-    "--channels-last", "channels_last", is_flag=False, flag_value="true", default=None, metavar="[true|false]",
-    help="Train in the channels_last memory format (faster convolutions on GPUs; floating-point noise; "
-         "recorded as run.channels_last, not part of any key).")
-compile_option = click.option(
-    "--compile", "compile_", is_flag=False, flag_value="true", default=None, metavar="[true|false]",
-    help="Train through torch.compile (a one-off compile time per process, then faster steps; floating-point "
-         "noise; recorded as run.compile, not part of any key).")
-checkpoint_every_option = click.option(
-    "--checkpoint-every", "checkpoint_every", default=None, metavar="<N>ep|<N>it|off",
-    help="How often a training stores a resumable checkpoint on its running run (default 1ep; off or 0: "
-         "only when asked to stop by SIGTERM/SIGUSR1). A killed run resumes from it when run again. "
-         "Recorded as run.checkpoint_every, not part of any key.")
+def _run_flag(option):
+    """The click option of one run option (`executor.options.RUN_OPTIONS`): its flag, given as text."""
+    return click.option(option.flag, option.name, default=None, metavar=option.metavar or None, help=option.help,
+                        **({"is_flag": False, "flag_value": option.flag_value} if option.flag_value else {}))
 
 
-batch_option = click.option(
-    "--batch", default=None, metavar="N",
-    help="Train up to N sibling states (seeds, controls, spawned copies that share one architecture and one "
-         "train step but for the data order) together as one batched computation: the same keys and results "
-         "up to floating-point summation order (docs/performance.md); recorded as run.batch. Default 1.")
+def run_options(function=None, *, steps: bool = False):
+    """The run options a command that computes states takes as flags (every one declared once in
+    `executor.options.RUN_OPTIONS`; ``steps``: those of the one-step command). The command receives them
+    as text by name; `_run_options` checks them."""
+    from .executor.options import cli_options
+
+    def decorate(function):
+        for option in reversed(cli_options(steps=steps)):
+            function = _run_flag(option)(function)
+        return function
+    return decorate(function) if function is not None else decorate
 
 
-def _batch(text) -> int:
-    """--batch from the command line or an MLproject parameter ('' / None: 1)."""
-    if text is None or str(text).strip() == "":
-        return 1
-    value = str(text).strip()
-    if not value.isdigit() or int(value) < 1:
-        raise SpecError(f"--batch must be an integer >= 1, got {text!r}")
-    return int(value)
+def _run_options(given: dict):
+    """The run options given as flags, checked (MLPRUNE_THREADS too): called before the store is opened."""
+    from .executor.options import RunOptions
 
-
-def _run_options(device, deterministic, channels_last, compile_, checkpoint_every=None, batch=None):
-    """The run options, checked (MLPRUNE_THREADS too): called before the store is opened."""
-    from .executor import RunOptions, parse_switch
-
-    return RunOptions(device=device, deterministic=bool(parse_switch(deterministic, "--deterministic")),
-                      channels_last=bool(parse_switch(channels_last, "--channels-last")),
-                      compile=bool(parse_switch(compile_, "--compile")),
-                      checkpoint_every=checkpoint_every, batch=_batch(batch)).resolved()
-
-
-def run_options(function):
-    """The run options every command that computes states takes: device, deterministic, channels_last, compile,
-    checkpoint_every."""
-    for option in (checkpoint_every_option, compile_option, channels_last_option, deterministic_option,
-                   device_option):
-        function = option(function)
-    return function
+    return RunOptions.from_text(given)
 
 
 def _step_kinds():
@@ -230,17 +197,37 @@ def _slurm(pairs, config_file):
     return slurm_config(pairs, config_file)
 
 
-def _execute(plans, store, scheduler, workers, options, recipe_label, params, *, figures, slurm=None):
-    """Run plans under a workflow run (`options`: executor.RunOptions); returns (result, reached {label/node:
-    run id}, background work [(task, payload)] to start once the summary is printed: `_finish_later`)."""
+class _Where(NamedTuple):
+    """How and where a command computes states: its scheduler and workers, the SLURM options of its jobs
+    (None: not given) and the run options (`executor.RunOptions`)."""
+
+    scheduler: str
+    workers: int | None
+    slurm: object
+    options: object
+
+
+def _where(flags: dict) -> _Where:
+    """`_Where` from a command's flags (--scheduler, --workers, --slurm-*, the run options), checked before
+    the store is opened; stop signals are caught where the trainings run in this process."""
+    scheduler, workers = flags.pop("scheduler"), flags.pop("workers")
+    pairs, config_file = flags.pop("slurm_opts"), flags.pop("slurm_config")
+    options = _run_options(flags)
+    _stop_on_signals(scheduler)
+    return _Where(scheduler, workers, _slurm(pairs, config_file), options)
+
+
+def _execute(plans, store, where: _Where, recipe_label, params, *, figures):
+    """Run plans under a workflow run; returns (result, reached {label/node: run id}, background work
+    [(task, payload)] to start once the summary is printed: `_finish_later`)."""
     from . import report
     from .executor import Execution
     from .store import WorkflowRun
     from .store.workflow import record_digest
 
     printer = _progress_printer()
-    execution = Execution([p for _, p in plans], store, scheduler=scheduler, workers=workers,
-                          options=options, progress=printer, slurm=slurm)
+    execution = Execution([p for _, p in plans], store, scheduler=where.scheduler, workers=where.workers,
+                          options=where.options, progress=printer, slurm=where.slurm)
     for run_id, reason in execution.invalid:
         _warn(f"state {run_id[:8]} is not used and will be recomputed: {reason}")
     execution.check()
@@ -327,9 +314,7 @@ def _last_network(plan):
 @workers_option
 @slurm_options
 @run_options
-@batch_option
-def run(recipe, params, experiment_name, figures, state_figures, scheduler, workers, slurm_opts, slurm_config,
-        device, deterministic, channels_last, compile_, checkpoint_every, batch):
+def run(recipe, params, experiment_name, figures, state_figures, **flags):
     """Run a recipe file: reach every state it describes, reusing finished ones.
 
     Ends with a summary: `N states: C computed, R reused`. The workflow run (named after
@@ -348,9 +333,7 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
     """
     from .recipes import compile_recipe, parse_assignments
 
-    options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every, batch)
-    _stop_on_signals(scheduler)
-    slurm = _slurm(slurm_opts, slurm_config)
+    where = _where(flags)
     if figures is None:  # a few seconds of matplotlib per run computed: off where nobody looks (MLPRUNE_FIGURES=0)
         from .names import ENV_FIGURES
 
@@ -360,8 +343,7 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
     plan = compile_recipe(recipe, overrides, load_state=lazy.load_state)
     store = lazy.get()
     started_ms = int(time.time() * 1000)
-    result, reached, later = _execute([(plan.recipe, plan)], store, scheduler, workers, options, plan.recipe,
-                                      plan.params, figures=figures, slurm=slurm)
+    result, reached, later = _execute([(plan.recipe, plan)], store, where, plan.recipe, plan.params, figures=figures)
     if state_figures:
         from .report import log_state_figures
 
@@ -386,10 +368,8 @@ def run(recipe, params, experiment_name, figures, state_figures, scheduler, work
 @workers_option
 @slurm_options
 @run_options
-@batch_option
 @experiment_option
-def sweep(recipes, seeds, params, scheduler, workers, slurm_opts, slurm_config, device, deterministic,
-          channels_last, compile_, checkpoint_every, batch, experiment_name):
+def sweep(recipes, seeds, params, experiment_name, **flags):
     """Run recipes over seeds and parameter values as one graph (shared states computed once).
 
     \b
@@ -405,24 +385,22 @@ def sweep(recipes, seeds, params, scheduler, workers, slurm_opts, slurm_config, 
     """
     from .recipes import parse_grid, parse_seeds, sweep_plans
 
-    options = _run_options(device, deterministic, channels_last, compile_, checkpoint_every, batch)
-    _stop_on_signals(scheduler)
-    slurm = _slurm(slurm_opts, slurm_config)
+    where = _where(flags)
     lazy = _LazyStore(experiment_name)
     plans = sweep_plans(recipes, parse_seeds(seeds), parse_grid(params), load_state=lazy.load_state)
     store = lazy.get()
     started = time.perf_counter()
     label = "sweep " + " ".join(Path(r).stem for r in recipes)
-    result, _, later = _execute(plans, store, scheduler, workers, options, label,
+    result, _, later = _execute(plans, store, where, label,
                                 {"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
-                                 "scheduler": scheduler, "plans": len(plans)}, figures=False, slurm=slurm)
+                                 "scheduler": where.scheduler, "plans": len(plans)}, figures=False)
     for (plan_label, plan), states in zip(plans, result.states):
         last = store.run(states[_last_network(plan).name])
         click.echo(f"{plan_label}: last state {last.info.run_id[:8]} "
                    f"test_accuracy={last.data.metrics.get('test_accuracy', float('nan')):.4f} "
                    f"sparsity={last.data.metrics.get('sparsity', float('nan')):.4f}")
     click.echo(f"{len(plans)} plans in experiment {store.experiment_name!r} (id {store.experiment_id}), "
-               f"scheduler {scheduler}, {time.perf_counter() - started:.1f} s")
+               f"scheduler {where.scheduler}, {time.perf_counter() - started:.1f} s")
     click.echo(_summary(result))
     _finish_later(store, later)
 
@@ -435,13 +413,14 @@ def sweep(recipes, seeds, params, scheduler, workers, slurm_opts, slurm_config, 
                    "syntax, e.g. -o include=[@conv]. Also data_dir (where the data is; default: the "
                    "root's).")
 @experiment_option
-@run_options
-def step(kind, parent, options, experiment_name, device, deterministic, channels_last, compile_, checkpoint_every):
+@run_options(steps=True)
+def step(kind, parent, options, experiment_name, **run_flags):
     """Create one child state of PARENT by one step, and print its run id.
 
     The child goes into the parent's experiment. A reinit's `to` is root, parent
-    or a run id; a prune with method=from_state takes `from` (a run id); an analysis
-    (compare, interpolate) takes `b`, the other state (a run id or a prefix).
+    or a run id; a transplant (or a prune with method=from_state) takes `from` (a
+    run id); an analysis (compare, cka, interpolate) takes `b`, the other state (a
+    run id or a prefix).
 
     \b
     Examples:
@@ -456,9 +435,8 @@ def step(kind, parent, options, experiment_name, device, deterministic, channels
 
     values = parse_options(options)
     data_dir = values.pop("data_dir", None)
-    run = _run_options(device, deterministic, channels_last, compile_, checkpoint_every)
-    switches = dict(device=device, deterministic=run.deterministic, channels_last=run.channels_last,
-                    compile=run.compile, checkpoint_every=run.checkpoint_every)
+    checked = _run_options(run_flags)
+    switches = {name: getattr(checked, name) for name in run_flags}
     _stop_on_signals("sync")
     if _step_kinds()[kind].root:
         if parent:

@@ -23,14 +23,18 @@ HEADER = """\
 """
 
 
-# run options every entry point takes, as --<name>=<value> ('' = the default: MLPRUNE_DEVICE, else auto; off;
-# a checkpoint every epoch)
-RUN_PARAMS = ("device", "deterministic", "channels_last", "compile", "checkpoint_every")
-RECIPE_RUN_PARAMS = RUN_PARAMS + ("batch",)   # `mlprune run --batch`: sibling trainings batched (issue 28)
+def _run_params(*, steps: bool) -> list[str]:
+    """The run options an entry point takes (`executor.options.RUN_OPTIONS`), passed on as --<flag>=<value>
+    ('' = the default)."""
+    from .executor.options import cli_options
+
+    return [option.name for option in cli_options(steps=steps)]
 
 
-def _run_args(params=RUN_PARAMS) -> str:
-    return " ".join(f"--{name.replace('_', '-')}={{{name}}}" for name in params)
+def _run_args(*, steps: bool) -> str:
+    from .executor.options import cli_options
+
+    return " ".join(f"{option.flag}={{{option.name}}}" for option in cli_options(steps=steps))
 
 
 def step_options(kind: str) -> list[str]:
@@ -68,8 +72,8 @@ def render(recipes_dir: Path) -> str:
             params["protocol"] = "default"
         args = " ".join(f"-P {name}={{{name}}}" for name in params)
         entry_points[path.stem] = {
-            "parameters": parameters([*params, *RECIPE_RUN_PARAMS]),
-            "command": f"python -m mlprune run recipes/{path.name} {args} {_run_args(RECIPE_RUN_PARAMS)}".replace(
+            "parameters": parameters([*params, *_run_params(steps=False)]),
+            "command": f"python -m mlprune run recipes/{path.name} {args} {_run_args(steps=False)}".replace(
                 "  ", " "),
         }
     from .spec.steps import STEP_KINDS
@@ -77,12 +81,12 @@ def render(recipes_dir: Path) -> str:
     for kind in STEP_KINDS.where(entry_point=True):
         options = step_options(kind)
         root = STEP_KINDS[kind].root
-        params = ([] if root else ["parent"]) + options + list(RUN_PARAMS)
+        params = ([] if root else ["parent"]) + options + _run_params(steps=True)
         args = " ".join(f"-o {name}={{{name}}}" for name in options)
         parent = "" if root else " --parent {parent}"
         entry_points[kind] = {
             "parameters": parameters(params),
-            "command": f"python -m mlprune step {kind}{parent} {args} {_run_args()}",
+            "command": f"python -m mlprune step {kind}{parent} {args} {_run_args(steps=True)}",
         }
     body = {"name": "mlprune", "conda_env": "conda.yaml", "entry_points": entry_points}
     return HEADER + yaml.dump(body, Dumper=_Dumper, sort_keys=False, width=1000)

@@ -47,12 +47,11 @@ TAG_NOTE = "mlflow.note.content"         # the run's description (markdown) in t
 # ---- params of a state run -----------------------------------------------------------
 PARAM_ROUND = "round"                    # recipe round (0 = the dense training)
 PARAM_BRANCH = "branch"                  # recipe branch (main, or a control's name)
-PARAM_THREADS = "run.threads"            # torch threads the state was computed with (bytes depend on it)
-PARAM_DETERMINISTIC = "run.deterministic"  # torch's deterministic algorithms (+ cuBLAS workspace config) were on
-PARAM_CHANNELS_LAST = "run.channels_last"  # trained in channels_last memory format
-PARAM_COMPILE = "run.compile"            # trained through torch.compile
-PARAM_CHECKPOINT_EVERY = "run.checkpoint_every"  # cadence of resumable checkpoints ("1ep", "500it", "off")
-PARAM_BATCH = "run.batch"                # sibling trainings its training ran batched with (1: alone; issue 28)
+# every run option (executor.options.RUN_OPTIONS) recorded on a state is a param "run.<option>"
+RUN_PARAM_PREFIX = "run."
+PARAM_THREADS = RUN_PARAM_PREFIX + "threads"    # torch threads the state was computed with (bytes depend on it)
+PARAM_CHECKPOINT_EVERY = RUN_PARAM_PREFIX + "checkpoint_every"  # cadence of resumable checkpoints ("1ep", "off")
+PARAM_BATCH = RUN_PARAM_PREFIX + "batch"        # sibling trainings its training ran batched with (1: alone)
 # every resolved step option is a param "<step kind>.<option>" (e.g. prune.method, train.lr)
 
 # ---- metrics of a state run ----------------------------------------------------------

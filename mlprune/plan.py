@@ -208,7 +208,8 @@ class PlanBuilder:
             return self._by_run_id[state.run_id]
         spec = state.spec
         kind = spec.get("kind", "?")
-        node = Node(f"run:{state.run_id}", state.key, kind, root=spec.get("root") if kind == "init" else None,
+        root = kind in STEP_KINDS and STEP_KINDS[kind].root   # the stored kind of a root is its step kind's
+        node = Node(f"run:{state.run_id}", state.key, kind, root=spec.get("root") if root else None,
                     steps=list(spec.get("steps") or []), label=f"{kind} {state.run_id[:8]}", run_id=state.run_id,
                     spec=spec, role="external")
         self.plan.nodes.append(node)

@@ -12,12 +12,23 @@
 
 from __future__ import annotations
 
-from .clusters import WORKER_CONFIG, gpu_workers, local_cluster, task_resources
-from .graph import SCHEDULERS, Execution, Result, parse_scheduler, run_plan, run_plans
-from .options import RunOptions, parse_switch
-from .task import reach, register_store
-from .threads import cluster_threads, compute_threads, pinned_threads, torch_default_threads
+import importlib
 
-__all__ = ["WORKER_CONFIG", "gpu_workers", "local_cluster", "task_resources", "SCHEDULERS", "Execution", "Result",
-           "parse_scheduler", "run_plan", "run_plans", "RunOptions", "parse_switch", "reach", "register_store",
-           "cluster_threads", "compute_threads", "pinned_threads", "torch_default_threads"]
+# name -> the module that defines it: loaded on first use, so the command line reads the run options'
+# declarations (`options`) without importing the graph, dask or the store
+_EXPORTS = {
+    "clusters": ("WORKER_CONFIG", "gpu_workers", "local_cluster", "task_resources"),
+    "graph": ("SCHEDULERS", "Execution", "Result", "parse_scheduler", "run_plan", "run_plans"),
+    "options": ("RUN_OPTIONS", "RunOptions", "parse_switch"),
+    "task": ("reach", "register_store"),
+    "threads": ("cluster_threads", "compute_threads", "pinned_threads", "torch_default_threads"),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = list(_HOME)
+
+
+def __getattr__(name):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

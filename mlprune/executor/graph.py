@@ -198,7 +198,7 @@ class Execution:
         return {
             "tracking_uri": self.store.tracking_uri,
             "experiment_id": self.store.experiment_id,
-            "options": asdict(self.options),
+            "options": self.options.as_dict(),
             "workflow": workflow,
             # every participant judges claims by the same timeout
             "env": {names.ENV_CLAIM_TIMEOUT: repr(claim_timeout()), "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -9,7 +9,7 @@ import os
 import threading
 
 from .. import names
-from .options import RunOptions
+from .options import RunOptions, run_params
 from .threads import CUBLAS_DETERMINISTIC, Determinism, PinnedThreads, tune_allocator
 
 
@@ -220,12 +220,7 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
         params[names.PARAM_ROUND] = node["round"]
     if node.get("branch") not in (None, "main"):
         params[names.PARAM_BRANCH] = node["branch"]
-    params[names.PARAM_THREADS] = options.threads
-    params[names.PARAM_DETERMINISTIC] = options.deterministic
-    params[names.PARAM_CHANNELS_LAST] = options.channels_last
-    params[names.PARAM_COMPILE] = options.compile
-    params[names.PARAM_CHECKPOINT_EVERY] = options.checkpoint_every
-    params[names.PARAM_BATCH] = batched
+    params.update(run_params(options, batch=batched))
     tags = {names.TAG_DEVICE: device_label(workspace.device), **environment_tags(workspace.device),
             names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow), **job_tags()}
     plugins = lineage_plugins(spec["root"], spec["steps"], [parent_state.spec if parent_state is not None else {},

@@ -110,15 +110,15 @@ def keep_units_at_random(vectors, k, generator, options):
     return keep.nonzero().squeeze(1)
 
 
-def _entry(method, granularity):
+def _entry(method, structured: bool):
     entry = METHODS[method]
-    if entry.granularity != granularity:
-        raise SpecError(f"method {method!r} does not prune {'single weights' if granularity == 'weight' else 'slices'}")
+    if entry.structured != structured:
+        raise SpecError(f"method {method!r} does not prune {'slices' if structured else 'single weights'}")
     return entry
 
 
 def _unstructured(method, weight, amount, mask, generator, options, note_out=None):
-    entry = _entry(method, "weight")
+    entry = _entry(method, False)
     _no_options(method, options)
     check_amount(amount)
     if entry.random:
@@ -137,7 +137,7 @@ def _unstructured(method, weight, amount, mask, generator, options, note_out=Non
 
 
 def _structured(method, weight, amount, mask, generator, options, note_out=None):
-    entry = _entry(method, "slice")
+    entry = _entry(method, True)
     unknown = sorted(set(options) - set(entry.option_names))
     if unknown:
         raise SpecError(f"unknown option {unknown[0]!r} for {method}; allowed: {', '.join(entry.option_names)}")
@@ -165,9 +165,9 @@ def compute_mask(method, weight, amount, mask, *, generator=None, **options):
     entry = METHODS[method]
     if entry.scores_network:
         raise SpecError(f"method {method!r} scores the whole network; use prune_masks(..., scores=...)")
-    if entry.granularity == "weight":
-        return _unstructured(method, weight, amount, mask, generator, options)
-    return _structured(method, weight, amount, mask, generator, options)
+    if entry.structured:
+        return _structured(method, weight, amount, mask, generator, options)
+    return _unstructured(method, weight, amount, mask, generator, options)
 
 
 def l1_unstructured(weight, amount, mask=None, *, generator=None, **options):

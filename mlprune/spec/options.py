@@ -152,6 +152,9 @@ class Option:
     steps: bool = True                # run options: also offered by ``mlprune step`` and the step entry points
     api: bool = True                  # run options: a keyword argument of `api.Experiment`
     param: bool = True                # run options: recorded on every state as the param ``run.<name>``
+    # what one family of options needs beyond these (a SLURM option's #SBATCH directive, ...), read by the
+    # code of that family: meta={"sbatch": "--qos={}"} (no subclass, no second vocabulary)
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def stored_as(self) -> str:
