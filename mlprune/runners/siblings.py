@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import names
-from ..spec.steps import STEP_KINDS, TRAIN_SCHEMA
+from ..spec.steps import TRAIN_SCHEMA, kind_of
 from .context import StepContext, Tensors
 from .evaluations import evaluate_state
 from .network import Computed, TrainJob, finish_train, prepare_train
@@ -67,10 +67,10 @@ def compute_siblings(siblings: list[SiblingNode], workspace, *, progress=None) -
                               {k: v.clone() for k, v in sibling.parent.masks.items()})
             steps = sibling.node["steps"]
             for position, step in enumerate(steps[:-1]):  # what runs before the training: per sibling
-                (kind, options), = step.items()
-                tensors = STEP_KINDS[kind].load()(StepContext(index=position, **ctx_base), tensors, options)
+                kind, options = kind_of(step)
+                tensors = kind.load()(StepContext(index=position, **ctx_base), tensors, options)
             ctx = StepContext(index=len(steps) - 1, last=True, **ctx_base)
-            options = steps[-1]["train"]
+            options = kind_of(steps[-1])[1]   # the training (`executor.batching`: siblings end with one)
             prepared.append(_Prepared(index, ctx, prepare_train(ctx, tensors, options), options, steps,
                                       time.perf_counter() - started))
         except Exception as error:  # noqa: BLE001 -- that sibling's state fails, the others go on
