@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from ..errors import SpecError, choice_error
 from ..plugins import PLUGINS_KEY, code_identities
-from ..spec.options import REQUIRED, Option, Schema, any_value, boolean, choice, optional, seed_value, with_doc
+from ..spec.options import REQUIRED, Option, Schema, any_value, choice, optional, seed_value, with_doc
 from .catalog import AMOUNT_ALLOWED, METHODS, SELECTOR_TOKENS, check_amount, methods_with_option
 
 
@@ -63,8 +63,8 @@ def _seed(seed, name):
 def _method_option_docs(methods) -> tuple[Option, ...]:
     """Every method's options, each once, its help naming the methods that take it."""
     union = Schema.union("method option", (m.options for m in methods))
-    return tuple(Option(o.name, o.default, o.check, f"{o.help} ({', '.join(m.name for m in methods if o.name in m.options)})")
-                 for o in union)
+    users = {o.name: ", ".join(m.name for m in methods if o.name in m.options) for o in union}
+    return tuple(Option(o.name, o.default, o.check, f"{o.help} ({users[o.name]})") for o in union)
 
 
 class PruneSchemas(NamedTuple):
