@@ -183,6 +183,13 @@ def main():
     """
 
 
+accept_data_change_option = click.option(
+    "--accept-data-change", is_flag=True,
+    help="Compute new states from reused ones even where the data now read differs from the data those were "
+         "computed on (a changed data_dir's fingerprint); the new states record the change (state.json's "
+         "data_change). Without it such a run stops with one line before it creates anything.")
+
+
 def slurm_options(function):
     """--slurm-opt and --slurm-config (commands that take --scheduler)."""
     return slurm_opt_option(slurm_config_option(function))
@@ -205,6 +212,7 @@ class _Where(NamedTuple):
     workers: int | None
     slurm: object
     options: object
+    accept_data_change: bool = False   # --accept-data-change (run, sweep)
 
 
 def _where(flags: dict) -> _Where:
@@ -212,9 +220,10 @@ def _where(flags: dict) -> _Where:
     the store is opened; stop signals are caught where the trainings run in this process."""
     scheduler, workers = flags.pop("scheduler"), flags.pop("workers")
     pairs, config_file = flags.pop("slurm_opts"), flags.pop("slurm_config")
+    accept = bool(flags.pop("accept_data_change", False))
     options = _run_options(flags)
     _stop_on_signals(scheduler)
-    return _Where(scheduler, workers, _slurm(pairs, config_file), options)
+    return _Where(scheduler, workers, _slurm(pairs, config_file), options, accept)
 
 
 def _execute(plans, store, where: _Where, recipe_label, params, *, figures):
@@ -227,10 +236,13 @@ def _execute(plans, store, where: _Where, recipe_label, params, *, figures):
 
     printer = _progress_printer()
     execution = Execution([p for _, p in plans], store, scheduler=where.scheduler, workers=where.workers,
-                          options=where.options, progress=printer, slurm=where.slurm)
+                          options=where.options, progress=printer, slurm=where.slurm,
+                          accept_data_change=where.accept_data_change)
     for run_id, reason in execution.invalid:
         _warn(f"state {run_id[:8]} is not used and will be recomputed: {reason}")
     execution.check()
+    for message in execution.data_changes:
+        _warn(f"{message}: accepted (--accept-data-change), recorded on the new states")
     if execution.slurm is not None and execution.missing:
         from .executor.slurm_options import time_limit_note
 
@@ -314,6 +326,7 @@ def _last_network(plan):
 @workers_option
 @slurm_options
 @run_options
+@accept_data_change_option
 def run(recipe, params, experiment_name, figures, state_figures, **flags):
     """Run a recipe file: reach every state it describes, reusing finished ones.
 
@@ -369,6 +382,7 @@ def run(recipe, params, experiment_name, figures, state_figures, **flags):
 @slurm_options
 @run_options
 @experiment_option
+@accept_data_change_option
 def sweep(recipes, seeds, params, experiment_name, **flags):
     """Run recipes over seeds and parameter values as one graph (shared states computed once).
 

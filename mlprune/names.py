@@ -117,6 +117,8 @@ INTERPOLATION_FILE = "interpolation.json"      # per alpha: test (and train) err
 INTERPOLATION_FIGURE_FILE = "interpolation.png"  # error and loss vs alpha
 
 # ---- files of a resumable checkpoint, under checkpoints/<label>/ of a claim run ------------
+STATE_DATA_FINGERPRINT = "data_fingerprint"  # in state.json: sizes + SHA-256 of the data it was computed on
+STATE_DATA_CHANGE = "data_change"        # in state.json: {from, to} fingerprints, computed with --accept-data-change
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_TENSORS_FILE = "checkpoint.safetensors"  # weights, buffers, masks, optimizer and scaler tensors, sums
 CHECKPOINT_META_FILE = "checkpoint.json"            # iteration, step, histories, what is not a tensor

@@ -79,8 +79,7 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
         root = _root_spec(node, plans)
         if root is None:
             continue
-        data_dir = next((n.data_dir for p in plans for n in p.nodes if n.root is not None and n.root == root
-                         and n.data_dir), None) or data_dir or _recorded_data_dir(node, plans, load_spec)
+        data_dir = _node_data_dir(node, plans, root, data_dir, load_spec)
         cache = repr(sorted(root.items()))
         if cache not in shapes:
             try:
@@ -107,6 +106,22 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
                 check(options, Parent(layers, data, node.at if index == len(node.steps) - 1 else None))
             except SpecError as error:
                 raise SpecError(f"{node.label or node.name}: {next(iter(step))}: {error}") from None
+
+
+def _node_data_dir(node, plans, root: dict, data_dir, load_spec):
+    """The data_dir a node's data is read from: its plan root's, else the run option's, else the one recorded on
+    the external state its lineage starts from."""
+    return next((n.data_dir for p in plans for n in p.nodes if n.root is not None and n.root == root
+                 and n.data_dir), None) or data_dir or _recorded_data_dir(node, plans, load_spec)
+
+
+def node_data_fingerprint(node, plans, workspace, *, data_dir=None, load_spec=None) -> str | None:
+    """The fingerprint (`data.readers.data_fingerprint`) of the data a node will be computed on (loaded into
+    `workspace`, which keeps it); None for a node without a root spec."""
+    root = _root_spec(node, plans)
+    if root is None:
+        return None
+    return workspace.data(root, _node_data_dir(node, plans, root, data_dir, load_spec)).spec.get("fingerprint")
 
 
 def _recorded_data_dir(node, plans, load_spec):

@@ -23,8 +23,8 @@ class Workspace:
         self._templates: dict[str, torch.nn.Module] = {}
         self._groups: dict[str, list] = {}
 
-    def data(self, root: dict, data_dir: str | None):
-        from .data.loading import load_data
+    @staticmethod
+    def _data_options(root: dict, data_dir: str | None) -> tuple[dict, str]:
         from .models import model_input
 
         channels, min_size = model_input(root["model"])
@@ -32,10 +32,20 @@ class Workspace:
                    "test_size": None, **root["data"]}
         options["channels"] = options["channels"] or channels
         options["min_image_size"] = min_size  # upsample small images only
-        cache_key = canonical_json([root["dataset"], options, data_dir])
+        return options, canonical_json([root["dataset"], options, data_dir])
+
+    def data(self, root: dict, data_dir: str | None):
+        from .data.loading import load_data
+
+        options, cache_key = self._data_options(root, data_dir)
         if cache_key not in self._data:  # batches delivered on the device (resident there when they fit)
             self._data[cache_key] = load_data(root["dataset"], data_dir=data_dir, device=self.device, **options)
         return self._data[cache_key]
+
+    def loaded_fingerprint(self, root: dict, data_dir: str | None) -> str | None:
+        """The fingerprint of the root's data (`data.readers.data_fingerprint`) if this workspace loaded it."""
+        data = self._data.get(self._data_options(root, data_dir)[1])
+        return data.spec.get("fingerprint") if data is not None else None
 
     def build(self, root: dict, data, seed: int | None = None) -> torch.nn.Module:
         """A freshly initialized module of the root's architecture (`seed`: another init seed)."""

@@ -297,3 +297,57 @@ def test_parent_tags_that_make_cycles_are_drawn_marked_and_warned_about(store, t
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+# ---- data identity: a fingerprint of the data every state was computed on -------------------------------------
+MNIST_TINY = """\
+params: {seed: 0, rounds: 1, data_dir: null}
+root: {model: lenet_300_100, dataset: mnist, seed: $seed, data_dir: $data_dir}
+train: {epochs: 1, lr: 0.05, batch_size: 20}
+rounds: $rounds
+prune: {method: l1_unstructured, amount: 0.5}
+reinit: {strategy: rewind, to: root}
+"""
+
+
+def _state_specs(uri: str) -> list[dict]:
+    return [json.loads((Path(r.info.artifact_uri) / names.STATE_FILE).read_text()) for r in state_runs(uri)]
+
+
+def test_states_record_their_data_and_other_data_is_refused_unless_accepted(tracking, tmp_path, monkeypatch):
+    from test_data import make_mnist
+
+    monkeypatch.setenv("MLPRUNE_VERIFY_MD5", "0")
+    make_mnist(tmp_path / "a", seed=0)
+    shutil.copytree(tmp_path / "a", tmp_path / "a-copy")   # the same content elsewhere
+    make_mnist(tmp_path / "b", seed=1)                     # the same sizes, other images
+    recipe = write(tmp_path, MNIST_TINY, "mnist.yaml")
+    first = invoke("run", recipe, "-P", f"data_dir={tmp_path / 'a'}")
+    assert first.exit_code == 0, first.output
+    fingerprints = {spec[names.STATE_DATA_FINGERPRINT] for spec in _state_specs(tracking)}
+    assert len(fingerprints) == 1 and next(iter(fingerprints)).startswith("40+20:"), fingerprints
+    again = invoke("run", recipe, "-P", f"data_dir={tmp_path / 'a-copy'}", "-P", "rounds=2")
+    assert again.exit_code == 0 and again.output.strip().endswith("4 reused"), again.output
+    runs = len(state_runs(tracking, status=None))
+    line = invoke_error("run", recipe, "-P", f"data_dir={tmp_path / 'b'}", "-P", "rounds=3")
+    assert "was computed on other data (40+20:" in line and "--accept-data-change" in line, line
+    assert len(state_runs(tracking, status=None)) == runs  # nothing created
+    accepted = invoke("run", recipe, "-P", f"data_dir={tmp_path / 'b'}", "-P", "rounds=3", "--accept-data-change")
+    assert accepted.exit_code == 0 and "accepted (--accept-data-change)" in accepted.stderr, accepted.output
+    changed = [spec for spec in _state_specs(tracking) if names.STATE_DATA_CHANGE in spec]
+    assert changed and all(spec[names.STATE_DATA_CHANGE]["from"] in fingerprints for spec in changed)
+    assert all(spec[names.STATE_DATA_CHANGE]["to"] == spec[names.STATE_DATA_FINGERPRINT] not in fingerprints
+               for spec in changed)
+
+
+@pytest.mark.parametrize("value", ["\u0661\u0662", "\uff11\uff12", "1_0", "4294967296", "4611686018427387904",
+                                   "-1", "0x10", "1:30"])
+def test_seeds_are_ascii_decimal_integers_below_2_to_the_32(value, tracking, tmp_path):
+    recipe = write(tmp_path)
+    line = invoke_error("validate", recipe, "-P", f"seed={value}")
+    assert "seed must be an integer" in line, line
+    assert invoke("validate", recipe, "-P", "seed=4294967295").exit_code == 0
+    line = invoke_error("validate", write(tmp_path, TINY.replace("seed: 0,", "seed: 1_0,"), "underscore.yaml"))
+    assert "seed must be an integer" in line and "'1_0'" in line, line
+    line = invoke_error("sweep", recipe, "--seeds", "4294967296")
+    assert "--seeds must look like" in line, line

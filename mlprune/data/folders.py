@@ -29,7 +29,7 @@ import torch
 
 from ..errors import SpecError
 from ..names import ENV_DATA_WORKERS
-from .readers import Folders
+from .readers import Folders, data_fingerprint
 from .catalog import DATASETS
 from .pipeline import Data
 from .sampling import AUGMENTS, MASK63, aug_seed, check_batch_size, shuffle_seed, val_count
@@ -262,7 +262,7 @@ def load_folder_data(name: str, folders: Folders, *, image_size, channels, val_s
     if test_size is not None:
         test_idx = test_idx[:test_size]
     spec = {"name": name, "image_size": size, "channels": native, "val_size": k, "split_seed": split_seed if k else 0,
-            "augment": aug, "train_size": train_size, "test_size": test_size}
+            "augment": aug, "train_size": train_size, "test_size": test_size, "fingerprint": data_fingerprint(folders)}
     return FolderData(name=name, num_classes=info.num_classes, input_shape=(native, size, size),
                       train=_FolderSplit(folders.train, train_idx, train_transform, eval_transform), val=val,
                       test=_FolderSplit(folders.test, test_idx, None, eval_transform), augment=aug, mean=info.mean,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import SpecError
 from .catalog import DATASETS
-from .readers import PREP_CACHE, Raw
+from .readers import PREP_CACHE, Raw, data_fingerprint
 from .sampling import AUGMENTS, MASK63, aug_seed, check_batch_size, shuffle_seed, val_count
 
 __all__ = ["Data", "load_in_memory", "FAST_LIMIT_BYTES", "DEVICE_SHARE", "placement"]
@@ -438,7 +438,7 @@ def load_in_memory(name: str, root: Path, *, image_size: int | None, channels: i
 
     spec = {"name": name, "image_size": size_out[0] if size_out[0] == size_out[1] else list(size_out),
             "channels": c_out, "val_size": k, "split_seed": split_seed if k else 0, "augment": aug,
-            "train_size": train_size, "test_size": test_size}
+            "train_size": train_size, "test_size": test_size, "fingerprint": data_fingerprint(raw)}
     data = Data(name=name, num_classes=info.num_classes, input_shape=(c_out, *size_out), train=train,
                 val=val, test=test, augment=aug, fast=use_fast, pipeline=pipeline, spec=spec)
     return data if device is None else data.on(device)

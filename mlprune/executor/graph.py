@@ -66,7 +66,7 @@ class Execution:
     """Plans merged by key, checked against the store, ready to run on a scheduler."""
 
     def __init__(self, plans: list[Plan], store, *, scheduler: str = "sync", workers: int | None = None,
-                 options: RunOptions | None = None, progress=None, slurm=None):
+                 options: RunOptions | None = None, progress=None, slurm=None, accept_data_change: bool = False):
         self.plans = list(plans)
         self.store = store
         self.scheduler = parse_scheduler(scheduler)
@@ -86,6 +86,8 @@ class Execution:
             raise SpecError(f"workers of {self.scheduler} cannot share the local tracking store "
                             f"{store.tracking_uri}: set MLFLOW_TRACKING_URI=http://HOST:5000 (an `mlflow server`)")
         self.workers = workers
+        self.accept_data_change = accept_data_change
+        self.data_changes: list[str] = []   # what --accept-data-change accepted (`_check_data`)
         self.options = (options or RunOptions()).resolved()
         self.progress = progress
         self.nodes: dict[str, Node] = {}     # key -> node (first plan's spelling)
@@ -163,11 +165,39 @@ class Execution:
 
             resolve_device(self.options.device)
         from ..validate import check_nodes
+        from ..workspace import Workspace
 
-        check_nodes([self.nodes[k] for k in self.missing], self.plans,
-                    process_workspace(self.options.device, self.options.channels_last, self.options.compile)
-                    if self.scheduler == "sync" else None,
+        workspace = (process_workspace(self.options.device, self.options.channels_last, self.options.compile)
+                     if self.scheduler == "sync" else Workspace())
+        check_nodes([self.nodes[k] for k in self.missing], self.plans, workspace,
                     data_dir=self.options.data_dir, load_spec=self.store.spec)
+        self._check_data(workspace)
+
+    def _check_data(self, workspace) -> None:
+        """A missing state computed from a reused one reads the data the reused one was computed on (the
+        fingerprints its state.json records): else a one-line SpecError, or with `accept_data_change` a
+        warning (the new states record the change)."""
+        from ..validate import node_data_fingerprint
+
+        for key in self.missing:
+            parent, inputs, _ = self._deps(key)
+            reused = [self.existing[k] for k in dict.fromkeys([parent, *inputs.values()]) if k in self.existing]
+            if not reused:
+                continue
+            current = node_data_fingerprint(self.nodes[key], self.plans, workspace, data_dir=self.options.data_dir,
+                                            load_spec=self.store.spec)
+            for run_id in reused:
+                recorded = self.store.spec(run_id).get(names.STATE_DATA_FINGERPRINT)
+                if not recorded or not current or recorded == current:
+                    continue
+                message = (f"state {run_id[:8]} was computed on other data ({recorded}) than {self.names[key]} "
+                           f"would read now ({current}): a corrupted copy, another subset or another version of "
+                           f"the dataset would mix into one study")
+                if not self.accept_data_change:
+                    raise SpecError(f"{message}; use a new experiment (--experiment-name) for this data, or "
+                                    f"--accept-data-change to compute on it anyway (the new states record it)")
+                self.data_changes.append(message)
+                return
 
     def _tasks(self) -> dict[str, dict]:
         tasks = {}

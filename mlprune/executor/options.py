@@ -32,7 +32,7 @@ def parse_switch(text, name: str) -> bool | None:
 def _count_text(text: str, name: str):
     """An integer given as text (a flag, an MLproject parameter)."""
     value = text.strip()
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # '١٢' and '１２' are digits to str.isdigit, not to us
         raise SpecError(f"{name} must be an integer >= 1, got {text!r}")
     return int(value)
 

@@ -190,6 +190,17 @@ def _compute_resumed(compute, checkpointing, node: dict):
         return compute()
 
 
+def _data_record(root: dict, data_dir, workspace, parent_state) -> dict:
+    """What a state records of its data: the fingerprint of the data it was computed on (its parent's when it
+    read none), and where it differs from its parent's (computed with --accept-data-change), both."""
+    recorded = parent_state.spec.get(names.STATE_DATA_FINGERPRINT) if parent_state is not None else None
+    current = workspace.loaded_fingerprint(root, data_dir) or recorded
+    out = {names.STATE_DATA_FINGERPRINT: current} if current else {}
+    if recorded and current and recorded != current:
+        out[names.STATE_DATA_CHANGE] = {"from": recorded, "to": current}
+    return out
+
+
 def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,
             workflow, batched: int = 1) -> str:
     from ..plugins import lineage_plugins, plugin_tags
@@ -209,6 +220,7 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
         "root_run": root_run if root_run else run_id,
         "data_dir": str(data_dir) if data_dir else None,
     }
+    spec.update(_data_record(spec["root"], data_dir, workspace, parent_state))
     if computed.weights_from:
         spec["weights_from"] = computed.weights_from
         if computed.zeroed:

@@ -32,16 +32,19 @@ MAX_DEPTH = 40
 MAX_NODES = 100_000  # after expanding aliases: a few aliases of aliases are a "billion laughs"
 
 
+# numbers as people type them, in ASCII digits only: Python's int() and float() would also read '١٢', '１２'
+# (other scripts' digits) and '1_0' (underscores) as 12 and 10
+_INT_TEXT = re.compile(r"[-+]?[0-9]+", re.ASCII)
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
+
+
 def parse_number(text: str):
-    """'1e-3' -> 0.001, '3' -> 3; None for anything that is not a finite number."""
-    try:
+    """'1e-3' -> 0.001, '3' -> 3; None for anything that is not a finite number written in ASCII digits."""
+    if _INT_TEXT.fullmatch(text):
         return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
+    if not _FLOAT_TEXT.fullmatch(text):
         return None
+    value = float(text)
     return value if math.isfinite(value) else None
 
 
@@ -66,7 +69,7 @@ def parse_value(text: str):
 # YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: 1e-3, 1E5 and 2.5e3 would be
 # strings, and `lr: 1e-3` a rejected "lr '1e-3'". Plain scalars written like that are numbers here, as in
 # YAML 1.2 and as `-P lr=1e-3` already reads them; a quoted '1e-3' stays a string.
-_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$", re.ASCII)
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -117,6 +120,17 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 ints and floats also take underscores (1_0 = 10), sexagesimals (1:30 = 90), octal (010 = 8), hex and
+# binary: a recipe's numbers are plain decimal ones, anything else stays a string (and an option refuses it)
+_INT_TAG = "tag:yaml.org,2002:int"
+_BoundedLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_BoundedLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$", re.ASCII),
+                                     list("-+0123456789"))
+_BoundedLoader.add_implicit_resolver(
+    _FLOAT_TAG, re.compile(r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                           r"|\.(?:nan|NaN|NAN))$", re.ASCII), list("-+0123456789."))
 _BoundedLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
 
 

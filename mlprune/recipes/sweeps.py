@@ -9,10 +9,10 @@ import re
 from ..errors import SpecError, shown
 from ..plan import Plan
 from ..spec.limits import MAX_SEEDS, MAX_STATES
+from ..spec.options import MAX_SEED
 from .compile import compile_recipe
 from .files import parse_value
 
-MAX_SEED = 2 ** 63 - 1  # what the RNGs take (spec.options.seed_value)
 
 
 def parse_seeds(text: str | None) -> list[int]:
@@ -23,7 +23,7 @@ def parse_seeds(text: str | None) -> list[int]:
                f"{MAX_SEEDS} seeds)")
     seeds: dict[int, None] = {}  # ordered, and a membership test that does not grow with the count
     for part in str(text).split(","):
-        match = re.fullmatch(r"\s*([0-9]{1,19})\s*(?:-\s*([0-9]{1,19})\s*)?", part)
+        match = re.fullmatch(r"\s*([0-9]{1,19})\s*(?:-\s*([0-9]{1,19})\s*)?", part, re.ASCII)
         if match is None:
             raise SpecError(f"{allowed}; got {shown(text)}")
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))

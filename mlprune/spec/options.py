@@ -102,12 +102,15 @@ def time_value(value, name):
 time_value.doc = TIME_ALLOWED
 
 
+MAX_SEED = 2 ** 32 - 1  # torch's CPU generator keeps 32 bits of a seed: 0, 2^32 and 2^62 would be one seed
+
+
 def seed_value(value, name):
-    """A seed the RNGs take: an int in [0, 2^63)."""
-    return integer(0, 2 ** 63 - 1)(value, name)
+    """A seed: an int in [0, 2^32) (every seed a different stream; larger ones would alias smaller ones)."""
+    return integer(0, MAX_SEED)(value, name)
 
 
-seed_value.doc = "int in [0, 2^63)"
+seed_value.doc = "int in [0, 2^32)"
 
 
 def text(validate=None, doc: str = "text"):
