@@ -265,6 +265,9 @@ def _execute(plans, store, where: _Where, recipe_label, params, *, figures):
         # `mlflow run` run waits for a link); writing it means opening MLflow, so it is done after
         # the summary, in the background
         result = execution.run(on_state)
+        if store.read_only:
+            _warn("the tracking store is read-only: this run's workflow record is not written")
+            return result, reached, []
         digest = record_digest(report.plan_json([p for _, p in plans], per_plan), params)
         if launcher is None and WorkflowRun.find_record(store, recipe_label, digest) is not None:
             return result, reached, []

@@ -87,6 +87,16 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
                 model = workspace.build(root, data)
             except SpecError as error:
                 raise SpecError(f"{node.label or node.name}: {error}") from None
+            except (MemoryError, RuntimeError) as error:  # e.g. image_size 4096: a first layer of 20 GB
+                if not isinstance(error, MemoryError) and "alloc" not in str(error).lower() \
+                        and "out of memory" not in str(error).lower():
+                    raise
+                said = " ".join(str(error).split())
+                said = said[said.find("you tried"):] if "you tried" in said else said[:160]
+                raise SpecError(f"{node.label or node.name}: the data or the network of model {root['model']!r} "
+                                f"on {root['dataset']!r} ({root.get('data') or {}}) does not fit in this machine's "
+                                f"memory ({type(error).__name__}: {said}); a smaller image_size or model fits") \
+                    from None
             params = dict(model.named_parameters())
             shapes[cache] = (data, {name: (kind, tuple(params[name].shape)) for name, kind in prunable(model).items()})
         data, layers = shapes[cache]

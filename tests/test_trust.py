@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save
 
 from mlprune import names
+from mlprune.errors import SpecError
 from test_faults import TINY, invoke, invoke_error, state_runs, write
 
 
@@ -351,3 +352,153 @@ def test_seeds_are_ascii_decimal_integers_below_2_to_the_32(value, tracking, tmp
     assert "seed must be an integer" in line and "'1_0'" in line, line
     line = invoke_error("sweep", recipe, "--seeds", "4294967296")
     assert "--seeds must look like" in line, line
+
+
+# ---- the rest: tracebacks that became one line, what was accepted silently -------------------------------------
+def _extends(tmp_path: Path, value: str) -> str:
+    return write(tmp_path, f"extends: {value}\nrounds: 1\n", "child.yaml")
+
+
+def _special_files(tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "loop1.yaml").symlink_to("loop2.yaml")
+    (tmp_path / "loop2.yaml").symlink_to("loop1.yaml")
+    os.mkfifo(tmp_path / "fifo.yaml")
+
+
+ONE_LINE = {  # name: (args, environment, fragment of the one line)
+    "scheduler address": (["run", "tiny.yaml", "--scheduler", "tcp://[::1"], {}, "is not a scheduler address"),
+    "experiment id": (["run", "tiny.yaml"], {"MLFLOW_EXPERIMENT_ID": "abc"},
+                      "MLFLOW_EXPERIMENT_ID must be an experiment id (digits"),
+    "extends a number": (["validate", "child.yaml:3"], {}, "extends must be the file name of another recipe"),
+    "extends null": (["validate", "child.yaml:null"], {}, "got None"),
+    "extends a list": (["validate", "child.yaml:[a]"], {}, "got ['a']"),
+    "extends a mapping": (["validate", "child.yaml:{a: 1}"], {}, "got {'a': 1}"),
+    "extends a bool": (["validate", "child.yaml:true"], {}, "got True"),
+    "extends a symlink loop": (["validate", "child.yaml:loop1.yaml"], {}, "Too many levels of symbolic links"),
+    "extends a NUL byte": (["validate", 'child.yaml:"a\\0b"'], {}, "a file name cannot contain a NUL byte"),
+    "extends a long name": (["validate", f"child.yaml:{'x' * 300}.yaml"], {}, "File name too long"),
+    "extends a FIFO": (["validate", "child.yaml:fifo.yaml"], {}, "is a named pipe (FIFO), not a regular file"),
+    "extends /dev/zero": (["validate", "child.yaml:/dev/zero"], {}, "is a character device, not a regular file"),
+    "a FIFO recipe": (["validate", "fifo.yaml"], {}, "recipe file 'fifo.yaml' is a named pipe (FIFO)"),
+    "/dev/zero recipe": (["validate", "/dev/zero"], {}, "recipe file '/dev/zero' is a character device"),
+    "schedule beyond the rounds": (["validate", "schedule.yaml:5-9"], {}, "names no round of this recipe (rounds 1..1)"),
+    "schedule reversed": (["validate", "schedule.yaml:3-1"], {}, "is reversed; write low-high"),
+}
+
+
+@pytest.mark.parametrize("case", list(ONE_LINE))
+def test_what_was_a_traceback_or_accepted_is_one_line_exit_2(case, store, monkeypatch):
+    args, env, fragment = ONE_LINE[case]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    folder = Path.cwd()
+    _special_files(folder)
+    args = list(args)
+    if args[1].startswith("child.yaml:"):
+        args[1] = _extends(folder, args[1].split(":", 1)[1])
+    if args[1].startswith("schedule.yaml:"):
+        args[1] = write(folder, TINY + f"schedule:\n  - {{rounds: '{args[1].split(':', 1)[1]}', prune: {{amount: 0.5}}}}\n",
+                        "schedule.yaml")
+    before = {r.info.run_id: r.info.status for r in state_runs(store, status=None)}
+    line = invoke_error(*args)
+    assert fragment in line, line
+    assert {r.info.run_id: r.info.status for r in state_runs(store, status=None)} == before
+
+
+def test_a_database_store_without_its_driver_names_the_package(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg"):  # what MLflow imports for postgresql://
+        pytest.skip("a PostgreSQL driver is installed here")
+    from mlprune.store import Store
+
+    with pytest.raises(SpecError) as error:
+        Store(tracking_uri="postgresql://user@127.0.0.1:1/db")
+    assert "needs its database driver, the Python package psycopg" in str(error.value)
+    assert "pip install" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_image_size_beyond_the_machine_is_one_line_before_any_run(tracking, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    recipe = write(tmp_path, TINY.replace("test_size: 64}", "test_size: 64, image_size: 8192}"), "big.yaml")
+    started = time.monotonic()
+    result = subprocess.run(["bash", "-c", f"ulimit -v 6000000; exec {sys.executable} -m mlprune run {recipe}"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "does not fit in this machine's memory" in line and "image_size" in line and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60
+    assert not state_runs(tracking, status=None)
+
+
+def test_compare_refuses_states_of_different_architectures(store):
+    from mlprune import Experiment
+
+    other = Experiment(tracking_uri=store).init(model="conv2", dataset="digits", train_size=128, test_size=64)
+    root = runs_by_kind(store)["init"].info.run_id
+    line = invoke_error("compare", root, other.run_id)
+    assert "states of different architectures" in line and "lenet_300_100" in line and "conv2" in line, line
+
+
+def test_interpolate_without_b_names_what_is_needed():
+    from mlprune.spec.steps import resolve_interpolate
+
+    with pytest.raises(SpecError) as error:
+        resolve_interpolate({"alphas": 3})
+    assert "interpolate option 'b' is required (given: alphas)" in str(error.value)
+    assert "a run id, state:<node>, root or parent" in str(error.value)
+
+
+def test_a_divergence_fails_at_its_first_non_finite_loss(tracking, tmp_path):
+    import re
+    import time
+
+    started = time.monotonic()
+    line = invoke_error("run", write(tmp_path), "-P", "lr=1000000.0")
+    assert time.monotonic() - started < 10
+    found = re.search(r"the train loss of iteration (\d+) is", line)
+    assert found and int(found.group(1)) < 4, line  # an epoch of the tiny recipe is 4 iterations
+    assert not [r for r in state_runs(tracking) if r.data.tags[names.TAG_KIND] == "train"]
+
+
+def test_a_read_only_store_reads_and_says_when_a_write_is_needed(store, tmp_path):
+    import os
+    import subprocess
+
+    folder = Path.cwd()
+    mounted = False
+    if os.geteuid() == 0:  # root writes through permissions: a read-only bind mount is a read-only filesystem
+        target = tmp_path / "ro"
+        target.mkdir()
+        done = subprocess.run(["mount", "--bind", str(folder), str(target)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"no bind mount here: {done.stderr.decode()[:200]}")
+        mounted = True
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(target)], check=True)
+        uri = store.replace(str(folder), str(target))
+        os.chdir(target)
+    else:
+        subprocess.run(["chmod", "-R", "a-w", str(folder)], check=True)
+        uri = store
+    try:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        cached = invoke("run", "tiny.yaml")
+        assert cached.exit_code == 0 and cached.output.strip().endswith("4 reused"), cached.output
+        assert "read-only: this run's workflow record is not written" in cached.stderr
+        assert invoke("tree").exit_code == 0
+        checked = invoke("verify")
+        assert checked.exit_code == 0 and "4 states checked" in checked.output, checked.output
+        line = invoke_error("run", "tiny.yaml", "-P", "rounds=2")
+        assert "is read-only (its filesystem or its file): this needs to write to it" in line, line
+    finally:
+        os.chdir(folder)
+        os.environ["MLFLOW_TRACKING_URI"] = store
+        if mounted:
+            subprocess.run(["umount", "--lazy", str(target)], check=True)  # the store's readers may hold it open
+        else:
+            subprocess.run(["chmod", "-R", "u+w", str(folder)], check=True)

@@ -57,7 +57,19 @@ class Result:
 
 def parse_scheduler(scheduler: str | None) -> str:
     scheduler = (scheduler or "sync").strip()
-    if scheduler in ("sync", "processes", "slurm") or "://" in scheduler:
+    if scheduler in ("sync", "processes", "slurm"):
+        return scheduler
+    if "://" in scheduler:
+        from urllib.parse import urlparse
+
+        try:
+            parsed = urlparse(scheduler)
+            ok = bool(parsed.hostname) and parsed.port is not None
+        except ValueError:  # 'tcp://[::1': an unclosed IPv6 bracket, a port that is no number
+            ok = False
+        if not ok:
+            raise SpecError(f"--scheduler {scheduler!r} is not a scheduler address; allowed: "
+                            f"{', '.join(SCHEDULERS)} (e.g. tcp://10.0.0.5:8786, tcp://[::1]:8786)")
         return scheduler
     raise SpecError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
 

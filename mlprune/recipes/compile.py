@@ -53,7 +53,8 @@ def plan_cka(value, recipe: RecipeContext) -> None:
 def _round_ranges(text, rounds: int, where: str) -> range:
     """The rounds of a schedule entry, cut to the recipe's 1..rounds (rounds beyond it do not exist)."""
     if isinstance(text, int) and not isinstance(text, bool):
-        return range(max(text, 1), min(text, rounds) + 1)
+        require(1 <= text <= rounds, f"{where}: round {text} is not a round of this recipe (1..{rounds})")
+        return range(text, text + 1)
     half = (rounds + 1) // 2  # the first half gets the odd round
     if text == "first_half":
         return range(1, half + 1)
@@ -64,6 +65,10 @@ def _round_ranges(text, rounds: int, where: str) -> range:
             f"{where}: rounds must be 3, '1-10', '11-end', first_half or second_half; got {shown(text)}")
     start = int(match.group(1))
     stop = rounds if match.group(2) == "end" else int(match.group(2))
+    if match.group(2) != "end":  # an explicit range: low to high, and some round of this recipe in it
+        require(start <= stop, f"{where}: {shown(text)} is reversed; write low-high, e.g. '{stop}-{start}'")
+        require(start <= rounds and stop >= 1,
+                f"{where}: {shown(text)} names no round of this recipe (rounds 1..{rounds})")
     return range(max(start, 1), min(stop, rounds) + 1)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import SpecError, shown
+from ..reading import read_small_file
 from ..spec.limits import MAX_VALUE_CHARS
 from .sections import SECTIONS
 
@@ -226,13 +227,9 @@ def parse_options(pairs) -> dict:
 def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
     """The recipe file's mapping, `extends` merged in, top-level keys checked."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"recipe file {str(path)!r} not found")
-    size = path.stat().st_size
-    if size > MAX_RECIPE_BYTES:
-        raise SpecError(f"{path}: {size} bytes; a recipe file is at most {MAX_RECIPE_BYTES} bytes")
+    content = read_small_file(path, MAX_RECIPE_BYTES, "recipe file")  # a FIFO, a device, a loop: one line
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = content.decode("utf-8")
     except UnicodeDecodeError as error:
         raise SpecError(f"{path}: not UTF-8 text (byte {error.start}): a recipe is a YAML text file") from None
     try:
@@ -247,7 +244,11 @@ def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
         raise SpecError(f"{path}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(SECTIONS)}")
     raw.setdefault("name", path.stem)
     if "extends" in raw:
-        base_path = (path.parent / raw["extends"]).resolve()
+        base = raw["extends"]
+        if not isinstance(base, str) or not base.strip():
+            raise SpecError(f"{path}: extends must be the file name of another recipe (a string), got {shown(base)}")
+        read_small_file(path.parent / base, MAX_RECIPE_BYTES, f"{path}: extends: recipe file")
+        base_path = (path.parent / base).resolve()
         if base_path in _seen:
             raise SpecError(f"{path}: 'extends' makes a cycle through {base_path}")
         base = read_recipe(base_path, _seen + (path.resolve(),))

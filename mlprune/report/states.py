@@ -30,8 +30,16 @@ def _model(state) -> str:
 def mask_similarity(a, b) -> dict:
     """Jaccard of the kept weights of two states: ``{"overall": J, "per_layer": {param: J}}``.
 
-    States of different architectures raise a one-line ``SpecError`` naming both.
+    States of different architectures (another model, other model options, other tensors) raise a one-line
+    ``SpecError`` naming both: masks of equal shapes of two models are not the same weights.
     """
+    roots = [(getattr(s, "spec", None) or {}).get("root", {}) for s in (a, b)]
+    if any(r.get("model") for r in roots) and \
+            [(r.get("model"), r.get("model_options")) for r in roots].count((roots[0].get("model"),
+                                                                             roots[0].get("model_options"))) != 2:
+        raise SpecError(f"cannot compare state {_name(a)} ({_model(a)}, {roots[0].get('model_options') or {}}) with "
+                        f"state {_name(b)} ({_model(b)}, {roots[1].get('model_options') or {}}): states of different "
+                        f"architectures")
     try:
         return analysis.jaccard(a.masks, b.masks)
     except SpecError as error:

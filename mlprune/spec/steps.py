@@ -603,7 +603,9 @@ def resolve_interpolate(raw: dict) -> ResolvedStep:
     """Linear interpolation between the parent (a) and b: options in key form, sources a and b."""
     given = INTERPOLATE_SCHEMA.canonical_names(dict(raw or {}))
     if "b" not in given:
-        raise SpecError("interpolate needs 'b': the state at the other end of the path (a is the parent)")
+        raise SpecError(f"interpolate option 'b' is required (given: {', '.join(sorted(given)) or 'no option'}); "
+                        f"allowed: the state at the other end of the path (a is the parent): a run id, state:<node>, "
+                        f"root or parent")
     options = INTERPOLATE_SCHEMA.resolve({k: v for k, v in given.items() if k != "b"} | {"b": "input:b"})
     return ResolvedStep("interpolate", {"a": "input:a", **options},
                         {"a": Source("parent"), "b": Source(given["b"])})

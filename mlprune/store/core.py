@@ -30,7 +30,7 @@ from ..names import (MASKS_FILE, STATE_FILE, TAG_ERROR, TAG_INVALID, TAG_KEY, TA
 from . import artifacts
 from .artifacts import IntegrityError
 from .claims import Claims, claim_tags
-from .experiments import check_sqlite_file, one_line, open_client, sqlite_path
+from .experiments import check_sqlite_file, one_line, open_client, read_only, sqlite_path
 from .lookups import Lookups
 from .experiments import experiment_id as resolve_experiment_id
 from .experiments import tracking_uri as default_tracking_uri
@@ -103,6 +103,12 @@ class Store(Lookups):
                 if self._client is None:
                     self._client = open_client(self.tracking_uri)
         return self._client
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this is a local sqlite store that cannot be written (reads work; writes are one line)."""
+        path = sqlite_path(self.tracking_uri)
+        return path is not None and path.exists() and read_only(path)
 
     @property
     def view(self) -> SqliteView | None:

@@ -118,6 +118,22 @@ def check_tracking(uri: str) -> None:
                         f"(/health said {body[:20]!r})")
 
 
+def read_only(path: Path) -> bool:
+    """Whether an existing sqlite store cannot be written: on a read-only filesystem, or a file (or folder) this
+    user may not write."""
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    return path.exists() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+
+
+def read_only_error(path: Path) -> SpecError:
+    return SpecError(f"the tracking store {path} is read-only (its filesystem or its file): this needs to write to "
+                     f"it; reading works as it is (tree, show, verify, export, compare, a fully cached run)")
+
+
 @contextlib.contextmanager
 def store_lock(uri: str):
     """An exclusive lock across processes for creating a sqlite store and its experiments."""
@@ -172,6 +188,16 @@ def check_sqlite_file(path: Path) -> None:
         raise SpecError(f"cannot create the tracking store {path}: {path.parent} is not writable")
 
 
+# database driver modules and the packages that install them
+_DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql", "MySQLdb": "mysqlclient",
+            "pymssql": "pymssql", "pyodbc": "pyodbc"}
+
+
+def _driver_package(module: str | None) -> str:
+    top = (module or "").split(".")[0]
+    return _DRIVERS.get(top, top or "the driver")
+
+
 def open_client(uri: str):
     """An MlflowClient on `uri` whose store exists (created and migrated under the store lock)."""
     from mlflow.tracking import MlflowClient
@@ -179,8 +205,17 @@ def open_client(uri: str):
     check_tracking(uri)
     path = sqlite_path(uri)
     if path is None:
-        return MlflowClient(tracking_uri=uri)
+        try:  # a database's store is opened here, its driver imported
+            client = MlflowClient(tracking_uri=uri)
+            client._tracking_client.store  # noqa: B018
+        except ModuleNotFoundError as error:
+            package = _driver_package(error.name)
+            raise SpecError(f"the tracking store {urlparse(uri).scheme}://... needs its database driver, the Python "
+                            f"package {package}, which is not installed: pip install '{package}'") from None
+        return client
     check_sqlite_file(path)
+    if path.exists() and read_only(path):  # MLflow opens its stores for writing
+        raise read_only_error(path)
     # MLflow creates and migrates a sqlite schema when a client first touches the store: one process at a
     # time, or concurrent migrations corrupt a fresh store
     with store_lock(uri):
@@ -342,7 +377,11 @@ def resolve_experiment_name(name: str | None = None) -> str | None:
     if name:
         return name
     # `mlflow run` without --experiment-name sets id 0 (MLflow's "Default"): that is no choice
-    if os.environ.get("MLFLOW_EXPERIMENT_ID") not in (None, "", "0"):
+    given = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if given not in (None, "", "0"):
+        if not (given.isascii() and given.isdigit() and len(given) <= 18):
+            raise SpecError(f"MLFLOW_EXPERIMENT_ID must be an experiment id (digits, as `mlflow experiments "
+                            f"search` lists them), got {given!r}")
         return None
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import SpecError, shown
 from ..names import ENV_SQLITE_READS, ENV_SQLITE_TIMEOUT, TAG_INVALID, TAG_KEY
-from .experiments import sqlite_path
+from .experiments import read_only, sqlite_path
 
 # the columns read, per table: a database that lacks one is read through MLflow
 _COLUMNS = {
@@ -143,8 +143,12 @@ class SqliteView:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             # autocommit: every statement is its own read transaction (it sees every earlier commit)
-            connection = sqlite3.connect(str(self.path), timeout=busy_timeout(), isolation_level=None,
-                                         check_same_thread=False)
+            if read_only(self.path):  # nobody can write it: read it as the immutable file it is (no -shm, no lock)
+                connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                                             isolation_level=None, check_same_thread=False)
+            else:
+                connection = sqlite3.connect(str(self.path), timeout=busy_timeout(), isolation_level=None,
+                                             check_same_thread=False)
             connection.execute("PRAGMA query_only = 1")
             self._local.connection = connection
         return connection

@@ -287,6 +287,10 @@ def _run(model, forward, data, options, line, seed, device, precision, scaler, l
         from .checkpoint import restored_sums
 
         i, sums = resumable.resume.iteration, restored_sums(resumable.resume, device)
+    # a failing divergence check looks at every iteration's loss (every 25th off the CPU: each look waits for the
+    # device); recorded divergence and fp16 (whose scaler skips non-finite steps) are judged per epoch below
+    fail_fast = 0 if scaler is not None or options.get("on_divergence") == "record" else \
+        (1 if device.type == "cpu" else 25)
     while i < line.stop:
         epoch, first = divmod(i, line.per_epoch)
         due = []
@@ -329,6 +333,9 @@ def _run(model, forward, data, options, line, seed, device, precision, scaler, l
                 hits += (logits.detach().argmax(dim=1) == y).sum()
             count += len(y)
             i += 1
+            if fail_fast and i % fail_fast == 0 and not bool(torch.isfinite(loss)):  # diverged: stop right here
+                handle_divergence(history, options, f"the train loss of iteration {i} is {float(loss.detach())}",
+                                  -(-i // line.per_epoch))
             if gradual is not None and i in gradual.steps:
                 gradual.prune(i, keeps)
             if i in checkpoints:
