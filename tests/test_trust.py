@@ -471,6 +471,12 @@ def test_a_read_only_store_reads_and_says_when_a_write_is_needed(store, tmp_path
     import subprocess
 
     folder = Path.cwd()
+    root = runs_by_kind(store)["init"].info.run_id
+    # a commit still in the WAL file (its writer open, no checkpoint): a reader must see it there
+    keeper = sqlite3.connect(folder / "mlflow.db", isolation_level=None)
+    keeper.execute("PRAGMA journal_mode=WAL")
+    keeper.execute("PRAGMA wal_autocheckpoint=0")
+    keeper.execute("UPDATE runs SET name = 'renamed-in-the-wal' WHERE run_uuid = ?", (root,))
     mounted = False
     if os.geteuid() == 0:  # root writes through permissions: a read-only bind mount is a read-only filesystem
         target = tmp_path / "ro"
@@ -490,12 +496,14 @@ def test_a_read_only_store_reads_and_says_when_a_write_is_needed(store, tmp_path
         cached = invoke("run", "tiny.yaml")
         assert cached.exit_code == 0 and cached.output.strip().endswith("4 reused"), cached.output
         assert "read-only: this run's workflow record is not written" in cached.stderr
-        assert invoke("tree").exit_code == 0
+        shown = invoke("tree")
+        assert shown.exit_code == 0 and "renamed-in-the-wal" in shown.stdout, shown.output
         checked = invoke("verify")
         assert checked.exit_code == 0 and "4 states checked" in checked.output, checked.output
         line = invoke_error("run", "tiny.yaml", "-P", "rounds=2")
         assert "is read-only (its filesystem or its file): this needs to write to it" in line, line
     finally:
+        keeper.close()
         os.chdir(folder)
         os.environ["MLFLOW_TRACKING_URI"] = store
         if mounted:

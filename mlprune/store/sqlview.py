@@ -143,8 +143,11 @@ class SqliteView:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             # autocommit: every statement is its own read transaction (it sees every earlier commit)
-            if read_only(self.path):  # nobody can write it: read it as the immutable file it is (no -shm, no lock)
-                connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+            if read_only(self.path):  # nobody can write it: read it without a lock (immutable) unless a WAL
+                # file holds commits the database file does not (sqlite reads it through the existing -shm then)
+                wal = Path(f"{self.path}-wal")
+                mode = "ro" if wal.exists() and wal.stat().st_size else "ro&immutable=1"
+                connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={mode}", uri=True,
                                              isolation_level=None, check_same_thread=False)
             else:
                 connection = sqlite3.connect(str(self.path), timeout=busy_timeout(), isolation_level=None,
