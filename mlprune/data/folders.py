@@ -29,7 +29,8 @@ import torch
 
 from ..errors import SpecError
 from ..names import ENV_DATA_WORKERS
-from .readers import Folders, data_fingerprint
+from .fingerprint import data_fingerprint
+from .readers import Folders
 from .catalog import DATASETS
 from .pipeline import Data
 from .sampling import AUGMENTS, MASK63, aug_seed, check_batch_size, shuffle_seed, val_count

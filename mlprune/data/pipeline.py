@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ..errors import SpecError
 from .catalog import DATASETS
-from .readers import PREP_CACHE, Raw, data_fingerprint
+from .fingerprint import data_fingerprint
+from .readers import PREP_CACHE, Raw
 from .sampling import AUGMENTS, MASK63, aug_seed, check_batch_size, shuffle_seed, val_count
 
 __all__ = ["Data", "load_in_memory", "FAST_LIMIT_BYTES", "DEVICE_SHARE", "placement"]
