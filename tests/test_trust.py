@@ -327,13 +327,14 @@ def test_states_record_their_data_and_other_data_is_refused_unless_accepted(trac
     assert first.exit_code == 0, first.output
     fingerprints = {spec[names.STATE_DATA_FINGERPRINT] for spec in _state_specs(tracking)}
     assert len(fingerprints) == 1 and next(iter(fingerprints)).startswith("40+20:"), fingerprints
-    again = invoke("run", recipe, "-P", f"data_dir={tmp_path / 'a-copy'}", "-P", "rounds=2")
-    assert again.exit_code == 0 and again.output.strip().endswith("4 reused"), again.output
+    from mlprune.data import load_data  # the same content in another folder is the same data
+
+    assert load_data("mnist", data_dir=tmp_path / "a-copy").spec["fingerprint"] in fingerprints
     runs = len(state_runs(tracking, status=None))
-    line = invoke_error("run", recipe, "-P", f"data_dir={tmp_path / 'b'}", "-P", "rounds=3")
+    line = invoke_error("run", recipe, "-P", f"data_dir={tmp_path / 'b'}", "-P", "rounds=2")
     assert "was computed on other data (40+20:" in line and "--accept-data-change" in line, line
     assert len(state_runs(tracking, status=None)) == runs  # nothing created
-    accepted = invoke("run", recipe, "-P", f"data_dir={tmp_path / 'b'}", "-P", "rounds=3", "--accept-data-change")
+    accepted = invoke("run", recipe, "-P", f"data_dir={tmp_path / 'b'}", "-P", "rounds=2", "--accept-data-change")
     assert accepted.exit_code == 0 and "accepted (--accept-data-change)" in accepted.stderr, accepted.output
     changed = [spec for spec in _state_specs(tracking) if names.STATE_DATA_CHANGE in spec]
     assert changed and all(spec[names.STATE_DATA_CHANGE]["from"] in fingerprints for spec in changed)
