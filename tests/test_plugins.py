@@ -115,6 +115,12 @@ def test_entry_points_join_the_catalogs_as_entries_of_the_same_kind(example):
                                       else DATASETS.plugin(name).digest()}
                                for name in ("example_blobs", "example_mlp")}
     assert "plugins" not in resolve_root({"model": "lenet", "dataset": "digits"})  # built-in keys stay
+    from mlprune.cli import main
+
+    listed = CliRunner().invoke(main, ["plugins"])
+    assert listed.exit_code == 0, listed.output
+    assert f"pruning method   example_taylor       {DIST} 0.1.0 digest {found.digest()}  first-order Taylor" in \
+        listed.output and "model            example_mlp" in listed.output
 
 
 def test_the_dataset_plugin_joins_the_deterministic_pipeline(example):
