@@ -295,5 +295,5 @@ def plot_sanity_panels(groups: dict[str, list[str]], rows: list[dict], names: di
         ax.set_ylabel("test accuracy (%)", fontsize=8)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Sanity checks: each pruned branch (solid) and its controls (dashed), mean and 95% CI over seeds")
+    fig.suptitle("Sanity checks: branch (solid), controls (dashed)\nmean and 95% CI over seeds", fontsize=10)
     return fig
