@@ -62,6 +62,7 @@ M_VAL_LOSS = "val_loss"
 M_TRAIN_LOSS = "train_loss"              # per epoch (step = epoch)
 M_LR = "lr"                              # per epoch: the learning rate at the epoch's last iteration
 M_TRAIN_SPARSITY = "train_sparsity"      # per epoch of a gradually pruned training: sparsity at the epoch's end
+M_SPARSE_UPDATES = "sparse_updates"      # per epoch of a dynamic sparse training (SET, RigL): mask updates so far
 M_SPARSITY = "sparsity"                  # fraction of prunable weights masked
 M_SPARSITY_PREFIX = "sparsity."          # + param name
 M_COMPRESSION = "compression_ratio"      # prunable weights / kept prunable weights

@@ -27,6 +27,7 @@ class Parent:
     layers: dict
     data: object
     at: str | None = None
+    model: object = None      # the architecture (a blank model): for methods that score only some layers
 
 
 def check_prune(options: dict, parent: Parent) -> None:
@@ -34,7 +35,10 @@ def check_prune(options: dict, parent: Parent) -> None:
     from .pruning import METHODS, layer_plan
 
     kinds = {name: kind for name, (kind, _) in parent.layers.items()}
-    for name, config in layer_plan(kinds, options).items():
+    plan = layer_plan(kinds, options)
+    if parent.model is not None:
+        _check_scorable(parent.model, plan)
+    for name, config in plan.items():
         amount = config.get("amount")
         if config.get("skip") or not isinstance(amount, int):
             continue
@@ -98,8 +102,9 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
                                 f"memory ({type(error).__name__}: {said}); a smaller image_size or model fits") \
                     from None
             params = dict(model.named_parameters())
-            shapes[cache] = (data, {name: (kind, tuple(params[name].shape)) for name, kind in prunable(model).items()})
-        data, layers = shapes[cache]
+            shapes[cache] = (data, {name: (kind, tuple(params[name].shape)) for name, kind in prunable(model).items()},
+                             model)
+        data, layers, model = shapes[cache]
         if node.root is not None and getattr(node, "weights_file", None):  # a pretrained root: its file fits
             from .models.pretrained import check_fits
 
@@ -113,7 +118,7 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
             if check is None:
                 continue
             try:
-                check(options, Parent(layers, data, node.at if index == len(node.steps) - 1 else None))
+                check(options, Parent(layers, data, node.at if index == len(node.steps) - 1 else None, model))
             except SpecError as error:
                 raise SpecError(f"{node.label or node.name}: {next(iter(step))}: {error}") from None
 
@@ -132,6 +137,16 @@ def node_data_fingerprint(node, plans, workspace, *, data_dir=None, load_spec=No
     if root is None:
         return None
     return workspace.data(root, _node_data_dir(node, plans, root, data_dir, load_spec)).spec.get("fingerprint")
+
+
+def _check_scorable(model, plan: dict) -> None:
+    """A method that can score only some layers (BN-scale: those with a BatchNorm after them) selects no other."""
+    from .pruning import METHODS
+
+    for name, config in plan.items():
+        entry = METHODS[config["method"]] if "method" in config else None
+        if entry is not None and entry.scorable and name not in entry.load_scorable()(model):
+            raise SpecError(f"layer {name!r}: method {entry.name!r} cannot score it: {entry.unscored}")
 
 
 def _recorded_data_dir(node, plans, load_spec):

@@ -474,8 +474,8 @@ def test_named_controls_in_rounds_follow_the_rounds_reinit(tmp_path):
 
 
 @pytest.mark.parametrize("controls, fragment", [
-    ("[invert]", "control 'invert' needs a score method (snip, mag_grad, grasp, synflow); the branch prunes with "
-                 "'l1_unstructured'"),
+    ("[invert]", "control 'invert' needs a method that ranks by a score it can invert (snip, mag_grad, grasp, "
+                 "synflow, lamp, nm, fpgm, taylor, bn_scale); the branch prunes with 'l1_unstructured'"),
     ("[shuffle]", "unknown control 'shuffle'; allowed: layer_shuffle, reinit, invert"),
     ("[{name: x}]", "controls[0]: must be a control name"),
     ("[{name: a/b, reinit: {strategy: random}}]", "without '/'"),

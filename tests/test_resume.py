@@ -236,6 +236,10 @@ VARIANTS = {
                                               sparsity_schedule={"kind": "agp", "final": 0.8, "start": "1ep",
                                                                  "end": "3ep", "every": "3it"})},), (15, 0), "1ep"),
     "augmentation": (dict(ROOT, augment="crop+flip", image_size=12), ({"train": SGD},), (9, 0), "1ep"),
+    # dynamic sparse training: masks updated at 3, 6, 9, ...; the stop falls between two updates, mid-epoch
+    "set-sparse-training": (ROOT, ({"prune": {"method": "random_unstructured", "amount": 0.8}},
+                                   {"train": dict(SGD, sparse_training={"kind": "set", "update_every": "3it",
+                                                                        "drop_fraction": 0.5})}), (11, 1), "1ep"),
     "batchnorm-resnet20": (dict(model="resnet20", model_options={"shortcut": "B"}, dataset="digits", seed=0,
                                 channels=3, train_size=64, test_size=32),
                            ({"train": dict(epochs=2, lr=0.05, momentum=0.9, batch_size=16)},), (6, 0), "1ep"),

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from .sparsity import sparsity, remaining_fraction, compression_ratio, compression_ratio_all, flops
 from .similarity import check_same_architecture, jaccard, jaccard_matrix
-from .structure import prob_unit_pruned, emergent_structure
+from .structure import follows_nm, nm_pattern, prob_unit_pruned, emergent_structure
 from .stability import weight_stability, weight_trajectories
 from .accuracy import accuracy_vs_remaining, pareto_front
 from . import statistics
@@ -58,6 +58,8 @@ __all__ = [
     "jaccard_matrix",
     "prob_unit_pruned",
     "emergent_structure",
+    "nm_pattern",
+    "follows_nm",
     "weight_stability",
     "weight_trajectories",
     "accuracy_vs_remaining",

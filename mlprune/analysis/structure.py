@@ -158,3 +158,22 @@ def emergent_structure(
             }
         out[name] = entry
     return out
+
+
+def nm_pattern(masks: Mapping[str, torch.Tensor], n: int = 2, m: int = 4) -> dict:
+    """{layer: {"groups", "following"}}: of the groups of `m` consecutive inputs (a weight's dim 1, at each
+    output and kernel position), how many keep at most `n` weights; layers whose input size does not
+    divide by `m` are left out (the N:M pattern does not apply to them)."""
+    out = {}
+    for name, mask in masks.items():
+        if mask.dim() < 2 or mask.shape[1] % m:
+            continue
+        groups = mask.to(torch.bool).movedim(1, -1).reshape(-1, m).sum(dim=1)
+        out[name] = {"groups": int(groups.numel()), "following": int((groups <= n).sum())}
+    return out
+
+
+def follows_nm(masks: Mapping[str, torch.Tensor], n: int = 2, m: int = 4) -> bool:
+    """Whether every layer the N:M pattern applies to follows it (and one does)."""
+    layers = nm_pattern(masks, n, m)
+    return bool(layers) and all(v["following"] == v["groups"] for v in layers.values())

@@ -13,7 +13,8 @@ initial weights may differ. Which plans give siblings (`docs/performance.md`):
 - spawned copies: they differ only in ``data_order_seed``;
 - one-shot sparsities and pruning at initialization: one train step after each sparsity's prune;
 - not: roots, prune-only states, analyses, a checkpoint another training emits on its way, nodes
-  with two train steps, fp16 trainings (`training.UNBATCHABLE_PRECISIONS`) and models whose
+  with two train steps, fp16 trainings (`training.UNBATCHABLE_PRECISIONS`), dynamic sparse training
+  and the BatchNorm L1 penalty (`training.UNBATCHED_OPTIONS`) and models whose
   registry entry is not ``batchable`` (torchvision models).
 
 Grouping (`sibling_groups`): siblings are grouped per *depth* in the graph of missing states (the
@@ -43,7 +44,7 @@ def sibling_signature(node: dict, root: dict | None, data_dir: str | None) -> st
     """What a node's batchable training shares with its siblings (canonical JSON), or None when it is not
     trained batched. `root`: the resolved root spec of its lineage; `data_dir`: where its data is read."""
     from ..models import model_entry
-    from ..training import UNBATCHABLE_PRECISIONS
+    from ..training import UNBATCHABLE_PRECISIONS, UNBATCHED_OPTIONS
 
     steps = node.get("steps") or []
     if root is None or node.get("root") is not None or node.get("emitted_by") or not steps:
@@ -53,6 +54,8 @@ def sibling_signature(node: dict, root: dict | None, data_dir: str | None) -> st
         return None
     train = dict(kinds[-1][1])
     if train.get("precision", TRAIN_SCHEMA["precision"].default) in UNBATCHABLE_PRECISIONS:
+        return None
+    if any(train.get(option) for option in UNBATCHED_OPTIONS):
         return None
     if not model_entry(root["model"], check_torchvision=False).batchable:
         return None

@@ -38,6 +38,15 @@ layer with sparsity 1; with ``scope: layer`` each layer keeps at least one weigh
 Overrides in ``layers`` may skip a layer or use a non-score method; a score method
 prunes all its layers together.
 
+More methods (docs/pruning.md has each paper's formula): ``lamp`` scores weights from the
+weights alone (``Method.weight_scorer``, selected like the score methods, ``global`` by
+default); ``nm`` is a *pattern* (granularity ``"pattern"``: N of every M consecutive inputs,
+its amount ``1 - n/m``); ``fpgm``, ``taylor`` and ``bn_scale`` are slice methods, the last two
+ranking values their scorer computes from the network (``w · ∂L/∂w``, ``|γ|``) instead of the
+weights. The prune option ``distribution`` (``pruning.catalog.DISTRIBUTIONS``) names the two
+scopes (``uniform`` = layer, ``global``) and two layer budgets (``uniform_plus``, ``erk``;
+``pruning.budgets``) that give each layer of the pool its own count.
+
 Amount
 ------
 * a float in (0, 1) is a fraction of what *remains*: of the still-unpruned weights

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..errors import SpecError
 from ..registry import Registry
 from ..spec.options import Option, Schema, boolean, integer, number, with_doc
-from ..spec.limits import MAX_BATCH_SIZE, MAX_PRUNE_ITERATIONS, MAX_SCORE_BATCHES
+from ..spec.limits import MAX_BATCH_SIZE, MAX_NM_GROUP, MAX_PRUNE_ITERATIONS, MAX_SCORE_BATCHES
 
 SELECTOR_TOKENS = ("@conv", "@linear", "@output")
 AMOUNT_ALLOWED = "a float in (0, 1) (fraction of what remains) or an int >= 1 (count to remove)"
@@ -111,8 +111,9 @@ def _check_dim_option(dim, _name="dim"):
 class Method:
     """One pruning method.
 
-    granularity: "weight" (single weights) or "slice" (whole output / input slices along
-    ``dim``). ``impl``: for "weight" methods a function ``(candidate values, k, generator) ->
+    granularity: "weight" (single weights), "slice" (whole output / input slices along
+    ``dim``) or "pattern" (a fixed pattern per layer, N:M: ``impl(weight, mask, options) -> (mask,
+    note)``; its amount follows from its options). ``impl``: for "weight" methods a function ``(candidate values, k, generator) ->
     (indices to prune, keep score)``; for "slice" methods ``(remaining slices, k, generator,
     options) -> indices to keep`` (see ``pruning.masks``). ``options``: the `Schema` of what it
     takes beyond method / amount / scope (declared once; the prune step's schema is their union).
@@ -135,6 +136,11 @@ class Method:
     default_scope: str = "layer"                  # the scope when a step does not give one
     unit_impl: str = ""                           # slice methods, coupled pruning: (one vector per channel
                                                   #   unit, k, generator, options) -> indices to keep
+    weight_scorer: str = ""                       # scores from the weights alone: (effective weights, masks,
+                                                  #   options) -> {param: keep scores}; selected as `scorer`'s
+    unscored: str = ""                            # why a slice method with a scorer may have no values for a layer
+    scorable: str = ""                            # "module:function" (model) -> the layers it can score (checked
+                                                  #   before anything runs)
 
     @property
     def structured(self) -> bool:
@@ -143,6 +149,33 @@ class Method:
     @property
     def scores_network(self) -> bool:
         return bool(self.scorer)
+
+    @property
+    def scored(self) -> bool:
+        """A single-weight method whose keep scores come from a scorer (the network's or the weights'):
+        its layers are selected together (`pruning.masks`), not weight by weight."""
+        return self.granularity == "weight" and bool(self.scorer or self.weight_scorer)
+
+    @property
+    def pattern(self) -> bool:
+        """A method whose mask follows a fixed pattern (N:M): its amount follows from its options."""
+        return self.granularity == "pattern"
+
+    def implied_amount(self, options: dict) -> float:
+        """A pattern method's amount: the fraction of a dense layer it prunes (1 - n/m)."""
+        if not options["n"] < options["m"]:
+            raise SpecError(f"invalid N:M pattern {options['n']}:{options['m']}; allowed: n < m (e.g. 2:4)")
+        return 1.0 - options["n"] / options["m"]
+
+    def load_scorable(self):
+        from ..registry import load_impl
+
+        return load_impl(self.scorable)
+
+    def load_weight_scorer(self):
+        from ..registry import load_impl
+
+        return load_impl(self.weight_scorer)
 
     def load_scorer(self):
         from ..registry import load_impl
@@ -187,6 +220,46 @@ def _options(*options: Option) -> Schema:
     return Schema("method option", options)
 
 
+# the channel criteria prune filters (output channels) unless told otherwise
+_DIM_OUT = Option("dim", 0, with_doc(_check_dim_option, "0 | 1"),
+                  "0 = output channels / neurons, 1 = input channels / features")
+_NM_N = Option("n", 2, integer(1, MAX_NM_GROUP - 1), "N:M: weights kept in each group of m")
+_NM_M = Option("m", 4, integer(1, MAX_NM_GROUP), "N:M: the group size, consecutive inputs")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """How a prune step shares out what it keeps between the layers it prunes together (``distribution``).
+
+    ``scope``: the distributions that are a scope of `pruning.masks` (``uniform``: each layer alone,
+    ``global``: one threshold); the others give each layer a density of its own: ``impl`` is
+    ``"module:function"`` of ``(shapes, density, first, output) -> {layer: density}`` (`pruning.budgets`).
+    """
+
+    name: str
+    scope: str = ""
+    impl: str = ""
+    short: str = ""
+    help: str = ""
+
+    def load(self):
+        from ..registry import load_impl
+
+        return load_impl(self.impl)
+
+
+DISTRIBUTIONS: Registry[Distribution] = Registry("distribution")
+DISTRIBUTIONS.add(Distribution("uniform", scope="layer", help="every layer prunes the same fraction of what "
+                               "remains in it (scope: layer)"))
+DISTRIBUTIONS.add(Distribution("global", scope="global", help="one threshold over the layers (scope: global)"))
+DISTRIBUTIONS.add(Distribution("uniform_plus", impl="mlprune.pruning.budgets:uniform_plus_densities",
+                               short="uniform+", help="the target sparsity in every layer but the first (dense) "
+                               "and the output layer (at most 80 % sparse); Gale et al. 2019"))
+DISTRIBUTIONS.add(Distribution("erk", impl="mlprune.pruning.budgets:erk_densities", short="erk",
+                               help="Erdős–Rényi-Kernel densities ∝ (Σ shape / Π shape), scaled to the target; "
+                               "layers that would exceed density 1 dense, the rest re-scaled; Evci et al. 2020"))
+
+
 METHODS: Registry[Method] = Registry("pruning method", group="mlprune.methods")
 METHODS.add(Method("l1_unstructured", "weight", "mlprune.pruning.masks:choose_smallest_magnitude", short="l1",
                    help="the smallest |w| among the remaining weights"))
@@ -213,6 +286,32 @@ METHODS.add(Method("synflow", "weight", scorer="mlprune.pruning.scores:synflow",
                    options=_options(_ITERATIONS, _INVERT), short="synflow",
                    help="iterative synaptic flow |∂R/∂w ⊙ w| of the all-ones input through |weights|, "
                         "data-free (Tanaka et al. 2020)"))
+# Layer-adaptive magnitude: a score from the weights alone, selected like the score methods (globally by default).
+METHODS.add(Method("lamp", "weight", weight_scorer="mlprune.pruning.criteria:lamp", default_scope="global",
+                   options=_options(_INVERT), short="lamp",
+                   help="LAMP: w_u² / Σ_{v >= u} w_v² within the layer (weights sorted by magnitude), then one "
+                        "global selection (Lee et al. 2021)"))
+# N:M semi-structured: a fixed pattern (its amount is 1 - n/m), per layer.
+METHODS.add(Method("nm", "pattern", "mlprune.pruning.criteria:nm_pattern", options=_options(_NM_N, _NM_M, _INVERT),
+                   short="{n}:{m}",
+                   help="N:M: the n largest |w| of every m consecutive inputs (2:4 is what sparse tensor cores "
+                        "run); layers whose input size does not divide by m are left dense"))
+# Channel criteria: slice methods; taylor and bn_scale rank values their scorer computes from the network.
+METHODS.add(Method("fpgm", "slice", "mlprune.pruning.criteria:keep_fpgm", options=_options(_DIM_OUT, _INVERT),
+                   short="fpgm-struct", unit_impl="mlprune.pruning.criteria:keep_fpgm_units",
+                   help="FPGM: the filters nearest the geometric median (smallest Σ of distances to the "
+                        "others) go (He et al. 2019)"))
+METHODS.add(Method("taylor", "slice", "mlprune.pruning.criteria:keep_taylor", scorer="mlprune.pruning.scores:taylor",
+                   options=_options(_DIM_OUT, _BATCHES, _BATCH_SIZE, _INVERT), short="taylor-struct",
+                   unit_impl="mlprune.pruning.criteria:keep_taylor_units",
+                   help="first-order Taylor |Σ_channel w·∂L/∂w| on data batches (Molchanov et al. 2019)"))
+METHODS.add(Method("bn_scale", "slice", "mlprune.pruning.criteria:keep_bn_scale",
+                   scorer="mlprune.pruning.scores:bn_scale", options=_options(_DIM_OUT, _INVERT), short="bn-struct",
+                   unit_impl="mlprune.pruning.criteria:keep_bn_scale_units",
+                   unscored="no BatchNorm right after it to read |γ| from; exclude it (e.g. include: ['@conv'])",
+                   scorable="mlprune.pruning.scores:bn_scale_layers",
+                   help="network slimming: |γ| of the BatchNorm after the channel (Liu et al. 2017); "
+                        "train with bn_l1 for the paper's L1 penalty on γ"))
 
 
 def methods_with_option(option: str) -> list[str]:

@@ -11,7 +11,8 @@ import math
 import torch
 
 from ..errors import SpecError, choice_error
-from .catalog import METHODS, check_amount, check_dim, norm_order, prune_count
+from .budgets import keep_counts, pool_density
+from .catalog import DISTRIBUTIONS, METHODS, check_amount, check_dim, norm_order, prune_count
 from .prune_step import layer_plan, resolve_prune_step
 
 
@@ -160,11 +161,28 @@ def _structured(method, weight, amount, mask, generator, options, note_out=None)
     return _apply_slice_keep(mask, dim, keep)
 
 
+def _pattern(method, weight, mask, options, note_out=None):
+    """A pattern method (N:M) on one layer; its options are checked and defaulted by the catalog entry."""
+    entry = METHODS[method]
+    unknown = sorted(set(options) - set(entry.option_names))
+    if unknown:
+        raise SpecError(f"unknown option {unknown[0]!r} for {method}; allowed: {', '.join(entry.option_names)}")
+    options = {o.name: o.check(options.get(o.name, o.default), o.name) for o in entry.options}
+    w, mask = checked_weight_and_mask(weight, mask)
+    new, note = entry.load()(w, mask, options)
+    if note_out is not None:
+        remaining = int(mask.sum())
+        note_out.update(unit="weights", remaining=remaining, pruned=remaining - int(new.sum()), note=note)
+    return new
+
+
 def compute_mask(method, weight, amount, mask, *, generator=None, **options):
     """New bool mask of `weight` after pruning `amount` more with `method` (one layer)."""
     entry = METHODS[method]
-    if entry.scores_network:
+    if entry.scores_network or entry.scored:
         raise SpecError(f"method {method!r} scores the whole network; use prune_masks(..., scores=...)")
+    if entry.pattern:
+        return _pattern(method, weight, mask, options)
     if entry.structured:
         return _structured(method, weight, amount, mask, generator, options)
     return _unstructured(method, weight, amount, mask, generator, options)
@@ -240,15 +258,22 @@ def prune_masks(weights, masks, kinds, step, *, generator, report=None, scores=N
     random_used = [p["method"] for p in plan.values() if "method" in p and METHODS[p["method"]].random]
     if random_used:
         require_generator(random_used[0], generator)
-    scored = [name for name in kinds if "method" in plan[name] and METHODS[plan[name]["method"]].scores_network]
-    if scored and scores is None:
+    scored = [name for name in kinds if "method" in plan[name] and METHODS[plan[name]["method"]].scored]
+    valued = [name for name in kinds if "method" in plan[name] and METHODS[plan[name]["method"]].structured
+              and METHODS[plan[name]["method"]].scores_network]
+    if scored and scores is None and METHODS[step["method"]].weight_scorer:
+        scores = _weight_scores(step, weights)
+    if (scored or valued) and scores is None:
         raise SpecError(f"method {step['method']!r} scores the network: prune_masks needs scores=")
+    values = _slice_values(step, plan, valued, scores(masks)) if valued else {}
     new = {name: m.detach().to(torch.bool).clone() for name, m in masks.items()}
     rep = {}
 
     pool = [name for name in kinds if plan[name].get("scope") == "global" and name not in scored]
     if pool:
         _prune_pool(step["method"], step["amount"], pool, weights, masks, new, generator, rep)
+    budgeted = [name for name in kinds if plan[name].get("distribution") and name not in scored]
+    counts = _budget_counts(step, kinds, budgeted, masks) if budgeted else {}
 
     for name in kinds:
         cfg = plan[name]
@@ -258,11 +283,16 @@ def prune_masks(weights, masks, kinds, step, *, generator, report=None, scores=N
         if cfg["scope"] == "global" or name in scored:
             continue
         info = {}
+        entry = METHODS[cfg["method"]]
+        options = {k: cfg[k] for k in entry.option_names}
         try:
-            if METHODS[cfg["method"]].structured:
-                options = {k: cfg[k] for k in METHODS[cfg["method"]].option_names}
-                new[name] = _structured(cfg["method"], weights[name], cfg["amount"], masks[name],
+            if entry.structured:
+                new[name] = _structured(cfg["method"], values.get(name, weights[name]), cfg["amount"], masks[name],
                                         generator, options, info)
+            elif entry.pattern:
+                new[name] = _pattern(cfg["method"], weights[name], masks[name], options, info)
+            elif name in counts:
+                new[name] = _counted(cfg["method"], weights[name], counts[name], masks[name], generator, info)
             else:
                 new[name] = _unstructured(cfg["method"], weights[name], cfg["amount"], masks[name],
                                           generator, {}, info)
@@ -270,11 +300,58 @@ def prune_masks(weights, masks, kinds, step, *, generator, report=None, scores=N
             raise SpecError(f"layer {name!r}: {e}") from None
         rep[name] = {**{k: v for k, v in cfg.items()}, **info}
     if scored:  # after the other layers: the network is scored as it will be
-        _prune_by_scores(step, plan, scored, new, scores, rep)
+        budget = _budget_counts(step, kinds, scored, new) if plan[scored[0]].get("distribution") else None
+        _prune_by_scores(step, plan, scored, new, scores, rep, budget)
     if report is not None:
         for name in kinds:
             report[name] = {k: v for k, v in rep[name].items() if v is not None}
     return new
+
+
+def _weight_scores(step, weights):
+    """``scores(masks)`` of a method that scores the weights alone (LAMP)."""
+    entry = METHODS[step["method"]]
+    scorer = entry.load_weight_scorer()
+    options = {k: step[k] for k in entry.option_names if k in step}
+
+    def scores(masks):
+        return scorer({name: weights[name].detach() * mask for name, mask in masks.items()}, masks, options)
+
+    return scores
+
+
+def _slice_values(step, plan, valued, computed):
+    """{layer: the values a slice method with a scorer ranks its slices by} (Taylor's w·∂L/∂w, BN-scale's
+    |γ|); a selected layer the scorer has no values for is a one-line SpecError."""
+    for name in valued:
+        if name not in computed:
+            entry = METHODS[plan[name]["method"]]
+            raise SpecError(f"layer {name!r}: method {entry.name!r} cannot score it: {entry.unscored or 'no scores'}")
+    return {name: computed[name] for name in valued}
+
+
+def _budget_counts(step, kinds, budgeted, masks) -> dict:
+    """{layer: weights to remove} of the layers a distribution's budget shares the step's amount between."""
+    remaining = {name: int(masks[name].sum()) for name in budgeted}
+    total = sum(remaining.values())
+    try:
+        k, _ = prune_count(step["amount"], total, "weights of the layers the distribution shares")
+    except SpecError as e:
+        raise SpecError(f"distribution {step['distribution']} over {', '.join(budgeted)}: {e}") from None
+    shapes = {name: tuple(masks[name].shape) for name in budgeted}
+    names = list(kinds)
+    densities = DISTRIBUTIONS[step["distribution"]].load()(shapes, pool_density(shapes, total - k), names[0], names[-1])
+    keep = keep_counts(densities, shapes, remaining)
+    return {name: remaining[name] - keep[name] for name in budgeted}
+
+
+def _counted(method, weight, count, mask, generator, info):
+    """A single-weight method removing exactly `count` remaining weights of a layer (a budget's share)."""
+    remaining = int(mask.sum())
+    if count <= 0:
+        info.update(unit="weights", remaining=remaining, pruned=0, note="the budget keeps the layer as it is")
+        return mask.detach().to(torch.bool).clone()
+    return _unstructured(method, weight, count, mask, generator, {}, info)
 
 
 def _prune_pool(method, amount, pool, weights, masks, new, generator, rep):
@@ -337,11 +414,12 @@ def _select_by_score(score_parts, mask_parts, k, invert):
     return torch.topk(values, k, largest=invert).indices
 
 
-def _prune_by_scores(step, plan, scored, new, scores, rep):
+def _prune_by_scores(step, plan, scored, new, scores, rep, budget=None):
     """Score methods: iterations of (score the network under the current masks, prune to the
     schedule's count). Scope global: the scored layers are one pool (one exact threshold, no
     layer is spared: layer collapse shows as a layer with sparsity 1); scope layer: each layer
-    is brought to its own count (keep-at-least-one, as the other methods)."""
+    is brought to its own count (keep-at-least-one, as the other methods); a distribution's
+    `budget` ({layer: weights to remove}): each layer to its share."""
     method = METHODS[step["method"]]
     iterations = step.get("iterations", 1)
     invert = bool(step.get("invert", False))
@@ -352,7 +430,7 @@ def _prune_by_scores(step, plan, scored, new, scores, rep):
         remaining = sum(int(new[name].sum()) for name in group)
         unit = "weights in the global pool" if scope == "global" else "weights"
         try:
-            k, note = prune_count(step["amount"], remaining, unit)
+            k, note = (budget[group[0]], None) if budget is not None else prune_count(step["amount"], remaining, unit)
         except SpecError as e:
             raise SpecError(f"{'global scope over ' + ', '.join(group) if scope == 'global' else 'layer ' + repr(group[0])}"
                             f": {e}") from None
@@ -384,4 +462,4 @@ def _prune_by_scores(step, plan, scored, new, scores, rep):
                 layer_note = "layer collapse: every weight of the layer was pruned"
             rep[name] = {"method": method.name, "amount": step["amount"], "scope": scope, "unit": "weights",
                          "remaining": before[name], "pruned": before[name] - kept, "note": layer_note,
-                         "iterations": iterations}
+                         "iterations": iterations, "distribution": step.get("distribution")}

@@ -12,7 +12,9 @@ from typing import NamedTuple
 from ..errors import SpecError, choice_error
 from ..plugins import PLUGINS_KEY, code_identities
 from ..spec.options import REQUIRED, Option, Schema, any_value, choice, optional, seed_value, with_doc
-from .catalog import AMOUNT_ALLOWED, METHODS, SELECTOR_TOKENS, check_amount, methods_with_option
+from .catalog import AMOUNT_ALLOWED, DISTRIBUTIONS, METHODS, SELECTOR_TOKENS, check_amount, methods_with_option
+
+_DISTRIBUTION = "distribution"
 
 
 def _check_selector(sel, what):
@@ -61,10 +63,21 @@ def _seed(seed, name):
 
 
 def _method_option_docs(methods) -> tuple[Option, ...]:
-    """Every method's options, each once, its help naming the methods that take it."""
+    """Every method's options, each once, its help naming the methods that take it (one name may mean
+    different things to different methods: n is a norm to ln_structured and the N of N:M to nm; each
+    method's options are checked with its own declaration)."""
     union = Schema.union("method option", (m.options for m in methods))
-    users = {o.name: ", ".join(m.name for m in methods if o.name in m.options) for o in union}
-    return tuple(Option(o.name, o.default, o.check, f"{o.help} ({users[o.name]})") for o in union)
+    out = []
+    for option in union:
+        declared: dict = {}
+        for method in methods:
+            if option.name in method.options:
+                own = method.options[option.name]
+                declared.setdefault((own.help, repr(own.default)), []).append(method.name)
+        helps = [f"{text} ({', '.join(users)}{'' if default == repr(option.default) else f'; default {default}'})"
+                 for (text, default), users in declared.items()]
+        out.append(Option(option.name, option.default, option.check, "; ".join(helps)))
+    return tuple(out)
 
 
 class PruneSchemas(NamedTuple):
@@ -79,9 +92,13 @@ def _build(methods) -> PruneSchemas:
     options = _method_option_docs(methods)
     step = Schema("prune option", (
         Option("method", REQUIRED, _check_method, "pruning method: " + ", ".join(m.name for m in methods)),
-        Option("amount", REQUIRED, check_amount, "a fraction in (0, 1) of what remains, or an int count"),
+        Option("amount", None, optional(with_doc(check_amount, "fraction in (0, 1) | int >= 1")),
+               "a fraction in (0, 1) of what remains, or an int count (required but for nm, whose amount is "
+               "1 - n/m)"),
         Option("scope", "layer", choice("layer", "global"), "layer (each layer alone) or global (one "
-               "threshold); score methods (snip, grasp, synflow) default to global"),
+               "threshold); score methods (snip, grasp, synflow, mag_grad) and lamp default to global"),
+        Option(_DISTRIBUTION, None, optional(choice(*DISTRIBUTIONS)), "how the layers share the amount: "
+               + "; ".join(f"{d.name}: {d.help}" for d in DISTRIBUTIONS.values()), key="unless_default"),
         *options,
         Option("include", ["*"], any_value, "layers to prune: globs over parameter names or @conv, @linear, @output"),
         Option("exclude", [], any_value, "layers to leave alone (same selectors)"),
@@ -124,14 +141,40 @@ def _not_applicable(option, value, where, method):
     return SpecError(f"option {option!r} ({value!r}) in {where} applies only to {what}, not {method}")
 
 
-def _method_config(method, amount, given: dict, where):
+def _method_config(method, amount, given: dict, where, explicit=False):
     """Canonical {"method", "amount", <the method's options>} for one (effective) method."""
     entry = METHODS[method]
     for option, value in given.items():
         if option not in entry.options:
             raise _not_applicable(option, value, where, method)
-    return {"method": method, "amount": check_amount(amount, f"amount in {where}"),
-            **entry.options.checked({k: v for k, v in given.items()})}
+    options = entry.options.checked({k: v for k, v in given.items()})
+    if entry.pattern:  # its amount follows from its options (N:M: 1 - n/m); another one given is refused
+        implied = entry.implied_amount(options)
+        if explicit and amount != implied:
+            raise SpecError(f"{where} gives amount {amount!r} to {method}, whose amount follows from its pattern "
+                            f"(1 - n/m = {implied:g}); allowed: no amount")
+        amount = implied
+    return {"method": method, "amount": check_amount(amount, f"amount in {where}"), **options}
+
+
+def _scope_and_distribution(scope, distribution, entry) -> tuple[str, str | None]:
+    """(scope, budget distribution or None) of a step: ``distribution`` uniform / global is the scope
+    layer / global; erk / uniform_plus share the step's amount between its layers by a budget."""
+    if distribution is None:
+        return scope or entry.default_scope, None
+    chosen = DISTRIBUTIONS[distribution]
+    if chosen.scope:
+        if scope is not None and scope != chosen.scope:
+            raise SpecError(f"distribution {distribution!r} is scope {chosen.scope!r}, but the step says scope "
+                            f"{scope!r}; allowed: one of them, or both agreeing")
+        return chosen.scope, None
+    if scope == "global":  # scope layer is the resolved form: each layer pruned alone, to its budget
+        raise SpecError(f"distribution {distribution!r} shares the amount between the layers by its own budget; "
+                        f"scope {scope!r} says otherwise; allowed: no scope with it")
+    if entry.structured or entry.pattern:
+        raise SpecError(f"distribution {distribution!r} needs a single-weight method, got {entry.name!r}; allowed: "
+                        f"{', '.join(METHODS.where(granularity='weight'))}")
+    return "layer", distribution
 
 
 def _raw_layers(layers):
@@ -176,8 +219,12 @@ def _override(sel, ov, step, top_options, schemas: PruneSchemas) -> dict:
                         f"together (the step's scope says how), so an override may skip a layer or use "
                         f"another method: {', '.join(others)}")
     own = {name: ov[name] for name in schemas.method_options if name in ov}
+    if "amount" not in ov and "amount" not in step and not METHODS[method].pattern:
+        raise SpecError(f"{where} uses {method!r}, which needs an amount; the step's method {step['method']!r} has "
+                        f"none to inherit; allowed: an amount in {where}")
     inherited = {name: value for name, value in top_options.items() if name in METHODS[method].options}
-    return {"select": sel, **_method_config(method, ov.get("amount", step["amount"]), {**inherited, **own}, where)}
+    return {"select": sel, **_method_config(method, ov.get("amount", step.get("amount")), {**inherited, **own}, where,
+                                            explicit="amount" in ov)}
 
 
 def resolve_prune_step(step: dict) -> dict:
@@ -196,13 +243,16 @@ def resolve_prune_step(step: dict) -> dict:
     entry = METHODS[_check_method(step["method"])]
     schemas = prune_schemas()
     given = schemas.step.canonical_names(step)
-    if "amount" not in given:
+    if "amount" not in given and not entry.pattern:
         raise SpecError(f"prune step has no 'amount'; allowed: {AMOUNT_ALLOWED}")
-    top_options = {name: schemas.step[name].check(given[name], name) for name in schemas.method_options
-                   if name in given}
+    # a method option is checked by the step's method's own declaration when it has one (n: a norm or N of N:M)
+    top_options = {name: (entry.options[name] if name in entry.options else schemas.step[name]).check(given[name],
+                                                                                                       name)
+                   for name in schemas.method_options if name in given}
     values = schemas.step.checked({k: v for k, v in given.items() if k not in schemas.method_options})
-    scope = values["scope"] if "scope" in given else entry.default_scope
-    if scope == "global" and entry.structured:
+    scope, distribution = _scope_and_distribution(values["scope"] if "scope" in given else None,
+                                                  values[_DISTRIBUTION], entry)
+    if scope == "global" and (entry.structured or entry.pattern):
         raise SpecError(f"scope 'global' needs an unstructured method, got {entry.name!r}; "
                         f"allowed: {', '.join(METHODS.where(granularity='weight'))}")
     overrides = [_override(sel, ov, given, top_options, schemas) for sel, ov in _raw_layers(values["layers"])]
@@ -212,9 +262,10 @@ def resolve_prune_step(step: dict) -> dict:
             users = methods_with_option(name)
             what = users[0] if len(users) == 1 else ("structured methods" if name == "dim" else ", ".join(users))
             raise SpecError(f"option {name!r} ({value!r}) applies only to {what}, not {entry.name}")
-    top = _method_config(entry.name, given["amount"], {k: v for k, v in top_options.items() if k in entry.options},
-                         "prune step")
-    out = {**top, "scope": scope, "include": _selector_list(values["include"], "include"),
+    top = _method_config(entry.name, given.get("amount"), {k: v for k, v in top_options.items() if k in entry.options},
+                         "prune step", explicit="amount" in given)
+    out = {**top, "scope": scope, **({_DISTRIBUTION: distribution} if distribution else {}),
+           "include": _selector_list(values["include"], "include"),
            "exclude": _selector_list(values["exclude"], "exclude"), "bias": False, "layers": overrides}
     if "*" in out["exclude"] or not out["include"]:
         raise SpecError(f"prune step excludes every layer (include {out['include']}, exclude {out['exclude']}): "
@@ -275,7 +326,8 @@ def layer_plan(kinds, step) -> dict:
             if _matches(ov["select"], name, kinds, output):
                 chosen = ov
         if chosen is None:
-            plan[name] = {**top, "scope": step["scope"]}
+            plan[name] = {**top, "scope": step["scope"],
+                          **({_DISTRIBUTION: step[_DISTRIBUTION]} if _DISTRIBUTION in step else {})}
         elif chosen.get("skip"):
             plan[name] = {"skip": True}
         else:

@@ -29,6 +29,10 @@ iterations) is ``pruning.masks.prune_masks`` with ``scores=network_scores(...)``
   the score is ``|∂R/∂w ⊙ w|``. Its iterations (100 by default, exponential schedule)
   are done by the selection, which scores again after every step.
 
+* ``taylor`` and ``bn_scale`` (channel criteria, `pruning.criteria`) give per-weight *values* their
+  slices are ranked by: ``w · ∂L/∂w`` (gradients summed over the scoring batches, as SNIP's), and
+  the ``|γ|`` of the BatchNorm after each layer spread over its output channels.
+
 Scoring runs in eval mode (dropout off, batch norm on its running statistics), as
 Synaptic-Flow's default does, so the scores of a state do not depend on an RNG.
 """
@@ -138,6 +142,51 @@ def synflow(model: nn.Module, masks: dict, data: ScoringData, options: dict) -> 
     flow = clone(ones).sum()
     grads = torch.autograd.grad(flow, weights)
     return {name: (g * w).abs().detach().cpu() for name, g, w in zip(masks, grads, weights)}
+
+
+def taylor(model: nn.Module, masks: dict, data: ScoringData, options: dict) -> dict:
+    """Taylor's values ``w · ∂L/∂w`` per weight (``∂L/∂w`` summed over the scoring batches); the channel
+    criterion (`pruning.criteria.keep_taylor`) sums them over each slice."""
+    clone, params = _scoring_copy(model, masks)
+    weights = [params[name] for name in masks]
+    grads = [torch.zeros_like(w) for w in weights]
+    for x, y in _batches(data, options):
+        loss = nn.functional.cross_entropy(clone(x), y)
+        for total, g in zip(grads, torch.autograd.grad(loss, weights)):
+            total += g
+    return {name: (g * w).detach().cpu() for name, g, w in zip(masks, grads, weights)}
+
+
+def following_batchnorm(model: nn.Module) -> dict:
+    """{weight name: the BatchNorm module right after its layer}: the next module without children in
+    module order, when it is a BatchNorm over the layer's output channels (conv -> bn, as the
+    architectures and torchvision write them)."""
+    leaves = [(name, module) for name, module in model.named_modules() if not any(True for _ in module.children())]
+    found = {}
+    for (name, module), (_, after) in zip(leaves, leaves[1:]):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and isinstance(
+                after, nn.modules.batchnorm._BatchNorm) and after.affine and after.num_features == module.weight.shape[0]:
+            found[f"{name}.weight" if name else "weight"] = after
+    return found
+
+
+def bn_scale_layers(model: nn.Module) -> set:
+    """The layers BN-scale can score: those with a BatchNorm right after them."""
+    return set(following_batchnorm(model))
+
+
+def bn_scale(model: nn.Module, masks: dict, data: ScoringData, options: dict) -> dict:
+    """BN-scale's values: ``|γ_c|`` of the BatchNorm after a layer over every weight of output channel c
+    (layers without one get none; the channel criterion reads a slice's largest value)."""
+    found = following_batchnorm(model)
+    params = dict(model.named_parameters())
+    out = {}
+    for name in masks:
+        if name in found:
+            gamma = found[name].weight.detach().abs().to("cpu", torch.float64)
+            shape = (-1,) + (1,) * (params[name].dim() - 1)
+            out[name] = gamma.view(shape).expand(params[name].shape).clone()
+    return out
 
 
 def network_scores(method: str, model: nn.Module, data: ScoringData, options: dict):

@@ -375,7 +375,7 @@ def _same_choice(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k != "dim"} == {k: v for k, v in b.items() if k != "dim"}
 
 
-def prune_coupled(weights, masks, kinds, step, groups, *, generator, report=None):
+def prune_coupled(weights, masks, kinds, step, groups, *, generator, report=None, values=None):
     """One coupled prune step: whole units of channel groups, every weight slice of each removed unit masked.
 
     Each group that a selected layer's slices (dim 0: its output channels, dim 1: its inputs) fall
@@ -385,6 +385,8 @@ def prune_coupled(weights, masks, kinds, step, groups, *, generator, report=None
     effective weights of all those slices together (the Ln norm of that vector; one random draw
     per unit). Keep-at-least-one and the rounding are those of layer-wise pruning (`mlprune.pruning`).
     Groups are pruned in module order; the generator is consumed only by groups that prune.
+    `values` ({layer: tensor}): what a method with a scorer ranks instead of the weights (Taylor's
+    w·∂L/∂w, BN-scale's |γ|; `pruning.scores`).
     """
     from .catalog import METHODS, prune_count
     from .prune_step import layer_plan, resolve_prune_step
@@ -417,7 +419,11 @@ def prune_coupled(weights, masks, kinds, step, groups, *, generator, report=None
         entry = METHODS[cfg["method"]]
         if entry.random:
             require_generator(cfg["method"], generator)
-        effective = {name: checked_weight_and_mask(weights[name], masks[name])[0] for name, _, _ in hits}
+        if values is not None and any(name not in values for name, _, _ in hits):
+            name = next(name for name, _, _ in hits if name not in values)
+            raise SpecError(f"layer {name!r}: method {entry.name!r} cannot score it: {entry.unscored or 'no scores'}")
+        source = weights if values is None else values
+        effective = {name: checked_weight_and_mask(source[name], masks[name])[0] for name, _, _ in hits}
         vectors = []
         for u in candidates:
             parts = [effective[name].index_select(slot.dim, torch.tensor(slot.positions[u])).reshape(-1)

@@ -32,7 +32,8 @@ CONTROLS.add(Control("layer_shuffle", "mlprune.recipes.controls:layer_shuffle_co
 CONTROLS.add(Control("reinit", "mlprune.recipes.controls:reinit_control",
                      "the same mask, a fresh initialization (the random-reinit control)"))
 CONTROLS.add(Control("invert", "mlprune.recipes.controls:invert_control",
-                     "score methods: the mask of the inverted scores (keep the lowest), pruned from the same parent"))
+                     "methods with an invert option (score methods, lamp, nm, the channel criteria): the mask of the inverted "
+                     "scores (keep the lowest), pruned from the same parent"))
 
 
 def _weights_source(reinit: dict | None, pruned_from: str) -> dict:
@@ -59,8 +60,8 @@ def invert_control(prune: dict, reinit: dict | None, pruned_from: str) -> dict:
     method = prune.get("method")
     if method not in METHODS or "invert" not in METHODS[method].option_names:
         users = [m for m, e in METHODS.items() if "invert" in e.option_names]
-        raise SpecError(f"control 'invert' needs a score method ({', '.join(users)}); the branch prunes with "
-                        f"{method!r}")
+        raise SpecError(f"control 'invert' needs a method that ranks by a score it can invert ({', '.join(users)}); "
+                        f"the branch prunes with {method!r}")
     return {"prune": {"invert": not prune.get("invert", False)}}
 
 

@@ -42,11 +42,14 @@ def one_shot_section(value, recipe: RecipeContext) -> None:
           methods:                   # branch name -> prune step (its amount is the sparsity)
             snip: {method: snip}
             magnitude: {prune: {method: l1_unstructured, scope: global}, controls: [layer_shuffle]}
+            rigl: {prune: {method: random_unstructured}, train: {sparse_training: rigl}}  # its own train
+                                     #   options, merged over the section's
           controls: [layer_shuffle, reinit, invert]   # for every method without its own list
           reinit: null               # before each training (default: none, the pruned weights train)
           train: {...}               # default: the recipe's retrain (or train)
 
-    Each method is a branch (``<method>``), each control one more (``<method>/<control>``); the rounds
+    A method's own ``train`` (``{prune, train}``) is merged over the section's (dynamic sparse training
+    for one branch). Each method is a branch (``<method>``), each control one more (``<method>/<control>``); the rounds
     of a branch are its sparsities in increasing order (round 0 is the recipe's first training), so the
     report draws one accuracy-vs-remaining curve per method and control.
     """
@@ -77,11 +80,14 @@ def one_shot_section(value, recipe: RecipeContext) -> None:
         require(isinstance(name, str) and bool(name) and "/" not in name and "." not in name,
                 f"{at}: a branch name is a non-empty string without '/' or '.'")
         require(name not in taken, f"{at}: the branch name {name!r} is taken by another part of the recipe")
-        require(isinstance(entry, dict), f"{at}: must be a prune step or {{prune, controls?}}")
+        require(isinstance(entry, dict), f"{at}: must be a prune step or {{prune, controls?, train?}}")
+        own_train = train
         if "prune" in entry:
-            require(set(entry) <= {"prune", "controls"} and isinstance(entry["prune"], dict),
-                    f"{at}: with 'prune', only 'controls' may be given besides")
+            require(set(entry) <= {"prune", "controls", "train"} and isinstance(entry["prune"], dict),
+                    f"{at}: with 'prune', only 'controls' and 'train' may be given besides")
+            require(isinstance(entry.get("train") or {}, dict), f"{at}: train must be a mapping of train options")
             prune, controls = dict(entry["prune"]), entry.get("controls", default_controls)
+            own_train = {**train, **(entry.get("train") or {})}
         else:
             prune, controls = dict(entry), default_controls
         require("amount" not in prune, f"{at}: the amount comes from sparsities; leave it out")
@@ -93,13 +99,13 @@ def one_shot_section(value, recipe: RecipeContext) -> None:
             pruned = recipe.checked(f"one_shot.methods.{name}", recipe.builder.child, f"prune.{node}", pruned_from,
                                     [{"prune": step}], round=index, branch=name, role="pruned",
                                     label=f"{name} {percent}")
-            steps = ([{"reinit": reinit}] if reinit else []) + [{"train": train}]
+            steps = ([{"reinit": reinit}] if reinit else []) + [{"train": own_train}]
             recipe.checked(f"one_shot.methods.{name}", recipe.builder.child, node, pruned, steps, round=index,
                            branch=name, role="trained", label=f"{name} {percent} +train")
             for i, entry_control in enumerate(controls):
                 control = resolve_control(entry_control, step, reinit, pruned_from.name, f"{at}: controls[{i}]")
                 add_control(recipe.builder, control, pruned=pruned, pruned_from=pruned_from, prune=step, reinit=reinit,
-                            train=train, name=f"{node}.{control['name']}", round=index,
+                            train=own_train, name=f"{node}.{control['name']}", round=index,
                             branch=f"{name}/{control['name']}", label=f"{name} {percent} ctrl:{control['name']}",
                             checked=lambda key, fn, *a, _at=at, _i=i, **k: recipe.checked(
                                 f"one_shot.methods.{name}.controls[{_i}]: {key}", fn, *a, **k))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
+from .. import analysis
 from .. import plots as plotting
 from .common import Page, fmt, html_table
 from .sections import SectionContext
@@ -59,16 +60,37 @@ def accuracy_section(page: Page, ctx: SectionContext) -> list[dict]:
     return agg
 
 
+NM_NOT_MEASURED = "not measured: needs CUDA"
+
+
+def nm_series(ctx: SectionContext, labels: list[str]) -> list[str]:
+    """The labels among `labels` whose last trained state follows the 2:4 pattern (the first seed's)."""
+    found = []
+    for series in ctx.collection.series:
+        if series.label in labels and series.label not in found and series.trained:
+            state = ctx.load(series.trained[max(series.trained)])
+            if state is not None and analysis.follows_nm(state.masks):
+                found.append(series.label)
+    return found
+
+
 def speedup_section(page: Page, ctx: SectionContext) -> list[dict]:
     """Accuracy vs measured speedup of the structured recipes; unstructured ones said plainly to have none."""
     collection = ctx.collection
     rows, unstructured = speedup_table(collection)
     page.numbers["accuracy_vs_speedup"] = rows
     plain = ""
+    semi = nm_series(ctx, unstructured)
+    unstructured = [label for label in unstructured if label not in semi]
     if unstructured:
         plain = (f"<p>No measured speedup for {escape(', '.join(unstructured))}: no channel is removed, and sparse "
                  "weights run as dense tensors, so these networks are as slow as the dense one. Their "
                  "<code>flops_masked</code> is a theoretical count (multiply-adds a sparse kernel could skip).</p>")
+    if semi:
+        page.numbers["speedup_nm"] = {label: NM_NOT_MEASURED for label in semi}
+        plain += (f"<p>2:4 semi-structured states ({escape(', '.join(semi))}): speedup {NM_NOT_MEASURED} (sparse "
+                  "tensor cores run <code>torch.sparse.to_sparse_semi_structured</code> weights; on the CPU they run "
+                  "as dense tensors).</p>")
     if not rows:
         page.section("speedup", "Accuracy vs measured speedup",
                   "<p>No structured recipe here: a state gets a measured speedup when whole channels are removed "

@@ -148,7 +148,13 @@ def structure_section(page: Page, ctx: SectionContext) -> None:
                     rows.append([escape(name), escape(d["unit"]), fmt(e["sparsity"], True),
                                  escape(e.get("baseline", "")), f"{d['pruned_units']}/{d['units']}",
                                  fmt(d["observed"], True), fmt(d["expected"], True), fmt(d["ratio"])])
-        html.append(page.group(f"{label} ({where})", figure + html_table(
+        pattern = analysis.nm_pattern(state.masks)
+        numbers[label]["nm_2_4"] = pattern
+        nm_note = ""
+        if analysis.follows_nm(state.masks):
+            nm_note = (f"<p>2:4 pattern kept: every group of 4 consecutive inputs keeps at most 2 weights in "
+                       f"{escape(', '.join(pattern))} ({sum(v['groups'] for v in pattern.values())} groups).</p>")
+        html.append(page.group(f"{label} ({where})", figure + nm_note + html_table(
             ["layer", "unit", "sparsity", "baseline", "pruned units", "observed", "expected", "observed / expected"],
             rows)))
     page.numbers["structure"] = numbers

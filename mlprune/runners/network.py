@@ -94,8 +94,11 @@ def run_prune(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
         from ..pruning.structure import prune_coupled
 
         effective = {n: tensors.weights[n] * tensors.masks[n] for n in tensors.masks}
+        values = _network_scores(ctx, effective, tensors.weights, options)(tensors.masks) if entry.scores_network \
+            else None
         masks = prune_coupled(effective, tensors.masks, _kinds(ctx), options,
-                              ctx.workspace.channel_groups(ctx.root, ctx.data), generator=ctx.generator(options.get("seed")))
+                              ctx.workspace.channel_groups(ctx.root, ctx.data), generator=ctx.generator(options.get("seed")),
+                              values=values)
     else:
         effective = {n: tensors.weights[n] * tensors.masks[n] for n in tensors.masks}
         scores = _network_scores(ctx, effective, tensors.weights, options) if entry.scores_network else None

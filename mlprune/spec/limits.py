@@ -18,6 +18,7 @@ MAX_ROUNDS = 1000                    # prune -> reinit -> retrain rounds (LTH: 2
 MAX_STATES = 20_000                  # states in one plan, and in all the plans of a sweep together
 MAX_SCORE_BATCHES = 10_000           # batches a score method (SNIP, GraSP) looks at (the papers: 1-10)
 MAX_PRUNE_ITERATIONS = 10_000        # SynFlow's score-and-prune iterations (the paper: 100)
+MAX_NM_GROUP = 1024                  # N:M group size m (hardware: 4, the literature: up to 32)
 MAX_COPIES = 100                     # spawned copies per spawn point (instability: 2-4)
 MAX_SEEDS = 1000                     # seeds of a sweep
 MAX_THREADS = 4096                   # MLPRUNE_THREADS
@@ -34,6 +35,7 @@ LIMITS = (
     ("states in a plan (a recipe; all plans of a sweep together)", str(MAX_STATES)),
     ("prune `batches` (snip, grasp)", str(MAX_SCORE_BATCHES)),
     ("prune `iterations` (synflow)", str(MAX_PRUNE_ITERATIONS)),
+    ("prune `m` (nm)", str(MAX_NM_GROUP)),
     ("`spawn.copies`", str(MAX_COPIES)),
     ("seeds of `mlprune sweep --seeds`", str(MAX_SEEDS)),
     ("`MLPRUNE_THREADS`", str(MAX_THREADS)),

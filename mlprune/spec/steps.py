@@ -342,6 +342,39 @@ def _sparsity_schedule_check(value, name):
 _sparsity_schedule_check.doc = "null | {kind: agp or linear, final, start, end, every, initial, scope}"
 
 
+_SPARSE_TRAINING_KEYS = ("kind", "update_every", "drop_fraction", "end")
+
+
+def _sparse_training_check(value, name):
+    """Dynamic sparse training: canonical {kind, update_every, drop_fraction, end} (times as text, end null:
+    3/4 of the training), or None (masks fixed, the default)."""
+    from ..training import SPARSE_TRAININGS
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise SpecError(f"{name} must be a kind ({', '.join(SPARSE_TRAININGS)}) or a mapping "
+                        f"{{kind, update_every, drop_fraction, end}}, got {shown(value)}")
+    unknown = sorted(set(value) - set(_SPARSE_TRAINING_KEYS))
+    if unknown:
+        raise SpecError(f"unknown {name} option {unknown[0]!r}; allowed: {', '.join(_SPARSE_TRAINING_KEYS)}")
+    if "kind" not in value:
+        raise SpecError(f"{name} needs 'kind'; allowed: {', '.join(SPARSE_TRAININGS)}")
+    kind = SPARSE_TRAININGS[value["kind"]].name
+    every = parse_time(value.get("update_every", "100it"), f"{name} update_every")
+    if every.is_zero:
+        raise SpecError(f"{name} update_every must be more than 0, got {every}")
+    fraction = number(positive=True, below=1.0)(value.get("drop_fraction", 0.3), f"{name} drop_fraction")
+    end = value.get("end")
+    return {"kind": kind, "update_every": str(every), "drop_fraction": fraction,
+            "end": None if end is None else str(parse_time(end, f"{name} end"))}
+
+
+_sparse_training_check.doc = "null | set | rigl | {kind: set or rigl, update_every: 100it, drop_fraction: 0.3, end}"
+
+
 def _checkpoints_check(value, name):
     if not isinstance(value, (list, tuple)):
         raise SpecError(f"train {name} must be a list of times, got {value!r}")
@@ -376,6 +409,12 @@ TRAIN_SCHEMA = Schema("train option", (
     Option("sparsity_schedule", None, _sparsity_schedule_check, "gradual magnitude pruning during the training: "
            "{kind: agp | linear, final, start, end, every, initial: 0, scope: layer | global}; the sparsity "
            "rises from initial to final between start and end, pruning every `every`", key="unless_default"),
+    Option("sparse_training", None, _sparse_training_check, "dynamic sparse training: the masks change during the "
+           "training at constant sparsity per layer, every update_every until end (null: 3/4 of the training) the "
+           "smallest-|w| fraction drop_fraction (cosine-annealed) of each layer's weights is replaced: set grows at "
+           "random, rigl by the dense gradient's magnitude; grown weights start at 0", key="unless_default"),
+    Option("bn_l1", 0.0, number(0.0), "network slimming: L1 penalty λ on every BatchNorm scale γ (λ·sign(γ) added "
+           "to its gradient)", key="unless_default"),
     Option("checkpoints", (), _checkpoints_check, "also store the state at these times of this training "
            "(each is the training stopped there)", key="never", cli=False),
 ))
@@ -411,7 +450,9 @@ def resolve_train(raw: dict) -> ResolvedStep:
         raise SpecError("train option 'nesterov' needs momentum > 0")
     start = parse_time(resolved.get("schedule_from", "0it"))
     schedule = schedule_of(resolved.get("lr_schedule", TRAIN_SCHEMA["lr_schedule"].default))
-    length_dependent = SCHEDULES[schedule["kind"]].length_dependent
+    # dynamic sparse training without an end stops its updates at 3/4 of the training: a length of its own
+    length_dependent = SCHEDULES[schedule["kind"]].length_dependent or bool(
+        resolved.get("sparse_training") and resolved["sparse_training"]["end"] is None)
     if "stop_at" in resolved:
         stop = parse_time(resolved["stop_at"])
         if stop.is_zero:
@@ -428,6 +469,15 @@ def resolve_train(raw: dict) -> ResolvedStep:
     gradual = resolved.get("sparsity_schedule")
     if gradual and parse_time(gradual["end"]).unit == length.unit and parse_time(gradual["end"]).amount > length.amount:
         raise SpecError(f"train sparsity_schedule end {gradual['end']} is after the end of the training ({length})")
+    if resolved.get("bn_l1") and resolved.get("precision") == "fp16":
+        raise SpecError("train bn_l1 with precision fp16: the gradient scaler would scale the penalty with the "
+                        "gradients; allowed: precision fp32 or bf16")
+    sparse = resolved.get("sparse_training")
+    if sparse and gradual:
+        raise SpecError("train sparse_training and sparsity_schedule both change the masks; allowed: one of them")
+    if sparse and sparse["end"] and parse_time(sparse["end"]).unit == length.unit and \
+            parse_time(sparse["end"]).amount > length.amount:
+        raise SpecError(f"train sparse_training end {sparse['end']} is after the end of the training ({length})")
     if length.unit == "ep":
         resolved["epochs"] = length.amount
     else:
@@ -458,11 +508,17 @@ def _percent(amount) -> str:
 
 
 def _describe_prune(options: dict, sources: dict) -> str:
-    from ..pruning.catalog import METHODS
+    """'prune l1 20%', 'prune lamp 20%' (a method's default scope is not repeated), 'prune 2:4' (a pattern
+    has no amount of its own), 'prune l1 erk 80%'."""
+    from ..pruning.catalog import DISTRIBUTIONS, METHODS
 
+    method = METHODS[options["method"]]
     extra = "*" if options.get("layers") or options.get("include") != ["*"] or options.get("exclude") else ""
-    scope = " global" if options.get("scope") == "global" else ""
-    return f"prune {METHODS[options['method']].describe(options)}{scope} {_percent(options['amount'])}{extra}"
+    scope = " global" if options.get("scope") == "global" and method.default_scope != "global" else ""
+    if options.get("distribution"):
+        scope = f" {DISTRIBUTIONS[options['distribution']].short or options['distribution']}"
+    amount = "" if method.pattern else f" {_percent(options['amount'])}"
+    return f"prune {method.describe(options)}{scope}{amount}{extra}"
 
 
 # A recipe's `prune: {method: from_state, from: <state>}` (the first spelling of a transplant): the

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from ..registry import Registry, load_impl
 
-__all__ = ["OPTIMIZERS", "Optimizer", "SCHEDULES", "Schedule", "PRECISIONS", "UNBATCHABLE_PRECISIONS",
-           "SPARSITY_SCHEDULES", "SparsitySchedule"]
+__all__ = ["OPTIMIZERS", "Optimizer", "SCHEDULES", "Schedule", "PRECISIONS", "UNBATCHABLE_PRECISIONS", "UNBATCHED_OPTIONS",
+           "SPARSITY_SCHEDULES", "SparsitySchedule", "SPARSE_TRAININGS", "SparseTraining"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,10 @@ SCHEDULES.add(Schedule("cosine", "mlprune.training.schedules:cosine", {}, length
 SCHEDULES.add(Schedule("linear", "mlprune.training.schedules:linear", {}, length_dependent=True,
                        help="linear decay to 0 over the training"))
 
+# train options whose callbacks (`training.sparse`) act on one network's masks and gradients: a training
+# that sets one is trained alone, not batched with its siblings
+UNBATCHED_OPTIONS = ("sparse_training", "bn_l1")
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 # not trained batched (`training.batched`): one gradient scaler would skip every sibling's step when one overflows
 UNBATCHABLE_PRECISIONS = ("fp16",)
@@ -94,6 +98,26 @@ SPARSITY_SCHEDULES.add(SparsitySchedule("agp", "mlprune.training.schedules:agp_s
                                         help="Zhu & Gupta 2017's cubic schedule: fast at first, then slower"))
 SPARSITY_SCHEDULES.add(SparsitySchedule("linear", "mlprune.training.schedules:linear_shape",
                                         help="the sparsity rises linearly over the window"))
+
+
+@dataclass(frozen=True)
+class SparseTraining:
+    """One kind of dynamic sparse training (train option ``sparse_training``): ``impl(weights, dense
+    gradients, generator) -> {layer: growth score}`` (``training.sparse``); the drop is by magnitude."""
+
+    name: str
+    impl: str
+    help: str = ""
+
+    def load(self):
+        return load_impl(self.impl)
+
+
+SPARSE_TRAININGS: Registry[SparseTraining] = Registry("sparse_training kind")
+SPARSE_TRAININGS.add(SparseTraining("set", "mlprune.training.sparse:random_growth",
+                                    help="SET (Mocanu et al. 2018): regrow at random"))
+SPARSE_TRAININGS.add(SparseTraining("rigl", "mlprune.training.sparse:gradient_growth",
+                                    help="RigL (Evci et al. 2020): regrow where the dense gradient is largest"))
 
 
 def schedule_of(value) -> dict:

@@ -36,7 +36,7 @@ from .. import names
 from ..errors import SpecError
 from ..names import (M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS, M_LR, M_TRAIN_ACCURACY, M_TRAIN_LOSS, M_VAL_ACCURACY,
                      M_VAL_LOSS)
-from . import OPTIMIZERS, UNBATCHABLE_PRECISIONS
+from . import OPTIMIZERS, UNBATCHABLE_PRECISIONS, UNBATCHED_OPTIONS
 from .interrupt import interrupted, stop_requested
 from .loop import Diverged, autocast_for, gradual_masks, handle_divergence, step_seed, timeline
 from .stacked import BatchedNetwork, NotBatchable
@@ -152,6 +152,9 @@ def train_batched(models: list[nn.Module], masks: list[dict], data, options: dic
     precision = options.get("precision", "fp32")
     if precision in UNBATCHABLE_PRECISIONS:
         raise NotBatchable(f"precision {precision} is not batched (one gradient scaler would couple the siblings)")
+    unbatched = [option for option in UNBATCHED_OPTIONS if options.get(option)]
+    if unbatched:
+        raise NotBatchable(f"train option {unbatched[0]} is not batched (its callbacks act on one network)")
     device = device or torch.device("cpu")
     batch_size = options["batch_size"]
     line = timeline(options, data.batches_per_epoch(batch_size))

@@ -46,6 +46,7 @@ from ..spec.times import parse_time
 from ..spec.steps import TRAIN_SCHEMA
 from . import OPTIMIZERS, SCHEDULES, SPARSITY_SCHEDULES, schedule_of
 from .schedules import lr_factor, pruning_steps, target_sparsity
+from .sparse import sparse_timeline, step_callbacks
 
 
 class Diverged(SpecError):
@@ -67,6 +68,7 @@ class Timeline:
     warmup: int
     schedule: dict = field(default_factory=dict)   # {"kind", options in iterations}
     gradual: dict | None = None    # sparsity_schedule with start / end / every in iterations, and its steps
+    sparse: dict | None = None     # sparse_training with update_every / end in iterations
 
     def lr(self, base: float, i: int) -> float:
         entry = SCHEDULES[self.schedule["kind"]]
@@ -104,7 +106,7 @@ def timeline(options: dict, per_epoch: int) -> Timeline:
                             f"every {gradual['every']} it of a {length} ({total} it) training: the window must be "
                             f"inside the training")
         gradual["steps"] = pruning_steps(gradual["start"], gradual["end"], gradual["every"])
-    return Timeline(per_epoch, total, start, stop, warmup, schedule, gradual)
+    return Timeline(per_epoch, total, start, stop, warmup, schedule, gradual, sparse_timeline(options, per_epoch, total))
 
 
 # magnitude is what Zhu & Gupta's gradual pruning ranks by
@@ -236,6 +238,9 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
         history.update({M_VAL_LOSS: [], M_VAL_ACCURACY: []})
     checkpoints = dict(checkpoints or {})
     gradual = GradualPruning(model, masks, line, optimizer) if line.gradual else None
+    callbacks = step_callbacks(model, masks, options, line, seed, optimizer)
+    for callback in callbacks:
+        history.update({name: [] for name in callback.recorded})
     if gradual is not None:
         history[names.M_TRAIN_SPARSITY] = []
         if line.start in gradual.steps and resume is None:  # a training that continues a schedule repeats it:
@@ -256,7 +261,7 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=rng_steps):
         i = _run(model, forward, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps,
                  history, checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, channels_last,
-                 gradual, resumable)
+                 gradual, resumable, callbacks)
     bad = non_finite_parameter(model)
     if bad and "diverged" not in history:
         handle_divergence(history, options, f"parameter {bad!r} has non-finite values after {i} iterations",
@@ -279,7 +284,7 @@ def step_seed(seed: int, i: int) -> int:
 
 def _run(model, forward, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps, history,
          checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, channels_last,
-         gradual=None, resumable=None) -> int:
+         gradual=None, resumable=None, callbacks=()) -> int:
     batch_size = options["batch_size"]
     i = line.start
     sums = None  # a resumed training's epoch in progress: (loss sum, hits, count, lr)
@@ -318,6 +323,8 @@ def _run(model, forward, data, options, line, seed, device, precision, scaler, l
                 scaler.scale(loss).backward()
             else:
                 loss.backward()
+            for callback in callbacks:
+                callback.after_backward(i)
             with torch.no_grad():
                 for param, keep in keeps:
                     if param.grad is not None:
@@ -338,6 +345,8 @@ def _run(model, forward, data, options, line, seed, device, precision, scaler, l
                                   -(-i // line.per_epoch))
             if gradual is not None and i in gradual.steps:
                 gradual.prune(i, keeps)
+            for callback in callbacks:
+                callback.after_step(i, keeps)
             if i in checkpoints:
                 if i % line.per_epoch == 0 or i == line.stop:
                     due.append(i)  # at an epoch's end: after its history is recorded
@@ -360,6 +369,9 @@ def _run(model, forward, data, options, line, seed, device, precision, scaler, l
         history[M_LR].append((done_epoch, lr))
         if gradual is not None:
             history[names.M_TRAIN_SPARSITY].append((done_epoch, gradual.sparsity()))
+        for callback in callbacks:
+            for name, value in callback.record(i).items():
+                history[name].append((done_epoch, value))
         if has_val:
             val_loss, val_accuracy = evaluate(model, data.val_batches(256), device=device)
             history[M_VAL_LOSS].append((done_epoch, val_loss))
