@@ -88,6 +88,7 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
         if cache not in shapes:
             try:
                 data = workspace.data(root, data_dir)
+                _check_network_fits(root, data)
                 model = workspace.build(root, data)
             except SpecError as error:
                 raise SpecError(f"{node.label or node.name}: {error}") from None
@@ -121,6 +122,45 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
                 check(options, Parent(layers, data, node.at if index == len(node.steps) - 1 else None, model))
             except SpecError as error:
                 raise SpecError(f"{node.label or node.name}: {next(iter(step))}: {error}") from None
+
+
+def network_bytes(root: dict, data) -> int | None:
+    """Bytes of the root's network (its state_dict), counted on torch's meta device: nothing is allocated.
+    None when its builder cannot run there."""
+    import torch
+
+    from .models import model_entry
+    from .models.nets import torchvision_builder
+
+    try:
+        entry = model_entry(root["model"])
+        builder = torchvision_builder(root["model"][3:]) if entry.torchvision else entry.load()
+        with torch.device("meta"):
+            model = builder(data.num_classes, tuple(data.input_shape), **entry.check_options(root.get("model_options")))
+        return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    except Exception:  # noqa: BLE001 - no estimate: building it for real says what is wrong
+        return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give now (psutil's 'available'), None when unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _check_network_fits(root: dict, data) -> None:
+    """A one-line SpecError, before anything is allocated, when the network alone needs more memory than the
+    machine has (e.g. image_size 4096 gives lenet_300_100 a first layer of 20 GB)."""
+    needed, available = network_bytes(root, data), available_memory()
+    if needed is not None and available is not None and needed > available:
+        raise SpecError(f"the network of model {root['model']!r} on {root['dataset']!r} "
+                        f"at input shape {tuple(data.input_shape)} needs {needed / 2 ** 30:.1f} GiB for its weights "
+                        f"alone; this machine has {available / 2 ** 30:.1f} GiB available (a smaller image_size or "
+                        f"model fits)")
 
 
 def _node_data_dir(node, plans, root: dict, data_dir, load_spec):

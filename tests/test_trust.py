@@ -432,7 +432,9 @@ def test_an_image_size_beyond_the_machine_is_one_line_before_any_run(tracking, t
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert "does not fit in this machine's memory" in line and "image_size" in line and "Traceback" not in result.stderr
+    # counted before anything is allocated (the network alone beyond the machine's memory), or caught when
+    # an allocation fails (here under a 6 GB address-space limit)
+    assert "a smaller image_size or model fits" in line and "Traceback" not in result.stderr, line
     assert time.monotonic() - started < 60
     assert not state_runs(tracking, status=None)
 
