@@ -259,6 +259,39 @@ def test_keys_follow_the_plugin_code_and_a_version_keyed_plugin_only_its_version
         forget("my_nets")
 
 
+def test_a_plugin_reinit_strategy_with_an_option_of_its_own(experiment, tmp_path, monkeypatch):
+    import mlprune
+    from mlprune import Recipe
+    from mlprune.names import ENV_PLUGIN_MODULES
+
+    monkeypatch.setenv(ENV_PLUGIN_MODULES, "")
+    (tmp_path / "my_reinit.py").write_text(
+        "def scaled(current, source, fresh, masks, generator, order, factor=1.0):\n"
+        "    return {k: (v * factor if k in masks else v.clone()) for k, v in source.items()}, masks\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    forget("my_reinit")
+    try:
+        import my_reinit
+
+        mlprune.register(mlprune.Strategy(
+            "scaled_rewind", my_reinit.scaled, reads_source=True,
+            options=mlprune.Schema("scaled_rewind option", (
+                mlprune.Option("factor", 1.0, mlprune.spec.options.number(positive=True), "scale of the weights"),))),
+            version="1")
+        root = experiment.init(model="lenet_300_100", seed=2)
+        pruned = root.apply(Recipe.prune(method="l1_unstructured", amount=0.5))
+        rewound = pruned.apply(Recipe.reinit(strategy="scaled_rewind", to="root", factor=0.5))
+        for name, mask in pruned.masks.items():
+            assert torch.equal(rewound.weights[name], root.weights[name] * 0.5 * mask)
+        assert rewound.spec["steps"][0]["reinit"]["plugins"] == {"scaled_rewind": {
+            "version": "1", "digest": rewound.spec["plugins"]["scaled_rewind"]["digest"]}}
+        assert "mlprune.plugin.scaled_rewind" in experiment.store.run(rewound.run_id).data.tags
+        with pytest.raises(mlprune.SpecError, match="factor"):
+            pruned.apply(Recipe.reinit(strategy="scaled_rewind", to="root", factor=-1))
+    finally:
+        forget("my_reinit")
+
+
 # ---- what cannot work: one line, exit 2, in seconds, nothing FINISHED -----------------------------------
 
 def refused(args, tracking) -> str:

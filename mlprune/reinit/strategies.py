@@ -161,9 +161,10 @@ def reinit_weights(strategy, *, current, source=None, fresh=None, masks, kinds=N
     and are ignored here; any other option is a SpecError.
     """
     entry = STRATEGIES[strategy]
+    allowed = (*_OPTION_KEYS, *entry.options.names)  # a plugin strategy's own options too
     for key in options:
-        if key not in _OPTION_KEYS:
-            raise SpecError(f"unknown option {key!r} for reinit {strategy!r}; allowed: {', '.join(_OPTION_KEYS)}")
+        if key not in allowed:
+            raise SpecError(f"unknown option {key!r} for reinit {strategy!r}; allowed: {', '.join(allowed)}")
     if not isinstance(current, Mapping):
         raise SpecError(f"reinit {strategy!r} needs the current weights, got {current!r}")
     _check_masks(current, masks, kinds)
