@@ -27,10 +27,11 @@ os.environ["MLPRUNE_LATENCY_BUDGET"] = "0"
 # Modules whose tests take the longest, scheduled first so that the workers finish together (xdist
 # hands modules out in collection order with --no-loadscope-reorder, pyproject.toml); the others keep
 # their order after them. Ordered by the module's total in `pytest --durations=0` (2 workers).
-LONGEST_FIRST = ("test_parallel.py", "test_recipes.py", "test_slurm.py", "test_readme.py", "test_batched.py",
-                 "test_benchmarks.py", "test_resume.py", "test_faults.py", "test_lineage_browser.py", "test_cli.py",
-                 "test_pai.py", "test_instability.py", "test_bad_input.py", "test_report.py", "test_claims.py",
-                 "test_structured.py", "test_batched_runs.py", "test_lineage.py", "test_background.py", "test_training_protocols.py",
+LONGEST_FIRST = ("test_parallel.py", "test_recipes.py", "test_slurm.py", "test_readme.py", "test_plugins.py",
+                 "test_batched.py", "test_benchmarks.py", "test_resume.py", "test_faults.py", "test_lineage_browser.py",
+                 "test_cli.py", "test_pai.py", "test_instability.py", "test_bad_input.py", "test_report.py",
+                 "test_claims.py", "test_structured.py", "test_batched_runs.py", "test_lineage.py", "test_background.py",
+                 "test_training_protocols.py",
                  "test_gpu_check.py")
 
 
