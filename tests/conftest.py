@@ -31,8 +31,7 @@ LONGEST_FIRST = ("test_parallel.py", "test_recipes.py", "test_slurm.py", "test_r
                  "test_batched.py", "test_benchmarks.py", "test_resume.py", "test_faults.py", "test_lineage_browser.py",
                  "test_cli.py", "test_pai.py", "test_instability.py", "test_bad_input.py", "test_report.py",
                  "test_claims.py", "test_structured.py", "test_batched_runs.py", "test_lineage.py", "test_background.py",
-                 "test_training_protocols.py",
-                 "test_gpu_check.py")
+                 "test_training_protocols.py", "test_gpu_check.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
