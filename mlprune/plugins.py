@@ -287,6 +287,15 @@ def _record(name: str, identity: dict) -> dict:
             "digest": identity.get("digest") or (found.digest() if found is not None else "")}
 
 
+def used_by(root: dict | None, steps: list) -> dict:
+    """{name: identity} of the plugins a resolved root and resolved steps name."""
+    used = dict((root or {}).get(PLUGINS_KEY) or {})
+    for step in steps:
+        for options in step.values():
+            used.update((options.get(PLUGINS_KEY) or {}) if isinstance(options, dict) else {})
+    return used
+
+
 def lineage_plugins(root: dict, steps: list, parent_specs: list) -> dict:
     """{name: {distribution, version, digest}} of every plugin a state depends on: its root's, its steps', its
     parents' (their state.json's ``plugins``). Recorded in state.json and tags, not in the key (which holds their
@@ -294,11 +303,7 @@ def lineage_plugins(root: dict, steps: list, parent_specs: list) -> dict:
     records = {}
     for spec in parent_specs:
         records.update((spec or {}).get(PLUGINS_KEY) or {})
-    own = dict(root.get(PLUGINS_KEY) or {})
-    for step in steps:
-        for options in step.values():
-            own.update((options.get(PLUGINS_KEY) or {}) if isinstance(options, dict) else {})
-    records.update({name: _record(name, identity) for name, identity in own.items()})
+    records.update({name: _record(name, identity) for name, identity in used_by(root, steps).items()})
     return dict(sorted(records.items()))
 
 
@@ -311,10 +316,7 @@ def plan_plugins(nodes) -> dict:
     """{name: identity} of the plugins the roots and steps of plan nodes use."""
     used = {}
     for node in nodes:
-        used.update((node.root or {}).get(PLUGINS_KEY) or {})
-        for step in node.steps:
-            for options in step.values():
-                used.update((options.get(PLUGINS_KEY) or {}) if isinstance(options, dict) else {})
+        used.update(used_by(node.root, node.steps))
     return used
 
 
@@ -335,8 +337,8 @@ def stale_plugin_states(used: dict, stored_tags: list[dict], reached_keys) -> li
                 continue
             if record.get("version") != identity["version"] or (
                     "digest" in identity and record.get("digest") != identity["digest"]):
-                counts[(name, record.get("version"), record.get("digest"))] = counts.get(
-                    (name, record.get("version"), record.get("digest")), 0) + 1
+                other = (name, record.get("version"), record.get("digest"))
+                counts[other] = counts.get(other, 0) + 1
     lines = []
     for (name, version, digest), count in sorted(counts.items()):
         now = used[name]
@@ -352,7 +354,8 @@ def registries() -> list:
 
 
 def find_plugin(name: str) -> Plugin | None:
-    return next((r.plugin(name) for r in registries() if r.plugin(name) is not None), None)
+    """The plugin named `name` in any catalog, or None."""
+    return next((found for found in (r.plugin(name) for r in registries()) if found is not None), None)
 
 
 def installed_plugins() -> list[tuple]:
