@@ -1,4 +1,4 @@
-"""Sibling trainings batched (issue 28): wall time of 8 trainings one after the other / as one batch.
+"""Sibling trainings batched: wall time of 8 trainings one after the other / as one batch.
 
     python benchmarks/bench_batched.py                 # CPU figures (a few minutes on 2 cores)
     python benchmarks/bench_batched.py --quick         # about a minute

@@ -23,7 +23,7 @@ What it does, in a temp dir (nothing is downloaded; the store is a real sqlite M
    PyTorch loop (index_select batches of the resident tensor, forward, backward, SGD step) with AMP
    (bf16 autocast) on and off. CUDA is synchronized around every timed part; warm-up steps are not
    timed;
-5. sibling trainings batched (issue 28, ``bench_batched.speedup``): 8 ResNet-20 siblings (different
+5. sibling trainings batched (``bench_batched.speedup``): 8 ResNet-20 siblings (different
    inits, masks and data orders) trained one after the other / as one batch on the device, fp32 and
    bf16 (``batched_speedup_resnet20``, goal >= 5 on a GPU; ``batched_speedup_resnet20_bf16``), with
    the largest weight difference between the two sides.

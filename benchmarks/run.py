@@ -48,7 +48,7 @@ Resumable checkpoints (``bench_checkpoint.py``: the presets ``lth_lenet_300_100`
                              checkpoint due every epoch (the default) / with
                              none                                           goal <= 1.05
 
-Sibling trainings batched (``bench_batched.py``, issue 28: 8 siblings of one architecture and
+Sibling trainings batched (``bench_batched.py``: 8 siblings of one architecture and
 train step, different inits, masks and data orders; torch's default thread count):
 
 - ``batched_speedup``        lenet on digits: 8 trainings one after the other /

@@ -9,7 +9,7 @@ An `ExperimentState` is a frozen point in a network's life: one FINISHED MLflow
 run. A `Recipe` is an ordered list of steps (prune, reinit, train) that turns a
 state into a child state. `Experiment.apply` plans the child exactly as a recipe
 file does (`plan.PlanBuilder`: the same keys) and runs the plan with the one
-executor (`execute.Execution`, synchronous): a child whose key already has a
+executor (`executor.Execution`, synchronous): a child whose key already has a
 FINISHED run is that run, nothing is computed.
 """
 

@@ -1,6 +1,6 @@
 """Every name mlprune writes into MLflow, spelled once: tags, params, metrics, artifacts.
 
-Users, docs, the MLflow UI's filters and other tools rely on these (design.md §3);
+Users, docs, the MLflow UI's filters and other tools rely on these (they never change);
 every module that reads or writes one imports it from here. Imports nothing.
 """
 

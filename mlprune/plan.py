@@ -24,7 +24,7 @@ Pure Python: no torch, no mlflow.
 
 from __future__ import annotations
 
-import json
+import copy
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -96,6 +96,34 @@ class Plan:
                    dict(data.get("overrides") or {}))
 
 
+def _plain_data(value) -> bool:
+    """Only dicts, lists, strings, numbers, booleans and None (whose repr says all they are)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_data(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
+
+
+def lineage_top(node: Node, parent_of: Callable[[Node], "Node | None"], memo: dict[str, Node]) -> Node:
+    """The top of `node`'s lineage: the first ancestor (or `node`) whose `parent_of` is None.
+
+    `memo` (node name -> top, kept by the caller for one plan and one `parent_of`) remembers the top of
+    every node walked through, so asking for every node of a plan takes time linear in its size.
+    """
+    path, current = [], node
+    while current.name not in memo:
+        parent = parent_of(current)
+        if parent is None:
+            memo[current.name] = current
+            break
+        path.append(current.name)
+        current = parent
+    top = memo[current.name]
+    memo.update(dict.fromkeys(path, top))
+    return top
+
+
 # ---- names and params -----------------------------------------------------------------------
 
 def _param_value(value) -> str:
@@ -162,9 +190,10 @@ class PlanBuilder:
         # planning stays linear in the number of states: a node's root and first training are
         # remembered (not walked up to on every rewind), and so is which nodes descend from a target
         self._top_memo: dict[str, Node] = {}       # node -> its root, or its first external ancestor
-        self._root_memo: dict[str, Node] = {}
-        self._first_memo: dict[str, Node | None] = {}
+        self._root_memo: dict[str, Node] = {}      # node -> its root, through external states' parents
+        self._first_memo: dict[str, Node] = {}     # node -> the root's child it descends from (or the root)
         self._descendants: dict[str, set[str]] = {}
+        self._resolutions: dict[str, tuple] = {}   # repr of raw steps -> resolve_steps of them
         self._load_state = load_state
 
     # ---- adding nodes ------------------------------------------------------------------------
@@ -222,7 +251,7 @@ class PlanBuilder:
               branch: str = "main", role: str = "state", control_of: str | None = None) -> Node:
         """The node of `parent` under `steps` (raw recipe steps); its checkpoints become nodes too."""
         parent = parent if isinstance(parent, Node) else self.node(parent)
-        resolved, sources, extras = resolve_steps(list(steps))
+        resolved, sources, extras = self._resolved(list(steps))
         inputs = {role_: self._source(parent, source, role_) for role_, source in sources.items()}
         key = state_key(parent.key, resolved, {r: s.node.key for r, s in inputs.items()})
         kinds = [next(iter(step)) for step in resolved]
@@ -241,6 +270,16 @@ class PlanBuilder:
                 self._checkpoint(node, parent, at)
         return node
 
+    def _resolved(self, steps: list):
+        """`resolve_steps(steps)`, remembered for steps of plain data (the rounds of a recipe repeat the same
+        prune and train steps): a copy of the first resolution of the same steps."""
+        if not _plain_data(steps):
+            return resolve_steps(steps)
+        memo = repr(steps)
+        if memo not in self._resolutions:
+            self._resolutions[memo] = resolve_steps(copy.deepcopy(steps))
+        return copy.deepcopy(self._resolutions[memo])
+
     # ---- sources ----------------------------------------------------------------------------
     def _parent_of(self, node: Node) -> Node | None:
         """The primary parent of `node` (an external state's read from the store), None for a root."""
@@ -252,20 +291,14 @@ class PlanBuilder:
     def _root_and_first(self, node: Node) -> tuple[Node, Node | None]:
         """(the root of `node`'s lineage, the lineage's first state after the root or None), remembered
         per node: every round of a recipe asks, and walking up each time is quadratic."""
-        path, current = [], node
-        while current.name not in self._root_memo:
-            parent = self._parent_of(current)
-            if parent is None:
-                self._root_memo[current.name], self._first_memo[current.name] = current, None
-                break
-            path.append(current)
-            current = parent
-        for child in reversed(path):  # from the remembered ancestor down to `node`
-            parent = self._parent_of(child)
-            root = self._root_memo[parent.name]
-            self._root_memo[child.name] = root
-            self._first_memo[child.name] = child if parent is root else self._first_memo[parent.name]
-        return self._root_memo[node.name], self._first_memo[node.name]
+        root = lineage_top(node, self._parent_of, self._root_memo)
+
+        def below_root(n: Node) -> Node | None:  # the parent, unless it is the root
+            parent = self._parent_of(n)
+            return parent if parent is not None and parent is not root else None
+
+        first = lineage_top(node, below_root, self._first_memo)
+        return root, (None if first is root else first)
 
     def _descends_from(self, node: Node, target: Node) -> bool:
         """Is `target` (by key) `node` or one of its primary ancestors? Nodes found to descend from a
@@ -282,12 +315,8 @@ class PlanBuilder:
 
     def _root_of(self, node: Node) -> Node:
         """The root node of `node`'s lineage (an external state's from its spec, without the chain)."""
-        path, current = [], node
-        while current.name not in self._top_memo and not current.external and current.parent is not None:
-            path.append(current.name)
-            current = self._by_name[current.parent]
-        top = self._top_memo.get(current.name, current)  # a root, or the first external ancestor
-        self._top_memo.update(dict.fromkeys(path, top))
+        top = lineage_top(node, lambda n: None if n.external or n.parent is None else self._by_name[n.parent],
+                          self._top_memo)  # a root, or the first external ancestor
         if top.external and (top.spec or {}).get("root_run") and top.spec["root_run"] != top.run_id:
             return self.external(top.spec["root_run"])
         return top
@@ -381,7 +410,3 @@ class PlanBuilder:
 
     def build(self) -> Plan:
         return self.plan
-
-
-def plan_from_json(text: str) -> Plan:
-    return Plan.from_json(json.loads(text))

@@ -1,4 +1,4 @@
-"""Every bad input of issue 29, through the real command line: one line, exit status 2, in seconds.
+"""Every bad input, through the real command line: one line, exit status 2, in seconds.
 
 Each case runs `python -m mlprune` in a subprocess against a real sqlite store that already holds
 states, and asserts: exit status 2; exactly one line on stderr, naming the bad value and what is

@@ -1,6 +1,6 @@
 """Fault injection: bad input, tampering, store faults, kills and concurrency, each against a real store.
 
-Every case is a reproduction from the red-team pass (issue 19): it asserts the one-line error (and
+Every case is a reproduction from a red-team pass: it asserts the one-line error (and
 the exit status) or the self-healing, and that nothing FINISHED is wrong afterwards.
 """
 

@@ -1,4 +1,4 @@
-"""tiny_imagenet and imagenet (issue 15): real JPEG files in the real folder layouts, read through torchvision.
+"""tiny_imagenet and imagenet: real JPEG files in the real folder layouts, read through torchvision.
 
 Expected images are computed here from the files with PIL and torchvision's classic transforms
 (Resize, CenterCrop, ToTensor, Normalize), independently of mlprune's per-sample transform code.

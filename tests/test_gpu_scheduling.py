@@ -1,4 +1,4 @@
-"""One training per GPU on dask (issue 15): workers get the GPU resource, tasks on CUDA ask for it.
+"""One training per GPU on dask: workers get the GPU resource, tasks on CUDA ask for it.
 
 The cluster tests start real dask worker processes pinned to (here: pretend) GPUs through
 CUDA_VISIBLE_DEVICES; no GPU is needed, none is touched.

@@ -156,7 +156,7 @@ def test_lr_rewind_preset_shares_openlth_resnet20_root_and_first_training():
     assert late.node("round1").steps[1]["train"]["schedule_from"] == "120ep"
     assert late.node("round1").inputs == {} and late.keys["prune1"] == paper.keys["prune1"]
     lth = REPO / "recipes" / "lth_resnet20_cifar10.yaml"
-    if lth.exists():  # issue 15's lottery-ticket preset, when it is there
+    if lth.exists():  # the lottery-ticket preset, when it is there
         for protocol in ({}, {"protocol": "paper"}):
             other = compile_recipe(lth, protocol)
             mine = compile_recipe(LR_REWIND, protocol)

@@ -1,4 +1,4 @@
-"""Inside the network (issue 21): predictions, per-class impact, PIEs, churn, CKA, learning curves.
+"""Inside the network: predictions, per-class impact, PIEs, churn, CKA, learning curves.
 
 Every method is checked against its paper's definition written out here, independently of the
 implementation; states are real (a temp MLflow store, digits, lenet_300_100).

@@ -1,4 +1,4 @@
-"""Instability analysis (issue 18): spawned copies, interpolation states, the presets and the report.
+"""Instability analysis: spawned copies, interpolation states, the presets and the report.
 
 Oracles come from the formulas (Frankle, Dziugaite, Roy & Carbin 2020): the path's networks are
 (1 - α)·w_a + α·w_b computed here in float64, evaluated by a loop written here; the instability is
@@ -453,8 +453,8 @@ def test_lenet_preset_must_show(tracking, tmp_path):
 def test_processes_scheduler_computes_the_same_copies_and_instabilities(tracking):
     """Under dask (2 worker processes) copies and interpolations are tasks of their own; the result is
     bitwise what the synchronous scheduler computes."""
-    # real `mlprune run` processes: (in one process, a sync run_plans before a processes one leaves the latter's
-    # states in the former's experiment: a separate executor issue, see the report of issue 18)
+    # real `mlprune run` processes: in one process, a sync run_plans before a processes one leaves the latter's
+    # states in the former's experiment, so each scheduler runs in a process of its own
     params = ["-P", "rounds=0", "-P", "epochs=2", "-P", "train_size=128", "-P", "spawn_at=0it,1ep"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLPRUNE_FIGURES": "0"}  # figures: tested elsewhere
     for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):

@@ -20,8 +20,8 @@ V01.pop("_about")
 
 # recipe -> why its keys moved on purpose
 CHANGED = {
-    "sign_mixedL1": "retraining lr 1e-5 on digits: +-1 networks diverge to NaN at 0.01 (issue 19 refuses NaN "
-                    "states); biases set to their signs too, as the seed's reinit_schema_sign_lenet.py does",
+    "sign_mixedL1": "retraining lr 1e-5 on digits: +-1 networks diverge to NaN at 0.01 (NaN states are "
+                    "refused); biases set to their signs too, as the seed's reinit_schema_sign_lenet.py does",
     "sign_structuredL1": "same as sign_mixedL1",
     "sign_structuredL2": "same as sign_mixedL1",
     "sign_unstructuredL1": "same as sign_mixedL1",

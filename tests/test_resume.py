@@ -1,4 +1,4 @@
-"""Resumable trainings (issue 26 part 1): checkpoints on the claim run, resume after a stop or a kill,
+"""Resumable trainings: checkpoints on the claim run, resume after a stop or a kill,
 damaged checkpoints skipped, stop requests.
 
 A stop is requested at a point the test controls: `TrainingHooks.due` (polled after every iteration)

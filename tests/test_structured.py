@@ -1,4 +1,4 @@
-"""Structured pruning that really shrinks the network (issue 17): channel groups, coupled masks, the
+"""Structured pruning that really shrinks the network: channel groups, coupled masks, the
 compact network, its measured cost, the report figure and the export."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training like the papers (issue 15): precision, schedules, iteration-exact training and rewinding, devices.
+"""Training like the papers: precision, schedules, iteration-exact training and rewinding, devices.
 
 Every test trains for real on `digits` into a real MLflow store. Expected learning rates and the
 "first training stopped at k iterations" are computed here, independently of mlprune's loop: from

@@ -1,4 +1,4 @@
-"""Which missing states train together as one batch (run option ``batch``; issue 28). Pure Python.
+"""Which missing states train together as one batch (run option ``batch``). Pure Python.
 
 Two states are *siblings* when their nodes end with the same training of the same architecture
 on the same data: one train step, last, whose options are equal except the data-order seed (its

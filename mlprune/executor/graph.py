@@ -27,11 +27,11 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .. import names
 from ..errors import SpecError
-from ..plan import Node, Plan
+from ..plan import Node, Plan, lineage_top
 from ..plugins import check_portable, plan_plugins
 from .clusters import GPU_RESOURCE, check_worker_plugins, check_workers, connect, is_loopback, task_resources
 from .options import RunOptions
@@ -53,6 +53,15 @@ class Result:
     computed: int = 0    # distinct states that had no usable FINISHED run when we started
     reused: int = 0      # distinct states that had one
     invalid: list = field(default_factory=list)  # (run id, reason) of states found broken and recomputed
+
+
+_NODE_FIELDS = [f.name for f in fields(Node)]
+
+
+def _plain(node: Node) -> dict:
+    """A node as the dict a task carries (shallow: `dataclasses.asdict` deep-copies every value, and the
+    task is written as JSON right away), the same as `asdict(node)` for JSON."""
+    return {name: getattr(node, name) for name in _NODE_FIELDS}
 
 
 def parse_scheduler(scheduler: str | None) -> str:
@@ -102,15 +111,21 @@ class Execution:
         self.data_changes: list[str] = []   # what --accept-data-change accepted (`_check_data`)
         self.options = (options or RunOptions()).resolved()
         self.progress = progress
+        # index maps, built once: every question about a node below is a look-up, so building the graph of
+        # N states takes time linear in N (searching the plans per node made it quadratic)
         self.nodes: dict[str, Node] = {}     # key -> node (first plan's spelling)
         self.names: dict[str, str] = {}      # key -> "plan index/node name" for messages
+        self._home: dict[str, int] = {}      # key -> index of the first plan that has it (its node's plan)
+        self._by_name = [{n.name: n for n in plan.nodes} for plan in self.plans]   # per plan: name -> node
+        self._tops: list[dict[str, Node]] = [{} for _ in self.plans]               # per plan: lineage_top memo
         for index, plan in enumerate(self.plans):
             for node in plan.nodes:
-                if node.key not in self.nodes or (self.nodes[node.key].external and not node.external):
-                    self.nodes.setdefault(node.key, node)
+                if node.key not in self.nodes:
+                    self.nodes[node.key], self._home[node.key] = node, index
                 self.names.setdefault(node.key, f"{plan.recipe}/{node.name}")
         self.existing, self.invalid = self._lookup()
         self.missing = [key for key in self._order() if key not in self.existing]
+        self._missing = set(self.missing)
 
     def _lookup(self) -> tuple[dict[str, str], list]:
         """{key: run id} of the usable FINISHED states among the plans' nodes; broken ones invalidated."""
@@ -133,26 +148,22 @@ class Execution:
 
     def _order(self) -> list[str]:
         """Keys in an order where every dependency comes first (plans list parents first)."""
-        seen, out = set(), []
-        for plan in self.plans:
-            for node in plan.nodes:
-                if node.key not in seen:
-                    seen.add(node.key)
-                    out.append(node.key)
-        return out
-
-    def _node_of(self, plan_index: int, name: str) -> Node:
-        return self.plans[plan_index].node(name)
+        return list(self.nodes)  # first seen first: a dict keeps the order keys were added in
 
     def _deps(self, key: str) -> tuple[str | None, dict[str, str], list[str]]:
         """(parent key, {role: input key}, keys it must wait for) of a node."""
-        node = self.nodes[key]
-        plan = next(p for p in self.plans if any(n.key == key and n.name == node.name for n in p.nodes))
-        by_name = {n.name: n for n in plan.nodes}
+        node, by_name = self.nodes[key], self._by_name[self._home[key]]
         parent = by_name[node.parent].key if node.parent else None
         inputs = {role: by_name[name].key for role, name in node.inputs.items()}
         after = [by_name[node.emitted_by].key] if node.emitted_by else []
         return parent, inputs, after
+
+    def _top(self, key: str) -> Node:
+        """The top of a node's lineage in its plan: its root, or the existing state it starts from."""
+        index = self._home[key]
+        by_name = self._by_name[index]
+        return lineage_top(self.nodes[key], lambda n: by_name[n.parent] if n.parent is not None else None,
+                           self._tops[index])
 
     def check(self) -> None:
         """What can be checked before any run is created: the scheduler, the device, the models, data
@@ -216,23 +227,15 @@ class Execution:
         for key in self.missing:
             node = self.nodes[key]
             parent, inputs, after = self._deps(key)
-            deps = [k for k in dict.fromkeys([parent, *inputs.values(), *after]) if k and k in self.missing]
+            deps = [k for k in dict.fromkeys([parent, *inputs.values(), *after]) if k and k in self._missing]
             known = {k: self.existing[k] for k in [parent, *inputs.values()] if k and k in self.existing}
-            plan = next(p for p in self.plans if any(n.key == key for n in p.nodes))
-            by_name = {n.name: n for n in plan.nodes}
-            emits = [(by_name[name].at, asdict(by_name[name])) for name in node.emits
-                     if by_name[name].key in self.missing]
-            root = self._root(plan, node)
-            tasks[key] = {"node": asdict(node), "parent": parent, "inputs": inputs, "deps": deps, "known": known,
-                          "emits": emits, "data_dir": root.data_dir if root is not None else None}
+            by_name = self._by_name[self._home[key]]
+            emits = [(by_name[name].at, _plain(by_name[name])) for name in node.emits
+                     if by_name[name].key in self._missing]
+            top = self._top(key)
+            tasks[key] = {"node": _plain(node), "parent": parent, "inputs": inputs, "deps": deps, "known": known,
+                          "emits": emits, "data_dir": None if top.external else top.data_dir}
         return tasks
-
-    @staticmethod
-    def _root(plan: Plan, node: Node) -> Node | None:
-        by_name = {n.name: n for n in plan.nodes}
-        while node.parent is not None:
-            node = by_name[node.parent]
-        return None if node.external else node
 
     def _context(self, workflow: str | None) -> dict:
         from ..store import claim_timeout
@@ -253,14 +256,16 @@ class Execution:
         `workflow`: the run id of the workflow run the states are computed for (tagged, linked)."""
         reached = dict(self.existing)
         keys = [{n.name: n.key for n in plan.nodes} for plan in self.plans]
+        places: dict[str, list[tuple[int, str]]] = {}   # key -> its (plan index, node name)s
+        for index, plan_keys in enumerate(keys):
+            for name, node_key in plan_keys.items():
+                places.setdefault(node_key, []).append((index, name))
 
         def report(key: str):
             if on_state is None:
                 return
-            for index, plan_keys in enumerate(keys):
-                for name, node_key in plan_keys.items():
-                    if node_key == key:
-                        on_state(index, name, reached[key])
+            for index, name in places.get(key, ()):
+                on_state(index, name, reached[key])
 
         for key in self._order():
             if key in reached:
@@ -285,7 +290,7 @@ class Execution:
         tasks = self._tasks()
         graph = {key: (reach, json.dumps(task), context, *task["deps"]) for key, task in tasks.items()}
         groups = self.batch_groups(tasks)
-        if groups:  # issue 28: sibling trainings as one batch
+        if groups:  # run option batch: sibling trainings as one group task
             from .batching import batched_graph
 
             graph = batched_graph(graph, tasks, groups, context, reach_batch, batch_member)
@@ -300,11 +305,7 @@ class Execution:
         tasks = self._tasks() if tasks is None else tasks
         signatures = {}
         for key, task in tasks.items():
-            plan = next(p for p in self.plans if any(n.key == key for n in p.nodes))
-            by_name = {n.name: n for n in plan.nodes}
-            top = next(n for n in plan.nodes if n.key == key)
-            while top.parent is not None:
-                top = by_name[top.parent]
+            top = self._top(key)
             root = (top.spec or {}).get("root") if top.external else top.root
             signatures[key] = sibling_signature(task["node"], root, task["data_dir"] or self.options.data_dir)
         return sibling_groups(tasks, signatures, self.options.batch)

@@ -17,10 +17,9 @@ deleted before it is set FINISHED; the older runs' once it is.
 from __future__ import annotations
 
 import logging
-import os
 
 from .. import names
-from ..errors import SpecError
+from ..spec.limits import env_number
 
 log = logging.getLogger("mlprune.checkpoint")
 DEFAULT_BUDGET = 0.05  # checkpoints cost at most 5% of a training's time by default
@@ -29,17 +28,8 @@ DEFAULT_BUDGET = 0.05  # checkpoints cost at most 5% of a training's time by def
 def checkpoint_budget() -> float:
     """MLPRUNE_CHECKPOINT_BUDGET: the share of a training's time its checkpoints may cost (default 0.05;
     ``inf``: every due checkpoint is written, whatever it costs)."""
-    text = os.environ.get(names.ENV_CHECKPOINT_BUDGET, "").strip()
-    if not text:
-        return DEFAULT_BUDGET
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise SpecError(f"{names.ENV_CHECKPOINT_BUDGET} must be a number > 0 (a share of training time, e.g. "
-                        f"0.05) or inf, got {text!r}")
-    return value
+    return env_number(names.ENV_CHECKPOINT_BUDGET, DEFAULT_BUDGET, lambda value: value > 0,
+                      "a number > 0 (a share of training time, e.g. 0.05) or inf")
 
 
 def warn(message: str) -> None:

@@ -1,11 +1,11 @@
-"""Reaching a group of sibling states with one batched training (run option ``batch``; issue 28).
+"""Reaching a group of sibling states with one batched training (run option ``batch``).
 
 `batching` decides which missing states are siblings and gives each group one task; that task
 (`task.reach_batch`) hands the group here with what the executor does for one state
-(`StoreHooks`: create a claim, store a state, emit a checkpoint, reach a state alone). Each state
-is claimed, heartbeaten and stored exactly as if it were computed alone (same key, artifacts,
-metrics and params, plus ``run.batch``); `runners.siblings` computes them, their train steps as
-one batch:
+(`StoreHooks`, each given a state's `context.Reaching`: create a claim, store a state, emit a
+checkpoint, reach a state alone). Each state is claimed, heartbeaten and stored exactly as if it
+were computed alone (same key, artifacts, metrics and params, plus ``run.batch``);
+`runners.siblings` computes them, their train steps as one batch:
 
 - a sibling already FINISHED elsewhere (or claimed by a live process) is not trained: its claim
   returns that run (or waits for it) before the batch is formed;
@@ -20,24 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["Sibling", "StoreHooks", "reach_siblings"]
+from .context import Reaching
 
-
-@dataclass
-class Sibling:
-    """One state of a group: its task (as the graph plans it) and what claiming it found."""
-
-    task: dict
-    parent_run: str
-    inputs: dict                    # role -> run id
-    parent: object = None           # the parent's StoredState
-    root_run: str | None = None
-    run_id: str | None = None       # our claim
-    data_dir: str | None = None
-
-    @property
-    def node(self) -> dict:
-        return self.task["node"]
+__all__ = ["StoreHooks", "reach_siblings"]
 
 
 @dataclass
@@ -51,7 +36,7 @@ class StoreHooks:
     resume: Callable                # (sibling) -> run id: compute it alone under our claim (from a checkpoint)
 
 
-def reach_siblings(siblings: list[Sibling], store, workspace, hooks: StoreHooks, *, data_dir: str | None = None,
+def reach_siblings(siblings: list[Reaching], store, workspace, hooks: StoreHooks, *, data_dir: str | None = None,
                    progress=None) -> list:
     """Per sibling its run id, or the exception that failed its state."""
     from ..runners.siblings import SiblingNode, compute_siblings
@@ -63,9 +48,7 @@ def reach_siblings(siblings: list[Sibling], store, workspace, hooks: StoreHooks,
     results: list = [None] * len(siblings)
     ours, resuming = [], []
     for index, sibling in enumerate(siblings):
-        sibling.parent = store.load(sibling.parent_run)
-        sibling.root_run = sibling.parent.spec.get("root_run") or sibling.parent_run
-        sibling.data_dir = sibling.task.get("data_dir") or data_dir or sibling.parent.spec.get("data_dir")
+        sibling.load_parent(store, data_dir)
         run_id, mine = store.claims.claim(sibling.node["key"], lambda s=sibling: hooks.create(s), progress=progress,
                                           parent_run_id=sibling.parent_run)
         if not mine:

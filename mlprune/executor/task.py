@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+from dataclasses import replace
 
 from .. import names
+from .context import Reaching, TaskContext
 from .options import RunOptions, run_params
 from .threads import CUBLAS_DETERMINISTIC, Determinism, PinnedThreads, tune_allocator
 
@@ -49,24 +51,37 @@ def process_workspace(device_name: str, channels_last: bool = False, compile: bo
         return _PROCESS[key]
 
 
-def describe(store, node: dict, run_id: str, parent_run: str | None, inputs: dict[str, str], root_run: str | None,
-             workflow: str | None) -> str:
+def describe(store, state: Reaching, workflow: str | None) -> str:
     """Markdown for the run's description in the MLflow UI: what the state is, links to its parents,
     its workflow run and its lineage page (`mlflow server --app-name mlprune`)."""
+    node, parent_run, root_run = state.node, state.parent_run, state.root_run
     lines = [f"**mlprune state** `{node['label']}` · kind `{node['kind']}`"]
     if parent_run:
         lines.append(f"- parent: [{parent_run[:8]}]({store.ui_link(parent_run)})")
-    for role, source in inputs.items():
+    for role, source in state.inputs.items():
         lines.append(f"- {role} from: [{source[:8]}]({store.ui_link(source)})")
     if root_run and root_run != parent_run:
         lines.append(f"- root: [{root_run[:8]}]({store.ui_link(root_run)})")
     if workflow:
         lines.append(f"- workflow run: [{workflow[:8]}]({store.ui_link(workflow)})")
-    lines.append(f"- lineage: [the DAG around this state]({names.LINEAGE_ROUTE}{run_id}) "
+    lines.append(f"- lineage: [the DAG around this state]({names.LINEAGE_ROUTE}{state.run_id}) "
                  f"(served by `mlflow server --app-name mlprune`)")
     for step in node["steps"]:
         lines.append(f"- step `{json.dumps(step, sort_keys=True)}`")
     return "\n".join(lines)
+
+
+def task_context(context_text: str) -> TaskContext:
+    """The context of a task in this process: its environment set, its store and workspace opened."""
+    context = json.loads(context_text)
+    tune_allocator()
+    for name, value in context.get("env", {}).items():
+        os.environ[name] = value
+    options = RunOptions(**context["options"])
+    if options.deterministic:  # before this process's first CUDA work, where possible
+        os.environ.setdefault(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)
+    return TaskContext(process_store(context["tracking_uri"], context["experiment_id"]),
+                       process_workspace(options.device, options.channels_last, options.compile), options, context)
 
 
 def reach(task_text: str, context_text: str, *dependency_runs: str) -> str:
@@ -79,41 +94,40 @@ def reach(task_text: str, context_text: str, *dependency_runs: str) -> str:
 
     if stop_requested():  # a stopping process starts no other state
         raise interrupted()
-    task, context = json.loads(task_text), json.loads(context_text)
-    tune_allocator()
-    for name, value in context.get("env", {}).items():
-        os.environ[name] = value
+    task, ctx = json.loads(task_text), task_context(context_text)
     runs = {**task["known"], **dict(zip(task["deps"], dependency_runs))}
-    node = task["node"]
-    store = process_store(context["tracking_uri"], context["experiment_id"])
     parent_run = runs.get(task["parent"]) if task["parent"] else None
     inputs = {role: runs[key] for role, key in task["inputs"].items()}
-    return _claim_and_compute(store, node, parent_run, inputs, task, context)
+    return _claim_and_compute(ctx, Reaching(task, parent_run, inputs))
 
 
-def _claim_and_compute(store, node: dict, parent_run: str | None, inputs: dict[str, str], task: dict,
-                       context: dict) -> str:
-    from ..store import ClaimLost
+def _create(ctx: TaskContext, state: Reaching, node: dict | None = None) -> str:
+    """A new RUNNING claim run of `state` (or of `node`, a checkpoint its training emits)."""
     from .slurm import job_tags
 
-    parent_state = store.load(parent_run) if parent_run else None
-    root_run = (parent_state.spec.get("root_run") or parent_run) if parent_state is not None else None
+    tags = job_tags()  # a claim that ends KILLED or FAILED names its SLURM job too
+    if node is None:
+        node = state.node
+        if node["root"] is not None and state.task.get("data_dir"):
+            tags[names.TAG_DATA_DIR] = str(state.task["data_dir"])
+    return ctx.store.create(key=node["key"], kind=node["kind"], name=node["label"], parent_run_id=state.parent_run,
+                            root_run_id=state.root_run, extra_parents=state.inputs, workflow=ctx.workflow, tags=tags)
+
+
+def _claim_and_compute(ctx: TaskContext, state: Reaching) -> str:
+    from ..store import ClaimLost
+
+    store = ctx.store
+    state.load_parent(store, ctx.options.data_dir)
     progress = getattr(PROGRESS, "printer", None)
-
-    def create():
-        tags = job_tags()  # a claim that ends KILLED or FAILED names its SLURM job too
-        data_dir = task.get("data_dir")
-        if node["root"] is not None and data_dir:
-            tags[names.TAG_DATA_DIR] = str(data_dir)
-        return store.create(key=node["key"], kind=node["kind"], name=node["label"], parent_run_id=parent_run,
-                            root_run_id=root_run, extra_parents=inputs, workflow=context.get("workflow"), tags=tags)
-
     while True:
-        run_id, ours = store.claims.claim(node["key"], create, progress=progress, parent_run_id=parent_run)
+        run_id, ours = store.claims.claim(state.node["key"], lambda: _create(ctx, state), progress=progress,
+                                          parent_run_id=state.parent_run)
         if not ours:
             return run_id
+        state.run_id = run_id
         try:
-            final = _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, task, context)
+            final = _compute(ctx, state)
         except ClaimLost as lost:  # taken over, or an older claim exists: wait for its state
             store.claims.release(run_id, str(lost))
             continue
@@ -121,14 +135,12 @@ def _claim_and_compute(store, node: dict, parent_run: str | None, inputs: dict[s
             return final
 
 
-def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, task, context) -> str | None:
+def _compute(ctx: TaskContext, state: Reaching) -> str | None:
+    """Compute `state` under our claim (``state.run_id``) and store it; its stored run id."""
     from ..runners import compute_node
     from .resume import close_checkpointing, forget_checkpoints, open_checkpointing
 
-    options = RunOptions(**context["options"])
-    if options.deterministic:  # before this process's first CUDA work, where possible
-        os.environ.setdefault(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)
-    workspace = process_workspace(options.device, options.channels_last, options.compile)
+    store, options, node, run_id = ctx.store, ctx.options, state.node, state.run_id
     progress = getattr(PROGRESS, "printer", None)
     alive = store.claims.keep_alive(run_id, node["key"])
     checkpointing = None
@@ -137,23 +149,19 @@ def _compute(store, node, run_id, parent_state, parent_run, root_run, inputs, ta
             if progress:
                 progress(f"computing {node['label']} ({node['kind']})")
             if node["root"] is None:
-                loaded_inputs = {role: store.load(r) for role, r in inputs.items()}
+                loaded_inputs = {role: store.load(r) for role, r in state.inputs.items()}
             else:
                 loaded_inputs = {}
-                store.set_tags(run_id, {names.TAG_ROOT: run_id})  # a root is its own root (design §3)
-            data_dir = (task.get("data_dir") or options.data_dir
-                        or (parent_state.spec.get("data_dir") if parent_state else None))
+                store.set_tags(run_id, {names.TAG_ROOT: run_id})  # a root is its own root: its lineage starts at it
             # ---- resumable trainings (executor.resume): from the key's newest valid checkpoint, if any
             checkpointing = open_checkpointing(store, node, run_id, options, progress=progress)
-            emit = {at: _emitter(store, checkpoint, parent_run, root_run, inputs, data_dir, workspace, options,
-                                 context.get("workflow"), checkpointing) for at, checkpoint in task["emits"]}
+            emit = {at: _emitter(ctx, state, checkpoint, checkpointing) for at, checkpoint in state.task["emits"]}
             computed = _compute_resumed(lambda: compute_node(
-                node, parent_state, loaded_inputs, workspace, data_dir=data_dir,
+                node, state.parent, loaded_inputs, ctx.workspace, data_dir=state.data_dir,
                 heartbeat=lambda: store.claims.heartbeat(run_id), emit=emit, progress=progress,
                 checkpointing=checkpointing), checkpointing, node)
             close_checkpointing(store, checkpointing, run_id)  # a finished state keeps no checkpoint
-            final = _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir,
-                            workspace, options, context.get("workflow"))
+            final = _finish(ctx, state, computed)
             if final == run_id:
                 forget_checkpoints(store, node["key"], run_id, checkpointing)
             return final
@@ -201,26 +209,27 @@ def _data_record(root: dict, data_dir, workspace, parent_state) -> dict:
     return out
 
 
-def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, inputs, data_dir, workspace, options,
-            workflow, batched: int = 1) -> str:
+def _finish(ctx: TaskContext, state: Reaching, computed, batched: int = 1) -> str:
+    """Store what was computed for `state` (its node, under its claim ``state.run_id``) and finish its run."""
     from ..plugins import lineage_plugins, plugin_tags
     from ..training.devices import device_label, environment_tags
     from .slurm import job_tags
 
+    store, options, node, run_id, parent = ctx.store, ctx.options, state.node, state.run_id, state.parent
     spec = {
         "kind": node["kind"],
-        "root": node["root"] if node["root"] is not None else parent_state.spec["root"],
+        "root": node["root"] if node["root"] is not None else parent.spec["root"],
         "steps": node["steps"],
-        "inputs": {role: {"key": store.spec(r)["key"], "run_id": r} for role, r in inputs.items()},
+        "inputs": {role: {"key": store.spec(r)["key"], "run_id": r} for role, r in state.inputs.items()},
         "key": node["key"],
         "semantics": _semantics(),
         "mlprune_version": _version(),
-        "parent_key": parent_state.spec["key"] if parent_state is not None else None,
-        "parent_run": parent_run,
-        "root_run": root_run if root_run else run_id,
-        "data_dir": str(data_dir) if data_dir else None,
+        "parent_key": parent.spec["key"] if parent is not None else None,
+        "parent_run": state.parent_run,
+        "root_run": state.root_run if state.root_run else run_id,
+        "data_dir": str(state.data_dir) if state.data_dir else None,
     }
-    spec.update(_data_record(spec["root"], data_dir, workspace, parent_state))
+    spec.update(_data_record(spec["root"], state.data_dir, ctx.workspace, parent))
     if computed.weights_from:
         spec["weights_from"] = computed.weights_from
         if computed.zeroed:
@@ -233,10 +242,10 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
     if node.get("branch") not in (None, "main"):
         params[names.PARAM_BRANCH] = node["branch"]
     params.update(run_params(options, batch=batched))
-    tags = {names.TAG_DEVICE: device_label(workspace.device), **environment_tags(workspace.device),
-            names.TAG_NOTE: describe(store, node, run_id, parent_run, inputs, root_run, workflow), **job_tags()}
-    plugins = lineage_plugins(spec["root"], spec["steps"], [parent_state.spec if parent_state is not None else {},
-                                                            *(store.spec(r) for r in inputs.values())])
+    tags = {names.TAG_DEVICE: device_label(ctx.workspace.device), **environment_tags(ctx.workspace.device),
+            names.TAG_NOTE: describe(store, state, ctx.workflow), **job_tags()}
+    plugins = lineage_plugins(spec["root"], spec["steps"], [parent.spec if parent is not None else {},
+                                                            *(store.spec(r) for r in state.inputs.values())])
     if plugins:  # every plugin the state depends on (through its root, its parents, its own steps)
         spec["plugins"] = plugins
         tags.update(plugin_tags(plugins))
@@ -250,32 +259,30 @@ def _finish(store, run_id, node, computed, parent_state, parent_run, root_run, i
                         tags=tags)
 
 
-def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, workspace, options, workflow,
-             checkpointing=None, batched: int = 1):
-    """fn(model, history, masks) storing `checkpoint` (the node's state at that point of its training)."""
+def _emitter(ctx: TaskContext, state: Reaching, checkpoint: dict, checkpointing=None, batched: int = 1):
+    """fn(model, history, masks) storing `checkpoint` (the node's state at that point of its training): a
+    state of its own, in `state`'s lineage, claimed and finished as any."""
     from ..runners import Computed, Tensors, evaluate_state
     from ..store import ClaimLost
 
+    store = ctx.store
+
     def emit(model, history, masks):
         weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-        parent_state = store.load(parent_run)
-        root = parent_state.spec["root"]
-        data = workspace.data(root, data_dir)
+        point = replace(state, task={**state.task, "node": checkpoint}, parent=store.load(state.parent_run))
+        root = point.parent.spec["root"]
+        data = ctx.workspace.data(root, state.data_dir)
         tensors = Tensors(weights, dict(masks))
-
-        def create():
-            return store.create(key=checkpoint["key"], kind=checkpoint["kind"], name=checkpoint["label"],
-                                parent_run_id=parent_run, root_run_id=root_run, extra_parents=inputs, workflow=workflow)
-
-        run_id, ours = store.claims.claim(checkpoint["key"], create, parent_run_id=parent_run)
+        run_id, ours = store.claims.claim(checkpoint["key"], lambda: _create(ctx, state, checkpoint),
+                                          parent_run_id=state.parent_run)
         if not ours:
             return
+        point.run_id = run_id
         try:
-            metrics, files = evaluate_state(workspace, root, data, tensors, history, checkpoint["steps"])
+            metrics, files = evaluate_state(ctx.workspace, root, data, tensors, history, checkpoint["steps"])
             # as the training's own state records it (a batch resumes nothing: 0)
             metrics[names.M_RESUMED_FROM_ITERATION] = checkpointing.resumed_from if checkpointing is not None else 0
-            _finish(store, run_id, checkpoint, Computed(tensors, metrics, history, None, files), parent_state,
-                    parent_run, root_run, inputs, data_dir, workspace, options, workflow, batched)
+            _finish(ctx, point, Computed(tensors, metrics, history, None, files), batched)
         except ClaimLost as lost:
             store.claims.release(run_id, str(lost))
         except BaseException as error:
@@ -285,57 +292,40 @@ def _emitter(store, checkpoint: dict, parent_run, root_run, inputs, data_dir, wo
     return emit
 
 
-# ---- sibling trainings as one batch (issue 28: `batching` groups, `siblings` reaches them) ---------------
+# ---- sibling trainings as one batch (`batching` groups them, `siblings` reaches them) --------------------
 
 def reach_batch(group_text: str, context_text: str, *dependency_runs: str) -> list:
     """Reach a group of sibling states (`batching.batched_graph`) with one batched training: per state its
     run id, or the exception that failed it (raised by that state's `batch_member` task)."""
-    from .siblings import Sibling, StoreHooks, reach_siblings
-    from .slurm import job_tags
+    from .siblings import StoreHooks, reach_siblings
 
-    group, context = json.loads(group_text), json.loads(context_text)
-    tune_allocator()
-    for name, value in context.get("env", {}).items():
-        os.environ[name] = value
+    group, ctx = json.loads(group_text), task_context(context_text)
     runs = {**{k: v for task in group["tasks"] for k, v in task["known"].items()},
             **dict(zip(group["deps"], dependency_runs))}
-    store = process_store(context["tracking_uri"], context["experiment_id"])
-    options = RunOptions(**context["options"])
-    if options.deterministic:
-        os.environ.setdefault(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)
-    workspace = process_workspace(options.device, options.channels_last, options.compile)
-    workflow = context.get("workflow")
     hooks = StoreHooks(
-        create=lambda s: store.create(key=s.node["key"], kind=s.node["kind"], name=s.node["label"],
-                                      parent_run_id=s.parent_run, root_run_id=s.root_run, extra_parents=s.inputs,
-                                      workflow=workflow, tags=job_tags()),
-        finish=lambda s, computed, batched: _finish(store, s.run_id, s.node, computed, s.parent, s.parent_run,
-                                                    s.root_run, s.inputs, s.data_dir, workspace, options, workflow,
-                                                    batched),
-        emitter=lambda s, checkpoint, batched: _emitter(store, checkpoint, s.parent_run, s.root_run, s.inputs,
-                                                        s.data_dir, workspace, options, workflow, batched=batched),
-        alone=lambda s: _claim_and_compute(store, s.node, s.parent_run, s.inputs, s.task, context),
-        resume=lambda s: _compute_claimed(store, s, context))
-    siblings = [Sibling(task, runs[task["parent"]], {role: runs[key] for role, key in task["inputs"].items()})
+        create=lambda s: _create(ctx, s),
+        finish=lambda s, computed, batched: _finish(ctx, s, computed, batched),
+        emitter=lambda s, checkpoint, batched: _emitter(ctx, s, checkpoint, batched=batched),
+        alone=lambda s: _claim_and_compute(ctx, s),
+        resume=lambda s: _compute_claimed(ctx, s))
+    siblings = [Reaching(task, runs[task["parent"]], {role: runs[key] for role, key in task["inputs"].items()})
                 for task in group["tasks"]]
-    with PinnedThreads(options.threads), Determinism(options.deterministic):
-        return reach_siblings(siblings, store, workspace, hooks, data_dir=options.data_dir,
+    with PinnedThreads(ctx.options.threads), Determinism(ctx.options.deterministic):
+        return reach_siblings(siblings, ctx.store, ctx.workspace, hooks, data_dir=ctx.options.data_dir,
                               progress=getattr(PROGRESS, "printer", None))
 
 
-def _compute_claimed(store, sibling, context: dict) -> str:
+def _compute_claimed(ctx: TaskContext, state: Reaching) -> str:
     """A sibling we hold the claim of, computed alone (it resumes from a checkpoint); if the claim is
     lost meanwhile, reached as any state is."""
     from ..store import ClaimLost
 
     try:
-        final = _compute(store, sibling.node, sibling.run_id, sibling.parent, sibling.parent_run, sibling.root_run,
-                         sibling.inputs, sibling.task, context)
+        final = _compute(ctx, state)
     except ClaimLost as lost:
-        store.claims.release(sibling.run_id, str(lost))
+        ctx.store.claims.release(state.run_id, str(lost))
         final = None
-    return final or _claim_and_compute(store, sibling.node, sibling.parent_run, sibling.inputs, sibling.task,
-                                       context)
+    return final or _claim_and_compute(ctx, state)
 
 
 def batch_member(results: list, index: int) -> str:

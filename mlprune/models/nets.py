@@ -19,11 +19,8 @@ __all__ = ["INITS", "BN_INITS", "build_model", "prunable"]
 
 # ----------------------------------------------------------------------------- helpers
 
-def _pool_out(size: int, kernel: int, stride: int, padding: int = 0) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """The output size of a convolution or a pooling window along one dimension."""
     return (size + 2 * padding - kernel) // stride + 1
 
 
@@ -43,8 +40,8 @@ class LeNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
-        fh = _pool_out(_conv_out(_pool_out(_conv_out(h, 5), 2, 2), 5), 2, 2)
-        fw = _pool_out(_conv_out(_pool_out(_conv_out(w, 5), 2, 2), 5), 2, 2)
+        fh = _conv_out(_conv_out(_conv_out(_conv_out(h, 5), 2, 2), 5), 2, 2)
+        fw = _conv_out(_conv_out(_conv_out(_conv_out(w, 5), 2, 2), 5), 2, 2)
         self.classifier = nn.Sequential(
             nn.Linear(16 * fh * fw, 120),
             nn.ReLU(inplace=True),
@@ -132,7 +129,7 @@ class AlexNet(nn.Module):
         )
         fh, fw = h, w
         for _ in range(3):
-            fh, fw = _pool_out(fh, 3, 2), _pool_out(fw, 3, 2)
+            fh, fw = _conv_out(fh, 3, 2), _conv_out(fw, 3, 2)
         ph, pw = min(6, fh), min(6, fw)
         self.avgpool = nn.AdaptiveAvgPool2d((ph, pw))
         self.classifier = nn.Sequential(

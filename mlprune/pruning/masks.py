@@ -74,7 +74,11 @@ def keep_largest_norm(slices, dim, k, generator, options):
 
 
 def keep_at_random(slices, dim, k, generator, options):
-    count = slices.shape[dim]
+    return _random_survivors(slices.shape[dim], k, generator)
+
+
+def _random_survivors(count: int, k: int, generator):
+    """The indices of `count` slices or units kept when `k` of them, drawn uniformly, go."""
     gone = torch.topk(torch.rand(count, generator=generator), k, largest=False).indices
     keep = torch.ones(count, dtype=torch.bool)
     keep[gone] = False
@@ -104,11 +108,7 @@ def keep_largest_unit_norm(vectors, k, generator, options):
 
 
 def keep_units_at_random(vectors, k, generator, options):
-    count = len(vectors)
-    gone = torch.topk(torch.rand(count, generator=generator), k, largest=False).indices
-    keep = torch.ones(count, dtype=torch.bool)
-    keep[gone] = False
-    return keep.nonzero().squeeze(1)
+    return _random_survivors(len(vectors), k, generator)
 
 
 def _entry(method, structured: bool):

@@ -224,6 +224,20 @@ def parse_options(pairs) -> dict:
     return options
 
 
+_PARSED: dict[tuple[str, str], object] = {}   # (file, text) -> its YAML data, for `_parsed`
+
+
+def _parsed(text: str, where: str):
+    """`safe_load(text, where)`, a copy of the data parsed last time for the same file and text: a sweep
+    compiles one recipe file per seed and grid point, and parsing YAML costs far more than copying."""
+    key = (where, text)
+    if key not in _PARSED:
+        if len(_PARSED) >= 64:
+            _PARSED.clear()
+        _PARSED[key] = safe_load(text, where)
+    return copy.deepcopy(_PARSED[key])
+
+
 def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
     """The recipe file's mapping, `extends` merged in, top-level keys checked."""
     path = Path(path)
@@ -233,7 +247,7 @@ def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
     except UnicodeDecodeError as error:
         raise SpecError(f"{path}: not UTF-8 text (byte {error.start}): a recipe is a YAML text file") from None
     try:
-        raw = safe_load(text, str(path))
+        raw = _parsed(text, str(path))
     except SpecError as error:
         message = str(error)
         raise SpecError(message if message.startswith(str(path)) else f"{path}: {message}") from None

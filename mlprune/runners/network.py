@@ -1,6 +1,6 @@
 """The network step runners (init, prune, reinit, train) and `compute_node`: one state from its parents.
 
-The executor (`execute`) hands a node and its loaded parents to `compute_node`,
+The executor (`executor.task`) hands a node and its loaded parents to `compute_node`,
 which runs the node's steps one after another through their runners (one per
 step kind, ``STEP_KINDS[kind].runner``), evaluates the result and returns what
 the store saves. Runners are thin: the maths are the pure functions of

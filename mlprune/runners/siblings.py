@@ -1,4 +1,4 @@
-"""Computing sibling states with one batched training (run option ``batch``; issue 28).
+"""Computing sibling states with one batched training (run option ``batch``).
 
 The executor (`executor.siblings`) claims a group of sibling states and hands them here as
 `SiblingNode`s, each with what `runners.compute_node` takes for one state (its node, loaded

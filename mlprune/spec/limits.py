@@ -50,18 +50,29 @@ def latency_budget() -> float:
     """Seconds of timing per batch size (`MLPRUNE_LATENCY_BUDGET`, default 2): past it a batch size stops
     after its minimum rounds. 0: the minimum (one warm-up pass, 3 timed rounds), e.g. on a laptop or in tests."""
     import math
-    import os
 
-    from ..errors import SpecError
     from ..names import ENV_LATENCY_BUDGET
 
-    text = os.environ.get(ENV_LATENCY_BUDGET, "").strip()
+    return env_number(ENV_LATENCY_BUDGET, DEFAULT_LATENCY_BUDGET_S,
+                      lambda value: math.isfinite(value) and 0 <= value <= MAX_LATENCY_BUDGET_S,
+                      f"seconds between 0 and {MAX_LATENCY_BUDGET_S:g}")
+
+
+def env_number(name: str, default: float, ok, allowed: str) -> float:
+    """The number in the environment variable `name` (`default` when it is unset or blank) if `ok(number)`;
+    otherwise (not a number, or not ok) a one-line SpecError: "NAME must be <allowed>, got '<text>'"."""
+    import math
+    import os
+
+    from ..errors import SpecError, shown
+
+    text = os.environ.get(name, "").strip()
     if not text:
-        return DEFAULT_LATENCY_BUDGET_S
+        return default
     try:
         value = float(text)
     except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and 0 <= value <= MAX_LATENCY_BUDGET_S):
-        raise SpecError(f"{ENV_LATENCY_BUDGET} must be seconds between 0 and {MAX_LATENCY_BUDGET_S:g}, got {text!r}")
+        value = math.nan
+    if not ok(value):
+        raise SpecError(f"{name} must be {allowed}, got {shown(text)}")
     return value

@@ -9,7 +9,7 @@ a model, a reinit strategy, the run options, SLURM's options. From it come the
 validation and its one-line errors, the canonical dict that keys hash, the
 MLproject parameters, the CLI's options and the reference tables in the docs.
 
-Keys and defaults (design.md §4): an option that existed in the first version
+Keys and defaults: an option that existed in the first version
 is always in the key (``key="always"``), so old keys stay; an option added later
 is in the key only when it differs from its default (``key="unless_default"``),
 so a new option whose default changes nothing changes no old key; a run option

@@ -19,11 +19,12 @@ just computed is claimed without the look-up before `create()`.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 
-from ..errors import SpecError
+from ..spec.limits import env_number
 from ..names import ENV_CLAIM_TIMEOUT, TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_ERROR, TAG_HEARTBEAT, TAG_WORKFLOW
 from ..training.interrupt import interrupted, stop_requested
 
@@ -36,16 +37,8 @@ class ClaimLost(RuntimeError):
 
 def claim_timeout() -> float:
     """Seconds without a heartbeat after which a RUNNING claim counts as dead (MLPRUNE_CLAIM_TIMEOUT)."""
-    text = os.environ.get(ENV_CLAIM_TIMEOUT, "").strip()
-    if not text:
-        return DEFAULT_CLAIM_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise SpecError(f"{ENV_CLAIM_TIMEOUT} must be a number of seconds > 0, got {text!r}")
-    return value
+    return env_number(ENV_CLAIM_TIMEOUT, DEFAULT_CLAIM_TIMEOUT_S, lambda value: 0 < value < math.inf,
+                      "a number of seconds > 0")
 
 
 def process_host() -> str:

@@ -22,15 +22,15 @@ A cached re-run, `mlprune tree` and the look-ups of the claim protocol only *rea
 
 from __future__ import annotations
 
-import math
 import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SpecError, shown
+from ..errors import SpecError
 from ..names import ENV_SQLITE_READS, ENV_SQLITE_TIMEOUT, TAG_INVALID, TAG_KEY
+from ..spec.limits import env_number
 from .experiments import read_only, sqlite_path
 
 # the columns read, per table: a database that lacks one is read through MLflow
@@ -51,17 +51,8 @@ _CHUNK = 500  # host parameters per IN list (sqlite's limit is 999 in old builds
 
 def busy_timeout() -> float:
     """Seconds a read waits for a locked store: MLPRUNE_SQLITE_TIMEOUT (checked), else BUSY_TIMEOUT_S."""
-    text = os.environ.get(ENV_SQLITE_TIMEOUT, "").strip()
-    if not text:
-        return BUSY_TIMEOUT_S
-    try:
-        value = float(text) if len(text) <= 20 else math.nan
-    except ValueError:
-        value = math.nan
-    if not (0 < value <= MAX_BUSY_TIMEOUT_S):
-        raise SpecError(f"{ENV_SQLITE_TIMEOUT} must be a number of seconds > 0 and <= "
-                        f"{MAX_BUSY_TIMEOUT_S:.0f}, got {shown(text)}")
-    return value
+    return env_number(ENV_SQLITE_TIMEOUT, BUSY_TIMEOUT_S, lambda value: 0 < value <= MAX_BUSY_TIMEOUT_S,
+                      f"a number of seconds > 0 and <= {MAX_BUSY_TIMEOUT_S:.0f}")
 
 
 @dataclass(frozen=True)
