@@ -71,7 +71,7 @@ def speedup(model: str, data, train_options: dict, *, device=None, repetitions: 
 
     from mlprune.spec.steps import resolve_train
     from mlprune.training.batched import train_batched
-    from mlprune.training.loop import train
+    from mlprune.training.loop import Placement, train
 
     device = device or torch.device("cpu")
     options = resolve_train(train_options).options
@@ -86,7 +86,7 @@ def speedup(model: str, data, train_options: dict, *, device=None, repetitions: 
         _sync(device)
         started, cpu = time.perf_counter(), time.process_time()
         for m, mask, seed in zip(trained, own, seeds):
-            train(m, mask, data, options, seed=seed, device=device)
+            train(m, mask, data, options, seed=seed, on=Placement(device))
         _sync(device)
         return time.perf_counter() - started, time.process_time() - cpu, trained
 
@@ -104,7 +104,7 @@ def speedup(model: str, data, train_options: dict, *, device=None, repetitions: 
     warm.pop("epochs", None)
     warm_options = resolve_train(warm).options
     w_models, w_masks = fresh()
-    train(w_models[0], w_masks[0], data, warm_options, seed=0, device=device)
+    train(w_models[0], w_masks[0], data, warm_options, seed=0, on=Placement(device))
     train_batched(w_models, w_masks, data, warm_options, seeds=seeds, device=device)
     times = {"separate": [], "batched": []}
     cpu_times = {"separate": [], "batched": []}

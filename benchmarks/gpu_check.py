@@ -101,7 +101,7 @@ def mlprune_throughput(data, device, precision: str, iterations: int, batch: int
     """Images/s of mlprune's training loop (`training.loop.train`) on resident data."""
     from mlprune.models import build_model, prunable
     from mlprune.spec.steps import resolve_train
-    from mlprune.training.loop import train
+    from mlprune.training.loop import Placement, train
 
     import torch
 
@@ -113,7 +113,7 @@ def mlprune_throughput(data, device, precision: str, iterations: int, batch: int
     def run(steps):
         options = resolve_train({"steps": f"{steps}it", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
                                  "batch_size": batch, "precision": precision}).options
-        train(model, masks, data, options, seed=0, device=device)
+        train(model, masks, data, options, seed=0, on=Placement(device))
 
     if warmup:
         run(warmup)

@@ -23,6 +23,13 @@ class Workspace:
         self._templates: dict[str, torch.nn.Module] = {}
         self._groups: dict[str, list] = {}
 
+    @property
+    def placement(self):
+        """Where and how trainings compute here (`training.loop.Placement`)."""
+        from .training.loop import Placement
+
+        return Placement(self.device, self.channels_last, self.compile)
+
     @staticmethod
     def _data_options(root: dict, data_dir: str | None) -> tuple[dict, str]:
         from .models import model_input

@@ -28,7 +28,7 @@ from mlprune.models import MODELS, build_model, model_entry, model_input, prunab
 from mlprune.spec.steps import resolve_train
 from mlprune.training import OPTIMIZERS
 from mlprune.training.batched import BatchedNetwork, NotBatchable, train_batched
-from mlprune.training.loop import Diverged, train
+from mlprune.training.loop import Callbacks, Diverged, train
 
 WEIGHT_TOLERANCE = 5e-4
 LOSS_TOLERANCE = 1e-4
@@ -260,9 +260,10 @@ def test_checkpoints_and_epoch_callbacks_see_each_siblings_own_weights():
         on_epoch = [recorder(side, k, "epoch") for k in range(3)]
         if side == "alone":
             for k, m in enumerate(models):
-                train(m, masks[k], data, options, seed=k, checkpoints=checkpoints[k], on_epoch=on_epoch[k])
+                train(m, masks[k], data, options, seed=k, calls=Callbacks(on_epoch=on_epoch[k], checkpoints=checkpoints[k]))
         else:
-            train_batched(models, masks, data, options, seeds=[0, 1, 2], checkpoints=checkpoints, on_epoch=on_epoch)
+            train_batched(models, masks, data, options, seeds=[0, 1, 2],
+                          calls=Callbacks(on_epoch=on_epoch, checkpoints=checkpoints))
         results[side] = models
     for k in range(3):
         for what in ("10it", "1ep", "epoch"):
@@ -285,7 +286,7 @@ def test_a_sibling_whose_callback_fails_is_dropped_the_others_go_on():
 
     models = [copy.deepcopy(m) for m in built]
     masks = [random_masks(m, k, 1.0) for k, m in enumerate(models)]
-    outcomes = train_batched(models, masks, data, options, seeds=[0, 1, 2], on_epoch=[None, lose, None])
+    outcomes = train_batched(models, masks, data, options, seeds=[0, 1, 2], calls=Callbacks(on_epoch=[None, lose, None]))
     assert isinstance(outcomes[1], Lost)
     alone = copy.deepcopy(built[2])
     history = train(alone, random_masks(alone, 2, 1.0), data, options, seed=2)

@@ -14,7 +14,7 @@ from mlprune.data import load_data
 from mlprune.models import build_model, prunable
 from mlprune.recipes import compile_recipe
 from mlprune.spec.steps import resolve_train
-from mlprune.training.loop import timeline, train
+from mlprune.training.loop import Callbacks, timeline, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,9 +96,9 @@ def _train(stop_at=None, schedule_from=None, start=None, scope="layer", optimize
     if schedule_from:
         raw["schedule_from"] = schedule_from
     seen = {}
-    history = train(model, masks, data, resolve_train(raw).options, seed=0,
-                    checkpoints={17: lambda m, h: seen.update(state=copy.deepcopy(m.state_dict()),
-                                                               masks={k: v.clone() for k, v in masks.items()})})
+    history = train(model, masks, data, resolve_train(raw).options, seed=0, calls=Callbacks(
+        checkpoints={17: lambda m, h: seen.update(state=copy.deepcopy(m.state_dict()),
+                                                   masks={k: v.clone() for k, v in masks.items()})}))
     return model.state_dict(), masks, history, seen
 
 

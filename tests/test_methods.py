@@ -321,7 +321,7 @@ def digits():
 
 @pytest.mark.parametrize("kind", ["rigl", "set"])
 def test_sparse_training_keeps_each_layers_sparsity_exact_zeros_and_zero_regrown_weights(digits, kind):
-    from mlprune.training.loop import train
+    from mlprune.training.loop import Callbacks, train
 
     model, masks = _sparse_net()
     counts = {n: int(m.sum()) for n, m in masks.items()}
@@ -342,7 +342,8 @@ def test_sparse_training_keeps_each_layers_sparsity_exact_zeros_and_zero_regrown
                 previous[name] = mask.clone()
         return after
 
-    history = train(model, masks, digits, _train_options(kind), seed=0, checkpoints={i: check(i) for i in range(1, 24)})
+    history = train(model, masks, digits, _train_options(kind), seed=0,
+                    calls=Callbacks(checkpoints={i: check(i) for i in range(1, 24)}))
     assert seen["grown"] > 0 and seen["changed"] > 0
     assert history["sparse_updates"][-1][1] == 3                              # after 5, 10, 15 (end 20)
 

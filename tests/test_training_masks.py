@@ -30,7 +30,7 @@ def test_pruned_weights_stay_positive_zero_and_kept_ones_move(optimizer, extra):
     step = resolve_train({"epochs": 1, "optimizer": optimizer, "lr": 0.01, **extra}).options
     seen = []
     training.train(model, masks, data, step, seed=0,
-                   on_epoch=lambda epoch, m, history: seen.append(epoch))
+                   calls=training.Callbacks(on_epoch=lambda epoch, m, history: seen.append(epoch)))
     assert seen == [1]
     for name, mask in masks.items():
         w = params[name].detach()

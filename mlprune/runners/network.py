@@ -212,14 +212,13 @@ def finish_train(ctx: StepContext, job: TrainJob, history: dict) -> Tensors:
 
 
 def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
-    from ..training.loop import train
+    from ..training.loop import Callbacks, train
 
     job = prepare_train(ctx, tensors, options)
     # resumable checkpoints (and the one this training resumes from); ctx.history is the node's so far
     resumable = ctx.checkpointing.training(ctx.index, ctx.history) if ctx.checkpointing is not None else None
-    history = train(job.model, job.masks, ctx.data, options, seed=job.seed, device=ctx.workspace.device,
-                    progress=job.progress, on_epoch=job.on_epoch, checkpoints=job.checkpoints,
-                    channels_last=ctx.workspace.channels_last, compile=ctx.workspace.compile, resumable=resumable)
+    history = train(job.model, job.masks, ctx.data, options, seed=job.seed, on=ctx.workspace.placement,
+                    calls=Callbacks(job.progress, job.on_epoch, job.checkpoints), resumable=resumable)
     return finish_train(ctx, job, history)
 
 

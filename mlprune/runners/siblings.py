@@ -94,6 +94,7 @@ def _train(prepared: list[_Prepared], workspace, progress) -> list:
     """Per sibling its training history or exception: one batched training, or one after the other when
     the siblings cannot be batched after all."""
     from ..training.batched import NotBatchable, train_batched
+    from ..training.loop import Callbacks
 
     first = prepared[0]
     data = first.ctx.data
@@ -107,9 +108,9 @@ def _train(prepared: list[_Prepared], workspace, progress) -> list:
             raise NotBatchable("the siblings' data or train options differ")
         return train_batched([p.job.model for p in prepared], [p.job.masks for p in prepared], data, first.options,
                              seeds=[p.job.seed for p in prepared], device=workspace.device,
-                             progress=report if progress is not None else None,
-                             on_epoch=[p.job.on_epoch for p in prepared],
-                             checkpoints=[p.job.checkpoints for p in prepared])
+                             calls=Callbacks(report if progress is not None else None,
+                                             [p.job.on_epoch for p in prepared],
+                                             [p.job.checkpoints for p in prepared]))
     except NotBatchable as why:
         if progress is not None:
             progress(f"not batched ({why}): training {len(prepared)} siblings one after the other")
@@ -117,13 +118,12 @@ def _train(prepared: list[_Prepared], workspace, progress) -> list:
 
 
 def _train_alone(item: _Prepared, workspace):
-    from ..training.loop import train
+    from ..training.loop import Callbacks, train
 
     job = item.job
     try:
-        return train(job.model, job.masks, item.ctx.data, item.options, seed=job.seed, device=workspace.device,
-                     progress=job.progress, on_epoch=job.on_epoch, checkpoints=job.checkpoints,
-                     channels_last=workspace.channels_last, compile=workspace.compile)
+        return train(job.model, job.masks, item.ctx.data, item.options, seed=job.seed, on=workspace.placement,
+                     calls=Callbacks(job.progress, job.on_epoch, job.checkpoints))
     except Exception as error:  # noqa: BLE001 -- that sibling's state fails, the others go on
         return error
 

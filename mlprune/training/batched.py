@@ -38,7 +38,8 @@ from ..names import (M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS, M_LR, M_TRAIN_ACC
                      M_VAL_LOSS)
 from . import OPTIMIZERS, UNBATCHABLE_PRECISIONS, UNBATCHED_OPTIONS
 from .interrupt import interrupted, stop_requested
-from .loop import Diverged, autocast_for, gradual_masks, handle_divergence, step_seed, timeline
+from .gradual import gradual_masks
+from .loop import Callbacks, Diverged, autocast_for, handle_divergence, step_seed, timeline
 from .stacked import BatchedNetwork, NotBatchable
 
 __all__ = ["NotBatchable", "BatchedNetwork", "train_batched", "evaluate_batched"]
@@ -80,7 +81,7 @@ def _enforce(net: BatchedNetwork, kept: dict, optimizer=None) -> dict[str, torch
 
 
 class _Gradual:
-    """Gradual magnitude pruning of each sibling (`loop.GradualPruning`, one sibling at a time)."""
+    """Gradual magnitude pruning of each sibling (`gradual.GradualPruning`, one sibling at a time)."""
 
     def __init__(self, net: BatchedNetwork, masks: list[dict], line, optimizer, kinds: dict):
         self.net, self.masks, self.line, self.optimizer = net, masks, line, optimizer
@@ -134,17 +135,16 @@ def evaluate_batched(net: BatchedNetwork, batches, device: torch.device) -> list
 # ---- the loop ----------------------------------------------------------------------------------------
 
 def train_batched(models: list[nn.Module], masks: list[dict], data, options: dict, *, seeds: list[int],
-                  device: torch.device | None = None, progress=None, on_epoch=None, checkpoints=None) -> list:
+                  device: torch.device | None = None, calls: Callbacks | None = None) -> list:
     """Train the sibling `models` in place as `training.loop.train` trains each alone (``seeds``: each one's
     data-order seed; `masks`: each one's, updated in place by gradual pruning).
 
     Returns per sibling its history (as `train` returns it) or the exception that ended its training:
-    `Diverged`, or one its own callbacks raised (a lost claim). ``on_epoch[k](epoch, model, history)``
-    and ``checkpoints[k] = {iteration: fn(model, history)}`` are sibling k's, called with its own
-    module holding its weights at that point; ``progress(epoch, epochs, [mean train loss])``.
+    `Diverged`, or one its own callbacks raised (a lost claim). ``calls`` (`loop.Callbacks`): its
+    ``on_epoch[k](epoch, model, history)`` and ``checkpoints[k] = {iteration: fn(model, history)}`` are
+    sibling k's, called with its own module holding its weights at that point; ``progress(epoch, epochs,
+    [mean train loss])``.
     """
-    from ..models import prunable
-
     torch.set_flush_denormal(True)  # as the loop: denormals make CPU SGD ~2.5x slower
     n = len(models)
     if not (len(masks) == len(seeds) == n):
@@ -155,153 +155,197 @@ def train_batched(models: list[nn.Module], masks: list[dict], data, options: dic
     unbatched = [option for option in UNBATCHED_OPTIONS if options.get(option)]
     if unbatched:
         raise NotBatchable(f"train option {unbatched[0]} is not batched (its callbacks act on one network)")
-    device = device or torch.device("cpu")
-    batch_size = options["batch_size"]
-    line = timeline(options, data.batches_per_epoch(batch_size))
-    net = BatchedNetwork(models, device)
-    optimizer = OPTIMIZERS[options["optimizer"]].load()(list(net.params.values()), options)
-    keeps = _enforce(net, _stacked_masks(net, masks))
-    smoothing = options.get("label_smoothing", 0.0)
-    histories = [{M_TRAIN_LOSS: [], M_TRAIN_ACCURACY: [], M_LR: [], M_EPOCH_TEST_LOSS: [], M_EPOCH_TEST_ACCURACY: []}
-                 for _ in range(n)]
-    has_val = data.val_batches(batch_size) is not None
-    if has_val:
-        for history in histories:
-            history.update({M_VAL_LOSS: [], M_VAL_ACCURACY: []})
-    own_checkpoints = [dict(c or {}) for c in (checkpoints or [None] * n)]
-    at = set().union(*own_checkpoints)
-    gradual = _Gradual(net, masks, line, optimizer, prunable(models[0])) if line.gradual else None
-    active = [True] * n
-    outcome: list = [None] * n     # a sibling that stopped: its history or its exception
-    stopped = [line.start] * n     # where each stopped
-    if gradual is not None:
-        for history in histories:
-            history[names.M_TRAIN_SPARSITY] = []
-        if line.start in gradual.steps:
-            keeps = gradual.prune(line.start, active)
+    batch = _Batch(models, masks, data, options, seeds, device or torch.device("cpu"), calls or Callbacks())
+    with torch.random.fork_rng(devices=[batch.device] if batch.device.type == "cuda" else [],
+                               enabled=batch.net.dropouts):
+        while batch.i < batch.line.stop and any(batch.active):
+            sums = batch.epoch()
+            if not batch.epoch_end(*sums):
+                break
+    return batch.outcomes()
 
-    def call(k, fn, *args):
-        """Sibling k's callback; what it raises ends that sibling only."""
+
+class _Batch:
+    """One batched training under way: the siblings' stacked network, optimizer and masks, each sibling's
+    history, callbacks and whether it is still training."""
+
+    def __init__(self, models, masks, data, options, seeds, device, calls: Callbacks):
+        from ..models import prunable
+
+        n = len(models)
+        self.models, self.masks, self.data, self.options, self.seeds, self.device = \
+            models, masks, data, options, seeds, device
+        self.n, self.precision, self.batch_size = n, options.get("precision", "fp32"), options["batch_size"]
+        self.line = timeline(options, data.batches_per_epoch(self.batch_size))
+        self.net = BatchedNetwork(models, device)
+        self.optimizer = OPTIMIZERS[options["optimizer"]].load()(list(self.net.params.values()), options)
+        self.keeps = _enforce(self.net, _stacked_masks(self.net, masks))
+        self.histories = [{M_TRAIN_LOSS: [], M_TRAIN_ACCURACY: [], M_LR: [], M_EPOCH_TEST_LOSS: [],
+                           M_EPOCH_TEST_ACCURACY: []} for _ in range(n)]
+        self.has_val = data.val_batches(self.batch_size) is not None
+        if self.has_val:
+            for history in self.histories:
+                history.update({M_VAL_LOSS: [], M_VAL_ACCURACY: []})
+        self.progress, self.on_epoch = calls.progress, calls.on_epoch
+        self.checkpoints = [dict(c or {}) for c in (calls.checkpoints or [None] * n)]
+        self.at = set().union(*self.checkpoints)
+        self.gradual = _Gradual(self.net, masks, self.line, self.optimizer, prunable(models[0])) \
+            if self.line.gradual else None
+        self.active = [True] * n
+        self.outcome: list = [None] * n          # a sibling that stopped: its history or its exception
+        self.stopped = [self.line.start] * n     # where each stopped
+        self.i = self.line.start
+        if self.gradual is not None:
+            for history in self.histories:
+                history[names.M_TRAIN_SPARSITY] = []
+            if self.line.start in self.gradual.steps:
+                self.keeps = self.gradual.prune(self.line.start, self.active)
+
+    # ---- a sibling's own end -------------------------------------------------------------------------
+    def call(self, k, fn, *args):
+        """Sibling k's callback, given its own module holding its weights; what it raises ends that sibling
+        only (e.g. ClaimLost: that sibling is discarded, not the batch)."""
+        self.net.copy_into(k, self.models[k])
         try:
             fn(*args)
-        except Exception as error:  # noqa: BLE001 -- e.g. ClaimLost: that sibling is discarded, not the batch
-            stop(k, error)
+        except Exception as error:  # noqa: BLE001 -- that sibling's end, not the batch's
+            self.stop(k, error)
 
-    def stop(k, result):
-        net.copy_into(k, models[k])
-        active[k], outcome[k], stopped[k] = False, result, i
+    def stop(self, k, result):
+        self.net.copy_into(k, self.models[k])
+        self.active[k], self.outcome[k], self.stopped[k] = False, result, self.i
 
-    def diverge(k, what, epoch):
+    def diverge(self, k, what, epoch):
         try:
-            handle_divergence(histories[k], options, what, epoch)
+            handle_divergence(self.histories[k], self.options, what, epoch)
         except Diverged as error:
-            stop(k, error)
+            self.stop(k, error)
             return
-        stop(k, histories[k])
+        self.stop(k, self.histories[k])
 
-    base_lr = options["lr"]
-    i = line.start
-    non_blocking = device.type == "cuda"
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=net.dropouts):
-        while i < line.stop and any(active):
-            epoch, first = divmod(i, line.per_epoch)
-            due = []
-            net.train()
-            total = torch.zeros(n, dtype=torch.float64, device=device)
-            hits = torch.zeros(n, dtype=torch.int64, device=device)
-            count = 0
-            lr = base_lr
-            orders = [data.train_batches(batch_size, seed=s, epoch=epoch, skip=first) for s in seeds]
-            for batches in zip(*orders):
-                if stop_requested():  # batches store no resumable checkpoint: their claims end KILLED
-                    raise interrupted()
-                lr = line.lr(base_lr, i)
-                if net.dropouts:
-                    net.seed_step([step_seed(s, i) for s in seeds])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = torch.stack([b[0].to(device, non_blocking=non_blocking) for b in batches])
-                y = torch.stack([b[1].to(device, non_blocking=non_blocking) for b in batches])
-                optimizer.zero_grad(set_to_none=True)
-                with autocast_for(device, precision):
-                    logits = net(x)
-                    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none",
-                                             label_smoothing=smoothing).view(n, -1).mean(dim=1)
-                losses.sum().backward()
-                with torch.no_grad():
-                    for name, keep in keeps.items():
-                        grad = net.params[name].grad
-                        if grad is not None:
-                            grad.mul_(keep)
-                    optimizer.step()
-                    for name, keep in keeps.items():
-                        net.params[name].mul_(keep)
-                    total += losses.detach().double() * y.shape[1]
-                    hits += (logits.detach().argmax(dim=-1) == y).sum(dim=1)
-                count += y.shape[1]
-                i += 1
-                if gradual is not None and i in gradual.steps:
-                    keeps = gradual.prune(i, active)
-                if i in at:
-                    if i % line.per_epoch == 0 or i == line.stop:
-                        due.append(i)
-                    else:
-                        for k in range(n):
-                            if active[k] and i in own_checkpoints[k]:
-                                net.copy_into(k, models[k])
-                                call(k, own_checkpoints[k][i], models[k], histories[k])
-                if i >= line.stop:
-                    break
-            means = [value / max(count, 1) for value in total.tolist()]
-            accuracy = [value / max(count, 1) for value in hits.tolist()]
-            done_epoch = -(-i // line.per_epoch)
-            bad = net.non_finite_parameters() if options.get("on_divergence") == "record" else [None] * n
-            for k in range(n):
-                if not active[k]:
-                    continue
-                if not math.isfinite(means[k]) or bad[k]:
-                    diverge(k, f"the mean train loss of epoch {done_epoch} is {means[k]}", done_epoch)
-                    continue
-                history = histories[k]
-                history[M_TRAIN_LOSS].append((done_epoch, means[k]))
-                history[M_TRAIN_ACCURACY].append((done_epoch, accuracy[k]))
-                history[M_LR].append((done_epoch, lr))
-                if gradual is not None:
-                    history[names.M_TRAIN_SPARSITY].append((done_epoch, gradual.sparsity(k)))
-            if not any(active):
+    # ---- an epoch --------------------------------------------------------------------------------------
+    def epoch(self) -> tuple:
+        """The batched steps of one epoch from iteration `i`: (per sibling its loss sum, its hits, the
+        examples each saw, the last lr, the emitted checkpoints due at the epoch's end)."""
+        net, line, device, n = self.net, self.line, self.device, self.n
+        non_blocking = device.type == "cuda"
+        epoch, first = divmod(self.i, line.per_epoch)
+        due = []
+        net.train()
+        total = torch.zeros(n, dtype=torch.float64, device=device)
+        hits = torch.zeros(n, dtype=torch.int64, device=device)
+        count = 0
+        lr = self.options["lr"]
+        orders = [self.data.train_batches(self.batch_size, seed=s, epoch=epoch, skip=first) for s in self.seeds]
+        for batches in zip(*orders):
+            if stop_requested():  # batches store no resumable checkpoint: their claims end KILLED
+                raise interrupted()
+            lr = line.lr(self.options["lr"], self.i)
+            x = torch.stack([b[0].to(device, non_blocking=non_blocking) for b in batches])
+            y = torch.stack([b[1].to(device, non_blocking=non_blocking) for b in batches])
+            losses, logits = self.step(lr, x, y)
+            with torch.no_grad():
+                total += losses.detach().double() * y.shape[1]
+                hits += (logits.detach().argmax(dim=-1) == y).sum(dim=1)
+            count += y.shape[1]
+            self.i += 1
+            i = self.i
+            if self.gradual is not None and i in self.gradual.steps:
+                self.keeps = self.gradual.prune(i, self.active)
+            if i in self.at:
+                if i % line.per_epoch == 0 or i == line.stop:
+                    due.append(i)
+                else:
+                    self.emit(i)
+            if i >= line.stop:
                 break
-            if has_val:
-                for k, (loss, acc) in enumerate(evaluate_batched(net, data.val_batches(256), device)):
-                    if active[k]:
-                        histories[k][M_VAL_LOSS].append((done_epoch, loss))
-                        histories[k][M_VAL_ACCURACY].append((done_epoch, acc))
-            for k, (loss, acc) in enumerate(evaluate_batched(net, data.test_batches(256), device)):
-                if active[k]:
-                    histories[k][M_EPOCH_TEST_LOSS].append((done_epoch, loss))
-                    histories[k][M_EPOCH_TEST_ACCURACY].append((done_epoch, acc))
-            if progress is not None:
-                progress(done_epoch, -(-line.stop // line.per_epoch), [m for m, a in zip(means, active) if a])
-            for point in due:
-                for k in range(n):
-                    if active[k] and point in own_checkpoints[k]:
-                        net.copy_into(k, models[k])
-                        call(k, own_checkpoints[k][point], models[k], histories[k])
-            if on_epoch is not None:
-                for k in range(n):
-                    if active[k] and on_epoch[k] is not None:
-                        net.copy_into(k, models[k])
-                        call(k, on_epoch[k], done_epoch, models[k], histories[k])
-    bad = net.non_finite_parameters()
-    for k in range(n):
-        if active[k]:
-            stop(k, histories[k])
-            if bad[k] and "diverged" not in histories[k]:
-                try:
-                    handle_divergence(histories[k], options, f"parameter {bad[k]!r} has non-finite values after "
-                                      f"{i} iterations", -(-i // line.per_epoch))
-                except Diverged as error:
-                    outcome[k] = error
-    for k in range(n):
-        if isinstance(outcome[k], dict):
-            outcome[k]["iterations"] = stopped[k] - line.start
-    return outcome
+        return total, hits, count, lr, due
+
+    def step(self, lr: float, x: torch.Tensor, y: torch.Tensor):
+        """One optimizer step of every sibling on its batch, masks enforced: (per sibling loss, logits)."""
+        net, n = self.net, self.n
+        if net.dropouts:
+            net.seed_step([step_seed(s, self.i) for s in self.seeds])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_for(self.device, self.precision):
+            logits = net(x)
+            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none",
+                                     label_smoothing=self.options.get("label_smoothing", 0.0)).view(n, -1).mean(dim=1)
+        losses.sum().backward()
+        with torch.no_grad():
+            for name, keep in self.keeps.items():
+                grad = net.params[name].grad
+                if grad is not None:
+                    grad.mul_(keep)
+            self.optimizer.step()
+            for name, keep in self.keeps.items():
+                net.params[name].mul_(keep)
+        return losses, logits
+
+    def emit(self, point: int) -> None:
+        """The checkpoints emitted after `point` iterations, of every sibling still training."""
+        for k in range(self.n):
+            if self.active[k] and point in self.checkpoints[k]:
+                self.call(k, self.checkpoints[k][point], self.models[k], self.histories[k])
+
+    def epoch_end(self, total, hits, count, lr, due) -> bool:
+        """Each sibling's history of the epoch that ended (or its divergence), the evaluations, the due
+        checkpoints and heartbeats; False once no sibling is training."""
+        line, n = self.line, self.n
+        means = [value / max(count, 1) for value in total.tolist()]
+        accuracy = [value / max(count, 1) for value in hits.tolist()]
+        done_epoch = -(-self.i // line.per_epoch)
+        bad = self.net.non_finite_parameters() if self.options.get("on_divergence") == "record" else [None] * n
+        for k in range(n):
+            if not self.active[k]:
+                continue
+            if not math.isfinite(means[k]) or bad[k]:
+                self.diverge(k, f"the mean train loss of epoch {done_epoch} is {means[k]}", done_epoch)
+                continue
+            history = self.histories[k]
+            history[M_TRAIN_LOSS].append((done_epoch, means[k]))
+            history[M_TRAIN_ACCURACY].append((done_epoch, accuracy[k]))
+            history[M_LR].append((done_epoch, lr))
+            if self.gradual is not None:
+                history[names.M_TRAIN_SPARSITY].append((done_epoch, self.gradual.sparsity(k)))
+        if not any(self.active):
+            return False
+        if self.has_val:
+            self.record(evaluate_batched(self.net, self.data.val_batches(256), self.device), done_epoch,
+                        M_VAL_LOSS, M_VAL_ACCURACY)
+        self.record(evaluate_batched(self.net, self.data.test_batches(256), self.device), done_epoch,
+                    M_EPOCH_TEST_LOSS, M_EPOCH_TEST_ACCURACY)
+        if self.progress is not None:
+            self.progress(done_epoch, -(-line.stop // line.per_epoch), [m for m, a in zip(means, self.active) if a])
+        for point in due:
+            self.emit(point)
+        if self.on_epoch is not None:
+            for k in range(n):
+                if self.active[k] and self.on_epoch[k] is not None:
+                    self.call(k, self.on_epoch[k], done_epoch, self.models[k], self.histories[k])
+        return True
+
+    def record(self, results: list, epoch: int, loss_name: str, accuracy_name: str) -> None:
+        for k, (loss, acc) in enumerate(results):
+            if self.active[k]:
+                self.histories[k][loss_name].append((epoch, loss))
+                self.histories[k][accuracy_name].append((epoch, acc))
+
+    def outcomes(self) -> list:
+        """Per sibling its history (its ``iterations`` run) or the exception that ended its training."""
+        bad = self.net.non_finite_parameters()
+        for k in range(self.n):
+            if self.active[k]:
+                self.stop(k, self.histories[k])
+                if bad[k] and "diverged" not in self.histories[k]:
+                    try:
+                        handle_divergence(self.histories[k], self.options, f"parameter {bad[k]!r} has non-finite "
+                                          f"values after {self.i} iterations", -(-self.i // self.line.per_epoch))
+                    except Diverged as error:
+                        self.outcome[k] = error
+        for k in range(self.n):
+            if isinstance(self.outcome[k], dict):
+                self.outcome[k]["iterations"] = self.stopped[k] - self.line.start
+        return self.outcome

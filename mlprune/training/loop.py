@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -45,6 +46,7 @@ from ..names import (M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS, M_LR, M_TRAIN_ACC
 from ..spec.times import parse_time
 from ..spec.steps import TRAIN_SCHEMA
 from . import OPTIMIZERS, SCHEDULES, SPARSITY_SCHEDULES, schedule_of
+from .gradual import GradualPruning, apply_masks, masked_parameters
 from .schedules import lr_factor, pruning_steps, target_sparsity
 from .sparse import sparse_timeline, step_callbacks
 
@@ -109,79 +111,6 @@ def timeline(options: dict, per_epoch: int) -> Timeline:
     return Timeline(per_epoch, total, start, stop, warmup, schedule, gradual, sparse_timeline(options, per_epoch, total))
 
 
-# magnitude is what Zhu & Gupta's gradual pruning ranks by
-GRADUAL_METHOD = "l1_unstructured"
-
-
-def gradual_masks(weights: dict, current: dict, kinds: dict, target: float, scope: str) -> dict:
-    """The masks (CPU) of gradual pruning's step to sparsity `target`: the smallest-magnitude remaining
-    weights go, per layer or over all layers (`scope` global); `weights` and `current` on the CPU."""
-    from ..pruning.masks import compute_mask, prune_masks
-
-    new = dict(current)
-    if scope == "global":
-        total = sum(m.numel() for m in current.values())
-        k = sum(int(m.sum()) for m in current.values()) - (total - round(target * total))
-        if k > 0:
-            new = prune_masks(weights, current, kinds, {"method": GRADUAL_METHOD, "amount": k, "scope": "global"},
-                              generator=None)
-    else:
-        for name, mask in current.items():
-            k = int(mask.sum()) - (mask.numel() - round(target * mask.numel()))
-            if k > 0:
-                new[name] = compute_mask(GRADUAL_METHOD, weights[name], k, mask)
-    return new
-
-
-class GradualPruning:
-    """Brings `masks` (updated in place) to the timeline's sparsity at its pruning steps."""
-
-    def __init__(self, model: nn.Module, masks: dict, line: Timeline, optimizer):
-        from ..models import prunable
-
-        self.model, self.masks, self.line, self.optimizer = model, masks, line, optimizer
-        self.kinds = {name: kind for name, kind in prunable(model).items() if name in masks}
-        self.steps = set(line.gradual["steps"])
-
-    def prune(self, i: int, keeps: list) -> None:
-        params = dict(self.model.named_parameters())
-        # only prunable weights: masks of removed channels' biases / BatchNorm entries ride along unchanged
-        weights = {name: params[name].detach().to("cpu") for name in self.kinds}
-        current = {name: self.masks[name].to("cpu") for name in self.kinds}
-        new = gradual_masks(weights, current, self.kinds, self.line.sparsity(i), self.line.gradual["scope"])
-        for name, mask in new.items():
-            self.masks[name] = mask.to(params[name].device)
-        pairs = masked_parameters(self.model, self.masks)
-        apply_masks(pairs)
-        # a newly pruned weight forgets its momentum / Adam moments: it stays exactly +0.0 from here on
-        with torch.no_grad():
-            for param, pruned in pairs:
-                for value in self.optimizer.state.get(param, {}).values():
-                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                        value.masked_fill_(pruned, 0.0)
-        keeps[:] = [(param, (~pruned).to(param.dtype)) for param, pruned in pairs]
-
-    def sparsity(self) -> float:
-        total = sum(self.masks[name].numel() for name in self.kinds)
-        return (total - sum(int(self.masks[name].sum()) for name in self.kinds)) / total if total else 0.0
-
-
-def masked_parameters(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(parameter, pruned-entries) pairs for every masked parameter of the model."""
-    params = dict(model.named_parameters())
-    missing = set(masks) - set(params)
-    if missing:
-        raise SpecError(f"mask for {sorted(missing)[0]!r} has no parameter in the model")
-    return [(params[name], ~mask.to(device=params[name].device, dtype=torch.bool))
-            for name, mask in masks.items() if not bool(mask.all())]
-
-
-@torch.no_grad()
-def apply_masks(pairs) -> None:
-    for param, pruned in pairs:
-        param.masked_fill_(pruned, 0.0)
-
-
 def autocast_for(device: torch.device, precision: str):
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
@@ -189,19 +118,38 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class Callbacks:
+    """What a training calls on its way, each optional. ``progress(epoch, epochs, mean train loss)``;
+    ``on_epoch(epoch, model, history)`` at each epoch's end (heartbeats); ``checkpoints``: {iteration:
+    fn(model, history so far)} called right after that many steps of the schedule (at an epoch's end,
+    after its history is recorded). `training.batched` takes the same with ``on_epoch`` and
+    ``checkpoints`` per sibling (lists) and ``progress`` given every sibling's mean loss."""
+
+    progress: Callable | None = None
+    on_epoch: Callable | list | None = None
+    checkpoints: dict | list | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how the network computes (run options): its device, the channels_last memory format,
+    ``torch.compile``."""
+
+    device: torch.device | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+
 def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict, *, seed: int,
-          device: torch.device | None = None, progress=None, on_epoch=None, checkpoints=None,
-          channels_last: bool = False, compile: bool = False, resumable=None) -> dict:
+          on: Placement | None = None, calls: Callbacks | None = None, resumable=None) -> dict:
     """Train `model` in place as the resolved train step `options` says; returns per-epoch histories.
 
-    ``channels_last`` / ``compile`` (run options): train in the channels_last memory format / through
-    ``torch.compile``; the model's own parameters are trained either way (its state_dict keeps its names).
-
-    ``seed``: the data-order seed. ``on_epoch(epoch, model, history)`` is called at each epoch end
-    (heartbeats); ``checkpoints``: {iteration: fn(model, history so far)} called right after that many
-    steps of the schedule (at an epoch's end, after its history is recorded). Histories are
-    ``{name: [(epoch, value)]}`` with epochs counted on the whole schedule (a resumed training
-    continues the numbering), plus ``iterations``: steps run.
+    ``seed``: the data-order seed. ``on`` (`Placement`): the device (default the CPU), and whether to train
+    in the channels_last memory format / through ``torch.compile``; the model's own parameters are trained
+    either way (its state_dict keeps its names). ``calls`` (`Callbacks`): progress, heartbeats, emitted
+    checkpoints. Histories are ``{name: [(epoch, value)]}`` with epochs counted on the whole schedule (a
+    resumed training continues the numbering), plus ``iterations``: steps run.
 
     ``resumable`` (`training.checkpoint.TrainingHooks`): the training starts from its checkpoint when
     it has one, stores resumable checkpoints at its cadence, and on a stop request
@@ -210,7 +158,8 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     # Denormal floats make plain SGD on the CPU ~2.5x slower; flushing them is deterministic
     # and numerically negligible. (torch cannot report the previous setting, so it stays on.)
     torch.set_flush_denormal(True)
-    device = device or torch.device("cpu")
+    on, calls = on or Placement(), calls or Callbacks()
+    device = on.device or torch.device("cpu")
     batch_size = options["batch_size"]
     line = timeline(options, data.batches_per_epoch(batch_size))
     resume = resumable.resume if resumable is not None else None
@@ -225,9 +174,9 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     apply_masks(pairs)
     keeps = [(param, (~pruned).to(param.dtype)) for param, pruned in pairs]  # 1.0 = kept, 0.0 = pruned
     optimizer = OPTIMIZERS[options["optimizer"]].load()(model.parameters(), options)
-    if channels_last:
+    if on.channels_last:
         model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if compile else model
+    forward = torch.compile(model) if on.compile else model
     precision = options.get("precision", "fp32")
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=options.get("label_smoothing", 0.0))
@@ -236,7 +185,6 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     has_val = data.val_batches(batch_size) is not None
     if has_val:
         history.update({M_VAL_LOSS: [], M_VAL_ACCURACY: []})
-    checkpoints = dict(checkpoints or {})
     gradual = GradualPruning(model, masks, line, optimizer) if line.gradual else None
     callbacks = step_callbacks(model, masks, options, line, seed, optimizer)
     for callback in callbacks:
@@ -252,20 +200,19 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
         history = {name: list(values) for name, values in resume.history.items()}
     if resumable is not None:
         resumable.begin(line.per_epoch, model=model, masks=masks, optimizer=optimizer, scaler=scaler, history=history)
-    base_lr = options["lr"]
-    i = line.start
-    non_blocking = device.type == "cuda"
     # Dropout draws from the global RNG: seeded per step from (seed, step), a training does not depend on
     # what ran before it in the process, and a resumed one draws what the full one drew.
     rng_steps = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+    run = _Training(model, forward, data, options, line, seed, device, on.channels_last, precision, scaler, loss_fn,
+                    optimizer, keeps, history, dict(calls.checkpoints or {}), calls, has_val, rng_steps, gradual,
+                    resumable, callbacks)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=rng_steps):
-        i = _run(model, forward, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps,
-                 history, checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, channels_last,
-                 gradual, resumable, callbacks)
+        i = _run(run)
+    history = run.history
     bad = non_finite_parameter(model)
     if bad and "diverged" not in history:
         handle_divergence(history, options, f"parameter {bad!r} has non-finite values after {i} iterations",
-                  -(-i // line.per_epoch))
+                          -(-i // line.per_epoch))
     history["iterations"] = i - line.start
     return history
 
@@ -282,114 +229,175 @@ def step_seed(seed: int, i: int) -> int:
     return (seed * 2654435761 + i * 40503 + 12345) & ((1 << 63) - 1)
 
 
-def _run(model, forward, data, options, line, seed, device, precision, scaler, loss_fn, optimizer, keeps, history,
-         checkpoints, has_val, base_lr, non_blocking, rng_steps, progress, on_epoch, channels_last,
-         gradual=None, resumable=None, callbacks=()) -> int:
-    batch_size = options["batch_size"]
-    i = line.start
+@dataclass
+class _Training:
+    """One training under way: what its loop (`_run`, `_epoch`, `_epoch_end`) reads and updates."""
+
+    model: nn.Module
+    forward: Callable              # the model, or its torch.compile'd forward
+    data: object
+    options: dict
+    line: Timeline
+    seed: int
+    device: torch.device
+    channels_last: bool
+    precision: str
+    scaler: object                 # fp16's GradScaler, else None
+    loss_fn: Callable
+    optimizer: object
+    keeps: list                    # [(parameter, 0/1 float mask)] of every masked parameter
+    history: dict
+    checkpoints: dict              # {iteration: fn(model, history)}
+    calls: Callbacks
+    has_val: bool
+    rng_steps: bool                # dropout: the global RNG seeded per step
+    gradual: GradualPruning | None
+    resumable: object              # training.checkpoint.TrainingHooks or None
+    callbacks: list                # `sparse.step_callbacks`: after each backward pass and optimizer step
+
+    @property
+    def fail_fast(self) -> int:
+        """Every how many iterations a failing divergence check looks at the loss (0: per epoch only)."""
+        # every iteration's loss (every 25th off the CPU: each look waits for the device); recorded divergence
+        # and fp16 (whose scaler skips non-finite steps) are judged per epoch (`_epoch_end`)
+        if self.scaler is not None or self.options.get("on_divergence") == "record":
+            return 0
+        return 1 if self.device.type == "cpu" else 25
+
+    @property
+    def base_lr(self) -> float:
+        return self.options["lr"]
+
+
+def _run(t: _Training) -> int:
+    """Train from the timeline's start (or the checkpoint resumed from) to its stop; the iteration reached."""
+    i = t.line.start
     sums = None  # a resumed training's epoch in progress: (loss sum, hits, count, lr)
-    if resumable is not None and resumable.resume is not None:
+    if t.resumable is not None and t.resumable.resume is not None:
         from .checkpoint import restored_sums
 
-        i, sums = resumable.resume.iteration, restored_sums(resumable.resume, device)
-    # a failing divergence check looks at every iteration's loss (every 25th off the CPU: each look waits for the
-    # device); recorded divergence and fp16 (whose scaler skips non-finite steps) are judged per epoch below
-    fail_fast = 0 if scaler is not None or options.get("on_divergence") == "record" else \
-        (1 if device.type == "cpu" else 25)
-    while i < line.stop:
-        epoch, first = divmod(i, line.per_epoch)
-        due = []
-        model.train()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        hits = torch.zeros((), dtype=torch.int64, device=device)  # train accuracy: the batches as trained on
-        count = 0
-        lr = base_lr
-        if sums is not None:
-            (total, hits, count, lr), sums = sums, None
-        for x, y in data.train_batches(batch_size, seed=seed, epoch=epoch, skip=first):
-            lr = line.lr(base_lr, i)
-            if rng_steps:
-                torch.manual_seed(step_seed(seed, i))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_for(device, precision):
-                logits = forward(x)
-                loss = loss_fn(logits, y)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            for callback in callbacks:
-                callback.after_backward(i)
-            with torch.no_grad():
-                for param, keep in keeps:
-                    if param.grad is not None:
-                        param.grad.mul_(keep)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                for param, keep in keeps:
-                    param.mul_(keep)
-                total += loss.detach().double() * len(y)
-                hits += (logits.detach().argmax(dim=1) == y).sum()
-            count += len(y)
-            i += 1
-            if fail_fast and i % fail_fast == 0 and not bool(torch.isfinite(loss)):  # diverged: stop right here
-                handle_divergence(history, options, f"the train loss of iteration {i} is {float(loss.detach())}",
-                                  -(-i // line.per_epoch))
-            if gradual is not None and i in gradual.steps:
-                gradual.prune(i, keeps)
-            for callback in callbacks:
-                callback.after_step(i, keeps)
-            if i in checkpoints:
-                if i % line.per_epoch == 0 or i == line.stop:
-                    due.append(i)  # at an epoch's end: after its history is recorded
-                else:
-                    checkpoints[i](model, history)
-            # a resumable checkpoint inside an epoch (at its end: below, once its history is recorded);
-            # states emitted at i are stored above, before it
-            if resumable is not None and i % line.per_epoch and i < line.stop and resumable.due(i):
-                resumable.save(i, (total, hits, count, lr))
-            if i >= line.stop:
-                break
-        mean = float(total) / max(count, 1)
-        done_epoch = -(-i // line.per_epoch)  # the epoch this piece ended in, counted from 1
-        if (not math.isfinite(mean) and scaler is None) or (options.get("on_divergence") == "record"
-                                                            and non_finite_parameter(model)):
-            handle_divergence(history, options, f"the mean train loss of epoch {done_epoch} is {mean}", done_epoch)
-            return i
-        history[M_TRAIN_LOSS].append((done_epoch, mean))
-        history[M_TRAIN_ACCURACY].append((done_epoch, int(hits) / max(count, 1)))
-        history[M_LR].append((done_epoch, lr))
-        if gradual is not None:
-            history[names.M_TRAIN_SPARSITY].append((done_epoch, gradual.sparsity()))
-        for callback in callbacks:
-            for name, value in callback.record(i).items():
-                history[name].append((done_epoch, value))
-        if has_val:
-            val_loss, val_accuracy = evaluate(model, data.val_batches(256), device=device)
-            history[M_VAL_LOSS].append((done_epoch, val_loss))
-            history[M_VAL_ACCURACY].append((done_epoch, val_accuracy))
-        # the learning curve on the test set: one forward pass over it per epoch (OpenLTH does the same);
-        # eval mode draws no random numbers and updates no statistics, so training is unchanged
-        test_loss, test_accuracy = evaluate(model, data.test_batches(256), device=device)
-        history[M_EPOCH_TEST_LOSS].append((done_epoch, test_loss))
-        history[M_EPOCH_TEST_ACCURACY].append((done_epoch, test_accuracy))
-        if progress is not None:
-            progress(done_epoch, -(-line.stop // line.per_epoch), mean)
-        for point in due:
-            checkpoints[point](model, history)
-        if resumable is not None and i < line.stop and resumable.due(i):
-            resumable.save(i, None)
-        if on_epoch is not None:
-            on_epoch(done_epoch, model, history)
+        i, sums = t.resumable.resume.iteration, restored_sums(t.resumable.resume, t.device)
+    while i < t.line.stop:
+        i, sums, due = _epoch(t, i, sums)
+        if not _epoch_end(t, i, sums, due):
+            break  # diverged, recorded (on_divergence: record)
+        sums = None
     return i
+
+
+def _epoch(t: _Training, i: int, sums) -> tuple[int, tuple, list]:
+    """The optimizer steps of one epoch from iteration `i` (to its end or the timeline's stop): (the iteration
+    reached, the epoch's (loss sum, hits, count, lr), the emitted checkpoints due at its end)."""
+    line, device, fail_fast = t.line, t.device, t.fail_fast
+    non_blocking = device.type == "cuda"
+    epoch, first = divmod(i, line.per_epoch)
+    due = []
+    t.model.train()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    hits = torch.zeros((), dtype=torch.int64, device=device)  # train accuracy: the batches as trained on
+    count = 0
+    lr = t.base_lr
+    if sums is not None:
+        total, hits, count, lr = sums
+    for x, y in t.data.train_batches(t.options["batch_size"], seed=t.seed, epoch=epoch, skip=first):
+        lr = line.lr(t.base_lr, i)
+        x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+        loss, logits = _step(t, i, lr, x, y)
+        with torch.no_grad():
+            total += loss.detach().double() * len(y)
+            hits += (logits.detach().argmax(dim=1) == y).sum()
+        count += len(y)
+        i += 1
+        if fail_fast and i % fail_fast == 0 and not bool(torch.isfinite(loss)):  # diverged: stop right here
+            handle_divergence(t.history, t.options, f"the train loss of iteration {i} is {float(loss.detach())}",
+                              -(-i // line.per_epoch))
+        if t.gradual is not None and i in t.gradual.steps:
+            t.gradual.prune(i, t.keeps)
+        for callback in t.callbacks:
+            callback.after_step(i, t.keeps)
+        if i in t.checkpoints:
+            if i % line.per_epoch == 0 or i == line.stop:
+                due.append(i)  # at an epoch's end: after its history is recorded
+            else:
+                t.checkpoints[i](t.model, t.history)
+        # a resumable checkpoint inside an epoch (at its end: `_epoch_end`, once its history is recorded);
+        # states emitted at i are stored above, before it
+        if t.resumable is not None and i % line.per_epoch and i < line.stop and t.resumable.due(i):
+            t.resumable.save(i, (total, hits, count, lr))
+        if i >= line.stop:
+            break
+    return i, (total, hits, count, lr), due
+
+
+def _step(t: _Training, i: int, lr: float, x: torch.Tensor, y: torch.Tensor):
+    """Optimizer step `i` on the batch (x, y), masks enforced: (its loss, its logits)."""
+    if t.rng_steps:
+        torch.manual_seed(step_seed(t.seed, i))
+    for group in t.optimizer.param_groups:
+        group["lr"] = lr
+    if t.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    t.optimizer.zero_grad(set_to_none=True)
+    with autocast_for(t.device, t.precision):
+        logits = t.forward(x)
+        loss = t.loss_fn(logits, y)
+    if t.scaler is not None:
+        t.scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    for callback in t.callbacks:
+        callback.after_backward(i)
+    with torch.no_grad():
+        for param, keep in t.keeps:
+            if param.grad is not None:
+                param.grad.mul_(keep)
+        if t.scaler is not None:
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
+        else:
+            t.optimizer.step()
+        for param, keep in t.keeps:
+            param.mul_(keep)
+    return loss, logits
+
+
+def _epoch_end(t: _Training, i: int, sums: tuple, due: list) -> bool:
+    """Record the epoch that ended at iteration `i` (its history, evaluations, due checkpoints, heartbeat);
+    False when its training diverged and records it instead (on_divergence: record)."""
+    total, hits, count, lr = sums
+    line, history, model = t.line, t.history, t.model
+    mean = float(total) / max(count, 1)
+    done_epoch = -(-i // line.per_epoch)  # the epoch this piece ended in, counted from 1
+    if (not math.isfinite(mean) and t.scaler is None) or (t.options.get("on_divergence") == "record"
+                                                          and non_finite_parameter(model)):
+        handle_divergence(history, t.options, f"the mean train loss of epoch {done_epoch} is {mean}", done_epoch)
+        return False
+    history[M_TRAIN_LOSS].append((done_epoch, mean))
+    history[M_TRAIN_ACCURACY].append((done_epoch, int(hits) / max(count, 1)))
+    history[M_LR].append((done_epoch, lr))
+    if t.gradual is not None:
+        history[names.M_TRAIN_SPARSITY].append((done_epoch, t.gradual.sparsity()))
+    for callback in t.callbacks:
+        for name, value in callback.record(i).items():
+            history[name].append((done_epoch, value))
+    if t.has_val:
+        val_loss, val_accuracy = evaluate(model, t.data.val_batches(256), device=t.device)
+        history[M_VAL_LOSS].append((done_epoch, val_loss))
+        history[M_VAL_ACCURACY].append((done_epoch, val_accuracy))
+    # the learning curve on the test set: one forward pass over it per epoch (OpenLTH does the same);
+    # eval mode draws no random numbers and updates no statistics, so training is unchanged
+    test_loss, test_accuracy = evaluate(model, t.data.test_batches(256), device=t.device)
+    history[M_EPOCH_TEST_LOSS].append((done_epoch, test_loss))
+    history[M_EPOCH_TEST_ACCURACY].append((done_epoch, test_accuracy))
+    if t.calls.progress is not None:
+        t.calls.progress(done_epoch, -(-line.stop // line.per_epoch), mean)
+    for point in due:
+        t.checkpoints[point](model, history)
+    if t.resumable is not None and i < line.stop and t.resumable.due(i):
+        t.resumable.save(i, None)
+    if t.calls.on_epoch is not None:
+        t.calls.on_epoch(done_epoch, model, history)
+    return True
 
 
 @dataclass
