@@ -64,8 +64,14 @@ Experiments of 100, 1,000 and 10,000 states (``bench_scale.py``: built once thro
 - ``tree_10k_s``             ``mlprune tree`` of the 10,000 (s)              goal <= 10
 - ``report_10k_s``           ``mlprune report`` of the 10,000 (s)            goal <= 120
 
+Planning (``bench_plan.py``: ``bench_scale``'s two recipes over 200 seeds, in this process):
+
+- ``plan_10k_s``             planning a 10,000-state sweep and building its
+                             dask graph against an empty store, nothing
+                             computed (s)                                    goal <= 2
+
 Details of each are in ``bench_pipeline.py``, ``bench_store.py``, ``bench_datapath.py``,
-``bench_process.py``, ``bench_checkpoint.py``, ``bench_batched.py`` and ``bench_scale.py``; ``--json`` writes the
+``bench_process.py``, ``bench_checkpoint.py``, ``bench_batched.py``, ``bench_scale.py`` and ``bench_plan.py``; ``--json`` writes the
 figures at the top level, plus ``details``,
 ``goals`` and ``environment``. The in-process figures are measured at one torch thread
 (``MLPRUNE_THREADS=1`` unless set: comparable with earlier results); the process figures
@@ -111,6 +117,7 @@ GOALS = {
     "store_scaling": (1.5, "<=", "per-state overhead, 10,000 states in the experiment / 100"),
     "tree_10k_s": (10.0, "<=", "`mlprune tree` of a 10,000-state experiment (s)"),
     "report_10k_s": (120.0, "<=", "`mlprune report` of a 10,000-state experiment (s)"),
+    "plan_10k_s": (2.0, "<=", "planning a 10,000-state sweep and building its dask graph, nothing computed (s)"),
 }
 REPORTED = {"cached_rerun_s": "seconds of a fully cached re-run process",  # top-level, no goal of their own
             "mlflow_run_cached_s": "seconds of a fully cached `mlflow run` (README's command)",
@@ -176,6 +183,7 @@ def _batched(quick: bool, tiny: bool) -> dict:
 def run(size: str) -> dict:
     import bench_checkpoint
     import bench_pipeline
+    import bench_plan
     import bench_process
     import bench_scale
     import bench_store
@@ -192,7 +200,8 @@ def run(size: str) -> dict:
                      ("process", lambda: bench_process.measure(quick=quick, tiny=tiny)),
                      ("checkpoint", lambda: bench_checkpoint.measure(quick=quick, tiny=tiny)),
                      ("batched", lambda: _batched(quick, tiny)),
-                     ("scale", lambda: bench_scale.measure(quick=quick, tiny=tiny))):
+                     ("scale", lambda: bench_scale.measure(quick=quick, tiny=tiny)),
+                     ("plan", lambda: bench_plan.measure(quick=quick, tiny=tiny))):
         started = time.perf_counter()
         details[name] = fn()
         seconds[name] = time.perf_counter() - started
@@ -212,6 +221,7 @@ def run(size: str) -> dict:
         **{name: details["batched"][name] for name in ("batched_speedup", "batched_speedup_lenet_300_100",
                                                        "batched_speedup_resnet20")},
         **{name: details["scale"][name] for name in ("store_scaling", "tree_10k_s", "report_10k_s")},
+        "plan_10k_s": details["plan"]["plan_10k_s"],
     }
     env = environment()
     env.update(size=size, load_average_before=load_before, load_average_after=_common.load_average(),
@@ -270,6 +280,13 @@ def table(result: dict) -> str:
           f"{sc['report_10k_s']:.1f} s ({sc['checks']['report_series']} series), verify {sc['verify_10k_s']:.1f} s "
           f"({sc['checks']['verify']}), cached re-run {sc['cached_rerun_10k_s']:.2f} s ({sc['checks']['cached_rerun']}); "
           f"stores {'built now in' if sc['build']['built_now'] else 'cached, built in'} {sc['build']['build_s']:.0f} s",
+        "- planning {} states ({} plans of {} nodes): plan {:.2f} s, Execution {:.2f} s, graph {:.2f} s (CPU {:.2f} s); "
+        "with batch 8: {:.2f} s ({} tasks)".format(
+            d["plan"]["details"]["default"]["states"], d["plan"]["details"]["default"]["plans"],
+            d["plan"]["details"]["default"]["plan_nodes"], d["plan"]["details"]["default"]["plan_s"],
+            d["plan"]["details"]["default"]["execution_s"], d["plan"]["details"]["default"]["graph_s"],
+            d["plan"]["details"]["default"]["cpu_s"], d["plan"]["plan_10k_batched_s"],
+            d["plan"]["details"]["batch_8"]["graph_tasks"]),
         f"- batched siblings ({next(iter(d['batched']['details'].values()))['siblings']} trainings, "
         f"{next(iter(d['batched']['details'].values()))['torch_threads']} threads, separately / batched): "
         + "; ".join(batched),

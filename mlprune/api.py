@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .errors import SpecError
-from .plan import PlanBuilder, StateInfo
+from .plan import Naming, PlanBuilder, StateInfo
 from .spec.steps import kind_of, resolve_root, resolve_step
 from .spec.keys import root_key
 
@@ -241,7 +241,7 @@ class Experiment:
         seeds = list(seeds or default_seeds(point.spec["root"]["seed"], copies))
         builder = PlanBuilder("", load_state=self._info)
         node = builder.external(StateInfo(point.run_id, point.key, point.spec))
-        nodes = spawn_copies(builder, node, dict(train), seeds, name="spawn", label="spawn")
+        nodes = spawn_copies(builder, node, dict(train), seeds, Naming("spawn", "spawn"))
         reached = self._run(builder.build())
         return [self.state(reached[n.name]) for n in nodes]
 

@@ -69,6 +69,17 @@ class Node:
         return self.run_id is not None
 
 
+@dataclass(frozen=True)
+class Naming:
+    """How a recipe section names the nodes it adds: their node name (or its stem), run-name label,
+    round and branch."""
+
+    name: str
+    label: str | None = None
+    round: int | None = None
+    branch: str = "main"
+
+
 @dataclass
 class Plan:
     recipe: str

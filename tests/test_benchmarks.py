@@ -14,7 +14,7 @@ FIGURES = ("pipeline_vs_bare", "per_state_overhead_ms", "storage_ratio", "cache_
            "end_to_end_vs_bare", "end_to_end_fresh_store_vs_bare", "cached_rerun_s", "cached_rerun_vs_import_mlflow",
            "mlflow_run_cached_vs_import_mlflow", "mlflow_run_cached_s", "threads_speedup", "checkpoint_cost_lenet_300_100",
            "checkpoint_cost_resnet20", "batched_speedup", "batched_speedup_lenet_300_100", "batched_speedup_resnet20",
-           "store_scaling", "tree_10k_s", "report_10k_s")
+           "store_scaling", "tree_10k_s", "report_10k_s", "plan_10k_s")
 
 
 def test_benchmark_suite_runs_tiny_and_writes_the_figures(tmp_path):
@@ -47,4 +47,7 @@ def test_benchmark_suite_runs_tiny_and_writes_the_figures(tmp_path):
     # the benchmark's scale stores are real: verify passes, and a cached re-run computes nothing
     checks = details["scale"]["checks"]
     assert checks["verify_passed"] and checks["cached_rerun_computed_nothing"], checks
+    # planning writes nothing into the store: every state of the sweep is missing, one task each
+    plan = details["plan"]["details"]
+    assert plan["runs_written"] == 0 and plan["default"]["missing"] == plan["default"]["graph_tasks"] == 40, plan
     assert not list(tmp_path.glob("mlruns")) and not list(tmp_path.glob("mlflow.db"))  # nothing left in cwd

@@ -175,8 +175,8 @@ def test_the_claim_run_keeps_the_newest_two_checkpoints_each_committed_after_its
 
 
 def test_a_checkpoint_round_trips_through_its_files_and_restores_optimizer_and_scaler_state():
-    from mlprune.training.checkpoint import (TrainingCheckpoint, capture, restore_network, restore_optimizer,
-                                             restored_sums)
+    from mlprune.training.checkpoint import (TrainingCheckpoint, TrainingParts, capture, restore_network,
+                                             restore_optimizer, restored_sums)
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 3))
@@ -194,9 +194,8 @@ def test_a_checkpoint_round_trips_through_its_files_and_restores_optimizer_and_s
             scaler.update()
         sums = (torch.tensor(1.25, dtype=torch.float64), torch.tensor(7), 16, 0.05)
         history = {"train_loss": [(1, 0.5)], "lr": [(1, float("nan"))]}
-        saved = capture(key="k" * 64, step=1, iteration=37, model=model, masks=masks, optimizer=optimizer,
-                        scaler=scaler, sums=sums, history=history, node_history={"iterations": 8, "lr": [(1, 0.1)]},
-                        info={"threads": 1})
+        saved = capture(TrainingParts(model, masks, optimizer, scaler, history), key="k" * 64, step=1, iteration=37,
+                        sums=sums, node_history={"iterations": 8, "lr": [(1, 0.1)]}, info={"threads": 1})
         back = TrainingCheckpoint.from_files(saved.files(), key="k" * 64)
         assert (back.step, back.iteration, back.sums["count"], back.sums["lr"]) == (1, 37, 16, 0.05)
         assert back.node_history == {"iterations": 8, "lr": [(1, 0.1)]} and back.history["train_loss"] == [(1, 0.5)]

@@ -130,34 +130,40 @@ def emergent_structure(
         entry["baseline"] = {(): "random unstructured", (0,): "random structured (dim 0)",
                              (1,): "random structured (dim 1)", (0, 1): "random structured (dims 0 and 1)"}[structure]
         for dim in (0, 1):
-            if dim >= m.dim() or m.shape[dim] == 0:
-                continue
-            units = int(m.shape[dim])
-            size = n_w // units
-            alive = m.transpose(0, dim).reshape(units, -1).any(dim=1)
-            pruned = int((~alive).sum())
-            observed = pruned / units
-            if not structure:
-                expected = prob_unit_pruned(n_w, n_k, size)
-            elif dim in structure:
-                expected = observed  # the same number of slices removed at random: pruned by construction
-            else:  # a unit across the removed slices is entirely pruned only when every slice is
-                expected = float(all(_alive_along(m, d).sum() == 0 for d in structure))
-            if expected > 0:
-                ratio = observed / expected
-            else:
-                ratio = math.inf if pruned else math.nan
-            entry[f"dim{dim}"] = {
-                "unit": _UNITS.get((kind, dim), f"dim {dim} slices"),
-                "units": units,
-                "unit_size": size,
-                "pruned_units": pruned,
-                "observed": observed,
-                "expected": expected,
-                "ratio": ratio,
-            }
+            if dim < m.dim() and m.shape[dim] != 0:
+                entry[f"dim{dim}"] = _units_along(m, dim, kind, structure)
         out[name] = entry
     return out
+
+
+def _units_along(m: torch.Tensor, dim: int, kind: str, structure: tuple) -> dict:
+    """`emergent_structure`'s entry of the units along `dim` of the bool mask `m` (`structure`: the dims it
+    was pruned along as whole slices, () for weight by weight)."""
+    n_w, n_k = int(m.numel()), int(m.sum())
+    units = int(m.shape[dim])
+    size = n_w // units
+    alive = m.transpose(0, dim).reshape(units, -1).any(dim=1)
+    pruned = int((~alive).sum())
+    observed = pruned / units
+    if not structure:
+        expected = prob_unit_pruned(n_w, n_k, size)
+    elif dim in structure:
+        expected = observed  # the same number of slices removed at random: pruned by construction
+    else:  # a unit across the removed slices is entirely pruned only when every slice is
+        expected = float(all(_alive_along(m, d).sum() == 0 for d in structure))
+    if expected > 0:
+        ratio = observed / expected
+    else:
+        ratio = math.inf if pruned else math.nan
+    return {
+        "unit": _UNITS.get((kind, dim), f"dim {dim} slices"),
+        "units": units,
+        "unit_size": size,
+        "pruned_units": pruned,
+        "observed": observed,
+        "expected": expected,
+        "ratio": ratio,
+    }
 
 
 def nm_pattern(masks: Mapping[str, torch.Tensor], n: int = 2, m: int = 4) -> dict:

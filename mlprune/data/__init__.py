@@ -3,8 +3,9 @@
 Contract (docs/architecture.md)::
 
     DATASETS: Registry[Dataset]                  # name -> entry; entry(root) reads it -> Raw (uint8 tensors)
-    load_data(name, *, image_size=None, channels=None, val_size=0, split_seed=0,
-              augment=None, data_dir=None, fast=None) -> Data
+    load_data(name, *, data_dir=None, device=None, image_size=None, channels=None, val_size=0,
+              split_seed=0, augment=None, fast=None, min_image_size=None, train_size=None,
+              test_size=None) -> Data
     class Data:
         num_classes, input_shape (C, H, W after adaptation), len_train, len_val, len_test
         train_batches(batch_size, *, seed, epoch)  # seeded shuffle + augmentation

@@ -32,7 +32,7 @@ from ..names import ENV_DATA_WORKERS
 from .fingerprint import data_fingerprint
 from .readers import Folders
 from .catalog import DATASETS
-from .pipeline import Data
+from .pipeline import Data, DataRequest
 from .sampling import AUGMENTS, MASK63, aug_seed, check_batch_size, shuffle_seed, val_count
 
 __all__ = ["Folders", "FolderData", "FolderTransform", "resized_crop_box", "load_folder_data"]
@@ -201,11 +201,12 @@ class _FolderSplit:
 class FolderData(Data):
     """A `Data` whose splits are image folders decoded per sample (``fast`` False)."""
 
-    def __init__(self, *, name, num_classes, input_shape, train: _FolderSplit, val, test: _FolderSplit, augment,
-                 mean, std, spec, device=None):
-        self.name, self.num_classes, self.input_shape = name, num_classes, input_shape
-        self._train, self._val, self._test = train, val, test
-        self.augment, self.fast, self.mean, self.std, self.spec = augment, False, tuple(mean), tuple(std), spec
+    def __init__(self, *, spec: dict, num_classes, input_shape, splits: tuple, mean, std, device=None):
+        """`spec`: the resolved options (its ``name`` and ``augment`` are the dataset's); `splits`: (train,
+        validation or None, test) `_FolderSplit`s."""
+        self.name, self.num_classes, self.input_shape = spec["name"], num_classes, input_shape
+        self._train, self._val, self._test = splits
+        self.augment, self.fast, self.mean, self.std, self.spec = spec["augment"], False, tuple(mean), tuple(std), spec
         self.device = device
         self.placement = "pinned" if device is not None and device.type == "cuda" else "host"
 
@@ -222,14 +223,16 @@ class FolderData(Data):
             return self
         moved = [None if s is None else _FolderSplit(s.folder, s.indices, s.train_transform, s.eval_transform, device)
                  for s in (self._train, self._val, self._test)]
-        return FolderData(name=self.name, num_classes=self.num_classes, input_shape=self.input_shape,
-                          train=moved[0], val=moved[1], test=moved[2], augment=self.augment, mean=self.mean,
-                          std=self.std, spec=self.spec, device=device)
+        return FolderData(spec=self.spec, num_classes=self.num_classes, input_shape=self.input_shape,
+                          splits=tuple(moved), mean=self.mean, std=self.std, device=device)
 
 
-def load_folder_data(name: str, folders: Folders, *, image_size, channels, val_size, split_seed, aug, train_size,
-                     test_size, min_image_size) -> FolderData:
-    """`data.pipeline.load_data` for an image-folder dataset (see the module docstring)."""
+def load_folder_data(name: str, folders: Folders, request: DataRequest) -> FolderData:
+    """`data.loading.load_data` for an image-folder dataset (see the module docstring)."""
+    image_size, channels, val_size, split_seed = request.image_size, request.channels, request.val_size, \
+        request.split_seed
+    aug, train_size, test_size, min_image_size = request.aug, request.train_size, request.test_size, \
+        request.min_image_size
     info = DATASETS[name]
     native = 3 if hasattr(folders.train, "samples") else info.channels  # image files are read as RGB
     if channels not in (None, native):
@@ -264,7 +267,7 @@ def load_folder_data(name: str, folders: Folders, *, image_size, channels, val_s
         test_idx = test_idx[:test_size]
     spec = {"name": name, "image_size": size, "channels": native, "val_size": k, "split_seed": split_seed if k else 0,
             "augment": aug, "train_size": train_size, "test_size": test_size, "fingerprint": data_fingerprint(folders)}
-    return FolderData(name=name, num_classes=info.num_classes, input_shape=(native, size, size),
-                      train=_FolderSplit(folders.train, train_idx, train_transform, eval_transform), val=val,
-                      test=_FolderSplit(folders.test, test_idx, None, eval_transform), augment=aug, mean=info.mean,
-                      std=info.std, spec=spec)
+    splits = (_FolderSplit(folders.train, train_idx, train_transform, eval_transform), val,
+              _FolderSplit(folders.test, test_idx, None, eval_transform))
+    return FolderData(spec=spec, num_classes=info.num_classes, input_shape=(native, size, size), splits=splits,
+                      mean=info.mean, std=info.std)

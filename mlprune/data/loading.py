@@ -10,7 +10,7 @@ from ..errors import SpecError
 from .catalog import DATASETS, default_data_dir
 from .folders import load_folder_data
 from .readers import Folders
-from .pipeline import Data, load_in_memory
+from .pipeline import Data, DataRequest, load_in_memory
 from .sampling import resolve_augment
 
 
@@ -28,13 +28,15 @@ def as_folders(name: str, read) -> Folders:
     return Folders(read[0], read[1], ("plugin", name))
 
 
-def load_data(name: str = "digits", *, image_size: int | None = None, channels: int | None = None,
-              val_size: int | float = 0, split_seed: int = 0, augment: bool | str | None = None,
-              data_dir: str | os.PathLike | None = None, fast: bool | None = None,
-              min_image_size: int | None = None, train_size: int | None = None,
-              test_size: int | None = None, device=None) -> Data:
-    """Load dataset `name`, adapted to `image_size` (square, bilinear) and `channels`
-    (1 or 3), with `val_size` held out of the train split (seeded by `split_seed`).
+# what `load_data` takes besides the dataset, where it is read and where batches go (`DataRequest`)
+OPTIONS = ("image_size", "channels", "val_size", "split_seed", "augment", "fast", "min_image_size", "train_size",
+           "test_size")
+
+
+def load_data(name: str = "digits", *, data_dir: str | os.PathLike | None = None, device=None, **options) -> Data:
+    """Load dataset `name`, adapted to `image_size` (square, bilinear; None: native) and `channels`
+    (1 or 3; None: native), with `val_size` (default 0) held out of the train split (seeded by
+    `split_seed`, default 0). The `options` are `OPTIONS`, each None by default but those two.
 
     `min_image_size`: upsample only images smaller than this (what a model needs);
     larger ones keep their size. `train_size` / `test_size`: use only that many
@@ -45,6 +47,11 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
     "crop", "flip", "crop+flip". `fast`: None = in-memory path when it fits.
     `device`: deliver batches there (`Data.on`); None = the CPU.
     """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise SpecError(f"load_data has no option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}, data_dir, device")
+    image_size, channels, fast = (options.get(k) for k in ("image_size", "channels", "fast"))
+    split_seed = options.get("split_seed", 0)
     info = DATASETS[name]
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
                                    or image_size < 1):
@@ -55,16 +62,14 @@ def load_data(name: str = "digits", *, image_size: int | None = None, channels: 
         raise SpecError(f"split_seed {split_seed!r} is not an int")
     if fast not in (None, True, False):
         raise SpecError(f"fast {fast!r} is not valid; allowed: None (auto), true, false")
-    aug = resolve_augment(name, augment)
+    request = DataRequest(image_size, channels, options.get("val_size", 0), split_seed,
+                          resolve_augment(name, options.get("augment")), fast, options.get("min_image_size"),
+                          options.get("train_size"), options.get("test_size"))
 
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if not info.in_memory:  # image folders (ImageNet): decoded per sample
         if fast:
             raise SpecError(f"fast True is not possible for {name}: an image-folder dataset is decoded per sample")
-        data = load_folder_data(name, as_folders(name, DATASETS[name](root)), image_size=image_size, channels=channels,
-                                val_size=val_size, split_seed=split_seed, aug=aug, train_size=train_size,
-                                test_size=test_size, min_image_size=min_image_size)
+        data = load_folder_data(name, as_folders(name, DATASETS[name](root)), request)
         return data if device is None else data.on(device)
-    return load_in_memory(name, root, image_size=image_size, channels=channels, val_size=val_size,
-                          split_seed=split_seed, aug=aug, fast=fast, min_image_size=min_image_size,
-                          train_size=train_size, test_size=test_size, device=device)
+    return load_in_memory(name, root, request, device=device)

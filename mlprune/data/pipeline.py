@@ -7,6 +7,7 @@ guarantees (the same (seed, epoch) gives bitwise the same batches on both paths)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -236,6 +237,23 @@ def _free_bytes(device: torch.device) -> int | None:
     return None  # mps: unified memory; the in-memory limit (FAST_LIMIT_BYTES) already applies
 
 
+@dataclass(frozen=True)
+class DataRequest:
+    """What `load_data` was asked for besides the dataset and where it is read (checked there): the size
+    and channels to adapt to, the held-out validation split, the resolved augmentation (``aug``), the path
+    (``fast``: in memory; None: when it fits) and the subsets of the train and test splits."""
+
+    image_size: int | None = None
+    channels: int | None = None
+    val_size: int | float = 0
+    split_seed: int = 0
+    aug: str | None = None
+    fast: bool | None = None
+    min_image_size: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+
+
 class Data:
     """A loaded dataset, adapted (channels, size, normalization) and split.
 
@@ -246,14 +264,15 @@ class Data:
     CPU) and ``placement`` ("host", "device": resident there, "pinned": copied per batch).
     """
 
-    def __init__(self, *, name: str, num_classes: int, input_shape: tuple[int, int, int],
-                 train: _Split, val: _Split | None, test: _Split, augment: str | None, fast: bool,
-                 pipeline: _Pipeline, spec: dict, device: torch.device | None = None, placement: str = "host"):
-        self.name = name
+    def __init__(self, *, spec: dict, num_classes: int, input_shape: tuple[int, int, int], splits: tuple,
+                 fast: bool, pipeline: _Pipeline, device: torch.device | None = None, placement: str = "host"):
+        """`spec`: the resolved options (its ``name`` and ``augment`` are the dataset's); `splits`: (train,
+        validation or None, test)."""
+        self.name = spec["name"]
         self.num_classes = num_classes
         self.input_shape = input_shape
-        self._train, self._val, self._test = train, val, test
-        self.augment = augment
+        self._train, self._val, self._test = splits
+        self.augment = augment = spec["augment"]
         self.fast = fast
         self._pipeline = pipeline
         self.mean = pipeline.mean_values
@@ -340,9 +359,8 @@ class Data:
         resident = where == "device"
         train, test = self._train.placed(device, resident), self._test.placed(device, resident)
         val = self._val.placed(device, resident) if self._val is not None else None
-        return Data(name=self.name, num_classes=self.num_classes, input_shape=self.input_shape, train=train,
-                    val=val, test=test, augment=self.augment, fast=self.fast, pipeline=self._pipeline,
-                    spec=self.spec, device=device, placement=where)
+        return Data(spec=self.spec, num_classes=self.num_classes, input_shape=self.input_shape,
+                    splits=(train, val, test), fast=self.fast, pipeline=self._pipeline, device=device, placement=where)
 
 
 # ----------------------------------------------------------------------------- load_data
@@ -373,10 +391,12 @@ def as_raw(name: str, read) -> Raw:
     return Raw(x_train.contiguous(), y_train.long(), x_test.contiguous(), y_test.long(), scale, source)
 
 
-def load_in_memory(name: str, root: Path, *, image_size: int | None, channels: int | None, val_size, split_seed: int,
-                   aug: str | None, fast: bool | None, min_image_size: int | None, train_size: int | None,
-                   test_size: int | None, device=None) -> Data:
+def load_in_memory(name: str, root: Path, request: DataRequest, device=None) -> Data:
     """`data.loading.load_data` for a dataset read into memory as uint8 tensors (arguments checked there)."""
+    image_size, channels, val_size, split_seed = request.image_size, request.channels, request.val_size, \
+        request.split_seed
+    aug, fast, min_image_size, train_size, test_size = request.aug, request.fast, request.min_image_size, \
+        request.train_size, request.test_size
     info = DATASETS[name]
     raw = as_raw(name, DATASETS[name](root))
 
@@ -440,8 +460,8 @@ def load_in_memory(name: str, root: Path, *, image_size: int | None, channels: i
     spec = {"name": name, "image_size": size_out[0] if size_out[0] == size_out[1] else list(size_out),
             "channels": c_out, "val_size": k, "split_seed": split_seed if k else 0, "augment": aug,
             "train_size": train_size, "test_size": test_size, "fingerprint": data_fingerprint(raw)}
-    data = Data(name=name, num_classes=info.num_classes, input_shape=(c_out, *size_out), train=train,
-                val=val, test=test, augment=aug, fast=use_fast, pipeline=pipeline, spec=spec)
+    data = Data(spec=spec, num_classes=info.num_classes, input_shape=(c_out, *size_out), splits=(train, val, test),
+                fast=use_fast, pipeline=pipeline)
     return data if device is None else data.on(device)
 
 

@@ -329,40 +329,42 @@ def _cifar_reader(name: str, cls_name: str, num_classes: int) -> Callable[..., R
                                     f"the official file); replace it, or set MLPRUNE_VERIFY_MD5=0 for "
                                     f"hand-made files")
 
-        def load(files):
-            xs, ys = [], []
-            for f, _ in files:
-                path = folder / f
-                try:
-                    with open(path, "rb") as fh:
-                        entry = load_data_pickle(fh)
-                    data = np.asarray(entry["data"], dtype=np.uint8)
-                    labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
-                    labels = np.asarray(labels, dtype=np.int64)
-                    if data.size % 3072 or data.shape[0] != labels.shape[0] or labels.ndim != 1:
-                        raise ValueError(f"data {data.shape} / labels {labels.shape} do not form "
-                                         f"(N, 3072) images with N labels")
-                except Exception as exc:  # noqa: BLE001 -- one line naming the file
-                    raise SpecError(f"{name}: corrupt or truncated file {path}: {_first_line(exc)}") from None
-                if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-                    raise SpecError(f"{name}: {path} has labels outside 0..{num_classes - 1}")
-                xs.append(data.reshape(-1, 3, 32, 32))
-                ys.append(labels)
-            return (torch.from_numpy(np.concatenate(xs)).contiguous(),
-                    torch.from_numpy(np.concatenate(ys)).contiguous())
-
         try:
             with open(folder / meta[0], "rb") as fh:
                 load_data_pickle(fh)[cls.meta["key"]]
         except Exception as exc:  # noqa: BLE001
             raise SpecError(f"{name}: corrupt or truncated file {folder / meta[0]}: {_first_line(exc)}") from None
-        raw = Raw(*load(train_list), *load(test_list), 255.0, key)
+        raw = Raw(*_cifar_arrays(name, folder, train_list, num_classes),
+                  *_cifar_arrays(name, folder, test_list, num_classes), 255.0, key)
         _RAW_CACHE.put(key, raw)
         return raw
 
     read.__name__ = f"read_{name}"
     return read
 
+
+def _cifar_arrays(name: str, folder: Path, files: list, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uint8 images (N, 3, 32, 32) and int64 labels of CIFAR batch `files` ((file name, md5) pairs)."""
+    xs, ys = [], []
+    for f, _ in files:
+        path = folder / f
+        try:
+            with open(path, "rb") as fh:
+                entry = load_data_pickle(fh)
+            data = np.asarray(entry["data"], dtype=np.uint8)
+            labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
+            labels = np.asarray(labels, dtype=np.int64)
+            if data.size % 3072 or data.shape[0] != labels.shape[0] or labels.ndim != 1:
+                raise ValueError(f"data {data.shape} / labels {labels.shape} do not form "
+                                 f"(N, 3072) images with N labels")
+        except Exception as exc:  # noqa: BLE001 -- one line naming the file
+            raise SpecError(f"{name}: corrupt or truncated file {path}: {_first_line(exc)}") from None
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise SpecError(f"{name}: {path} has labels outside 0..{num_classes - 1}")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(labels)
+    return (torch.from_numpy(np.concatenate(xs)).contiguous(),
+            torch.from_numpy(np.concatenate(ys)).contiguous())
 
 
 read_mnist = _mnist_reader("mnist", "MNIST")

@@ -212,6 +212,7 @@ def _data_record(root: dict, data_dir, workspace, parent_state) -> dict:
 def _finish(ctx: TaskContext, state: Reaching, computed, batched: int = 1) -> str:
     """Store what was computed for `state` (its node, under its claim ``state.run_id``) and finish its run."""
     from ..plugins import lineage_plugins, plugin_tags
+    from ..store import Record
     from ..training.devices import device_label, environment_tags
     from .slurm import job_tags
 
@@ -255,8 +256,7 @@ def _finish(ctx: TaskContext, state: Reaching, computed, batched: int = 1) -> st
     tensors = computed.tensors
     return store.finish(run_id, spec=spec, masks=tensors.masks if tensors is not None else None,
                         weights=None if tensors is None or computed.weights_from else tensors.weights,
-                        metrics=computed.metrics, history=history, params=params, extra_files=computed.files,
-                        tags=tags)
+                        record=Record(computed.metrics, history, params, tags), extra_files=computed.files)
 
 
 def _emitter(ctx: TaskContext, state: Reaching, checkpoint: dict, checkpointing=None, batched: int = 1):

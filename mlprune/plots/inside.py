@@ -113,10 +113,12 @@ def plot_pie_gallery(images, entries: Sequence[Mapping], title: str | None = Non
 
 
 def plot_value_heatmap(matrix, row_labels: Sequence[str], column_labels: Sequence[str], *, what: str,
-                       title: str | None = None, vmin: float = 0.0, vmax: float | None = None,
-                       cmap: str = "viridis", xlabel: str = "", ylabel: str = "") -> Figure:
+                       title: str | None = None, limits: tuple = (0.0, None), cmap: str = "viridis",
+                       axis_labels: tuple[str, str] = ("", "")) -> Figure:
     """Annotated heatmap of a rows × columns matrix of one quantity (``what``: the colorbar label);
-    NaN cells are grey. ``vmax`` None: the largest value (at least 1e-9 above vmin)."""
+    NaN cells are grey. ``limits``: (vmin, vmax) of the colours, vmax None: the largest value (at least
+    1e-9 above vmin). ``axis_labels``: (x, y)."""
+    (vmin, vmax), (xlabel, ylabel) = limits, axis_labels
     mat = as_numpy(matrix).astype(np.float64)
     if mat.shape != (len(row_labels), len(column_labels)):
         raise SpecError(f"plot_value_heatmap: a {mat.shape} matrix for {len(row_labels)} × {len(column_labels)} labels")

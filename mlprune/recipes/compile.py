@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from ..errors import SpecError, require, shown
-from ..plan import Plan, PlanBuilder
+from ..plan import Naming, Plan, PlanBuilder
 from ..spec.limits import MAX_ROUNDS
 from ..spec.times import parse_time
 from .controls import add_control, resolve_control
@@ -98,83 +98,110 @@ def compile_recipe(path: str | Path, overrides: dict | None = None, *,
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None and v != ""}
     params = resolve_params(raw, overrides, where)
     spec = substitute({k: v for k, v in raw.items() if k not in ("params", "protocols")}, params, where)
-    name = raw["name"]
-    builder = PlanBuilder(name, load_state=load_state, params=params, overrides=overrides)
-
-    def checked(key, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SpecError as error:
-            raise SpecError(f"{where}: {key}: {error}") from None
-
-    require(isinstance(spec.get("root"), dict), f"{where}: root: required mapping (model, dataset, seed, ...)")
-    root_spec = dict(spec["root"])
-    data_dir = root_spec.pop("data_dir", None) or params.get("data_dir")
-    rounds = _int_param(spec.get("rounds", 0), f"{where}: rounds", maximum=MAX_ROUNDS)
-    require(isinstance(spec.get("train"), dict), f"{where}: train: required mapping of train options")
-    train = dict(spec["train"])
-    retrain = dict(spec.get("retrain") or train)
-    reinit = spec.get("reinit")
-    require(reinit is None or isinstance(reinit, dict), f"{where}: reinit: must be a mapping or null")
-    if rounds:
-        require(isinstance(spec.get("prune"), dict) or spec.get("schedule"),
-                f"{where}: prune: required when rounds > 0")
-
-    prune_of_round = {r: copy.deepcopy(spec.get("prune") or {}) for r in range(1, rounds + 1)}
-    for i, entry in enumerate(spec.get("schedule") or []):
-        key = f"schedule[{i}]"
-        require(isinstance(entry, dict) and set(entry) <= {"rounds", "prune"} and "prune" in entry,
-                f"{where}: {key}: must be a mapping with 'rounds' and 'prune'")
-        for r in _round_ranges(entry.get("rounds", f"1-{rounds}"), rounds, f"{where}: {key}.rounds"):
-            if r in prune_of_round:
-                prune_of_round[r] = {**prune_of_round[r], **entry["prune"]}
-
-    mask_epoch = spec.get("mask_epoch")
-    mask_at = None
-    if mask_epoch is not None:
-        for key, options in (("train", train), ("retrain", retrain)):
-            epochs = options.get("epochs", options.get("steps", 1))
-            require(isinstance(mask_epoch, int) and not isinstance(mask_epoch, bool) and isinstance(epochs, int)
-                    and 1 <= mask_epoch <= epochs,
-                    f"{where}: mask_epoch: must be an int in 1..{key} epochs ({epochs}), got {mask_epoch!r}")
-        mask_at = str(parse_time(mask_epoch))
-
-    def with_mask_checkpoint(options):
-        """The train step, emitting the early-mask state (mask_epoch) as a checkpoint."""
-        epochs = options.get("epochs", options.get("steps", 1))
-        if mask_epoch is None or mask_epoch == epochs:
-            return {"train": options}
-        return {"train": {**options, "checkpoints": [mask_epoch]}}
-
-    def mask_source(node):
-        """Where the next round's mask comes from: the trained node, or its mask_epoch checkpoint."""
-        emitted = [builder.node(name) for name in node.emits] if mask_at is not None else []
-        return next((n for n in emitted if n.at == mask_at), node)
-
-    controls = spec.get("controls") or []
-    require(isinstance(controls, list), f"{where}: controls: must be a list of control names or "
-                                        f"{{name, reinit?, prune?, retrain?}}")
-
-    root = checked("root", builder.root, "root", root_spec, data_dir=data_dir, role="root")
-    trained = checked("train", builder.child, "train", root, [with_mask_checkpoint(train)], round=0,
-                      role="trained", label="train")
-    trained_by_round, pruned_by_round = {0: trained}, {}
-    previous = mask_source(trained)
-    reinit_steps = [{"reinit": reinit}] if reinit else []
-    for r in range(1, rounds + 1):
-        pruned = checked(f"prune (round {r})", builder.child, f"prune{r}", previous,
-                         [{"prune": prune_of_round[r]}], round=r, role="pruned")
-        retrained = checked("reinit / retrain" if reinit_steps else "retrain", builder.child, f"round{r}", pruned,
-                            reinit_steps + [with_mask_checkpoint(retrain)], round=r, role="trained")
-        trained_by_round[r], pruned_by_round[r] = retrained, pruned
-        for i, entry in enumerate(controls):
-            control = resolve_control(entry, prune_of_round[r], reinit, previous.name, f"{where}: controls[{i}]")
-            add_control(builder, control, pruned=pruned, pruned_from=previous, prune=prune_of_round[r], reinit=reinit,
-                        train=retrain, name=f"round{r}.{control['name']}", round=r, branch=control["name"],
-                        checked=lambda key, fn, *a, _i=i, **k: checked(f"controls[{_i}]: {key}", fn, *a, **k))
-        previous = mask_source(retrained)
-    context = RecipeContext(where, spec, params, builder, root, trained_by_round, pruned_by_round, retrain)
+    builder = PlanBuilder(raw["name"], load_state=load_state, params=params, overrides=overrides)
+    rounds = _Rounds(builder, spec, where)
+    root, trained_by_round, pruned_by_round = rounds.build()
+    context = RecipeContext(where, spec, params, builder, root, trained_by_round, pruned_by_round, rounds.retrain)
     for section in SECTIONS.values():
         if section.impl and spec.get(section.name) is not None:
             section.load()(spec[section.name], context)
     return builder.build()
+
+
+class _Rounds:
+    """A recipe's lineage: root -> train -> (prune -> reinit + retrain, and the controls) x rounds, its keys
+    checked first (in the order their errors are reported)."""
+
+    def __init__(self, builder: PlanBuilder, spec: dict, where: str):
+        self.builder, self.spec, self.where = builder, spec, where
+        require(isinstance(spec.get("root"), dict), f"{where}: root: required mapping (model, dataset, seed, ...)")
+        self.root_spec = dict(spec["root"])
+        self.data_dir = self.root_spec.pop("data_dir", None) or builder.plan.params.get("data_dir")
+        self.rounds = _int_param(spec.get("rounds", 0), f"{where}: rounds", maximum=MAX_ROUNDS)
+        require(isinstance(spec.get("train"), dict), f"{where}: train: required mapping of train options")
+        self.train = dict(spec["train"])
+        self.retrain = dict(spec.get("retrain") or self.train)
+        self.reinit = spec.get("reinit")
+        require(self.reinit is None or isinstance(self.reinit, dict), f"{where}: reinit: must be a mapping or null")
+        if self.rounds:
+            require(isinstance(spec.get("prune"), dict) or spec.get("schedule"),
+                    f"{where}: prune: required when rounds > 0")
+        self.prune_of_round = self._prune_steps()
+        self.mask_epoch = spec.get("mask_epoch")
+        self.mask_at = self._mask_at()
+        self.controls = spec.get("controls") or []
+        require(isinstance(self.controls, list), f"{where}: controls: must be a list of control names or "
+                                                 f"{{name, reinit?, prune?, retrain?}}")
+
+    def checked(self, key, fn, *args, **kwargs):
+        """fn(*args, **kwargs), its SpecError naming the recipe file and `key`."""
+        try:
+            return fn(*args, **kwargs)
+        except SpecError as error:
+            raise SpecError(f"{self.where}: {key}: {error}") from None
+
+    def _prune_steps(self) -> dict:
+        """{round: its prune options}: ``prune``, with each ``schedule`` entry's merged over its rounds."""
+        prune_of_round = {r: copy.deepcopy(self.spec.get("prune") or {}) for r in range(1, self.rounds + 1)}
+        for i, entry in enumerate(self.spec.get("schedule") or []):
+            key = f"schedule[{i}]"
+            require(isinstance(entry, dict) and set(entry) <= {"rounds", "prune"} and "prune" in entry,
+                    f"{self.where}: {key}: must be a mapping with 'rounds' and 'prune'")
+            for r in _round_ranges(entry.get("rounds", f"1-{self.rounds}"), self.rounds, f"{self.where}: {key}.rounds"):
+                if r in prune_of_round:
+                    prune_of_round[r] = {**prune_of_round[r], **entry["prune"]}
+        return prune_of_round
+
+    def _mask_at(self) -> str | None:
+        """The time of ``mask_epoch`` (the early masks the next round prunes from), checked; None without."""
+        mask_epoch = self.mask_epoch
+        if mask_epoch is None:
+            return None
+        for key, options in (("train", self.train), ("retrain", self.retrain)):
+            epochs = options.get("epochs", options.get("steps", 1))
+            require(isinstance(mask_epoch, int) and not isinstance(mask_epoch, bool) and isinstance(epochs, int)
+                    and 1 <= mask_epoch <= epochs,
+                    f"{self.where}: mask_epoch: must be an int in 1..{key} epochs ({epochs}), got {mask_epoch!r}")
+        return str(parse_time(mask_epoch))
+
+    def with_mask_checkpoint(self, options: dict) -> dict:
+        """The train step, emitting the early-mask state (mask_epoch) as a checkpoint."""
+        epochs = options.get("epochs", options.get("steps", 1))
+        if self.mask_epoch is None or self.mask_epoch == epochs:
+            return {"train": options}
+        return {"train": {**options, "checkpoints": [self.mask_epoch]}}
+
+    def mask_source(self, node):
+        """Where the next round's mask comes from: the trained node, or its mask_epoch checkpoint."""
+        emitted = [self.builder.node(name) for name in node.emits] if self.mask_at is not None else []
+        return next((n for n in emitted if n.at == self.mask_at), node)
+
+    def build(self) -> tuple:
+        """(the root node, {round: trained node}, {round: pruned node}) of the lineage, added to the plan."""
+        builder, checked = self.builder, self.checked
+        root = checked("root", builder.root, "root", self.root_spec, data_dir=self.data_dir, role="root")
+        trained = checked("train", builder.child, "train", root, [self.with_mask_checkpoint(self.train)], round=0,
+                          role="trained", label="train")
+        trained_by_round, pruned_by_round = {0: trained}, {}
+        previous = self.mask_source(trained)
+        reinit_steps = [{"reinit": self.reinit}] if self.reinit else []
+        for r in range(1, self.rounds + 1):
+            pruned = checked(f"prune (round {r})", builder.child, f"prune{r}", previous,
+                             [{"prune": self.prune_of_round[r]}], round=r, role="pruned")
+            retrained = checked("reinit / retrain" if reinit_steps else "retrain", builder.child, f"round{r}",
+                                pruned, reinit_steps + [self.with_mask_checkpoint(self.retrain)], round=r,
+                                role="trained")
+            trained_by_round[r], pruned_by_round[r] = retrained, pruned
+            self._controls(r, pruned, previous)
+            previous = self.mask_source(retrained)
+        return root, trained_by_round, pruned_by_round
+
+    def _controls(self, r: int, pruned, previous) -> None:
+        """Round `r`'s controls: each a branch beside the main one, from the same pruned state."""
+        steps = {"prune": self.prune_of_round[r], "reinit": self.reinit, "train": self.retrain}
+        for i, entry in enumerate(self.controls):
+            control = resolve_control(entry, self.prune_of_round[r], self.reinit, previous.name,
+                                      f"{self.where}: controls[{i}]")
+            add_control(self.builder, control, steps, pruned=pruned, pruned_from=previous,
+                        naming=Naming(f"round{r}.{control['name']}", None, r, control["name"]),
+                        checked=lambda key, fn, *a, _i=i, **k: self.checked(f"controls[{_i}]: {key}", fn, *a, **k))

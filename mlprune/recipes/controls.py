@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SpecError, require
-from ..plan import Node, PlanBuilder
+from ..plan import Naming, Node, PlanBuilder
 from ..registry import Registry, load_impl
 
 
@@ -91,11 +91,13 @@ def resolve_control(control, prune: dict, reinit: dict | None, pruned_from: str,
     return dict(control)
 
 
-def add_control(builder: PlanBuilder, control: dict, *, pruned: Node, pruned_from: Node, prune: dict,
-                reinit: dict | None, train: dict, name: str, round: int, branch: str, checked,
-                label: str | None = None) -> Node:
+def add_control(builder: PlanBuilder, control: dict, branch_steps: dict, *, pruned: Node, pruned_from: Node,
+                naming: Naming, checked) -> Node:
     """The control's trained state (and its own pruned state when it changes the prune step); its nodes
-    name the branch they check (``control_of``: the pruned state's branch)."""
+    name the branch they check (``control_of``: the pruned state's branch). `branch_steps`: the checked
+    branch's ``prune``, ``reinit`` (or None) and ``train`` options, which the control changes."""
+    prune, reinit, train = branch_steps["prune"], branch_steps["reinit"], branch_steps["train"]
+    name, round, branch, label = naming.name, naming.round, naming.branch, naming.label
     base = pruned
     if control.get("prune"):
         base = checked("prune", builder.child, f"prune.{name}", pruned_from, [{"prune": {**prune, **control["prune"]}}],

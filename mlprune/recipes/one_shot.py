@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import require
+from ..plan import Naming
 from .controls import add_control, resolve_control
 from .files import parse_number
 from .sections import RecipeContext
@@ -104,8 +105,9 @@ def one_shot_section(value, recipe: RecipeContext) -> None:
                            branch=name, role="trained", label=f"{name} {percent} +train")
             for i, entry_control in enumerate(controls):
                 control = resolve_control(entry_control, step, reinit, pruned_from.name, f"{at}: controls[{i}]")
-                add_control(recipe.builder, control, pruned=pruned, pruned_from=pruned_from, prune=step, reinit=reinit,
-                            train=own_train, name=f"{node}.{control['name']}", round=index,
-                            branch=f"{name}/{control['name']}", label=f"{name} {percent} ctrl:{control['name']}",
+                add_control(recipe.builder, control, {"prune": step, "reinit": reinit, "train": own_train},
+                            pruned=pruned, pruned_from=pruned_from,
+                            naming=Naming(f"{node}.{control['name']}", f"{name} {percent} ctrl:{control['name']}",
+                                          index, f"{name}/{control['name']}"),
                             checked=lambda key, fn, *a, _at=at, _i=i, **k: recipe.checked(
                                 f"one_shot.methods.{name}.controls[{_i}]: {key}", fn, *a, **k))

@@ -34,7 +34,7 @@ import itertools
 from dataclasses import dataclass
 
 from ..errors import SpecError
-from ..plan import Node, PlanBuilder
+from ..plan import Naming, Node, PlanBuilder
 from ..spec.limits import MAX_COPIES
 from ..spec.options import integer, seed_value
 from ..spec.steps import INTERPOLATE_SCHEMA, TRAIN_SCHEMA, resolve_interpolate
@@ -155,8 +155,8 @@ def copy_train(train: dict, at: str | None = None) -> dict:
     return options
 
 
-def spawn_copies(builder: PlanBuilder, point: Node, train: dict, seeds, *, name: str, label: str,
-                 at: str | None = None, round: int | None = None, branch: str = "main") -> list[Node]:
+def spawn_copies(builder: PlanBuilder, point: Node, train: dict, seeds, naming: Naming, *,
+                 at: str | None = None) -> list[Node]:
     """`len(seeds)` children of `point`, each trained with `train` and its own data_order_seed.
 
     `at`: the time of the schedule `point` is at (the copies continue from there); None: as
@@ -164,17 +164,18 @@ def spawn_copies(builder: PlanBuilder, point: Node, train: dict, seeds, *, name:
     """
     options = copy_train(train, at)
     name_of = TRAIN_SCHEMA["data_order_seed"].name
-    return [builder.child(f"{name}.copy{i}", point, [{"train": {**options, name_of: seed}}], round=round,
-                          branch=branch, role="copy", label=f"{label} copy{i} s{seed}")
+    return [builder.child(f"{naming.name}.copy{i}", point, [{"train": {**options, name_of: seed}}],
+                          round=naming.round, branch=naming.branch, role="copy",
+                          label=f"{naming.label} copy{i} s{seed}")
             for i, seed in enumerate(seeds, 1)]
 
 
-def interpolate_pairs(builder: PlanBuilder, copies: list[Node], options: dict, *, name: str, label: str,
-                      round: int | None = None, branch: str = "main") -> list[Node]:
+def interpolate_pairs(builder: PlanBuilder, copies: list[Node], options: dict, naming: Naming) -> list[Node]:
     """An ``interpolate`` analysis for every pair (i < j) of `copies`: a = copy i (its parent), b = copy j.
     Nodes ``<name>.interpolate<i>-<j>``, role ``interpolation``."""
-    return [builder.child(f"{name}.interpolate{i}-{j}", a, [{"interpolate": {**options, "b": f"state:{b.name}"}}],
-                          round=round, branch=branch, role="interpolation", label=f"{label} lmc {i}-{j}")
+    return [builder.child(f"{naming.name}.interpolate{i}-{j}", a,
+                          [{"interpolate": {**options, "b": f"state:{b.name}"}}], round=naming.round,
+                          branch=naming.branch, role="interpolation", label=f"{naming.label} lmc {i}-{j}")
             for (i, a), (j, b) in itertools.combinations(enumerate(copies, 1), 2)]
 
 
@@ -195,8 +196,8 @@ def spawn_section(value, recipe: RecipeContext) -> None:
                 point = recipe.checked(f"spawn (level {level}, at {at})", builder.child, name, recipe.pruned[level],
                                        [{"reinit": {"strategy": "rewind", "to": "root", "at": at}}], round=level,
                                        role="spawn", label=f"r{level} spawn@{at}")
+            naming = Naming(name, label, level)
             copies = recipe.checked(f"spawn.train (level {level}, at {at})", spawn_copies, builder, point, train,
-                                    seeds, name=name, label=label, at=at, round=level)
+                                    seeds, naming, at=at)
             if spawn.interpolate is not None:
-                recipe.checked("spawn.interpolate", interpolate_pairs, builder, copies, spawn.interpolate,
-                               name=name, label=label, round=level)
+                recipe.checked("spawn.interpolate", interpolate_pairs, builder, copies, spawn.interpolate, naming)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from html import escape
 
 import numpy as np
@@ -213,11 +214,8 @@ def _gallery_images(load, run_id, indices, note):
 
 def inside_section(page: Page, ctx: SectionContext) -> None:
     """One section per recipe series (seeds together): learning curves, per-class impact, PIEs, churn, CKA."""
-    from .states import layer_kinds
-
-    collection, load, note = ctx.collection, ctx.load, ctx.note
-    store = collection.store
-    read = _Predictions(store)
+    collection, note = ctx.collection, ctx.note
+    read = _Predictions(collection.store)
     cka_runs = _cka_index(collection)
     groups: dict[str, list] = {}
     for series in collection.series:
@@ -227,158 +225,206 @@ def inside_section(page: Page, ctx: SectionContext) -> None:
         rounds = sorted(set().union(*[set(s.trained) for s in group]))
         if 0 not in rounds:
             continue
-        html, info = [], {"seeds": [s.seed for s in group], "rounds": []}
         remaining = {r: _remaining(collection, [s.trained[r] for s in group if r in s.trained]) for r in rounds}
-        dense = [s for s in group if 0 in s.trained]
-        dense_ids = [s.trained[0] for s in dense]
-        per_round: dict[int, dict] = {r: {"round": r, "remaining": remaining[r]} for r in rounds}
+        g = _Group(page, ctx, label, group, rounds, remaining, read, {"seeds": [s.seed for s in group], "rounds": []},
+                   {r: {"round": r, "remaining": remaining[r]} for r in rounds})
         for r in rounds:
             metrics = [collection.runs[s.trained[r]].data.metrics for s in group if r in s.trained]
             accuracies = [_class_accuracies(m) for m in metrics]
             classes = sorted(set.intersection(*[set(a) for a in accuracies])) if accuracies else []
-            per_round[r]["test_accuracy_per_class"] = {c: float(np.mean([a[c] for a in accuracies])) for c in classes}
-
-        # learning curves of the first seed's trainings
-        first = group[0]
-        shown = _spread(sorted(first.trained), MAX_CURVES)
-        curves = {_round_label(r, remaining.get(r)): _curves(store, first.trained[r]) for r in shown}
-        if any(c["test_accuracy"] or c["train_loss"] for c in curves.values()):
-            html.append(page.figure(plotting.plot_learning_curves(curves, title=f"Learning curves: {label} "
-                                                                              f"(seed {first.seed})"),
-                                 f"curves_{label}", f"Per-epoch test and train accuracy and loss of each round's "
-                                                    f"training: {label}, seed {first.seed}", "learning_curves"))
-
-        # per-class impact: every pruned round vs round 0, over the seeds
-        impacts = {}
-        for r in rounds[1:]:
-            pruned = [s.trained[r] for s in group if r in s.trained]
-            try:
-                result = _impact([collection.runs[x].data.metrics for x in dense_ids],
-                                 [collection.runs[x].data.metrics for x in pruned])
-            except (SpecError, KeyError) as error:
-                note(f"{label}: no per-class impact ({error})")
-                break
-            impacts[_round_label(r, remaining[r])] = result
-            per_round[r]["class_impact"] = {
-                "classes": result["classes"], "impact": result["impact"], "recall_change": result["recall_change"],
-                "accuracy_change": result["accuracy_change"], "t": result["t"], "p": result["p"],
-                "n_dense": result["n_dense"], "n_pruned": result["n_pruned"]}
-        if impacts:
-            classes = next(iter(impacts.values()))["classes"]
-            html.append(page.figure(plotting.plot_class_impact(impacts, classes, title=f"Per-class impact: {label}"),
-                                 f"class_impact_{label}", f"Change of each class's recall minus the change of "
-                                                          f"accuracy, every round vs round 0: {label}",
-                                 "class_impact"))
-            last_label, last = list(impacts.items())[-1]
-            rows = [[str(c), f"{100 * d:.1f}%", f"{100 * p:.1f}%", f"{100 * i:+.1f}",
-                     "–" if not math.isfinite(pv) else f"{pv:.3g}" + (" *" if pv < analysis.SIGNIFICANCE else "")]
-                    for c, d, p, i, pv in zip(last["classes"], last["dense_recall"], last["pruned_recall"],
-                                              last["impact"], last["p"])]
-            html.append(f"<p>Round {escape(last_label)} vs round 0 (accuracy change "
-                        f"{100 * last['accuracy_change']:+.1f} points):</p>"
-                        + html_table(["class", "recall, dense", "recall, pruned", "impact (points)",
-                                  "p (Welch)"], rows))
-
-        # PIEs: every pruned round vs round 0, over the seeds
-        pie_points, last_pies = [], None
-        dense_ready = [x for x in dense_ids if read(x) is not None]
-        for r in rounds[1:]:
-            pruned = [s.trained[r] for s in group if r in s.trained and read(s.trained[r]) is not None]
-            if not dense_ready or not pruned:
-                continue
-            try:
-                result = _pies(read.cache, dense_ready, pruned)
-            except SpecError as error:
-                note(f"{label} round {r}: no PIEs ({error})")
-                continue
-            record = {"series": label, "round": r, "remaining": remaining[r], "dense_runs": dense_ready,
-                      "pruned_runs": pruned, "examples": result["examples"], "count": int(result["indices"].size),
-                      "fraction": result["fraction"], "tie_rule": "a tie of modal labels goes to the smallest label",
-                      "pies": pie_records(result)}
-            file = f"{PIES_DIR}/{slug(label)}_round{r}.json"
-            if page.out_dir is not None:
-                (page.out_dir / PIES_DIR).mkdir(parents=True, exist_ok=True)
-                (page.out_dir / file).write_text(json.dumps(record, indent=1))
-            per_round[r]["pies"] = {"count": record["count"], "fraction": record["fraction"], "file": file,
-                                    "n_dense": result["n_dense"], "n_pruned": result["n_pruned"]}
-            if remaining[r] is not None:
-                pie_points.append((remaining[r], result["fraction"], result["n_pruned"]))
-            last_pies = (r, record, pruned)
-        if pie_points:
-            html.append(page.figure(plotting.plot_pie_fraction({label: pie_points}, title=f"PIEs vs remaining weights: "
-                                                                                     f"{label}"),
-                                 f"pie_fraction_{label}", f"Fraction of test examples that are PIEs at each round: "
-                                                          f"{label}", "pie_fraction"))
-        if last_pies is not None and last_pies[1]["pies"]:
-            r, record, _ = last_pies
-            entries = record["pies"][:GALLERY]
-            images = _gallery_images(load, dense_ready[0], [e["index"] for e in entries], note)
-            if images is not None:
-                html.append(page.figure(plotting.plot_pie_gallery(images, entries, title=(
-                    f"PIEs of {label}, round {r} vs round 0: the first {len(entries)} of {record['count']} "
-                    f"({100 * record['fraction']:.1f}% of {record['examples']}); modal labels (agreement)")),
-                    f"pie_gallery_{label}", f"The first PIEs of round {r}: {label}", "pie_gallery"))
-        if last_pies is not None:
-            html.append(f"<p>PIE lists (index, true label, modal labels, agreement): "
-                        + ", ".join(f"<code>{escape(per_round[r]['pies']['file'])}</code>" for r in rounds[1:]
-                                    if 'pies' in per_round[r]) + ".</p>")
-
-        # churn between the rounds' trained networks, mean over the seeds that reached every round
-        complete = [s for s in group if all(r in s.trained and read(s.trained[r]) is not None for r in rounds)]
-        if complete and len(rounds) >= 2:
-            matrices = [analysis.churn_matrix([read(s.trained[r])[PRED_PREDICTED] for r in rounds]) for s in complete]
-            matrix = np.mean(matrices, axis=0)
-            labels = [_round_label(r, remaining[r]) for r in rounds]
-            info["churn"] = {"rounds": rounds, "labels": labels, "matrix": matrix, "n": len(complete)}
-            for i, r in enumerate(rounds):
-                per_round[r]["churn_vs_dense"] = float(matrix[i, 0])
-            html.append(page.figure(plotting.plot_value_heatmap(
-                matrix, labels, labels, what="prediction churn (fraction of test examples)", vmin=0.0,
-                title=f"Prediction churn between rounds: {label} (mean over {len(complete)} seed(s))",
-                cmap="magma"), f"churn_{label}", f"Fraction of test examples on which two rounds disagree: "
-                                                 f"{label}", "churn"))
-
-        # CKA of every round to the dense network (analysis states), mean over seeds
-        found = {}
-        for s in dense:
-            for r in rounds:
-                run = cka_runs.get((s.trained.get(r), s.trained[0]))
-                if run is not None:
-                    found.setdefault(r, []).append(run)
-        if found:
-            model_state = load(dense_ids[0])
-            order = list(layer_kinds(model_state.masks, model_name(model_state))) if model_state is not None else []
-            names = {m[len(M_CKA_PREFIX):] for runs in found.values() for run in runs for m in run.data.metrics
-                     if m.startswith(M_CKA_PREFIX)}
-            layers = [n for n in order if n in names] + sorted(names - set(order))
-            cka_rounds = sorted(found)
-            matrix = np.array([[np.mean([run.data.metrics.get(M_CKA_PREFIX + layer, np.nan) for run in found[r]])
-                                for r in cka_rounds] for layer in layers])
-            n = sorted({len(found[r]) for r in cka_rounds})
-            info["cka"] = {"layers": layers, "rounds": cka_rounds, "matrix": matrix,
-                           "n": n, "runs": {r: [run.info.run_id for run in found[r]] for r in cka_rounds}}
-            for j, r in enumerate(cka_rounds):
-                per_round[r]["cka"] = {layer: matrix[i, j] for i, layer in enumerate(layers)}
-            html.append(page.figure(plotting.plot_value_heatmap(
-                matrix, [_short(x) for x in layers], [_round_label(r, remaining.get(r)) for r in cka_rounds],
-                what="linear CKA to the dense network", vmin=0.0, vmax=1.0, xlabel="round (remaining weights)",
-                ylabel="layer (output)", title=f"Representation similarity to the dense network: {label} "
-                                               f"(mean over {'–'.join(map(str, n))} seed(s))"),
-                f"cka_{label}", f"Linear CKA of each layer's outputs, each round vs round 0: {label}", "cka"))
-        else:
-            html.append("<p>No CKA analyses for this recipe: add <code>cka: true</code> to the recipe file "
-                        "(or a <code>cka</code> step between two states) and run it again; nothing else is "
-                        "recomputed.</p>")
-        info["rounds"] = [per_round[r] for r in rounds]
-        numbers[label] = info
+            g.per_round[r]["test_accuracy_per_class"] = {c: float(np.mean([a[c] for a in accuracies]))
+                                                         for c in classes}
+        _draw_curves(g)
+        _draw_impact(g)
+        _draw_pies(g)
+        _draw_churn(g)
+        _draw_cka(g, cka_runs)
+        g.info["rounds"] = [g.per_round[r] for r in rounds]
+        numbers[label] = g.info
         page.section(f"inside-{slug(label)}", f"Inside: {label}",
                   "<p>What the pruned networks compute, against the dense training (round 0) of the same seeds: "
                   "the learning curves; each class's recall change minus the accuracy change (Hooker et al. "
                   "2019); the test examples whose modal label changes (PIEs); how often two rounds disagree "
-                  "(churn); how similar each layer's outputs stay (linear CKA).</p>" + "".join(html))
+                  "(churn); how similar each layer's outputs stay (linear CKA).</p>" + "".join(g.html))
     read.report_missing(note)
     page.numbers["inside"] = numbers
     page.report["inside"] = numbers
+
+
+@dataclass
+class _Group:
+    """One recipe series over its seeds, as its section is drawn: what each part reads, and what they write
+    (`html`, the numbers `info` and `per_round`)."""
+
+    page: Page
+    ctx: SectionContext
+    label: str
+    group: list                 # the series of its seeds
+    rounds: list
+    remaining: dict             # round -> remaining weights (or None)
+    read: "_Predictions"
+    info: dict
+    per_round: dict
+    html: list = field(default_factory=list)
+
+    @property
+    def dense(self) -> list:
+        return [s for s in self.group if 0 in s.trained]
+
+    @property
+    def dense_ids(self) -> list:
+        return [s.trained[0] for s in self.dense]
+
+
+def _draw_curves(g: _Group) -> None:
+    """The learning curves of the first seed's trainings."""
+    first, label = g.group[0], g.label
+    shown = _spread(sorted(first.trained), MAX_CURVES)
+    curves = {_round_label(r, g.remaining.get(r)): _curves(g.ctx.collection.store, first.trained[r]) for r in shown}
+    if any(c["test_accuracy"] or c["train_loss"] for c in curves.values()):
+        g.html.append(g.page.figure(plotting.plot_learning_curves(curves, title=f"Learning curves: {label} "
+                                                                                f"(seed {first.seed})"),
+                                    f"curves_{label}", f"Per-epoch test and train accuracy and loss of each round's "
+                                                       f"training: {label}, seed {first.seed}", "learning_curves"))
+
+
+def _draw_impact(g: _Group) -> None:
+    """The per-class impact of every pruned round vs round 0, over the seeds."""
+    collection, label = g.ctx.collection, g.label
+    impacts = {}
+    for r in g.rounds[1:]:
+        pruned = [s.trained[r] for s in g.group if r in s.trained]
+        try:
+            result = _impact([collection.runs[x].data.metrics for x in g.dense_ids],
+                             [collection.runs[x].data.metrics for x in pruned])
+        except (SpecError, KeyError) as error:
+            g.ctx.note(f"{label}: no per-class impact ({error})")
+            break
+        impacts[_round_label(r, g.remaining[r])] = result
+        g.per_round[r]["class_impact"] = {
+            "classes": result["classes"], "impact": result["impact"], "recall_change": result["recall_change"],
+            "accuracy_change": result["accuracy_change"], "t": result["t"], "p": result["p"],
+            "n_dense": result["n_dense"], "n_pruned": result["n_pruned"]}
+    if not impacts:
+        return
+    classes = next(iter(impacts.values()))["classes"]
+    g.html.append(g.page.figure(plotting.plot_class_impact(impacts, classes, title=f"Per-class impact: {label}"),
+                                f"class_impact_{label}", f"Change of each class's recall minus the change of "
+                                                         f"accuracy, every round vs round 0: {label}",
+                                "class_impact"))
+    last_label, last = list(impacts.items())[-1]
+    rows = [[str(c), f"{100 * d:.1f}%", f"{100 * p:.1f}%", f"{100 * i:+.1f}",
+             "–" if not math.isfinite(pv) else f"{pv:.3g}" + (" *" if pv < analysis.SIGNIFICANCE else "")]
+            for c, d, p, i, pv in zip(last["classes"], last["dense_recall"], last["pruned_recall"],
+                                      last["impact"], last["p"])]
+    g.html.append(f"<p>Round {escape(last_label)} vs round 0 (accuracy change "
+                  f"{100 * last['accuracy_change']:+.1f} points):</p>"
+                  + html_table(["class", "recall, dense", "recall, pruned", "impact (points)", "p (Welch)"], rows))
+
+
+def _draw_pies(g: _Group) -> None:
+    """The PIEs of every pruned round vs round 0, over the seeds: their fraction, files and gallery."""
+    page, label, read, remaining = g.page, g.label, g.read, g.remaining
+    pie_points, last_pies = [], None
+    dense_ready = [x for x in g.dense_ids if read(x) is not None]
+    for r in g.rounds[1:]:
+        pruned = [s.trained[r] for s in g.group if r in s.trained and read(s.trained[r]) is not None]
+        if not dense_ready or not pruned:
+            continue
+        try:
+            result = _pies(read.cache, dense_ready, pruned)
+        except SpecError as error:
+            g.ctx.note(f"{label} round {r}: no PIEs ({error})")
+            continue
+        record = {"series": label, "round": r, "remaining": remaining[r], "dense_runs": dense_ready,
+                  "pruned_runs": pruned, "examples": result["examples"], "count": int(result["indices"].size),
+                  "fraction": result["fraction"], "tie_rule": "a tie of modal labels goes to the smallest label",
+                  "pies": pie_records(result)}
+        file = f"{PIES_DIR}/{slug(label)}_round{r}.json"
+        if page.out_dir is not None:
+            (page.out_dir / PIES_DIR).mkdir(parents=True, exist_ok=True)
+            (page.out_dir / file).write_text(json.dumps(record, indent=1))
+        g.per_round[r]["pies"] = {"count": record["count"], "fraction": record["fraction"], "file": file,
+                                  "n_dense": result["n_dense"], "n_pruned": result["n_pruned"]}
+        if remaining[r] is not None:
+            pie_points.append((remaining[r], result["fraction"], result["n_pruned"]))
+        last_pies = (r, record)
+    if pie_points:
+        g.html.append(page.figure(plotting.plot_pie_fraction({label: pie_points}, title=f"PIEs vs remaining "
+                                                                                       f"weights: {label}"),
+                                  f"pie_fraction_{label}", f"Fraction of test examples that are PIEs at each round: "
+                                                           f"{label}", "pie_fraction"))
+    if last_pies is None:
+        return
+    r, record = last_pies
+    if record["pies"]:
+        entries = record["pies"][:GALLERY]
+        images = _gallery_images(g.ctx.load, dense_ready[0], [e["index"] for e in entries], g.ctx.note)
+        if images is not None:
+            g.html.append(page.figure(plotting.plot_pie_gallery(images, entries, title=(
+                f"PIEs of {label}, round {r} vs round 0: the first {len(entries)} of {record['count']} "
+                f"({100 * record['fraction']:.1f}% of {record['examples']}); modal labels (agreement)")),
+                f"pie_gallery_{label}", f"The first PIEs of round {r}: {label}", "pie_gallery"))
+    g.html.append("<p>PIE lists (index, true label, modal labels, agreement): "
+                  + ", ".join(f"<code>{escape(g.per_round[r]['pies']['file'])}</code>" for r in g.rounds[1:]
+                              if 'pies' in g.per_round[r]) + ".</p>")
+
+
+def _draw_churn(g: _Group) -> None:
+    """The churn between the rounds' trained networks, mean over the seeds that reached every round."""
+    rounds, read, label = g.rounds, g.read, g.label
+    complete = [s for s in g.group if all(r in s.trained and read(s.trained[r]) is not None for r in rounds)]
+    if not complete or len(rounds) < 2:
+        return
+    matrices = [analysis.churn_matrix([read(s.trained[r])[PRED_PREDICTED] for r in rounds]) for s in complete]
+    matrix = np.mean(matrices, axis=0)
+    labels = [_round_label(r, g.remaining[r]) for r in rounds]
+    g.info["churn"] = {"rounds": rounds, "labels": labels, "matrix": matrix, "n": len(complete)}
+    for i, r in enumerate(rounds):
+        g.per_round[r]["churn_vs_dense"] = float(matrix[i, 0])
+    g.html.append(g.page.figure(plotting.plot_value_heatmap(
+        matrix, labels, labels, what="prediction churn (fraction of test examples)",
+        title=f"Prediction churn between rounds: {label} (mean over {len(complete)} seed(s))",
+        cmap="magma"), f"churn_{label}", f"Fraction of test examples on which two rounds disagree: "
+                                         f"{label}", "churn"))
+
+
+def _draw_cka(g: _Group, cka_runs: dict) -> None:
+    """The CKA of every round to the dense network (analysis states), mean over seeds."""
+    from .states import layer_kinds
+
+    label, rounds = g.label, g.rounds
+    found = {}
+    for s in g.dense:
+        for r in rounds:
+            run = cka_runs.get((s.trained.get(r), s.trained[0]))
+            if run is not None:
+                found.setdefault(r, []).append(run)
+    if not found:
+        g.html.append("<p>No CKA analyses for this recipe: add <code>cka: true</code> to the recipe file "
+                      "(or a <code>cka</code> step between two states) and run it again; nothing else is "
+                      "recomputed.</p>")
+        return
+    model_state = g.ctx.load(g.dense_ids[0])
+    order = list(layer_kinds(model_state.masks, model_name(model_state))) if model_state is not None else []
+    names = {m[len(M_CKA_PREFIX):] for runs in found.values() for run in runs for m in run.data.metrics
+             if m.startswith(M_CKA_PREFIX)}
+    layers = [n for n in order if n in names] + sorted(names - set(order))
+    cka_rounds = sorted(found)
+    matrix = np.array([[np.mean([run.data.metrics.get(M_CKA_PREFIX + layer, np.nan) for run in found[r]])
+                        for r in cka_rounds] for layer in layers])
+    n = sorted({len(found[r]) for r in cka_rounds})
+    g.info["cka"] = {"layers": layers, "rounds": cka_rounds, "matrix": matrix,
+                     "n": n, "runs": {r: [run.info.run_id for run in found[r]] for r in cka_rounds}}
+    for j, r in enumerate(cka_rounds):
+        g.per_round[r]["cka"] = {layer: matrix[i, j] for i, layer in enumerate(layers)}
+    g.html.append(g.page.figure(plotting.plot_value_heatmap(
+        matrix, [_short(x) for x in layers], [_round_label(r, g.remaining.get(r)) for r in cka_rounds],
+        what="linear CKA to the dense network", limits=(0.0, 1.0),
+        axis_labels=("round (remaining weights)", "layer (output)"),
+        title=f"Representation similarity to the dense network: {label} "
+              f"(mean over {'–'.join(map(str, n))} seed(s))"),
+        f"cka_{label}", f"Linear CKA of each layer's outputs, each round vs round 0: {label}", "cka"))
 
 
 def _short(name: str) -> str:

@@ -18,10 +18,19 @@ MAX_SEEDS_DRAWN = 3  # seeds whose recipes x rounds heatmap is drawn (a study of
 
 
 def similarity_section(page: Page, ctx: SectionContext) -> None:
+    html: list[str] = []
+    numbers: list[dict] = []
+    _recipes_by_rounds(page, ctx, html, numbers)
+    _across_seeds(page, ctx, html, numbers)
+    _outside_recipes(page, ctx, html, numbers)
+    page.numbers["jaccard"] = numbers
+    page.section("similarity", "Mask similarity (Jaccard)",
+              "".join(html) or "<p>Fewer than two pruned states of one architecture: nothing to compare.</p>")
+
+
+def _recipes_by_rounds(page: Page, ctx: SectionContext, html: list, numbers: list) -> None:
+    """Methods x rounds: every series' pruned rounds, per seed and architecture."""
     collection, load, note = ctx.collection, ctx.load, ctx.note
-    html = []
-    numbers = []
-    # methods x rounds: every series' pruned rounds, per seed and architecture
     by_seed: dict[str, list] = {}
     for series in collection.series:
         for rnd, state in load_series(series, load):
@@ -55,26 +64,35 @@ def similarity_section(page: Page, ctx: SectionContext) -> None:
             finals = {}
             for label, state, series in entries_g:
                 finals[series.label] = (label, state)  # the last round of each series (rounds ascend)
-            pairs = list(itertools.combinations(finals.values(), 2))
-            if len(finals) > 6:
-                chunk.append(f"<p>Per-layer Jaccard of the last rounds: {len(pairs)} pairs of series, too many "
-                             "for a table; see <code>mlprune compare RUN_A RUN_B</code>.</p>")
-            elif pairs:
-                layers = list(layer_kinds(pairs[0][0][1].masks, model))
-                rows = []
-                for (la, sa), (lb, sb) in pairs:
-                    jac = analysis.jaccard(sa.masks, sb.masks)
-                    rows.append([escape(la), escape(lb), fmt(jac["overall"])]
-                                + [fmt(jac["per_layer"][n]) for n in layers])
-                    numbers.append({"what": "final rounds pair", "a": la, "b": lb, **jac})
-                chunk.append("<p>Jaccard per layer between the last rounds of each pair of series:</p>"
-                             + html_table(["state A", "state B", "overall", *layers], rows))
+            chunk += _last_rounds_table(finals, model, numbers)
             html.append(page.group(f"recipes × rounds ({model}, seed {seed})", "".join(chunk), open=not html))
     if len(by_seed) > MAX_SEEDS_DRAWN:
         html.append(f"<p>Recipes × rounds heatmaps are drawn for the first {MAX_SEEDS_DRAWN} of {len(by_seed)} "
                     f"seeds ({', '.join(escape(s) for s in drawn_seeds)}); report.json holds every seed's "
                     "matrix.</p>")
-    # seeds: the last round of each series across seeds
+
+
+def _last_rounds_table(finals: dict, model: str, numbers: list) -> list[str]:
+    """The per-layer Jaccard of every pair of series' last rounds (`finals`: series -> (label, state))."""
+    pairs = list(itertools.combinations(finals.values(), 2))
+    if len(finals) > 6:
+        return [f"<p>Per-layer Jaccard of the last rounds: {len(pairs)} pairs of series, too many "
+                "for a table; see <code>mlprune compare RUN_A RUN_B</code>.</p>"]
+    if not pairs:
+        return []
+    layers = list(layer_kinds(pairs[0][0][1].masks, model))
+    rows = []
+    for (la, sa), (lb, sb) in pairs:
+        jac = analysis.jaccard(sa.masks, sb.masks)
+        rows.append([escape(la), escape(lb), fmt(jac["overall"])] + [fmt(jac["per_layer"][n]) for n in layers])
+        numbers.append({"what": "final rounds pair", "a": la, "b": lb, **jac})
+    return ["<p>Jaccard per layer between the last rounds of each pair of series:</p>"
+            + html_table(["state A", "state B", "overall", *layers], rows)]
+
+
+def _across_seeds(page: Page, ctx: SectionContext, html: list, numbers: list) -> None:
+    """The last round of each series across seeds."""
+    collection, load = ctx.collection, ctx.load
     by_label: dict[str, list] = {}
     for series in collection.series:
         loaded = load_series(series, load)
@@ -95,7 +113,11 @@ def similarity_section(page: Page, ctx: SectionContext) -> None:
                 plotting.plot_jaccard_heatmap(matrix, labels, title=f"Mask similarity across seeds: {label}"),
                 f"jaccard_seeds_{label}", f"Jaccard of the last round's masks across seeds: {label}", "jaccard"),
                 open=False))
-    # states no recipe reached (e.g. built with the Python API): all masked ones
+
+
+def _outside_recipes(page: Page, ctx: SectionContext, html: list, numbers: list) -> None:
+    """States no recipe reached (e.g. built with the Python API): all masked ones."""
+    collection, load, note = ctx.collection, ctx.load, ctx.note
     orphans = [s for s in (load(r) for r in collection.orphans) if s is not None
                and analysis.remaining_fraction(s.masks) < 1.0]
     groups = {}
@@ -117,9 +139,6 @@ def similarity_section(page: Page, ctx: SectionContext) -> None:
             plotting.plot_jaccard_heatmap(matrix, labels, title=f"Mask similarity, pruned states ({model_name(states[0])})"),
             f"jaccard_states_{model_name(states[0])}", "Jaccard of kept weights between pruned states made outside recipes",
             "jaccard"), open=not html))
-    page.numbers["jaccard"] = numbers
-    page.section("similarity", "Mask similarity (Jaccard)",
-              "".join(html) or "<p>Fewer than two pruned states of one architecture: nothing to compare.</p>")
 
 
 def structure_section(page: Page, ctx: SectionContext) -> None:

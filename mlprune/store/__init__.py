@@ -9,9 +9,9 @@
 
 from .artifacts import IntegrityError
 from .claims import ClaimLost, claim_timeout
-from .core import Store, StoredState, open_experiment
+from .core import Record, Store, StoredState, open_experiment
 from .experiments import check_tracking, is_server, tracking_uri
 from .workflow import WorkflowRun
 
-__all__ = ["Store", "StoredState", "open_experiment", "WorkflowRun", "ClaimLost", "claim_timeout", "IntegrityError",
+__all__ = ["Record", "Store", "StoredState", "open_experiment", "WorkflowRun", "ClaimLost", "claim_timeout", "IntegrityError",
            "check_tracking", "is_server", "tracking_uri"]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..version import __version__
 from ..errors import SpecError
-from ..names import (MASKS_FILE, STATE_FILE, TAG_ERROR, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_NOTE, TAG_PARENT_PREFIX,
+from ..names import (MASKS_FILE, STATE_FILE, TAG_ERROR, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_PARENT_PREFIX,
                      TAG_PARENT_RUN, TAG_ROOT, TAG_VERSION, TAG_WORKFLOW, WEIGHTS_FILE)
 from . import artifacts
 from .artifacts import IntegrityError
@@ -41,6 +41,17 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # noise in the output of every state (and of every dask worker)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a state's run records besides its files: final metrics, per-epoch histories ({name: [(step,
+    value)]}), params and tags."""
+
+    metrics: dict[str, float]
+    history: dict[str, list] | None = None
+    params: dict | None = None
+    tags: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -160,8 +171,7 @@ class Store(Lookups):
 
     # ---- writing ----------------------------------------------------------------------------
     def create(self, *, key: str, kind: str, name: str, parent_run_id: str | None, root_run_id: str | None,
-               extra_parents: dict[str, str], workflow: str | None = None, note: str = "",
-               tags: dict | None = None) -> str:
+               extra_parents: dict[str, str], workflow: str | None = None, tags: dict | None = None) -> str:
         """Create the RUNNING run that will hold a state (its claim)."""
         all_tags = {TAG_KEY: key, TAG_KIND: kind, TAG_VERSION: __version__, **claim_tags(), **(tags or {})}
         if parent_run_id:
@@ -172,8 +182,6 @@ class Store(Lookups):
             all_tags[TAG_PARENT_PREFIX + role] = run_id
         if workflow:
             all_tags[TAG_WORKFLOW] = workflow
-        if note:
-            all_tags[TAG_NOTE] = note
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         with self._lock:
             self._created[run.info.run_id] = (run.info.artifact_uri, all_tags)
@@ -239,26 +247,25 @@ class Store(Lookups):
         """Delete a run's artifact file or folder (recursively); stores that cannot delete keep it."""
         self._artifact_repo(run_id).delete_artifacts(path)
 
-    def finish(self, run_id: str, *, spec: dict, masks: dict, weights: dict | None, metrics: dict[str, float],
-               history: dict[str, list] | None = None, params: dict | None = None,
-               extra_files: dict[str, bytes] | None = None, tags: dict | None = None) -> str:
+    def finish(self, run_id: str, *, spec: dict, masks: dict, weights: dict | None, record: Record,
+               extra_files: dict[str, bytes] | None = None) -> str:
         """Write a state's artifacts, then its params, metrics and tags, then mark its run FINISHED;
         returns the run id of the key's FINISHED state: ours, or another run's that finished first
         (ours is then KILLED; ClaimLost if our claim was taken over).
 
         `weights=None` stores a prune-only state that references its parent's weights (state.json's
-        `weights_from`); loading resolves them. `history`: per-epoch metrics {name: [(step, value)]}.
+        `weights_from`); loading resolves them. `record`: its metrics, histories, params and tags.
         """
         from mlflow.entities import Metric, Param, RunStatus, RunTag
 
         files = artifacts.state_files(spec, masks, weights, extra_files)
         self.write_files(run_id, files)
         now = int(time.time() * 1000)
-        metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        for name, values in (history or {}).items():
+        metric_list = [Metric(k, float(v), now, 0) for k, v in record.metrics.items()]
+        for name, values in (record.history or {}).items():
             metric_list += [Metric(name, float(v), now, int(step)) for step, v in values]
-        param_list = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
-        tag_list = [RunTag(k, str(v)) for k, v in {**(tags or {}), **artifacts.hash_tags(files)}.items()]
+        param_list = [Param(k, str(v)[:6000]) for k, v in (record.params or {}).items()]
+        tag_list = [RunTag(k, str(v)) for k, v in {**(record.tags or {}), **artifacts.hash_tags(files)}.items()]
         self.log_batch(run_id, metric_list, param_list, tag_list)
         key = spec.get("key")
         winner = self.claims.settle(run_id, key, before=True)  # never two FINISHED runs for one key

@@ -98,6 +98,51 @@ def enabled() -> bool:
     return os.environ.get(ENV_SQLITE_READS, "1").strip() != "0"
 
 
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs `SqliteView.search` returns: `key`: runs tagged with this state key; `keys`: with any of
+    these; `states_only`: runs with a key tag; `status`: runs in this status; `exclude`: leave this run
+    out; `run_ids` / `prefix`: only these runs / run ids starting so; `tags`: runs with these tag values;
+    `active_only=False`: deleted runs too."""
+
+    key: str | None = None
+    keys: list | None = None
+    states_only: bool = False
+    status: str | None = None
+    exclude: str | None = None
+    run_ids: list | None = None
+    prefix: str | None = None
+    tags: dict | None = None
+    active_only: bool = True
+
+
+def _conditions(experiment_ids, f: RunFilter) -> tuple[list[str], list]:
+    """The SQL conditions (on runs ``r``) and their arguments of a search, but its `keys` / `run_ids`."""
+    where = ["r.lifecycle_stage = 'active'"] if f.active_only else ["1 = 1"]
+    args: list = []
+    if experiment_ids is not None:
+        ids = [int(e) for e in experiment_ids]
+        where.append(f"r.experiment_id IN ({', '.join('?' * len(ids))})")
+        args += ids
+    if f.key is not None:  # the key tag as a literal: sqlite then reads store.experiments.KEY_INDEX
+        where.append(f"r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = '{TAG_KEY}' AND value = ?)")
+        args.append(f.key)
+    elif f.states_only:
+        where.append("r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value != '')")
+        args.append(TAG_KEY)
+    for name, value in (f.tags or {}).items():
+        where.append("r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)")
+        args += [name, value]
+    for condition, value in (("r.status = ?", f.status), ("r.run_uuid != ?", f.exclude)):
+        if value is not None:
+            where.append(condition)
+            args.append(value)
+    if f.prefix is not None:
+        where.append("r.run_uuid LIKE ?")
+        args.append(f.prefix.replace("%", "").replace("_", "") + "%")
+    return where, args
+
+
 class SqliteView:
     """Read-only queries on the MLflow sqlite database at `path` (see the module docs)."""
 
@@ -183,43 +228,14 @@ class SqliteView:
         return [ExperimentView(str(e), n, a, s) for e, n, a, s in rows]
 
     # ---- runs --------------------------------------------------------------------------------
-    def search(self, experiment_ids, *, key: str | None = None, keys=None, states_only: bool = False,
-               status: str | None = None, exclude: str | None = None, run_ids=None, prefix: str | None = None,
-               limit: int | None = None, data: bool = True, active_only: bool = True,
-               tags: dict | None = None) -> list[RunView]:
+    def search(self, experiment_ids, *, limit: int | None = None, data: bool = True, **filters) -> list[RunView]:
         """Active runs of the experiments, oldest first (start time, then run id), as MLflow's
         ``search_runs(order_by=["attributes.start_time ASC"])`` gives them (`experiment_ids` None:
-        any experiment; `active_only=False`: deleted runs too).
-
-        `key`: runs tagged with this state key; `keys`: with any of these; `states_only`: runs with a
-        key tag; `status`: runs in this status; `exclude`: leave this run out; `run_ids` / `prefix`:
-        only these runs / run ids starting so; `tags`: runs with these tag values. `data=False`: tags
+        any experiment), the first `limit`; `filters`: the fields of `RunFilter`. `data=False`: tags
         only (no params, no metrics).
         """
-        where = ["r.lifecycle_stage = 'active'"] if active_only else ["1 = 1"]
-        args: list = []
-        if experiment_ids is not None:
-            ids = [int(e) for e in experiment_ids]
-            where.append(f"r.experiment_id IN ({', '.join('?' * len(ids))})")
-            args += ids
-        if key is not None:  # the key tag as a literal: sqlite then reads store.experiments.KEY_INDEX
-            where.append(f"r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = '{TAG_KEY}' AND value = ?)")
-            args.append(key)
-        elif states_only:
-            where.append("r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value != '')")
-            args.append(TAG_KEY)
-        for name, value in (tags or {}).items():
-            where.append("r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)")
-            args += [name, value]
-        if status is not None:
-            where.append("r.status = ?")
-            args.append(status)
-        if exclude is not None:
-            where.append("r.run_uuid != ?")
-            args.append(exclude)
-        if prefix is not None:
-            where.append("r.run_uuid LIKE ?")
-            args.append(prefix.replace("%", "").replace("_", "") + "%")
+        where, args = _conditions(experiment_ids, RunFilter(**filters))
+        keys, run_ids = filters.get("keys"), filters.get("run_ids")
         if keys is not None or run_ids is not None:
             values = list(dict.fromkeys(keys if keys is not None else run_ids))
             out: list[RunView] = []
@@ -228,8 +244,7 @@ class SqliteView:
                 holes = ", ".join("?" * len(chunk))
                 extra = (f"r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = '{TAG_KEY}' AND value IN ({holes}))"
                          if keys is not None else f"r.run_uuid IN ({holes})")
-                extra_args = chunk
-                out += self._runs(" AND ".join([*where, extra]), [*args, *extra_args], None, data)
+                out += self._runs(" AND ".join([*where, extra]), [*args, *chunk], None, data)
             out.sort(key=lambda run: (run.info.start_time is not None, run.info.start_time or 0, run.info.run_id))
             return out[:limit] if limit is not None else out
         return self._runs(" AND ".join(where), args, limit, data)

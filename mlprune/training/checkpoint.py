@@ -50,7 +50,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -188,9 +188,21 @@ def _copied_history(history: dict) -> dict:
     return {name: list(value) if isinstance(value, list) else value for name, value in history.items()}
 
 
-def capture(*, key: str, step: int, iteration: int, model: torch.nn.Module, masks: dict, optimizer, scaler,
-            sums, history: dict, node_history: dict, info: dict) -> TrainingCheckpoint:
+class TrainingParts(NamedTuple):
+    """What a training is made of (`TrainingHooks.begin` receives them once they exist)."""
+
+    model: torch.nn.Module
+    masks: dict
+    optimizer: object
+    scaler: object              # fp16's GradScaler, else None
+    history: dict
+
+
+def capture(parts: TrainingParts, *, key: str, step: int, iteration: int, sums, node_history: dict,
+            info: dict) -> TrainingCheckpoint:
     """A checkpoint of a training right now: every tensor copied to the CPU (the training goes on)."""
+    model, masks, optimizer, scaler, history = parts
+
     def cpu(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to("cpu", copy=True).contiguous()
 
@@ -369,13 +381,13 @@ class TrainingHooks:
     def __init__(self, session: Checkpointing, step: int, node_history: dict, resume: TrainingCheckpoint | None):
         self.session, self.step, self.node_history, self.resume = session, step, node_history, resume
         self.every = 0
-        self._parts: dict = {}
+        self._parts: TrainingParts | None = None
 
     def begin(self, per_epoch: int, **parts) -> None:
         """Called once the training's parts exist (model, masks, optimizer, scaler, history)."""
         cadence = self.session.cadence
         self.every = cadence.iterations(per_epoch) if cadence is not None else 0
-        self._parts = parts
+        self._parts = TrainingParts(**parts)
         self.session.last = time.monotonic()
 
     def due(self, i: int) -> bool:
@@ -390,8 +402,8 @@ class TrainingHooks:
         if not stop and not session.affordable():
             return
         started = time.perf_counter()
-        checkpoint = capture(key=session.key, step=self.step, iteration=i, sums=sums, node_history=self.node_history,
-                             info=session.info, **self._parts)
+        checkpoint = capture(self._parts, key=session.key, step=self.step, iteration=i, sums=sums,
+                             node_history=self.node_history, info=session.info)
         committed = session.submit(checkpoint, wait=stop, capture_s=time.perf_counter() - started)
         if stop:
             raise interrupted(i if committed else None)
