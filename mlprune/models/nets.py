@@ -24,6 +24,18 @@ def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _classifier(features: int, first: int, second: int, num_classes: int) -> nn.Sequential:
+    """Linear -> ReLU -> Linear -> ReLU -> Linear: the fully connected head of LeNet, LeNet-300-100 and
+    Conv-2/4/6 (its parameters named ``0.*``, ``2.*``, ``4.*``)."""
+    return nn.Sequential(
+        nn.Linear(features, first),
+        nn.ReLU(inplace=True),
+        nn.Linear(first, second),
+        nn.ReLU(inplace=True),
+        nn.Linear(second, num_classes),
+    )
+
+
 # ----------------------------------------------------------------------------- LeNet
 
 class LeNet(nn.Module):
@@ -42,13 +54,7 @@ class LeNet(nn.Module):
         )
         fh = _conv_out(_conv_out(_conv_out(_conv_out(h, 5), 2, 2), 5), 2, 2)
         fw = _conv_out(_conv_out(_conv_out(_conv_out(w, 5), 2, 2), 5), 2, 2)
-        self.classifier = nn.Sequential(
-            nn.Linear(16 * fh * fw, 120),
-            nn.ReLU(inplace=True),
-            nn.Linear(120, 84),
-            nn.ReLU(inplace=True),
-            nn.Linear(84, num_classes),
-        )
+        self.classifier = _classifier(16 * fh * fw, 120, 84, num_classes)
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -60,13 +66,7 @@ class LeNet300100(nn.Module):
     def __init__(self, num_classes: int, input_shape: tuple[int, int, int]):
         super().__init__()
         c, h, w = input_shape
-        self.classifier = nn.Sequential(
-            nn.Linear(c * h * w, 300),
-            nn.ReLU(inplace=True),
-            nn.Linear(300, 100),
-            nn.ReLU(inplace=True),
-            nn.Linear(100, num_classes),
-        )
+        self.classifier = _classifier(c * h * w, 300, 100, num_classes)
 
     def forward(self, x):
         return self.classifier(torch.flatten(x, 1))
@@ -88,13 +88,7 @@ class ConvNet(nn.Module):
             c = width
             h, w = h // 2, w // 2
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(
-            nn.Linear(c * h * w, 256),
-            nn.ReLU(inplace=True),
-            nn.Linear(256, 256),
-            nn.ReLU(inplace=True),
-            nn.Linear(256, num_classes),
-        )
+        self.classifier = _classifier(c * h * w, 256, 256, num_classes)
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))

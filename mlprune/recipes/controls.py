@@ -17,6 +17,8 @@ class Control:
     named `pruned_from`. ``prune`` in the result is merged over the branch's prune step (a sibling
     pruned state from the same parent); ``reinit`` replaces the branch's."""
 
+    # a registry entry's usual shape (`background`, `runners.evaluations`, `training` have their own alike):
+    # each registry's entry type says what its callers need, so they stay separate classes
     name: str
     impl: str
     help: str = ""
