@@ -44,9 +44,20 @@ TAG_PARENT_RUN = "mlflow.parentRunId"    # the primary parent: the UI nests chil
 TAG_RUN_NAME = "mlflow.runName"
 TAG_NOTE = "mlflow.note.content"         # the run's description (markdown) in the UI
 
+# ---- MLflow's own tags of an experiment ----------------------------------------------
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"   # the UI's kind of an experiment (where its UI reads it)
+EXPERIMENT_KIND = "custom_model_development"    # ... model training: the runs, not the GenAI traces
+TAG_SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # + key: a runs-table view the UI opens with ?viewStateShareKey=
+UI_VIEW_KEY = "mlprune-states"           # the shared view `mlprune ui` writes: states, study columns, flat
+
 # ---- params of a state run -----------------------------------------------------------
 PARAM_ROUND = "round"                    # recipe round (0 = the dense training)
 PARAM_BRANCH = "branch"                  # recipe branch (main, or a control's name)
+PARAM_SEED = "seed"                      # the seed of the state's root (every state of a recipe; never keyed)
+PARAM_RECIPE = "recipe"                  # the recipe that planned the state
+PARAM_MODEL = "model"                    # the root's model
+PARAM_DATASET = "dataset"                # the root's dataset
+PARAM_SPARSITY = "sparsity"              # the sparsity the state reached (the metric, as a param to group by)
 # every run option (executor.options.RUN_OPTIONS) recorded on a state is a param "run.<option>"
 RUN_PARAM_PREFIX = "run."
 PARAM_THREADS = RUN_PARAM_PREFIX + "threads"    # torch threads the state was computed with (bytes depend on it)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .errors import SpecError
-from .names import PARAM_BRANCH, PARAM_ROUND
+from .names import PARAM_BRANCH, PARAM_DATASET, PARAM_MODEL, PARAM_RECIPE, PARAM_ROUND, PARAM_SEED
 from .plugins import PLUGINS_KEY
 from .spec.keys import canonical_json, root_key, state_key
 from .spec.limits import MAX_STATES
@@ -165,6 +165,24 @@ def node_params(steps: list, sources: dict, root: dict | None = None) -> dict:
     return params
 
 
+def study_params(root: dict | None, recipe: str, round: int | None, branch: str) -> dict:
+    """The params a researcher filters, groups and compares states by in the UI, on every state of a plan:
+    the root's ``seed``, ``model`` and ``dataset``, the ``recipe``, the ``branch`` and the ``round``
+    (never part of a key)."""
+    root = root or {}
+    params = {PARAM_SEED: root.get("seed"), PARAM_MODEL: root.get("model"), PARAM_DATASET: root.get("dataset"),
+              PARAM_RECIPE: recipe or None, PARAM_BRANCH: branch, PARAM_ROUND: round}
+    return {name: _param_value(value) for name, value in params.items() if value is not None}
+
+
+def lead_with_seed(plan: "Plan") -> None:
+    """Run names that start with the root's seed (``s0 r20 rewind+train``): a study of several seeds."""
+    for node in plan.nodes:
+        seed = node.params.get(PARAM_SEED)
+        if seed is not None and node.root is None and not node.label.startswith(f"s{seed} "):
+            node.label = f"s{seed} {node.label}"
+
+
 @dataclass(frozen=True)
 class StateInfo:
     """What the planner needs of an existing state: its run id, key and stored spec."""
@@ -236,7 +254,9 @@ class PlanBuilder:
         weights_file = INIT_SCHEMA["weights"].check(spec["weights"], "weights") if spec.get("weights") else None
         return self._add(Node(name, key, "init", root=resolved, data_dir=data_dir, weights_file=weights_file,
                               label=label or f"init {resolved['model']} s{resolved['seed']}",
-                              round=round, branch=branch, role=role, params=node_params([], {}, resolved)))
+                              round=round, branch=branch, role=role,
+                              params={**node_params([], {}, resolved),
+                                      **study_params(resolved, self.plan.recipe, round, branch)}))
 
     def external(self, state) -> Node:
         """The node of an existing state (a state object with run_id/key/spec, a StateInfo or a run id)."""
@@ -273,7 +293,8 @@ class PlanBuilder:
                 name, key, kind, parent=parent.name, steps=resolved,
                 inputs={r: s.node.name for r, s in inputs.items()},
                 label=label or self._label(round, branch, role, resolved, sources), round=round, branch=branch,
-                role=role, params=node_params(resolved, inputs), control_of=control_of))
+                role=role, params={**node_params(resolved, inputs), **self._study_params(parent, round, branch)},
+                control_of=control_of))
         for index, extra in enumerate(extras):
             for at in extra.get("checkpoints", ()):
                 if index != len(resolved) - 1:
@@ -331,6 +352,10 @@ class PlanBuilder:
         if top.external and (top.spec or {}).get("root_run") and top.spec["root_run"] != top.run_id:
             return self.external(top.spec["root_run"])
         return top
+
+    def _study_params(self, parent: Node, round: int | None, branch: str) -> dict:
+        top = self._root_of(parent)
+        return study_params(top.root or (top.spec or {}).get("root"), self.plan.recipe, round, branch)
 
     def _model(self, node: Node) -> str:
         root_spec = node.root or (node.spec or {}).get("root") or self._root_of(node).root or {}

@@ -237,11 +237,9 @@ def _finish(ctx: TaskContext, state: Reaching, computed, batched: int = 1) -> st
             spec["zeroed"] = computed.zeroed
     if computed.tensors is None:
         spec["analysis"] = True
-    params = dict(node["params"])
-    if node.get("round") is not None:
-        params[names.PARAM_ROUND] = node["round"]
-    if node.get("branch") not in (None, "main"):
-        params[names.PARAM_BRANCH] = node["branch"]
+    params = dict(node["params"])  # the resolved options and the study's params (plan.study_params)
+    if computed.metrics.get(names.M_SPARSITY) is not None:
+        params[names.PARAM_SPARSITY] = f"{computed.metrics[names.M_SPARSITY]:.4f}"
     params.update(run_params(options, batch=batched))
     tags = {names.TAG_DEVICE: device_label(ctx.workspace.device), **environment_tags(ctx.workspace.device),
             names.TAG_NOTE: describe(store, state, ctx.workflow), **job_tags()}

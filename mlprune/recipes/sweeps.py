@@ -7,7 +7,7 @@ import math
 import re
 
 from ..errors import SpecError, shown
-from ..plan import Plan
+from ..plan import Plan, lead_with_seed
 from ..spec.limits import MAX_SEEDS, MAX_STATES
 from ..spec.options import MAX_SEED
 from .compile import compile_recipe
@@ -71,6 +71,8 @@ def sweep_plans(recipes, seeds: list[int], grid: list[dict], *, load_state=None)
             for point in grid or [{}]:
                 overrides = {**point, **({"seed": seed} if seed is not None else {})}
                 plan = compile_recipe(recipe, overrides, load_state=load_state)
+                if len(seeds) > 1:
+                    lead_with_seed(plan)
                 label = " ".join([plan.recipe] + [f"{k}={v}" for k, v in overrides.items()])
                 plans.append((label, plan))
                 states += len(plan.nodes)
