@@ -149,6 +149,30 @@ class _LazyStore:
         return StateInfo(run_id, spec["key"], spec)
 
 
+reader_experiment_option = click.option(
+    "--experiment-name", "-e", "experiment_option", default=None, metavar="EXPERIMENT",
+    help="The experiment (name or id), the same as the positional EXPERIMENT (give it one way). Default: "
+         "MLFLOW_EXPERIMENT_ID / MLFLOW_EXPERIMENT_NAME, else 'mlprune'.")
+
+
+def _experiment_ref(positional, option):
+    """The experiment a reading command was given: positionally or with -e (the same, or one of them)."""
+    if positional and option and positional != option:
+        raise SpecError(f"the experiment is given twice, {positional!r} as EXPERIMENT and {option!r} with -e; "
+                        f"give it once, either way")
+    return positional or option
+
+
+def _reader_store(positional=None, option=None):
+    """The existing experiment a command reads (never created): named, or MLflow's env vars, else 'mlprune'."""
+    ref = _experiment_ref(positional, option)
+    if ref is None:
+        return _store(None, create=False)
+    from .store import open_experiment
+
+    return open_experiment(ref)
+
+
 def _writable_directory(directory: str) -> Path:
     """DIRECTORY, checked before anything is computed or loaded: it is a directory (or can be made
     one) where a file can be written; a one-line SpecError naming it otherwise. Nothing is created."""
@@ -551,18 +575,20 @@ def plugins():
 
 
 @main.command()
-@experiment_option
-def tree(experiment_name):
-    """Print the lineage DAG of an experiment: kind, accuracy, sparsity, extra parents.
+@click.argument("experiment", required=False)
+@reader_experiment_option
+def tree(experiment, experiment_option):
+    """Print the lineage DAG of EXPERIMENT (name or id): kind, accuracy, sparsity, extra parents.
 
     \b
-    Example:
-      mlprune tree -e mlprune
+    Examples:
+      mlprune tree
+      mlprune tree my-study
     """
     from . import lineage
     from .names import TAG_KIND, TAG_PARENT_PREFIX
 
-    store = _store(experiment_name, create=False)
+    store = _reader_store(experiment, experiment_option)
     runs = store.states()
     if not runs:
         click.echo(f"experiment {store.experiment_name!r} holds no finished states")
@@ -593,17 +619,59 @@ def tree(experiment_name):
 
 
 @main.command()
-@click.argument("run_id")
-def show(run_id):
-    """Show one state: kind, parents, params, metrics and its resolved spec.
+@click.argument("experiment", required=False)
+@reader_experiment_option
+@click.option("--ui-url", default=None, metavar="URL",
+              help="Where the MLflow UI is. Default: the tracking server; for a local store "
+                   "http://127.0.0.1:5000, where `mlflow server --app-name mlprune` serves it.")
+@click.option("--filter", "search_filter", default="", metavar="FILTER",
+              help="A runs filter the view starts with, e.g. \"params.seed = '1' and params.round = '20'\".")
+def ui(experiment, experiment_option, ui_url, search_filter):
+    """Print the URL of EXPERIMENT's states in the MLflow UI: the runs table, flat (sorted by sparsity), with the
+    columns seed, round, branch, test_accuracy, sparsity, recipe, model, dataset.
+
+    The view is stored on the experiment (tag mlflow.sharedViewState.mlprune-states); the URL opens it in
+    the UI's model-training view.
 
     \b
-    Example:
-      mlprune show 3f2a9c1d
+    Examples:
+      mlprune ui
+      mlprune ui my-study --filter "params.round = '20'"
     """
-    store = _store(create=False)
-    run_id = store.resolve_run_id(run_id)
+    from .store.ui import LOCAL_UI, states_url, ui_base, write_states_view
+
+    store = _reader_store(experiment, experiment_option)
+    key = write_states_view(store, search_filter)
+    base = ui_base(store.tracking_uri, ui_url)
+    if base is None:
+        click.echo(f"the store {store.tracking_uri} is local: serve it with `mlflow server --app-name mlprune "
+                   f"--backend-store-uri {store.tracking_uri}` (or give --ui-url), then open:", err=True)
+        base = LOCAL_UI
+    click.echo(states_url(base, store.experiment_id, key))
+
+
+@main.command()
+@click.argument("args", nargs=-1, metavar="[EXPERIMENT] RUN_ID")
+@reader_experiment_option
+def show(args, experiment_option):
+    """Show one state: kind, parents, params, metrics and its resolved spec.
+
+    RUN_ID is a run id or an 8-character prefix; with EXPERIMENT (name or id) the state must be in it.
+
+    \b
+    Examples:
+      mlprune show 3f2a9c1d
+      mlprune show my-study 3f2a9c1d
+    """
+    if len(args) not in (1, 2):
+        raise SpecError(f"show takes [EXPERIMENT] RUN_ID, got {len(args)} arguments")
+    experiment = _experiment_ref(args[0] if len(args) == 2 else None, experiment_option)
+    store = _reader_store(experiment) if experiment else _store(create=False)
+    run_id = store.resolve_run_id(args[-1])
     run = store.state_run(run_id)
+    if experiment and run.info.experiment_id != store.experiment_id:
+        raise SpecError(f"state {run_id[:8]} is not in experiment {store.experiment_name!r} (it is in experiment id "
+                        f"{run.info.experiment_id}); leave EXPERIMENT out or name that one")
     spec = store.spec(run_id)
     click.echo(f"state {run_id} {run.info.run_name or ''} kind={spec['kind']} key={spec['key']}")
     click.echo(f"  parent: {spec.get('parent_run') or '-'}  root: {spec.get('root_run') or run_id}")
@@ -617,12 +685,13 @@ def show(run_id):
 
 
 @main.command()
-@click.argument("experiment")
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("args", nargs=-1, metavar="[EXPERIMENT] OUT_DIR")
+@reader_experiment_option
 @click.option("--ui-url", default=None, metavar="URL",
-              help="MLflow UI the lineage links point to. Default: the tracking server, or "
-                   "http://127.0.0.1:5000 (`mlflow ui`) for a local store.")
-def report(experiment, out_dir, ui_url):
+              help="MLflow UI the report's links point to. Default: the tracking server; for a local store "
+                   "(sqlite, files) links need it, e.g. http://127.0.0.1:5000 of `mlflow server "
+                   "--app-name mlprune`.")
+def report(args, experiment_option, ui_url):
     """Write a self-contained HTML report of EXPERIMENT (name or id) into OUT_DIR.
 
     OUT_DIR/report.html embeds every figure (it works offline): the lineage DAG,
@@ -639,16 +708,22 @@ def report(experiment, out_dir, ui_url):
       mlprune report mlprune ./report
       mlprune report my-study out/ --ui-url http://mlflow.example:5000
     """
+    if len(args) not in (1, 2):
+        raise SpecError(f"report takes [EXPERIMENT] OUT_DIR, got {len(args)} arguments")
+    out_dir = args[-1]
+    experiment = _experiment_ref(args[0] if len(args) == 2 else None, experiment_option)
     _writable_directory(out_dir)  # before the report's imports and the store: seconds
     from .report import write_report
 
+    if experiment is None:
+        experiment = _store(None, create=False).experiment_id  # MLflow's env vars, else 'mlprune'
     result = write_report(experiment, out_dir, ui_url=ui_url, warn=_warn)
     click.echo(f"wrote {result.path} ({result.n_states} states, {len(result.figures)} figures)")
 
 
 @main.command()
-@click.argument("runs", nargs=-1, metavar="[RUN_A RUN_B]")
-@experiment_option
+@click.argument("runs", nargs=-1, metavar="[EXPERIMENT] | [RUN_A RUN_B]")
+@reader_experiment_option
 @click.option("--against", metavar="NAME", default=None,
               help="Compare branches with the branch NAME (a control such as random, shuffle, reinit, or a one-shot "
                    "method) round by round: paired differences over seeds, their 95% CI, paired t-test and "
@@ -656,10 +731,10 @@ def report(experiment, out_dir, ui_url):
 @click.option("--ci", "ci", type=click.Choice(["t", "bootstrap"]), default="t", show_default=True,
               help="95% confidence intervals: Student-t, or a seeded percentile bootstrap "
                    "(10000 resamples, seed 0).")
-def compare(runs, experiment_name, against, ci):
+def compare(runs, experiment_option, against, ci):
     """Compare recipes (accuracy vs remaining weights), branches (--against), or the masks of two states.
 
-    With no run ids: a table of every recipe round in the experiment, test
+    With no run ids: a table of every recipe round in EXPERIMENT (name or id), test
     accuracy against the fraction of weights remaining, mean ± std over seeds
     with a 95% confidence interval of the mean. With --against NAME: each branch
     against the branch NAME, paired per seed where both hang off the same dense
@@ -668,7 +743,7 @@ def compare(runs, experiment_name, against, ci):
 
     \b
     Examples:
-      mlprune compare -e my-study
+      mlprune compare my-study
       mlprune compare -e my-study --against random
       mlprune compare 3f2a9c1d 8b1d4e2a
     """
@@ -684,12 +759,13 @@ def compare(runs, experiment_name, against, ci):
         for name, value in result["per_layer"].items():
             click.echo(f"  {name:<32} {value:.4f}")
         return
-    if runs:
-        raise SpecError(f"compare takes no run id (a table of recipes) or two (their masks), got {len(runs)}")
+    if len(runs) > 2:
+        raise SpecError(f"compare takes [EXPERIMENT] (a table of recipes) or two run ids (their masks), "
+                        f"got {len(runs)} arguments")
     from .report import accuracy_table, collect
     from .report import claims as claim_module
 
-    store = _store(experiment_name, create=False)
+    store = _reader_store(runs[0] if runs else None, experiment_option)
     collection = collect(store, warn=_warn)
     rows = accuracy_table(collection, ci)
     if not rows:
@@ -735,10 +811,11 @@ def _print_claims(claim_module, collection, against: str, ci: str) -> None:
 
 @main.command()
 @click.argument("experiment", required=False)
+@reader_experiment_option
 @click.option("--repair", is_flag=True,
               help="Mark every broken state invalid (FAILED, tag mlprune.invalid): the next run that needs it "
                    "computes it again into a new run.")
-def verify(experiment, repair):
+def verify(experiment, experiment_option, repair):
     """Check every finished state of EXPERIMENT (name or id; default: mlprune) against what was recorded.
 
     Every artifact must match the SHA-256 recorded when the state was finished, and the key tag the
@@ -750,10 +827,7 @@ def verify(experiment, repair):
       mlprune verify
       mlprune verify my-study --repair
     """
-    from .names import DEFAULT_EXPERIMENT
-    from .store import open_experiment
-
-    store = open_experiment(experiment or DEFAULT_EXPERIMENT)
+    store = _reader_store(experiment, experiment_option)
     checked, broken = store.check_all(repair=repair, progress=_progress_printer())
     for run_id, reason in broken:
         click.echo(f"{'repaired' if repair else 'broken'}: {run_id[:8]} {reason}")

@@ -30,7 +30,7 @@ from ..names import (MASKS_FILE, STATE_FILE, TAG_ERROR, TAG_INVALID, TAG_KEY, TA
 from . import artifacts
 from .artifacts import IntegrityError
 from .claims import Claims, claim_tags
-from .experiments import check_sqlite_file, one_line, open_client, read_only, sqlite_path
+from .experiments import check_sqlite_file, one_line, open_client, read_only, sqlite_path, unknown_experiment
 from .lookups import Lookups
 from .experiments import experiment_id as resolve_experiment_id
 from .experiments import tracking_uri as default_tracking_uri
@@ -531,9 +531,7 @@ def open_experiment(ref: str, *, tracking_uri: str | None = None) -> Store:
                                                    if str(ref).isdigit() else None)
         if found is not None and found.lifecycle_stage == "active":
             return Store(found.name, tracking_uri=probe.tracking_uri, experiment_id=found.experiment_id, create=False)
-        names = [e.name for e in view.experiments()][:50]
-        raise SpecError(f"no experiment {ref!r} in the tracking store {probe.tracking_uri}; "
-                        f"experiments: {', '.join(names) or 'none'}")
+        raise unknown_experiment(ref, probe.tracking_uri, [e.name for e in view.experiments()])
     import mlflow
 
     client = probe.client
@@ -544,7 +542,5 @@ def open_experiment(ref: str, *, tracking_uri: str | None = None) -> Store:
         except mlflow.exceptions.MlflowException:
             found = None
     if found is None or found.lifecycle_stage != "active":
-        names = [e.name for e in client.search_experiments(max_results=50)]
-        raise SpecError(f"no experiment {ref!r} in the tracking store {probe.tracking_uri}; "
-                        f"experiments: {', '.join(names) or 'none'}")
+        raise unknown_experiment(ref, probe.tracking_uri, [e.name for e in client.search_experiments(max_results=1000)])
     return Store(found.name, tracking_uri=probe.tracking_uri, experiment_id=found.experiment_id, create=False)

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import SpecError
-from ..names import DEFAULT_EXPERIMENT, ENV_CACHE_DIR, TAG_KEY
+from ..names import DEFAULT_EXPERIMENT, ENV_CACHE_DIR, EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, TAG_KEY
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_EXPERIMENT_NAME = 500
@@ -393,6 +393,16 @@ def _check_name(name: str) -> str:
     return name
 
 
+def unknown_experiment(ref, uri: str, names: list[str]) -> SpecError:
+    """The one-line error for an experiment that is not there: what there is, and the closest name."""
+    import difflib
+
+    close = difflib.get_close_matches(str(ref), names, n=1, cutoff=0.6)
+    meant = f"; did you mean {close[0]!r}?" if close else ""
+    return SpecError(f"no experiment {ref!r} in the tracking store {uri}{meant} experiments: "
+                     f"{', '.join(names[:50]) or 'none'}")
+
+
 def experiment_id(client, uri: str, name: str | None, *, create: bool = True) -> str:
     """The id of the experiment `name` (see resolve_experiment_name), created if missing and `create`."""
     import mlflow
@@ -408,15 +418,13 @@ def experiment_id(client, uri: str, name: str | None, *, create: bool = True) ->
                             f"(mlflow experiments restore) or choose another name")
         return found.experiment_id
     if not create:
-        names = [e.name for e in client.search_experiments(max_results=50)]
-        raise SpecError(f"no experiment {resolved!r} in the tracking store {uri}; "
-                        f"experiments: {', '.join(names) or 'none'}")
+        raise unknown_experiment(resolved, uri, [e.name for e in client.search_experiments(max_results=1000)])
     with store_lock(uri):
         found = client.get_experiment_by_name(resolved)  # another process may have made it meanwhile
         if found is not None:
             return found.experiment_id
         try:
-            return client.create_experiment(resolved)
+            return client.create_experiment(resolved, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException:
             found = client.get_experiment_by_name(resolved)
             if found is None:

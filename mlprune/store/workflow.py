@@ -19,6 +19,7 @@ from ..names import (PARAMS_FILE, PLAN_FILE, STATES_FILE, TAG_HEARTBEAT, TAG_KEY
                      TAG_RUN_NAME, TAG_STATES, TAG_VERSION, TAG_WORKFLOW)
 from ..version import __version__
 from .claims import claim_tags, process_gone
+from .ui import mark_model_training
 
 TAG_LAUNCHER = "mlprune.launcher"   # on a workflow run: the `mlflow run` run that started it
 
@@ -48,6 +49,7 @@ class WorkflowRun:
             tags[TAG_NOTE] = (f"**mlprune workflow run** of `{recipe}`, started by `mlflow run` "
                               f"([its run]({store.ui_link(launcher, launcher_run.info.experiment_id)})).")
         self.run_id = self.client.create_run(store.experiment_id, run_name=recipe, tags=tags).info.run_id
+        mark_model_training(self.client, store.experiment_id)  # an experiment made by others opens on its runs too
         self.owned = True
         self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         if launcher_run is not None:  # the link back, on the run MLflow opened
