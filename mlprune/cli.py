@@ -435,11 +435,18 @@ def sweep(recipes, seeds, params, experiment_name, **flags):
     result, _, later = _execute(plans, store, where, label,
                                 {"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
                                  "scheduler": where.scheduler, "plans": len(plans)}, figures=False)
-    for (plan_label, plan), states in zip(plans, result.states):
-        last = store.run(states[_last_network(plan).name])
-        click.echo(f"{plan_label}: last state {last.info.run_id[:8]} "
-                   f"test_accuracy={last.data.metrics.get('test_accuracy', float('nan')):.4f} "
-                   f"sparsity={last.data.metrics.get('sparsity', float('nan')):.4f}")
+    from .report import answer_lines, plans_collection, study_answer
+
+    answer = study_answer(plans_collection(store, [{**plan.to_json(), "reached": states}
+                                                   for (_, plan), states in zip(plans, result.states)]))
+    for line in answer_lines(answer):
+        click.echo(line)
+    if not answer:  # no recipe rounds (e.g. a recipe of one training): where each plan ended
+        for (plan_label, plan), states in zip(plans, result.states):
+            last = store.run(states[_last_network(plan).name])
+            click.echo(f"{plan_label}: last state {last.info.run_id[:8]} "
+                       f"test_accuracy={last.data.metrics.get('test_accuracy', float('nan')):.4f} "
+                       f"sparsity={last.data.metrics.get('sparsity', float('nan')):.4f}")
     click.echo(f"{len(plans)} plans in experiment {store.experiment_name!r} (id {store.experiment_id}), "
                f"scheduler {where.scheduler}, {time.perf_counter() - started:.1f} s")
     click.echo(_summary(result))

@@ -3,7 +3,7 @@
 - ``states``: compare states' masks and weights (`mask_similarity`, `jaccard_table`,
   `structure`, `stability`, `trajectories`, `layer_kinds`);
 - ``series``: a store's states grouped by recipe, branch, round and seed (`collect`,
-  `rounds_table`, `accuracy_table`, `cost_table`);
+  `rounds_table`, `accuracy_table`, `cost_table`, `study_answer`: the deepest round per branch and seed);
 - ``claims``: branches against their controls (or `--against NAME`): paired statistics over seeds,
   mixed-environment warnings, the one-seed line;
 - ``sections``: the one interface of a report section and their registry in page order; one module per
@@ -24,7 +24,8 @@ _NAMES = {
     "stability": "states",
     "trajectories": "states", "layer_kinds": "states",
     "Series": "series", "Collection": "series", "collect": "series", "rounds_table": "series",
-    "accuracy_table": "series", "cost_table": "series",
+    "accuracy_table": "series", "cost_table": "series", "study_answer": "series", "answer_lines": "series",
+    "plans_collection": "series",
     "write_report": "html", "ReportResult": "html", "ReportWarning": "common", "SECTIONS": "sections",
     "Section": "sections",
     "workflow_files": "workflow", "lineage_files": "workflow", "plan_json": "workflow", "state_figures": "weights",

@@ -109,6 +109,43 @@ def series_of_plan(plan: dict, states: dict) -> dict[str, Series]:
     return out
 
 
+def group_series(plans, states: dict) -> tuple[list[Series], set[str]]:
+    """The series of recorded plans (each with ``reached``: node -> run id) over the FINISHED ``states``
+    {run id: run}, labelled and in order (recipe, main branch first); and the run ids they cover. Series
+    that differ only in their seed share a label; a recipe run with several parameter sets names them."""
+    groups: dict[tuple, Series] = {}
+    signatures: dict[str, set] = {}
+    covered: set[str] = set()
+    for plan in plans:
+        overrides = plan.get("overrides") or {}
+        signature = tuple(sorted((k, str(v)) for k, v in overrides.items()
+                                 if k not in _SIGNATURE_SKIP and v not in (None, "")))
+        for branch, series in series_of_plan(plan, states).items():
+            covered.update(series.trained.values())
+            covered.update(series.pruned.values())
+            signatures.setdefault(series.recipe, set()).add(signature)
+            key = (series.recipe, branch, signature, str(series.seed))
+            if key in groups:  # the same series again (a re-run, more rounds): merge
+                for attr in ("trained", "pruned", "nodes", "analyses"):
+                    merged = getattr(groups[key], attr)
+                    for r, run_id in getattr(series, attr).items():
+                        merged.setdefault(r, run_id)
+                groups[key].control_of = groups[key].control_of or series.control_of
+            else:
+                groups[key] = series
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "main", kv[0][1], kv[0][2], kv[0][3]))
+    for (recipe, branch, signature, _seed), series in ordered:
+        label = recipe
+        if len(signatures[recipe]) > 1:  # the same recipe with several parameter sets
+            common = set.intersection(*[set(sig) for sig in signatures[recipe]])
+            label += " (" + (", ".join(f"{k}={v}" for k, v in signature if (k, v) not in common) or "defaults") + ")"
+        series.base_label = label
+        if branch != "main":
+            label += f" / {branch}"
+        series.label = label
+    return [series for _, series in ordered], covered
+
+
 def collect(store, warn=None) -> Collection:
     """Read an experiment's runs and group its states into series (see module docs).
 
@@ -150,44 +187,15 @@ def collect(store, warn=None) -> Collection:
         note(f"skipped {len(unfinished)} state run(s) that are not FINISHED and whose state never finished "
              f"since: {names}")
 
-    groups: dict[tuple, Series] = {}
-    signatures: dict[str, set] = {}
-    covered: set[str] = set()
-    for workflow in workflows:
-        for plan in recorded_plans(store, workflow, note):
-            overrides = plan.get("overrides") or {}
-            signature = tuple(sorted((k, str(v)) for k, v in overrides.items()
-                                     if k not in _SIGNATURE_SKIP and v not in (None, "")))
-            for branch, series in series_of_plan(plan, states).items():
-                covered.update(series.trained.values())
-                covered.update(series.pruned.values())
-                signatures.setdefault(series.recipe, set()).add(signature)
-                key = (series.recipe, branch, signature, str(series.seed))
-                if key in groups:  # the same series again (a re-run, more rounds): merge
-                    for attr in ("trained", "pruned", "nodes", "analyses"):
-                        merged = getattr(groups[key], attr)
-                        for r, run_id in getattr(series, attr).items():
-                            merged.setdefault(r, run_id)
-                    groups[key].control_of = groups[key].control_of or series.control_of
-                else:
-                    groups[key] = series
-    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "main", kv[0][1], kv[0][2], kv[0][3]))
-    for (recipe, branch, signature, _seed), series in ordered:
-        label = recipe
-        if len(signatures[recipe]) > 1:  # the same recipe with several parameter sets
-            common = set.intersection(*[set(sig) for sig in signatures[recipe]])
-            label += " (" + (", ".join(f"{k}={v}" for k, v in signature if (k, v) not in common) or "defaults") + ")"
-        series.base_label = label
-        if branch != "main":
-            label += f" / {branch}"
-        series.label = label
+    plans = (plan for workflow in workflows for plan in recorded_plans(store, workflow, note))
+    ordered, covered = group_series(plans, states)
     # analyses (compare, cka) hold results, not networks: the sections that read them find them by their parents
     orphans = [run_id for run_id in states if run_id not in covered
                and states[run_id].data.tags.get(TAG_KIND) != "analysis"]
     skipped = {"not mlprune states": [r.info.run_id for r in other],
                "not FINISHED": [r.info.run_id for r in unfinished],
                "superseded": [r.info.run_id for r in superseded]}
-    return Collection(store, states, [s for _, s in ordered], orphans, messages, skipped)
+    return Collection(store, states, ordered, orphans, messages, skipped)
 
 
 def _metric(run, name):
@@ -222,6 +230,64 @@ def accuracy_table(collection: Collection, ci: str = "t") -> list[dict]:
     """Accuracy vs remaining weights per series label and round, mean ± std and a 95% CI over seeds (n)."""
     rows = rounds_table(collection)
     return analysis.accuracy_vs_remaining(rows, ci) if rows else []
+
+
+def study_answer(collection: Collection) -> list[dict]:
+    """What a study answers, per recipe (parameter set): the main branch's deepest round, and there the test
+    accuracy of the main branch and of each control, per seed and as `accuracy_table` aggregates it (the
+    numbers `mlprune compare` prints). Rows: ``{"recipe", "branch", "label", "round", "remaining",
+    "seeds": {seed: accuracy}, "mean", "std", "n"}``, main first."""
+    table = {(row["recipe"], row["round"]): row for row in accuracy_table(collection)}
+    per_seed: dict[tuple, dict] = {}
+    for row in rounds_table(collection):
+        per_seed.setdefault((row["recipe"], row["round"]), {})[row["seed"]] = row["test_accuracy"]
+    deepest: dict[str, int] = {}
+    for series in collection.series:
+        if series.branch == "main" and series.rounds:
+            deepest[series.base_label] = max(deepest.get(series.base_label, 0), max(series.rounds))
+    out, seen = [], set()
+    for series in collection.series:
+        rnd = deepest.get(series.base_label)
+        row = table.get((series.label, rnd))
+        if rnd is None or row is None or series.label in seen:
+            continue
+        seen.add(series.label)
+        out.append({"recipe": series.base_label, "branch": series.branch, "label": series.label, "round": rnd,
+                    "remaining": row["remaining"], "seeds": per_seed.get((series.label, rnd), {}),
+                    "mean": row["mean"], "std": row["std"], "n": row["n"]})
+    return out
+
+
+def answer_lines(rows: list[dict], max_seeds: int = 8) -> list[str]:
+    """`study_answer` as a short text table: per recipe its deepest round, a line per branch with the test
+    accuracy of each seed (the first `max_seeds`) and mean ± std (n) over seeds."""
+    lines = []
+    for recipe in dict.fromkeys(row["recipe"] for row in rows):
+        group = [row for row in rows if row["recipe"] == recipe]
+        seeds = list(dict.fromkeys(seed for row in group for seed in row["seeds"]))
+        shown = seeds[:max_seeds]
+        lines.append(f"{recipe}: test accuracy at round {group[0]['round']} ({100 * group[0]['remaining']:.2f}% of "
+                     f"weights remaining), per seed and mean ± std over seeds")
+        width = max(len("branch"), *(len(row["branch"]) for row in group))
+        head = "".join(f"{'s' + str(seed):>9}" for seed in shown) + ("      …" if len(seeds) > len(shown) else "")
+        lines.append(f"  {'branch':<{width}}{head}   mean ± std (n)")
+        for row in group:
+            cells = "".join(f"{100 * row['seeds'][seed]:>8.2f}%" if seed in row["seeds"] else f"{'–':>9}"
+                            for seed in shown) + ("      …" if len(seeds) > len(shown) else "")
+            lines.append(f"  {row['branch']:<{width}}{cells}   {100 * row['mean']:.2f}% ± {100 * row['std']:.2f} "
+                         f"({row['n']})")
+    return lines
+
+
+def plans_collection(store, plans: list[dict]) -> Collection:
+    """The series of plans just run (``Plan.to_json()`` with ``reached``), their trained states read from the
+    store: what a sweep answers without reading the experiment's other workflow runs."""
+    wanted = {run_id for plan in plans for node in plan["nodes"] if node.get("role") in ("trained", "pruned")
+              for run_id in [(plan.get("reached") or {}).get(node["name"])] if run_id}
+    runs = {run_id: store.run(run_id) for run_id in wanted}
+    states = {run_id: run for run_id, run in runs.items() if run is not None and run.info.status == "FINISHED"}
+    series, _ = group_series(plans, states)
+    return Collection(store, states, series, [], [], {})
 
 
 def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
