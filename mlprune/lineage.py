@@ -35,7 +35,9 @@ from html import escape
 from xml.sax.saxutils import quoteattr
 
 from .errors import SpecError
-from .names import M_SPARSITY, M_TEST_ACCURACY, TAG_KEY, TAG_KIND, TAG_PARENT_PREFIX, TAG_PARENT_RUN, TAG_RUN_NAME
+from . import lineage_lanes as lanes
+from .names import (M_SPARSITY, M_TEST_ACCURACY, PARAM_BRANCH, PARAM_DATASET, PARAM_MODEL, PARAM_RECIPE, PARAM_ROUND,
+                    PARAM_SEED, TAG_KEY, TAG_KIND, TAG_PARENT_PREFIX, TAG_PARENT_RUN, TAG_RUN_NAME)
 
 MISSING = "missing"
 CYCLE = "cycle"   # the role of a primary edge that closes a cycle: drawn, never followed
@@ -79,6 +81,24 @@ def _parents(run) -> list[tuple[str, str]]:
     return out
 
 
+_STUDY_PARAMS = {"seed": PARAM_SEED, "round": PARAM_ROUND, "branch": PARAM_BRANCH, "recipe": PARAM_RECIPE,
+                 "model": PARAM_MODEL, "dataset": PARAM_DATASET}
+
+
+def _study(run) -> dict:
+    """A state's seed, round, branch, recipe, model and dataset (its params; None where not recorded)."""
+    params = getattr(run.data, "params", None) or {}
+    out = {key: params.get(name) for key, name in _STUDY_PARAMS.items()}
+    if out["seed"] is None and "init.seed" in params:  # a root recorded before the study params
+        out["seed"] = params["init.seed"]
+    if out["round"] is not None:
+        try:
+            out["round"] = int(out["round"])
+        except ValueError:
+            out["round"] = None
+    return out
+
+
 def lineage_graph(runs: Iterable) -> tuple[list[dict], list[tuple[str, str, str]]]:
     """``(nodes, edges)`` of the state runs among ``runs`` (other runs are ignored).
 
@@ -106,6 +126,7 @@ def lineage_graph(runs: Iterable) -> tuple[list[dict], list[tuple[str, str, str]
             "experiment_id": run.info.experiment_id,
             "status": run.info.status,
             "missing": False,
+            **_study(run),
         }
         known[node["id"]] = node
         nodes.append(node)
@@ -381,7 +402,7 @@ def dag_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence],
         return _MARGIN + (pt[0] - x_lo) * _PX_COL, top + (pt[1] - y_lo) * _PX_ROW
 
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif">',
         "<style>"
         ".edge{fill:none;stroke-width:1.4}"
@@ -453,6 +474,9 @@ def lineage_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, base: st
         def link(run_id):
             return run_link(exp_of.get(run_id), run_id, base)
 
+    if lanes.usable(nodes):  # a study: a lane per seed, controls folded
+        _dag_check(nodes, edges)
+        return lanes.lanes_svg(nodes, edges, link=link, color=_kind_color, title=title, highlight=highlight)
     return dag_svg(nodes, edges, link=link, title=title, highlight=highlight)
 
 
@@ -504,6 +528,10 @@ _SCRIPT = """
 """
 
 
+def _value(value) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
 def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
@@ -535,8 +563,12 @@ def lineage_html(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, title: 
             "<tr>"
             f'<td><a class="run-link" data-ui-path="{escape(path)}" href="{escape(prefix + path)}" target="_top">'
             f"<code>{escape(n['id'][:12])}</code></a></td>"
-            f"<td>{escape(str(n.get('name') or ''))}</td><td>{escape(str(n.get('label', '')))}</td>"
-            f'<td class="num">{_pct(n.get("accuracy"))}</td><td class="num">{_pct(n.get("sparsity"))}</td>'
+            f"<td>{escape(str(n.get('name') or ''))}</td>"
+            + "".join(f'<td class="num">{escape(str(n[k]) if n.get(k) is not None else "–")}</td>'
+                      for k in ("seed", "round"))
+            + f"<td>{escape(str(n.get('branch') or '–'))}</td><td>{escape(str(n.get('label', '')))}</td>"
+            f'<td class="num" data-value="{_value(n.get("accuracy"))}">{_pct(n.get("accuracy"))}</td>'
+            f'<td class="num" data-value="{_value(n.get("sparsity"))}">{_pct(n.get("sparsity"))}</td>'
             f"<td>{escape(', '.join(parents.get(n['id'], [])) or '–')}</td></tr>")
     legend = "".join(f'<span><i class="swatch" style="background:{c}"></i>{escape(k)}</span>'
                      for k, c in KIND_COLORS.items())
@@ -547,15 +579,17 @@ def lineage_html(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, title: 
             + (f", {n_missing} parents not in this experiment" if n_missing else "")
             + " · click a node to open its run in the MLflow UI")
     script = f"<script>{_SCRIPT % json.dumps(file_base)}</script>" if file_base is not None else ""
+    script += f"<script>{lanes.SCRIPT}</script>"
     if not nodes:
         body = "<p>No finished mlprune states here yet.</p>"
     else:
-        body = (f'<div class="dag">{svg}</div>'
-                '<table id="states"><thead><tr><th>run</th><th>name</th><th>kind</th><th>test accuracy</th>'
+        body = (lanes.viewer(svg)
+                + '<table id="states" class="sortable"><thead><tr><th>run</th><th>name</th><th>seed</th><th>round</th>'
+                '<th>branch</th><th>kind</th><th>test accuracy</th>'
                 f'<th>sparsity</th><th>parents</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<title>{escape(title)}</title><style>{_CSS}{lanes.VIEW_CSS}</style></head><body>"
         f"<h1>{escape(title)}</h1>"
         + (f'<p class="meta">{escape(subtitle)}</p>' if subtitle else "")
         + f'<p class="meta">{escape(meta)}</p>'

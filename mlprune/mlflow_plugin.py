@@ -109,6 +109,7 @@ def lineage_page(experiment_id: str):
     from mlflow.exceptions import MlflowException
 
     from . import lineage
+    from .store.ui import experiment_url
 
     store = _store()
     current = None
@@ -138,8 +139,8 @@ def lineage_page(experiment_id: str):
     graph_runs = lineage.ancestors(by_id, by_id, fetch)  # parents in other experiments are drawn too
     nodes, edges = lineage.lineage_graph(graph_runs.values())
     base = _ui_base()
-    back = (f'<p class="meta"><a href="{escape(base)}#/experiments/{escape(experiment_id)}" target="_top">'
-            f'experiment "{escape(experiment.name)}" in the MLflow UI</a> · '
+    back = (f'<p class="meta"><a href="{escape(experiment_url(base, experiment_id))}" target="_top">'
+            f'experiment "{escape(experiment.name)}" in the MLflow UI</a> (its runs) · '
             f'<a href="{escape(base.rstrip("/") + LINEAGE_ROUTE)}">all experiments</a></p>')
     broken = lineage.cycle_warnings(edges)  # tags edited into a cycle: drawn and marked, never a 500
     if broken:

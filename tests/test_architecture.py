@@ -225,7 +225,7 @@ FLOORS = [
                   "training.schedules", "training.optimizers", "training.devices"]),
     ("step declarations", ["spec.steps"]),
     ("maths", ["analysis", "analysis.*", "pruning", "pruning.*", "models", "models.*", "reinit", "reinit.*", "data",
-               "data.*", "lineage", "plots", "plots.*", "compact"]),
+               "data.*", "lineage", "lineage_lanes", "plots", "plots.*", "compact"]),
     ("training loop", ["training.loop", "training.*"]),
     ("planning", ["plan", "recipes", "recipes.*", "spawn", "reference"]),
     ("store", ["store", "store.*"]),

@@ -22,6 +22,30 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
+def fitted(text: str, width_inches: float, fontsize: float = 12.0) -> str:
+    """`text` wrapped onto lines that fit `width_inches` at `fontsize` (points): a title is never cut."""
+    import textwrap
+
+    per_line = max(12, int(width_inches * 72 / (0.56 * fontsize)))
+    return "\n".join(textwrap.wrap(text, per_line)) or text
+
+
+def fit_titles(fig: Figure) -> Figure:
+    """Wrap every axes title and the figure's suptitle to the width they have (nothing drawn cut off)."""
+    width, _ = fig.get_size_inches()
+    for ax in fig.axes:
+        room = max(1.0, ax.get_position().width * width)
+        for title in (ax.title, ax._left_title, ax._right_title):
+            text = title.get_text()
+            if text:
+                title.set_text("\n".join(fitted(line, room, title.get_fontsize()) for line in text.split("\n")))
+    suptitle = getattr(fig, "_suptitle", None)
+    if suptitle is not None and suptitle.get_text():
+        suptitle.set_text("\n".join(fitted(line, width * 0.96, suptitle.get_fontsize())
+                                     for line in suptitle.get_text().split("\n")))
+    return fig
+
+
 def as_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu()

@@ -9,7 +9,7 @@ from .. import analysis
 from .. import plots as plotting
 from .common import Page, fmt, html_table
 from .sections import SectionContext
-from .series import accuracy_table, speedup_table
+from .series import accuracy_table, rounds_table, speedup_table
 
 
 def accuracy_section(page: Page, ctx: SectionContext) -> list[dict]:
@@ -36,7 +36,14 @@ def accuracy_section(page: Page, ctx: SectionContext) -> list[dict]:
                       else "1 seed: no interval"), str(a["n"]),
                      escape(", ".join(map(str, a["seeds"])))] for a in agg])
     page.section("accuracy", "Accuracy vs remaining weights", html + table)
-    if any("early_stop_iteration" in a for a in agg):
+    stops = [row["early_stop_epoch"] for row in rounds_table(collection) if row.get("early_stop_epoch") is not None]
+    if stops and max(stops) <= 1:
+        page.section("early-stop", "Early stopping vs remaining weights",
+                     "<p>Every training here stopped early in its first epoch or ran one epoch or less: the "
+                     "validation loss is measured at epoch ends, so the early-stopping iteration is the same "
+                     "everywhere and says nothing about learning speed. Train for several epochs to see it "
+                     "(<code>early_stop_iteration</code> is still logged on every trained state).</p>")
+    elif any("early_stop_iteration" in a for a in agg):
         html = page.figure(plotting.plot_early_stop_vs_remaining(agg), "early_stop_vs_remaining",
                         "Learning speed: early-stopping iteration (lowest validation loss) and the test accuracy "
                         "then vs remaining weights, mean and 95% CI over seeds", "early_stop",

@@ -35,6 +35,9 @@ def model_name(state) -> str:
 
 
 def png(fig) -> bytes:
+    from ..plots.style import fit_titles
+
+    fit_titles(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
@@ -120,6 +123,7 @@ class Page:
         self.numbers: dict = {}
         self._groups: list[tuple[str, str]] = []  # groups made since the last section: its table of contents
         self.report: dict = {}      # what sections add to report.json beside the series
+        self.closed: set[str] = set()  # anchors of the sections that start collapsed
         self.current = "figures"    # the section being rendered (names workflow-run files)
 
     def figure(self, fig, name: str, caption: str, kind: str, *, run_file: str | None = None) -> str:
@@ -137,8 +141,11 @@ class Page:
                 f'alt="{escape(caption)}" title="{escape(caption)}"><figcaption>{escape(caption)}</figcaption>'
                 "</figure>")
 
-    def section(self, anchor: str, heading: str, html: str) -> None:
-        """A section of the page (collapsible); the groups made since the last one are its contents."""
+    def section(self, anchor: str, heading: str, html: str, *, open: bool = True) -> None:
+        """A section of the page (collapsible; `open`: shown at first); the groups made since the last one are
+        its contents."""
+        if not open:
+            self.closed.add(anchor)
         self.sections.append((anchor, heading, html, self._groups))
         self._groups = []
 

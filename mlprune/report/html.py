@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
+from .. import lineage_lanes
 from ..version import __version__
 from ..errors import SpecError
 from .common import Page, ReportWarning, StateLoader, default_ui, jsonable
@@ -49,7 +50,9 @@ th,td{border-bottom:1px solid #e0e0e0;padding:3px 9px;text-align:left}
 th{background:#f5f5f5}
 .warnings{background:#fff8e1;border:1px solid #ffcc80;border-radius:6px;padding:8px 14px;font-size:13px}
 .dag{overflow:auto;border:1px solid #ddd;border-radius:6px;max-height:720px}
-"""
+.answer td.num,.answer th.num{text-align:right;font-variant-numeric:tabular-nums}
+.note{background:#e3f2fd;border:1px solid #90caf9;border-radius:6px;padding:6px 12px;font-size:13px}
+""" + lineage_lanes.VIEW_CSS
 
 
 @dataclass
@@ -89,6 +92,12 @@ def write_report(experiment: str, out_dir, *, tracking_uri: str | None = None, u
 
     ctx = SectionContext(collection, loaded, note, ui_url=ui_url or default_ui(store.tracking_uri))
     render(page, ctx)
+    ui_note = ""
+    if not ui_url and not store.tracking_uri.startswith(("http://", "https://")):
+        ui_note = (f'<p class="note">Links to runs point to the MLflow UI at {escape(ctx.ui_url)}: serve this '
+                   f"store there with <code>mlflow server --app-name mlprune --backend-store-uri "
+                   f"{escape(store.tracking_uri)} --port 5000</code>, or write the report with <code>--ui-url "
+                   f"URL</code> for a UI elsewhere.</p>")
 
     warn_html = ""
     if collection.warnings:
@@ -99,8 +108,8 @@ def write_report(experiment: str, out_dir, *, tracking_uri: str | None = None, u
         + (("<ul>" + "".join(f'<li><a href="#{escape(ga)}">{escape(gt)}</a></li>' for ga, gt in groups[:40])
             + (f"<li>… {len(groups) - 40} more</li>" if len(groups) > 40 else "") + "</ul>") if groups else "")
         + "</li>" for a, h, _, groups in page.sections) + "</ol></nav>"
-    body = "".join(f'<section id="{a}"><details open><summary><h2>{escape(h)}</h2></summary>{html}</details>'
-                   f"</section>" for a, h, html, _ in page.sections)
+    body = "".join(f'<section id="{a}"><details{"" if a in page.closed else " open"}><summary><h2>{escape(h)}</h2>'
+                   f"</summary>{html}</details></section>" for a, h, html, _ in page.sections)
     n_series = len({s.label for s in collection.series})
     title = f"mlprune report: {store.experiment_name}"
     document = (
@@ -110,7 +119,7 @@ def write_report(experiment: str, out_dir, *, tracking_uri: str | None = None, u
         f'<p class="meta">experiment id {escape(store.experiment_id)} · tracking store '
         f"{escape(store.tracking_uri)} · {len(collection.runs)} states · {n_series} recipe series · "
         f"{len(page.figures)} figures · mlprune {escape(__version__)} · {time.strftime('%Y-%m-%d %H:%M')}</p>"
-        f"<nav>{nav}</nav>{warn_html}{body}</body></html>\n")
+        f"{ui_note}<nav>{nav}</nav>{warn_html}{body}<script>{lineage_lanes.SCRIPT}</script></body></html>\n")
     path = out / "report.html"
     path.write_text(document, encoding="utf-8")
     page.numbers["warnings"] = collection.warnings

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from html import escape
 
-from .. import lineage
+from .. import lineage, lineage_lanes
 from ..names import TAG_KIND
 from .common import Page, fmt, html_table, metric
+from .series import study_answer
 from .sections import SectionContext
 
 
@@ -20,8 +21,35 @@ def lineage_section(page: Page, ctx: SectionContext) -> None:
     page.section("lineage", "Lineage",
                  f'<p class="meta">Every state of the experiment; solid arrows: primary parent, dashed: weights / '
                  f"mask sources. Nodes link to their runs in the MLflow UI at {escape(ui)}.</p>"
-                 f'<div class="dag" data-kind="dag">{svg}</div>')
+                 f'<div class="dag-frame" data-kind="dag">{lineage_lanes.viewer(svg)}</div>', open=False)
     page.numbers["lineage"] = {"nodes": nodes, "edges": edges}
+
+
+def answer_section(page: Page, ctx: SectionContext) -> None:
+    """What the study answers, first: per recipe the main branch's deepest round, test accuracy per seed and
+    mean ± std over seeds beside each control's (the numbers `mlprune compare` and `mlprune sweep` print)."""
+    rows = study_answer(ctx.collection)
+    page.report["answer"] = rows
+    if not rows:
+        return
+    html = []
+    for recipe in dict.fromkeys(row["recipe"] for row in rows):
+        group = [row for row in rows if row["recipe"] == recipe]
+        seeds = list(dict.fromkeys(seed for row in group for seed in row["seeds"]))[:12]
+        head = "".join(f'<th class="num">s{escape(str(seed))}</th>' for seed in seeds)
+        body = "".join(
+            f"<tr><td>{escape(row['branch'])}</td>"
+            + "".join(f'<td class="num">{100 * row["seeds"][seed]:.2f}%</td>' if seed in row["seeds"]
+                      else '<td class="num">–</td>' for seed in seeds)
+            + f'<td class="num"><b>{100 * row["mean"]:.2f}%</b> ± {100 * row["std"]:.2f}</td>'
+            f'<td class="num">{row["n"]}</td></tr>' for row in group)
+        html.append(f"<h3>{escape(recipe)}: round {group[0]['round']}, {100 * group[0]['remaining']:.2f}% of the "
+                    f"weights remaining</h3>"
+                    f'<table class="answer"><thead><tr><th>branch</th>{head}<th class="num">mean ± std</th>'
+                    f'<th class="num">n</th></tr></thead><tbody>{body}</tbody></table>')
+    page.section("answer", "The study's answer",
+                 '<p class="meta">Test accuracy at the deepest round of each recipe, per seed and over seeds: the '
+                 "main branch beside each control.</p>" + "".join(html))
 
 
 def states_section(page: Page, ctx: SectionContext) -> None:

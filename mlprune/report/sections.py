@@ -61,7 +61,8 @@ def render(page, ctx: SectionContext, *, workflow_run: bool = False) -> None:
         entry.load()(page, ctx)
 
 
-SECTIONS.add(Section("lineage", "mlprune.report.overview:lineage_section", "the DAG of every state",
+SECTIONS.add(Section("answer", "mlprune.report.overview:answer_section",
+                     "the study's answer: the deepest round's accuracy per seed and mean, main beside controls",
                      on_workflow_run=False))
 SECTIONS.add(Section("accuracy", "mlprune.report.accuracy:accuracy_section",
                      "accuracy and early stopping vs remaining weights"))
@@ -80,6 +81,8 @@ SECTIONS.add(Section("inside", "mlprune.report.inside:inside_section",
 SECTIONS.add(Section("structure", "mlprune.report.masks:structure_section", "emergent structure vs random"))
 SECTIONS.add(Section("stability", "mlprune.report.weights:stability_section", "weight stability and evolution"))
 SECTIONS.add(Section("weights", "mlprune.report.weights:weights_section", "weights of the dense and final states",
+                     on_workflow_run=False))
+SECTIONS.add(Section("lineage", "mlprune.report.overview:lineage_section", "the DAG of every state (collapsed)",
                      on_workflow_run=False))
 SECTIONS.add(Section("states", "mlprune.report.overview:states_section", "every state in a table",
                      on_workflow_run=False))

@@ -290,6 +290,22 @@ def plans_collection(store, plans: list[dict]) -> Collection:
     return Collection(store, states, series, [], [], {})
 
 
+def structured_recipes(collection: Collection) -> set[str]:
+    """The series base labels whose prune steps remove whole channels (a structured method): the others'
+    measured speedups come from units that happen to lose every weight, not from their method."""
+    from ..pruning.catalog import METHODS
+
+    out = set()
+    for series in collection.series:
+        for node in series.nodes.values():
+            for step in node.get("steps") or []:
+                options = step.get("prune") if isinstance(step, dict) else None
+                method = options.get("method") if isinstance(options, dict) else None
+                if method in METHODS and METHODS[method].structured:
+                    out.add(series.base_label)
+    return out
+
+
 def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
     """(rows, unstructured labels): accuracy vs measured speedup per series label and round.
 
@@ -302,9 +318,11 @@ def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
     groups: dict[tuple, list] = {}
     order: dict[str, int] = {}
     unstructured: list[str] = []
+    structured = structured_recipes(collection)
     for series in collection.series:
         runs = {rnd: collection.runs.get(run_id) for rnd, run_id in sorted(series.trained.items())}
-        if not any(_metric(run, M_SPEEDUP) is not None for run in runs.values()):
+        if series.base_label not in structured or \
+                not any(_metric(run, M_SPEEDUP) is not None for run in runs.values()):
             if any(rnd > 0 for rnd in runs) and series.label not in unstructured:
                 unstructured.append(series.label)
             continue
