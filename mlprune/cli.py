@@ -635,7 +635,7 @@ def tree(experiment, experiment_option):
               help="A runs filter the view starts with, e.g. \"params.seed = '1' and params.round = '20'\".")
 def ui(experiment, experiment_option, ui_url, search_filter):
     """Print the URL of EXPERIMENT's states in the MLflow UI: the runs table, flat (sorted by sparsity), with the
-    columns seed, round, branch, test_accuracy, sparsity, recipe, model, dataset.
+    columns seed, round, branch, test_accuracy, sparsity.
 
     The view is stored on the experiment (tag mlflow.sharedViewState.mlprune-states); the URL opens it in
     the UI's model-training view.

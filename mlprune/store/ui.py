@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from ..names import (EXPERIMENT_KIND, M_SPARSITY, M_TEST_ACCURACY, PARAM_BRANCH, PARAM_DATASET, PARAM_MODEL,
-                     PARAM_RECIPE, PARAM_ROUND, PARAM_SEED, TAG_EXPERIMENT_KIND, TAG_SHARED_VIEW_PREFIX, UI_VIEW_KEY)
+from ..names import (EXPERIMENT_KIND, M_SPARSITY, M_TEST_ACCURACY, PARAM_BRANCH, PARAM_ROUND, PARAM_SEED,
+                     TAG_EXPERIMENT_KIND, TAG_SHARED_VIEW_PREFIX, UI_VIEW_KEY)
 
 WORKFLOW_TYPE = "machine_learning"   # the UI's model-training view
 LOCAL_UI = "http://127.0.0.1:5000"   # `mlflow ui` / `mlflow server` on this machine
@@ -41,9 +41,9 @@ def column(kind: str, name: str) -> str:
     return f"{kind}.`{name}`"
 
 
+# the UI shows metrics, then params by name; recipe, model and dataset are a click away (Columns)
 STUDY_COLUMNS = [column("params", PARAM_SEED), column("params", PARAM_ROUND), column("params", PARAM_BRANCH),
-                 column("metrics", M_TEST_ACCURACY), column("metrics", M_SPARSITY), column("params", PARAM_RECIPE),
-                 column("params", PARAM_MODEL), column("params", PARAM_DATASET)]
+                 column("metrics", M_TEST_ACCURACY), column("metrics", M_SPARSITY)]
 
 
 def states_view(search_filter: str = "") -> dict:
