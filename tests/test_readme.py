@@ -118,6 +118,14 @@ def test_the_shell_blocks_run_in_order_on_a_fresh_store(tmp_path):
         if block.body.startswith("mlflow run . -e lt_structuredL1 --env-manager local\n"):
             summaries = [line for line in result.stdout.splitlines() if line.endswith(" reused")]
             assert summaries == ["8 states: 0 computed, 8 reused", "10 states: 2 computed, 8 reused"]
+        if block.body.startswith("mlprune sweep recipes/lth_lenet_300_100.yaml"):
+            # the sweep ends with the study's answer the README shows (numbers vary with the machine)
+            shown_answer = next(b.body for b in of("text") if b.body.startswith("lth_lenet_300_100: test accuracy"))
+            printed = _without_ids_and_numbers(result.stdout)
+            start = next(i for i, line in enumerate(printed) if line.startswith("lth_lenet_300_100: test accuracy"))
+            expected = _without_ids_and_numbers(shown_answer)
+            assert printed[start:start + 2] == expected[:2]
+            assert [line.split()[0] for line in printed[start + 2:start + 5]] == ["main", "random", "shuffle"]
         if block.body.startswith("root=$(mlprune step init"):
             assert {p.name for p in (tmp_path / "ticket").iterdir()} == {"weights.safetensors", "masks.safetensors",
                                                                           "state.json"}
