@@ -162,6 +162,59 @@ CSS = (".lane-title{font-size:12px;font-weight:bold;fill:#37474f}"
        ".fold.open circle{fill:#90a4ae}")
 
 
+def _center(lanes: Lanes, node_id) -> tuple[float, float]:
+    """A node's centre in its lane's coordinates."""
+    return (MARGIN + lanes.col[node_id] * COL_W + COL_W / 2, TITLE_H + lanes.row[node_id] * ROW_H + ROW_H / 2)
+
+
+def _edge_svg(lanes: Lanes, p, c, role: str) -> str:
+    """One edge inside a lane: primary edges from box to box (down within a column, else a curve to the right),
+    extra-parent arcs over the lane from top to top (hidden until hovered); folded with their child."""
+    (x0, y0), (x1, y1) = _center(lanes, p), _center(lanes, c)
+    if role == "primary" and x0 == x1:
+        d = f"M{x0:.0f},{y0 + BOX_H / 2:.0f} L{x1:.0f},{y1 - BOX_H / 2:.0f}"
+    elif role == "primary":
+        d = f"M{x0 + BOX_W / 2:.0f},{y0:.0f} C{x0 + COL_W / 2 + 4:.0f},{y0:.0f} " \
+            f"{x1 - COL_W / 2 - 4:.0f},{y1:.0f} {x1 - BOX_W / 2:.0f},{y1:.0f}"
+    else:
+        lift = TITLE_H * 0.6 + 6 * (abs(x1 - x0) / COL_W) ** 0.5
+        d = f"M{x0:.0f},{y0 - BOX_H / 2:.0f} C{x0:.0f},{y0 - BOX_H / 2 - lift:.0f} " \
+            f"{x1:.0f},{y1 - BOX_H / 2 - lift:.0f} {x1:.0f},{y1 - BOX_H / 2:.0f}"
+    role_cls = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in role)
+    folded = lanes.group.get(c)
+    cls = f"edge edge-{'primary' if role == 'primary' else 'extra'} edge-{role_cls}" + (" folded" if folded else "")
+    group_attr = f" data-group={quoteattr(folded)}" if folded else ""
+    return (f'<path class="{cls}" d="{d}" data-from={quoteattr(p)} data-to={quoteattr(c)}{group_attr}>'
+            f"<title>{escape(f'{role}: {p} -> {c}')}</title></path>")
+
+
+def _node_svg(lanes: Lanes, node_id, link, color, highlight, folds: int) -> str:
+    """One node (a link to its run when `link`), and its badge when `folds` control states hang under it."""
+    node = lanes.nodes[node_id]
+    cx, cy = _center(lanes, node_id)
+    folded = lanes.group.get(node_id)
+    group_attr = f" data-group={quoteattr(folded)}" if folded else ""
+    cls = "node" + (" current" if node_id == highlight else "") + (" folded" if folded else "")
+    lines = node_text(node)
+    text_y = cy - (len(lines) - 1) * 6.5 + 3.5
+    body = (f'<g class="{cls}" data-id={quoteattr(node_id)}{group_attr}><title>{escape(tooltip(node))}</title>'
+            f'<rect x="{cx - BOX_W / 2:.0f}" y="{cy - BOX_H / 2:.0f}" width="{BOX_W}" height="{BOX_H}" rx="6" '
+            f'fill="{color(node)}"/>'
+            + "".join(f'<text{" class=" + chr(34) + "first" + chr(34) if k == 0 else ""} x="{cx:.0f}" '
+                      f'y="{text_y + 13 * k:.0f}" text-anchor="middle">{escape(line)}</text>'
+                      for k, line in enumerate(lines))
+            + "</g>")
+    if link is not None:
+        body = (f'<a href={quoteattr(str(link(node_id)))} target="_top"'
+                + (f' class="folded"{group_attr}' if folded else "") + f">{body}</a>")
+    if folds:
+        bx, by = cx + BOX_W / 2 - 2, cy - BOX_H / 2 + 2
+        body += (f'<g class="fold" data-group={quoteattr(node_id)}><title>{folds} control state(s) branch off here: '
+                 f'click to show them</title><circle cx="{bx:.0f}" cy="{by:.0f}" r="8"/>'
+                 f'<text x="{bx:.0f}" y="{by + 3:.0f}" text-anchor="middle">+{folds}</text></g>')
+    return body
+
+
 def lanes_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, link: Callable[[str], str] | None = None,
               color: Callable[[Mapping], str], title: str | None = None, highlight: str | None = None) -> str:
     """Standalone SVG of the lanes (controls folded; `SCRIPT` unfolds them and shows arcs on hover)."""
@@ -172,72 +225,26 @@ def lanes_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, link: Call
         offsets[lane] = y
         y += TITLE_H + lanes.rows[lane][0] * ROW_H + LANE_GAP
     width, height = 2 * MARGIN + lanes.n_cols * COL_W, int(y + MARGIN)
-
-    def center(node_id):
-        return (MARGIN + lanes.col[node_id] * COL_W + COL_W / 2,
-                TITLE_H + lanes.row[node_id] * ROW_H + ROW_H / 2)
-
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage lanes" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" data-top="{top}" '
            f'data-gap="{LANE_GAP + TITLE_H}" data-row="{ROW_H}" data-margin="{MARGIN}">',
            f"<style>{CSS}</style>", f'<rect class="background" width="{width}" height="{height}" fill="white"/>']
     if title:
         out.append(f'<text x="{MARGIN}" y="{MARGIN + 10}" font-size="15" font-weight="bold">{escape(title)}</text>')
-    counts: dict = {}
-    for node_id, parent in lanes.group.items():
-        counts[parent] = counts.get(parent, 0) + 1
+    folds: dict = {}
+    for parent in lanes.group.values():
+        folds[parent] = folds.get(parent, 0) + 1
     per_lane: dict = {lane: ([], []) for lane in lanes.rows}
-    skipped = 0
+    between = [e for e in edges if lanes.lane[e[0]] != lanes.lane[e[1]]]
     for edge in edges:
-        p, c = edge[0], edge[1]
-        role = edge[2] if len(edge) > 2 else "primary"
-        if lanes.lane[p] != lanes.lane[c]:
-            skipped += 1
-            continue
-        (x0, y0), (x1, y1) = center(p), center(c)
-        if role == "primary":
-            if x0 == x1:
-                d = f"M{x0:.0f},{y0 + BOX_H / 2:.0f} L{x1:.0f},{y1 - BOX_H / 2:.0f}"
-            else:
-                d = f"M{x0 + BOX_W / 2:.0f},{y0:.0f} C{x0 + COL_W / 2 + 4:.0f},{y0:.0f} " \
-                    f"{x1 - COL_W / 2 - 4:.0f},{y1:.0f} {x1 - BOX_W / 2:.0f},{y1:.0f}"
-        else:  # an arc over the lane's title, from the source's top to the child's top
-            lift = TITLE_H * 0.6 + 6 * (abs(x1 - x0) / COL_W) ** 0.5
-            d = f"M{x0:.0f},{y0 - BOX_H / 2:.0f} C{x0:.0f},{y0 - BOX_H / 2 - lift:.0f} " \
-                f"{x1:.0f},{y1 - BOX_H / 2 - lift:.0f} {x1:.0f},{y1 - BOX_H / 2:.0f}"
-        role_cls = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in role)
-        folded = lanes.group.get(c)
-        cls = f"edge edge-{'primary' if role == 'primary' else 'extra'} edge-{role_cls}"
-        cls += " folded" if folded else ""
-        group_attr = f" data-group={quoteattr(folded)}" if folded else ""
-        per_lane[lanes.lane[c]][0].append(
-            f'<path class="{cls}" d="{d}" data-from={quoteattr(p)} data-to={quoteattr(c)}{group_attr}>'
-            f"<title>{escape(f'{role}: {p} -> {c}')}</title></path>")
-    for node_id, node in lanes.nodes.items():
-        cx, cy = center(node_id)
-        folded = lanes.group.get(node_id)
-        cls = "node" + (" current" if node_id == highlight else "") + (" folded" if folded else "")
-        lines = node_text(node)
-        text_y = cy - (len(lines) - 1) * 6.5 + 3.5
-        g = [f'<g class="{cls}" data-id={quoteattr(node_id)}' + (f" data-group={quoteattr(folded)}" if folded else "")
-             + f'><title>{escape(tooltip(node))}</title>'
-             f'<rect x="{cx - BOX_W / 2:.0f}" y="{cy - BOX_H / 2:.0f}" width="{BOX_W}" height="{BOX_H}" rx="6" '
-             f'fill="{color(node)}"/>']
-        for k, line in enumerate(lines):
-            g.append(f'<text{" class=" + chr(34) + "first" + chr(34) if k == 0 else ""} x="{cx:.0f}" '
-                     f'y="{text_y + 13 * k:.0f}" text-anchor="middle">{escape(line)}</text>')
-        g.append("</g>")
-        body = "".join(g)
-        if link is not None:
-            body = f'<a href={quoteattr(str(link(node_id)))} target="_top"' + \
-                   (f' class="folded" data-group={quoteattr(folded)}' if folded else "") + f">{body}</a>"
-        per_lane[lanes.lane[node_id]][1].append(body)
-        if node_id in counts:
-            bx, by = cx + BOX_W / 2 - 2, cy - BOX_H / 2 + 2
-            per_lane[lanes.lane[node_id]][1].append(
-                f'<g class="fold" data-group={quoteattr(node_id)}><title>{counts[node_id]} control state(s) branch '
-                f'off here: click to show them</title><circle cx="{bx:.0f}" cy="{by:.0f}" r="8"/>'
-                f'<text x="{bx:.0f}" y="{by + 3:.0f}" text-anchor="middle">+{counts[node_id]}</text></g>')
+        if lanes.lane[edge[0]] == lanes.lane[edge[1]]:
+            per_lane[lanes.lane[edge[1]]][0].append(
+                _edge_svg(lanes, edge[0], edge[1], edge[2] if len(edge) > 2 else "primary"))
+    for node_id in lanes.nodes:
+        per_lane[lanes.lane[node_id]][1].append(_node_svg(lanes, node_id, link, color, highlight,
+                                                          folds.get(node_id, 0)))
+    if between:
+        out.append(f"<desc>{len(between)} extra-parent arcs between lanes are not drawn</desc>")
     for lane in sorted(lanes.rows):
         folded_rows, open_rows = lanes.rows[lane]
         out.append(f'<g class="lane" data-lane="{lane}" data-rows="{folded_rows}" data-open-rows="{open_rows}" '
@@ -245,12 +252,8 @@ def lanes_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, link: Call
                    f'<text class="lane-title" x="{MARGIN}" y="{TITLE_H - 6}">{escape(lanes.title(lane))}</text>'
                    + "".join(per_lane[lane][0]) + "".join(per_lane[lane][1]) + "</g>")
     out.append("</svg>")
-    if skipped:
-        out.insert(1, f"<desc>{skipped} extra-parent arcs between lanes are not drawn</desc>")
     return "\n".join(out)
 
-
-# Zoom (wheel, buttons), pan (drag), fit; unfolding controls (the badges) moves the lanes below; extra-parent
 # arcs of the node under the pointer. Works on every svg.lineage in the page.
 SCRIPT = """
 (function(){

@@ -175,7 +175,8 @@ def test_the_lineage_page_shows_labelled_nodes_in_the_first_viewport(served):
 
     b = served["browser"]
     experiment_id = MlflowClient(tracking_uri=served["base"]).get_experiment_by_name("study").experiment_id
-    b.goto(f"{served['base']}/mlprune/lineage/{experiment_id}", "document.querySelectorAll('g.node').length > 0")
+    b.goto(f"{served['base']}/mlprune/lineage/{experiment_id}",
+           "document.readyState === 'complete' && document.querySelector('.zoom-level').textContent !== ''")
     visible = b.eval("""[...document.querySelectorAll('g.node')].map(g => [g, g.getBoundingClientRect()])
         .filter(([g, r]) => r.width > 0 && r.top >= 0 && r.bottom <= innerHeight && r.left >= 0 && r.right <= innerWidth)
         .map(([g, r]) => ({text: g.textContent, w: r.width, size: parseFloat(getComputedStyle(g.querySelector('text')).fontSize) * r.width / 64}))""")
