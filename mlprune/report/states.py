@@ -23,8 +23,10 @@ def _name(state) -> str:
 
 
 def _model(state) -> str:
-    spec = getattr(state, "spec", None) or {}
-    return str(spec.get("root", {}).get("model", "?"))
+    """The state's model, with its model options when it has any: ``lenet`` or ``conv2 {'width': 2}``."""
+    root = (getattr(state, "spec", None) or {}).get("root", {})
+    options = root.get("model_options") or {}
+    return str(root.get("model", "?")) + (f" {options}" if options else "")
 
 
 def mask_similarity(a, b) -> dict:
@@ -33,18 +35,14 @@ def mask_similarity(a, b) -> dict:
     States of different architectures (another model, other model options, other tensors) raise a one-line
     ``SpecError`` naming both: masks of equal shapes of two models are not the same weights.
     """
-    roots = [(getattr(s, "spec", None) or {}).get("root", {}) for s in (a, b)]
-    if any(r.get("model") for r in roots) and \
-            [(r.get("model"), r.get("model_options")) for r in roots].count((roots[0].get("model"),
-                                                                             roots[0].get("model_options"))) != 2:
-        raise SpecError(f"cannot compare state {_name(a)} ({_model(a)}, {roots[0].get('model_options') or {}}) with "
-                        f"state {_name(b)} ({_model(b)}, {roots[1].get('model_options') or {}}): states of different "
-                        f"architectures")
+    both = f"cannot compare state {_name(a)} ({_model(a)}) with state {_name(b)} ({_model(b)})"
     try:
-        return analysis.jaccard(a.masks, b.masks)
+        similarity = analysis.jaccard(a.masks, b.masks)
     except SpecError as error:
-        raise SpecError(f"cannot compare state {_name(a)} ({_model(a)}) with state {_name(b)} "
-                        f"({_model(b)}): {error}") from None
+        raise SpecError(f"{both}: {error}") from None
+    if _model(a) != _model(b) and "?" not in (_model(a), _model(b)):
+        raise SpecError(f"{both}: states of different architectures")
+    return similarity
 
 
 def jaccard_table(states, labels=None, layer: str | None = None) -> tuple[np.ndarray, list[str]]:
