@@ -107,6 +107,42 @@ def fresh_store(folder: str | os.PathLike, experiment: str = "bench",
     return uri, exp_id
 
 
+BARE_SCRIPT = Path(__file__).resolve().parent / "bare_lottery.py"
+
+
+def user_env(extra: dict | None = None) -> dict:
+    """The environment of a user's shell for a benchmark's processes: this one without mlprune's, MLflow's
+    run or OpenMP's variables (a bare baseline sets nothing a user would not; mlprune sets its own), then
+    `extra` (its OpenMP variables dropped too)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN", "MLPRUNE_", "PYTEST_", "OMP_",
+                                "GOMP_", "KMP_"))}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env.update({k: v for k, v in (extra or {}).items() if not k.startswith(("OMP_", "GOMP_", "KMP_"))})
+    return env
+
+
+def bare_env(env: dict | None = None) -> dict:
+    """A bare baseline's environment: `env` (default: this process's) as `user_env` leaves it, and none of
+    mlprune's variables, even those its other side sets (a cache dir, figures off)."""
+    return {k: v for k, v in user_env(env).items() if not k.startswith("MLPRUNE_")}
+
+
+def run_bare(data_dir: str | os.PathLike, *args: str, env: dict | None = None, cwd=None) -> dict:
+    """Run ``bare_lottery.py`` as its own process in a user's environment (`env` without its MLPRUNE_* and
+    OpenMP variables); its JSON line."""
+    import json
+    import subprocess
+    import sys
+
+    env = bare_env(env)
+    proc = subprocess.run([sys.executable, str(BARE_SCRIPT), str(data_dir), *args], env=env,
+                          cwd=cwd, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bare script failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def dir_bytes(folder: str | os.PathLike) -> dict[str, int]:
     """{file name: total bytes} of every file under ``folder`` (grouped by base name)."""
     out: dict[str, int] = {}

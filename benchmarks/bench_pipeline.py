@@ -8,17 +8,20 @@ E epochs. Every state is evaluated on the test split.
 
 A. mlprune: the recipe as a YAML file, ``compile_recipe`` + ``run_plan`` into a fresh
    sqlite store (full tracking: runs, tags, metrics, safetensors artifacts, lookups).
-B. bare: the loop one writes by hand: tensors in memory, ``torch.randperm`` batches
-   (the seed schedule mlprune documents), masks applied after every optimizer step
-   (``p.mul_(mask)``), masks by hand (top-k of |w| among survivors), no tracking and no
-   files, the same torch thread count as mlprune (``MLPRUNE_THREADS``, default 1).
+B. bare: the loop one writes by hand (``bare_lottery.py``), in its own process as a user runs
+   it: mlprune never imported, no OpenMP setting, torch's default thread count; tensors in
+   memory, ``torch.randperm`` batches (the seed schedule mlprune documents), masks applied
+   after every optimizer step (``p.mul_(mask)``), masks by hand (top-k of |w| among
+   survivors), no tracking and no files. Its loop is timed inside its process (imports and
+   reading the files excluded, as for A).
 
-The maths is the same, so B reproduces A's states exactly (``bitwise_equal``: the final
-weights and masks are ``torch.equal``, every state's test accuracy is the same float;
-B's pruned weights may be -0.0 where A's are +0.0). B skips mlprune's gradient masking
-and loss bookkeeping, which favours B. A and B alternate over the repetitions; medians
-are reported. C, the bare loop once at torch's default thread count, says what pinning
-the threads costs or saves (``bare_default_threads_vs_pinned``, one sample).
+A runs at mlprune's default (the API computes in this process with all cores; ``run.py``'s
+``MLPRUNE_THREADS=1`` of the other in-process figures is lifted for it). The maths is the
+same, so B at A's thread count reproduces A's states exactly (``bitwise_equal``, one untimed
+run: the final weights and masks are ``torch.equal``, every state's test accuracy is the
+same float; B's pruned weights may be -0.0 where A's are +0.0). B skips mlprune's gradient
+masking and loss bookkeeping, which favours B. A and B alternate over the repetitions;
+medians are reported.
 
 Figures:
 - ``pipeline_vs_bare``: median wall time of A / median of B (goal <= 1.10); beside it the
@@ -35,7 +38,10 @@ Figures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import sys
 import tempfile
 import time
@@ -55,7 +61,6 @@ SIZES = {  # n_train, n_test, rounds, epochs, repetitions
     "tiny": dict(n_train=600, n_test=200, rounds=1, epochs=1, reps=1),
 }
 LR, MOMENTUM, BATCH, AMOUNT, SEED = 0.01, 0.9, 60, 0.2, 0
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # mlprune.data.STATS["mnist"]: the standard constants
 
 RECIPE = """\
 name: bench_lt
@@ -174,105 +179,32 @@ def run_mlprune(recipe: Path, data_dir: Path, store_dir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- B: bare loop
 
-def load_tensors(data_dir: Path):
-    """The IDX files as tensors, normalized the standard MNIST way (untimed: both sides cache it)."""
-    import numpy as np
+BARE_ARGS = ("--lr", str(LR), "--momentum", str(MOMENTUM), "--batch", str(BATCH), "--amount", str(AMOUNT),
+             "--scope", "layer", "--seed", str(SEED))
 
-    raw = data_dir / "MNIST" / "raw"
 
-    def idx(name, offset, shape):
-        arr = np.frombuffer((raw / name).read_bytes(), dtype=np.uint8, offset=offset)
-        return torch.from_numpy(arr.copy()).reshape(shape)
+def bare_lottery(data_dir: Path, tmp: Path, *, rounds: int, epochs: int, threads: int | None = None) -> dict:
+    """B in its own process (`_common.run_bare`): {"loop_s", "accuracies", "threads", ...}; with `threads`,
+    pinned to that count and its final weights and masks read back ("state")."""
+    extra = ["--threads", str(threads), "--save", str(tmp / "bare.safetensors")] if threads else []
+    out = _common.run_bare(data_dir, "--levels", str(rounds), "--epochs", str(epochs), *BARE_ARGS, *extra, cwd=tmp)
+    if threads:
+        from safetensors.torch import load_file
 
-    n_train = (raw / _common.IDX[1]).stat().st_size - 8
-    n_test = (raw / _common.IDX[3]).stat().st_size - 8
-    x_train = idx(_common.IDX[0], 16, (n_train, 1, 28, 28))
-    y_train = idx(_common.IDX[1], 8, (n_train,)).long()
-    x_test = idx(_common.IDX[2], 16, (n_test, 1, 28, 28))
-    y_test = idx(_common.IDX[3], 8, (n_test,)).long()
-    return x_train, y_train, x_test, y_test
+        out["state"] = load_file(str(tmp / "bare.safetensors"))
+    return out
+
+
+def _bare_name(key: str) -> str:
+    """mlprune's lenet_300_100 parameter name -> the bare script's (its Sequential starts with a Flatten)."""
+    return re.sub(r"^classifier\.(\d+)", lambda m: str(int(m.group(1)) + 1), key)
 
 
 def mlprune_threads() -> int:
-    """The torch thread count mlprune computes states with (MLPRUNE_THREADS, for bitwise reproducibility)."""
-    try:
-        from mlprune.executor import compute_threads
-    except ImportError:  # a version without thread pinning computes with torch's default
-        return torch.get_num_threads()
+    """The torch thread count mlprune computes states with in this process."""
+    from mlprune.executor import compute_threads
+
     return compute_threads()
-
-
-def bare_lottery(x_train_u8, y_train, x_test_u8, y_test, *, rounds: int, epochs: int,
-                 threads: int | None = None) -> dict:
-    """The lottery-ticket loop by hand: no tracking, no files. Returns accuracies, final weights, masks.
-
-    `threads`: torch threads for the loop (default: as many as mlprune computes with).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or mlprune_threads())
-    try:
-        return _bare_lottery(x_train_u8, y_train, x_test_u8, y_test, rounds=rounds, epochs=epochs)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _bare_lottery(x_train_u8, y_train, x_test_u8, y_test, *, rounds: int, epochs: int) -> dict:
-    from mlprune.models import build_model  # the same architecture and initialization
-
-    torch.set_flush_denormal(True)  # as mlprune's train() does (see training.py)
-    x_train = (x_train_u8.to(torch.float32) / 255.0 - MNIST_MEAN) / MNIST_STD
-    x_test = (x_test_u8.to(torch.float32) / 255.0 - MNIST_MEAN) / MNIST_STD
-    model = build_model("lenet_300_100", num_classes=10, input_shape=(1, 28, 28), seed=SEED)
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    params = dict(model.named_parameters())
-    masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in params.items() if name.endswith("weight")}
-    loss_fn = torch.nn.CrossEntropyLoss()
-    accuracies = []
-
-    def evaluate():
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for i in range(0, len(y_test), 256):
-                correct += int((model(x_test[i:i + 256]).argmax(1) == y_test[i:i + 256]).sum())
-        model.train()
-        accuracies.append(correct / len(y_test))
-
-    def train():
-        keep = [(params[n], m.to(torch.float32)) for n, m in masks.items()]
-        with torch.no_grad():
-            for p, k in keep:
-                p.mul_(k)
-        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        for epoch in range(epochs):
-            gen = torch.Generator().manual_seed((SEED * 1_000_003 + epoch) & ((1 << 63) - 1))
-            perm = torch.randperm(len(y_train), generator=gen)
-            for i in range(0, len(y_train), BATCH):
-                idx = perm[i:i + BATCH]
-                opt.zero_grad()
-                loss_fn(model(x_train.index_select(0, idx)), y_train.index_select(0, idx)).backward()
-                opt.step()
-                with torch.no_grad():
-                    for p, k in keep:
-                        p.mul_(k)
-
-    evaluate()                                   # init
-    train()
-    evaluate()                                   # trained
-    for _ in range(rounds):
-        with torch.no_grad():                    # prune 20% of each layer's survivors by |w|
-            for name, mask in masks.items():
-                alive = mask.reshape(-1).nonzero().squeeze(1)
-                k = round(AMOUNT * alive.numel())
-                gone = torch.topk(params[name].detach().reshape(-1)[alive].abs(), k, largest=False).indices
-                mask.view(-1)[alive[gone]] = False
-                params[name].masked_fill_(~mask, 0.0)
-        evaluate()                               # pruned
-        model.load_state_dict(init)              # rewind to the initialization
-        train()
-        evaluate()                               # retrained ticket
-    return {"accuracies": accuracies, "weights": {k: v.clone() for k, v in model.state_dict().items()},
-            "masks": {k: v.clone() for k, v in masks.items()}}
 
 
 # ----------------------------------------------------------------------------- measure
@@ -282,29 +214,39 @@ def _same(a_run: dict, bare: dict) -> bool:
     order = list(states)
     accs = [states[n].metrics["test_accuracy"] for n in order]
     last = states[order[-1]]
-    weights, masks = last.weights, last.masks
+    theirs = bare["state"]
     return (accs == bare["accuracies"]
-            and set(weights) == set(bare["weights"])
-            and all(torch.equal(weights[k], bare["weights"][k]) for k in weights)
-            and set(masks) == set(bare["masks"])
-            and all(torch.equal(masks[k], bare["masks"][k]) for k in masks))
+            and len(theirs) == len(last.weights) + len(last.masks)
+            and all(torch.equal(v, theirs[f"weight:{_bare_name(k)}"]) for k, v in last.weights.items())
+            and all(torch.equal(v, theirs[f"mask:{_bare_name(k)}"]) for k, v in last.masks.items()))
+
+
+@contextlib.contextmanager
+def _defaults():
+    """mlprune's default thread count for A (MLPRUNE_THREADS lifted), restored after."""
+    pinned = os.environ.pop("MLPRUNE_THREADS", None)
+    try:
+        yield
+    finally:
+        if pinned is not None:
+            os.environ["MLPRUNE_THREADS"] = pinned
 
 
 def measure(quick: bool = False, tiny: bool = False, reps: int | None = None) -> dict:
     size = dict(SIZES["tiny" if tiny else "quick" if quick else "full"])
     reps = reps or size["reps"]
-    default_threads = torch.get_num_threads()  # torch's own choice, before mlprune pins anything
-    with tempfile.TemporaryDirectory(prefix="mlprune-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mlprune-bench-") as tmp, _defaults():
         tmp = Path(tmp)
         data_dir = _common.write_mnist(tmp / "data", size["n_train"], size["n_test"])
         recipe = write_recipe(tmp, size["rounds"], size["epochs"])
-        tensors = load_tensors(data_dir)
-        # warm-up (imports, allocator, the data's in-process cache), and the bitwise check
+        # warm-up (imports, allocator, the data's in-process cache), and the bitwise check at A's threads
         with StoreCalls() as calls:
             warm = run_mlprune(recipe, data_dir, tmp / "store-warm")
-        bare = bare_lottery(*tensors, rounds=size["rounds"], epochs=size["epochs"])
+        threads = mlprune_threads()
+        bare = bare_lottery(data_dir, tmp, rounds=size["rounds"], epochs=size["epochs"], threads=threads)
         bitwise = _same(warm, bare)
-        a_walls, b_walls, c_walls, overheads, diffs = [], [], [], [], []
+        a_walls, b_walls, overheads, diffs = [], [], [], []
+        bare_process = None
         n_states = len(warm["states"])
         for rep in range(reps):
             for which in ((0, 1) if rep % 2 == 0 else (1, 0)):        # alternate A and B
@@ -312,16 +254,11 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None) ->
                     run = run_mlprune(recipe, data_dir, tmp / f"store-{rep}")
                     a_walls.append(run["wall_s"])
                     overheads += [s["wall_s"] - s["maths_s"] for s in run["states"]]
-                else:
-                    started = time.perf_counter()
-                    bare_lottery(*tensors, rounds=size["rounds"], epochs=size["epochs"],
-                                 threads=None if which == 1 else default_threads)
-                    (b_walls if which == 1 else c_walls).append(time.perf_counter() - started)
+                else:   # the smoke test times nothing: its bitwise check's run (at A's threads) stands in
+                    out = bare if tiny else bare_lottery(data_dir, tmp, rounds=size["rounds"], epochs=size["epochs"])
+                    b_walls.append(out["loop_s"])
+                    bare_process = {k: out[k] for k in ("threads", "omp_env", "mlprune_env", "mlprune_modules")}
             diffs.append((a_walls[-1] - b_walls[-1]) / n_states)
-        if not tiny and default_threads != mlprune_threads():  # C, once: B at torch's default threads
-            started = time.perf_counter()
-            bare_lottery(*tensors, rounds=size["rounds"], epochs=size["epochs"], threads=default_threads)
-            c_walls.append(time.perf_counter() - started)
     a, b = _common.median(a_walls), _common.median(b_walls)
     return {
         "pipeline_vs_bare": a / b,
@@ -340,11 +277,8 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None) ->
         "bitwise_equal": bitwise,
         "store_calls_per_state": {k: round(v / n_states, 2) for k, v in sorted(calls.counts.items())},
         "store_ms_per_state_warmup_run": 1000 * calls.seconds / n_states,
-        "torch_threads": mlprune_threads(),
-        "torch_threads_default": default_threads,
-        # what pinning the thread count (for reproducibility) costs a bare loop: > 1 = pinned is faster
-        # (one sample, after the A/B repetitions: context, not a figure)
-        "bare_default_threads_vs_pinned": c_walls[0] / b if c_walls else None,
+        "torch_threads": threads,
+        "bare_process": bare_process,
         "states": n_states,
         "final_test_accuracy": bare["accuracies"][-1],
         "store_migration_s": _common.migration_s(),

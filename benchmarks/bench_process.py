@@ -13,17 +13,16 @@ as a YAML file). ``--tiny`` shrinks it to a smoke test.
 
 Processes (each a fresh ``python``; ``mlprune`` is ``python -m mlprune``, the console script's code):
 
-- ``bare``: a PyTorch script doing the same maths by hand (``bench_pipeline.bare_lottery``:
-  reads the IDX files, no tracking, no files), at torch's default thread count, with
-  ``OMP_WAIT_POLICY=PASSIVE`` as mlprune sets it (on a busy machine spinning OpenMP threads
-  make a training many times slower: see docs/performance.md).
+- ``bare``: a PyTorch script doing the same maths by hand (``bare_lottery.py``: reads the IDX
+  files, no tracking, no files) as a user runs it: mlprune never imported, no OpenMP setting,
+  torch's default thread count (``bare_process`` records what its process ran with).
 - ``run``: ``mlprune run recipe.yaml`` on an existing store (migrated, experiment made),
   at mlprune's default thread count (torch's, like the bare script), figures on (the default).
 - ``run_fresh_store``: the same, where the run creates the sqlite store. mlprune copies a
   migrated empty store from its user cache (``MLPRUNE_CACHE_DIR``, warm here, as on a
   machine that ran mlprune once); the first store a machine ever gets pays MLflow's
   migrations once (``first_store_ever_s``, one sample, cache empty).
-- ``run_one_thread``: ``run`` with ``MLPRUNE_THREADS=1``.
+- ``run_one_thread``: ``run`` with ``MLPRUNE_THREADS=1`` (``single_chain_one_thread_vs_default``).
 - ``cached_rerun``: ``mlprune run`` again on a store where every state exists.
 - ``mlflow_run_cached``: the README's ``mlflow run <repo> -e lt_structuredL1 --env-manager local``
   on a store where that recipe's states exist (computed once, untimed, by the same command):
@@ -37,7 +36,8 @@ during the next one.
 Figures: ``end_to_end_vs_bare`` = run / bare (goal <= 1.25), ``end_to_end_fresh_store_vs_bare``
 = run_fresh_store / bare (<= 1.6), ``cached_rerun_s`` and ``cached_rerun_vs_import_mlflow`` =
 cached_rerun / import_mlflow (<= 1.5), ``mlflow_run_cached_vs_import_mlflow`` = mlflow_run_cached /
-import_mlflow (<= 2.5), ``threads_speedup`` = run_one_thread / run (> 1.3 on 2 cores). Beside them: ``import_torch_s`` and the final test accuracy each side printed (the
+import_mlflow (<= 2.5); ``single_chain_one_thread_vs_default`` = run_one_thread / run (reported:
+what the default threads of a single chain gain over one). Beside them: ``import_torch_s`` and the final test accuracy each side printed (the
 same maths at the same thread count gives the same accuracy).
 
     python benchmarks/bench_process.py [--quick | --tiny] [--mlprune-from CHECKOUT]
@@ -78,15 +78,6 @@ EXPERIMENT = "bench-process"
 _ACCURACY = re.compile(r"test_accuracy=([0-9.]+)")
 
 
-def _bare_main(data_dir: str, rounds: int, epochs: int) -> None:
-    """The bare script's body (run as `bench_process.py --bare ...` in its own process)."""
-    import torch
-    from bench_pipeline import _bare_lottery, load_tensors
-
-    result = _bare_lottery(*load_tensors(Path(data_dir)), rounds=rounds, epochs=epochs)
-    print(f"threads={torch.get_num_threads()} test_accuracy={result['accuracies'][-1]:.4f}")
-
-
 class Processes:
     """The command lines and environments of the processes timed, in one temp dir."""
 
@@ -106,18 +97,18 @@ class Processes:
             "prune: {method: l1_unstructured, amount: 0.2}\n"
             "reinit: {strategy: rewind, to: root}\n")
         self.cache = tmp / "cache"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN", "MLPRUNE_", "PYTEST_"))}
-        # OMP_WAIT_POLICY: what importing mlprune sets (passive OpenMP waits, see mlprune/__init__.py),
-        # given to the bare script too: the same threads, waiting the same way, on both sides
-        env.update(MLFLOW_DISABLE_TELEMETRY="true", MLPRUNE_CACHE_DIR=str(self.cache), OMP_WAIT_POLICY="PASSIVE",
-                   PYTHONPATH=os.pathsep.join([str(mlprune_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
-                   # `mlflow run` starts `python -m mlprune ...` through the shell: this interpreter's
-                   PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+        # a user's environment on both sides: no OpenMP setting (mlprune sets its own when imported, the
+        # bare script none), torch's default threads, no MLPRUNE_* (run_one_thread pins MLPRUNE_THREADS)
+        env = _common.user_env(dict(
+            MLPRUNE_CACHE_DIR=str(self.cache),
+            PYTHONPATH=os.pathsep.join([str(mlprune_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            # `mlflow run` starts `python -m mlprune ...` through the shell: this interpreter's
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])))
         if tiny:  # the smoke test waits for no background figures it does not time (12 s of matplotlib)
             env["MLPRUNE_FIGURES"] = "0"
         self.env = env
         self.stores = 0
+        self.bare_process: dict = {}            # what the bare script's process ran with
         self.finished_store: str | None = None   # a store holding every state (for cached re-runs)
 
     def _new_dir(self) -> Path:
@@ -136,8 +127,8 @@ class Processes:
         """(argv, env, cwd) of one process of `kind`."""
         env = dict(self.env)
         if kind == "bare":
-            return ([sys.executable, str(Path(__file__)), "--bare", str(self.data), str(self.size["rounds"]),
-                     str(self.size["epochs"])], env, self.tmp)
+            return ([sys.executable, str(_common.BARE_SCRIPT), str(self.data), *bare_args(self.size)],
+                    _common.bare_env(env), self.tmp)
         if kind == "import_mlflow":
             return [sys.executable, "-c", "import mlflow"], env, self.tmp
         if kind == "import_torch":
@@ -161,12 +152,18 @@ class Processes:
         return run, env, folder
 
     def time(self, kind: str) -> tuple[float, str]:
+        """(wall, stdout) of one process of `kind`; the bare script's JSON line becomes ``threads=N
+        test_accuracy=X`` like a run's summary."""
         argv, env, cwd = self.command(kind)
         started = time.perf_counter()
         proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
         wall = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeError(f"{kind} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        if kind == "bare":
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            self.bare_process = {k: out[k] for k in ("threads", "omp_env", "mlprune_env", "mlprune_modules")}
+            return wall, f"threads={out['threads']} test_accuracy={out['accuracies'][-1]:.4f}"
         if kind == "run" and self.finished_store is None:
             self.finished_store = env["MLFLOW_TRACKING_URI"]
         self.background_s.append(self.wait_background(env.get("MLFLOW_TRACKING_URI")))
@@ -205,6 +202,13 @@ class Processes:
             self.env["MLPRUNE_CACHE_DIR"] = cache
 
 
+def bare_args(size: dict) -> list[str]:
+    """The bare script's arguments for the recipe of `Processes` (SGD lr 0.01, momentum 0.9, batch 60, 20 % of
+    each layer by magnitude per round, rewind to the initialization)."""
+    return ["--levels", str(size["rounds"]), "--epochs", str(size["epochs"]), "--lr", "0.01", "--momentum", "0.9",
+            "--batch", "60", "--scope", "layer"]
+
+
 def measure(quick: bool = False, tiny: bool = False, reps: int | None = None,
             mlprune_from: str | os.PathLike | None = None) -> dict:
     size = dict(SIZES["tiny" if tiny else "quick" if quick else "full"])
@@ -240,7 +244,9 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None,
         "mlflow_run_cached_vs_import_mlflow": m["mlflow_run_cached"] / m["import_mlflow"],
         "mlflow_run_cached_s": m["mlflow_run_cached"],
         "background_s": round(sum(procs.background_s), 2),
-        "threads_speedup": m["run_one_thread"] / m["run"],
+        # a single chain in one process at mlprune's default threads (all cores) / at MLPRUNE_THREADS=1
+        "single_chain_one_thread_vs_default": m["run_one_thread"] / m["run"],
+        "bare_process": procs.bare_process,
         "medians_s": {k: round(v, 3) for k, v in m.items()},
         "walls_s": {k: [round(x, 3) for x in v] for k, v in walls.items()},
         "first_store_ever_s": first_ever,
@@ -255,9 +261,6 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None,
 
 
 def main(argv=None) -> int:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--bare":
-        _bare_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true")

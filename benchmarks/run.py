@@ -9,8 +9,10 @@
 Figures (each a ratio or a distribution measured side by side in one process; A and B
 alternate over repetitions and medians are taken):
 
-- ``pipeline_vs_bare``       lottery ticket through mlprune (fresh sqlite store, full
-                             tracking) / the same maths as a bare loop      goal <= 1.10
+- ``pipeline_vs_bare``       lottery ticket through mlprune's API at its default
+                             threads (fresh sqlite store, full tracking) /
+                             the same maths as a bare script's loop, in its
+                             own process as a user runs it                  goal <= 1.10
 - ``per_state_overhead_ms``  median time per state outside the training,
                              evaluation, mask and reinit maths              goal <= 40
 - ``storage_ratio``          artifact bytes of a 20-round tree beyond 1 byte per
@@ -29,8 +31,9 @@ workload is lenet_300_100, 3 rounds x 5 epochs on 5 000 MNIST-format images for 
 size but ``--tiny``):
 
 - ``end_to_end_vs_bare``     ``mlprune run`` on an existing store / a bare
-                             PyTorch script doing the same maths, same
-                             thread count (torch's default on both)         goal <= 1.25
+                             PyTorch script doing the same maths (both as a
+                             user runs them: torch's default threads, no
+                             OpenMP setting, the bare one without mlprune)  goal <= 1.25
 - ``end_to_end_fresh_store_vs_bare``  the same where the run creates the
                              sqlite store                                   goal <= 1.4
 - ``cached_rerun_s``         a re-run where every state exists (seconds)    (reported)
@@ -38,8 +41,18 @@ size but ``--tiny``):
 - ``mlflow_run_cached_vs_import_mlflow``  the README's ``mlflow run . -e
                              lt_structuredL1 --env-manager local`` where
                              every state exists / ``import mlflow``         goal <= 2.5
-- ``threads_speedup``        a run at ``MLPRUNE_THREADS=1`` / at mlprune's
-                             default (all cores)                            goal >= 1.3
+
+A study as a user runs it (``bench_study.py``: LeNet-300-100, OpenLTH's protocol, 3 seeds x 5
+levels x 10 epochs on 4,000 digits resized to 28x28 in MNIST IDX files; whole processes):
+
+- ``study_vs_bare``          ``mlprune sweep --seeds 0-2`` with its defaults /
+                             the bare script once per seed, one after the
+                             other                                          goal <= 0.75
+- ``defaults_speedup``       the same sweep at one thread, one state after
+                             the other (``MLPRUNE_THREADS=1 --scheduler
+                             sync``) / with the defaults                    goal >= 1.3
+
+Only the study: ``python benchmarks/bench_study.py [--quick] [--reps N]`` (JSON on stdout).
 
 Resumable checkpoints (``bench_checkpoint.py``: the presets ``lth_lenet_300_100`` and
 ``lth_resnet20_cifar10`` at their default protocol, in this process):
@@ -110,7 +123,8 @@ GOALS = {
     "cached_rerun_vs_import_mlflow": (1.2, "<=", "fully cached re-run process / `import mlflow` process"),
     "mlflow_run_cached_vs_import_mlflow": (2.5, "<=", "fully cached `mlflow run . -e lt_structuredL1` / "
                                                       "`import mlflow` process"),
-    "threads_speedup": (1.3, ">=", "run process at 1 thread / at the default (all cores)"),
+    "study_vs_bare": (0.75, "<=", "`mlprune sweep --seeds 0-2` (defaults) / bare script per seed, in a row"),
+    "defaults_speedup": (1.3, ">=", "that sweep at one thread, one state after the other / with the defaults"),
     "checkpoint_cost_lenet_300_100": (1.05, "<=", "lth_lenet_300_100, a checkpoint due every epoch / none"),
     "checkpoint_cost_resnet20": (1.05, "<=", "lth_resnet20_cifar10, a checkpoint due every epoch / none"),
     "batched_speedup": (3.0, ">=", "8 lenet trainings one after the other / as one batch"),
@@ -122,7 +136,19 @@ GOALS = {
 REPORTED = {"cached_rerun_s": "seconds of a fully cached re-run process",  # top-level, no goal of their own
             "mlflow_run_cached_s": "seconds of a fully cached `mlflow run` (README's command)",
             "batched_speedup_lenet_300_100": "8 lenet_300_100 trainings separately / batched",
-            "batched_speedup_resnet20": "8 resnet20 trainings separately / batched (CPU)"}
+            "batched_speedup_resnet20": "8 resnet20 trainings separately / batched (CPU)",
+            "single_chain_one_thread_vs_default": "`mlprune run` process at MLPRUNE_THREADS=1 / at the default"}
+
+
+SECTION = {  # figure -> the section of `run` that measures it (load averages are per section)
+    "pipeline_vs_bare": "pipeline", "per_state_overhead_ms": "pipeline", "storage_ratio": "store",
+    "cache_ratio": "store", "fastpath_vs_dataloader": "datapath", "end_to_end_vs_bare": "process",
+    "end_to_end_fresh_store_vs_bare": "process", "cached_rerun_vs_import_mlflow": "process",
+    "mlflow_run_cached_vs_import_mlflow": "process", "cached_rerun_s": "process", "mlflow_run_cached_s": "process",
+    "single_chain_one_thread_vs_default": "process", "study_vs_bare": "study", "defaults_speedup": "study",
+    "checkpoint_cost_lenet_300_100": "checkpoint", "checkpoint_cost_resnet20": "checkpoint",
+    "batched_speedup": "batched", "batched_speedup_lenet_300_100": "batched", "batched_speedup_resnet20": "batched",
+    "store_scaling": "scale", "tree_10k_s": "scale", "report_10k_s": "scale"}
 
 
 def _met(name: str, value: float) -> bool:
@@ -187,22 +213,25 @@ def run(size: str) -> dict:
     import bench_process
     import bench_scale
     import bench_store
+    import bench_study
 
     # the in-process figures at one thread, as they always were (comparable over time); the
     # process benchmark sets each process's threads itself
     os.environ.setdefault("MLPRUNE_THREADS", "1")
     quick, tiny = size == "quick", size == "tiny"
-    details, seconds = {}, {}
+    details, seconds, loads = {}, {}, {}
     load_before = _common.load_average()
     for name, fn in (("pipeline", lambda: bench_pipeline.measure(quick=quick, tiny=tiny)),
                      ("store", lambda: bench_store.measure(quick=quick, tiny=tiny)),
                      ("datapath", lambda: _datapath(quick, tiny)),
                      ("process", lambda: bench_process.measure(quick=quick, tiny=tiny)),
+                     ("study", lambda: bench_study.measure(quick=quick, tiny=tiny)),
                      ("checkpoint", lambda: bench_checkpoint.measure(quick=quick, tiny=tiny)),
                      ("batched", lambda: _batched(quick, tiny)),
                      ("scale", lambda: bench_scale.measure(quick=quick, tiny=tiny)),
                      ("plan", lambda: bench_plan.measure(quick=quick, tiny=tiny))):
         started = time.perf_counter()
+        loads[name] = _common.load_average()
         details[name] = fn()
         seconds[name] = time.perf_counter() - started
     figures = {
@@ -216,7 +245,8 @@ def run(size: str) -> dict:
         **{name: details["process"][name] for name in ("end_to_end_vs_bare", "end_to_end_fresh_store_vs_bare",
                                                        "cached_rerun_s", "cached_rerun_vs_import_mlflow",
                                                        "mlflow_run_cached_vs_import_mlflow", "mlflow_run_cached_s",
-                                                       "threads_speedup")},
+                                                       "single_chain_one_thread_vs_default")},
+        **{name: details["study"][name] for name in ("study_vs_bare", "defaults_speedup")},
         **{name: details["checkpoint"][name] for name in ("checkpoint_cost_lenet_300_100", "checkpoint_cost_resnet20")},
         **{name: details["batched"][name] for name in ("batched_speedup", "batched_speedup_lenet_300_100",
                                                        "batched_speedup_resnet20")},
@@ -225,20 +255,27 @@ def run(size: str) -> dict:
     }
     env = environment()
     env.update(size=size, load_average_before=load_before, load_average_after=_common.load_average(),
-               seconds=seconds)
+               seconds=seconds, load_average_by_section=loads)
     return {**figures,
             "goals": {k: {"goal": g, "op": op, "met": _met(k, figures[k])} for k, (g, op, _) in GOALS.items()},
             "details": details, "environment": env}
 
 
 def table(result: dict) -> str:
-    lines = ["| figure | value | goal | met | what |", "|---|---:|---|---|---|"]
+    lines = ["| figure | value | goal | met | load | what |", "|---|---:|---|---|---:|---|"]
+    loads = result["environment"].get("load_average_by_section", {})
+
+    def load(name: str) -> str:   # the 1-minute load average when the figure's section started
+        value = loads.get(SECTION[name])
+        return "" if value is None else f"{value:.1f}"
+
     for name, (goal, op, what) in GOALS.items():
         value = result[name]
         shown = f"{value:.1f}" if name in ("per_state_overhead_ms", "tree_10k_s", "report_10k_s") else f"{value:.3f}"
-        lines.append(f"| `{name}` | {shown} | {op} {goal:g} | {'yes' if _met(name, value) else '**no**'} | {what} |")
+        lines.append(f"| `{name}` | {shown} | {op} {goal:g} | {'yes' if _met(name, value) else '**no**'} | "
+                     f"{load(name)} | {what} |")
     for name, what in REPORTED.items():
-        lines.append(f"| `{name}` | {result[name]:.2f} | | | {what} |")
+        lines.append(f"| `{name}` | {result[name]:.2f} | | | {load(name)} | {what} |")
     d = result["details"]
     p, s, dp, pr, sc = d["pipeline"], d["store"], d["datapath"], d["process"], d["scale"]
     batched = [f"{name} {b['separate_s']:.2f} s / {b['batched_s']:.2f} s = x{b['speedup']:.2f} (max |Δw| "
@@ -249,9 +286,8 @@ def table(result: dict) -> str:
         f"{p['workload']['repetitions']}; paired median x{p['pipeline_vs_bare_paired_median']:.3f}, fastest runs "
         f"x{p['pipeline_vs_bare_of_minima']:.3f}), {p['states']} states, equal results: {p['bitwise_equal']}; "
         f"overhead p90 {p['per_state_overhead_ms_p90']:.1f} ms, from walls {p['per_state_overhead_ms_from_walls']:.1f} ms; "
-        f"store calls per state {p['store_calls_per_state']}; torch threads {p['torch_threads']}"
-        + (f"; bare at torch's default threads / pinned: {p['bare_default_threads_vs_pinned']:.2f}"
-           if p.get("bare_default_threads_vs_pinned") else ""),
+        f"store calls per state {p['store_calls_per_state']}; torch threads {p['torch_threads']}, the bare "
+        f"process's {p['bare_process']['threads']}",
         f"- storage: {s['artifact_bytes'] / 1e6:.2f} MB for {s['states']} states "
         f"({s['weight_changing_states']} weight-changing x {s['param_bytes'] / 1e6:.3f} MB params, masks "
         f"{s['artifact_bytes_by_file'].get('masks.safetensors', 0) / 1e6:.2f} MB), {s['bytes_per_state'] / 1e3:.0f} kB/state",
@@ -291,6 +327,17 @@ def table(result: dict) -> str:
         f"{next(iter(d['batched']['details'].values()))['torch_threads']} threads, separately / batched): "
         + "; ".join(batched),
     ]
+    st = d["study"]
+    lines.append(
+        "- study (medians of {}, s; CPU s in brackets; load average before each): {}; bare processes ran with "
+        "{} threads, OMP variables {}, mlprune modules {}; the bare script at one thread "
+        "reaches the one-thread sweep's accuracies: {}".format(
+            st["workload"]["repetitions"],
+            ", ".join(f"{k} {v:.2f} [{st['cpu_medians_s'][k]:.1f}] (load "
+                      f"{', '.join(f'{x:.1f}' for x in st['load_average_before'][k] if x is not None)})"
+                      for k, v in st["medians_s"].items()),
+            st["bare_processes"][0]["threads"], st["bare_processes"][0]["omp_env"] or "none",
+            st["bare_processes"][0]["mlprune_modules"] or "none", st["same_accuracies"]))
     for name, c in d["checkpoint"]["details"].items():
         lines.append(
             f"- checkpoints, {c['workload']['recipe']} (medians of {c['workload']['repetitions']}, s): "

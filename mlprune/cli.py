@@ -65,14 +65,15 @@ experiment_option = click.option(
     help="MLflow experiment (one study) for the states. Default: MLFLOW_EXPERIMENT_ID / "
          "MLFLOW_EXPERIMENT_NAME, else 'mlprune'.")
 scheduler_option = click.option(
-    "--scheduler", default="sync", show_default=True, metavar="sync|processes|slurm|tcp://HOST:PORT",
+    "--scheduler", default=None, metavar="sync|processes|slurm|tcp://HOST:PORT",
     help="Where states are computed: in this process one after another (sync), on a local dask cluster "
          "(processes), on workers started as SLURM jobs (slurm: docs/cluster.md), or on a running dask "
          "scheduler (tcp://HOST:8786, with an `mlflow server` as MLFLOW_TRACKING_URI). Independent states run "
-         "in parallel; the results are the same.")
+         "in parallel; the results are the same. Default: sync; processes where --workers is given.")
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
-    help="Worker processes of --scheduler processes (default: one per core); worker jobs of --scheduler slurm "
+    help="Worker processes of --scheduler processes (default: one per core; --workers alone implies it); "
+         "worker jobs of --scheduler slurm "
          "(default: as many as the graph can run at once, at most 16).")
 slurm_opt_option = click.option(
     "--slurm-opt", "slurm_opts", multiple=True, metavar="KEY=VALUE",
@@ -239,10 +240,16 @@ class _Where(NamedTuple):
     accept_data_change: bool = False   # --accept-data-change (run, sweep)
 
 
+def _scheduler(scheduler: str | None, workers: int | None) -> str:
+    """--scheduler, else processes where --workers is given, else sync."""
+    return scheduler or ("processes" if workers is not None else "sync")
+
+
 def _where(flags: dict) -> _Where:
     """`_Where` from a command's flags (--scheduler, --workers, --slurm-*, the run options), checked before
     the store is opened; stop signals are caught where the trainings run in this process."""
-    scheduler, workers = flags.pop("scheduler"), flags.pop("workers")
+    workers = flags.pop("workers")
+    scheduler = _scheduler(flags.pop("scheduler"), workers)
     pairs, config_file = flags.pop("slurm_opts"), flags.pop("slurm_config")
     accept = bool(flags.pop("accept_data_change", False))
     options = _run_options(flags)

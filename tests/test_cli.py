@@ -256,3 +256,11 @@ def test_mlprune_figures_0_turns_the_workflow_figures_off_unless_asked(tmp_path,
 
     assert figures_of_last_workflow() == []
     assert "figures/accuracy_vs_remaining.png" in figures_of_last_workflow("-P", "seed=1", "--figures")
+
+
+def test_workers_alone_mean_a_local_cluster_and_nothing_means_this_process():
+    from mlprune.cli import _scheduler
+
+    assert _scheduler(None, None) == "sync"
+    assert _scheduler(None, 2) == "processes"
+    assert _scheduler("slurm", 4) == "slurm" and _scheduler("sync", None) == "sync"
