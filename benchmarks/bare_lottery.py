@@ -42,8 +42,12 @@ def read_idx(path: Path) -> torch.Tensor:
 def load(data_dir: Path):
     raw = data_dir / "MNIST" / "raw"
     x_train, y_train, x_test, y_test = (read_idx(raw / name) for name in IDX)
-    norm = lambda x: ((x.to(torch.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)  # noqa: E731
-    return norm(x_train), y_train.long(), norm(x_test), y_test.long()
+    return normalized(x_train), y_train.long(), normalized(x_test), y_test.long()
+
+
+def normalized(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> float [N, 1, 28, 28], the standard MNIST normalization (as mlprune's)."""
+    return ((images.to(torch.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
 
 
 def lenet_300_100(seed: int, init: str) -> nn.Module:
@@ -122,8 +126,9 @@ def lottery(data, args) -> dict:
         model.load_state_dict(init)  # rewind to the initialization
         train()
         evaluate()
-    return {"accuracies": accuracies, "state": {**{f"weight:{k}": v.detach().clone() for k, v in model.state_dict().items()},
-                                                **{f"mask:{k}": v.clone() for k, v in masks.items()}}}
+    state = {f"weight:{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    state.update({f"mask:{k}": v.clone() for k, v in masks.items()})
+    return {"accuracies": accuracies, "state": state}
 
 
 def parse(argv=None):

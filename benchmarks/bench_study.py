@@ -70,8 +70,8 @@ def digits_mnist(root: Path, n_train: int, n_test: int) -> Path:
     spec = importlib.util.find_spec("sklearn")
     if spec is None:
         raise SystemExit("bench_study needs scikit-learn (its digits)")
-    table = np.loadtxt(gzip.open(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"),
-                       delimiter=",")
+    with gzip.open(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz") as file:
+        table = np.loadtxt(file, delimiter=",")
     images = torch.from_numpy(table[:, :64].reshape(-1, 1, 8, 8) / 16.0).float()
     labels = table[:, 64].astype(np.uint8)
     big = torch.nn.functional.interpolate(images, size=(20, 20), mode="bilinear", align_corners=False)
@@ -106,10 +106,10 @@ class Study:
         self.data = digits_mnist(tmp / "data", size["n_train"], size["n_test"])
         self.recipe = tmp / "study.yaml"
         self.recipe.write_text(RECIPE.format(levels=size["levels"], epochs=size["epochs"], data=self.data))
-        self.env = _common.user_env({"MLPRUNE_CACHE_DIR": str(tmp / "cache"), "MLPRUNE_FIGURES": "0",
-                             "PYTHONPATH": os.pathsep.join([str(mlprune_from),
-                                                            *filter(None, [os.environ.get("PYTHONPATH")])]),
-                             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
+        self.env = _common.user_env({
+            "MLPRUNE_CACHE_DIR": str(tmp / "cache"), "MLPRUNE_FIGURES": "0",
+            "PYTHONPATH": os.pathsep.join([str(mlprune_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
         self.stores = 0
         self.accuracies: dict[str, list] = {}
         self.bare_runs: list[dict] = []
@@ -138,7 +138,8 @@ class Study:
             out = _common.run_bare(self.data, *bare_args(seed, self.size["levels"], self.size["epochs"], *extra),
                                    env=self.env, cwd=self.tmp)
             if not extra or self.size["seeds"] == 1:   # (the smoke test's only bare process is pinned)
-                self.bare_runs.append({k: out[k] for k in ("threads", "omp_env", "mlprune_env", "mlprune_modules", "loop_s")})
+                self.bare_runs.append({k: out[k] for k in ("threads", "omp_env", "mlprune_env", "mlprune_modules",
+                                                           "loop_s")})
             finals += [round(a, 6) for a in out["accuracies"]]
         self.accuracies.setdefault(label, sorted(finals))
 
@@ -179,7 +180,8 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None,
     size = dict(SIZES["tiny" if tiny else "quick" if quick else "full"])
     reps = reps or size["reps"]
     # the smoke test (nothing timed) runs each process once: its bare side is the same-maths check's process
-    kinds = (("sweep", "sweep_one_thread", "bare_one_thread") if tiny else KINDS) + (("sweep_before",) if before else ())
+    kinds = ("sweep", "sweep_one_thread", "bare_one_thread") if tiny else KINDS
+    kinds += ("sweep_before",) if before else ()
     walls = {k: [] for k in kinds}
     cpus = {k: [] for k in kinds}
     loads = {k: [] for k in kinds}

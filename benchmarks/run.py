@@ -148,7 +148,7 @@ SECTION = {  # figure -> the section of `run` that measures it (load averages ar
     "single_chain_one_thread_vs_default": "process", "study_vs_bare": "study", "defaults_speedup": "study",
     "checkpoint_cost_lenet_300_100": "checkpoint", "checkpoint_cost_resnet20": "checkpoint",
     "batched_speedup": "batched", "batched_speedup_lenet_300_100": "batched", "batched_speedup_resnet20": "batched",
-    "store_scaling": "scale", "tree_10k_s": "scale", "report_10k_s": "scale"}
+    "store_scaling": "scale", "tree_10k_s": "scale", "report_10k_s": "scale", "plan_10k_s": "plan"}
 
 
 def _met(name: str, value: float) -> bool:

@@ -149,4 +149,3 @@ def test_a_fully_cached_rerun_imports_neither_torch_nor_matplotlib_nor_mlflow(tr
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "0 computed, 2 reused" in out.stdout and out.stdout.strip().endswith("[]"), out.stdout
-
