@@ -404,7 +404,6 @@ WHY_LONG = "why long:"   # at the top of a longer function (its docstring or a c
 # their owners split them and remove them from here. Temporary: a name left here once its function complies
 # fails the test below, so the set only shrinks.
 PENDING_OTHERS = {
-    "runners/network.py:compute_node",
     "lineage.py:dag_svg",
     "executor/slurm.py:start_jobs",
 }

@@ -3,7 +3,7 @@
 trainings' (`training.checkpoint`: what a checkpoint holds, capture and restore).
 
     checkpointing = open_checkpointing(store, node, run_id, options)   # after the claim
-    computed = compute_node(..., checkpointing=checkpointing)          # trains, checkpoints
+    computed = compute_node(..., hooks=NodeHooks(..., checkpointing=checkpointing))   # trains, checkpoints
     close_checkpointing(store, checkpointing, run_id)                  # before the state is finished
     ... store.finish(...) ...
     forget_checkpoints(store, key, run_id)                             # once it is FINISHED

@@ -137,7 +137,7 @@ def _claim_and_compute(ctx: TaskContext, state: Reaching) -> str:
 
 def _compute(ctx: TaskContext, state: Reaching) -> str | None:
     """Compute `state` under our claim (``state.run_id``) and store it; its stored run id."""
-    from ..runners import compute_node
+    from ..runners import NodeHooks, compute_node
     from .resume import close_checkpointing, forget_checkpoints, open_checkpointing
 
     store, options, node, run_id = ctx.store, ctx.options, state.node, state.run_id
@@ -156,10 +156,9 @@ def _compute(ctx: TaskContext, state: Reaching) -> str | None:
             # ---- resumable trainings (executor.resume): from the key's newest valid checkpoint, if any
             checkpointing = open_checkpointing(store, node, run_id, options, progress=progress)
             emit = {at: _emitter(ctx, state, checkpoint, checkpointing) for at, checkpoint in state.task["emits"]}
-            computed = _compute_resumed(lambda: compute_node(
-                node, state.parent, loaded_inputs, ctx.workspace, data_dir=state.data_dir,
-                heartbeat=lambda: store.claims.heartbeat(run_id), emit=emit, progress=progress,
-                checkpointing=checkpointing), checkpointing, node)
+            hooks = NodeHooks(lambda: store.claims.heartbeat(run_id), emit, progress, checkpointing)
+            computed = _compute_resumed(lambda: compute_node(node, state.parent, loaded_inputs, ctx.workspace,
+                                                             data_dir=state.data_dir, hooks=hooks), checkpointing, node)
             close_checkpointing(store, checkpointing, run_id)  # a finished state keeps no checkpoint
             final = _finish(ctx, state, computed)
             if final == run_id:

@@ -19,6 +19,17 @@ class Tensors:
     masks: dict
 
 
+@dataclass(frozen=True)
+class NodeHooks:
+    """What the executor gives a node's computation besides its inputs: a heartbeat for its claim, the
+    checkpoints its last train step emits, progress lines and resumable checkpoints (`compute_node`)."""
+
+    heartbeat: Callable[[], None] = lambda: None
+    emit: dict = field(default_factory=dict)    # time text -> fn(model, history, masks)
+    progress: Callable[[str], None] | None = None
+    checkpointing: object = None   # training.checkpoint.Checkpointing: resumable checkpoints of the node
+
+
 @dataclass
 class StepContext:
     """What a step runner may use besides the current tensors."""

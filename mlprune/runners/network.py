@@ -25,7 +25,7 @@ from ..errors import SpecError
 from ..spec.keys import derived_seed
 from ..spec.steps import kind_of
 from ..workspace import Workspace
-from .context import StepContext, Tensors
+from .context import NodeHooks, StepContext, Tensors
 from .evaluations import evaluate_state
 
 
@@ -234,21 +234,23 @@ def run_steps(ctx_base: dict, tensors: Tensors, steps: list) -> Tensors:
 
 
 def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data_dir: str | None,
-                 heartbeat=lambda: None, emit: dict | None = None, progress=None, checkpointing=None) -> "Computed":
+                 hooks: NodeHooks | None = None) -> "Computed":
     """What to store for a plan node, computed from its loaded parent and inputs.
 
-    `parent`: the parent's StoredState (None for a root); `emit`: {time: fn(model, history, masks)}
-    checkpoints of the node's last train step. A node whose step kind produces an analysis (of
-    its parent and its inputs) stores metrics and files, no network. `checkpointing`
-    (`training.checkpoint.Checkpointing`): resumable checkpoints of its trainings, and the one it
-    resumes from (its steps before that one's are skipped).
+    `parent`: the parent's StoredState (None for a root); `hooks`: its heartbeat, the checkpoints
+    ``{time: fn(model, history, masks)}`` of its last train step, progress, and its resumable
+    checkpoints (`training.checkpoint.Checkpointing`: the one it resumes from skips the steps before
+    it). A node whose step kind produces an analysis (of its parent and its inputs) stores metrics and
+    files, no network.
     """
+    hooks = hooks or NodeHooks()
+    checkpointing = hooks.checkpointing
     started = time.perf_counter()
     root = node["root"] if node["root"] is not None else parent.spec["root"]
     data = workspace.data(root, data_dir)
     history: dict = {}
     ctx_base = dict(key=node["key"], root=root, data=data, workspace=workspace, inputs=inputs, history=history,
-                    heartbeat=heartbeat, emit=emit or {}, progress=progress, checkpointing=checkpointing)
+                    heartbeat=hooks.heartbeat, emit=hooks.emit, progress=hooks.progress, checkpointing=checkpointing)
     steps = node["steps"]
     if steps and kind_of(steps[0])[0].produces == "analysis":
         kind, options = kind_of(steps[0])
