@@ -400,7 +400,7 @@ MAX_PARAMETERS = 8       # self / cls not counted; *args, **kwargs and a keyword
 LONG_FUNCTION_LINES = 80
 WHY_LONG = "why long:"   # at the top of a longer function (its docstring or a comment before its code)
 
-# Functions in files other work is reshaping right now (the runners, the lineage page, the SLURM executor);
+# Functions in files other work is reshaping right now (the lineage page, the SLURM executor);
 # their owners split them and remove them from here. Temporary: a name left here once its function complies
 # fails the test below, so the set only shrinks.
 PENDING_OTHERS = {
