@@ -132,10 +132,7 @@ def test_no_code_compares_a_step_kind_or_a_granularity_by_name():
 
 
 # Every option is a `spec.options.Option` in a `Schema`: no second vocabulary (a class named *Option, or a
-# class with a name, a default and a check of its own). Until the SLURM options move their directive to
-# `Option.meta`, their subclass is the one exception.
-PENDING_OPTION_CLASSES = {"executor/slurm_options.py: SlurmOption"}
-
+# class with a name, a default and a check of its own); what one family adds goes in `Option.meta`.
 
 def option_declarations(package: Path) -> list[str]:
     """Classes outside spec/options.py that declare options: named *Option, or holding a name, a default and
@@ -156,7 +153,7 @@ def option_declarations(package: Path) -> list[str]:
 
 
 def test_every_option_is_declared_in_the_one_vocabulary():
-    assert set(option_declarations(PACKAGE)) <= PENDING_OPTION_CLASSES
+    assert option_declarations(PACKAGE) == []
 
 
 def test_the_checks_catch_a_kind_compared_by_name_and_an_option_outside_the_vocabulary(tmp_path):

@@ -106,7 +106,7 @@ def test_options_map_to_sbatch_and_dask_jobqueue(tmp_path):
         [5400, 630, 14400, 216000, 86460, 86405]
     for option in OPTIONS:  # every option says where it goes (a spec.options.Option, never keyed)
         assert isinstance(option, Option) and option.key == "never"
-        assert option.help and (option.sbatch or option.jobqueue or option.name in
+        assert option.help and (option.meta["sbatch"] or option.meta["jobqueue"] or option.name in
                                 ("signal", "log-dir", "python", "prologue", "extra", "interface")), option
 
 

@@ -46,18 +46,9 @@ class SlurmConfig:
     interface: str | None = None
 
 
-@dataclass(frozen=True)
-class SlurmOption(Option):
-    """One key of --slurm-opt / --slurm-config (a `spec.options.Option`, never keyed): its check and the
-    sbatch option it becomes."""
-
-    sbatch: str | None = None    # the #SBATCH directive it becomes, "{}" = the value
-    jobqueue: str | None = None  # or the SLURMCluster parameter that writes it (neither: mlprune uses it)
-    repeatable: bool = False     # given several times (or a list in a file): every value, in order
-
-    @property
-    def attribute(self) -> str:
-        return self.name.replace("-", "_")
+def _attribute(option: Option) -> str:
+    """The SlurmConfig field of `option`."""
+    return option.name.replace("-", "_")
 
 
 # ---- checks of one value: (value, option name) -> checked value, or a one-line SpecError ---------------
@@ -193,9 +184,14 @@ def _interface(value, name: str) -> str:
     return text
 
 
-OPTIONS = Schema("SLURM option", tuple(SlurmOption(name, default=None, check=check, help=help, key="never",
-                                                   aliases=(name.replace("-", "_"),) if "-" in name else (),
-                                                   **where) for name, help, check, where in (
+# Each key of --slurm-opt / --slurm-config is a `spec.options.Option`, never keyed. Its `meta` says where the value
+# goes: "sbatch", the #SBATCH directive it becomes ("{}" = the value), or "jobqueue", the SLURMCluster parameter
+# that writes it (neither: mlprune uses it itself); "repeatable": given several times (or a list in a file), every
+# value is kept, in order.
+OPTIONS = Schema("SLURM option", tuple(Option(name, default=None, check=check, help=help, key="never",
+                                              aliases=(name.replace("-", "_"),) if "-" in name else (),
+                                              meta={"sbatch": None, "jobqueue": None, "repeatable": False, **where})
+                                       for name, help, check, where in (
     ("partition", "the partition (queue) of the worker jobs", _word, dict(jobqueue="queue")),
     ("account", "the account the jobs are charged to", _word, dict(jobqueue="account")),
     ("qos", "the quality of service", _word, dict(sbatch="--qos={}")),
@@ -222,7 +218,7 @@ OPTIONS = Schema("SLURM option", tuple(SlurmOption(name, default=None, check=che
 )))
 
 
-def _option(name) -> SlurmOption:
+def _option(name) -> Option:
     key = str(name).strip()
     if key not in OPTIONS:
         raise SpecError(f"unknown SLURM option {key!r}; allowed: {', '.join(sorted(OPTIONS.names))}")
@@ -231,15 +227,16 @@ def _option(name) -> SlurmOption:
 
 def _set(values: dict, name, raw, where: str) -> None:
     option = _option(name)
-    items = raw if isinstance(raw, (list, tuple)) and option.repeatable else [raw]
+    repeatable, attribute = option.meta["repeatable"], _attribute(option)
+    items = raw if isinstance(raw, (list, tuple)) and repeatable else [raw]
     for item in items:
         if isinstance(item, (dict, list, tuple)) or item is None:
             raise SpecError(f"SLURM option {option.name}{where} must be a single value, got {item!r}")
         value = option.check(item, option.name)
-        if option.repeatable:
-            values[option.attribute] = (*values.get(option.attribute, ()), value)
+        if repeatable:
+            values[attribute] = (*values.get(attribute, ()), value)
         else:
-            values[option.attribute] = value
+            values[attribute] = value
 
 
 def read_config_file(path) -> dict:
@@ -297,7 +294,7 @@ def config_from(options) -> SlurmConfig:
 
 def jobqueue_parameters(config: SlurmConfig) -> dict:
     """SLURMCluster's parameters for the options it writes into the job script itself."""
-    return {o.jobqueue: getattr(config, o.attribute) for o in OPTIONS if o.jobqueue}
+    return {o.meta["jobqueue"]: getattr(config, _attribute(o)) for o in OPTIONS if o.meta["jobqueue"]}
 
 
 def memory_bytes(mem: str) -> int:
@@ -311,9 +308,9 @@ def directives(config: SlurmConfig) -> list[str]:
     -p, -A, -t, -J, -e/-o)."""
     lines = []
     for option in OPTIONS:
-        value = getattr(config, option.attribute)
-        if option.sbatch is not None and value is not None:
-            lines.append(option.sbatch.format(value))
+        value = getattr(config, _attribute(option))
+        if option.meta["sbatch"] is not None and value is not None:
+            lines.append(option.meta["sbatch"].format(value))
     if config.signal:
         lines.append(f"--signal=B:USR1@{config.signal}")  # B: the batch shell, which the worker replaces (exec)
     lines.append("--no-requeue")  # a job SLURM ends is replaced by SlurmJobs, never run twice
