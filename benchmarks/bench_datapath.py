@@ -62,7 +62,7 @@ def _make_mnist(root: Path, n_train: int, n_test: int = 100) -> None:
 def _iterate(batches) -> tuple[int, float]:
     n = 0
     t = time.perf_counter()
-    for x, y in batches:
+    for _x, y in batches:
         n += len(y)
     return n, time.perf_counter() - t
 
@@ -117,7 +117,7 @@ def measure(quick: bool = False, tiny: bool = False) -> dict:
                 loader_it.append(n / dt)
     default = []
     default_samples = 300 if tiny else 1000 if quick else 3000
-    for rep in range(reps if not tiny else 1):  # C: PyTorch's defaults, one sample per step
+    for _rep in range(reps if not tiny else 1):  # C: PyTorch's defaults, one sample per step
         subset = torch.utils.data.TensorDataset(x[:default_samples], y[:default_samples])
         n, dt = _epoch(model, opt, torch.utils.data.DataLoader(subset))
         default.append(n / dt)

@@ -129,7 +129,7 @@ def _cli(*args: str) -> str:
             main(list(args), standalone_mode=False)
         except SystemExit as exit_:
             if exit_.code not in (0, None):
-                raise RuntimeError(f"mlprune {' '.join(args)} failed ({exit_.code}): {out.getvalue()[-500:]}")
+                raise RuntimeError(f"mlprune {' '.join(args)} failed ({exit_.code}): {out.getvalue()[-500:]}") from exit_
     return out.getvalue()
 
 

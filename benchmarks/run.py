@@ -338,7 +338,7 @@ def table(result: dict) -> str:
                       for k, v in st["medians_s"].items()),
             st["bare_processes"][0]["threads"], st["bare_processes"][0]["omp_env"] or "none",
             st["bare_processes"][0]["mlprune_modules"] or "none", st["same_accuracies"]))
-    for name, c in d["checkpoint"]["details"].items():
+    for c in d["checkpoint"]["details"].values():
         lines.append(
             f"- checkpoints, {c['workload']['recipe']} (medians of {c['workload']['repetitions']}, s): "
             + ", ".join(f"{mode} {value:.2f}" for mode, value in c["medians_s"].items())

@@ -371,11 +371,11 @@ def dag_geometry(nodes, edges):
     ys = [y for _, y in layout.values()] or [0]
     x_lo, x_hi = min(xs) - BOX_W / 2, max(xs) + BOX_W / 2
     y_lo = min(ys) - BOX_H / 2
-    for *_, pts, (lx, _ly) in curves:
+    for *_, (lx, ly) in curves:
         # a cubic lies in the hull of its control points; its midpoint is 3/4 of the way out
         x_lo = min(x_lo, lx - 0.3)
         x_hi = max(x_hi, lx + 0.3)
-        y_lo = min(y_lo, _ly - 0.1)
+        y_lo = min(y_lo, ly - 0.1)
     bbox = (x_lo, x_hi, y_lo, max(ys) + BOX_H / 2)
     return layout, curves, bbox
 

@@ -219,4 +219,6 @@ def create_app(app=None):
     return app
 
 
-__all__ = ["MlpruneRunContext", "create_app", "add_lineage_routes", "lineage_page", "lineage_index"]
+# MlpruneRunContext is made on first access by the module __getattr__ above, invisible to ruff
+__all__ = ["MlpruneRunContext",  # noqa: F822
+           "create_app", "add_lineage_routes", "lineage_page", "lineage_index"]

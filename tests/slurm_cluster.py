@@ -230,7 +230,7 @@ def stop(cluster: SlurmCluster) -> None:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and _run(["squeue", "--noheader"], cluster.env, check=False).stdout.strip():
             time.sleep(0.2)
-    for name, path in reversed(list(cluster.pids.items())):  # slurmd, slurmctld, then munged
+    for path in reversed(list(cluster.pids.values())):  # slurmd, slurmctld, then munged
         pid = _pid(path)
         if pid and _alive(pid):
             os.kill(pid, signal.SIGTERM)

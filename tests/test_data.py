@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mlprune import data as D
-from mlprune.data import pipeline as DP, readers as DR, sampling as DS
+from mlprune.data import pipeline as DP, sampling as DS
 from mlprune.data import DATASETS, load_data
 from mlprune.errors import SpecError
 from mlprune.models import build_model, model_input
@@ -311,8 +311,7 @@ def test_val_split(files):
 def test_mnist_and_fashion_read_through_torchvision(files):
     import torchvision
 
-    for name, cls, folder in (("mnist", torchvision.datasets.MNIST, "MNIST"),
-                              ("fashion_mnist", torchvision.datasets.FashionMNIST, "FashionMNIST")):
+    for name, cls in (("mnist", torchvision.datasets.MNIST), ("fashion_mnist", torchvision.datasets.FashionMNIST)):
         data = load_data(name, data_dir=files)
         assert (data.len_train, data.len_test, data.input_shape, data.num_classes) == (40, 20, (1, 28, 28), 10)
         ref = cls(str(files), train=True, download=False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import json
 import os
 import signal
 import sqlite3
@@ -25,7 +24,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from mlprune import Experiment, Recipe
+from mlprune import Experiment
 from mlprune.cli import main
 
 TINY = """\
@@ -108,7 +107,7 @@ def test_three_runs_on_a_fresh_store_directory_all_succeed_once_each(tmp_path):
     processes = [subprocess.Popen([sys.executable, "-m", "mlprune", "run", recipe], env=env, cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outputs = [p.communicate(timeout=600) for p in processes]
-    for process, (out, err) in zip(processes, outputs):
+    for process, (_out, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     finished = finished_keys(uri)

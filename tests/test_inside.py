@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
-from mlprune import Recipe, analysis, names, report
+from mlprune import Recipe, analysis, report
 from mlprune.errors import SpecError
 from mlprune.recipes import compile_recipe
 
@@ -27,30 +27,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---- CKA against its definitions ---------------------------------------------------------------------
 
-def hsic_biased_oracle(k, l):
+def hsic_biased_oracle(k_gram, l_gram):
     """HSIC(K, L) = tr(K H L H) / (n - 1)^2, H the centering matrix (Gretton et al. 2005)."""
-    n = k.shape[0]
+    n = k_gram.shape[0]
     h = np.eye(n) - np.ones((n, n)) / n
-    return np.trace(k @ h @ l @ h) / (n - 1) ** 2
+    return np.trace(k_gram @ h @ l_gram @ h) / (n - 1) ** 2
 
 
 def cka_oracle(x, y):
     """CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with linear kernels (Kornblith et al. 2019, eq. 3)."""
-    k, l = x @ x.T, y @ y.T
-    return hsic_biased_oracle(k, l) / math.sqrt(hsic_biased_oracle(k, k) * hsic_biased_oracle(l, l))
+    k_gram, l_gram = x @ x.T, y @ y.T
+    denominator = math.sqrt(hsic_biased_oracle(k_gram, k_gram) * hsic_biased_oracle(l_gram, l_gram))
+    return hsic_biased_oracle(k_gram, l_gram) / denominator
 
 
-def hsic_unbiased_oracle(k, l):
+def hsic_unbiased_oracle(k_gram, l_gram):
     """The U-statistic of Song et al. (2012), summed over distinct index tuples, term by term:
     (n)_2^-1 Σ K_ij L_ij + (n)_4^-1 Σ K_ij L_qr − 2 (n)_3^-1 Σ K_ij L_iq."""
-    n = k.shape[0]
+    n = k_gram.shape[0]
     idx = range(n)
     pairs = [(i, j) for i, j in itertools.permutations(idx, 2)]
-    first = sum(k[i, j] * l[i, j] for i, j in pairs) / len(pairs)
+    first = sum(k_gram[i, j] * l_gram[i, j] for i, j in pairs) / len(pairs)
     quads = list(itertools.permutations(idx, 4))
-    second = sum(k[i, j] * l[q, r] for i, j, q, r in quads) / len(quads)
+    second = sum(k_gram[i, j] * l_gram[q, r] for i, j, q, r in quads) / len(quads)
     triples = list(itertools.permutations(idx, 3))
-    third = sum(k[i, j] * l[i, q] for i, j, q in triples) / len(triples)
+    third = sum(k_gram[i, j] * l_gram[i, q] for i, j, q in triples) / len(triples)
     return first + second - 2 * third
 
 
@@ -71,11 +72,11 @@ def test_linear_cka_is_the_closed_form_and_has_its_invariances():
 def test_unbiased_hsic_is_the_u_statistic_of_song_et_al():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(7, 3)), rng.normal(size=(7, 4))
-    k, l = x @ x.T, y @ y.T
-    got = float(analysis.hsic_unbiased(torch.tensor(k), torch.tensor(l)))
-    assert got == pytest.approx(hsic_unbiased_oracle(k, l), rel=1e-10)
+    k_gram, l_gram = x @ x.T, y @ y.T
+    got = float(analysis.hsic_unbiased(torch.tensor(k_gram), torch.tensor(l_gram)))
+    assert got == pytest.approx(hsic_unbiased_oracle(k_gram, l_gram), rel=1e-10)
     with pytest.raises(SpecError, match="at least 4 examples"):
-        analysis.hsic_unbiased(torch.tensor(k[:3, :3]), torch.tensor(l[:3, :3]))
+        analysis.hsic_unbiased(torch.tensor(k_gram[:3, :3]), torch.tensor(l_gram[:3, :3]))
 
 
 def test_minibatch_cka_averages_the_batches_hsic_and_converges_to_the_full_cka():
@@ -87,8 +88,9 @@ def test_minibatch_cka_averages_the_batches_hsic_and_converges_to_the_full_cka()
     for start in (0, 6, 12):
         xb, yb = x[start:start + 6], y[start:start + 6]
         estimator.update({"layer": torch.tensor(xb)}, {"layer": torch.tensor(yb)})
-        k, l = xb @ xb.T, yb @ yb.T
-        sums += [hsic_unbiased_oracle(k, l), hsic_unbiased_oracle(k, k), hsic_unbiased_oracle(l, l)]
+        k_gram, l_gram = xb @ xb.T, yb @ yb.T
+        sums += [hsic_unbiased_oracle(k_gram, l_gram), hsic_unbiased_oracle(k_gram, k_gram),
+                 hsic_unbiased_oracle(l_gram, l_gram)]
     assert estimator.result()["layer"] == pytest.approx(sums[0] / math.sqrt(sums[1] * sums[2]), rel=1e-9)
     same = analysis.MinibatchCKA()
     same.update({"layer": torch.tensor(x[:9])}, {"layer": torch.tensor(x[:9])})

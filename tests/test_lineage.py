@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from mlprune import Experiment, Recipe, lineage, store
+from mlprune import Experiment, Recipe, lineage
 from mlprune.cli import main
 
 TRAIN = Recipe.train(epochs=1, lr=0.05, momentum=0.9)

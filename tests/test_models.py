@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from mlprune import models as M
 from mlprune.models import catalog, nets
 from mlprune.errors import SpecError
 from mlprune.models import INITS, MODELS, build_model, model_input, prunable

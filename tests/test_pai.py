@@ -152,7 +152,7 @@ def test_grasp_keep_score_is_hessian_gradient_product_times_weight_by_finite_dif
     eps = 1e-5
     up = grad_at([eps * d for d in g])
     down = grad_at([-eps * d for d in g])
-    for name, w, a, b, m in zip(NAMES, weights, up, down, keep):
+    for name, w, a, b in zip(NAMES, weights, up, down):
         hg = (a - b) / (2 * eps)
         paper_score = -(hg * w.detach())               # Wang et al.'s S = -(H g) ⊙ w
         kept = masks[name]
@@ -500,7 +500,7 @@ def test_bad_controls_are_one_line_errors(tmp_path, controls, fragment):
 def test_bad_one_shot_sections_are_one_line_errors(tmp_path, section, fragment):
     from mlprune.recipes import compile_recipe
 
-    text = "name: r\nroot: {model: lenet_300_100}\ntrain: {epochs: 1}\none_shot: %s\n" % section
+    text = f"name: r\nroot: {{model: lenet_300_100}}\ntrain: {{epochs: 1}}\none_shot: {section}\n"
     with pytest.raises(SpecError) as error:
         compile_recipe(_recipe(tmp_path, text))
     assert fragment in str(error.value) and "\n" not in str(error.value), str(error.value)
@@ -569,5 +569,5 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
     panels = builder.numbers["sanity_checks"]
     assert set(panels) == {f"{name} / {m}" for m in ("snip", "grasp", "synflow", "magnitude", "random")}
     for panel, members in panels.items():
-        assert members[0] == panel and set(members[1:]) == {l for l in expected if l.startswith(panel + "/")}
+        assert members[0] == panel and set(members[1:]) == {label for label in expected if label.startswith(panel + "/")}
     assert [f["kind"] for f in builder.figures].count("sanity_checks") == 1

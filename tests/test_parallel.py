@@ -398,7 +398,7 @@ def test_two_concurrent_runs_compute_each_state_once(tracking, tmp_path):
     processes = [subprocess.Popen(mlprune_cmd(*args), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in processes]
-    for process, (out, err) in zip(processes, outputs):
+    for process, (_out, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
     lasts = [out.split("last state ")[1].split()[0] for out, _ in outputs]
     assert lasts[0] == lasts[1]  # both ended at the same state run

@@ -184,7 +184,7 @@ def _one_line_error(fn, *needles):
 def test_missing_inputs_and_architecture_mismatch():
     current, source, fresh, masks = _example()
     for s in ("rewind", "sign", "zhou", "shuffle"):
-        _one_line_error(lambda: _call(s, source=None, generator=torch.Generator()), s, "source")
+        _one_line_error(lambda s=s: _call(s, source=None, generator=torch.Generator()), s, "source")
     _one_line_error(lambda: _call("random", fresh=None), "fresh")
     _one_line_error(lambda: _call("shuffle"), "Generator")
     bad = dict(source, **{"out.weight": torch.zeros(5, 3)})

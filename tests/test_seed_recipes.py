@@ -93,7 +93,7 @@ def _ours(model: str, seed_layer: str) -> str:
     return LENET_LAYERS[seed_layer] if model == "lenet" else f"{seed_layer}.weight"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kinds(model: str) -> dict:
     shape = (3, 32, 32) if model != "lenet" else (1, 28, 28)
     return prunable(build_model(model, num_classes=10, input_shape=shape))

@@ -132,7 +132,7 @@ def test_tensors_with_a_consistent_hash_record_are_checked_by_content(case, stor
     rewrite(store, run, file, change(tensors(run, file)))
     checked = invoke("verify")
     assert checked.exit_code == 1, checked.output
-    [line] = [l for l in checked.output.splitlines() if l.startswith(f"broken: {run.info.run_id[:8]}")]
+    [line] = [text for text in checked.output.splitlines() if text.startswith(f"broken: {run.info.run_id[:8]}")]
     assert fragment in line and run.info.run_id in line, line
     line = invoke_error("export", run.info.run_id, str(tmp_path / "out"))
     assert fragment in line and run.info.run_id in line, line
@@ -156,7 +156,8 @@ def test_a_child_is_never_finished_from_tampered_masks(store):
 
 
 # ---- checkpoints: their tensors carry their key; iteration, dtypes and shapes checked before resuming -------
-from test_resume import ROOT, SGD, _every_due_checkpoint, _rewrite_record, _stopped_with_checkpoints, stop_at  # noqa
+# stop_at: a fixture (pytest finds it here by name; the tests take it as a parameter)
+from test_resume import ROOT, SGD, _rewrite_record, _stopped_with_checkpoints, stop_at  # noqa: E402, F401
 
 
 def _tamper_checkpoint(folder: Path, change) -> dict:
@@ -190,8 +191,8 @@ def _uint8_masks(meta, loaded, metadata):
 @pytest.mark.parametrize("change, fragment", [(_beyond, "is outside its training (iterations 0 to 24)"),
                                               (_foreign, "its tensors are of state 00000000"),
                                               (_uint8_masks, "is torch.uint8, not bool")])
-def test_a_checkpoint_that_does_not_belong_is_never_resumed(change, fragment, tracking, stop_at, caplog, _empty_store_db,
-                                                            tmp_path):
+def test_a_checkpoint_that_does_not_belong_is_never_resumed(change, fragment, tracking, stop_at,  # noqa: F811
+                                                            caplog, _empty_store_db, tmp_path):
     import logging
 
     from mlprune import Experiment, Recipe

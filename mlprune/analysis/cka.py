@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import SpecError
 
@@ -37,17 +36,17 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     return x @ x.T
 
 
-def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+def hsic_unbiased(k_gram: torch.Tensor, l_gram: torch.Tensor) -> torch.Tensor:
     """The unbiased HSIC estimator of Song et al. (2012) for two n × n Gram matrices (n >= 4)."""
-    n = k.shape[0]
+    n = k_gram.shape[0]
     if n < 4:
         raise SpecError(f"the unbiased HSIC estimator needs at least 4 examples per batch, got {n}")
-    k = k.clone()
-    l = l.clone()
-    k.fill_diagonal_(0.0)
-    l.fill_diagonal_(0.0)
-    kl = k @ l
-    ones_k, ones_l = k.sum(), l.sum()
+    k0 = k_gram.clone()  # K̃, L̃: the Gram matrices with a zero diagonal
+    l0 = l_gram.clone()
+    k0.fill_diagonal_(0.0)
+    l0.fill_diagonal_(0.0)
+    kl = k0 @ l0
+    ones_k, ones_l = k0.sum(), l0.sum()
     value = torch.trace(kl) + ones_k * ones_l / ((n - 1) * (n - 2)) - 2.0 * kl.sum() / (n - 2)
     return value / (n * (n - 3))
 
@@ -64,8 +63,9 @@ class MinibatchCKA:
     def update(self, xs: dict, ys: dict) -> None:
         """One batch: {layer: activations of network a} and {layer: activations of network b}."""
         for name, x in xs.items():
-            k, l = gram(x), gram(ys[name])
-            values = torch.stack([hsic_unbiased(k, l), hsic_unbiased(k, k), hsic_unbiased(l, l)]).cpu()
+            k_gram, l_gram = gram(x), gram(ys[name])
+            values = torch.stack([hsic_unbiased(k_gram, l_gram), hsic_unbiased(k_gram, k_gram),
+                                  hsic_unbiased(l_gram, l_gram)]).cpu()
             self._sums[name] = values if name not in self._sums else self._sums[name] + values
         self.batches += 1
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError, choice_error
-from .catalog import BN_INIT_NAMES, INIT_NAMES, MODELS, model_entry
+from .catalog import BN_INIT_NAMES, INIT_NAMES, model_entry
 
 __all__ = ["INITS", "BN_INITS", "build_model", "prunable"]
 

@@ -31,7 +31,7 @@ def plot_dag(nodes: Sequence[Mapping], edges: Sequence[Sequence], title: str | N
     fig = new_figure(width, height)
     ax = fig.add_subplot()
     edge_color, other_color = "#455a64", "#8e24aa"
-    for p, c, role, pts, (lx, ly) in curves:
+    for _p, _c, role, pts, (lx, ly) in curves:
         primary = role == "primary"
         path = Path(pts, [Path.MOVETO, Path.CURVE4, Path.CURVE4, Path.CURVE4])
         ax.add_patch(FancyArrowPatch(

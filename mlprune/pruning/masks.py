@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..errors import SpecError, choice_error
+from ..errors import SpecError
 from .budgets import keep_counts, pool_density
 from .catalog import DISTRIBUTIONS, METHODS, check_amount, check_dim, norm_order, prune_count
 from .prune_step import layer_plan, resolve_prune_step

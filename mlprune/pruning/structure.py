@@ -140,14 +140,6 @@ def channel_groups(model: nn.Module, input_shape) -> list[ChannelGroup]:
         units = dg.get_out_channels(root)
         group = ChannelGroup(names.get(root, "?"), int(units))
         slots: dict[tuple, Member] = {}
-
-        def member(tensor, dim, role):
-            key = (tensor, dim, role)
-            if key not in slots:
-                slots[key] = Member(tensor, dim, role, [[] for _ in range(group.units)])
-                group.members.append(slots[key])
-            return slots[key]
-
         for item in raw:
             module, handler = item.dep.target.module, item.dep.handler
             pairs = list(zip(item.root_idxs, item.idxs))
@@ -178,7 +170,7 @@ def channel_groups(model: nn.Module, input_shape) -> list[ChannelGroup]:
                 group.fixed = f"{name} ({type(module).__name__}) holds per-channel tensors mlprune cannot slice"
                 continue
             for tensor, dim, role in targets:
-                slot = member(tensor, dim, role)
+                slot = _member(group, slots, (tensor, dim, role))
                 for root_index, index in pairs:
                     slot.positions[int(root_index)].append(int(index))
         for slot in group.members:
@@ -187,6 +179,14 @@ def channel_groups(model: nn.Module, input_shape) -> list[ChannelGroup]:
             group.fixed = "nothing in the network reads it (the network's output)"
         traced.append(group)
     return _join_through_shortcuts(traced, probe)
+
+
+def _member(group: ChannelGroup, slots: dict[tuple, Member], key: tuple) -> Member:
+    """The group's member for (tensor, dim, role), added to the group on first use."""
+    if key not in slots:
+        slots[key] = Member(*key, [[] for _ in range(group.units)])
+        group.members.append(slots[key])
+    return slots[key]
 
 
 def _join_through_shortcuts(groups: list[ChannelGroup], model: nn.Module) -> list[ChannelGroup]:

@@ -109,5 +109,5 @@ def one_shot_section(value, recipe: RecipeContext) -> None:
                             pruned=pruned, pruned_from=pruned_from,
                             naming=Naming(f"{node}.{control['name']}", f"{name} {percent} ctrl:{control['name']}",
                                           index, f"{name}/{control['name']}"),
-                            checked=lambda key, fn, *a, _at=at, _i=i, **k: recipe.checked(
-                                f"one_shot.methods.{name}.controls[{_i}]: {key}", fn, *a, **k))
+                            checked=lambda key, fn, *a, _name=name, _i=i, **k: recipe.checked(
+                                f"one_shot.methods.{_name}.controls[{_i}]: {key}", fn, *a, **k))

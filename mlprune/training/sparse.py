@@ -133,7 +133,7 @@ class DynamicSparsity:
                     if isinstance(value, torch.Tensor) and value.shape == param.shape:
                         value.masked_fill_(changed[param], 0.0)
         names = {params[name]: name for name in self.layers}
-        for index, (param, keep) in enumerate(keeps):
+        for index, (param, _keep) in enumerate(keeps):
             if param in changed:
                 keeps[index] = (param, self.masks[names[param]].to(param.device, param.dtype))
         self.grads = {}
