@@ -156,8 +156,9 @@ def test_a_child_is_never_finished_from_tampered_masks(store):
 
 
 # ---- checkpoints: their tensors carry their key; iteration, dtypes and shapes checked before resuming -------
-# stop_at: a fixture (pytest finds it here by name; the tests take it as a parameter)
-from test_resume import ROOT, SGD, _rewrite_record, _stopped_with_checkpoints, stop_at  # noqa: E402, F401
+# fixtures, which pytest finds here by name: stop_at (the tests take it as a parameter) and the autouse
+# _every_due_checkpoint (the checkpoints of these tests do not depend on their timing)
+from test_resume import ROOT, SGD, _every_due_checkpoint, _rewrite_record, _stopped_with_checkpoints, stop_at  # noqa: E402, F401
 
 
 def _tamper_checkpoint(folder: Path, change) -> dict:
