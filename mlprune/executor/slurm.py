@@ -179,7 +179,10 @@ def check_job_script(config: SlurmConfig, gpu_resource: str) -> None:
 
 
 def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
-    """A started `SlurmJobs` cluster of `jobs` worker jobs (the first may still be queued)."""
+    """A started `SlurmJobs` cluster of `jobs` worker jobs (the first may still be queued).
+
+    Why long: the SLURMCluster subclass is defined in here, so that dask_jobqueue is imported only by a run that
+    asks for SLURM; each of its methods is short."""
     from dask_jobqueue import SLURMCluster
 
     class SlurmJobs(SLURMCluster):
