@@ -39,7 +39,7 @@ from ..names import (M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS, M_LR, M_TRAIN_ACC
 from . import OPTIMIZERS, UNBATCHABLE_PRECISIONS, UNBATCHED_OPTIONS
 from .interrupt import interrupted, stop_requested
 from .gradual import gradual_masks
-from .loop import Callbacks, Diverged, autocast_for, handle_divergence, step_seed, timeline
+from .loop import Callbacks, Diverged, autocast_for, fail_fast_every, handle_divergence, step_seed, timeline
 from .stacked import BatchedNetwork, NotBatchable
 
 __all__ = ["NotBatchable", "BatchedNetwork", "train_batched", "evaluate_batched"]
@@ -192,6 +192,7 @@ class _Batch:
         self.gradual = _Gradual(self.net, masks, self.line, self.optimizer, prunable(models[0])) \
             if self.line.gradual else None
         self.active = [True] * n
+        self.fail_fast = fail_fast_every(options, device)  # fp16, whose scaler would be, is not batched
         self.outcome: list = [None] * n          # a sibling that stopped: its history or its exception
         self.stopped = [self.line.start] * n     # where each stopped
         self.i = self.line.start
@@ -250,6 +251,8 @@ class _Batch:
             count += y.shape[1]
             self.i += 1
             i = self.i
+            if self.fail_fast and i % self.fail_fast == 0:
+                self.diverged_losses(losses)
             if self.gradual is not None and i in self.gradual.steps:
                 self.keeps = self.gradual.prune(i, self.active)
             if i in self.at:
@@ -260,6 +263,14 @@ class _Batch:
             if i >= line.stop:
                 break
         return total, hits, count, lr, due
+
+    def diverged_losses(self, losses: torch.Tensor) -> None:
+        """Each training sibling whose loss of iteration `i` is not finite stops there, as it would alone."""
+        finite = torch.isfinite(losses.detach()).tolist()
+        for k in range(self.n):
+            if self.active[k] and not finite[k]:
+                self.diverge(k, f"the train loss of iteration {self.i} is {float(losses[k].detach())}",
+                             -(-self.i // self.line.per_epoch))
 
     def step(self, lr: float, x: torch.Tensor, y: torch.Tensor):
         """One optimizer step of every sibling on its batch, masks enforced: (per sibling loss, logits)."""

@@ -225,6 +225,16 @@ def handle_divergence(history: dict, options: dict, what: str, epoch: int) -> No
     history["diverged"] = (epoch, what)
 
 
+def fail_fast_every(options: dict, device: torch.device, *, scaled: bool = False) -> int:
+    """Every how many iterations a failing divergence check looks at the loss (0: per epoch only), alone or
+    batched alike, so that a diverging training stops at the same iteration with the same message."""
+    # every iteration's loss (every 25th off the CPU: each look waits for the device); recorded divergence
+    # and fp16 (whose scaler skips non-finite steps) are judged per epoch (`_epoch_end`)
+    if scaled or options.get("on_divergence") == "record":
+        return 0
+    return 1 if device.type == "cpu" else 25
+
+
 def step_seed(seed: int, i: int) -> int:
     return (seed * 2654435761 + i * 40503 + 12345) & ((1 << 63) - 1)
 
@@ -258,11 +268,7 @@ class _Training:
     @property
     def fail_fast(self) -> int:
         """Every how many iterations a failing divergence check looks at the loss (0: per epoch only)."""
-        # every iteration's loss (every 25th off the CPU: each look waits for the device); recorded divergence
-        # and fp16 (whose scaler skips non-finite steps) are judged per epoch (`_epoch_end`)
-        if self.scaler is not None or self.options.get("on_divergence") == "record":
-            return 0
-        return 1 if self.device.type == "cpu" else 25
+        return fail_fast_every(self.options, self.device, scaled=self.scaler is not None)
 
     @property
     def base_lr(self) -> float:
