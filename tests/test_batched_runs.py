@@ -102,9 +102,10 @@ def test_which_states_group_under_which_recipes(tracking):
 
     lth = groups("lth_lenet_300_100.yaml", rounds=1)
     assert sorted(len(g) for g in lth) == [8, 8, 8, 8]
-    assert lth[0] == ["train"] * 8                                        # the seeds' first trainings
-    assert sorted(set(label for g in lth[1:] for label in g)) == ["r1 ctrl:random", "r1 ctrl:shuffle",
-                                                                  "r1 rewind+train"]  # a level and its controls
+    assert lth[0] == [f"s{seed} train" for seed in range(8)]              # the seeds' first trainings
+    # a level and its controls (a sweep's run names start with their seed)
+    assert sorted(set(label.split(" ", 1)[1] for g in lth[1:] for label in g)) == [
+        "r1 ctrl:random", "r1 ctrl:shuffle", "r1 rewind+train"]
     lmc = groups("lmc_lenet_300_100.yaml", seeds="0", rounds=1)
     assert any(all("copy" in label for label in g) for g in lmc)          # spawned copies
     pai = groups("pai_sanity_lenet_300_100.yaml", seeds="0")
