@@ -41,9 +41,9 @@ def _write_idx(path: Path, arr: np.ndarray) -> None:
 
 def synthetic_mnist(n: int, *, seed: int = 0, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """(n, 28, 28) uint8 images and (n,) uint8 labels with learnable class structure."""
-    proto_rng = np.random.default_rng(12345)          # the same prototypes for every split
+    proto_rng = np.random.default_rng(12345)  # the same prototypes for every split
     coarse = proto_rng.random((classes, 7, 7))
-    protos = np.kron(coarse, np.ones((4, 4)))          # (classes, 28, 28) blocky patterns in [0, 1]
+    protos = np.kron(coarse, np.ones((4, 4)))  # (classes, 28, 28) blocky patterns in [0, 1]
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, n)
     shifts = rng.integers(-2, 3, (n, 2))
@@ -92,8 +92,9 @@ def migration_s() -> float:
     return float(_TEMPLATE["migration_s"])
 
 
-def fresh_store(folder: str | os.PathLike, experiment: str = "bench",
-                artifacts: str | os.PathLike | None = None) -> tuple[str, str]:
+def fresh_store(
+    folder: str | os.PathLike, experiment: str = "bench", artifacts: str | os.PathLike | None = None
+) -> tuple[str, str]:
     """(tracking URI, experiment id) of a new empty sqlite store in ``folder`` (the experiment's
     artifacts in ``artifacts``, default ``folder/mlruns``)."""
     from mlflow.tracking import MlflowClient
@@ -103,7 +104,8 @@ def fresh_store(folder: str | os.PathLike, experiment: str = "bench",
     shutil.copy(_template_db(), folder / "mlflow.db")
     uri = f"sqlite:///{folder}/mlflow.db"
     exp_id = MlflowClient(tracking_uri=uri).create_experiment(
-        experiment, artifact_location=Path(artifacts or folder / "mlruns").resolve().as_uri())
+        experiment, artifact_location=Path(artifacts or folder / "mlruns").resolve().as_uri()
+    )
     return uri, exp_id
 
 
@@ -114,9 +116,13 @@ def user_env(extra: dict | None = None) -> dict:
     """The environment of a user's shell for a benchmark's processes: this one without mlprune's, MLflow's
     run or OpenMP's variables (a bare baseline sets nothing a user would not; mlprune sets its own), then
     `extra` (its OpenMP variables dropped too)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN", "MLPRUNE_", "PYTEST_", "OMP_",
-                                "GOMP_", "KMP_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN", "MLPRUNE_", "PYTEST_", "OMP_", "GOMP_", "KMP_")
+        )
+    }
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     env.update({k: v for k, v in (extra or {}).items() if not k.startswith(("OMP_", "GOMP_", "KMP_"))})
     return env
@@ -136,8 +142,14 @@ def run_bare(data_dir: str | os.PathLike, *args: str, env: dict | None = None, c
     import sys
 
     env = bare_env(env)
-    proc = subprocess.run([sys.executable, str(BARE_SCRIPT), str(data_dir), *args], env=env,
-                          cwd=cwd, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(
+        [sys.executable, str(BARE_SCRIPT), str(data_dir), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"bare script failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

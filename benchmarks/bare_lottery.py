@@ -35,7 +35,7 @@ IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-u
 def read_idx(path: Path) -> torch.Tensor:
     raw = path.read_bytes()
     ndim = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).copy()).reshape(shape)
 
 
@@ -55,8 +55,14 @@ def lenet_300_100(seed: int, init: str) -> nn.Module:
     weights (fan_in, ReLU gain) and zeroes the biases, `default` keeps nn.Linear's."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(inplace=True), nn.Linear(300, 100),
-                              nn.ReLU(inplace=True), nn.Linear(100, 10))
+        model = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(784, 300),
+            nn.ReLU(inplace=True),
+            nn.Linear(300, 100),
+            nn.ReLU(inplace=True),
+            nn.Linear(100, 10),
+        )
         if init == "kaiming_normal":
             with torch.no_grad():
                 for layer in (model[1], model[3], model[5]):
@@ -81,7 +87,7 @@ def lottery(data, args) -> dict:
         correct = 0
         with torch.no_grad():
             for i in range(0, len(y_test), 256):
-                correct += int((model(x_test[i:i + 256]).argmax(1) == y_test[i:i + 256]).sum())
+                correct += int((model(x_test[i : i + 256]).argmax(1) == y_test[i : i + 256]).sum())
         model.train()
         accuracies.append(correct / len(y_test))
 
@@ -95,7 +101,7 @@ def lottery(data, args) -> dict:
             gen = torch.Generator().manual_seed((args.seed * 1_000_003 + epoch) & ((1 << 63) - 1))
             perm = torch.randperm(len(y_train), generator=gen)
             for i in range(0, len(y_train), args.batch):
-                idx = perm[i:i + args.batch]
+                idx = perm[i : i + args.batch]
                 opt.zero_grad()
                 loss_fn(model(x_train.index_select(0, idx)), y_train.index_select(0, idx)).backward()
                 opt.step()
@@ -161,10 +167,18 @@ def main(argv=None) -> int:
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in result["state"].items()}, str(args.save))
-    print(json.dumps({"accuracies": result["accuracies"], "loop_s": loop_s, "threads": torch.get_num_threads(),
-                      "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_"))},
-                      "mlprune_env": sorted(k for k in os.environ if k.startswith("MLPRUNE_")),
-                      "mlprune_modules": sorted(m for m in sys.modules if m.split(".")[0] == "mlprune")}))
+    print(
+        json.dumps(
+            {
+                "accuracies": result["accuracies"],
+                "loop_s": loop_s,
+                "threads": torch.get_num_threads(),
+                "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_"))},
+                "mlprune_env": sorted(k for k in os.environ if k.startswith("MLPRUNE_")),
+                "mlprune_modules": sorted(m for m in sys.modules if m.split(".")[0] == "mlprune"),
+            }
+        )
+    )
     return 0
 
 

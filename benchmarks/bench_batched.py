@@ -54,18 +54,33 @@ def siblings(model: str, data, n: int = N_SIBLINGS, *, options: dict | None = No
 
     from mlprune.models import build_model, prunable
 
-    models = [build_model(model, num_classes=data.num_classes, input_shape=tuple(data.input_shape), seed=k,
-                          options=options) for k in range(n)]
+    models = [
+        build_model(model, num_classes=data.num_classes, input_shape=tuple(data.input_shape), seed=k, options=options)
+        for k in range(n)
+    ]
     masks = []
     for k, m in enumerate(models):
         generator = torch.Generator().manual_seed(1000 + k)
-        masks.append({name: torch.rand(p.shape, generator=generator) < 0.8
-                      for name, p in m.named_parameters() if name in prunable(m)})
+        masks.append(
+            {
+                name: torch.rand(p.shape, generator=generator) < 0.8
+                for name, p in m.named_parameters()
+                if name in prunable(m)
+            }
+        )
     return models, masks
 
 
-def speedup(model: str, data, train_options: dict, *, device=None, repetitions: int = 3, n: int = N_SIBLINGS,
-            model_options: dict | None = None) -> dict:
+def speedup(
+    model: str,
+    data,
+    train_options: dict,
+    *,
+    device=None,
+    repetitions: int = 3,
+    n: int = N_SIBLINGS,
+    model_options: dict | None = None,
+) -> dict:
     """Wall time of n sibling trainings separately / batched (medians of alternating repetitions)."""
     import torch
 
@@ -115,31 +130,64 @@ def speedup(model: str, data, train_options: dict, *, device=None, repetitions: 
             times[side].append(seconds)
             cpu_times[side].append(cpu)
             last[side] = trained
-    difference = max(float((a.state_dict()[k].double() - b.state_dict()[k].double()).abs().max())
-                     for a, b in zip(last["separate"], last["batched"]) for k in a.state_dict()
-                     if a.state_dict()[k].is_floating_point())
+    difference = max(
+        float((a.state_dict()[k].double() - b.state_dict()[k].double()).abs().max())
+        for a, b in zip(last["separate"], last["batched"])
+        for k in a.state_dict()
+        if a.state_dict()[k].is_floating_point()
+    )
     separate_s, batched_s = statistics.median(times["separate"]), statistics.median(times["batched"])
     # CPU seconds of the process: what the work costs, less sensitive to other processes than wall time
     cpu_speedup = statistics.median(cpu_times["separate"]) / statistics.median(cpu_times["batched"])
-    return {"speedup": separate_s / batched_s, "separate_s": separate_s, "batched_s": batched_s,
-            "times": times, "cpu_times": cpu_times, "cpu_speedup": cpu_speedup, "siblings": n, "model": model, "options": train_options,
-            "max_weight_difference": difference, "torch_threads": torch.get_num_threads(), "device": str(device)}
+    return {
+        "speedup": separate_s / batched_s,
+        "separate_s": separate_s,
+        "batched_s": batched_s,
+        "times": times,
+        "cpu_times": cpu_times,
+        "cpu_speedup": cpu_speedup,
+        "siblings": n,
+        "model": model,
+        "options": train_options,
+        "max_weight_difference": difference,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
 
 
 def cpu_workloads(quick: bool, tiny: bool) -> dict:
     """(model, data options, train options, model options) of each CPU figure."""
     if tiny:
-        return {"lenet": ("lenet", {}, {"steps": "3it", "lr": 0.01, "momentum": 0.9, "batch_size": 32}, None),
-                "lenet_300_100": ("lenet_300_100", {}, {"steps": "3it", "lr": 0.0012, "optimizer": "adam",
-                                                        "batch_size": 60}, None),
-                "resnet20": ("resnet20", {"test_size": 64},
-                             {"steps": "2it", "lr": 0.05, "momentum": 0.9, "batch_size": 16}, None)}
-    return {"lenet": ("lenet", {}, {"epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}, None),
-            "lenet_300_100": ("lenet_300_100", {}, {"epochs": 1, "lr": 0.0012, "optimizer": "adam",
-                                                    "batch_size": 60}, None),
-            "resnet20": ("resnet20", {"image_size": 32},
-                         {"steps": "5it" if quick else "10it", "lr": 0.05, "momentum": 0.9, "batch_size": 64},
-                         None)}
+        return {
+            "lenet": ("lenet", {}, {"steps": "3it", "lr": 0.01, "momentum": 0.9, "batch_size": 32}, None),
+            "lenet_300_100": (
+                "lenet_300_100",
+                {},
+                {"steps": "3it", "lr": 0.0012, "optimizer": "adam", "batch_size": 60},
+                None,
+            ),
+            "resnet20": (
+                "resnet20",
+                {"test_size": 64},
+                {"steps": "2it", "lr": 0.05, "momentum": 0.9, "batch_size": 16},
+                None,
+            ),
+        }
+    return {
+        "lenet": ("lenet", {}, {"epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}, None),
+        "lenet_300_100": (
+            "lenet_300_100",
+            {},
+            {"epochs": 1, "lr": 0.0012, "optimizer": "adam", "batch_size": 60},
+            None,
+        ),
+        "resnet20": (
+            "resnet20",
+            {"image_size": 32},
+            {"steps": "5it" if quick else "10it", "lr": 0.05, "momentum": 0.9, "batch_size": 64},
+            None,
+        ),
+    }
 
 
 def measure(quick: bool = False, tiny: bool = False, device_name: str = "cpu") -> dict:
@@ -157,11 +205,15 @@ def measure(quick: bool = False, tiny: bool = False, device_name: str = "cpu") -
     for figure, (model, data_options, train_options, model_options) in cpu_workloads(quick, tiny).items():
         channels, size = model_input(model)
         data = load_data("digits", channels=channels, min_image_size=size, device=device, **data_options)
-        details[figure] = speedup(model, data, train_options, device=device, repetitions=repetitions,
-                                  model_options=model_options)
-    return {"batched_speedup": details["lenet"]["speedup"],
-            "batched_speedup_lenet_300_100": details["lenet_300_100"]["speedup"],
-            "batched_speedup_resnet20": details["resnet20"]["speedup"], "details": details}
+        details[figure] = speedup(
+            model, data, train_options, device=device, repetitions=repetitions, model_options=model_options
+        )
+    return {
+        "batched_speedup": details["lenet"]["speedup"],
+        "batched_speedup_lenet_300_100": details["lenet_300_100"]["speedup"],
+        "batched_speedup_resnet20": details["resnet20"]["speedup"],
+        "details": details,
+    }
 
 
 def main(argv=None) -> int:
@@ -178,10 +230,12 @@ def main(argv=None) -> int:
         print(f"bench_batched: skipped: {result['skipped']}")
     else:
         for name, figure in result["details"].items():
-            print(f"{name}: {figure['separate_s']:.2f} s separately / {figure['batched_s']:.2f} s batched = "
-                  f"x{figure['speedup']:.2f}, CPU time x{figure['cpu_speedup']:.2f} ({figure['siblings']} siblings, "
-                  f"{figure['torch_threads']} threads, "
-                  f"max |Δw| {figure['max_weight_difference']:.1e}; times {figure['times']})")
+            print(
+                f"{name}: {figure['separate_s']:.2f} s separately / {figure['batched_s']:.2f} s batched = "
+                f"x{figure['speedup']:.2f}, CPU time x{figure['cpu_speedup']:.2f} ({figure['siblings']} siblings, "
+                f"{figure['torch_threads']} threads, "
+                f"max |Δw| {figure['max_weight_difference']:.1e}; times {figure['times']})"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
     return 0

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import _common  # noqa: E402
+
 import mlprune  # noqa: E402,F401 -- before torch, as `mlprune run`: passive OpenMP waits (docs/performance.md)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,8 +89,10 @@ class CheckpointClock:
         from mlprune.store.checkpoints import RunCheckpoints
         from mlprune.training.checkpoint import TrainingHooks
 
-        self._originals = [(TrainingHooks, "save", TrainingHooks.save),
-                           (RunCheckpoints, "commit", RunCheckpoints.commit)]
+        self._originals = [
+            (TrainingHooks, "save", TrainingHooks.save),
+            (RunCheckpoints, "commit", RunCheckpoints.commit),
+        ]
         clock = self
 
         def save(hooks, i, sums):
@@ -130,8 +133,9 @@ def _same_weights(a: tuple, b: tuple) -> bool:
         if store_a.spec(runs_a[key]).get("analysis"):
             continue
         x, y = store_a.load(runs_a[key]), store_b.load(runs_b[key])
-        if any(not torch.equal(x.weights[n], y.weights[n]) for n in x.weights) or \
-                any(not torch.equal(x.masks[n], y.masks[n]) for n in x.masks):
+        if any(not torch.equal(x.weights[n], y.weights[n]) for n in x.weights) or any(
+            not torch.equal(x.masks[n], y.masks[n]) for n in x.masks
+        ):
             return False
     return True
 
@@ -148,21 +152,24 @@ def measure_recipe(name: str, quick: bool = False, tiny: bool = False, reps: int
             _run(recipe, size["overrides"], tmp / f"warm-{mode}", mode)
         clocks = {mode: CheckpointClock() for mode in MODES}
         for rep in range(reps):
-            order = list(MODES)[rep % len(MODES):] + list(MODES)[:rep % len(MODES)]
+            order = list(MODES)[rep % len(MODES) :] + list(MODES)[: rep % len(MODES)]
             for mode in order:
                 with clocks[mode]:
                     result = _run(recipe, size["overrides"], tmp / f"{mode}-{rep}", mode)
                 runs[mode].append(result[0])
                 last[mode] = result
         medians = {mode: _common.median(times) for mode, times in runs.items()}
-        per_mode = {mode: {"checkpoints_per_run": clock.commits / reps,
-                           "bytes_per_checkpoint": clock.bytes / clock.commits if clock.commits else 0,
-                           # all the training thread spent in save (due ones skipped included) per one written
-                           "training_thread_ms_per_checkpoint": 1000 * clock.save_s / clock.commits
-                           if clock.commits else 0.0,
-                           "writer_thread_ms_per_checkpoint": 1000 * clock.commit_s / clock.commits
-                           if clock.commits else 0.0}
-                    for mode, clock in clocks.items() if mode != "off"}
+        per_mode = {
+            mode: {
+                "checkpoints_per_run": clock.commits / reps,
+                "bytes_per_checkpoint": clock.bytes / clock.commits if clock.commits else 0,
+                # all the training thread spent in save (due ones skipped included) per one written
+                "training_thread_ms_per_checkpoint": 1000 * clock.save_s / clock.commits if clock.commits else 0.0,
+                "writer_thread_ms_per_checkpoint": 1000 * clock.commit_s / clock.commits if clock.commits else 0.0,
+            }
+            for mode, clock in clocks.items()
+            if mode != "off"
+        }
         return {
             "ratio": medians["1ep"] / medians["off"],
             "strict_ratio": medians["strict"] / medians["off"],

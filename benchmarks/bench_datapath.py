@@ -93,17 +93,17 @@ def measure(quick: bool = False, tiny: bool = False) -> dict:
         _make_mnist(Path(tmp), n_train)
         data = load_data("mnist", data_dir=tmp, augment=False)
     assert data.fast
-    x, y = data._train.x, data._train.y            # the same preprocessed tensors for B
+    x, y = data._train.x, data._train.y  # the same preprocessed tensors for B
     dataset = torch.utils.data.TensorDataset(x, y)
 
     model = build_model("lenet_300_100", num_classes=10, input_shape=data.input_shape, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    _epoch(model, opt, data.train_batches(BATCH, seed=0, epoch=0))                 # warm-up
+    _epoch(model, opt, data.train_batches(BATCH, seed=0, epoch=0))  # warm-up
     _epoch(model, opt, torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True))
 
     fast, loader, fast_it, loader_it = [], [], [], []
     for rep in range(reps):
-        order = (0, 1) if rep % 2 == 0 else (1, 0)                                  # alternate A/B
+        order = (0, 1) if rep % 2 == 0 else (1, 0)  # alternate A/B
         for which in order:
             if which == 0:
                 n, dt = _epoch(model, opt, data.train_batches(BATCH, seed=0, epoch=rep))
@@ -146,12 +146,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     res = measure(args.quick, args.tiny)
     print(json.dumps(res, indent=2))
-    print(f"training: fast path {res['fastpath_samples_per_s']:.0f} samples/s vs DataLoader "
-          f"{res['dataloader_samples_per_s']:.0f} samples/s: x{res['fastpath_vs_dataloader']:.2f}")
-    print(f"vs DataLoader with default settings (batch_size=1): "
-          f"{res['default_dataloader_samples_per_s']:.0f} samples/s: x{res['fastpath_vs_default_dataloader']:.1f}")
-    print(f"data path alone: {res['datapath_only_fastpath_samples_per_s']:.0f} vs "
-          f"{res['datapath_only_dataloader_samples_per_s']:.0f} samples/s: x{res['datapath_only_ratio']:.1f}")
+    print(
+        f"training: fast path {res['fastpath_samples_per_s']:.0f} samples/s vs DataLoader "
+        f"{res['dataloader_samples_per_s']:.0f} samples/s: x{res['fastpath_vs_dataloader']:.2f}"
+    )
+    print(
+        f"vs DataLoader with default settings (batch_size=1): "
+        f"{res['default_dataloader_samples_per_s']:.0f} samples/s: x{res['fastpath_vs_default_dataloader']:.1f}"
+    )
+    print(
+        f"data path alone: {res['datapath_only_fastpath_samples_per_s']:.0f} vs "
+        f"{res['datapath_only_dataloader_samples_per_s']:.0f} samples/s: x{res['datapath_only_ratio']:.1f}"
+    )
     return 0
 
 

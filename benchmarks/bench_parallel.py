@@ -65,9 +65,26 @@ class _Server:
         self.uri = f"http://127.0.0.1:{port}"
         self.log = open(folder / "server.log", "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/server.db",
-             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"], stdout=self.log, stderr=subprocess.STDOUT, cwd=folder)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{folder}/server.db",
+                "--artifacts-destination",
+                str(folder / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+        )
         deadline = time.monotonic() + 300
         while True:
             if self.process.poll() is not None:
@@ -183,8 +200,9 @@ def _speedup(folder: Path, uri: str, quick: bool) -> dict:
     client = Client(cluster)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # _warm_up runs on the workers
     # as in this process: imports and torch's first training, in the thread that runs the tasks
-    client.gather([client.submit(_warm_up, pure=False, workers=[worker])
-                   for worker in client.scheduler_info()["workers"]])
+    client.gather(
+        [client.submit(_warm_up, pure=False, workers=[worker]) for worker in client.scheduler_info()["workers"]]
+    )
     cluster_start_s = time.perf_counter() - started
     try:
         started = time.perf_counter()
@@ -195,12 +213,20 @@ def _speedup(folder: Path, uri: str, quick: bool) -> dict:
         client.close()
         cluster.close()
     same = _hashes(uri, sync) == _hashes(uri, parallel)
-    return {"branches": 4, "epochs_per_branch": epochs, "states": sync.computed, "sync_s": round(sync_s, 2),
-            "parallel_s": round(parallel_s, 2), "speedup": round(sync_s / parallel_s, 2),
-            "cluster_start_s": round(cluster_start_s, 2), "same_keys_and_weights": same,
-            "cores": os.cpu_count(), "load_average_1min_before": load_before,
-            "cores_used_sync": {"ours": sync_cpu.our_cores, "others": sync_cpu.other_cores},
-            "cores_used_parallel": {"ours": parallel_cpu.our_cores, "others": parallel_cpu.other_cores}}
+    return {
+        "branches": 4,
+        "epochs_per_branch": epochs,
+        "states": sync.computed,
+        "sync_s": round(sync_s, 2),
+        "parallel_s": round(parallel_s, 2),
+        "speedup": round(sync_s / parallel_s, 2),
+        "cluster_start_s": round(cluster_start_s, 2),
+        "same_keys_and_weights": same,
+        "cores": os.cpu_count(),
+        "load_average_1min_before": load_before,
+        "cores_used_sync": {"ours": sync_cpu.our_cores, "others": sync_cpu.other_cores},
+        "cores_used_parallel": {"ours": parallel_cpu.our_cores, "others": parallel_cpu.other_cores},
+    }
 
 
 def _overhead(uri: str, n: int, name: str) -> dict:
@@ -227,8 +253,13 @@ def _overhead(uri: str, n: int, name: str) -> dict:
         state = state.apply(step)
         hits.append(time.perf_counter() - started)
     wall, compute = statistics.median(walls), statistics.median(computes)
-    return {"states": n, "wall_ms": round(wall * 1000, 1), "compute_ms": round(compute * 1000, 1),
-            "overhead_ms": round((wall - compute) * 1000, 1), "hit_ms": round(statistics.median(hits) * 1000, 1)}
+    return {
+        "states": n,
+        "wall_ms": round(wall * 1000, 1),
+        "compute_ms": round(compute * 1000, 1),
+        "overhead_ms": round((wall - compute) * 1000, 1),
+        "hit_ms": round(statistics.median(hits) * 1000, 1),
+    }
 
 
 def measure(quick: bool = False) -> dict:
@@ -256,20 +287,28 @@ def main() -> None:
         print(json.dumps(result, indent=1))
         return
     s = result["speedup"]
-    print(f"A. {s['branches']} independent branches (lenet on digits, {s['epochs_per_branch']} epochs each), "
-          f"{s['cores']} cores")
+    print(
+        f"A. {s['branches']} independent branches (lenet on digits, {s['epochs_per_branch']} epochs each), "
+        f"{s['cores']} cores"
+    )
     print(f"   {'sync':<28}{s['sync_s']:>8.2f} s")
-    print(f"   {'2 local dask workers':<28}{s['parallel_s']:>8.2f} s   speedup {s['speedup']:.2f}x  "
-          f"(cluster start {s['cluster_start_s']:.1f} s, not included)")
+    print(
+        f"   {'2 local dask workers':<28}{s['parallel_s']:>8.2f} s   speedup {s['speedup']:.2f}x  "
+        f"(cluster start {s['cluster_start_s']:.1f} s, not included)"
+    )
     print(f"   same keys and weights: {s['same_keys_and_weights']}")
-    print(f"   cores busy, ours / other processes': sync {s['cores_used_sync']['ours']:.2f} / "
-          f"{s['cores_used_sync']['others']:.2f}, parallel {s['cores_used_parallel']['ours']:.2f} / "
-          f"{s['cores_used_parallel']['others']:.2f} (of {s['cores']}; the speedup needs the cores free)")
+    print(
+        f"   cores busy, ours / other processes': sync {s['cores_used_sync']['ours']:.2f} / "
+        f"{s['cores_used_sync']['others']:.2f}, parallel {s['cores_used_parallel']['ours']:.2f} / "
+        f"{s['cores_used_parallel']['others']:.2f} (of {s['cores']}; the speedup needs the cores free)"
+    )
     print("B. tracking overhead per state (median; compute = the state's steps + evaluation)")
     print(f"   {'store':<28}{'wall ms':>9}{'compute ms':>12}{'overhead ms':>13}{'cache hit ms':>14}")
     for label, key in (("mlflow server (http)", "overhead_server"), ("local sqlite file", "overhead_sqlite")):
         o = result[key]
-        print(f"   {label:<28}{o['wall_ms']:>9.1f}{o['compute_ms']:>12.1f}{o['overhead_ms']:>13.1f}{o['hit_ms']:>14.1f}")
+        print(
+            f"   {label:<28}{o['wall_ms']:>9.1f}{o['compute_ms']:>12.1f}{o['overhead_ms']:>13.1f}{o['hit_ms']:>14.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import _common  # noqa: E402
+
 import mlprune  # noqa: E402,F401 -- before torch, as `mlprune run`: passive OpenMP waits (docs/performance.md)
 
+# isort: split
 import torch  # noqa: E402
 
 SIZES = {  # n_train, n_test, rounds, epochs, repetitions
@@ -75,18 +77,24 @@ reinit: {{strategy: rewind, to: root}}
 
 # ----------------------------------------------------------------------------- A: mlprune
 
+
 def write_recipe(folder: Path, rounds: int, epochs: int) -> Path:
     path = folder / "bench_lt.yaml"
-    path.write_text(RECIPE.format(rounds=rounds, epochs=epochs, seed=SEED, lr=LR, momentum=MOMENTUM,
-                                  batch=BATCH, amount=AMOUNT))
+    path.write_text(
+        RECIPE.format(rounds=rounds, epochs=epochs, seed=SEED, lr=LR, momentum=MOMENTUM, batch=BATCH, amount=AMOUNT)
+    )
     return path
 
 
 class MathsClock:
     """Wraps the maths functions mlprune's DAG calls and accumulates their time."""
 
-    TARGETS = (("training.loop", "train"), ("training.loop", "evaluate"), ("pruning.masks", "prune_masks"),
-               ("reinit.strategies", "reinit_weights"))
+    TARGETS = (
+        ("training.loop", "train"),
+        ("training.loop", "evaluate"),
+        ("pruning.masks", "prune_masks"),
+        ("reinit.strategies", "reinit_weights"),
+    )
 
     def __init__(self):
         self.total = 0.0
@@ -113,6 +121,7 @@ class MathsClock:
                 self._depth -= 1
                 if self._depth == 0:  # evaluate() inside train() is counted once
                     self.total += time.perf_counter() - started
+
         return timed
 
     def __exit__(self, *exc):
@@ -123,8 +132,19 @@ class MathsClock:
 class StoreCalls:
     """Counts the MlflowClient calls made while it is active (store round trips), by method."""
 
-    METHODS = ("search_runs", "get_run", "create_run", "log_batch", "set_tag", "set_terminated",
-               "log_artifacts", "log_artifact", "download_artifacts", "get_experiment", "get_experiment_by_name")
+    METHODS = (
+        "search_runs",
+        "get_run",
+        "create_run",
+        "log_batch",
+        "set_tag",
+        "set_terminated",
+        "log_artifacts",
+        "log_artifact",
+        "download_artifacts",
+        "get_experiment",
+        "get_experiment_by_name",
+    )
 
     def __init__(self):
         self.counts: dict[str, int] = {}
@@ -148,6 +168,7 @@ class StoreCalls:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - started
+
         return counted
 
     def __exit__(self, *exc):
@@ -179,8 +200,20 @@ def run_mlprune(recipe: Path, data_dir: Path, store_dir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- B: bare loop
 
-BARE_ARGS = ("--lr", str(LR), "--momentum", str(MOMENTUM), "--batch", str(BATCH), "--amount", str(AMOUNT),
-             "--scope", "layer", "--seed", str(SEED))
+BARE_ARGS = (
+    "--lr",
+    str(LR),
+    "--momentum",
+    str(MOMENTUM),
+    "--batch",
+    str(BATCH),
+    "--amount",
+    str(AMOUNT),
+    "--scope",
+    "layer",
+    "--seed",
+    str(SEED),
+)
 
 
 def bare_lottery(data_dir: Path, tmp: Path, *, rounds: int, epochs: int, threads: int | None = None) -> dict:
@@ -209,16 +242,19 @@ def mlprune_threads() -> int:
 
 # ----------------------------------------------------------------------------- measure
 
+
 def _same(a_run: dict, bare: dict) -> bool:
     states = a_run["result"]
     order = list(states)
     accs = [states[n].metrics["test_accuracy"] for n in order]
     last = states[order[-1]]
     theirs = bare["state"]
-    return (accs == bare["accuracies"]
-            and len(theirs) == len(last.weights) + len(last.masks)
-            and all(torch.equal(v, theirs[f"weight:{_bare_name(k)}"]) for k, v in last.weights.items())
-            and all(torch.equal(v, theirs[f"mask:{_bare_name(k)}"]) for k, v in last.masks.items()))
+    return (
+        accs == bare["accuracies"]
+        and len(theirs) == len(last.weights) + len(last.masks)
+        and all(torch.equal(v, theirs[f"weight:{_bare_name(k)}"]) for k, v in last.weights.items())
+        and all(torch.equal(v, theirs[f"mask:{_bare_name(k)}"]) for k, v in last.masks.items())
+    )
 
 
 @contextlib.contextmanager
@@ -249,12 +285,12 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None) ->
         bare_process = None
         n_states = len(warm["states"])
         for rep in range(reps):
-            for which in ((0, 1) if rep % 2 == 0 else (1, 0)):        # alternate A and B
+            for which in (0, 1) if rep % 2 == 0 else (1, 0):  # alternate A and B
                 if which == 0:
                     run = run_mlprune(recipe, data_dir, tmp / f"store-{rep}")
                     a_walls.append(run["wall_s"])
                     overheads += [s["wall_s"] - s["maths_s"] for s in run["states"]]
-                else:   # the smoke test times nothing: its bitwise check's run (at A's threads) stands in
+                else:  # the smoke test times nothing: its bitwise check's run (at A's threads) stands in
                     out = bare if tiny else bare_lottery(data_dir, tmp, rounds=size["rounds"], epochs=size["epochs"])
                     b_walls.append(out["loop_s"])
                     bare_process = {k: out[k] for k in ("threads", "omp_env", "mlprune_env", "mlprune_modules")}
@@ -282,9 +318,16 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None) ->
         "states": n_states,
         "final_test_accuracy": bare["accuracies"][-1],
         "store_migration_s": _common.migration_s(),
-        "workload": {**size, "repetitions": reps, "model": "lenet_300_100", "batch_size": BATCH,
-                     "lr": LR, "momentum": MOMENTUM, "prune": f"l1_unstructured {AMOUNT} per layer",
-                     "reinit": "rewind to root"},
+        "workload": {
+            **size,
+            "repetitions": reps,
+            "model": "lenet_300_100",
+            "batch_size": BATCH,
+            "lr": LR,
+            "momentum": MOMENTUM,
+            "prune": f"l1_unstructured {AMOUNT} per layer",
+            "reinit": "rewind to root",
+        },
     }
 
 

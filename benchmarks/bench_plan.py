@@ -35,7 +35,7 @@ sys.path.insert(1, str(HERE.parent))
 import _common  # noqa: E402
 
 ROUNDS = 12
-SEEDS = {"full": 200, "quick": 200, "tiny": 4}   # 50 states a seed: 10,000 states (tiny: 2 rounds, 40)
+SEEDS = {"full": 200, "quick": 200, "tiny": 4}  # 50 states a seed: 10,000 states (tiny: 2 rounds, 40)
 
 
 def _timed(recipes: list[Path], seeds: int, store, batch: int) -> dict:
@@ -49,9 +49,18 @@ def _timed(recipes: list[Path], seeds: int, store, batch: int) -> dict:
     executed = time.perf_counter()
     graph = execution._graph(None)
     built, cpu = time.perf_counter(), time.process_time() - cpu
-    return {"plan_s": planned - started, "execution_s": executed - planned, "graph_s": built - executed,
-            "total_s": built - started, "cpu_s": cpu, "plans": len(plans), "plan_nodes": sum(len(p.nodes) for _, p in plans),
-            "states": len(execution.nodes), "missing": len(execution.missing), "graph_tasks": len(graph)}
+    return {
+        "plan_s": planned - started,
+        "execution_s": executed - planned,
+        "graph_s": built - executed,
+        "total_s": built - started,
+        "cpu_s": cpu,
+        "plans": len(plans),
+        "plan_nodes": sum(len(p.nodes) for _, p in plans),
+        "states": len(execution.nodes),
+        "missing": len(execution.missing),
+        "graph_tasks": len(graph),
+    }
 
 
 def measure(quick: bool = False, tiny: bool = False) -> dict:
@@ -68,9 +77,17 @@ def measure(quick: bool = False, tiny: bool = False) -> dict:
         default = _timed(recipes, SEEDS[size], store, batch=1)
         batched = _timed(recipes, SEEDS[size], store, batch=8)
         written = store.client.search_runs([experiment_id], max_results=1)
-    return {"plan_10k_s": default["total_s"], "plan_10k_batched_s": batched["total_s"],
-            "details": {"default": default, "batch_8": batched, "rounds": rounds, "seeds": SEEDS[size],
-                        "runs_written": len(written)}}
+    return {
+        "plan_10k_s": default["total_s"],
+        "plan_10k_batched_s": batched["total_s"],
+        "details": {
+            "default": default,
+            "batch_8": batched,
+            "rounds": rounds,
+            "seeds": SEEDS[size],
+            "runs_written": len(written),
+        },
+    }
 
 
 def main(argv=None) -> int:

@@ -69,8 +69,16 @@ SIZES = {  # the workload stays the same for --quick (only repetitions are cut):
     "quick": dict(n_train=5_000, n_test=2_000, rounds=3, epochs=5, reps=2),
     "tiny": dict(n_train=300, n_test=100, rounds=1, epochs=1, reps=1),
 }
-KINDS = ("bare", "run", "run_fresh_store", "run_one_thread", "cached_rerun", "mlflow_run_cached", "import_mlflow",
-         "import_torch")
+KINDS = (
+    "bare",
+    "run",
+    "run_fresh_store",
+    "run_one_thread",
+    "cached_rerun",
+    "mlflow_run_cached",
+    "import_mlflow",
+    "import_torch",
+)
 # the README's command; the smoke test (--tiny) shrinks the recipe it computes once
 MLFLOW_RUN = ("-e", "lt_structuredL1", "--env-manager", "local")
 MLFLOW_RUN_TINY = ("-P", "rounds=1", "-P", "epochs=1", "-P", "train_size=128")
@@ -84,8 +92,8 @@ class Processes:
     def __init__(self, tmp: Path, size: dict, mlprune_from: Path, tiny: bool = False):
         self.tmp, self.size, self.repo = tmp, size, mlprune_from
         self.mlflow_args = (*MLFLOW_RUN, *(MLFLOW_RUN_TINY if tiny else ()))
-        self.mlflow_store: tuple[str, Path] | None = None   # a store where `mlflow run`'s recipe is computed
-        self.background_s: list[float] = []                 # waited for background work, untimed
+        self.mlflow_store: tuple[str, Path] | None = None  # a store where `mlflow run`'s recipe is computed
+        self.background_s: list[float] = []  # waited for background work, untimed
         self.data = _common.write_mnist(tmp / "data", size["n_train"], size["n_test"])
         self.recipe = tmp / "bench_process.yaml"
         self.recipe.write_text(
@@ -95,21 +103,25 @@ class Processes:
             "train: {epochs: $epochs, lr: 0.01, momentum: 0.9, batch_size: 60, optimizer: sgd}\n"
             "rounds: $rounds\n"
             "prune: {method: l1_unstructured, amount: 0.2}\n"
-            "reinit: {strategy: rewind, to: root}\n")
+            "reinit: {strategy: rewind, to: root}\n"
+        )
         self.cache = tmp / "cache"
         # a user's environment on both sides: no OpenMP setting (mlprune sets its own when imported, the
         # bare script none), torch's default threads, no MLPRUNE_* (run_one_thread pins MLPRUNE_THREADS)
-        env = _common.user_env(dict(
-            MLPRUNE_CACHE_DIR=str(self.cache),
-            PYTHONPATH=os.pathsep.join([str(mlprune_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            # `mlflow run` starts `python -m mlprune ...` through the shell: this interpreter's
-            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])))
+        env = _common.user_env(
+            dict(
+                MLPRUNE_CACHE_DIR=str(self.cache),
+                PYTHONPATH=os.pathsep.join([str(mlprune_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                # `mlflow run` starts `python -m mlprune ...` through the shell: this interpreter's
+                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            )
+        )
         if tiny:  # the smoke test waits for no background figures it does not time (12 s of matplotlib)
             env["MLPRUNE_FIGURES"] = "0"
         self.env = env
         self.stores = 0
-        self.bare_process: dict = {}            # what the bare script's process ran with
-        self.finished_store: str | None = None   # a store holding every state (for cached re-runs)
+        self.bare_process: dict = {}  # what the bare script's process ran with
+        self.finished_store: str | None = None  # a store holding every state (for cached re-runs)
 
     def _new_dir(self) -> Path:
         self.stores += 1
@@ -127,8 +139,11 @@ class Processes:
         """(argv, env, cwd) of one process of `kind`."""
         env = dict(self.env)
         if kind == "bare":
-            return ([sys.executable, str(_common.BARE_SCRIPT), str(self.data), *bare_args(self.size)],
-                    _common.bare_env(env), self.tmp)
+            return (
+                [sys.executable, str(_common.BARE_SCRIPT), str(self.data), *bare_args(self.size)],
+                _common.bare_env(env),
+                self.tmp,
+            )
         if kind == "import_mlflow":
             return [sys.executable, "-c", "import mlflow"], env, self.tmp
         if kind == "import_torch":
@@ -187,8 +202,14 @@ class Processes:
         uri, _ = _common.fresh_store(folder, "mlprune")
         self.mlflow_store = (uri, folder)
         env = dict(self.env, MLFLOW_TRACKING_URI=uri)
-        proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(self.repo), *self.mlflow_args], env=env,
-                              cwd=folder, capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlflow", "run", str(self.repo), *self.mlflow_args],
+            env=env,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"mlflow run failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
         self.wait_background(uri)
@@ -205,12 +226,25 @@ class Processes:
 def bare_args(size: dict) -> list[str]:
     """The bare script's arguments for the recipe of `Processes` (SGD lr 0.01, momentum 0.9, batch 60, 20 % of
     each layer by magnitude per round, rewind to the initialization)."""
-    return ["--levels", str(size["rounds"]), "--epochs", str(size["epochs"]), "--lr", "0.01", "--momentum", "0.9",
-            "--batch", "60", "--scope", "layer"]
+    return [
+        "--levels",
+        str(size["rounds"]),
+        "--epochs",
+        str(size["epochs"]),
+        "--lr",
+        "0.01",
+        "--momentum",
+        "0.9",
+        "--batch",
+        "60",
+        "--scope",
+        "layer",
+    ]
 
 
-def measure(quick: bool = False, tiny: bool = False, reps: int | None = None,
-            mlprune_from: str | os.PathLike | None = None) -> dict:
+def measure(
+    quick: bool = False, tiny: bool = False, reps: int | None = None, mlprune_from: str | os.PathLike | None = None
+) -> dict:
     size = dict(SIZES["tiny" if tiny else "quick" if quick else "full"])
     reps = reps or size["reps"]
     walls: dict[str, list[float]] = {k: [] for k in KINDS}
@@ -222,10 +256,10 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None,
         first_ever = None
         if not tiny:  # the smoke test skips the warm-up: its first `run` leaves the store to re-run
             first_ever = procs.first_store_ever()  # also fills the user cache: a machine that ran mlprune once
-            procs.time("run")                      # warm-up (page cache), and the store of the cached re-runs
+            procs.time("run")  # warm-up (page cache), and the store of the cached re-runs
         kinds = [k for k in KINDS if not (tiny and k == "import_torch")]
         for rep in range(reps):
-            order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]  # rotate who goes first
+            order = kinds[rep % len(kinds) :] + kinds[: rep % len(kinds)]  # rotate who goes first
             for kind in order:
                 wall, out = procs.time(kind)
                 walls[kind].append(wall)
@@ -255,8 +289,16 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None,
         "final_test_accuracy": accuracy,
         "same_final_accuracy": len({accuracy.get(k) for k in ("bare", "run", "run_fresh_store")}) == 1,
         "mlprune_from": str(Path(mlprune_from or REPO).resolve()),
-        "workload": {**size, "repetitions": reps, "model": "lenet_300_100", "batch_size": 60, "lr": 0.01,
-                     "momentum": 0.9, "prune": "l1_unstructured 0.2 per layer", "reinit": "rewind to root"},
+        "workload": {
+            **size,
+            "repetitions": reps,
+            "model": "lenet_300_100",
+            "batch_size": 60,
+            "lr": 0.01,
+            "momentum": 0.9,
+            "prune": "l1_unstructured 0.2 per layer",
+            "reinit": "rewind to root",
+        },
     }
 
 

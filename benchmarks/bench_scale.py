@@ -129,7 +129,9 @@ def _cli(*args: str) -> str:
             main(list(args), standalone_mode=False)
         except SystemExit as exit_:
             if exit_.code not in (0, None):
-                raise RuntimeError(f"mlprune {' '.join(args)} failed ({exit_.code}): {out.getvalue()[-500:]}") from exit_
+                raise RuntimeError(
+                    f"mlprune {' '.join(args)} failed ({exit_.code}): {out.getvalue()[-500:]}"
+                ) from exit_
     return out.getvalue()
 
 
@@ -164,15 +166,25 @@ def build(folder: Path, size: dict, log=print) -> dict:
                 chunk_started = time.perf_counter()
                 _cli("sweep", *map(str, recipes), "--seeds", f"{seeds_done}-{upto - 1}", "-e", EXPERIMENT)
                 chunk_s = time.perf_counter() - chunk_started
-                chunks.append({"states_before": seeds_done * per_seed, "states": (upto - seeds_done) * per_seed,
-                               "seconds": round(chunk_s, 2),
-                               "ms_per_state": round(1000 * chunk_s / ((upto - seeds_done) * per_seed), 1)})
+                chunks.append(
+                    {
+                        "states_before": seeds_done * per_seed,
+                        "states": (upto - seeds_done) * per_seed,
+                        "seconds": round(chunk_s, 2),
+                        "ms_per_state": round(1000 * chunk_s / ((upto - seeds_done) * per_seed), 1),
+                    }
+                )
                 seeds_done = upto
                 log(f"  bench-scale store: {seeds_done * per_seed} states ({time.perf_counter() - started:.0f} s)")
             _snapshot(work / "mlflow.db", folder / f"db-{target}.db")
-    facts = {"build_s": round(time.perf_counter() - started, 1), "chunks": chunks, "states_per_seed": per_seed,
-             "seeds": seeds_done, "artifact_bytes": sum(_common.dir_bytes(artifacts).values()),
-             "db_bytes": {n: (folder / f"db-{n}.db").stat().st_size for n in size["sizes"]}}
+    facts = {
+        "build_s": round(time.perf_counter() - started, 1),
+        "chunks": chunks,
+        "states_per_seed": per_seed,
+        "seeds": seeds_done,
+        "artifact_bytes": sum(_common.dir_bytes(artifacts).values()),
+        "db_bytes": {n: (folder / f"db-{n}.db").stat().st_size for n in size["sizes"]},
+    }
     shutil.rmtree(work, ignore_errors=True)
     (folder / "built.json").write_text(json.dumps(facts, indent=1))
     return facts
@@ -200,6 +212,7 @@ def working_copy(folder: Path, n: int, tmp: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- measurements
+
 
 def probe(uri: str, recipes: list[Path], seed: int) -> dict:
     """The probe workload (both recipes, one new seed) into the store at `uri`: per-state overheads."""
@@ -232,12 +245,16 @@ def probe(uri: str, recipes: list[Path], seed: int) -> dict:
 
 
 def _process(args: list[str], uri: str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN", "PYTEST_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN", "PYTEST_"))
+    }
     env.update(MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true")
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mlprune", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=3600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlprune", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=3600
+    )
     return time.perf_counter() - started, proc
 
 
@@ -255,7 +272,7 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None, lo
         overheads = {n: [] for n in sizes}
         means = {n: [] for n in sizes}
         for rep in range(reps):
-            order = sizes[rep % len(sizes):] + sizes[:rep % len(sizes)]  # rotate who goes first
+            order = sizes[rep % len(sizes) :] + sizes[: rep % len(sizes)]  # rotate who goes first
             for n in order:
                 found = probe(uris[n], probes, PROBE_SEED + rep)
                 overheads[n] += found["overheads_s"]
@@ -266,15 +283,17 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None, lo
         walls: dict[str, list[float]] = {"tree": [], "report": [], "verify": [], "cached_rerun": []}
         outputs = {}
         for rep in range(size["process_reps"]):
-            for kind, args in (("tree", ["tree", "-e", EXPERIMENT]),
-                               ("report", ["report", EXPERIMENT, str(tmp / f"report-{rep}")]),
-                               ("verify", ["verify", EXPERIMENT]),
-                               ("cached_rerun", ["run", str(folder / "recipes" / "scale_l1.yaml"), "-P", "seed=0",
-                                                 "-e", EXPERIMENT])):
+            for kind, args in (
+                ("tree", ["tree", "-e", EXPERIMENT]),
+                ("report", ["report", EXPERIMENT, str(tmp / f"report-{rep}")]),
+                ("verify", ["verify", EXPERIMENT]),
+                ("cached_rerun", ["run", str(folder / "recipes" / "scale_l1.yaml"), "-P", "seed=0", "-e", EXPERIMENT]),
+            ):
                 wall, proc = _process(args, uris[big], checks_dir)
                 if proc.returncode != 0:
-                    raise RuntimeError(f"mlprune {kind} on the {big}-state store failed ({proc.returncode}): "
-                                       f"{proc.stderr[-2000:]}")
+                    raise RuntimeError(
+                        f"mlprune {kind} on the {big}-state store failed ({proc.returncode}): {proc.stderr[-2000:]}"
+                    )
                 walls[kind].append(wall)
                 outputs[kind] = proc.stdout
         from mlprune.background import wait_pending
@@ -297,19 +316,32 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None, lo
         "verify_10k_s": _common.median(walls["verify"]),
         "cached_rerun_10k_s": _common.median(walls["cached_rerun"]),
         "per_state_overhead_ms": {str(n): round(v, 2) for n, v in med.items()},
-        "per_state_overhead_ms_p90": {str(n): round(1000 * sorted(v)[int(0.9 * (len(v) - 1))], 2)
-                                      for n, v in overheads.items()},
+        "per_state_overhead_ms_p90": {
+            str(n): round(1000 * sorted(v)[int(0.9 * (len(v) - 1))], 2) for n, v in overheads.items()
+        },
         "per_state_mean_ms_with_lookups": {str(n): round(v, 2) for n, v in mean.items()},
         "states_in_store": {str(n): in_store[n] for n in sizes},
-        "checks": {"verify": verified, "verify_passed": verified.endswith(": 0 broken"),
-                   "cached_rerun": rerun, "cached_rerun_computed_nothing": " 0 computed," in rerun,
-                   "tree_lines": tree_lines, "report_series": len(report.get("series", []))},
+        "checks": {
+            "verify": verified,
+            "verify_passed": verified.endswith(": 0 broken"),
+            "cached_rerun": rerun,
+            "cached_rerun_computed_nothing": " 0 computed," in rerun,
+            "tree_lines": tree_lines,
+            "report_series": len(report.get("series", [])),
+        },
         "walls_s": {k: [round(x, 3) for x in v] for k, v in walls.items()},
         "build": {**built, "built_now": built_now, "folder": str(folder)},
-        "workload": {"sizes": list(sizes), "rounds": size["rounds"], "probe_rounds": size["probe_rounds"],
-                     "repetitions": reps, "process_repetitions": size["process_reps"],
-                     "states_per_seed": states_per_seed(size["rounds"]), "model": "lenet_300_100",
-                     "data": "digits, 64 train / 64 test", "recipes": RECIPES},
+        "workload": {
+            "sizes": list(sizes),
+            "rounds": size["rounds"],
+            "probe_rounds": size["probe_rounds"],
+            "repetitions": reps,
+            "process_repetitions": size["process_reps"],
+            "states_per_seed": states_per_seed(size["rounds"]),
+            "model": "lenet_300_100",
+            "data": "digits, 64 train / 64 test",
+            "recipes": RECIPES,
+        },
     }
 
 

@@ -59,6 +59,7 @@ def _all_runs(uri: str, exp_id: str) -> list:
 def storage(store_dir: Path, uri: str, exp_id: str, states: dict, data_dir: Path) -> dict:
     """Artifact bytes of the tree vs the raw float32 parameter bytes of its weight-changing states."""
     import torch
+
     from mlprune import Experiment
     from mlprune.models import prunable
 
@@ -67,8 +68,7 @@ def storage(store_dir: Path, uri: str, exp_id: str, states: dict, data_dir: Path
     total = sum(by_file.values())
     last = exp.state(states[list(states)[-1]])
     model = last.model()
-    param_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()
-                      if t.dtype == torch.float32)
+    param_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values() if t.dtype == torch.float32)
     prunable_weights = sum(dict(model.named_parameters())[n].numel() for n in prunable(model))
     kinds = [exp.state(run_id).kind for run_id in states.values()]
     weight_changing = sum(1 for k in kinds if k != "prune")
@@ -89,8 +89,13 @@ def storage(store_dir: Path, uri: str, exp_id: str, states: dict, data_dir: Path
 def import_seconds() -> float:
     """How long a fresh interpreter takes to import mlprune's DAG (torch, mlflow): context."""
     code = "import time; t = time.perf_counter(); import mlprune.api, mlprune.executor, mlprune.runners, mlprune.store, mlprune.recipes; print(time.perf_counter() - t)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -101,7 +106,7 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None) ->
         tmp = Path(tmp)
         data_dir = _common.write_mnist(tmp / "data", size["n_train"], size["n_test"])
         recipe = bench_pipeline.write_recipe(tmp, size["rounds"], size["epochs"])
-        warm_uri, warm_id = _common.fresh_store(tmp / "store-warm")          # imports, data cache
+        warm_uri, warm_id = _common.fresh_store(tmp / "store-warm")  # imports, data cache
         _run(bench_pipeline.write_recipe(tmp / "data", 1, 1), data_dir, warm_uri, warm_id)
         firsts, reruns, ratios, recomputed, store_figures = [], [], [], 0, None
         for rep in range(reps):

@@ -81,8 +81,10 @@ def digits_mnist(root: Path, n_train: int, n_test: int) -> Path:
     held_out = len(labels) // 5
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for (images_name, labels_name), pool, n in (((_common.IDX[0], _common.IDX[1]), order[held_out:], n_train),
-                                                ((_common.IDX[2], _common.IDX[3]), order[:held_out], n_test)):
+    for (images_name, labels_name), pool, n in (
+        ((_common.IDX[0], _common.IDX[1]), order[held_out:], n_train),
+        ((_common.IDX[2], _common.IDX[3]), order[:held_out], n_test),
+    ):
         pick = rng.choice(pool, n)
         shifts = rng.integers(-2, 3, (n, 2))
         out = np.stack([np.roll(big[i], tuple(s), axis=(0, 1)) for i, s in zip(pick, shifts)])
@@ -106,10 +108,14 @@ class Study:
         self.data = digits_mnist(tmp / "data", size["n_train"], size["n_test"])
         self.recipe = tmp / "study.yaml"
         self.recipe.write_text(RECIPE.format(levels=size["levels"], epochs=size["epochs"], data=self.data))
-        self.env = _common.user_env({
-            "MLPRUNE_CACHE_DIR": str(tmp / "cache"), "MLPRUNE_FIGURES": "0",
-            "PYTHONPATH": os.pathsep.join([str(mlprune_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
+        self.env = _common.user_env(
+            {
+                "MLPRUNE_CACHE_DIR": str(tmp / "cache"),
+                "MLPRUNE_FIGURES": "0",
+                "PYTHONPATH": os.pathsep.join([str(mlprune_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            }
+        )
         self.stores = 0
         self.accuracies: dict[str, list] = {}
         self.bare_runs: list[dict] = []
@@ -123,10 +129,20 @@ class Study:
     def _sweep(self, one_thread: bool, checkout: Path | None = None) -> None:
         uri, folder = self._store()
         env = dict(self.env, MLFLOW_TRACKING_URI=uri, **({"MLPRUNE_THREADS": "1"} if one_thread else {}))
-        if checkout is not None:   # another checkout's mlprune (before / after in one run)
+        if checkout is not None:  # another checkout's mlprune (before / after in one run)
             env["PYTHONPATH"] = os.pathsep.join([str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])])
-        argv = [sys.executable, "-m", "mlprune", "sweep", str(self.recipe), "--seeds", f"0-{self.size['seeds'] - 1}",
-                "-e", EXPERIMENT, *(("--scheduler", "sync") if one_thread else ())]
+        argv = [
+            sys.executable,
+            "-m",
+            "mlprune",
+            "sweep",
+            str(self.recipe),
+            "--seeds",
+            f"0-{self.size['seeds'] - 1}",
+            "-e",
+            EXPERIMENT,
+            *(("--scheduler", "sync") if one_thread else ()),
+        ]
         proc = subprocess.run(argv, env=env, cwd=folder, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             raise RuntimeError(f"mlprune sweep failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
@@ -135,11 +151,16 @@ class Study:
     def _bare(self, *extra: str, label: str = "bare", seeds: int | None = None) -> None:
         finals = []
         for seed in range(seeds or self.size["seeds"]):
-            out = _common.run_bare(self.data, *bare_args(seed, self.size["levels"], self.size["epochs"], *extra),
-                                   env=self.env, cwd=self.tmp)
-            if not extra or self.size["seeds"] == 1:   # (the smoke test's only bare process is pinned)
-                self.bare_runs.append({k: out[k] for k in ("threads", "omp_env", "mlprune_env", "mlprune_modules",
-                                                           "loop_s")})
+            out = _common.run_bare(
+                self.data,
+                *bare_args(seed, self.size["levels"], self.size["epochs"], *extra),
+                env=self.env,
+                cwd=self.tmp,
+            )
+            if not extra or self.size["seeds"] == 1:  # (the smoke test's only bare process is pinned)
+                self.bare_runs.append(
+                    {k: out[k] for k in ("threads", "omp_env", "mlprune_env", "mlprune_modules", "loop_s")}
+                )
             finals += [round(a, 6) for a in out["accuracies"]]
         self.accuracies.setdefault(label, sorted(finals))
 
@@ -159,9 +180,9 @@ def _all_accuracies(uri: str) -> list[float]:
     """Every state's test accuracy in the store, sorted (sqlite, read without MLflow)."""
     import sqlite3
 
-    with sqlite3.connect(uri[len("sqlite:///"):]) as db:
+    with sqlite3.connect(uri[len("sqlite:///") :]) as db:
         rows = db.execute("SELECT value FROM latest_metrics WHERE key = 'test_accuracy'").fetchall()
-    return sorted(round(value, 6) for value, in rows)
+    return sorted(round(value, 6) for (value,) in rows)
 
 
 def _within(part: list, whole: list) -> bool:
@@ -174,8 +195,13 @@ def _within(part: list, whole: list) -> bool:
     return True
 
 
-def measure(quick: bool = False, tiny: bool = False, reps: int | None = None,
-            mlprune_from: str | os.PathLike | None = None, before: str | os.PathLike | None = None) -> dict:
+def measure(
+    quick: bool = False,
+    tiny: bool = False,
+    reps: int | None = None,
+    mlprune_from: str | os.PathLike | None = None,
+    before: str | os.PathLike | None = None,
+) -> dict:
     """`before`: another checkout whose `mlprune sweep` is timed too (``sweep_before``, its defaults)."""
     size = dict(SIZES["tiny" if tiny else "quick" if quick else "full"])
     reps = reps or size["reps"]
@@ -188,9 +214,9 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None,
     with tempfile.TemporaryDirectory(prefix="mlprune-bench-study-") as tmp:
         study = Study(Path(tmp), size, Path(mlprune_from or REPO).resolve(), Path(before).resolve() if before else None)
         if not tiny and not quick:
-            study.time("sweep")   # warm-up: the page cache (the stores are copies of a migrated template)
+            study.time("sweep")  # warm-up: the page cache (the stores are copies of a migrated template)
         for rep in range(reps):
-            order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]   # rotate who goes first
+            order = kinds[rep % len(kinds) :] + kinds[: rep % len(kinds)]  # rotate who goes first
             for kind in order:
                 loads[kind].append(_common.load_average())
                 wall, cpu = study.time(kind)
@@ -220,10 +246,18 @@ def measure(quick: bool = False, tiny: bool = False, reps: int | None = None,
         "load_average_before": loads,
         "test_accuracies": study.accuracies,
         "same_accuracies": _within(study.accuracies["bare_one_thread"], study.accuracies["sweep_one_thread"]),
-        "bare_processes": study.bare_runs[:size["seeds"]],
-        "workload": {**size, "repetitions": reps, "model": "lenet_300_100", "init": "kaiming_normal", "lr": 0.1,
-                     "batch_size": 128, "prune": "l1_unstructured 0.2 global, output excluded",
-                     "reinit": "rewind to init", "data": "digits resized to 28x28 as MNIST IDX"},
+        "bare_processes": study.bare_runs[: size["seeds"]],
+        "workload": {
+            **size,
+            "repetitions": reps,
+            "model": "lenet_300_100",
+            "init": "kaiming_normal",
+            "lr": 0.1,
+            "batch_size": 128,
+            "prune": "l1_unstructured 0.2 global, output excluded",
+            "reinit": "rewind to init",
+            "data": "digits resized to 28x28 as MNIST IDX",
+        },
     }
 
 

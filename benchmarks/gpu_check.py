@@ -53,11 +53,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 # ---- CIFAR-10 in its real format ------------------------------------------------------------------
 
+
 def synthetic_cifar(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, 3072) uint8 rows (CIFAR's channel-major 32x32x3) and labels: smooth class prototypes,
     shifted by up to 3 px, plus noise; a ResNet learns them in a few hundred steps."""
     protos = np.random.default_rng(2024).random((10, 3, 8, 8))
-    protos = np.kron(protos, np.ones((1, 1, 4, 4)))                    # (10, 3, 32, 32) in [0, 1]
+    protos = np.kron(protos, np.ones((1, 1, 4, 4)))  # (10, 3, 32, 32) in [0, 1]
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
     shifts = rng.integers(-3, 4, (n, 2))
@@ -77,18 +78,36 @@ def write_cifar10(root: Path, n_train: int, n_test: int) -> Path:
         end = n_train if b == 4 else (b + 1) * per
         rows = slice(b * per, end)
         with open(folder / f"data_batch_{b + 1}", "wb") as f:
-            pickle.dump({"batch_label": f"training batch {b + 1} of 5", "labels": [int(v) for v in y[rows]],
-                         "data": x[rows], "filenames": [f"{i}.png" for i in range(rows.start, rows.stop)]}, f, 2)
+            pickle.dump(
+                {
+                    "batch_label": f"training batch {b + 1} of 5",
+                    "labels": [int(v) for v in y[rows]],
+                    "data": x[rows],
+                    "filenames": [f"{i}.png" for i in range(rows.start, rows.stop)],
+                },
+                f,
+                2,
+            )
     with open(folder / "test_batch", "wb") as f:
-        pickle.dump({"batch_label": "testing batch 1 of 1", "labels": [int(v) for v in y[n_train:]],
-                     "data": x[n_train:], "filenames": [f"t{i}.png" for i in range(n_test)]}, f, 2)
+        pickle.dump(
+            {
+                "batch_label": "testing batch 1 of 1",
+                "labels": [int(v) for v in y[n_train:]],
+                "data": x[n_train:],
+                "filenames": [f"t{i}.png" for i in range(n_test)],
+            },
+            f,
+            2,
+        )
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per,
-                     "num_vis": 3072}, f, 2)
+        pickle.dump(
+            {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per, "num_vis": 3072}, f, 2
+        )
     return root
 
 
 # ---- timing -----------------------------------------------------------------------------------------
+
 
 def _sync(device):
     import torch
@@ -99,20 +118,34 @@ def _sync(device):
 
 def mlprune_throughput(data, device, precision: str, iterations: int, batch: int, warmup: int) -> float:
     """Images/s of mlprune's training loop (`training.loop.train`) on resident data."""
+    import torch
+
     from mlprune.models import build_model, prunable
     from mlprune.spec.steps import resolve_train
     from mlprune.training.loop import Placement, train
 
-    import torch
-
-    model = build_model("resnet20", num_classes=10, input_shape=data.input_shape, init="kaiming_normal",
-                        options={"shortcut": "B"}, bn_init="uniform").to(device)
+    model = build_model(
+        "resnet20",
+        num_classes=10,
+        input_shape=data.input_shape,
+        init="kaiming_normal",
+        options={"shortcut": "B"},
+        bn_init="uniform",
+    ).to(device)
     masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in prunable(model)}
-    masks[next(iter(masks))][..., 0] = False   # one pruned entry: the masking work runs as in a real round
+    masks[next(iter(masks))][..., 0] = False  # one pruned entry: the masking work runs as in a real round
 
     def run(steps):
-        options = resolve_train({"steps": f"{steps}it", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
-                                 "batch_size": batch, "precision": precision}).options
+        options = resolve_train(
+            {
+                "steps": f"{steps}it",
+                "lr": 0.1,
+                "momentum": 0.9,
+                "weight_decay": 1e-4,
+                "batch_size": batch,
+                "precision": precision,
+            }
+        ).options
         train(model, masks, data, options, seed=0, on=Placement(device))
 
     if warmup:
@@ -142,8 +175,14 @@ def bare_throughput(resident, input_shape, device, amp: bool, iterations: int, b
     from mlprune.models import build_model
 
     x_all, y_all = resident
-    model = build_model("resnet20", num_classes=10, input_shape=input_shape, init="kaiming_normal",
-                        options={"shortcut": "B"}, bn_init="uniform").to(device)
+    model = build_model(
+        "resnet20",
+        num_classes=10,
+        input_shape=input_shape,
+        init="kaiming_normal",
+        options={"shortcut": "B"},
+        bn_init="uniform",
+    ).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(0)
@@ -173,14 +212,22 @@ def batched_figures(data, device, args) -> dict:
 
     out = {}
     for precision, name in (("fp32", "batched_speedup_resnet20"), ("bf16", "batched_speedup_resnet20_bf16")):
-        options = {"steps": f"{args.batched_iterations}it", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
-                   "batch_size": args.batch, "precision": precision}
-        out[name] = bench_batched.speedup("resnet20", data, options, device=device,
-                                          repetitions=1 if args.tiny else 3, model_options={"shortcut": "B"})
+        options = {
+            "steps": f"{args.batched_iterations}it",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 1e-4,
+            "batch_size": args.batch,
+            "precision": precision,
+        }
+        out[name] = bench_batched.speedup(
+            "resnet20", data, options, device=device, repetitions=1 if args.tiny else 3, model_options={"shortcut": "B"}
+        )
     return out
 
 
 # ---- the end-to-end check ----------------------------------------------------------------------------
+
 
 def end_to_end(device_name: str, data_dir: Path, work: Path, args) -> dict:
     import torch
@@ -192,11 +239,25 @@ def end_to_end(device_name: str, data_dir: Path, work: Path, args) -> dict:
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"
     os.chdir(work)
-    train = dict(steps=f"{args.iterations}it", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=args.batch,
-                 precision="bf16", lr_schedule={"kind": "multistep", "milestones": [f"{args.iterations // 2}it"]})
+    train = dict(
+        steps=f"{args.iterations}it",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=args.batch,
+        precision="bf16",
+        lr_schedule={"kind": "multistep", "milestones": [f"{args.iterations // 2}it"]},
+    )
     prune = dict(method="l1_unstructured", amount=0.2, scope="global", exclude=["@output"])
-    root_spec = dict(model="resnet20", model_options={"shortcut": "B"}, init="kaiming_normal", bn_init="uniform",
-                     dataset="cifar10", seed=0, data_dir=str(data_dir))
+    root_spec = dict(
+        model="resnet20",
+        model_options={"shortcut": "B"},
+        init="kaiming_normal",
+        bn_init="uniform",
+        dataset="cifar10",
+        seed=0,
+        data_dir=str(data_dir),
+    )
     exp = Experiment("gpu-check", device=device_name)
     started = time.perf_counter()
     root = exp.init(**root_spec)
@@ -207,8 +268,10 @@ def end_to_end(device_name: str, data_dir: Path, work: Path, args) -> dict:
 
     client = MlflowClient()
     checks, notes = {}, {}
-    runs = {name: client.get_run(s.run_id) for name, s in
-            (("root", root), ("trained", trained), ("pruned", pruned), ("ticket", ticket))}
+    runs = {
+        name: client.get_run(s.run_id)
+        for name, s in (("root", root), ("trained", trained), ("pruned", pruned), ("ticket", ticket))
+    }
     checks["states_finished"] = all(r.info.status == "FINISHED" for r in runs.values())
     labels = {r.data.tags.get("mlprune.device") for r in runs.values()}
     notes["device_tag"] = sorted(labels)
@@ -216,22 +279,30 @@ def end_to_end(device_name: str, data_dir: Path, work: Path, args) -> dict:
     checks["device_tagged"] = labels == {want}
     # read back on the CPU from a fresh store object
     fresh = Experiment(experiment_id=exp.store.experiment_id)
-    back = {name: fresh.state(s.run_id) for name, s in
-            (("trained", trained), ("pruned", pruned), ("ticket", ticket))}
-    checks["weights_float32_cpu"] = all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point())
-                                        and t.is_contiguous() for s in back.values() for t in s.weights.values())
+    back = {name: fresh.state(s.run_id) for name, s in (("trained", trained), ("pruned", pruned), ("ticket", ticket))}
+    checks["weights_float32_cpu"] = all(
+        t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) and t.is_contiguous()
+        for s in back.values()
+        for t in s.weights.values()
+    )
     weights = back["trained"].weights
     # the masks the CPU computes from the stored trained weights, as mlprune's prune step does
     cpu_pruned = _cpu_prune(back["trained"], prune)
     stored_masks = back["pruned"].masks
     checks["masks_identical_on_cpu"] = set(cpu_pruned) == set(stored_masks) and all(
-        torch.equal(cpu_pruned[n], stored_masks[n]) for n in stored_masks)
-    checks["masks_identical_after_retraining"] = all(torch.equal(back["ticket"].masks[n], stored_masks[n])
-                                                     for n in stored_masks)
-    checks["pruned_weights_zero"] = all(float(back["ticket"].weights[n][~m].abs().sum()) == 0.0
-                                        for n, m in stored_masks.items())
-    checks["batchnorm_restored"] = all(torch.equal(back["trained"].weights[n], back["pruned"].weights[n])
-                                       for n in weights if "running" in n or "num_batches" in n)
+        torch.equal(cpu_pruned[n], stored_masks[n]) for n in stored_masks
+    )
+    checks["masks_identical_after_retraining"] = all(
+        torch.equal(back["ticket"].masks[n], stored_masks[n]) for n in stored_masks
+    )
+    checks["pruned_weights_zero"] = all(
+        float(back["ticket"].weights[n][~m].abs().sum()) == 0.0 for n, m in stored_masks.items()
+    )
+    checks["batchnorm_restored"] = all(
+        torch.equal(back["trained"].weights[n], back["pruned"].weights[n])
+        for n in weights
+        if "running" in n or "num_batches" in n
+    )
     notes["sparsity"] = runs["pruned"].data.metrics["sparsity"]
     ticket_model = back["ticket"].model()
     data = load_data("cifar10", data_dir=data_dir)
@@ -272,15 +343,29 @@ def main(argv=None) -> int:
     parser.add_argument("--timed", type=int, default=None, help="timed iterations of each throughput figure")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--rewind", type=int, default=None, help="rewind point (iterations)")
-    parser.add_argument("--batched-iterations", type=int, default=None,
-                        help="iterations of each of the 8 sibling trainings of the batched figure")
-    parser.add_argument("--accuracy-tolerance", type=float, default=0.02,
-                        help="device vs CPU test accuracy of the same weights (bf16 / kernels differ)")
+    parser.add_argument(
+        "--batched-iterations",
+        type=int,
+        default=None,
+        help="iterations of each of the 8 sibling trainings of the batched figure",
+    )
+    parser.add_argument(
+        "--accuracy-tolerance",
+        type=float,
+        default=0.02,
+        help="device vs CPU test accuracy of the same weights (bf16 / kernels differ)",
+    )
     args = parser.parse_args(argv)
-    tiny = {"train_size": 40, "iterations": 4, "timed": 2, "batch": 8, "rewind": 2, "test": 16,
-            "batched_iterations": 2}
-    full = {"train_size": 50000, "iterations": 400, "timed": 200, "batch": 128, "rewind": 100, "test": 10000,
-            "batched_iterations": 50}
+    tiny = {"train_size": 40, "iterations": 4, "timed": 2, "batch": 8, "rewind": 2, "test": 16, "batched_iterations": 2}
+    full = {
+        "train_size": 50000,
+        "iterations": 400,
+        "timed": 200,
+        "batch": 128,
+        "rewind": 100,
+        "test": 10000,
+        "batched_iterations": 50,
+    }
     sizes = tiny if args.tiny else full
     for name in ("train_size", "iterations", "timed", "batch", "rewind", "batched_iterations"):
         if getattr(args, name.replace("-", "_")) is None:
@@ -293,10 +378,15 @@ def main(argv=None) -> int:
 
     device = resolve_device(args.device)
     torch.set_num_threads(max(1, os.cpu_count() or 1) if device.type != "cpu" else torch.get_num_threads())
-    os.environ["MLPRUNE_VERIFY_MD5"] = "0"   # hand-made CIFAR files
-    result = {"device": device_label(device), "device_name": str(device), "tiny": args.tiny,
-              "torch": torch.__version__, "python": platform.python_version(), "sizes": {
-                  k: getattr(args, k) for k in ("train_size", "iterations", "timed", "batch", "rewind")}}
+    os.environ["MLPRUNE_VERIFY_MD5"] = "0"  # hand-made CIFAR files
+    result = {
+        "device": device_label(device),
+        "device_name": str(device),
+        "tiny": args.tiny,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "sizes": {k: getattr(args, k) for k in ("train_size", "iterations", "timed", "batch", "rewind")},
+    }
     with tempfile.TemporaryDirectory(prefix="mlprune-gpu-check-") as tmp:
         tmp = Path(tmp)
         data_dir = write_cifar10(tmp / "data", args.train_size, sizes["test"])
@@ -312,29 +402,39 @@ def main(argv=None) -> int:
         warmup = 0 if args.tiny else 20
         figures = {}
         for precision in ("bf16", "fp32"):
-            figures[f"mlprune_{precision}_img_s"] = mlprune_throughput(data, device, precision, args.timed,
-                                                                       args.batch, warmup)
+            figures[f"mlprune_{precision}_img_s"] = mlprune_throughput(
+                data, device, precision, args.timed, args.batch, warmup
+            )
         resident = resident_training_set(data_dir, device)
         for amp in (True, False):
             figures[f"bare_{'amp_bf16' if amp else 'fp32'}_img_s"] = bare_throughput(
-                resident, data.input_shape, device, amp, args.timed, args.batch, warmup)
+                resident, data.input_shape, device, amp, args.timed, args.batch, warmup
+            )
         figures["mlprune_vs_bare_bf16"] = figures["mlprune_bf16_img_s"] / figures["bare_amp_bf16_img_s"]
         figures["mlprune_vs_bare_fp32"] = figures["mlprune_fp32_img_s"] / figures["bare_fp32_img_s"]
         result["batched"] = batched_figures(data, device, args)
         figures.update({name: value["speedup"] for name, value in result["batched"].items()})
-        result["notes"].update({f"{name}_max_weight_difference": value["max_weight_difference"]
-                                for name, value in result["batched"].items()})
+        result["notes"].update(
+            {
+                f"{name}_max_weight_difference": value["max_weight_difference"]
+                for name, value in result["batched"].items()
+            }
+        )
         result["figures"] = figures
     ok = all(result["checks"].values())
     result["ok"] = ok
-    print(f"## gpu_check on {result['device']} ({result['device_name']}), torch {result['torch']}, "
-          f"data placement {result['placement']}, sizes {result['sizes']}\n")
+    print(
+        f"## gpu_check on {result['device']} ({result['device_name']}), torch {result['torch']}, "
+        f"data placement {result['placement']}, sizes {result['sizes']}\n"
+    )
     print("| check | passed |\n|---|---|")
     for name, passed in result["checks"].items():
         print(f"| {name} | {'yes' if passed else 'NO'} |")
     print("\n| figure | value |\n|---|---:|")
-    for name, value in {**result["figures"], **{k: v for k, v in result["notes"].items()
-                                               if isinstance(v, (int, float))}}.items():
+    for name, value in {
+        **result["figures"],
+        **{k: v for k, v in result["notes"].items() if isinstance(v, (int, float))},
+    }.items():
         print(f"| `{name}` | {value:.4g} |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

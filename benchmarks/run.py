@@ -109,6 +109,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
 import _common  # noqa: E402
+
 import mlprune  # noqa: E402,F401 -- before torch, as `mlprune run`: passive OpenMP waits (docs/performance.md)
 
 # figure: (goal, "<=" or ">=", what)
@@ -121,8 +122,11 @@ GOALS = {
     "end_to_end_vs_bare": (1.25, "<=", "`mlprune run` process, existing store / bare script process"),
     "end_to_end_fresh_store_vs_bare": (1.4, "<=", "`mlprune run` process creating its store / bare script"),
     "cached_rerun_vs_import_mlflow": (1.2, "<=", "fully cached re-run process / `import mlflow` process"),
-    "mlflow_run_cached_vs_import_mlflow": (2.5, "<=", "fully cached `mlflow run . -e lt_structuredL1` / "
-                                                      "`import mlflow` process"),
+    "mlflow_run_cached_vs_import_mlflow": (
+        2.5,
+        "<=",
+        "fully cached `mlflow run . -e lt_structuredL1` / `import mlflow` process",
+    ),
     "study_vs_bare": (0.75, "<=", "`mlprune sweep --seeds 0-2` (defaults) / bare script per seed, in a row"),
     "defaults_speedup": (1.3, ">=", "that sweep at one thread, one state after the other / with the defaults"),
     "checkpoint_cost_lenet_300_100": (1.05, "<=", "lth_lenet_300_100, a checkpoint due every epoch / none"),
@@ -133,22 +137,40 @@ GOALS = {
     "report_10k_s": (120.0, "<=", "`mlprune report` of a 10,000-state experiment (s)"),
     "plan_10k_s": (2.0, "<=", "planning a 10,000-state sweep and building its dask graph, nothing computed (s)"),
 }
-REPORTED = {"cached_rerun_s": "seconds of a fully cached re-run process",  # top-level, no goal of their own
-            "mlflow_run_cached_s": "seconds of a fully cached `mlflow run` (README's command)",
-            "batched_speedup_lenet_300_100": "8 lenet_300_100 trainings separately / batched",
-            "batched_speedup_resnet20": "8 resnet20 trainings separately / batched (CPU)",
-            "single_chain_one_thread_vs_default": "`mlprune run` process at MLPRUNE_THREADS=1 / at the default"}
+REPORTED = {
+    "cached_rerun_s": "seconds of a fully cached re-run process",  # top-level, no goal of their own
+    "mlflow_run_cached_s": "seconds of a fully cached `mlflow run` (README's command)",
+    "batched_speedup_lenet_300_100": "8 lenet_300_100 trainings separately / batched",
+    "batched_speedup_resnet20": "8 resnet20 trainings separately / batched (CPU)",
+    "single_chain_one_thread_vs_default": "`mlprune run` process at MLPRUNE_THREADS=1 / at the default",
+}
 
 
 SECTION = {  # figure -> the section of `run` that measures it (load averages are per section)
-    "pipeline_vs_bare": "pipeline", "per_state_overhead_ms": "pipeline", "storage_ratio": "store",
-    "cache_ratio": "store", "fastpath_vs_dataloader": "datapath", "end_to_end_vs_bare": "process",
-    "end_to_end_fresh_store_vs_bare": "process", "cached_rerun_vs_import_mlflow": "process",
-    "mlflow_run_cached_vs_import_mlflow": "process", "cached_rerun_s": "process", "mlflow_run_cached_s": "process",
-    "single_chain_one_thread_vs_default": "process", "study_vs_bare": "study", "defaults_speedup": "study",
-    "checkpoint_cost_lenet_300_100": "checkpoint", "checkpoint_cost_resnet20": "checkpoint",
-    "batched_speedup": "batched", "batched_speedup_lenet_300_100": "batched", "batched_speedup_resnet20": "batched",
-    "store_scaling": "scale", "tree_10k_s": "scale", "report_10k_s": "scale", "plan_10k_s": "plan"}
+    "pipeline_vs_bare": "pipeline",
+    "per_state_overhead_ms": "pipeline",
+    "storage_ratio": "store",
+    "cache_ratio": "store",
+    "fastpath_vs_dataloader": "datapath",
+    "end_to_end_vs_bare": "process",
+    "end_to_end_fresh_store_vs_bare": "process",
+    "cached_rerun_vs_import_mlflow": "process",
+    "mlflow_run_cached_vs_import_mlflow": "process",
+    "cached_rerun_s": "process",
+    "mlflow_run_cached_s": "process",
+    "single_chain_one_thread_vs_default": "process",
+    "study_vs_bare": "study",
+    "defaults_speedup": "study",
+    "checkpoint_cost_lenet_300_100": "checkpoint",
+    "checkpoint_cost_resnet20": "checkpoint",
+    "batched_speedup": "batched",
+    "batched_speedup_lenet_300_100": "batched",
+    "batched_speedup_resnet20": "batched",
+    "store_scaling": "scale",
+    "tree_10k_s": "scale",
+    "report_10k_s": "scale",
+    "plan_10k_s": "plan",
+}
 
 
 def _met(name: str, value: float) -> bool:
@@ -161,8 +183,12 @@ def environment() -> dict:
     import torch
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
@@ -221,15 +247,17 @@ def run(size: str) -> dict:
     quick, tiny = size == "quick", size == "tiny"
     details, seconds, loads = {}, {}, {}
     load_before = _common.load_average()
-    for name, fn in (("pipeline", lambda: bench_pipeline.measure(quick=quick, tiny=tiny)),
-                     ("store", lambda: bench_store.measure(quick=quick, tiny=tiny)),
-                     ("datapath", lambda: _datapath(quick, tiny)),
-                     ("process", lambda: bench_process.measure(quick=quick, tiny=tiny)),
-                     ("study", lambda: bench_study.measure(quick=quick, tiny=tiny)),
-                     ("checkpoint", lambda: bench_checkpoint.measure(quick=quick, tiny=tiny)),
-                     ("batched", lambda: _batched(quick, tiny)),
-                     ("scale", lambda: bench_scale.measure(quick=quick, tiny=tiny)),
-                     ("plan", lambda: bench_plan.measure(quick=quick, tiny=tiny))):
+    for name, fn in (
+        ("pipeline", lambda: bench_pipeline.measure(quick=quick, tiny=tiny)),
+        ("store", lambda: bench_store.measure(quick=quick, tiny=tiny)),
+        ("datapath", lambda: _datapath(quick, tiny)),
+        ("process", lambda: bench_process.measure(quick=quick, tiny=tiny)),
+        ("study", lambda: bench_study.measure(quick=quick, tiny=tiny)),
+        ("checkpoint", lambda: bench_checkpoint.measure(quick=quick, tiny=tiny)),
+        ("batched", lambda: _batched(quick, tiny)),
+        ("scale", lambda: bench_scale.measure(quick=quick, tiny=tiny)),
+        ("plan", lambda: bench_plan.measure(quick=quick, tiny=tiny)),
+    ):
         started = time.perf_counter()
         loads[name] = _common.load_average()
         details[name] = fn()
@@ -242,44 +270,67 @@ def run(size: str) -> dict:
         # the data path: batches of one epoch, fast path vs DataLoader(TensorDataset) over the same
         # tensors and batch size; the training figure (the same model maths on both sides) is beside it
         "fastpath_vs_dataloader": details["datapath"]["datapath_only_ratio"],
-        **{name: details["process"][name] for name in ("end_to_end_vs_bare", "end_to_end_fresh_store_vs_bare",
-                                                       "cached_rerun_s", "cached_rerun_vs_import_mlflow",
-                                                       "mlflow_run_cached_vs_import_mlflow", "mlflow_run_cached_s",
-                                                       "single_chain_one_thread_vs_default")},
+        **{
+            name: details["process"][name]
+            for name in (
+                "end_to_end_vs_bare",
+                "end_to_end_fresh_store_vs_bare",
+                "cached_rerun_s",
+                "cached_rerun_vs_import_mlflow",
+                "mlflow_run_cached_vs_import_mlflow",
+                "mlflow_run_cached_s",
+                "single_chain_one_thread_vs_default",
+            )
+        },
         **{name: details["study"][name] for name in ("study_vs_bare", "defaults_speedup")},
         **{name: details["checkpoint"][name] for name in ("checkpoint_cost_lenet_300_100", "checkpoint_cost_resnet20")},
-        **{name: details["batched"][name] for name in ("batched_speedup", "batched_speedup_lenet_300_100",
-                                                       "batched_speedup_resnet20")},
+        **{
+            name: details["batched"][name]
+            for name in ("batched_speedup", "batched_speedup_lenet_300_100", "batched_speedup_resnet20")
+        },
         **{name: details["scale"][name] for name in ("store_scaling", "tree_10k_s", "report_10k_s")},
         "plan_10k_s": details["plan"]["plan_10k_s"],
     }
     env = environment()
-    env.update(size=size, load_average_before=load_before, load_average_after=_common.load_average(),
-               seconds=seconds, load_average_by_section=loads)
-    return {**figures,
-            "goals": {k: {"goal": g, "op": op, "met": _met(k, figures[k])} for k, (g, op, _) in GOALS.items()},
-            "details": details, "environment": env}
+    env.update(
+        size=size,
+        load_average_before=load_before,
+        load_average_after=_common.load_average(),
+        seconds=seconds,
+        load_average_by_section=loads,
+    )
+    return {
+        **figures,
+        "goals": {k: {"goal": g, "op": op, "met": _met(k, figures[k])} for k, (g, op, _) in GOALS.items()},
+        "details": details,
+        "environment": env,
+    }
 
 
 def table(result: dict) -> str:
     lines = ["| figure | value | goal | met | load | what |", "|---|---:|---|---|---:|---|"]
     loads = result["environment"].get("load_average_by_section", {})
 
-    def load(name: str) -> str:   # the 1-minute load average when the figure's section started
+    def load(name: str) -> str:  # the 1-minute load average when the figure's section started
         value = loads.get(SECTION[name])
         return "" if value is None else f"{value:.1f}"
 
     for name, (goal, op, what) in GOALS.items():
         value = result[name]
         shown = f"{value:.1f}" if name in ("per_state_overhead_ms", "tree_10k_s", "report_10k_s") else f"{value:.3f}"
-        lines.append(f"| `{name}` | {shown} | {op} {goal:g} | {'yes' if _met(name, value) else '**no**'} | "
-                     f"{load(name)} | {what} |")
+        lines.append(
+            f"| `{name}` | {shown} | {op} {goal:g} | {'yes' if _met(name, value) else '**no**'} | "
+            f"{load(name)} | {what} |"
+        )
     for name, what in REPORTED.items():
         lines.append(f"| `{name}` | {result[name]:.2f} | | | {load(name)} | {what} |")
     d = result["details"]
     p, s, dp, pr, sc = d["pipeline"], d["store"], d["datapath"], d["process"], d["scale"]
-    batched = [f"{name} {b['separate_s']:.2f} s / {b['batched_s']:.2f} s = x{b['speedup']:.2f} (max |Δw| "
-               f"{b['max_weight_difference']:.1e})" for name, b in d["batched"]["details"].items()]
+    batched = [
+        f"{name} {b['separate_s']:.2f} s / {b['batched_s']:.2f} s = x{b['speedup']:.2f} (max |Δw| "
+        f"{b['max_weight_difference']:.1e})"
+        for name, b in d["batched"]["details"].items()
+    ]
     lines += [
         "",
         f"- pipeline: mlprune {p['pipeline_s']:.2f} s vs bare {p['bare_s']:.2f} s (medians of "
@@ -298,31 +349,45 @@ def table(result: dict) -> str:
         f"{dp['datapath_only_dataloader_samples_per_s']:.0f} samples/s; training lenet_300_100 on them: "
         f"{dp['fastpath_samples_per_s']:.0f} vs {dp['dataloader_samples_per_s']:.0f} samples/s "
         f"(x{dp['fastpath_vs_dataloader']:.2f})"
-        + (f", vs PyTorch's default DataLoader (batch 1) x{dp['fastpath_vs_default_dataloader']:.1f}"
-           if dp.get("fastpath_vs_default_dataloader") else ""),
+        + (
+            f", vs PyTorch's default DataLoader (batch 1) x{dp['fastpath_vs_default_dataloader']:.1f}"
+            if dp.get("fastpath_vs_default_dataloader")
+            else ""
+        ),
         "- processes (medians of {}, s): {}; cached re-run {:.2f} s; first store a machine ever creates "
         "(MLflow's migrations): {}; torch threads {}; same final accuracy: {}".format(
-            pr["workload"]["repetitions"], ", ".join(f"{k} {v:.2f}" for k, v in pr["medians_s"].items()),
+            pr["workload"]["repetitions"],
+            ", ".join(f"{k} {v:.2f}" for k, v in pr["medians_s"].items()),
             pr["cached_rerun_s"],
             "skipped" if pr["first_store_ever_s"] is None else f"{pr['first_store_ever_s']:.2f} s",
-            pr["torch_threads"], pr["same_final_accuracy"])
+            pr["torch_threads"],
+            pr["same_final_accuracy"],
+        )
         + f"; `mlflow run` cached {pr['mlflow_run_cached_s']:.2f} s; waited for background work "
-          f"(figures, records; untimed) {pr['background_s']:.1f} s",
+        f"(figures, records; untimed) {pr['background_s']:.1f} s",
         "- scale: per-state overhead (ms, median / p90 / mean with the run's look-ups) by states in the experiment: "
-        + ", ".join(f"{n}: {sc['per_state_overhead_ms'][n]:.1f} / {sc['per_state_overhead_ms_p90'][n]:.1f} / "
-                    f"{sc['per_state_mean_ms_with_lookups'][n]:.1f}" for n in sc["per_state_overhead_ms"])
+        + ", ".join(
+            f"{n}: {sc['per_state_overhead_ms'][n]:.1f} / {sc['per_state_overhead_ms_p90'][n]:.1f} / "
+            f"{sc['per_state_mean_ms_with_lookups'][n]:.1f}"
+            for n in sc["per_state_overhead_ms"]
+        )
         + f" (x{sc['store_scaling_with_lookups']:.2f} with the look-ups); at {max(map(int, sc['states_in_store']))} "
-          f"states: tree {sc['tree_10k_s']:.2f} s ({sc['checks']['tree_lines']} lines), report "
-          f"{sc['report_10k_s']:.1f} s ({sc['checks']['report_series']} series), verify {sc['verify_10k_s']:.1f} s "
-          f"({sc['checks']['verify']}), cached re-run {sc['cached_rerun_10k_s']:.2f} s ({sc['checks']['cached_rerun']}); "
-          f"stores {'built now in' if sc['build']['built_now'] else 'cached, built in'} {sc['build']['build_s']:.0f} s",
+        f"states: tree {sc['tree_10k_s']:.2f} s ({sc['checks']['tree_lines']} lines), report "
+        f"{sc['report_10k_s']:.1f} s ({sc['checks']['report_series']} series), verify {sc['verify_10k_s']:.1f} s "
+        f"({sc['checks']['verify']}), cached re-run {sc['cached_rerun_10k_s']:.2f} s ({sc['checks']['cached_rerun']}); "
+        f"stores {'built now in' if sc['build']['built_now'] else 'cached, built in'} {sc['build']['build_s']:.0f} s",
         "- planning {} states ({} plans of {} nodes): plan {:.2f} s, Execution {:.2f} s, graph {:.2f} s (CPU {:.2f} s); "
         "with batch 8: {:.2f} s ({} tasks)".format(
-            d["plan"]["details"]["default"]["states"], d["plan"]["details"]["default"]["plans"],
-            d["plan"]["details"]["default"]["plan_nodes"], d["plan"]["details"]["default"]["plan_s"],
-            d["plan"]["details"]["default"]["execution_s"], d["plan"]["details"]["default"]["graph_s"],
-            d["plan"]["details"]["default"]["cpu_s"], d["plan"]["plan_10k_batched_s"],
-            d["plan"]["details"]["batch_8"]["graph_tasks"]),
+            d["plan"]["details"]["default"]["states"],
+            d["plan"]["details"]["default"]["plans"],
+            d["plan"]["details"]["default"]["plan_nodes"],
+            d["plan"]["details"]["default"]["plan_s"],
+            d["plan"]["details"]["default"]["execution_s"],
+            d["plan"]["details"]["default"]["graph_s"],
+            d["plan"]["details"]["default"]["cpu_s"],
+            d["plan"]["plan_10k_batched_s"],
+            d["plan"]["details"]["batch_8"]["graph_tasks"],
+        ),
         f"- batched siblings ({next(iter(d['batched']['details'].values()))['siblings']} trainings, "
         f"{next(iter(d['batched']['details'].values()))['torch_threads']} threads, separately / batched): "
         + "; ".join(batched),
@@ -333,11 +398,17 @@ def table(result: dict) -> str:
         "{} threads, OMP variables {}, mlprune modules {}; the bare script at one thread "
         "reaches the one-thread sweep's accuracies: {}".format(
             st["workload"]["repetitions"],
-            ", ".join(f"{k} {v:.2f} [{st['cpu_medians_s'][k]:.1f}] (load "
-                      f"{', '.join(f'{x:.1f}' for x in st['load_average_before'][k] if x is not None)})"
-                      for k, v in st["medians_s"].items()),
-            st["bare_processes"][0]["threads"], st["bare_processes"][0]["omp_env"] or "none",
-            st["bare_processes"][0]["mlprune_modules"] or "none", st["same_accuracies"]))
+            ", ".join(
+                f"{k} {v:.2f} [{st['cpu_medians_s'][k]:.1f}] (load "
+                f"{', '.join(f'{x:.1f}' for x in st['load_average_before'][k] if x is not None)})"
+                for k, v in st["medians_s"].items()
+            ),
+            st["bare_processes"][0]["threads"],
+            st["bare_processes"][0]["omp_env"] or "none",
+            st["bare_processes"][0]["mlprune_modules"] or "none",
+            st["same_accuracies"],
+        )
+    )
     for c in d["checkpoint"]["details"].values():
         lines.append(
             f"- checkpoints, {c['workload']['recipe']} (medians of {c['workload']['repetitions']}, s): "
@@ -345,11 +416,15 @@ def table(result: dict) -> str:
             + f"; written per run: {c['1ep_checkpoints_per_run']:.1f} by default, "
             f"{c['strict_checkpoints_per_run']:.1f} strict (every due one: x{c['strict_ratio']:.3f}, {c['strict_bytes_per_checkpoint'] / 1e6:.2f} MB, "
             f"{c['strict_training_thread_ms_per_checkpoint']:.1f} ms in the training thread, "
-            f"{c['strict_writer_thread_ms_per_checkpoint']:.1f} ms in the writer); equal results: {c['equal_results']}")
+            f"{c['strict_writer_thread_ms_per_checkpoint']:.1f} ms in the writer); equal results: {c['equal_results']}"
+        )
     env = result["environment"]
-    lines += ["", f"{env['date']}, {env['cores']} cores, python {env['python']}, torch {env['torch']}, "
-                  f"mlflow {env['mlflow']}, size {env['size']}, load average {env['load_average_before']} -> "
-                  f"{env['load_average_after']}, commit {env['git_commit']}"]
+    lines += [
+        "",
+        f"{env['date']}, {env['cores']} cores, python {env['python']}, torch {env['torch']}, "
+        f"mlflow {env['mlflow']}, size {env['size']}, load average {env['load_average_before']} -> "
+        f"{env['load_average_after']}, commit {env['git_commit']}",
+    ]
     return "\n".join(lines)
 
 
@@ -370,8 +445,11 @@ def main(argv=None) -> int:
     group.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     group.add_argument("--tiny", action="store_true", help="smoke test sizes (seconds)")
     ap.add_argument("--json", metavar="PATH", help="write the figures and details as JSON")
-    ap.add_argument("--plot", metavar="PNG", help="draw per-state overhead vs states in the experiment "
-                                                 "(e.g. benchmarks/store_scaling.png)")
+    ap.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="draw per-state overhead vs states in the experiment (e.g. benchmarks/store_scaling.png)",
+    )
     args = ap.parse_args(argv)
     import logging
 

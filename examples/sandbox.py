@@ -17,8 +17,10 @@ retrain = Recipe.train(epochs=5, lr=0.01, momentum=0.9)
 for method, options in [("l1_unstructured", {}), ("ln_structured", {"n": 1, "dim": 1})]:
     pruned = trained.apply(Recipe.prune(method=method, amount=0.5, **options))
     ticket = pruned.apply(Recipe.reinit(strategy="rewind", to="root") + retrain)
-    print(f"{method:>16}: pruned acc {pruned.metrics['test_accuracy']:.3f}, "
-          f"ticket acc {ticket.metrics['test_accuracy']:.3f}, sparsity {ticket.metrics['sparsity']:.2f}")
+    print(
+        f"{method:>16}: pruned acc {pruned.metrics['test_accuracy']:.3f}, "
+        f"ticket acc {ticket.metrics['test_accuracy']:.3f}, sparsity {ticket.metrics['sparsity']:.2f}"
+    )
     if method == "l1_unstructured":
         control = pruned.apply(Recipe.reinit(strategy="random") + retrain)
         print(f"{'random reinit':>16}: acc {control.metrics['test_accuracy']:.3f}")

@@ -15,13 +15,13 @@ FINISHED run is that run, nothing is computed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from .errors import SpecError
 from .plan import Naming, PlanBuilder, StateInfo
-from .spec.steps import kind_of, resolve_root, resolve_step
 from .spec.keys import root_key
+from .spec.steps import kind_of, resolve_root, resolve_step
 
 
 @dataclass(frozen=True)
@@ -43,18 +43,18 @@ class Recipe:
             resolve_step(step)
 
     @classmethod
-    def train(cls, **options) -> "Recipe":
+    def train(cls, **options) -> Recipe:
         return cls(({"train": options},))
 
     @classmethod
-    def prune(cls, **options) -> "Recipe":
+    def prune(cls, **options) -> Recipe:
         return cls(({"prune": options},))
 
     @classmethod
-    def reinit(cls, **options) -> "Recipe":
+    def reinit(cls, **options) -> Recipe:
         return cls(({"reinit": options},))
 
-    def __add__(self, other: "Recipe") -> "Recipe":
+    def __add__(self, other: Recipe) -> Recipe:
         return Recipe(self.steps + other.steps, self.name or other.name)
 
     @property
@@ -66,7 +66,7 @@ class Recipe:
 class ExperimentState:
     """A frozen point in a network's life: one FINISHED MLflow run."""
 
-    experiment: "Experiment" = field(repr=False)
+    experiment: Experiment = field(repr=False)
     run_id: str
     key: str
     spec: dict = field(repr=False)
@@ -99,11 +99,11 @@ class ExperimentState:
         return model
 
     @property
-    def parent(self) -> "ExperimentState | None":
+    def parent(self) -> ExperimentState | None:
         run_id = self.spec.get("parent_run")
         return self.experiment.state(run_id) if run_id else None
 
-    def parents(self) -> dict[str, "ExperimentState"]:
+    def parents(self) -> dict[str, ExperimentState]:
         """Every input state by role: 'parent' plus e.g. 'weights', 'mask'."""
         found = {"parent": self.parent} if self.parent else {}
         for role, source in self.spec.get("inputs", {}).items():
@@ -111,10 +111,10 @@ class ExperimentState:
         return found
 
     @property
-    def root(self) -> "ExperimentState":
+    def root(self) -> ExperimentState:
         return self.experiment.state(self.spec.get("root_run") or self.run_id)
 
-    def lineage(self) -> list["ExperimentState"]:
+    def lineage(self) -> list[ExperimentState]:
         """This state and its primary ancestors, root last."""
         chain, state = [self], self
         while state.parent is not None:
@@ -122,17 +122,17 @@ class ExperimentState:
             chain.append(state)
         return chain
 
-    def apply(self, recipe: "Recipe | Iterable[dict]", name: str | None = None) -> "ExperimentState":
+    def apply(self, recipe: Recipe | Iterable[dict], name: str | None = None) -> ExperimentState:
         return self.experiment.apply(self, recipe, name=name)
 
     def file(self, name: str) -> bytes:
         """One of the state's files (e.g. an interpolation's ``interpolation.json``), checked against its hash."""
         return self.experiment.store.state_file(self.run_id, name)
 
-    def spawn(self, train: "Recipe | dict", *, copies: int = 2, seeds=None) -> list["ExperimentState"]:
+    def spawn(self, train: Recipe | dict, *, copies: int = 2, seeds=None) -> list[ExperimentState]:
         return self.experiment.spawn(self, train, copies=copies, seeds=seeds)
 
-    def interpolate(self, other: "ExperimentState", **options) -> "ExperimentState":
+    def interpolate(self, other: ExperimentState, **options) -> ExperimentState:
         return self.experiment.interpolate(self, other, **options)
 
 
@@ -144,9 +144,16 @@ class Experiment:
     >>> trained = root.apply(Recipe.train(epochs=2))
     """
 
-    def __init__(self, name: str | None = None, *, tracking_uri: str | None = None,
-                 experiment_id: str | None = None, store=None, progress: Callable[[str], None] | None = None,
-                 **run_options):
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        tracking_uri: str | None = None,
+        experiment_id: str | None = None,
+        store=None,
+        progress: Callable[[str], None] | None = None,
+        **run_options,
+    ):
         """`run_options`: the run options of the states this object computes, by name (every one that
         `executor.options.RUN_OPTIONS` offers to Python: ``device``, ``data_dir``, ``deterministic``,
         ``channels_last``, ``compile``, ``checkpoint_every`` (resumable checkpoints of trainings: ``"1ep"``
@@ -158,8 +165,9 @@ class Experiment:
         offered = {option.name: option.default for option in api_options()}
         unknown = sorted(set(run_options) - set(offered))
         if unknown:
-            raise TypeError(f"Experiment() got an unexpected keyword argument {unknown[0]!r}; run options: "
-                            f"{', '.join(offered)}")
+            raise TypeError(
+                f"Experiment() got an unexpected keyword argument {unknown[0]!r}; run options: {', '.join(offered)}"
+            )
         self.store = store or Store(name, tracking_uri=tracking_uri, experiment_id=experiment_id)
         self.progress = progress
         for option, value in {**offered, **run_options}.items():
@@ -184,7 +192,7 @@ class Experiment:
         resolved = resolve_root(spec)
         return root_key(resolved), resolved
 
-    def child_key(self, parent: ExperimentState, recipe: "Recipe | Iterable[dict]") -> tuple[str, list, dict]:
+    def child_key(self, parent: ExperimentState, recipe: Recipe | Iterable[dict]) -> tuple[str, list, dict]:
         """(key, resolved steps, input nodes by role) of applying `recipe` to `parent` (nothing runs)."""
         builder, node = self._plan_child(parent, recipe, None)
         plan = builder.build()
@@ -222,8 +230,9 @@ class Experiment:
         builder.root("root", {k: v for k, v in spec.items() if k != "data_dir"}, data_dir=data_dir)
         return self.state(self._run(builder.build())["root"])
 
-    def spawn(self, point: ExperimentState, train: "Recipe | dict", *, copies: int = 2, seeds=None
-              ) -> list[ExperimentState]:
+    def spawn(
+        self, point: ExperimentState, train: Recipe | dict, *, copies: int = 2, seeds=None
+    ) -> list[ExperimentState]:
         """`copies` children of `point` trained with `train` (train options, or a `Recipe.train`) except for
         their ``data_order_seed``: siblings that differ only in SGD noise (`spawn.spawn_copies`).
 
@@ -251,8 +260,9 @@ class Experiment:
         ``interpolation.json`` and ``interpolation.png`` (`ExperimentState.file`)."""
         return self.apply(a, Recipe(({"interpolate": {**options, "b": b}},)))
 
-    def apply(self, parent: ExperimentState, recipe: "Recipe | Iterable[dict]", name: str | None = None
-              ) -> ExperimentState:
+    def apply(
+        self, parent: ExperimentState, recipe: Recipe | Iterable[dict], name: str | None = None
+    ) -> ExperimentState:
         """The child state of `parent` under `recipe`: found by key, or computed and stored."""
         if not isinstance(parent, ExperimentState):
             raise SpecError(f"apply needs an ExperimentState as parent, got {type(parent).__name__}")

@@ -54,10 +54,20 @@ class Task:
 
 
 TASKS: Registry[Task] = Registry("background task")
-TASKS.add(Task("workflow-figures", "mlprune.report.workflow:log_workflow_figures",
-               "the recipe's figures on the workflow run of a run that computed states"))
-TASKS.add(Task("workflow-record", "mlprune.report.workflow:record_workflow",
-               "the workflow run (or the link from `mlflow run`'s run) of a fully cached run"))
+TASKS.add(
+    Task(
+        "workflow-figures",
+        "mlprune.report.workflow:log_workflow_figures",
+        "the recipe's figures on the workflow run of a run that computed states",
+    )
+)
+TASKS.add(
+    Task(
+        "workflow-record",
+        "mlprune.report.workflow:record_workflow",
+        "the workflow run (or the link from `mlflow run`'s run) of a fully cached run",
+    )
+)
 
 
 def foreground() -> bool:
@@ -90,17 +100,23 @@ def start(task: str, payload: dict, tracking_uri: str) -> None:
     lock.parent.mkdir(parents=True, exist_ok=True)
     log = log_path()
     log.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"mlprune-{task}-", delete=False,
-                                         dir=log.parent)
+    handle = tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"mlprune-{task}-", delete=False, dir=log.parent)
     with handle:
         json.dump({"task": task, "payload": payload}, handle)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # held from now on by the task's process (the descriptor is inherited)
         with open(log, "a") as out:
-            subprocess.Popen([sys.executable, "-m", "mlprune.background", handle.name, str(fd)], pass_fds=(fd,),
-                             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-                             cwd=os.getcwd(), env=os.environ.copy())
+            subprocess.Popen(
+                [sys.executable, "-m", "mlprune.background", handle.name, str(fd)],
+                pass_fds=(fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                cwd=os.getcwd(),
+                env=os.environ.copy(),
+            )
     except OSError:
         # no process can be started here: do it now rather than not at all
         os.close(fd)
@@ -151,8 +167,10 @@ def _run(task: str, payload: dict) -> bool:
     except Exception as error:  # noqa: BLE001
         try:
             with open(log_path(), "a") as out:
-                out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} mlprune background {task} failed: "
-                          f"{type(error).__name__}: {' '.join(str(error).split())[:500]}\n")
+                out.write(
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')} mlprune background {task} failed: "
+                    f"{type(error).__name__}: {' '.join(str(error).split())[:500]}\n"
+                )
         except OSError:
             pass
         return False

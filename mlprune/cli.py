@@ -35,8 +35,11 @@ class _Group(click.Group):
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
         except Interrupted as stopped:
-            click.echo(f"interrupted: {stopped}: the state being computed is left unfinished and resumes from "
-                       f"its checkpoint when run again; finished ones are kept", err=True)
+            click.echo(
+                f"interrupted: {stopped}: the state being computed is left unfinished and resumes from "
+                f"its checkpoint when run again; finished ones are kept",
+                err=True,
+            )
             sys.exit(stopped.exit_status)
         except KeyboardInterrupt:
             click.echo("interrupted: states being computed are marked FAILED; finished ones are kept", err=True)
@@ -61,32 +64,57 @@ def _warn(message: str) -> None:
 
 
 experiment_option = click.option(
-    "--experiment-name", "-e", default=None,
+    "--experiment-name",
+    "-e",
+    default=None,
     help="MLflow experiment (one study) for the states. Default: MLFLOW_EXPERIMENT_ID / "
-         "MLFLOW_EXPERIMENT_NAME, else 'mlprune'.")
+    "MLFLOW_EXPERIMENT_NAME, else 'mlprune'.",
+)
 scheduler_option = click.option(
-    "--scheduler", default=None, metavar="sync|processes|slurm|tcp://HOST:PORT",
+    "--scheduler",
+    default=None,
+    metavar="sync|processes|slurm|tcp://HOST:PORT",
     help="Where states are computed: in this process one after another (sync), on a local dask cluster "
-         "(processes), on workers started as SLURM jobs (slurm: docs/cluster.md), or on a running dask "
-         "scheduler (tcp://HOST:8786, with an `mlflow server` as MLFLOW_TRACKING_URI). Independent states run "
-         "in parallel; the results are the same. Default: sync; processes where --workers is given.")
+    "(processes), on workers started as SLURM jobs (slurm: docs/cluster.md), or on a running dask "
+    "scheduler (tcp://HOST:8786, with an `mlflow server` as MLFLOW_TRACKING_URI). Independent states run "
+    "in parallel; the results are the same. Default: sync; processes where --workers is given.",
+)
 workers_option = click.option(
-    "--workers", type=click.IntRange(min=1), default=None,
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
     help="Worker processes of --scheduler processes (default: one per core; --workers alone implies it); "
-         "worker jobs of --scheduler slurm "
-         "(default: as many as the graph can run at once, at most 16).")
+    "worker jobs of --scheduler slurm "
+    "(default: as many as the graph can run at once, at most 16).",
+)
 slurm_opt_option = click.option(
-    "--slurm-opt", "slurm_opts", multiple=True, metavar="KEY=VALUE",
+    "--slurm-opt",
+    "slurm_opts",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="A SLURM option of the worker jobs of --scheduler slurm (repeatable), e.g. partition=gpu, "
-         "time=04:00:00, gpus=1, mem=8G, cpus-per-task=4, account=..., signal=120; every key: docs/cluster.md.")
+    "time=04:00:00, gpus=1, mem=8G, cpus-per-task=4, account=..., signal=120; every key: docs/cluster.md.",
+)
 slurm_config_option = click.option(
-    "--slurm-config", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+    "--slurm-config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
     help="SLURM options of --scheduler slurm from a YAML or JSON file (the --slurm-opt keys); --slurm-opt "
-         "overrides them.")
+    "overrides them.",
+)
+
+
 def _run_flag(option):
     """The click option of one run option (`executor.options.RUN_OPTIONS`): its flag, given as text."""
-    return click.option(option.flag, option.name, default=None, metavar=option.metavar or None, help=option.help,
-                        **({"is_flag": False, "flag_value": option.flag_value} if option.flag_value else {}))
+    return click.option(
+        option.flag,
+        option.name,
+        default=None,
+        metavar=option.metavar or None,
+        help=option.help,
+        **({"is_flag": False, "flag_value": option.flag_value} if option.flag_value else {}),
+    )
 
 
 def run_options(function=None, *, steps: bool = False):
@@ -99,6 +127,7 @@ def run_options(function=None, *, steps: bool = False):
         for option in reversed(cli_options(steps=steps)):
             function = _run_flag(option)(function)
         return function
+
     return decorate(function) if function is not None else decorate
 
 
@@ -151,16 +180,23 @@ class _LazyStore:
 
 
 reader_experiment_option = click.option(
-    "--experiment-name", "-e", "experiment_option", default=None, metavar="EXPERIMENT",
+    "--experiment-name",
+    "-e",
+    "experiment_option",
+    default=None,
+    metavar="EXPERIMENT",
     help="The experiment (name or id), the same as the positional EXPERIMENT (give it one way). Default: "
-         "MLFLOW_EXPERIMENT_ID / MLFLOW_EXPERIMENT_NAME, else 'mlprune'.")
+    "MLFLOW_EXPERIMENT_ID / MLFLOW_EXPERIMENT_NAME, else 'mlprune'.",
+)
 
 
 def _experiment_ref(positional, option):
     """The experiment a reading command was given: positionally or with -e (the same, or one of them)."""
     if positional and option and positional != option:
-        raise SpecError(f"the experiment is given twice, {positional!r} as EXPERIMENT and {option!r} with -e; "
-                        f"give it once, either way")
+        raise SpecError(
+            f"the experiment is given twice, {positional!r} as EXPERIMENT and {option!r} with -e; "
+            f"give it once, either way"
+        )
     return positional or option
 
 
@@ -189,8 +225,10 @@ def _writable_directory(directory: str) -> Path:
     except OSError as error:
         reason = error.strerror or str(error)
         place = f": {reason}" if existing == out else f" ({existing}: {reason})"
-        raise SpecError(f"cannot write into the directory {directory!r}{place}; allowed: a writable directory, "
-                        f"or a new one under one") from None
+        raise SpecError(
+            f"cannot write into the directory {directory!r}{place}; allowed: a writable directory, "
+            f"or a new one under one"
+        ) from None
     return out
 
 
@@ -209,10 +247,12 @@ def main():
 
 
 accept_data_change_option = click.option(
-    "--accept-data-change", is_flag=True,
+    "--accept-data-change",
+    is_flag=True,
     help="Compute new states from reused ones even where the data now read differs from the data those were "
-         "computed on (a changed data_dir's fingerprint); the new states record the change (state.json's "
-         "data_change). Without it such a run stops with one line before it creates anything.")
+    "computed on (a changed data_dir's fingerprint); the new states record the change (state.json's "
+    "data_change). Without it such a run stops with one line before it creates anything.",
+)
 
 
 def slurm_options(function):
@@ -237,7 +277,7 @@ class _Where(NamedTuple):
     workers: int | None
     slurm: object
     options: object
-    accept_data_change: bool = False   # --accept-data-change (run, sweep)
+    accept_data_change: bool = False  # --accept-data-change (run, sweep)
 
 
 def _scheduler(scheduler: str | None, workers: int | None) -> str:
@@ -266,9 +306,16 @@ def _execute(plans, store, where: _Where, recipe_label, params, *, figures):
     from .store.workflow import record_digest
 
     printer = _progress_printer()
-    execution = Execution([p for _, p in plans], store, scheduler=where.scheduler, workers=where.workers,
-                          options=where.options, progress=printer, slurm=where.slurm,
-                          accept_data_change=where.accept_data_change)
+    execution = Execution(
+        [p for _, p in plans],
+        store,
+        scheduler=where.scheduler,
+        workers=where.workers,
+        options=where.options,
+        progress=printer,
+        slurm=where.slurm,
+        accept_data_change=where.accept_data_change,
+    )
     for run_id, reason in execution.invalid:
         _warn(f"state {run_id[:8]} is not used and will be recomputed: {reason}")
     execution.check()
@@ -302,9 +349,16 @@ def _execute(plans, store, where: _Where, recipe_label, params, *, figures):
         digest = record_digest(report.plan_json([p for _, p in plans], per_plan), params)
         if launcher is None and WorkflowRun.find_record(store, recipe_label, digest) is not None:
             return result, reached, []
-        payload = {"tracking_uri": store.tracking_uri, "experiment_id": store.experiment_id, "recipe": recipe_label,
-                   "params": params, "plans": [p.to_json() for _, p in plans], "reached": per_plan,
-                   "states": reached, "launcher": launcher}
+        payload = {
+            "tracking_uri": store.tracking_uri,
+            "experiment_id": store.experiment_id,
+            "recipe": recipe_label,
+            "params": params,
+            "plans": [p.to_json() for _, p in plans],
+            "reached": per_plan,
+            "states": reached,
+            "launcher": launcher,
+        }
         return result, reached, [("workflow-record", payload)]
     workflow = WorkflowRun(store, recipe=recipe_label, params=params, launcher=launcher)
     ok = False
@@ -324,8 +378,16 @@ def _execute(plans, store, where: _Where, recipe_label, params, *, figures):
             workflow.end(ok)
     later = []
     if figures and len(plans) == 1 and result.computed:
-        later.append(("workflow-figures", {"tracking_uri": store.tracking_uri, "experiment_id": store.experiment_id,
-                                           "workflow_run_id": workflow.run_id}))
+        later.append(
+            (
+                "workflow-figures",
+                {
+                    "tracking_uri": store.tracking_uri,
+                    "experiment_id": store.experiment_id,
+                    "workflow_run_id": workflow.run_id,
+                },
+            )
+        )
     return result, reached, later
 
 
@@ -347,15 +409,27 @@ def _last_network(plan):
 
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("-P", "--param", "params", multiple=True, metavar="NAME=VALUE",
-              help="Override a recipe parameter (repeatable), e.g. -P rounds=3 -P protocol=paper.")
+@click.option(
+    "-P",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a recipe parameter (repeatable), e.g. -P rounds=3 -P protocol=paper.",
+)
 @experiment_option
-@click.option("--figures/--no-figures", default=None,
-              help="Log the recipe's figures (accuracy vs remaining, Jaccard, structure, stability, "
-                   "weight evolution) on the workflow run (default: on; MLPRUNE_FIGURES=0 makes it off). "
-                   "lineage.svg/.html are always logged.")
-@click.option("--state-figures", is_flag=True,
-              help="Also log weight figures (conv filters, fc matrices, biases) on each state computed now.")
+@click.option(
+    "--figures/--no-figures",
+    default=None,
+    help="Log the recipe's figures (accuracy vs remaining, Jaccard, structure, stability, "
+    "weight evolution) on the workflow run (default: on; MLPRUNE_FIGURES=0 makes it off). "
+    "lineage.svg/.html are always logged.",
+)
+@click.option(
+    "--state-figures",
+    is_flag=True,
+    help="Also log weight figures (conv filters, fc matrices, biases) on each state computed now.",
+)
 @scheduler_option
 @workers_option
 @slurm_options
@@ -397,20 +471,32 @@ def run(recipe, params, experiment_name, figures, state_figures, **flags):
         log_state_figures(store, list(reached.values()), since_ms=started_ms)
     last = store.run(result.states[0][_last_network(plan).name])
     metrics = last.data.metrics
-    click.echo(f"{plan.recipe}: experiment {store.experiment_name!r} (id {store.experiment_id}); last state "
-               f"{last.info.run_id[:8]} test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
-               f"sparsity={metrics.get('sparsity', float('nan')):.4f}")
+    click.echo(
+        f"{plan.recipe}: experiment {store.experiment_name!r} (id {store.experiment_id}); last state "
+        f"{last.info.run_id[:8]} test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
+        f"sparsity={metrics.get('sparsity', float('nan')):.4f}"
+    )
     click.echo(_summary(result))
     _finish_later(store, later)
 
 
 @main.command()
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--seeds", default=None, metavar="SEEDS",
-              help="Seeds (the recipe parameter `seed`): 0-9, 0,3,7 or 1-3,8. Default: the recipe's.")
-@click.option("-P", "--param", "params", multiple=True, metavar="NAME=V1,V2,...",
-              help="A recipe parameter and its values (repeatable); commas give several values, and "
-                   "several -P give their cartesian product.")
+@click.option(
+    "--seeds",
+    default=None,
+    metavar="SEEDS",
+    help="Seeds (the recipe parameter `seed`): 0-9, 0,3,7 or 1-3,8. Default: the recipe's.",
+)
+@click.option(
+    "-P",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=V1,V2,...",
+    help="A recipe parameter and its values (repeatable); commas give several values, and "
+    "several -P give their cartesian product.",
+)
 @scheduler_option
 @workers_option
 @slurm_options
@@ -439,23 +525,41 @@ def sweep(recipes, seeds, params, experiment_name, **flags):
     store = lazy.get()
     started = time.perf_counter()
     label = "sweep " + " ".join(Path(r).stem for r in recipes)
-    result, _, later = _execute(plans, store, where, label,
-                                {"recipes": " ".join(recipes), "seeds": seeds or "", "grid": " ".join(params),
-                                 "scheduler": where.scheduler, "plans": len(plans)}, figures=False)
+    result, _, later = _execute(
+        plans,
+        store,
+        where,
+        label,
+        {
+            "recipes": " ".join(recipes),
+            "seeds": seeds or "",
+            "grid": " ".join(params),
+            "scheduler": where.scheduler,
+            "plans": len(plans),
+        },
+        figures=False,
+    )
     from .report import answer_lines, plans_collection, study_answer
 
-    answer = study_answer(plans_collection(store, [{**plan.to_json(), "reached": states}
-                                                   for (_, plan), states in zip(plans, result.states)]))
+    answer = study_answer(
+        plans_collection(
+            store, [{**plan.to_json(), "reached": states} for (_, plan), states in zip(plans, result.states)]
+        )
+    )
     for line in answer_lines(answer):
         click.echo(line)
     if not answer:  # no recipe rounds (e.g. a recipe of one training): where each plan ended
         for (plan_label, plan), states in zip(plans, result.states):
             last = store.run(states[_last_network(plan).name])
-            click.echo(f"{plan_label}: last state {last.info.run_id[:8]} "
-                       f"test_accuracy={last.data.metrics.get('test_accuracy', float('nan')):.4f} "
-                       f"sparsity={last.data.metrics.get('sparsity', float('nan')):.4f}")
-    click.echo(f"{len(plans)} plans in experiment {store.experiment_name!r} (id {store.experiment_id}), "
-               f"scheduler {where.scheduler}, {time.perf_counter() - started:.1f} s")
+            click.echo(
+                f"{plan_label}: last state {last.info.run_id[:8]} "
+                f"test_accuracy={last.data.metrics.get('test_accuracy', float('nan')):.4f} "
+                f"sparsity={last.data.metrics.get('sparsity', float('nan')):.4f}"
+            )
+    click.echo(
+        f"{len(plans)} plans in experiment {store.experiment_name!r} (id {store.experiment_id}), "
+        f"scheduler {where.scheduler}, {time.perf_counter() - started:.1f} s"
+    )
     click.echo(_summary(result))
     _finish_later(store, later)
 
@@ -463,10 +567,16 @@ def sweep(recipes, seeds, params, experiment_name, **flags):
 @main.command()
 @click.argument("kind", type=click.Choice(list(_step_kinds())))
 @click.option("--parent", default="", help="Run id (or an 8-character prefix) of the parent state (not for init).")
-@click.option("-o", "--option", "options", multiple=True, metavar="NAME=VALUE",
-              help="A step option (repeatable); an empty value means the default. Lists in YAML flow "
-                   "syntax, e.g. -o include=[@conv]. Also data_dir (where the data is; default: the "
-                   "root's).")
+@click.option(
+    "-o",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A step option (repeatable); an empty value means the default. Lists in YAML flow "
+    "syntax, e.g. -o include=[@conv]. Also data_dir (where the data is; default: the "
+    "root's).",
+)
 @experiment_option
 @run_options(steps=True)
 def step(kind, parent, options, experiment_name, **run_flags):
@@ -504,24 +614,28 @@ def step(kind, parent, options, experiment_name, **run_flags):
         probe = _store(create=False)
         parent = probe.resolve_run_id(parent)
         parent_experiment = probe.state_run(parent).info.experiment_id
-        experiment = Experiment(experiment_id=parent_experiment, progress=_progress_printer(), data_dir=data_dir,
-                                **switches)
+        experiment = Experiment(
+            experiment_id=parent_experiment, progress=_progress_printer(), data_dir=data_dir, **switches
+        )
         for other in ("b", "with"):  # an analysis's other state: a run id or a prefix of one
             ref = values.get(other)
-            if isinstance(ref, (str, int)) and str(ref) not in ("root", "parent") and \
-                    not str(ref).startswith("state:"):
+            if isinstance(ref, (str, int)) and str(ref) not in ("root", "parent") and not str(ref).startswith("state:"):
                 values[other] = probe.resolve_run_id(str(ref))
         state = experiment.state(parent).apply(Recipe(({kind: values},)))
     metrics = state.metrics
     if state.spec.get("analysis"):
         from .names import M_DURATION
 
-        shown = " ".join(f"{name}={value:.4f}" for name, value in sorted(metrics.items())
-                         if "." not in name and name != M_DURATION)
+        shown = " ".join(
+            f"{name}={value:.4f}" for name, value in sorted(metrics.items()) if "." not in name and name != M_DURATION
+        )
         click.echo(f"{kind} state {state.run_id}: {shown}", err=True)
     else:
-        click.echo(f"{kind} state {state.run_id}: test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
-                   f"sparsity={metrics.get('sparsity', float('nan')):.4f}", err=True)
+        click.echo(
+            f"{kind} state {state.run_id}: test_accuracy={metrics.get('test_accuracy', float('nan')):.4f} "
+            f"sparsity={metrics.get('sparsity', float('nan')):.4f}",
+            err=True,
+        )
     click.echo(state.run_id)
 
 
@@ -539,8 +653,8 @@ def validate(recipe, params, experiment_name):
     Example:
       mlprune validate recipes/lt_structuredL1.yaml -P rounds=5
     """
-    from .recipes import compile_recipe, parse_assignments
     from .plugins import plan_plugins, stale_plugin_states
+    from .recipes import compile_recipe, parse_assignments
 
     plan = compile_recipe(recipe, parse_assignments(params))
     click.echo(f"{recipe}: valid; {len(plan.nodes)} states")
@@ -584,8 +698,10 @@ def plugins():
         if isinstance(found, str):  # a plugin that cannot be imported: its one-line error
             click.echo(f"{what:<16} {name:<20} {found}")
             continue
-        click.echo(f"{what:<16} {name:<20} {found.distribution or '-'} {found.version} digest {found.digest()}"
-                   f"{' (keyed by version)' if found.keyed_by == 'version' else ''}  {found.entry.help}")
+        click.echo(
+            f"{what:<16} {name:<20} {found.distribution or '-'} {found.version} digest {found.digest()}"
+            f"{' (keyed by version)' if found.keyed_by == 'version' else ''}  {found.entry.help}"
+        )
 
 
 @main.command()
@@ -619,12 +735,15 @@ def tree(experiment, experiment_option):
 
     def show(run, depth):
         tags, metrics = run.data.tags, run.data.metrics
-        extra = ", ".join(f"{k.removeprefix(TAG_PARENT_PREFIX)}<-{v[:8]}"
-                          for k, v in tags.items() if k.startswith(TAG_PARENT_PREFIX))
-        click.echo(f"{'  ' * depth}{run.info.run_id[:8]} {tags.get(TAG_KIND, '?'):<14} "
-                   f"acc={metrics.get('test_accuracy', float('nan')):.4f} "
-                   f"sparsity={metrics.get('sparsity', float('nan')):.3f}  {run.info.run_name or ''}"
-                   f"{'  [' + extra + ']' if extra else ''}")
+        extra = ", ".join(
+            f"{k.removeprefix(TAG_PARENT_PREFIX)}<-{v[:8]}" for k, v in tags.items() if k.startswith(TAG_PARENT_PREFIX)
+        )
+        click.echo(
+            f"{'  ' * depth}{run.info.run_id[:8]} {tags.get(TAG_KIND, '?'):<14} "
+            f"acc={metrics.get('test_accuracy', float('nan')):.4f} "
+            f"sparsity={metrics.get('sparsity', float('nan')):.3f}  {run.info.run_name or ''}"
+            f"{'  [' + extra + ']' if extra else ''}"
+        )
         for child in children.get(run.info.run_id, []):
             show(child, depth + 1)
 
@@ -635,11 +754,20 @@ def tree(experiment, experiment_option):
 @main.command()
 @click.argument("experiment", required=False)
 @reader_experiment_option
-@click.option("--ui-url", default=None, metavar="URL",
-              help="Where the MLflow UI is. Default: the tracking server; for a local store "
-                   "http://127.0.0.1:5000, where `mlflow server --app-name mlprune` serves it.")
-@click.option("--filter", "search_filter", default="", metavar="FILTER",
-              help="A runs filter the view starts with, e.g. \"params.seed = '1' and params.round = '20'\".")
+@click.option(
+    "--ui-url",
+    default=None,
+    metavar="URL",
+    help="Where the MLflow UI is. Default: the tracking server; for a local store "
+    "http://127.0.0.1:5000, where `mlflow server --app-name mlprune` serves it.",
+)
+@click.option(
+    "--filter",
+    "search_filter",
+    default="",
+    metavar="FILTER",
+    help="A runs filter the view starts with, e.g. \"params.seed = '1' and params.round = '20'\".",
+)
 def ui(experiment, experiment_option, ui_url, search_filter):
     """Print the URL of EXPERIMENT's states in the MLflow UI: the runs table, flat (sorted by sparsity), with the
     columns seed, round, branch, test_accuracy, sparsity.
@@ -658,8 +786,11 @@ def ui(experiment, experiment_option, ui_url, search_filter):
     key = write_states_view(store, search_filter)
     base = ui_base(store.tracking_uri, ui_url)
     if base is None:
-        click.echo(f"the store {store.tracking_uri} is local: serve it with `mlflow server --app-name mlprune "
-                   f"--backend-store-uri {store.tracking_uri}` (or give --ui-url), then open:", err=True)
+        click.echo(
+            f"the store {store.tracking_uri} is local: serve it with `mlflow server --app-name mlprune "
+            f"--backend-store-uri {store.tracking_uri}` (or give --ui-url), then open:",
+            err=True,
+        )
         base = LOCAL_UI
     click.echo(states_url(base, store.experiment_id, key))
 
@@ -684,8 +815,10 @@ def show(args, experiment_option):
     run_id = store.resolve_run_id(args[-1])
     run = store.state_run(run_id)
     if experiment and run.info.experiment_id != store.experiment_id:
-        raise SpecError(f"state {run_id[:8]} is not in experiment {store.experiment_name!r} (it is in experiment id "
-                        f"{run.info.experiment_id}); leave EXPERIMENT out or name that one")
+        raise SpecError(
+            f"state {run_id[:8]} is not in experiment {store.experiment_name!r} (it is in experiment id "
+            f"{run.info.experiment_id}); leave EXPERIMENT out or name that one"
+        )
     spec = store.spec(run_id)
     click.echo(f"state {run_id} {run.info.run_name or ''} kind={spec['kind']} key={spec['key']}")
     click.echo(f"  parent: {spec.get('parent_run') or '-'}  root: {spec.get('root_run') or run_id}")
@@ -701,10 +834,14 @@ def show(args, experiment_option):
 @main.command()
 @click.argument("args", nargs=-1, metavar="[EXPERIMENT] OUT_DIR")
 @reader_experiment_option
-@click.option("--ui-url", default=None, metavar="URL",
-              help="MLflow UI the report's links point to. Default: the tracking server; for a local store "
-                   "(sqlite, files) links need it, e.g. http://127.0.0.1:5000 of `mlflow server "
-                   "--app-name mlprune`.")
+@click.option(
+    "--ui-url",
+    default=None,
+    metavar="URL",
+    help="MLflow UI the report's links point to. Default: the tracking server; for a local store "
+    "(sqlite, files) links need it, e.g. http://127.0.0.1:5000 of `mlflow server "
+    "--app-name mlprune`.",
+)
 def report(args, experiment_option, ui_url):
     """Write a self-contained HTML report of EXPERIMENT (name or id) into OUT_DIR.
 
@@ -738,13 +875,22 @@ def report(args, experiment_option, ui_url):
 @main.command()
 @click.argument("runs", nargs=-1, metavar="[EXPERIMENT] | [RUN_A RUN_B]")
 @reader_experiment_option
-@click.option("--against", metavar="NAME", default=None,
-              help="Compare branches with the branch NAME (a control such as random, shuffle, reinit, or a one-shot "
-                   "method) round by round: paired differences over seeds, their 95% CI, paired t-test and "
-                   "Wilcoxon p-values, Holm-adjusted across rounds, a verdict.")
-@click.option("--ci", "ci", type=click.Choice(["t", "bootstrap"]), default="t", show_default=True,
-              help="95% confidence intervals: Student-t, or a seeded percentile bootstrap "
-                   "(10000 resamples, seed 0).")
+@click.option(
+    "--against",
+    metavar="NAME",
+    default=None,
+    help="Compare branches with the branch NAME (a control such as random, shuffle, reinit, or a one-shot "
+    "method) round by round: paired differences over seeds, their 95% CI, paired t-test and "
+    "Wilcoxon p-values, Holm-adjusted across rounds, a verdict.",
+)
+@click.option(
+    "--ci",
+    "ci",
+    type=click.Choice(["t", "bootstrap"]),
+    default="t",
+    show_default=True,
+    help="95% confidence intervals: Student-t, or a seeded percentile bootstrap (10000 resamples, seed 0).",
+)
 def compare(runs, experiment_option, against, ci):
     """Compare recipes (accuracy vs remaining weights), branches (--against), or the masks of two states.
 
@@ -768,14 +914,17 @@ def compare(runs, experiment_option, against, ci):
         experiment = Experiment(store=_store(create=False))
         a, b = experiment.state(runs[0]), experiment.state(runs[1])
         result = mask_similarity(a, b)
-        click.echo(f"Jaccard of kept weights, {a.run_id[:8]} ({a.kind}) vs {b.run_id[:8]} ({b.kind}): "
-                   f"overall {result['overall']:.4f}")
+        click.echo(
+            f"Jaccard of kept weights, {a.run_id[:8]} ({a.kind}) vs {b.run_id[:8]} ({b.kind}): "
+            f"overall {result['overall']:.4f}"
+        )
         for name, value in result["per_layer"].items():
             click.echo(f"  {name:<32} {value:.4f}")
         return
     if len(runs) > 2:
-        raise SpecError(f"compare takes [EXPERIMENT] (a table of recipes) or two run ids (their masks), "
-                        f"got {len(runs)} arguments")
+        raise SpecError(
+            f"compare takes [EXPERIMENT] (a table of recipes) or two run ids (their masks), got {len(runs)} arguments"
+        )
     from .report import accuracy_table, collect
     from .report import claims as claim_module
 
@@ -793,10 +942,15 @@ def compare(runs, experiment_option, against, ci):
         click.echo(f"{'recipe':<44} {'round':>5} {'remaining':>10} {'test accuracy':>18} {'95% CI':>17} {'n':>3}")
         for row in rows:
             spread = f"± {100 * row['std']:<5.2f}" if row["n"] > 1 else " " * 7
-            interval = (f"[{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}]" if row["ci_low"] is not None
-                        else "1 seed: no interval")
-            click.echo(f"{row['recipe']:<44} {row['round']:>5} {100 * row['remaining']:>9.2f}% "
-                       f"{100 * row['mean']:>9.2f}% {spread} {interval:>17} {row['n']:>3}")
+            interval = (
+                f"[{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}]"
+                if row["ci_low"] is not None
+                else "1 seed: no interval"
+            )
+            click.echo(
+                f"{row['recipe']:<44} {row['round']:>5} {100 * row['remaining']:>9.2f}% "
+                f"{100 * row['mean']:>9.2f}% {spread} {interval:>17} {row['n']:>3}"
+            )
         if ci == "bootstrap":
             click.echo(f"95% CI: {next((r['ci'] for r in rows if r['n'] > 1), 'bootstrap')}")
     line = claim_module.one_seed_line(collection)
@@ -809,26 +963,35 @@ def _print_claims(claim_module, collection, against: str, ci: str) -> None:
     branches = sorted({s.branch for s in collection.series})
     if not rows:
         raise SpecError(f"no branch to compare with {against!r}; branches here: {', '.join(branches)}")
-    click.echo(f"test accuracy difference (points) vs {against}, per round; 95% CI "
-               f"({rows[0]['ci'] if rows[0]['paired'] else 'welch'}); p-values Holm-adjusted across rounds")
-    click.echo(f"{'series':<40} {'round':>5} {'remaining':>9} {'n':>3} {'pairing':<8} {'difference':>10} "
-               f"{'95% CI':>18} {'p (t)':>9} {'p (W)':>9} {'Holm (t)':>9} {'Holm (W)':>9}  verdict")
+    click.echo(
+        f"test accuracy difference (points) vs {against}, per round; 95% CI "
+        f"({rows[0]['ci'] if rows[0]['paired'] else 'welch'}); p-values Holm-adjusted across rounds"
+    )
+    click.echo(
+        f"{'series':<40} {'round':>5} {'remaining':>9} {'n':>3} {'pairing':<8} {'difference':>10} "
+        f"{'95% CI':>18} {'p (t)':>9} {'p (W)':>9} {'Holm (t)':>9} {'Holm (W)':>9}  verdict"
+    )
     for row in rows:
         holm_t = row.get("p_t_holm", row.get("p_welch_holm"))
         remaining = "–" if row["remaining"] is None else f"{100 * row['remaining']:.2f}%"
-        click.echo(f"{row['series']:<40} {row['round']:>5} {remaining:>9} "
-                   f"{row['n']:>3} {'paired' if row['paired'] else 'unpaired':<8} {claim_module.difference(row):>10} "
-                   f"{claim_module.interval(row):>18} {claim_module.p(row.get('p_t', row.get('p_welch'))):>9} "
-                   f"{claim_module.p(row.get('p_wilcoxon')):>9} {claim_module.p(holm_t):>9} "
-                   f"{claim_module.p(row.get('p_wilcoxon_holm')):>9}  {row['verdict']}")
+        click.echo(
+            f"{row['series']:<40} {row['round']:>5} {remaining:>9} "
+            f"{row['n']:>3} {'paired' if row['paired'] else 'unpaired':<8} {claim_module.difference(row):>10} "
+            f"{claim_module.interval(row):>18} {claim_module.p(row.get('p_t', row.get('p_welch'))):>9} "
+            f"{claim_module.p(row.get('p_wilcoxon')):>9} {claim_module.p(holm_t):>9} "
+            f"{claim_module.p(row.get('p_wilcoxon_holm')):>9}  {row['verdict']}"
+        )
 
 
 @main.command()
 @click.argument("experiment", required=False)
 @reader_experiment_option
-@click.option("--repair", is_flag=True,
-              help="Mark every broken state invalid (FAILED, tag mlprune.invalid): the next run that needs it "
-                   "computes it again into a new run.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Mark every broken state invalid (FAILED, tag mlprune.invalid): the next run that needs it "
+    "computes it again into a new run.",
+)
 def verify(experiment, experiment_option, repair):
     """Check every finished state of EXPERIMENT (name or id; default: mlprune) against what was recorded.
 
@@ -848,8 +1011,10 @@ def verify(experiment, experiment_option, repair):
     cycles = _lineage_cycles(store)
     for line in cycles:
         click.echo(f"broken lineage: {line} (set the tag back to the parent its state.json names)")
-    click.echo(f"{checked} states checked in experiment {store.experiment_name!r}: {len(broken)} broken"
-               + (", marked invalid (the next run recomputes them)" if repair and broken else ""))
+    click.echo(
+        f"{checked} states checked in experiment {store.experiment_name!r}: {len(broken)} broken"
+        + (", marked invalid (the next run recomputes them)" if repair and broken else "")
+    )
     if (broken and not repair) or cycles:
         sys.exit(1)
 
@@ -864,8 +1029,12 @@ def _lineage_cycles(store) -> list[str]:
 @main.command()
 @click.argument("run_id")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--compact", is_flag=True, help="Write the physically smaller network instead: "
-              "compact.safetensors and compact.json (load it with mlprune.compact.load(DIRECTORY)).")
+@click.option(
+    "--compact",
+    is_flag=True,
+    help="Write the physically smaller network instead: "
+    "compact.safetensors and compact.json (load it with mlprune.compact.load(DIRECTORY)).",
+)
 def export(run_id, directory, compact):
     """Write a state's weights.safetensors, masks.safetensors and state.json to DIRECTORY.
 
@@ -884,18 +1053,22 @@ def export(run_id, directory, compact):
     store = _store(create=False)
     resolved = store.resolve_run_id(run_id)
     if compact:
-        from .runners.compact import export_compact
         from .names import COMPACT_ARCH_FILE, COMPACT_WEIGHTS_FILE
+        from .runners.compact import export_compact
 
         arch = export_compact(store.load(resolved), out)
         kept = sum(g["kept"] for g in arch["groups"])
         total = sum(g["units"] for g in arch["groups"])
-        click.echo(f"wrote {COMPACT_WEIGHTS_FILE}, {COMPACT_ARCH_FILE} to {out}: {arch['params']} parameters, "
-                   f"{arch['flops']} FLOPs, {kept} of {total} channels kept, max |compact - masked| = "
-                   f"{arch['check']['max_abs_diff']:.2g} on {arch['check']['test_examples']} test examples")
+        click.echo(
+            f"wrote {COMPACT_WEIGHTS_FILE}, {COMPACT_ARCH_FILE} to {out}: {arch['params']} parameters, "
+            f"{arch['flops']} FLOPs, {kept} of {total} channels kept, max |compact - masked| = "
+            f"{arch['check']['max_abs_diff']:.2g} on {arch['check']['test_examples']} test examples"
+        )
         if kept == total:
-            click.echo("no channel is removed: the compact network is the dense one (unstructured sparsity "
-                       "runs as dense tensors and gives no dense speedup)")
+            click.echo(
+                "no channel is removed: the compact network is the dense one (unstructured sparsity "
+                "runs as dense tensors and gives no dense speedup)"
+            )
         return
     files = store.artifact_files(resolved)
     try:

@@ -26,4 +26,4 @@ def shown(value, limit: int = 60) -> str:
         text = repr(value)
     except ValueError:  # an int of more than 4300 digits has no repr (sys.get_int_max_str_digits)
         return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
-    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"

@@ -34,13 +34,26 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from xml.sax.saxutils import quoteattr
 
-from .errors import SpecError
 from . import lineage_lanes as lanes
-from .names import (M_SPARSITY, M_TEST_ACCURACY, PARAM_BRANCH, PARAM_DATASET, PARAM_MODEL, PARAM_RECIPE, PARAM_ROUND,
-                    PARAM_SEED, TAG_KEY, TAG_KIND, TAG_PARENT_PREFIX, TAG_PARENT_RUN, TAG_RUN_NAME)
+from .errors import SpecError
+from .names import (
+    M_SPARSITY,
+    M_TEST_ACCURACY,
+    PARAM_BRANCH,
+    PARAM_DATASET,
+    PARAM_MODEL,
+    PARAM_RECIPE,
+    PARAM_ROUND,
+    PARAM_SEED,
+    TAG_KEY,
+    TAG_KIND,
+    TAG_PARENT_PREFIX,
+    TAG_PARENT_RUN,
+    TAG_RUN_NAME,
+)
 
 MISSING = "missing"
-CYCLE = "cycle"   # the role of a primary edge that closes a cycle: drawn, never followed
+CYCLE = "cycle"  # the role of a primary edge that closes a cycle: drawn, never followed
 KIND_COLORS = {
     "init": "#cfd8dc",
     "train": "#c8e6c9",
@@ -50,8 +63,18 @@ KIND_COLORS = {
 }
 OTHER_KIND_COLOR = "#eeeeee"
 
-__all__ = ["lineage_graph", "cycle_warnings", "primary_parents", "ancestors", "run_link", "lineage_svg",
-           "lineage_html", "is_state", "dag_layout", "dag_svg"]
+__all__ = [
+    "lineage_graph",
+    "cycle_warnings",
+    "primary_parents",
+    "ancestors",
+    "run_link",
+    "lineage_svg",
+    "lineage_html",
+    "is_state",
+    "dag_layout",
+    "dag_svg",
+]
 
 
 def is_state(run) -> bool:
@@ -77,12 +100,18 @@ def _parents(run) -> list[tuple[str, str]]:
         out.append((tags[TAG_PARENT_RUN], "primary"))
     for key in sorted(tags):
         if key.startswith(TAG_PARENT_PREFIX) and tags[key]:
-            out.append((tags[key], key[len(TAG_PARENT_PREFIX):]))
+            out.append((tags[key], key[len(TAG_PARENT_PREFIX) :]))
     return out
 
 
-_STUDY_PARAMS = {"seed": PARAM_SEED, "round": PARAM_ROUND, "branch": PARAM_BRANCH, "recipe": PARAM_RECIPE,
-                 "model": PARAM_MODEL, "dataset": PARAM_DATASET}
+_STUDY_PARAMS = {
+    "seed": PARAM_SEED,
+    "round": PARAM_ROUND,
+    "branch": PARAM_BRANCH,
+    "recipe": PARAM_RECIPE,
+    "model": PARAM_MODEL,
+    "dataset": PARAM_DATASET,
+}
 
 
 def _study(run) -> dict:
@@ -135,9 +164,16 @@ def lineage_graph(runs: Iterable) -> tuple[list[dict], list[tuple[str, str, str]
     for run in states:
         for parent, role in _parents(run):
             if parent not in known:
-                node = {"id": parent, "label": MISSING, "accuracy": None, "sparsity": None,
-                        "name": "(not in this experiment)", "experiment_id": run.info.experiment_id,
-                        "status": None, "missing": True}
+                node = {
+                    "id": parent,
+                    "label": MISSING,
+                    "accuracy": None,
+                    "sparsity": None,
+                    "name": "(not in this experiment)",
+                    "experiment_id": run.info.experiment_id,
+                    "status": None,
+                    "missing": True,
+                }
                 known[parent] = node
                 missing.append(node)
             edge = (parent, run.info.run_id, role)
@@ -163,21 +199,28 @@ def _cut_cycles(order: list[str], edges: list[tuple[str, str, str]]) -> list[tup
             path.append(cur)
             cur = parent.get(cur) if cur not in cut else None
         if cur is not None and cur in on_path:  # the walk came back to itself: a cycle
-            cycle = path[path.index(cur):]
+            cycle = path[path.index(cur) :]
             cut.add(min(cycle, key=lambda node: rank.get(node, len(rank))))
         done.update(path)
     if not cut:
         return edges
-    return [(p, c, CYCLE) if role == "primary" and c in cut and parent.get(c) == p else (p, c, role)
-            for p, c, role in edges]
+    return [
+        (p, c, CYCLE) if role == "primary" and c in cut and parent.get(c) == p else (p, c, role) for p, c, role in edges
+    ]
 
 
 def cycle_warnings(edges: Iterable[Sequence]) -> list[str]:
     """One line per edge `lineage_graph` cut out of a cycle, naming both runs."""
-    return [(f"state {c[:8]} is its own parent (its {TAG_PARENT_RUN} tag names itself)" if p == c else
-             f"the parent {p[:8]} of state {c[:8]} ({TAG_PARENT_RUN}) descends from it: a cycle")
-            + f"; that edge is marked '{CYCLE}' and not followed"
-            for p, c, role in edges if role == CYCLE]
+    return [
+        (
+            f"state {c[:8]} is its own parent (its {TAG_PARENT_RUN} tag names itself)"
+            if p == c
+            else f"the parent {p[:8]} of state {c[:8]} ({TAG_PARENT_RUN}) descends from it: a cycle"
+        )
+        + f"; that edge is marked '{CYCLE}' and not followed"
+        for p, c, role in edges
+        if role == CYCLE
+    ]
 
 
 def primary_parents(edges: Iterable[Sequence]) -> dict[str, str]:
@@ -380,8 +423,13 @@ def dag_geometry(nodes, edges):
     return layout, curves, bbox
 
 
-def dag_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence],
-            link: Callable[[str], str] | None = None, title: str | None = None, highlight: str | None = None) -> str:
+def dag_svg(
+    nodes: Sequence[Mapping],
+    edges: Sequence[Sequence],
+    link: Callable[[str], str] | None = None,
+    title: str | None = None,
+    highlight: str | None = None,
+) -> str:
     """Standalone SVG (a string) of the experiment DAG, each node a link.
 
     Same layout as :func:`plot_dag` (root on top, one column per leaf, so width
@@ -435,22 +483,27 @@ def dag_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence],
         d = f"M{ax_:.1f},{ay:.1f} C{bx:.1f},{by:.1f} {cx_:.1f},{cy_:.1f} {dx:.1f},{dy:.1f}"
         dash = "" if primary else ' stroke-dasharray="6 4"'
         marker = "arrow" if primary else "arrow-other"
-        out.append(f'<path class="edge {cls} edge-{role_cls}" d="{d}"{dash} marker-end="url(#{marker})">'
-                   f"<title>{escape(f'{role}: {p} -> {c}')}</title></path>")
+        out.append(
+            f'<path class="edge {cls} edge-{role_cls}" d="{d}"{dash} marker-end="url(#{marker})">'
+            f"<title>{escape(f'{role}: {p} -> {c}')}</title></path>"
+        )
         if not primary:
             lx, ly = px(lab)
-            labels.append(f'<text class="edge-label" x="{lx:.1f}" y="{ly + 3.5:.1f}" '
-                          f'text-anchor="middle">{escape(role)}</text>')
+            labels.append(
+                f'<text class="edge-label" x="{lx:.1f}" y="{ly + 3.5:.1f}" text-anchor="middle">{escape(role)}</text>'
+            )
     out.extend(labels)
     for node in nodes:
         cx, cy = px(layout[node["id"]])
         lines = node_lines(node)
         tip = f"{node.get('label', '')} — {node['id']}"
-        current = ' current' if node["id"] == highlight else ""
-        g = [f'<g class="node{current}" data-id={quoteattr(str(node["id"]))}>',
-             f"<title>{escape(tip)}</title>",
-             f'<rect x="{cx - box_w / 2:.1f}" y="{cy - box_h / 2:.1f}" width="{box_w:.1f}" height="{box_h:.1f}" '
-             f'rx="7" fill="{_kind_color(node)}"/>']
+        current = " current" if node["id"] == highlight else ""
+        g = [
+            f'<g class="node{current}" data-id={quoteattr(str(node["id"]))}>',
+            f"<title>{escape(tip)}</title>",
+            f'<rect x="{cx - box_w / 2:.1f}" y="{cy - box_h / 2:.1f}" width="{box_w:.1f}" height="{box_h:.1f}" '
+            f'rx="7" fill="{_kind_color(node)}"/>',
+        ]
         y = cy - (len(lines) - 1) * 7 + 4
         for k, line in enumerate(lines):
             cls = ' class="kind"' if k == 0 else ""
@@ -464,8 +517,14 @@ def dag_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence],
     return "\n".join(out)
 
 
-def lineage_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, base: str | None = "/",
-                title: str | None = None, highlight: str | None = None) -> str:
+def lineage_svg(
+    nodes: Sequence[Mapping],
+    edges: Sequence[Sequence],
+    *,
+    base: str | None = "/",
+    title: str | None = None,
+    highlight: str | None = None,
+) -> str:
     """Standalone SVG of the DAG; with ``base`` each node links to its run in the UI at ``base``."""
     link = None
     if base is not None:
@@ -536,9 +595,17 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def lineage_html(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, title: str,
-                 base: str = "/", file_base: str | None = None, subtitle: str = "",
-                 extra_html: str = "", highlight: str | None = None) -> str:
+def lineage_html(
+    nodes: Sequence[Mapping],
+    edges: Sequence[Sequence],
+    *,
+    title: str,
+    base: str = "/",
+    file_base: str | None = None,
+    subtitle: str = "",
+    extra_html: str = "",
+    highlight: str | None = None,
+) -> str:
     """A self-contained HTML page: the DAG (inline SVG, nodes link to their runs) and a table of states.
 
     ``base`` is where the MLflow UI is (``/`` when the page is served by the
@@ -550,9 +617,11 @@ def lineage_html(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, title: 
     """
     prefix = base.rstrip("/")
     # every link also carries its UI path (data-ui-path), so the script can re-base it
-    svg = re.sub(r'<a href="([^"]*)"',
-                 lambda m: f'<a data-ui-path="{m.group(1)[len(prefix):]}" href="{m.group(1)}"',
-                 lineage_svg(nodes, edges, base=base, highlight=highlight))
+    svg = re.sub(
+        r'<a href="([^"]*)"',
+        lambda m: f'<a data-ui-path="{m.group(1)[len(prefix) :]}" href="{m.group(1)}"',
+        lineage_svg(nodes, edges, base=base, highlight=highlight),
+    )
     parents: dict[str, list[str]] = {}
     for p, c, role in ((e[0], e[1], e[2] if len(e) > 2 else "primary") for e in edges):
         parents.setdefault(c, []).append(f"{'parent' if role == 'primary' else role}: {p[:8]}")
@@ -564,31 +633,38 @@ def lineage_html(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, title: 
             f'<td><a class="run-link" data-ui-path="{escape(path)}" href="{escape(prefix + path)}" target="_top">'
             f"<code>{escape(n['id'][:12])}</code></a></td>"
             f"<td>{escape(str(n.get('name') or ''))}</td>"
-            + "".join(f'<td class="num">{escape(str(n[k]) if n.get(k) is not None else "–")}</td>'
-                      for k in ("seed", "round"))
+            + "".join(
+                f'<td class="num">{escape(str(n[k]) if n.get(k) is not None else "–")}</td>' for k in ("seed", "round")
+            )
             + f"<td>{escape(str(n.get('branch') or '–'))}</td><td>{escape(str(n.get('label', '')))}</td>"
             f'<td class="num" data-value="{_value(n.get("accuracy"))}">{_pct(n.get("accuracy"))}</td>'
             f'<td class="num" data-value="{_value(n.get("sparsity"))}">{_pct(n.get("sparsity"))}</td>'
-            f"<td>{escape(', '.join(parents.get(n['id'], [])) or '–')}</td></tr>")
-    legend = "".join(f'<span><i class="swatch" style="background:{c}"></i>{escape(k)}</span>'
-                     for k, c in KIND_COLORS.items())
+            f"<td>{escape(', '.join(parents.get(n['id'], [])) or '–')}</td></tr>"
+        )
+    legend = "".join(
+        f'<span><i class="swatch" style="background:{c}"></i>{escape(k)}</span>' for k, c in KIND_COLORS.items()
+    )
     n_states = sum(1 for n in nodes if not n.get("missing"))
     n_missing = len(nodes) - n_states
     other = sum(1 for e in edges if len(e) > 2 and e[2] != "primary")
-    meta = (f"{n_states} states, {len(edges)} edges ({other} from extra parents: weights / mask sources)"
-            + (f", {n_missing} parents not in this experiment" if n_missing else "")
-            + " · click a node to open its run in the MLflow UI")
+    meta = (
+        f"{n_states} states, {len(edges)} edges ({other} from extra parents: weights / mask sources)"
+        + (f", {n_missing} parents not in this experiment" if n_missing else "")
+        + " · click a node to open its run in the MLflow UI"
+    )
     script = f"<script>{_SCRIPT % json.dumps(file_base)}</script>" if file_base is not None else ""
     script += f"<script>{lanes.SCRIPT}</script>"
     if not nodes:
         body = "<p>No finished mlprune states here yet.</p>"
     else:
-        body = (lanes.viewer(svg)
-                + '<table id="states" class="sortable"><thead><tr><th>run</th><th>name</th><th>seed</th><th>round</th>'
-                '<th>branch</th><th>kind</th><th>test accuracy</th>'
-                f'<th>sparsity</th><th>parents</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        body = (
+            lanes.viewer(svg)
+            + '<table id="states" class="sortable"><thead><tr><th>run</th><th>name</th><th>seed</th><th>round</th>'
+            "<th>branch</th><th>kind</th><th>test accuracy</th>"
+            f"<th>sparsity</th><th>parents</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{_CSS}{lanes.VIEW_CSS}</style></head><body>"
         f"<h1>{escape(title)}</h1>"
         + (f'<p class="meta">{escape(subtitle)}</p>' if subtitle else "")

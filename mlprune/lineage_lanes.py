@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from xml.sax.saxutils import quoteattr
 
-COL_W, ROW_H = 70, 50            # pixels per column and per row of a lane
+COL_W, ROW_H = 70, 50  # pixels per column and per row of a lane
 BOX_W, BOX_H = 64, 44
 TITLE_H, LANE_GAP, MARGIN = 20, 14, 12
-LANES_FROM = 40                  # states from which a lineage is drawn as lanes (fewer: the tree of `lineage`)
+LANES_FROM = 40  # states from which a lineage is drawn as lanes (fewer: the tree of `lineage`)
 
 
 def _sort_key(value):
@@ -58,8 +58,9 @@ class Lanes:
         self.top, self.depth = {}, {}
         for node_id in self.nodes:
             self._place(node_id)
-        roots = sorted({self.top[i] for i in self.nodes}, key=lambda r: (_sort_key(self.nodes[r].get("seed")),
-                                                                           order[r]))
+        roots = sorted(
+            {self.top[i] for i in self.nodes}, key=lambda r: (_sort_key(self.nodes[r].get("seed")), order[r])
+        )
         self.lane_of_root = {root: k for k, root in enumerate(roots)}
         self.lane = {i: self.lane_of_root[self.top[i]] for i in self.nodes}
         self.col = {}
@@ -71,8 +72,9 @@ class Lanes:
         for node_id in self.nodes:
             cells.setdefault((self.lane[node_id], self.col[node_id]), []).append(node_id)
         for (lane, _), members in cells.items():
-            members.sort(key=lambda i: (i in self.group, self.depth[i], str(self.nodes[i].get("branch") or ""),
-                                        order[i]))
+            members.sort(
+                key=lambda i: (i in self.group, self.depth[i], str(self.nodes[i].get("branch") or ""), order[i])
+            )
             shown = sum(1 for i in members if i not in self.group)
             for index, node_id in enumerate(members):
                 self.row[node_id] = index
@@ -121,8 +123,12 @@ class Lanes:
         members = [n for i, n in self.nodes.items() if self.lane[i] == lane]
         recipes = sorted({str(n["recipe"]) for n in members if n.get("recipe")})
         seed = node.get("seed")
-        parts = [f"seed {seed}" if seed is not None else f"root {root[:8]}", node.get("model"), node.get("dataset"),
-                 ", ".join(recipes) or None]
+        parts = [
+            f"seed {seed}" if seed is not None else f"root {root[:8]}",
+            node.get("model"),
+            node.get("dataset"),
+            ", ".join(recipes) or None,
+        ]
         return " · ".join(str(p) for p in parts if p)
 
 
@@ -150,16 +156,18 @@ def tooltip(node: Mapping) -> str:
     return " · ".join(parts)
 
 
-CSS = (".lane-title{font-size:12px;font-weight:bold;fill:#37474f}"
-       ".edge{fill:none;stroke-width:1.3}.edge-primary{stroke:#455a64}"
-       ".edge-extra{stroke:#8e24aa;stroke-dasharray:5 3;stroke-width:1.1;display:none}"
-       "svg.all-extra .edge-extra,.edge-extra.hot{display:inline}"
-       ".folded{display:none}.folded.shown{display:inline}"
-       ".node rect{stroke:#37474f;stroke-width:1}.node text{font-size:9.5px;fill:#212121}"
-       ".node .first{font-weight:bold}a:hover rect{stroke-width:2.5;stroke:#0d47a1}"
-       ".node.current rect{stroke-width:4;stroke:#d50000}"
-       ".fold{cursor:pointer}.fold circle{fill:#1565c0}.fold text{font-size:9px;fill:#fff;font-weight:bold}"
-       ".fold.open circle{fill:#90a4ae}")
+CSS = (
+    ".lane-title{font-size:12px;font-weight:bold;fill:#37474f}"
+    ".edge{fill:none;stroke-width:1.3}.edge-primary{stroke:#455a64}"
+    ".edge-extra{stroke:#8e24aa;stroke-dasharray:5 3;stroke-width:1.1;display:none}"
+    "svg.all-extra .edge-extra,.edge-extra.hot{display:inline}"
+    ".folded{display:none}.folded.shown{display:inline}"
+    ".node rect{stroke:#37474f;stroke-width:1}.node text{font-size:9.5px;fill:#212121}"
+    ".node .first{font-weight:bold}a:hover rect{stroke-width:2.5;stroke:#0d47a1}"
+    ".node.current rect{stroke-width:4;stroke:#d50000}"
+    ".fold{cursor:pointer}.fold circle{fill:#1565c0}.fold text{font-size:9px;fill:#fff;font-weight:bold}"
+    ".fold.open circle{fill:#90a4ae}"
+)
 
 
 def _center(lanes: Lanes, node_id) -> tuple[float, float]:
@@ -174,18 +182,24 @@ def _edge_svg(lanes: Lanes, p, c, role: str) -> str:
     if role == "primary" and x0 == x1:
         d = f"M{x0:.0f},{y0 + BOX_H / 2:.0f} L{x1:.0f},{y1 - BOX_H / 2:.0f}"
     elif role == "primary":
-        d = f"M{x0 + BOX_W / 2:.0f},{y0:.0f} C{x0 + COL_W / 2 + 4:.0f},{y0:.0f} " \
+        d = (
+            f"M{x0 + BOX_W / 2:.0f},{y0:.0f} C{x0 + COL_W / 2 + 4:.0f},{y0:.0f} "
             f"{x1 - COL_W / 2 - 4:.0f},{y1:.0f} {x1 - BOX_W / 2:.0f},{y1:.0f}"
+        )
     else:
         lift = TITLE_H * 0.6 + 6 * (abs(x1 - x0) / COL_W) ** 0.5
-        d = f"M{x0:.0f},{y0 - BOX_H / 2:.0f} C{x0:.0f},{y0 - BOX_H / 2 - lift:.0f} " \
+        d = (
+            f"M{x0:.0f},{y0 - BOX_H / 2:.0f} C{x0:.0f},{y0 - BOX_H / 2 - lift:.0f} "
             f"{x1:.0f},{y1 - BOX_H / 2 - lift:.0f} {x1:.0f},{y1 - BOX_H / 2:.0f}"
+        )
     role_cls = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in role)
     folded = lanes.group.get(c)
     cls = f"edge edge-{'primary' if role == 'primary' else 'extra'} edge-{role_cls}" + (" folded" if folded else "")
     group_attr = f" data-group={quoteattr(folded)}" if folded else ""
-    return (f'<path class="{cls}" d="{d}" data-from={quoteattr(p)} data-to={quoteattr(c)}{group_attr}>'
-            f"<title>{escape(f'{role}: {p} -> {c}')}</title></path>")
+    return (
+        f'<path class="{cls}" d="{d}" data-from={quoteattr(p)} data-to={quoteattr(c)}{group_attr}>'
+        f"<title>{escape(f'{role}: {p} -> {c}')}</title></path>"
+    )
 
 
 def _node_svg(lanes: Lanes, node_id, link, color, highlight, folds: int) -> str:
@@ -197,26 +211,42 @@ def _node_svg(lanes: Lanes, node_id, link, color, highlight, folds: int) -> str:
     cls = "node" + (" current" if node_id == highlight else "") + (" folded" if folded else "")
     lines = node_text(node)
     text_y = cy - (len(lines) - 1) * 6.5 + 3.5
-    body = (f'<g class="{cls}" data-id={quoteattr(node_id)}{group_attr}><title>{escape(tooltip(node))}</title>'
-            f'<rect x="{cx - BOX_W / 2:.0f}" y="{cy - BOX_H / 2:.0f}" width="{BOX_W}" height="{BOX_H}" rx="6" '
-            f'fill="{color(node)}"/>'
-            + "".join(f'<text{" class=" + chr(34) + "first" + chr(34) if k == 0 else ""} x="{cx:.0f}" '
-                      f'y="{text_y + 13 * k:.0f}" text-anchor="middle">{escape(line)}</text>'
-                      for k, line in enumerate(lines))
-            + "</g>")
+    body = (
+        f'<g class="{cls}" data-id={quoteattr(node_id)}{group_attr}><title>{escape(tooltip(node))}</title>'
+        f'<rect x="{cx - BOX_W / 2:.0f}" y="{cy - BOX_H / 2:.0f}" width="{BOX_W}" height="{BOX_H}" rx="6" '
+        f'fill="{color(node)}"/>'
+        + "".join(
+            f'<text{" class=" + chr(34) + "first" + chr(34) if k == 0 else ""} x="{cx:.0f}" '
+            f'y="{text_y + 13 * k:.0f}" text-anchor="middle">{escape(line)}</text>'
+            for k, line in enumerate(lines)
+        )
+        + "</g>"
+    )
     if link is not None:
-        body = (f'<a href={quoteattr(str(link(node_id)))} target="_top"'
-                + (f' class="folded"{group_attr}' if folded else "") + f">{body}</a>")
+        body = (
+            f'<a href={quoteattr(str(link(node_id)))} target="_top"'
+            + (f' class="folded"{group_attr}' if folded else "")
+            + f">{body}</a>"
+        )
     if folds:
         bx, by = cx + BOX_W / 2 - 2, cy - BOX_H / 2 + 2
-        body += (f'<g class="fold" data-group={quoteattr(node_id)}><title>{folds} control state(s) branch off here: '
-                 f'click to show them</title><circle cx="{bx:.0f}" cy="{by:.0f}" r="8"/>'
-                 f'<text x="{bx:.0f}" y="{by + 3:.0f}" text-anchor="middle">+{folds}</text></g>')
+        body += (
+            f'<g class="fold" data-group={quoteattr(node_id)}><title>{folds} control state(s) branch off here: '
+            f'click to show them</title><circle cx="{bx:.0f}" cy="{by:.0f}" r="8"/>'
+            f'<text x="{bx:.0f}" y="{by + 3:.0f}" text-anchor="middle">+{folds}</text></g>'
+        )
     return body
 
 
-def lanes_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, link: Callable[[str], str] | None = None,
-              color: Callable[[Mapping], str], title: str | None = None, highlight: str | None = None) -> str:
+def lanes_svg(
+    nodes: Sequence[Mapping],
+    edges: Sequence[Sequence],
+    *,
+    link: Callable[[str], str] | None = None,
+    color: Callable[[Mapping], str],
+    title: str | None = None,
+    highlight: str | None = None,
+) -> str:
     """Standalone SVG of the lanes (controls folded; `SCRIPT` unfolds them and shows arcs on hover)."""
     lanes = Lanes(nodes, edges)
     top = MARGIN + (26 if title else 0)
@@ -225,10 +255,13 @@ def lanes_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, link: Call
         offsets[lane] = y
         y += TITLE_H + lanes.rows[lane][0] * ROW_H + LANE_GAP
     width, height = 2 * MARGIN + lanes.n_cols * COL_W, int(y + MARGIN)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage lanes" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" data-top="{top}" '
-           f'data-gap="{LANE_GAP + TITLE_H}" data-row="{ROW_H}" data-margin="{MARGIN}">',
-           f"<style>{CSS}</style>", f'<rect class="background" width="{width}" height="{height}" fill="white"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage lanes" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" data-top="{top}" '
+        f'data-gap="{LANE_GAP + TITLE_H}" data-row="{ROW_H}" data-margin="{MARGIN}">',
+        f"<style>{CSS}</style>",
+        f'<rect class="background" width="{width}" height="{height}" fill="white"/>',
+    ]
     if title:
         out.append(f'<text x="{MARGIN}" y="{MARGIN + 10}" font-size="15" font-weight="bold">{escape(title)}</text>')
     folds: dict = {}
@@ -239,20 +272,27 @@ def lanes_svg(nodes: Sequence[Mapping], edges: Sequence[Sequence], *, link: Call
     for edge in edges:
         if lanes.lane[edge[0]] == lanes.lane[edge[1]]:
             per_lane[lanes.lane[edge[1]]][0].append(
-                _edge_svg(lanes, edge[0], edge[1], edge[2] if len(edge) > 2 else "primary"))
+                _edge_svg(lanes, edge[0], edge[1], edge[2] if len(edge) > 2 else "primary")
+            )
     for node_id in lanes.nodes:
-        per_lane[lanes.lane[node_id]][1].append(_node_svg(lanes, node_id, link, color, highlight,
-                                                          folds.get(node_id, 0)))
+        per_lane[lanes.lane[node_id]][1].append(
+            _node_svg(lanes, node_id, link, color, highlight, folds.get(node_id, 0))
+        )
     if between:
         out.append(f"<desc>{len(between)} extra-parent arcs between lanes are not drawn</desc>")
     for lane in sorted(lanes.rows):
         folded_rows, open_rows = lanes.rows[lane]
-        out.append(f'<g class="lane" data-lane="{lane}" data-rows="{folded_rows}" data-open-rows="{open_rows}" '
-                   f'transform="translate(0,{offsets[lane]})">'
-                   f'<text class="lane-title" x="{MARGIN}" y="{TITLE_H - 6}">{escape(lanes.title(lane))}</text>'
-                   + "".join(per_lane[lane][0]) + "".join(per_lane[lane][1]) + "</g>")
+        out.append(
+            f'<g class="lane" data-lane="{lane}" data-rows="{folded_rows}" data-open-rows="{open_rows}" '
+            f'transform="translate(0,{offsets[lane]})">'
+            f'<text class="lane-title" x="{MARGIN}" y="{TITLE_H - 6}">{escape(lanes.title(lane))}</text>'
+            + "".join(per_lane[lane][0])
+            + "".join(per_lane[lane][1])
+            + "</g>"
+        )
     out.append("</svg>")
     return "\n".join(out)
+
 
 # arcs of the node under the pointer. Works on every svg.lineage in the page.
 SCRIPT = """
@@ -323,16 +363,20 @@ SCRIPT = """
 
 def viewer(svg: str) -> str:
     """The zoomable frame around a lineage SVG (with `SCRIPT` in the page)."""
-    return ('<div class="lineage-view"><div class="lineage-tools">'
-            '<button type="button" data-zoom="fit">fit</button><button type="button" data-zoom="1">100%</button>'
-            '<button type="button" data-zoom="1.25">+</button><button type="button" data-zoom="0.8">−</button> '
-            '<span class="zoom-level"></span> · wheel: zoom, drag: pan · a blue badge unfolds the controls '
-            'branching off a state · <label><input type="checkbox" class="all-extra"> all extra-parent arcs</label> '
-            '(else: those of the state under the pointer)</div>'
-            f'<div class="lineage-canvas">{svg}</div></div>')
+    return (
+        '<div class="lineage-view"><div class="lineage-tools">'
+        '<button type="button" data-zoom="fit">fit</button><button type="button" data-zoom="1">100%</button>'
+        '<button type="button" data-zoom="1.25">+</button><button type="button" data-zoom="0.8">−</button> '
+        '<span class="zoom-level"></span> · wheel: zoom, drag: pan · a blue badge unfolds the controls '
+        'branching off a state · <label><input type="checkbox" class="all-extra"> all extra-parent arcs</label> '
+        "(else: those of the state under the pointer)</div>"
+        f'<div class="lineage-canvas">{svg}</div></div>'
+    )
 
 
-VIEW_CSS = (".lineage-canvas{overflow:hidden;border:1px solid #ddd;border-radius:6px;background:#fff;cursor:grab}"
-            ".lineage-tools{font-size:12px;color:#555;margin:4px 0}.lineage-tools button{font-size:12px;margin-right:2px}"
-            "table.sortable th{cursor:pointer}table.sortable th[data-sort=asc]::after{content:' ▲'}"
-            "table.sortable th[data-sort=desc]::after{content:' ▼'}")
+VIEW_CSS = (
+    ".lineage-canvas{overflow:hidden;border:1px solid #ddd;border-radius:6px;background:#fff;cursor:grab}"
+    ".lineage-tools{font-size:12px;color:#555;margin:4px 0}.lineage-tools button{font-size:12px;margin-right:2px}"
+    "table.sortable th{cursor:pointer}table.sortable th[data-sort=asc]::after{content:' ▲'}"
+    "table.sortable th[data-sort=desc]::after{content:' ▼'}"
+)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from html import escape
 
-from .version import __version__
 from .names import LINEAGE_ROUTE, TAG_VERSION
+from .version import __version__
 
 _PAGE = 1000
 
@@ -65,8 +65,14 @@ def _all_runs(store, experiment_id: str, filter_string: str = "") -> list:
 
     runs, token = [], None
     while True:
-        page = store.search_runs([experiment_id], filter_string, ViewType.ACTIVE_ONLY, max_results=_PAGE,
-                                 order_by=["attributes.start_time ASC"], page_token=token)
+        page = store.search_runs(
+            [experiment_id],
+            filter_string,
+            ViewType.ACTIVE_ONLY,
+            max_results=_PAGE,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -79,18 +85,20 @@ def _state_counts(store) -> dict[str, int] | None:
     session_maker = getattr(store, "ManagedSessionMaker", None)
     if session_maker is None:
         return None
-    from sqlalchemy import func
-
     from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+    from sqlalchemy import func
 
     from .names import TAG_KEY
 
     try:
         with session_maker() as session:
-            rows = (session.query(SqlRun.experiment_id, func.count(SqlRun.run_uuid))
-                    .join(SqlTag, SqlTag.run_uuid == SqlRun.run_uuid)
-                    .filter(SqlTag.key == TAG_KEY, SqlTag.value != "", SqlRun.lifecycle_stage == "active")
-                    .group_by(SqlRun.experiment_id).all())
+            rows = (
+                session.query(SqlRun.experiment_id, func.count(SqlRun.run_uuid))
+                .join(SqlTag, SqlTag.run_uuid == SqlRun.run_uuid)
+                .filter(SqlTag.key == TAG_KEY, SqlTag.value != "", SqlRun.lifecycle_stage == "active")
+                .group_by(SqlRun.experiment_id)
+                .all()
+            )
     except Exception:  # noqa: BLE001 - a schema this does not know: count run by run
         return None
     return {str(experiment): int(count) for experiment, count in rows}
@@ -125,8 +133,9 @@ def lineage_page(experiment_id: str):
         experiment = None
     if experiment is None:
         return Response(f"no experiment with id {escape(experiment_id)}", status=404, mimetype="text/plain")
-    runs = [r for r in _all_runs(store, experiment_id, f"tags.`{lineage.TAG_KEY}` != ''")
-            if r.info.status == "FINISHED"]
+    runs = [
+        r for r in _all_runs(store, experiment_id, f"tags.`{lineage.TAG_KEY}` != ''") if r.info.status == "FINISHED"
+    ]
     by_id = {r.info.run_id: r for r in runs}
 
     def fetch(run_id):
@@ -139,20 +148,29 @@ def lineage_page(experiment_id: str):
     graph_runs = lineage.ancestors(by_id, by_id, fetch)  # parents in other experiments are drawn too
     nodes, edges = lineage.lineage_graph(graph_runs.values())
     base = _ui_base()
-    back = (f'<p class="meta"><a href="{escape(experiment_url(base, experiment_id))}" target="_top">'
-            f'experiment "{escape(experiment.name)}" in the MLflow UI</a> (its runs) · '
-            f'<a href="{escape(base.rstrip("/") + LINEAGE_ROUTE)}">all experiments</a></p>')
+    back = (
+        f'<p class="meta"><a href="{escape(experiment_url(base, experiment_id))}" target="_top">'
+        f'experiment "{escape(experiment.name)}" in the MLflow UI</a> (its runs) · '
+        f'<a href="{escape(base.rstrip("/") + LINEAGE_ROUTE)}">all experiments</a></p>'
+    )
     broken = lineage.cycle_warnings(edges)  # tags edited into a cycle: drawn and marked, never a 500
     if broken:
-        back += ('<div class="warnings" style="background:#fff8e1;border:1px solid #ffcc80;padding:4px 14px">'
-                 '<b>Broken lineage</b><ul>'
-                 + "".join(f"<li>{escape(line)}</li>" for line in broken) + "</ul></div>")
+        back += (
+            '<div class="warnings" style="background:#fff8e1;border:1px solid #ffcc80;padding:4px 14px">'
+            "<b>Broken lineage</b><ul>" + "".join(f"<li>{escape(line)}</li>" for line in broken) + "</ul></div>"
+        )
     subtitle = f"experiment id {experiment_id} · mlprune {__version__}"
     if current is not None:
-        subtitle = (f"state {current.info.run_id[:8]} ({current.info.run_name or '?'}), marked in the DAG · "
-                    + subtitle)
-    html = lineage.lineage_html(nodes, edges, title=f"Lineage: {experiment.name}", base=base, subtitle=subtitle,
-                                extra_html=back, highlight=current.info.run_id if current is not None else None)
+        subtitle = f"state {current.info.run_id[:8]} ({current.info.run_name or '?'}), marked in the DAG · " + subtitle
+    html = lineage.lineage_html(
+        nodes,
+        edges,
+        title=f"Lineage: {experiment.name}",
+        base=base,
+        subtitle=subtitle,
+        extra_html=back,
+        highlight=current.info.run_id if current is not None else None,
+    )
     return Response(html, mimetype="text/html")
 
 
@@ -176,19 +194,27 @@ def lineage_index():
     rows = []
     counts = _state_counts(store)
     for exp in experiments:
-        n = counts.get(exp.experiment_id) if counts is not None else \
-            len(_all_runs(store, exp.experiment_id, f"tags.`{lineage.TAG_KEY}` != ''"))
+        n = (
+            counts.get(exp.experiment_id)
+            if counts is not None
+            else len(_all_runs(store, exp.experiment_id, f"tags.`{lineage.TAG_KEY}` != ''"))
+        )
         n = n or 0
-        rows.append(f'<tr><td><a class="lineage-link" href="{escape(index + exp.experiment_id)}">{escape(exp.name)}</a></td>'
-                    f"<td>{escape(exp.experiment_id)}</td><td>{n}</td></tr>")
-    html = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>mlprune lineage</title>"
-            "<style>body{font-family:Helvetica,Arial,sans-serif;margin:16px 24px}table{border-collapse:collapse}"
-            "th,td{border-bottom:1px solid #e0e0e0;padding:4px 12px;text-align:left}th{background:#f5f5f5}"
-            "</style></head><body><h1>mlprune lineage</h1>"
-            f'<p>Experiments in this tracking store (<a href="{escape(base)}">MLflow UI</a>); '
-            "open one to see its DAG of states.</p>"
-            "<table><thead><tr><th>experiment</th><th>id</th><th>mlprune states</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table></body></html>\n")
+        rows.append(
+            f'<tr><td><a class="lineage-link" href="{escape(index + exp.experiment_id)}">{escape(exp.name)}</a></td>'
+            f"<td>{escape(exp.experiment_id)}</td><td>{n}</td></tr>"
+        )
+    html = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>mlprune lineage</title>'
+        "<style>body{font-family:Helvetica,Arial,sans-serif;margin:16px 24px}table{border-collapse:collapse}"
+        "th,td{border-bottom:1px solid #e0e0e0;padding:4px 12px;text-align:left}th{background:#f5f5f5}"
+        "</style></head><body><h1>mlprune lineage</h1>"
+        f'<p>Experiments in this tracking store (<a href="{escape(base)}">MLflow UI</a>); '
+        "open one to see its DAG of states.</p>"
+        "<table><thead><tr><th>experiment</th><th>id</th><th>mlprune states</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></body></html>\n"
+    )
     return Response(html, mimetype="text/html")
 
 
@@ -200,8 +226,9 @@ def add_lineage_routes(app) -> None:
     if any(rule.rule == route for rule in app.url_map.iter_rules()):
         return
     app.add_url_rule(route, "mlprune_lineage_index", lineage_index, methods=["GET"])
-    app.add_url_rule(route.rstrip("/"), "mlprune_lineage_index_noslash", lineage_index, methods=["GET"],
-                     strict_slashes=False)
+    app.add_url_rule(
+        route.rstrip("/"), "mlprune_lineage_index_noslash", lineage_index, methods=["GET"], strict_slashes=False
+    )
     app.add_url_rule(route + "<experiment_id>", "mlprune_lineage", lineage_page, methods=["GET"])
 
 
@@ -220,5 +247,10 @@ def create_app(app=None):
 
 
 # MlpruneRunContext is made on first access by the module __getattr__ above, invisible to ruff
-__all__ = ["MlpruneRunContext",  # noqa: F822
-           "create_app", "add_lineage_routes", "lineage_page", "lineage_index"]
+__all__ = [
+    "MlpruneRunContext",  # noqa: F822
+    "create_app",
+    "add_lineage_routes",
+    "lineage_page",
+    "lineage_index",
+]

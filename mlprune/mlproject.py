@@ -58,8 +58,8 @@ class _Dumper(yaml.SafeDumper):
 
 
 def render(recipes_dir: Path) -> str:
-    string = {"type": "string", "default": ""}   # one object: every parameter refers to it
-    shared: dict[tuple, dict] = {}               # parameter names -> the one mapping of them
+    string = {"type": "string", "default": ""}  # one object: every parameter refers to it
+    shared: dict[tuple, dict] = {}  # parameter names -> the one mapping of them
 
     def parameters(names) -> dict:
         return shared.setdefault(tuple(names), {name: string for name in names})
@@ -73,8 +73,7 @@ def render(recipes_dir: Path) -> str:
         args = " ".join(f"-P {name}={{{name}}}" for name in params)
         entry_points[path.stem] = {
             "parameters": parameters([*params, *_run_params(steps=False)]),
-            "command": f"python -m mlprune run recipes/{path.name} {args} {_run_args(steps=False)}".replace(
-                "  ", " "),
+            "command": f"python -m mlprune run recipes/{path.name} {args} {_run_args(steps=False)}".replace("  ", " "),
         }
     from .spec.steps import STEP_KINDS
 

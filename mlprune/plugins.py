@@ -82,7 +82,7 @@ def _imports(path: Path, module: str, source: bytes) -> tuple[str, ...]:
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
             found += [target] + [f"{target}.{alias.name}" for alias in node.names]
     return tuple(found)
@@ -93,8 +93,11 @@ def _source(path: Path, module: str) -> tuple[str, tuple]:
     cached = _SOURCES.get(path)
     if cached is None or cached[0] != (stat.st_mtime_ns, stat.st_size):
         data = path.read_bytes()
-        cached = _SOURCES[path] = ((stat.st_mtime_ns, stat.st_size), hashlib.sha256(data).hexdigest(),
-                                  _imports(path, module, data))
+        cached = _SOURCES[path] = (
+            (stat.st_mtime_ns, stat.st_size),
+            hashlib.sha256(data).hexdigest(),
+            _imports(path, module, data),
+        )
     return cached[1], cached[2]
 
 
@@ -133,8 +136,8 @@ class Plugin:
     version: str | None = None
     keyed_by: str = "digest"
     distribution: str = ""
-    modules: tuple[str, ...] = ()      # the modules its code fields name (hashed with what they import)
-    origin: str = ""                   # where it came from: "dist version: module:attr" or "registered in m"
+    modules: tuple[str, ...] = ()  # the modules its code fields name (hashed with what they import)
+    origin: str = ""  # where it came from: "dist version: module:attr" or "registered in m"
 
     @property
     def name(self) -> str:
@@ -169,14 +172,17 @@ def code_paths(entry, what: str) -> tuple[object, tuple[str, ...]]:
         if callable(value):
             module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", "")
             if "<locals>" in qualname:
-                raise SpecError(f"{what} {entry.name!r} is defined inside a function ({qualname}): put it at "
-                                f"the top level of a module importable on the workers")
+                raise SpecError(
+                    f"{what} {entry.name!r} is defined inside a function ({qualname}): put it at "
+                    f"the top level of a module importable on the workers"
+                )
             value = changes[field] = f"{module}:{qualname}"
         if isinstance(value, str) and value:
             module = value.partition(":")[0]
             if module == "__main__":
-                raise SpecError(f"{what} {entry.name!r} is defined in __main__: put it in a module importable "
-                                f"on the workers")
+                raise SpecError(
+                    f"{what} {entry.name!r} is defined in __main__: put it in a module importable on the workers"
+                )
             modules.append(module)
     return (dataclasses.replace(entry, **changes) if changes else entry), tuple(modules)
 
@@ -231,8 +237,9 @@ def import_remembered_modules() -> None:
         try:
             importlib.import_module(module)
         except Exception as error:  # noqa: BLE001 - whatever its import raises is one line
-            raise SpecError(f"plugin module {module!r} (from ${ENV_PLUGIN_MODULES}) cannot be imported here: "
-                            f"{first_line(error)}") from None
+            raise SpecError(
+                f"plugin module {module!r} (from ${ENV_PLUGIN_MODULES}) cannot be imported here: {first_line(error)}"
+            ) from None
 
 
 def first_line(error: BaseException) -> str:
@@ -246,8 +253,10 @@ def registry_of(entry):
         kind = type(next(iter(registry.builtins().values())))
         if isinstance(entry, kind):
             return registry
-    raise SpecError(f"cannot register {type(entry).__name__} {entry!r}; allowed: a Model, Dataset, Method or "
-                    f"Strategy entry (or mlprune.plugin(entry, version=...))")
+    raise SpecError(
+        f"cannot register {type(entry).__name__} {entry!r}; allowed: a Model, Dataset, Method or "
+        f"Strategy entry (or mlprune.plugin(entry, version=...))"
+    )
 
 
 def register(entry, *, version: str | None = None, keyed_by: str = "digest", caller: str | None = None):
@@ -271,6 +280,7 @@ def forget_plugins() -> None:
 
 # ---- plugins in resolved specs, keys and tags ------------------------------------------------------
 
+
 def code_identities(uses) -> dict:
     """``{name: identity}`` of the plugins among `uses` ((registry, name) pairs); {} when all are built in."""
     out = {}
@@ -283,8 +293,11 @@ def code_identities(uses) -> dict:
 
 def _record(name: str, identity: dict) -> dict:
     found = find_plugin(name)
-    return {"distribution": found.distribution if found is not None else "", "version": identity["version"],
-            "digest": identity.get("digest") or (found.digest() if found is not None else "")}
+    return {
+        "distribution": found.distribution if found is not None else "",
+        "version": identity["version"],
+        "digest": identity.get("digest") or (found.digest() if found is not None else ""),
+    }
 
 
 def used_by(root: dict | None, steps: list) -> dict:
@@ -336,15 +349,18 @@ def stale_plugin_states(used: dict, stored_tags: list[dict], reached_keys) -> li
             except ValueError:
                 continue
             if record.get("version") != identity["version"] or (
-                    "digest" in identity and record.get("digest") != identity["digest"]):
+                "digest" in identity and record.get("digest") != identity["digest"]
+            ):
                 other = (name, record.get("version"), record.get("digest"))
                 counts[other] = counts.get(other, 0) + 1
     lines = []
     for (name, version, digest), count in sorted(counts.items()):
         now = used[name]
-        lines.append(f"{count} state{'s were' if count > 1 else ' was'} computed with {name} {version} digest "
-                     f"{str(digest)[:8]}…; this plan reaches none of them ({name} is now {now['version']}"
-                     f"{' digest ' + now['digest'][:8] + '…' if 'digest' in now else ''})")
+        lines.append(
+            f"{count} state{'s were' if count > 1 else ' was'} computed with {name} {version} digest "
+            f"{str(digest)[:8]}…; this plan reaches none of them ({name} is now {now['version']}"
+            f"{' digest ' + now['digest'][:8] + '…' if 'digest' in now else ''})"
+        )
     return lines
 
 
@@ -379,9 +395,11 @@ def check_portable(used: dict, scheduler: str) -> None:
         found = find_plugin(name)
         if found is not None and found.origin == "registered in __main__":
             what = next(r.what for r in registries() if r.plugin(name) is found)
-            raise SpecError(f"{what} {name!r} is registered in __main__: workers of --scheduler {scheduler} cannot "
-                            f"see it; call mlprune.register in a module importable on the workers (or use the sync "
-                            f"scheduler)")
+            raise SpecError(
+                f"{what} {name!r} is registered in __main__: workers of --scheduler {scheduler} cannot "
+                f"see it; call mlprune.register in a module importable on the workers (or use the sync "
+                f"scheduler)"
+            )
 
 
 def identities_here(names) -> dict:

@@ -13,14 +13,20 @@ from pathlib import Path
 
 from .errors import SpecError, shown
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def file_kind(mode: int) -> str:
     """What a file of `mode` is, in words ("a regular file", "a directory", ...)."""
-    return next((kind for test, kind in _KINDS if test(mode)), "a regular file" if stat.S_ISREG(mode) else
-                "not a regular file")
+    return next(
+        (kind for test, kind in _KINDS if test(mode)), "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+    )
 
 
 def read_small_file(path, limit: int, what: str) -> bytes:

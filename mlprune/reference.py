@@ -89,37 +89,68 @@ def render() -> str:
         for option in kind.schema:
             note = {"unless_default": " *(in key only when set)*", "never": " *(not in the key)*"}.get(option.key, "")
             also = f" (also `{'`, `'.join(option.aliases)}`)" if option.aliases else ""
-            out.append(f"| `{option.name}`{also} | {_cell(_value(option.default))} | {_cell(option.doc() or '–')} | "
-                       f"{_cell(option.help)}{note} |")
+            out.append(
+                f"| `{option.name}`{also} | {_cell(_value(option.default))} | {_cell(option.doc() or '–')} | "
+                f"{_cell(option.help)}{note} |"
+            )
         out.append("")
     catalogs = (
-        ("Pruning methods (`prune.method`)", METHODS,
-         lambda e: f"{e.granularity}{', random' if e.random else ''}"
-                   f"{', scores the network (default scope global)' if e.scores_network else ''}"
-                   f"{'; options ' + ', '.join(e.options.names) if e.options.names else ''}"),
-        ("Reinit strategies (`reinit.strategy`)", STRATEGIES,
-         lambda e: ", ".join(f for f, on in (("reads a weights source", e.reads_source), ("random", e.random),
-                                             ("fresh init", e.fresh_init)) if on) or "–"),
-        ("Models (`root.model`; also `tv:<torchvision name>`)", MODELS,
-         lambda e: f"channels {e.channels or 'any'}, min size {e.min_size or e.hard_min or 'any'}"),
+        (
+            "Pruning methods (`prune.method`)",
+            METHODS,
+            lambda e: (
+                f"{e.granularity}{', random' if e.random else ''}"
+                f"{', scores the network (default scope global)' if e.scores_network else ''}"
+                f"{'; options ' + ', '.join(e.options.names) if e.options.names else ''}"
+            ),
+        ),
+        (
+            "Reinit strategies (`reinit.strategy`)",
+            STRATEGIES,
+            lambda e: (
+                ", ".join(
+                    f
+                    for f, on in (
+                        ("reads a weights source", e.reads_source),
+                        ("random", e.random),
+                        ("fresh init", e.fresh_init),
+                    )
+                    if on
+                )
+                or "–"
+            ),
+        ),
+        (
+            "Models (`root.model`; also `tv:<torchvision name>`)",
+            MODELS,
+            lambda e: f"channels {e.channels or 'any'}, min size {e.min_size or e.hard_min or 'any'}",
+        ),
         ("Datasets (`root.dataset`)", DATASETS, lambda e: f"{e.num_classes} classes, {e.channels} channel(s)"),
         ("Optimizers (`train.optimizer`)", OPTIMIZERS, lambda e: ", ".join(e.takes) or "–"),
-        ("LR schedules (`train.lr_schedule`)", SCHEDULES,
-         lambda e: (", ".join(e.options) or "–") + ("; depends on the training's length" if e.length_dependent
-                                                   else "")),
+        (
+            "LR schedules (`train.lr_schedule`)",
+            SCHEDULES,
+            lambda e: (
+                (", ".join(e.options) or "–") + ("; depends on the training's length" if e.length_dependent else "")
+            ),
+        ),
         ("Gradual pruning shapes (`train.sparsity_schedule.kind`)", SPARSITY_SCHEDULES, lambda e: "–"),
         ("Sanity-check controls (`controls`, `one_shot.controls`, by name)", CONTROLS, lambda e: "–"),
     )
     for title, registry, details in catalogs:
         out += [f"## {title}\n", "| name | details | what it is |", "| --- | --- | --- |"]
-        out += [f"| `{name}` | {_cell(details(entry))}{_plugin_note(registry, name)} | {_cell(entry.help)} |"
-                for name, entry in registry.items()]
+        out += [
+            f"| `{name}` | {_cell(details(entry))}{_plugin_note(registry, name)} | {_cell(entry.help)} |"
+            for name, entry in registry.items()
+        ]
         out.append("")
     out += ["## Inits (`root.init`)\n", ", ".join(f"`{n}`" for n in INIT_NAMES), ""]
     out += [LIMITS_HEADER, "| what | at most |", "| --- | --- |"]
     out += [f"| {what} | {_cell(bound)} |" for what, bound in LIMITS]
-    out += ["", REFUSED.format(max_bytes=MAX_RECIPE_BYTES, max_depth=MAX_DEPTH, max_aliases=MAX_ALIASES,
-                               max_nodes=MAX_NODES)]
+    out += [
+        "",
+        REFUSED.format(max_bytes=MAX_RECIPE_BYTES, max_depth=MAX_DEPTH, max_aliases=MAX_ALIASES, max_nodes=MAX_NODES),
+    ]
     return "\n".join(out)
 
 

@@ -19,12 +19,23 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Mapping
-from typing import Generic, Iterator, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Generic, TypeVar
 
 from .errors import SpecError, choice_error
-from .plugins import (KEYED_BY, Plugin, code_paths, described, dist_name, distribution_of,
-                      entry_points_of, first_line, import_remembered_modules, load_impl, remember_module)
+from .plugins import (
+    KEYED_BY,
+    Plugin,
+    code_paths,
+    described,
+    dist_name,
+    distribution_of,
+    entry_points_of,
+    first_line,
+    import_remembered_modules,
+    load_impl,
+    remember_module,
+)
 
 __all__ = ["Registry", "load_impl"]  # load_impl: where code is found (plugins), imported from here
 
@@ -60,12 +71,16 @@ class Registry(Mapping, Generic[E]):
             for point in entry_points_of(self.group):
                 other = points.get(point.name)
                 if other is not None and dist_name(other) != dist_name(point):
-                    raise SpecError(f"two plugins define {self.what} {point.name!r}: {described(other)} and "
-                                    f"{described(point)}; uninstall one")
+                    raise SpecError(
+                        f"two plugins define {self.what} {point.name!r}: {described(other)} and "
+                        f"{described(point)}; uninstall one"
+                    )
                 if point.name in self._entries:
-                    raise SpecError(f"{self.what} plugin {point.name!r} ({described(point)}) shadows the built-in "
-                                    f"{self.what} {point.name!r} ({getattr(self._entries[point.name], 'impl', '')}); "
-                                    f"rename the plugin")
+                    raise SpecError(
+                        f"{self.what} plugin {point.name!r} ({described(point)}) shadows the built-in "
+                        f"{self.what} {point.name!r} ({getattr(self._entries[point.name], 'impl', '')}); "
+                        f"rename the plugin"
+                    )
                 points[point.name] = point
             self._points = points
         return self._points or {}
@@ -75,24 +90,32 @@ class Registry(Mapping, Generic[E]):
         try:
             found = point.load()
         except Exception as error:  # noqa: BLE001 - its module fails to import: one line, not a traceback
-            raise SpecError(f"{self.what} plugin {name!r} ({described(point)}) cannot be imported: "
-                            f"{first_line(error)}") from None
+            raise SpecError(
+                f"{self.what} plugin {name!r} ({described(point)}) cannot be imported: {first_line(error)}"
+            ) from None
         given = found if isinstance(found, Plugin) else Plugin(found)
         if getattr(given.entry, "name", None) != name:
-            raise SpecError(f"{self.what} plugin {name!r} ({described(point)}) gives an entry named "
-                            f"{getattr(given.entry, 'name', given.entry)!r}; the entry point and the entry need "
-                            f"the same name")
+            raise SpecError(
+                f"{self.what} plugin {name!r} ({described(point)}) gives an entry named "
+                f"{getattr(given.entry, 'name', given.entry)!r}; the entry point and the entry need "
+                f"the same name"
+            )
         entry, modules = code_paths(given.entry, self.what)
         dist = dist_name(point)
         version = given.version or (point.dist.version if point.dist is not None else None) or "0"
-        return self._checked(dataclasses.replace(given, entry=entry, version=version, distribution=dist,
-                                                 modules=modules, origin=described(point)))
+        return self._checked(
+            dataclasses.replace(
+                given, entry=entry, version=version, distribution=dist, modules=modules, origin=described(point)
+            )
+        )
 
     def _checked(self, found: Plugin) -> Plugin:
         kind = type(next(iter(self._entries.values()), None))
         if self._entries and not isinstance(found.entry, kind):
-            raise SpecError(f"{self.what} plugin {found.name!r} ({found.origin}) is a "
-                            f"{type(found.entry).__name__}, not a {kind.__name__}")
+            raise SpecError(
+                f"{self.what} plugin {found.name!r} ({found.origin}) is a "
+                f"{type(found.entry).__name__}, not a {kind.__name__}"
+            )
         if found.keyed_by not in KEYED_BY:
             raise choice_error(f"{self.what} plugin {found.name!r} keyed_by", found.keyed_by, KEYED_BY)
         self._plugins[found.name] = found
@@ -103,23 +126,35 @@ class Registry(Mapping, Generic[E]):
         entry, modules = code_paths(given.entry, self.what)
         name = entry.name
         if name in self._entries or name in self._entry_points():
-            where = (getattr(self._entries[name], "impl", "") if name in self._entries
-                     else described(self._entry_points()[name]))
-            raise SpecError(f"{self.what} {name!r} registered in {caller} shadows the "
-                            f"{'built-in' if name in self._entries else 'plugin'} {self.what} {name!r} ({where}); "
-                            f"rename it")
+            where = (
+                getattr(self._entries[name], "impl", "")
+                if name in self._entries
+                else described(self._entry_points()[name])
+            )
+            raise SpecError(
+                f"{self.what} {name!r} registered in {caller} shadows the "
+                f"{'built-in' if name in self._entries else 'plugin'} {self.what} {name!r} ({where}); "
+                f"rename it"
+            )
         if not modules:
             raise SpecError(f"{self.what} {name!r} names no code (impl) to run")
         earlier = self._plugins.get(name)
         if earlier is not None and earlier.origin != f"registered in {caller}":  # the same call again: replaced
-            raise SpecError(f"{self.what} {name!r} is registered twice: {earlier.origin} and in {caller}; "
-                            f"rename one")
+            raise SpecError(f"{self.what} {name!r} is registered twice: {earlier.origin} and in {caller}; rename one")
         dist, dist_version = distribution_of(modules[0])
         version = given.version or dist_version or getattr(sys.modules.get(modules[0]), "__version__", None) or "0"
         if caller != "__main__":
             remember_module(caller)
-        return self._checked(dataclasses.replace(given, entry=entry, version=str(version), distribution=dist,
-                                                 modules=modules, origin=f"registered in {caller}"))
+        return self._checked(
+            dataclasses.replace(
+                given,
+                entry=entry,
+                version=str(version),
+                distribution=dist,
+                modules=modules,
+                origin=f"registered in {caller}",
+            )
+        )
 
     def plugin(self, name) -> Plugin | None:
         """The `Plugin` behind `name`, or None for a built-in (or unknown) name."""
@@ -168,7 +203,4 @@ class Registry(Mapping, Generic[E]):
 
     def where(self, **flags) -> tuple[str, ...]:
         """Names of the entries whose attributes equal `flags`."""
-        return tuple(name for name, entry in self.items()
-                     if all(getattr(entry, k) == v for k, v in flags.items()))
-
-
+        return tuple(name for name, entry in self.items() if all(getattr(entry, k) == v for k, v in flags.items()))

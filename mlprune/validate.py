@@ -27,7 +27,7 @@ class Parent:
     layers: dict
     data: object
     at: str | None = None
-    model: object = None      # the architecture (a blank model): for methods that score only some layers
+    model: object = None  # the architecture (a blank model): for methods that score only some layers
 
 
 def check_prune(options: dict, parent: Parent) -> None:
@@ -46,8 +46,10 @@ def check_prune(options: dict, parent: Parent) -> None:
         structured = METHODS[config["method"]].structured
         units = shape[config["dim"]] if structured else _numel(shape)
         if amount > units:
-            raise SpecError(f"pruning amount {amount} is larger than layer {name!r} "
-                            f"({units} {'slices' if structured else 'weights'})")
+            raise SpecError(
+                f"pruning amount {amount} is larger than layer {name!r} "
+                f"({units} {'slices' if structured else 'weights'})"
+            )
 
 
 def check_train(options: dict, parent: Parent) -> None:
@@ -74,8 +76,8 @@ def _root_spec(node, plans) -> dict:
 
 def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) -> None:
     """A one-line SpecError for the first node that cannot be computed (each step's `StepKind.check`)."""
-    from .workspace import Workspace
     from .models import prunable
+    from .workspace import Workspace
 
     workspace = workspace or Workspace()
     shapes: dict[str, tuple] = {}
@@ -93,18 +95,25 @@ def check_nodes(nodes, plans, workspace=None, *, data_dir=None, load_spec=None) 
             except SpecError as error:
                 raise SpecError(f"{node.label or node.name}: {error}") from None
             except (MemoryError, RuntimeError) as error:  # e.g. image_size 4096: a first layer of 20 GB
-                if not isinstance(error, MemoryError) and "alloc" not in str(error).lower() \
-                        and "out of memory" not in str(error).lower():
+                if (
+                    not isinstance(error, MemoryError)
+                    and "alloc" not in str(error).lower()
+                    and "out of memory" not in str(error).lower()
+                ):
                     raise
                 said = " ".join(str(error).split())
-                said = said[said.find("you tried"):] if "you tried" in said else said[:160]
-                raise SpecError(f"{node.label or node.name}: the data or the network of model {root['model']!r} "
-                                f"on {root['dataset']!r} ({root.get('data') or {}}) does not fit in this machine's "
-                                f"memory ({type(error).__name__}: {said}); a smaller image_size or model fits") \
-                    from None
+                said = said[said.find("you tried") :] if "you tried" in said else said[:160]
+                raise SpecError(
+                    f"{node.label or node.name}: the data or the network of model {root['model']!r} "
+                    f"on {root['dataset']!r} ({root.get('data') or {}}) does not fit in this machine's "
+                    f"memory ({type(error).__name__}: {said}); a smaller image_size or model fits"
+                ) from None
             params = dict(model.named_parameters())
-            shapes[cache] = (data, {name: (kind, tuple(params[name].shape)) for name, kind in prunable(model).items()},
-                             model)
+            shapes[cache] = (
+                data,
+                {name: (kind, tuple(params[name].shape)) for name, kind in prunable(model).items()},
+                model,
+            )
         data, layers, model = shapes[cache]
         if node.root is not None and getattr(node, "weights_file", None):  # a pretrained root: its file fits
             from .models.pretrained import check_fits
@@ -157,17 +166,22 @@ def _check_network_fits(root: dict, data) -> None:
     machine has (e.g. image_size 4096 gives lenet_300_100 a first layer of 20 GB)."""
     needed, available = network_bytes(root, data), available_memory()
     if needed is not None and available is not None and needed > available:
-        raise SpecError(f"the network of model {root['model']!r} on {root['dataset']!r} "
-                        f"at input shape {tuple(data.input_shape)} needs {needed / 2 ** 30:.1f} GiB for its weights "
-                        f"alone; this machine has {available / 2 ** 30:.1f} GiB available (a smaller image_size or "
-                        f"model fits)")
+        raise SpecError(
+            f"the network of model {root['model']!r} on {root['dataset']!r} "
+            f"at input shape {tuple(data.input_shape)} needs {needed / 2**30:.1f} GiB for its weights "
+            f"alone; this machine has {available / 2**30:.1f} GiB available (a smaller image_size or "
+            f"model fits)"
+        )
 
 
 def _node_data_dir(node, plans, root: dict, data_dir, load_spec):
     """The data_dir a node's data is read from: its plan root's, else the run option's, else the one recorded on
     the external state its lineage starts from."""
-    return next((n.data_dir for p in plans for n in p.nodes if n.root is not None and n.root == root
-                 and n.data_dir), None) or data_dir or _recorded_data_dir(node, plans, load_spec)
+    return (
+        next((n.data_dir for p in plans for n in p.nodes if n.root is not None and n.root == root and n.data_dir), None)
+        or data_dir
+        or _recorded_data_dir(node, plans, load_spec)
+    )
 
 
 def node_data_fingerprint(node, plans, workspace, *, data_dir=None, load_spec=None) -> str | None:

@@ -35,8 +35,15 @@ class Workspace:
         from .models import model_input
 
         channels, min_size = model_input(root["model"])
-        options = {"val_size": 0, "augment": None, "image_size": None, "channels": None, "train_size": None,
-                   "test_size": None, **root["data"]}
+        options = {
+            "val_size": 0,
+            "augment": None,
+            "image_size": None,
+            "channels": None,
+            "train_size": None,
+            "test_size": None,
+            **root["data"],
+        }
         options["channels"] = options["channels"] or channels
         options["min_image_size"] = min_size  # upsample small images only
         return options, canonical_json([root["dataset"], options, data_dir])
@@ -58,9 +65,15 @@ class Workspace:
         """A freshly initialized module of the root's architecture (`seed`: another init seed)."""
         from .models import build_model
 
-        return build_model(root["model"], num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                           init=root["init"], seed=root["seed"] if seed is None else seed,
-                           options=root.get("model_options"), bn_init=root.get("bn_init", "default"))
+        return build_model(
+            root["model"],
+            num_classes=data.num_classes,
+            input_shape=tuple(data.input_shape),
+            init=root["init"],
+            seed=root["seed"] if seed is None else seed,
+            options=root.get("model_options"),
+            bn_init=root.get("bn_init", "default"),
+        )
 
     def blank(self, root: dict, data) -> torch.nn.Module:
         """A module of the root's architecture whose weights are about to be overwritten.
@@ -74,18 +87,16 @@ class Workspace:
         if template is None:
             model = self.build(root, data)
             size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-            if size > 64 * 1024 ** 2:
+            if size > 64 * 1024**2:
                 return model
             self._templates[cache_key] = template = model
         return copy.deepcopy(template)
-
 
     def channel_groups(self, root: dict, data) -> list:
         """The architecture's channel groups (`pruning.structure.channel_groups`), traced once per root."""
         from .pruning.structure import channel_groups
 
-        cache_key = canonical_json([root["model"], root.get("model_options"), data.num_classes,
-                                    list(data.input_shape)])
+        cache_key = canonical_json([root["model"], root.get("model_options"), data.num_classes, list(data.input_shape)])
         if cache_key not in self._groups:
             try:
                 self._groups[cache_key] = channel_groups(self.blank(root, data), tuple(data.input_shape))

@@ -27,16 +27,35 @@ os.environ["MLPRUNE_LATENCY_BUDGET"] = "0"
 # Modules whose tests take the longest, scheduled first so that the workers finish together (xdist
 # hands modules out in collection order with --no-loadscope-reorder, pyproject.toml); the others keep
 # their order after them. Ordered by the module's total in `pytest --durations=0` (2 workers).
-LONGEST_FIRST = ("test_parallel.py", "test_recipes.py", "test_slurm.py", "test_readme.py", "test_plugins.py",
-                 "test_batched.py", "test_benchmarks.py", "test_resume.py", "test_faults.py", "test_lineage_browser.py",
-                 "test_cli.py", "test_pai.py", "test_instability.py", "test_bad_input.py", "test_report.py",
-                 "test_claims.py", "test_structured.py", "test_batched_runs.py", "test_lineage.py", "test_background.py",
-                 "test_training_protocols.py", "test_gpu_check.py")
+LONGEST_FIRST = (
+    "test_parallel.py",
+    "test_recipes.py",
+    "test_slurm.py",
+    "test_readme.py",
+    "test_plugins.py",
+    "test_batched.py",
+    "test_benchmarks.py",
+    "test_resume.py",
+    "test_faults.py",
+    "test_lineage_browser.py",
+    "test_cli.py",
+    "test_pai.py",
+    "test_instability.py",
+    "test_bad_input.py",
+    "test_report.py",
+    "test_claims.py",
+    "test_structured.py",
+    "test_batched_runs.py",
+    "test_lineage.py",
+    "test_background.py",
+    "test_training_protocols.py",
+    "test_gpu_check.py",
+)
 
 
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: each module keeps its order
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -60,8 +79,16 @@ def _one_torch_thread(monkeypatch):
 # Modules that never look at a workflow run's figures (recipe figures are tested in test_lineage,
 # test_cli, test_report, test_readme...): their `mlprune run` processes skip drawing them (MLPRUNE_FIGURES=0,
 # a few CPU seconds per run that computes states)
-FIGURES_UNCHECKED = {"test_parallel", "test_slurm", "test_resume", "test_faults", "test_bad_input", "test_batched_runs",
-                     "test_threads", "test_sqlview"}
+FIGURES_UNCHECKED = {
+    "test_parallel",
+    "test_slurm",
+    "test_resume",
+    "test_faults",
+    "test_bad_input",
+    "test_batched_runs",
+    "test_threads",
+    "test_sqlview",
+}
 
 
 @pytest.fixture(autouse=True)

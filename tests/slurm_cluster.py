@@ -41,9 +41,9 @@ class Unavailable(RuntimeError):
 
 @dataclass
 class SlurmCluster:
-    folder: Path | None           # None: a SLURM that was running already (not ours to stop)
-    fake_gpus: int = 0            # GPUs of the node that are device files, not GPUs (FAKE_GPU_FILES)
-    env: dict = field(default_factory=dict)   # what clients need to find it (SLURM_CONF)
+    folder: Path | None  # None: a SLURM that was running already (not ours to stop)
+    fake_gpus: int = 0  # GPUs of the node that are device files, not GPUs (FAKE_GPU_FILES)
+    env: dict = field(default_factory=dict)  # what clients need to find it (SLURM_CONF)
     pids: dict = field(default_factory=dict)  # daemon -> pid file we started
 
     @property
@@ -62,11 +62,14 @@ class SlurmCluster:
 
 
 def _run(command, env: dict | None = None, timeout: float = 30, check: bool = True, **kwargs):
-    result = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                            timeout=timeout, **kwargs)
+    result = subprocess.run(
+        command, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
     if check and result.returncode != 0:
-        raise Unavailable(f"{' '.join(map(str, command))} failed ({result.returncode}): "
-                          f"{' '.join((result.stderr or result.stdout).split())[:300]}")
+        raise Unavailable(
+            f"{' '.join(map(str, command))} failed ({result.returncode}): "
+            f"{' '.join((result.stderr or result.stdout).split())[:300]}"
+        )
     return result
 
 
@@ -84,8 +87,9 @@ def _running(env: dict) -> bool:
         result = _run(["sinfo", "--noheader", "-o", "%t"], env, timeout=10, check=False)
     except subprocess.TimeoutExpired:
         return False
-    return result.returncode == 0 and any(state.rstrip("*") in ("idle", "mix", "alloc")
-                                          for state in result.stdout.split())
+    return result.returncode == 0 and any(
+        state.rstrip("*") in ("idle", "mix", "alloc") for state in result.stdout.split()
+    )
 
 
 def _memory_mb() -> int:
@@ -140,8 +144,11 @@ def start(folder: str | os.PathLike | None = None) -> SlurmCluster:
     """The running SLURM, else one started in `folder` (a new temp dir by default)."""
     if _running({}):
         return SlurmCluster(None)
-    missing = [tool for tool in DAEMONS + CLIENTS if not shutil.which(tool, path=os.environ.get("PATH", "") +
-                                                                       ":/usr/sbin:/sbin")]
+    missing = [
+        tool
+        for tool in DAEMONS + CLIENTS
+        if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    ]
     if missing:
         raise Unavailable(f"SLURM is not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge")
     if os.geteuid() != 0:
@@ -178,13 +185,22 @@ def _start_in(cluster: SlurmCluster, host: str) -> None:
     munge.chmod(0o755)
     as_munge = ["runuser", "-u", "munge", "--"]
     _run(as_munge + [_which("mungekey"), "--create", "--force", f"--keyfile={munge}/munge.key"])
-    _run(as_munge + [_which("munged"), f"--socket={munge}/munge.socket", f"--key-file={munge}/munge.key",
-                     f"--log-file={munge}/munged.log", f"--pid-file={munge}/munged.pid",
-                     f"--seed-file={munge}/munged.seed"])
+    _run(
+        as_munge
+        + [
+            _which("munged"),
+            f"--socket={munge}/munge.socket",
+            f"--key-file={munge}/munge.key",
+            f"--log-file={munge}/munged.log",
+            f"--pid-file={munge}/munged.pid",
+            f"--seed-file={munge}/munged.seed",
+        ]
+    )
     cluster.pids["munged"] = munge / "munged.pid"
     (folder / "slurm.conf").write_text(_conf(folder, host))
-    (folder / "gres.conf").write_text("AutoDetect=off\n" + "".join(f"NodeName={host} Name=gpu File={path}\n"
-                                                                   for path in FAKE_GPU_FILES))
+    (folder / "gres.conf").write_text(
+        "AutoDetect=off\n" + "".join(f"NodeName={host} Name=gpu File={path}\n" for path in FAKE_GPU_FILES)
+    )
     conf = str(folder / "slurm.conf")
     _run([_which("slurmctld"), "-f", conf], cluster.env)
     cluster.pids["slurmctld"] = folder / "slurmctld.pid"
@@ -193,8 +209,11 @@ def _start_in(cluster: SlurmCluster, host: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while not _running(cluster.env):
         if time.monotonic() > deadline:
-            logs = " | ".join(f"{p.name}: {p.read_text().strip().splitlines()[-1:]}"
-                              for p in (folder / "log").glob("*.log") if p.stat().st_size)
+            logs = " | ".join(
+                f"{p.name}: {p.read_text().strip().splitlines()[-1:]}"
+                for p in (folder / "log").glob("*.log")
+                if p.stat().st_size
+            )
             raise Unavailable(f"the SLURM node did not become idle within {START_TIMEOUT_S} s ({logs[:300]})")
         time.sleep(0.2)
 
@@ -269,6 +288,14 @@ if __name__ == "__main__":
             sys.exit(f"no SLURM: {error}")
         print(f"export SLURM_CONF={started.env['SLURM_CONF']}" if started.folder else "# a SLURM is running already")
     else:
-        stop(SlurmCluster(where, env={"SLURM_CONF": str(where / "slurm.conf")},
-                          pids={"munged": where / "munge/munged.pid", "slurmctld": where / "slurmctld.pid",
-                                "slurmd": where / "slurmd.pid"}))
+        stop(
+            SlurmCluster(
+                where,
+                env={"SLURM_CONF": str(where / "slurm.conf")},
+                pids={
+                    "munged": where / "munge/munged.pid",
+                    "slurmctld": where / "slurmctld.pid",
+                    "slurmd": where / "slurmd.pid",
+                },
+            )
+        )

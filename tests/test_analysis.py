@@ -19,8 +19,7 @@ def B(*rows):
 
 
 def test_sparsity_global_and_per_param():
-    masks = {"a": torch.tensor([1, 0, 1, 0], dtype=torch.bool),
-             "b": torch.tensor([1, 1, 1, 1, 0, 0], dtype=torch.bool)}
+    masks = {"a": torch.tensor([1, 0, 1, 0], dtype=torch.bool), "b": torch.tensor([1, 1, 1, 1, 0, 0], dtype=torch.bool)}
     s = analysis.sparsity(masks)
     # 10 prunable weights, 4 masked
     assert s == pytest.approx({"sparsity": 0.4, "sparsity.a": 0.5, "sparsity.b": 2 / 6})
@@ -110,10 +109,13 @@ def test_jaccard_both_empty_is_one():
     assert analysis.jaccard(e, e) == {"overall": 1.0, "per_layer": {"x": 1.0}}
 
 
-@pytest.mark.parametrize("other", [
-    {"z": torch.ones(2, 3, dtype=torch.bool)},
-    {"x": torch.ones(3, 2, dtype=torch.bool)},
-])
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"z": torch.ones(2, 3, dtype=torch.bool)},
+        {"x": torch.ones(3, 2, dtype=torch.bool)},
+    ],
+)
 def test_jaccard_different_architectures(other):
     with pytest.raises(SpecError, match="states of different architectures") as exc:
         analysis.jaccard({"x": torch.ones(2, 3, dtype=torch.bool)}, other)
@@ -226,12 +228,16 @@ def test_emergent_structure_dense_ratio_undefined():
 
 
 def _series():
-    w = [{"l": torch.tensor([1.0, 2.0, 3.0, 4.0]), "bias": torch.zeros(1)},
-         {"l": torch.tensor([2.0, 4.0, 0.0, 5.0]), "bias": torch.zeros(1)},
-         {"l": torch.tensor([2.0, 0.0, 0.0, -5.0]), "bias": torch.zeros(1)}]
-    m = [{"l": torch.tensor([1, 1, 1, 1], dtype=torch.bool)},
-         {"l": torch.tensor([1, 1, 0, 1], dtype=torch.bool)},
-         {"l": torch.tensor([1, 0, 0, 1], dtype=torch.bool)}]
+    w = [
+        {"l": torch.tensor([1.0, 2.0, 3.0, 4.0]), "bias": torch.zeros(1)},
+        {"l": torch.tensor([2.0, 4.0, 0.0, 5.0]), "bias": torch.zeros(1)},
+        {"l": torch.tensor([2.0, 0.0, 0.0, -5.0]), "bias": torch.zeros(1)},
+    ]
+    m = [
+        {"l": torch.tensor([1, 1, 1, 1], dtype=torch.bool)},
+        {"l": torch.tensor([1, 1, 0, 1], dtype=torch.bool)},
+        {"l": torch.tensor([1, 0, 0, 1], dtype=torch.bool)},
+    ]
     return w, m
 
 
@@ -287,8 +293,7 @@ def test_weight_trajectories_sampling_reproducible():
 def test_accuracy_vs_remaining_aggregates_over_seeds():
     rows = [
         {"recipe": "B", "round": 0, "remaining": 1.0, "test_accuracy": 0.5, "seed": 0},
-        {"recipe": "A", "round": 1, "remaining": 0.8, "test_accuracy": 0.7, "seed": 0,
-         "early_stop_iteration": 100},
+        {"recipe": "A", "round": 1, "remaining": 0.8, "test_accuracy": 0.7, "seed": 0, "early_stop_iteration": 100},
         {"recipe": "A", "round": 0, "remaining": 1.0, "test_accuracy": 0.9, "seed": 0},
         {"recipe": "A", "round": 0, "remaining": 1.0, "test_accuracy": 0.8, "seed": 1},
         {"recipe": "A", "round": 1, "remaining": 0.8, "test_accuracy": float("nan"), "seed": 1},

@@ -44,8 +44,11 @@ def _string_constants(path: Path) -> list[str]:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docstrings.add(id(first.value))
-    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and id(n) not in docstrings]
+    return [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
 
 
 def test_only_the_store_and_the_plugin_import_mlflow_only_the_cli_imports_click():
@@ -70,8 +73,11 @@ def _compared_strings(path: Path) -> list[str]:
 def test_tag_and_artifact_names_are_spelled_once():
     from mlprune import names
 
-    spelled = {value for key, value in vars(names).items() if isinstance(value, str) and key.startswith("TAG_")
-               or key.endswith("_FILE")}
+    spelled = {
+        value
+        for key, value in vars(names).items()
+        if isinstance(value, str) and key.startswith("TAG_") or key.endswith("_FILE")
+    }
     offenders = []
     for path in SOURCES:
         if path.name == "names.py":
@@ -82,15 +88,24 @@ def test_tag_and_artifact_names_are_spelled_once():
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("catalog", ["mlprune.pruning:METHODS", "mlprune.reinit:STRATEGIES", "mlprune.data:DATASETS",
-                                     "mlprune.models:MODELS", "mlprune.training:OPTIMIZERS"])
+@pytest.mark.parametrize(
+    "catalog",
+    [
+        "mlprune.pruning:METHODS",
+        "mlprune.reinit:STRATEGIES",
+        "mlprune.data:DATASETS",
+        "mlprune.models:MODELS",
+        "mlprune.training:OPTIMIZERS",
+    ],
+)
 def test_registries_dispatch_no_code_compares_an_entry_name(catalog):
     """What an entry is comes from the entry: no `if method == "snip"` anywhere."""
     from mlprune.registry import load_impl
 
     entries = set(load_impl(catalog))
-    offenders = [f"{_rel(path)}: {constant!r}" for path in SOURCES for constant in _compared_strings(path)
-                 if constant in entries]
+    offenders = [
+        f"{_rel(path)}: {constant!r}" for path in SOURCES for constant in _compared_strings(path) if constant in entries
+    ]
     assert not offenders, offenders
 
 
@@ -111,11 +126,15 @@ def kind_comparisons(package: Path, kinds, granularities) -> list[str]:
             if not isinstance(node, ast.Compare):
                 continue
             operands = [node.left, *node.comparators]
-            constants = {c.value for o in operands for c in (o.elts if isinstance(o, (ast.Tuple, ast.List, ast.Set))
-                                                             else [o])
-                         if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+            constants = {
+                c.value
+                for o in operands
+                for c in (o.elts if isinstance(o, (ast.Tuple, ast.List, ast.Set)) else [o])
+                if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            }
             named = {n.id for o in operands for n in ast.walk(o) if isinstance(n, ast.Name)} | {
-                n.attr for o in operands for n in ast.walk(o) if isinstance(n, ast.Attribute)}
+                n.attr for o in operands for n in ast.walk(o) if isinstance(n, ast.Attribute)
+            }
             about = any(word in name.lower() for name in named for word in ("kind", "granularity", "step"))
             if "transplant" in constants or (about and constants & (set(kinds) | set(granularities))):
                 found.append(f"{_rel_to(path, package)}:{node.lineno}: {ast.unparse(node)}")
@@ -136,6 +155,7 @@ def test_no_code_compares_a_step_kind_or_a_granularity_by_name():
 # Every option is a `spec.options.Option` in a `Schema`: no second vocabulary (a class named *Option, or a
 # class with a name, a default and a check of its own); what one family adds goes in `Option.meta`.
 
+
 def option_declarations(package: Path) -> list[str]:
     """Classes outside spec/options.py that declare options: named *Option, or holding a name, a default and
     a check (check, allowed, parse or validate)."""
@@ -148,8 +168,9 @@ def option_declarations(package: Path) -> list[str]:
                 continue
             fields = {t.target.id for t in node.body if isinstance(t, ast.AnnAssign) and isinstance(t.target, ast.Name)}
             fields |= {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
-            if node.name.endswith("Option") or ({"name", "default"} <= fields and
-                                                fields & {"check", "allowed", "parse", "validate"}):
+            if node.name.endswith("Option") or (
+                {"name", "default"} <= fields and fields & {"check", "allowed", "parse", "validate"}
+            ):
                 found.append(f"{_rel_to(path, package)}: {node.name}")
     return found
 
@@ -167,31 +188,37 @@ def test_the_checks_catch_a_kind_compared_by_name_and_an_option_outside_the_voca
     kinds, granularities = ("init", "train", "prune", "transplant"), ("weight", "slice")
     module.write_text("def label(step, kind_of):\n    return kind_of(step)[0].describe\n")
     assert kind_comparisons(package, kinds, granularities) == []
-    for code, expected in (("if kind == 'prune':\n    pass\n", "kind == 'prune'"),
-                           ("if 'train' in step:\n    pass\n", "'train' in step"),
-                           ("if entry.granularity != 'weight':\n    pass\n", "entry.granularity != 'weight'"),
-                           ("if method == 'transplant':\n    pass\n", "method == 'transplant'"),
-                           ("ok = kinds[-1] in ('train', 'reinit')\n", "kinds[-1] in ('train', 'reinit')")):
+    for code, expected in (
+        ("if kind == 'prune':\n    pass\n", "kind == 'prune'"),
+        ("if 'train' in step:\n    pass\n", "'train' in step"),
+        ("if entry.granularity != 'weight':\n    pass\n", "entry.granularity != 'weight'"),
+        ("if method == 'transplant':\n    pass\n", "method == 'transplant'"),
+        ("ok = kinds[-1] in ('train', 'reinit')\n", "kinds[-1] in ('train', 'reinit')"),
+    ):
         module.write_text(code)
         assert kind_comparisons(package, kinds, granularities) == [f"plan.py:1: {expected}"], code
 
-    (package / "spec" / "options.py").write_text("class Option:\n    name: str\n    default: object\n"
-                                                 "    check: object\n")
+    (package / "spec" / "options.py").write_text(
+        "class Option:\n    name: str\n    default: object\n    check: object\n"
+    )
     module.write_text("from .spec.options import Option, Schema\nSCHEMA = Schema('x', (Option('n', 1),))\n")
     assert option_declarations(package) == []
     for code, expected in (
-            ("from dataclasses import dataclass\n@dataclass\nclass ModelOption:\n    name: str\n",
-             "plan.py: ModelOption"),
-            ("class Knob:\n    name: str\n    default: int = 0\n    allowed: tuple = ()\n", "plan.py: Knob"),
-            ("class Setting:\n    name: str\n    default: int = 0\n\n    def validate(self, v):\n        return v\n",
-             "plan.py: Setting")):
+        ("from dataclasses import dataclass\n@dataclass\nclass ModelOption:\n    name: str\n", "plan.py: ModelOption"),
+        ("class Knob:\n    name: str\n    default: int = 0\n    allowed: tuple = ()\n", "plan.py: Knob"),
+        (
+            "class Setting:\n    name: str\n    default: int = 0\n\n    def validate(self, v):\n        return v\n",
+            "plan.py: Setting",
+        ),
+    ):
         module.write_text(code)
         assert option_declarations(package) == [expected], code
 
 
 def _fresh(code: str) -> str:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            cwd=PACKAGE.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=PACKAGE.parent
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -202,13 +229,16 @@ def test_planning_every_recipe_imports_neither_torch_nor_mlflow():
         "from mlprune.recipes import compile_recipe\n"
         "for path in sorted(glob.glob('recipes/*.yaml')):\n"
         "    compile_recipe(path); compile_recipe(path, {'protocol': 'paper'})\n"
-        "print(sorted(m for m in ('torch', 'mlflow', 'matplotlib', 'dask') if m in sys.modules))\n")
+        "print(sorted(m for m in ('torch', 'mlflow', 'matplotlib', 'dask') if m in sys.modules))\n"
+    )
     assert out.strip() == "[]"
 
 
 def test_the_lineage_page_imports_neither_matplotlib_nor_torch():
-    out = _fresh("import sys\nimport mlprune.lineage, mlprune.mlflow_plugin\n"
-                 "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n")
+    out = _fresh(
+        "import sys\nimport mlprune.lineage, mlprune.mlflow_plugin\n"
+        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
+    )
     assert out.strip() == "[]"
 
 
@@ -220,11 +250,42 @@ def test_the_lineage_page_imports_neither_matplotlib_nor_torch():
 FLOORS = [
     ("base", ["names", "errors", "plugins", "registry", "version", "reading"]),
     ("spec basics", ["spec", "spec.times", "spec.options", "spec.keys", "spec.limits"]),
-    ("catalogs", ["pruning.catalog", "pruning.prune_step", "models.catalog", "reinit.catalog", "data.catalog", "data.sampling", "training",
-                  "training.schedules", "training.optimizers", "training.devices"]),
+    (
+        "catalogs",
+        [
+            "pruning.catalog",
+            "pruning.prune_step",
+            "models.catalog",
+            "reinit.catalog",
+            "data.catalog",
+            "data.sampling",
+            "training",
+            "training.schedules",
+            "training.optimizers",
+            "training.devices",
+        ],
+    ),
     ("step declarations", ["spec.steps"]),
-    ("maths", ["analysis", "analysis.*", "pruning", "pruning.*", "models", "models.*", "reinit", "reinit.*", "data",
-               "data.*", "lineage", "lineage_lanes", "plots", "plots.*", "compact"]),
+    (
+        "maths",
+        [
+            "analysis",
+            "analysis.*",
+            "pruning",
+            "pruning.*",
+            "models",
+            "models.*",
+            "reinit",
+            "reinit.*",
+            "data",
+            "data.*",
+            "lineage",
+            "lineage_lanes",
+            "plots",
+            "plots.*",
+            "compact",
+        ],
+    ),
     ("training loop", ["training.loop", "training.*"]),
     ("planning", ["plan", "recipes", "recipes.*", "spawn", "reference"]),
     ("store", ["store", "store.*"]),
@@ -268,7 +329,7 @@ def import_graph(package: Path) -> tuple[dict[str, Path], list[tuple[str, str, s
                     base = here[: len(here) - (node.level - 1)]
                     target = ".".join(base + ([node.module] if node.module else []))
                 elif node.module == root or (node.module or "").startswith(root + "."):
-                    target = node.module[len(root) + 1:]
+                    target = node.module[len(root) + 1 :]
                 else:
                     continue
                 for alias in node.names:
@@ -277,7 +338,7 @@ def import_graph(package: Path) -> tuple[dict[str, Path], list[tuple[str, str, s
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name == root or alias.name.startswith(root + "."):
-                        edges.append((module, alias.name[len(root) + 1:], ""))
+                        edges.append((module, alias.name[len(root) + 1 :], ""))
     return modules, edges
 
 
@@ -321,9 +382,14 @@ def import_cycles(package: Path) -> list[list[str]]:
 def private_imports(package: Path) -> list[str]:
     """`from other_module import _name` (dunders like __version__ excepted)."""
     modules, edges = import_graph(package)
-    return [f"{source} imports {name} from {target or package.name}" for source, target, name in edges
-            if name.startswith("_") and not (name.startswith("__") and name.endswith("__")) and target != source
-            and f"{target}.{name}".lstrip(".") not in modules]
+    return [
+        f"{source} imports {name} from {target or package.name}"
+        for source, target, name in edges
+        if name.startswith("_")
+        and not (name.startswith("__") and name.endswith("__"))
+        and target != source
+        and f"{target}.{name}".lstrip(".") not in modules
+    ]
 
 
 def upward_imports(package: Path, floors=None) -> list[str]:
@@ -358,8 +424,9 @@ def test_the_checks_catch_a_cycle_a_private_import_and_an_import_back_up(tmp_pat
     assert (import_cycles(package), private_imports(package), upward_imports(package)) == ([], [], [])
 
     # a package __init__ re-exporting a child that imports back from it: a cycle
-    (package / "pruning" / "__init__.py").write_text("from .catalog import METHODS\n\n"
-                                                     "def __getattr__(name):\n    from . import masks\n")
+    (package / "pruning" / "__init__.py").write_text(
+        "from .catalog import METHODS\n\ndef __getattr__(name):\n    from . import masks\n"
+    )
     (package / "pruning" / "masks.py").write_text("from . import METHODS\n\ndef _helper():\n    pass\n")
     assert import_cycles(package) == [["pruning", "pruning.masks"]]
     (package / "pruning" / "masks.py").write_text("from .catalog import METHODS\n\ndef _helper():\n    pass\n")
@@ -404,9 +471,9 @@ def test_no_file_over_500_lines_without_a_reason_at_its_top():
 
 # ---- small functions, few parameters -------------------------------------------------------------------
 
-MAX_PARAMETERS = 8       # self / cls not counted; *args, **kwargs and a keyword-only options object count one each
-LONG_FUNCTION_LINES = 80   # logical lines (`logical_lines`), so that formatting never changes the verdict
-WHY_LONG = "why long:"   # at the top of a longer function (its docstring or a comment before its code)
+MAX_PARAMETERS = 8  # self / cls not counted; *args, **kwargs and a keyword-only options object count one each
+LONG_FUNCTION_LINES = 80  # logical lines (`logical_lines`), so that formatting never changes the verdict
+WHY_LONG = "why long:"  # at the top of a longer function (its docstring or a comment before its code)
 
 # Functions exempted while other work reshapes them (none now). A name left here once its function complies
 # fails the test below, so the set only shrinks.
@@ -438,7 +505,7 @@ def _says_why_long(function: ast.FunctionDef, lines: list[str]) -> bool:
     body = function.body
     docstring = ast.get_docstring(function) or ""
     code = body[1] if len(body) > 1 and docstring else body[0]
-    head = "\n".join(lines[function.lineno - 1: code.lineno - 1])
+    head = "\n".join(lines[function.lineno - 1 : code.lineno - 1])
     return WHY_LONG in docstring.lower() or WHY_LONG in head.lower()
 
 
@@ -465,8 +532,10 @@ def test_no_function_with_more_than_8_parameters_or_over_80_lines_without_a_reas
     many, long = function_shapes(PACKAGE)
     assert {k: v for k, v in many.items() if k not in PENDING_OTHERS} == {}, "more than 8 parameters"
     assert {k: v for k, v in long.items() if k not in PENDING_OTHERS} == {}, "over 80 lines, no `why long:`"
-    assert PENDING_OTHERS <= set(many) | set(long), ("no longer an offender: remove it from PENDING_OTHERS",
-                                                    sorted(PENDING_OTHERS - set(many) - set(long)))
+    assert PENDING_OTHERS <= set(many) | set(long), (
+        "no longer an offender: remove it from PENDING_OTHERS",
+        sorted(PENDING_OTHERS - set(many) - set(long)),
+    )
 
 
 def test_the_function_checks_catch_9_parameters_and_81_lines(tmp_path):
@@ -482,7 +551,8 @@ def test_the_function_checks_catch_9_parameters_and_81_lines(tmp_path):
         "    def many(self, a, b, c, d, e, f, g, h, i):\n        pass\n\n\n"
         "def loose(a, b, c, d, e, f, g, *args, **kwargs):\n    pass\n\n\n"
         f"def long():\n    '''Many lines.'''\n{body}\n\n"
-        f"def reasoned():\n    # why long: one table, read top to bottom\n    '''Many lines.'''\n{body}")
+        f"def reasoned():\n    # why long: one table, read top to bottom\n    '''Many lines.'''\n{body}"
+    )
     many, long = function_shapes(package)
     assert many == {"shapes.py:Net.many": 9, "shapes.py:loose": 9}
     assert long == {"shapes.py:long": 81}

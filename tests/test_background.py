@@ -35,8 +35,9 @@ reinit: {strategy: rewind, to: root}
 def _mlprune(tmp_path, tracking, *args) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("MLPRUNE_BACKGROUND", "PYTEST_CURRENT_TEST")}
     env.update(MLFLOW_TRACKING_URI=tracking, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-m", "mlprune", *args], env=env, cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "mlprune", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 

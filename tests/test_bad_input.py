@@ -31,8 +31,8 @@ rounds: $rounds
 prune: {method: l1_unstructured, amount: $amount}
 reinit: {strategy: rewind, to: root}
 """
-ISSUE_S = 10        # the issue's figure: every bad input answered within 10 s
-HANG_S = 120        # the outer timeout that catches a hang
+ISSUE_S = 10  # the issue's figure: every bad input answered within 10 s
+HANG_S = 120  # the outer timeout that catches a hang
 
 
 def variant(old: str, new: str) -> str:
@@ -70,15 +70,30 @@ def study(tmp_path_factory, _empty_store_db, _session_cache):
     (folder / "a_file").write_text("a regular file, where a directory is expected\n")
     shutil.copy(_empty_store_db, folder / "mlflow.db")
     uri = f"sqlite:///{folder}/mlflow.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": uri, "MLPRUNE_THREADS": "1",
-           "MLPRUNE_CACHE_DIR": str(_session_cache), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_TRACKING_URI": uri,
+        "MLPRUNE_THREADS": "1",
+        "MLPRUNE_CACHE_DIR": str(_session_cache),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, "-m", "mlprune", "run", "tiny.yaml", "-P", "rounds=0"], env=env,
-                          cwd=folder, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlprune", "run", "tiny.yaml", "-P", "rounds=0"],
+        env=env,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    run_id = db_rows(folder, "SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-                             "WHERE runs.status = 'FINISHED' AND tags.key = 'mlprune.key'")[0][0]
+    run_id = db_rows(
+        folder,
+        "SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+        "WHERE runs.status = 'FINISHED' AND tags.key = 'mlprune.key'",
+    )[0][0]
     return folder, env, run_id
 
 
@@ -92,16 +107,22 @@ def db_rows(folder: Path, query: str) -> list[tuple]:
 
 def snapshot(folder: Path) -> dict:
     """Everything a command could have changed in the store: its tables and its artifact files."""
-    tables = {name: db_rows(folder, f"SELECT * FROM {name}")
-              for name in ("experiments", "runs", "tags", "params", "latest_metrics", "metrics",
-                           "experiment_tags")}
+    tables = {
+        name: db_rows(folder, f"SELECT * FROM {name}")
+        for name in ("experiments", "runs", "tags", "params", "latest_metrics", "metrics", "experiment_tags")
+    }
     files = sorted(str(p.relative_to(folder)) for p in (folder / "mlruns").rglob("*"))
     return {"tables": tables, "files": files}
 
 
 def finished_states(folder: Path) -> int:
-    return len(db_rows(folder, "SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-                               "WHERE runs.status = 'FINISHED' AND tags.key = 'mlprune.key'"))
+    return len(
+        db_rows(
+            folder,
+            "SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+            "WHERE runs.status = 'FINISHED' AND tags.key = 'mlprune.key'",
+        )
+    )
 
 
 def refused(study, args, *, env=None, within=ISSUE_S) -> str:
@@ -109,8 +130,14 @@ def refused(study, args, *, env=None, within=ISSUE_S) -> str:
     folder, base_env, _ = study
     before = snapshot(folder)
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "mlprune", *args], env={**base_env, **(env or {})}, cwd=folder,
-                            capture_output=True, text=True, timeout=HANG_S)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlprune", *args],
+        env={**base_env, **(env or {})},
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     took = time.monotonic() - started
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     shown = [a if len(a) < 100 else a[:40] + "..." for a in args]
@@ -128,25 +155,46 @@ CASES = {
     "rounds 100000 (validate)": (["validate", "rounds100k.yaml"], {}, ["rounds", "100000", "<= 1000"]),
     "rounds 100000 (run)": (["run", "rounds100k.yaml"], {}, ["rounds", "100000", "<= 1000"]),
     "rounds 10000 (validate)": (["validate", "rounds10k.yaml"], {}, ["rounds", "10000", "<= 1000"]),
-    "endless training (validate)": (["validate", "endless.yaml"], {}, ["1180591620717411303424it",
-                                                                      "at most 100000000it"]),
+    "endless training (validate)": (
+        ["validate", "endless.yaml"],
+        {},
+        ["1180591620717411303424it", "at most 100000000it"],
+    ),
     "endless training (run)": (["run", "endless.yaml"], {}, ["1180591620717411303424it", "at most 100000000it"]),
     # tracebacks
     "NUL bytes": (["validate", "nul.yaml"], {}, ["nul.yaml", "U+0000", "control characters"]),
     "self-referencing alias (validate)": (["validate", "alias.yaml"], {}, ["*p", "contains itself"]),
     "self-referencing alias (run)": (["run", "alias.yaml"], {}, ["*p", "contains itself"]),
-    "MLPRUNE_THREADS overflow": (["run", "tiny.yaml"], {"MLPRUNE_THREADS": "99999999999999999999"},
-                                 ["MLPRUNE_THREADS", "99999999999999999999", "<= 4096"]),
-    "tracking URI that does not parse (tree)": (["tree"], {"MLFLOW_TRACKING_URI": "http://[::1"},
-                                                ["http://[::1", "allowed"]),
-    "tracking URI that does not parse (run)": (["run", "tiny.yaml"], {"MLFLOW_TRACKING_URI": "http://[::1"},
-                                               ["http://[::1", "allowed"]),
-    "-P amount of 100000 digits (validate)": (["validate", "tiny.yaml", "-P", f"amount={DIGITS}"], {},
-                                              ["amount", "100000 characters", "at most 4096"]),
-    "-P amount of 100000 digits (run)": (["run", "tiny.yaml", "-P", f"amount={DIGITS}"], {},
-                                         ["amount", "100000 characters", "at most 4096"]),
-    "report into /dev/full/x": (["report", "mlprune", "/dev/full/x"], {}, ["/dev/full/x", "not a directory",
-                                                                            "allowed"]),
+    "MLPRUNE_THREADS overflow": (
+        ["run", "tiny.yaml"],
+        {"MLPRUNE_THREADS": "99999999999999999999"},
+        ["MLPRUNE_THREADS", "99999999999999999999", "<= 4096"],
+    ),
+    "tracking URI that does not parse (tree)": (
+        ["tree"],
+        {"MLFLOW_TRACKING_URI": "http://[::1"},
+        ["http://[::1", "allowed"],
+    ),
+    "tracking URI that does not parse (run)": (
+        ["run", "tiny.yaml"],
+        {"MLFLOW_TRACKING_URI": "http://[::1"},
+        ["http://[::1", "allowed"],
+    ),
+    "-P amount of 100000 digits (validate)": (
+        ["validate", "tiny.yaml", "-P", f"amount={DIGITS}"],
+        {},
+        ["amount", "100000 characters", "at most 4096"],
+    ),
+    "-P amount of 100000 digits (run)": (
+        ["run", "tiny.yaml", "-P", f"amount={DIGITS}"],
+        {},
+        ["amount", "100000 characters", "at most 4096"],
+    ),
+    "report into /dev/full/x": (
+        ["report", "mlprune", "/dev/full/x"],
+        {},
+        ["/dev/full/x", "not a directory", "allowed"],
+    ),
     "report under a regular file": (["report", "mlprune", "a_file/report"], {}, ["a_file", "allowed"]),
     "report into /proc": (["report", "mlprune", "/proc/mlprune-report"], {}, ["/proc/mlprune-report", "allowed"]),
     # accepted silently before
@@ -159,8 +207,11 @@ CASES = {
     "exclude everything (run)": (["run", "exclude_all.yaml"], {}, ["exclude ['*']", "prune nothing"]),
     "batch_size 2**63 (validate)": (["validate", "batch.yaml"], {}, ["9223372036854775808", "<= 1048576"]),
     "batch_size 2**63 (run)": (["run", "batch.yaml"], {}, ["9223372036854775808", "<= 1048576"]),
-    "a sweep of 10^11 seeds": (["sweep", "tiny.yaml", "--seeds", "0-99999999999"], {},
-                               ["0-99999999999", "at most 1000"]),
+    "a sweep of 10^11 seeds": (
+        ["sweep", "tiny.yaml", "--seeds", "0-99999999999"],
+        {},
+        ["0-99999999999", "at most 1000"],
+    ),
 }
 
 
@@ -196,19 +247,31 @@ def read_only_dir(tmp_path):
 
 def test_export_and_report_into_a_read_only_mount_are_one_line(study, read_only_dir):
     _, _, run_id = study
-    for args in (["export", run_id, str(read_only_dir)], ["export", run_id, str(read_only_dir / "new" / "dir")],
-                 ["report", "mlprune", str(read_only_dir / "report")]):
+    for args in (
+        ["export", run_id, str(read_only_dir)],
+        ["export", run_id, str(read_only_dir / "new" / "dir")],
+        ["report", "mlprune", str(read_only_dir / "report")],
+    ):
         line = refused(study, args)
         assert str(read_only_dir) in line and "Read-only file system" in line, line
 
 
 def test_the_export_that_can_write_still_writes(study, tmp_path):
     folder, env, run_id = study
-    result = subprocess.run([sys.executable, "-m", "mlprune", "export", run_id[:8], str(tmp_path / "new" / "out")],
-                            env=env, cwd=folder, capture_output=True, text=True, timeout=HANG_S)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlprune", "export", run_id[:8], str(tmp_path / "new" / "out")],
+        env=env,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {p.name for p in (tmp_path / "new" / "out").iterdir()} == {"weights.safetensors", "masks.safetensors",
-                                                                     "state.json"}
+    assert {p.name for p in (tmp_path / "new" / "out").iterdir()} == {
+        "weights.safetensors",
+        "masks.safetensors",
+        "state.json",
+    }
 
 
 def test_a_prune_step_whose_selectors_leave_no_layer_fails_before_any_run(study):
@@ -223,8 +286,14 @@ def test_lr_1e_3_in_a_recipe_file_is_the_number_and_quoted_stays_text(study):
     from mlprune.recipes import compile_recipe, safe_load
 
     folder, env, _ = study
-    result = subprocess.run([sys.executable, "-m", "mlprune", "validate", "lr.yaml"], env=env, cwd=folder,
-                            capture_output=True, text=True, timeout=HANG_S)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlprune", "validate", "lr.yaml"],
+        env=env,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     plan = compile_recipe(folder / "lr.yaml")
     assert plan.node("train").steps[0]["train"]["lr"] == 0.001
@@ -233,15 +302,31 @@ def test_lr_1e_3_in_a_recipe_file_is_the_number_and_quoted_stays_text(study):
     line = refused(study, ["validate", "lr_quoted.yaml"])
     assert "'1e-3'" in line and "finite number" in line
     # numbers are plain ASCII decimals: underscores and hex stay text (an option then refuses them)
-    assert safe_load("[1e-3, 1E5, 2.5e3, .5, -2e+2, 1_000e-3, '1e-3', e5, 1e, 0x1F]", "x") == \
-        [0.001, 100000.0, 2500.0, 0.5, -200.0, "1_000e-3", "1e-3", "e5", "1e", "0x1F"]
+    assert safe_load("[1e-3, 1E5, 2.5e3, .5, -2e+2, 1_000e-3, '1e-3', e5, 1e, 0x1F]", "x") == [
+        0.001,
+        100000.0,
+        2500.0,
+        0.5,
+        -200.0,
+        "1_000e-3",
+        "1e-3",
+        "e5",
+        "1e",
+        "0x1F",
+    ]
 
 
 # ---- planning is linear in the number of states ---------------------------------------------------
 def test_a_1000_round_recipe_validates(study):
     folder, env, _ = study
-    result = subprocess.run([sys.executable, "-m", "mlprune", "validate", "rounds1000.yaml"], env=env, cwd=folder,
-                            capture_output=True, text=True, timeout=HANG_S)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlprune", "validate", "rounds1000.yaml"],
+        env=env,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[0].endswith("valid; 2002 states")
 
@@ -263,8 +348,9 @@ def test_planning_work_grows_linearly_with_the_rounds(tmp_path):
     recipe = tmp_path / "late_rewind.yaml"
     # a rewind to a point of the first training every round: the look-ups along a lineage (its root,
     # its first training, the rewind target's ancestry) that used to walk it from the start each time
-    recipe.write_text(TINY.replace("reinit: {strategy: rewind, to: root}",
-                                   "reinit: {strategy: rewind, to: root, at: 2it}"))
+    recipe.write_text(
+        TINY.replace("reinit: {strategy: rewind, to: root}", "reinit: {strategy: rewind, to: root, at: 2it}")
+    )
     small, large = _planning_calls(recipe, 100), _planning_calls(recipe, 800)
     # linear: 8 x the rounds is about 8 x the calls (7.4 x; the quadratic planner made 14.6 x)
     assert large < 9 * small, (small, large)
@@ -318,12 +404,23 @@ def _running(folder: Path) -> list[str]:
 def test_a_killed_process_runs_are_marked_failed_by_the_next_run(tmp_path, _empty_store_db, _session_cache):
     shutil.copy(_empty_store_db, tmp_path / "mlflow.db")
     (tmp_path / "tiny.yaml").write_text(TINY)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLPRUNE_THREADS": "1",
-           "MLPRUNE_CACHE_DIR": str(_session_cache), "PAUSED": str(tmp_path / "paused")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "MLPRUNE_THREADS": "1",
+        "MLPRUNE_CACHE_DIR": str(_session_cache),
+        "PAUSED": str(tmp_path / "paused"),
+    }
     for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         env.pop(name, None)
-    process = subprocess.Popen([sys.executable, "-c", PAUSE, "run", "tiny.yaml", "-P", "epochs=2"], env=env,
-                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", PAUSE, "run", "tiny.yaml", "-P", "epochs=2"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     paused = tmp_path / "paused"
     while not (paused.exists() and paused.read_text()):
@@ -338,19 +435,34 @@ def test_a_killed_process_runs_are_marked_failed_by_the_next_run(tmp_path, _empt
 
     # the next run, of another recipe that needs nothing the dead process held, marks both
     (tmp_path / "other.yaml").write_text(TINY.replace("seed: 0,", "seed: 1,"))
-    again = subprocess.run([sys.executable, "-m", "mlprune", "run", "other.yaml", "-P", "rounds=0"], env=env,
-                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "mlprune", "run", "other.yaml", "-P", "rounds=0"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert _running(tmp_path) == []
-    errors = dict(db_rows(tmp_path, f"SELECT run_uuid, value FROM tags WHERE key = 'mlprune.error' "
-                                    f"AND run_uuid IN ('{claim}', '{workflow}')"))
-    statuses = dict(db_rows(tmp_path, f"SELECT run_uuid, status FROM runs "
-                                      f"WHERE run_uuid IN ('{claim}', '{workflow}')"))
+    errors = dict(
+        db_rows(
+            tmp_path,
+            f"SELECT run_uuid, value FROM tags WHERE key = 'mlprune.error' AND run_uuid IN ('{claim}', '{workflow}')",
+        )
+    )
+    statuses = dict(db_rows(tmp_path, f"SELECT run_uuid, status FROM runs WHERE run_uuid IN ('{claim}', '{workflow}')"))
     assert statuses == {claim: "FAILED", workflow: "FAILED"}
     assert f"its process {process.pid} on this host is gone" in errors[workflow]
     assert "abandoned workflow run" in errors[workflow] and "stale claim taken over" in errors[claim]
     # and the recipe the dead process ran completes: its state is computed anew
-    done = subprocess.run([sys.executable, "-m", "mlprune", "run", "tiny.yaml", "-P", "epochs=2"], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlprune", "run", "tiny.yaml", "-P", "epochs=2"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert _running(tmp_path) == [] and finished_states(tmp_path) == 2 + 4

@@ -79,19 +79,34 @@ class Float64:
 
 def random_masks(model, seed: int, keep: float) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    return {name: torch.rand(p.shape, generator=generator) < keep
-            for name, p in model.named_parameters() if name in prunable(model)}
+    return {
+        name: torch.rand(p.shape, generator=generator) < keep
+        for name, p in model.named_parameters()
+        if name in prunable(model)
+    }
 
 
-def siblings(model: str, n: int, options: dict, *, data=None, keeps=(1.0, 0.7, 0.4, 0.85), init_seeds=None,
-             data_seeds=None, models=None, dtype=torch.float32):
+def siblings(
+    model: str,
+    n: int,
+    options: dict,
+    *,
+    data=None,
+    keeps=(1.0, 0.7, 0.4, 0.85),
+    init_seeds=None,
+    data_seeds=None,
+    models=None,
+    dtype=torch.float32,
+):
     """(separate, batched): for each side the trained models, masks and outcomes (history or exception)."""
     data = data or digits_for(model)
     options = resolve_train(options).options
     init_seeds = init_seeds or list(range(n))
     data_seeds = data_seeds or [100 + k for k in range(n)]
-    built = models or [build_model(model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                                   seed=s).to(dtype) for s in init_seeds]
+    built = models or [
+        build_model(model, num_classes=data.num_classes, input_shape=tuple(data.input_shape), seed=s).to(dtype)
+        for s in init_seeds
+    ]
     if dtype == torch.float64:
         data = Float64(data)
     sides = []
@@ -112,9 +127,11 @@ def siblings(model: str, n: int, options: dict, *, data=None, keeps=(1.0, 0.7, 0
 
 
 def max_weight_difference(a, b) -> float:
-    return max(float((x.double() - y.double()).abs().max()) for x, y in zip(a.state_dict().values(),
-                                                                            b.state_dict().values())
-               if x.is_floating_point())
+    return max(
+        float((x.double() - y.double()).abs().max())
+        for x, y in zip(a.state_dict().values(), b.state_dict().values())
+        if x.is_floating_point()
+    )
 
 
 def assert_same_training(separate, batched, data, *, tolerance=WEIGHT_TOLERANCE, loss_tolerance=LOSS_TOLERANCE):
@@ -136,8 +153,9 @@ def assert_same_training(separate, batched, data, *, tolerance=WEIGHT_TOLERANCE,
             assert [e for e, _ in values] == [e for e, _ in others], metric
             for (_, a), (_, b) in zip(values, others):
                 if "accuracy" in metric:
-                    examples = (data.len_test if "test" in metric else data.len_val if "val" in metric
-                                else data.len_train)
+                    examples = (
+                        data.len_test if "test" in metric else data.len_val if "val" in metric else data.len_train
+                    )
                     assert abs(a - b) * examples <= 1 + 1e-9, (k, metric, a, b)  # within one example
                 elif metric.endswith("loss"):
                     assert abs(a - b) <= loss_tolerance * max(1.0, abs(a)), (k, metric, a, b)
@@ -146,6 +164,7 @@ def assert_same_training(separate, batched, data, *, tolerance=WEIGHT_TOLERANCE,
 
 
 # ---- the maths, per architecture -------------------------------------------------------------------
+
 
 def test_lenet_siblings_differing_in_init_masks_and_data_order_train_as_alone():
     separate, batched, data = siblings("lenet", 4, {"epochs": 1, "lr": 0.01, "momentum": 0.9})
@@ -164,14 +183,21 @@ def test_the_tolerance_catches_one_iteration():
         assert max_weight_difference(full, short) > 2 * WEIGHT_TOLERANCE
 
 
-@pytest.mark.parametrize("model, options, dtype", [
-    ("lenet_300_100", {"epochs": 1, "lr": 0.0012, "optimizer": "adam", "batch_size": 60}, torch.float32),
-    # in float64: at fp32 the dense sibling's weights agree to 3e-8 for 10 iterations, then a flip (a max-pooling
-    # or ReLU choice decided by the batched kernels' summation order) between iterations 10 and 20 moves them by
-    # 2e-5, which nesterov momentum grows to 2.7e-3 by the epoch's end (torch 2.14, AVX512, one thread); in
-    # float64 both sides agree to 1e-16 (a whole epoch too): the same computation
-    ("conv2", {"steps": "20it", "lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}, torch.float64),
-])
+@pytest.mark.parametrize(
+    "model, options, dtype",
+    [
+        ("lenet_300_100", {"epochs": 1, "lr": 0.0012, "optimizer": "adam", "batch_size": 60}, torch.float32),
+        # in float64: at fp32 the dense sibling's weights agree to 3e-8 for 10 iterations, then a flip (a max-pooling
+        # or ReLU choice decided by the batched kernels' summation order) between iterations 10 and 20 moves them by
+        # 2e-5, which nesterov momentum grows to 2.7e-3 by the epoch's end (torch 2.14, AVX512, one thread); in
+        # float64 both sides agree to 1e-16 (a whole epoch too): the same computation
+        (
+            "conv2",
+            {"steps": "20it", "lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+            torch.float64,
+        ),
+    ],
+)
 def test_each_architecture_and_optimizer_trains_as_alone(model, options, dtype):
     separate, batched, data = siblings(model, 3, options, dtype=dtype)
     if dtype == torch.float64:
@@ -184,9 +210,13 @@ def test_resnet20_siblings_are_the_same_computation_with_their_own_batchnorm_sta
     """ResNet-20 on digits amplifies any summation-order change (another thread count, channels_last, or
     batching) to 1e-2..1e-1 in 20 iterations at fp32 (docs/performance.md): in float64 the batched and
     separate trainings agree to 1e-11, BatchNorm running statistics included."""
-    options = {"steps": "20it", "lr": 0.05, "momentum": 0.9,
-               "lr_schedule": {"kind": "multistep", "milestones": ["10it"]},
-               "warmup": "5it"}
+    options = {
+        "steps": "20it",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "lr_schedule": {"kind": "multistep", "milestones": ["10it"]},
+        "warmup": "5it",
+    }
     separate, batched, data = siblings("resnet20", 3, options, dtype=torch.float64)
     assert_same_training(separate, batched, data, tolerance=1e-9, loss_tolerance=FLOAT32_EVALUATION)
     for alone, together in zip(separate[0], batched[0]):
@@ -199,16 +229,29 @@ def test_resnet20_siblings_are_the_same_computation_with_their_own_batchnorm_sta
 
 def test_adamw_and_label_smoothing_on_resnet20_with_option_b_shortcuts():
     data = digits_for("resnet20")
-    built = [build_model("resnet20", num_classes=10, input_shape=tuple(data.input_shape), seed=s,
-                         options={"shortcut": "B", "width": 8}).double() for s in range(2)]
+    built = [
+        build_model(
+            "resnet20",
+            num_classes=10,
+            input_shape=tuple(data.input_shape),
+            seed=s,
+            options={"shortcut": "B", "width": 8},
+        ).double()
+        for s in range(2)
+    ]
     options = {"steps": "10it", "lr": 0.01, "optimizer": "adamw", "weight_decay": 0.01, "label_smoothing": 0.1}
     separate, batched, data = siblings("resnet20", 2, options, models=built, dtype=torch.float64)
     assert_same_training(separate, batched, data, tolerance=1e-9, loss_tolerance=FLOAT32_EVALUATION)
 
 
 def test_gradual_pruning_tightens_each_siblings_own_masks():
-    options = {"epochs": 2, "lr": 0.0012, "optimizer": "adam", "batch_size": 60,
-               "sparsity_schedule": {"kind": "agp", "final": 0.8, "start": "5it", "end": "1ep", "every": "5it"}}
+    options = {
+        "epochs": 2,
+        "lr": 0.0012,
+        "optimizer": "adam",
+        "batch_size": 60,
+        "sparsity_schedule": {"kind": "agp", "final": 0.8, "start": "5it", "end": "1ep", "every": "5it"},
+    }
     separate, batched, data = siblings("lenet_300_100", 3, options, keeps=(1.0, 0.9, 0.95))
     assert_same_training(separate, batched, data)
     assert "train_sparsity" in batched[2][0]
@@ -216,9 +259,19 @@ def test_gradual_pruning_tightens_each_siblings_own_masks():
 
 
 def test_global_gradual_pruning_and_a_validation_split():
-    options = {"epochs": 1, "lr": 0.01, "momentum": 0.9,
-               "sparsity_schedule": {"kind": "linear", "final": 0.5, "start": "0it", "end": "20it", "every": "10it",
-                                     "scope": "global"}}
+    options = {
+        "epochs": 1,
+        "lr": 0.01,
+        "momentum": 0.9,
+        "sparsity_schedule": {
+            "kind": "linear",
+            "final": 0.5,
+            "start": "0it",
+            "end": "20it",
+            "every": "10it",
+            "scope": "global",
+        },
+    }
     separate, batched, data = siblings("lenet_300_100", 2, options, data=digits_with_val())
     assert "val_loss" in batched[2][0]
     assert_same_training(separate, batched, data)
@@ -226,21 +279,30 @@ def test_global_gradual_pruning_and_a_validation_split():
 
 def test_bf16_siblings_train_as_alone():
     """Autocast to bf16 (measured: max |Δw| 3.6e-5 over 20 iterations, the fp32 tolerance holds)."""
-    separate, batched, data = siblings("lenet", 4, {"steps": "20it", "lr": 0.01, "momentum": 0.9,
-                                                    "precision": "bf16"})
+    separate, batched, data = siblings("lenet", 4, {"steps": "20it", "lr": 0.01, "momentum": 0.9, "precision": "bf16"})
     assert_same_training(separate, batched, data)
 
 
 def test_dropout_draws_are_each_siblings_own():
     """AlexNet's dropout masks are drawn per sibling from its (seed, step), as training alone draws them."""
-    separate, batched, data = siblings("alexnet", 2, {"steps": "3it", "lr": 0.01, "momentum": 0.9, "batch_size": 8},
-                                       data=digits_for("alexnet", test_size=32))
+    separate, batched, data = siblings(
+        "alexnet",
+        2,
+        {"steps": "3it", "lr": 0.01, "momentum": 0.9, "batch_size": 8},
+        data=digits_for("alexnet", test_size=32),
+    )
     assert_same_training(separate, batched, data)
 
 
 def test_a_resumed_or_stopped_schedule_continues_as_alone():
-    options = {"epochs": 2, "lr": 0.01, "momentum": 0.9, "schedule_from": "40it", "stop_at": "60it",
-               "lr_schedule": "cosine"}
+    options = {
+        "epochs": 2,
+        "lr": 0.01,
+        "momentum": 0.9,
+        "schedule_from": "40it",
+        "stop_at": "60it",
+        "lr_schedule": "cosine",
+    }
     separate, batched, data = siblings("lenet_300_100", 2, options)
     assert batched[2][0]["iterations"] == 20
     assert_same_training(separate, batched, data)
@@ -249,14 +311,16 @@ def test_a_resumed_or_stopped_schedule_continues_as_alone():
 def test_checkpoints_and_epoch_callbacks_see_each_siblings_own_weights():
     data = digits_for("lenet_300_100")
     options = resolve_train({"epochs": 2, "lr": 0.01, "momentum": 0.9}).options
-    built = [build_model("lenet_300_100", num_classes=10, input_shape=tuple(data.input_shape), seed=s)
-             for s in range(3)]
+    built = [
+        build_model("lenet_300_100", num_classes=10, input_shape=tuple(data.input_shape), seed=s) for s in range(3)
+    ]
     seen: dict = {}
 
     def recorder(side, k, what):
         def record(*args):
             model = args[-2]
             seen[(side, k, what)] = {n: t.clone() for n, t in model.state_dict().items()}
+
         return record
 
     results = {}
@@ -267,10 +331,23 @@ def test_checkpoints_and_epoch_callbacks_see_each_siblings_own_weights():
         on_epoch = [recorder(side, k, "epoch") for k in range(3)]
         if side == "alone":
             for k, m in enumerate(models):
-                train(m, masks[k], data, options, seed=k, calls=Callbacks(on_epoch=on_epoch[k], checkpoints=checkpoints[k]))
+                train(
+                    m,
+                    masks[k],
+                    data,
+                    options,
+                    seed=k,
+                    calls=Callbacks(on_epoch=on_epoch[k], checkpoints=checkpoints[k]),
+                )
         else:
-            train_batched(models, masks, data, options, seeds=[0, 1, 2],
-                          calls=Callbacks(on_epoch=on_epoch, checkpoints=checkpoints))
+            train_batched(
+                models,
+                masks,
+                data,
+                options,
+                seeds=[0, 1, 2],
+                calls=Callbacks(on_epoch=on_epoch, checkpoints=checkpoints),
+            )
         results[side] = models
     for k in range(3):
         for what in ("10it", "1ep", "epoch"):
@@ -282,8 +359,9 @@ def test_checkpoints_and_epoch_callbacks_see_each_siblings_own_weights():
 def test_a_sibling_whose_callback_fails_is_dropped_the_others_go_on():
     data = digits_for("lenet_300_100")
     options = resolve_train({"epochs": 2, "lr": 0.01, "momentum": 0.9}).options
-    built = [build_model("lenet_300_100", num_classes=10, input_shape=tuple(data.input_shape), seed=s)
-             for s in range(3)]
+    built = [
+        build_model("lenet_300_100", num_classes=10, input_shape=tuple(data.input_shape), seed=s) for s in range(3)
+    ]
 
     class Lost(RuntimeError):
         pass
@@ -293,7 +371,9 @@ def test_a_sibling_whose_callback_fails_is_dropped_the_others_go_on():
 
     models = [copy.deepcopy(m) for m in built]
     masks = [random_masks(m, k, 1.0) for k, m in enumerate(models)]
-    outcomes = train_batched(models, masks, data, options, seeds=[0, 1, 2], calls=Callbacks(on_epoch=[None, lose, None]))
+    outcomes = train_batched(
+        models, masks, data, options, seeds=[0, 1, 2], calls=Callbacks(on_epoch=[None, lose, None])
+    )
     assert isinstance(outcomes[1], Lost)
     alone = copy.deepcopy(built[2])
     history = train(alone, random_masks(alone, 2, 1.0), data, options, seed=2)
@@ -304,8 +384,9 @@ def test_a_sibling_whose_callback_fails_is_dropped_the_others_go_on():
 @pytest.mark.parametrize("on_divergence", ["fail", "record"])
 def test_a_diverging_sibling_stops_alone(on_divergence):
     data = digits_for("lenet_300_100")
-    built = [build_model("lenet_300_100", num_classes=10, input_shape=tuple(data.input_shape), seed=s)
-             for s in range(3)]
+    built = [
+        build_model("lenet_300_100", num_classes=10, input_shape=tuple(data.input_shape), seed=s) for s in range(3)
+    ]
     with torch.no_grad():  # sibling 1 starts with huge weights: its loss overflows in the first epoch
         for p in built[1].parameters():
             p.mul_(1e18)
@@ -351,12 +432,18 @@ def test_one_optimizer_over_stacked_tensors_is_each_siblings_own(optimizer):
 
 # ---- what is batched -------------------------------------------------------------------------------
 
+
 def test_fp16_is_not_batched():
     data = digits_for("lenet_300_100")
     model = build_model("lenet_300_100", num_classes=10, input_shape=tuple(data.input_shape))
     with pytest.raises(NotBatchable, match="fp16"):
-        train_batched([model], [random_masks(model, 0, 1.0)], data,
-                      resolve_train({"epochs": 1, "precision": "fp16"}).options, seeds=[0])
+        train_batched(
+            [model],
+            [random_masks(model, 0, 1.0)],
+            data,
+            resolve_train({"epochs": 1, "precision": "fp16"}).options,
+            seeds=[0],
+        )
 
 
 def test_a_module_the_interpreter_does_not_know_is_not_batched():
@@ -373,14 +460,16 @@ def test_torchvision_models_are_not_flagged_batchable():
 def test_every_model_flagged_batchable_runs_batched_as_alone(name):
     """Two siblings, two iterations and the test pass, in float64: the flag is true of each registry entry."""
     data = digits_for(name, train_size=64, test_size=16)
-    separate, batched, data = siblings(name, 2, {"steps": "2it", "lr": 0.01, "momentum": 0.9, "batch_size": 4},
-                                       data=data, dtype=torch.float64)
+    separate, batched, data = siblings(
+        name, 2, {"steps": "2it", "lr": 0.01, "momentum": 0.9, "batch_size": 4}, data=data, dtype=torch.float64
+    )
     assert_same_training(separate, batched, data, tolerance=1e-9, loss_tolerance=FLOAT32_EVALUATION)
 
 
 def test_only_known_models_are_flagged_batchable():
     assert sorted(MODELS.where(batchable=True)) == sorted(
-        ["lenet", "lenet_300_100", "conv2", "conv4", "conv6", "alexnet", "vgg11", "vgg16", "resnet20", "resnet56"])
+        ["lenet", "lenet_300_100", "conv2", "conv4", "conv6", "alexnet", "vgg11", "vgg16", "resnet20", "resnet56"]
+    )
 
 
 def test_a_relu_feeding_a_max_pooling_runs_after_it_with_the_same_values_and_gradients():
@@ -392,8 +481,8 @@ def test_a_relu_feeding_a_max_pooling_runs_after_it_with_the_same_values_and_gra
     order = [node.target for node, _ in trace(model) if node.op == "call_module"]
     assert order[:6] == ["features.0", "features.2", "features.1", "features.3", "features.5", "features.4"]
     x = torch.randn(4, 6, 12, 12, dtype=torch.float64)
-    x[0, 0, :2, :2] = 0.5    # a tie of positive values
-    x[1, 1, :2, :2] = -1.0   # a window with nothing above zero
+    x[0, 0, :2, :2] = 0.5  # a tie of positive values
+    x[1, 1, :2, :2] = -1.0  # a window with nothing above zero
     pool = torch.nn.MaxPool2d(2)
     a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     relu_first, pool_first = pool(torch.relu(a)), torch.relu(pool(b))

@@ -16,15 +16,15 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from mlprune import Experiment, Recipe
-from mlprune.executor.batching import sibling_groups
 from mlprune.cli import main
 from mlprune.executor import Execution, RunOptions, run_plans
+from mlprune.executor.batching import sibling_groups
 from mlprune.recipes import parse_seeds, sweep_plans
 from mlprune.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 LTH = str(REPO / "recipes" / "lth_lenet_300_100.yaml")
-WEIGHT_TOLERANCE = 5e-4   # tests/test_batched.py: the batched loop against training alone
+WEIGHT_TOLERANCE = 5e-4  # tests/test_batched.py: the batched loop against training alone
 
 
 def states_by_key(uri: str, experiment: str) -> dict:
@@ -65,8 +65,9 @@ def assert_same_states(uri: str, batched: str, alone: str, *, examples: int = 35
         accuracy = run.data.metrics["test_accuracy"], other.data.metrics["test_accuracy"]
         assert abs(accuracy[0] - accuracy[1]) * examples <= 1 + 1e-9, (run.info.run_name, accuracy)
         assert set(run.data.metrics) == set(other.data.metrics)
-        assert {k: v for k, v in run.data.params.items() if not k.startswith("run.")} == \
-            {k: v for k, v in other.data.params.items() if not k.startswith("run.")}
+        assert {k: v for k, v in run.data.params.items() if not k.startswith("run.")} == {
+            k: v for k, v in other.data.params.items() if not k.startswith("run.")
+        }
 
 
 def test_sweep_of_8_seeds_batched_gives_the_same_states_and_a_rerun_without_batch_computes_nothing(tracking):
@@ -102,18 +103,27 @@ def test_which_states_group_under_which_recipes(tracking):
 
     lth = groups("lth_lenet_300_100.yaml", rounds=1)
     assert sorted(len(g) for g in lth) == [8, 8, 8, 8]
-    assert lth[0] == [f"s{seed} train" for seed in range(8)]              # the seeds' first trainings
+    assert lth[0] == [f"s{seed} train" for seed in range(8)]  # the seeds' first trainings
     # a level and its controls (a sweep's run names start with their seed)
     assert sorted(set(label.split(" ", 1)[1] for g in lth[1:] for label in g)) == [
-        "r1 ctrl:random", "r1 ctrl:shuffle", "r1 rewind+train"]
+        "r1 ctrl:random",
+        "r1 ctrl:shuffle",
+        "r1 rewind+train",
+    ]
     lmc = groups("lmc_lenet_300_100.yaml", seeds="0", rounds=1)
-    assert any(all("copy" in label for label in g) for g in lmc)          # spawned copies
+    assert any(all("copy" in label for label in g) for g in lmc)  # spawned copies
     pai = groups("pai_sanity_lenet_300_100.yaml", seeds="0")
     assert any(any("snip" in label for label in g) and any("ctrl:invert" in label for label in g) for g in pai)
     # at most `batch` per group, as even as can be; batch 1 (the default) groups nothing
     # 5 first trainings: 3 + 2; 15 rewinds and controls: 4 + 4 + 4 + 3
     assert sorted(len(g) for g in groups("lth_lenet_300_100.yaml", seeds="0-4", batch=4, rounds=1)) == [
-        2, 3, 3, 4, 4, 4]
+        2,
+        3,
+        3,
+        4,
+        4,
+        4,
+    ]
     assert groups("lth_lenet_300_100.yaml", batch=1, rounds=1) == []
 
 
@@ -123,7 +133,7 @@ def test_groups_are_cut_evenly_and_never_hold_a_node_and_its_ancestor():
     signatures = {**{f"k{i}": "same" for i in range(10)}, "child": "same"}
     groups = sibling_groups(tasks, signatures, 4)
     assert sorted(len(g) for g in groups) == [3, 3, 4]
-    assert all("child" not in g for g in groups)   # one level deeper: alone (a group of one is no group)
+    assert all("child" not in g for g in groups)  # one level deeper: alone (a group of one is no group)
 
 
 def test_a_sibling_finished_elsewhere_meanwhile_is_dropped_from_its_batch(tracking):
@@ -135,24 +145,28 @@ def test_a_sibling_finished_elsewhere_meanwhile_is_dropped_from_its_batch(tracki
     run_plans([plans[2]], Store("study"), "sync")
     result = execution.run()
     runs = finished(states_by_key(tracking, "study"))
-    assert runs[first_training].data.params["run.batch"] == "1"           # not recomputed in the batch
-    assert [r.data.params["run.batch"] for k, r in runs.items()
-            if r.data.tags["mlprune.kind"] == "train" and k != first_training] == ["3"] * 3
-    assert len(states_by_key(tracking, "study")[first_training]) == 1     # never even claimed twice
+    assert runs[first_training].data.params["run.batch"] == "1"  # not recomputed in the batch
+    assert [
+        r.data.params["run.batch"]
+        for k, r in runs.items()
+        if r.data.tags["mlprune.kind"] == "train" and k != first_training
+    ] == ["3"] * 3
+    assert len(states_by_key(tracking, "study")[first_training]) == 1  # never even claimed twice
     assert result.computed == 24
 
 
 def test_a_claim_lost_mid_batch_discards_that_sibling_only(tracking, monkeypatch):
     """Another process takes one sibling's claim over once the batch has started: that sibling is dropped from
     the batch and reached alone; the others are stored from the batch."""
-    monkeypatch.setenv("MLPRUNE_CLAIM_TIMEOUT", "2")   # claims checked every 0.5 s
+    monkeypatch.setenv("MLPRUNE_CLAIM_TIMEOUT", "2")  # claims checked every 0.5 s
     taken = {}
 
     def progress(message):
         if "as one batch" in message and not taken:
             store = experiment.store
-            running = store.client.search_runs([store.experiment_id], "attributes.status = 'RUNNING' and "
-                                               "tags.`mlprune.kind` = 'train'")
+            running = store.client.search_runs(
+                [store.experiment_id], "attributes.status = 'RUNNING' and tags.`mlprune.kind` = 'train'"
+            )
             victim = sorted(r.info.run_id for r in running)[0]
             store.fail(victim, "taken over by another process (test)")
             taken["run"] = victim
@@ -180,8 +194,9 @@ def test_a_claim_lost_mid_batch_discards_that_sibling_only(tracking, monkeypatch
 def test_batches_on_a_local_dask_cluster_equal_sync(tracking, tmp_path):
     runner = CliRunner()
     common = ["sweep", LTH, "--seeds", "0-3", "-P", "rounds=1", "-P", "epochs=1"]
-    cluster = runner.invoke(main, common + ["--batch", "4", "--scheduler", "processes", "--workers", "2",
-                                            "-e", "cluster"])
+    cluster = runner.invoke(
+        main, common + ["--batch", "4", "--scheduler", "processes", "--workers", "2", "-e", "cluster"]
+    )
     assert cluster.exit_code == 0, cluster.output
     assert "24 states: 24 computed, 0 reused" in cluster.output
     alone = runner.invoke(main, common + ["-e", "alone"])

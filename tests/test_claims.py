@@ -64,8 +64,25 @@ def study(tmp_path_factory, _empty_store_db):
         mp.setenv(names.ENV_FIGURES, "0")
         for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
             mp.delenv(name, raising=False)
-        result = CliRunner().invoke(main, ["sweep", LTH, "--seeds", "0-4", "-P", "rounds=2", "-P", "epochs=1",
-                                           "-P", "train_size=600", "--batch", "5", "-e", "lth"])
+        result = CliRunner().invoke(
+            main,
+            [
+                "sweep",
+                LTH,
+                "--seeds",
+                "0-4",
+                "-P",
+                "rounds=2",
+                "-P",
+                "epochs=1",
+                "-P",
+                "train_size=600",
+                "--batch",
+                "5",
+                "-e",
+                "lth",
+            ],
+        )
         assert result.exit_code == 0, result.output
         compared = CliRunner().invoke(main, ["compare", "-e", "lth", "--against", "random"])
         assert compared.exit_code == 0, compared.output
@@ -76,8 +93,15 @@ def study(tmp_path_factory, _empty_store_db):
         assert reported.exit_code == 0, reported.output
     report = json.loads((folder / "report" / "report.json").read_text())
     numbers = json.loads((folder / "report" / "numbers.json").read_text())
-    return {"folder": folder, "uri": uri, "compare": compared.output, "table": table.output, "report": report,
-            "numbers": numbers, "html": (folder / "report" / "report.html").read_text()}
+    return {
+        "folder": folder,
+        "uri": uri,
+        "compare": compared.output,
+        "table": table.output,
+        "report": report,
+        "numbers": numbers,
+        "html": (folder / "report" / "report.html").read_text(),
+    }
 
 
 def per_seed(report, branch, rnd):
@@ -112,7 +136,7 @@ def test_paired_claims_equal_scipy_from_report_json_per_seed_values(study):
     for row, adjusted_t, adjusted_w in zip(rows, holm_by_hand(p_t), holm_by_hand(p_w)):
         assert row["p_t_holm"] == pytest.approx(adjusted_t, abs=1e-9)
         assert row["p_wilcoxon_holm"] == pytest.approx(adjusted_w, abs=1e-9)
-        expected = ("no difference" if adjusted_t >= 0.05 else "better" if row["mean_difference"] > 0 else "worse")
+        expected = "no difference" if adjusted_t >= 0.05 else "better" if row["mean_difference"] > 0 else "worse"
         assert row["verdict"] == expected
 
 
@@ -124,11 +148,20 @@ def test_compare_against_prints_the_claims_table_of_the_report(study):
     lines = [line for line in study["compare"].splitlines() if line.startswith("lth_lenet_300_100 ")]
     assert len(lines) == len(rows) == 2, study["compare"]
     for line, row in zip(lines, rows):
-        for cell in (str(row["round"]), "paired", difference(row), interval(row), p(row["p_t"]), p(row["p_wilcoxon"]),
-                     p(row["p_t_holm"]), p(row["p_wilcoxon_holm"]), row["verdict"]):
+        for cell in (
+            str(row["round"]),
+            "paired",
+            difference(row),
+            interval(row),
+            p(row["p_t"]),
+            p(row["p_wilcoxon"]),
+            p(row["p_t_holm"]),
+            p(row["p_wilcoxon_holm"]),
+            row["verdict"],
+        ):
             assert cell in line, (cell, line)
         for cell in (difference(row), interval(row), p(row["p_t_holm"]), row["verdict"]):
-            assert cell in study["html"]   # the report's Claims section: the same table
+            assert cell in study["html"]  # the report's Claims section: the same table
     assert '<section id="claims">' in study["html"]
     assert "1 seed" not in study["compare"] and "mixes environments" not in study["compare"]
 
@@ -178,10 +211,12 @@ def test_every_state_carries_the_environment_and_a_series_mixing_torch_versions_
     client = MlflowClient(tracking_uri=study["uri"])
     experiment = client.get_experiment_by_name("lth").experiment_id
     runs = client.search_runs([experiment], "tags.`mlprune.key` != ''", max_results=1000)
-    assert len(runs) == 50    # 5 seeds: init, train, 2 rounds of prune, ticket, random, shuffle
+    assert len(runs) == 50  # 5 seeds: init, train, 2 rounds of prune, ticket, random, shuffle
     for run in runs:
         tags = run.data.tags
-        assert tags[names.TAG_ENV_TORCH] == torch.__version__ and tags[names.TAG_ENV_PYTHON] == platform.python_version()
+        assert (
+            tags[names.TAG_ENV_TORCH] == torch.__version__ and tags[names.TAG_ENV_PYTHON] == platform.python_version()
+        )
         assert all(tags.get(tag) for tag in names.ENV_TAGS)
     control = next(r for r in study["report"]["series"] if r["branch"] == "random" and r["seed"] == 3)
     run_id = next(row["run_id"] for row in control["rounds"] if row["round"] == 2)
@@ -199,7 +234,9 @@ def test_every_state_carries_the_environment_and_a_series_mixing_torch_versions_
     warned = [line for line in result.output.splitlines() if "mixes environments" in line]
     assert len(warned) == 1 and "lth_lenet_300_100 / random" in warned[0] and "1.13.0 (1 states)" in warned[0]
     warnings = json.loads((study["folder"] / "mixed" / "numbers.json").read_text())["warnings"]
-    assert reported.exit_code == 0 and [w for w in warnings if "mixes environments" in w] == [warned[0].split(": ", 1)[1]]
+    assert reported.exit_code == 0 and [w for w in warnings if "mixes environments" in w] == [
+        warned[0].split(": ", 1)[1]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -212,18 +249,38 @@ def grid(tmp_path_factory, _empty_store_db):
         mp.setenv(names.ENV_FIGURES, "0")
         for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
             mp.delenv(name, raising=False)
-        result = CliRunner().invoke(main, ["run", GRID, "-P", "epochs=1", "-P", "finetune_epochs=1", "-P",
-                                           "train_size=300", "-P", "score_batches=2", "-e", "grid"])
+        result = CliRunner().invoke(
+            main,
+            [
+                "run",
+                GRID,
+                "-P",
+                "epochs=1",
+                "-P",
+                "finetune_epochs=1",
+                "-P",
+                "train_size=300",
+                "-P",
+                "score_batches=2",
+                "-e",
+                "grid",
+            ],
+        )
         assert result.exit_code == 0, result.output
         compared = CliRunner().invoke(main, ["compare", "-e", "grid"])
         against = CliRunner().invoke(main, ["compare", "-e", "grid", "--against", "random"])
         only_sections(mp, "accuracy", "compression", "claims")
         reported = CliRunner().invoke(main, ["report", "grid", str(folder / "report")])
         assert reported.exit_code == 0, reported.output
-    return {"folder": folder, "uri": uri, "compare": compared.output, "against": against.output,
-            "html": (folder / "report" / "report.html").read_text(),
-            "report": json.loads((folder / "report" / "report.json").read_text()),
-            "numbers": json.loads((folder / "report" / "numbers.json").read_text())}
+    return {
+        "folder": folder,
+        "uri": uri,
+        "compare": compared.output,
+        "against": against.output,
+        "html": (folder / "report" / "report.html").read_text(),
+        "report": json.loads((folder / "report" / "report.json").read_text()),
+        "numbers": json.loads((folder / "report" / "numbers.json").read_text()),
+    }
 
 
 def test_grid_states_carry_shrinkbench_metrics_checked_against_parameter_counts(grid):
@@ -233,8 +290,11 @@ def test_grid_states_carry_shrinkbench_metrics_checked_against_parameter_counts(
 
     client = MlflowClient(tracking_uri=grid["uri"])
     experiment = client.get_experiment_by_name("grid").experiment_id
-    runs = [r for r in client.search_runs([experiment], "tags.`mlprune.key` != ''", max_results=1000)
-            if r.data.tags.get(names.TAG_KIND) != "init"]
+    runs = [
+        r
+        for r in client.search_runs([experiment], "tags.`mlprune.key` != ''", max_results=1000)
+        if r.data.tags.get(names.TAG_KIND) != "init"
+    ]
     model = build_model("lenet_300_100", num_classes=10, input_shape=(1, 8, 8))
     total = sum(p.numel() for p in model.parameters())
     prunable_total = sum(p.numel() for name, p in model.named_parameters() if name.endswith("weight"))
@@ -247,12 +307,12 @@ def test_grid_states_carry_shrinkbench_metrics_checked_against_parameter_counts(
         assert metrics[names.M_COMPRESSION] == pytest.approx(prunable_total / (prunable_total - masked_out), rel=1e-12)
         # an MLP: each kept weight is one multiply-add, so the theoretical speedup is the prunable compression
         assert metrics[names.M_THEORETICAL_SPEEDUP] == pytest.approx(metrics[names.M_COMPRESSION], rel=1e-12)
-        assert names.M_TEST_ACCURACY_TOP5 not in metrics          # digits: 10 classes
+        assert names.M_TEST_ACCURACY_TOP5 not in metrics  # digits: 10 classes
         assert all(run.data.tags.get(tag) for tag in names.ENV_TAGS)
         methods.add(run.data.params.get("prune.method"))
     assert {"l1_unstructured", "mag_grad", "random_unstructured"} <= methods
     trained = [r for r in runs if r.data.params.get("round") == "5"]
-    assert len(trained) == 4 * 2   # four methods, a prune state and its fine-tuned state at compression 32
+    assert len(trained) == 4 * 2  # four methods, a prune state and its fine-tuned state at compression 32
     assert all(r.data.metrics[names.M_COMPRESSION] == pytest.approx(32, rel=0.01) for r in trained)
 
 
@@ -265,9 +325,11 @@ def test_grid_report_has_compression_and_speedup_figures_and_the_pareto_front(gr
     rows = grid["numbers"]["accuracy_vs_cost"]
     for key in ("compression_ratio_all", "theoretical_speedup"):
         front = grid["report"]["pareto_front"][key]
-        assert front and front == [{k: p[k] for k in ("recipe", "round", "n", key, "mean", "ci_low", "ci_high")}
-                                   for p in pareto_front(rows, key)]
-        for point in front:   # nothing beats a point of the front on both
+        assert front and front == [
+            {k: p[k] for k in ("recipe", "round", "n", key, "mean", "ci_low", "ci_high")}
+            for p in pareto_front(rows, key)
+        ]
+        for point in front:  # nothing beats a point of the front on both
             assert not any(r[key] >= point[key] and r["mean"] > point["mean"] for r in rows)
 
 
@@ -277,23 +339,31 @@ def test_one_seed_study_says_so_and_draws_no_band(grid):
     from mlprune import plots
 
     line = "claims need several seeds"
-    assert line in grid["compare"] and "mlprune sweep recipes/shrinkbench_grid.yaml --seeds 0-4 --batch 5" in grid["compare"]
+    assert (
+        line in grid["compare"]
+        and "mlprune sweep recipes/shrinkbench_grid.yaml --seeds 0-4 --batch 5" in grid["compare"]
+    )
     assert "1 seed: no interval" in grid["compare"]
     assert line in grid["against"] and "too few seeds (n < 3)" in grid["against"]
-    assert line in grid["html"]   # the report's Claims section says it too
+    assert line in grid["html"]  # the report's Claims section says it too
     # the report compares every method with the random-pruning one: the same rows as compare --against random
     rows = grid["report"]["claims"]
     assert {r["against"] for r in rows} == {"shrinkbench_grid / random"} and len(rows) == 3 * 5
     assert all(r["verdict"] == "too few seeds (n < 3)" and r["paired"] for r in rows)
     for row in rows:
-        assert any(line.startswith(row["series"] + " ") and f" {row['round']} " in line and
-                   f"{100 * row['mean_difference']:+.2f}" in line for line in grid["against"].splitlines())
+        assert any(
+            line.startswith(row["series"] + " ")
+            and f" {row['round']} " in line
+            and f"{100 * row['mean_difference']:+.2f}" in line
+            for line in grid["against"].splitlines()
+        )
     agg = grid["numbers"]["accuracy_vs_remaining"]
     assert all(r["ci_low"] is None and r["n"] == 1 for r in agg)
     fig = plots.plot_accuracy_vs_remaining(agg)
     assert not [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
-    assert all("1 seed: no interval" in t.get_text() for t in fig.axes[0].get_legend().get_texts()
-               if "grid" in t.get_text())
+    assert all(
+        "1 seed: no interval" in t.get_text() for t in fig.axes[0].get_legend().get_texts() if "grid" in t.get_text()
+    )
     assert not any(math.isfinite(r["ci_low"] or math.nan) for r in grid["numbers"]["accuracy_vs_cost"])
 
 
@@ -308,8 +378,11 @@ def test_top5_accuracy_is_the_true_class_among_the_five_largest_logits_above_ten
     batches = [(torch.randn(40, 6, generator=gen), torch.randint(0, 12, (40,), generator=gen)) for _ in range(3)]
     result = predict(model, batches)
     with torch.no_grad():
-        hits = sum(int(y[i]) in torch.argsort(model(x)[i], descending=True)[:5].tolist()
-                   for x, y in batches for i in range(len(y)))
+        hits = sum(
+            int(y[i]) in torch.argsort(model(x)[i], descending=True)[:5].tolist()
+            for x, y in batches
+            for i in range(len(y))
+        )
     assert result.top5_accuracy == hits / 120 and result.top5_accuracy >= result.accuracy
     for classes, logged in ((12, True), (10, False)):
         ev = Evaluated(model, None, SimpleNamespace(num_classes=classes), {}, {}, [], None, _test=result)
@@ -322,8 +395,11 @@ def test_instability_interval_is_over_seeds_of_each_seeds_mean_over_its_pairs():
     from mlprune.report.instability import instability_table
 
     values = {0: [0.010, 0.014, 0.012], 1: [0.020, 0.018, 0.025], 2: [0.011, 0.009, 0.016]}
-    rows = [{"series": "lmc", "remaining": 1.0, "iteration": 0, "instability": v, "seed": seed, "run_id": f"{seed}{i}"}
-            for seed, vs in values.items() for i, v in enumerate(vs)]
+    rows = [
+        {"series": "lmc", "remaining": 1.0, "iteration": 0, "instability": v, "seed": seed, "run_id": f"{seed}{i}"}
+        for seed, vs in values.items()
+        for i, v in enumerate(vs)
+    ]
     [row] = instability_table(rows)
     means = np.array([np.mean(vs) for vs in values.values()])
     low, high = scipy_stats.t.interval(0.95, 2, loc=means.mean(), scale=scipy_stats.sem(means))

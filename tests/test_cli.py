@@ -28,26 +28,50 @@ def state_runs(tracking_uri: str, status: str | None = "FINISHED"):
 
 
 def test_mlproject_is_generated_from_the_recipes():
-    assert (REPO / "MLproject").read_text() == render(REPO / "recipes"), \
+    assert (REPO / "MLproject").read_text() == render(REPO / "recipes"), (
         "MLproject is stale: run `python -m mlprune.mlproject > MLproject`"
+    )
 
 
 def test_recipe_reference_is_rendered_from_the_declarations():
     from mlprune.reference import render as reference
 
-    assert (REPO / "docs" / "recipes.md").read_text() == reference(), \
+    assert (REPO / "docs" / "recipes.md").read_text() == reference(), (
         "docs/recipes.md is stale: python -m mlprune.reference > docs/recipes.md"
+    )
     text = reference()
-    for fragment in ("`schedule_from`", "`lr_schedule`", "`ln_structured`", "`rewind`", "`resnet20`", "`cifar10`",
-                     "`compare` (an analysis)"):
+    for fragment in (
+        "`schedule_from`",
+        "`lr_schedule`",
+        "`ln_structured`",
+        "`rewind`",
+        "`resnet20`",
+        "`cifar10`",
+        "`compare` (an analysis)",
+    ):
         assert fragment in text
 
 
 @pytest.mark.slow
 def test_mlflow_run_entry_point_builds_the_chain_and_reruns_from_cache(tracking, tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "lt_structuredL1", "--env-manager", "local",
-               "--experiment-name", "lt-test", "-P", "rounds=2", "-P", "epochs=1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO),
+        "-e",
+        "lt_structuredL1",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "lt-test",
+        "-P",
+        "rounds=2",
+        "-P",
+        "epochs=1",
+    ]
     first = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     runs = state_runs(tracking)
@@ -75,8 +99,21 @@ def test_mlflow_run_entry_point_builds_the_chain_and_reruns_from_cache(tracking,
 def test_the_readme_flow_gives_the_full_report_and_a_readable_ui(tracking, tmp_path):
     """mlflow run (no --experiment-name: MLflow's Default holds its run), then the README's report command."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "lt_structuredL1", "--env-manager", "local",
-               "-P", "rounds=2", "-P", "epochs=1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO),
+        "-e",
+        "lt_structuredL1",
+        "--env-manager",
+        "local",
+        "-P",
+        "rounds=2",
+        "-P",
+        "epochs=1",
+    ]
     first = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     report = CliRunner().invoke(main, ["report", "mlprune", str(tmp_path / "report")])
@@ -111,14 +148,18 @@ def test_the_readme_flow_gives_the_full_report_and_a_readable_ui(tracking, tmp_p
     assert retrained.data.tags["mlprune.parent.weights"][:8] in note
 
     # a second identical run computes nothing and says so; 8-character prefixes work
-    again = CliRunner().invoke(main, ["run", str(REPO / "recipes" / "lt_structuredL1.yaml"), "-P", "rounds=2",
-                                      "-P", "epochs=1"])
+    again = CliRunner().invoke(
+        main, ["run", str(REPO / "recipes" / "lt_structuredL1.yaml"), "-P", "rounds=2", "-P", "epochs=1"]
+    )
     assert again.exit_code == 0, again.output
     assert again.output.strip().splitlines()[-1] == "6 states: 0 computed, 6 reused"
     prefix = retrained.info.run_id[:8]
     shown = CliRunner().invoke(main, ["show", prefix])
-    assert shown.exit_code == 0 and retrained.info.run_id in shown.output and "param reinit.strategy = rewind" in \
-        shown.output
+    assert (
+        shown.exit_code == 0
+        and retrained.info.run_id in shown.output
+        and "param reinit.strategy = rewind" in shown.output
+    )
     exported = CliRunner().invoke(main, ["export", prefix, str(tmp_path / "ticket")])
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "ticket" / "weights.safetensors").is_file()
@@ -150,20 +191,26 @@ def test_cli_run_tree_show_export(tracking, tmp_path):
     rows = [line for line in table.output.splitlines() if line.startswith("lt_structuredL1")]
     assert len(rows) == 2 and "100.00%" in rows[0]  # round 0 (dense) and round 1
     # a workflow run records which state each plan node reached
-    workflow = [r for r in MlflowClient(tracking_uri=tracking).search_runs(
-        [runs[0].info.experiment_id]) if r.data.tags.get("mlprune.recipe") == "lt_structuredL1"]
+    workflow = [
+        r
+        for r in MlflowClient(tracking_uri=tracking).search_runs([runs[0].info.experiment_id])
+        if r.data.tags.get("mlprune.recipe") == "lt_structuredL1"
+    ]
     assert len(workflow) == 1 and workflow[0].info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["-P", "rounds=-1"], "rounds"),
-    (["-P", "amount=1.5"], "1.5"),
-    (["-P", "model=resnet9000"], "resnet9000"),
-    (["-P", "dataset=nope"], "nope"),
-    (["-P", "epochs=-3"], "-3"),
-    (["-P", "wings=3"], "wings"),
-    (["-P", "rounds"], "rounds"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["-P", "rounds=-1"], "rounds"),
+        (["-P", "amount=1.5"], "1.5"),
+        (["-P", "model=resnet9000"], "resnet9000"),
+        (["-P", "dataset=nope"], "nope"),
+        (["-P", "epochs=-3"], "-3"),
+        (["-P", "wings=3"], "wings"),
+        (["-P", "rounds"], "rounds"),
+    ],
+)
 def test_bad_parameters_exit_2_with_one_line_and_run_nothing(tracking, args, fragment):
     result = CliRunner().invoke(main, ["run", LT, *args])
     assert result.exit_code == 2, result.output
@@ -212,22 +259,34 @@ def test_a_roots_data_location_is_used_by_every_step_below_it(tracking, tmp_path
     data = tmp_path / "elsewhere"
     _write_mnist(data)
     runner = CliRunner()
-    root = runner.invoke(main, ["step", "init", "-o", "model=lenet_300_100", "-o", "dataset=mnist",
-                                "-o", f"data_dir={data}"])
+    root = runner.invoke(
+        main, ["step", "init", "-o", "model=lenet_300_100", "-o", "dataset=mnist", "-o", f"data_dir={data}"]
+    )
     assert root.exit_code == 0, root.output
     root_id = root.stdout.strip().splitlines()[-1]
     assert MlflowClient(tracking_uri=tracking).get_run(root_id).data.tags["mlprune.data_dir"] == str(data)
     # no data_dir given: the root's is used (it is not part of any key)
-    pruned = runner.invoke(main, ["step", "prune", "--parent", root_id[:8], "-o", "method=l1_unstructured",
-                                  "-o", "amount=0.5"])
+    pruned = runner.invoke(
+        main, ["step", "prune", "--parent", root_id[:8], "-o", "method=l1_unstructured", "-o", "amount=0.5"]
+    )
     assert pruned.exit_code == 0, pruned.output
-    trained = runner.invoke(main, ["step", "train", "--parent", pruned.stdout.strip().splitlines()[-1],
-                                   "-o", "epochs=1"])
+    trained = runner.invoke(
+        main, ["step", "train", "--parent", pruned.stdout.strip().splitlines()[-1], "-o", "epochs=1"]
+    )
     assert trained.exit_code == 0, trained.output
     # the paper protocol without the files: where to get them, in one line, and nothing created
     before = len(state_runs(tracking, status=None))
-    missing = runner.invoke(main, ["run", str(REPO / "recipes" / "lt_structuredL1.yaml"), "-P", "protocol=paper",
-                                   "-P", f"data_dir={tmp_path / 'nothing'}"])
+    missing = runner.invoke(
+        main,
+        [
+            "run",
+            str(REPO / "recipes" / "lt_structuredL1.yaml"),
+            "-P",
+            "protocol=paper",
+            "-P",
+            f"data_dir={tmp_path / 'nothing'}",
+        ],
+    )
     assert missing.exit_code == 2
     line = missing.stderr.strip()
     assert "\n" not in line and "files not found" in line and "MLPRUNE_DOWNLOAD=1" in line
@@ -240,18 +299,23 @@ def test_mlprune_figures_0_turns_the_workflow_figures_off_unless_asked(tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLPRUNE_FIGURES", "0")
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text("name: tiny\nparams: {seed: 0}\nroot: {model: lenet_300_100, dataset: digits, seed: $seed, "
-                      "train_size: 64, "
-                      "test_size: 32}\ntrain: {epochs: 1}\nrounds: 1\nprune: {method: l1_unstructured, amount: 0.2}\n"
-                      "reinit: {strategy: rewind, to: root}\n")
+    recipe.write_text(
+        "name: tiny\nparams: {seed: 0}\nroot: {model: lenet_300_100, dataset: digits, seed: $seed, "
+        "train_size: 64, "
+        "test_size: 32}\ntrain: {epochs: 1}\nrounds: 1\nprune: {method: l1_unstructured, amount: 0.2}\n"
+        "reinit: {strategy: rewind, to: root}\n"
+    )
     client = MlflowClient(tracking_uri=uri)
 
     def figures_of_last_workflow(*args):
         result = CliRunner().invoke(main, ["run", str(recipe), *args], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         [experiment] = [e for e in client.search_experiments() if e.name == "mlprune"]
-        workflow = client.search_runs([experiment.experiment_id], filter_string="tags.`mlprune.recipe` = 'tiny'",
-                                      order_by=["attributes.start_time DESC"])[0]
+        workflow = client.search_runs(
+            [experiment.experiment_id],
+            filter_string="tags.`mlprune.recipe` = 'tiny'",
+            order_by=["attributes.start_time DESC"],
+        )[0]
         return [f.path for f in client.list_artifacts(workflow.info.run_id, "figures")]
 
     assert figures_of_last_workflow() == []

@@ -72,7 +72,11 @@ def test_lineage_tags_and_parents(experiment, tracking):
         assert state.lineage()[-1].run_id == root.run_id
         assert state.root.run_id == root.run_id
     assert [tags[s.run_id]["mlprune.kind"] for s in (root, trained, pruned, ticket)] == [
-        "init", "train", "prune", "reinit+train"]
+        "init",
+        "train",
+        "prune",
+        "reinit+train",
+    ]
     assert ticket.parents()["weights"].run_id == root.run_id
     # each run's description links its parents in the MLflow UI
     note = tags[ticket.run_id]["mlflow.note.content"]
@@ -87,8 +91,12 @@ def test_artifacts_and_metrics(experiment, tracking):
         assert {"weights.safetensors", "masks.safetensors", "state.json"} <= names
     # the prune-only state references its parent's weights instead of copying them (its own evaluation's
     # predictions are its own: pruning changed them)
-    assert {f.path for f in client.list_artifacts(pruned.run_id)} == {"masks.safetensors", "state.json",
-                                                                      "predictions.safetensors", "confusion.json"}
+    assert {f.path for f in client.list_artifacts(pruned.run_id)} == {
+        "masks.safetensors",
+        "state.json",
+        "predictions.safetensors",
+        "confusion.json",
+    }
     assert pruned.spec["weights_from"] == trained.run_id
     metrics = client.get_run(ticket.run_id).data.metrics
     for name in ("test_accuracy", "test_loss", "sparsity", "train_loss", "duration_s"):
@@ -131,8 +139,10 @@ def test_cache_hit_returns_the_same_run_and_creates_nothing(experiment, tracking
 
 def test_spelling_a_default_out_does_not_change_the_key(experiment):
     root = experiment.init(model="lenet", dataset="digits", seed=0)
-    assert experiment.root_key(seed=0)[0] == experiment.root_key(model="lenet", dataset="digits", seed=0,
-                                                                  init="default")[0]
+    assert (
+        experiment.root_key(seed=0)[0]
+        == experiment.root_key(model="lenet", dataset="digits", seed=0, init="default")[0]
+    )
     short, _, _ = experiment.child_key(root, Recipe.train(epochs=1))
     spelled, _, _ = experiment.child_key(root, Recipe.train(epochs=1, lr=0.01, optimizer="sgd", batch_size=32))
     assert short == spelled
@@ -259,8 +269,10 @@ def test_pinned_keys(experiment):
     assert experiment.child_key(root, Recipe.train(epochs=1))[0] == PINNED["train"]
     assert experiment.child_key(root, STRUCTURED)[0] == PINNED["prune"]
     assert experiment.child_key(root, LT_ROUND)[0] == PINNED["rewind+train"]
-    assert experiment.root_key(model="lenet_300_100", dataset="mnist", seed=1, init="glorot",
-                               val_size=5000)[0] == PINNED["root s1 mnist"]
+    assert (
+        experiment.root_key(model="lenet_300_100", dataset="mnist", seed=1, init="glorot", val_size=5000)[0]
+        == PINNED["root s1 mnist"]
+    )
 
 
 def test_a_train_checkpoint_is_bitwise_the_shorter_training(tmp_path, monkeypatch, _empty_store_db):
@@ -285,9 +297,11 @@ def test_a_train_checkpoint_is_bitwise_the_shorter_training(tmp_path, monkeypatc
     assert len(long_exp.store.client.get_metric_history(early.run_id, "train_loss")) == 2
 
     monkeypatch.chdir(tmp_path / "short")
-    direct = (short_exp.init(seed=5, train_size=256)
-              .apply(Recipe.prune(method="l1_unstructured", amount=0.3))
-              .apply(Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=2)))
+    direct = (
+        short_exp.init(seed=5, train_size=256)
+        .apply(Recipe.prune(method="l1_unstructured", amount=0.3))
+        .apply(Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=2))
+    )
     assert direct.key == early.key
     assert weights_hash(direct.weights) == weights_hash(early.weights)
     assert weights_hash(full.weights) != weights_hash(early.weights)

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from mlprune import data as D
-from mlprune.data import pipeline as DP, sampling as DS
 from mlprune.data import DATASETS, load_data
+from mlprune.data import pipeline as DP
+from mlprune.data import sampling as DS
 from mlprune.errors import SpecError
 from mlprune.models import build_model, model_input
 
@@ -27,6 +28,7 @@ IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-u
 
 
 # ----------------------------------------------------------------------------- writers (official formats)
+
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
     """IDX (SN3 Pascal Vincent) file: magic 0x00000800 | ndim, big-endian int32 dims, uint8 data."""
@@ -41,8 +43,9 @@ def write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
         path.write_bytes(payload)
 
 
-def make_mnist(root: Path, folder: str = "MNIST", n_train: int = 40, n_test: int = 20, gz: bool = False,
-               seed: int = 0) -> dict:
+def make_mnist(
+    root: Path, folder: str = "MNIST", n_train: int = 40, n_test: int = 20, gz: bool = False, seed: int = 0
+) -> dict:
     rng = np.random.default_rng(seed)
     arrays = {
         IDX[0]: rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
@@ -64,9 +67,12 @@ def make_cifar(root: Path, hundred: bool = False, per_batch: int = 8, n_test: in
     folder.mkdir(parents=True, exist_ok=True)
 
     def batch(n, tag):
-        d = {"batch_label": tag, label_key: [int(v) for v in rng.integers(0, ncls, n)],
-             "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-             "filenames": [f"img_{i}.png" for i in range(n)]}
+        d = {
+            "batch_label": tag,
+            label_key: [int(v) for v in rng.integers(0, ncls, n)],
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "filenames": [f"img_{i}.png" for i in range(n)],
+        }
         if hundred:
             d["coarse_labels"] = [v // 5 for v in d[label_key]]
         return d
@@ -79,9 +85,11 @@ def make_cifar(root: Path, hundred: bool = False, per_batch: int = 8, n_test: in
     for f, d in out.items():
         with open(folder / (f if hundred or f != "test" else "test_batch"), "wb") as fh:
             pickle.dump(d, fh, protocol=2)
-    meta = ({"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": [f"s{i}" for i in range(20)]}
-            if hundred else {"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": per_batch,
-                             "num_vis": 3072})
+    meta = (
+        {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": [f"s{i}" for i in range(20)]}
+        if hundred
+        else {"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": per_batch, "num_vis": 3072}
+    )
     with open(folder / ("meta" if hundred else "batches.meta"), "wb") as fh:
         pickle.dump(meta, fh, protocol=2)
     return out
@@ -117,6 +125,7 @@ def one_line(exc_info) -> str:
 
 # ----------------------------------------------------------------------------- digits
 
+
 def test_digits_is_default_and_matches_sklearn():
     from sklearn.datasets import load_digits
 
@@ -135,7 +144,7 @@ def test_digits_is_default_and_matches_sklearn():
 def test_digits_split_fixed_and_stratified():
     a = load_data("digits", split_seed=0)
     b = load_data("digits", split_seed=123, val_size=100)
-    assert batches_equal(a.test_batches(500), b.test_batches(500))   # split_seed never moves the test split
+    assert batches_equal(a.test_batches(500), b.test_batches(500))  # split_seed never moves the test split
     y = torch.cat([y for _, y in a.test_batches(1000)])
     counts = torch.bincount(y, minlength=10).float()
     assert abs(len(y) / 1797 - 0.2) < 0.01
@@ -166,6 +175,7 @@ def test_digits_load_is_fast():
 
 # ----------------------------------------------------------------------------- determinism
 
+
 @pytest.mark.parametrize("augment", [False, "crop+flip"])
 def test_same_seed_same_batches_regardless_of_global_rng(augment):
     a = load_data("digits", image_size=16, augment=augment)
@@ -176,7 +186,7 @@ def test_same_seed_same_batches_regardless_of_global_rng(augment):
     torch.manual_seed(2)
     state = torch.get_rng_state()
     second = list(b.train_batches(64, seed=7, epoch=3))
-    assert torch.equal(state, torch.get_rng_state())            # global RNG untouched
+    assert torch.equal(state, torch.get_rng_state())  # global RNG untouched
     assert batches_equal(first, second)
     assert not batches_equal(first, a.train_batches(64, seed=8, epoch=3))
     assert not batches_equal(first, a.train_batches(64, seed=7, epoch=4))
@@ -202,7 +212,7 @@ def test_augmentation_is_crop_and_flip_of_the_image():
         p = aug._pad
         padded = F.pad(x0, (p, p, p, p), value=fill)
         for i in range(len(x0)):
-            windows = [padded[i, :, r:r + 16, c:c + 16] for r in range(2 * p + 1) for c in range(2 * p + 1)]
+            windows = [padded[i, :, r : r + 16, c : c + 16] for r in range(2 * p + 1) for c in range(2 * p + 1)]
             windows += [w.flip(-1) for w in windows]
             assert any(torch.equal(x1[i], w) for w in windows)
             changed += not torch.equal(x1[i], x0[i])
@@ -221,20 +231,24 @@ def test_augment_defaults_and_values(files):
     assert "rotate" in one_line(e)
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("digits", {"image_size": 28, "augment": "crop+flip", "val_size": 100}),
-    ("mnist", {"channels": 3, "image_size": 32}),
-    ("cifar10", {}),
-    ("cifar100", {"channels": 1, "image_size": 20, "augment": "crop"}),
-])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("digits", {"image_size": 28, "augment": "crop+flip", "val_size": 100}),
+        ("mnist", {"channels": 3, "image_size": 32}),
+        ("cifar10", {}),
+        ("cifar100", {"channels": 1, "image_size": 20, "augment": "crop"}),
+    ],
+)
 def test_fast_and_generic_paths_give_identical_batches(files, name, kw):
     fast = load_data(name, data_dir=files, fast=True, **kw)
     slow = load_data(name, data_dir=files, fast=False, **kw)
     assert fast.fast and not slow.fast
     assert fast.input_shape == slow.input_shape
     for seed, epoch in [(0, 0), (3, 1)]:
-        assert batches_equal(fast.train_batches(32, seed=seed, epoch=epoch),
-                             slow.train_batches(32, seed=seed, epoch=epoch))
+        assert batches_equal(
+            fast.train_batches(32, seed=seed, epoch=epoch), slow.train_batches(32, seed=seed, epoch=epoch)
+        )
     assert batches_equal(fast.test_batches(7), slow.test_batches(7))
     if fast.len_val:
         assert batches_equal(fast.val_batches(30), slow.val_batches(30))
@@ -256,6 +270,7 @@ def test_auto_path_falls_back_to_generic_when_too_big(monkeypatch):
 
 # ----------------------------------------------------------------------------- adaptation
 
+
 def test_grayscale_to_rgb_normalizes_every_channel_with_gray_stats(files):
     gray = load_data("mnist", data_dir=files)
     rgb = load_data("mnist", data_dir=files, channels=3)
@@ -266,7 +281,7 @@ def test_grayscale_to_rgb_normalizes_every_channel_with_gray_stats(files):
     expect = (raw.x_test.float() / 255 - 0.1307) / 0.3081
     assert torch.allclose(xg, expect, atol=1e-6)
     for c in range(3):
-        assert torch.equal(xr[:, c:c + 1], xg)
+        assert torch.equal(xr[:, c : c + 1], xg)
 
 
 def test_rgb_to_grayscale_uses_luminance_and_measured_std(files):
@@ -284,7 +299,7 @@ def test_resize_is_bilinear_on_the_unit_range():
     x = torch.cat([x for x, _ in data.test_batches(1000)])
     ref = F.interpolate(raw.x_test.float() / 16, size=(28, 28), mode="bilinear", align_corners=False)
     assert torch.allclose(x, (ref - 0.3054) / 0.3761, atol=1e-5)
-    assert load_data("digits", image_size=4).input_shape == (1, 4, 4)   # shrinking works too
+    assert load_data("digits", image_size=4).input_shape == (1, 4, 4)  # shrinking works too
 
 
 def test_val_split(files):
@@ -308,6 +323,7 @@ def test_val_split(files):
 
 # ----------------------------------------------------------------------------- on-disk formats
 
+
 def test_mnist_and_fashion_read_through_torchvision(files):
     import torchvision
 
@@ -317,7 +333,7 @@ def test_mnist_and_fashion_read_through_torchvision(files):
         ref = cls(str(files), train=True, download=False)
         raw = DATASETS[name](files)
         assert torch.equal(raw.x_train[:, 0], ref.data) and torch.equal(raw.y_train, ref.targets)
-    assert (files / "FashionMNIST" / "raw" / IDX[0]).is_file()   # decompressed from .gz
+    assert (files / "FashionMNIST" / "raw" / IDX[0]).is_file()  # decompressed from .gz
 
 
 def test_cifar_read_in_official_format(files):
@@ -359,12 +375,15 @@ def test_data_dir_from_environment(files, monkeypatch):
     assert load_data("mnist").len_train == 40
 
 
-@pytest.mark.parametrize("name,where,needs", [
-    ("mnist", "MNIST/raw", "train-images-idx3-ubyte"),
-    ("fashion_mnist", "FashionMNIST/raw", "t10k-labels-idx1-ubyte"),
-    ("cifar10", "cifar-10-batches-py", "data_batch_1"),
-    ("cifar100", "cifar-100-python", "meta"),
-])
+@pytest.mark.parametrize(
+    "name,where,needs",
+    [
+        ("mnist", "MNIST/raw", "train-images-idx3-ubyte"),
+        ("fashion_mnist", "FashionMNIST/raw", "t10k-labels-idx1-ubyte"),
+        ("cifar10", "cifar-10-batches-py", "data_batch_1"),
+        ("cifar100", "cifar-100-python", "meta"),
+    ],
+)
 def test_missing_files_say_what_to_place_where(tmp_path, name, where, needs):
     with pytest.raises(SpecError) as e:
         load_data(name, data_dir=tmp_path)
@@ -417,14 +436,18 @@ def test_rewritten_files_are_reread(tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("kw,word", [
-    ({"name": "imagenet"}, "imagenet"),
-    ({"name": "digits", "channels": 2}, "channels"),
-    ({"name": "digits", "image_size": 0}, "image_size"),
-    ({"name": "digits", "image_size": 2.5}, "image_size"),
-    ({"name": "digits", "split_seed": "x"}, "split_seed"),
-    ({"name": "digits", "fast": "yes"}, "fast"),
-])
+
+@pytest.mark.parametrize(
+    "kw,word",
+    [
+        ({"name": "imagenet"}, "imagenet"),
+        ({"name": "digits", "channels": 2}, "channels"),
+        ({"name": "digits", "image_size": 0}, "image_size"),
+        ({"name": "digits", "image_size": 2.5}, "image_size"),
+        ({"name": "digits", "split_seed": "x"}, "split_seed"),
+        ({"name": "digits", "fast": "yes"}, "fast"),
+    ],
+)
 def test_bad_arguments_are_one_line_spec_errors(kw, word):
     with pytest.raises(SpecError) as e:
         load_data(**kw)
@@ -433,8 +456,12 @@ def test_bad_arguments_are_one_line_spec_errors(kw, word):
 
 def test_bad_batch_arguments():
     data = load_data("digits")
-    for call in (lambda: data.train_batches(0, seed=0, epoch=0), lambda: data.test_batches(1.5),
-                 lambda: data.train_batches(8, seed="a", epoch=0), lambda: data.val_batches(-1)):
+    for call in (
+        lambda: data.train_batches(0, seed=0, epoch=0),
+        lambda: data.test_batches(1.5),
+        lambda: data.train_batches(8, seed="a", epoch=0),
+        lambda: data.val_batches(-1),
+    ):
         with pytest.raises(SpecError) as e:
             call()
         one_line(e)
@@ -453,8 +480,9 @@ def adapted(model: str, name: str, root: Path):
     return load_data(name, data_dir=root, channels=channels, image_size=image_size)
 
 
-@pytest.mark.parametrize("model,name", [(m, d) for m in MODEL_NAMES for d in DATASET_NAMES]
-                         + [("tv:resnet18", "cifar10")])   # one tv: case, on cifar-shaped data
+@pytest.mark.parametrize(
+    "model,name", [(m, d) for m in MODEL_NAMES for d in DATASET_NAMES] + [("tv:resnet18", "cifar10")]
+)  # one tv: case, on cifar-shaped data
 def test_every_model_runs_on_every_dataset(files, model, name):
     data = adapted(model, name, files)
     net = build_model(model, num_classes=data.num_classes, input_shape=data.input_shape, seed=0)

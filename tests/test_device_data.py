@@ -37,7 +37,9 @@ def digest(tensors) -> str:
     for name, tensor in items:
         tensor = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.view(torch.int16).numpy().tobytes())
+        h.update(
+            tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.view(torch.int16).numpy().tobytes()
+        )
     return h.hexdigest()
 
 
@@ -51,25 +53,54 @@ def batch_digests() -> dict:
         batches = [t for x, y in data.train_batches(32, seed=3, epoch=1) for t in (x, y)]
         skipped = [t for x, y in data.train_batches(32, seed=3, epoch=1, skip=2) for t in (x, y)]
         test = [t for x, y in data.test_batches(64) for t in (x, y)]
-        out[f"digits28 crop+flip fast={fast}"] = {"train": digest(batches), "skip2": digest(skipped),
-                                                   "test": digest(test)}
+        out[f"digits28 crop+flip fast={fast}"] = {
+            "train": digest(batches),
+            "skip2": digest(skipped),
+            "test": digest(test),
+        }
     return out
 
 
 STATES = {
-    "lenet crop+flip sgd": (dict(model="lenet", dataset="digits", seed=0, train_size=256, augment="crop+flip"),
-                            [{"train": dict(steps=2, lr=0.05, momentum=0.9, batch_size=BATCH)}]),
+    "lenet crop+flip sgd": (
+        dict(model="lenet", dataset="digits", seed=0, train_size=256, augment="crop+flip"),
+        [{"train": dict(steps=2, lr=0.05, momentum=0.9, batch_size=BATCH)}],
+    ),
     "lenet_300_100 bf16 multistep warmup": (
         dict(model="lenet_300_100", dataset="digits", seed=1, train_size=256),
-        [{"train": dict(steps="20it", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=BATCH,
-                        precision="bf16", warmup="5it", lr_schedule={"kind": "multistep", "milestones": ["10it"]})}]),
+        [
+            {
+                "train": dict(
+                    steps="20it",
+                    lr=0.1,
+                    momentum=0.9,
+                    nesterov=True,
+                    weight_decay=5e-4,
+                    batch_size=BATCH,
+                    precision="bf16",
+                    warmup="5it",
+                    lr_schedule={"kind": "multistep", "milestones": ["10it"]},
+                )
+            }
+        ],
+    ),
     "resnet20 B crop then prune+rewind@4it": (
-        dict(model="resnet20", model_options={"shortcut": "B"}, dataset="digits", seed=2, channels=3,
-             train_size=128, augment="crop"),
-        [{"train": dict(steps=2, lr=0.05, momentum=0.9, batch_size=BATCH)},
-         {"prune": dict(method="l1_unstructured", amount=0.5, scope="global")},
-         {"reinit": dict(strategy="rewind", to="root", at="4it")},
-         {"train": dict(steps=2, lr=0.05, momentum=0.9, batch_size=BATCH)}]),
+        dict(
+            model="resnet20",
+            model_options={"shortcut": "B"},
+            dataset="digits",
+            seed=2,
+            channels=3,
+            train_size=128,
+            augment="crop",
+        ),
+        [
+            {"train": dict(steps=2, lr=0.05, momentum=0.9, batch_size=BATCH)},
+            {"prune": dict(method="l1_unstructured", amount=0.5, scope="global")},
+            {"reinit": dict(strategy="rewind", to="root", at="4it")},
+            {"train": dict(steps=2, lr=0.05, momentum=0.9, batch_size=BATCH)},
+        ],
+    ),
 }
 
 # masks computed from trained weights (magnitude pruning): compared with torch's pruning on this machine
@@ -87,7 +118,7 @@ def compute_states(experiment) -> dict:
         for step in steps:
             chain.append(step)
             if "reinit" in step:
-                continue   # applied together with the retraining that follows it
+                continue  # applied together with the retraining that follows it
             state = state.apply(Recipe(tuple(chain)))
             states.append(state)
             chain = []
@@ -145,18 +176,26 @@ def test_cpu_states_match_the_pinned_keys_and_masks(computed):
 
 # ---- the training written by hand ------------------------------------------------------------------
 
+
 def _data(root_spec: dict):
     """The dataset as a state of `root_spec` trains on it (the model's channels and minimum image size)."""
     from mlprune.data import load_data
     from mlprune.models import model_input
 
     channels, min_size = model_input(root_spec["model"])
-    return load_data(root_spec["dataset"], train_size=root_spec["train_size"], augment=root_spec.get("augment"),
-                     channels=root_spec.get("channels") or channels, min_image_size=min_size, val_size=0)
+    return load_data(
+        root_spec["dataset"],
+        train_size=root_spec["train_size"],
+        augment=root_spec.get("augment"),
+        channels=root_spec.get("channels") or channels,
+        min_image_size=min_size,
+        val_size=0,
+    )
 
 
-def _hand_train(model, data, *, start: int, stop: int, lr_of, seed: int, optimizer, masks=None,
-                precision: str = "fp32") -> dict:
+def _hand_train(
+    model, data, *, start: int, stop: int, lr_of, seed: int, optimizer, masks=None, precision: str = "fp32"
+) -> dict:
     """Optimizer steps start..stop-1 of a training: step i uses LR lr_of(i) and batch i mod per_epoch of
     epoch i // per_epoch (data order seeded by `seed`); the mean cross-entropy of the batch; pruned
     entries' gradients zeroed before the step and the entries set to 0 after it. One torch thread, as the
@@ -165,7 +204,7 @@ def _hand_train(model, data, *, start: int, stop: int, lr_of, seed: int, optimiz
     keeps = [(p, masks[n].to(p.dtype)) for n, p in model.named_parameters() if masks and n in masks]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.set_flush_denormal(True)   # as mlprune's loop (deterministic; denormals only cost time)
+    torch.set_flush_denormal(True)  # as mlprune's loop (deterministic; denormals only cost time)
     model.train()
     try:
         with torch.no_grad():
@@ -200,8 +239,12 @@ def _model_at(state):
 
     root = state.spec["root"]
     data = _data({**root, **root["data"]})
-    model = build_model(root["model"], num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                        options=root.get("model_options"))
+    model = build_model(
+        root["model"],
+        num_classes=data.num_classes,
+        input_shape=tuple(data.input_shape),
+        options=root.get("model_options"),
+    )
     model.load_state_dict(state.weights)
     return model, data
 
@@ -219,7 +262,7 @@ def test_a_plain_sgd_training_is_bitwise_the_hand_written_one(computed):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     want = _hand_train(model, data, start=0, stop=2 * per_epoch, lr_of=lambda i: 0.05, seed=0, optimizer=optimizer)
     _assert_bitwise(trained.weights, want)
-    assert any(not torch.equal(trained.weights[n], root.weights[n]) for n in want)   # it did train
+    assert any(not torch.equal(trained.weights[n], root.weights[n]) for n in want)  # it did train
 
 
 def test_bf16_nesterov_weight_decay_multistep_warmup_is_bitwise_the_hand_written_one(computed):
@@ -227,7 +270,7 @@ def test_bf16_nesterov_weight_decay_multistep_warmup_is_bitwise_the_hand_written
     model, data = _model_at(root)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
-    def lr_of(i: int) -> float:   # multistep (gamma 0.1 at 10it) times a linear warmup over 5it
+    def lr_of(i: int) -> float:  # multistep (gamma 0.1 at 10it) times a linear warmup over 5it
         return 0.1 * (0.1 ** (1 if i >= 10 else 0) * min(1.0, i / 5))
 
     want = _hand_train(model, data, start=0, stop=20, lr_of=lr_of, seed=1, optimizer=optimizer, precision="bf16")
@@ -243,7 +286,7 @@ def test_batchnorm_training_prune_rewind_and_retraining_are_bitwise_the_hand_wri
     root, trained, pruned, retrained = computed["resnet20 B crop then prune+rewind@4it"]
     model, data = _model_at(root)
     per_epoch = data.batches_per_epoch(BATCH)
-    assert per_epoch == 4   # so the rewind point (4it) is the end of epoch 1
+    assert per_epoch == 4  # so the rewind point (4it) is the end of epoch 1
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     at_4 = _hand_train(model, data, start=0, stop=4, lr_of=lambda i: 0.05, seed=2, optimizer=optimizer)
     full = _hand_train(model, data, start=4, stop=2 * per_epoch, lr_of=lambda i: 0.05, seed=2, optimizer=optimizer)
@@ -252,8 +295,11 @@ def test_batchnorm_training_prune_rewind_and_retraining_are_bitwise_the_hand_wri
     oracle, _ = _model_at(trained)
     params = [(module, "weight") for name, module in oracle.named_modules() if f"{name}.weight" in pruned.masks]
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.5)
-    want_masks = {f"{name}.weight": module.weight_mask.bool() for name, module in oracle.named_modules()
-                  if hasattr(module, "weight_mask")}
+    want_masks = {
+        f"{name}.weight": module.weight_mask.bool()
+        for name, module in oracle.named_modules()
+        if hasattr(module, "weight_mask")
+    }
     assert sorted(want_masks) == sorted(pruned.masks)
     for name, mask in want_masks.items():
         assert torch.equal(pruned.masks[name], mask), name
@@ -263,8 +309,9 @@ def test_batchnorm_training_prune_rewind_and_retraining_are_bitwise_the_hand_wri
     model, _ = _model_at(root)
     model.load_state_dict(at_4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    want = _hand_train(model, data, start=4, stop=2 * per_epoch, lr_of=lambda i: 0.05, seed=2, optimizer=optimizer,
-                       masks=pruned.masks)
+    want = _hand_train(
+        model, data, start=4, stop=2 * per_epoch, lr_of=lambda i: 0.05, seed=2, optimizer=optimizer, masks=pruned.masks
+    )
     _assert_bitwise(retrained.weights, want)
     assert all(torch.equal(retrained.masks[n], pruned.masks[n]) for n in pruned.masks)
 
@@ -284,11 +331,11 @@ def test_cpu_states_are_bitwise_reproducible_here(computed, tracking):
 def test_placement_keeps_what_fits_on_the_accelerator_and_pins_the_rest():
     from mlprune.data.pipeline import placement
 
-    cifar10 = 60000 * 3 * 32 * 32 * 4 + 60000 * 8           # preprocessed float32 images and int64 labels
+    cifar10 = 60000 * 3 * 32 * 32 * 4 + 60000 * 8  # preprocessed float32 images and int64 labels
     assert placement("cpu", True, cifar10, None) == "host"
-    assert placement("cuda", True, cifar10, 140 * 1024 ** 3) == "device"     # an H200: resident
-    assert placement("cuda", True, cifar10, 1024 ** 3) == "pinned"           # over half of what is free
-    assert placement("cuda", False, 10, 140 * 1024 ** 3) == "pinned"         # the per-sample path never moves
+    assert placement("cuda", True, cifar10, 140 * 1024**3) == "device"  # an H200: resident
+    assert placement("cuda", True, cifar10, 1024**3) == "pinned"  # over half of what is free
+    assert placement("cuda", False, 10, 140 * 1024**3) == "pinned"  # the per-sample path never moves
     assert placement("mps", True, cifar10, None) == "device" and placement("mps", False, 10, None) == "host"
 
 
@@ -308,8 +355,9 @@ def test_cuda_batches_are_bitwise_the_cpu_batches(fast):
     cpu = load_data("digits", image_size=28, augment="crop+flip", train_size=200, fast=fast)
     gpu = cpu.on(torch.device("cuda"))
     assert gpu.placement == ("device" if fast else "pinned")
-    for (xc, yc), (xg, yg) in zip(cpu.train_batches(32, seed=3, epoch=1, skip=1),
-                                  gpu.train_batches(32, seed=3, epoch=1, skip=1)):
+    for (xc, yc), (xg, yg) in zip(
+        cpu.train_batches(32, seed=3, epoch=1, skip=1), gpu.train_batches(32, seed=3, epoch=1, skip=1)
+    ):
         assert xg.device.type == "cuda" and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
     for (xc, yc), (xg, yg) in zip(cpu.test_batches(64), gpu.test_batches(64)):
         assert torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
@@ -326,8 +374,11 @@ if __name__ == "__main__":  # regenerate the pins (see the module docstring)
     with tempfile.TemporaryDirectory() as folder:
         os.chdir(folder)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
-        result = {"_about": "CPU batch digests, state keys and masks that do not depend on trained floats; "
-                            "see tests/test_device_data.py",
-                  "batches": batch_digests(), "states": state_results(compute_states(Experiment("pins")))}
+        result = {
+            "_about": "CPU batch digests, state keys and masks that do not depend on trained floats; "
+            "see tests/test_device_data.py",
+            "batches": batch_digests(),
+            "states": state_results(compute_states(Experiment("pins"))),
+        }
     json.dump(result, sys.stdout, indent=1, sort_keys=True)
     sys.stdout.write("\n")

@@ -53,8 +53,9 @@ def env_for(uri: str | None, **extra) -> dict:
 
 
 def cli(args, *, env, cwd, timeout=300):
-    return subprocess.run([sys.executable, "-m", "mlprune", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mlprune", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def one_line(stderr: str) -> str:
@@ -104,8 +105,17 @@ def digest(path: Path) -> str:
 def test_three_runs_on_a_fresh_store_directory_all_succeed_once_each(tmp_path):
     recipe = write(tmp_path)
     env = env_for(None)  # MLflow's default: sqlite:///mlflow.db in the working directory, created by the runs
-    processes = [subprocess.Popen([sys.executable, "-m", "mlprune", "run", recipe], env=env, cwd=tmp_path,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mlprune", "run", recipe],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=600) for p in processes]
     for process, (_out, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
@@ -212,8 +222,10 @@ def test_a_truncated_weights_file_is_one_line(tracking, tmp_path):
 def test_alias_bombs_deep_nesting_binary_and_huge_files_fail_fast_in_one_line(tracking, tmp_path):
     bomb = "params: {seed: 0, a0: &a0 [x, x, x, x, x, x, x, x, x]\n"
     for i in range(1, 9):
-        bomb += f"  , a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, " \
-                f"*a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
+        bomb += (
+            f"  , a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+            f"*a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
+        )
     bomb += "}\n" + TINY.split("\n", 1)[1]
     cases = {
         "bomb.yaml": (bomb.encode(), "aliases"),  # 72 aliases of fan-out 9: 9**9 nodes expanded
@@ -241,7 +253,7 @@ def test_numbers_parse_as_users_write_them_and_seeds_must_fit(tracking, tmp_path
     from mlprune.recipes import parse_assignments
 
     assert parse_assignments(["lr=1e-3", "epochs=2", "name=abc"]) == {"lr": 0.001, "epochs": 2, "name": "abc"}
-    for seed in (2 ** 63, 2 ** 64, -1):
+    for seed in (2**63, 2**64, -1):
         line = invoke_error("validate", recipe, "-P", f"seed={seed}")
         assert str(seed) in line
 
@@ -262,8 +274,9 @@ def test_an_unreachable_tracking_server_is_one_line_in_seconds(tmp_path):
         started = time.monotonic()
         result = cli(args, env=env_for("http://127.0.0.1:9"), cwd=tmp_path, timeout=120)
         assert time.monotonic() - started < 30, args
-        assert result.returncode == 2 and "cannot reach the tracking server at http://127.0.0.1:9" in \
-            one_line(result.stderr)
+        assert result.returncode == 2 and "cannot reach the tracking server at http://127.0.0.1:9" in one_line(
+            result.stderr
+        )
 
 
 def test_a_server_that_is_not_mlflow_is_not_taken_for_one(tmp_path):
@@ -292,7 +305,7 @@ def test_broken_store_files_are_one_line_naming_the_path(tmp_path):
 
 @pytest.mark.slow
 def test_a_locked_store_is_one_line(tracking, tmp_path):
-    path = tracking[len("sqlite:///"):]
+    path = tracking[len("sqlite:///") :]
     lock = sqlite3.connect(path, timeout=1)
     lock.execute("PRAGMA journal_mode=DELETE")
     lock.execute("BEGIN EXCLUSIVE")
@@ -349,9 +362,14 @@ main()
 @pytest.mark.slow
 def test_ctrl_c_during_training_exits_130_in_one_line_and_fails_the_state(tracking, tmp_path):
     paused = tmp_path / "paused"
-    process = subprocess.Popen([sys.executable, "-c", PAUSE, "run", write(tmp_path), "-P", "epochs=3"],
-                               env=env_for(tracking, PAUSED=str(paused)), cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", PAUSE, "run", write(tmp_path), "-P", "epochs=3"],
+        env=env_for(tracking, PAUSED=str(paused)),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not (paused.exists() and paused.read_text()):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]

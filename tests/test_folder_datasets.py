@@ -115,8 +115,9 @@ def test_tiny_imagenet_training_batches_are_seeded_padded_crops_and_flips(tmp_pa
     images = {}
     for wnid in WNIDS:
         for path in sorted((folder / "train" / wnid / "images").iterdir()):
-            padded = torch.nn.functional.pad(torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy())
-                                             .permute(2, 0, 1), (4, 4, 4, 4))
+            padded = torch.nn.functional.pad(
+                torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1), (4, 4, 4, 4)
+            )
             images.setdefault(WNIDS.index(wnid), []).append(padded)
     flipped = 0
     for x, y in first:
@@ -125,13 +126,13 @@ def test_tiny_imagenet_training_batches_are_seeded_padded_crops_and_flips(tmp_pa
             for padded in images[label]:
                 for top in range(9):
                     for left in range(9):
-                        crop = padded[:, top:top + 64, left:left + 64].float() / 255.0
+                        crop = padded[:, top : top + 64, left : left + 64].float() / 255.0
                         crop = (crop - torch.tensor(info.mean).view(3, 1, 1)) / torch.tensor(info.std).view(3, 1, 1)
                         candidates += [(crop, False), (crop.flip(-1), True)]
             match = [was_flipped for crop, was_flipped in candidates if torch.allclose(crop, sample, atol=1e-6)]
             assert match, "a training sample is no padded crop of an image of its class"
             flipped += match[0]
-    assert 0 < flipped < 12      # coins were thrown
+    assert 0 < flipped < 12  # coins were thrown
 
 
 def test_imagenet_uses_the_usual_train_and_val_transforms(tmp_path, monkeypatch):
@@ -142,8 +143,14 @@ def test_imagenet_uses_the_usual_train_and_val_transforms(tmp_path, monkeypatch)
     data = load_data("imagenet", data_dir=tmp_path)
     info = DATASETS["imagenet"]
     assert (data.num_classes, data.input_shape, data.len_train, data.len_test) == (1000, (3, 224, 224), 9, 6)
-    usual_val = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                                    transforms.Normalize(info.mean, info.std)])
+    usual_val = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(info.mean, info.std),
+        ]
+    )
     files = sorted((p, WNIDS.index(p.parent.name)) for p in (folder / "val").rglob("*.JPEG"))
     x, y = next(iter(data.test_batches(64)))
     assert y.tolist() == [label for _, label in files]
@@ -176,8 +183,10 @@ def test_random_resized_crop_boxes_follow_the_recipe():
 
 
 def test_missing_folders_are_one_line_errors_naming_the_layout(tmp_path):
-    for name, fragment in (("imagenet", "imagenet/train/<wnid>/*.JPEG"),
-                           ("tiny_imagenet", "tiny-imagenet-200/train/<wnid>/images/*.JPEG")):
+    for name, fragment in (
+        ("imagenet", "imagenet/train/<wnid>/*.JPEG"),
+        ("tiny_imagenet", "tiny-imagenet-200/train/<wnid>/images/*.JPEG"),
+    ):
         with pytest.raises(SpecError) as error:
             load_data(name, data_dir=tmp_path)
         assert "\n" not in str(error.value) and fragment in str(error.value) and "not found" in str(error.value)
@@ -195,9 +204,11 @@ def test_a_network_trains_on_tiny_imagenet_and_imagenet_files(experiment, tmp_pa
     make_tiny_imagenet(tmp_path)
     make_imagenet(tmp_path)
     tiny = experiment.init(model="resnet20", dataset="tiny_imagenet", seed=0, data_dir=str(tmp_path)).apply(
-        Recipe.train(steps="3it", lr=0.05, batch_size=4))
-    big = experiment.init(model="lenet_300_100", dataset="imagenet", seed=0, image_size=32,
-                          data_dir=str(tmp_path)).apply(Recipe.train(steps="2it", lr=0.05, batch_size=4))
+        Recipe.train(steps="3it", lr=0.05, batch_size=4)
+    )
+    big = experiment.init(
+        model="lenet_300_100", dataset="imagenet", seed=0, image_size=32, data_dir=str(tmp_path)
+    ).apply(Recipe.train(steps="2it", lr=0.05, batch_size=4))
     client = MlflowClient()
     for state in (tiny, big):
         metrics = client.get_run(state.run_id).data.metrics

@@ -25,9 +25,21 @@ def zhu_gupta(t: int, t0: int, n: int, dt: int, s_i: float, s_f: float) -> float
 
 
 def test_agp_schedule_is_zhu_and_gupta_cubic():
-    options = resolve_train({"epochs": 10, "batch_size": 32, "sparsity_schedule": {
-        "kind": "agp", "initial": 0.1, "final": 0.9, "start": "1ep", "end": "8ep", "every": "5it"}}).options
-    line = timeline(options, per_epoch=10)   # start 10 it, end 80 it: n = 14 steps of 5
+    options = resolve_train(
+        {
+            "epochs": 10,
+            "batch_size": 32,
+            "sparsity_schedule": {
+                "kind": "agp",
+                "initial": 0.1,
+                "final": 0.9,
+                "start": "1ep",
+                "end": "8ep",
+                "every": "5it",
+            },
+        }
+    ).options
+    line = timeline(options, per_epoch=10)  # start 10 it, end 80 it: n = 14 steps of 5
     assert line.gradual["steps"] == list(range(10, 81, 5))
     for t in line.gradual["steps"]:
         assert line.sparsity(t) == pytest.approx(zhu_gupta(t, 10, 14, 5, 0.1, 0.9), abs=1e-12)
@@ -40,7 +52,7 @@ def test_agp_schedule_is_zhu_and_gupta_cubic():
 
 def test_sparsity_schedule_is_checked_and_leaves_other_keys_alone():
     plain = resolve_train({"epochs": 2}).options
-    assert "sparsity_schedule" not in plain     # at its default: no key changes
+    assert "sparsity_schedule" not in plain  # at its default: no key changes
     assert resolve_train({"epochs": 2, "sparsity_schedule": None}).options == plain
     with pytest.raises(SpecError, match="after the end of the training"):
         resolve_train({"epochs": 2, "sparsity_schedule": {"final": 0.8, "end": "3ep"}})
@@ -65,15 +77,15 @@ def test_agp_final_0_8_ends_at_0_800_and_rises_every_epoch(experiment):
     root = experiment.init(model="lenet_300_100", dataset="digits", seed=0, train_size=256, test_size=64)
     state = root.apply(Recipe.train(epochs=5, lr=0.0012, optimizer="adam", batch_size=32, sparsity_schedule=SCHEDULE))
     assert state.metrics["sparsity"] == pytest.approx(0.8, abs=1e-3)
-    for name, mask in state.masks.items():      # scope layer: every layer at 0.8
+    for name, mask in state.masks.items():  # scope layer: every layer at 0.8
         assert state.metrics[f"sparsity.{name}"] == pytest.approx(0.8, abs=1e-3)
-        assert bool((state.weights[name][~mask] == 0).all())      # the final state carries the mask
+        assert bool((state.weights[name][~mask] == 0).all())  # the final state carries the mask
     history = sorted(experiment.store.client.get_metric_history(state.run_id, "train_sparsity"), key=lambda m: m.step)
     per_epoch = [m.value for m in history]
     assert [m.step for m in history] == [1, 2, 3, 4, 5]
     assert all(a <= b for a, b in zip(per_epoch, per_epoch[1:])) and per_epoch[0] < per_epoch[3]
     # each epoch ends at the sparsity of its last pruning step (8 iterations an epoch: window 8..32, Δt = 3)
-    steps = list(range(8, 33, 3))                # t0 = 8, Δt = 3, n = 8: 8, 11, ..., 32
+    steps = list(range(8, 33, 3))  # t0 = 8, Δt = 3, n = 8: 8, 11, ..., 32
     for epoch, value in enumerate(per_epoch, start=1):
         last = max(t for t in steps if t <= 8 * epoch)
         expected = zhu_gupta(last, 8, 8, 3, 0.0, 0.8)
@@ -89,16 +101,32 @@ def _train(stop_at=None, schedule_from=None, start=None, scope="layer", optimize
     if start is not None:
         model.load_state_dict(start[0])
         masks = {n: m.clone() for n, m in start[1].items()}
-    raw = {"epochs": 5, "lr": 0.0012 if optimizer == "adam" else 0.05, "optimizer": optimizer, "batch_size": 32,
-           "sparsity_schedule": {**SCHEDULE, "scope": scope}}
+    raw = {
+        "epochs": 5,
+        "lr": 0.0012 if optimizer == "adam" else 0.05,
+        "optimizer": optimizer,
+        "batch_size": 32,
+        "sparsity_schedule": {**SCHEDULE, "scope": scope},
+    }
     if stop_at:
         raw["stop_at"] = stop_at
     if schedule_from:
         raw["schedule_from"] = schedule_from
     seen = {}
-    history = train(model, masks, data, resolve_train(raw).options, seed=0, calls=Callbacks(
-        checkpoints={17: lambda m, h: seen.update(state=copy.deepcopy(m.state_dict()),
-                                                   masks={k: v.clone() for k, v in masks.items()})}))
+    history = train(
+        model,
+        masks,
+        data,
+        resolve_train(raw).options,
+        seed=0,
+        calls=Callbacks(
+            checkpoints={
+                17: lambda m, h: seen.update(
+                    state=copy.deepcopy(m.state_dict()), masks={k: v.clone() for k, v in masks.items()}
+                )
+            }
+        ),
+    )
     return model.state_dict(), masks, history, seen
 
 
@@ -114,12 +142,13 @@ def test_gradual_pruning_is_prefix_consistent(scope, optimizer):
     for name in full_masks:
         assert torch.equal(short_masks[name], seen["masks"][name]), name
     assert 0 < sum(int((~m).sum()) for m in short_masks.values()) < sum(int((~m).sum()) for m in full_masks.values())
-    for name, mask in full_masks.items():    # pruned weights are exactly +0.0 (their optimizer state was cleared)
+    for name, mask in full_masks.items():  # pruned weights are exactly +0.0 (their optimizer state was cleared)
         assert bool((full_weights[name][~mask] == 0).all()) and not bool(torch.signbit(full_weights[name][~mask]).any())
     if optimizer != "sgd":
         return
-    resumed_weights, resumed_masks, history, _ = _train(schedule_from="17it", start=(short_weights, short_masks),
-                                                        scope=scope, optimizer=optimizer)
+    resumed_weights, resumed_masks, history, _ = _train(
+        schedule_from="17it", start=(short_weights, short_masks), scope=scope, optimizer=optimizer
+    )
     for name in full_weights:
         assert torch.equal(resumed_weights[name], full_weights[name]), name
     for name in full_masks:
@@ -137,16 +166,43 @@ def test_lr_rewind_preset_shares_openlth_resnet20_root_and_first_training():
     from mlprune.plan import PlanBuilder
 
     builder = PlanBuilder("openlth")
-    root = builder.root("root", {"model": "resnet20", "model_options": {"shortcut": "B"}, "dataset": "cifar10",
-                                 "init": "kaiming_normal", "bn_init": "uniform", "seed": 0})
-    trained = builder.child("train", root, [{"train": {
-        "epochs": 160, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128,
-        "lr_schedule": {"kind": "multistep", "milestones": ["80ep", "120ep"], "gamma": 0.1}}}])
+    root = builder.root(
+        "root",
+        {
+            "model": "resnet20",
+            "model_options": {"shortcut": "B"},
+            "dataset": "cifar10",
+            "init": "kaiming_normal",
+            "bn_init": "uniform",
+            "seed": 0,
+        },
+    )
+    trained = builder.child(
+        "train",
+        root,
+        [
+            {
+                "train": {
+                    "epochs": 160,
+                    "lr": 0.1,
+                    "optimizer": "sgd",
+                    "momentum": 0.9,
+                    "weight_decay": 1e-4,
+                    "batch_size": 128,
+                    "lr_schedule": {"kind": "multistep", "milestones": ["80ep", "120ep"], "gamma": 0.1},
+                }
+            }
+        ],
+    )
     paper = compile_recipe(LR_REWIND, {"protocol": "paper"})
     assert paper.keys["root"] == root.key and paper.keys["train"] == trained.key
     prune = paper.node("prune1").steps[0]["prune"]
     assert (prune["method"], prune["amount"], prune["scope"], prune["exclude"]) == (
-        "l1_unstructured", 0.2, "global", ["@output"])
+        "l1_unstructured",
+        0.2,
+        "global",
+        ["@output"],
+    )
     # LR rewinding: keep the pruned weights, replay the whole schedule (Renda et al.'s recommendation) ...
     reinit, retrain = paper.node("round1").steps
     assert reinit == {"reinit": {"strategy": "keep", "reset_optimizer": True}}
@@ -169,19 +225,18 @@ def test_lr_rewinding_replays_the_schedule_from_its_point_on_the_pruned_weights(
     schedule = {"kind": "multistep", "milestones": ["2ep", "3ep"], "gamma": 0.1}
     train = dict(epochs=4, lr=0.05, optimizer="sgd", momentum=0.9, batch_size=32, lr_schedule=schedule)
     root = experiment.init(model="lenet_300_100", dataset="digits", seed=0, train_size=128, test_size=64)
-    pruned = root.apply(Recipe.train(**train)).apply(Recipe.prune(method="l1_unstructured", amount=0.5,
-                                                                  scope="global"))
+    pruned = root.apply(Recipe.train(**train)).apply(Recipe.prune(method="l1_unstructured", amount=0.5, scope="global"))
     rewound = pruned.apply(Recipe.reinit(strategy="keep") + Recipe.train(**train, schedule_from="2ep"))
     client = experiment.store.client
     lr = sorted((m.step, m.value) for m in client.get_metric_history(rewound.run_id, "lr"))
-    assert lr == [(3, pytest.approx(0.005)), (4, pytest.approx(0.0005))]     # epochs 3 and 4 of the schedule
-    assert rewound.metrics["iterations"] == 2 * 4                            # 128 examples / 32 = 4 an epoch
+    assert lr == [(3, pytest.approx(0.005)), (4, pytest.approx(0.0005))]  # epochs 3 and 4 of the schedule
+    assert rewound.metrics["iterations"] == 2 * 4  # 128 examples / 32 = 4 an epoch
     assert all(torch.equal(rewound.masks[n], pruned.masks[n]) for n in pruned.masks)
     # it trained from the pruned network's final weights: the same retraining from a fresh init differs
     fresh = pruned.apply(Recipe.reinit(strategy="random", seed=1) + Recipe.train(**train, schedule_from="2ep"))
     assert rewound.parent.run_id == fresh.parent.run_id == pruned.run_id
     assert not torch.equal(rewound.weights["classifier.0.weight"], fresh.weights["classifier.0.weight"])
-    with_keep = pruned.apply(Recipe.train(**train, schedule_from="2ep"))    # keep is a no-op on the weights
+    with_keep = pruned.apply(Recipe.train(**train, schedule_from="2ep"))  # keep is a no-op on the weights
     assert all(torch.equal(with_keep.weights[n], rewound.weights[n]) for n in rewound.weights)
 
 
@@ -195,13 +250,22 @@ def test_the_docs_recipes_fragments_are_valid():
     preset = LR_REWIND.read_text()
     for line in re.findall(r"```yaml\n(reinit: \{strategy: keep\}\nretrain: .*?)\n```", text, re.S)[0].splitlines():
         assert line in preset
-    recipe = "train: {epochs: 10, lr: 0.1, sparsity_schedule: {kind: agp, final: 0.9, start: 1ep, end: 8ep, every: 100it}}"
+    recipe = (
+        "train: {epochs: 10, lr: 0.1, sparsity_schedule: {kind: agp, final: 0.9, start: 1ep, end: 8ep, every: 100it}}"
+    )
     assert "sparsity_schedule: {kind: agp, final: 0.9, start: 1ep, end: 8ep, every: 100it}" in text
     import yaml
 
     options = resolve_train(yaml.safe_load(recipe)["train"]).options
-    assert options["sparsity_schedule"] == {"kind": "agp", "initial": 0.0, "final": 0.9, "start": "1ep",
-                                            "end": "8ep", "every": "100it", "scope": "layer"}
+    assert options["sparsity_schedule"] == {
+        "kind": "agp",
+        "initial": 0.0,
+        "final": 0.9,
+        "start": "1ep",
+        "end": "8ep",
+        "every": "100it",
+        "scope": "layer",
+    }
 
 
 def test_a_window_beyond_the_training_fails_before_any_run(tracking, tmp_path):
@@ -212,8 +276,10 @@ def test_a_window_beyond_the_training_fails_before_any_run(tracking, tmp_path):
     from mlprune.cli import main
 
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text("name: bad\nroot: {model: lenet_300_100, train_size: 64}\n"
-                      "train: {epochs: 1, batch_size: 32, sparsity_schedule: {final: 0.5, end: 10it}}\n")
+    recipe.write_text(
+        "name: bad\nroot: {model: lenet_300_100, train_size: 64}\n"
+        "train: {epochs: 1, batch_size: 32, sparsity_schedule: {final: 0.5, end: 10it}}\n"
+    )
     result = CliRunner().invoke(main, ["run", str(recipe), "-e", "bad"])
     assert result.exit_code == 2, result.output
     assert "the window must be inside the training" in result.output and "Traceback" not in result.output

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---- CKA against its definitions ---------------------------------------------------------------------
 
+
 def hsic_biased_oracle(k_gram, l_gram):
     """HSIC(K, L) = tr(K H L H) / (n - 1)^2, H the centering matrix (Gretton et al. 2005)."""
     n = k_gram.shape[0]
@@ -86,11 +87,14 @@ def test_minibatch_cka_averages_the_batches_hsic_and_converges_to_the_full_cka()
     estimator = analysis.MinibatchCKA()
     sums = np.zeros(3)
     for start in (0, 6, 12):
-        xb, yb = x[start:start + 6], y[start:start + 6]
+        xb, yb = x[start : start + 6], y[start : start + 6]
         estimator.update({"layer": torch.tensor(xb)}, {"layer": torch.tensor(yb)})
         k_gram, l_gram = xb @ xb.T, yb @ yb.T
-        sums += [hsic_unbiased_oracle(k_gram, l_gram), hsic_unbiased_oracle(k_gram, k_gram),
-                 hsic_unbiased_oracle(l_gram, l_gram)]
+        sums += [
+            hsic_unbiased_oracle(k_gram, l_gram),
+            hsic_unbiased_oracle(k_gram, k_gram),
+            hsic_unbiased_oracle(l_gram, l_gram),
+        ]
     assert estimator.result()["layer"] == pytest.approx(sums[0] / math.sqrt(sums[1] * sums[2]), rel=1e-9)
     same = analysis.MinibatchCKA()
     same.update({"layer": torch.tensor(x[:9])}, {"layer": torch.tensor(x[:9])})
@@ -117,6 +121,7 @@ def test_probe_batches_never_leave_a_batch_too_small():
 
 # ---- classes, examples ------------------------------------------------------------------------------
 
+
 def test_confusion_and_recall_by_hand():
     labels = [0, 0, 1, 1, 1, 2]
     predicted = [0, 1, 1, 1, 0, 2]
@@ -133,13 +138,13 @@ def test_class_impact_is_hookers_normalized_recall_difference_with_welchs_test()
     pruned_acc = np.array([0.74, 0.72, 0.73, 0.74])
     got = analysis.class_impact(dense_recall, dense_acc, pruned_recall, pruned_acc)
     for c in range(3):
-        a = pruned_recall[:, c] - pruned_acc.mean()   # normalized recall of each network (Hooker et al.)
+        a = pruned_recall[:, c] - pruned_acc.mean()  # normalized recall of each network (Hooker et al.)
         d = dense_recall[:, c] - dense_acc.mean()
         assert got["impact"][c] == pytest.approx(a.mean() - d.mean(), abs=1e-12)
         assert got["impact"][c] == pytest.approx(got["recall_change"][c] - got["accuracy_change"], abs=1e-12)
         va, vd = a.var(ddof=1) / a.size, d.var(ddof=1) / d.size
         t = (a.mean() - d.mean()) / math.sqrt(va + vd)
-        df = (va + vd) ** 2 / (va ** 2 / (a.size - 1) + vd ** 2 / (d.size - 1))   # Welch–Satterthwaite
+        df = (va + vd) ** 2 / (va**2 / (a.size - 1) + vd**2 / (d.size - 1))  # Welch–Satterthwaite
         from scipy.stats import t as student
 
         assert got["t"][c] == pytest.approx(t, rel=1e-9)
@@ -147,7 +152,7 @@ def test_class_impact_is_hookers_normalized_recall_difference_with_welchs_test()
     # class 1 lost far more than the accuracy did: negative and significant; class 0 gained relatively
     assert got["impact"][1] < -0.1 and got["significant"][1] and got["impact"][0] > 0
     one = analysis.class_impact(dense_recall[:1], dense_acc[:1], pruned_recall[:1], pruned_acc[:1])
-    assert np.isnan(one["p"]).all() and not one["significant"].any()   # one seed: no test
+    assert np.isnan(one["p"]).all() and not one["significant"].any()  # one seed: no test
     flat = analysis.class_impact(np.zeros((2, 1)), [0.5, 0.5], np.zeros((2, 1)), [0.4, 0.4])
     assert np.isnan(flat["p"][0]) and flat["impact"][0] == pytest.approx(0.1)  # no spread: no test
 
@@ -163,13 +168,15 @@ def test_pies_and_modal_labels_by_hand():
     assert result["dense_label"].tolist() == [1, 3, 5] and result["pruned_label"].tolist() == [7, 8, 4]
     assert result["pruned_agreement"].tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3])
     assert analysis.churn(dense[0], pruned[0]) == pytest.approx(1 / 5)
-    assert np.allclose(analysis.churn_matrix([dense[0], dense[1], pruned[2]]),
-                       [[0, 0.2, 0.6], [0.2, 0, 0.4], [0.6, 0.4, 0]])
+    assert np.allclose(
+        analysis.churn_matrix([dense[0], dense[1], pruned[2]]), [[0, 0.2, 0.6], [0.2, 0, 0.4], [0.6, 0.4, 0]]
+    )
     with pytest.raises(SpecError, match="same test set"):
         analysis.pies(dense, pruned[:, :4], labels=[0, 1, 2, 3, 4])
 
 
 # ---- states: predictions, curves, cka analyses ---------------------------------------------------------
+
 
 def _states(experiment, test_size=None):
     root = experiment.init(model="lenet_300_100", dataset="digits", seed=0, train_size=96, test_size=test_size)
@@ -178,8 +185,8 @@ def _states(experiment, test_size=None):
 
 
 def test_predictions_are_the_test_pass_and_per_class_metrics_follow(experiment):
-    from mlprune.workspace import Workspace
     from mlprune.training.loop import evaluate
+    from mlprune.workspace import Workspace
 
     root, trained = _states(experiment)
     store = experiment.store
@@ -191,8 +198,9 @@ def test_predictions_are_the_test_pass_and_per_class_metrics_follow(experiment):
         of_class = saved["label"] == k
         assert metrics[f"test_accuracy.class.{k}"] == pytest.approx((saved["predicted"][of_class] == k).mean(), abs=0)
     confusion = json.loads(store.state_file(trained.run_id, "confusion.json"))
-    assert np.array_equal(np.array(confusion["matrix"]),
-                          analysis.confusion_matrix(saved["label"], saved["predicted"], 10))
+    assert np.array_equal(
+        np.array(confusion["matrix"]), analysis.confusion_matrix(saved["label"], saved["predicted"], 10)
+    )
     # the same network, evaluated afresh: the labels are the test set's, in order; loss and accuracy bit for bit
     model = trained.model().eval()
     data = Workspace().data(trained.spec["root"], None)
@@ -241,8 +249,9 @@ def test_early_stopping_is_the_lowest_validation_loss_and_the_test_accuracy_then
 
 def test_cka_analysis_state_self_one_pruned_below_one_and_cached(experiment):
     _, trained = _states(experiment)
-    pruned = trained.apply(Recipe.prune(method="l1_unstructured", amount=0.9)
-                           + Recipe.train(epochs=1, lr=0.05, momentum=0.9))
+    pruned = trained.apply(
+        Recipe.prune(method="l1_unstructured", amount=0.9) + Recipe.train(epochs=1, lr=0.05, momentum=0.9)
+    )
     itself = trained.apply([{"cka": {"b": trained.run_id, "probe_size": 200, "batch_size": 64}}])
     versus = pruned.apply([{"cka": {"b": trained.run_id, "probe_size": 200, "batch_size": 64}}])
     layers = ["classifier.0.weight", "classifier.2.weight", "classifier.4.weight"]
@@ -254,7 +263,7 @@ def test_cka_analysis_state_self_one_pruned_below_one_and_cached(experiment):
     assert record["probe_size"] == 200 and record["batches"] == 3 and set(record["layers"]) == set(layers)
     computed = len(experiment.computed)
     again = pruned.apply([{"cka": {"with": trained.run_id, "probe_size": 200, "batch_size": 64}}])
-    assert again.run_id == versus.run_id and len(experiment.computed) == computed   # keyed and cached
+    assert again.run_id == versus.run_id and len(experiment.computed) == computed  # keyed and cached
     other = pruned.apply([{"cka": {"b": trained.run_id, "probe_size": 200, "batch_size": 64, "seed": 1}}])
     assert other.key != versus.key
     # the Python API on the same states reads their predictions and metrics
@@ -265,9 +274,11 @@ def test_cka_analysis_state_self_one_pruned_below_one_and_cached(experiment):
     k = impact["classes"][0]
     assert impact["impact"][0] == pytest.approx(
         (pruned.metrics[f"test_accuracy.class.{k}"] - pruned.metrics["test_accuracy"])
-        - (trained.metrics[f"test_accuracy.class.{k}"] - trained.metrics["test_accuracy"]), abs=1e-12)
+        - (trained.metrics[f"test_accuracy.class.{k}"] - trained.metrics["test_accuracy"]),
+        abs=1e-12,
+    )
     with pytest.raises(SpecError, match="predictions.safetensors is missing"):
-        report.predictions(versus)   # an analysis holds results, not a network's predictions
+        report.predictions(versus)  # an analysis holds results, not a network's predictions
 
 
 def test_cka_recipe_key_plans_one_analysis_per_round_and_refuses_bad_values(tmp_path):
@@ -275,14 +286,22 @@ def test_cka_recipe_key_plans_one_analysis_per_round_and_refuses_bad_values(tmp_
     recipe.write_text(f"extends: {REPO / 'recipes' / 'lt_unstructuredL1.yaml'}\ncka: {{probe_size: 128}}\n")
     plan = compile_recipe(recipe, {"rounds": 2, "epochs": 1})
     analyses = [n for n in plan.nodes if n.kind == "analysis"]
-    assert [(n.round, n.parent, n.inputs["b"]) for n in analyses] == [(0, "train", "train"), (1, "round1", "train"),
-                                                                       (2, "round2", "train")]
-    assert analyses[1].steps == [{"cka": {"a": "input:a", "b": "input:b", "probe_size": 128, "batch_size": 256,
-                                          "seed": 0}}]
+    assert [(n.round, n.parent, n.inputs["b"]) for n in analyses] == [
+        (0, "train", "train"),
+        (1, "round1", "train"),
+        (2, "round2", "train"),
+    ]
+    assert analyses[1].steps == [
+        {"cka": {"a": "input:a", "b": "input:b", "probe_size": 128, "batch_size": 256, "seed": 0}}
+    ]
     without = compile_recipe(REPO / "recipes" / "lt_unstructuredL1.yaml", {"rounds": 2, "epochs": 1})
     assert {n.name: n.key for n in plan.nodes if n.kind != "analysis"} == without.keys  # nothing else moves
-    for value, fragment in (("{b: root}", "reference is always round 0"), ("{probe_size: 2}", "probe_size"),
-                            ("{probes: 3}", "probes"), ("7", "must be true or a mapping")):
+    for value, fragment in (
+        ("{b: root}", "reference is always round 0"),
+        ("{probe_size: 2}", "probe_size"),
+        ("{probes: 3}", "probes"),
+        ("7", "must be true or a mapping"),
+    ):
         recipe.write_text(f"extends: {REPO / 'recipes' / 'lt_unstructuredL1.yaml'}\ncka: {value}\n")
         with pytest.raises(SpecError, match=fragment) as error:
             compile_recipe(recipe)
@@ -290,6 +309,7 @@ def test_cka_recipe_key_plans_one_analysis_per_round_and_refuses_bad_values(tmp_
 
 
 # ---- the issue's must-show: lt_unstructuredL1 on digits, 3 seeds, 3 rounds ------------------------------
+
 
 @pytest.mark.slow
 def test_lt_unstructured_three_seeds_inside_the_network(tracking, tmp_path):
@@ -300,16 +320,37 @@ def test_lt_unstructured_three_seeds_inside_the_network(tracking, tmp_path):
 
     recipe = tmp_path / "lt_inside.yaml"
     recipe.write_text(f"extends: {REPO / 'recipes' / 'lt_unstructuredL1.yaml'}\ncka: {{probe_size: 256}}\n")
-    result = CliRunner().invoke(main, ["sweep", str(recipe), "--seeds", "0-2", "-P", "rounds=3", "-P", "epochs=1",
-                                       "-P", "train_size=256", "-P", "model=lenet_300_100", "-P", "lr=0.05",
-                                       "-e", "inside"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            str(recipe),
+            "--seeds",
+            "0-2",
+            "-P",
+            "rounds=3",
+            "-P",
+            "epochs=1",
+            "-P",
+            "train_size=256",
+            "-P",
+            "model=lenet_300_100",
+            "-P",
+            "lr=0.05",
+            "-e",
+            "inside",
+        ],
+    )
     assert result.exit_code == 0, result.output
     client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name("inside").experiment_id],
-                              filter_string="tags.`mlprune.key` != ''", max_results=1000)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("inside").experiment_id],
+        filter_string="tags.`mlprune.key` != ''",
+        max_results=1000,
+    )
     networks = [r for r in runs if r.data.tags["mlprune.kind"] != "analysis"]
-    assert len(networks) == 3 * 8   # per seed: root, train, 3 x (prune, retrain)
-    for run in networks:   # per-class accuracy on every evaluated state
+    assert len(networks) == 3 * 8  # per seed: root, train, 3 x (prune, retrain)
+    for run in networks:  # per-class accuracy on every evaluated state
         assert {f"test_accuracy.class.{k}" for k in range(10)} <= set(run.data.metrics)
 
     out = tmp_path / "report"
@@ -325,15 +366,22 @@ def test_lt_unstructured_three_seeds_inside_the_network(tracking, tmp_path):
 
     def modal(run_ids):
         """Each test example's most frequent predicted label over the runs (a tie: the smallest label)."""
-        votes = np.stack([load_file(client.download_artifacts(r, "predictions.safetensors", str(tmp_path)))
-                          ["predicted"].numpy().astype(int) for r in run_ids])
+        votes = np.stack(
+            [
+                load_file(client.download_artifacts(r, "predictions.safetensors", str(tmp_path)))["predicted"]
+                .numpy()
+                .astype(int)
+                for r in run_ids
+            ]
+        )
         return np.array([np.bincount(column).argmax() for column in votes.T])
 
     dense_mode, pruned_mode = modal(pie["dense_runs"]), modal(pie["pruned_runs"])
     expected = np.nonzero(dense_mode != pruned_mode)[0]
     assert [p["index"] for p in pie["pies"]] == expected.tolist()
-    assert [(p["dense_label"], p["pruned_label"]) for p in pie["pies"]] == list(zip(dense_mode[expected].tolist(),
-                                                                                    pruned_mode[expected].tolist()))
+    assert [(p["dense_label"], p["pruned_label"]) for p in pie["pies"]] == list(
+        zip(dense_mode[expected].tolist(), pruned_mode[expected].tolist())
+    )
     assert pie["fraction"] == pytest.approx(expected.size / 359)
 
     # CKA: the dense training with itself is 1; a pruned round against it is in [0, 1)

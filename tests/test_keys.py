@@ -21,7 +21,7 @@ V01.pop("_about")
 # recipe -> why its keys moved on purpose
 CHANGED = {
     "sign_mixedL1": "retraining lr 1e-5 on digits: +-1 networks diverge to NaN at 0.01 (NaN states are "
-                    "refused); biases set to their signs too, as the seed's reinit_schema_sign_lenet.py does",
+    "refused); biases set to their signs too, as the seed's reinit_schema_sign_lenet.py does",
     "sign_structuredL1": "same as sign_mixedL1",
     "sign_structuredL2": "same as sign_mixedL1",
     "sign_unstructuredL1": "same as sign_mixedL1",
@@ -31,7 +31,7 @@ CHANGED = {
     "zhou_unstructuredL1": "same as zhou_mixedL1",
     "lt_structuredL-inf": "n = -inf, as the seed's pruning_schema_lenet_structuredl-inf.py (it was +inf)",
     "lt_unstructuredL1_alexnet": "the seed's recipe prunes after the full training on CIFAR-10 (it was the "
-                                 "mask-after-epoch-1 protocol on MNIST)",
+    "mask-after-epoch-1 protocol on MNIST)",
 }
 
 

@@ -48,11 +48,18 @@ def test_graph_has_every_state_and_every_parent(tree):
     by_id = {n["id"]: n for n in nodes}
     assert set(by_id) == set(s.values())
     assert [by_id[s[k]]["label"] for k in ("root", "trained", "l1", "ln", "ticket")] == [
-        "init", "train", "prune", "prune", "reinit+train"]
+        "init",
+        "train",
+        "prune",
+        "prune",
+        "reinit+train",
+    ]
     assert nodes[0]["id"] == s["root"]  # parents first
     assert set(edges) == {
-        (s["root"], s["trained"], "primary"), (s["trained"], s["l1"], "primary"),
-        (s["trained"], s["ln"], "primary"), (s["l1"], s["ticket"], "primary"),
+        (s["root"], s["trained"], "primary"),
+        (s["trained"], s["l1"], "primary"),
+        (s["trained"], s["ln"], "primary"),
+        (s["l1"], s["ticket"], "primary"),
         (s["root"], s["ticket"], "weights"),
     }
     metrics = tree["states"]["l1"].metrics
@@ -86,8 +93,12 @@ def test_non_state_runs_are_not_nodes(tree):
 
 def _links(html: str) -> dict[str, str]:
     """{run id: href} of the DAG's node links (an <a> around each <g class="node" data-id=...>)."""
-    return dict((m.group(2), m.group(1)) for m in re.finditer(
-        r'<a data-ui-path="[^"]*" href="([^"]*)" target="_top"><g class="node(?: current)?" data-id="([^"]*)"', html))
+    return dict(
+        (m.group(2), m.group(1))
+        for m in re.finditer(
+            r'<a data-ui-path="[^"]*" href="([^"]*)" target="_top"><g class="node(?: current)?" data-id="([^"]*)"', html
+        )
+    )
 
 
 def test_lineage_html_links_every_node_to_its_run(tree):
@@ -100,7 +111,8 @@ def test_lineage_html_links_every_node_to_its_run(tree):
         assert f'data-ui-path="/#/experiments/{exp}/runs/{run_id}"' in html
     assert '"http://127.0.0.1:5000"' in html and "<script>" in html  # re-bases links opened as a file
     assert "http" not in re.sub(r"<script>.*?</script>", "", html, flags=re.S).replace(
-        "http://www.w3.org/2000/svg", "")  # no external resource: works offline
+        "http://www.w3.org/2000/svg", ""
+    )  # no external resource: works offline
     served = lineage.lineage_html(nodes, edges, title="t", base="/prefix/")
     assert "fileBase" not in served  # served by the tracking server: links need no re-basing (the viewer script stays)
     assert set(_links(served).values()) == {f"/prefix/#/experiments/{exp}/runs/{n['id']}" for n in nodes}
@@ -133,9 +145,17 @@ def test_workflow_run_gets_lineage_and_figures(tracking, tmp_path):
     assert len(states) == 6
     art = Path(workflow.info.artifact_uri)
     names = {str(p.relative_to(art)) for p in art.rglob("*") if p.is_file()}
-    assert {"states.json", "plan.json", "params.json", "lineage.svg", "lineage.html",
-            "figures/accuracy_vs_remaining.png", "figures/jaccard_rounds.png", "figures/structure.png",
-            "figures/stability.png"} <= names
+    assert {
+        "states.json",
+        "plan.json",
+        "params.json",
+        "lineage.svg",
+        "lineage.html",
+        "figures/accuracy_vs_remaining.png",
+        "figures/jaccard_rounds.png",
+        "figures/structure.png",
+        "figures/stability.png",
+    } <= names
     assert sum(n.startswith("figures/weight_evolution/") for n in names) == 5  # one per LeNet layer
     inside = [n for n in names if n.startswith("figures/inside/")]  # learning curves, class impact, PIEs, churn
     assert any("curves" in n for n in inside) and any("churn" in n for n in inside), inside
@@ -151,7 +171,11 @@ def test_workflow_run_gets_lineage_and_figures(tracking, tmp_path):
     assert {n["key"] for n in plan["nodes"]} == {r.data.tags["mlprune.key"] for r in states}
     assert set(plan["reached"].values()) == {r.info.run_id for r in states}
     assert {(n["name"], n["round"], n["role"]) for n in plan["nodes"] if n["round"]} == {
-        ("prune1", 1, "pruned"), ("round1", 1, "trained"), ("prune2", 2, "pruned"), ("round2", 2, "trained")}
+        ("prune1", 1, "pruned"),
+        ("round1", 1, "trained"),
+        ("prune2", 2, "pruned"),
+        ("round2", 2, "trained"),
+    }
     # --state-figures: weight figures on each state computed now
     state_art = Path(states[-1].info.artifact_uri)
     assert (state_art / "figures" / "weights" / "features.0.weight.png").is_file()

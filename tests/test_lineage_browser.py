@@ -16,8 +16,8 @@ Skips, with the reason, only where no Chromium is installed and none can be
 from __future__ import annotations
 
 import asyncio
-import json
 import base64
+import json
 import os
 import shutil
 import signal
@@ -34,8 +34,15 @@ import pytest
 from mlprune import Experiment, Recipe
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +61,15 @@ def chromium():
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         try:
             subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-            subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True,
-                           timeout=900)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired):
             pass
         path = find_chromium()
     if path is None:
-        pytest.skip("no Chromium browser: install Debian's `chromium` (apt-get install chromium) or set "
-                    "MLPRUNE_CHROMIUM; it could not be installed here (needs root and apt-get)")
+        pytest.skip(
+            "no Chromium browser: install Debian's `chromium` (apt-get install chromium) or set "
+            "MLPRUNE_CHROMIUM; it could not be installed here (needs root and apt-get)"
+        )
     return path
 
 
@@ -78,9 +86,18 @@ class Browser:
         self.port = free_port()
         self.profile = tempfile.mkdtemp(prefix="mlprune-chromium-")
         self.proc = subprocess.Popen(
-            [executable, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", f"--remote-debugging-port={self.port}",
-             f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                executable,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={self.profile}",
+                f"--remote-debugging-port={self.port}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.loop = asyncio.new_event_loop()
         self.events: list[dict] = []
         self.next_id = 0
@@ -182,25 +199,48 @@ def served(tmp_path_factory, _empty_store_db, chromium):
         trained = root.apply(Recipe.train(epochs=1, lr=0.05, momentum=0.9), name="train")
         l1 = trained.apply(Recipe.prune(method="l1_unstructured", amount=0.5), name="prune l1")
         ln = trained.apply(Recipe.prune(method="ln_structured", amount=0.25, n=1, dim=1), name="prune ln")
-        ticket = l1.apply(Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=1, lr=0.05, momentum=0.9),
-                          name="ticket")
+        ticket = l1.apply(
+            Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=1, lr=0.05, momentum=0.9), name="ticket"
+        )
         from mlprune import report
         from mlprune.store import WorkflowRun
 
         states = [root, trained, l1, ln, ticket]
         workflow = WorkflowRun(exp.store, recipe="tree", params={})
         port = free_port()
-        workflow.record({s.run_id[:8]: s.run_id for s in states},
-                        report.lineage_files(exp.store, [ticket.run_id, ln.run_id], title="Lineage: tree",
-                                             ui_url=f"http://127.0.0.1:{port}"))
+        workflow.record(
+            {s.run_id[:8]: s.run_id for s in states},
+            report.lineage_files(
+                exp.store, [ticket.run_id, ln.run_id], title="Lineage: tree", ui_url=f"http://127.0.0.1:{port}"
+            ),
+        )
         workflow.end(True)
     log = open(folder / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--app-name", "mlprune", "--backend-store-uri", uri,
-         "--default-artifact-root", str(folder / "mlruns"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--app-name",
+            "mlprune",
+            "--backend-store-uri",
+            uri,
+            "--default-artifact-root",
+            str(folder / "mlruns"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -213,13 +253,20 @@ def served(tmp_path_factory, _empty_store_db, chromium):
                 pass
             if server.poll() is not None or time.time() > deadline:
                 log.flush()
-                pytest.fail("mlflow server --app-name mlprune did not come up:\n"
-                            + (folder / "server.log").read_text()[-3000:])
+                pytest.fail(
+                    "mlflow server --app-name mlprune did not come up:\n" + (folder / "server.log").read_text()[-3000:]
+                )
             time.sleep(0.5)
         browser = Browser(chromium)
         try:
-            yield {"base": base, "experiment_id": exp.store.experiment_id, "states": states,
-                   "workflow": workflow.run_id, "browser": browser, "folder": folder}
+            yield {
+                "base": base,
+                "experiment_id": exp.store.experiment_id,
+                "states": states,
+                "workflow": workflow.run_id,
+                "browser": browser,
+                "folder": folder,
+            }
         finally:
             browser.close()
     finally:
@@ -279,11 +326,17 @@ def test_lineage_artifacts_in_mlflows_artifact_viewer(served):
     ids = {s.run_id for s in served["states"]}
     b.send("Target.setAutoAttach", autoAttach=True, waitForDebuggerOnStart=False, flatten=True)
     b.events.clear()
-    b.goto(f"{base}/#/experiments/{exp}/runs/{wf}/artifacts/lineage.html",
-           "document.querySelectorAll('iframe.mlflow-html-iframe').length > 0", timeout=120)
+    b.goto(
+        f"{base}/#/experiments/{exp}/runs/{wf}/artifacts/lineage.html",
+        "document.querySelectorAll('iframe.mlflow-html-iframe').length > 0",
+        timeout=120,
+    )
     b.eval("1")
-    frames = [e["params"]["sessionId"] for e in b.events if e.get("method") == "Target.attachedToTarget"
-              and e["params"]["targetInfo"]["type"] == "iframe"]
+    frames = [
+        e["params"]["sessionId"]
+        for e in b.events
+        if e.get("method") == "Target.attachedToTarget" and e["params"]["targetInfo"]["type"] == "iframe"
+    ]
     assert frames, "the artifact viewer shows lineage.html in an iframe"
     frame = None
     for session in reversed(frames):
@@ -300,17 +353,22 @@ def test_lineage_artifacts_in_mlflows_artifact_viewer(served):
     # inside the sandboxed viewer links point at the server; a click shows the run's address to open
     assert {n["href"] for n in found} == {f"{base}/#/experiments/{exp}/runs/{i}" for i in ids}
     some = sorted(ids)[0]
-    b.eval(f"document.querySelector('g.node[data-id=\"{some}\"]').dispatchEvent("
-           "new MouseEvent('click', {bubbles: true, cancelable: true}))", frame)
+    b.eval(
+        f"document.querySelector('g.node[data-id=\"{some}\"]').dispatchEvent("
+        "new MouseEvent('click', {bubbles: true, cancelable: true}))",
+        frame,
+    )
     assert b.eval("document.getElementById('viewer-url').value", frame) == f"{base}/#/experiments/{exp}/runs/{some}"
     assert b.eval("getComputedStyle(document.getElementById('viewer-note')).display", frame) == "block"
     shot = b.screenshot(ARTIFACTS / "lineage_artifact_viewer.png")
     print(f"\nscreenshot of lineage.html in MLflow's artifact viewer: {shot}")
     # lineage.svg is shown as an image
     b.goto("about:blank")
-    b.goto(f"{base}/#/experiments/{exp}/runs/{wf}/artifacts/lineage.svg",
-           "[...document.querySelectorAll('img')].some(i => i.src.startsWith('blob:') && i.naturalWidth > 200)",
-           timeout=120)
+    b.goto(
+        f"{base}/#/experiments/{exp}/runs/{wf}/artifacts/lineage.svg",
+        "[...document.querySelectorAll('img')].some(i => i.src.startsWith('blob:') && i.naturalWidth > 200)",
+        timeout=120,
+    )
     b.screenshot(ARTIFACTS / "lineage_svg_artifact.png")
     # opened as a plain file, lineage.html links to the tracking server it was written for
     local = Path(next((served["folder"] / "mlruns").rglob("lineage.html")))
@@ -356,10 +414,15 @@ def test_the_report_stays_navigable_at_20_rounds_and_3_seeds(chromium, tmp_path,
         browser.goto((tmp_path / "report" / "report.html").as_uri())
         toc = browser.eval("[...document.querySelectorAll('nav a')].map(a => a.getAttribute('href'))")
         assert len(toc) >= 8
-        assert browser.eval("[...document.querySelectorAll('nav a')].every(a => "
-                            "document.getElementById(a.getAttribute('href').slice(1)) !== null)")
-        assert browser.eval("document.querySelectorAll('section > details').length") == \
-            browser.eval("document.querySelectorAll('section').length") >= 8
+        assert browser.eval(
+            "[...document.querySelectorAll('nav a')].every(a => "
+            "document.getElementById(a.getAttribute('href').slice(1)) !== null)"
+        )
+        assert (
+            browser.eval("document.querySelectorAll('section > details').length")
+            == browser.eval("document.querySelectorAll('section').length")
+            >= 8
+        )
         closed = browser.eval("document.querySelectorAll('details.group:not([open])').length")
         assert closed >= 3  # groups beyond the first few start closed: the page stays short
         browser.screenshot(ARTIFACTS / "report_20_rounds_top.png")
@@ -368,8 +431,9 @@ def test_the_report_stays_navigable_at_20_rounds_and_3_seeds(chromium, tmp_path,
         browser.wait("[...document.images].every(i => i.complete)")
         assert browser.eval("[...document.images].every(i => i.naturalWidth > 0)")
         width = browser.eval("document.documentElement.clientWidth")
-        widest = browser.eval("Math.max(...[...document.querySelectorAll('figure img')].map(i => "
-                              "i.getBoundingClientRect().right))")
+        widest = browser.eval(
+            "Math.max(...[...document.querySelectorAll('figure img')].map(i => i.getBoundingClientRect().right))"
+        )
         assert widest <= width
         browser.eval("document.getElementById('stability').scrollIntoView(); true")
         browser.screenshot(ARTIFACTS / "report_20_rounds_stability.png")

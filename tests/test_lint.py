@@ -14,8 +14,9 @@ CHECKED = ["mlprune", "tests", "benchmarks", "examples"]
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ruff", *args, *CHECKED], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", *args, *CHECKED], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_ruff_check_finds_nothing():

@@ -18,8 +18,7 @@ from mlprune.pruning.masks import compute_mask
 from mlprune.pruning.scores import ScoringData, network_scores
 
 # a small network's prunable weights: a conv that saturates under ERK, a large fc, a small output layer
-SHAPES = {"conv1.weight": (6, 1, 3, 3), "conv2.weight": (8, 6, 3, 3), "fc1.weight": (64, 128),
-          "fc2.weight": (10, 64)}
+SHAPES = {"conv1.weight": (6, 1, 3, 3), "conv2.weight": (8, 6, 3, 3), "fc1.weight": (64, 128), "fc2.weight": (10, 64)}
 KINDS = {"conv1.weight": "conv", "conv2.weight": "conv", "fc1.weight": "linear", "fc2.weight": "linear"}
 
 
@@ -50,7 +49,7 @@ def test_erk_densities_are_the_papers_with_saturated_layers_dense_and_the_rest_r
     expected = erk_by_bisection(SHAPES, 0.3)
     got = erk_densities(SHAPES, 0.3)
     assert got == pytest.approx(expected, rel=1e-9)
-    assert got["conv1.weight"] == 1.0 and got["fc1.weight"] < 0.3      # the small conv saturates
+    assert got["conv1.weight"] == 1.0 and got["fc1.weight"] < 0.3  # the small conv saturates
     total = sum(math.prod(s) for s in SHAPES.values())
     assert sum(got[n] * math.prod(s) for n, s in SHAPES.items()) == pytest.approx(0.3 * total)
     # no saturation: ε · p exactly, in proportion to Σ shape / Π shape
@@ -62,10 +61,11 @@ def test_erk_densities_are_the_papers_with_saturated_layers_dense_and_the_rest_r
 def test_erk_and_uniform_plus_prune_each_layer_to_its_budget_by_magnitude():
     weights = _weights()
     total = sum(math.prod(s) for s in SHAPES.values())
-    density = (total - round(0.7 * total)) / total           # amount 0.7 of what remains: the pool keeps the rest
-    for distribution, densities in (("erk", erk_by_bisection(SHAPES, density)),
-                                    ("uniform_plus", {"conv1.weight": 1.0, "conv2.weight": density,
-                                                      "fc1.weight": density, "fc2.weight": density})):
+    density = (total - round(0.7 * total)) / total  # amount 0.7 of what remains: the pool keeps the rest
+    for distribution, densities in (
+        ("erk", erk_by_bisection(SHAPES, density)),
+        ("uniform_plus", {"conv1.weight": 1.0, "conv2.weight": density, "fc1.weight": density, "fc2.weight": density}),
+    ):
         step = {"method": "l1_unstructured", "amount": 0.7, "distribution": distribution}
         masks = prune_masks(weights, _full(weights), KINDS, step, generator=None)
         kept_total = 0
@@ -76,11 +76,16 @@ def test_erk_and_uniform_plus_prune_each_layer_to_its_budget_by_magnitude():
             threshold = w.abs().reshape(-1).sort(descending=True).values[keep - 1]
             assert bool((w.abs()[masks[name]] >= threshold).all())
             kept_total += keep
-        if distribution == "erk":      # ERK keeps the pool's target (up to each layer's rounding)
+        if distribution == "erk":  # ERK keeps the pool's target (up to each layer's rounding)
             assert abs(kept_total - (total - round(0.7 * total))) <= len(SHAPES)
     # uniform+ caps the output layer at 80 % sparsity
-    strong = prune_masks(weights, _full(weights), KINDS, {"method": "l1_unstructured", "amount": 0.95,
-                                                          "distribution": "uniform_plus"}, generator=None)
+    strong = prune_masks(
+        weights,
+        _full(weights),
+        KINDS,
+        {"method": "l1_unstructured", "amount": 0.95, "distribution": "uniform_plus"},
+        generator=None,
+    )
     assert int(strong["fc2.weight"].sum()) == round(0.2 * 640) and bool(strong["conv1.weight"].all())
     assert int(strong["fc1.weight"].sum()) == round(0.05 * 64 * 128)
     assert uniform_plus_densities(SHAPES, 0.05, "conv1.weight", "fc2.weight")["fc2.weight"] == pytest.approx(0.2)
@@ -90,13 +95,16 @@ def test_distribution_names_the_scopes_and_leaves_old_keys_alone():
     layer = resolve_prune_step({"method": "l1_unstructured", "amount": 0.2})
     assert resolve_prune_step({"method": "l1_unstructured", "amount": 0.2, "distribution": "uniform"}) == layer
     assert "distribution" not in layer
-    assert resolve_prune_step({"method": "l1_unstructured", "amount": 0.2, "distribution": "global"}) == \
-        resolve_prune_step({"method": "l1_unstructured", "amount": 0.2, "scope": "global"})
+    assert resolve_prune_step(
+        {"method": "l1_unstructured", "amount": 0.2, "distribution": "global"}
+    ) == resolve_prune_step({"method": "l1_unstructured", "amount": 0.2, "scope": "global"})
     erk = resolve_prune_step({"method": "random_unstructured", "amount": 0.2, "distribution": "erk"})
     assert erk["distribution"] == "erk" and resolve_prune_step(erk) == erk
-    for bad, message in (({"distribution": "erk", "scope": "global"}, "says otherwise"),
-                         ({"distribution": "global", "scope": "layer"}, "is scope 'global'"),
-                         ({"distribution": "ERK"}, "unknown distribution 'ERK'; allowed: erk, global")):
+    for bad, message in (
+        ({"distribution": "erk", "scope": "global"}, "says otherwise"),
+        ({"distribution": "global", "scope": "layer"}, "is scope 'global'"),
+        ({"distribution": "ERK"}, "unknown distribution 'ERK'; allowed: erk, global"),
+    ):
         with pytest.raises(SpecError, match=message):
             resolve_prune_step({"method": "l1_unstructured", "amount": 0.2, **bad})
     with pytest.raises(SpecError, match="needs a single-weight method, got 'fpgm'"):
@@ -127,20 +135,23 @@ def test_lamp_scores_and_global_selection_are_the_papers():
     # magnitude alone would strip the small layers; LAMP keeps every layer's largest weight
     assert all(bool(m.any()) for m in got.values())
     # a second round: pruned weights are no candidates and add nothing to the sums
-    again = prune_masks({n: w * got[n] for n, w in weights.items()}, got, kinds, {"method": "lamp", "amount": 0.5},
-                        generator=None)
+    again = prune_masks(
+        {n: w * got[n] for n, w in weights.items()}, got, kinds, {"method": "lamp", "amount": 0.5}, generator=None
+    )
     assert sum(int(m.sum()) for m in again.values()) == scores.numel() - k - round(0.5 * (scores.numel() - k))
     assert all(bool((again[n] <= got[n]).all()) for n in shapes)
 
 
 def test_nm_keeps_the_n_largest_of_every_m_inputs_and_leaves_indivisible_layers():
     g = torch.Generator().manual_seed(2)
-    weights = {"conv.weight": torch.randn(3, 8, 2, 2, generator=g), "odd.weight": torch.randn(4, 6, generator=g),
-               "fc.weight": torch.randn(5, 12, generator=g)}
+    weights = {
+        "conv.weight": torch.randn(3, 8, 2, 2, generator=g),
+        "odd.weight": torch.randn(4, 6, generator=g),
+        "fc.weight": torch.randn(5, 12, generator=g),
+    }
     kinds = {"conv.weight": "conv", "odd.weight": "linear", "fc.weight": "linear"}
     report = {}
-    masks = prune_masks(weights, _full(weights), kinds, {"method": "nm", "n": 2, "m": 4}, generator=None,
-                        report=report)
+    masks = prune_masks(weights, _full(weights), kinds, {"method": "nm", "n": 2, "m": 4}, generator=None, report=report)
     for name in ("conv.weight", "fc.weight"):
         w, mask = weights[name], masks[name]
         for out in range(w.shape[0]):
@@ -148,7 +159,7 @@ def test_nm_keeps_the_n_largest_of_every_m_inputs_and_leaves_indivisible_layers(
                 index = tuple(int(r) for r in (rest if w.dim() > 2 else ()))
                 row, kept = w[(out, slice(None), *index)], mask[(out, slice(None), *index)]
                 for start in range(0, w.shape[1], 4):
-                    group, group_kept = row[start:start + 4], kept[start:start + 4]
+                    group, group_kept = row[start : start + 4], kept[start : start + 4]
                     assert int(group_kept.sum()) == 2
                     largest = set(torch.topk(group.abs(), 2).indices.tolist())
                     assert set(group_kept.nonzero().reshape(-1).tolist()) == largest
@@ -158,8 +169,13 @@ def test_nm_keeps_the_n_largest_of_every_m_inputs_and_leaves_indivisible_layers(
     assert bool((again["fc.weight"] <= masks["fc.weight"]).all())
     assert bool((again["fc.weight"].reshape(5, 3, 4).sum(-1) == 1).all())
     # a per-layer override: 2:4 in one layer, magnitude elsewhere
-    mixed = prune_masks(weights, _full(weights), kinds, {"method": "l1_unstructured", "amount": 0.25,
-                                                         "layers": {"fc.weight": {"method": "nm"}}}, generator=None)
+    mixed = prune_masks(
+        weights,
+        _full(weights),
+        kinds,
+        {"method": "l1_unstructured", "amount": 0.25, "layers": {"fc.weight": {"method": "nm"}}},
+        generator=None,
+    )
     assert bool((mixed["fc.weight"].reshape(5, 3, 4).sum(-1) == 2).all())
     assert int(mixed["conv.weight"].sum()) == 96 - 24 and int(mixed["odd.weight"].sum()) == 24 - 6
     assert resolve_prune_step({"method": "nm"})["amount"] == 0.5
@@ -175,7 +191,7 @@ def test_fpgm_prunes_the_filters_nearest_the_geometric_median():
     w = torch.randn(8, 3, 3, 3, generator=g)
     flat = w.reshape(8, -1).double()
     distance = [sum(float(torch.linalg.vector_norm(flat[i] - flat[j])) for j in range(8)) for i in range(8)]
-    gone = sorted(range(8), key=lambda i: distance[i])[:3]        # the smallest sums of distances go
+    gone = sorted(range(8), key=lambda i: distance[i])[:3]  # the smallest sums of distances go
     mask = compute_mask("fpgm", w, 3, None)
     assert [i for i in range(8) if not bool(mask[i].any())] == sorted(gone)
     assert bool(mask[[i for i in range(8) if i not in gone]].all())
@@ -228,8 +244,14 @@ def test_taylor_scores_a_channel_by_the_first_order_change_of_the_loss():
     expected_gone = sorted(torch.topk(channel, 3, largest=False).indices.tolist())
     step = {"method": "taylor", "amount": 3, "include": ["conv2.weight"], "batches": 2, "batch_size": 5}
     options = resolve_prune_step(step)
-    new = prune_masks(dict(model.state_dict()), masks, kinds, step, generator=None,
-                      scores=network_scores("taylor", model, data, options))
+    new = prune_masks(
+        dict(model.state_dict()),
+        masks,
+        kinds,
+        step,
+        generator=None,
+        scores=network_scores("taylor", model, data, options),
+    )
     assert _removed_filters(new["conv2.weight"]) == expected_gone
     assert torch.equal(new["conv1.weight"], masks["conv1.weight"])
 
@@ -237,15 +259,27 @@ def test_taylor_scores_a_channel_by_the_first_order_change_of_the_loss():
 def test_bn_scale_keeps_the_channels_of_largest_gamma_and_refuses_a_layer_without_batchnorm():
     model, data, batches, kinds, masks = _small_net_and_data()
     options = resolve_prune_step({"method": "bn_scale", "amount": 0.5, "include": ["@conv"]})
-    new = prune_masks(dict(model.state_dict()), masks, kinds, options, generator=None,
-                      scores=network_scores("bn_scale", model, data, options))
-    assert _removed_filters(new["conv1.weight"]) == [0, 2, 4]            # |γ| 0.5, 0.1, 0.05 are the smallest
+    new = prune_masks(
+        dict(model.state_dict()),
+        masks,
+        kinds,
+        options,
+        generator=None,
+        scores=network_scores("bn_scale", model, data, options),
+    )
+    assert _removed_filters(new["conv1.weight"]) == [0, 2, 4]  # |γ| 0.5, 0.1, 0.05 are the smallest
     gamma2 = model.bn2.weight.detach().abs()
     assert _removed_filters(new["conv2.weight"]) == sorted(torch.topk(gamma2, 4, largest=False).indices.tolist())
     bad = resolve_prune_step({"method": "bn_scale", "amount": 0.5})
     with pytest.raises(SpecError, match="layer 'fc.weight': method 'bn_scale' cannot score it: no BatchNorm"):
-        prune_masks(dict(model.state_dict()), masks, kinds, bad, generator=None,
-                    scores=network_scores("bn_scale", model, data, bad))
+        prune_masks(
+            dict(model.state_dict()),
+            masks,
+            kinds,
+            bad,
+            generator=None,
+            scores=network_scores("bn_scale", model, data, bad),
+        )
 
 
 def test_bn_scale_coupled_removes_whole_channels_by_gamma():
@@ -255,14 +289,22 @@ def test_bn_scale_coupled_removes_whole_channels_by_gamma():
     model, data, batches, kinds, masks = _small_net_and_data()
     options = resolve_prune_step({"method": "bn_scale", "amount": 0.5, "include": ["@conv"], "coupled": True})
     weights = dict(model.state_dict())
-    new = prune_coupled(weights, masks, kinds, options, channel_groups(model, (1, 8, 8)), generator=None,
-                        values=bn_scale(model, masks, data, options))
+    new = prune_coupled(
+        weights,
+        masks,
+        kinds,
+        options,
+        channel_groups(model, (1, 8, 8)),
+        generator=None,
+        values=bn_scale(model, masks, data, options),
+    )
     assert _removed_filters(new["conv1.weight"]) == [0, 2, 4]
     # the channels conv1 no longer writes are no longer read by conv2
     assert [i for i in range(6) if not bool(new["conv2.weight"][:, i].any())] == [0, 2, 4]
 
 
 # ---- dynamic sparse training ------------------------------------------------------------------------------
+
 
 def test_drop_and_grow_is_one_rigl_update():
     from mlprune.training.sparse import drop_and_grow, drop_fraction
@@ -292,9 +334,16 @@ def test_drop_and_grow_is_one_rigl_update():
 def _train_options(kind, **extra):
     from mlprune.spec.steps import resolve_train
 
-    return resolve_train({"steps": "24it", "batch_size": 32, "lr": 0.05, "momentum": 0.9,
-                          "sparse_training": {"kind": kind, "update_every": "5it", "drop_fraction": 0.5,
-                                              "end": "20it"}, **extra}).options
+    return resolve_train(
+        {
+            "steps": "24it",
+            "batch_size": 32,
+            "lr": 0.05,
+            "momentum": 0.9,
+            "sparse_training": {"kind": kind, "update_every": "5it", "drop_fraction": 0.5, "end": "20it"},
+            **extra,
+        }
+    ).options
 
 
 def _sparse_net(seed=0):
@@ -332,20 +381,27 @@ def test_sparse_training_keeps_each_layers_sparsity_exact_zeros_and_zero_regrown
     def check(i):
         def after(model_now, history):
             for name, mask in masks.items():
-                assert int(mask.sum()) == counts[name]                       # constant per layer
-                assert bool((params[name][~mask] == 0).all())                 # exactly 0 after every step
+                assert int(mask.sum()) == counts[name]  # constant per layer
+                assert bool((params[name][~mask] == 0).all())  # exactly 0 after every step
                 grown = mask & ~previous[name]
-                if i in (5, 10, 15):                                          # an update: regrown weights at 0.0
+                if i in (5, 10, 15):  # an update: regrown weights at 0.0
                     assert bool((params[name][grown] == 0).all())
                     seen["grown"] += int(grown.sum())
                 seen["changed"] += int((mask != previous[name]).sum())
                 previous[name] = mask.clone()
+
         return after
 
-    history = train(model, masks, digits, _train_options(kind), seed=0,
-                    calls=Callbacks(checkpoints={i: check(i) for i in range(1, 24)}))
+    history = train(
+        model,
+        masks,
+        digits,
+        _train_options(kind),
+        seed=0,
+        calls=Callbacks(checkpoints={i: check(i) for i in range(1, 24)}),
+    )
     assert seen["grown"] > 0 and seen["changed"] > 0
-    assert history["sparse_updates"][-1][1] == 3                              # after 5, 10, 15 (end 20)
+    assert history["sparse_updates"][-1][1] == 3  # after 5, 10, 15 (end 20)
 
 
 def test_sparse_training_is_bitwise_repeatable_at_one_thread(digits):
@@ -371,7 +427,7 @@ def test_rigl_grows_where_the_dense_gradient_is_largest():
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
     nn.functional.cross_entropy(model(x), y).backward()
     params = dict(model.named_parameters())
-    dense = {n: params[n].grad.clone() for n in kinds}                 # before the masks zero it
+    dense = {n: params[n].grad.clone() for n in kinds}  # before the masks zero it
     hook.after_backward(0)
     before = {n: m.clone() for n, m in masks.items()}
     with torch.no_grad():
@@ -433,7 +489,7 @@ def test_rigl_vs_lottery_preset_runs_and_compares_four_branches_at_one_sparsity(
     from mlprune.report.sections import SectionContext
     from mlprune.report.series import collect
 
-    monkeypatch.setenv("MLPRUNE_FIGURES", "0")      # the workflow run's figures: drawn and checked elsewhere
+    monkeypatch.setenv("MLPRUNE_FIGURES", "0")  # the workflow run's figures: drawn and checked elsewhere
     params = {"epochs": 1, "budget": 3, "update_every": "3it", "train_size": 200, "test_size": 50}
     flags = [part for name, value in params.items() for part in ("-P", f"{name}={value}")]
     result = CliRunner().invoke(main, ["run", str(PRESET), "-e", "rigl", *flags])
@@ -444,7 +500,7 @@ def test_rigl_vs_lottery_preset_runs_and_compares_four_branches_at_one_sparsity(
     pruned = state["prune.random.90"]
     for name in ("round2", "random.90", "set.90", "rigl.90"):
         assert state[name].metrics["sparsity"] == pytest.approx(0.9, abs=1e-3), name
-    for name in ("set.90", "rigl.90"):          # masks moved, each layer's sparsity did not
+    for name in ("set.90", "rigl.90"):  # masks moved, each layer's sparsity did not
         grown = state[name]
         assert grown.metrics["sparse_updates"] > 0
         assert {n: int(m.sum()) for n, m in grown.masks.items()} == {n: int(m.sum()) for n, m in pruned.masks.items()}
@@ -453,11 +509,15 @@ def test_rigl_vs_lottery_preset_runs_and_compares_four_branches_at_one_sparsity(
     assert all(torch.equal(state["random.90"].masks[n], pruned.masks[n]) for n in pruned.masks)
     builder = Page(tmp_path / "report")
     collection = collect(Experiment("rigl").store)
-    rows = accuracy_section(builder, SectionContext(collection, StateLoader(collection.store, collection.runs, print),
-                                                    print))
+    rows = accuracy_section(
+        builder, SectionContext(collection, StateLoader(collection.store, collection.runs, print), print)
+    )
     name = "rigl_vs_lottery_lenet_300_100"
-    final = {row["recipe"]: row["remaining"] for row in rows if row["round"] == max(
-        r["round"] for r in rows if r["recipe"] == row["recipe"])}
+    final = {
+        row["recipe"]: row["remaining"]
+        for row in rows
+        if row["round"] == max(r["round"] for r in rows if r["recipe"] == row["recipe"])
+    }
     assert set(final) == {name, f"{name} / random", f"{name} / set", f"{name} / rigl"}
     assert all(value == pytest.approx(0.1, abs=1e-3) for value in final.values())
 
@@ -466,8 +526,7 @@ def test_rigl_vs_lottery_preset_runs_and_compares_four_branches_at_one_sparsity(
     lamp = trained.apply(Recipe.prune(method="lamp", amount=0.2))
     nm = trained.apply(Recipe.prune(method="nm", n=2, m=4))
     taylor = trained.apply(Recipe.prune(method="taylor", amount=0.5, exclude=["@output"], batch_size=32))
-    inverted = trained.apply(Recipe.prune(method="taylor", amount=0.5, exclude=["@output"], batch_size=32,
-                                          invert=True))
+    inverted = trained.apply(Recipe.prune(method="taylor", amount=0.5, exclude=["@output"], batch_size=32, invert=True))
     fpgm = trained.apply(Recipe.prune(method="fpgm", amount=0.25, distribution="uniform", exclude=["@output"]))
     erk = trained.apply(Recipe.prune(method="l1_unstructured", amount=0.8, distribution="erk"))
     assert lamp.metrics["sparsity"] == pytest.approx(0.2, abs=1e-4)
@@ -478,22 +537,29 @@ def test_rigl_vs_lottery_preset_runs_and_compares_four_branches_at_one_sparsity(
     rows_inverted = {n: [i for i in range(m.shape[0]) if bool(m[i].any())] for n, m in inverted.masks.items()}
     layer = "classifier.0.weight"
     assert len(rows_kept[layer]) == len(rows_inverted[layer]) == 150 and not set(rows_kept[layer]) & set(
-        rows_inverted[layer])
+        rows_inverted[layer]
+    )
     assert fpgm.metrics[f"sparsity.{layer}"] == pytest.approx(0.25)
     assert erk.metrics["sparsity"] == pytest.approx(0.8, abs=1e-3)
     names = {s.run_id: s for s in (lamp, nm, taylor, fpgm, erk)}
-    labels = {run.info.run_id: run.info.run_name for run in trained.experiment.store.client.search_runs(
-        [trained.experiment.store.experiment_id]) if run.info.run_id in names}
-    assert sorted(labels.values()) == sorted(["prune lamp 20%", "prune 2:4", "prune taylor-struct 50%*",
-                                              "prune fpgm-struct 25%*", "prune l1 erk 80%"])
+    labels = {
+        run.info.run_id: run.info.run_name
+        for run in trained.experiment.store.client.search_runs([trained.experiment.store.experiment_id])
+        if run.info.run_id in names
+    }
+    assert sorted(labels.values()) == sorted(
+        ["prune lamp 20%", "prune 2:4", "prune taylor-struct 50%*", "prune fpgm-struct 25%*", "prune l1 erk 80%"]
+    )
 
     # a 2:4 branch in a study: the report says its speedup needs CUDA, its structure that the pattern is kept
     from mlprune.report.accuracy import NM_NOT_MEASURED, speedup_section
 
     recipe = tmp_path / "nm.yaml"
-    recipe.write_text("name: nm_study\nroot: {model: lenet_300_100, dataset: digits, seed: 0, init: glorot, "
-                      "val_size: 0.1, train_size: 200, test_size: 50}\ntrain: {epochs: 1, lr: 0.0012, batch_size: 60, "
-                      "optimizer: adam}\none_shot: {from: train, sparsities: 0.5, methods: {nm: {method: nm}}}\n")
+    recipe.write_text(
+        "name: nm_study\nroot: {model: lenet_300_100, dataset: digits, seed: 0, init: glorot, "
+        "val_size: 0.1, train_size: 200, test_size: 50}\ntrain: {epochs: 1, lr: 0.0012, batch_size: 60, "
+        "optimizer: adam}\none_shot: {from: train, sparsities: 0.5, methods: {nm: {method: nm}}}\n"
+    )
     result = CliRunner().invoke(main, ["run", str(recipe), "-e", "rigl"])
     assert result.exit_code == 0, result.output
     collection = collect(Experiment("rigl").store)
@@ -508,11 +574,15 @@ def test_bn_scale_on_a_network_without_batchnorm_is_refused_before_anything_runs
     from mlprune.cli import main
 
     recipe = tmp_path / "slim.yaml"
-    recipe.write_text("root: {model: lenet_300_100, dataset: digits, train_size: 64, test_size: 32}\n"
-                      "train: {steps: 2it}\nrounds: 1\nprune: {method: bn_scale, amount: 0.5}\n")
+    recipe.write_text(
+        "root: {model: lenet_300_100, dataset: digits, train_size: 64, test_size: 32}\n"
+        "train: {steps: 2it}\nrounds: 1\nprune: {method: bn_scale, amount: 0.5}\n"
+    )
     result = CliRunner().invoke(main, ["run", str(recipe), "-e", "slim"])
     assert result.exit_code == 2, result.output
-    assert "layer 'classifier.0.weight': method 'bn_scale' cannot score it: no BatchNorm right after it" in result.output
+    assert (
+        "layer 'classifier.0.weight': method 'bn_scale' cannot score it: no BatchNorm right after it" in result.output
+    )
     from mlprune import Experiment
 
-    assert not Experiment("slim").states()          # nothing computed, nothing half-done
+    assert not Experiment("slim").states()  # nothing computed, nothing half-done

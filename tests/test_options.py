@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---- the vocabulary ---------------------------------------------------------------------------------
 
+
 def test_every_method_model_and_strategy_declares_its_options_as_a_schema():
     from mlprune.models import MODELS
     from mlprune.pruning import METHODS, prune_schema
@@ -49,16 +50,26 @@ def test_every_method_model_and_strategy_declares_its_options_as_a_schema():
 def test_free_form_text_with_a_validator_and_family_metadata():
     """What a family of options needs beyond the vocabulary (SLURM's: free-form words checked by a
     validator, the directive each becomes) fits in an `Option` without a subclass."""
+
     def word(value, name):
         if " " in value:
             raise SpecError(f"{name} must be one word, got {value!r}")
         return value
 
-    schema = Schema("SLURM option", (
-        Option("partition", None, optional(text(word, "a word")), "the queue", key="never",
-               meta={"sbatch": "--partition={}"}),
-        Option("cpus-per-task", 1, integer(1, 4096), "CPUs", key="never", aliases=("cpus_per_task",)),
-    ))
+    schema = Schema(
+        "SLURM option",
+        (
+            Option(
+                "partition",
+                None,
+                optional(text(word, "a word")),
+                "the queue",
+                key="never",
+                meta={"sbatch": "--partition={}"},
+            ),
+            Option("cpus-per-task", 1, integer(1, 4096), "CPUs", key="never", aliases=("cpus_per_task",)),
+        ),
+    )
     assert schema.checked({"partition": " gpu ", "cpus_per_task": 4}) == {"partition": "gpu", "cpus-per-task": 4}
     assert schema["partition"].meta["sbatch"].format("gpu") == "--partition=gpu"
     with pytest.raises(SpecError, match="partition must be one word, got 'a b'"):
@@ -69,14 +80,21 @@ def test_free_form_text_with_a_validator_and_family_metadata():
 
 # ---- run options: declared once, found in five places ---------------------------------------------------
 
+
 def test_a_run_option_declared_once_is_a_flag_a_parameter_a_keyword_a_param_and_a_docs_row(monkeypatch):
     import mlprune.executor.options as run_options
     from mlprune import cli
     from mlprune.api import Experiment
     from mlprune.mlproject import render
 
-    profile = Option("profile", "off", choice("off", "torch"), "profile each training with the torch profiler",
-                     key="never", metavar="off|torch")
+    profile = Option(
+        "profile",
+        "off",
+        choice("off", "torch"),
+        "profile each training with the torch profiler",
+        key="never",
+        metavar="off|torch",
+    )
     monkeypatch.setattr(run_options, "RUN_OPTIONS", run_options.RUN_OPTIONS.with_options(profile))
 
     # 1. the command line: every command that computes states takes the flag, checked before anything runs
@@ -110,22 +128,29 @@ def test_a_run_option_declared_once_is_a_flag_a_parameter_a_keyword_a_param_and_
 def test_the_run_options_table_in_the_docs_is_the_generated_one():
     from mlprune.executor.options import docs_table
 
-    assert docs_table() in (REPO / "docs" / "training.md").read_text(), \
+    assert docs_table() in (REPO / "docs" / "training.md").read_text(), (
         "docs/training.md is stale: python -m mlprune.executor.options prints the table"
+    )
 
 
 def test_run_options_given_as_text_keep_their_errors():
     from mlprune.executor.options import RunOptions
 
-    for flags, error in (({"deterministic": "maybe"}, "--deterministic must be true or false, got 'maybe'"),
-                         ({"batch": "x"}, "--batch must be an integer >= 1, got 'x'"),
-                         ({"batch": "0"}, "--batch must be an integer >= 1, got 0"),
-                         ({"checkpoint_every": "often"}, "checkpoint_every 'often' is not a cadence")):
+    for flags, error in (
+        ({"deterministic": "maybe"}, "--deterministic must be true or false, got 'maybe'"),
+        ({"batch": "x"}, "--batch must be an integer >= 1, got 'x'"),
+        ({"batch": "0"}, "--batch must be an integer >= 1, got 0"),
+        ({"checkpoint_every": "often"}, "checkpoint_every 'often' is not a cadence"),
+    ):
         with pytest.raises(SpecError, match=error):
             RunOptions.from_text(flags)
     options = RunOptions.from_text({"deterministic": "", "compile": "true", "checkpoint_every": "500it"})
-    assert (options.deterministic, options.compile, options.checkpoint_every, options.batch) == (False, True,
-                                                                                                 "500it", 1)
+    assert (options.deterministic, options.compile, options.checkpoint_every, options.batch) == (
+        False,
+        True,
+        "500it",
+        1,
+    )
     with pytest.raises(SpecError, match="^run option threads must be an integer >= 1, got 0$"):
         RunOptions(threads=0).resolved()
 
@@ -133,13 +158,20 @@ def test_run_options_given_as_text_keep_their_errors():
 # ---- step kinds --------------------------------------------------------------------------------------------
 
 # Keys planned by mlprune before transplanting became a step kind (the prune spelling was the only one).
-TRANSPLANT_KEYS = {"root0": "c1877e2c347084bd8f7c55270a0abc3f", "train0": "929e847e9eb4a375e3b4c7f95dda49f7",
-                   "pruned": "91440a45bc3d13862f13c794dd0c4a84", "root1": "a42360aaa293a0c24369a37cd4efcee7",
-                   "moved": "1f33aa915fef1814f6b4c00438b204a5", "moved_train": "a363fabca92fc50e7871970e46d54a7d"}
+TRANSPLANT_KEYS = {
+    "root0": "c1877e2c347084bd8f7c55270a0abc3f",
+    "train0": "929e847e9eb4a375e3b4c7f95dda49f7",
+    "pruned": "91440a45bc3d13862f13c794dd0c4a84",
+    "root1": "a42360aaa293a0c24369a37cd4efcee7",
+    "moved": "1f33aa915fef1814f6b4c00438b204a5",
+    "moved_train": "a363fabca92fc50e7871970e46d54a7d",
+}
 
 
-@pytest.mark.parametrize("spelling", [{"method": "from_state", "from": "state:pruned"},
-                                      {"method": "from_state", "state": "state:pruned"}, "transplant"])
+@pytest.mark.parametrize(
+    "spelling",
+    [{"method": "from_state", "from": "state:pruned"}, {"method": "from_state", "state": "state:pruned"}, "transplant"],
+)
 def test_a_transplant_keeps_its_pinned_keys_params_and_names_in_every_spelling(spelling):
     from mlprune.plan import PlanBuilder
 
@@ -153,7 +185,7 @@ def test_a_transplant_keeps_its_pinned_keys_params_and_names_in_every_spelling(s
     builder.child("moved_train", root1, [step, {"train": {"epochs": 1}}])
     assert builder.build().keys == TRANSPLANT_KEYS
     assert (moved.kind, moved.label, moved.inputs) == ("prune", "prune transplant", {"mask": "pruned"})
-    steps = {k: v for k, v in moved.params.items() if "." in k}   # the step's params (not seed, recipe, ...)
+    steps = {k: v for k, v in moved.params.items() if "." in k}  # the step's params (not seed, recipe, ...)
     assert steps == {"prune.method": "from_state", "prune.from": "state:pruned"}
 
 
@@ -165,8 +197,12 @@ def test_step_kinds_say_what_code_used_to_ask_their_names():
     assert STEP_KINDS.where(entry_point=True) == ("init", "train", "prune", "reinit")  # the MLproject's
     recorded = {"prune": {"method": "from_state", "from": "input:mask"}}
     kind, options = kind_of(recorded)
-    assert (kind.name, options, kind.mask_source, kind.record(options)) == ("transplant", {"from": "input:mask"},
-                                                                          "mask", recorded)
+    assert (kind.name, options, kind.mask_source, kind.record(options)) == (
+        "transplant",
+        {"from": "input:mask"},
+        "mask",
+        recorded,
+    )
     assert kind_of({"prune": {"method": "l1_unstructured", "amount": 0.2}})[0].name == "prune"
     assert describe_step({"train": {"epochs": 3}}) == "train 3ep"
     with pytest.raises(SpecError, match="unknown step 'prnue'; allowed: .*cka.*transplant"):

@@ -33,8 +33,10 @@ def tiny_mlp(seed: int = 0, dtype=torch.float64) -> nn.Module:
 
 def tiny_batches(seed: int = 1, count: int = 2, size: int = 6, dtype=torch.float64) -> list:
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 5, generator=gen, dtype=dtype), torch.randint(0, 3, (size,), generator=gen))
-            for _ in range(count)]
+    return [
+        (torch.randn(size, 5, generator=gen, dtype=dtype), torch.randint(0, 3, (size,), generator=gen))
+        for _ in range(count)
+    ]
 
 
 def data_of(batches) -> ScoringData:
@@ -78,6 +80,7 @@ def fd_gradient(model, batches, name, eps=1e-6) -> torch.Tensor:
 
 
 # ---- SNIP -------------------------------------------------------------------------------------
+
 
 def test_snip_score_is_abs_gradient_times_weight_by_finite_differences():
     model = tiny_mlp()
@@ -123,6 +126,7 @@ def test_mag_grad_is_weight_times_the_gradient_summed_over_its_batches_by_finite
 
 # ---- GraSP ------------------------------------------------------------------------------------
 
+
 def test_grasp_keep_score_is_hessian_gradient_product_times_weight_by_finite_differences():
     temperature = 2.0
     model = tiny_mlp()
@@ -154,7 +158,7 @@ def test_grasp_keep_score_is_hessian_gradient_product_times_weight_by_finite_dif
     down = grad_at([-eps * d for d in g])
     for name, w, a, b in zip(NAMES, weights, up, down):
         hg = (a - b) / (2 * eps)
-        paper_score = -(hg * w.detach())               # Wang et al.'s S = -(H g) ⊙ w
+        paper_score = -(hg * w.detach())  # Wang et al.'s S = -(H g) ⊙ w
         kept = masks[name]
         assert torch.allclose(got[name][kept], -paper_score[kept], rtol=1e-5, atol=1e-10), name
 
@@ -176,6 +180,7 @@ def test_grasp_removes_the_weights_with_the_largest_paper_score():
 
 # ---- SynFlow ----------------------------------------------------------------------------------
 
+
 def synflow_closed_form(model, masks) -> dict:
     """R = 1ᵀ(|W2| (|W1| 1 + |b1|) + |b2|) for the all-ones input (everything positive: ReLU passes it);
     the score of a weight is |∂R/∂w ⊙ w| (Tanaka et al. 2020, with the biases Synaptic-Flow's code keeps)."""
@@ -183,8 +188,8 @@ def synflow_closed_form(model, masks) -> dict:
     w1 = (p["0.weight"] * masks["0.weight"]).abs().detach()
     w2 = (p["2.weight"] * masks["2.weight"]).abs().detach()
     b1 = p["0.bias"].abs().detach()
-    hidden = w1 @ torch.ones(w1.shape[1], dtype=w1.dtype) + b1          # |W1| 1 + |b1|
-    upstream = w2.T @ torch.ones(w2.shape[0], dtype=w2.dtype)           # 1ᵀ |W2|
+    hidden = w1 @ torch.ones(w1.shape[1], dtype=w1.dtype) + b1  # |W1| 1 + |b1|
+    upstream = w2.T @ torch.ones(w2.shape[0], dtype=w2.dtype)  # 1ᵀ |W2|
     return {"0.weight": w1 * upstream[:, None], "2.weight": w2 * hidden[None, :]}
 
 
@@ -204,8 +209,14 @@ def test_synflow_iterations_follow_tanaka_algorithm_1():
     model = tiny_mlp(seed=7, dtype=torch.float32)
     masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in NAMES}
     step = {"method": "synflow", "amount": amount, "iterations": iterations}
-    got = prune_masks(dict(model.named_parameters()), masks, KINDS, step, generator=None,
-                      scores=network_scores("synflow", model, data_of([]), resolve_prune_step(step)))
+    got = prune_masks(
+        dict(model.named_parameters()),
+        masks,
+        KINDS,
+        step,
+        generator=None,
+        scores=network_scores("synflow", model, data_of([]), resolve_prune_step(step)),
+    )
 
     oracle = {n: m.clone() for n, m in masks.items()}
     start = sum(int(m.sum()) for m in masks.values())
@@ -237,6 +248,7 @@ def test_schedule_counts_are_exponential_and_end_exactly():
 
 # ---- invert, exact counts, pruned weights stay pruned -----------------------------------------
 
+
 @pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
 def test_invert_keeps_the_lowest_scores(method):
     model = tiny_mlp(seed=2, dtype=torch.float32)
@@ -245,8 +257,14 @@ def test_invert_keeps_the_lowest_scores(method):
     base = {"method": method, "amount": 0.5}
     if "iterations" in METHODS[method].option_names:
         base["iterations"] = 1
-    plain = prune_masks(dict(model.named_parameters()), masks, KINDS, base, generator=None,
-                        scores=network_scores(method, model, data_of(batches), resolve_prune_step(base)))
+    plain = prune_masks(
+        dict(model.named_parameters()),
+        masks,
+        KINDS,
+        base,
+        generator=None,
+        scores=network_scores(method, model, data_of(batches), resolve_prune_step(base)),
+    )
     inverted_step = {**base, "invert": True}
     scores = network_scores(method, model, data_of(batches), resolve_prune_step(inverted_step))
     inverted = prune_masks(dict(model.named_parameters()), masks, KINDS, inverted_step, generator=None, scores=scores)
@@ -254,17 +272,25 @@ def test_invert_keeps_the_lowest_scores(method):
     flat = torch.cat([keep_scores[n].reshape(-1) for n in NAMES])
     alive = torch.cat([masks[n].reshape(-1) for n in NAMES]).nonzero().squeeze(1)
     kept = torch.cat([inverted[n].reshape(-1) for n in NAMES]).nonzero().squeeze(1)
-    lowest = torch.sort(flat[alive]).values[:len(kept)]
+    lowest = torch.sort(flat[alive]).values[: len(kept)]
     assert torch.equal(torch.sort(flat[kept]).values, lowest)  # as scores: equal scores may trade places
     assert sum(int(m.sum()) for m in plain.values()) == sum(int(m.sum()) for m in inverted.values())
 
 
 @settings(max_examples=40, deadline=None)
-@given(method=st.sampled_from(["snip", "grasp", "synflow"]), scope=st.sampled_from(["global", "layer"]),
-       fraction=st.floats(0.01, 0.99), count=st.integers(1, 20), as_count=st.booleans(),
-       keep=st.floats(0.3, 1.0), seed=st.integers(0, 1000), invert=st.booleans())
-def test_property_requested_sparsity_is_met_exactly_in_count(method, scope, fraction, count, as_count, keep, seed,
-                                                              invert):
+@given(
+    method=st.sampled_from(["snip", "grasp", "synflow"]),
+    scope=st.sampled_from(["global", "layer"]),
+    fraction=st.floats(0.01, 0.99),
+    count=st.integers(1, 20),
+    as_count=st.booleans(),
+    keep=st.floats(0.3, 1.0),
+    seed=st.integers(0, 1000),
+    invert=st.booleans(),
+)
+def test_property_requested_sparsity_is_met_exactly_in_count(
+    method, scope, fraction, count, as_count, keep, seed, invert
+):
     model = tiny_mlp(seed=seed, dtype=torch.float32)
     masks = some_masks(model, seed=seed, keep=keep)
     masks = {n: m if m.any() else torch.ones_like(m) for n, m in masks.items()}
@@ -298,8 +324,9 @@ def test_score_methods_default_to_global_scope_and_refuse_score_overrides():
     with pytest.raises(SpecError, match="iterations"):
         resolve_prune_step({"method": "synflow", "amount": 0.5, "iterations": 0})
     # an output layer left alone or pruned by magnitude beside a score method is fine
-    step = resolve_prune_step({"method": "snip", "amount": 0.5, "layers": {"@output": {"method": "l1_unstructured",
-                                                                                         "amount": 0.1}}})
+    step = resolve_prune_step(
+        {"method": "snip", "amount": 0.5, "layers": {"@output": {"method": "l1_unstructured", "amount": 0.1}}}
+    )
     model = tiny_mlp(dtype=torch.float32)
     masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in NAMES}
     scores = network_scores("snip", model, data_of(tiny_batches(dtype=torch.float32)), step)
@@ -337,8 +364,8 @@ def test_synflow_at_99_9_keeps_every_layer_where_magnitude_collapses(tracking):
     root, synflow, magnitude = namespace["root"], namespace["synflow"], namespace["magnitude"]
     total = sum(m.numel() for m in root.masks.values())
     kept = kept_per_layer(synflow.masks)
-    assert sum(kept.values()) == total - round(0.999 * total)          # exactly 50 of 50,200
-    assert all(count >= 1 for count in kept.values()), kept              # no layer collapse
+    assert sum(kept.values()) == total - round(0.999 * total)  # exactly 50 of 50,200
+    assert all(count >= 1 for count in kept.values()), kept  # no layer collapse
     # the state records per-layer sparsity, so a user sees it in the MLflow UI
     for name, mask in synflow.masks.items():
         assert synflow.metrics[f"sparsity.{name}"] == pytest.approx(1 - kept[name] / mask.numel())
@@ -348,14 +375,21 @@ def test_synflow_at_99_9_keeps_every_layer_where_magnitude_collapses(tracking):
     collapsed = [name for name, count in kept_magnitude.items() if count == 1]
     assert collapsed, kept_magnitude
     report = {}
-    prune_masks(root.weights, root.masks, prunable(root.model()),
-                {"method": "l1_unstructured", "amount": 0.999, "scope": "global"}, generator=None, report=report)
+    prune_masks(
+        root.weights,
+        root.masks,
+        prunable(root.model()),
+        {"method": "l1_unstructured", "amount": 0.999, "scope": "global"},
+        generator=None,
+        report=report,
+    )
     assert all(report[name]["note"] == "keep-at-least-one: spared the layer's last weight" for name in collapsed)
     # on the presets' Glorot root too, SynFlow leaves no layer empty
     from mlprune import Recipe
 
-    glorot = namespace["experiment"].init(model="lenet_300_100", dataset="digits", seed=0, init="glorot",
-                                          train_size=128, test_size=64)
+    glorot = namespace["experiment"].init(
+        model="lenet_300_100", dataset="digits", seed=0, init="glorot", train_size=128, test_size=64
+    )
     kept_glorot = kept_per_layer(glorot.apply(Recipe.prune(method="synflow", amount=0.999)).masks)
     assert sum(kept_glorot.values()) == 50 and min(kept_glorot.values()) >= 1, kept_glorot
     print(f"\nkept per layer at 99.9 %: synflow {kept}, magnitude {kept_magnitude}, synflow (glorot) {kept_glorot}")
@@ -383,7 +417,7 @@ def test_must_show_prune_the_root_with_synflow_snip_grasp_to_90_percent_and_trai
     for node in plan.nodes:
         if node.branch == "main":
             continue
-        state = states[node.key]                      # the planned key is the stored key
+        state = states[node.key]  # the planned key is the stored key
         layers = layers or sorted(state.masks)
         assert len(layers) == 3
         sparsity = state.metrics["sparsity"]
@@ -393,13 +427,20 @@ def test_must_show_prune_the_root_with_synflow_snip_grasp_to_90_percent_and_trai
             pruned = states[plan.node(node.parent).key]
             assert all(torch.equal(state.masks[n], pruned.masks[n]) for n in layers)
             assert all(bool((state.weights[n][~state.masks[n]] == 0).all()) for n in layers)
-        seen.append((node.name, round(sparsity, 4), {n: round(state.metrics[f"sparsity.{n}"], 3) for n in layers},
-                     round(state.metrics["test_accuracy"], 3)))
+        seen.append(
+            (
+                node.name,
+                round(sparsity, 4),
+                {n: round(state.metrics[f"sparsity.{n}"], 3) for n in layers},
+                round(state.metrics["test_accuracy"], 3),
+            )
+        )
     assert {name for name, *_ in seen} == {f"{p}{m}.90" for m in ("synflow", "snip", "grasp") for p in ("", "prune.")}
     print("\n" + "\n".join(map(str, seen)))
 
 
 # ---- sanity-check controls -------------------------------------------------------------------------
+
 
 def test_preset_plans_every_method_and_control_off_the_same_pruned_state():
     from mlprune.recipes import compile_recipe
@@ -407,8 +448,12 @@ def test_preset_plans_every_method_and_control_off_the_same_pruned_state():
     plan = compile_recipe(PRESET, {"sparsities": "0.9,0.99"})
     nodes = {n.name: n for n in plan.nodes}
     scored, others = ("snip", "grasp", "synflow"), ("magnitude", "random")
-    expected = {"main"} | {*scored, *others} | {f"{m}/{c}" for m in (*scored, *others)
-                                               for c in ("layer_shuffle", "reinit")} | {f"{m}/invert" for m in scored}
+    expected = (
+        {"main"}
+        | {*scored, *others}
+        | {f"{m}/{c}" for m in (*scored, *others) for c in ("layer_shuffle", "reinit")}
+        | {f"{m}/invert" for m in scored}
+    )
     assert {n.branch for n in plan.nodes} == expected
     for method in (*scored, *others):
         for rnd, pct in ((1, "90"), (2, "99")):
@@ -417,7 +462,8 @@ def test_preset_plans_every_method_and_control_off_the_same_pruned_state():
             (prune,) = [s["prune"] for s in pruned.steps]
             assert prune["amount"] == float(f"0.{pct}")
             assert nodes[f"{method}.{pct}"].parent == pruned.name and nodes[f"{method}.{pct}"].steps == [
-                {"train": plan.node("train").steps[0]["train"]}]      # trained like the dense network
+                {"train": plan.node("train").steps[0]["train"]}
+            ]  # trained like the dense network
             shuffle = nodes[f"{method}.{pct}.layer_shuffle"]
             assert shuffle.parent == pruned.name and shuffle.inputs == {"weights": "root"}
             assert shuffle.steps[0]["reinit"]["strategy"] == "shuffle"
@@ -468,18 +514,26 @@ def test_named_controls_in_rounds_follow_the_rounds_reinit(tmp_path):
         assert nodes[f"round{r}.invert"].steps[0]["reinit"] == nodes[f"round{r}"].steps[0]["reinit"]
         assert {nodes[f"round{r}.{c}"].control_of for c in ("layer_shuffle", "reinit", "invert")} == {"main"}
     # the old form keeps its keys: {name, reinit} is the same state as before
-    old = compile_recipe(_recipe(tmp_path, ROUNDS % ("l1_unstructured", "[{name: random, reinit: {strategy: random}}]")))
+    old = compile_recipe(
+        _recipe(tmp_path, ROUNDS % ("l1_unstructured", "[{name: random, reinit: {strategy: random}}]"))
+    )
     named = compile_recipe(_recipe(tmp_path, ROUNDS % ("l1_unstructured", "[reinit]")))
     assert old.keys["round1.random"] == named.keys["round1.reinit"]
 
 
-@pytest.mark.parametrize("controls, fragment", [
-    ("[invert]", "control 'invert' needs a method that ranks by a score it can invert (snip, mag_grad, grasp, "
-                 "synflow, lamp, nm, fpgm, taylor, bn_scale); the branch prunes with 'l1_unstructured'"),
-    ("[shuffle]", "unknown control 'shuffle'; allowed: layer_shuffle, reinit, invert"),
-    ("[{name: x}]", "controls[0]: must be a control name"),
-    ("[{name: a/b, reinit: {strategy: random}}]", "without '/'"),
-])
+@pytest.mark.parametrize(
+    "controls, fragment",
+    [
+        (
+            "[invert]",
+            "control 'invert' needs a method that ranks by a score it can invert (snip, mag_grad, grasp, "
+            "synflow, lamp, nm, fpgm, taylor, bn_scale); the branch prunes with 'l1_unstructured'",
+        ),
+        ("[shuffle]", "unknown control 'shuffle'; allowed: layer_shuffle, reinit, invert"),
+        ("[{name: x}]", "controls[0]: must be a control name"),
+        ("[{name: a/b, reinit: {strategy: random}}]", "without '/'"),
+    ],
+)
 def test_bad_controls_are_one_line_errors(tmp_path, controls, fragment):
     from mlprune.recipes import compile_recipe
 
@@ -488,15 +542,18 @@ def test_bad_controls_are_one_line_errors(tmp_path, controls, fragment):
     assert fragment in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("section, fragment", [
-    ("{sparsities: [0.9, 1.5], methods: {a: {method: snip}}}", "sparsity 1.5 is not a fraction in (0, 1)"),
-    ("{sparsities: '0.9,0.9', methods: {a: {method: snip}}}", "repeat a value"),
-    ("{sparsities: [0.9], methods: {a: {method: snip, amount: 0.2}}}", "the amount comes from sparsities"),
-    ("{sparsities: [0.9], methods: {main: {method: snip}}}", "the branch name 'main' is taken"),
-    ("{sparsities: [0.9], methods: {a: {method: snipp}}}", "unknown pruning method 'snipp'"),
-    ("{sparsities: [0.9], methods: {a: {method: snip}}, from: nowhere}", "has no state 'nowhere'"),
-    ("{sparsities: [0.9], methods: {a: {method: snip}}, colour: red}", "unknown key 'colour'"),
-])
+@pytest.mark.parametrize(
+    "section, fragment",
+    [
+        ("{sparsities: [0.9, 1.5], methods: {a: {method: snip}}}", "sparsity 1.5 is not a fraction in (0, 1)"),
+        ("{sparsities: '0.9,0.9', methods: {a: {method: snip}}}", "repeat a value"),
+        ("{sparsities: [0.9], methods: {a: {method: snip, amount: 0.2}}}", "the amount comes from sparsities"),
+        ("{sparsities: [0.9], methods: {main: {method: snip}}}", "the branch name 'main' is taken"),
+        ("{sparsities: [0.9], methods: {a: {method: snipp}}}", "unknown pruning method 'snipp'"),
+        ("{sparsities: [0.9], methods: {a: {method: snip}}, from: nowhere}", "has no state 'nowhere'"),
+        ("{sparsities: [0.9], methods: {a: {method: snip}}, colour: red}", "unknown key 'colour'"),
+    ],
+)
 def test_bad_one_shot_sections_are_one_line_errors(tmp_path, section, fragment):
     from mlprune.recipes import compile_recipe
 
@@ -517,8 +574,8 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
     from mlprune.recipes import compile_recipe
     from mlprune.report.accuracy import accuracy_section
     from mlprune.report.common import Page, StateLoader
-    from mlprune.report.sections import SectionContext
     from mlprune.report.sanity import sanity_section
+    from mlprune.report.sections import SectionContext
     from mlprune.report.series import collect
 
     params = ["-P", "sparsities=0.9", "-P", "epochs=1", "-P", "train_size=64", "-P", "test_size=64"]
@@ -532,11 +589,14 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
     states = {s.key: s for s in Experiment("sanity").states()}
     state = {n.name: states[n.key] for n in plan.nodes}
     for method in ("snip", "grasp", "synflow", "magnitude", "random"):
-        pruned, shuffled, fresh = (state[f"prune.{method}.90"], state[f"{method}.90.layer_shuffle"],
-                                   state[f"{method}.90.reinit"])
-        assert kept_per_layer(shuffled.masks) == kept_per_layer(pruned.masks)       # same per-layer sparsity
-        assert analysis.jaccard(shuffled.masks, pruned.masks)["overall"] < 0.5    # other positions
-        assert all(torch.equal(fresh.masks[n], pruned.masks[n]) for n in pruned.masks)   # same mask
+        pruned, shuffled, fresh = (
+            state[f"prune.{method}.90"],
+            state[f"{method}.90.layer_shuffle"],
+            state[f"{method}.90.reinit"],
+        )
+        assert kept_per_layer(shuffled.masks) == kept_per_layer(pruned.masks)  # same per-layer sparsity
+        assert analysis.jaccard(shuffled.masks, pruned.masks)["overall"] < 0.5  # other positions
+        assert all(torch.equal(fresh.masks[n], pruned.masks[n]) for n in pruned.masks)  # same mask
     for method in ("snip", "grasp", "synflow"):
         pruned, inverted = state[f"prune.{method}.90"], state[f"prune.{method}.90.invert"]
         assert sum(kept_per_layer(inverted.masks).values()) == sum(kept_per_layer(pruned.masks).values())
@@ -553,14 +613,21 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
     rows = accuracy_section(builder, context)
     labels = {row["recipe"] for row in rows}
     name = "pai_sanity_lenet_300_100"
-    expected = {name} | {f"{name} / {m}" for m in ("snip", "grasp", "synflow", "magnitude", "random")} | {
-        f"{name} / {m}/{c}" for m in ("snip", "grasp", "synflow", "magnitude", "random")
-        for c in ("layer_shuffle", "reinit")} | {f"{name} / {m}/invert" for m in ("snip", "grasp", "synflow")}
+    expected = (
+        {name}
+        | {f"{name} / {m}" for m in ("snip", "grasp", "synflow", "magnitude", "random")}
+        | {
+            f"{name} / {m}/{c}"
+            for m in ("snip", "grasp", "synflow", "magnitude", "random")
+            for c in ("layer_shuffle", "reinit")
+        }
+        | {f"{name} / {m}/invert" for m in ("snip", "grasp", "synflow")}
+    )
     assert labels == expected and len(labels) == 19
     dense = next(r for r in rows if r["recipe"] == name)
     for label in expected - {name}:
         points = sorted((r["round"], r["remaining"]) for r in rows if r["recipe"] == label)
-        assert [p[0] for p in points] == [0, 1]                           # the dense network, then 90 %
+        assert [p[0] for p in points] == [0, 1]  # the dense network, then 90 %
         assert points[0][1] == dense["remaining"] == 1.0 and points[1][1] == pytest.approx(0.1, abs=1e-3)
     (figure,) = [f for f in builder.figures if f["kind"] == "accuracy_vs_remaining"]
     assert figure["png"].startswith(b"\x89PNG") and (tmp_path / "report" / "figures" / figure["file"]).exists()
@@ -569,5 +636,7 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
     panels = builder.numbers["sanity_checks"]
     assert set(panels) == {f"{name} / {m}" for m in ("snip", "grasp", "synflow", "magnitude", "random")}
     for panel, members in panels.items():
-        assert members[0] == panel and set(members[1:]) == {label for label in expected if label.startswith(panel + "/")}
+        assert members[0] == panel and set(members[1:]) == {
+            label for label in expected if label.startswith(panel + "/")
+        }
     assert [f["kind"] for f in builder.figures].count("sanity_checks") == 1

@@ -63,6 +63,7 @@ def paused_at(path: Path):
     text = path.read_text().strip() if path.exists() else ""
     return tuple(text.split()) if len(text.split()) == 2 else None
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = """\
@@ -159,8 +160,9 @@ def lineage_ok(runs) -> None:
 # ---- a real mlflow server, backed by PostgreSQL where the machine has it -------------------
 def _postgres_bin() -> str | None:
     found = shutil.which("initdb")
-    candidates = ([os.path.dirname(os.path.realpath(found))] if found else []) + \
-        sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    candidates = ([os.path.dirname(os.path.realpath(found))] if found else []) + sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), reverse=True
+    )
     for folder in candidates:
         if all(os.access(os.path.join(folder, tool), os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
             return folder
@@ -190,11 +192,19 @@ def _start_postgres():
         prefix = ["runuser", "-u", "postgres", "--"]
     data, port = os.path.join(folder, "data"), free_port()
     try:
-        subprocess.run(prefix + [f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync",
-                                 "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            prefix + [f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         options = f"-p {port} -k {folder} -h 127.0.0.1 -c fsync=off -c synchronous_commit=off"
-        subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", data, "-w", "-t", "60", "-l", f"{folder}/log",
-                                 "-o", options, "start"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            prefix + [f"{bindir}/pg_ctl", "-D", data, "-w", "-t", "60", "-l", f"{folder}/log", "-o", options, "start"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         connection = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
         connection.autocommit = True
         connection.cursor().execute("CREATE DATABASE mlflow")
@@ -204,8 +214,9 @@ def _start_postgres():
         return None, f"could not start PostgreSQL: {error}"
 
     def stop():
-        subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            prefix + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
     return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow", stop
@@ -225,10 +236,27 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     log = open(folder / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=folder,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         import urllib.request
@@ -256,9 +284,13 @@ def mlflow_server(tmp_path_factory):
 
 # ---- keys ---------------------------------------------------------------------------------
 def test_plan_keys_are_the_keys_of_the_states_reached(experiment, tmp_path):
-    recipe = write_recipe(tmp_path, TINY.replace("rounds: $rounds", "rounds: 2").replace(
-        "reinit: {strategy: rewind, to: root}",
-        "reinit: {strategy: rewind, to: root}\ncontrols: [{name: random, reinit: {strategy: random}}]"))
+    recipe = write_recipe(
+        tmp_path,
+        TINY.replace("rounds: $rounds", "rounds: 2").replace(
+            "reinit: {strategy: rewind, to: root}",
+            "reinit: {strategy: rewind, to: root}\ncontrols: [{name: random, reinit: {strategy: random}}]",
+        ),
+    )
     plan = compile_recipe(recipe, {"epochs": "1it"})
     keys = plan.keys  # planned without a store
     states = run_plan(plan, experiment)
@@ -288,12 +320,19 @@ def test_sweep_values_parse_or_fail_in_one_line():
     assert parse_seeds("0-3") == [0, 1, 2, 3]
     assert parse_seeds("1-2,7,2") == [1, 2, 7]
     assert parse_grid(["amount=0.1,0.2", "epochs=3", "lr=0.1,0.01"]) == [
-        {"amount": 0.1, "epochs": 3, "lr": 0.1}, {"amount": 0.1, "epochs": 3, "lr": 0.01},
-        {"amount": 0.2, "epochs": 3, "lr": 0.1}, {"amount": 0.2, "epochs": 3, "lr": 0.01}]
-    for bad, fragment in [(lambda: parse_seeds("0-x"), "0-x"), (lambda: parse_seeds("5-2"), "5-2"),
-                          (lambda: parse_grid(["amount=0.1,"]), "empty value"),
-                          (lambda: parse_grid(["amount=[0.1"]), "[0.1"), (lambda: parse_grid(["amount"]), "amount"),
-                          (lambda: parse_grid(["a=1", "a=2"]), "twice")]:
+        {"amount": 0.1, "epochs": 3, "lr": 0.1},
+        {"amount": 0.1, "epochs": 3, "lr": 0.01},
+        {"amount": 0.2, "epochs": 3, "lr": 0.1},
+        {"amount": 0.2, "epochs": 3, "lr": 0.01},
+    ]
+    for bad, fragment in [
+        (lambda: parse_seeds("0-x"), "0-x"),
+        (lambda: parse_seeds("5-2"), "5-2"),
+        (lambda: parse_grid(["amount=0.1,"]), "empty value"),
+        (lambda: parse_grid(["amount=[0.1"]), "[0.1"),
+        (lambda: parse_grid(["amount"]), "amount"),
+        (lambda: parse_grid(["a=1", "a=2"]), "twice"),
+    ]:
         with pytest.raises(SpecError) as raised:
             bad()
         assert fragment in str(raised.value) and "\n" not in str(raised.value)
@@ -331,9 +370,16 @@ def test_a_live_claim_makes_the_other_wait_and_reuse(tracking):
 
 def _foreign_claim(store, key, *, heartbeat: float, pid: int) -> str:
     """A RUNNING run holding a claim on `key`, as another process would have left it."""
-    run = store.client.create_run(store.experiment_id, tags={
-        "mlprune.key": key, "mlprune.kind": "train", TAG_HEARTBEAT: str(heartbeat),
-        TAG_CLAIM_HOST: process_host(), TAG_CLAIM_PID: str(pid)})
+    run = store.client.create_run(
+        store.experiment_id,
+        tags={
+            "mlprune.key": key,
+            "mlprune.kind": "train",
+            TAG_HEARTBEAT: str(heartbeat),
+            TAG_CLAIM_HOST: process_host(),
+            TAG_CLAIM_PID: str(pid),
+        },
+    )
     return run.info.run_id
 
 
@@ -380,8 +426,11 @@ def test_never_two_finished_runs_for_one_key(tracking, monkeypatch):
     assert finished_by_key(tracking)[key] == [first.run_id]
     # (b) both pass that check at once: the check right after it keeps the first to finish
     real_settle = type(racer.store.claims).settle
-    monkeypatch.setattr(racer.store.claims, "settle", lambda run_id, key, before: run_id if before
-                        else real_settle(racer.store.claims, run_id, key, before))
+    monkeypatch.setattr(
+        racer.store.claims,
+        "settle",
+        lambda run_id, key, before: run_id if before else real_settle(racer.store.claims, run_id, key, before),
+    )
     again = racer.apply(racer.state(root.run_id), recipe)
     assert again.run_id == first.run_id
     assert finished_by_key(tracking)[key] == [first.run_id]
@@ -395,8 +444,12 @@ def test_two_concurrent_runs_compute_each_state_once(tracking, tmp_path):
     recipe = write_recipe(tmp_path)
     args = ["run", recipe, "-P", "epochs=8", "-e", "shared"]
     env = cli_env(tracking)
-    processes = [subprocess.Popen(mlprune_cmd(*args), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            mlprune_cmd(*args), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in processes]
     for process, (_out, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
@@ -417,9 +470,14 @@ def test_sigkill_mid_training_then_rerun_completes_bitwise(tracking, tmp_path):
     args = ["run", recipe, "-P", "epochs=6", "-e", "killed"]
     paused = tmp_path / "paused"
     # the victim pauses (blocks) at the end of its training's 3rd epoch: we kill it exactly there
-    victim = subprocess.Popen([sys.executable, "-c", PAUSE_HOOK + "\nfrom mlprune.cli import main\nmain()", *args],
-                              env=cli_env(tracking, MLPRUNE_TEST_PAUSED=str(paused), MLPRUNE_TEST_PAUSE_EPOCH="3"),
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(
+        [sys.executable, "-c", PAUSE_HOOK + "\nfrom mlprune.cli import main\nmain()", *args],
+        env=cli_env(tracking, MLPRUNE_TEST_PAUSED=str(paused), MLPRUNE_TEST_PAUSE_EPOCH="3"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def is_paused():
         assert victim.poll() is None, victim.stderr.read()[-3000:]
@@ -503,10 +561,24 @@ def test_a_dask_worker_killed_mid_state_is_replaced_and_the_state_completes(mlfl
         # the first worker to reach epoch 3 of a training blocks there: we kill it exactly then
         client.run(exec, PAUSE_HOOK, {})
         sweep = subprocess.Popen(
-            mlprune_cmd("sweep", recipe, "--seeds", "0-1", "-P", "epochs=6", "--scheduler",
-                        cluster.scheduler_address, "-e", "worker-killed"),
-            env=cli_env(uri, MLPRUNE_CLAIM_TIMEOUT="4"), cwd=tmp_path, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+            mlprune_cmd(
+                "sweep",
+                recipe,
+                "--seeds",
+                "0-1",
+                "-P",
+                "epochs=6",
+                "--scheduler",
+                cluster.scheduler_address,
+                "-e",
+                "worker-killed",
+            ),
+            env=cli_env(uri, MLPRUNE_CLAIM_TIMEOUT="4"),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
         def paused_worker():
             assert sweep.poll() is None, sweep.communicate()[1][-3000:]
@@ -539,8 +611,11 @@ def test_a_dask_worker_killed_mid_state_is_replaced_and_the_state_completes(mlfl
 def test_unreachable_scheduler_or_server_are_one_line_exit_2_within_seconds(tracking, tmp_path):
     recipe = write_recipe(tmp_path)
     cases = [
-        (["sweep", recipe, "--scheduler", f"tcp://127.0.0.1:{free_port()}"], tracking,
-         "cannot reach the dask scheduler"),
+        (
+            ["sweep", recipe, "--scheduler", f"tcp://127.0.0.1:{free_port()}"],
+            tracking,
+            "cannot reach the dask scheduler",
+        ),
         (["run", recipe, "--scheduler", f"tcp://127.0.0.1:{free_port()}"], tracking, "cannot reach the dask scheduler"),
         (["sweep", recipe], f"http://127.0.0.1:{free_port()}", "cannot reach the tracking server"),
     ]
@@ -553,14 +628,17 @@ def test_unreachable_scheduler_or_server_are_one_line_exit_2_within_seconds(trac
     assert not finished_by_key(tracking)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["-P", "amount=0.1,[0.2"], "[0.2"),
-    (["--seeds", "0-x"], "0-x"),
-    (["-P", "nonsense=1,2"], "nonsense"),
-    (["-P", "amount=0.1,"], "empty value"),
-    (["--scheduler", "threads"], "threads"),
-    (["--workers", "2"], "--workers"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["-P", "amount=0.1,[0.2"], "[0.2"),
+        (["--seeds", "0-x"], "0-x"),
+        (["-P", "nonsense=1,2"], "nonsense"),
+        (["-P", "amount=0.1,"], "empty value"),
+        (["--scheduler", "threads"], "threads"),
+        (["--workers", "2"], "--workers"),
+    ],
+)
 def test_bad_sweep_values_are_one_line_exit_2_and_run_nothing(tracking, tmp_path, args, fragment):
     from click.testing import CliRunner
 
@@ -575,9 +653,9 @@ def test_bad_sweep_values_are_one_line_exit_2_and_run_nothing(tracking, tmp_path
 
 @pytest.mark.slow
 def test_a_worker_without_the_package_is_a_one_line_error(tracking, tmp_path):
-    from distributed import LocalCluster
-
     import sysconfig
+
+    from distributed import LocalCluster
 
     recipe = write_recipe(tmp_path)
     cluster = LocalCluster(n_workers=0, processes=True, dashboard_address=None)  # a tcp:// scheduler
@@ -585,14 +663,30 @@ def test_a_worker_without_the_package_is_a_one_line_error(tracking, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     worker = subprocess.Popen(
-        [sys.executable, "-S", "-m", "distributed.cli.dask_worker", cluster.scheduler_address, "--nthreads", "1",
-         "--no-nanny", "--no-dashboard"],
-        env={**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}, cwd=elsewhere,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-S",
+            "-m",
+            "distributed.cli.dask_worker",
+            cluster.scheduler_address,
+            "--nthreads",
+            "1",
+            "--no-nanny",
+            "--no-dashboard",
+        ],
+        env={**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]},
+        cwd=elsewhere,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: cluster.scheduler.workers, 120, "the worker to join")
-        result = run_cli(["sweep", recipe, "--scheduler", cluster.scheduler_address], env=cli_env(tracking),
-                         cwd=tmp_path, timeout=300)
+        result = run_cli(
+            ["sweep", recipe, "--scheduler", cluster.scheduler_address],
+            env=cli_env(tracking),
+            cwd=tmp_path,
+            timeout=300,
+        )
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -646,11 +740,14 @@ def test_late_rewind_and_state_sources_sweep_on_every_scheduler_then_run_reuses_
     env = cli_env(tracking)
     sync = run_cli(["sweep", recipe, *common, "--scheduler", "sync", "-e", "v-sync"], env=env, cwd=tmp_path)
     assert sync.returncode == 0, sync.stderr[-3000:]
-    parallel = run_cli(["sweep", recipe, *common, "--scheduler", "processes", "--workers", "2", "-e", "v-proc"],
-                       env=env, cwd=tmp_path)
+    parallel = run_cli(
+        ["sweep", recipe, *common, "--scheduler", "processes", "--workers", "2", "-e", "v-proc"], env=env, cwd=tmp_path
+    )
     assert parallel.returncode == 0, parallel.stderr[-3000:]
-    plans = [compile_recipe(recipe, {"seed": seed, "rounds": 1, "epochs": 2, "train_size": 400, "test_size": 100})
-             for seed in (0, 1)]
+    plans = [
+        compile_recipe(recipe, {"seed": seed, "rounds": 1, "epochs": 2, "train_size": 400, "test_size": 100})
+        for seed in (0, 1)
+    ]
     planned = {node.key for plan in plans for node in plan.nodes}
     client = MlflowClient(tracking_uri=tracking)
     hashes = {}
@@ -667,8 +764,11 @@ def test_late_rewind_and_state_sources_sweep_on_every_scheduler_then_run_reuses_
     else:
         assert all(plan.node("round1").inputs["weights"] == "train" for plan in plans)
     assert len(rewinds) == 2
-    again = run_cli(["run", recipe, "-P", "rounds=1", "-P", "epochs=2", "-P", "seed=1", *small, "-e", "v-sync"], env=env,
-                    cwd=tmp_path)
+    again = run_cli(
+        ["run", recipe, "-P", "rounds=1", "-P", "epochs=2", "-P", "seed=1", *small, "-e", "v-sync"],
+        env=env,
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{len(plans[1].nodes)} states: 0 computed, {len(plans[1].nodes)} reused" in again.stdout, again.stdout
 
@@ -679,8 +779,9 @@ def test_two_trainings_that_store_one_checkpoint_share_it_without_a_killed_run(t
     # finds the first's instead of racing it (it once made and killed a run of its own each time)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     params = {"train_size": 128, "test_size": 64, "rounds": 1}
-    plans = [compile_recipe(REPO / "recipes" / "lt_unstructuredL1.yaml", {**params, "epochs": epochs})
-             for epochs in (2, 3)]
+    plans = [
+        compile_recipe(REPO / "recipes" / "lt_unstructuredL1.yaml", {**params, "epochs": epochs}) for epochs in (2, 3)
+    ]
     checkpoints = [{n.key for n in plan.nodes if n.emitted_by} for plan in plans]
     assert checkpoints[0] & checkpoints[1], "the two trainings should share a checkpoint"
     result = run_plans(plans, Store("shared-checkpoint", tracking_uri=uri), "sync")

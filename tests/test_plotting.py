@@ -97,8 +97,15 @@ def test_plot_accuracy_vs_remaining(tmp_path):
     for recipe in ("lt", "random"):
         for rnd in range(6):
             for seed in range(3):
-                rows.append({"recipe": recipe, "round": rnd, "remaining": 0.8**rnd, "seed": seed,
-                             "test_accuracy": 0.95 - 0.01 * rnd * (recipe == "random") + 0.003 * seed})
+                rows.append(
+                    {
+                        "recipe": recipe,
+                        "round": rnd,
+                        "remaining": 0.8**rnd,
+                        "seed": seed,
+                        "test_accuracy": 0.95 - 0.01 * rnd * (recipe == "random") + 0.003 * seed,
+                    }
+                )
     fig = plotting.plot_accuracy_vs_remaining(analysis.accuracy_vs_remaining(rows))
     ax = fig.axes[0]
     assert ax.get_xlabel() == "remaining weights (%, log scale)"
@@ -106,14 +113,20 @@ def test_plot_accuracy_vs_remaining(tmp_path):
     assert ax.get_xscale() == "log"
     lo, hi = ax.get_xlim()
     assert lo > hi  # reversed: 100% on the left
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lt (n=3)", "random (n=3)", "dense (round 0) accuracy"]
-    assert len([c for c in ax.collections if c.get_gid() == plotting.style.CI_BAND]) == 2   # one 95% CI band each
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "lt (n=3)",
+        "random (n=3)",
+        "dense (round 0) accuracy",
+    ]
+    assert len([c for c in ax.collections if c.get_gid() == plotting.style.CI_BAND]) == 2  # one 95% CI band each
     save_png(fig, tmp_path, "accuracy")
 
 
 def test_plot_structure(tmp_path):
-    masks = {"conv.weight": torch.rand(6, 3, 3, 3, generator=gen()) > 0.8,
-             "fc.weight": torch.rand(10, 20, generator=gen(1)) > 0.5}
+    masks = {
+        "conv.weight": torch.rand(6, 3, 3, 3, generator=gen()) > 0.8,
+        "fc.weight": torch.rand(10, 20, generator=gen(1)) > 0.5,
+    }
     masks["conv.weight"][0] = False
     emergent = analysis.emergent_structure(masks, {"conv.weight": "conv", "fc.weight": "linear"})
     fig = plotting.plot_structure(emergent)
@@ -127,8 +140,10 @@ def test_plot_structure(tmp_path):
 
 def study_dag(n_recipes=4, rounds=4):
     """A lineage like a real study: init -> train -> per recipe (prune -> rewind+train)*rounds."""
-    nodes = [{"id": "root", "label": "init", "accuracy": 0.1, "sparsity": 0.0},
-             {"id": "t0", "label": "train", "accuracy": 0.97, "sparsity": 0.0}]
+    nodes = [
+        {"id": "root", "label": "init", "accuracy": 0.1, "sparsity": 0.0},
+        {"id": "t0", "label": "train", "accuracy": 0.97, "sparsity": 0.0},
+    ]
     edges = [("root", "t0", "primary")]
     for r in range(n_recipes):
         prev = "t0"

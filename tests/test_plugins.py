@@ -16,10 +16,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from click.testing import CliRunner
 
@@ -35,8 +35,12 @@ def write_dist_info(where: Path, name: str, version: str, groups: dict) -> None:
     info = where / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text("".join(
-        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()) + "\n" for group, points in groups.items()))
+    (info / "entry_points.txt").write_text(
+        "".join(
+            f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()) + "\n"
+            for group, points in groups.items()
+        )
+    )
 
 
 def forget(prefix: str = "mlprune_example_plugin") -> None:
@@ -64,6 +68,7 @@ def example(tmp_path_factory):
 @pytest.fixture
 def extra_dist(tmp_path):
     """Another installed distribution with entry points (shadowing, broken ones); gone after the test."""
+
     def install(name: str, groups: dict) -> None:
         write_dist_info(tmp_path, name, "1.0", groups)
         sys.path.insert(0, str(tmp_path))
@@ -83,16 +88,19 @@ def finished(db: Path) -> int:
 def plugin_tags(db: Path) -> list[tuple[str, dict[str, dict]]]:
     """(run name, {plugin: tag value}) of the store's finished state runs."""
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT runs.run_uuid, runs.name, tags.key, tags.value FROM runs JOIN tags ON "
-                            "tags.run_uuid = runs.run_uuid WHERE tags.key LIKE 'mlprune.plugin.%' AND "
-                            "runs.status = 'FINISHED'")
+        rows = conn.execute(
+            "SELECT runs.run_uuid, runs.name, tags.key, tags.value FROM runs JOIN tags ON "
+            "tags.run_uuid = runs.run_uuid WHERE tags.key LIKE 'mlprune.plugin.%' AND "
+            "runs.status = 'FINISHED'"
+        )
         found: dict = {}
         for run, name, key, value in rows:
-            found.setdefault(run, (name, {}))[1][key[len("mlprune.plugin."):]] = json.loads(value)
+            found.setdefault(run, (name, {}))[1][key[len("mlprune.plugin.") :]] = json.loads(value)
     return list(found.values())
 
 
 # ---- catalogs -----------------------------------------------------------------------------------
+
 
 def test_entry_points_join_the_catalogs_as_entries_of_the_same_kind(example):
     from mlprune.data.catalog import DATASETS, Dataset
@@ -111,16 +119,23 @@ def test_entry_points_join_the_catalogs_as_entries_of_the_same_kind(example):
 
     assert list(code_files(found.modules)) == ["mlprune_example_plugin.criteria"]
     root = resolve_root({"model": "example_mlp", "dataset": "example_blobs"})
-    assert root["plugins"] == {name: {"version": "0.1.0", "digest": MODELS.plugin(name).digest() if name in MODELS
-                                      else DATASETS.plugin(name).digest()}
-                               for name in ("example_blobs", "example_mlp")}
+    assert root["plugins"] == {
+        name: {
+            "version": "0.1.0",
+            "digest": MODELS.plugin(name).digest() if name in MODELS else DATASETS.plugin(name).digest(),
+        }
+        for name in ("example_blobs", "example_mlp")
+    }
     assert "plugins" not in resolve_root({"model": "lenet", "dataset": "digits"})  # built-in keys stay
     from mlprune.cli import main
 
     listed = CliRunner().invoke(main, ["plugins"])
     assert listed.exit_code == 0, listed.output
-    assert f"pruning method   example_taylor       {DIST} 0.1.0 digest {found.digest()}  first-order Taylor" in \
-        listed.output and "model            example_mlp" in listed.output
+    assert (
+        f"pruning method   example_taylor       {DIST} 0.1.0 digest {found.digest()}  first-order Taylor"
+        in listed.output
+        and "model            example_mlp" in listed.output
+    )
 
 
 def test_the_dataset_plugin_joins_the_deterministic_pipeline(example):
@@ -154,15 +169,28 @@ def test_a_map_style_dataset_plugin_is_read_per_sample_in_the_seeded_order(tmp_p
         "    def __len__(self):\n        return self.n\n"
         "    def __getitem__(self, i):\n"
         "        return torch.full((1, 4, 4), ((i + self.offset) % 256) / 255.0), (i + self.offset) % 3\n\n\n"
-        "def read(root):\n    return Squares(40, 0), Squares(10, 100)\n")
+        "def read(root):\n    return Squares(40, 0), Squares(10, 100)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     forget("my_stream")
     try:
         import my_stream
 
-        mlprune.register(mlprune.Dataset("my_stream", my_stream.read, num_classes=3, channels=1, mean=(0.5,),
-                                         std=(0.5,), augment="flip", default_augment=False, needs_files=False,
-                                         in_memory=False, image_size=4))
+        mlprune.register(
+            mlprune.Dataset(
+                "my_stream",
+                my_stream.read,
+                num_classes=3,
+                channels=1,
+                mean=(0.5,),
+                std=(0.5,),
+                augment="flip",
+                default_augment=False,
+                needs_files=False,
+                in_memory=False,
+                image_size=4,
+            )
+        )
         data = load_data("my_stream")
         assert (data.num_classes, tuple(data.input_shape), data.len_train, data.len_test) == (3, (1, 4, 4), 40, 10)
         batches = list(data.train_batches(8, seed=2, epoch=1))
@@ -177,16 +205,25 @@ def test_a_map_style_dataset_plugin_is_read_per_sample_in_the_seeded_order(tmp_p
 
 # ---- the criterion against its formula -------------------------------------------------------------
 
+
 def test_the_plugin_criterion_is_first_order_taylor_with_global_scope_an_override_and_invert(example, experiment):
+    from mlprune_example_plugin.nets import ExampleMLP
+
     from mlprune import Recipe
     from mlprune.data import load_data
     from mlprune.recipes.controls import invert_control
-    from mlprune_example_plugin.nets import ExampleMLP
 
     trained = experiment.init(model="example_mlp", dataset="example_blobs", seed=1).apply(
-        Recipe.train(steps="8it", lr=0.1, batch_size=64))
-    step = {"method": "example_taylor", "amount": 0.3, "scope": "global", "batches": 2, "batch_size": 32,
-            "layers": {"fc2.*": {"skip": True}}}
+        Recipe.train(steps="8it", lr=0.1, batch_size=64)
+    )
+    step = {
+        "method": "example_taylor",
+        "amount": 0.3,
+        "scope": "global",
+        "batches": 2,
+        "batch_size": 32,
+        "layers": {"fc2.*": {"skip": True}},
+    }
     pruned = trained.apply(Recipe.prune(**step))
     inverted = trained.apply(Recipe.prune(**{**step, **invert_control(step, None, "parent")["prune"]}))
 
@@ -210,12 +247,16 @@ def test_the_plugin_criterion_is_first_order_taylor_with_global_scope_an_overrid
     assert set(pruned.spec["steps"][0]["prune"]["plugins"]) == {"example_taylor"}
     tags = experiment.store.run(pruned.run_id).data.tags
     record = json.loads(tags["mlprune.plugin.example_taylor"])
-    assert record == {"distribution": DIST, "version": "0.1.0", "digest": pruned.spec["plugins"]["example_taylor"]
-                      ["digest"]}
+    assert record == {
+        "distribution": DIST,
+        "version": "0.1.0",
+        "digest": pruned.spec["plugins"]["example_taylor"]["digest"],
+    }
     assert "prune.plugins" not in experiment.store.run(pruned.run_id).data.params
 
 
 # ---- keys follow the code ------------------------------------------------------------------------------
+
 
 def test_keys_follow_the_plugin_code_and_a_version_keyed_plugin_only_its_version(tmp_path, monkeypatch):
     import mlprune
@@ -230,7 +271,8 @@ def test_keys_follow_the_plugin_code_and_a_version_keyed_plugin_only_its_version
     (tmp_path / "my_nets" / "nets.py").write_text(
         "import torch\nfrom .helpers import WIDTH\n\n\ndef mlp(num_classes, shape):\n"
         "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(shape[0] * shape[1] * shape[2], WIDTH),\n"
-        "                               torch.nn.ReLU(), torch.nn.Linear(WIDTH, num_classes))\n")
+        "                               torch.nn.ReLU(), torch.nn.Linear(WIDTH, num_classes))\n"
+    )
     (tmp_path / "my_nets" / "other.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     forget("my_nets")
@@ -252,8 +294,11 @@ def test_keys_follow_the_plugin_code_and_a_version_keyed_plugin_only_its_version
         changed = edit("helpers.py", "WIDTH = 16  # a helper it imports\n")
         assert changed["my_mlp"]["digest"] != keys["my_mlp"]["digest"] and changed["my_mlp_v"] == keys["my_mlp_v"]
         # a name taken: one line naming both
-        with pytest.raises(mlprune.SpecError, match=r"model 'lenet' registered in .* shadows the built-in model "
-                                                    r"'lenet' \(mlprune.models.nets:LeNet\)"):
+        with pytest.raises(
+            mlprune.SpecError,
+            match=r"model 'lenet' registered in .* shadows the built-in model "
+            r"'lenet' \(mlprune.models.nets:LeNet\)",
+        ):
             mlprune.register(mlprune.Model("lenet", impl=nets.mlp))
     finally:
         forget("my_nets")
@@ -267,24 +312,37 @@ def test_a_plugin_reinit_strategy_with_an_option_of_its_own(experiment, tmp_path
     monkeypatch.setenv(ENV_PLUGIN_MODULES, "")
     (tmp_path / "my_reinit.py").write_text(
         "def scaled(current, source, fresh, masks, generator, order, factor=1.0):\n"
-        "    return {k: (v * factor if k in masks else v.clone()) for k, v in source.items()}, masks\n")
+        "    return {k: (v * factor if k in masks else v.clone()) for k, v in source.items()}, masks\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     forget("my_reinit")
     try:
         import my_reinit
 
-        mlprune.register(mlprune.Strategy(
-            "scaled_rewind", my_reinit.scaled, reads_source=True,
-            options=mlprune.Schema("scaled_rewind option", (
-                mlprune.Option("factor", 1.0, mlprune.spec.options.number(positive=True), "scale of the weights"),))),
-            version="1")
+        mlprune.register(
+            mlprune.Strategy(
+                "scaled_rewind",
+                my_reinit.scaled,
+                reads_source=True,
+                options=mlprune.Schema(
+                    "scaled_rewind option",
+                    (
+                        mlprune.Option(
+                            "factor", 1.0, mlprune.spec.options.number(positive=True), "scale of the weights"
+                        ),
+                    ),
+                ),
+            ),
+            version="1",
+        )
         root = experiment.init(model="lenet_300_100", seed=2)
         pruned = root.apply(Recipe.prune(method="l1_unstructured", amount=0.5))
         rewound = pruned.apply(Recipe.reinit(strategy="scaled_rewind", to="root", factor=0.5))
         for name, mask in pruned.masks.items():
             assert torch.equal(rewound.weights[name], root.weights[name] * 0.5 * mask)
-        assert rewound.spec["steps"][0]["reinit"]["plugins"] == {"scaled_rewind": {
-            "version": "1", "digest": rewound.spec["plugins"]["scaled_rewind"]["digest"]}}
+        assert rewound.spec["steps"][0]["reinit"]["plugins"] == {
+            "scaled_rewind": {"version": "1", "digest": rewound.spec["plugins"]["scaled_rewind"]["digest"]}
+        }
         assert "mlprune.plugin.scaled_rewind" in experiment.store.run(rewound.run_id).data.tags
         with pytest.raises(mlprune.SpecError, match="factor"):
             pruned.apply(Recipe.reinit(strategy="scaled_rewind", to="root", factor=-1))
@@ -296,21 +354,31 @@ def test_validate_counts_the_stored_states_other_code_left_behind():
     from mlprune.plugins import stale_plugin_states
 
     def tags(key, version, digest):
-        return {"mlprune.key": key, "mlprune.plugin.net": json.dumps({"distribution": "d", "version": version,
-                                                                      "digest": digest})}
+        return {
+            "mlprune.key": key,
+            "mlprune.plugin.net": json.dumps({"distribution": "d", "version": version, "digest": digest}),
+        }
 
     old, new = "a" * 16, "b" * 16
-    stored = [tags("k1", "1", old), tags("k2", "1", old), tags("k3", "1", new), tags("k4", "0", old),
-              {"mlprune.key": "k5"}]
+    stored = [
+        tags("k1", "1", old),
+        tags("k2", "1", old),
+        tags("k3", "1", new),
+        tags("k4", "0", old),
+        {"mlprune.key": "k5"},
+    ]
     now = {"net": {"version": "1", "digest": new}}
     tail = "; this plan reaches none of them (net is now 1 digest bbbbbbbb…)"
     assert stale_plugin_states(now, stored, reached_keys={"k3", "k2"}) == [
-        "1 state was computed with net 0 digest aaaaaaaa…" + tail, "1 state was computed with net 1 digest aaaaaaaa…" + tail]
+        "1 state was computed with net 0 digest aaaaaaaa…" + tail,
+        "1 state was computed with net 1 digest aaaaaaaa…" + tail,
+    ]
     # keyed by version: another digest of the same version is the same code as far as keys go
     assert len(stale_plugin_states({"net": {"version": "1"}}, stored, reached_keys=set())) == 1
 
 
 # ---- what cannot work: one line, exit 2, in seconds, nothing FINISHED -----------------------------------
+
 
 def refused(args, tracking) -> str:
     from mlprune.cli import main
@@ -328,9 +396,11 @@ def refused(args, tracking) -> str:
 
 
 def recipe(path: Path, **root) -> str:
-    path.write_text(f"name: r\nroot: {json.dumps({'dataset': 'example_blobs', **root})}\n"
-                    f"train: {{steps: 2it}}\nrounds: 1\nprune: {{method: example_taylor, amount: 0.5}}\n"
-                    f"reinit: {{strategy: rewind, to: root}}\n")
+    path.write_text(
+        f"name: r\nroot: {json.dumps({'dataset': 'example_blobs', **root})}\n"
+        f"train: {{steps: 2it}}\nrounds: 1\nprune: {{method: example_taylor, amount: 0.5}}\n"
+        f"reinit: {{strategy: rewind, to: root}}\n"
+    )
     return str(path)
 
 
@@ -345,8 +415,10 @@ def test_missing_shadowing_and_unimportable_plugins_are_one_line(example, extra_
 def test_an_unimportable_plugin_is_one_line(example, extra_dist, tracking, tmp_path):
     extra_dist("broken-nets", {"mlprune.models": {"broken_net": "broken_nets_nowhere.nets:MODEL"}})
     line = refused(["run", recipe(tmp_path / "broken.yaml", model="broken_net")], tracking)
-    assert "model plugin 'broken_net' (broken-nets 1.0: broken_nets_nowhere.nets:MODEL) cannot be imported: " \
-           "ModuleNotFoundError" in line
+    assert (
+        "model plugin 'broken_net' (broken-nets 1.0: broken_nets_nowhere.nets:MODEL) cannot be imported: "
+        "ModuleNotFoundError" in line
+    )
 
 
 def test_a_plugin_defined_in_main_is_refused_and_one_registered_there_is_refused_for_workers(example):
@@ -365,14 +437,17 @@ def test_a_plugin_defined_in_main_is_refused_and_one_registered_there_is_refused
     try:
         register(mlprune.Model("main_mlp", impl=ExampleMLP), caller="__main__")
         check_portable({"example_mlp": {}}, "processes")  # installed plugins: the workers find them
-        with pytest.raises(mlprune.SpecError, match="model 'main_mlp' is registered in __main__: workers of "
-                                                    "--scheduler processes cannot see it"):
+        with pytest.raises(
+            mlprune.SpecError,
+            match="model 'main_mlp' is registered in __main__: workers of --scheduler processes cannot see it",
+        ):
             check_portable({"main_mlp": {}}, "processes")
     finally:
         forget()
 
 
 # ---- pretrained roots ------------------------------------------------------------------------------
+
 
 def test_a_pretrained_root_starts_from_the_file_keyed_by_its_content(experiment, tmp_path, tracking):
     from safetensors.torch import save_file
@@ -384,8 +459,10 @@ def test_a_pretrained_root_starts_from_the_file_keyed_by_its_content(experiment,
     torch.save(trained, tmp_path / "net.pth")
     (tmp_path / "copy").mkdir()
     shutil.copy(tmp_path / "net.safetensors", tmp_path / "copy" / "net.safetensors")
-    roots = {name: experiment.init(model="lenet_300_100", weights=str(tmp_path / name))
-             for name in ("net.safetensors", "net.pth", "copy/net.safetensors")}
+    roots = {
+        name: experiment.init(model="lenet_300_100", weights=str(tmp_path / name))
+        for name in ("net.safetensors", "net.pth", "copy/net.safetensors")
+    }
     plain = experiment.init(model="lenet_300_100")
     for root in roots.values():
         assert all(torch.equal(root.weights[k], trained[k]) for k in trained)
@@ -398,17 +475,19 @@ def test_a_pretrained_root_starts_from_the_file_keyed_by_its_content(experiment,
     bad = dict(trained)
     bad["classifier.2.weight"] = torch.zeros(100, 299)
     save_file({k: v.contiguous() for k, v in bad.items()}, tmp_path / "bad.safetensors")
-    (tmp_path / "pre.yaml").write_text(f"name: pre\nroot: {{model: lenet_300_100, weights: {tmp_path}/bad.safetensors}}"
-                                       f"\ntrain: {{steps: 2it}}\n")
+    (tmp_path / "pre.yaml").write_text(
+        f"name: pre\nroot: {{model: lenet_300_100, weights: {tmp_path}/bad.safetensors}}\ntrain: {{steps: 2it}}\n"
+    )
     line = refused(["run", str(tmp_path / "pre.yaml")], tracking)
     assert line.endswith("tensor 'classifier.2.weight' has shape (100, 299), the model's is (100, 300)")
 
 
 # ---- the README's commands, in a fresh venv -------------------------------------------------------
 
+
 def readme_commands() -> str:
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Your own model and criterion"):]
+    section = readme[readme.index("## Your own model and criterion") :]
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 
 
@@ -418,9 +497,12 @@ def venv(tmp_path_factory):
     `mlprune` commands of its own, and a copy of examples/ to install from and edit."""
     root = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "env")], check=True)
-    purelib = subprocess.run([str(root / "env" / "bin" / "python"), "-c",
-                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(root / "env" / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     import sysconfig
 
     Path(purelib, "_base_packages.pth").write_text(f"{REPO}\n{sysconfig.get_paths()['purelib']}\n")
@@ -430,17 +512,28 @@ def venv(tmp_path_factory):
         script.chmod(0o755)
     work = root / "work"
     shutil.copytree(EXAMPLE, work / "examples" / "plugin", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "PYTHON", "PIP_", "VIRTUAL_ENV", "MLPRUNE_PLUGIN"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "PYTHON", "PIP_", "VIRTUAL_ENV", "MLPRUNE_PLUGIN"))
+    }
     # offline and quick: the dependencies are there already, setuptools builds without an isolated env
-    env.update(PATH=f"{root}/env/bin:/usr/bin:/bin", MLFLOW_DISABLE_TELEMETRY="true", MLPRUNE_FIGURES="0",
-               PIP_NO_DEPS="1", PIP_NO_BUILD_ISOLATION="0", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.update(
+        PATH=f"{root}/env/bin:/usr/bin:/bin",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        MLPRUNE_FIGURES="0",
+        PIP_NO_DEPS="1",
+        PIP_NO_BUILD_ISOLATION="0",
+        PIP_NO_INDEX="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
     return work, env
 
 
 def shell(command: str, work: Path, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=work, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
     return result
 

@@ -114,8 +114,7 @@ def test_ln_structured_matches_torch_single_and_iterative(kind, n, dim):
     rounds = [("ln_structured", 0.3, {"n": n, "dim": dim})]
     theirs, ours = _run_both(rounds, kind, seed=2)
     assert torch.equal(theirs, ours)
-    rounds = rounds + [("ln_structured", 0.4, {"n": n, "dim": dim}),
-                       ("ln_structured", 1, {"n": n, "dim": dim})]
+    rounds = rounds + [("ln_structured", 0.4, {"n": n, "dim": dim}), ("ln_structured", 1, {"n": n, "dim": dim})]
     theirs, ours = _run_both(rounds, kind, seed=2)
     assert torch.equal(theirs, ours)
 
@@ -137,8 +136,11 @@ def test_ln_structured_ties_match_torch(n):
 @pytest.mark.parametrize("kind", ["conv", "linear"])
 @pytest.mark.parametrize("dim", [0, 1])
 def test_random_structured_matches_torch(kind, dim):
-    rounds = [("random_structured", 0.3, {"dim": dim}), ("random_structured", 0.5, {"dim": dim}),
-              ("random_structured", 1, {"dim": dim})]
+    rounds = [
+        ("random_structured", 0.3, {"dim": dim}),
+        ("random_structured", 0.5, {"dim": dim}),
+        ("random_structured", 1, {"dim": dim}),
+    ]
     theirs, ours = _run_both(rounds, kind, seed=5)
     assert torch.equal(theirs, ours)
 
@@ -146,16 +148,26 @@ def test_random_structured_matches_torch(kind, dim):
 @pytest.mark.parametrize("kind", ["conv", "linear"])
 def test_switching_method_between_rounds_matches_torch(kind):
     """Structured then unstructured then structured on the same layer (PruningContainer)."""
-    rounds = [("ln_structured", 0.25, {"n": 2, "dim": 0}), ("l1_unstructured", 0.3, {}),
-              ("random_unstructured", 0.2, {}), ("ln_structured", 0.34, {"n": 1, "dim": 1}),
-              ("random_structured", 0.2, {"dim": 0}), ("l1_unstructured", 9, {})]
+    rounds = [
+        ("ln_structured", 0.25, {"n": 2, "dim": 0}),
+        ("l1_unstructured", 0.3, {}),
+        ("random_unstructured", 0.2, {}),
+        ("ln_structured", 0.34, {"n": 1, "dim": 1}),
+        ("random_structured", 0.2, {"dim": 0}),
+        ("l1_unstructured", 9, {}),
+    ]
     theirs, ours = _run_both(rounds, kind, seed=6)
     assert torch.equal(theirs, ours)
 
 
 # ------------------------------------------------------------------ oracle: whole models
-KINDS = {"conv1.weight": "conv", "conv2.weight": "conv", "fc1.weight": "linear",
-         "fc2.weight": "linear", "fc3.weight": "linear"}
+KINDS = {
+    "conv1.weight": "conv",
+    "conv2.weight": "conv",
+    "fc1.weight": "linear",
+    "fc2.weight": "linear",
+    "fc3.weight": "linear",
+}
 
 
 class _Net(nn.Module):
@@ -183,8 +195,11 @@ def _state(net):
     for name in KINDS:
         mod = getattr(net, name.split(".")[0])
         weights[name] = mod.weight.detach().clone()
-        masks[name] = (mod.weight_mask.bool().clone() if hasattr(mod, "weight_mask")
-                       else torch.ones_like(mod.weight, dtype=torch.bool))
+        masks[name] = (
+            mod.weight_mask.bool().clone()
+            if hasattr(mod, "weight_mask")
+            else torch.ones_like(mod.weight, dtype=torch.bool)
+        )
     return weights, masks
 
 
@@ -195,8 +210,9 @@ def test_global_l1_matches_torch_global_unstructured(amounts):
     weights, masks = _state(net)
     for a in amounts:
         tp.global_unstructured(_modules(net), pruning_method=tp.L1Unstructured, amount=a)
-        masks = P.prune_masks(weights, masks, KINDS, {"method": "l1_unstructured", "amount": a,
-                                                      "scope": "global"}, generator=None)
+        masks = P.prune_masks(
+            weights, masks, KINDS, {"method": "l1_unstructured", "amount": a, "scope": "global"}, generator=None
+        )
         t_weights, t_masks = _state(net)
         for name in KINDS:
             assert torch.equal(t_masks[name], masks[name]), name
@@ -211,18 +227,27 @@ def test_global_random_matches_torch_global_unstructured():
         for i, a in enumerate((0.3, 0.5)):
             torch.manual_seed(40 + i)
             tp.global_unstructured(_modules(net), pruning_method=tp.RandomUnstructured, amount=a)
-            masks = P.prune_masks(weights, masks, KINDS,
-                                  {"method": "random_unstructured", "amount": a, "scope": "global",
-                                   "seed": 40 + i},
-                                  generator=torch.Generator().manual_seed(40 + i))
+            masks = P.prune_masks(
+                weights,
+                masks,
+                KINDS,
+                {"method": "random_unstructured", "amount": a, "scope": "global", "seed": 40 + i},
+                generator=torch.Generator().manual_seed(40 + i),
+            )
             weights, t_masks = _state(net)
             for name in KINDS:
                 assert torch.equal(t_masks[name], masks[name]), name
 
 
-@pytest.mark.parametrize("method,opts", [("l1_unstructured", {}), ("random_unstructured", {}),
-                                         ("ln_structured", {"n": 2, "dim": 0}),
-                                         ("random_structured", {"dim": 0})])
+@pytest.mark.parametrize(
+    "method,opts",
+    [
+        ("l1_unstructured", {}),
+        ("random_unstructured", {}),
+        ("ln_structured", {"n": 2, "dim": 0}),
+        ("random_structured", {"dim": 0}),
+    ],
+)
 def test_layer_scope_matches_torch_layer_by_layer(method, opts):
     """prune_masks consumes the generator layer by layer in kinds order."""
     with torch.random.fork_rng(devices=[]):
@@ -232,8 +257,13 @@ def test_layer_scope_matches_torch_layer_by_layer(method, opts):
             torch.manual_seed(10 + i)
             for mod, name in _modules(net):
                 TORCH_FN[method](mod, name, amount=a, **opts)
-            masks = P.prune_masks(weights, masks, KINDS, {"method": method, "amount": a, **opts},
-                                  generator=torch.Generator().manual_seed(10 + i))
+            masks = P.prune_masks(
+                weights,
+                masks,
+                KINDS,
+                {"method": method, "amount": a, **opts},
+                generator=torch.Generator().manual_seed(10 + i),
+            )
             weights, t_masks = _state(net)
             for name in KINDS:
                 assert torch.equal(t_masks[name], masks[name]), name
@@ -245,8 +275,12 @@ def _rand_case(data):
     if ndim == 2:
         shape = (data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12)))
     else:
-        shape = (data.draw(st.integers(1, 6)), data.draw(st.integers(1, 5)),
-                 data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+        shape = (
+            data.draw(st.integers(1, 6)),
+            data.draw(st.integers(1, 5)),
+            data.draw(st.integers(1, 3)),
+            data.draw(st.integers(1, 3)),
+        )
     seed = data.draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(shape, generator=g)
@@ -345,8 +379,14 @@ def test_rounding_to_zero_prunes_nothing_and_is_reported():
     new = P.compute_mask("l1_unstructured", w, 0.2, mask)  # round(0.4) == 0
     assert torch.equal(new, mask) and new is not mask
     report = {}
-    masks = P.prune_masks({"a.weight": w}, {"a.weight": mask}, {"a.weight": "linear"},
-                          {"method": "l1_unstructured", "amount": 0.2}, generator=None, report=report)
+    masks = P.prune_masks(
+        {"a.weight": w},
+        {"a.weight": mask},
+        {"a.weight": "linear"},
+        {"method": "l1_unstructured", "amount": 0.2},
+        generator=None,
+        report=report,
+    )
     assert torch.equal(masks["a.weight"], mask)
     assert report["a.weight"]["pruned"] == 0 and "rounds to 0" in report["a.weight"]["note"]
 
@@ -368,8 +408,14 @@ def test_never_removes_the_last_weight():
     with pytest.raises(SpecError, match="4"):
         P.compute_mask("l1_unstructured", w, 4, None)
     report = {}
-    P.prune_masks({"a.weight": w}, {"a.weight": m}, {"a.weight": "linear"},
-                  {"method": "l1_unstructured", "amount": 1}, generator=None, report=report)
+    P.prune_masks(
+        {"a.weight": w},
+        {"a.weight": m},
+        {"a.weight": "linear"},
+        {"method": "l1_unstructured", "amount": 1},
+        generator=None,
+        report=report,
+    )
     assert "keep-at-least-one" in report["a.weight"]["note"] and report["a.weight"]["pruned"] == 0
 
 
@@ -381,10 +427,14 @@ def test_structured_dim_of_size_one_prunes_nothing():
             new = P.compute_mask(method, w, amount, None, generator=torch.Generator(), dim=1, **opts)
             assert new.all()
     report = {}
-    masks = P.prune_masks({"conv1.weight": w}, {"conv1.weight": torch.ones_like(w, dtype=torch.bool)},
-                          {"conv1.weight": "conv"},
-                          {"method": "ln_structured", "amount": 0.5, "dim": 1},
-                          generator=None, report=report)
+    masks = P.prune_masks(
+        {"conv1.weight": w},
+        {"conv1.weight": torch.ones_like(w, dtype=torch.bool)},
+        {"conv1.weight": "conv"},
+        {"method": "ln_structured", "amount": 0.5, "dim": 1},
+        generator=None,
+        report=report,
+    )
     assert masks["conv1.weight"].all() and report["conv1.weight"]["pruned"] == 0
     assert report["conv1.weight"]["note"]
 
@@ -402,8 +452,14 @@ def test_global_scope_keeps_one_weight_per_layer():
     masks = {k: torch.ones_like(v, dtype=torch.bool) for k, v in weights.items()}
     kinds = {"a.weight": "linear", "b.weight": "linear"}
     report = {}
-    new = P.prune_masks(weights, masks, kinds, {"method": "l1_unstructured", "amount": 0.5,
-                                                "scope": "global"}, generator=None, report=report)
+    new = P.prune_masks(
+        weights,
+        masks,
+        kinds,
+        {"method": "l1_unstructured", "amount": 0.5, "scope": "global"},
+        generator=None,
+        report=report,
+    )
     assert new["a.weight"].sum() == 1 and new["a.weight"][0, 0]  # its largest survives
     assert new["b.weight"].sum() == 100 - (52 - 4)  # 52 pruned overall, minus the 4 of a, +1 spared
     assert "keep-at-least-one" in report["a.weight"]["note"]
@@ -436,13 +492,18 @@ def test_output_layer_at_half_the_rate():
 
 
 def test_overrides_later_win_skip_and_tokens():
-    step = {"method": "l1_unstructured", "amount": 0.3,
-            "layers": {"@conv": {"method": "ln_structured", "n": 2, "dim": 0},
-                       "conv1.*": {"amount": 0},
-                       "fc*": {"amount": 0.5},
-                       "fc2.weight": {"skip": True},
-                       "@output": {"method": "random_unstructured", "amount": 2}},
-            "seed": 3}
+    step = {
+        "method": "l1_unstructured",
+        "amount": 0.3,
+        "layers": {
+            "@conv": {"method": "ln_structured", "n": 2, "dim": 0},
+            "conv1.*": {"amount": 0},
+            "fc*": {"amount": 0.5},
+            "fc2.weight": {"skip": True},
+            "@output": {"method": "random_unstructured", "amount": 2},
+        },
+        "seed": 3,
+    }
     plan = P.layer_plan(KINDS, step)
     assert plan == {
         "conv1.weight": {"skip": True},
@@ -468,8 +529,12 @@ def test_include_exclude():
 
 
 def test_global_scope_with_override_prunes_that_layer_on_its_own():
-    step = {"method": "l1_unstructured", "amount": 0.4, "scope": "global",
-            "layers": {"@output": {"amount": 0.2}, "conv1.weight": {"skip": True}}}
+    step = {
+        "method": "l1_unstructured",
+        "amount": 0.4,
+        "scope": "global",
+        "layers": {"@output": {"amount": 0.2}, "conv1.weight": {"skip": True}},
+    }
     plan = P.layer_plan(KINDS, step)
     assert plan["fc3.weight"]["scope"] == "layer" and plan["fc1.weight"]["scope"] == "global"
     assert plan["conv1.weight"] == {"skip": True}
@@ -488,8 +553,7 @@ def test_global_scope_with_override_prunes_that_layer_on_its_own():
 
 def test_structured_then_unstructured_steps_on_model():
     weights, masks = _weights()
-    m1 = P.prune_masks(weights, masks, KINDS, {"method": "ln_structured", "amount": 0.5, "dim": 0},
-                       generator=None)
+    m1 = P.prune_masks(weights, masks, KINDS, {"method": "ln_structured", "amount": 0.5, "dim": 0}, generator=None)
     w1 = {k: weights[k] * m1[k] for k in m1}
     m2 = P.prune_masks(w1, m1, KINDS, {"method": "l1_unstructured", "amount": 0.5}, generator=None)
     for name in KINDS:
@@ -539,8 +603,11 @@ def test_from_state_transplant():
     # a transplant is its own step kind; the prune spelling (either source key) maps to it
     from mlprune.spec.steps import resolve_step
 
-    for spelling in ({"prune": {"method": "from_state", "state": "lt_round3"}},
-                     {"prune": {"method": "from_state", "from": "lt_round3"}}, {"transplant": {"from": "lt_round3"}}):
+    for spelling in (
+        {"prune": {"method": "from_state", "state": "lt_round3"}},
+        {"prune": {"method": "from_state", "from": "lt_round3"}},
+        {"transplant": {"from": "lt_round3"}},
+    ):
         step = resolve_step(spelling)
         assert (step.kind, step.sources["mask"].ref) == ("transplant", "lt_round3")
         assert step.as_dict() == {"prune": {"method": "from_state", "from": "input:mask"}}  # keyed as before
@@ -555,10 +622,25 @@ def test_from_state_transplant():
 # ------------------------------------------------------------------ resolve_prune_step
 def test_resolve_fills_defaults_canonically():
     r = P.resolve_prune_step({"method": "l1_unstructured", "amount": 0.2})
-    assert r == {"method": "l1_unstructured", "amount": 0.2, "scope": "layer", "include": ["*"],
-                 "exclude": [], "bias": False, "layers": []}
-    spelled = {"method": "l1_unstructured", "amount": 0.2, "scope": "layer", "include": ["*"],
-               "exclude": [], "bias": False, "layers": {}, "seed": 0}
+    assert r == {
+        "method": "l1_unstructured",
+        "amount": 0.2,
+        "scope": "layer",
+        "include": ["*"],
+        "exclude": [],
+        "bias": False,
+        "layers": [],
+    }
+    spelled = {
+        "method": "l1_unstructured",
+        "amount": 0.2,
+        "scope": "layer",
+        "include": ["*"],
+        "exclude": [],
+        "bias": False,
+        "layers": {},
+        "seed": 0,
+    }
     assert P.resolve_prune_step(spelled) == r  # seed does not apply to L1: dropped
     s = P.resolve_prune_step({"method": "ln_structured", "amount": 0.2})
     assert s["n"] == 1 and s["dim"] == 1 and "seed" not in s
@@ -571,14 +653,23 @@ def test_resolve_fills_defaults_canonically():
     for spelling in (-INF, "-inf"):
         assert P.resolve_prune_step({"method": "ln_structured", "amount": 0.2, "n": spelling})["n"] == "-inf"
     assert P.resolve_prune_step({"method": "ln_structured", "amount": 0.2, "n": 2.0})["n"] == 2
-    assert P.resolve_prune_step({"method": "l1_unstructured", "amount": 0.2,
-                                 "include": ["fc*", "conv*", "fc*"]})["include"] == ["conv*", "fc*"]
+    assert P.resolve_prune_step({"method": "l1_unstructured", "amount": 0.2, "include": ["fc*", "conv*", "fc*"]})[
+        "include"
+    ] == ["conv*", "fc*"]
 
 
 def test_resolve_is_idempotent_json_safe_and_keeps_override_order():
-    step = {"method": "l1_unstructured", "amount": 0.2, "n": INF,
-            "layers": {"fc*": {"amount": 0.5}, "@conv": {"method": "ln_structured", "dim": 0},
-                       "fc1.weight": {"amount": 0}, "@output": {"method": "random_unstructured"}}}
+    step = {
+        "method": "l1_unstructured",
+        "amount": 0.2,
+        "n": INF,
+        "layers": {
+            "fc*": {"amount": 0.5},
+            "@conv": {"method": "ln_structured", "dim": 0},
+            "fc1.weight": {"amount": 0},
+            "@output": {"method": "random_unstructured"},
+        },
+    }
     r = P.resolve_prune_step(step)
     assert "n" not in {k for k in r if k != "layers"}  # top-level L1 has no n
     assert r["layers"] == [
@@ -594,9 +685,13 @@ def test_resolve_is_idempotent_json_safe_and_keeps_override_order():
     assert json.dumps(P.resolve_prune_step(swapped), sort_keys=True) != json.dumps(r, sort_keys=True)
     assert "Infinity" not in json.dumps(r)
     skip_spellings = [{"skip": True}, {"amount": 0}, {"amount": 0.0}, {"skip": True, "amount": 0}]
-    resolved = {json.dumps(P.resolve_prune_step({"method": "l1_unstructured", "amount": 0.2,
-                                                 "layers": {"fc3.weight": s}}), sort_keys=True)
-                for s in skip_spellings}
+    resolved = {
+        json.dumps(
+            P.resolve_prune_step({"method": "l1_unstructured", "amount": 0.2, "layers": {"fc3.weight": s}}),
+            sort_keys=True,
+        )
+        for s in skip_spellings
+    }
     assert len(resolved) == 1
     from mlprune.spec.steps import resolve_step
 
@@ -614,74 +709,96 @@ def _one_line_error(fn, *needles):
     return msg
 
 
-@pytest.mark.parametrize("amount,needle", [(True, "True"), (0, "0"), (-3, "-3"), (0.0, "0.0"),
-                                           (1.0, "1.0"), (1.5, "1.5"), (-0.2, "-0.2"), ("0.2", "'0.2'"),
-                                           (None, "None"), (float("nan"), "nan")])
+@pytest.mark.parametrize(
+    "amount,needle",
+    [
+        (True, "True"),
+        (0, "0"),
+        (-3, "-3"),
+        (0.0, "0.0"),
+        (1.0, "1.0"),
+        (1.5, "1.5"),
+        (-0.2, "-0.2"),
+        ("0.2", "'0.2'"),
+        (None, "None"),
+        (float("nan"), "nan"),
+    ],
+)
 def test_bad_amounts_name_the_value(amount, needle):
-    msg = _one_line_error(lambda: P.compute_mask("l1_unstructured", torch.ones(4, 4), amount, None),
-                          needle, "allowed")
+    msg = _one_line_error(lambda: P.compute_mask("l1_unstructured", torch.ones(4, 4), amount, None), needle, "allowed")
     assert "(0, 1)" in msg
-    _one_line_error(lambda: P.resolve_prune_step({"method": "l1_unstructured", "amount": amount}),
-                    needle, "allowed")
+    _one_line_error(lambda: P.resolve_prune_step({"method": "l1_unstructured", "amount": amount}), needle, "allowed")
 
 
 def test_bad_specs_name_the_value():
     base = {"method": "l1_unstructured", "amount": 0.2}
     _one_line_error(lambda: P.resolve_prune_step({**base, "methd": 1}), "'methd'", "allowed", "amount")
-    _one_line_error(lambda: P.resolve_prune_step({"method": "l2_magic", "amount": 0.2}),
-                    "'l2_magic'", "l1_unstructured", "synflow")
+    _one_line_error(
+        lambda: P.resolve_prune_step({"method": "l2_magic", "amount": 0.2}), "'l2_magic'", "l1_unstructured", "synflow"
+    )
     _one_line_error(lambda: P.resolve_prune_step({"amount": 0.2}), "method")
     _one_line_error(lambda: P.resolve_prune_step({"method": "l1_unstructured"}), "amount")
     _one_line_error(lambda: P.resolve_prune_step({**base, "scope": "net"}), "'net'", "global")
-    _one_line_error(lambda: P.resolve_prune_step({"method": "ln_structured", "amount": 0.2,
-                                                  "scope": "global"}), "global", "ln_structured")
+    _one_line_error(
+        lambda: P.resolve_prune_step({"method": "ln_structured", "amount": 0.2, "scope": "global"}),
+        "global",
+        "ln_structured",
+    )
     _one_line_error(lambda: P.resolve_prune_step({**base, "n": 2}), "'n'", "ln_structured")
     _one_line_error(lambda: P.resolve_prune_step({**base, "dim": 0}), "'dim'", "structured")
-    _one_line_error(lambda: P.resolve_prune_step({"method": "random_structured", "amount": 0.2, "n": 2}),
-                    "'n'", "random_structured")
-    _one_line_error(lambda: P.resolve_prune_step({"method": "ln_structured", "amount": 0.2, "n": 3}),
-                    "3", "inf")
-    _one_line_error(lambda: P.resolve_prune_step({"method": "ln_structured", "amount": 0.2, "dim": -1}),
-                    "-1")
+    _one_line_error(
+        lambda: P.resolve_prune_step({"method": "random_structured", "amount": 0.2, "n": 2}), "'n'", "random_structured"
+    )
+    _one_line_error(lambda: P.resolve_prune_step({"method": "ln_structured", "amount": 0.2, "n": 3}), "3", "inf")
+    _one_line_error(lambda: P.resolve_prune_step({"method": "ln_structured", "amount": 0.2, "dim": -1}), "-1")
     _one_line_error(lambda: P.resolve_prune_step({**base, "bias": True}), "bias", "not supported")
     _one_line_error(lambda: P.resolve_prune_step({**base, "seed": -1}), "-1")
-    _one_line_error(lambda: P.resolve_prune_step({**base, "layers": {"@outptu": {"amount": 0.1}}}),
-                    "'@outptu'", "@output")
-    _one_line_error(lambda: P.resolve_prune_step({**base, "layers": {"fc3.weight": {"amout": 0.1}}}),
-                    "'amout'", "amount")
-    _one_line_error(lambda: P.resolve_prune_step({**base, "layers": {"fc3.weight": {"amount": 1.5}}}),
-                    "1.5", "fc3.weight")
-    _one_line_error(lambda: P.resolve_prune_step({**base, "layers": {"fc3.weight": {"n": 2}}}),
-                    "'n'", "ln_structured")
-    _one_line_error(lambda: P.resolve_prune_step({**base, "layers": {"fc3.weight": {"skip": True,
-                                                                                   "amount": 0.1}}}),
-                    "skip")
+    _one_line_error(
+        lambda: P.resolve_prune_step({**base, "layers": {"@outptu": {"amount": 0.1}}}), "'@outptu'", "@output"
+    )
+    _one_line_error(
+        lambda: P.resolve_prune_step({**base, "layers": {"fc3.weight": {"amout": 0.1}}}), "'amout'", "amount"
+    )
+    _one_line_error(
+        lambda: P.resolve_prune_step({**base, "layers": {"fc3.weight": {"amount": 1.5}}}), "1.5", "fc3.weight"
+    )
+    _one_line_error(lambda: P.resolve_prune_step({**base, "layers": {"fc3.weight": {"n": 2}}}), "'n'", "ln_structured")
+    _one_line_error(
+        lambda: P.resolve_prune_step({**base, "layers": {"fc3.weight": {"skip": True, "amount": 0.1}}}), "skip"
+    )
     from mlprune.spec.steps import resolve_step
 
     _one_line_error(lambda: resolve_step({"prune": {"method": "from_state"}}), "from_state", "'from'")
-    _one_line_error(lambda: resolve_step({"prune": {"method": "from_state", "state": "x", "amount": 0.2}}),
-                    "'amount'", "method, from")
+    _one_line_error(
+        lambda: resolve_step({"prune": {"method": "from_state", "state": "x", "amount": 0.2}}),
+        "'amount'",
+        "method, from",
+    )
     _one_line_error(lambda: resolve_step({"transplant": {"from": "x", "amount": 0.2}}), "'amount'", "from")
-    _one_line_error(lambda: P.layer_plan(KINDS, {**base, "layers": {"fc4.weight": {"amount": 0.1}}}),
-                    "'fc4.weight'", "fc3.weight")
-    _one_line_error(lambda: P.compute_mask("ln_structured", torch.ones(4, 4), 0.5, None, dim=2),
-                    "dim 2", "(4, 4)")
+    _one_line_error(
+        lambda: P.layer_plan(KINDS, {**base, "layers": {"fc4.weight": {"amount": 0.1}}}), "'fc4.weight'", "fc3.weight"
+    )
+    _one_line_error(lambda: P.compute_mask("ln_structured", torch.ones(4, 4), 0.5, None, dim=2), "dim 2", "(4, 4)")
     _one_line_error(lambda: P.compute_mask("ln_structured", torch.ones(4), 0.5, None, dim=0), "(4,)")
     _one_line_error(lambda: P.compute_mask("l1_unstructured", torch.ones(4), 0.5, None, dim=0), "'dim'")
     _one_line_error(lambda: P.compute_mask("l1_unstructured", torch.ones(4), 5, None), "5", "4")
-    _one_line_error(lambda: P.compute_mask("l1_unstructured", torch.ones(4), 0.5,
-                                           torch.ones(5, dtype=torch.bool)), "(5,)")
+    _one_line_error(
+        lambda: P.compute_mask("l1_unstructured", torch.ones(4), 0.5, torch.ones(5, dtype=torch.bool)), "(5,)"
+    )
     weights, masks = _weights()
-    _one_line_error(lambda: P.prune_masks(weights, masks, KINDS, {"method": "l1_unstructured",
-                                                                  "amount": 500}, generator=None),
-                    "500", "conv1.weight")
-    _one_line_error(lambda: P.prune_masks(weights, {"x.weight": torch.ones(2, dtype=torch.bool)},
-                                          KINDS, base, generator=None), "x.weight")
+    _one_line_error(
+        lambda: P.prune_masks(weights, masks, KINDS, {"method": "l1_unstructured", "amount": 500}, generator=None),
+        "500",
+        "conv1.weight",
+    )
+    _one_line_error(
+        lambda: P.prune_masks(weights, {"x.weight": torch.ones(2, dtype=torch.bool)}, KINDS, base, generator=None),
+        "x.weight",
+    )
 
 
 def test_tokens_matching_nothing_are_fine():
     kinds = {"fc1.weight": "linear", "fc2.weight": "linear"}  # no conv
-    plan = P.layer_plan(kinds, {"method": "l1_unstructured", "amount": 0.2,
-                                "layers": {"@conv": {"amount": 0.5}}})
+    plan = P.layer_plan(kinds, {"method": "l1_unstructured", "amount": 0.2, "layers": {"@conv": {"amount": 0.5}}})
     assert all(p["amount"] == 0.2 for p in plan.values())
     assert math.isclose(plan["fc2.weight"]["amount"], 0.2)

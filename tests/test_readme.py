@@ -25,7 +25,7 @@ LANGUAGES = {"bash", "yaml", "python", "text"}
 class Block:
     language: str
     body: str
-    skip: str | None      # the reason, for a block this test does not run
+    skip: str | None  # the reason, for a block this test does not run
     line: int
 
 
@@ -33,13 +33,13 @@ def blocks() -> list[Block]:
     found = []
     pattern = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
     for match in pattern.finditer(README):
-        before = README[:match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        before = README[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         skip = None
         if before == "<!-- ci:commands -->":
             skip = "CI runs it (.ci/run), on a fresh clone"
         elif marker := re.fullmatch(r"<!-- readme-test: skip: (.+) -->", before):
             skip = marker.group(1).strip()
-        found.append(Block(match.group(1), match.group(2), skip, README[:match.start()].count("\n") + 1))
+        found.append(Block(match.group(1), match.group(2), skip, README[: match.start()].count("\n") + 1))
     return found
 
 
@@ -67,22 +67,23 @@ def test_the_recipe_shown_is_the_file_the_entry_point_runs():
 def test_the_python_block_learns_and_prints_what_it_says(tracking, capsys):
     [code] = of("python")
     namespace: dict = {}
-    exec(compile(code.body, "README.md", "exec"), namespace)   # noqa: S102 - our own documentation
+    exec(compile(code.body, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
     printed = [float(v) for v in capsys.readouterr().out.split()]
     promised = [float(v) for v in re.search(r"# about ([\d. ]+)$", code.body, re.M).group(1).split()]
     assert len(printed) == len(promised)
     for value, claim in zip(printed, promised):
         assert abs(value - claim) <= 0.03, (printed, promised)
     ticket = namespace["ticket"]
-    assert ticket.metrics["test_accuracy"] > 0.9          # the lottery ticket learns (SGD with momentum)
+    assert ticket.metrics["test_accuracy"] > 0.9  # the lottery ticket learns (SGD with momentum)
     weights = dict(namespace["model"].named_parameters())
     for name, mask in namespace["masks"].items():
         assert bool((weights[name].detach()[~mask] == 0).all()), name
 
 
 def _shell(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def _without_ids_and_numbers(text: str) -> list[str]:
@@ -113,7 +114,7 @@ def test_the_shell_blocks_run_in_order_on_a_fresh_store(tmp_path):
         if block.body.startswith("mlprune tree"):
             # the tree printed is the one the README shows (run ids and figures vary with the store)
             printed = _without_ids_and_numbers(result.stdout)
-            assert _without_ids_and_numbers(shown_tree) == printed[:len(shown_tree.strip().splitlines())]
+            assert _without_ids_and_numbers(shown_tree) == printed[: len(shown_tree.strip().splitlines())]
             assert (tmp_path / "report" / "report.html").is_file() and (tmp_path / "report" / "report.json").is_file()
         if block.body.startswith("mlflow run . -e lt_structuredL1 --env-manager local\n"):
             summaries = [line for line in result.stdout.splitlines() if line.endswith(" reused")]
@@ -124,8 +125,11 @@ def test_the_shell_blocks_run_in_order_on_a_fresh_store(tmp_path):
             printed = _without_ids_and_numbers(result.stdout)
             start = next(i for i, line in enumerate(printed) if line.startswith("lth_lenet_300_100: test accuracy"))
             expected = _without_ids_and_numbers(shown_answer)
-            assert printed[start:start + 2] == expected[:2]
-            assert [line.split()[0] for line in printed[start + 2:start + 5]] == ["main", "random", "shuffle"]
+            assert printed[start : start + 2] == expected[:2]
+            assert [line.split()[0] for line in printed[start + 2 : start + 5]] == ["main", "random", "shuffle"]
         if block.body.startswith("root=$(mlprune step init"):
-            assert {p.name for p in (tmp_path / "ticket").iterdir()} == {"weights.safetensors", "masks.safetensors",
-                                                                          "state.json"}
+            assert {p.name for p in (tmp_path / "ticket").iterdir()} == {
+                "weights.safetensors",
+                "masks.safetensors",
+                "state.json",
+            }

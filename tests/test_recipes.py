@@ -21,14 +21,32 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
 SEED_EXPERIMENTS = [
-    "lt_unstructuredL1", "lt_structuredL1", "lt_structuredL2", "lt_structuredL-inf", "lt_structuredrandom",
-    "lt_unstructuredrandom", "lt_mixedL1", "lt_convonlystructuredL1", "lt_fcnonlyunstructuredL1",
-    "lt_half_structuredL1_half_unstructuredL1", "lt_half_unstructuredL1_half_structuredL1",
-    *[f"{p}_{s}" for p in ("finetuning", "sign", "zhou") for s in ("unstructuredL1", "structuredL1", "structuredL2",
-                                                                  "mixedL1")],
-    "alexnet_unstructuredL1", "alexnet_structuredL1", "alexnet_mixedL1", "alexnet_unstructuredL1_cifar10",
-    "alexnet_structuredL1_cifar10", "alexnet_mixedL1_cifar10", "lt_unstructuredL1_alexnet",
-    "vgg11_unstructuredL1_cifar10", "vgg11_structuredL1_cifar10", "vgg11_mixedL1_cifar10",
+    "lt_unstructuredL1",
+    "lt_structuredL1",
+    "lt_structuredL2",
+    "lt_structuredL-inf",
+    "lt_structuredrandom",
+    "lt_unstructuredrandom",
+    "lt_mixedL1",
+    "lt_convonlystructuredL1",
+    "lt_fcnonlyunstructuredL1",
+    "lt_half_structuredL1_half_unstructuredL1",
+    "lt_half_unstructuredL1_half_structuredL1",
+    *[
+        f"{p}_{s}"
+        for p in ("finetuning", "sign", "zhou")
+        for s in ("unstructuredL1", "structuredL1", "structuredL2", "mixedL1")
+    ],
+    "alexnet_unstructuredL1",
+    "alexnet_structuredL1",
+    "alexnet_mixedL1",
+    "alexnet_unstructuredL1_cifar10",
+    "alexnet_structuredL1_cifar10",
+    "alexnet_mixedL1_cifar10",
+    "lt_unstructuredL1_alexnet",
+    "vgg11_unstructuredL1_cifar10",
+    "vgg11_structuredL1_cifar10",
+    "vgg11_mixedL1_cifar10",
 ]
 # the instability presets prune to the paper's sparse level: LeNet 3.5 % (15 rounds), ResNet-20 16.8 % (8)
 PAPER_ROUNDS = {"lmc_lenet_300_100": 15, "lmc_resnet20_cifar10": 8}
@@ -38,10 +56,16 @@ SMALL = {"rounds": 1, "epochs": 2, "train_size": 64, "test_size": 64, "sparsitie
 # AlexNet, VGG and ResNet states cost seconds each on a CPU: one epoch and 32 test images prove the same
 # thing (the planned keys are the executed ones; the parents and extra parents are linked)
 SMALL_LARGE_MODELS = {**SMALL, "epochs": 1, "test_size": 32}
-LENET_FAMILY = [name for name in RECIPES if read_recipe(REPO / "recipes" / f"{name}.yaml")["params"].get(
-    "model", "lenet") in ("lenet", "lenet_300_100")]
-LENET = [name for name in RECIPES if read_recipe(REPO / "recipes" / f"{name}.yaml")["params"].get("model",
-                                                                                                  "lenet") == "lenet"]
+LENET_FAMILY = [
+    name
+    for name in RECIPES
+    if read_recipe(REPO / "recipes" / f"{name}.yaml")["params"].get("model", "lenet") in ("lenet", "lenet_300_100")
+]
+LENET = [
+    name
+    for name in RECIPES
+    if read_recipe(REPO / "recipes" / f"{name}.yaml")["params"].get("model", "lenet") == "lenet"
+]
 
 
 def test_the_seed_experiments_are_all_there():
@@ -96,11 +120,11 @@ def test_every_recipe_entry_point_runs_end_to_end(name, shared_store, monkeypatc
     args = _entry_point_args(name, small)
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    plan = compile_recipe(REPO / "recipes" / f"{name}.yaml",
-                          {k: v for k, v in small.items() if k in MLPROJECT[name]["parameters"]})
+    plan = compile_recipe(
+        REPO / "recipes" / f"{name}.yaml", {k: v for k, v in small.items() if k in MLPROJECT[name]["parameters"]}
+    )
     client = shared_store["client"]
-    workflows = client.search_runs([shared_store["experiment_id"]],
-                                   filter_string=f"tags.`mlprune.recipe` = '{name}'")
+    workflows = client.search_runs([shared_store["experiment_id"]], filter_string=f"tags.`mlprune.recipe` = '{name}'")
     reached = {}
     for workflow in workflows:
         local = client.download_artifacts(workflow.info.run_id, "states.json")
@@ -133,8 +157,9 @@ def test_extends_overrides_parts_of_a_recipe():
     assert [n.name for n in base.nodes] == [n.name for n in child.nodes]
     assert base.node("prune1").steps == child.node("prune1").steps
     assert child.node("round1").steps[0] == {"reinit": {"strategy": "keep", "reset_optimizer": True}}
-    assert base.node("round1").steps[0] == {"reinit": {"strategy": "rewind", "to": "input:weights",
-                                                       "reset_optimizer": True}}
+    assert base.node("round1").steps[0] == {
+        "reinit": {"strategy": "rewind", "to": "input:weights", "reset_optimizer": True}
+    }
     assert base.node("round1").inputs == {"weights": "root"} and child.node("round1").inputs == {}
 
 
@@ -154,13 +179,16 @@ def test_early_mask_protocol_prunes_the_epoch_checkpoint():
     assert plan.node("train@1ep").parent == "root" and plan.node("round1@1ep").parent == "prune1"
 
 
-@pytest.mark.parametrize("text, fragments", [
-    ("rounds: $rounds\nwings: 3\n", ["wings"]),
-    ("prune: {method: l1_unstructured, amount: $amount, colour: red}\n", ["colour", "prune"]),
-    ("prune: {method: l1_unstructured, amount: 2.5}\n", ["2.5", "prune"]),
-    ("train: {epochs: many}\n", ["many", "train"]),
-    ("rounds: $nope\n", ["$nope"]),
-])
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("rounds: $rounds\nwings: 3\n", ["wings"]),
+        ("prune: {method: l1_unstructured, amount: $amount, colour: red}\n", ["colour", "prune"]),
+        ("prune: {method: l1_unstructured, amount: 2.5}\n", ["2.5", "prune"]),
+        ("train: {epochs: many}\n", ["many", "train"]),
+        ("rounds: $nope\n", ["$nope"]),
+    ],
+)
 def test_bad_recipe_files_say_file_key_and_reason(tmp_path, text, fragments):
     base = (REPO / "recipes" / "lt_structuredL1.yaml").read_text()
     lines = [line for line in base.splitlines() if not line.startswith(text.split(":")[0] + ":")]
@@ -193,8 +221,9 @@ def test_step_commands_chain_states_by_hand(tracking):
 
     root = step("init", "-o", "model=lenet", "-o", "dataset=digits", "-o", "seed=1", "-o", "train_size=128")
     trained = step("train", "--parent", root, "-o", "epochs=1", "-o", "lr=")
-    pruned = step("prune", "--parent", trained, "-o", "method=l1_unstructured", "-o", "amount=0.3",
-                  "-o", "include=[@linear]")
+    pruned = step(
+        "prune", "--parent", trained, "-o", "method=l1_unstructured", "-o", "amount=0.3", "-o", "include=[@linear]"
+    )
     ticket = step("reinit", "--parent", pruned, "-o", "strategy=rewind", "-o", "to=root")
     client = MlflowClient(tracking_uri=tracking)
     assert client.get_run(ticket).data.tags["mlflow.parentRunId"] == pruned
@@ -211,12 +240,34 @@ def test_mlflow_run_prune_entry_point_creates_one_child(tracking, tmp_path):
     client = MlflowClient(tracking_uri=tracking)
     before = len(client.search_runs([client.get_run(root).info.experiment_id]))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "prune", "--env-manager", "local",
-                           "-P", f"parent={root}", "-P", "method=l1_unstructured", "-P", "amount=0.5"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(REPO),
+            "-e",
+            "prune",
+            "--env-manager",
+            "local",
+            "-P",
+            f"parent={root}",
+            "-P",
+            "method=l1_unstructured",
+            "-P",
+            "amount=0.5",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    children = client.search_runs([client.get_run(root).info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{root}'")
+    children = client.search_runs(
+        [client.get_run(root).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{root}'"
+    )
     assert len(children) == 1
     assert children[0].data.tags["mlprune.kind"] == "prune"
     assert children[0].data.metrics["sparsity"] == pytest.approx(0.5, abs=0.01)

@@ -40,8 +40,7 @@ def _example():
 
 def _call(strategy, generator=None, **kw):
     current, source, fresh, masks = _example()
-    args = dict(current=current, source=source, fresh=fresh, masks=masks, kinds=KINDS,
-                generator=generator)
+    args = dict(current=current, source=source, fresh=fresh, masks=masks, kinds=KINDS, generator=generator)
     args.update(kw)
     return R.reinit_weights(strategy, **args)
 
@@ -129,8 +128,15 @@ def test_shuffle_preserves_counts_changes_positions_and_is_seeded():
     masks = {k: torch.rand(s, generator=g) > p for (k, s), p in zip(shapes.items(), (0.3, 0.8, 0.95))}
 
     def run(seed):
-        return R.reinit_weights("shuffle", current=current, source=source, fresh=None, masks=masks,
-                                kinds=kinds, generator=torch.Generator().manual_seed(seed))
+        return R.reinit_weights(
+            "shuffle",
+            current=current,
+            source=source,
+            fresh=None,
+            masks=masks,
+            kinds=kinds,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     w, m = run(7)
     for k in shapes:
@@ -146,9 +152,15 @@ def test_shuffle_preserves_counts_changes_positions_and_is_seeded():
     one = {"x.weight": torch.tensor([True] * 3 + [False] * 7)}
     kept = torch.zeros(10)
     for _ in range(400):
-        _, mm = R.reinit_weights("shuffle", current={"x.weight": torch.ones(10)},
-                                 source={"x.weight": torch.ones(10)}, fresh=None, masks=one,
-                                 kinds={"x.weight": "linear"}, generator=gen)
+        _, mm = R.reinit_weights(
+            "shuffle",
+            current={"x.weight": torch.ones(10)},
+            source={"x.weight": torch.ones(10)},
+            fresh=None,
+            masks=one,
+            kinds={"x.weight": "linear"},
+            generator=gen,
+        )
         kept += mm["x.weight"].float()
     assert ((kept / 400 - 0.3).abs() < 0.1).all()
 
@@ -158,8 +170,15 @@ def test_inputs_not_mutated_outputs_not_aliased_masked_exact_zero(strategy):
     current, source, fresh, masks = _example()
     # masked entries of the inputs are nonzero, some negative: catches leaks and -0.0
     before = [copy.deepcopy(x) for x in (current, source, fresh, masks)]
-    w, m = R.reinit_weights(strategy, current=current, source=source, fresh=fresh, masks=masks,
-                            kinds=KINDS, generator=torch.Generator().manual_seed(0))
+    w, m = R.reinit_weights(
+        strategy,
+        current=current,
+        source=source,
+        fresh=fresh,
+        masks=masks,
+        kinds=KINDS,
+        generator=torch.Generator().manual_seed(0),
+    )
     for orig, now in zip(before, (current, source, fresh, masks)):
         assert orig.keys() == now.keys()
         assert all(torch.equal(orig[k], now[k]) for k in orig)
@@ -188,8 +207,13 @@ def test_missing_inputs_and_architecture_mismatch():
     _one_line_error(lambda: _call("random", fresh=None), "fresh")
     _one_line_error(lambda: _call("shuffle"), "Generator")
     bad = dict(source, **{"out.weight": torch.zeros(5, 3)})
-    _one_line_error(lambda: _call("rewind", source=bad), "rewind source has another architecture",
-                    "'out.weight'", "(5, 3)", "(1, 3)")
+    _one_line_error(
+        lambda: _call("rewind", source=bad),
+        "rewind source has another architecture",
+        "'out.weight'",
+        "(5, 3)",
+        "(1, 3)",
+    )
     less = {k: v for k, v in source.items() if k != "fc.bias"}
     _one_line_error(lambda: _call("rewind", source=less), "another architecture", "'fc.bias'")
     more = dict(source, extra=torch.zeros(1))
@@ -198,8 +222,9 @@ def test_missing_inputs_and_architecture_mismatch():
     _one_line_error(lambda: _call("rewnd"), "'rewnd'", "rewind", "zhou")
     _one_line_error(lambda: _call("rewind", scale=2), "'scale'")
     _one_line_error(lambda: _call("rewind", masks={"fc.weight": masks["fc.weight"]}), "'out.weight'")
-    _one_line_error(lambda: _call("rewind", masks=dict(masks, **{"fc.weight": torch.ones(3, dtype=torch.bool)})),
-                    "(3,)")
+    _one_line_error(
+        lambda: _call("rewind", masks=dict(masks, **{"fc.weight": torch.ones(3, dtype=torch.bool)})), "(3,)"
+    )
     # the resolved step's own keys are accepted as options (the caller's business)
     w, _ = _call("rewind", to="root", at=None, reset_optimizer=True)
     assert w["fc.weight"][0, 0] == 0.5
@@ -209,18 +234,28 @@ def test_missing_inputs_and_architecture_mismatch():
 def test_resolve_defaults_and_canonical_form():
     r = R.resolve_reinit_step({"strategy": "rewind"})
     assert r == {"strategy": "rewind", "to": "root", "at": None, "reset_optimizer": True}
-    assert R.resolve_reinit_step({"strategy": "rewind", "to": "root", "epoch": None, "seed": 5,
-                                  "reset_optimizer": True}) == r  # seed does not apply: dropped
+    assert (
+        R.resolve_reinit_step({"strategy": "rewind", "to": "root", "epoch": None, "seed": 5, "reset_optimizer": True})
+        == r
+    )  # seed does not apply: dropped
     # a rewind point: `epoch: k` is `at: "<k>ep"`; iterations too
     assert R.resolve_reinit_step({"strategy": "rewind", "epoch": 2})["at"] == "2ep"
     assert R.resolve_reinit_step({"strategy": "rewind", "at": 2})["at"] == "2ep"
     assert R.resolve_reinit_step({"strategy": "rewind", "at": "500it"})["at"] == "500it"
     # no default seed: left out, the DAG derives one from the state's key
     assert R.resolve_reinit_step({"strategy": "random"}) == {"strategy": "random", "reset_optimizer": True}
-    assert R.resolve_reinit_step({"strategy": "random", "seed": 3}) == {"strategy": "random", "seed": 3,
-                                                                        "reset_optimizer": True}
+    assert R.resolve_reinit_step({"strategy": "random", "seed": 3}) == {
+        "strategy": "random",
+        "seed": 3,
+        "reset_optimizer": True,
+    }
     assert R.resolve_reinit_step({"strategy": "shuffle", "to": "parent", "seed": 3}) == {
-        "strategy": "shuffle", "to": "parent", "at": None, "seed": 3, "reset_optimizer": True}
+        "strategy": "shuffle",
+        "to": "parent",
+        "at": None,
+        "seed": 3,
+        "reset_optimizer": True,
+    }
     assert R.resolve_reinit_step({"strategy": "keep"}) == {"strategy": "keep", "reset_optimizer": True}
     z = R.resolve_reinit_step({"strategy": "zhou", "to": "state:abc123", "epoch": 2})
     assert z["to"] == "state:abc123" and z["at"] == "2ep"
@@ -231,24 +266,25 @@ def test_resolve_defaults_and_canonical_form():
 
 
 def test_resolve_bad_specs_name_the_value():
-    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "too": "root"}),
-                    "'too'", "allowed", "epoch")
+    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "too": "root"}), "'too'", "allowed", "epoch")
     _one_line_error(lambda: R.resolve_reinit_step({"strategy": "reboot"}), "'reboot'", "rewind")
     _one_line_error(lambda: R.resolve_reinit_step({}), "strategy")
-    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "to": "grandparent"}),
-                    "'grandparent'", "state:<ref>")
+    _one_line_error(
+        lambda: R.resolve_reinit_step({"strategy": "rewind", "to": "grandparent"}), "'grandparent'", "state:<ref>"
+    )
     _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "to": "state:"}), "'state:'")
     _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "epoch": -1}), "-1")
     _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "epoch": True}), "True")
-    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "random", "to": "root"}),
-                    "'to'", "random")
+    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "random", "to": "root"}), "'to'", "random")
     _one_line_error(lambda: R.resolve_reinit_step({"strategy": "keep", "epoch": 1}), "'epoch'", "keep")
     _one_line_error(lambda: R.resolve_reinit_step({"strategy": "random", "seed": "x"}), "'x'")
-    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "reset_optimizer": "yes"}),
-                    "'yes'")
+    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "reset_optimizer": "yes"}), "'yes'")
     # states store no optimizer moments: every train step starts a fresh optimizer
-    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "keep", "reset_optimizer": False}),
-                    "reset_optimizer", "fresh optimizer")
+    _one_line_error(
+        lambda: R.resolve_reinit_step({"strategy": "keep", "reset_optimizer": False}),
+        "reset_optimizer",
+        "fresh optimizer",
+    )
     _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "at": "5ep", "epoch": 5}), "once")
     _one_line_error(lambda: R.resolve_reinit_step({"strategy": "rewind", "at": "5 epochs"}), "'5 epochs'", "it")
-    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "random", "seed": 2 ** 64}), str(2 ** 64))
+    _one_line_error(lambda: R.resolve_reinit_step({"strategy": "random", "seed": 2**64}), str(2**64))

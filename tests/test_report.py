@@ -53,9 +53,12 @@ def test_mask_similarity_and_jaccard_table_by_hand():
 def test_different_architectures_are_a_clear_message():
     a = state("aaaaaaaa11", {"l1.weight": [[1, 0]]}, model="lenet")
     b = state("bbbbbbbb22", {"l1.weight": [[1, 0, 1]]}, model="lenet_300_100")
-    with pytest.raises(SpecError, match=r"cannot compare state aaaaaaaa \(lenet\) with state bbbbbbbb "
-                                        r"\(lenet_300_100\): states of different architectures: 'l1.weight' "
-                                        r"has shape \(1, 2\) vs \(1, 3\)"):
+    with pytest.raises(
+        SpecError,
+        match=r"cannot compare state aaaaaaaa \(lenet\) with state bbbbbbbb "
+        r"\(lenet_300_100\): states of different architectures: 'l1.weight' "
+        r"has shape \(1, 2\) vs \(1, 3\)",
+    ):
         report.mask_similarity(a, b)
     with pytest.raises(SpecError, match="different architectures"):
         report.jaccard_table([a, b])
@@ -69,13 +72,30 @@ def test_the_structure_baseline_follows_the_lineage_not_the_mask():
     kinds = {"conv1.weight": "conv", "fc1.weight": "linear", "fc2.weight": "linear"}
     specs = {
         "root": {"parent_run": None, "steps": []},
-        "p1": {"parent_run": "root", "steps": [{"prune": {"method": "l1_unstructured", "amount": 0.5,
-                                                          "include": ["fc1.weight"]}}]},
+        "p1": {
+            "parent_run": "root",
+            "steps": [{"prune": {"method": "l1_unstructured", "amount": 0.5, "include": ["fc1.weight"]}}],
+        },
         "t": {"parent_run": "p1", "steps": [{"train": {"epochs": 1}}]},
-        "p2": {"parent_run": "t", "steps": [{"prune": {"method": "ln_structured", "n": 1, "dim": 0,
-                                                       "amount": 0.5, "include": ["conv1.weight", "fc1.weight"]}}]},
-        "moved": {"parent_run": "root", "steps": [{"prune": {"method": "from_state", "state": "p2"}}],
-                  "inputs": {"mask": {"key": "k", "run_id": "p2"}}},
+        "p2": {
+            "parent_run": "t",
+            "steps": [
+                {
+                    "prune": {
+                        "method": "ln_structured",
+                        "n": 1,
+                        "dim": 0,
+                        "amount": 0.5,
+                        "include": ["conv1.weight", "fc1.weight"],
+                    }
+                }
+            ],
+        },
+        "moved": {
+            "parent_run": "root",
+            "steps": [{"prune": {"method": "from_state", "state": "p2"}}],
+            "inputs": {"mask": {"key": "k", "run_id": "p2"}},
+        },
     }
     of = specs.__getitem__
     assert report.pruned_structurally(specs["root"], of, kinds) == {}
@@ -125,14 +145,27 @@ def test_stability_by_hand():
 
 
 def test_layer_kinds_follow_the_model_order():
-    masks = {n: torch.ones(2, 2, dtype=torch.bool) for n in
-             ("classifier.0.weight", "features.0.weight", "classifier.4.weight", "features.3.weight",
-              "classifier.2.weight")}
+    masks = {
+        n: torch.ones(2, 2, dtype=torch.bool)
+        for n in (
+            "classifier.0.weight",
+            "features.0.weight",
+            "classifier.4.weight",
+            "features.3.weight",
+            "classifier.2.weight",
+        )
+    }
     assert list(report.layer_kinds(masks, "lenet")) == [
-        "features.0.weight", "features.3.weight", "classifier.0.weight", "classifier.2.weight",
-        "classifier.4.weight"]
+        "features.0.weight",
+        "features.3.weight",
+        "classifier.0.weight",
+        "classifier.2.weight",
+        "classifier.4.weight",
+    ]
     assert list(report.layer_kinds({"b": torch.ones(2, 2, 1, 1), "a": torch.ones(2)}, None).items()) == [
-        ("a", "linear"), ("b", "conv")]
+        ("a", "linear"),
+        ("b", "conv"),
+    ]
 
 
 # ----------------------------------------------------------------- the report, for real
@@ -158,8 +191,16 @@ prune: {method: l1_unstructured, amount: 0.5}
 reinit: {strategy: rewind, to: root}
 """
 # (trainings of one epoch: the early-stopping section is a note, not a flat line; its plot: test_plot_stability_...)
-FIGURE_KINDS = {"accuracy_vs_remaining", "jaccard", "structure", "stability", "evolution",
-                "weights_conv", "weights_fc", "biases"}
+FIGURE_KINDS = {
+    "accuracy_vs_remaining",
+    "jaccard",
+    "structure",
+    "stability",
+    "evolution",
+    "weights_conv",
+    "weights_fc",
+    "biases",
+}
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +253,7 @@ def test_report_has_every_figure_and_right_numbers(in_store, tmp_path):
     client = MlflowClient(tracking_uri=in_store["uri"])
     exp = client.get_experiment_by_name("lenet").experiment_id
     states = [r for r in client.search_runs([exp]) if "mlprune.key" in r.data.tags]
-    dag = html[html.index('data-kind="dag"'):]
+    dag = html[html.index('data-kind="dag"') :]
     for run in states:
         assert f'href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{run.info.run_id}"' in dag
     assert dag.count('class="node"') == len(states)
@@ -220,10 +261,16 @@ def test_report_has_every_figure_and_right_numbers(in_store, tmp_path):
     numbers = json.loads((out / "numbers.json").read_text())
     by_id = {r.info.run_id: r for r in states}
     agg = {(a["recipe"], a["round"]): a for a in numbers["accuracy_vs_remaining"]}
-    assert set(agg) == {("lenet_structured", 0), ("lenet_structured", 1), ("lenet_structured", 2),
-                        ("lenet_structured / random_reinit", 0), ("lenet_structured / random_reinit", 1),
-                        ("lenet_structured / random_reinit", 2), ("lenet_unstructured", 0),
-                        ("lenet_unstructured", 1)}
+    assert set(agg) == {
+        ("lenet_structured", 0),
+        ("lenet_structured", 1),
+        ("lenet_structured", 2),
+        ("lenet_structured / random_reinit", 0),
+        ("lenet_structured / random_reinit", 1),
+        ("lenet_structured / random_reinit", 2),
+        ("lenet_unstructured", 0),
+        ("lenet_unstructured", 1),
+    }
     un = agg[("lenet_unstructured", 1)]
     assert un["n"] == 2 and sorted(un["seeds"]) == [0, 1]
     # report.json: per series and round, the state each number comes from
@@ -245,8 +292,13 @@ def test_report_has_every_figure_and_right_numbers(in_store, tmp_path):
 
     store = Store(experiment_id=exp)
     grid = next(j for j in numbers["jaccard"] if j["what"] == "series x rounds" and j["seed"] == "0")
-    assert grid["labels"] == ["lenet_structured r1", "lenet_structured r2", "lenet_structured / random_reinit r1",
-                              "lenet_structured / random_reinit r2", "lenet_unstructured r1"]
+    assert grid["labels"] == [
+        "lenet_structured r1",
+        "lenet_structured r2",
+        "lenet_structured / random_reinit r1",
+        "lenet_structured / random_reinit r2",
+        "lenet_unstructured r1",
+    ]
     structured = next(s for s in reported if s["label"] == "lenet_structured" and s["seed"] == 0)
     ids = {f"lenet_structured r{r['round']}": r["run_id"] for r in structured["rounds"] if r["round"]}
     masks = [store.load(ids[k]).masks for k in ("lenet_structured r1", "lenet_structured r2")]
@@ -302,18 +354,22 @@ def test_the_documented_example_section_is_one_module_and_one_registry_line(in_s
     from mlprune.report import sections
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
-    part = doc[doc.index("- **A report section**"):]
-    module_code, registry_line = (textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", part, re.S)[:2])
-    module_code = (module_code.replace("from .. import plots", "from mlprune import plots")
-                   .replace("from .common import", "from mlprune.report.common import")
-                   .replace("from .sections import", "from mlprune.report.sections import"))
+    part = doc[doc.index("- **A report section**") :]
+    module_code, registry_line = (
+        textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", part, re.S)[:2]
+    )
+    module_code = (
+        module_code.replace("from .. import plots", "from mlprune import plots")
+        .replace("from .common import", "from mlprune.report.common import")
+        .replace("from .sections import", "from mlprune.report.sections import")
+    )
     module = types.ModuleType("mlprune_doc_example_section")
     exec(compile(module_code, "docs/architecture.md", "exec"), module.__dict__)  # noqa: S102 - the doc's own code
     monkeypatch.setitem(sys.modules, module.__name__, module)
     registry_line = registry_line.split("\n", 1)[1].replace("mlprune.report.sparsity_per_layer", module.__name__)
     extended = Registry("report section")
     for entry in sections.SECTIONS.values():
-        if entry.name in ("accuracy", "states"):     # two cheap sections around it: the page still assembles
+        if entry.name in ("accuracy", "states"):  # two cheap sections around it: the page still assembles
             extended.add(entry)
     exec(registry_line, {"SECTIONS": extended, "Section": sections.Section})  # noqa: S102
     monkeypatch.setattr(sections, "SECTIONS", extended)
@@ -322,8 +378,9 @@ def test_the_documented_example_section_is_one_module_and_one_registry_line(in_s
     html = result.path.read_text()
     assert '<section id="sparsity-per-layer">' in html and "Sparsity per layer" in html
     run = MlflowClient(tracking_uri=in_store["uri"]).search_runs(
-        [Experiment("lenet").store.experiment_id], "tags.`mlprune.kind` = 'reinit+train'")[0]
-    layer, value = next((n[len("sparsity."):], v) for n, v in run.data.metrics.items() if n.startswith("sparsity."))
+        [Experiment("lenet").store.experiment_id], "tags.`mlprune.kind` = 'reinit+train'"
+    )[0]
+    layer, value = next((n[len("sparsity.") :], v) for n, v in run.data.metrics.items() if n.startswith("sparsity."))
     assert f"<td>{layer}</td><td>{value:.3f}</td>" in html
 
 
@@ -357,14 +414,17 @@ def test_report_skips_what_it_cannot_use_with_warnings(messy, tmp_path):
     assert "warning: skipped 1 run(s) that are not mlprune states (no mlprune.key tag): someone else's run" in output
     assert f"warning: state {messy.broken.run_id[:8]} left out of the mask and weight figures" in output
     assert "masks.safetensors" in output
-    assert "warning: pruned states of 2 different architectures (lenet, lenet_300_100): one Jaccard matrix per " \
-           "architecture" in output
+    assert (
+        "warning: pruned states of 2 different architectures (lenet, lenet_300_100): one Jaccard matrix per "
+        "architecture" in output
+    )
     html = (out / "report.html").read_text()
     assert 'class="warnings"' in html and "someone else" in html
     numbers = json.loads((out / "numbers.json").read_text())
     matrices = [j for j in numbers["jaccard"] if j["what"] == "other states"]
-    assert sorted(sorted(j["run_ids"]) for j in matrices) == sorted([sorted([messy.a.run_id, messy.b.run_id]),
-                                                                     sorted([messy.c.run_id, messy.d.run_id])])
+    assert sorted(sorted(j["run_ids"]) for j in matrices) == sorted(
+        [sorted([messy.a.run_id, messy.b.run_id]), sorted([messy.c.run_id, messy.d.run_id])]
+    )
     assert messy.plain.info.run_id not in {n["id"] for n in numbers["lineage"]["nodes"]}
 
 
@@ -410,16 +470,27 @@ def test_plot_stability_and_early_stop(tmp_path):
     fig.savefig(tmp_path / "stab.png")
     with pytest.raises(SpecError):
         plotting.plot_stability(stab, ["only one"])
-    rows = [{"recipe": "r", "round": r, "remaining": 0.8 ** r, "test_accuracy": 0.9, "seed": s,
-             "early_stop_iteration": 3 + r + s} for r in range(3) for s in range(2)]
+    rows = [
+        {
+            "recipe": "r",
+            "round": r,
+            "remaining": 0.8**r,
+            "test_accuracy": 0.9,
+            "seed": s,
+            "early_stop_iteration": 3 + r + s,
+        }
+        for r in range(3)
+        for s in range(2)
+    ]
     agg = analysis.accuracy_vs_remaining(rows)
     fig = plotting.plot_early_stop_vs_remaining(agg)
     ax = fig.axes[0]
     assert ax.get_ylabel().startswith("early-stopping iteration") and ax.get_xscale() == "log"
     assert ax.get_legend().get_texts()[0].get_text() == "r (n=2)"
     fig.savefig(tmp_path / "es.png")
-    empty = plotting.plot_early_stop_vs_remaining(analysis.accuracy_vs_remaining(
-        [{k: v for k, v in row.items() if k != "early_stop_iteration"} for row in rows]))
+    empty = plotting.plot_early_stop_vs_remaining(
+        analysis.accuracy_vs_remaining([{k: v for k, v in row.items() if k != "early_stop_iteration"} for row in rows])
+    )
     assert "validation split" in empty.axes[0].texts[0].get_text()
 
 

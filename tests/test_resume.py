@@ -25,8 +25,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from mlprune import Experiment, Recipe
-from mlprune import names
+from mlprune import Experiment, Recipe, names
 from mlprune.errors import SpecError
 from mlprune.spec.times import checkpoint_cadence
 from mlprune.store import Store
@@ -83,8 +82,11 @@ def states_by_key(uri: str) -> dict:
     for experiment in client.search_experiments():
         store = Store(tracking_uri=uri, experiment_id=experiment.experiment_id, create=False)
         for run in store.states():
-            metrics = {name: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
-                       for name in run.data.metrics if _timeless(name)}
+            metrics = {
+                name: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
+                for name in run.data.metrics
+                if _timeless(name)
+            }
             out[run.data.tags[names.TAG_KEY]] = (store.load(run.info.run_id), metrics, run)
     return out
 
@@ -112,9 +114,20 @@ def assert_no_checkpoint_left(uri: str, artifacts: Path) -> None:
 
 # ---- the cadence ------------------------------------------------------------------------------------
 
+
 def test_checkpoint_every_is_a_cadence_or_off_in_one_line():
-    assert [checkpoint_cadence(v) for v in (None, "", "1ep", 2, "500it", " 3ep ", "off", 0, "0it", "none")] == \
-        ["1ep", "1ep", "1ep", "2ep", "500it", "3ep", "off", "off", "off", "off"]
+    assert [checkpoint_cadence(v) for v in (None, "", "1ep", 2, "500it", " 3ep ", "off", 0, "0it", "none")] == [
+        "1ep",
+        "1ep",
+        "1ep",
+        "2ep",
+        "500it",
+        "3ep",
+        "off",
+        "off",
+        "off",
+        "off",
+    ]
     for bad in ("often", "1.5ep", -1, True, "10 minutes"):
         with pytest.raises(SpecError, match="checkpoint_every .* allowed: '<N>ep' or '<N>it'") as error:
             checkpoint_cadence(bad)
@@ -126,29 +139,35 @@ def test_a_bad_cadence_is_refused_before_any_run(tracking, tmp_path):
 
     from mlprune.cli import main
 
-    result = CliRunner().invoke(main, ["step", "init", "-o", "model=lenet_300_100", "-o", "dataset=digits",
-                                       "--checkpoint-every", "sometimes"])
+    result = CliRunner().invoke(
+        main, ["step", "init", "-o", "model=lenet_300_100", "-o", "dataset=digits", "--checkpoint-every", "sometimes"]
+    )
     assert result.exit_code == 2 and result.stderr.startswith("error: checkpoint_every 'sometimes'")
     assert not MlflowClient(tracking_uri=tracking).search_runs(
-        [e.experiment_id for e in MlflowClient(tracking_uri=tracking).search_experiments()])
+        [e.experiment_id for e in MlflowClient(tracking_uri=tracking).search_experiments()]
+    )
 
 
 # ---- checkpoints while training --------------------------------------------------------------------
+
 
 def test_a_training_commits_checkpoints_at_its_cadence_and_a_finished_state_keeps_none(tracking, tmp_path):
     experiment = Experiment("cadence", checkpoint_every="5it")
     state = experiment.init(**ROOT).apply(Recipe.train(**SGD))
     client = experiment.store.client
     # every 5 iterations of 24 (8 an epoch), none at the end: the state is stored then
-    assert [(m.step, m.value) for m in sorted(client.get_metric_history(state.run_id, names.M_CHECKPOINT_ITERATION),
-                                              key=lambda m: m.step)] == [(i, float(i)) for i in (5, 10, 15, 20)]
+    assert [
+        (m.step, m.value)
+        for m in sorted(client.get_metric_history(state.run_id, names.M_CHECKPOINT_ITERATION), key=lambda m: m.step)
+    ] == [(i, float(i)) for i in (5, 10, 15, 20)]
     run = client.get_run(state.run_id)
     assert run.data.metrics[names.M_RESUMED_FROM_ITERATION] == 0
     assert run.data.params[names.PARAM_CHECKPOINT_EVERY] == "5it"
     assert_no_checkpoint_left(tracking, tmp_path / "mlruns")
     files = sorted(p.name for p in Path(run.info.artifact_uri).iterdir())
-    assert files == sorted([names.WEIGHTS_FILE, names.MASKS_FILE, names.STATE_FILE, names.PREDICTIONS_FILE,
-                            names.CONFUSION_FILE])
+    assert files == sorted(
+        [names.WEIGHTS_FILE, names.MASKS_FILE, names.STATE_FILE, names.PREDICTIONS_FILE, names.CONFUSION_FILE]
+    )
 
 
 def test_the_claim_run_keeps_the_newest_two_checkpoints_each_committed_after_its_files(tracking, stop_at):
@@ -157,10 +176,13 @@ def test_the_claim_run_keeps_the_newest_two_checkpoints_each_committed_after_its
     stop_at(17)
     with pytest.raises(Interrupted):
         root.apply(Recipe.train(**SGD))
-    [killed] = [r for r in experiment.store.key_runs(experiment.child_key(root, Recipe.train(**SGD))[0])
-                if r.info.status == "KILLED"]
+    [killed] = [
+        r
+        for r in experiment.store.key_runs(experiment.child_key(root, Recipe.train(**SGD))[0])
+        if r.info.status == "KILLED"
+    ]
     records = {f"{r['step']}-{r['iteration']}": r for r in json.loads(killed.data.tags[names.TAG_CHECKPOINTS])}
-    assert sorted(records) == ["0-15", "0-17"]           # 3, 6, ..., 15 at the cadence, 17 on the stop; two kept
+    assert sorted(records) == ["0-15", "0-17"]  # 3, 6, ..., 15 at the cadence, 17 on the stop; two kept
     folder = Path(killed.info.artifact_uri) / names.CHECKPOINTS_DIR
     assert sorted(p.name for p in folder.iterdir()) == ["0-15", "0-17"]
     for label, record in records.items():
@@ -170,13 +192,19 @@ def test_the_claim_run_keeps_the_newest_two_checkpoints_each_committed_after_its
 
             assert hashlib.sha256((folder / label / name).read_bytes()).hexdigest() == digest
     meta = json.loads((folder / "0-17" / names.CHECKPOINT_META_FILE).read_text())
-    assert meta["iteration"] == 17 and meta["sums"]["count"] == 32      # one batch into epoch 3
+    assert meta["iteration"] == 17 and meta["sums"]["count"] == 32  # one batch into epoch 3
     assert "Interrupted" in killed.data.tags[names.TAG_ERROR]
 
 
 def test_a_checkpoint_round_trips_through_its_files_and_restores_optimizer_and_scaler_state():
-    from mlprune.training.checkpoint import (TrainingCheckpoint, TrainingParts, capture, restore_network,
-                                             restore_optimizer, restored_sums)
+    from mlprune.training.checkpoint import (
+        TrainingCheckpoint,
+        TrainingParts,
+        capture,
+        restore_network,
+        restore_optimizer,
+        restored_sums,
+    )
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 3))
@@ -184,7 +212,7 @@ def test_a_checkpoint_round_trips_through_its_files_and_restores_optimizer_and_s
     states = []
     for make in (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), lambda p: torch.optim.Adam(p, lr=0.01)):
         optimizer = make(model.parameters())
-        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40)   # overflows: the scale backs off
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # overflows: the scale backs off
         for _ in range(3):
             optimizer.zero_grad()
             with torch.autocast("cpu", dtype=torch.float16):
@@ -194,12 +222,19 @@ def test_a_checkpoint_round_trips_through_its_files_and_restores_optimizer_and_s
             scaler.update()
         sums = (torch.tensor(1.25, dtype=torch.float64), torch.tensor(7), 16, 0.05)
         history = {"train_loss": [(1, 0.5)], "lr": [(1, float("nan"))]}
-        saved = capture(TrainingParts(model, masks, optimizer, scaler, history), key="k" * 64, step=1, iteration=37,
-                        sums=sums, node_history={"iterations": 8, "lr": [(1, 0.1)]}, info={"threads": 1})
+        saved = capture(
+            TrainingParts(model, masks, optimizer, scaler, history),
+            key="k" * 64,
+            step=1,
+            iteration=37,
+            sums=sums,
+            node_history={"iterations": 8, "lr": [(1, 0.1)]},
+            info={"threads": 1},
+        )
         back = TrainingCheckpoint.from_files(saved.files(), key="k" * 64)
         assert (back.step, back.iteration, back.sums["count"], back.sums["lr"]) == (1, 37, 16, 0.05)
         assert back.node_history == {"iterations": 8, "lr": [(1, 0.1)]} and back.history["train_loss"] == [(1, 0.5)]
-        assert back.scaler == scaler.state_dict() and back.scaler["scale"] < 2.0 ** 40
+        assert back.scaler == scaler.state_dict() and back.scaler["scale"] < 2.0**40
         fresh_model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 3))
         fresh_masks = {"0.weight": torch.ones(5, 6, dtype=torch.bool)}
         restore_network(back, fresh_model, fresh_masks)
@@ -211,7 +246,8 @@ def test_a_checkpoint_round_trips_through_its_files_and_restores_optimizer_and_s
         assert torch.equal(fresh_masks["0.weight"], masks["0.weight"])
         mine, theirs = optimizer.state_dict()["state"], fresh.state_dict()["state"]
         assert mine.keys() == theirs.keys() and all(
-            torch.equal(mine[i][n], theirs[i][n]) for i in mine for n in mine[i])
+            torch.equal(mine[i][n], theirs[i][n]) for i in mine for n in mine[i]
+        )
         loss_sum, hits, count, lr = restored_sums(back, torch.device("cpu"))
         assert (float(loss_sum), int(hits), count, lr) == (1.25, 7, 16, 0.05) and loss_sum.dtype == torch.float64
         states.append(back)
@@ -220,35 +256,82 @@ def test_a_checkpoint_round_trips_through_its_files_and_restores_optimizer_and_s
 
 
 # ---- bitwise resume --------------------------------------------------------------------------------
-TWO_TRAINS = ({"train": dict(epochs=1, lr=0.05, momentum=0.9, batch_size=32)},
-              {"train": dict(epochs=2, lr=0.02, optimizer="adam", batch_size=32)})
+TWO_TRAINS = (
+    {"train": dict(epochs=1, lr=0.05, momentum=0.9, batch_size=32)},
+    {"train": dict(epochs=2, lr=0.02, optimizer="adam", batch_size=32)},
+)
 VARIANTS = {
     # name: (root, steps, stop (iteration, step), cadence)
     "sgd-momentum-mid-epoch": (ROOT, ({"train": SGD},), (11, 0), "1ep"),
     "sgd-epoch-end-off": (ROOT, ({"train": SGD},), (16, 0), "off"),
     "adam": (ROOT, ({"train": dict(epochs=3, lr=0.002, optimizer="adam", batch_size=32)},), (13, 0), "4it"),
     "fp16-scaler": (ROOT, ({"train": dict(SGD, precision="fp16")},), (10, 0), "1ep"),
-    "bf16-nesterov-wd-multistep": (ROOT, ({"train": dict(SGD, precision="bf16", nesterov=True, weight_decay=5e-4,
-                                                         lr_schedule={"kind": "multistep", "milestones": ["2ep"]},
-                                                         warmup="4it")},), (12, 0), "1ep"),
-    "gradual-pruning": (ROOT, ({"train": dict(epochs=4, lr=0.002, optimizer="adam", batch_size=32,
-                                              sparsity_schedule={"kind": "agp", "final": 0.8, "start": "1ep",
-                                                                 "end": "3ep", "every": "3it"})},), (15, 0), "1ep"),
+    "bf16-nesterov-wd-multistep": (
+        ROOT,
+        (
+            {
+                "train": dict(
+                    SGD,
+                    precision="bf16",
+                    nesterov=True,
+                    weight_decay=5e-4,
+                    lr_schedule={"kind": "multistep", "milestones": ["2ep"]},
+                    warmup="4it",
+                )
+            },
+        ),
+        (12, 0),
+        "1ep",
+    ),
+    "gradual-pruning": (
+        ROOT,
+        (
+            {
+                "train": dict(
+                    epochs=4,
+                    lr=0.002,
+                    optimizer="adam",
+                    batch_size=32,
+                    sparsity_schedule={"kind": "agp", "final": 0.8, "start": "1ep", "end": "3ep", "every": "3it"},
+                )
+            },
+        ),
+        (15, 0),
+        "1ep",
+    ),
     "augmentation": (dict(ROOT, augment="crop+flip", image_size=12), ({"train": SGD},), (9, 0), "1ep"),
     # dynamic sparse training: masks updated at 3, 6, 9, ...; the stop falls between two updates, mid-epoch
-    "set-sparse-training": (ROOT, ({"prune": {"method": "random_unstructured", "amount": 0.8}},
-                                   {"train": dict(SGD, sparse_training={"kind": "set", "update_every": "3it",
-                                                                        "drop_fraction": 0.5})}), (11, 1), "1ep"),
-    "batchnorm-resnet20": (dict(model="resnet20", model_options={"shortcut": "B"}, dataset="digits", seed=0,
-                                channels=3, train_size=64, test_size=32),
-                           ({"train": dict(epochs=2, lr=0.05, momentum=0.9, batch_size=16)},), (6, 0), "1ep"),
+    "set-sparse-training": (
+        ROOT,
+        (
+            {"prune": {"method": "random_unstructured", "amount": 0.8}},
+            {"train": dict(SGD, sparse_training={"kind": "set", "update_every": "3it", "drop_fraction": 0.5})},
+        ),
+        (11, 1),
+        "1ep",
+    ),
+    "batchnorm-resnet20": (
+        dict(
+            model="resnet20",
+            model_options={"shortcut": "B"},
+            dataset="digits",
+            seed=0,
+            channels=3,
+            train_size=64,
+            test_size=32,
+        ),
+        ({"train": dict(epochs=2, lr=0.05, momentum=0.9, batch_size=16)},),
+        (6, 0),
+        "1ep",
+    ),
     "two-trainings-stop-in-the-second": (ROOT, TWO_TRAINS, (13, 1), "1ep"),
 }
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_a_stopped_training_resumes_to_bitwise_the_uninterrupted_state(variant, tracking, other_store, tmp_path,
-                                                                       stop_at):
+def test_a_stopped_training_resumes_to_bitwise_the_uninterrupted_state(
+    variant, tracking, other_store, tmp_path, stop_at
+):
     root_spec, steps, (iteration, step), cadence = VARIANTS[variant]
     recipe = Recipe(steps)
     plain = Experiment("plain", tracking_uri=other_store, checkpoint_every="off")
@@ -309,14 +392,15 @@ def test_states_emitted_before_the_stop_are_kept_and_not_emitted_again(tracking,
     clear_stop()
     [first] = [r.info.run_id for r in experiment.store.key_runs(emitted.key) if r.info.status == "FINISHED"]
     states = run_plan(compile_recipe(recipe), Experiment())
-    assert states[emitted.name].run_id == first                     # kept, not recomputed
-    assert len(experiment.store.key_runs(emitted.key)) == 1           # and not emitted again
+    assert states[emitted.name].run_id == first  # kept, not recomputed
+    assert len(experiment.store.key_runs(emitted.key)) == 1  # and not emitted again
     trained = states[next(n.name for n in plan.nodes if n.emits)]
     assert trained.metrics[names.M_RESUMED_FROM_ITERATION] == 11
     assert_same_states(other_store, tracking)
 
 
 # ---- damaged checkpoints ---------------------------------------------------------------------------
+
 
 def _stopped_with_checkpoints(experiment, stop_at, iteration: int):
     """A training of `experiment` stopped after `iteration`: (root state, its KILLED claim run)."""
@@ -330,8 +414,9 @@ def _stopped_with_checkpoints(experiment, stop_at, iteration: int):
     return root, killed
 
 
-def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_for_the_one_before(tracking, other_store, stop_at,
-                                                                                   caplog):
+def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_for_the_one_before(
+    tracking, other_store, stop_at, caplog
+):
     Experiment("plain", tracking_uri=other_store).init(**ROOT).apply(Recipe.train(**SGD))
     experiment = Experiment("damaged", checkpoint_every="4it")
     root, killed = _stopped_with_checkpoints(experiment, stop_at, 18)
@@ -339,7 +424,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_for_the_one_befor
     assert sorted(p.name for p in folder.iterdir()) == ["0-16", "0-18"]
     tensors = folder / "0-18" / names.CHECKPOINT_TENSORS_FILE
     content = bytearray(tensors.read_bytes())
-    content[len(content) // 2] ^= 0x01                     # one flipped bit in a weight
+    content[len(content) // 2] ^= 0x01  # one flipped bit in a weight
     tensors.write_bytes(bytes(content))
     with caplog.at_level(logging.WARNING, logger="mlprune.checkpoint"):
         resumed = root.apply(Recipe.train(**SGD))
@@ -358,8 +443,9 @@ def _rewrite_record(experiment, run, change) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing", "bad json", "bad record"])
-def test_when_every_checkpoint_is_damaged_the_training_starts_from_the_parent(damage, tracking, other_store,
-                                                                              stop_at, caplog):
+def test_when_every_checkpoint_is_damaged_the_training_starts_from_the_parent(
+    damage, tracking, other_store, stop_at, caplog
+):
     Experiment("plain", tracking_uri=other_store).init(**ROOT).apply(Recipe.train(**SGD))
     experiment = Experiment("damaged", checkpoint_every="4it")
     root, killed = _stopped_with_checkpoints(experiment, stop_at, 18)
@@ -383,7 +469,7 @@ def test_when_every_checkpoint_is_damaged_the_training_starts_from_the_parent(da
         resumed = root.apply(Recipe.train(**SGD))
     lines = [r.getMessage() for r in caplog.records]
     assert all(killed.info.run_id[:8] in line and "\n" not in line for line in lines), lines
-    if damage == "bad record":   # the run's record names no checkpoint that could be read
+    if damage == "bad record":  # the run's record names no checkpoint that could be read
         assert len(lines) == 1 and "mlprune.checkpoints" in lines[0], lines
     else:
         assert len(lines) == 2 and "iteration 18" in lines[0] and "iteration 16" in lines[1], lines
@@ -397,11 +483,12 @@ def test_a_checkpoint_without_its_commit_record_does_not_exist(tracking, other_s
     experiment = Experiment("torn", checkpoint_every="4it")
     root, killed = _stopped_with_checkpoints(experiment, stop_at, 18)
     folder = Path(killed.info.artifact_uri) / names.CHECKPOINTS_DIR
-    shutil.copytree(folder / "0-18", folder / "0-21")     # files of a later checkpoint, never committed
+    shutil.copytree(folder / "0-18", folder / "0-21")  # files of a later checkpoint, never committed
     (folder / "0-21" / names.CHECKPOINT_TENSORS_FILE).write_bytes(b"half-written")
-    records = json.loads(killed.data.tags[names.TAG_CHECKPOINTS])     # and 0-18: died before its record
-    experiment.store.client.set_tag(killed.info.run_id, names.TAG_CHECKPOINTS,
-                                    json.dumps([r for r in records if r["iteration"] == 16]))
+    records = json.loads(killed.data.tags[names.TAG_CHECKPOINTS])  # and 0-18: died before its record
+    experiment.store.client.set_tag(
+        killed.info.run_id, names.TAG_CHECKPOINTS, json.dumps([r for r in records if r["iteration"] == 16])
+    )
     with caplog.at_level(logging.WARNING, logger="mlprune.checkpoint"):
         resumed = root.apply(Recipe.train(**SGD))
     assert not caplog.records and resumed.metrics[names.M_RESUMED_FROM_ITERATION] == 16
@@ -409,6 +496,7 @@ def test_a_checkpoint_without_its_commit_record_does_not_exist(tracking, other_s
 
 
 # ---- stop requests ---------------------------------------------------------------------------------
+
 
 def test_a_stop_request_starts_no_state_and_a_cleared_one_is_forgotten(tracking):
     experiment = Experiment("stop")
@@ -487,8 +575,7 @@ main()
 
 
 def _env(uri: str, **extra) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLPRUNE_THREADS": "1", names.ENV_CHECKPOINT_BUDGET: "inf",
-           **extra}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLPRUNE_THREADS": "1", names.ENV_CHECKPOINT_BUDGET: "inf", **extra}
     for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         env.pop(name, None)
     env["MLFLOW_TRACKING_URI"] = uri
@@ -509,23 +596,32 @@ def uninterrupted(tmp_path_factory, _empty_store_db):
     folder = tmp_path_factory.mktemp("uninterrupted")
     shutil.copy(_empty_store_db, folder / "mlflow.db")
     uri = f"sqlite:///{folder}/mlflow.db"
-    done = subprocess.run([sys.executable, "-m", "mlprune", "run", RECIPE, *ARGS], env=_env(uri), cwd=folder,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlprune", "run", RECIPE, *ARGS],
+        env=_env(uri),
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return uri
 
 
 def _per_epoch(uri: str) -> int:
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string=f"tags.`{names.TAG_KIND}` = 'train'")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string=f"tags.`{names.TAG_KIND}` = 'train'"
+    )
     return int(runs[0].data.metrics[names.M_ITERATIONS]) // 6
 
 
 def _finished_keys(uri: str) -> set:
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string=f"tags.`{names.TAG_KEY}` != '' and attributes.status = 'FINISHED'")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{names.TAG_KEY}` != '' and attributes.status = 'FINISHED'",
+    )
     return {r.data.tags[names.TAG_KEY] for r in runs}
 
 
@@ -533,29 +629,42 @@ def _finished_keys(uri: str) -> set:
 def test_sigkill_then_run_again_trains_only_the_rest_bitwise(uninterrupted, tracking, tmp_path):
     per_epoch = _per_epoch(uninterrupted)
     blocked = tmp_path / "blocked"
-    process = subprocess.Popen([sys.executable, "-c", KILL_WRAPPER, "run", RECIPE, *ARGS],
-                               env=_env(tracking, AT=str(2 * per_epoch), BLOCKED=str(blocked)), cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILL_WRAPPER, "run", RECIPE, *ARGS],
+        env=_env(tracking, AT=str(2 * per_epoch), BLOCKED=str(blocked)),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_id = _wait_for(blocked, process)
     process.kill()
     process.communicate(timeout=60)
     client = MlflowClient(tracking_uri=tracking)
     killed = client.get_run(run_id)
-    assert killed.info.status == "RUNNING"                     # a dead claim, as SIGKILL leaves it
+    assert killed.info.status == "RUNNING"  # a dead claim, as SIGKILL leaves it
     assert max(m.step for m in client.get_metric_history(run_id, names.M_CHECKPOINT_ITERATION)) >= 2 * per_epoch
     assert not _finished_keys(tracking) - _finished_keys(uninterrupted)
-    again = subprocess.run([sys.executable, "-m", "mlprune", "run", RECIPE, *ARGS], env=_env(tracking),
-                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(
+        [sys.executable, "-m", "mlprune", "run", RECIPE, *ARGS],
+        env=_env(tracking),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     key = killed.data.tags[names.TAG_KEY]
-    [state] = [r for r in client.search_runs([killed.info.experiment_id],
-                                             filter_string=f"tags.`{names.TAG_KEY}` = '{key}'")
-               if r.info.status == "FINISHED"]
+    [state] = [
+        r
+        for r in client.search_runs([killed.info.experiment_id], filter_string=f"tags.`{names.TAG_KEY}` = '{key}'")
+        if r.info.status == "FINISHED"
+    ]
     resumed = state.data.metrics[names.M_RESUMED_FROM_ITERATION]
-    assert resumed == 2 * per_epoch                             # the committed one; the next was blocked
+    assert resumed == 2 * per_epoch  # the committed one; the next was blocked
     # only the remaining iterations were trained: the first checkpoint of the new claim is past the resume point
     assert min(m.step for m in client.get_metric_history(state.info.run_id, names.M_CHECKPOINT_ITERATION)) > resumed
-    assert client.get_run(run_id).info.status == "FAILED"        # the dead claim, taken over
+    assert client.get_run(run_id).info.status == "FAILED"  # the dead claim, taken over
     assert_same_states(uninterrupted, tracking)
     assert_no_checkpoint_left(tracking, tmp_path / "mlruns")
 
@@ -566,9 +675,14 @@ def test_sigterm_checkpoints_exits_nonzero_and_the_run_again_resumes_bitwise(uni
     per_epoch = _per_epoch(uninterrupted)
     at = 3 * per_epoch + per_epoch // 2
     blocked = tmp_path / "blocked"
-    process = subprocess.Popen([sys.executable, "-c", TERM_WRAPPER, "run", RECIPE, *ARGS],
-                               env=_env(tracking, AT=str(at), STEP="1", BLOCKED=str(blocked)), cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", TERM_WRAPPER, "run", RECIPE, *ARGS],
+        env=_env(tracking, AT=str(at), STEP="1", BLOCKED=str(blocked)),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     key = _wait_for(blocked, process)
     finished_before = _finished_keys(tracking)
     process.send_signal(signal.SIGTERM)
@@ -578,20 +692,32 @@ def test_sigterm_checkpoints_exits_nonzero_and_the_run_again_resumes_bitwise(uni
     assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("interrupted:"), err
     assert f"checkpoint at iteration {at}" in lines[0]
     client = MlflowClient(tracking_uri=tracking)
-    assert _finished_keys(tracking) == finished_before          # nothing FINISHED that is not finished
+    assert _finished_keys(tracking) == finished_before  # nothing FINISHED that is not finished
     assert not _finished_keys(tracking) - _finished_keys(uninterrupted)
-    [killed] = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                              filter_string=f"tags.`{names.TAG_KEY}` = '{key}'")]
+    [killed] = [
+        r
+        for r in client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], filter_string=f"tags.`{names.TAG_KEY}` = '{key}'"
+        )
+    ]
     assert killed.info.status == "KILLED" and "SIGTERM" in killed.data.tags[names.TAG_ERROR]
     assert [(r["step"], r["iteration"]) for r in json.loads(killed.data.tags[names.TAG_CHECKPOINTS])][-1] == (1, at)
     [workflow] = client.search_runs([killed.info.experiment_id], filter_string="tags.`mlprune.recipe` != ''")
     assert workflow.info.status == "FAILED"
-    again = subprocess.run([sys.executable, "-m", "mlprune", "run", RECIPE, *ARGS], env=_env(tracking),
-                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(
+        [sys.executable, "-m", "mlprune", "run", RECIPE, *ARGS],
+        env=_env(tracking),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
-    [state] = [r for r in client.search_runs([killed.info.experiment_id],
-                                             filter_string=f"tags.`{names.TAG_KEY}` = '{key}'")
-               if r.info.status == "FINISHED"]
+    [state] = [
+        r
+        for r in client.search_runs([killed.info.experiment_id], filter_string=f"tags.`{names.TAG_KEY}` = '{key}'")
+        if r.info.status == "FINISHED"
+    ]
     assert state.data.metrics[names.M_RESUMED_FROM_ITERATION] == at
     assert_same_states(uninterrupted, tracking)
     assert_no_checkpoint_left(tracking, tmp_path / "mlruns")

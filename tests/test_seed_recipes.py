@@ -21,21 +21,45 @@ from mlprune.recipes import compile_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
-L1 = ("ln_structured", 1, 1)       # prune.ln_structured(amount=0.2, axis=1, n=1)
+L1 = ("ln_structured", 1, 1)  # prune.ln_structured(amount=0.2, axis=1, n=1)
 L2 = ("ln_structured", 2, 1)
 LMINF = ("ln_structured", "-inf", 1)  # n=float('-inf')
-RS = ("random_structured", None, 1)   # prune.random_structured(amount=0.2, axis=1)
-U = ("l1_unstructured", None, None)   # prune.l1_unstructured(amount=0.2)
+RS = ("random_structured", None, 1)  # prune.random_structured(amount=0.2, axis=1)
+U = ("l1_unstructured", None, None)  # prune.l1_unstructured(amount=0.2)
 RU = ("random_unstructured", None, None)
-SKIP = None                            # the layer is not in the schema
+SKIP = None  # the layer is not in the schema
 
 # the seed's layer names (pruning_schema_lenet_*.py) and ours for models.LeNet
-LENET_LAYERS = {"conv1": "features.0.weight", "conv2": "features.3.weight", "fc1": "classifier.0.weight",
-                "fc2": "classifier.2.weight", "fc3": "classifier.4.weight"}
-ALEXNET_LAYERS = ["features.0", "features.3", "features.6", "features.8", "features.10", "classifier.1",
-                  "classifier.4", "classifier.6"]
-VGG11_LAYERS = ["features.0", "features.3", "features.6", "features.8", "features.11", "features.13", "features.16",
-                "features.18", "classifier.0", "classifier.3", "classifier.6"]
+LENET_LAYERS = {
+    "conv1": "features.0.weight",
+    "conv2": "features.3.weight",
+    "fc1": "classifier.0.weight",
+    "fc2": "classifier.2.weight",
+    "fc3": "classifier.4.weight",
+}
+ALEXNET_LAYERS = [
+    "features.0",
+    "features.3",
+    "features.6",
+    "features.8",
+    "features.10",
+    "classifier.1",
+    "classifier.4",
+    "classifier.6",
+]
+VGG11_LAYERS = [
+    "features.0",
+    "features.3",
+    "features.6",
+    "features.8",
+    "features.11",
+    "features.13",
+    "features.16",
+    "features.18",
+    "classifier.0",
+    "classifier.3",
+    "classifier.6",
+]
 
 
 def lenet(conv, fc):
@@ -100,8 +124,11 @@ def _kinds(model: str) -> dict:
 
 
 def test_the_table_covers_the_33_seed_recipes():
-    seed_files = {p.stem.removeprefix("recipe_") for p in Path("/work/shared/seed/recipes").glob("recipe_*.py")} \
-        if Path("/work/shared/seed/recipes").is_dir() else set(SEED)
+    seed_files = (
+        {p.stem.removeprefix("recipe_") for p in Path("/work/shared/seed/recipes").glob("recipe_*.py")}
+        if Path("/work/shared/seed/recipes").is_dir()
+        else set(SEED)
+    )
     assert len(SEED) == 33 and set(SEED) == seed_files
 
 

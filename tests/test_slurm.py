@@ -17,17 +17,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 import slurm_cluster
+from mlflow.tracking import MlflowClient
+from test_parallel import cli_env, finished_by_key, key_runs, one_line_error, paused_at, run_cli, wait_for, weights_hash
+
 from mlprune import Experiment, SpecError
-from mlprune.names import TAG_SLURM_JOB_ID
 from mlprune.executor.slurm import cluster_parameters, graph_width, job_class, job_script, jobs_for, start_client
-from mlprune.executor.slurm_options import (DEFAULT_TIME, OPTIONS, SlurmConfig, directives, slurm_config,
-                                            time_seconds)
+from mlprune.executor.slurm_options import DEFAULT_TIME, OPTIONS, SlurmConfig, directives, slurm_config, time_seconds
+from mlprune.names import TAG_SLURM_JOB_ID
 from mlprune.spec.options import Option
-from test_parallel import (cli_env, finished_by_key, key_runs, one_line_error, paused_at, run_cli, wait_for,
-                           weights_hash)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = str(REPO / "recipes" / "lt_structuredL1.yaml")
@@ -86,11 +84,26 @@ def all_runs(uri: str) -> list:
 
 # ---- the option mapping (no SLURM needed) --------------------------------------------------------
 def test_options_map_to_sbatch_and_dask_jobqueue(tmp_path):
-    config = slurm_config(["partition=gpu", "time=04:00:00", "gpus=1", "mem=8G", "cpus_per_task=4",
-                           "signal=600", "extra=--exclusive", "prologue=module load cuda",
-                           "prologue=source /shared/venv/bin/activate"])
-    assert (config.partition, config.time, config.gpus, config.mem, config.cpus_per_task) == \
-        ("gpu", "04:00:00", "1", "8G", 4)
+    config = slurm_config(
+        [
+            "partition=gpu",
+            "time=04:00:00",
+            "gpus=1",
+            "mem=8G",
+            "cpus_per_task=4",
+            "signal=600",
+            "extra=--exclusive",
+            "prologue=module load cuda",
+            "prologue=source /shared/venv/bin/activate",
+        ]
+    )
+    assert (config.partition, config.time, config.gpus, config.mem, config.cpus_per_task) == (
+        "gpu",
+        "04:00:00",
+        "1",
+        "8G",
+        4,
+    )
     assert config.prologue == ("module load cuda", "source /shared/venv/bin/activate")
     assert directives(config) == ["--gpus=1", "--signal=B:USR1@600", "--no-requeue", "--exclusive"]
     # a file gives the same keys (YAML or JSON data); the command line overrides it and adds to lists
@@ -102,27 +115,55 @@ def test_options_map_to_sbatch_and_dask_jobqueue(tmp_path):
     assert slurm_config([], tmp_path / "slurm.json").cpus_per_task == 2
     assert SlurmConfig().signal > 0 and slurm_config(["signal=0"]).signal == 0
     assert "--signal=B:USR1@0" not in " ".join(directives(slurm_config(["signal=0"])))
-    assert [time_seconds(t) for t in ("90", "10:30", "04:00:00", "2-12", "1-00:01", "1-00:00:05")] == \
-        [5400, 630, 14400, 216000, 86460, 86405]
+    assert [time_seconds(t) for t in ("90", "10:30", "04:00:00", "2-12", "1-00:01", "1-00:00:05")] == [
+        5400,
+        630,
+        14400,
+        216000,
+        86460,
+        86405,
+    ]
     for option in OPTIONS:  # every option says where it goes (a spec.options.Option, never keyed)
         assert isinstance(option, Option) and option.key == "never"
-        assert option.help and (option.meta["sbatch"] or option.meta["jobqueue"] or option.name in
-                                ("signal", "log-dir", "python", "prologue", "extra", "interface")), option
+        assert option.help and (
+            option.meta["sbatch"]
+            or option.meta["jobqueue"]
+            or option.name in ("signal", "log-dir", "python", "prologue", "extra", "interface")
+        ), option
 
 
 def test_the_job_script_execs_the_worker_with_the_options():
     from dask_jobqueue import SLURMCluster
 
-    config = slurm_config(["partition=gpu", "time=04:00:00", "gpus=a100:1", "mem=8G", "cpus-per-task=4",
-                           "account=lab", "prologue=module load cuda", "python=/shared/venv/bin/python"])
+    config = slurm_config(
+        [
+            "partition=gpu",
+            "time=04:00:00",
+            "gpus=a100:1",
+            "mem=8G",
+            "cpus-per-task=4",
+            "account=lab",
+            "prologue=module load cuda",
+            "python=/shared/venv/bin/python",
+        ]
+    )
     cluster = SLURMCluster(**cluster_parameters(config, "GPU"))
     try:
         script = cluster.job_script()
     finally:
         cluster.close()
     lines = script.splitlines()
-    for directive in ("-p gpu", "-A lab", "-t 04:00:00", "--cpus-per-task=4", "--mem=8G", "--gpus=a100:1",
-                      f"--signal=B:USR1@{SlurmConfig().signal}", "--no-requeue", "-n 1"):
+    for directive in (
+        "-p gpu",
+        "-A lab",
+        "-t 04:00:00",
+        "--cpus-per-task=4",
+        "--mem=8G",
+        "--gpus=a100:1",
+        f"--signal=B:USR1@{SlurmConfig().signal}",
+        "--no-requeue",
+        "-n 1",
+    ):
         assert f"#SBATCH {directive}" in lines, (directive, script)
     assert lines.index("module load cuda") < len(lines) - 1
     # the worker replaces the batch shell (so B:USR1 reaches it), offers the job's GPU as one dask resource
@@ -144,39 +185,42 @@ def test_docs_explain_every_option():
     assert f"`{DEFAULT_TIME}`" in text  # the time limit jobs get when none is given
 
 
-@pytest.mark.parametrize("pairs, fragment", [
-    (["partitoin=gpu"], "unknown SLURM option 'partitoin'; allowed: account, constraint"),
-    (["time=4h"], "time must be a time limit"),
-    (["gpus=2"], "one GPU"),
-    (["mem=lots"], "mem must be a size"),
-    (["cpus-per-task=0"], "cpus-per-task must be an integer in 1..4096"),
-    (["partition=gpu; rm -rf /"], "partition must be a SLURM name"),
-    (["prologue=a\nb"], "one non-empty line"),
-    (["extra=exclusive"], "must be one sbatch option"),
-    (["signal=-5"], "signal must be the seconds"),
-    (["time=10", "signal=900"], "shorter than the time limit"),
-    (["partition"], "must be KEY=VALUE"),
-    # hostile values: each would land in the job script
-    (["interface=lo&touch>pwned"], "interface must be a network interface of this host"),
-    (["interface=ib9"], "interface must be a network interface of this host, got 'ib9'; allowed: "),
-    (["account=proj;touch pwned"], "account must be a SLURM name"),
-    (["partition=$(touch pwned)"], "partition must be a SLURM name"),
-    (["job-name=a`touch pwned`"], "job-name must be a SLURM name"),
-    (["qos=a\x00b"], "qos must be a SLURM name"),
-    (["time=99999999999999999999"], "time must be a time limit of at most 366 days"),
-    (["time=1:75:00"], "time must be a time limit"),
-    (["time=2-25"], "time must be a time limit"),
-    (["time=367-00:00:00"], "time must be a time limit"),
-    (["mem=99999999999999999999G"], "mem must be a size"),
-    (["cpus-per-task=\u0661\u0662"], "cpus-per-task must be an integer"),
-    (["log-dir=/tmp/a b"], "log-dir must be a path of letters"),
-    (["log-dir=/tmp/$(touch pwned)"], "log-dir must be a path of letters"),
-    (["python=/usr/bin/python3;touch pwned"], "python must be a path of letters"),
-    (["extra=--comment=x y"], "extra must be one sbatch option"),
-    (["extra=--comment=$(touch pwned)"], "extra must be one sbatch option"),
-    (["constraint=a100 && touch pwned"], "constraint must be node features"),
-    (["exclude=node1;x"], "exclude must be a SLURM host list"),
-])
+@pytest.mark.parametrize(
+    "pairs, fragment",
+    [
+        (["partitoin=gpu"], "unknown SLURM option 'partitoin'; allowed: account, constraint"),
+        (["time=4h"], "time must be a time limit"),
+        (["gpus=2"], "one GPU"),
+        (["mem=lots"], "mem must be a size"),
+        (["cpus-per-task=0"], "cpus-per-task must be an integer in 1..4096"),
+        (["partition=gpu; rm -rf /"], "partition must be a SLURM name"),
+        (["prologue=a\nb"], "one non-empty line"),
+        (["extra=exclusive"], "must be one sbatch option"),
+        (["signal=-5"], "signal must be the seconds"),
+        (["time=10", "signal=900"], "shorter than the time limit"),
+        (["partition"], "must be KEY=VALUE"),
+        # hostile values: each would land in the job script
+        (["interface=lo&touch>pwned"], "interface must be a network interface of this host"),
+        (["interface=ib9"], "interface must be a network interface of this host, got 'ib9'; allowed: "),
+        (["account=proj;touch pwned"], "account must be a SLURM name"),
+        (["partition=$(touch pwned)"], "partition must be a SLURM name"),
+        (["job-name=a`touch pwned`"], "job-name must be a SLURM name"),
+        (["qos=a\x00b"], "qos must be a SLURM name"),
+        (["time=99999999999999999999"], "time must be a time limit of at most 366 days"),
+        (["time=1:75:00"], "time must be a time limit"),
+        (["time=2-25"], "time must be a time limit"),
+        (["time=367-00:00:00"], "time must be a time limit"),
+        (["mem=99999999999999999999G"], "mem must be a size"),
+        (["cpus-per-task=\u0661\u0662"], "cpus-per-task must be an integer"),
+        (["log-dir=/tmp/a b"], "log-dir must be a path of letters"),
+        (["log-dir=/tmp/$(touch pwned)"], "log-dir must be a path of letters"),
+        (["python=/usr/bin/python3;touch pwned"], "python must be a path of letters"),
+        (["extra=--comment=x y"], "extra must be one sbatch option"),
+        (["extra=--comment=$(touch pwned)"], "extra must be one sbatch option"),
+        (["constraint=a100 && touch pwned"], "constraint must be node features"),
+        (["exclude=node1;x"], "exclude must be a SLURM host list"),
+    ],
+)
 def test_bad_options_are_one_line_errors(pairs, fragment):
     with pytest.raises(SpecError) as error:
         slurm_config(pairs)
@@ -197,10 +241,12 @@ def test_a_config_file_is_data_never_code(tmp_path):
     # a size-limited regular file: never a device that never ends, a FIFO that blocks, a directory
     os.mkfifo(tmp_path / "fifo.yaml")
     (tmp_path / "big.yaml").write_text("#" * (2 << 20))
-    for path, fragment in (("/dev/zero", "is a character device, not a regular file"),
-                           (tmp_path / "fifo.yaml", "is a named pipe (FIFO), not a regular file"),
-                           (tmp_path, "is a directory, not a regular file"),
-                           (tmp_path / "big.yaml", "bytes; at most 1048576 bytes")):
+    for path, fragment in (
+        ("/dev/zero", "is a character device, not a regular file"),
+        (tmp_path / "fifo.yaml", "is a named pipe (FIFO), not a regular file"),
+        (tmp_path, "is a directory, not a regular file"),
+        (tmp_path / "big.yaml", "bytes; at most 1048576 bytes"),
+    ):
         with pytest.raises(SpecError, match=re.escape(fragment)) as error:
             slurm_config([], path)
         assert "\n" not in str(error.value)
@@ -220,46 +266,96 @@ def test_the_job_script_is_shell_safe_and_runs_with_stub_commands(tmp_path, monk
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, then in (("sbatch", 'bash "$1" > "{folder}/job.out" 2>&1 || exit 1\necho "Submitted batch job 42"'),
-                       ("srun", ""), ("python", "")):
+    for name, then in (
+        ("sbatch", 'bash "$1" > "{folder}/job.out" 2>&1 || exit 1\necho "Submitted batch job 42"'),
+        ("srun", ""),
+        ("python", ""),
+    ):
         (bin_dir / name).write_text(STUB.format(folder=tmp_path, then=then.format(folder=tmp_path)))
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)
-    config = slurm_config([
-        "account=proj--mem", "partition=p-J", "job-name=w-A", "qos=normal", "time=2-00:00:00",
-        "constraint=a100&(ib|eth)*2", "exclude=node[01-04],gpu7", "extra=--comment=a|b&c>d",
-        f"log-dir={tmp_path}/logs", f"python={bin_dir}/python", "interface=lo",
-        "prologue=srun --label 'it''s' \"$HOME\" a;b"])
+    config = slurm_config(
+        [
+            "account=proj--mem",
+            "partition=p-J",
+            "job-name=w-A",
+            "qos=normal",
+            "time=2-00:00:00",
+            "constraint=a100&(ib|eth)*2",
+            "exclude=node[01-04],gpu7",
+            "extra=--comment=a|b&c>d",
+            f"log-dir={tmp_path}/logs",
+            f"python={bin_dir}/python",
+            "interface=lo",
+            "prologue=srun --label 'it''s' \"$HOME\" a;b",
+        ]
+    )
     script = job_script(config, "GPU", "tcp://127.0.0.1:8786")
     lines = script.splitlines()
     # whole directives only: no --mem given drops #SBATCH --mem, not the account, partition or name holding it
-    for directive in ("-A proj--mem", "-p p-J", "-J w-A", "-t 2-00:00:00", "--constraint=a100&(ib|eth)*2",
-                      "--exclude=node[01-04],gpu7", "--comment=a|b&c>d", f"-e {tmp_path}/logs/w-A-%J.err"):
+    for directive in (
+        "-A proj--mem",
+        "-p p-J",
+        "-J w-A",
+        "-t 2-00:00:00",
+        "--constraint=a100&(ib|eth)*2",
+        "--exclude=node[01-04],gpu7",
+        "--comment=a|b&c>d",
+        f"-e {tmp_path}/logs/w-A-%J.err",
+    ):
         assert f"#SBATCH {directive}" in lines, (directive, script)
     assert not any(line.startswith("#SBATCH --mem") for line in lines)
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
-    job = job_class()(scheduler="tcp://127.0.0.1:8786", name="w-0",
-                      **{k: v for k, v in cluster_parameters(config, "GPU").items()
-                         if k not in ("job_cls", "scheduler_options", "silence_logs")})
+    job = job_class()(
+        scheduler="tcp://127.0.0.1:8786",
+        name="w-0",
+        **{
+            k: v
+            for k, v in cluster_parameters(config, "GPU").items()
+            if k not in ("job_cls", "scheduler_options", "silence_logs")
+        },
+    )
     with job.job_file() as path:
         out = asyncio.run(job._submit_job(path))
     assert job._job_id_from_submit_output(out) == "42"
     assert (tmp_path / "sbatch.argv").read_text().splitlines()[0].endswith(".sh")
     assert (tmp_path / "srun.argv").read_text().splitlines() == ["--label", "its", os.environ["HOME"], "a"]
     argv = (tmp_path / "python.argv").read_text().splitlines()
-    assert argv == ["-m", "mlprune.executor.slurm_worker", "tcp://127.0.0.1:8786", "--name", "w-0", "--nthreads",
-                    "1", "--memory-limit", "1.00GiB", "--death-timeout", "60", "--interface", "lo"], argv
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "job.out", "logs", "python.argv", "sbatch.argv",
-                                                         "srun.argv"], (tmp_path / "job.out").read_text()
+    assert argv == [
+        "-m",
+        "mlprune.executor.slurm_worker",
+        "tcp://127.0.0.1:8786",
+        "--name",
+        "w-0",
+        "--nthreads",
+        "1",
+        "--memory-limit",
+        "1.00GiB",
+        "--death-timeout",
+        "60",
+        "--interface",
+        "lo",
+    ], argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bin",
+        "job.out",
+        "logs",
+        "python.argv",
+        "sbatch.argv",
+        "srun.argv",
+    ], (tmp_path / "job.out").read_text()
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--slurm-opt", "interface=ib9"], "interface must be a network interface of this host"),
-    (["--slurm-opt", "time=99999999999999999999"], "time must be a time limit"),
-    (["--slurm-opt", "log-dir=a b"], "log-dir must be a path"),
-    (["--slurm-config", "/dev/zero"], "--slurm-config '/dev/zero' is a character device"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--slurm-opt", "interface=ib9"], "interface must be a network interface of this host"),
+        (["--slurm-opt", "time=99999999999999999999"], "time must be a time limit"),
+        (["--slurm-opt", "log-dir=a b"], "log-dir must be a path"),
+        (["--slurm-config", "/dev/zero"], "--slurm-config '/dev/zero' is a character device"),
+    ],
+)
 def test_bad_slurm_start_up_is_one_line_exit_2_in_process(tracking, args, fragment):
     from click.testing import CliRunner
 
@@ -280,13 +376,16 @@ def test_jobs_follow_the_graph_width():
     assert jobs_for(40, None) == 16 and jobs_for(2, None) == 2 and jobs_for(40, 3) == 3 and jobs_for(0, None) == 1
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--scheduler", "slurm", "--slurm-opt", "partitoin=gpu"], "unknown SLURM option 'partitoin'"),
-    (["--scheduler", "slurm", "--slurm-opt", "time=forever"], "time must be a time limit"),
-    (["--slurm-opt", "partition=gpu"], "apply to --scheduler slurm only"),
-    (["--scheduler", "processes", "--slurm-config", "slurm.yaml"], "apply to --scheduler slurm only"),
-    (["--scheduler", "slurm", "--slurm-config", "missing.yaml"], "missing.yaml"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--scheduler", "slurm", "--slurm-opt", "partitoin=gpu"], "unknown SLURM option 'partitoin'"),
+        (["--scheduler", "slurm", "--slurm-opt", "time=forever"], "time must be a time limit"),
+        (["--slurm-opt", "partition=gpu"], "apply to --scheduler slurm only"),
+        (["--scheduler", "processes", "--slurm-config", "slurm.yaml"], "apply to --scheduler slurm only"),
+        (["--scheduler", "slurm", "--slurm-config", "missing.yaml"], "missing.yaml"),
+    ],
+)
 def test_bad_slurm_options_exit_2_with_one_line_and_create_no_run(tracking, tmp_path, args, fragment):
     (tmp_path / "slurm.yaml").write_text("partition: gpu\n")
     result = run_cli([*SWEEP, *args], env=cli_env(tracking), cwd=tmp_path, timeout=120)
@@ -310,8 +409,12 @@ def test_no_sbatch_on_path_is_one_line_exit_2_and_creates_no_run(tracking, tmp_p
 def test_a_local_store_is_refused_when_jobs_run_on_other_nodes(slurm, tracking, tmp_path):
     if slurm.folder is None:
         pytest.skip("a SLURM that was running already: its partitions are not known to the test")
-    result = run_cli([*SWEEP, "--scheduler", "slurm", "--slurm-opt", f"partition={slurm_cluster.OTHER_PARTITION}"],
-                     env=cli_env(tracking), cwd=tmp_path, timeout=120)
+    result = run_cli(
+        [*SWEEP, "--scheduler", "slurm", "--slurm-opt", f"partition={slurm_cluster.OTHER_PARTITION}"],
+        env=cli_env(tracking),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     error = one_line_error(result)
     assert f"SLURM jobs on {slurm_cluster.OTHER_NODE} cannot share the local tracking store" in error
@@ -346,15 +449,18 @@ def sync_reference(sync_hashes):
 def hashes_by_key(uri: str) -> dict[str, str]:
     found = finished_by_key(uri)
     assert all(len(runs) == 1 for runs in found.values()), found  # never two FINISHED runs of a key
-    experiment = Experiment(tracking_uri=uri, experiment_id=MlflowClient(tracking_uri=uri).get_run(
-        next(iter(found.values()))[0]).info.experiment_id)
+    experiment = Experiment(
+        tracking_uri=uri,
+        experiment_id=MlflowClient(tracking_uri=uri).get_run(next(iter(found.values()))[0]).info.experiment_id,
+    )
     return {key: weights_hash(experiment.state(runs[0])) for key, runs in found.items()}
 
 
 @pytest.mark.slow
 def test_sweep_on_slurm_jobs_equals_sync(slurm, tracking, tmp_path, sync_reference):
-    result = run_cli([*SWEEP, "--scheduler", "slurm", "--workers", "2"], env=cli_env(tracking, MLPRUNE_THREADS="1"),
-                     cwd=tmp_path)
+    result = run_cli(
+        [*SWEEP, "--scheduler", "slurm", "--workers", "2"], env=cli_env(tracking, MLPRUNE_THREADS="1"), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 states: 8 computed, 0 reused" in result.stdout
     runs = key_runs(tracking)
@@ -378,10 +484,12 @@ def job_of(pid: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scancel", [["scancel"], ["scancel", "--batch", "--signal=USR1"]],
-                         ids=["cancelled", "time-limit-warning"])
-def test_scancel_of_a_job_mid_training_the_sweep_completes_without_duplicates(slurm, tracking, tmp_path,
-                                                                             sync_hashes, scancel):
+@pytest.mark.parametrize(
+    "scancel", [["scancel"], ["scancel", "--batch", "--signal=USR1"]], ids=["cancelled", "time-limit-warning"]
+)
+def test_scancel_of_a_job_mid_training_the_sweep_completes_without_duplicates(
+    slurm, tracking, tmp_path, sync_hashes, scancel
+):
     """`scancel JOB` (SIGTERM, then SIGKILL after KillWait: what preemption does too) or the warning
     before a time limit (`--signal=B:USR1@N`: SLURM signals the batch shell, which is the worker)."""
     # the first training to end its first epoch (of two) waits there (PAUSE_UNTIL_STOPPED): we scancel its job
@@ -389,12 +497,23 @@ def test_scancel_of_a_job_mid_training_the_sweep_completes_without_duplicates(sl
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(PAUSE_UNTIL_STOPPED)
     paused = tmp_path / "paused"
-    env = cli_env(tracking, MLPRUNE_THREADS="1", MLPRUNE_TEST_PAUSED=str(paused), MLPRUNE_TEST_PAUSE_EPOCH="1",
-                  PYTHONPATH=os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]))
-    sweep = subprocess.Popen([sys.executable, "-m", "mlprune", *SWEEP_2_EPOCHS, "--scheduler", "slurm",
-                              "--workers", "2"],
-                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = cli_env(
+        tracking,
+        MLPRUNE_THREADS="1",
+        MLPRUNE_TEST_PAUSED=str(paused),
+        MLPRUNE_TEST_PAUSE_EPOCH="1",
+        PYTHONPATH=os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
+    )
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "mlprune", *SWEEP_2_EPOCHS, "--scheduler", "slurm", "--workers", "2"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def training_paused():
             assert sweep.poll() is None, sweep.communicate()[1][-3000:]
             return paused_at(paused)
@@ -436,13 +555,24 @@ def test_gpu_jobs_hold_one_gpu_each_and_take_one_task_per_gpu(slurm, tracking, t
         pytest.skip("a SLURM that was running already: its GPUs are not known to the test")
     if torch.cuda.is_available():
         pytest.skip("the test SLURM's fake GPUs would stand for this machine's real ones")
-    result = run_cli([*SWEEP, "--scheduler", "slurm", "--workers", "2", "--slurm-opt", "gpus=1",
-                      "--slurm-opt", "prologue=echo gpu=$CUDA_VISIBLE_DEVICES >&2"],
-                     env=cli_env(tracking, MLPRUNE_THREADS="1"), cwd=tmp_path)
+    result = run_cli(
+        [
+            *SWEEP,
+            "--scheduler",
+            "slurm",
+            "--workers",
+            "2",
+            "--slurm-opt",
+            "gpus=1",
+            "--slurm-opt",
+            "prologue=echo gpu=$CUDA_VISIBLE_DEVICES >&2",
+        ],
+        env=cli_env(tracking, MLPRUNE_THREADS="1"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     logs = [p.read_text() for p in (tmp_path / "slurm-logs").glob("mlprune-*.err")]
-    assert sorted(line for text in logs for line in text.splitlines() if line.startswith("gpu=")) == \
-        ["gpu=0", "gpu=1"]
+    assert sorted(line for text in logs for line in text.splitlines() if line.startswith("gpu=")) == ["gpu=0", "gpu=1"]
     assert hashes_by_key(tracking) == sync_reference
     # --device cuda without a GPU per job is refused before anything runs
     refused = run_cli([*SWEEP, "--scheduler", "slurm", "--device", "cuda"], env=cli_env(tracking), cwd=tmp_path)
@@ -473,9 +603,20 @@ def test_a_lost_job_is_replaced(slurm, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_jobs_that_cannot_start_a_worker_are_a_one_line_error(slurm, tracking, tmp_path):
-    result = run_cli([*SWEEP, "--scheduler", "slurm", "--workers", "1", "--slurm-opt",
-                      "prologue=echo 'no venv on this node' >&2; exit 3"], env=cli_env(tracking), cwd=tmp_path,
-                     timeout=300)
+    result = run_cli(
+        [
+            *SWEEP,
+            "--scheduler",
+            "slurm",
+            "--workers",
+            "1",
+            "--slurm-opt",
+            "prologue=echo 'no venv on this node' >&2; exit 3",
+        ],
+        env=cli_env(tracking),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     error = one_line_error(result)
     assert "ended before their dask worker connected" in error and "no venv on this node" in error

@@ -21,9 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _same_run(view_run, mlflow_run):
     a, b = view_run.info, mlflow_run.info
-    assert (a.run_id, a.experiment_id, a.status, a.start_time, a.end_time, a.artifact_uri, a.run_name,
-            a.lifecycle_stage) == (b.run_id, b.experiment_id, b.status, b.start_time, b.end_time, b.artifact_uri,
-                                   b.run_name, b.lifecycle_stage)
+    assert (
+        a.run_id,
+        a.experiment_id,
+        a.status,
+        a.start_time,
+        a.end_time,
+        a.artifact_uri,
+        a.run_name,
+        a.lifecycle_stage,
+    ) == (b.run_id, b.experiment_id, b.status, b.start_time, b.end_time, b.artifact_uri, b.run_name, b.lifecycle_stage)
     assert view_run.data.tags == mlflow_run.data.tags
     assert view_run.data.params == mlflow_run.data.params
     assert set(view_run.data.metrics) == set(mlflow_run.data.metrics)
@@ -39,15 +46,29 @@ def populated(tracking):
     exp = client.create_experiment("view")
     other = client.create_experiment("other")
     made = {}
-    for name, key, status in (("a", "k1", "FINISHED"), ("b", "k1", "FINISHED"), ("c", "k2", "RUNNING"),
-                              ("d", "k3", "FAILED"), ("e", "k4", "FINISHED"), ("f", None, "FINISHED"),
-                              ("g", "k5", "FINISHED")):
+    for name, key, status in (
+        ("a", "k1", "FINISHED"),
+        ("b", "k1", "FINISHED"),
+        ("c", "k2", "RUNNING"),
+        ("d", "k3", "FAILED"),
+        ("e", "k4", "FINISHED"),
+        ("f", None, "FINISHED"),
+        ("g", "k5", "FINISHED"),
+    ):
         tags = {"mlprune.key": key} if key else {"mlprune.recipe": "r"}
         run = client.create_run(exp, tags=tags, run_name=name)
         run_id = run.info.run_id
-        client.log_batch(run_id, metrics=[Metric("acc", 0.5, 1, 0), Metric("loss", 2.0, 1, 1),
-                                          Metric("loss", 1.0, 2, 2), Metric("nan", float("nan"), 1, 0)],
-                         params=[Param("p", name)], tags=[RunTag("t", name)])
+        client.log_batch(
+            run_id,
+            metrics=[
+                Metric("acc", 0.5, 1, 0),
+                Metric("loss", 2.0, 1, 1),
+                Metric("loss", 1.0, 2, 2),
+                Metric("nan", float("nan"), 1, 0),
+            ],
+            params=[Param("p", name)],
+            tags=[RunTag("t", name)],
+        )
         if status != "RUNNING":
             client.set_terminated(run_id, status)
         made[name] = run_id
@@ -62,19 +83,21 @@ def test_searches_match_mlflow(populated, tracking):
     client, exp, made = populated
     view = SqliteView.open(tracking)
     assert view is not None
-    cases = [({}, ""), ({"states_only": True}, "tags.`mlprune.key` != ''"),
-             ({"key": "k1"}, "tags.`mlprune.key` = 'k1'"),
-             ({"key": "k1", "status": "FINISHED"}, "tags.`mlprune.key` = 'k1' and attributes.status = 'FINISHED'"),
-             ({"key": "k1", "exclude": made["a"]}, f"tags.`mlprune.key` = 'k1' and attributes.run_id != '{made['a']}'"),
-             ({"states_only": True, "status": "RUNNING"}, "tags.`mlprune.key` != '' and attributes.status = 'RUNNING'")]
+    cases = [
+        ({}, ""),
+        ({"states_only": True}, "tags.`mlprune.key` != ''"),
+        ({"key": "k1"}, "tags.`mlprune.key` = 'k1'"),
+        ({"key": "k1", "status": "FINISHED"}, "tags.`mlprune.key` = 'k1' and attributes.status = 'FINISHED'"),
+        ({"key": "k1", "exclude": made["a"]}, f"tags.`mlprune.key` = 'k1' and attributes.run_id != '{made['a']}'"),
+        ({"states_only": True, "status": "RUNNING"}, "tags.`mlprune.key` != '' and attributes.status = 'RUNNING'"),
+    ]
     for kwargs, where in cases:
         ours = view.search([exp], **kwargs)
         theirs = client.search_runs([exp], where, max_results=1000, order_by=["attributes.start_time ASC"])
         assert [r.info.run_id for r in ours] == [r.info.run_id for r in theirs], (kwargs, where)
         for a, b in zip(ours, theirs):
             _same_run(a, b)
-    assert [r.info.run_id for r in view.search([exp], keys=["k1", "k2", "nope"])] == \
-        [made["a"], made["b"], made["c"]]
+    assert [r.info.run_id for r in view.search([exp], keys=["k1", "k2", "nope"])] == [made["a"], made["b"], made["c"]]
     assert view.metric_history(made["a"], "loss") == [(1, 2.0), (2, 1.0)]
     for name in made:
         _same_run(view.run(made[name]), client.get_run(made[name]))  # a deleted run too
@@ -88,11 +111,18 @@ def test_the_store_reads_through_the_view_as_through_mlflow(populated, tracking,
         monkeypatch.setenv("MLPRUNE_SQLITE_READS", reads)
         store = Store(experiment_id=exp, tracking_uri=tracking)
         assert (store.view is not None) == (reads == "1")
-        answers.append((store.find_many(["k1", "k2", "k3", "k4", "k5"]),
-                        [r.info.run_id for r in store.states()], [r.info.run_id for r in store.runs()],
-                        [r.info.run_id for r in store.search_key("k1", status="FINISHED")],
-                        store.resolve_run_id(made["a"][:8]), store.metric_history(made["b"], "loss"),
-                        store.experiment_name, sorted(store.runs_by_id([made["a"], made["g"], "0" * 32]))))
+        answers.append(
+            (
+                store.find_many(["k1", "k2", "k3", "k4", "k5"]),
+                [r.info.run_id for r in store.states()],
+                [r.info.run_id for r in store.runs()],
+                [r.info.run_id for r in store.search_key("k1", status="FINISHED")],
+                store.resolve_run_id(made["a"][:8]),
+                store.metric_history(made["b"], "loss"),
+                store.experiment_name,
+                sorted(store.runs_by_id([made["a"], made["g"], "0" * 32])),
+            )
+        )
         with pytest.raises(SpecError, match="not found"):
             store.run("f" * 32)
     assert answers[0] == answers[1]
@@ -120,13 +150,16 @@ def test_the_default_tracking_uri_is_mlflows_without_importing_it(tmp_path, file
     if file_store:
         (tmp_path / "mlruns" / "0").mkdir(parents=True)
         (tmp_path / "mlruns" / "0" / "meta.yaml").write_text("name: Default\n")
-    code = ("import sys\nfrom mlprune.store.experiments import default_tracking_uri, absolute_uri\n"
-            "ours = absolute_uri(default_tracking_uri())\nimported = 'mlflow' in sys.modules\n"
-            "import mlflow\nprint(ours == absolute_uri(mlflow.get_tracking_uri()), imported)\n")
+    code = (
+        "import sys\nfrom mlprune.store.experiments import default_tracking_uri, absolute_uri\n"
+        "ours = absolute_uri(default_tracking_uri())\nimported = 'mlflow' in sys.modules\n"
+        "import mlflow\nprint(ours == absolute_uri(mlflow.get_tracking_uri()), imported)\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", str(file_store)]
 
@@ -139,12 +172,14 @@ def test_a_keys_runs_are_found_through_the_key_index(tracking):
     from mlprune.store.experiments import KEY_INDEX
 
     store = Store("keys", tracking_uri=tracking)
-    run_id = store.create(key="k" * 64, kind="init", name="root", parent_run_id=None, root_run_id=None,
-                          extra_parents={})
-    path = tracking[len("sqlite:///"):]
+    run_id = store.create(
+        key="k" * 64, kind="init", name="root", parent_run_id=None, root_run_id=None, extra_parents={}
+    )
+    path = tracking[len("sqlite:///") :]
     with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
-                                  (KEY_INDEX,)).fetchone()
+        assert connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (KEY_INDEX,)
+        ).fetchone()
     view = SqliteView.open(tracking)
     [found] = view.search([store.experiment_id], key="k" * 64)
     assert found.info.run_id == run_id

@@ -55,7 +55,7 @@ def test_bootstrap_is_the_seeded_percentile_bootstrap():
     means = np.array(A)[index].mean(axis=1)
     assert close(s["ci_low"], np.percentile(means, 2.5)) and close(s["ci_high"], np.percentile(means, 97.5))
     assert s["ci"] == "bootstrap, 2000 resamples, seed 7"
-    assert statistics.summarize(A, "bootstrap", resamples=2000, seed=7) == s   # seeded: the same again
+    assert statistics.summarize(A, "bootstrap", resamples=2000, seed=7) == s  # seeded: the same again
     with pytest.raises(SpecError, match="'wild'"):
         statistics.summarize(A, "wild")
 
@@ -98,6 +98,11 @@ def test_verdicts():
 
 
 def test_pareto_front_keeps_the_points_nothing_beats():
-    points = [{"x": 2, "mean": 0.9, "m": "a"}, {"x": 4, "mean": 0.95, "m": "b"}, {"x": 8, "mean": 0.7, "m": "c"},
-              {"x": 8, "mean": 0.6, "m": "d"}, {"x": 16, "mean": 0.65, "m": "e"}]
+    points = [
+        {"x": 2, "mean": 0.9, "m": "a"},
+        {"x": 4, "mean": 0.95, "m": "b"},
+        {"x": 8, "mean": 0.7, "m": "c"},
+        {"x": 8, "mean": 0.6, "m": "d"},
+        {"x": 16, "mean": 0.65, "m": "e"},
+    ]
     assert [p["m"] for p in pareto_front(points, "x")] == ["b", "c", "e"]

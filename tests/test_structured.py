@@ -13,11 +13,17 @@ import torch
 from torch import nn
 
 from mlprune import Experiment, Recipe, SpecError
-from mlprune.pruning import compact as C
 from mlprune.models import build_model, prunable
+from mlprune.pruning import compact as C
 from mlprune.pruning import resolve_prune_step
-from mlprune.pruning.structure import (apply_extra_masks, channel_groups, extra_masks, prune_coupled,
-                                       removed_units, unread_units)
+from mlprune.pruning.structure import (
+    apply_extra_masks,
+    channel_groups,
+    extra_masks,
+    prune_coupled,
+    removed_units,
+    unread_units,
+)
 from mlprune.spec.keys import state_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +52,14 @@ def coupled(model, shape, step, seed=0):
     """(groups, masks, weights) of one coupled prune step on `model`: masked and extras zeroed."""
     groups = channel_groups(model, shape)
     weights = model.state_dict()
-    masks = prune_coupled(weights, full_masks(model), prunable(model), {**step, "coupled": True}, groups,
-                          generator=torch.Generator().manual_seed(seed))
+    masks = prune_coupled(
+        weights,
+        full_masks(model),
+        prunable(model),
+        {**step, "coupled": True},
+        groups,
+        generator=torch.Generator().manual_seed(seed),
+    )
     weights = {n: (t * masks[n] if n in masks else t) for n, t in weights.items()}
     weights = apply_extra_masks(weights, extra_masks(groups, masks, {n: t.shape for n, t in weights.items()}))
     model.load_state_dict(weights)
@@ -57,12 +69,14 @@ def coupled(model, shape, step, seed=0):
 def surviving_count(model, masks, weights, groups):
     """The issue's count: unmasked weights plus the biases and BatchNorm parameters that survive."""
     extras = extra_masks(groups, masks, {n: t.shape for n, t in weights.items()})
-    other = sum(int(extras[n].sum()) if n in extras else p.numel()
-                for n, p in model.named_parameters() if n not in masks)
+    other = sum(
+        int(extras[n].sum()) if n in extras else p.numel() for n, p in model.named_parameters() if n not in masks
+    )
     return sum(int(m.sum()) for m in masks.values()) + other
 
 
 # ---------------------------------------------------------------------------------- spec and keys
+
 
 def test_coupled_is_in_the_key_only_when_true_and_needs_a_structured_method():
     plain = {"method": "ln_structured", "n": 1, "dim": 0, "amount": 0.5}
@@ -70,10 +84,12 @@ def test_coupled_is_in_the_key_only_when_true_and_needs_a_structured_method():
     assert "coupled" not in resolve_prune_step(plain)
     assert resolve_prune_step({**plain, "coupled": True})["coupled"] is True
     parent = "0" * 64
-    assert state_key(parent, [{"prune": resolve_prune_step({**plain, "coupled": False})}], {}) == \
-        state_key(parent, [{"prune": resolve_prune_step(plain)}], {})
-    assert state_key(parent, [{"prune": resolve_prune_step({**plain, "coupled": True})}], {}) != \
-        state_key(parent, [{"prune": resolve_prune_step(plain)}], {})
+    assert state_key(parent, [{"prune": resolve_prune_step({**plain, "coupled": False})}], {}) == state_key(
+        parent, [{"prune": resolve_prune_step(plain)}], {}
+    )
+    assert state_key(parent, [{"prune": resolve_prune_step({**plain, "coupled": True})}], {}) != state_key(
+        parent, [{"prune": resolve_prune_step(plain)}], {}
+    )
     with pytest.raises(SpecError, match=r"coupled pruning removes whole channels; method 'l1_unstructured'") as e:
         resolve_prune_step({"method": "l1_unstructured", "amount": 0.5, "coupled": True})
     assert "\n" not in str(e.value)
@@ -92,6 +108,7 @@ def test_a_bad_coupled_recipe_fails_before_any_run(experiment, tracking):
 
 
 # ---------------------------------------------------------------------------------- channel groups
+
 
 def test_resnet20_option_a_joins_the_residual_streams_of_all_stages():
     """He et al.'s option A pads stage s's channels into the middle of stage s+1 (width 16 -> 32: 8 zero
@@ -132,13 +149,17 @@ def test_option_a_shortcut_module_keeps_the_state_dict_and_the_outputs():
 
 # ---------------------------------------------------------------------------------- coupled masks
 
+
 def test_coupled_dim0_on_a_chain_is_the_paper_rule_extended_to_what_the_channel_feeds():
     """Oracle from the formula: LeNet's conv1 loses the round(0.5 * 6) = 3 filters of smallest L1 norm;
     coupling also masks conv2's input slices of those channels and zeroes conv1's bias entries."""
     model = trained_bn(build_model("lenet", num_classes=10, input_shape=(1, 28, 28), seed=3), (1, 28, 28))
     w = model.state_dict()["features.0.weight"].clone()
-    groups, masks, weights = coupled(model, (1, 28, 28), {"method": "ln_structured", "n": 1, "dim": 0, "amount": 0.5,
-                                                          "include": ["features.0.weight"]})
+    groups, masks, weights = coupled(
+        model,
+        (1, 28, 28),
+        {"method": "ln_structured", "n": 1, "dim": 0, "amount": 0.5, "include": ["features.0.weight"]},
+    )
     norms = w.abs().sum(dim=(1, 2, 3))
     gone = set(torch.argsort(norms)[:3].tolist())
     kept_rows = masks["features.0.weight"].reshape(6, -1).all(dim=1)
@@ -156,12 +177,15 @@ def test_coupled_dim1_after_a_flatten_removes_whole_channels_backwards():
     together, and the conv2 filter (and bias) that produced it."""
     model = trained_bn(build_model("lenet", num_classes=10, input_shape=(1, 28, 28), seed=2), (1, 28, 28))
     fc = model.state_dict()["classifier.0.weight"].clone()
-    groups, masks, weights = coupled(model, (1, 28, 28), {"method": "ln_structured", "n": 2, "dim": 1, "amount": 0.25,
-                                                          "include": ["classifier.0.weight"]})
+    groups, masks, weights = coupled(
+        model,
+        (1, 28, 28),
+        {"method": "ln_structured", "n": 2, "dim": 1, "amount": 0.25, "include": ["classifier.0.weight"]},
+    )
     norms = fc.reshape(120, 16, 16).pow(2).sum(dim=(0, 2)).sqrt()  # channel c = features 16c .. 16c+15
     gone = set(torch.argsort(norms)[:4].tolist())
     for c in range(16):
-        assert bool(masks["classifier.0.weight"][:, 16 * c:16 * c + 16].any()) == (c not in gone)
+        assert bool(masks["classifier.0.weight"][:, 16 * c : 16 * c + 16].any()) == (c not in gone)
         assert bool(masks["features.3.weight"][c].any()) == (c not in gone)
         assert (weights["features.3.bias"][c] == 0) == (c in gone)
 
@@ -172,8 +196,11 @@ def test_a_residual_group_loses_its_channels_together_ranked_by_weight_per_entry
     mean |w| over every conv filter writing it; the round(0.5 * 64) = 32 lowest go."""
     model = trained_bn(build_model("resnet20", num_classes=10, input_shape=(3, 8, 8), seed=5), (3, 8, 8))
     state = {n: t.clone() for n, t in model.state_dict().items()}
-    writers = {1: ["conv1.weight"] + [f"layer1.{b}.conv2.weight" for b in range(3)],
-               2: [f"layer2.{b}.conv2.weight" for b in range(3)], 3: [f"layer3.{b}.conv2.weight" for b in range(3)]}
+    writers = {
+        1: ["conv1.weight"] + [f"layer1.{b}.conv2.weight" for b in range(3)],
+        2: [f"layer2.{b}.conv2.weight" for b in range(3)],
+        3: [f"layer3.{b}.conv2.weight" for b in range(3)],
+    }
     units = []  # each: {stage: channel}
     units += [{1: j, 2: 8 + j, 3: 24 + j} for j in range(16)]
     units += [{2: j, 3: 16 + j} for j in list(range(8)) + list(range(24, 32))]
@@ -186,10 +213,14 @@ def test_a_residual_group_loses_its_channels_together_ranked_by_weight_per_entry
     ranked = sorted(range(64), key=lambda u: score(units[u]))
     expected_gone = {tuple(sorted(units[u].items())) for u in ranked[:32]}
     residual = [name for names in writers.values() for name in names]
-    groups, masks, weights = coupled(model, (3, 8, 8), {"method": "ln_structured", "n": 1, "dim": 0, "amount": 0.5,
-                                                        "include": residual})
-    got_gone = {tuple(sorted(u.items())) for u in units
-                if not any(bool(masks[name][ch].any()) for st, ch in u.items() for name in writers[st])}
+    groups, masks, weights = coupled(
+        model, (3, 8, 8), {"method": "ln_structured", "n": 1, "dim": 0, "amount": 0.5, "include": residual}
+    )
+    got_gone = {
+        tuple(sorted(u.items()))
+        for u in units
+        if not any(bool(masks[name][ch].any()) for st, ch in u.items() for name in writers[st])
+    }
     assert got_gone == expected_gone
     # a removed unit is removed everywhere: filters, BN entries, the readers' input slices, the fc column
     for unit in units:
@@ -203,8 +234,13 @@ def test_a_residual_group_loses_its_channels_together_ranked_by_weight_per_entry
 
 def test_layers_of_one_group_must_agree():
     model = build_model("resnet20", num_classes=10, input_shape=(3, 8, 8))
-    step = {"method": "ln_structured", "n": 1, "dim": 0, "amount": 0.5,
-            "layers": {"layer1.0.conv2.weight": {"amount": 0.25}}}
+    step = {
+        "method": "ln_structured",
+        "n": 1,
+        "dim": 0,
+        "amount": 0.5,
+        "layers": {"layer1.0.conv2.weight": {"amount": 0.25}},
+    }
     with pytest.raises(SpecError, match="remove channels of one group .* with different settings"):
         coupled(model, (3, 8, 8), step)
 
@@ -221,12 +257,17 @@ def test_random_coupled_pruning_is_seeded():
 
 # ---------------------------------------------------------------------------------- the compact network
 
-CASES = [("lenet", (1, 28, 28), None), ("conv2", (3, 8, 8), None), ("conv4", (3, 8, 8), None),
-         ("resnet20", (3, 8, 8), None), ("resnet20", (3, 8, 8), {"shortcut": "B"}),
-         ("conv6", (3, 8, 8), None),
-         pytest.param("vgg11", (3, 32, 32), None, marks=pytest.mark.slow),
-         pytest.param("vgg16", (3, 32, 32), None, marks=pytest.mark.slow),
-         pytest.param("tv:resnet18", (3, 32, 32), None, marks=pytest.mark.slow)]
+CASES = [
+    ("lenet", (1, 28, 28), None),
+    ("conv2", (3, 8, 8), None),
+    ("conv4", (3, 8, 8), None),
+    ("resnet20", (3, 8, 8), None),
+    ("resnet20", (3, 8, 8), {"shortcut": "B"}),
+    ("conv6", (3, 8, 8), None),
+    pytest.param("vgg11", (3, 32, 32), None, marks=pytest.mark.slow),
+    pytest.param("vgg16", (3, 32, 32), None, marks=pytest.mark.slow),
+    pytest.param("tv:resnet18", (3, 32, 32), None, marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("name,shape,options", CASES)
@@ -235,8 +276,9 @@ def test_compact_network_equals_the_masked_one_and_holds_exactly_the_survivors(n
     model = trained_bn(build_model(name, num_classes=10, input_shape=shape, options=options, seed=1), shape)
     dense_params = C.parameter_count(model)
     groups, masks, weights = coupled(model, shape, {"method": "random_structured", "dim": dim, "amount": 0.4})
-    compact = C.compact_state(model, weights, masks, groups, model_name=name, model_options=options,
-                              num_classes=10, input_shape=shape)
+    compact = C.compact_state(
+        model, weights, masks, groups, model_name=name, model_options=options, num_classes=10, input_shape=shape
+    )
     assert compact.shrunk
     C.write(tmp_path, compact)
     arch = json.loads((tmp_path / "compact.json").read_text())  # plain JSON: nothing to execute
@@ -260,12 +302,16 @@ def test_naive_per_layer_channel_removal_breaks_a_residual_network_and_coupled_r
     from mlprune.pruning import prune_masks
 
     kinds = prunable(model)
-    per_layer = prune_masks(model.state_dict(), full_masks(model), kinds,
-                            {"method": "ln_structured", "n": 1, "dim": 0, "amount": 0.5, "exclude": ["fc.weight"]},
-                            generator=torch.Generator().manual_seed(0))
+    per_layer = prune_masks(
+        model.state_dict(),
+        full_masks(model),
+        kinds,
+        {"method": "ln_structured", "n": 1, "dim": 0, "amount": 0.5, "exclude": ["fc.weight"]},
+        generator=torch.Generator().manual_seed(0),
+    )
     # naive removal: every conv drops its own masked filters and its BN entries; the next conv in the
     # module order drops the same inputs (what a per-layer tool does without the dependency graph)
-    convs = [n[:-len(".weight")] for n in kinds if n != "fc.weight"]
+    convs = [n[: -len(".weight")] for n in kinds if n != "fc.weight"]
     kept = {c: per_layer[f"{c}.weight"].reshape(per_layer[f"{c}.weight"].shape[0], -1).any(dim=1) for c in convs}
     naive = build_model("resnet20", num_classes=10, input_shape=shape, seed=4)
     modules = dict(naive.named_modules())
@@ -285,8 +331,9 @@ def test_naive_per_layer_channel_removal_breaks_a_residual_network_and_coupled_r
         naive.eval()(torch.zeros(1, *shape))
 
     groups, masks, weights = coupled(model, shape, {"method": "ln_structured", "n": 1, "dim": 0, "amount": 0.5})
-    compact = C.compact_state(model, weights, masks, groups, model_name="resnet20", model_options=None,
-                              num_classes=10, input_shape=shape)
+    compact = C.compact_state(
+        model, weights, masks, groups, model_name="resnet20", model_options=None, num_classes=10, input_shape=shape
+    )
     small = C.rebuild(compact.arch, compact.weights)
     x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(1))
     assert C.max_abs_diff(model, small, x) <= 1e-5
@@ -317,8 +364,9 @@ def test_latency_is_the_median_of_interleaved_timed_passes():
             calls.append((self.label, x.shape[0]))
             return x
 
-    times = C.latency_ms({"a": Counting("a"), "b": Counting("b")}, (1, 2, 2), "cpu", batch_sizes=(1, 4),
-                         warmup=2, repeats=3)
+    times = C.latency_ms(
+        {"a": Counting("a"), "b": Counting("b")}, (1, 2, 2), "cpu", batch_sizes=(1, 4), warmup=2, repeats=3
+    )
     assert set(times) == {"a", "b"} and set(times["a"]) == {1, 4}
     assert all(t >= 0 for per in times.values() for t in per.values())
     batch1 = [label for label, batch in calls if batch == 1]
@@ -337,21 +385,32 @@ def test_latency_of_a_slow_network_stops_at_its_time_budget():
             clock.sleep(0.03)
             return x
 
-    times = C.latency_ms({"a": Slow(), "b": Slow()}, (1, 2, 2), "cpu", batch_sizes=(1,), warmup=3, repeats=15,
-                         budget_s=0.05, min_repeats=3)
+    times = C.latency_ms(
+        {"a": Slow(), "b": Slow()},
+        (1, 2, 2),
+        "cpu",
+        batch_sizes=(1,),
+        warmup=3,
+        repeats=15,
+        budget_s=0.05,
+        min_repeats=3,
+    )
     assert times["a"][1] >= 30.0
-    assert len(calls) == 2 * (1 + 3)   # one warm-up round (its first pass took over budget / 4), then 3 timed
+    assert len(calls) == 2 * (1 + 3)  # one warm-up round (its first pass took over budget / 4), then 3 timed
 
 
 # ---------------------------------------------------------------------------------- states in the store
+
 
 def test_removed_channels_stay_exactly_zero_through_training_and_rewinding(experiment):
     root = experiment.init(model="resnet20", dataset="digits", seed=0, train_size=128)
     trained = root.apply(Recipe.train(epochs=1))
     pruned = trained.apply(Recipe.prune(method="ln_structured", n=1, dim=0, amount=0.5, coupled=True))
     tuned = pruned.apply(Recipe.train(epochs=1, momentum=0.9, weight_decay=1e-3, optimizer="sgd"))
-    rewound = pruned.apply(Recipe.reinit(strategy="rewind", to="root") + Recipe.train(epochs=1, optimizer="adamw",
-                                                                                       weight_decay=0.1, lr=1e-3))
+    rewound = pruned.apply(
+        Recipe.reinit(strategy="rewind", to="root")
+        + Recipe.train(epochs=1, optimizer="adamw", weight_decay=0.1, lr=1e-3)
+    )
     model = build_model("resnet20", num_classes=10, input_shape=(1, 8, 8))
     groups = channel_groups(model, (1, 8, 8))
     for state in (pruned, tuned, rewound):
@@ -372,12 +431,21 @@ def test_structured_states_log_their_compact_cost_and_unstructured_ones_no_speed
     structured = trained.apply(Recipe.prune(method="ln_structured", n=1, dim=0, amount=0.5, coupled=True))
     unstructured = trained.apply(Recipe.prune(method="l1_unstructured", amount=0.5))
     m = structured.metrics
-    for name in ("params_compact", "flops_compact", "latency_ms", "latency_ms.batch1", "latency_ms.dense",
-                 "latency_ms.dense.batch1", "speedup", "speedup.batch1", "compact_max_abs_diff"):
+    for name in (
+        "params_compact",
+        "flops_compact",
+        "latency_ms",
+        "latency_ms.batch1",
+        "latency_ms.dense",
+        "latency_ms.dense.batch1",
+        "speedup",
+        "speedup.batch1",
+        "compact_max_abs_diff",
+    ):
         assert name in m and math.isfinite(m[name]) and m[name] >= 0, name
     assert m["speedup"] == pytest.approx(m["latency_ms.dense"] / m["latency_ms"])
     assert m["flops_compact"] == m["flops_masked"] < m["flops_dense"]  # coupled: the compact network does
-    assert m["compact_max_abs_diff"] <= 1e-5                            # exactly the unmasked multiply-adds
+    assert m["compact_max_abs_diff"] <= 1e-5  # exactly the unmasked multiply-adds
     u = unstructured.metrics
     assert not any(k.startswith(("latency_ms", "speedup", "params_compact", "flops_compact")) for k in u)
     assert u["flops_masked"] < u["flops_dense"] and "theoretical_speedup" in u
@@ -386,10 +454,11 @@ def test_structured_states_log_their_compact_cost_and_unstructured_ones_no_speed
 
 # ---------------------------------------------------------------------------------- the issue's must-shows, end to end
 
+
 def _oracle_count(weights, masks):
     """Unmasked weights, plus each bias / BatchNorm (weight, bias) entry whose channel still has a kept
     filter: by the layer names (convK -> bnK, shortcut.0 -> shortcut.1), independently of the tracer."""
-    alive = {name[:-len(".weight")]: mask.reshape(mask.shape[0], -1).any(dim=1) for name, mask in masks.items()}
+    alive = {name[: -len(".weight")]: mask.reshape(mask.shape[0], -1).any(dim=1) for name, mask in masks.items()}
     count = sum(int(m.sum()) for m in masks.values())
     for name in weights:
         module, _, tensor = name.rpartition(".")
@@ -398,8 +467,11 @@ def _oracle_count(weights, masks):
         if module in alive:  # a conv / linear bias
             count += int(alive[module].sum())
             continue
-        writer = re.sub(r"bn(\d)$", r"conv\1", module) if re.search(r"bn\d$", module) else \
-            re.sub(r"shortcut\.1$", "shortcut.0", module)
+        writer = (
+            re.sub(r"bn(\d)$", r"conv\1", module)
+            if re.search(r"bn\d$", module)
+            else re.sub(r"shortcut\.1$", "shortcut.0", module)
+        )
         count += int(alive[writer].sum())
     return count
 
@@ -429,8 +501,19 @@ def test_lt_structured_l1_on_lenet_exports_a_compact_network_with_the_masked_out
 
     runner = CliRunner()
     for recipe in ("lt_structuredL1", "lt_structuredL1_coupled"):
-        _run(runner, "run", str(REPO / "recipes" / f"{recipe}.yaml"), "-P", "rounds=1", "-P", "epochs=1",
-             "-P", "train_size=128", "-e", "lenet-structured")
+        _run(
+            runner,
+            "run",
+            str(REPO / "recipes" / f"{recipe}.yaml"),
+            "-P",
+            "rounds=1",
+            "-P",
+            "epochs=1",
+            "-P",
+            "train_size=128",
+            "-e",
+            "lenet-structured",
+        )
     exp = Experiment("lenet-structured")
     rounds = {s.spec["kind"]: s for s in exp.states()}
     ticket = {}
@@ -463,13 +546,37 @@ def test_resnet20_half_of_every_residual_group_is_faster_and_in_the_report(track
     from click.testing import CliRunner
 
     runner = CliRunner()
-    _run(runner, "run", str(REPO / "recipes" / "compact_resnet20.yaml"), "-P", "train_size=256", "-P", "epochs=1",
-         "-e", "compact")
-    _run(runner, "run", str(REPO / "recipes" / "lt_unstructuredrandom.yaml"), "-P", "rounds=1", "-P", "epochs=1",
-         "-P", "train_size=64", "-e", "compact")
+    _run(
+        runner,
+        "run",
+        str(REPO / "recipes" / "compact_resnet20.yaml"),
+        "-P",
+        "train_size=256",
+        "-P",
+        "epochs=1",
+        "-e",
+        "compact",
+    )
+    _run(
+        runner,
+        "run",
+        str(REPO / "recipes" / "lt_unstructuredrandom.yaml"),
+        "-P",
+        "rounds=1",
+        "-P",
+        "epochs=1",
+        "-P",
+        "train_size=64",
+        "-e",
+        "compact",
+    )
     exp = Experiment("compact")
-    tuned = next(s for s in exp.states() if s.spec["root"]["model"] == "resnet20"
-                 and [next(iter(x)) for x in s.spec.get("steps", [])] == ["reinit", "train"])
+    tuned = next(
+        s
+        for s in exp.states()
+        if s.spec["root"]["model"] == "resnet20"
+        and [next(iter(x)) for x in s.spec.get("steps", [])] == ["reinit", "train"]
+    )
     groups = channel_groups(build_model("resnet20", num_classes=10, input_shape=(1, 8, 8)), (1, 8, 8))
     for group in groups:
         if not group.fixed:
@@ -507,8 +614,9 @@ def test_resnet20_half_of_every_residual_group_is_faster_and_in_the_report(track
     assert "no channel is removed" in printed and "no dense speedup" in printed
 
 
-@pytest.mark.parametrize("text, expected", [("", 2.0), ("0", 0.0), ("0.5", 0.5), ("abc", None), ("-1", None),
-                                            ("inf", None), ("nan", None)])
+@pytest.mark.parametrize(
+    "text, expected", [("", 2.0), ("0", 0.0), ("0.5", 0.5), ("abc", None), ("-1", None), ("inf", None), ("nan", None)]
+)
 def test_the_latency_budget_comes_from_the_environment_or_is_one_line(monkeypatch, text, expected):
     from mlprune.errors import SpecError
     from mlprune.spec.limits import latency_budget

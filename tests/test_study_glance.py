@@ -25,15 +25,33 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_lineage_browser import ARTIFACTS, Browser, chromium, free_port  # noqa: F401 - chromium: a fixture
 
 from mlprune.cli import main
-from test_lineage_browser import ARTIFACTS, Browser, chromium, free_port  # noqa: F401 - chromium: a fixture
 
 pytestmark = pytest.mark.slow
 
 RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "lth_lenet_300_100.yaml")
-SWEEP = ["sweep", RECIPE, "--seeds", "0-2", "-P", "rounds=20", "-P", "epochs=2it", "-P", "train_size=120",
-         "-P", "test_size=60", "-P", "val_size=20", "--batch", "9", "-e", "study"]
+SWEEP = [
+    "sweep",
+    RECIPE,
+    "--seeds",
+    "0-2",
+    "-P",
+    "rounds=20",
+    "-P",
+    "epochs=2it",
+    "-P",
+    "train_size=120",
+    "-P",
+    "test_size=60",
+    "-P",
+    "val_size=20",
+    "--batch",
+    "9",
+    "-e",
+    "study",
+]
 STATES = 3 * (2 + 20 * 4)  # per seed: root, dense training, and per round a prune, its ticket and two controls
 
 
@@ -62,11 +80,30 @@ def served(study, chromium):  # noqa: F811 - the fixture imported above
     port = free_port()
     log = open(study["folder"] / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--app-name", "mlprune", "--backend-store-uri", study["uri"],
-         "--default-artifact-root", str(study["folder"] / "mlruns"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        cwd=study["folder"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--app-name",
+            "mlprune",
+            "--backend-store-uri",
+            study["uri"],
+            "--default-artifact-root",
+            str(study["folder"] / "mlruns"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=study["folder"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -79,8 +116,10 @@ def served(study, chromium):  # noqa: F811 - the fixture imported above
                 pass
             if server.poll() is not None or time.time() > deadline:
                 log.flush()
-                pytest.fail("mlflow server --app-name mlprune did not come up:\n"
-                            + (study["folder"] / "server.log").read_text()[-3000:])
+                pytest.fail(
+                    "mlflow server --app-name mlprune did not come up:\n"
+                    + (study["folder"] / "server.log").read_text()[-3000:]
+                )
             time.sleep(0.5)
         browser = Browser(chromium, width=1400, height=900)
         try:
@@ -101,14 +140,17 @@ def _answer(output: str) -> dict[str, list[str]]:
     lines = output.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("lth_lenet_300_100: test accuracy at round 20"))
     assert lines[start + 1].split() == ["branch", "s0", "s1", "s2", "mean", "±", "std", "(n)"]
-    return {line.split()[0]: line.split()[1:] for line in lines[start + 2:start + 5]}
+    return {line.split()[0]: line.split()[1:] for line in lines[start + 2 : start + 5]}
 
 
 def test_the_sweep_ends_with_the_studys_answer(study):
     answer = _answer(study["sweep"])
     assert set(answer) == {"main", "random", "shuffle"}
-    compare = {line.split()[0] + (line.split()[2] if line.split()[1] == "/" else ""): line
-               for line in study["compare"].splitlines() if " 20 " in f" {line} " and line.startswith("lth")}
+    compare = {
+        line.split()[0] + (line.split()[2] if line.split()[1] == "/" else ""): line
+        for line in study["compare"].splitlines()
+        if " 20 " in f" {line} " and line.startswith("lth")
+    }
     for branch, cells in answer.items():
         seeds = [float(c.rstrip("%")) for c in cells[:3]]
         mean, std, n = float(cells[3].rstrip("%")), float(cells[5]), cells[6]
@@ -157,8 +199,10 @@ def test_the_ui_opens_on_the_runs_and_the_filter_finds_one_seeds_round(served):
     assert url.startswith(f"{served['base']}/#/experiments/{experiment.experiment_id}/runs?workflowType=")
     b = served["browser"]
     b.goto(url)
-    rows = ("[...document.querySelectorAll('[role=row] a, .ag-row a')].map(a => a.textContent.trim())"
-            ".filter(t => /^s\\d r\\d+ /.test(t))")
+    rows = (
+        "[...document.querySelectorAll('[role=row] a, .ag-row a')].map(a => a.textContent.trim())"
+        ".filter(t => /^s\\d r\\d+ /.test(t))"
+    )
     b.wait(f"{rows}.length === 4", timeout=120)
     assert sorted(b.eval(rows)) == names  # exactly that seed's round-20 states, each a row of its own (flat)
     text = b.eval("document.body.innerText")
@@ -175,8 +219,10 @@ def test_the_lineage_page_shows_labelled_nodes_in_the_first_viewport(served):
 
     b = served["browser"]
     experiment_id = MlflowClient(tracking_uri=served["base"]).get_experiment_by_name("study").experiment_id
-    b.goto(f"{served['base']}/mlprune/lineage/{experiment_id}",
-           "document.readyState === 'complete' && document.querySelector('.zoom-level').textContent !== ''")
+    b.goto(
+        f"{served['base']}/mlprune/lineage/{experiment_id}",
+        "document.readyState === 'complete' && document.querySelector('.zoom-level').textContent !== ''",
+    )
     visible = b.eval("""[...document.querySelectorAll('g.node')].map(g => [g, g.getBoundingClientRect()])
         .filter(([g, r]) => r.width > 0 && r.top >= 0 && r.bottom <= innerHeight && r.left >= 0 && r.right <= innerWidth)
         .map(([g, r]) => ({text: g.textContent, w: r.width, size: parseFloat(getComputedStyle(g.querySelector('text')).fontSize) * r.width / 64}))""")
@@ -216,8 +262,10 @@ def test_the_report_shows_the_answer_above_the_fold(served, monkeypatch):
     assert written.exit_code == 0, written.output
     b = served["browser"]
     b.goto((out / "report.html").as_uri())
-    box = b.eval("(() => { const r = document.getElementById('answer').getBoundingClientRect(); "
-                 "return [r.top, document.querySelector('#answer table.answer').getBoundingClientRect().bottom]; })()")
+    box = b.eval(
+        "(() => { const r = document.getElementById('answer').getBoundingClientRect(); "
+        "return [r.top, document.querySelector('#answer table.answer').getBoundingClientRect().bottom]; })()"
+    )
     assert box[1] <= 900, box  # the answer's table ends above the fold
     main_row = b.eval("[...document.querySelectorAll('#answer table.answer tr')].map(r => r.textContent)")
     assert any(row.startswith("main") for row in main_row) and any(row.startswith("random") for row in main_row)
@@ -232,8 +280,11 @@ def test_readers_take_the_experiment_positionally_or_with_e(study, monkeypatch):
     for args in (["tree", "study"], ["tree", "-e", "study"], ["compare", "study"], ["compare", "-e", "study"]):
         result = runner.invoke(main, args)
         assert result.exit_code == 0 and "r20" in result.output or "20" in result.output, (args, result.output)
-    run_id = next(line.split()[0] for line in runner.invoke(main, ["tree", "study"]).output.splitlines()
-                  if "s1 r20 rewind+train" in line)
+    run_id = next(
+        line.split()[0]
+        for line in runner.invoke(main, ["tree", "study"]).output.splitlines()
+        if "s1 r20 rewind+train" in line
+    )
     for args in (["show", "study", run_id], ["show", "-e", "study", run_id], ["show", run_id]):
         result = runner.invoke(main, args)
         assert result.exit_code == 0 and "param seed = 1" in result.output, (args, result.output)

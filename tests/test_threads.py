@@ -75,14 +75,15 @@ def test_a_single_run_uses_torchs_count_and_records_it(tracking, monkeypatch):
 
 def test_a_pinned_run_records_the_pin(tracking, monkeypatch):
     monkeypatch.setenv("MLPRUNE_THREADS", "1")
-    trained = Experiment("threads").init(model="lenet", dataset="digits", seed=0).apply(
-        Recipe.train(epochs=1))
+    trained = Experiment("threads").init(model="lenet", dataset="digits", seed=0).apply(Recipe.train(epochs=1))
     client = MlflowClient(tracking_uri=tracking)
     assert client.get_run(trained.run_id).data.params[PARAM_THREADS] == "1"
     # a cache hit at another thread count is the state computed before (the count is not keyed)
     monkeypatch.setenv("MLPRUNE_THREADS", "2")
-    assert Experiment("threads").init(model="lenet", dataset="digits", seed=0).apply(
-        Recipe.train(epochs=1)).run_id == trained.run_id
+    assert (
+        Experiment("threads").init(model="lenet", dataset="digits", seed=0).apply(Recipe.train(epochs=1)).run_id
+        == trained.run_id
+    )
 
 
 def test_a_new_store_is_a_copy_of_the_migrated_template_and_works(tmp_path, monkeypatch):
@@ -136,16 +137,21 @@ def test_a_fully_cached_rerun_imports_neither_torch_nor_matplotlib_nor_mlflow(tr
     from mlprune.cli import main
 
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text("name: tiny\nroot: {model: lenet, dataset: digits, seed: 0}\n"
-                      "train: {epochs: 1, lr: 0.01, batch_size: 64, optimizer: sgd}\n")
+    recipe.write_text(
+        "name: tiny\nroot: {model: lenet, dataset: digits, seed: 0}\n"
+        "train: {epochs: 1, lr: 0.01, batch_size: 64, optimizer: sgd}\n"
+    )
     first = CliRunner().invoke(main, ["run", str(recipe)])
     assert first.exit_code == 0, first.output
-    code = ("import sys\nfrom mlprune.cli import main\n"
-            f"try:\n    main(['run', {str(recipe)!r}])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "print(sorted(m for m in ('torch', 'matplotlib', 'mlflow', 'sqlalchemy') if m in sys.modules))\n")
+    code = (
+        "import sys\nfrom mlprune.cli import main\n"
+        f"try:\n    main(['run', {str(recipe)!r}])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('torch', 'matplotlib', 'mlflow', 'sqlalchemy') if m in sys.modules))\n"
+    )
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "0 computed, 2 reused" in out.stdout and out.stdout.strip().endswith("[]"), out.stdout

@@ -30,9 +30,11 @@ def test_every_pruning_method_off_one_trained_state(experiment, tracking, traine
         "ln_structured Linf": {"method": "ln_structured", "amount": 0.25, "n": "inf", "dim": 1},
         "random_structured": {"method": "random_structured", "amount": 0.25, "dim": 0},
         "global l1": {"method": "l1_unstructured", "amount": 0.5, "scope": "global"},
-        "mixed, output at half rate": {"method": "l1_unstructured", "amount": 0.4,
-                                       "layers": {"@conv": {"method": "ln_structured", "n": 1, "dim": 1},
-                                                  "@output": {"amount": 0.2}}},
+        "mixed, output at half rate": {
+            "method": "l1_unstructured",
+            "amount": 0.4,
+            "layers": {"@conv": {"method": "ln_structured", "n": 1, "dim": 1}, "@output": {"amount": 0.2}},
+        },
     }
     pruned = {name: network.apply(Recipe.prune(**options)) for name, options in methods.items()}
     for name, state in pruned.items():
@@ -77,8 +79,15 @@ def test_every_reinit_strategy_as_siblings_with_their_parents(experiment, tracki
     epoch1 = siblings["late rewind"].parents()["weights"]
     assert epoch1.kind == "train" and epoch1.parent.run_id == root.run_id
     assert epoch1.spec["steps"][0]["train"]["epochs"] == 1  # emitted by the first training: a checkpoint
-    expected_weights_parent = {"rewind": root.run_id, "late rewind": epoch1.run_id, "sign": root.run_id,
-                               "zhou": root.run_id, "shuffle": root.run_id, "random": None, "keep": None}
+    expected_weights_parent = {
+        "rewind": root.run_id,
+        "late rewind": epoch1.run_id,
+        "sign": root.run_id,
+        "zhou": root.run_id,
+        "shuffle": root.run_id,
+        "random": None,
+        "keep": None,
+    }
     for name, state in siblings.items():
         t = tags(tracking, state)
         assert t["mlflow.parentRunId"] == pruned.run_id, name
@@ -106,8 +115,7 @@ def test_toolbox_bad_input_records_nothing(experiment, tracking, trained):
         (lambda: pruned.apply(Recipe.prune(method="l1_unstructured", amount=10**6)), "1000000"),
         (lambda: pruned.apply(Recipe.prune(method="l1_unstructured", amount=0.2, colour=1)), "colour"),
         (lambda: pruned.apply(Recipe.reinit(strategy="rewind", to="root", epoch=9)), "9"),
-        (lambda: pruned.apply(Recipe.reinit(strategy="rewind", to="root", reset_optimizer=False)),
-         "reset_optimizer"),
+        (lambda: pruned.apply(Recipe.reinit(strategy="rewind", to="root", reset_optimizer=False)), "reset_optimizer"),
     ]
     other_tree = experiment.init(model="lenet", dataset="digits", seed=1, train_size=256)
     bad.append((lambda: pruned.apply(Recipe.reinit(strategy="rewind", to=other_tree)), "not an ancestor"))

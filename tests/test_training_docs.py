@@ -23,7 +23,7 @@ def blocks(language: str) -> list[str]:
 def test_the_python_blocks_run_and_print_what_they_say(tracking, capsys):
     assert blocks("python")
     for code in blocks("python"):
-        exec(compile(code, "docs/training.md", "exec"), {})   # noqa: S102 - our own documentation
+        exec(compile(code, "docs/training.md", "exec"), {})  # noqa: S102 - our own documentation
         printed = capsys.readouterr().out.split()
         promised = re.findall(r"#\s*(.+)$", code.strip().splitlines()[-1])[0].split()
         assert printed == promised
@@ -35,8 +35,14 @@ def test_the_bash_commands_run(tmp_path):
     for line in commands:
         args = shlex.split(line)
         assert args[0] == "mlprune"
-        result = subprocess.run([sys.executable, "-m", "mlprune", *args[1:]], cwd=REPO, capture_output=True,
-                                text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        result = subprocess.run(
+            [sys.executable, "-m", "mlprune", *args[1:]],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         assert result.returncode == 0, (line, result.stderr[-2000:])
 
 

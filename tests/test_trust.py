@@ -18,10 +18,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save
+from test_faults import TINY, invoke, invoke_error, state_runs, write
 
 from mlprune import names
 from mlprune.errors import SpecError
-from test_faults import TINY, invoke, invoke_error, state_runs, write
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,9 @@ def store(pristine, tmp_path, monkeypatch):
     shutil.copytree(pristine, folder)
     with sqlite3.connect(folder / "mlflow.db") as db:
         db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (str(pristine), str(folder)))
-        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
-                   (str(pristine), str(folder)))
+        db.execute(
+            "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (str(pristine), str(folder))
+        )
     uri = f"sqlite:///{folder}/mlflow.db"
     monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -88,8 +89,10 @@ def bool_byte_7(masks: dict) -> bytes:
     """A masks file whose header says bool but whose first mask holds the byte 7."""
     content = bytearray(save(masks))
     size = int.from_bytes(content[:8], "little")
-    first = min(json.loads(content[8:8 + size]).items(), key=lambda e: e[1]["data_offsets"][0]
-                if e[0] != "__metadata__" else 1 << 62)
+    first = min(
+        json.loads(content[8 : 8 + size]).items(),
+        key=lambda e: e[1]["data_offsets"][0] if e[0] != "__metadata__" else 1 << 62,
+    )
     content[8 + size + first[1]["data_offsets"][0]] = 7
     return bytes(content)
 
@@ -100,28 +103,57 @@ def first_bias(weights: dict) -> str:
 
 # (state kind, file, change of its tensors -> bytes, fragment of the one-line error)
 TAMPERING = {
-    "masks uint8 with a 7": ("prune", names.MASKS_FILE,
-                             lambda t: save({k: v.to(torch.uint8) * 7 for k, v in t.items()}), "is U8, not bool"),
+    "masks uint8 with a 7": (
+        "prune",
+        names.MASKS_FILE,
+        lambda t: save({k: v.to(torch.uint8) * 7 for k, v in t.items()}),
+        "is U8, not bool",
+    ),
     "masks bool holding a 7": ("prune", names.MASKS_FILE, bool_byte_7, "holds values other than true"),
-    "masks float32": ("prune", names.MASKS_FILE, lambda t: save({k: v.float() for k, v in t.items()}),
-                      "is F32, not bool"),
-    "masks all false": ("prune", names.MASKS_FILE, lambda t: save({k: torch.zeros_like(v) for k, v in t.items()}),
-                        "every mask is all false"),
-    "root mask not all true": ("init", names.MASKS_FILE,
-                               lambda t: save({k: v.clone().index_fill_(0, torch.tensor([0]), False) for k, v in
-                                               t.items()}), "of a root state is not all true"),
-    "weights float64": ("train", names.WEIGHTS_FILE, lambda t: save({k: v.double() for k, v in t.items()}),
-                        "is F64"),
+    "masks float32": (
+        "prune",
+        names.MASKS_FILE,
+        lambda t: save({k: v.float() for k, v in t.items()}),
+        "is F32, not bool",
+    ),
+    "masks all false": (
+        "prune",
+        names.MASKS_FILE,
+        lambda t: save({k: torch.zeros_like(v) for k, v in t.items()}),
+        "every mask is all false",
+    ),
+    "root mask not all true": (
+        "init",
+        names.MASKS_FILE,
+        lambda t: save({k: v.clone().index_fill_(0, torch.tensor([0]), False) for k, v in t.items()}),
+        "of a root state is not all true",
+    ),
+    "weights float64": ("train", names.WEIGHTS_FILE, lambda t: save({k: v.double() for k, v in t.items()}), "is F64"),
     "weights float16": ("train", names.WEIGHTS_FILE, lambda t: save({k: v.half() for k, v in t.items()}), "is F16"),
-    "root weights float64": ("init", names.WEIGHTS_FILE, lambda t: save({k: v.double() for k, v in t.items()}),
-                             "is F64, not float32"),
-    "an extra tensor": ("train", names.WEIGHTS_FILE, lambda t: save({**t, "extra": torch.zeros(3)}),
-                        "holds 'extra', which the architecture does not have"),
-    "a missing bias": ("train", names.WEIGHTS_FILE,
-                       lambda t: save({k: v for k, v in t.items() if k != first_bias(t)}), "lacks '"),
-    "a wrong-shape bias": ("train", names.WEIGHTS_FILE,
-                           lambda t: save({k: torch.zeros(len(v) + 1) if k == first_bias(t) else v
-                                           for k, v in t.items()}), "the architecture's is F32"),
+    "root weights float64": (
+        "init",
+        names.WEIGHTS_FILE,
+        lambda t: save({k: v.double() for k, v in t.items()}),
+        "is F64, not float32",
+    ),
+    "an extra tensor": (
+        "train",
+        names.WEIGHTS_FILE,
+        lambda t: save({**t, "extra": torch.zeros(3)}),
+        "holds 'extra', which the architecture does not have",
+    ),
+    "a missing bias": (
+        "train",
+        names.WEIGHTS_FILE,
+        lambda t: save({k: v for k, v in t.items() if k != first_bias(t)}),
+        "lacks '",
+    ),
+    "a wrong-shape bias": (
+        "train",
+        names.WEIGHTS_FILE,
+        lambda t: save({k: torch.zeros(len(v) + 1) if k == first_bias(t) else v for k, v in t.items()}),
+        "the architecture's is F32",
+    ),
 }
 
 
@@ -141,8 +173,12 @@ def test_tensors_with_a_consistent_hash_record_are_checked_by_content(case, stor
 
 def test_a_child_is_never_finished_from_tampered_masks(store):
     runs = runs_by_kind(store)
-    rewrite(store, runs["prune"], names.MASKS_FILE,
-            save({k: v.to(torch.uint8) * 7 for k, v in tensors(runs["prune"], names.MASKS_FILE).items()}))
+    rewrite(
+        store,
+        runs["prune"],
+        names.MASKS_FILE,
+        save({k: v.to(torch.uint8) * 7 for k, v in tensors(runs["prune"], names.MASKS_FILE).items()}),
+    )
     MlflowClient(tracking_uri=store).delete_run(runs["reinit+train"].info.run_id)  # its child is to be computed
     rerun = invoke("run", "tiny.yaml")
     assert rerun.exit_code == 0, rerun.output
@@ -166,11 +202,13 @@ def _tamper_checkpoint(folder: Path, change) -> dict:
     meta = json.loads((folder / names.CHECKPOINT_META_FILE).read_text())
     content = (folder / names.CHECKPOINT_TENSORS_FILE).read_bytes()
     size = int.from_bytes(content[:8], "little")
-    metadata = json.loads(content[8:8 + size]).get("__metadata__", {})
+    metadata = json.loads(content[8 : 8 + size]).get("__metadata__", {})
     loaded = {k: v.clone() for k, v in load_file(str(folder / names.CHECKPOINT_TENSORS_FILE)).items()}
     change(meta, loaded, metadata)
-    files = {names.CHECKPOINT_META_FILE: json.dumps(meta, sort_keys=True).encode(),
-             names.CHECKPOINT_TENSORS_FILE: save(loaded, metadata=metadata)}
+    files = {
+        names.CHECKPOINT_META_FILE: json.dumps(meta, sort_keys=True).encode(),
+        names.CHECKPOINT_TENSORS_FILE: save(loaded, metadata=metadata),
+    }
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return {name: sha(data) for name, data in files.items()}
@@ -189,11 +227,23 @@ def _uint8_masks(meta, loaded, metadata):
         loaded[name] = loaded[name].to(torch.uint8) * 7
 
 
-@pytest.mark.parametrize("change, fragment", [(_beyond, "is outside its training (iterations 0 to 24)"),
-                                              (_foreign, "its tensors are of state 00000000"),
-                                              (_uint8_masks, "is torch.uint8, not bool")])
-def test_a_checkpoint_that_does_not_belong_is_never_resumed(change, fragment, tracking, stop_at,  # noqa: F811
-                                                            caplog, _empty_store_db, tmp_path):
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (_beyond, "is outside its training (iterations 0 to 24)"),
+        (_foreign, "its tensors are of state 00000000"),
+        (_uint8_masks, "is torch.uint8, not bool"),
+    ],
+)
+def test_a_checkpoint_that_does_not_belong_is_never_resumed(
+    change,
+    fragment,
+    tracking,
+    stop_at,  # noqa: F811
+    caplog,
+    _empty_store_db,
+    tmp_path,
+):
     import logging
 
     from mlprune import Experiment, Recipe
@@ -226,10 +276,30 @@ def _serve(folder: Path, uri: str):
         port = probe.getsockname()[1]
     log = open(folder / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--app-name", "mlprune", "--backend-store-uri", uri,
-         "--default-artifact-root", str(folder / "mlruns"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--app-name",
+            "mlprune",
+            "--backend-store-uri",
+            uri,
+            "--default-artifact-root",
+            str(folder / "mlruns"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     return server, f"http://127.0.0.1:{port}"
 
 
@@ -257,12 +327,14 @@ def test_parent_tags_that_make_cycles_are_drawn_marked_and_warned_about(store, t
 
     client = MlflowClient(tracking_uri=store)
     runs = {kind: run.info.run_id for kind, run in runs_by_kind(store).items()}
-    client.set_tag(runs["init"], names.TAG_PARENT_RUN, runs["train"])   # init <- train <- init
+    client.set_tag(runs["init"], names.TAG_PARENT_RUN, runs["train"])  # init <- train <- init
     client.set_tag(runs["reinit+train"], names.TAG_PARENT_RUN, runs["reinit+train"])  # a state its own parent
     # an innocent experiment whose state's weights source is in the broken one
     innocent = client.create_experiment("innocent")
-    other = client.create_run(innocent, tags={names.TAG_KEY: "f" * 32, names.TAG_KIND: "train",
-                                              names.TAG_PARENT_PREFIX + "weights": runs["prune"]})
+    other = client.create_run(
+        innocent,
+        tags={names.TAG_KEY: "f" * 32, names.TAG_KIND: "train", names.TAG_PARENT_PREFIX + "weights": runs["prune"]},
+    )
     client.set_terminated(other.info.run_id, "FINISHED")
     experiment = client.get_run(runs["init"]).info.experiment_id
     # the CLI: every state once, each broken edge named
@@ -286,8 +358,12 @@ def test_parent_tags_that_make_cycles_are_drawn_marked_and_warned_about(store, t
     # the real server: every page answers, draws every state and names the broken edges
     server, base = _serve(tmp_path, store)
     try:
-        for page in (f"/mlprune/lineage/{experiment}", f"/mlprune/lineage/{runs['train']}",
-                     f"/mlprune/lineage/{innocent}", "/mlprune/lineage/"):
+        for page in (
+            f"/mlprune/lineage/{experiment}",
+            f"/mlprune/lineage/{runs['train']}",
+            f"/mlprune/lineage/{innocent}",
+            "/mlprune/lineage/",
+        ):
             status, html = _get(base + page, server)
             assert status == 200, (page, html[-2000:])
             if page != "/mlprune/lineage/" and page != f"/mlprune/lineage/{innocent}":
@@ -322,8 +398,8 @@ def test_states_record_their_data_and_other_data_is_refused_unless_accepted(trac
 
     monkeypatch.setenv("MLPRUNE_VERIFY_MD5", "0")
     make_mnist(tmp_path / "a", seed=0)
-    shutil.copytree(tmp_path / "a", tmp_path / "a-copy")   # the same content elsewhere
-    make_mnist(tmp_path / "b", seed=1)                     # the same sizes, other images
+    shutil.copytree(tmp_path / "a", tmp_path / "a-copy")  # the same content elsewhere
+    make_mnist(tmp_path / "b", seed=1)  # the same sizes, other images
     recipe = write(tmp_path, MNIST_TINY, "mnist.yaml")
     first = invoke("run", recipe, "-P", f"data_dir={tmp_path / 'a'}")
     assert first.exit_code == 0, first.output
@@ -340,12 +416,15 @@ def test_states_record_their_data_and_other_data_is_refused_unless_accepted(trac
     assert accepted.exit_code == 0 and "accepted (--accept-data-change)" in accepted.stderr, accepted.output
     changed = [spec for spec in _state_specs(tracking) if names.STATE_DATA_CHANGE in spec]
     assert changed and all(spec[names.STATE_DATA_CHANGE]["from"] in fingerprints for spec in changed)
-    assert all(spec[names.STATE_DATA_CHANGE]["to"] == spec[names.STATE_DATA_FINGERPRINT] not in fingerprints
-               for spec in changed)
+    assert all(
+        spec[names.STATE_DATA_CHANGE]["to"] == spec[names.STATE_DATA_FINGERPRINT] not in fingerprints
+        for spec in changed
+    )
 
 
-@pytest.mark.parametrize("value", ["\u0661\u0662", "\uff11\uff12", "1_0", "4294967296", "4611686018427387904",
-                                   "-1", "0x10", "1:30"])
+@pytest.mark.parametrize(
+    "value", ["\u0661\u0662", "\uff11\uff12", "1_0", "4294967296", "4611686018427387904", "-1", "0x10", "1:30"]
+)
 def test_seeds_are_ascii_decimal_integers_below_2_to_the_32(value, tracking, tmp_path):
     recipe = write(tmp_path)
     line = invoke_error("validate", recipe, "-P", f"seed={value}")
@@ -372,8 +451,11 @@ def _special_files(tmp_path: Path) -> None:
 
 ONE_LINE = {  # name: (args, environment, fragment of the one line)
     "scheduler address": (["run", "tiny.yaml", "--scheduler", "tcp://[::1"], {}, "is not a scheduler address"),
-    "experiment id": (["run", "tiny.yaml"], {"MLFLOW_EXPERIMENT_ID": "abc"},
-                      "MLFLOW_EXPERIMENT_ID must be an experiment id (digits"),
+    "experiment id": (
+        ["run", "tiny.yaml"],
+        {"MLFLOW_EXPERIMENT_ID": "abc"},
+        "MLFLOW_EXPERIMENT_ID must be an experiment id (digits",
+    ),
     "extends a number": (["validate", "child.yaml:3"], {}, "extends must be the file name of another recipe"),
     "extends null": (["validate", "child.yaml:null"], {}, "got None"),
     "extends a list": (["validate", "child.yaml:[a]"], {}, "got ['a']"),
@@ -386,7 +468,11 @@ ONE_LINE = {  # name: (args, environment, fragment of the one line)
     "extends /dev/zero": (["validate", "child.yaml:/dev/zero"], {}, "is a character device, not a regular file"),
     "a FIFO recipe": (["validate", "fifo.yaml"], {}, "recipe file 'fifo.yaml' is a named pipe (FIFO)"),
     "/dev/zero recipe": (["validate", "/dev/zero"], {}, "recipe file '/dev/zero' is a character device"),
-    "schedule beyond the rounds": (["validate", "schedule.yaml:5-9"], {}, "names no round of this recipe (rounds 1..1)"),
+    "schedule beyond the rounds": (
+        ["validate", "schedule.yaml:5-9"],
+        {},
+        "names no round of this recipe (rounds 1..1)",
+    ),
     "schedule reversed": (["validate", "schedule.yaml:3-1"], {}, "is reversed; write low-high"),
 }
 
@@ -402,8 +488,11 @@ def test_what_was_a_traceback_or_accepted_is_one_line_exit_2(case, store, monkey
     if args[1].startswith("child.yaml:"):
         args[1] = _extends(folder, args[1].split(":", 1)[1])
     if args[1].startswith("schedule.yaml:"):
-        args[1] = write(folder, TINY + f"schedule:\n  - {{rounds: '{args[1].split(':', 1)[1]}', prune: {{amount: 0.5}}}}\n",
-                        "schedule.yaml")
+        args[1] = write(
+            folder,
+            TINY + f"schedule:\n  - {{rounds: '{args[1].split(':', 1)[1]}', prune: {{amount: 0.5}}}}\n",
+            "schedule.yaml",
+        )
     before = {r.info.run_id: r.info.status for r in state_runs(store, status=None)}
     line = invoke_error(*args)
     assert fragment in line, line
@@ -430,8 +519,13 @@ def test_an_image_size_beyond_the_machine_is_one_line_before_any_run(tracking, t
 
     recipe = write(tmp_path, TINY.replace("test_size: 64}", "test_size: 64, image_size: 8192}"), "big.yaml")
     started = time.monotonic()
-    result = subprocess.run(["bash", "-c", f"ulimit -v 6000000; exec {sys.executable} -m mlprune run {recipe}"],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        ["bash", "-c", f"ulimit -v 6000000; exec {sys.executable} -m mlprune run {recipe}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     # counted before anything is allocated (the network alone beyond the machine's memory), or caught when

@@ -37,15 +37,24 @@ Definitions used throughout (they are part of the contract, tests pin them):
 
 from __future__ import annotations
 
-from .sparsity import sparsity, remaining_fraction, compression_ratio, compression_ratio_all, flops
-from .similarity import check_same_architecture, jaccard, jaccard_matrix
-from .structure import follows_nm, nm_pattern, prob_unit_pruned, emergent_structure
-from .stability import weight_stability, weight_trajectories
-from .accuracy import accuracy_vs_remaining, pareto_front
 from . import statistics
-from .interpolation import interpolation_alphas, interpolate_weights, barrier_height
-from .predictions import SIGNIFICANCE, confusion_matrix, class_recall, class_impact, modal_labels, pies, churn, churn_matrix
-from .cka import linear_cka, gram, hsic_unbiased, MinibatchCKA, layer_outputs, probe_indices, probe_batches
+from .accuracy import accuracy_vs_remaining, pareto_front
+from .cka import MinibatchCKA, gram, hsic_unbiased, layer_outputs, linear_cka, probe_batches, probe_indices
+from .interpolation import barrier_height, interpolate_weights, interpolation_alphas
+from .predictions import (
+    SIGNIFICANCE,
+    churn,
+    churn_matrix,
+    class_impact,
+    class_recall,
+    confusion_matrix,
+    modal_labels,
+    pies,
+)
+from .similarity import check_same_architecture, jaccard, jaccard_matrix
+from .sparsity import compression_ratio, compression_ratio_all, flops, remaining_fraction, sparsity
+from .stability import weight_stability, weight_trajectories
+from .structure import emergent_structure, follows_nm, nm_pattern, prob_unit_pruned
 
 __all__ = [
     "sparsity",

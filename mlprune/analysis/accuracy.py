@@ -1,5 +1,4 @@
-"""Accuracy vs remaining weights over seeds: the rows of a study aggregated per recipe and round.
-"""
+"""Accuracy vs remaining weights over seeds: the rows of a study aggregated per recipe and round."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import numpy as np
 
 from ..errors import SpecError
 from .statistics import summarize
-
 
 _REQUIRED = ("recipe", "round", "remaining", "test_accuracy", "seed")
 
@@ -65,7 +63,7 @@ def accuracy_vs_remaining(rows: Sequence[Mapping], ci: str = "t") -> list[dict]:
         recipe_order.setdefault(row["recipe"], len(recipe_order))
         groups.setdefault((row["recipe"], row["round"]), []).append(row)
     out = []
-    for (recipe, rnd) in sorted(groups, key=lambda g: (recipe_order[g[0]], g[1])):
+    for recipe, rnd in sorted(groups, key=lambda g: (recipe_order[g[0]], g[1])):
         grp = groups[(recipe, rnd)]
         seeds = [r["seed"] for r in grp]
         if len(set(seeds)) != len(seeds):
@@ -88,8 +86,9 @@ def accuracy_vs_remaining(rows: Sequence[Mapping], ci: str = "t") -> list[dict]:
         if es:
             _add_summary(agg, "early_stop_iteration", summarize(es, ci))
             agg["early_stop_n"] = len(es)
-        at_stop = [float(r["early_stop_test_accuracy"]) for r in grp
-                   if not _is_missing(r.get("early_stop_test_accuracy"))]
+        at_stop = [
+            float(r["early_stop_test_accuracy"]) for r in grp if not _is_missing(r.get("early_stop_test_accuracy"))
+        ]
         if at_stop:
             _add_summary(agg, "early_stop_test_accuracy", summarize(at_stop, ci))
         out.append(agg)
@@ -100,8 +99,11 @@ def pareto_front(points: Sequence[Mapping], x: str, y: str = "mean") -> list[dic
     """The points no other point beats on both ``x`` (more is better: compression, speedup) and ``y``
     (accuracy): each kept point has a larger ``y`` than every point with at least its ``x``. Sorted by
     ``x``; points missing either value are not candidates."""
-    usable = [p for p in points if p.get(x) is not None and p.get(y) is not None
-              and math.isfinite(float(p[x])) and math.isfinite(float(p[y]))]
+    usable = [
+        p
+        for p in points
+        if p.get(x) is not None and p.get(y) is not None and math.isfinite(float(p[x])) and math.isfinite(float(p[y]))
+    ]
     front, best = [], -math.inf
     for point in sorted(usable, key=lambda p: (-float(p[x]), -float(p[y]))):
         if float(point[y]) > best:

@@ -13,8 +13,8 @@ import torch
 
 from ..errors import SpecError
 
-
 # ---- representations: linear CKA ------------------------------------------------------------
+
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear CKA of two representations of the same n examples (n × features each), closed form:
@@ -57,15 +57,16 @@ class MinibatchCKA:
     of each batch's Gram matrices. Memory: one batch's Gram matrices, whatever the probe size."""
 
     def __init__(self):
-        self._sums: dict[str, torch.Tensor] = {}   # layer -> [HSIC(K,L), HSIC(K,K), HSIC(L,L)] summed
+        self._sums: dict[str, torch.Tensor] = {}  # layer -> [HSIC(K,L), HSIC(K,K), HSIC(L,L)] summed
         self.batches = 0
 
     def update(self, xs: dict, ys: dict) -> None:
         """One batch: {layer: activations of network a} and {layer: activations of network b}."""
         for name, x in xs.items():
             k_gram, l_gram = gram(x), gram(ys[name])
-            values = torch.stack([hsic_unbiased(k_gram, l_gram), hsic_unbiased(k_gram, k_gram),
-                                  hsic_unbiased(l_gram, l_gram)]).cpu()
+            values = torch.stack(
+                [hsic_unbiased(k_gram, l_gram), hsic_unbiased(k_gram, k_gram), hsic_unbiased(l_gram, l_gram)]
+            ).cpu()
             self._sums[name] = values if name not in self._sums else self._sums[name] + values
         self.batches += 1
 
@@ -80,8 +81,10 @@ class MinibatchCKA:
 def layer_outputs(model: torch.nn.Module, modules: dict[str, torch.nn.Module], x: torch.Tensor) -> dict:
     """{name: output} of the given submodules of `model` on input `x` (one forward pass, no grad)."""
     captured: dict[str, torch.Tensor] = {}
-    hooks = [module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
-             for name, module in modules.items()]
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
+        for name, module in modules.items()
+    ]
     try:
         with torch.no_grad():
             model(x)
@@ -95,7 +98,7 @@ def probe_indices(size: int, examples: int, seed: int) -> torch.Tensor:
     """The probe set: `size` test examples drawn without replacement by a generator seeded with `seed`."""
     if examples < 4:
         raise SpecError(f"a CKA probe needs at least 4 test examples; the test set has {examples}")
-    return torch.randperm(examples, generator=torch.Generator().manual_seed(seed))[:min(size, examples)]
+    return torch.randperm(examples, generator=torch.Generator().manual_seed(seed))[: min(size, examples)]
 
 
 def probe_batches(count: int, batch_size: int) -> list[tuple[int, int]]:

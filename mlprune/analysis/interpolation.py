@@ -22,8 +22,12 @@ def interpolation_alphas(points: int) -> list[float]:
     return [i / (points - 1) for i in range(points)]
 
 
-def interpolate_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], alpha: float,
-                        masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def interpolate_weights(
+    a: Mapping[str, torch.Tensor],
+    b: Mapping[str, torch.Tensor],
+    alpha: float,
+    masks: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """The network ``(1 - α)·a + α·b``, masks applied (pruned entries exactly 0 in between; the ends are
     a and b as they are, whose pruned entries are 0 already).
 

@@ -18,10 +18,11 @@ import numpy as np
 
 from ..errors import SpecError
 
-SIGNIFICANCE = 0.05   # the p-value below which a class's impact is called significant (as in Hooker et al.)
+SIGNIFICANCE = 0.05  # the p-value below which a class's impact is called significant (as in Hooker et al.)
 
 
 # ---- classes ------------------------------------------------------------------------------
+
 
 def confusion_matrix(labels, predicted, num_classes: int) -> np.ndarray:
     """(num_classes, num_classes) int64 counts: row = true class, column = predicted class."""
@@ -29,7 +30,8 @@ def confusion_matrix(labels, predicted, num_classes: int) -> np.ndarray:
     if labels.shape != predicted.shape:
         raise SpecError(f"{labels.shape[0]} labels but {predicted.shape[0]} predictions")
     return np.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes)
+        num_classes, num_classes
+    )
 
 
 def class_recall(confusion: np.ndarray) -> np.ndarray:
@@ -80,15 +82,21 @@ def class_impact(dense_recall, dense_accuracy, pruned_recall, pruned_accuracy) -
                 result = ttest_ind(pruned_norm[:, c], dense_norm[:, c], equal_var=False)
             t[c], p[c] = float(result.statistic), float(result.pvalue)
     return {
-        "dense_recall": dense_recall.mean(axis=0), "pruned_recall": pruned_recall.mean(axis=0),
+        "dense_recall": dense_recall.mean(axis=0),
+        "pruned_recall": pruned_recall.mean(axis=0),
         "recall_change": pruned_recall.mean(axis=0) - dense_recall.mean(axis=0),
         "accuracy_change": float(pruned_accuracy.mean() - dense_accuracy.mean()),
-        "impact": impact, "t": t, "p": p, "significant": p < SIGNIFICANCE,
-        "n_dense": int(dense_recall.shape[0]), "n_pruned": int(pruned_recall.shape[0]),
+        "impact": impact,
+        "t": t,
+        "p": p,
+        "significant": p < SIGNIFICANCE,
+        "n_dense": int(dense_recall.shape[0]),
+        "n_pruned": int(pruned_recall.shape[0]),
     }
 
 
 # ---- examples -----------------------------------------------------------------------------
+
 
 def modal_labels(predictions) -> tuple[np.ndarray, np.ndarray]:
     """(modal label, agreement) per example of a population's predictions (networks, examples).
@@ -120,16 +128,23 @@ def pies(dense_predictions, pruned_predictions, labels) -> dict:
     pruned_predictions = np.atleast_2d(np.asarray(pruned_predictions))
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if dense_predictions.shape[1] != labels.size or pruned_predictions.shape[1] != labels.size:
-        raise SpecError(f"predictions of {dense_predictions.shape[1]} and {pruned_predictions.shape[1]} examples "
-                        f"for {labels.size} labels: populations must be predictions on the same test set")
+        raise SpecError(
+            f"predictions of {dense_predictions.shape[1]} and {pruned_predictions.shape[1]} examples "
+            f"for {labels.size} labels: populations must be predictions on the same test set"
+        )
     dense_mode, dense_agree = modal_labels(dense_predictions)
     pruned_mode, pruned_agree = modal_labels(pruned_predictions)
     index = np.nonzero(dense_mode != pruned_mode)[0]
     return {
-        "indices": index, "label": labels[index], "dense_label": dense_mode[index],
-        "pruned_label": pruned_mode[index], "dense_agreement": dense_agree[index],
-        "pruned_agreement": pruned_agree[index], "fraction": index.size / max(labels.size, 1),
-        "examples": int(labels.size), "n_dense": int(dense_predictions.shape[0]),
+        "indices": index,
+        "label": labels[index],
+        "dense_label": dense_mode[index],
+        "pruned_label": pruned_mode[index],
+        "dense_agreement": dense_agree[index],
+        "pruned_agreement": pruned_agree[index],
+        "fraction": index.size / max(labels.size, 1),
+        "examples": int(labels.size),
+        "n_dense": int(dense_predictions.shape[0]),
         "n_pruned": int(pruned_predictions.shape[0]),
     }
 

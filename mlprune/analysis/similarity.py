@@ -1,5 +1,4 @@
-"""Mask similarity: the Jaccard of kept weights, per layer and overall, and its matrix over states.
-"""
+"""Mask similarity: the Jaccard of kept weights, per layer and overall, and its matrix over states."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Sparsity, compression and FLOPs of masked networks (the definitions are in `mlprune.analysis`).
-"""
+"""Sparsity, compression and FLOPs of masked networks (the definitions are in `mlprune.analysis`)."""
 
 from __future__ import annotations
 
@@ -128,8 +127,11 @@ def flops(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str, torc
             hooks.append(module.register_forward_hook(make_hook(wname)))
     try:
         ref = next(model.parameters(), None)
-        x = torch.zeros((1, *shape), dtype=ref.dtype if ref is not None else torch.float32,
-                        device=ref.device if ref is not None else "cpu")
+        x = torch.zeros(
+            (1, *shape),
+            dtype=ref.dtype if ref is not None else torch.float32,
+            device=ref.device if ref is not None else "cpu",
+        )
         was_training = model.training
         model.eval()
         try:

@@ -16,9 +16,7 @@ from .similarity import check_same_architecture, jaccard
 
 def _check_series(weight_series, mask_series) -> list[str]:
     if len(weight_series) != len(mask_series):
-        raise SpecError(
-            f"weight_series has {len(weight_series)} states but mask_series has {len(mask_series)}"
-        )
+        raise SpecError(f"weight_series has {len(weight_series)} states but mask_series has {len(mask_series)}")
     if not mask_series:
         raise SpecError("weight_series / mask_series are empty; need at least one state")
     names = list(mask_series[0])
@@ -29,8 +27,7 @@ def _check_series(weight_series, mask_series) -> list[str]:
                 raise SpecError(f"state {t} has a mask for {name!r} but no such weight")
             if tuple(w[name].shape) != tuple(m[name].shape):
                 raise SpecError(
-                    f"state {t}: weight {name!r} has shape {tuple(w[name].shape)}, "
-                    f"mask has {tuple(m[name].shape)}"
+                    f"state {t}: weight {name!r} has shape {tuple(w[name].shape)}, mask has {tuple(m[name].shape)}"
                 )
     return names
 

@@ -29,7 +29,7 @@ from ..errors import SpecError, choice_error
 CI_METHODS = ("t", "bootstrap")
 CONFIDENCE = 0.95
 ALPHA = 0.05
-MIN_SEEDS = 3                      # fewer seeds than this give no verdict
+MIN_SEEDS = 3  # fewer seeds than this give no verdict
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 TOO_FEW = f"too few seeds (n < {MIN_SEEDS})"
@@ -68,8 +68,12 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
     return mean - half, mean + half
 
 
-def bootstrap_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                       confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
+def bootstrap_interval(
+    values: Sequence[float],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval of the mean: ``resamples`` means of n values drawn with replacement
     by ``numpy.random.default_rng(seed)`` (an index matrix of shape (resamples, n)), their
     (1 - confidence) / 2 and (1 + confidence) / 2 quantiles (numpy's linear interpolation);
@@ -85,8 +89,9 @@ def bootstrap_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAM
     return float(low), float(high)
 
 
-def summarize(values: Sequence[float], ci: str = "t", *, resamples: int = BOOTSTRAP_RESAMPLES,
-              seed: int = BOOTSTRAP_SEED) -> dict:
+def summarize(
+    values: Sequence[float], ci: str = "t", *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> dict:
     """``{"n", "mean", "std", "se", "ci_low", "ci_high", "ci"}`` of the values (one per seed); ``ci`` says
     how the interval was made ("t", or "bootstrap, 10000 resamples, seed 0"); one value: std 0, se, the
     interval None and ``ci`` = "1 seed: no interval"."""
@@ -105,12 +110,25 @@ def summarize(values: Sequence[float], ci: str = "t", *, resamples: int = BOOTST
     else:
         low, high = bootstrap_interval(arr, resamples, seed)
         how = f"bootstrap, {resamples} resamples, seed {seed}"
-    return {"n": n, "mean": float(arr.mean()), "std": std, "se": std / math.sqrt(n) if n > 1 else None,
-            "ci_low": low, "ci_high": high, "ci": how}
+    return {
+        "n": n,
+        "mean": float(arr.mean()),
+        "std": std,
+        "se": std / math.sqrt(n) if n > 1 else None,
+        "ci_low": low,
+        "ci_high": high,
+        "ci": how,
+    }
 
 
-def paired(a: Sequence[float], b: Sequence[float], ci: str = "t", *, resamples: int = BOOTSTRAP_RESAMPLES,
-           seed: int = BOOTSTRAP_SEED) -> dict:
+def paired(
+    a: Sequence[float],
+    b: Sequence[float],
+    ci: str = "t",
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict:
     """Paired comparison of a and b (``a[i]`` and ``b[i]`` from the same seed): the summary of the
     differences a - b (``mean_difference``, ``std``, ``se``, ``ci_low``, ``ci_high``, ``ci``, ``n``),
     ``p_t`` (scipy.stats.ttest_rel) and ``p_wilcoxon`` (scipy.stats.wilcoxon), two-sided; a p-value is
@@ -119,10 +137,18 @@ def paired(a: Sequence[float], b: Sequence[float], ci: str = "t", *, resamples: 
 
     a, b = _values(a, "a"), _values(b, "b")
     if a.size != b.size or a.size == 0:
-        raise SpecError(f"a paired comparison needs as many values on both sides (at least 1), got {a.size} and {b.size}")
+        raise SpecError(
+            f"a paired comparison needs as many values on both sides (at least 1), got {a.size} and {b.size}"
+        )
     summary = summarize(a - b, ci, resamples=resamples, seed=seed)
-    out = {"paired": True, "n": summary["n"], "mean_difference": summary["mean"],
-           **{k: summary[k] for k in ("std", "se", "ci_low", "ci_high", "ci")}, "p_t": None, "p_wilcoxon": None}
+    out = {
+        "paired": True,
+        "n": summary["n"],
+        "mean_difference": summary["mean"],
+        **{k: summary[k] for k in ("std", "se", "ci_low", "ci_high", "ci")},
+        "p_t": None,
+        "p_wilcoxon": None,
+    }
     if a.size >= 2:
         with np.errstate(all="ignore"):
             out["p_t"] = _number(stats.ttest_rel(a, b).pvalue)
@@ -140,16 +166,25 @@ def unpaired(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDE
     a, b = _values(a, "a"), _values(b, "b")
     if a.size == 0 or b.size == 0:
         raise SpecError(f"an unpaired comparison needs values on both sides, got {a.size} and {b.size}")
-    out = {"paired": False, "n": int(min(a.size, b.size)), "n_a": int(a.size), "n_b": int(b.size),
-           "mean_difference": float(a.mean() - b.mean()), "se": None, "ci_low": None, "ci_high": None,
-           "ci": "welch", "p_welch": None}
+    out = {
+        "paired": False,
+        "n": int(min(a.size, b.size)),
+        "n_a": int(a.size),
+        "n_b": int(b.size),
+        "mean_difference": float(a.mean() - b.mean()),
+        "se": None,
+        "ci_low": None,
+        "ci_high": None,
+        "ci": "welch",
+        "p_welch": None,
+    }
     if a.size < 2 or b.size < 2:
         return out
     va, vb = float(a.var(ddof=1)) / a.size, float(b.var(ddof=1)) / b.size
     se = math.sqrt(va + vb)
     out["se"] = se
     if se > 0:
-        df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+        df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
         half = float(stats.t.ppf((1 + confidence) / 2, df)) * se
         out["ci_low"], out["ci_high"] = out["mean_difference"] - half, out["mean_difference"] + half
         out["p_welch"] = _number(stats.ttest_ind(a, b, equal_var=False).pvalue)

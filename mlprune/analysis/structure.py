@@ -127,8 +127,12 @@ def emergent_structure(
             "sparsity": (n_w - n_k) / n_w if n_w else 0.0,
         }
         structure = _slice_structure(m) if name in structured else ()
-        entry["baseline"] = {(): "random unstructured", (0,): "random structured (dim 0)",
-                             (1,): "random structured (dim 1)", (0, 1): "random structured (dims 0 and 1)"}[structure]
+        entry["baseline"] = {
+            (): "random unstructured",
+            (0,): "random structured (dim 0)",
+            (1,): "random structured (dim 1)",
+            (0, 1): "random structured (dims 0 and 1)",
+        }[structure]
         for dim in (0, 1):
             if dim < m.dim() and m.shape[dim] != 0:
                 entry[f"dim{dim}"] = _units_along(m, dim, kind, structure)

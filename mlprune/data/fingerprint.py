@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .readers import Raw
 
-_FINGERPRINTS: dict = {}   # content source -> fingerprint: each dataset read is hashed once per process
+_FINGERPRINTS: dict = {}  # content source -> fingerprint: each dataset read is hashed once per process
 
 
 def data_fingerprint(read) -> str:

@@ -23,24 +23,24 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 from ..errors import SpecError
 from ..names import ENV_DATA_WORKERS
-from .fingerprint import data_fingerprint
-from .readers import Folders
 from .catalog import DATASETS
+from .fingerprint import data_fingerprint
 from .pipeline import Data, DataRequest
+from .readers import Folders
 from .sampling import AUGMENTS, MASK63, aug_seed, check_batch_size, shuffle_seed, val_count
 
 __all__ = ["Folders", "FolderData", "FolderTransform", "resized_crop_box", "load_folder_data"]
 
 
-
-def resized_crop_box(height: int, width: int, gen: torch.Generator, scale=(0.08, 1.0),
-                     ratio=(3 / 4, 4 / 3), tries: int = 10) -> tuple[int, int, int, int]:
+def resized_crop_box(
+    height: int, width: int, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), tries: int = 10
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a random-resized crop: a box of a random share of the area (`scale`) and a
     log-uniform aspect ratio (`ratio`), placed uniformly; after `tries` boxes that do not fit, the
     largest central box whose aspect is clamped into `ratio`. Draws only from `gen`."""
@@ -70,7 +70,7 @@ class FolderTransform:
     """PIL image -> normalized float32 (3, S, S), train or evaluation, its randomness from `gen`."""
 
     def __init__(self, style: str, size: int, mean, std, crop: bool, flip: bool):
-        self.style, self.size = style, size   # style: "resized_crop" (ImageNet) or "padded_crop" (Tiny ImageNet)
+        self.style, self.size = style, size  # style: "resized_crop" (ImageNet) or "padded_crop" (Tiny ImageNet)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.crop, self.flip = crop, flip
@@ -96,27 +96,27 @@ class FolderTransform:
             image = F.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
         else:
             image = self._evaluation(image)
-        x = F.pil_to_tensor(image)                                   # uint8 (3, S, S)
+        x = F.pil_to_tensor(image)  # uint8 (3, S, S)
         if gen is not None and self.crop and self.style == "padded_crop":
-            pad = max(1, int(self.size / 16 + 0.5))                  # 4 px at 64 px
+            pad = max(1, int(self.size / 16 + 0.5))  # 4 px at 64 px
             offsets = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
-            x = torch.nn.functional.pad(x, (pad, pad, pad, pad))     # black
-            x = x[:, offsets[0]:offsets[0] + self.size, offsets[1]:offsets[1] + self.size]
+            x = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # black
+            x = x[:, offsets[0] : offsets[0] + self.size, offsets[1] : offsets[1] + self.size]
         if gen is not None and self.flip and bool(torch.rand(1, generator=gen) < 0.5):
             x = x.flip(-1)
         return ((x.to(torch.float32) / 255.0 - self.mean) / self.std).contiguous()
 
-
     def _tensor(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         x = x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
         if tuple(x.shape[-2:]) != (self.size, self.size):
-            x = torch.nn.functional.interpolate(x[None], size=(self.size, self.size), mode="bilinear",
-                                                align_corners=False, antialias=True)[0]
+            x = torch.nn.functional.interpolate(
+                x[None], size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
+            )[0]
         if gen is not None and self.crop:
-            pad = max(1, int(self.size / 8 + 0.5))                   # 4 px at 32 px, as the in-memory pipeline
+            pad = max(1, int(self.size / 8 + 0.5))  # 4 px at 32 px, as the in-memory pipeline
             offsets = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
-            x = torch.nn.functional.pad(x, (pad, pad, pad, pad))     # black
-            x = x[:, offsets[0]:offsets[0] + self.size, offsets[1]:offsets[1] + self.size]
+            x = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # black
+            x = x[:, offsets[0] : offsets[0] + self.size, offsets[1] : offsets[1] + self.size]
         if gen is not None and self.flip and bool(torch.rand(1, generator=gen) < 0.5):
             x = x.flip(-1)
         return ((x - self.mean) / self.std).contiguous()
@@ -162,8 +162,14 @@ def data_workers() -> int:
 class _FolderSplit:
     """One split of a folder dataset: which files, how they are transformed, where batches go."""
 
-    def __init__(self, folder, indices: list[int], train_transform: FolderTransform | None,
-                 eval_transform: FolderTransform, device: torch.device | None = None):
+    def __init__(
+        self,
+        folder,
+        indices: list[int],
+        train_transform: FolderTransform | None,
+        eval_transform: FolderTransform,
+        device: torch.device | None = None,
+    ):
         self.folder, self.indices = folder, list(indices)
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.device = device
@@ -178,8 +184,13 @@ class _FolderSplit:
     def _batches(self, items: list, transform, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         workers = data_workers()
         loader = torch.utils.data.DataLoader(
-            _FolderSamples(self.folder, self.indices, transform), batch_size=batch_size, sampler=items,
-            num_workers=workers, pin_memory=self.pin, persistent_workers=False)
+            _FolderSamples(self.folder, self.indices, transform),
+            batch_size=batch_size,
+            sampler=items,
+            num_workers=workers,
+            pin_memory=self.pin,
+            persistent_workers=False,
+        )
         for x, y in loader:
             if self.device is not None:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -193,8 +204,9 @@ class _FolderSplit:
         start = skip * batch_size
         transform = self.train_transform or self.eval_transform
         randomized = self.train_transform is not None
-        items = [(perm[p], ((aug_seed * 1_000_003 + p) & MASK63) if randomized else None)
-                 for p in range(start, len(perm))]
+        items = [
+            (perm[p], ((aug_seed * 1_000_003 + p) & MASK63) if randomized else None) for p in range(start, len(perm))
+        ]
         return self._batches(items, transform, batch_size)
 
 
@@ -217,27 +229,46 @@ class FolderData(Data):
                 raise SpecError(f"{what} {v!r} is not an int{' >= 0' if what == 'skip' else ''}")
         return self._train.shuffled(batch_size, shuffle_seed(seed, epoch), aug_seed(seed, epoch), skip)
 
-    def on(self, device) -> "FolderData":
+    def on(self, device) -> FolderData:
         device = torch.device(device)
         if device.type == "cpu":
             return self
-        moved = [None if s is None else _FolderSplit(s.folder, s.indices, s.train_transform, s.eval_transform, device)
-                 for s in (self._train, self._val, self._test)]
-        return FolderData(spec=self.spec, num_classes=self.num_classes, input_shape=self.input_shape,
-                          splits=tuple(moved), mean=self.mean, std=self.std, device=device)
+        moved = [
+            None if s is None else _FolderSplit(s.folder, s.indices, s.train_transform, s.eval_transform, device)
+            for s in (self._train, self._val, self._test)
+        ]
+        return FolderData(
+            spec=self.spec,
+            num_classes=self.num_classes,
+            input_shape=self.input_shape,
+            splits=tuple(moved),
+            mean=self.mean,
+            std=self.std,
+            device=device,
+        )
 
 
 def load_folder_data(name: str, folders: Folders, request: DataRequest) -> FolderData:
     """`data.loading.load_data` for an image-folder dataset (see the module docstring)."""
-    image_size, channels, val_size, split_seed = request.image_size, request.channels, request.val_size, \
-        request.split_seed
-    aug, train_size, test_size, min_image_size = request.aug, request.train_size, request.test_size, \
-        request.min_image_size
+    image_size, channels, val_size, split_seed = (
+        request.image_size,
+        request.channels,
+        request.val_size,
+        request.split_seed,
+    )
+    aug, train_size, test_size, min_image_size = (
+        request.aug,
+        request.train_size,
+        request.test_size,
+        request.min_image_size,
+    )
     info = DATASETS[name]
     native = 3 if hasattr(folders.train, "samples") else info.channels  # image files are read as RGB
     if channels not in (None, native):
-        raise SpecError(f"{name}: channels {channels!r} is not available for this dataset (decoded per sample); "
-                        f"allowed: null or {native}")
+        raise SpecError(
+            f"{name}: channels {channels!r} is not available for this dataset (decoded per sample); "
+            f"allowed: null or {native}"
+        )
     size = image_size or info.image_size
     if min_image_size is not None and size < min_image_size:
         size = min_image_size
@@ -255,19 +286,40 @@ def load_folder_data(name: str, folders: Folders, request: DataRequest) -> Folde
         train_idx = sorted(perm[k:].tolist())
         val = _FolderSplit(folders.train, val_idx, None, eval_transform)
     test_idx = list(range(_count(folders.test)))
-    for what, wanted, available in (("train_size", train_size, len(train_idx)),
-                                    ("test_size", test_size, len(test_idx))):
-        if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int)
-                                   or not 1 <= wanted <= available):
+    for what, wanted, available in (
+        ("train_size", train_size, len(train_idx)),
+        ("test_size", test_size, len(test_idx)),
+    ):
+        if wanted is not None and (
+            isinstance(wanted, bool) or not isinstance(wanted, int) or not 1 <= wanted <= available
+        ):
             raise SpecError(f"{what} {wanted!r} is not valid; allowed: null (all) or an int in [1, {available}]")
     if train_size is not None and train_size < len(train_idx):
         perm = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed((split_seed + 1) & MASK63))
         train_idx = [train_idx[i] for i in sorted(perm[:train_size].tolist())]
     if test_size is not None:
         test_idx = test_idx[:test_size]
-    spec = {"name": name, "image_size": size, "channels": native, "val_size": k, "split_seed": split_seed if k else 0,
-            "augment": aug, "train_size": train_size, "test_size": test_size, "fingerprint": data_fingerprint(folders)}
-    splits = (_FolderSplit(folders.train, train_idx, train_transform, eval_transform), val,
-              _FolderSplit(folders.test, test_idx, None, eval_transform))
-    return FolderData(spec=spec, num_classes=info.num_classes, input_shape=(native, size, size), splits=splits,
-                      mean=info.mean, std=info.std)
+    spec = {
+        "name": name,
+        "image_size": size,
+        "channels": native,
+        "val_size": k,
+        "split_seed": split_seed if k else 0,
+        "augment": aug,
+        "train_size": train_size,
+        "test_size": test_size,
+        "fingerprint": data_fingerprint(folders),
+    }
+    splits = (
+        _FolderSplit(folders.train, train_idx, train_transform, eval_transform),
+        val,
+        _FolderSplit(folders.test, test_idx, None, eval_transform),
+    )
+    return FolderData(
+        spec=spec,
+        num_classes=info.num_classes,
+        input_shape=(native, size, size),
+        splits=splits,
+        mean=info.mean,
+        std=info.std,
+    )

@@ -9,8 +9,8 @@ from pathlib import Path
 from ..errors import SpecError
 from .catalog import DATASETS, default_data_dir
 from .folders import load_folder_data
-from .readers import Folders
 from .pipeline import Data, DataRequest, load_in_memory
+from .readers import Folders
 from .sampling import resolve_augment
 
 
@@ -21,16 +21,30 @@ def as_folders(name: str, read) -> Folders:
 
     if isinstance(read, Folders):
         return read
-    if not (isinstance(read, (tuple, list)) and len(read) == 2
-            and all(isinstance(d, torch.utils.data.Dataset) and hasattr(d, "__len__") for d in read)):
-        raise SpecError(f"dataset {name!r}: its reader returned {type(read).__name__}; allowed for a dataset that is "
-                        f"not in memory: (train, test) map-style torch Datasets of (image tensor, label)")
+    if not (
+        isinstance(read, (tuple, list))
+        and len(read) == 2
+        and all(isinstance(d, torch.utils.data.Dataset) and hasattr(d, "__len__") for d in read)
+    ):
+        raise SpecError(
+            f"dataset {name!r}: its reader returned {type(read).__name__}; allowed for a dataset that is "
+            f"not in memory: (train, test) map-style torch Datasets of (image tensor, label)"
+        )
     return Folders(read[0], read[1], ("plugin", name))
 
 
 # what `load_data` takes besides the dataset, where it is read and where batches go (`DataRequest`)
-OPTIONS = ("image_size", "channels", "val_size", "split_seed", "augment", "fast", "min_image_size", "train_size",
-           "test_size")
+OPTIONS = (
+    "image_size",
+    "channels",
+    "val_size",
+    "split_seed",
+    "augment",
+    "fast",
+    "min_image_size",
+    "train_size",
+    "test_size",
+)
 
 
 def load_data(name: str = "digits", *, data_dir: str | os.PathLike | None = None, device=None, **options) -> Data:
@@ -53,8 +67,7 @@ def load_data(name: str = "digits", *, data_dir: str | os.PathLike | None = None
     image_size, channels, fast = (options.get(k) for k in ("image_size", "channels", "fast"))
     split_seed = options.get("split_seed", 0)
     info = DATASETS[name]
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise SpecError(f"image_size {image_size!r} is not valid; allowed: None (native) or a positive int")
     if channels not in (None, 1, 3) or isinstance(channels, bool):
         raise SpecError(f"channels {channels!r} is not valid; allowed: None (native), 1, 3")
@@ -62,9 +75,17 @@ def load_data(name: str = "digits", *, data_dir: str | os.PathLike | None = None
         raise SpecError(f"split_seed {split_seed!r} is not an int")
     if fast not in (None, True, False):
         raise SpecError(f"fast {fast!r} is not valid; allowed: None (auto), true, false")
-    request = DataRequest(image_size, channels, options.get("val_size", 0), split_seed,
-                          resolve_augment(name, options.get("augment")), fast, options.get("min_image_size"),
-                          options.get("train_size"), options.get("test_size"))
+    request = DataRequest(
+        image_size,
+        channels,
+        options.get("val_size", 0),
+        split_seed,
+        resolve_augment(name, options.get("augment")),
+        fast,
+        options.get("min_image_size"),
+        options.get("train_size"),
+        options.get("test_size"),
+    )
 
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if not info.in_memory:  # image folders (ImageNet): decoded per sample

@@ -7,9 +7,9 @@ guarantees (the same (seed, epoch) gives bitwise the same batches on both paths)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,19 +22,28 @@ from .sampling import AUGMENTS, MASK63, aug_seed, check_batch_size, shuffle_seed
 
 __all__ = ["Data", "load_in_memory", "FAST_LIMIT_BYTES", "DEVICE_SHARE", "placement"]
 
-FAST_LIMIT_BYTES = 2 * 1024 ** 3
-DEVICE_SHARE = 0.5   # an in-memory dataset moves onto an accelerator when it takes at most this share of its free memory
+FAST_LIMIT_BYTES = 2 * 1024**3
+DEVICE_SHARE = 0.5  # an in-memory dataset moves onto an accelerator when it takes at most this share of its free memory
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 # ----------------------------------------------------------------------------- preprocessing
 
+
 class _Pipeline:
     """uint8 (N, C, H, W) -> normalized float32 (N, C', S, S); elementwise per sample, so a
     batch and its samples one by one give bitwise the same values."""
 
-    def __init__(self, scale: float, c_in: int, c_out: int, size_in: tuple[int, int],
-                 size_out: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(
+        self,
+        scale: float,
+        c_in: int,
+        c_out: int,
+        size_in: tuple[int, int],
+        size_out: tuple[int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ):
         self.scale = float(scale)
         self.mean_values = tuple(float(v) for v in mean)
         self.std_values = tuple(float(v) for v in std)
@@ -67,7 +76,7 @@ class _Pipeline:
         c, (h, w) = self.c_out, self.size_out
         out = torch.empty((x.shape[0], c, h, w), dtype=torch.float32)
         for i in range(0, x.shape[0], chunk):
-            out[i:i + chunk] = self(x[i:i + chunk])
+            out[i : i + chunk] = self(x[i : i + chunk])
         return out
 
 
@@ -76,7 +85,7 @@ def _gray_stats_of_rgb(raw: Raw, mean_rgb) -> tuple[tuple[float], tuple[float]]:
     mean = float((w * torch.tensor(mean_rgb, dtype=torch.float64)).sum())
     total, total_sq, n = 0.0, 0.0, 0
     for i in range(0, raw.x_train.shape[0], 4096):
-        x = raw.x_train[i:i + 4096].to(torch.float64) / raw.scale
+        x = raw.x_train[i : i + 4096].to(torch.float64) / raw.scale
         g = x[:, 0] * w[0] + x[:, 1] * w[1] + x[:, 2] * w[2]
         total += float(g.sum())
         total_sq += float((g * g).sum())
@@ -87,12 +96,14 @@ def _gray_stats_of_rgb(raw: Raw, mean_rgb) -> tuple[tuple[float], tuple[float]]:
 
 # ----------------------------------------------------------------------------- augmentation
 
+
 def _crop_pad(size: int) -> int:
     return max(1, int(size / 8 + 0.5))
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator, crop: bool, flip: bool, pad: int,
-             fill: torch.Tensor) -> torch.Tensor:
+def _augment(
+    x: torch.Tensor, gen: torch.Generator, crop: bool, flip: bool, pad: int, fill: torch.Tensor
+) -> torch.Tensor:
     """Random crop (zero-padded by `pad`, padding = `fill`) then horizontal flip, batched, on x's device.
 
     Draws: crop offsets (B, 2) in [0, 2 pad], then flip coins (B,), from `gen` (a CPU generator: a few
@@ -105,7 +116,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, crop: bool, flip: bool, pad:
     device = x.device
     if crop:
         xp = fill.to(device).view(1, c, 1, 1).expand(b, c, h + 2 * pad, w + 2 * pad).clone()
-        xp[:, :, pad:pad + h, pad:pad + w] = x
+        xp[:, :, pad : pad + h, pad : pad + w] = x
         off = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
     else:
         xp = x
@@ -114,8 +125,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator, crop: bool, flip: bool, pad:
     off = off.to(device, non_blocking=True)
     ar_h = torch.arange(h, device=device)
     ar_w = torch.arange(w, device=device)
-    rows = off[:, 0:1] + ar_h                                   # (B, H)
-    cols = off[:, 1:2] + ar_w                                   # (B, W)
+    rows = off[:, 0:1] + ar_h  # (B, H)
+    cols = off[:, 1:2] + ar_w  # (B, W)
     if flip:
         flips = flips.to(device, non_blocking=True)
         cols = torch.where(flips[:, None], off[:, 1:2] + (w - 1 - ar_w), cols)
@@ -136,6 +147,7 @@ def _augment_draws(b: int, gen: torch.Generator, crop: bool, flip: bool, pad: in
 
 # ----------------------------------------------------------------------------- Data
 
+
 class _SampleDataset(torch.utils.data.Dataset):
     """Generic path: raw uint8 images, preprocessed one sample at a time."""
 
@@ -146,7 +158,7 @@ class _SampleDataset(torch.utils.data.Dataset):
         return self.x.shape[0]
 
     def __getitem__(self, i):
-        return self.pipeline(self.x[i:i + 1])[0], self.y[i]
+        return self.pipeline(self.x[i : i + 1])[0], self.y[i]
 
 
 class _Split:
@@ -158,8 +170,15 @@ class _Split:
     host and copied through pinned memory, asynchronously (``pin``).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, fast: bool, pipeline: _Pipeline,
-                 device: torch.device | None = None, pin: bool = False):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        fast: bool,
+        pipeline: _Pipeline,
+        device: torch.device | None = None,
+        pin: bool = False,
+    ):
         self.x, self.y, self.fast, self.pipeline = x, y, fast, pipeline
         self.device, self.pin = device, pin
 
@@ -180,12 +199,17 @@ class _Split:
     def sequential(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.fast:
             for i in range(0, len(self), batch_size):
-                x, y = self.x[i:i + batch_size], self.y[i:i + batch_size]
+                x, y = self.x[i : i + batch_size], self.y[i : i + batch_size]
                 yield self.deliver(x, y) if self.pin else (x.clone(), y.clone())
         else:
             loader = torch.utils.data.DataLoader(
-                _SampleDataset(self.x, self.y, self.pipeline), batch_size=batch_size, shuffle=False,
-                num_workers=0, generator=torch.Generator().manual_seed(0), pin_memory=self.pin)
+                _SampleDataset(self.x, self.y, self.pipeline),
+                batch_size=batch_size,
+                shuffle=False,
+                num_workers=0,
+                generator=torch.Generator().manual_seed(0),
+                pin_memory=self.pin,
+            )
             for x, y in loader:
                 yield self.deliver(x, y)
 
@@ -196,7 +220,7 @@ class _Split:
         if self.fast:
             perm = torch.randperm(len(self), generator=gen)
             for i in range(0, len(self), batch_size):
-                idx = perm[i:i + batch_size]
+                idx = perm[i : i + batch_size]
                 if i < skip * batch_size:
                     yield torch.empty((idx.numel(), 0)), None
                     continue
@@ -205,11 +229,16 @@ class _Split:
         else:
             ds = _SampleDataset(self.x, self.y, self.pipeline)
             loader = torch.utils.data.DataLoader(
-                ds, batch_size=batch_size, sampler=torch.utils.data.RandomSampler(ds, generator=gen),
-                num_workers=0, generator=torch.Generator().manual_seed(0), pin_memory=self.pin)
+                ds,
+                batch_size=batch_size,
+                sampler=torch.utils.data.RandomSampler(ds, generator=gen),
+                num_workers=0,
+                generator=torch.Generator().manual_seed(0),
+                pin_memory=self.pin,
+            )
             yield from loader
 
-    def placed(self, device: torch.device, resident: bool) -> "_Split":
+    def placed(self, device: torch.device, resident: bool) -> _Split:
         """This split for training on `device`: moved there (resident) or delivered through pinned memory."""
         if resident:
             return _Split(self.x.to(device), self.y.to(device), self.fast, self.pipeline, device)
@@ -264,8 +293,18 @@ class Data:
     CPU) and ``placement`` ("host", "device": resident there, "pinned": copied per batch).
     """
 
-    def __init__(self, *, spec: dict, num_classes: int, input_shape: tuple[int, int, int], splits: tuple,
-                 fast: bool, pipeline: _Pipeline, device: torch.device | None = None, placement: str = "host"):
+    def __init__(
+        self,
+        *,
+        spec: dict,
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        splits: tuple,
+        fast: bool,
+        pipeline: _Pipeline,
+        device: torch.device | None = None,
+        placement: str = "host",
+    ):
         """`spec`: the resolved options (its ``name`` and ``augment`` are the dataset's); `splits`: (train,
         validation or None, test)."""
         self.name = spec["name"]
@@ -300,8 +339,9 @@ class Data:
         """Optimizer steps in one epoch (the last batch may be smaller)."""
         return -(-self.len_train // check_batch_size(batch_size))
 
-    def train_batches(self, batch_size: int, *, seed: int, epoch: int,
-                      skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, batch_size: int, *, seed: int, epoch: int, skip: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled, augmented training batches; the same (seed, epoch) gives the same
         batches bitwise. The last batch may be smaller. ``skip``: start at that batch of
         the epoch, with exactly the batches (and augmentations) it would have had."""
@@ -319,7 +359,7 @@ class Data:
                 if self._crop or self._flip:  # draw what its augmentation would have drawn, so later batches match
                     _augment_draws(x.shape[0], aug, self._crop, self._flip, self._pad)
                 continue
-            x, y = self._train.deliver(x, y)   # augmented where it trains
+            x, y = self._train.deliver(x, y)  # augmented where it trains
             if self._crop or self._flip:
                 x = _augment(x, aug, self._crop, self._flip, self._pad, self._fill)
             yield x, y
@@ -343,11 +383,13 @@ class Data:
 
     def __repr__(self) -> str:
         where = "" if self.device is None else f", device={str(self.device)!r}, placement={self.placement!r}"
-        return (f"Data({self.name!r}, input_shape={self.input_shape}, num_classes={self.num_classes}, "
-                f"train={self.len_train}, val={self.len_val}, test={self.len_test}, "
-                f"augment={self.augment!r}, fast={self.fast}{where})")
+        return (
+            f"Data({self.name!r}, input_shape={self.input_shape}, num_classes={self.num_classes}, "
+            f"train={self.len_train}, val={self.len_val}, test={self.len_test}, "
+            f"augment={self.augment!r}, fast={self.fast}{where})"
+        )
 
-    def on(self, device) -> "Data":
+    def on(self, device) -> Data:
         """This dataset delivering its batches on `device` (a torch.device): resident there when it fits
         (`placement`), else through pinned host memory. Same batches, bitwise, on every device."""
         device = torch.device(device)
@@ -359,11 +401,20 @@ class Data:
         resident = where == "device"
         train, test = self._train.placed(device, resident), self._test.placed(device, resident)
         val = self._val.placed(device, resident) if self._val is not None else None
-        return Data(spec=self.spec, num_classes=self.num_classes, input_shape=self.input_shape,
-                    splits=(train, val, test), fast=self.fast, pipeline=self._pipeline, device=device, placement=where)
+        return Data(
+            spec=self.spec,
+            num_classes=self.num_classes,
+            input_shape=self.input_shape,
+            splits=(train, val, test),
+            fast=self.fast,
+            pipeline=self._pipeline,
+            device=device,
+            placement=where,
+        )
 
 
 # ----------------------------------------------------------------------------- load_data
+
 
 def as_raw(name: str, read) -> Raw:
     """A reader's result as a `Raw`: built-in readers return one; a dataset plugin's may return the tensors
@@ -371,20 +422,26 @@ def as_raw(name: str, read) -> Raw:
     if isinstance(read, Raw):
         return read
     if not isinstance(read, (tuple, list)) or len(read) != 4 or not all(isinstance(t, torch.Tensor) for t in read):
-        raise SpecError(f"dataset {name!r}: its reader returned {type(read).__name__}; allowed: a Raw or four "
-                        f"tensors (x_train, y_train, x_test, y_test)")
+        raise SpecError(
+            f"dataset {name!r}: its reader returned {type(read).__name__}; allowed: a Raw or four "
+            f"tensors (x_train, y_train, x_test, y_test)"
+        )
     x_train, y_train, x_test, y_test = read
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise SpecError(f"dataset {name!r}: {split} images {tuple(x.shape)} and labels {tuple(y.shape)}; allowed: "
-                            f"(N, C, H, W) images and N labels, N > 0")
+            raise SpecError(
+                f"dataset {name!r}: {split} images {tuple(x.shape)} and labels {tuple(y.shape)}; allowed: "
+                f"(N, C, H, W) images and N labels, N > 0"
+            )
         if x.dtype != torch.uint8 and not (x.is_floating_point() and bool(((x >= 0) & (x <= 1)).all())):
             raise SpecError(f"dataset {name!r}: {split} images are {x.dtype}; allowed: uint8 or floats in [0, 1]")
         if y.dtype not in (torch.int64, torch.int32, torch.uint8):
             raise SpecError(f"dataset {name!r}: {split} labels are {y.dtype}; allowed: integers")
     if x_train.dtype != x_test.dtype or x_train.shape[1:] != x_test.shape[1:]:
-        raise SpecError(f"dataset {name!r}: train images {x_train.dtype} {tuple(x_train.shape[1:])} and test images "
-                        f"{x_test.dtype} {tuple(x_test.shape[1:])} differ")
+        raise SpecError(
+            f"dataset {name!r}: train images {x_train.dtype} {tuple(x_train.shape[1:])} and test images "
+            f"{x_test.dtype} {tuple(x_test.shape[1:])} differ"
+        )
     scale = 255.0 if x_train.dtype == torch.uint8 else 1.0
     found = DATASETS.plugin(name)
     source = ("plugin", name, found.digest() if found is not None else "")
@@ -393,10 +450,19 @@ def as_raw(name: str, read) -> Raw:
 
 def load_in_memory(name: str, root: Path, request: DataRequest, device=None) -> Data:
     """`data.loading.load_data` for a dataset read into memory as uint8 tensors (arguments checked there)."""
-    image_size, channels, val_size, split_seed = request.image_size, request.channels, request.val_size, \
-        request.split_seed
-    aug, fast, min_image_size, train_size, test_size = request.aug, request.fast, request.min_image_size, \
-        request.train_size, request.test_size
+    image_size, channels, val_size, split_seed = (
+        request.image_size,
+        request.channels,
+        request.val_size,
+        request.split_seed,
+    )
+    aug, fast, min_image_size, train_size, test_size = (
+        request.aug,
+        request.fast,
+        request.min_image_size,
+        request.train_size,
+        request.test_size,
+    )
     info = DATASETS[name]
     raw = as_raw(name, DATASETS[name](root))
 
@@ -446,8 +512,10 @@ def load_in_memory(name: str, root: Path, request: DataRequest, device=None) -> 
     else:
         train = _Split(x_train, y_train, use_fast, pipeline)
     test = _Split(x_test, y_test, use_fast, pipeline)
-    for what, size, available in (("train_size", train_size, train.x.shape[0]),
-                                  ("test_size", test_size, test.x.shape[0])):
+    for what, size, available in (
+        ("train_size", train_size, train.x.shape[0]),
+        ("test_size", test_size, test.x.shape[0]),
+    ):
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= available):
             raise SpecError(f"{what} {size!r} is not valid; allowed: null (all) or an int in [1, {available}]")
     if train_size is not None and train_size < train.x.shape[0]:
@@ -457,11 +525,25 @@ def load_in_memory(name: str, root: Path, request: DataRequest, device=None) -> 
     if test_size is not None and test_size < test.x.shape[0]:
         test = _Split(test.x[:test_size], test.y[:test_size], use_fast, pipeline)
 
-    spec = {"name": name, "image_size": size_out[0] if size_out[0] == size_out[1] else list(size_out),
-            "channels": c_out, "val_size": k, "split_seed": split_seed if k else 0, "augment": aug,
-            "train_size": train_size, "test_size": test_size, "fingerprint": data_fingerprint(raw)}
-    data = Data(spec=spec, num_classes=info.num_classes, input_shape=(c_out, *size_out), splits=(train, val, test),
-                fast=use_fast, pipeline=pipeline)
+    spec = {
+        "name": name,
+        "image_size": size_out[0] if size_out[0] == size_out[1] else list(size_out),
+        "channels": c_out,
+        "val_size": k,
+        "split_seed": split_seed if k else 0,
+        "augment": aug,
+        "train_size": train_size,
+        "test_size": test_size,
+        "fingerprint": data_fingerprint(raw),
+    }
+    data = Data(
+        spec=spec,
+        num_classes=info.num_classes,
+        input_shape=(c_out, *size_out),
+        splits=(train, val, test),
+        fast=use_fast,
+        pipeline=pipeline,
+    )
     return data if device is None else data.on(device)
 
 

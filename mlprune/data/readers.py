@@ -15,20 +15,32 @@ import tarfile
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..errors import SpecError
 
-__all__ = ["Raw", "Folders", "read_digits", "read_mnist", "read_fashion_mnist", "read_cifar10", "read_cifar100",
-           "read_tiny_imagenet", "read_imagenet", "load_data_pickle", "clear_cache"]
+__all__ = [
+    "Raw",
+    "Folders",
+    "read_digits",
+    "read_mnist",
+    "read_fashion_mnist",
+    "read_cifar10",
+    "read_cifar100",
+    "read_tiny_imagenet",
+    "read_imagenet",
+    "load_data_pickle",
+    "clear_cache",
+]
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
-_CACHE_LIMIT_BYTES = 1536 * 1024 ** 2
+_CACHE_LIMIT_BYTES = 1536 * 1024**2
 
 
 class Raw(NamedTuple):
@@ -38,10 +50,8 @@ class Raw(NamedTuple):
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    scale: float          # x / scale is in [0, 1]
-    source: tuple = ()    # identifies the content read (name, files' path / size / mtime)
-
-
+    scale: float  # x / scale is in [0, 1]
+    source: tuple = ()  # identifies the content read (name, files' path / size / mtime)
 
 
 class Folders(NamedTuple):
@@ -61,22 +71,27 @@ class _PlainDataUnpickler(pickle.Unpickler):
     rebuilds a numpy array, so a crafted file cannot run code (`find_class` refuses).
     """
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                ("numpy", "ndarray"), ("numpy", "dtype"),
-                ("_codecs", "encode")}  # protocol-2 pickles rebuild bytes with it: str -> bytes, no effects
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }  # protocol-2 pickles rebuild bytes with it: str -> bytes, no effects
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a data file holds only plain data "
-                                     f"and numpy arrays")
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a data file holds only plain data and numpy arrays"
+        )
 
 
 def load_data_pickle(fh):
     """A pickled dataset batch (e.g. CIFAR's), read without running code from it."""
     return _PlainDataUnpickler(fh, encoding="latin1").load()
-
 
 
 def _download_allowed() -> bool:
@@ -96,6 +111,7 @@ def _stamp(paths) -> tuple:
 
 
 # ----------------------------------------------------------------------------- in-process cache
+
 
 class _ByteLRU:
     """A small LRU cache bounded by the bytes of the tensors it holds."""
@@ -135,7 +151,7 @@ _RAW_CACHE = _ByteLRU(_CACHE_LIMIT_BYTES)
 PREP_CACHE = _ByteLRU(_CACHE_LIMIT_BYTES)
 
 
-_FOLDER_CACHE: dict = {}   # (dataset, root, stamps) -> Folders: listing ImageNet's 1.3 M files takes seconds
+_FOLDER_CACHE: dict = {}  # (dataset, root, stamps) -> Folders: listing ImageNet's 1.3 M files takes seconds
 
 
 def clear_cache() -> None:
@@ -146,6 +162,7 @@ def clear_cache() -> None:
 
 
 # ----------------------------------------------------------------------------- digits
+
 
 def _digits_csv() -> Path:
     spec = importlib.util.find_spec("sklearn")
@@ -193,8 +210,7 @@ def read_digits(root=None) -> Raw:
 
 # ----------------------------------------------------------------------------- MNIST-like
 
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def _decompress_gz(gz: Path, dest: Path) -> None:
@@ -205,8 +221,9 @@ def _decompress_gz(gz: Path, dest: Path) -> None:
         try:
             extract_archive(str(gz), tmp)
         except (OSError, EOFError, gzip.BadGzipFile, RuntimeError, ValueError) as exc:
-            raise SpecError(f"cannot decompress {gz}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                            ) from None
+            raise SpecError(
+                f"cannot decompress {gz}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         os.replace(Path(tmp) / dest.name, dest)
 
 
@@ -238,7 +255,8 @@ def _mnist_reader(name: str, cls_name: str) -> Callable[..., Raw]:
                 f"{name}: files not found under {raw_dir} (need {', '.join(_IDX_FILES)}; missing "
                 f"{', '.join(missing)}; .gz versions are fine): put them there (the files torchvision's "
                 f"{cls_name} downloads), give data_dir / MLPRUNE_DATA_DIR, or set MLPRUNE_DOWNLOAD=1 to let "
-                f"torchvision download them")
+                f"torchvision download them"
+            )
         paths = [raw_dir / f for f in _IDX_FILES]
         key = (name, _stamp(paths))
         hit = _RAW_CACHE.get(key)
@@ -251,13 +269,16 @@ def _mnist_reader(name: str, cls_name: str) -> Callable[..., Raw]:
                 return ds.data, ds.targets
             except Exception:  # noqa: BLE001 -- find the file to blame, in one line
                 pass
-            for fname, reader in ((_IDX_FILES[0 if train else 2], read_image_file),
-                                  (_IDX_FILES[1 if train else 3], read_label_file)):
+            for fname, reader in (
+                (_IDX_FILES[0 if train else 2], read_image_file),
+                (_IDX_FILES[1 if train else 3], read_label_file),
+            ):
                 try:
                     reader(str(raw_dir / fname))
                 except Exception as exc:  # noqa: BLE001
-                    raise SpecError(f"{name}: corrupt or truncated file {raw_dir / fname}: "
-                                    f"{_first_line(exc)}") from None
+                    raise SpecError(
+                        f"{name}: corrupt or truncated file {raw_dir / fname}: {_first_line(exc)}"
+                    ) from None
             raise SpecError(f"{name}: cannot load {raw_dir} with torchvision.datasets.{cls_name}")
 
         parts = []
@@ -280,6 +301,7 @@ def _mnist_reader(name: str, cls_name: str) -> Callable[..., Raw]:
 
 
 # ----------------------------------------------------------------------------- CIFAR
+
 
 def _cifar_reader(name: str, cls_name: str, num_classes: int) -> Callable[..., Raw]:
     def read(root) -> Raw:
@@ -316,7 +338,8 @@ def _cifar_reader(name: str, cls_name: str, num_classes: int) -> Callable[..., R
             raise SpecError(
                 f"{name}: files not found under {folder} (need {', '.join(names)}; missing "
                 f"{', '.join(missing)}): put them there (or {cls.filename} from {cls.url} in {root}), give "
-                f"data_dir / MLPRUNE_DATA_DIR, or set MLPRUNE_DOWNLOAD=1 to let torchvision download it")
+                f"data_dir / MLPRUNE_DATA_DIR, or set MLPRUNE_DOWNLOAD=1 to let torchvision download it"
+            )
         paths = [folder / f for f in names]
         key = (name, _stamp(paths), _verify_md5())
         hit = _RAW_CACHE.get(key)
@@ -325,17 +348,23 @@ def _cifar_reader(name: str, cls_name: str, num_classes: int) -> Callable[..., R
         if _verify_md5():
             for f, md5 in entries:
                 if not check_integrity(str(folder / f), md5):
-                    raise SpecError(f"{name}: {folder / f} fails its md5 check (corrupt, truncated or not "
-                                    f"the official file); replace it, or set MLPRUNE_VERIFY_MD5=0 for "
-                                    f"hand-made files")
+                    raise SpecError(
+                        f"{name}: {folder / f} fails its md5 check (corrupt, truncated or not "
+                        f"the official file); replace it, or set MLPRUNE_VERIFY_MD5=0 for "
+                        f"hand-made files"
+                    )
 
         try:
             with open(folder / meta[0], "rb") as fh:
                 load_data_pickle(fh)[cls.meta["key"]]
         except Exception as exc:  # noqa: BLE001
             raise SpecError(f"{name}: corrupt or truncated file {folder / meta[0]}: {_first_line(exc)}") from None
-        raw = Raw(*_cifar_arrays(name, folder, train_list, num_classes),
-                  *_cifar_arrays(name, folder, test_list, num_classes), 255.0, key)
+        raw = Raw(
+            *_cifar_arrays(name, folder, train_list, num_classes),
+            *_cifar_arrays(name, folder, test_list, num_classes),
+            255.0,
+            key,
+        )
         _RAW_CACHE.put(key, raw)
         return raw
 
@@ -355,16 +384,16 @@ def _cifar_arrays(name: str, folder: Path, files: list, num_classes: int) -> tup
             labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
             labels = np.asarray(labels, dtype=np.int64)
             if data.size % 3072 or data.shape[0] != labels.shape[0] or labels.ndim != 1:
-                raise ValueError(f"data {data.shape} / labels {labels.shape} do not form "
-                                 f"(N, 3072) images with N labels")
+                raise ValueError(
+                    f"data {data.shape} / labels {labels.shape} do not form (N, 3072) images with N labels"
+                )
         except Exception as exc:  # noqa: BLE001 -- one line naming the file
             raise SpecError(f"{name}: corrupt or truncated file {path}: {_first_line(exc)}") from None
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise SpecError(f"{name}: {path} has labels outside 0..{num_classes - 1}")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
-    return (torch.from_numpy(np.concatenate(xs)).contiguous(),
-            torch.from_numpy(np.concatenate(ys)).contiguous())
+    return (torch.from_numpy(np.concatenate(xs)).contiguous(), torch.from_numpy(np.concatenate(ys)).contiguous())
 
 
 read_mnist = _mnist_reader("mnist", "MNIST")
@@ -374,6 +403,7 @@ read_cifar100 = _cifar_reader("cifar100", "CIFAR100", 100)
 
 
 # ----------------------------------------------------------------------------- image folders (ImageNet-like)
+
 
 def _image_folder(directory: Path, classes: list[str] | None = None, allow_empty: bool = False):
     """torchvision's ImageFolder over `directory` (its class folders searched recursively); with `classes`,
@@ -411,8 +441,9 @@ class _AnnotatedFolder:
             if not line.strip():
                 continue
             if len(parts) < 2 or parts[1] not in known:
-                raise SpecError(f"{annotations} line {number}: expected '<file>\\t<wnid of the train split>...', "
-                                f"got {line[:80]!r}")
+                raise SpecError(
+                    f"{annotations} line {number}: expected '<file>\\t<wnid of the train split>...', got {line[:80]!r}"
+                )
             path = folder / "images" / parts[0]
             if path.suffix.lower() not in IMG_EXTENSIONS or not path.is_file():
                 raise SpecError(f"{annotations} line {number}: image {path} not found")
@@ -451,8 +482,10 @@ def read_tiny_imagenet(root) -> Folders:
     """Tiny ImageNet (tiny-imagenet-200): train/<wnid>/images/*.JPEG; val as distributed (images/ and
     val_annotations.txt) or reorganized into val/<wnid>/ folders."""
     folder = Path(root) / "tiny-imagenet-200"
-    layout = (f"{folder}/train/<wnid>/images/*.JPEG and {folder}/val/images/*.JPEG with "
-              f"{folder}/val/val_annotations.txt (or {folder}/val/<wnid>/*.JPEG)")
+    layout = (
+        f"{folder}/train/<wnid>/images/*.JPEG and {folder}/val/images/*.JPEG with "
+        f"{folder}/val/val_annotations.txt (or {folder}/val/<wnid>/*.JPEG)"
+    )
     val_dir = folder / "val"
 
     def make_test(classes):
@@ -467,5 +500,11 @@ def read_imagenet(root) -> Folders:
     """ImageNet (ILSVRC 2012): imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG."""
     folder = Path(root) / "imagenet"
     layout = f"{folder}/train/<wnid>/*.JPEG and {folder}/val/<wnid>/*.JPEG"
-    return _folders("imagenet", folder / "train", folder / "val", layout, 1000,
-                    lambda classes: _image_folder(folder / "val", classes))
+    return _folders(
+        "imagenet",
+        folder / "train",
+        folder / "val",
+        layout,
+        1000,
+        lambda classes: _image_folder(folder / "val", classes),
+    )

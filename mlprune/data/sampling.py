@@ -35,8 +35,10 @@ def resolve_augment(name: str, augment) -> str | None:
         return None
     if isinstance(augment, str) and augment in AUGMENTS:
         return augment
-    raise SpecError(f"augment {augment!r} is not valid; allowed: None (dataset default), true, false, "
-                    f"'none', {', '.join(repr(a) for a in AUGMENTS)}")
+    raise SpecError(
+        f"augment {augment!r} is not valid; allowed: None (dataset default), true, false, "
+        f"'none', {', '.join(repr(a) for a in AUGMENTS)}"
+    )
 
 
 def val_count(val_size, n_train: int) -> int:
@@ -49,6 +51,5 @@ def val_count(val_size, n_train: int) -> int:
     else:
         k = -1
     if not 0 <= k < n_train:
-        raise SpecError(f"val_size {val_size!r} is not valid; allowed: an int in [0, {n_train}) "
-                        f"or a float in [0, 1)")
+        raise SpecError(f"val_size {val_size!r} is not valid; allowed: an int in [0, {n_train}) or a float in [0, 1)")
     return k

@@ -36,7 +36,7 @@ from ..spec.steps import TRAIN_SCHEMA, kind_of
 
 __all__ = ["sibling_signature", "sibling_groups", "batched_graph", "GROUP_PREFIX"]
 
-GROUP_PREFIX = "batch-"   # dask keys of group tasks (never a state's key: those are hex digests)
+GROUP_PREFIX = "batch-"  # dask keys of group tasks (never a state's key: those are hex digests)
 _ORDER = TRAIN_SCHEMA["data_order_seed"].key_name
 
 
@@ -60,9 +60,16 @@ def sibling_signature(node: dict, root: dict | None, data_dir: str | None) -> st
     if not model_entry(root["model"], check_torchvision=False).batchable:
         return None
     train.pop(_ORDER, None)
-    return canonical_json({"model": root["model"], "model_options": root.get("model_options"),
-                           "dataset": root["dataset"], "data": root.get("data"), "data_dir": data_dir,
-                           "train": train})
+    return canonical_json(
+        {
+            "model": root["model"],
+            "model_options": root.get("model_options"),
+            "dataset": root["dataset"],
+            "data": root.get("data"),
+            "data_dir": data_dir,
+            "train": train,
+        }
+    )
 
 
 def sibling_groups(tasks: dict[str, dict], signatures: dict[str, str | None], batch: int) -> list[list[str]]:
@@ -77,7 +84,7 @@ def sibling_groups(tasks: dict[str, dict], signatures: dict[str, str | None], ba
             buckets.setdefault((depth[key], signatures[key]), []).append(key)
     groups = []
     for members in buckets.values():
-        count = -(-len(members) // batch)      # as few groups as `batch` allows, as even as can be
+        count = -(-len(members) // batch)  # as few groups as `batch` allows, as even as can be
         size, extra = divmod(len(members), count)
         start = 0
         for index in range(count):
@@ -88,8 +95,9 @@ def sibling_groups(tasks: dict[str, dict], signatures: dict[str, str | None], ba
     return groups
 
 
-def batched_graph(graph: dict, tasks: dict[str, dict], groups: list[list[str]], context_text: str,
-                  reach_batch, batch_member) -> dict:
+def batched_graph(
+    graph: dict, tasks: dict[str, dict], groups: list[list[str]], context_text: str, reach_batch, batch_member
+) -> dict:
     """`graph` with each group's keys reached by one task (`reach_batch(group json, context, *deps)` -> per
     key its run id or exception) and picked from it (`batch_member(results, index)`)."""
     out = dict(graph)

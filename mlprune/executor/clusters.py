@@ -9,7 +9,6 @@ from urllib.parse import urlparse
 
 from ..errors import SpecError
 
-
 CONNECT_TIMEOUT_S = 5
 
 
@@ -42,8 +41,7 @@ def task_resources(device_name: str, worker_resources: list[dict]) -> dict | Non
 def gpu_workers(n_workers: int, gpus: int) -> list[dict]:
     """Per-worker options of a local cluster on `gpus` GPUs: worker i sees GPU i mod gpus only (its
     ``cuda`` is that GPU) and offers one ``GPU`` resource, so each GPU trains one state at a time."""
-    return [{"env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}, "resources": {GPU_RESOURCE: 1}}
-            for i in range(n_workers)]
+    return [{"env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}, "resources": {GPU_RESOURCE: 1}} for i in range(n_workers)]
 
 
 def local_gpus(device_name: str) -> int:
@@ -69,12 +67,21 @@ def local_cluster(n_workers: int | None, gpus: int = 0):
 
     with dask.config.set(WORKER_CONFIG):
         if not gpus:
-            return LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                                dashboard_address=None, silence_logs=logging.ERROR)
+            return LocalCluster(
+                n_workers=n_workers or os.cpu_count() or 1,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
         scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
-        workers = {f"gpu-worker-{i}": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1",
-                                                                  "silence_logs": logging.ERROR, **extra}}
-                   for i, extra in enumerate(gpu_workers(n_workers or gpus, gpus))}
+        workers = {
+            f"gpu-worker-{i}": {
+                "cls": Nanny,
+                "options": {"nthreads": 1, "host": "127.0.0.1", "silence_logs": logging.ERROR, **extra},
+            }
+            for i, extra in enumerate(gpu_workers(n_workers or gpus, gpus))
+        }
         return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
 
@@ -89,8 +96,10 @@ def connect(scheduler: str, workers: int | None, device_name: str = "cpu"):
     try:
         client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
     except (OSError, TimeoutError, ValueError) as error:
-        raise SpecError(f"cannot reach the dask scheduler {scheduler} within "
-                        f"{time.monotonic() - started:.0f} s: {' '.join(str(error).split())[:200]}") from None
+        raise SpecError(
+            f"cannot reach the dask scheduler {scheduler} within "
+            f"{time.monotonic() - started:.0f} s: {' '.join(str(error).split())[:200]}"
+        ) from None
     return client, None
 
 
@@ -103,15 +112,18 @@ def check_worker_plugins(client, used: dict) -> None:
     found = client.run(identities_here, sorted(used), on_error="return")
     for worker, identities in sorted(found.items()):
         if isinstance(identities, BaseException):
-            raise SpecError(f"dask worker {worker} cannot look up plugins: {type(identities).__name__}: "
-                            f"{identities}")
+            raise SpecError(f"dask worker {worker} cannot look up plugins: {type(identities).__name__}: {identities}")
         for name, identity in identities.items():
             if isinstance(identity, str):
-                raise SpecError(f"dask worker {worker}: {identity} (install the plugin there, or make the module "
-                                f"that registers it importable there)")
+                raise SpecError(
+                    f"dask worker {worker}: {identity} (install the plugin there, or make the module "
+                    f"that registers it importable there)"
+                )
             if identity != used[name]:
-                raise SpecError(f"dask worker {worker} has plugin {name} {identity}, this process {used[name]}: "
-                                f"install the same code everywhere")
+                raise SpecError(
+                    f"dask worker {worker} has plugin {name} {identity}, this process {used[name]}: "
+                    f"install the same code everywhere"
+                )
 
 
 def check_workers(client, scheduler: str) -> None:
@@ -124,16 +136,21 @@ def check_workers(client, scheduler: str) -> None:
     deadline = time.monotonic() + 60
     while not client.scheduler_info().get("workers"):
         if time.monotonic() > deadline:
-            raise SpecError(f"the dask scheduler {scheduler} has no workers (start them with "
-                            f"`dask worker {scheduler}`)")
+            raise SpecError(
+                f"the dask scheduler {scheduler} has no workers (start them with `dask worker {scheduler}`)"
+            )
         time.sleep(0.2)
     found = client.run(importlib.util.find_spec, "mlprune", on_error="return")
     missing = sorted(worker for worker, spec in found.items() if spec is None or isinstance(spec, BaseException))
     if missing:
-        raise SpecError(f"dask worker {missing[0]} ({len(missing)} of {len(found)}) cannot import mlprune: "
-                        f"install it there (pip install mlprune) in the Python that runs `dask worker`")
+        raise SpecError(
+            f"dask worker {missing[0]} ({len(missing)} of {len(found)}) cannot import mlprune: "
+            f"install it there (pip install mlprune) in the Python that runs `dask worker`"
+        )
     versions = client.run(importlib.metadata.version, "mlprune", on_error="return")
     other = sorted((w, v) for w, v in versions.items() if isinstance(v, str) and v != __version__)
     if other:
-        raise SpecError(f"dask worker {other[0][0]} runs mlprune {other[0][1]}, this process {__version__}: "
-                        f"install the same version everywhere")
+        raise SpecError(
+            f"dask worker {other[0][0]} runs mlprune {other[0][1]}, this process {__version__}: "
+            f"install the same version everywhere"
+        )

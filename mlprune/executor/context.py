@@ -15,10 +15,10 @@ class TaskContext:
     """One task's store, workspace and run options, and the JSON context it was given (the tracking URI,
     the experiment, the workflow run: what a state reached alone again needs)."""
 
-    store: object                   # store.Store
-    workspace: object               # workspace.Workspace of the run options' device
+    store: object  # store.Store
+    workspace: object  # workspace.Workspace of the run options' device
     options: RunOptions
-    context: dict                   # the task's context, as `Execution` wrote it
+    context: dict  # the task's context, as `Execution` wrote it
 
     @property
     def workflow(self) -> str | None:
@@ -31,10 +31,10 @@ class Reaching:
 
     task: dict
     parent_run: str | None
-    inputs: dict                    # role -> run id
-    parent: object = None           # the parent's StoredState (None: a root)
+    inputs: dict  # role -> run id
+    parent: object = None  # the parent's StoredState (None: a root)
     root_run: str | None = None
-    run_id: str | None = None       # our claim
+    run_id: str | None = None  # our claim
     data_dir: str | None = None
 
     @property
@@ -46,5 +46,8 @@ class Reaching:
         root's folder, else the run option `data_dir`, else the parent's)."""
         self.parent = store.load(self.parent_run) if self.parent_run else None
         self.root_run = (self.parent.spec.get("root_run") or self.parent_run) if self.parent is not None else None
-        self.data_dir = (self.task.get("data_dir") or data_dir
-                         or (self.parent.spec.get("data_dir") if self.parent is not None else None))
+        self.data_dir = (
+            self.task.get("data_dir")
+            or data_dir
+            or (self.parent.spec.get("data_dir") if self.parent is not None else None)
+        )

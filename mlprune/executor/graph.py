@@ -38,7 +38,6 @@ from .options import RunOptions
 from .task import PROGRESS, batch_member, process_workspace, reach, reach_batch, register_store
 from .threads import CUBLAS_DETERMINISTIC, cluster_threads, compute_threads
 
-
 SCHEDULERS = ("sync", "processes", "slurm", "tcp://HOST:PORT")
 
 
@@ -50,8 +49,8 @@ class Result:
     keys: list[dict[str, str]]
     experiment_id: str
     tracking_uri: str
-    computed: int = 0    # distinct states that had no usable FINISHED run when we started
-    reused: int = 0      # distinct states that had one
+    computed: int = 0  # distinct states that had no usable FINISHED run when we started
+    reused: int = 0  # distinct states that had one
     invalid: list = field(default_factory=list)  # (run id, reason) of states found broken and recomputed
 
 
@@ -77,8 +76,10 @@ def parse_scheduler(scheduler: str | None) -> str:
         except ValueError:  # 'tcp://[::1': an unclosed IPv6 bracket, a port that is no number
             ok = False
         if not ok:
-            raise SpecError(f"--scheduler {scheduler!r} is not a scheduler address; allowed: "
-                            f"{', '.join(SCHEDULERS)} (e.g. tcp://10.0.0.5:8786, tcp://[::1]:8786)")
+            raise SpecError(
+                f"--scheduler {scheduler!r} is not a scheduler address; allowed: "
+                f"{', '.join(SCHEDULERS)} (e.g. tcp://10.0.0.5:8786, tcp://[::1]:8786)"
+            )
         return scheduler
     raise SpecError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
 
@@ -86,16 +87,27 @@ def parse_scheduler(scheduler: str | None) -> str:
 class Execution:
     """Plans merged by key, checked against the store, ready to run on a scheduler."""
 
-    def __init__(self, plans: list[Plan], store, *, scheduler: str = "sync", workers: int | None = None,
-                 options: RunOptions | None = None, progress=None, slurm=None, accept_data_change: bool = False):
+    def __init__(
+        self,
+        plans: list[Plan],
+        store,
+        *,
+        scheduler: str = "sync",
+        workers: int | None = None,
+        options: RunOptions | None = None,
+        progress=None,
+        slurm=None,
+        accept_data_change: bool = False,
+    ):
         self.plans = list(plans)
         self.store = store
         self.scheduler = parse_scheduler(scheduler)
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise SpecError(f"workers must be an integer >= 1, got {workers!r}")
         if workers is not None and self.scheduler not in ("processes", "slurm"):
-            raise SpecError("--workers applies to --scheduler processes and slurm only; start cluster workers with "
-                            "`dask worker`")
+            raise SpecError(
+                "--workers applies to --scheduler processes and slurm only; start cluster workers with `dask worker`"
+            )
         if slurm is not None and self.scheduler != "slurm":
             raise SpecError("SLURM options (--slurm-opt, --slurm-config) apply to --scheduler slurm only")
         from .slurm_options import config_from
@@ -104,20 +116,22 @@ class Execution:
         from ..store import is_server
 
         if "://" in self.scheduler and not is_server(store.tracking_uri) and not is_loopback(self.scheduler):
-            raise SpecError(f"workers of {self.scheduler} cannot share the local tracking store "
-                            f"{store.tracking_uri}: set MLFLOW_TRACKING_URI=http://HOST:5000 (an `mlflow server`)")
+            raise SpecError(
+                f"workers of {self.scheduler} cannot share the local tracking store "
+                f"{store.tracking_uri}: set MLFLOW_TRACKING_URI=http://HOST:5000 (an `mlflow server`)"
+            )
         self.workers = workers
         self.accept_data_change = accept_data_change
-        self.data_changes: list[str] = []   # what --accept-data-change accepted (`_check_data`)
+        self.data_changes: list[str] = []  # what --accept-data-change accepted (`_check_data`)
         self.options = (options or RunOptions()).resolved()
         self.progress = progress
         # index maps, built once: every question about a node below is a look-up, so building the graph of
         # N states takes time linear in N (searching the plans per node made it quadratic)
-        self.nodes: dict[str, Node] = {}     # key -> node (first plan's spelling)
-        self.names: dict[str, str] = {}      # key -> "plan index/node name" for messages
-        self._home: dict[str, int] = {}      # key -> index of the first plan that has it (its node's plan)
-        self._by_name = [{n.name: n for n in plan.nodes} for plan in self.plans]   # per plan: name -> node
-        self._tops: list[dict[str, Node]] = [{} for _ in self.plans]               # per plan: lineage_top memo
+        self.nodes: dict[str, Node] = {}  # key -> node (first plan's spelling)
+        self.names: dict[str, str] = {}  # key -> "plan index/node name" for messages
+        self._home: dict[str, int] = {}  # key -> index of the first plan that has it (its node's plan)
+        self._by_name = [{n.name: n for n in plan.nodes} for plan in self.plans]  # per plan: name -> node
+        self._tops: list[dict[str, Node]] = [{} for _ in self.plans]  # per plan: lineage_top memo
         for index, plan in enumerate(self.plans):
             for node in plan.nodes:
                 if node.key not in self.nodes:
@@ -162,8 +176,9 @@ class Execution:
         """The top of a node's lineage in its plan: its root, or the existing state it starts from."""
         index = self._home[key]
         by_name = self._by_name[index]
-        return lineage_top(self.nodes[key], lambda n: by_name[n.parent] if n.parent is not None else None,
-                           self._tops[index])
+        return lineage_top(
+            self.nodes[key], lambda n: by_name[n.parent] if n.parent is not None else None, self._tops[index]
+        )
 
     def check(self) -> None:
         """What can be checked before any run is created: the scheduler, the device, the models, data
@@ -177,8 +192,7 @@ class Execution:
             check_submit(self.slurm, self.store.tracking_uri, is_server(self.store.tracking_uri))
             check_job_script(self.slurm, GPU_RESOURCE)
             if self.options.device.startswith("cuda") and not self.slurm.gpus:
-                raise SpecError(f"--device {self.options.device} on SLURM needs a GPU in each job: "
-                                f"--slurm-opt gpus=1")
+                raise SpecError(f"--device {self.options.device} on SLURM needs a GPU in each job: --slurm-opt gpus=1")
         if not self.missing:
             return
         if self.scheduler != "sync":
@@ -190,10 +204,18 @@ class Execution:
         from ..validate import check_nodes
         from ..workspace import Workspace
 
-        workspace = (process_workspace(self.options.device, self.options.channels_last, self.options.compile)
-                     if self.scheduler == "sync" else Workspace())
-        check_nodes([self.nodes[k] for k in self.missing], self.plans, workspace,
-                    data_dir=self.options.data_dir, load_spec=self.store.spec)
+        workspace = (
+            process_workspace(self.options.device, self.options.channels_last, self.options.compile)
+            if self.scheduler == "sync"
+            else Workspace()
+        )
+        check_nodes(
+            [self.nodes[k] for k in self.missing],
+            self.plans,
+            workspace,
+            data_dir=self.options.data_dir,
+            load_spec=self.store.spec,
+        )
         self._check_data(workspace)
 
     def _check_data(self, workspace) -> None:
@@ -207,18 +229,23 @@ class Execution:
             reused = [self.existing[k] for k in dict.fromkeys([parent, *inputs.values()]) if k in self.existing]
             if not reused:
                 continue
-            current = node_data_fingerprint(self.nodes[key], self.plans, workspace, data_dir=self.options.data_dir,
-                                            load_spec=self.store.spec)
+            current = node_data_fingerprint(
+                self.nodes[key], self.plans, workspace, data_dir=self.options.data_dir, load_spec=self.store.spec
+            )
             for run_id in reused:
                 recorded = self.store.spec(run_id).get(names.STATE_DATA_FINGERPRINT)
                 if not recorded or not current or recorded == current:
                     continue
-                message = (f"state {run_id[:8]} was computed on other data ({recorded}) than {self.names[key]} "
-                           f"would read now ({current}): a corrupted copy, another subset or another version of "
-                           f"the dataset would mix into one study")
+                message = (
+                    f"state {run_id[:8]} was computed on other data ({recorded}) than {self.names[key]} "
+                    f"would read now ({current}): a corrupted copy, another subset or another version of "
+                    f"the dataset would mix into one study"
+                )
                 if not self.accept_data_change:
-                    raise SpecError(f"{message}; use a new experiment (--experiment-name) for this data, or "
-                                    f"--accept-data-change to compute on it anyway (the new states record it)")
+                    raise SpecError(
+                        f"{message}; use a new experiment (--experiment-name) for this data, or "
+                        f"--accept-data-change to compute on it anyway (the new states record it)"
+                    )
                 self.data_changes.append(message)
                 return
 
@@ -230,11 +257,19 @@ class Execution:
             deps = [k for k in dict.fromkeys([parent, *inputs.values(), *after]) if k and k in self._missing]
             known = {k: self.existing[k] for k in [parent, *inputs.values()] if k and k in self.existing}
             by_name = self._by_name[self._home[key]]
-            emits = [(by_name[name].at, _plain(by_name[name])) for name in node.emits
-                     if by_name[name].key in self._missing]
+            emits = [
+                (by_name[name].at, _plain(by_name[name])) for name in node.emits if by_name[name].key in self._missing
+            ]
             top = self._top(key)
-            tasks[key] = {"node": _plain(node), "parent": parent, "inputs": inputs, "deps": deps, "known": known,
-                          "emits": emits, "data_dir": None if top.external else top.data_dir}
+            tasks[key] = {
+                "node": _plain(node),
+                "parent": parent,
+                "inputs": inputs,
+                "deps": deps,
+                "known": known,
+                "emits": emits,
+                "data_dir": None if top.external else top.data_dir,
+            }
         return tasks
 
     def _context(self, workflow: str | None) -> dict:
@@ -246,9 +281,15 @@ class Execution:
             "options": self.options.as_dict(),
             "workflow": workflow,
             # every participant judges claims by the same timeout
-            "env": {names.ENV_CLAIM_TIMEOUT: repr(claim_timeout()), "MLFLOW_DISABLE_TELEMETRY": "true",
-                    **({names.ENV_CUBLAS_WORKSPACE: os.environ.get(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)}
-                       if self.options.deterministic else {})},
+            "env": {
+                names.ENV_CLAIM_TIMEOUT: repr(claim_timeout()),
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                **(
+                    {names.ENV_CUBLAS_WORKSPACE: os.environ.get(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)}
+                    if self.options.deterministic
+                    else {}
+                ),
+            },
         }
 
     def run(self, on_state=None, *, workflow: str | None = None) -> Result:
@@ -256,7 +297,7 @@ class Execution:
         `workflow`: the run id of the workflow run the states are computed for (tagged, linked)."""
         reached = dict(self.existing)
         keys = [{n.name: n.key for n in plan.nodes} for plan in self.plans]
-        places: dict[str, list[tuple[int, str]]] = {}   # key -> its (plan index, node name)s
+        places: dict[str, list[tuple[int, str]]] = {}  # key -> its (plan index, node name)s
         for index, plan_keys in enumerate(keys):
             for name, node_key in plan_keys.items():
                 places.setdefault(node_key, []).append((index, name))
@@ -280,9 +321,15 @@ class Execution:
                 self._run_dask(workflow, reached, report)
         elif "://" in self.scheduler:  # nothing to compute, but a bad address is an error
             self._take_client()[0].close()
-        return Result([{name: reached[key] for name, key in plan_keys.items()} for plan_keys in keys], keys,
-                      self.store.experiment_id, self.store.tracking_uri,
-                      computed=len(self.missing), reused=len(self.existing), invalid=self.invalid)
+        return Result(
+            [{name: reached[key] for name, key in plan_keys.items()} for plan_keys in keys],
+            keys,
+            self.store.experiment_id,
+            self.store.tracking_uri,
+            computed=len(self.missing),
+            reused=len(self.existing),
+            invalid=self.invalid,
+        )
 
     def _graph(self, workflow: str | None) -> dict:
         """The dask graph of the missing states (run options resolved: the task context is final)."""
@@ -341,13 +388,16 @@ class Execution:
                 self.options.threads = self.slurm.cpus_per_task if self.slurm else cluster_threads(client)
             graph = self._graph(workflow)
             # one training per GPU: on CUDA, every task takes a worker's GPU resource (where workers have one)
-            resources = task_resources(self.options.device, [w.get("resources") or {} for w in
-                                                             client.scheduler_info()["workers"].values()])
+            resources = task_resources(
+                self.options.device, [w.get("resources") or {} for w in client.scheduler_info()["workers"].values()]
+            )
             token = uuid.uuid4().hex[:8]
             renamed = {f"{self.names.get(k, k).replace('/', ':')}-{k[:12]}-{token}": k for k in graph}
             back = {v: k for k, v in renamed.items()}
-            dsk = {new: (task[0], *[back.get(a, a) if isinstance(a, str) and a in graph else a for a in task[1:]])
-                   for new, task in ((back[k], t) for k, t in graph.items())}
+            dsk = {
+                new: (task[0], *[back.get(a, a) if isinstance(a, str) and a in graph else a for a in task[1:]])
+                for new, task in ((back[k], t) for k, t in graph.items())
+            }
             futures = client.get(dsk, list(dsk), sync=False, resources=resources)
             errors = []
             # SLURM jobs: also raise when they cannot start at all (slurm.SlurmJobs.completed)
@@ -390,18 +440,29 @@ class Execution:
         return error
 
 
-def run_plans(plans, store, scheduler: str = "sync", *, workers: int | None = None, on_state=None,
-              options: RunOptions | None = None, progress=None, slurm=None) -> Result:
+def run_plans(
+    plans,
+    store,
+    scheduler: str = "sync",
+    *,
+    workers: int | None = None,
+    on_state=None,
+    options: RunOptions | None = None,
+    progress=None,
+    slurm=None,
+) -> Result:
     """Check and run plans in one go (`Execution`): per plan {node name: run id} in a Result.
     `slurm`: the options of --scheduler slurm (a {name: value} mapping of slurm.OPTIONS or a SlurmConfig)."""
-    execution = Execution(plans, store, scheduler=scheduler, workers=workers, options=options, progress=progress,
-                          slurm=slurm)
+    execution = Execution(
+        plans, store, scheduler=scheduler, workers=workers, options=options, progress=progress, slurm=slurm
+    )
     execution.check()
     return execution.run(on_state)
 
 
-def run_plan(plan: Plan, experiment, *, scheduler: str = "sync", workers: int | None = None, on_state=None,
-             slurm=None) -> dict:
+def run_plan(
+    plan: Plan, experiment, *, scheduler: str = "sync", workers: int | None = None, on_state=None, slurm=None
+) -> dict:
     """Reach every node of one plan with an `api.Experiment`; returns {node name: ExperimentState}.
 
     on_state(node, state) is called as states are reached.
@@ -409,7 +470,14 @@ def run_plan(plan: Plan, experiment, *, scheduler: str = "sync", workers: int | 
     callback = None
     if on_state is not None:
         callback = lambda _index, name, run_id: on_state(plan.node(name), experiment.state(run_id))  # noqa: E731
-    result = run_plans([plan], experiment.store, scheduler, workers=workers, on_state=callback,
-                       options=experiment.run_options(),
-                       progress=experiment.progress, slurm=slurm)
+    result = run_plans(
+        [plan],
+        experiment.store,
+        scheduler,
+        workers=workers,
+        on_state=callback,
+        options=experiment.run_options(),
+        progress=experiment.progress,
+        slurm=slurm,
+    )
     return {name: experiment.state(run_id) for name, run_id in result.states[0].items()}

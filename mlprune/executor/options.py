@@ -64,33 +64,91 @@ def _cadence(value, name):
 
 _SWITCH = dict(parse=parse_switch, metavar="[true|false]", flag_value="true")
 
-RUN_OPTIONS = Schema("run option", (
-    Option("device", None, with_doc(_device, "auto | cpu | cuda | cuda:N | mps"),
-           "Where states are computed (not part of any key). Default: MLPRUNE_DEVICE, else auto (CUDA if "
-           "available, else MPS, else the CPU).", key="never", metavar="auto|cpu|cuda|cuda:N|mps",
-           param=False),   # recorded as the tag mlprune.device (the device it ran on)
-    Option("threads", None, with_doc(_threads, "int >= 1"), "torch threads per state (default: MLPRUNE_THREADS, "
-           "else one per core this process may use).", key="never", cli=False, api=False),
-    Option("data_dir", None, with_doc(_data_dir, "path"), "where datasets are read (default: the root's recorded "
-           "data_dir, else the default).", key="never", cli=False, param=False),
-    Option("deterministic", False, boolean, "torch's deterministic algorithms and the cuBLAS workspace config, so "
-           "a GPU run repeats bitwise (slower; recorded as the param run.deterministic). CPU runs are bitwise "
-           "reproducible anyway.", key="never", **_SWITCH),
-    Option("channels_last", False, boolean, "Train in the channels_last memory format (faster convolutions on "
-           "GPUs; floating-point noise; recorded as run.channels_last, not part of any key).", key="never",
-           **_SWITCH),
-    Option("compile", False, boolean, "Train through torch.compile (a one-off compile time per process, then "
-           "faster steps; floating-point noise; recorded as run.compile, not part of any key).", key="never",
-           **_SWITCH),
-    Option("checkpoint_every", None, with_doc(_cadence, "<N>ep | <N>it | off"), "How often a training stores a "
-           "resumable checkpoint on its running run (default 1ep; off or 0: only when asked to stop by "
-           "SIGTERM/SIGUSR1). A killed run resumes from it when run again. Recorded as run.checkpoint_every, "
-           "not part of any key.", key="never", metavar="<N>ep|<N>it|off"),
-    Option("batch", 1, integer(1), "Train up to N sibling states (seeds, controls, spawned copies that share one "
-           "architecture and one train step but for the data order) together as one batched computation: the "
-           "same keys and results up to floating-point summation order (docs/performance.md); recorded as "
-           "run.batch. Default 1.", key="never", parse=_count_text, metavar="N", steps=False),
-))
+RUN_OPTIONS = Schema(
+    "run option",
+    (
+        Option(
+            "device",
+            None,
+            with_doc(_device, "auto | cpu | cuda | cuda:N | mps"),
+            "Where states are computed (not part of any key). Default: MLPRUNE_DEVICE, else auto (CUDA if "
+            "available, else MPS, else the CPU).",
+            key="never",
+            metavar="auto|cpu|cuda|cuda:N|mps",
+            param=False,
+        ),  # recorded as the tag mlprune.device (the device it ran on)
+        Option(
+            "threads",
+            None,
+            with_doc(_threads, "int >= 1"),
+            "torch threads per state (default: MLPRUNE_THREADS, else one per core this process may use).",
+            key="never",
+            cli=False,
+            api=False,
+        ),
+        Option(
+            "data_dir",
+            None,
+            with_doc(_data_dir, "path"),
+            "where datasets are read (default: the root's recorded data_dir, else the default).",
+            key="never",
+            cli=False,
+            param=False,
+        ),
+        Option(
+            "deterministic",
+            False,
+            boolean,
+            "torch's deterministic algorithms and the cuBLAS workspace config, so "
+            "a GPU run repeats bitwise (slower; recorded as the param run.deterministic). CPU runs are bitwise "
+            "reproducible anyway.",
+            key="never",
+            **_SWITCH,
+        ),
+        Option(
+            "channels_last",
+            False,
+            boolean,
+            "Train in the channels_last memory format (faster convolutions on "
+            "GPUs; floating-point noise; recorded as run.channels_last, not part of any key).",
+            key="never",
+            **_SWITCH,
+        ),
+        Option(
+            "compile",
+            False,
+            boolean,
+            "Train through torch.compile (a one-off compile time per process, then "
+            "faster steps; floating-point noise; recorded as run.compile, not part of any key).",
+            key="never",
+            **_SWITCH,
+        ),
+        Option(
+            "checkpoint_every",
+            None,
+            with_doc(_cadence, "<N>ep | <N>it | off"),
+            "How often a training stores a "
+            "resumable checkpoint on its running run (default 1ep; off or 0: only when asked to stop by "
+            "SIGTERM/SIGUSR1). A killed run resumes from it when run again. Recorded as run.checkpoint_every, "
+            "not part of any key.",
+            key="never",
+            metavar="<N>ep|<N>it|off",
+        ),
+        Option(
+            "batch",
+            1,
+            integer(1),
+            "Train up to N sibling states (seeds, controls, spawned copies that share one "
+            "architecture and one train step but for the data order) together as one batched computation: the "
+            "same keys and results up to floating-point summation order (docs/performance.md); recorded as "
+            "run.batch. Default 1.",
+            key="never",
+            parse=_count_text,
+            metavar="N",
+            steps=False,
+        ),
+    ),
+)
 
 
 class RunOptions:
@@ -105,8 +163,10 @@ class RunOptions:
     def __init__(self, **values):
         for name in values:
             if name not in RUN_OPTIONS:
-                raise TypeError(f"RunOptions() got an unexpected keyword argument {name!r}; run options: "
-                                f"{', '.join(RUN_OPTIONS.names)}")
+                raise TypeError(
+                    f"RunOptions() got an unexpected keyword argument {name!r}; run options: "
+                    f"{', '.join(RUN_OPTIONS.names)}"
+                )
         for option in RUN_OPTIONS:
             setattr(self, option.name, values.get(option.name, option.default))
 
@@ -121,13 +181,13 @@ class RunOptions:
         return "RunOptions(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
 
     @classmethod
-    def from_text(cls, values: dict) -> "RunOptions":
+    def from_text(cls, values: dict) -> RunOptions:
         """The options given as text by their flags (command line, MLproject parameters; '' / None: the
         default), checked before the store is opened (the environment's MLPRUNE_* budgets too)."""
         given = {o.name: o.parse_text(values.get(o.name), o.flag) for o in RUN_OPTIONS if o.cli and o.name in values}
         return cls(**given).resolved()
 
-    def resolved(self) -> "RunOptions":
+    def resolved(self) -> RunOptions:
         """Every option checked and made canonical (`RUN_OPTIONS`; a one-line SpecError naming it)."""
         from ..spec.limits import latency_budget
         from .resume import checkpoint_budget
@@ -157,8 +217,10 @@ def api_options() -> list[Option]:
 
 def docs_table() -> str:
     """The run options as a Markdown table (docs/training.md holds it; a test keeps them equal)."""
-    rows = ["| option | flag | MLproject / Python | default | takes | param | what it does |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| option | flag | MLproject / Python | default | takes | param | what it does |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for o in RUN_OPTIONS:
         flag = f"`{o.flag}`" + ("" if o.steps else " (run, sweep)") if o.cli else "–"
         where = " / ".join(w for w, on in (("parameter", o.cli), ("keyword", o.api)) if on) or "–"

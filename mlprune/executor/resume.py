@@ -28,8 +28,12 @@ DEFAULT_BUDGET = 0.05  # checkpoints cost at most 5% of a training's time by def
 def checkpoint_budget() -> float:
     """MLPRUNE_CHECKPOINT_BUDGET: the share of a training's time its checkpoints may cost (default 0.05;
     ``inf``: every due checkpoint is written, whatever it costs)."""
-    return env_number(names.ENV_CHECKPOINT_BUDGET, DEFAULT_BUDGET, lambda value: value > 0,
-                      "a number > 0 (a share of training time, e.g. 0.05) or inf")
+    return env_number(
+        names.ENV_CHECKPOINT_BUDGET,
+        DEFAULT_BUDGET,
+        lambda value: value > 0,
+        "a number > 0 (a share of training time, e.g. 0.05) or inf",
+    )
 
 
 def warn(message: str) -> None:
@@ -56,12 +60,20 @@ def open_checkpointing(store, node: dict, run_id: str, options, *, progress=None
     if found is not None:
         source, resume = found
         if progress is not None:
-            progress(f"resuming {node['label']} from iteration {resume.iteration} (step {resume.step}) of run "
-                     f"{source[:8]}")
+            progress(
+                f"resuming {node['label']} from iteration {resume.iteration} (step {resume.step}) of run {source[:8]}"
+            )
     writer = RunCheckpoints(store, run_id)
     info = {"mlprune_version": __version__, "threads": options.threads, "device": options.device}
-    checkpointing = Checkpointing(key, options.checkpoint_every, commit=writer.commit, resume=resume, info=info,
-                                  warn=warn, budget=checkpoint_budget())
+    checkpointing = Checkpointing(
+        key,
+        options.checkpoint_every,
+        commit=writer.commit,
+        resume=resume,
+        info=info,
+        warn=warn,
+        budget=checkpoint_budget(),
+    )
     checkpointing.others = found is not None or bool(skipped)
     return checkpointing
 

@@ -17,8 +17,8 @@ were computed alone (same key, artifacts, metrics and params, plus ``run.batch``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .context import Reaching
 
@@ -29,19 +29,19 @@ __all__ = ["StoreHooks", "reach_siblings"]
 class StoreHooks:
     """What the executor does for one state (`task`'s own functions, given to this module)."""
 
-    create: Callable                # (sibling) -> a new RUNNING claim run
-    finish: Callable                # (sibling, Computed, batched) -> the run id of the stored state
-    emitter: Callable               # (sibling, checkpoint node, batched) -> fn(model, history, masks)
-    alone: Callable                 # (sibling) -> run id: claim and compute it alone (or await a winner)
-    resume: Callable                # (sibling) -> run id: compute it alone under our claim (from a checkpoint)
+    create: Callable  # (sibling) -> a new RUNNING claim run
+    finish: Callable  # (sibling, Computed, batched) -> the run id of the stored state
+    emitter: Callable  # (sibling, checkpoint node, batched) -> fn(model, history, masks)
+    alone: Callable  # (sibling) -> run id: claim and compute it alone (or await a winner)
+    resume: Callable  # (sibling) -> run id: compute it alone under our claim (from a checkpoint)
 
 
-def reach_siblings(siblings: list[Reaching], store, workspace, hooks: StoreHooks, *, data_dir: str | None = None,
-                   progress=None) -> list:
+def reach_siblings(
+    siblings: list[Reaching], store, workspace, hooks: StoreHooks, *, data_dir: str | None = None, progress=None
+) -> list:
     """Per sibling its run id, or the exception that failed its state."""
     from ..runners.siblings import SiblingNode, compute_siblings
     from ..store import ClaimLost
-
     from ..store.checkpoints import resumable
     from ..training.interrupt import Interrupted
 
@@ -49,8 +49,9 @@ def reach_siblings(siblings: list[Reaching], store, workspace, hooks: StoreHooks
     ours, resuming = [], []
     for index, sibling in enumerate(siblings):
         sibling.load_parent(store, data_dir)
-        run_id, mine = store.claims.claim(sibling.node["key"], lambda s=sibling: hooks.create(s), progress=progress,
-                                          parent_run_id=sibling.parent_run)
+        run_id, mine = store.claims.claim(
+            sibling.node["key"], lambda s=sibling: hooks.create(s), progress=progress, parent_run_id=sibling.parent_run
+        )
         if not mine:
             results[index] = run_id
             continue
@@ -68,15 +69,25 @@ def reach_siblings(siblings: list[Reaching], store, workspace, hooks: StoreHooks
         if not ours:
             return results
         if progress is not None:
-            progress(f"computing {len(ours)} sibling trainings as one batch: "
-                     + ", ".join(siblings[i].node["label"] for i in ours))
+            progress(
+                f"computing {len(ours)} sibling trainings as one batch: "
+                + ", ".join(siblings[i].node["label"] for i in ours)
+            )
         nodes = []
         for index in ours:
             sibling = siblings[index]
-            nodes.append(SiblingNode(
-                sibling.node, sibling.parent, {role: store.load(r) for role, r in sibling.inputs.items()},
-                sibling.data_dir, heartbeat=lambda run_id=sibling.run_id: store.claims.heartbeat(run_id),
-                emit={at: hooks.emitter(sibling, checkpoint, len(ours)) for at, checkpoint in sibling.task["emits"]}))
+            nodes.append(
+                SiblingNode(
+                    sibling.node,
+                    sibling.parent,
+                    {role: store.load(r) for role, r in sibling.inputs.items()},
+                    sibling.data_dir,
+                    heartbeat=lambda run_id=sibling.run_id: store.claims.heartbeat(run_id),
+                    emit={
+                        at: hooks.emitter(sibling, checkpoint, len(ours)) for at, checkpoint in sibling.task["emits"]
+                    },
+                )
+            )
         outcomes = compute_siblings(nodes, workspace, progress=progress)
         for index, outcome in zip(ours, outcomes):
             sibling = siblings[index]

@@ -33,9 +33,9 @@ from .slurm_options import SlurmConfig, directives, jobqueue_parameters, memory_
 # environment a worker's job gives it (SLURM sets it in every job)
 ENV_JOB_ID = "SLURM_JOB_ID"
 
-DEFAULT_MAX_JOBS = 16          # jobs started when --workers is not given: the graph's width, at most this
-WATCH_INTERVAL_S = 5.0         # how often the jobs are checked (squeue) and lost ones replaced
-FAILED_STARTS_PER_JOB = 3      # jobs that end before their worker connects, per job asked for, before giving up
+DEFAULT_MAX_JOBS = 16  # jobs started when --workers is not given: the graph's width, at most this
+WATCH_INTERVAL_S = 5.0  # how often the jobs are checked (squeue) and lost ones replaced
+FAILED_STARTS_PER_JOB = 3  # jobs that end before their worker connects, per job asked for, before giving up
 
 
 # ---- checks before anything runs ------------------------------------------------------------------
@@ -43,8 +43,10 @@ def check_submit(config: SlurmConfig, tracking_uri: str, is_server: bool) -> Non
     """sbatch and squeue exist and the tracking store is one the jobs can share; one-line SpecErrors."""
     missing = [tool for tool in ("sbatch", "squeue", "scancel", "sinfo") if shutil.which(tool) is None]
     if missing:
-        raise SpecError(f"--scheduler slurm needs SLURM's commands on PATH ({', '.join(missing)} not found): "
-                        f"run mlprune on a SLURM login node")
+        raise SpecError(
+            f"--scheduler slurm needs SLURM's commands on PATH ({', '.join(missing)} not found): "
+            f"run mlprune on a SLURM login node"
+        )
     if not Path(config.python).is_file() or not os.access(config.python, os.X_OK):
         raise SpecError(f"SLURM option python {config.python!r} is not an executable file")
     if is_server:
@@ -53,9 +55,11 @@ def check_submit(config: SlurmConfig, tracking_uri: str, is_server: bool) -> Non
     here = _short(os.uname().nodename)
     if nodes != {here}:
         shown = ", ".join(sorted(nodes)[:3]) + (", ..." if len(nodes) > 3 else "")
-        raise SpecError(f"SLURM jobs on {shown} cannot share the local tracking store {tracking_uri} (it works on "
-                        f"a single-node SLURM on this host only): set MLFLOW_TRACKING_URI=http://HOST:5000 (an "
-                        f"`mlflow server` on PostgreSQL, docs/cluster.md)")
+        raise SpecError(
+            f"SLURM jobs on {shown} cannot share the local tracking store {tracking_uri} (it works on "
+            f"a single-node SLURM on this host only): set MLFLOW_TRACKING_URI=http://HOST:5000 (an "
+            f"`mlflow server` on PostgreSQL, docs/cluster.md)"
+        )
 
 
 def _short(host: str) -> str:
@@ -65,8 +69,7 @@ def _short(host: str) -> str:
 def cluster_nodes(partition: str | None) -> set[str]:
     """The node names of `partition`, else of the default partition (where jobs without -p go), by sinfo."""
     try:
-        result = subprocess.run(["sinfo", "--noheader", "--format=%P %n"], capture_output=True, text=True,
-                                timeout=30)
+        result = subprocess.run(["sinfo", "--noheader", "--format=%P %n"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise SpecError(f"sinfo did not answer: {error}") from None
     if result.returncode != 0:
@@ -119,8 +122,9 @@ def job_class():
         def __init__(self, *args, job_directives_skip=(), **kwargs):
             super().__init__(*args, job_directives_skip=(), **kwargs)
             skip = set(job_directives_skip)
-            self.job_header = "\n".join(line for line in self.job_header.splitlines()
-                                         if directive_name(line) not in skip)
+            self.job_header = "\n".join(
+                line for line in self.job_header.splitlines() if directive_name(line) not in skip
+            )
 
     return Job
 
@@ -142,16 +146,25 @@ def cluster_parameters(config: SlurmConfig, gpu_resource: str) -> dict:
     return dict(
         # one worker thread per job: one state at a time; its memory limit only informs dask's dashboard
         # (executor.slurm_worker turns dask's memory thresholds off: the job's --mem is the limit)
-        cores=1, processes=1, memory=str(memory_bytes(config.mem or "1G")),
-        **jobqueue_parameters(config), log_directory=str(Path(config.log_dir).resolve()),
+        cores=1,
+        processes=1,
+        memory=str(memory_bytes(config.mem or "1G")),
+        **jobqueue_parameters(config),
+        log_directory=str(Path(config.log_dir).resolve()),
         python=f"exec {shlex.quote(config.python)}",  # the worker replaces the batch shell: B:USR1 reaches it
         worker_command="mlprune.executor.slurm_worker",
-        worker_extra_args=[*(["--resources", f"{gpu_resource}=1"] if config.gpus else []),
-                           *(["--interface", shlex.quote(config.interface)] if config.interface else [])],
-        job_script_prologue=list(config.prologue), job_extra_directives=directives(config),
-        job_cls=job_class(), job_directives_skip=[] if config.mem else ["--mem"],
-        death_timeout=60, scheduler_options={"dashboard_address": ":0", **interface},
-        silence_logs=logging.ERROR, shebang="#!/usr/bin/env bash",
+        worker_extra_args=[
+            *(["--resources", f"{gpu_resource}=1"] if config.gpus else []),
+            *(["--interface", shlex.quote(config.interface)] if config.interface else []),
+        ],
+        job_script_prologue=list(config.prologue),
+        job_extra_directives=directives(config),
+        job_cls=job_class(),
+        job_directives_skip=[] if config.mem else ["--mem"],
+        death_timeout=60,
+        scheduler_options={"dashboard_address": ":0", **interface},
+        silence_logs=logging.ERROR,
+        shebang="#!/usr/bin/env bash",
     )
 
 
@@ -162,8 +175,9 @@ def job_script(config: SlurmConfig, gpu_resource: str, scheduler: str = "tcp://1
     """The job script a worker job of `config` runs, rendered without starting a scheduler (checks before any
     run is created; tests)."""
     parameters = cluster_parameters(config, gpu_resource)
-    job = parameters["job_cls"](scheduler=scheduler, name="mlprune-worker",
-                                **{k: v for k, v in parameters.items() if k not in CLUSTER_ONLY})
+    job = parameters["job_cls"](
+        scheduler=scheduler, name="mlprune-worker", **{k: v for k, v in parameters.items() if k not in CLUSTER_ONLY}
+    )
     return job.job_script()
 
 
@@ -174,8 +188,9 @@ def check_job_script(config: SlurmConfig, gpu_resource: str) -> None:
     except SpecError:
         raise
     except Exception as error:  # noqa: BLE001 - dask-jobqueue's own checks: one line, before any run
-        raise SpecError(f"the SLURM job script cannot be written: {type(error).__name__}: "
-                        f"{' '.join(str(error).split())[:300]}") from None
+        raise SpecError(
+            f"the SLURM job script cannot be written: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        ) from None
 
 
 def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
@@ -191,7 +206,7 @@ def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
         def __init__(self, wanted: int, log_dir: str, **kwargs):
             self.wanted, self.log_dir = wanted, log_dir
             self.failure: SpecError | None = None
-            self.failed_starts: list[str] = []    # job ids that ended before their worker connected
+            self.failed_starts: list[str] = []  # job ids that ended before their worker connected
             self.connected_jobs: set[str] = set()
             self._watcher = None
             super().__init__(**kwargs)
@@ -225,8 +240,11 @@ def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
             jobs = {name: job.job_id for name, job in list(self.workers.items()) if job.job_id}
             if jobs:
                 try:  # this user's jobs in the queue (pending, running or completing)
-                    queued = set((await self.job_cls._call(["squeue", "--noheader", "--format=%i",
-                                                            f"--user={os.getuid()}"])).split())
+                    queued = set(
+                        (
+                            await self.job_cls._call(["squeue", "--noheader", "--format=%i", f"--user={os.getuid()}"])
+                        ).split()
+                    )
                 except (RuntimeError, OSError):  # squeue failed for a moment: look again next time
                     return
                 connected = {info.get("name") for info in self.scheduler_info.get("workers", {}).values()}
@@ -236,8 +254,11 @@ def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
                         # distributed.deploy.lost-worker-timeout, then it is replaced below)
                     self.failed_starts.append(job_id)
                     del self.workers[name]
-                if self.failed_starts and (not self.connected_jobs and len(self.failed_starts) >= self.wanted
-                                           or len(self.failed_starts) >= FAILED_STARTS_PER_JOB * self.wanted):
+                if self.failed_starts and (
+                    not self.connected_jobs
+                    and len(self.failed_starts) >= self.wanted
+                    or len(self.failed_starts) >= FAILED_STARTS_PER_JOB * self.wanted
+                ):
                     self.failure = SpecError(self.start_failure(self.failed_starts[-1]))
                     return
             if set(self.worker_spec) - set(self.workers):  # a job ended: submit its replacement
@@ -250,8 +271,10 @@ def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
             except OSError:
                 tail = []
             said = f": {' '.join(tail[0].split())[:200]}" if tail else ""
-            return (f"{len(self.failed_starts)} SLURM worker job(s) ended before their dask worker connected to "
-                    f"{self.scheduler_address}; the last, job {job_id}, logged to {log}{said}")
+            return (
+                f"{len(self.failed_starts)} SLURM worker job(s) ended before their dask worker connected to "
+                f"{self.scheduler_address}; the last, job {job_id}, logged to {log}{said}"
+            )
 
         def wait_for_worker(self, client) -> None:
             """Until a worker connects (however long the queue is), or every job fails to start."""
@@ -282,8 +305,10 @@ def start_jobs(config: SlurmConfig, jobs: int, gpu_resource: str):
     try:
         cluster = SlurmJobs(jobs, str(Path(config.log_dir).resolve()), **cluster_parameters(config, gpu_resource))
     except Exception as error:  # noqa: BLE001 - a scheduler that cannot start (its interface, its port): one line
-        raise SpecError(f"the dask scheduler of the SLURM jobs did not start: {type(error).__name__}: "
-                        f"{' '.join(str(error).split())[:300]}") from None
+        raise SpecError(
+            f"the dask scheduler of the SLURM jobs did not start: {type(error).__name__}: "
+            f"{' '.join(str(error).split())[:300]}"
+        ) from None
     cluster.watch()
     return cluster
 

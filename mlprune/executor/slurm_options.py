@@ -16,10 +16,10 @@ from ..errors import SpecError
 from ..reading import read_small_file
 from ..spec.options import Option, Schema
 
-DEFAULT_SIGNAL_S = 120         # the warning before the time limit (SLURM may send it up to 60 s early)
-MAX_SIGNAL_S = 65535           # SLURM's limit for --signal's time
+DEFAULT_SIGNAL_S = 120  # the warning before the time limit (SLURM may send it up to 60 s early)
+MAX_SIGNAL_S = 65535  # SLURM's limit for --signal's time
 DEFAULT_LOG_DIR = "slurm-logs"
-DEFAULT_TIME = "00:30:00"      # dask-jobqueue's own default, written out (docs/cluster.md)
+DEFAULT_TIME = "00:30:00"  # dask-jobqueue's own default, written out (docs/cluster.md)
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -33,7 +33,7 @@ class SlurmConfig:
     time: str = DEFAULT_TIME
     cpus_per_task: int = 1
     mem: str | None = None
-    gpus: str | None = None              # None, or one GPU: "1" or "TYPE:1"
+    gpus: str | None = None  # None, or one GPU: "1" or "TYPE:1"
     constraint: str | None = None
     reservation: str | None = None
     exclude: str | None = None
@@ -54,15 +54,15 @@ def _attribute(option: Option) -> str:
 # ---- checks of one value: (value, option name) -> checked value, or a one-line SpecError ---------------
 # Every value lands in a job script: directive values are SLURM's own formats (no blanks, quotes or shell
 # characters), the shell lines are quoted where mlprune writes them (the Python, the interface).
-_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")             # partition, account, qos, reservation, job name
+_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")  # partition, account, qos, reservation, job name
 _FEATURES = re.compile(r"^[A-Za-z0-9_.:,&|*!\[\]()-]{1,512}$")  # a constraint: features with & | [ ] ( ) * !
-_HOSTLIST = re.compile(r"^[A-Za-z0-9_.,\[\]-]{1,1024}$")     # node[01-04],gpu7
+_HOSTLIST = re.compile(r"^[A-Za-z0-9_.,\[\]-]{1,1024}$")  # node[01-04],gpu7
 _TIME = re.compile(r"^(?:(\d{1,4})-)?(\d{1,7})(?::(\d{1,2}))?(?::(\d{1,2}))?$")
 _MEM = re.compile(r"^(\d{1,12})([KMGT]?)B?$", re.IGNORECASE)
 _GPUS = re.compile(r"^(?:([A-Za-z0-9_.-]{1,64}):)?(\d{1,4})$")
 _DIRECTIVE = re.compile(r"^(--?[A-Za-z][A-Za-z0-9-]*)(?:=([^\s'\"\\`$;#]+))?$")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+~@%,:=-]{1,1024}$")
-MAX_TIME_S = 366 * 24 * 3600   # a year: beyond any partition's MaxTime
+MAX_TIME_S = 366 * 24 * 3600  # a year: beyond any partition's MaxTime
 MAX_CPUS = 4096
 MAX_MEM_BYTES = 1 << 50
 
@@ -73,6 +73,7 @@ def _named(what: str, pattern: re.Pattern):
         if isinstance(value, bool) or not pattern.match(text):
             raise SpecError(f"SLURM option {name} must be {what}, got {value!r}")
         return text
+
     check.doc = what
     return check
 
@@ -121,18 +122,25 @@ def _time_fields_ok(text: str) -> bool:
 
 def _time(value, name: str) -> str:
     text = str(value).strip()
-    if (isinstance(value, bool) or not _TIME.match(text) or not _time_fields_ok(text)
-            or not 0 < time_seconds(text) <= MAX_TIME_S):
-        raise SpecError(f"SLURM option {name} must be a time limit of at most 366 days: minutes, MM:SS, HH:MM:SS, "
-                        f"D-HH, D-HH:MM or D-HH:MM:SS (e.g. 04:00:00), got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not _TIME.match(text)
+        or not _time_fields_ok(text)
+        or not 0 < time_seconds(text) <= MAX_TIME_S
+    ):
+        raise SpecError(
+            f"SLURM option {name} must be a time limit of at most 366 days: minutes, MM:SS, HH:MM:SS, "
+            f"D-HH, D-HH:MM or D-HH:MM:SS (e.g. 04:00:00), got {value!r}"
+        )
     return text
 
 
 def _mem(value, name: str) -> str:
     match = _MEM.match(str(value).strip())
     if isinstance(value, bool) or not match or not 1 <= memory_bytes(str(value).strip()) <= MAX_MEM_BYTES:
-        raise SpecError(f"SLURM option {name} must be a size like 8G, 500M or 16000 (megabytes), at most 1024T, "
-                        f"got {value!r}")
+        raise SpecError(
+            f"SLURM option {name} must be a size like 8G, 500M or 16000 (megabytes), at most 1024T, got {value!r}"
+        )
     return f"{match.group(1)}{match.group(2).upper()}"
 
 
@@ -144,32 +152,40 @@ def _gpus(value, name: str) -> str | None:
     if count == 0:
         return None
     if count != 1:
-        raise SpecError(f"SLURM option {name} must be 1 or TYPE:1, got {value!r}: a job trains one state at a "
-                        f"time on one GPU; ask for more jobs (--workers) to use more GPUs")
+        raise SpecError(
+            f"SLURM option {name} must be 1 or TYPE:1, got {value!r}: a job trains one state at a "
+            f"time on one GPU; ask for more jobs (--workers) to use more GPUs"
+        )
     return str(value).strip()
 
 
 def _signal(value, name: str) -> int:
     text = str(value).strip()
     if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or int(text) > MAX_SIGNAL_S:
-        raise SpecError(f"SLURM option {name} must be the seconds before the time limit at which a worker is "
-                        f"told to checkpoint and leave (0 to {MAX_SIGNAL_S}; 0 = no warning), got {value!r}")
+        raise SpecError(
+            f"SLURM option {name} must be the seconds before the time limit at which a worker is "
+            f"told to checkpoint and leave (0 to {MAX_SIGNAL_S}; 0 = no warning), got {value!r}"
+        )
     return int(text)
 
 
 def _sbatch_option(value, name: str) -> str:
     text = _line(value, name)
     if not _DIRECTIVE.match(text):
-        raise SpecError(f"SLURM option {name} must be one sbatch option, --NAME or --NAME=VALUE without blanks, "
-                        f"quotes or shell characters (e.g. --exclusive), got {value!r}")
+        raise SpecError(
+            f"SLURM option {name} must be one sbatch option, --NAME or --NAME=VALUE without blanks, "
+            f"quotes or shell characters (e.g. --exclusive), got {value!r}"
+        )
     return text
 
 
 def _path(value, name: str) -> str:
     text = str(Path(_line(value, name)).expanduser())
     if not _SAFE_PATH.match(text):
-        raise SpecError(f"SLURM option {name} must be a path of letters, digits and _ . / + ~ @ % , : = - "
-                        f"(no blanks, quotes or shell characters: it is written into the job script), got {value!r}")
+        raise SpecError(
+            f"SLURM option {name} must be a path of letters, digits and _ . / + ~ @ % , : = - "
+            f"(no blanks, quotes or shell characters: it is written into the job script), got {value!r}"
+        )
     return text
 
 
@@ -179,8 +195,9 @@ def _interface(value, name: str) -> str:
     text = str(value).strip()
     here = sorted(n for _, n in socket.if_nameindex())
     if text not in here:
-        raise SpecError(f"SLURM option {name} must be a network interface of this host, got {value!r}; "
-                        f"allowed: {', '.join(here)}")
+        raise SpecError(
+            f"SLURM option {name} must be a network interface of this host, got {value!r}; allowed: {', '.join(here)}"
+        )
     return text
 
 
@@ -188,34 +205,70 @@ def _interface(value, name: str) -> str:
 # goes: "sbatch", the #SBATCH directive it becomes ("{}" = the value), or "jobqueue", the SLURMCluster parameter
 # that writes it (neither: mlprune uses it itself); "repeatable": given several times (or a list in a file), every
 # value is kept, in order.
-OPTIONS = Schema("SLURM option", tuple(Option(name, default=None, check=check, help=help, key="never",
-                                              aliases=(name.replace("-", "_"),) if "-" in name else (),
-                                              meta={"sbatch": None, "jobqueue": None, "repeatable": False, **where})
-                                       for name, help, check, where in (
-    ("partition", "the partition (queue) of the worker jobs", _word, dict(jobqueue="queue")),
-    ("account", "the account the jobs are charged to", _word, dict(jobqueue="account")),
-    ("qos", "the quality of service", _word, dict(sbatch="--qos={}")),
-    ("time", f"each job's time limit (HH:MM:SS, D-HH:MM:SS, minutes; default {DEFAULT_TIME})", _time,
-     dict(jobqueue="walltime")),
-    ("cpus-per-task", "CPUs of each job: the torch threads of the state it computes (default 1)",
-     _positive_int, dict(jobqueue="job_cpu")),
-    ("mem", "memory of each job (8G, 500M; default: the partition's)", _mem, dict(jobqueue="job_mem")),
-    ("gpus", "1 (or TYPE:1): each job has one GPU and trains one state at a time on it", _gpus,
-     dict(sbatch="--gpus={}")),
-    ("constraint", "node features the jobs need", _features, dict(sbatch="--constraint={}")),
-    ("reservation", "a reservation to run in", _word, dict(sbatch="--reservation={}")),
-    ("exclude", "nodes not to run on", _hostlist, dict(sbatch="--exclude={}")),
-    ("signal", f"seconds before the time limit at which a worker checkpoints and leaves "
-               f"(--signal=B:USR1@N; default {DEFAULT_SIGNAL_S}, 0 = none)", _signal, {}),
-    ("job-name", "the jobs' name in squeue (default mlprune)", _word, dict(jobqueue="job_name")),
-    ("log-dir", f"where each job's output goes (default ./{DEFAULT_LOG_DIR})", _path, {}),
-    ("python", "the Python that runs the workers (default: this one; the same environment on a "
-               "shared filesystem)", _path, {}),
-    ("prologue", "a shell line run before the worker starts (repeatable), e.g. 'module load cuda'",
-     _line, dict(repeatable=True)),
-    ("extra", "any other sbatch option (repeatable), e.g. --exclusive", _sbatch_option, dict(repeatable=True)),
-    ("interface", "the network interface the dask scheduler and workers talk on (e.g. ib0)", _interface, {}),
-)))
+OPTIONS = Schema(
+    "SLURM option",
+    tuple(
+        Option(
+            name,
+            default=None,
+            check=check,
+            help=help,
+            key="never",
+            aliases=(name.replace("-", "_"),) if "-" in name else (),
+            meta={"sbatch": None, "jobqueue": None, "repeatable": False, **where},
+        )
+        for name, help, check, where in (
+            ("partition", "the partition (queue) of the worker jobs", _word, dict(jobqueue="queue")),
+            ("account", "the account the jobs are charged to", _word, dict(jobqueue="account")),
+            ("qos", "the quality of service", _word, dict(sbatch="--qos={}")),
+            (
+                "time",
+                f"each job's time limit (HH:MM:SS, D-HH:MM:SS, minutes; default {DEFAULT_TIME})",
+                _time,
+                dict(jobqueue="walltime"),
+            ),
+            (
+                "cpus-per-task",
+                "CPUs of each job: the torch threads of the state it computes (default 1)",
+                _positive_int,
+                dict(jobqueue="job_cpu"),
+            ),
+            ("mem", "memory of each job (8G, 500M; default: the partition's)", _mem, dict(jobqueue="job_mem")),
+            (
+                "gpus",
+                "1 (or TYPE:1): each job has one GPU and trains one state at a time on it",
+                _gpus,
+                dict(sbatch="--gpus={}"),
+            ),
+            ("constraint", "node features the jobs need", _features, dict(sbatch="--constraint={}")),
+            ("reservation", "a reservation to run in", _word, dict(sbatch="--reservation={}")),
+            ("exclude", "nodes not to run on", _hostlist, dict(sbatch="--exclude={}")),
+            (
+                "signal",
+                f"seconds before the time limit at which a worker checkpoints and leaves "
+                f"(--signal=B:USR1@N; default {DEFAULT_SIGNAL_S}, 0 = none)",
+                _signal,
+                {},
+            ),
+            ("job-name", "the jobs' name in squeue (default mlprune)", _word, dict(jobqueue="job_name")),
+            ("log-dir", f"where each job's output goes (default ./{DEFAULT_LOG_DIR})", _path, {}),
+            (
+                "python",
+                "the Python that runs the workers (default: this one; the same environment on a shared filesystem)",
+                _path,
+                {},
+            ),
+            (
+                "prologue",
+                "a shell line run before the worker starts (repeatable), e.g. 'module load cuda'",
+                _line,
+                dict(repeatable=True),
+            ),
+            ("extra", "any other sbatch option (repeatable), e.g. --exclusive", _sbatch_option, dict(repeatable=True)),
+            ("interface", "the network interface the dask scheduler and workers talk on (e.g. ib0)", _interface, {}),
+        )
+    ),
+)
 
 
 def _option(name) -> Option:
@@ -252,8 +305,10 @@ def read_config_file(path) -> dict:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
-        raise SpecError(f"--slurm-config {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                        f"{' '.join(str(error).split())[:200]}") from None
+        raise SpecError(
+            f"--slurm-config {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+            f"{' '.join(str(error).split())[:200]}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -277,8 +332,10 @@ def slurm_config(pairs=(), config_file=None, base: SlurmConfig | None = None) ->
         values[attribute] = (*values.get(attribute, ()), *value) if isinstance(value, tuple) else value
     config = replace(base or SlurmConfig(), **values)
     if config.time is not None and config.signal and config.signal >= time_seconds(config.time):
-        raise SpecError(f"SLURM option signal ({config.signal} s) must be shorter than the time limit "
-                        f"{config.time} ({time_seconds(config.time)} s)")
+        raise SpecError(
+            f"SLURM option signal ({config.signal} s) must be shorter than the time limit "
+            f"{config.time} ({time_seconds(config.time)} s)"
+        )
     return config
 
 
@@ -288,8 +345,10 @@ def config_from(options) -> SlurmConfig:
         return options or SlurmConfig()
     if not isinstance(options, dict):
         raise SpecError(f"SLURM options must be a mapping of {', '.join(OPTIONS.names)}, got {type(options).__name__}")
-    return slurm_config([f"{k}={v}" for k, v in options.items() if not isinstance(v, (list, tuple))]
-                        + [f"{k}={item}" for k, v in options.items() if isinstance(v, (list, tuple)) for item in v])
+    return slurm_config(
+        [f"{k}={v}" for k, v in options.items() if not isinstance(v, (list, tuple))]
+        + [f"{k}={item}" for k, v in options.items() if isinstance(v, (list, tuple)) for item in v]
+    )
 
 
 def jobqueue_parameters(config: SlurmConfig) -> dict:
@@ -321,6 +380,8 @@ def directives(config: SlurmConfig) -> list[str]:
 def time_limit_note(config: SlurmConfig) -> str:
     """The line printed before jobs are submitted: their time limit, and how to change the default."""
     if config.time == DEFAULT_TIME:
-        return (f"SLURM jobs: time limit {config.time} each (the default; --slurm-opt time=HH:MM:SS sets it), "
-                f"a job that reaches it is replaced")
+        return (
+            f"SLURM jobs: time limit {config.time} each (the default; --slurm-opt time=HH:MM:SS sets it), "
+            f"a job that reaches it is replaced"
+        )
     return f"SLURM jobs: time limit {config.time} each"

@@ -25,8 +25,9 @@ import time
 from .slurm import ENV_JOB_ID
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-MEMORY_THRESHOLDS_OFF = {f"distributed.worker.memory.{name}": False
-                         for name in ("target", "spill", "pause", "terminate")}
+MEMORY_THRESHOLDS_OFF = {
+    f"distributed.worker.memory.{name}": False for name in ("target", "spill", "pause", "terminate")
+}
 
 log = logging.getLogger("mlprune.executor.slurm_worker")
 
@@ -40,8 +41,9 @@ def _resources(text: str) -> dict[str, float]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mlprune.executor.slurm_worker",
-                                     description="The dask worker of a SLURM job started by mlprune.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mlprune.executor.slurm_worker", description="The dask worker of a SLURM job started by mlprune."
+    )
     parser.add_argument("scheduler")
     parser.add_argument("--name", required=True)
     parser.add_argument("--nthreads", type=int, default=1)
@@ -58,10 +60,16 @@ async def serve(args: argparse.Namespace) -> None:
     from distributed import Worker
 
     with dask.config.set(MEMORY_THRESHOLDS_OFF):
-        worker = await Worker(args.scheduler, name=args.name, nthreads=args.nthreads,
-                              memory_limit=args.memory_limit, death_timeout=args.death_timeout,
-                              local_directory=args.local_directory, interface=args.interface,
-                              resources=args.resources)
+        worker = await Worker(
+            args.scheduler,
+            name=args.name,
+            nthreads=args.nthreads,
+            memory_limit=args.memory_limit,
+            death_timeout=args.death_timeout,
+            local_directory=args.local_directory,
+            interface=args.interface,
+            resources=args.resources,
+        )
         leave_on_signals(worker)
         await worker.finished()
 
@@ -92,8 +100,9 @@ async def leave(worker, reason: str, signum: int | None = None) -> None:
     from ..training.interrupt import request_stop
 
     try:
-        await worker.scheduler.retire_workers(workers=[worker.address], close_workers=False, remove=True,
-                                              stimulus_id=f"slurm-leave-{time.time()}")
+        await worker.scheduler.retire_workers(
+            workers=[worker.address], close_workers=False, remove=True, stimulus_id=f"slurm-leave-{time.time()}"
+        )
     except (OSError, asyncio.TimeoutError) as error:
         log.warning("the dask scheduler did not answer (%s): closing", error)
     request_stop(reason, signum)
@@ -101,8 +110,7 @@ async def leave(worker, reason: str, signum: int | None = None) -> None:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(serve(parse_args(argv)))
     return 0
 

@@ -14,8 +14,7 @@ from .context import Reaching, TaskContext
 from .options import RunOptions, run_params
 from .threads import CUBLAS_DETERMINISTIC, Determinism, PinnedThreads, tune_allocator
 
-
-_PROCESS: dict = {}          # (tracking uri, experiment id) -> Store; ("ws", device) -> Workspace
+_PROCESS: dict = {}  # (tracking uri, experiment id) -> Store; ("ws", device) -> Workspace
 
 
 _PROCESS_LOCK = threading.Lock()
@@ -41,8 +40,8 @@ def register_store(store) -> None:
 
 
 def process_workspace(device_name: str, channels_last: bool = False, compile: bool = False):
-    from ..workspace import Workspace
     from ..training.devices import resolve_device
+    from ..workspace import Workspace
 
     with _PROCESS_LOCK:
         key = ("ws", device_name, channels_last, compile)
@@ -64,8 +63,10 @@ def describe(store, state: Reaching, workflow: str | None) -> str:
         lines.append(f"- root: [{root_run[:8]}]({store.ui_link(root_run)})")
     if workflow:
         lines.append(f"- workflow run: [{workflow[:8]}]({store.ui_link(workflow)})")
-    lines.append(f"- lineage: [the DAG around this state]({names.LINEAGE_ROUTE}{state.run_id}) "
-                 f"(served by `mlflow server --app-name mlprune`)")
+    lines.append(
+        f"- lineage: [the DAG around this state]({names.LINEAGE_ROUTE}{state.run_id}) "
+        f"(served by `mlflow server --app-name mlprune`)"
+    )
     for step in node["steps"]:
         lines.append(f"- step `{json.dumps(step, sort_keys=True)}`")
     return "\n".join(lines)
@@ -80,8 +81,12 @@ def task_context(context_text: str) -> TaskContext:
     options = RunOptions(**context["options"])
     if options.deterministic:  # before this process's first CUDA work, where possible
         os.environ.setdefault(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)
-    return TaskContext(process_store(context["tracking_uri"], context["experiment_id"]),
-                       process_workspace(options.device, options.channels_last, options.compile), options, context)
+    return TaskContext(
+        process_store(context["tracking_uri"], context["experiment_id"]),
+        process_workspace(options.device, options.channels_last, options.compile),
+        options,
+        context,
+    )
 
 
 def reach(task_text: str, context_text: str, *dependency_runs: str) -> str:
@@ -110,8 +115,16 @@ def _create(ctx: TaskContext, state: Reaching, node: dict | None = None) -> str:
         node = state.node
         if node["root"] is not None and state.task.get("data_dir"):
             tags[names.TAG_DATA_DIR] = str(state.task["data_dir"])
-    return ctx.store.create(key=node["key"], kind=node["kind"], name=node["label"], parent_run_id=state.parent_run,
-                            root_run_id=state.root_run, extra_parents=state.inputs, workflow=ctx.workflow, tags=tags)
+    return ctx.store.create(
+        key=node["key"],
+        kind=node["kind"],
+        name=node["label"],
+        parent_run_id=state.parent_run,
+        root_run_id=state.root_run,
+        extra_parents=state.inputs,
+        workflow=ctx.workflow,
+        tags=tags,
+    )
 
 
 def _claim_and_compute(ctx: TaskContext, state: Reaching) -> str:
@@ -121,8 +134,9 @@ def _claim_and_compute(ctx: TaskContext, state: Reaching) -> str:
     state.load_parent(store, ctx.options.data_dir)
     progress = getattr(PROGRESS, "printer", None)
     while True:
-        run_id, ours = store.claims.claim(state.node["key"], lambda: _create(ctx, state), progress=progress,
-                                          parent_run_id=state.parent_run)
+        run_id, ours = store.claims.claim(
+            state.node["key"], lambda: _create(ctx, state), progress=progress, parent_run_id=state.parent_run
+        )
         if not ours:
             return run_id
         state.run_id = run_id
@@ -157,8 +171,13 @@ def _compute(ctx: TaskContext, state: Reaching) -> str | None:
             checkpointing = open_checkpointing(store, node, run_id, options, progress=progress)
             emit = {at: _emitter(ctx, state, checkpoint, checkpointing) for at, checkpoint in state.task["emits"]}
             hooks = NodeHooks(lambda: store.claims.heartbeat(run_id), emit, progress, checkpointing)
-            computed = _compute_resumed(lambda: compute_node(node, state.parent, loaded_inputs, ctx.workspace,
-                                                             data_dir=state.data_dir, hooks=hooks), checkpointing, node)
+            computed = _compute_resumed(
+                lambda: compute_node(
+                    node, state.parent, loaded_inputs, ctx.workspace, data_dir=state.data_dir, hooks=hooks
+                ),
+                checkpointing,
+                node,
+            )
             close_checkpointing(store, checkpointing, run_id)  # a finished state keeps no checkpoint
             final = _finish(ctx, state, computed)
             if final == run_id:
@@ -240,10 +259,17 @@ def _finish(ctx: TaskContext, state: Reaching, computed, batched: int = 1) -> st
     if computed.metrics.get(names.M_SPARSITY) is not None:
         params[names.PARAM_SPARSITY] = f"{computed.metrics[names.M_SPARSITY]:.4f}"
     params.update(run_params(options, batch=batched))
-    tags = {names.TAG_DEVICE: device_label(ctx.workspace.device), **environment_tags(ctx.workspace.device),
-            names.TAG_NOTE: describe(store, state, ctx.workflow), **job_tags()}
-    plugins = lineage_plugins(spec["root"], spec["steps"], [parent.spec if parent is not None else {},
-                                                            *(store.spec(r) for r in state.inputs.values())])
+    tags = {
+        names.TAG_DEVICE: device_label(ctx.workspace.device),
+        **environment_tags(ctx.workspace.device),
+        names.TAG_NOTE: describe(store, state, ctx.workflow),
+        **job_tags(),
+    }
+    plugins = lineage_plugins(
+        spec["root"],
+        spec["steps"],
+        [parent.spec if parent is not None else {}, *(store.spec(r) for r in state.inputs.values())],
+    )
     if plugins:  # every plugin the state depends on (through its root, its parents, its own steps)
         spec["plugins"] = plugins
         tags.update(plugin_tags(plugins))
@@ -251,9 +277,14 @@ def _finish(ctx: TaskContext, state: Reaching, computed, batched: int = 1) -> st
         tags[names.TAG_DIVERGED] = f"epoch {computed.history['diverged'][0]}: {computed.history['diverged'][1]}"
     history = {k: v for k, v in computed.history.items() if isinstance(v, list)}
     tensors = computed.tensors
-    return store.finish(run_id, spec=spec, masks=tensors.masks if tensors is not None else None,
-                        weights=None if tensors is None or computed.weights_from else tensors.weights,
-                        record=Record(computed.metrics, history, params, tags), extra_files=computed.files)
+    return store.finish(
+        run_id,
+        spec=spec,
+        masks=tensors.masks if tensors is not None else None,
+        weights=None if tensors is None or computed.weights_from else tensors.weights,
+        record=Record(computed.metrics, history, params, tags),
+        extra_files=computed.files,
+    )
 
 
 def _emitter(ctx: TaskContext, state: Reaching, checkpoint: dict, checkpointing=None, batched: int = 1):
@@ -270,8 +301,9 @@ def _emitter(ctx: TaskContext, state: Reaching, checkpoint: dict, checkpointing=
         root = point.parent.spec["root"]
         data = ctx.workspace.data(root, state.data_dir)
         tensors = Tensors(weights, dict(masks))
-        run_id, ours = store.claims.claim(checkpoint["key"], lambda: _create(ctx, state, checkpoint),
-                                          parent_run_id=state.parent_run)
+        run_id, ours = store.claims.claim(
+            checkpoint["key"], lambda: _create(ctx, state, checkpoint), parent_run_id=state.parent_run
+        )
         if not ours:
             return
         point.run_id = run_id
@@ -291,25 +323,37 @@ def _emitter(ctx: TaskContext, state: Reaching, checkpoint: dict, checkpointing=
 
 # ---- sibling trainings as one batch (`batching` groups them, `siblings` reaches them) --------------------
 
+
 def reach_batch(group_text: str, context_text: str, *dependency_runs: str) -> list:
     """Reach a group of sibling states (`batching.batched_graph`) with one batched training: per state its
     run id, or the exception that failed it (raised by that state's `batch_member` task)."""
     from .siblings import StoreHooks, reach_siblings
 
     group, ctx = json.loads(group_text), task_context(context_text)
-    runs = {**{k: v for task in group["tasks"] for k, v in task["known"].items()},
-            **dict(zip(group["deps"], dependency_runs))}
+    runs = {
+        **{k: v for task in group["tasks"] for k, v in task["known"].items()},
+        **dict(zip(group["deps"], dependency_runs)),
+    }
     hooks = StoreHooks(
         create=lambda s: _create(ctx, s),
         finish=lambda s, computed, batched: _finish(ctx, s, computed, batched),
         emitter=lambda s, checkpoint, batched: _emitter(ctx, s, checkpoint, batched=batched),
         alone=lambda s: _claim_and_compute(ctx, s),
-        resume=lambda s: _compute_claimed(ctx, s))
-    siblings = [Reaching(task, runs[task["parent"]], {role: runs[key] for role, key in task["inputs"].items()})
-                for task in group["tasks"]]
+        resume=lambda s: _compute_claimed(ctx, s),
+    )
+    siblings = [
+        Reaching(task, runs[task["parent"]], {role: runs[key] for role, key in task["inputs"].items()})
+        for task in group["tasks"]
+    ]
     with PinnedThreads(ctx.options.threads), Determinism(ctx.options.deterministic):
-        return reach_siblings(siblings, ctx.store, ctx.workspace, hooks, data_dir=ctx.options.data_dir,
-                              progress=getattr(PROGRESS, "printer", None))
+        return reach_siblings(
+            siblings,
+            ctx.store,
+            ctx.workspace,
+            hooks,
+            data_dir=ctx.options.data_dir,
+            progress=getattr(PROGRESS, "printer", None),
+        )
 
 
 def _compute_claimed(ctx: TaskContext, state: Reaching) -> str:

@@ -11,7 +11,6 @@ from .. import names
 from ..errors import SpecError, shown
 from ..spec.limits import MAX_THREADS
 
-
 _threads_lock = threading.Lock()
 
 
@@ -45,8 +44,8 @@ def pinned_threads() -> int | None:
 def cluster_threads(client) -> int:
     """Torch threads per state on a dask cluster: each host's cores (torch's default there) split
     between the worker threads it runs; the smallest share, so that no host is oversubscribed."""
-    cores = client.run(torch_default_threads, on_error="return")   # {worker address: cores}
-    per_host: dict[str, list[int]] = {}                             # host -> [worker threads, cores]
+    cores = client.run(torch_default_threads, on_error="return")  # {worker address: cores}
+    per_host: dict[str, list[int]] = {}  # host -> [worker threads, cores]
     for address, info in client.scheduler_info()["workers"].items():
         found = cores.get(address)
         host = per_host.setdefault(info.get("host") or urlparse(address).hostname or address, [0, 0])
@@ -109,8 +108,11 @@ class Determinism:
 
         os.environ.setdefault(names.ENV_CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)
         with _threads_lock:
-            self.before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-                           torch.backends.cudnn.benchmark)
+            self.before = (
+                torch.are_deterministic_algorithms_enabled(),
+                torch.backends.cudnn.deterministic,
+                torch.backends.cudnn.benchmark,
+            )
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False

@@ -91,6 +91,7 @@ from __future__ import annotations
 
 from .catalog import BN_INIT_NAMES, INIT_NAMES, MODELS, Model, model_entry, model_input
 
+
 def __getattr__(name):
     # build_model, prunable and the init functions need torch: models.nets, on first use
     if name in ("build_model", "prunable", "INITS", "BN_INITS"):

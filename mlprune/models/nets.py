@@ -6,7 +6,7 @@ The catalog, the table of models and the contracts are in the package docstring 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ __all__ = ["INITS", "BN_INITS", "build_model", "prunable"]
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     """The output size of a convolution or a pooling window along one dimension."""
@@ -37,6 +38,7 @@ def _classifier(features: int, first: int, second: int, num_classes: int) -> nn.
 
 
 # ----------------------------------------------------------------------------- LeNet
+
 
 class LeNet(nn.Module):
     """The seed's conv LeNet (LeNet-5 style, ReLU, max pooling)."""
@@ -74,6 +76,7 @@ class LeNet300100(nn.Module):
 
 # ----------------------------------------------------------------------------- Conv-2/4/6
 
+
 class ConvNet(nn.Module):
     """Frankle & Carbin 2019's Conv-2 / Conv-4 / Conv-6 (VGG-like, CIFAR-10)."""
 
@@ -82,9 +85,13 @@ class ConvNet(nn.Module):
         c, h, w = input_shape
         layers: list[nn.Module] = []
         for width in (64, 128, 256)[:pairs]:
-            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True),
-                       nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c, width, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c = width
             h, w = h // 2, w // 2
         self.features = nn.Sequential(*layers)
@@ -95,6 +102,7 @@ class ConvNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- AlexNet, VGG-11
+
 
 class AlexNet(nn.Module):
     """torchvision's AlexNet (same module names), adapted to small images.
@@ -190,6 +198,7 @@ class VGG11(nn.Module):
 
 # ----------------------------------------------------------------------------- ResNet-20
 
+
 class ZeroPadShortcut(nn.Module):
     """Option-A shortcut (parameter-free): stride subsampling, then output channel ``o`` is input
     channel ``index[o]``, or zeros where ``index[o] == -1``.
@@ -214,8 +223,8 @@ class ZeroPadShortcut(nn.Module):
     def _padding(self):
         """(before, after) when ``index`` is a plain zero padding of all the inputs, else None."""
         first = next((o for o, i in enumerate(self.index) if i >= 0), len(self.index))
-        middle = self.index[first:first + self.in_channels]
-        if middle != list(range(self.in_channels)) or any(i >= 0 for i in self.index[first + self.in_channels:]):
+        middle = self.index[first : first + self.in_channels]
+        if middle != list(range(self.in_channels)) or any(i >= 0 for i in self.index[first + self.in_channels :]):
             return None
         return first, len(self.index) - first - self.in_channels
 
@@ -246,8 +255,9 @@ class _BasicBlockA(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         if stride != 1 or in_planes != planes:
             if shortcut == "B":
-                self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                              nn.BatchNorm2d(planes))
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+                )
             else:  # no parameters: the state_dict is the same as without the module
                 self.shortcut = ZeroPadShortcut(in_planes, planes, stride)
 
@@ -266,8 +276,9 @@ class ResNet20(nn.Module):
     """He et al. 2016 CIFAR ResNet-20 (n = 3): stages of width W, 2W, 4W (W = 16), option-A shortcuts
     by default (``shortcut="B"``: 1x1 conv shortcuts, as OpenLTH's cifar_resnet_20_W)."""
 
-    def __init__(self, num_classes: int, input_shape: tuple[int, int, int], n: int = 3, width: int = 16,
-                 shortcut: str = "A"):
+    def __init__(
+        self, num_classes: int, input_shape: tuple[int, int, int], n: int = 3, width: int = 16, shortcut: str = "A"
+    ):
         super().__init__()
         c = input_shape[0]
         self.conv1 = nn.Conv2d(c, width, 3, padding=1, bias=False)
@@ -301,6 +312,7 @@ def resnet56(num_classes: int, input_shape: tuple[int, int, int], width: int = 1
 
 # ----------------------------------------------------------------------------- torchvision
 
+
 @functools.lru_cache(maxsize=1)
 def torchvision_builder(name: str) -> Callable[..., nn.Module]:
     def build(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
@@ -316,6 +328,7 @@ def torchvision_builder(name: str) -> Callable[..., nn.Module]:
 
 
 # ----------------------------------------------------------------------------- registries
+
 
 class VGG16(nn.Module):
     """The CIFAR VGG-16 of Frankle et al. (OpenLTH's cifar_vgg_16): 13 3x3 convs (64, 64, M, 128, 128, M,
@@ -347,8 +360,6 @@ class VGG16(nn.Module):
 conv2 = functools.partial(ConvNet, pairs=1)
 conv4 = functools.partial(ConvNet, pairs=2)
 conv6 = functools.partial(ConvNet, pairs=3)
-
-
 
 
 def _conv_linear_modules(model: nn.Module):
@@ -399,26 +410,42 @@ assert set(BN_INITS) == set(BN_INIT_NAMES)
 def _check_shape(name: str, input_shape, need: tuple[int | None, int | None]) -> tuple[int, int, int]:
     try:
         shape = tuple(int(s) for s in input_shape)
-        ok = len(shape) == 3 and all(s >= 1 for s in shape) and all(
-            float(a) == float(b) for a, b in zip(shape, input_shape))
+        ok = (
+            len(shape) == 3
+            and all(s >= 1 for s in shape)
+            and all(float(a) == float(b) for a, b in zip(shape, input_shape))
+        )
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise SpecError(f"model {name!r}: input_shape {input_shape!r} is not a (channels, height, width) "
-                        f"triple of positive ints")
+        raise SpecError(
+            f"model {name!r}: input_shape {input_shape!r} is not a (channels, height, width) triple of positive ints"
+        )
     c, h, w = shape
     channels, size = need
     if channels is not None and c != channels:
-        raise SpecError(f"model {name!r} needs {channels}-channel input, got input shape {shape}; "
-                        f"load the data with channels={channels}")
+        raise SpecError(
+            f"model {name!r} needs {channels}-channel input, got input shape {shape}; "
+            f"load the data with channels={channels}"
+        )
     if size is not None and min(h, w) < size:
-        raise SpecError(f"model {name!r} needs images of at least {size}x{size} px, got input shape "
-                        f"{shape}; load the data with image_size={size} or more")
+        raise SpecError(
+            f"model {name!r} needs images of at least {size}x{size} px, got input shape "
+            f"{shape}; load the data with image_size={size} or more"
+        )
     return shape
 
 
-def build_model(name: str, *, num_classes: int, input_shape, init: str = "default", seed: int = 0,
-                options: dict | None = None, bn_init: str = "default") -> nn.Module:
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape,
+    init: str = "default",
+    seed: int = 0,
+    options: dict | None = None,
+    bn_init: str = "default",
+) -> nn.Module:
     """Build model `name` for `num_classes` classes and (C, H, W) inputs.
 
     `init` initializes the Conv2d / Linear weights, then `bn_init` the BatchNorm layers (`BN_INITS`).
@@ -441,7 +468,7 @@ def build_model(name: str, *, num_classes: int, input_shape, init: str = "defaul
 
     with torch.random.fork_rng(devices=[]):
         # Seed only the (forked) CPU generator: torch.manual_seed would also reseed CUDA.
-        torch.default_generator.manual_seed(seed % (2 ** 64))
+        torch.default_generator.manual_seed(seed % (2**64))
         model = builder(num_classes, shape, **entry.check_options(options))
         INITS[init](model)
         BN_INITS[bn_init](model)
@@ -465,8 +492,7 @@ def _probe(name: str, model: nn.Module, shape: tuple[int, int, int], num_classes
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SpecError(f"model {name!r} on input shape {shape} gives output {got}, "
-                        f"expected (batch, {num_classes})")
+        raise SpecError(f"model {name!r} on input shape {shape} gives output {got}, expected (batch, {num_classes})")
 
 
 def prunable(model: nn.Module) -> dict[str, str]:
@@ -480,4 +506,3 @@ def prunable(model: nn.Module) -> dict[str, str]:
             if pname in params:
                 out[pname] = "conv" if isinstance(mod, nn.Conv2d) else "linear"
     return out
-

@@ -38,12 +38,13 @@ def read_weights(path) -> dict[str, torch.Tensor]:
             found = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - a damaged file or one holding other objects: one line
         message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise SpecError(f"pretrained weights {str(path)!r} cannot be read: {type(error).__name__}: {message}"
-                        ) from None
-    if not isinstance(found, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in found.items()):
-        raise SpecError(f"pretrained weights {str(path)!r} hold a {type(found).__name__}, not a state dict "
-                        f"(tensors by name)")
+        raise SpecError(f"pretrained weights {str(path)!r} cannot be read: {type(error).__name__}: {message}") from None
+    if not isinstance(found, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in found.items()
+    ):
+        raise SpecError(
+            f"pretrained weights {str(path)!r} hold a {type(found).__name__}, not a state dict (tensors by name)"
+        )
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in found.items()}
 
 
@@ -55,12 +56,14 @@ def check_fits(path, model: torch.nn.Module) -> None:
         if name not in found:
             raise SpecError(f"pretrained weights {str(path)!r} have no tensor {name!r} (shape {shape}) of the model")
         if found[name] != shape:
-            raise SpecError(f"pretrained weights {str(path)!r}: tensor {name!r} has shape {found[name]}, the "
-                            f"model's is {shape}")
+            raise SpecError(
+                f"pretrained weights {str(path)!r}: tensor {name!r} has shape {found[name]}, the model's is {shape}"
+            )
     extra = sorted(set(found) - set(expected))
     if extra:
-        raise SpecError(f"pretrained weights {str(path)!r} have a tensor {extra[0]!r} the model does not "
-                        f"({len(extra)} such)")
+        raise SpecError(
+            f"pretrained weights {str(path)!r} have a tensor {extra[0]!r} the model does not ({len(extra)} such)"
+        )
 
 
 def load_into(path, model: torch.nn.Module) -> torch.nn.Module:

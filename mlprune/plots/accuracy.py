@@ -11,8 +11,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import SpecError
-from .style import (as_numpy, ci_band, ci_errors, n_text, new_figure, remaining_axis, series_figure,
-                    series_legend, series_style, short_name)
+from .style import (
+    as_numpy,
+    ci_band,
+    ci_errors,
+    n_text,
+    new_figure,
+    remaining_axis,
+    series_figure,
+    series_legend,
+    series_style,
+    short_name,
+)
 
 
 def plot_jaccard_heatmap(matrix, labels: Sequence[str], title: str | None = None) -> Figure:
@@ -36,8 +46,15 @@ def plot_jaccard_heatmap(matrix, labels: Sequence[str], title: str | None = None
         for i in range(n):
             for j in range(n):
                 v = mat[i, j]
-                ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center",
-                        fontsize=fs, color="black" if np.isfinite(v) and v > 0.55 else "white")
+                ax.text(
+                    j,
+                    i,
+                    "–" if not np.isfinite(v) else f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=fs,
+                    color="black" if np.isfinite(v) and v > 0.55 else "white",
+                )
     ax.set_xlabel("state")
     ax.set_ylabel("state")
     ax.set_title(title or "Mask similarity (Jaccard of kept weights)")
@@ -86,8 +103,9 @@ def plot_accuracy_vs_remaining(aggregated: Sequence[Mapping], title: str | None 
     return fig
 
 
-def plot_accuracy_vs_cost(rows: Sequence[Mapping], x: str, xlabel: str, front: Sequence[Mapping] = (),
-                          title: str | None = None) -> Figure:
+def plot_accuracy_vs_cost(
+    rows: Sequence[Mapping], x: str, xlabel: str, front: Sequence[Mapping] = (), title: str | None = None
+) -> Figure:
     """Test accuracy vs a cost ratio (``x``: compression or theoretical speedup), every series of an
     experiment on one plot (Blalock et al. 2020's figures): x on a log2 axis with ticks 1, 2, 4, 8, 16, 32...,
     the mean over seeds with 95% CI bars (none from one seed), each series' dense accuracy (round 0) as a
@@ -109,8 +127,16 @@ def plot_accuracy_vs_cost(rows: Sequence[Mapping], x: str, xlabel: str, front: S
         pts = sorted(pts, key=lambda r: r[x])
         style = series_style(i, len(recipes))
         e = ci_errors(pts)
-        ax.errorbar([r[x] for r in pts], [100.0 * r["mean"] for r in pts], yerr=e, markersize=4, capsize=3,
-                    linewidth=1.4, label=f"{recipe} ({n_text(pts)})", **style)
+        ax.errorbar(
+            [r[x] for r in pts],
+            [100.0 * r["mean"] for r in pts],
+            yerr=e,
+            markersize=4,
+            capsize=3,
+            linewidth=1.4,
+            label=f"{recipe} ({n_text(pts)})",
+            **style,
+        )
         dense = [r for r in pts if r["round"] == 0]
         if dense and round(dense[0]["mean"], 6) not in dense_drawn:
             dense_drawn.add(round(dense[0]["mean"], 6))
@@ -120,10 +146,20 @@ def plot_accuracy_vs_cost(rows: Sequence[Mapping], x: str, xlabel: str, front: S
         ax.plot([], [], color="#616161", linestyle="--", linewidth=0.9, label="dense accuracy")
     usable = [r for r in front if r.get(x) is not None and math.isfinite(r[x]) and r[x] > 0]
     if usable:
-        ax.plot([r[x] for r in usable], [100.0 * r["mean"] for r in usable], color="black", linewidth=1.0,
-                marker="s", markersize=7, fillstyle="none", alpha=0.8, label="Pareto front", zorder=1)
+        ax.plot(
+            [r[x] for r in usable],
+            [100.0 * r["mean"] for r in usable],
+            color="black",
+            linewidth=1.0,
+            marker="s",
+            markersize=7,
+            fillstyle="none",
+            alpha=0.8,
+            label="Pareto front",
+            zorder=1,
+        )
     ax.set_xscale("log", base=2)
-    ticks = [2.0 ** k for k in range(max(1, math.ceil(math.log2(top))) + 1)]
+    ticks = [2.0**k for k in range(max(1, math.ceil(math.log2(top))) + 1)]
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
     if recipes:
@@ -149,9 +185,16 @@ def plot_accuracy_vs_speedup(rows: Sequence[Mapping], title: str | None = None) 
         pts = sorted(pts, key=lambda r: r["round"])
         x = np.array([r["speedup"] for r in pts])
         y = np.array([100.0 * r["mean"] for r in pts])
-        ax.errorbar(x, y, yerr=ci_errors(pts), markersize=4, capsize=3, linewidth=1.4,
-                    label=f"{recipe} ({n_text(pts)})",
-                    **series_style(i, len(recipes)))
+        ax.errorbar(
+            x,
+            y,
+            yerr=ci_errors(pts),
+            markersize=4,
+            capsize=3,
+            linewidth=1.4,
+            label=f"{recipe} ({n_text(pts)})",
+            **series_style(i, len(recipes)),
+        )
         for r, xi, yi in zip(pts, x, y):
             ax.annotate(f"r{r['round']}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axvline(1.0, color="#999", linewidth=0.8, linestyle=":")
@@ -181,29 +224,47 @@ def plot_structure(emergent: Mapping[str, Mapping], title: str | None = None) ->
         exp = np.array([emergent[n][dim]["expected"] for n in names], dtype=float)
         bw = 0.38
         ax.bar(x - bw / 2, 100 * obs, bw, label="observed", color="#d84315")
-        ax.bar(x + bw / 2, 100 * exp, bw, label="expected (random, same structure and sparsity)",
-               color="#90a4ae", hatch="//", edgecolor="white")
+        ax.bar(
+            x + bw / 2,
+            100 * exp,
+            bw,
+            label="expected (random, same structure and sparsity)",
+            color="#90a4ae",
+            hatch="//",
+            edgecolor="white",
+        )
         for i, n in enumerate(names):
             r = emergent[n][dim]["ratio"]
             if r is None or (isinstance(r, float) and math.isnan(r)):
                 continue
             txt = "∞×" if math.isinf(r) else (f"{r:.2g}×" if r < 1000 else ">1000×")
-            ax.annotate(txt, (x[i], 100 * max(obs[i], exp[i])), xytext=(0, 2), textcoords="offset points",
-                        ha="center", va="bottom", fontsize=7)
+            ax.annotate(
+                txt,
+                (x[i], 100 * max(obs[i], exp[i])),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
         structured = [emergent[n].get("baseline", "").startswith("random structured") for n in names]
         ax.set_xticks(x)
-        ax.set_xticklabels([short_name(n) + ("*" if s else "") for n, s in zip(names, structured)],
-                           rotation=30, ha="right")
+        ax.set_xticklabels(
+            [short_name(n) + ("*" if s else "") for n, s in zip(names, structured)], rotation=30, ha="right"
+        )
         ax.set_xlabel("layer (* pruned structurally: vs random structured pruning)" if any(structured) else "layer")
         ax.set_title(what, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
-    top = max([100 * max(e[d]["observed"], e[d]["expected"]) for e in emergent.values()
-               for d in ("dim0", "dim1") if d in e] + [0.0])
+    top = max(
+        [100 * max(e[d]["observed"], e[d]["expected"]) for e in emergent.values() for d in ("dim0", "dim1") if d in e]
+        + [0.0]
+    )
     axes[0].set_ylim(0, min(108.0, max(5.0, 1.2 * top + 2.0)))
     axes[0].set_ylabel("units entirely pruned (%)")
     axes[0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(title or "Emergent structure: entirely pruned units vs random pruning of the same structure",
-                 fontsize=11)
+    fig.suptitle(
+        title or "Emergent structure: entirely pruned units vs random pruning of the same structure", fontsize=11
+    )
     return fig
 
 
@@ -224,8 +285,10 @@ def plot_early_stop_vs_remaining(aggregated: Sequence[Mapping], title: str | Non
     fig = new_figure(12.0 + (4.0 if many else 0.0), 4.6)
     axes = fig.subplots(1, 2)
     xs_all = []
-    panels = (("early_stop_iteration", 1.0, "early-stopping iteration\n(lowest validation loss)"),
-              ("early_stop_test_accuracy", 100.0, "test accuracy at early stopping (%)"))
+    panels = (
+        ("early_stop_iteration", 1.0, "early-stopping iteration\n(lowest validation loss)"),
+        ("early_stop_test_accuracy", 100.0, "test accuracy at early stopping (%)"),
+    )
     for ax, (key, scale, what) in zip(axes, panels):
         for i, (recipe, pts) in enumerate(recipes.items()):
             pts = sorted([a for a in pts if key in a], key=lambda a: -a["remaining"])
@@ -236,8 +299,16 @@ def plot_early_stop_vs_remaining(aggregated: Sequence[Mapping], title: str | Non
             e = ci_errors(pts, key, f"{key}_ci_low", f"{key}_ci_high", scale)
             ok = x > 0
             n_txt = n_text(pts, "early_stop_n")
-            ax.errorbar(x[ok], y[ok], yerr=None if e is None else e[:, ok], markersize=4, capsize=3, linewidth=1.4,
-                        label=f"{recipe} ({n_txt})", **series_style(i, len(recipes)))
+            ax.errorbar(
+                x[ok],
+                y[ok],
+                yerr=None if e is None else e[:, ok],
+                markersize=4,
+                capsize=3,
+                linewidth=1.4,
+                label=f"{recipe} ({n_txt})",
+                **series_style(i, len(recipes)),
+            )
             xs_all.extend(x[ok].tolist())
         ax.set_xscale("log")
         ax.set_xlabel("remaining weights (%, log scale)")
@@ -247,16 +318,27 @@ def plot_early_stop_vs_remaining(aggregated: Sequence[Mapping], title: str | Non
         for ax in axes:
             remaining_axis(ax, xs_all)
         if many:
-            fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7.5, loc="outside right upper",
-                       title="recipe (seeds)", title_fontsize=8)
+            fig.legend(
+                *axes[0].get_legend_handles_labels(),
+                fontsize=7.5,
+                loc="outside right upper",
+                title="recipe (seeds)",
+                title_fontsize=8,
+            )
         else:
             axes[0].legend(fontsize=8, loc="best", title="recipe (seeds)", title_fontsize=8)
     else:
-        axes[0].text(0.5, 0.5, "no state has an early-stopping iteration\n(it needs a validation split: "
-                               "val_size > 0)", transform=axes[0].transAxes, ha="center", va="center", fontsize=10,
-                     color="#555555")
-    fig.suptitle(title or "Learning speed: early stopping vs remaining weights (mean, 95% CI over seeds)",
-                 fontsize=11)
+        axes[0].text(
+            0.5,
+            0.5,
+            "no state has an early-stopping iteration\n(it needs a validation split: val_size > 0)",
+            transform=axes[0].transAxes,
+            ha="center",
+            va="center",
+            fontsize=10,
+            color="#555555",
+        )
+    fig.suptitle(title or "Learning speed: early stopping vs remaining weights (mean, 95% CI over seeds)", fontsize=11)
     return fig
 
 
@@ -283,9 +365,18 @@ def plot_sanity_panels(groups: dict[str, list[str]], rows: list[dict], names: di
             e = ci_errors(points)
             ok = x > 0
             name = f"{names.get(label, label)} ({n_text(points)})" if points else names.get(label, label)
-            ax.errorbar(x[ok], y[ok], yerr=None if e is None else e[:, ok], marker="o", markersize=3.5, capsize=2,
-                        linewidth=2.0 if i == 0 else 1.2, linestyle="-" if i == 0 else "--",
-                        color="black" if i == 0 else f"C{(i - 1) % 10}", label=name)
+            ax.errorbar(
+                x[ok],
+                y[ok],
+                yerr=None if e is None else e[:, ok],
+                marker="o",
+                markersize=3.5,
+                capsize=2,
+                linewidth=2.0 if i == 0 else 1.2,
+                linestyle="-" if i == 0 else "--",
+                color="black" if i == 0 else f"C{(i - 1) % 10}",
+                label=name,
+            )
             xs_all.extend(x[ok].tolist())
         ax.set_xscale("log")
         if xs_all:

@@ -1,5 +1,4 @@
-"""The lineage DAG as a matplotlib figure (the same layout as `lineage`'s SVG).
-"""
+"""The lineage DAG as a matplotlib figure (the same layout as `lineage`'s SVG)."""
 
 from __future__ import annotations
 
@@ -34,23 +33,46 @@ def plot_dag(nodes: Sequence[Mapping], edges: Sequence[Sequence], title: str | N
     for _p, _c, role, pts, (lx, ly) in curves:
         primary = role == "primary"
         path = Path(pts, [Path.MOVETO, Path.CURVE4, Path.CURVE4, Path.CURVE4])
-        ax.add_patch(FancyArrowPatch(
-            path=path, arrowstyle="-|>", mutation_scale=9,
-            color=edge_color if primary else other_color,
-            linestyle="-" if primary else (0, (4, 3)), linewidth=1.2 if primary else 0.9,
-            alpha=1.0 if primary else 0.6, zorder=1,
-        ))
+        ax.add_patch(
+            FancyArrowPatch(
+                path=path,
+                arrowstyle="-|>",
+                mutation_scale=9,
+                color=edge_color if primary else other_color,
+                linestyle="-" if primary else (0, (4, 3)),
+                linewidth=1.2 if primary else 0.9,
+                alpha=1.0 if primary else 0.6,
+                zorder=1,
+            )
+        )
         if not primary:
-            ax.text(lx, ly, role, fontsize=fontsize - 1, color=other_color, ha="center", va="center",
-                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85), zorder=2)
+            ax.text(
+                lx,
+                ly,
+                role,
+                fontsize=fontsize - 1,
+                color=other_color,
+                ha="center",
+                va="center",
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85),
+                zorder=2,
+            )
     for node in nodes:
         x, y = layout[node["id"]]
-        ax.add_patch(FancyBboxPatch((x - BOX_W / 2, y - BOX_H / 2), BOX_W, BOX_H,
-                                    boxstyle="round,pad=0,rounding_size=0.06", fc=KIND_COLORS.get(kind_key(node), OTHER_KIND_COLOR),
-                                    ec="#37474f", lw=0.8, zorder=3))
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - BOX_W / 2, y - BOX_H / 2),
+                BOX_W,
+                BOX_H,
+                boxstyle="round,pad=0,rounding_size=0.06",
+                fc=KIND_COLORS.get(kind_key(node), OTHER_KIND_COLOR),
+                ec="#37474f",
+                lw=0.8,
+                zorder=3,
+            )
+        )
         lines = node_lines(node)
-        ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=fontsize, zorder=4,
-                linespacing=1.25)
+        ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=fontsize, zorder=4, linespacing=1.25)
     ax.set_xlim(x_lo - 0.15, x_hi + 0.15)
     ax.set_ylim(y_hi + 0.15, y_lo - 0.15)  # depth grows downwards
     ax.axis("off")
@@ -62,9 +84,9 @@ def plot_dag(nodes: Sequence[Mapping], edges: Sequence[Sequence], title: str | N
     handles = [Patch(facecolor=KIND_COLORS[k], edgecolor="#37474f", label=k) for k in kinds_present]
     handles.append(Line2D([], [], color=edge_color, label="primary parent"))
     if any(cv[2] != "primary" for cv in curves):
-        handles.append(Line2D([], [], color=other_color, linestyle=(0, (4, 3)),
-                              label="other parent (labelled with its role)"))
-    fig.legend(handles=handles, fontsize=7.5, loc="outside lower center", ncols=min(len(handles), 7),
-               frameon=False)
+        handles.append(
+            Line2D([], [], color=other_color, linestyle=(0, (4, 3)), label="other parent (labelled with its role)")
+        )
+    fig.legend(handles=handles, fontsize=7.5, loc="outside lower center", ncols=min(len(handles), 7), frameon=False)
     ax.set_title(title or f"Experiment DAG ({len(nodes)} states)")
     return fig

@@ -1,5 +1,4 @@
-"""Inside the network: per-class impact, PIEs, value heatmaps (churn, CKA), learning curves.
-"""
+"""Inside the network: per-class impact, PIEs, value heatmaps (churn, CKA), learning curves."""
 
 from __future__ import annotations
 
@@ -38,12 +37,18 @@ def plot_class_impact(impacts: Mapping, classes: Sequence, title: str | None = N
         tested = tested or bool(np.isfinite(np.asarray(result["p"], dtype=float)).any())
         color = cmap(0.15 + 0.7 * i / max(1, len(labels) - 1))
         offsets = x - 0.4 + width * (i + 0.5)
-        ax.bar(offsets, values, width * 0.92, color=[color if s else (*color[:3], 0.35) for s in significant]
-               if tested else color, label=f"{label} (n={result['n_pruned']} vs {result['n_dense']})")
+        ax.bar(
+            offsets,
+            values,
+            width * 0.92,
+            color=[color if s else (*color[:3], 0.35) for s in significant] if tested else color,
+            label=f"{label} (n={result['n_pruned']} vs {result['n_dense']})",
+        )
         for xo, v, s in zip(offsets, values, significant):
             if s:
-                ax.annotate("*", (xo, v), xytext=(0, 1 if v >= 0 else -9), textcoords="offset points",
-                            ha="center", fontsize=10)
+                ax.annotate(
+                    "*", (xo, v), xytext=(0, 1 if v >= 0 else -9), textcoords="offset points", ha="center", fontsize=10
+                )
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(x)
     ax.set_xticklabels(classes)
@@ -51,8 +56,11 @@ def plot_class_impact(impacts: Mapping, classes: Sequence, title: str | None = N
     ax.set_ylabel("Δ class recall − Δ accuracy (points)")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="best", title="pruned vs dense (networks)", title_fontsize=8)
-    note = ("solid, *: significant (Welch's t-test, p < 0.05); pale: not" if tested
-            else "one network per population: no significance test (run several seeds)")
+    note = (
+        "solid, *: significant (Welch's t-test, p < 0.05); pale: not"
+        if tested
+        else "one network per population: no significance test (run several seeds)"
+    )
     ax.set_title((title or "Per-class impact of pruning") + f"\n{note}", fontsize=10)
     return fig
 
@@ -70,8 +78,14 @@ def plot_pie_fraction(points: Mapping, title: str | None = None) -> Figure:
         x = np.array([100.0 * p[0] for p in pts])
         y = np.array([100.0 * p[1] for p in pts])
         ns = sorted({int(p[2]) for p in pts})
-        ax.plot(x, y, markersize=5, linewidth=1.4, label=f"{label} (n={'–'.join(map(str, ns[::max(1, len(ns) - 1)]))})",
-                **series_style(i, len(points)))
+        ax.plot(
+            x,
+            y,
+            markersize=5,
+            linewidth=1.4,
+            label=f"{label} (n={'–'.join(map(str, ns[:: max(1, len(ns) - 1)]))})",
+            **series_style(i, len(points)),
+        )
         xs_all.extend(x[x > 0].tolist())
     ax.set_xscale("log")
     if xs_all:
@@ -99,22 +113,35 @@ def plot_pie_gallery(images, entries: Sequence[Mapping], title: str | None = Non
         ax = fig.add_subplot(rows, columns, i + 1)
         img = imgs[i]
         if img.shape[0] == 1:
-            ax.imshow(img[0], cmap="gray_r" if img.mean() < 0.5 else "gray", vmin=0.0, vmax=1.0,
-                      interpolation="nearest")
+            ax.imshow(
+                img[0], cmap="gray_r" if img.mean() < 0.5 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest"
+            )
         else:
             ax.imshow(np.clip(np.transpose(img[:3], (1, 2, 0)), 0.0, 1.0), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"#{entry['index']} true {entry['label']}\ndense {entry['dense_label']} "
-                     f"({100 * entry['dense_agreement']:.0f}%)\npruned {entry['pruned_label']} "
-                     f"({100 * entry['pruned_agreement']:.0f}%)", fontsize=7, pad=2)
+        ax.set_title(
+            f"#{entry['index']} true {entry['label']}\ndense {entry['dense_label']} "
+            f"({100 * entry['dense_agreement']:.0f}%)\npruned {entry['pruned_label']} "
+            f"({100 * entry['pruned_agreement']:.0f}%)",
+            fontsize=7,
+            pad=2,
+        )
     fig.suptitle(title or "Pruning Identified Exemplars", fontsize=10)
     return fig
 
 
-def plot_value_heatmap(matrix, row_labels: Sequence[str], column_labels: Sequence[str], *, what: str,
-                       title: str | None = None, limits: tuple = (0.0, None), cmap: str = "viridis",
-                       axis_labels: tuple[str, str] = ("", "")) -> Figure:
+def plot_value_heatmap(
+    matrix,
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    *,
+    what: str,
+    title: str | None = None,
+    limits: tuple = (0.0, None),
+    cmap: str = "viridis",
+    axis_labels: tuple[str, str] = ("", ""),
+) -> Figure:
     """Annotated heatmap of a rows × columns matrix of one quantity (``what``: the colorbar label);
     NaN cells are grey. ``limits``: (vmin, vmax) of the colours, vmax None: the largest value (at least
     1e-9 above vmin). ``axis_labels``: (x, y)."""
@@ -125,25 +152,40 @@ def plot_value_heatmap(matrix, row_labels: Sequence[str], column_labels: Sequenc
     finite = mat[np.isfinite(mat)]
     top = vmax if vmax is not None else max(float(finite.max()) if finite.size else vmin + 1.0, vmin + 1e-9)
     rows, cols = mat.shape
-    fig = new_figure(min(16.0, max(5.0, 2.6 + 0.75 * cols + 0.06 * max(len(str(r)) for r in row_labels))),
-                  min(14.0, max(3.2, 1.6 + 0.45 * rows)))
+    fig = new_figure(
+        min(16.0, max(5.0, 2.6 + 0.75 * cols + 0.06 * max(len(str(r)) for r in row_labels))),
+        min(14.0, max(3.2, 1.6 + 0.45 * rows)),
+    )
     ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(mat), cmap=matplotlib.colormaps[cmap].with_extremes(bad=PRUNED_COLOR),
-                   vmin=vmin, vmax=top, interpolation="nearest", aspect="auto")
+    im = ax.imshow(
+        np.ma.masked_invalid(mat),
+        cmap=matplotlib.colormaps[cmap].with_extremes(bad=PRUNED_COLOR),
+        vmin=vmin,
+        vmax=top,
+        interpolation="nearest",
+        aspect="auto",
+    )
     fig.colorbar(im, ax=ax, label=what, shrink=0.85)
     ax.set_xticks(np.arange(cols))
     ax.set_yticks(np.arange(rows))
-    ax.set_xticklabels([str(c) for c in column_labels], rotation=30 if cols > 5 else 0,
-                       ha="right" if cols > 5 else "center")
+    ax.set_xticklabels(
+        [str(c) for c in column_labels], rotation=30 if cols > 5 else 0, ha="right" if cols > 5 else "center"
+    )
     ax.set_yticklabels([str(r) for r in row_labels])
     if rows * cols <= 400:
         for i in range(rows):
             for j in range(cols):
                 v = mat[i, j]
                 light = np.isfinite(v) and (v - vmin) / (top - vmin) > 0.55
-                ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}",
-                        ha="center", va="center", fontsize=8 if cols <= 10 else 6,
-                        color="black" if light else "white")
+                ax.text(
+                    j,
+                    i,
+                    "–" if not np.isfinite(v) else f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8 if cols <= 10 else 6,
+                    color="black" if light else "white",
+                )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title or what, fontsize=10)
@@ -169,17 +211,24 @@ def plot_learning_curves(curves: Mapping, title: str | None = None) -> Figure:
                     continue
                 epochs, values = zip(*points)
                 scale = 100.0 if kind == "accuracy" else 1.0
-                ax.plot(epochs, scale * np.asarray(values, dtype=float), linestyle=style, color=color,
-                        marker="." if len(epochs) <= 30 else None,
-                        label=label if split == "test" else None)
+                ax.plot(
+                    epochs,
+                    scale * np.asarray(values, dtype=float),
+                    linestyle=style,
+                    color=color,
+                    marker="." if len(epochs) <= 30 else None,
+                    label=label if split == "test" else None,
+                )
     for ax, kind in zip(axes, ("accuracy (%)", "loss (cross-entropy)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(kind)
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = axes[0].get_legend_handles_labels()
-    handles += [Line2D([], [], color="black", linestyle="-", label="test"),
-                Line2D([], [], color="black", linestyle="--", label="train (batches as trained on)")]
+    handles += [
+        Line2D([], [], color="black", linestyle="-", label="test"),
+        Line2D([], [], color="black", linestyle="--", label="train (batches as trained on)"),
+    ]
     fig.legend(handles=handles, fontsize=8, loc="outside right center")
     fig.suptitle(title or "Learning curves", fontsize=11)
     return fig

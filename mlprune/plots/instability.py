@@ -1,5 +1,4 @@
-"""Linear mode connectivity: error and loss along an interpolation path, instability vs spawn point.
-"""
+"""Linear mode connectivity: error and loss along an interpolation path, instability vs spawn point."""
 
 from __future__ import annotations
 
@@ -11,12 +10,15 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from .style import ci_errors, new_figure, series_figure, series_style
 
-
 STABLE_BELOW = 0.02  # Frankle et al. 2020: a network is stable to SGD noise when its instability is < 2 %
 
 
-def plot_interpolation(alphas: Sequence[float], curves: Mapping[str, Mapping[str, Sequence]],
-                       title: str | None = None, bn_reset: bool = False) -> Figure:
+def plot_interpolation(
+    alphas: Sequence[float],
+    curves: Mapping[str, Mapping[str, Sequence]],
+    title: str | None = None,
+    bn_reset: bool = False,
+) -> Figure:
     """Error (left, %) and loss (right) along the linear path from a (α = 0) to b (α = 1).
 
     ``curves``: ``{split: {"error": [...], "loss": [...]}}`` per α (split ``test``, and ``train``
@@ -69,17 +71,26 @@ def plot_instability_vs_spawn(levels: Mapping[str, Sequence[Mapping]], title: st
         e = np.zeros((2, len(points))) if errors is None else errors
         style = series_style(i, len(levels))
         color = style["color"]
-        ax.errorbar(x, y, yerr=errors, capsize=3, linewidth=1.4, color=color, linestyle=style.get("linestyle", "-"),
-                    label=label)
+        ax.errorbar(
+            x, y, yerr=errors, capsize=3, linewidth=1.4, color=color, linestyle=style.get("linestyle", "-"), label=label
+        )
         stable = y < top
         ax.plot(x[stable], y[stable], linestyle="none", marker="o", markersize=7, color=color)
-        ax.plot(x[~stable], y[~stable], linestyle="none", marker="o", markersize=7, markerfacecolor="white",
-                color=color)
+        ax.plot(
+            x[~stable], y[~stable], linestyle="none", marker="o", markersize=7, markerfacecolor="white", color=color
+        )
         if np.isfinite(y).any():
             top = max(top, float(np.nanmax(y + e[1])))
     ax.axhline(100.0 * STABLE_BELOW, linestyle="--", color="#616161", linewidth=1)
-    ax.annotate("stable below 2 %", (0.01, 100.0 * STABLE_BELOW), xycoords=("axes fraction", "data"),
-                xytext=(0, 3), textcoords="offset points", fontsize=8, color="#616161")
+    ax.annotate(
+        "stable below 2 %",
+        (0.01, 100.0 * STABLE_BELOW),
+        xycoords=("axes fraction", "data"),
+        xytext=(0, 3),
+        textcoords="offset points",
+        fontsize=8,
+        color="#616161",
+    )
     ax.set_xscale("symlog", linthresh=10)
     if spawn_points:  # a tick at every spawn point, in plain iterations
         ax.xaxis.set_major_locator(FixedLocator(sorted(spawn_points)))
@@ -91,5 +102,10 @@ def plot_instability_vs_spawn(levels: Mapping[str, Sequence[Mapping]], title: st
     ax.set_title(title or "Instability vs spawn point (filled: stable, < 2 %)")
     ax.grid(True, which="major", alpha=0.3)
     if levels:
-        ax.legend(fontsize=8, loc="best", title="sparsity level (n = seeds × pairs; bars: 95% CI over seeds)", title_fontsize=8)
+        ax.legend(
+            fontsize=8,
+            loc="best",
+            title="sparsity level (n = seeds × pairs; bars: 95% CI over seeds)",
+            title_fontsize=8,
+        )
     return fig

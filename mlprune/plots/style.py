@@ -12,7 +12,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-
 PRUNED_COLOR = "#9e9e9e"
 
 
@@ -41,8 +40,9 @@ def fit_titles(fig: Figure) -> Figure:
                 title.set_text("\n".join(fitted(line, room, title.get_fontsize()) for line in text.split("\n")))
     suptitle = getattr(fig, "_suptitle", None)
     if suptitle is not None and suptitle.get_text():
-        suptitle.set_text("\n".join(fitted(line, width * 0.96, suptitle.get_fontsize())
-                                     for line in suptitle.get_text().split("\n")))
+        suptitle.set_text(
+            "\n".join(fitted(line, width * 0.96, suptitle.get_fontsize()) for line in suptitle.get_text().split("\n"))
+        )
     return fig
 
 
@@ -86,8 +86,11 @@ def series_style(i: int, n: int) -> dict:
     """Distinct color / marker / line style for series i of n (tab10, then tab20 and dashes)."""
     if n <= 10:
         return {"color": matplotlib.colormaps["tab10"](i % 10), "marker": "o"}
-    return {"color": matplotlib.colormaps["tab20"](i % 20), "marker": MARKERS[i % len(MARKERS)],
-            "linestyle": ("-", "--", ":")[(i // 20) % 3]}
+    return {
+        "color": matplotlib.colormaps["tab20"](i % 20),
+        "marker": MARKERS[i % len(MARKERS)],
+        "linestyle": ("-", "--", ":")[(i // 20) % 3],
+    }
 
 
 def series_figure(n: int) -> tuple:
@@ -99,8 +102,13 @@ def series_figure(n: int) -> tuple:
 
 def series_legend(fig, ax, many: bool) -> None:
     if many:
-        fig.legend(*ax.get_legend_handles_labels(), fontsize=7.5, loc="outside right upper",
-                   title="recipe (seeds)", title_fontsize=8)
+        fig.legend(
+            *ax.get_legend_handles_labels(),
+            fontsize=7.5,
+            loc="outside right upper",
+            title="recipe (seeds)",
+            title_fontsize=8,
+        )
     else:
         ax.legend(fontsize=8, loc="best", title="recipe (seeds)", title_fontsize=8)
 
@@ -119,7 +127,7 @@ def remaining_axis(ax, xs: list) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-CI_BAND = "ci-band"   # the gid of every confidence band (a PolyCollection) the figures draw
+CI_BAND = "ci-band"  # the gid of every confidence band (a PolyCollection) the figures draw
 
 
 def n_text(points: Sequence[Mapping], key: str = "n") -> str:
@@ -130,14 +138,19 @@ def n_text(points: Sequence[Mapping], key: str = "n") -> str:
     return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
 
 
-def ci_errors(points: Sequence[Mapping], mean: str = "mean", low: str = "ci_low", high: str = "ci_high",
-              scale: float = 100.0) -> np.ndarray | None:
+def ci_errors(
+    points: Sequence[Mapping], mean: str = "mean", low: str = "ci_low", high: str = "ci_high", scale: float = 100.0
+) -> np.ndarray | None:
     """Asymmetric error bars (2 x n) from each point's confidence interval; 0 where a point has none (one
     seed: no bar drawn, never a fake one); None when no point has an interval."""
     if all(p.get(low) is None for p in points):
         return None
-    return np.array([[scale * (p[mean] - p[low]) if p.get(low) is not None else 0.0 for p in points],
-                     [scale * (p[high] - p[mean]) if p.get(high) is not None else 0.0 for p in points]])
+    return np.array(
+        [
+            [scale * (p[mean] - p[low]) if p.get(low) is not None else 0.0 for p in points],
+            [scale * (p[high] - p[mean]) if p.get(high) is not None else 0.0 for p in points],
+        ]
+    )
 
 
 def ci_band(ax, x, points: Sequence[Mapping], color, scale: float = 100.0) -> None:
@@ -150,7 +163,13 @@ def ci_band(ax, x, points: Sequence[Mapping], color, scale: float = 100.0) -> No
             continue
         if len(run) >= 1:
             xs = np.array([x[i] for i in run])
-            band = ax.fill_between(xs, [scale * points[i]["ci_low"] for i in run],
-                                   [scale * points[i]["ci_high"] for i in run], color=color, alpha=0.18, linewidth=0)
+            band = ax.fill_between(
+                xs,
+                [scale * points[i]["ci_low"] for i in run],
+                [scale * points[i]["ci_high"] for i in run],
+                color=color,
+                alpha=0.18,
+                linewidth=0,
+            )
             band.set_gid(CI_BAND)
         run = []

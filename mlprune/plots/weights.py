@@ -1,5 +1,4 @@
-"""Weights and masks of one parameter, and how weights move across rounds.
-"""
+"""Weights and masks of one parameter, and how weights move across rounds."""
 
 from __future__ import annotations
 
@@ -16,8 +15,9 @@ from ..errors import SpecError
 from .style import PRUNED_COLOR, as_numpy, new_figure, short_name, symmetric_limit, weight_cmap
 
 
-def plot_conv_filters(weight, mask=None, title: str | None = None, *, channel: str = "first",
-                      max_filters: int = 64) -> Figure:
+def plot_conv_filters(
+    weight, mask=None, title: str | None = None, *, channel: str = "first", max_filters: int = 64
+) -> Figure:
     """Grid of the filters of a conv weight ``(out, in, kh, kw)``, pruned weights grey.
 
     ``channel="first"`` shows input channel 0 of each filter; ``"mean"`` the mean
@@ -39,8 +39,11 @@ def plot_conv_filters(weight, mask=None, title: str | None = None, *, channel: s
         alive = m.transpose(1, 0, 2, 3).reshape(in_ch, -1).any(axis=1)
         first = int(np.argmax(alive)) if alive.any() else 0
         imgs = np.ma.masked_array(w[:, first], mask=~m[:, first])
-        how = (f"input channel {first}" + (f" (0-{first - 1} entirely pruned)" if first else "")
-               if in_ch > 1 else "single input channel")
+        how = (
+            f"input channel {first}" + (f" (0-{first - 1} entirely pruned)" if first else "")
+            if in_ch > 1
+            else "single input channel"
+        )
     else:
         eff = (w * m).mean(axis=1)
         imgs = np.ma.masked_array(eff, mask=~m.any(axis=1))
@@ -60,18 +63,30 @@ def plot_conv_filters(weight, mask=None, title: str | None = None, *, channel: s
         im = ax.imshow(imgs[i], cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{i}" + (" (pruned)" if filter_pruned[i] else ""), fontsize=7, pad=2,
-                     color="#b71c1c" if filter_pruned[i] else "black")
+        ax.set_title(
+            f"{i}" + (" (pruned)" if filter_pruned[i] else ""),
+            fontsize=7,
+            pad=2,
+            color="#b71c1c" if filter_pruned[i] else "black",
+        )
         axes.append(ax)
     fig.colorbar(im, ax=axes, label="weight value", shrink=0.8)
     n_pruned = int(filter_pruned.sum())
     head = title or "Conv filters"
     more = f", first {shown} of {out_ch}" if shown < out_ch else ""
-    fig.suptitle(f"{head}\n{out_ch} filters {kh}×{kw}, {how}{more}; "
-                 f"{n_pruned} {'filter' if n_pruned == 1 else 'filters'} entirely pruned", fontsize=10, wrap=True)
+    fig.suptitle(
+        f"{head}\n{out_ch} filters {kh}×{kw}, {how}{more}; "
+        f"{n_pruned} {'filter' if n_pruned == 1 else 'filters'} entirely pruned",
+        fontsize=10,
+        wrap=True,
+    )
     if mask is not None:
-        fig.legend(handles=[Patch(facecolor=PRUNED_COLOR, label="pruned weight")], loc="outside lower left",
-                   fontsize=8, frameon=False)
+        fig.legend(
+            handles=[Patch(facecolor=PRUNED_COLOR, label="pruned weight")],
+            loc="outside lower left",
+            fontsize=8,
+            frameon=False,
+        )
     return fig
 
 
@@ -98,11 +113,14 @@ def plot_fc_weights(weight, mask=None, title: str | None = None) -> Figure:
     ax.set_xlabel("input feature" + (" (flattened)" if flat else ""))
     ax.set_ylabel("output neuron")
     kept = int(m2.sum())
-    ax.set_title(f"{title or 'Weights'}: {out_n}×{in_n}, "
-                 f"{kept}/{m2.size} kept ({100 * kept / max(1, m2.size):.1f}%)")
+    ax.set_title(f"{title or 'Weights'}: {out_n}×{in_n}, {kept}/{m2.size} kept ({100 * kept / max(1, m2.size):.1f}%)")
     if mask is not None:
-        fig.legend(handles=[Patch(facecolor=PRUNED_COLOR, label="pruned")], loc="outside lower right",
-                   fontsize=8, frameon=False)
+        fig.legend(
+            handles=[Patch(facecolor=PRUNED_COLOR, label="pruned")],
+            loc="outside lower right",
+            fontsize=8,
+            frameon=False,
+        )
     return fig
 
 
@@ -143,8 +161,7 @@ def plot_bias_panels(biases: Mapping, title: str | None = None) -> Figure:
     return fig
 
 
-def plot_weight_evolution(trajectories, rounds_labels: Sequence | None = None,
-                          title: str | None = None) -> Figure:
+def plot_weight_evolution(trajectories, rounds_labels: Sequence | None = None, title: str | None = None) -> Figure:
     """Value of each sampled weight across rounds; a line ends where its weight was pruned.
 
     ``trajectories`` is ``(n_weights, n_rounds)`` with NaN where a weight is pruned
@@ -170,29 +187,42 @@ def plot_weight_evolution(trajectories, rounds_labels: Sequence | None = None,
         color = kept_color if survived else pruned_color
         n_kept += survived
         n_pruned += not survived
-        ax.plot(x, row, color=color, alpha=0.75, linewidth=1.2, marker="." if T <= 30 else None,
-                markersize=4)
+        ax.plot(x, row, color=color, alpha=0.75, linewidth=1.2, marker="." if T <= 30 else None, markersize=4)
         if not survived:
             ax.plot([x[last]], [row[last]], marker="x", color=color, markersize=7, mew=1.8)
     ax.axhline(0.0, color="black", linewidth=0.6, alpha=0.6)
     ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=30 if max((len(s) for s in labels), default=0) > 4 else 0,
-                       ha="right" if max((len(s) for s in labels), default=0) > 4 else "center")
+    ax.set_xticklabels(
+        labels,
+        rotation=30 if max((len(s) for s in labels), default=0) > 4 else 0,
+        ha="right" if max((len(s) for s in labels), default=0) > 4 else "center",
+    )
     ax.set_xlim(-0.3, T - 0.7)
     ax.set_xlabel("round")
     ax.set_ylabel("weight value")
     ax.set_title(title or f"Evolution of {n} sampled weights")
-    ax.legend(handles=[
-        Line2D([], [], color=kept_color, label=f"kept to the last round ({n_kept})"),
-        Line2D([], [], color=pruned_color, marker="x", mew=1.8,
-               label=f"pruned on the way ({n_pruned});\n× = last round kept"),
-    ], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.legend(
+        handles=[
+            Line2D([], [], color=kept_color, label=f"kept to the last round ({n_kept})"),
+            Line2D(
+                [],
+                [],
+                color=pruned_color,
+                marker="x",
+                mew=1.8,
+                label=f"pruned on the way ({n_pruned});\n× = last round kept",
+            ),
+        ],
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+    )
     ax.grid(True, alpha=0.3)
     return fig
 
 
-def plot_stability(stability: Mapping, rounds_labels: Sequence | None = None,
-                   title: str | None = None) -> Figure:
+def plot_stability(stability: Mapping, rounds_labels: Sequence | None = None, title: str | None = None) -> Figure:
     """Weight stability across rounds: three panels over the transitions t -> t+1.
 
     ``stability`` is ``analysis.weight_stability(weights, masks)``. Panels: Jaccard
@@ -213,20 +243,35 @@ def plot_stability(stability: Mapping, rounds_labels: Sequence | None = None,
     xt = [label if t % every == 0 or t == T - 1 else "" for t, label in enumerate(xt)]
     fig = new_figure(min(16.0, max(10.0, 4.0 + 0.9 * T * 3)), 4.4)
     axes = fig.subplots(1, 3)
-    panels = [("jaccard", "mask overlap (Jaccard)", (0.0, 1.05)),
-              ("cosine", "cosine similarity\nof weights kept in both", (None, None)),
-              ("relative_l2", "relative change ‖w′−w‖ / ‖w‖\nof weights kept in both", (0.0, None))]
+    panels = [
+        ("jaccard", "mask overlap (Jaccard)", (0.0, 1.05)),
+        ("cosine", "cosine similarity\nof weights kept in both", (None, None)),
+        ("relative_l2", "relative change ‖w′−w‖ / ‖w‖\nof weights kept in both", (0.0, None)),
+    ]
     x = np.arange(T)
     cmap = matplotlib.colormaps["tab10"]
     handles = []
     for ax, (key, what, (lo, hi)) in zip(axes, panels):
         for i, (name, values) in enumerate(stability[key]["per_layer"].items()):
-            line, = ax.plot(x, np.asarray(values, dtype=float), marker=".", linewidth=1.0, alpha=0.8,
-                            color=cmap(i % 10), label=short_name(name))
+            (line,) = ax.plot(
+                x,
+                np.asarray(values, dtype=float),
+                marker=".",
+                linewidth=1.0,
+                alpha=0.8,
+                color=cmap(i % 10),
+                label=short_name(name),
+            )
             if key == "jaccard":
                 handles.append(line)
-        line, = ax.plot(x, np.asarray(stability[key]["overall"], dtype=float), marker="o", linewidth=2.4,
-                        color="black", label="overall")
+        (line,) = ax.plot(
+            x,
+            np.asarray(stability[key]["overall"], dtype=float),
+            marker="o",
+            linewidth=2.4,
+            color="black",
+            label="overall",
+        )
         if key == "jaccard":
             handles.append(line)
         ax.set_xticks(x)
@@ -234,8 +279,10 @@ def plot_stability(stability: Mapping, rounds_labels: Sequence | None = None,
         ax.tick_params(axis="x", length=3)
         ax.set_xlim(-0.3, max(T - 0.7, 0.3))
         if key == "cosine":  # values crowd just below 1: zoom in, keeping 1 in view
-            vals = np.asarray([v for vs in stability[key]["per_layer"].values() for v in vs]
-                              + list(stability[key]["overall"]), dtype=float)
+            vals = np.asarray(
+                [v for vs in stability[key]["per_layer"].values() for v in vs] + list(stability[key]["overall"]),
+                dtype=float,
+            )
             vals = vals[np.isfinite(vals)]
             low = float(vals.min()) if vals.size else 0.0
             lo = max(-1.0, low - 0.1 * (1.0 - low) - 0.002)

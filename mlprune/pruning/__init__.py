@@ -148,11 +148,29 @@ from __future__ import annotations
 from .catalog import METHODS, SELECTOR_TOKENS, Method, method_options, n_to_prune
 from .prune_step import layer_plan, prune_schema, resolve_prune_step
 
-__all__ = ["METHODS", "Method", "prune_schema", "SELECTOR_TOKENS", "resolve_prune_step", "layer_plan", "n_to_prune",
-           "method_options", "compute_mask", "prune_masks", "transplant_mask"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "prune_schema",
+    "SELECTOR_TOKENS",
+    "resolve_prune_step",
+    "layer_plan",
+    "n_to_prune",
+    "method_options",
+    "compute_mask",
+    "prune_masks",
+    "transplant_mask",
+]
 
-_TENSOR_API = ("compute_mask", "prune_masks", "transplant_mask", "l1_unstructured", "random_unstructured",
-               "ln_structured", "random_structured")
+_TENSOR_API = (
+    "compute_mask",
+    "prune_masks",
+    "transplant_mask",
+    "l1_unstructured",
+    "random_unstructured",
+    "ln_structured",
+    "random_structured",
+)
 
 
 def __getattr__(name):

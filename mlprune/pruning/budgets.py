@@ -69,8 +69,9 @@ def uniform_plus_densities(shapes: dict, density: float, first: str | None, outp
 def keep_counts(densities: dict, shapes: dict, remaining: dict) -> dict:
     """{layer: weights it keeps} of a pool at {layer: density}: ``round(density · size)``, at least one,
     at most what the layer has left (`remaining`)."""
-    return {name: min(max(round(densities[name] * math.prod(shape)), 1), remaining[name])
-            for name, shape in shapes.items()}
+    return {
+        name: min(max(round(densities[name] * math.prod(shape)), 1), remaining[name]) for name, shape in shapes.items()
+    }
 
 
 def pool_density(shapes: dict, keep: int) -> float:

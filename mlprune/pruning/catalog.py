@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from ..errors import SpecError
 from ..registry import Registry
-from ..spec.options import Option, Schema, boolean, integer, number, with_doc
 from ..spec.limits import MAX_BATCH_SIZE, MAX_NM_GROUP, MAX_PRUNE_ITERATIONS, MAX_SCORE_BATCHES
+from ..spec.options import Option, Schema, boolean, integer, number, with_doc
 
 SELECTOR_TOKENS = ("@conv", "@linear", "@output")
 AMOUNT_ALLOWED = "a float in (0, 1) (fraction of what remains) or an int >= 1 (count to remove)"
@@ -91,13 +91,10 @@ def check_dim(dim, weight=None):
     dim = int(dim)
     if weight is not None:
         if weight.dim() < 2:
-            raise SpecError(
-                f"structured pruning needs a tensor with >= 2 dims, got shape {tuple(weight.shape)}"
-            )
+            raise SpecError(f"structured pruning needs a tensor with >= 2 dims, got shape {tuple(weight.shape)}")
         if dim >= weight.dim():
             raise SpecError(
-                f"dim {dim} out of range for weight of shape {tuple(weight.shape)}; "
-                f"allowed: 0..{weight.dim() - 1}"
+                f"dim {dim} out of range for weight of shape {tuple(weight.shape)}; allowed: 0..{weight.dim() - 1}"
             )
     return dim
 
@@ -128,19 +125,19 @@ class Method:
     name: str
     granularity: str
     impl: str = ""
-    random: bool = False                          # draws from a seeded generator
+    random: bool = False  # draws from a seeded generator
     options: Schema = Schema("method option", ())
-    short: str = ""                               # a few characters for run names; {option} is filled in
+    short: str = ""  # a few characters for run names; {option} is filled in
     help: str = ""
-    scorer: str = ""                              # scores the network (needs the model and data)
-    default_scope: str = "layer"                  # the scope when a step does not give one
-    unit_impl: str = ""                           # slice methods, coupled pruning: (one vector per channel
-                                                  #   unit, k, generator, options) -> indices to keep
-    weight_scorer: str = ""                       # scores from the weights alone: (effective weights, masks,
-                                                  #   options) -> {param: keep scores}; selected as `scorer`'s
-    unscored: str = ""                            # why a slice method with a scorer may have no values for a layer
-    scorable: str = ""                            # "module:function" (model) -> the layers it can score (checked
-                                                  #   before anything runs)
+    scorer: str = ""  # scores the network (needs the model and data)
+    default_scope: str = "layer"  # the scope when a step does not give one
+    unit_impl: str = ""  # slice methods, coupled pruning: (one vector per channel
+    #   unit, k, generator, options) -> indices to keep
+    weight_scorer: str = ""  # scores from the weights alone: (effective weights, masks,
+    #   options) -> {param: keep scores}; selected as `scorer`'s
+    unscored: str = ""  # why a slice method with a scorer may have no values for a layer
+    scorable: str = ""  # "module:function" (model) -> the layers it can score (checked
+    #   before anything runs)
 
     @property
     def structured(self) -> bool:
@@ -201,18 +198,30 @@ class Method:
         return (self.short or self.name).format(**options) + (" inverted" if options.get("invert") else "")
 
 
-_DIM = Option("dim", 1, with_doc(_check_dim_option, "0 | 1"),
-              "0 = output channels / neurons, 1 = input channels / features")
+_DIM = Option(
+    "dim", 1, with_doc(_check_dim_option, "0 | 1"), "0 = output channels / neurons, 1 = input channels / features"
+)
 _N = Option("n", 1, with_doc(_canonical_n, "1 | 2 | inf | -inf"), "the norm: 1, 2, inf, -inf")
 # score methods (pruning.scores): the data they look at, their iterations, the sanity check
-_BATCHES = Option("batches", 1, integer(1, MAX_SCORE_BATCHES),
-                  "training batches the scores are computed on (the first ones of the root's data order)")
+_BATCHES = Option(
+    "batches",
+    1,
+    integer(1, MAX_SCORE_BATCHES),
+    "training batches the scores are computed on (the first ones of the root's data order)",
+)
 _BATCH_SIZE = Option("batch_size", 128, integer(1, MAX_BATCH_SIZE), "examples per scoring batch")
-_ITERATIONS = Option("iterations", 100, integer(1, MAX_PRUNE_ITERATIONS),
-                     "score-and-prune iterations on an exponential schedule of the remaining weights")
-_TEMPERATURE = Option("temperature", 200.0, number(positive=True),
-                      "softmax temperature of the loss whose Hessian-gradient product is taken "
-                      "(the GraSP authors' code: 200)")
+_ITERATIONS = Option(
+    "iterations",
+    100,
+    integer(1, MAX_PRUNE_ITERATIONS),
+    "score-and-prune iterations on an exponential schedule of the remaining weights",
+)
+_TEMPERATURE = Option(
+    "temperature",
+    200.0,
+    number(positive=True),
+    "softmax temperature of the loss whose Hessian-gradient product is taken (the GraSP authors' code: 200)",
+)
 _INVERT = Option("invert", False, boolean, "keep the lowest scores instead of the highest (a sanity check)")
 
 
@@ -221,8 +230,9 @@ def _options(*options: Option) -> Schema:
 
 
 # the channel criteria prune filters (output channels) unless told otherwise
-_DIM_OUT = Option("dim", 0, with_doc(_check_dim_option, "0 | 1"),
-                  "0 = output channels / neurons, 1 = input channels / features")
+_DIM_OUT = Option(
+    "dim", 0, with_doc(_check_dim_option, "0 | 1"), "0 = output channels / neurons, 1 = input channels / features"
+)
 _NM_N = Option("n", 2, integer(1, MAX_NM_GROUP - 1), "N:M: weights kept in each group of m")
 _NM_M = Option("m", 4, integer(1, MAX_NM_GROUP), "N:M: the group size, consecutive inputs")
 
@@ -249,69 +259,187 @@ class Distribution:
 
 
 DISTRIBUTIONS: Registry[Distribution] = Registry("distribution")
-DISTRIBUTIONS.add(Distribution("uniform", scope="layer", help="every layer prunes the same fraction of what "
-                               "remains in it (scope: layer)"))
+DISTRIBUTIONS.add(
+    Distribution(
+        "uniform", scope="layer", help="every layer prunes the same fraction of what remains in it (scope: layer)"
+    )
+)
 DISTRIBUTIONS.add(Distribution("global", scope="global", help="one threshold over the layers (scope: global)"))
-DISTRIBUTIONS.add(Distribution("uniform_plus", impl="mlprune.pruning.budgets:uniform_plus_densities",
-                               short="uniform+", help="the target sparsity in every layer but the first (dense) "
-                               "and the output layer (at most 80 % sparse); Gale et al. 2019"))
-DISTRIBUTIONS.add(Distribution("erk", impl="mlprune.pruning.budgets:erk_densities", short="erk",
-                               help="Erdős–Rényi-Kernel densities ∝ (Σ shape / Π shape), scaled to the target; "
-                               "layers that would exceed density 1 dense, the rest re-scaled; Evci et al. 2020"))
+DISTRIBUTIONS.add(
+    Distribution(
+        "uniform_plus",
+        impl="mlprune.pruning.budgets:uniform_plus_densities",
+        short="uniform+",
+        help="the target sparsity in every layer but the first (dense) "
+        "and the output layer (at most 80 % sparse); Gale et al. 2019",
+    )
+)
+DISTRIBUTIONS.add(
+    Distribution(
+        "erk",
+        impl="mlprune.pruning.budgets:erk_densities",
+        short="erk",
+        help="Erdős–Rényi-Kernel densities ∝ (Σ shape / Π shape), scaled to the target; "
+        "layers that would exceed density 1 dense, the rest re-scaled; Evci et al. 2020",
+    )
+)
 
 
 METHODS: Registry[Method] = Registry("pruning method", group="mlprune.methods")
-METHODS.add(Method("l1_unstructured", "weight", "mlprune.pruning.masks:choose_smallest_magnitude", short="l1",
-                   help="the smallest |w| among the remaining weights"))
-METHODS.add(Method("random_unstructured", "weight", "mlprune.pruning.masks:choose_at_random", random=True,
-                   short="random", help="uniformly among the remaining weights"))
-METHODS.add(Method("ln_structured", "slice", "mlprune.pruning.masks:keep_largest_norm", options=_options(_N, _DIM),
-                   short="l{n}-struct", help="whole slices by their Ln norm",
-                   unit_impl="mlprune.pruning.masks:keep_largest_unit_norm"))
-METHODS.add(Method("random_structured", "slice", "mlprune.pruning.masks:keep_at_random", random=True,
-                   options=_options(_DIM), short="random-struct", help="whole slices at random",
-                   unit_impl="mlprune.pruning.masks:keep_units_at_random"))
+METHODS.add(
+    Method(
+        "l1_unstructured",
+        "weight",
+        "mlprune.pruning.masks:choose_smallest_magnitude",
+        short="l1",
+        help="the smallest |w| among the remaining weights",
+    )
+)
+METHODS.add(
+    Method(
+        "random_unstructured",
+        "weight",
+        "mlprune.pruning.masks:choose_at_random",
+        random=True,
+        short="random",
+        help="uniformly among the remaining weights",
+    )
+)
+METHODS.add(
+    Method(
+        "ln_structured",
+        "slice",
+        "mlprune.pruning.masks:keep_largest_norm",
+        options=_options(_N, _DIM),
+        short="l{n}-struct",
+        help="whole slices by their Ln norm",
+        unit_impl="mlprune.pruning.masks:keep_largest_unit_norm",
+    )
+)
+METHODS.add(
+    Method(
+        "random_structured",
+        "slice",
+        "mlprune.pruning.masks:keep_at_random",
+        random=True,
+        options=_options(_DIM),
+        short="random-struct",
+        help="whole slices at random",
+        unit_impl="mlprune.pruning.masks:keep_units_at_random",
+    )
+)
 # Score methods: pruning at initialization (or at any state); their scores use the masks already there.
-METHODS.add(Method("snip", "weight", scorer="mlprune.pruning.scores:snip", default_scope="global",
-                   options=_options(_BATCHES, _BATCH_SIZE, _INVERT), short="snip",
-                   help="|g ⊙ w|: the loss gradient times the weight on data batches (Lee et al. 2019)"))
-METHODS.add(Method("mag_grad", "weight", scorer="mlprune.pruning.scores:mag_grad", default_scope="global",
-                   options=_options(_BATCHES, _BATCH_SIZE, _INVERT), short="mag-grad",
-                   help="|w ⊙ ∂L/∂w| of a trained network, the gradient summed over a few batches "
-                        "(ShrinkBench's GlobalMagGrad / LayerMagGrad)"))
-METHODS.add(Method("grasp", "weight", scorer="mlprune.pruning.scores:grasp", default_scope="global",
-                   options=_options(_BATCHES, _BATCH_SIZE, _TEMPERATURE, _INVERT), short="grasp",
-                   help="GraSP's S = -(H g) ⊙ w; the weights with the largest S go (Wang et al. 2020)"))
-METHODS.add(Method("synflow", "weight", scorer="mlprune.pruning.scores:synflow", default_scope="global",
-                   options=_options(_ITERATIONS, _INVERT), short="synflow",
-                   help="iterative synaptic flow |∂R/∂w ⊙ w| of the all-ones input through |weights|, "
-                        "data-free (Tanaka et al. 2020)"))
+METHODS.add(
+    Method(
+        "snip",
+        "weight",
+        scorer="mlprune.pruning.scores:snip",
+        default_scope="global",
+        options=_options(_BATCHES, _BATCH_SIZE, _INVERT),
+        short="snip",
+        help="|g ⊙ w|: the loss gradient times the weight on data batches (Lee et al. 2019)",
+    )
+)
+METHODS.add(
+    Method(
+        "mag_grad",
+        "weight",
+        scorer="mlprune.pruning.scores:mag_grad",
+        default_scope="global",
+        options=_options(_BATCHES, _BATCH_SIZE, _INVERT),
+        short="mag-grad",
+        help="|w ⊙ ∂L/∂w| of a trained network, the gradient summed over a few batches "
+        "(ShrinkBench's GlobalMagGrad / LayerMagGrad)",
+    )
+)
+METHODS.add(
+    Method(
+        "grasp",
+        "weight",
+        scorer="mlprune.pruning.scores:grasp",
+        default_scope="global",
+        options=_options(_BATCHES, _BATCH_SIZE, _TEMPERATURE, _INVERT),
+        short="grasp",
+        help="GraSP's S = -(H g) ⊙ w; the weights with the largest S go (Wang et al. 2020)",
+    )
+)
+METHODS.add(
+    Method(
+        "synflow",
+        "weight",
+        scorer="mlprune.pruning.scores:synflow",
+        default_scope="global",
+        options=_options(_ITERATIONS, _INVERT),
+        short="synflow",
+        help="iterative synaptic flow |∂R/∂w ⊙ w| of the all-ones input through |weights|, "
+        "data-free (Tanaka et al. 2020)",
+    )
+)
 # Layer-adaptive magnitude: a score from the weights alone, selected like the score methods (globally by default).
-METHODS.add(Method("lamp", "weight", weight_scorer="mlprune.pruning.criteria:lamp", default_scope="global",
-                   options=_options(_INVERT), short="lamp",
-                   help="LAMP: w_u² / Σ_{v >= u} w_v² within the layer (weights sorted by magnitude), then one "
-                        "global selection (Lee et al. 2021)"))
+METHODS.add(
+    Method(
+        "lamp",
+        "weight",
+        weight_scorer="mlprune.pruning.criteria:lamp",
+        default_scope="global",
+        options=_options(_INVERT),
+        short="lamp",
+        help="LAMP: w_u² / Σ_{v >= u} w_v² within the layer (weights sorted by magnitude), then one "
+        "global selection (Lee et al. 2021)",
+    )
+)
 # N:M semi-structured: a fixed pattern (its amount is 1 - n/m), per layer.
-METHODS.add(Method("nm", "pattern", "mlprune.pruning.criteria:nm_pattern", options=_options(_NM_N, _NM_M, _INVERT),
-                   short="{n}:{m}",
-                   help="N:M: the n largest |w| of every m consecutive inputs (2:4 is what sparse tensor cores "
-                        "run); layers whose input size does not divide by m are left dense"))
+METHODS.add(
+    Method(
+        "nm",
+        "pattern",
+        "mlprune.pruning.criteria:nm_pattern",
+        options=_options(_NM_N, _NM_M, _INVERT),
+        short="{n}:{m}",
+        help="N:M: the n largest |w| of every m consecutive inputs (2:4 is what sparse tensor cores "
+        "run); layers whose input size does not divide by m are left dense",
+    )
+)
 # Channel criteria: slice methods; taylor and bn_scale rank values their scorer computes from the network.
-METHODS.add(Method("fpgm", "slice", "mlprune.pruning.criteria:keep_fpgm", options=_options(_DIM_OUT, _INVERT),
-                   short="fpgm-struct", unit_impl="mlprune.pruning.criteria:keep_fpgm_units",
-                   help="FPGM: the filters nearest the geometric median (smallest Σ of distances to the "
-                        "others) go (He et al. 2019)"))
-METHODS.add(Method("taylor", "slice", "mlprune.pruning.criteria:keep_taylor", scorer="mlprune.pruning.scores:taylor",
-                   options=_options(_DIM_OUT, _BATCHES, _BATCH_SIZE, _INVERT), short="taylor-struct",
-                   unit_impl="mlprune.pruning.criteria:keep_taylor_units",
-                   help="first-order Taylor |Σ_channel w·∂L/∂w| on data batches (Molchanov et al. 2019)"))
-METHODS.add(Method("bn_scale", "slice", "mlprune.pruning.criteria:keep_bn_scale",
-                   scorer="mlprune.pruning.scores:bn_scale", options=_options(_DIM_OUT, _INVERT), short="bn-struct",
-                   unit_impl="mlprune.pruning.criteria:keep_bn_scale_units",
-                   unscored="no BatchNorm right after it to read |γ| from; exclude it (e.g. include: ['@conv'])",
-                   scorable="mlprune.pruning.scores:bn_scale_layers",
-                   help="network slimming: |γ| of the BatchNorm after the channel (Liu et al. 2017); "
-                        "train with bn_l1 for the paper's L1 penalty on γ"))
+METHODS.add(
+    Method(
+        "fpgm",
+        "slice",
+        "mlprune.pruning.criteria:keep_fpgm",
+        options=_options(_DIM_OUT, _INVERT),
+        short="fpgm-struct",
+        unit_impl="mlprune.pruning.criteria:keep_fpgm_units",
+        help="FPGM: the filters nearest the geometric median (smallest Σ of distances to the "
+        "others) go (He et al. 2019)",
+    )
+)
+METHODS.add(
+    Method(
+        "taylor",
+        "slice",
+        "mlprune.pruning.criteria:keep_taylor",
+        scorer="mlprune.pruning.scores:taylor",
+        options=_options(_DIM_OUT, _BATCHES, _BATCH_SIZE, _INVERT),
+        short="taylor-struct",
+        unit_impl="mlprune.pruning.criteria:keep_taylor_units",
+        help="first-order Taylor |Σ_channel w·∂L/∂w| on data batches (Molchanov et al. 2019)",
+    )
+)
+METHODS.add(
+    Method(
+        "bn_scale",
+        "slice",
+        "mlprune.pruning.criteria:keep_bn_scale",
+        scorer="mlprune.pruning.scores:bn_scale",
+        options=_options(_DIM_OUT, _INVERT),
+        short="bn-struct",
+        unit_impl="mlprune.pruning.criteria:keep_bn_scale_units",
+        unscored="no BatchNorm right after it to read |γ| from; exclude it (e.g. include: ['@conv'])",
+        scorable="mlprune.pruning.scores:bn_scale_layers",
+        help="network slimming: |γ| of the BatchNorm after the channel (Liu et al. 2017); "
+        "train with bn_l1 for the paper's L1 penalty on γ",
+    )
+)
 
 
 def methods_with_option(option: str) -> list[str]:

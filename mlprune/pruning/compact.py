@@ -42,9 +42,9 @@ __all__ = ["Compact", "compact_state", "rebuild", "write", "load", "latency_ms",
 
 @dataclass
 class Compact:
-    arch: dict                     # compact.json (without params/flops until `measure`)
-    weights: dict                  # compact tensors
-    removed: dict = field(default_factory=dict)   # group name -> removed units
+    arch: dict  # compact.json (without params/flops until `measure`)
+    weights: dict  # compact tensors
+    removed: dict = field(default_factory=dict)  # group name -> removed units
 
     @property
     def shrunk(self) -> bool:
@@ -58,8 +58,17 @@ def _keep_positions(size: int, gone: set) -> torch.Tensor:
     return torch.tensor([i for i in range(size) if i not in gone], dtype=torch.long)
 
 
-def compact_state(model: nn.Module, weights: dict, masks: dict, groups: list, *, model_name: str,
-                  model_options: dict | None, num_classes: int, input_shape) -> Compact:
+def compact_state(
+    model: nn.Module,
+    weights: dict,
+    masks: dict,
+    groups: list,
+    *,
+    model_name: str,
+    model_options: dict | None,
+    num_classes: int,
+    input_shape,
+) -> Compact:
     """Slice `weights` (a state_dict of `model`'s architecture; masked entries are zeros) to the
     channels something reads. `groups`: `pruning.structure.channel_groups(model, input_shape)`."""
     from ..models.nets import ZeroPadShortcut
@@ -101,21 +110,31 @@ def compact_state(model: nn.Module, weights: dict, masks: dict, groups: list, *,
             if tuple(w.shape) != tuple(module.weight.shape):
                 modules[name] = {"in_features": int(w.shape[1]), "out_features": int(w.shape[0])}
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-            n = int(out[f"{prefix}running_mean"].shape[0]) if module.running_mean is not None else \
-                int(out[f"{prefix}weight"].shape[0])
+            n = (
+                int(out[f"{prefix}running_mean"].shape[0])
+                if module.running_mean is not None
+                else int(out[f"{prefix}weight"].shape[0])
+            )
             if n != module.num_features:
                 modules[name] = {"num_features": n}
         elif isinstance(module, ZeroPadShortcut):
             in_gone = pad_gone.get((name, "pad_in"), set())
             out_gone = pad_gone.get((name, "pad_out"), set())
             if in_gone or out_gone:
-                renumber = {old: new for new, old in enumerate(i for i in range(module.in_channels) if i not in in_gone)}
-                index = [renumber.get(i, -1) if i >= 0 else -1
-                         for o, i in enumerate(module.index) if o not in out_gone]
+                renumber = {
+                    old: new for new, old in enumerate(i for i in range(module.in_channels) if i not in in_gone)
+                }
+                index = [renumber.get(i, -1) if i >= 0 else -1 for o, i in enumerate(module.index) if o not in out_gone]
                 modules[name] = {"in_channels": len(renumber), "index": index}
-    arch = {"format": FORMAT, "model": model_name, "model_options": dict(model_options or {}),
-            "num_classes": int(num_classes), "input_shape": [int(s) for s in input_shape], "modules": modules,
-            "groups": [{"name": g.name, "units": g.units, "kept": g.units - removed[g.name]} for g in groups]}
+    arch = {
+        "format": FORMAT,
+        "model": model_name,
+        "model_options": dict(model_options or {}),
+        "num_classes": int(num_classes),
+        "input_shape": [int(s) for s in input_shape],
+        "modules": modules,
+        "groups": [{"name": g.name, "units": g.units, "kept": g.units - removed[g.name]} for g in groups],
+    }
     return Compact(arch, out, removed)
 
 
@@ -148,8 +167,10 @@ def _resize(module: nn.Module, sizes: dict, where: str) -> None:
         module.in_channels = int(sizes["in_channels"])
         module.index = [int(i) for i in sizes["index"]]
     else:
-        raise SpecError(f"compact architecture resizes {where} ({type(module).__name__}); allowed: conv, linear, "
-                        f"batch norm and option-A shortcut modules")
+        raise SpecError(
+            f"compact architecture resizes {where} ({type(module).__name__}); allowed: conv, linear, "
+            f"batch norm and option-A shortcut modules"
+        )
 
 
 def rebuild(arch: dict, weights: dict | None = None) -> nn.Module:
@@ -157,10 +178,16 @@ def rebuild(arch: dict, weights: dict | None = None) -> nn.Module:
     from ..models import build_model
 
     if not isinstance(arch, dict) or arch.get("format") != FORMAT:
-        raise SpecError(f"not a compact architecture (format {arch.get('format') if isinstance(arch, dict) else arch!r});"
-                        f" allowed: {FORMAT}")
-    model = build_model(arch["model"], num_classes=int(arch["num_classes"]), input_shape=tuple(arch["input_shape"]),
-                        options=arch.get("model_options") or None)
+        raise SpecError(
+            f"not a compact architecture (format {arch.get('format') if isinstance(arch, dict) else arch!r});"
+            f" allowed: {FORMAT}"
+        )
+    model = build_model(
+        arch["model"],
+        num_classes=int(arch["num_classes"]),
+        input_shape=tuple(arch["input_shape"]),
+        options=arch.get("model_options") or None,
+    )
     found = dict(model.named_modules())
     for name, sizes in arch["modules"].items():
         if name not in found:
@@ -178,7 +205,8 @@ def write(directory, compact: Compact) -> list[str]:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     (out / names.COMPACT_WEIGHTS_FILE).write_bytes(
-        save({name: t.detach().cpu().contiguous() for name, t in compact.weights.items()}))
+        save({name: t.detach().cpu().contiguous() for name, t in compact.weights.items()})
+    )
     (out / names.COMPACT_ARCH_FILE).write_text(json.dumps(compact.arch, indent=1, sort_keys=True))
     return [names.COMPACT_WEIGHTS_FILE, names.COMPACT_ARCH_FILE]
 
@@ -224,8 +252,17 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def latency_ms(models: dict, input_shape, device, *, batch_sizes=(1, 64), warmup: int = 3,
-               repeats: int = 15, budget_s: float = 2.0, min_repeats: int = 3) -> dict:
+def latency_ms(
+    models: dict,
+    input_shape,
+    device,
+    *,
+    batch_sizes=(1, 64),
+    warmup: int = 3,
+    repeats: int = 15,
+    budget_s: float = 2.0,
+    min_repeats: int = 3,
+) -> dict:
     """{label: {batch size: median milliseconds of one forward pass}} of each network (eval mode).
 
     The networks are timed in turn, up to `repeats` rounds (after `warmup` untimed ones), alternating
@@ -246,7 +283,7 @@ def latency_ms(models: dict, input_shape, device, *, batch_sizes=(1, 64), warmup
         spent, warm, timed = 0.0, warmup, 0
         round_ = 0
         while round_ < warm + repeats:
-            for label in (order if round_ % 2 == 0 else order[::-1]):
+            for label in order if round_ % 2 == 0 else order[::-1]:
                 _sync(device)
                 started = time.perf_counter()
                 models[label](x)

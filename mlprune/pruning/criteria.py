@@ -38,9 +38,9 @@ def lamp_scores(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     keep = mask.reshape(-1).to(torch.bool)
     candidates = keep.nonzero().squeeze(1)
     values = squared[candidates]
-    order = torch.argsort(values, stable=True)             # ascending: u <= v when w_u² <= w_v²
+    order = torch.argsort(values, stable=True)  # ascending: u <= v when w_u² <= w_v²
     ascending = values[order]
-    larger = torch.flip(torch.cumsum(torch.flip(ascending, [0]), 0), [0])   # Σ_{v >= u} w_v²
+    larger = torch.flip(torch.cumsum(torch.flip(ascending, [0]), 0), [0])  # Σ_{v >= u} w_v²
     scores = torch.zeros_like(squared)
     ranked = torch.where(larger > 0, ascending / torch.where(larger > 0, larger, 1.0), 0.0)
     scores[candidates[order]] = ranked
@@ -67,7 +67,7 @@ def nm_mask(weight: torch.Tensor, mask: torch.Tensor, n: int, m: int, invert: bo
     moved = weight.detach().abs().to(torch.float64).movedim(1, -1)
     alive = mask.to(torch.bool).movedim(1, -1)
     score = -moved if invert else moved
-    score = score.masked_fill(~alive, -torch.inf)          # pruned weights are kept last, then not at all
+    score = score.masked_fill(~alive, -torch.inf)  # pruned weights are kept last, then not at all
     groups = score.reshape(-1, m)
     kept = torch.zeros_like(groups, dtype=torch.bool)
     kept.scatter_(1, torch.topk(groups, n, dim=1).indices, True)
@@ -106,9 +106,11 @@ def keep_fpgm(slices, dim, k, generator, options):
 
 def keep_fpgm_units(vectors, k, generator, options):
     if len({v.numel() for v in vectors}) > 1:
-        raise SpecError("fpgm compares the channels of a group by their distances; the channels of this group "
-                        "differ in size (a residual group across stages); allowed: a layer-wise fpgm step "
-                        "(coupled: false) or another method")
+        raise SpecError(
+            "fpgm compares the channels of a group by their distances; the channels of this group "
+            "differ in size (a residual group across stages); allowed: a layer-wise fpgm step "
+            "(coupled: false) or another method"
+        )
     return _ranked(fpgm_distances(torch.stack([v.reshape(-1) for v in vectors])), k, options)
 
 
@@ -125,5 +127,10 @@ def keep_bn_scale(values, dim, k, generator, options):
 
 
 def keep_bn_scale_units(vectors, k, generator, options):
-    return _ranked(torch.stack([v.abs().amax().to(torch.float64) if v.numel() else torch.zeros((), dtype=torch.float64)
-                                for v in vectors]), k, options)
+    return _ranked(
+        torch.stack(
+            [v.abs().amax().to(torch.float64) if v.numel() else torch.zeros((), dtype=torch.float64) for v in vectors]
+        ),
+        k,
+        options,
+    )

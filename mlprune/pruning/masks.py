@@ -215,9 +215,7 @@ def transplant_mask(masks, source_masks):
     for name, m in masks.items():
         s = source_masks[name]
         if tuple(s.shape) != tuple(m.shape):
-            raise SpecError(
-                f"source mask {name!r} has shape {tuple(s.shape)}, expected {tuple(m.shape)}"
-            )
+            raise SpecError(f"source mask {name!r} has shape {tuple(s.shape)}, expected {tuple(m.shape)}")
         out[name] = m.detach().to(torch.bool) & s.detach().to(torch.bool)
     return out
 
@@ -252,15 +250,21 @@ def prune_masks(weights, masks, kinds, step, *, generator, report=None, scores=N
         if name not in weights:
             raise SpecError(f"weights have no tensor for prunable parameter {name!r}")
         if tuple(weights[name].shape) != tuple(masks[name].shape):
-            raise SpecError(f"weights[{name!r}] has shape {tuple(weights[name].shape)}, "
-                            f"mask has {tuple(masks[name].shape)}")
+            raise SpecError(
+                f"weights[{name!r}] has shape {tuple(weights[name].shape)}, mask has {tuple(masks[name].shape)}"
+            )
     plan = layer_plan(kinds, step)
     random_used = [p["method"] for p in plan.values() if "method" in p and METHODS[p["method"]].random]
     if random_used:
         require_generator(random_used[0], generator)
     scored = [name for name in kinds if "method" in plan[name] and METHODS[plan[name]["method"]].scored]
-    valued = [name for name in kinds if "method" in plan[name] and METHODS[plan[name]["method"]].structured
-              and METHODS[plan[name]["method"]].scores_network]
+    valued = [
+        name
+        for name in kinds
+        if "method" in plan[name]
+        and METHODS[plan[name]["method"]].structured
+        and METHODS[plan[name]["method"]].scores_network
+    ]
     if scored and scores is None and METHODS[step["method"]].weight_scorer:
         scores = _weight_scores(step, weights)
     if (scored or valued) and scores is None:
@@ -287,15 +291,15 @@ def prune_masks(weights, masks, kinds, step, *, generator, report=None, scores=N
         options = {k: cfg[k] for k in entry.option_names}
         try:
             if entry.structured:
-                new[name] = _structured(cfg["method"], values.get(name, weights[name]), cfg["amount"], masks[name],
-                                        generator, options, info)
+                new[name] = _structured(
+                    cfg["method"], values.get(name, weights[name]), cfg["amount"], masks[name], generator, options, info
+                )
             elif entry.pattern:
                 new[name] = _pattern(cfg["method"], weights[name], masks[name], options, info)
             elif name in counts:
                 new[name] = _counted(cfg["method"], weights[name], counts[name], masks[name], generator, info)
             else:
-                new[name] = _unstructured(cfg["method"], weights[name], cfg["amount"], masks[name],
-                                          generator, {}, info)
+                new[name] = _unstructured(cfg["method"], weights[name], cfg["amount"], masks[name], generator, {}, info)
         except SpecError as e:
             raise SpecError(f"layer {name!r}: {e}") from None
         rep[name] = {**{k: v for k, v in cfg.items()}, **info}
@@ -384,10 +388,16 @@ def _prune_pool(method, amount, pool, weights, masks, new, generator, rep):
         pruned = int(gone[seg].sum())
         if pruned:
             new[name].view(-1)[cand[gone[seg]]] = False
-        rep[name] = {"method": method, "amount": amount, "scope": "global", "unit": "weights",
-                     "remaining": size, "pruned": pruned, "note": layer_note}
+        rep[name] = {
+            "method": method,
+            "amount": amount,
+            "scope": "global",
+            "unit": "weights",
+            "remaining": size,
+            "pruned": pruned,
+            "note": layer_note,
+        }
         start += size
-
 
 
 # --------------------------------------------------------------------------- score methods
@@ -409,8 +419,7 @@ def _select_by_score(score_parts, mask_parts, k, invert):
     keep scores (the highest with `invert`). Candidates in flattened order, layer after layer."""
     values = torch.cat([s.reshape(-1)[m.reshape(-1)] for s, m in zip(score_parts, mask_parts)])
     if not bool(torch.isfinite(values).all()):
-        raise SpecError("pruning scores are not finite (NaN or overflow); the network cannot be scored "
-                        "as it is")
+        raise SpecError("pruning scores are not finite (NaN or overflow); the network cannot be scored as it is")
     return torch.topk(values, k, largest=invert).indices
 
 
@@ -432,8 +441,9 @@ def _prune_by_scores(step, plan, scored, new, scores, rep, budget=None):
         try:
             k, note = (budget[group[0]], None) if budget is not None else prune_count(step["amount"], remaining, unit)
         except SpecError as e:
-            raise SpecError(f"{'global scope over ' + ', '.join(group) if scope == 'global' else 'layer ' + repr(group[0])}"
-                            f": {e}") from None
+            raise SpecError(
+                f"{'global scope over ' + ', '.join(group) if scope == 'global' else 'layer ' + repr(group[0])}: {e}"
+            ) from None
         targets.append(schedule_counts(remaining, remaining - k, iterations))
         notes.append(note)
     before = {name: int(new[name].sum()) for name in scored}
@@ -444,8 +454,9 @@ def _prune_by_scores(step, plan, scored, new, scores, rep, budget=None):
             if k <= 0:
                 continue
             masks = [new[name] for name in group]
-            gone = _select_by_score([current[name].detach().to("cpu", torch.float64) for name in group], masks,
-                                    k, invert)
+            gone = _select_by_score(
+                [current[name].detach().to("cpu", torch.float64) for name in group], masks, k, invert
+            )
             start = 0
             for name, mask in zip(group, masks):
                 cand = mask.reshape(-1).nonzero().squeeze(1)
@@ -460,6 +471,14 @@ def _prune_by_scores(step, plan, scored, new, scores, rep, budget=None):
             layer_note = note if note is not None else None
             if kept == 0 and before[name] > 0:
                 layer_note = "layer collapse: every weight of the layer was pruned"
-            rep[name] = {"method": method.name, "amount": step["amount"], "scope": scope, "unit": "weights",
-                         "remaining": before[name], "pruned": before[name] - kept, "note": layer_note,
-                         "iterations": iterations, "distribution": step.get("distribution")}
+            rep[name] = {
+                "method": method.name,
+                "amount": step["amount"],
+                "scope": scope,
+                "unit": "weights",
+                "remaining": before[name],
+                "pruned": before[name] - kept,
+                "note": layer_note,
+                "iterations": iterations,
+                "distribution": step.get("distribution"),
+            }

@@ -40,8 +40,8 @@ Synaptic-Flow's default does, so the scores of a state do not depend on an RNG.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -164,8 +164,12 @@ def following_batchnorm(model: nn.Module) -> dict:
     leaves = [(name, module) for name, module in model.named_modules() if not any(True for _ in module.children())]
     found = {}
     for (name, module), (_, after) in zip(leaves, leaves[1:]):
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and isinstance(
-                after, nn.modules.batchnorm._BatchNorm) and after.affine and after.num_features == module.weight.shape[0]:
+        if (
+            isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+            and isinstance(after, nn.modules.batchnorm._BatchNorm)
+            and after.affine
+            and after.num_features == module.weight.shape[0]
+        ):
             found[f"{name}.weight" if name else "weight"] = after
     return found
 

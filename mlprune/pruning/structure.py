@@ -45,26 +45,36 @@ from torch import nn
 
 from ..errors import SpecError
 
-__all__ = ["Member", "ChannelGroup", "channel_groups", "removed_units", "unread_units", "extra_masks",
-           "has_removable", "has_unread", "apply_extra_masks", "prune_coupled"]
+__all__ = [
+    "Member",
+    "ChannelGroup",
+    "channel_groups",
+    "removed_units",
+    "unread_units",
+    "extra_masks",
+    "has_removable",
+    "has_unread",
+    "apply_extra_masks",
+    "prune_coupled",
+]
 
 
 @dataclass
 class Member:
     """One tensor's (or one option-A shortcut's) share of a group."""
 
-    tensor: str                    # state_dict name; for "pad_in" / "pad_out": the shortcut module's name
+    tensor: str  # state_dict name; for "pad_in" / "pad_out": the shortcut module's name
     dim: int
-    role: str                      # "out", "in", "extra", "pad_in", "pad_out"
-    positions: list                # per unit: the indices along dim it covers (a list, maybe empty)
+    role: str  # "out", "in", "extra", "pad_in", "pad_out"
+    positions: list  # per unit: the indices along dim it covers (a list, maybe empty)
 
 
 @dataclass
 class ChannelGroup:
-    name: str                      # the module whose output channels started the group
+    name: str  # the module whose output channels started the group
     units: int
     members: list = field(default_factory=list)
-    fixed: str | None = None       # why the group is never removed (None: it can be)
+    fixed: str | None = None  # why the group is never removed (None: it can be)
 
     def weights(self, role: str) -> list[Member]:
         return [m for m in self.members if m.role == role]
@@ -127,8 +137,10 @@ def channel_groups(model: nn.Module, input_shape) -> list[ChannelGroup]:
     names = {module: name for name, module in probe.named_modules()}
     try:
         dg = tp.DependencyGraph().build_dependency(
-            probe, example_inputs=torch.zeros((1, *tuple(int(s) for s in input_shape))),
-            customized_pruners={ZeroPadShortcut: _pad_pruner()})
+            probe,
+            example_inputs=torch.zeros((1, *tuple(int(s) for s in input_shape))),
+            customized_pruners={ZeroPadShortcut: _pad_pruner()},
+        )
         raw_groups = list(dg.get_all_groups(root_module_types=_LAYERS))
     except Exception as exc:  # noqa: BLE001 -- anything the tracer cannot follow
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -166,7 +178,9 @@ def channel_groups(model: nn.Module, input_shape) -> list[ChannelGroup]:
                         targets.append((f"{prefix}{tensor}", 0, "extra"))
             elif isinstance(module, ZeroPadShortcut):
                 targets.append((name, 0, "pad_out" if _is_out(dg, handler) else "pad_in"))
-            elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+            elif any(True for _ in module.parameters(recurse=False)) or any(
+                True for _ in module.buffers(recurse=False)
+            ):
                 group.fixed = f"{name} ({type(module).__name__}) holds per-channel tensors mlprune cannot slice"
                 continue
             for tensor, dim, role in targets:
@@ -292,8 +306,9 @@ def removed_units(group: ChannelGroup, masks: dict) -> list[int]:
     """Units of `group` whose every weight slice ("out" and "in") is masked (none for a fixed group)."""
     if group.fixed:
         return []
-    return [u for u in _units_where(group, masks, ("out", "in"))
-            if any(slot.positions[u] for slot in group.weights("out"))]
+    return [
+        u for u in _units_where(group, masks, ("out", "in")) if any(slot.positions[u] for slot in group.weights("out"))
+    ]
 
 
 def unread_units(group: ChannelGroup, masks: dict) -> list[int]:
@@ -361,8 +376,10 @@ def _group_hits(groups, plan, masks):
         if cfg.get("skip"):
             continue
         if not METHODS[cfg["method"]].structured:
-            raise SpecError(f"layer {layer!r}: coupled pruning removes whole channels; method {cfg['method']!r} "
-                            f"prunes single weights (allowed: structured methods)")
+            raise SpecError(
+                f"layer {layer!r}: coupled pruning removes whole channels; method {cfg['method']!r} "
+                f"prunes single weights (allowed: structured methods)"
+            )
         role = "out" if cfg["dim"] == 0 else "in"
         for g, group in enumerate(groups):
             for slot in group.members:
@@ -389,22 +406,29 @@ def prune_coupled(weights, masks, kinds, step, groups, *, generator, report=None
     w·∂L/∂w, BN-scale's |γ|; `pruning.scores`).
     """
     from .catalog import METHODS, prune_count
+    from .masks import checked_weight_and_mask, require_generator
     from .prune_step import layer_plan, resolve_prune_step
-    from .masks import require_generator, checked_weight_and_mask
 
     step = resolve_prune_step(step)
     plan = layer_plan(kinds, step)
     new = {name: m.detach().to(torch.bool).clone() for name, m in masks.items()}
-    rep = {name: ({"skip": True, "pruned": 0} if cfg.get("skip") else {**cfg, "pruned": 0, "unit": "channels",
-                                                                        "note": "no channel group to prune"})
-           for name, cfg in plan.items()}
+    rep = {
+        name: (
+            {"skip": True, "pruned": 0}
+            if cfg.get("skip")
+            else {**cfg, "pruned": 0, "unit": "channels", "note": "no channel group to prune"}
+        )
+        for name, cfg in plan.items()
+    }
     for g, hits in sorted(_group_hits(groups, plan, masks).items()):
         group = groups[g]
         layer, cfg, _ = hits[0]
         for other, other_cfg, _ in hits[1:]:
             if not _same_choice(cfg, other_cfg):
-                raise SpecError(f"layers {layer!r} and {other!r} remove channels of one group ({group.name}) with "
-                                f"different settings; allowed: the same method and amount for every layer of a group")
+                raise SpecError(
+                    f"layers {layer!r} and {other!r} remove channels of one group ({group.name}) with "
+                    f"different settings; allowed: the same method and amount for every layer of a group"
+                )
         if group.fixed:
             for name, _, _ in hits:
                 rep[name]["note"] = f"channels of group {group.name} are kept: {group.fixed}"
@@ -426,8 +450,11 @@ def prune_coupled(weights, masks, kinds, step, groups, *, generator, report=None
         effective = {name: checked_weight_and_mask(source[name], masks[name])[0] for name, _, _ in hits}
         vectors = []
         for u in candidates:
-            parts = [effective[name].index_select(slot.dim, torch.tensor(slot.positions[u])).reshape(-1)
-                     for name, _, slot in hits if slot.positions[u]]
+            parts = [
+                effective[name].index_select(slot.dim, torch.tensor(slot.positions[u])).reshape(-1)
+                for name, _, slot in hits
+                if slot.positions[u]
+            ]
             vectors.append(torch.cat(parts))
         options = {o.name: cfg[o.name] for o in entry.options}
         keep = set(int(i) for i in entry.load_units()(vectors, k, generator, options))

@@ -41,13 +41,22 @@ def plan_cka(value, recipe: RecipeContext) -> None:
         return
     options = {} if value is True else value
     if not isinstance(options, dict) or "b" in options or "with" in options:
-        raise SpecError(f"{recipe.where}: cka: must be true or a mapping of cka options (probe_size, batch_size, "
-                        f"seed); the reference is always round 0, got {value!r}")
+        raise SpecError(
+            f"{recipe.where}: cka: must be true or a mapping of cka options (probe_size, batch_size, "
+            f"seed); the reference is always round 0, got {value!r}"
+        )
     dense = recipe.trained[0]
     for rnd, trained in sorted(recipe.trained.items()):
-        recipe.checked("cka", recipe.builder.child, f"cka{rnd}", trained,
-                       [{"cka": {**options, "b": f"state:{dense.name}"}}], round=rnd, role="cka",
-                       label=f"r{rnd} cka vs dense" if rnd else "cka dense vs itself")
+        recipe.checked(
+            "cka",
+            recipe.builder.child,
+            f"cka{rnd}",
+            trained,
+            [{"cka": {**options, "b": f"state:{dense.name}"}}],
+            round=rnd,
+            role="cka",
+            label=f"r{rnd} cka vs dense" if rnd else "cka dense vs itself",
+        )
 
 
 def _round_ranges(text, rounds: int, where: str) -> range:
@@ -61,27 +70,32 @@ def _round_ranges(text, rounds: int, where: str) -> range:
     if text == "second_half":
         return range(half + 1, rounds + 1)
     match = re.match(r"^\s*([0-9]{1,18})\s*-\s*([0-9]{1,18}|end)\s*$", str(text))
-    require(match is not None,
-            f"{where}: rounds must be 3, '1-10', '11-end', first_half or second_half; got {shown(text)}")
+    require(
+        match is not None, f"{where}: rounds must be 3, '1-10', '11-end', first_half or second_half; got {shown(text)}"
+    )
     start = int(match.group(1))
     stop = rounds if match.group(2) == "end" else int(match.group(2))
     if match.group(2) != "end":  # an explicit range: low to high, and some round of this recipe in it
         require(start <= stop, f"{where}: {shown(text)} is reversed; write low-high, e.g. '{stop}-{start}'")
-        require(start <= rounds and stop >= 1,
-                f"{where}: {shown(text)} names no round of this recipe (rounds 1..{rounds})")
+        require(
+            start <= rounds and stop >= 1, f"{where}: {shown(text)} names no round of this recipe (rounds 1..{rounds})"
+        )
     return range(max(start, 1), min(stop, rounds) + 1)
 
 
 def _int_param(value, where: str, minimum: int = 0, maximum: int | None = None) -> int:
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-            and (maximum is None or value <= maximum),
-            f"{where}: must be an integer >= {minimum}{f' and <= {maximum}' if maximum is not None else ''}, "
-            f"got {shown(value)}")
+    require(
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= minimum
+        and (maximum is None or value <= maximum),
+        f"{where}: must be an integer >= {minimum}{f' and <= {maximum}' if maximum is not None else ''}, "
+        f"got {shown(value)}",
+    )
     return value
 
 
-def compile_recipe(path: str | Path, overrides: dict | None = None, *,
-                   load_state=None) -> Plan:
+def compile_recipe(path: str | Path, overrides: dict | None = None, *, load_state=None) -> Plan:
     """Validate a recipe file with parameters and compile it to a plan of keyed nodes.
 
     Every step is resolved here (so a bad value fails before anything runs), with the
@@ -124,14 +138,17 @@ class _Rounds:
         self.reinit = spec.get("reinit")
         require(self.reinit is None or isinstance(self.reinit, dict), f"{where}: reinit: must be a mapping or null")
         if self.rounds:
-            require(isinstance(spec.get("prune"), dict) or spec.get("schedule"),
-                    f"{where}: prune: required when rounds > 0")
+            require(
+                isinstance(spec.get("prune"), dict) or spec.get("schedule"), f"{where}: prune: required when rounds > 0"
+            )
         self.prune_of_round = self._prune_steps()
         self.mask_epoch = spec.get("mask_epoch")
         self.mask_at = self._mask_at()
         self.controls = spec.get("controls") or []
-        require(isinstance(self.controls, list), f"{where}: controls: must be a list of control names or "
-                                                 f"{{name, reinit?, prune?, retrain?}}")
+        require(
+            isinstance(self.controls, list),
+            f"{where}: controls: must be a list of control names or {{name, reinit?, prune?, retrain?}}",
+        )
 
     def checked(self, key, fn, *args, **kwargs):
         """fn(*args, **kwargs), its SpecError naming the recipe file and `key`."""
@@ -145,8 +162,10 @@ class _Rounds:
         prune_of_round = {r: copy.deepcopy(self.spec.get("prune") or {}) for r in range(1, self.rounds + 1)}
         for i, entry in enumerate(self.spec.get("schedule") or []):
             key = f"schedule[{i}]"
-            require(isinstance(entry, dict) and set(entry) <= {"rounds", "prune"} and "prune" in entry,
-                    f"{self.where}: {key}: must be a mapping with 'rounds' and 'prune'")
+            require(
+                isinstance(entry, dict) and set(entry) <= {"rounds", "prune"} and "prune" in entry,
+                f"{self.where}: {key}: must be a mapping with 'rounds' and 'prune'",
+            )
             for r in _round_ranges(entry.get("rounds", f"1-{self.rounds}"), self.rounds, f"{self.where}: {key}.rounds"):
                 if r in prune_of_round:
                     prune_of_round[r] = {**prune_of_round[r], **entry["prune"]}
@@ -159,9 +178,13 @@ class _Rounds:
             return None
         for key, options in (("train", self.train), ("retrain", self.retrain)):
             epochs = options.get("epochs", options.get("steps", 1))
-            require(isinstance(mask_epoch, int) and not isinstance(mask_epoch, bool) and isinstance(epochs, int)
-                    and 1 <= mask_epoch <= epochs,
-                    f"{self.where}: mask_epoch: must be an int in 1..{key} epochs ({epochs}), got {mask_epoch!r}")
+            require(
+                isinstance(mask_epoch, int)
+                and not isinstance(mask_epoch, bool)
+                and isinstance(epochs, int)
+                and 1 <= mask_epoch <= epochs,
+                f"{self.where}: mask_epoch: must be an int in 1..{key} epochs ({epochs}), got {mask_epoch!r}",
+            )
         return str(parse_time(mask_epoch))
 
     def with_mask_checkpoint(self, options: dict) -> dict:
@@ -180,17 +203,38 @@ class _Rounds:
         """(the root node, {round: trained node}, {round: pruned node}) of the lineage, added to the plan."""
         builder, checked = self.builder, self.checked
         root = checked("root", builder.root, "root", self.root_spec, data_dir=self.data_dir, role="root")
-        trained = checked("train", builder.child, "train", root, [self.with_mask_checkpoint(self.train)], round=0,
-                          role="trained", label="train")
+        trained = checked(
+            "train",
+            builder.child,
+            "train",
+            root,
+            [self.with_mask_checkpoint(self.train)],
+            round=0,
+            role="trained",
+            label="train",
+        )
         trained_by_round, pruned_by_round = {0: trained}, {}
         previous = self.mask_source(trained)
         reinit_steps = [{"reinit": self.reinit}] if self.reinit else []
         for r in range(1, self.rounds + 1):
-            pruned = checked(f"prune (round {r})", builder.child, f"prune{r}", previous,
-                             [{"prune": self.prune_of_round[r]}], round=r, role="pruned")
-            retrained = checked("reinit / retrain" if reinit_steps else "retrain", builder.child, f"round{r}",
-                                pruned, reinit_steps + [self.with_mask_checkpoint(self.retrain)], round=r,
-                                role="trained")
+            pruned = checked(
+                f"prune (round {r})",
+                builder.child,
+                f"prune{r}",
+                previous,
+                [{"prune": self.prune_of_round[r]}],
+                round=r,
+                role="pruned",
+            )
+            retrained = checked(
+                "reinit / retrain" if reinit_steps else "retrain",
+                builder.child,
+                f"round{r}",
+                pruned,
+                reinit_steps + [self.with_mask_checkpoint(self.retrain)],
+                round=r,
+                role="trained",
+            )
             trained_by_round[r], pruned_by_round[r] = retrained, pruned
             self._controls(r, pruned, previous)
             previous = self.mask_source(retrained)
@@ -200,8 +244,15 @@ class _Rounds:
         """Round `r`'s controls: each a branch beside the main one, from the same pruned state."""
         steps = {"prune": self.prune_of_round[r], "reinit": self.reinit, "train": self.retrain}
         for i, entry in enumerate(self.controls):
-            control = resolve_control(entry, self.prune_of_round[r], self.reinit, previous.name,
-                                      f"{self.where}: controls[{i}]")
-            add_control(self.builder, control, steps, pruned=pruned, pruned_from=previous,
-                        naming=Naming(f"round{r}.{control['name']}", None, r, control["name"]),
-                        checked=lambda key, fn, *a, _i=i, **k: self.checked(f"controls[{_i}]: {key}", fn, *a, **k))
+            control = resolve_control(
+                entry, self.prune_of_round[r], self.reinit, previous.name, f"{self.where}: controls[{i}]"
+            )
+            add_control(
+                self.builder,
+                control,
+                steps,
+                pruned=pruned,
+                pruned_from=previous,
+                naming=Naming(f"round{r}.{control['name']}", None, r, control["name"]),
+                checked=lambda key, fn, *a, _i=i, **k: self.checked(f"controls[{_i}]: {key}", fn, *a, **k),
+            )

@@ -28,14 +28,29 @@ class Control:
 
 
 CONTROLS: Registry[Control] = Registry("control")
-CONTROLS.add(Control("layer_shuffle", "mlprune.recipes.controls:layer_shuffle_control",
-                     "each layer's mask permuted at random: the same per-layer sparsity, no position; the weights "
-                     "the branch would start from (Frankle et al. 2021, Su et al. 2020)"))
-CONTROLS.add(Control("reinit", "mlprune.recipes.controls:reinit_control",
-                     "the same mask, a fresh initialization (the random-reinit control)"))
-CONTROLS.add(Control("invert", "mlprune.recipes.controls:invert_control",
-                     "methods with an invert option (score methods, lamp, nm, the channel criteria): the mask of the inverted "
-                     "scores (keep the lowest), pruned from the same parent"))
+CONTROLS.add(
+    Control(
+        "layer_shuffle",
+        "mlprune.recipes.controls:layer_shuffle_control",
+        "each layer's mask permuted at random: the same per-layer sparsity, no position; the weights "
+        "the branch would start from (Frankle et al. 2021, Su et al. 2020)",
+    )
+)
+CONTROLS.add(
+    Control(
+        "reinit",
+        "mlprune.recipes.controls:reinit_control",
+        "the same mask, a fresh initialization (the random-reinit control)",
+    )
+)
+CONTROLS.add(
+    Control(
+        "invert",
+        "mlprune.recipes.controls:invert_control",
+        "methods with an invert option (score methods, lamp, nm, the channel criteria): the mask of the inverted "
+        "scores (keep the lowest), pruned from the same parent",
+    )
+)
 
 
 def _weights_source(reinit: dict | None, pruned_from: str) -> dict:
@@ -62,8 +77,10 @@ def invert_control(prune: dict, reinit: dict | None, pruned_from: str) -> dict:
     method = prune.get("method")
     if method not in METHODS or "invert" not in METHODS[method].option_names:
         users = [m for m, e in METHODS.items() if "invert" in e.option_names]
-        raise SpecError(f"control 'invert' needs a method that ranks by a score it can invert ({', '.join(users)}); "
-                        f"the branch prunes with {method!r}")
+        raise SpecError(
+            f"control 'invert' needs a method that ranks by a score it can invert ({', '.join(users)}); "
+            f"the branch prunes with {method!r}"
+        )
     return {"prune": {"invert": not prune.get("invert", False)}}
 
 
@@ -74,27 +91,40 @@ def resolve_control(control, prune: dict, reinit: dict | None, pruned_from: str,
     """A control as ``{name, reinit?, prune?, retrain?}``: a named one expanded, a mapping checked."""
     if isinstance(control, str):
         if control not in CONTROLS:
-            raise SpecError(f"{where}: unknown control {control!r}; allowed: {', '.join(CONTROLS)} or a mapping "
-                            f"{{name, reinit?, prune?, retrain?}}")
+            raise SpecError(
+                f"{where}: unknown control {control!r}; allowed: {', '.join(CONTROLS)} or a mapping "
+                f"{{name, reinit?, prune?, retrain?}}"
+            )
         try:
             return {"name": control, **CONTROLS[control].load()(prune, reinit, pruned_from)}
         except SpecError as error:
             raise SpecError(f"{where}: {error}") from None
-    require(isinstance(control, dict) and "name" in control and set(control) <= set(_CONTROL_KEYS)
-            and ("reinit" in control or "prune" in control),
-            f"{where}: must be a control name ({', '.join(CONTROLS)}) or a mapping with name and reinit and/or "
-            f"prune (optionally retrain)")
-    require(isinstance(control["name"], str) and bool(control["name"]) and "/" not in control["name"],
-            f"{where}: name must be a non-empty string without '/', got {control['name']!r}")
-    require(control.get("reinit") is None or isinstance(control["reinit"], dict),
-            f"{where}: reinit must be a mapping or null")
-    require(control.get("prune") is None or isinstance(control["prune"], dict),
-            f"{where}: prune must be a mapping of prune options merged over the branch's")
+    require(
+        isinstance(control, dict)
+        and "name" in control
+        and set(control) <= set(_CONTROL_KEYS)
+        and ("reinit" in control or "prune" in control),
+        f"{where}: must be a control name ({', '.join(CONTROLS)}) or a mapping with name and reinit and/or "
+        f"prune (optionally retrain)",
+    )
+    require(
+        isinstance(control["name"], str) and bool(control["name"]) and "/" not in control["name"],
+        f"{where}: name must be a non-empty string without '/', got {control['name']!r}",
+    )
+    require(
+        control.get("reinit") is None or isinstance(control["reinit"], dict),
+        f"{where}: reinit must be a mapping or null",
+    )
+    require(
+        control.get("prune") is None or isinstance(control["prune"], dict),
+        f"{where}: prune must be a mapping of prune options merged over the branch's",
+    )
     return dict(control)
 
 
-def add_control(builder: PlanBuilder, control: dict, branch_steps: dict, *, pruned: Node, pruned_from: Node,
-                naming: Naming, checked) -> Node:
+def add_control(
+    builder: PlanBuilder, control: dict, branch_steps: dict, *, pruned: Node, pruned_from: Node, naming: Naming, checked
+) -> Node:
     """The control's trained state (and its own pruned state when it changes the prune step); its nodes
     name the branch they check (``control_of``: the pruned state's branch). `branch_steps`: the checked
     branch's ``prune``, ``reinit`` (or None) and ``train`` options, which the control changes."""
@@ -102,9 +132,28 @@ def add_control(builder: PlanBuilder, control: dict, branch_steps: dict, *, prun
     name, round, branch, label = naming.name, naming.round, naming.branch, naming.label
     base = pruned
     if control.get("prune"):
-        base = checked("prune", builder.child, f"prune.{name}", pruned_from, [{"prune": {**prune, **control["prune"]}}],
-                       round=round, branch=branch, role="pruned", control_of=pruned.branch)
+        base = checked(
+            "prune",
+            builder.child,
+            f"prune.{name}",
+            pruned_from,
+            [{"prune": {**prune, **control["prune"]}}],
+            round=round,
+            branch=branch,
+            role="pruned",
+            control_of=pruned.branch,
+        )
     own_reinit = control["reinit"] if "reinit" in control else reinit
     steps = ([{"reinit": own_reinit}] if own_reinit else []) + [{"train": dict(control.get("retrain") or train)}]
-    return checked("reinit / retrain", builder.child, name, base, steps, round=round, branch=branch, role="trained",
-                   label=label, control_of=pruned.branch)
+    return checked(
+        "reinit / retrain",
+        builder.child,
+        name,
+        base,
+        steps,
+        round=round,
+        branch=branch,
+        role="trained",
+        label=label,
+        control_of=pruned.branch,
+    )

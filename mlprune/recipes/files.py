@@ -52,8 +52,7 @@ def parse_number(text: str):
 def parse_value(text: str):
     """A -P value: YAML scalar syntax (3 -> int, 0.2 and 1e-3 -> float, true, null, text)."""
     if len(text) > MAX_VALUE_CHARS:
-        raise SpecError(f"parameter value {text[:20]!r}... is {len(text)} characters long; at most "
-                        f"{MAX_VALUE_CHARS}")
+        raise SpecError(f"parameter value {text[:20]!r}... is {len(text)} characters long; at most {MAX_VALUE_CHARS}")
     try:
         value = safe_load(text, "parameter value")
     except SpecError:
@@ -82,7 +81,7 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._aliases = 0
         self._depth = 0
-        self._open: set[str] = set()   # anchors of the collections being composed (an alias to one recurses)
+        self._open: set[str] = set()  # anchors of the collections being composed (an alias to one recurses)
 
     def compose_node(self, parent, index):
         anchor = self.peek_event().anchor
@@ -91,9 +90,11 @@ class _BoundedLoader(yaml.SafeLoader):
             if self._aliases > MAX_ALIASES:
                 raise SpecError(f"more than {MAX_ALIASES} YAML aliases (*name): refused")
             if anchor in self._open:
-                raise SpecError(f"line {self.peek_event().start_mark.line + 1}: the alias *{anchor} is inside "
-                                f"&{anchor} itself (a structure that contains itself): refused; an alias must "
-                                f"name a value that is complete")
+                raise SpecError(
+                    f"line {self.peek_event().start_mark.line + 1}: the alias *{anchor} is inside "
+                    f"&{anchor} itself (a structure that contains itself): refused; an alias must "
+                    f"name a value that is complete"
+                )
             anchor = None
         self._depth += 1
         if anchor is not None:
@@ -115,8 +116,10 @@ class _BoundedLoader(yaml.SafeLoader):
                     continue  # merged keys (<<: *base) may be overridden: that is what merging is for
                 key = self.construct_object(key_node)
                 if key in seen:
-                    raise SpecError(f"line {key_node.start_mark.line + 1}: duplicate key {shown(key)} (first on line "
-                                    f"{seen[key] + 1}): a key is given once")
+                    raise SpecError(
+                        f"line {key_node.start_mark.line + 1}: duplicate key {shown(key)} (first on line "
+                        f"{seen[key] + 1}): a key is given once"
+                    )
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -126,12 +129,18 @@ class _BoundedLoader(yaml.SafeLoader):
 _INT_TAG = "tag:yaml.org,2002:int"
 _BoundedLoader.yaml_implicit_resolvers = {
     first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_BoundedLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$", re.ASCII),
-                                     list("-+0123456789"))
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_BoundedLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$", re.ASCII), list("-+0123456789"))
 _BoundedLoader.add_implicit_resolver(
-    _FLOAT_TAG, re.compile(r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
-                           r"|\.(?:nan|NaN|NAN))$", re.ASCII), list("-+0123456789."))
+    _FLOAT_TAG,
+    re.compile(
+        r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+        r"|\.(?:nan|NaN|NAN))$",
+        re.ASCII,
+    ),
+    list("-+0123456789."),
+)
 _BoundedLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
 
 
@@ -163,8 +172,10 @@ def safe_load(text: str, where: str):
         return loader.construct_document(node) if node is not None else None
     except yaml.reader.ReaderError as error:
         code = error.character if isinstance(error.character, int) else ord(error.character)
-        raise SpecError(f"{where}: character U+{code:04X} (position {error.position}) is not allowed in YAML "
-                        f"text: control characters such as NUL are refused") from None
+        raise SpecError(
+            f"{where}: character U+{code:04X} (position {error.position}) is not allowed in YAML "
+            f"text: control characters such as NUL are refused"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
@@ -208,8 +219,9 @@ def parse_options(pairs) -> dict:
         if text.strip() == "":
             continue
         if len(text) > MAX_VALUE_CHARS:
-            raise SpecError(f"option {name}: value {text[:20]!r}... is {len(text)} characters long; "
-                            f"at most {MAX_VALUE_CHARS}")
+            raise SpecError(
+                f"option {name}: value {text[:20]!r}... is {len(text)} characters long; at most {MAX_VALUE_CHARS}"
+            )
         try:
             value = safe_load(text, f"option {name}")
         except SpecError:  # e.g. '@conv' or '[@conv, fc1.weight]': YAML reserves '@'
@@ -224,7 +236,7 @@ def parse_options(pairs) -> dict:
     return options
 
 
-_PARSED: dict[tuple[str, str], object] = {}   # (file, text) -> its YAML data, for `_parsed`
+_PARSED: dict[tuple[str, str], object] = {}  # (file, text) -> its YAML data, for `_parsed`
 
 
 def _parsed(text: str, where: str):
@@ -280,8 +292,9 @@ def _merge(base: dict, override: dict) -> dict:
         if key == "params" and isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = {**out[key], **value}
         elif key == "protocols" and isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {name: {**out[key].get(name, {}), **(protocol or {})} for name, protocol in
-                        {**out[key], **value}.items()}
+            out[key] = {
+                name: {**out[key].get(name, {}), **(protocol or {})} for name, protocol in {**out[key], **value}.items()
+            }
         else:
             out[key] = copy.deepcopy(value)
     return out

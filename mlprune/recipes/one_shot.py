@@ -14,15 +14,21 @@ _ONE_SHOT_KEYS = ("from", "sparsities", "methods", "controls", "reinit", "train"
 def _sparsities(value, where: str) -> list[float]:
     """[0.5, 0.9] or "0.5,0.9" (so that -P sparsities=0.5,0.9 works) -> sorted fractions in (0, 1)."""
     if isinstance(value, str):
-        value = [parse_number(part.strip()) if parse_number(part.strip()) is not None else part.strip()
-                 for part in value.split(",")]
+        value = [
+            parse_number(part.strip()) if parse_number(part.strip()) is not None else part.strip()
+            for part in value.split(",")
+        ]
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
-    require(isinstance(value, list) and bool(value),
-            f"{where}: sparsities must be a list of fractions in (0, 1) or a text like '0.5,0.9', got {value!r}")
+    require(
+        isinstance(value, list) and bool(value),
+        f"{where}: sparsities must be a list of fractions in (0, 1) or a text like '0.5,0.9', got {value!r}",
+    )
     for item in value:
-        require(isinstance(item, (int, float)) and not isinstance(item, bool) and 0 < item < 1,
-                f"{where}: sparsity {item!r} is not a fraction in (0, 1) (the share of the weights pruned)")
+        require(
+            isinstance(item, (int, float)) and not isinstance(item, bool) and 0 < item < 1,
+            f"{where}: sparsity {item!r} is not a fraction in (0, 1) (the share of the weights pruned)",
+        )
     require(len(set(value)) == len(value), f"{where}: sparsities {value!r} repeat a value")
     return sorted(float(v) for v in value)
 
@@ -57,8 +63,9 @@ def one_shot_section(value, recipe: RecipeContext) -> None:
     where = f"{recipe.where}: one_shot"
     require(isinstance(value, dict), f"{where}: must be a mapping with sparsities and methods")
     unknown = sorted(set(value) - set(_ONE_SHOT_KEYS))
-    require(not unknown,
-            f"{where}: unknown key {unknown[0] if unknown else ''!r}; allowed: {', '.join(_ONE_SHOT_KEYS)}")
+    require(
+        not unknown, f"{where}: unknown key {unknown[0] if unknown else ''!r}; allowed: {', '.join(_ONE_SHOT_KEYS)}"
+    )
     sparsities = _sparsities(value.get("sparsities"), where)
     source = value.get("from", "root")
     if source == "root":
@@ -68,8 +75,10 @@ def one_shot_section(value, recipe: RecipeContext) -> None:
     else:
         pruned_from = recipe.checked("one_shot.from", recipe.builder.node, str(source))
     methods = value.get("methods")
-    require(isinstance(methods, dict) and bool(methods),
-            f"{where}: methods must be a mapping {{branch name: prune step}}, got {methods!r}")
+    require(
+        isinstance(methods, dict) and bool(methods),
+        f"{where}: methods must be a mapping {{branch name: prune step}}, got {methods!r}",
+    )
     default_controls = value.get("controls") or []
     require(isinstance(default_controls, list), f"{where}: controls must be a list")
     reinit = value.get("reinit")
@@ -78,14 +87,18 @@ def one_shot_section(value, recipe: RecipeContext) -> None:
     taken = {node.branch for node in recipe.builder.plan.nodes}
     for name, entry in methods.items():
         at = f"{where}: methods.{name}"
-        require(isinstance(name, str) and bool(name) and "/" not in name and "." not in name,
-                f"{at}: a branch name is a non-empty string without '/' or '.'")
+        require(
+            isinstance(name, str) and bool(name) and "/" not in name and "." not in name,
+            f"{at}: a branch name is a non-empty string without '/' or '.'",
+        )
         require(name not in taken, f"{at}: the branch name {name!r} is taken by another part of the recipe")
         require(isinstance(entry, dict), f"{at}: must be a prune step or {{prune, controls?, train?}}")
         own_train = train
         if "prune" in entry:
-            require(set(entry) <= {"prune", "controls", "train"} and isinstance(entry["prune"], dict),
-                    f"{at}: with 'prune', only 'controls' and 'train' may be given besides")
+            require(
+                set(entry) <= {"prune", "controls", "train"} and isinstance(entry["prune"], dict),
+                f"{at}: with 'prune', only 'controls' and 'train' may be given besides",
+            )
             require(isinstance(entry.get("train") or {}, dict), f"{at}: train must be a mapping of train options")
             prune, controls = dict(entry["prune"]), entry.get("controls", default_controls)
             own_train = {**train, **(entry.get("train") or {})}
@@ -97,17 +110,44 @@ def one_shot_section(value, recipe: RecipeContext) -> None:
             step = {**prune, "amount": sparsity}
             node = f"{name}.{_percent_name(sparsity)}"
             percent = f"{_percent_name(sparsity)}%"
-            pruned = recipe.checked(f"one_shot.methods.{name}", recipe.builder.child, f"prune.{node}", pruned_from,
-                                    [{"prune": step}], round=index, branch=name, role="pruned",
-                                    label=f"{name} {percent}")
+            pruned = recipe.checked(
+                f"one_shot.methods.{name}",
+                recipe.builder.child,
+                f"prune.{node}",
+                pruned_from,
+                [{"prune": step}],
+                round=index,
+                branch=name,
+                role="pruned",
+                label=f"{name} {percent}",
+            )
             steps = ([{"reinit": reinit}] if reinit else []) + [{"train": own_train}]
-            recipe.checked(f"one_shot.methods.{name}", recipe.builder.child, node, pruned, steps, round=index,
-                           branch=name, role="trained", label=f"{name} {percent} +train")
+            recipe.checked(
+                f"one_shot.methods.{name}",
+                recipe.builder.child,
+                node,
+                pruned,
+                steps,
+                round=index,
+                branch=name,
+                role="trained",
+                label=f"{name} {percent} +train",
+            )
             for i, entry_control in enumerate(controls):
                 control = resolve_control(entry_control, step, reinit, pruned_from.name, f"{at}: controls[{i}]")
-                add_control(recipe.builder, control, {"prune": step, "reinit": reinit, "train": own_train},
-                            pruned=pruned, pruned_from=pruned_from,
-                            naming=Naming(f"{node}.{control['name']}", f"{name} {percent} ctrl:{control['name']}",
-                                          index, f"{name}/{control['name']}"),
-                            checked=lambda key, fn, *a, _name=name, _i=i, **k: recipe.checked(
-                                f"one_shot.methods.{_name}.controls[{_i}]: {key}", fn, *a, **k))
+                add_control(
+                    recipe.builder,
+                    control,
+                    {"prune": step, "reinit": reinit, "train": own_train},
+                    pruned=pruned,
+                    pruned_from=pruned_from,
+                    naming=Naming(
+                        f"{node}.{control['name']}",
+                        f"{name} {percent} ctrl:{control['name']}",
+                        index,
+                        f"{name}/{control['name']}",
+                    ),
+                    checked=lambda key, fn, *a, _name=name, _i=i, **k: recipe.checked(
+                        f"one_shot.methods.{_name}.controls[{_i}]: {key}", fn, *a, **k
+                    ),
+                )

@@ -30,14 +30,14 @@ class Section:
 class RecipeContext:
     """What a recipe section sees: the plan so far and the recipe's resolved values."""
 
-    where: str                  # the file, for messages
-    spec: dict                  # the recipe's keys, parameters substituted
+    where: str  # the file, for messages
+    spec: dict  # the recipe's keys, parameters substituted
     params: dict
     builder: PlanBuilder
     root: Node
-    trained: dict               # round -> the round's trained node (0: the first training)
-    pruned: dict                # round -> the round's prune node
-    retrain: dict               # the rounds' train options
+    trained: dict  # round -> the round's trained node (0: the first training)
+    pruned: dict  # round -> the round's prune node
+    retrain: dict  # the rounds' train options
 
     def checked(self, key: str, fn, *args, **kwargs):
         """fn(*args, **kwargs), its SpecError prefixed with the file and `key`."""
@@ -61,17 +61,40 @@ for _name, _help in (
     ("schedule", "per-round overrides of the prune step: a list of {rounds: 'A-B', prune: {...}}"),
     ("reinit", "the reinit step of every round (null: none, the pruned weights are retrained)"),
     ("retrain", "train step options for the rounds (defaults to train)"),
-    ("mask_epoch", "prune from the state after this many epochs of each training (an early mask; the full "
-                   "training is a side branch)"),
-    ("controls", "sibling branches off every pruned state: a list of sanity checks by name (layer_shuffle, "
-                 "reinit, invert) or of {name, reinit?, prune?, retrain?}"),
+    (
+        "mask_epoch",
+        "prune from the state after this many epochs of each training (an early mask; the full "
+        "training is a side branch)",
+    ),
+    (
+        "controls",
+        "sibling branches off every pruned state: a list of sanity checks by name (layer_shuffle, "
+        "reinit, invert) or of {name, reinit?, prune?, retrain?}",
+    ),
 ):
     SECTIONS.add(Section(_name, _help))
-SECTIONS.add(Section("cka", "linear CKA of every round's trained network vs the dense one (round 0), layer by layer: "
-                            "true, or cka options {probe_size, batch_size, seed}", "mlprune.recipes.compile:plan_cka"))
-SECTIONS.add(Section("one_shot", "prune one state (root: pruning at initialization) once per method and sparsity "
-                                 "and train each: {from?, sparsities, methods, controls?, reinit?, train?}",
-                     impl="mlprune.recipes.one_shot:one_shot_section"))
-SECTIONS.add(Section("spawn", "instability analysis: copies of spawn points that differ only in data_order_seed, "
-                              "and the interpolation between every pair: {copies, at, levels, seeds, train, "
-                              "interpolate}", impl="mlprune.recipes.spawn:spawn_section"))
+SECTIONS.add(
+    Section(
+        "cka",
+        "linear CKA of every round's trained network vs the dense one (round 0), layer by layer: "
+        "true, or cka options {probe_size, batch_size, seed}",
+        "mlprune.recipes.compile:plan_cka",
+    )
+)
+SECTIONS.add(
+    Section(
+        "one_shot",
+        "prune one state (root: pruning at initialization) once per method and sparsity "
+        "and train each: {from?, sparsities, methods, controls?, reinit?, train?}",
+        impl="mlprune.recipes.one_shot:one_shot_section",
+    )
+)
+SECTIONS.add(
+    Section(
+        "spawn",
+        "instability analysis: copies of spawn points that differ only in data_order_seed, "
+        "and the interpolation between every pair: {copies, at, levels, seeds, train, "
+        "interpolate}",
+        impl="mlprune.recipes.spawn:spawn_section",
+    )
+)

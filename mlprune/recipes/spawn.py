@@ -50,11 +50,11 @@ class Spawn:
     """A checked ``spawn`` mapping."""
 
     copies: int
-    at: tuple                      # canonical time texts, in the order given
-    levels: tuple                  # rounds, ascending
-    seeds: tuple | None            # None: derived from the root seed
-    train: dict | None             # None: the recipe's train (level 0) / retrain (levels >= 1)
-    interpolate: dict | None       # None: no interpolation
+    at: tuple  # canonical time texts, in the order given
+    levels: tuple  # rounds, ascending
+    seeds: tuple | None  # None: derived from the root seed
+    train: dict | None  # None: the recipe's train (level 0) / retrain (levels >= 1)
+    interpolate: dict | None  # None: no interpolation
 
 
 def default_seeds(root_seed: int, copies: int) -> list[int]:
@@ -69,8 +69,9 @@ def _times(value) -> tuple:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, (list, tuple)) or not value:
-        raise SpecError(f"at must be a non-empty list of times (e.g. [0it, 100it, 2ep]) or a comma-separated "
-                        f"string, got {value!r}")
+        raise SpecError(
+            f"at must be a non-empty list of times (e.g. [0it, 100it, 2ep]) or a comma-separated string, got {value!r}"
+        )
     times, seen = [], {}
     for item in value:
         time = parse_time(item, "spawn point")
@@ -86,8 +87,10 @@ def _levels(value, rounds: int) -> tuple:
     if value is None:
         return tuple(range(rounds + 1))
     if not isinstance(value, (list, tuple)) or not value:
-        raise SpecError(f"levels must be a non-empty list of rounds (0 = the dense network, {LAST!r} = the "
-                        f"last round), got {value!r}")
+        raise SpecError(
+            f"levels must be a non-empty list of rounds (0 = the dense network, {LAST!r} = the "
+            f"last round), got {value!r}"
+        )
     levels = set()
     for item in value:
         if item == LAST:
@@ -155,8 +158,9 @@ def copy_train(train: dict, at: str | None = None) -> dict:
     return options
 
 
-def spawn_copies(builder: PlanBuilder, point: Node, train: dict, seeds, naming: Naming, *,
-                 at: str | None = None) -> list[Node]:
+def spawn_copies(
+    builder: PlanBuilder, point: Node, train: dict, seeds, naming: Naming, *, at: str | None = None
+) -> list[Node]:
     """`len(seeds)` children of `point`, each trained with `train` and its own data_order_seed.
 
     `at`: the time of the schedule `point` is at (the copies continue from there); None: as
@@ -164,19 +168,35 @@ def spawn_copies(builder: PlanBuilder, point: Node, train: dict, seeds, naming: 
     """
     options = copy_train(train, at)
     name_of = TRAIN_SCHEMA["data_order_seed"].name
-    return [builder.child(f"{naming.name}.copy{i}", point, [{"train": {**options, name_of: seed}}],
-                          round=naming.round, branch=naming.branch, role="copy",
-                          label=f"{naming.label} copy{i} s{seed}")
-            for i, seed in enumerate(seeds, 1)]
+    return [
+        builder.child(
+            f"{naming.name}.copy{i}",
+            point,
+            [{"train": {**options, name_of: seed}}],
+            round=naming.round,
+            branch=naming.branch,
+            role="copy",
+            label=f"{naming.label} copy{i} s{seed}",
+        )
+        for i, seed in enumerate(seeds, 1)
+    ]
 
 
 def interpolate_pairs(builder: PlanBuilder, copies: list[Node], options: dict, naming: Naming) -> list[Node]:
     """An ``interpolate`` analysis for every pair (i < j) of `copies`: a = copy i (its parent), b = copy j.
     Nodes ``<name>.interpolate<i>-<j>``, role ``interpolation``."""
-    return [builder.child(f"{naming.name}.interpolate{i}-{j}", a,
-                          [{"interpolate": {**options, "b": f"state:{b.name}"}}], round=naming.round,
-                          branch=naming.branch, role="interpolation", label=f"{naming.label} lmc {i}-{j}")
-            for (i, a), (j, b) in itertools.combinations(enumerate(copies, 1), 2)]
+    return [
+        builder.child(
+            f"{naming.name}.interpolate{i}-{j}",
+            a,
+            [{"interpolate": {**options, "b": f"state:{b.name}"}}],
+            round=naming.round,
+            branch=naming.branch,
+            role="interpolation",
+            label=f"{naming.label} lmc {i}-{j}",
+        )
+        for (i, a), (j, b) in itertools.combinations(enumerate(copies, 1), 2)
+    ]
 
 
 def spawn_section(value, recipe: RecipeContext) -> None:
@@ -190,14 +210,25 @@ def spawn_section(value, recipe: RecipeContext) -> None:
         for at in spawn.at:
             name, label = f"spawn{level}@{at}", f"r{level} @{at}"
             if level == 0:
-                point = recipe.root if parse_time(at).is_zero else \
-                    recipe.checked(f"spawn (at {at})", builder.training_point, recipe.trained[0], at)
+                point = (
+                    recipe.root
+                    if parse_time(at).is_zero
+                    else recipe.checked(f"spawn (at {at})", builder.training_point, recipe.trained[0], at)
+                )
             else:
-                point = recipe.checked(f"spawn (level {level}, at {at})", builder.child, name, recipe.pruned[level],
-                                       [{"reinit": {"strategy": "rewind", "to": "root", "at": at}}], round=level,
-                                       role="spawn", label=f"r{level} spawn@{at}")
+                point = recipe.checked(
+                    f"spawn (level {level}, at {at})",
+                    builder.child,
+                    name,
+                    recipe.pruned[level],
+                    [{"reinit": {"strategy": "rewind", "to": "root", "at": at}}],
+                    round=level,
+                    role="spawn",
+                    label=f"r{level} spawn@{at}",
+                )
             naming = Naming(name, label, level)
-            copies = recipe.checked(f"spawn.train (level {level}, at {at})", spawn_copies, builder, point, train,
-                                    seeds, naming, at=at)
+            copies = recipe.checked(
+                f"spawn.train (level {level}, at {at})", spawn_copies, builder, point, train, seeds, naming, at=at
+            )
             if spawn.interpolate is not None:
                 recipe.checked("spawn.interpolate", interpolate_pairs, builder, copies, spawn.interpolate, naming)

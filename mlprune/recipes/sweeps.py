@@ -14,13 +14,14 @@ from .compile import compile_recipe
 from .files import parse_value
 
 
-
 def parse_seeds(text: str | None) -> list[int]:
     """'0-9' -> [0..9]; '0,3,7' -> [0, 3, 7]; '1-3,8' -> [1, 2, 3, 8]; at most `MAX_SEEDS` seeds."""
     if text is None:
         return []
-    allowed = (f"--seeds must look like 0-9, 0,3,7 or 1-3,8 (integers in 0..{MAX_SEED}, ranges low-high, at most "
-               f"{MAX_SEEDS} seeds)")
+    allowed = (
+        f"--seeds must look like 0-9, 0,3,7 or 1-3,8 (integers in 0..{MAX_SEED}, ranges low-high, at most "
+        f"{MAX_SEEDS} seeds)"
+    )
     seeds: dict[int, None] = {}  # ordered, and a membership test that does not grow with the count
     for part in str(text).split(","):
         match = re.fullmatch(r"\s*([0-9]{1,19})\s*(?:-\s*([0-9]{1,19})\s*)?", part, re.ASCII)
@@ -77,6 +78,8 @@ def sweep_plans(recipes, seeds: list[int], grid: list[dict], *, load_state=None)
                 plans.append((label, plan))
                 states += len(plan.nodes)
                 if states > MAX_STATES:
-                    raise SpecError(f"the sweep plans more than {MAX_STATES} states ({len(plans)} plans so far); "
-                                    f"a sweep is at most {MAX_STATES} states: fewer seeds or values")
+                    raise SpecError(
+                        f"the sweep plans more than {MAX_STATES} states ({len(plans)} plans so far); "
+                        f"a sweep is at most {MAX_STATES} states: fewer seeds or values"
+                    )
     return plans

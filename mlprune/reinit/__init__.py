@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from .catalog import STRATEGIES, Strategy, resolve_reinit_step
 
+
 def __getattr__(name):
     if name == "reinit_weights":
         from .strategies import reinit_weights

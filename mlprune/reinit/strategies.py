@@ -46,7 +46,6 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import SpecError
-
 from .catalog import STRATEGIES
 
 __all__ = ["reinit_weights"]
@@ -69,8 +68,10 @@ def _check_arch(current, other, what):
         raise SpecError(f"{what} has another architecture: unexpected tensor {extra[0]!r}")
     for name, t in current.items():
         if tuple(other[name].shape) != tuple(t.shape):
-            raise SpecError(f"{what} has another architecture: {name!r} has shape "
-                            f"{tuple(other[name].shape)}, expected {tuple(t.shape)}")
+            raise SpecError(
+                f"{what} has another architecture: {name!r} has shape "
+                f"{tuple(other[name].shape)}, expected {tuple(t.shape)}"
+            )
 
 
 def _check_masks(current, masks, kinds):
@@ -81,14 +82,14 @@ def _check_masks(current, masks, kinds):
         extra = [k for k in masks if k not in kinds]
         if missing or extra:
             bad = missing[0] if missing else extra[0]
-            raise SpecError(f"masks do not match the prunable parameters: {bad!r} "
-                            f"{'missing' if missing else 'unexpected'}")
+            raise SpecError(
+                f"masks do not match the prunable parameters: {bad!r} {'missing' if missing else 'unexpected'}"
+            )
     for name, m in masks.items():
         if name not in current:
             raise SpecError(f"mask {name!r} names no tensor of the current weights")
         if tuple(m.shape) != tuple(current[name].shape):
-            raise SpecError(f"mask {name!r} has shape {tuple(m.shape)}, "
-                            f"expected {tuple(current[name].shape)}")
+            raise SpecError(f"mask {name!r} has shape {tuple(m.shape)}, expected {tuple(current[name].shape)}")
 
 
 def _signs(t):
@@ -116,8 +117,11 @@ def _with_biases(masks, source, biases: bool) -> list[str]:
     """The tensors a sign-type strategy sets: the pruned weights, and (biases) their layers' biases."""
     names = list(masks)
     if biases:
-        names += [n[: -len("weight")] + "bias" for n in masks
-                  if n.endswith("weight") and n[: -len("weight")] + "bias" in source]
+        names += [
+            n[: -len("weight")] + "bias"
+            for n in masks
+            if n.endswith("weight") and n[: -len("weight")] + "bias" in source
+        ]
     return names
 
 
@@ -150,10 +154,7 @@ def keep(current, source, fresh, masks, generator, order):
     return _copy(current), masks
 
 
-
-
-def reinit_weights(strategy, *, current, source=None, fresh=None, masks, kinds=None,
-                   generator=None, **options):
+def reinit_weights(strategy, *, current, source=None, fresh=None, masks, kinds=None, generator=None, **options):
     """Apply a reinit strategy; returns new ``(weights, masks)``, masked entries exactly 0.
 
     `options` may carry the resolved step's keys (to, at, seed, reset_optimizer): they

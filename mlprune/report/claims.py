@@ -23,8 +23,10 @@ from ..names import ENV_TAGS, M_SPARSITY, M_TEST_ACCURACY
 from .common import Page, html_table, metric
 from .sections import SectionContext
 
-ONE_SEED_LINE = ("1 seed: claims need several seeds (an interval, a test); run them with "
-                 "`mlprune sweep {recipes} --seeds 0-4 --batch 5` (the seed already computed is reused)")
+ONE_SEED_LINE = (
+    "1 seed: claims need several seeds (an interval, a test); run them with "
+    "`mlprune sweep {recipes} --seeds 0-4 --batch 5` (the seed already computed is reused)"
+)
 
 
 def _by_label(collection) -> dict[str, list]:
@@ -44,7 +46,9 @@ def comparison_pairs(collection, against: str | None = None) -> list[tuple[str, 
         series = group[0]
         if against is None:
             if series.control_of:
-                checked = series.base_label if series.control_of == "main" else f"{series.base_label} / {series.control_of}"
+                checked = (
+                    series.base_label if series.control_of == "main" else f"{series.base_label} / {series.control_of}"
+                )
                 if checked in labels:
                     pairs.append((checked, label))
             elif _prunes_at_random(collection, series):
@@ -64,8 +68,14 @@ def comparison_pairs(collection, against: str | None = None) -> list[tuple[str, 
 def _methods_beside(labels: dict, label: str) -> list[str]:
     """The other method branches (not main, not a control) of the recipe of ``label``."""
     base = labels[label][0].base_label
-    return [other for other, members in labels.items() if other != label and members[0].base_label == base
-            and not members[0].control_of and members[0].branch != "main"]
+    return [
+        other
+        for other, members in labels.items()
+        if other != label
+        and members[0].base_label == base
+        and not members[0].control_of
+        and members[0].branch != "main"
+    ]
 
 
 def _prunes_at_random(collection, series) -> bool:
@@ -97,25 +107,40 @@ def compare_series(collection, label: str, reference: str, ci: str = "t") -> lis
     across these rounds and the verdict of ``label`` against ``reference``."""
     labels = _by_label(collection)
     rows = []
-    rounds = sorted(set().union(*(s.trained for s in labels[label])) & set().union(*(s.trained for s in labels[reference])))
+    rounds = sorted(
+        set().union(*(s.trained for s in labels[label])) & set().union(*(s.trained for s in labels[reference]))
+    )
     for rnd in rounds:
         a, b = _per_seed(collection, labels[label], rnd), _per_seed(collection, labels[reference], rnd)
-        shared = set(a) == set(b) and all(a[s][1] == b[s][1] for s in a)   # the same states: round 0
+        shared = set(a) == set(b) and all(a[s][1] == b[s][1] for s in a)  # the same states: round 0
         if not a or not b or shared:
             continue
         seeds = sorted(set(a) & set(b), key=lambda s: (len(s), s))
         is_paired = bool(seeds) and set(a) == set(b) and all(a[s][2] is not None and a[s][2] == b[s][2] for s in seeds)
-        row = {"series": label, "against": reference, "round": rnd,
-               "remaining": _mean_remaining(collection, [a[s][1] for s in a])}
+        row = {
+            "series": label,
+            "against": reference,
+            "round": rnd,
+            "remaining": _mean_remaining(collection, [a[s][1] for s in a]),
+        }
         if is_paired:
             row.update(statistics.paired([a[s][0] for s in seeds], [b[s][0] for s in seeds], ci))
-            row.update(seeds=seeds, values=[a[s][0] for s in seeds], against_values=[b[s][0] for s in seeds],
-                       run_ids=[a[s][1] for s in seeds], against_run_ids=[b[s][1] for s in seeds])
+            row.update(
+                seeds=seeds,
+                values=[a[s][0] for s in seeds],
+                against_values=[b[s][0] for s in seeds],
+                run_ids=[a[s][1] for s in seeds],
+                against_run_ids=[b[s][1] for s in seeds],
+            )
         else:
             order = sorted(a, key=lambda s: (len(s), s)), sorted(b, key=lambda s: (len(s), s))
             row.update(statistics.unpaired([a[s][0] for s in order[0]], [b[s][0] for s in order[1]]))
-            row.update(seeds=order[0], against_seeds=order[1], values=[a[s][0] for s in order[0]],
-                       against_values=[b[s][0] for s in order[1]])
+            row.update(
+                seeds=order[0],
+                against_seeds=order[1],
+                values=[a[s][0] for s in order[0]],
+                against_values=[b[s][0] for s in order[1]],
+            )
         rows.append(row)
     for test in ("p_t", "p_wilcoxon", "p_welch"):
         present = [r for r in rows if test in r]
@@ -135,8 +160,11 @@ def _mean_remaining(collection, run_ids) -> float | None:
 def claims(collection, against: str | None = None, ci: str = "t") -> list[dict]:
     """Every comparison's rows (`comparison_pairs`, `compare_series`)."""
     statistics.check_ci(ci)
-    return [row for label, reference in comparison_pairs(collection, against)
-            for row in compare_series(collection, label, reference, ci)]
+    return [
+        row
+        for label, reference in comparison_pairs(collection, against)
+        for row in compare_series(collection, label, reference, ci)
+    ]
 
 
 def environment_warnings(collection) -> list[str]:
@@ -154,8 +182,10 @@ def environment_warnings(collection) -> list[str]:
                         seen[tag][value] += 1
         mixed = {tag: counts for tag, counts in seen.items() if len(counts) > 1}
         if mixed:
-            what = "; ".join(f"{tag} = " + ", ".join(f"{v} ({n} states)" for v, n in sorted(counts.items()))
-                             for tag, counts in mixed.items())
+            what = "; ".join(
+                f"{tag} = " + ", ".join(f"{v} ({n} states)" for v, n in sorted(counts.items()))
+                for tag, counts in mixed.items()
+            )
             lines.append(f"series {label!r} mixes environments (a confounder; keys do not cover it): {what}")
     return lines
 
@@ -196,21 +226,63 @@ def claims_section(page: Page, ctx: SectionContext) -> None:
     line = one_seed_line(collection)
     lead = f"<p><b>{escape(line)}</b></p>" if line else ""
     if not rows:
-        page.section("claims", "Claims", lead + "<p>No branch here has a control or a random-pruning method to "
-                     "compare it with (recipe <code>controls</code>, a one-shot method that prunes at random, or "
-                     "<code>mlprune compare --against NAME</code> between branches).</p>")
+        page.section(
+            "claims",
+            "Claims",
+            lead + "<p>No branch here has a control or a random-pruning method to "
+            "compare it with (recipe <code>controls</code>, a one-shot method that prunes at random, or "
+            "<code>mlprune compare --against NAME</code> between branches).</p>",
+        )
         return
     table = html_table(
-        ["series", "against", "round", "remaining", "n", "paired", "difference (points)", "95% CI",
-         "p (t)", "p (Wilcoxon)", "p (Welch)", "Holm p (t)", "Holm p (Wilcoxon)", "Holm p (Welch)", "verdict"],
-        [[escape(r["series"]), escape(r["against"]), str(r["round"]),
-          "–" if r["remaining"] is None else f"{100 * r['remaining']:.1f}%", str(r["n"]),
-          "paired" if r["paired"] else "unpaired", difference(r), interval(r), p(r.get("p_t")),
-          p(r.get("p_wilcoxon")), p(r.get("p_welch")), p(r.get("p_t_holm")), p(r.get("p_wilcoxon_holm")),
-          p(r.get("p_welch_holm")), escape(r["verdict"])] for r in rows])
-    page.section("claims", "Claims", lead + (
-        "<p>Test accuracy of each branch minus its control's (or a method's minus random pruning's), per round. Paired: the same seeds, each pair "
-        "off the same dense network; the mean paired difference with its 95% Student-t interval, the "
-        "paired t-test and the Wilcoxon signed-rank test, p-values Holm-Bonferroni adjusted across the "
-        "rounds of one comparison. Unpaired: Welch's test. Verdict at adjusted p &lt; 0.05 (paired t or "
-        f"Welch); fewer than {statistics.MIN_SEEDS} seeds give none.</p>") + table)
+        [
+            "series",
+            "against",
+            "round",
+            "remaining",
+            "n",
+            "paired",
+            "difference (points)",
+            "95% CI",
+            "p (t)",
+            "p (Wilcoxon)",
+            "p (Welch)",
+            "Holm p (t)",
+            "Holm p (Wilcoxon)",
+            "Holm p (Welch)",
+            "verdict",
+        ],
+        [
+            [
+                escape(r["series"]),
+                escape(r["against"]),
+                str(r["round"]),
+                "–" if r["remaining"] is None else f"{100 * r['remaining']:.1f}%",
+                str(r["n"]),
+                "paired" if r["paired"] else "unpaired",
+                difference(r),
+                interval(r),
+                p(r.get("p_t")),
+                p(r.get("p_wilcoxon")),
+                p(r.get("p_welch")),
+                p(r.get("p_t_holm")),
+                p(r.get("p_wilcoxon_holm")),
+                p(r.get("p_welch_holm")),
+                escape(r["verdict"]),
+            ]
+            for r in rows
+        ],
+    )
+    page.section(
+        "claims",
+        "Claims",
+        lead
+        + (
+            "<p>Test accuracy of each branch minus its control's (or a method's minus random pruning's), per round. Paired: the same seeds, each pair "
+            "off the same dense network; the mean paired difference with its 95% Student-t interval, the "
+            "paired t-test and the Wilcoxon signed-rank test, p-values Holm-Bonferroni adjusted across the "
+            "rounds of one comparison. Unpaired: Welch's test. Verdict at adjusted p &lt; 0.05 (paired t or "
+            f"Welch); fewer than {statistics.MIN_SEEDS} seeds give none.</p>"
+        )
+        + table,
+    )

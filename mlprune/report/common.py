@@ -122,9 +122,9 @@ class Page:
         self.figures: list[dict] = []
         self.numbers: dict = {}
         self._groups: list[tuple[str, str]] = []  # groups made since the last section: its table of contents
-        self.report: dict = {}      # what sections add to report.json beside the series
+        self.report: dict = {}  # what sections add to report.json beside the series
         self.closed: set[str] = set()  # anchors of the sections that start collapsed
-        self.current = "figures"    # the section being rendered (names workflow-run files)
+        self.current = "figures"  # the section being rendered (names workflow-run files)
 
     def figure(self, fig, name: str, caption: str, kind: str, *, run_file: str | None = None) -> str:
         """Add a figure; returns its HTML. ``run_file``: its path under ``figures/`` on a workflow run
@@ -134,12 +134,21 @@ class Page:
         if self.out_dir is not None:
             (self.out_dir / "figures").mkdir(parents=True, exist_ok=True)
             (self.out_dir / "figures" / file).write_bytes(data)
-        self.figures.append({"file": file, "kind": kind, "caption": caption, "png": data,
-                             "run_file": run_file or f"{self.current}/{slug(name)}.png"})
+        self.figures.append(
+            {
+                "file": file,
+                "kind": kind,
+                "caption": caption,
+                "png": data,
+                "run_file": run_file or f"{self.current}/{slug(name)}.png",
+            }
+        )
         encoded = base64.b64encode(data).decode()
-        return (f'<figure data-kind="{escape(kind)}"><img src="data:image/png;base64,{encoded}" '
-                f'alt="{escape(caption)}" title="{escape(caption)}"><figcaption>{escape(caption)}</figcaption>'
-                "</figure>")
+        return (
+            f'<figure data-kind="{escape(kind)}"><img src="data:image/png;base64,{encoded}" '
+            f'alt="{escape(caption)}" title="{escape(caption)}"><figcaption>{escape(caption)}</figcaption>'
+            "</figure>"
+        )
 
     def section(self, anchor: str, heading: str, html: str, *, open: bool = True) -> None:
         """A section of the page (collapsible; `open`: shown at first); the groups made since the last one are
@@ -155,8 +164,10 @@ class Page:
         anchor = anchor or f"g{len(self.figures)}-{slug(title)}"
         self._groups.append((anchor, title))
         opened = open if open is not None else len(self._groups) <= 4
-        return (f'<details class="group" id="{escape(anchor)}"{" open" if opened else ""}>'
-                f"<summary>{escape(title)}</summary>{html}</details>")
+        return (
+            f'<details class="group" id="{escape(anchor)}"{" open" if opened else ""}>'
+            f"<summary>{escape(title)}</summary>{html}</details>"
+        )
 
 
 def load_series(series: Series, load) -> list[tuple[int, object]]:

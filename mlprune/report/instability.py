@@ -15,12 +15,12 @@ from html import escape
 
 import numpy as np
 
-from ..names import M_INSTABILITY, M_SPARSITY, M_SPAWN_ITERATION, TAG_PARENT_RUN
 from .. import plots as plotting
 from ..analysis import statistics
-from .series import Collection
+from ..names import M_INSTABILITY, M_SPARSITY, M_SPAWN_ITERATION, TAG_PARENT_RUN
 from .common import Page, html_table
 from .sections import SectionContext
+from .series import Collection
 
 OUTSIDE = "outside recipes"
 
@@ -45,8 +45,16 @@ def instability_rows(collection: Collection) -> list[dict]:
         if instability is None or k is None or sparsity is None:
             return
         seen.add(run_id)
-        rows.append({"series": label, "remaining": 1.0 - sparsity, "iteration": int(k), "instability": instability,
-                     "seed": seed, "run_id": run_id})
+        rows.append(
+            {
+                "series": label,
+                "remaining": 1.0 - sparsity,
+                "iteration": int(k),
+                "instability": instability,
+                "seed": seed,
+                "run_id": run_id,
+            }
+        )
 
     for series in collection.series:
         for run_id in series.analyses:
@@ -72,10 +80,21 @@ def instability_table(rows: list[dict]) -> list[dict]:
         for r in group:
             by_seed.setdefault(str(r["seed"]), []).append(r["instability"])
         over_seeds = statistics.summarize([sum(v) / len(v) for v in by_seed.values()])
-        out.append({"series": series, "remaining": remaining, "iteration": k, "mean": mean,
-                    "std": float(values.std(ddof=1)) if values.size > 1 else 0.0, "n": int(values.size),
-                    "seeds": len(by_seed), "ci_low": over_seeds["ci_low"], "ci_high": over_seeds["ci_high"],
-                    "stable": mean < plotting.STABLE_BELOW, "run_ids": [r["run_id"] for r in group]})
+        out.append(
+            {
+                "series": series,
+                "remaining": remaining,
+                "iteration": k,
+                "mean": mean,
+                "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                "n": int(values.size),
+                "seeds": len(by_seed),
+                "ci_low": over_seeds["ci_low"],
+                "ci_high": over_seeds["ci_high"],
+                "stable": mean < plotting.STABLE_BELOW,
+                "run_ids": [r["run_id"] for r in group],
+            }
+        )
     return out
 
 
@@ -91,8 +110,9 @@ def instability_figures(table: list[dict]) -> dict[str, object]:
         for row in table:
             if row["series"] == series:
                 levels.setdefault(level_label(row["remaining"]), []).append(row)
-        out[series] = plotting.plot_instability_vs_spawn(levels, title=f"{series}: instability vs spawn point "
-                                                                      f"(filled: stable, < 2 %)")
+        out[series] = plotting.plot_instability_vs_spawn(
+            levels, title=f"{series}: instability vs spawn point (filled: stable, < 2 %)"
+        )
     return out
 
 
@@ -102,18 +122,53 @@ def instability_section(page: Page, ctx: SectionContext) -> None:
     page.numbers["instability_vs_spawn"] = table
     if not table:
         return  # no instability analysis in this experiment: no section
-    html = ["<p>Copies of each spawn point (the first training stopped at iteration k, with the level's "
-            "mask) were trained to the end with different data orders; the instability is the largest test "
-            "error on the straight line between two trained copies minus the mean of their own errors "
-            "(Frankle et al. 2020). Stable (filled markers): instability &lt; 2 %.</p>"]
+    html = [
+        "<p>Copies of each spawn point (the first training stopped at iteration k, with the level's "
+        "mask) were trained to the end with different data orders; the instability is the largest test "
+        "error on the straight line between two trained copies minus the mean of their own errors "
+        "(Frankle et al. 2020). Stable (filled markers): instability &lt; 2 %.</p>"
+    ]
     for series, fig in instability_figures(table).items():
-        html.append(page.figure(fig, f"instability_{series}", f"{series}: instability vs spawn point k per sparsity "
-                                                          f"level, mean and 95% CI over seeds (each seed's mean over its pairs of copies)",
-                             "instability_vs_spawn", run_file=None if len(html) > 1 else "instability_vs_spawn.png"))
-    rows = [[escape(r["series"]), escape(level_label(r["remaining"])), str(r["iteration"]),
-             f"{100 * r['mean']:.2f}% ± {100 * r['std']:.2f}",
-             (f"[{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]" if r["ci_low"] is not None else "1 seed: no interval"),
-             str(r["n"]), str(r["seeds"]), "stable" if r["stable"] else "unstable"] for r in table]
-    html.append(html_table(["series", "level", "spawn point k (it)", "instability (mean ± std)", "95% CI over seeds",
-                            "n (seeds × pairs)", "seeds", "stable (< 2 %)"], rows))
+        html.append(
+            page.figure(
+                fig,
+                f"instability_{series}",
+                f"{series}: instability vs spawn point k per sparsity "
+                f"level, mean and 95% CI over seeds (each seed's mean over its pairs of copies)",
+                "instability_vs_spawn",
+                run_file=None if len(html) > 1 else "instability_vs_spawn.png",
+            )
+        )
+    rows = [
+        [
+            escape(r["series"]),
+            escape(level_label(r["remaining"])),
+            str(r["iteration"]),
+            f"{100 * r['mean']:.2f}% ± {100 * r['std']:.2f}",
+            (
+                f"[{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]"
+                if r["ci_low"] is not None
+                else "1 seed: no interval"
+            ),
+            str(r["n"]),
+            str(r["seeds"]),
+            "stable" if r["stable"] else "unstable",
+        ]
+        for r in table
+    ]
+    html.append(
+        html_table(
+            [
+                "series",
+                "level",
+                "spawn point k (it)",
+                "instability (mean ± std)",
+                "95% CI over seeds",
+                "n (seeds × pairs)",
+                "seeds",
+                "stable (< 2 %)",
+            ],
+            rows,
+        )
+    )
     page.section("instability", "Instability vs spawn point (linear mode connectivity)", "".join(html))

@@ -13,9 +13,9 @@ from __future__ import annotations
 from html import escape
 
 from ..plots import plot_sanity_panels
-from .series import accuracy_table
 from .common import Page
 from .sections import SectionContext
+from .series import accuracy_table
 
 
 def sanity_groups(collection) -> dict[str, list[str]]:
@@ -42,12 +42,21 @@ def sanity_section(page: Page, ctx: SectionContext) -> None:
         return
     rows = accuracy_table(collection)
     names = {series.label: series.branch for series in collection.series}
-    html = page.figure(plot_sanity_panels(groups, rows, names), "sanity_checks",
-                    "Test accuracy vs remaining weights: each branch with controls beside them (layer_shuffle, "
-                    "reinit, invert, ...), mean and 95% CI over seeds (n in the legend)", "sanity_checks",
-                       run_file="sanity_checks.png")
-    items = "".join(f"<li><b>{escape(checked)}</b>: {escape(', '.join(members[1:]))}</li>"
-                    for checked, members in groups.items())
-    page.section("sanity", "Sanity checks", "<p>A control whose curve matches its branch's shows the mask means no more "
-              "than what the control keeps (per-layer sparsity for layer_shuffle, the mask without its "
-              f"initialization for reinit).</p><ul>{items}</ul>" + html)
+    html = page.figure(
+        plot_sanity_panels(groups, rows, names),
+        "sanity_checks",
+        "Test accuracy vs remaining weights: each branch with controls beside them (layer_shuffle, "
+        "reinit, invert, ...), mean and 95% CI over seeds (n in the legend)",
+        "sanity_checks",
+        run_file="sanity_checks.png",
+    )
+    items = "".join(
+        f"<li><b>{escape(checked)}</b>: {escape(', '.join(members[1:]))}</li>" for checked, members in groups.items()
+    )
+    page.section(
+        "sanity",
+        "Sanity checks",
+        "<p>A control whose curve matches its branch's shows the mask means no more "
+        "than what the control keeps (per-layer sparsity for layer_shuffle, the mask without its "
+        f"initialization for reinit).</p><ul>{items}</ul>" + html,
+    )

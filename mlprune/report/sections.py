@@ -15,8 +15,8 @@ Adding a section is one new module with its function and one line here::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..registry import Registry, load_impl
 
@@ -25,11 +25,11 @@ from ..registry import Registry, load_impl
 class SectionContext:
     """What a section reads: the states (`series.Collection`), their tensors, and where to warn."""
 
-    collection: object                 # series.Collection: runs, series, orphans, store
-    load: Callable                     # run id -> loaded state (weights, masks, spec) or None (warned once)
-    note: Callable[[str], None]        # a warning for the page (and the caller)
-    ui_url: str = "http://127.0.0.1:5000"   # links into the MLflow UI
-    recipe: str | None = None          # a workflow run's recipe: the figures are that recipe's
+    collection: object  # series.Collection: runs, series, orphans, store
+    load: Callable  # run id -> loaded state (weights, masks, spec) or None (warned once)
+    note: Callable[[str], None]  # a warning for the page (and the caller)
+    ui_url: str = "http://127.0.0.1:5000"  # links into the MLflow UI
+    recipe: str | None = None  # a workflow run's recipe: the figures are that recipe's
 
     @property
     def store(self):
@@ -43,7 +43,7 @@ class Section:
     name: str
     impl: str
     help: str = ""
-    on_workflow_run: bool = True       # also drawn on a recipe's workflow run (figures/...)
+    on_workflow_run: bool = True  # also drawn on a recipe's workflow run (figures/...)
 
     def load(self):
         return load_impl(self.impl)
@@ -61,28 +61,67 @@ def render(page, ctx: SectionContext, *, workflow_run: bool = False) -> None:
         entry.load()(page, ctx)
 
 
-SECTIONS.add(Section("answer", "mlprune.report.overview:answer_section",
-                     "the study's answer: the deepest round's accuracy per seed and mean, main beside controls",
-                     on_workflow_run=False))
-SECTIONS.add(Section("accuracy", "mlprune.report.accuracy:accuracy_section",
-                     "accuracy and early stopping vs remaining weights"))
+SECTIONS.add(
+    Section(
+        "answer",
+        "mlprune.report.overview:answer_section",
+        "the study's answer: the deepest round's accuracy per seed and mean, main beside controls",
+        on_workflow_run=False,
+    )
+)
+SECTIONS.add(
+    Section("accuracy", "mlprune.report.accuracy:accuracy_section", "accuracy and early stopping vs remaining weights")
+)
 SECTIONS.add(Section("speedup", "mlprune.report.accuracy:speedup_section", "accuracy vs measured speedup (structured)"))
-SECTIONS.add(Section("compression", "mlprune.report.compression:compression_section",
-                     "accuracy vs compression ratio and theoretical speedup, Pareto front (ShrinkBench)"))
-SECTIONS.add(Section("claims", "mlprune.report.claims:claims_section",
-                     "each branch against its controls: paired differences, intervals, tests, verdicts",
-                     on_workflow_run=False))
+SECTIONS.add(
+    Section(
+        "compression",
+        "mlprune.report.compression:compression_section",
+        "accuracy vs compression ratio and theoretical speedup, Pareto front (ShrinkBench)",
+    )
+)
+SECTIONS.add(
+    Section(
+        "claims",
+        "mlprune.report.claims:claims_section",
+        "each branch against its controls: paired differences, intervals, tests, verdicts",
+        on_workflow_run=False,
+    )
+)
 SECTIONS.add(Section("sanity", "mlprune.report.sanity:sanity_section", "each pruned branch beside its controls"))
-SECTIONS.add(Section("instability", "mlprune.report.instability:instability_section",
-                     "instability vs spawn point per sparsity level (interpolations of spawned copies)"))
+SECTIONS.add(
+    Section(
+        "instability",
+        "mlprune.report.instability:instability_section",
+        "instability vs spawn point per sparsity level (interpolations of spawned copies)",
+    )
+)
 SECTIONS.add(Section("similarity", "mlprune.report.masks:similarity_section", "mask Jaccard: rounds, seeds, states"))
-SECTIONS.add(Section("inside", "mlprune.report.inside:inside_section",
-                     "per recipe: learning curves, per-class impact, PIEs, prediction churn, CKA to the dense network"))
+SECTIONS.add(
+    Section(
+        "inside",
+        "mlprune.report.inside:inside_section",
+        "per recipe: learning curves, per-class impact, PIEs, prediction churn, CKA to the dense network",
+    )
+)
 SECTIONS.add(Section("structure", "mlprune.report.masks:structure_section", "emergent structure vs random"))
 SECTIONS.add(Section("stability", "mlprune.report.weights:stability_section", "weight stability and evolution"))
-SECTIONS.add(Section("weights", "mlprune.report.weights:weights_section", "weights of the dense and final states",
-                     on_workflow_run=False))
-SECTIONS.add(Section("lineage", "mlprune.report.overview:lineage_section", "the DAG of every state (collapsed)",
-                     on_workflow_run=False))
-SECTIONS.add(Section("states", "mlprune.report.overview:states_section", "every state in a table",
-                     on_workflow_run=False))
+SECTIONS.add(
+    Section(
+        "weights",
+        "mlprune.report.weights:weights_section",
+        "weights of the dense and final states",
+        on_workflow_run=False,
+    )
+)
+SECTIONS.add(
+    Section(
+        "lineage",
+        "mlprune.report.overview:lineage_section",
+        "the DAG of every state (collapsed)",
+        on_workflow_run=False,
+    )
+)
+SECTIONS.add(
+    Section("states", "mlprune.report.overview:states_section", "every state in a table", on_workflow_run=False)
+)

@@ -15,10 +15,28 @@ from dataclasses import dataclass, field
 
 from .. import analysis, lineage
 from ..errors import SpecError
-from ..names import (M_COMPRESSION, M_COMPRESSION_ALL, M_EARLY_STOP_EPOCH, M_EARLY_STOP_ITERATION,
-                     M_EARLY_STOP_TEST_ACCURACY, M_FLOPS_COMPACT, M_FLOPS_MASKED, M_LATENCY, M_LATENCY_DENSE,
-                     M_PARAMS_COMPACT, M_SPARSITY, M_SPEEDUP, M_TEST_ACCURACY, M_TEST_LOSS, M_THEORETICAL_SPEEDUP,
-                     PLAN_FILE, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_RECIPE)
+from ..names import (
+    M_COMPRESSION,
+    M_COMPRESSION_ALL,
+    M_EARLY_STOP_EPOCH,
+    M_EARLY_STOP_ITERATION,
+    M_EARLY_STOP_TEST_ACCURACY,
+    M_FLOPS_COMPACT,
+    M_FLOPS_MASKED,
+    M_LATENCY,
+    M_LATENCY_DENSE,
+    M_PARAMS_COMPACT,
+    M_SPARSITY,
+    M_SPEEDUP,
+    M_TEST_ACCURACY,
+    M_TEST_LOSS,
+    M_THEORETICAL_SPEEDUP,
+    PLAN_FILE,
+    TAG_INVALID,
+    TAG_KEY,
+    TAG_KIND,
+    TAG_RECIPE,
+)
 
 # parameters that do not make another series: seeds aggregate; more rounds extend a series
 _SIGNATURE_SKIP = {"seed", "rounds", "data_dir"}
@@ -39,9 +57,9 @@ class Series:
     params: dict
     trained: dict = field(default_factory=dict)
     pruned: dict = field(default_factory=dict)
-    nodes: dict = field(default_factory=dict)     # run id -> plan node (dict), for what the sections need
-    control_of: str | None = None                 # a control: the branch it checks
-    base_label: str = ""                          # the label of the recipe's main branch (same parameters)
+    nodes: dict = field(default_factory=dict)  # run id -> plan node (dict), for what the sections need
+    control_of: str | None = None  # a control: the branch it checks
+    base_label: str = ""  # the label of the recipe's main branch (same parameters)
     analyses: dict = field(default_factory=dict)  # run id -> plan node of the branch's analysis states
 
     @property
@@ -54,11 +72,11 @@ class Collection:
     """What the report draws: the experiment's states, series and the warnings on the way."""
 
     store: object
-    runs: dict                      # run id -> FINISHED state run
+    runs: dict  # run id -> FINISHED state run
     series: list[Series]
-    orphans: list[str]              # state run ids no workflow reached
+    orphans: list[str]  # state run ids no workflow reached
     warnings: list[str]
-    skipped: dict                   # reason -> [run ids]
+    skipped: dict  # reason -> [run ids]
 
 
 def recorded_plans(store, workflow_run, warn) -> list[dict]:
@@ -68,12 +86,16 @@ def recorded_plans(store, workflow_run, warn) -> list[dict]:
     try:
         recorded = json.loads(store.read_artifact(run_id, PLAN_FILE))
     except (SpecError, ValueError) as error:
-        warn(f"workflow run {run_id[:8]} ({recipe}, {workflow_run.info.status}) has no readable {PLAN_FILE} "
-             f"({error}); its states are in the lineage but not in the per-recipe figures")
+        warn(
+            f"workflow run {run_id[:8]} ({recipe}, {workflow_run.info.status}) has no readable {PLAN_FILE} "
+            f"({error}); its states are in the lineage but not in the per-recipe figures"
+        )
         return []
     if not isinstance(recorded, dict) or not isinstance(recorded.get("plans"), list):
-        warn(f"workflow run {run_id[:8]} ({recipe}) was recorded by an older mlprune; run its recipe again "
-             f"(nothing is recomputed) to have it in the per-recipe figures")
+        warn(
+            f"workflow run {run_id[:8]} ({recipe}) was recorded by an older mlprune; run its recipe again "
+            f"(nothing is recomputed) to have it in the per-recipe figures"
+        )
         return []
     return recorded["plans"]
 
@@ -118,8 +140,9 @@ def group_series(plans, states: dict) -> tuple[list[Series], set[str]]:
     covered: set[str] = set()
     for plan in plans:
         overrides = plan.get("overrides") or {}
-        signature = tuple(sorted((k, str(v)) for k, v in overrides.items()
-                                 if k not in _SIGNATURE_SKIP and v not in (None, "")))
+        signature = tuple(
+            sorted((k, str(v)) for k, v in overrides.items() if k not in _SIGNATURE_SKIP and v not in (None, ""))
+        )
         for branch, series in series_of_plan(plan, states).items():
             covered.update(series.trained.values())
             covered.update(series.pruned.values())
@@ -161,8 +184,10 @@ def collect(store, warn=None) -> Collection:
             warn(message)
 
     if not wait_pending(store.tracking_uri):
-        note("workflow records or figures still being written in the background after "
-             "15 minutes: the report shows what is stored now")
+        note(
+            "workflow records or figures still being written in the background after "
+            "15 minutes: the report shows what is stored now"
+        )
     states, workflows, other, unfinished = {}, [], [], []
     for run in store.runs():
         if lineage.is_state(run):
@@ -184,17 +209,22 @@ def collect(store, warn=None) -> Collection:
     unfinished = [r for r in unfinished if r.data.tags.get(TAG_KEY) not in done]
     if unfinished:
         names = ", ".join(f"{r.info.run_id[:8]} {r.info.status}" for r in unfinished[:5])
-        note(f"skipped {len(unfinished)} state run(s) that are not FINISHED and whose state never finished "
-             f"since: {names}")
+        note(
+            f"skipped {len(unfinished)} state run(s) that are not FINISHED and whose state never finished "
+            f"since: {names}"
+        )
 
     plans = (plan for workflow in workflows for plan in recorded_plans(store, workflow, note))
     ordered, covered = group_series(plans, states)
     # analyses (compare, cka) hold results, not networks: the sections that read them find them by their parents
-    orphans = [run_id for run_id in states if run_id not in covered
-               and states[run_id].data.tags.get(TAG_KIND) != "analysis"]
-    skipped = {"not mlprune states": [r.info.run_id for r in other],
-               "not FINISHED": [r.info.run_id for r in unfinished],
-               "superseded": [r.info.run_id for r in superseded]}
+    orphans = [
+        run_id for run_id in states if run_id not in covered and states[run_id].data.tags.get(TAG_KIND) != "analysis"
+    ]
+    skipped = {
+        "not mlprune states": [r.info.run_id for r in other],
+        "not FINISHED": [r.info.run_id for r in unfinished],
+        "superseded": [r.info.run_id for r in superseded],
+    }
     return Collection(store, states, ordered, orphans, messages, skipped)
 
 
@@ -212,9 +242,16 @@ def rounds_table(collection: Collection) -> list[dict]:
             acc, sp = _metric(run, M_TEST_ACCURACY), _metric(run, M_SPARSITY)
             if acc is None or sp is None:
                 continue
-            row = {"recipe": series.label, "series": series.label, "round": rnd, "remaining": 1.0 - sp,
-                   "test_accuracy": acc, "test_loss": _metric(run, M_TEST_LOSS), "seed": series.seed,
-                   "run_id": run_id}
+            row = {
+                "recipe": series.label,
+                "series": series.label,
+                "round": rnd,
+                "remaining": 1.0 - sp,
+                "test_accuracy": acc,
+                "test_loss": _metric(run, M_TEST_LOSS),
+                "seed": series.seed,
+                "run_id": run_id,
+            }
             stop = _metric(run, M_EARLY_STOP_ITERATION)
             if stop is not None:
                 row["early_stop_iteration"] = stop
@@ -252,9 +289,19 @@ def study_answer(collection: Collection) -> list[dict]:
         if rnd is None or row is None or series.label in seen:
             continue
         seen.add(series.label)
-        out.append({"recipe": series.base_label, "branch": series.branch, "label": series.label, "round": rnd,
-                    "remaining": row["remaining"], "seeds": per_seed.get((series.label, rnd), {}),
-                    "mean": row["mean"], "std": row["std"], "n": row["n"]})
+        out.append(
+            {
+                "recipe": series.base_label,
+                "branch": series.branch,
+                "label": series.label,
+                "round": rnd,
+                "remaining": row["remaining"],
+                "seeds": per_seed.get((series.label, rnd), {}),
+                "mean": row["mean"],
+                "std": row["std"],
+                "n": row["n"],
+            }
+        )
     return out
 
 
@@ -266,24 +313,34 @@ def answer_lines(rows: list[dict], max_seeds: int = 8) -> list[str]:
         group = [row for row in rows if row["recipe"] == recipe]
         seeds = list(dict.fromkeys(seed for row in group for seed in row["seeds"]))
         shown = seeds[:max_seeds]
-        lines.append(f"{recipe}: test accuracy at round {group[0]['round']} ({100 * group[0]['remaining']:.2f}% of "
-                     f"weights remaining), per seed and mean ± std over seeds")
+        lines.append(
+            f"{recipe}: test accuracy at round {group[0]['round']} ({100 * group[0]['remaining']:.2f}% of "
+            f"weights remaining), per seed and mean ± std over seeds"
+        )
         width = max(len("branch"), *(len(row["branch"]) for row in group))
         head = "".join(f"{'s' + str(seed):>9}" for seed in shown) + ("      …" if len(seeds) > len(shown) else "")
         lines.append(f"  {'branch':<{width}}{head}   mean ± std (n)")
         for row in group:
-            cells = "".join(f"{100 * row['seeds'][seed]:>8.2f}%" if seed in row["seeds"] else f"{'–':>9}"
-                            for seed in shown) + ("      …" if len(seeds) > len(shown) else "")
-            lines.append(f"  {row['branch']:<{width}}{cells}   {100 * row['mean']:.2f}% ± {100 * row['std']:.2f} "
-                         f"({row['n']})")
+            cells = "".join(
+                f"{100 * row['seeds'][seed]:>8.2f}%" if seed in row["seeds"] else f"{'–':>9}" for seed in shown
+            ) + ("      …" if len(seeds) > len(shown) else "")
+            lines.append(
+                f"  {row['branch']:<{width}}{cells}   {100 * row['mean']:.2f}% ± {100 * row['std']:.2f} ({row['n']})"
+            )
     return lines
 
 
 def plans_collection(store, plans: list[dict]) -> Collection:
     """The series of plans just run (``Plan.to_json()`` with ``reached``), their trained states read from the
     store: what a sweep answers without reading the experiment's other workflow runs."""
-    wanted = {run_id for plan in plans for node in plan["nodes"] if node.get("role") in ("trained", "pruned")
-              for run_id in [(plan.get("reached") or {}).get(node["name"])] if run_id}
+    wanted = {
+        run_id
+        for plan in plans
+        for node in plan["nodes"]
+        if node.get("role") in ("trained", "pruned")
+        for run_id in [(plan.get("reached") or {}).get(node["name"])]
+        if run_id
+    }
     runs = {run_id: store.run(run_id) for run_id in wanted}
     states = {run_id: run for run_id, run in runs.items() if run is not None and run.info.status == "FINISHED"}
     series, _ = group_series(plans, states)
@@ -321,8 +378,7 @@ def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
     structured = structured_recipes(collection)
     for series in collection.series:
         runs = {rnd: collection.runs.get(run_id) for rnd, run_id in sorted(series.trained.items())}
-        if series.base_label not in structured or \
-                not any(_metric(run, M_SPEEDUP) is not None for run in runs.values()):
+        if series.base_label not in structured or not any(_metric(run, M_SPEEDUP) is not None for run in runs.values()):
             if any(rnd > 0 for rnd in runs) and series.label not in unstructured:
                 unstructured.append(series.label)
             continue
@@ -332,13 +388,20 @@ def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
             speedup = 1.0 if rnd == 0 else _metric(run, M_SPEEDUP)
             if acc is None or sp is None or speedup is None:
                 continue
-            groups.setdefault((series.label, rnd), []).append({
-                "accuracy": acc, "remaining": 1.0 - sp, "speedup": speedup,
-                "params_compact": _metric(run, M_PARAMS_COMPACT), "flops_compact": _metric(run, M_FLOPS_COMPACT),
-                "flops_masked": _metric(run, M_FLOPS_MASKED), "latency_ms": _metric(run, M_LATENCY),
-                "latency_ms_dense": _metric(run, M_LATENCY_DENSE)})
+            groups.setdefault((series.label, rnd), []).append(
+                {
+                    "accuracy": acc,
+                    "remaining": 1.0 - sp,
+                    "speedup": speedup,
+                    "params_compact": _metric(run, M_PARAMS_COMPACT),
+                    "flops_compact": _metric(run, M_FLOPS_COMPACT),
+                    "flops_masked": _metric(run, M_FLOPS_MASKED),
+                    "latency_ms": _metric(run, M_LATENCY),
+                    "latency_ms_dense": _metric(run, M_LATENCY_DENSE),
+                }
+            )
     rows = []
-    for (label, rnd) in sorted(groups, key=lambda g: (order[g[0]], g[1])):
+    for label, rnd in sorted(groups, key=lambda g: (order[g[0]], g[1])):
         points = groups[(label, rnd)]
 
         def mean(key, points=points):
@@ -353,12 +416,24 @@ def speedup_table(collection: Collection) -> tuple[list[dict], list[str]]:
             return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
         accuracy = analysis.statistics.summarize([p["accuracy"] for p in points])
-        rows.append({"recipe": label, "round": rnd, "n": len(points), "remaining": mean("remaining"),
-                     "speedup": mean("speedup"), "speedup_std": std("speedup"), "mean": mean("accuracy"),
-                     "std": std("accuracy"), "ci_low": accuracy["ci_low"], "ci_high": accuracy["ci_high"],
-                     "params_compact": mean("params_compact"),
-                     "flops_compact": mean("flops_compact"), "latency_ms": mean("latency_ms"),
-                     "latency_ms_dense": mean("latency_ms_dense")})
+        rows.append(
+            {
+                "recipe": label,
+                "round": rnd,
+                "n": len(points),
+                "remaining": mean("remaining"),
+                "speedup": mean("speedup"),
+                "speedup_std": std("speedup"),
+                "mean": mean("accuracy"),
+                "std": std("accuracy"),
+                "ci_low": accuracy["ci_low"],
+                "ci_high": accuracy["ci_high"],
+                "params_compact": mean("params_compact"),
+                "flops_compact": mean("flops_compact"),
+                "latency_ms": mean("latency_ms"),
+                "latency_ms_dense": mean("latency_ms_dense"),
+            }
+        )
     return rows, unstructured
 
 
@@ -372,15 +447,22 @@ def cost_table(collection: Collection, ci: str = "t") -> list[dict]:
     for series in collection.series:
         for rnd, run_id in sorted(series.trained.items()):
             run = collection.runs.get(run_id)
-            point = {key: _metric(run, name) for key, name in (
-                ("accuracy", M_TEST_ACCURACY), ("sparsity", M_SPARSITY), ("compression_ratio_all", M_COMPRESSION_ALL),
-                ("compression_ratio", M_COMPRESSION), ("theoretical_speedup", M_THEORETICAL_SPEEDUP))}
+            point = {
+                key: _metric(run, name)
+                for key, name in (
+                    ("accuracy", M_TEST_ACCURACY),
+                    ("sparsity", M_SPARSITY),
+                    ("compression_ratio_all", M_COMPRESSION_ALL),
+                    ("compression_ratio", M_COMPRESSION),
+                    ("theoretical_speedup", M_THEORETICAL_SPEEDUP),
+                )
+            }
             if point["accuracy"] is None or point["compression_ratio_all"] is None:
                 continue
             order.setdefault(series.label, len(order))
             groups.setdefault((series.label, rnd), []).append(dict(point, seed=series.seed))
     rows = []
-    for (label, rnd) in sorted(groups, key=lambda g: (order[g[0]], g[1])):
+    for label, rnd in sorted(groups, key=lambda g: (order[g[0]], g[1])):
         points = groups[(label, rnd)]
 
         def mean(key, points=points):
@@ -388,9 +470,17 @@ def cost_table(collection: Collection, ci: str = "t") -> list[dict]:
             return sum(values) / len(values) if values else None
 
         summary = analysis.statistics.summarize([p["accuracy"] for p in points], ci)
-        rows.append({"recipe": label, "round": rnd, "n": len(points), "seeds": [p["seed"] for p in points],
-                     "remaining": None if mean("sparsity") is None else 1.0 - mean("sparsity"),
-                     "compression_ratio_all": mean("compression_ratio_all"),
-                     "compression_ratio": mean("compression_ratio"),
-                     "theoretical_speedup": mean("theoretical_speedup"), **summary})
+        rows.append(
+            {
+                "recipe": label,
+                "round": rnd,
+                "n": len(points),
+                "seeds": [p["seed"] for p in points],
+                "remaining": None if mean("sparsity") is None else 1.0 - mean("sparsity"),
+                "compression_ratio_all": mean("compression_ratio_all"),
+                "compression_ratio": mean("compression_ratio"),
+                "theoretical_speedup": mean("theoretical_speedup"),
+                **summary,
+            }
+        )
     return rows

@@ -18,6 +18,7 @@ import numpy as np
 from .. import analysis
 from ..errors import SpecError
 
+
 def _name(state) -> str:
     return str(getattr(state, "run_id", state))[:8]
 
@@ -122,10 +123,11 @@ def pruned_structurally(spec: dict, spec_of, kinds: dict[str, str]) -> dict[str,
     for spec in reversed(chain):  # from the root down: the steps in the order they ran
         for step in spec.get("steps") or []:
             kind, options = kind_of(step)
-            if kind.mask_source is not None:   # a transplanted mask: the structure of the state it came from
+            if kind.mask_source is not None:  # a transplanted mask: the structure of the state it came from
                 source = (spec.get("inputs") or {}).get(kind.mask_source)
-                for param, flag in (pruned_structurally(spec_of(source["run_id"]), spec_of, kinds)
-                                    if source else {}).items():
+                for param, flag in (
+                    pruned_structurally(spec_of(source["run_id"]), spec_of, kinds) if source else {}
+                ).items():
                     out[param] = out.get(param, True) and flag
             if not kind.new_masks:
                 continue

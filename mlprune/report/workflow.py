@@ -44,9 +44,9 @@ def lineage_files(store, run_ids, *, title: str, subtitle: str = "", ui_url: str
     nodes, edges = lineage.lineage_graph(runs.values())
     return {
         "lineage.svg": lineage.lineage_svg(nodes, edges, base="/", title=title),
-        "lineage.html": lineage.lineage_html(nodes, edges, title=title, base="/",
-                                             file_base=(ui_url or default_ui(store.tracking_uri)),
-                                             subtitle=subtitle),
+        "lineage.html": lineage.lineage_html(
+            nodes, edges, title=title, base="/", file_base=(ui_url or default_ui(store.tracking_uri)), subtitle=subtitle
+        ),
     }
 
 
@@ -60,8 +60,9 @@ def plan_json(plans, reached: list[dict[str, str]]) -> str:
     return json.dumps({"plans": recorded}, indent=1, default=str)
 
 
-def workflow_files(store, plans, reached: list[dict[str, str]], *, figures: bool = True, ui_url: str | None = None,
-                   warn=None) -> dict[str, bytes | str]:
+def workflow_files(
+    store, plans, reached: list[dict[str, str]], *, figures: bool = True, ui_url: str | None = None, warn=None
+) -> dict[str, bytes | str]:
     """Files for a workflow run: plan.json, the lineage of the states reached, and (one plan, `figures`)
     the recipe's figures. `reached`: per plan {node name: run id}."""
     warn = warn or (lambda message: warnings.warn(message, ReportWarning, stacklevel=2))
@@ -71,15 +72,23 @@ def workflow_files(store, plans, reached: list[dict[str, str]], *, figures: bool
     if not run_ids:
         return files
     names = " ".join(dict.fromkeys(p.recipe for p in plans))
-    files.update(lineage_files(store, run_ids, ui_url=ui_url,
-                               title=f"Lineage: {names} (experiment {store.experiment_name})",
-                               subtitle=f"the states {names} reached and all their parents"))
+    files.update(
+        lineage_files(
+            store,
+            run_ids,
+            ui_url=ui_url,
+            title=f"Lineage: {names} (experiment {store.experiment_name})",
+            subtitle=f"the states {names} reached and all their parents",
+        )
+    )
     if figures and len(plans) == 1:
         try:
             files.update(recipe_figures(store, recorded[0], warn))
         except Exception as error:  # noqa: BLE001 - figures are a by-product: the plan and lineage still matter
-            warn(f"no figures on the workflow run ({type(error).__name__}: {error}); its plan and lineage are "
-                 f"logged, `mlprune report` draws the figures from the store")
+            warn(
+                f"no figures on the workflow run ({type(error).__name__}: {error}); its plan and lineage are "
+                f"logged, `mlprune report` draws the figures from the store"
+            )
     return files
 
 
@@ -162,6 +171,12 @@ def log_workflow_figures(payload: dict) -> int:
     except Exception as error:  # noqa: BLE001 - said on the run, where its figures were expected
         store.set_tags(run_id, {TAG_FIGURES: f"failed: {type(error).__name__}: {error}"[:4000]})
         raise
-    store.set_tags(run_id, {TAG_FIGURES: (f"{len(files)} figures" + (f"; {len(notes)} warning(s): "
-                                                                    + " | ".join(notes) if notes else ""))[:4000]})
+    store.set_tags(
+        run_id,
+        {
+            TAG_FIGURES: (
+                f"{len(files)} figures" + (f"; {len(notes)} warning(s): " + " | ".join(notes) if notes else "")
+            )[:4000]
+        },
+    )
     return len(files)

@@ -12,7 +12,16 @@ The executor (`mlprune.executor`) schedules the states; this package computes on
 from __future__ import annotations
 
 from .context import NodeHooks, StepContext, Tensors
-from .network import Computed, compute_node, run_steps
 from .evaluations import EVALUATIONS, evaluate_state
+from .network import Computed, compute_node, run_steps
 
-__all__ = ["Computed", "NodeHooks", "StepContext", "Tensors", "compute_node", "run_steps", "EVALUATIONS", "evaluate_state"]
+__all__ = [
+    "Computed",
+    "NodeHooks",
+    "StepContext",
+    "Tensors",
+    "compute_node",
+    "run_steps",
+    "EVALUATIONS",
+    "evaluate_state",
+]

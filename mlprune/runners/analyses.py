@@ -53,10 +53,15 @@ def run_cka(ctx: StepContext, parent, options: dict):
         ctx.heartbeat()
     values = estimator.result()
     metrics = {f"{names.M_CKA_PREFIX}{param}": v for param, v in values.items() if v == v}  # NaN: a dead layer
-    record = {"layers": values, "probe_size": len(probe), "batches": estimator.batches,
-              "batch_size": options["batch_size"], "seed": options["seed"],
-              "estimator": "linear CKA, minibatch, unbiased HSIC (Nguyen, Raghu & Kornblith 2021)",
-              "activations": "each prunable layer's output (Conv2d / Linear), flattened per example"}
+    record = {
+        "layers": values,
+        "probe_size": len(probe),
+        "batches": estimator.batches,
+        "batch_size": options["batch_size"],
+        "seed": options["seed"],
+        "estimator": "linear CKA, minibatch, unbiased HSIC (Nguyen, Raghu & Kornblith 2021)",
+        "activations": "each prunable layer's output (Conv2d / Linear), flattened per example",
+    }
     return metrics, {names.CKA_FILE: json.dumps(record, indent=1, allow_nan=True).encode()}
 
 
@@ -65,18 +70,26 @@ BN_RESET_BATCH_SIZE = 128  # batches of the training set that BatchNorm statisti
 
 def _same_network_kind(a, b) -> None:
     """A one-line SpecError unless a and b are one architecture on one dataset with one mask."""
+
     def setting(state):
         root = state.spec["root"]
         return {k: root.get(k) for k in ("model", "model_options", "dataset", "data")}
 
     if setting(a) != setting(b):
-        raise SpecError(f"cannot interpolate state {a.run_id[:8]} ({setting(a)}) with state {b.run_id[:8]} "
-                        f"({setting(b)}): they need one architecture on one dataset")
+        raise SpecError(
+            f"cannot interpolate state {a.run_id[:8]} ({setting(a)}) with state {b.run_id[:8]} "
+            f"({setting(b)}): they need one architecture on one dataset"
+        )
     if set(a.masks) != set(b.masks) or any(not torch.equal(a.masks[n], b.masks[n]) for n in a.masks):
-        differ = sorted(n for n in set(a.masks) | set(b.masks)
-                        if n not in a.masks or n not in b.masks or not torch.equal(a.masks[n], b.masks[n]))
-        raise SpecError(f"cannot interpolate state {a.run_id[:8]} with state {b.run_id[:8]}: their masks differ "
-                        f"({differ[0]!r}); a linear path is taken between networks with the same mask")
+        differ = sorted(
+            n
+            for n in set(a.masks) | set(b.masks)
+            if n not in a.masks or n not in b.masks or not torch.equal(a.masks[n], b.masks[n])
+        )
+        raise SpecError(
+            f"cannot interpolate state {a.run_id[:8]} with state {b.run_id[:8]}: their masks differ "
+            f"({differ[0]!r}); a linear path is taken between networks with the same mask"
+        )
 
 
 def spawn_point(a, b, data) -> dict | None:
@@ -92,8 +105,11 @@ def spawn_point(a, b, data) -> dict | None:
         return None
     options_a, options_b = steps_a[0].get("train"), steps_b[0].get("train")
     order = TRAIN_SCHEMA["data_order_seed"].stored_as
-    if options_a is None or options_b is None or \
-            {k: v for k, v in options_a.items() if k != order} != {k: v for k, v in options_b.items() if k != order}:
+    if (
+        options_a is None
+        or options_b is None
+        or {k: v for k, v in options_a.items() if k != order} != {k: v for k, v in options_b.items() if k != order}
+    ):
         return None
     start = options_a.get("schedule_from", TRAIN_SCHEMA["schedule_from"].default)
     iteration = parse_time(start).iterations(data.batches_per_epoch(options_a["batch_size"]))
@@ -143,8 +159,9 @@ def run_interpolate(ctx: StepContext, parent, options: dict):
         model.load_state_dict(analysis.interpolate_weights(a.weights, b.weights, alpha, a.masks))
         model.to(device)
         if reset:
-            bn_batches = recompute_batchnorm(model, ctx.data.train_batches(BN_RESET_BATCH_SIZE, seed=ctx.root["seed"],
-                                                                            epoch=0), device=device)
+            bn_batches = recompute_batchnorm(
+                model, ctx.data.train_batches(BN_RESET_BATCH_SIZE, seed=ctx.root["seed"], epoch=0), device=device
+            )
         model.eval()
         measured = {"test": ctx.data.test_batches(256)}
         if options["train_set"]:
@@ -155,24 +172,39 @@ def run_interpolate(ctx: StepContext, parent, options: dict):
             curves[split]["loss"].append(loss)
         ctx.heartbeat()
         if ctx.progress is not None:
-            ctx.progress(f"interpolate α={alpha:.3f} ({i + 1}/{len(alphas)}): test error "
-                         f"{curves['test']['error'][-1]:.4f}")
-    metrics = {names.M_INSTABILITY: analysis.barrier_height(curves["test"]["error"]),
-               names.M_BARRIER_LOSS: analysis.barrier_height(curves["test"]["loss"])}
+            ctx.progress(
+                f"interpolate α={alpha:.3f} ({i + 1}/{len(alphas)}): test error {curves['test']['error'][-1]:.4f}"
+            )
+    metrics = {
+        names.M_INSTABILITY: analysis.barrier_height(curves["test"]["error"]),
+        names.M_BARRIER_LOSS: analysis.barrier_height(curves["test"]["loss"]),
+    }
     if "train" in curves:
         metrics[names.M_TRAIN_INSTABILITY] = analysis.barrier_height(curves["train"]["error"])
         metrics[names.M_TRAIN_BARRIER_LOSS] = analysis.barrier_height(curves["train"]["loss"])
     spawn = spawn_point(a, b, ctx.data)
     if spawn is not None:
         metrics[names.M_SPAWN_ITERATION] = spawn["iteration"]
-    result = {"alphas": alphas, **curves, "metrics": metrics, "bn_reset": reset,
-              "bn_reset_batches": bn_batches, "a": a.spec["key"], "b": b.spec["key"], "spawn": spawn}
-    title = (f"{ctx.root['model']}: a {a.run_id[:8]} → b {b.run_id[:8]}"
-             + (f", copies spawned at {spawn['time']}" if spawn else "")
-             + f"; instability {100 * metrics[names.M_INSTABILITY]:.2f}%")
+    result = {
+        "alphas": alphas,
+        **curves,
+        "metrics": metrics,
+        "bn_reset": reset,
+        "bn_reset_batches": bn_batches,
+        "a": a.spec["key"],
+        "b": b.spec["key"],
+        "spawn": spawn,
+    }
+    title = (
+        f"{ctx.root['model']}: a {a.run_id[:8]} → b {b.run_id[:8]}"
+        + (f", copies spawned at {spawn['time']}" if spawn else "")
+        + f"; instability {100 * metrics[names.M_INSTABILITY]:.2f}%"
+    )
     figure = plot_interpolation(alphas, curves, title=title, bn_reset=reset)
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
-    files = {names.INTERPOLATION_FILE: json.dumps(_finite_or_null(result), indent=1, allow_nan=False).encode(),
-             names.INTERPOLATION_FIGURE_FILE: png.getvalue()}
+    files = {
+        names.INTERPOLATION_FILE: json.dumps(_finite_or_null(result), indent=1, allow_nan=False).encode(),
+        names.INTERPOLATION_FIGURE_FILE: png.getvalue(),
+    }
     return metrics, files

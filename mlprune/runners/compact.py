@@ -14,9 +14,16 @@ def compact_network(workspace: Workspace, root: dict, data, weights: dict, masks
     """The state's compact network (`pruning.compact.Compact`): its unread channels physically removed."""
     from ..pruning.compact import compact_state
 
-    return compact_state(workspace.blank(root, data), weights, masks, workspace.channel_groups(root, data),
-                         model_name=root["model"], model_options=root.get("model_options"),
-                         num_classes=data.num_classes, input_shape=tuple(data.input_shape))
+    return compact_state(
+        workspace.blank(root, data),
+        weights,
+        masks,
+        workspace.channel_groups(root, data),
+        model_name=root["model"],
+        model_options=root.get("model_options"),
+        num_classes=data.num_classes,
+        input_shape=tuple(data.input_shape),
+    )
 
 
 def check_compact(compact, dense: torch.nn.Module, data, device) -> tuple[torch.nn.Module, dict]:
@@ -28,8 +35,11 @@ def check_compact(compact, dense: torch.nn.Module, data, device) -> tuple[torch.
     flops = analysis.flops(model, tuple(data.input_shape))[names.M_FLOPS_DENSE]
     model.to(device)
     x, _ = next(iter(data.test_batches(64)))
-    metrics = {names.M_PARAMS_COMPACT: parameter_count(model), names.M_FLOPS_COMPACT: flops,
-               names.M_COMPACT_DIFF: max_abs_diff(dense, model, x.to(device))}
+    metrics = {
+        names.M_PARAMS_COMPACT: parameter_count(model),
+        names.M_FLOPS_COMPACT: flops,
+        names.M_COMPACT_DIFF: max_abs_diff(dense, model, x.to(device)),
+    }
     compact.arch["params"], compact.arch["flops"] = metrics[names.M_PARAMS_COMPACT], flops
     compact.arch["check"] = {"max_abs_diff": metrics[names.M_COMPACT_DIFF], "test_examples": int(len(x))}
     return model, metrics
@@ -42,12 +52,24 @@ def measure_compact(compact, dense: torch.nn.Module, data, device) -> tuple[torc
 
     budget = latency_budget()
     model, metrics = check_compact(compact, dense, data, device)
-    times = latency_ms({"dense": dense, "compact": model}, tuple(data.input_shape), device, batch_sizes=(1, 64),
-                       budget_s=budget, warmup=3 if budget > 0 else 1)
-    metrics.update({names.M_LATENCY: times["compact"][64], names.M_LATENCY_BATCH1: times["compact"][1],
-                    names.M_LATENCY_DENSE: times["dense"][64], names.M_LATENCY_DENSE_BATCH1: times["dense"][1],
-                    names.M_SPEEDUP: times["dense"][64] / times["compact"][64],
-                    names.M_SPEEDUP_BATCH1: times["dense"][1] / times["compact"][1]})
+    times = latency_ms(
+        {"dense": dense, "compact": model},
+        tuple(data.input_shape),
+        device,
+        batch_sizes=(1, 64),
+        budget_s=budget,
+        warmup=3 if budget > 0 else 1,
+    )
+    metrics.update(
+        {
+            names.M_LATENCY: times["compact"][64],
+            names.M_LATENCY_BATCH1: times["compact"][1],
+            names.M_LATENCY_DENSE: times["dense"][64],
+            names.M_LATENCY_DENSE_BATCH1: times["dense"][1],
+            names.M_SPEEDUP: times["dense"][64] / times["compact"][64],
+            names.M_SPEEDUP_BATCH1: times["dense"][1] / times["compact"][1],
+        }
+    )
     return model, metrics
 
 
@@ -72,9 +94,11 @@ def export_compact(state, directory, *, data_dir: str | None = None) -> dict:
     dense.eval()
     _, metrics = check_compact(compact, dense, data, workspace.device)
     if not metrics[names.M_COMPACT_DIFF] <= COMPACT_TOLERANCE:
-        raise SpecError(f"the compact network of {state.run_id[:8]} differs from the masked one by "
-                        f"{metrics[names.M_COMPACT_DIFF]:.3g} on a test batch; allowed: <= {COMPACT_TOLERANCE:g} "
-                        f"(an architecture whose channels were not traced right)")
+        raise SpecError(
+            f"the compact network of {state.run_id[:8]} differs from the masked one by "
+            f"{metrics[names.M_COMPACT_DIFF]:.3g} on a test batch; allowed: <= {COMPACT_TOLERANCE:g} "
+            f"(an architecture whose channels were not traced right)"
+        )
     compact.arch["source"] = {"run_id": state.run_id, "key": state.spec.get("key")}
     compact.arch["removed"] = dict(compact.removed)
     write(directory, compact)

@@ -10,9 +10,9 @@ import torch
 
 from .. import analysis, names
 from ..registry import Registry
-from .context import Tensors
 from ..workspace import Workspace
 from .compact import compact_network, measure_compact
+from .context import Tensors
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Evaluation:
 EVALUATIONS: Registry[Evaluation] = Registry("state evaluation")
 
 
-TOP5_ABOVE_CLASSES = 10   # top-5 accuracy is logged for datasets of more classes than this
+TOP5_ABOVE_CLASSES = 10  # top-5 accuracy is logged for datasets of more classes than this
 
 
 def evaluate_test(ev: Evaluated):
@@ -80,14 +80,25 @@ def evaluate_predictions(ev: Evaluated):
 
     result = ev.test_predictions()
     # the smallest integer type that holds every class index (uint8 up to 256 classes): lossless
-    small = next(t for t in (torch.uint8, torch.int16, torch.int32)
-                 if ev.data.num_classes - 1 <= torch.iinfo(t).max)
-    files = {names.PREDICTIONS_FILE: tensors_bytes({
-        names.PRED_PREDICTED: result.predicted.to(small), names.PRED_LABEL: result.labels.to(small),
-        names.PRED_TRUE_PROBABILITY: result.true_probability.float()})}
+    small = next(t for t in (torch.uint8, torch.int16, torch.int32) if ev.data.num_classes - 1 <= torch.iinfo(t).max)
+    files = {
+        names.PREDICTIONS_FILE: tensors_bytes(
+            {
+                names.PRED_PREDICTED: result.predicted.to(small),
+                names.PRED_LABEL: result.labels.to(small),
+                names.PRED_TRUE_PROBABILITY: result.true_probability.float(),
+            }
+        )
+    }
     confusion = analysis.confusion_matrix(result.labels.numpy(), result.predicted.numpy(), ev.data.num_classes)
-    files[names.CONFUSION_FILE] = json.dumps({"classes": ev.data.num_classes, "rows": "true class",
-                                              "columns": "predicted class", "matrix": confusion.tolist()}).encode()
+    files[names.CONFUSION_FILE] = json.dumps(
+        {
+            "classes": ev.data.num_classes,
+            "rows": "true class",
+            "columns": "predicted class",
+            "matrix": confusion.tolist(),
+        }
+    ).encode()
     recall = analysis.class_recall(confusion)
     metrics = {f"{names.M_CLASS_ACCURACY_PREFIX}{k}": float(v) for k, v in enumerate(recall) if np.isfinite(v)}
     return metrics, files
@@ -147,15 +158,31 @@ def evaluate_compact(ev: Evaluated):
     return metrics, {}
 
 
-EVALUATIONS.add(Evaluation("test", "mlprune.runners.evaluations:evaluate_test",
-                           "test loss and accuracy (and top-5 accuracy above 10 classes)"))
+EVALUATIONS.add(
+    Evaluation(
+        "test",
+        "mlprune.runners.evaluations:evaluate_test",
+        "test loss and accuracy (and top-5 accuracy above 10 classes)",
+    )
+)
 
 
-EVALUATIONS.add(Evaluation("predictions", "mlprune.runners.evaluations:evaluate_predictions",
-                           "test predictions, confusion matrix, accuracy per class (the test pass, reused)"))
+EVALUATIONS.add(
+    Evaluation(
+        "predictions",
+        "mlprune.runners.evaluations:evaluate_predictions",
+        "test predictions, confusion matrix, accuracy per class (the test pass, reused)",
+    )
+)
 
 
-EVALUATIONS.add(Evaluation("sparsity", "mlprune.runners.evaluations:evaluate_sparsity", "sparsity per layer, compression (prunable and all parameters)"))
+EVALUATIONS.add(
+    Evaluation(
+        "sparsity",
+        "mlprune.runners.evaluations:evaluate_sparsity",
+        "sparsity per layer, compression (prunable and all parameters)",
+    )
+)
 
 
 EVALUATIONS.add(Evaluation("flops", "mlprune.runners.evaluations:evaluate_flops", "multiply-adds, dense and masked"))
@@ -164,12 +191,18 @@ EVALUATIONS.add(Evaluation("flops", "mlprune.runners.evaluations:evaluate_flops"
 EVALUATIONS.add(Evaluation("training", "mlprune.runners.evaluations:evaluate_training", "early stopping, iterations"))
 
 
-EVALUATIONS.add(Evaluation("compact", "mlprune.runners.evaluations:evaluate_compact",
-                           "structured states: the compact network's parameters, FLOPs, latency and speedup"))
+EVALUATIONS.add(
+    Evaluation(
+        "compact",
+        "mlprune.runners.evaluations:evaluate_compact",
+        "structured states: the compact network's parameters, FLOPs, latency and speedup",
+    )
+)
 
 
-def evaluate_state(workspace: Workspace, root: dict, data, tensors: Tensors, history: dict,
-                   steps: list = ()) -> tuple[dict, dict]:
+def evaluate_state(
+    workspace: Workspace, root: dict, data, tensors: Tensors, history: dict, steps: list = ()
+) -> tuple[dict, dict]:
     """(metrics, extra files) every network state gets: one entry of EVALUATIONS after another."""
     model = workspace.blank(root, data)
     model.load_state_dict(tensors.weights)

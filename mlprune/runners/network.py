@@ -29,7 +29,7 @@ from .context import NodeHooks, StepContext, Tensors
 from .evaluations import evaluate_state
 
 
-def with_removed_extras(ctx: "StepContext", weights: dict, masks: dict) -> dict:
+def with_removed_extras(ctx: StepContext, weights: dict, masks: dict) -> dict:
     """`weights` with the biases and BatchNorm entries of removed channels at exactly 0.0."""
     from ..pruning.structure import apply_extra_masks
 
@@ -68,8 +68,10 @@ def _kinds(ctx: StepContext) -> dict:
 
 def _finite(tensors: Tensors) -> None:
     if not all(bool(torch.isfinite(t).all()) for t in tensors.weights.values() if t.is_floating_point()):
-        raise SpecError("cannot prune a state whose weights are not finite (its training diverged): masks "
-                        "computed from NaN or inf weights mean nothing")
+        raise SpecError(
+            "cannot prune a state whose weights are not finite (its training diverged): masks "
+            "computed from NaN or inf weights mean nothing"
+        )
 
 
 def _masked(ctx: StepContext, tensors: Tensors, masks: dict) -> Tensors:
@@ -94,16 +96,24 @@ def run_prune(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
         from ..pruning.structure import prune_coupled
 
         effective = {n: tensors.weights[n] * tensors.masks[n] for n in tensors.masks}
-        values = _network_scores(ctx, effective, tensors.weights, options)(tensors.masks) if entry.scores_network \
-            else None
-        masks = prune_coupled(effective, tensors.masks, _kinds(ctx), options,
-                              ctx.workspace.channel_groups(ctx.root, ctx.data), generator=ctx.generator(options.get("seed")),
-                              values=values)
+        values = (
+            _network_scores(ctx, effective, tensors.weights, options)(tensors.masks) if entry.scores_network else None
+        )
+        masks = prune_coupled(
+            effective,
+            tensors.masks,
+            _kinds(ctx),
+            options,
+            ctx.workspace.channel_groups(ctx.root, ctx.data),
+            generator=ctx.generator(options.get("seed")),
+            values=values,
+        )
     else:
         effective = {n: tensors.weights[n] * tensors.masks[n] for n in tensors.masks}
         scores = _network_scores(ctx, effective, tensors.weights, options) if entry.scores_network else None
-        masks = prune_masks(effective, tensors.masks, _kinds(ctx), options, generator=ctx.generator(options.get("seed")),
-                            scores=scores)
+        masks = prune_masks(
+            effective, tensors.masks, _kinds(ctx), options, generator=ctx.generator(options.get("seed")), scores=scores
+        )
     return _masked(ctx, tensors, masks)
 
 
@@ -137,12 +147,20 @@ def run_reinit(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     fresh = None
     if entry.fresh_init:
         seed = options.get("seed")
-        fresh = ctx.workspace.build(ctx.root, ctx.data, seed=derived_seed(ctx.key, ctx.index) if seed is None
-                                    else seed).state_dict()
+        fresh = ctx.workspace.build(
+            ctx.root, ctx.data, seed=derived_seed(ctx.key, ctx.index) if seed is None else seed
+        ).state_dict()
     own = {name: options[name] for name in entry.options.names if name in options}
-    weights, masks = reinit_weights(options["strategy"], current=tensors.weights, source=source, fresh=fresh,
-                                    masks=tensors.masks, kinds=_kinds(ctx), generator=ctx.generator(options.get("seed")),
-                                    **own)
+    weights, masks = reinit_weights(
+        options["strategy"],
+        current=tensors.weights,
+        source=source,
+        fresh=fresh,
+        masks=tensors.masks,
+        kinds=_kinds(ctx),
+        generator=ctx.generator(options.get("seed")),
+        **own,
+    )
     return Tensors(with_removed_extras(ctx, weights, masks), masks)
 
 
@@ -152,12 +170,12 @@ class TrainJob:
     batched runner (`runners.siblings`) prepares one per sibling and trains them together."""
 
     model: torch.nn.Module
-    masks: dict            # the masks training enforces: the state's, plus removed channels' extras
-    kept: list             # the state's own mask names (what the state stores)
-    seed: int              # data order
-    checkpoints: dict      # iteration -> fn(model, history so far)
-    on_epoch: object       # fn(epoch, model, history): the claim's heartbeat
-    progress: object       # fn(epoch, epochs, mean train loss) or None
+    masks: dict  # the masks training enforces: the state's, plus removed channels' extras
+    kept: list  # the state's own mask names (what the state stores)
+    seed: int  # data order
+    checkpoints: dict  # iteration -> fn(model, history so far)
+    on_epoch: object  # fn(epoch, model, history): the claim's heartbeat
+    progress: object  # fn(epoch, epochs, mean train loss) or None
 
 
 def prepare_train(ctx: StepContext, tensors: Tensors, options: dict) -> TrainJob:
@@ -182,10 +200,12 @@ def prepare_train(ctx: StepContext, tensors: Tensors, options: dict) -> TrainJob
         def store_it(model_now, partial):
             so_far = {k: ctx.history.get(k, []) + list(v) for k, v in partial.items() if isinstance(v, list)}
             fn(model_now, so_far, {n: train_masks[n].to("cpu") for n in masks})  # gradual pruning changes them
+
         return store_it
 
-    checkpoints = ({parse_time(at).iterations(per_epoch): checkpoint(fn) for at, fn in ctx.emit.items()}
-                   if ctx.last else {})
+    checkpoints = (
+        {parse_time(at).iterations(per_epoch): checkpoint(fn) for at, fn in ctx.emit.items()} if ctx.last else {}
+    )
 
     def on_epoch(epoch, _model, _history):
         ctx.heartbeat()
@@ -217,8 +237,16 @@ def run_train(ctx: StepContext, tensors: Tensors, options: dict) -> Tensors:
     job = prepare_train(ctx, tensors, options)
     # resumable checkpoints (and the one this training resumes from); ctx.history is the node's so far
     resumable = ctx.checkpointing.training(ctx.index, ctx.history) if ctx.checkpointing is not None else None
-    history = train(job.model, job.masks, ctx.data, options, seed=job.seed, on=ctx.workspace.placement,
-                    calls=Callbacks(job.progress, job.on_epoch, job.checkpoints), resumable=resumable)
+    history = train(
+        job.model,
+        job.masks,
+        ctx.data,
+        options,
+        seed=job.seed,
+        on=ctx.workspace.placement,
+        calls=Callbacks(job.progress, job.on_epoch, job.checkpoints),
+        resumable=resumable,
+    )
     return finish_train(ctx, job, history)
 
 
@@ -233,8 +261,9 @@ def run_steps(ctx_base: dict, tensors: Tensors, steps: list) -> Tensors:
     return tensors
 
 
-def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data_dir: str | None,
-                 hooks: NodeHooks | None = None) -> "Computed":
+def compute_node(
+    node: dict, parent, inputs: dict, workspace: Workspace, *, data_dir: str | None, hooks: NodeHooks | None = None
+) -> Computed:
     """What to store for a plan node, computed from its loaded parent and inputs.
 
     `parent`: the parent's StoredState (None for a root); `hooks`: its heartbeat, the checkpoints
@@ -249,8 +278,18 @@ def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data
     root = node["root"] if node["root"] is not None else parent.spec["root"]
     data = workspace.data(root, data_dir)
     history: dict = {}
-    ctx_base = dict(key=node["key"], root=root, data=data, workspace=workspace, inputs=inputs, history=history,
-                    heartbeat=hooks.heartbeat, emit=hooks.emit, progress=hooks.progress, checkpointing=checkpointing)
+    ctx_base = dict(
+        key=node["key"],
+        root=root,
+        data=data,
+        workspace=workspace,
+        inputs=inputs,
+        history=history,
+        heartbeat=hooks.heartbeat,
+        emit=hooks.emit,
+        progress=hooks.progress,
+        checkpointing=checkpointing,
+    )
     steps = node["steps"]
     if steps and kind_of(steps[0])[0].produces == "analysis":
         kind, options = kind_of(steps[0])
@@ -262,17 +301,19 @@ def compute_node(node: dict, parent, inputs: dict, workspace: Workspace, *, data
         if node["root"].get("weights"):
             tensors = pretrained(node, tensors, ctx_base["workspace"], data)
     else:
-        tensors = Tensors({k: v.clone() for k, v in parent.weights.items()},
-                          {k: v.clone() for k, v in parent.masks.items()})
+        tensors = Tensors(
+            {k: v.clone() for k, v in parent.weights.items()}, {k: v.clone() for k, v in parent.masks.items()}
+        )
         tensors = run_steps(ctx_base, tensors, steps)
     metrics, files = evaluate_state(workspace, root, data, tensors, history, steps)
     metrics[names.M_DURATION] = time.perf_counter() - started
     if checkpointing is not None and checkpointing.trained:
         metrics[names.M_RESUMED_FROM_ITERATION] = checkpointing.resumed_from
-    masks_only = steps and all(kind_of(s)[0].masks_only for s in steps)   # the parent's weights, masked
+    masks_only = steps and all(kind_of(s)[0].masks_only for s in steps)  # the parent's weights, masked
     zeroed = shared_with_parent(tensors, parent) if masks_only else None
-    return Computed(tensors, metrics, history, parent.run_id if zeroed is not None else None, files,
-                    zeroed=zeroed or None)
+    return Computed(
+        tensors, metrics, history, parent.run_id if zeroed is not None else None, files, zeroed=zeroed or None
+    )
 
 
 def shared_with_parent(tensors: Tensors, parent) -> dict | None:
@@ -318,4 +359,4 @@ class Computed:
     history: dict
     weights_from: str | None
     files: dict
-    zeroed: dict | None = None   # a state sharing its parent's weights: entries the prune set to 0.0
+    zeroed: dict | None = None  # a state sharing its parent's weights: entries the prune set to 0.0

@@ -18,8 +18,8 @@ steps run together (`training.batched.train_batched`); each result is evaluated 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .. import names
 from ..spec.steps import TRAIN_SCHEMA, kind_of
@@ -35,11 +35,11 @@ class SiblingNode:
     """One state of a batch, as `compute_node` would get it."""
 
     node: dict
-    parent: object                  # the parent's StoredState
-    inputs: dict                    # role -> loaded StoredState
+    parent: object  # the parent's StoredState
+    inputs: dict  # role -> loaded StoredState
     data_dir: str | None
     heartbeat: Callable[[], None] = lambda: None
-    emit: dict = field(default_factory=dict)      # time -> fn(model, history, masks): checkpoints
+    emit: dict = field(default_factory=dict)  # time -> fn(model, history, masks): checkpoints
 
 
 @dataclass
@@ -60,19 +60,31 @@ def compute_siblings(siblings: list[SiblingNode], workspace, *, progress=None) -
         started = time.perf_counter()
         try:
             root = sibling.parent.spec["root"]
-            ctx_base = dict(key=sibling.node["key"], root=root, data=workspace.data(root, sibling.data_dir),
-                            workspace=workspace, inputs=sibling.inputs, history={}, heartbeat=sibling.heartbeat,
-                            emit=sibling.emit)
-            tensors = Tensors({k: v.clone() for k, v in sibling.parent.weights.items()},
-                              {k: v.clone() for k, v in sibling.parent.masks.items()})
+            ctx_base = dict(
+                key=sibling.node["key"],
+                root=root,
+                data=workspace.data(root, sibling.data_dir),
+                workspace=workspace,
+                inputs=sibling.inputs,
+                history={},
+                heartbeat=sibling.heartbeat,
+                emit=sibling.emit,
+            )
+            tensors = Tensors(
+                {k: v.clone() for k, v in sibling.parent.weights.items()},
+                {k: v.clone() for k, v in sibling.parent.masks.items()},
+            )
             steps = sibling.node["steps"]
             for position, step in enumerate(steps[:-1]):  # what runs before the training: per sibling
                 kind, options = kind_of(step)
                 tensors = kind.load()(StepContext(index=position, **ctx_base), tensors, options)
             ctx = StepContext(index=len(steps) - 1, last=True, **ctx_base)
-            options = kind_of(steps[-1])[1]   # the training (`executor.batching`: siblings end with one)
-            prepared.append(_Prepared(index, ctx, prepare_train(ctx, tensors, options), options, steps,
-                                      time.perf_counter() - started))
+            options = kind_of(steps[-1])[1]  # the training (`executor.batching`: siblings end with one)
+            prepared.append(
+                _Prepared(
+                    index, ctx, prepare_train(ctx, tensors, options), options, steps, time.perf_counter() - started
+                )
+            )
         except Exception as error:  # noqa: BLE001 -- that sibling's state fails, the others go on
             outcomes[index] = error
     if not prepared:
@@ -106,11 +118,19 @@ def _train(prepared: list[_Prepared], workspace, progress) -> list:
     try:
         if any(p.ctx.data is not data or not _same_training(p.options, first.options) for p in prepared):
             raise NotBatchable("the siblings' data or train options differ")
-        return train_batched([p.job.model for p in prepared], [p.job.masks for p in prepared], data, first.options,
-                             seeds=[p.job.seed for p in prepared], device=workspace.device,
-                             calls=Callbacks(report if progress is not None else None,
-                                             [p.job.on_epoch for p in prepared],
-                                             [p.job.checkpoints for p in prepared]))
+        return train_batched(
+            [p.job.model for p in prepared],
+            [p.job.masks for p in prepared],
+            data,
+            first.options,
+            seeds=[p.job.seed for p in prepared],
+            device=workspace.device,
+            calls=Callbacks(
+                report if progress is not None else None,
+                [p.job.on_epoch for p in prepared],
+                [p.job.checkpoints for p in prepared],
+            ),
+        )
     except NotBatchable as why:
         if progress is not None:
             progress(f"not batched ({why}): training {len(prepared)} siblings one after the other")
@@ -122,8 +142,15 @@ def _train_alone(item: _Prepared, workspace):
 
     job = item.job
     try:
-        return train(job.model, job.masks, item.ctx.data, item.options, seed=job.seed, on=workspace.placement,
-                     calls=Callbacks(job.progress, job.on_epoch, job.checkpoints))
+        return train(
+            job.model,
+            job.masks,
+            item.ctx.data,
+            item.options,
+            seed=job.seed,
+            on=workspace.placement,
+            calls=Callbacks(job.progress, job.on_epoch, job.checkpoints),
+        )
     except Exception as error:  # noqa: BLE001 -- that sibling's state fails, the others go on
         return error
 

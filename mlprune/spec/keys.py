@@ -32,12 +32,14 @@ def root_key(resolved_root: dict) -> str:
 
 def state_key(parent_key: str, steps: list, input_keys: dict[str, str]) -> str:
     """A child state's key from its parent's key, its resolved steps and its other inputs' keys."""
-    return content_key({
-        "semantics": SEMANTICS_VERSION,
-        "parent": parent_key,
-        "steps": steps,
-        "inputs": dict(sorted(input_keys.items())),
-    })
+    return content_key(
+        {
+            "semantics": SEMANTICS_VERSION,
+            "parent": parent_key,
+            "steps": steps,
+            "inputs": dict(sorted(input_keys.items())),
+        }
+    )
 
 
 def derived_seed(key: str, index: int) -> int:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import SpecError, choice_error, shown
 from .times import ALLOWED as TIME_ALLOWED
@@ -37,6 +38,7 @@ def any_value(value, name):
 
 def integer(minimum: int | None = None, maximum: int | None = None, *, nullable: bool = False):
     """An int (not a bool) in minimum..maximum, both included (None: unbounded)."""
+
     def check(value, name):
         if value is None and nullable:
             return None
@@ -47,9 +49,11 @@ def integer(minimum: int | None = None, maximum: int | None = None, *, nullable:
             ok = False
         if not ok:
             bounds = (f" >= {minimum}" if minimum is not None else "") + (
-                f" and <= {maximum}" if maximum is not None else "")
+                f" and <= {maximum}" if maximum is not None else ""
+            )
             raise SpecError(f"{name} must be an integer{bounds}{' or null' if nullable else ''}, got {shown(value)}")
         return int(value)
+
     if minimum is not None and maximum is not None:
         check.doc = f"int in {minimum}..{maximum}"
     else:
@@ -60,6 +64,7 @@ def integer(minimum: int | None = None, maximum: int | None = None, *, nullable:
 
 def number(minimum: float | None = None, *, positive: bool = False, below: float | None = None):
     """A finite number (kept as float): >= minimum, > 0 with positive, < below."""
+
     def check(value, name):
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         if ok and minimum is not None and value < minimum:
@@ -73,6 +78,7 @@ def number(minimum: float | None = None, *, positive: bool = False, below: float
             need += f" and < {below:g}" if below is not None else ""
             raise SpecError(f"{name} must be a finite number{need}, got {shown(value)}")
         return float(value)
+
     check.doc = "number" + (" > 0" if positive else (f" >= {minimum:g}" if minimum is not None else ""))
     return check
 
@@ -91,6 +97,7 @@ def choice(*allowed):
         if value not in allowed:
             raise choice_error(name, value, allowed)
         return value
+
     check.doc = " | ".join(map(str, allowed))
     return check
 
@@ -102,7 +109,7 @@ def time_value(value, name):
 time_value.doc = TIME_ALLOWED
 
 
-MAX_SEED = 2 ** 32 - 1  # torch's CPU generator keeps 32 bits of a seed: 0, 2^32 and 2^62 would be one seed
+MAX_SEED = 2**32 - 1  # torch's CPU generator keeps 32 bits of a seed: 0, 2^32 and 2^62 would be one seed
 
 
 def seed_value(value, name):
@@ -116,11 +123,13 @@ seed_value.doc = "int in [0, 2^32)"
 def text(validate=None, doc: str = "text"):
     """A string (anything given is read as its text, stripped); `validate(text, name)` may refuse or
     rewrite it (a one-line SpecError). For free-form values: SLURM words, paths, device names."""
+
     def check(value, name):
         if value is None or isinstance(value, (dict, list, tuple, set)):
             raise SpecError(f"{name} must be {doc}, got {shown(value)}")
         value = str(value).strip()
         return validate(value, name) if validate is not None else value
+
     check.doc = doc
     return check
 
@@ -134,6 +143,7 @@ def with_doc(check, doc: str):
 def optional(check):
     def inner(value, name):
         return None if value is None else check(value, name)
+
     inner.doc = f"{getattr(check, 'doc', 'value')} or null"
     return inner
 
@@ -144,17 +154,17 @@ class Option:
     default: Any = REQUIRED
     check: Callable[[Any, str], Any] = any_value
     help: str = ""
-    key: str = "always"               # "always" | "unless_default" | "never" (see module docs)
-    aliases: tuple[str, ...] = ()     # other spellings accepted in recipes and -o
-    key_name: str | None = None       # its name in the key material, when it differs (first-version names)
-    cli: bool = True                  # offered as an MLproject parameter / a command-line option
+    key: str = "always"  # "always" | "unless_default" | "never" (see module docs)
+    aliases: tuple[str, ...] = ()  # other spellings accepted in recipes and -o
+    key_name: str | None = None  # its name in the key material, when it differs (first-version names)
+    cli: bool = True  # offered as an MLproject parameter / a command-line option
     # spelled as text (command-line flags, MLproject parameters): see `parse_text`
-    parse: Callable[[str, str], Any] | None = None   # (text, flag) -> value; None: the text itself
-    metavar: str = ""                 # what --help shows for the value
-    flag_value: str | None = None     # the value of the bare flag (``--deterministic`` = "true")
-    steps: bool = True                # run options: also offered by ``mlprune step`` and the step entry points
-    api: bool = True                  # run options: a keyword argument of `api.Experiment`
-    param: bool = True                # run options: recorded on every state as the param ``run.<name>``
+    parse: Callable[[str, str], Any] | None = None  # (text, flag) -> value; None: the text itself
+    metavar: str = ""  # what --help shows for the value
+    flag_value: str | None = None  # the value of the bare flag (``--deterministic`` = "true")
+    steps: bool = True  # run options: also offered by ``mlprune step`` and the step entry points
+    api: bool = True  # run options: a keyword argument of `api.Experiment`
+    param: bool = True  # run options: recorded on every state as the param ``run.<name>``
     # what one family of options needs beyond these (a SLURM option's #SBATCH directive, ...), read by the
     # code of that family: meta={"sbatch": "--qos={}"} (no subclass, no second vocabulary)
     meta: dict = field(default_factory=dict, compare=False, hash=False)
@@ -188,7 +198,7 @@ class Option:
 class Schema:
     """The options of one step kind, in declaration order."""
 
-    what: str                       # e.g. "train option": used in error messages
+    what: str  # e.g. "train option": used in error messages
     options: tuple[Option, ...]
     by_name: dict = field(init=False, repr=False, compare=False)
 
@@ -244,7 +254,7 @@ class Schema:
             out[option.stored_as] = value
         return out
 
-    def with_options(self, *options: Option, after: str | None = None, what: str | None = None) -> "Schema":
+    def with_options(self, *options: Option, after: str | None = None, what: str | None = None) -> Schema:
         """This schema with `options`: one of an existing name replaces it where it is, a new one goes after
         the option named `after` (default: at the end)."""
         by_name = {o.name: o for o in options}
@@ -253,7 +263,7 @@ class Schema:
         return Schema(what or self.what, tuple(out[:at]) + tuple(by_name.values()) + tuple(out[at:]))
 
     @classmethod
-    def union(cls, what: str, schemas, *, first: tuple = (), last: tuple = ()) -> "Schema":
+    def union(cls, what: str, schemas, *, first: tuple = (), last: tuple = ()) -> Schema:
         """One schema of the options of `schemas` (each name once: the first declaration wins),
         `first` before them and `last` after."""
         seen, out = set(), []

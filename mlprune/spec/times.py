@@ -17,8 +17,10 @@ from .limits import MAX_EPOCHS, MAX_ITERATIONS
 
 _TEXT = re.compile(r"^\s*([0-9]+)\s*(ep|it)\s*$")
 MAX_AMOUNT = {"ep": MAX_EPOCHS, "it": MAX_ITERATIONS}
-ALLOWED = (f"an int (epochs) or a string '<N>ep' / '<N>it' (e.g. '160ep', '30000it'), at most {MAX_EPOCHS}ep "
-           f"or {MAX_ITERATIONS}it")
+ALLOWED = (
+    f"an int (epochs) or a string '<N>ep' / '<N>it' (e.g. '160ep', '30000it'), at most {MAX_EPOCHS}ep "
+    f"or {MAX_ITERATIONS}it"
+)
 
 
 @dataclass(frozen=True, order=True)

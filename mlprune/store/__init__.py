@@ -13,5 +13,16 @@ from .core import Record, Store, StoredState, open_experiment
 from .experiments import check_tracking, is_server, tracking_uri
 from .workflow import WorkflowRun
 
-__all__ = ["Record", "Store", "StoredState", "open_experiment", "WorkflowRun", "ClaimLost", "claim_timeout", "IntegrityError",
-           "check_tracking", "is_server", "tracking_uri"]
+__all__ = [
+    "Record",
+    "Store",
+    "StoredState",
+    "open_experiment",
+    "WorkflowRun",
+    "ClaimLost",
+    "claim_timeout",
+    "IntegrityError",
+    "check_tracking",
+    "is_server",
+    "tracking_uri",
+]

@@ -46,13 +46,29 @@ def tensors_from(content: bytes, *, run_id: str, name: str) -> dict:
     try:
         return load(content)
     except Exception as error:  # noqa: BLE001 - a truncated or foreign file: one line
-        raise IntegrityError(f"state {run_id}: {name} is not a readable safetensors file "
-                             f"({' '.join(str(error).split())[:120]})") from None
+        raise IntegrityError(
+            f"state {run_id}: {name} is not a readable safetensors file ({' '.join(str(error).split())[:120]})"
+        ) from None
 
 
 # bytes per element of the safetensors dtypes
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 MAX_HEADER_BYTES = 100 << 20
 
 
@@ -66,6 +82,7 @@ class Tensor(tuple):
 def tensor_layout(content: bytes, *, run_id: str, name: str) -> tuple[dict[str, Tensor], dict]:
     """({tensor: Tensor}, metadata) of a safetensors file, its header checked (offsets inside the file, sizes
     that fit dtype and shape); an IntegrityError naming the run and file otherwise. No torch."""
+
     def broken(why: str) -> IntegrityError:
         return IntegrityError(f"state {run_id}: {name} is not a readable safetensors file ({why})")
 
@@ -75,7 +92,7 @@ def tensor_layout(content: bytes, *, run_id: str, name: str) -> tuple[dict[str, 
     if size > min(MAX_HEADER_BYTES, len(content) - 8):
         raise broken("its header is longer than the file")
     try:
-        header = json.loads(content[8:8 + size])
+        header = json.loads(content[8 : 8 + size])
     except (ValueError, UnicodeDecodeError):
         raise broken("its header is not JSON") from None
     if not isinstance(header, dict):
@@ -88,8 +105,14 @@ def tensor_layout(content: bytes, *, run_id: str, name: str) -> tuple[dict[str, 
             count = 1
             for dim in shape:
                 count *= dim if isinstance(dim, int) and dim >= 0 else -1
-            ok = (dtype in DTYPE_BYTES and count >= 0 and isinstance(start, int) and isinstance(end, int)
-                  and 0 <= start <= end <= len(content) - data and end - start == count * DTYPE_BYTES[dtype])
+            ok = (
+                dtype in DTYPE_BYTES
+                and count >= 0
+                and isinstance(start, int)
+                and isinstance(end, int)
+                and 0 <= start <= end <= len(content) - data
+                and end - start == count * DTYPE_BYTES[dtype]
+            )
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
@@ -105,7 +128,7 @@ def check_masks(run_id: str, content: bytes, masks: dict[str, Tensor], *, all_ke
     for tensor, entry in masks.items():
         if entry.dtype != "BOOL":
             raise IntegrityError(f"state {run_id}: mask {tensor!r} is {entry.dtype}, not bool")
-        values = content[entry[2]:entry[3]]
+        values = content[entry[2] : entry[3]]
         if values.translate(None, b"\x00\x01"):
             raise IntegrityError(f"state {run_id}: mask {tensor!r} holds values other than true (1) and false (0)")
         ones = values.count(1)
@@ -122,16 +145,20 @@ def check_root_layout(run_id: str, weights: dict[str, Tensor], masks: dict[str, 
     for tensor, entry in weights.items():
         allowed = ("I64",) if tensor.rsplit(".", 1)[-1] == "num_batches_tracked" else ("F32",)
         if entry.dtype not in allowed:
-            raise IntegrityError(f"state {run_id}: weights tensor {tensor!r} is {entry.dtype}, not "
-                                 f"{'int64' if allowed == ('I64',) else 'float32'}")
+            raise IntegrityError(
+                f"state {run_id}: weights tensor {tensor!r} is {entry.dtype}, not "
+                f"{'int64' if allowed == ('I64',) else 'float32'}"
+            )
     for tensor, entry in masks.items():
         if tensor not in weights or weights[tensor].shape != entry.shape:
             raise IntegrityError(f"state {run_id}: mask {tensor!r} does not fit its weights")
 
 
-def check_layout(run_id: str, what: str, tensors: dict[str, Tensor], reference: dict[str, Tensor],
-                 root_run: str) -> None:
+def check_layout(
+    run_id: str, what: str, tensors: dict[str, Tensor], reference: dict[str, Tensor], root_run: str
+) -> None:
     """`tensors` (a state's weights or masks) are exactly the root's: the same names, dtypes and shapes."""
+
     def differs(why: str) -> IntegrityError:
         return IntegrityError(f"state {run_id}: {why} (its architecture: root state {root_run[:8]})")
 
@@ -143,12 +170,15 @@ def check_layout(run_id: str, what: str, tensors: dict[str, Tensor], reference: 
             raise differs(f"{what} lacks {tensor!r}")
         mine = tensors[tensor]
         if mine.dtype != entry.dtype or mine.shape != entry.shape:
-            raise differs(f"{what} tensor {tensor!r} is {mine.dtype} {list(mine.shape)}, the architecture's is "
-                          f"{entry.dtype} {list(entry.shape)}")
+            raise differs(
+                f"{what} tensor {tensor!r} is {mine.dtype} {list(mine.shape)}, the architecture's is "
+                f"{entry.dtype} {list(entry.shape)}"
+            )
 
 
-def state_files(spec: dict, masks: dict | None, weights: dict | None,
-                extra: dict[str, bytes] | None = None) -> dict[str, bytes]:
+def state_files(
+    spec: dict, masks: dict | None, weights: dict | None, extra: dict[str, bytes] | None = None
+) -> dict[str, bytes]:
     """The files of a state: masks, weights (unless it references its parent's, or it is an analysis),
     extra files (an analysis's results, predictions...), state.json.
 
@@ -174,8 +204,9 @@ def verify_file(run_id: str, name: str, content: bytes, tags: dict, spec: dict |
     in_spec = (spec or {}).get("files", {}).get(name)
     for where, expected in (("tag", recorded), (STATE_FILE, in_spec)):
         if expected is not None and expected != digest:
-            raise IntegrityError(f"state {run_id}: {name} does not match its recorded SHA-256 ({where}): "
-                                 f"the file was changed or damaged")
+            raise IntegrityError(
+                f"state {run_id}: {name} does not match its recorded SHA-256 ({where}): the file was changed or damaged"
+            )
 
 
 def local_path(uri: str) -> Path | None:

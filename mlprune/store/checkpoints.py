@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..names import CHECKPOINTS_DIR, M_CHECKPOINT_ITERATION, TAG_CHECKPOINTS
 from . import artifacts
@@ -44,9 +44,15 @@ def records(tags: dict) -> list[dict]:
     if text is None:
         return []
     try:
-        found = [{"label": f"{int(r['step'])}-{int(r['iteration'])}", "step": int(r["step"]),
-                  "iteration": int(r["iteration"]), "files": {str(k): str(v) for k, v in dict(r["files"]).items()}}
-                 for r in json.loads(text)]
+        found = [
+            {
+                "label": f"{int(r['step'])}-{int(r['iteration'])}",
+                "step": int(r["step"]),
+                "iteration": int(r["iteration"]),
+                "files": {str(k): str(v) for k, v in dict(r["files"]).items()},
+            }
+            for r in json.loads(text)
+        ]
     except (ValueError, KeyError, TypeError):
         raise UnreadableRecord(f"its commit record {TAG_CHECKPOINTS} is not readable") from None
     return sorted(found, key=lambda r: (r["step"], r["iteration"]))
@@ -66,15 +72,19 @@ class RunCheckpoints:
 
         folder = f"{CHECKPOINTS_DIR}/{label}"
         self.store.write_files(self.run_id, {f"{folder}/{name}": content for name, content in files.items()})
-        record = {"step": step, "iteration": iteration,
-                  "files": {name: artifacts.sha256(content) for name, content in files.items()}}
+        record = {
+            "step": step,
+            "iteration": iteration,
+            "files": {name: artifacts.sha256(content) for name, content in files.items()},
+        }
         previous = [r for r in self.kept if (r["step"], r["iteration"]) != (step, iteration)]
         cut = max(0, len(previous) - (KEEP - 1))
         dropped, kept = previous[:cut], previous[cut:] + [record]
         self.store.client.log_batch(
-            self.run_id, metrics=[Metric(M_CHECKPOINT_ITERATION, float(iteration), int(time.time() * 1000),
-                                         int(iteration))],
-            tags=[RunTag(TAG_CHECKPOINTS, json.dumps(kept, sort_keys=True))])
+            self.run_id,
+            metrics=[Metric(M_CHECKPOINT_ITERATION, float(iteration), int(time.time() * 1000), int(iteration))],
+            tags=[RunTag(TAG_CHECKPOINTS, json.dumps(kept, sort_keys=True))],
+        )
         self.kept = kept
         for old in dropped:
             _delete_files(self.store, self.run_id, f"{CHECKPOINTS_DIR}/{old['step']}-{old['iteration']}")
@@ -109,8 +119,7 @@ def resumable(store, key: str, run_id: str) -> bool:
     alone, from its checkpoint."""
     seen = store.claims.others.get(run_id)
     runs = seen if seen is not None else store.key_runs(key)
-    return any(r.info.status != "FINISHED" and r.info.run_id != run_id and TAG_CHECKPOINTS in r.data.tags
-               for r in runs)
+    return any(r.info.status != "FINISHED" and r.info.run_id != run_id and TAG_CHECKPOINTS in r.data.tags for r in runs)
 
 
 def discard_others(store, key: str, keep_run: str) -> int:
@@ -141,8 +150,9 @@ def read(store, run, record: dict) -> dict[str, bytes]:
     return files
 
 
-def newest_valid(store, key: str, exclude: str | None, parse: Callable[[dict], object],
-                 warn: Callable[[str], None] | None = None):
+def newest_valid(
+    store, key: str, exclude: str | None, parse: Callable[[dict], object], warn: Callable[[str], None] | None = None
+):
     """(run id, parsed checkpoint) of the newest checkpoint of `key` that reads back, among the key's
     runs that are not FINISHED (except `exclude`, our own claim); None if there is none.
 
@@ -162,6 +172,8 @@ def newest_valid(store, key: str, exclude: str | None, parse: Callable[[dict], o
         try:
             return run.info.run_id, parse(read(store, run, record))
         except Exception as error:  # noqa: BLE001 - any damage: that checkpoint is not used, never loaded
-            warn(f"checkpoint of run {run.info.run_id[:8]} at iteration {record['iteration']} "
-                 f"(step {record['step']}) is not used: {' '.join(str(error).split())[:200]}")
+            warn(
+                f"checkpoint of run {run.info.run_id[:8]} at iteration {record['iteration']} "
+                f"(step {record['step']}) is not used: {' '.join(str(error).split())[:200]}"
+            )
     return None

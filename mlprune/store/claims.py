@@ -24,8 +24,8 @@ import os
 import threading
 import time
 
-from ..spec.limits import env_number
 from ..names import ENV_CLAIM_TIMEOUT, TAG_CLAIM_HOST, TAG_CLAIM_PID, TAG_ERROR, TAG_HEARTBEAT, TAG_WORKFLOW
+from ..spec.limits import env_number
 from ..training.interrupt import interrupted, stop_requested
 
 DEFAULT_CLAIM_TIMEOUT_S = 60.0
@@ -37,8 +37,9 @@ class ClaimLost(RuntimeError):
 
 def claim_timeout() -> float:
     """Seconds without a heartbeat after which a RUNNING claim counts as dead (MLPRUNE_CLAIM_TIMEOUT)."""
-    return env_number(ENV_CLAIM_TIMEOUT, DEFAULT_CLAIM_TIMEOUT_S, lambda value: 0 < value < math.inf,
-                      "a number of seconds > 0")
+    return env_number(
+        ENV_CLAIM_TIMEOUT, DEFAULT_CLAIM_TIMEOUT_S, lambda value: 0 < value < math.inf, "a number of seconds > 0"
+    )
 
 
 def process_host() -> str:
@@ -91,8 +92,12 @@ def process_gone(tags: dict) -> str | None:
     """Why the process a run's host/pid tags name is known to be dead (it ran on this host and its pid
     is gone), else None: a process elsewhere, or alive, or a run without those tags."""
     pid = tags.get(TAG_CLAIM_PID, "")
-    if tags.get(TAG_CLAIM_HOST) == process_host() and pid.isdigit() and int(pid) != os.getpid() \
-            and not _pid_alive(int(pid)):
+    if (
+        tags.get(TAG_CLAIM_HOST) == process_host()
+        and pid.isdigit()
+        and int(pid) != os.getpid()
+        and not _pid_alive(int(pid))
+    ):
         return f"its process {pid} on this host is gone"
     return None
 
@@ -105,7 +110,7 @@ class KeepAlive:
     `Claims.heartbeat` (once per epoch) and `Claims.settle` then raise ClaimLost.
     """
 
-    def __init__(self, claims: "Claims", run_id: str, key: str, timeout: float):
+    def __init__(self, claims: Claims, run_id: str, key: str, timeout: float):
         self.claims, self.run_id, self.key, self.timeout = claims, run_id, key, timeout
         self.interval = max(0.2, min(10.0, timeout / 4))
         self._stop = threading.Event()
@@ -145,11 +150,11 @@ class Claims:
 
     def __init__(self, store):
         self.store = store
-        self.lost: dict[str, str] = {}      # run id -> why our claim on it was lost (see KeepAlive)
-        self.beats: dict[str, float] = {}   # run id -> time of the last heartbeat written
-        self.computed: set[str] = set()     # states this process computed and finished
-        self.claimed: set[str] = set()      # keys this process has claimed (it may hold their state)
-        self.others: dict[str, list] = {}   # our newest claim's run id -> the key's unfinished runs seen then
+        self.lost: dict[str, str] = {}  # run id -> why our claim on it was lost (see KeepAlive)
+        self.beats: dict[str, float] = {}  # run id -> time of the last heartbeat written
+        self.computed: set[str] = set()  # states this process computed and finished
+        self.claimed: set[str] = set()  # keys this process has claimed (it may hold their state)
+        self.others: dict[str, list] = {}  # our newest claim's run id -> the key's unfinished runs seen then
 
     # ---- searching ---------------------------------------------------------------------------
     def find_claims(self, key: str) -> list:
@@ -194,8 +199,9 @@ class Claims:
         self.store.fail(run_id, reason)
 
     # ---- claiming ------------------------------------------------------------------------------
-    def claim(self, key: str, create, *, timeout: float | None = None, progress=None,
-              parent_run_id: str | None = None) -> tuple[str, bool]:
+    def claim(
+        self, key: str, create, *, timeout: float | None = None, progress=None, parent_run_id: str | None = None
+    ) -> tuple[str, bool]:
         """Claim `key` before computing its state: (run id, True) if we hold the claim, a new RUNNING
         run made by `create()`; (run id, False) for the FINISHED state another process computed.
 

@@ -23,17 +23,29 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..version import __version__
 from ..errors import SpecError
-from ..names import (MASKS_FILE, STATE_FILE, TAG_ERROR, TAG_INVALID, TAG_KEY, TAG_KIND, TAG_PARENT_PREFIX,
-                     TAG_PARENT_RUN, TAG_ROOT, TAG_VERSION, TAG_WORKFLOW, WEIGHTS_FILE)
+from ..names import (
+    MASKS_FILE,
+    STATE_FILE,
+    TAG_ERROR,
+    TAG_INVALID,
+    TAG_KEY,
+    TAG_KIND,
+    TAG_PARENT_PREFIX,
+    TAG_PARENT_RUN,
+    TAG_ROOT,
+    TAG_VERSION,
+    TAG_WORKFLOW,
+    WEIGHTS_FILE,
+)
+from ..version import __version__
 from . import artifacts
 from .artifacts import IntegrityError
 from .claims import Claims, claim_tags
 from .experiments import check_sqlite_file, one_line, open_client, read_only, sqlite_path, unknown_experiment
-from .lookups import Lookups
 from .experiments import experiment_id as resolve_experiment_id
 from .experiments import tracking_uri as default_tracking_uri
+from .lookups import Lookups
 from .sqlview import SqliteView
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -80,8 +92,15 @@ class Store(Lookups):
     ``create=False``: read-only use; a missing experiment is a one-line error, never created.
     """
 
-    def __init__(self, experiment: str | None = None, *, tracking_uri: str | None = None,
-                 experiment_id: str | None = None, cache_size: int = 16, create: bool = True):
+    def __init__(
+        self,
+        experiment: str | None = None,
+        *,
+        tracking_uri: str | None = None,
+        experiment_id: str | None = None,
+        cache_size: int = 16,
+        create: bool = True,
+    ):
         self.tracking_uri = default_tracking_uri(tracking_uri)
         self._client = None
         self._client_lock = threading.Lock()
@@ -99,8 +118,8 @@ class Store(Lookups):
         self.claims = Claims(self)
         self._cache: OrderedDict[str, StoredState] = OrderedDict()
         self._cache_size = cache_size
-        self._specs: dict[str, dict] = {}     # verified specs of FINISHED states: they never change
-        self._runs: dict[str, object] = {}    # FINISHED runs seen by a look-up: their info never changes
+        self._specs: dict[str, dict] = {}  # verified specs of FINISHED states: they never change
+        self._runs: dict[str, object] = {}  # FINISHED runs seen by a look-up: their info never changes
         self._created: dict[str, tuple[str, dict]] = {}  # run id -> (artifact URI, tags) of runs we created
         self._layouts: dict[str, tuple | None] = {}  # root run id -> its (weights, masks) layout, None if broken
         self._lock = threading.Lock()
@@ -127,8 +146,9 @@ class Store(Lookups):
         if not self._view_final:
             self._view = SqliteView.open(self.tracking_uri)
             # no view yet of a store MLflow has not created (or migrated) yet: asked again later
-            self._view_final = self._view is not None or self._client is not None \
-                or sqlite_path(self.tracking_uri) is None
+            self._view_final = (
+                self._view is not None or self._client is not None or sqlite_path(self.tracking_uri) is None
+            )
         return self._view
 
     # ---- experiments -----------------------------------------------------------------------
@@ -141,8 +161,9 @@ class Store(Lookups):
                 self._experiment_id = found
                 return found
             try:
-                self._experiment_id = resolve_experiment_id(self.client, self.tracking_uri, self._experiment,
-                                                            create=self._create)
+                self._experiment_id = resolve_experiment_id(
+                    self.client, self.tracking_uri, self._experiment, create=self._create
+                )
             except SpecError:
                 raise
             except Exception as error:  # noqa: BLE001 - any store failure is one line for the user
@@ -170,8 +191,18 @@ class Store(Lookups):
         return found.name if found is not None else self.client.get_experiment(self.experiment_id).name
 
     # ---- writing ----------------------------------------------------------------------------
-    def create(self, *, key: str, kind: str, name: str, parent_run_id: str | None, root_run_id: str | None,
-               extra_parents: dict[str, str], workflow: str | None = None, tags: dict | None = None) -> str:
+    def create(
+        self,
+        *,
+        key: str,
+        kind: str,
+        name: str,
+        parent_run_id: str | None,
+        root_run_id: str | None,
+        extra_parents: dict[str, str],
+        workflow: str | None = None,
+        tags: dict | None = None,
+    ) -> str:
         """Create the RUNNING run that will hold a state (its claim)."""
         all_tags = {TAG_KEY: key, TAG_KIND: kind, TAG_VERSION: __version__, **claim_tags(), **(tags or {})}
         if parent_run_id:
@@ -200,7 +231,7 @@ class Store(Lookups):
             room = 1000
             batch_params, params = params[:100], params[100:]
             room -= len(batch_params)
-            batch_tags, tags = tags[:min(100, room)], tags[min(100, room):]
+            batch_tags, tags = tags[: min(100, room)], tags[min(100, room) :]
             room -= len(batch_tags)
             batch_metrics, metrics = metrics[:room], metrics[room:]
             self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
@@ -212,8 +243,9 @@ class Store(Lookups):
 
         created = self._created.get(run_id)
         uri = created[0] if created else self.run(run_id).info.artifact_uri
-        return get_artifact_repository(add_databricks_profile_info_to_artifact_uri(uri, self.tracking_uri),
-                                       tracking_uri=self.tracking_uri)
+        return get_artifact_repository(
+            add_databricks_profile_info_to_artifact_uri(uri, self.tracking_uri), tracking_uri=self.tracking_uri
+        )
 
     def write_files(self, run_id: str, files: dict[str, bytes | str]) -> None:
         """Write artifact files (``{relative path: content}``) of a run; a one-line SpecError if it cannot."""
@@ -221,8 +253,9 @@ class Store(Lookups):
             self._write_files(run_id, files)
         except OSError as error:
             where = getattr(error, "filename", None) or self._created.get(run_id, ("?",))[0]
-            raise SpecError(f"cannot write the artifacts of run {run_id} to {where}: "
-                            f"{error.strerror or one_line(error)}") from None
+            raise SpecError(
+                f"cannot write the artifacts of run {run_id} to {where}: {error.strerror or one_line(error)}"
+            ) from None
 
     def _write_files(self, run_id: str, files: dict[str, bytes | str]) -> None:
         created = self._created.get(run_id)
@@ -247,8 +280,16 @@ class Store(Lookups):
         """Delete a run's artifact file or folder (recursively); stores that cannot delete keep it."""
         self._artifact_repo(run_id).delete_artifacts(path)
 
-    def finish(self, run_id: str, *, spec: dict, masks: dict, weights: dict | None, record: Record,
-               extra_files: dict[str, bytes] | None = None) -> str:
+    def finish(
+        self,
+        run_id: str,
+        *,
+        spec: dict,
+        masks: dict,
+        weights: dict | None,
+        record: Record,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> str:
         """Write a state's artifacts, then its params, metrics and tags, then mark its run FINISHED;
         returns the run id of the key's FINISHED state: ours, or another run's that finished first
         (ours is then KILLED; ClaimLost if our claim was taken over).
@@ -380,8 +421,10 @@ class Store(Lookups):
         key = run.data.tags.get(TAG_KEY)
         recomputed = recomputed_key(spec)
         if spec.get("key") != key or (recomputed is not None and recomputed != key):
-            raise IntegrityError(f"state {run_id}: its key tag {key} does not match the key its state.json "
-                                 f"determines ({recomputed or spec.get('key')})")
+            raise IntegrityError(
+                f"state {run_id}: its key tag {key} does not match the key its state.json "
+                f"determines ({recomputed or spec.get('key')})"
+            )
         with self._lock:
             self._specs[run_id] = spec
         return spec
@@ -441,8 +484,7 @@ class Store(Lookups):
             try:
                 self.verify(spec["weights_from"], verified)
             except SpecError as error:
-                raise IntegrityError(f"state {run_id}: the state whose weights it shares is broken ({error})") \
-                    from None
+                raise IntegrityError(f"state {run_id}: the state whose weights it shares is broken ({error})") from None
         if verified is not None:
             verified.add(run_id)
 
@@ -450,8 +492,11 @@ class Store(Lookups):
         """The contents of a state's tensor files (`artifacts.check_masks`, `check_layout`): an IntegrityError
         naming the run and tensor unless its masks are bool masks and its tensors are its root's."""
         masks = artifacts.tensor_layout(contents[MASKS_FILE], run_id=run_id, name=MASKS_FILE)[0]
-        weights = (artifacts.tensor_layout(contents[WEIGHTS_FILE], run_id=run_id, name=WEIGHTS_FILE)[0]
-                   if WEIGHTS_FILE in contents else None)
+        weights = (
+            artifacts.tensor_layout(contents[WEIGHTS_FILE], run_id=run_id, name=WEIGHTS_FILE)[0]
+            if WEIGHTS_FILE in contents
+            else None
+        )
         is_root = not spec.get("parent_key")
         artifacts.check_masks(run_id, contents[MASKS_FILE], masks, all_kept=is_root)
         if is_root:
@@ -479,8 +524,9 @@ class Store(Lookups):
             run = self.state_run(root_run)
             if spec.get("parent_key"):
                 raise SpecError("not a root")
-            self._check_tensors(root_run, spec, {name: self._state_file(run, name, spec)
-                                                 for name in (MASKS_FILE, WEIGHTS_FILE)})
+            self._check_tensors(
+                root_run, spec, {name: self._state_file(run, name, spec) for name in (MASKS_FILE, WEIGHTS_FILE)}
+            )
         except SpecError:
             with self._lock:
                 self._layouts[root_run] = None
@@ -527,8 +573,9 @@ def open_experiment(ref: str, *, tracking_uri: str | None = None) -> Store:
     probe = Store(tracking_uri=tracking_uri, create=False)
     view = probe.view
     if view is not None:
-        found = view.experiment(name=str(ref)) or (view.experiment(experiment_id=str(ref))
-                                                   if str(ref).isdigit() else None)
+        found = view.experiment(name=str(ref)) or (
+            view.experiment(experiment_id=str(ref)) if str(ref).isdigit() else None
+        )
         if found is not None and found.lifecycle_stage == "active":
             return Store(found.name, tracking_uri=probe.tracking_uri, experiment_id=found.experiment_id, create=False)
         raise unknown_experiment(ref, probe.tracking_uri, [e.name for e in view.experiments()])

@@ -58,8 +58,10 @@ def _mlruns_file_store() -> bool:
     """Does ./mlruns hold a file store's experiments (a digit folder with meta.yaml), as MLflow checks?"""
     try:
         with os.scandir("mlruns") as entries:
-            return any(entry.is_dir() and entry.name.isdigit() and os.path.lexists(os.path.join(entry.path, "meta.yaml"))
-                       for entry in entries)
+            return any(
+                entry.is_dir() and entry.name.isdigit() and os.path.lexists(os.path.join(entry.path, "meta.yaml"))
+                for entry in entries
+            )
     except OSError:
         return False
 
@@ -68,13 +70,15 @@ def absolute_uri(uri: str) -> str:
     """sqlite:///relative.db -> sqlite:////abs/relative.db, a bare path -> an absolute path; a one-line
     SpecError for a URI that does not parse (``http://[::1``)."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
     try:
         parsed = urlparse(uri)
         parsed.port  # noqa: B018 - a port that is not a number in 0..65535 raises only when read
     except ValueError as error:
-        raise SpecError(f"tracking URI {uri[:200]!r} is not a valid URI ({error}); allowed: a path, sqlite:///<path>, "
-                        f"http(s)://<host>[:<port>], postgresql://... (MLFLOW_TRACKING_URI)") from None
+        raise SpecError(
+            f"tracking URI {uri[:200]!r} is not a valid URI ({error}); allowed: a path, sqlite:///<path>, "
+            f"http(s)://<host>[:<port>], postgresql://... (MLFLOW_TRACKING_URI)"
+        ) from None
     if parsed.scheme == "" and uri:
         return os.path.abspath(uri)
     return uri
@@ -87,7 +91,7 @@ def is_server(uri: str) -> bool:
 def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///"):]
+    path = uri[len("sqlite:///") :]
     return None if path in ("", ":memory:") else Path(path)
 
 
@@ -108,14 +112,16 @@ def check_tracking(uri: str) -> None:
         with urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S) as response:
             body = response.read(64)
     except urllib.error.HTTPError as error:
-        raise SpecError(f"the server at {uri} does not answer as an MLflow tracking server "
-                        f"(HTTP {error.code} on /health)") from None
+        raise SpecError(
+            f"the server at {uri} does not answer as an MLflow tracking server (HTTP {error.code} on /health)"
+        ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise SpecError(f"cannot reach the tracking server at {uri}: {reason}") from None
     if body.strip() != b"OK":
-        raise SpecError(f"the server at {uri} does not answer as an MLflow tracking server "
-                        f"(/health said {body[:20]!r})")
+        raise SpecError(
+            f"the server at {uri} does not answer as an MLflow tracking server (/health said {body[:20]!r})"
+        )
 
 
 def read_only(path: Path) -> bool:
@@ -130,8 +136,10 @@ def read_only(path: Path) -> bool:
 
 
 def read_only_error(path: Path) -> SpecError:
-    return SpecError(f"the tracking store {path} is read-only (its filesystem or its file): this needs to write to "
-                     f"it; reading works as it is (tree, show, verify, export, compare, a fully cached run)")
+    return SpecError(
+        f"the tracking store {path} is read-only (its filesystem or its file): this needs to write to "
+        f"it; reading works as it is (tree, show, verify, export, compare, a fully cached run)"
+    )
 
 
 @contextlib.contextmanager
@@ -165,8 +173,10 @@ def check_sqlite_file(path: Path) -> None:
             raise SpecError(f"the tracking store {path} is a directory, not a sqlite database")
         size = path.stat().st_size
         if size == 0:
-            raise SpecError(f"the tracking store {path} is an empty file (0 bytes): not a database; "
-                            f"move it away to start a new store")
+            raise SpecError(
+                f"the tracking store {path} is an empty file (0 bytes): not a database; "
+                f"move it away to start a new store"
+            )
         # asked through sqlite, never with open()/close() on the file: closing any descriptor of a file
         # drops every POSIX lock this process holds on it, and a sqlite connection of this process in WAL
         # mode holds one for its lifetime; without it another process may checkpoint and delete the WAL
@@ -181,16 +191,23 @@ def check_sqlite_file(path: Path) -> None:
                 probe.close()
         except sqlite3.DatabaseError as error:
             if "not a database" in str(error) or "malformed" in str(error):
-                raise SpecError(f"the tracking store {path} is not a sqlite database (damaged or another "
-                                f"file)") from None
+                raise SpecError(
+                    f"the tracking store {path} is not a sqlite database (damaged or another file)"
+                ) from None
             # anything else (busy, locked) is for MLflow's own connection to meet and report
     elif not os.access(path.parent, os.W_OK):
         raise SpecError(f"cannot create the tracking store {path}: {path.parent} is not writable")
 
 
 # database driver modules and the packages that install them
-_DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql", "MySQLdb": "mysqlclient",
-            "pymssql": "pymssql", "pyodbc": "pyodbc"}
+_DRIVERS = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pymysql": "pymysql",
+    "MySQLdb": "mysqlclient",
+    "pymssql": "pymssql",
+    "pyodbc": "pyodbc",
+}
 
 
 def _driver_package(module: str | None) -> str:
@@ -210,8 +227,10 @@ def open_client(uri: str):
             client._tracking_client.store  # noqa: B018
         except ModuleNotFoundError as error:
             package = _driver_package(error.name)
-            raise SpecError(f"the tracking store {urlparse(uri).scheme}://... needs its database driver, the Python "
-                            f"package {package}, which is not installed: pip install '{package}'") from None
+            raise SpecError(
+                f"the tracking store {urlparse(uri).scheme}://... needs its database driver, the Python "
+                f"package {package}, which is not installed: pip install '{package}'"
+            ) from None
         return client
     check_sqlite_file(path)
     if path.exists() and read_only(path):  # MLflow opens its stores for writing
@@ -326,8 +345,9 @@ def ensure_key_index(path: Path) -> None:
 
     try:
         with contextlib.closing(sqlite3.connect(str(path), timeout=30)) as connection:
-            known = connection.execute("SELECT name FROM sqlite_master WHERE name IN ('tags', ?)",
-                                       (KEY_INDEX,)).fetchall()
+            known = connection.execute(
+                "SELECT name FROM sqlite_master WHERE name IN ('tags', ?)", (KEY_INDEX,)
+            ).fetchall()
             if {row[0] for row in known} == {"tags"}:
                 connection.execute(KEY_INDEX_SQL)
                 connection.commit()
@@ -380,16 +400,20 @@ def resolve_experiment_name(name: str | None = None) -> str | None:
     given = os.environ.get("MLFLOW_EXPERIMENT_ID")
     if given not in (None, "", "0"):
         if not (given.isascii() and given.isdigit() and len(given) <= 18):
-            raise SpecError(f"MLFLOW_EXPERIMENT_ID must be an experiment id (digits, as `mlflow experiments "
-                            f"search` lists them), got {given!r}")
+            raise SpecError(
+                f"MLFLOW_EXPERIMENT_ID must be an experiment id (digits, as `mlflow experiments "
+                f"search` lists them), got {given!r}"
+            )
         return None
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
 def _check_name(name: str) -> str:
     if not name.strip() or len(name) > MAX_EXPERIMENT_NAME or any(ord(c) < 32 for c in name):
-        raise SpecError(f"experiment name {name[:60]!r}{'...' if len(name) > 60 else ''} is not valid; "
-                        f"allowed: 1 to {MAX_EXPERIMENT_NAME} printable characters")
+        raise SpecError(
+            f"experiment name {name[:60]!r}{'...' if len(name) > 60 else ''} is not valid; "
+            f"allowed: 1 to {MAX_EXPERIMENT_NAME} printable characters"
+        )
     return name
 
 
@@ -399,8 +423,9 @@ def unknown_experiment(ref, uri: str, names: list[str]) -> SpecError:
 
     close = difflib.get_close_matches(str(ref), names, n=1, cutoff=0.6)
     meant = f"; did you mean {close[0]!r}?" if close else ""
-    return SpecError(f"no experiment {ref!r} in the tracking store {uri}{meant} experiments: "
-                     f"{', '.join(names[:50]) or 'none'}")
+    return SpecError(
+        f"no experiment {ref!r} in the tracking store {uri}{meant} experiments: {', '.join(names[:50]) or 'none'}"
+    )
 
 
 def experiment_id(client, uri: str, name: str | None, *, create: bool = True) -> str:
@@ -414,8 +439,10 @@ def experiment_id(client, uri: str, name: str | None, *, create: bool = True) ->
     found = client.get_experiment_by_name(resolved)
     if found is not None:
         if found.lifecycle_stage != "active":
-            raise SpecError(f"experiment {resolved!r} is deleted in the tracking store {uri}; restore it "
-                            f"(mlflow experiments restore) or choose another name")
+            raise SpecError(
+                f"experiment {resolved!r} is deleted in the tracking store {uri}; restore it "
+                f"(mlflow experiments restore) or choose another name"
+            )
         return found.experiment_id
     if not create:
         raise unknown_experiment(resolved, uri, [e.name for e in client.search_experiments(max_results=1000)])

@@ -22,9 +22,14 @@ class Lookups:
         out, token = [], None
         ids = experiment_ids or [self.experiment_id]
         while True:
-            page = self.client.search_runs(ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
-                                           max_results=min(max_results, 50000), order_by=["attributes.start_time ASC"],
-                                           page_token=token)
+            page = self.client.search_runs(
+                ids,
+                filter_string=filter_string,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=min(max_results, 50000),
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
             out.extend(page)
             token = page.token
             if not token or len(out) >= max_results:
@@ -64,18 +69,27 @@ class Lookups:
                 found[key] = [r.info.run_id for r in runs]
         return found
 
-    def search_key(self, key: str, *, status: str | None = None, exclude: str | None = None,
-                   max_results: int = 1000) -> list:
+    def search_key(
+        self, key: str, *, status: str | None = None, exclude: str | None = None, max_results: int = 1000
+    ) -> list:
         """Active runs tagged with `key` (any status, or `status`), oldest first; `exclude`: one run left out."""
         view = self.view
         if view is not None:
             return view.search([self.experiment_id], key=key, status=status, exclude=exclude, limit=max_results)
         from mlflow.entities import ViewType
 
-        where = f"tags.`{TAG_KEY}` = '{key}'" + (f" and attributes.status = '{status}'" if status else "") \
+        where = (
+            f"tags.`{TAG_KEY}` = '{key}'"
+            + (f" and attributes.status = '{status}'" if status else "")
             + (f" and attributes.run_id != '{exclude}'" if exclude else "")
-        return self.client.search_runs([self.experiment_id], filter_string=where, run_view_type=ViewType.ACTIVE_ONLY,
-                                       max_results=max_results, order_by=["attributes.start_time ASC"])
+        )
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=where,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=max_results,
+            order_by=["attributes.start_time ASC"],
+        )
 
     def key_runs(self, key: str) -> list:
         """Every active run carrying `key`, whatever its status (the state, claims, failed tries), oldest first."""
@@ -151,8 +165,10 @@ class Lookups:
         if not matches:
             raise SpecError(f"no state run id starts with {ref!r} in the tracking store {self.tracking_uri}")
         if len(matches) > 1:
-            raise SpecError(f"run id prefix {ref!r} is ambiguous: {', '.join(m[:12] for m in matches[:5])}"
-                            f"{' ...' if len(matches) > 5 else ''}; give more characters")
+            raise SpecError(
+                f"run id prefix {ref!r} is ambiguous: {', '.join(m[:12] for m in matches[:5])}"
+                f"{' ...' if len(matches) > 5 else ''}; give more characters"
+            )
         return matches[0]
 
     def state_run(self, run_id: str):

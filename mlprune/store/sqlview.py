@@ -36,8 +36,16 @@ from .experiments import read_only, sqlite_path
 # the columns read, per table: a database that lacks one is read through MLflow
 _COLUMNS = {
     "experiments": {"experiment_id", "name", "artifact_location", "lifecycle_stage"},
-    "runs": {"run_uuid", "name", "status", "start_time", "end_time", "artifact_uri", "lifecycle_stage",
-             "experiment_id"},
+    "runs": {
+        "run_uuid",
+        "name",
+        "status",
+        "start_time",
+        "end_time",
+        "artifact_uri",
+        "lifecycle_stage",
+        "experiment_id",
+    },
     "tags": {"key", "value", "run_uuid"},
     "params": {"key", "value", "run_uuid"},
     "latest_metrics": {"key", "value", "step", "timestamp", "is_nan", "run_uuid"},
@@ -51,8 +59,12 @@ _CHUNK = 500  # host parameters per IN list (sqlite's limit is 999 in old builds
 
 def busy_timeout() -> float:
     """Seconds a read waits for a locked store: MLPRUNE_SQLITE_TIMEOUT (checked), else BUSY_TIMEOUT_S."""
-    return env_number(ENV_SQLITE_TIMEOUT, BUSY_TIMEOUT_S, lambda value: 0 < value <= MAX_BUSY_TIMEOUT_S,
-                      f"a number of seconds > 0 and <= {MAX_BUSY_TIMEOUT_S:.0f}")
+    return env_number(
+        ENV_SQLITE_TIMEOUT,
+        BUSY_TIMEOUT_S,
+        lambda value: 0 < value <= MAX_BUSY_TIMEOUT_S,
+        f"a number of seconds > 0 and <= {MAX_BUSY_TIMEOUT_S:.0f}",
+    )
 
 
 @dataclass(frozen=True)
@@ -151,7 +163,7 @@ class SqliteView:
         self._local = threading.local()
 
     @classmethod
-    def open(cls, uri: str) -> "SqliteView | None":
+    def open(cls, uri: str) -> SqliteView | None:
         """The view of a sqlite tracking URI whose database exists with MLflow's tables; else None."""
         if not enabled():
             return None
@@ -159,7 +171,10 @@ class SqliteView:
         if path is None or not path.is_file() or path.stat().st_size == 0:
             return None
         if os.environ.get("MLFLOW_WORKSPACE") or os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() in (
-                "1", "true", "yes"):
+            "1",
+            "true",
+            "yes",
+        ):
             return None
         view = cls(path)
         try:
@@ -167,8 +182,9 @@ class SqliteView:
                 return None
         except sqlite3.OperationalError as error:
             if "locked" in str(error).lower():  # held for the whole busy timeout: MLflow would wait as long again
-                raise SpecError(f"the tracking store {path} is locked by another process (waited "
-                                f"{busy_timeout():g} s): {error}") from None
+                raise SpecError(
+                    f"the tracking store {path} is locked by another process (waited {busy_timeout():g} s): {error}"
+                ) from None
             return None
         except sqlite3.Error:
             return None
@@ -183,11 +199,16 @@ class SqliteView:
                 # file holds commits the database file does not (sqlite reads it through the existing -shm then)
                 wal = Path(f"{self.path}-wal")
                 mode = "ro" if wal.exists() and wal.stat().st_size else "ro&immutable=1"
-                connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={mode}", uri=True,
-                                             isolation_level=None, check_same_thread=False)
+                connection = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode={mode}",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
             else:
-                connection = sqlite3.connect(str(self.path), timeout=busy_timeout(), isolation_level=None,
-                                             check_same_thread=False)
+                connection = sqlite3.connect(
+                    str(self.path), timeout=busy_timeout(), isolation_level=None, check_same_thread=False
+                )
             connection.execute("PRAGMA query_only = 1")
             self._local.connection = connection
         return connection
@@ -209,13 +230,18 @@ class SqliteView:
     def experiment(self, *, name: str | None = None, experiment_id: str | None = None) -> ExperimentView | None:
         """The experiment (active or deleted) by name or id, or None."""
         if name is not None:
-            rows = self._query("SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments "
-                               "WHERE name = ?", (name,))
+            rows = self._query(
+                "SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments WHERE name = ?",
+                (name,),
+            )
         else:
             if not str(experiment_id).isdigit():
                 return None
-            rows = self._query("SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments "
-                               "WHERE experiment_id = ?", (int(experiment_id),))
+            rows = self._query(
+                "SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments "
+                "WHERE experiment_id = ?",
+                (int(experiment_id),),
+            )
         if len(rows) != 1:
             return None
         eid, ename, location, stage = rows[0]
@@ -223,8 +249,10 @@ class SqliteView:
 
     def experiments(self) -> list[ExperimentView]:
         """The active experiments, by id."""
-        rows = self._query("SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments "
-                           "WHERE lifecycle_stage = 'active' ORDER BY experiment_id")
+        rows = self._query(
+            "SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments "
+            "WHERE lifecycle_stage = 'active' ORDER BY experiment_id"
+        )
         return [ExperimentView(str(e), n, a, s) for e, n, a, s in rows]
 
     # ---- runs --------------------------------------------------------------------------------
@@ -240,10 +268,13 @@ class SqliteView:
             values = list(dict.fromkeys(keys if keys is not None else run_ids))
             out: list[RunView] = []
             for start in range(0, len(values), _CHUNK):
-                chunk = values[start:start + _CHUNK]
+                chunk = values[start : start + _CHUNK]
                 holes = ", ".join("?" * len(chunk))
-                extra = (f"r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = '{TAG_KEY}' AND value IN ({holes}))"
-                         if keys is not None else f"r.run_uuid IN ({holes})")
+                extra = (
+                    f"r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = '{TAG_KEY}' AND value IN ({holes}))"
+                    if keys is not None
+                    else f"r.run_uuid IN ({holes})"
+                )
                 out += self._runs(" AND ".join([*where, extra]), [*args, *chunk], None, data)
             out.sort(key=lambda run: (run.info.start_time is not None, run.info.start_time or 0, run.info.run_id))
             return out[:limit] if limit is not None else out
@@ -251,8 +282,11 @@ class SqliteView:
 
     def _runs(self, where: str, args: list, limit: int | None, data: bool) -> list[RunView]:
         order = " ORDER BY r.start_time ASC, r.run_uuid ASC" + (f" LIMIT {int(limit)}" if limit is not None else "")
-        rows = self._query("SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time, r.artifact_uri, "
-                           f"r.name, r.lifecycle_stage FROM runs r WHERE {where}{order}", args)
+        rows = self._query(
+            "SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time, r.artifact_uri, "
+            f"r.name, r.lifecycle_stage FROM runs r WHERE {where}{order}",
+            args,
+        )
         if not rows:
             return []
         tags: dict[str, dict] = {row[0]: {} for row in rows}
@@ -262,47 +296,65 @@ class SqliteView:
         # (or the run ids, when a LIMIT cut the list)
         if limit is not None:
             ids = list(tags)
-            chunks = [ids[i:i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+            chunks = [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
             selections = [(f"run_uuid IN ({', '.join('?' * len(c))})", c) for c in chunks]
         else:
             selections = [(f"run_uuid IN (SELECT r.run_uuid FROM runs r WHERE {where})", args)]
         for selection, selection_args in selections:
-            for run_id, name, value in self._query(f"SELECT run_uuid, key, value FROM tags WHERE {selection}",
-                                                   selection_args):
+            for run_id, name, value in self._query(
+                f"SELECT run_uuid, key, value FROM tags WHERE {selection}", selection_args
+            ):
                 if run_id in tags:
                     tags[run_id][name] = value
             if not data:
                 continue
-            for run_id, name, value in self._query(f"SELECT run_uuid, key, value FROM params WHERE {selection}",
-                                                   selection_args):
+            for run_id, name, value in self._query(
+                f"SELECT run_uuid, key, value FROM params WHERE {selection}", selection_args
+            ):
                 if run_id in params:
                     params[run_id][name] = value
             for run_id, name, value, is_nan in self._query(
-                    f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE {selection}", selection_args):
+                f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE {selection}", selection_args
+            ):
                 if run_id in metrics:
                     metrics[run_id][name] = float("nan") if is_nan else float(value)
-        return [RunView(RunInfo(run_id, str(experiment), status, start, end, artifact_uri, name, stage),
-                        RunData(tags[run_id], params[run_id], metrics[run_id]))
-                for run_id, experiment, status, start, end, artifact_uri, name, stage in rows]
+        return [
+            RunView(
+                RunInfo(run_id, str(experiment), status, start, end, artifact_uri, name, stage),
+                RunData(tags[run_id], params[run_id], metrics[run_id]),
+            )
+            for run_id, experiment, status, start, end, artifact_uri, name, stage in rows
+        ]
 
     def run(self, run_id: str) -> RunView | None:
         """One run by id (any experiment, any lifecycle stage), or None."""
-        rows = self._query("SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time, "
-                           "r.artifact_uri, r.name, r.lifecycle_stage FROM runs r WHERE r.run_uuid = ?", (run_id,))
+        rows = self._query(
+            "SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time, "
+            "r.artifact_uri, r.name, r.lifecycle_stage FROM runs r WHERE r.run_uuid = ?",
+            (run_id,),
+        )
         if not rows:
             return None
         run_id, experiment, status, start, end, artifact_uri, name, stage = rows[0]
         tags = dict(self._query("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
         params = dict(self._query("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)))
-        metrics = {k: float("nan") if nan else float(v) for k, v, nan in
-                   self._query("SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = ?", (run_id,))}
-        return RunView(RunInfo(run_id, str(experiment), status, start, end, artifact_uri, name, stage),
-                       RunData(tags, params, metrics))
+        metrics = {
+            k: float("nan") if nan else float(v)
+            for k, v, nan in self._query("SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = ?", (run_id,))
+        }
+        return RunView(
+            RunInfo(run_id, str(experiment), status, start, end, artifact_uri, name, stage),
+            RunData(tags, params, metrics),
+        )
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """[(step, value)] of every value logged for one metric of a run."""
-        return [(int(step), float("nan") if nan else float(value)) for step, value, nan in
-                self._query("SELECT step, value, is_nan FROM metrics WHERE run_uuid = ? AND key = ?", (run_id, key))]
+        return [
+            (int(step), float("nan") if nan else float(value))
+            for step, value, nan in self._query(
+                "SELECT step, value, is_nan FROM metrics WHERE run_uuid = ? AND key = ?", (run_id, key)
+            )
+        ]
 
     def finished_states(self, experiment_id: str, keys) -> dict[str, list[RunView]]:
         """{key: its FINISHED state runs without an mlprune.invalid tag, oldest first} (one query per 500 keys)."""

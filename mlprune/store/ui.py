@@ -19,11 +19,20 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from ..names import (EXPERIMENT_KIND, M_SPARSITY, M_TEST_ACCURACY, PARAM_BRANCH, PARAM_ROUND, PARAM_SEED,
-                     TAG_EXPERIMENT_KIND, TAG_SHARED_VIEW_PREFIX, UI_VIEW_KEY)
+from ..names import (
+    EXPERIMENT_KIND,
+    M_SPARSITY,
+    M_TEST_ACCURACY,
+    PARAM_BRANCH,
+    PARAM_ROUND,
+    PARAM_SEED,
+    TAG_EXPERIMENT_KIND,
+    TAG_SHARED_VIEW_PREFIX,
+    UI_VIEW_KEY,
+)
 
-WORKFLOW_TYPE = "machine_learning"   # the UI's model-training view
-LOCAL_UI = "http://127.0.0.1:5000"   # `mlflow ui` / `mlflow server` on this machine
+WORKFLOW_TYPE = "machine_learning"  # the UI's model-training view
+LOCAL_UI = "http://127.0.0.1:5000"  # `mlflow ui` / `mlflow server` on this machine
 
 
 def ui_base(tracking_uri: str, ui_url: str | None = None) -> str | None:
@@ -42,16 +51,32 @@ def column(kind: str, name: str) -> str:
 
 
 # the UI shows metrics, then params by name; recipe, model and dataset are a click away (Columns)
-STUDY_COLUMNS = [column("params", PARAM_SEED), column("params", PARAM_ROUND), column("params", PARAM_BRANCH),
-                 column("metrics", M_TEST_ACCURACY), column("metrics", M_SPARSITY)]
+STUDY_COLUMNS = [
+    column("params", PARAM_SEED),
+    column("params", PARAM_ROUND),
+    column("params", PARAM_BRANCH),
+    column("metrics", M_TEST_ACCURACY),
+    column("metrics", M_SPARSITY),
+]
 
 
 def states_view(search_filter: str = "") -> dict:
     """The runs-table view of a study: flat (sorted by sparsity, so rounds come in order), the study's columns."""
-    return {"searchFilter": search_filter, "orderByKey": column("metrics", M_SPARSITY), "orderByAsc": True,
-            "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
-            "selectedColumns": STUDY_COLUMNS, "columnOrder": [], "columnWidths": {}, "runsHiddenMode": "SHOW_ALL",
-            "groupBy": None, "runListHidden": False}
+    return {
+        "searchFilter": search_filter,
+        "orderByKey": column("metrics", M_SPARSITY),
+        "orderByAsc": True,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        "selectedColumns": STUDY_COLUMNS,
+        "columnOrder": [],
+        "columnWidths": {},
+        "runsHiddenMode": "SHOW_ALL",
+        "groupBy": None,
+        "runListHidden": False,
+    }
 
 
 def mark_model_training(client, experiment_id: str) -> None:
@@ -63,8 +88,11 @@ def write_states_view(store, search_filter: str = "") -> str:
     """Store the study's runs-table view on the store's experiment (and its model-training kind); returns the
     view's share key."""
     mark_model_training(store.client, store.experiment_id)
-    store.client.set_experiment_tag(store.experiment_id, TAG_SHARED_VIEW_PREFIX + UI_VIEW_KEY,
-                                    json.dumps(states_view(search_filter), separators=(",", ":")))
+    store.client.set_experiment_tag(
+        store.experiment_id,
+        TAG_SHARED_VIEW_PREFIX + UI_VIEW_KEY,
+        json.dumps(states_view(search_filter), separators=(",", ":")),
+    )
     return UI_VIEW_KEY
 
 

@@ -15,13 +15,25 @@ from __future__ import annotations
 import json
 import os
 
-from ..names import (PARAMS_FILE, PLAN_FILE, STATES_FILE, TAG_HEARTBEAT, TAG_KEY, TAG_NOTE, TAG_RECIPE, TAG_RECORD,
-                     TAG_RUN_NAME, TAG_STATES, TAG_VERSION, TAG_WORKFLOW)
+from ..names import (
+    PARAMS_FILE,
+    PLAN_FILE,
+    STATES_FILE,
+    TAG_HEARTBEAT,
+    TAG_KEY,
+    TAG_NOTE,
+    TAG_RECIPE,
+    TAG_RECORD,
+    TAG_RUN_NAME,
+    TAG_STATES,
+    TAG_VERSION,
+    TAG_WORKFLOW,
+)
 from ..version import __version__
 from .claims import claim_tags, process_gone
 from .ui import mark_model_training
 
-TAG_LAUNCHER = "mlprune.launcher"   # on a workflow run: the `mlflow run` run that started it
+TAG_LAUNCHER = "mlprune.launcher"  # on a workflow run: the `mlflow run` run that started it
 
 
 class WorkflowRun:
@@ -42,12 +54,17 @@ class WorkflowRun:
             return
         fail_abandoned_runs(store)
         # the host and pid of this process: a later run that finds it gone marks this run FAILED
-        tags = {TAG_RECIPE: recipe, TAG_VERSION: __version__, **{k: v for k, v in claim_tags().items()
-                                                                   if k != TAG_HEARTBEAT}}
+        tags = {
+            TAG_RECIPE: recipe,
+            TAG_VERSION: __version__,
+            **{k: v for k, v in claim_tags().items() if k != TAG_HEARTBEAT},
+        }
         if launcher_run is not None:
             tags[TAG_LAUNCHER] = launcher
-            tags[TAG_NOTE] = (f"**mlprune workflow run** of `{recipe}`, started by `mlflow run` "
-                              f"([its run]({store.ui_link(launcher, launcher_run.info.experiment_id)})).")
+            tags[TAG_NOTE] = (
+                f"**mlprune workflow run** of `{recipe}`, started by `mlflow run` "
+                f"([its run]({store.ui_link(launcher, launcher_run.info.experiment_id)}))."
+            )
         self.run_id = self.client.create_run(store.experiment_id, run_name=recipe, tags=tags).info.run_id
         mark_model_training(self.client, store.experiment_id)  # an experiment made by others opens on its runs too
         self.owned = True
@@ -76,8 +93,12 @@ class WorkflowRun:
             from mlflow.entities import ViewType
 
             where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-            runs = store.client.search_runs([store.experiment_id], f"{where} and attributes.status = 'FINISHED'",
-                                            ViewType.ACTIVE_ONLY, max_results=1)
+            runs = store.client.search_runs(
+                [store.experiment_id],
+                f"{where} and attributes.status = 'FINISHED'",
+                ViewType.ACTIVE_ONLY,
+                max_results=1,
+            )
         return runs[0].info.run_id if runs else None
 
     def end(self, ok: bool) -> None:
@@ -125,10 +146,13 @@ def launcher_elsewhere(store, launcher: str | None) -> bool:
 
 def link_launcher(store, launcher: str, workflow_run_id: str, recipe: str) -> None:
     """On the run `mlflow run` opened (in another experiment): the recipe and a link to the workflow run."""
-    note = (f"**mlprune**: recipe `{recipe}`; its states and workflow run are in experiment "
-            f"`{store.experiment_name}`: [workflow run]({store.ui_link(workflow_run_id)}).")
-    store.client.log_batch(launcher, tags=_tags({TAG_RECIPE: recipe, TAG_RUN_NAME: recipe,
-                                                 TAG_WORKFLOW: workflow_run_id, TAG_NOTE: note}))
+    note = (
+        f"**mlprune**: recipe `{recipe}`; its states and workflow run are in experiment "
+        f"`{store.experiment_name}`: [workflow run]({store.ui_link(workflow_run_id)})."
+    )
+    store.client.log_batch(
+        launcher, tags=_tags({TAG_RECIPE: recipe, TAG_RUN_NAME: recipe, TAG_WORKFLOW: workflow_run_id, TAG_NOTE: note})
+    )
 
 
 def params_json(params: dict) -> str:

@@ -19,8 +19,19 @@ from dataclasses import dataclass
 
 from ..registry import Registry, load_impl
 
-__all__ = ["OPTIMIZERS", "Optimizer", "SCHEDULES", "Schedule", "PRECISIONS", "UNBATCHABLE_PRECISIONS", "UNBATCHED_OPTIONS",
-           "SPARSITY_SCHEDULES", "SparsitySchedule", "SPARSE_TRAININGS", "SparseTraining"]
+__all__ = [
+    "OPTIMIZERS",
+    "Optimizer",
+    "SCHEDULES",
+    "Schedule",
+    "PRECISIONS",
+    "UNBATCHABLE_PRECISIONS",
+    "UNBATCHED_OPTIONS",
+    "SPARSITY_SCHEDULES",
+    "SparsitySchedule",
+    "SPARSE_TRAININGS",
+    "SparseTraining",
+]
 
 
 @dataclass(frozen=True)
@@ -29,7 +40,7 @@ class Optimizer:
 
     name: str
     impl: str
-    takes: tuple[str, ...] = ()   # train options that apply to it only (e.g. momentum for sgd)
+    takes: tuple[str, ...] = ()  # train options that apply to it only (e.g. momentum for sgd)
     help: str = ""
 
     def load(self):
@@ -37,8 +48,11 @@ class Optimizer:
 
 
 OPTIMIZERS: Registry[Optimizer] = Registry("optimizer")
-OPTIMIZERS.add(Optimizer("sgd", "mlprune.training.optimizers:sgd", takes=("momentum", "nesterov"),
-                         help="SGD (with momentum, nesterov)"))
+OPTIMIZERS.add(
+    Optimizer(
+        "sgd", "mlprune.training.optimizers:sgd", takes=("momentum", "nesterov"), help="SGD (with momentum, nesterov)"
+    )
+)
 OPTIMIZERS.add(Optimizer("adam", "mlprune.training.optimizers:adam", help="Adam (L2 weight decay)"))
 OPTIMIZERS.add(Optimizer("adamw", "mlprune.training.optimizers:adamw", help="AdamW (decoupled weight decay)"))
 
@@ -63,12 +77,32 @@ class Schedule:
 
 SCHEDULES: Registry[Schedule] = Registry("lr_schedule kind")
 SCHEDULES.add(Schedule("constant", "mlprune.training.schedules:constant", {}, help="the base LR throughout"))
-SCHEDULES.add(Schedule("multistep", "mlprune.training.schedules:multistep", {"milestones": None, "gamma": 0.1},
-                       help="times gamma at each milestone (times, e.g. ['80ep', '120ep'])"))
-SCHEDULES.add(Schedule("cosine", "mlprune.training.schedules:cosine", {}, length_dependent=True,
-                       help="cosine decay to 0 over the training"))
-SCHEDULES.add(Schedule("linear", "mlprune.training.schedules:linear", {}, length_dependent=True,
-                       help="linear decay to 0 over the training"))
+SCHEDULES.add(
+    Schedule(
+        "multistep",
+        "mlprune.training.schedules:multistep",
+        {"milestones": None, "gamma": 0.1},
+        help="times gamma at each milestone (times, e.g. ['80ep', '120ep'])",
+    )
+)
+SCHEDULES.add(
+    Schedule(
+        "cosine",
+        "mlprune.training.schedules:cosine",
+        {},
+        length_dependent=True,
+        help="cosine decay to 0 over the training",
+    )
+)
+SCHEDULES.add(
+    Schedule(
+        "linear",
+        "mlprune.training.schedules:linear",
+        {},
+        length_dependent=True,
+        help="linear decay to 0 over the training",
+    )
+)
 
 # train options whose callbacks (`training.sparse`) act on one network's masks and gradients: a training
 # that sets one is trained alone, not batched with its siblings
@@ -94,10 +128,18 @@ class SparsitySchedule:
 
 
 SPARSITY_SCHEDULES: Registry[SparsitySchedule] = Registry("sparsity_schedule kind")
-SPARSITY_SCHEDULES.add(SparsitySchedule("agp", "mlprune.training.schedules:agp_shape",
-                                        help="Zhu & Gupta 2017's cubic schedule: fast at first, then slower"))
-SPARSITY_SCHEDULES.add(SparsitySchedule("linear", "mlprune.training.schedules:linear_shape",
-                                        help="the sparsity rises linearly over the window"))
+SPARSITY_SCHEDULES.add(
+    SparsitySchedule(
+        "agp",
+        "mlprune.training.schedules:agp_shape",
+        help="Zhu & Gupta 2017's cubic schedule: fast at first, then slower",
+    )
+)
+SPARSITY_SCHEDULES.add(
+    SparsitySchedule(
+        "linear", "mlprune.training.schedules:linear_shape", help="the sparsity rises linearly over the window"
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -114,10 +156,16 @@ class SparseTraining:
 
 
 SPARSE_TRAININGS: Registry[SparseTraining] = Registry("sparse_training kind")
-SPARSE_TRAININGS.add(SparseTraining("set", "mlprune.training.sparse:random_growth",
-                                    help="SET (Mocanu et al. 2018): regrow at random"))
-SPARSE_TRAININGS.add(SparseTraining("rigl", "mlprune.training.sparse:gradient_growth",
-                                    help="RigL (Evci et al. 2020): regrow where the dense gradient is largest"))
+SPARSE_TRAININGS.add(
+    SparseTraining("set", "mlprune.training.sparse:random_growth", help="SET (Mocanu et al. 2018): regrow at random")
+)
+SPARSE_TRAININGS.add(
+    SparseTraining(
+        "rigl",
+        "mlprune.training.sparse:gradient_growth",
+        help="RigL (Evci et al. 2020): regrow where the dense gradient is largest",
+    )
+)
 
 
 def schedule_of(value) -> dict:

@@ -34,11 +34,18 @@ from torch import nn
 
 from .. import names
 from ..errors import SpecError
-from ..names import (M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS, M_LR, M_TRAIN_ACCURACY, M_TRAIN_LOSS, M_VAL_ACCURACY,
-                     M_VAL_LOSS)
+from ..names import (
+    M_EPOCH_TEST_ACCURACY,
+    M_EPOCH_TEST_LOSS,
+    M_LR,
+    M_TRAIN_ACCURACY,
+    M_TRAIN_LOSS,
+    M_VAL_ACCURACY,
+    M_VAL_LOSS,
+)
 from . import OPTIMIZERS, UNBATCHABLE_PRECISIONS, UNBATCHED_OPTIONS
-from .interrupt import interrupted, stop_requested
 from .gradual import gradual_masks
+from .interrupt import interrupted, stop_requested
 from .loop import Callbacks, Diverged, autocast_for, fail_fast_every, handle_divergence, step_seed, timeline
 from .stacked import BatchedNetwork, NotBatchable
 
@@ -46,6 +53,7 @@ __all__ = ["NotBatchable", "BatchedNetwork", "train_batched", "evaluate_batched"
 
 
 # ---- masks -------------------------------------------------------------------------------------------
+
 
 def _stacked_masks(net: BatchedNetwork, masks: list[dict]) -> dict[str, torch.Tensor]:
     """{parameter: bool kept [N, *shape]} of every parameter some sibling masks (missing: all kept)."""
@@ -56,9 +64,14 @@ def _stacked_masks(net: BatchedNetwork, masks: list[dict]) -> dict[str, torch.Te
     stacked = {}
     for name in order:
         param = net.params[name]
-        kept = torch.stack([sibling[name].to(device=param.device, dtype=torch.bool) if name in sibling
-                            else torch.ones(param.shape[1:], dtype=torch.bool, device=param.device)
-                            for sibling in masks])
+        kept = torch.stack(
+            [
+                sibling[name].to(device=param.device, dtype=torch.bool)
+                if name in sibling
+                else torch.ones(param.shape[1:], dtype=torch.bool, device=param.device)
+                for sibling in masks
+            ]
+        )
         if not bool(kept.all()):
             stacked[name] = kept
     return stacked
@@ -109,6 +122,7 @@ class _Gradual:
 
 # ---- evaluation --------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def evaluate_batched(net: BatchedNetwork, batches, device: torch.device) -> list[tuple[float, float]]:
     """Per sibling (mean cross-entropy loss, accuracy) in eval mode: `loop.evaluate` of each."""
@@ -134,8 +148,17 @@ def evaluate_batched(net: BatchedNetwork, batches, device: torch.device) -> list
 
 # ---- the loop ----------------------------------------------------------------------------------------
 
-def train_batched(models: list[nn.Module], masks: list[dict], data, options: dict, *, seeds: list[int],
-                  device: torch.device | None = None, calls: Callbacks | None = None) -> list:
+
+def train_batched(
+    models: list[nn.Module],
+    masks: list[dict],
+    data,
+    options: dict,
+    *,
+    seeds: list[int],
+    device: torch.device | None = None,
+    calls: Callbacks | None = None,
+) -> list:
     """Train the sibling `models` in place as `training.loop.train` trains each alone (``seeds``: each one's
     data-order seed; `masks`: each one's, updated in place by gradual pruning).
 
@@ -156,8 +179,9 @@ def train_batched(models: list[nn.Module], masks: list[dict], data, options: dic
     if unbatched:
         raise NotBatchable(f"train option {unbatched[0]} is not batched (its callbacks act on one network)")
     batch = _Batch(models, masks, data, options, seeds, device or torch.device("cpu"), calls or Callbacks())
-    with torch.random.fork_rng(devices=[batch.device] if batch.device.type == "cuda" else [],
-                               enabled=batch.net.dropouts):
+    with torch.random.fork_rng(
+        devices=[batch.device] if batch.device.type == "cuda" else [], enabled=batch.net.dropouts
+    ):
         while batch.i < batch.line.stop and any(batch.active):
             sums = batch.epoch()
             if not batch.epoch_end(*sums):
@@ -173,15 +197,23 @@ class _Batch:
         from ..models import prunable
 
         n = len(models)
-        self.models, self.masks, self.data, self.options, self.seeds, self.device = \
-            models, masks, data, options, seeds, device
+        self.models, self.masks, self.data, self.options, self.seeds, self.device = (
+            models,
+            masks,
+            data,
+            options,
+            seeds,
+            device,
+        )
         self.n, self.precision, self.batch_size = n, options.get("precision", "fp32"), options["batch_size"]
         self.line = timeline(options, data.batches_per_epoch(self.batch_size))
         self.net = BatchedNetwork(models, device)
         self.optimizer = OPTIMIZERS[options["optimizer"]].load()(list(self.net.params.values()), options)
         self.keeps = _enforce(self.net, _stacked_masks(self.net, masks))
-        self.histories = [{M_TRAIN_LOSS: [], M_TRAIN_ACCURACY: [], M_LR: [], M_EPOCH_TEST_LOSS: [],
-                           M_EPOCH_TEST_ACCURACY: []} for _ in range(n)]
+        self.histories = [
+            {M_TRAIN_LOSS: [], M_TRAIN_ACCURACY: [], M_LR: [], M_EPOCH_TEST_LOSS: [], M_EPOCH_TEST_ACCURACY: []}
+            for _ in range(n)
+        ]
         self.has_val = data.val_batches(self.batch_size) is not None
         if self.has_val:
             for history in self.histories:
@@ -189,12 +221,13 @@ class _Batch:
         self.progress, self.on_epoch = calls.progress, calls.on_epoch
         self.checkpoints = [dict(c or {}) for c in (calls.checkpoints or [None] * n)]
         self.at = set().union(*self.checkpoints)
-        self.gradual = _Gradual(self.net, masks, self.line, self.optimizer, prunable(models[0])) \
-            if self.line.gradual else None
+        self.gradual = (
+            _Gradual(self.net, masks, self.line, self.optimizer, prunable(models[0])) if self.line.gradual else None
+        )
         self.active = [True] * n
         self.fail_fast = fail_fast_every(options, device)  # fp16, whose scaler would be, is not batched
-        self.outcome: list = [None] * n          # a sibling that stopped: its history or its exception
-        self.stopped = [self.line.start] * n     # where each stopped
+        self.outcome: list = [None] * n  # a sibling that stopped: its history or its exception
+        self.stopped = [self.line.start] * n  # where each stopped
         self.i = self.line.start
         if self.gradual is not None:
             for history in self.histories:
@@ -269,8 +302,11 @@ class _Batch:
         finite = torch.isfinite(losses.detach()).tolist()
         for k in range(self.n):
             if self.active[k] and not finite[k]:
-                self.diverge(k, f"the train loss of iteration {self.i} is {float(losses[k].detach())}",
-                             -(-self.i // self.line.per_epoch))
+                self.diverge(
+                    k,
+                    f"the train loss of iteration {self.i} is {float(losses[k].detach())}",
+                    -(-self.i // self.line.per_epoch),
+                )
 
     def step(self, lr: float, x: torch.Tensor, y: torch.Tensor):
         """One optimizer step of every sibling on its batch, masks enforced: (per sibling loss, logits)."""
@@ -282,8 +318,16 @@ class _Batch:
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_for(self.device, self.precision):
             logits = net(x)
-            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none",
-                                     label_smoothing=self.options.get("label_smoothing", 0.0)).view(n, -1).mean(dim=1)
+            losses = (
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]),
+                    y.reshape(-1),
+                    reduction="none",
+                    label_smoothing=self.options.get("label_smoothing", 0.0),
+                )
+                .view(n, -1)
+                .mean(dim=1)
+            )
         losses.sum().backward()
         with torch.no_grad():
             for name, keep in self.keeps.items():
@@ -324,10 +368,18 @@ class _Batch:
         if not any(self.active):
             return False
         if self.has_val:
-            self.record(evaluate_batched(self.net, self.data.val_batches(256), self.device), done_epoch,
-                        M_VAL_LOSS, M_VAL_ACCURACY)
-        self.record(evaluate_batched(self.net, self.data.test_batches(256), self.device), done_epoch,
-                    M_EPOCH_TEST_LOSS, M_EPOCH_TEST_ACCURACY)
+            self.record(
+                evaluate_batched(self.net, self.data.val_batches(256), self.device),
+                done_epoch,
+                M_VAL_LOSS,
+                M_VAL_ACCURACY,
+            )
+        self.record(
+            evaluate_batched(self.net, self.data.test_batches(256), self.device),
+            done_epoch,
+            M_EPOCH_TEST_LOSS,
+            M_EPOCH_TEST_ACCURACY,
+        )
         if self.progress is not None:
             self.progress(done_epoch, -(-line.stop // line.per_epoch), [m for m, a in zip(means, self.active) if a])
         for point in due:
@@ -352,8 +404,12 @@ class _Batch:
                 self.stop(k, self.histories[k])
                 if bad[k] and "diverged" not in self.histories[k]:
                     try:
-                        handle_divergence(self.histories[k], self.options, f"parameter {bad[k]!r} has non-finite "
-                                          f"values after {self.i} iterations", -(-self.i // self.line.per_epoch))
+                        handle_divergence(
+                            self.histories[k],
+                            self.options,
+                            f"parameter {bad[k]!r} has non-finite values after {self.i} iterations",
+                            -(-self.i // self.line.per_epoch),
+                        )
                     except Diverged as error:
                         self.outcome[k] = error
         for k in range(self.n):

@@ -48,9 +48,10 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -74,17 +75,17 @@ class CheckpointError(SpecError):
 class TrainingCheckpoint:
     """One training's resumable state after `iteration` optimizer steps of its schedule (see the module)."""
 
-    key: str                    # the key of the state being computed
-    step: int                   # the train step's index in its node
-    iteration: int              # schedule iterations done: the position of LR, data order, dropout, pruning
-    model: dict                 # state_dict tensors (CPU)
-    masks: dict                 # the masks training enforces (CPU, bool)
-    optimizer: dict             # {parameter index: {state name: tensor or plain value}}
-    scaler: dict | None         # GradScaler.state_dict() (fp16), else None
-    sums: dict                  # the epoch in progress: loss (float64), hits (int64), count, lr
-    history: dict               # this training's per-epoch history so far
-    node_history: dict          # the node's history before this step
-    info: dict = field(default_factory=dict)   # mlprune version, device, threads: for people
+    key: str  # the key of the state being computed
+    step: int  # the train step's index in its node
+    iteration: int  # schedule iterations done: the position of LR, data order, dropout, pruning
+    model: dict  # state_dict tensors (CPU)
+    masks: dict  # the masks training enforces (CPU, bool)
+    optimizer: dict  # {parameter index: {state name: tensor or plain value}}
+    scaler: dict | None  # GradScaler.state_dict() (fp16), else None
+    sums: dict  # the epoch in progress: loss (float64), hits (int64), count, lr
+    history: dict  # this training's per-epoch history so far
+    node_history: dict  # the node's history before this step
+    info: dict = field(default_factory=dict)  # mlprune version, device, threads: for people
 
     def files(self) -> dict[str, bytes]:
         """{file name: bytes}: the tensors as safetensors, the rest as JSON."""
@@ -100,25 +101,39 @@ class TrainingCheckpoint:
                 else:
                     values.setdefault(str(index), {})[name] = value
         tensors[_SUMS + "loss"], tensors[_SUMS + "hits"] = self.sums["loss"], self.sums["hits"]
-        meta = {"format": FORMAT, "key": self.key, "step": self.step, "iteration": self.iteration,
-                "optimizer_values": values, "optimizer_indices": sorted(int(i) for i in self.optimizer),
-                "scaler": self.scaler, "sums": {"count": self.sums["count"], "lr": self.sums["lr"]},
-                "history": self.history, "node_history": self.node_history, "info": self.info}
+        meta = {
+            "format": FORMAT,
+            "key": self.key,
+            "step": self.step,
+            "iteration": self.iteration,
+            "optimizer_values": values,
+            "optimizer_indices": sorted(int(i) for i in self.optimizer),
+            "scaler": self.scaler,
+            "sums": {"count": self.sums["count"], "lr": self.sums["lr"]},
+            "history": self.history,
+            "node_history": self.node_history,
+            "info": self.info,
+        }
         # the key in the tensors' own metadata too: tensors of another state's checkpoint are never taken for this one's
-        return {names.CHECKPOINT_TENSORS_FILE: save({n: t.contiguous() for n, t in tensors.items()},
-                                                    metadata={"key": self.key, "iteration": str(self.iteration)}),
-                names.CHECKPOINT_META_FILE: json.dumps(meta, sort_keys=True).encode()}
+        return {
+            names.CHECKPOINT_TENSORS_FILE: save(
+                {n: t.contiguous() for n, t in tensors.items()},
+                metadata={"key": self.key, "iteration": str(self.iteration)},
+            ),
+            names.CHECKPOINT_META_FILE: json.dumps(meta, sort_keys=True).encode(),
+        }
 
     @classmethod
-    def from_files(cls, files: dict[str, bytes], *, key: str) -> "TrainingCheckpoint":
+    def from_files(cls, files: dict[str, bytes], *, key: str) -> TrainingCheckpoint:
         """The checkpoint in `files`; a one-line CheckpointError if it is unreadable or not of `key`."""
         from safetensors.torch import load
 
         try:
             meta = json.loads(files[names.CHECKPOINT_META_FILE])
         except (KeyError, ValueError, UnicodeDecodeError) as error:
-            raise CheckpointError(f"{names.CHECKPOINT_META_FILE} is not readable JSON ({type(error).__name__})") \
-                from None
+            raise CheckpointError(
+                f"{names.CHECKPOINT_META_FILE} is not readable JSON ({type(error).__name__})"
+            ) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{names.CHECKPOINT_META_FILE} is not a format-{FORMAT} checkpoint")
         if meta.get("key") != key:
@@ -126,45 +141,65 @@ class TrainingCheckpoint:
         try:
             tensors = load(files[names.CHECKPOINT_TENSORS_FILE])
         except Exception as error:  # noqa: BLE001 - a truncated or foreign file: one line
-            raise CheckpointError(f"{names.CHECKPOINT_TENSORS_FILE} is not readable safetensors "
-                                  f"({' '.join(str(error).split())[:100]})") from None
+            raise CheckpointError(
+                f"{names.CHECKPOINT_TENSORS_FILE} is not readable safetensors ({' '.join(str(error).split())[:100]})"
+            ) from None
         owner = _tensors_metadata(files[names.CHECKPOINT_TENSORS_FILE])
         if owner.get("key") != key or owner.get("iteration") != str(meta.get("iteration")):
-            raise CheckpointError(f"its tensors are of state {owner.get('key')} at iteration {owner.get('iteration')}, "
-                                  f"not of {key} at iteration {meta.get('iteration')}")
-        if not (isinstance(meta.get("iteration"), int) and meta["iteration"] >= 0
-                and isinstance(meta.get("step"), int) and meta["step"] >= 0):
-            raise CheckpointError(f"its step {meta.get('step')!r} and iteration {meta.get('iteration')!r} are not "
-                                  f"counts >= 0")
+            raise CheckpointError(
+                f"its tensors are of state {owner.get('key')} at iteration {owner.get('iteration')}, "
+                f"not of {key} at iteration {meta.get('iteration')}"
+            )
+        if not (
+            isinstance(meta.get("iteration"), int)
+            and meta["iteration"] >= 0
+            and isinstance(meta.get("step"), int)
+            and meta["step"] >= 0
+        ):
+            raise CheckpointError(
+                f"its step {meta.get('step')!r} and iteration {meta.get('iteration')!r} are not counts >= 0"
+            )
         for name, tensor in tensors.items():
             if name.startswith(_MASK) and tensor.dtype != torch.bool:
-                raise CheckpointError(f"its mask {name[len(_MASK):]!r} is {tensor.dtype}, not bool")
+                raise CheckpointError(f"its mask {name[len(_MASK) :]!r} is {tensor.dtype}, not bool")
         try:
             optimizer = {int(i): {} for i in meta["optimizer_indices"]}
             for index, state in meta["optimizer_values"].items():
                 optimizer[int(index)].update(state)
             for name, tensor in tensors.items():
                 if name.startswith(_OPTIMIZER):
-                    index, state_name = name[len(_OPTIMIZER):].split("/", 1)
+                    index, state_name = name[len(_OPTIMIZER) :].split("/", 1)
                     optimizer[int(index)][state_name] = tensor
-            return cls(key=key, step=int(meta["step"]), iteration=int(meta["iteration"]),
-                       model={n[len(_MODEL):]: t for n, t in tensors.items() if n.startswith(_MODEL)},
-                       masks={n[len(_MASK):]: t for n, t in tensors.items() if n.startswith(_MASK)},
-                       optimizer=optimizer, scaler=meta["scaler"],
-                       sums={"loss": tensors[_SUMS + "loss"], "hits": tensors[_SUMS + "hits"],
-                             "count": int(meta["sums"]["count"]), "lr": float(meta["sums"]["lr"])},
-                       history=_histories(meta["history"]), node_history=_histories(meta["node_history"]),
-                       info=dict(meta.get("info") or {}))
+            return cls(
+                key=key,
+                step=int(meta["step"]),
+                iteration=int(meta["iteration"]),
+                model={n[len(_MODEL) :]: t for n, t in tensors.items() if n.startswith(_MODEL)},
+                masks={n[len(_MASK) :]: t for n, t in tensors.items() if n.startswith(_MASK)},
+                optimizer=optimizer,
+                scaler=meta["scaler"],
+                sums={
+                    "loss": tensors[_SUMS + "loss"],
+                    "hits": tensors[_SUMS + "hits"],
+                    "count": int(meta["sums"]["count"]),
+                    "lr": float(meta["sums"]["lr"]),
+                },
+                history=_histories(meta["history"]),
+                node_history=_histories(meta["node_history"]),
+                info=dict(meta.get("info") or {}),
+            )
         except (KeyError, ValueError, TypeError, AttributeError) as error:
-            raise CheckpointError(f"the checkpoint's files do not fit together ({type(error).__name__}: "
-                                  f"{' '.join(str(error).split())[:100]})") from None
+            raise CheckpointError(
+                f"the checkpoint's files do not fit together ({type(error).__name__}: "
+                f"{' '.join(str(error).split())[:100]})"
+            ) from None
 
 
 def _tensors_metadata(content: bytes) -> dict:
     """The metadata a safetensors file carries in its header ({} without)."""
     try:
         size = int.from_bytes(content[:8], "little")
-        metadata = json.loads(content[8:8 + size]).get("__metadata__") or {}
+        metadata = json.loads(content[8 : 8 + size]).get("__metadata__") or {}
     except (ValueError, UnicodeDecodeError, AttributeError):
         return {}
     return metadata if isinstance(metadata, dict) else {}
@@ -194,30 +229,39 @@ class TrainingParts(NamedTuple):
     model: torch.nn.Module
     masks: dict
     optimizer: object
-    scaler: object              # fp16's GradScaler, else None
+    scaler: object  # fp16's GradScaler, else None
     history: dict
 
 
-def capture(parts: TrainingParts, *, key: str, step: int, iteration: int, sums, node_history: dict,
-            info: dict) -> TrainingCheckpoint:
+def capture(
+    parts: TrainingParts, *, key: str, step: int, iteration: int, sums, node_history: dict, info: dict
+) -> TrainingCheckpoint:
     """A checkpoint of a training right now: every tensor copied to the CPU (the training goes on)."""
     model, masks, optimizer, scaler, history = parts
 
     def cpu(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to("cpu", copy=True).contiguous()
 
-    state = {int(index): {name: cpu(value) if isinstance(value, torch.Tensor) else value
-                          for name, value in values.items()}
-             for index, values in optimizer.state_dict()["state"].items()}
-    total, hits, count, lr = sums if sums is not None else (torch.zeros((), dtype=torch.float64),
-                                                            torch.zeros((), dtype=torch.int64), 0, 0.0)
+    state = {
+        int(index): {name: cpu(value) if isinstance(value, torch.Tensor) else value for name, value in values.items()}
+        for index, values in optimizer.state_dict()["state"].items()
+    }
+    total, hits, count, lr = (
+        sums if sums is not None else (torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.int64), 0, 0.0)
+    )
     return TrainingCheckpoint(
-        key=key, step=step, iteration=iteration,
+        key=key,
+        step=step,
+        iteration=iteration,
         model={name: cpu(t) for name, t in model.state_dict().items()},
         masks={name: cpu(m).to(torch.bool) for name, m in masks.items()},
-        optimizer=state, scaler=(scaler.state_dict() or None) if scaler is not None else None,
+        optimizer=state,
+        scaler=(scaler.state_dict() or None) if scaler is not None else None,
         sums={"loss": cpu(total), "hits": cpu(hits), "count": int(count), "lr": float(lr)},
-        history=_copied_history(history), node_history=_copied_history(node_history), info=dict(info))
+        history=_copied_history(history),
+        node_history=_copied_history(node_history),
+        info=dict(info),
+    )
 
 
 def restore_network(checkpoint: TrainingCheckpoint, model: torch.nn.Module, masks: dict) -> None:
@@ -229,8 +273,10 @@ def restore_network(checkpoint: TrainingCheckpoint, model: torch.nn.Module, mask
     for name, tensor in model.state_dict().items():
         saved = checkpoint.model[name]
         if saved.dtype != tensor.dtype or saved.shape != tensor.shape:
-            raise CheckpointError(f"{where}: tensor {name!r} is {saved.dtype} {list(saved.shape)}, the network's is "
-                                  f"{tensor.dtype} {list(tensor.shape)}")
+            raise CheckpointError(
+                f"{where}: tensor {name!r} is {saved.dtype} {list(saved.shape)}, the network's is "
+                f"{tensor.dtype} {list(tensor.shape)}"
+            )
     for name, mask in masks.items():
         saved = checkpoint.masks.get(name)
         if saved is None or saved.shape != mask.shape:
@@ -268,9 +314,17 @@ class Checkpointing:
     checkpoints may cost (the executor's: `executor.resume.checkpoint_budget`; ``inf``: every due one is written).
     """
 
-    def __init__(self, key: str, every: str | None = None, *, commit: Callable | None = None,
-                 resume: TrainingCheckpoint | None = None, info: dict | None = None,
-                 warn: Callable[[str], None] | None = None, budget: float = math.inf):
+    def __init__(
+        self,
+        key: str,
+        every: str | None = None,
+        *,
+        commit: Callable | None = None,
+        resume: TrainingCheckpoint | None = None,
+        info: dict | None = None,
+        warn: Callable[[str], None] | None = None,
+        budget: float = math.inf,
+    ):
         self.key = key
         self.every = checkpoint_cadence(every)
         self.cadence = None if self.every == CHECKPOINTS_OFF else parse_time(self.every)
@@ -279,12 +333,12 @@ class Checkpointing:
         self.info = dict(info or {})
         self.warn = warn or log.warning
         self.budget = budget
-        self.cost = _LAST_COST[0]       # seconds the previous checkpoint took (capture and write)
-        self.last = time.monotonic()    # when the previous checkpoint was taken (or the training began)
-        self.trained = False           # a training of the node ran (its state records resumed_from_iteration)
-        self.resumed = False           # a training of the node started from `resume`
-        self.attempted = False         # a checkpoint was handed to `commit` (files may exist on the run)
-        self.others = False            # set by the executor: other runs of the key hold checkpoints
+        self.cost = _LAST_COST[0]  # seconds the previous checkpoint took (capture and write)
+        self.last = time.monotonic()  # when the previous checkpoint was taken (or the training began)
+        self.trained = False  # a training of the node ran (its state records resumed_from_iteration)
+        self.resumed = False  # a training of the node started from `resume`
+        self.attempted = False  # a checkpoint was handed to `commit` (files may exist on the run)
+        self.others = False  # set by the executor: other runs of the key hold checkpoints
         self.committed: list[int] = []  # iterations of the checkpoints committed, in order
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
@@ -295,8 +349,10 @@ class Checkpointing:
         """A CheckpointError unless the checkpoint the node resumed from (if any) was a training of it: one whose
         step is not a training would skip steps and train nothing."""
         if self.resume is not None and not self.resumed:
-            raise CheckpointError(f"checkpoint of state {self.key} at iteration {self.resume.iteration} names step "
-                                  f"{self.resume.step}, which is not a training of this state")
+            raise CheckpointError(
+                f"checkpoint of state {self.key} at iteration {self.resume.iteration} names step "
+                f"{self.resume.step}, which is not a training of this state"
+            )
 
     @property
     def resumed_from(self) -> int:
@@ -307,7 +363,7 @@ class Checkpointing:
         """Is step `index` of the node done already (the checkpoint is of a later step)?"""
         return self.resume is not None and index < self.resume.step
 
-    def training(self, index: int, node_history: dict) -> "TrainingHooks":
+    def training(self, index: int, node_history: dict) -> TrainingHooks:
         """The hooks of the node's train step `index`; `node_history` (updated in place) is the node's
         history before it, restored from the checkpoint when the node resumes in this step."""
         self.trained = True
@@ -361,8 +417,10 @@ class Checkpointing:
         except Exception as error:  # noqa: BLE001 - a checkpoint that cannot be stored must not stop the training
             if not self._failed:
                 self._failed = True
-                self.warn(f"state {self.key[:12]}: a resumable checkpoint could not be stored "
-                          f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); training goes on")
+                self.warn(
+                    f"state {self.key[:12]}: a resumable checkpoint could not be stored "
+                    f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); training goes on"
+                )
             return False
 
     def close(self) -> None:
@@ -402,8 +460,15 @@ class TrainingHooks:
         if not stop and not session.affordable():
             return
         started = time.perf_counter()
-        checkpoint = capture(self._parts, key=session.key, step=self.step, iteration=i, sums=sums,
-                             node_history=self.node_history, info=session.info)
+        checkpoint = capture(
+            self._parts,
+            key=session.key,
+            step=self.step,
+            iteration=i,
+            sums=sums,
+            node_history=self.node_history,
+            info=session.info,
+        )
         committed = session.submit(checkpoint, wait=stop, capture_s=time.perf_counter() - started)
         if stop:
             raise interrupted(i if committed else None)

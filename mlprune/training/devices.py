@@ -57,11 +57,13 @@ def resolve_device(name: str | None = None):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = device.index if device.index is not None else 0
         if index >= count:
-            raise SpecError(f"device {name!r} is not available here (CUDA devices: {count}); "
-                            f"available: {', '.join(available())}")
+            raise SpecError(
+                f"device {name!r} is not available here (CUDA devices: {count}); available: {', '.join(available())}"
+            )
         return torch.device("cuda", index)
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                     and torch.backends.mps.is_available()):
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
         raise SpecError(f"device 'mps' is not available here; available: {', '.join(available())}")
     return device
 
@@ -100,12 +102,21 @@ def environment_tags(device) -> dict[str, str]:
 
     try:
         import torchvision
+
         vision = torchvision.__version__
     except ImportError:
         vision = "none"
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        "Apple MPS" if device.type == "mps" else cpu_model())
-    return {names.TAG_ENV_TORCH: torch.__version__, names.TAG_ENV_TORCHVISION: vision,
-            names.TAG_ENV_PYTHON: platform.python_version(), names.TAG_ENV_CUDA: torch.version.cuda or "none",
-            names.TAG_ENV_CUDNN: str(cudnn) if cudnn else "none", names.TAG_ENV_DEVICE_NAME: name}
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else ("Apple MPS" if device.type == "mps" else cpu_model())
+    )
+    return {
+        names.TAG_ENV_TORCH: torch.__version__,
+        names.TAG_ENV_TORCHVISION: vision,
+        names.TAG_ENV_PYTHON: platform.python_version(),
+        names.TAG_ENV_CUDA: torch.version.cuda or "none",
+        names.TAG_ENV_CUDNN: str(cudnn) if cudnn else "none",
+        names.TAG_ENV_DEVICE_NAME: name,
+    }

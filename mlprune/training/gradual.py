@@ -26,8 +26,9 @@ def gradual_masks(weights: dict, current: dict, kinds: dict, target: float, scop
         total = sum(m.numel() for m in current.values())
         k = sum(int(m.sum()) for m in current.values()) - (total - round(target * total))
         if k > 0:
-            new = prune_masks(weights, current, kinds, {"method": GRADUAL_METHOD, "amount": k, "scope": "global"},
-                              generator=None)
+            new = prune_masks(
+                weights, current, kinds, {"method": GRADUAL_METHOD, "amount": k, "scope": "global"}, generator=None
+            )
     else:
         for name, mask in current.items():
             k = int(mask.sum()) - (mask.numel() - round(target * mask.numel()))
@@ -76,8 +77,11 @@ def masked_parameters(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[
     missing = set(masks) - set(params)
     if missing:
         raise SpecError(f"mask for {sorted(missing)[0]!r} has no parameter in the model")
-    return [(params[name], ~mask.to(device=params[name].device, dtype=torch.bool))
-            for name, mask in masks.items() if not bool(mask.all())]
+    return [
+        (params[name], ~mask.to(device=params[name].device, dtype=torch.bool))
+        for name, mask in masks.items()
+        if not bool(mask.all())
+    ]
 
 
 @torch.no_grad()

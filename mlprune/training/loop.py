@@ -33,18 +33,25 @@ masks dict passed in is updated in place: the final state carries the last mask.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
 from .. import names
 from ..errors import SpecError
-from ..names import (M_EPOCH_TEST_ACCURACY, M_EPOCH_TEST_LOSS, M_LR, M_TRAIN_ACCURACY, M_TRAIN_LOSS, M_VAL_ACCURACY,
-                     M_VAL_LOSS)
-from ..spec.times import parse_time
+from ..names import (
+    M_EPOCH_TEST_ACCURACY,
+    M_EPOCH_TEST_LOSS,
+    M_LR,
+    M_TRAIN_ACCURACY,
+    M_TRAIN_LOSS,
+    M_VAL_ACCURACY,
+    M_VAL_LOSS,
+)
 from ..spec.steps import TRAIN_SCHEMA
+from ..spec.times import parse_time
 from . import OPTIMIZERS, SCHEDULES, SPARSITY_SCHEDULES, schedule_of
 from .gradual import GradualPruning, apply_masks, masked_parameters
 from .schedules import lr_factor, pruning_steps, target_sparsity
@@ -63,14 +70,14 @@ def non_finite_parameter(model) -> str | None:
 class Timeline:
     """Where a train step runs on its schedule, in iterations."""
 
-    per_epoch: int          # optimizer steps per epoch
-    total: int              # the schedule's length (its end)
-    start: int              # first step run (schedule_from)
-    stop: int               # one past the last step run (stop_at, else total)
+    per_epoch: int  # optimizer steps per epoch
+    total: int  # the schedule's length (its end)
+    start: int  # first step run (schedule_from)
+    stop: int  # one past the last step run (stop_at, else total)
     warmup: int
-    schedule: dict = field(default_factory=dict)   # {"kind", options in iterations}
-    gradual: dict | None = None    # sparsity_schedule with start / end / every in iterations, and its steps
-    sparse: dict | None = None     # sparse_training with update_every / end in iterations
+    schedule: dict = field(default_factory=dict)  # {"kind", options in iterations}
+    gradual: dict | None = None  # sparsity_schedule with start / end / every in iterations, and its steps
+    sparse: dict | None = None  # sparse_training with update_every / end in iterations
 
     def lr(self, base: float, i: int) -> float:
         entry = SCHEDULES[self.schedule["kind"]]
@@ -90,9 +97,11 @@ def timeline(options: dict, per_epoch: int) -> Timeline:
     start = parse_time(options.get("schedule_from", "0it")).iterations(per_epoch)
     stop = parse_time(options["stop_at"]).iterations(per_epoch) if options.get("stop_at") else total
     if not 0 <= start <= stop <= total:
-        raise SpecError(f"train step runs from {options.get('schedule_from', '0it')} ({start} it) to "
-                        f"{options.get('stop_at') or length} ({stop} it) of a {length} ({total} it) training: "
-                        f"times must be in order and inside the training")
+        raise SpecError(
+            f"train step runs from {options.get('schedule_from', '0it')} ({start} it) to "
+            f"{options.get('stop_at') or length} ({stop} it) of a {length} ({total} it) training: "
+            f"times must be in order and inside the training"
+        )
     schedule = schedule_of(options.get("lr_schedule", TRAIN_SCHEMA["lr_schedule"].default))
     if "milestones" in schedule:
         schedule["milestones"] = [parse_time(m).iterations(per_epoch) for m in schedule["milestones"]]
@@ -103,12 +112,16 @@ def timeline(options: dict, per_epoch: int) -> Timeline:
         for key in ("start", "end", "every"):
             gradual[key] = parse_time(gradual[key]).iterations(per_epoch)
         if not 0 <= gradual["start"] < gradual["end"] <= total or gradual["every"] < 1:
-            raise SpecError(f"train sparsity_schedule prunes from {options['sparsity_schedule']['start']} "
-                            f"({gradual['start']} it) to {options['sparsity_schedule']['end']} ({gradual['end']} it) "
-                            f"every {gradual['every']} it of a {length} ({total} it) training: the window must be "
-                            f"inside the training")
+            raise SpecError(
+                f"train sparsity_schedule prunes from {options['sparsity_schedule']['start']} "
+                f"({gradual['start']} it) to {options['sparsity_schedule']['end']} ({gradual['end']} it) "
+                f"every {gradual['every']} it of a {length} ({total} it) training: the window must be "
+                f"inside the training"
+            )
         gradual["steps"] = pruning_steps(gradual["start"], gradual["end"], gradual["every"])
-    return Timeline(per_epoch, total, start, stop, warmup, schedule, gradual, sparse_timeline(options, per_epoch, total))
+    return Timeline(
+        per_epoch, total, start, stop, warmup, schedule, gradual, sparse_timeline(options, per_epoch, total)
+    )
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -141,8 +154,17 @@ class Placement:
     compile: bool = False
 
 
-def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict, *, seed: int,
-          on: Placement | None = None, calls: Callbacks | None = None, resumable=None) -> dict:
+def train(
+    model: nn.Module,
+    masks: dict[str, torch.Tensor],
+    data,
+    options: dict,
+    *,
+    seed: int,
+    on: Placement | None = None,
+    calls: Callbacks | None = None,
+    resumable=None,
+) -> dict:
     """Train `model` in place as the resolved train step `options` says; returns per-epoch histories.
 
     ``seed``: the data-order seed. ``on`` (`Placement`): the device (default the CPU), and whether to train
@@ -167,8 +189,10 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
         from .checkpoint import CheckpointError, restore_network
 
         if not line.start <= resume.iteration <= line.stop:
-            raise CheckpointError(f"checkpoint of state {resume.key} at iteration {resume.iteration} is outside its "
-                                  f"training (iterations {line.start} to {line.stop})")
+            raise CheckpointError(
+                f"checkpoint of state {resume.key} at iteration {resume.iteration} is outside its "
+                f"training (iterations {line.start} to {line.stop})"
+            )
         restore_network(resume, model, masks)
     pairs = masked_parameters(model, masks)
     apply_masks(pairs)
@@ -180,8 +204,13 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     precision = options.get("precision", "fp32")
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=options.get("label_smoothing", 0.0))
-    history: dict[str, list] = {M_TRAIN_LOSS: [], M_TRAIN_ACCURACY: [], M_LR: [], M_EPOCH_TEST_LOSS: [],
-                                M_EPOCH_TEST_ACCURACY: []}
+    history: dict[str, list] = {
+        M_TRAIN_LOSS: [],
+        M_TRAIN_ACCURACY: [],
+        M_LR: [],
+        M_EPOCH_TEST_LOSS: [],
+        M_EPOCH_TEST_ACCURACY: [],
+    }
     has_val = data.val_batches(batch_size) is not None
     if has_val:
         history.update({M_VAL_LOSS: [], M_VAL_ACCURACY: []})
@@ -192,7 +221,7 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     if gradual is not None:
         history[names.M_TRAIN_SPARSITY] = []
         if line.start in gradual.steps and resume is None:  # a training that continues a schedule repeats it:
-            gradual.prune(line.start, keeps)                  # the target is absolute, nothing changes
+            gradual.prune(line.start, keeps)  # the target is absolute, nothing changes
     if resume is not None:  # optimizer and scaler state, and the history so far
         from .checkpoint import restore_optimizer
 
@@ -203,16 +232,37 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
     # Dropout draws from the global RNG: seeded per step from (seed, step), a training does not depend on
     # what ran before it in the process, and a resumed one draws what the full one drew.
     rng_steps = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
-    run = _Training(model, forward, data, options, line, seed, device, on.channels_last, precision, scaler, loss_fn,
-                    optimizer, keeps, history, dict(calls.checkpoints or {}), calls, has_val, rng_steps, gradual,
-                    resumable, callbacks)
+    run = _Training(
+        model,
+        forward,
+        data,
+        options,
+        line,
+        seed,
+        device,
+        on.channels_last,
+        precision,
+        scaler,
+        loss_fn,
+        optimizer,
+        keeps,
+        history,
+        dict(calls.checkpoints or {}),
+        calls,
+        has_val,
+        rng_steps,
+        gradual,
+        resumable,
+        callbacks,
+    )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=rng_steps):
         i = _run(run)
     history = run.history
     bad = non_finite_parameter(model)
     if bad and "diverged" not in history:
-        handle_divergence(history, options, f"parameter {bad!r} has non-finite values after {i} iterations",
-                          -(-i // line.per_epoch))
+        handle_divergence(
+            history, options, f"parameter {bad!r} has non-finite values after {i} iterations", -(-i // line.per_epoch)
+        )
     history["iterations"] = i - line.start
     return history
 
@@ -220,8 +270,10 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data, options: dict,
 def handle_divergence(history: dict, options: dict, what: str, epoch: int) -> None:
     """Fail the training (the default), or record where it diverged (on_divergence: record)."""
     if options.get("on_divergence", "fail") != "record":
-        raise Diverged(f"training diverged in epoch {epoch}: {what} (lower the learning rate, or set "
-                       f"on_divergence: record to keep diverged states as results)")
+        raise Diverged(
+            f"training diverged in epoch {epoch}: {what} (lower the learning rate, or set "
+            f"on_divergence: record to keep diverged states as results)"
+        )
     history["diverged"] = (epoch, what)
 
 
@@ -244,7 +296,7 @@ class _Training:
     """One training under way: what its loop (`_run`, `_epoch`, `_epoch_end`) reads and updates."""
 
     model: nn.Module
-    forward: Callable              # the model, or its torch.compile'd forward
+    forward: Callable  # the model, or its torch.compile'd forward
     data: object
     options: dict
     line: Timeline
@@ -252,18 +304,18 @@ class _Training:
     device: torch.device
     channels_last: bool
     precision: str
-    scaler: object                 # fp16's GradScaler, else None
+    scaler: object  # fp16's GradScaler, else None
     loss_fn: Callable
     optimizer: object
-    keeps: list                    # [(parameter, 0/1 float mask)] of every masked parameter
+    keeps: list  # [(parameter, 0/1 float mask)] of every masked parameter
     history: dict
-    checkpoints: dict              # {iteration: fn(model, history)}
+    checkpoints: dict  # {iteration: fn(model, history)}
     calls: Callbacks
     has_val: bool
-    rng_steps: bool                # dropout: the global RNG seeded per step
+    rng_steps: bool  # dropout: the global RNG seeded per step
     gradual: GradualPruning | None
-    resumable: object              # training.checkpoint.TrainingHooks or None
-    callbacks: list                # `sparse.step_callbacks`: after each backward pass and optimizer step
+    resumable: object  # training.checkpoint.TrainingHooks or None
+    callbacks: list  # `sparse.step_callbacks`: after each backward pass and optimizer step
 
     @property
     def fail_fast(self) -> int:
@@ -315,8 +367,12 @@ def _epoch(t: _Training, i: int, sums) -> tuple[int, tuple, list]:
         count += len(y)
         i += 1
         if fail_fast and i % fail_fast == 0 and not bool(torch.isfinite(loss)):  # diverged: stop right here
-            handle_divergence(t.history, t.options, f"the train loss of iteration {i} is {float(loss.detach())}",
-                              -(-i // line.per_epoch))
+            handle_divergence(
+                t.history,
+                t.options,
+                f"the train loss of iteration {i} is {float(loss.detach())}",
+                -(-i // line.per_epoch),
+            )
         if t.gradual is not None and i in t.gradual.steps:
             t.gradual.prune(i, t.keeps)
         for callback in t.callbacks:
@@ -374,8 +430,9 @@ def _epoch_end(t: _Training, i: int, sums: tuple, due: list) -> bool:
     line, history, model = t.line, t.history, t.model
     mean = float(total) / max(count, 1)
     done_epoch = -(-i // line.per_epoch)  # the epoch this piece ended in, counted from 1
-    if (not math.isfinite(mean) and t.scaler is None) or (t.options.get("on_divergence") == "record"
-                                                          and non_finite_parameter(model)):
+    if (not math.isfinite(mean) and t.scaler is None) or (
+        t.options.get("on_divergence") == "record" and non_finite_parameter(model)
+    ):
         handle_divergence(history, t.options, f"the mean train loss of epoch {done_epoch} is {mean}", done_epoch)
         return False
     history[M_TRAIN_LOSS].append((done_epoch, mean))
@@ -413,10 +470,10 @@ class Predictions:
 
     loss: float
     accuracy: float
-    labels: torch.Tensor          # int64, CPU
-    predicted: torch.Tensor       # int64, CPU
-    true_probability: torch.Tensor   # float32, CPU
-    top5_accuracy: float = float("nan")   # the true class among the 5 largest logits (all of them below 5 classes)
+    labels: torch.Tensor  # int64, CPU
+    predicted: torch.Tensor  # int64, CPU
+    true_probability: torch.Tensor  # float32, CPU
+    top5_accuracy: float = float("nan")  # the true class among the 5 largest logits (all of them below 5 classes)
 
 
 def evaluate(model: nn.Module, batches, *, device: torch.device | None = None) -> tuple[float, float]:

@@ -6,8 +6,13 @@ import torch
 
 
 def sgd(params, options: dict) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=options["lr"], momentum=options.get("momentum", 0.0),
-                           weight_decay=options["weight_decay"], nesterov=options.get("nesterov", False))
+    return torch.optim.SGD(
+        params,
+        lr=options["lr"],
+        momentum=options.get("momentum", 0.0),
+        weight_decay=options["weight_decay"],
+        nesterov=options.get("nesterov", False),
+    )
 
 
 def adam(params, options: dict) -> torch.optim.Optimizer:

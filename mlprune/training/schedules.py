@@ -38,6 +38,7 @@ def lr_factor(i: int, total: int, schedule_fn, options: dict, warmup: int = 0) -
 
 # ---- gradual pruning: the sparsity a training prunes to, at each pruning step ------------------------
 
+
 def agp_shape(progress: float) -> float:
     """Zhu & Gupta's s_t = s_f + (s_i - s_f)(1 - progress)^3, as the share of the way from s_i to s_f."""
     return 1.0 - (1.0 - progress) ** 3

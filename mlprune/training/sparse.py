@@ -122,8 +122,9 @@ class DynamicSparsity:
         changed = {}
         with torch.no_grad():
             for name in self.layers:
-                new, grown = drop_and_grow(weights[name], self.masks[name], scores[name].to(weights[name].device),
-                                           fraction)
+                new, grown = drop_and_grow(
+                    weights[name], self.masks[name], scores[name].to(weights[name].device), fraction
+                )
                 new = new.to(self.masks[name].device)
                 param = params[name]
                 param.masked_fill_(~new | grown.to(param.device), 0.0)
@@ -146,8 +147,7 @@ class BatchNormL1:
 
     def __init__(self, model: nn.Module, strength: float):
         self.strength = strength
-        self.scales = [m.weight for m in model.modules()
-                       if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        self.scales = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
 
     def after_backward(self, i: int) -> None:
         with torch.no_grad():
@@ -171,9 +171,11 @@ def sparse_timeline(options: dict, per_epoch: int, total: int) -> dict | None:
     out["update_every"] = parse_time(sparse["update_every"]).iterations(per_epoch)
     out["end"] = parse_time(sparse["end"]).iterations(per_epoch) if sparse.get("end") else round(0.75 * total)
     if out["update_every"] < 1 or out["end"] > total:
-        raise SpecError(f"train sparse_training updates every {sparse['update_every']} ({out['update_every']} it) "
-                        f"until {sparse.get('end')} ({out['end']} it) of a {total} it training: the updates must "
-                        f"fall inside the training")
+        raise SpecError(
+            f"train sparse_training updates every {sparse['update_every']} ({out['update_every']} it) "
+            f"until {sparse.get('end')} ({out['end']} it) of a {total} it training: the updates must "
+            f"fall inside the training"
+        )
     return out
 
 

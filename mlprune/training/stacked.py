@@ -39,8 +39,8 @@ class NotBatchable(SpecError):
 
 # ---- the batched network: layouts ------------------------------------------------------------------
 
-CHANNELS = "channels"   # [B, N*C, H, W], channels_last: siblings stacked along the channels
-SIBLINGS = "siblings"   # [N, B, ...]: siblings first
+CHANNELS = "channels"  # [B, N*C, H, W], channels_last: siblings stacked along the channels
+SIBLINGS = "siblings"  # [N, B, ...]: siblings first
 
 
 class _Value:
@@ -76,11 +76,13 @@ def _like(value: _Value, tensor: torch.Tensor) -> _Value:
 
 # ---- the batched network: one rule per module type / function ----------------------------------------
 
+
 def _conv(net, name, module: nn.Conv2d, x: _Value) -> _Value:
     weight = net.params[f"{name}.weight"].flatten(0, 1)
     bias = net.params[f"{name}.bias"].flatten() if module.bias is not None else None
-    out = F.conv2d(_to_channels(x, net.n), weight, bias, module.stride, module.padding, module.dilation,
-                   module.groups * net.n)
+    out = F.conv2d(
+        _to_channels(x, net.n), weight, bias, module.stride, module.padding, module.dilation, module.groups * net.n
+    )
     return _Value(out, CHANNELS)
 
 
@@ -108,9 +110,16 @@ def _batchnorm(net, name, module: nn.BatchNorm2d, x: _Value) -> _Value:
     stats = not net.training or module.track_running_stats
     weight = net.params[f"{name}.weight"].flatten() if module.affine else None
     bias = net.params[f"{name}.bias"].flatten() if module.affine else None
-    out = F.batch_norm(_to_channels(x, net.n), mean.view(-1) if stats and mean is not None else None,
-                       var.view(-1) if stats and var is not None else None, weight, bias, use_batch, factor,
-                       module.eps)
+    out = F.batch_norm(
+        _to_channels(x, net.n),
+        mean.view(-1) if stats and mean is not None else None,
+        var.view(-1) if stats and var is not None else None,
+        weight,
+        bias,
+        use_batch,
+        factor,
+        module.eps,
+    )
     return _Value(out, CHANNELS)
 
 
@@ -145,10 +154,10 @@ def _zero_pad_shortcut(net, name, module, x: _Value) -> _Value:
         h = h[:, :, :: module.stride, :: module.stride]
     b, _, height, width = h.shape
     c = module.in_channels
-    per = h.permute(0, 2, 3, 1).unflatten(3, (net.n, c))                      # [B, H, W, N, C]
+    per = h.permute(0, 2, 3, 1).unflatten(3, (net.n, c))  # [B, H, W, N, C]
     zero = per.new_zeros((*per.shape[:4], 1))
     index = torch.tensor([i if i >= 0 else c for i in module.index], device=h.device)
-    out = torch.cat([per, zero], dim=4).index_select(4, index)               # [B, H, W, N, O]
+    out = torch.cat([per, zero], dim=4).index_select(4, index)  # [B, H, W, N, O]
     return _Value(out.reshape(b, height, width, -1).permute(0, 3, 1, 2), CHANNELS)
 
 
@@ -176,17 +185,33 @@ def _add(net, a, b) -> _Value:
 def _module_rules() -> dict:
     from ..models.nets import ZeroPadShortcut
 
-    return {nn.Conv2d: _conv, nn.Linear: _linear, nn.BatchNorm2d: _batchnorm, nn.ReLU: _relu_module,
-            nn.MaxPool2d: _spatial, nn.AvgPool2d: _spatial, nn.AdaptiveAvgPool2d: _spatial, nn.Identity: _identity,
-            nn.Dropout: _dropout, nn.Flatten: _flatten_module, ZeroPadShortcut: _zero_pad_shortcut}
+    return {
+        nn.Conv2d: _conv,
+        nn.Linear: _linear,
+        nn.BatchNorm2d: _batchnorm,
+        nn.ReLU: _relu_module,
+        nn.MaxPool2d: _spatial,
+        nn.AvgPool2d: _spatial,
+        nn.AdaptiveAvgPool2d: _spatial,
+        nn.Identity: _identity,
+        nn.Dropout: _dropout,
+        nn.Flatten: _flatten_module,
+        ZeroPadShortcut: _zero_pad_shortcut,
+    }
 
 
 def _relu_inplace(net, x: _Value) -> _Value:
     return _relu_function(net, x, True)
 
 
-FUNCTION_RULES = {torch.flatten: _flatten, torch.relu: _relu_function, F.relu: _relu_function,
-                  torch.relu_: _relu_inplace, operator.add: _add, torch.add: _add}
+FUNCTION_RULES = {
+    torch.flatten: _flatten,
+    torch.relu: _relu_function,
+    F.relu: _relu_function,
+    torch.relu_: _relu_inplace,
+    operator.add: _add,
+    torch.add: _add,
+}
 
 
 def _check_module(name: str, module: nn.Module) -> None:
@@ -229,9 +254,9 @@ def _pool_before_relu(graph, modules: dict) -> None:
             continue
         source = relu.args[0]
         pool.args = (source,)
-        pool.replace_all_uses_with(relu)   # the pooling's users now read the ReLU
+        pool.replace_all_uses_with(relu)  # the pooling's users now read the ReLU
         relu.args = (pool, *relu.args[1:])
-        pool.append(relu)   # the ReLU now runs after the pooling
+        pool.append(relu)  # the ReLU now runs after the pooling
 
 
 def trace(model: nn.Module) -> list:
@@ -240,8 +265,10 @@ def trace(model: nn.Module) -> list:
     try:
         graph = _Tracer(tuple(rules)).trace(model)
     except Exception as error:  # noqa: BLE001 -- data-dependent control flow and the like: not batched
-        raise NotBatchable(f"{type(model).__name__} cannot be traced for batching: "
-                           f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise NotBatchable(
+            f"{type(model).__name__} cannot be traced for batching: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
     modules = dict(model.named_modules())
     _pool_before_relu(graph, modules)
     steps = []
@@ -282,32 +309,44 @@ class BatchedNetwork:
             other = {name: tuple(t.shape) for name, t in model.state_dict().items()}
             if other != shapes:
                 differ = sorted(set(other.items()) ^ set(shapes.items()))
-                raise NotBatchable(f"sibling networks differ in their tensors ({differ[0][0]}): one architecture "
-                                   f"is batched")
-        device = device if device is not None else next((p.device for p in template.parameters()),
-                                                         torch.device("cpu"))
+                raise NotBatchable(
+                    f"sibling networks differ in their tensors ({differ[0][0]}): one architecture is batched"
+                )
+        device = device if device is not None else next((p.device for p in template.parameters()), torch.device("cpu"))
         self.device = device
         with torch.no_grad():
-            self.params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
-                           .to(device).requires_grad_(True) for name, _ in template.named_parameters()}
-            self.buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in models]).to(device)
-                            for name, _ in template.named_buffers()}
+            self.params = {
+                name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+                .to(device)
+                .requires_grad_(True)
+                for name, _ in template.named_parameters()
+            }
+            self.buffers = {
+                name: torch.stack([dict(m.named_buffers())[name] for m in models]).to(device)
+                for name, _ in template.named_buffers()
+            }
         for name, module in self.modules.items():
             tracked = self.buffers.get(f"{name}.num_batches_tracked" if name else "num_batches_tracked")
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum is None \
-                    and tracked is not None and not bool((tracked == tracked[0]).all()):
-                raise NotBatchable(f"{name}: BatchNorm with momentum None (a cumulative average) over siblings "
-                                   f"that have seen different numbers of batches")
+            if (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and module.momentum is None
+                and tracked is not None
+                and not bool((tracked == tracked[0]).all())
+            ):
+                raise NotBatchable(
+                    f"{name}: BatchNorm with momentum None (a cumulative average) over siblings "
+                    f"that have seen different numbers of batches"
+                )
         self.training = True
         self.dropouts = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules.values())
         self._seeds: list | None = None
         self._rng: list | None = None
 
-    def train(self, mode: bool = True) -> "BatchedNetwork":
+    def train(self, mode: bool = True) -> BatchedNetwork:
         self.training = mode
         return self
 
-    def eval(self) -> "BatchedNetwork":
+    def eval(self) -> BatchedNetwork:
         return self.train(False)
 
     def __call__(self, x: torch.Tensor, *, shared: bool = False) -> torch.Tensor:
