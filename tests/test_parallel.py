@@ -636,7 +636,7 @@ def test_unreachable_scheduler_or_server_are_one_line_exit_2_within_seconds(trac
         (["-P", "nonsense=1,2"], "nonsense"),
         (["-P", "amount=0.1,"], "empty value"),
         (["--scheduler", "threads"], "threads"),
-        (["--workers", "2"], "--workers"),
+        (["--scheduler", "sync", "--workers", "2"], "--workers"),  # --workers alone implies processes
     ],
 )
 def test_bad_sweep_values_are_one_line_exit_2_and_run_nothing(tracking, tmp_path, args, fragment):
