@@ -79,6 +79,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_mlprune_server(folder: Path, uri: str, port: int) -> subprocess.Popen:
+    """A real `mlflow server --app-name mlprune` on 127.0.0.1:`port` over the store `uri`, its output in
+    `folder`/server.log (the tests that read the lineage pages through it wait for it themselves)."""
+    with open(folder / "server.log", "w") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--app-name",
+                "mlprune",
+                "--backend-store-uri",
+                uri,
+                "--default-artifact-root",
+                str(folder / "mlruns"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        )
+
+
 class Browser:
     """Headless Chromium driven over the DevTools protocol (aiohttp's websocket client)."""
 
@@ -215,32 +246,7 @@ def served(tmp_path_factory, _empty_store_db, chromium):
             ),
         )
         workflow.end(True)
-    log = open(folder / "server.log", "w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--app-name",
-            "mlprune",
-            "--backend-store-uri",
-            uri,
-            "--default-artifact-root",
-            str(folder / "mlruns"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=folder,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
+    server = start_mlprune_server(folder, uri, port)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -252,7 +258,6 @@ def served(tmp_path_factory, _empty_store_db, chromium):
             except OSError:
                 pass
             if server.poll() is not None or time.time() > deadline:
-                log.flush()
                 pytest.fail(
                     "mlflow server --app-name mlprune did not come up:\n" + (folder / "server.log").read_text()[-3000:]
                 )
@@ -275,7 +280,6 @@ def served(tmp_path_factory, _empty_store_db, chromium):
             server.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 NODES_JS = """[...document.querySelectorAll('svg g.node')].map(g => {

@@ -18,14 +18,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_lineage_browser import ARTIFACTS, Browser, chromium, free_port  # noqa: F401 - chromium: a fixture
+from test_lineage_browser import ARTIFACTS, Browser, chromium, free_port, start_mlprune_server  # noqa: F401 - chromium: a fixture
 
 from mlprune.cli import main
 
@@ -78,32 +77,7 @@ def study(tmp_path_factory, _empty_store_db):
 @pytest.fixture(scope="module")
 def served(study, chromium):  # noqa: F811 - the fixture imported above
     port = free_port()
-    log = open(study["folder"] / "server.log", "w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--app-name",
-            "mlprune",
-            "--backend-store-uri",
-            study["uri"],
-            "--default-artifact-root",
-            str(study["folder"] / "mlruns"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=study["folder"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
+    server = start_mlprune_server(study["folder"], study["uri"], port)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -115,7 +89,6 @@ def served(study, chromium):  # noqa: F811 - the fixture imported above
             except OSError:
                 pass
             if server.poll() is not None or time.time() > deadline:
-                log.flush()
                 pytest.fail(
                     "mlflow server --app-name mlprune did not come up:\n"
                     + (study["folder"] / "server.log").read_text()[-3000:]
@@ -132,7 +105,6 @@ def served(study, chromium):  # noqa: F811 - the fixture imported above
             server.wait(5)  # its job runner may outlive a SIGTERM
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 def _answer(output: str) -> dict[str, list[str]]:

@@ -266,40 +266,10 @@ def test_a_checkpoint_that_does_not_belong_is_never_resumed(
 
 # ---- a DAG that is not a DAG: parent tags edited into cycles -------------------------------------------------
 def _serve(folder: Path, uri: str):
-    import os
-    import socket
-    import subprocess
-    import sys
+    from test_lineage_browser import free_port, start_mlprune_server
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(folder / "server.log", "w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--app-name",
-            "mlprune",
-            "--backend-store-uri",
-            uri,
-            "--default-artifact-root",
-            str(folder / "mlruns"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=folder,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
+    port = free_port()
+    server = start_mlprune_server(folder, uri, port)
     return server, f"http://127.0.0.1:{port}"
 
 
