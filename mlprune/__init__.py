@@ -5,17 +5,7 @@ root = Experiment("my-study").init(model="lenet", dataset="digits", seed=0)
 trained = root.apply(Recipe.train(epochs=5))
 """
 
-import os as _os
-
 from .version import __version__
-
-# States are computed with several torch threads by default (executor.compute_threads). OpenMP's
-# threads spin while they wait for work (GNU OpenMP's default policy): on a machine whose cores
-# other processes also use, one descheduled thread then stalls every parallel region, and a
-# LeNet-300-100 training took 68 s at 2 threads vs 8 s at 1 on a busy 2-core machine; waiting
-# passively: 11.5 s. OpenMP reads this when torch loads it, so it counts where mlprune is imported
-# before torch (the command line, dask workers); it changes scheduling only, never results.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _LAZY = {
     "Experiment": "api",

@@ -151,6 +151,7 @@ PIES_DIR = "pies"  # one JSON per recipe series and round: its PIEs vs round 0
 
 # ---- environment ---------------------------------------------------------------------
 ENV_THREADS = "MLPRUNE_THREADS"
+ENV_SCHEDULER = "MLPRUNE_SCHEDULER"  # the scheduler where --scheduler is not given (auto)
 ENV_CLAIM_TIMEOUT = "MLPRUNE_CLAIM_TIMEOUT"
 ENV_DEVICE = "MLPRUNE_DEVICE"
 ENV_DATA_DIR = "MLPRUNE_DATA_DIR"

@@ -22,6 +22,10 @@ os.environ["MLPRUNE_BACKGROUND"] = "0"
 # compact networks' latencies timed for the minimum rounds: metrics as always, a few CPU seconds less per
 # structured AlexNet/VGG state (tests/test_structured.py times latency_ms's budget itself)
 os.environ["MLPRUNE_LATENCY_BUDGET"] = "0"
+# states one after the other in the process that runs them (the default, auto, would start local worker
+# processes for independent trainings: tests/test_local.py checks that path; the other tests keep the
+# two xdist workers to the two cores)
+os.environ["MLPRUNE_SCHEDULER"] = "sync"
 
 
 # Modules whose tests take the longest, scheduled first so that the workers finish together (xdist

@@ -65,7 +65,9 @@ def local_cluster(n_workers: int | None, gpus: int = 0):
     import dask
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
-    with dask.config.set(WORKER_CONFIG):
+    # the workers share the cores: their threads wait passively (`threads.settle_wait_policy`)
+    wait_policy = {"distributed.nanny.pre-spawn-environ.OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    with dask.config.set({**WORKER_CONFIG, **wait_policy}):
         if not gpus:
             return LocalCluster(
                 n_workers=n_workers or os.cpu_count() or 1,

@@ -9,9 +9,11 @@ merged by key: a root or a trained network that several plans share is one
 task, computed once. Each missing state is one task of a dask graph that
 depends on its parents' tasks; independent branches run in parallel. The graph
 is the same for every scheduler: ``sync`` runs it in this process with dask's
-synchronous scheduler, ``processes`` on a local dask cluster, ``slurm`` on workers started as SLURM
-jobs (`executor.slurm`), ``tcp://HOST:PORT``
-on a running dask scheduler. A task is plain data (JSON: the node, the tracking
+synchronous scheduler, ``local`` on worker processes of this machine forked from one that loaded
+torch once (`executor.local`), ``processes`` on a local dask cluster, ``slurm`` on workers started as
+SLURM jobs (`executor.slurm`), ``tcp://HOST:PORT`` on a running dask scheduler; ``auto`` (the
+default) is ``local`` where independent trainings are missing and the machine has the cores, else
+``sync``. A task is plain data (JSON: the node, the tracking
 URI, the experiment id, run options), never an object of the caller's.
 
 Correctness does not rest on dask: two workers (or two users) that need the same
@@ -34,11 +36,14 @@ from ..errors import SpecError
 from ..plan import Node, Plan, lineage_top
 from ..plugins import check_portable, plan_plugins
 from .clusters import GPU_RESOURCE, check_worker_plugins, check_workers, connect, is_loopback, task_resources
+from .local import machine_cores
 from .options import RunOptions
 from .task import PROGRESS, batch_member, process_workspace, reach, reach_batch, register_store
-from .threads import CUBLAS_DETERMINISTIC, cluster_threads, compute_threads
+from .threads import CUBLAS_DETERMINISTIC, cluster_threads, compute_threads, pinned_threads, settle_wait_policy
 
-SCHEDULERS = ("sync", "processes", "slurm", "tcp://HOST:PORT")
+SCHEDULERS = ("auto", "sync", "local", "processes", "slurm", "tcp://HOST:PORT")
+_NAMED = ("auto", "sync", "local", "processes", "slurm")
+WORKER_SCHEDULERS = ("local", "processes", "slurm")  # those --workers applies to
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Result:
     computed: int = 0  # distinct states that had no usable FINISHED run when we started
     reused: int = 0  # distinct states that had one
     invalid: list = field(default_factory=list)  # (run id, reason) of states found broken and recomputed
+    scheduler: str = "sync"  # where the missing states were computed (`Execution.describe_scheduler`)
 
 
 _NODE_FIELDS = [f.name for f in fields(Node)]
@@ -63,9 +69,17 @@ def _plain(node: Node) -> dict:
     return {name: getattr(node, name) for name in _NODE_FIELDS}
 
 
+def default_scheduler() -> str:
+    """The scheduler where none is given: MLPRUNE_SCHEDULER, else ``auto``."""
+    text = os.environ.get(names.ENV_SCHEDULER, "").strip()
+    if text and text not in _NAMED and "://" not in text:
+        raise SpecError(f"{names.ENV_SCHEDULER}={text!r} is not a scheduler; allowed: {', '.join(SCHEDULERS)}")
+    return text or "auto"
+
+
 def parse_scheduler(scheduler: str | None) -> str:
-    scheduler = (scheduler or "sync").strip()
-    if scheduler in ("sync", "processes", "slurm"):
+    scheduler = (scheduler or default_scheduler()).strip()
+    if scheduler in _NAMED:
         return scheduler
     if "://" in scheduler:
         from urllib.parse import urlparse
@@ -92,7 +106,7 @@ class Execution:
         plans: list[Plan],
         store,
         *,
-        scheduler: str = "sync",
+        scheduler: str | None = None,
         workers: int | None = None,
         options: RunOptions | None = None,
         progress=None,
@@ -104,9 +118,10 @@ class Execution:
         self.scheduler = parse_scheduler(scheduler)
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise SpecError(f"workers must be an integer >= 1, got {workers!r}")
-        if workers is not None and self.scheduler not in ("processes", "slurm"):
+        if workers is not None and self.scheduler not in WORKER_SCHEDULERS:
             raise SpecError(
-                "--workers applies to --scheduler processes and slurm only; start cluster workers with `dask worker`"
+                f"--workers applies to --scheduler {', '.join(WORKER_SCHEDULERS)} only, not {self.scheduler}; "
+                f"start cluster workers with `dask worker`"
             )
         if slurm is not None and self.scheduler != "slurm":
             raise SpecError("SLURM options (--slurm-opt, --slurm-config) apply to --scheduler slurm only")
@@ -140,6 +155,60 @@ class Execution:
         self.existing, self.invalid = self._lookup()
         self.missing = [key for key in self._order() if key not in self.existing]
         self._missing = set(self.missing)
+        self.asked = self.scheduler  # before `auto` is resolved
+        self._local = None  # local workers (`executor.local`), started here so that their imports overlap ours
+        if self.scheduler in ("auto", "local"):
+            self._side_by_side()
+        if self.scheduler == "sync" and self.missing:
+            settle_wait_policy(pinned_threads() or machine_cores())
+
+    def _side_by_side(self) -> None:
+        """Resolve ``auto`` (``local`` where independent trainings are missing, the device is the CPU and
+        the machine has a core for each, else ``sync``) and start the local workers."""
+        from .local import LocalWorkers, preload_modules, training_width
+
+        count = 0
+        if self.missing:
+            width = training_width(self._graph(None), {reach: "reach", reach_batch: "reach_batch"})
+            count = self.workers or min(width, max(1, machine_cores() // (pinned_threads() or 1)))
+        if self.scheduler == "auto":
+            if count < 2 or not self._cpu_only() or not self._portable():
+                self.scheduler = "sync"
+                return
+            self.scheduler = "local"
+        if self.missing:
+            self._local = LocalWorkers(max(1, count), preload_modules())
+
+    def _cpu_only(self) -> bool:
+        """Whether states are computed on the CPU, as far as can be told before torch is imported (`check`
+        confirms it)."""
+        from ..training.devices import maybe_accelerator
+
+        return self.options.device == "cpu" or (self.options.device == "auto" and not maybe_accelerator())
+
+    def _portable(self) -> bool:
+        try:
+            check_portable(plan_plugins([self.nodes[k] for k in self.missing]), "local")
+        except SpecError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """End the local workers started for this execution, if it is not run (`run` ends them itself)."""
+        if self._local is not None:
+            self._local.close()
+
+    @property
+    def local_workers(self) -> int:
+        """How many local worker processes compute states (0: none, this process does)."""
+        return self._local.count if self._local is not None else 0
+
+    def describe_scheduler(self) -> str:
+        """The scheduler as resolved, for a summary line: e.g. ``local (2 workers, 1 thread each)``."""
+        if self.scheduler == "local" and self._local is not None and self.options.threads:
+            threads = self.options.threads
+            return f"local ({self._local.count} workers, {threads} thread{'s' if threads > 1 else ''} each)"
+        return self.scheduler
 
     def _lookup(self) -> tuple[dict[str, str], list]:
         """{key: run id} of the usable FINISHED states among the plans' nodes; broken ones invalidated."""
@@ -197,10 +266,13 @@ class Execution:
             return
         if self.scheduler != "sync":
             check_portable(plan_plugins([self.nodes[k] for k in self.missing]), self.scheduler)
-        if self.scheduler == "sync" or self.scheduler == "processes":
+        if self.scheduler in ("sync", "local", "processes"):
             from ..training.devices import resolve_device
 
-            resolve_device(self.options.device)
+            device = resolve_device(self.options.device)
+            if self.asked == "auto" and self.scheduler == "local" and device.type != "cpu":
+                self._local.close()  # an accelerator the early guess did not see: one state after the other
+                self._local, self.scheduler = None, "sync"
         from ..validate import check_nodes
         from ..workspace import Workspace
 
@@ -317,6 +389,8 @@ class Execution:
                 if self.options.threads is None:
                     self.options.threads = compute_threads(1)
                 self._run_sync(self._graph(workflow), reached, report)
+            elif self.scheduler == "local":
+                self._run_local(workflow, reached, report)
             else:
                 self._run_dask(workflow, reached, report)
         elif "://" in self.scheduler:  # nothing to compute, but a bad address is an error
@@ -329,6 +403,7 @@ class Execution:
             computed=len(self.missing),
             reused=len(self.existing),
             invalid=self.invalid,
+            scheduler=self.describe_scheduler(),
         )
 
     def _graph(self, workflow: str | None) -> dict:
@@ -376,6 +451,22 @@ class Execution:
                 dask.local.get_sync(graph, list(graph))
         finally:
             PROGRESS.printer = None
+
+    def _run_local(self, workflow, reached, report) -> None:
+        if self.options.threads is None:  # the cores split between the workers
+            self.options.threads = compute_threads(self._local.count)
+
+        def on_result(key, run_id):
+            if key in self.nodes:  # not a group task (`batching`)
+                reached[key] = run_id
+                report(key)
+
+        try:
+            self._local.run(
+                self._graph(workflow), {reach: "reach", reach_batch: "reach_batch"}, on_result, self.progress
+            )
+        finally:
+            self._local.close()
 
     def _run_dask(self, workflow, reached, report) -> None:
         from distributed import as_completed
@@ -443,7 +534,7 @@ class Execution:
 def run_plans(
     plans,
     store,
-    scheduler: str = "sync",
+    scheduler: str | None = None,
     *,
     workers: int | None = None,
     on_state=None,

@@ -30,6 +30,19 @@ def check_device_name(name: str | None) -> str:
     return name
 
 
+def maybe_accelerator() -> bool:
+    """Whether ``auto`` may find a GPU here, told without importing torch: a GPU driver's device files
+    (NVIDIA, AMD), or macOS (MPS). A guess that only decides what is prepared early: `resolve_device`
+    decides."""
+    import sys
+
+    if sys.platform == "darwin":
+        return True
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(os.path.exists(path) for path in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+
+
 def available() -> list[str]:
     import torch
 

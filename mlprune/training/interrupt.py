@@ -53,6 +53,11 @@ def stop_requested() -> str | None:
     return _state["reason"] if _stop.is_set() else None
 
 
+def stop_signal() -> int | None:
+    """The number of the signal that requested the pending stop, if one did."""
+    return _state["signal"] if _stop.is_set() else None
+
+
 def clear_stop() -> None:
     """Forget a stop request (a process that goes on after handling one, tests)."""
     with _lock:
