@@ -18,11 +18,11 @@ from mlprune.executor.local import (
     _chain_priority,
     error_from_json,
     error_json,
-    machine_cores,
     training_width,
 )
 from mlprune.executor.options import RunOptions
 from mlprune.executor.task import reach, reach_batch
+from mlprune.executor.threads import machine_cores
 from mlprune.recipes import compile_recipe
 from mlprune.store import Store
 from mlprune.training.interrupt import Interrupted, clear_stop, request_stop

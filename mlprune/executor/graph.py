@@ -36,10 +36,16 @@ from ..errors import SpecError
 from ..plan import Node, Plan, lineage_top
 from ..plugins import check_portable, plan_plugins
 from .clusters import GPU_RESOURCE, check_worker_plugins, check_workers, connect, is_loopback, task_resources
-from .local import machine_cores
 from .options import RunOptions
 from .task import PROGRESS, batch_member, process_workspace, reach, reach_batch, register_store
-from .threads import CUBLAS_DETERMINISTIC, cluster_threads, compute_threads, pinned_threads, settle_wait_policy
+from .threads import (
+    CUBLAS_DETERMINISTIC,
+    cluster_threads,
+    compute_threads,
+    machine_cores,
+    pinned_threads,
+    settle_wait_policy,
+)
 
 SCHEDULERS = ("auto", "sync", "local", "processes", "slurm", "tcp://HOST:PORT")
 _NAMED = ("auto", "sync", "local", "processes", "slurm")

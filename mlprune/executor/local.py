@@ -45,30 +45,6 @@ _HEADER = struct.Struct(">I")
 TRAIN_COST = 20  # a training costs this many non-training states (the priority of a chain of tasks)
 
 
-def others_running() -> bool:
-    """Whether other work is running on this machine now (Linux: runnable tasks besides this one in
-    /proc/loadavg, sampled three times; elsewhere: the 1-minute load average)."""
-    try:
-        counts = []
-        for _ in range(3):
-            with open("/proc/loadavg") as file:
-                counts.append(int(file.read().split()[3].split("/")[0]))
-        return min(counts) > 1
-    except (OSError, ValueError, IndexError):
-        try:
-            return os.getloadavg()[0] >= 1.0
-        except OSError:
-            return False
-
-
-def machine_cores() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 # ---- this process: the graph on the workers -------------------------------------------------------------
 
 
@@ -151,12 +127,10 @@ class LocalWorkers:
         self.count = count
         mine, theirs = zip(*(socket.socketpair() for _ in range(count)))
         self.sockets = list(mine)
-        import mlprune
-
         env = dict(os.environ)
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # states side by side share the cores: threads never spin
         # the helper imports mlprune as this process does (the caller's sys.path, this mlprune first)
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(mlprune.__file__).resolve().parents[1]), *sys.path[1:]])
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path[1:]])
         config = {"fds": [s.fileno() for s in theirs], "preload": preload}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlprune.executor.local", json.dumps(config)],

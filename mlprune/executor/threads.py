@@ -55,10 +55,32 @@ def settle_wait_policy(threads: int) -> None:
 
     if threads < 2 or "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
         return
-    from .local import others_running
-
     if others_running():
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def others_running() -> bool:
+    """Whether other work is running on this machine now (Linux: runnable tasks besides this one in
+    /proc/loadavg, sampled three times; elsewhere: the 1-minute load average)."""
+    try:
+        counts = []
+        for _ in range(3):
+            with open("/proc/loadavg") as file:
+                counts.append(int(file.read().split()[3].split("/")[0]))
+        return min(counts) > 1
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0] >= 1.0
+        except OSError:
+            return False
+
+
+def machine_cores() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def cluster_threads(client) -> int:
