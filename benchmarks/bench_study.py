@@ -14,7 +14,9 @@ Sides, each a whole process (imports included), alternated A B A B and the media
   environment (no MLPRUNE_THREADS, no OMP setting);
 - ``bare``: ``bare_lottery.py`` once per seed, one process after the other (the wall of the three);
 - ``sweep_one_thread``: the sweep at ``MLPRUNE_THREADS=1 --scheduler sync``, one state after the other
-  on one thread: ``defaults_speedup`` = it / ``sweep`` says what the defaults gain over one thread.
+  on one thread: ``defaults_speedup`` = it / ``sweep`` says what the defaults gain over one thread;
+- ``sweep_sync``: the sweep at ``--scheduler sync``, one state after the other in one process with all
+  cores (the default before ``auto``): ``side_by_side_speedup`` = it / ``sweep``.
 
 Each side's CPU seconds (its processes and their children, ``RUSAGE_CHILDREN``) are reported beside the
 walls, and the load average before each: on a shared machine the walls move with the neighbours.
@@ -46,7 +48,7 @@ SIZES = {
     "quick": dict(n_train=4_000, n_test=1_000, seeds=3, levels=5, epochs=10, reps=2),
     "tiny": dict(n_train=128, n_test=64, seeds=1, levels=1, epochs=1, reps=1),
 }
-KINDS = ("sweep", "bare", "sweep_one_thread")
+KINDS = ("sweep", "bare", "sweep_one_thread", "sweep_sync")
 RECIPE = """\
 name: study
 params: {{levels: {levels}, epochs: {epochs}, seed: 0}}
@@ -126,7 +128,7 @@ class Study:
         uri, _ = _common.fresh_store(folder, EXPERIMENT)
         return uri, folder
 
-    def _sweep(self, one_thread: bool, checkout: Path | None = None) -> None:
+    def _sweep(self, one_thread: bool, checkout: Path | None = None, sync: bool = False) -> None:
         uri, folder = self._store()
         env = dict(self.env, MLFLOW_TRACKING_URI=uri, **({"MLPRUNE_THREADS": "1"} if one_thread else {}))
         if checkout is not None:  # another checkout's mlprune (before / after in one run)
@@ -141,12 +143,13 @@ class Study:
             f"0-{self.size['seeds'] - 1}",
             "-e",
             EXPERIMENT,
-            *(("--scheduler", "sync") if one_thread else ()),
+            *(("--scheduler", "sync") if one_thread or sync else ()),
         ]
         proc = subprocess.run(argv, env=env, cwd=folder, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             raise RuntimeError(f"mlprune sweep failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-        self.accuracies.setdefault("sweep_one_thread" if one_thread else "sweep", _all_accuracies(uri))
+        label = "sweep_one_thread" if one_thread else "sweep_sync" if sync else "sweep"
+        self.accuracies.setdefault(label, _all_accuracies(uri))
 
     def _bare(self, *extra: str, label: str = "bare", seeds: int | None = None) -> None:
         finals = []
@@ -172,7 +175,8 @@ class Study:
         elif kind == "bare":
             self._bare()
         else:
-            self._sweep(one_thread=kind == "sweep_one_thread", checkout=self.before if kind == "sweep_before" else None)
+            before = self.before if kind == "sweep_before" else None
+            self._sweep(one_thread=kind == "sweep_one_thread", checkout=before, sync=kind == "sweep_sync")
         return time.perf_counter() - started, _children_cpu() - cpu
 
 
@@ -238,6 +242,7 @@ def measure(
         "study_vs_bare": m["sweep"] / m["bare"],
         "study_vs_bare_paired_median": _common.median(paired),
         "defaults_speedup": m["sweep_one_thread"] / m["sweep"],
+        **({"side_by_side_speedup": m["sweep_sync"] / m["sweep"]} if "sweep_sync" in m else {}),
         "study_cpu_vs_bare": c["sweep"] / c["bare"],
         "medians_s": {k: round(v, 3) for k, v in m.items()},
         "cpu_medians_s": {k: round(v, 3) for k, v in c.items()},

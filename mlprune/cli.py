@@ -45,7 +45,8 @@ class _Group(click.Group):
             click.echo("interrupted: states being computed are marked FAILED; finished ones are kept", err=True)
             sys.exit(130)
         except Exception as error:  # noqa: BLE001 - a tracking store's failure is one line, not a traceback
-            if not type(error).__module__.startswith(("mlflow", "sqlalchemy", "sqlite3", "psycopg2")):
+            origin = getattr(error, "type_name", type(error).__module__)  # a local worker's error: its own type
+            if not origin.startswith(("mlflow", "sqlalchemy", "sqlite3", "psycopg2")):
                 raise
             text = " ".join(str(error).split())
             click.echo(f"error: tracking store: {type(error).__name__}: {text[:300]}", err=True)

@@ -228,12 +228,23 @@ class _Schedule:
             idle = [i for i in range(self.workers.count) if i not in self.busy and i not in self.dead]
             if not idle:
                 if len(self.dead) == self.workers.count:
-                    self.errors.append(RuntimeError("every local worker process ended; see the errors above"))
+                    status = self.workers.process.poll()
+                    self.errors.append(
+                        RuntimeError(
+                            f"every local worker process ended (their helper process: "
+                            f"{'running' if status is None else f'exit status {status}'}); see the errors above"
+                        )
+                    )
                 return
+            self.workers.used[0] = True
+            try:
+                send(self.workers.sockets[idle[0]], {"call": self.calls[function], "args": values})
+            except OSError:  # that worker is gone: the next one takes the task
+                self.dead.add(idle[0])
+                self.selector.unregister(self.workers.sockets[idle[0]])
+                continue
             self.ready.pop(0)
             self.busy[idle[0]] = key
-            self.workers.used[0] = True
-            send(self.workers.sockets[idle[0]], {"call": self.calls[function], "args": values})
 
     def _answer(self, index: int) -> None:
         message = receive(self.workers.sockets[index])
@@ -272,7 +283,10 @@ class _Schedule:
 
         self.stopping = (reason, stop_signal())
         for index in self.busy:
-            send(self.workers.sockets[index], {"stop": reason, "signal": stop_signal()})
+            try:
+                send(self.workers.sockets[index], {"stop": reason, "signal": stop_signal()})
+            except OSError:  # gone already: `_answer` reports it
+                pass
 
 
 def _chain_priority(graph: dict, deps: dict, calls: dict) -> dict[str, tuple]:
@@ -436,7 +450,10 @@ def serve(sock: socket.socket) -> None:
 
     def answer(message: dict) -> None:
         with lock:
-            send(sock, message)
+            try:
+                send(sock, message)
+            except OSError:  # the coordinating process is gone (its stop reached the training already)
+                pass
 
     threading.Thread(target=listen, name="mlprune-local-listen", daemon=True).start()
     PROGRESS.printer = lambda line: answer({"progress": line})
