@@ -31,10 +31,12 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import weakref
 from functools import partial
 from pathlib import Path
@@ -188,11 +190,15 @@ class _Schedule:
         self.stopping: tuple[str, int | None] | None = None
 
     def run(self) -> dict:
-        from ..training.interrupt import interrupted, request_stop, stop_requested
+        from ..training.interrupt import install_signal_handlers, interrupted, stop_requested
 
         self.selector = selector = selectors.DefaultSelector()
         for index, sock in enumerate(self.workers.sockets):
             selector.register(sock, selectors.EVENT_READ, index)
+        # Ctrl-C: a stop request passed on to the workers (their trainings checkpoint, as on SIGTERM), never
+        # a KeyboardInterrupt between a worker's answer and its bookkeeping
+        interrupt = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+        install_signal_handlers((signal.SIGINT,))
         try:
             while self.ready or self.busy:
                 if stop_requested() and self.stopping is None:
@@ -200,15 +206,12 @@ class _Schedule:
                 self._dispatch()
                 if not self.busy:
                     break
-                try:
-                    events = selector.select(timeout=0.2)
-                except KeyboardInterrupt:  # Ctrl-C: the workers checkpoint and stop, as on SIGTERM
-                    request_stop("interrupt (Ctrl-C)", 2)
-                    continue
-                for selected, _ in events:
+                for selected, _ in selector.select(timeout=0.2):
                     self._answer(selected.data)
         finally:
             selector.close()
+            if interrupt is not None:
+                signal.signal(signal.SIGINT, interrupt)
         if self.errors:
             raise self.errors[0]
         if stop_requested():
@@ -391,7 +394,6 @@ def worker_calls() -> dict:
 def zygote(config: dict) -> None:
     """Import `preload`, fork one worker per socket, wait for them."""
     import importlib
-    import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinating process turns a Ctrl-C into stop messages
     for name in config["preload"]:
@@ -426,7 +428,6 @@ def zygote(config: dict) -> None:
 def serve(sock: socket.socket) -> None:
     """A worker: run the tasks that arrive, answer each; a stop message stops the training in progress."""
     import queue
-    import threading
 
     from ..training.interrupt import install_signal_handlers, request_stop
     from .task import PROGRESS
