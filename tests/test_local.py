@@ -5,6 +5,7 @@ has them, and what ``auto`` picks. Real stores in a temp dir, real worker proces
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -170,3 +171,52 @@ def test_the_program_exits_with_its_status_and_writes_all_its_output(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1, bad.stderr
     listed = subprocess.run([sys.executable, "-m", "mlprune", "--help"], capture_output=True, text=True)
     assert listed.returncode == 0 and listed.stdout.endswith("\n") and "  sweep " in listed.stdout, listed.stdout
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path):
+    """The workers are forked from a fresh helper, never from the caller: its ``__main__`` stays its own."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY)
+    script = tmp_path / "study.py"
+    script.write_text(
+        "from mlprune.executor import run_plans\n"
+        "from mlprune.recipes import compile_recipe\n"
+        "from mlprune.store import Store\n"
+        "print('the script ran', flush=True)\n"
+        f"plans = [compile_recipe({str(recipe)!r}, {{'seed': s}}) for s in (0, 1)]\n"
+        f"store = Store('script', tracking_uri='sqlite:///{tmp_path / 'mlflow.db'}')\n"
+        "print(run_plans(plans, store, scheduler='local', workers=2).scheduler)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["the script ran", "local (2 workers, 1 thread each)"], done.stdout
+
+
+def test_openmp_waits_passively_where_other_work_runs_and_a_users_setting_wins(tmp_path):
+    """`settle_wait_policy` in a fresh process (before torch loads), beside a process that keeps a core busy."""
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "print('busy', flush=True)\nwhile True: pass"], stdout=subprocess.PIPE
+    )
+    try:
+        assert busy.stdout.readline().strip() == b"busy"
+        check = (
+            "import os, sys\n"
+            "from mlprune.executor.threads import settle_wait_policy\n"
+            "settle_wait_policy(int(sys.argv[1]))\n"
+            "print(os.environ.get('OMP_WAIT_POLICY', 'unset'))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+        def policy(threads, **extra):
+            out = subprocess.run(
+                [sys.executable, "-c", check, str(threads)], env={**env, **extra}, capture_output=True, text=True
+            )
+            return out.stdout.strip()
+
+        cores = machine_cores()
+        assert policy(cores) == "PASSIVE"  # a thread per core while other work runs: they wait passively
+        assert policy(1) == "unset"  # one thread never waits for another
+        assert policy(2, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"  # the user's setting wins
+    finally:
+        busy.kill()
+        busy.wait()

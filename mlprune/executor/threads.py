@@ -44,35 +44,35 @@ def pinned_threads() -> int | None:
 def settle_wait_policy(threads: int) -> None:
     """How OpenMP's threads wait in this process, set before torch loads (OpenMP reads it then).
 
-    States computed here with several threads: where the machine has its cores, OpenMP's default (a
-    thread spins briefly for the next parallel region: a LeNet-300-100 training 3.1 s, against 5.6 s
-    waiting passively and 4.3 s at one thread); where other work runs now, passive waits (a spinning
-    thread that the other work deschedules stalls every parallel region: 30 s against 2.3 s on a busy
-    2-core machine). It changes scheduling only, never results. A user's OMP_WAIT_POLICY wins; once
-    torch is imported nothing changes.
+    States computed here with several threads: where the machine has a core for each of them,
+    OpenMP's default (a thread spins briefly for the next parallel region: a LeNet-300-100 training
+    3.1 s, against 5.6 s waiting passively and 4.3 s at one thread); where other work running now
+    leaves fewer, passive waits (a spinning thread that the other work deschedules stalls every
+    parallel region: 30 s against 2.3 s on a busy 2-core machine). It changes scheduling only, never
+    results. A user's OMP_WAIT_POLICY wins; once torch is imported nothing changes.
     """
     import sys
 
     if threads < 2 or "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
         return
-    if others_running():
+    if others_running() + threads > machine_cores():
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
-def others_running() -> bool:
-    """Whether other work is running on this machine now (Linux: runnable tasks besides this one in
-    /proc/loadavg, sampled three times; elsewhere: the 1-minute load average)."""
+def others_running() -> int:
+    """How many other tasks run on this machine now (Linux: the runnable tasks besides this one in
+    /proc/loadavg, the least of three looks; elsewhere: the 1-minute load average)."""
     try:
         counts = []
         for _ in range(3):
             with open("/proc/loadavg") as file:
                 counts.append(int(file.read().split()[3].split("/")[0]))
-        return min(counts) > 1
+        return max(0, min(counts) - 1)
     except (OSError, ValueError, IndexError):
         try:
-            return os.getloadavg()[0] >= 1.0
+            return round(os.getloadavg()[0])
         except OSError:
-            return False
+            return 0
 
 
 def machine_cores() -> int:
