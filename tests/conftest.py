@@ -51,6 +51,7 @@ LONGEST_FIRST = (
     "test_structured.py",
     "test_batched_runs.py",
     "test_lineage.py",
+    "test_local.py",
     "test_background.py",
     "test_training_protocols.py",
     "test_gpu_check.py",
