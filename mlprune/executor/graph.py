@@ -178,10 +178,12 @@ class Execution:
             width = training_width(self._graph(None), {reach: "reach", reach_batch: "reach_batch"})
             count = self.workers or min(width, max(1, machine_cores() // (pinned_threads() or 1)))
         if self.scheduler == "auto":
-            if count < 2 or not self._cpu_only() or not self._portable():
+            if count < 2 or not hasattr(os, "fork") or not self._cpu_only() or not self._portable():
                 self.scheduler = "sync"
                 return
             self.scheduler = "local"
+        elif not hasattr(os, "fork"):
+            raise SpecError("--scheduler local forks its workers: not on this system; use sync or processes")
         if self.missing:
             self._local = LocalWorkers(max(1, count), preload_modules())
 
