@@ -220,3 +220,23 @@ def test_openmp_waits_passively_where_other_work_runs_and_a_users_setting_wins(t
     finally:
         busy.kill()
         busy.wait()
+
+
+@two_cores
+def test_a_sweep_of_seeds_runs_side_by_side_by_default_and_says_so(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mlprune.cli import main
+
+    monkeypatch.delenv("MLPRUNE_SCHEDULER")
+    monkeypatch.delenv("MLPRUNE_THREADS")  # the defaults a user gets
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY)
+    out = CliRunner().invoke(main, ["sweep", str(recipe), "--seeds", "0-1", "-e", "seeds"])
+    assert out.exit_code == 0, out.output
+    assert f"scheduler local (2 workers, {machine_cores() // 2} thread" in out.output, out.output
+    assert "8 states: 8 computed, 0 reused" in out.output
+    store = store_in(tmp_path, "seeds")
+    threads = {r.data.params.get("run.threads") for r in store.client.search_runs([store.experiment_id])}
+    assert threads == {str(machine_cores() // 2), None}  # each state records it (the workflow run does not)
