@@ -564,7 +564,7 @@ def test_bad_one_shot_sections_are_one_line_errors(tmp_path, section, fragment):
 
 
 @pytest.mark.slow
-def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_control(tracking, tmp_path):
+def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_control(tracking, tmp_path, monkeypatch):
     """The preset at one sparsity on 64 digits: 28 states; controls keep what they promise; the report's
     accuracy-vs-remaining figure has one series per method and control, each starting at the dense network."""
     from click.testing import CliRunner
@@ -572,12 +572,20 @@ def test_sanity_preset_runs_and_its_report_draws_one_curve_per_method_and_contro
     from mlprune import Experiment, analysis
     from mlprune.cli import main
     from mlprune.recipes import compile_recipe
+    from mlprune.registry import Registry
+    from mlprune.report import sections
     from mlprune.report.accuracy import accuracy_section
     from mlprune.report.common import Page, StateLoader
     from mlprune.report.sanity import sanity_section
     from mlprune.report.sections import SectionContext
     from mlprune.report.series import collect
 
+    # the workflow run draws the two sections this test reads; all of them, for every one of the 19 series,
+    # would be a minute of matplotlib (every section on a workflow run: tests/test_lineage.py)
+    drawn = Registry("report section")
+    for name in ("accuracy", "sanity"):
+        drawn.add(sections.SECTIONS[name])
+    monkeypatch.setattr(sections, "SECTIONS", drawn)
     params = ["-P", "sparsities=0.9", "-P", "epochs=1", "-P", "train_size=64", "-P", "test_size=64"]
     result = CliRunner().invoke(main, ["run", str(PRESET), "-e", "sanity", *params])
     assert result.exit_code == 0, result.output
