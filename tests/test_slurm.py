@@ -457,10 +457,19 @@ def hashes_by_key(uri: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_sweep_on_slurm_jobs_equals_sync(slurm, tracking, tmp_path, sync_reference):
-    result = run_cli(
-        [*SWEEP, "--scheduler", "slurm", "--workers", "2"], env=cli_env(tracking, MLPRUNE_THREADS="1"), cwd=tmp_path
-    )
+def test_sweep_on_slurm_jobs_equals_sync_and_gpu_jobs_hold_one_gpu_each(slurm, tracking, tmp_path, sync_reference):
+    """Two jobs compute the sweep: bitwise the states of sync, each tagged with its job, each job's log kept;
+    a second sweep submits no job. On the test SLURM's fake GPUs the same sweep asks for --slurm-opt gpus=1:
+    each job gets its own GPU (CUDA_VISIBLE_DEVICES), its worker offers one GPU resource and every task asks
+    for it (device auto; here it computes on the CPU, which has no CUDA: still the same states as sync)."""
+    import torch
+
+    # a SLURM that was running already: its GPUs are not known to the test; a CUDA machine: the fake GPUs
+    # would stand for its real ones
+    fake_gpus = slurm.fake_gpus >= 2 and not torch.cuda.is_available()
+    gpus = ["--slurm-opt", "gpus=1", "--slurm-opt", "prologue=echo gpu=$CUDA_VISIBLE_DEVICES >&2"] if fake_gpus else []
+    sweep = [*SWEEP, "--scheduler", "slurm", "--workers", "2", *gpus]
+    result = run_cli(sweep, env=cli_env(tracking, MLPRUNE_THREADS="1"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 states: 8 computed, 0 reused" in result.stdout
     runs = key_runs(tracking)
@@ -470,11 +479,20 @@ def test_sweep_on_slurm_jobs_equals_sync(slurm, tracking, tmp_path, sync_referen
     logs = sorted(p.name for p in (tmp_path / "slurm-logs").glob("mlprune-*.err"))
     assert {f"mlprune-{job}.err" for job in jobs} <= set(logs) and len(logs) == 2  # --workers 2: two jobs
     assert hashes_by_key(tracking) == sync_reference  # the same keys, bitwise the same weights
+    if fake_gpus:
+        texts = [p.read_text() for p in (tmp_path / "slurm-logs").glob("mlprune-*.err")]
+        assert sorted(line for text in texts for line in text.splitlines() if line.startswith("gpu=")) == [
+            "gpu=0",
+            "gpu=1",
+        ]
     assert not slurm.jobs() or wait_for(lambda: not slurm.jobs(), 60, "the worker jobs to end")
     # a second sweep reuses everything and submits no job
-    again = run_cli([*SWEEP, "--scheduler", "slurm", "--workers", "2"], env=cli_env(tracking), cwd=tmp_path)
+    again = run_cli(sweep, env=cli_env(tracking), cwd=tmp_path)
     assert again.returncode == 0 and "8 states: 0 computed, 8 reused" in again.stdout, again.stderr[-2000:]
     assert len(list((tmp_path / "slurm-logs").glob("mlprune-*.err"))) == 2
+    if fake_gpus:  # --device cuda without a GPU per job is refused before anything runs
+        refused = run_cli([*SWEEP, "--scheduler", "slurm", "--device", "cuda"], env=cli_env(tracking), cwd=tmp_path)
+        assert refused.returncode == 2 and "--slurm-opt gpus=1" in one_line_error(refused)
 
 
 def job_of(pid: int) -> str:
@@ -542,41 +560,6 @@ def test_scancel_of_a_job_mid_training_the_sweep_completes_without_duplicates(
     assert redone.data.metrics.get("resumed_from_iteration", 0) > 0, redone.data.metrics
     assert all(r.data.tags.get(TAG_SLURM_JOB_ID) for r in finished)
     assert hashes_by_key(tracking) == sync_hashes(SWEEP_2_EPOCHS)  # bitwise what an uninterrupted sweep computes
-
-
-@pytest.mark.slow
-def test_gpu_jobs_hold_one_gpu_each_and_take_one_task_per_gpu(slurm, tracking, tmp_path, sync_reference):
-    """--slurm-opt gpus=1 on the test SLURM's fake GPUs: each job gets its own (CUDA_VISIBLE_DEVICES),
-    its worker offers one GPU resource and every task asks for it (device auto; here it computes on
-    the CPU, which has no CUDA: the same states as sync)."""
-    import torch
-
-    if slurm.fake_gpus < 2:
-        pytest.skip("a SLURM that was running already: its GPUs are not known to the test")
-    if torch.cuda.is_available():
-        pytest.skip("the test SLURM's fake GPUs would stand for this machine's real ones")
-    result = run_cli(
-        [
-            *SWEEP,
-            "--scheduler",
-            "slurm",
-            "--workers",
-            "2",
-            "--slurm-opt",
-            "gpus=1",
-            "--slurm-opt",
-            "prologue=echo gpu=$CUDA_VISIBLE_DEVICES >&2",
-        ],
-        env=cli_env(tracking, MLPRUNE_THREADS="1"),
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    logs = [p.read_text() for p in (tmp_path / "slurm-logs").glob("mlprune-*.err")]
-    assert sorted(line for text in logs for line in text.splitlines() if line.startswith("gpu=")) == ["gpu=0", "gpu=1"]
-    assert hashes_by_key(tracking) == sync_reference
-    # --device cuda without a GPU per job is refused before anything runs
-    refused = run_cli([*SWEEP, "--scheduler", "slurm", "--device", "cuda"], env=cli_env(tracking), cwd=tmp_path)
-    assert refused.returncode == 2 and "--slurm-opt gpus=1" in one_line_error(refused)
 
 
 @pytest.mark.slow
