@@ -537,7 +537,8 @@ def test_signal_handlers_install_in_the_main_thread_only():
 
 # ---- the must-shows: a real `mlprune run` killed, then run again ---------------------------------------
 RECIPE = str(REPO / "recipes" / "lt_structuredL1.yaml")
-ARGS = ["-P", "epochs=6"]
+# one round: the two-step node SIGTERM interrupts (rewind + train) is round 1; more rounds would only add states
+ARGS = ["-P", "epochs=6", "-P", "rounds=1"]
 
 # SIGKILL at a controlled point: the commit of the first checkpoint at or after AT (an iteration) blocks,
 # after writing the run id to BLOCKED; the training thread then waits for it at its next checkpoint
@@ -592,7 +593,7 @@ def _wait_for(path: Path, process) -> str:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, _empty_store_db):
-    """lt_structuredL1 with 6 epochs, run once without interruption in a store of its own."""
+    """lt_structuredL1 with 6 epochs and one round, run once without interruption in a store of its own."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     shutil.copy(_empty_store_db, folder / "mlflow.db")
     uri = f"sqlite:///{folder}/mlflow.db"
