@@ -244,6 +244,8 @@ def test_report_has_every_figure_and_right_numbers(in_store, tmp_path):
     kinds = re.findall(r'<figure data-kind="([^"]+)"><img src="data:image/png;base64,([^"]+)"', html)
     assert FIGURE_KINDS <= {k for k, _ in kinds}
     assert len(kinds) == html.count("<img") == len(list((out / "figures").glob("*.png")))
+    # write_report's result, as the command prints it: the recipes share the seed-0 root and training
+    assert f"(14 states, {len(kinds)} figures)" in result.output.strip().splitlines()[-1]
     for _, data in kinds[:3]:
         assert base64.b64decode(data).startswith(b"\x89PNG")
     assert not re.search(r'(src|href)="https?://(?!127\.0\.0\.1:5000/#/)', html)
@@ -335,13 +337,23 @@ def test_report_has_every_figure_and_right_numbers(in_store, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_python_api_and_ui_url(in_store, tmp_path):
+def test_report_python_api_and_ui_url(in_store, tmp_path, monkeypatch):
+    from mlprune.registry import Registry
+    from mlprune.report import sections
+
+    # the sections that link to the UI and one figure (every section, through the same write_report: the
+    # command's report in test_report_has_every_figure_and_right_numbers)
+    linked = Registry("report section")
+    for name in ("accuracy", "states", "lineage"):
+        linked.add(sections.SECTIONS[name])
+    monkeypatch.setattr(sections, "SECTIONS", linked)
     messages = []
     result = report.write_report("lenet", tmp_path / "r", ui_url="http://mlflow.example:8080/", warn=messages.append)
     assert messages == [] and result.n_states == 14  # the recipes share the seed-0 root and training
     html = result.path.read_text()
     assert 'href="http://mlflow.example:8080/#/experiments/' in html
-    assert {f["kind"] for f in result.figures} >= FIGURE_KINDS
+    assert "http://127.0.0.1:5000" not in html
+    assert "accuracy_vs_remaining" in {f["kind"] for f in result.figures}
 
 
 def test_the_documented_example_section_is_one_module_and_one_registry_line(in_store, tmp_path, monkeypatch):
