@@ -93,6 +93,7 @@ FIGURES_UNCHECKED = {
     "test_batched_runs",
     "test_threads",
     "test_sqlview",
+    "test_structured",
 }
 
 

@@ -444,14 +444,21 @@ def _state_runs(uri: str, experiment_name: str):
 
 
 @pytest.mark.slow
-def test_lenet_preset_must_show(tracking, tmp_path):
+def test_lenet_preset_must_show(tracking, tmp_path, monkeypatch):
     """The issue's must-show on digits: interpolation states whose ends are the copies' own errors, ≥ 10
     points, instability ≥ 0; the report's instability figure; the lineage page with both parents."""
     from mlflow.server import app
     from mlflow.tracking._tracking_service.utils import _get_store
 
     from mlprune import lineage, mlflow_plugin
-    from mlprune.report import write_report
+    from mlprune.registry import Registry
+    from mlprune.report import sections, write_report
+
+    # the workflow run and the report draw the instability section, the one this test reads (every section
+    # on a workflow run: tests/test_lineage.py; in a report: tests/test_report.py)
+    drawn = Registry("report section")
+    drawn.add(sections.SECTIONS["instability"])
+    monkeypatch.setattr(sections, "SECTIONS", drawn)
 
     params = ["-P", "rounds=1", "-P", "epochs=3", "-P", "train_size=256", "-P", "spawn_at=0it,1ep"]
     runner = CliRunner()
@@ -474,13 +481,13 @@ def test_lenet_preset_must_show(tracking, tmp_path):
         assert run.data.metrics["instability"] >= 0.0
         assert run.data.metrics["spawn_iteration"] in (0, 5)  # 1ep = 5 iterations of 256 examples, batch 60
     # the lineage page: every interpolation with its two parents
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(mlflow_plugin, "_store", lambda: _get_store(tracking))
+    routes = pytest.MonkeyPatch()
+    routes.setattr(mlflow_plugin, "_store", lambda: _get_store(tracking))
     try:
         mlflow_plugin.add_lineage_routes(app)
         page = app.test_client().get(f"/mlprune/lineage/{store.experiment_id}").get_data(as_text=True)
     finally:
-        monkeypatch.undo()
+        routes.undo()
     for run in interpolations:
         child = run.info.run_id
         assert f'data-id="{child}"' in page
