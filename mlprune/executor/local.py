@@ -132,7 +132,7 @@ class LocalWorkers:
         env = dict(os.environ)
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # states side by side share the cores: threads never spin
         # the helper imports mlprune as this process does (the caller's sys.path, this mlprune first)
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path[1:]])
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), *filter(None, sys.path)])
         config = {"fds": [s.fileno() for s in theirs], "preload": preload}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlprune.executor.local", json.dumps(config)],
