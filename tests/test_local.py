@@ -23,7 +23,7 @@ from mlprune.executor.local import (
 )
 from mlprune.executor.options import RunOptions
 from mlprune.executor.task import reach, reach_batch
-from mlprune.executor.threads import machine_cores
+from mlprune.executor.threads import machine_cores, torch_default_threads
 from mlprune.recipes import compile_recipe
 from mlprune.store import Store
 from mlprune.training.interrupt import Interrupted, clear_stop, request_stop
@@ -235,8 +235,9 @@ def test_a_sweep_of_seeds_runs_side_by_side_by_default_and_says_so(tmp_path, mon
     recipe.write_text(TINY)
     out = CliRunner().invoke(main, ["sweep", str(recipe), "--seeds", "0-1", "-e", "seeds"])
     assert out.exit_code == 0, out.output
-    assert f"scheduler local (2 workers, {machine_cores() // 2} thread" in out.output, out.output
+    each = max(1, torch_default_threads() // 2)  # torch's cores split between the two workers
+    assert f"scheduler local (2 workers, {each} thread" in out.output, out.output
     assert "8 states: 8 computed, 0 reused" in out.output
     store = store_in(tmp_path, "seeds")
     threads = {r.data.params.get("run.threads") for r in store.client.search_runs([store.experiment_id])}
-    assert threads == {str(machine_cores() // 2), None}  # each state records it (the workflow run does not)
+    assert threads == {str(each), None}  # each state records it (the workflow run does not)
