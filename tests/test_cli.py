@@ -53,7 +53,9 @@ def test_recipe_reference_is_rendered_from_the_declarations():
 
 @pytest.mark.slow
 def test_mlflow_run_entry_point_builds_the_chain_in_the_named_experiment(tracking, tmp_path):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # the states' runs are checked here; the workflow run's figures in tests/test_lineage.py
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "PATH": path, "MLPRUNE_FIGURES": "0"}
     command = [
         sys.executable,
         "-m",
@@ -93,7 +95,8 @@ def test_mlflow_run_entry_point_builds_the_chain_in_the_named_experiment(trackin
     # `mlflow run` twice, on the study of the CI command, which also checks the UI's names, params and links)
 
 
-def test_cli_run_tree_show_export(tracking, tmp_path):
+def test_cli_run_tree_show_export(tracking, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLPRUNE_FIGURES", "0")  # the workflow run's figures: tests/test_lineage.py
     runner = CliRunner()
     result = runner.invoke(main, ["run", LT, "-P", "rounds=1", "-P", "epochs=1", "-e", "cli"])
     assert result.exit_code == 0, result.output

@@ -367,6 +367,7 @@ def test_states_record_their_data_and_other_data_is_refused_unless_accepted(trac
     from test_data import make_mnist
 
     monkeypatch.setenv("MLPRUNE_VERIFY_MD5", "0")
+    monkeypatch.setenv("MLPRUNE_FIGURES", "0")  # the data each state records is checked here, no figure
     make_mnist(tmp_path / "a", seed=0)
     shutil.copytree(tmp_path / "a", tmp_path / "a-copy")  # the same content elsewhere
     make_mnist(tmp_path / "b", seed=1)  # the same sizes, other images
