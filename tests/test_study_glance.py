@@ -102,7 +102,7 @@ def served(study, chromium):  # noqa: F811 - the fixture imported above
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
-            server.wait(5)  # its job runner may outlive a SIGTERM
+            server.wait(5)  # a child of the server may outlive a SIGTERM
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
 
