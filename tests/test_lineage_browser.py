@@ -114,6 +114,23 @@ def start_mlprune_server(folder: Path, uri: str, port: int) -> subprocess.Popen:
         )
 
 
+def wait_until_served(server: subprocess.Popen, base: str, folder: Path) -> None:
+    """Wait until `start_mlprune_server`'s lineage index answers 200 (a failed test with its log otherwise)."""
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/mlprune/lineage/", timeout=10) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            pytest.fail(
+                "mlflow server --app-name mlprune did not come up:\n" + (folder / "server.log").read_text()[-3000:]
+            )
+        time.sleep(0.5)
+
+
 class Browser:
     """Headless Chromium driven over the DevTools protocol (aiohttp's websocket client)."""
 
@@ -253,19 +270,7 @@ def served(tmp_path_factory, _empty_store_db, chromium):
     server = start_mlprune_server(folder, uri, port)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/mlprune/lineage/", timeout=10) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                pytest.fail(
-                    "mlflow server --app-name mlprune did not come up:\n" + (folder / "server.log").read_text()[-3000:]
-                )
-            time.sleep(0.5)
+        wait_until_served(server, base, folder)
         browser = Browser(chromium)
         try:
             yield {

@@ -17,18 +17,18 @@ from mlprune.executor import Execution, run_plans
 from mlprune.executor.local import (
     WorkerError,
     _chain_priority,
+    call_names,
     error_from_json,
     error_json,
     training_width,
 )
 from mlprune.executor.options import RunOptions
-from mlprune.executor.task import reach, reach_batch
 from mlprune.executor.threads import machine_cores, torch_default_threads
 from mlprune.recipes import compile_recipe
 from mlprune.store import Store
 from mlprune.training.interrupt import Interrupted, clear_stop, request_stop
 
-CALLS = {reach: "reach", reach_batch: "reach_batch"}
+CALLS = call_names()
 
 TINY = """\
 params: {seed: 0, lr: 0.05}
@@ -99,7 +99,7 @@ def test_the_width_counts_trainings_that_can_run_at_once_and_chains_go_longest_f
     assert training_width(one._graph(None), CALLS) == 1  # init -> train -> prune -> rewind+train
     assert training_width(three._graph(None), CALLS) == 3
     graph = three._graph(None)
-    priority = _chain_priority(graph, {k: list(t[3:]) for k, t in graph.items()}, CALLS)
+    priority = _chain_priority(graph, CALLS)
     roots = [k for k in graph if not graph[k][3:]]
     # the three roots (two trainings behind each) before any training: three chains advance together
     assert sorted(graph, key=priority.get)[:3] == roots

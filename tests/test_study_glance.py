@@ -19,12 +19,18 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_lineage_browser import ARTIFACTS, Browser, chromium, free_port, start_mlprune_server  # noqa: F401 - chromium: a fixture
+from test_lineage_browser import (  # noqa: F401 - chromium: a fixture
+    ARTIFACTS,
+    Browser,
+    chromium,
+    free_port,
+    start_mlprune_server,
+    wait_until_served,
+)
 
 from mlprune.cli import main
 
@@ -80,20 +86,7 @@ def served(study, chromium):  # noqa: F811 - the fixture imported above
     server = start_mlprune_server(study["folder"], study["uri"], port)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/mlprune/lineage/", timeout=10) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                pytest.fail(
-                    "mlflow server --app-name mlprune did not come up:\n"
-                    + (study["folder"] / "server.log").read_text()[-3000:]
-                )
-            time.sleep(0.5)
+        wait_until_served(server, base, study["folder"])
         browser = Browser(chromium, width=1400, height=900)
         try:
             yield {**study, "base": base, "browser": browser}

@@ -171,11 +171,11 @@ class Execution:
     def _side_by_side(self) -> None:
         """Resolve ``auto`` (``local`` where independent trainings are missing, the device is the CPU and
         the machine has a core for each, else ``sync``) and start the local workers."""
-        from .local import LocalWorkers, preload_modules, training_width
+        from .local import LocalWorkers, call_names, preload_modules, training_width
 
         count = 0
         if self.missing:
-            width = training_width(self._graph(None), {reach: "reach", reach_batch: "reach_batch"})
+            width = training_width(self._graph(None), call_names())
             count = self.workers or min(width, max(1, machine_cores() // (pinned_threads() or 1)))
         if self.scheduler == "auto":
             if count < 2 or not hasattr(os, "fork") or not self._cpu_only() or not self._portable():
@@ -461,6 +461,8 @@ class Execution:
             PROGRESS.printer = None
 
     def _run_local(self, workflow, reached, report) -> None:
+        from .local import call_names
+
         if self.options.threads is None:  # the cores split between the workers
             self.options.threads = compute_threads(self._local.count)
 
@@ -470,9 +472,7 @@ class Execution:
                 report(key)
 
         try:
-            self._local.run(
-                self._graph(workflow), {reach: "reach", reach_batch: "reach_batch"}, on_result, self.progress
-            )
+            self._local.run(self._graph(workflow), call_names(), on_result, self.progress)
         finally:
             self._local.close()
 

@@ -175,14 +175,10 @@ class _Schedule:
     def __init__(self, workers: LocalWorkers, graph: dict, calls: dict, on_result, progress):
         self.workers, self.graph, self.calls = workers, graph, calls
         self.on_result, self.progress = on_result, progress
-        self.deps = {k: [a for a in task[1:] if isinstance(a, str) and a in graph] for k, task in graph.items()}
-        self.priority = _chain_priority(graph, self.deps, calls)
+        self.deps, self.dependents = dependencies(graph)
+        self.priority = _chain_priority(graph, calls)
         self.results: dict = {}
         self.waiting = {k: set(d) for k, d in self.deps.items()}
-        self.dependents: dict[str, list[str]] = {k: [] for k in graph}
-        for key, deps in self.deps.items():
-            for dep in deps:
-                self.dependents[dep].append(key)
         self.ready = [k for k, d in self.waiting.items() if not d]
         self.busy: dict[int, str] = {}  # worker index -> key
         self.dead: set[int] = set()  # workers whose process ended
@@ -292,13 +288,21 @@ class _Schedule:
                 pass
 
 
-def _chain_priority(graph: dict, deps: dict, calls: dict) -> dict[str, tuple]:
+def dependencies(graph: dict) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """({key: the keys it waits for}, {key: the keys waiting for it}) of a graph ({key: (function, *args)},
+    an argument that is a key of the graph is that task's result)."""
+    deps = {k: [a for a in task[1:] if isinstance(a, str) and a in graph] for k, task in graph.items()}
+    dependents: dict[str, list[str]] = {k: [] for k in graph}
+    for key, waits_for in deps.items():
+        for dep in waits_for:
+            dependents[dep].append(key)
+    return deps, dependents
+
+
+def _chain_priority(graph: dict, calls: dict) -> dict[str, tuple]:
     """Per key a sort key: the longest chain of work behind it first (a training counts TRAIN_COST, a group
     of them too), then graph order."""
-    dependents: dict[str, list[str]] = {k: [] for k in graph}
-    for key, ds in deps.items():
-        for d in ds:
-            dependents[d].append(key)
+    deps, dependents = dependencies(graph)
     behind: dict[str, int] = {}
     for key in reversed(list(_topological(graph, deps))):
         cost = _cost(graph[key], calls)
@@ -338,7 +342,7 @@ def _topological(graph: dict, deps: dict) -> list[str]:
 def training_width(graph: dict, calls: dict) -> int:
     """How many trainings (or groups of them) of a graph can run at once, at most: the largest number at
     one depth (the longest path of dependencies from a task without any)."""
-    deps = {k: [a for a in task[1:] if isinstance(a, str) and a in graph] for k, task in graph.items()}
+    deps, _ = dependencies(graph)
     depth: dict[str, int] = {}
     for key in _topological(graph, deps):
         depth[key] = 1 + max((depth[d] for d in deps[key]), default=-1)
@@ -389,6 +393,11 @@ def worker_calls() -> dict:
     from .task import reach, reach_batch
 
     return {"reach": reach, "reach_batch": reach_batch}
+
+
+def call_names() -> dict:
+    """{function: name} of `worker_calls`: what a graph's task sends a worker."""
+    return {function: name for name, function in worker_calls().items()}
 
 
 def zygote(config: dict) -> None:
