@@ -324,16 +324,54 @@ def test_val_split(files):
 # ----------------------------------------------------------------------------- on-disk formats
 
 
-def test_mnist_and_fashion_read_through_torchvision(files):
+def test_mnist_and_fashion_read_as_torchvisions_classes_read_them(files):
     import torchvision
 
     for name, cls in (("mnist", torchvision.datasets.MNIST), ("fashion_mnist", torchvision.datasets.FashionMNIST)):
         data = load_data(name, data_dir=files)
         assert (data.len_train, data.len_test, data.input_shape, data.num_classes) == (40, 20, (1, 28, 28), 10)
-        ref = cls(str(files), train=True, download=False)
         raw = DATASETS[name](files)
-        assert torch.equal(raw.x_train[:, 0], ref.data) and torch.equal(raw.y_train, ref.targets)
+        for train, x, y in ((True, raw.x_train, raw.y_train), (False, raw.x_test, raw.y_test)):
+            ref = cls(str(files), train=train, download=False)
+            assert x.dtype == ref.data.dtype and y.dtype == ref.targets.dtype
+            assert torch.equal(x[:, 0], ref.data) and torch.equal(y, ref.targets)
     assert (files / "FashionMNIST" / "raw" / IDX[0]).is_file()  # decompressed from .gz
+
+
+def test_reading_mnist_and_computing_on_it_imports_no_torchvision(files):
+    # importing torchvision costs a second of every process: a process that reads MNIST and records a
+    # state's environment never imports it, and still records torchvision's version
+    import subprocess
+    import sys
+
+    import torchvision
+
+    code = (
+        "import sys; from mlprune.data import load_data; from mlprune.training.devices import environment_tags; "
+        f"import torch; load_data('mnist', data_dir={str(files)!r}); "
+        "v = environment_tags(torch.device('cpu'))['mlprune.env.torchvision']; "
+        "print(v, 'torchvision' in sys.modules, 'torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [torchvision.__version__, "False", "False"]
+
+
+@pytest.mark.parametrize(
+    "damage,says",
+    [
+        (lambda b: b[:500], "holds"),  # truncated
+        (lambda b: b + b"\0", "holds"),  # a byte too many
+        (lambda b: b"\0\0\x0d\x03" + b[4:], "magic 00000d03"),  # floats, not bytes
+        (lambda b: b[:3], "3 bytes"),
+    ],
+)
+def test_damaged_idx_file_is_one_line_naming_it(tmp_path, damage, says):
+    make_mnist(tmp_path)
+    bad = tmp_path / "MNIST" / "raw" / IDX[0]
+    bad.write_bytes(damage(bad.read_bytes()))
+    with pytest.raises(SpecError) as e:
+        load_data("mnist", data_dir=tmp_path)
+    assert str(bad) in one_line(e) and says in one_line(e)
 
 
 def test_cifar_read_in_official_format(files):

@@ -43,6 +43,13 @@ def test_summarize_t_interval_is_students():
     assert close(s["ci_low"], low) and close(s["ci_high"], high)
 
 
+def test_t_quantile_is_scipy_stats_t_ppf():
+    # the summary reads t's quantile from scipy.special (a faster import): the same numbers, to the bit
+    for df in (*range(1, 60), 2.5, 37.3, 1e6):
+        for q in (0.5, 0.9, 0.95, 0.975, 0.995):
+            assert statistics.t_quantile(q, df) == float(scipy_stats.t.ppf(q, df))
+
+
 def test_one_seed_has_no_interval_and_two_have_one():
     s = statistics.summarize([0.9])
     assert s["ci_low"] is None and s["ci_high"] is None and s["ci"] == "1 seed: no interval" and s["std"] == 0.0

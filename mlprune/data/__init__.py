@@ -22,10 +22,12 @@ experiment seed or on ``split_seed`` (which only selects the validation hold-out
 CSV that ``sklearn.datasets.load_digits`` reads is read directly: importing
 ``sklearn.datasets`` costs ~2 s (scipy) and this path is used by every end-to-end test.
 
-``mnist``, ``fashion_mnist``: torchvision's ``MNIST`` / ``FashionMNIST`` classes over
-``<data_dir>/MNIST/raw/`` (``FashionMNIST/raw/``) holding ``train-images-idx3-ubyte``,
+``mnist``, ``fashion_mnist``: ``<data_dir>/MNIST/raw/`` (``FashionMNIST/raw/``), the files
+torchvision's ``MNIST`` / ``FashionMNIST`` classes read: ``train-images-idx3-ubyte``,
 ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``;
-``.gz`` versions are decompressed there with torchvision's ``extract_archive``.
+``.gz`` versions are decompressed there. The IDX files are read by our own reader
+(`readers.read_idx`: importing torchvision costs a second of every process that computes a
+state), which gives the tensors torchvision's classes give (tests/test_data.py checks it).
 
 ``cifar10``, ``cifar100``: ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1..5``,
 ``test_batch``, ``batches.meta``) and ``<data_dir>/cifar-100-python/`` (``train``,

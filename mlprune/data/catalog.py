@@ -28,6 +28,7 @@ class Dataset:
     in_memory: bool = True  # False: the reader returns `readers.Folders`, not uint8 tensors
     image_size: int | None = None  # the side it is prepared at by default (image folders)
     folder_style: str = ""  # its transforms: "resized_crop" (ImageNet) or "padded_crop" (Tiny ImageNet)
+    torchvision: bool = False  # its reader imports torchvision (what local workers load before they fork)
 
     def load(self):
         return load_impl(self.impl)
@@ -88,6 +89,7 @@ DATASETS.add(
         (0.2470, 0.2435, 0.2616),
         "crop+flip",
         True,
+        torchvision=True,
         help="CIFAR-10 (<data_dir>/cifar-10-batches-py)",
     )
 )
@@ -101,6 +103,7 @@ DATASETS.add(
         (0.2673, 0.2564, 0.2762),
         "crop+flip",
         True,
+        torchvision=True,
         help="CIFAR-100 (<data_dir>/cifar-100-python)",
     )
 )
@@ -117,6 +120,7 @@ DATASETS.add(
         in_memory=False,
         image_size=64,
         folder_style="padded_crop",
+        torchvision=True,
         help="Tiny ImageNet, 64 px (<data_dir>/tiny-imagenet-200: train/<wnid>/images, val)",
     )
 )
@@ -133,6 +137,7 @@ DATASETS.add(
         in_memory=False,
         image_size=224,
         folder_style="resized_crop",
+        torchvision=True,
         help="ImageNet (ILSVRC 2012), 224 px (<data_dir>/imagenet/{train,val}/<wnid>/*.JPEG)",
     )
 )

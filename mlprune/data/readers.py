@@ -28,6 +28,7 @@ __all__ = [
     "Raw",
     "Folders",
     "read_digits",
+    "read_idx",
     "read_mnist",
     "read_fashion_mnist",
     "read_cifar10",
@@ -214,16 +215,16 @@ _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images
 
 
 def _decompress_gz(gz: Path, dest: Path) -> None:
-    """Decompress `gz` to `dest` with torchvision's utility, atomically."""
-    from torchvision.datasets.utils import extract_archive
+    """Decompress `gz` to `dest`, atomically (a failure leaves no `dest`)."""
+    import shutil
+    import zlib
 
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         try:
-            extract_archive(str(gz), tmp)
-        except (OSError, EOFError, gzip.BadGzipFile, RuntimeError, ValueError) as exc:
-            raise SpecError(
-                f"cannot decompress {gz}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            ) from None
+            with gzip.open(gz, "rb") as src, open(Path(tmp) / dest.name, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SpecError(f"cannot decompress {gz}: {_first_line(exc)}") from None
         os.replace(Path(tmp) / dest.name, dest)
 
 
@@ -232,12 +233,31 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
+def read_idx(path: Path, ndim: int) -> torch.Tensor:
+    """A uint8 IDX file (MNIST's format: magic 0x00000800 + ndim, ndim big-endian int32 sizes, the
+    bytes) as a tensor of that shape: the tensor torchvision's ``read_image_file`` (ndim 3) or
+    ``read_label_file`` (ndim 1, before its ``.long()``) returns for it (tests/test_data.py checks it).
+    Read here because importing torchvision costs a second per process; a file of another type or
+    shape, or of the wrong length, is a SpecError naming it."""
+    data = Path(path).read_bytes()
+    head = 4 * (ndim + 1)
+    if len(data) < head or data[:4] != bytes((0, 0, 8, ndim)):
+        found = data[:4].hex() if len(data) >= 4 else f"{len(data)} bytes"
+        raise SpecError(
+            f"corrupt or truncated file {path}: not a uint8 IDX file of {ndim} dimension(s) (magic "
+            f"{found}, allowed 00000800{ndim:02x})"
+        )
+    shape = [int.from_bytes(data[4 * (i + 1) : 4 * (i + 2)], "big") for i in range(ndim)]
+    if len(data) - head != int(np.prod(shape)):
+        raise SpecError(
+            f"corrupt or truncated file {path}: its header says {' x '.join(map(str, shape))} bytes of data "
+            f"({int(np.prod(shape))}), it holds {len(data) - head}"
+        )
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=head).view(*shape)
+
+
 def _mnist_reader(name: str, cls_name: str) -> Callable[..., Raw]:
     def read(root) -> Raw:
-        import torchvision
-        from torchvision.datasets.mnist import read_image_file, read_label_file
-
-        cls = getattr(torchvision.datasets, cls_name)
         root = Path(root)
         raw_dir = root / cls_name / "raw"
         for f in _IDX_FILES:
@@ -245,8 +265,10 @@ def _mnist_reader(name: str, cls_name: str) -> Callable[..., Raw]:
                 _decompress_gz(raw_dir / (f + ".gz"), raw_dir / f)
         missing = [f for f in _IDX_FILES if not (raw_dir / f).is_file()]
         if missing and _download_allowed():
+            import torchvision
+
             try:
-                cls(str(root), train=True, download=True)
+                getattr(torchvision.datasets, cls_name)(str(root), train=True, download=True)
             except Exception as exc:  # noqa: BLE001
                 raise SpecError(f"{name}: download to {raw_dir} failed: {_first_line(exc)}") from None
             missing = [f for f in _IDX_FILES if not (raw_dir / f).is_file()]
@@ -262,35 +284,13 @@ def _mnist_reader(name: str, cls_name: str) -> Callable[..., Raw]:
         hit = _RAW_CACHE.get(key)
         if hit is not None:
             return hit
-
-        def load(train: bool):
-            try:
-                ds = cls(str(root), train=train, download=False)
-                return ds.data, ds.targets
-            except Exception:  # noqa: BLE001 -- find the file to blame, in one line
-                pass
-            for fname, reader in (
-                (_IDX_FILES[0 if train else 2], read_image_file),
-                (_IDX_FILES[1 if train else 3], read_label_file),
-            ):
-                try:
-                    reader(str(raw_dir / fname))
-                except Exception as exc:  # noqa: BLE001
-                    raise SpecError(
-                        f"{name}: corrupt or truncated file {raw_dir / fname}: {_first_line(exc)}"
-                    ) from None
-            raise SpecError(f"{name}: cannot load {raw_dir} with torchvision.datasets.{cls_name}")
-
         parts = []
-        for train in (True, False):
-            x, y = load(train)
-            img, lab = (raw_dir / _IDX_FILES[0 if train else 2], raw_dir / _IDX_FILES[1 if train else 3])
-            if x.dtype != torch.uint8 or x.ndim != 3:
-                raise SpecError(f"{name}: {img} does not hold uint8 images (N, H, W)")
+        for images, labels in (paths[:2], paths[2:]):
+            x, y = read_idx(images, 3), read_idx(labels, 1)
             if len(x) != len(y):
-                raise SpecError(f"{name}: {img} has {len(x)} images but {lab} has {len(y)} labels")
-            if len(y) and (int(y.min()) < 0 or int(y.max()) >= 10):
-                raise SpecError(f"{name}: {lab} has labels outside 0..9")
+                raise SpecError(f"{name}: {images} has {len(x)} images but {labels} has {len(y)} labels")
+            if len(y) and int(y.max()) >= 10:
+                raise SpecError(f"{name}: {labels} has labels outside 0..9")
             parts += [x.unsqueeze(1).contiguous(), y.long().contiguous()]
         raw = Raw(*parts, 255.0, key)
         _RAW_CACHE.put(key, raw)

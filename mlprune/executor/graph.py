@@ -185,7 +185,7 @@ class Execution:
         elif not hasattr(os, "fork"):
             raise SpecError("--scheduler local forks its workers: not on this system; use sync or processes")
         if self.missing:
-            self._local = LocalWorkers(max(1, count), preload_modules())
+            self._local = LocalWorkers(max(1, count), preload_modules([self._root(k) for k in self.missing]))
 
     def _cpu_only(self) -> bool:
         """Whether states are computed on the CPU, as far as can be told before torch is imported (`check`
@@ -256,6 +256,11 @@ class Execution:
         return lineage_top(
             self.nodes[key], lambda n: by_name[n.parent] if n.parent is not None else None, self._tops[index]
         )
+
+    def _root(self, key: str) -> dict | None:
+        """The resolved root spec a node's lineage starts from (None: an existing state that lacks one)."""
+        top = self._top(key)
+        return (top.spec or {}).get("root") if top.external else top.root
 
     def check(self) -> None:
         """What can be checked before any run is created: the scheduler, the device, the models, data
@@ -435,9 +440,9 @@ class Execution:
         tasks = self._tasks() if tasks is None else tasks
         signatures = {}
         for key, task in tasks.items():
-            top = self._top(key)
-            root = (top.spec or {}).get("root") if top.external else top.root
-            signatures[key] = sibling_signature(task["node"], root, task["data_dir"] or self.options.data_dir)
+            signatures[key] = sibling_signature(
+                task["node"], self._root(key), task["data_dir"] or self.options.data_dir
+            )
         return sibling_groups(tasks, signatures, self.options.batch)
 
     def _run_sync(self, graph, reached, report) -> None:

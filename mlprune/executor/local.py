@@ -353,18 +353,31 @@ def training_width(graph: dict, calls: dict) -> int:
     return max(counts.values(), default=0)
 
 
-def preload_modules() -> list[str]:
-    """What the helper imports before it forks the workers: what computing a state imports, and the
-    modules of plugins registered in this process."""
+def preload_modules(roots) -> list[str]:
+    """What the helper imports before it forks the workers: what computing a state imports, torchvision
+    where a root's dataset or model needs it (`roots`: the resolved root specs of the states to compute),
+    and the modules of plugins registered in this process."""
     from ..names import ENV_PLUGIN_MODULES
 
+    vision = ["torchvision"] if any(_needs_torchvision(root) for root in roots) else []
     plugins = [m for m in os.environ.get(ENV_PLUGIN_MODULES, "").split(",") if m]
-    return [*PRELOAD, *plugins]
+    return [*PRELOAD, *vision, *plugins]
+
+
+def _needs_torchvision(root: dict | None) -> bool:
+    """Whether a state of this root imports torchvision (its dataset's reader or its model); unknown: yes."""
+    from ..data.catalog import DATASETS
+    from ..models.catalog import model_entry
+
+    try:
+        return DATASETS[root["dataset"]].torchvision or model_entry(root["model"], check_torchvision=False).torchvision
+    except (KeyError, TypeError, SpecError):
+        return True
 
 
 PRELOAD = [  # measured: what a worker's first state imports (a tracking store, a dataset, a network)
     "torch",
-    "torchvision",
+    "torch._dynamo",  # building any torch optimizer imports it (1 s: torchvision used to bring it in)
     "safetensors.torch",
     "mlflow.tracking",
     "mlflow.store.tracking.sqlalchemy_store",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
+from pathlib import Path
 
 from .. import names
 from ..errors import SpecError
@@ -105,6 +107,40 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+@functools.cache
+def installed_version(package: str) -> str:
+    """A package's ``__version__`` ("none" when it is not installed), read from its ``version.py``
+    without importing it when that file sets it as a plain string (torchvision's does: importing
+    torchvision costs a second; its distribution's metadata lacks the ``+cu...`` suffix)."""
+    import ast
+    import importlib
+    import importlib.util
+
+    module = sys.modules.get(package)
+    if module is not None:
+        return module.__version__
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        return "none"
+    for folder in spec.submodule_search_locations or ():
+        try:
+            tree = ast.parse(Path(folder, "version.py").read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for statement in tree.body:
+            if (
+                isinstance(statement, ast.Assign)
+                and [getattr(t, "id", None) for t in statement.targets] == ["__version__"]
+                and isinstance(statement.value, ast.Constant)
+                and isinstance(statement.value.value, str)
+            ):
+                return statement.value.value
+    try:
+        return importlib.import_module(package).__version__
+    except ImportError:
+        return "none"
+
+
 def environment_tags(device) -> dict[str, str]:
     """The ``mlprune.env.*`` tags of a state computed on ``device``: torch, torchvision, Python, CUDA and
     cuDNN versions, the device's name (GPU name or CPU model). Never keyed: a cache hit across versions
@@ -113,12 +149,7 @@ def environment_tags(device) -> dict[str, str]:
 
     import torch
 
-    try:
-        import torchvision
-
-        vision = torchvision.__version__
-    except ImportError:
-        vision = "none"
+    vision = installed_version("torchvision")
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     name = (
         torch.cuda.get_device_name(device)
