@@ -335,23 +335,25 @@ def _execute(plans, store, where: _Where, recipe_label, params, *, figures):
     [(task, payload)] to start once the summary is printed: `_finish_later`)."""
     from . import report
     from .executor import Execution
+    from .executor.threads import collector_paused
     from .store import WorkflowRun
     from .store.workflow import record_digest
 
     printer = _progress_printer()
-    execution = Execution(
-        [p for _, p in plans],
-        store,
-        scheduler=where.scheduler,
-        workers=where.workers,
-        options=where.options,
-        progress=printer,
-        slurm=where.slurm,
-        accept_data_change=where.accept_data_change,
-    )
-    for run_id, reason in execution.invalid:
-        _warn(f"state {run_id[:8]} is not used and will be recomputed: {reason}")
-    execution.check()
+    with collector_paused():  # the checks import torch
+        execution = Execution(
+            [p for _, p in plans],
+            store,
+            scheduler=where.scheduler,
+            workers=where.workers,
+            options=where.options,
+            progress=printer,
+            slurm=where.slurm,
+            accept_data_change=where.accept_data_change,
+        )
+        for run_id, reason in execution.invalid:
+            _warn(f"state {run_id[:8]} is not used and will be recomputed: {reason}")
+        execution.check()
     for message in execution.data_changes:
         _warn(f"{message}: accepted (--accept-data-change), recorded on the new states")
     if execution.slurm is not None and execution.missing:
@@ -393,7 +395,8 @@ def _execute(plans, store, where: _Where, recipe_label, params, *, figures):
             "launcher": launcher,
         }
         return result, reached, [("workflow-record", payload)]
-    workflow = WorkflowRun(store, recipe=recipe_label, params=params, launcher=launcher)
+    with collector_paused():  # creating it imports MLflow
+        workflow = WorkflowRun(store, recipe=recipe_label, params=params, launcher=launcher)
     ok = False
     result = None
     try:

