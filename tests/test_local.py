@@ -20,10 +20,11 @@ from mlprune.executor.local import (
     call_names,
     error_from_json,
     error_json,
+    preload_modules,
     training_width,
 )
 from mlprune.executor.options import RunOptions
-from mlprune.executor.threads import machine_cores, torch_default_threads
+from mlprune.executor.threads import collector_paused, machine_cores, torch_default_threads
 from mlprune.recipes import compile_recipe
 from mlprune.store import Store
 from mlprune.training.interrupt import Interrupted, clear_stop, request_stop
@@ -103,6 +104,28 @@ def test_the_width_counts_trainings_that_can_run_at_once_and_chains_go_longest_f
     roots = [k for k in graph if not graph[k][3:]]
     # the three roots (two trainings behind each) before any training: three chains advance together
     assert sorted(graph, key=priority.get)[:3] == roots
+
+
+def test_the_helper_imports_torchvision_only_for_what_needs_it_and_the_collector_pause_is_undone():
+    # torchvision costs the helper a second: preloaded for its datasets and models only, or where the root
+    # is unknown (an existing state without one); the states' roots are what the executor passes
+    lenet_mnist = {"model": "lenet_300_100", "dataset": "mnist"}
+    assert "torchvision" not in preload_modules([lenet_mnist, {"model": "conv2", "dataset": "digits"}])
+    assert "torch._dynamo" in preload_modules([lenet_mnist])  # any optimizer imports it
+    for root in ({"model": "lenet", "dataset": "cifar10"}, {"model": "tv:resnet18", "dataset": "mnist"}, None):
+        assert "torchvision" in preload_modules([lenet_mnist, root])
+    import gc
+
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own setting stays
+    finally:
+        gc.enable()
 
 
 def test_a_failing_state_on_a_worker_is_its_one_line_error_and_nothing_is_left_claimed(tmp_path):
