@@ -1,5 +1,6 @@
-"""Torch threads per state (pinned while it is computed), deterministic algorithms, and the
-allocator of dask workers: the process-wide settings a state is computed under."""
+"""Torch threads per state (pinned while it is computed), deterministic algorithms, the
+allocator of dask workers, and the garbage collector paused while torch and MLflow are imported:
+the process-wide settings a state is computed under."""
 
 from __future__ import annotations
 
