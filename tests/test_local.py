@@ -5,6 +5,7 @@ has them, and what ``auto`` picks. Real stores in a temp dir, real worker proces
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -104,6 +105,16 @@ def test_the_width_counts_trainings_that_can_run_at_once_and_chains_go_longest_f
     roots = [k for k in graph if not graph[k][3:]]
     # the three roots (two trainings behind each) before any training: three chains advance together
     assert sorted(graph, key=priority.get)[:3] == roots
+
+
+def test_the_graph_is_built_once_and_each_call_binds_its_context(tmp_path):
+    # auto reads the graph before the run; the run's graph has the workflow run in every task's context
+    execution = Execution(plans_for(tmp_path, [0, 1]), store_in(tmp_path, "once"), scheduler="sync")
+    looked, run = execution._graph(None), execution._graph("w0rkf10w")
+    assert execution._tasks_graph is not None and list(looked) == list(run)
+    for key in run:
+        assert looked[key][1] is run[key][1]  # the tasks' JSON, made once
+        assert json.loads(looked[key][2])["workflow"] is None and json.loads(run[key][2])["workflow"] == "w0rkf10w"
 
 
 def test_the_helper_imports_torchvision_only_for_what_needs_it_and_the_collector_pause_is_undone():
