@@ -7,6 +7,7 @@ fresh, real store in a temp dir in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -127,15 +128,36 @@ def _empty_store_db(tmp_path_factory):
     return folder / "mlflow.db"
 
 
+def _use_store(patch, template, folder) -> str:
+    """A copy of the empty migrated store in `folder`, cwd there (artifacts in ./mlruns), MLFLOW_TRACKING_URI
+    set and no experiment or run chosen by the environment (`patch`: a MonkeyPatch, undone by its owner)."""
+    shutil.copy(template, folder / "mlflow.db")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    patch.chdir(folder)
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        patch.delenv(name, raising=False)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def store_folder(tmp_path_factory, _empty_store_db):
+    """For module-scoped fixtures: ``with store_folder("name") as (folder, uri, patch):`` a fresh store in a
+    new folder as `tracking` makes one, undone when the block ends (`patch` sets more variables)."""
+
+    @contextlib.contextmanager
+    def make(name: str):
+        folder = tmp_path_factory.mktemp(name)
+        with pytest.MonkeyPatch.context() as patch:
+            yield folder, _use_store(patch, _empty_store_db, folder), patch
+
+    return make
+
+
 @pytest.fixture
 def tracking(tmp_path, monkeypatch, _empty_store_db):
     """A fresh real store: cwd = tmp dir (artifacts in ./mlruns), MLFLOW_TRACKING_URI set."""
-    shutil.copy(_empty_store_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
+    uri = _use_store(monkeypatch, _empty_store_db, tmp_path)
     import mlflow
 
     mlflow.set_tracking_uri(uri)

@@ -8,7 +8,6 @@ re-run without ``--batch`` computes nothing.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from pathlib import Path
 
@@ -78,17 +77,10 @@ SWEEP_8 = ["sweep", LTH, "--seeds", "0-7", "-P", "rounds=1", "-P", "epochs=1"]
 
 
 @pytest.fixture(scope="module")
-def alone_store(tmp_path_factory, _empty_store_db):
+def alone_store(store_folder):
     """A store whose experiment `alone` holds SWEEP_8 computed without batching (the reference of the tests
     that compare batched sweeps of these seeds, or of the first of them, with it)."""
-    folder = tmp_path_factory.mktemp("alone")
-    shutil.copy(_empty_store_db, folder / "mlflow.db")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-            mp.delenv(name, raising=False)
+    with store_folder("alone") as (folder, uri, _):
         alone = CliRunner().invoke(main, SWEEP_8 + ["-e", "alone"])
         assert alone.exit_code == 0, alone.output
         assert "48 states: 48 computed, 0 reused" in alone.output

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,22 +47,11 @@ def only_sections(mp, *wanted):
     mp.setattr(sections, "SECTIONS", subset)
 
 
-def store_at(tmp_path_factory, template, name):
-    folder = tmp_path_factory.mktemp(name)
-    shutil.copy(template, folder / "mlflow.db")
-    return folder, f"sqlite:///{folder}/mlflow.db"
-
-
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, _empty_store_db):
+def study(store_folder):
     """5 seeds of lth_lenet_300_100 (2 rounds of 1 epoch on 600 digits), one batch of 5, and its report."""
-    folder, uri = store_at(tmp_path_factory, _empty_store_db, "claims-store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+    with store_folder("claims-store") as (folder, uri, mp):
         mp.setenv(names.ENV_FIGURES, "0")
-        for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-            mp.delenv(name, raising=False)
         result = CliRunner().invoke(
             main,
             [
@@ -240,15 +228,10 @@ def test_every_state_carries_the_environment_and_a_series_mixing_torch_versions_
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory, _empty_store_db):
+def grid(store_folder):
     """shrinkbench_grid on 300 digits, 1 epoch of training and of fine-tuning, one seed, and its report."""
-    folder, uri = store_at(tmp_path_factory, _empty_store_db, "grid-store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+    with store_folder("grid-store") as (folder, uri, mp):
         mp.setenv(names.ENV_FIGURES, "0")
-        for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-            mp.delenv(name, raising=False)
         result = CliRunner().invoke(
             main,
             [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,9 @@ TICKET = Recipe.reinit(strategy="rewind", to="root") + TRAIN
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory, _empty_store_db):
+def tree(store_folder):
     """root -> train -> two prunes of the trained state -> a rewound ticket (weights edge to the root)."""
-    folder = tmp_path_factory.mktemp("lineage-store")
-    shutil.copy(_empty_store_db, folder / "mlflow.db")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-            mp.delenv(name, raising=False)
+    with store_folder("lineage-store") as (folder, uri, _):
         exp = Experiment("tree", tracking_uri=uri)
         root = exp.init(model="lenet", dataset="digits", seed=0)
         trained = root.apply(TRAIN)

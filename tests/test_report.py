@@ -6,7 +6,6 @@ import base64
 import json
 import math
 import re
-import shutil
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -204,18 +203,11 @@ FIGURE_KINDS = {
 
 
 @pytest.fixture(scope="module")
-def lenet_store(tmp_path_factory, _empty_store_db):
+def lenet_store(store_folder):
     """A store holding two LeNet recipes (one with a control branch), the second with seeds 0 and 1."""
-    folder = tmp_path_factory.mktemp("report-store")
-    shutil.copy(_empty_store_db, folder / "mlflow.db")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    (folder / "structured.yaml").write_text(STRUCTURED)
-    (folder / "unstructured.yaml").write_text(UNSTRUCTURED)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-            mp.delenv(name, raising=False)
+    with store_folder("report-store") as (folder, uri, _):
+        (folder / "structured.yaml").write_text(STRUCTURED)
+        (folder / "unstructured.yaml").write_text(UNSTRUCTURED)
         for args in (["structured.yaml"], ["unstructured.yaml"], ["unstructured.yaml", "-P", "seed=1"]):
             result = CliRunner().invoke(main, ["run", *args, "-e", "lenet", "--no-figures"])
             assert result.exit_code == 0, result.output

@@ -15,7 +15,6 @@ One module-scoped study, one server and one browser serve every check:
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -61,15 +60,8 @@ STATES = 3 * (2 + 20 * 4)  # per seed: root, dense training, and per round a pru
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, _empty_store_db):
-    folder = tmp_path_factory.mktemp("study")
-    shutil.copy(_empty_store_db, folder / "mlflow.db")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-            mp.delenv(name, raising=False)
+def study(store_folder):
+    with store_folder("study") as (folder, uri, _):
         started = time.perf_counter()
         swept = CliRunner().invoke(main, SWEEP)
         assert swept.exit_code == 0, swept.output
